@@ -1,0 +1,22 @@
+"""cam-infer: class activation maps for deployed vision models on ONNX Runtime and OpenVINO.
+
+The data path: image → `images.Preprocessing` → `backends` (features graph) → method → map.
+Importing this package never imports torch; `export_torch` imports it when called.
+"""
+
+__version__ = "0.1.0"
+
+from .errors import CamInferError  # noqa: E402
+from .images import Preprocessing, load_image  # noqa: E402
+from .bundle import Bundle, split_onnx  # noqa: E402
+from .backends import load_backend  # noqa: E402
+
+
+def export_torch(*args, **kwargs):
+    """Export a PyTorch classifier to a bundle (needs the ``torch`` extra); see `cam_infer.bundle.export`."""
+    from .bundle.export import export_torch as _export_torch
+    return _export_torch(*args, **kwargs)
+
+
+__all__ = ["Bundle", "CamInferError", "Preprocessing", "export_torch", "load_backend", "load_image", "split_onnx",
+           "__version__"]

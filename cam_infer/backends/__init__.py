@@ -1,0 +1,37 @@
+"""Graphs → tensors: run a bundle's ``features`` and ``head`` graphs on a runtime.
+
+    be = load_backend("bundle/", backend="openvino", device="CPU")
+    a = be.features(x)   # (N,K,h,w) float32
+    y = be.head(a)       # (N,C) float32
+
+Every backend takes any batch size and cuts it into chunks under a memory budget.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..bundle import Bundle
+from ..errors import CamInferError
+from .base import Backend
+from .onnxruntime import OnnxRuntimeBackend
+from .openvino import OpenVINOBackend
+
+BACKENDS: dict[str, type[Backend]] = {
+    "onnxruntime": OnnxRuntimeBackend,
+    "openvino": OpenVINOBackend,
+}
+ALIASES = {"ort": "onnxruntime", "ov": "openvino"}
+
+
+def load_backend(bundle: "Bundle | str | os.PathLike", backend: str = "onnxruntime", **options) -> Backend:
+    """Open `bundle` on `backend` (``onnxruntime`` or ``openvino``); options go to the backend class."""
+    name = ALIASES.get(backend, backend)
+    if name not in BACKENDS:
+        raise CamInferError(f"unknown backend '{backend}'; choose one of: {', '.join(BACKENDS)}")
+    if not isinstance(bundle, Bundle):
+        bundle = Bundle.load(bundle)
+    return BACKENDS[name](bundle, **options)
+
+
+__all__ = ["BACKENDS", "Backend", "OnnxRuntimeBackend", "OpenVINOBackend", "load_backend"]

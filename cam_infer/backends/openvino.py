@@ -1,0 +1,95 @@
+"""OpenVINO: devices CPU, GPU, NPU, AUTO/MULTI/HETERO; latency or throughput hints; model cache;
+asynchronous infer requests when a batch is cut into several chunks."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..bundle import Bundle
+from ..errors import CamInferError
+from .base import Backend
+
+HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT", "cumulative_throughput": "CUMULATIVE_THROUGHPUT"}
+VIRTUAL_DEVICES = ("AUTO", "MULTI", "HETERO", "BATCH")
+
+
+class OpenVINOBackend(Backend):
+    """Options: ``device``, ``hint`` (latency | throughput | cumulative_throughput), ``threads``,
+    ``cache_dir`` (compiled-model cache), ``precision`` (``f32`` keeps CPU inference in float32 so
+    results match ONNX Runtime; ``None`` lets OpenVINO choose, e.g. bf16 on CPUs that have it),
+    ``memory_budget_mb``."""
+
+    name = "openvino"
+
+    def __init__(self, bundle: Bundle, *, device: str = "CPU", hint: str = "latency", threads: int | None = None,
+                 cache_dir: str | None = None, precision: str | None = "f32", memory_budget_mb: float = 256):
+        super().__init__(bundle, memory_budget_mb=memory_budget_mb, threads=threads)
+        import openvino as ov
+
+        if hint not in HINTS:
+            raise CamInferError(f"unknown OpenVINO hint '{hint}'; choose one of: {', '.join(HINTS)}")
+        core = ov.Core()
+        self.device = _checked_device(core, device)
+        config = {"PERFORMANCE_HINT": HINTS[hint]}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        if precision and self.device.startswith("CPU"):
+            config["INFERENCE_PRECISION_HINT"] = precision
+        if cache_dir:
+            core.set_property({"CACHE_DIR": str(cache_dir)})
+        try:
+            self._compiled = {
+                role: core.compile_model(core.read_model(str(path)), self.device, config)
+                for role, path in (("features", bundle.features_path), ("head", bundle.head_path))
+            }
+        except RuntimeError as exc:
+            raise CamInferError(f"OpenVINO cannot compile this bundle for {self.device}: "
+                                f"{str(exc).strip().splitlines()[0][:300]}") from None
+        self._requests = {role: c.create_infer_request() for role, c in self._compiled.items()}
+        self._queues: dict = {}
+        self.hint = hint
+
+    def parallel_requests(self) -> int:
+        try:
+            return int(self._compiled["features"].get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        except RuntimeError:
+            return 1
+
+    def _run(self, role: str, x: np.ndarray) -> np.ndarray:
+        request = self._requests[role]
+        request.infer({0: x})
+        return request.get_output_tensor(0).data.copy()
+
+    def _run_chunks(self, role: str, chunks: list[np.ndarray]) -> list[np.ndarray]:
+        if len(chunks) == 1 or self.parallel_requests() == 1:
+            return super()._run_chunks(role, chunks)
+        import openvino as ov
+
+        if role not in self._queues:
+            self._queues[role] = ov.AsyncInferQueue(self._compiled[role], self.parallel_requests())
+        queue = self._queues[role]
+        results: list = [None] * len(chunks)
+
+        def done(request, index):
+            results[index] = request.get_output_tensor(0).data.copy()
+
+        queue.set_callback(done)
+        for index, chunk in enumerate(chunks):
+            queue.start_async({0: chunk}, index)
+        queue.wait_all()
+        return results
+
+    def describe(self) -> str:
+        return f"openvino {self.device} ({self.hint})"
+
+
+def _checked_device(core, device: str) -> str:
+    device = device.upper()
+    available = list(core.available_devices)
+    base = device.split(":")[0]
+    if base in VIRTUAL_DEVICES:
+        return device
+    if device in available or any(a.split(".")[0] == device for a in available):
+        return device
+    raise CamInferError(f"OpenVINO device '{device}' is not available here; available: "
+                        f"{', '.join(available) or 'none'} (or AUTO)")

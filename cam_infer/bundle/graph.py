@@ -1,0 +1,269 @@
+"""Reading an ONNX classifier as a graph: which tensor feeds which node, shapes, constants.
+
+Nothing here writes a model; `layers.py` decides where to cut and `split.py` writes the two graphs.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import onnx
+from onnx import TensorProto, helper, shape_inference
+
+from ..errors import CamInferError
+
+NAME_SCOPES_KEY = "pkg.torch.onnx.name_scopes"
+
+
+def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
+    """Load and check an ONNX file; every way it can be unusable becomes a `CamInferError`."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise CamInferError(f"model file '{path}' does not exist")
+    if os.path.isdir(path):
+        raise CamInferError(f"'{path}' is a folder; give the path of an .onnx file")
+    try:
+        model = onnx.load(path)
+    except Exception as exc:  # protobuf DecodeError, truncated external data, ...
+        raise CamInferError(f"'{path}' is not a readable ONNX model ({_first_line(exc)}); "
+                            "is the file complete?") from None
+    if len(model.graph.node) == 0 or len(model.graph.output) == 0:
+        raise CamInferError(f"'{path}' is not an ONNX model (no graph nodes or outputs found)")
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:
+        raise CamInferError(f"'{path}' is not a valid ONNX model: {_first_line(exc)}") from None
+    return model
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    elem_type: int
+    shape: tuple[int | None, ...] | None  # None: rank unknown; None entries: unknown dims
+
+    @property
+    def rank(self) -> int | None:
+        return None if self.shape is None else len(self.shape)
+
+
+def _tensor_info(vi: onnx.ValueInfoProto) -> TensorInfo:
+    tt = vi.type.tensor_type
+    shape = None
+    if tt.HasField("shape"):
+        shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
+    return TensorInfo(vi.name, tt.elem_type, shape)
+
+
+def _subgraph_inputs(node: onnx.NodeProto) -> set[str]:
+    """Outer-scope names read by the subgraphs of If/Loop/Scan nodes (implicit inputs)."""
+    names: set[str] = set()
+    for attr in node.attribute:
+        graphs = ([attr.g] if attr.HasField("g") else []) + list(attr.graphs)
+        for g in graphs:
+            defined = {i.name for i in g.input} | {i.name for i in g.initializer}
+            for sub in g.node:
+                names |= {i for i in sub.input if i and i not in defined}
+                names |= _subgraph_inputs(sub)
+                defined |= set(sub.output)
+    return names
+
+
+@dataclass
+class Graph:
+    """An index over one ONNX model: producers, consumers, constants, shapes, module scopes."""
+
+    model: onnx.ModelProto
+    shapes: dict[str, TensorInfo] = field(default_factory=dict)
+
+    @classmethod
+    def from_model(cls, model: onnx.ModelProto, input_size: tuple[int, int] | None = None) -> "Graph":
+        graph = cls(model)
+        graph.shapes = graph._infer_shapes(input_size)
+        return graph
+
+    # --- structure -------------------------------------------------------------------------
+
+    @cached_property
+    def nodes(self) -> list[onnx.NodeProto]:
+        return list(self.model.graph.node)
+
+    @cached_property
+    def initializers(self) -> dict[str, onnx.TensorProto]:
+        return {t.name: t for t in self.model.graph.initializer}
+
+    @cached_property
+    def image_input(self) -> onnx.ValueInfoProto:
+        """The graph input that is not an initializer (old IR<4 files list weights as inputs too)."""
+        inputs = [i for i in self.model.graph.input if i.name not in self.initializers]
+        if len(inputs) != 1:
+            names = ", ".join(i.name for i in inputs) or "none"
+            raise CamInferError(f"the model must have exactly one image input, it has {len(inputs)} ({names})")
+        return inputs[0]
+
+    @cached_property
+    def scores_output(self) -> onnx.ValueInfoProto:
+        return self.model.graph.output[0]
+
+    @cached_property
+    def node_inputs(self) -> list[list[str]]:
+        """Every tensor a node reads, including names its subgraphs read from the outer scope."""
+        return [[i for i in n.input if i] + sorted(_subgraph_inputs(n)) for n in self.nodes]
+
+    @cached_property
+    def producer(self) -> dict[str, int]:
+        return {out: idx for idx, node in enumerate(self.nodes) for out in node.output if out}
+
+    @cached_property
+    def consumers(self) -> dict[str, list[int]]:
+        result: dict[str, list[int]] = {}
+        for idx, inputs in enumerate(self.node_inputs):
+            for name in inputs:
+                result.setdefault(name, []).append(idx)
+        return result
+
+    @cached_property
+    def input_dependent(self) -> set[str]:
+        """Tensors whose value depends on the image (everything else is a constant)."""
+        dependent = {self.image_input.name}
+        for node, inputs in zip(self.nodes, self.node_inputs):
+            if any(i in dependent for i in inputs):
+                dependent.update(o for o in node.output if o)
+        return dependent
+
+    @cached_property
+    def order(self) -> dict[str, int]:
+        """Topological position of every tensor produced by a node (graph input: -1)."""
+        order = {self.image_input.name: -1}
+        order.update({out: idx for idx, node in enumerate(self.nodes) for out in node.output if out})
+        return order
+
+    def ancestors(self, tensor: str) -> set[str]:
+        """All tensors `tensor` is computed from, itself included."""
+        seen: set[str] = set()
+        stack = [tensor]
+        while stack:
+            name = stack.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            idx = self.producer.get(name)
+            if idx is not None:
+                stack.extend(self.node_inputs[idx])
+        return seen
+
+    def nodes_computing(self, tensors: list[str], stop: set[str]) -> list[int]:
+        """Indices (in graph order) of the nodes needed for `tensors`, not looking past `stop`."""
+        needed: set[int] = set()
+        seen: set[str] = set()
+        stack = list(tensors)
+        while stack:
+            name = stack.pop()
+            if name in seen or name in stop:
+                continue
+            seen.add(name)
+            idx = self.producer.get(name)
+            if idx is not None and idx not in needed:
+                needed.add(idx)
+                stack.extend(self.node_inputs[idx])
+        return sorted(needed)
+
+    # --- shapes ------------------------------------------------------------------------------
+
+    def _infer_shapes(self, input_size: tuple[int, int] | None) -> dict[str, TensorInfo]:
+        """Shapes of every tensor for a batch-1 input of the model's (or the given) spatial size."""
+        model = onnx.ModelProto()
+        model.CopyFrom(self.model)
+        image = next(i for i in model.graph.input if i.name == self.image_input.name)
+        dims = image.type.tensor_type.shape.dim
+        if len(dims) == 4:
+            concrete = [1, dims[1].dim_value or 3, *(input_size or (dims[2].dim_value, dims[3].dim_value))]
+            if 0 in concrete:
+                raise CamInferError(f"the model input '{image.name}' has no fixed spatial size; "
+                                    "give one with --input-size H W")
+            for dim, value in zip(dims, concrete):
+                dim.Clear()
+                dim.dim_value = value
+        del model.graph.value_info[:]
+        try:
+            inferred = shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+        except Exception as exc:
+            raise CamInferError(f"ONNX shape inference failed on this model: {_first_line(exc)}") from None
+        g = inferred.graph
+        infos = [*g.input, *g.value_info, *g.output]
+        shapes = {vi.name: _tensor_info(vi) for vi in infos}
+        for name, tensor in self.initializers.items():
+            shapes[name] = TensorInfo(name, tensor.data_type, tuple(tensor.dims))
+        return shapes
+
+    def info(self, name: str) -> TensorInfo:
+        return self.shapes.get(name) or TensorInfo(name, TensorProto.UNDEFINED, None)
+
+    @cached_property
+    def fixed_batch(self) -> int | None:
+        """The batch size hard-coded in the model's input, or None when it is dynamic."""
+        dims = self.image_input.type.tensor_type.shape.dim
+        return dims[0].dim_value if dims and dims[0].HasField("dim_value") else None
+
+    # --- torch module scopes -------------------------------------------------------------
+
+    @cached_property
+    def node_modules(self) -> list[tuple[str, ...]]:
+        """For each node, the torch module paths it lies in, outermost first.
+
+        From the dynamo exporter's `pkg.torch.onnx.name_scopes` metadata (``['', 'layer4',
+        'layer4.1', 'layer4.1.relu', 'relu_3']``, last entry the op) or from the legacy exporter's
+        node names (``/layer4/layer4.1/relu/Relu``, whose parts are full or relative paths).
+        """
+        return [_module_paths(node) for node in self.nodes]
+
+    @cached_property
+    def module_paths(self) -> set[str]:
+        return {path for paths in self.node_modules for path in paths}
+
+    def module_outputs(self, module: str) -> list[str]:
+        """Tensors produced inside `module` and read outside it (or returned by the graph)."""
+        inside = {idx for idx, paths in enumerate(self.node_modules) if module in paths}
+        graph_outputs = {o.name for o in self.model.graph.output}
+        outputs = []
+        for idx in sorted(inside):
+            for out in self.nodes[idx].output:
+                readers = self.consumers.get(out, [])
+                if out and (out in graph_outputs or any(r not in inside for r in readers)):
+                    outputs.append(out)
+        return outputs
+
+
+def _module_paths(node: onnx.NodeProto) -> tuple[str, ...]:
+    for prop in node.metadata_props:
+        if prop.key == NAME_SCOPES_KEY:
+            try:
+                scopes = ast.literal_eval(prop.value)
+            except (ValueError, SyntaxError):
+                break
+            return tuple(s for s in scopes[:-1] if s)
+    if not node.name.startswith("/"):
+        return ()
+    parts = node.name.split("/")[1:-1]
+    paths: list[str] = []
+    current = ""
+    for part in parts:
+        current = part if (not current or part.startswith(current + ".")) else f"{current}.{part}"
+        paths.append(current)
+    return tuple(paths)
+
+
+def make_tensor_value_info(info: TensorInfo, batch_dim: str | int) -> onnx.ValueInfoProto:
+    """A value info with the batch axis set to `batch_dim` (a name makes it dynamic)."""
+    shape = list(info.shape) if info.shape is not None else None
+    if shape:
+        shape[0] = batch_dim
+    return helper.make_tensor_value_info(info.name, info.elem_type, shape)

@@ -1,0 +1,138 @@
+"""A bundle: ``features.onnx`` + ``head.onnx`` + ``bundle.json`` in one folder.
+
+Loading a bundle reads JSON and checks hashes; it never executes code or unpickles anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CamInferError
+from ..images import Preprocessing
+
+MANIFEST = "bundle.json"
+FORMAT = "cam-infer-bundle"
+FORMAT_VERSION = 1
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A split model on disk; `manifest` is the parsed ``bundle.json``."""
+
+    path: Path
+    manifest: dict
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Bundle":
+        path = Path(path)
+        manifest_path = path / MANIFEST
+        if not path.is_dir():
+            raise CamInferError(f"bundle folder '{path}' does not exist")
+        if not manifest_path.is_file():
+            raise CamInferError(f"'{path}' is not a bundle: it has no {MANIFEST} (make one with cam-infer split)")
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise CamInferError(f"{manifest_path} is not valid JSON ({exc})") from None
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            raise CamInferError(f"{manifest_path} is not a cam-infer bundle manifest")
+        version = manifest.get("format_version")
+        if version != FORMAT_VERSION:
+            raise CamInferError(f"bundle '{path}' has format version {version}; this cam-infer reads version "
+                                f"{FORMAT_VERSION}; re-create it with cam-infer split")
+        bundle = cls(path, manifest)
+        bundle.check_graphs()
+        return bundle
+
+    def check_graphs(self) -> None:
+        for role in ("features", "head"):
+            entry = self.manifest["graphs"][role]
+            file = self.path / entry["file"]
+            if not file.is_file():
+                raise CamInferError(f"bundle '{self.path}' is missing its {role} graph '{entry['file']}'")
+            if sha256_of(file) != entry["sha256"]:
+                raise CamInferError(f"the {role} graph of bundle '{self.path}' was modified after the bundle was "
+                                    "made (sha256 mismatch); re-create the bundle")
+
+    # --- what the methods and backends read ----------------------------------------------
+
+    @property
+    def features_path(self) -> Path:
+        return self.path / self.manifest["graphs"]["features"]["file"]
+
+    @property
+    def head_path(self) -> Path:
+        return self.path / self.manifest["graphs"]["head"]["file"]
+
+    @property
+    def input_name(self) -> str:
+        return self.manifest["input"]["name"]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one input image."""
+        return tuple(self.manifest["input"]["shape"][1:])
+
+    @property
+    def activation_name(self) -> str:
+        return self.manifest["activation"]["name"]
+
+    @property
+    def activation_shape(self) -> tuple[int, int, int]:
+        """(K, h, w) of the target-layer activation for one image."""
+        return tuple(self.manifest["activation"]["shape"])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.manifest["output"]["num_classes"])
+
+    @property
+    def output_kind(self) -> str:
+        """``logits`` or ``probabilities`` (the model ends in a softmax)."""
+        return self.manifest["output"]["kind"]
+
+    @property
+    def labels(self) -> list[str] | None:
+        return self.manifest.get("labels")
+
+    @property
+    def dynamic_batch(self) -> bool:
+        return self.manifest["batch"] == "dynamic"
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing.from_dict(self.manifest["preprocessing"])
+
+    def preprocess(self, images) -> np.ndarray:
+        """Image paths or RGB uint8 arrays → (N,3,H,W) float32 model input."""
+        if isinstance(images, (str, os.PathLike, np.ndarray)) and not (
+                isinstance(images, np.ndarray) and images.ndim == 4):
+            images = [images]
+        prep = self.preprocessing
+        return np.stack([prep(image) for image in images]).astype(np.float32, copy=False)
+
+    def label(self, class_id: int) -> str:
+        labels = self.labels
+        return labels[class_id] if labels else str(class_id)
+
+    def bytes_per_item(self, role: str) -> int:
+        """Rough working memory per image of one graph, for cutting batches into chunks."""
+        return int(self.manifest["memory"][f"{role}_bytes_per_item"])
+
+
+def write_manifest(folder: Path, manifest: dict) -> None:
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,177 @@
+"""``cam-infer``: split, export, info.
+
+A user error prints one line (``cam-infer: error: ...``) and exits 1; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import CamInferError
+
+
+def _add_preprocessing(p: argparse.ArgumentParser, *, input_size_required: bool = False) -> None:
+    g = p.add_argument_group("preprocessing (default: torchvision ImageNet convention)")
+    g.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"), required=input_size_required,
+                   help="model input size (default: the model's own static shape)")
+    g.add_argument("--resize", type=int, help="resize the shorter side to this before cropping (default: size/0.875)")
+    g.add_argument("--crop", choices=["center", "none"], help="center crop, or none: resize straight to the input size")
+    g.add_argument("--mean", nargs=3, type=float, metavar=("M1", "M2", "M3"), help="per-channel mean, in --color order")
+    g.add_argument("--std", nargs=3, type=float, metavar=("S1", "S2", "S3"), help="per-channel std, in --color order")
+    g.add_argument("--scale", type=float, help="pixel multiplier before mean/std (default 1/255)")
+    g.add_argument("--color", choices=["rgb", "bgr"], help="channel order the model expects")
+    g.add_argument("--labels", help="text file with one class name per line")
+
+
+def _preprocessing(args) -> dict:
+    fields = {k: getattr(args, k) for k in ("resize", "crop", "mean", "std", "scale", "color")}
+    return {k: (tuple(v) if isinstance(v, list) else v) for k, v in fields.items() if v is not None}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cam-infer", description="Class activation maps for deployed models.")
+    parser.add_argument("--version", action="version", version=f"cam-infer {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("split", help="split an ONNX classifier into a bundle (no torch needed)")
+    p.add_argument("model", help="classifier .onnx file")
+    p.add_argument("--layer", default="auto", help="auto, ONNX tensor or node name, or torch module path")
+    p.add_argument("--out", required=True, help="bundle folder to write")
+    p.add_argument("--force", action="store_true", help="replace an existing bundle in --out")
+    _add_preprocessing(p)
+    p.set_defaults(run=cmd_split)
+
+    p = sub.add_parser("export", help="export a PyTorch model to a bundle (needs torch)")
+    p.add_argument("factory", help="'package.module:callable' returning the torch.nn.Module")
+    p.add_argument("--weights", help="state_dict file (loaded with torch.load(weights_only=True))")
+    p.add_argument("--layer", required=True, help="torch module path of the target layer, e.g. layer4")
+    p.add_argument("--out", required=True, help="bundle folder to write")
+    p.add_argument("--exporter", default="auto", choices=["auto", "dynamo", "legacy"])
+    p.add_argument("--force", action="store_true", help="replace an existing bundle in --out")
+    _add_preprocessing(p, input_size_required=True)
+    p.set_defaults(run=cmd_export)
+
+    p = sub.add_parser("info", help="describe a bundle")
+    p.add_argument("bundle", help="bundle folder")
+    p.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
+    p.add_argument("--backend", help="also run one image on this runtime (onnxruntime | openvino) and time it")
+    p.add_argument("--device", default="CPU", help="device for --backend (CPU, GPU, NPU, AUTO)")
+    p.set_defaults(run=cmd_info)
+    return parser
+
+
+def cmd_split(args) -> int:
+    from .bundle import split_onnx
+
+    bundle = split_onnx(args.model, layer=args.layer, out=args.out,
+                        input_size=tuple(args.input_size) if args.input_size else None,
+                        preprocessing=_preprocessing(args), labels=args.labels, overwrite=args.force)
+    print(describe(bundle))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .bundle.export import export_torch, load_factory, load_weights
+
+    model = load_factory(args.factory)()
+    if args.weights:
+        load_weights(model, args.weights)
+    bundle = export_torch(model, layer=args.layer, input_size=tuple(args.input_size), out=args.out,
+                          exporter=args.exporter, preprocessing=_preprocessing(args), labels=args.labels,
+                          overwrite=args.force)
+    print(describe(bundle))
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .bundle import Bundle
+
+    bundle = Bundle.load(args.bundle)
+    print(json.dumps(bundle.manifest, indent=2) if args.json else describe(bundle))
+    if args.backend:
+        print(check_backend(bundle, args.backend, args.device))
+    return 0
+
+
+def check_backend(bundle, backend_name: str, device: str) -> str:
+    """Run one random image through features and head; report the backend and the time."""
+    import time
+
+    import numpy as np
+
+    from .backends import load_backend
+    from .bundle.split import random_images
+
+    backend = load_backend(bundle, backend=backend_name, device=device)
+    x = random_images(bundle.preprocessing, 1)
+    backend.forward(x)  # warm-up
+    start = time.perf_counter()
+    scores = backend.forward(x)
+    ms = (time.perf_counter() - start) * 1000
+    ok = scores.shape == (1, bundle.num_classes) and bool(np.isfinite(scores).all())
+    return f"runs on    {backend.describe()}: {'yes' if ok else 'NO'}, {ms:.1f} ms per image (batch 1)"
+
+
+def describe(bundle) -> str:
+    m = bundle.manifest
+    prep = bundle.preprocessing
+    target = m["target_layer"]
+    verification = m["verification"]
+    c, h, w = bundle.input_shape
+    k, ah, aw = bundle.activation_shape
+    labels = bundle.labels
+    batch = ("dynamic (any batch size)" if bundle.dynamic_batch
+             else "fixed at 1 in the source model: backends run it image by image")
+    how = {"auto": "chosen automatically", "tensor": "ONNX tensor", "node": "ONNX node", "module": "torch module"}
+    lines = [
+        f"bundle       {bundle.path}",
+        f"input        '{bundle.input_name}' float32 (N,{c},{h},{w}) NCHW"
+        + (f"; model computes in {m['input']['model_dtype']}" if m["input"]["model_dtype"] != "float32" else ""),
+        f"preprocess   {prep.color.upper()}, "
+        + (f"resize shorter side to {prep.resize}, center crop {h}x{w}" if prep.crop == "center"
+           else f"resize to {h}x{w}")
+        + f", x*{prep.scale:.6g}, mean {list(prep.mean)}, std {list(prep.std)}",
+        f"target layer '{target['requested']}' ({how[target['matched_by']]}) -> tensor '{target['tensor']}'"
+        + (f", module '{target['module']}'" if target.get("module") and target["matched_by"] != "module" else ""),
+        f"activation   (N,{k},{ah},{aw})",
+        f"head ops     " + ", ".join(f"{op} x{n}" for op, n in m["graphs"]["head"]["ops"].items()),
+        f"output       '{m['output']['name']}': {bundle.num_classes} classes, {bundle.output_kind}",
+        f"labels       " + (f"{len(labels)} ({', '.join(labels[:3])}{', ...' if len(labels) > 3 else ''})"
+                            if labels else "none (class indices)"),
+        f"batch        {batch}",
+        f"verified     " + ("yes" if verification.get("passed") else "NO")
+        + f": head(features(x)) vs model(x), batches {verification['batch_sizes']}, "
+        f"max |diff| {verification['max_abs_diff']:.3g} ({verification['runtime']})",
+        f"source       {m['provenance'].get('source') or 'in-memory model'}"
+        + (f", exported with {m['provenance']['exporter']}" if m["provenance"].get("exporter") else ""),
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except CamInferError as exc:
+        print(f"cam-infer: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("cam-infer: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # an internal error: still one line unless --debug
+        if args.debug:
+            raise
+        first = " ".join(str(exc).split())[:300]
+        print(f"cam-infer: internal error: {type(exc).__name__}: {first} (rerun with --debug for details)",
+              file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

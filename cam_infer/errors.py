@@ -1,0 +1,8 @@
+"""The one exception type for errors a user can cause."""
+
+
+class CamInferError(Exception):
+    """A problem with what the user gave (a path, a model, a layer, an image, an option).
+
+    The message says what is wrong and what to do; the CLI prints it on one line.
+    """

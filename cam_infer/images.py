@@ -1,0 +1,137 @@
+"""Image files → model inputs, exactly as the bundle's preprocessing says.
+
+Order of operations (torchvision's ImageNet convention by default):
+1. decode to RGB uint8 (alpha dropped over black, grayscale expanded, 16-bit scaled to 8-bit);
+2. ``crop="center"``: resize the shorter side to ``resize`` (area interpolation when shrinking,
+   bilinear when enlarging), then center-crop ``input_size``; ``crop="none"``: resize straight to
+   ``input_size`` (aspect ratio not kept);
+3. reorder channels to ``color`` (rgb or bgr);
+4. ``x = (pixel * scale - mean) / std`` per channel, in the order of ``color``; NCHW float32.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+
+import cv2
+import numpy as np
+
+from .errors import CamInferError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def default_resize(input_size: tuple[int, int]) -> int:
+    """torchvision's 256-for-224 rule: the shorter side is resized to round(S / 0.875)."""
+    return int(round(min(input_size) / 0.875))
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    input_size: tuple[int, int]                       # (H, W) of the model input
+    resize: int | None = None                         # shorter side before the crop; None: 256/224 rule
+    crop: str = "center"                              # "center" | "none"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    scale: float = 1 / 255
+    color: str = "rgb"                                # "rgb" | "bgr"
+    layout: str = field(default="NCHW")
+
+    def __post_init__(self):
+        object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        if self.resize is None and self.crop == "center":
+            object.__setattr__(self, "resize", default_resize(self.input_size))
+        if self.crop not in ("center", "none"):
+            raise CamInferError(f"crop must be 'center' or 'none', not '{self.crop}'")
+        if self.color not in ("rgb", "bgr"):
+            raise CamInferError(f"color must be 'rgb' or 'bgr', not '{self.color}'")
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise CamInferError("mean and std take three values, one per colour channel")
+        if any(s == 0 for s in self.std):
+            raise CamInferError("std values must be non-zero")
+        if len(self.input_size) != 2 or min(self.input_size) < 1:
+            raise CamInferError(f"input size must be two positive integers (H W), not {self.input_size}")
+        if self.resize is not None and self.crop == "center" and self.resize < min(self.input_size):
+            raise CamInferError(f"resize {self.resize} is smaller than the input size {self.input_size}; "
+                                "the crop would not fit")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["input_size"] = list(self.input_size)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocessing":
+        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
+
+    def geometry(self, rgb: np.ndarray) -> np.ndarray:
+        """Resize and crop an RGB uint8 image to the model's input size (steps 2)."""
+        h, w = self.input_size
+        if self.crop == "none":
+            return _resize(rgb, w, h)
+        src_h, src_w = rgb.shape[:2]
+        ratio = self.resize / min(src_h, src_w)
+        new_w, new_h = max(w, int(round(src_w * ratio))), max(h, int(round(src_h * ratio)))
+        resized = _resize(rgb, new_w, new_h)
+        top, left = int(round((new_h - h) / 2.0)), int(round((new_w - w) / 2.0))
+        return resized[top:top + h, left:left + w]
+
+    def normalise(self, rgb: np.ndarray) -> np.ndarray:
+        """(H,W,3) RGB uint8 at input size → (3,H,W) float32 (steps 3–4)."""
+        pixels = rgb[..., ::-1] if self.color == "bgr" else rgb
+        x = pixels.astype(np.float32) * np.float32(self.scale)
+        x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+    def __call__(self, image: "str | os.PathLike | np.ndarray") -> np.ndarray:
+        """One image (path or RGB uint8 array of any size) → (3,H,W) float32."""
+        rgb = load_image(image) if isinstance(image, (str, os.PathLike)) else as_rgb_uint8(image)
+        return self.normalise(self.geometry(rgb))
+
+
+def _resize(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
+    if (rgb.shape[1], rgb.shape[0]) == (width, height):
+        return rgb
+    shrinking = width < rgb.shape[1] or height < rgb.shape[0]
+    return cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """Decode an image file to (H,W,3) RGB uint8; every failure is a `CamInferError`."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CamInferError(f"image '{path}' does not exist")
+    data = np.fromfile(path, dtype=np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if image is None:
+        raise CamInferError(f"'{path}' is not a readable image (PNG, JPEG, BMP, TIFF, WebP, ...)")
+    if image.ndim == 3 and image.shape[2] >= 3:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+    return as_rgb_uint8(image)
+
+
+def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
+    """Grayscale, RGBA (composited over black), 16-bit or float [0,1] arrays → (H,W,3) uint8 RGB."""
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3 or image.shape[2] not in (1, 2, 3, 4) or min(image.shape[:2]) < 1:
+        raise CamInferError(f"an image must be (H,W), (H,W,1), (H,W,3) or (H,W,4), not {image.shape}")
+    if image.dtype == np.uint16:
+        image = (image.astype(np.float32) / 257.0).round().astype(np.uint8)
+    elif image.dtype.kind == "f":
+        image = (np.clip(image, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise CamInferError(f"unsupported image dtype {image.dtype}; use uint8, uint16 or float in [0,1]")
+    channels = image.shape[2]
+    if channels in (2, 4):  # gray+alpha or RGBA: composite over black
+        alpha = image[..., -1:].astype(np.float32) / 255.0
+        image = (image[..., :-1].astype(np.float32) * alpha).round().astype(np.uint8)
+    if image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+    return np.ascontiguousarray(image)

@@ -1,0 +1,38 @@
+"""Reference architectures whose state_dict keys match torchvision's layouts.
+
+Our own definitions (torchvision itself does not load on this CPU build of torch), so a user's
+torchvision checkpoint loads with ``model.load_state_dict(torch.load(path, weights_only=True))``.
+Each builder takes ``num_classes`` and returns the model in eval mode with random weights.
+
+| name | usual CAM layer |
+|---|---|
+| resnet18, resnet50 | ``layer4`` |
+| vgg16 | ``features.29`` (ReLU after conv5_3) |
+| mobilenet_v2 | ``features`` (= ``features.18``) |
+| densenet121 | ``features`` |
+| squeezenet1_1 | ``features`` (fire9) |
+"""
+
+from .densenet import densenet121
+from .mobilenetv2 import mobilenet_v2
+from .resnet import resnet18, resnet50
+from .squeezenet import squeezenet1_1
+from .vgg import vgg16
+
+BUILDERS = {
+    "resnet18": resnet18,
+    "resnet50": resnet50,
+    "vgg16": vgg16,
+    "mobilenet_v2": mobilenet_v2,
+    "densenet121": densenet121,
+    "squeezenet1_1": squeezenet1_1,
+}
+
+CAM_LAYERS = {
+    "resnet18": "layer4",
+    "resnet50": "layer4",
+    "vgg16": "features.29",
+    "mobilenet_v2": "features",
+    "densenet121": "features",
+    "squeezenet1_1": "features",
+}

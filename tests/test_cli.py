@@ -1,0 +1,120 @@
+"""The command line: split, info, export; every user error is one line and a non-zero exit."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import onnx
+import pytest
+from tiny_onnx import mlp, tiny_cnn
+
+from conftest import ROOT, needs_torch
+
+
+def run_cli(*args, cwd=None):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "cam_infer", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=300)
+
+
+def assert_one_line_error(result, fragment: str):
+    assert result.returncode != 0
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("cam-infer: error: ") and fragment in lines[0], lines[0]
+
+
+def test_split_then_info(tmp_path, tiny_onnx_path):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("a\nb\nc\nd\n")
+    result = run_cli("split", tiny_onnx_path, "--layer", "conv3", "--out", tmp_path / "b", "--labels", labels,
+                     "--input-size", "64", "64", "--mean", "0", "0", "0", "--std", "1", "1", "1", "--color", "bgr")
+    assert result.returncode == 0, result.stderr
+    info = run_cli("info", tmp_path / "b", "--backend", "openvino")
+    assert info.returncode == 0, info.stderr
+    for fragment in ("target layer 'conv3' (ONNX tensor)", "activation   (N,16,16,16)", "4 classes, logits",
+                     "labels       4 (a, b, c, ...)", "BGR", "verified     yes", "dynamic",
+                     "runs on    openvino CPU (latency): yes"):
+        assert fragment in info.stdout
+
+
+def _corrupt_files(tmp_path, tiny_onnx_path):
+    (tmp_path / "notes.onnx").write_text("this is not a model\n" * 20)
+    data = tiny_onnx_path.read_bytes()
+    (tmp_path / "truncated.onnx").write_bytes(data[: len(data) // 2])
+    onnx.save(mlp(), tmp_path / "mlp.onnx")
+    onnx.save(tiny_cnn(skip=True), tmp_path / "skip.onnx")
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["split", "{tmp}/missing.onnx", "--out", "{tmp}/b"], "does not exist"),
+    (["split", "{tmp}/notes.onnx", "--out", "{tmp}/b"], "is not"),
+    (["split", "{tmp}/truncated.onnx", "--out", "{tmp}/b"], "is not a readable ONNX model"),
+    (["split", "{tiny}", "--layer", "layer9", "--out", "{tmp}/b"], "unknown layer 'layer9'"),
+    (["split", "{tmp}/skip.onnx", "--layer", "relu2", "--out", "{tmp}/b"],
+     "is not a cut point: the head also reads 'relu1'"),
+    (["split", "{tmp}/mlp.onnx", "--out", "{tmp}/b"], "no 4-D activation"),
+    (["split", "{tiny}", "--out", "{tmp}/b", "--labels", "{tmp}/nolabels.txt"], "labels file"),
+    (["info", "{tmp}/nobundle"], "does not exist"),
+])
+def test_user_errors_print_one_line(tmp_path, tiny_onnx_path, args, fragment):
+    _corrupt_files(tmp_path, tiny_onnx_path)
+    args = [a.format(tmp=tmp_path, tiny=tiny_onnx_path) for a in args]
+    assert_one_line_error(run_cli(*args), fragment)
+
+
+@pytest.mark.parametrize("damage, fragment", [("missing", "missing its head graph"), ("modified", "was modified"),
+                                              ("backend", "unknown backend 'tensorrt'"),
+                                              ("device", "OpenVINO device 'NPU' is not available")])
+def test_bundle_and_backend_errors_print_one_line(tmp_path, tiny_bundle, damage, fragment):
+    bundle = shutil.copytree(tiny_bundle.path, tmp_path / "b")
+    extra = []
+    if damage == "missing":
+        (bundle / "head.onnx").unlink()
+    elif damage == "modified":
+        (bundle / "head.onnx").write_bytes((bundle / "head.onnx").read_bytes() + b"\0")
+    elif damage == "backend":
+        extra = ["--backend", "tensorrt"]
+    else:
+        extra = ["--backend", "openvino", "--device", "NPU"]
+    result = run_cli("info", bundle, *extra)
+    if damage in ("backend", "device"):  # the description prints first, then the one-line error
+        assert result.returncode == 1 and result.stderr.count("\n") == 1 and fragment in result.stderr
+        assert "Traceback" not in result.stderr
+    else:
+        assert_one_line_error(result, fragment)
+
+
+@needs_torch
+def test_export_command_with_factory_and_weights(tmp_path):
+    import torch
+
+    import models
+    model = models.resnet18(num_classes=5)
+    torch.save(model.state_dict(), tmp_path / "weights.pt")
+    result = run_cli("export", "models.resnet:resnet18", "--weights", tmp_path / "weights.pt", "--layer", "layer4",
+                     "--input-size", "64", "64", "--out", tmp_path / "b", "--exporter", "legacy", cwd=ROOT)
+    assert_one_line_error(result, "does not fit the model")   # 1000-class factory, 5-class weights
+    (tmp_path / "factory.py").write_text("import models\n\ndef build():\n    return models.resnet18(num_classes=5)\n")
+    result = run_cli("export", "factory:build", "--weights", tmp_path / "weights.pt", "--layer", "layer4",
+                     "--input-size", "64", "64", "--out", tmp_path / "b", "--exporter", "legacy", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "target layer 'layer4' (torch module)" in result.stdout and "(N,512,2,2)" in result.stdout
+
+
+@needs_torch
+@pytest.mark.parametrize("args, fragment", [
+    (["export", "nosuchmodule:build"], "cannot import 'nosuchmodule'"),
+    (["export", "models.resnet"], "must look like 'package.module:function'"),
+    (["export", "models.resnet:resnet18", "--weights", "{tmp}/none.pt"], "weights file"),
+    (["export", "models.resnet:resnet18", "--weights", "{tmp}/bad.pt"], "is not a loadable state_dict"),
+])
+def test_export_errors_print_one_line(tmp_path, args, fragment):
+    (tmp_path / "bad.pt").write_text("garbage")
+    args = [a.format(tmp=tmp_path) for a in args] + ["--layer", "layer4", "--input-size", "64", "64",
+                                                     "--out", str(tmp_path / "b")]
+    assert_one_line_error(run_cli(*args, cwd=ROOT), fragment)

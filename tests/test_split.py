@@ -1,0 +1,174 @@
+"""Splitting ONNX models: layer lookup, cut points, dynamic batch, float16, verification, manifest."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from tiny_onnx import mlp, tiny_cnn, to_float16
+
+from cam_infer import Bundle, CamInferError, load_backend, split_onnx
+from cam_infer.bundle.graph import Graph
+from cam_infer.bundle.layers import crossing_tensors, find_target_layer, is_cut_point
+
+
+def _full_model(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def _images(n: int, size: int = 64, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, 3, size, size)).astype(np.float32)
+
+
+def test_auto_layer_is_last_spatial_cut_point_not_pooled_map():
+    graph = Graph.from_model(tiny_cnn())
+    target = find_target_layer(graph, "auto")
+    assert target.tensor == "features"        # not 'pooled' (1x1) and not the scores
+    assert target.matched_by == "auto"
+
+
+def test_layer_by_tensor_name_and_by_node_name():
+    graph = Graph.from_model(tiny_cnn())
+    assert find_target_layer(graph, "conv3").tensor == "conv3"
+    by_node = find_target_layer(graph, "relu3")     # the node 'relu3' writes tensor 'features'
+    assert by_node.tensor == "features" and by_node.matched_by == "node"
+
+
+def test_split_refuses_layer_bypassed_by_skip_connection():
+    graph = Graph.from_model(tiny_cnn(skip=True))
+    assert crossing_tensors(graph, "relu2") == ["relu1"]
+    assert not is_cut_point(graph, "relu2")
+    assert is_cut_point(graph, "sum")
+    with pytest.raises(CamInferError, match=r"'relu2' is not a cut point: the head also reads 'relu1'.*"
+                                            r"nearest valid layer: 'sum'"):
+        find_target_layer(graph, "relu2")
+
+
+def test_auto_skips_tensors_inside_a_residual_block(tmp_path):
+    bundle = split_onnx(tiny_cnn(skip=True), layer="auto", out=tmp_path / "b")
+    assert bundle.activation_name == "features"
+    # the head reads only the activation: it must not contain any node of the backbone
+    head = onnx.load(bundle.head_path)
+    assert [i.name for i in head.graph.input] == ["features"]
+    assert {n.op_type for n in head.graph.node} == {"GlobalAveragePool", "Flatten", "Gemm"}
+
+
+@pytest.mark.parametrize("layer, message", [
+    ("nope", r"unknown layer 'nope'.*use --layer auto"),
+    ("relu", r"did you mean 'relu\d'"),
+    ("pooled", r"pooled to 1x1"),
+    ("logits", r"shape \(1, 4\)"),
+    ("image", r"is the model input"),
+    ("w3", r"constant"),
+])
+def test_unusable_layers_are_refused_with_a_way_out(layer, message):
+    with pytest.raises(CamInferError, match=message):
+        find_target_layer(Graph.from_model(tiny_cnn()), layer)
+
+
+def test_model_without_4d_tensor_is_refused(tmp_path):
+    with pytest.raises(CamInferError, match="no 4-D activation"):
+        split_onnx(mlp(), out=tmp_path / "b")
+
+
+@pytest.mark.parametrize("layer", ["auto", "conv2", "conv3"])
+def test_head_of_features_reproduces_model_for_several_batch_sizes(tmp_path, layer):
+    model = tiny_cnn()
+    bundle = split_onnx(model, layer=layer, out=tmp_path / "b")
+    x = _images(5)
+    expected = _full_model(model, x)
+    for name in ("onnxruntime", "openvino"):
+        backend = load_backend(bundle, backend=name)
+        np.testing.assert_allclose(backend.head(backend.features(x)), expected, rtol=1e-4, atol=1e-5)
+    v = bundle.manifest["verification"]
+    assert v["passed"] and v["batch_sizes"] == [1, 3] and v["max_abs_diff"] <= 1e-4
+
+
+def test_fixed_batch_model_gets_dynamic_batch_by_rewriting_reshape(tmp_path):
+    model = tiny_cnn(batch=1, head="reshape")          # Reshape target [1, 16] hard-codes the batch
+    bundle = split_onnx(model, out=tmp_path / "b")
+    assert bundle.dynamic_batch
+    head = onnx.load(bundle.head_path)
+    assert head.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "N"
+    x = _images(4)
+    expected = np.concatenate([_full_model(model, x[i:i + 1]) for i in range(4)])
+    backend = load_backend(bundle, backend="onnxruntime")
+    assert backend.chunk_size("head") > 1
+    np.testing.assert_allclose(backend.forward(x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_model_that_only_works_at_batch_1_runs_image_by_image(tmp_path):
+    model = tiny_cnn(batch=1, head="flatten0")        # Flatten(axis=0): batch 3 would break the Gemm
+    bundle = split_onnx(model, out=tmp_path / "b")
+    assert not bundle.dynamic_batch and bundle.manifest["batch"] == "fixed"
+    x = _images(3)
+    expected = np.concatenate([_full_model(model, x[i:i + 1]) for i in range(3)])
+    for name in ("onnxruntime", "openvino"):
+        backend = load_backend(bundle, backend=name)
+        assert backend.chunk_size("features") == 1
+        np.testing.assert_allclose(backend.forward(x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_float16_model_takes_and_returns_float32(tmp_path):
+    half = to_float16(tiny_cnn())
+    bundle = split_onnx(half, out=tmp_path / "b")
+    assert bundle.manifest["input"]["model_dtype"] == "float16"
+    for path in (bundle.features_path, bundle.head_path):
+        g = onnx.load(path).graph
+        assert g.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+        assert g.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    x = _images(2)
+    expected = _full_model(half, x.astype(np.float16)).astype(np.float32)
+    for name in ("onnxruntime", "openvino"):
+        backend = load_backend(bundle, backend=name)
+        a = backend.features(x)
+        assert a.dtype == np.float32
+        np.testing.assert_allclose(backend.head(a), expected, rtol=2e-2, atol=2e-2)
+
+
+def test_softmax_output_is_recorded_as_probabilities(tmp_path):
+    assert split_onnx(tiny_cnn(softmax=True), out=tmp_path / "p").output_kind == "probabilities"
+    assert split_onnx(tiny_cnn(), out=tmp_path / "l").output_kind == "logits"
+
+
+def test_manifest_records_everything_info_needs(tmp_path, tiny_onnx_path):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("cat\ndog\nbird\nfish\n")
+    bundle = split_onnx(tiny_onnx_path, out=tmp_path / "b", labels=labels,
+                        preprocessing={"mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25), "crop": "none"})
+    m = bundle.manifest
+    assert m["format_version"] == 1
+    assert m["input"] == {"name": "image", "shape": [None, 3, 64, 64], "layout": "NCHW", "dtype": "float32",
+                          "model_dtype": "float32"}
+    assert m["preprocessing"]["mean"] == [0.5, 0.5, 0.5] and m["preprocessing"]["crop"] == "none"
+    assert m["activation"] == {"name": "features", "shape": [16, 16, 16], "dtype": "float32"}
+    assert m["output"] == {"name": "logits", "kind": "logits", "num_classes": 4}
+    assert bundle.labels == ["cat", "dog", "bird", "fish"]
+    assert len(m["graphs"]["features"]["sha256"]) == 64 and m["provenance"]["source"] == "tiny.onnx"
+    assert Bundle.load(tmp_path / "b").manifest == m
+
+
+def test_label_count_must_match_classes(tmp_path, tiny_onnx_path):
+    with pytest.raises(CamInferError, match="3 labels given, but the model has 4 classes"):
+        split_onnx(tiny_onnx_path, out=tmp_path / "b", labels=["a", "b", "c"])
+
+
+def test_existing_bundle_is_not_replaced_without_overwrite(tmp_path, tiny_onnx_path):
+    split_onnx(tiny_onnx_path, out=tmp_path / "b")
+    with pytest.raises(CamInferError, match="not empty"):
+        split_onnx(tiny_onnx_path, out=tmp_path / "b", layer="conv2")
+    assert split_onnx(tiny_onnx_path, out=tmp_path / "b", layer="conv2", overwrite=True).activation_name == "conv2"
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(CamInferError, match="not a bundle"):
+        split_onnx(tiny_onnx_path, out=tmp_path / "other", overwrite=True)
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+
+
+def test_split_leaves_the_users_model_unchanged(tiny_onnx_path, tmp_path):
+    model = tiny_cnn(batch=1, head="reshape")
+    before = model.SerializeToString()
+    split_onnx(model, out=tmp_path / "b")
+    assert model.SerializeToString() == before
