@@ -10,6 +10,8 @@ from .errors import CamInferError  # noqa: E402
 from .images import Preprocessing, load_image  # noqa: E402
 from .bundle import Bundle, split_onnx  # noqa: E402
 from .backends import load_backend  # noqa: E402
+from .explainer import Explainer, Explanation  # noqa: E402
+from .postprocess import overlay  # noqa: E402
 
 
 def export_torch(*args, **kwargs):
@@ -18,5 +20,5 @@ def export_torch(*args, **kwargs):
     return _export_torch(*args, **kwargs)
 
 
-__all__ = ["Bundle", "CamInferError", "Preprocessing", "export_torch", "load_backend", "load_image", "split_onnx",
+__all__ = ["Bundle", "CamInferError", "Explainer", "Explanation", "Preprocessing", "overlay", "export_torch", "load_backend", "load_image", "split_onnx",
            "__version__"]

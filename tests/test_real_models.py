@@ -52,3 +52,18 @@ def test_squeezenet_outputs_are_probabilities_and_mobilenet_logits(tmp_path):
     mobile = split_onnx(SHARED / "models" / "mobilenetv2-fp32-dequant.onnx", out=tmp_path / "m")
     assert squeeze.output_kind == "probabilities" and mobile.output_kind == "logits"
     assert squeeze.manifest["input"]["shape"] == [None, 3, 224, 224]
+
+
+def test_closed_forms_match_head_passes_on_real_mobilenet_v2(tmp_path):
+    from cam_infer import Explainer
+
+    bundle = split_onnx(SHARED / "models" / "mobilenetv2-fp32-dequant.onnx", out=tmp_path / "m")
+    ex = Explainer(bundle, backend="openvino")
+    assert ex.linear_head is not None and ex.linear_head.weight.shape == (1000, 1280)
+    x = bundle.preprocess([SHARED / "images" / "chelsea.png", SHARED / "images" / "parrot.jpg"])
+    for method in ("recipro", "ablation"):
+        closed = ex.explain(x, method).maps
+        general = ex.explain(x, method, closed_form=False).maps
+        np.testing.assert_allclose(general, closed, rtol=1e-3, atol=1e-4 * np.abs(closed).max())
+    e = ex.explain(x, "recipro")
+    assert e.targets.tolist() == [285, 88] and not e.degenerate.any()

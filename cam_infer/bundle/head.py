@@ -1,0 +1,92 @@
+"""Reading a head graph that is global average pooling followed by a linear layer.
+
+Accepted chains (each node reading the previous one's output): GlobalAveragePool or
+ReduceMean over the two spatial axes → Flatten/Reshape/Squeeze/Identity/Dropout … → optionally
+Gemm, or MatMul [+ Add] → optionally Softmax. Without a linear layer the weights are the identity
+(SqueezeNet cut at conv10: GAP → Softmax). The closed forms of CAM, Recipro-CAM and Ablation-CAM
+use `LinearHead`; the Explainer checks it against the real head graph before trusting it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+PASS_THROUGH = {"Flatten", "Reshape", "Squeeze", "Identity", "Dropout", "Cast"}
+
+
+@dataclass(frozen=True)
+class LinearHead:
+    weight: np.ndarray     # (C,K)
+    bias: np.ndarray       # (C,)
+
+    def logits(self, pooled: np.ndarray) -> np.ndarray:
+        """Pre-softmax scores of pooled features (...,K) → (...,C)."""
+        return pooled @ self.weight.T + self.bias
+
+
+def _attr(node: onnx.NodeProto, name: str, default):
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def read_linear_head(model: onnx.ModelProto, channels: int) -> LinearHead | None:
+    """The (W, b) of a GAP→linear head, or None when the head is anything else."""
+    g = model.graph
+    consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    for node in g.node:
+        if node.op_type == "Constant" and _attr(node, "value", None) is not None:
+            consts[node.output[0]] = numpy_helper.to_array(_attr(node, "value", None))
+    nodes = list(g.node)
+    current = g.input[0].name
+    weight, bias = np.eye(channels, dtype=np.float32), np.zeros(channels, np.float32)
+    stage = "pool"
+    for node in nodes:
+        if node.op_type == "Constant":
+            continue
+        if not node.input or node.input[0] != current:
+            return None
+        op = node.op_type
+        if stage == "pool":
+            if op == "GlobalAveragePool" or (op == "ReduceMean" and _spatial_axes(node, consts)):
+                stage = "linear"
+            else:
+                return None
+        elif op in PASS_THROUGH:
+            pass
+        elif stage == "linear" and op == "Gemm" and not _attr(node, "transA", 0):
+            b = consts.get(node.input[1])
+            if b is None:
+                return None
+            weight = (b if _attr(node, "transB", 0) else b.T) * _attr(node, "alpha", 1.0)
+            if len(node.input) > 2 and node.input[2]:
+                if node.input[2] not in consts:
+                    return None
+                bias = np.broadcast_to(consts[node.input[2]] * _attr(node, "beta", 1.0), weight.shape[:1])
+            stage = "bias"
+        elif stage == "linear" and op == "MatMul" and node.input[1] in consts:
+            weight = consts[node.input[1]].T
+            stage = "bias"
+        elif stage == "bias" and op == "Add" and node.input[1] in consts:
+            bias = np.broadcast_to(consts[node.input[1]], weight.shape[:1])
+            stage = "softmax"
+        elif op == "Softmax" and stage in ("linear", "bias", "softmax"):
+            stage = "done"
+        else:
+            return None
+        current = node.output[0]
+    if current != g.output[0].name or weight.ndim != 2 or weight.shape[1] != channels:
+        return None
+    return LinearHead(np.ascontiguousarray(weight, np.float32), np.ascontiguousarray(bias, np.float32))
+
+
+def _spatial_axes(node: onnx.NodeProto, consts: dict) -> bool:
+    axes = _attr(node, "axes", None)
+    if axes is None and len(node.input) > 1:
+        axes = consts.get(node.input[1])
+    return axes is not None and {int(a) % 4 for a in np.ravel(axes)} == {2, 3}

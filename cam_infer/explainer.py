@@ -1,0 +1,99 @@
+"""The Explainer: a bundle on a backend, and `explain(x, method=...)` for any batch.
+
+    ex = Explainer("bundle/", backend="openvino")
+    e = ex.explain(ex.preprocess(["cat.jpg"]), method="recipro")
+    e.saliency   # (N,H,W) in [0,1]
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .backends import load_backend
+from .bundle import Bundle
+from .bundle.head import read_linear_head
+from .errors import CamInferError
+from .methods import Context, get_method
+from .methods.registry import softmax
+from .postprocess import normalise, upsample
+
+
+@dataclass
+class Explanation:
+    method: str
+    saliency: np.ndarray        # (N,H,W) float32 in [0,1], input resolution
+    maps: np.ndarray            # (N,h,w) raw low-resolution maps, before ReLU and normalisation
+    targets: np.ndarray         # (N,) class explained
+    scores: np.ndarray          # (N,) probability of that class (softmax of the logits)
+    degenerate: np.ndarray      # (N,) True where the map was constant
+    milliseconds: float         # wall time of the whole call
+    options: dict = field(default_factory=dict)
+
+
+class Explainer:
+    """A bundle opened on a backend. Backend options (device, threads, hint, ...) pass through."""
+
+    def __init__(self, bundle: "Bundle | str | os.PathLike", backend: str = "onnxruntime", **backend_options):
+        self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+        self.backend = load_backend(self.bundle, backend=backend, **backend_options)
+        self.linear_head = self._checked_linear_head()
+
+    def _checked_linear_head(self):
+        import onnx
+
+        head = read_linear_head(onnx.load(self.bundle.head_path), self.bundle.activation_shape[0])
+        if head is None:
+            return None
+        a = np.abs(np.random.default_rng(0).standard_normal((2, *self.bundle.activation_shape))).astype(np.float32)
+        expected = self.backend.head(a)
+        got = head.logits(a.mean(axis=(2, 3)))
+        if self.bundle.output_kind == "probabilities":
+            got = softmax(got)
+        scale = max(1.0, float(np.abs(expected).max()))
+        return head if np.allclose(got, expected, atol=1e-4 * scale, rtol=1e-4) else None
+
+    def preprocess(self, images) -> np.ndarray:
+        """Image paths or RGB arrays → (N,3,H,W) float32 as the model expects."""
+        return self.bundle.preprocess(images)
+
+    def targets_for(self, target, outputs: np.ndarray) -> np.ndarray:
+        n, classes = outputs.shape
+        if target is None:
+            return outputs.argmax(axis=1)
+        values = [target] * n if isinstance(target, (int, np.integer, str)) else list(target)
+        if len(values) != n:
+            raise CamInferError(f"{len(values)} targets given for {n} images")
+        return np.array([self._class_id(v, classes) for v in values], np.int64)
+
+    def _class_id(self, value, classes: int) -> int:
+        if isinstance(value, str) and not value.lstrip("-").isdigit():
+            labels = self.bundle.labels or []
+            if value not in labels:
+                raise CamInferError(f"unknown class label '{value}'" + ("" if labels else "; this bundle has no labels"))
+            return labels.index(value)
+        index = int(value)
+        if not 0 <= index < classes:
+            raise CamInferError(f"class {index} is out of range: this model has classes 0..{classes - 1}")
+        return index
+
+    def explain(self, x: np.ndarray, method: str = "recipro", target=None, **options) -> Explanation:
+        """Explain a batch (N,3,H,W); target None = top-1, an int or label, or one per image."""
+        start = time.perf_counter()
+        chosen = get_method(method)
+        x = self.backend._checked(x, self.bundle.input_shape, "input images")
+        activations = self.backend.features(x)
+        outputs = self.backend.head(activations)
+        targets = self.targets_for(target, outputs)
+        ctx = Context(x=x, activations=activations, targets=targets, outputs=outputs, backend=self.backend,
+                      bundle=self.bundle, linear_head=self.linear_head)
+        maps = chosen(ctx, **options).astype(np.float32)
+        normalised, degenerate = normalise(maps)
+        saliency = upsample(normalised, self.bundle.input_shape[1:])
+        probabilities = ctx.probabilities(outputs)
+        scores = probabilities[np.arange(len(targets)), targets]
+        return Explanation(method, saliency, maps, targets, scores.astype(np.float32), degenerate,
+                           (time.perf_counter() - start) * 1000, dict(options))

@@ -1,0 +1,156 @@
+"""Numba kernels for the hot loops NumPy cannot express without large temporaries.
+
+Arrays in, arrays out; nothing here knows about bundles, backends or options. Each kernel has a
+plain NumPy twin in ``tests/test_kernels.py``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+
+@njit(cache=True, nogil=True)
+def spatial_entropy(a: np.ndarray) -> np.ndarray:
+    """Normalised spatial Shannon entropy per channel of a (K,h,w) map, in [0,1].
+
+    p_u = max(a_u, 0) / Σ_v max(a_v, 0);  H = −Σ_u p_u ln p_u / ln(h·w);  H = 0 when Σ = 0.
+    """
+    k, h, w = a.shape
+    n = h * w
+    out = np.zeros(k, np.float32)
+    log_n = np.log(n) if n > 1 else 1.0
+    for c in range(k):
+        total = 0.0
+        for i in range(h):
+            for j in range(w):
+                v = a[c, i, j]
+                if v > 0:
+                    total += v
+        if total <= 0:
+            continue
+        entropy = 0.0
+        for i in range(h):
+            for j in range(w):
+                v = a[c, i, j]
+                if v > 0:
+                    p = v / total
+                    entropy -= p * np.log(p)
+        out[c] = entropy / log_n
+    return out
+
+
+@njit(cache=True, nogil=True)
+def histogram_entropy(a: np.ndarray, bins: int) -> np.ndarray:
+    """Histogram entropy per channel of a (K,h,w) map, normalised to [0,1].
+
+    Min–max the channel to [0,1], count `bins` equal bins (the maximum in the last),
+    H = −Σ_b q_b log2 q_b / log2(min(h·w, bins)); a constant channel gives 0.
+    """
+    k, h, w = a.shape
+    n = h * w
+    out = np.zeros(k, np.float32)
+    norm = np.log2(min(n, bins)) if min(n, bins) > 1 else 1.0
+    counts = np.zeros(bins, np.int64)
+    for c in range(k):
+        lo = a[c, 0, 0]
+        hi = a[c, 0, 0]
+        for i in range(h):
+            for j in range(w):
+                lo = min(lo, a[c, i, j])
+                hi = max(hi, a[c, i, j])
+        if hi <= lo:
+            continue
+        counts[:] = 0
+        for i in range(h):
+            for j in range(w):
+                b = int((a[c, i, j] - lo) / (hi - lo) * bins)
+                counts[min(b, bins - 1)] += 1
+        entropy = 0.0
+        for b in range(bins):
+            if counts[b] > 0:
+                q = counts[b] / n
+                entropy -= q * np.log2(q)
+        out[c] = entropy / norm
+    return out
+
+
+@njit(cache=True, nogil=True)
+def recipro_masked_batch(a: np.ndarray, kernel: np.ndarray, out: np.ndarray) -> None:
+    """Recipro-CAM's h·w masked copies of one (K,h,w) activation, written into out (h·w,K,h,w).
+
+    Row r = i·w + j keeps the feature vector at (i, j), spread over the kernel's neighbourhood
+    and scaled by it (1×1 kernel [[1]]: one-hot; 3×3 Gaussian: the official CNN variant,
+    truncated at the borders, not renormalised); everything else is 0.
+    """
+    k, h, w = a.shape
+    kh, kw = kernel.shape
+    ch, cw = kh // 2, kw // 2
+    out[:] = 0
+    for i in range(h):
+        for j in range(w):
+            r = i * w + j
+            for di in range(kh):
+                for dj in range(kw):
+                    y, x = i + di - ch, j + dj - cw
+                    if 0 <= y < h and 0 <= x < w:
+                        g = kernel[di, dj]
+                        for c in range(k):
+                            out[r, c, y, x] = g * a[c, i, j]
+
+
+@njit(cache=True, nogil=True)
+def ablated_batch(a: np.ndarray, channels: np.ndarray, out: np.ndarray) -> None:
+    """Copies of one (K,h,w) activation, copy r with channel `channels[r]` set to 0."""
+    for r in range(channels.shape[0]):
+        out[r] = a
+        out[r, channels[r]] = 0
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def bilinear_minmax_masks(a: np.ndarray, channels: np.ndarray, height: int, width: int,
+                          out: np.ndarray) -> np.ndarray:
+    """Upsample channels of a (K,h,w) map bilinearly (align_corners=False) to (height,width) and
+    min–max each to [0,1], into out (len(channels),height,width). Returns a flag per channel:
+    False where the upsampled channel is constant (its mask is left at 0)."""
+    k, h, w = a.shape
+    n = channels.shape[0]
+    valid = np.zeros(n, np.bool_)
+    sy = h / height
+    sx = w / width
+    for r in prange(n):
+        c = channels[r]
+        for y in range(height):
+            fy = max((y + 0.5) * sy - 0.5, 0.0)
+            y0 = min(int(fy), h - 1)
+            y1 = min(y0 + 1, h - 1)
+            ly = fy - y0
+            for x in range(width):
+                fx = max((x + 0.5) * sx - 0.5, 0.0)
+                x0 = min(int(fx), w - 1)
+                x1 = min(x0 + 1, w - 1)
+                lx = fx - x0
+                top = a[c, y0, x0] * (1 - lx) + a[c, y0, x1] * lx
+                bottom = a[c, y1, x0] * (1 - lx) + a[c, y1, x1] * lx
+                out[r, y, x] = top * (1 - ly) + bottom * ly
+        lo = out[r].min()
+        hi = out[r].max()
+        if hi - lo > 1e-12 * max(1.0, abs(hi)):
+            valid[r] = True
+            scale = 1.0 / (hi - lo)
+            for y in range(height):
+                for x in range(width):
+                    out[r, y, x] = (out[r, y, x] - lo) * scale
+        else:
+            out[r] = 0
+    return valid
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def masked_inputs(x: np.ndarray, masks: np.ndarray, out: np.ndarray) -> None:
+    """out[r] = x ⊙ masks[r] for one (3,H,W) input and (n,H,W) masks, into out (n,3,H,W)."""
+    n = masks.shape[0]
+    channels = x.shape[0]
+    for r in prange(n):
+        for c in range(channels):
+            out[r, c] = x[c] * masks[r]

@@ -1,0 +1,60 @@
+"""Ablation-CAM — Desai & Ramaswamy, WACV 2020, pp. 972–980.
+
+w_k = (y_c − y_c,k) / |y_c|, L = Σ_k w_k A^k, where y_c,k is the class score with channel k of A
+set to 0. Guard: the paper divides by y_c, which flips every weight when the logit y_c ≤ 0; we
+divide by max(|y_c|, 1e-8) instead (a positive per-image constant, so maps keep their meaning).
+``score="logit"`` (default, the paper's class score) or ``"prob"``. For a GAP→linear head,
+y_c − y_c,k = W_ck·mean(A^k) exactly, so no head pass is needed (``closed_form=False`` forces them).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import kernels
+from ..errors import CamInferError
+from .registry import Context, check_choice, method, softmax
+
+EPS = 1e-8
+
+
+@method("ablation", needs="head")
+def ablation(ctx: Context, *, score: str = "logit", closed_form: bool = True) -> np.ndarray:
+    check_choice("score", score, ("logit", "prob"))
+    if score == "logit" and ctx.bundle.output_kind == "probabilities":
+        score = "prob"  # the model gives no logits; its probabilities are the class score
+    n, k, h, w = ctx.activations.shape
+    maps = np.empty((n, h, w), np.float32)
+    for i, a in enumerate(ctx.activations):
+        c = int(ctx.targets[i])
+        full, ablated = _scores(ctx, i, score, closed_form)
+        weights = (full[c] - ablated[:, c]) / max(abs(full[c]), EPS)
+        maps[i] = np.tensordot(weights.astype(np.float32), a, axes=1)
+    return maps
+
+
+def _scores(ctx: Context, i: int, score: str, closed_form: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Class scores of image i: unablated (C,) and with each channel ablated (K,C)."""
+    a = ctx.activations[i]
+    k = a.shape[0]
+    if closed_form and ctx.linear_head is not None:
+        head = ctx.linear_head
+        logits = head.logits(a.mean(axis=(1, 2))[None])[0]                       # (C,)
+        ablated = logits[None, :] - a.mean(axis=(1, 2))[:, None] * head.weight.T  # (K,C)
+        if score == "prob":
+            return softmax(logits), softmax(ablated)
+        return logits, ablated
+    outputs = ctx.outputs[i]
+    rows = max(1, min(k, ctx.backend.chunk_size("head")))
+    batch = np.empty((rows, *a.shape), np.float32)
+    ablated = []
+    for start in range(0, k, rows):
+        channels = np.arange(start, min(k, start + rows))
+        kernels.ablated_batch(a, channels, batch)
+        ablated.append(ctx.backend.head(batch[:len(channels)]))
+    ablated = np.concatenate(ablated)
+    if score == "prob":
+        return ctx.probabilities(outputs[None])[0], ctx.probabilities(ablated)
+    if ctx.bundle.output_kind == "probabilities":
+        raise CamInferError("score='logit' needs a model that outputs logits")
+    return outputs, ablated

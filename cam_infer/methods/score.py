@@ -1,0 +1,63 @@
+"""Score-CAM — Wang et al., CVPR Workshops 2020 (arXiv 1910.01279).
+
+For each channel k: M_k = minmax(bilinear(A^k → H×W)), s_k = softmax(model(x ⊙ M_k))_c (x the
+normalised input, so masked-out pixels become the dataset mean), L = Σ_k s_k A^k — the official
+code's weighting (``weighting="reference"``). Bilinear upsampling is linear, so Σ_k s_k up(A^k) =
+up(Σ_k s_k A^k): maps are combined at feature resolution. Constant channels are skipped (weight 0).
+``weighting="channel-softmax"``: s = softmax over channels of the target's raw model outputs on
+the masked inputs (pytorch-grad-cam's ScoreCAM). ``top_k=N``: only the N channels of largest
+spatial std (Faster Score-CAM). Cost: one full pass per kept channel, in chunks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import kernels
+from ..errors import CamInferError
+from .registry import Context, check_choice, method, softmax
+
+
+def selected_channels(a: np.ndarray, top_k: int | None) -> np.ndarray:
+    k = a.shape[0]
+    if top_k is None or top_k >= k:
+        return np.arange(k)
+    std = a.reshape(k, -1).std(axis=1)
+    return np.sort(np.argpartition(-std, top_k - 1)[:top_k])
+
+
+@method("score", needs="model")
+def score(ctx: Context, *, weighting: str = "reference", top_k: int | None = None) -> np.ndarray:
+    check_choice("weighting", weighting, ("reference", "channel-softmax"))
+    if top_k is not None and (not isinstance(top_k, (int, np.integer)) or top_k < 1):
+        raise CamInferError(f"top_k must be a positive integer, not {top_k!r}")
+    n, k, h, w = ctx.activations.shape
+    _, height, width = ctx.bundle.input_shape
+    per_pass = ctx.bundle.bytes_per_item("features") + ctx.bundle.bytes_per_item("head")
+    rows = int(max(1, min(k, ctx.backend.memory_budget // (per_pass + 16 * height * width))))
+    masks = np.empty((rows, height, width), np.float32)
+    masked = np.empty((rows, 3, height, width), np.float32)
+    maps = np.empty((n, h, w), np.float32)
+    for i, a in enumerate(ctx.activations):
+        c = int(ctx.targets[i])
+        channels = selected_channels(a, top_k).astype(np.int64)
+        raw = np.full(len(channels), np.nan, np.float32)
+        for start in range(0, len(channels), rows):
+            chunk = channels[start:start + rows]
+            valid = kernels.bilinear_minmax_masks(np.ascontiguousarray(a), chunk, height, width, masks)
+            kept = np.flatnonzero(valid)
+            if kept.size == 0:
+                continue
+            kernels.masked_inputs(ctx.x[i], masks[kept] if kept.size < len(chunk) else masks[:len(chunk)],
+                                  masked)
+            outputs = ctx.backend.forward(masked[:kept.size])
+            values = ctx.probabilities(outputs)[:, c] if weighting == "reference" else outputs[:, c]
+            raw[start + kept] = values
+        weights = np.zeros(k, np.float32)
+        ok = ~np.isnan(raw)
+        if weighting == "reference":
+            weights[channels[ok]] = raw[ok]
+        elif ok.any():
+            weights[channels[ok]] = softmax(raw[ok].astype(np.float64)).astype(np.float32)
+        maps[i] = np.tensordot(weights, a, axes=1)
+    return maps

@@ -1,0 +1,102 @@
+"""Every Numba kernel against a plain NumPy twin."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from cam_infer import kernels
+
+RNG = np.random.default_rng(0)
+
+
+def numpy_spatial_entropy(a):
+    k, h, w = a.shape
+    p = np.maximum(a.reshape(k, -1), 0).astype(np.float64)
+    total = p.sum(axis=1, keepdims=True)
+    p = np.divide(p, total, out=np.zeros_like(p), where=total > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, -p * np.log(p), 0.0)
+    return terms.sum(axis=1) / np.log(h * w)
+
+
+def numpy_histogram_entropy(a, bins=256):
+    out = []
+    for x in a.reshape(a.shape[0], -1):
+        if x.max() <= x.min():
+            out.append(0.0)
+            continue
+        counts, _ = np.histogram((x - x.min()) / (x.max() - x.min()), bins=bins, range=(0, 1))
+        q = counts[counts > 0] / x.size
+        out.append(-(q * np.log2(q)).sum() / np.log2(min(x.size, bins)))
+    return np.array(out)
+
+
+def test_spatial_entropy_matches_numpy_and_bounds():
+    a = RNG.standard_normal((20, 7, 7)).astype(np.float32)
+    a[3] = 0                                           # no positive mass: entropy 0
+    a[4] = 1                                           # uniform: entropy 1
+    a[5] = 0
+    a[5, 2, 2] = 3                                     # one hot: entropy 0
+    got = kernels.spatial_entropy(a)
+    np.testing.assert_allclose(got, numpy_spatial_entropy(a), rtol=1e-5, atol=1e-6)
+    assert got[3] == 0 and abs(got[4] - 1) < 1e-6 and got[5] == 0
+
+
+def test_histogram_entropy_matches_numpy():
+    a = RNG.standard_normal((10, 14, 14)).astype(np.float32)
+    a[0] = 2.0
+    np.testing.assert_allclose(kernels.histogram_entropy(a, 256), numpy_histogram_entropy(a), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kernel", [np.ones((1, 1), np.float32),
+                                    np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]], np.float32) / 16])
+def test_recipro_masked_batch_matches_numpy(kernel):
+    a = RNG.standard_normal((5, 4, 6)).astype(np.float32)
+    k, h, w = a.shape
+    expected = np.zeros((h * w, k, h, w), np.float32)
+    r = kernel.shape[0] // 2
+    for i in range(h):
+        for j in range(w):
+            for di in range(-r, r + 1):
+                for dj in range(-r, r + 1):
+                    if 0 <= i + di < h and 0 <= j + dj < w:
+                        expected[i * w + j, :, i + di, j + dj] = kernel[di + r, dj + r] * a[:, i, j]
+    out = np.full_like(expected, 7.0)
+    kernels.recipro_masked_batch(a, kernel, out)
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_ablated_batch_matches_numpy():
+    a = RNG.standard_normal((6, 3, 3)).astype(np.float32)
+    channels = np.array([0, 4, 5])
+    out = np.empty((3, 6, 3, 3), np.float32)
+    kernels.ablated_batch(a, channels, out)
+    for r, c in enumerate(channels):
+        expected = a.copy()
+        expected[c] = 0
+        np.testing.assert_array_equal(out[r], expected)
+
+
+def test_bilinear_minmax_masks_match_cv2_resize_and_minmax():
+    a = RNG.standard_normal((6, 7, 7)).astype(np.float32)
+    a[2] = 0.5                                          # constant: invalid, mask left at 0
+    channels = np.array([0, 2, 5])
+    out = np.empty((3, 32, 48), np.float32)
+    valid = kernels.bilinear_minmax_masks(a, channels, 32, 48, out)
+    assert valid.tolist() == [True, False, True]
+    for r, c in enumerate(channels):
+        if not valid[r]:
+            assert not out[r].any()
+            continue
+        up = cv2.resize(a[c], (48, 32), interpolation=cv2.INTER_LINEAR)
+        np.testing.assert_allclose(out[r], (up - up.min()) / (up.max() - up.min()), atol=2e-5)
+
+
+def test_masked_inputs_matches_numpy():
+    x = RNG.standard_normal((3, 8, 8)).astype(np.float32)
+    masks = RNG.random((4, 8, 8)).astype(np.float32)
+    out = np.empty((4, 3, 8, 8), np.float32)
+    kernels.masked_inputs(x, masks, out)
+    np.testing.assert_allclose(out, x[None] * masks[:, None], rtol=1e-6)
