@@ -12,7 +12,6 @@ from __future__ import annotations
 import numpy as np
 
 from .. import kernels
-from ..errors import CamInferError
 from .registry import Context, check_choice, method, softmax
 
 EPS = 1e-8
@@ -39,8 +38,9 @@ def _scores(ctx: Context, i: int, score: str, closed_form: bool) -> tuple[np.nda
     k = a.shape[0]
     if closed_form and ctx.linear_head is not None:
         head = ctx.linear_head
-        logits = head.logits(a.mean(axis=(1, 2))[None])[0]                       # (C,)
-        ablated = logits[None, :] - a.mean(axis=(1, 2))[:, None] * head.weight.T  # (K,C)
+        pooled = a.mean(axis=(1, 2))                                              # (K,)
+        logits = head.logits(pooled[None])[0]                                     # (C,)
+        ablated = logits[None, :] - pooled[:, None] * head.weight.T               # (K,C)
         if score == "prob":
             return softmax(logits), softmax(ablated)
         return logits, ablated
@@ -55,6 +55,4 @@ def _scores(ctx: Context, i: int, score: str, closed_form: bool) -> tuple[np.nda
     ablated = np.concatenate(ablated)
     if score == "prob":
         return ctx.probabilities(outputs[None])[0], ctx.probabilities(ablated)
-    if ctx.bundle.output_kind == "probabilities":
-        raise CamInferError("score='logit' needs a model that outputs logits")
     return outputs, ablated

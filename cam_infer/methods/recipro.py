@@ -56,8 +56,5 @@ def _closed_form(ctx: Context, kernel: np.ndarray, score: str) -> np.ndarray:
     mass = _kernel_mass(kernel, h, w).reshape(1, h * w, 1)
     pooled = ctx.activations.reshape(n, k, h * w).transpose(0, 2, 1) * mass / (h * w)   # (N, hw, K)
     logits = head.logits(pooled)                                                         # (N, hw, C)
-    if score == "prob":
-        scores = softmax(logits)
-    else:
-        scores = logits
+    scores = softmax(logits) if score == "prob" else logits
     return np.take_along_axis(scores, ctx.targets[:, None, None], axis=2)[..., 0].reshape(n, h, w)
