@@ -1,4 +1,4 @@
-"""``cam-infer``: split, export, info.
+"""``cam-infer``: demo, split, export, info, explain, bench.
 
 A user error prints one line (``cam-infer: error: ...``) and exits 1; never a traceback.
 """
@@ -38,6 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    p = sub.add_parser("demo", help="explain synthetic scenes with the embedded model (no downloads)")
+    p.add_argument("--out", default="cam-infer-demo", help="folder for the grids (default ./cam-infer-demo)")
+    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "openvino"])
+    p.set_defaults(run=cmd_demo)
+
     p = sub.add_parser("split", help="split an ONNX classifier into a bundle (no torch needed)")
     p.add_argument("model", help="classifier .onnx file")
     p.add_argument("--layer", default="auto", help="auto, ONNX tensor or node name, or torch module path")
@@ -62,7 +67,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", help="also run one image on this runtime (onnxruntime | openvino) and time it")
     p.add_argument("--device", default="CPU", help="device for --backend (CPU, GPU, NPU, AUTO)")
     p.set_defaults(run=cmd_info)
+
+    p = sub.add_parser("explain", help="explain image files; write overlays and results.json")
+    p.add_argument("bundle", help="bundle folder")
+    p.add_argument("images", nargs="+", help="image files and folders (searched recursively)")
+    p.add_argument("--method", default="recipro",
+                   help="method name, comma-separated names, or 'all' (every gradient-free method); default recipro")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="method option, e.g. --option top_k=64 --option score=logit (repeatable)")
+    p.add_argument("--target", help="class to explain, by index or label (default: each image's top-1)")
+    p.add_argument("--out", required=True, help="folder for the overlays and results.json")
+    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "openvino"])
+    p.add_argument("--device", default="CPU", help="device (CPU, GPU, NPU, AUTO)")
+    p.add_argument("--batch-size", type=int, default=8, help="images per call (default 8)")
+    p.add_argument("--colormap", default="jet")
+    p.add_argument("--alpha", type=float, default=0.5, help="heat-map weight in the overlay (default 0.5)")
+    p.add_argument("--force", action="store_true", help="start over in --out instead of resuming")
+    p.set_defaults(run=cmd_explain)
+
+    p = sub.add_parser("bench", help="time every method against one forward pass; peak memory")
+    p.add_argument("bundle", help="bundle folder")
+    p.add_argument("--backend", default="onnxruntime,openvino", help="comma-separated backends")
+    p.add_argument("--method", default="all", help="comma-separated cases (see below) or 'all'")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per case, after one warm-up (default 5)")
+    p.add_argument("--score-repeats", type=int, default=None, help="timed runs of full Score-CAM (default --repeats)")
+    p.epilog = "cases: " + ", ".join(repr(c) for c in __import__("cam_infer.bench", fromlist=["CASES"]).CASES)
+    p.set_defaults(run=cmd_bench)
     return parser
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, backend=args.backend)
+    return 0
 
 
 def cmd_split(args) -> int:
@@ -95,6 +133,47 @@ def cmd_info(args) -> int:
     print(json.dumps(bundle.manifest, indent=2) if args.json else describe(bundle))
     if args.backend:
         print(check_backend(bundle, args.backend, args.device))
+    return 0
+
+
+def cmd_explain(args) -> int:
+    from .explainer import Explainer
+    from .postprocess import COLORMAPS
+    from .runs import choose_methods, explain_files, parse_option
+
+    if args.colormap not in COLORMAPS:
+        raise CamInferError(f"unknown colormap '{args.colormap}'; choose one of: {', '.join(COLORMAPS)}")
+    options = dict(parse_option(o) for o in args.option)
+    explainer = Explainer(args.bundle, backend=args.backend, device=args.device)
+    names = [m.strip() for m in args.method.split(",") if m.strip()]
+    methods, skipped = choose_methods(names, explainer.linear_head is not None)
+    if skipped:
+        print(f"skipped {', '.join(skipped)}: this bundle's head is not global pooling + linear")
+    results = explain_files(explainer, args.images, methods, args.out, target=args.target, options=options,
+                            batch_size=args.batch_size, colormap=args.colormap, alpha=args.alpha,
+                            restart=args.force)
+    images = len({r["image"] for r in results.records})
+    print(f"{len(results.records)} overlays ({images} images x {len(methods)} methods) in {args.out}; "
+          f"results in {results.path}")
+    if results.errors:
+        raise CamInferError(f"{len(results.errors)} image(s) could not be read, e.g. {results.errors[0]['error']}; "
+                            f"the others are done (see {results.path})")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import CASES, HEADER, run_cases
+    from .bundle import Bundle
+
+    bundle = Bundle.load(args.bundle)
+    if args.repeats < 1 or (args.score_repeats is not None and args.score_repeats < 1):
+        raise CamInferError("repeats must be at least 1")
+    cases = list(CASES) if args.method == "all" else [c.strip() for c in args.method.split(",")]
+    k, h, w = bundle.activation_shape
+    print(f"{bundle.path}: input {bundle.input_shape}, activation {k}x{h}x{w}; batch 1; median of {args.repeats} runs")
+    print(HEADER)
+    run_cases(bundle.path, [b.strip() for b in args.backend.split(",")], cases, args.repeats,
+              score_repeats=args.score_repeats)
     return 0
 
 

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from .backends import load_backend
 from .bundle import Bundle
@@ -20,6 +21,9 @@ from .errors import CamInferError
 from .methods import Context, get_method
 from .methods.registry import softmax
 from .postprocess import normalise, upsample
+
+
+BLAS = ThreadpoolController()
 
 
 @dataclass
@@ -67,9 +71,9 @@ class Explainer:
         values = [target] * n if isinstance(target, (int, np.integer, str)) else list(target)
         if len(values) != n:
             raise CamInferError(f"{len(values)} targets given for {n} images")
-        return np.array([self._class_id(v, classes) for v in values], np.int64)
+        return np.array([self.class_id(v, classes) for v in values], np.int64)
 
-    def _class_id(self, value, classes: int) -> int:
+    def class_id(self, value, classes: int) -> int:
         if isinstance(value, str) and not value.lstrip("-").isdigit():
             labels = self.bundle.labels or []
             if value not in labels:
@@ -90,9 +94,11 @@ class Explainer:
         targets = self.targets_for(target, outputs)
         ctx = Context(x=x, activations=activations, targets=targets, outputs=outputs, backend=self.backend,
                       bundle=self.bundle, linear_head=self.linear_head)
-        maps = chosen(ctx, **options).astype(np.float32)
-        normalised, degenerate = normalise(maps)
-        saliency = upsample(normalised, self.bundle.input_shape[1:])
+        # The runtime owns the cores: a BLAS pool that spins after each call would slow its next pass.
+        with BLAS.limit(limits=1):
+            maps = chosen(ctx, **options).astype(np.float32)
+            normalised, degenerate = normalise(maps)
+            saliency = upsample(normalised, self.bundle.input_shape[1:])
         probabilities = ctx.probabilities(outputs)
         scores = probabilities[np.arange(len(targets)), targets]
         return Explanation(method, saliency, maps, targets, scores.astype(np.float32), degenerate,

@@ -11,11 +11,13 @@ Each builder takes ``num_classes`` and returns the model in eval mode with rando
 | mobilenet_v2 | ``features`` (= ``features.18``) |
 | densenet121 | ``features`` |
 | squeezenet1_1 | ``features`` (fire9) |
+| shapes_net | ``features`` (the project's own model for the synthetic scenes) |
 """
 
 from .densenet import densenet121
 from .mobilenetv2 import mobilenet_v2
 from .resnet import resnet18, resnet50
+from .shapes import shapes_net
 from .squeezenet import squeezenet1_1
 from .vgg import vgg16
 
@@ -26,6 +28,7 @@ BUILDERS = {
     "mobilenet_v2": mobilenet_v2,
     "densenet121": densenet121,
     "squeezenet1_1": squeezenet1_1,
+    "shapes_net": shapes_net,
 }
 
 CAM_LAYERS = {
@@ -35,4 +38,5 @@ CAM_LAYERS = {
     "mobilenet_v2": "features",
     "densenet121": "features",
     "squeezenet1_1": "features",
+    "shapes_net": "features",
 }

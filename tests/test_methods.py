@@ -240,3 +240,18 @@ def test_overlay_blends_colormap_over_image():
     np.testing.assert_array_equal(out[3, 7], np.round(0.5 * 100 + 0.5 * jet_zero.astype(float)).astype(np.uint8))
     with pytest.raises(CamInferError, match="unknown colormap"):
         overlay(image, saliency, colormap="rainbow9")
+
+
+@pytest.mark.parametrize("shape", [(40, 3, 4), (5, 6, 7)])          # channels above / below positions
+@pytest.mark.parametrize("centered", [False, True])
+def test_eigen_through_either_gram_matrix_is_the_svd_component(shape, centered):
+    from cam_infer.methods.eigen import first_component
+    a = np.abs(np.random.default_rng(1).standard_normal(shape)).astype(np.float32)
+    o = a.reshape(shape[0], -1).T.astype(np.float64)
+    if centered:
+        o = o - o.mean(axis=0)
+    u, s, _ = np.linalg.svd(o, full_matrices=False)
+    got = first_component(a, centered).ravel()
+    np.testing.assert_allclose(np.abs(got), np.abs(s[0] * u[:, 0]), rtol=1e-4, atol=1e-5)
+    if not centered:
+        assert got.sum() > 0

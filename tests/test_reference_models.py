@@ -20,6 +20,7 @@ CASES = {
     "mobilenet_v2": ({}, 64),
     "densenet121": ({}, 64),
     "squeezenet1_1": ({}, 64),
+    "shapes_net": ({}, 128),
 }
 
 

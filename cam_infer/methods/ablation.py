@@ -26,24 +26,24 @@ def ablation(ctx: Context, *, score: str = "logit", closed_form: bool = True) ->
     maps = np.empty((n, h, w), np.float32)
     for i, a in enumerate(ctx.activations):
         c = int(ctx.targets[i])
-        full, ablated = _scores(ctx, i, score, closed_form)
-        weights = (full[c] - ablated[:, c]) / max(abs(full[c]), EPS)
+        full, ablated = _target_scores(ctx, i, c, score, closed_form)
+        weights = (full - ablated) / max(abs(full), EPS)
         maps[i] = np.tensordot(weights.astype(np.float32), a, axes=1)
     return maps
 
 
-def _scores(ctx: Context, i: int, score: str, closed_form: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Class scores of image i: unablated (C,) and with each channel ablated (K,C)."""
+def _target_scores(ctx: Context, i: int, c: int, score: str, closed_form: bool) -> tuple[float, np.ndarray]:
+    """Score of class c on image i: unablated, and with each channel ablated in turn (K,)."""
     a = ctx.activations[i]
     k = a.shape[0]
     if closed_form and ctx.linear_head is not None:
         head = ctx.linear_head
         pooled = a.mean(axis=(1, 2))                                              # (K,)
         logits = head.logits(pooled[None])[0]                                     # (C,)
+        if score == "logit":
+            return float(logits[c]), logits[c] - pooled * head.weight[c]
         ablated = logits[None, :] - pooled[:, None] * head.weight.T               # (K,C)
-        if score == "prob":
-            return softmax(logits), softmax(ablated)
-        return logits, ablated
+        return float(softmax(logits)[c]), softmax(ablated)[:, c]
     outputs = ctx.outputs[i]
     rows = max(1, min(k, ctx.backend.chunk_size("head")))
     batch = np.empty((rows, *a.shape), np.float32)
@@ -54,5 +54,5 @@ def _scores(ctx: Context, i: int, score: str, closed_form: bool) -> tuple[np.nda
         ablated.append(ctx.backend.head(batch[:len(channels)]))
     ablated = np.concatenate(ablated)
     if score == "prob":
-        return ctx.probabilities(outputs[None])[0], ctx.probabilities(ablated)
-    return outputs, ablated
+        return float(ctx.probabilities(outputs[None])[0, c]), ctx.probabilities(ablated)[:, c]
+    return float(outputs[c]), ablated[:, c]

@@ -20,7 +20,7 @@ def require_linear_head(ctx: Context, name: str):
     return ctx.linear_head
 
 
-@method("cam")
+@method("cam", needs="linear_head")
 def cam(ctx: Context) -> np.ndarray:
     head = require_linear_head(ctx, "cam")
     weights = head.weight[ctx.targets]                              # (N,K)

@@ -42,7 +42,7 @@ def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
 class Method:
     name: str
     fn: Callable
-    needs: str            # "features" | "head" | "model"
+    needs: str            # "features" | "linear_head" | "head" | "model"
     options: tuple[str, ...]
 
     def __call__(self, ctx: Context, **options) -> np.ndarray:

@@ -26,6 +26,13 @@ def selected_channels(a: np.ndarray, top_k: int | None) -> np.ndarray:
     return np.sort(np.argpartition(-std, top_k - 1)[:top_k])
 
 
+def rows_per_call(bundle, memory_budget: int, channels: int) -> int:
+    """Masked images per backend call: a full pass of each, plus its mask and input, within the budget."""
+    _, height, width = bundle.input_shape
+    per_pass = bundle.bytes_per_item("features") + bundle.bytes_per_item("head")
+    return int(max(1, min(channels, memory_budget // (per_pass + 16 * height * width))))
+
+
 @method("score", needs="model")
 def score(ctx: Context, *, weighting: str = "reference", top_k: int | None = None) -> np.ndarray:
     check_choice("weighting", weighting, ("reference", "channel-softmax"))
@@ -33,8 +40,7 @@ def score(ctx: Context, *, weighting: str = "reference", top_k: int | None = Non
         raise CamInferError(f"top_k must be a positive integer, not {top_k!r}")
     n, k, h, w = ctx.activations.shape
     _, height, width = ctx.bundle.input_shape
-    per_pass = ctx.bundle.bytes_per_item("features") + ctx.bundle.bytes_per_item("head")
-    rows = int(max(1, min(k, ctx.backend.memory_budget // (per_pass + 16 * height * width))))
+    rows = rows_per_call(ctx.bundle, ctx.backend.memory_budget, k)
     masks = np.empty((rows, height, width), np.float32)
     masked = np.empty((rows, 3, height, width), np.float32)
     maps = np.empty((n, h, w), np.float32)

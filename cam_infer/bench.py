@@ -1,0 +1,140 @@
+"""What a method costs on a bundle: median time per image over one plain forward pass, and peak memory.
+
+Every (backend, method) runs in its own process so that its peak resident memory (``ru_maxrss`` of
+that process, read with ``os.wait4``) is its own. Inside the process the forward pass and the
+method are timed alternately, after one warm-up each, so the ratio compares runs made under the
+same machine load. For Score-CAM the floor is also measured: the same number of full passes as the
+method makes, batched as it batches them.
+
+    cam-infer bench bundle/ --backend openvino --method all --repeats 7
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from .errors import CamInferError
+
+CASES = {  # name shown → (method, options)
+    "eigen": ("eigen", {}), "entropy": ("entropy", {}), "activation": ("activation", {}), "cam": ("cam", {}),
+    "recipro": ("recipro", {}), "recipro (head passes)": ("recipro", {"closed_form": False}),
+    "ablation": ("ablation", {}), "ablation (head passes)": ("ablation", {"closed_form": False}),
+    "score top_k=64": ("score", {"top_k": 64}), "score": ("score", {}),
+}
+
+
+def measure(bundle_path: str, backend: str, method: str, options: dict, repeats: int, batch: int = 1) -> dict:
+    """In this process: median ms per image of the forward pass and of the method, alternating."""
+    from .explainer import Explainer
+    from .methods.score import rows_per_call, selected_channels
+
+    explainer = Explainer(bundle_path, backend=backend)
+    x = np.random.default_rng(0).standard_normal((batch, *explainer.bundle.input_shape)).astype(np.float32)
+    forward = lambda: explainer.backend.forward(x)                       # noqa: E731
+    run = lambda: explainer.explain(x, method, **options)                # noqa: E731
+    floor = None
+    if method == "score":
+        passes = len(selected_channels(explainer.backend.features(x[:1])[0], options.get("top_k")))
+        rows = rows_per_call(explainer.bundle, explainer.backend.memory_budget, passes)
+        chunk = np.repeat(x[:1], rows, axis=0)
+        floor = lambda: [explainer.backend.forward(chunk[:min(rows, passes - i)])   # noqa: E731
+                         for i in range(0, passes, rows)]
+    long = floor is not None and passes > 64
+    if long:                                   # a long run warms itself up; warm up on a short one
+        explainer.explain(x, method, **{**options, "top_k": 8})
+        explainer.backend.forward(chunk)
+    timings: dict[str, list[float]] = {"forward": [], "method": [], "floor": []}
+    for r in range(repeats + 1):
+        for name, fn in (("forward", forward), ("method", run), ("floor", floor)):
+            if fn is None or (r == 0 and long and name != "forward"):
+                continue
+            start = time.perf_counter()
+            fn()
+            if r:  # run 0 is the warm-up
+                timings[name].append((time.perf_counter() - start) * 1000 / batch)
+    result = {name: statistics.median(t) for name, t in timings.items() if t}
+    result["ratio"] = result["method"] / result["forward"]
+    if "floor" in result:
+        result["ratio_to_floor"] = result["method"] / result["floor"]
+    result["backend"] = explainer.backend.describe()
+    return result
+
+
+def measure_in_subprocess(bundle_path: str, backend: str, method: str, options: dict, repeats: int,
+                          batch: int = 1) -> dict:
+    """`measure` in a fresh process; adds its peak resident memory in MB."""
+    spec = json.dumps([str(bundle_path), backend, method, options, repeats, batch])
+    process = subprocess.Popen([sys.executable, "-m", "cam_infer.bench", spec], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    stdout, stderr = process.communicate()
+    if process.returncode != 0:
+        lines = stderr.strip().splitlines()
+        raise CamInferError(f"benchmark of {method} on {backend} failed: {lines[-1] if lines else 'no output'}")
+    result = json.loads(stdout.strip().splitlines()[-1])
+    result["peak_mb"] = result.pop("maxrss_kb") / 1024
+    return result
+
+
+def run_cases(bundle_path, backends, cases, repeats: int, *, score_repeats: int | None = None,
+              report=print) -> list[dict]:
+    """Measure every case on every backend (cases: names of `CASES`); `cam` is left out on heads
+    that are not GAP→linear. Full Score-CAM may take fewer repeats (`score_repeats`): it is K passes."""
+    unknown = [c for c in cases if c not in CASES]
+    if unknown:
+        raise CamInferError(f"unknown benchmark case {', '.join(map(repr, unknown))}; cases: {', '.join(CASES)}")
+    rows = []
+    for backend in backends:
+        for case in cases:
+            method, options = CASES[case]
+            n = score_repeats if (method == "score" and not options.get("top_k") and score_repeats) else repeats
+            try:
+                row = measure_in_subprocess(bundle_path, backend, method, options, n)
+            except CamInferError as exc:
+                if method == "cam" and "needs a head" in str(exc):
+                    continue
+                raise
+            row.update(case=case, repeats=n)
+            rows.append(row)
+            report(format_row(row))
+    return rows
+
+
+HEADER = ("| backend | method | median ms/image | forward ms | ratio to forward | peak MB |\n"
+          "|---|---|---:|---:|---:|---:|")
+
+
+def format_row(row: dict) -> str:
+    extra = f" ({row['ratio_to_floor']:.2f}× its {row['floor']:.0f} ms of passes)" if "ratio_to_floor" in row else ""
+    return (f"| {row['backend']} | {row['case']} | {row['method']:.1f} | {row['forward']:.1f} | "
+            f"{row['ratio']:.2f}×{extra} | {row['peak_mb']:.0f} |")
+
+
+def peak_resident_kb() -> int:
+    """VmHWM of this process. (Not ru_maxrss: Linux carries that over exec from the parent.)"""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def _child(spec: str) -> None:
+    bundle_path, backend, method, options, repeats, batch = json.loads(spec)
+    result = measure(bundle_path, backend, method, options, repeats, batch)
+    result["maxrss_kb"] = peak_resident_kb()
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    try:
+        _child(sys.argv[1])
+    except CamInferError as exc:
+        print(f"cam-infer: error: {exc}", file=sys.stderr)
+        sys.exit(1)

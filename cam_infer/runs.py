@@ -1,0 +1,196 @@
+"""Explaining image files in bulk: overlays on disk, a `results.json`, resumable.
+
+    explain_files(Explainer("bundle/"), ["photos/"], ["recipro", "eigen"], "out/")
+
+writes ``out/<stem>_<method>.png`` (the saliency over the model's view of the image: resized and
+cropped as the bundle's preprocessing does) and ``out/results.json``. Images are decoded one by one:
+an unreadable file is recorded under ``errors`` and the others complete. The results file is
+rewritten atomically after every batch, so an interrupted run resumes where it stopped when it is
+started again with the same settings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .errors import CamInferError
+from .images import load_image
+from .methods import GRADIENT_FREE, METHODS, get_method
+from .postprocess import overlay
+from .progress import Progress
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+RESULTS = "results.json"
+
+
+def collect_images(paths) -> list[Path]:
+    """Files as given (any suffix: a non-image is reported later), folders searched recursively for
+    image suffixes, in sorted order."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.is_file():
+            found.append(p)
+        else:
+            raise CamInferError(f"'{p}' does not exist")
+    if not found:
+        raise CamInferError("no images found in " + ", ".join(map(str, paths)))
+    return list(dict.fromkeys(found))
+
+
+def choose_methods(names: list[str], has_linear_head: bool) -> tuple[list[str], list[str]]:
+    """Expand ``all`` (every gradient-free method that applies to this model); return (chosen, skipped).
+    A method asked for by name that cannot run on this model is an error."""
+    chosen, skipped = [], []
+    for name in names:
+        if name == "all":
+            for m in GRADIENT_FREE:
+                (chosen if has_linear_head or METHODS[m].needs != "linear_head" else skipped).append(m)
+        else:
+            if get_method(name).needs == "linear_head" and not has_linear_head:
+                raise CamInferError(f"method '{name}' needs a head that is global average pooling followed by a "
+                                    "linear layer, and this bundle's head is not; use recipro, ablation or score")
+            chosen.append(name)
+    return list(dict.fromkeys(chosen)), skipped
+
+
+def options_per_method(methods: list[str], options: dict) -> dict[str, dict]:
+    """Give each method the options it takes; an option no chosen method takes is an error."""
+    for key in options:
+        if not any(key in METHODS[m].options for m in methods):
+            raise CamInferError(f"no chosen method has an option '{key}' "
+                                f"(options: {', '.join(f'{m}: {list(METHODS[m].options)}' for m in methods)})")
+    return {m: {k: v for k, v in options.items() if k in METHODS[m].options} for m in methods}
+
+
+def parse_option(text: str) -> tuple[str, object]:
+    """``key=value`` with value read as JSON when it parses (64, 0.5, true, null), else as a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise CamInferError(f"--option takes key=value, e.g. top_k=64, not '{text}'")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+@dataclass
+class Results:
+    """`results.json`: the run's settings, one record per (image, method), and unreadable images."""
+
+    path: Path
+    settings: dict
+    records: list
+    errors: list
+
+    @classmethod
+    def open(cls, out: Path, settings: dict, restart: bool) -> "Results":
+        path = out / RESULTS
+        if path.exists() and not restart:
+            try:
+                old = json.loads(path.read_text())
+            except (OSError, ValueError) as exc:
+                raise CamInferError(f"'{path}' is not a results file of cam-infer ({exc}); "
+                                    "choose another --out or pass --force") from None
+            if old.get("settings") != settings:
+                raise CamInferError(f"'{out}' holds results of a run with other settings; choose another --out, "
+                                    "or pass --force to start over there")
+            kept = [r for r in old.get("results", []) if (out / r["overlay"]).is_file()]  # lost overlays: redo
+            return cls(path, settings, kept, [])
+        return cls(path, settings, [], [])
+
+    def done(self) -> set[tuple[str, str]]:
+        return {(r["image"], r["method"]) for r in self.records}
+
+    def save(self) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps({"settings": self.settings, "results": self.records, "errors": self.errors},
+                                  indent=1))
+        os.replace(tmp, self.path)
+
+
+def overlay_names(images: list[Path]) -> dict[Path, str]:
+    """Unique file stems for the overlays: the image stem, then parent_stem, then a counter."""
+    names: dict[Path, str] = {}
+    taken: set[str] = set()
+    for image in images:
+        name = image.stem
+        if name in taken:
+            name = f"{image.parent.name}_{image.stem}"
+        base, i = name, 2
+        while name in taken:
+            name, i = f"{base}-{i}", i + 1
+        taken.add(name)
+        names[image] = name
+    return names
+
+
+def explain_files(explainer, paths, methods: list[str], out, *, target=None, options: dict | None = None,
+                  batch_size: int = 8, colormap: str = "jet", alpha: float = 0.5, restart: bool = False,
+                  progress: bool | None = None) -> Results:
+    """Explain every image with every method; write overlays and `results.json` in `out`."""
+    if batch_size < 1:
+        raise CamInferError("batch size must be at least 1")
+    images = collect_images(paths)
+    methods, _ = choose_methods(methods, explainer.linear_head is not None)
+    per_method = options_per_method(methods, options or {})
+    if target is not None:
+        explainer.class_id(target, explainer.bundle.num_classes)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CamInferError(f"--out '{out}' is a file, not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    graphs = explainer.bundle.manifest["graphs"]
+    settings = {"bundle": {role: graphs[role]["sha256"] for role in ("features", "head")}, "backend": explainer.backend.describe(),
+                "target": target, "options": per_method, "colormap": colormap, "alpha": alpha}
+    results = Results.open(out, json.loads(json.dumps(settings)), restart)
+    done = results.done()
+    names = overlay_names(images)
+    todo = [i for i in images if any((str(i), m) not in done for m in methods)]
+    with Progress(len(todo) * len(methods), "explain", enabled=progress) as bar:
+        for start in range(0, len(todo), batch_size):
+            batch = _decode(todo[start:start + batch_size], results)
+            for method in methods:
+                _explain_batch(explainer, batch, method, target, per_method[method], names, done, out, results,
+                               colormap, alpha)
+                bar.advance(len(todo[start:start + batch_size]))
+            results.save()
+    results.save()
+    return results
+
+
+def _decode(paths: list[Path], results: Results) -> list[tuple[Path, np.ndarray]]:
+    decoded = []
+    for path in paths:
+        try:
+            decoded.append((path, load_image(path)))
+        except CamInferError as exc:
+            results.errors.append({"image": str(path), "error": str(exc)})
+    return decoded
+
+
+def _explain_batch(explainer, batch, method, target, options, names, done, out, results, colormap, alpha):
+    batch = [(p, rgb) for p, rgb in batch if (str(p), method) not in done]
+    if not batch:
+        return
+    prep = explainer.bundle.preprocessing
+    views = [prep.geometry(rgb) for _, rgb in batch]
+    x = np.stack([prep.normalise(v) for v in views])
+    e = explainer.explain(x, method=method, target=target, **options)
+    for i, ((path, _), view) in enumerate(zip(batch, views)):
+        name = f"{names[path]}_{method}.png"
+        picture = overlay(view, e.saliency[i], colormap=colormap, alpha=alpha)
+        if not cv2.imwrite(str(out / name), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)):
+            raise CamInferError(f"could not write '{out / name}'")
+        class_id = int(e.targets[i])
+        results.records.append({
+            "image": str(path), "method": method, "class_id": class_id, "label": explainer.bundle.label(class_id) if explainer.bundle.labels else None,
+            "score": round(float(e.scores[i]), 6), "milliseconds": round(e.milliseconds / len(batch), 3),
+            "degenerate": bool(e.degenerate[i]), "overlay": name})

@@ -1,0 +1,42 @@
+"""The benchmark machinery (the figures themselves are in the README, not asserted), and the progress bar."""
+
+from __future__ import annotations
+
+import io
+
+from test_cli import run_cli
+
+from cam_infer.bench import measure_in_subprocess
+from cam_infer.progress import Progress
+
+
+def test_measure_reports_ratios_floor_and_its_own_peak_memory(tiny_bundle):
+    row = measure_in_subprocess(tiny_bundle.path, "onnxruntime", "score", {"top_k": 4}, repeats=2)
+    assert row["method"] > 0 and row["forward"] > 0 and row["floor"] > 0
+    assert abs(row["ratio"] - row["method"] / row["forward"]) < 1e-9
+    assert abs(row["ratio_to_floor"] - row["method"] / row["floor"]) < 1e-9
+    # peak of the child process alone: a fresh interpreter with the runtimes, not this test process
+    assert 50 < row["peak_mb"] < 2000
+
+
+def test_bench_command_prints_a_markdown_table(tiny_bundle):
+    result = run_cli("bench", tiny_bundle.path, "--backend", "openvino", "--method", "eigen,recipro (head passes)",
+                     "--repeats", "1")
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| openvino")]
+    assert [r.split("|")[2].strip() for r in rows] == ["eigen", "recipro (head passes)"]
+    bad = run_cli("bench", tiny_bundle.path, "--method", "gradcam")
+    assert bad.returncode == 1 and "unknown benchmark case 'gradcam'" in bad.stderr
+
+
+def test_progress_bar_counts_and_estimates():
+    stream = io.StringIO()
+    with Progress(4, "explain", stream=stream, enabled=True) as bar:
+        bar.advance(2)
+        bar.advance(2)
+    text = stream.getvalue()
+    assert "explain [" in text and "4/4" in text and "ETA 00:00" in text and text.endswith("\n")
+    silent = io.StringIO()
+    with Progress(4, "explain", stream=silent, enabled=False) as bar:
+        bar.advance(4)
+    assert silent.getvalue() == ""

@@ -1,0 +1,144 @@
+"""`cam-infer explain`: overlays and results.json from image folders, bad files, resume, user errors."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+from test_cli import assert_one_line_error, run_cli
+
+from cam_infer import Explainer, split_onnx
+from cam_infer.methods import GRADIENT_FREE
+from cam_infer.runs import explain_files, overlay_names
+from tiny_onnx import tiny_cnn
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """Readable images in every storage form users have, plus two files that are not images."""
+    folder = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    colour = rng.integers(0, 256, (90, 120, 3), np.uint8)
+    cv2.imwrite(str(folder / "colour.jpg"), colour)
+    cv2.imwrite(str(folder / "gray.png"), colour[..., 0])
+    cv2.imwrite(str(folder / "alpha.png"), np.dstack([colour, np.full((90, 120), 200, np.uint8)]))
+    cv2.imwrite(str(folder / "deep.png"), colour.astype(np.uint16) * 257)
+    (folder / "notes.jpg").write_text("not an image\n")
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "readme.txt").write_text("ignored: not an image suffix\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def labelled_bundle(tmp_path_factory, tiny_bundle):
+    labels = tmp_path_factory.mktemp("labels") / "labels.txt"
+    labels.write_text("cat\ndog\nfox\nowl\n")
+    return split_onnx(tiny_cnn(), layer="auto", out=tmp_path_factory.mktemp("b") / "b", labels=labels)
+
+
+def test_folder_run_writes_every_overlay_and_reports_bad_files(tmp_path, photos, labelled_bundle):
+    result = run_cli("explain", labelled_bundle.path, photos, "--method", "all", "--out", tmp_path / "out",
+                     "--backend", "openvino", "--batch-size", "3")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1 and "2 image(s) could not be read" in result.stderr
+    assert "28 overlays (4 images x 7 methods)" in result.stdout
+    data = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert sorted(e["image"].rsplit("/", 1)[1] for e in data["errors"]) == ["empty.png", "notes.jpg"]
+    assert len(data["results"]) == 4 * len(GRADIENT_FREE)
+    for record in data["results"]:
+        picture = cv2.imread(str(tmp_path / "out" / record["overlay"]))
+        assert picture.shape == (64, 64, 3)                      # the model's view: resized and cropped
+        assert record["label"] == ["cat", "dog", "fox", "owl"][record["class_id"]]
+        assert 0 < record["score"] <= 1 and record["milliseconds"] > 0 and record["degenerate"] is False
+    names = {r["overlay"] for r in data["results"]}
+    assert {f"{stem}_{m}.png" for stem in ("colour", "gray", "alpha", "deep") for m in GRADIENT_FREE} == names
+
+
+def test_results_match_the_python_api(tmp_path, photos, labelled_bundle):
+    ex = Explainer(labelled_bundle)
+    explain_files(ex, [photos / "colour.jpg", photos / "gray.png"], ["recipro"], tmp_path, target="fox",
+                  batch_size=2)
+    records = json.loads((tmp_path / "results.json").read_text())["results"]
+    e = ex.explain(ex.preprocess([photos / "colour.jpg", photos / "gray.png"]), "recipro", target=2)
+    assert [r["class_id"] for r in records] == [2, 2]
+    np.testing.assert_allclose([r["score"] for r in records], e.scores, atol=1e-6)
+    view = labelled_bundle.preprocessing.geometry(cv2.cvtColor(cv2.imread(str(photos / "colour.jpg")),
+                                                               cv2.COLOR_BGR2RGB))
+    from cam_infer import overlay
+    written = cv2.cvtColor(cv2.imread(str(tmp_path / "colour_recipro.png")), cv2.COLOR_BGR2RGB)
+    np.testing.assert_array_equal(written, overlay(view, e.saliency[0]))
+
+
+def test_an_interrupted_run_resumes_without_redoing_work(tmp_path, photos, tiny_bundle):
+    ex = Explainer(tiny_bundle)
+    good = [photos / n for n in ("colour.jpg", "gray.png", "alpha.png", "deep.png")]
+    explain_files(ex, good[:2], ["eigen", "activation"], tmp_path)
+    first = json.loads((tmp_path / "results.json").read_text())["results"]
+    (tmp_path / "gray_activation.png").unlink()              # lost overlay: redone
+    explain_files(ex, good, ["eigen", "activation"], tmp_path)
+    final = json.loads((tmp_path / "results.json").read_text())["results"]
+    kept = [r for r in first if r["overlay"] != "gray_activation.png"]
+    assert final[:len(kept)] == kept                         # earlier records untouched (same milliseconds)
+    assert sorted(r["overlay"] for r in final) == sorted(
+        f"{n}_{m}.png" for n in ("colour", "gray", "alpha", "deep") for m in ("eigen", "activation"))
+
+
+def test_other_settings_in_the_same_folder_need_force(tmp_path, photos, tiny_bundle):
+    image = photos / "colour.jpg"
+    assert run_cli("explain", tiny_bundle.path, image, "--method", "eigen", "--out", tmp_path).returncode == 0
+    assert_one_line_error(run_cli("explain", tiny_bundle.path, image, "--method", "eigen", "--target", "1",
+                                  "--out", tmp_path), "holds results of a run with other settings")
+    result = run_cli("explain", tiny_bundle.path, image, "--method", "eigen", "--target", "1", "--out", tmp_path,
+                     "--force")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "results.json").read_text())["results"][0]["class_id"] == 1
+
+
+def test_options_reach_only_the_methods_that_take_them(tmp_path, photos, tiny_bundle):
+    result = run_cli("explain", tiny_bundle.path, photos / "colour.jpg", "--method", "score,eigen",
+                     "--option", "top_k=3", "--option", "centered=true", "--out", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "results.json").read_text())["settings"]["options"] == {
+        "score": {"top_k": 3}, "eigen": {"centered": True}}
+
+
+def test_all_skips_cam_when_the_head_is_not_gap_linear(tmp_path, photos):
+    bundle = split_onnx(tiny_cnn(), layer="relu2", out=tmp_path / "b")
+    result = run_cli("explain", bundle.path, photos / "colour.jpg", "--method", "all", "--out", tmp_path / "o")
+    assert result.returncode == 0, result.stderr
+    assert "skipped cam" in result.stdout and "6 overlays" in result.stdout
+    assert_one_line_error(run_cli("explain", bundle.path, photos / "colour.jpg", "--method", "cam", "--out",
+                                  tmp_path / "o2"), "needs a head that is global average pooling")
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (["--method", "gradcam++x"], "unknown method 'gradcam++x'"),
+    (["--target", "7"], "class 7 is out of range: this model has classes 0..3"),
+    (["--target", "zebra"], "unknown class label 'zebra'"),
+    (["--option", "top_k"], "--option takes key=value"),
+    (["--option", "window=3"], "no chosen method has an option 'window'"),
+    (["--option", "top_k=0", "--method", "score"], "top_k must be a positive integer"),
+    (["--colormap", "rainbow"], "unknown colormap 'rainbow'"),
+    (["--batch-size", "0"], "batch size must be at least 1"),
+    (["--backend", "openvino", "--device", "NPU"], "OpenVINO device 'NPU' is not available"),
+])
+def test_user_errors_print_one_line(tmp_path, photos, labelled_bundle, extra, fragment):
+    args = ["explain", labelled_bundle.path, photos / "colour.jpg", "--out", tmp_path / "o", *extra]
+    assert_one_line_error(run_cli(*args), fragment)
+
+
+def test_missing_inputs_are_one_line_errors(tmp_path, tiny_bundle):
+    assert_one_line_error(run_cli("explain", tiny_bundle.path, tmp_path / "nope.jpg", "--out", tmp_path / "o"),
+                          "does not exist")
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(run_cli("explain", tiny_bundle.path, tmp_path / "empty", "--out", tmp_path / "o"),
+                          "no images found")
+
+
+def test_overlay_names_stay_unique(tmp_path):
+    paths = [tmp_path / "a" / "cat.jpg", tmp_path / "b" / "cat.jpg", tmp_path / "b" / "cat.png",
+             tmp_path / "c" / "b_cat.jpg"]
+    names = overlay_names(paths)
+    assert list(names.values()) == ["cat", "b_cat", "b_cat-2", "c_b_cat"]
