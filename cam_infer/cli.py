@@ -138,11 +138,8 @@ def cmd_info(args) -> int:
 
 def cmd_explain(args) -> int:
     from .explainer import Explainer
-    from .postprocess import COLORMAPS
     from .runs import choose_methods, explain_files, parse_option
 
-    if args.colormap not in COLORMAPS:
-        raise CamInferError(f"unknown colormap '{args.colormap}'; choose one of: {', '.join(COLORMAPS)}")
     options = dict(parse_option(o) for o in args.option)
     explainer = Explainer(args.bundle, backend=args.backend, device=args.device)
     names = [m.strip() for m in args.method.split(",") if m.strip()]

@@ -32,13 +32,17 @@ def upsample(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         if len(maps) else np.zeros((0, h, w), np.float32)
 
 
-def overlay(image: np.ndarray, saliency: np.ndarray, colormap: str = "jet", alpha: float = 0.5) -> np.ndarray:
-    """Blend a colour-mapped saliency (H,W in [0,1]) over an RGB image: (1−alpha)·image + alpha·heat.
-    The saliency is resized to the image when sizes differ. Returns RGB uint8."""
+def check_overlay_options(colormap: str, alpha: float) -> None:
     if colormap not in COLORMAPS:
         raise CamInferError(f"unknown colormap '{colormap}'; choose one of: {', '.join(COLORMAPS)}")
     if not 0.0 <= alpha <= 1.0:
         raise CamInferError(f"alpha must be in [0, 1], not {alpha}")
+
+
+def overlay(image: np.ndarray, saliency: np.ndarray, colormap: str = "jet", alpha: float = 0.5) -> np.ndarray:
+    """Blend a colour-mapped saliency (H,W in [0,1]) over an RGB image: (1−alpha)·image + alpha·heat.
+    The saliency is resized to the image when sizes differ. Returns RGB uint8."""
+    check_overlay_options(colormap, alpha)
     rgb = as_rgb_uint8(image)
     saliency = np.asarray(saliency, np.float32)
     if saliency.ndim != 2:

@@ -22,7 +22,7 @@ import numpy as np
 from .errors import CamInferError
 from .images import load_image
 from .methods import GRADIENT_FREE, METHODS, get_method
-from .postprocess import overlay
+from .postprocess import check_overlay_options, overlay
 from .progress import Progress
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
@@ -138,6 +138,7 @@ def explain_files(explainer, paths, methods: list[str], out, *, target=None, opt
     """Explain every image with every method; write overlays and `results.json` in `out`."""
     if batch_size < 1:
         raise CamInferError("batch size must be at least 1")
+    check_overlay_options(colormap, alpha)
     images = collect_images(paths)
     methods, _ = choose_methods(methods, explainer.linear_head is not None)
     per_method = options_per_method(methods, options or {})
@@ -148,8 +149,8 @@ def explain_files(explainer, paths, methods: list[str], out, *, target=None, opt
         raise CamInferError(f"--out '{out}' is a file, not a folder")
     out.mkdir(parents=True, exist_ok=True)
     graphs = explainer.bundle.manifest["graphs"]
-    settings = {"bundle": {role: graphs[role]["sha256"] for role in ("features", "head")}, "backend": explainer.backend.describe(),
-                "target": target, "options": per_method, "colormap": colormap, "alpha": alpha}
+    settings = {"bundle": {role: graphs[role]["sha256"] for role in ("features", "head")},
+                "backend": explainer.backend.describe(), "target": target, "options": per_method, "colormap": colormap, "alpha": alpha}
     results = Results.open(out, json.loads(json.dumps(settings)), restart)
     done = results.done()
     names = overlay_names(images)
@@ -190,7 +191,8 @@ def _explain_batch(explainer, batch, method, target, options, names, done, out, 
         if not cv2.imwrite(str(out / name), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)):
             raise CamInferError(f"could not write '{out / name}'")
         class_id = int(e.targets[i])
+        label = explainer.bundle.label(class_id) if explainer.bundle.labels else None
         results.records.append({
-            "image": str(path), "method": method, "class_id": class_id, "label": explainer.bundle.label(class_id) if explainer.bundle.labels else None,
+            "image": str(path), "method": method, "class_id": class_id, "label": label,
             "score": round(float(e.scores[i]), 6), "milliseconds": round(e.milliseconds / len(batch), 3),
             "degenerate": bool(e.degenerate[i]), "overlay": name})
