@@ -1,4 +1,4 @@
-"""``cam-infer``: demo, split, export, info, explain, bench.
+"""``cam-infer``: demo, split, export, info, explain, bench, fuse.
 
 A user error prints one line (``cam-infer: error: ...``) and exits 1; never a traceback.
 """
@@ -93,6 +93,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--score-repeats", type=int, default=None, help="timed runs of full Score-CAM (default --repeats)")
     p.epilog = "cases: " + ", ".join(repr(c) for c in __import__("cam_infer.bench", fromlist=["CASES"]).CASES)
     p.set_defaults(run=cmd_bench)
+
+    p = sub.add_parser("fuse", help="write one ONNX model that returns the scores and the saliency map")
+    p.add_argument("bundle", help="bundle folder")
+    p.add_argument("--method", default="recipro", help="activation, entropy, eigen, cam or recipro (default recipro)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="method option, e.g. --option score=logit or --option squarings=12 (repeatable)")
+    classes = p.add_mutually_exclusive_group()
+    classes.add_argument("--top-k", type=int, default=1, help="explain the k best classes: saliency (N,k,h,w)")
+    classes.add_argument("--class-input", action="store_true",
+                         help="explain the class given in an int64 input 'class_id' (N,) instead of the top-1")
+    p.add_argument("--raw", action="store_true", help="also output saliency_raw, the maps before ReLU and min-max")
+    p.add_argument("--out", required=True, help="the .onnx file to write")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.set_defaults(run=cmd_fuse)
     return parser
 
 
@@ -172,6 +186,32 @@ def cmd_bench(args) -> int:
     run_cases(bundle.path, [b.strip() for b in args.backend.split(",")], cases, args.repeats,
               score_repeats=args.score_repeats)
     return 0
+
+
+def cmd_fuse(args) -> int:
+    from .bundle import Bundle
+    from .fuse import fuse, plain_model, save
+    from .runs import parse_option
+
+    bundle = Bundle.load(args.bundle)
+    options = dict(parse_option(o) for o in args.option)
+    if Path(args.out).exists() and not args.force:
+        raise CamInferError(f"'{args.out}' exists; choose another --out or pass --force")
+    model = fuse(bundle, args.method, top_k=args.top_k, class_input=args.class_input, raw=args.raw, **options)
+    path = save(model, args.out, overwrite=True)
+    growth = path.stat().st_size / plain_model(bundle).ByteSize() - 1
+    outputs = ", ".join(f"{o.name} {_shape(o)}" for o in model.graph.output)
+    inputs = ", ".join(f"{i.name} {_shape(i)}" for i in model.graph.input)
+    error = json.loads(next(p.value for p in model.metadata_props if p.key == "cam_infer.check"))
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {growth:+.2%} over the plain model)\n"
+          f"inputs   {inputs}\noutputs  {outputs}\n"
+          f"checked  against the Explainer on ONNX Runtime: max relative difference {error['relative_difference']:.2g}")
+    return 0
+
+
+def _shape(value_info) -> str:
+    dims = value_info.type.tensor_type.shape.dim
+    return "(" + ",".join(d.dim_param or str(d.dim_value) for d in dims) + ")"
 
 
 def check_backend(bundle, backend_name: str, device: str) -> str:

@@ -19,9 +19,23 @@ PASS_THROUGH = {"Flatten", "Reshape", "Squeeze", "Identity", "Dropout", "Cast"}
 
 
 @dataclass(frozen=True)
+class LinearSource:
+    """Where a linear head keeps its parameters in the head graph, for graphs that reuse them
+    (`cam_infer.fuse`): W = weight_scale · (tensor `weight`, transposed when `transposed`), C×K;
+    b = bias_scale · tensor `bias`. `weight` None: W is the identity; `bias` None: b = 0."""
+
+    weight: str | None = None
+    transposed: bool = False
+    weight_scale: float = 1.0
+    bias: str | None = None
+    bias_scale: float = 1.0
+
+
+@dataclass(frozen=True)
 class LinearHead:
     weight: np.ndarray     # (C,K)
     bias: np.ndarray       # (C,)
+    source: LinearSource = LinearSource()
 
     def logits(self, pooled: np.ndarray) -> np.ndarray:
         """Pre-softmax scores of pooled features (...,K) → (...,C)."""
@@ -45,6 +59,7 @@ def read_linear_head(model: onnx.ModelProto, channels: int) -> LinearHead | None
     nodes = list(g.node)
     current = g.input[0].name
     weight, bias = np.eye(channels, dtype=np.float32), np.zeros(channels, np.float32)
+    source = {}
     stage = "pool"
     for node in nodes:
         if node.op_type == "Constant":
@@ -64,16 +79,21 @@ def read_linear_head(model: onnx.ModelProto, channels: int) -> LinearHead | None
             if b is None:
                 return None
             weight = (b if _attr(node, "transB", 0) else b.T) * _attr(node, "alpha", 1.0)
+            source.update(weight=node.input[1], transposed=not _attr(node, "transB", 0),
+                          weight_scale=float(_attr(node, "alpha", 1.0)))
             if len(node.input) > 2 and node.input[2]:
                 if node.input[2] not in consts:
                     return None
                 bias = np.broadcast_to(consts[node.input[2]] * _attr(node, "beta", 1.0), weight.shape[:1])
+                source.update(bias=node.input[2], bias_scale=float(_attr(node, "beta", 1.0)))
             stage = "bias"
         elif stage == "linear" and op == "MatMul" and node.input[1] in consts:
             weight = consts[node.input[1]].T
+            source.update(weight=node.input[1], transposed=True)
             stage = "bias"
         elif stage == "bias" and op == "Add" and node.input[1] in consts:
             bias = np.broadcast_to(consts[node.input[1]], weight.shape[:1])
+            source.update(bias=node.input[1])
             stage = "softmax"
         elif op == "Softmax" and stage in ("linear", "bias", "softmax"):
             stage = "done"
@@ -82,7 +102,8 @@ def read_linear_head(model: onnx.ModelProto, channels: int) -> LinearHead | None
         current = node.output[0]
     if current != g.output[0].name or weight.ndim != 2 or weight.shape[1] != channels:
         return None
-    return LinearHead(np.ascontiguousarray(weight, np.float32), np.ascontiguousarray(bias, np.float32))
+    return LinearHead(np.ascontiguousarray(weight, np.float32), np.ascontiguousarray(bias, np.float32),
+                      LinearSource(**source))
 
 
 def _spatial_axes(node: onnx.NodeProto, consts: dict) -> bool:

@@ -1,0 +1,231 @@
+"""One ONNX model that returns the scores and the saliency of the class it predicts.
+
+    model = fuse("bundle/", method="recipro")          # onnx.ModelProto
+    scores, saliency, saliency_class = session.run(None, {"input": x})
+
+The features and head graphs are joined back into the plain model; the method's subgraph reads the
+activation, picks the class from the scores (top-1, top-k, or a `class_id` input) and normalises
+each map in the graph as `postprocess.normalise` does: ReLU, min–max to [0,1], constant maps → 0.
+Weights are shared with the head, never copied; masks are computed, never stored.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from .. import __version__
+from ..bundle import Bundle
+from ..errors import CamInferError
+from ..postprocess import EPS
+from .builder import Builder
+from .maps import FUSED, Fusion
+
+MIN_OPSET = 13
+OUTPUT = "saliency"
+RAW_OUTPUT = "saliency_raw"
+CLASS_OUTPUT = "saliency_class"
+CLASS_INPUT = "class_id"
+TOLERANCE = 1e-3          # relative difference of the raw maps, fused vs Explainer, that the check accepts
+
+
+def plain_model(bundle: "Bundle | str | os.PathLike") -> onnx.ModelProto:
+    """The bundle's features and head joined into one model: the model the bundle was split from,
+    at opset ≥ 13 (older models are converted)."""
+    bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+    features, head = at_min_opset(bundle.features_path), at_min_opset(bundle.head_path)
+    seen = {t.name for t in features.graph.initializer}
+    graph = helper.make_graph(
+        list(features.graph.node) + list(head.graph.node), "cam_infer_fused",
+        list(features.graph.input), list(head.graph.output),
+        initializer=list(features.graph.initializer) + [t for t in head.graph.initializer if t.name not in seen],
+        value_info=list(features.graph.value_info) + list(head.graph.value_info) + list(features.graph.output))
+    model = helper.make_model(graph, opset_imports=list(features.opset_import),
+                              ir_version=max(features.ir_version, head.ir_version), producer_name="cam-infer",
+                              producer_version=__version__)
+    functions = {(fn.domain, fn.name): fn for fn in list(features.functions) + list(head.functions)}
+    model.functions.extend(functions.values())
+    return model
+
+
+def at_min_opset(path: Path) -> onnx.ModelProto:
+    """A bundle graph, converted to opset 13 when older (the ops fusing adds need 13)."""
+    model = onnx.load(path)
+    if _opset(model) < MIN_OPSET:
+        try:
+            model = onnx.version_converter.convert_version(model, MIN_OPSET)
+        except Exception as exc:
+            raise CamInferError(f"'{path.name}' has opset {_opset(model)} and could not be converted to opset "
+                                f"{MIN_OPSET}, which fusing needs ({str(exc).splitlines()[0][:200]})") from None
+    return model
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+
+
+def fuse(bundle: "Bundle | str | os.PathLike", method: str = "recipro", *, top_k: int = 1,
+         class_input: bool = False, raw: bool = False, check: bool = True, **options) -> onnx.ModelProto:
+    """The plain model plus outputs ``saliency`` (N,h,w) in [0,1] — (N,k,h,w) with ``top_k=k`` — and,
+    for class-specific methods, ``saliency_class`` (N,) or (N,k): the class each map explains. With
+    ``class_input=True`` the class comes from an int64 input ``class_id`` (N,) instead; ``raw=True``
+    adds ``saliency_raw``, the maps before ReLU and normalisation. ``check`` compares the fused model
+    with the Explainer on ONNX Runtime (two random images) and refuses a model that differs."""
+    bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+    chosen = _fused_method(method, options)
+    top_k = _checked_top_k(top_k, class_input, chosen, bundle.num_classes)
+    model = plain_model(bundle)
+    b = Builder(_opset(model))
+    scores = model.graph.output[0].name
+    batch = _batch_dim(model)
+    targets = None
+    if chosen.class_specific:
+        targets = _targets(b, model, scores, top_k, class_input, batch)
+    head = at_min_opset(bundle.head_path)
+    from ..explainer import Explainer        # reads and verifies the head's linear layer, as explain() does
+    linear_head = Explainer(bundle, backend="onnxruntime").linear_head
+    fusion = Fusion(b, bundle.activation_name, bundle.activation_shape, targets, top_k, bundle.num_classes,
+                    bundle.output_kind, linear_head, head)
+    b.op("Identity", chosen.fn(fusion, **options), outputs=[RAW_OUTPUT])
+    _normalised(b, RAW_OUTPUT, OUTPUT)
+    _, h, w = bundle.activation_shape
+    shape = [batch] + ([top_k] if top_k > 1 else []) + [h, w]
+    model.graph.node.extend(b.nodes)
+    model.graph.initializer.extend(b.initializers)
+    model.graph.output.append(helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, shape))
+    if raw:
+        model.graph.output.append(helper.make_tensor_value_info(RAW_OUTPUT, TensorProto.FLOAT, shape))
+    if chosen.class_specific and not class_input:
+        model.graph.output.append(helper.make_tensor_value_info(
+            CLASS_OUTPUT, TensorProto.INT64, [batch] + ([top_k] if top_k > 1 else [])))
+    _describe(model, bundle, method, options, top_k, class_input)
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:  # a bug of ours, not of the user's input
+        raise CamInferError(f"the fused model is not valid ONNX: {str(exc).splitlines()[0][:300]}") from None
+    if check:
+        error = fused_error(model, bundle, method, options, top_k, class_input)
+        if error > TOLERANCE:
+            hint = " (raise squarings=)" if method == "eigen" else ""
+            raise CamInferError(f"the fused {method} map differs from the Explainer's by {error:.2g} (relative) "
+                                f"on random images{hint}; not writing a model that draws a different picture")
+        model.metadata_props.add(key="cam_infer.check", value=json.dumps({"relative_difference": float(error)}))
+    return model
+
+
+def _fused_method(method: str, options: dict):
+    if method not in FUSED:
+        raise CamInferError(f"method '{method}' cannot be fused into the model; choose one of: {', '.join(FUSED)}")
+    chosen = FUSED[method]
+    unknown = sorted(set(options) - set(chosen.options))
+    if unknown:
+        raise CamInferError(f"fused method '{method}' has no option {', '.join(unknown)}; "
+                            f"its options: {', '.join(chosen.options) or 'none'}")
+    return chosen
+
+
+def _checked_top_k(top_k, class_input: bool, chosen, classes: int) -> int:
+    if not isinstance(top_k, (int, np.integer)) or isinstance(top_k, bool) or not 1 <= top_k <= classes:
+        raise CamInferError(f"top_k must be an integer in 1..{classes}, not {top_k!r}")
+    if not chosen.class_specific and (top_k > 1 or class_input):
+        raise CamInferError(f"method '{chosen.name}' is class-agnostic: top_k and class_input do not apply")
+    if class_input and top_k > 1:
+        raise CamInferError("choose either top_k or class_input, not both")
+    return int(top_k)
+
+
+def _batch_dim(model: onnx.ModelProto):
+    dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    return dim.dim_value if dim.HasField("dim_value") else (dim.dim_param or "N")
+
+
+def _targets(b: Builder, model: onnx.ModelProto, scores: str, top_k: int, class_input: bool, batch) -> str:
+    """(N,T) int64 classes to explain."""
+    if class_input:
+        model.graph.input.append(helper.make_tensor_value_info(CLASS_INPUT, TensorProto.INT64, [batch]))
+        return b.unsqueeze(CLASS_INPUT, [1], hint="targets")
+    if len(model.graph.output[0].type.tensor_type.shape.dim) != 2:
+        scores = b.reshape(scores, (0, -1), hint="scores")      # (N,C,1,1) outputs
+    if top_k == 1:
+        targets = b.op("ArgMax", scores, axis=1, keepdims=1, hint="targets")
+        b.op("Squeeze", targets, b.ints([1], "axes"), outputs=[CLASS_OUTPUT])
+        return targets
+    _, targets = b.op("TopK", scores, b.ints([top_k], "k"), axis=1, outputs=[b.name("top"), CLASS_OUTPUT])
+    return targets
+
+
+def _normalised(b: Builder, maps: str, output: str) -> str:
+    """ReLU, then per-map min–max over the last two axes; a map whose range is ≤ EPS·max(1,|max|)
+    becomes all zeros (`postprocess.normalise`)."""
+    positive = b.op("Relu", maps)
+    lo = b.reduce("ReduceMin", positive, [-2, -1], hint="lo")
+    hi = b.reduce("ReduceMax", positive, [-2, -1], hint="hi")
+    span = b.op("Sub", hi, lo, hint="span")
+    flat = b.op("LessOrEqual", span, b.op("Mul", b.op("Max", b.op("Abs", hi), b.const(1.0)), b.const(EPS)))
+    safe = b.op("Where", b.op("Greater", span, b.const(0.0)), span, b.const(1.0))
+    return b.op("Where", flat, b.const(0.0), b.op("Div", b.op("Sub", positive, lo), safe), outputs=[output])
+
+
+def _describe(model: onnx.ModelProto, bundle: Bundle, method: str, options: dict, top_k: int,
+              class_input: bool) -> None:
+    target = "class_id input" if class_input else ("top-1" if top_k == 1 else f"top-{top_k}")
+    entries = {"cam_infer.version": __version__, "cam_infer.method": method,
+               "cam_infer.options": json.dumps(options, sort_keys=True), "cam_infer.target": target,
+               "cam_infer.layer": bundle.manifest["target_layer"].get("module") or bundle.activation_name}
+    for key, value in entries.items():
+        model.metadata_props.add(key=key, value=str(value))
+
+
+def fused_error(model: onnx.ModelProto, bundle: Bundle, method: str, options: dict, top_k: int = 1,
+                class_input: bool = False, x: np.ndarray | None = None) -> float:
+    """max |fused raw map − Explainer map| / max |Explainer map| on ONNX Runtime, per map, worst of
+    all; random images unless `x`."""
+    import onnxruntime as ort
+
+    from ..bundle.split import random_images
+    from ..explainer import Explainer
+    from ..methods import get_method
+
+    x = random_images(bundle.preprocessing, 2) if x is None else x
+    explainer = Explainer(bundle, backend="onnxruntime")
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    if RAW_OUTPUT not in {o.name for o in probe.graph.output}:
+        probe.graph.output.append(helper.make_empty_tensor_value_info(RAW_OUTPUT))
+    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    feeds = {bundle.input_name: x}
+    if class_input:
+        feeds[CLASS_INPUT] = explainer.backend.forward(x).argsort(axis=1)[:, -2].astype(np.int64)  # not the top-1
+    outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
+    maps = outputs[RAW_OUTPUT].reshape(len(x), -1, *bundle.activation_shape[1:])
+    classes = feeds.get(CLASS_INPUT, outputs.get(CLASS_OUTPUT))
+    classes = None if classes is None else classes.reshape(len(x), -1)
+    explainer_options = {k: v for k, v in options.items() if k in get_method(method).options}
+    error = 0.0
+    for t in range(maps.shape[1]):
+        target = None if classes is None else classes[:, t]
+        expected = explainer.explain(x, method, target=target, **explainer_options).maps
+        scale = np.maximum(np.abs(expected).max(axis=(1, 2)), 1e-30)
+        error = max(error, float((np.abs(maps[:, t] - expected).max(axis=(1, 2)) / scale).max()))
+    return error
+
+
+def save(model: onnx.ModelProto, path: "str | os.PathLike", overwrite: bool = False) -> Path:
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise CamInferError(f"'{path}' exists; choose another --out or pass --force")
+    if path.suffix != ".onnx":
+        raise CamInferError(f"'{path}' should end in .onnx")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    onnx.save(model, buffer)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(buffer.getvalue())
+    os.replace(tmp, path)
+    return path

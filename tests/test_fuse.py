@@ -1,0 +1,285 @@
+"""Fused models (`cam-infer fuse`): one ONNX model returns the scores and the saliency map.
+
+The independent reference is the Explainer's low-resolution map of the same method on the same
+runtime (NumPy code), normalised by `postprocess.normalise`; the scores must be the plain model's.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from conftest import REAL_MODELS, SHARED, STABLE_IMAGES, needs_shared, needs_torch
+from test_cli import assert_one_line_error, run_cli
+
+from cam_infer import Bundle, CamInferError, Explainer, split_onnx
+from cam_infer.demo import embedded_bundle_path
+from cam_infer.bundle.split import random_images
+from cam_infer.fuse import FUSED, fuse, plain_model, save
+from cam_infer.postprocess import normalise
+
+VARIANTS = {  # name → (method, options)
+    "activation": ("activation", {}), "entropy": ("entropy", {}),
+    "entropy negentropy": ("entropy", {"weighting": "negentropy"}),
+    "eigen": ("eigen", {}), "eigen centered": ("eigen", {"centered": True}), "cam": ("cam", {}),
+    "recipro": ("recipro", {}), "recipro head passes": ("recipro", {"closed_form": False}),
+    "recipro gaussian3 logit": ("recipro", {"kernel": "gaussian3", "score": "logit"}),
+}
+SHAPES = embedded_bundle_path()
+RUNTIMES = ("onnxruntime", "openvino")
+EXPLAINERS: dict = {}
+
+
+def explainer_on(bundle, runtime: str) -> Explainer:
+    key = (str(bundle.path), runtime)
+    if key not in EXPLAINERS:
+        EXPLAINERS[key] = Explainer(bundle, backend=runtime)
+    return EXPLAINERS[key]
+
+
+class Fused:
+    """A fused model saved to disk and opened in a real ONNX Runtime or OpenVINO session."""
+
+    def __init__(self, model: onnx.ModelProto, path, runtime: str):
+        save(model, path, overwrite=True)
+        self.runtime = runtime
+        if runtime == "onnxruntime":
+            import onnxruntime as ort
+            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        else:
+            import openvino as ov
+            core = ov.Core()
+            self.session = core.compile_model(core.read_model(str(path)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+
+    def run(self, feeds: dict) -> dict:
+        """Outputs by name."""
+        if self.runtime == "onnxruntime":
+            return dict(zip([o.name for o in self.session.get_outputs()], self.session.run(None, feeds)))
+        results = self.session(feeds)
+        return {name: results[o] for o in self.session.outputs for name in o.get_names()}
+
+
+def run_fused(model, path, runtime: str, feeds: dict) -> dict:
+    return Fused(model, path, runtime).run(feeds)
+
+
+def assert_same_maps(fused_raw: np.ndarray, fused: np.ndarray, raw: np.ndarray, message: str) -> None:
+    """Raw maps within 1e-4 of their scale; normalised maps within 1e-3 plus the float32 rounding
+    that min–max amplifies on maps whose range is small against their scale (saturated softmax)."""
+    scale = np.maximum(np.abs(raw).max(axis=(1, 2), keepdims=True), 1e-30)
+    assert (np.abs(fused_raw - raw) <= 1e-4 * scale).all(), \
+        f"{message}: raw maps differ by {(np.abs(fused_raw - raw) / scale).max():.3g} of their scale"
+    expected, _ = normalise(raw)
+    positive = np.maximum(raw, 0)
+    span = np.maximum(positive.max(axis=(1, 2), keepdims=True) - positive.min(axis=(1, 2), keepdims=True), 1e-30)
+    tolerance = 1e-3 + 2e-4 * scale / span
+    assert (np.abs(fused - expected) <= tolerance).all(), \
+        f"{message}: normalised maps differ by {np.abs(fused - expected).max():.3g}"
+
+
+def check_against_explainer(bundle, method, options, x, tmp_path, *, top_k=1, class_input=False):
+    """Fuse once; on each runtime run it on x and on x[:1] and compare with that runtime's Explainer."""
+    model = fuse(bundle, method, top_k=top_k, class_input=class_input, raw=True, check=False, **options)
+    explainer_options = {k: v for k, v in options.items() if k != "squarings"}
+    specific = FUSED[method].class_specific
+    for runtime in RUNTIMES:
+        explainer = explainer_on(bundle, runtime)
+        session = Fused(model, tmp_path / f"{method}_{runtime}.onnx", runtime)
+        scores = explainer.backend.forward(x)
+        feeds = {bundle.input_name: x}
+        if class_input:
+            feeds["class_id"] = scores.argsort(axis=1)[:, 0].astype(np.int64)       # the least likely class
+        out = session.run(feeds)
+        first = session.run({k: v[:1] for k, v in feeds.items()})
+        np.testing.assert_allclose(out[bundle.manifest["output"]["name"]].reshape(scores.shape), scores,
+                                   atol=1e-4 * max(1.0, float(np.abs(scores).max())), rtol=0)
+        if specific and not class_input:
+            np.testing.assert_array_equal(out["saliency_class"].reshape(len(x), top_k),
+                                          np.argsort(-scores, axis=1)[:, :top_k])
+        classes = feeds["class_id"] if class_input else out.get("saliency_class")
+        classes = None if classes is None else classes.reshape(len(x), top_k)
+        shape = (-1, top_k, *bundle.activation_shape[1:])
+        for t in range(top_k):
+            target = classes[:, t] if specific else None
+            raw = explainer.explain(x, method, target=target, **explainer_options).maps
+            for got, n in ((out, len(x)), (first, 1)):
+                assert_same_maps(got["saliency_raw"].reshape(shape)[:, t], got["saliency"].reshape(shape)[:, t],
+                                 raw[:n], f"{method} {options} on {runtime}, batch {n}")
+    return model
+
+
+# --- every method on every reference architecture, both runtimes, batch 1 and 4 -----------------
+
+ARCHITECTURES = {"resnet18": ({}, 64), "resnet50": ({}, 64), "vgg16": ({"hidden": 32}, 224),
+                 "mobilenet_v2": ({}, 64), "densenet121": ({}, 64), "squeezenet1_1": ({}, 64),
+                 "shapes_net": ({}, 128)}
+
+
+@pytest.fixture(scope="module")
+def reference_bundles(tmp_path_factory):
+    made = {}
+
+    def get(name):
+        if name not in made:
+            import torch
+
+            import models
+            from cam_infer import export_torch
+            torch.manual_seed(0)
+            kwargs, size = ARCHITECTURES[name]
+            model = models.BUILDERS[name](num_classes=7, **kwargs)
+            made[name] = export_torch(model, layer=models.CAM_LAYERS[name], input_size=(size, size),
+                                      out=tmp_path_factory.mktemp("fuse") / name, exporter="legacy")
+        return made[name]
+    return get
+
+
+@needs_torch
+@pytest.mark.parametrize("name", list(ARCHITECTURES))
+def test_fused_maps_equal_the_explainer_on_every_reference_architecture(reference_bundles, tmp_path, name):
+    bundle = reference_bundles(name)
+    linear = Explainer(bundle).linear_head is not None
+    x4 = random_images(bundle.preprocessing, 4, seed=1)
+    for variant, (method, options) in VARIANTS.items():
+        if method == "cam" and not linear:
+            with pytest.raises(CamInferError, match="needs a head that is global average pooling"):
+                fuse(bundle, method)
+            continue
+        check_against_explainer(bundle, method, options, x4, tmp_path)      # and on x4[:1]
+
+
+# --- real models, real photos ---------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def real_bundles(tmp_path_factory):
+    root = tmp_path_factory.mktemp("real")
+    return {name: split_onnx(SHARED / "models" / name, out=root / name, preprocessing=prep)
+            for name, (prep, _, _) in REAL_MODELS.items()} if SHARED.is_dir() else {}
+
+
+@needs_shared
+@pytest.mark.parametrize("model_file", list(REAL_MODELS))
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_fused_maps_equal_the_explainer_on_real_models(real_bundles, tmp_path, model_file, variant):
+    bundle = real_bundles[model_file]
+    method, options = VARIANTS[variant]
+    x = bundle.preprocess([SHARED / "images" / name for name in list(STABLE_IMAGES)[:4]])
+    if options.get("score") == "logit" and bundle.output_kind == "probabilities":     # SqueezeNet
+        with pytest.raises(CamInferError, match="score='logit' needs a model that outputs logits"):
+            fuse(bundle, method, **options)
+        return
+    model = check_against_explainer(bundle, method, options, x, tmp_path)
+    growth = model.ByteSize() / plain_model(bundle).ByteSize() - 1
+    assert growth < 0.01, f"{variant}: the fused model is {growth:.2%} larger"
+
+
+@needs_shared
+def test_fused_scores_are_the_original_models_and_the_opset_7_model_is_converted(real_bundles, tmp_path):
+    import onnxruntime as ort
+
+    source = SHARED / "models" / "squeezenet1.1-fp32.onnx"
+    assert onnx.load(source).opset_import[0].version == 7
+    bundle = real_bundles["squeezenet1.1-fp32.onnx"]
+    model = fuse(bundle, "recipro")
+    x = bundle.preprocess([SHARED / "images" / name for name in STABLE_IMAGES])
+    original = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"])
+    expected = np.concatenate([original.run(None, {original.get_inputs()[0].name: x[i:i + 1]})[0]
+                               for i in range(len(x))])
+    out = run_fused(model, tmp_path / "s.onnx", "onnxruntime", {bundle.input_name: x})
+    np.testing.assert_allclose(out[bundle.manifest["output"]["name"]], expected, atol=1e-5)
+    assert out["saliency_class"].tolist() == list(STABLE_IMAGES.values())
+
+
+@needs_shared
+def test_fused_eigen_is_the_exact_first_component_on_real_photos(real_bundles, tmp_path):
+    """Power iteration with 10 squarings against the float64 eigendecomposition (the Explainer's)."""
+    for bundle in real_bundles.values():
+        x = bundle.preprocess([SHARED / "images" / name for name in STABLE_IMAGES])
+        for centered in (False, True):
+            out = run_fused(fuse(bundle, "eigen", centered=centered), tmp_path / "e.onnx", "onnxruntime",
+                            {bundle.input_name: x})
+            exact = normalise(Explainer(bundle).explain(x, "eigen", centered=centered).maps)[0]
+            assert np.abs(out["saliency"] - exact).max() < 1e-4
+
+
+def test_too_few_squarings_leave_an_error_that_the_check_refuses():
+    """Zero squarings is one power step: far from converged where λ₂/λ₁ is near 1 (random images on
+    the shapes model); ten squarings (1024 steps) converge there too. The check refuses the first."""
+    from cam_infer.fuse.assemble import fused_error
+
+    bundle = Bundle.load(SHAPES)
+    x = random_images(bundle.preprocessing, 8, seed=0)
+    errors = {s: fused_error(fuse(bundle, "eigen", squarings=s, check=False), bundle, "eigen", {}, x=x)
+              for s in (0, 10)}
+    assert errors[0] > 0.05 and errors[10] < 1e-5, errors
+    with pytest.raises(CamInferError, match=r"differs from the Explainer's by .* \(raise squarings=\)"):
+        fuse(bundle, "eigen", squarings=0)
+
+
+# --- choosing the class -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method,options", [("cam", {}), ("recipro", {}), ("recipro", {"closed_form": False})])
+def test_top_k_and_class_input(tmp_path, method, options):
+    bundle = Bundle.load(SHAPES)
+    x = random_images(bundle.preprocessing, 3, seed=2)
+    model = check_against_explainer(bundle, method, options, x, tmp_path, top_k=3)
+    shapes = {o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim] for o in model.graph.output}
+    assert shapes["saliency"] == ["N", 3, 16, 16] and shapes["saliency_class"] == ["N", 3]
+    model = check_against_explainer(bundle, method, options, x, tmp_path, class_input=True)
+    assert [i.name for i in model.graph.input] == [bundle.input_name, "class_id"]
+    assert "saliency_class" not in {o.name for o in model.graph.output}
+
+
+def test_fused_model_keeps_weights_shared_and_describes_itself():
+    bundle = Bundle.load(SHAPES)
+    plain = plain_model(bundle)
+    for method in FUSED:
+        model = fuse(bundle, method)
+        added = [t for t in model.graph.initializer if t.name not in {p.name for p in plain.graph.initializer}]
+        assert sum(t.ByteSize() for t in added) < 2048, f"{method} stores constants it should compute"
+        meta = {p.key: p.value for p in model.metadata_props}
+        assert meta["cam_infer.method"] == method
+        assert json.loads(meta["cam_infer.check"])["relative_difference"] < 1e-4
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda b: fuse(b, "score"), "cannot be fused into the model; choose one of: activation"),
+    (lambda b: fuse(b, "eigen", steps=3), "has no option steps; its options: centered, squarings"),
+    (lambda b: fuse(b, "eigen", squarings=-1), "squarings must be an integer in 0..30"),
+    (lambda b: fuse(b, "entropy", estimator="histogram"), "supports estimator='spatial' only"),
+    (lambda b: fuse(b, "entropy", weighting="more"), "weighting must be one of"),
+    (lambda b: fuse(b, "activation", top_k=2), "class-agnostic: top_k and class_input do not apply"),
+    (lambda b: fuse(b, "cam", top_k=5), r"top_k must be an integer in 1\.\.4, not 5"),
+    (lambda b: fuse(b, "cam", top_k=2, class_input=True), "either top_k or class_input"),
+    (lambda b: fuse(b, "recipro", kernel="box"), "kernel must be one of"),
+])
+def test_bad_fuse_requests_are_refused(call, message):
+    with pytest.raises(CamInferError, match=message):
+        call(Bundle.load(SHAPES))
+
+
+# --- the command ------------------------------------------------------------------------------------
+
+def test_cli_fuse_writes_a_model_that_runs_on_both_runtimes(tmp_path):
+    out = tmp_path / "m" / "shapes_cam.onnx"
+    result = run_cli("fuse", str(SHAPES), "--method", "recipro", "--top-k", "2", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "outputs  scores (N,4), saliency (N,2,16,16), saliency_class (N,2)" in result.stdout
+    bundle = Bundle.load(SHAPES)
+    x = random_images(bundle.preprocessing, 5, seed=3)
+    model = onnx.load(out)
+    results = [run_fused(model, tmp_path / f"{r}.onnx", r, {bundle.input_name: x}) for r in RUNTIMES]
+    np.testing.assert_allclose(results[0]["saliency"], results[1]["saliency"], atol=1e-3)
+    assert results[0]["saliency"].shape == (5, 2, 16, 16)
+
+    assert_one_line_error(run_cli("fuse", str(SHAPES), "--out", str(out)), "exists; choose another --out")
+    assert_one_line_error(run_cli("fuse", str(SHAPES), "--method", "cam", "--option", "x=1", "--out",
+                                  str(tmp_path / "x.onnx")), "fused method 'cam' has no option x")
+    assert_one_line_error(run_cli("fuse", str(tmp_path / "nowhere"), "--out", str(tmp_path / "y.onnx")),
+                          "does not exist")
+    assert_one_line_error(run_cli("fuse", str(SHAPES), "--out", str(tmp_path / "y.txt")), "should end in .onnx")
+    assert not (tmp_path / "x.onnx").exists() and not (tmp_path / "y.txt").exists()
+
