@@ -115,6 +115,66 @@ def format_row(row: dict) -> str:
             f"{row['ratio']:.2f}×{extra} | {row['peak_mb']:.0f} |")
 
 
+# --- fused models ------------------------------------------------------------------------------
+
+FUSED_CASES = {  # name shown → (method, options)
+    "activation": ("activation", {}), "entropy": ("entropy", {}), "eigen": ("eigen", {}), "cam": ("cam", {}),
+    "recipro": ("recipro", {}), "recipro (head passes)": ("recipro", {"closed_form": False}),
+}
+FUSED_HEADER = ("| runtime | method | plain ms | fused ms | fused / plain | file size growth |\n"
+                "|---|---|---:|---:|---:|---:|")
+
+
+def open_session(path, runtime: str):
+    """A callable x → outputs for an ONNX file on ONNX Runtime or OpenVINO (CPU, latency hint, f32)."""
+    if runtime == "onnxruntime":
+        import onnxruntime as ort
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        return lambda x: session.run(None, {name: x})
+    if runtime == "openvino":
+        import openvino as ov
+        core = ov.Core()
+        compiled = core.compile_model(core.read_model(str(path)), "CPU", {
+            "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"})
+        request = compiled.create_infer_request()
+        return lambda x: request.infer({0: x})
+    raise CamInferError(f"unknown runtime '{runtime}'; choose onnxruntime or openvino")
+
+
+def compare_fused(bundle_path, runtime: str, case: str, repeats: int, work) -> dict:
+    """Median ms of the plain model and of the fused model, batch 1, timed alternately in this process."""
+    from pathlib import Path
+
+    from .bundle import Bundle
+    from .fuse import fuse, plain_model, save
+
+    if case not in FUSED_CASES:
+        raise CamInferError(f"unknown fused case '{case}'; cases: {', '.join(FUSED_CASES)}")
+    method, options = FUSED_CASES[case]
+    bundle, work = Bundle.load(bundle_path), Path(work)
+    plain = save(plain_model(bundle), work / "plain.onnx", overwrite=True)
+    fused = save(fuse(bundle, method, **options), work / "fused.onnx", overwrite=True)
+    runs = {"plain": open_session(plain, runtime), "fused": open_session(fused, runtime)}
+    x = np.random.default_rng(0).standard_normal((1, *bundle.input_shape)).astype(np.float32)
+    timings: dict[str, list[float]] = {"plain": [], "fused": []}
+    for r in range(repeats + 2):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run(x)
+            if r >= 2:   # two warm-up runs
+                timings[name].append((time.perf_counter() - start) * 1000)
+    result = {name: statistics.median(t) for name, t in timings.items()}
+    result.update(ratio=result["fused"] / result["plain"], growth=fused.stat().st_size / plain.stat().st_size - 1,
+                  runtime=runtime, case=case)
+    return result
+
+
+def format_fused_row(row: dict) -> str:
+    return (f"| {row['runtime']} | {row['case']} | {row['plain']:.1f} | {row['fused']:.1f} | {row['ratio']:.3f}× | "
+            f"{row['growth']:+.3%} |")
+
+
 def peak_resident_kb() -> int:
     """VmHWM of this process. (Not ru_maxrss: Linux carries that over exec from the parent.)"""
     with open("/proc/self/status") as status:

@@ -17,7 +17,7 @@ from onnx import TensorProto
 
 from ..bundle.head import LinearHead
 from ..errors import CamInferError
-from ..methods.recipro import KERNELS, _kernel_mass
+from ..methods.recipro import KERNELS, kernel_mass
 from ..methods.registry import check_choice
 from .builder import Builder
 
@@ -40,7 +40,7 @@ class Fusion:
     head: onnx.ModelProto
 
     @property
-    def bundle_ops(self) -> str:
+    def head_ops(self) -> str:
         return ", ".join(sorted({n.op_type for n in self.head.graph.node}))
 
     def channels_by_position(self) -> str:
@@ -191,7 +191,7 @@ def recipro(f: Fusion, *, score: str = "prob", kernel: str = "onehot", closed_fo
     k, h, w = f.shape
     positions = b.op("Transpose", f.channels_by_position(), perm=[0, 2, 1], hint="positions")   # (N,hw,K)
     if closed_form and f.linear_head is not None:
-        mass = _kernel_mass(KERNELS[kernel], h, w).reshape(1, h * w, 1) / (h * w)
+        mass = kernel_mass(KERNELS[kernel], h, w).reshape(1, h * w, 1) / (h * w)
         scores = _linear_scores(f, f.linear_head, b.op("Mul", positions, b.const(mass)))
         softmax_needed = score == "prob"
     else:
@@ -254,5 +254,5 @@ def clone_head(f: Fusion, new_input: str) -> str:
 def require_linear_head(f: Fusion, name: str) -> LinearHead:
     if f.linear_head is None:
         raise CamInferError(f"method '{name}' needs a head that is global average pooling followed by a linear "
-                            f"layer; this head has {f.bundle_ops}; fuse recipro instead")
+                            f"layer; this head has {f.head_ops}; fuse recipro instead")
     return f.linear_head

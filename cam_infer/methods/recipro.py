@@ -23,7 +23,7 @@ KERNELS = {
 }
 
 
-def _kernel_mass(kernel: np.ndarray, h: int, w: int) -> np.ndarray:
+def kernel_mass(kernel: np.ndarray, h: int, w: int) -> np.ndarray:
     """g_ij: the sum of kernel weights that land inside the map when centred at (i, j)."""
     ones = np.ones((1, h, w), np.float32)
     out = np.empty((h * w, 1, h, w), np.float32)
@@ -53,7 +53,7 @@ def recipro(ctx: Context, *, score: str = "prob", kernel: str = "onehot", closed
 def _closed_form(ctx: Context, kernel: np.ndarray, score: str) -> np.ndarray:
     head = ctx.linear_head
     n, k, h, w = ctx.activations.shape
-    mass = _kernel_mass(kernel, h, w).reshape(1, h * w, 1)
+    mass = kernel_mass(kernel, h, w).reshape(1, h * w, 1)
     pooled = ctx.activations.reshape(n, k, h * w).transpose(0, 2, 1) * mass / (h * w)   # (N, hw, K)
     logits = head.logits(pooled)                                                         # (N, hw, C)
     scores = softmax(logits) if score == "prob" else logits
