@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="all", help="comma-separated cases (see below) or 'all'")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per case, after one warm-up (default 5)")
     p.add_argument("--score-repeats", type=int, default=None, help="timed runs of full Score-CAM (default --repeats)")
+    p.add_argument("--fused", action="store_true",
+                   help="instead: latency of each fused model (cam-infer fuse) over the plain model, and file growth")
     p.epilog = "cases: " + ", ".join(repr(c) for c in __import__("cam_infer.bench", fromlist=["CASES"]).CASES)
     p.set_defaults(run=cmd_bench)
 
@@ -179,12 +181,38 @@ def cmd_bench(args) -> int:
     bundle = Bundle.load(args.bundle)
     if args.repeats < 1 or (args.score_repeats is not None and args.score_repeats < 1):
         raise CamInferError("repeats must be at least 1")
+    if args.fused:
+        return bench_fused(bundle, args)
     cases = list(CASES) if args.method == "all" else [c.strip() for c in args.method.split(",")]
     k, h, w = bundle.activation_shape
     print(f"{bundle.path}: input {bundle.input_shape}, activation {k}x{h}x{w}; batch 1; median of {args.repeats} runs")
     print(HEADER)
     run_cases(bundle.path, [b.strip() for b in args.backend.split(",")], cases, args.repeats,
               score_repeats=args.score_repeats)
+    return 0
+
+
+def bench_fused(bundle, args) -> int:
+    import tempfile
+
+    from .bench import FUSED_CASES, FUSED_HEADER, compare_fused, format_fused_row
+
+    cases = list(FUSED_CASES) if args.method == "all" else [c.strip() for c in args.method.split(",")]
+    unknown = [c for c in cases if c not in FUSED_CASES]
+    if unknown:
+        raise CamInferError(f"unknown fused case {', '.join(map(repr, unknown))}; cases: {', '.join(FUSED_CASES)}")
+    print(f"{bundle.path}: fused / plain model, batch 1; median of {args.repeats} runs each, alternating")
+    print(FUSED_HEADER)
+    with tempfile.TemporaryDirectory() as work:
+        for runtime in (b.strip() for b in args.backend.split(",")):
+            for case in cases:
+                try:
+                    row = compare_fused(bundle.path, runtime, case, args.repeats, work)
+                except CamInferError as exc:
+                    if "needs a head" in str(exc):
+                        continue
+                    raise
+                print(format_fused_row(row), flush=True)
     return 0
 
 

@@ -283,3 +283,22 @@ def test_cli_fuse_writes_a_model_that_runs_on_both_runtimes(tmp_path):
     assert_one_line_error(run_cli("fuse", str(SHAPES), "--out", str(tmp_path / "y.txt")), "should end in .onnx")
     assert not (tmp_path / "x.onnx").exists() and not (tmp_path / "y.txt").exists()
 
+
+
+def test_compare_fused_reports_its_own_ratio_and_file_growth(tmp_path):
+    from cam_infer.bench import compare_fused
+
+    row = compare_fused(SHAPES, "openvino", "eigen", 3, tmp_path)
+    assert row["ratio"] == row["fused"] / row["plain"] and row["plain"] > 0
+    growth = (tmp_path / "fused.onnx").stat().st_size / (tmp_path / "plain.onnx").stat().st_size - 1
+    assert row["growth"] == growth and 0 < growth < 0.05
+
+
+def test_bench_fused_times_fused_over_plain_on_both_runtimes():
+    result = run_cli("bench", str(SHAPES), "--fused", "--method", "activation,cam", "--repeats", "2")
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| onnxruntime") or
+            line.startswith("| openvino")]
+    assert [r.split("|")[1:3] for r in rows] == [[" onnxruntime ", " activation "], [" onnxruntime ", " cam "],
+                                                 [" openvino ", " activation "], [" openvino ", " cam "]]
+    assert_one_line_error(run_cli("bench", str(SHAPES), "--fused", "--method", "score"), "unknown fused case 'score'")
