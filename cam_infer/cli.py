@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle", help="bundle folder")
     p.add_argument("images", nargs="+", help="image files and folders (searched recursively)")
     p.add_argument("--method", default="recipro",
-                   help="method name, comma-separated names, or 'all' (every gradient-free method); default recipro")
+                   help="method name, comma-separated names, or 'all' (every gradient-free method); default recipro. "
+                        "Gradient methods (gradcam, gradcam++, xgradcam, layercam, hirescam, grad-entropy) need torch")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="method option, e.g. --option top_k=64 --option score=logit (repeatable)")
     p.add_argument("--target", help="class to explain, by index or label (default: each image's top-1)")
@@ -154,11 +155,16 @@ def cmd_info(args) -> int:
 
 def cmd_explain(args) -> int:
     from .explainer import Explainer
+    from .methods import GRADIENT, get_method
     from .runs import choose_methods, explain_files, parse_option
 
     options = dict(parse_option(o) for o in args.option)
-    explainer = Explainer(args.bundle, backend=args.backend, device=args.device)
     names = [m.strip() for m in args.method.split(",") if m.strip()]
+    for name in names:
+        if name != "all":
+            get_method(name)
+    gradients = "torch" if any(n in GRADIENT for n in names) else None
+    explainer = Explainer(args.bundle, backend=args.backend, device=args.device, gradients=gradients)
     methods, skipped = choose_methods(names, explainer.linear_head is not None)
     if skipped:
         print(f"skipped {', '.join(skipped)}: this bundle's head is not global pooling + linear")

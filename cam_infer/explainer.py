@@ -3,18 +3,22 @@
     ex = Explainer("bundle/", backend="openvino")
     e = ex.explain(ex.preprocess(["cat.jpg"]), method="recipro")
     e.saliency   # (N,H,W) in [0,1]
+
+    ex = Explainer("bundle/", backend="openvino", gradients="torch")    # + gradcam & co. (needs torch)
+    ex = Explainer.from_torch(model, layer="layer4", input_size=(224, 224))  # everything on torch
 """
 
 from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from .backends import load_backend
+from .backends import Backend, load_backend
 from .bundle import Bundle
 from .bundle.head import read_linear_head
 from .errors import CamInferError
@@ -39,12 +43,49 @@ class Explanation:
 
 
 class Explainer:
-    """A bundle opened on a backend. Backend options (device, threads, hint, ...) pass through."""
+    """A bundle opened on a backend. Backend options (device, threads, hint, ...) pass through.
 
-    def __init__(self, bundle: "Bundle | str | os.PathLike", backend: str = "onnxruntime", **backend_options):
+    ``gradients="torch"`` enables the gradient methods: activations still come from `backend`, and
+    the gradients of the target score with respect to them from the bundle's head graph run in
+    PyTorch (`cam_infer.gradients`)."""
+
+    def __init__(self, bundle: "Bundle | str | os.PathLike", backend: "str | Backend" = "onnxruntime",
+                 gradients: str | None = None, **backend_options):
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
-        self.backend = load_backend(self.bundle, backend=backend, **backend_options)
+        self.backend = backend if isinstance(backend, Backend) else \
+            load_backend(self.bundle, backend=backend, **backend_options)
         self.linear_head = self._checked_linear_head()
+        self.gradients = self._gradient_source(gradients)
+
+    def _gradient_source(self, gradients):
+        if gradients is None:
+            return getattr(self.backend, "gradients", None)
+        if gradients != "torch":
+            raise CamInferError(f"gradients must be None or 'torch', not {gradients!r}")
+        from .gradients import HeadGradients
+        return HeadGradients(self.bundle)
+
+    @classmethod
+    def from_torch(cls, model, layer: str, input_size: tuple[int, int] = (224, 224), preprocess=None,
+                   labels=None, exporter: str = "legacy") -> "Explainer":
+        """Every method, gradient family included, on a PyTorch classifier in eval mode. The model is
+        exported once to a temporary bundle (for its head graph and manifest; a few seconds); its
+        activations, scores and gradients then come from the model itself. ``preprocess``: a
+        `Preprocessing` or its fields as a dict (default: the torchvision ImageNet convention)."""
+        import tempfile
+
+        from .backends.torch import TorchBackend
+        from .bundle.export import export_torch
+
+        if getattr(model, "training", False):
+            raise CamInferError("the model is in training mode; call model.eval() first (dropout and batch "
+                                "statistics would change the explanation from call to call)")
+        folder = tempfile.TemporaryDirectory(prefix="cam-infer-torch-")
+        bundle = export_torch(model, layer=layer, input_size=input_size, out=Path(folder.name) / "bundle",
+                              exporter=exporter, preprocessing=preprocess, labels=labels)
+        explainer = cls(bundle, backend=TorchBackend(bundle, model, layer))
+        explainer._folder = folder            # the bundle lives as long as the explainer
+        return explainer
 
     def _checked_linear_head(self):
         import onnx
@@ -59,6 +100,14 @@ class Explainer:
             got = softmax(got)
         scale = max(1.0, float(np.abs(expected).max()))
         return head if np.allclose(got, expected, atol=1e-4 * scale, rtol=1e-4) else None
+
+    def _gradients_for(self, method: str, x, activations, targets) -> np.ndarray:
+        if self.gradients is None:
+            from .gradients import require_torch
+            require_torch()
+            raise CamInferError(f"method '{method}' needs gradients: open the Explainer with gradients='torch' "
+                                "(or use Explainer.from_torch with a PyTorch model)")
+        return self.gradients(x, activations, targets)
 
     def preprocess(self, images) -> np.ndarray:
         """Image paths or RGB arrays → (N,3,H,W) float32 as the model expects."""
@@ -94,6 +143,8 @@ class Explainer:
         targets = self.targets_for(target, outputs)
         ctx = Context(x=x, activations=activations, targets=targets, outputs=outputs, backend=self.backend,
                       bundle=self.bundle, linear_head=self.linear_head)
+        if chosen.needs == "gradients":
+            ctx.gradients = self._gradients_for(method, x, activations, targets)
         # The runtime owns the cores: a BLAS pool that spins after each call would slow its next pass.
         with BLAS.limit(limits=1):
             maps = chosen(ctx, **options).astype(np.float32)

@@ -26,6 +26,7 @@ class Context:
     backend: Backend
     bundle: Bundle
     linear_head: LinearHead | None = field(default=None)
+    gradients: np.ndarray | None = field(default=None)   # (N,K,h,w) ∂y_target/∂A, pre-softmax y
 
     def probabilities(self, outputs: np.ndarray) -> np.ndarray:
         """Class probabilities of head outputs: a softmax unless the model already ends in one."""
@@ -42,7 +43,7 @@ def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
 class Method:
     name: str
     fn: Callable
-    needs: str            # "features" | "linear_head" | "head" | "model"
+    needs: str            # "features" | "linear_head" | "head" | "model" | "gradients"
     options: tuple[str, ...]
 
     def __call__(self, ctx: Context, **options) -> np.ndarray:

@@ -1,0 +1,92 @@
+"""PyTorch: the user's own model, for `Explainer.from_torch`.
+
+features(x) runs the model up to the target layer (a forward hook stops it there); head(a) runs
+the bundle's head graph in torch (`gradients.onnx_in_torch`), which the bundle verified equals the
+model after the layer; gradients(x, a, targets) differentiates the model's own score. The model's
+parameters, ``requires_grad`` flags and train/eval mode are never changed: the hook hands the rest
+of the model a fresh leaf tensor and `torch.autograd.grad` differentiates only with respect to it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..bundle import Bundle
+from ..errors import CamInferError
+from .base import Backend
+
+
+class _Stop(Exception):
+    """Raised by the hook once the target layer has produced its output."""
+
+
+class TorchBackend(Backend):
+    name = "torch"
+
+    def __init__(self, bundle: Bundle, model, layer: str, *, memory_budget_mb: float = 256,
+                 threads: int | None = None):
+        super().__init__(bundle, memory_budget_mb=memory_budget_mb, threads=threads)
+        from ..gradients import HeadGradients, require_torch
+        from ..gradients.onnx_in_torch import TorchGraph
+        import onnx
+
+        self.torch = require_torch()
+        modules = dict(model.named_modules())
+        if layer not in modules:
+            raise CamInferError(f"the model has no module '{layer}'")
+        self.model, self.module = model, modules[layer]
+        self._head = TorchGraph(onnx.load(bundle.head_path))
+        self._head_gradients = HeadGradients(bundle) if bundle.output_kind == "probabilities" else None
+        if threads:
+            self.torch.set_num_threads(int(threads))
+
+    def _run(self, role: str, x: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        with torch.no_grad():
+            if role == "head":
+                return self._head(torch.from_numpy(x)).numpy()
+            captured = {}
+
+            def stop(module, inputs, output):
+                captured["a"] = output
+                raise _Stop
+
+            handle = self.module.register_forward_hook(stop)
+            try:
+                self.model(torch.from_numpy(x))
+            except _Stop:
+                pass
+            finally:
+                handle.remove()
+            return captured["a"].numpy()
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        x = self._checked(x, self.bundle.input_shape, "input images")
+        with torch.no_grad():
+            return self.model(torch.from_numpy(x)).reshape(len(x), -1).numpy()
+
+    def gradients(self, x: np.ndarray, activations: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """∂y_target/∂A from the model itself; through the head graph when the model ends in a softmax
+        (the model's own output is then a probability, not the pre-softmax score)."""
+        if self._head_gradients is not None:
+            return self._head_gradients(x, activations, targets)
+        from ..gradients import score_gradients
+
+        torch = self.torch
+        leaf = {}
+
+        def swap(module, inputs, output):
+            leaf["a"] = output.detach().requires_grad_(True)
+            return leaf["a"]
+
+        handle = self.module.register_forward_hook(swap)
+        try:
+            with torch.enable_grad():
+                scores = self.model(torch.from_numpy(self._checked(x, self.bundle.input_shape, "input images")))
+                return score_gradients(torch, scores, leaf["a"], targets)
+        finally:
+            handle.remove()
+
+    def describe(self) -> str:
+        return f"torch {self.torch.__version__} ({type(self.model).__name__})"

@@ -1,0 +1,17 @@
+"""Grad-CAM — Selvaraju et al., "Grad-CAM: Visual Explanations from Deep Networks via
+Gradient-based Localization", ICCV 2017 (arXiv 1610.02391).
+
+g^k = ∂y^c/∂A^k (y^c the pre-softmax score); α_k = (1/hw) Σ_ij g^k_ij; L = Σ_k α_k A^k.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .registry import Context, method
+
+
+@method("gradcam", needs="gradients")
+def gradcam(ctx: Context) -> np.ndarray:
+    weights = ctx.gradients.mean(axis=(2, 3))                                  # (N,K)
+    return np.einsum("nk,nkhw->nhw", weights, ctx.activations, optimize=True)

@@ -1,0 +1,16 @@
+"""HiResCAM — Draelos & Carin, "Use HiResCAM instead of Grad-CAM for faithful explanations of
+convolutional neural networks", arXiv 2011.08891 (2020).
+
+L = Σ_k g^k ⊙ A^k. On a GAP→linear head g^k = W_ck/(h·w) everywhere, so L = CAM/(h·w).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .registry import Context, method
+
+
+@method("hirescam", needs="gradients")
+def hirescam(ctx: Context) -> np.ndarray:
+    return (ctx.gradients * ctx.activations).sum(axis=1)

@@ -1,0 +1,371 @@
+"""Gradient methods: the ONNX head run in torch (op by op and whole heads, against ONNX Runtime),
+its gradients against the original torch models, the six formulas against plain NumPy loops, and
+the two routes (Explainer.from_torch, Explainer(bundle, gradients="torch"))."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from conftest import REAL_MODELS, SHARED, STABLE_IMAGES, needs_shared, needs_torch
+
+from cam_infer import Bundle, CamInferError, Explainer, split_onnx
+from cam_infer.bundle.split import random_images
+from cam_infer.methods import GRADIENT, GRADIENT_FREE, Context, get_method
+
+pytestmark = needs_torch
+
+
+def ort_run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def torch_run(model: onnx.ModelProto, x: np.ndarray, drop_softmax: bool = False) -> np.ndarray:
+    import torch
+
+    from cam_infer.gradients.onnx_in_torch import TorchGraph
+    with torch.no_grad():
+        return TorchGraph(model, drop_softmax=drop_softmax)(torch.from_numpy(x)).numpy()
+
+
+# --- op by op against ONNX Runtime ------------------------------------------------------------------
+
+RNG = np.random.default_rng(0)
+
+
+def const(name, shape=None, value=None, dtype=np.float32):
+    value = RNG.standard_normal(shape).astype(dtype) if value is None else np.asarray(value, dtype)
+    return numpy_helper.from_array(value, name)
+
+
+def one_op(op, attrs=None, inits=(), extra_inputs=(), opset=17, x_shape=(2, 4, 5, 5)):
+    node = helper.make_node(op, ["x", *extra_inputs], ["y"], **(attrs or {}))
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=list(inits))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+
+
+OP_CASES = {
+    "Conv 3x3 pad 1 stride 2": one_op("Conv", {"pads": [1, 1, 1, 1], "strides": [2, 2]}, [const("w", (3, 4, 3, 3)),
+                                                                                       const("b", (3,))], ["w", "b"]),
+    "Conv asymmetric pads, groups": one_op("Conv", {"pads": [0, 1, 1, 0], "group": 2}, [const("w", (4, 2, 2, 2))], ["w"]),
+    "Conv dilation": one_op("Conv", {"dilations": [2, 2]}, [const("w", (2, 4, 2, 2))], ["w"]),
+    "Relu": one_op("Relu"), "Sigmoid": one_op("Sigmoid"), "HardSwish": one_op("HardSwish"),
+    "HardSigmoid": one_op("HardSigmoid", {"alpha": 0.3, "beta": 0.4}),
+    "Clip inputs": one_op("Clip", inits=[const("lo", value=-0.5), const("hi", value=0.7)], extra_inputs=["lo", "hi"]),
+    "Clip attributes (opset 6)": one_op("Clip", {"min": -0.5, "max": 0.7}, opset=6),
+    "GlobalAveragePool": one_op("GlobalAveragePool"), "GlobalMaxPool": one_op("GlobalMaxPool"),
+    "AveragePool": one_op("AveragePool", {"kernel_shape": [2, 2], "strides": [2, 2]}),
+    "AveragePool pads, count_include_pad": one_op("AveragePool", {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1],
+                                                                  "count_include_pad": 1}),
+    "AveragePool pads excluded": one_op("AveragePool", {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}),
+    "MaxPool ceil_mode": one_op("MaxPool", {"kernel_shape": [2, 2], "strides": [2, 2], "ceil_mode": 1}),
+    "MaxPool asymmetric pads": one_op("MaxPool", {"kernel_shape": [2, 2], "pads": [0, 0, 1, 1]}),
+    "ReduceMean attribute axes": one_op("ReduceMean", {"axes": [2, 3], "keepdims": 0}, opset=13),
+    "ReduceMean input axes (opset 18)": one_op("ReduceMean", {"keepdims": 1}, [const("ax", value=[-1, -2],
+                                                                                     dtype=np.int64)], ["ax"], 18),
+    "Flatten": one_op("Flatten", {"axis": 1}), "Flatten axis 2": one_op("Flatten", {"axis": 2}),
+    "Reshape with 0 and -1": one_op("Reshape", inits=[const("s", value=[0, -1], dtype=np.int64)], extra_inputs=["s"]),
+    "Squeeze input axes": one_op("Squeeze", inits=[const("ax", value=[2], dtype=np.int64)], extra_inputs=["ax"],
+                                 x_shape=(2, 3, 1, 4)),
+    "Squeeze attribute axes (opset 11)": one_op("Squeeze", {"axes": [2]}, opset=11, x_shape=(2, 3, 1, 4)),
+    "Unsqueeze": one_op("Unsqueeze", inits=[const("ax", value=[1, -1], dtype=np.int64)], extra_inputs=["ax"]),
+    "Add broadcast": one_op("Add", inits=[const("c", (4, 1, 1))], extra_inputs=["c"]),
+    "Sub": one_op("Sub", inits=[const("c", (5,))], extra_inputs=["c"]),
+    "Mul": one_op("Mul", inits=[const("c", (1, 4, 5, 5))], extra_inputs=["c"]),
+    "Div": one_op("Div", inits=[const("c", value=np.full((5,), 3.0))], extra_inputs=["c"]),
+    "Concat": one_op("Concat", {"axis": 1}, [const("c", (2, 3, 5, 5))], ["c"]),
+    "BatchNormalization": one_op("BatchNormalization", {"epsilon": 1e-3}, [
+        const("s", (4,)), const("b", (4,)), const("m", (4,)), const("v", value=RNG.uniform(0.5, 2, 4))],
+        ["s", "b", "m", "v"]),
+    "Softmax (opset 13, one axis)": one_op("Softmax", {"axis": 1}, x_shape=(2, 6)),
+    "Softmax (opset 11, flattened from axis 1)": one_op("Softmax", {"axis": 1}, opset=11, x_shape=(2, 3, 2, 1)),
+    "Dropout": one_op("Dropout"), "Identity": one_op("Identity"),
+    "Transpose": one_op("Transpose", {"perm": [0, 2, 3, 1]}),
+    "Gemm transB alpha beta": one_op("Gemm", {"transB": 1, "alpha": 0.5, "beta": 2.0},
+                                     [const("w", (3, 6)), const("b", (3,))], ["w", "b"], x_shape=(2, 6)),
+    "Gemm transA": one_op("Gemm", {"transA": 1}, [const("w", (2, 3))], ["w"], x_shape=(2, 6)),
+    "MatMul": one_op("MatMul", inits=[const("w", (5, 3))], extra_inputs=["w"]),
+    "Cast": one_op("Cast", {"to": TensorProto.FLOAT}),
+}
+
+
+@pytest.mark.parametrize("case", list(OP_CASES))
+def test_each_op_matches_onnx_runtime(case):
+    model = OP_CASES[case]
+    x = RNG.standard_normal([d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]).astype(np.float32)
+    np.testing.assert_allclose(torch_run(model, x), ort_run(model, x), atol=1e-5, rtol=1e-5)
+
+
+def test_shape_arithmetic_and_constants_match_onnx_runtime():
+    """x.view(x.size(0), -1) as the legacy exporter writes it: Shape → Gather → Unsqueeze → Concat → Reshape."""
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Constant", [], ["i0"], value=numpy_helper.from_array(np.array(0, np.int64))),
+        helper.make_node("Gather", ["s", "i0"], ["n"], axis=0),
+        helper.make_node("Constant", [], ["ax"], value=numpy_helper.from_array(np.array([0], np.int64))),
+        helper.make_node("Unsqueeze", ["n", "ax"], ["n1"]),
+        helper.make_node("Constant", [], ["m1"], value=numpy_helper.from_array(np.array([-1], np.int64))),
+        helper.make_node("Concat", ["n1", "m1"], ["shape"], axis=0),
+        helper.make_node("Reshape", ["x", "shape"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, (3, 4, 2, 2))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    x = RNG.standard_normal((3, 4, 2, 2)).astype(np.float32)
+    np.testing.assert_array_equal(torch_run(model, x), ort_run(model, x))
+
+
+def test_an_unsupported_op_is_named():
+    from cam_infer.gradients.onnx_in_torch import TorchGraph
+    with pytest.raises(CamInferError, match=r"the head graph uses Erf, LRN, which the torch head interpreter"):
+        TorchGraph(helper.make_model(helper.make_graph(
+            [helper.make_node("LRN", ["x"], ["t"], size=3), helper.make_node("Erf", ["t"], ["y"])], "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, (1, 4, 2, 2))],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])))
+
+
+# --- whole heads: outputs against ONNX Runtime, gradients against the original torch model ------------
+
+ARCHITECTURES = {"resnet18": ({}, 64), "resnet50": ({}, 64), "vgg16": ({"hidden": 32}, 224),
+                 "mobilenet_v2": ({}, 64), "densenet121": ({}, 64), "squeezenet1_1": ({}, 64),
+                 "shapes_net": ({}, 128)}
+
+
+def torch_layer_gradients(model, layer: str, x: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The reference: autograd through the original model, with the layer's output kept by a hook."""
+    import torch
+    kept = {}
+    handle = dict(model.named_modules())[layer].register_forward_hook(lambda m, i, o: kept.setdefault("a", o))
+    try:
+        scores = model(torch.from_numpy(x).requires_grad_(True))
+        (grad,) = torch.autograd.grad(scores[torch.arange(len(x)), torch.from_numpy(targets)].sum(), kept["a"])
+    finally:
+        handle.remove()
+    return kept["a"].detach().numpy(), grad.numpy()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    made = {}
+
+    def get(name, exporter="legacy"):
+        if (name, exporter) not in made:
+            import torch
+
+            import models
+            from cam_infer import export_torch
+            torch.manual_seed(0)
+            kwargs, size = ARCHITECTURES[name]
+            model = models.BUILDERS[name](num_classes=7, **kwargs).eval()
+            bundle = export_torch(model, layer=models.CAM_LAYERS[name], input_size=(size, size),
+                                  out=tmp_path_factory.mktemp("grad") / f"{name}_{exporter}", exporter=exporter)
+            made[name, exporter] = (model, bundle)
+        return made[name, exporter]
+    return get
+
+
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+@pytest.mark.parametrize("name", list(ARCHITECTURES))
+def test_onnx_head_in_torch_gives_the_original_models_gradients(reference, name, exporter):
+    import models
+    from cam_infer.gradients import HeadGradients
+
+    if exporter == "dynamo" and name in ("vgg16", "densenet121", "resnet50"):
+        pytest.skip("the dynamo export of the larger models is covered by test_reference_models; one exporter here")
+    model, bundle = reference(name, exporter)
+    x = random_images(bundle.preprocessing, 3, seed=4)
+    targets = np.array([0, 3, 6])
+    a, expected = torch_layer_gradients(model, models.CAM_LAYERS[name], x, targets)
+    head = onnx.load(bundle.head_path)
+    np.testing.assert_allclose(torch_run(head, a), ort_run(head, a), atol=1e-4, rtol=1e-4)
+    got = HeadGradients(bundle)(x, a, targets)
+    scale = np.abs(expected).max()
+    assert scale > 0
+    np.testing.assert_allclose(got, expected, atol=1e-5 * scale, rtol=1e-4)
+
+
+TORCH_LAYERS = {"squeezenet1.1-fp32.onnx": ("squeezenet1_1", "squeezenet1_1-torchvision-normfolded.pth",
+                                            {"fire9/concat_1": "features.12", "conv10_2": "classifier.2"}),
+                "mobilenetv2-fp32-dequant.onnx": ("mobilenet_v2", "mobilenet_v2-torchvision-bnfolded.pth",
+                                                  {"features.17.conv.2": "features.17", "features.18": "features.18"})}
+
+
+@needs_shared
+@pytest.mark.parametrize("model_file", list(REAL_MODELS))
+def test_gradients_of_the_real_onnx_models_equal_their_torch_originals(tmp_path, model_file):
+    """The ONNX files of ../shared/data and the torchvision state_dicts made from them: split the ONNX
+    at a layer, run its head in torch, and compare with autograd through the torch model."""
+    import models
+    from cam_infer import Preprocessing
+    from cam_infer.bundle.export import load_weights
+    from cam_infer.gradients import HeadGradients
+
+    arch, weights, layers = TORCH_LAYERS[model_file]
+    model = models.BUILDERS[arch]()
+    load_weights(model, SHARED / "models" / weights)
+    model.eval()
+    photos = [SHARED / "images" / name for name in list(STABLE_IMAGES)[:4]]
+    x_torch = np.stack([Preprocessing((224, 224))(p) for p in photos]).astype(np.float32)
+    for onnx_layer, torch_layer in layers.items():
+        bundle = split_onnx(SHARED / "models" / model_file, layer=onnx_layer, out=tmp_path / onnx_layer.replace("/", "_"),
+                            preprocessing=REAL_MODELS[model_file][0])
+        x_onnx = bundle.preprocess(photos)
+        targets = np.array(list(STABLE_IMAGES.values())[:4])
+        a_torch, expected = torch_layer_gradients(model, torch_layer, x_torch, targets)
+        explainer = Explainer(bundle, backend="openvino", gradients="torch")
+        a = explainer.backend.features(x_onnx)
+        np.testing.assert_allclose(a, a_torch, atol=2e-3 * np.abs(a_torch).max())      # the same layer
+        got = explainer.gradients(x_onnx, a, targets)
+        scale = np.abs(expected).max()
+        np.testing.assert_allclose(got, expected, atol=2e-3 * scale, err_msg=f"{model_file} at {onnx_layer}")
+
+
+# --- the formulas against plain NumPy loops ----------------------------------------------------------
+
+def loops_reference(name: str, a: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """Each formula of research-notes §9 written out position by position (float64)."""
+    k_, h, w = a.shape
+    a, g = a.astype(np.float64), g.astype(np.float64)
+    out = np.zeros((h, w))
+    for k in range(k_):
+        if name == "gradcam":
+            weight = sum(g[k, i, j] for i in range(h) for j in range(w)) / (h * w)
+            out += weight * a[k]
+        elif name == "gradcam++":
+            total = a[k].sum()
+            weight = 0.0
+            for i in range(h):
+                for j in range(w):
+                    gij = g[k, i, j]
+                    if gij != 0:
+                        alpha = gij ** 2 / (2 * gij ** 2 + total * gij ** 3 + 1e-6)
+                        weight += alpha * max(gij, 0.0)
+            out += weight * a[k]
+        elif name == "xgradcam":
+            total = a[k].sum() + 1e-7
+            out += sum(a[k, i, j] / total * g[k, i, j] for i in range(h) for j in range(w)) * a[k]
+        elif name == "layercam":
+            for i in range(h):
+                for j in range(w):
+                    out[i, j] += max(g[k, i, j], 0.0) * a[k, i, j]
+        elif name == "hirescam":
+            for i in range(h):
+                for j in range(w):
+                    out[i, j] += g[k, i, j] * a[k, i, j]
+        elif name == "grad-entropy":
+            p = np.abs(g[k]).ravel()
+            p = p / p.sum() if p.sum() > 0 else p
+            entropy = -sum(v * np.log(v) for v in p if v > 0) / np.log(h * w)
+            out += entropy * a[k]
+    return out
+
+
+@pytest.mark.parametrize("name", GRADIENT)
+def test_gradient_formulas_against_numpy_loops(name):
+    rng = np.random.default_rng(5)
+    a = np.maximum(rng.standard_normal((2, 6, 4, 5)), 0).astype(np.float32)
+    g = rng.standard_normal((2, 6, 4, 5)).astype(np.float32)
+    g[:, :, 0, 0] = 0                                # Grad-CAM++'s g = 0 rule
+    g[:, 2] = 0                                      # a channel with no gradient at all
+    ctx = Context(x=None, activations=a, targets=np.zeros(2, np.int64), outputs=None, backend=None, bundle=None,
+                  gradients=g)
+    got = get_method(name)(ctx)
+    for n in range(2):
+        np.testing.assert_allclose(got[n], loops_reference(name, a[n], g[n]), rtol=1e-4, atol=1e-5)
+
+
+def test_gradient_methods_say_how_to_get_gradients(tiny_bundle):
+    x = random_images(tiny_bundle.preprocessing, 1)
+    with pytest.raises(CamInferError, match="needs gradients: open the Explainer with gradients='torch'"):
+        Explainer(tiny_bundle).explain(x, "gradcam")
+    with pytest.raises(CamInferError, match="gradients must be None or 'torch'"):
+        Explainer(tiny_bundle, gradients="jax")
+
+
+# --- properties on GAP→linear heads -----------------------------------------------------------------
+
+def test_hirescam_is_cam_over_hw_and_grad_entropy_cannot_tell_classes_apart_on_gap_heads(reference):
+    model, bundle = reference("resnet18")
+    explainer = Explainer(bundle, backend="openvino", gradients="torch")
+    x = random_images(bundle.preprocessing, 3, seed=6)
+    _, h, w = bundle.activation_shape
+    for target in (1, 5):
+        hires = explainer.explain(x, "hirescam", target=target).maps
+        cam = explainer.explain(x, "cam", target=target).maps
+        np.testing.assert_allclose(hires, cam / (h * w), atol=1e-5 * np.abs(cam).max())
+    entropy = [explainer.explain(x, "grad-entropy", target=t).maps for t in (1, 5)]
+    np.testing.assert_allclose(entropy[0], entropy[1], rtol=1e-5)
+    np.testing.assert_allclose(entropy[0], explainer.backend.features(x).sum(axis=1), rtol=1e-4)  # all weights 1
+    assert not np.allclose(*(explainer.explain(x, "gradcam", target=t).maps for t in (1, 5)))
+
+
+def test_grad_entropy_does_tell_classes_apart_on_a_vgg_head(reference):
+    _, bundle = reference("vgg16")
+    explainer = Explainer(bundle, gradients="torch")
+    x = random_images(bundle.preprocessing, 2, seed=7)
+    maps = [explainer.explain(x, "grad-entropy", target=t).maps for t in (1, 5)]
+    assert np.abs(maps[0] - maps[1]).max() > 1e-3 * np.abs(maps[0]).max()
+
+
+# --- the two routes ------------------------------------------------------------------------------------
+
+def test_from_torch_every_method_matches_the_onnx_backends(reference):
+    import torch
+
+    model, bundle = reference("resnet18")
+    params = {n: (p.detach().clone(), p.requires_grad) for n, p in model.named_parameters()}
+    explainer = Explainer.from_torch(model, layer="layer4", input_size=(64, 64))
+    assert explainer.backend.describe().startswith("torch")
+    x = random_images(explainer.bundle.preprocessing, 3, seed=8)
+    for runtime in ("onnxruntime", "openvino"):
+        other = Explainer(bundle, backend=runtime, gradients="torch")
+        for name in [*GRADIENT_FREE, *GRADIENT]:
+            options = {"top_k": 16} if name == "score" else {}
+            got = explainer.explain(x, name, target=2, **options).maps
+            expected = other.explain(x, name, target=2, **options).maps
+            np.testing.assert_allclose(got, expected, atol=1e-4 * max(1e-12, np.abs(expected).max()), rtol=1e-3,
+                                       err_msg=f"{name} on torch vs {runtime}")
+    for n, p in model.named_parameters():                  # parameters, flags and mode untouched
+        assert torch.equal(p.detach(), params[n][0]) and p.requires_grad == params[n][1] and p.grad is None
+    assert not model.training
+
+
+def test_from_torch_with_frozen_parameters_and_a_training_model(reference):
+    import torch
+
+    import models
+    torch.manual_seed(1)
+    model = models.shapes_net(num_classes=4).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    explainer = Explainer.from_torch(model, layer="features", input_size=(128, 128))
+    x = random_images(explainer.bundle.preprocessing, 2, seed=9)
+    target = np.array([1, 2])
+    _, expected = torch_layer_gradients(model, "features", x, target)   # its input requires grad
+    np.testing.assert_allclose(explainer.gradients(x, explainer.backend.features(x), target), expected,
+                               atol=1e-6 * np.abs(expected).max())
+    assert all(not p.requires_grad for p in model.parameters())
+    model.train()
+    with pytest.raises(CamInferError, match=r"training mode; call model.eval\(\) first"):
+        Explainer.from_torch(model, layer="features", input_size=(128, 128))
+    assert model.training
+
+
+def test_explain_cli_runs_gradient_methods_on_a_bundle(tmp_path):
+    from test_cli import run_cli
+    from cam_infer.demo import embedded_bundle_path
+    from cam_infer.synthetic import generate
+    import cv2
+
+    for i, scene in enumerate(generate("large", 2)):
+        cv2.imwrite(str(tmp_path / f"s{i}.png"), cv2.cvtColor(scene.image, cv2.COLOR_RGB2BGR))
+    result = run_cli("explain", str(embedded_bundle_path()), str(tmp_path / "s0.png"), str(tmp_path / "s1.png"),
+                     "--method", "gradcam,layercam,recipro", "--backend", "openvino", "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == sorted(
+        f"s{i}_{m}.png" for i in range(2) for m in ("gradcam", "layercam", "recipro"))
