@@ -44,3 +44,33 @@ except CamInferError as exc:
     result = _python(code)
     assert result.returncode == 0, result.stderr
     assert "export: exporting a PyTorch model needs torch" in result.stdout
+
+
+def test_gradient_methods_say_how_to_get_torch_when_it_is_missing(tmp_path):
+    """Gradient-free methods run; a gradient method, from Python or the command line, names the extra."""
+    code = BLOCK_TORCH + f"""
+import numpy as np, cv2
+from cam_infer import Explainer, CamInferError
+from cam_infer.cli import main
+from cam_infer.demo import embedded_bundle_path
+from cam_infer.synthetic import generate
+ex = Explainer(embedded_bundle_path())
+x = ex.preprocess([s.image for s in generate("large", 2)])
+assert ex.explain(x, "recipro").saliency.shape == (2, 128, 128)
+for call in (lambda: ex.explain(x, "gradcam"), lambda: Explainer(embedded_bundle_path(), gradients="torch")):
+    try:
+        call()
+    except CamInferError as exc:
+        print("python:", exc)
+cv2.imwrite(r"{tmp_path / 'a.png'}", generate("large", 1)[0].image[..., ::-1])
+code = main(["explain", str(embedded_bundle_path()), r"{tmp_path / 'a.png'}", "--method", "layercam",
+             "--out", r"{tmp_path / 'out'}"])
+print("exit", code)
+"""
+    result = _python(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("python: gradient methods need PyTorch, which is not installed here: "
+                               "pip install 'cam-infer[torch]'") == 2
+    assert "exit 1" in result.stdout
+    assert result.stderr.strip().startswith("cam-infer: error: gradient methods need PyTorch") and \
+        len(result.stderr.strip().splitlines()) == 1

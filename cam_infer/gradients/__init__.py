@@ -10,6 +10,7 @@ Importing this package does not import torch; using a source does.
 
 from __future__ import annotations
 
+import contextlib
 import numpy as np
 import onnx
 
@@ -48,8 +49,20 @@ class HeadGradients:
     def __call__(self, x: np.ndarray, activations: np.ndarray, targets: np.ndarray) -> np.ndarray:
         torch = self.torch
         a = torch.from_numpy(np.ascontiguousarray(activations, np.float32)).requires_grad_(True)
-        with torch.enable_grad():
+        with torch.enable_grad(), one_torch_thread(torch):
             return score_gradients(torch, self.head(a), a, targets)
+
+
+@contextlib.contextmanager
+def one_torch_thread(torch):
+    """Heads are small: one thread, so that torch's pool does not spin against the runtime's next
+    pass (it slowed the next ONNX Runtime forward pass up to 2×). The caller's setting is restored."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 __all__ = ["HeadGradients", "TORCH_MISSING", "require_torch", "score_gradients"]
