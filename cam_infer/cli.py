@@ -1,4 +1,4 @@
-"""``cam-infer``: demo, split, export, info, explain, bench, fuse.
+"""``cam-infer``: demo, split, export, info, explain, bench, fuse, audit, synthetic.
 
 A user error prints one line (``cam-infer: error: ...``) and exits 1; never a traceback.
 """
@@ -110,6 +110,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the .onnx file to write")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(run=cmd_fuse)
+
+    p = sub.add_parser("audit", help="every method x every metric over an image folder; CSV, JSON and an HTML report")
+    p.add_argument("bundle", help="bundle folder")
+    p.add_argument("images", nargs="+", help="image files and folders (searched recursively)")
+    p.add_argument("--methods", default="all", help="comma-separated methods, or 'all' (every gradient-free method)")
+    p.add_argument("--metrics", default="all", help="comma-separated: adcc, insertion, deletion, pointing, energy, box; "
+                                                    "or 'all' (localisation metrics need --boxes)")
+    p.add_argument("--boxes", help="JSON: image file -> list of [x1,y1,x2,y2] or {\"box\": [...], \"label\": ...}")
+    p.add_argument("--out", required=True, help="report folder (a rerun resumes it)")
+    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "openvino"])
+    p.add_argument("--device", default="CPU")
+    p.add_argument("--option", action="append", default=[], metavar="METHOD.KEY=VALUE",
+                   help="method option, e.g. score.top_k=64 (repeatable)")
+    g = p.add_argument_group("protocol (recorded in summary.json)")
+    g.add_argument("--target", default="predicted", choices=["predicted", "truth"],
+                   help="class explained: the prediction, or the label of the image's boxes")
+    g.add_argument("--space", default="normalised", choices=["normalised", "raw"],
+                   help="explanation map x*S in the normalised input, or raw pixels (black)")
+    g.add_argument("--coherency-at", default="input", choices=["input", "map"])
+    g.add_argument("--steps", type=int, default=28, help="insertion/deletion steps (default 28, RISE's at 224)")
+    g.add_argument("--deletion-substrate", default="zeros", choices=["zeros", "blur", "mean"])
+    g.add_argument("--insertion-substrate", default="blur", choices=["zeros", "blur", "mean"])
+    g.add_argument("--auc", default="rise", choices=["rise", "recipro"])
+    g.add_argument("--box-threshold", type=float, default=0.2, help="fraction of the max kept for the box (0.2)")
+    g.add_argument("--tolerance", type=float, default=0.0, help="pointing game tolerance in pixels (paper: 15)")
+    p.add_argument("--grid", type=int, default=48, help="images shown in the HTML thumbnail grid (default 48)")
+    p.add_argument("--force", action="store_true", help="start over in --out instead of resuming")
+    p.set_defaults(run=cmd_audit)
+
+    p = sub.add_parser("synthetic", help="write synthetic scenes with ground-truth boxes (for audit)")
+    p.add_argument("--out", required=True, help="folder for the PNGs and boxes.json")
+    p.add_argument("--split", default="cluttered", help="large, small, multiple or cluttered (default)")
+    p.add_argument("-n", "--count", dest="n", type=int, default=100, help="number of scenes (default 100)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=cmd_synthetic)
     return parser
 
 
@@ -195,6 +230,58 @@ def cmd_bench(args) -> int:
     print(HEADER)
     run_cases(bundle.path, [b.strip() for b in args.backend.split(",")], cases, args.repeats,
               score_repeats=args.score_repeats)
+    return 0
+
+
+def cmd_audit(args) -> int:
+    from .audit import METRICS, AuditOptions, run_audit
+    from .methods import GRADIENT_FREE
+    from .runs import parse_option
+
+    methods = tuple(GRADIENT_FREE) if args.methods == "all" else tuple(m.strip() for m in args.methods.split(","))
+    metrics = tuple(METRICS) if args.metrics == "all" else tuple(m.strip() for m in args.metrics.split(","))
+    if args.metrics == "all" and not args.boxes:
+        metrics = ("adcc", "insertion", "deletion")
+    method_options: dict = {}
+    for text in args.option:
+        key, value = parse_option(text)
+        method, dot, name = key.partition(".")
+        if not dot or method not in methods:
+            raise CamInferError(f"--option takes method.key=value for one of the chosen methods, not '{text}'")
+        method_options.setdefault(method, {})[name] = value
+    options = AuditOptions(methods=methods, metrics=metrics, backend=args.backend, device=args.device,
+                           target=args.target, space=args.space, coherency_at=args.coherency_at, steps=args.steps,
+                           deletion_substrate=args.deletion_substrate, insertion_substrate=args.insertion_substrate,
+                           auc=args.auc, box_threshold=args.box_threshold, tolerance=args.tolerance,
+                           method_options=method_options)
+    if "all" in args.methods.split(",") and args.methods != "all":
+        raise CamInferError("'all' cannot be combined with other methods")
+    summary = run_audit(args.bundle, args.images, options, args.out, boxes=args.boxes, restart=args.force,
+                        grid=args.grid)
+    for method, means in summary["methods"].items():
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in means.items() if k != "images")
+        print(f"{method:<14} {means['images']} images: {shown}")
+    print(f"report: {Path(args.out) / 'index.html'} (metrics.csv, summary.json)")
+    if summary["errors"]:
+        raise CamInferError(f"{len(summary['errors'])} image(s) could not be read and were skipped, e.g. "
+                            f"{summary['errors'][0]['error']}")
+    return 0
+
+
+def cmd_synthetic(args) -> int:
+    import cv2
+
+    from .synthetic import generate
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    boxes = {}
+    for i, scene in enumerate(generate(args.split, args.n, seed=args.seed)):
+        name = f"{args.split}_{i:05d}.png"
+        cv2.imwrite(str(out / name), cv2.cvtColor(scene.image, cv2.COLOR_RGB2BGR))
+        boxes[name] = [{"box": [int(v) for v in b], "label": scene.class_name} for b in scene.boxes]
+    (out / "boxes.json").write_text(json.dumps(boxes, indent=1) + "\n")
+    print(f"{args.n} scenes ({args.split}) and boxes.json in {out}")
     return 0
 
 

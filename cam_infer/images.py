@@ -81,6 +81,26 @@ class Preprocessing:
         top, left = int(round((new_h - h) / 2.0)), int(round((new_w - w) / 2.0))
         return resized[top:top + h, left:left + w]
 
+    def box_to_input(self, box, image_shape: tuple[int, int]) -> list[int] | None:
+        """A box [x1,y1,x2,y2] (inclusive pixels) of an image of shape (H,W) → the same box in the model's
+        input after `geometry`, clipped to it; None when the crop leaves none of it."""
+        h, w = self.input_size
+        src_h, src_w = image_shape[:2]
+        if self.crop == "none":
+            sx, sy, left, top = w / src_w, h / src_h, 0, 0
+        else:
+            ratio = self.resize / min(src_h, src_w)
+            new_w, new_h = max(w, int(round(src_w * ratio))), max(h, int(round(src_h * ratio)))
+            sx, sy = new_w / src_w, new_h / src_h
+            top, left = int(round((new_h - h) / 2.0)), int(round((new_w - w) / 2.0))
+        x1, y1, x2, y2 = (float(v) for v in box)
+        out = [int(np.floor(x1 * sx - left)), int(np.floor(y1 * sy - top)),
+               int(np.ceil((x2 + 1) * sx - left)) - 1, int(np.ceil((y2 + 1) * sy - top)) - 1]
+        if out[2] < 0 or out[3] < 0 or out[0] > w - 1 or out[1] > h - 1:
+            return None
+        return [min(max(out[0], 0), w - 1), min(max(out[1], 0), h - 1), min(max(out[2], 0), w - 1),
+                min(max(out[3], 0), h - 1)]
+
     def normalise(self, rgb: np.ndarray) -> np.ndarray:
         """(H,W,3) RGB uint8 at input size → (3,H,W) float32 (steps 3–4)."""
         pixels = rgb[..., ::-1] if self.color == "bgr" else rgb

@@ -1,5 +1,13 @@
-"""Quality of maps: localisation against ground-truth boxes (forward passes only)."""
+"""How good is a map: faithfulness (forward passes of the bundle's backend) and localisation
+against ground-truth boxes. Every function takes plain arrays; `cam_infer.audit` runs them over folders.
+"""
 
-from .localisation import pointing_hit, pointing_game  # noqa: F401
+from .adcc import adcc, coherency, complexity  # noqa: F401
+from .faithfulness import (auc, average_drop, causal_curve, class_probabilities, explanation_inputs,  # noqa: F401
+                           increase_in_confidence, substrate_of)
+from .localisation import (box_from_map, box_localisation, energy_pointing, iou, pointing_game,  # noqa: F401
+                           pointing_hit)
 
-__all__ = ["pointing_game", "pointing_hit"]
+__all__ = ["adcc", "auc", "average_drop", "box_from_map", "box_localisation", "causal_curve", "class_probabilities",
+           "coherency", "complexity", "energy_pointing", "explanation_inputs", "increase_in_confidence", "iou",
+           "pointing_game", "pointing_hit", "substrate_of"]

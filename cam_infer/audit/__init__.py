@@ -1,0 +1,166 @@
+"""`cam-infer audit`: every method on every image of a folder, every metric, one report.
+
+    run_audit("bundle/", ["images/"], AuditOptions(methods=("recipro", "eigen")), out="report/",
+              boxes="boxes.json")
+
+`work.audit_image` does one image; this driver streams the folder through it, appends each
+image's rows to metrics.csv as soon as they exist (a rerun resumes after the last complete image),
+writes thumbnails, and at the end summary.json and index.html.
+
+Boxes file (JSON): ``{"photo.jpg": [[x1, y1, x2, y2], ...], "sub/b.png": [{"box": [...], "label": "cat"}]}``,
+keyed by the path as given on the command line, by the path relative to a given folder, or by file
+name; inclusive pixel coordinates in the original image. A labelled box counts only for maps of
+that class; an unlabelled one for any class.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from ..errors import CamInferError
+from ..progress import Progress
+from .report import (CSV_NAME, ERRORS_NAME, SETTINGS_NAME, SUMMARY_NAME, MetricsFile, summarise, write_atomically,
+                     write_html)
+from .work import COLUMNS, METRICS, AuditOptions, audit_image
+
+GRID = 48
+OVERLAYS = "overlays"
+
+
+def run_audit(bundle, images, options: AuditOptions, out, *, boxes=None, restart: bool = False, grid: int = GRID,
+              progress: bool | None = None) -> dict:
+    """Audit the images (files and folders); returns the summary. Unreadable images are listed in
+    the summary's ``errors`` and skipped."""
+    from ..bundle import Bundle
+    from ..runs import collect_images
+
+    bundle = Bundle.load(bundle)
+    _check_options(bundle, options)
+    out = Path(out)
+    files = collect_images(images)
+    if not files:
+        raise CamInferError("no images found in " + ", ".join(map(str, images)))
+    truth = _load_boxes(boxes)
+    if options.target == "truth" and not truth:
+        raise CamInferError("target 'truth' needs boxes with exactly one label per image (--boxes)")
+    settings = {"bundle": str(bundle.path.resolve()), "options": options.to_dict(),
+                "boxes": str(Path(boxes).resolve()) if boxes else None}
+    _prepare(out, settings, restart)
+    metrics = MetricsFile(out / CSV_NAME, options.methods)
+    done = set(metrics.complete_images())
+    errors: list[dict] = []
+    todo = [f for f in files if str(f) not in done]
+    with Progress(len(files), "audit", enabled=progress) as bar:
+        bar.advance(len(files) - len(todo))
+        for image in todo:
+            try:
+                result = audit_image(bundle.path, image, options, _boxes_for(truth, image, images))
+            except CamInferError as exc:
+                if "readable image" not in str(exc) and "does not exist" not in str(exc):
+                    raise
+                errors.append({"image": str(image), "error": str(exc)})
+            else:
+                _write_thumbnails(out, image, result["thumbnails"])
+                metrics.append(result["rows"])
+            bar.advance()
+    write_atomically(out / ERRORS_NAME, json.dumps(errors, indent=1) + "\n")
+    protocol = {"bundle": settings["bundle"], "boxes": settings["boxes"], **options.to_dict()}
+    summary = summarise(metrics, options.methods, protocol, errors)
+    write_atomically(out / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
+    write_html(out, summary, _grid(out, files[:grid], options.methods), options.methods)
+    return summary
+
+
+def _check_options(bundle, options: AuditOptions) -> None:
+    from ..methods import get_method
+
+    if not options.methods:
+        raise CamInferError("choose at least one method")
+    for m in options.methods:
+        get_method(m)
+    unknown = [m for m in options.metrics if m not in METRICS]
+    if unknown:
+        raise CamInferError(f"unknown metric {', '.join(map(repr, unknown))}; metrics: {', '.join(METRICS)}")
+    for name, value, choices in (("target", options.target, ("predicted", "truth")),
+                                 ("space", options.space, ("normalised", "raw")),
+                                 ("coherency_at", options.coherency_at, ("input", "map")),
+                                 ("auc", options.auc, ("rise", "recipro")),
+                                 ("deletion substrate", options.deletion_substrate, ("zeros", "blur", "mean")),
+                                 ("insertion substrate", options.insertion_substrate, ("zeros", "blur", "mean"))):
+        if value not in choices:
+            raise CamInferError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+    if not isinstance(options.steps, int) or options.steps < 1:
+        raise CamInferError(f"steps must be a positive integer, not {options.steps!r}")
+    if not 0 < options.box_threshold <= 1 or not 0 < options.iou_threshold <= 1:
+        raise CamInferError("box and IoU thresholds must be in (0, 1]")
+
+
+def _prepare(out: Path, settings: dict, restart: bool) -> None:
+    path = out / SETTINGS_NAME
+    if restart and out.exists():
+        for name in (CSV_NAME, SUMMARY_NAME, ERRORS_NAME, "index.html", SETTINGS_NAME):
+            (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / OVERLAYS, ignore_errors=True)
+    if path.exists():
+        try:
+            previous = json.loads(path.read_text())
+        except ValueError:
+            previous = None
+        if previous != settings:
+            raise CamInferError(f"'{out}' holds an audit with other settings; choose another --out or pass --force "
+                                "to start over")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / OVERLAYS).mkdir(exist_ok=True)
+    write_atomically(path, json.dumps(settings, indent=2) + "\n")
+
+
+def _load_boxes(path) -> dict:
+    if path is None:
+        return {}
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CamInferError(f"boxes file '{path}' does not exist") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CamInferError(f"boxes file '{path}' is not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
+        raise CamInferError(f"boxes file '{path}' must map image files to lists of boxes")
+    return data
+
+
+def _boxes_for(truth: dict, image: Path, roots) -> list | None:
+    keys = [str(image), image.as_posix()]
+    for root in map(Path, roots):
+        if root.is_dir():
+            try:
+                keys.append(image.relative_to(root).as_posix())
+            except ValueError:
+                pass
+    keys.append(image.name)
+    return next((truth[k] for k in keys if k in truth), None)
+
+
+def _thumbnail_name(image: Path, method: str) -> str:
+    safe = str(image).replace(os.sep, "__").replace("/", "__").lstrip(".")
+    return f"{safe}__{method}.png"
+
+
+def _write_thumbnails(out: Path, image: Path, thumbnails: dict) -> None:
+    for method, png in thumbnails.items():
+        (out / OVERLAYS / _thumbnail_name(image, method)).write_bytes(png)
+
+
+def _grid(out: Path, files, methods) -> list[tuple[str, dict]]:
+    grid = []
+    for image in files:
+        pngs = {m: (out / OVERLAYS / _thumbnail_name(image, m)).read_bytes() for m in methods
+                if (out / OVERLAYS / _thumbnail_name(image, m)).exists()}
+        if pngs:
+            grid.append((image.name, pngs))
+    return grid
+
+
+__all__ = ["AuditOptions", "COLUMNS", "METRICS", "audit_image", "run_audit"]

@@ -1,0 +1,171 @@
+"""What an audit leaves in its folder: metrics.csv (appended image by image, resumable),
+summary.json (per-method means and the protocol) and index.html (one self-contained page)."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import math
+import os
+from pathlib import Path
+
+from ..metrics import adcc
+from .work import COLUMNS
+
+CSV_NAME, SUMMARY_NAME, HTML_NAME, SETTINGS_NAME, ERRORS_NAME = (
+    "metrics.csv", "summary.json", "index.html", "audit.json", "errors.json")
+# column → (shown as, higher is better)
+SHOWN = {"adcc": ("ADCC (mean per image)", True), "average_drop": ("Average Drop", False),
+         "increase": ("Increase in Confidence", True), "coherency": ("Coherency", True),
+         "complexity": ("Complexity", False), "insertion": ("Insertion AUC", True), "deletion": ("Deletion AUC", False),
+         "pointing": ("Pointing game", True), "energy": ("Energy pointing", True),
+         "box_hit": ("Box accuracy (IoU ≥ threshold)", True), "box_iou": ("Box IoU (mean)", True)}
+
+
+def write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class MetricsFile:
+    """metrics.csv, one row per (image, method). Rows of one image are appended in one write and
+    synced, so an interrupted run loses at most the image in progress; `complete_images` drops
+    a torn tail and any image with fewer rows than methods before a run resumes."""
+
+    def __init__(self, path: Path, methods: tuple[str, ...]):
+        self.path, self.methods = path, methods
+
+    def complete_images(self) -> list[str]:
+        if not self.path.exists():
+            write_atomically(self.path, ",".join(COLUMNS) + "\n")
+            return []
+        text = self.path.read_text(encoding="utf-8")
+        if not text.endswith("\n"):
+            text = text[:text.rfind("\n") + 1]
+        rows = list(csv.DictReader(io.StringIO(text)))
+        by_image: dict[str, set] = {}
+        for row in rows:
+            by_image.setdefault(row["image"], set()).add(row["method"])
+        complete = [image for image, methods in by_image.items() if methods == set(self.methods)]
+        keep = set(complete)
+        write_atomically(self.path, _csv_text([r for r in rows if r["image"] in keep], header=True))
+        return complete
+
+    def append(self, rows: list[dict]) -> None:
+        with open(self.path, "a", encoding="utf-8", newline="") as f:
+            f.write(_csv_text(rows, header=False))
+            f.flush()
+            os.fsync(f.fileno())
+
+    def rows(self):
+        with open(self.path, encoding="utf-8", newline="") as f:
+            yield from csv.DictReader(f)
+
+
+def _csv_text(rows, header: bool) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    if header:
+        writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def summarise(metrics: MetricsFile, methods, protocol: dict, errors: list) -> dict:
+    """Per-method means over the rows that have each column (streamed), and ADCC of the means."""
+    sums = {m: {} for m in methods}
+    counts = {m: {} for m in methods}
+    images = {m: 0 for m in methods}
+    for row in metrics.rows():
+        method = row["method"]
+        if method not in sums:
+            continue
+        images[method] += 1
+        for column in SHOWN:
+            if row.get(column, "") != "":
+                sums[method][column] = sums[method].get(column, 0.0) + float(row[column])
+                counts[method][column] = counts[method].get(column, 0) + 1
+    per_method = {}
+    for m in methods:
+        means = {c: sums[m][c] / counts[m][c] for c in sums[m]}
+        if {"coherency", "complexity", "average_drop"} <= set(means):
+            means["adcc_of_means"] = float(adcc(means["coherency"], means["complexity"], means["average_drop"]))
+        per_method[m] = {"images": images[m], **means}
+    return {"methods": per_method, "protocol": protocol, "errors": errors,
+            "notes": {"adcc_of_means": "ADCC of the dataset means of coherency, complexity and average drop "
+                                       "(how published tables report it); 'adcc' is the mean of per-image ADCC",
+                      "box_hit": "fraction of images whose thresholded-map box has IoU >= iou_threshold with a "
+                                 "ground-truth box of the explained class"}}
+
+
+def write_html(out: Path, summary: dict, grid: list[tuple[str, dict]], methods) -> Path:
+    """index.html: summary table, one bar chart per metric, thumbnails (images × methods), all inline."""
+    per_method = summary["methods"]
+    columns = [c for c in ["adcc_of_means", *SHOWN] if any(c in per_method[m] for m in methods)]
+    shown = {"adcc_of_means": ("ADCC (of means)", True), **SHOWN}
+    head = "".join(f"<th>{html.escape(shown[c][0])} {'↑' if shown[c][1] else '↓'}</th>" for c in columns)
+    body = "".join(
+        f"<tr><th>{html.escape(m)}</th><td>{per_method[m]['images']}</td>"
+        + "".join(f"<td>{_cell(per_method[m].get(c))}</td>" for c in columns) + "</tr>" for m in methods)
+    charts = "".join(_bar_chart(shown[c][0], shown[c][1], {m: per_method[m].get(c) for m in methods}) for c in columns)
+    thumbs_head = "".join(f"<th>{html.escape(m)}</th>" for m in methods)
+    thumbs = "".join(
+        f"<tr><th class=name>{html.escape(name)}</th>"
+        + "".join(f"<td><img alt='{html.escape(name)} {html.escape(m)}' src='data:image/png;base64,"
+                  f"{base64.b64encode(pngs[m]).decode()}'></td>" if m in pngs else "<td></td>" for m in methods)
+        + "</tr>" for name, pngs in grid)
+    protocol = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(json.dumps(v))}</li>"
+                       for k, v in summary["protocol"].items())
+    errors = (f"<p class=err>{len(summary['errors'])} image(s) could not be read and were skipped "
+              f"(listed in {ERRORS_NAME}).</p>" if summary["errors"] else "")
+    page = f"""<!doctype html>
+<html lang=en><head><meta charset=utf-8><title>cam-infer audit</title>
+<style>
+body {{ font: 14px system-ui, sans-serif; margin: 24px; color: #222; }}
+table {{ border-collapse: collapse; margin: 8px 0 24px; }}
+th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; }}
+th {{ background: #f3f3f3; }} th.name {{ text-align: left; font-weight: normal; max-width: 200px;
+  overflow-wrap: anywhere; }}
+.charts {{ display: flex; flex-wrap: wrap; gap: 16px; }} .chart {{ border: 1px solid #ddd; padding: 8px; }}
+.grid td {{ padding: 2px; }} .grid img {{ display: block; width: 128px; }} .err {{ color: #a00; }}
+</style></head><body>
+<h1>cam-infer audit</h1>
+<p>{html.escape(str(summary['protocol'].get('bundle', '')))} · {len(methods)} methods ·
+{max((per_method[m]['images'] for m in methods), default=0)} images</p>{errors}
+<h2>Summary (means over images)</h2>
+<table><tr><th>method</th><th>images</th>{head}</tr>{body}</table>
+<h2>Per metric</h2><div class=charts>{charts}</div>
+<h2>Maps ({len(grid)} images)</h2>
+<table class=grid><tr><th>image</th>{thumbs_head}</tr>{thumbs}</table>
+<h2>Protocol</h2><ul>{protocol}</ul>
+</body></html>
+"""
+    path = out / HTML_NAME
+    write_atomically(path, page)
+    return path
+
+
+def _cell(value) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def _bar_chart(title: str, higher_better: bool, values: dict) -> str:
+    """A horizontal bar per method, scaled to the largest value; inline SVG."""
+    known = {m: v for m, v in values.items() if v is not None and math.isfinite(v)}
+    top = max([abs(v) for v in known.values()] + [1e-12])
+    width, row = 220, 22
+    bars = []
+    for i, (m, v) in enumerate(values.items()):
+        y = 24 + i * row
+        length = 0 if m not in known else width * abs(known[m]) / top
+        bars.append(f"<text x=0 y={y + 14} font-size=12>{html.escape(m)}</text>"
+                    f"<rect x=120 y={y + 3} width={length:.1f} height=14 fill='#4a7bd0'></rect>"
+                    f"<text x={124 + length:.1f} y={y + 14} font-size=11>{_cell(known.get(m))}</text>")
+    height = 30 + row * len(values)
+    label = f"{title} ({'higher' if higher_better else 'lower'} is better)"
+    return (f"<svg class=chart role=img aria-label='{html.escape(label)}' width={120 + width + 60} height={height}>"
+            f"<text x=0 y=14 font-size=13 font-weight=bold>{html.escape(label)}</text>{''.join(bars)}</svg>")

@@ -1,0 +1,163 @@
+"""The work for one image: explain it with every method and measure every metric → rows.
+
+`audit_image(bundle_path, image, options, boxes)` depends on nothing but its arguments (the opened
+Explainer is cached per process), so the same function can be mapped over images by a pool or a
+cluster; `cam_infer.audit.run_audit` is the local driver.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+
+import cv2
+import numpy as np
+
+from ..errors import CamInferError
+from ..images import load_image
+from ..metrics import (adcc, auc, average_drop, box_localisation, causal_curve, class_probabilities, coherency,
+                       complexity, energy_pointing, explanation_inputs, increase_in_confidence, pointing_hit)
+from ..postprocess import overlay
+
+METRICS = ("adcc", "insertion", "deletion", "pointing", "energy", "box")
+COLUMNS = ("image", "method", "class_id", "label", "probability", "degenerate", "average_drop", "increase",
+           "coherency", "complexity", "adcc", "insertion", "deletion", "pointing", "energy", "box_iou", "box_hit")
+THUMBNAIL = 128
+
+
+@dataclass(frozen=True)
+class AuditOptions:
+    """Every protocol choice (research-notes §10); recorded in summary.json next to the numbers."""
+
+    methods: tuple[str, ...]
+    metrics: tuple[str, ...] = METRICS
+    backend: str = "onnxruntime"
+    device: str = "CPU"
+    target: str = "predicted"            # predicted | truth (the label of the image's boxes)
+    space: str = "normalised"            # masking for Average Drop / Coherency: normalised | raw
+    coherency_at: str = "input"          # input (Poppi: H×W) | map (Recipro: h×w)
+    steps: int = 28                      # insertion / deletion steps (RISE: 224·8 pixels a step at 224²)
+    deletion_substrate: str = "zeros"
+    insertion_substrate: str = "blur"
+    auc: str = "rise"
+    box_threshold: float = 0.2           # of the max, CAM's rule
+    iou_threshold: float = 0.5
+    tolerance: float = 0.0               # pointing game, pixels (the paper: 15)
+    method_options: dict = field(default_factory=dict)   # method → {option: value}
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["methods"], d["metrics"] = list(self.methods), list(self.metrics)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "AuditOptions":
+        return cls(**{**d, "methods": tuple(d["methods"]), "metrics": tuple(d["metrics"])})
+
+
+_EXPLAINERS: dict = {}
+
+
+def explainer_for(bundle_path, options: AuditOptions):
+    """The Explainer for these options, opened once per process."""
+    from ..explainer import Explainer
+    from ..methods import GRADIENT
+
+    gradients = "torch" if set(options.methods) & set(GRADIENT) else None
+    key = (os.fspath(bundle_path), options.backend, options.device, gradients)
+    if key not in _EXPLAINERS:
+        _EXPLAINERS[key] = Explainer(bundle_path, backend=options.backend, device=options.device, gradients=gradients)
+    return _EXPLAINERS[key]
+
+
+def audit_image(bundle_path, image, options: AuditOptions, boxes=None) -> dict:
+    """One image file → {"rows": one dict per method (COLUMNS), "thumbnails": method → PNG bytes}.
+    `boxes`: the image's ground truth, [x1,y1,x2,y2] or {"box": [...], "label": ...}, in its own pixels."""
+    explainer = explainer_for(bundle_path, options)
+    prep = explainer.bundle.preprocessing
+    rgb = load_image(image)
+    view = prep.geometry(rgb)
+    x = prep.normalise(view)[None]
+    truth = _boxes_in_input(boxes or [], prep, rgb.shape)
+    target = _target(explainer, options, truth, x)
+    rows, thumbnails = [], {}
+    for method in options.methods:
+        kwargs = options.method_options.get(method, {})
+        e = explainer.explain(x, method, target=target, **kwargs)
+        s = e.saliency[0]
+        class_id = int(e.targets[0])
+        row = dict.fromkeys(COLUMNS, "")
+        row.update(image=os.fspath(image), method=method, class_id=class_id, label=explainer.bundle.label(class_id),
+                   probability=float(e.scores[0]), degenerate=int(e.degenerate[0]))
+        if "adcc" in options.metrics:
+            row.update(_adcc(explainer, options, x, view, e, kwargs))
+        for mode in ("insertion", "deletion"):
+            if mode in options.metrics:
+                substrate = options.insertion_substrate if mode == "insertion" else options.deletion_substrate
+                curve = causal_curve(explainer, x[0], s, class_id, mode, options.steps, substrate)
+                row[mode] = auc(curve, options.auc)
+        own = [b for b, label in truth if label is None or label == row["label"]]
+        if truth:
+            if "pointing" in options.metrics:
+                row["pointing"] = int(pointing_hit(s, own, options.tolerance, bool(e.degenerate[0])))
+            if "energy" in options.metrics:
+                row["energy"] = energy_pointing(s, own) if own else 0.0
+            if "box" in options.metrics:
+                best = box_localisation(s, own, options.box_threshold) if own else 0.0
+                row.update(box_iou=best, box_hit=int(best >= options.iou_threshold))
+        rows.append(row)
+        thumbnails[method] = _thumbnail(view, s)
+    return {"rows": rows, "thumbnails": thumbnails}
+
+
+def _boxes_in_input(boxes, prep, shape) -> list[tuple[list[int], str | None]]:
+    out = []
+    for entry in boxes:
+        box, label = (entry.get("box"), entry.get("label")) if isinstance(entry, dict) else (entry, None)
+        if box is None or len(box) != 4:
+            raise CamInferError(f"a box must be [x1, y1, x2, y2] or {{\"box\": [...], \"label\": ...}}, not {entry!r}")
+        mapped = prep.box_to_input(box, shape)
+        if mapped is not None:
+            out.append((mapped, None if label is None else str(label)))
+    return out
+
+
+def _target(explainer, options: AuditOptions, truth, x):
+    if options.target == "predicted":
+        return None
+    labels = {label for _, label in truth if label is not None}
+    if len(labels) != 1:
+        raise CamInferError("target 'truth' needs boxes with exactly one label per image "
+                            f"({'none' if not labels else ', '.join(sorted(labels))} found)")
+    return explainer.class_id(labels.pop(), explainer.bundle.num_classes)
+
+
+def _adcc(explainer, options: AuditOptions, x, view, e, kwargs) -> dict:
+    s = e.saliency
+    targets = e.targets
+    masked = explanation_inputs(x, s, options.space, [view], explainer.bundle.preprocessing)
+    o = class_probabilities(explainer, masked, targets)
+    drop = float(average_drop(e.scores, o)[0])
+    again = explainer.explain(masked, e.method, target=targets, **kwargs)
+    if options.coherency_at == "input":
+        coherent = coherency(s[0], again.saliency[0])
+        simple = complexity(s[0])
+    else:
+        from ..postprocess import normalise
+        low, low_again = normalise(e.maps)[0][0], normalise(again.maps)[0][0]
+        coherent, simple = coherency(low, low_again), complexity(low)
+    return {"average_drop": drop, "increase": float(increase_in_confidence(e.scores, o)[0]),
+            "coherency": coherent, "complexity": simple, "adcc": float(adcc(coherent, simple, drop))}
+
+
+def _thumbnail(view: np.ndarray, saliency: np.ndarray) -> bytes:
+    picture = overlay(view, saliency)
+    h, w = picture.shape[:2]
+    scale = THUMBNAIL / max(h, w)
+    if scale < 1:
+        picture = cv2.resize(picture, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    ok, png = cv2.imencode(".png", cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+    return png.tobytes()
+
+
+__all__ = ["AuditOptions", "COLUMNS", "METRICS", "audit_image"]

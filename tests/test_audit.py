@@ -1,0 +1,204 @@
+"""`cam-infer audit` on the synthetic scenes with the embedded ShapesNet: rows against direct metric
+calls, summary against the CSV, resume after a real kill, bad images and files, and the report in
+a real browser."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from test_cli import assert_one_line_error, run_cli
+
+from cam_infer import CamInferError, Explainer
+from cam_infer.audit import AuditOptions, audit_image, run_audit
+from cam_infer.demo import embedded_bundle_path
+from cam_infer.metrics import adcc, box_localisation, energy_pointing, pointing_hit
+from cam_infer.synthetic import generate
+
+SHAPES = embedded_bundle_path()
+
+
+def write_scenes(folder, n: int, split: str = "multiple"):
+    result = run_cli("synthetic", "--out", str(folder), "--split", split, "-n", str(n))
+    assert result.returncode == 0, result.stderr
+    return json.loads((folder / "boxes.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("scenes")
+    return folder, write_scenes(folder, 6)
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_synthetic_command_writes_scenes_and_their_boxes(scenes):
+    folder, boxes = scenes
+    expected = generate("multiple", 6)
+    assert sorted(boxes) == [f"multiple_{i:05d}.png" for i in range(6)]
+    for i, scene in enumerate(expected):
+        image = cv2.cvtColor(cv2.imread(str(folder / f"multiple_{i:05d}.png")), cv2.COLOR_BGR2RGB)
+        np.testing.assert_array_equal(image, scene.image)
+        assert boxes[f"multiple_{i:05d}.png"] == [{"box": list(map(int, b)), "label": scene.class_name}
+                                                   for b in scene.boxes]
+
+
+def test_rows_equal_direct_metric_calls(scenes):
+    folder, boxes = scenes
+    options = AuditOptions(methods=("recipro", "eigen"), tolerance=15.0)
+    image = folder / "multiple_00002.png"
+    result = audit_image(SHAPES, image, options, boxes[image.name])
+    explainer = Explainer(SHAPES)
+    x = explainer.preprocess([image])
+    for row in result["rows"]:
+        e = explainer.explain(x, row["method"])
+        assert row["class_id"] == int(e.targets[0]) and row["label"] == explainer.bundle.label(row["class_id"])
+        own = [b["box"] for b in boxes[image.name] if b["label"] == row["label"]]
+        s = e.saliency[0]
+        assert row["pointing"] == int(pointing_hit(s, own, 15.0))
+        assert row["energy"] == pytest.approx(energy_pointing(s, own))
+        assert row["box_iou"] == pytest.approx(box_localisation(s, own, 0.2))
+        assert row["adcc"] == pytest.approx(adcc(row["coherency"], row["complexity"], row["average_drop"]))
+        assert 0 <= row["deletion"] <= row["insertion"] <= 1
+    assert set(result["thumbnails"]) == {"recipro", "eigen"}
+    assert all(png[:8] == b"\x89PNG\r\n\x1a\n" for png in result["thumbnails"].values())
+
+
+def test_audit_writes_csv_summary_and_a_page_that_a_browser_renders(scenes, tmp_path):
+    folder, _ = scenes
+    out = tmp_path / "report"
+    result = run_cli("audit", str(SHAPES), str(folder), "--boxes", str(folder / "boxes.json"), "--methods",
+                     "recipro,eigen,activation", "--out", str(out), "--tolerance", "15")
+    assert result.returncode == 0, result.stderr
+    rows = read_csv(out / "metrics.csv")
+    assert len(rows) == 18 and {r["method"] for r in rows} == {"recipro", "eigen", "activation"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["protocol"]["tolerance"] == 15.0 and summary["protocol"]["target"] == "predicted"
+    assert summary["protocol"]["deletion_substrate"] == "zeros" and summary["protocol"]["steps"] == 28
+    for method, means in summary["methods"].items():
+        mine = [r for r in rows if r["method"] == method]
+        for column in ("adcc", "insertion", "deletion", "pointing", "energy", "box_hit", "average_drop"):
+            assert means[column] == pytest.approx(np.mean([float(r[column]) for r in mine]))
+        assert means["adcc_of_means"] == pytest.approx(adcc(means["coherency"], means["complexity"],
+                                                            means["average_drop"]))
+    assert len(list((out / "overlays").glob("*.png"))) == 18
+    page = (out / "index.html").read_text()
+    assert page.count("data:image/png;base64,") == 18 and page.count("<svg") >= 11
+    assert "src='http" not in page and "href=" not in page                         # self-contained
+    check_in_browser(out / "index.html", tmp_path)
+
+
+def check_in_browser(page, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed (apt install chromium) to check the page")
+    common = [chromium, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run(common + ["--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    assert dom.count("<tr>") >= 4 + 6 and "ADCC (of means)" in dom and dom.count("<img") == 18
+    shot = tmp_path / "page.png"
+    subprocess.run(common + [f"--screenshot={shot}", "--window-size=1200,1400", page.as_uri()],
+                   capture_output=True, timeout=120)
+    picture = cv2.imread(str(shot))
+    assert picture is not None and picture.shape[:2] == (1400, 1200)
+    colours = len(np.unique(picture.reshape(-1, 3), axis=0))
+    assert colours > 500, "the screenshot is nearly blank"                 # text, bars and heat maps drawn
+
+
+def test_a_killed_audit_resumes_to_the_same_csv(tmp_path):
+    folder = tmp_path / "scenes"
+    write_scenes(folder, 10, "cluttered")
+    args = [sys.executable, "-m", "cam_infer", "audit", str(SHAPES), str(folder), "--boxes",
+            str(folder / "boxes.json"), "--methods", "recipro,score", "--option", "score.top_k=16"]
+    whole = subprocess.run(args + ["--out", str(tmp_path / "whole")], capture_output=True, text=True, cwd=ROOT)
+    assert whole.returncode == 0, whole.stderr
+    out = tmp_path / "killed"
+    process = subprocess.Popen(args + ["--out", str(out)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        csv_path = out / "metrics.csv"
+        if csv_path.exists() and csv_path.read_text().count("\n") >= 1 + 2 * 3:      # 3 images done
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (out / "summary.json").exists()
+    partial = read_csv(out / "metrics.csv")
+    assert 6 <= len(partial) < 20
+    resumed = subprocess.run(args + ["--out", str(out)], capture_output=True, text=True, cwd=ROOT)
+    assert resumed.returncode == 0, resumed.stderr
+    assert (out / "metrics.csv").read_text() == (tmp_path / "whole" / "metrics.csv").read_text()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["methods"]["recipro"]["images"] == 10
+
+
+def test_a_torn_last_line_and_a_half_written_image_are_redone(scenes, tmp_path):
+    folder, _ = scenes
+    options = AuditOptions(methods=("activation", "eigen"), metrics=("adcc",))
+    run_audit(SHAPES, [folder], options, tmp_path / "a", progress=False)
+    full = (tmp_path / "a" / "metrics.csv").read_text()
+    lines = full.splitlines(keepends=True)
+    (tmp_path / "a" / "metrics.csv").write_text("".join(lines[:6]) + lines[6][:20])   # image 3 half, torn
+    run_audit(SHAPES, [folder], options, tmp_path / "a", progress=False)
+    assert (tmp_path / "a" / "metrics.csv").read_text() == full
+
+
+def test_an_unreadable_image_is_reported_and_skipped(scenes, tmp_path):
+    folder, _ = scenes
+    images = tmp_path / "images"
+    shutil.copytree(folder, images)
+    (images / "broken.png").write_bytes(b"not a png")
+    result = run_cli("audit", str(SHAPES), str(images), "--methods", "activation", "--metrics", "adcc",
+                     "--out", str(tmp_path / "r"))
+    assert result.returncode == 1 and "report:" in result.stdout          # the others are reported
+    assert result.stderr.strip().startswith("cam-infer: error: 1 image(s) could not be read and were skipped")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert len(read_csv(tmp_path / "r" / "metrics.csv")) == 6
+    errors = json.loads((tmp_path / "r" / "errors.json").read_text())
+    assert [e["image"] for e in errors] == [str(images / "broken.png")]
+    assert "1 image(s) could not be read" in (tmp_path / "r" / "index.html").read_text()
+
+
+def test_bad_audit_requests_are_one_line_errors(scenes, tmp_path):
+    folder, _ = scenes
+    base = ["audit", str(SHAPES), str(folder), "--out", str(tmp_path / "r")]
+    assert_one_line_error(run_cli(*base, "--methods", "nope"), "unknown method 'nope'")
+    assert_one_line_error(run_cli(*base, "--metrics", "speed"), "unknown metric 'speed'")
+    assert_one_line_error(run_cli(*base, "--boxes", str(tmp_path / "none.json")), "none.json' does not exist")
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    assert_one_line_error(run_cli(*base, "--boxes", str(tmp_path / "bad.json")), "must map image files to lists")
+    assert_one_line_error(run_cli(*base, "--option", "eigen.x=1", "--methods", "recipro"),
+                          "--option takes method.key=value for one of the chosen methods")
+    assert_one_line_error(run_cli(*base, "--target", "truth", "--methods", "activation", "--metrics", "adcc"),
+                          "target 'truth' needs boxes with exactly one label")
+    ok = run_cli(*base, "--methods", "activation", "--metrics", "adcc")
+    assert ok.returncode == 0, ok.stderr
+    assert_one_line_error(run_cli(*base, "--methods", "eigen", "--metrics", "adcc"),
+                          "holds an audit with other settings; choose another --out or pass --force")
+    again = run_cli(*base, "--methods", "eigen", "--metrics", "adcc", "--force")
+    assert again.returncode == 0 and {r["method"] for r in read_csv(tmp_path / "r" / "metrics.csv")} == {"eigen"}
+
+
+def test_ground_truth_target_explains_the_labelled_class(scenes, tmp_path):
+    folder, boxes = scenes
+    summary = run_audit(SHAPES, [folder], AuditOptions(methods=("cam",), metrics=("pointing",), target="truth"),
+                        tmp_path / "t", boxes=folder / "boxes.json", progress=False)
+    rows = read_csv(tmp_path / "t" / "metrics.csv")
+    assert [r["label"] for r in rows] == [boxes[r["image"].split("/")[-1]][0]["label"] for r in rows]
+    assert summary["protocol"]["target"] == "truth"
+    with pytest.raises(CamInferError, match="unknown metric"):
+        run_audit(SHAPES, [folder], AuditOptions(methods=("cam",), metrics=("x",)), tmp_path / "u")
