@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from threadpoolctl import ThreadpoolController

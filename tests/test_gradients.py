@@ -369,3 +369,21 @@ def test_explain_cli_runs_gradient_methods_on_a_bundle(tmp_path):
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == sorted(
         f"s{i}_{m}.png" for i in range(2) for m in ("gradcam", "layercam", "recipro"))
+
+
+def test_a_final_softmax_is_left_out_even_behind_a_reshape():
+    from cam_infer.gradients.onnx_in_torch import TorchGraph
+
+    def head(*ops):
+        names = ["x"] + [f"t{i}" for i in range(len(ops) - 1)] + ["y"]
+        nodes = [helper.make_node(op, [names[i]], [names[i + 1]], **attrs) for i, (op, attrs) in enumerate(ops)]
+        return helper.make_model(helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
+            "x", TensorProto.FLOAT, (2, 4, 3, 3))], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]),
+            opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+    x = RNG.standard_normal((2, 4, 3, 3)).astype(np.float32)
+    model = head(("GlobalAveragePool", {}), ("Softmax", {"axis": 1}), ("Flatten", {}))
+    np.testing.assert_allclose(torch_run(model, x, drop_softmax=True), x.mean(axis=(2, 3)), rtol=1e-6)
+    np.testing.assert_allclose(torch_run(model, x), ort_run(model, x), rtol=1e-6)
+    with pytest.raises(CamInferError, match="does not end in a Softmax that could be left out"):
+        TorchGraph(head(("GlobalAveragePool", {}), ("Sigmoid", {}), ("Flatten", {})), drop_softmax=True)

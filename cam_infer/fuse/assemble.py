@@ -23,6 +23,7 @@ from onnx import TensorProto, helper
 from .. import __version__
 from ..bundle import Bundle
 from ..errors import CamInferError
+from ..explainer import Explainer
 from ..postprocess import EPS
 from .builder import Builder
 from .maps import FUSED, Fusion
@@ -87,30 +88,27 @@ def fuse(bundle: "Bundle | str | os.PathLike", method: str = "recipro", *, top_k
     targets = None
     if chosen.class_specific:
         targets = _targets(b, model, scores, top_k, class_input, batch)
-    head = at_min_opset(bundle.head_path)
-    from ..explainer import Explainer        # reads and verifies the head's linear layer, as explain() does
-    linear_head = Explainer(bundle, backend="onnxruntime").linear_head
+    explainer = Explainer(bundle, backend="onnxruntime")     # its linear head is read and verified, as explain()'s
     fusion = Fusion(b, bundle.activation_name, bundle.activation_shape, targets, top_k, bundle.num_classes,
-                    bundle.output_kind, linear_head, head)
+                    bundle.output_kind, explainer.linear_head, at_min_opset(bundle.head_path))
     b.op("Identity", chosen.fn(fusion, **options), outputs=[RAW_OUTPUT])
     _normalised(b, RAW_OUTPUT, OUTPUT)
-    _, h, w = bundle.activation_shape
-    shape = [batch] + ([top_k] if top_k > 1 else []) + [h, w]
     model.graph.node.extend(b.nodes)
     model.graph.initializer.extend(b.initializers)
-    model.graph.output.append(helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, shape))
+    per_image = [top_k] if top_k > 1 else []
+    outputs = [(OUTPUT, TensorProto.FLOAT, per_image + list(bundle.activation_shape[1:]))]
     if raw:
-        model.graph.output.append(helper.make_tensor_value_info(RAW_OUTPUT, TensorProto.FLOAT, shape))
+        outputs.append((RAW_OUTPUT, TensorProto.FLOAT, outputs[0][2]))
     if chosen.class_specific and not class_input:
-        model.graph.output.append(helper.make_tensor_value_info(
-            CLASS_OUTPUT, TensorProto.INT64, [batch] + ([top_k] if top_k > 1 else [])))
+        outputs.append((CLASS_OUTPUT, TensorProto.INT64, per_image))
+    model.graph.output.extend(helper.make_tensor_value_info(name, dtype, [batch] + dims) for name, dtype, dims in outputs)
     _describe(model, bundle, method, options, top_k, class_input)
     try:
         onnx.checker.check_model(model)
     except Exception as exc:  # a bug of ours, not of the user's input
         raise CamInferError(f"the fused model is not valid ONNX: {str(exc).splitlines()[0][:300]}") from None
     if check:
-        error = fused_error(model, bundle, method, options, top_k, class_input)
+        error = fused_error(model, bundle, method, options, top_k, class_input, explainer=explainer)
         if error > TOLERANCE:
             hint = " (raise squarings=)" if method == "eigen" else ""
             raise CamInferError(f"the fused {method} map differs from the Explainer's by {error:.2g} (relative) "
@@ -183,17 +181,16 @@ def _describe(model: onnx.ModelProto, bundle: Bundle, method: str, options: dict
 
 
 def fused_error(model: onnx.ModelProto, bundle: Bundle, method: str, options: dict, top_k: int = 1,
-                class_input: bool = False, x: np.ndarray | None = None) -> float:
+                class_input: bool = False, x: np.ndarray | None = None, explainer=None) -> float:
     """max |fused raw map − Explainer map| / max |Explainer map| on ONNX Runtime, per map, worst of
     all; random images unless `x`."""
     import onnxruntime as ort
 
     from ..bundle.split import random_images
-    from ..explainer import Explainer
     from ..methods import get_method
 
     x = random_images(bundle.preprocessing, 2) if x is None else x
-    explainer = Explainer(bundle, backend="onnxruntime")
+    explainer = explainer or Explainer(bundle, backend="onnxruntime")
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     if RAW_OUTPUT not in {o.name for o in probe.graph.output}:

@@ -14,6 +14,9 @@ from onnx import helper, numpy_helper
 from ..errors import CamInferError
 
 
+SHAPE_ONLY = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Cast")
+
+
 def _torch():
     import torch
     return torch
@@ -38,15 +41,29 @@ class TorchGraph:
         self.nodes = list(g.node)
         self.input = g.input[0].name
         self.output = g.output[0].name
-        if drop_softmax and self.nodes and self.nodes[-1].op_type == "Softmax" and self.nodes[-1].output[0] == self.output:
-            self.output = self.nodes[-1].input[0]
-            self.nodes = self.nodes[:-1]
+        if drop_softmax:
+            self._bypass_final_softmax()
         unknown = sorted({n.op_type for n in self.nodes if n.op_type not in OPS or n.domain not in ("", "ai.onnx")})
         if unknown:
             raise CamInferError(f"the head graph uses {', '.join(unknown)}, which the torch head interpreter does not "
                                 f"support (it runs {', '.join(sorted(OPS))})")
         self.constants = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in g.initializer}
         self.attributes = [_attributes(n) for n in self.nodes]
+
+    def _bypass_final_softmax(self) -> None:
+        """Turn the Softmax that produces the output (possibly through reshapes) into an Identity."""
+        producer = {o: n for n in self.nodes for o in n.output}
+        node = producer.get(self.output)
+        while node is not None and node.op_type in SHAPE_ONLY:
+            node = producer.get(node.input[0])
+        if node is None or node.op_type != "Softmax":
+            raise CamInferError("the model's output is a probability but its head does not end in a Softmax "
+                                "that could be left out; gradients of the pre-softmax score are not available")
+        bypass = onnx.NodeProto()
+        bypass.CopyFrom(node)
+        bypass.op_type = "Identity"
+        del bypass.attribute[:]
+        self.nodes[self.nodes.index(node)] = bypass
 
     def __call__(self, x):
         values = dict(self.constants)
