@@ -124,8 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--option", action="append", default=[], metavar="METHOD.KEY=VALUE",
                    help="method option, e.g. score.top_k=64 (repeatable)")
     g = p.add_argument_group("protocol (recorded in summary.json)")
-    g.add_argument("--target", default="predicted", choices=["predicted", "truth"],
-                   help="class explained: the prediction, or the label of the image's boxes")
+    g.add_argument("--target", default="predicted",
+                   help="class explained: 'predicted' (default), 'truth' (the label of the image's boxes), "
+                        "or one class for every image, by label or index")
     g.add_argument("--space", default="normalised", choices=["normalised", "raw"],
                    help="explanation map x*S in the normalised input, or raw pixels (black)")
     g.add_argument("--coherency-at", default="input", choices=["input", "map"])

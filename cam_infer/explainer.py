@@ -42,6 +42,19 @@ class Explanation:
     options: dict = field(default_factory=dict)
 
 
+def class_index(value, labels: list[str] | None, classes: int) -> int:
+    """A class given by label or index (int or digit string) → its index, checked."""
+    if isinstance(value, str) and not value.lstrip("-").isdigit():
+        labels = labels or []
+        if value not in labels:
+            raise CamInferError(f"unknown class label '{value}'" + ("" if labels else "; this bundle has no labels"))
+        return labels.index(value)
+    index = int(value)
+    if not 0 <= index < classes:
+        raise CamInferError(f"class {index} is out of range: this model has classes 0..{classes - 1}")
+    return index
+
+
 class Explainer:
     """A bundle opened on a backend. Backend options (device, threads, hint, ...) pass through.
 
@@ -123,15 +136,7 @@ class Explainer:
         return np.array([self.class_id(v, classes) for v in values], np.int64)
 
     def class_id(self, value, classes: int) -> int:
-        if isinstance(value, str) and not value.lstrip("-").isdigit():
-            labels = self.bundle.labels or []
-            if value not in labels:
-                raise CamInferError(f"unknown class label '{value}'" + ("" if labels else "; this bundle has no labels"))
-            return labels.index(value)
-        index = int(value)
-        if not 0 <= index < classes:
-            raise CamInferError(f"class {index} is out of range: this model has classes 0..{classes - 1}")
-        return index
+        return class_index(value, self.bundle.labels, classes)
 
     def explain(self, x: np.ndarray, method: str = "recipro", target=None, **options) -> Explanation:
         """Explain a batch (N,3,H,W); target None = top-1, an int or label, or one per image."""

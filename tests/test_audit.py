@@ -200,5 +200,11 @@ def test_ground_truth_target_explains_the_labelled_class(scenes, tmp_path):
     rows = read_csv(tmp_path / "t" / "metrics.csv")
     assert [r["label"] for r in rows] == [boxes[r["image"].split("/")[-1]][0]["label"] for r in rows]
     assert summary["protocol"]["target"] == "truth"
+    run_audit(SHAPES, [folder], AuditOptions(methods=("cam",), metrics=("adcc",), target="square"), tmp_path / "s",
+              progress=False)
+    assert {r["label"] for r in read_csv(tmp_path / "s" / "metrics.csv")} == {"square"}
+    with pytest.raises(CamInferError, match="unknown class label 'hexagon'"):
+        run_audit(SHAPES, [folder], AuditOptions(methods=("cam",), target="hexagon"), tmp_path / "h")
+    assert not (tmp_path / "h").exists()
     with pytest.raises(CamInferError, match="unknown metric"):
         run_audit(SHAPES, [folder], AuditOptions(methods=("cam",), metrics=("x",)), tmp_path / "u")

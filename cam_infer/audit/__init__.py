@@ -84,8 +84,10 @@ def _check_options(bundle, options: AuditOptions) -> None:
     unknown = [m for m in options.metrics if m not in METRICS]
     if unknown:
         raise CamInferError(f"unknown metric {', '.join(map(repr, unknown))}; metrics: {', '.join(METRICS)}")
-    for name, value, choices in (("target", options.target, ("predicted", "truth")),
-                                 ("space", options.space, ("normalised", "raw")),
+    if options.target not in ("predicted", "truth"):
+        from ..explainer import class_index
+        class_index(options.target, bundle.labels, bundle.num_classes)
+    for name, value, choices in (("space", options.space, ("normalised", "raw")),
                                  ("coherency_at", options.coherency_at, ("input", "map")),
                                  ("auc", options.auc, ("rise", "recipro")),
                                  ("deletion substrate", options.deletion_substrate, ("zeros", "blur", "mean")),

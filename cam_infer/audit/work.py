@@ -33,7 +33,7 @@ class AuditOptions:
     metrics: tuple[str, ...] = METRICS
     backend: str = "onnxruntime"
     device: str = "CPU"
-    target: str = "predicted"            # predicted | truth (the label of the image's boxes)
+    target: str = "predicted"            # predicted | truth (the label of the image's boxes) | a class (label or index)
     space: str = "normalised"            # masking for Average Drop / Coherency: normalised | raw
     coherency_at: str = "input"          # input (Poppi: H×W) | map (Recipro: h×w)
     steps: int = 28                      # insertion / deletion steps (RISE: 224·8 pixels a step at 224²)
@@ -125,6 +125,8 @@ def _boxes_in_input(boxes, prep, shape) -> list[tuple[list[int], str | None]]:
 def _target(explainer, options: AuditOptions, truth, x):
     if options.target == "predicted":
         return None
+    if options.target != "truth":
+        return explainer.class_id(options.target, explainer.bundle.num_classes)
     labels = {label for _, label in truth if label is not None}
     if len(labels) != 1:
         raise CamInferError("target 'truth' needs boxes with exactly one label per image "
