@@ -27,14 +27,19 @@ CASES = {  # name shown → (method, options)
     "ablation": ("ablation", {}), "ablation (head passes)": ("ablation", {"closed_form": False}),
     "score top_k=64": ("score", {"top_k": 64}), "score": ("score", {}),
 }
+GRADIENT_CASES = {  # need torch: gradients from the head graph run in torch (Explainer(gradients="torch"))
+    "gradcam": ("gradcam", {}), "gradcam++": ("gradcam++", {}), "xgradcam": ("xgradcam", {}),
+    "layercam": ("layercam", {}), "hirescam": ("hirescam", {}), "grad-entropy": ("grad-entropy", {}),
+}
 
 
 def measure(bundle_path: str, backend: str, method: str, options: dict, repeats: int, batch: int = 1) -> dict:
     """In this process: median ms per image of the forward pass and of the method, alternating."""
     from .explainer import Explainer
+    from .methods import GRADIENT
     from .methods.score import rows_per_call, selected_channels
 
-    explainer = Explainer(bundle_path, backend=backend)
+    explainer = Explainer(bundle_path, backend=backend, gradients="torch" if method in GRADIENT else None)
     x = np.random.default_rng(0).standard_normal((batch, *explainer.bundle.input_shape)).astype(np.float32)
     forward = lambda: explainer.backend.forward(x)                       # noqa: E731
     run = lambda: explainer.explain(x, method, **options)                # noqa: E731
@@ -85,13 +90,14 @@ def run_cases(bundle_path, backends, cases, repeats: int, *, score_repeats: int 
               report=print) -> list[dict]:
     """Measure every case on every backend (cases: names of `CASES`); `cam` is left out on heads
     that are not GAP→linear. Full Score-CAM may take fewer repeats (`score_repeats`): it is K passes."""
-    unknown = [c for c in cases if c not in CASES]
+    known = {**CASES, **GRADIENT_CASES}
+    unknown = [c for c in cases if c not in known]
     if unknown:
-        raise CamInferError(f"unknown benchmark case {', '.join(map(repr, unknown))}; cases: {', '.join(CASES)}")
+        raise CamInferError(f"unknown benchmark case {', '.join(map(repr, unknown))}; cases: {', '.join(known)}")
     rows = []
     for backend in backends:
         for case in cases:
-            method, options = CASES[case]
+            method, options = known[case]
             n = score_repeats if (method == "score" and not options.get("top_k") and score_repeats) else repeats
             try:
                 row = measure_in_subprocess(bundle_path, backend, method, options, n)

@@ -94,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--score-repeats", type=int, default=None, help="timed runs of full Score-CAM (default --repeats)")
     p.add_argument("--fused", action="store_true",
                    help="instead: latency of each fused model (cam-infer fuse) over the plain model, and file growth")
-    p.epilog = "cases: " + ", ".join(repr(c) for c in __import__("cam_infer.bench", fromlist=["CASES"]).CASES)
+    bench = __import__("cam_infer.bench", fromlist=["CASES"])
+    p.epilog = ("cases: " + ", ".join(repr(c) for c in bench.CASES) + "; with torch also "
+                + ", ".join(repr(c) for c in bench.GRADIENT_CASES) + " (not in 'all')")
     p.set_defaults(run=cmd_bench)
 
     p = sub.add_parser("fuse", help="write one ONNX model that returns the scores and the saliency map")
