@@ -387,3 +387,12 @@ def test_a_final_softmax_is_left_out_even_behind_a_reshape():
     np.testing.assert_allclose(torch_run(model, x), ort_run(model, x), rtol=1e-6)
     with pytest.raises(CamInferError, match="does not end in a Softmax that could be left out"):
         TorchGraph(head(("GlobalAveragePool", {}), ("Sigmoid", {}), ("Flatten", {})), drop_softmax=True)
+
+
+def test_bench_measures_named_gradient_cases():
+    from cam_infer.bench import run_cases
+    from cam_infer.demo import embedded_bundle_path
+
+    rows = run_cases(embedded_bundle_path(), ["onnxruntime"], ["gradcam", "recipro"], 2, report=lambda line: None)
+    assert [r["case"] for r in rows] == ["gradcam", "recipro"]
+    assert all(r["method"] > 0 and r["forward"] > 0 and r["peak_mb"] > 0 for r in rows)
