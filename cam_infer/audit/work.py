@@ -79,7 +79,7 @@ def audit_image(bundle_path, image, options: AuditOptions, boxes=None) -> dict:
     view = prep.geometry(rgb)
     x = prep.normalise(view)[None]
     truth = _boxes_in_input(boxes or [], prep, rgb.shape)
-    target = _target(explainer, options, truth, x)
+    target = _target(explainer, options, truth)
     rows, thumbnails = [], {}
     for method in options.methods:
         kwargs = options.method_options.get(method, {})
@@ -96,18 +96,25 @@ def audit_image(bundle_path, image, options: AuditOptions, boxes=None) -> dict:
                 substrate = options.insertion_substrate if mode == "insertion" else options.deletion_substrate
                 curve = causal_curve(explainer, x[0], s, class_id, mode, options.steps, substrate)
                 row[mode] = auc(curve, options.auc)
-        own = [b for b, label in truth if label is None or label == row["label"]]
         if truth:
-            if "pointing" in options.metrics:
-                row["pointing"] = int(pointing_hit(s, own, options.tolerance, bool(e.degenerate[0])))
-            if "energy" in options.metrics:
-                row["energy"] = energy_pointing(s, own) if own else 0.0
-            if "box" in options.metrics:
-                best = box_localisation(s, own, options.box_threshold) if own else 0.0
-                row.update(box_iou=best, box_hit=int(best >= options.iou_threshold))
+            own = [b for b, label in truth if label is None or label == row["label"]]
+            row.update(_localisation(options, s, own, bool(e.degenerate[0])))
         rows.append(row)
         thumbnails[method] = _thumbnail(view, s)
     return {"rows": rows, "thumbnails": thumbnails}
+
+
+def _localisation(options: AuditOptions, s: np.ndarray, own: list, degenerate: bool) -> dict:
+    """Pointing, energy and box metrics of one map against the boxes of its class."""
+    out = {}
+    if "pointing" in options.metrics:
+        out["pointing"] = int(pointing_hit(s, own, options.tolerance, degenerate))
+    if "energy" in options.metrics:
+        out["energy"] = energy_pointing(s, own) if own else 0.0
+    if "box" in options.metrics:
+        best = box_localisation(s, own, options.box_threshold) if own else 0.0
+        out.update(box_iou=best, box_hit=int(best >= options.iou_threshold))
+    return out
 
 
 def _boxes_in_input(boxes, prep, shape) -> list[tuple[list[int], str | None]]:
@@ -122,7 +129,7 @@ def _boxes_in_input(boxes, prep, shape) -> list[tuple[list[int], str | None]]:
     return out
 
 
-def _target(explainer, options: AuditOptions, truth, x):
+def _target(explainer, options: AuditOptions, truth):
     if options.target == "predicted":
         return None
     if options.target != "truth":
