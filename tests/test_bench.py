@@ -25,8 +25,8 @@ def test_bench_command_prints_a_markdown_table(tiny_bundle):
     assert result.returncode == 0, result.stderr
     rows = [line for line in result.stdout.splitlines() if line.startswith("| openvino")]
     assert [r.split("|")[2].strip() for r in rows] == ["eigen", "recipro (head passes)"]
-    bad = run_cli("bench", tiny_bundle.path, "--method", "gradcam")
-    assert bad.returncode == 1 and "unknown benchmark case 'gradcam'" in bad.stderr
+    bad = run_cli("bench", tiny_bundle.path, "--method", "smoothgrad")
+    assert bad.returncode == 1 and "unknown benchmark case 'smoothgrad'" in bad.stderr
 
 
 def test_progress_bar_counts_and_estimates():
