@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import CamInferError
 from ..images import load_image
-from ..metrics import (adcc, auc, average_drop, box_localisation, causal_curve, class_probabilities, coherency,
+from ..metrics import (adcc, auc, average_drop, box_localisation, causal_curve, coherency,
                        complexity, energy_pointing, explanation_inputs, increase_in_confidence, pointing_hit)
 from ..postprocess import overlay
 
@@ -145,9 +145,9 @@ def _adcc(explainer, options: AuditOptions, x, view, e, kwargs) -> dict:
     s = e.saliency
     targets = e.targets
     masked = explanation_inputs(x, s, options.space, [view], explainer.bundle.preprocessing)
-    o = class_probabilities(explainer, masked, targets)
+    again = explainer.explain(masked, e.method, target=targets, **kwargs)   # S′, and O: its class probability
+    o = again.scores
     drop = float(average_drop(e.scores, o)[0])
-    again = explainer.explain(masked, e.method, target=targets, **kwargs)
     if options.coherency_at == "input":
         coherent = coherency(s[0], again.saliency[0])
         simple = complexity(s[0])
