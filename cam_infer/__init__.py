@@ -6,7 +6,7 @@ Importing this package never imports torch; `export_torch` imports it when calle
 
 __version__ = "0.1.0"
 
-from .errors import CamInferError  # noqa: E402
+from .errors import CamInferError, UnreadableImage  # noqa: E402
 from .images import Preprocessing, load_image  # noqa: E402
 from .bundle import Bundle, split_onnx  # noqa: E402
 from .backends import load_backend  # noqa: E402
@@ -20,5 +20,6 @@ def export_torch(*args, **kwargs):
     return _export_torch(*args, **kwargs)
 
 
-__all__ = ["Bundle", "CamInferError", "Explainer", "Explanation", "Preprocessing", "overlay", "export_torch", "load_backend", "load_image", "split_onnx",
+__all__ = ["Bundle", "CamInferError", "Explainer", "Explanation", "Preprocessing", "UnreadableImage", "overlay", "export_torch",
+           "load_backend", "load_image", "split_onnx",
            "__version__"]

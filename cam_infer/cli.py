@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -83,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="images per call (default 8)")
     p.add_argument("--colormap", default="jet")
     p.add_argument("--alpha", type=float, default=0.5, help="heat-map weight in the overlay (default 0.5)")
+    p.add_argument("--on", default="original", choices=["original", "model"],
+                   help="overlay on the original image (default) or on the model's resized and cropped view")
     p.add_argument("--force", action="store_true", help="start over in --out instead of resuming")
     p.set_defaults(run=cmd_explain)
 
@@ -208,8 +211,13 @@ def cmd_explain(args) -> int:
         print(f"skipped {', '.join(skipped)}: this bundle's head is not global pooling + linear")
     results = explain_files(explainer, args.images, methods, args.out, target=args.target, options=options,
                             batch_size=args.batch_size, colormap=args.colormap, alpha=args.alpha,
-                            restart=args.force)
+                            restart=args.force, on=args.on)
     images = len({r["image"] for r in results.records})
+    if results.redone:
+        print(f"redid {len(results.redone)} image(s) that changed since the last run, e.g. {results.redone[0]}")
+    if results.skipped:
+        print(f"skipped {len(results.skipped)} file(s) that are not images: " + ", ".join(results.skipped[:5])
+              + (", ..." if len(results.skipped) > 5 else "") + f" (all listed in {results.path})")
     print(f"{len(results.records)} overlays ({images} images x {len(methods)} methods) in {args.out}; "
           f"results in {results.path}")
     if results.errors:
@@ -262,8 +270,15 @@ def cmd_audit(args) -> int:
     summary = run_audit(args.bundle, args.images, options, args.out, boxes=args.boxes, restart=args.force,
                         grid=args.grid)
     for method, means in summary["methods"].items():
-        shown = ", ".join(f"{k} {v:.3f}" for k, v in means.items() if k != "images")
+        counts = summary["counts"].get(method, {})
+        shown = ", ".join(f"{k} {v:.3f}" + (f" (n={counts[k]})" if counts.get(k, means["images"]) != means["images"]
+                                             else "") for k, v in means.items() if k != "images")
         print(f"{method:<14} {means['images']} images: {shown}")
+    if summary["redone"]:
+        print(f"redid {len(summary['redone'])} image(s) that changed since the last run, e.g. {summary['redone'][0]}")
+    if summary["skipped"]:
+        print(f"skipped {len(summary['skipped'])} file(s) that are not images, e.g. {summary['skipped'][0]} "
+              "(all listed in summary.json)")
     print(f"report: {Path(args.out) / 'index.html'} (metrics.csv, summary.json)")
     if summary["errors"]:
         raise CamInferError(f"{len(summary['errors'])} image(s) could not be read and were skipped, e.g. "
@@ -379,12 +394,12 @@ def describe(bundle) -> str:
         f"target layer '{target['requested']}' ({how[target['matched_by']]}) -> tensor '{target['tensor']}'"
         + (f", module '{target['module']}'" if target.get("module") and target["matched_by"] != "module" else ""),
         f"activation   (N,{k},{ah},{aw})",
-        f"head ops     " + ", ".join(f"{op} x{n}" for op, n in m["graphs"]["head"]["ops"].items()),
+        "head ops     " + ", ".join(f"{op} x{n}" for op, n in m["graphs"]["head"]["ops"].items()),
         f"output       '{m['output']['name']}': {bundle.num_classes} classes, {bundle.output_kind}",
-        f"labels       " + (f"{len(labels)} ({', '.join(labels[:3])}{', ...' if len(labels) > 3 else ''})"
+        "labels       " + (f"{len(labels)} ({', '.join(labels[:3])}{', ...' if len(labels) > 3 else ''})"
                             if labels else "none (class indices)"),
         f"batch        {batch}",
-        f"verified     " + ("yes" if verification.get("passed") else "NO")
+        "verified     " + ("yes" if verification.get("passed") else "NO")
         + f": head(features(x)) vs model(x), batches {verification['batch_sizes']}, "
         f"max |diff| {verification['max_abs_diff']:.3g} ({verification['runtime']})",
         f"source       {m['provenance'].get('source') or 'in-memory model'}"
@@ -397,9 +412,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.run(args)
+        code = args.run(args)
+        sys.stdout.flush()          # a closed pipe shows here, inside the handlers below
+        return code
     except CamInferError as exc:
         print(f"cam-infer: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:         # `cam-infer info --json | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as exc:          # a path the user gave: read-only, missing, a file where a folder goes
+        where = f" '{exc.filename}'" if exc.filename else ""
+        print(f"cam-infer: error: cannot use{where}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("cam-infer: interrupted", file=sys.stderr)

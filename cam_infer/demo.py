@@ -19,11 +19,13 @@ import numpy as np
 from .explainer import Explainer
 from .methods import GRADIENT_FREE
 from .metrics import pointing_hit
-from .postprocess import overlay
+from .postprocess import overlay, with_caption, with_colour_bar, write_png
 from .synthetic import SPLITS, scene
 
 DEMO_SEED = 7
 POINTING_TOLERANCE = 15   # pixels, as in the pointing game's paper; why: README, "The project's own model"
+LEGEND = ("colours: red = most evidence for the class, blue = none (bar: 1 to 0). This model's features answer "
+          "to object edges, so a red ring around a shape is a hit")
 
 
 def embedded_bundle_path() -> Path:
@@ -37,8 +39,9 @@ def training_record() -> dict:
 
 def run_demo(out, backend: str = "onnxruntime", scale: int = 2, report=print) -> list[dict]:
     """Explain one scene per split with every gradient-free method; write grids into `out`."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    from .outputs import prepare_folder
+
+    out = prepare_folder(out)
     explainer = Explainer(embedded_bundle_path(), backend=backend)
     scenes = [scene(split, DEMO_SEED, 0) for split in SPLITS]
     x = explainer.preprocess([s.image for s in scenes])
@@ -54,13 +57,14 @@ def run_demo(out, backend: str = "onnxruntime", scale: int = 2, report=print) ->
                      "hits": dict(zip(SPLITS, hits)),
                      "predicted": [explainer.bundle.label(int(t)) for t in e.targets]})
         for i, s in enumerate(scenes):
-            tiles[i].append(_labelled(overlay(s.image, e.saliency[i]), method, scale))
+            panel = f"{method}: {explainer.bundle.label(int(e.targets[i]))} p={e.scores[i]:.2f}"
+            tiles[i].append(_labelled(overlay(s.image, e.saliency[i]), panel, scale))
     for s, row in zip(scenes, tiles):
-        grid = np.concatenate(row, axis=1)
-        cv2.imwrite(str(out / f"{s.split}.png"), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+        grid = with_caption(with_colour_bar(np.concatenate(row, axis=1)), LEGEND)
+        write_png(out / f"{s.split}.png", grid)
     report(_table(rows, scenes, explainer))
-    report(f"\ngrids (scene with ground-truth boxes, then one overlay per method): "
-           f"{', '.join(str(out / f'{s}.png') for s in SPLITS)}")
+    report(f"\ngrids (scene with ground-truth boxes, then one overlay per method, each titled with the class "
+           f"it explains and its probability): {', '.join(str(out / f'{s}.png') for s in SPLITS)}\n{LEGEND}")
     return rows
 
 

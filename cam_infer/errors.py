@@ -6,3 +6,7 @@ class CamInferError(Exception):
 
     The message says what is wrong and what to do; the CLI prints it on one line.
     """
+
+
+class UnreadableImage(CamInferError):
+    """An image file that does not exist or cannot be decoded; bulk runs record it and go on."""

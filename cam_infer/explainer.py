@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ from .backends import Backend, load_backend
 from .bundle import Bundle
 from .bundle.head import read_linear_head
 from .errors import CamInferError
+from .explanation import Explanation
 from .methods import Context, get_method
 from .methods.registry import softmax
 from .postprocess import normalise, upsample
@@ -30,29 +30,40 @@ from .postprocess import normalise, upsample
 BLAS = ThreadpoolController()
 
 
-@dataclass
-class Explanation:
-    method: str
-    saliency: np.ndarray        # (N,H,W) float32 in [0,1], input resolution
-    maps: np.ndarray            # (N,h,w) raw low-resolution maps, before ReLU and normalisation
-    targets: np.ndarray         # (N,) class explained
-    scores: np.ndarray          # (N,) probability of that class (softmax of the logits)
-    degenerate: np.ndarray      # (N,) True where the map was constant
-    milliseconds: float         # wall time of the whole call
-    options: dict = field(default_factory=dict)
-
-
 def class_index(value, labels: list[str] | None, classes: int) -> int:
-    """A class given by label or index (int or digit string) → its index, checked."""
-    if isinstance(value, str) and not value.lstrip("-").isdigit():
+    """A class given by label or index (int or digit string) → its index, checked.
+
+    A label that several classes share (ImageNet's 'crane': 134 the bird, 517 the machine) is an error
+    that lists them; an unknown label suggests the closest labels."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer, str)):
+        raise CamInferError(f"a class is an integer index or a label string, not {value!r} "
+                            f"({type(value).__name__})")
+    if isinstance(value, str) and not value.strip().lstrip("-").isdigit():
         labels = labels or []
-        if value not in labels:
-            raise CamInferError(f"unknown class label '{value}'" + ("" if labels else "; this bundle has no labels"))
-        return labels.index(value)
+        matches = [i for i, label in enumerate(labels) if label == value]
+        if len(matches) > 1:
+            raise CamInferError(f"class label '{value}' is ambiguous: classes {', '.join(map(str, matches))} are all "
+                                f"called '{value}'; give the index instead")
+        if not matches:
+            raise CamInferError(f"unknown class label '{value}'" + (_suggestions(value, labels) if labels
+                                                                    else "; this bundle has no labels"))
+        return matches[0]
     index = int(value)
     if not 0 <= index < classes:
         raise CamInferError(f"class {index} is out of range: this model has classes 0..{classes - 1}")
     return index
+
+
+def _suggestions(value: str, labels: list[str]) -> str:
+    import difflib
+
+    lower = {label.lower(): label for label in labels}
+    words = [w for w in value.lower().replace("_", " ").split() if len(w) > 2]
+    close = difflib.get_close_matches(value.lower(), list(lower), n=5, cutoff=0.6)
+    close += [key for key in lower if any(w in key.split() for w in words) and key not in close][:5 - len(close)]
+    if not close:
+        return "; no label is close to it (cam-infer info BUNDLE --json lists them)"
+    return "; did you mean " + ", ".join(f"'{lower[c]}' ({labels.index(lower[c])})" for c in close) + "?"
 
 
 class Explainer:
@@ -126,36 +137,92 @@ class Explainer:
         """Image paths or RGB arrays → (N,3,H,W) float32 as the model expects."""
         return self.bundle.preprocess(images)
 
-    def targets_for(self, target, outputs: np.ndarray) -> np.ndarray:
+    def targets_for(self, target, outputs: np.ndarray, top_classes: int | None = None) -> np.ndarray:
+        """The classes to explain: (N,) for one class per image, (N,k) for several (``top_classes``, or one
+        list per image, ``[[243, 281], ...]``, all of the same length)."""
         n, classes = outputs.shape
+        if top_classes is not None:
+            if target is not None:
+                raise CamInferError("give either target or top_classes, not both")
+            if isinstance(top_classes, bool) or not isinstance(top_classes, (int, np.integer)) \
+                    or not 1 <= top_classes <= classes:
+                raise CamInferError(f"top_classes must be an integer from 1 to {classes}, not {top_classes!r}")
+            return np.argsort(-outputs, axis=1, kind="stable")[:, :top_classes].astype(np.int64)
         if target is None:
             return outputs.argmax(axis=1)
-        values = [target] * n if isinstance(target, (int, np.integer, str)) else list(target)
+        if isinstance(target, (str, bytes)) or not isinstance(target, (list, tuple, np.ndarray)):
+            return np.array([self.class_id(target, classes)] * n, np.int64)
+        values = list(target)
         if len(values) != n:
             raise CamInferError(f"{len(values)} targets given for {n} images")
+        if values and all(isinstance(v, (list, tuple, np.ndarray)) for v in values):
+            if len({len(v) for v in values}) != 1 or not len(values[0]):
+                raise CamInferError("several classes per image: give each image a list of the same length, "
+                                    "e.g. target=[[243, 281], [1, 2]]")
+            return np.array([[self.class_id(c, classes) for c in v] for v in values], np.int64)
         return np.array([self.class_id(v, classes) for v in values], np.int64)
 
     def class_id(self, value, classes: int) -> int:
         return class_index(value, self.bundle.labels, classes)
 
-    def explain(self, x: np.ndarray, method: str = "recipro", target=None, **options) -> Explanation:
-        """Explain a batch (N,3,H,W); target None = top-1, an int or label, or one per image."""
+    def check_input(self, x: np.ndarray) -> np.ndarray:
+        """A preprocessed batch (N,C,H,W), checked against the model's input; float32, C-contiguous."""
+        return self.backend.check_input(x)
+
+    def _inputs(self, images):
+        """explain()'s first argument → (x, original RGB images or None, names or None)."""
+        from .images import as_rgb_uint8, load_image
+
+        if isinstance(images, np.ndarray) and images.ndim == 4 and images.dtype.kind == "f":
+            return self.check_input(images), None, None
+        if isinstance(images, (str, os.PathLike)) or (isinstance(images, np.ndarray) and images.ndim in (2, 3)):
+            images = [images]
+        originals, names = [], []
+        for item in images:
+            if isinstance(item, (str, os.PathLike)):
+                originals.append(load_image(item))
+                names.append(Path(item).stem)
+            else:
+                originals.append(as_rgb_uint8(item))
+                names.append(None)
+        if not originals:
+            raise CamInferError("no images given")
+        prep = self.bundle.preprocessing
+        x = np.stack([prep.normalise(prep.geometry(rgb)) for rgb in originals])
+        return x, originals, (names if all(names) else None)
+
+    def explain(self, images, method: str = "recipro", target=None, top_classes: int | None = None,
+                **options) -> Explanation:
+        """Explain a batch: image paths, RGB arrays, or a preprocessed (N,C,H,W) array.
+
+        target: None = each image's top-1, an int or label for every image, one per image, or one list per
+        image for several classes (``[[243, 281], ...]``); ``top_classes=k``: the k best classes of each
+        image. With several classes the arrays of the `Explanation` are (N,k,...). Given image paths or
+        arrays, the Explanation keeps them, so `overlay`/`save`/`plot` show the map on the original image."""
         start = time.perf_counter()
         chosen = get_method(method)
-        x = self.backend._checked(x, self.bundle.input_shape, "input images")
+        x, originals, names = self._inputs(images)
         activations = self.backend.features(x)
         outputs = self.backend.head(activations)
-        targets = self.targets_for(target, outputs)
-        ctx = Context(x=x, activations=activations, targets=targets, outputs=outputs, backend=self.backend,
+        targets = self.targets_for(target, outputs, top_classes)
+        k = targets.shape[1] if targets.ndim == 2 else None
+        if k is not None:              # one row per (image, class): the feature pass is not repeated
+            x, activations, outputs = (np.repeat(v, k, axis=0) for v in (x, activations, outputs))
+        flat = targets.reshape(-1)
+        ctx = Context(x=x, activations=activations, targets=flat, outputs=outputs, backend=self.backend,
                       bundle=self.bundle, linear_head=self.linear_head)
         if chosen.needs == "gradients":
-            ctx.gradients = self._gradients_for(method, x, activations, targets)
+            ctx.gradients = self._gradients_for(method, x, activations, flat)
         # The runtime owns the cores: a BLAS pool that spins after each call would slow its next pass.
         with BLAS.limit(limits=1):
             maps = chosen(ctx, **options).astype(np.float32)
             normalised, degenerate = normalise(maps)
             saliency = upsample(normalised, self.bundle.input_shape[1:])
         probabilities = ctx.probabilities(outputs)
-        scores = probabilities[np.arange(len(targets)), targets]
-        return Explanation(method, saliency, maps, targets, scores.astype(np.float32), degenerate,
-                           (time.perf_counter() - start) * 1000, dict(options))
+        scores = probabilities[np.arange(len(flat)), flat].astype(np.float32)
+        if k is not None:
+            maps, saliency, scores, degenerate = (v.reshape(len(targets), k, *v.shape[1:])
+                                                  for v in (maps, saliency, scores, degenerate))
+        return Explanation(method, saliency, maps, targets, scores, degenerate,
+                           (time.perf_counter() - start) * 1000, dict(options), labels=self.bundle.labels,
+                           images=originals, names=names, preprocessing=self.bundle.preprocessing)

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 import cv2
 import numpy as np
 
-from .errors import CamInferError
+from .errors import CamInferError, UnreadableImage
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -81,6 +81,37 @@ class Preprocessing:
         top, left = int(round((new_h - h) / 2.0)), int(round((new_w - w) / 2.0))
         return resized[top:top + h, left:left + w]
 
+    def _crop_geometry(self, image_shape) -> tuple[int, int, int, int]:
+        """(resized height, resized width, top, left) of `geometry` for an image of shape (H,W)."""
+        h, w = self.input_size
+        if self.crop == "none":
+            return h, w, 0, 0
+        src_h, src_w = image_shape[:2]
+        ratio = self.resize / min(src_h, src_w)
+        new_w, new_h = max(w, int(round(src_w * ratio))), max(h, int(round(src_h * ratio)))
+        return new_h, new_w, int(round((new_h - h) / 2.0)), int(round((new_w - w) / 2.0))
+
+    def to_image(self, saliency: np.ndarray, image_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """Undo `geometry` for a map: a saliency (H,W) over the model's input → the same map over the original
+        image of shape (H0,W0), and the mask (H0,W0) of the pixels the model saw (outside it the map is 0).
+
+        Original pixel centre u maps to the model's u·s − left + (s − 1)/2 with s = resized/original size
+        (the resize's pixel-centre convention); the map is sampled there bilinearly."""
+        h, w = self.input_size
+        saliency = np.asarray(saliency, np.float32)
+        if saliency.shape != (h, w):
+            raise CamInferError(f"a saliency over this model's input is {h}x{w}, not {saliency.shape}")
+        src_h, src_w = image_shape[:2]
+        new_h, new_w, top, left = self._crop_geometry(image_shape)
+        sx, sy = new_w / src_w, new_h / src_h
+        to_model = np.array([[sx, 0, (sx - 1) / 2 - left], [0, sy, (sy - 1) / 2 - top]], np.float64)
+        back = cv2.warpAffine(saliency, to_model, (src_w, src_h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                              borderMode=cv2.BORDER_REPLICATE)
+        cols = np.arange(src_w) * sx + to_model[0, 2]
+        rows = np.arange(src_h) * sy + to_model[1, 2]
+        seen = ((rows >= -0.5) & (rows < h - 0.5))[:, None] & ((cols >= -0.5) & (cols < w - 0.5))[None, :]
+        return np.where(seen, np.clip(back, 0, 1), 0).astype(np.float32), seen
+
     def box_to_input(self, box, image_shape: tuple[int, int]) -> list[int] | None:
         """A box [x1,y1,x2,y2] (inclusive pixels) of an image of shape (H,W) → the same box in the model's
         input after `geometry`, clipped to it; None when the crop leaves none of it."""
@@ -125,11 +156,11 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     """Decode an image file to (H,W,3) RGB uint8; every failure is a `CamInferError`."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise CamInferError(f"image '{path}' does not exist")
+        raise UnreadableImage(f"image '{path}' does not exist")
     data = np.fromfile(path, dtype=np.uint8)
     image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if image is None:
-        raise CamInferError(f"'{path}' is not a readable image (PNG, JPEG, BMP, TIFF, WebP, ...)")
+        raise UnreadableImage(f"'{path}' is not a readable image (PNG, JPEG, BMP, TIFF, WebP, ...)")
     if image.ndim == 3 and image.shape[2] >= 3:
         image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
     return as_rgb_uint8(image)

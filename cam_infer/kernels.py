@@ -9,8 +9,12 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .kernel_cache import use_user_cache
 
-@njit(cache=True, nogil=True)
+CACHE = use_user_cache()      # a per-user folder, never the installed package (kernel_cache.py)
+
+
+@njit(cache=CACHE, nogil=True)
 def spatial_entropy(a: np.ndarray) -> np.ndarray:
     """Normalised spatial Shannon entropy per channel of a (K,h,w) map, in [0,1].
 
@@ -40,7 +44,7 @@ def spatial_entropy(a: np.ndarray) -> np.ndarray:
     return out
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def histogram_entropy(a: np.ndarray, bins: int) -> np.ndarray:
     """Histogram entropy per channel of a (K,h,w) map, normalised to [0,1].
 
@@ -75,7 +79,7 @@ def histogram_entropy(a: np.ndarray, bins: int) -> np.ndarray:
     return out
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def recipro_masked_batch(a: np.ndarray, kernel: np.ndarray, out: np.ndarray) -> None:
     """Recipro-CAM's h·w masked copies of one (K,h,w) activation, written into out (h·w,K,h,w).
 
@@ -99,7 +103,7 @@ def recipro_masked_batch(a: np.ndarray, kernel: np.ndarray, out: np.ndarray) -> 
                             out[r, c, y, x] = g * a[c, i, j]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=CACHE, nogil=True)
 def ablated_batch(a: np.ndarray, channels: np.ndarray, out: np.ndarray) -> None:
     """Copies of one (K,h,w) activation, copy r with channel `channels[r]` set to 0."""
     for r in range(channels.shape[0]):
@@ -107,7 +111,7 @@ def ablated_batch(a: np.ndarray, channels: np.ndarray, out: np.ndarray) -> None:
         out[r, channels[r]] = 0
 
 
-@njit(cache=True, parallel=True, nogil=True)
+@njit(cache=CACHE, parallel=True, nogil=True)
 def bilinear_minmax_masks(a: np.ndarray, channels: np.ndarray, height: int, width: int,
                           out: np.ndarray) -> np.ndarray:
     """Upsample channels of a (K,h,w) map bilinearly (align_corners=False) to (height,width) and
@@ -146,7 +150,7 @@ def bilinear_minmax_masks(a: np.ndarray, channels: np.ndarray, height: int, widt
     return valid
 
 
-@njit(cache=True, parallel=True, nogil=True)
+@njit(cache=CACHE, parallel=True, nogil=True)
 def masked_inputs(x: np.ndarray, masks: np.ndarray, out: np.ndarray) -> None:
     """out[r] = x ⊙ masks[r] for one (3,H,W) input and (n,H,W) masks, into out (n,3,H,W)."""
     n = masks.shape[0]

@@ -52,3 +52,66 @@ def overlay(image: np.ndarray, saliency: np.ndarray, colormap: str = "jet", alph
     heat = cv2.applyColorMap(np.uint8(np.round(np.clip(saliency, 0, 1) * 255)), COLORMAPS[colormap])
     heat = cv2.cvtColor(heat, cv2.COLOR_BGR2RGB)
     return np.uint8(np.round((1 - alpha) * rgb.astype(np.float32) + alpha * heat.astype(np.float32)))
+
+
+def overlay_picture(saliency: np.ndarray, image: np.ndarray, preprocessing=None, text: str | None = None,
+                    colormap: str = "jet", alpha: float = 0.5, bar: bool = True) -> np.ndarray:
+    """The overlay a person looks at: the map over `image`, a caption strip (what the map explains) and a
+    colour bar (what the colours mean). With `preprocessing`, `image` is the original picture and the map
+    (over the model's input) is put back where the model's view of it was; the rest is greyed."""
+    rgb = as_rgb_uint8(image)
+    if preprocessing is not None:
+        saliency, seen = preprocessing.to_image(saliency, rgb.shape[:2])
+        picture = overlay(rgb, saliency, colormap=colormap, alpha=alpha)
+        grey = (0.35 * rgb.astype(np.float32).mean(axis=2, keepdims=True) + 110).astype(np.uint8)
+        picture = np.where(seen[..., None], picture, grey)
+    else:
+        picture = overlay(rgb, saliency, colormap=colormap, alpha=alpha)
+    if bar:
+        picture = with_colour_bar(picture, colormap)
+    return with_caption(picture, text) if text else picture
+
+
+def caption(method: str, label: str | None, class_id: int, score: float, degenerate: bool = False) -> str:
+    """'recipro: tabby (281) 0.87' — the method, the class the map explains and its probability."""
+    name = f"{label} ({class_id})" if label else f"class {class_id}"
+    return f"{method}: {name} p={score:.2f}" + (" [constant map]" if degenerate else "")
+
+
+def with_caption(picture: np.ndarray, text: str) -> np.ndarray:
+    """A white strip above the picture with `text`, scaled to the picture's width."""
+    w = picture.shape[1]
+    scale = float(np.clip(w / 520, 0.35, 1.2))
+    (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    if tw > w - 8:                                   # long text on a small picture: shrink to fit
+        scale *= 0.97 * (w - 8) / tw
+        (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    strip = np.full((th + 10, w, 3), 255, np.uint8)
+    cv2.putText(strip, text, (4, th + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.concatenate([strip, picture], axis=0)
+
+
+def with_colour_bar(picture: np.ndarray, colormap: str = "jet") -> np.ndarray:
+    """A vertical colour bar on the right: the colormap from 1 (top, most evidence) to 0 (bottom)."""
+    h = picture.shape[0]
+    width = max(8, picture.shape[1] // 28)
+    label_w = max(14, width + 4)
+    ramp = np.linspace(255, 0, h).astype(np.uint8)[:, None].repeat(width, axis=1)
+    colours = cv2.cvtColor(cv2.applyColorMap(ramp, COLORMAPS[colormap]), cv2.COLOR_BGR2RGB)
+    labels = np.full((h, label_w, 3), 255, np.uint8)
+    scale = float(np.clip(h / 400, 0.3, 0.6))
+    cv2.putText(labels, "1", (2, int(14 * scale / 0.45)), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(labels, "0", (2, h - 3), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    gap = np.full((h, 3, 3), 255, np.uint8)
+    return np.concatenate([picture, gap, colours, labels], axis=1)
+
+
+def write_png(path, picture: np.ndarray) -> None:
+    """Write an RGB picture; a failure (unwritable folder, full disk) is a user error."""
+    ok = False
+    try:
+        ok = cv2.imwrite(str(path), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+    except cv2.error:
+        ok = False
+    if not ok:
+        raise CamInferError(f"could not write '{path}' (is the folder writable, the disk full?)")

@@ -13,36 +13,72 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from .errors import CamInferError
 from .images import load_image
 from .methods import GRADIENT_FREE, METHODS, get_method
-from .postprocess import check_overlay_options, overlay
+from .outputs import OutputLock, fingerprint, prepare_folder
+from .postprocess import caption, check_overlay_options, overlay_picture, write_png
 from .progress import Progress
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+# Every suffix OpenCV's decoder reads (JPEG and its aliases, PNG, BMP, TIFF, WebP, JPEG 2000, the PNM family,
+# Sun raster, OpenEXR, Radiance HDR).
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".dib", ".tif", ".tiff", ".webp", ".jp2",
+                  ".ppm", ".pgm", ".pbm", ".pnm", ".pxm", ".pfm", ".sr", ".ras", ".exr", ".hdr", ".pic"}
 RESULTS = "results.json"
 
 
-def collect_images(paths) -> list[Path]:
+@dataclass
+class ImageFiles:
+    """The images of a run, in order, and the files of the given folders that are not images (skipped)."""
+
+    files: list[Path]
+    skipped: list[Path]
+    names: dict[Path, str]            # image → its path relative to the folder it was found in (or its name)
+
+
+def collect_images(paths) -> ImageFiles:
     """Files as given (any suffix: a non-image is reported later), folders searched recursively for
-    image suffixes, in sorted order."""
+    image suffixes, in sorted order; every other file in those folders is listed as skipped."""
     found: list[Path] = []
+    skipped: list[Path] = []
+    names: dict[Path, str] = {}
     for p in map(Path, paths):
         if p.is_dir():
-            found += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            for f in sorted(f for f in p.rglob("*") if f.is_file()):
+                if f.suffix.lower() in IMAGE_SUFFIXES:
+                    found.append(f)
+                    names.setdefault(f, f.relative_to(p).as_posix())
+                else:
+                    skipped.append(f)
         elif p.is_file():
             found.append(p)
+            names.setdefault(p, p.name)
         else:
             raise CamInferError(f"'{p}' does not exist")
     if not found:
-        raise CamInferError("no images found in " + ", ".join(map(str, paths)))
-    return list(dict.fromkeys(found))
+        raise CamInferError("no images found in " + ", ".join(map(str, paths))
+                            + (f" ({len(skipped)} other files skipped, e.g. '{skipped[0]}')" if skipped else ""))
+    files = list(dict.fromkeys(found))
+    return ImageFiles(files, list(dict.fromkeys(skipped)), unique_names(files, names))
+
+
+def unique_names(files: list[Path], names: dict[Path, str]) -> dict[Path, str]:
+    """The relative names, made unique where two inputs share one (a counter is appended)."""
+    out: dict[Path, str] = {}
+    taken: set[str] = set()
+    for f in files:
+        name, i = names[f], 2
+        while name in taken:
+            stem, dot, suffix = names[f].rpartition(".")
+            name, i = (f"{stem}-{i}.{suffix}" if dot else f"{names[f]}-{i}"), i + 1
+        taken.add(name)
+        out[f] = name
+    return out
 
 
 def choose_methods(names: list[str], has_linear_head: bool) -> tuple[list[str], list[str]]:
@@ -89,6 +125,8 @@ class Results:
     settings: dict
     records: list
     errors: list
+    skipped: list = field(default_factory=list)
+    redone: list = field(default_factory=list)     # images explained before whose file has changed since
 
     @classmethod
     def open(cls, out: Path, settings: dict, restart: bool) -> "Results":
@@ -103,7 +141,9 @@ class Results:
                 raise CamInferError(f"'{out}' holds results of a run with other settings; choose another --out, "
                                     "or pass --force to start over there")
             kept = [r for r in old.get("results", []) if (out / r["overlay"]).is_file()]  # lost overlays: redo
-            return cls(path, settings, kept, [])
+            results = cls(path, settings, [], [])
+            results.records, results.redone = _unchanged(kept)
+            return results
         return cls(path, settings, [], [])
 
     def done(self) -> set[tuple[str, str]]:
@@ -111,9 +151,27 @@ class Results:
 
     def save(self) -> None:
         tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps({"settings": self.settings, "results": self.records, "errors": self.errors},
-                                  indent=1))
+        tmp.write_text(json.dumps({"settings": self.settings, "results": self.records, "errors": self.errors,
+                                   "skipped": self.skipped}, indent=1))
         os.replace(tmp, self.path)
+
+
+def _unchanged(records: list) -> tuple[list, list]:
+    """The records whose image is still the file that was explained, and the images that changed."""
+    current: dict[str, dict | None] = {}
+    kept, changed = [], []
+    for r in records:
+        image = r["image"]
+        if image not in current:
+            try:
+                current[image] = fingerprint(image)
+            except OSError:
+                current[image] = None
+        if r.get("input") is not None and r.get("input") == current[image]:
+            kept.append(r)
+        elif current[image] is not None and image not in changed:
+            changed.append(image)
+    return kept, changed
 
 
 def overlay_names(images: list[Path]) -> dict[Path, str]:
@@ -134,36 +192,40 @@ def overlay_names(images: list[Path]) -> dict[Path, str]:
 
 def explain_files(explainer, paths, methods: list[str], out, *, target=None, options: dict | None = None,
                   batch_size: int = 8, colormap: str = "jet", alpha: float = 0.5, restart: bool = False,
-                  progress: bool | None = None) -> Results:
-    """Explain every image with every method; write overlays and `results.json` in `out`."""
+                  progress: bool | None = None, on: str = "original") -> Results:
+    """Explain every image with every method; write overlays and `results.json` in `out`.
+    ``on="original"``: overlays over the whole original image (the map put back where the model's view
+    of it was; outside that view the image is greyed); ``"model"``: over the model's resized and cropped view."""
     if batch_size < 1:
         raise CamInferError("batch size must be at least 1")
+    if on not in ("original", "model"):
+        raise CamInferError(f"overlays go on the 'original' image or the 'model' view, not {on!r}")
     check_overlay_options(colormap, alpha)
-    images = collect_images(paths)
+    found = collect_images(paths)
+    images = found.files
     methods, _ = choose_methods(methods, explainer.linear_head is not None)
     per_method = options_per_method(methods, options or {})
     if target is not None:
         explainer.class_id(target, explainer.bundle.num_classes)
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise CamInferError(f"--out '{out}' is a file, not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_folder(out)
     graphs = explainer.bundle.manifest["graphs"]
     settings = {"bundle": {role: graphs[role]["sha256"] for role in ("features", "head")},
-                "backend": explainer.backend.describe(), "target": target, "options": per_method, "colormap": colormap, "alpha": alpha}
-    results = Results.open(out, json.loads(json.dumps(settings)), restart)
-    done = results.done()
-    names = overlay_names(images)
-    todo = [i for i in images if any((str(i), m) not in done for m in methods)]
-    with Progress(len(todo) * len(methods), "explain", enabled=progress) as bar:
-        for start in range(0, len(todo), batch_size):
-            batch = _decode(todo[start:start + batch_size], results)
-            for method in methods:
-                _explain_batch(explainer, batch, method, target, per_method[method], names, done, out, results,
-                               colormap, alpha)
-                bar.advance(len(todo[start:start + batch_size]))
-            results.save()
-    results.save()
+                "backend": explainer.backend.describe(), "target": target, "options": per_method, "colormap": colormap, "alpha": alpha, "on": on}
+    with OutputLock(out, "explain"):
+        results = Results.open(out, json.loads(json.dumps(settings)), restart)
+        results.skipped = [str(f) for f in found.skipped]
+        done = results.done()
+        names = overlay_names(images)
+        todo = [i for i in images if any((str(i), m) not in done for m in methods)]
+        with Progress(len(todo) * len(methods), "explain", enabled=progress) as bar:
+            for start in range(0, len(todo), batch_size):
+                batch = _decode(todo[start:start + batch_size], results)
+                for method in methods:
+                    _explain_batch(explainer, batch, method, target, per_method[method], names, done, out, results,
+                                   colormap, alpha, on)
+                    bar.advance(len(todo[start:start + batch_size]))
+                results.save()
+        results.save()
     return results
 
 
@@ -171,28 +233,30 @@ def _decode(paths: list[Path], results: Results) -> list[tuple[Path, np.ndarray]
     decoded = []
     for path in paths:
         try:
-            decoded.append((path, load_image(path)))
-        except CamInferError as exc:
+            stamp = fingerprint(path)          # before decoding: a file replaced meanwhile is redone next time
+            decoded.append((path, load_image(path), stamp))
+        except (CamInferError, OSError) as exc:
             results.errors.append({"image": str(path), "error": str(exc)})
     return decoded
 
 
-def _explain_batch(explainer, batch, method, target, options, names, done, out, results, colormap, alpha):
-    batch = [(p, rgb) for p, rgb in batch if (str(p), method) not in done]
+def _explain_batch(explainer, batch, method, target, options, names, done, out, results, colormap, alpha, on):
+    batch = [(p, rgb, stamp) for p, rgb, stamp in batch if (str(p), method) not in done]
     if not batch:
         return
     prep = explainer.bundle.preprocessing
-    views = [prep.geometry(rgb) for _, rgb in batch]
+    views = [prep.geometry(rgb) for _, rgb, _ in batch]
     x = np.stack([prep.normalise(v) for v in views])
     e = explainer.explain(x, method=method, target=target, **options)
-    for i, ((path, _), view) in enumerate(zip(batch, views)):
+    for i, ((path, rgb, stamp), view) in enumerate(zip(batch, views)):
         name = f"{names[path]}_{method}.png"
-        picture = overlay(view, e.saliency[i], colormap=colormap, alpha=alpha)
-        if not cv2.imwrite(str(out / name), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)):
-            raise CamInferError(f"could not write '{out / name}'")
         class_id = int(e.targets[i])
         label = explainer.bundle.label(class_id) if explainer.bundle.labels else None
+        picture = overlay_picture(e.saliency[i], rgb if on == "original" else view, prep if on == "original" else None,
+                                  caption(method, label, class_id, float(e.scores[i]), bool(e.degenerate[i])),
+                                  colormap=colormap, alpha=alpha)
+        write_png(out / name, picture)
         results.records.append({
             "image": str(path), "method": method, "class_id": class_id, "label": label,
             "score": round(float(e.scores[i]), 6), "milliseconds": round(e.milliseconds / len(batch), 3),
-            "degenerate": bool(e.degenerate[i]), "overlay": name})
+            "degenerate": bool(e.degenerate[i]), "overlay": name, "input": stamp})

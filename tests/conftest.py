@@ -30,6 +30,24 @@ STABLE_IMAGES = {"chelsea.png": 285, "coffee.png": 967, "fruits.jpg": 951, "hot_
                  "parrot.jpg": 88, "pelican.jpeg": 144, "samoyed_dog.jpg": 258, "squirrel_cls.jpg": 335}
 
 
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true",
+                     help="also run the tests marked slow (full Score-CAM, every exporter variant, fresh venvs)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a long test; runs with --run-slow (as .ci/run does)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-slow"):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
+
+
 @pytest.fixture
 def tiny_onnx_path(tmp_path) -> Path:
     path = tmp_path / "tiny.onnx"

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from test_cli import assert_one_line_error, run_cli
+from helpers import assert_one_line_error, run_cli
 
 from cam_infer import CamInferError, Explainer
 from cam_infer.audit import AuditOptions, audit_image, run_audit

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from test_cli import run_cli
+from helpers import run_cli
 
 from cam_infer.bench import measure_in_subprocess
 from cam_infer.progress import Progress

@@ -2,30 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 
 import onnx
 import pytest
 from tiny_onnx import mlp, tiny_cnn
 
 from conftest import ROOT, needs_torch
-
-
-def run_cli(*args, cwd=None):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "cam_infer", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=300)
-
-
-def assert_one_line_error(result, fragment: str):
-    assert result.returncode != 0
-    assert result.stdout == ""
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("cam-infer: error: ") and fragment in lines[0], lines[0]
+from helpers import assert_one_line_error, run_cli
 
 
 def test_split_then_info(tmp_path, tiny_onnx_path):

@@ -13,7 +13,7 @@ import onnx
 import pytest
 
 from conftest import REAL_MODELS, SHARED, STABLE_IMAGES, needs_shared, needs_torch
-from test_cli import assert_one_line_error, run_cli
+from helpers import assert_one_line_error, run_cli
 
 from cam_infer import Bundle, CamInferError, Explainer, split_onnx
 from cam_infer.demo import embedded_bundle_path
@@ -137,8 +137,11 @@ def reference_bundles(tmp_path_factory):
     return get
 
 
+LARGE = ("vgg16", "resnet50", "densenet121")       # a minute of the suite: behind --run-slow
+
+
 @needs_torch
-@pytest.mark.parametrize("name", list(ARCHITECTURES))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in LARGE else n for n in ARCHITECTURES])
 def test_fused_maps_equal_the_explainer_on_every_reference_architecture(reference_bundles, tmp_path, name):
     bundle = reference_bundles(name)
     linear = Explainer(bundle).linear_head is not None

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from conftest import REAL_MODELS, SHARED, STABLE_IMAGES, needs_shared, needs_torch
 
-from cam_infer import Bundle, CamInferError, Explainer, split_onnx
+from cam_infer import CamInferError, Explainer, split_onnx
 from cam_infer.bundle.split import random_images
 from cam_infer.methods import GRADIENT, GRADIENT_FREE, Context, get_method
 
@@ -136,11 +136,21 @@ ARCHITECTURES = {"resnet18": ({}, 64), "resnet50": ({}, 64), "vgg16": ({"hidden"
                  "shapes_net": ({}, 128)}
 
 
-def torch_layer_gradients(model, layer: str, x: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The reference: autograd through the original model, with the layer's output kept by a hook."""
+def torch_layer_gradients(model, layer: str, x: np.ndarray, targets: np.ndarray,
+                          activations: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The reference: autograd through the original model, with the layer's output kept by a hook.
+    Given `activations`, the hook puts them in place of the layer's own output, so that the torch model
+    is differentiated at exactly those activations."""
     import torch
     kept = {}
-    handle = dict(model.named_modules())[layer].register_forward_hook(lambda m, i, o: kept.setdefault("a", o))
+
+    def hook(module, inputs, output):
+        if activations is not None:
+            output = torch.from_numpy(np.ascontiguousarray(activations, np.float32)).requires_grad_(True)
+        kept["a"] = output
+        return output
+
+    handle = dict(model.named_modules())[layer].register_forward_hook(hook)
     try:
         scores = model(torch.from_numpy(x).requires_grad_(True))
         (grad,) = torch.autograd.grad(scores[torch.arange(len(x)), torch.from_numpy(targets)].sum(), kept["a"])
@@ -169,7 +179,7 @@ def reference(tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+@pytest.mark.parametrize("exporter", ["legacy", pytest.param("dynamo", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("name", list(ARCHITECTURES))
 def test_onnx_head_in_torch_gives_the_original_models_gradients(reference, name, exporter):
     import models
@@ -195,11 +205,40 @@ TORCH_LAYERS = {"squeezenet1.1-fp32.onnx": ("squeezenet1_1", "squeezenet1_1-torc
                                                   {"features.17.conv.2": "features.17", "features.18": "features.18"})}
 
 
+def kink_inputs(model, torch_layer: str, a: np.ndarray):
+    """The inputs of the ReLU / ReLU6 that follows the layer in the head, with their kinks; None when the
+    head has none. In both heads that have one, a 1×1 convolution stands between: the gradient at
+    position (n,i,j) depends on the pre-activations at (n,:,i,j) only."""
+    import torch
+    with torch.no_grad():
+        if torch_layer == "features.17":                     # MobileNetV2: conv 1x1 + BN, ReLU6, GAP, linear
+            block = model.features[18]
+            return block[1](block[0](torch.from_numpy(a))).numpy(), (0.0, 6.0)
+        if torch_layer == "features.12":                     # SqueezeNet: dropout, conv 1x1, ReLU, GAP
+            return model.classifier[1](torch.from_numpy(a)).numpy(), (0.0,)
+    return None
+
+
+def kink_sides(pre: np.ndarray, kinks, margin: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per position (N,h,w): which side of each kink every channel is on, and whether any channel lies
+    within `margin` of a kink (there float rounding decides the gradient)."""
+    sides = np.stack([pre > k for k in kinks])
+    near = np.any([np.abs(pre - k) <= margin for k in kinks], axis=(0, 2))
+    return sides, near
+
+
 @needs_shared
 @pytest.mark.parametrize("model_file", list(REAL_MODELS))
 def test_gradients_of_the_real_onnx_models_equal_their_torch_originals(tmp_path, model_file):
     """The ONNX files of ../shared/data and the torchvision state_dicts made from them: split the ONNX
-    at a layer, run its head in torch, and compare with autograd through the torch model."""
+    at a layer, run its head in torch, and compare with autograd through the torch model.
+
+    Compared at identical inputs, never on float luck across a kink: OpenVINO's activations differ from
+    torch's by ~1e-6, and a pre-activation within that of a ReLU6 (Clip) kink flips a mask element and
+    moves a gradient by 1 %. So (1) at torch's own activations and at the runtime's, the head's gradients
+    equal the torch model's at every position whose pre-activations are clear of the kinks; (2) end to
+    end (runtime activations against torch's), positions differ only where the activation difference
+    moved a pre-activation across a kink, which is what it explains, and such positions are rare."""
     import models
     from cam_infer import Preprocessing
     from cam_infer.bundle.export import load_weights
@@ -211,18 +250,37 @@ def test_gradients_of_the_real_onnx_models_equal_their_torch_originals(tmp_path,
     model.eval()
     photos = [SHARED / "images" / name for name in list(STABLE_IMAGES)[:4]]
     x_torch = np.stack([Preprocessing((224, 224))(p) for p in photos]).astype(np.float32)
+    targets = np.array(list(STABLE_IMAGES.values())[:4])
     for onnx_layer, torch_layer in layers.items():
+        message = f"{model_file} at {onnx_layer}"
         bundle = split_onnx(SHARED / "models" / model_file, layer=onnx_layer, out=tmp_path / onnx_layer.replace("/", "_"),
                             preprocessing=REAL_MODELS[model_file][0])
-        x_onnx = bundle.preprocess(photos)
-        targets = np.array(list(STABLE_IMAGES.values())[:4])
+        head_gradients = HeadGradients(bundle)
         a_torch, expected = torch_layer_gradients(model, torch_layer, x_torch, targets)
-        explainer = Explainer(bundle, backend="openvino", gradients="torch")
-        a = explainer.backend.features(x_onnx)
+        a = Explainer(bundle, backend="openvino").backend.features(bundle.preprocess(photos))
         np.testing.assert_allclose(a, a_torch, atol=2e-3 * np.abs(a_torch).max())      # the same layer
-        got = explainer.gradients(x_onnx, a, targets)
+        _, expected_at_a = torch_layer_gradients(model, torch_layer, x_torch, targets, activations=a)
         scale = np.abs(expected).max()
-        np.testing.assert_allclose(got, expected, atol=2e-3 * scale, err_msg=f"{model_file} at {onnx_layer}")
+        assert scale > 0
+        clear = np.ones(a.shape[:1] + a.shape[2:], bool)          # (N,h,w) positions compared tightly
+        moved = np.zeros_like(clear)
+        kinks = kink_inputs(model, torch_layer, a_torch)
+        if kinks is not None:
+            pre_a = kink_inputs(model, torch_layer, a)[0]
+            # float rounding of a head pass (1e-6 relative) plus what the activation difference moved
+            margin = 1e-6 * np.abs(kinks[0]).max() + 2 * np.abs(pre_a - kinks[0]).max()
+            sides_torch, near_torch = kink_sides(*kinks, margin)
+            sides_a, near_a = kink_sides(pre_a, kinks[1], margin)
+            moved = np.any(sides_torch != sides_a, axis=(0, 2))
+            clear = ~(near_torch | near_a | moved)
+            assert clear.mean() > 0.9, f"{message}: {1 - clear.mean():.1%} of positions near a kink"
+        for activations, reference in ((a_torch, expected), (a, expected_at_a)):          # (1)
+            got = head_gradients(x_torch, activations, targets)
+            np.testing.assert_allclose(got.transpose(0, 2, 3, 1)[clear], reference.transpose(0, 2, 3, 1)[clear],
+                                       atol=1e-5 * scale, rtol=1e-4, err_msg=message)
+        end_to_end = np.abs(got - expected).max(axis=1)                                       # (2)
+        assert end_to_end[clear].max() <= 1e-4 * scale, (message, end_to_end[clear].max() / scale)
+        assert moved.mean() < 0.02, message
 
 
 # --- the formulas against plain NumPy loops ----------------------------------------------------------
@@ -357,7 +415,7 @@ def test_from_torch_with_frozen_parameters_and_a_training_model(reference):
 
 
 def test_explain_cli_runs_gradient_methods_on_a_bundle(tmp_path):
-    from test_cli import run_cli
+    from helpers import run_cli
     from cam_infer.demo import embedded_bundle_path
     from cam_infer.synthetic import generate
     import cv2

@@ -36,7 +36,7 @@ def _module_output(model, layer: str, x):
     return captured["a"].numpy(), scores.numpy()
 
 
-@pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
+@pytest.mark.parametrize("exporter", [pytest.param("dynamo", marks=pytest.mark.slow), "legacy"])
 @pytest.mark.parametrize("name", list(CASES))
 def test_reference_architecture_round_trip(tmp_path, name, exporter):
     import torch

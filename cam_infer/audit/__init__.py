@@ -16,11 +16,11 @@ that class; an unlabelled one for any class.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
-from ..errors import CamInferError
+from ..errors import CamInferError, UnreadableImage
+from ..outputs import OutputLock, fingerprint, prepare_folder
 from ..progress import Progress
 from .report import (CSV_NAME, ERRORS_NAME, SETTINGS_NAME, SUMMARY_NAME, MetricsFile, summarise, write_atomically,
                      write_html)
@@ -28,6 +28,8 @@ from .work import COLUMNS, METRICS, AuditOptions, audit_image
 
 GRID = 48
 OVERLAYS = "overlays"
+INPUTS_NAME = "inputs.json"
+LOCALISATION = ("pointing", "energy", "box")
 
 
 def run_audit(bundle, images, options: AuditOptions, out, *, boxes=None, restart: bool = False, grid: int = GRID,
@@ -39,38 +41,46 @@ def run_audit(bundle, images, options: AuditOptions, out, *, boxes=None, restart
 
     bundle = Bundle.load(bundle)
     _check_options(bundle, options)
-    out = Path(out)
-    files = collect_images(images)
-    if not files:
-        raise CamInferError("no images found in " + ", ".join(map(str, images)))
-    truth = _load_boxes(boxes)
+    found = collect_images(images)
+    files = found.files
+    truth = _load_boxes(boxes, bundle)
     if options.target == "truth" and not truth:
         raise CamInferError("target 'truth' needs boxes with exactly one label per image (--boxes)")
+    localisation = [m for m in options.metrics if m in LOCALISATION]
+    if localisation and not truth:
+        raise CamInferError(f"metric {', '.join(localisation)} needs ground-truth boxes: give --boxes FILE")
     settings = {"bundle": str(bundle.path.resolve()), "options": options.to_dict(),
                 "boxes": str(Path(boxes).resolve()) if boxes else None}
-    _prepare(out, settings, restart)
-    metrics = MetricsFile(out / CSV_NAME, options.methods)
-    done = set(metrics.complete_images())
-    errors: list[dict] = []
-    todo = [f for f in files if str(f) not in done]
-    with Progress(len(files), "audit", enabled=progress) as bar:
-        bar.advance(len(files) - len(todo))
-        for image in todo:
-            try:
-                result = audit_image(bundle.path, image, options, _boxes_for(truth, image, images))
-            except CamInferError as exc:
-                if "readable image" not in str(exc) and "does not exist" not in str(exc):
-                    raise
-                errors.append({"image": str(image), "error": str(exc)})
-            else:
-                _write_thumbnails(out, image, result["thumbnails"])
-                metrics.append(result["rows"])
-            bar.advance()
-    write_atomically(out / ERRORS_NAME, json.dumps(errors, indent=1) + "\n")
-    protocol = {"bundle": settings["bundle"], "boxes": settings["boxes"], **options.to_dict()}
-    summary = summarise(metrics, options.methods, protocol, errors)
-    write_atomically(out / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
-    write_html(out, summary, _grid(out, files[:grid], options.methods), options.methods)
+    out = prepare_folder(out)
+    with OutputLock(out, "audit"):
+        _prepare(out, settings, restart)
+        metrics = MetricsFile(out / CSV_NAME, options.methods)
+        inputs = InputsFile(out / INPUTS_NAME)
+        changed = inputs.changed(files)
+        done = set(metrics.complete_images()) - set(changed)
+        metrics.drop(changed)
+        errors: list[dict] = []
+        todo = [f for f in files if str(f) not in done]
+        with Progress(len(files), "audit", enabled=progress) as bar:
+            bar.advance(len(files) - len(todo))
+            for image in todo:
+                try:
+                    stamp = fingerprint(image)
+                    result = audit_image(bundle.path, image, options, _boxes_for(truth, image, images))
+                except (UnreadableImage, OSError) as exc:
+                    errors.append({"image": str(image), "error": str(exc)})
+                else:
+                    _write_thumbnails(out, found.names[image], result["thumbnails"])
+                    metrics.append(result["rows"])
+                    inputs.record(image, stamp)
+                bar.advance()
+        write_atomically(out / ERRORS_NAME, json.dumps(errors, indent=1) + "\n")
+        protocol = {"bundle": settings["bundle"], "boxes": settings["boxes"], **options.to_dict()}
+        summary = summarise(metrics, options.methods, protocol, errors)
+        summary["skipped"] = [str(f) for f in found.skipped]
+        summary["redone"] = changed
+        write_atomically(out / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
+        write_html(out, summary, _grid(out, files[:grid], found.names, options.methods), options.methods)
     return summary
 
 
@@ -103,7 +113,7 @@ def _check_options(bundle, options: AuditOptions) -> None:
 def _prepare(out: Path, settings: dict, restart: bool) -> None:
     path = out / SETTINGS_NAME
     if restart and out.exists():
-        for name in (CSV_NAME, SUMMARY_NAME, ERRORS_NAME, "index.html", SETTINGS_NAME):
+        for name in (CSV_NAME, SUMMARY_NAME, ERRORS_NAME, "index.html", SETTINGS_NAME, INPUTS_NAME):
             (out / name).unlink(missing_ok=True)
         shutil.rmtree(out / OVERLAYS, ignore_errors=True)
     if path.exists():
@@ -114,12 +124,41 @@ def _prepare(out: Path, settings: dict, restart: bool) -> None:
         if previous != settings:
             raise CamInferError(f"'{out}' holds an audit with other settings; choose another --out or pass --force "
                                 "to start over")
-    out.mkdir(parents=True, exist_ok=True)
     (out / OVERLAYS).mkdir(exist_ok=True)
     write_atomically(path, json.dumps(settings, indent=2) + "\n")
 
 
-def _load_boxes(path) -> dict:
+class InputsFile:
+    """inputs.json: image → the size and mtime it had when audited, so a resume redoes changed files."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            self.stamps = json.loads(path.read_text()) if path.exists() else {}
+        except ValueError:
+            self.stamps = {}
+
+    def changed(self, files) -> list[str]:
+        """Images audited before whose file is no longer the one that was audited."""
+        out = []
+        for f in files:
+            old = self.stamps.get(str(f))
+            try:
+                now = fingerprint(f)
+            except OSError:
+                continue
+            if old is not None and old != now:
+                out.append(str(f))
+        return out
+
+    def record(self, image, stamp: dict) -> None:
+        self.stamps[str(image)] = stamp
+        write_atomically(self.path, json.dumps(self.stamps) + "\n")
+
+
+def _load_boxes(path, bundle) -> dict:
+    """The boxes file, with every label resolved to a class index of the bundle (a label, or an index as
+    a number or digit string); an unknown or ambiguous label is an error naming the image."""
     if path is None:
         return {}
     try:
@@ -130,6 +169,17 @@ def _load_boxes(path) -> dict:
         raise CamInferError(f"boxes file '{path}' is not valid JSON ({exc})") from None
     if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
         raise CamInferError(f"boxes file '{path}' must map image files to lists of boxes")
+    from ..explainer import class_index
+
+    for image, entries in data.items():
+        for entry in entries:
+            if isinstance(entry, dict) and entry.get("label") is not None:
+                label = entry["label"]
+                try:
+                    entry["class_id"] = class_index(label if isinstance(label, (str, int)) and not isinstance(
+                        label, bool) else repr(label), bundle.labels, bundle.num_classes)
+                except CamInferError as exc:
+                    raise CamInferError(f"boxes file '{path}', image '{image}': {exc}") from None
     return data
 
 
@@ -145,23 +195,23 @@ def _boxes_for(truth: dict, image: Path, roots) -> list | None:
     return next((truth[k] for k in keys if k in truth), None)
 
 
-def _thumbnail_name(image: Path, method: str) -> str:
-    safe = str(image).replace(os.sep, "__").replace("/", "__").lstrip(".")
-    return f"{safe}__{method}.png"
+def _thumbnail_name(name: str, method: str) -> str:
+    """`name` is the image's path relative to the folder it was found in: sub/cat.png → sub__cat.png__recipro.png."""
+    return f"{name.replace('/', '__').lstrip('.')}__{method}.png"
 
 
-def _write_thumbnails(out: Path, image: Path, thumbnails: dict) -> None:
+def _write_thumbnails(out: Path, name: str, thumbnails: dict) -> None:
     for method, png in thumbnails.items():
-        (out / OVERLAYS / _thumbnail_name(image, method)).write_bytes(png)
+        (out / OVERLAYS / _thumbnail_name(name, method)).write_bytes(png)
 
 
-def _grid(out: Path, files, methods) -> list[tuple[str, dict]]:
+def _grid(out: Path, files, names: dict, methods) -> list[tuple[str, dict]]:
     grid = []
     for image in files:
-        pngs = {m: (out / OVERLAYS / _thumbnail_name(image, m)).read_bytes() for m in methods
-                if (out / OVERLAYS / _thumbnail_name(image, m)).exists()}
+        paths = {m: out / OVERLAYS / _thumbnail_name(names[image], m) for m in methods}
+        pngs = {m: path.read_bytes() for m, path in paths.items() if path.exists()}
         if pngs:
-            grid.append((image.name, pngs))
+            grid.append((names[image], pngs))
     return grid
 
 

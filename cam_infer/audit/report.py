@@ -55,6 +55,14 @@ class MetricsFile:
         write_atomically(self.path, _csv_text([r for r in rows if r["image"] in keep], header=True))
         return complete
 
+    def drop(self, images: list[str]) -> None:
+        """Remove the rows of these images (their files changed: they are audited again)."""
+        if not images:
+            return
+        gone = set(images)
+        kept = [row for row in self.rows() if row["image"] not in gone]
+        write_atomically(self.path, _csv_text(kept, header=True))
+
     def append(self, rows: list[dict]) -> None:
         with open(self.path, "a", encoding="utf-8", newline="") as f:
             f.write(_csv_text(rows, header=False))
@@ -95,11 +103,13 @@ def summarise(metrics: MetricsFile, methods, protocol: dict, errors: list) -> di
         if {"coherency", "complexity", "average_drop"} <= set(means):
             means["adcc_of_means"] = float(adcc(means["coherency"], means["complexity"], means["average_drop"]))
         per_method[m] = {"images": images[m], **means}
-    return {"methods": per_method, "protocol": protocol, "errors": errors,
+    return {"methods": per_method, "counts": counts, "protocol": protocol, "errors": errors,
             "notes": {"adcc_of_means": "ADCC of the dataset means of coherency, complexity and average drop "
                                        "(how published tables report it); 'adcc' is the mean of per-image ADCC",
                       "box_hit": "fraction of images whose thresholded-map box has IoU >= iou_threshold with a "
-                                 "ground-truth box of the explained class"}}
+                                 "ground-truth box of the explained class",
+                      "counts": "per method and metric, the number of images its mean is taken over (images "
+                                "without boxes of the explained class have no localisation metrics)"}}
 
 
 def write_html(out: Path, summary: dict, grid: list[tuple[str, dict]], methods) -> Path:
@@ -108,9 +118,11 @@ def write_html(out: Path, summary: dict, grid: list[tuple[str, dict]], methods) 
     columns = [c for c in ["adcc_of_means", *SHOWN] if any(c in per_method[m] for m in methods)]
     shown = {"adcc_of_means": ("ADCC (of means)", True), **SHOWN}
     head = "".join(f"<th>{html.escape(shown[c][0])} {'↑' if shown[c][1] else '↓'}</th>" for c in columns)
+    counts = summary.get("counts", {})
     body = "".join(
         f"<tr><th>{html.escape(m)}</th><td>{per_method[m]['images']}</td>"
-        + "".join(f"<td>{_cell(per_method[m].get(c))}</td>" for c in columns) + "</tr>" for m in methods)
+        + "".join(f"<td>{_cell(per_method[m].get(c))}{_count(counts.get(m, {}).get(c), per_method[m]['images'])}</td>"
+                  for c in columns) + "</tr>" for m in methods)
     charts = "".join(_bar_chart(shown[c][0], shown[c][1], {m: per_method[m].get(c) for m in methods}) for c in columns)
     thumbs_head = "".join(f"<th>{html.escape(m)}</th>" for m in methods)
     thumbs = "".join(
@@ -122,6 +134,11 @@ def write_html(out: Path, summary: dict, grid: list[tuple[str, dict]], methods) 
                        for k, v in summary["protocol"].items())
     errors = (f"<p class=err>{len(summary['errors'])} image(s) could not be read and were skipped "
               f"(listed in {ERRORS_NAME}).</p>" if summary["errors"] else "")
+    skipped = summary.get("skipped", [])
+    if skipped:
+        errors += (f"<p>{len(skipped)} file(s) in the folders are not images and were skipped: "
+                   f"{html.escape(', '.join(skipped[:10]))}{' ...' if len(skipped) > 10 else ''} "
+                   f"(all in {SUMMARY_NAME}).</p>")
     page = f"""<!doctype html>
 <html lang=en><head><meta charset=utf-8><title>cam-infer audit</title>
 <style>
@@ -136,7 +153,7 @@ th {{ background: #f3f3f3; }} th.name {{ text-align: left; font-weight: normal; 
 <h1>cam-infer audit</h1>
 <p>{html.escape(str(summary['protocol'].get('bundle', '')))} · {len(methods)} methods ·
 {max((per_method[m]['images'] for m in methods), default=0)} images</p>{errors}
-<h2>Summary (means over images)</h2>
+<h2>Summary (means over images; n = images a mean is over, when not all)</h2>
 <table><tr><th>method</th><th>images</th>{head}</tr>{body}</table>
 <h2>Per metric</h2><div class=charts>{charts}</div>
 <h2>Maps ({len(grid)} images)</h2>
@@ -151,6 +168,11 @@ th {{ background: #f3f3f3; }} th.name {{ text-align: left; font-weight: normal; 
 
 def _cell(value) -> str:
     return "–" if value is None else f"{value:.3f}"
+
+
+def _count(n, images: int) -> str:
+    """How many images a mean is over, shown when it is not all of them."""
+    return "" if n is None or n == images else f" <small class=n>(n={n})</small>"
 
 
 def _bar_chart(title: str, higher_better: bool, values: dict) -> str:

@@ -78,7 +78,7 @@ def audit_image(bundle_path, image, options: AuditOptions, boxes=None) -> dict:
     rgb = load_image(image)
     view = prep.geometry(rgb)
     x = prep.normalise(view)[None]
-    truth = _boxes_in_input(boxes or [], prep, rgb.shape)
+    truth = _boxes_in_input(boxes or [], prep, rgb.shape, explainer)
     target = _target(explainer, options, truth)
     rows, thumbnails = [], {}
     for method in options.methods:
@@ -97,7 +97,7 @@ def audit_image(bundle_path, image, options: AuditOptions, boxes=None) -> dict:
                 curve = causal_curve(explainer, x[0], s, class_id, mode, options.steps, substrate)
                 row[mode] = auc(curve, options.auc)
         if truth:
-            own = [b for b, label in truth if label is None or label == row["label"]]
+            own = [b for b, box_class in truth if box_class is None or box_class == class_id]
             row.update(_localisation(options, s, own, bool(e.degenerate[0])))
         rows.append(row)
         thumbnails[method] = _thumbnail(view, s)
@@ -117,15 +117,19 @@ def _localisation(options: AuditOptions, s: np.ndarray, own: list, degenerate: b
     return out
 
 
-def _boxes_in_input(boxes, prep, shape) -> list[tuple[list[int], str | None]]:
+def _boxes_in_input(boxes, prep, shape, explainer) -> list[tuple[list[int], int | None]]:
+    """Boxes in the model's input, each with its class index (None: a box of any class)."""
     out = []
     for entry in boxes:
         box, label = (entry.get("box"), entry.get("label")) if isinstance(entry, dict) else (entry, None)
         if box is None or len(box) != 4:
             raise CamInferError(f"a box must be [x1, y1, x2, y2] or {{\"box\": [...], \"label\": ...}}, not {entry!r}")
+        class_id = None
+        if label is not None:
+            class_id = entry["class_id"] if "class_id" in entry else explainer.class_id(label, explainer.bundle.num_classes)
         mapped = prep.box_to_input(box, shape)
         if mapped is not None:
-            out.append((mapped, None if label is None else str(label)))
+            out.append((mapped, class_id))
     return out
 
 
@@ -134,11 +138,11 @@ def _target(explainer, options: AuditOptions, truth):
         return None
     if options.target != "truth":
         return explainer.class_id(options.target, explainer.bundle.num_classes)
-    labels = {label for _, label in truth if label is not None}
-    if len(labels) != 1:
+    classes = {class_id for _, class_id in truth if class_id is not None}
+    if len(classes) != 1:
         raise CamInferError("target 'truth' needs boxes with exactly one label per image "
-                            f"({'none' if not labels else ', '.join(sorted(labels))} found)")
-    return explainer.class_id(labels.pop(), explainer.bundle.num_classes)
+                            f"({'none' if not classes else ', '.join(explainer.bundle.label(c) for c in sorted(classes))} found)")
+    return classes.pop()
 
 
 def _adcc(explainer, options: AuditOptions, x, view, e, kwargs) -> dict:

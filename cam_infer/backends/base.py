@@ -27,6 +27,10 @@ class Backend(ABC):
         self.memory_budget = int(memory_budget_mb * 2**20)
         self.threads = threads
 
+    def check_input(self, x: np.ndarray) -> np.ndarray:
+        """A preprocessed batch checked against the model's input shape; float32, C-contiguous."""
+        return self._checked(x, self.bundle.input_shape, "input images")
+
     def features(self, x: np.ndarray) -> np.ndarray:
         """Images (N,3,H,W) float32 → target-layer activations (N,K,h,w) float32."""
         x = self._checked(x, self.bundle.input_shape, "input images")

@@ -1,0 +1,121 @@
+"""What `Explainer.explain` returns, and how a person looks at it: overlays on the original images,
+saved by image, method and class, or plotted with matplotlib (the ``plot`` extra).
+
+    e = ex.explain(["cat.jpg", "dog.png"], method="recipro", top_classes=2)
+    e.saliency.shape          # (2, 2, H, W): per image, per class
+    e.save("out/")            # out/cat_recipro_tabby.png, out/cat_recipro_tiger_cat.png, ...
+    e.plot()                  # a matplotlib figure: images × classes
+    picture = e.overlay(0)    # RGB uint8: the map over the original cat.jpg, captioned, with a colour bar
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CamInferError
+from .postprocess import caption, check_overlay_options, overlay_picture, write_png
+
+
+@dataclass
+class Explanation:
+    """Maps of one method for a batch. One class per image: arrays are (N,...). Several classes per image
+    (``top_classes=k`` or ``target=[[...], ...]``): (N,k,...), `multi` is True."""
+
+    method: str
+    saliency: np.ndarray        # (N,H,W) or (N,k,H,W) float32 in [0,1], at the model's input resolution
+    maps: np.ndarray            # (N,h,w) or (N,k,h,w) raw low-resolution maps, before ReLU and normalisation
+    targets: np.ndarray         # (N,) or (N,k) class explained
+    scores: np.ndarray          # (N,) or (N,k) probability of that class (softmax of the logits)
+    degenerate: np.ndarray      # (N,) or (N,k) True where the map was constant
+    milliseconds: float         # wall time of the whole call
+    options: dict = field(default_factory=dict)
+    labels: list | None = None                 # the bundle's class names
+    images: list | None = None                 # the original RGB images, when explain() was given images
+    names: list | None = None                  # their file names (stems), when given as paths
+    preprocessing: object = None               # the bundle's `Preprocessing`, to undo its resize and crop
+
+    @property
+    def multi(self) -> bool:
+        return self.targets.ndim == 2
+
+    def _per_class(self, i: int) -> list[int]:
+        return list(range(self.targets.shape[1])) if self.multi else [None]
+
+    def _pick(self, array: np.ndarray, i: int, j):
+        return array[i] if j is None else array[i, j]
+
+    def label(self, class_id: int) -> str:
+        return self.labels[class_id] if self.labels else f"class {class_id}"
+
+    def overlay(self, i: int = 0, j: int | None = None, image=None, on: str = "original", colormap: str = "jet",
+                alpha: float = 0.5) -> np.ndarray:
+        """Image i's map (class j of several) as an RGB uint8 picture, captioned with the method, class and
+        probability, with a colour bar. ``on="original"`` puts the map back on the original image (given to
+        explain() or here as `image`), undoing the bundle's resize and crop; ``on="model"`` shows the
+        model's view."""
+        check_overlay_options(colormap, alpha)
+        if on not in ("original", "model"):
+            raise CamInferError(f"on must be 'original' or 'model', not {on!r}")
+        if self.multi and j is None:
+            j = 0
+        if not 0 <= i < len(self.targets) or (self.multi and not 0 <= j < self.targets.shape[1]):
+            raise CamInferError(f"no map ({i}, {j}) in an explanation of shape {self.targets.shape}")
+        original = image if image is not None else (self.images[i] if self.images else None)
+        if original is None:
+            raise CamInferError("no original image: pass explain() image paths or arrays, or give overlay(image=...)")
+        from .images import as_rgb_uint8
+        rgb = as_rgb_uint8(original)
+        class_id = int(self._pick(self.targets, i, j))
+        text = caption(self.method, self.labels[class_id] if self.labels else None, class_id,
+                       float(self._pick(self.scores, i, j)), bool(self._pick(self.degenerate, i, j)))
+        saliency = self._pick(self.saliency, i, j)
+        if on == "model":
+            view = self.preprocessing.geometry(rgb) if rgb.shape[:2] != saliency.shape else rgb
+            return overlay_picture(saliency, view, None, text, colormap, alpha)
+        return overlay_picture(saliency, rgb, self.preprocessing, text, colormap, alpha)
+
+    def save(self, folder, on: str = "original", colormap: str = "jet", alpha: float = 0.5) -> list[Path]:
+        """Write one overlay per image and class: ``<image>_<method>_<label>.png`` (image i is ``image<i>``
+        when explain() got arrays). Returns the paths."""
+        from .outputs import prepare_folder
+
+        folder = prepare_folder(folder, "folder")
+        paths = []
+        for i in range(len(self.targets)):
+            stem = self.names[i] if self.names else f"image{i}"
+            for j in self._per_class(i):
+                class_id = int(self._pick(self.targets, i, j))
+                path = folder / f"{stem}_{_safe(self.method)}_{_safe(self.label(class_id))}.png"
+                write_png(path, self.overlay(i, j, on=on, colormap=colormap, alpha=alpha))
+                paths.append(path)
+        return paths
+
+    def plot(self, on: str = "original", colormap: str = "jet", alpha: float = 0.5, width: float = 3.2):
+        """A matplotlib figure, one row per image and one column per class (needs ``pip install
+        'cam-infer[plot]'``). Returns the figure; call ``plt.show()`` or ``fig.savefig(...)``."""
+        try:
+            import matplotlib.pyplot as plt          # picks a non-interactive backend on a headless box
+        except ImportError:
+            raise CamInferError("plot() needs matplotlib: pip install 'cam-infer[plot]' (or matplotlib); "
+                                "save() writes the same overlays as PNG files without it") from None
+        rows = len(self.targets)
+        cols = self.targets.shape[1] if self.multi else 1
+        fig, axes = plt.subplots(rows, cols, figsize=(width * cols, width * rows), squeeze=False)
+        for i in range(rows):
+            for c, j in enumerate(self._per_class(i)):
+                ax = axes[i][c]
+                ax.imshow(self.overlay(i, j, on=on, colormap=colormap, alpha=alpha))
+                ax.set_axis_off()
+                if self.names:
+                    ax.set_title(self.names[i], fontsize=9)
+        fig.tight_layout()
+        return fig
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:60] or "class"
+

@@ -1,0 +1,25 @@
+"""Helpers shared by the tests: run the CLI as a user does, check a one-line error."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def run_cli(*args, cwd=None, env=None, timeout=300):
+    """`python -m cam_infer ARGS` in a subprocess, with this checkout on the path."""
+    env = dict(os.environ if env is None else env, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "cam_infer", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=timeout)
+
+
+def assert_one_line_error(result, fragment: str):
+    """A user error: exit 1, nothing on stdout, one line on stderr that contains `fragment`."""
+    assert result.returncode == 1, (result.returncode, result.stderr)
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("cam-infer: error: ") and fragment in lines[0], lines[0]
