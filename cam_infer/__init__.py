@@ -4,7 +4,7 @@ The data path: image → `images.Preprocessing` → `backends` (features graph) 
 Importing this package never imports torch; `export_torch` imports it when called.
 """
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: E402
 
 from .errors import CamInferError, UnreadableImage  # noqa: E402
 from .images import Preprocessing, load_image  # noqa: E402

@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import __version__
+from .version import __version__
 from .errors import CamInferError
 
 
@@ -21,8 +21,8 @@ def _add_preprocessing(p: argparse.ArgumentParser, *, input_size_required: bool 
                    help="model input size (default: the model's own static shape)")
     g.add_argument("--resize", type=int, help="resize the shorter side to this before cropping (default: size/0.875)")
     g.add_argument("--crop", choices=["center", "none"], help="center crop, or none: resize straight to the input size")
-    g.add_argument("--mean", nargs=3, type=float, metavar=("M1", "M2", "M3"), help="per-channel mean, in --color order")
-    g.add_argument("--std", nargs=3, type=float, metavar=("S1", "S2", "S3"), help="per-channel std, in --color order")
+    g.add_argument("--mean", nargs="+", type=float, metavar="M", help="per-channel mean, in --color order (3 values; 1 for gray)")
+    g.add_argument("--std", nargs="+", type=float, metavar="S", help="per-channel std, in --color order (3 values; 1 for gray)")
     g.add_argument("--scale", type=float, help="pixel multiplier before mean/std (default 1/255)")
     g.add_argument("--color", choices=["rgb", "bgr"], help="channel order the model expects")
     g.add_argument("--labels", help="text file with one class name per line")
@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", default="auto", help="auto, ONNX tensor or node name, or torch module path")
     p.add_argument("--out", required=True, help="bundle folder to write")
     p.add_argument("--force", action="store_true", help="replace an existing bundle in --out")
+    p.add_argument("--layout", choices=["nchw", "nhwc"], help="the input's layout, when its shape does not tell")
     _add_preprocessing(p)
     p.set_defaults(run=cmd_split)
 
@@ -166,7 +167,8 @@ def cmd_split(args) -> int:
 
     bundle = split_onnx(args.model, layer=args.layer, out=args.out,
                         input_size=tuple(args.input_size) if args.input_size else None,
-                        preprocessing=_preprocessing(args), labels=args.labels, overwrite=args.force)
+                        preprocessing=_preprocessing(args), labels=args.labels, overwrite=args.force,
+                        layout=args.layout)
     print(describe(bundle))
     return 0
 
@@ -381,27 +383,39 @@ def describe(bundle) -> str:
     k, ah, aw = bundle.activation_shape
     labels = bundle.labels
     batch = ("dynamic (any batch size)" if bundle.dynamic_batch
-             else "fixed at 1 in the source model: backends run it image by image")
+             else f"fixed at {bundle.fixed_batch} in the source model: backends run chunks of {bundle.fixed_batch}, "
+                  "the last one padded")
+    model_in = m["input"]
+    source_form = [f"{model_in['model_dtype']}" if model_in["model_dtype"] != "float32" else "",
+                   model_in.get("model_layout", "NCHW") if model_in.get("model_layout", "NCHW") != "NCHW" else ""]
+    quant = m["activation"].get("quantization")
+    runtimes = m.get("runtimes", {})
     how = {"auto": "chosen automatically", "tensor": "ONNX tensor", "node": "ONNX node", "module": "torch module"}
     lines = [
         f"bundle       {bundle.path}",
         f"input        '{bundle.input_name}' float32 (N,{c},{h},{w}) NCHW"
-        + (f"; model computes in {m['input']['model_dtype']}" if m["input"]["model_dtype"] != "float32" else ""),
-        f"preprocess   {prep.color.upper()}, "
+        + (f"; the model takes {' '.join(f for f in source_form if f)} (converted at the boundary)"
+           if any(source_form) else ""),
+        f"preprocess   {'GRAY' if prep.channels == 1 else prep.color.upper()}, "
         + (f"resize shorter side to {prep.resize}, center crop {h}x{w}" if prep.crop == "center"
            else f"resize to {h}x{w}")
         + f", x*{prep.scale:.6g}, mean {list(prep.mean)}, std {list(prep.std)}",
         f"target layer '{target['requested']}' ({how[target['matched_by']]}) -> tensor '{target['tensor']}'"
         + (f", module '{target['module']}'" if target.get("module") and target["matched_by"] != "module" else ""),
-        f"activation   (N,{k},{ah},{aw})",
+        f"activation   (N,{k},{ah},{aw})" + (f", dequantized from {quant['dtype']} (scale {quant['scale']}, zero point "
+                                            f"{quant['zero_point']}); the head re-quantizes it" if quant else ""),
         "head ops     " + ", ".join(f"{op} x{n}" for op, n in m["graphs"]["head"]["ops"].items()),
-        f"output       '{m['output']['name']}': {bundle.num_classes} classes, {bundle.output_kind}",
+        f"output       '{m['output']['name']}': {bundle.num_classes} classes, {bundle.output_kind}"
+        + (f" (the model's {' -> '.join(m['output']['left_out'])} after them is left out: probabilities are "
+           "their softmax)" if m["output"].get("left_out") else ""),
         "labels       " + (f"{len(labels)} ({', '.join(labels[:3])}{', ...' if len(labels) > 3 else ''})"
                             if labels else "none (class indices)"),
         f"batch        {batch}",
         "verified     " + ("yes" if verification.get("passed") else "NO")
         + f": head(features(x)) vs model(x), batches {verification['batch_sizes']}, "
         f"max |diff| {verification['max_abs_diff']:.3g} ({verification['runtime']})",
+        "runtimes     " + (", ".join(f"{n}: {'yes' if r['runs'] else 'no (' + r.get('why_not', '')[:120] + ')'}"
+                                     for n, r in runtimes.items()) or "not recorded"),
         f"source       {m['provenance'].get('source') or 'in-memory model'}"
         + (f", exported with {m['provenance']['exporter']}" if m["provenance"].get("exporter") else ""),
     ]

@@ -5,7 +5,8 @@ Order of operations (torchvision's ImageNet convention by default):
 2. ``crop="center"``: resize the shorter side to ``resize`` (area interpolation when shrinking,
    bilinear when enlarging), then center-crop ``input_size``; ``crop="none"``: resize straight to
    ``input_size`` (aspect ratio not kept);
-3. reorder channels to ``color`` (rgb or bgr);
+3. reorder channels to ``color`` (rgb or bgr), or for a 1-channel model convert to gray (ITU-R BT.601,
+   as OpenCV does);
 4. ``x = (pixel * scale - mean) / std`` per channel, in the order of ``color``; NCHW float32.
 """
 
@@ -38,9 +39,15 @@ class Preprocessing:
     scale: float = 1 / 255
     color: str = "rgb"                                # "rgb" | "bgr"
     layout: str = field(default="NCHW")
+    channels: int = 3                                 # 3 (colour) or 1 (grayscale)
 
     def __post_init__(self):
         object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
+        if self.channels not in (1, 3):
+            raise CamInferError(f"channels must be 1 (grayscale) or 3 (colour), not {self.channels}")
+        if self.channels == 1 and (self.mean, self.std) == (IMAGENET_MEAN, IMAGENET_STD):
+            object.__setattr__(self, "mean", (0.0,))        # no ImageNet statistics for gray: x·scale
+            object.__setattr__(self, "std", (1.0,))
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
         if self.resize is None and self.crop == "center":
@@ -49,8 +56,8 @@ class Preprocessing:
             raise CamInferError(f"crop must be 'center' or 'none', not '{self.crop}'")
         if self.color not in ("rgb", "bgr"):
             raise CamInferError(f"color must be 'rgb' or 'bgr', not '{self.color}'")
-        if len(self.mean) != 3 or len(self.std) != 3:
-            raise CamInferError("mean and std take three values, one per colour channel")
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise CamInferError(f"mean and std take {self.channels} value(s), one per channel")
         if any(s == 0 for s in self.std):
             raise CamInferError("std values must be non-zero")
         if len(self.input_size) != 2 or min(self.input_size) < 1:
@@ -133,14 +140,17 @@ class Preprocessing:
                 min(max(out[3], 0), h - 1)]
 
     def normalise(self, rgb: np.ndarray) -> np.ndarray:
-        """(H,W,3) RGB uint8 at input size → (3,H,W) float32 (steps 3–4)."""
-        pixels = rgb[..., ::-1] if self.color == "bgr" else rgb
+        """(H,W,3) RGB uint8 at input size → (C,H,W) float32 (steps 3–4)."""
+        if self.channels == 1:
+            pixels = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)[..., None]
+        else:
+            pixels = rgb[..., ::-1] if self.color == "bgr" else rgb
         x = pixels.astype(np.float32) * np.float32(self.scale)
         x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return np.ascontiguousarray(x.transpose(2, 0, 1))
 
     def __call__(self, image: "str | os.PathLike | np.ndarray") -> np.ndarray:
-        """One image (path or RGB uint8 array of any size) → (3,H,W) float32."""
+        """One image (path or RGB uint8 array of any size) → (C,H,W) float32."""
         rgb = load_image(image) if isinstance(image, (str, os.PathLike)) else as_rgb_uint8(image)
         return self.normalise(self.geometry(rgb))
 

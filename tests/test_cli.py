@@ -41,7 +41,7 @@ def _corrupt_files(tmp_path, tiny_onnx_path):
     (["split", "{tiny}", "--layer", "layer9", "--out", "{tmp}/b"], "unknown layer 'layer9'"),
     (["split", "{tmp}/skip.onnx", "--layer", "relu2", "--out", "{tmp}/b"],
      "is not a cut point: the head also reads 'relu1'"),
-    (["split", "{tmp}/mlp.onnx", "--out", "{tmp}/b"], "no 4-D activation"),
+    (["split", "{tmp}/mlp.onnx", "--out", "{tmp}/b"], "no feature map"),
     (["split", "{tiny}", "--out", "{tmp}/b", "--labels", "{tmp}/nolabels.txt"], "labels file"),
     (["info", "{tmp}/nobundle"], "does not exist"),
 ])

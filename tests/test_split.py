@@ -59,7 +59,7 @@ def test_auto_skips_tensors_inside_a_residual_block(tmp_path):
     ("nope", r"unknown layer 'nope'.*use --layer auto"),
     ("relu", r"did you mean 'relu\d'"),
     ("pooled", r"pooled to 1x1"),
-    ("logits", r"shape \(1, 4\)"),
+    ("logits", r"is the model.s output, not a feature map"),
     ("image", r"is the model input"),
     ("w3", r"constant"),
 ])
@@ -69,7 +69,7 @@ def test_unusable_layers_are_refused_with_a_way_out(layer, message):
 
 
 def test_model_without_4d_tensor_is_refused(tmp_path):
-    with pytest.raises(CamInferError, match="no 4-D activation"):
+    with pytest.raises(CamInferError, match="no feature map"):
         split_onnx(mlp(), out=tmp_path / "b")
 
 
@@ -141,10 +141,12 @@ def test_manifest_records_everything_info_needs(tmp_path, tiny_onnx_path):
     m = bundle.manifest
     assert m["format_version"] == 1
     assert m["input"] == {"name": "image", "shape": [None, 3, 64, 64], "layout": "NCHW", "dtype": "float32",
-                          "model_dtype": "float32"}
+                          "model_dtype": "float32", "model_layout": "NCHW"}
     assert m["preprocessing"]["mean"] == [0.5, 0.5, 0.5] and m["preprocessing"]["crop"] == "none"
-    assert m["activation"] == {"name": "features", "shape": [16, 16, 16], "dtype": "float32"}
-    assert m["output"] == {"name": "logits", "kind": "logits", "num_classes": 4}
+    assert m["activation"] == {"name": "features", "shape": [16, 16, 16], "dtype": "float32", "quantization": None}
+    assert m["output"] == {"name": "logits", "kind": "logits", "num_classes": 4, "model_output": "logits",
+                           "left_out": [], "model_output_step": 0.0}
+    assert m["runtimes"] == {"onnxruntime": {"runs": True}, "openvino": {"runs": True}}
     assert bundle.labels == ["cat", "dog", "bird", "fish"]
     assert len(m["graphs"]["features"]["sha256"]) == 64 and m["provenance"]["source"] == "tiny.onnx"
     assert Bundle.load(tmp_path / "b").manifest == m

@@ -31,6 +31,11 @@ def load_backend(bundle: "Bundle | str | os.PathLike", backend: str = "onnxrunti
         raise CamInferError(f"unknown backend '{backend}'; choose one of: {', '.join(BACKENDS)}")
     if not isinstance(bundle, Bundle):
         bundle = Bundle.load(bundle)
+    runs = bundle.manifest.get("runtimes", {}).get(name, {"runs": True})
+    if not runs.get("runs", True):
+        others = [n for n, r in bundle.manifest["runtimes"].items() if r.get("runs") and n in BACKENDS]
+        raise CamInferError(f"this bundle does not run on {name} ({runs.get('why_not', 'checked when it was made')})"
+                            + (f"; use --backend {others[0]}" if others else ""))
     return BACKENDS[name](bundle, **options)
 
 

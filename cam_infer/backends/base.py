@@ -46,9 +46,10 @@ class Backend(ABC):
         return self.head(self.features(x))
 
     def chunk_size(self, role: str) -> int:
-        """Images per runtime call for `role`: 1 for fixed-batch graphs, else what fits the budget."""
+        """Images per runtime call for `role`: the fixed batch of fixed-batch graphs (the last chunk is
+        padded), else what fits the budget."""
         if not self.bundle.dynamic_batch:
-            return 1
+            return self.bundle.fixed_batch
         in_flight = max(1, self.parallel_requests())
         return max(1, self.memory_budget // (self.bundle.bytes_per_item(role) * in_flight))
 
@@ -61,8 +62,12 @@ class Backend(ABC):
             return np.zeros((0,), np.float32)
         size = self.chunk_size(role)
         chunks = [x[i:i + size] for i in range(0, len(x), size)]
+        counts = [len(c) for c in chunks]
+        if not self.bundle.dynamic_batch:            # a fixed batch: pad with zeros, drop their outputs
+            chunks = [c if len(c) == size else np.concatenate([c, np.zeros((size - len(c), *c.shape[1:]), c.dtype)])
+                      for c in chunks]
         outputs = self._run_chunks(role, chunks)
-        return np.concatenate([o.reshape(len(c), -1) for o, c in zip(outputs, chunks)])
+        return np.concatenate([o.reshape(len(c), -1)[:n] for o, c, n in zip(outputs, chunks, counts)])
 
     def _run_chunks(self, role: str, chunks: list[np.ndarray]) -> list[np.ndarray]:
         return [self._run(role, c) for c in chunks]

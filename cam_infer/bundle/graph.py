@@ -35,8 +35,54 @@ def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
     try:
         onnx.checker.check_model(model)
     except Exception as exc:
-        raise CamInferError(f"'{path}' is not a valid ONNX model: {_first_line(exc)}") from None
+        # Files the checker rejects but ONNX Runtime runs are deployed as they are (e.g. a per-channel
+        # `axis` on DequantizeLinear at opset 11, which quantization tools write): accept what runs.
+        if not _runs_on_onnxruntime(model):
+            raise CamInferError(f"'{path}' is not a valid ONNX model: {_first_line(exc)}") from None
+        model.doc_string = (model.doc_string + "\n" if model.doc_string else "") + \
+            f"cam-infer: onnx.checker rejects this file ({_first_line(exc)}); ONNX Runtime runs it"
     return model
+
+
+def _runs_on_onnxruntime(model: onnx.ModelProto) -> bool:
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    try:
+        ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return True
+    except Exception:
+        return False
+
+
+def checker_note(model: onnx.ModelProto) -> str | None:
+    """What `load_onnx` noted about a file onnx.checker rejects and ONNX Runtime runs."""
+    return next((line[len("cam-infer: "):] for line in model.doc_string.splitlines()
+                 if line.startswith("cam-infer: onnx.checker")), None)
+
+
+def _shapes_from_a_run(model: onnx.ModelProto, image: onnx.ValueInfoProto, names: list[str]) -> dict:
+    """Shapes and types ONNX's inference cannot give (contrib ops such as com.microsoft.QLinearAdd): run
+    the model once on a zero image of the concrete size with those tensors as extra outputs."""
+    import numpy as np
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    known = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in known)
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        tt = image.type.tensor_type
+        x = np.zeros([d.dim_value for d in tt.shape.dim], helper.tensor_dtype_to_np_dtype(tt.elem_type))
+        values = session.run(names, {image.name: x})
+    except Exception:
+        return {}
+    return {n: TensorInfo(n, helper.np_dtype_to_tensor_dtype(v.dtype), tuple(v.shape))
+            for n, v in zip(names, values) if isinstance(v, np.ndarray)}
 
 
 def _first_line(exc: BaseException) -> str:
@@ -83,12 +129,39 @@ class Graph:
 
     model: onnx.ModelProto
     shapes: dict[str, TensorInfo] = field(default_factory=dict)
+    layout: str | None = None           # the input's layout when the user gave it; else detected
 
     @classmethod
-    def from_model(cls, model: onnx.ModelProto, input_size: tuple[int, int] | None = None) -> "Graph":
-        graph = cls(model)
+    def from_model(cls, model: onnx.ModelProto, input_size: tuple[int, int] | None = None,
+                   layout: str | None = None) -> "Graph":
+        graph = cls(model, layout=layout)
         graph.shapes = graph._infer_shapes(input_size)
         return graph
+
+    # --- what the model is (anatomy.py) --------------------------------------------------------
+
+    @cached_property
+    def input_spec(self):
+        from .anatomy import input_spec
+        return input_spec(self, self.layout)
+
+    @cached_property
+    def layouts(self) -> dict[str, str]:
+        from .anatomy import tensor_layouts
+        return tensor_layouts(self, self.input_spec)
+
+    @cached_property
+    def feature_region(self) -> set[str] | None:
+        """Tensors that may be feature maps: those computed before the last spatial reduction (None: the
+        graph has no such reduction, every tensor may be)."""
+        from .anatomy import last_spatial_reduction
+        idx = last_spatial_reduction(self, self.layouts)
+        return None if idx is None else self.ancestors(self.nodes[idx].input[0])
+
+    @cached_property
+    def scores(self):
+        from .anatomy import score_output
+        return score_output(self)
 
     # --- structure -------------------------------------------------------------------------
 
@@ -184,14 +257,15 @@ class Graph:
         model.CopyFrom(self.model)
         image = next(i for i in model.graph.input if i.name == self.image_input.name)
         dims = image.type.tensor_type.shape.dim
-        if len(dims) == 4:
-            concrete = [1, dims[1].dim_value or 3, *(input_size or (dims[2].dim_value, dims[3].dim_value))]
-            if 0 in concrete:
-                raise CamInferError(f"the model input '{image.name}' has no fixed spatial size; "
-                                    "give one with --input-size H W")
-            for dim, value in zip(dims, concrete):
-                dim.Clear()
-                dim.dim_value = value
+        spec = self.input_spec
+        size = input_size or spec.size
+        if not size[0] or not size[1]:
+            raise CamInferError(f"the model input '{image.name}' has no fixed spatial size; "
+                                "give one with --input-size H W")
+        concrete = [1, spec.channels, *size] if spec.layout == "NCHW" else [1, *size, spec.channels]
+        for dim, value in zip(dims, concrete):
+            dim.Clear()
+            dim.dim_value = int(value)
         del model.graph.value_info[:]
         try:
             inferred = shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
@@ -202,6 +276,10 @@ class Graph:
         shapes = {vi.name: _tensor_info(vi) for vi in infos}
         for name, tensor in self.initializers.items():
             shapes[name] = TensorInfo(name, tensor.data_type, tuple(tensor.dims))
+        missing = [o for n in model.graph.node for o in n.output
+                   if o and (o not in shapes or shapes[o].shape is None or shapes[o].elem_type == TensorProto.UNDEFINED)]
+        if missing:
+            shapes.update(_shapes_from_a_run(model, image, missing))
         return shapes
 
     def info(self, name: str) -> TensorInfo:
@@ -211,7 +289,7 @@ class Graph:
     def fixed_batch(self) -> int | None:
         """The batch size hard-coded in the model's input, or None when it is dynamic."""
         dims = self.image_input.type.tensor_type.shape.dim
-        return dims[0].dim_value if dims and dims[0].HasField("dim_value") else None
+        return dims[0].dim_value if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0 else None
 
     # --- torch module scopes -------------------------------------------------------------
 

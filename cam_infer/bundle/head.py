@@ -84,7 +84,9 @@ def read_linear_head(model: onnx.ModelProto, channels: int) -> LinearHead | None
             if len(node.input) > 2 and node.input[2]:
                 if node.input[2] not in consts:
                     return None
-                bias = np.broadcast_to(consts[node.input[2]] * _attr(node, "beta", 1.0), weight.shape[:1])
+                bias = _as_bias(consts[node.input[2]] * _attr(node, "beta", 1.0), weight.shape[:1])
+                if bias is None:
+                    return None
                 source.update(bias=node.input[2], bias_scale=float(_attr(node, "beta", 1.0)))
             stage = "bias"
         elif stage == "linear" and op == "MatMul" and node.input[1] in consts:
@@ -92,7 +94,9 @@ def read_linear_head(model: onnx.ModelProto, channels: int) -> LinearHead | None
             source.update(weight=node.input[1], transposed=True)
             stage = "bias"
         elif stage == "bias" and op == "Add" and node.input[1] in consts:
-            bias = np.broadcast_to(consts[node.input[1]], weight.shape[:1])
+            bias = _as_bias(consts[node.input[1]], weight.shape[:1])
+            if bias is None:
+                return None
             source.update(bias=node.input[1])
             stage = "softmax"
         elif op == "Softmax" and stage in ("linear", "bias", "softmax"):
@@ -104,6 +108,16 @@ def read_linear_head(model: onnx.ModelProto, channels: int) -> LinearHead | None
         return None
     return LinearHead(np.ascontiguousarray(weight, np.float32), np.ascontiguousarray(bias, np.float32),
                       LinearSource(**source))
+
+
+def _as_bias(value: np.ndarray, shape: tuple) -> np.ndarray | None:
+    """A constant added to the scores, as a (C,) bias; None when it is not one (e.g. one row per batch item)."""
+    if np.ndim(value) > 1 and any(d != 1 for d in np.shape(value)[:-1]):
+        return None
+    try:
+        return np.broadcast_to(np.reshape(value, np.shape(value)[-1:] or ()), shape)
+    except ValueError:
+        return None
 
 
 def _spatial_axes(node: onnx.NodeProto, consts: dict) -> bool:

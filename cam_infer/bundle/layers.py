@@ -12,15 +12,18 @@ import difflib
 from dataclasses import dataclass
 
 from ..errors import CamInferError
+from .anatomy import Quantization, dequantized_source, quantization_of, spatial_size
 from .graph import Graph
 
 
 @dataclass(frozen=True)
 class TargetLayer:
-    tensor: str               # ONNX tensor name of the activation (N,K,h,w)
+    tensor: str               # ONNX tensor the graph is cut at (an integer tensor for quantized activations)
     requested: str            # what the user asked for
     matched_by: str           # "auto" | "tensor" | "node" | "module"
     module: str | None        # torch module path whose output this is, when known
+    layout: str = "NCHW"      # of `tensor`; an NHWC map is transposed at the cut
+    quantization: Quantization | None = None   # how `tensor` maps to real values, when it is integer
 
 
 def crossing_tensors(graph: Graph, tensor: str) -> list[str]:
@@ -48,19 +51,42 @@ def is_cut_point(graph: Graph, tensor: str) -> bool:
 
 
 def spatial_candidates(graph: Graph) -> list[str]:
-    """Input-dependent 4-D tensors with spatial size above 1×1, in topological order."""
+    """Feature maps, in topological order: input-dependent 4-D tensors of known layout (NCHW, or NHWC
+    between TensorFlow's Transposes) with spatial size above 1×1, computed before the last spatial
+    reduction (so never logits kept as (N,1,1,C)), and not a model output."""
+    outputs = {o.name for o in graph.model.graph.output}
+    region = graph.feature_region
     names = []
     for node in graph.nodes:
         for out in node.output:
-            info = graph.info(out)
-            if out in graph.input_dependent and info.rank == 4 and _spatial_size(info.shape) > 1:
+            layout = graph.layouts.get(out)
+            if (out in graph.input_dependent and layout and out not in outputs and spatial_size(graph, out, layout) > 1
+                    and (region is None or out in region)):
                 names.append(out)
     return names
 
 
-def _spatial_size(shape) -> int:
-    h, w = shape[2], shape[3]
-    return (h or 0) * (w or 0)
+def resolve_cut(graph: Graph, tensor: str) -> tuple[str, Quantization | None]:
+    """Where to cut for an activation: a dequantized tensor (QDQ) is cut at its integer source, so that
+    the head re-quantizes exactly what the model had; an integer tensor needs its scale and zero point."""
+    source = dequantized_source(graph, tensor)
+    if source is not None:
+        quant = quantization_of(graph, source)
+        if quant is not None:
+            return source, quant
+    return tensor, quantization_of(graph, tensor)
+
+
+def _usable(graph: Graph, tensor: str) -> bool:
+    from .anatomy import INTEGER_TYPES
+    cut, quant = resolve_cut(graph, tensor)
+    return (quant is not None or graph.info(cut).elem_type not in INTEGER_TYPES) and is_cut_point(graph, cut)
+
+
+def _target(graph: Graph, tensor: str, requested: str, matched_by: str, module: str | None) -> TargetLayer:
+    cut, quant = resolve_cut(graph, tensor)
+    return TargetLayer(cut, requested, matched_by, module or module_of(graph, cut),
+                       graph.layouts.get(cut) or graph.layouts.get(tensor) or "NCHW", quant)
 
 
 def module_of(graph: Graph, tensor: str) -> str | None:
@@ -86,17 +112,17 @@ def find_target_layer(graph: Graph, layer: str) -> TargetLayer:
         return _auto_layer(graph)
     target = _lookup(graph, layer)
     _check_activation(graph, target)
-    return target
+    return _target(graph, target.tensor, target.requested, target.matched_by, target.module)
 
 
 def _auto_layer(graph: Graph) -> TargetLayer:
     candidates = spatial_candidates(graph)
     if not candidates:
-        raise CamInferError("the model has no 4-D activation with spatial size above 1x1 "
-                            "(is it a convolutional image classifier?)")
+        raise CamInferError("the model has no feature map (a 4-D activation with spatial size above 1x1 before "
+                            "its global pooling); is it a convolutional image classifier?")
     for tensor in reversed(candidates):
-        if is_cut_point(graph, tensor):
-            return TargetLayer(tensor, "auto", "auto", module_of(graph, tensor))
+        if _usable(graph, tensor):
+            return _target(graph, tensor, "auto", "auto", None)
     raise CamInferError("no 4-D activation of this model is a cut point (every one is bypassed by "
                         "a skip connection); name a layer with --layer")
 
@@ -133,24 +159,40 @@ def _unknown_layer_message(graph: Graph, layer: str) -> str:
     names = sorted(set(graph.module_paths) | set(graph.producer) | {n.name for n in graph.nodes if n.name})
     close = difflib.get_close_matches(layer, names, n=3, cutoff=0.6)
     hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
-    valid = [display_name(graph, t) for t in reversed(spatial_candidates(graph)) if is_cut_point(graph, t)][:4]
+    valid = [display_name(graph, t) for t in reversed(spatial_candidates(graph)) if _usable(graph, t)][:4]
     usable = f"layers that work here include {', '.join(repr(v) for v in valid)}; " if valid else ""
     return (f"unknown layer '{layer}': it is no tensor, node or torch module of this model; "
             f"{hint}{usable}or use --layer auto")
 
 
 def _check_activation(graph: Graph, target: TargetLayer) -> None:
+    from .anatomy import INTEGER_TYPES
+
     info = graph.info(target.tensor)
     if target.tensor not in graph.input_dependent:
         raise CamInferError(f"layer '{target.requested}' is a constant, not an activation of the image")
+    if target.tensor in {o.name for o in graph.model.graph.output}:
+        raise CamInferError(f"layer '{target.requested}' is the model's output, not a feature map; use --layer auto")
     if info.rank != 4:
         shape = "unknown" if info.shape is None else tuple(info.shape)
         raise CamInferError(f"layer '{target.requested}' gives a tensor of shape {shape}; a CAM needs an "
                             "(N,K,h,w) activation; use --layer auto or a convolutional layer")
-    if _spatial_size(info.shape) <= 1:
-        raise CamInferError(f"layer '{target.requested}' is pooled to {info.shape[2]}x{info.shape[3]}; "
+    layout = graph.layouts.get(target.tensor)
+    if layout is None:
+        raise CamInferError(f"layer '{target.requested}' {tuple(info.shape)}: its layout (NCHW or NHWC) cannot be "
+                            "told from the ops that made it; name a convolution's output or use --layer auto")
+    if spatial_size(graph, target.tensor, layout) <= 1:
+        raise CamInferError(f"layer '{target.requested}' is pooled to 1x1; "
                             "a CAM needs spatial size above 1x1; pick an earlier layer or --layer auto")
-    crossing = crossing_tensors(graph, target.tensor)
+    region = graph.feature_region
+    if region is not None and target.tensor not in region:
+        raise CamInferError(f"layer '{target.requested}' comes after the model's global pooling: it is not a "
+                            "feature map; pick an earlier layer or --layer auto")
+    cut, quant = resolve_cut(graph, target.tensor)
+    if quant is None and graph.info(cut).elem_type in INTEGER_TYPES:
+        raise CamInferError(f"layer '{target.requested}' is an integer tensor whose scale and zero point cannot be "
+                            "found in the graph; name the DequantizeLinear output next to it or use --layer auto")
+    crossing = crossing_tensors(graph, cut)
     if crossing:
         listed = ", ".join(f"'{c}'" for c in crossing[:4]) + (" ..." if len(crossing) > 4 else "")
         nearest = nearest_cut_point(graph, target.tensor)
@@ -163,4 +205,4 @@ def nearest_cut_point(graph: Graph, tensor: str) -> str | None:
     """The valid layer closest in topological order (later one on a tie: closer to the scores)."""
     here = graph.order[tensor]
     candidates = sorted(spatial_candidates(graph), key=lambda t: (abs(graph.order[t] - here), -graph.order[t]))
-    return next((t for t in candidates if is_cut_point(graph, t)), None)
+    return next((t for t in candidates if _usable(graph, t)), None)

@@ -114,6 +114,11 @@ class Bundle:
         return self.manifest["batch"] == "dynamic"
 
     @property
+    def fixed_batch(self) -> int:
+        """The batch size the graphs were kept at when the source's could not be released (1 usually)."""
+        return int(self.manifest.get("fixed_batch") or 1)
+
+    @property
     def preprocessing(self) -> Preprocessing:
         return Preprocessing.from_dict(self.manifest["preprocessing"])
 

@@ -4,8 +4,11 @@
 written. Both graphs get a dynamic batch axis, also when the source hard-codes batch 1 (Reshape
 targets that copy the batch are rewritten); when that does not verify, the graphs keep the fixed
 batch and the backends run them image by image (``"batch": "fixed"`` in the manifest).
-Float16/bfloat16/float64 models get Cast nodes at the graph boundary, so both graphs take and
-return float32 while computing in the model's own precision.
+Both graphs take and return float32 NCHW whatever the file has: nodes at the boundary cast float16
+inputs, transpose for NHWC inputs, and round, clip and cast for uint8/int8 inputs. A quantized
+activation is cut exactly: `features` ends with DequantizeLinear (float activations for the methods)
+and `head` starts with QuantizeLinear with the tensor's own scale and zero point, so the int8 model
+keeps running as int8. A quantized Softmax at the end is left out of the head (`anatomy.score_output`).
 """
 
 from __future__ import annotations
@@ -21,28 +24,32 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .. import __version__
 from ..errors import CamInferError
 from ..images import Preprocessing
-from .graph import Graph, TensorInfo, load_onnx, make_tensor_value_info
+from ..version import __version__
+from .anatomy import INTEGER_TYPES, InputSpec, check_classifier_output
+from .graph import Graph, TensorInfo, checker_note, load_onnx, make_tensor_value_info
 from .layers import TargetLayer, find_target_layer
 from .manifest import FORMAT, FORMAT_VERSION, Bundle, sha256_of, write_manifest
+from .verify import Mismatch, openvino_runs, random_images, verify
 
 BOUNDARY_FLOATS = (TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE)
-PASS_THROUGH = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Cast", "Dropout"}
-VERIFY_BATCHES = (1, 3)
+
+__all__ = ["random_images", "split_onnx"]
 
 
 def split_onnx(model: "str | os.PathLike | onnx.ModelProto", layer: str = "auto",
                out: "str | os.PathLike | None" = None, *, input_size: tuple[int, int] | None = None,
                preprocessing: "Preprocessing | dict | None" = None, labels: "list[str] | str | None" = None,
-               overwrite: bool = False, provenance: dict | None = None) -> Bundle:
+               overwrite: bool = False, provenance: dict | None = None, layout: str | None = None) -> Bundle:
     """Split `model` at `layer` and write a verified bundle to `out`; return the loaded `Bundle`.
 
-    layer: ``auto`` (last 4-D activation above 1×1 that is a cut point), an ONNX tensor name, a
-    node name, or a torch module path (``layer4``, ``features.29``).
-    preprocessing: a `Preprocessing` or a dict of its fields overriding the ImageNet defaults.
+    layer: ``auto`` (the last feature map before the global pooling that is a cut point), an ONNX tensor
+    name, a node name, or a torch module path (``layer4``, ``features.29``).
+    preprocessing: a `Preprocessing` or a dict of its fields overriding the defaults (ImageNet's for
+    float colour inputs; x·1 with no mean/std for uint8 inputs; x/255 for grayscale).
     labels: class names, or the path of a text file with one per line.
+    layout: ``nchw`` or ``nhwc`` when the input's layout cannot be told from its shape.
     """
     if out is None:
         raise CamInferError("give an output folder for the bundle (--out)")
@@ -50,10 +57,11 @@ def split_onnx(model: "str | os.PathLike | onnx.ModelProto", layer: str = "auto"
     if isinstance(model, (str, os.PathLike)):
         source = Path(model)
         model = load_onnx(source)
-    graph = Graph.from_model(model, input_size)
-    _check_image_input(graph)
+    _check_declared_output(model)
+    graph = Graph.from_model(model, input_size, layout)
+    spec = graph.input_spec
     target = find_target_layer(graph, layer)
-    prep = _preprocessing(graph, preprocessing, input_size)
+    prep = _preprocessing(spec, preprocessing, input_size)
     features, head, batch_mode, verification = _split_verified(graph, target, prep)
     num_classes = verification.pop("num_classes")
     labels = _labels(labels, num_classes)
@@ -64,25 +72,29 @@ def split_onnx(model: "str | os.PathLike | onnx.ModelProto", layer: str = "auto"
 
 # --- checks and options ---------------------------------------------------------------------
 
-def _check_image_input(graph: Graph) -> None:
-    info = graph.info(graph.image_input.name)
-    if info.rank != 4 or info.shape[1] != 3:
-        shape = None if info.shape is None else tuple(info.shape)
-        raise CamInferError(f"the model input '{graph.image_input.name}' has shape {shape}; cam-infer needs an "
-                            "NCHW image input with 3 channels")
-    if info.elem_type not in (TensorProto.FLOAT, *BOUNDARY_FLOATS):
-        raise CamInferError(f"the model input '{graph.image_input.name}' is not a float tensor; "
-                            "quantised or integer inputs are not supported")
+def _check_declared_output(model: onnx.ModelProto) -> None:
+    """Refuse a model whose declared output is not (N,C) before anything else (a detector's (N,22,2100))."""
+    output = model.graph.output[0]
+    dims = output.type.tensor_type.shape.dim
+    if dims:
+        check_classifier_output(tuple(d.dim_value if d.HasField("dim_value") else "?" for d in dims), output.name)
 
 
-def _preprocessing(graph: Graph, prep, input_size) -> Preprocessing:
-    size = tuple(graph.info(graph.image_input.name).shape[2:])
+def _preprocessing(spec: InputSpec, prep, input_size) -> Preprocessing:
+    size = tuple(input_size or spec.size)
     if isinstance(prep, Preprocessing):
         if tuple(prep.input_size) != size:
             raise CamInferError(f"preprocessing input size {prep.input_size} differs from the model's {size}")
+        if prep.channels != spec.channels:
+            raise CamInferError(f"preprocessing gives {prep.channels} channels, the model takes {spec.channels}")
         return prep
     fields = dict(prep or {})
     fields["input_size"] = size
+    fields.setdefault("channels", spec.channels)
+    if spec.dtype in INTEGER_TYPES.values():           # a model that takes raw pixels: 0..255, no normalisation
+        fields.setdefault("scale", 1.0)
+        fields.setdefault("mean", (0.0,) * spec.channels)
+        fields.setdefault("std", (1.0,) * spec.channels)
     return Preprocessing(**fields)
 
 
@@ -107,19 +119,31 @@ def _split_verified(graph: Graph, target: TargetLayer, prep: Preprocessing):
     attempts = ["dynamic"] if graph.fixed_batch is None else ["dynamic", "fixed"]
     failure = None
     for batch_mode in attempts:
-        features, head = _extract(graph, target.tensor, batch_mode)
+        features, head = _extract(graph, target, batch_mode)
         try:
-            verification = _verify(graph.model, features, head, prep, batch_mode)
-        except _Mismatch as exc:
+            verification = verify(graph.model, graph.input_spec, graph.scores, features, head, prep, batch_mode,
+                                  graph.fixed_batch)
+        except Mismatch as exc:
             failure = exc
             continue
         return features, head, batch_mode, verification
     raise CamInferError(f"splitting at '{target.requested}' does not reproduce the model: {failure}")
 
 
-def _extract(graph: Graph, tensor: str, batch_mode: str) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+def activation_name(target: TargetLayer) -> str:
+    """The name of the float NCHW activation `features` returns."""
+    name = target.tensor
+    if target.quantization is not None:
+        name += "__dequantized"
+    if target.layout == "NHWC":
+        name += "__nchw"
+    return name
+
+
+def _extract(graph: Graph, target: TargetLayer, batch_mode: str) -> tuple[onnx.ModelProto, onnx.ModelProto]:
     batch_dim: str | int = "N" if batch_mode == "dynamic" else graph.fixed_batch
-    scores = graph.scores_output.name
+    scores = graph.scores.tensor
+    tensor = target.tensor
     image = graph.info(graph.image_input.name)
     activation = graph.info(tensor)
     scores_info = graph.info(scores)
@@ -129,11 +153,120 @@ def _extract(graph: Graph, tensor: str, batch_mode: str) -> tuple[onnx.ModelProt
                          [make_tensor_value_info(image, batch_dim)], [make_tensor_value_info(activation, batch_dim)])
     head = _subgraph(graph, graph.nodes_computing([scores], stop={tensor}), "head",
                      [make_tensor_value_info(activation, batch_dim)], [make_tensor_value_info(scores_info, batch_dim)])
+    _adapt_activation(graph, features, head, target)
+    _adapt_image_input(features, graph.input_spec)
     for part in (features, head):
         if batch_mode == "dynamic" and graph.fixed_batch is not None:
             _release_batch(part, graph.fixed_batch)
         _float32_boundary(part)
     return features, head
+
+
+def _adapt_activation(graph: Graph, features: onnx.ModelProto, head: onnx.ModelProto, target: TargetLayer) -> None:
+    """Give the methods a float NCHW activation: DequantizeLinear (and a Transpose for NHWC maps) at the end
+    of `features`; the inverse at the start of `head`, which then reads exactly what the model had."""
+    quant, tensor = target.quantization, target.tensor
+    if quant is None and target.layout == "NCHW":
+        return
+    name = activation_name(target)
+    constants = [graph.initializers[c] for c in (quant.scale, quant.zero_point) if quant and c in graph.initializers]
+    axis = {} if quant is None or quant.axis is None else {"axis": quant.axis}
+    qparams = [] if quant is None else [quant.scale] + ([quant.zero_point] if quant.zero_point else [])
+    # features: tensor → [DequantizeLinear] → [Transpose to NCHW] → name
+    f, last = features.graph, tensor
+    if quant is not None:
+        f.node.append(helper.make_node("DequantizeLinear", [last, *qparams], [f"{tensor}__dequantized"],
+                                       name=f"{tensor}__dequantize", **axis))
+        last = f"{tensor}__dequantized"
+    if target.layout == "NHWC":
+        f.node.append(helper.make_node("Transpose", [last], [name], name=f"{tensor}__to_nchw", perm=[0, 3, 1, 2]))
+    _extend_constants(graph, features, constants)
+    _retype_output(f.output[0], name, graph.info(tensor), target.layout)
+    # head: name → [Transpose back] → [QuantizeLinear] → tensor
+    h, first = head.graph, name
+    front = []
+    if target.layout == "NHWC":
+        back = f"{tensor}__nhwc" if quant is not None else tensor
+        front.append(helper.make_node("Transpose", [first], [back], name=f"{tensor}__to_nhwc", perm=[0, 2, 3, 1]))
+        first = back
+    if quant is not None:
+        front.append(helper.make_node("QuantizeLinear", [first, *qparams], [tensor], name=f"{tensor}__quantize",
+                                      **axis))
+    for i, node in enumerate(front):
+        h.node.insert(i, node)
+    _extend_constants(graph, head, constants)
+    _retype_output(h.input[0], name, graph.info(tensor), target.layout)
+
+
+def _extend_constants(graph: Graph, model: onnx.ModelProto, constants) -> None:
+    present = {t.name for t in model.graph.initializer}
+    model.graph.initializer.extend(c for c in constants if c.name not in present)
+    # a scale or zero point made by a Constant node (not an initializer) is copied with it
+    needed = {i for n in model.graph.node for i in n.input} - present - {c.name for c in constants}
+    produced = {o for n in model.graph.node for o in n.output}
+    for name in needed - produced:
+        idx = graph.producer.get(name)
+        if idx is not None and graph.nodes[idx].op_type == "Constant":
+            model.graph.node.insert(0, graph.nodes[idx])
+
+
+def _retype_output(value_info: onnx.ValueInfoProto, name: str, info: TensorInfo, layout: str) -> None:
+    """The boundary tensor as the methods see it: float32, NCHW."""
+    value_info.name = name
+    value_info.type.tensor_type.elem_type = TensorProto.FLOAT
+    if layout == "NHWC":
+        _permute_dims(value_info, [0, 3, 1, 2])
+
+
+def _permute_dims(value_info: onnx.ValueInfoProto, order: list[int]) -> None:
+    dims = value_info.type.tensor_type.shape.dim
+    values = [(d.dim_param, d.dim_value) for d in dims]
+    for dim, k in zip(dims, order):
+        param, value = values[k]
+        dim.Clear()
+        if param:
+            dim.dim_param = param
+        else:
+            dim.dim_value = value
+
+
+def _adapt_image_input(features: onnx.ModelProto, spec: InputSpec) -> None:
+    """`features` takes float32 NCHW: transpose to NHWC, and round, clip and cast to an integer input."""
+    if spec.layout == "NCHW" and spec.dtype not in INTEGER_TYPES.values():
+        return                                   # float16 NCHW inputs: `_float32_boundary` casts
+    g = features.graph
+    vi = g.input[0]
+    current = f"{spec.name}__float_nchw"
+    nodes = []
+    if spec.layout == "NHWC":
+        nodes.append(helper.make_node("Transpose", [spec.name], [current], name="image__to_nhwc", perm=[0, 2, 3, 1]))
+    else:
+        nodes.append(helper.make_node("Identity", [spec.name], [current], name="image__float"))
+    if spec.dtype in ("float16", "bfloat16", "float64"):
+        nodes.append(helper.make_node("Cast", [current], [f"{spec.name}__source"], to=spec.elem_type,
+                                      name="image__cast"))
+        source = f"{spec.name}__source"
+    elif spec.dtype in INTEGER_TYPES.values():
+        info = np.iinfo(spec.dtype)
+        low, high = f"{spec.name}__min", f"{spec.name}__max"
+        g.initializer.extend([numpy_helper.from_array(np.array(info.min, np.float32), low),
+                              numpy_helper.from_array(np.array(info.max, np.float32), high)])
+        nodes += [helper.make_node("Round", [current], [f"{current}_round"], name="image__round"),
+                  helper.make_node("Clip", [f"{current}_round", low, high], [f"{current}_clip"], name="image__clip"),
+                  helper.make_node("Cast", [f"{current}_clip"], [f"{spec.name}__source"], to=spec.elem_type,
+                                   name="image__cast")]
+        source = f"{spec.name}__source"
+    else:
+        source = current
+    for node in g.node:
+        for i, name in enumerate(node.input):
+            if name == spec.name:
+                node.input[i] = source
+    for i, node in enumerate(nodes):
+        g.node.insert(i, node)
+    if spec.layout == "NHWC":
+        _permute_dims(vi, [0, 3, 1, 2])
+    vi.type.tensor_type.elem_type = TensorProto.FLOAT
 
 
 def _subgraph(graph: Graph, node_ids: list[int], name: str, inputs, outputs) -> onnx.ModelProto:
@@ -210,106 +343,7 @@ def _float32_boundary(model: onnx.ModelProto) -> None:
             vi.type.tensor_type.elem_type = TensorProto.FLOAT
 
 
-# --- verification -----------------------------------------------------------------------------
-
-class _Mismatch(Exception):
-    pass
-
-
-def random_images(prep: Preprocessing, n: int, seed: int = 0) -> np.ndarray:
-    """`n` random RGB images through the bundle's normalisation: inputs in the model's own range."""
-    rng = np.random.default_rng(seed)
-    h, w = prep.input_size
-    pixels = rng.integers(0, 256, size=(n, h, w, 3), dtype=np.uint8)
-    return np.stack([prep.normalise(p) for p in pixels])
-
-
-def _session(model: onnx.ModelProto):
-    import onnxruntime as ort
-    ort.set_default_logger_severity(4)  # a failing verification run is reported by us, not logged
-    options = ort.SessionOptions()
-    options.log_severity_level = 4
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-
-
-def _run(session, x: np.ndarray, per_image: bool) -> np.ndarray:
-    inp = session.get_inputs()[0]
-    dtype = np.float16 if inp.type == "tensor(float16)" else np.float64 if inp.type == "tensor(double)" else np.float32
-    if per_image:
-        return np.concatenate([_run(session, x[i:i + 1], False) for i in range(len(x))])
-    out = session.run([session.get_outputs()[0].name], {inp.name: x.astype(dtype)})[0]
-    return out.astype(np.float32).reshape(len(x), -1)
-
-
-def _verify(source: onnx.ModelProto, features: onnx.ModelProto, head: onnx.ModelProto,
-            prep: Preprocessing, batch_mode: str) -> dict:
-    import onnxruntime as ort
-    try:
-        full = _session(source)
-    except Exception as exc:
-        raise CamInferError(f"ONNX Runtime cannot run this model ({str(exc).splitlines()[0][:200]})") from None
-    try:
-        feat, hd = _session(features), _session(head)
-    except Exception as exc:
-        raise _Mismatch(f"ONNX Runtime cannot load the split graphs ({str(exc).splitlines()[0][:200]})") from None
-    source_fixed = _input_batch(source) is not None
-    compute_dtype = _input_dtype(source)
-    rtol = 1e-4 if compute_dtype == "float32" else 2e-2
-    results = {}
-    worst = 0.0
-    num_classes = None
-    for n in VERIFY_BATCHES:
-        x = random_images(prep, n, seed=n)
-        try:
-            expected = _run(full, x, per_image=bool(source_fixed))
-            split = _run(hd, _run_raw(feat, x, batch_mode == "fixed"), per_image=batch_mode == "fixed")
-        except Exception as exc:
-            raise _Mismatch(f"batch {n} fails to run ({str(exc).splitlines()[0][:200]})") from None
-        diff = float(np.max(np.abs(split - expected)))
-        tol = rtol * max(1.0, float(np.max(np.abs(expected))))
-        if not diff <= tol:
-            raise _Mismatch(f"batch {n}: max |head(features(x)) - model(x)| = {diff:.3g} > {tol:.3g}")
-        worst = max(worst, diff)
-        results[str(n)] = diff
-        num_classes = expected.shape[1]
-    return {"passed": True, "batch_sizes": list(VERIFY_BATCHES), "max_abs_diff": worst,
-            "max_abs_diff_per_batch": results, "relative_tolerance": rtol, "runtime": f"onnxruntime {ort.__version__}",
-            "inputs": "random uint8 images through the bundle preprocessing", "num_classes": num_classes}
-
-
-def _run_raw(session, x: np.ndarray, per_image: bool) -> np.ndarray:
-    inp = session.get_inputs()[0]
-    if per_image:
-        return np.concatenate([_run_raw(session, x[i:i + 1], False) for i in range(len(x))])
-    return session.run(None, {inp.name: x.astype(np.float32)})[0]
-
-
-def _input_batch(model: onnx.ModelProto) -> int | None:
-    init = {t.name for t in model.graph.initializer}
-    image = next(i for i in model.graph.input if i.name not in init)
-    dims = image.type.tensor_type.shape.dim
-    return dims[0].dim_value if dims and dims[0].HasField("dim_value") else None
-
-
-def _input_dtype(model: onnx.ModelProto) -> str:
-    init = {t.name for t in model.graph.initializer}
-    image = next(i for i in model.graph.input if i.name not in init)
-    return helper.tensor_dtype_to_np_dtype(image.type.tensor_type.elem_type).name
-
-
 # --- manifest and files -------------------------------------------------------------------
-
-def _output_kind(graph: Graph) -> str:
-    name = graph.scores_output.name
-    while name in graph.producer:
-        node = graph.nodes[graph.producer[name]]
-        if node.op_type == "Softmax":
-            return "probabilities"
-        if node.op_type not in PASS_THROUGH or not node.input:
-            return "logits"
-        name = node.input[0]
-    return "logits"
-
 
 def _bytes_per_item(graph: Graph, names: list[str]) -> int:
     """Input + output + three times the largest tensor in between, for one image."""
@@ -321,28 +355,53 @@ def _bytes_per_item(graph: Graph, names: list[str]) -> int:
     return int(sum(sorted(sizes)[-1:]) * 3 + (sizes[0] if sizes else 0)) or 1 << 20
 
 
+def _nchw_shape(graph: Graph, tensor: str, layout: str) -> list:
+    shape = list(graph.info(tensor).shape[1:])
+    return [shape[2], shape[0], shape[1]] if layout == "NHWC" else shape
+
+
+def _quantization_record(graph: Graph, target: TargetLayer) -> dict | None:
+    quant = target.quantization
+    if quant is None:
+        return None
+    scale = numpy_helper.to_array(graph.initializers[quant.scale]) if quant.scale in graph.initializers else None
+    zero = (numpy_helper.to_array(graph.initializers[quant.zero_point])
+            if quant.zero_point in graph.initializers else None)
+    return {"tensor": quant.tensor, "dtype": INTEGER_TYPES[quant.elem_type], "axis": quant.axis,
+            "scale": None if scale is None else np.asarray(scale, np.float64).round(12).tolist(),
+            "zero_point": None if zero is None else np.asarray(zero).astype(int).tolist()}
+
+
 def _manifest(graph, target, prep, features, head, batch_mode, verification, num_classes, labels, source,
               provenance) -> dict:
-    activation = graph.info(target.tensor)
+    spec = graph.input_spec
+    scores = graph.scores
     feature_tensors = [graph.image_input.name] + [o for n in features.graph.node for o in n.output]
     head_tensors = [target.tensor] + [o for n in head.graph.node for o in n.output]
     created = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+    openvino = openvino_runs(features, head)
+    note = checker_note(graph.model)
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "input": {"name": graph.image_input.name, "shape": [None, *graph.info(graph.image_input.name).shape[1:]],
-                  "layout": "NCHW", "dtype": "float32", "model_dtype": _input_dtype(graph.model)},
+        "input": {"name": features.graph.input[0].name, "shape": [None, spec.channels, *prep.input_size],
+                  "layout": "NCHW", "dtype": "float32", "model_dtype": spec.dtype, "model_layout": spec.layout},
         "preprocessing": prep.to_dict(),
         "target_layer": {"requested": target.requested, "matched_by": target.matched_by, "module": target.module,
-                         "tensor": target.tensor},
-        "activation": {"name": target.tensor, "shape": list(activation.shape[1:]), "dtype": "float32"},
-        "output": {"name": graph.scores_output.name, "kind": _output_kind(graph), "num_classes": int(num_classes)},
+                         "tensor": target.tensor, "layout": target.layout},
+        "activation": {"name": activation_name(target), "shape": _nchw_shape(graph, target.tensor, target.layout),
+                       "dtype": "float32", "quantization": _quantization_record(graph, target)},
+        "output": {"name": scores.tensor, "kind": scores.kind, "num_classes": int(num_classes),
+                   "model_output": scores.source, "left_out": list(scores.trimmed), "model_output_step": scores.step},
         "labels": labels,
         "batch": batch_mode,
+        **({"fixed_batch": graph.fixed_batch} if batch_mode == "fixed" else {}),
         "graphs": {
             "features": {"file": "features.onnx", "ops": dict(Counter(n.op_type for n in features.graph.node))},
             "head": {"file": "head.onnx", "ops": dict(Counter(n.op_type for n in head.graph.node))},
         },
+        "runtimes": {"onnxruntime": {"runs": True},
+                     "openvino": {"runs": openvino is None, **({"why_not": openvino} if openvino else {})}},
         "memory": {"features_bytes_per_item": _bytes_per_item(graph, feature_tensors),
                    "head_bytes_per_item": _bytes_per_item(graph, head_tensors)},
         "verification": verification,
@@ -350,7 +409,7 @@ def _manifest(graph, target, prep, features, head, batch_mode, verification, num
                        "source_sha256": sha256_of(source) if source else None,
                        "opset": {o.domain or "ai.onnx": o.version for o in graph.model.opset_import},
                        "producer": f"cam-infer {__version__}", "onnx": onnx.__version__, "created": created,
-                       **provenance},
+                       **({"checker": note} if note else {}), **provenance},
     }
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from .. import __version__
+from ..version import __version__
 from ..bundle import Bundle
 from ..errors import CamInferError
 from ..explainer import Explainer

@@ -1,0 +1,296 @@
+"""What a deployed model is, read from its graph: input layout, dtype and channels; where its spatial
+reduction is; which tensors are NCHW feature maps; how a tensor is quantized; what its output is.
+
+Deployed files are rarely the float NCHW graphs a PyTorch export gives: TensorFlow-born graphs take
+NHWC uint8 images and keep NHWC tensors between Transposes, int8 graphs carry activations as uint8
+(QOperator: QLinearConv, ...) or wrap float tensors in QuantizeLinear/DequantizeLinear pairs (QDQ),
+and TFLite-born classifiers end in Softmax → Quantize → Dequantize. Everything here only reads the
+graph; `split.py` uses it to cut.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from onnx import TensorProto
+
+from ..errors import CamInferError
+from .graph import Graph
+
+INTEGER_TYPES = {TensorProto.UINT8: "uint8", TensorProto.INT8: "int8"}
+FLOAT16_TYPES = {TensorProto.FLOAT16: "float16", TensorProto.BFLOAT16: "bfloat16", TensorProto.DOUBLE: "float64"}
+# Ops whose rank-4 output is NCHW by the ONNX definition.
+NCHW_PRODUCERS = {"Conv", "QLinearConv", "ConvInteger", "ConvTranspose", "BatchNormalization", "MaxPool",
+                  "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "QLinearAveragePool",
+                  "QLinearGlobalAveragePool", "InstanceNormalization", "LRN", "DepthToSpace", "SpaceToDepth"}
+# Ops that keep the layout of their first input.
+LAYOUT_KEEPING = {"Relu", "Clip", "LeakyRelu", "PRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu",
+                  "Selu", "Mish", "Softplus", "Add", "Sub", "Mul", "Div", "Sum", "Max", "Min", "QuantizeLinear",
+                  "DequantizeLinear", "QLinearAdd", "QLinearMul", "QLinearLeakyRelu", "QLinearSigmoid",
+                  "Identity", "Dropout", "Cast", "Pad", "Resize", "Upsample"}
+# Ops a trailing score chain may pass through between the Softmax and the output.
+SCORE_PASS = {"QuantizeLinear", "DequantizeLinear", "Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze",
+              "Cast", "Dropout"}
+# Where the scale and zero point of a QOperator op's output are among its inputs.
+QOPERATOR_OUTPUT_QPARAMS = {"QLinearConv": (6, 7), "QLinearMatMul": (6, 7), "QLinearAdd": (6, 7), "QLinearMul": (6, 7),
+                            "QuantizeLinear": (1, 2), "QLinearGlobalAveragePool": (3, 4),
+                            "QLinearAveragePool": (3, 4), "QLinearSigmoid": (3, 4), "QLinearLeakyRelu": (3, 4),
+                            "QLinearConcat": (0, 1)}
+# Integer ops that pass their input's quantization through unchanged.
+QUANT_KEEPING = {"MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Slice"}
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The model's image input as the file has it."""
+
+    name: str
+    layout: str            # "NCHW" | "NHWC"
+    dtype: str             # "float32" | "float16" | "bfloat16" | "float64" | "uint8" | "int8"
+    elem_type: int
+    channels: int          # 1 or 3
+    size: tuple[int | None, int | None]
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """How an integer activation maps to real values: x = (q − zero_point) · scale."""
+
+    tensor: str            # the integer tensor
+    scale: str             # constant names
+    zero_point: str | None
+    axis: int | None       # per-channel axis, None for per-tensor
+    elem_type: int
+
+
+@dataclass(frozen=True)
+class ScoreOutput:
+    """The tensor the head returns and what it holds."""
+
+    tensor: str            # logits or probabilities, float
+    kind: str              # "logits" | "probabilities"
+    source: str            # the model's own output
+    trimmed: tuple[str, ...]   # ops after `tensor` left out of the head (a quantized Softmax)
+    step: float            # quantization step of the model's output (0 for float outputs)
+    dequantize: tuple[float, int] | None = None   # (scale, zero point) of an integer model output
+
+    def model_scores(self, raw):
+        """The model's own output as real values (an integer output dequantized)."""
+        import numpy as np
+        raw = np.asarray(raw)
+        if self.dequantize is None:
+            return raw.astype(np.float32)
+        scale, zero = self.dequantize
+        return ((raw.astype(np.float32) - zero) * scale).astype(np.float32)
+
+
+def input_spec(graph: Graph, layout: str | None = None) -> InputSpec:
+    """Layout, dtype and channels of the image input. NCHW when dim 1 holds the channels, NHWC when the
+    last dim does; `layout` forces one. An input that is neither is refused with what it is."""
+    image = graph.image_input
+    tt = image.type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tt.shape.dim]
+    dtype = {TensorProto.FLOAT: "float32", **INTEGER_TYPES, **FLOAT16_TYPES}.get(tt.elem_type)
+    if dtype is None:
+        raise CamInferError(f"the model input '{image.name}' is of type "
+                            f"{TensorProto.DataType.Name(tt.elem_type).lower()}; cam-infer takes float, float16, "
+                            "uint8 or int8 images")
+    if len(dims) != 4:
+        raise CamInferError(f"the model input '{image.name}' has shape {tuple(dims)}; cam-infer needs an image "
+                            "input (N,C,H,W) or (N,H,W,C)")
+    if layout is not None:
+        layout = layout.upper()
+        if layout not in ("NCHW", "NHWC"):
+            raise CamInferError(f"layout must be nchw or nhwc, not {layout.lower()!r}")
+    elif dims[1] in (1, 3) and dims[3] not in (1, 3):
+        layout = "NCHW"
+    elif dims[3] in (1, 3) and dims[1] not in (1, 3):
+        layout = "NHWC"
+    else:
+        raise CamInferError(f"cannot tell the layout of the model input '{image.name}' {tuple(dims)}; "
+                            "give --layout nchw or nhwc")
+    channels, size = (dims[1], (dims[2], dims[3])) if layout == "NCHW" else (dims[3], (dims[1], dims[2]))
+    if channels not in (1, 3):
+        raise CamInferError(f"the model input '{image.name}' {tuple(dims)} ({layout}) has {channels} channels; "
+                            "cam-infer takes 1 (grayscale) or 3 (colour) channels")
+    return InputSpec(image.name, layout, dtype, tt.elem_type, channels, size)
+
+
+def tensor_layouts(graph: Graph, spec: InputSpec) -> dict[str, str]:
+    """Layout ("NCHW" or "NHWC") of every rank-4 activation that can be known from the ops that made it."""
+    layouts = {spec.name: spec.layout}
+    for node in graph.nodes:
+        if not node.output or not node.output[0]:
+            continue
+        out = node.output[0]
+        if graph.info(out).rank != 4:
+            continue
+        first = layouts.get(node.input[0]) if node.input else None
+        if node.op_type in NCHW_PRODUCERS:
+            layouts[out] = "NCHW"
+        elif node.op_type == "Transpose" and first:
+            perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+            if perm == [0, 2, 3, 1] and first == "NCHW":
+                layouts[out] = "NHWC"
+            elif perm == [0, 3, 1, 2] and first == "NHWC":
+                layouts[out] = "NCHW"
+        elif node.op_type in LAYOUT_KEEPING and first:
+            layouts[out] = first
+        elif node.op_type in ("Concat", "QLinearConcat"):
+            known = {layouts.get(i) for i in node.input if graph.info(i).rank == 4}
+            if len(known) == 1 and None not in known:
+                layouts[out] = known.pop()
+    return layouts
+
+
+def spatial_size(graph: Graph, tensor: str, layout: str) -> int:
+    shape = graph.info(tensor).shape
+    if shape is None or len(shape) != 4:
+        return 0
+    h, w = (shape[2], shape[3]) if layout == "NCHW" else (shape[1], shape[2])
+    return (h or 0) * (w or 0)
+
+
+def last_spatial_reduction(graph: Graph, layouts: dict[str, str]) -> int | None:
+    """The node, in graph order, after which no feature map is left: a rank-4 map with spatial size
+    above 1×1 goes in, a map of 1×1 or a lower rank comes out (global pooling, ReduceMean, Flatten,
+    AveragePool to 1×1, a Reshape to (N,C)). Tensors computed after it are never feature maps."""
+    last = None
+    for idx, node in enumerate(graph.nodes):
+        if not node.input or not node.output or node.op_type in ("Shape", "Size"):
+            continue
+        src = node.input[0]
+        if src not in graph.input_dependent or src not in layouts:
+            continue
+        if spatial_size(graph, src, layouts[src]) <= 1:
+            continue
+        out = node.output[0]
+        out_info = graph.info(out)
+        if out_info.rank is not None and (out_info.rank < 4 or spatial_size(graph, out, layouts.get(out, layouts[src])) == 1):
+            last = idx
+    return last
+
+
+def quantization_of(graph: Graph, tensor: str) -> Quantization | None:
+    """Scale and zero point of an integer activation: from a DequantizeLinear that reads it, else from
+    the QOperator op (or QuantizeLinear) that made it, looking through ops that keep quantization."""
+    info = graph.info(tensor)
+    if info.elem_type not in INTEGER_TYPES:
+        return None
+    for reader in graph.consumers.get(tensor, []):
+        node = graph.nodes[reader]
+        if node.op_type == "DequantizeLinear" and node.input[0] == tensor:
+            return _quantization(graph, tensor, node, 1, 2, info.elem_type)
+    name = tensor
+    while name in graph.producer:
+        node = graph.nodes[graph.producer[name]]
+        if node.op_type in QOPERATOR_OUTPUT_QPARAMS:
+            s, z = QOPERATOR_OUTPUT_QPARAMS[node.op_type]
+            return _quantization(graph, tensor, node, s, z, info.elem_type)
+        if node.op_type not in QUANT_KEEPING or not node.input:
+            return None
+        name = node.input[0]
+    return None
+
+
+def _quantization(graph: Graph, tensor: str, node, s: int, z: int, elem_type: int) -> Quantization | None:
+    scale = node.input[s] if len(node.input) > s else None
+    zero = node.input[z] if len(node.input) > z and node.input[z] else None
+    if scale is None or scale in graph.input_dependent or (zero and zero in graph.input_dependent):
+        return None
+    axis = None
+    if node.op_type in ("DequantizeLinear", "QuantizeLinear"):
+        scale_info = graph.info(scale)
+        if scale_info.shape and len(scale_info.shape) == 1 and scale_info.shape[0] not in (None, 1):
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+    elif graph.info(scale).shape not in ((), (1,), None):
+        return None                     # a per-channel QOperator output: not something we re-quantize
+    return Quantization(tensor, scale, zero, axis, elem_type)
+
+
+def dequantized_source(graph: Graph, tensor: str) -> str | None:
+    """For the float output of a DequantizeLinear of an activation (QDQ graphs): the integer tensor."""
+    idx = graph.producer.get(tensor)
+    if idx is None:
+        return None
+    node = graph.nodes[idx]
+    if node.op_type == "DequantizeLinear" and node.input[0] in graph.input_dependent:
+        return node.input[0]
+    return None
+
+
+def score_output(graph: Graph) -> ScoreOutput:
+    """The head's output. A Softmax followed by quantization (TFLite-born graphs: probabilities in 1/256
+    steps) is left out of the head, which returns the float logits before it: methods then score on the
+    logits, and the reported probability is their softmax. A plain float Softmax stays ('probabilities')."""
+    source = graph.scores_output.name
+    name, passed = source, []
+    step = output_step(graph)
+    dequantize = _output_dequantization(graph) if graph.info(source).elem_type in INTEGER_TYPES else None
+    while name in graph.producer:
+        node = graph.nodes[graph.producer[name]]
+        if node.op_type == "Softmax":
+            quantized = any(op in ("QuantizeLinear", "DequantizeLinear") for op in passed)
+            if quantized or graph.info(source).elem_type in INTEGER_TYPES:
+                return ScoreOutput(node.input[0], "logits", source, tuple(reversed(passed + ["Softmax"])), step,
+                                   dequantize)
+            return ScoreOutput(source, "probabilities", source, (), step)
+        if node.op_type not in SCORE_PASS or not node.input:
+            break
+        passed.append(node.op_type)
+        name = node.input[0]
+    if graph.info(source).elem_type in INTEGER_TYPES:
+        raise CamInferError(f"the model output '{source}' is {INTEGER_TYPES[graph.info(source).elem_type]} "
+                            "and no float scores were found before it")
+    return ScoreOutput(source, "logits", source, (), step)
+
+
+def _output_dequantization(graph: Graph) -> tuple[float, int] | None:
+    import numpy as np
+    from onnx import numpy_helper
+
+    node = graph.nodes[graph.producer[graph.scores_output.name]] if graph.scores_output.name in graph.producer else None
+    if node is None or node.op_type != "QuantizeLinear" or node.input[1] not in graph.initializers:
+        return None
+    scale = float(np.max(numpy_helper.to_array(graph.initializers[node.input[1]])))
+    zero = int(numpy_helper.to_array(graph.initializers[node.input[2]]).max()) if len(node.input) > 2 and \
+        node.input[2] in graph.initializers else 0
+    return scale, zero
+
+
+def output_step(graph: Graph) -> float:
+    """The quantization step of the model's output (the scale of its last Quantize/Dequantize), or 0."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    name = graph.scores_output.name
+    while name in graph.producer:
+        node = graph.nodes[graph.producer[name]]
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and node.input[1] in graph.initializers:
+            return float(np.max(numpy_helper.to_array(graph.initializers[node.input[1]])))
+        if node.op_type not in SCORE_PASS or not node.input:
+            break
+        name = node.input[0]
+    return 0.0
+
+
+def check_classifier_output(shape: tuple, name: str) -> None:
+    """Class scores are (N,C), or (N,C) with 1×1 spatial axes around it; anything else is another task."""
+    dims = [d for d in shape[1:] if d != 1]
+    if len(dims) <= 1:
+        return
+    shown = "(N," + ",".join(str(d) for d in shape[1:]) + ")"     # '?': a size that depends on the input
+    raise CamInferError(f"the model output '{name}' is {shown}, not class scores (N,C): this looks like a "
+                        f"{_task_guess(shape)}, and cam-infer explains classifiers only")
+
+
+def _task_guess(shape: tuple) -> str:
+    """A guess for the refusal message only: (N,few,many) a detector, (N,many,few) a sequence."""
+    few, many = (lambda d: isinstance(d, int) and d <= 100), (lambda d: d == "?" or (isinstance(d, int) and d > 100))
+    if len(shape) == 3 and few(shape[1]) and many(shape[2]):
+        return "detector (boxes and class scores per anchor)"
+    if len(shape) == 3 and many(shape[1]) and few(shape[2]):
+        return "sequence model (scores per step)"
+    if len(shape) == 4:
+        return "segmentation or dense-prediction model (a map per pixel)"
+    return "model with more than one score per image"

@@ -1,0 +1,131 @@
+"""Checking a split: ``head(features(x))`` against the whole model, run as the file is (its own layout
+and input dtype), on random images through the bundle's preprocessing, batch 1 and 3.
+
+Tolerance: float32 rounding (1e-4 relative; 2e-2 for float16 models), plus one quantization step of
+the model's output when it is quantized (a 1/256 difference in quantized probabilities is rounding,
+not a bad split). Where the head returns the logits before a quantized Softmax, their softmax is
+compared with the model's probabilities.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from ..errors import CamInferError
+from ..images import Preprocessing
+from .anatomy import InputSpec, ScoreOutput, check_classifier_output
+
+VERIFY_BATCHES = (1, 3)
+
+
+class Mismatch(Exception):
+    """The split graphs run but do not reproduce the model (or do not run at all)."""
+
+
+def random_images(prep: Preprocessing, n: int, seed: int = 0) -> np.ndarray:
+    """`n` random RGB images through the bundle's normalisation: inputs in the model's own range."""
+    rng = np.random.default_rng(seed)
+    h, w = prep.input_size
+    pixels = rng.integers(0, 256, size=(n, h, w, 3), dtype=np.uint8)
+    return np.stack([prep.normalise(p) for p in pixels])
+
+
+def as_source_input(x: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """A bundle input (N,C,H,W) float32 as the source model takes it: its layout, its dtype (integers are
+    rounded and clipped, as the features graph does at its boundary)."""
+    if spec.layout == "NHWC":
+        x = x.transpose(0, 2, 3, 1)
+    if spec.dtype in ("uint8", "int8"):
+        info = np.iinfo(spec.dtype)
+        return np.clip(np.round(x), info.min, info.max).astype(spec.dtype)
+    return np.ascontiguousarray(x.astype({"float16": np.float16, "float64": np.float64}.get(spec.dtype, np.float32)))
+
+
+def session(model: onnx.ModelProto):
+    import onnxruntime as ort
+    ort.set_default_logger_severity(4)  # a failing verification run is reported by us, not logged
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def runtime_message(exc: BaseException) -> str:
+    """The runtime's whole message on one line (its second line often says what was expected)."""
+    return " ".join(" ".join(str(exc).split()).split(" ; "))[:600]
+
+
+def _run(sess, x: np.ndarray, fixed: int | None) -> np.ndarray:
+    """Run a session on a batch; a graph with a fixed batch runs it in chunks of that size, zero-padded."""
+    name = sess.get_inputs()[0].name
+    output = sess.get_outputs()[0].name
+    if not fixed:
+        return sess.run([output], {name: x})[0]
+    outs = []
+    for i in range(0, len(x), fixed):
+        chunk = x[i:i + fixed]
+        padded = np.concatenate([chunk, np.zeros((fixed - len(chunk), *chunk.shape[1:]), chunk.dtype)])
+        outs.append(sess.run([output], {name: padded})[0][:len(chunk)])
+    return np.concatenate(outs)
+
+
+def verify(source: onnx.ModelProto, spec: InputSpec, scores: ScoreOutput, features: onnx.ModelProto,
+           head: onnx.ModelProto, prep: Preprocessing, batch_mode: str, fixed_batch: int | None) -> dict:
+    import onnxruntime as ort
+    try:
+        full = session(source)
+    except Exception as exc:
+        raise CamInferError(f"ONNX Runtime cannot run this model ({runtime_message(exc)})") from None
+    try:
+        feat, hd = session(features), session(head)
+    except Exception as exc:
+        raise Mismatch(f"ONNX Runtime cannot load the split graphs ({runtime_message(exc)})") from None
+    rtol = 1e-4 if spec.dtype in ("float32", "uint8", "int8", "float64") else 2e-2
+    step = scores.step
+    results, worst, num_classes = {}, 0.0, None
+    for n in VERIFY_BATCHES:
+        x = random_images(prep, n, seed=n)
+        try:
+            raw = _run(full, as_source_input(x, spec), fixed_batch)
+        except Exception as exc:
+            raise CamInferError(f"ONNX Runtime cannot run this model on a batch of {n} "
+                                f"({runtime_message(exc)})") from None
+        check_classifier_output(raw.shape, scores.source)
+        expected = scores.model_scores(raw).reshape(n, -1)
+        try:
+            kept = fixed_batch if batch_mode == "fixed" else None
+            got = _run(hd, _run(feat, x, kept), kept)
+        except Exception as exc:
+            raise Mismatch(f"batch {n} fails to run ({runtime_message(exc)})") from None
+        got = got.astype(np.float32).reshape(n, -1)
+        if scores.trimmed:
+            from ..methods.registry import softmax
+            got = softmax(got)
+        if got.shape != expected.shape:
+            raise Mismatch(f"batch {n}: the head returns {got.shape[1]} scores, the model {expected.shape[1]}")
+        diff = float(np.max(np.abs(got - expected)))
+        tol = rtol * max(1.0, float(np.max(np.abs(expected)))) + 1.01 * step
+        if not diff <= tol:
+            raise Mismatch(f"batch {n}: max |head(features(x)) - model(x)| = {diff:.3g} > {tol:.3g}")
+        worst = max(worst, diff)
+        results[str(n)] = diff
+        num_classes = expected.shape[1]
+    return {"passed": True, "batch_sizes": list(VERIFY_BATCHES), "max_abs_diff": worst,
+            "max_abs_diff_per_batch": results, "relative_tolerance": rtol, "output_step": step,
+            "runtime": f"onnxruntime {ort.__version__}", "inputs": "random uint8 images through the bundle "
+            "preprocessing, fed to the model in its own layout and dtype", "num_classes": num_classes}
+
+
+def openvino_runs(features: onnx.ModelProto, head: onnx.ModelProto) -> str | None:
+    """None when OpenVINO compiles both graphs on CPU, else why not (one line)."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return "openvino is not installed"
+    core = ov.Core()
+    for role, model in (("features", features), ("head", head)):
+        try:
+            core.compile_model(core.read_model(model.SerializeToString(), b""), "CPU")
+        except Exception as exc:
+            return f"{role}: {runtime_message(exc)[:300]}"
+    return None

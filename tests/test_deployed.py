@@ -1,0 +1,276 @@
+"""The models people ship (../shared/data/deployed, and int8 variants we quantize here): split with
+`auto`, explain on real images, and compare with the original file run natively as it is (its own
+layout, input dtype and batch); non-classifiers are refused with one line."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from helpers import assert_one_line_error, run_cli
+from onnx import TensorProto, helper, numpy_helper
+
+from conftest import SHARED, STABLE_IMAGES, needs_shared
+from cam_infer import Bundle, CamInferError, Explainer, split_onnx
+from cam_infer.postprocess import normalise
+
+DEPLOYED = SHARED / "deployed"
+PHOTOS = [SHARED / "images" / name for name in ("parrot.jpg", "pelican.jpeg", "kitten_224.png", "hot_dog.jpg")]
+TEXT = [DEPLOYED / "textline.png", DEPLOYED / "textline_180.png"]
+PPOCR = {"input_size": (48, 192), "preprocessing": {"crop": "none", "mean": (0.5,) * 3, "std": (0.5,) * 3,
+                                                    "color": "bgr"}}
+MINUS_ONE_ONE = {"preprocessing": {"mean": (0.5,) * 3, "std": (0.5,) * 3}}
+# file: (split options, images, what the file is: input layout, input dtype)
+MODELS = {
+    "mobilenetv2-12-int8.onnx": ({}, PHOTOS, "NCHW", np.float32),
+    "tfl_mobilenet_v1_0.5_160_quant.onnx": (MINUS_ONE_ONE, PHOTOS, "NCHW", np.float32),
+    "tf2onnx_nchw_mobilenet_v1_0.5_160_quant.onnx": ({}, PHOTOS, "NCHW", np.uint8),
+    "tf2onnx_nchwf_mobilenet_v1_0.5_160_quant.onnx": (MINUS_ONE_ONE, PHOTOS, "NCHW", np.float32),
+    "tf2onnx_mobilenet_v1_0.25_128_quant.onnx": ({}, PHOTOS, "NHWC", np.uint8),
+    "ch_ppocr_mobile_v2.0_cls_infer.onnx": (PPOCR, TEXT, "NCHW", np.float32),
+    "derived_ppocr_cls_fp16.onnx": (PPOCR, TEXT, "NCHW", np.float16),
+    "derived_ppocr_cls_int8_qdq13.onnx": (PPOCR, TEXT, "NCHW", np.float32),
+    "derived_ppocr_cls_int8_qop.onnx": (PPOCR, TEXT, "NCHW", np.float32),
+    "onnx2c_mnist-8.onnx": ({"preprocessing": {"crop": "none"}}, [DEPLOYED / "digit3.png"], "NCHW", np.float32),
+}
+# what the originals predict on those images (checked again natively below)
+EXPECTED = {"mobilenetv2-12-int8.onnx": [88, 144, 281, 934], "ch_ppocr_mobile_v2.0_cls_infer.onnx": [0, 1],
+            "tfl_mobilenet_v1_0.5_160_quant.onnx": [89, 145, 282, 935], "onnx2c_mnist-8.onnx": [3]}
+
+
+def native_scores(path, x: np.ndarray, layout: str, dtype) -> np.ndarray:
+    """The original file on ONNX Runtime, fed as it is fed in deployment, image by image."""
+    import onnxruntime as ort
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feed = x.transpose(0, 2, 3, 1) if layout == "NHWC" else x
+    if dtype == np.uint8:
+        feed = np.clip(np.round(feed), 0, 255).astype(np.uint8)
+    name = session.get_inputs()[0].name
+    return np.concatenate([session.run(None, {name: feed[i:i + 1].astype(dtype)})[0].reshape(1, -1)
+                           for i in range(len(x))]).astype(np.float32)
+
+
+def assert_same_class(ours: np.ndarray, native: np.ndarray, message: str) -> None:
+    """Our class is the original's top-1 (where quantized outputs tie, any of the tied classes)."""
+    for i, c in enumerate(ours):
+        assert native[i, c] == native[i].max(), f"{message}: image {i}: ours {c}, native {native[i].argmax()}"
+
+
+@needs_shared
+@pytest.mark.parametrize("name", list(MODELS))
+def test_deployed_models_are_explained_as_the_original_predicts(tmp_path, name):
+    options, images, layout, dtype = MODELS[name]
+    bundle = split_onnx(DEPLOYED / name, layer="auto", out=tmp_path / "b", **options)
+    x = bundle.preprocess(images)
+    native = native_scores(DEPLOYED / name, x, layout, dtype)
+    if name in EXPECTED:
+        assert list(native.argmax(axis=1)) == EXPECTED[name]
+    runtimes = [r for r, v in bundle.manifest["runtimes"].items() if v["runs"]]
+    assert "onnxruntime" in runtimes
+    for backend in runtimes:
+        explainer = Explainer(bundle, backend=backend)
+        for method in ("recipro", "eigen"):
+            e = explainer.explain(x, method)
+            assert_same_class(e.targets, native, f"{name} {backend} {method}")
+            assert not e.degenerate.any(), f"{name} {backend} {method}: a constant map"
+            assert np.isfinite(e.maps).all() and e.saliency.shape == (len(x), *bundle.input_shape[1:])
+
+
+@needs_shared
+def test_a_quantoperator_model_is_cut_at_a_uint8_tensor_and_stays_int8(tmp_path):
+    bundle = split_onnx(DEPLOYED / "mobilenetv2-12-int8.onnx", out=tmp_path / "b")
+    m = bundle.manifest
+    assert m["target_layer"]["tensor"] == "627_quantized" and m["activation"]["shape"] == [1280, 7, 7]
+    assert m["activation"]["quantization"]["dtype"] == "uint8"
+    assert m["verification"]["max_abs_diff"] == 0.0                          # bit for bit
+    features, head = onnx.load(bundle.features_path), onnx.load(bundle.head_path)
+    assert features.graph.node[-1].op_type == "DequantizeLinear"
+    assert head.graph.node[0].op_type == "QuantizeLinear"
+    assert sum(n.op_type == "QLinearConv" for n in features.graph.node) == 52   # the int8 model, still int8
+    assert not any(n.op_type == "Conv" for n in features.graph.node)
+    # the activation the methods get is exactly the dequantized uint8 tensor
+    a = Explainer(bundle).backend.features(bundle.preprocess(PHOTOS[:1]))
+    scale = m["activation"]["quantization"]["scale"]
+    q = a / scale + m["activation"]["quantization"]["zero_point"]
+    np.testing.assert_allclose(q, np.round(q), atol=1e-3)
+    assert m["runtimes"]["openvino"]["runs"] is False                       # QLinearConv: OpenVINO reads no QOperator
+    with pytest.raises(CamInferError, match="does not run on openvino.*use --backend onnxruntime"):
+        Explainer(bundle, backend="openvino")
+
+
+@needs_shared
+def test_quantized_softmax_is_left_out_and_probabilities_stay_probabilities(tmp_path):
+    bundle = split_onnx(DEPLOYED / "tfl_mobilenet_v1_0.5_160_quant.onnx", out=tmp_path / "b", **MINUS_ONE_ONE)
+    m = bundle.manifest
+    assert m["output"]["kind"] == "logits" and m["output"]["left_out"] == ["Softmax", "QuantizeLinear",
+                                                                         "DequantizeLinear"]
+    assert m["output"]["model_output_step"] == pytest.approx(1 / 256)
+    assert m["activation"]["shape"] == [512, 5, 5]                          # never the (N,1,1,1001) logits
+    x = bundle.preprocess(PHOTOS)
+    native = native_scores(DEPLOYED / "tfl_mobilenet_v1_0.5_160_quant.onnx", x, "NCHW", np.float32)
+    e = Explainer(bundle).explain(x, "recipro")
+    np.testing.assert_allclose(e.scores, native[np.arange(len(x)), e.targets], atol=1 / 256 + 1e-3)
+    assert e.scores.min() > 0.5                                              # not a softmax of probabilities
+    assert (e.maps.max(axis=(1, 2)) - e.maps.min(axis=(1, 2)) > 1e-3).all()   # recipro resolves below 1/256
+
+
+@needs_shared
+def test_nhwc_uint8_input_is_transposed_rounded_and_clipped_at_the_boundary(tmp_path):
+    bundle = split_onnx(DEPLOYED / "tf2onnx_mobilenet_v1_0.25_128_quant.onnx", out=tmp_path / "b")
+    m = bundle.manifest
+    assert m["input"]["shape"] == [None, 3, 128, 128] and m["input"]["model_layout"] == "NHWC"
+    assert m["input"]["model_dtype"] == "uint8" and m["preprocessing"]["scale"] == 1.0
+    x = bundle.preprocess(PHOTOS[:2]) + np.float32(0.3)                        # off-grid: rounded at the boundary
+    x[0, 0, 0, 0], x[1, 2, 5, 5] = -40.0, 300.0                               # out of range: clipped
+    native = native_scores(DEPLOYED / "tf2onnx_mobilenet_v1_0.25_128_quant.onnx", x, "NHWC", np.uint8)
+    from cam_infer.methods.registry import softmax
+    ours = softmax(Explainer(bundle).backend.forward(x))
+    step = m["output"]["model_output_step"]
+    np.testing.assert_allclose(ours, (native - 0) * step, atol=1.01 * step)
+
+
+def _quantized_variants(tmp_path_factory):
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from cam_infer import Preprocessing
+    source = SHARED / "models" / "mobilenetv2-fp32-dequant.onnx"
+    prep = Preprocessing((224, 224))
+    calibration = [prep(p)[None] for p in [SHARED / "images" / n for n in STABLE_IMAGES]]
+    folder = tmp_path_factory.mktemp("quantized")
+    made = {}
+    for fmt in (QuantFormat.QOperator, QuantFormat.QDQ):
+        for per_channel in (False, True):
+            class Reader(CalibrationDataReader):
+                def __init__(self):
+                    self.items = iter([{"input": x} for x in calibration])
+
+                def get_next(self):
+                    return next(self.items, None)
+            path = folder / f"mobilenetv2_{fmt.name.lower()}_{'per_channel' if per_channel else 'per_tensor'}.onnx"
+            quantize_static(str(source), str(path), Reader(), quant_format=fmt, per_channel=per_channel,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+            made[path.stem] = path
+    return made
+
+
+@pytest.fixture(scope="module")
+def quantized_variants(tmp_path_factory):
+    return _quantized_variants(tmp_path_factory)
+
+
+@needs_shared
+@pytest.mark.parametrize("variant", ["mobilenetv2_qoperator_per_tensor", "mobilenetv2_qoperator_per_channel",
+                                     "mobilenetv2_qdq_per_tensor", "mobilenetv2_qdq_per_channel"])
+def test_our_own_int8_variants_split_exactly_and_explain(tmp_path, quantized_variants, variant):
+    path = quantized_variants[variant]
+    bundle = split_onnx(path, out=tmp_path / "b")
+    m = bundle.manifest
+    assert m["activation"]["shape"] == [1280, 7, 7] and m["activation"]["quantization"] is not None
+    assert m["verification"]["max_abs_diff"] <= 1e-5                       # cut at the uint8 tensor: exact
+    x = bundle.preprocess(PHOTOS)
+    native = native_scores(path, x, "NCHW", np.float32)
+    for backend in [r for r, v in m["runtimes"].items() if v["runs"]]:
+        e = Explainer(bundle, backend=backend).explain(x, "recipro")
+        if backend == "onnxruntime":
+            assert_same_class(e.targets, native, f"{variant} {backend}")
+        assert not e.degenerate.any()
+    if "qdq" in variant:
+        assert m["runtimes"]["openvino"]["runs"], m["runtimes"]                # OpenVINO runs QDQ as int8
+
+
+@needs_shared
+def test_int8_and_float_mobilenetv2_maps_agree(tmp_path):
+    """The zoo's int8 MobileNetV2 and its float re-derivation (SOURCES.md: top-1 agrees on 14/17 photos):
+    on the photos where both predict the same class, the maps of that class agree."""
+    int8 = Explainer(split_onnx(DEPLOYED / "mobilenetv2-12-int8.onnx", out=tmp_path / "i8"))
+    fp32 = Explainer(split_onnx(SHARED / "models" / "mobilenetv2-fp32-dequant.onnx", out=tmp_path / "f32"))
+    photos = [SHARED / "images" / n for n in STABLE_IMAGES]
+    x = int8.preprocess(photos)
+    agree = int8.explain(x, "eigen").targets == fp32.explain(x, "eigen").targets
+    assert agree.sum() >= 7
+    x, targets = x[agree], fp32.explain(x[agree], "eigen").targets
+    for method, floor in (("recipro", 0.9), ("eigen", 0.9), ("ablation", 0.75)):
+        a, b = int8.explain(x, method, target=targets), fp32.explain(x, method, target=targets)
+        ours, theirs = normalise(a.maps)[0], normalise(b.maps)[0]
+        r = np.array([np.corrcoef(u.ravel(), v.ravel())[0, 1] if u.std() and v.std() else 0.0
+                      for u, v in zip(ours, theirs)])
+        assert np.mean(r) >= floor, f"{method}: Pearson per photo {np.round(r, 3)}"
+
+
+# --- refused with one line --------------------------------------------------------------------------------
+
+
+def _conv_model(output_shape_kind: str) -> onnx.ModelProto:
+    """A small conv net whose output is a segmentation map or a sequence of scores: not a classifier."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    nodes = [helper.make_node("Conv", ["image", "w"], ["a"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["a"], ["r"])]
+    if output_shape_kind == "segmentation":
+        out = helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["N", 4, 32, 32])
+        nodes.append(helper.make_node("Identity", ["r"], ["mask"]))
+    else:
+        shape = numpy_helper.from_array(np.array([0, 4, -1], np.int64), "shape")
+        perm = helper.make_node("Transpose", ["seq4"], ["seq"], perm=[0, 2, 1])
+        nodes += [helper.make_node("Reshape", ["r", "shape"], ["seq4"]), perm]
+        out = helper.make_tensor_value_info("seq", TensorProto.FLOAT, ["N", 1024, 4])
+    inits = [w] + ([shape] if output_shape_kind != "segmentation" else [])
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 32, 32])],
+                              [out], initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize("kind, message", [("segmentation", r"is \(N,4,32,32\), not class scores \(N,C\): this looks "
+                                                            r"like a segmentation"),
+                                           ("sequence", r"is \(N,1024,4\), not class scores \(N,C\): this looks "
+                                                        r"like a sequence model")])
+def test_non_classifiers_are_refused(tmp_path, kind, message):
+    with pytest.raises(CamInferError, match=message):
+        split_onnx(_conv_model(kind), out=tmp_path / "b")
+
+
+@needs_shared
+def test_a_detector_and_an_unrunnable_file_are_refused_with_one_line(tmp_path):
+    assert_one_line_error(run_cli("split", DEPLOYED / "nudenet_320n.onnx", "--out", tmp_path / "d"),
+                          "is (N,22,?), not class scores (N,C): this looks like a detector")
+    assert not (tmp_path / "d").exists()
+    result = run_cli("split", DEPLOYED / "derived_ppocr_cls_int8_qdq.onnx", "--out", tmp_path / "q",
+                     "--input-size", "48", "192")
+    assert_one_line_error(result, "Unrecognized attribute: axis for operator DequantizeLinear")
+
+
+def test_fixed_batch_of_16_is_padded(tmp_path):
+    """A model exported with batch 16 and a constant of that batch in its head (so the batch cannot be
+    released): backends run chunks of 16, the last one zero-padded, and give every image its own scores."""
+    from tiny_onnx import tiny_cnn
+    model = tiny_cnn(batch=16, head="reshape")
+    g = model.graph
+    g.initializer.append(numpy_helper.from_array(np.zeros((16, 4), np.float32), "batch_bias"))
+    last = g.output[0].name
+    for node in g.node:
+        for i, name in enumerate(node.output):
+            if name == last:
+                node.output[i] = "before_bias"
+    g.node.append(helper.make_node("Add", ["before_bias", "batch_bias"], [last]))
+    bundle = split_onnx(model, out=tmp_path / "b")
+    assert bundle.manifest["batch"] == "fixed" and bundle.fixed_batch == 16
+    from cam_infer.bundle.verify import random_images
+    x = random_images(bundle.preprocessing, 19, seed=3)
+    import onnxruntime as ort
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    padded = np.concatenate([x, np.zeros((13, *x.shape[1:]), np.float32)])
+    expected = np.concatenate([session.run(None, {"image": padded[:16]})[0], session.run(None, {"image": padded[16:]})[0]])
+    for backend in ("onnxruntime", "openvino"):
+        got = Explainer(bundle, backend=backend).backend.forward(x)
+        np.testing.assert_allclose(got, expected[:19], rtol=1e-5, atol=1e-5)
+
+
+@needs_shared
+def test_grayscale_input_gets_grayscale_preprocessing(tmp_path):
+    bundle = split_onnx(DEPLOYED / "onnx2c_mnist-8.onnx", out=tmp_path / "b", preprocessing={"crop": "none"})
+    assert bundle.input_shape == (1, 28, 28) and bundle.preprocessing.channels == 1
+    x = bundle.preprocess([DEPLOYED / "digit3.png"])
+    import cv2
+    gray = cv2.resize(cv2.imread(str(DEPLOYED / "digit3.png"), cv2.IMREAD_GRAYSCALE), (28, 28),
+                      interpolation=cv2.INTER_AREA)
+    np.testing.assert_allclose(x[0, 0], gray / 255.0, atol=1 / 255 + 1e-6)
+    assert Bundle.load(tmp_path / "b").preprocessing.mean == (0.0,)
