@@ -14,6 +14,8 @@ from pathlib import Path
 from .version import __version__
 from .errors import CamInferError
 
+BACKEND_CHOICES = ["auto", "onnxruntime", "openvino", "ort", "ov"]      # cam_infer.backends.CHOICES
+
 
 def _add_preprocessing(p: argparse.ArgumentParser, *, input_size_required: bool = False) -> None:
     g = p.add_argument_group("preprocessing (default: torchvision ImageNet convention)")
@@ -41,11 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="explain synthetic scenes with the embedded model (no downloads)")
     p.add_argument("--out", default="cam-infer-demo", help="folder for the grids (default ./cam-infer-demo)")
-    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "openvino"])
+    p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
+                   help="auto (default): ONNX Runtime for ONNX bundles, OpenVINO for IR bundles")
     p.set_defaults(run=cmd_demo)
 
-    p = sub.add_parser("split", help="split an ONNX classifier into a bundle (no torch needed)")
-    p.add_argument("model", help="classifier .onnx file")
+    p = sub.add_parser("split", help="split a classifier (.onnx, or .xml IR / .tflite for OpenVINO) into a bundle")
+    p.add_argument("model", help="classifier file: .onnx (ONNX bundle), .xml or .tflite (OpenVINO IR bundle)")
     p.add_argument("--layer", default="auto", help="auto, ONNX tensor or node name, or torch module path")
     p.add_argument("--out", required=True, help="bundle folder to write")
     p.add_argument("--force", action="store_true", help="replace an existing bundle in --out")
@@ -80,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="method option, e.g. --option top_k=64 --option score=logit (repeatable)")
     p.add_argument("--target", help="class to explain, by index or label (default: each image's top-1)")
     p.add_argument("--out", required=True, help="folder for the overlays and results.json")
-    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "openvino"])
+    p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
+                   help="auto (default): ONNX Runtime for ONNX bundles, OpenVINO for IR bundles")
     p.add_argument("--device", default="CPU", help="device (CPU, GPU, NPU, AUTO)")
     p.add_argument("--batch-size", type=int, default=8, help="images per call (default 8)")
     p.add_argument("--colormap", default="jet")
@@ -92,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="time every method against one forward pass; peak memory")
     p.add_argument("bundle", help="bundle folder")
-    p.add_argument("--backend", default="onnxruntime,openvino", help="comma-separated backends")
+    p.add_argument("--backend", default=None, help="comma-separated backends (default: every runtime that runs "
+                                                   "the bundle)")
     p.add_argument("--method", default="all", help="comma-separated cases (see below) or 'all'")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per case, after one warm-up (default 5)")
     p.add_argument("--score-repeats", type=int, default=None, help="timed runs of full Score-CAM (default --repeats)")
@@ -125,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "or 'all' (localisation metrics need --boxes)")
     p.add_argument("--boxes", help="JSON: image file -> list of [x1,y1,x2,y2] or {\"box\": [...], \"label\": ...}")
     p.add_argument("--out", required=True, help="report folder (a rerun resumes it)")
-    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "openvino"])
+    p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
+                   help="auto (default): ONNX Runtime for ONNX bundles, OpenVINO for IR bundles")
     p.add_argument("--device", default="CPU")
     p.add_argument("--option", action="append", default=[], metavar="METHOD.KEY=VALUE",
                    help="method option, e.g. score.top_k=64 (repeatable)")
@@ -163,9 +169,9 @@ def cmd_demo(args) -> int:
 
 
 def cmd_split(args) -> int:
-    from .bundle import split_onnx
+    from .bundle import split_model
 
-    bundle = split_onnx(args.model, layer=args.layer, out=args.out,
+    bundle = split_model(args.model, layer=args.layer, out=args.out,
                         input_size=tuple(args.input_size) if args.input_size else None,
                         preprocessing=_preprocessing(args), labels=args.labels, overwrite=args.force,
                         layout=args.layout)
@@ -235,6 +241,10 @@ def cmd_bench(args) -> int:
     bundle = Bundle.load(args.bundle)
     if args.repeats < 1 or (args.score_repeats is not None and args.score_repeats < 1):
         raise CamInferError("repeats must be at least 1")
+    if args.backend is None:
+        args.backend = ",".join(n for n, r in bundle.manifest.get("runtimes", {"onnxruntime": {"runs": True},
+                                                                              "openvino": {"runs": True}}).items()
+                                if r.get("runs"))
     if args.fused:
         return bench_fused(bundle, args)
     cases = list(CASES) if args.method == "all" else [c.strip() for c in args.method.split(",")]

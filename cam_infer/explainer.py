@@ -73,7 +73,7 @@ class Explainer:
     the gradients of the target score with respect to them from the bundle's head graph run in
     PyTorch (`cam_infer.gradients`)."""
 
-    def __init__(self, bundle: "Bundle | str | os.PathLike", backend: "str | Backend" = "onnxruntime",
+    def __init__(self, bundle: "Bundle | str | os.PathLike", backend: "str | Backend" = "auto",
                  gradients: str | None = None, **backend_options):
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
         self.backend = backend if isinstance(backend, Backend) else \
@@ -114,6 +114,8 @@ class Explainer:
     def _checked_linear_head(self):
         import onnx
 
+        if self.bundle.graph_format != "onnx":        # an IR bundle: methods run the head graph instead
+            return None
         head = read_linear_head(onnx.load(self.bundle.head_path), self.bundle.activation_shape[0])
         if head is None:
             return None

@@ -67,7 +67,7 @@ def test_backend_options_are_applied(tiny_bundle, tmp_path):
 
 
 @pytest.mark.parametrize("backend, options, message", [
-    ("tensorrt", {}, "unknown backend 'tensorrt'; choose one of: onnxruntime, openvino"),
+    ("tensorrt", {}, "unknown backend 'tensorrt'; choose one of: auto, onnxruntime, openvino, ort, ov"),
     ("openvino", {"device": "TPU"}, "OpenVINO device 'TPU' is not available here; available: CPU"),
     ("openvino", {"hint": "fast"}, "unknown OpenVINO hint"),
     ("onnxruntime", {"device": "GPU"}, "CPU provider cannot use device 'GPU'"),

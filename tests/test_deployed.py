@@ -274,3 +274,76 @@ def test_grayscale_input_gets_grayscale_preprocessing(tmp_path):
                       interpolation=cv2.INTER_AREA)
     np.testing.assert_allclose(x[0, 0], gray / 255.0, atol=1 / 255 + 1e-6)
     assert Bundle.load(tmp_path / "b").preprocessing.mean == (0.0,)
+
+
+# --- files OpenVINO reads natively: TFLite and IR, cut in OpenVINO's own graph ---------------------------
+
+
+def native_openvino(path, x: np.ndarray, layout: str, dtype) -> np.ndarray:
+    """The original file on OpenVINO (CPU, f32 hint), image by image, fed as deployed."""
+    import openvino as ov
+    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    feed = x.transpose(0, 2, 3, 1) if layout == "NHWC" else x
+    if dtype == np.uint8:
+        feed = np.clip(np.round(feed), 0, 255).astype(np.uint8)
+    return np.concatenate([next(iter(compiled(feed[i:i + 1]).values())).reshape(1, -1)
+                           for i in range(len(x))]).astype(np.float32)
+
+
+@needs_shared
+def test_a_tflite_file_becomes_an_ir_bundle_that_runs_end_to_end(tmp_path):
+    tflite = DEPLOYED / "mobilenet_v1_0.5_160_quant.tflite"
+    labels = DEPLOYED / "imagenet_labels_1001.txt"
+    result = run_cli("split", tflite, "--out", tmp_path / "b", "--labels", labels)
+    assert result.returncode == 0, result.stderr
+    assert "the model takes uint8 NHWC" in result.stdout and "openvino: yes, onnxruntime: no" in result.stdout
+    assert "Softmax -> FakeQuantize -> Convert" in result.stdout and "(N,512,5,5)" in result.stdout
+    bundle = Bundle.load(tmp_path / "b")
+    assert bundle.graph_format == "openvino" and bundle.dynamic_batch
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["bundle.json", "features.bin", "features.xml",
+                                                                   "head.bin", "head.xml"]
+    x = bundle.preprocess(PHOTOS)
+    native = native_openvino(tflite, x, "NHWC", np.uint8)
+    explainer = Explainer(bundle)                                           # backend auto: OpenVINO
+    for method in ("recipro", "eigen", "ablation"):
+        e = explainer.explain(x, method)
+        assert_same_class(e.targets, native, f"tflite {method}")
+        assert not e.degenerate.any()
+    assert [bundle.label(int(c)) for c in e.targets] == ["macaw", "pelican", "tabby, tabby cat", "hotdog, hot dog, red hot"]
+    with pytest.raises(CamInferError, match="does not run on onnxruntime.*use --backend openvino"):
+        Explainer(bundle, backend="onnxruntime")
+    info = run_cli("info", tmp_path / "b", "--backend", "openvino")
+    assert info.returncode == 0 and "runs on    openvino CPU" in info.stdout, info.stderr
+    out = run_cli("explain", tmp_path / "b", PHOTOS[0], PHOTOS[1], "--method", "all", "--out", tmp_path / "e")
+    assert out.returncode == 0 and "skipped cam" in out.stdout and "12 overlays" in out.stdout, out.stderr
+    audit = run_cli("audit", tmp_path / "b", PHOTOS[0], PHOTOS[1], "--methods", "recipro,eigen", "--metrics",
+                    "adcc,deletion", "--out", tmp_path / "r")
+    assert audit.returncode == 0 and (tmp_path / "r" / "index.html").is_file(), audit.stderr
+    assert_one_line_error(run_cli("fuse", tmp_path / "b", "--out", tmp_path / "m.onnx"), "OpenVINO IR bundle")
+
+
+@needs_shared
+def test_an_ir_bundle_gives_the_maps_of_the_onnx_bundle_of_the_same_model(tmp_path):
+    """MobileNetV2 as ONNX and as the IR OpenVINO converts it to: two independent cuts of one model."""
+    import openvino as ov
+    source = SHARED / "models" / "mobilenetv2-fp32-dequant.onnx"
+    ov.save_model(ov.Core().read_model(str(source)), str(tmp_path / "mnv2.xml"), compress_to_fp16=False)
+    ir = split_onnx_or_ir(tmp_path / "mnv2.xml", tmp_path / "ir")
+    onnx_bundle = split_onnx(source, out=tmp_path / "onnx")
+    assert ir.activation_shape == onnx_bundle.activation_shape == (1280, 7, 7)
+    assert ir.manifest["target_layer"]["tensor"] == "features.18.relu6"          # after the ReLU6, as in ONNX
+    x = ir.preprocess(PHOTOS)
+    a, b = Explainer(ir), Explainer(onnx_bundle, backend="openvino")
+    for method in ("recipro", "eigen", "ablation", "activation"):
+        ours, theirs = a.explain(x, method), b.explain(x, method)
+        np.testing.assert_array_equal(ours.targets, theirs.targets)
+        np.testing.assert_allclose(ours.maps, theirs.maps, rtol=1e-3, atol=1e-4 * np.abs(theirs.maps).max())
+    with pytest.raises(CamInferError, match="unknown layer 'layer4'.*features.18.relu6"):
+        split_onnx_or_ir(tmp_path / "mnv2.xml", tmp_path / "x", layer="layer4")
+    with pytest.raises(CamInferError, match="not a cut point"):
+        split_onnx_or_ir(tmp_path / "mnv2.xml", tmp_path / "y", layer="features.16.conv.2")
+
+
+def split_onnx_or_ir(path, out, **options):
+    from cam_infer.bundle import split_model
+    return split_model(path, out=out, **options)

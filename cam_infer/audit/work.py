@@ -31,7 +31,7 @@ class AuditOptions:
 
     methods: tuple[str, ...]
     metrics: tuple[str, ...] = METRICS
-    backend: str = "onnxruntime"
+    backend: str = "auto"
     device: str = "CPU"
     target: str = "predicted"            # predicted | truth (the label of the image's boxes) | a class (label or index)
     space: str = "normalised"            # masking for Average Drop / Coherency: normalised | raw

@@ -22,15 +22,19 @@ BACKENDS: dict[str, type[Backend]] = {
     "openvino": OpenVINOBackend,
 }
 ALIASES = {"ort": "onnxruntime", "ov": "openvino"}
+CHOICES = ["auto", *BACKENDS, *ALIASES]          # what --backend takes
 
 
-def load_backend(bundle: "Bundle | str | os.PathLike", backend: str = "onnxruntime", **options) -> Backend:
-    """Open `bundle` on `backend` (``onnxruntime`` or ``openvino``); options go to the backend class."""
-    name = ALIASES.get(backend, backend)
-    if name not in BACKENDS:
-        raise CamInferError(f"unknown backend '{backend}'; choose one of: {', '.join(BACKENDS)}")
+def load_backend(bundle: "Bundle | str | os.PathLike", backend: str = "auto", **options) -> Backend:
+    """Open `bundle` on `backend` (``onnxruntime``, ``openvino``, or ``auto``: ONNX Runtime for ONNX
+    bundles, OpenVINO for IR bundles); options go to the backend class."""
     if not isinstance(bundle, Bundle):
         bundle = Bundle.load(bundle)
+    if backend == "auto":
+        backend = "openvino" if bundle.graph_format == "openvino" else "onnxruntime"
+    name = ALIASES.get(backend, backend)
+    if name not in BACKENDS:
+        raise CamInferError(f"unknown backend '{backend}'; choose one of: {', '.join(CHOICES)}")
     runs = bundle.manifest.get("runtimes", {}).get(name, {"runs": True})
     if not runs.get("runs", True):
         others = [n for n, r in bundle.manifest["runtimes"].items() if r.get("runs") and n in BACKENDS]
@@ -39,4 +43,4 @@ def load_backend(bundle: "Bundle | str | os.PathLike", backend: str = "onnxrunti
     return BACKENDS[name](bundle, **options)
 
 
-__all__ = ["BACKENDS", "Backend", "OnnxRuntimeBackend", "OpenVINOBackend", "load_backend"]
+__all__ = ["BACKENDS", "CHOICES", "Backend", "OnnxRuntimeBackend", "OpenVINOBackend", "load_backend"]

@@ -1,6 +1,22 @@
-"""Model → bundle: find the target layer, cut the graph there, verify, write ``bundle.json``."""
+"""Model → bundle: find the target layer, cut the graph there, verify, write ``bundle.json``.
+
+`split_model` takes any file a deployment ships: ONNX (→ an ONNX bundle, both runtimes) or a file
+OpenVINO reads natively, ``.xml`` IR or ``.tflite`` (→ an IR bundle, OpenVINO only).
+"""
+
+import os
 
 from .manifest import Bundle
+from .openvino_split import is_openvino_source, split_openvino
 from .split import split_onnx
 
-__all__ = ["Bundle", "split_onnx"]
+
+def split_model(model, layer: str = "auto", out=None, **options) -> Bundle:
+    """Split an ONNX model (path or ModelProto) or an OpenVINO-readable file (.xml, .tflite) into a bundle."""
+    if isinstance(model, (str, os.PathLike)) and is_openvino_source(model):
+        options.pop("provenance", None)
+        return split_openvino(model, layer, out, **options)
+    return split_onnx(model, layer, out, **options)
+
+
+__all__ = ["Bundle", "split_model", "split_onnx", "split_openvino"]

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -61,12 +62,21 @@ class Bundle:
     def check_graphs(self) -> None:
         for role in ("features", "head"):
             entry = self.manifest["graphs"][role]
-            file = self.path / entry["file"]
-            if not file.is_file():
-                raise CamInferError(f"bundle '{self.path}' is missing its {role} graph '{entry['file']}'")
-            if sha256_of(file) != entry["sha256"]:
-                raise CamInferError(f"the {role} graph of bundle '{self.path}' was modified after the bundle was "
-                                    "made (sha256 mismatch); re-create the bundle")
+            files = [(entry["file"], entry["sha256"])]
+            if entry.get("weights"):                      # an OpenVINO IR: the .bin beside the .xml
+                files.append((entry["weights"], entry.get("weights_sha256")))
+            for name, digest in files:
+                file = self.path / name
+                if not file.is_file():
+                    raise CamInferError(f"bundle '{self.path}' is missing its {role} graph file '{name}'")
+                if sha256_of(file) != digest:
+                    raise CamInferError(f"the {role} graph of bundle '{self.path}' was modified after the bundle "
+                                        "was made (sha256 mismatch); re-create the bundle")
+
+    @property
+    def graph_format(self) -> str:
+        """``onnx`` (runs on ONNX Runtime and OpenVINO) or ``openvino`` (an IR bundle: OpenVINO only)."""
+        return "openvino" if self.manifest["graphs"]["features"]["file"].endswith(".xml") else "onnx"
 
     # --- what the methods and backends read ----------------------------------------------
 
@@ -118,7 +128,7 @@ class Bundle:
         """The batch size the graphs were kept at when the source's could not be released (1 usually)."""
         return int(self.manifest.get("fixed_batch") or 1)
 
-    @property
+    @cached_property
     def preprocessing(self) -> Preprocessing:
         return Preprocessing.from_dict(self.manifest["preprocessing"])
 

@@ -415,6 +415,16 @@ def _manifest(graph, target, prep, features, head, batch_mode, verification, num
 
 def _write_bundle(out: Path, features: onnx.ModelProto, head: onnx.ModelProto, manifest: dict,
                   overwrite: bool) -> Bundle:
+    for part in (features, head):
+        if part.ByteSize() > 2**31 - 1:
+            raise CamInferError("graphs over 2 GB are not supported yet; split at a later layer")
+    parts = {"features": features, "head": head}
+    return write_bundle(out, manifest, lambda role, file: onnx.save(parts[role], file), overwrite)
+
+
+def write_bundle(out: Path, manifest: dict, save, overwrite: bool) -> Bundle:
+    """Write both graphs with ``save(role, path)`` (an OpenVINO IR also writes its ``.bin`` beside the
+    ``.xml``), hash every file, then the manifest, last: a half-written folder is never a loadable bundle."""
     if out.exists() and not out.is_dir():
         raise CamInferError(f"output '{out}' exists and is not a folder")
     if out.is_dir() and any(out.iterdir()):
@@ -423,20 +433,22 @@ def _write_bundle(out: Path, features: onnx.ModelProto, head: onnx.ModelProto, m
                                 "the bundle in it")
         if not (out / "bundle.json").is_file():
             raise CamInferError(f"output folder '{out}' holds files that are not a bundle; refusing to replace them")
-    for part in (features, head):
-        if part.ByteSize() > 2**31 - 1:
-            raise CamInferError("graphs over 2 GB are not supported yet; split at a later layer")
-    out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
     try:
-        for role, part in (("features", features), ("head", head)):
-            file = staging / manifest["graphs"][role]["file"]
-            onnx.save(part, file)
-            manifest["graphs"][role]["sha256"] = sha256_of(file)
+        out.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
+    except OSError as exc:
+        raise CamInferError(f"cannot write the bundle in '{out}': {exc.strerror or exc}") from None
+    try:
+        for role in ("features", "head"):
+            entry = manifest["graphs"][role]
+            save(role, staging / entry["file"])
+            entry["sha256"] = sha256_of(staging / entry["file"])
+            if entry.get("weights"):
+                entry["weights_sha256"] = sha256_of(staging / entry["weights"])
         (out / "bundle.json").unlink(missing_ok=True)
         for file in staging.iterdir():
             os.replace(file, out / file.name)
-        write_manifest(out, manifest)  # last: a half-written folder is never a loadable bundle
+        write_manifest(out, manifest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return Bundle.load(out)

@@ -36,10 +36,18 @@ CLASS_INPUT = "class_id"
 TOLERANCE = 1e-3          # relative difference of the raw maps, fused vs Explainer, that the check accepts
 
 
+def _onnx_bundle(bundle) -> Bundle:
+    bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+    if bundle.graph_format != "onnx":
+        raise CamInferError("fuse writes ONNX models and this is an OpenVINO IR bundle; split the model's .onnx "
+                            "file to fuse it")
+    return bundle
+
+
 def plain_model(bundle: "Bundle | str | os.PathLike") -> onnx.ModelProto:
     """The bundle's features and head joined into one model: the model the bundle was split from,
     at opset ≥ 13 (older models are converted)."""
-    bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+    bundle = _onnx_bundle(bundle)
     features, head = at_min_opset(bundle.features_path), at_min_opset(bundle.head_path)
     seen = {t.name for t in features.graph.initializer}
     graph = helper.make_graph(
@@ -78,7 +86,7 @@ def fuse(bundle: "Bundle | str | os.PathLike", method: str = "recipro", *, top_k
     ``class_input=True`` the class comes from an int64 input ``class_id`` (N,) instead; ``raw=True``
     adds ``saliency_raw``, the maps before ReLU and normalisation. ``check`` compares the fused model
     with the Explainer on ONNX Runtime (two random images) and refuses a model that differs."""
-    bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+    bundle = _onnx_bundle(bundle)
     chosen = _fused_method(method, options)
     top_k = _checked_top_k(top_k, class_input, chosen, bundle.num_classes)
     model = plain_model(bundle)

@@ -43,6 +43,9 @@ class HeadGradients:
     def __init__(self, bundle: Bundle):
         from .onnx_in_torch import TorchGraph
 
+        if bundle.graph_format != "onnx":
+            raise CamInferError("gradient methods run the head graph in torch, which reads ONNX; this is an OpenVINO "
+                                "IR bundle: use a gradient-free method, or split the model's .onnx file")
         self.torch = require_torch()
         self.head = TorchGraph(onnx.load(bundle.head_path), drop_softmax=bundle.output_kind == "probabilities")
 

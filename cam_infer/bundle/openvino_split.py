@@ -1,0 +1,444 @@
+"""Cut a model that OpenVINO reads natively (an IR ``.xml``/``.bin``, a ``.tflite``, its other frontends)
+into an IR bundle: ``features.xml`` and ``head.xml``, sub-models of OpenVINO's own graph. No conversion
+to ONNX: what the OpenVINO backend runs is the graph the file gives. This is what openvino-xai users have.
+
+Same rules and checks as ONNX bundles (`split.py`): both graphs take and return float32 NCHW (a uint8
+NHWC input is transposed, rounded, clipped and converted at the boundary); `auto` takes the last NCHW
+feature map before the global pooling that is a cut point; a quantized Softmax at the end (TFLite:
+Softmax → FakeQuantize → Convert u8) is left out of the head, which returns the float logits; the split
+is verified against the whole model on OpenVINO. Quantized activations are float between FakeQuantize
+ops here, so the cut needs no re-quantization.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CamInferError
+from ..images import Preprocessing
+from ..version import __version__
+from .anatomy import InputSpec, check_classifier_output
+from .manifest import FORMAT, FORMAT_VERSION, Bundle, sha256_of
+from .verify import VERIFY_BATCHES, as_source_input, random_images
+
+OPENVINO_SUFFIXES = (".xml", ".tflite")
+NCHW_OPS = {"Convolution", "GroupConvolution", "ConvolutionBackpropData", "AvgPool", "MaxPool", "BatchNormInference",
+            "MVN"}
+LAYOUT_KEEPING = {"Convert", "FakeQuantize", "Add", "Multiply", "Subtract", "Divide", "Clamp", "Relu", "PRelu",
+                  "Sigmoid", "HSigmoid", "HSwish", "Swish", "Tanh", "Elu", "Gelu", "Mish", "Maximum", "Minimum",
+                  "Power", "SoftPlus", "Pad", "Interpolate"}
+SCORE_PASS = {"Convert", "FakeQuantize", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Result"}
+
+
+@dataclass(frozen=True)
+class _Output:
+    """One output of an op in OpenVINO's graph: the op's friendly name and the output index."""
+
+    op: str
+    index: int = 0
+
+
+def is_openvino_source(path) -> bool:
+    return Path(path).suffix.lower() in OPENVINO_SUFFIXES
+
+
+def _read(path: Path):
+    import openvino as ov
+    if not path.is_file():
+        raise CamInferError(f"model file '{path}' does not exist")
+    try:
+        return ov.Core().read_model(str(path))
+    except Exception as exc:
+        raise CamInferError(f"OpenVINO cannot read '{path}' ({_message(exc)})") from None
+
+
+def _message(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip() and not line.startswith("Exception from")]
+    return " ".join(lines)[:400] or type(exc).__name__
+
+
+def _ops(model) -> dict:
+    return {op.get_friendly_name(): op for op in model.get_ordered_ops()}
+
+
+def _input_spec(model, layout: str | None) -> InputSpec:
+    if len(model.get_parameters()) != 1:
+        raise CamInferError(f"the model must have exactly one image input, it has {len(model.get_parameters())}")
+    param = model.get_parameters()[0]
+    shape = param.get_partial_shape()
+    dims = [d.get_length() if d.is_static else None for d in shape] if shape.rank.is_static else []
+    dtype = {"f32": "float32", "f16": "float16", "u8": "uint8", "i8": "int8"}.get(param.get_element_type().get_type_name())
+    if dtype is None or len(dims) != 4:
+        raise CamInferError(f"the model input is {param.get_element_type().get_type_name()} {tuple(dims)}; cam-infer "
+                            "needs a float, uint8 or int8 image input (N,C,H,W) or (N,H,W,C)")
+    if layout is None:
+        layout = "NCHW" if dims[1] in (1, 3) and dims[3] not in (1, 3) else \
+            "NHWC" if dims[3] in (1, 3) and dims[1] not in (1, 3) else None
+        if layout is None:
+            raise CamInferError(f"cannot tell the layout of the model input {tuple(dims)}; give --layout nchw or nhwc")
+    layout = layout.upper()
+    channels, size = (dims[1], (dims[2], dims[3])) if layout == "NCHW" else (dims[3], (dims[1], dims[2]))
+    if channels not in (1, 3) or not all(size):
+        raise CamInferError(f"the model input {tuple(dims)} ({layout}) is not a 1- or 3-channel image of fixed size")
+    return InputSpec(param.get_friendly_name(), layout, dtype, 0, channels, size)
+
+
+def _layouts(model, spec: InputSpec) -> dict[_Output, str]:
+    layouts = {_Output(spec.name): spec.layout}
+    for op in model.get_ordered_ops():
+        kind = op.get_type_name()
+        if not op.get_output_size():
+            continue
+        rank = op.get_output_partial_shape(0).rank
+        if not rank.is_static or rank.get_length() != 4:
+            continue
+        out = _Output(op.get_friendly_name())
+        known = [layouts.get(_Output(v.get_node().get_friendly_name(), v.get_index())) for v in op.input_values()]
+        first = known[0] if known else None
+        if kind in LAYOUT_KEEPING:               # elementwise: a constant may come first (Maximum(0, x))
+            first = next((k for k in known if k), None)
+        if kind in NCHW_OPS:
+            layouts[out] = "NCHW"
+        elif kind == "Transpose" and first:
+            perm = _constant(op.input_value(1))
+            if perm is not None and list(perm) == [0, 3, 1, 2] and first == "NHWC":
+                layouts[out] = "NCHW"
+            elif perm is not None and list(perm) == [0, 2, 3, 1] and first == "NCHW":
+                layouts[out] = "NHWC"
+        elif kind in LAYOUT_KEEPING and first:
+            layouts[out] = first
+        elif kind == "Concat":
+            known = {layouts.get(_Output(v.get_node().get_friendly_name(), v.get_index())) for v in op.input_values()}
+            if len(known) == 1 and None not in known:
+                layouts[out] = known.pop()
+    return layouts
+
+
+def _constant(value):
+    node = value.get_node()
+    return node.get_data() if node.get_type_name() == "Constant" else None
+
+
+def _spatial(model_ops: dict, out: _Output) -> int:
+    shape = model_ops[out.op].get_output_partial_shape(out.index)
+    dims = [d.get_length() if d.is_static else 0 for d in shape]
+    return dims[2] * dims[3] if len(dims) == 4 else 0
+
+
+def _ancestors(op) -> set[str]:
+    seen, stack = set(), [op]
+    while stack:
+        node = stack.pop()
+        name = node.get_friendly_name()
+        if name in seen:
+            continue
+        seen.add(name)
+        stack.extend(v.get_node() for v in node.input_values())
+    return seen
+
+
+def _feature_region(model, ops: dict, layouts: dict) -> set[str] | None:
+    """Ops computed before the last spatial reduction (global pooling, ReduceMean, a reshape to (N,C))."""
+    last = None
+    for op in model.get_ordered_ops():
+        if not op.get_input_size() or op.get_type_name() in ("ShapeOf", "Result"):
+            continue
+        src = op.input_value(0)
+        key = _Output(src.get_node().get_friendly_name(), src.get_index())
+        if key not in layouts or _spatial(ops, key) <= 1 or not op.get_output_size():
+            continue
+        shape = op.get_output_partial_shape(0)
+        if shape.rank.is_static and (shape.rank.get_length() < 4 or _spatial(ops, _Output(op.get_friendly_name())) == 1):
+            last = op
+    return None if last is None else _ancestors(last.input_value(0).get_node())
+
+
+def _reaches_parameter(op, stop: str, parameter: str) -> bool:
+    """Does a path from `op` back to the image avoid the op `stop` (then `stop` is not a cut point)?"""
+    seen, stack = set(), [op]
+    while stack:
+        node = stack.pop()
+        name = node.get_friendly_name()
+        if name in seen or name == stop:
+            continue
+        seen.add(name)
+        if name == parameter:
+            return True
+        stack.extend(v.get_node() for v in node.input_values())
+    return False
+
+
+def _score_output(model):
+    """(the logits' op output, ops left out, (in_low, in_high, out_low, out_high) of a u8 output or None)."""
+    result = model.get_results()[0]
+    value = result.input_value(0)
+    passed, dequantize = [], None
+    node = value.get_node()
+    while True:
+        kind = node.get_type_name()
+        if kind == "Softmax":
+            if any(k in ("FakeQuantize", "Convert") for k in passed):
+                return node.input_value(0), tuple(reversed(passed + ["Softmax"])), dequantize
+            return value, (), dequantize
+        if kind not in SCORE_PASS or not node.get_input_size():
+            return value, (), dequantize
+        if kind == "FakeQuantize" and dequantize is None and value.get_element_type().get_type_name() in ("u8", "i8"):
+            limits = [_constant(node.input_value(i)) for i in range(1, 5)]
+            if all(v is not None for v in limits):
+                dequantize = tuple(float(np.max(v)) for v in limits)
+        passed.append(kind)
+        node = node.input_value(0).get_node()
+
+
+def split_openvino(path, layer: str = "auto", out=None, *, input_size=None, preprocessing=None, labels=None,
+                   overwrite: bool = False, layout: str | None = None) -> Bundle:
+    """Split a model OpenVINO reads (``.xml`` IR, ``.tflite``) at `layer` into a verified IR bundle."""
+    from .split import _labels, _preprocessing, write_bundle
+
+    if out is None:
+        raise CamInferError("give an output folder for the bundle (--out)")
+    path = Path(path)
+    model = _read(path)
+    result_shape = model.get_results()[0].get_output_partial_shape(0)
+    check_classifier_output(tuple(d.get_length() if d.is_static else "?" for d in result_shape),
+                            model.get_results()[0].get_friendly_name())
+    spec = _input_spec(model, layout)
+    if input_size is not None and tuple(input_size) != tuple(spec.size):
+        raise CamInferError(f"this model's input size is fixed at {spec.size}; --input-size cannot change it")
+    prep = _preprocessing(spec, preprocessing, None)
+    ops, layouts = _ops(model), _layouts(model, spec)
+    target = _find_layer(model, ops, layouts, spec, layer)
+    logits, left_out, dequantize = _score_output(model)
+    for batch_mode in ("dynamic", "fixed"):
+        features, head = _cut(model, spec, target, logits, prep, -1 if batch_mode == "dynamic" else 1)
+        try:
+            verification = _verify(model, spec, features, head, prep, left_out, dequantize, batch_mode)
+            break
+        except _BatchFails:
+            continue
+    num_classes = verification.pop("num_classes")
+    labels = _labels(labels, num_classes)
+    k_h_w = [d.get_length() for d in list(ops[target.op].get_output_partial_shape(target.index))[1:]]
+    if layouts.get(target) == "NHWC":
+        k_h_w = [k_h_w[2], k_h_w[0], k_h_w[1]]
+    created = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+    step = verification.get("output_step", 0.0)
+    manifest = {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "input": {"name": "image", "shape": [None, spec.channels, *prep.input_size], "layout": "NCHW",
+                  "dtype": "float32", "model_dtype": spec.dtype, "model_layout": spec.layout},
+        "preprocessing": prep.to_dict(),
+        "target_layer": {"requested": layer, "matched_by": "auto" if layer == "auto" else "node", "module": None,
+                         "tensor": target.op, "layout": layouts.get(target, "NCHW")},
+        "activation": {"name": "activation", "shape": k_h_w, "dtype": "float32", "quantization": None},
+        "output": {"name": "scores", "kind": "logits" if left_out or _ends_in_logits(logits) else "probabilities",
+                   "num_classes": int(num_classes), "model_output": model.get_results()[0].get_friendly_name(),
+                   "left_out": list(left_out), "model_output_step": step},
+        "labels": labels, "batch": batch_mode, **({"fixed_batch": 1} if batch_mode == "fixed" else {}),
+        "graphs": {role: {"file": f"{role}.xml", "weights": f"{role}.bin",
+                          "ops": dict(Counter(op.get_type_name() for op in m.get_ordered_ops()
+                                              if op.get_type_name() not in ("Parameter", "Result", "Constant")))}
+                   for role, m in (("features", features), ("head", head))},
+        "runtimes": {"openvino": {"runs": True},
+                     "onnxruntime": {"runs": False, "why_not": "an OpenVINO IR bundle (made from a "
+                                     f"{path.suffix} file); ONNX Runtime reads ONNX only"}},
+        "memory": {"features_bytes_per_item": _bytes(features), "head_bytes_per_item": _bytes(head)},
+        "verification": verification,
+        "provenance": {"source": path.name, "source_sha256": sha256_of(path), "producer": f"cam-infer {__version__}",
+                       "openvino": _ov_version(), "created": created},
+    }
+    import openvino as ov
+    parts = {"features": features, "head": head}
+    return write_bundle(Path(out), manifest, lambda role, file: ov.save_model(parts[role], str(file),
+                                                                             compress_to_fp16=False), overwrite)
+
+
+def _ends_in_logits(value) -> bool:
+    return value.get_node().get_type_name() != "Softmax"
+
+
+def _ov_version() -> str:
+    import openvino as ov
+    return ov.__version__.split("-")[0]
+
+
+def _bytes(model) -> int:
+    sizes = []
+    for op in model.get_ordered_ops():
+        for i in range(op.get_output_size()):
+            shape = op.get_output_partial_shape(i)
+            if shape.rank.is_static and all(d.is_static for d in list(shape)[1:]) and shape.rank.get_length():
+                sizes.append(int(np.prod([d.get_length() for d in list(shape)[1:]])) * 4)
+    return int(max(sizes, default=1 << 18) * 3) or 1 << 20
+
+
+def _find_layer(model, ops: dict, layouts: dict, spec: InputSpec, layer: str) -> _Output:
+    region = _feature_region(model, ops, layouts)
+    result_op = model.get_results()[0]
+    candidates = [out for out, lay in layouts.items()
+                  if out.op != spec.name and _spatial(ops, out) > 1 and (region is None or out.op in region)
+                  and ops[out.op].get_output_element_type(out.index).get_type_name() in ("f32", "f16")]
+    order = {op.get_friendly_name(): i for i, op in enumerate(model.get_ordered_ops())}
+    candidates.sort(key=lambda o: order[o.op])
+    if layer == "auto":
+        for out in reversed(candidates):
+            if not _reaches_parameter(result_op, out.op, spec.name):
+                return out
+        raise CamInferError("no feature map of this model is a cut point; name a layer with --layer")
+    if layer not in ops:
+        names = [o.op for o in reversed(candidates) if not _reaches_parameter(result_op, o.op, spec.name)][:4]
+        raise CamInferError(f"unknown layer '{layer}': no op of this OpenVINO model has that name; layers that work "
+                            f"here include {', '.join(map(repr, names))}; or use --layer auto")
+    out = _Output(layer)
+    if out not in candidates:
+        raise CamInferError(f"layer '{layer}' is not a float NCHW feature map with spatial size above 1x1 before the "
+                            "global pooling; use --layer auto")
+    if _reaches_parameter(result_op, layer, spec.name):
+        raise CamInferError(f"layer '{layer}' is not a cut point: a skip connection goes around it; use --layer auto")
+    return out
+
+
+class _BatchFails(Exception):
+    """The split graphs do not run on a batch above 1 (a reshape in the model hard-codes batch 1)."""
+
+
+def _cut(model, spec: InputSpec, target: _Output, logits, prep: Preprocessing, batch: int):
+    """features: float NCHW image → the target map (NCHW); head: that map → the logits (or the output)."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    h, w = prep.input_size
+    # features: a new float32 NCHW Parameter, adapted to what the model takes, then the model up to the target
+    f_model = model.clone()
+    f_ops = _ops(f_model)
+    image = ops.parameter([batch, spec.channels, h, w], np.float32, name="image")
+    x = image.output(0)
+    if spec.layout == "NHWC":
+        x = ops.transpose(x, ops.constant(np.array([0, 2, 3, 1], np.int64))).output(0)
+    if spec.dtype in ("uint8", "int8"):
+        info = np.iinfo(spec.dtype)
+        x = ops.convert(ops.clamp(ops.round(x, "half_to_even"), float(info.min), float(info.max)),
+                        {"uint8": "u8", "int8": "i8"}[spec.dtype]).output(0)
+    elif spec.dtype == "float16":
+        x = ops.convert(x, "f16").output(0)
+    old = f_ops[spec.name]
+    for target_input in list(old.output(0).get_target_inputs()):
+        target_input.replace_source_output(x)
+    act = f_ops[target.op].output(target.index)
+    layouts = _layouts(model, spec)
+    if layouts.get(target) == "NHWC":
+        act = ops.transpose(act, ops.constant(np.array([0, 3, 1, 2], np.int64))).output(0)
+    if act.get_element_type().get_type_name() != "f32":
+        act = ops.convert(act, "f32").output(0)
+    features = ov.Model([ops.result(act)], [image], "features")
+    # head: a Parameter in place of the target map, up to the logits
+    h_model = model.clone()
+    h_ops = _ops(h_model)
+    source = h_ops[target.op].output(target.index)
+    shape = [batch, *[d.get_length() for d in list(source.get_partial_shape())[1:]]]
+    activation = ops.parameter([shape[0], *(shape[1:] if layouts.get(target) != "NHWC" else
+                                            [shape[3], shape[1], shape[2]])], np.float32, name="activation")
+    a = activation.output(0)
+    if layouts.get(target) == "NHWC":
+        a = ops.transpose(a, ops.constant(np.array([0, 2, 3, 1], np.int64))).output(0)
+    if source.get_element_type().get_type_name() != "f32":
+        a = ops.convert(a, source.get_element_type()).output(0)
+    for target_input in list(source.get_target_inputs()):
+        target_input.replace_source_output(a)
+    end = h_ops[logits.get_node().get_friendly_name()].output(logits.get_index())
+    if end.get_element_type().get_type_name() != "f32":
+        end = ops.convert(end, "f32").output(0)
+    try:
+        head = ov.Model([ops.result(end)], [activation], "head")
+    except Exception as exc:
+        raise CamInferError(f"layer '{target.op}' is not a cut point ({_message(exc)})") from None
+    if batch == -1:
+        for part in (features, head):
+            _release_batch(part)
+    return features, head
+
+
+def _release_batch(model) -> None:
+    """Reshapes whose target hard-codes the batch (1) copy it from their input instead (special_zero)."""
+    import openvino.opset13 as ops
+
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "Reshape":
+            continue
+        target = _constant(op.input_value(1))
+        if target is None or target.ndim != 1 or not target.size or target[0] != 1:
+            continue
+        released = np.array(target, copy=True)
+        released[0] = 0
+        op.input(1).replace_source_output(ops.constant(released).output(0))
+        op.set_special_zero(True)
+    try:
+        model.validate_nodes_and_infer_types()
+    except Exception:
+        pass                                   # the batch run in verification decides
+
+
+def _compiled(model):
+    import openvino as ov
+    return ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+
+
+def _verify(model, spec: InputSpec, features, head, prep: Preprocessing, left_out, dequantize,
+            batch_mode: str) -> dict:
+    """head(features(x)) against the whole model on OpenVINO (CPU, f32 hint), batch 1 and 3 (image by image
+    for the source, whose batch is usually fixed at 1; in one call for the split graphs when their batch is
+    dynamic)."""
+    from ..methods.registry import softmax
+
+    try:
+        full = _compiled(model)
+    except Exception as exc:
+        raise CamInferError(f"OpenVINO cannot compile this model ({_message(exc)})") from None
+    try:
+        feat, hd = _compiled(features), _compiled(head)
+    except Exception as exc:
+        if batch_mode == "dynamic":
+            raise _BatchFails() from None
+        raise CamInferError(f"OpenVINO cannot compile this model or its split ({_message(exc)})") from None
+    step = 0.0
+    if dequantize is not None:
+        in_low, in_high, out_low, out_high = dequantize
+        step = (in_high - in_low) / 255.0
+    results, worst, classes = {}, 0.0, None
+    for n in VERIFY_BATCHES:
+        x = random_images(prep, n, seed=n)
+        raw = np.concatenate([next(iter(full(as_source_input(x[i:i + 1], spec)).values())) for i in range(n)])
+        expected = raw.astype(np.float32).reshape(n, -1)
+        if dequantize is not None:
+            expected = in_low + (expected - out_low) * (in_high - in_low) / (out_high - out_low)
+        chunks = [x] if batch_mode == "dynamic" else [x[i:i + 1] for i in range(n)]
+        try:
+            got = np.concatenate([next(iter(hd(next(iter(feat(c).values()))).values())) for c in chunks])
+        except Exception as exc:
+            if batch_mode == "dynamic":
+                raise _BatchFails() from None
+            raise CamInferError(f"the split graphs do not run on OpenVINO ({_message(exc)})") from None
+        got = got.astype(np.float32).reshape(n, -1)
+        if left_out:
+            got = softmax(got)
+        if got.shape != expected.shape:
+            raise CamInferError(f"the head returns {got.shape[1]} scores, the model {expected.shape[1]}")
+        diff = float(np.max(np.abs(got - expected)))
+        tol = 1e-4 * max(1.0, float(np.abs(expected).max())) + 1.01 * step
+        if not diff <= tol:
+            raise CamInferError(f"splitting does not reproduce the model: batch {n}: max |head(features(x)) - "
+                                f"model(x)| = {diff:.3g} > {tol:.3g}")
+        worst, results[str(n)], classes = max(worst, diff), diff, expected.shape[1]
+    return {"passed": True, "batch_sizes": list(VERIFY_BATCHES), "max_abs_diff": worst,
+            "max_abs_diff_per_batch": results, "relative_tolerance": 1e-4, "output_step": step,
+            "runtime": f"openvino {_ov_version()} CPU (f32)", "num_classes": classes,
+            "inputs": "random uint8 images through the bundle preprocessing, fed to the model in its own layout "
+                      "and dtype"}
+
+
+__all__ = ["is_openvino_source", "split_openvino"]
