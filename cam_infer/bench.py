@@ -19,34 +19,32 @@ import time
 
 import numpy as np
 
-from .errors import CamInferError
+from .errors import CamInferError, MethodNotApplicable
+from .methods import METHODS
 
-CASES = {  # name shown → (method, options)
-    "eigen": ("eigen", {}), "entropy": ("entropy", {}), "activation": ("activation", {}), "cam": ("cam", {}),
-    "recipro": ("recipro", {}), "recipro (head passes)": ("recipro", {"closed_form": False}),
-    "ablation": ("ablation", {}), "ablation (head passes)": ("ablation", {"closed_form": False}),
-    "score top_k=64": ("score", {"top_k": 64}), "score": ("score", {}),
-}
-GRADIENT_CASES = {  # need torch: gradients from the head graph run in torch (Explainer(gradients="torch"))
-    "gradcam": ("gradcam", {}), "gradcam++": ("gradcam++", {}), "xgradcam": ("xgradcam", {}),
-    "layercam": ("layercam", {}), "hirescam": ("hirescam", {}), "grad-entropy": ("grad-entropy", {}),
-}
+
+def _cases(gradient: bool, fused: bool = False) -> dict[str, tuple[str, dict]]:
+    """Benchmark cases from the registry: each method's `bench` entries, name shown → (method, options)."""
+    return {case: (spec.name, options) for spec in METHODS.values()
+            if spec.gradient == gradient and (not fused or spec.fused is not None)
+            for case, options in spec.bench.items() if not fused or set(options) <= {"closed_form"}}
+
+
+CASES = _cases(gradient=False)
+GRADIENT_CASES = _cases(gradient=True)   # need torch: gradients from the head graph run in torch
 
 
 def measure(bundle_path: str, backend: str, method: str, options: dict, repeats: int, batch: int = 1) -> dict:
     """In this process: median ms per image of the forward pass and of the method, alternating."""
     from .explainer import Explainer
-    from .methods import GRADIENT
-    from .methods.score import rows_per_call, selected_channels
-
-    explainer = Explainer(bundle_path, backend=backend, gradients="torch" if method in GRADIENT else None)
+    spec = METHODS[method]
+    explainer = Explainer(bundle_path, backend=backend, gradients="torch" if spec.gradient else None)
     x = np.random.default_rng(0).standard_normal((batch, *explainer.bundle.input_shape)).astype(np.float32)
     forward = lambda: explainer.backend.forward(x)                       # noqa: E731
     run = lambda: explainer.explain(x, method, **options)                # noqa: E731
     floor = None
-    if method == "score":
-        passes = len(selected_channels(explainer.backend.features(x[:1])[0], options.get("top_k")))
-        rows = rows_per_call(explainer.bundle, explainer.backend.memory_budget, passes)
+    if spec.floor is not None:                 # a method of full passes: time as many, batched as it batches
+        passes, rows = spec.floor(explainer, x, options)
         chunk = np.repeat(x[:1], rows, axis=0)
         floor = lambda: [explainer.backend.forward(chunk[:min(rows, passes - i)])   # noqa: E731
                          for i in range(0, passes, rows)]
@@ -80,7 +78,8 @@ def measure_in_subprocess(bundle_path: str, backend: str, method: str, options: 
     stdout, stderr = process.communicate()
     if process.returncode != 0:
         lines = stderr.strip().splitlines()
-        raise CamInferError(f"benchmark of {method} on {backend} failed: {lines[-1] if lines else 'no output'}")
+        error = MethodNotApplicable if process.returncode == NOT_APPLICABLE else CamInferError
+        raise error(f"benchmark of {method} on {backend} failed: {lines[-1] if lines else 'no output'}")
     result = json.loads(stdout.strip().splitlines()[-1])
     result["peak_mb"] = result.pop("maxrss_kb") / 1024
     return result
@@ -98,13 +97,12 @@ def run_cases(bundle_path, backends, cases, repeats: int, *, score_repeats: int 
     for backend in backends:
         for case in cases:
             method, options = known[case]
-            n = score_repeats if (method == "score" and not options.get("top_k") and score_repeats) else repeats
+            long = METHODS[method].floor is not None and not options.get("top_k")
+            n = score_repeats if (long and score_repeats) else repeats
             try:
                 row = measure_in_subprocess(bundle_path, backend, method, options, n)
-            except CamInferError as exc:
-                if method == "cam" and "needs a head" in str(exc):
-                    continue
-                raise
+            except MethodNotApplicable:
+                continue
             row.update(case=case, repeats=n)
             rows.append(row)
             report(format_row(row))
@@ -123,10 +121,7 @@ def format_row(row: dict) -> str:
 
 # --- fused models ------------------------------------------------------------------------------
 
-FUSED_CASES = {  # name shown → (method, options)
-    "activation": ("activation", {}), "entropy": ("entropy", {}), "eigen": ("eigen", {}), "cam": ("cam", {}),
-    "recipro": ("recipro", {}), "recipro (head passes)": ("recipro", {"closed_form": False}),
-}
+FUSED_CASES = _cases(gradient=False, fused=True)
 FUSED_HEADER = ("| runtime | method | plain ms | fused ms | fused / plain | file size growth |\n"
                 "|---|---|---:|---:|---:|---:|")
 
@@ -198,9 +193,14 @@ def _child(spec: str) -> None:
     print(json.dumps(result))
 
 
+NOT_APPLICABLE = 2       # the child's exit code for a method that does not apply to the bundle
+
 if __name__ == "__main__":
     try:
         _child(sys.argv[1])
+    except MethodNotApplicable as exc:
+        print(f"cam-infer: error: {exc}", file=sys.stderr)
+        sys.exit(NOT_APPLICABLE)
     except CamInferError as exc:
         print(f"cam-infer: error: {exc}", file=sys.stderr)
         sys.exit(1)

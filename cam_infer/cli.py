@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from .version import __version__
-from .errors import CamInferError
+from .errors import CamInferError, MethodNotApplicable
 
 BACKEND_CHOICES = ["auto", "onnxruntime", "openvino", "ort", "ov"]      # cam_infer.backends.CHOICES
 
@@ -331,10 +331,8 @@ def bench_fused(bundle, args) -> int:
             for case in cases:
                 try:
                     row = compare_fused(bundle.path, runtime, case, args.repeats, work)
-                except CamInferError as exc:
-                    if "needs a head" in str(exc):
-                        continue
-                    raise
+                except MethodNotApplicable:
+                    continue
                 print(format_fused_row(row), flush=True)
     return 0
 

@@ -10,3 +10,7 @@ class CamInferError(Exception):
 
 class UnreadableImage(CamInferError):
     """An image file that does not exist or cannot be decoded; bulk runs record it and go on."""
+
+
+class MethodNotApplicable(CamInferError):
+    """A method that cannot run on this bundle (``cam`` on a head that is not GAP→linear, ...)."""

@@ -23,7 +23,7 @@ from .bundle.head import read_linear_head
 from .errors import CamInferError
 from .explanation import Explanation
 from .methods import Context, get_method
-from .methods.registry import softmax
+from .numerics import softmax
 from .postprocess import normalise, upsample
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CamInferError
+from .errors import CamInferError, MethodNotApplicable
 from .images import load_image
 from .methods import GRADIENT_FREE, METHODS, get_method
 from .outputs import OutputLock, fingerprint, prepare_folder
@@ -83,16 +83,16 @@ def unique_names(files: list[Path], names: dict[Path, str]) -> dict[Path, str]:
 
 def choose_methods(names: list[str], has_linear_head: bool) -> tuple[list[str], list[str]]:
     """Expand ``all`` (every gradient-free method that applies to this model); return (chosen, skipped).
-    A method asked for by name that cannot run on this model is an error."""
+    A method asked for by name that cannot run on this model is an error (`MethodNotApplicable`)."""
     chosen, skipped = [], []
     for name in names:
         if name == "all":
             for m in GRADIENT_FREE:
-                (chosen if has_linear_head or METHODS[m].needs != "linear_head" else skipped).append(m)
+                (skipped if METHODS[m].applies(has_linear_head) else chosen).append(m)
         else:
-            if get_method(name).needs == "linear_head" and not has_linear_head:
-                raise CamInferError(f"method '{name}' needs a head that is global average pooling followed by a "
-                                    "linear layer, and this bundle's head is not; use recipro, ablation or score")
+            why_not = get_method(name).applies(has_linear_head)
+            if why_not:
+                raise MethodNotApplicable(why_not)
             chosen.append(name)
     return list(dict.fromkeys(chosen)), skipped
 

@@ -393,7 +393,7 @@ def _verify(model, spec: InputSpec, features, head, prep: Preprocessing, left_ou
     """head(features(x)) against the whole model on OpenVINO (CPU, f32 hint), batch 1 and 3 (image by image
     for the source, whose batch is usually fixed at 1; in one call for the split graphs when their batch is
     dynamic)."""
-    from ..methods.registry import softmax
+    from ..numerics import softmax
 
     try:
         full = _compiled(model)

@@ -99,7 +99,7 @@ def verify(source: onnx.ModelProto, spec: InputSpec, scores: ScoreOutput, featur
             raise Mismatch(f"batch {n} fails to run ({runtime_message(exc)})") from None
         got = got.astype(np.float32).reshape(n, -1)
         if scores.trimmed:
-            from ..methods.registry import softmax
+            from ..numerics import softmax
             got = softmax(got)
         if got.shape != expected.shape:
             raise Mismatch(f"batch {n}: the head returns {got.shape[1]} scores, the model {expected.shape[1]}")

@@ -1,10 +1,13 @@
 """Fusing a method into the model graph: one ONNX model returns the scores and the saliency map.
 
-`assemble.py` joins the bundle back into one graph and adds the outputs; `maps.py` holds each
-method as ONNX nodes; `builder.py` writes nodes for the model's opset.
+`assemble.py` joins the bundle back into one graph and adds the outputs; each method's ONNX builder
+lives in its own module (`cam_infer.methods`, registered with `@fused`) and works on a `fusion.Fusion`;
+`builder.py` writes nodes for the model's opset.
 """
 
-from .assemble import fuse, fused_error, plain_model, save
-from .maps import EIGEN_SQUARINGS, FUSED
+from ..methods.eigen import EIGEN_SQUARINGS
+from .assemble import fusable, fuse, fused_error, plain_model, save
 
-__all__ = ["EIGEN_SQUARINGS", "FUSED", "fuse", "fused_error", "plain_model", "save"]
+FUSED = fusable()
+
+__all__ = ["EIGEN_SQUARINGS", "FUSED", "fusable", "fuse", "fused_error", "plain_model", "save"]

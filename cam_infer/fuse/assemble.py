@@ -26,7 +26,7 @@ from ..errors import CamInferError
 from ..explainer import Explainer
 from ..postprocess import EPS
 from .builder import Builder
-from .maps import FUSED, Fusion
+from .fusion import Fusion
 
 MIN_OPSET = 13
 OUTPUT = "saliency"
@@ -99,7 +99,7 @@ def fuse(bundle: "Bundle | str | os.PathLike", method: str = "recipro", *, top_k
     explainer = Explainer(bundle, backend="onnxruntime")     # its linear head is read and verified, as explain()'s
     fusion = Fusion(b, bundle.activation_name, bundle.activation_shape, targets, top_k, bundle.num_classes,
                     bundle.output_kind, explainer.linear_head, at_min_opset(bundle.head_path))
-    b.op("Identity", chosen.fn(fusion, **options), outputs=[RAW_OUTPUT])
+    b.op("Identity", chosen.fused(fusion, **options), outputs=[RAW_OUTPUT])
     _normalised(b, RAW_OUTPUT, OUTPUT)
     model.graph.node.extend(b.nodes)
     model.graph.initializer.extend(b.initializers)
@@ -125,15 +125,30 @@ def fuse(bundle: "Bundle | str | os.PathLike", method: str = "recipro", *, top_k
     return model
 
 
+def fusable() -> dict:
+    """The methods that have an ONNX builder, from the registry."""
+    from ..methods import METHODS
+    return {name: spec for name, spec in METHODS.items() if spec.fused is not None}
+
+
 def _fused_method(method: str, options: dict):
-    if method not in FUSED:
-        raise CamInferError(f"method '{method}' cannot be fused into the model; choose one of: {', '.join(FUSED)}")
-    chosen = FUSED[method]
-    unknown = sorted(set(options) - set(chosen.options))
+    """The method's spec; its options checked as the Explainer checks them, plus the builder's own."""
+    import inspect
+
+    from ..methods import get_method
+
+    methods = fusable()
+    if method not in methods:
+        get_method(method)
+        raise CamInferError(f"method '{method}' cannot be fused into the model; choose one of: {', '.join(methods)}")
+    spec = methods[method]
+    accepted = [p.name for p in inspect.signature(spec.fused).parameters.values() if p.kind == p.KEYWORD_ONLY]
+    unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise CamInferError(f"fused method '{method}' has no option {', '.join(unknown)}; "
-                            f"its options: {', '.join(chosen.options) or 'none'}")
-    return chosen
+                            f"its options: {', '.join(accepted) or 'none'}")
+    spec.check_options({k: v for k, v in options.items() if k in spec.options})
+    return spec
 
 
 def _checked_top_k(top_k, class_input: bool, chosen, classes: int) -> int:

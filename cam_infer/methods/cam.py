@@ -8,20 +8,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from .registry import Context, method
-from ..errors import CamInferError
+from .registry import Context, fused, method, require_linear_head
 
 
-def require_linear_head(ctx: Context, name: str):
-    if ctx.linear_head is None:
-        ops = ", ".join(ctx.bundle.manifest["graphs"]["head"]["ops"])
-        raise CamInferError(f"method '{name}' needs a head that is global average pooling followed by a linear "
-                            f"layer; this head has {ops}; use recipro, ablation or score instead")
-    return ctx.linear_head
-
-
-@method("cam", needs="linear_head")
+@method("cam", needs="linear_head", cost="1 feature pass")
 def cam(ctx: Context) -> np.ndarray:
+    """Σ_k W_ck A^k, W read from a GAP→linear head"""
     head = require_linear_head(ctx, "cam")
     weights = head.weight[ctx.targets]                              # (N,K)
     return np.einsum("nk,nkhw->nhw", weights, ctx.activations, optimize=True)
+
+
+@fused("cam", class_specific=True)
+def cam_onnx(f) -> str:
+    """L^c = Σ_k W_ck A^k with W the head's own weight tensor (no copy): a Gather and a MatMul."""
+    weights = f.class_rows(f.require_linear_head("cam"))                      # (N,T,K)
+    return f.per_class(f.b.op("MatMul", weights, f.channels_by_position()))

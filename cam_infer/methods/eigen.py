@@ -14,7 +14,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .registry import Context, method
+from ..errors import CamInferError
+from .registry import Context, fused, method
+
+TINY = 1e-30
+EIGEN_SQUARINGS = 10      # fused: 1024 power-iteration steps
 
 
 def first_component(a: np.ndarray, centered: bool) -> np.ndarray:
@@ -36,6 +40,64 @@ def first_component(a: np.ndarray, centered: bool) -> np.ndarray:
     return (-projection if flip else projection).reshape(h, w).astype(np.float32)
 
 
-@method("eigen")
+@method("eigen", cost="1 feature pass + an h·w×h·w (or K×K) eigenproblem")
 def eigen(ctx: Context, *, centered: bool = False) -> np.ndarray:
+    """first principal component of A (h·w×K) via the smaller Gram matrix; sign fixed (Σ v₁ ≥ 0)"""
     return np.stack([first_component(a, centered) for a in ctx.activations])
+
+
+@fused("eigen", class_specific=False)
+def eigen_onnx(f, *, centered: bool = False, squarings: int = EIGEN_SQUARINGS) -> str:
+    """L = O v₁ (O = A as h·w×K, v₁ its first right singular vector) by power iteration on the
+    smaller Gram matrix G, OOᵀ (then L = √λ u) or OᵀO: G is squared `squarings` times (normalised
+    each time), so u ∝ G^(2^s)·v₀ — 2^s power steps in s matrix products — then the sign as the
+    Explainer's. The error falls as (λ₂/λ₁)^(2^s)."""
+    if not isinstance(squarings, int) or isinstance(squarings, bool) or not 0 <= squarings <= 30:
+        raise CamInferError(f"squarings must be an integer in 0..30, not {squarings!r}")
+    b = f.b
+    k, h, w = f.shape
+    columns = f.channels_by_position()                                           # Oᵀ (N,K,hw)
+    if centered:
+        columns = b.op("Sub", columns, b.reduce("ReduceMean", columns, [2]), hint="centered")
+    rows = b.op("Transpose", columns, perm=[0, 2, 1], hint="o")                  # O (N,hw,K)
+    by_position = h * w <= k
+    gram = b.op("MatMul", rows, columns) if by_position else b.op("MatMul", columns, rows)
+    power = gram
+    for _ in range(squarings):
+        power = b.op("MatMul", power, power)
+        power = b.op("Div", power, b.op("Add", b.reduce("ReduceL2", power, [1, 2]), b.const(TINY)), hint="power")
+    vector = _unit(b, b.op("MatMul", power, _start_vector(b, h * w if by_position else k)))   # G^(2^s)·v₀
+    if by_position:
+        eigenvalue = b.reduce("ReduceSum", b.op("Mul", vector, b.op("MatMul", gram, vector)), [1])
+        projection = b.op("Mul", vector, b.op("Sqrt", b.op("Relu", eigenvalue)))  # (N,hw,1)
+    else:
+        projection = b.op("MatMul", rows, vector)
+    projection = b.op("Transpose", projection, perm=[0, 2, 1], hint="projection")  # (N,1,hw)
+    original = f.channels_by_position()
+    if centered:
+        reference = b.reduce("ReduceMean", original, [1])                           # channel mean (N,1,hw)
+        agreement = _dot(b, _centred(b, projection), _centred(b, reference))
+    else:
+        agreement = _dot(b, projection, b.reduce("ReduceSum", original, [1]))      # Σ_k (Oᵀ L)_k
+    sign = b.op("Where", b.op("Less", agreement, b.const(0.0)), b.const(-1.0), b.const(1.0), hint="sign")
+    return b.reshape(b.op("Mul", projection, sign), (0, h, w), hint="map")
+
+
+def _start_vector(b, n: int) -> str:
+    """v₀ᵢ = 2 + sin i, (n,1): positive, so never orthogonal to a Perron vector, and not constant,
+    so never orthogonal to centred data (whose Gram matrix has 1 in its null space). Computed, not stored."""
+    ids = b.op("Range", b.const(0.0), b.const(float(n)), b.const(1.0))
+    return b.reshape(b.op("Add", b.op("Sin", ids), b.const(2.0)), (n, 1), hint="start")
+
+
+def _unit(b, v: str) -> str:
+    return b.op("Div", v, b.op("Add", b.reduce("ReduceL2", v, [1]), b.const(TINY)), hint="unit")
+
+
+def _centred(b, row: str) -> str:
+    return b.op("Sub", row, b.reduce("ReduceMean", row, [2]))
+
+
+def _dot(b, x: str, y: str) -> str:
+    """Σ over the last axis of two (N,1,n) rows → (N,1,1)."""
+    return b.reduce("ReduceSum", b.op("Mul", x, y), [2])

@@ -12,10 +12,15 @@ so all weights come out ≈ equal; the spatial distribution is what a CAM is abo
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 
 from .. import kernels
-from .registry import Context, check_choice, method
+from ..errors import CamInferError
+from .registry import Context, fused, method
+
+TINY = 1e-30
 
 
 def channel_entropy(a: np.ndarray, estimator: str) -> np.ndarray:
@@ -23,10 +28,10 @@ def channel_entropy(a: np.ndarray, estimator: str) -> np.ndarray:
     return kernels.spatial_entropy(a) if estimator == "spatial" else kernels.histogram_entropy(a, 256)
 
 
-@method("entropy")
-def entropy(ctx: Context, *, estimator: str = "spatial", weighting: str = "entropy") -> np.ndarray:
-    check_choice("estimator", estimator, ("spatial", "histogram"))
-    check_choice("weighting", weighting, ("entropy", "negentropy"))
+@method("entropy", cost="1 feature pass")
+def entropy(ctx: Context, *, estimator: Literal["spatial", "histogram"] = "spatial",
+            weighting: Literal["entropy", "negentropy"] = "entropy") -> np.ndarray:
+    """Σ_k Ĥ(A^k) A^k, Ĥ the spatial Shannon entropy normalised by ln(h·w)"""
     maps = []
     for a in ctx.activations:
         w = channel_entropy(a, estimator)
@@ -34,3 +39,23 @@ def entropy(ctx: Context, *, estimator: str = "spatial", weighting: str = "entro
             w = 1.0 - w
         maps.append(np.tensordot(w, a, axes=1))
     return np.stack(maps).astype(np.float32)
+
+
+@fused("entropy", class_specific=False)
+def entropy_onnx(f, *, estimator: str = "spatial", weighting: str = "entropy") -> str:
+    """The spatial entropy weights in the graph (Relu, ReduceSum, Log), then one MatMul."""
+    if estimator != "spatial":
+        raise CamInferError("a fused entropy map supports estimator='spatial' only (a 256-bin histogram per "
+                            "channel has no compact ONNX form); use the Explainer for estimator='histogram'")
+    b = f.b
+    k, h, w = f.shape
+    positive = b.op("Relu", f.activation)
+    total = b.reduce("ReduceSum", positive, [2, 3])
+    p = b.op("Div", positive, b.op("Max", total, b.const(TINY)), hint="p")
+    plogp = b.op("Mul", p, b.op("Log", b.op("Max", p, b.const(TINY))))
+    log_n = float(np.log(h * w)) if h * w > 1 else 1.0
+    weights = b.op("Mul", b.reduce("ReduceSum", plogp, [2, 3]), b.const(-1.0 / log_n), hint="entropy")  # (N,K,1,1)
+    if weighting == "negentropy":
+        weights = b.op("Sub", b.const(1.0), weights, hint="negentropy")
+    row = b.reshape(weights, (0, 1, k), hint="weights")                                             # (N,1,K)
+    return b.reshape(b.op("MatMul", row, f.channels_by_position()), (0, h, w), hint="map")

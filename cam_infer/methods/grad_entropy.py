@@ -13,16 +13,18 @@ It carries class information only where gradients vary in space (VGG-style heads
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 
 from .entropy import channel_entropy
-from .registry import Context, check_choice, method
+from .registry import Context, method
 
 
-@method("grad-entropy", needs="gradients")
-def grad_entropy(ctx: Context, *, estimator: str = "spatial", weighting: str = "entropy") -> np.ndarray:
-    check_choice("estimator", estimator, ("spatial", "histogram"))
-    check_choice("weighting", weighting, ("entropy", "negentropy"))
+@method("grad-entropy", needs="gradients", cost="1 forward + 1 backward through the head (torch)")
+def grad_entropy(ctx: Context, *, estimator: Literal["spatial", "histogram"] = "spatial",
+                 weighting: Literal["entropy", "negentropy"] = "entropy") -> np.ndarray:
+    """Σ_k Ĥ(|g^k|) A^k; class-agnostic on GAP→linear heads"""
     maps = []
     for a, g in zip(ctx.activations, ctx.gradients):
         w = channel_entropy(np.abs(g) if estimator == "spatial" else g, estimator)

@@ -11,7 +11,8 @@ import numpy as np
 from .registry import Context, method
 
 
-@method("gradcam", needs="gradients")
+@method("gradcam", needs="gradients", cost="1 forward + 1 backward through the head (torch)")
 def gradcam(ctx: Context) -> np.ndarray:
+    """Σ_k α_k A^k, α_k = mean_ij g^k_ij (g = ∂y^c/∂A, y^c before softmax)"""
     weights = ctx.gradients.mean(axis=(2, 3))                                  # (N,K)
     return np.einsum("nk,nkhw->nhw", weights, ctx.activations, optimize=True)

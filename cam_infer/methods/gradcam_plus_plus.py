@@ -15,8 +15,9 @@ from .registry import Context, method
 EPS = 1e-6
 
 
-@method("gradcam++", needs="gradients")
+@method("gradcam++", needs="gradients", cost="1 forward + 1 backward through the head (torch)")
 def gradcam_plus_plus(ctx: Context) -> np.ndarray:
+    """α^k_ij = g²/(2g² + Σ_ab A^k_ab g³ + 1e-6), 0 where g = 0; w_k = Σ_ij α^k_ij ReLU(g^k_ij) (pytorch-grad-cam's form)"""
     g = ctx.gradients.astype(np.float64)
     a = ctx.activations.astype(np.float64)
     g2 = g * g

@@ -11,6 +11,7 @@ import numpy as np
 from .registry import Context, method
 
 
-@method("hirescam", needs="gradients")
+@method("hirescam", needs="gradients", cost="1 forward + 1 backward through the head (torch)")
 def hirescam(ctx: Context) -> np.ndarray:
+    """Σ_k g^k ⊙ A^k (= CAM/(h·w) on GAP→linear heads)"""
     return (ctx.gradients * ctx.activations).sum(axis=1)

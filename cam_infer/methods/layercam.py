@@ -11,6 +11,7 @@ import numpy as np
 from .registry import Context, method
 
 
-@method("layercam", needs="gradients")
+@method("layercam", needs="gradients", cost="1 forward + 1 backward through the head (torch)")
 def layercam(ctx: Context) -> np.ndarray:
+    """Σ_k ReLU(g^k) ⊙ A^k"""
     return (np.maximum(ctx.gradients, 0) * ctx.activations).sum(axis=1)

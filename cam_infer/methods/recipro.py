@@ -11,11 +11,14 @@ head passes, for checking).
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 
 from .. import kernels
 from ..errors import CamInferError
-from .registry import Context, check_choice, method, softmax
+from ..numerics import softmax
+from .registry import Context, fused, method
 
 KERNELS = {
     "onehot": np.ones((1, 1), np.float32),
@@ -31,10 +34,11 @@ def kernel_mass(kernel: np.ndarray, h: int, w: int) -> np.ndarray:
     return out.reshape(h * w, -1).sum(axis=1).reshape(h, w)
 
 
-@method("recipro", needs="head")
-def recipro(ctx: Context, *, score: str = "prob", kernel: str = "onehot", closed_form: bool = True) -> np.ndarray:
-    check_choice("score", score, ("prob", "logit"))
-    check_choice("kernel", kernel, tuple(KERNELS))
+@method("recipro", needs="head", cost="1 feature pass + h·w head rows (none: exact closed form on GAP→linear heads)",
+        bench={"recipro": {}, "recipro (head passes)": {"closed_form": False}})
+def recipro(ctx: Context, *, score: Literal["prob", "logit"] = "prob", kernel: Literal["onehot", "gaussian3"] = "onehot",
+            closed_form: bool = True) -> np.ndarray:
+    """softmax(head(A ⊙ M_ij))_c over the h·w one-hot masks; exact closed form on GAP→linear heads"""
     if score == "logit" and ctx.bundle.output_kind == "probabilities":
         raise CamInferError("score='logit' needs a model that outputs logits; this one ends in a softmax")
     n, k, h, w = ctx.activations.shape
@@ -58,3 +62,28 @@ def _closed_form(ctx: Context, kernel: np.ndarray, score: str) -> np.ndarray:
     logits = head.logits(pooled)                                                         # (N, hw, C)
     scores = softmax(logits) if score == "prob" else logits
     return np.take_along_axis(scores, ctx.targets[:, None, None], axis=2)[..., 0].reshape(n, h, w)
+
+
+@fused("recipro", class_specific=True)
+def recipro_onnx(f, *, score: str = "prob", kernel: str = "onehot", closed_form: bool = True) -> str:
+    """S_c(i,j) = softmax(head(A ⊙ M_ij))_c. GAP→linear heads: one MatMul of the head's weights with
+    the position vectors A[:,i,j]·g_ij/(h·w). Other heads: the head applied to the h·w masked copies,
+    stacked in the batch dimension, masks made in the graph (no h·w×h·w constant)."""
+    if score == "logit" and f.output_kind == "probabilities":
+        raise CamInferError("score='logit' needs a model that outputs logits; this one ends in a softmax")
+    b = f.b
+    k, h, w = f.shape
+    positions = b.op("Transpose", f.channels_by_position(), perm=[0, 2, 1], hint="positions")   # (N,hw,K)
+    if closed_form and f.linear_head is not None:
+        mass = kernel_mass(KERNELS[kernel], h, w).reshape(1, h * w, 1) / (h * w)
+        scores = f.linear_scores(f.linear_head, b.op("Mul", positions, b.const(mass)))
+        softmax_needed = score == "prob"
+    else:
+        scores = f.head_on_masked_copies(positions, KERNELS[kernel])
+        softmax_needed = score == "prob" and f.output_kind == "logits"
+    scores = b.reshape(scores, (-1, h * w, f.num_classes), hint="scores")                     # (N,hw,C)
+    if softmax_needed:
+        scores = b.op("Softmax", scores, axis=-1)
+    index = b.op("Expand", b.unsqueeze(f.targets, [1]), b.ints([1, h * w, 1]), hint="index")   # (N,hw,T)
+    chosen = b.op("GatherElements", scores, index, axis=2)
+    return f.per_class(b.op("Transpose", chosen, perm=[0, 2, 1]))

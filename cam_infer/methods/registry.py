@@ -1,25 +1,45 @@
-"""The method registry and what every method receives."""
+"""The method registry: one `MethodSpec` per method, declared once, in the method's own module.
+
+    @method("recipro", needs="head", cost="1 feature pass + h·w head rows (none on GAP→linear heads)",
+            bench={"recipro": {}, "recipro (head passes)": {"closed_form": False}})
+    def recipro(ctx: Context, *, score: Literal["prob", "logit"] = "prob", closed_form: bool = True) -> np.ndarray:
+        ...
+
+    @fused("recipro", class_specific=True)          # optional: the method as ONNX nodes, for `cam-infer fuse`
+    def recipro_onnx(f: Fusion, *, score="prob", closed_form=True) -> str:
+        ...
+
+The keyword-only arguments are the options: their annotations give the types (a ``Literal`` lists the
+choices), their defaults the defaults; every value is checked before the method runs. The CLI's help
+and choices, ``--method all``, the benchmark cases, `fuse` and the README's method table all read this
+registry; a name registered twice is an error.
+"""
 
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
-from typing import Callable
+import typing
+from dataclasses import dataclass, field, replace
+from typing import Callable, Literal
 
 import numpy as np
 
 from ..backends.base import Backend
 from ..bundle import Bundle
 from ..bundle.head import LinearHead
-from ..errors import CamInferError
+from ..errors import CamInferError, MethodNotApplicable
+from ..numerics import softmax
+
+NEEDS = ("features", "linear_head", "head", "model", "gradients")
+DEFAULT_METHOD = "recipro"
 
 
 @dataclass
 class Context:
-    """What a method may use. `logits` are the head's scores on `activations` (probabilities for
+    """What a method may use. `outputs` are the head's scores on `activations` (probabilities for
     bundles whose output kind is ``probabilities``)."""
 
-    x: np.ndarray                  # (N,3,H,W) model input
+    x: np.ndarray                  # (N,C,H,W) model input
     activations: np.ndarray        # (N,K,h,w)
     targets: np.ndarray            # (N,) class explained per image
     outputs: np.ndarray            # (N,C) head(activations)
@@ -33,46 +53,150 @@ class Context:
         return outputs if self.bundle.output_kind == "probabilities" else softmax(outputs)
 
 
-def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
-    z = z - z.max(axis=axis, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=axis, keepdims=True)
+@dataclass(frozen=True)
+class Option:
+    """One keyword option of a method: its default, its type and, for a ``Literal``, its choices."""
+
+    name: str
+    default: object
+    kind: tuple[type, ...] | None = None        # accepted Python types (None: anything)
+    choices: tuple | None = None
+    optional: bool = False                      # None is accepted
+
+    def check(self, method: str, value) -> None:
+        if value is None and self.optional:
+            return
+        if self.choices is not None:
+            if value not in self.choices:
+                raise CamInferError(f"{method}: {self.name} must be one of {', '.join(map(repr, self.choices))}, "
+                                    f"not {value!r}")
+            return
+        if self.kind and (not isinstance(value, self.kind) or (isinstance(value, bool) and bool not in self.kind)):
+            names = " or ".join(k.__name__ for k in self.kind) + (" or None" if self.optional else "")
+            raise CamInferError(f"{method}: {self.name} must be {names}, not {value!r}")
+
+    def describe(self) -> str:
+        if self.choices:
+            return f"`{self.name}=" + "\\|".join(repr(c).replace("'", '"') for c in self.choices) + "`"
+        return f"`{self.name}={self.default!r}`".replace("'", '"')
 
 
 @dataclass(frozen=True)
-class Method:
-    name: str
-    fn: Callable
-    needs: str            # "features" | "linear_head" | "head" | "model" | "gradients"
-    options: tuple[str, ...]
+class MethodSpec:
+    """Everything the package knows about a method."""
 
-    def __call__(self, ctx: Context, **options) -> np.ndarray:
+    name: str
+    fn: Callable                    # (Context, **options) → (N,h,w) maps before ReLU and normalisation
+    needs: str                      # one of NEEDS
+    options: dict[str, Option]
+    cost: str                       # what one image costs, in passes (bench and docs)
+    summary: str                    # one line: what it computes
+    bench: dict[str, dict]          # benchmark cases: shown name → options
+    fused: Callable | None = None   # (Fusion, **options) → map tensor name, for `cam-infer fuse`
+    class_specific: bool = True     # the map depends on the class explained
+    floor: Callable | None = None   # (explainer, x, options) → number of full passes the method makes
+
+    @property
+    def gradient(self) -> bool:
+        return self.needs == "gradients"
+
+    def applies(self, has_linear_head: bool) -> str | None:
+        """Why this method cannot run on a bundle (None: it can)."""
+        if self.needs == "linear_head" and not has_linear_head:
+            return (f"method '{self.name}' needs a head that is global average pooling followed by a linear layer, "
+                    "and this bundle's head is not; use recipro, ablation or score")
+        return None
+
+    def check_options(self, options: dict) -> None:
         unknown = sorted(set(options) - set(self.options))
         if unknown:
             raise CamInferError(f"method '{self.name}' has no option {', '.join(unknown)}; "
                                 f"its options: {', '.join(self.options) or 'none'}")
+        for key, value in options.items():
+            self.options[key].check(self.name, value)
+
+    def __call__(self, ctx: Context, **options) -> np.ndarray:
+        self.check_options(options)
         return self.fn(ctx, **options)
 
 
-METHODS: dict[str, Method] = {}
+METHODS: dict[str, MethodSpec] = {}
 
 
-def method(name: str, needs: str = "features"):
-    """Register a method function under `name`; its keyword-only arguments are its options."""
+def method(name: str, *, needs: str = "features", cost: str, bench: dict | None = None, floor: Callable | None = None):
+    """Register a method function under `name`; its keyword-only arguments are its options. The first
+    line of the function's docstring is its summary."""
+    if needs not in NEEDS:
+        raise ValueError(f"method '{name}': needs must be one of {NEEDS}, not {needs!r}")
+
     def register(fn):
-        params = inspect.signature(fn).parameters.values()
-        options = tuple(p.name for p in params if p.kind == p.KEYWORD_ONLY)
-        METHODS[name] = Method(name, fn, needs, options)
+        if name in METHODS:
+            raise ValueError(f"method name '{name}' is registered twice ({METHODS[name].fn.__module__} and "
+                             f"{fn.__module__})")
+        summary = (inspect.getdoc(fn) or "").splitlines()[0] if inspect.getdoc(fn) else name
+        METHODS[name] = MethodSpec(name, fn, needs, options_of(fn), cost, summary,
+                                   {name: {}} if bench is None else bench, floor=floor)
         return fn
     return register
 
 
-def get_method(name: str) -> Method:
+def fused(name: str, *, class_specific: bool):
+    """Register the ONNX builder of an already registered method (its options: a subset of the method's,
+    plus builder-only ones such as eigen's ``squarings``)."""
+    def register(fn):
+        if name not in METHODS:
+            raise ValueError(f"@fused('{name}') before @method('{name}')")
+        if METHODS[name].fused is not None:
+            raise ValueError(f"method '{name}' has two ONNX builders")
+        METHODS[name] = replace(METHODS[name], fused=fn, class_specific=class_specific)
+        return fn
+    return register
+
+
+def options_of(fn: Callable) -> dict[str, Option]:
+    hints = typing.get_type_hints(fn)
+    options = {}
+    for p in inspect.signature(fn).parameters.values():
+        if p.kind != p.KEYWORD_ONLY:
+            continue
+        options[p.name] = _option(p.name, p.default, hints.get(p.name))
+    return options
+
+
+def _option(name: str, default, hint) -> Option:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    optional = type(None) in typing.get_args(hint)
+    if typing.get_origin(hint) is Literal:
+        return Option(name, default, choices=tuple(typing.get_args(hint)))
+    if args and typing.get_origin(args[0]) is Literal:
+        return Option(name, default, choices=tuple(typing.get_args(args[0])), optional=optional)
+    kinds = tuple(a for a in (args or [hint]) if isinstance(a, type))
+    if float in kinds:
+        kinds = (*kinds, int)
+    return Option(name, default, kinds or None, optional=optional)
+
+
+def get_method(name: str) -> MethodSpec:
     if name not in METHODS:
-        raise CamInferError(f"unknown method '{name}'; choose one of: {', '.join(METHODS)}")
+        import difflib
+        close = difflib.get_close_matches(name, list(METHODS), n=2)
+        raise CamInferError(f"unknown method '{name}'" + (f" (did you mean {' or '.join(map(repr, close))}?)"
+                                                          if close else "") + f"; choose one of: {', '.join(METHODS)}")
     return METHODS[name]
 
 
-def check_choice(name: str, value, choices) -> None:
-    if value not in choices:
-        raise CamInferError(f"{name} must be one of {', '.join(map(repr, choices))}, not {value!r}")
+def require_linear_head(ctx: Context, name: str) -> LinearHead:
+    if ctx.linear_head is None:
+        raise MethodNotApplicable(METHODS[name].applies(False))
+    return ctx.linear_head
+
+
+def methods_table() -> str:
+    """The README's table of methods, from the registry."""
+    lines = ["| method | needs | cost per image | what it computes | options (default first) |",
+             "|---|---|---|---|---|"]
+    for spec in METHODS.values():
+        options = ", ".join(o.describe() for o in spec.options.values()) or "—"
+        summary = spec.summary.replace("|", "\\|")
+        lines.append(f"| `{spec.name}` | {spec.needs.replace('_', ' ')} | {spec.cost} | {summary} | {options} |")
+    return "\n".join(lines)

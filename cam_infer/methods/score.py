@@ -11,11 +11,14 @@ spatial std (Faster Score-CAM). Cost: one full pass per kept channel, in chunks.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 
 from .. import kernels
 from ..errors import CamInferError
-from .registry import Context, check_choice, method, softmax
+from ..numerics import softmax
+from .registry import Context, method
 
 
 def selected_channels(a: np.ndarray, top_k: int | None) -> np.ndarray:
@@ -33,16 +36,24 @@ def rows_per_call(bundle, memory_budget: int, channels: int) -> int:
     return int(max(1, min(channels, memory_budget // (per_pass + 16 * height * width))))
 
 
-@method("score", needs="model")
-def score(ctx: Context, *, weighting: str = "reference", top_k: int | None = None) -> np.ndarray:
-    check_choice("weighting", weighting, ("reference", "channel-softmax"))
+def full_passes(explainer, x: np.ndarray, options: dict) -> tuple[int, int]:
+    """The cost model: (full passes for one image, images per backend call), which bench times as the floor."""
+    passes = len(selected_channels(explainer.backend.features(x[:1])[0], options.get("top_k")))
+    return passes, rows_per_call(explainer.bundle, explainer.backend.memory_budget, passes)
+
+
+@method("score", needs="model", cost="1 full pass per channel (K, or top_k)", floor=full_passes,
+        bench={"score top_k=64": {"top_k": 64}, "score": {}})
+def score(ctx: Context, *, weighting: Literal["reference", "channel-softmax"] = "reference",
+          top_k: int | None = None) -> np.ndarray:
+    """one full pass per channel on x ⊙ minmax(bilinear(A^k)); weight = softmax probability of the class (official code)"""
     if top_k is not None and (not isinstance(top_k, (int, np.integer)) or top_k < 1):
         raise CamInferError(f"top_k must be a positive integer, not {top_k!r}")
     n, k, h, w = ctx.activations.shape
     _, height, width = ctx.bundle.input_shape
     rows = rows_per_call(ctx.bundle, ctx.backend.memory_budget, k)
     masks = np.empty((rows, height, width), np.float32)
-    masked = np.empty((rows, 3, height, width), np.float32)
+    masked = np.empty((rows, ctx.x.shape[1], height, width), np.float32)
     maps = np.empty((n, h, w), np.float32)
     for i, a in enumerate(ctx.activations):
         c = int(ctx.targets[i])

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from ..errors import CamInferError
-from ..methods.registry import softmax
+from ..numerics import softmax
 
 SUBSTRATES = ("zeros", "blur", "mean")
 AUCS = ("rise", "recipro")

@@ -1,0 +1,113 @@
+"""What a method's ONNX builder works with (`cam_infer.methods.registry.fused`): the graph being built
+on the target-layer activation A (N,K,h,w), the classes explained, and the head it ends in, with the
+pieces several builders share (a class's weight rows, the head on masked copies of A).
+
+Each builder mirrors its NumPy method (same formula, same options) and returns the map tensor's name:
+(N,h,w) for class-agnostic methods, (N,T,h,w) for class-specific ones, T the classes per image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto
+
+from ..bundle.head import LinearHead
+from ..errors import MethodNotApplicable
+from .builder import Builder
+
+TINY = 1e-30
+
+
+@dataclass
+class Fusion:
+    """What a fused method may use: the graph being built and the head it ends in."""
+
+    b: Builder
+    activation: str                 # (N,K,h,w)
+    shape: tuple[int, int, int]     # (K,h,w)
+    targets: str | None             # (N,T) int64, for class-specific methods
+    count: int                      # T
+    num_classes: int
+    output_kind: str                # logits | probabilities
+    linear_head: LinearHead | None
+    head: onnx.ModelProto
+
+    @property
+    def head_ops(self) -> str:
+        return ", ".join(sorted({n.op_type for n in self.head.graph.node}))
+
+    def channels_by_position(self) -> str:
+        """A as (N,K,h·w)."""
+        k, h, w = self.shape
+        return self.b.reshape(self.activation, (0, k, h * w), hint="a_flat")
+
+    def per_class(self, rows: str) -> str:
+        """(N,T,h·w) → (N,T,h,w), or (N,h,w) when T = 1."""
+        _, h, w = self.shape
+        return self.b.reshape(rows, (0, self.count, h, w) if self.count > 1 else (0, h, w), hint="map")
+
+    def require_linear_head(self, name: str) -> LinearHead:
+        if self.linear_head is None:
+            raise MethodNotApplicable(f"method '{name}' needs a head that is global average pooling followed by a "
+                                      f"linear layer; this head has {self.head_ops}; fuse recipro instead")
+        return self.linear_head
+
+    def class_rows(self, head: LinearHead) -> str:
+        """The rows W_t of the target classes, (N,T,K), read from the head's weight tensor."""
+        b, src, k = self.b, head.source, self.shape[0]
+        if src.weight is None:
+            ids = b.op("Range", b.const(0, dtype=np.int64), b.const(k, dtype=np.int64), b.const(1, dtype=np.int64))
+            return b.op("Cast", b.op("Equal", b.unsqueeze(self.targets, [2]), ids), to=TensorProto.FLOAT, hint="rows")
+        if src.transposed:                                                       # stored (K,C)
+            rows = b.op("Transpose", b.op("Gather", src.weight, self.targets, axis=1), perm=[1, 2, 0], hint="rows")
+        else:                                                                    # stored (C,K)
+            rows = b.op("Gather", src.weight, self.targets, axis=0, hint="rows")
+        return b.scale(rows, src.weight_scale)
+
+    def linear_scores(self, head: LinearHead, positions: str) -> str:
+        """W·p + b for every position vector p, with the head's own tensors: (N·hw, C)."""
+        b, src = self.b, head.source
+        flat = b.reshape(positions, (-1, self.shape[0]), hint="pooled")
+        if src.weight is None:
+            return flat
+        inputs = [flat, src.weight] + ([src.bias] if src.bias else [])
+        return b.op("Gemm", *inputs, transB=int(not src.transposed), alpha=src.weight_scale, beta=src.bias_scale,
+                    hint="logits")
+
+    def head_on_masked_copies(self, positions: str, kernel: np.ndarray) -> str:
+        """Row (n, i·w+j) of the batch is A[n,:,i,j] placed by `kernel` around (i,j), zero elsewhere."""
+        b = self.b
+        k, h, w = self.shape
+        ids = b.op("Range", b.const(0, dtype=np.int64), b.const(h * w, dtype=np.int64), b.const(1, dtype=np.int64))
+        one_hot = b.op("Cast", b.op("Equal", b.reshape(ids, (h * w, 1, 1, 1)), b.reshape(ids, (1, 1, h, w))),
+                       to=TensorProto.FLOAT, hint="one_hot")                                    # (hw,1,h,w)
+        masks = one_hot
+        if kernel.shape != (1, 1):
+            ph, pw = kernel.shape[0] // 2, kernel.shape[1] // 2
+            masks = b.op("Conv", one_hot, b.const(kernel[::-1, ::-1].reshape(1, 1, *kernel.shape)),
+                         pads=[ph, pw, ph, pw], hint="masks")
+        spread = b.op("Mul", b.reshape(positions, (-1, h * w, k, 1, 1)), b.reshape(masks, (1, h * w, 1, h, w)))
+        return self.clone_head(b.reshape(spread, (-1, k, h, w), hint="masked"))
+
+    def clone_head(self, new_input: str) -> str:
+        """Append a copy of the head graph reading `new_input`; its weights are shared, not copied."""
+        from ..errors import CamInferError
+        graph = self.head.graph
+        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+               for n in graph.node for a in n.attribute):
+            raise CamInferError("this head has control flow (If/Loop/Scan); its Recipro-CAM cannot be fused")
+        renamed = {graph.input[0].name: new_input}
+        for node in graph.node:
+            for name in node.output:
+                renamed[name] = self.b.name("head")
+        for node in graph.node:
+            copy = onnx.NodeProto()
+            copy.CopyFrom(node)
+            copy.name = self.b.name(f"head_{node.op_type}")
+            copy.input[:] = [renamed.get(i, i) for i in node.input]
+            copy.output[:] = [renamed[o] for o in node.output]
+            self.b.nodes.append(copy)
+        return renamed[graph.output[0].name]
