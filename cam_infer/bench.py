@@ -32,6 +32,7 @@ def _cases(gradient: bool, fused: bool = False) -> dict[str, tuple[str, dict]]:
 
 CASES = _cases(gradient=False)
 GRADIENT_CASES = _cases(gradient=True)   # need torch: gradients from the head graph run in torch
+NOT_APPLICABLE = 2       # a measuring child's exit code for a method that does not apply to the bundle
 
 
 def measure(bundle_path: str, backend: str, method: str, options: dict, repeats: int, batch: int = 1) -> dict:
@@ -85,14 +86,19 @@ def measure_in_subprocess(bundle_path: str, backend: str, method: str, options: 
     return result
 
 
+def check_cases(cases, known: dict, what: str) -> list:
+    unknown = [c for c in cases if c not in known]
+    if unknown:
+        raise CamInferError(f"unknown {what} {', '.join(map(repr, unknown))}; cases: {', '.join(known)}")
+    return list(cases)
+
+
 def run_cases(bundle_path, backends, cases, repeats: int, *, score_repeats: int | None = None,
               report=print) -> list[dict]:
     """Measure every case on every backend (cases: names of `CASES`); `cam` is left out on heads
     that are not GAP→linear. Full Score-CAM may take fewer repeats (`score_repeats`): it is K passes."""
     known = {**CASES, **GRADIENT_CASES}
-    unknown = [c for c in cases if c not in known]
-    if unknown:
-        raise CamInferError(f"unknown benchmark case {', '.join(map(repr, unknown))}; cases: {', '.join(known)}")
+    check_cases(cases, known, "benchmark case")
     rows = []
     for backend in backends:
         for case in cases:
@@ -171,6 +177,25 @@ def compare_fused(bundle_path, runtime: str, case: str, repeats: int, work) -> d
     return result
 
 
+def run_fused(bundle, runtimes, cases, repeats: int, report=print) -> list[dict]:
+    """Every fused case on every runtime (cases: names of `FUSED_CASES`); a method that does not apply to the
+    bundle (cam on a head that is not GAP→linear) is left out."""
+    import tempfile
+
+    check_cases(cases, FUSED_CASES, "fused case")
+    rows = []
+    with tempfile.TemporaryDirectory() as work:
+        for runtime in runtimes:
+            for case in cases:
+                try:
+                    row = compare_fused(bundle.path, runtime, case, repeats, work)
+                except MethodNotApplicable:
+                    continue
+                rows.append(row)
+                report(format_fused_row(row))
+    return rows
+
+
 def format_fused_row(row: dict) -> str:
     return (f"| {row['runtime']} | {row['case']} | {row['plain']:.1f} | {row['fused']:.1f} | {row['ratio']:.3f}× | "
             f"{row['growth']:+.3%} |")
@@ -192,8 +217,6 @@ def _child(spec: str) -> None:
     result["maxrss_kb"] = peak_resident_kb()
     print(json.dumps(result))
 
-
-NOT_APPLICABLE = 2       # the child's exit code for a method that does not apply to the bundle
 
 if __name__ == "__main__":
     try:

@@ -146,6 +146,19 @@ class Results:
             return results
         return cls(path, settings, [], [])
 
+    def summary_lines(self, methods: int, out) -> list[str]:
+        """What `cam-infer explain` prints after a run."""
+        lines = []
+        if self.redone:
+            lines.append(f"redid {len(self.redone)} image(s) that changed since the last run, e.g. {self.redone[0]}")
+        if self.skipped:
+            lines.append(f"skipped {len(self.skipped)} file(s) that are not images: " + ", ".join(self.skipped[:5])
+                         + (", ..." if len(self.skipped) > 5 else "") + f" (all listed in {self.path})")
+        images = len({r["image"] for r in self.records})
+        lines.append(f"{len(self.records)} overlays ({images} images x {methods} methods) in {out}; "
+                     f"results in {self.path}")
+        return lines
+
     def done(self) -> set[tuple[str, str]]:
         return {(r["image"], r["method"]) for r in self.records}
 

@@ -23,6 +23,7 @@ About 850 images a second on one core.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -207,3 +208,19 @@ def _draw_distractor(rng, image: np.ndarray, placed, size: int):
     else:
         cv2.circle(image, (cx, cy), int(rng.integers(6, 10)), colour, 1)
     return [max(0, cx - 16), max(0, cy - 16), min(size - 1, cx + 16), min(size - 1, cy + 16)]
+
+
+def write_scenes(out, split: str = "cluttered", n: int = 100, seed: int = 0) -> Path:
+    """Write `n` scenes of `split` as PNGs and their labelled boxes as ``boxes.json`` (for `cam-infer audit`)."""
+    import json
+
+    from .outputs import prepare_folder
+
+    out = prepare_folder(out)
+    boxes = {}
+    for i, scene_ in enumerate(generate(split, n, seed=seed)):
+        name = f"{split}_{i:05d}.png"
+        cv2.imwrite(str(out / name), cv2.cvtColor(scene_.image, cv2.COLOR_RGB2BGR))
+        boxes[name] = [{"box": [int(v) for v in b], "label": scene_.class_name} for b in scene_.boxes]
+    (out / "boxes.json").write_text(json.dumps(boxes, indent=1) + "\n")
+    return out

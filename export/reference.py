@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import models  # noqa: E402
 from cam_infer import CamInferError, export_torch  # noqa: E402
 from cam_infer.bundle.export import load_weights  # noqa: E402
-from cam_infer.cli import describe  # noqa: E402
+from cam_infer.bundle.describe import describe  # noqa: E402
 
 
 def main() -> int:

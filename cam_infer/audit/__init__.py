@@ -215,4 +215,22 @@ def _grid(out: Path, files, names: dict, methods) -> list[tuple[str, dict]]:
     return grid
 
 
-__all__ = ["AuditOptions", "COLUMNS", "METRICS", "audit_image", "run_audit"]
+def summary_lines(summary: dict, out) -> list[str]:
+    """What `cam-infer audit` prints: per method its means (with n where a mean is over fewer images)."""
+    lines = []
+    for method, means in summary["methods"].items():
+        counts = summary["counts"].get(method, {})
+        shown = ", ".join(f"{k} {v:.3f}" + (f" (n={counts[k]})" if counts.get(k, means["images"]) != means["images"]
+                                             else "") for k, v in means.items() if k != "images")
+        lines.append(f"{method:<14} {means['images']} images: {shown}")
+    if summary["redone"]:
+        lines.append(f"redid {len(summary['redone'])} image(s) that changed since the last run, e.g. "
+                     f"{summary['redone'][0]}")
+    if summary["skipped"]:
+        lines.append(f"skipped {len(summary['skipped'])} file(s) that are not images, e.g. {summary['skipped'][0]} "
+                     "(all listed in summary.json)")
+    lines.append(f"report: {Path(out) / 'index.html'} (metrics.csv, summary.json)")
+    return lines
+
+
+__all__ = ["AuditOptions", "COLUMNS", "METRICS", "audit_image", "run_audit", "summary_lines"]

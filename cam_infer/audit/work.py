@@ -51,6 +51,31 @@ class AuditOptions:
         return d
 
     @classmethod
+    def from_arguments(cls, args) -> "AuditOptions":
+        """From `cam-infer audit`'s arguments: method and metric lists, ``method.key=value`` options."""
+        from ..methods import GRADIENT_FREE
+        from ..runs import parse_option
+
+        if "all" in args.methods.split(",") and args.methods != "all":
+            raise CamInferError("'all' cannot be combined with other methods")
+        methods = tuple(GRADIENT_FREE) if args.methods == "all" else tuple(m.strip() for m in args.methods.split(","))
+        metrics = tuple(METRICS) if args.metrics == "all" else tuple(m.strip() for m in args.metrics.split(","))
+        if args.metrics == "all" and not args.boxes:
+            metrics = ("adcc", "insertion", "deletion")
+        method_options: dict = {}
+        for text in args.option:
+            key, value = parse_option(text)
+            method, dot, name = key.partition(".")
+            if not dot or method not in methods:
+                raise CamInferError(f"--option takes method.key=value for one of the chosen methods, not '{text}'")
+            method_options.setdefault(method, {})[name] = value
+        return cls(methods=methods, metrics=metrics, backend=args.backend, device=args.device, target=args.target,
+                   space=args.space, coherency_at=args.coherency_at, steps=args.steps,
+                   deletion_substrate=args.deletion_substrate, insertion_substrate=args.insertion_substrate,
+                   auc=args.auc, box_threshold=args.box_threshold, tolerance=args.tolerance,
+                   method_options=method_options)
+
+    @classmethod
     def from_dict(cls, d: dict) -> "AuditOptions":
         return cls(**{**d, "methods": tuple(d["methods"]), "metrics": tuple(d["metrics"])})
 

@@ -43,4 +43,22 @@ def load_backend(bundle: "Bundle | str | os.PathLike", backend: str = "auto", **
     return BACKENDS[name](bundle, **options)
 
 
-__all__ = ["BACKENDS", "CHOICES", "Backend", "OnnxRuntimeBackend", "OpenVINOBackend", "load_backend"]
+def check_backend(bundle, backend_name: str, device: str) -> str:
+    """Run one random image through features and head; report the backend and the time."""
+    import time
+
+    import numpy as np
+
+    from ..bundle.verify import random_images
+
+    backend = load_backend(bundle, backend=backend_name, device=device)
+    x = random_images(bundle.preprocessing, 1)
+    backend.forward(x)  # warm-up
+    start = time.perf_counter()
+    scores = backend.forward(x)
+    ms = (time.perf_counter() - start) * 1000
+    ok = scores.shape == (1, bundle.num_classes) and bool(np.isfinite(scores).all())
+    return f"runs on    {backend.describe()}: {'yes' if ok else 'NO'}, {ms:.1f} ms per image (batch 1)"
+
+
+__all__ = ["BACKENDS", "CHOICES", "Backend", "check_backend", "OnnxRuntimeBackend", "OpenVINOBackend", "load_backend"]

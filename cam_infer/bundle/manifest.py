@@ -74,6 +74,12 @@ class Bundle:
                                         "was made (sha256 mismatch); re-create the bundle")
 
     @property
+    def runtimes(self) -> list[str]:
+        """The runtimes that run this bundle (checked when it was made)."""
+        recorded = self.manifest.get("runtimes", {"onnxruntime": {"runs": True}, "openvino": {"runs": True}})
+        return [name for name, r in recorded.items() if r.get("runs")]
+
+    @property
     def graph_format(self) -> str:
         """``onnx`` (runs on ONNX Runtime and OpenVINO) or ``openvino`` (an IR bundle: OpenVINO only)."""
         return "openvino" if self.manifest["graphs"]["features"]["file"].endswith(".xml") else "onnx"

@@ -6,8 +6,8 @@ lives in its own module (`cam_infer.methods`, registered with `@fused`) and work
 """
 
 from ..methods.eigen import EIGEN_SQUARINGS
-from .assemble import fusable, fuse, fused_error, plain_model, save
+from .assemble import fusable, fuse, fused_error, plain_model, save, summary
 
 FUSED = fusable()
 
-__all__ = ["EIGEN_SQUARINGS", "FUSED", "fusable", "fuse", "fused_error", "plain_model", "save"]
+__all__ = ["EIGEN_SQUARINGS", "FUSED", "fusable", "fuse", "fused_error", "plain_model", "save", "summary"]

@@ -249,3 +249,17 @@ def save(model: onnx.ModelProto, path: "str | os.PathLike", overwrite: bool = Fa
     tmp.write_bytes(buffer.getvalue())
     os.replace(tmp, path)
     return path
+
+
+def summary(model: onnx.ModelProto, path: Path, bundle: Bundle) -> str:
+    """What `cam-infer fuse` prints: the file, its growth, inputs, outputs and the check."""
+    def shape(value_info) -> str:
+        dims = value_info.type.tensor_type.shape.dim
+        return "(" + ",".join(d.dim_param or str(d.dim_value) for d in dims) + ")"
+
+    growth = path.stat().st_size / plain_model(bundle).ByteSize() - 1
+    error = json.loads(next(p.value for p in model.metadata_props if p.key == "cam_infer.check"))
+    return (f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {growth:+.2%} over the plain model)\n"
+            f"inputs   {', '.join(f'{i.name} {shape(i)}' for i in model.graph.input)}\n"
+            f"outputs  {', '.join(f'{o.name} {shape(o)}' for o in model.graph.output)}\n"
+            f"checked  against the Explainer on ONNX Runtime: max relative difference {error['relative_difference']:.2g}")

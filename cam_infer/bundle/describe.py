@@ -1,0 +1,51 @@
+"""A bundle in a few lines, as `cam-infer info` (and `split`, `export`) print it."""
+
+from __future__ import annotations
+
+
+def describe(bundle) -> str:
+    m = bundle.manifest
+    prep = bundle.preprocessing
+    target = m["target_layer"]
+    verification = m["verification"]
+    c, h, w = bundle.input_shape
+    k, ah, aw = bundle.activation_shape
+    labels = bundle.labels
+    batch = ("dynamic (any batch size)" if bundle.dynamic_batch
+             else f"fixed at {bundle.fixed_batch} in the source model: backends run chunks of {bundle.fixed_batch}, "
+                  "the last one padded")
+    model_in = m["input"]
+    source_form = [f"{model_in['model_dtype']}" if model_in["model_dtype"] != "float32" else "",
+                   model_in.get("model_layout", "NCHW") if model_in.get("model_layout", "NCHW") != "NCHW" else ""]
+    quant = m["activation"].get("quantization")
+    runtimes = m.get("runtimes", {})
+    how = {"auto": "chosen automatically", "tensor": "ONNX tensor", "node": "ONNX node", "module": "torch module"}
+    lines = [
+        f"bundle       {bundle.path}",
+        f"input        '{bundle.input_name}' float32 (N,{c},{h},{w}) NCHW"
+        + (f"; the model takes {' '.join(f for f in source_form if f)} (converted at the boundary)"
+           if any(source_form) else ""),
+        f"preprocess   {'GRAY' if prep.channels == 1 else prep.color.upper()}, "
+        + (f"resize shorter side to {prep.resize}, center crop {h}x{w}" if prep.crop == "center"
+           else f"resize to {h}x{w}")
+        + f", x*{prep.scale:.6g}, mean {list(prep.mean)}, std {list(prep.std)}",
+        f"target layer '{target['requested']}' ({how[target['matched_by']]}) -> tensor '{target['tensor']}'"
+        + (f", module '{target['module']}'" if target.get("module") and target["matched_by"] != "module" else ""),
+        f"activation   (N,{k},{ah},{aw})" + (f", dequantized from {quant['dtype']} (scale {quant['scale']}, zero point "
+                                            f"{quant['zero_point']}); the head re-quantizes it" if quant else ""),
+        "head ops     " + ", ".join(f"{op} x{n}" for op, n in m["graphs"]["head"]["ops"].items()),
+        f"output       '{m['output']['name']}': {bundle.num_classes} classes, {bundle.output_kind}"
+        + (f" (the model's {' -> '.join(m['output']['left_out'])} after them is left out: probabilities are "
+           "their softmax)" if m["output"].get("left_out") else ""),
+        "labels       " + (f"{len(labels)} ({', '.join(labels[:3])}{', ...' if len(labels) > 3 else ''})"
+                            if labels else "none (class indices)"),
+        f"batch        {batch}",
+        "verified     " + ("yes" if verification.get("passed") else "NO")
+        + f": head(features(x)) vs model(x), batches {verification['batch_sizes']}, "
+        f"max |diff| {verification['max_abs_diff']:.3g} ({verification['runtime']})",
+        "runtimes     " + (", ".join(f"{n}: {'yes' if r['runs'] else 'no (' + r.get('why_not', '')[:120] + ')'}"
+                                     for n, r in runtimes.items()) or "not recorded"),
+        f"source       {m['provenance'].get('source') or 'in-memory model'}"
+        + (f", exported with {m['provenance']['exporter']}" if m["provenance"].get("exporter") else ""),
+    ]
+    return "\n".join(lines)

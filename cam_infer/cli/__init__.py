@@ -1,0 +1,45 @@
+"""``cam-infer``: demo, split, export, info, explain, bench, fuse, audit, synthetic.
+
+`arguments.py` declares the arguments (method names, options and benchmark cases come from the method
+registry), `commands.py` calls the module that does each job and prints what it returns, and `main`
+turns every error a user can cause into one line (``cam-infer: error: ...``) and exit 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from ..errors import CamInferError
+from .arguments import build_parser
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code = args.run(args)
+        sys.stdout.flush()          # a closed pipe shows here, inside the handlers below
+        return code
+    except CamInferError as exc:
+        print(f"cam-infer: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:         # `cam-infer info --json | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as exc:          # a path the user gave: read-only, missing, a file where a folder goes
+        where = f" '{exc.filename}'" if exc.filename else ""
+        print(f"cam-infer: error: cannot use{where}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("cam-infer: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # an internal error: still one line unless --debug
+        if args.debug:
+            raise
+        first = " ".join(str(exc).split())[:300]
+        print(f"cam-infer: internal error: {type(exc).__name__}: {first} (rerun with --debug for details)",
+              file=sys.stderr)
+        return 3
+
+
+__all__ = ["build_parser", "main"]

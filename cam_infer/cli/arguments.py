@@ -1,0 +1,164 @@
+"""The command line's arguments: groups shared by several commands are declared once."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..backends import CHOICES as BACKEND_CHOICES
+from ..version import __version__
+
+PREPROCESSING = ("resize", "crop", "mean", "std", "scale", "color")
+
+
+# --- argument groups declared once -----------------------------------------------------------------
+
+def _runtime(p, backend_help="auto (default): ONNX Runtime for ONNX bundles, OpenVINO for IR bundles") -> None:
+    p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES, help=backend_help)
+    p.add_argument("--device", default="CPU", help="device (CPU, GPU, NPU, AUTO)")
+
+
+def _out(p, what: str, force: str) -> None:
+    p.add_argument("--out", required=True, help=what)
+    p.add_argument("--force", action="store_true", help=force)
+
+
+def _options(p, metavar: str = "KEY=VALUE", example: str = "--option top_k=64 --option score=logit") -> None:
+    p.add_argument("--option", action="append", default=[], metavar=metavar,
+                   help=f"method option, e.g. {example} (repeatable)")
+
+
+def _bundle_and_images(p) -> None:
+    p.add_argument("bundle", help="bundle folder")
+    p.add_argument("images", nargs="+", help="image files and folders (searched recursively)")
+
+
+def _preprocessing_args(p, *, input_size_required: bool = False) -> None:
+    g = p.add_argument_group("preprocessing (default: torchvision ImageNet convention; raw pixels for uint8 models)")
+    g.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"), required=input_size_required,
+                   help="model input size (default: the model's own static shape)")
+    g.add_argument("--resize", type=int, help="resize the shorter side to this before cropping (default: size/0.875)")
+    g.add_argument("--crop", choices=["center", "none"], help="center crop, or none: resize straight to the input size")
+    g.add_argument("--mean", nargs="+", type=float, metavar="M", help="per-channel mean (3 values; 1 for gray)")
+    g.add_argument("--std", nargs="+", type=float, metavar="S", help="per-channel std (3 values; 1 for gray)")
+    g.add_argument("--scale", type=float, help="pixel multiplier before mean/std (default 1/255)")
+    g.add_argument("--color", choices=["rgb", "bgr"], help="channel order the model expects")
+    g.add_argument("--labels", help="text file with one class name per line")
+
+
+def preprocessing_fields(args) -> dict:
+    fields = {k: getattr(args, k) for k in PREPROCESSING}
+    return {k: (tuple(v) if isinstance(v, list) else v) for k, v in fields.items() if v is not None}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ..bench import CASES, GRADIENT_CASES
+    from ..fuse import fusable
+    from ..methods import GRADIENT, GRADIENT_FREE
+    from ..methods.registry import DEFAULT_METHOD
+    from . import commands as run
+
+    parser = argparse.ArgumentParser(prog="cam-infer", description="Class activation maps for deployed models.")
+    parser.add_argument("--version", action="version", version=f"cam-infer {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="explain synthetic scenes with the embedded model (no downloads)")
+    p.add_argument("--out", default="cam-infer-demo", help="folder for the grids (default ./cam-infer-demo)")
+    _runtime(p)
+    p.set_defaults(run=run.demo)
+
+    p = sub.add_parser("split", help="split a classifier (.onnx, or .xml IR / .tflite for OpenVINO) into a bundle")
+    p.add_argument("model", help="classifier file: .onnx (ONNX bundle), .xml or .tflite (OpenVINO IR bundle)")
+    p.add_argument("--layer", default="auto", help="auto, ONNX tensor or node name, or torch module path")
+    _out(p, "bundle folder to write", "replace an existing bundle in --out")
+    p.add_argument("--layout", choices=["nchw", "nhwc"], help="the input's layout, when its shape does not tell")
+    _preprocessing_args(p)
+    p.set_defaults(run=run.split)
+
+    p = sub.add_parser("export", help="export a PyTorch model to a bundle (needs torch)")
+    p.add_argument("factory", help="'package.module:callable' returning the torch.nn.Module")
+    p.add_argument("--weights", help="state_dict file (loaded with torch.load(weights_only=True))")
+    p.add_argument("--layer", required=True, help="torch module path of the target layer, e.g. layer4")
+    _out(p, "bundle folder to write", "replace an existing bundle in --out")
+    p.add_argument("--exporter", default="auto", choices=["auto", "dynamo", "legacy"])
+    _preprocessing_args(p, input_size_required=True)
+    p.set_defaults(run=run.export)
+
+    p = sub.add_parser("info", help="describe a bundle")
+    p.add_argument("bundle", help="bundle folder")
+    p.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
+    p.add_argument("--backend", help=f"also run one image on this runtime ({', '.join(BACKEND_CHOICES)}) and time it")
+    p.add_argument("--device", default="CPU", help="device for --backend (CPU, GPU, NPU, AUTO)")
+    p.set_defaults(run=run.info)
+
+    p = sub.add_parser("explain", help="explain image files; write overlays and results.json")
+    _bundle_and_images(p)
+    p.add_argument("--method", default=DEFAULT_METHOD,
+                   help=f"{', '.join(GRADIENT_FREE)}, comma-separated names, or 'all' (every gradient-free method); "
+                        f"default {DEFAULT_METHOD}. With torch also {', '.join(GRADIENT)}")
+    _options(p)
+    p.add_argument("--target", help="class to explain, by index or label (default: each image's top-1)")
+    _out(p, "folder for the overlays and results.json", "start over in --out instead of resuming")
+    _runtime(p)
+    p.add_argument("--batch-size", type=int, default=8, help="images per call (default 8)")
+    p.add_argument("--colormap", default="jet")
+    p.add_argument("--alpha", type=float, default=0.5, help="heat-map weight in the overlay (default 0.5)")
+    p.add_argument("--on", default="original", choices=["original", "model"],
+                   help="overlay on the original image (default) or on the model's resized and cropped view")
+    p.set_defaults(run=run.explain)
+
+    p = sub.add_parser("bench", help="time every method against one forward pass; peak memory")
+    p.add_argument("bundle", help="bundle folder")
+    p.add_argument("--backend", help="comma-separated backends (default: every runtime that runs the bundle)")
+    p.add_argument("--method", default="all", help="comma-separated cases (see below) or 'all'")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per case, after one warm-up (default 5)")
+    p.add_argument("--score-repeats", type=int, default=None, help="timed runs of full Score-CAM (default --repeats)")
+    p.add_argument("--fused", action="store_true",
+                   help="instead: latency of each fused model (cam-infer fuse) over the plain model, and file growth")
+    p.epilog = (f"cases: {', '.join(map(repr, CASES))}; with torch also {', '.join(map(repr, GRADIENT_CASES))} "
+                "(not in 'all')")
+    p.set_defaults(run=run.bench)
+
+    p = sub.add_parser("fuse", help="write one ONNX model that returns the scores and the saliency map")
+    p.add_argument("bundle", help="bundle folder")
+    p.add_argument("--method", default=DEFAULT_METHOD, help=f"{', '.join(fusable())} (default {DEFAULT_METHOD})")
+    _options(p, example="--option score=logit or --option squarings=12")
+    classes = p.add_mutually_exclusive_group()
+    classes.add_argument("--top-k", type=int, default=1, help="explain the k best classes: saliency (N,k,h,w)")
+    classes.add_argument("--class-input", action="store_true",
+                         help="explain the class given in an int64 input 'class_id' (N,) instead of the top-1")
+    p.add_argument("--raw", action="store_true", help="also output saliency_raw, the maps before ReLU and min-max")
+    _out(p, "the .onnx file to write", "replace --out if it exists")
+    p.set_defaults(run=run.fuse)
+
+    p = sub.add_parser("audit", help="every method x every metric over an image folder; CSV, JSON and an HTML report")
+    _bundle_and_images(p)
+    p.add_argument("--methods", default="all", help="comma-separated methods, or 'all' (every gradient-free method)")
+    p.add_argument("--metrics", default="all", help="comma-separated: adcc, insertion, deletion, pointing, energy, box; "
+                                                    "or 'all' (localisation metrics need --boxes)")
+    p.add_argument("--boxes", help="JSON: image file -> list of [x1,y1,x2,y2] or {\"box\": [...], \"label\": ...}")
+    _out(p, "report folder (a rerun resumes it)", "start over in --out instead of resuming")
+    _runtime(p)
+    _options(p, "METHOD.KEY=VALUE", "score.top_k=64")
+    g = p.add_argument_group("protocol (recorded in summary.json)")
+    g.add_argument("--target", default="predicted", help="class explained: 'predicted' (default), 'truth' (the "
+                                                          "label of the image's boxes), or one class, by label or index")
+    g.add_argument("--space", default="normalised", choices=["normalised", "raw"],
+                   help="explanation map x*S in the normalised input, or raw pixels (black)")
+    g.add_argument("--coherency-at", default="input", choices=["input", "map"])
+    g.add_argument("--steps", type=int, default=28, help="insertion/deletion steps (default 28, RISE's at 224)")
+    g.add_argument("--deletion-substrate", default="zeros", choices=["zeros", "blur", "mean"])
+    g.add_argument("--insertion-substrate", default="blur", choices=["zeros", "blur", "mean"])
+    g.add_argument("--auc", default="rise", choices=["rise", "recipro"])
+    g.add_argument("--box-threshold", type=float, default=0.2, help="fraction of the max kept for the box (0.2)")
+    g.add_argument("--tolerance", type=float, default=0.0, help="pointing game tolerance in pixels (paper: 15)")
+    p.add_argument("--grid", type=int, default=48, help="images shown in the HTML thumbnail grid (default 48)")
+    p.set_defaults(run=run.audit)
+
+    p = sub.add_parser("synthetic", help="write synthetic scenes with ground-truth boxes (for audit)")
+    p.add_argument("--out", required=True, help="folder for the PNGs and boxes.json")
+    p.add_argument("--split", default="cluttered", help="large, small, multiple or cluttered (default)")
+    p.add_argument("-n", "--count", dest="n", type=int, default=100, help="number of scenes (default 100)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=run.synthetic)
+    return parser

@@ -1,0 +1,122 @@
+"""One function per command: call the module that does the work, print what it returns."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import CamInferError
+from .arguments import preprocessing_fields
+
+
+def demo(args) -> int:
+    from ..demo import run_demo
+    run_demo(args.out, backend=args.backend)
+    return 0
+
+
+def split(args) -> int:
+    from ..bundle import split_model
+    from ..bundle.describe import describe
+    size = tuple(args.input_size) if args.input_size else None
+    print(describe(split_model(args.model, layer=args.layer, out=args.out, input_size=size, labels=args.labels,
+                               preprocessing=preprocessing_fields(args), overwrite=args.force, layout=args.layout)))
+    return 0
+
+
+def export(args) -> int:
+    from ..bundle.describe import describe
+    from ..bundle.export import export_torch, load_factory, load_weights
+    model = load_factory(args.factory)()
+    if args.weights:
+        load_weights(model, args.weights)
+    print(describe(export_torch(model, layer=args.layer, input_size=tuple(args.input_size), out=args.out,
+                                exporter=args.exporter, preprocessing=preprocessing_fields(args), labels=args.labels,
+                                overwrite=args.force)))
+    return 0
+
+
+def info(args) -> int:
+    from ..backends import check_backend
+    from ..bundle import Bundle
+    from ..bundle.describe import describe
+    bundle = Bundle.load(args.bundle)
+    print(json.dumps(bundle.manifest, indent=2) if args.json else describe(bundle))
+    if args.backend:
+        print(check_backend(bundle, args.backend, args.device))
+    return 0
+
+
+def explain(args) -> int:
+    from ..explainer import Explainer
+    from ..methods import get_method
+    from ..runs import choose_methods, explain_files, parse_option
+    names = [m.strip() for m in args.method.split(",") if m.strip()]
+    gradients = "torch" if any(n != "all" and get_method(n).gradient for n in names) else None
+    explainer = Explainer(args.bundle, backend=args.backend, device=args.device, gradients=gradients)
+    methods, skipped = choose_methods(names, explainer.linear_head is not None)
+    if skipped:
+        print(f"skipped {', '.join(skipped)}: this bundle's head is not global pooling + linear")
+    results = explain_files(explainer, args.images, methods, args.out, target=args.target,
+                            options=dict(parse_option(o) for o in args.option), batch_size=args.batch_size,
+                            colormap=args.colormap, alpha=args.alpha, restart=args.force, on=args.on)
+    for line in results.summary_lines(len(methods), args.out):
+        print(line)
+    if results.errors:
+        raise CamInferError(f"{len(results.errors)} image(s) could not be read, e.g. {results.errors[0]['error']}; "
+                            f"the others are done (see {results.path})")
+    return 0
+
+
+def bench(args) -> int:
+    from ..bench import CASES, FUSED_CASES, FUSED_HEADER, GRADIENT_CASES, HEADER, check_cases, run_cases, run_fused
+    from ..bundle import Bundle
+    bundle = Bundle.load(args.bundle)
+    if args.repeats < 1 or (args.score_repeats is not None and args.score_repeats < 1):
+        raise CamInferError("repeats must be at least 1")
+    runtimes = [b.strip() for b in args.backend.split(",")] if args.backend else bundle.runtimes
+    cases = list(FUSED_CASES if args.fused else CASES) if args.method == "all" else \
+        [c.strip() for c in args.method.split(",")]
+    check_cases(cases, FUSED_CASES if args.fused else {**CASES, **GRADIENT_CASES},
+                "fused case" if args.fused else "benchmark case")
+    if args.fused:
+        print(f"{bundle.path}: fused / plain model, batch 1; median of {args.repeats} runs each, alternating\n"
+              + FUSED_HEADER)
+        run_fused(bundle, runtimes, cases, args.repeats, report=lambda line: print(line, flush=True))
+        return 0
+    k, h, w = bundle.activation_shape
+    print(f"{bundle.path}: input {bundle.input_shape}, activation {k}x{h}x{w}; batch 1; median of {args.repeats} runs"
+          f"\n{HEADER}")
+    run_cases(bundle.path, runtimes, cases, args.repeats, score_repeats=args.score_repeats)
+    return 0
+
+
+def audit(args) -> int:
+    from ..audit import AuditOptions, run_audit, summary_lines
+    options = AuditOptions.from_arguments(args)
+    summary = run_audit(args.bundle, args.images, options, args.out, boxes=args.boxes, restart=args.force,
+                        grid=args.grid)
+    for line in summary_lines(summary, args.out):
+        print(line)
+    if summary["errors"]:
+        raise CamInferError(f"{len(summary['errors'])} image(s) could not be read and were skipped, e.g. "
+                            f"{summary['errors'][0]['error']}")
+    return 0
+
+
+def synthetic(args) -> int:
+    from ..synthetic import write_scenes
+    out = write_scenes(args.out, args.split, args.n, seed=args.seed)
+    print(f"{args.n} scenes ({args.split}) and boxes.json in {out}")
+    return 0
+
+
+def fuse(args) -> int:
+    from ..fuse import fuse, save, summary
+    from ..runs import parse_option
+    if Path(args.out).exists() and not args.force:
+        raise CamInferError(f"'{args.out}' exists; choose another --out or pass --force")
+    model = fuse(args.bundle, args.method, top_k=args.top_k, class_input=args.class_input, raw=args.raw,
+                 **dict(parse_option(o) for o in args.option))
+    print(summary(model, save(model, args.out, overwrite=True), args.bundle))
+    return 0
