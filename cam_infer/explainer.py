@@ -23,6 +23,7 @@ from .bundle.head import read_linear_head
 from .errors import CamInferError
 from .explanation import Explanation
 from .methods import Context, get_method
+from .methods.registry import DEFAULT_METHOD
 from .numerics import softmax
 from .postprocess import normalise, upsample
 
@@ -193,7 +194,7 @@ class Explainer:
         x = np.stack([prep.normalise(prep.geometry(rgb)) for rgb in originals])
         return x, originals, (names if all(names) else None)
 
-    def explain(self, images, method: str = "recipro", target=None, top_classes: int | None = None,
+    def explain(self, images, method: str = DEFAULT_METHOD, target=None, top_classes: int | None = None,
                 **options) -> Explanation:
         """Explain a batch: image paths, RGB arrays, or a preprocessed (N,C,H,W) array.
 

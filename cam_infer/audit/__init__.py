@@ -66,7 +66,7 @@ def run_audit(bundle, images, options: AuditOptions, out, *, boxes=None, restart
             for image in todo:
                 try:
                     stamp = fingerprint(image)
-                    result = audit_image(bundle.path, image, options, _boxes_for(truth, image, images))
+                    result = audit_image(bundle, image, options, _boxes_for(truth, image, images))
                 except (UnreadableImage, OSError) as exc:
                     errors.append({"image": str(image), "error": str(exc)})
                 else:

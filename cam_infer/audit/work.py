@@ -1,6 +1,6 @@
 """The work for one image: explain it with every method and measure every metric → rows.
 
-`audit_image(bundle_path, image, options, boxes)` depends on nothing but its arguments (the opened
+`audit_image(bundle, image, options, boxes)` depends on nothing but its arguments (the opened
 Explainer is cached per process), so the same function can be mapped over images by a pool or a
 cluster; `cam_infer.audit.run_audit` is the local driver.
 """
@@ -83,22 +83,24 @@ class AuditOptions:
 _EXPLAINERS: dict = {}
 
 
-def explainer_for(bundle_path, options: AuditOptions):
-    """The Explainer for these options, opened once per process."""
+def explainer_for(bundle, options: AuditOptions):
+    """The Explainer for these options, opened once per process (`bundle`: an opened Bundle, or its folder)."""
+    from ..bundle import Bundle
     from ..explainer import Explainer
     from ..methods import GRADIENT
 
     gradients = "torch" if set(options.methods) & set(GRADIENT) else None
-    key = (os.fspath(bundle_path), options.backend, options.device, gradients)
+    path = bundle.path if isinstance(bundle, Bundle) else bundle
+    key = (os.fspath(path), options.backend, options.device, gradients)
     if key not in _EXPLAINERS:
-        _EXPLAINERS[key] = Explainer(bundle_path, backend=options.backend, device=options.device, gradients=gradients)
+        _EXPLAINERS[key] = Explainer(bundle, backend=options.backend, device=options.device, gradients=gradients)
     return _EXPLAINERS[key]
 
 
-def audit_image(bundle_path, image, options: AuditOptions, boxes=None) -> dict:
+def audit_image(bundle, image, options: AuditOptions, boxes=None) -> dict:
     """One image file → {"rows": one dict per method (COLUMNS), "thumbnails": method → PNG bytes}.
     `boxes`: the image's ground truth, [x1,y1,x2,y2] or {"box": [...], "label": ...}, in its own pixels."""
-    explainer = explainer_for(bundle_path, options)
+    explainer = explainer_for(bundle, options)
     prep = explainer.bundle.preprocessing
     rgb = load_image(image)
     view = prep.geometry(rgb)

@@ -26,6 +26,7 @@ class Backend(ABC):
         self.bundle = bundle
         self.memory_budget = int(memory_budget_mb * 2**20)
         self.threads = threads
+        self.runtime_calls = 0          # how many chunks went to the runtime (for tests and tuning)
 
     def check_input(self, x: np.ndarray) -> np.ndarray:
         """A preprocessed batch checked against the model's input shape; float32, C-contiguous."""
@@ -66,11 +67,15 @@ class Backend(ABC):
         if not self.bundle.dynamic_batch:            # a fixed batch: pad with zeros, drop their outputs
             chunks = [c if len(c) == size else np.concatenate([c, np.zeros((size - len(c), *c.shape[1:]), c.dtype)])
                       for c in chunks]
-        outputs = self._run_chunks(role, chunks)
+        outputs = self._run_chunks(role, self._count(chunks))
         return np.concatenate([o.reshape(len(c), -1)[:n] for o, c, n in zip(outputs, chunks, counts)])
 
     def _run_chunks(self, role: str, chunks: list[np.ndarray]) -> list[np.ndarray]:
         return [self._run(role, c) for c in chunks]
+
+    def _count(self, chunks: list) -> list:
+        self.runtime_calls += len(chunks)
+        return chunks
 
     @abstractmethod
     def _run(self, role: str, x: np.ndarray) -> np.ndarray:

@@ -49,6 +49,10 @@ class OpenVINOBackend(Backend):
         self._queues: dict = {}
         self.hint = hint
 
+    def compiled_property(self, name: str, role: str = "features"):
+        """A property of the compiled `role` graph (e.g. ``INFERENCE_NUM_THREADS``), as OpenVINO reports it."""
+        return self._compiled[role].get_property(name)
+
     def parallel_requests(self) -> int:
         try:
             return int(self._compiled["features"].get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))

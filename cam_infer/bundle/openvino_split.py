@@ -198,7 +198,8 @@ def _score_output(model):
 def split_openvino(path, layer: str = "auto", out=None, *, input_size=None, preprocessing=None, labels=None,
                    overwrite: bool = False, layout: str | None = None) -> Bundle:
     """Split a model OpenVINO reads (``.xml`` IR, ``.tflite``) at `layer` into a verified IR bundle."""
-    from .split import _labels, _preprocessing, write_bundle
+    from .split import preprocessing_for, read_labels
+    from .write import write_bundle
 
     if out is None:
         raise CamInferError("give an output folder for the bundle (--out)")
@@ -210,7 +211,7 @@ def split_openvino(path, layer: str = "auto", out=None, *, input_size=None, prep
     spec = _input_spec(model, layout)
     if input_size is not None and tuple(input_size) != tuple(spec.size):
         raise CamInferError(f"this model's input size is fixed at {spec.size}; --input-size cannot change it")
-    prep = _preprocessing(spec, preprocessing, None)
+    prep = preprocessing_for(spec, preprocessing, None)
     ops, layouts = _ops(model), _layouts(model, spec)
     target = _find_layer(model, ops, layouts, spec, layer)
     logits, left_out, dequantize = _score_output(model)
@@ -222,7 +223,7 @@ def split_openvino(path, layer: str = "auto", out=None, *, input_size=None, prep
         except _BatchFails:
             continue
     num_classes = verification.pop("num_classes")
-    labels = _labels(labels, num_classes)
+    labels = read_labels(labels, num_classes)
     k_h_w = [d.get_length() for d in list(ops[target.op].get_output_partial_shape(target.index))[1:]]
     if layouts.get(target) == "NHWC":
         k_h_w = [k_h_w[2], k_h_w[0], k_h_w[1]]

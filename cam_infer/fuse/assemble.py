@@ -11,6 +11,7 @@ Weights are shared with the head, never copied; masks are computed, never stored
 
 from __future__ import annotations
 
+import inspect
 import io
 import json
 import os
@@ -20,6 +21,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from ..methods.registry import DEFAULT_METHOD
 from ..version import __version__
 from ..bundle import Bundle
 from ..errors import CamInferError
@@ -79,7 +81,7 @@ def _opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
 
 
-def fuse(bundle: "Bundle | str | os.PathLike", method: str = "recipro", *, top_k: int = 1,
+def fuse(bundle: "Bundle | str | os.PathLike", method: str = DEFAULT_METHOD, *, top_k: int = 1,
          class_input: bool = False, raw: bool = False, check: bool = True, **options) -> onnx.ModelProto:
     """The plain model plus outputs ``saliency`` (N,h,w) in [0,1] — (N,k,h,w) with ``top_k=k`` — and,
     for class-specific methods, ``saliency_class`` (N,) or (N,k): the class each map explains. With
@@ -118,7 +120,7 @@ def fuse(bundle: "Bundle | str | os.PathLike", method: str = "recipro", *, top_k
     if check:
         error = fused_error(model, bundle, method, options, top_k, class_input, explainer=explainer)
         if error > TOLERANCE:
-            hint = " (raise squarings=)" if method == "eigen" else ""
+            hint = " (raise squarings=)" if "squarings" in inspect.signature(chosen.fused).parameters else ""
             raise CamInferError(f"the fused {method} map differs from the Explainer's by {error:.2g} (relative) "
                                 f"on random images{hint}; not writing a model that draws a different picture")
         model.metadata_props.add(key="cam_infer.check", value=json.dumps({"relative_difference": float(error)}))
@@ -133,8 +135,6 @@ def fusable() -> dict:
 
 def _fused_method(method: str, options: dict):
     """The method's spec; its options checked as the Explainer checks them, plus the builder's own."""
-    import inspect
-
     from ..methods import get_method
 
     methods = fusable()

@@ -42,7 +42,7 @@ def first_component(a: np.ndarray, centered: bool) -> np.ndarray:
 
 @method("eigen", cost="1 feature pass + an h·w×h·w (or K×K) eigenproblem")
 def eigen(ctx: Context, *, centered: bool = False) -> np.ndarray:
-    """first principal component of A (h·w×K) via the smaller Gram matrix; sign fixed (Σ v₁ ≥ 0)"""
+    """first principal component of A (h·w×K) via the smaller Gram matrix; sign fixed (Σ v₁ ≥ 0); `centered=True` is pytorch-grad-cam's EigenCAM"""
     return np.stack([first_component(a, centered) for a in ctx.activations])
 
 

@@ -1,0 +1,231 @@
+"""Cutting an ONNX graph in two at a target tensor: the `features` and `head` subgraphs, with the nodes at
+both boundaries that make them take and return float32 NCHW (casts for float16, a transpose for NHWC,
+round/clip/cast for integer inputs, DequantizeLinear/QuantizeLinear at a quantized cut) and a released
+batch axis where the source hard-codes one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from ..version import __version__
+from .anatomy import INTEGER_TYPES, InputSpec
+from .graph import Graph, TensorInfo, make_tensor_value_info
+from .layers import TargetLayer
+
+BOUNDARY_FLOATS = (TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE)
+
+
+def activation_name(target: TargetLayer) -> str:
+    """The name of the float NCHW activation `features` returns."""
+    name = target.tensor
+    if target.quantization is not None:
+        name += "__dequantized"
+    if target.layout == "NHWC":
+        name += "__nchw"
+    return name
+
+
+def extract(graph: Graph, target: TargetLayer, batch_mode: str) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    batch_dim: str | int = "N" if batch_mode == "dynamic" else graph.fixed_batch
+    scores = graph.scores.tensor
+    tensor = target.tensor
+    image = graph.info(graph.image_input.name)
+    activation = graph.info(tensor)
+    scores_info = graph.info(scores)
+    if scores_info.elem_type == TensorProto.UNDEFINED:
+        scores_info = TensorInfo(scores, graph.scores_output.type.tensor_type.elem_type, None)
+    features = _subgraph(graph, graph.nodes_computing([tensor], stop=set()), "features",
+                         [make_tensor_value_info(image, batch_dim)], [make_tensor_value_info(activation, batch_dim)])
+    head = _subgraph(graph, graph.nodes_computing([scores], stop={tensor}), "head",
+                     [make_tensor_value_info(activation, batch_dim)], [make_tensor_value_info(scores_info, batch_dim)])
+    _adapt_activation(graph, features, head, target)
+    _adapt_image_input(features, graph.input_spec)
+    for part in (features, head):
+        if batch_mode == "dynamic" and graph.fixed_batch is not None:
+            _release_batch(part, graph.fixed_batch)
+        _float32_boundary(part)
+    return features, head
+
+
+def _adapt_activation(graph: Graph, features: onnx.ModelProto, head: onnx.ModelProto, target: TargetLayer) -> None:
+    """Give the methods a float NCHW activation: DequantizeLinear (and a Transpose for NHWC maps) at the end
+    of `features`; the inverse at the start of `head`, which then reads exactly what the model had."""
+    quant, tensor = target.quantization, target.tensor
+    if quant is None and target.layout == "NCHW":
+        return
+    name = activation_name(target)
+    constants = [graph.initializers[c] for c in (quant.scale, quant.zero_point) if quant and c in graph.initializers]
+    axis = {} if quant is None or quant.axis is None else {"axis": quant.axis}
+    qparams = [] if quant is None else [quant.scale] + ([quant.zero_point] if quant.zero_point else [])
+    # features: tensor → [DequantizeLinear] → [Transpose to NCHW] → name
+    f, last = features.graph, tensor
+    if quant is not None:
+        f.node.append(helper.make_node("DequantizeLinear", [last, *qparams], [f"{tensor}__dequantized"],
+                                       name=f"{tensor}__dequantize", **axis))
+        last = f"{tensor}__dequantized"
+    if target.layout == "NHWC":
+        f.node.append(helper.make_node("Transpose", [last], [name], name=f"{tensor}__to_nchw", perm=[0, 3, 1, 2]))
+    _extend_constants(graph, features, constants)
+    _retype_output(f.output[0], name, graph.info(tensor), target.layout)
+    # head: name → [Transpose back] → [QuantizeLinear] → tensor
+    h, first = head.graph, name
+    front = []
+    if target.layout == "NHWC":
+        back = f"{tensor}__nhwc" if quant is not None else tensor
+        front.append(helper.make_node("Transpose", [first], [back], name=f"{tensor}__to_nhwc", perm=[0, 2, 3, 1]))
+        first = back
+    if quant is not None:
+        front.append(helper.make_node("QuantizeLinear", [first, *qparams], [tensor], name=f"{tensor}__quantize",
+                                      **axis))
+    for i, node in enumerate(front):
+        h.node.insert(i, node)
+    _extend_constants(graph, head, constants)
+    _retype_output(h.input[0], name, graph.info(tensor), target.layout)
+
+
+def _extend_constants(graph: Graph, model: onnx.ModelProto, constants) -> None:
+    present = {t.name for t in model.graph.initializer}
+    model.graph.initializer.extend(c for c in constants if c.name not in present)
+    # a scale or zero point made by a Constant node (not an initializer) is copied with it
+    needed = {i for n in model.graph.node for i in n.input} - present - {c.name for c in constants}
+    produced = {o for n in model.graph.node for o in n.output}
+    for name in needed - produced:
+        idx = graph.producer.get(name)
+        if idx is not None and graph.nodes[idx].op_type == "Constant":
+            model.graph.node.insert(0, graph.nodes[idx])
+
+
+def _retype_output(value_info: onnx.ValueInfoProto, name: str, info: TensorInfo, layout: str) -> None:
+    """The boundary tensor as the methods see it: float32, NCHW."""
+    value_info.name = name
+    value_info.type.tensor_type.elem_type = TensorProto.FLOAT
+    if layout == "NHWC":
+        _permute_dims(value_info, [0, 3, 1, 2])
+
+
+def _permute_dims(value_info: onnx.ValueInfoProto, order: list[int]) -> None:
+    dims = value_info.type.tensor_type.shape.dim
+    values = [(d.dim_param, d.dim_value) for d in dims]
+    for dim, k in zip(dims, order):
+        param, value = values[k]
+        dim.Clear()
+        if param:
+            dim.dim_param = param
+        else:
+            dim.dim_value = value
+
+
+def _adapt_image_input(features: onnx.ModelProto, spec: InputSpec) -> None:
+    """`features` takes float32 NCHW: transpose to NHWC, and round, clip and cast to an integer input."""
+    if spec.layout == "NCHW" and spec.dtype not in INTEGER_TYPES.values():
+        return                                   # float16 NCHW inputs: `_float32_boundary` casts
+    g = features.graph
+    vi = g.input[0]
+    current = f"{spec.name}__float_nchw"
+    nodes = []
+    if spec.layout == "NHWC":
+        nodes.append(helper.make_node("Transpose", [spec.name], [current], name="image__to_nhwc", perm=[0, 2, 3, 1]))
+    else:
+        nodes.append(helper.make_node("Identity", [spec.name], [current], name="image__float"))
+    if spec.dtype in ("float16", "bfloat16", "float64"):
+        nodes.append(helper.make_node("Cast", [current], [f"{spec.name}__source"], to=spec.elem_type,
+                                      name="image__cast"))
+        source = f"{spec.name}__source"
+    elif spec.dtype in INTEGER_TYPES.values():
+        info = np.iinfo(spec.dtype)
+        low, high = f"{spec.name}__min", f"{spec.name}__max"
+        g.initializer.extend([numpy_helper.from_array(np.array(info.min, np.float32), low),
+                              numpy_helper.from_array(np.array(info.max, np.float32), high)])
+        nodes += [helper.make_node("Round", [current], [f"{current}_round"], name="image__round"),
+                  helper.make_node("Clip", [f"{current}_round", low, high], [f"{current}_clip"], name="image__clip"),
+                  helper.make_node("Cast", [f"{current}_clip"], [f"{spec.name}__source"], to=spec.elem_type,
+                                   name="image__cast")]
+        source = f"{spec.name}__source"
+    else:
+        source = current
+    for node in g.node:
+        for i, name in enumerate(node.input):
+            if name == spec.name:
+                node.input[i] = source
+    for i, node in enumerate(nodes):
+        g.node.insert(i, node)
+    if spec.layout == "NHWC":
+        _permute_dims(vi, [0, 3, 1, 2])
+    vi.type.tensor_type.elem_type = TensorProto.FLOAT
+
+
+def _subgraph(graph: Graph, node_ids: list[int], name: str, inputs, outputs) -> onnx.ModelProto:
+    used = {i for idx in node_ids for i in graph.node_inputs[idx]}
+    initializers = [t for n, t in graph.initializers.items() if n in used]
+    body = helper.make_graph([graph.nodes[i] for i in node_ids], name, inputs, outputs, initializer=initializers)
+    model = helper.make_model(body, opset_imports=list(graph.model.opset_import),
+                              ir_version=max(graph.model.ir_version, 4), producer_name="cam-infer",
+                              producer_version=__version__)
+    model.functions.extend(graph.model.functions)
+    return model
+
+
+def _constant_value(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
+    for t in graph.initializer:
+        if t.name == name:
+            return numpy_helper.to_array(t)
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output and node.output[0] == name:
+            for attr in node.attribute:
+                if attr.name == "value":
+                    return numpy_helper.to_array(attr.t)
+    return None
+
+
+def _release_batch(model: onnx.ModelProto, fixed: int) -> int:
+    """Make Reshape targets that hard-code the batch copy it from their input (0 in ONNX Reshape)."""
+    g = model.graph
+    changed = 0
+    for node in g.node:
+        if node.op_type != "Reshape" or len(node.input) < 2:
+            continue
+        if any(a.name == "allowzero" and a.i == 1 for a in node.attribute):
+            continue
+        shape = _constant_value(g, node.input[1])
+        if shape is None or shape.ndim != 1 or shape.size == 0 or shape[0] != fixed:
+            continue
+        released = shape.astype(np.int64).copy()
+        released[0] = 0
+        name = f"{node.input[1]}__any_batch_{changed}"
+        g.initializer.append(numpy_helper.from_array(released, name))
+        node.input[1] = name
+        changed += 1
+    return changed
+
+
+def _rename_uses(g: onnx.GraphProto, old: str, new: str, *, outputs: bool) -> None:
+    for node in g.node:
+        names = node.output if outputs else node.input
+        for i, n in enumerate(names):
+            if n == old:
+                names[i] = new
+        if outputs:  # the tensor's readers follow its new name
+            for i, n in enumerate(node.input):
+                if n == old:
+                    node.input[i] = new
+
+
+def _float32_boundary(model: onnx.ModelProto) -> None:
+    g = model.graph
+    for vi in g.input:
+        dtype = vi.type.tensor_type.elem_type
+        if dtype in BOUNDARY_FLOATS:
+            inner = f"{vi.name}__{TensorProto.DataType.Name(dtype).lower()}"
+            _rename_uses(g, vi.name, inner, outputs=False)
+            g.node.insert(0, helper.make_node("Cast", [vi.name], [inner], to=dtype, name=f"{inner}_cast"))
+            vi.type.tensor_type.elem_type = TensorProto.FLOAT
+    for vi in g.output:
+        dtype = vi.type.tensor_type.elem_type
+        if dtype in BOUNDARY_FLOATS:
+            inner = f"{vi.name}__{TensorProto.DataType.Name(dtype).lower()}"
+            _rename_uses(g, vi.name, inner, outputs=True)
+            g.node.append(helper.make_node("Cast", [inner], [vi.name], to=TensorProto.FLOAT, name=f"{inner}_cast"))
+            vi.type.tensor_type.elem_type = TensorProto.FLOAT

@@ -1,0 +1,133 @@
+"""The method registry is the one place that knows each method: typed options, applicability, cost,
+benchmark cases, ONNX builders; the CLI, bench, fuse and the README's table read it; adding a method is
+adding one module."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from cam_infer import CamInferError, Explainer
+from cam_infer.errors import MethodNotApplicable
+from cam_infer.methods import GRADIENT, GRADIENT_FREE, METHODS
+from cam_infer.methods.registry import fused, method, methods_table
+
+
+def test_every_method_declares_what_it_needs_and_costs():
+    for spec in METHODS.values():
+        assert spec.cost and spec.summary and spec.bench, spec.name
+        assert spec.fn.__module__ == f"cam_infer.methods.{spec.fn.__module__.rsplit('.', 1)[1]}"
+        for option in spec.options.values():
+            assert option.kind or option.choices, f"{spec.name}.{option.name} has no type"
+            if option.choices:
+                assert option.default == option.choices[0], f"{spec.name}.{option.name}: default first"
+    assert set(GRADIENT_FREE) | set(GRADIENT) == set(METHODS) and not set(GRADIENT_FREE) & set(GRADIENT)
+
+
+@pytest.mark.parametrize("name, options, message", [
+    ("recipro", {"score": "probability"}, "recipro: score must be one of 'prob', 'logit', not 'probability'"),
+    ("recipro", {"closed_form": 1}, "recipro: closed_form must be bool, not 1"),
+    ("score", {"top_k": "64"}, "score: top_k must be int or None, not '64'"),
+    ("entropy", {"bins": 3}, "method 'entropy' has no option bins; its options: estimator, weighting"),
+])
+def test_options_are_checked_from_their_annotations(tiny_bundle, name, options, message):
+    x = np.zeros((1, *tiny_bundle.input_shape), np.float32)
+    with pytest.raises(CamInferError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        Explainer(tiny_bundle).explain(x, name, **options)
+
+
+def test_a_name_registered_twice_is_an_error():
+    with pytest.raises(ValueError, match="method name 'eigen' is registered twice"):
+        method("eigen", cost="1 feature pass")(lambda ctx: None)
+    with pytest.raises(ValueError, match="two ONNX builders"):
+        fused("eigen", class_specific=False)(lambda f: None)
+
+
+def test_not_applicable_is_a_typed_error(tmp_path):
+    from tiny_onnx import tiny_cnn
+
+    from cam_infer import split_onnx
+    bundle = split_onnx(tiny_cnn(), layer="relu2", out=tmp_path / "b")       # head: conv3, relu, GAP, Gemm
+    explainer = Explainer(bundle)
+    assert explainer.linear_head is None
+    with pytest.raises(MethodNotApplicable, match="needs a head that is global average pooling"):
+        explainer.explain(np.zeros((1, *bundle.input_shape), np.float32), "cam")
+    from cam_infer.runs import choose_methods
+    chosen, skipped = choose_methods(["all"], has_linear_head=False)
+    assert skipped == ["cam"] and "cam" not in chosen
+    with pytest.raises(MethodNotApplicable):
+        choose_methods(["cam"], has_linear_head=False)
+
+
+def test_the_readme_table_is_the_registry():
+    assert methods_table() in (ROOT / "README.md").read_text()
+
+
+TOY = '''"""Toy-CAM: the channel maximum (a method added as one module, for the registry test)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from .registry import Context, fused, method
+
+
+@method("toy", cost="1 feature pass", bench={"toy": {}, "toy (min)": {"reduce": "min"}})
+def toy(ctx: Context, *, reduce: Literal["max", "min"] = "max"):
+    """channel maximum (or minimum)"""
+    return ctx.activations.max(axis=1) if reduce == "max" else ctx.activations.min(axis=1)
+
+
+@fused("toy", class_specific=False)
+def toy_onnx(f, *, reduce: str = "max") -> str:
+    """ReduceMax over channels."""
+    return f.b.reduce("ReduceMax" if reduce == "max" else "ReduceMin", f.activation, [1], keepdims=False, hint="map")
+'''
+
+
+def test_adding_a_method_is_adding_one_module(tmp_path):
+    """A copy of the package with one new file, methods/toy.py: the CLI lists it, `--method all` runs it,
+    bench has its cases, fuse builds it, the README table has its row, and its option is checked."""
+    shutil.copytree(ROOT / "cam_infer", tmp_path / "cam_infer", ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "cam_infer" / "methods" / "toy.py").write_text(TOY)
+    env = dict(os.environ, PYTHONPATH=str(tmp_path), CAM_INFER_CACHE_DIR=str(tmp_path / "cache"))
+    code = """
+import numpy as np
+from cam_infer.bench import CASES, FUSED_CASES
+from cam_infer.cli.arguments import build_parser
+from cam_infer.demo import embedded_bundle_path
+from cam_infer.explainer import Explainer
+from cam_infer.fuse import fuse
+from cam_infer.methods import GRADIENT_FREE
+from cam_infer.methods.registry import methods_table
+from cam_infer.runs import choose_methods
+import cam_infer
+assert cam_infer.__file__.startswith(%r), cam_infer.__file__
+help_text = build_parser()._subparsers._group_actions[0].choices["explain"].format_help()
+assert "toy" in help_text, help_text
+assert "toy" in GRADIENT_FREE and "toy" in choose_methods(["all"], True)[0]
+assert CASES["toy (min)"] == ("toy", {"reduce": "min"}) and "toy" in FUSED_CASES
+assert "| `toy` |" in methods_table() and '`reduce="max"|"min"`' in methods_table().replace("\\\\|", "|")
+ex = Explainer(embedded_bundle_path())
+x = ex.preprocess([np.zeros((128, 128, 3), np.uint8) + 90])
+e = ex.explain(x, "toy")
+assert np.allclose(e.maps, ex.backend.features(x).max(axis=1))
+model = fuse(ex.bundle, "toy")
+try:
+    ex.explain(x, "toy", reduce="mean")
+except Exception as exc:
+    assert "toy: reduce must be one of 'max', 'min'" in str(exc), exc
+else:
+    raise AssertionError("the option was not checked")
+print("ok")
+""" % str(tmp_path)
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
+                            cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
