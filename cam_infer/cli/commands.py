@@ -112,11 +112,13 @@ def synthetic(args) -> int:
 
 
 def fuse(args) -> int:
+    from ..bundle import Bundle
     from ..fuse import fuse, save, summary
     from ..runs import parse_option
     if Path(args.out).exists() and not args.force:
         raise CamInferError(f"'{args.out}' exists; choose another --out or pass --force")
-    model = fuse(args.bundle, args.method, top_k=args.top_k, class_input=args.class_input, raw=args.raw,
+    bundle = Bundle.load(args.bundle)
+    model = fuse(bundle, args.method, top_k=args.top_k, class_input=args.class_input, raw=args.raw,
                  **dict(parse_option(o) for o in args.option))
-    print(summary(model, save(model, args.out, overwrite=True), args.bundle))
+    print(summary(model, save(model, args.out, overwrite=True), bundle))
     return 0
