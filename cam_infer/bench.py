@@ -31,6 +31,7 @@ def _cases(gradient: bool, fused: bool = False) -> dict[str, tuple[str, dict]]:
 
 
 CASES = _cases(gradient=False)
+ALL_CASES = [case for case, (name, _) in CASES.items() if METHODS[name].in_all]     # what "all" measures
 GRADIENT_CASES = _cases(gradient=True)   # need torch: gradients from the head graph run in torch
 NOT_APPLICABLE = 2       # a measuring child's exit code for a method that does not apply to the bundle
 

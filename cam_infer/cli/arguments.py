@@ -51,9 +51,9 @@ def preprocessing_fields(args) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..bench import CASES, GRADIENT_CASES
+    from ..bench import ALL_CASES, CASES, GRADIENT_CASES
     from ..fuse import fusable
-    from ..methods import GRADIENT, GRADIENT_FREE
+    from ..methods import GRADIENT, GRADIENT_FREE, METHODS
     from ..methods.registry import DEFAULT_METHOD
     from . import commands as run
 
@@ -94,8 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("explain", help="explain image files; write overlays and results.json")
     _bundle_and_images(p)
     p.add_argument("--method", default=DEFAULT_METHOD,
-                   help=f"{', '.join(GRADIENT_FREE)}, comma-separated names, or 'all' (every gradient-free method); "
-                        f"default {DEFAULT_METHOD}. With torch also {', '.join(GRADIENT)}")
+                   help=f"{', '.join(GRADIENT_FREE)}, comma-separated names, or 'all' (these); default {DEFAULT_METHOD}. "
+                        f"Also {', '.join(n for n, m in METHODS.items() if not m.in_all and not m.gradient)} "
+                        f"(many passes, by name only); with torch {', '.join(GRADIENT)}")
     _options(p)
     p.add_argument("--target", help="class to explain, by index or label (default: each image's top-1)")
     _out(p, "folder for the overlays and results.json", "start over in --out instead of resuming")
@@ -115,8 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--score-repeats", type=int, default=None, help="timed runs of full Score-CAM (default --repeats)")
     p.add_argument("--fused", action="store_true",
                    help="instead: latency of each fused model (cam-infer fuse) over the plain model, and file growth")
-    p.epilog = (f"cases: {', '.join(map(repr, CASES))}; with torch also {', '.join(map(repr, GRADIENT_CASES))} "
-                "(not in 'all')")
+    p.epilog = (f"cases: {', '.join(map(repr, CASES))} ('all': {', '.join(map(repr, ALL_CASES))}); with torch also "
+                f"{', '.join(map(repr, GRADIENT_CASES))}")
     p.set_defaults(run=run.bench)
 
     p = sub.add_parser("fuse", help="write one ONNX model that returns the scores and the saliency map")

@@ -22,7 +22,7 @@ _order = sorted(METHODS.values(), key=lambda spec: (NEEDS.index(spec.needs), spe
 METHODS.clear()
 METHODS.update((spec.name, spec) for spec in _order)
 
-GRADIENT_FREE = tuple(name for name, m in METHODS.items() if not m.gradient)
+GRADIENT_FREE = tuple(name for name, m in METHODS.items() if not m.gradient and m.in_all)   # what "all" runs
 GRADIENT = tuple(name for name, m in METHODS.items() if m.gradient)
 
 __all__ = ["Context", "GRADIENT", "GRADIENT_FREE", "METHODS", "MethodSpec", "get_method", "method"]

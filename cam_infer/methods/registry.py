@@ -94,7 +94,8 @@ class MethodSpec:
     bench: dict[str, dict]          # benchmark cases: shown name → options
     fused: Callable | None = None   # (Fusion, **options) → map tensor name, for `cam-infer fuse`
     class_specific: bool = True     # the map depends on the class explained
-    floor: Callable | None = None   # (explainer, x, options) → number of full passes the method makes
+    floor: Callable | None = None   # (explainer, x, options) → (full passes, images per call), for bench
+    in_all: bool = True             # part of `--method all` (False: many times Score-CAM's passes)
 
     @property
     def gradient(self) -> bool:
@@ -123,7 +124,8 @@ class MethodSpec:
 METHODS: dict[str, MethodSpec] = {}
 
 
-def method(name: str, *, needs: str = "features", cost: str, bench: dict | None = None, floor: Callable | None = None):
+def method(name: str, *, needs: str = "features", cost: str, bench: dict | None = None, floor: Callable | None = None,
+           in_all: bool = True):
     """Register a method function under `name`; its keyword-only arguments are its options. The first
     line of the function's docstring is its summary."""
     if needs not in NEEDS:
@@ -135,7 +137,7 @@ def method(name: str, *, needs: str = "features", cost: str, bench: dict | None 
                              f"{fn.__module__})")
         summary = (inspect.getdoc(fn) or "").splitlines()[0] if inspect.getdoc(fn) else name
         METHODS[name] = MethodSpec(name, fn, needs, options_of(fn), cost, summary,
-                                   {name: {}} if bench is None else bench, floor=floor)
+                                   {name: {}} if bench is None else bench, floor=floor, in_all=in_all)
         return fn
     return register
 

@@ -1,0 +1,77 @@
+"""What the Score-CAM family beyond Score-CAM shares (SS-CAM, IS-CAM): masks made from the activation's
+channels, and many full passes on masked copies of the input, batched under the backend's memory budget.
+
+``masks(a, channels, size, order)``: ``"normalise-then-upsample"`` is torchcam's U(n(A_k)) (min–max at
+feature resolution, then bilinear); ``"upsample-then-normalise"`` is n(U(A_k)) (pytorch-grad-cam, the
+original Score-CAM code); ``"upsample"`` is the raw U(A_k) (SS-CAM's authors, noise on the mask).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import cv2
+import numpy as np
+
+EPS = 1e-8
+
+
+def upsample(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(n,h,w) → (n,H,W), bilinear with align_corners=False (cv2's and torch's default)."""
+    height, width = size
+    return np.stack([cv2.resize(m, (width, height), interpolation=cv2.INTER_LINEAR) for m in maps]) \
+        if len(maps) else np.zeros((0, height, width), np.float32)
+
+
+def minmax(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-map min–max to [0,1] (eps 1e-8 on the range) and whether each map was not constant."""
+    lo = maps.min(axis=(1, 2), keepdims=True)
+    hi = maps.max(axis=(1, 2), keepdims=True)
+    span = (hi - lo)[:, 0, 0]
+    return ((maps - lo) / (hi - lo + EPS)).astype(np.float32), span > 1e-12 * np.maximum(1.0, np.abs(hi[:, 0, 0]))
+
+
+def masks(a: np.ndarray, channels: np.ndarray, size: tuple[int, int], order: str) -> tuple[np.ndarray, np.ndarray]:
+    """Masks of the chosen channels of one (K,h,w) activation, (n,H,W) float32, and which are not constant."""
+    chosen = np.ascontiguousarray(a[channels], np.float32)
+    if order == "normalise-then-upsample":
+        normalised, valid = minmax(chosen)
+        return upsample(normalised, size), valid
+    raw = upsample(chosen, size)
+    if order == "upsample":
+        return raw, minmax(raw)[1]
+    return minmax(raw)
+
+
+def batched_scores(ctx, inputs: Iterator[np.ndarray], count: int, target: int, score: str,
+                   rows: int) -> np.ndarray:
+    """Run `count` masked inputs (yielded one by one, (C,H,W)) through the whole model, `rows` per call;
+    return the target class's logit or softmax probability for each, in order."""
+    out = np.empty(count, np.float32)
+    batch = np.empty((rows, *ctx.x.shape[1:]), np.float32)
+    filled, done = 0, 0
+    for item in inputs:
+        batch[filled] = item
+        filled += 1
+        if filled == rows:
+            out[done:done + filled] = _scores(ctx, batch[:filled], target, score)
+            done, filled = done + filled, 0
+    if filled:
+        out[done:done + filled] = _scores(ctx, batch[:filled], target, score)
+    return out
+
+
+def _scores(ctx, x: np.ndarray, target: int, score: str) -> np.ndarray:
+    outputs = ctx.backend.forward(x)
+    return (ctx.probabilities(outputs) if score == "prob" else outputs)[:, target]
+
+
+def full_passes_of(samples_of: Callable[[dict], int]):
+    """A cost model for bench: (full passes for one image, images per backend call)."""
+    from .score import rows_per_call, selected_channels
+
+    def floor(explainer, x: np.ndarray, options: dict) -> tuple[int, int]:
+        channels = len(selected_channels(explainer.backend.features(x[:1])[0], options.get("top_k")))
+        passes = channels * samples_of(options)
+        return passes, rows_per_call(explainer.bundle, explainer.backend.memory_budget, passes)
+    return floor
