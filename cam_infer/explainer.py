@@ -140,6 +140,23 @@ class Explainer:
         """Image paths or RGB arrays → (N,3,H,W) float32 as the model expects."""
         return self.bundle.preprocess(images)
 
+    def _enhanced(self, x, originals, names, method, target, top_classes, enhance, enhance_options, options, start):
+        """An enhancer around the method: its fused saliency, the base explanation's classes and scores.
+        `maps` then holds the fused map at input resolution (there is no low-resolution map)."""
+        from dataclasses import replace
+
+        from .enhancers import get_enhancer
+
+        if top_classes is not None:
+            raise CamInferError("enhancers explain one class per image; give target, not top_classes")
+        fused, base = get_enhancer(enhance)(self, x, method, target, options, **enhance_options)
+        span = fused.max(axis=(1, 2)) - fused.min(axis=(1, 2))
+        degenerate = span <= 1e-7                   # the fused maps are means of [0,1] maps: not re-normalised
+        return replace(base, method=f"{method}+{enhance}", saliency=fused, maps=fused, degenerate=degenerate,
+                       milliseconds=(time.perf_counter() - start) * 1000,
+                       options={**options, "enhance": enhance, **enhance_options},
+                       images=originals, names=names)
+
     def targets_for(self, target, outputs: np.ndarray, top_classes: int | None = None) -> np.ndarray:
         """The classes to explain: (N,) for one class per image, (N,k) for several (``top_classes``, or one
         list per image, ``[[243, 281], ...]``, all of the same length)."""
@@ -195,7 +212,7 @@ class Explainer:
         return x, originals, (names if all(names) else None)
 
     def explain(self, images, method: str = DEFAULT_METHOD, target=None, top_classes: int | None = None,
-                **options) -> Explanation:
+                enhance: str | None = None, enhance_options: dict | None = None, **options) -> Explanation:
         """Explain a batch: image paths, RGB arrays, or a preprocessed (N,C,H,W) array.
 
         target: None = each image's top-1, an int or label for every image, one per image, or one list per
@@ -205,6 +222,9 @@ class Explainer:
         start = time.perf_counter()
         chosen = get_method(method)
         x, originals, names = self._inputs(images)
+        if enhance is not None:
+            return self._enhanced(x, originals, names, method, target, top_classes, enhance, enhance_options or {},
+                                  options, start)
         activations = self.backend.features(x)
         outputs = self.backend.head(activations)
         targets = self.targets_for(target, outputs, top_classes)

@@ -205,7 +205,8 @@ def overlay_names(images: list[Path]) -> dict[Path, str]:
 
 def explain_files(explainer, paths, methods: list[str], out, *, target=None, options: dict | None = None,
                   batch_size: int = 8, colormap: str = "jet", alpha: float = 0.5, restart: bool = False,
-                  progress: bool | None = None, on: str = "original") -> Results:
+                  progress: bool | None = None, on: str = "original", enhance: str | None = None,
+                  enhance_options: dict | None = None) -> Results:
     """Explain every image with every method; write overlays and `results.json` in `out`.
     ``on="original"``: overlays over the whole original image (the map put back where the model's view
     of it was; outside that view the image is greyed); ``"model"``: over the model's resized and cropped view."""
@@ -222,8 +223,13 @@ def explain_files(explainer, paths, methods: list[str], out, *, target=None, opt
         explainer.class_id(target, explainer.bundle.num_classes)
     out = prepare_folder(out)
     graphs = explainer.bundle.manifest["graphs"]
+    enhancer = None if enhance is None else {"name": enhance, "options": dict(enhance_options or {})}
+    if enhance is not None:
+        from .enhancers import get_enhancer
+        get_enhancer(enhance)
     settings = {"bundle": {role: graphs[role]["sha256"] for role in ("features", "head")},
-                "backend": explainer.backend.describe(), "target": target, "options": per_method, "colormap": colormap, "alpha": alpha, "on": on}
+                "backend": explainer.backend.describe(), "target": target, "options": per_method, "colormap": colormap,
+                "alpha": alpha, "on": on, **({"enhance": enhancer} if enhancer else {})}
     with OutputLock(out, "explain"):
         results = Results.open(out, json.loads(json.dumps(settings)), restart)
         results.skipped = [str(f) for f in found.skipped]
@@ -235,7 +241,7 @@ def explain_files(explainer, paths, methods: list[str], out, *, target=None, opt
                 batch = _decode(todo[start:start + batch_size], results)
                 for method in methods:
                     _explain_batch(explainer, batch, method, target, per_method[method], names, done, out, results,
-                                   colormap, alpha, on)
+                                   colormap, alpha, on, enhancer)
                     bar.advance(len(todo[start:start + batch_size]))
                 results.save()
         results.save()
@@ -253,20 +259,22 @@ def _decode(paths: list[Path], results: Results) -> list[tuple[Path, np.ndarray]
     return decoded
 
 
-def _explain_batch(explainer, batch, method, target, options, names, done, out, results, colormap, alpha, on):
+def _explain_batch(explainer, batch, method, target, options, names, done, out, results, colormap, alpha, on,
+                   enhancer=None):
     batch = [(p, rgb, stamp) for p, rgb, stamp in batch if (str(p), method) not in done]
     if not batch:
         return
     prep = explainer.bundle.preprocessing
     views = [prep.geometry(rgb) for _, rgb, _ in batch]
     x = np.stack([prep.normalise(v) for v in views])
-    e = explainer.explain(x, method=method, target=target, **options)
+    extra = {} if enhancer is None else {"enhance": enhancer["name"], "enhance_options": enhancer["options"]}
+    e = explainer.explain(x, method=method, target=target, **extra, **options)
     for i, ((path, rgb, stamp), view) in enumerate(zip(batch, views)):
-        name = f"{names[path]}_{method}.png"
+        name = f"{names[path]}_{e.method}.png"
         class_id = int(e.targets[i])
         label = explainer.bundle.label(class_id) if explainer.bundle.labels else None
         picture = overlay_picture(e.saliency[i], rgb if on == "original" else view, prep if on == "original" else None,
-                                  caption(method, label, class_id, float(e.scores[i]), bool(e.degenerate[i])),
+                                  caption(e.method, label, class_id, float(e.scores[i]), bool(e.degenerate[i])),
                                   colormap=colormap, alpha=alpha)
         write_png(out / name, picture)
         results.records.append({

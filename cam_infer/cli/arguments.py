@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.5, help="heat-map weight in the overlay (default 0.5)")
     p.add_argument("--on", default="original", choices=["original", "model"],
                    help="overlay on the original image (default) or on the model's resized and cropped view")
+    p.add_argument("--enhance", help="wrap every method in an enhancer: evet (transformed copies, fused)")
+    p.add_argument("--enhance-option", action="append", default=[], metavar="KEY=VALUE",
+                   help='enhancer option, e.g. --enhance-option transforms=["identity","flip"] (repeatable)')
     p.set_defaults(run=run.explain)
 
     p = sub.add_parser("bench", help="time every method against one forward pass; peak memory")

@@ -59,7 +59,8 @@ def explain(args) -> int:
         print(f"skipped {', '.join(skipped)}: this bundle's head is not global pooling + linear")
     results = explain_files(explainer, args.images, methods, args.out, target=args.target,
                             options=dict(parse_option(o) for o in args.option), batch_size=args.batch_size,
-                            colormap=args.colormap, alpha=args.alpha, restart=args.force, on=args.on)
+                            colormap=args.colormap, alpha=args.alpha, restart=args.force, on=args.on,
+                            enhance=args.enhance, enhance_options=dict(parse_option(o) for o in args.enhance_option))
     for line in results.summary_lines(len(methods), args.out):
         print(line)
     if results.errors:
