@@ -24,7 +24,7 @@ from ..images import Preprocessing
 from ..version import __version__
 from .anatomy import InputSpec, check_classifier_output
 from .manifest import FORMAT, FORMAT_VERSION, Bundle, sha256_of
-from .verify import VERIFY_BATCHES, as_source_input, random_images
+from .verify import VERIFY_BATCHES, Mismatch, as_source_input, compare, random_images
 
 OPENVINO_SUFFIXES = (".xml", ".tflite")
 NCHW_OPS = {"Convolution", "GroupConvolution", "ConvolutionBackpropData", "AvgPool", "MaxPool", "BatchNormInference",
@@ -394,8 +394,6 @@ def _verify(model, spec: InputSpec, features, head, prep: Preprocessing, left_ou
     """head(features(x)) against the whole model on OpenVINO (CPU, f32 hint), batch 1 and 3 (image by image
     for the source, whose batch is usually fixed at 1; in one call for the split graphs when their batch is
     dynamic)."""
-    from ..numerics import softmax
-
     try:
         full = _compiled(model)
     except Exception as exc:
@@ -424,16 +422,10 @@ def _verify(model, spec: InputSpec, features, head, prep: Preprocessing, left_ou
             if batch_mode == "dynamic":
                 raise _BatchFails() from None
             raise CamInferError(f"the split graphs do not run on OpenVINO ({_message(exc)})") from None
-        got = got.astype(np.float32).reshape(n, -1)
-        if left_out:
-            got = softmax(got)
-        if got.shape != expected.shape:
-            raise CamInferError(f"the head returns {got.shape[1]} scores, the model {expected.shape[1]}")
-        diff = float(np.max(np.abs(got - expected)))
-        tol = 1e-4 * max(1.0, float(np.abs(expected).max())) + 1.01 * step
-        if not diff <= tol:
-            raise CamInferError(f"splitting does not reproduce the model: batch {n}: max |head(features(x)) - "
-                                f"model(x)| = {diff:.3g} > {tol:.3g}")
+        try:
+            diff = compare(got, expected, bool(left_out), 1e-4, step, n)
+        except Mismatch as exc:
+            raise CamInferError(f"splitting does not reproduce the model: {exc}") from None
         worst, results[str(n)], classes = max(worst, diff), diff, expected.shape[1]
     return {"passed": True, "batch_sizes": list(VERIFY_BATCHES), "max_abs_diff": worst,
             "max_abs_diff_per_batch": results, "relative_tolerance": 1e-4, "output_step": step,

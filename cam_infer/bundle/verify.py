@@ -97,16 +97,7 @@ def verify(source: onnx.ModelProto, spec: InputSpec, scores: ScoreOutput, featur
             got = _run(hd, _run(feat, x, kept), kept)
         except Exception as exc:
             raise Mismatch(f"batch {n} fails to run ({runtime_message(exc)})") from None
-        got = got.astype(np.float32).reshape(n, -1)
-        if scores.trimmed:
-            from ..numerics import softmax
-            got = softmax(got)
-        if got.shape != expected.shape:
-            raise Mismatch(f"batch {n}: the head returns {got.shape[1]} scores, the model {expected.shape[1]}")
-        diff = float(np.max(np.abs(got - expected)))
-        tol = rtol * max(1.0, float(np.max(np.abs(expected)))) + 1.01 * step
-        if not diff <= tol:
-            raise Mismatch(f"batch {n}: max |head(features(x)) - model(x)| = {diff:.3g} > {tol:.3g}")
+        diff = compare(got, expected, bool(scores.trimmed), rtol, step, n)
         worst = max(worst, diff)
         results[str(n)] = diff
         num_classes = expected.shape[1]
@@ -114,6 +105,23 @@ def verify(source: onnx.ModelProto, spec: InputSpec, scores: ScoreOutput, featur
             "max_abs_diff_per_batch": results, "relative_tolerance": rtol, "output_step": step,
             "runtime": f"onnxruntime {ort.__version__}", "inputs": "random uint8 images through the bundle "
             "preprocessing, fed to the model in its own layout and dtype", "num_classes": num_classes}
+
+
+def compare(got: np.ndarray, expected: np.ndarray, softmax_first: bool, rtol: float, step: float, n: int) -> float:
+    """max |head(features(x)) − model(x)| for a batch of n (the head's logits through a softmax when the model's
+    quantized Softmax was left out); a difference beyond float rounding plus one output step is a `Mismatch`."""
+    from ..numerics import softmax
+
+    got = got.astype(np.float32).reshape(n, -1)
+    if softmax_first:
+        got = softmax(got)
+    if got.shape != expected.shape:
+        raise Mismatch(f"batch {n}: the head returns {got.shape[1]} scores, the model {expected.shape[1]}")
+    diff = float(np.max(np.abs(got - expected)))
+    tol = rtol * max(1.0, float(np.max(np.abs(expected)))) + 1.01 * step
+    if not diff <= tol:
+        raise Mismatch(f"batch {n}: max |head(features(x)) - model(x)| = {diff:.3g} > {tol:.3g}")
+    return diff
 
 
 def openvino_runs(features: onnx.ModelProto, head: onnx.ModelProto) -> str | None:
