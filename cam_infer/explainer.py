@@ -236,6 +236,7 @@ class Explainer:
                       bundle=self.bundle, linear_head=self.linear_head)
         if chosen.needs == "gradients":
             ctx.gradients = self._gradients_for(method, x, activations, flat)
+            ctx.gradient_source = lambda xs, a, t: self._gradients_for(method, xs, a, t)
         # The runtime owns the cores: a BLAS pool that spins after each call would slow its next pass.
         with BLAS.limit(limits=1):
             maps = chosen(ctx, **options).astype(np.float32)

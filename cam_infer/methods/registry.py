@@ -47,6 +47,8 @@ class Context:
     bundle: Bundle
     linear_head: LinearHead | None = field(default=None)
     gradients: np.ndarray | None = field(default=None)   # (N,K,h,w) ∂y_target/∂A, pre-softmax y
+    gradient_source: Callable | None = field(default=None)  # (x, activations, targets) → gradients, for methods
+                                                             # that need them at other inputs (noisy, scaled)
 
     def probabilities(self, outputs: np.ndarray) -> np.ndarray:
         """Class probabilities of head outputs: a softmax unless the model already ends in one."""
