@@ -128,13 +128,14 @@ class Explainer:
         scale = max(1.0, float(np.abs(expected).max()))
         return head if np.allclose(got, expected, atol=1e-4 * scale, rtol=1e-4) else None
 
-    def _gradients_for(self, method: str, x, activations, targets) -> np.ndarray:
+    def _gradients_for(self, method: str, x, activations, targets, objective=None) -> np.ndarray:
         if self.gradients is None:
             from .gradients import require_torch
             require_torch()
             raise CamInferError(f"method '{method}' needs gradients: open the Explainer with gradients='torch' "
                                 "(or use Explainer.from_torch with a PyTorch model)")
-        return self.gradients(x, activations, targets)
+        return self.gradients(x, activations, targets, objective) if objective is not None else \
+            self.gradients(x, activations, targets)
 
     def preprocess(self, images) -> np.ndarray:
         """Image paths or RGB arrays → (N,3,H,W) float32 as the model expects."""
@@ -156,6 +157,25 @@ class Explainer:
                        milliseconds=(time.perf_counter() - start) * 1000,
                        options={**options, "enhance": enhance, **enhance_options},
                        images=originals, names=names)
+
+    def _finer(self, ctx: Context, chosen, finer):
+        """Set up Finer-CAM on the context (its reference classes, from the clean logits); returns the torch
+        objective for the gradient methods, or None."""
+        from .errors import MethodNotApplicable
+        from .finer import Finer
+
+        finer = Finer.of(finer)
+        if finer is None:
+            return None
+        if not chosen.class_specific:
+            raise MethodNotApplicable(f"method '{chosen.name}' does not depend on the class: finer does not apply")
+        if self.bundle.output_kind != "logits":
+            raise CamInferError("finer scores logits, and this model ends in a softmax (its head returns "
+                                "probabilities)")
+        ctx.finer = finer
+        ctx.finer_refs = np.stack([finer.references_for(row, int(c)) for row, c in zip(ctx.outputs, ctx.targets)])
+        targets, refs = ctx.targets, ctx.finer_refs
+        return lambda torch, scores: finer.torch_objective(torch, scores, targets, refs)
 
     def targets_for(self, target, outputs: np.ndarray, top_classes: int | None = None) -> np.ndarray:
         """The classes to explain: (N,) for one class per image, (N,k) for several (``top_classes``, or one
@@ -212,19 +232,23 @@ class Explainer:
         return x, originals, (names if all(names) else None)
 
     def explain(self, images, method: str = DEFAULT_METHOD, target=None, top_classes: int | None = None,
-                enhance: str | None = None, enhance_options: dict | None = None, **options) -> Explanation:
+                enhance: str | None = None, enhance_options: dict | None = None, finer=None,
+                **options) -> Explanation:
         """Explain a batch: image paths, RGB arrays, or a preprocessed (N,C,H,W) array.
 
         target: None = each image's top-1, an int or label for every image, one per image, or one list per
         image for several classes (``[[243, 281], ...]``); ``top_classes=k``: the k best classes of each
         image. With several classes the arrays of the `Explanation` are (N,k,...). Given image paths or
-        arrays, the Explanation keeps them, so `overlay`/`save`/`plot` show the map on the original image."""
+        arrays, the Explanation keeps them, so `overlay`/`save`/`plot` show the map on the original image.
+        ``finer=γ`` (or a dict of gamma, references, preset): Finer-CAM, the class score minus γ times the
+        scores of the closest classes (`cam_infer.finer`)."""
         start = time.perf_counter()
         chosen = get_method(method)
         x, originals, names = self._inputs(images)
         if enhance is not None:
+            extra = {} if finer is None else {"finer": finer}
             return self._enhanced(x, originals, names, method, target, top_classes, enhance, enhance_options or {},
-                                  options, start)
+                                  {**options, **extra}, start)
         activations = self.backend.features(x)
         outputs = self.backend.head(activations)
         targets = self.targets_for(target, outputs, top_classes)
@@ -234,9 +258,10 @@ class Explainer:
         flat = targets.reshape(-1)
         ctx = Context(x=x, activations=activations, targets=flat, outputs=outputs, backend=self.backend,
                       bundle=self.bundle, linear_head=self.linear_head)
+        objective = self._finer(ctx, chosen, finer)
         if chosen.needs == "gradients":
-            ctx.gradients = self._gradients_for(method, x, activations, flat)
-            ctx.gradient_source = lambda xs, a, t: self._gradients_for(method, xs, a, t)
+            ctx.gradients = self._gradients_for(method, x, activations, flat, objective)
+            ctx.gradient_source = lambda xs, a, t: self._gradients_for(method, xs, a, t, objective)
         # The runtime owns the cores: a BLAS pool that spins after each call would slow its next pass.
         with BLAS.limit(limits=1):
             maps = chosen(ctx, **options).astype(np.float32)
@@ -247,6 +272,6 @@ class Explainer:
         if k is not None:
             maps, saliency, scores, degenerate = (v.reshape(len(targets), k, *v.shape[1:])
                                                   for v in (maps, saliency, scores, degenerate))
-        return Explanation(method, saliency, maps, targets, scores, degenerate,
-                           (time.perf_counter() - start) * 1000, dict(options), labels=self.bundle.labels,
+        return Explanation(method, saliency, maps, targets, scores, degenerate, (time.perf_counter() - start) * 1000,
+                           {**options, **({"finer": vars(ctx.finer)} if ctx.finer else {})}, labels=self.bundle.labels,
                            images=originals, names=names, preprocessing=self.bundle.preprocessing)

@@ -206,7 +206,7 @@ def overlay_names(images: list[Path]) -> dict[Path, str]:
 def explain_files(explainer, paths, methods: list[str], out, *, target=None, options: dict | None = None,
                   batch_size: int = 8, colormap: str = "jet", alpha: float = 0.5, restart: bool = False,
                   progress: bool | None = None, on: str = "original", enhance: str | None = None,
-                  enhance_options: dict | None = None) -> Results:
+                  enhance_options: dict | None = None, finer: dict | None = None) -> Results:
     """Explain every image with every method; write overlays and `results.json` in `out`.
     ``on="original"``: overlays over the whole original image (the map put back where the model's view
     of it was; outside that view the image is greyed); ``"model"``: over the model's resized and cropped view."""
@@ -229,7 +229,8 @@ def explain_files(explainer, paths, methods: list[str], out, *, target=None, opt
         get_enhancer(enhance)
     settings = {"bundle": {role: graphs[role]["sha256"] for role in ("features", "head")},
                 "backend": explainer.backend.describe(), "target": target, "options": per_method, "colormap": colormap,
-                "alpha": alpha, "on": on, **({"enhance": enhancer} if enhancer else {})}
+                "alpha": alpha, "on": on, **({"enhance": enhancer} if enhancer else {}),
+                **({"finer": finer} if finer else {})}
     with OutputLock(out, "explain"):
         results = Results.open(out, json.loads(json.dumps(settings)), restart)
         results.skipped = [str(f) for f in found.skipped]
@@ -268,6 +269,8 @@ def _explain_batch(explainer, batch, method, target, options, names, done, out, 
     views = [prep.geometry(rgb) for _, rgb, _ in batch]
     x = np.stack([prep.normalise(v) for v in views])
     extra = {} if enhancer is None else {"enhance": enhancer["name"], "enhance_options": enhancer["options"]}
+    if results.settings.get("finer"):
+        extra["finer"] = results.settings["finer"]
     e = explainer.explain(x, method=method, target=target, **extra, **options)
     for i, ((path, rgb, stamp), view) in enumerate(zip(batch, views)):
         name = f"{names[path]}_{e.method}.png"

@@ -66,11 +66,11 @@ class TorchBackend(Backend):
         with torch.no_grad():
             return self.model(torch.from_numpy(x)).reshape(len(x), -1).numpy()
 
-    def gradients(self, x: np.ndarray, activations: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    def gradients(self, x: np.ndarray, activations: np.ndarray, targets: np.ndarray, objective=None) -> np.ndarray:
         """∂y_target/∂A from the model itself; through the head graph when the model ends in a softmax
         (the model's own output is then a probability, not the pre-softmax score)."""
         if self._head_gradients is not None:
-            return self._head_gradients(x, activations, targets)
+            return self._head_gradients(x, activations, targets, objective)
         from ..gradients import score_gradients
 
         torch = self.torch
@@ -84,7 +84,7 @@ class TorchBackend(Backend):
         try:
             with torch.enable_grad():
                 scores = self.model(torch.from_numpy(self._checked(x, self.bundle.input_shape, "input images")))
-                return score_gradients(torch, scores, leaf["a"], targets)
+                return score_gradients(torch, scores, leaf["a"], targets, objective)
         finally:
             handle.remove()
 

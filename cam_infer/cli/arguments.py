@@ -106,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.5, help="heat-map weight in the overlay (default 0.5)")
     p.add_argument("--on", default="original", choices=["original", "model"],
                    help="overlay on the original image (default) or on the model's resized and cropped view")
+    p.add_argument("--finer", type=float, metavar="GAMMA",
+                   help="Finer-CAM: explain the class score minus GAMMA times the closest classes' (e.g. 0.6)")
+    p.add_argument("--finer-references", type=int, default=3, help="classes compared with (default 3)")
+    p.add_argument("--finer-preset", default="torchcam", choices=["torchcam", "official"])
     p.add_argument("--enhance", help="wrap every method in an enhancer: evet (transformed copies, fused)")
     p.add_argument("--enhance-option", action="append", default=[], metavar="KEY=VALUE",
                    help='enhancer option, e.g. --enhance-option transforms=["identity","flip"] (repeatable)')

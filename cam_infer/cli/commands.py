@@ -57,10 +57,17 @@ def explain(args) -> int:
     methods, skipped = choose_methods(names, explainer.linear_head is not None)
     if skipped:
         print(f"skipped {', '.join(skipped)}: this bundle's head is not global pooling + linear")
+    if args.finer is not None and "all" in names:
+        from ..methods import METHODS
+        agnostic = [m for m in methods if not METHODS[m].class_specific]
+        methods = [m for m in methods if METHODS[m].class_specific]
+        print(f"skipped {', '.join(agnostic)}: class-agnostic, finer does not apply")
     results = explain_files(explainer, args.images, methods, args.out, target=args.target,
                             options=dict(parse_option(o) for o in args.option), batch_size=args.batch_size,
                             colormap=args.colormap, alpha=args.alpha, restart=args.force, on=args.on,
-                            enhance=args.enhance, enhance_options=dict(parse_option(o) for o in args.enhance_option))
+                            enhance=args.enhance, enhance_options=dict(parse_option(o) for o in args.enhance_option),
+                            finer=None if args.finer is None else {"gamma": args.finer, "preset": args.finer_preset,
+                                                                   "references": args.finer_references})
     for line in results.summary_lines(len(methods), args.out):
         print(line)
     if results.errors:

@@ -29,9 +29,12 @@ def require_torch():
     return torch
 
 
-def score_gradients(torch, scores, activation, targets: np.ndarray) -> np.ndarray:
-    """∂ scores[n, targets[n]] / ∂ activation[n] for every n at once (the samples are independent)."""
-    picked = scores.reshape(len(targets), -1)[torch.arange(len(targets)), torch.from_numpy(targets)]
+def score_gradients(torch, scores, activation, targets: np.ndarray, objective=None) -> np.ndarray:
+    """∂ scores[n, targets[n]] / ∂ activation[n] for every n at once (the samples are independent);
+    `objective(torch, scores) → (N,)` replaces the picked score (Finer-CAM)."""
+    scores = scores.reshape(len(targets), -1)
+    picked = objective(torch, scores) if objective is not None else \
+        scores[torch.arange(len(targets)), torch.from_numpy(targets)]
     (grad,) = torch.autograd.grad(picked.sum(), activation)
     return grad.detach().numpy().astype(np.float32, copy=False)
 
@@ -49,11 +52,11 @@ class HeadGradients:
         self.torch = require_torch()
         self.head = TorchGraph(onnx.load(bundle.head_path), drop_softmax=bundle.output_kind == "probabilities")
 
-    def __call__(self, x: np.ndarray, activations: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray, activations: np.ndarray, targets: np.ndarray, objective=None) -> np.ndarray:
         torch = self.torch
         a = torch.from_numpy(np.ascontiguousarray(activations, np.float32)).requires_grad_(True)
         with torch.enable_grad(), one_torch_thread(torch):
-            return score_gradients(torch, self.head(a), a, targets)
+            return score_gradients(torch, self.head(a), a, targets, objective)
 
 
 @contextlib.contextmanager

@@ -44,6 +44,9 @@ def _target_scores(ctx: Context, i: int, c: int, score: str, closed_form: bool) 
         head = ctx.linear_head
         pooled = a.mean(axis=(1, 2))                                              # (K,)
         logits = head.logits(pooled[None])[0]                                     # (C,)
+        if ctx.finer is not None:
+            ablated = logits[None, :] - pooled[:, None] * head.weight.T          # (K,C)
+            return float(ctx.class_scores(logits[None], i, score)[0]), ctx.class_scores(ablated, i, score)
         if score == "logit":
             return float(logits[c]), logits[c] - pooled * head.weight[c]
         ablated = logits[None, :] - pooled[:, None] * head.weight.T               # (K,C)
@@ -57,6 +60,4 @@ def _target_scores(ctx: Context, i: int, c: int, score: str, closed_form: bool) 
         kernels.ablated_batch(a, channels, batch)
         ablated.append(ctx.backend.head(batch[:len(channels)]))
     ablated = np.concatenate(ablated)
-    if score == "prob":
-        return float(ctx.probabilities(outputs[None])[0, c]), ctx.probabilities(ablated)[:, c]
-    return float(outputs[c]), ablated[:, c]
+    return float(ctx.class_scores(outputs[None], i, score)[0]), ctx.class_scores(ablated, i, score)

@@ -15,7 +15,11 @@ from .registry import Context, fused, method, require_linear_head
 def cam(ctx: Context) -> np.ndarray:
     """Σ_k W_ck A^k, W read from a GAP→linear head"""
     head = require_linear_head(ctx, "cam")
-    weights = head.weight[ctx.targets]                              # (N,K)
+    if ctx.finer is not None:                                        # Finer-CAM: W_c − γ·mean_d W_d
+        weights = np.stack([ctx.finer.weight_row(head.weight, int(c), refs)
+                            for c, refs in zip(ctx.targets, ctx.finer_refs)])
+    else:
+        weights = head.weight[ctx.targets]                          # (N,K)
     return np.einsum("nk,nkhw->nhw", weights, ctx.activations, optimize=True)
 
 

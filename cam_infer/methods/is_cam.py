@@ -45,7 +45,7 @@ def is_cam(ctx: Context, *, preset: Literal["torchcam", "linear"] = "torchcam", 
         m, valid = masks(a, channels, size, "normalise-then-upsample")
         rows = rows_per_call(ctx.bundle, ctx.backend.memory_budget, len(channels) * samples)
         inputs = (scale * (m[j] * ctx.x[i]) for j in range(len(channels)) for scale in scales)
-        scores = batched_scores(ctx, inputs, len(channels) * samples, int(ctx.targets[i]), "logit", rows)
+        scores = batched_scores(ctx, inputs, len(channels) * samples, i, "logit", rows)
         weights = np.zeros(k, np.float32)
         weights[channels] = softmax(scores.reshape(len(channels), samples).mean(axis=1).astype(np.float64))
         maps[i] = np.tensordot(weights, a, axes=1)

@@ -43,10 +43,9 @@ def masks(a: np.ndarray, channels: np.ndarray, size: tuple[int, int], order: str
     return minmax(raw)
 
 
-def batched_scores(ctx, inputs: Iterator[np.ndarray], count: int, target: int, score: str,
-                   rows: int) -> np.ndarray:
-    """Run `count` masked inputs (yielded one by one, (C,H,W)) through the whole model, `rows` per call;
-    return the target class's logit or softmax probability for each, in order."""
+def batched_scores(ctx, inputs: Iterator[np.ndarray], count: int, i: int, score: str, rows: int) -> np.ndarray:
+    """Run `count` masked inputs of image i (yielded one by one, (C,H,W)) through the whole model, `rows` per
+    call; return the score explained for each (`Context.class_scores`), in order."""
     out = np.empty(count, np.float32)
     batch = np.empty((rows, *ctx.x.shape[1:]), np.float32)
     filled, done = 0, 0
@@ -54,16 +53,11 @@ def batched_scores(ctx, inputs: Iterator[np.ndarray], count: int, target: int, s
         batch[filled] = item
         filled += 1
         if filled == rows:
-            out[done:done + filled] = _scores(ctx, batch[:filled], target, score)
+            out[done:done + filled] = ctx.class_scores(ctx.backend.forward(batch[:filled]), i, score)
             done, filled = done + filled, 0
     if filled:
-        out[done:done + filled] = _scores(ctx, batch[:filled], target, score)
+        out[done:done + filled] = ctx.class_scores(ctx.backend.forward(batch[:filled]), i, score)
     return out
-
-
-def _scores(ctx, x: np.ndarray, target: int, score: str) -> np.ndarray:
-    outputs = ctx.backend.forward(x)
-    return (ctx.probabilities(outputs) if score == "prob" else outputs)[:, target]
 
 
 def full_passes_of(samples_of: Callable[[dict], int]):

@@ -48,9 +48,7 @@ def recipro(ctx: Context, *, score: Literal["prob", "logit"] = "prob", kernel: L
     maps = np.empty((n, h, w), np.float32)
     for i, a in enumerate(ctx.activations):
         kernels.recipro_masked_batch(a, KERNELS[kernel], masked)
-        outputs = ctx.backend.head(masked)
-        scores = outputs if score == "logit" else ctx.probabilities(outputs)
-        maps[i] = scores[:, ctx.targets[i]].reshape(h, w)
+        maps[i] = ctx.class_scores(ctx.backend.head(masked), i, score).reshape(h, w)
     return maps
 
 
@@ -60,6 +58,8 @@ def _closed_form(ctx: Context, kernel: np.ndarray, score: str) -> np.ndarray:
     mass = kernel_mass(kernel, h, w).reshape(1, h * w, 1)
     pooled = ctx.activations.reshape(n, k, h * w).transpose(0, 2, 1) * mass / (h * w)   # (N, hw, K)
     logits = head.logits(pooled)                                                         # (N, hw, C)
+    if ctx.finer is not None:
+        return np.stack([ctx.class_scores(logits[i], i, score) for i in range(n)]).reshape(n, h, w)
     scores = softmax(logits) if score == "prob" else logits
     return np.take_along_axis(scores, ctx.targets[:, None, None], axis=2)[..., 0].reshape(n, h, w)
 

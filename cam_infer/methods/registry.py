@@ -49,10 +49,20 @@ class Context:
     gradients: np.ndarray | None = field(default=None)   # (N,K,h,w) ∂y_target/∂A, pre-softmax y
     gradient_source: Callable | None = field(default=None)  # (x, activations, targets) → gradients, for methods
                                                              # that need them at other inputs (noisy, scaled)
+    finer: object = field(default=None)            # a `cam_infer.finer.Finer`: explain F(y), not y_c
+    finer_refs: np.ndarray | None = field(default=None)    # (N,R) its reference classes per image
 
     def probabilities(self, outputs: np.ndarray) -> np.ndarray:
         """Class probabilities of head outputs: a softmax unless the model already ends in one."""
         return outputs if self.bundle.output_kind == "probabilities" else softmax(outputs)
+
+    def class_scores(self, outputs: np.ndarray, i: int, kind: str) -> np.ndarray:
+        """The score a method explains, for each row of outputs (R,C) of image i's variants: the class logit
+        or probability; with Finer-CAM, its objective on the logits."""
+        c = int(self.targets[i])
+        if self.finer is not None:
+            return self.finer.objective(outputs, c, self.finer_refs[i])
+        return (self.probabilities(outputs) if kind == "prob" else outputs)[:, c]
 
 
 @dataclass(frozen=True)

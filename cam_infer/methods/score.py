@@ -56,7 +56,6 @@ def score(ctx: Context, *, weighting: Literal["reference", "channel-softmax"] = 
     masked = np.empty((rows, ctx.x.shape[1], height, width), np.float32)
     maps = np.empty((n, h, w), np.float32)
     for i, a in enumerate(ctx.activations):
-        c = int(ctx.targets[i])
         channels = selected_channels(a, top_k).astype(np.int64)
         raw = np.full(len(channels), np.nan, np.float32)
         for start in range(0, len(channels), rows):
@@ -68,7 +67,7 @@ def score(ctx: Context, *, weighting: Literal["reference", "channel-softmax"] = 
             kernels.masked_inputs(ctx.x[i], masks[kept] if kept.size < len(chunk) else masks[:len(chunk)],
                                   masked)
             outputs = ctx.backend.forward(masked[:kept.size])
-            values = ctx.probabilities(outputs)[:, c] if weighting == "reference" else outputs[:, c]
+            values = ctx.class_scores(outputs, i, "prob" if weighting == "reference" else "logit")
             raw[start + kept] = values
         weights = np.zeros(k, np.float32)
         ok = ~np.isnan(raw)

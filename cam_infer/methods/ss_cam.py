@@ -49,7 +49,7 @@ def ss_cam(ctx: Context, *, preset: Literal["torchcam", "paper-mask", "paper-inp
         rows = rows_per_call(ctx.bundle, ctx.backend.memory_budget, max(1, len(channels) * samples))
         inputs = _noisy_inputs(ctx.x[i], m, preset, samples, std, sigma_is_variance, rng)
         score = "logit" if preset == "torchcam" else "prob"
-        scores = batched_scores(ctx, inputs, len(channels) * samples, int(ctx.targets[i]), score, rows)
+        scores = batched_scores(ctx, inputs, len(channels) * samples, i, score, rows)
         means = scores.reshape(len(channels), samples).mean(axis=1) if len(channels) else scores[:0]
         weights = np.zeros(k, np.float32)
         weights[channels] = softmax(means.astype(np.float64)) if preset == "torchcam" else means
