@@ -5,7 +5,6 @@ linear one, and gradient maps follow the linear objective."""
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
 from onnx import numpy_helper
 from tiny_onnx import tiny_cnn
