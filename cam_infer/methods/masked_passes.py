@@ -61,7 +61,8 @@ def batched_scores(ctx, inputs: Iterator[np.ndarray], count: int, i: int, score:
 
 
 def full_passes_of(samples_of: Callable[[dict], int]):
-    """A cost model for bench: (full passes for one image, images per backend call)."""
+    """A cost model for bench (the Score-CAM family): (full passes for one image: the selected channels times
+    `samples_of(options)` per channel, images per backend call)."""
     from .score import rows_per_call, selected_channels
 
     def floor(explainer, x: np.ndarray, options: dict) -> tuple[int, int]:

@@ -18,6 +18,7 @@ import numpy as np
 from .. import kernels
 from ..errors import CamInferError
 from ..numerics import softmax
+from .masked_passes import full_passes_of
 from .registry import Context, method
 
 
@@ -36,13 +37,7 @@ def rows_per_call(bundle, memory_budget: int, channels: int) -> int:
     return int(max(1, min(channels, memory_budget // (per_pass + 16 * height * width))))
 
 
-def full_passes(explainer, x: np.ndarray, options: dict) -> tuple[int, int]:
-    """The cost model: (full passes for one image, images per backend call), which bench times as the floor."""
-    passes = len(selected_channels(explainer.backend.features(x[:1])[0], options.get("top_k")))
-    return passes, rows_per_call(explainer.bundle, explainer.backend.memory_budget, passes)
-
-
-@method("score", needs="model", cost="1 full pass per channel (K, or top_k)", floor=full_passes,
+@method("score", needs="model", cost="1 full pass per channel (K, or top_k)", floor=full_passes_of(lambda options: 1),
         bench={"score top_k=64": {"top_k": 64}, "score": {}})
 def score(ctx: Context, *, weighting: Literal["reference", "channel-softmax"] = "reference",
           top_k: int | None = None) -> np.ndarray:
