@@ -36,21 +36,29 @@ GRADIENT_CASES = _cases(gradient=True)   # need torch: gradients from the head g
 NOT_APPLICABLE = 2       # a measuring child's exit code for a method that does not apply to the bundle
 
 
-def measure(bundle_path: str, backend: str, method: str, options: dict, repeats: int, batch: int = 1) -> dict:
-    """In this process: median ms per image of the forward pass and of the method, alternating."""
+def measure(bundle_path: str, backend: str, method: str, options: dict, repeats: int, batch: int = 1,
+            enhance: dict | None = None) -> dict:
+    """In this process: median ms per image of the forward pass and of the method, alternating.
+    `enhance`: {"name": enhancer, "options": {...}} to time the method under an enhancer; its floor is the
+    full passes it makes (its inputs × the method's own passes), batched."""
+    from .enhancers import get_enhancer
     from .explainer import Explainer
     spec = METHODS[method]
     explainer = Explainer(bundle_path, backend=backend, gradients="torch" if spec.gradient else None)
     x = np.random.default_rng(0).standard_normal((batch, *explainer.bundle.input_shape)).astype(np.float32)
     forward = lambda: explainer.backend.forward(x)                       # noqa: E731
-    run = lambda: explainer.explain(x, method, **options)                # noqa: E731
+    extra = {} if enhance is None else {"enhance": enhance["name"], "enhance_options": enhance["options"]}
+    run = lambda: explainer.explain(x, method, **options, **extra)       # noqa: E731
     floor = None
-    if spec.floor is not None:                 # a method of full passes: time as many, batched as it batches
-        passes, rows = spec.floor(explainer, x, options)
+    if spec.floor is not None or enhance is not None:   # full passes: time as many, batched as the method does
+        passes, rows = spec.floor(explainer, x, options) if spec.floor is not None else (1, 1)
+        if enhance is not None:
+            inputs = get_enhancer(enhance["name"]).passes(*x.shape[2:], **enhance["options"])
+            passes, rows = passes * inputs, rows if spec.floor is not None else inputs
         chunk = np.repeat(x[:1], rows, axis=0)
         floor = lambda: [explainer.backend.forward(chunk[:min(rows, passes - i)])   # noqa: E731
                          for i in range(0, passes, rows)]
-    long = floor is not None and passes > 64
+    long = spec.floor is not None and enhance is None and passes > 64
     if long:                                   # a long run warms itself up; warm up on a short one
         explainer.explain(x, method, **{**options, "top_k": 8})
         explainer.backend.forward(chunk)
@@ -72,9 +80,9 @@ def measure(bundle_path: str, backend: str, method: str, options: dict, repeats:
 
 
 def measure_in_subprocess(bundle_path: str, backend: str, method: str, options: dict, repeats: int,
-                          batch: int = 1) -> dict:
+                          batch: int = 1, enhance: dict | None = None) -> dict:
     """`measure` in a fresh process; adds its peak resident memory in MB."""
-    spec = json.dumps([str(bundle_path), backend, method, options, repeats, batch])
+    spec = json.dumps([str(bundle_path), backend, method, options, repeats, batch, enhance])
     process = subprocess.Popen([sys.executable, "-m", "cam_infer.bench", spec], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     stdout, stderr = process.communicate()
@@ -85,6 +93,20 @@ def measure_in_subprocess(bundle_path: str, backend: str, method: str, options: 
     result = json.loads(stdout.strip().splitlines()[-1])
     result["peak_mb"] = result.pop("maxrss_kb") / 1024
     return result
+
+
+def case_of(case: str, known: dict) -> tuple[str, dict, dict | None]:
+    """A case name → (method, options, enhancer or None); 'recipro+sess' is the case 'recipro' under SESS."""
+    from .enhancers import get_enhancer, split_variant
+
+    if case in known:
+        return (*known[case], None)
+    base, enhancer = split_variant(case)
+    if enhancer is None or base not in known:
+        raise CamInferError(f"unknown benchmark case '{case}'; cases: {', '.join(known)} (each also as CASE+sess, "
+                            "CASE+evet)")
+    get_enhancer(enhancer)
+    return (*known[base], {"name": enhancer, "options": {}})
 
 
 def check_cases(cases, known: dict, what: str) -> list:
@@ -99,15 +121,16 @@ def run_cases(bundle_path, backends, cases, repeats: int, *, score_repeats: int 
     """Measure every case on every backend (cases: names of `CASES`); `cam` is left out on heads
     that are not GAP→linear. Full Score-CAM may take fewer repeats (`score_repeats`): it is K passes."""
     known = {**CASES, **GRADIENT_CASES}
-    check_cases(cases, known, "benchmark case")
+    for case in cases:
+        case_of(case, known)
     rows = []
     for backend in backends:
         for case in cases:
-            method, options = known[case]
-            long = METHODS[method].floor is not None and not options.get("top_k")
+            method, options, enhance = case_of(case, known)
+            long = (METHODS[method].floor is not None and not options.get("top_k")) or enhance is not None
             n = score_repeats if (long and score_repeats) else repeats
             try:
-                row = measure_in_subprocess(bundle_path, backend, method, options, n)
+                row = measure_in_subprocess(bundle_path, backend, method, options, n, enhance=enhance)
             except MethodNotApplicable:
                 continue
             row.update(case=case, repeats=n)
@@ -213,8 +236,8 @@ def peak_resident_kb() -> int:
 
 
 def _child(spec: str) -> None:
-    bundle_path, backend, method, options, repeats, batch = json.loads(spec)
-    result = measure(bundle_path, backend, method, options, repeats, batch)
+    bundle_path, backend, method, options, repeats, batch, enhance = json.loads(spec)
+    result = measure(bundle_path, backend, method, options, repeats, batch, enhance)
     result["maxrss_kb"] = peak_resident_kb()
     print(json.dumps(result))
 

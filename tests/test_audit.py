@@ -208,3 +208,29 @@ def test_ground_truth_target_explains_the_labelled_class(scenes, tmp_path):
     assert not (tmp_path / "h").exists()
     with pytest.raises(CamInferError, match="unknown metric"):
         run_audit(SHAPES, [folder], AuditOptions(methods=("cam",), metrics=("x",)), tmp_path / "u")
+
+
+def test_enhanced_variants_are_audited_next_to_their_base_method(scenes, tmp_path):
+    folder, boxes = scenes
+    (tmp_path / "boxes.json").write_text(json.dumps(boxes))
+    result = run_cli("audit", SHAPES, folder, "--boxes", tmp_path / "boxes.json", "--methods", "recipro,eigen+evet",
+                     "--enhance", "sess", "--enhance-option", "sess.scales=2", "--option", "recipro.score=logit",
+                     "--metrics", "adcc,pointing,energy", "--out", tmp_path / "report")
+    assert result.returncode == 0, result.stderr
+    rows = read_csv(tmp_path / "report" / "metrics.csv")
+    assert [r["method"] for r in rows[:3]] == ["recipro", "recipro+sess", "eigen+evet"]
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert list(summary["methods"]) == ["recipro", "recipro+sess", "eigen+evet"]
+    explainer = Explainer(SHAPES)
+    image = folder / "multiple_00001.png"
+    x = explainer.preprocess([image])
+    e = explainer.explain(x, "recipro", enhance="sess", enhance_options={"scales": 2}, score="logit")
+    row = next(r for r in rows if r["method"] == "recipro+sess" and r["image"].endswith(image.name))
+    own = [b["box"] for b in boxes[image.name] if b["label"] == row["label"]]
+    assert int(row["pointing"]) == int(pointing_hit(e.saliency[0], own, 0.0))
+    assert float(row["energy"]) == pytest.approx(energy_pointing(e.saliency[0], own), rel=1e-5)
+    assert (tmp_path / "report" / "overlays" / "multiple_00001.png__recipro+sess.png").is_file()
+    assert_one_line_error(run_cli("audit", SHAPES, folder, "--methods", "recipro", "--enhance", "sharpen",
+                                  "--out", tmp_path / "r2"), "unknown enhancer 'sharpen'")
+    assert_one_line_error(run_cli("audit", SHAPES, folder, "--methods", "recipro", "--enhance-option", "sess.scales=2",
+                                  "--out", tmp_path / "r3"), "one of the chosen enhancers")

@@ -27,6 +27,19 @@ def test_bench_command_prints_a_markdown_table(tiny_bundle):
     assert [r.split("|")[2].strip() for r in rows] == ["eigen", "recipro (head passes)"]
     bad = run_cli("bench", tiny_bundle.path, "--method", "smoothgrad")
     assert bad.returncode == 1 and "unknown benchmark case 'smoothgrad'" in bad.stderr
+    bad = run_cli("bench", tiny_bundle.path, "--method", "eigen+sharpen")
+    assert bad.returncode == 1 and "unknown enhancer 'sharpen'" in bad.stderr
+
+
+def test_an_enhanced_case_is_timed_against_the_passes_its_enhancer_makes(tiny_bundle):
+    from cam_infer.enhancers.sess import passes
+    row = measure_in_subprocess(tiny_bundle.path, "onnxruntime", "recipro", {}, repeats=2,
+                                enhance={"name": "sess", "options": {"scales": 3}})
+    assert passes(64, 64, scales=3) == 1 + 9 and passes(64, 64, scales=3, pre_filter=0.5) == 1 + 9 + 5
+    assert row["floor"] > row["forward"] and abs(row["ratio_to_floor"] - row["method"] / row["floor"]) < 1e-9
+    result = run_cli("bench", tiny_bundle.path, "--backend", "onnxruntime", "--method", "eigen+evet", "--repeats", "1")
+    assert result.returncode == 0, result.stderr
+    assert "| eigen+evet |" in result.stdout and "× its" in result.stdout
 
 
 def test_progress_bar_counts_and_estimates():

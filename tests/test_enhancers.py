@@ -12,6 +12,9 @@ from helpers import assert_one_line_error, run_cli
 from cam_infer import CamInferError, Explainer
 from cam_infer.bundle.verify import random_images
 from cam_infer.enhancers.evet import TRANSFORMS, affine, warp
+from cam_infer.enhancers.sess import offsets, resized_shape, scale_sizes, window_boxes
+from cam_infer.numerics import softmax
+from cam_infer.postprocess import normalise
 
 
 @pytest.fixture(scope="module")
@@ -73,5 +76,116 @@ def test_explain_cli_takes_enhance(tmp_path, tiny_bundle):
     data = json.loads((tmp_path / "out" / "results.json").read_text())
     assert data["settings"]["enhance"] == {"name": "evet", "options": {"transforms": ["identity", "flip"]}}
     assert data["results"][0]["method"] == "recipro" and data["results"][0]["overlay"] == "a_recipro+evet.png"
-    assert_one_line_error(run_cli("explain", tiny_bundle.path, photo, "--enhance", "sess", "--out", tmp_path / "o2"),
-                          "unknown enhancer 'sess'")
+    assert_one_line_error(run_cli("explain", tiny_bundle.path, photo, "--enhance", "sharpen", "--out", tmp_path / "o2"),
+                          "unknown enhancer 'sharpen'")
+    result = run_cli("explain", tiny_bundle.path, photo, "--enhance", "sess", "--enhance-option", "scales=2",
+                     "--out", tmp_path / "o3")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "o3" / "results.json").read_text())["results"][0]["overlay"] == "a_recipro+sess.png"
+
+
+# --- SESS -------------------------------------------------------------------------------------------------
+
+def test_sess_windows_at_the_official_defaults():
+    sizes = scale_sizes(224, 224, 12)
+    assert sizes == [224 + 64 * i for i in range(12)]
+    counts = [sum(1 for b in window_boxes(224, 224, sizes, None) if b[0] == i) for i in range(12)]
+    assert counts == [1, 4, 4, 4, 9, 9, 9, 9, 16, 16, 16, 25] and sum(counts) == 122
+    assert offsets(288, 224, 224) == [0, 64] and offsets(672, 224, 224) == [0, 224, 448] and offsets(224, 224, 224) == [0]
+    assert resized_shape(224, 300, 288) == (288, int(288 * 300 / 224))      # the shorter side is the scale
+    assert resized_shape(300, 224, 288) == (int(288 * 300 / 224), 288)
+
+
+def test_sess_with_one_scale_and_one_window_is_the_blurred_base_map(setup):
+    import cv2
+    explainer, x = setup
+    base = explainer.explain(x, "recipro")
+    plain = explainer.explain(x, "recipro", enhance="sess", enhance_options={"scales": 1, "smooth": False})
+    np.testing.assert_allclose(plain.saliency, normalise(base.saliency)[0], atol=1e-6)
+    smooth = explainer.explain(x, "recipro", enhance="sess", enhance_options={"scales": 1})
+    expected = np.stack([cv2.GaussianBlur(m.astype(np.float64), (11, 11), 5.0, 0) for m in normalise(base.saliency)[0]])
+    np.testing.assert_allclose(smooth.saliency, expected, atol=1e-6)
+    np.testing.assert_array_equal(smooth.targets, base.targets)
+    np.testing.assert_allclose(smooth.scores, base.scores, rtol=1e-6)
+    assert smooth.method == "recipro+sess"
+
+
+def official_sess(explainer, image, target, method, sizes, pre_filter, pool, theta):
+    """SESS as the official code writes it (sess.py): torch resizes, window by window, one base run each."""
+    import torch
+    import torch.nn.functional as F
+
+    h, w = image.shape[1:]
+    t = torch.from_numpy(image)[None]
+    patches = []
+    for s in sizes:
+        hs, ws = (s, int(s * w / h)) if h <= w else (int(s * h / w), s)
+        scaled = F.interpolate(t, size=(hs, ws), mode="bilinear", align_corners=False)
+        ys = list(range(0, hs - h, h)) + [hs - h]
+        xs = list(range(0, ws - w, w)) + [ws - w]
+        patches += [(scaled[0, :, y:y + h, x:x + w].numpy(), hs, ws, y, x) for y in ys for x in xs]
+    probs = np.array([softmax(explainer.backend.forward(p[0][None]))[0, target] for p in patches])
+    order = np.argsort(probs, kind="stable")
+    kept = order[int(len(probs) * pre_filter):]
+    full = []
+    for j in kept:
+        patch, hs, ws, y, x = patches[j]
+        e = explainer.explain(patch[None], method, target=target)
+        m = e.saliency[0].astype(np.float64)
+        m = (m - m.min()) / (m.max() - m.min())
+        canvas = torch.zeros(1, 1, hs, ws, dtype=torch.float64)
+        canvas[0, 0, y:y + h, x:x + w] = torch.from_numpy(m * float(e.scores[0]) / probs.max())
+        full.append(F.interpolate(canvas, size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy())
+    full = np.array(full)
+    if pool == "max":
+        return full.max(axis=0)
+    count = (full > theta).sum(axis=0)
+    with np.errstate(invalid="ignore"):
+        return np.nan_to_num(np.where(full > theta, full, 0).sum(axis=0) / count)
+
+
+@pytest.mark.parametrize("method, options", [("recipro", {}), ("eigen", {"pre_filter": 0.5}),
+                                             ("ablation", {"pool": "max"}), ("recipro", {"theta": 0.2})])
+def test_sess_against_the_official_algorithm_window_by_window(setup, method, options):
+    pytest.importorskip("torch")
+    explainer, x = setup
+    sizes = scale_sizes(64, 64, 4)
+    targets = explainer.explain(x, method).targets
+    e = explainer.explain(x, method, enhance="sess", enhance_options={"scales": 4, "smooth": False, **options})
+    for i in range(len(x)):
+        expected = official_sess(explainer, x[i], int(targets[i]), method, sizes, options.get("pre_filter", 0.0),
+                                 options.get("pool", "mean"), options.get("theta", 0.0))
+        np.testing.assert_allclose(e.saliency[i], expected, atol=2e-5)
+
+
+def test_sess_explains_a_batch_image_by_image_and_counts_its_passes(setup):
+    explainer, x = setup
+    options = {"scales": 3, "pre_filter": 0.25}
+    together = explainer.explain(x, "recipro", enhance="sess", enhance_options=options)
+    for i in range(len(x)):
+        alone = explainer.explain(x[i:i + 1], "recipro", enhance="sess", enhance_options=options)
+        np.testing.assert_array_equal(together.saliency[i], alone.saliency[0])
+    windows = len(window_boxes(64, 64, scale_sizes(64, 64, 3), None))
+    assert windows == 1 + 4 + 4
+    before = explainer.backend.runtime_calls
+    explainer.explain(x[:1], "eigen", enhance="sess", enhance_options={"scales": 3})
+    assert explainer.backend.runtime_calls - before == 4     # the input's forward (features, head), then all
+    # 9 windows in one batch: one features call, one head call (the classes' scores)
+
+
+def test_sess_with_a_seeded_random_method_is_the_same_run_to_run(setup):
+    explainer, x = setup
+    options = {"samples": 2, "top_k": 4}
+    runs = [explainer.explain(x, "ss-cam", enhance="sess", enhance_options={"scales": 2}, **options) for _ in range(2)]
+    np.testing.assert_array_equal(runs[0].saliency, runs[1].saliency)
+
+
+def test_sess_refuses_bad_options(setup):
+    explainer, x = setup
+    for options, message in [({"scales": 0}, "at least one scale"), ({"scales": [32]}, "at least 64"),
+                             ({"pool": "median"}, "'mean' or 'max'"), ({"pre_filter": 1.0}, r"in \[0, 1\)"),
+                             ({"step": 0}, "positive number of pixels")]:
+        with pytest.raises(CamInferError, match=message):
+            explainer.explain(x, "eigen", enhance="sess", enhance_options=options)
+    with pytest.raises(CamInferError, match="one class per image"):
+        explainer.explain(x, "eigen", enhance="sess", top_classes=2)

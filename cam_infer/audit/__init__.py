@@ -89,8 +89,14 @@ def _check_options(bundle, options: AuditOptions) -> None:
 
     if not options.methods:
         raise CamInferError("choose at least one method")
+    from ..enhancers import get_enhancer
+    from .work import split_variant
+
     for m in options.methods:
-        get_method(m)
+        method, enhancer = split_variant(m)
+        get_method(method)
+        if enhancer is not None:
+            get_enhancer(enhancer)
     unknown = [m for m in options.metrics if m not in METRICS]
     if unknown:
         raise CamInferError(f"unknown metric {', '.join(map(repr, unknown))}; metrics: {', '.join(METRICS)}")

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 import cv2
 import numpy as np
 
+from ..enhancers import split_variant
 from ..errors import CamInferError
 from ..images import load_image
 from ..metrics import (adcc, auc, average_drop, box_localisation, causal_curve, coherency,
@@ -44,6 +45,7 @@ class AuditOptions:
     iou_threshold: float = 0.5
     tolerance: float = 0.0               # pointing game, pixels (the paper: 15)
     method_options: dict = field(default_factory=dict)   # method → {option: value}
+    enhance_options: dict = field(default_factory=dict)  # enhancer → {option: value}
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -59,6 +61,8 @@ class AuditOptions:
         if "all" in args.methods.split(",") and args.methods != "all":
             raise CamInferError("'all' cannot be combined with other methods")
         methods = tuple(GRADIENT_FREE) if args.methods == "all" else tuple(m.strip() for m in args.methods.split(","))
+        enhancers = [e.strip() for e in args.enhance.split(",")] if args.enhance else []
+        methods = with_enhanced_variants(methods, enhancers)
         metrics = tuple(METRICS) if args.metrics == "all" else tuple(m.strip() for m in args.metrics.split(","))
         if args.metrics == "all" and not args.boxes:
             metrics = ("adcc", "insertion", "deletion")
@@ -66,18 +70,44 @@ class AuditOptions:
         for text in args.option:
             key, value = parse_option(text)
             method, dot, name = key.partition(".")
-            if not dot or method not in methods:
+            if not dot or method not in {split_variant(m)[0] for m in methods}:
                 raise CamInferError(f"--option takes method.key=value for one of the chosen methods, not '{text}'")
             method_options.setdefault(method, {})[name] = value
+        enhance_options: dict = {}
+        for text in args.enhance_option:
+            key, value = parse_option(text)
+            enhancer, dot, name = key.partition(".")
+            if not dot or enhancer not in {split_variant(m)[1] for m in methods}:
+                raise CamInferError(f"--enhance-option takes enhancer.key=value for one of the chosen enhancers, "
+                                    f"not '{text}'")
+            enhance_options.setdefault(enhancer, {})[name] = value
         return cls(methods=methods, metrics=metrics, backend=args.backend, device=args.device, target=args.target,
                    space=args.space, coherency_at=args.coherency_at, steps=args.steps,
                    deletion_substrate=args.deletion_substrate, insertion_substrate=args.insertion_substrate,
                    auc=args.auc, box_threshold=args.box_threshold, tolerance=args.tolerance,
-                   method_options=method_options)
+                   method_options=method_options, enhance_options=enhance_options)
 
     @classmethod
     def from_dict(cls, d: dict) -> "AuditOptions":
         return cls(**{**d, "methods": tuple(d["methods"]), "metrics": tuple(d["metrics"])})
+
+
+def with_enhanced_variants(methods, enhancers) -> tuple[str, ...]:
+    """Each method followed by its variants under every enhancer: (recipro, recipro+sess, eigen, eigen+sess)."""
+    out: list[str] = []
+    for m in methods:
+        out += [m] + [f"{m}+{e}" for e in enhancers if split_variant(m)[1] is None]
+    return tuple(dict.fromkeys(out))
+
+
+def explain_variant(explainer, x, variant: str, target, options: "AuditOptions"):
+    """explain() of a method or a method+enhancer variant, with their options from the audit's."""
+    method, enhancer = split_variant(variant)
+    kwargs = options.method_options.get(method, {})
+    if enhancer is None:
+        return explainer.explain(x, method, target=target, **kwargs)
+    return explainer.explain(x, method, target=target, enhance=enhancer,
+                             enhance_options=options.enhance_options.get(enhancer, {}), **kwargs)
 
 
 _EXPLAINERS: dict = {}
@@ -89,7 +119,7 @@ def explainer_for(bundle, options: AuditOptions):
     from ..explainer import Explainer
     from ..methods import GRADIENT
 
-    gradients = "torch" if set(options.methods) & set(GRADIENT) else None
+    gradients = "torch" if {split_variant(m)[0] for m in options.methods} & set(GRADIENT) else None
     path = bundle.path if isinstance(bundle, Bundle) else bundle
     key = (os.fspath(path), options.backend, options.device, gradients)
     if key not in _EXPLAINERS:
@@ -109,15 +139,14 @@ def audit_image(bundle, image, options: AuditOptions, boxes=None) -> dict:
     target = _target(explainer, options, truth)
     rows, thumbnails = [], {}
     for method in options.methods:
-        kwargs = options.method_options.get(method, {})
-        e = explainer.explain(x, method, target=target, **kwargs)
+        e = explain_variant(explainer, x, method, target, options)
         s = e.saliency[0]
         class_id = int(e.targets[0])
         row = dict.fromkeys(COLUMNS, "")
         row.update(image=os.fspath(image), method=method, class_id=class_id, label=explainer.bundle.label(class_id),
                    probability=float(e.scores[0]), degenerate=int(e.degenerate[0]))
         if "adcc" in options.metrics:
-            row.update(_adcc(explainer, options, x, view, e, kwargs))
+            row.update(_adcc(explainer, options, x, view, e, method))
         for mode in ("insertion", "deletion"):
             if mode in options.metrics:
                 substrate = options.insertion_substrate if mode == "insertion" else options.deletion_substrate
@@ -172,11 +201,10 @@ def _target(explainer, options: AuditOptions, truth):
     return classes.pop()
 
 
-def _adcc(explainer, options: AuditOptions, x, view, e, kwargs) -> dict:
+def _adcc(explainer, options: AuditOptions, x, view, e, variant: str) -> dict:
     s = e.saliency
-    targets = e.targets
     masked = explanation_inputs(x, s, options.space, [view], explainer.bundle.preprocessing)
-    again = explainer.explain(masked, e.method, target=targets, **kwargs)   # S′, and O: its class probability
+    again = explain_variant(explainer, masked, variant, e.targets, options)   # S′, and O: its class probability
     o = again.scores
     drop = float(average_drop(e.scores, o)[0])
     if options.coherency_at == "input":

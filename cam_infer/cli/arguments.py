@@ -110,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Finer-CAM: explain the class score minus GAMMA times the closest classes' (e.g. 0.6)")
     p.add_argument("--finer-references", type=int, default=3, help="classes compared with (default 3)")
     p.add_argument("--finer-preset", default="torchcam", choices=["torchcam", "official"])
-    p.add_argument("--enhance", help="wrap every method in an enhancer: evet (transformed copies, fused)")
+    p.add_argument("--enhance", help="wrap every method in an enhancer: evet (transformed copies, fused) or sess (scales and sliding "
+                   "windows, fused)")
     p.add_argument("--enhance-option", action="append", default=[], metavar="KEY=VALUE",
                    help='enhancer option, e.g. --enhance-option transforms=["identity","flip"] (repeatable)')
     p.set_defaults(run=run.explain)
@@ -124,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fused", action="store_true",
                    help="instead: latency of each fused model (cam-infer fuse) over the plain model, and file growth")
     p.epilog = (f"cases: {', '.join(map(repr, CASES))} ('all': {', '.join(map(repr, ALL_CASES))}); with torch also "
-                f"{', '.join(map(repr, GRADIENT_CASES))}")
+                f"{', '.join(map(repr, GRADIENT_CASES))}; each also under an enhancer: 'recipro+sess', 'eigen+evet'")
     p.set_defaults(run=run.bench)
 
     p = sub.add_parser("fuse", help="write one ONNX model that returns the scores and the saliency map")
@@ -141,7 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("audit", help="every method x every metric over an image folder; CSV, JSON and an HTML report")
     _bundle_and_images(p)
-    p.add_argument("--methods", default="all", help="comma-separated methods, or 'all' (every gradient-free method)")
+    p.add_argument("--methods", default="all", help="comma-separated methods, or 'all' (every gradient-free method); "
+                                                    "METHOD+ENHANCER for one enhanced variant (recipro+sess)")
+    p.add_argument("--enhance", help="also audit every method under these enhancers (comma-separated: sess, evet), "
+                                     "next to the base method")
+    p.add_argument("--enhance-option", action="append", default=[], metavar="ENHANCER.KEY=VALUE",
+                   help="enhancer option, e.g. --enhance-option sess.scales=6 (repeatable)")
     p.add_argument("--metrics", default="all", help="comma-separated: adcc, insertion, deletion, pointing, energy, box; "
                                                     "or 'all' (localisation metrics need --boxes)")
     p.add_argument("--boxes", help="JSON: image file -> list of [x1,y1,x2,y2] or {\"box\": [...], \"label\": ...}")

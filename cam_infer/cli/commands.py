@@ -77,8 +77,8 @@ def explain(args) -> int:
 
 
 def bench(args) -> int:
-    from ..bench import ALL_CASES, CASES, FUSED_CASES, FUSED_HEADER, GRADIENT_CASES, HEADER, check_cases, run_cases, \
-        run_fused
+    from ..bench import ALL_CASES, CASES, FUSED_CASES, FUSED_HEADER, GRADIENT_CASES, HEADER, case_of, check_cases, \
+        run_cases, run_fused
     from ..bundle import Bundle
     bundle = Bundle.load(args.bundle)
     if args.repeats < 1 or (args.score_repeats is not None and args.score_repeats < 1):
@@ -86,8 +86,11 @@ def bench(args) -> int:
     runtimes = [b.strip() for b in args.backend.split(",")] if args.backend else bundle.runtimes
     cases = list(FUSED_CASES if args.fused else ALL_CASES) if args.method == "all" else \
         [c.strip() for c in args.method.split(",")]
-    check_cases(cases, FUSED_CASES if args.fused else {**CASES, **GRADIENT_CASES},
-                "fused case" if args.fused else "benchmark case")
+    if args.fused:
+        check_cases(cases, FUSED_CASES, "fused case")
+    else:
+        for case in cases:
+            case_of(case, {**CASES, **GRADIENT_CASES})
     if args.fused:
         print(f"{bundle.path}: fused / plain model, batch 1; median of {args.repeats} runs each, alternating\n"
               + FUSED_HEADER)

@@ -69,3 +69,8 @@ def evet(explainer, x: np.ndarray, method: str, target, options: dict, *, transf
         weight += valid
     fused = np.where(weight > 0, total / np.maximum(weight, 1), 0).astype(np.float32)
     return fused, base
+
+
+def passes(height: int, width: int, *, transforms=TRANSFORMS) -> int:
+    """Inputs the base method explains per image: one per transform."""
+    return 1 if isinstance(transforms, str) else len(transforms)
