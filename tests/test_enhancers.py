@@ -91,7 +91,8 @@ def test_sess_windows_at_the_official_defaults():
     assert sizes == [224 + 64 * i for i in range(12)]
     counts = [sum(1 for b in window_boxes(224, 224, sizes, None) if b[0] == i) for i in range(12)]
     assert counts == [1, 4, 4, 4, 9, 9, 9, 9, 16, 16, 16, 25] and sum(counts) == 122
-    assert offsets(288, 224, 224) == [0, 64] and offsets(672, 224, 224) == [0, 224, 448] and offsets(224, 224, 224) == [0]
+    assert offsets(288, 224, 224) == [0, 64] and offsets(672, 224, 224) == [0, 224, 448]
+    assert offsets(224, 224, 224) == [0]
     assert resized_shape(224, 300, 288) == (288, int(288 * 300 / 224))      # the shorter side is the scale
     assert resized_shape(300, 224, 288) == (int(288 * 300 / 224), 288)
 

@@ -22,8 +22,16 @@ from pathlib import Path
 from ..errors import CamInferError, UnreadableImage
 from ..outputs import OutputLock, fingerprint, prepare_folder
 from ..progress import Progress
-from .report import (CSV_NAME, ERRORS_NAME, SETTINGS_NAME, SUMMARY_NAME, MetricsFile, summarise, write_atomically,
-                     write_html)
+from .report import (
+    CSV_NAME,
+    ERRORS_NAME,
+    SETTINGS_NAME,
+    SUMMARY_NAME,
+    MetricsFile,
+    summarise,
+    write_atomically,
+    write_html,
+)
 from .work import COLUMNS, METRICS, AuditOptions, audit_image
 
 GRID = 48

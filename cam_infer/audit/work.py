@@ -16,8 +16,19 @@ import numpy as np
 from ..enhancers import split_variant
 from ..errors import CamInferError
 from ..images import load_image
-from ..metrics import (adcc, auc, average_drop, box_localisation, causal_curve, coherency,
-                       complexity, energy_pointing, explanation_inputs, increase_in_confidence, pointing_hit)
+from ..metrics import (
+    adcc,
+    auc,
+    average_drop,
+    box_localisation,
+    causal_curve,
+    coherency,
+    complexity,
+    energy_pointing,
+    explanation_inputs,
+    increase_in_confidence,
+    pointing_hit,
+)
 from ..postprocess import overlay
 
 METRICS = ("adcc", "insertion", "deletion", "pointing", "energy", "box")

@@ -142,8 +142,8 @@ def sess(explainer, x: np.ndarray, method: str, target, options: dict, *, scales
         fused[i] = fuse_image(explainer, image, int(targets[i]), method, options, sizes, boxes, pre_filter, pool,
                               theta, smooth)
     scores = probabilities(explainer, outputs)[np.arange(len(x)), targets].astype(np.float32)
-    base = Explanation(method, fused, fused, targets, scores, np.zeros(len(x), bool), 0.0, labels=explainer.bundle.labels,
-                       preprocessing=explainer.bundle.preprocessing)
+    base = Explanation(method, fused, fused, targets, scores, np.zeros(len(x), bool), 0.0,
+                       labels=explainer.bundle.labels, preprocessing=explainer.bundle.preprocessing)
     return fused, base
 
 
