@@ -190,3 +190,15 @@ def test_sess_refuses_bad_options(setup):
             explainer.explain(x, "eigen", enhance="sess", enhance_options=options)
     with pytest.raises(CamInferError, match="one class per image"):
         explainer.explain(x, "eigen", enhance="sess", top_classes=2)
+
+
+def test_evet_explains_a_batch_image_by_image_with_its_copies_in_one_batch(setup):
+    explainer, x = setup
+    together = explainer.explain(x, "recipro", enhance="evet")
+    for i in range(len(x)):
+        alone = explainer.explain(x[i:i + 1], "recipro", enhance="evet")
+        np.testing.assert_allclose(together.saliency[i], alone.saliency[0], atol=1e-6)
+    before = explainer.backend.runtime_calls
+    explainer.explain(x, "eigen", enhance="evet")
+    assert explainer.backend.runtime_calls - before == 4     # the input (features, head), the 4 moved copies of
+    # both images in one batch (features, head)

@@ -37,6 +37,19 @@ def test_tiny_head_is_recognised_as_gap_linear_with_the_builders_weights(explain
     np.testing.assert_array_equal(head.bias, fc[1])
 
 
+def test_a_large_linear_product_runs_in_the_runtime_and_equals_numpy():
+    from cam_infer.bundle.head import LARGE_PRODUCT, LinearHead
+    rng = np.random.default_rng(3)
+    head = LinearHead(rng.standard_normal((300, 512)).astype(np.float32), rng.standard_normal(300).astype(np.float32))
+    pooled = rng.standard_normal((2, LARGE_PRODUCT // (512 * 300) // 2 + 1, 512)).astype(np.float32)
+    got = head.logits(pooled)
+    assert head._session and got.shape == (*pooled.shape[:2], 300)                  # went to ONNX Runtime
+    expected = pooled.astype(np.float64) @ head.weight.T.astype(np.float64) + head.bias
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+    small = head.logits(pooled[0, :4])
+    np.testing.assert_allclose(small, expected[0, :4], rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
 @pytest.mark.parametrize("method", GRADIENT_FREE)
 def test_every_method_agrees_across_backends_and_batches(explainers, x, method):
     ort, ov = explainers["onnxruntime"].explain(x, method), explainers["openvino"].explain(x, method)

@@ -48,22 +48,30 @@ def warp(images: np.ndarray, matrix: np.ndarray) -> np.ndarray:
 
 
 def evet(explainer, x: np.ndarray, method: str, target, options: dict, *, transforms=TRANSFORMS):
-    """The fused saliency (N,H,W), with the base explanation of the untransformed input (for its classes)."""
+    """The fused saliency (N,H,W), with the base explanation of the untransformed input (for its classes).
+    The transformed copies of every image go through the base method in one batch."""
     if isinstance(transforms, str):
         transforms = (transforms,)
     if not transforms:
         raise CamInferError("evet needs at least one transform")
+    matrices = [affine(name, *x.shape[2:]) for name in transforms]
     base = explainer.explain(x, method, target=target, **options)
     if base.multi:
         raise CamInferError("evet explains one class per image; give one target per image")
     h, w = x.shape[2:]
+    moved = [j for j, name in enumerate(transforms) if name != "identity"]
+    copies = np.concatenate([warp(x, matrices[j]) for j in moved]) if moved else x[:0]
+    others = explainer.explain(copies, method, target=np.tile(base.targets, len(moved)), **options) if moved else None
     total = np.zeros((len(x), h, w), np.float64)
     weight = np.zeros((len(x), h, w), np.float64)
-    for name in transforms:
-        matrix = affine(name, h, w)
+    for j, (name, matrix) in enumerate(zip(transforms, matrices)):
         inverse = cv2.invertAffineTransform(matrix)
-        e = base if name == "identity" else explainer.explain(warp(x, matrix), method, target=base.targets, **options)
-        back = warp(e.saliency, inverse)
+        if name == "identity":
+            saliency = base.saliency
+        else:
+            index = moved.index(j)
+            saliency = others.saliency[index * len(x):(index + 1) * len(x)]
+        back = warp(saliency, inverse)
         valid = warp(warp(np.ones((1, h, w), np.float32), matrix), inverse)[0] > 0.999
         total += back * valid
         weight += valid

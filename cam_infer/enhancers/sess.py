@@ -155,11 +155,11 @@ def fuse_image(explainer, image, target: int, method, options, sizes, boxes, pre
         kept = np.sort(np.argsort(p, kind="stable")[int(len(p) * pre_filter):])
         windows, boxes = windows[kept], [boxes[j] for j in kept]
     e = explainer.explain(windows, method, target=[target] * len(windows), **options)
-    p = e.scores.astype(np.float64)
+    p = e.scores
     if pre_filter == 0:
         p_max = float(p.max())
     maps, _ = normalise(e.saliency)
-    weighted = maps * (p / p_max if p_max > 0 else np.zeros_like(p))[:, None, None]
+    weighted = maps * (p / p_max if p_max > 0 else np.zeros_like(p)).astype(np.float32)[:, None, None]
     fused = fuse(weighted, boxes, image.shape[1:], pool, theta)
     if smooth:
         fused = cv2.GaussianBlur(fused, BLUR[0], BLUR[1], 0)
