@@ -28,7 +28,9 @@ BASES = ["recipro", "eigen", "gradcam"]
 ENHANCERS = ["sess", "evet"]
 NEW = ["score", "ss-cam", "is-cam", "gradcam++", "smoothgrad-cam++", "integrated-gradcam"]
 SPLITS = ["large", "small", "multiple", "cluttered"]
-REAL_MODELS = {"mobilenetv2-fp32-dequant.onnx": "MobileNetV2", "squeezenet1.1-fp32.onnx": "SqueezeNet 1.1"}
+SQUEEZENET_PREP = {"scale": 1.0, "mean": (103.939, 116.779, 123.68), "std": (1.0, 1.0, 1.0), "color": "bgr"}
+REAL_MODELS = {"mobilenetv2-fp32-dequant.onnx": ("auto", None),                   # file: layer, preprocessing
+               "squeezenet1.1-fp32.onnx": ("fire9/concat_1", SQUEEZENET_PREP)}    # the layer before conv10
 
 
 def variants() -> list[str]:
@@ -63,10 +65,10 @@ def real_photos(work: Path) -> dict:
 
     boxes = json.loads((SHARED / "images" / "boxes_approx.json").read_text())
     hits: dict[str, list] = {v: [] for v in variants()}
-    for file in REAL_MODELS:
+    for file, (layer, preprocessing) in REAL_MODELS.items():
         bundle = work / file.removesuffix(".onnx")
         if not (bundle / "bundle.json").is_file():
-            split_model(SHARED / "models" / file, layer="auto", out=bundle, overwrite=True)
+            split_model(SHARED / "models" / file, layer=layer, out=bundle, overwrite=True, preprocessing=preprocessing)
         explainer = Explainer(bundle, backend="openvino", gradients="torch")
         prep = explainer.bundle.preprocessing
         for name, objects in boxes.items():

@@ -33,13 +33,14 @@ def default_resize(input_size: tuple[int, int]) -> int:
 class Preprocessing:
     input_size: tuple[int, int]                       # (H, W) of the model input
     resize: int | None = None                         # shorter side before the crop; None: 256/224 rule
-    crop: str = "center"                              # "center" | "none"
+    crop: str = "center"                              # "center" | "none" | "letterbox" (Ultralytics: fit, pad)
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     scale: float = 1 / 255
     color: str = "rgb"                                # "rgb" | "bgr"
     layout: str = field(default="NCHW")
     channels: int = 3                                 # 3 (colour) or 1 (grayscale)
+    pad: int = 114                                    # the letterbox's border value (uint8, every channel)
 
     def __post_init__(self):
         object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
@@ -52,8 +53,8 @@ class Preprocessing:
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
         if self.resize is None and self.crop == "center":
             object.__setattr__(self, "resize", default_resize(self.input_size))
-        if self.crop not in ("center", "none"):
-            raise CamInferError(f"crop must be 'center' or 'none', not '{self.crop}'")
+        if self.crop not in ("center", "none", "letterbox"):
+            raise CamInferError(f"crop must be 'center', 'none' or 'letterbox', not '{self.crop}'")
         if self.color not in ("rgb", "bgr"):
             raise CamInferError(f"color must be 'rgb' or 'bgr', not '{self.color}'")
         if len(self.mean) != self.channels or len(self.std) != self.channels:
@@ -77,23 +78,28 @@ class Preprocessing:
         return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
 
     def geometry(self, rgb: np.ndarray) -> np.ndarray:
-        """Resize and crop an RGB uint8 image to the model's input size (steps 2)."""
+        """Resize and crop (or letterbox) an RGB uint8 image to the model's input size (steps 2)."""
         h, w = self.input_size
-        if self.crop == "none":
-            return _resize(rgb, w, h)
-        src_h, src_w = rgb.shape[:2]
-        ratio = self.resize / min(src_h, src_w)
-        new_w, new_h = max(w, int(round(src_w * ratio))), max(h, int(round(src_h * ratio)))
-        resized = _resize(rgb, new_w, new_h)
-        top, left = int(round((new_h - h) / 2.0)), int(round((new_w - w) / 2.0))
-        return resized[top:top + h, left:left + w]
+        new_h, new_w, top, left = self._crop_geometry(rgb.shape)
+        if self.crop != "letterbox":
+            return _resize(rgb, new_w, new_h)[top:top + h, left:left + w]
+        resized = rgb if (new_h, new_w) == rgb.shape[:2] else \
+            cv2.resize(rgb, (new_w, new_h), interpolation=cv2.INTER_LINEAR)        # as Ultralytics does
+        out = np.full((h, w, rgb.shape[2]), self.pad, np.uint8)
+        out[-top:-top + new_h, -left:-left + new_w] = resized
+        return out
 
     def _crop_geometry(self, image_shape) -> tuple[int, int, int, int]:
-        """(resized height, resized width, top, left) of `geometry` for an image of shape (H,W)."""
+        """(resized height, resized width, top, left) of `geometry` for an image of shape (H,W): the resized
+        image's pixel (top, left) is the input's (0, 0); a letterbox's are negative (its border)."""
         h, w = self.input_size
+        src_h, src_w = image_shape[:2]
         if self.crop == "none":
             return h, w, 0, 0
-        src_h, src_w = image_shape[:2]
+        if self.crop == "letterbox":             # Ultralytics' LetterBox(center=True), no upscaling limit
+            ratio = min(h / src_h, w / src_w)
+            new_w, new_h = int(round(src_w * ratio)), int(round(src_h * ratio))
+            return new_h, new_w, -int(round((h - new_h) / 2 - 0.1)), -int(round((w - new_w) / 2 - 0.1))
         ratio = self.resize / min(src_h, src_w)
         new_w, new_h = max(w, int(round(src_w * ratio))), max(h, int(round(src_h * ratio)))
         return new_h, new_w, int(round((new_h - h) / 2.0)), int(round((new_w - w) / 2.0))
@@ -124,13 +130,8 @@ class Preprocessing:
         input after `geometry`, clipped to it; None when the crop leaves none of it."""
         h, w = self.input_size
         src_h, src_w = image_shape[:2]
-        if self.crop == "none":
-            sx, sy, left, top = w / src_w, h / src_h, 0, 0
-        else:
-            ratio = self.resize / min(src_h, src_w)
-            new_w, new_h = max(w, int(round(src_w * ratio))), max(h, int(round(src_h * ratio)))
-            sx, sy = new_w / src_w, new_h / src_h
-            top, left = int(round((new_h - h) / 2.0)), int(round((new_w - w) / 2.0))
+        new_h, new_w, top, left = self._crop_geometry(image_shape)
+        sx, sy = new_w / src_w, new_h / src_h
         x1, y1, x2, y2 = (float(v) for v in box)
         out = [int(np.floor(x1 * sx - left)), int(np.floor(y1 * sy - top)),
                int(np.ceil((x2 + 1) * sx - left)) - 1, int(np.ceil((y2 + 1) * sy - top)) - 1]
@@ -138,6 +139,16 @@ class Preprocessing:
             return None
         return [min(max(out[0], 0), w - 1), min(max(out[1], 0), h - 1), min(max(out[2], 0), w - 1),
                 min(max(out[3], 0), h - 1)]
+
+    def box_to_image(self, box, image_shape: tuple[int, int]) -> list[float]:
+        """A box [x1,y1,x2,y2] in the model's input coordinates (continuous, as a detector's) → the original
+        image's of shape (H,W), clipped to it: the inverse of `geometry`'s resize and crop or letterbox."""
+        src_h, src_w = image_shape[:2]
+        new_h, new_w, top, left = self._crop_geometry(image_shape)
+        sx, sy = new_w / src_w, new_h / src_h
+        x1, y1, x2, y2 = (float(v) for v in box)
+        return [min(max((x1 + left) / sx, 0.0), src_w), min(max((y1 + top) / sy, 0.0), src_h),
+                min(max((x2 + left) / sx, 0.0), src_w), min(max((y2 + top) / sy, 0.0), src_h)]
 
     def normalise(self, rgb: np.ndarray) -> np.ndarray:
         """(H,W,3) RGB uint8 at input size → (C,H,W) float32 (steps 3–4)."""

@@ -16,7 +16,7 @@ from conftest import ROOT
 from cam_infer import CamInferError, Explainer
 from cam_infer.errors import MethodNotApplicable
 from cam_infer.methods import GRADIENT, GRADIENT_FREE, METHODS
-from cam_infer.methods.registry import fused, method, methods_table
+from cam_infer.methods.registry import fused, measured_ratios, method, methods_table
 
 
 def test_every_method_declares_what_it_needs_and_costs():
@@ -67,8 +67,24 @@ def test_not_applicable_is_a_typed_error(tmp_path):
         choose_methods(["cam"], has_linear_head=False)
 
 
-def test_the_readme_table_is_the_registry():
-    assert methods_table() in (ROOT / "README.md").read_text()
+BENCH_TABLES = ["bench/methods.md", "bench/seed_methods.md", "bench/gradients.md"]
+
+
+def test_the_readme_table_is_the_registry_with_the_committed_benchmark_figures():
+    measured = measured_ratios((ROOT / f).read_text() for f in BENCH_TABLES)
+    assert set(measured) == set(METHODS)                      # every method has a figure
+    assert methods_table(measured) in (ROOT / "README.md").read_text()
+
+
+def test_measured_ratios_reads_benchmark_rows():
+    text = ("**resnet18**\n| openvino CPU (latency) | eigen | 9.0 | 8.0 | 1.50× | 300 |\n"
+            "**resnet50**\n| onnxruntime cpu/CPU | eigen | 9.0 | 8.0 | 1.30× | 300 |\n"
+            "| openvino CPU (latency) | eigen | 9.0 | 8.0 | 1.10× | 300 |\n"
+            "| openvino CPU (latency) | recipro (head passes) | 9.0 | 8.0 | 1.40× | 300 |\n"
+            "| openvino CPU (latency) | recipro | 9.0 | 8.0 | 1.12× | 300 |\n"
+            "| openvino CPU (latency) | score top_k=64 | 1266.9 | 19.7 | 64.21× (1.03× its 1227 ms of passes) | 637 |")
+    assert measured_ratios([text]) == {"eigen": "1.10×", "recipro": "1.12×",
+                                       "score": "64.21× (1.03× its passes, top_k=64)"}
 
 
 TOY = '''"""Toy-CAM: the channel maximum (a method added as one module, for the registry test)."""

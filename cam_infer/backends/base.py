@@ -38,9 +38,10 @@ class Backend(ABC):
         return self._chunked("features", x).reshape(len(x), *self.bundle.activation_shape)
 
     def head(self, a: np.ndarray) -> np.ndarray:
-        """Activations (N,K,h,w) float32 → class scores (N,C) float32 (logits or probabilities)."""
+        """Activations (N,K,h,w) float32 → class scores (N,C) float32 (logits or probabilities); a detector's
+        (N, 4+C, anchors)."""
         a = self._checked(a, self.bundle.activation_shape, "activations")
-        return self._chunked("head", a).reshape(len(a), self.bundle.num_classes)
+        return self._chunked("head", a).reshape(len(a), *self.bundle.output_shape)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """The whole model: ``head(features(x))``."""

@@ -113,6 +113,16 @@ class Bundle:
         return tuple(self.manifest["activation"]["shape"])
 
     @property
+    def task(self) -> str:
+        """``classification`` or ``detection`` (a cut set before a YOLO-style head, `cam_infer.detection`)."""
+        return self.manifest.get("task", "classification")
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """The head's output for one image: (C,) class scores, or a detector's (4+C, anchors)."""
+        return tuple(self.manifest["output"].get("shape", [self.num_classes]))
+
+    @property
     def num_classes(self) -> int:
         return int(self.manifest["output"]["num_classes"])
 

@@ -1,6 +1,11 @@
-"""``python -m cam_infer.methods``: print the README's method table, made from the registry."""
+"""``python -m cam_infer.methods [bench/*.md]``: print the README's method table, made from the registry;
+given benchmark tables, with their ResNet-50/OpenVINO ratios."""
+
+import sys
+from pathlib import Path
 
 from . import METHODS  # noqa: F401  (registers every method)
-from .registry import methods_table
+from .registry import measured_ratios, methods_table
 
-print(methods_table())
+files = sys.argv[1:]
+print(methods_table(measured_ratios(Path(f).read_text() for f in files) if files else None))

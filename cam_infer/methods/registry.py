@@ -205,12 +205,43 @@ def require_linear_head(ctx: Context, name: str) -> LinearHead:
     return ctx.linear_head
 
 
-def methods_table() -> str:
-    """The README's table of methods, from the registry."""
-    lines = ["| method | needs | cost per image | what it computes | options (default first) |",
-             "|---|---|---|---|---|"]
+def methods_table(measured: dict[str, str] | None = None) -> str:
+    """The README's table of methods, from the registry; with `measured` (method → ratio, from
+    `measured_ratios`), a column of benchmark figures."""
+    extra = measured is not None
+    lines = ["| method | needs | cost per image | what it computes | options (default first) |"
+             + (f" {MEASURED_COLUMN} |" if extra else ""),
+             "|---|---|---|---|---|" + ("---|" if extra else "")]
     for spec in METHODS.values():
         options = ", ".join(o.describe() for o in spec.options.values()) or "—"
         summary = spec.summary.replace("|", "\\|")
-        lines.append(f"| `{spec.name}` | {spec.needs.replace('_', ' ')} | {spec.cost} | {summary} | {options} |")
+        figure = f" {measured.get(spec.name, '—')} |" if extra else ""
+        lines.append(f"| `{spec.name}` | {spec.needs.replace('_', ' ')} | {spec.cost} | {summary} | {options} |"
+                     + figure)
     return "\n".join(lines)
+
+
+MEASURED_COLUMN = "measured: time ÷ forward (ResNet-50, OpenVINO, 2 cores)"
+
+
+def measured_ratios(texts, model: str = "resnet50", backend: str = "openvino") -> dict[str, str]:
+    """method → its ratio to a forward pass, read from benchmark tables (`cam_infer.bench` rows under a
+    ``**<model>**`` heading); for methods of full passes, also the ratio to those passes. The first row of a
+    method's default case wins; cases with other options say which."""
+    out: dict[str, str] = {}
+    for text in texts:
+        current = None
+        for line in text.splitlines():
+            if line.startswith("**"):
+                current = line.split("**")[1]
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if current != model or len(cells) < 5 or not cells[0].startswith(backend):
+                continue
+            case, ratio = cells[1], cells[4]
+            name, _, variant = case.partition(" ")
+            if name not in METHODS or name in out or variant.startswith("("):
+                continue
+            total, _, rest = ratio.partition(" ")
+            passes = rest.split(" its")[0].strip("(") if "its" in rest else None
+            out[name] = total + (f" ({passes} its passes{', ' + variant if variant else ''})" if passes else "")
+    return out

@@ -1,0 +1,105 @@
+"""A detector's raw output → detections, in NumPy (research notes, detection §3.1).
+
+Ultralytics (N, 4+C, A): rows 0–3 the box (cx, cy, w, h) in input pixels, rows 4… the sigmoid class
+scores; anchor a lies in level l (stride s_l, grid H/s_l × W/s_l, level-major, row-major) at the cell
+centre ((col+0.5)·s_l, (row+0.5)·s_l). A detection keeps the anchor it came from.
+
+NMS as Ultralytics' predict does by default: candidates whose best class score exceeds `conf`, one class
+per anchor (its best), greedy class-aware suppression at IoU > `iou`, at most `max_det`, by score.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def anchor_count(size: tuple[int, int], strides) -> int:
+    return sum((size[0] // s) * (size[1] // s) for s in strides)
+
+
+@dataclass(frozen=True)
+class AnchorGrid:
+    level: np.ndarray        # (A,) level index
+    row: np.ndarray          # (A,) row in its level's grid
+    col: np.ndarray          # (A,)
+    stride: np.ndarray       # (A,)
+    strides: tuple[int, ...]
+
+    def level_of_stride(self, stride: int) -> int:
+        return self.strides.index(stride) if stride in self.strides else -1
+
+
+def anchor_levels(size: tuple[int, int], anchors: int) -> AnchorGrid:
+    """Level, row, column and stride of every anchor of an output with `anchors` anchors at input `size`:
+    strides 8, 16, 32 … as many as it takes."""
+    strides: list[int] = []
+    total = 0
+    while total < anchors:
+        s = 8 * 2 ** len(strides)
+        strides.append(s)
+        total += (size[0] // s) * (size[1] // s)
+    if total != anchors:
+        raise ValueError(f"{anchors} anchors are not a stride 8, 16, 32 … layout at {size}")
+    parts = []
+    for i, s in enumerate(strides):
+        h, w = size[0] // s, size[1] // s
+        rows, cols = np.divmod(np.arange(h * w), w)
+        parts.append((np.full(h * w, i), rows, cols, np.full(h * w, s)))
+    level, row, col, stride = (np.concatenate(p) for p in zip(*parts))
+    return AnchorGrid(level, row, col, stride, tuple(strides))
+
+
+def boxes_xyxy(output: np.ndarray) -> np.ndarray:
+    """(…, 4+C, A) → (…, A, 4) corner boxes."""
+    cx, cy, w, h = (output[..., i, :] for i in range(4))
+    return np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=-1)
+
+
+def iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of one box (4,) with boxes (…, 4)."""
+    x1 = np.maximum(box[0], boxes[..., 0])
+    y1 = np.maximum(box[1], boxes[..., 1])
+    x2 = np.minimum(box[2], boxes[..., 2])
+    y2 = np.minimum(box[3], boxes[..., 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+    return inter / np.maximum(area + areas - inter, 1e-9)
+
+
+@dataclass(frozen=True)
+class Detections:
+    """The detections of one image, by decreasing score."""
+
+    boxes: np.ndarray        # (D, 4) x1, y1, x2, y2 in the model's input pixels
+    scores: np.ndarray       # (D,)
+    classes: np.ndarray      # (D,) int
+    anchors: np.ndarray      # (D,) the anchor each came from
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+def detect(output: np.ndarray, conf: float = 0.25, iou_threshold: float = 0.7, max_det: int = 300) -> Detections:
+    """One image's output (4+C, A) → its detections after NMS."""
+    scores = output[4:]
+    classes = scores.argmax(axis=0)
+    best = scores[classes, np.arange(scores.shape[1])]
+    candidates = np.flatnonzero(best > conf)
+    candidates = candidates[np.argsort(-best[candidates], kind="stable")]
+    boxes = boxes_xyxy(output)
+    kept: list[int] = []
+    for a in candidates:
+        if len(kept) == max_det:
+            break
+        same = [k for k in kept if classes[k] == classes[a]]
+        if same and iou(boxes[a], boxes[same]).max() > iou_threshold:
+            continue
+        kept.append(int(a))
+    kept_array = np.array(kept, np.int64)
+    return Detections(boxes[kept_array].reshape(-1, 4), best[kept_array], classes[kept_array], kept_array)
+
+
+__all__ = ["AnchorGrid", "Detections", "anchor_count", "anchor_levels", "boxes_xyxy", "detect", "iou"]

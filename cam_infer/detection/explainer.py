@@ -1,0 +1,264 @@
+"""Explaining a detector's detections, one map per detection, forward passes only.
+
+    ex = DetectionExplainer("bundles/yolo")                        # a bundle from split_detector / split
+    e = ex.explain("street.jpg", method="recipro")                  # every detection above conf, one map each
+    e = ex.explain(images, "score", targets=0, top_k=32)            # the best detection of each image
+    e = ex.explain(images, "ablation", classes=["person"])          # every detection of a class
+    e = ex.explain(image, "recipro", boxes=[([10, 20, 120, 200], "person")])   # a box of your own
+    e.items[0][0].box_image, e.overlay(0), e.save("out/")
+
+Targets are detections of the bundle's NMS (thresholds from the manifest, or ``conf``/``iou``/``max_det``),
+or boxes given in the original image's pixels with a class, matched to the anchor that predicts them best
+(`targets.box_target`). Methods: `cam_infer.detection.methods`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..backends import load_backend
+from ..bundle import Bundle
+from ..errors import CamInferError
+from ..explainer import class_index
+from ..postprocess import normalise
+from .decode import Detections, anchor_levels, detect
+from .methods import get_detection_method
+from .targets import Target, box_target, target_scores
+
+
+@dataclass
+class DetectionMap:
+    """One explained detection."""
+
+    box: list[float]             # x1, y1, x2, y2 in the model's input pixels
+    box_image: list[float]       # the same in the original image's pixels (= box when given a batch)
+    class_id: int
+    label: str
+    score: float                 # the class score of its anchor in the clean output
+    anchor: int
+    level: int                   # the output level of its anchor (0: stride 8)
+    index: int | None            # its index among the image's detections (None: a box you gave)
+    match_iou: float             # a box you gave: IoU with its anchor's box
+    saliency: np.ndarray         # (H,W) in [0,1], at the model's input
+    degenerate: bool
+
+    def record(self) -> dict:
+        return {"box": [round(v, 2) for v in self.box_image], "class_id": self.class_id, "label": self.label,
+                "score": round(self.score, 5), "anchor": self.anchor, "level": self.level, "index": self.index,
+                **({"match_iou": round(self.match_iou, 4)} if self.index is None else {}),
+                "degenerate": self.degenerate}
+
+
+@dataclass
+class DetectionExplanation:
+    method: str
+    items: list[list[DetectionMap]]          # per image, per explained detection
+    detections: list[Detections]             # per image: every detection of the NMS
+    milliseconds: float
+    options: dict = field(default_factory=dict)
+    images: list | None = None
+    names: list | None = None
+    preprocessing: object = None
+
+    def overlay(self, i: int = 0, j: int | None = None, on: str = "original", colormap: str = "jet",
+                alpha: float = 0.5) -> np.ndarray:
+        """Image i with its explained detection j drawn (box, label, score) over its map; j None: every
+        explained detection over their maps' pixel-wise maximum."""
+        from .overlay import detection_overlay
+        return detection_overlay(self, i, j, on, colormap, alpha)
+
+    def save(self, folder, on: str = "original") -> list[Path]:
+        """One picture per explained detection: ``<image>_<method>_<k>_<label>.png``."""
+        from ..explanation import _safe
+        from ..postprocess import write_png
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for i, items in enumerate(self.items):
+            name = self.names[i] if self.names else f"image{i}"
+            for j, d in enumerate(items):
+                path = folder / f"{name}_{self.method}_{j}_{_safe(d.label)}.png"
+                write_png(path, self.overlay(i, j, on=on))
+                paths.append(path)
+        return paths
+
+
+class DetectionContext:
+    """One image for a method: its input, its cut maps (packed and per level), its clean output."""
+
+    def __init__(self, explainer: "DetectionExplainer", x: np.ndarray, packed: np.ndarray, output: np.ndarray):
+        self.explainer, self.x, self.packed, self.output = explainer, x, packed, output
+        self.bundle = explainer.bundle
+        self.levels = self.bundle.manifest["cut"]
+        self.size = tuple(self.bundle.input_shape[1:])
+        self.grid = explainer.grid
+        self.head_rows = 0
+
+    def level_view(self, rows: np.ndarray, l: int) -> np.ndarray:
+        """Level l of packed rows (R, total) as a writable (R, C, h, w) view."""
+        level = self.levels[l]
+        size = int(np.prod(level["shape"]))
+        return rows[:, level["offset"]:level["offset"] + size].reshape(len(rows), *level["shape"])
+
+    def level_maps(self) -> list[np.ndarray]:
+        return [self.level_view(self.packed[None], l)[0] for l in range(len(self.levels))]
+
+    def head(self, rows: np.ndarray) -> np.ndarray:
+        self.head_rows += len(rows)
+        return self.explainer.backend.head(rows)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        return self.explainer.backend.forward(x)
+
+    def scores(self, outputs: np.ndarray, target: Target, kind: str) -> np.ndarray:
+        return target_scores(outputs, target, kind)
+
+    def levels_reaching(self, target: Target) -> list[int]:
+        """The cut levels whose change moves the target's anchor (measured at split time)."""
+        level = int(self.grid.level[target.anchor])
+        return [l for l, lv in enumerate(self.levels) if level in lv.get("moves_levels", [level])]
+
+    def window_cells(self, l: int, target: Target):
+        """(rows, cols) slices of level l's cells that reach the target's anchor, or None for all of them:
+        its measured receptive window when level l is the anchor's own grid."""
+        level = self.levels[l]
+        radius = level.get("receptive_radius")
+        _, h, w = level["shape"]
+        anchor_stride = int(self.grid.stride[target.anchor])
+        if radius is None or level["stride"] != anchor_stride or level.get("moves_levels") != [
+                int(self.grid.level[target.anchor])]:
+            return None
+        r, c = int(self.grid.row[target.anchor]), int(self.grid.col[target.anchor])
+        return slice(max(r - radius, 0), min(r + radius + 1, h)), slice(max(c - radius, 0), min(c + radius + 1, w))
+
+
+class DetectionExplainer:
+    def __init__(self, bundle: "Bundle | str | os.PathLike", backend: str = "auto", device: str = "CPU",
+                 **backend_options):
+        self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+        if self.bundle.task != "detection":
+            raise CamInferError(f"bundle '{self.bundle.path}' is a classifier; use Explainer")
+        self.backend = load_backend(self.bundle, backend, device=device, **backend_options)
+        self.grid = anchor_levels(self.bundle.input_shape[1:], self.bundle.output_shape[1])
+
+    @property
+    def labels(self) -> list[str] | None:
+        return self.bundle.labels
+
+    def label(self, class_id: int) -> str:
+        return self.bundle.label(class_id)
+
+    def detect(self, images, conf: float | None = None, iou: float | None = None,
+               max_det: int | None = None) -> list[Detections]:
+        """Every image's detections (input pixels), by the bundle's NMS thresholds unless given."""
+        x, _, _ = self._inputs(images)
+        outputs = self.backend.forward(x)
+        return [detect(o, *self._thresholds(conf, iou, max_det)) for o in outputs]
+
+    def explain(self, images, method: str = "recipro", targets="all", classes=None, boxes=None,
+                conf: float | None = None, iou: float | None = None, max_det: int | None = None,
+                **options) -> DetectionExplanation:
+        """Maps for the detections of each image. targets: "all" (every detection above conf), a detection
+        index or a list of them (after NMS, by score); classes: only the detections of these classes
+        (labels or indices); boxes: [(box [x1,y1,x2,y2] in the original image's pixels, class), ...] per
+        image (one list for one image), each explained for the anchor that predicts it best."""
+        start = time.perf_counter()
+        chosen = get_detection_method(method)
+        x, originals, names = self._inputs(images)
+        packed = self.backend.features(x)
+        outputs = self.backend.head(packed)
+        thresholds = self._thresholds(conf, iou, max_det)
+        prep = self.bundle.preprocessing
+        items, found = [], []
+        for i in range(len(x)):
+            detections = detect(outputs[i], *thresholds)
+            found.append(detections)
+            shape = originals[i].shape if originals else self.bundle.input_shape[1:]
+            chosen_targets = self._targets(i, detections, outputs[i], targets, classes, boxes, shape)
+            ctx = DetectionContext(self, x[i:i + 1], packed[i], outputs[i])
+            maps = chosen.fn(ctx, chosen_targets, **options) if chosen_targets else []
+            image_items = []
+            for t, m in zip(chosen_targets, maps):
+                saliency, degenerate = normalise(np.asarray(m, np.float32)[None])
+                box_image = prep.box_to_image(t.box, shape) if originals else [float(v) for v in t.box]
+                image_items.append(DetectionMap([float(v) for v in t.box], box_image, t.class_id,
+                                                self.label(t.class_id), t.score, t.anchor,
+                                                int(self.grid.level[t.anchor]), t.index, t.match_iou, saliency[0],
+                                                bool(degenerate[0])))
+            items.append(image_items)
+        return DetectionExplanation(method, items, found, (time.perf_counter() - start) * 1000,
+                                    {**options, "conf": thresholds[0], "iou": thresholds[1]}, originals, names, prep)
+
+    def _thresholds(self, conf, iou, max_det) -> tuple[float, float, int]:
+        nms = self.bundle.manifest.get("nms", {})
+        conf = nms.get("conf", 0.25) if conf is None else conf
+        iou = nms.get("iou", 0.7) if iou is None else iou
+        max_det = int(nms.get("max_det", 300) if max_det is None else max_det)
+        if not 0 <= conf < 1 or not 0 < iou <= 1 or max_det < 1:
+            raise CamInferError(f"conf must be in [0, 1), iou in (0, 1] and max_det ≥ 1, not {conf}, {iou}, {max_det}")
+        return float(conf), float(iou), max_det
+
+    def _targets(self, i, detections: Detections, output, targets, classes, boxes, shape) -> list[Target]:
+        num = self.bundle.num_classes
+        if boxes is not None:
+            per_image = boxes[i] if boxes and isinstance(boxes[0], list) and boxes[0] and \
+                isinstance(boxes[0][0], (list, tuple)) else boxes
+            prep = self.bundle.preprocessing
+            out = []
+            for box, cls in per_image:
+                class_id = class_index(cls, self.labels, num)
+                mapped = self._box_in_input(box, shape, prep)
+                out.append(box_target(output, mapped, class_id, self.bundle.input_shape[1:]))
+            return out
+        all_targets = [Target(detections.boxes[k], int(detections.classes[k]), int(detections.anchors[k]),
+                              float(detections.scores[k]), k) for k in range(len(detections))]
+        if classes is not None:
+            wanted = {class_index(c, self.labels, num) for c in ([classes] if isinstance(classes, (str, int))
+                                                                  else classes)}
+            all_targets = [t for t in all_targets if t.class_id in wanted]
+        if isinstance(targets, str) and targets == "all":
+            return all_targets
+        indices = [targets] if isinstance(targets, (int, np.integer)) else list(targets)
+        for k in indices:
+            if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < len(all_targets):
+                raise CamInferError(f"detection {k!r} does not exist: the image has {len(all_targets)} detections "
+                                    "above the threshold")
+        return [all_targets[k] for k in indices]
+
+    def _box_in_input(self, box, shape, prep) -> list[float]:
+        if len(box) != 4:
+            raise CamInferError(f"a box is [x1, y1, x2, y2], not {box!r}")
+        x1, y1, x2, y2 = (float(v) for v in box)
+        h0, w0 = shape[:2]
+        if x2 <= 0 or y2 <= 0 or x1 >= w0 or y1 >= h0 or x2 <= x1 or y2 <= y1:
+            raise CamInferError(f"the box {[x1, y1, x2, y2]} lies outside the {w0}x{h0} image or is empty")
+        new_h, new_w, top, left = prep._crop_geometry(shape)
+        sx, sy = new_w / w0, new_h / h0
+        return [x1 * sx - left, y1 * sy - top, x2 * sx - left, y2 * sy - top]
+
+    def _inputs(self, images):
+        """Image paths, RGB arrays or a preprocessed batch → (x, originals or None, names or None)."""
+        from ..images import as_rgb_uint8, load_image
+
+        if isinstance(images, np.ndarray) and images.ndim == 4 and images.dtype.kind == "f":
+            return self.backend.check_input(images), None, None
+        if isinstance(images, (str, os.PathLike)) or (isinstance(images, np.ndarray) and images.ndim in (2, 3)):
+            images = [images]
+        originals, names = [], []
+        for item in images:
+            if isinstance(item, (str, os.PathLike)):
+                originals.append(load_image(item))
+                names.append(Path(item).stem)
+            else:
+                originals.append(as_rgb_uint8(item))
+                names.append(None)
+        if not originals:
+            raise CamInferError("no images given")
+        prep = self.bundle.preprocessing
+        x = np.stack([prep.normalise(prep.geometry(rgb)) for rgb in originals])
+        return x, originals, (names if all(names) else None)

@@ -1,0 +1,29 @@
+"""Ablation-CAM for detections (Desai & Ramaswamy, WACV 2020; pytorch-grad-cam's Faster R-CNN variant):
+for each level l that reaches the target's anchor and each of its channels k, the head runs with A_l^k set to
+zero; w_l^k = (s − s_k)/|s| with s the target's score; the level's map is Σ_k w_l^k A_l^k, levels combined
+unit-free. With the ``anchor`` score only the anchor's own level reaches it at the Detect inputs (measured
+at split time), so the other levels' channels are not run. Cost: Σ_l C_l head rows per target, batched."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import detection_method, unit_free
+
+
+@detection_method("ablation", cost="C_l head rows per target (the channels of the levels reaching its anchor)")
+def ablation(ctx, targets, *, score: str = "anchor", **_):
+    """mean_l U(minmax(Σ_k (s − s_k)/|s| · A_l^k)): the channels whose removal lowers the detection's score"""
+    out = []
+    for target in targets:
+        base = float(ctx.scores(ctx.head(ctx.packed[None]), target, score)[0])
+        maps = {}
+        for l in ctx.levels_reaching(target):
+            c = ctx.levels[l]["shape"][0]
+            rows = np.repeat(ctx.packed[None], c, axis=0)
+            view = ctx.level_view(rows, l)
+            view[np.arange(c), np.arange(c)] = 0
+            drops = (base - ctx.scores(ctx.head(rows), target, score)) / max(abs(base), 1e-12)
+            maps[l] = np.tensordot(drops.astype(np.float32), ctx.level_maps()[l], axes=1)
+        out.append(unit_free(maps, ctx.size))
+    return out

@@ -1,0 +1,57 @@
+"""Pictures of explained detections: the map over the original image (letterbox undone), each box drawn
+with its label and score, a caption and a colour bar."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from ..errors import CamInferError
+from ..postprocess import overlay_picture
+
+COLOURS = [(255, 255, 255), (255, 64, 160), (64, 255, 64), (255, 200, 0), (0, 200, 255)]
+
+
+def detection_overlay(e, i: int, j: int | None, on: str, colormap: str, alpha: float) -> np.ndarray:
+    """Image i with detection j (None: every explained detection, their maps' pixel-wise maximum)."""
+    if not 0 <= i < len(e.items):
+        raise CamInferError(f"image {i} does not exist: the explanation has {len(e.items)}")
+    items = e.items[i] if j is None else [e.items[i][j]]
+    size = e.preprocessing.input_size
+    saliency = np.max([d.saliency for d in items], axis=0) if items else np.zeros(size, np.float32)
+    if on not in ("original", "model"):
+        raise CamInferError(f"on must be 'original' or 'model', not {on!r}")
+    if e.images is None:
+        raise CamInferError("give explain() image files or arrays to draw detections on them")
+    original = on == "original"
+    prep = e.preprocessing
+    image = e.images[i] if original else prep.geometry(e.images[i])
+    picture = overlay_picture(saliency, image, prep if original else None, bar=True,
+                              colormap=colormap, alpha=alpha, text=_caption(e.method, items))
+    boxes = [d.box_image if original else d.box for d in items]
+    return _draw_boxes(picture, items, boxes, image.shape, caption_height=picture.shape[0] - image.shape[0])
+
+
+def _caption(method: str, items) -> str:
+    if len(items) == 1:
+        d = items[0]
+        return f"{method}: {d.label} ({d.class_id}) p={d.score:.2f}" + (" [constant map]" if d.degenerate else "")
+    return f"{method}: {len(items)} detections" if items else f"{method}: no detection"
+
+
+def _draw_boxes(picture: np.ndarray, items, boxes, shape, caption_height: int) -> np.ndarray:
+    out = picture.copy()
+    thickness = max(1, round(max(shape[:2]) / 320))
+    for k, (d, box) in enumerate(zip(items, boxes)):
+        x1, y1, x2, y2 = (int(round(v)) for v in box)
+        y1, y2 = y1 + caption_height, y2 + caption_height
+        colour = COLOURS[k % len(COLOURS)]
+        cv2.rectangle(out, (x1, y1), (x2, y2), (0, 0, 0), thickness + 2)
+        cv2.rectangle(out, (x1, y1), (x2, y2), colour, thickness)
+        text = f"{d.label} {d.score:.2f}"
+        scale = float(np.clip(max(shape[:2]) / 900, 0.35, 0.8))
+        cv2.putText(out, text, (x1 + 2, max(y1 - 4, caption_height + 12)), cv2.FONT_HERSHEY_SIMPLEX, scale,
+                    (0, 0, 0), 3, cv2.LINE_AA)
+        cv2.putText(out, text, (x1 + 2, max(y1 - 4, caption_height + 12)), cv2.FONT_HERSHEY_SIMPLEX, scale,
+                    colour, 1, cv2.LINE_AA)
+    return out

@@ -1,0 +1,217 @@
+"""Splitting a detector at a cut set: `features` returns the L cut maps packed into one (N, Σ C_l·h_l·w_l)
+tensor, `head` unpacks them and runs the rest of the model to its (N, 4+C, A) output. One tensor at the
+boundary keeps every backend, chunk and batch path of the classifiers; the manifest's `cut` list says
+where each level lies in it.
+
+    split_detector("yolov8n.onnx", out="bundles/yolo")                      # cut at the Detect head's inputs
+    split_detector("yolov8n.onnx", cut="backbone", out="bundles/yolo-p3")    # one stride-8 map, before the neck
+
+Checked like a classifier's split: the set cuts every path, and head(features(x)) reproduces the model on
+both runtimes. The head's locality is measured, not assumed: one cell of each level is changed and the
+anchors that move give each level's receptive radius in cells (Detect's 5×5 window: 2) and whether
+levels mix (they do not at the Detect inputs; at a backbone cut the neck mixes everything).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from ..bundle.cut import _subgraph
+from ..bundle.graph import Graph, load_onnx, make_tensor_value_info
+from ..bundle.manifest import FORMAT, FORMAT_VERSION, Bundle, sha256_of
+from ..bundle.verify import openvino_runs, session
+from ..bundle.write import write_onnx_bundle
+from ..errors import CamInferError
+from ..images import Preprocessing
+from ..version import __version__
+from .anatomy import class_names, cut_tensors, input_size, output_layout, stride_of
+from .decode import anchor_count
+
+PACKED = "cut_packed"
+DEFAULTS = {"conf": 0.25, "iou": 0.7, "max_det": 300}
+
+
+def split_detector(model, out, *, cut="detect-input", input_size_hw: tuple[int, int] | None = None,
+                   labels: list[str] | None = None, overwrite: bool = False, **thresholds) -> Bundle:
+    """Split a YOLO-style ONNX detector (path or ModelProto) at a cut set and write a verified bundle."""
+    source = Path(model) if isinstance(model, (str, os.PathLike)) else None
+    proto = load_onnx(model) if source else model
+    size = input_size(proto, input_size_hw)
+    proto = with_input_size(proto, size)
+    graph = Graph.from_model(proto, size)
+    classes, anchors = output_layout(graph)
+    tensors = cut_tensors(graph, cut, size[0])
+    levels = [level_record(graph, t, size[0]) for t in tensors]
+    strides = detection_strides(graph, size)
+    if anchor_count(size, strides) != anchors:
+        raise CamInferError(f"the output has {anchors} anchors, not the {anchor_count(size, strides)} of strides "
+                            f"{strides} at {size[0]}x{size[1]}: not an Ultralytics anchor-free layout")
+    features, head = packed_graphs(graph, tensors, levels)
+    prep = Preprocessing(size, crop="letterbox", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    verification = verify_detector(proto, features, head, prep)
+    receptive = measure_locality(features, head, levels, prep)
+    names = labels or class_names(proto, classes)
+    manifest = detection_manifest(graph, proto, features, head, prep, levels, strides, classes, anchors, names,
+                                  cut, receptive, verification, source, {**DEFAULTS, **thresholds})
+    return write_onnx_bundle(Path(out), features, head, manifest, overwrite)
+
+
+def with_input_size(model: onnx.ModelProto, size: tuple[int, int]) -> onnx.ModelProto:
+    """A copy whose image input has spatial size `size` and a dynamic batch."""
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    dims = fixed.graph.input[0].type.tensor_type.shape.dim
+    for dim, value in zip(dims[2:], size):
+        dim.Clear()
+        dim.dim_value = int(value)
+    for dim in fixed.graph.output[0].type.tensor_type.shape.dim[1:]:
+        dim.Clear()
+    del fixed.graph.value_info[:]
+    return fixed
+
+
+def level_record(graph: Graph, tensor: str, height: int) -> dict:
+    _, c, h, w = graph.info(tensor).shape
+    return {"name": tensor, "shape": [int(c), int(h), int(w)], "stride": stride_of(graph, tensor, height)}
+
+
+def detection_strides(graph: Graph, size: tuple[int, int]) -> list[int]:
+    """The output's strides: Ultralytics' ``stride`` metadata is the largest; the levels halve down to 8."""
+    from .anatomy import metadata
+    largest = int(metadata(graph.model).get("stride", 32))
+    strides = [8]
+    while strides[-1] < largest:
+        strides.append(strides[-1] * 2)
+    return strides
+
+
+def packed_graphs(graph: Graph, tensors: list[str], levels: list[dict]) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """features: image → the cut maps, each flattened, concatenated; head: that vector → the model's output."""
+    output = graph.model.graph.output[0].name
+    image = graph.info(graph.image_input.name)
+    features = _subgraph(graph, graph.nodes_computing(tensors, stop=set()), "features",
+                         [make_tensor_value_info(image, "N")], [])
+    head = _subgraph(graph, graph.nodes_computing([output], stop=set(tensors)), "head", [],
+                     [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["N", *graph.info(output).shape[1:]])])
+    total = sum(int(np.prod(level["shape"])) for level in levels)
+    flat_shape = numpy_helper.from_array(np.array([0, -1], np.int64), "cut_flat_shape")
+    features.graph.initializer.append(flat_shape)
+    for i, t in enumerate(tensors):
+        features.graph.node.append(helper.make_node("Reshape", [t, "cut_flat_shape"], [f"{t}__flat"], name=f"pack_{i}"))
+    features.graph.node.append(helper.make_node("Concat", [f"{t}__flat" for t in tensors], [PACKED], axis=1,
+                                                name="pack"))
+    features.graph.output.append(helper.make_tensor_value_info(PACKED, TensorProto.FLOAT, ["N", total]))
+    head.graph.input.append(helper.make_tensor_value_info(PACKED, TensorProto.FLOAT, ["N", total]))
+    start, unpack = 0, []
+    for i, (t, level) in enumerate(zip(tensors, levels)):
+        size = int(np.prod(level["shape"]))
+        consts = {f"unpack_{i}_start": [start], f"unpack_{i}_end": [start + size], f"unpack_{i}_axis": [1],
+                  f"unpack_{i}_shape": [0, *level["shape"]]}
+        head.graph.initializer.extend(numpy_helper.from_array(np.array(v, np.int64), k) for k, v in consts.items())
+        unpack += [helper.make_node("Slice", [PACKED, f"unpack_{i}_start", f"unpack_{i}_end", f"unpack_{i}_axis"],
+                                    [f"{t}__slice"], name=f"unpack_slice_{i}"),
+                   helper.make_node("Reshape", [f"{t}__slice", f"unpack_{i}_shape"], [t], name=f"unpack_{i}")]
+        level["offset"] = start
+        start += size
+    nodes = unpack + list(head.graph.node)
+    del head.graph.node[:]
+    head.graph.node.extend(nodes)
+    for part in (features, head):
+        onnx.checker.check_model(part)
+    return features, head
+
+
+def verify_detector(source: onnx.ModelProto, features: onnx.ModelProto, head: onnx.ModelProto,
+                    prep: Preprocessing) -> dict:
+    """head(features(x)) against the model on random images, batch 1 and 3, on ONNX Runtime."""
+    from ..bundle.verify import random_images
+    full, feat, hd = session(source), session(features), session(head)
+    worst = 0.0
+    for n in (1, 3):
+        x = random_images(prep, n, seed=n)
+        expected = full.run(None, {full.get_inputs()[0].name: x})[0]
+        got = hd.run(None, {PACKED: feat.run(None, {feat.get_inputs()[0].name: x})[0]})[0]
+        diff = float(np.abs(got - expected).max())
+        if diff > 1e-3 * max(1.0, float(np.abs(expected).max())):
+            raise CamInferError(f"the split detector differs from the model by {diff:.3g} at batch {n}")
+        worst = max(worst, diff)
+    return {"max_abs_diff": worst, "batches": [1, 3], "images": "random"}
+
+
+def measure_locality(features: onnx.ModelProto, head: onnx.ModelProto, levels: list[dict],
+                     prep: Preprocessing) -> list[dict]:
+    """Per level: the head's receptive radius in cells (changing the centre cell moves the level's anchors
+    up to that many cells away; None: all of them) and the levels whose anchors it moves."""
+    from ..bundle.verify import random_images
+    feat, hd = session(features), session(head)
+    x = random_images(prep, 1, seed=7)
+    packed = feat.run(None, {feat.get_inputs()[0].name: x})[0]
+    clean = hd.run(None, {PACKED: packed})[0][0]
+    grids = [(lv["shape"][1], lv["shape"][2]) for lv in levels]
+    out = []
+    for i, level in enumerate(levels):
+        c, h, w = level["shape"]
+        changed = packed.copy()
+        view = changed[0, level["offset"]:level["offset"] + c * h * w].reshape(c, h, w)
+        view[:, h // 2, w // 2] += 1.0 + np.abs(view[:, h // 2, w // 2])
+        moved = np.abs(hd.run(None, {PACKED: changed})[0][0] - clean).max(axis=0) > 1e-6 * max(1.0, np.abs(clean).max())
+        out.append(locality_of(moved, grids, i, (h // 2, w // 2), prep.input_size))
+    return out
+
+
+def locality_of(moved: np.ndarray, grids, level: int, cell: tuple[int, int], size) -> dict:
+    """From the anchors that moved (A,) when `cell` of `level` changed: radius and levels reached. The
+    output's anchors come level by level at the strides of its own grid (8, 16, 32 ...)."""
+    from .decode import anchor_levels
+    where = anchor_levels(size, len(moved))
+    reached = sorted({int(v) for v in where.level[moved]})
+    own = moved & (where.level == where.level_of_stride(size[0] // grids[level][0]))
+    if not own.any():
+        return {"radius": 0, "levels": reached}
+    rows, cols = where.row[own], where.col[own]
+    radius = int(max(np.abs(rows - cell[0]).max(), np.abs(cols - cell[1]).max()))
+    full = radius >= max(grids[level]) - 1
+    return {"radius": None if full else radius, "levels": reached}
+
+
+def detection_manifest(graph, proto, features, head, prep, levels, strides, classes, anchors, names, cut, receptive,
+                       verification, source, nms) -> dict:
+    openvino = openvino_runs(features, head)
+    total = sum(int(np.prod(level["shape"])) for level in levels)
+    per_item = 4 * (3 * int(np.prod(prep.input_size)) * 8 + total * 3)
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "task": "detection",
+        "input": {"name": features.graph.input[0].name, "shape": [None, 3, *prep.input_size], "layout": "NCHW",
+                  "dtype": "float32", "model_dtype": "float32", "model_layout": "NCHW"},
+        "preprocessing": prep.to_dict(),
+        "target_layer": {"requested": cut if isinstance(cut, str) else ",".join(cut), "matched_by": "cut set",
+                         "module": None, "tensor": ",".join(lv["name"] for lv in levels), "layout": "NCHW"},
+        "activation": {"name": PACKED, "shape": [total], "dtype": "float32", "quantization": None},
+        "cut": [{**lv, "receptive_radius": r["radius"], "moves_levels": r["levels"]} for lv, r in zip(levels, receptive)],
+        "output": {"name": graph.model.graph.output[0].name, "kind": "detections", "layout": "ultralytics",
+                   "num_classes": int(classes), "shape": [4 + int(classes), int(anchors)], "box": "cxcywh",
+                   "scores": "sigmoid", "strides": strides},
+        "nms": nms,
+        "labels": names,
+        "batch": "dynamic",
+        "graphs": {"features": {"file": "features.onnx", "ops": dict(Counter(n.op_type for n in features.graph.node))},
+                   "head": {"file": "head.onnx", "ops": dict(Counter(n.op_type for n in head.graph.node))}},
+        "runtimes": {"onnxruntime": {"runs": True},
+                     "openvino": {"runs": openvino is None, **({"why_not": openvino} if openvino else {})}},
+        "memory": {"features_bytes_per_item": per_item, "head_bytes_per_item": per_item},
+        "verification": verification,
+        "provenance": {"source": source.name if source else None,
+                       "source_sha256": sha256_of(source) if source else None,
+                       "opset": {o.domain or "ai.onnx": o.version for o in proto.opset_import},
+                       "producer": f"cam-infer {__version__}", "onnx": onnx.__version__,
+                       "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()},
+    }
