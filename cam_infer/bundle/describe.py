@@ -4,6 +4,8 @@ from __future__ import annotations
 
 
 def describe(bundle) -> str:
+    if bundle.task == "detection":
+        return describe_detector(bundle)
     m = bundle.manifest
     prep = bundle.preprocessing
     target = m["target_layer"]
@@ -49,3 +51,29 @@ def describe(bundle) -> str:
         + (f", exported with {m['provenance']['exporter']}" if m["provenance"].get("exporter") else ""),
     ]
     return "\n".join(lines)
+
+
+def describe_detector(bundle) -> str:
+    m = bundle.manifest
+    c, h, w = bundle.input_shape
+    labels = bundle.labels
+    levels = "; ".join(f"'{lv['name']}' ({lv['shape'][0]},{lv['shape'][1]},{lv['shape'][2]}) stride {lv['stride']}, "
+                       + (f"head sees {2 * lv['receptive_radius'] + 1}x{2 * lv['receptive_radius'] + 1} cells"
+                          if lv.get("receptive_radius") is not None else "head sees the whole map")
+                       + f" of levels {lv['moves_levels']}" for lv in m["cut"])
+    out = m["output"]
+    return "\n".join([
+        f"bundle       {bundle.path}",
+        f"task         detection ({out['layout']}: boxes {out['box']} + {out['num_classes']} {out['scores']} class "
+        f"scores per anchor, strides {out['strides']})",
+        f"input        '{bundle.input_name}' float32 (N,{c},{h},{w}) NCHW",
+        f"preprocess   letterbox to {h}x{w} (pad {bundle.preprocessing.pad}), RGB, x/255",
+        f"cut set      '{m['target_layer']['requested']}': {levels}",
+        f"NMS          conf {m['nms']['conf']}, IoU {m['nms']['iou']}, at most {m['nms']['max_det']} (class-aware)",
+        "labels       " + (f"{len(labels)} ({', '.join(labels[:3])}{', ...' if len(labels) > 3 else ''})"
+                            if labels else "none (class indices)"),
+        f"verified     yes: head(features(x)) vs model(x), batches {m['verification']['batches']}, "
+        f"max |diff| {m['verification']['max_abs_diff']:.3g}",
+        "runtimes     " + ", ".join(f"{n}: {'yes' if r['runs'] else 'no'}" for n, r in m["runtimes"].items()),
+        f"source       {m['provenance'].get('source') or 'in-memory model'}",
+    ])

@@ -67,9 +67,18 @@ def build_parser() -> argparse.ArgumentParser:
     _runtime(p)
     p.set_defaults(run=run.demo)
 
-    p = sub.add_parser("split", help="split a classifier (.onnx, or .xml IR / .tflite for OpenVINO) into a bundle")
-    p.add_argument("model", help="classifier file: .onnx (ONNX bundle), .xml or .tflite (OpenVINO IR bundle)")
+    p = sub.add_parser("split", help="split a classifier (.onnx, or .xml IR / .tflite for OpenVINO) or a YOLO-style "
+                                     "ONNX detector into a bundle")
+    p.add_argument("model", help="classifier file: .onnx (ONNX bundle), .xml or .tflite (OpenVINO IR bundle); or a "
+                                 "detector .onnx (Ultralytics YOLOv8/YOLO11 export)")
     p.add_argument("--layer", default="auto", help="auto, ONNX tensor or node name, or torch module path")
+    p.add_argument("--task", default="auto", choices=["auto", "classification", "detection"],
+                   help="auto (default): a detector is recognised by its metadata or its (N, 4+C, anchors) output")
+    p.add_argument("--cut", default="detect-input",
+                   help="detectors: detect-input (default: the maps the detection head reads, strides 8/16/32), "
+                        "backbone (one stride-8 map before the neck: maps with image context), or tensor names")
+    p.add_argument("--conf", type=float, default=0.25, help="detectors: score threshold of the NMS (default 0.25)")
+    p.add_argument("--iou", type=float, default=0.7, help="detectors: IoU threshold of the NMS (default 0.7)")
     _out(p, "bundle folder to write", "replace an existing bundle in --out")
     p.add_argument("--layout", choices=["nchw", "nhwc"], help="the input's layout, when its shape does not tell")
     _preprocessing_args(p)
@@ -114,6 +123,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "windows, fused)")
     p.add_argument("--enhance-option", action="append", default=[], metavar="KEY=VALUE",
                    help='enhancer option, e.g. --enhance-option transforms=["identity","flip"] (repeatable)')
+    g = p.add_argument_group("detector bundles (methods: activation, eigen, recipro, ablation, score; "
+                             "'all': the first four)")
+    g.add_argument("--detections", default="all",
+                   help="'all' (default: every detection above --conf) or detection indices by score, e.g. 0,1")
+    g.add_argument("--classes", help="only the detections of these classes (labels or indices, comma-separated)")
+    g.add_argument("--box", action="append", default=[], metavar="X1,Y1,X2,Y2:CLASS",
+                   help="explain a box of your own (original image pixels) for a class (repeatable)")
+    g.add_argument("--conf", type=float, help="score threshold (default: the bundle's, 0.25)")
+    g.add_argument("--iou", type=float, help="NMS IoU threshold (default: the bundle's, 0.7)")
     p.set_defaults(run=run.explain)
 
     p = sub.add_parser("bench", help="time every method against one forward pass; peak memory")

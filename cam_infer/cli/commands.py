@@ -19,9 +19,24 @@ def split(args) -> int:
     from ..bundle import split_model
     from ..bundle.describe import describe
     size = tuple(args.input_size) if args.input_size else None
+    if _is_detection(args):
+        from ..detection.split import split_detector
+        print(describe(split_detector(args.model, args.out, cut=args.cut, input_size_hw=size, labels=args.labels,
+                                      overwrite=args.force, conf=args.conf, iou=args.iou)))
+        return 0
     print(describe(split_model(args.model, layer=args.layer, out=args.out, input_size=size, labels=args.labels,
                                preprocessing=preprocessing_fields(args), overwrite=args.force, layout=args.layout)))
     return 0
+
+
+def _is_detection(args) -> bool:
+    if args.task != "auto":
+        return args.task == "detection"
+    if not str(args.model).lower().endswith(".onnx"):
+        return False
+    from ..bundle.graph import load_onnx
+    from ..detection.anatomy import is_detector
+    return is_detector(load_onnx(args.model))
 
 
 def export(args) -> int:
@@ -48,6 +63,9 @@ def info(args) -> int:
 
 
 def explain(args) -> int:
+    from ..bundle import Bundle
+    if Bundle.load(args.bundle).task == "detection":
+        return explain_detections(args)
     from ..explainer import Explainer
     from ..methods import get_method
     from ..runs import choose_methods, explain_files, parse_option
@@ -74,6 +92,57 @@ def explain(args) -> int:
         raise CamInferError(f"{len(results.errors)} image(s) could not be read, e.g. {results.errors[0]['error']}; "
                             f"the others are done (see {results.path})")
     return 0
+
+
+DETECTION_ALL = ["activation", "eigen", "recipro", "ablation"]
+
+
+def explain_detections(args) -> int:
+    from ..detection.explainer import DetectionExplainer
+    from ..detection.runs import explain_detection_files, summary_lines
+    from ..runs import parse_option
+    names = [m.strip() for m in args.method.split(",") if m.strip()]
+    methods = DETECTION_ALL if names == ["all"] else names
+    for flag in ("target", "finer", "enhance"):
+        if getattr(args, flag) is not None:
+            raise CamInferError(f"--{flag} is for classifiers; for detections use --detections, --classes or --box")
+    explainer = DetectionExplainer(args.bundle, backend=args.backend, device=args.device)
+    targets = "all" if args.detections == "all" else [_integer(v, "--detections") for v in args.detections.split(",")]
+    classes = [_class(c) for c in args.classes.split(",")] if args.classes else None
+    boxes = [_box(b) for b in args.box] or None
+    results = explain_detection_files(explainer, args.images, methods, args.out, targets=targets, classes=classes,
+                                      boxes=boxes, conf=args.conf, iou=args.iou,
+                                      options=dict(parse_option(o) for o in args.option), colormap=args.colormap,
+                                      alpha=args.alpha, restart=args.force, on=args.on)
+    for line in summary_lines(results, len(methods), args.out):
+        print(line)
+    if results.errors:
+        raise CamInferError(f"{len(results.errors)} image(s) could not be read, e.g. {results.errors[0]['error']}; "
+                            f"the others are done (see {results.path})")
+    return 0
+
+
+def _integer(text: str, flag: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise CamInferError(f"{flag} takes 'all' or integers, not '{text}'") from None
+
+
+def _class(text: str):
+    text = text.strip()
+    return int(text) if text.isdigit() else text
+
+
+def _box(text: str):
+    coords, colon, cls = text.rpartition(":")
+    try:
+        box = [float(v) for v in coords.split(",")]
+    except ValueError:
+        box = []
+    if not colon or len(box) != 4 or not cls:
+        raise CamInferError(f"--box takes X1,Y1,X2,Y2:CLASS, not '{text}'")
+    return box, _class(cls)
 
 
 def bench(args) -> int:

@@ -26,6 +26,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ..bundle.cut import _subgraph
 from ..bundle.graph import Graph, load_onnx, make_tensor_value_info
 from ..bundle.manifest import FORMAT, FORMAT_VERSION, Bundle, sha256_of
+from ..bundle.split import read_labels
 from ..bundle.verify import openvino_runs, session
 from ..bundle.write import write_onnx_bundle
 from ..errors import CamInferError
@@ -39,7 +40,7 @@ DEFAULTS = {"conf": 0.25, "iou": 0.7, "max_det": 300}
 
 
 def split_detector(model, out, *, cut="detect-input", input_size_hw: tuple[int, int] | None = None,
-                   labels: list[str] | None = None, overwrite: bool = False, **thresholds) -> Bundle:
+                   labels: "list[str] | str | None" = None, overwrite: bool = False, **thresholds) -> Bundle:
     """Split a YOLO-style ONNX detector (path or ModelProto) at a cut set and write a verified bundle."""
     source = Path(model) if isinstance(model, (str, os.PathLike)) else None
     proto = load_onnx(model) if source else model
@@ -57,7 +58,7 @@ def split_detector(model, out, *, cut="detect-input", input_size_hw: tuple[int, 
     prep = Preprocessing(size, crop="letterbox", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
     verification = verify_detector(proto, features, head, prep)
     receptive = measure_locality(features, head, levels, prep)
-    names = labels or class_names(proto, classes)
+    names = read_labels(labels, classes) if labels is not None else class_names(proto, classes)
     manifest = detection_manifest(graph, proto, features, head, prep, levels, strides, classes, anchors, names,
                                   cut, receptive, verification, source, {**DEFAULTS, **thresholds})
     return write_onnx_bundle(Path(out), features, head, manifest, overwrite)

@@ -1,0 +1,291 @@
+"""Detectors: the real YOLOv8n of ../shared/data/deployed split at its Detect inputs and at its backbone,
+explained per detection on both backends; plumbing (letterbox, anchors, NMS, cut sets) against references;
+each method against a direct computation with the head graph or the unsplit model."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from conftest import SHARED, needs_shared
+from helpers import assert_one_line_error, run_cli
+
+from cam_infer import CamInferError
+from cam_infer.bundle.graph import Graph
+from cam_infer.detection.anatomy import is_cut, is_detector
+from cam_infer.detection.decode import anchor_levels, boxes_xyxy, detect, iou
+from cam_infer.detection.explainer import DetectionContext, DetectionExplainer
+from cam_infer.detection.split import PACKED, split_detector, with_input_size
+from cam_infer.detection.targets import target_scores
+from cam_infer.images import Preprocessing
+
+YOLO = SHARED / "deployed" / "nudenet_320n.onnx"
+PHOTO = SHARED / "deployed" / "basketball1.png"
+pytestmark = needs_shared
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory):
+    work = tmp_path_factory.mktemp("detectors")
+    return {"detect-input": split_detector(YOLO, work / "head"), "backbone": split_detector(YOLO, work / "bb",
+                                                                                             cut="backbone")}
+
+
+@pytest.fixture(scope="module")
+def explainers(bundles):
+    return {backend: DetectionExplainer(bundles["detect-input"], backend=backend)
+            for backend in ("onnxruntime", "openvino")}
+
+
+def full_model_output(x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(YOLO), providers=["CPUExecutionProvider"])
+    return session.run(None, {"images": x})[0]
+
+
+# --- plumbing ---------------------------------------------------------------------------------------------
+
+def test_letterbox_puts_the_image_in_the_middle_and_maps_boxes_both_ways():
+    prep = Preprocessing((320, 320), crop="letterbox", mean=(0, 0, 0), std=(1, 1, 1))
+    image = np.zeros((200, 400, 3), np.uint8)
+    image[50:100, 100:150] = 255                                     # a white square
+    view = prep.geometry(image)
+    assert view.shape == (320, 320, 3) and (view[:80] == 114).all() and (view[-80:] == 114).all()
+    ys, xs = np.nonzero(view[..., 0] == 255)
+    assert (ys.min(), xs.min()) == (80 + 40, 80) and (ys.max(), xs.max()) == (80 + 79, 119)   # scale 0.8, pad 80
+    box = prep.box_to_image([80, 120, 120, 160], image.shape)
+    np.testing.assert_allclose(box, [100, 50, 150, 100], atol=1e-9)
+    saliency = np.zeros((320, 320), np.float32)
+    saliency[120:160, 80:120] = 1
+    back, seen = prep.to_image(saliency, image.shape[:2])
+    assert seen.all() and back[75, 125] > 0.99 and back[10, 300] == 0
+
+
+def test_anchors_lie_inside_the_boxes_they_predict(explainers):
+    ex = explainers["onnxruntime"]
+    x = ex._inputs([PHOTO])[0]
+    output = ex.backend.forward(x)[0]
+    grid = anchor_levels((320, 320), output.shape[1])
+    assert grid.strides == (8, 16, 32) and output.shape[1] == 40 * 40 + 20 * 20 + 10 * 10
+    found = detect(output)
+    assert len(found) >= 1
+    for box, anchor in zip(found.boxes, found.anchors):
+        s = grid.stride[anchor]
+        cx, cy = (grid.col[anchor] + 0.5) * s, (grid.row[anchor] + 0.5) * s
+        assert box[0] <= cx <= box[2] and box[1] <= cy <= box[3]
+
+
+def test_nms_equals_a_brute_force_reference():
+    rng = np.random.default_rng(1)
+    a, c = 300, 3
+    output = np.zeros((4 + c, a), np.float32)
+    output[:2] = rng.uniform(20, 300, (2, a))
+    output[2:4] = rng.uniform(10, 80, (2, a))
+    output[4:] = rng.uniform(0, 1, (c, a)) ** 3
+    found = detect(output, conf=0.2, iou_threshold=0.5)
+    boxes, best, classes = boxes_xyxy(output), output[4:].max(axis=0), output[4:].argmax(axis=0)
+    kept = []
+    for i in sorted(np.flatnonzero(best > 0.2), key=lambda i: -best[i]):
+        if all(classes[k] != classes[i] or iou(boxes[i], boxes[k][None])[0] <= 0.5 for k in kept):
+            kept.append(i)
+    assert found.anchors.tolist() == kept and (np.diff(found.scores) <= 0).all()
+
+
+def test_cut_sets_are_checked():
+    model = with_input_size(onnx.load(YOLO), (320, 320))
+    graph = Graph.from_model(model, (320, 320))
+    p3, p4, p5 = "/model.15/cv2/act/Mul_output_0", "/model.18/cv2/act/Mul_output_0", "/model.21/cv2/act/Mul_output_0"
+    assert is_cut(graph, [p3, p4, p5]) and is_cut(graph, ["/model.4/cv2/act/Mul_output_0"])
+    assert not is_cut(graph, [p5]) and not is_cut(graph, ["/model.9/cv2/act/Mul_output_0"])
+    assert is_detector(model)
+
+
+def test_both_cuts_reproduce_the_model_and_measure_the_heads_locality(bundles, explainers):
+    head, backbone = bundles["detect-input"], bundles["backbone"]
+    assert [lv["stride"] for lv in head.manifest["cut"]] == [8, 16, 32]
+    assert [lv["receptive_radius"] for lv in head.manifest["cut"]] == [2, 2, 2]        # Detect's 5×5 window
+    assert [lv["moves_levels"] for lv in head.manifest["cut"]] == [[0], [1], [2]]       # levels never mix
+    assert backbone.manifest["cut"][0]["name"] == "/model.4/cv2/act/Mul_output_0"
+    assert backbone.manifest["cut"][0]["moves_levels"] == [0, 1, 2]
+    x = explainers["onnxruntime"]._inputs([PHOTO, SHARED / "deployed" / "messi5.jpg"])[0]
+    expected = full_model_output(x)
+    for name, bundle in bundles.items():
+        for backend in ("onnxruntime", "openvino"):
+            got = DetectionExplainer(bundle, backend=backend).backend.forward(x)
+            np.testing.assert_allclose(got, expected, atol=2e-3 * np.abs(expected).max())
+    assert head.labels[:2] == ["FEMALE_GENITALIA_COVERED", "FACE_FEMALE"]                 # from the metadata
+
+
+# --- methods against direct computations -------------------------------------------------------------------
+
+def context(ex, image=PHOTO):
+    x = ex._inputs([image])[0]
+    packed = ex.backend.features(x)
+    output = ex.backend.head(packed)[0]
+    return DetectionContext(ex, x, packed[0], output), detect(output)
+
+
+def head_session(bundle):
+    return ort.InferenceSession(str(bundle.head_path), providers=["CPUExecutionProvider"])
+
+
+def targets_of(ex, image=PHOTO):
+    e = ex.explain(image, "activation")
+    return e.items[0]
+
+
+def test_recipro_at_the_detect_inputs_equals_the_full_sweep_of_every_cell(bundles, explainers):
+    """The ≤26-row shortcut (the anchor's measured window, the rest filled with the all-zero level's
+    score) against keeping every cell of every level in turn through the head graph on ONNX Runtime."""
+    ex = explainers["onnxruntime"]
+    ctx, found = context(ex)
+    from cam_infer.detection.targets import Target
+    target = Target(found.boxes[0], int(found.classes[0]), int(found.anchors[0]), float(found.scores[0]), 0)
+    from cam_infer.detection.methods import same_unit
+    session = head_session(bundles["detect-input"])
+    maps = {}
+    for l, level in enumerate(ctx.levels):
+        c, h, w = level["shape"]
+        rows = np.repeat(ctx.packed[None], h * w, axis=0)
+        view = rows[:, level["offset"]:level["offset"] + c * h * w].reshape(h * w, c, h, w)
+        keep = np.zeros((h * w, 1, h, w), np.float32)
+        keep[np.arange(h * w), 0, np.arange(h * w) // w, np.arange(h * w) % w] = 1
+        view *= keep
+        out = np.concatenate([session.run(None, {PACKED: rows[i:i + 200]})[0] for i in range(0, h * w, 200)])
+        maps[l] = out[:, 4 + target.class_id, target.anchor].reshape(h, w)
+    own = int(ctx.grid.level[target.anchor])
+    for l, m in maps.items():                         # the other levels cannot move the anchor: constant maps
+        assert l == own or np.ptp(m) == 0
+    expected = same_unit({own: maps[own]}, (320, 320))
+    got = ex.explain(PHOTO, "recipro", targets=0)
+    from cam_infer.detection.methods.recipro import recipro_map
+    raw = recipro_map(ctx, target, "anchor", 1)
+    np.testing.assert_allclose(raw, expected, atol=1e-4 * np.abs(expected).max())
+    assert ctx.head_rows <= 3 * 26                     # its own level's window + 1, the other levels skipped
+    assert not got.items[0][0].degenerate
+
+
+def test_ablation_equals_zeroing_each_channel_through_the_head_graph(bundles, explainers):
+    ex = explainers["onnxruntime"]
+    ctx, found = context(ex)
+    d = ex.explain(PHOTO, "ablation", targets=1).items[0][0]
+    from cam_infer.detection.methods import unit_free
+    from cam_infer.postprocess import normalise
+    session = head_session(bundles["detect-input"])
+    level = int(ctx.grid.level[d.anchor])
+    lv = ctx.levels[level]
+    c, h, w = lv["shape"]
+    base = session.run(None, {PACKED: ctx.packed[None]})[0][0, 4 + d.class_id, d.anchor]
+    drops = []
+    for k in range(c):
+        row = ctx.packed[None].copy()
+        row[0, lv["offset"] + k * h * w:lv["offset"] + (k + 1) * h * w] = 0
+        drops.append((base - session.run(None, {PACKED: row})[0][0, 4 + d.class_id, d.anchor]) / abs(base))
+    a = ctx.level_maps()[level]
+    expected = normalise(unit_free({level: np.tensordot(np.array(drops, np.float32), a, axes=1)}, (320, 320))[None])[0]
+    np.testing.assert_allclose(d.saliency, expected[0], atol=1e-4)
+
+
+def test_score_cam_weights_are_the_match_scores_of_the_unsplit_model(explainers):
+    ex = explainers["onnxruntime"]
+    ctx, found = context(ex)
+    d = ex.explain(PHOTO, "score", targets=0, top_k=3).items[0][0]
+    from cam_infer.detection.methods import unit_free
+    from cam_infer.detection.targets import Target
+    from cam_infer.methods.masked_passes import masks
+    from cam_infer.postprocess import normalise
+    target = Target(np.array(d.box), d.class_id, d.anchor, d.score, 0)
+    maps = {}
+    for l, a in enumerate(ctx.level_maps()):
+        channels = np.argsort(-a.mean(axis=(1, 2)), kind="stable")[:3]
+        m, valid = masks(a, channels, (320, 320), "upsample-then-normalise")
+        outputs = full_model_output((ctx.x * m[:, None]).astype(np.float32))
+        w = np.zeros(len(a), np.float32)
+        w[channels[valid]] = target_scores(outputs, target, "match")[valid]
+        maps[l] = np.tensordot(w, a, axes=1)
+    expected = normalise(unit_free(maps, (320, 320))[None])[0][0]
+    np.testing.assert_allclose(d.saliency, expected, atol=1e-3)
+
+
+@pytest.mark.parametrize("method", ["activation", "eigen", "recipro", "ablation"])
+def test_both_backends_give_the_same_maps_and_they_fall_in_their_boxes(explainers, method):
+    a = explainers["onnxruntime"].explain(PHOTO, method)
+    b = explainers["openvino"].explain(PHOTO, method)
+    assert [(d.class_id, d.anchor) for d in a.items[0]] == [(d.class_id, d.anchor) for d in b.items[0]]
+    assert len(a.items[0]) >= 2
+    for da, db in zip(a.items[0], b.items[0]):
+        np.testing.assert_allclose(da.saliency, db.saliency, atol=2e-2)
+    if method in ("recipro", "ablation"):                 # instance-specific: the peak lies in its own box
+        for d in a.items[0]:
+            y, x = np.unravel_index(np.argmax(d.saliency), d.saliency.shape)
+            x1, y1, x2, y2 = d.box
+            assert x1 - 8 <= x <= x2 + 8 and y1 - 8 <= y <= y2 + 8
+
+
+def test_the_backbone_cut_gives_maps_with_context(bundles):
+    """At the backbone the neck mixes every level: ablation there runs all 64 channels and its map
+    spreads beyond the 5×5-cell window that the Detect inputs allow."""
+    ex = DetectionExplainer(bundles["backbone"], backend="openvino")
+    d = ex.explain(PHOTO, "ablation", targets=0).items[0][0]
+    x1, y1, x2, y2 = d.box
+    grown = np.zeros_like(d.saliency, bool)
+    grown[max(int(y1) - 40, 0):int(y2) + 40, max(int(x1) - 40, 0):int(x2) + 40] = True
+    assert d.saliency[~grown].max() > 0.2                 # evidence beyond the box's neighbourhood
+
+
+# --- targets and errors -----------------------------------------------------------------------------------
+
+def test_a_box_of_your_own_picks_the_anchor_that_predicts_it(explainers):
+    ex = explainers["onnxruntime"]
+    detected = ex.explain(PHOTO, "recipro").items[0]
+    d = detected[1]
+    own = ex.explain(PHOTO, "recipro", boxes=[(d.box_image, d.label)]).items[0][0]
+    assert own.anchor == d.anchor and own.index is None and own.match_iou > 0.9
+    np.testing.assert_allclose(own.saliency, d.saliency, atol=1e-6)
+    only = ex.explain(PHOTO, "activation", classes=[d.label]).items[0]
+    assert [x.class_id for x in only] == [d.class_id]
+
+
+def test_bad_targets_are_one_clear_error(explainers):
+    ex = explainers["onnxruntime"]
+    with pytest.raises(CamInferError, match="lies outside"):
+        ex.explain(PHOTO, "recipro", boxes=[([2000, 2000, 2100, 2100], 1)])
+    with pytest.raises(CamInferError, match="unknown class|not a class|no class"):
+        ex.explain(PHOTO, "recipro", classes=["GIRAFFE"])
+    with pytest.raises(CamInferError, match="detection 9 does not exist"):
+        ex.explain(PHOTO, "recipro", targets=9)
+    with pytest.raises(CamInferError, match="does not explain detections"):
+        ex.explain(PHOTO, "gradcam")
+    none = ex.explain(PHOTO, "recipro", conf=0.99)
+    assert none.items == [[]] and len(none.detections[0]) == 0
+
+
+def test_split_and_explain_from_the_command_line(tmp_path):
+    result = run_cli("split", YOLO, "--out", tmp_path / "b")
+    assert result.returncode == 0, result.stderr
+    assert "task         detection" in result.stdout and "5x5 cells" in result.stdout
+    result = run_cli("explain", tmp_path / "b", PHOTO, SHARED / "deployed" / "messi5.jpg", "--method", "recipro,eigen",
+                     "--out", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert "no detection explained in 1 image" in result.stdout
+    records = json.loads((tmp_path / "out" / "results.json").read_text())["results"]
+    basket = [r for r in records if r["image"].endswith("basketball1.png")]
+    assert {r["method"] for r in basket} == {"recipro", "eigen"}
+    for r in basket:
+        assert r["found"] == len(r["detections"]) >= 2
+        for d in r["detections"]:
+            picture = cv2.imread(str(tmp_path / "out" / d["overlay"]))
+            assert picture is not None and picture.shape[1] > 640          # the original image, a colour bar
+            x1, y1, x2, y2 = d["box"]
+            assert 0 <= x1 < x2 <= 640 and 0 <= y1 < y2 <= 480
+    assert_one_line_error(run_cli("explain", tmp_path / "b", PHOTO, "--box", "5000,5000,5100,5100:FACE_FEMALE",
+                                  "--out", tmp_path / "o2"), "lies outside")
+    assert_one_line_error(run_cli("explain", tmp_path / "b", PHOTO, "--classes", "GIRAFFE", "--out", tmp_path / "o3"),
+                          "GIRAFFE")
+    assert_one_line_error(run_cli("explain", tmp_path / "b", PHOTO, "--target", "1", "--out", tmp_path / "o4"),
+                          "--target is for classifiers")
+    assert_one_line_error(run_cli("split", SHARED / "models" / "squeezenet1.1-fp32.onnx", "--task", "detection",
+                                  "--out", tmp_path / "o5"), "not (N, 4+C, anchors)")
