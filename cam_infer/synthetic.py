@@ -224,3 +224,68 @@ def write_scenes(out, split: str = "cluttered", n: int = 100, seed: int = 0) -> 
         boxes[name] = [{"box": [int(v) for v in b], "label": scene_.class_name} for b in scene_.boxes]
     (out / "boxes.json").write_text(json.dumps(boxes, indent=1) + "\n")
     return out
+
+
+# --- detection scenes ---------------------------------------------------------------------------------------
+
+DETECTION_CLASSES = (*CLASSES, "tagged square")     # a tagged square: a square with a white dot beside it
+MARKER_GAP = 5                                       # pixels between a tagged square's box and its dot
+MARKER_RADIUS = 3
+
+
+@dataclass
+class DetectionScene:
+    image: np.ndarray                # (H,W,3) RGB uint8
+    boxes: np.ndarray                # (M,4) int [x1,y1,x2,y2] inclusive, each object's (a tag's dot excluded)
+    labels: np.ndarray               # (M,) index into DETECTION_CLASSES
+    markers: np.ndarray              # (M,3) int: the dot (cx, cy, r) of a tagged square; (-1,-1,0) otherwise
+
+
+def detection_scene(seed: int, index: int, size: int = SIZE) -> DetectionScene:
+    """One to three objects of any classes on a plain or textured background. A square and a tagged square
+    look the same: only a white dot MARKER_GAP pixels right of the tagged one's box tells them apart, so a
+    detector must look outside the box to tell the class. Loose white dots (not beside a square) appear in
+    half the scenes, so a dot alone does not make a class. Deterministic in (seed, index)."""
+    rng = np.random.default_rng((seed, 99, index))
+    image = _textured_background(rng, size) if rng.random() < 0.3 else _plain_background(rng, size)
+    placed = _place(rng, int(rng.integers(1, 4)), (8, 22), size - 2 * (MARKER_GAP + 2 * MARKER_RADIUS + 2))
+    boxes, labels, markers = [], [], []
+    for cx, cy, r in placed:
+        label = int(rng.integers(len(DETECTION_CLASSES)))
+        mask = np.zeros((size, size), np.uint8)
+        shape = "square" if label == 4 else CLASSES[label]
+        _draw_shape(mask, shape, cx, cy, r, rng.uniform(0, 2 * np.pi))
+        _paint(rng, image, mask.astype(bool), 1 if label == 4 else label)
+        ys, xs = np.nonzero(mask)
+        box = [int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())]
+        marker = (-1, -1, 0)
+        if label == 4:
+            marker = (box[2] + MARKER_GAP + MARKER_RADIUS, (box[1] + box[3]) // 2, MARKER_RADIUS)
+            cv2.circle(image, marker[:2], MARKER_RADIUS, (255, 255, 255), -1, cv2.LINE_8)
+        boxes.append(box)
+        labels.append(label)
+        markers.append(marker)
+    if rng.random() < 0.5:                                       # a loose dot, away from every object
+        for _ in range(50):
+            x, y = (int(v) for v in rng.integers(6, size - 6, 2))
+            if all(not (b[0] - 12 <= x <= b[2] + 20 and b[1] - 12 <= y <= b[3] + 12) for b in boxes):
+                cv2.circle(image, (x, y), MARKER_RADIUS, (255, 255, 255), -1, cv2.LINE_8)
+                break
+    return DetectionScene(image, np.array(boxes, np.int64).reshape(-1, 4), np.array(labels, np.int64),
+                          np.array(markers, np.int64).reshape(-1, 3))
+
+
+def write_detection_scenes(out, n: int = 100, seed: int = 1) -> Path:
+    """Write `n` detection scenes as PNGs and ``boxes.json`` (image → [{"box", "label", "marker"}])."""
+    import json
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    truth = {}
+    for i in range(n):
+        s = detection_scene(seed, i)
+        name = f"detection_{i:05d}.png"
+        cv2.imwrite(str(out / name), cv2.cvtColor(s.image, cv2.COLOR_RGB2BGR))
+        truth[name] = [{"box": b.tolist(), "label": DETECTION_CLASSES[c], **({"marker": m.tolist()} if m[2] else {})}
+                       for b, c, m in zip(s.boxes, s.labels, s.markers)]
+    (out / "boxes.json").write_text(json.dumps(truth, indent=1))
+    return out

@@ -12,12 +12,14 @@ Each builder takes ``num_classes`` and returns the model in eval mode with rando
 | densenet121 | ``features`` |
 | squeezenet1_1 | ``features`` (fire9) |
 | shapes_net | ``features`` (the project's own model for the synthetic scenes) |
+| shapes_detector | a detector, not in BUILDERS: a cut set ``model.4``, ``model.6`` (`cam_infer.detection`) |
 """
 
 from .densenet import densenet121
 from .mobilenetv2 import mobilenet_v2
 from .resnet import resnet18, resnet50
 from .shapes import shapes_net
+from .shapes_detector import shapes_detector
 from .squeezenet import squeezenet1_1
 from .vgg import vgg16
 

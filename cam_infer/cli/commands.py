@@ -173,6 +173,9 @@ def bench(args) -> int:
 
 
 def audit(args) -> int:
+    from ..bundle import Bundle
+    if Bundle.load(args.bundle).task == "detection":
+        return audit_detections(args)
     from ..audit import AuditOptions, run_audit, summary_lines
     options = AuditOptions.from_arguments(args)
     summary = run_audit(args.bundle, args.images, options, args.out, boxes=args.boxes, restart=args.force,
@@ -185,9 +188,31 @@ def audit(args) -> int:
     return 0
 
 
+def audit_detections(args) -> int:
+    from ..detection.audit import run_detection_audit, summary_lines
+    from ..runs import parse_option
+    methods = DETECTION_ALL if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
+    options: dict = {}
+    for text in args.option:
+        key, value = parse_option(text)
+        method, dot, name = key.partition(".")
+        if not dot or method not in methods:
+            raise CamInferError(f"--option takes method.key=value for one of the chosen methods, not '{text}'")
+        options.setdefault(method, {})[name] = value
+    summary = run_detection_audit(args.bundle, args.images, methods, args.out, boxes=args.boxes, backend=args.backend,
+                                  device=args.device, tolerance=args.tolerance, options=options, restart=args.force)
+    for line in summary_lines(summary, args.out):
+        print(line)
+    return 0
+
+
 def synthetic(args) -> int:
-    from ..synthetic import write_scenes
-    out = write_scenes(args.out, args.split, args.n, seed=args.seed)
+    from ..synthetic import write_detection_scenes, write_scenes
+    if args.split == "detection":
+        out = write_detection_scenes(args.out, args.n, seed=1 if args.seed is None else args.seed)
+        print(f"{args.n} detection scenes and boxes.json in {out}")
+        return 0
+    out = write_scenes(args.out, args.split, args.n, seed=args.seed or 0)
     print(f"{args.n} scenes ({args.split}) and boxes.json in {out}")
     return 0
 
@@ -199,6 +224,16 @@ def fuse(args) -> int:
     if Path(args.out).exists() and not args.force:
         raise CamInferError(f"'{args.out}' exists; choose another --out or pass --force")
     bundle = Bundle.load(args.bundle)
+    if bundle.task == "detection":
+        from ..detection.fuse import fuse_detector
+        if args.top_k != 1 or args.class_input or args.raw:
+            raise CamInferError("--top-k, --class-input and --raw are for classifiers; a detector's fused map is "
+                                "class-agnostic")
+        model = fuse_detector(bundle, args.method, **dict(parse_option(o) for o in args.option))
+        path = save(model, args.out, overwrite=True)
+        print(f"wrote {path}: the detector's output0 and saliency (N,{bundle.input_shape[1]},{bundle.input_shape[2]}), "
+              f"{args.method} over its {len(bundle.manifest['cut'])} cut levels")
+        return 0
     model = fuse(bundle, args.method, top_k=args.top_k, class_input=args.class_input, raw=args.raw,
                  **dict(parse_option(o) for o in args.option))
     print(summary(model, save(model, args.out, overwrite=True), bundle))

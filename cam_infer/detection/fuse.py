@@ -1,0 +1,102 @@
+"""`cam-infer fuse` for a detector: the model itself plus an output ``saliency`` (N,H,W) in [0,1], the
+class-agnostic map of `activation` or `eigen` over every cut level, combined as the explainer combines
+them (each level's map ReLU'd and min–max'd, upsampled bilinearly (half-pixel) to the input, averaged).
+The detections come out of ``output0`` as before; the map is the same for each of them. The per-level
+maps come from the classifiers' ONNX builders (`cam_infer.methods`), one level at a time.
+
+Class-specific detection methods (recipro, ablation, score) need a target box that only NMS, outside the
+graph, gives: they are not fused.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from ..bundle import Bundle
+from ..errors import CamInferError
+from ..fuse.assemble import OUTPUT, _normalised, _opset, at_min_opset, plain_model
+from ..fuse.builder import Builder
+from ..fuse.fusion import Fusion
+from ..version import __version__
+
+FUSABLE = ("activation", "eigen")
+TOLERANCE = 1e-3
+
+
+def fuse_detector(bundle: Bundle, method: str = "eigen", *, check: bool = True, **options) -> onnx.ModelProto:
+    from ..methods import get_method
+    if method not in FUSABLE:
+        raise CamInferError(f"a detector fuses {', '.join(FUSABLE)} (class-agnostic maps); '{method}' needs a target "
+                            "box that NMS gives outside the graph")
+    spec = get_method(method)
+    model = unpacked_model(bundle)
+    b = Builder(_opset(model))
+    h, w = bundle.input_shape[1:]
+    head = at_min_opset(bundle.head_path)
+    levels = []
+    for level in bundle.manifest["cut"]:
+        fusion = Fusion(b, level["name"], tuple(level["shape"]), None, 1, bundle.num_classes, "logits", None, head)
+        normalised = _normalised(b, spec.fused(fusion, **options), b.name("level_map"))
+        batch = b.op("Slice", b.op("Shape", level["name"]), b.ints([0]), b.ints([1]), hint="batch")
+        full = b.op("Concat", batch, b.ints([1, h, w]), axis=0, hint="sizes")
+        up = b.op("Resize", b.unsqueeze(normalised, [1]), "", "", full, mode="linear",
+                  coordinate_transformation_mode="half_pixel", hint="upsampled")
+        levels.append(b.squeeze(up, [1]))
+    total = levels[0] if len(levels) == 1 else b.op("Sum", *levels, hint="levels")
+    b.op("Mul", total, b.const(1.0 / len(levels)), outputs=[OUTPUT])
+    model.graph.node.extend(b.nodes)
+    model.graph.initializer.extend(b.initializers)
+    model.graph.output.append(helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["N", h, w]))
+    for key, value in (("cam_infer.version", __version__), ("cam_infer.method", method),
+                       ("cam_infer.options", json.dumps(options, sort_keys=True)), ("cam_infer.target", "detector")):
+        model.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(model)
+    if check:
+        error = fused_detector_error(model, bundle, method, options)
+        if error > TOLERANCE:
+            raise CamInferError(f"the fused {method} map differs from the explainer's by {error:.2g} on random "
+                                "images; not writing a model that draws a different picture")
+        model.metadata_props.add(key="cam_infer.check", value=json.dumps({"max_difference": float(error)}))
+    return model
+
+
+def unpacked_model(bundle: Bundle) -> onnx.ModelProto:
+    """The bundle's features and head joined, without the packing between them: the detector itself."""
+    from .split import PACKED
+    model = plain_model(bundle)
+    g = model.graph
+    kept = [n for n in g.node if not (n.name == "pack" or n.name.startswith(("pack_", "unpack_")))]
+    del g.node[:]
+    g.node.extend(kept)
+    used = {i for n in kept for i in n.input}
+    initializers = [t for t in g.initializer if t.name in used]
+    del g.initializer[:]
+    g.initializer.extend(initializers)
+    value_info = [v for v in g.value_info if v.name != PACKED]
+    del g.value_info[:]
+    g.value_info.extend(value_info)
+    return model
+
+
+def fused_detector_error(model: onnx.ModelProto, bundle: Bundle, method: str, options: dict) -> float:
+    """The largest difference between the fused map and the explainer's, and between the detections,
+    on two random images (ONNX Runtime)."""
+    from ..bundle.verify import random_images, session
+    from .explainer import DetectionContext, DetectionExplainer
+    from .methods import get_detection_method
+    run = session(model)
+    ex = DetectionExplainer(bundle, backend="onnxruntime")
+    x = random_images(bundle.preprocessing, 2, seed=5)
+    output, saliency = run.run(["output0" if "output0" in [o.name for o in model.graph.output] else
+                                model.graph.output[0].name, OUTPUT], {run.get_inputs()[0].name: x})
+    packed = ex.backend.features(x)
+    worst = float(np.abs(output - ex.backend.head(packed)).max()) / max(1.0, float(np.abs(output).max()))
+    for i in range(len(x)):
+        ctx = DetectionContext(ex, x[i:i + 1], packed[i], output[i])
+        expected = get_detection_method(method).fn(ctx, [None], **options)[0]
+        worst = max(worst, float(np.abs(saliency[i] - expected).max()))
+    return worst
