@@ -289,3 +289,53 @@ def test_split_and_explain_from_the_command_line(tmp_path):
                           "--target is for classifiers")
     assert_one_line_error(run_cli("split", SHARED / "models" / "squeezenet1.1-fp32.onnx", "--task", "detection",
                                   "--out", tmp_path / "o5"), "not (N, 4+C, anchors)")
+
+
+# --- fused, audited -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["activation", "eigen"])
+def test_a_fused_detector_returns_its_detections_and_the_explainers_map(bundles, explainers, tmp_path, method):
+    from cam_infer.detection.fuse import fuse_detector
+    model = fuse_detector(bundles["detect-input"], method)
+    path = tmp_path / "fused.onnx"
+    onnx.save(model, path)
+    x = explainers["onnxruntime"]._inputs([PHOTO])[0]
+    e = explainers["onnxruntime"].explain(PHOTO, method)
+    expected_output = full_model_output(x)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    output, saliency = session.run(["output0", "saliency"], {"images": x})
+    np.testing.assert_allclose(output, expected_output, atol=1e-4)
+    from cam_infer.postprocess import normalise
+    np.testing.assert_allclose(normalise(saliency)[0][0], e.items[0][0].saliency, atol=1e-4)
+    import openvino as ov
+    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    np.testing.assert_allclose(compiled({0: x})[compiled.output("saliency")], saliency, atol=2e-3)
+    result = run_cli("fuse", bundles["detect-input"].path, "--method", "recipro", "--out", tmp_path / "r.onnx")
+    assert_one_line_error(result, "needs a target box")
+
+
+def test_the_detection_audit_measures_each_map_in_its_box_and_resumes(bundles, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("basketball1.png", "messi5.jpg"):
+        (images / name).write_bytes((SHARED / "deployed" / name).read_bytes())
+    result = run_cli("audit", bundles["detect-input"].path, images, "--methods", "recipro,eigen", "--out",
+                     tmp_path / "audit")
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in (tmp_path / "audit" / "rows.jsonl").read_text().splitlines()]
+    detected = [r for r in rows if r["method"] == "recipro"]
+    assert len(detected) >= 2 and all(0 <= r["energy"] <= 1 and 0 < r["box_fraction"] < 1 for r in detected)
+    assert np.mean([r["energy"] for r in detected]) > 5 * np.mean([r["box_fraction"] for r in detected])
+    ex = DetectionExplainer(bundles["detect-input"])
+    e = ex.explain([images / "basketball1.png"], "recipro")
+    saliency, _ = e.preprocessing.to_image(e.items[0][0].saliency, e.images[0].shape[:2])
+    from cam_infer.detection.audit import _pixels
+    from cam_infer.metrics import energy_pointing
+    first = next(r for r in detected if r["image"].endswith("basketball1.png") and r["index"] == 0)
+    assert first["energy"] == pytest.approx(energy_pointing(saliency, [_pixels(e.items[0][0].box_image,
+                                                                                 e.images[0].shape)]), rel=1e-5)
+    summary = json.loads((tmp_path / "audit" / "summary.json").read_text())
+    assert summary["methods"]["recipro"]["detections"] == len(detected)
+    again = run_cli("audit", bundles["detect-input"].path, images, "--methods", "recipro,eigen", "--out",
+                    tmp_path / "audit")
+    assert again.returncode == 0 and (tmp_path / "audit" / "rows.jsonl").read_text().count("\n") == len(rows)

@@ -55,7 +55,7 @@ def reference(explainer, x: np.ndarray, method: str, **o) -> np.ndarray:
         for j in range(k):
             if preset == "torchcam":
                 m = up(norm(a[j]), size)
-                draws = [class_score(explainer, (m + std * rng.standard_normal(size).astype(np.float32)) * x, c,
+                draws = [class_score(explainer, (m + std * rng.standard_normal(size, dtype=np.float32)) * x, c,
                                      "logit") for _ in range(n)]
             else:
                 s = up(a[j], size)
@@ -63,12 +63,12 @@ def reference(explainer, x: np.ndarray, method: str, **o) -> np.ndarray:
                     continue
                 if preset == "paper-mask":
                     sigma = (std / (s.max() - s.min())) ** 2
-                    draws = [class_score(explainer, (s + sigma * rng.standard_normal(size).astype(np.float32)) * x,
+                    draws = [class_score(explainer, (s + sigma * rng.standard_normal(size, dtype=np.float32)) * x,
                                          c, "prob") for _ in range(n)]
                 else:
                     z = norm(s) * x
                     sigma = (std / (z.max() - z.min())) ** 2
-                    draws = [class_score(explainer, z + sigma * rng.standard_normal(x.shape).astype(np.float32), c,
+                    draws = [class_score(explainer, z + sigma * rng.standard_normal(x.shape, dtype=np.float32), c,
                                          "prob") for _ in range(n)]
             scores.append(np.mean(draws))
             kept.append(j)

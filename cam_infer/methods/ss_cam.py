@@ -70,8 +70,10 @@ def _noisy_inputs(x: np.ndarray, m: np.ndarray, preset: str, samples: int, std: 
         sigma = std if preset == "torchcam" else (std / span if span > 0 else 0.0)
         if preset != "torchcam" and squared:
             sigma = sigma ** 2
-        for _ in range(samples):
+        shape = x.shape if preset == "paper-input" else (height, width)
+        noise = rng.standard_normal((samples, *shape), dtype=np.float32)      # one channel's draws at once
+        for sample in noise:
             if preset == "paper-input":
-                yield base + sigma * rng.standard_normal(x.shape).astype(np.float32)
+                yield base + sigma * sample
             else:
-                yield (mask + sigma * rng.standard_normal((height, width)).astype(np.float32)) * x
+                yield (mask + sigma * sample) * x
