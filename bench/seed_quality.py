@@ -5,7 +5,8 @@ methods: the pointing game (15 px) and energy pointing.
    with ``--enhance sess,evet`` around recipro, eigen and gradcam.
 2. The real photos with approximate boxes (../shared/data/images/boxes_approx.json) on the real
    MobileNetV2 and SqueezeNet 1.1: every object is explained for its most probable candidate ImageNet class,
-   and scored against its own box (the objects of 3 photos on two models: few trials, read with care).
+   and scored against its own box (the objects of 3 photos on two models: few trials, read with care);
+   SS-CAM with top_k=32 and IS-CAM with top_k=64 channels there (1 280 and 512 channels otherwise).
 
     python bench/seed_quality.py --work /tmp/cam-quality --out bench/seed_quality.md
 """
@@ -27,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 BASES = ["recipro", "eigen", "gradcam"]
 ENHANCERS = ["sess", "evet"]
 NEW = ["score", "ss-cam", "is-cam", "gradcam++", "smoothgrad-cam++", "integrated-gradcam"]
+REAL_OPTIONS = {"ss-cam": {"top_k": 32}, "is-cam": {"top_k": 64}}     # real models: 1280/512 channels
 SPLITS = ["large", "small", "multiple", "cluttered"]
 SQUEEZENET_PREP = {"scale": 1.0, "mean": (103.939, 116.779, 123.68), "std": (1.0, 1.0, 1.0), "color": "bgr"}
 REAL_MODELS = {"mobilenetv2-fp32-dequant.onnx": ("auto", None),                   # file: layer, preprocessing
@@ -49,7 +51,7 @@ def synthetic(work: Path, n: int) -> dict:
         cli("synthetic", "--out", images, "--split", split, "-n", n)
         report = work / f"report_{split}"
         cli("audit", ROOT / "cam_infer" / "data" / "shapes", images, "--boxes", images / "boxes.json",
-            "--methods", ",".join(BASES + NEW), "--enhance", ",".join(ENHANCERS), "--metrics", "pointing,energy",
+            "--methods", ",".join(variants()), "--metrics", "pointing,energy",
             "--tolerance", 15, "--out", report)
         summary = json.loads((report / "summary.json").read_text())
         out[split] = {m: (v["pointing"], v["energy"]) for m, v in summary["methods"].items()}
@@ -83,6 +85,7 @@ def real_photos(work: Path) -> dict:
                 for v in hits:
                     method, enhancer = split_variant(v)
                     extra = {"enhance": enhancer} if enhancer else {}
+                    extra.update(REAL_OPTIONS.get(method, {}))
                     s = explainer.explain(x, method, target=target, **extra).saliency[0]
                     hits[v].append((pointing_hit(s, [box], 15.0), energy_pointing(s, [box])))
     return {v: tuple(np.mean(np.array(h, float), axis=0)) for v, h in hits.items()}, len(hits["recipro"])

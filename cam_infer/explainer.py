@@ -77,6 +77,9 @@ class Explainer:
     def __init__(self, bundle: "Bundle | str | os.PathLike", backend: "str | Backend" = "auto",
                  gradients: str | None = None, **backend_options):
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+        if self.bundle.task == "detection":
+            raise CamInferError(f"bundle '{self.bundle.path}' is a detector: explain it with "
+                                "cam_infer.detection.DetectionExplainer (cam-infer explain does so by itself)")
         self.backend = backend if isinstance(backend, Backend) else \
             load_backend(self.bundle, backend=backend, **backend_options)
         self.linear_head = self._checked_linear_head()

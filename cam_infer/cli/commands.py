@@ -150,6 +150,9 @@ def bench(args) -> int:
         run_cases, run_fused
     from ..bundle import Bundle
     bundle = Bundle.load(args.bundle)
+    if bundle.task == "detection":
+        raise CamInferError("cam-infer bench times classifiers' methods; for a detector run bench/detection.py "
+                            "(it times each method against the forward pass per detection)")
     if args.repeats < 1 or (args.score_repeats is not None and args.score_repeats < 1):
         raise CamInferError("repeats must be at least 1")
     runtimes = [b.strip() for b in args.backend.split(",")] if args.backend else bundle.runtimes
