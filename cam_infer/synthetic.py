@@ -229,7 +229,7 @@ def write_scenes(out, split: str = "cluttered", n: int = 100, seed: int = 0) -> 
 # --- detection scenes ---------------------------------------------------------------------------------------
 
 DETECTION_CLASSES = (*CLASSES, "tagged square")     # a tagged square: a square with a white dot beside it
-MARKER_GAP = 5                                       # pixels between a tagged square's box and its dot
+MARKER_GAP = 3                                       # pixels between a tagged square's box and its dot
 MARKER_RADIUS = 3
 
 

@@ -6,7 +6,7 @@ with boxes (cx, cy, w, h) in input pixels and sigmoid class scores, anchors leve
 128×128 RGB/255 → Conv blocks (3×3 conv + BN + SiLU) at strides 2, 4, 4, 8 (P3, ``model.4``), 16, 16
 (P4, ``model.6``) → Detect (``model.7``): per level a box branch and a class branch, each 3×3 → 3×3 → 1×1
 as Ultralytics' ``cv2``/``cv3``; box = the cell centre minus/plus softplus distances × stride.
-About 0.2 M parameters.
+About 0.43 M parameters.
 """
 
 from __future__ import annotations
