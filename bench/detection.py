@@ -44,8 +44,9 @@ def quality(work: Path, n: int, report) -> None:
     cli("synthetic", "--split", "detection", "-n", n, "--out", scenes)
     source = work / "shapes_detector.onnx"
     onnx.save(unpacked_model(Bundle.load(shipped)), source)
+    labels = Bundle.load(shipped).labels
     cuts = {"detect-input": shipped, "backbone": split_detector(source, work / "backbone", cut="backbone",
-                                                                overwrite=True).path}
+                                                                labels=labels, overwrite=True).path}
     report(f"\n**ShapesDetector**, {n} synthetic detection scenes (seed 1), every detection above conf 0.25; "
            "energy and marker energy next to a uniform map's (in brackets)\n")
     report("| cut | method | detections | energy in box | pointing | specificity | energy on the tag's dot "

@@ -87,9 +87,9 @@ def _resume(out: Path, settings: dict, restart: bool) -> list[dict]:
 def audit_image(explainer: DetectionExplainer, image, methods, truth: list, tolerance: float, conf, options) -> list:
     rgb = load_image(image)
     rows = []
-    truth_boxes = [(np.array(t["box"], np.float64), explainer.bundle.labels.index(t["label"])
-                    if explainer.bundle.labels and isinstance(t["label"], str) else int(t["label"]), t.get("marker"))
-                   for t in truth]
+    from ..explainer import class_index
+    truth_boxes = [(np.array(t["box"], np.float64), class_index(t["label"], explainer.labels, explainer.bundle.num_classes),
+                    t.get("marker")) for t in truth]
     for method in methods:
         e = explainer.explain([rgb], method, conf=conf, **options.get(method, {}))
         items = e.items[0]

@@ -15,10 +15,6 @@ from dataclasses import dataclass
 import numpy as np
 
 
-def anchor_count(size: tuple[int, int], strides) -> int:
-    return sum((size[0] // s) * (size[1] // s) for s in strides)
-
-
 @dataclass(frozen=True)
 class AnchorGrid:
     level: np.ndarray        # (A,) level index
@@ -102,4 +98,4 @@ def detect(output: np.ndarray, conf: float = 0.25, iou_threshold: float = 0.7, m
     return Detections(boxes[kept_array].reshape(-1, 4), best[kept_array], classes[kept_array], kept_array)
 
 
-__all__ = ["AnchorGrid", "Detections", "anchor_count", "anchor_levels", "boxes_xyxy", "detect", "iou"]
+__all__ = ["AnchorGrid", "Detections", "anchor_levels", "boxes_xyxy", "detect", "iou"]

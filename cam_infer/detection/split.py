@@ -33,7 +33,7 @@ from ..errors import CamInferError
 from ..images import Preprocessing
 from ..version import __version__
 from .anatomy import class_names, cut_tensors, input_size, output_layout, stride_of
-from .decode import anchor_count
+from .decode import anchor_levels
 
 PACKED = "cut_packed"
 DEFAULTS = {"conf": 0.25, "iou": 0.7, "max_det": 300}
@@ -50,10 +50,11 @@ def split_detector(model, out, *, cut="detect-input", input_size_hw: tuple[int, 
     classes, anchors = output_layout(graph)
     tensors = cut_tensors(graph, cut, size[0])
     levels = [level_record(graph, t, size[0]) for t in tensors]
-    strides = detection_strides(graph, size)
-    if anchor_count(size, strides) != anchors:
-        raise CamInferError(f"the output has {anchors} anchors, not the {anchor_count(size, strides)} of strides "
-                            f"{strides} at {size[0]}x{size[1]}: not an Ultralytics anchor-free layout")
+    try:
+        strides = list(anchor_levels(size, anchors).strides)
+    except ValueError:
+        raise CamInferError(f"the output has {anchors} anchors, which no set of strides 8, 16, 32 … gives at "
+                            f"{size[0]}x{size[1]}: not an Ultralytics anchor-free layout") from None
     features, head = packed_graphs(graph, tensors, levels)
     prep = Preprocessing(size, crop="letterbox", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
     verification = verify_detector(proto, features, head, prep)
@@ -81,16 +82,6 @@ def with_input_size(model: onnx.ModelProto, size: tuple[int, int]) -> onnx.Model
 def level_record(graph: Graph, tensor: str, height: int) -> dict:
     _, c, h, w = graph.info(tensor).shape
     return {"name": tensor, "shape": [int(c), int(h), int(w)], "stride": stride_of(graph, tensor, height)}
-
-
-def detection_strides(graph: Graph, size: tuple[int, int]) -> list[int]:
-    """The output's strides: Ultralytics' ``stride`` metadata is the largest; the levels halve down to 8."""
-    from .anatomy import metadata
-    largest = int(metadata(graph.model).get("stride", 32))
-    strides = [8]
-    while strides[-1] < largest:
-        strides.append(strides[-1] * 2)
-    return strides
 
 
 def packed_graphs(graph: Graph, tensors: list[str], levels: list[dict]) -> tuple[onnx.ModelProto, onnx.ModelProto]:
