@@ -52,7 +52,7 @@ def synthetic(work: Path, n: int) -> dict:
         report = work / f"report_{split}"
         cli("audit", ROOT / "cam_infer" / "data" / "shapes", images, "--boxes", images / "boxes.json",
             "--methods", ",".join(variants()), "--metrics", "pointing,energy",
-            "--tolerance", 15, "--out", report)
+            "--tolerance", 15, "--out", report, "--force")
         summary = json.loads((report / "summary.json").read_text())
         out[split] = {m: (v["pointing"], v["energy"]) for m, v in summary["methods"].items()}
     return out

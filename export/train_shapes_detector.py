@@ -70,7 +70,6 @@ def assign(scenes):
 
 
 def loss_of(model, x, targets):
-    import torch
     from torch.nn import functional as F
     raw = model.model[7].raw(model.features(x))
     positives = max(1, sum(int(t[2].sum()) for t in targets))

@@ -147,7 +147,7 @@ def test_recipro_at_the_detect_inputs_equals_the_full_sweep_of_every_cell(bundle
     from cam_infer.detection.methods import same_unit
     session = head_session(bundles["detect-input"])
     maps = {}
-    for l, level in enumerate(ctx.levels):
+    for li, level in enumerate(ctx.levels):
         c, h, w = level["shape"]
         rows = np.repeat(ctx.packed[None], h * w, axis=0)
         view = rows[:, level["offset"]:level["offset"] + c * h * w].reshape(h * w, c, h, w)
@@ -155,10 +155,10 @@ def test_recipro_at_the_detect_inputs_equals_the_full_sweep_of_every_cell(bundle
         keep[np.arange(h * w), 0, np.arange(h * w) // w, np.arange(h * w) % w] = 1
         view *= keep
         out = np.concatenate([session.run(None, {PACKED: rows[i:i + 200]})[0] for i in range(0, h * w, 200)])
-        maps[l] = out[:, 4 + target.class_id, target.anchor].reshape(h, w)
+        maps[li] = out[:, 4 + target.class_id, target.anchor].reshape(h, w)
     own = int(ctx.grid.level[target.anchor])
-    for l, m in maps.items():                         # the other levels cannot move the anchor: constant maps
-        assert l == own or np.ptp(m) == 0
+    for li, m in maps.items():                        # the other levels cannot move the anchor: constant maps
+        assert li == own or np.ptp(m) == 0
     expected = same_unit({own: maps[own]}, (320, 320))
     got = ex.explain(PHOTO, "recipro", targets=0)
     from cam_infer.detection.methods.recipro import recipro_map
@@ -199,13 +199,13 @@ def test_score_cam_weights_are_the_match_scores_of_the_unsplit_model(explainers)
     from cam_infer.postprocess import normalise
     target = Target(np.array(d.box), d.class_id, d.anchor, d.score, 0)
     maps = {}
-    for l, a in enumerate(ctx.level_maps()):
+    for li, a in enumerate(ctx.level_maps()):
         channels = np.argsort(-a.mean(axis=(1, 2)), kind="stable")[:3]
         m, valid = masks(a, channels, (320, 320), "upsample-then-normalise")
         outputs = full_model_output((ctx.x * m[:, None]).astype(np.float32))
         w = np.zeros(len(a), np.float32)
         w[channels[valid]] = target_scores(outputs, target, "match")[valid]
-        maps[l] = np.tensordot(w, a, axes=1)
+        maps[li] = np.tensordot(w, a, axes=1)
     expected = normalise(unit_free(maps, (320, 320))[None])[0][0]
     np.testing.assert_allclose(d.saliency, expected, atol=1e-3)
 

@@ -99,14 +99,14 @@ class DetectionContext:
         self.grid = explainer.grid
         self.head_rows = 0
 
-    def level_view(self, rows: np.ndarray, l: int) -> np.ndarray:
+    def level_view(self, rows: np.ndarray, i: int) -> np.ndarray:
         """Level l of packed rows (R, total) as a writable (R, C, h, w) view."""
-        level = self.levels[l]
+        level = self.levels[i]
         size = int(np.prod(level["shape"]))
         return rows[:, level["offset"]:level["offset"] + size].reshape(len(rows), *level["shape"])
 
     def level_maps(self) -> list[np.ndarray]:
-        return [self.level_view(self.packed[None], l)[0] for l in range(len(self.levels))]
+        return [self.level_view(self.packed[None], i)[0] for i in range(len(self.levels))]
 
     def head(self, rows: np.ndarray) -> np.ndarray:
         self.head_rows += len(rows)
@@ -121,12 +121,12 @@ class DetectionContext:
     def levels_reaching(self, target: Target) -> list[int]:
         """The cut levels whose change moves the target's anchor (measured at split time)."""
         level = int(self.grid.level[target.anchor])
-        return [l for l, lv in enumerate(self.levels) if level in lv.get("moves_levels", [level])]
+        return [i for i, lv in enumerate(self.levels) if level in lv.get("moves_levels", [level])]
 
-    def window_cells(self, l: int, target: Target):
+    def window_cells(self, i: int, target: Target):
         """(rows, cols) slices of level l's cells that reach the target's anchor, or None for all of them:
         its measured receptive window when level l is the anchor's own grid."""
-        level = self.levels[l]
+        level = self.levels[i]
         radius = level.get("receptive_radius")
         _, h, w = level["shape"]
         anchor_stride = int(self.grid.stride[target.anchor])

@@ -18,12 +18,12 @@ def ablation(ctx, targets, *, score: str = "anchor", **_):
     for target in targets:
         base = float(ctx.scores(ctx.head(ctx.packed[None]), target, score)[0])
         maps = {}
-        for l in ctx.levels_reaching(target):
-            c = ctx.levels[l]["shape"][0]
+        for i in ctx.levels_reaching(target):
+            c = ctx.levels[i]["shape"][0]
             rows = np.repeat(ctx.packed[None], c, axis=0)
-            view = ctx.level_view(rows, l)
+            view = ctx.level_view(rows, i)
             view[np.arange(c), np.arange(c)] = 0
             drops = (base - ctx.scores(ctx.head(rows), target, score)) / max(abs(base), 1e-12)
-            maps[l] = np.tensordot(drops.astype(np.float32), ctx.level_maps()[l], axes=1)
+            maps[i] = np.tensordot(drops.astype(np.float32), ctx.level_maps()[i], axes=1)
         out.append(unit_free(maps, ctx.size))
     return out

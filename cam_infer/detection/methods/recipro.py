@@ -27,21 +27,21 @@ def recipro(ctx, targets, *, score: str = "anchor", block: int = 1, **_):
 
 def recipro_map(ctx, target, score: str, block: int) -> np.ndarray:
     maps = {}
-    for l in ctx.levels_reaching(target):
-        c, h, w = ctx.levels[l]["shape"]
-        cells = ctx.window_cells(l, target) if score == "anchor" else None
+    for i in ctx.levels_reaching(target):
+        c, h, w = ctx.levels[i]["shape"]
+        cells = ctx.window_cells(i, target) if score == "anchor" else None
         blocks = block_cells(h, w, block, cells)
         rows = np.repeat(ctx.packed[None], len(blocks) + 1, axis=0)
-        view = ctx.level_view(rows, l)
+        view = ctx.level_view(rows, i)
         kept = view[:-1].copy()
-        view[:] = 0                                        # the last row: level l all zero (the far cells)
+        view[:] = 0                                        # the last row: level i all zero (the far cells)
         for r, (y0, y1, x0, x1) in enumerate(blocks):
             view[r, :, y0:y1, x0:x1] = kept[r, :, y0:y1, x0:x1]
         values = ctx.scores(ctx.head(rows), target, score)
         level_map = np.full((h, w), values[-1], np.float32)
         for (y0, y1, x0, x1), v in zip(blocks, values[:-1]):
             level_map[y0:y1, x0:x1] = v
-        maps[l] = level_map
+        maps[i] = level_map
     return same_unit(maps, ctx.size)
 
 

@@ -21,7 +21,7 @@ def score(ctx, targets, *, top_k: int | None = None, score: str = "match", **_):
     """mean_l U(minmax(Σ_k s(x ⊙ M_k) A_l^k)), M_k the min–max'd upsampled channel: what keeps the box found"""
     weights = {}
     outputs = {}
-    for l, a in enumerate(ctx.level_maps()):
+    for i, a in enumerate(ctx.level_maps()):
         channels = np.argsort(-a.mean(axis=(1, 2)), kind="stable")[:top_k] if top_k else np.arange(len(a))
         kept, results = [], []
         for start in range(0, len(channels), CHUNK):
@@ -31,12 +31,12 @@ def score(ctx, targets, *, top_k: int | None = None, score: str = "match", **_):
                 kept.append(chunk[valid])
                 results.append(ctx.forward(ctx.x[0][None] * m[valid][:, None]))
         if kept:
-            outputs[l] = (np.concatenate(kept), np.concatenate(results))
+            outputs[i] = (np.concatenate(kept), np.concatenate(results))
     for target in targets:
         maps = {}
-        for l, (channels, out) in outputs.items():
-            w = np.zeros(len(ctx.level_maps()[l]), np.float32)
+        for i, (channels, out) in outputs.items():
+            w = np.zeros(len(ctx.level_maps()[i]), np.float32)
             w[channels] = ctx.scores(out, target, score)
-            maps[l] = np.tensordot(w, ctx.level_maps()[l], axes=1)
+            maps[i] = np.tensordot(w, ctx.level_maps()[i], axes=1)
         weights[id(target)] = maps
     return [unit_free(weights[id(t)], ctx.size) for t in targets]
