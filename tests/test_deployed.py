@@ -230,9 +230,13 @@ def test_non_classifiers_are_refused(tmp_path, kind, message):
 
 @needs_shared
 def test_a_detector_and_an_unrunnable_file_are_refused_with_one_line(tmp_path):
-    assert_one_line_error(run_cli("split", DEPLOYED / "nudenet_320n.onnx", "--out", tmp_path / "d"),
-                          "is (N,22,?), not class scores (N,C): this looks like a detector")
+    assert_one_line_error(run_cli("split", DEPLOYED / "nudenet_320n.onnx", "--task", "classification", "--out",
+                                  tmp_path / "d"),
+                          "is (N,22,?), not class scores (N,C): this looks like a detector (boxes and class scores "
+                          "per anchor); split it with --task detection")
     assert not (tmp_path / "d").exists()
+    detected = run_cli("split", DEPLOYED / "nudenet_320n.onnx", "--out", tmp_path / "auto")   # recognised by itself
+    assert detected.returncode == 0 and "task         detection" in detected.stdout
     result = run_cli("split", DEPLOYED / "derived_ppocr_cls_int8_qdq.onnx", "--out", tmp_path / "q",
                      "--input-size", "48", "192")
     assert_one_line_error(result, "Unrecognized attribute: axis for operator DequantizeLinear")

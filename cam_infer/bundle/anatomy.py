@@ -280,8 +280,11 @@ def check_classifier_output(shape: tuple, name: str) -> None:
     if len(dims) <= 1:
         return
     shown = "(N," + ",".join(str(d) for d in shape[1:]) + ")"     # '?': a size that depends on the input
-    raise CamInferError(f"the model output '{name}' is {shown}, not class scores (N,C): this looks like a "
-                        f"{_task_guess(shape)}, and cam-infer explains classifiers only")
+    guess = _task_guess(shape)
+    tail = ("; split it with --task detection (YOLO-style layouts)" if guess.startswith("detector")
+            else ", and cam-infer explains classifiers and YOLO-style detectors only")
+    raise CamInferError(f"the model output '{name}' is {shown}, not class scores (N,C): this looks like a {guess}"
+                        + tail)
 
 
 def _task_guess(shape: tuple) -> str:
