@@ -75,6 +75,7 @@ def measure(bundle_path: str, backend: str, method: str, options: dict, repeats:
     result["ratio"] = result["method"] / result["forward"]
     if "floor" in result:
         result["ratio_to_floor"] = result["method"] / result["floor"]
+        result["floor_passes"] = passes
     result["backend"] = explainer.backend.describe()
     return result
 

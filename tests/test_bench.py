@@ -12,7 +12,7 @@ from cam_infer.progress import Progress
 
 def test_measure_reports_ratios_floor_and_its_own_peak_memory(tiny_bundle):
     row = measure_in_subprocess(tiny_bundle.path, "onnxruntime", "score", {"top_k": 4}, repeats=2)
-    assert row["method"] > 0 and row["forward"] > 0 and row["floor"] > 0
+    assert row["method"] > 0 and row["forward"] > 0 and row["floor"] > 0 and row["floor_passes"] == 4
     assert abs(row["ratio"] - row["method"] / row["forward"]) < 1e-9
     assert abs(row["ratio_to_floor"] - row["method"] / row["floor"]) < 1e-9
     # peak of the child process alone: a fresh interpreter with the runtimes, not this test process
@@ -36,7 +36,8 @@ def test_an_enhanced_case_is_timed_against_the_passes_its_enhancer_makes(tiny_bu
     row = measure_in_subprocess(tiny_bundle.path, "onnxruntime", "recipro", {}, repeats=2,
                                 enhance={"name": "sess", "options": {"scales": 3}})
     assert passes(64, 64, scales=3) == 1 + 9 and passes(64, 64, scales=3, pre_filter=0.5) == 1 + 9 + 5
-    assert row["floor"] > row["forward"] and abs(row["ratio_to_floor"] - row["method"] / row["floor"]) < 1e-9
+    assert row["floor_passes"] == 1 + 9                    # the input and its 9 windows, timed as one batch
+    assert row["floor"] > 0 and abs(row["ratio_to_floor"] - row["method"] / row["floor"]) < 1e-9
     result = run_cli("bench", tiny_bundle.path, "--backend", "onnxruntime", "--method", "eigen+evet", "--repeats", "1")
     assert result.returncode == 0, result.stderr
     assert "| eigen+evet |" in result.stdout and "× its" in result.stdout
