@@ -55,6 +55,29 @@ def class_index(value, labels: list[str] | None, classes: int) -> int:
     return index
 
 
+def model_inputs(images, preprocessing, check_input):
+    """Image paths, RGB arrays, or a preprocessed (N,C,H,W) float batch → (x, the original RGB images or
+    None, their names or None). A batch is checked with `check_input`; images are preprocessed."""
+    from .images import as_rgb_uint8, load_image
+
+    if isinstance(images, np.ndarray) and images.ndim == 4 and images.dtype.kind == "f":
+        return check_input(images), None, None
+    if isinstance(images, (str, os.PathLike)) or (isinstance(images, np.ndarray) and images.ndim in (2, 3)):
+        images = [images]
+    originals, names = [], []
+    for item in images:
+        if isinstance(item, (str, os.PathLike)):
+            originals.append(load_image(item))
+            names.append(Path(item).stem)
+        else:
+            originals.append(as_rgb_uint8(item))
+            names.append(None)
+    if not originals:
+        raise CamInferError("no images given")
+    x = np.stack([preprocessing.normalise(preprocessing.geometry(rgb)) for rgb in originals])
+    return x, originals, (names if all(names) else None)
+
+
 def _suggestions(value: str, labels: list[str]) -> str:
     import difflib
 
@@ -214,25 +237,7 @@ class Explainer:
 
     def _inputs(self, images):
         """explain()'s first argument → (x, original RGB images or None, names or None)."""
-        from .images import as_rgb_uint8, load_image
-
-        if isinstance(images, np.ndarray) and images.ndim == 4 and images.dtype.kind == "f":
-            return self.check_input(images), None, None
-        if isinstance(images, (str, os.PathLike)) or (isinstance(images, np.ndarray) and images.ndim in (2, 3)):
-            images = [images]
-        originals, names = [], []
-        for item in images:
-            if isinstance(item, (str, os.PathLike)):
-                originals.append(load_image(item))
-                names.append(Path(item).stem)
-            else:
-                originals.append(as_rgb_uint8(item))
-                names.append(None)
-        if not originals:
-            raise CamInferError("no images given")
-        prep = self.bundle.preprocessing
-        x = np.stack([prep.normalise(prep.geometry(rgb)) for rgb in originals])
-        return x, originals, (names if all(names) else None)
+        return model_inputs(images, self.bundle.preprocessing, self.check_input)
 
     def explain(self, images, method: str = DEFAULT_METHOD, target=None, top_classes: int | None = None,
                 enhance: str | None = None, enhance_options: dict | None = None, finer=None,

@@ -24,7 +24,7 @@ import numpy as np
 from ..backends import load_backend
 from ..bundle import Bundle
 from ..errors import CamInferError
-from ..explainer import class_index
+from ..explainer import class_index, model_inputs
 from ..postprocess import normalise
 from .decode import Detections, anchor_levels, detect
 from .methods import get_detection_method
@@ -243,22 +243,4 @@ class DetectionExplainer:
 
     def _inputs(self, images):
         """Image paths, RGB arrays or a preprocessed batch → (x, originals or None, names or None)."""
-        from ..images import as_rgb_uint8, load_image
-
-        if isinstance(images, np.ndarray) and images.ndim == 4 and images.dtype.kind == "f":
-            return self.backend.check_input(images), None, None
-        if isinstance(images, (str, os.PathLike)) or (isinstance(images, np.ndarray) and images.ndim in (2, 3)):
-            images = [images]
-        originals, names = [], []
-        for item in images:
-            if isinstance(item, (str, os.PathLike)):
-                originals.append(load_image(item))
-                names.append(Path(item).stem)
-            else:
-                originals.append(as_rgb_uint8(item))
-                names.append(None)
-        if not originals:
-            raise CamInferError("no images given")
-        prep = self.bundle.preprocessing
-        x = np.stack([prep.normalise(prep.geometry(rgb)) for rgb in originals])
-        return x, originals, (names if all(names) else None)
+        return model_inputs(images, self.bundle.preprocessing, self.backend.check_input)
