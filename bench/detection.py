@@ -25,6 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT))
 
+from cam_infer.bench import Report  # noqa: E402
+
 METHODS = ["activation", "eigen", "recipro", "ablation", "score"]
 SPEED_CASES = [("activation", {}), ("eigen", {}), ("recipro", {}), ("ablation", {}), ("score", {"top_k": 8})]
 
@@ -101,11 +103,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--part", choices=["quality", "speed", "both"], default="both")
     args = parser.parse_args()
-    lines: list[str] = []
-
-    def report(line: str) -> None:
-        print(line, flush=True)
-        lines.append(line)
+    report = Report()
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -113,8 +111,7 @@ def main() -> None:
         quality(work, args.n, report)
     if args.part in ("speed", "both"):
         speed(work, args.repeats, report)
-    if args.out:
-        Path(args.out).write_text("\n".join(lines).lstrip() + "\n")
+    report.write(args.out)
 
 
 if __name__ == "__main__":

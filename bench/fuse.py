@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from cam_infer.bench import FUSED_CASES, FUSED_HEADER, compare_fused, format_fused_row  # noqa: E402
+from cam_infer.bench import FUSED_CASES, FUSED_HEADER, Report, compare_fused, format_fused_row  # noqa: E402
 from methods import bundle_for  # noqa: E402
 
 
@@ -35,11 +35,7 @@ def main() -> None:
     parser.add_argument("--eigen", action=argparse.BooleanOptionalAction, default=True,
                         help="also measure fused Eigen-CAM against the exact component (needs ../shared/data)")
     args = parser.parse_args()
-    lines = []
-
-    def report(line: str) -> None:
-        print(line, flush=True)
-        lines.append(line)
+    report = Report()
 
     for name in filter(None, args.models.split(",")):
         path = bundle_for(name, Path(args.work))
@@ -52,8 +48,7 @@ def main() -> None:
                 report(format_fused_row(row))
     if args.eigen:
         eigen_error(report, Path(args.work))
-    if args.out:
-        Path(args.out).write_text("\n".join(lines).lstrip() + "\n")
+    report.write(args.out)
 
 
 def eigen_error(report, work: Path) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cam_infer.bench import CASES, HEADER, run_cases  # noqa: E402
+from cam_infer.bench import CASES, HEADER, Report, run_cases  # noqa: E402
 
 
 def bundle_for(name: str, work: Path) -> Path:
@@ -39,11 +39,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--score-repeats", type=int, default=3)
     args = parser.parse_args()
-    lines = []
-
-    def report(line: str) -> None:
-        print(line, flush=True)
-        lines.append(line)
+    report = Report()
 
     for name in args.models.split(","):
         path = bundle_for(name, Path(args.work))
@@ -52,8 +48,7 @@ def main() -> None:
         report(HEADER)
         run_cases(path, args.backends.split(","), args.cases.split(","), args.repeats,
                   score_repeats=args.score_repeats, report=report)
-    if args.out:
-        Path(args.out).write_text("\n".join(lines).lstrip() + "\n")
+    report.write(args.out)
 
 
 if __name__ == "__main__":

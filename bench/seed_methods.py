@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT))
 
-from cam_infer.bench import HEADER, run_cases  # noqa: E402
+from cam_infer.bench import HEADER, Report, run_cases  # noqa: E402
 
 CASES = ["score top_k=64", "ss-cam top_k=16", "is-cam top_k=16", "recipro", "recipro+sess", "recipro+evet",
          "eigen+sess", "smoothgrad-cam++", "integrated-gradcam"]
@@ -150,11 +150,7 @@ def main() -> None:
     parser.add_argument("--samples", default="resnet50=1,mobilenet_v2=2",
                         help="SSCAM/ISCAM samples per channel in part 2, per model")
     args = parser.parse_args()
-    lines: list[str] = []
-
-    def report(line: str) -> None:
-        print(line, flush=True)
-        lines.append(line)
+    report = Report()
 
     work = Path(args.work)
     if args.torchcam:
@@ -162,8 +158,7 @@ def main() -> None:
         part_two(work, args.repeats, samples, report)
     else:
         part_one(work, args.repeats, report)
-    if args.out:
-        Path(args.out).write_text("\n".join(lines).lstrip() + "\n")
+    report.write(args.out)
 
 
 if __name__ == "__main__":

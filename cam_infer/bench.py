@@ -140,6 +140,22 @@ def run_cases(bundle_path, backends, cases, repeats: int, *, score_repeats: int 
     return rows
 
 
+class Report:
+    """A benchmark's markdown: each line printed as it comes and kept; `write(path)` saves them (no path: nothing)."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def __call__(self, line: str) -> None:
+        print(line, flush=True)
+        self.lines.append(line)
+
+    def write(self, path) -> None:
+        if path:
+            from pathlib import Path
+            Path(path).write_text("\n".join(self.lines).lstrip() + "\n")
+
+
 HEADER = ("| backend | method | median ms/image | forward ms | ratio to forward | peak MB |\n"
           "|---|---|---:|---:|---:|---:|")
 

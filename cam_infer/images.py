@@ -129,16 +129,22 @@ class Preprocessing:
         """A box [x1,y1,x2,y2] (inclusive pixels) of an image of shape (H,W) → the same box in the model's
         input after `geometry`, clipped to it; None when the crop leaves none of it."""
         h, w = self.input_size
-        src_h, src_w = image_shape[:2]
-        new_h, new_w, top, left = self._crop_geometry(image_shape)
-        sx, sy = new_w / src_w, new_h / src_h
-        x1, y1, x2, y2 = (float(v) for v in box)
-        out = [int(np.floor(x1 * sx - left)), int(np.floor(y1 * sy - top)),
-               int(np.ceil((x2 + 1) * sx - left)) - 1, int(np.ceil((y2 + 1) * sy - top)) - 1]
+        x1, y1, x2, y2 = box
+        x1, y1, x2, y2 = self.box_from_image([x1, y1, float(x2) + 1, float(y2) + 1], image_shape)
+        out = [int(np.floor(x1)), int(np.floor(y1)), int(np.ceil(x2)) - 1, int(np.ceil(y2)) - 1]
         if out[2] < 0 or out[3] < 0 or out[0] > w - 1 or out[1] > h - 1:
             return None
         return [min(max(out[0], 0), w - 1), min(max(out[1], 0), h - 1), min(max(out[2], 0), w - 1),
                 min(max(out[3], 0), h - 1)]
+
+    def box_from_image(self, box, image_shape: tuple[int, int]) -> list[float]:
+        """A box [x1,y1,x2,y2] in continuous coordinates of an image of shape (H,W) → the model input's,
+        unclipped: `geometry`'s resize and crop or letterbox applied (the inverse of `box_to_image`)."""
+        src_h, src_w = image_shape[:2]
+        new_h, new_w, top, left = self._crop_geometry(image_shape)
+        sx, sy = new_w / src_w, new_h / src_h
+        x1, y1, x2, y2 = (float(v) for v in box)
+        return [x1 * sx - left, y1 * sy - top, x2 * sx - left, y2 * sy - top]
 
     def box_to_image(self, box, image_shape: tuple[int, int]) -> list[float]:
         """A box [x1,y1,x2,y2] in the model's input coordinates (continuous, as a detector's) → the original

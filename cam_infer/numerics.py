@@ -10,3 +10,9 @@ def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
     z = z - z.max(axis=axis, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=axis, keepdims=True)
+
+
+def probabilities_of(outputs: np.ndarray, output_kind: str) -> np.ndarray:
+    """Class probabilities of head outputs: a softmax unless the model already ends in one
+    (`Bundle.output_kind` ``probabilities``)."""
+    return outputs if output_kind == "probabilities" else softmax(outputs)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cam_infer.synthetic import CLASSES, SPLITS, generate  # noqa: E402
+from export.training import fit  # noqa: E402
 
 PREPROCESSING = {"crop": "none", "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)}
 TRAIN_SEED, TEST_SEED = 0, 1
@@ -70,25 +70,17 @@ def main() -> None:
     torch.manual_seed(TRAIN_SEED)
     torch.set_num_threads(2)
     model = models.shapes_net(len(CLASSES))
-    optimiser = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
-    steps = args.epochs * (len(SPLITS) * args.per_split // args.batch)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=args.lr, total_steps=steps)
-    start = time.perf_counter()
-    for epoch in range(args.epochs):
-        model.train()
+
+    def losses(epoch: int):
         x, y = tensors(training_scenes(epoch, args.per_split))
-        losses = []
         for i in range(0, len(x) - args.batch + 1, args.batch):
-            loss = torch.nn.functional.cross_entropy(model(x[i:i + args.batch]), y[i:i + args.batch])
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            losses.append(loss.item())
-        model.eval()
-        print(f"epoch {epoch + 1}/{args.epochs}: loss {np.mean(losses):.4f}, "
-              f"{time.perf_counter() - start:.0f} s, test {accuracy(model, 100)}", flush=True)
-    seconds = time.perf_counter() - start
+            yield torch.nn.functional.cross_entropy(model(x[i:i + args.batch]), y[i:i + args.batch])
+
+    def report(epoch: int, loss: float, seconds: float) -> None:
+        print(f"epoch {epoch + 1}/{args.epochs}: loss {loss:.4f}, {seconds:.0f} s, test {accuracy(model, 100)}",
+              flush=True)
+
+    seconds = fit(model, args.epochs, len(SPLITS) * args.per_split // args.batch, args.lr, losses, report)
     model.eval()
     result = accuracy(model, args.test_per_split)
     print("test accuracy per split:", result)

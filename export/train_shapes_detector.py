@@ -17,7 +17,6 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cam_infer.synthetic import DETECTION_CLASSES, SIZE, detection_scene  # noqa: E402
+from export.training import fit  # noqa: E402
 
 TRAIN_SEED, TEST_SEED = 0, 1
 STRIDES = (8, 16)
@@ -146,26 +146,17 @@ def main() -> None:
     torch.manual_seed(TRAIN_SEED)
     torch.set_num_threads(2)
     model = shapes_detector(len(DETECTION_CLASSES))
-    optimiser = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
-    steps = args.epochs * (args.per_epoch // args.batch)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=args.lr, total_steps=steps)
-    start = time.perf_counter()
-    for epoch in range(args.epochs):
-        model.train()
+
+    def losses(epoch: int):
         scenes = [detection_scene(TRAIN_SEED, epoch * args.per_epoch + i) for i in range(args.per_epoch)]
-        losses = []
         for i in range(0, len(scenes) - args.batch + 1, args.batch):
             chunk = scenes[i:i + args.batch]
-            loss = loss_of(model, batch_tensors(chunk), assign(chunk))
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            losses.append(loss.item())
-        model.eval()
-        print(f"epoch {epoch + 1}/{args.epochs}: loss {np.mean(losses):.3f}, {time.perf_counter() - start:.0f} s, "
-              f"{evaluate(model, 100)}", flush=True)
-    seconds = time.perf_counter() - start
+            yield loss_of(model, batch_tensors(chunk), assign(chunk))
+
+    def report(epoch: int, loss: float, seconds: float) -> None:
+        print(f"epoch {epoch + 1}/{args.epochs}: loss {loss:.3f}, {seconds:.0f} s, {evaluate(model, 100)}", flush=True)
+
+    seconds = fit(model, args.epochs, args.per_epoch // args.batch, args.lr, losses, report)
     model.eval()
     result = evaluate(model, args.test)
     print("test:", result)

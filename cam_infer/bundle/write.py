@@ -58,8 +58,6 @@ def manifest_for(graph, target, prep, features, head, batch_mode, verification, 
     scores = graph.scores
     feature_tensors = [graph.image_input.name] + [o for n in features.graph.node for o in n.output]
     head_tensors = [target.tensor] + [o for n in head.graph.node for o in n.output]
-    created = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
-    openvino = openvino_runs(features, head)
     note = checker_note(graph.model)
     return {
         "format": FORMAT,
@@ -76,21 +74,34 @@ def manifest_for(graph, target, prep, features, head, batch_mode, verification, 
         "labels": labels,
         "batch": batch_mode,
         **({"fixed_batch": graph.fixed_batch} if batch_mode == "fixed" else {}),
-        "graphs": {
-            "features": {"file": "features.onnx", "ops": dict(Counter(n.op_type for n in features.graph.node))},
-            "head": {"file": "head.onnx", "ops": dict(Counter(n.op_type for n in head.graph.node))},
-        },
-        "runtimes": {"onnxruntime": {"runs": True},
-                     "openvino": {"runs": openvino is None, **({"why_not": openvino} if openvino else {})}},
+        "graphs": graphs_record(features, head),
+        "runtimes": runtimes_record(features, head),
         "memory": {"features_bytes_per_item": _bytes_per_item(graph, feature_tensors),
                    "head_bytes_per_item": _bytes_per_item(graph, head_tensors)},
         "verification": verification,
-        "provenance": {"source": source.name if source else None,
-                       "source_sha256": sha256_of(source) if source else None,
-                       "opset": {o.domain or "ai.onnx": o.version for o in graph.model.opset_import},
-                       "producer": f"cam-infer {__version__}", "onnx": onnx.__version__, "created": created,
-                       **({"checker": note} if note else {}), **provenance},
+        "provenance": provenance_record(source, graph.model, **({"checker": note} if note else {}), **provenance),
     }
+
+
+def graphs_record(features: onnx.ModelProto, head: onnx.ModelProto) -> dict:
+    """The manifest's `graphs`: each graph's file and its op counts (hashes are added when written)."""
+    return {role: {"file": f"{role}.onnx", "ops": dict(Counter(n.op_type for n in part.graph.node))}
+            for role, part in (("features", features), ("head", head))}
+
+
+def runtimes_record(features: onnx.ModelProto, head: onnx.ModelProto) -> dict:
+    """The manifest's `runtimes`: ONNX Runtime ran the verification; OpenVINO compiles both graphs, or why not."""
+    openvino = openvino_runs(features, head)
+    return {"onnxruntime": {"runs": True},
+            "openvino": {"runs": openvino is None, **({"why_not": openvino} if openvino else {})}}
+
+
+def provenance_record(source: Path | None, model: onnx.ModelProto, **extra) -> dict:
+    """The manifest's `provenance`: the source file and its hash, its opsets, who made the bundle and when."""
+    return {"source": source.name if source else None, "source_sha256": sha256_of(source) if source else None,
+            "opset": {o.domain or "ai.onnx": o.version for o in model.opset_import},
+            "producer": f"cam-infer {__version__}", "onnx": onnx.__version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(), **extra}
 
 
 def write_onnx_bundle(out: Path, features: onnx.ModelProto, head: onnx.ModelProto, manifest: dict,

@@ -237,9 +237,7 @@ class DetectionExplainer:
         h0, w0 = shape[:2]
         if x2 <= 0 or y2 <= 0 or x1 >= w0 or y1 >= h0 or x2 <= x1 or y2 <= y1:
             raise CamInferError(f"the box {[x1, y1, x2, y2]} lies outside the {w0}x{h0} image or is empty")
-        new_h, new_w, top, left = prep._crop_geometry(shape)
-        sx, sy = new_w / w0, new_h / h0
-        return [x1 * sx - left, y1 * sy - top, x2 * sx - left, y2 * sy - top]
+        return prep.box_from_image([x1, y1, x2, y2], shape)
 
     def _inputs(self, images):
         """Image paths, RGB arrays or a preprocessed batch → (x, originals or None, names or None)."""

@@ -14,9 +14,7 @@ levels mix (they do not at the Detect inputs; at a backbone cut the neck mixes e
 
 from __future__ import annotations
 
-import datetime as _dt
 import os
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -25,13 +23,12 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..bundle.cut import _subgraph
 from ..bundle.graph import Graph, load_onnx, make_tensor_value_info
-from ..bundle.manifest import FORMAT, FORMAT_VERSION, Bundle, sha256_of
+from ..bundle.manifest import FORMAT, FORMAT_VERSION, Bundle
 from ..bundle.split import read_labels
-from ..bundle.verify import openvino_runs, session
-from ..bundle.write import write_onnx_bundle
+from ..bundle.verify import session
+from ..bundle.write import graphs_record, provenance_record, runtimes_record, write_onnx_bundle
 from ..errors import CamInferError
 from ..images import Preprocessing
-from ..version import __version__
 from .anatomy import class_names, cut_tensors, input_size, output_layout, stride_of
 from .decode import anchor_levels
 
@@ -175,7 +172,6 @@ def locality_of(moved: np.ndarray, grids, level: int, cell: tuple[int, int], siz
 
 def detection_manifest(graph, proto, features, head, prep, levels, strides, classes, anchors, names, cut, receptive,
                        verification, source, nms) -> dict:
-    openvino = openvino_runs(features, head)
     total = sum(int(np.prod(level["shape"])) for level in levels)
     per_item = 4 * (3 * int(np.prod(prep.input_size)) * 8 + total * 3)
     return {
@@ -195,15 +191,9 @@ def detection_manifest(graph, proto, features, head, prep, levels, strides, clas
         "nms": nms,
         "labels": names,
         "batch": "dynamic",
-        "graphs": {"features": {"file": "features.onnx", "ops": dict(Counter(n.op_type for n in features.graph.node))},
-                   "head": {"file": "head.onnx", "ops": dict(Counter(n.op_type for n in head.graph.node))}},
-        "runtimes": {"onnxruntime": {"runs": True},
-                     "openvino": {"runs": openvino is None, **({"why_not": openvino} if openvino else {})}},
+        "graphs": graphs_record(features, head),
+        "runtimes": runtimes_record(features, head),
         "memory": {"features_bytes_per_item": per_item, "head_bytes_per_item": per_item},
         "verification": verification,
-        "provenance": {"source": source.name if source else None,
-                       "source_sha256": sha256_of(source) if source else None,
-                       "opset": {o.domain or "ai.onnx": o.version for o in proto.opset_import},
-                       "producer": f"cam-infer {__version__}", "onnx": onnx.__version__,
-                       "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()},
+        "provenance": provenance_record(source, proto),
     }

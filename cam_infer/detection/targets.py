@@ -40,14 +40,9 @@ def target_scores(outputs: np.ndarray, target: Target, kind: str) -> np.ndarray:
         return outputs[:, 4 + target.class_id, target.anchor].astype(np.float64)
     if kind != "match":
         raise CamInferError(f"score must be one of {', '.join(SCORES)}, not {kind!r}")
-    p = outputs[:, 4 + target.class_id, :]
-    out = np.zeros(len(outputs), np.float64)
-    for r in range(len(outputs)):
-        candidates = np.flatnonzero(p[r] > 1e-3)
-        if candidates.size:
-            boxes = boxes_xyxy(outputs[r][:, candidates])
-            out[r] = float(np.max(iou(target.box, boxes) * p[r, candidates]))
-    return out
+    p = outputs[:, 4 + target.class_id, :].astype(np.float64)                    # (R, A)
+    overlap = iou(target.box, boxes_xyxy(outputs))                                # (R, A)
+    return np.where(p > 1e-3, overlap * p, 0.0).max(axis=1)
 
 
 def box_target(output: np.ndarray, box, class_id: int, size: tuple[int, int]) -> Target:

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import CamInferError
 from ..explanation import Explanation
-from ..numerics import softmax
+from ..numerics import probabilities_of
 from ..postprocess import normalise
 
 SCALES = 12
@@ -119,10 +119,6 @@ def passes(height: int, width: int, *, scales=SCALES, step=None, pre_filter: flo
     return 1 + (n if pre_filter == 0 else n + n - int(n * pre_filter))
 
 
-def probabilities(explainer, outputs: np.ndarray) -> np.ndarray:
-    return outputs if explainer.bundle.output_kind == "probabilities" else softmax(outputs)
-
-
 def sess(explainer, x: np.ndarray, method: str, target, options: dict, *, scales=SCALES, step=None,
          pre_filter: float = 0.0, pool: str = "mean", theta: float = 0.0, smooth: bool = True):
     """The fused saliency (N,H,W) and an explanation of the input's classes and their probabilities."""
@@ -141,7 +137,7 @@ def sess(explainer, x: np.ndarray, method: str, target, options: dict, *, scales
     for i, image in enumerate(x):
         fused[i] = fuse_image(explainer, image, int(targets[i]), method, options, sizes, boxes, pre_filter, pool,
                               theta, smooth)
-    scores = probabilities(explainer, outputs)[np.arange(len(x)), targets].astype(np.float32)
+    scores = probabilities_of(outputs, explainer.bundle.output_kind)[np.arange(len(x)), targets].astype(np.float32)
     base = Explanation(method, fused, fused, targets, scores, np.zeros(len(x), bool), 0.0,
                        labels=explainer.bundle.labels, preprocessing=explainer.bundle.preprocessing)
     return fused, base
@@ -150,7 +146,7 @@ def sess(explainer, x: np.ndarray, method: str, target, options: dict, *, scales
 def fuse_image(explainer, image, target: int, method, options, sizes, boxes, pre_filter, pool, theta, smooth):
     windows = crops(image, sizes, boxes)
     if pre_filter > 0:
-        p = probabilities(explainer, explainer.backend.forward(windows))[:, target]
+        p = probabilities_of(explainer.backend.forward(windows), explainer.bundle.output_kind)[:, target]
         p_max = float(p.max())
         kept = np.sort(np.argsort(p, kind="stable")[int(len(p) * pre_filter):])
         windows, boxes = windows[kept], [boxes[j] for j in kept]

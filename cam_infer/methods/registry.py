@@ -28,7 +28,7 @@ from ..backends.base import Backend
 from ..bundle import Bundle
 from ..bundle.head import LinearHead
 from ..errors import CamInferError, MethodNotApplicable
-from ..numerics import softmax
+from ..numerics import probabilities_of, softmax  # noqa: F401  (softmax: methods import it from here)
 
 NEEDS = ("features", "linear_head", "head", "model", "gradients")
 DEFAULT_METHOD = "recipro"
@@ -54,7 +54,7 @@ class Context:
 
     def probabilities(self, outputs: np.ndarray) -> np.ndarray:
         """Class probabilities of head outputs: a softmax unless the model already ends in one."""
-        return outputs if self.bundle.output_kind == "probabilities" else softmax(outputs)
+        return probabilities_of(outputs, self.bundle.output_kind)
 
     def class_scores(self, outputs: np.ndarray, i: int, kind: str) -> np.ndarray:
         """The score a method explains, for each row of outputs (R,C) of image i's variants: the class logit

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from ..errors import CamInferError
-from ..numerics import softmax
+from ..numerics import probabilities_of
 
 SUBSTRATES = ("zeros", "blur", "mean")
 AUCS = ("rise", "recipro")
@@ -33,7 +33,7 @@ SPACES = ("normalised", "raw")
 def class_probabilities(explainer, x: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """Probability of `targets` on each input, through the bundle's backend (batched)."""
     outputs = explainer.backend.forward(np.ascontiguousarray(x, np.float32))
-    probabilities = outputs if explainer.bundle.output_kind == "probabilities" else softmax(outputs)
+    probabilities = probabilities_of(outputs, explainer.bundle.output_kind)
     return probabilities[np.arange(len(x)), np.broadcast_to(targets, (len(x),))]
 
 

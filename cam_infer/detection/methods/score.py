@@ -19,7 +19,6 @@ CHUNK = 32           # masked inputs made at a time (320×320: 40 MB)
 @detection_method("score", cost="Σ_l C_l full passes per image (or top_k per level), shared by its targets")
 def score(ctx, targets, *, top_k: int | None = None, score: str = "match", **_):
     """mean_l U(minmax(Σ_k s(x ⊙ M_k) A_l^k)), M_k the min–max'd upsampled channel: what keeps the box found"""
-    weights = {}
     outputs = {}
     for i, a in enumerate(ctx.level_maps()):
         channels = np.argsort(-a.mean(axis=(1, 2)), kind="stable")[:top_k] if top_k else np.arange(len(a))
@@ -32,11 +31,14 @@ def score(ctx, targets, *, top_k: int | None = None, score: str = "match", **_):
                 results.append(ctx.forward(ctx.x[0][None] * m[valid][:, None]))
         if kept:
             outputs[i] = (np.concatenate(kept), np.concatenate(results))
-    for target in targets:
-        maps = {}
-        for i, (channels, out) in outputs.items():
-            w = np.zeros(len(ctx.level_maps()[i]), np.float32)
-            w[channels] = ctx.scores(out, target, score)
-            maps[i] = np.tensordot(w, ctx.level_maps()[i], axes=1)
-        weights[id(target)] = maps
-    return [unit_free(weights[id(t)], ctx.size) for t in targets]
+    levels = ctx.level_maps()
+    return [unit_free({i: np.tensordot(weights(len(levels[i]), channels, ctx.scores(out, target, score)), levels[i],
+                                       axes=1) for i, (channels, out) in outputs.items()}, ctx.size)
+            for target in targets]
+
+
+def weights(count: int, channels: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Channel weights: the scores of the channels that were run, 0 for the others."""
+    w = np.zeros(count, np.float32)
+    w[channels] = values
+    return w
