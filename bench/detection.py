@@ -6,7 +6,8 @@
    tells a tagged square from a square (outside its box) next to a uniform map's.
 2. Speed: the real YOLOv8n (`../shared/data/deployed/nudenet_320n.onnx`, 320×320) on OpenVINO CPU, batch 1:
    each method's time over one forward pass of the same image, the two timed alternately call by call
-   (median of --repeats), for one detection (the best) and for every detection of the image.
+   (median of --repeats), for one detection (the best) and for every detection of the image; then the
+   unsplit model and the fused activation/eigen models (`cam-infer fuse`) against the same forward pass.
 
     python bench/detection.py --work /tmp/cam-detection --out bench/detection.md
 """
@@ -68,31 +69,71 @@ def quality(work: Path, n: int, report) -> None:
 def speed(work: Path, repeats: int, report) -> None:
     from cam_infer.detection import DetectionExplainer, split_detector
 
-    bundle = split_detector(SHARED / "deployed" / "nudenet_320n.onnx", work / "yolov8n", overwrite=True)
+    source = SHARED / "deployed" / "nudenet_320n.onnx"
+    bundle = split_detector(source, work / "yolov8n", overwrite=True)
     photo = SHARED / "deployed" / "basketball1.png"
     ex = DetectionExplainer(bundle, backend="openvino")
     x = ex._inputs([photo])[0]
     count = len(ex.detect(x)[0])
     report(f"\n**YOLOv8n** (NudeNet 320n) 320×320 on OpenVINO CPU, batch 1, {photo.name} ({count} detections); "
-           f"median of {repeats} alternating runs\n")
+           f"each row timed alternately with the bundle's forward pass (features + head), call by call; medians of "
+           f"{repeats} runs, ratios are medians of the per-run ratios\n")
     report("| method | one detection: ms | ÷ forward | all detections: ms | ÷ forward | per detection ÷ forward |"
            "\n|---|---:|---:|---:|---:|---:|")
+    forward = lambda: ex.backend.forward(x)                                      # noqa: E731
     for method, options in SPEED_CASES:
-        times: dict[str, list[float]] = {"forward": [], "one": [], "all": []}
-        calls = {"forward": lambda: ex.backend.forward(x),
-                 "one": lambda: ex.explain(x, method, targets=0, **options),
-                 "all": lambda: ex.explain(x, method, **options)}
-        for r in range(repeats + 1):
-            for name, fn in calls.items():
-                start = time.perf_counter()
-                fn()
-                if r:
-                    times[name].append((time.perf_counter() - start) * 1000)
-        f, one, every = (statistics.median(times[k]) for k in ("forward", "one", "all"))
+        one, every = alternate(forward, [lambda: ex.explain(x, method, targets=0, **options),
+                                         lambda: ex.explain(x, method, **options)], repeats)
         label = method + (f" (top_k={options['top_k']})" if options else "")
-        report(f"| {label} | {one:.1f} | {one / f:.2f}× | {every:.1f} | {every / f:.2f}× | "
-               f"{(every / count) / f:.2f}× |")
-    report(f"\nforward pass: {f:.1f} ms")
+        report(f"| {label} | {one[0]:.1f} | {one[1]:.2f}× | {every[0]:.1f} | {every[1]:.2f}× | "
+               f"{every[1] / count:.2f}× |")
+    plain = compiled(source)
+    fused = {m: compiled(fused_model(bundle, m, work)) for m in ("activation", "eigen")}
+    from cam_infer.detection.decode import detect
+    rows = alternate(forward, [lambda: plain(x)] + [lambda m=m: detect(fused[m](x)[0][0]) for m in fused], repeats)
+    report(f"\nforward pass (the bundle: features + head, two calls): {rows[0][2]:.1f} ms. The unsplit model in one "
+           f"OpenVINO call: {rows[0][0]:.1f} ms ({rows[0][1]:.2f}× the bundle's forward). `cam-infer fuse` "
+           "(detections and the map in one call) + NMS: " + ", ".join(
+               f"{m} {r[0]:.1f} ms ({r[1]:.2f}× the bundle's forward, {r[0] / rows[0][0]:.2f}× the unsplit model)"
+               for m, r in zip(fused, rows[1:])) + ".")
+
+
+def alternate(base, calls, repeats: int) -> list[tuple[float, float, float]]:
+    """Each call timed right after `base`, call by call, `repeats` times (after one warm-up): per call its
+    median ms, the median of its per-run ratios to base, and base's median ms."""
+    times = [[] for _ in range(len(calls) + 1)]
+    for r in range(repeats + 1):
+        for i, fn in enumerate([base, *calls]):
+            start = time.perf_counter()
+            fn()
+            if r:
+                times[i].append((time.perf_counter() - start) * 1000)
+    return [(statistics.median(t), statistics.median([a / b for a, b in zip(t, times[0])]), statistics.median(times[0]))
+            for t in times[1:]]
+
+
+def compiled(path: Path):
+    """An OpenVINO CPU latency-mode compiled model of an ONNX file, at batch 1: x → its outputs."""
+    import openvino as ov
+    core = ov.Core()
+    model = core.read_model(str(path))
+    model.reshape({model.inputs[0].get_any_name(): [1, 3, 320, 320]})
+    request = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+                                 ).create_infer_request()
+
+    def run(x):
+        request.infer({0: x}, share_inputs=True)
+        return [request.get_output_tensor(i).data for i in range(len(request.model_outputs))]
+    return run
+
+
+def fused_model(bundle, method: str, work: Path) -> Path:
+    import onnx
+
+    from cam_infer.detection.fuse import fuse_detector
+    path = work / f"fused_{method}.onnx"
+    onnx.save(fuse_detector(bundle, method), path)
+    return path
 
 
 def main() -> None:

@@ -164,8 +164,56 @@ def test_recipro_at_the_detect_inputs_equals_the_full_sweep_of_every_cell(bundle
     from cam_infer.detection.methods.recipro import recipro_map
     raw = recipro_map(ctx, target, "anchor", 1)
     np.testing.assert_allclose(raw, expected, atol=1e-4 * np.abs(expected).max())
-    assert ctx.head_rows <= 3 * 26                     # its own level's window + 1, the other levels skipped
+    assert ctx.head_rows == 0 and 0 < ctx.branch_rows <= 26   # its own level's window + 1, as 5×5 crops
     assert not got.items[0][0].degenerate
+
+
+def test_split_finds_each_levels_class_branch_and_a_too_small_window_is_refused(bundles):
+    """YOLOv8's cv3.l convolutions are found as the cropped branches; the same search with a radius one
+    cell short of the measured one finds no branch that reproduces the head, so none is kept."""
+    from cam_infer.bundle.verify import random_images, session
+    from cam_infer.detection.anatomy import cut_tensors
+    from cam_infer.detection.branches import crop_origin, level_branches
+    from cam_infer.detection.split import level_record
+    bundle = bundles["detect-input"]
+    cuts = bundle.manifest["cut"]
+    assert [c["branch"]["tensor"].split("/")[2] for c in cuts] == ["cv3.0", "cv3.1", "cv3.2"]
+    assert all(c["branch"]["window"] == 5 and c["branch"]["scores"] == "sigmoid" for c in cuts)
+    assert run_cli("info", bundle.path).stdout.count("cropped branch 5x5") == 3
+    assert crop_origin(0, 0, 40, 40, 5) == (0, 0) and crop_origin(39, 20, 40, 40, 5) == (35, 18)
+    proto = with_input_size(onnx.load(YOLO), (320, 320))
+    graph = Graph.from_model(proto, (320, 320))
+    levels = [level_record(graph, t, 320) for t in cut_tensors(graph, "detect-input", 320)]
+    for level, cut in zip(levels, cuts):
+        level["offset"] = cut["offset"]
+    feat, hd = session(onnx.load(bundle.features_path)), session(onnx.load(bundle.head_path))
+    packed = feat.run(None, {feat.get_inputs()[0].name: random_images(bundle.preprocessing, 1, seed=2)})[0]
+    grid = anchor_levels((320, 320), 2100)
+    run = lambda rows: hd.run(None, {PACKED: rows})[0]                            # noqa: E731
+    found = level_branches(graph, levels, [{"radius": 2, "levels": [i]} for i in range(3)], 18, grid, run, packed)
+    short = level_branches(graph, levels, [{"radius": 1, "levels": [i]} for i in range(3)], 18, grid, run, packed)
+    assert sorted(found) == [0, 1, 2] and short == {}
+
+
+def test_a_bundle_without_branches_gives_the_same_maps_through_the_whole_head(bundles, tmp_path):
+    """Bundles made before the branches (or heads whose branch was not found) run every row through the
+    whole head: the same maps as the cropped branches."""
+    import shutil
+    plain = tmp_path / "plain"
+    shutil.copytree(bundles["detect-input"].path, plain)
+    manifest = json.loads((plain / "bundle.json").read_text())
+    for cut in manifest["cut"]:
+        del cut["branch"]
+    for role in [r for r in manifest["graphs"] if r.startswith("branch_")]:
+        (plain / manifest["graphs"].pop(role)["file"]).unlink()
+    (plain / "bundle.json").write_text(json.dumps(manifest))
+    for backend in ("onnxruntime", "openvino"):
+        cropped, whole = DetectionExplainer(bundles["detect-input"], backend), DetectionExplainer(plain, backend)
+        for method in ("recipro", "ablation"):
+            a, b = cropped.explain(PHOTO, method), whole.explain(PHOTO, method)
+            assert len(a.items[0]) == len(b.items[0]) >= 2
+            for da, db in zip(a.items[0], b.items[0]):
+                np.testing.assert_allclose(da.saliency, db.saliency, atol=2e-4)
 
 
 def test_ablation_equals_zeroing_each_channel_through_the_head_graph(bundles, explainers):

@@ -268,3 +268,18 @@ def test_eigen_through_either_gram_matrix_is_the_svd_component(shape, centered):
     np.testing.assert_allclose(np.abs(got), np.abs(s[0] * u[:, 0]), rtol=1e-4, atol=1e-5)
     if not centered:
         assert got.sum() > 0
+
+
+@pytest.mark.parametrize("gap", [0.2, 0.97])          # λ₂/λ₁: power iteration settles / hands over to eigh
+def test_eigen_power_iteration_and_its_fallback_both_give_the_svd_component(gap):
+    from cam_infer.methods.eigen import first_component, power_projection
+    rng = np.random.default_rng(4)
+    u, _ = np.linalg.qr(rng.standard_normal((60, 8)))
+    v, _ = np.linalg.qr(rng.standard_normal((8, 8)))
+    s = np.array([1.0, np.sqrt(gap), 0.3, 0.2, 0.1, 0.05, 0.02, 0.01]) * 10
+    o = (u * s) @ v.T                                                  # (hw=60, K=8), σ₂²/σ₁² = gap
+    a = np.ascontiguousarray(o.T.reshape(8, 6, 10)).astype(np.float32)
+    assert (power_projection(o.astype(np.float32)) is None) == (gap > 0.9)
+    got = first_component(a, centered=False).ravel()
+    expected = s[0] * u[:, 0] * np.sign(np.sum(v[:, 0]))
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)

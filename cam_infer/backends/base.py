@@ -43,6 +43,12 @@ class Backend(ABC):
         a = self._checked(a, self.bundle.activation_shape, "activations")
         return self._chunked("head", a).reshape(len(a), *self.bundle.output_shape)
 
+    def branch(self, level: int, crops: np.ndarray) -> np.ndarray:
+        """A detector's class-score branch of cut level `level` (`detection.branches`): crops (N, C, k, k) →
+        class scores (N, classes, k, k)."""
+        crops = np.ascontiguousarray(crops, dtype=np.float32)
+        return self._chunked(f"branch_{level}", crops).reshape(len(crops), -1, *crops.shape[2:])
+
     def forward(self, x: np.ndarray) -> np.ndarray:
         """The whole model: ``head(features(x))``."""
         return self.head(self.features(x))

@@ -39,13 +39,23 @@ class OnnxRuntimeBackend(Backend):
         options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         self.provider, self.device = provider, device.upper()
-        self._sessions = {
-            role: ort.InferenceSession(str(path), options, providers=providers)
-            for role, path in (("features", bundle.features_path), ("head", bundle.head_path))
-        }
-        self._names = {role: (s.get_inputs()[0].name, s.get_outputs()[0].name) for role, s in self._sessions.items()}
+        self._options, self._providers = options, providers
+        self._sessions: dict = {}
+        self._names: dict = {}
+        for role in ("features", "head"):
+            self._session(role)
+
+    def _session(self, role: str):
+        """The session of graph `role`, made once; further graphs (a detector's branches) on first use."""
+        if role not in self._sessions:
+            import onnxruntime as ort
+            s = ort.InferenceSession(str(self.bundle.graph_path(role)), self._options, providers=self._providers)
+            self._sessions[role] = s
+            self._names[role] = (s.get_inputs()[0].name, s.get_outputs()[0].name)
+        return self._sessions[role]
 
     def _run(self, role: str, x: np.ndarray) -> np.ndarray:
+        self._session(role)
         input_name, output_name = self._names[role]
         return self._sessions[role].run([output_name], {input_name: x})[0]
 

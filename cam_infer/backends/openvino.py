@@ -29,6 +29,7 @@ class OpenVINOBackend(Backend):
         if hint not in HINTS:
             raise CamInferError(f"unknown OpenVINO hint '{hint}'; choose one of: {', '.join(HINTS)}")
         core = ov.Core()
+        self._core = core
         self.device = _checked_device(core, device)
         config = {"PERFORMANCE_HINT": HINTS[hint]}
         if threads:
@@ -37,17 +38,26 @@ class OpenVINOBackend(Backend):
             config["INFERENCE_PRECISION_HINT"] = precision
         if cache_dir:
             core.set_property({"CACHE_DIR": str(cache_dir)})
-        try:
-            self._compiled = {
-                role: core.compile_model(core.read_model(str(path)), self.device, config)
-                for role, path in (("features", bundle.features_path), ("head", bundle.head_path))
-            }
-        except RuntimeError as exc:
-            raise CamInferError(f"OpenVINO cannot compile this bundle for {self.device}: "
-                                f"{str(exc).strip().splitlines()[0][:300]}") from None
-        self._requests = {role: c.create_infer_request() for role, c in self._compiled.items()}
+        self._config = config
+        self._compiled: dict = {}
+        self._requests: dict = {}
+        for role in ("features", "head"):
+            self._compile(role)
         self._queues: dict = {}
         self.hint = hint
+
+    def _compile(self, role: str):
+        """Graph `role` compiled (once) with its infer request; further graphs (a detector's branches) on
+        first use."""
+        if role not in self._compiled:
+            try:
+                self._compiled[role] = self._core.compile_model(self._core.read_model(str(self.bundle.graph_path(role))),
+                                                                self.device, self._config)
+            except RuntimeError as exc:
+                raise CamInferError(f"OpenVINO cannot compile this bundle for {self.device}: "
+                                    f"{str(exc).strip().splitlines()[0][:300]}") from None
+            self._requests[role] = self._compiled[role].create_infer_request()
+        return self._compiled[role]
 
     def compiled_property(self, name: str, role: str = "features"):
         """A property of the compiled `role` graph (e.g. ``INFERENCE_NUM_THREADS``), as OpenVINO reports it."""
@@ -60,6 +70,7 @@ class OpenVINOBackend(Backend):
             return 1
 
     def _run(self, role: str, x: np.ndarray) -> np.ndarray:
+        self._compile(role)
         request = self._requests[role]
         request.infer({0: x}, share_inputs=True)       # x is C-contiguous float32 (checked): no copy in
         return request.get_output_tensor(0).data.copy()

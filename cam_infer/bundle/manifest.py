@@ -60,8 +60,7 @@ class Bundle:
         return bundle
 
     def check_graphs(self) -> None:
-        for role in ("features", "head"):
-            entry = self.manifest["graphs"][role]
+        for role, entry in self.manifest["graphs"].items():
             files = [(entry["file"], entry["sha256"])]
             if entry.get("weights"):                      # an OpenVINO IR: the .bin beside the .xml
                 files.append((entry["weights"], entry.get("weights_sha256")))
@@ -88,11 +87,17 @@ class Bundle:
 
     @property
     def features_path(self) -> Path:
-        return self.path / self.manifest["graphs"]["features"]["file"]
+        return self.graph_path("features")
 
     @property
     def head_path(self) -> Path:
-        return self.path / self.manifest["graphs"]["head"]["file"]
+        return self.graph_path("head")
+
+    def graph_path(self, role: str) -> Path:
+        """The file of graph `role`: ``features``, ``head``, or a detector's ``branch_<level>``."""
+        if role not in self.manifest["graphs"]:
+            raise CamInferError(f"bundle '{self.path}' has no {role} graph")
+        return self.path / self.manifest["graphs"][role]["file"]
 
     @property
     def input_name(self) -> str:

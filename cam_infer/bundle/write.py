@@ -105,16 +105,17 @@ def provenance_record(source: Path | None, model: onnx.ModelProto, **extra) -> d
 
 
 def write_onnx_bundle(out: Path, features: onnx.ModelProto, head: onnx.ModelProto, manifest: dict,
-                  overwrite: bool) -> Bundle:
+                  overwrite: bool, extra: dict[str, onnx.ModelProto] | None = None) -> Bundle:
+    """`extra`: further graphs by role (a detector's cropped branches), each listed in manifest["graphs"]."""
     for part in (features, head):
         if part.ByteSize() > 2**31 - 1:
             raise CamInferError("graphs over 2 GB are not supported yet; split at a later layer")
-    parts = {"features": features, "head": head}
+    parts = {"features": features, "head": head, **(extra or {})}
     return write_bundle(out, manifest, lambda role, file: onnx.save(parts[role], file), overwrite)
 
 
 def write_bundle(out: Path, manifest: dict, save, overwrite: bool) -> Bundle:
-    """Write both graphs with ``save(role, path)`` (an OpenVINO IR also writes its ``.bin`` beside the
+    """Write every graph of manifest["graphs"] with ``save(role, path)`` (an OpenVINO IR also writes its ``.bin`` beside the
     ``.xml``), hash every file, then the manifest, last: a half-written folder is never a loadable bundle."""
     if out.exists() and not out.is_dir():
         raise CamInferError(f"output '{out}' exists and is not a folder")
@@ -130,8 +131,7 @@ def write_bundle(out: Path, manifest: dict, save, overwrite: bool) -> Bundle:
     except OSError as exc:
         raise CamInferError(f"cannot write the bundle in '{out}': {exc.strerror or exc}") from None
     try:
-        for role in ("features", "head"):
-            entry = manifest["graphs"][role]
+        for role, entry in manifest["graphs"].items():
             save(role, staging / entry["file"])
             entry["sha256"] = sha256_of(staging / entry["file"])
             if entry.get("weights"):

@@ -81,21 +81,23 @@ class Detections:
 def detect(output: np.ndarray, conf: float = 0.25, iou_threshold: float = 0.7, max_det: int = 300) -> Detections:
     """One image's output (4+C, A) → its detections after NMS."""
     scores = output[4:]
-    classes = scores.argmax(axis=0)
-    best = scores[classes, np.arange(scores.shape[1])]
+    best = scores.max(axis=0)
     candidates = np.flatnonzero(best > conf)
     candidates = candidates[np.argsort(-best[candidates], kind="stable")]
-    boxes = boxes_xyxy(output)
+    classes = scores[:, candidates].argmax(axis=0)
+    boxes = boxes_xyxy(output[:4, candidates])
+    suppressed = np.zeros(len(candidates), bool)
     kept: list[int] = []
-    for a in candidates:
+    for j in range(len(candidates)):
+        if suppressed[j]:
+            continue
+        kept.append(j)
         if len(kept) == max_det:
             break
-        same = [k for k in kept if classes[k] == classes[a]]
-        if same and iou(boxes[a], boxes[same]).max() > iou_threshold:
-            continue
-        kept.append(int(a))
+        suppressed |= (classes == classes[j]) & (iou(boxes[j], boxes) > iou_threshold)
     kept_array = np.array(kept, np.int64)
-    return Detections(boxes[kept_array].reshape(-1, 4), best[kept_array], classes[kept_array], kept_array)
+    return Detections(boxes[kept_array].reshape(-1, 4), best[candidates[kept_array]], classes[kept_array],
+                      candidates[kept_array])
 
 
 __all__ = ["AnchorGrid", "Detections", "anchor_levels", "boxes_xyxy", "detect", "iou"]

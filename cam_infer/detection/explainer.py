@@ -26,6 +26,7 @@ from ..bundle import Bundle
 from ..errors import CamInferError
 from ..explainer import class_index, model_inputs
 from ..postprocess import normalise
+from .branches import crop_origin
 from .decode import Detections, anchor_levels, detect
 from .methods import get_detection_method
 from .targets import Target, box_target, target_scores
@@ -88,6 +89,27 @@ class DetectionExplanation:
         return paths
 
 
+@dataclass
+class Crop:
+    """Level `level`'s k×k crop (C,k,k) around a target's anchor, from cell (y0, x0) of its grid, and the
+    cropped class-score branch that gives the target's score on perturbed copies of it (`branches`)."""
+
+    ctx: "DetectionContext"
+    level: int
+    maps: np.ndarray
+    y0: int
+    x0: int
+    target: Target
+
+    def scores(self, rows: np.ndarray) -> np.ndarray:
+        """The target's class score at its anchor for each perturbed crop (R, C, k, k) → (R,)."""
+        self.ctx.branch_rows += len(rows)
+        out = self.ctx.explainer.backend.branch(self.level, rows)
+        t = self.target
+        return out[:, t.class_id, int(self.ctx.grid.row[t.anchor]) - self.y0,
+                   int(self.ctx.grid.col[t.anchor]) - self.x0].astype(np.float64)
+
+
 class DetectionContext:
     """One image for a method: its input, its cut maps (packed and per level), its clean output."""
 
@@ -98,6 +120,7 @@ class DetectionContext:
         self.size = tuple(self.bundle.input_shape[1:])
         self.grid = explainer.grid
         self.head_rows = 0
+        self.branch_rows = 0
 
     def level_view(self, rows: np.ndarray, i: int) -> np.ndarray:
         """Level l of packed rows (R, total) as a writable (R, C, h, w) view."""
@@ -122,6 +145,17 @@ class DetectionContext:
         """The cut levels whose change moves the target's anchor (measured at split time)."""
         level = int(self.grid.level[target.anchor])
         return [i for i, lv in enumerate(self.levels) if level in lv.get("moves_levels", [level])]
+
+    def crop(self, i: int, target: Target) -> Crop | None:
+        """Level i's crop around the target's anchor with its cropped branch, when the bundle has one for
+        level i and the anchor lies on its grid (the ``anchor`` score of a level-local head); else None."""
+        branch = self.levels[i].get("branch")
+        if branch is None or self.window_cells(i, target) is None:
+            return None
+        _, h, w = self.levels[i]["shape"]
+        k = int(branch["window"])
+        y0, x0 = crop_origin(int(self.grid.row[target.anchor]), int(self.grid.col[target.anchor]), h, w, k)
+        return Crop(self, i, self.level_maps()[i][:, y0:y0 + k, x0:x0 + k], y0, x0, target)
 
     def window_cells(self, i: int, target: Target):
         """(rows, cols) slices of level l's cells that reach the target's anchor, or None for all of them:

@@ -1,6 +1,7 @@
 """`cam-infer fuse` for a detector: the model itself plus an output ``saliency`` (N,H,W) in [0,1], the
 class-agnostic map of `activation` or `eigen` over every cut level, combined as the explainer combines
-them (each level's map ReLU'd and min–max'd, upsampled bilinearly (half-pixel) to the input, averaged).
+them (each level's map ReLU'd and min–max'd, resampled bilinearly (half-pixel) to the finest level's grid,
+averaged, upsampled to the input).
 The detections come out of ``output0`` as before; the map is the same for each of them. The per-level
 maps come from the classifiers' ONNX builders (`cam_infer.methods`), one level at a time.
 
@@ -37,17 +38,16 @@ def fuse_detector(bundle: Bundle, method: str = "eigen", *, check: bool = True, 
     b = Builder(_opset(model))
     h, w = bundle.input_shape[1:]
     head = at_min_opset(bundle.head_path)
+    cuts = bundle.manifest["cut"]
+    finest = max((tuple(level["shape"][1:]) for level in cuts), key=lambda hw: hw[0] * hw[1])
     levels = []
-    for level in bundle.manifest["cut"]:
+    for level in cuts:
         fusion = Fusion(b, level["name"], tuple(level["shape"]), None, 1, bundle.num_classes, "logits", None, head)
         normalised = _normalised(b, spec.fused(fusion, **options), b.name("level_map"))
-        batch = b.op("Slice", b.op("Shape", level["name"]), b.ints([0]), b.ints([1]), hint="batch")
-        full = b.op("Concat", batch, b.ints([1, h, w]), axis=0, hint="sizes")
-        up = b.op("Resize", b.unsqueeze(normalised, [1]), "", "", full, mode="linear",
-                  coordinate_transformation_mode="half_pixel", hint="upsampled")
-        levels.append(b.squeeze(up, [1]))
+        levels.append(normalised if tuple(level["shape"][1:]) == finest else resized(b, normalised, finest))
     total = levels[0] if len(levels) == 1 else b.op("Sum", *levels, hint="levels")
-    b.op("Mul", total, b.const(1.0 / len(levels)), outputs=[OUTPUT])
+    mean = b.op("Mul", total, b.const(1.0 / len(levels)), hint="mean")
+    b.op("Identity", resized(b, mean, (h, w)), outputs=[OUTPUT])
     model.graph.node.extend(b.nodes)
     model.graph.initializer.extend(b.initializers)
     model.graph.output.append(helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["N", h, w]))
@@ -62,6 +62,15 @@ def fuse_detector(bundle: Bundle, method: str = "eigen", *, check: bool = True, 
                                 "images; not writing a model that draws a different picture")
         model.metadata_props.add(key="cam_infer.check", value=json.dumps({"max_difference": float(error)}))
     return model
+
+
+def resized(b: Builder, maps: str, size: tuple[int, int]) -> str:
+    """(N, h, w) → (N, H, W), bilinear, half-pixel (cv2's INTER_LINEAR)."""
+    batch = b.op("Slice", b.op("Shape", maps), b.ints([0]), b.ints([1]), hint="batch")
+    sizes = b.op("Concat", batch, b.ints([1, *size]), axis=0, hint="sizes")
+    up = b.op("Resize", b.unsqueeze(maps, [1]), "", "", sizes, mode="linear", coordinate_transformation_mode="half_pixel",
+              hint="resized")
+    return b.squeeze(up, [1])
 
 
 def unpacked_model(bundle: Bundle) -> onnx.ModelProto:

@@ -15,6 +15,7 @@ levels mix (they do not at the Detect inputs; at a backbone cut the neck mixes e
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ from ..bundle.verify import session
 from ..bundle.write import graphs_record, provenance_record, runtimes_record, write_onnx_bundle
 from ..errors import CamInferError
 from ..images import Preprocessing
+from .branches import level_branches
 from .anatomy import class_names, cut_tensors, input_size, output_layout, stride_of
 from .decode import anchor_levels
 
@@ -56,10 +58,12 @@ def split_detector(model, out, *, cut="detect-input", input_size_hw: tuple[int, 
     prep = Preprocessing(size, crop="letterbox", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
     verification = verify_detector(proto, features, head, prep)
     receptive = measure_locality(features, head, levels, prep)
+    branches = cropped_branches(graph, features, head, levels, receptive, classes, anchor_levels(size, anchors), prep)
     names = read_labels(labels, classes) if labels is not None else class_names(proto, classes)
     manifest = detection_manifest(graph, proto, features, head, prep, levels, strides, classes, anchors, names,
-                                  cut, receptive, verification, source, {**DEFAULTS, **thresholds})
-    return write_onnx_bundle(Path(out), features, head, manifest, overwrite)
+                                  cut, receptive, verification, source, {**DEFAULTS, **thresholds}, branches)
+    return write_onnx_bundle(Path(out), features, head, manifest, overwrite,
+                             {f"branch_{i}": model for i, (model, _) in branches.items()})
 
 
 def with_input_size(model: onnx.ModelProto, size: tuple[int, int]) -> onnx.ModelProto:
@@ -155,6 +159,15 @@ def measure_locality(features: onnx.ModelProto, head: onnx.ModelProto, levels: l
     return out
 
 
+def cropped_branches(graph, features, head, levels, receptive, classes, grid, prep) -> dict:
+    """The levels' class-score branches for cropped head passes (`branches`), checked on a random image."""
+    from ..bundle.verify import random_images
+    feat, hd = session(features), session(head)
+    packed = feat.run(None, {feat.get_inputs()[0].name: random_images(prep, 1, seed=11)})[0]
+    return level_branches(graph, levels, receptive, classes, grid, lambda rows: hd.run(None, {PACKED: rows})[0],
+                          packed)
+
+
 def locality_of(moved: np.ndarray, grids, level: int, cell: tuple[int, int], size) -> dict:
     """From the anchors that moved (A,) when `cell` of `level` changed: radius and levels reached. The
     output's anchors come level by level at the strides of its own grid (8, 16, 32 ...)."""
@@ -171,9 +184,16 @@ def locality_of(moved: np.ndarray, grids, level: int, cell: tuple[int, int], siz
 
 
 def detection_manifest(graph, proto, features, head, prep, levels, strides, classes, anchors, names, cut, receptive,
-                       verification, source, nms) -> dict:
+                       verification, source, nms, branches) -> dict:
     total = sum(int(np.prod(level["shape"])) for level in levels)
     per_item = 4 * (3 * int(np.prod(prep.input_size)) * 8 + total * 3)
+    graphs = graphs_record(features, head)
+    memory = {"features_bytes_per_item": per_item, "head_bytes_per_item": per_item}
+    for i, (model, record) in branches.items():
+        graphs[f"branch_{i}"] = {"file": record["file"], "ops": dict(Counter(n.op_type for n in model.graph.node))}
+        memory[f"branch_{i}_bytes_per_item"] = 4 * 8 * levels[i]["shape"][0] * record["window"] ** 2
+    cuts = [{**lv, "receptive_radius": r["radius"], "moves_levels": r["levels"],
+             **({"branch": branches[i][1]} if i in branches else {})} for i, (lv, r) in enumerate(zip(levels, receptive))]
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -184,16 +204,16 @@ def detection_manifest(graph, proto, features, head, prep, levels, strides, clas
         "target_layer": {"requested": cut if isinstance(cut, str) else ",".join(cut), "matched_by": "cut set",
                          "module": None, "tensor": ",".join(lv["name"] for lv in levels), "layout": "NCHW"},
         "activation": {"name": PACKED, "shape": [total], "dtype": "float32", "quantization": None},
-        "cut": [{**lv, "receptive_radius": r["radius"], "moves_levels": r["levels"]} for lv, r in zip(levels, receptive)],
+        "cut": cuts,
         "output": {"name": graph.model.graph.output[0].name, "kind": "detections", "layout": "ultralytics",
                    "num_classes": int(classes), "shape": [4 + int(classes), int(anchors)], "box": "cxcywh",
                    "scores": "sigmoid", "strides": strides},
         "nms": nms,
         "labels": names,
         "batch": "dynamic",
-        "graphs": graphs_record(features, head),
+        "graphs": graphs,
         "runtimes": runtimes_record(features, head),
-        "memory": {"features_bytes_per_item": per_item, "head_bytes_per_item": per_item},
+        "memory": memory,
         "verification": verification,
         "provenance": provenance_record(source, proto),
     }

@@ -4,10 +4,13 @@ A method gets a `DetectionContext` (one image: its input, its cut maps, the clea
 to explain, and returns one raw map per target at the input's resolution; the explainer normalises them.
 Per-level maps are combined by the rule of their units (research notes, detection §3.6):
 
-- `same_unit`: every level's value is a change of the same target score (Recipro-CAM): each level
-  upsampled (bilinear) and **summed**, no per-level normalisation;
+- `same_unit`: every level's value is a change of the same target score (Recipro-CAM): the levels are
+  **summed**, no per-level normalisation;
 - `unit_free`: activations or their projections (activation map, Eigen-CAM, Ablation-/Score-CAM weighted
-  sums): each level ReLU'd, min–max'd and upsampled, then **averaged** (pytorch-grad-cam's rule).
+  sums): each level ReLU'd and min–max'd, then **averaged** (pytorch-grad-cam's rule).
+
+Either way the coarser levels are first resampled (bilinear, half-pixel) to the finest level's grid, and the
+combined map is upsampled to the input once: one full-size resize per map instead of one per level.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Callable
 import numpy as np
 
 from ...errors import CamInferError
-from ...postprocess import normalise, upsample
+from ...postprocess import normalise
 
 
 @dataclass(frozen=True)
@@ -52,20 +55,23 @@ def get_detection_method(name: str) -> DetectionMethod:
 
 
 def same_unit(maps: dict[int, np.ndarray], size: tuple[int, int]) -> np.ndarray:
-    """Σ_l U(S_l): the levels' maps of one score, upsampled to `size` and summed."""
-    h, w = size
-    total = np.zeros((h, w), np.float32)
-    for m in maps.values():
-        total += upsample_raw(m, size)
-    return total
+    """U(Σ_l R(S_l)): the levels' maps of one score, brought to the finest level's grid (R), summed, then
+    upsampled to `size` (U)."""
+    return upsample_raw(on_finest_grid(maps.values(), lambda m: m).sum(axis=0), size)
 
 
 def unit_free(maps: dict[int, np.ndarray], size: tuple[int, int]) -> np.ndarray:
-    """mean_l U(minmax(ReLU(S_l))): maps in the units of their own level, made comparable first."""
+    """U(mean_l R(minmax(ReLU(S_l)))): maps in the units of their own level, made comparable first."""
     if not maps:
         return np.zeros(size, np.float32)
-    normalised = [upsample(normalise(m[None])[0], size)[0] for m in maps.values()]
-    return np.mean(normalised, axis=0)
+    return upsample_raw(on_finest_grid(maps.values(), lambda m: normalise(m[None])[0][0]).mean(axis=0), size)
+
+
+def on_finest_grid(maps, prepare) -> np.ndarray:
+    """(L, h0, w0): each level's `prepare`d map, resampled bilinearly to the largest of their grids."""
+    maps = [prepare(np.asarray(m, np.float32)) for m in maps]
+    finest = max((m.shape for m in maps), key=lambda shape: shape[0] * shape[1])
+    return np.stack([m if m.shape == finest else upsample_raw(m, finest) for m in maps])
 
 
 def upsample_raw(m: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -2,7 +2,9 @@
 for each level l that reaches the target's anchor and each of its channels k, the head runs with A_l^k set to
 zero; w_l^k = (s − s_k)/|s| with s the target's score; the level's map is Σ_k w_l^k A_l^k, levels combined
 unit-free. With the ``anchor`` score only the anchor's own level reaches it at the Detect inputs (measured
-at split time), so the other levels' channels are not run. Cost: Σ_l C_l head rows per target, batched."""
+at split time), so the other levels' channels are not run, and each row is only the level's crop around
+the anchor through its class branch (`detection.branches`). Cost: Σ_l C_l head rows (or crops) per target,
+batched."""
 
 from __future__ import annotations
 
@@ -11,19 +13,36 @@ import numpy as np
 from . import detection_method, unit_free
 
 
-@detection_method("ablation", cost="C_l head rows per target (the channels of the levels reaching its anchor)")
+@detection_method("ablation", cost="C_l head rows (k×k crops at the Detect inputs) per target, for the levels "
+                                   "reaching its anchor")
 def ablation(ctx, targets, *, score: str = "anchor", **_):
     """mean_l U(minmax(Σ_k (s − s_k)/|s| · A_l^k)): the channels whose removal lowers the detection's score"""
     out = []
     for target in targets:
-        base = float(ctx.scores(ctx.head(ctx.packed[None]), target, score)[0])
         maps = {}
         for i in ctx.levels_reaching(target):
-            c = ctx.levels[i]["shape"][0]
-            rows = np.repeat(ctx.packed[None], c, axis=0)
-            view = ctx.level_view(rows, i)
-            view[np.arange(c), np.arange(c)] = 0
-            drops = (base - ctx.scores(ctx.head(rows), target, score)) / max(abs(base), 1e-12)
+            crop = ctx.crop(i, target) if score == "anchor" else None
+            base, ablated = cropped_ablations(crop) if crop else head_ablations(ctx, i, target, score)
+            drops = (base - ablated) / max(abs(base), 1e-12)
             maps[i] = np.tensordot(drops.astype(np.float32), ctx.level_maps()[i], axes=1)
         out.append(unit_free(maps, ctx.size))
     return out
+
+
+def head_ablations(ctx, i: int, target, score: str) -> tuple[float, np.ndarray]:
+    """The target's score s, and s_k with channel k of level i zeroed, one whole-head row each."""
+    c = ctx.levels[i]["shape"][0]
+    rows = np.repeat(ctx.packed[None], c + 1, axis=0)
+    view = ctx.level_view(rows, i)
+    view[np.arange(c), np.arange(c)] = 0                 # the last row stays clean
+    values = ctx.scores(ctx.head(rows), target, score)
+    return float(values[-1]), values[:-1]
+
+
+def cropped_ablations(crop) -> tuple[float, np.ndarray]:
+    """The same from the level's crop around the anchor."""
+    c = len(crop.maps)
+    rows = np.repeat(crop.maps[None], c + 1, axis=0)
+    rows[np.arange(c), np.arange(c)] = 0
+    values = crop.scores(rows)
+    return float(values[-1]), values[:-1]

@@ -5,12 +5,13 @@ level l is the target's score in each copy, S_l(i,j) = s(head(A with A_l ⊙ M_i
 (same unit).
 
 With the ``anchor`` score and a head whose locality was measured at split time (Detect's inputs: each
-anchor sees a 5×5-cell window of its own level), only the cells inside the anchor's window are run: any
-cell outside it leaves the anchor the all-zero level, whose score is computed once and filled in. Exact,
-and at most 26 head rows instead of h·w per level. The map then shows which neighbouring cells carried
-the decision (an ODAM-like blob at the box); cut at the backbone (``split --cut backbone``) for maps that
-reach the image context.
-Cost: Σ_l (cells of level l)/block² head rows per target, batched (≤ 26 with the shortcut)."""
+anchor sees a (2r+1)² = 5×5-cell window of its own level), only the cells inside the anchor's window are
+run: any cell outside it leaves the anchor the all-zero level, whose score is computed once and filled in;
+and each copy is only the level's k×k crop around the anchor through that level's class branch
+(`detection.branches`), not the whole head. Exact, and at most 26 crops instead of h·w whole-head rows
+per level. The map then shows which neighbouring cells carried the decision (an ODAM-like blob at the
+box); cut at the backbone (``split --cut backbone``) for maps that reach the image context.
+Cost: Σ_l (cells of level l)/block² head rows per target, batched (≤ 26 crops with the shortcut)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ import numpy as np
 from . import detection_method, same_unit
 
 
-@detection_method("recipro", cost="≤ 26 head rows per target at the Detect inputs; h·w/block² per level otherwise")
+@detection_method("recipro", cost="≤ 26 k×k crops per target at the Detect inputs; h·w/block² head rows per level "
+                                  "otherwise")
 def recipro(ctx, targets, *, score: str = "anchor", block: int = 1, **_):
     """Σ_l U(s(head(A with level l kept at one cell))): the cells whose features alone keep the detection"""
     return [recipro_map(ctx, t, score, int(block)) for t in targets]
@@ -31,18 +33,34 @@ def recipro_map(ctx, target, score: str, block: int) -> np.ndarray:
         c, h, w = ctx.levels[i]["shape"]
         cells = ctx.window_cells(i, target) if score == "anchor" else None
         blocks = block_cells(h, w, block, cells)
-        rows = np.repeat(ctx.packed[None], len(blocks) + 1, axis=0)
-        view = ctx.level_view(rows, i)
-        kept = view[:-1].copy()
-        view[:] = 0                                        # the last row: level i all zero (the far cells)
-        for r, (y0, y1, x0, x1) in enumerate(blocks):
-            view[r, :, y0:y1, x0:x1] = kept[r, :, y0:y1, x0:x1]
-        values = ctx.scores(ctx.head(rows), target, score)
+        crop = ctx.crop(i, target) if score == "anchor" else None
+        values = cropped_values(crop, blocks) if crop else head_values(ctx, i, target, score, blocks)
         level_map = np.full((h, w), values[-1], np.float32)
         for (y0, y1, x0, x1), v in zip(blocks, values[:-1]):
             level_map[y0:y1, x0:x1] = v
         maps[i] = level_map
     return same_unit(maps, ctx.size)
+
+
+def head_values(ctx, i: int, target, score: str, blocks) -> np.ndarray:
+    """The target's score with level i kept at each block only, then (last) with level i all zero: one
+    whole-head row each."""
+    rows = np.repeat(ctx.packed[None], len(blocks) + 1, axis=0)
+    view = ctx.level_view(rows, i)
+    kept = view[:-1].copy()
+    view[:] = 0
+    for r, (y0, y1, x0, x1) in enumerate(blocks):
+        view[r, :, y0:y1, x0:x1] = kept[r, :, y0:y1, x0:x1]
+    return ctx.scores(ctx.head(rows), target, score)
+
+
+def cropped_values(crop, blocks) -> np.ndarray:
+    """The same values from the level's crop around the anchor (every block lies in it)."""
+    rows = np.zeros((len(blocks) + 1, *crop.maps.shape), np.float32)
+    for r, (y0, y1, x0, x1) in enumerate(blocks):
+        ys, xs = slice(y0 - crop.y0, y1 - crop.y0), slice(x0 - crop.x0, x1 - crop.x0)
+        rows[r, :, ys, xs] = crop.maps[:, ys, xs]
+    return crop.scores(rows)
 
 
 def block_cells(h: int, w: int, block: int, cells=None) -> list[tuple[int, int, int, int]]:

@@ -1,0 +1,148 @@
+"""Each level's class-score branch of a detection head, run on a small crop instead of the whole head.
+
+At the Detect head's inputs an anchor's class scores depend on a (2r+1)² window of its own level only
+(r measured at split time, 2 for YOLOv8's two 3×3 convolutions). A perturbation of that level that an
+anchor's score is asked about (Recipro-CAM's kept cell, Ablation-CAM's zeroed channel) therefore needs
+only the level's own branch (YOLOv8: cv3.l, the class convolutions) on a k×k crop, k = 2r+1, that holds
+the anchor's window, not the whole head at every position of every level.
+
+The crop is the k×k window of the grid nearest the anchor: centred on it where it can be, shifted inside
+the grid at the borders. Exact for a stack of same-padded convolutions of total radius r: every cell the
+anchor reads lies in the crop, and the crop's edges fall on the grid's edges exactly where the anchor's
+convolutions read zero padding. Nothing here assumes that structure: a branch is kept only when it
+reproduces the head's scores at every anchor of its level on the clean cut maps and on randomly zeroed
+ones (`verify_branch`).
+
+The branch is found in the head graph as a tensor computed from the level alone, on the level's grid
+(exactly C channels preferred, then the fewest nodes), whose last C channels, as they are or through a sigmoid, are the output's class scores.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from ..bundle.cut import _subgraph
+from ..bundle.graph import Graph
+from ..bundle.verify import session
+from .decode import AnchorGrid
+
+CANDIDATES = 6                  # branch tensors tried per level, smallest first
+TOLERANCE = 1e-4                # on scores in [0, 1]
+SCORES = "class_scores"
+
+
+def crop_origin(row: int, col: int, h: int, w: int, k: int) -> tuple[int, int]:
+    """Top-left cell of the k×k crop that holds the (2r+1)² window around (row, col), inside the grid."""
+    return min(max(row - k // 2, 0), h - k), min(max(col - k // 2, 0), w - k)
+
+
+def level_branches(graph: Graph, levels: list[dict], receptive: list[dict], classes: int, grid: AnchorGrid,
+                   head_run, packed: np.ndarray) -> dict[int, tuple[onnx.ModelProto, dict]]:
+    """level index → (branch graph on k×k crops, its manifest record), for the levels whose scores are
+    local to their own grid and whose branch reproduces the head. `packed` (1, total) holds the cut maps
+    of one image, `head_run(rows)` runs the whole head."""
+    out = {}
+    clean = head_run(packed)[0]
+    for i, (level, local) in enumerate(zip(levels, receptive)):
+        radius = local["radius"]
+        c, h, w = level["shape"]
+        own = grid.level_of_stride(level["stride"])
+        if radius is None or local["levels"] != [own] or 2 * radius + 1 > min(h, w):
+            continue
+        first = int(np.flatnonzero(grid.level == own)[0])
+        for tensor in branch_candidates(graph, level, [lv["name"] for lv in levels], classes):
+            for squash in ("sigmoid", "identity"):
+                model = branch_model(graph, level, tensor, classes, squash, None)
+                error = verify_branch(model, level, radius, first, packed, clean, head_run)
+                if error is not None:
+                    fixed = branch_model(graph, level, tensor, classes, squash, 2 * radius + 1)
+                    out[i] = fixed, {"file": f"branch_{i}.onnx", "tensor": tensor, "window": 2 * radius + 1,
+                                     "scores": squash, "max_abs_diff": error}
+                    break
+            if i in out:
+                break
+    return out
+
+
+def branch_candidates(graph: Graph, level: dict, cut: list[str], classes: int) -> list[str]:
+    """Tensors computed from this level alone, on its grid, with at least `classes` channels: those with
+    exactly `classes` first, then by fewest nodes."""
+    name, (_, h, w) = level["name"], level["shape"]
+    only = computed_from_alone(graph, name)
+    found = []
+    for t in only - {name}:
+        shape = graph.info(t).shape
+        if shape is not None and len(shape) == 4 and tuple(shape[2:]) == (h, w) and \
+                isinstance(shape[1], int) and shape[1] >= classes:
+            found.append((shape[1] != classes, len(graph.nodes_computing([t], stop=set(cut))), t))
+    return [t for *_, t in sorted(found)[:CANDIDATES]]
+
+
+def computed_from_alone(graph: Graph, tensor: str) -> set[str]:
+    """Every tensor whose image-dependent inputs all come from `tensor` (graph order is topological)."""
+    dependent = graph.input_dependent
+    only = {tensor}
+    for node, inputs in zip(graph.nodes, graph.node_inputs):
+        reads = [i for i in inputs if i in dependent]
+        if reads and all(i in only for i in reads):
+            only.update(o for o in node.output if o)
+    return only
+
+
+def branch_model(graph: Graph, level: dict, tensor: str, classes: int, squash: str, k: int | None) -> onnx.ModelProto:
+    """level map (N, C, k, k) → class scores (N, classes, k, k): `tensor`'s last `classes` channels."""
+    c = level["shape"][0]
+    spatial = [k, k] if k else ["h", "w"]
+    inputs = [helper.make_tensor_value_info(level["name"], TensorProto.FLOAT, ["N", c, *spatial])]
+    outputs = [helper.make_tensor_value_info(SCORES, TensorProto.FLOAT, ["N", classes, *spatial])]
+    model = _subgraph(graph, graph.nodes_computing([tensor], stop={level["name"]}), "branch", inputs, outputs)
+    channels = graph.info(tensor).shape[1]
+    consts = {"branch_start": [channels - classes], "branch_end": [channels], "branch_axis": [1]}
+    model.graph.initializer.extend(numpy_helper.from_array(np.array(v, np.int64), n) for n, v in consts.items())
+    sliced = SCORES if squash == "identity" else "branch_logits"
+    model.graph.node.append(helper.make_node("Slice", [tensor, "branch_start", "branch_end", "branch_axis"], [sliced],
+                                             name="branch_slice"))
+    if squash == "sigmoid":
+        model.graph.node.append(helper.make_node("Sigmoid", [sliced], [SCORES], name="branch_sigmoid"))
+    onnx.checker.check_model(model)
+    return model
+
+
+def verify_branch(model: onnx.ModelProto, level: dict, radius: int, first: int, packed: np.ndarray,
+                  clean: np.ndarray, head_run) -> float | None:
+    """The largest difference between the branch on every anchor's crop and the head's scores at that
+    anchor (its anchors start at `first`), on the clean cut maps and with 70 % of the level's cells zeroed;
+    None when it does not match."""
+    c, h, w = level["shape"]
+    k = 2 * radius + 1
+    run = session(model)
+    start = level["offset"]
+    masked = packed.copy()
+    view = masked[0, start:start + c * h * w].reshape(c, h, w)
+    view *= np.random.default_rng(3).random((h, w)) > 0.7
+    worst = 0.0
+    for rows, output in ((packed, clean), (masked, head_run(masked)[0])):
+        level_map = rows[0, start:start + c * h * w].reshape(c, h, w)
+        whole = run.run(None, {level["name"]: level_map[None]})[0][0]           # (classes, h, w)
+        expected = output[4:, first:first + h * w].reshape(-1, h, w)
+        if whole.shape != expected.shape or np.abs(whole - expected).max() > TOLERANCE:
+            return None
+        crops, where = [], []
+        for row in range(h):
+            for col in range(w):
+                y0, x0 = crop_origin(row, col, h, w, k)
+                crops.append(level_map[:, y0:y0 + k, x0:x0 + k])
+                where.append((row - y0, col - x0))
+        got = run.run(None, {level["name"]: np.ascontiguousarray(np.stack(crops))})[0]
+        ys, xs = np.array(where).T
+        cropped = got[np.arange(len(got)), :, ys, xs].T.reshape(-1, h, w)         # (classes, h, w)
+        diff = float(np.abs(cropped - expected).max())
+        if diff > TOLERANCE:
+            return None
+        worst = max(worst, diff)
+    return worst
+
+
+__all__ = ["crop_origin", "level_branches"]
