@@ -42,3 +42,6 @@ CAM_LAYERS = {
     "squeezenet1_1": "features",
     "shapes_net": "features",
 }
+
+__all__ = ["BUILDERS", "densenet121", "mobilenet_v2", "resnet18", "resnet50", "shapes_detector", "shapes_net",
+           "squeezenet1_1", "vgg16"]
