@@ -16,13 +16,15 @@ COLORMAPS = {"jet": cv2.COLORMAP_JET, "turbo": cv2.COLORMAP_TURBO, "viridis": cv
 def normalise(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """ReLU then per-map min–max to [0,1]. A map whose range is below EPS·max(1, |max|) is
     *degenerate* (constant after ReLU): it comes back all zeros with its flag set, never NaN."""
-    maps = np.maximum(np.asarray(maps, np.float32), 0)
+    maps = np.maximum(np.asarray(maps, np.float32), 0)          # a new array: normalised in place below
     lo = maps.min(axis=(1, 2), keepdims=True)
     hi = maps.max(axis=(1, 2), keepdims=True)
     span = hi - lo
     degenerate = (span <= EPS * np.maximum(1.0, np.abs(hi)))[:, 0, 0]
-    out = np.where(degenerate[:, None, None], 0.0, (maps - lo) / np.where(span > 0, span, 1.0))
-    return out.astype(np.float32), degenerate
+    maps -= lo
+    maps /= np.where(span > 0, span, 1.0)
+    maps[degenerate] = 0.0
+    return maps, degenerate
 
 
 def upsample(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:

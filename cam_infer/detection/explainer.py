@@ -216,9 +216,11 @@ class DetectionExplainer:
             chosen_targets = self._targets(i, detections, outputs[i], targets, classes, boxes, shape)
             ctx = DetectionContext(self, x[i:i + 1], packed[i], outputs[i])
             maps = chosen.fn(ctx, chosen_targets, **options) if chosen_targets else []
-            image_items = []
+            image_items, normalised = [], {}
             for t, m in zip(chosen_targets, maps):
-                saliency, degenerate = normalise(np.asarray(m, np.float32)[None])
+                if id(m) not in normalised:                    # class-agnostic methods share one map
+                    normalised[id(m)] = normalise(np.asarray(m, np.float32)[None])
+                saliency, degenerate = normalised[id(m)]
                 box_image = prep.box_to_image(t.box, shape) if originals else [float(v) for v in t.box]
                 image_items.append(DetectionMap([float(v) for v in t.box], box_image, t.class_id,
                                                 self.label(t.class_id), t.score, t.anchor,
