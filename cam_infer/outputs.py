@@ -17,6 +17,7 @@ from pathlib import Path
 from .errors import CamInferError
 
 LOCK_NAME = ".cam-infer.lock"
+SAVE_EVERY = 2.0         # seconds between rewrites of a run's growing JSON files (results.json, inputs.json)
 
 
 def prepare_folder(out, what: str = "--out") -> Path:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 
@@ -53,7 +55,7 @@ def overlay(image: np.ndarray, saliency: np.ndarray, colormap: str = "jet", alph
         saliency = upsample(saliency[None], rgb.shape[:2])[0]
     heat = cv2.applyColorMap(np.uint8(np.round(np.clip(saliency, 0, 1) * 255)), COLORMAPS[colormap])
     heat = cv2.cvtColor(heat, cv2.COLOR_BGR2RGB)
-    return np.uint8(np.round((1 - alpha) * rgb.astype(np.float32) + alpha * heat.astype(np.float32)))
+    return cv2.addWeighted(rgb, 1 - alpha, heat, alpha, 0.0)            # rounded to the nearest, saturated
 
 
 def overlay_picture(saliency: np.ndarray, image: np.ndarray, preprocessing=None, text: str | None = None,
@@ -65,8 +67,10 @@ def overlay_picture(saliency: np.ndarray, image: np.ndarray, preprocessing=None,
     if preprocessing is not None:
         saliency, seen = preprocessing.to_image(saliency, rgb.shape[:2])
         picture = overlay(rgb, saliency, colormap=colormap, alpha=alpha)
-        grey = (0.35 * rgb.astype(np.float32).mean(axis=2, keepdims=True) + 110).astype(np.uint8)
-        picture = np.where(seen[..., None], picture, grey)
+        unseen = ~seen
+        if unseen.any():
+            grey = cv2.transform(rgb, np.array([[0.35 / 3, 0.35 / 3, 0.35 / 3, 110.0]]))     # 0.35·mean + 110
+            picture[unseen] = grey[unseen][:, None]
     else:
         picture = overlay(rgb, saliency, colormap=colormap, alpha=alpha)
     if bar:
@@ -106,6 +110,23 @@ def with_colour_bar(picture: np.ndarray, colormap: str = "jet") -> np.ndarray:
     cv2.putText(labels, "0", (2, h - 3), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
     gap = np.full((h, 3, 3), 255, np.uint8)
     return np.concatenate([picture, gap, colours, labels], axis=1)
+
+
+def encode_png(picture: np.ndarray) -> bytes:
+    """An RGB picture as PNG bytes (what `write_png` writes)."""
+    ok, data = cv2.imencode(".png", cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise CamInferError("could not encode a picture as PNG")
+    return data.tobytes()
+
+
+def write_file(path, data: bytes) -> None:
+    """Write bytes a worker made; a failure (unwritable folder, full disk) is a user error."""
+    try:
+        Path(path).write_bytes(data)
+    except OSError as exc:
+        raise CamInferError(f"could not write '{path}' ({exc.strerror or exc}): is the folder writable, the disk "
+                            "full?") from None
 
 
 def write_png(path, picture: np.ndarray) -> None:

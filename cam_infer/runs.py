@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,8 +22,8 @@ import numpy as np
 from .errors import CamInferError, MethodNotApplicable
 from .images import load_image
 from .methods import GRADIENT_FREE, METHODS, get_method
-from .outputs import OutputLock, fingerprint, prepare_folder
-from .postprocess import caption, check_overlay_options, overlay_picture, write_png
+from .outputs import SAVE_EVERY, OutputLock, fingerprint, prepare_folder
+from .postprocess import caption, check_overlay_options, encode_png, overlay_picture, write_file
 from .progress import Progress
 
 # Every suffix OpenCV's decoder reads (JPEG and its aliases, PNG, BMP, TIFF, WebP, JPEG 2000, the PNM family,
@@ -127,6 +128,7 @@ class Results:
     errors: list
     skipped: list = field(default_factory=list)
     redone: list = field(default_factory=list)     # images explained before whose file has changed since
+    saved_at: float = 0.0
 
     @classmethod
     def open(cls, out: Path, settings: dict, restart: bool) -> "Results":
@@ -162,7 +164,14 @@ class Results:
     def done(self) -> set[tuple[str, str]]:
         return {(r["image"], r["method"]) for r in self.records}
 
+    def save_soon(self) -> None:
+        """Save if the last save is SAVE_EVERY seconds old: a killed run redoes at most that much work, and a
+        long run does not rewrite a growing file after every batch."""
+        if time.monotonic() - self.saved_at >= SAVE_EVERY:
+            self.save()
+
     def save(self) -> None:
+        self.saved_at = time.monotonic()
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_text(json.dumps({"settings": self.settings, "results": self.records, "errors": self.errors,
                                    "skipped": self.skipped}, indent=1))
@@ -206,15 +215,21 @@ def overlay_names(images: list[Path]) -> dict[Path, str]:
 def explain_files(explainer, paths, methods: list[str], out, *, target=None, options: dict | None = None,
                   batch_size: int = 8, colormap: str = "jet", alpha: float = 0.5, restart: bool = False,
                   progress: bool | None = None, on: str = "original", enhance: str | None = None,
-                  enhance_options: dict | None = None, finer: dict | None = None) -> Results:
+                  enhance_options: dict | None = None, finer: dict | None = None, workers=None,
+                  ray: str | None = None, threads: int | None = None) -> Results:
     """Explain every image with every method; write overlays and `results.json` in `out`.
     ``on="original"``: overlays over the whole original image (the map put back where the model's view
-    of it was; outside that view the image is greyed); ``"model"``: over the model's resized and cropped view."""
+    of it was; outside that view the image is greyed); ``"model"``: over the model's resized and cropped view.
+    `workers` (N or "auto": processes on this machine), `ray` (a Ray address) and `threads` (runtime threads
+    per worker) choose where the batches are explained (`cam_infer.parallel`); the files are the same."""
+    from .parallel import ExplainerSpec, InProcess, make_runner
+
     if batch_size < 1:
         raise CamInferError("batch size must be at least 1")
     if on not in ("original", "model"):
         raise CamInferError(f"overlays go on the 'original' image or the 'model' view, not {on!r}")
     check_overlay_options(colormap, alpha)
+    runner = make_runner(workers, ray, threads)
     found = collect_images(paths)
     images = found.files
     methods, _ = choose_methods(methods, explainer.linear_head is not None)
@@ -231,56 +246,81 @@ def explain_files(explainer, paths, methods: list[str], out, *, target=None, opt
                 "backend": explainer.backend.describe(), "target": target, "options": per_method, "colormap": colormap,
                 "alpha": alpha, "on": on, **({"enhance": enhancer} if enhancer else {}),
                 **({"finer": finer} if finer else {})}
+    spec = ExplainerSpec.of(explainer, runner.threads)
+    if isinstance(runner, InProcess):
+        spec.remember(explainer)
     with OutputLock(out, "explain"):
         results = Results.open(out, json.loads(json.dumps(settings)), restart)
         results.skipped = [str(f) for f in found.skipped]
         done = results.done()
         names = overlay_names(images)
         todo = [i for i in images if any((str(i), m) not in done for m in methods)]
+        work = ExplainWork(spec, tuple(methods), per_method, target, colormap, alpha, on, enhancer,
+                           results.settings.get("finer"))
+        batches = ([(path, names[path], tuple(m for m in methods if (str(path), m) not in done))
+                    for path in todo[start:start + batch_size]] for start in range(0, len(todo), batch_size))
         with Progress(len(todo) * len(methods), "explain", enabled=progress) as bar:
-            for start in range(0, len(todo), batch_size):
-                batch = _decode(todo[start:start + batch_size], results)
-                for method in methods:
-                    _explain_batch(explainer, batch, method, target, per_method[method], names, done, out, results,
-                                   colormap, alpha, on, enhancer)
-                    bar.advance(len(todo[start:start + batch_size]))
-                results.save()
+            for result in runner.map(work, batches):
+                for name, png in result["pictures"].items():
+                    write_file(out / name, png)
+                results.records += result["records"]
+                results.errors += result["errors"]
+                results.save_soon()
+                bar.advance(result["images"] * len(methods))
         results.save()
     return results
 
 
-def _decode(paths: list[Path], results: Results) -> list[tuple[Path, np.ndarray]]:
-    decoded = []
-    for path in paths:
-        try:
-            stamp = fingerprint(path)          # before decoding: a file replaced meanwhile is redone next time
-            decoded.append((path, load_image(path), stamp))
-        except (CamInferError, OSError) as exc:
-            results.errors.append({"image": str(path), "error": str(exc)})
-    return decoded
+@dataclass(frozen=True)
+class ExplainWork:
+    """One batch of images [(path, overlay name, methods still to do)] → its records, overlay PNGs and
+    unreadable files: what every runner (`cam_infer.parallel`) maps over the batches of a run."""
 
+    spec: object                            # ExplainerSpec
+    methods: tuple
+    per_method: dict
+    target: object
+    colormap: str
+    alpha: float
+    on: str
+    enhancer: dict | None
+    finer: dict | None
 
-def _explain_batch(explainer, batch, method, target, options, names, done, out, results, colormap, alpha, on,
-                   enhancer=None):
-    batch = [(p, rgb, stamp) for p, rgb, stamp in batch if (str(p), method) not in done]
-    if not batch:
-        return
-    prep = explainer.bundle.preprocessing
-    views = [prep.geometry(rgb) for _, rgb, _ in batch]
-    x = np.stack([prep.normalise(v) for v in views])
-    extra = {} if enhancer is None else {"enhance": enhancer["name"], "enhance_options": enhancer["options"]}
-    if results.settings.get("finer"):
-        extra["finer"] = results.settings["finer"]
-    e = explainer.explain(x, method=method, target=target, **extra, **options)
-    for i, ((path, rgb, stamp), view) in enumerate(zip(batch, views)):
-        name = f"{names[path]}_{e.method}.png"
-        class_id = int(e.targets[i])
-        label = explainer.bundle.label(class_id) if explainer.bundle.labels else None
-        picture = overlay_picture(e.saliency[i], rgb if on == "original" else view, prep if on == "original" else None,
-                                  caption(e.method, label, class_id, float(e.scores[i]), bool(e.degenerate[i])),
-                                  colormap=colormap, alpha=alpha)
-        write_png(out / name, picture)
-        results.records.append({
-            "image": str(path), "method": method, "class_id": class_id, "label": label,
-            "score": round(float(e.scores[i]), 6), "milliseconds": round(e.milliseconds / len(batch), 3),
-            "degenerate": bool(e.degenerate[i]), "overlay": name, "input": stamp})
+    def __call__(self, batch) -> dict:
+        explainer = self.spec.open()
+        out = {"records": [], "pictures": {}, "errors": [], "images": len(batch)}
+        decoded = []
+        for path, name, needed in batch:
+            try:
+                stamp = fingerprint(path)          # before decoding: a file replaced meanwhile is redone next time
+                decoded.append((path, name, needed, load_image(path), stamp))
+            except (CamInferError, OSError) as exc:
+                out["errors"].append({"image": str(path), "error": str(exc)})
+        for method in self.methods:
+            self._explain(explainer, [d for d in decoded if method in d[2]], method, out)
+        return out
+
+    def _explain(self, explainer, batch, method: str, out: dict) -> None:
+        if not batch:
+            return
+        prep = explainer.bundle.preprocessing
+        views = [prep.geometry(rgb) for *_, rgb, _ in batch]
+        x = np.stack([prep.normalise(v) for v in views])
+        extra = {} if self.enhancer is None else {"enhance": self.enhancer["name"],
+                                                  "enhance_options": self.enhancer["options"]}
+        if self.finer:
+            extra["finer"] = self.finer
+        e = explainer.explain(x, method=method, target=self.target, **extra, **self.per_method[method])
+        for i, ((path, name, _, rgb, stamp), view) in enumerate(zip(batch, views)):
+            file = f"{name}_{e.method}.png"
+            class_id = int(e.targets[i])
+            label = explainer.bundle.label(class_id) if explainer.bundle.labels else None
+            picture = overlay_picture(e.saliency[i], rgb if self.on == "original" else view,
+                                      prep if self.on == "original" else None,
+                                      caption(e.method, label, class_id, float(e.scores[i]), bool(e.degenerate[i])),
+                                      colormap=self.colormap, alpha=self.alpha)
+            out["pictures"][file] = encode_png(picture)
+            out["records"].append({
+                "image": str(path), "method": method, "class_id": class_id, "label": label,
+                "score": round(float(e.scores[i]), 6), "milliseconds": round(e.milliseconds / len(batch), 3),
+                "degenerate": bool(e.degenerate[i]), "overlay": file, "input": stamp})

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
-from ..errors import CamInferError, UnreadableImage
-from ..outputs import OutputLock, fingerprint, prepare_folder
+from ..errors import CamInferError
+from ..outputs import SAVE_EVERY, OutputLock, fingerprint, prepare_folder
 from ..progress import Progress
 from .report import (
     CSV_NAME,
@@ -32,7 +33,7 @@ from .report import (
     write_atomically,
     write_html,
 )
-from .work import COLUMNS, METRICS, AuditOptions, audit_image
+from .work import COLUMNS, METRICS, AuditOptions, AuditWork, audit_image, audit_spec
 
 GRID = 48
 OVERLAYS = "overlays"
@@ -41,14 +42,18 @@ LOCALISATION = ("pointing", "energy", "box")
 
 
 def run_audit(bundle, images, options: AuditOptions, out, *, boxes=None, restart: bool = False, grid: int = GRID,
-              progress: bool | None = None) -> dict:
+              progress: bool | None = None, workers=None, ray: str | None = None, threads: int | None = None) -> dict:
     """Audit the images (files and folders); returns the summary. Unreadable images are listed in
-    the summary's ``errors`` and skipped."""
+    the summary's ``errors`` and skipped. `workers` (N or "auto": processes on this machine), `ray` (a
+    Ray address) and `threads` (runtime threads per worker) choose where the images are worked on
+    (`cam_infer.parallel`); the files written are the same."""
     from ..bundle import Bundle
+    from ..parallel import make_runner
     from ..runs import collect_images
 
     bundle = Bundle.load(bundle)
     _check_options(bundle, options)
+    runner = make_runner(workers, ray, threads)
     found = collect_images(images)
     files = found.files
     truth = _load_boxes(boxes, bundle)
@@ -69,19 +74,20 @@ def run_audit(bundle, images, options: AuditOptions, out, *, boxes=None, restart
         metrics.drop(changed)
         errors: list[dict] = []
         todo = [f for f in files if str(f) not in done]
+        work = AuditWork(audit_spec(bundle.path.resolve(), options, runner.threads), options)
+        by_name = {str(f): f for f in todo}
         with Progress(len(files), "audit", enabled=progress) as bar:
             bar.advance(len(files) - len(todo))
-            for image in todo:
-                try:
-                    stamp = fingerprint(image)
-                    result = audit_image(bundle, image, options, _boxes_for(truth, image, images))
-                except (UnreadableImage, OSError) as exc:
-                    errors.append({"image": str(image), "error": str(exc)})
+            for result in runner.map(work, ((f, _boxes_for(truth, f, images)) for f in todo)):
+                image = by_name[result["image"]]
+                if "error" in result:
+                    errors.append({"image": result["image"], "error": result["error"]})
                 else:
                     _write_thumbnails(out, found.names[image], result["thumbnails"])
                     metrics.append(result["rows"])
-                    inputs.record(image, stamp)
+                    inputs.record(image, result["stamp"])
                 bar.advance()
+        inputs.save()
         write_atomically(out / ERRORS_NAME, json.dumps(errors, indent=1) + "\n")
         protocol = {"bundle": settings["bundle"], "boxes": settings["boxes"], **options.to_dict()}
         summary = summarise(metrics, options.methods, protocol, errors)
@@ -146,7 +152,7 @@ class InputsFile:
     """inputs.json: image → the size and mtime it had when audited, so a resume redoes changed files."""
 
     def __init__(self, path: Path):
-        self.path = path
+        self.path, self.saved_at = path, 0.0
         try:
             self.stamps = json.loads(path.read_text()) if path.exists() else {}
         except ValueError:
@@ -166,7 +172,14 @@ class InputsFile:
         return out
 
     def record(self, image, stamp: dict) -> None:
+        """Note an audited image's stamp; written every SAVE_EVERY seconds and at the end (`save`). A stamp
+        lost to a kill only means that file's later changes are not noticed; its rows are in metrics.csv."""
         self.stamps[str(image)] = stamp
+        if time.monotonic() - self.saved_at >= SAVE_EVERY:
+            self.save()
+
+    def save(self) -> None:
+        self.saved_at = time.monotonic()
         write_atomically(self.path, json.dumps(self.stamps) + "\n")
 
 

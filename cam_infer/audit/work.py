@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from ..enhancers import split_variant
-from ..errors import CamInferError
+from ..errors import CamInferError, UnreadableImage
 from ..images import load_image
 from ..metrics import (
     adcc,
@@ -29,6 +29,7 @@ from ..metrics import (
     increase_in_confidence,
     pointing_hit,
 )
+from ..outputs import fingerprint
 from ..postprocess import overlay
 
 METRICS = ("adcc", "insertion", "deletion", "pointing", "energy", "box")
@@ -121,25 +122,47 @@ def explain_variant(explainer, x, variant: str, target, options: "AuditOptions")
                              enhance_options=options.enhance_options.get(enhancer, {}), **kwargs)
 
 
-_EXPLAINERS: dict = {}
-
-
-def explainer_for(bundle, options: AuditOptions):
-    """The Explainer for these options, opened once per process (`bundle`: an opened Bundle, or its folder)."""
+def explainer_for(bundle, options: AuditOptions, threads: int | None = None):
+    """The Explainer for these options, opened once per process (`bundle`: an opened Bundle, its folder, or
+    an `ExplainerSpec`)."""
     from ..bundle import Bundle
-    from ..explainer import Explainer
+    from ..parallel import ExplainerSpec
+
+    if isinstance(bundle, ExplainerSpec):
+        return bundle.open()
+    return audit_spec(bundle.path if isinstance(bundle, Bundle) else bundle, options, threads).open()
+
+
+def audit_spec(bundle, options: AuditOptions, threads: int | None = None):
+    """How a worker opens the audit's Explainer: with torch gradients when a gradient method is audited."""
     from ..methods import GRADIENT
+    from ..parallel import ExplainerSpec
 
     gradients = "torch" if {split_variant(m)[0] for m in options.methods} & set(GRADIENT) else None
-    path = bundle.path if isinstance(bundle, Bundle) else bundle
-    key = (os.fspath(path), options.backend, options.device, gradients)
-    if key not in _EXPLAINERS:
-        _EXPLAINERS[key] = Explainer(bundle, backend=options.backend, device=options.device, gradients=gradients)
-    return _EXPLAINERS[key]
+    return ExplainerSpec(os.fspath(bundle), options.backend, options.device, gradients, threads)
+
+
+@dataclass(frozen=True)
+class AuditWork:
+    """One image (path, its boxes) → its rows, thumbnails and file stamp, or the reason it could not be
+    read: what every runner (`cam_infer.parallel`) maps over the images of an audit."""
+
+    spec: object                          # ExplainerSpec
+    options: AuditOptions
+
+    def __call__(self, item) -> dict:
+        image, boxes = item
+        try:
+            stamp = fingerprint(image)
+            result = audit_image(self.spec, image, self.options, boxes)
+        except (UnreadableImage, OSError) as exc:
+            return {"image": str(image), "error": str(exc)}
+        return {"image": str(image), "stamp": stamp, **result}
 
 
 def audit_image(bundle, image, options: AuditOptions, boxes=None) -> dict:
     """One image file → {"rows": one dict per method (COLUMNS), "thumbnails": method → PNG bytes}.
+    `bundle`: a Bundle, its folder, or an `ExplainerSpec` (the explainer is opened once per process).
     `boxes`: the image's ground truth, [x1,y1,x2,y2] or {"box": [...], "label": ...}, in its own pixels."""
     explainer = explainer_for(bundle, options)
     prep = explainer.bundle.preprocessing
@@ -239,4 +262,4 @@ def _thumbnail(view: np.ndarray, saliency: np.ndarray) -> bytes:
     return png.tobytes()
 
 
-__all__ = ["AuditOptions", "COLUMNS", "METRICS", "audit_image"]
+__all__ = ["AuditOptions", "AuditWork", "COLUMNS", "METRICS", "audit_image"]

@@ -34,6 +34,8 @@ class OpenVINOBackend(Backend):
         config = {"PERFORMANCE_HINT": HINTS[hint]}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
+            if self.device.startswith("CPU"):
+                config["ENABLE_CPU_PINNING"] = False   # workers with a few threads each would all pin the first cores
         if precision and self.device.startswith("CPU"):
             config["INFERENCE_PRECISION_HINT"] = precision
         if cache_dir:

@@ -17,6 +17,16 @@ def _runtime(p, backend_help="auto (default): ONNX Runtime for ONNX bundles, Ope
     p.add_argument("--device", default="CPU", help="device (CPU, GPU, NPU, AUTO)")
 
 
+def _scale_out(p) -> None:
+    g = p.add_argument_group("where the work runs (the files written are the same)")
+    g.add_argument("--workers", metavar="N", help="N worker processes on this machine, or 'auto' (one per core): "
+                                                  "throughput mode (default: this process); with --ray, N actors "
+                                                  "(default: the cluster's CPUs / --threads)")
+    g.add_argument("--ray", metavar="ADDRESS", help="run on a Ray cluster: 'auto' (the cluster of `ray start`), "
+                                                    "'local' (start one here), or HOST:PORT; needs cam-infer[ray]")
+    g.add_argument("--threads", type=int, help="runtime threads per worker (default: the cores shared out; 1 on Ray)")
+
+
 def _out(p, what: str, force: str) -> None:
     p.add_argument("--out", required=True, help=what)
     p.add_argument("--force", action="store_true", help=force)
@@ -111,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     _out(p, "folder for the overlays and results.json", "start over in --out instead of resuming")
     _runtime(p)
     p.add_argument("--batch-size", type=int, default=8, help="images per call (default 8)")
+    _scale_out(p)
     p.add_argument("--colormap", default="jet")
     p.add_argument("--alpha", type=float, default=0.5, help="heat-map weight in the overlay (default 0.5)")
     p.add_argument("--on", default="original", choices=["original", "model"],
@@ -185,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--box-threshold", type=float, default=0.2, help="fraction of the max kept for the box (0.2)")
     g.add_argument("--tolerance", type=float, default=0.0, help="pointing game tolerance in pixels (paper: 15)")
     p.add_argument("--grid", type=int, default=48, help="images shown in the HTML thumbnail grid (default 48)")
+    _scale_out(p)
     p.set_defaults(run=run.audit)
 
     p = sub.add_parser("synthetic", help="write synthetic scenes with ground-truth boxes (for audit)")

@@ -15,11 +15,12 @@ Rows go to ``rows.jsonl`` as each image is done; a rerun resumes; ``summary.json
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import CamInferError
+from ..errors import CamInferError, UnreadableImage
 from ..images import load_image
 from ..metrics import energy_pointing, pointing_hit
 from ..audit.report import write_atomically
@@ -36,30 +37,42 @@ MEANS = ("energy", "box_fraction", "pointing", "specificity", "truth_iou", "mark
 
 def run_detection_audit(bundle, images, methods, out, *, boxes=None, backend: str = "auto", device: str = "CPU",
                         tolerance: float = 0.0, conf: float | None = None, options: dict | None = None,
-                        restart: bool = False, progress: bool | None = None) -> dict:
+                        restart: bool = False, progress: bool | None = None, workers=None, ray: str | None = None,
+                        threads: int | None = None) -> dict:
+    """`workers`, `ray` and `threads` choose where the images are worked on (`cam_infer.parallel`)."""
+    from ..parallel import ExplainerSpec, InProcess, make_runner
+
     explainer = DetectionExplainer(bundle, backend=backend, device=device)
     for m in methods:
         get_detection_method(m)
+    runner = make_runner(workers, ray, threads)
     truth = json.loads(Path(boxes).read_text()) if boxes else {}
     found = collect_images(images)
     out = prepare_folder(out)
     settings = {"bundle": str(explainer.bundle.path.resolve()), "methods": list(methods), "boxes": boxes and
                 str(Path(boxes).resolve()), "tolerance": tolerance, "conf": conf, "options": options or {}}
+    spec = ExplainerSpec(str(explainer.bundle.path.resolve()), backend, device, None, runner.threads, detector=True)
+    if isinstance(runner, InProcess):
+        spec.remember(explainer)
+    errors: list[dict] = []
     with OutputLock(out, "audit"):
         rows = _resume(out, settings, restart)
         done = {r["image"] for r in rows}
         todo = [f for f in found.files if str(f) not in done]
+        work = DetectionAuditWork(spec, tuple(methods), tolerance, conf, options or {})
+        items = ((image, truth.get(Path(image).name, [])) for image in todo)
         with Progress(len(todo), "audit", enabled=progress) as bar, open(out / ROWS, "a") as sink:
-            for image in todo:
-                new = audit_image(explainer, image, methods, truth.get(Path(image).name, []), tolerance, conf,
-                                  options or {})
-                for r in new or [{"image": str(image), "method": None}]:
-                    sink.write(json.dumps(r) + "\n")
-                sink.flush()
-                rows += new or [{"image": str(image), "method": None}]
+            for result in runner.map(work, items):
+                if "error" in result:
+                    errors.append({"image": result["image"], "error": result["error"]})
+                else:
+                    new = result["rows"] or [{"image": result["image"], "method": None}]
+                    sink.write("".join(json.dumps(r) + "\n" for r in new))
+                    sink.flush()
+                    rows += new
                 bar.advance()
         summary = {"methods": summarise(rows, methods), "images": len(found.files), "settings": settings,
-                   "skipped": [str(f) for f in found.skipped]}
+                   "skipped": [str(f) for f in found.skipped], "errors": errors}
         write_atomically(out / SUMMARY, json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -82,6 +95,25 @@ def _resume(out: Path, settings: dict, restart: bool) -> list[dict]:
         complete = {r["image"] for r in rows}
         rows_path.write_text("".join(json.dumps(r) + "\n" for r in rows if r["image"] in complete))
     return rows
+
+
+@dataclass(frozen=True)
+class DetectionAuditWork:
+    """One image (path, its true boxes) → its rows, or why it could not be read, for any runner."""
+
+    spec: object                            # ExplainerSpec
+    methods: tuple
+    tolerance: float
+    conf: float | None
+    options: dict
+
+    def __call__(self, item) -> dict:
+        image, truth = item
+        try:
+            rows = audit_image(self.spec.open(), image, self.methods, truth, self.tolerance, self.conf, self.options)
+        except (UnreadableImage, OSError) as exc:
+            return {"image": str(image), "error": str(exc)}
+        return {"image": str(image), "rows": rows}
 
 
 def audit_image(explainer: DetectionExplainer, image, methods, truth: list, tolerance: float, conf, options) -> list:

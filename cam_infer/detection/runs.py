@@ -6,13 +6,15 @@ classifier's runs (`cam_infer.runs`): same lock, same settings check, changed fi
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 from ..errors import CamInferError
 from ..explanation import _safe
-from ..outputs import OutputLock, prepare_folder
-from ..postprocess import check_overlay_options, write_png
+from ..images import load_image
+from ..outputs import OutputLock, fingerprint, prepare_folder
+from ..postprocess import check_overlay_options, encode_png, write_file
 from ..progress import Progress
-from ..runs import Results, _decode, collect_images, overlay_names
+from ..runs import Results, collect_images, overlay_names
 from .explainer import DetectionExplainer
 from .methods import get_detection_method
 
@@ -20,13 +22,17 @@ from .methods import get_detection_method
 def explain_detection_files(explainer: DetectionExplainer, paths, methods: list[str], out, *, targets="all",
                             classes=None, boxes=None, conf=None, iou=None, options: dict | None = None,
                             colormap: str = "jet", alpha: float = 0.5, restart: bool = False,
-                            progress: bool | None = None, on: str = "original") -> Results:
+                            progress: bool | None = None, on: str = "original", workers=None, ray: str | None = None,
+                            threads: int | None = None) -> Results:
+    from ..parallel import ExplainerSpec, InProcess, make_runner
+
     check_overlay_options(colormap, alpha)
     if on not in ("original", "model"):
         raise CamInferError(f"overlays go on the 'original' image or the 'model' view, not {on!r}")
     for m in methods:
         get_detection_method(m)
     explainer._thresholds(conf, iou, None)
+    runner = make_runner(workers, ray, threads)
     found = collect_images(paths)
     out = prepare_folder(out)
     graphs = explainer.bundle.manifest["graphs"]
@@ -34,39 +40,72 @@ def explain_detection_files(explainer: DetectionExplainer, paths, methods: list[
                 "backend": explainer.backend.describe(), "task": "detection", "targets": targets, "classes": classes,
                 "boxes": boxes, "conf": conf, "iou": iou, "options": options or {}, "colormap": colormap,
                 "alpha": alpha, "on": on}
+    spec = ExplainerSpec.of(explainer, runner.threads)
+    if isinstance(runner, InProcess):
+        spec.remember(explainer)
     with OutputLock(out, "explain"):
         results = Results.open(out, json.loads(json.dumps(settings)), restart)
         results.skipped = [str(f) for f in found.skipped]
         done = results.done()
         names = overlay_names(found.files)
         todo = [i for i in found.files if any((str(i), m) not in done for m in methods)]
+        work = DetectionWork(spec, tuple(methods), targets, classes, boxes, conf, iou, options or {}, colormap, alpha,
+                             on)
+        items = ((path, names[path], tuple(m for m in methods if (str(path), m) not in done)) for path in todo)
         with Progress(len(todo) * len(methods), "explain", enabled=progress) as bar:
-            for path in todo:
-                for path_, rgb, stamp in _decode([path], results):
-                    for method in methods:
-                        if (str(path_), method) not in done:
-                            record = _explain_one(explainer, path_, rgb, stamp, method, names[path_], out, targets,
-                                                  classes, boxes, conf, iou, options or {}, colormap, alpha, on)
-                            results.records.append(record)
-                        bar.advance()
-                results.save()
+            for result in runner.map(work, items):
+                for name, png in result["pictures"].items():
+                    write_file(out / name, png)
+                results.records += result["records"]
+                results.errors += result["errors"]
+                results.save_soon()
+                bar.advance(len(methods))
         results.save()
     return results
 
 
-def _explain_one(explainer, path, rgb, stamp, method, name, out, targets, classes, boxes, conf, iou, options,
-                 colormap, alpha, on) -> dict:
-    e = explainer.explain([rgb], method, targets=targets, classes=classes, boxes=boxes, conf=conf, iou=iou, **options)
-    e.names = [name]
-    overlay = f"{name}_{method}.png"
-    write_png(out / overlay, e.overlay(0, on=on, colormap=colormap, alpha=alpha))
-    detections = []
-    for j, d in enumerate(e.items[0]):
-        file = f"{name}_{method}_{j}_{_safe(d.label)}.png"
-        write_png(out / file, e.overlay(0, j, on=on, colormap=colormap, alpha=alpha))
-        detections.append({**d.record(), "overlay": file})
-    return {"image": str(path), "method": method, "detections": detections, "found": len(e.detections[0]),
-            "milliseconds": round(e.milliseconds, 3), "overlay": overlay, "input": stamp}
+@dataclass(frozen=True)
+class DetectionWork:
+    """One image (path, overlay name, methods still to do) → its records, overlay PNGs (one for the image,
+    one per explained detection) or why it could not be read, for any runner (`cam_infer.parallel`)."""
+
+    spec: object                            # ExplainerSpec
+    methods: tuple
+    targets: object
+    classes: object
+    boxes: object
+    conf: float | None
+    iou: float | None
+    options: dict
+    colormap: str
+    alpha: float
+    on: str
+
+    def __call__(self, item) -> dict:
+        path, name, needed = item
+        out = {"records": [], "pictures": {}, "errors": []}
+        try:
+            stamp = fingerprint(path)
+            rgb = load_image(path)
+        except (CamInferError, OSError) as exc:
+            out["errors"].append({"image": str(path), "error": str(exc)})
+            return out
+        explainer = self.spec.open()
+        for method in (m for m in self.methods if m in needed):
+            e = explainer.explain([rgb], method, targets=self.targets, classes=self.classes, boxes=self.boxes,
+                                  conf=self.conf, iou=self.iou, **self.options)
+            overlay = f"{name}_{method}.png"
+            out["pictures"][overlay] = encode_png(e.overlay(0, on=self.on, colormap=self.colormap, alpha=self.alpha))
+            detections = []
+            for j, d in enumerate(e.items[0]):
+                file = f"{name}_{method}_{j}_{_safe(d.label)}.png"
+                out["pictures"][file] = encode_png(e.overlay(0, j, on=self.on, colormap=self.colormap,
+                                                             alpha=self.alpha))
+                detections.append({**d.record(), "overlay": file})
+            out["records"].append({"image": str(path), "method": method, "detections": detections,
+                                   "found": len(e.detections[0]), "milliseconds": round(e.milliseconds, 3),
+                                   "overlay": overlay, "input": stamp})
+        return out
 
 
 def summary_lines(results: Results, methods: int, out) -> list[str]:

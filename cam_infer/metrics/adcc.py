@@ -20,7 +20,7 @@ def coherency(saliency: np.ndarray, again: np.ndarray) -> float:
     denominator = np.sqrt((a * a).sum() * (b * b).sum())
     if denominator == 0 or not np.isfinite(denominator):
         return 0.0
-    return float((np.dot(a, b) / denominator + 1) / 2)
+    return float(((a * b).sum() / denominator + 1) / 2)    # not np.dot: BLAS's threads would change the last digits
 
 
 def complexity(saliency: np.ndarray) -> float:

@@ -1,0 +1,322 @@
+"""The README's throughput table (issue: audits that outgrow one machine): images per second of folder runs
+on this machine's 2 cores, by where the work runs, next to the model's own throughput forward rate.
+
+- Images: JPEGs cut from the photos of ../shared/data/images (random crops, longer side 500 px, as
+  ImageNet's validation images are), 1 000 of them (10 000 for the memory check).
+- Bundles: MobileNetV2 (torchvision weights) and ResNet-50 (seed-0 weights), exported from `models/` as in
+  bench/seed_methods.py.
+- Ceiling: the unsplit model on OpenVINO CPU, THROUGHPUT hint, an AsyncInferQueue of its optimal number of
+  requests, batch 1, one preprocessed image over and over: images/s of the model alone.
+- `cam-infer explain --method recipro` (overlays written) and `cam-infer audit --methods recipro --metrics
+  adcc,insertion,deletion`, each as a whole command (start-up included), in one process (today's latency
+  mode), with --workers 2, and on a Ray cluster started beforehand with `ray start --head --num-cpus 2`
+  (--ray ADDRESS: 2 actors x 1 thread).
+- pytorch-grad-cam 1.5.7's GradCAM and EigenCAM over the same files as its users loop: read, preprocess,
+  cam(), show_cam_on_image, write a PNG (torch 2.13 CPU, 2 threads). It is installed into the work folder
+  with pip --target; its module-level `torchvision` imports are met by a stand-in whose functions raise
+  (the registry's torchvision does not load beside the CPU torch here; the loop never calls them).
+- Memory: peak resident memory (VmHWM) of the driver and of each worker over explain runs of 1 000 and
+  10 000 images, and /usr/bin/time -v's maximum (the driver or its largest child).
+
+    python bench/throughput.py --work /tmp/cam-throughput --out bench/throughput.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared" / "data"
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from cam_infer.bench import Report  # noqa: E402
+
+RAY_PORT = 6392
+GRAD_CAM = ["grad-cam==1.5.7", "ttach==0.0.3", "scipy", "scikit-learn", "tqdm"]
+
+
+def images(folder: Path, n: int) -> Path:
+    import cv2
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if len(list(folder.glob("*.jpg"))) == n:
+        return folder
+    photos = [cv2.imread(str(p)) for p in sorted((SHARED / "images").iterdir())
+              if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".jfif")]
+    photos = [p for p in photos if p is not None]
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        p = photos[i % len(photos)]
+        h, w = p.shape[:2]
+        s = rng.uniform(0.6, 1.0)
+        ch, cw = int(h * s), int(w * s)
+        y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+        scale = 500 / max(ch, cw)
+        crop = cv2.resize(p[y:y + ch, x:x + cw], (max(1, round(cw * scale)), max(1, round(ch * scale))),
+                          interpolation=cv2.INTER_AREA)
+        cv2.imwrite(str(folder / f"img_{i:05d}.jpg"), crop, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    return folder
+
+
+def ceiling(bundle: Path, work: Path, seconds: float = 10.0) -> float:
+    """Images/s of the unsplit model alone: OpenVINO THROUGHPUT hint, its optimal number of requests."""
+    import numpy as np
+    import onnx
+    import openvino as ov
+
+    from cam_infer.fuse.assemble import plain_model
+    path = work / f"{bundle.name}_plain.onnx"
+    onnx.save(plain_model(bundle), path)
+    core = ov.Core()
+    model = core.read_model(str(path))
+    model.reshape([1, 3, 224, 224])
+    compiled = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_PRECISION_HINT": "f32"})
+    queue = ov.AsyncInferQueue(compiled, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+    x = np.random.default_rng(0).random((1, 3, 224, 224), np.float32)
+    for _ in range(20):
+        queue.start_async({0: x})
+    queue.wait_all()
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for _ in range(50):
+            queue.start_async({0: x})
+        queue.wait_all()
+        done += 50
+    return done / (time.perf_counter() - start)
+
+
+def timed_cli(*args) -> tuple[float, subprocess.CompletedProcess]:
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "cam_infer", *map(str, args)], capture_output=True, text=True,
+                            cwd=ROOT, env=dict(os.environ, RAY_AUTH_MODE="disabled"))
+    if result.returncode:
+        raise SystemExit(f"{args}: {result.stderr[-2000:]}")
+    return time.perf_counter() - start, result
+
+
+def grad_cam_rate(name: str, method: str, files: list[Path], work: Path) -> float:
+    """pytorch-grad-cam's loop over the files, in a subprocess with its packages on the path."""
+    target = work / "grad-cam"
+    if not (target / "pytorch_grad_cam").is_dir():
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--target", str(target), *GRAD_CAM],
+                       check=True, capture_output=True)
+        for extra in ("numpy", "numpy.libs"):                       # keep the venv's numpy
+            subprocess.run(["rm", "-rf", str(target / extra)], check=True)
+        for old in target.glob("numpy-*.dist-info"):
+            subprocess.run(["rm", "-rf", str(old)], check=True)
+    shim = work / "torchvision-stand-in" / "torchvision"
+    (shim / "transforms").mkdir(parents=True, exist_ok=True)
+    (shim / "__init__.py").write_text('"""Not torchvision: names pytorch-grad-cam imports; using them raises."""\n')
+    (shim / "transforms" / "__init__.py").write_text(
+        "def _absent(*args, **kwargs):\n    raise NotImplementedError('no torchvision here')\n\n\n"
+        "Compose = Normalize = ToTensor = Resize = _absent\n")
+    (shim / "transforms" / "functional.py").write_text("from . import _absent as resize  # noqa: F401\n")
+    list_file = work / "grad_cam_files.txt"
+    list_file.write_text("\n".join(map(str, files)))
+    code = GRAD_CAM_LOOP.format(root=str(ROOT), name=name, method=method, files=str(list_file),
+                                out=str(work / f"grad_cam_{name}_{method}"))
+    env = dict(os.environ, PYTHONPATH=f"{shim.parent}{os.pathsep}{target}")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    if result.returncode:
+        raise SystemExit(result.stderr[-3000:])
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+GRAD_CAM_LOOP = '''
+import sys, time
+from pathlib import Path
+import cv2, numpy as np, torch
+sys.path.insert(0, {root!r}); sys.path.insert(0, {root!r} + "/bench")
+from pytorch_grad_cam import GradCAM, EigenCAM
+from pytorch_grad_cam.utils.image import show_cam_on_image
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from cam_infer import Preprocessing
+from seed_methods import torch_model, LAYERS
+torch.set_num_threads(2)
+model = torch_model({name!r})
+layer = [getattr(model, LAYERS[{name!r}])]
+cam = {{"gradcam": GradCAM, "eigencam": EigenCAM}}[{method!r}](model=model, target_layers=layer)
+prep = Preprocessing((224, 224))
+out = Path({out!r}); out.mkdir(parents=True, exist_ok=True)
+files = Path({files!r}).read_text().splitlines()
+start = time.perf_counter()
+for f in files:
+    rgb = cv2.cvtColor(cv2.imread(f), cv2.COLOR_BGR2RGB)
+    view = prep.geometry(rgb)
+    x = torch.from_numpy(prep.normalise(view)[None])
+    grayscale = cam(input_tensor=x, targets=None)[0]
+    picture = show_cam_on_image(view.astype(np.float32) / 255, grayscale, use_rgb=True)
+    cv2.imwrite(str(out / (Path(f).stem + ".png")), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+print(len(files) / (time.perf_counter() - start))
+'''
+
+
+class PeakMemory:
+    """Peak resident memory (VmHWM, MiB) of a driver and of its workers, sampled every 0.2 s: its spawned
+    children, or the Ray actors doing the run's work."""
+
+    def __init__(self, driver: int):
+        self.driver, self.peaks, self._stop = driver, {}, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            for pid, role in self._processes():
+                peak = _vm_hwm(pid)
+                if peak is not None:
+                    self.peaks[(role, pid)] = max(self.peaks.get((role, pid), 0), peak)
+            time.sleep(0.2)
+
+    def _processes(self):
+        yield self.driver, "driver"
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if (command.startswith("ray::") and "RayWorker" in command) or (
+                    "spawn_main" in command and _parent(int(entry.name)) == self.driver):
+                yield int(entry.name), "worker"
+
+    def stop(self) -> tuple[float, float]:
+        self._stop.set()
+        self._thread.join()
+        driver = max((v for (role, _), v in self.peaks.items() if role == "driver"), default=0.0)
+        worker = max((v for (role, _), v in self.peaks.items() if role == "worker"), default=0.0)
+        return driver, worker
+
+
+def _vm_hwm(pid: int) -> float | None:
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    found = re.search(r"VmHWM:\s+(\d+) kB", text)
+    return int(found.group(1)) / 1024 if found else None
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    return int(re.search(r"PPid:\s+(\d+)", text).group(1))
+
+
+def memory_run(args: list[str]) -> tuple[float, float, float, float]:
+    """seconds, driver peak, worker peak (VmHWM, MiB) and /usr/bin/time -v's maximum resident set (MiB)."""
+    command = ["/usr/bin/time", "-v", sys.executable, "-m", "cam_infer", *map(str, args)]
+    start = time.perf_counter()
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=dict(os.environ, RAY_AUTH_MODE="disabled"))
+    time.sleep(0.3)
+    children = [int(p) for p in Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()]
+    monitor = PeakMemory(children[0] if children else process.pid)
+    _, stderr = process.communicate()
+    seconds = time.perf_counter() - start
+    driver, worker = monitor.stop()
+    if process.returncode:
+        raise SystemExit(stderr[-2000:])
+    maximum = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", stderr).group(1)) / 1024
+    return seconds, driver, worker, maximum
+
+
+def ray_cluster(action: str) -> None:
+    ray = [sys.executable, "-c", "import sys; from ray.scripts.scripts import main; sys.exit(main())"]
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    if action == "start":
+        subprocess.run(ray + ["start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(RAY_PORT),
+                              "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats"],
+                       check=True, capture_output=True, env=env)
+    else:
+        subprocess.run(ray + ["stop", "--force"], capture_output=True, env=env)
+
+
+def main() -> None:
+    from seed_methods import bundle_for
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", default="/tmp/cam-throughput")
+    parser.add_argument("--out")
+    parser.add_argument("-n", type=int, default=1000)
+    parser.add_argument("--audit-n", default="mobilenet_v2=1000,resnet50=200",
+                        help="images audited per model (insertion and deletion are 56 passes an image)")
+    parser.add_argument("--memory-n", default="1000,10000")
+    parser.add_argument("--parts", default="explain,audit,grad-cam,memory")
+    args = parser.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    report = Report()
+    parts = args.parts.split(",")
+    folder = images(work / f"images_{args.n}", args.n)
+    files = sorted(folder.glob("*.jpg"))
+    audit_n = dict((k, int(v)) for k, v in (item.split("=") for item in args.audit_n.split(",")))
+    address = f"127.0.0.1:{RAY_PORT}"
+    ray_cluster("start")
+    try:
+        for name in ("mobilenet_v2", "resnet50"):
+            bundle = bundle_for(name, work)
+            top = ceiling(bundle, work)
+            report(f"\n**{name}** 224×224, 2 cores. Ceiling, the unsplit model alone on OpenVINO (THROUGHPUT hint, "
+                   f"async requests, batch 1): **{top:.0f} images/s**\n")
+            report("| run | where | images | images/s | ÷ ceiling |\n|---|---|---:|---:|---:|")
+            if "explain" in parts:
+                for backend in ("onnxruntime", "openvino"):
+                    for label, flags in (("one process (latency mode, today)", []), ("--workers 2", ["--workers", "2"]),
+                                         ("--ray (2 actors × 1 thread)", ["--ray", address])):
+                        seconds, _ = timed_cli("explain", bundle, folder, "--method", "recipro", "--backend", backend,
+                                               "--out", work / "explain_out", "--force", *flags)
+                        rate = len(files) / seconds
+                        report(f"| explain --method recipro, {backend} | {label} | {len(files)} | {rate:.1f} | "
+                               f"{rate / top:.2f} |")
+            if "audit" in parts:
+                subset = work / f"audit_{name}"
+                subset.mkdir(exist_ok=True)
+                for f in files[:audit_n[name]]:
+                    link = subset / f.name
+                    if not link.exists():
+                        link.symlink_to(f)
+                for label, flags in (("one process (latency mode, today)", []), ("--workers 2", ["--workers", "2"]),
+                                     ("--ray (2 actors × 1 thread)", ["--ray", address])):
+                    seconds, _ = timed_cli("audit", bundle, subset, "--methods", "recipro", "--metrics",
+                                           "adcc,insertion,deletion", "--backend", "openvino", "--out",
+                                           work / "audit_out", "--force", *flags)
+                    rate = audit_n[name] / seconds
+                    report(f"| audit recipro × adcc, insertion, deletion, openvino | {label} | {audit_n[name]} | "
+                           f"{rate:.2f} | {rate / top:.3f} |")
+            if "grad-cam" in parts:
+                for method in ("gradcam", "eigencam"):
+                    rate = grad_cam_rate(name, method, files, work)
+                    report(f"| pytorch-grad-cam {method} loop (torch, 2 threads) | one process | {len(files)} | "
+                           f"{rate:.1f} | {rate / top:.2f} |")
+        if "memory" in parts:
+            bundle = bundle_for("mobilenet_v2", work)
+            report("\n**Peak memory**, `explain --method recipro` on mobilenet_v2 (onnxruntime), MiB: the driver's and "
+                   "the largest worker's peak resident set (VmHWM), and /usr/bin/time -v's maximum\n")
+            report("| where | images | seconds | driver | worker | time -v |\n|---|---:|---:|---:|---:|---:|")
+            for n in map(int, args.memory_n.split(",")):
+                many = images(work / f"images_{n}", n)
+                for label, flags in (("--workers 2", ["--workers", "2"]), ("--ray", ["--ray", address])):
+                    seconds, driver, worker, maximum = memory_run(
+                        ["explain", bundle, many, "--method", "recipro", "--out", work / "memory_out", "--force",
+                         *flags])
+                    report(f"| {label} | {n} | {seconds:.0f} | {driver:.0f} | {worker:.0f} | {maximum:.0f} |")
+    finally:
+        ray_cluster("stop")
+    report.write(args.out)
+
+
+if __name__ == "__main__":
+    main()

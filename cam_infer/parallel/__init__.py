@@ -1,0 +1,118 @@
+"""Where a folder run's work happens: in this process, in worker processes on this machine, or on a Ray
+cluster, always with the same results written by the driver in the same order.
+
+A run is a picklable `work` callable mapped over items (an image, or a batch of images): each worker opens
+the run's Explainer once (`ExplainerSpec.open`), then turns items into results (rows, PNG bytes) that the
+driver writes: the files are the same whichever runner computed them, and a killed run resumes from what
+the driver had written.
+
+    runner = make_runner(workers=2)                      # or ray="auto" | "local" | "HOST:PORT"
+    for result in runner.map(work, items):               # input order, a bounded number in flight
+        ...
+
+- `InProcess`: the default; one process, the runtime's own threads.
+- `Processes` (``--workers N``): N spawned processes, each with its share of the cores for its runtime
+  threads, decoding and preprocessing overlapped with the other workers' inference (`processes`).
+- `RayRunner` (``--ray``): one actor per worker on a Ray cluster via Ray Data (`ray_cluster`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ..errors import CamInferError
+
+
+@dataclass(frozen=True)
+class ExplainerSpec:
+    """How a worker opens the run's explainer: a bundle folder and its runtime settings (picklable)."""
+
+    bundle: str
+    backend: str = "auto"
+    device: str = "CPU"
+    gradients: str | None = None
+    threads: int | None = None
+    detector: bool = False
+
+    def open(self):
+        """The explainer of this spec, opened once per process."""
+        if self not in _OPENED:
+            options = {"device": self.device, **({"threads": self.threads} if self.threads else {})}
+            if self.detector:
+                from ..detection.explainer import DetectionExplainer
+                _OPENED[self] = DetectionExplainer(self.bundle, backend=self.backend, **options)
+            else:
+                from ..explainer import Explainer
+                _OPENED[self] = Explainer(self.bundle, backend=self.backend, gradients=self.gradients, **options)
+        return _OPENED[self]
+
+    def remember(self, explainer) -> "ExplainerSpec":
+        """Use an explainer already open in this process for this spec (the in-process runner)."""
+        _OPENED[self] = explainer
+        return self
+
+    @classmethod
+    def of(cls, explainer, threads: int | None = None) -> "ExplainerSpec":
+        """The spec that reopens `explainer` elsewhere (its bundle, runtime, device, gradients)."""
+        backend = explainer.backend
+        return cls(str(explainer.bundle.path.resolve()), backend.name, getattr(backend, "device", "CPU"),
+                   "torch" if getattr(explainer, "gradients", None) is not None and backend.name != "torch" else None,
+                   threads, explainer.bundle.task == "detection")
+
+
+_OPENED: dict = {}
+
+
+class InProcess:
+    """Every item in this process, one after the other."""
+
+    workers, threads = 1, None
+
+    def map(self, work, items):
+        for item in items:
+            yield work(item)
+
+    def describe(self) -> str:
+        return "this process"
+
+
+def cores() -> int:
+    """The cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:                 # not Linux
+        return os.cpu_count() or 1
+
+
+def make_runner(workers=None, ray: str | None = None, threads: int | None = None):
+    """`workers`: None or 1 (this process), an int, or "auto" (one per core); `ray`: a Ray address
+    ("auto": the running cluster, "local": start one here, or "HOST:PORT" / "ray://HOST:PORT");
+    `threads`: runtime threads per worker (default: the cores shared out)."""
+    count = resolve_workers(workers)
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise CamInferError(f"threads must be a positive integer, not {threads!r}")
+    if ray is not None:
+        from .ray_cluster import RayRunner
+        return RayRunner(ray, workers=None if workers is None else count, threads=threads)
+    if count == 1:
+        return InProcess()
+    from .processes import Processes
+    return Processes(count, threads or max(1, cores() // count))
+
+
+def resolve_workers(workers) -> int:
+    if workers is None:
+        return 1
+    if workers == "auto":
+        return cores()
+    try:
+        count = int(workers)
+    except (TypeError, ValueError):
+        count = 0
+    if count < 1:
+        raise CamInferError(f"workers must be a positive integer or 'auto', not {workers!r}")
+    return count
+
+
+__all__ = ["ExplainerSpec", "InProcess", "cores", "make_runner"]

@@ -1,0 +1,142 @@
+"""A run's work on a Ray cluster (``--ray``), through Ray Data: the items (image paths, a few bytes each)
+become a dataset, `map_batches` gives them to a fixed pool of actors that each open the explainer once
+with `threads` runtime threads and one CPU each per thread, and the driver streams the results back in
+input order (``preserve_order``; Ray Data's backpressure bounds what is in flight) and writes them.
+
+Faults: an actor that dies (killed, out of memory, its node lost) is restarted and its item retried, at
+most `RETRIES` times for one item; an unreadable image is a result (an error record), never an exception,
+so it is never retried. A killed driver ends the job; the same command resumes from what it had written.
+
+Every node must see the images at the paths the driver gives (a shared filesystem); the bundle travels
+through the object store and is written to a node's temporary folder where its path does not exist.
+
+Addresses: ``auto`` (the cluster this machine belongs to, `ray start`), ``local`` (start one in this
+process with this machine's cores), ``HOST:PORT`` or ``ray://HOST:PORT``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import tempfile
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+from ..errors import CamInferError
+
+RETRIES = 3
+THREADS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+INSTALL = "pip install 'cam-infer[ray]'"
+
+
+def import_ray():
+    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise CamInferError(f"--ray needs Ray and Ray Data, which are not installed here: {INSTALL}") from None
+    return ray
+
+
+class RayRunner:
+    def __init__(self, address: str, workers: int | None = None, threads: int | None = None):
+        self.address, self.threads = address, threads or 1
+        self.ray = import_ray()
+        self._started = False
+        self.workers = workers
+
+    def connect(self) -> None:
+        ray = self.ray
+        if ray.is_initialized():
+            return
+        options = {"include_dashboard": False, "logging_level": "ERROR", "log_to_driver": False}
+        try:
+            if self.address == "local":
+                from . import cores
+                ray.init(num_cpus=cores(), **options)
+            else:
+                ray.init(address=self.address, **options)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise CamInferError(f"cannot reach a Ray cluster at '{self.address}': "
+                                f"{' '.join(str(exc).split())[:300]}") from None
+        self._started = True
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        if self.workers is None:
+            self.workers = max(1, cpus // self.threads)
+        if self.workers * self.threads > cpus:
+            raise CamInferError(f"{self.workers} workers x {self.threads} threads need {self.workers * self.threads} "
+                                f"CPUs; the Ray cluster at '{self.address}' has {cpus}")
+
+    def map(self, work, items):
+        self.connect()
+        ray = self.ray
+        context = ray.data.DataContext.get_current()
+        context.execution_options.preserve_order = True
+        context.enable_progress_bars = False                    # the run draws its own
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+        bundle = ray.put(bundle_files(work.spec.bundle))
+        dataset = ray.data.from_items([{"item": pickle.dumps(item)} for item in items])
+        with warnings.catch_warnings():                         # max_task_retries has no named parameter yet
+            warnings.simplefilter("ignore", DeprecationWarning)
+            dataset = dataset.map_batches(
+                RayWorker, fn_constructor_kwargs={"work": pickle.dumps(work), "bundle": bundle}, batch_size=1,
+                batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=self.workers), num_cpus=self.threads,
+                max_task_retries=RETRIES, runtime_env={"env_vars": {name: str(self.threads) for name in THREADS}})
+        try:
+            for row in dataset.iter_rows():
+                yield pickle.loads(row["result"])
+        except Exception as exc:                    # Ray wraps what failed in a worker: say what it was
+            raise CamInferError(worker_failure(exc)) from None
+        finally:
+            if self._started:
+                ray.shutdown()
+                self._started = False
+
+    def describe(self) -> str:
+        return f"Ray at {self.address}: {self.workers} actors x {self.threads} threads"
+
+
+class RayWorker:
+    """One actor: the run's work, with the bundle at a path that exists on this node."""
+
+    def __init__(self, work: bytes, bundle):
+        import ray
+        self.work = pickle.loads(work)
+        path = Path(self.work.spec.bundle)
+        if not (path / "bundle.json").is_file():
+            path = materialise(ray.get(bundle) if isinstance(bundle, ray.ObjectRef) else bundle)
+            self.work = replace(self.work, spec=replace(self.work.spec, bundle=str(path)))
+
+    def __call__(self, batch):
+        import numpy as np
+        results = [pickle.dumps(self.work(pickle.loads(item))) for item in batch["item"]]
+        return {"result": np.array(results, dtype=object)}
+
+
+def bundle_files(folder: str) -> dict[str, bytes]:
+    return {f.name: f.read_bytes() for f in Path(folder).iterdir() if f.is_file()}
+
+
+def materialise(files: dict[str, bytes]) -> Path:
+    folder = Path(tempfile.mkdtemp(prefix="cam-infer-bundle-"))
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return folder
+
+
+def worker_failure(exc: BaseException) -> str:
+    """One line for an exception raised through Ray: the innermost cause, our own message when it is ours."""
+    seen = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        inner = getattr(exc, "cause", None) or exc.__cause__
+        if inner is None:
+            break
+        exc = inner
+    if isinstance(exc, CamInferError):
+        return str(exc).strip().splitlines()[-1] if "Traceback" in str(exc) else str(exc)
+    text = " ".join(str(exc).split())
+    return f"a Ray worker failed: {type(exc).__name__}: {text[:300]}"
