@@ -258,7 +258,7 @@ class Explainer:
             return self._enhanced(x, originals, names, method, target, top_classes, enhance, enhance_options or {},
                                   {**options, **extra}, start)
         activations = self.backend.features(x)
-        outputs = self.backend.head(activations)
+        outputs = model_outputs = self.backend.head(activations)
         targets = self.targets_for(target, outputs, top_classes)
         k = targets.shape[1] if targets.ndim == 2 else None
         if k is not None:              # one row per (image, class): the feature pass is not repeated
@@ -282,4 +282,5 @@ class Explainer:
                                                   for v in (maps, saliency, scores, degenerate))
         return Explanation(method, saliency, maps, targets, scores, degenerate, (time.perf_counter() - start) * 1000,
                            {**options, **({"finer": vars(ctx.finer)} if ctx.finer else {})}, labels=self.bundle.labels,
-                           images=originals, names=names, preprocessing=self.bundle.preprocessing)
+                           images=originals, names=names, preprocessing=self.bundle.preprocessing,
+                           outputs=model_outputs)

@@ -37,6 +37,7 @@ class Explanation:
     images: list | None = None                 # the original RGB images, when explain() was given images
     names: list | None = None                  # their file names (stems), when given as paths
     preprocessing: object = None               # the bundle's `Preprocessing`, to undo its resize and crop
+    outputs: np.ndarray | None = None          # (N,C) the model's own outputs (logits or probabilities)
 
     @property
     def multi(self) -> bool:

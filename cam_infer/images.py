@@ -184,10 +184,16 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise UnreadableImage(f"image '{path}' does not exist")
-    data = np.fromfile(path, dtype=np.uint8)
+    return decode_image(np.fromfile(path, dtype=np.uint8), f"'{path}'")
+
+
+def decode_image(data, what: str = "the data") -> np.ndarray:
+    """An encoded image (bytes or a uint8 array: PNG, JPEG, ...) → (H,W,3) RGB uint8; `UnreadableImage` if
+    it is none."""
+    data = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
     image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if image is None:
-        raise UnreadableImage(f"'{path}' is not a readable image (PNG, JPEG, BMP, TIFF, WebP, ...)")
+        raise UnreadableImage(f"{what} is not a readable image (PNG, JPEG, BMP, TIFF, WebP, ...)")
     if image.ndim == 3 and image.shape[2] >= 3:
         image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
     return as_rgb_uint8(image)

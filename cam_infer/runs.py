@@ -164,6 +164,14 @@ class Results:
     def done(self) -> set[tuple[str, str]]:
         return {(r["image"], r["method"]) for r in self.records}
 
+    def collect(self, result: dict, out: Path) -> None:
+        """A worker's result: its overlay PNGs written to `out`, its records and unreadable files kept."""
+        for name, png in result["pictures"].items():
+            write_file(out / name, png)
+        self.records += result["records"]
+        self.errors += result["errors"]
+        self.save_soon()
+
     def save_soon(self) -> None:
         """Save if the last save is SAVE_EVERY seconds old: a killed run redoes at most that much work, and a
         long run does not rewrite a growing file after every batch."""
@@ -249,6 +257,9 @@ def explain_files(explainer, paths, methods: list[str], out, *, target=None, opt
     spec = ExplainerSpec.of(explainer, runner.threads)
     if isinstance(runner, InProcess):
         spec.remember(explainer)
+    elif explainer.backend.name == "torch":
+        raise CamInferError("workers open the bundle themselves; a PyTorch model in memory cannot be sent to them: "
+                            "export it to a bundle (cam-infer export) and explain that")
     with OutputLock(out, "explain"):
         results = Results.open(out, json.loads(json.dumps(settings)), restart)
         results.skipped = [str(f) for f in found.skipped]
@@ -261,11 +272,7 @@ def explain_files(explainer, paths, methods: list[str], out, *, target=None, opt
                     for path in todo[start:start + batch_size]] for start in range(0, len(todo), batch_size))
         with Progress(len(todo) * len(methods), "explain", enabled=progress) as bar:
             for result in runner.map(work, batches):
-                for name, png in result["pictures"].items():
-                    write_file(out / name, png)
-                results.records += result["records"]
-                results.errors += result["errors"]
-                results.save_soon()
+                results.collect(result, out)
                 bar.advance(result["images"] * len(methods))
         results.save()
     return results

@@ -167,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="explain the class given in an int64 input 'class_id' (N,) instead of the top-1")
     p.add_argument("--raw", action="store_true", help="also output saliency_raw, the maps before ReLU and min-max")
     _out(p, "the .onnx file to write", "replace --out if it exists")
+    p.add_argument("--repository", metavar="DIR", help="also write a model repository for Triton and OpenVINO Model "
+                                                       "Server: DIR/NAME/config.pbtxt, DIR/NAME/1/model.onnx, "
+                                                       "DIR/config.json (NAME: --out's file name)")
+    p.add_argument("--max-batch", type=int, default=16, help="the repository's max_batch_size (default 16)")
     p.set_defaults(run=run.fuse)
 
     p = sub.add_parser("audit", help="every method x every metric over an image folder; CSV, JSON and an HTML report")
@@ -198,6 +202,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", type=int, default=48, help="images shown in the HTML thumbnail grid (default 48)")
     _scale_out(p)
     p.set_defaults(run=run.audit)
+
+    p = sub.add_parser("serve", help="serve explanations over the KServe v2 / Triton REST protocol, and /explain")
+    p.add_argument("model", help="a bundle folder, or a fused .onnx model (cam-infer fuse)")
+    p.add_argument("--method", help=f"bundles: the default method, overridable per request (default {DEFAULT_METHOD}); "
+                                    "a fused model has its own")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
+    _runtime(p)
+    p.add_argument("--threads", type=int, help="runtime threads (default: every core)")
+    p.add_argument("--name", help="the model's name in the URLs (default: the bundle folder's or file's name)")
+    p.add_argument("--token", help="require 'Authorization: Bearer TOKEN' (or set CAM_INFER_TOKEN); the health "
+                                   "probes stay open")
+    p.add_argument("--max-batch", type=int, default=16, help="images per model call at most (default 16)")
+    p.add_argument("--batch-window-ms", type=float, default=0.0,
+                   help="wait this long for more requests to batch (default 0: batch what queued during the "
+                        "previous call)")
+    p.add_argument("--max-body-mb", type=float, default=32.0, help="largest request body (default 32 MB)")
+    p.set_defaults(run=run.serve)
 
     p = sub.add_parser("synthetic", help="write synthetic scenes with ground-truth boxes (for audit)")
     p.add_argument("--out", required=True, help="folder for the PNGs and boxes.json")

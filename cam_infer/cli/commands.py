@@ -246,8 +246,33 @@ def fuse(args) -> int:
         path = save(model, args.out, overwrite=True)
         print(f"wrote {path}: the detector's output0 and saliency (N,{bundle.input_shape[1]},{bundle.input_shape[2]}), "
               f"{args.method} over its {len(bundle.manifest['cut'])} cut levels")
-        return 0
-    model = fuse(bundle, args.method, top_k=args.top_k, class_input=args.class_input, raw=args.raw,
-                 **dict(parse_option(o) for o in args.option))
-    print(summary(model, save(model, args.out, overwrite=True), bundle))
+    else:
+        model = fuse(bundle, args.method, top_k=args.top_k, class_input=args.class_input, raw=args.raw,
+                     **dict(parse_option(o) for o in args.option))
+        path = save(model, args.out, overwrite=True)
+        print(summary(model, path, bundle))
+    if args.repository:
+        from ..fuse.repository import write_repository
+        if args.max_batch < 1:
+            raise CamInferError("--max-batch must be at least 1")
+        folder = write_repository(model, args.repository, path.stem, max_batch=args.max_batch)
+        print(f"model repository: {folder} (Triton: config.pbtxt; OpenVINO Model Server: {folder.parent / 'config.json'},"
+              " mounted at /models)")
+    return 0
+
+
+def serve(args) -> int:
+    import os
+
+    from ..serve import serve as run_server
+    token = args.token or os.environ.get("CAM_INFER_TOKEN") or None
+
+    def ready(port: int) -> None:
+        shown = f"[{args.host}]" if ":" in args.host else args.host
+        print(f"serving {args.model} at http://{shown}:{port} (KServe v2: /v2/models/NAME/infer; /explain; /metrics)"
+              + ("; bearer token required" if token else ""), flush=True)
+
+    run_server(args.model, method=args.method, host=args.host, port=args.port, backend=args.backend,
+               device=args.device, threads=args.threads, token=token, name=args.name, max_batch=args.max_batch,
+               window_ms=args.batch_window_ms, max_body_mb=args.max_body_mb, ready=ready)
     return 0

@@ -12,7 +12,7 @@ from ..errors import CamInferError
 from ..explanation import _safe
 from ..images import load_image
 from ..outputs import OutputLock, fingerprint, prepare_folder
-from ..postprocess import check_overlay_options, encode_png, write_file
+from ..postprocess import check_overlay_options, encode_png
 from ..progress import Progress
 from ..runs import Results, collect_images, overlay_names
 from .explainer import DetectionExplainer
@@ -54,11 +54,7 @@ def explain_detection_files(explainer: DetectionExplainer, paths, methods: list[
         items = ((path, names[path], tuple(m for m in methods if (str(path), m) not in done)) for path in todo)
         with Progress(len(todo) * len(methods), "explain", enabled=progress) as bar:
             for result in runner.map(work, items):
-                for name, png in result["pictures"].items():
-                    write_file(out / name, png)
-                results.records += result["records"]
-                results.errors += result["errors"]
-                results.save_soon()
+                results.collect(result, out)
                 bar.advance(len(methods))
         results.save()
     return results

@@ -1,0 +1,157 @@
+"""The README's serving table: `cam-infer serve` on MobileNetV2 (torchvision weights), 2 cores.
+
+- Served: the bundle with recipro (the Explainer behind the server) and the fused recipro model
+  (`cam-infer fuse`, one ONNX Runtime call), each by `cam-infer serve` on 127.0.0.1 (ONNX Runtime).
+- Clients: tritonclient.http in threads of this process, binary tensors, one preprocessed 224² image per
+  request, at concurrency 1, 8 and 32, a fixed number of requests each (after a warm-up): requests/s over
+  the whole burst, p50 and p99 latency, and the mean batch the server formed (its /metrics). Clients and
+  server share the machine's 2 cores.
+- Overhead at concurrency 1: a request to the server alternated call by call with a bare in-process
+  forward pass of the unsplit model on ONNX Runtime (same image, idle threads not spinning, as the
+  server's), medians.
+
+    python bench/serve.py --work /tmp/cam-serve --out bench/serve.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared" / "data"
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from cam_infer.bench import Report  # noqa: E402
+
+CONCURRENCY = (1, 8, 32)
+
+
+class Server:
+    def __init__(self, model: Path, *args):
+        self.process = subprocess.Popen([sys.executable, "-m", "cam_infer", "serve", str(model), "--port", "0", *args],
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        line = self.process.stdout.readline()
+        self.port = int(re.search(r"127\.0\.0\.1:(\d+)", line).group(1))
+
+    def batches(self) -> tuple[int, float]:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=30).read().decode()
+        count = int(re.search(r"^cam_infer_batch_size_count (\d+)$", text, re.M).group(1))
+        total = float(re.search(r"^cam_infer_batch_size_sum ([\d.]+)$", text, re.M).group(1))
+        return count, total
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait(timeout=60)
+
+
+def request_fn(port: int, model: str, x: np.ndarray):
+    import tritonclient.http as http
+    client = http.InferenceServerClient(f"127.0.0.1:{port}", network_timeout=120.0)
+    tensor = http.InferInput("input", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    outputs = [http.InferRequestedOutput(n) for n in ("scores", "saliency", "saliency_class")]
+
+    def call():
+        result = client.infer(model, [tensor], outputs=outputs)
+        return result.as_numpy("saliency")
+    return call
+
+
+def burst(port: int, model: str, x: np.ndarray, concurrency: int, per_client: int):
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def loop():
+        call = request_fn(port, model, x)
+        call()                                                    # warm-up, not counted
+        barrier.wait(timeout=120)
+        for _ in range(per_client):
+            start = time.perf_counter()
+            call()
+            with lock:
+                latencies.append(time.perf_counter() - start)
+
+    barrier = threading.Barrier(concurrency + 1)
+    threads = [threading.Thread(target=loop) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    barrier.wait(timeout=120)
+    start = time.perf_counter()
+    for t in threads:
+        t.join(timeout=600)
+    wall = time.perf_counter() - start
+    latencies.sort()
+    return len(latencies) / wall, latencies[len(latencies) // 2] * 1000, latencies[int(len(latencies) * 0.99)] * 1000
+
+
+def main() -> None:
+    import onnxruntime as ort
+    from seed_methods import bundle_for
+
+    from cam_infer import Preprocessing
+    from cam_infer.fuse.assemble import plain_model
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", default="/tmp/cam-serve")
+    parser.add_argument("--out")
+    parser.add_argument("--requests", type=int, default=480, help="requests per concurrency level")
+    parser.add_argument("--repeats", type=int, default=200, help="alternating calls for the overhead")
+    args = parser.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    report = Report()
+    bundle = bundle_for("mobilenet_v2", work)
+    fused = work / "mobilenet_v2_recipro.onnx"
+    subprocess.run([sys.executable, "-m", "cam_infer", "fuse", str(bundle), "--method", "recipro", "--out", str(fused),
+                    "--force"], check=True, capture_output=True, cwd=ROOT)
+    x = Preprocessing((224, 224))(SHARED / "images" / "pelican.jpeg")[None].astype(np.float32)
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")      # as the server's sessions
+    plain = ort.InferenceSession(plain_model(bundle).SerializeToString(), options, providers=["CPUExecutionProvider"])
+    forward = lambda: plain.run(None, {plain.get_inputs()[0].name: x})      # noqa: E731
+
+    report("\n**MobileNetV2** 224×224, one image per request, ONNX Runtime, 2 cores shared by server and clients "
+           f"(tritonclient.http threads, binary tensors); {args.requests} requests per row after a warm-up\n")
+    report("| served | clients | requests/s | p50 ms | p99 ms | mean batch |\n|---|---:|---:|---:|---:|---:|")
+    overheads = {}
+    for label, model, name in (("bundle, recipro", bundle, bundle.name), ("fused recipro model", fused, fused.stem)):
+        server = Server(model, "--method", "recipro") if model.is_dir() else Server(model)
+        try:
+            call = request_fn(server.port, name, x)
+            for _ in range(20):
+                call(), forward()
+            times = {"server": [], "forward": []}
+            for _ in range(args.repeats):
+                for key, fn in (("forward", forward), ("server", call)):
+                    start = time.perf_counter()
+                    fn()
+                    times[key].append(time.perf_counter() - start)
+            f, s = (statistics.median(times[k]) * 1000 for k in ("forward", "server"))
+            overheads[label] = (s, f)
+            for c in CONCURRENCY:
+                before = server.batches()
+                rate, p50, p99 = burst(server.port, name, x, c, max(1, args.requests // c))
+                after = server.batches()
+                mean_batch = (after[1] - before[1]) / max(1, after[0] - before[0])
+                report(f"| {label} | {c} | {rate:.0f} | {p50:.1f} | {p99:.1f} | {mean_batch:.1f} |")
+        finally:
+            server.stop()
+    report("\nOverhead at concurrency 1 (a request alternated with a bare in-process forward pass of the unsplit "
+           "model, medians of " + f"{args.repeats}): " + "; ".join(
+               f"{label} {s:.2f} ms against {f:.2f} ms, **{s / f:.2f}×**" for label, (s, f) in overheads.items()) + ".")
+    report.write(args.out)
+
+
+if __name__ == "__main__":
+    main()

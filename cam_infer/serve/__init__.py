@@ -1,0 +1,82 @@
+"""`cam-infer serve`: explanations next to predictions over the Open Inference Protocol (KServe v2), the
+REST API that Triton, OpenVINO Model Server, KServe and Seldon speak, so `tritonclient.http` and curl work
+unchanged against it.
+
+    serve("bundles/mobilenet", method="recipro", port=8000)          # or a fused model: "model.onnx"
+
+The data path: request → `tensors` (JSON or binary tensors) → `batcher` (concurrent requests as one
+batch) → `models` (the Explainer, or the fused graph) → response. `app` holds the routes, the token check,
+the body limit and the error format; `metrics` the Prometheus counters. Needs the ``serve`` extra
+(Starlette, uvicorn): ``pip install 'cam-infer[serve]'``.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+from ..errors import CamInferError
+
+INSTALL = "pip install 'cam-infer[serve]'"
+
+
+def serve(source, *, method: str | None = None, host: str = "127.0.0.1", port: int = 8000, backend: str = "auto",
+          device: str = "CPU", threads: int | None = None, token: str | None = None, name: str | None = None,
+          max_batch: int = 16, window_ms: float = 0.0, max_body_mb: float = 32.0, ready=None) -> None:
+    """Serve a bundle folder or a fused .onnx model until SIGTERM or Ctrl-C (in-flight requests finish).
+    `ready(port)` is called once the socket listens."""
+    try:
+        import starlette  # noqa: F401
+        import uvicorn
+    except ImportError:
+        raise CamInferError(f"serve needs Starlette and uvicorn, which are not installed here: {INSTALL}") from None
+    from pathlib import Path
+
+    from .app import create_app
+    from .models import load_served
+
+    if max_batch < 1 or window_ms < 0 or max_body_mb <= 0:
+        raise CamInferError("max batch must be ≥ 1, the batch window ≥ 0 ms and the body limit > 0 MB")
+    served = load_served(source, method, backend, device, threads)
+    if name is None:
+        path = Path(source).resolve()
+        name = path.stem if path.is_file() else path.name
+    app = create_app(served, name, token=token, max_body=int(max_body_mb * 2**20), max_batch=max_batch,
+                     window=window_ms / 1000)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                            timeout_graceful_shutdown=30, lifespan="on")
+    server = uvicorn.Server(config)
+    if ready is not None:
+        _announce_when_listening(server, ready)
+    with _clean_exit_on_signals():
+        server.run()
+
+
+@contextmanager
+def _clean_exit_on_signals():
+    """uvicorn handles SIGTERM and SIGINT while it runs (graceful shutdown), then raises them again for the
+    handlers it found: here those do nothing, so a graceful shutdown is a clean exit (status 0)."""
+    import signal
+    signals = (signal.SIGTERM, signal.SIGINT)
+    try:
+        previous = {s: signal.signal(s, lambda *_: None) for s in signals}
+    except ValueError:                       # not the main thread: uvicorn does not capture signals either
+        previous = {}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _announce_when_listening(server, ready) -> None:
+    """Call ready(port) from uvicorn's startup, once its sockets listen (the real port when 0 was asked)."""
+    startup = server.startup
+
+    async def started(sockets=None):
+        await startup(sockets=sockets)
+        ports = [s.getsockname()[1] for srv in getattr(server, "servers", []) for s in srv.sockets]
+        ready(ports[0] if ports else server.config.port)
+    server.startup = started
+
+
+__all__ = ["serve"]

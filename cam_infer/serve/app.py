@@ -1,0 +1,276 @@
+"""The HTTP application: the Open Inference Protocol's REST endpoints, a human `/explain`, `/metrics`.
+
+    GET  /v2/health/live, /v2/health/ready                 probes (never need the token)
+    GET  /v2                                               server metadata
+    GET  /v2/models/{name}[/versions/1][/ready]            model metadata / readiness
+    POST /v2/models/{name}[/versions/1]/infer              JSON tensors or the binary tensor extension
+    POST /explain?method=&class=&overlay=png               an image file (raw body or multipart 'file')
+    GET  /metrics                                          Prometheus text
+
+Every error is ``{"error": "one line"}`` with a 4xx status (5xx only for a failure of the server itself);
+the server goes on serving. A body over the size limit is refused before it is read (Content-Length) or
+as soon as it passes the limit (chunked).
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import json
+import time
+import zlib
+
+import numpy as np
+
+from ..errors import CamInferError
+from ..version import __version__
+from .batcher import Batcher
+from .metrics import Metrics, endpoint_of
+from .tensors import HEADER_LENGTH, ProtocolError, encode_response, parse_request
+
+OPEN_PATHS = ("/v2/health/live", "/v2/health/ready")
+VERSION = "1"
+
+
+def create_app(served, name: str, *, token: str | None = None, max_body: int = 32 * 2**20, max_batch: int = 16,
+               window: float = 0.0):
+    """The ASGI application serving `served` (a `models.ServedBundle` or `ServedFused`) as model `name`."""
+    from contextlib import asynccontextmanager
+
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse, PlainTextResponse, Response
+    from starlette.routing import Route
+
+    metrics = Metrics()
+    batcher = Batcher(served, max_batch=max_batch, window=window, on_batch=metrics.batch)
+
+    def error(message: str, status: int = 400) -> JSONResponse:
+        return JSONResponse({"error": " ".join(str(message).split())}, status_code=status)
+
+    def model_or_404(request):
+        wanted = request.path_params["name"]
+        version = request.path_params.get("version", VERSION)
+        if wanted != name:
+            raise ProtocolError(f"unknown model {wanted!r}; this server serves {name!r}", 404)
+        if version != VERSION:
+            raise ProtocolError(f"model {name!r} has version {VERSION} only, not {version!r}", 404)
+
+    async def live(request):
+        return JSONResponse({"live": True})
+
+    async def ready(request):
+        running = batcher.task is not None and not batcher.task.done()
+        return JSONResponse({"ready": running}, status_code=200 if running else 503)
+
+    async def server_metadata(request):
+        return JSONResponse({"name": "cam-infer", "version": __version__, "extensions": ["binary_tensor_data"]})
+
+    async def model_metadata(request):
+        model_or_404(request)
+        inputs, outputs = served.metadata()
+        return JSONResponse({"name": name, "versions": [VERSION], "platform": f"cam-infer_{served.kind}",
+                             "inputs": inputs, "outputs": outputs,
+                             "parameters": {"method": served.method}})
+
+    async def model_ready(request):
+        model_or_404(request)
+        return JSONResponse({"name": name, "ready": True})
+
+    async def infer(request):
+        model_or_404(request)
+        body = await read_body(request, max_body)
+        parsed = parse_request(body, request.headers.get(HEADER_LENGTH))
+        x = parsed.inputs.get(served.input_name)
+        if x is None or len(parsed.inputs) != 1:
+            raise ProtocolError(f"this model takes one input, {served.input_name!r} (FP32, [-1, "
+                                f"{', '.join(map(str, served.input_shape))}]); got {', '.join(parsed.inputs)}")
+        if x.dtype != np.float32:
+            raise ProtocolError(f"input {served.input_name!r} must be FP32, not {x.dtype}")
+        if x.ndim != 1 + len(served.input_shape) or any(e not in (-1, d) for e, d in zip(served.input_shape,
+                                                                                           x.shape[1:])):
+            raise ProtocolError(f"input {served.input_name!r} must have shape [-1, "
+                                f"{', '.join(map(str, served.input_shape))}], not {list(x.shape)}")
+        if len(x) == 0:
+            raise ProtocolError("the batch is empty")
+        key, classes = served.key(parsed.parameters, len(x))
+        outputs = await batcher.run(np.ascontiguousarray(x), key, classes)
+        names = parsed.wanted(list(outputs))
+        body, headers = encode_response(name, VERSION, parsed.id, {n: outputs[n] for n in names},
+                                        parsed.binary_outputs(names))
+        return Response(body, headers=headers)
+
+    async def explain(request):
+        if served.preprocessing is None:
+            raise ProtocolError("/explain needs a bundle's preprocessing; a fused model is served at "
+                                f"/v2/models/{name}/infer only")
+        image = await image_of(request, max_body)
+        from ..images import decode_image
+        try:
+            rgb = decode_image(image, "the request body")
+        except CamInferError as exc:
+            raise ProtocolError(str(exc)) from None
+        prep = served.preprocessing
+        view = prep.geometry(rgb)
+        x = prep.normalise(view)[None]
+        query = request.query_params
+        parameters = {k: _query_value(v) for k, v in query.items() if k in ("method", "class")}
+        key, classes = served.key(parameters, 1)
+        outputs = await batcher.run(x, key, classes)
+        return JSONResponse(explanation_json(served, outputs, rgb, query.get("overlay"), key.method))
+
+    async def prometheus(request):
+        return PlainTextResponse(metrics.text(), media_type="text/plain; version=0.0.4")
+
+    @asynccontextmanager
+    async def lifespan(app):
+        await batcher.start()
+        yield
+        await batcher.stop()
+
+    routes = [Route("/v2/health/live", live), Route("/v2/health/ready", ready), Route("/v2", server_metadata),
+              Route("/v2/models/{name}", model_metadata),
+              Route("/v2/models/{name}/versions/{version}", model_metadata),
+              Route("/v2/models/{name}/ready", model_ready),
+              Route("/v2/models/{name}/versions/{version}/ready", model_ready),
+              Route("/v2/models/{name}/infer", infer, methods=["POST"]),
+              Route("/v2/models/{name}/versions/{version}/infer", infer, methods=["POST"]),
+              Route("/explain", explain, methods=["POST"]), Route("/metrics", prometheus)]
+
+    async def protocol_error(request, exc):
+        return error(str(exc), exc.status)
+
+    async def http_error(request, exc):
+        return error(exc.detail if exc.status_code != 404 else f"no endpoint {request.url.path}", exc.status_code)
+
+    async def server_error(request, exc):
+        return error(f"the server failed: {type(exc).__name__}: {exc}", 500)
+
+    async def user_error(request, exc):
+        return error(str(exc), 400)
+
+    from starlette.exceptions import HTTPException
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    exception_handlers={ProtocolError: protocol_error, HTTPException: http_error,
+                                        CamInferError: user_error, Exception: server_error})
+    return Guard(app, token, max_body, metrics)
+
+
+class Guard:
+    """ASGI middleware before the routes: the bearer token, the Content-Length limit, and the metrics of
+    every request (its endpoint kind, status and time)."""
+
+    def __init__(self, app, token: str | None, max_body: int, metrics: Metrics):
+        self.app, self.token, self.max_body, self.metrics = app, token, max_body, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), [500]
+
+        async def sending(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        headers = dict(scope.get("headers") or [])
+        refusal = self._refusal(scope["path"], headers)
+        try:
+            if refusal:
+                await _send_error(sending, *refusal)
+            else:
+                await self.app(scope, receive, sending)
+        finally:
+            self.metrics.request(endpoint_of(scope["path"]), status[0], time.perf_counter() - start)
+
+    def _refusal(self, path: str, headers: dict) -> tuple[int, str] | None:
+        if self.token and path not in OPEN_PATHS:
+            given = headers.get(b"authorization", b"").decode("latin-1")
+            if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
+                return 401, "missing or wrong bearer token (Authorization: Bearer TOKEN)"
+        length = headers.get(b"content-length")
+        if length is not None:
+            try:
+                size = int(length)
+            except ValueError:
+                return 400, "Content-Length is not a number"
+            if size > self.max_body:
+                return 413, f"the body has {size} bytes; this server takes at most {self.max_body}"
+        return None
+
+
+async def _send_error(send, status: int, message: str) -> None:
+    body = json.dumps({"error": message}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def read_body(request, limit: int) -> bytes:
+    """The body, at most `limit` bytes (also after gzip/deflate Content-Encoding)."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ProtocolError(f"the body is over this server's limit of {limit} bytes", 413)
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    encoding = request.headers.get("content-encoding", "").lower()
+    if encoding in ("gzip", "deflate"):
+        inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
+        try:
+            body = inflater.decompress(body, limit + 1)
+        except zlib.error as exc:
+            raise ProtocolError(f"the body is not valid {encoding}: {exc}") from None
+        if len(body) > limit or inflater.unconsumed_tail:
+            raise ProtocolError(f"the body inflates to over this server's limit of {limit} bytes", 413)
+    elif encoding not in ("", "identity"):
+        raise ProtocolError(f"Content-Encoding {encoding!r} is not supported (gzip, deflate)", 415)
+    return body
+
+
+async def image_of(request, limit: int) -> bytes:
+    """The image of a /explain request: the raw body, or the file of a multipart form."""
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        try:
+            form = await request.form(max_part_size=limit)
+        except Exception as exc:                       # python-multipart's parse errors
+            raise ProtocolError(f"the multipart form could not be read: {exc}") from None
+        files = [v for v in form.values() if hasattr(v, "read")]
+        if not files:
+            raise ProtocolError("the form has no file; send the image as 'file' (curl -F file=@photo.jpg)")
+        return await files[0].read()
+    body = await read_body(request, limit)
+    if not body:
+        raise ProtocolError("the body is empty; send an image (curl --data-binary @photo.jpg)")
+    return body
+
+
+def explanation_json(served, outputs: dict, rgb: np.ndarray, overlay: str | None, method: str) -> dict:
+    """The /explain answer: the class, its label and probability, the low-resolution map, and (overlay=png)
+    the overlay over the sent image as base64 PNG."""
+    from ..numerics import probabilities_of
+    from ..postprocess import caption, encode_png, overlay_picture, upsample
+    bundle = served.bundle
+    class_id = int(outputs["saliency_class"][0])
+    probability = float(probabilities_of(outputs["scores"][:1], bundle.output_kind)[0, class_id])
+    saliency = outputs["saliency"][0]
+    answer = {"method": method, "class_id": class_id,
+              "label": bundle.label(class_id) if bundle.labels else None, "score": round(probability, 6),
+              "map": {"shape": list(saliency.shape), "data": np.round(saliency.astype(np.float64), 4).tolist()}}
+    if overlay not in (None, "", "none", "png"):
+        raise ProtocolError(f"overlay must be 'png' or 'none', not {overlay!r}")
+    if overlay == "png":
+        full = upsample(saliency[None], bundle.input_shape[1:])[0]
+        text = caption(method, answer["label"], class_id, probability)
+        picture = overlay_picture(full, rgb, bundle.preprocessing, text)
+        answer["overlay_png"] = base64.b64encode(encode_png(picture)).decode()
+    return answer
+
+
+def _query_value(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text

@@ -1,0 +1,231 @@
+"""What `cam-infer serve` serves: a bundle (the Explainer and a method, chosen per request) or a fused model
+(`cam-infer fuse`: the scores and the map in one graph). Both take batches of preprocessed images and
+return named outputs; per request: the method (bundles), the class explained or the top-k.
+
+Outputs of a bundle, as a fused model has them: ``scores`` (N,C) the model's own outputs, ``saliency``
+(N,h,w) the map at the target layer's resolution, ReLU'd and min–max'd to [0,1] (``(N,k,h,w)`` with
+top_k = k), ``saliency_class`` (N,) or (N,k) int64, the class each map explains.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CamInferError
+from .tensors import ProtocolError, datatype
+
+
+@dataclass(frozen=True)
+class Key:
+    """What a batch shares: requests with the same key run as one batch."""
+
+    method: str
+    top_k: int
+    classes: bool                      # a class given per image (else each image's top-1 / top-k)
+
+
+class ServedBundle:
+    kind = "bundle"
+
+    def __init__(self, path, method: str, backend: str = "auto", device: str = "CPU", threads: int | None = None):
+        from ..bundle import Bundle
+        from ..explainer import Explainer
+        from ..methods import get_method
+        options = {"threads": threads} if threads else {}
+        if backend == "onnxruntime" or (backend == "auto" and Bundle.load(path).graph_format == "onnx"):
+            options["spinning"] = False            # idle runtime threads must not spin while HTTP is handled
+        self.explainer = Explainer(path, backend=backend, device=device, **options)
+        self.bundle = self.explainer.bundle
+        self.method = self.checked_method(method)
+        get_method(self.method)
+        self.input_name = self.bundle.input_name
+        self.input_shape = list(self.bundle.input_shape)
+        self.preprocessing = self.bundle.preprocessing
+
+    def checked_method(self, method: str) -> str:
+        from ..methods import METHODS
+        chosen = METHODS.get(method)
+        if chosen is None or chosen.gradient:
+            raise ProtocolError(f"method {method!r} is not served; gradient-free methods: "
+                                f"{', '.join(n for n, m in METHODS.items() if not m.gradient)}")
+        why_not = chosen.applies(self.explainer.linear_head is not None)
+        if why_not:
+            raise ProtocolError(why_not)
+        return method
+
+    def metadata(self) -> tuple[list, list]:
+        classes = self.bundle.num_classes
+        h, w = self.bundle.activation_shape[1:]
+        inputs = [{"name": self.input_name, "datatype": "FP32", "shape": [-1, *self.input_shape]}]
+        outputs = [{"name": "scores", "datatype": "FP32", "shape": [-1, classes]},
+                   {"name": "saliency", "datatype": "FP32", "shape": [-1, h, w]},
+                   {"name": "saliency_class", "datatype": "INT64", "shape": [-1]}]
+        return inputs, outputs
+
+    def key(self, parameters: dict, n: int) -> tuple[Key, list | None]:
+        """The batch key of a request's parameters, and its per-image classes (or None)."""
+        method = self.checked_method(str(parameters.get("method", self.method)))
+        top_k = _positive_int(parameters.get("top_k", 1), "top_k")
+        classes = _classes(parameters.get("class"), n, self.bundle.num_classes, self.bundle.labels)
+        if classes is not None and top_k != 1:
+            raise ProtocolError("give 'class' or 'top_k', not both")
+        if top_k > self.bundle.num_classes:
+            raise ProtocolError(f"top_k {top_k} is more than the model's {self.bundle.num_classes} classes")
+        return Key(method, top_k, classes is not None), classes
+
+    def run(self, x: np.ndarray, key: Key, classes: list | None) -> dict[str, np.ndarray]:
+        from ..postprocess import normalise
+        e = self.explainer.explain(x, key.method, target=classes, top_classes=key.top_k if key.top_k > 1 else None)
+        maps = e.maps.reshape(-1, *e.maps.shape[-2:])
+        saliency = normalise(maps)[0].reshape(e.maps.shape)
+        return {"scores": e.outputs.astype(np.float32), "saliency": saliency,
+                "saliency_class": e.targets.astype(np.int64)}
+
+
+class ServedFused:
+    """A fused ONNX model on ONNX Runtime or OpenVINO: its own inputs and outputs; ``class_id`` (int64)
+    filled from the request's class where the model takes one."""
+
+    kind = "fused"
+
+    def __init__(self, path, backend: str = "auto", device: str = "CPU", threads: int | None = None):
+        import onnx
+        model = onnx.load(str(path), load_external_data=False)
+        meta = {p.key: p.value for p in model.metadata_props}
+        if "cam_infer.method" not in meta:
+            raise CamInferError(f"'{path}' is not a model written by cam-infer fuse (no cam_infer.method metadata); "
+                                "serve a bundle, or fuse one first")
+        self.method = meta["cam_infer.method"]
+        self.detector = meta.get("cam_infer.target") == "detector"
+        self.path = Path(path)
+        self.runtime = FusedRuntime(self.path, backend, device, threads)
+        self.inputs = self.runtime.inputs
+        image = [i for i in self.inputs if i["name"] != "class_id"]
+        self.input_name, self.input_shape = image[0]["name"], image[0]["shape"][1:]
+        self.takes_class = any(i["name"] == "class_id" for i in self.inputs)
+        self.preprocessing = None
+        top = [o for o in self.runtime.outputs if o["name"] == "saliency"]
+        self.top_k = top[0]["shape"][1] if top and len(top[0]["shape"]) == 4 else 1
+
+    def metadata(self) -> tuple[list, list]:
+        return [i for i in self.inputs if i["name"] != "class_id"] + [i for i in self.inputs if i["name"] == "class_id"], \
+            self.runtime.outputs
+
+    def key(self, parameters: dict, n: int) -> tuple[Key, list | None]:
+        method = str(parameters.get("method", self.method))
+        if method != self.method:
+            raise ProtocolError(f"this fused model computes {self.method}; it cannot change method per request")
+        top_k = _positive_int(parameters.get("top_k", self.top_k), "top_k")
+        if top_k != self.top_k:
+            raise ProtocolError(f"this fused model explains the top {self.top_k} class(es); fuse again for top_k")
+        classes = _classes(parameters.get("class"), n, None, None)
+        if classes is not None and not self.takes_class:
+            raise ProtocolError("this fused model explains its top class; fuse with --class-input to choose it")
+        if classes is None and self.takes_class:
+            raise ProtocolError("this fused model needs 'class' (it was fused with --class-input)")
+        return Key(method, top_k, classes is not None), classes
+
+    def run(self, x: np.ndarray, key: Key, classes: list | None) -> dict[str, np.ndarray]:
+        feeds = {self.input_name: x}
+        if self.takes_class:
+            feeds["class_id"] = np.asarray(classes, np.int64)
+        return self.runtime.run(feeds)
+
+
+class FusedRuntime:
+    """A fused model's session: ONNX Runtime (default) or OpenVINO, all outputs by name."""
+
+    def __init__(self, path: Path, backend: str, device: str, threads: int | None):
+        self.backend = "onnxruntime" if backend == "auto" else backend
+        if self.backend == "onnxruntime":
+            import onnxruntime as ort
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads or 0
+            options.log_severity_level = 3
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self.inputs = [{"name": i.name, "datatype": _onnx_type(i.type), "shape": _dims(i.shape)}
+                           for i in self.session.get_inputs()]
+            self.outputs = [{"name": o.name, "datatype": _onnx_type(o.type), "shape": _dims(o.shape)}
+                            for o in self.session.get_outputs()]
+        elif self.backend == "openvino":
+            import openvino as ov
+            core = ov.Core()
+            config = {"PERFORMANCE_HINT": "LATENCY", **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
+            compiled = core.compile_model(core.read_model(str(path)), device.upper(), config)
+            self.request = compiled.create_infer_request()
+            self.inputs = [{"name": p.get_any_name(), "datatype": datatype(p.get_element_type().to_dtype()),
+                            "shape": [d.get_length() if d.is_static else -1 for d in p.get_partial_shape()]}
+                           for p in compiled.inputs]
+            self.outputs = [{"name": p.get_any_name(), "datatype": datatype(p.get_element_type().to_dtype()),
+                             "shape": [d.get_length() if d.is_static else -1 for d in p.get_partial_shape()]}
+                            for p in compiled.outputs]
+        else:
+            raise CamInferError(f"a fused model runs on onnxruntime or openvino, not {backend!r}")
+
+    def run(self, feeds: dict) -> dict[str, np.ndarray]:
+        if self.backend == "onnxruntime":
+            values = self.session.run(None, feeds)
+            return {o["name"]: v for o, v in zip(self.outputs, values)}
+        self.request.infer(feeds)
+        return {o["name"]: self.request.get_tensor(o["name"]).data.copy() for o in self.outputs}
+
+
+def _onnx_type(text: str) -> str:
+    return {"tensor(float)": "FP32", "tensor(int64)": "INT64", "tensor(float16)": "FP16", "tensor(int32)": "INT32",
+            "tensor(uint8)": "UINT8", "tensor(double)": "FP64", "tensor(bool)": "BOOL"}.get(text, text)
+
+
+def _dims(shape) -> list[int]:
+    return [d if isinstance(d, int) else -1 for d in shape]
+
+
+def _positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ProtocolError(f"parameter '{name}' must be a positive integer, not {json.dumps(value)}")
+    return value
+
+
+def _classes(value, n: int, num_classes: int | None, labels) -> list | None:
+    """'class': one class for every image (an index or a label) or a list with one per image."""
+    if value is None:
+        return None
+    values = value if isinstance(value, list) else [value] * n
+    if len(values) != n:
+        raise ProtocolError(f"'class' has {len(values)} entries for {n} images")
+    out = []
+    for v in values:
+        if isinstance(v, str) and labels:
+            if v not in labels:
+                raise ProtocolError(f"unknown class label {v!r}")
+            v = labels.index(v)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0 or (num_classes is not None and v >= num_classes):
+            raise ProtocolError(f"class {json.dumps(v)} is not a class of this model"
+                                + (f" (0..{num_classes - 1})" if num_classes else ""))
+        out.append(v)
+    return out
+
+
+def load_served(source, method: str | None, backend: str, device: str, threads: int | None):
+    """A bundle folder or a fused .onnx file → the served model."""
+    path = Path(source)
+    if path.is_dir():
+        from ..bundle import Bundle
+        if Bundle.load(path).task == "detection":
+            raise CamInferError("serve explains classifier bundles; for a detector, serve its fused model "
+                                "(cam-infer fuse BUNDLE --method eigen --out model.onnx)")
+        from ..methods.registry import DEFAULT_METHOD
+        try:
+            return ServedBundle(path, method or DEFAULT_METHOD, backend, device, threads)
+        except ProtocolError as exc:
+            raise CamInferError(str(exc)) from None
+    if path.is_file() and path.suffix == ".onnx":
+        served = ServedFused(path, backend, device, threads)
+        if method is not None and method != served.method:
+            raise CamInferError(f"'{path}' was fused for {served.method}, not {method}")
+        return served
+    raise CamInferError(f"'{source}' is neither a bundle folder nor a fused .onnx model")

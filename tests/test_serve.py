@@ -1,0 +1,373 @@
+"""`cam-infer serve`: the real server on 127.0.0.1, called with tritonclient.http (a real client of the
+KServe v2 protocol) and with plain HTTP; answers equal `Explainer.explain` on the same input; bad requests
+get a 4xx with one line and the server goes on; the token; 32 concurrent clients; SIGTERM; /metrics; the
+model repository `fuse --repository` writes. Every request loop is bounded in count and time."""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from conftest import ROOT
+from helpers import assert_one_line_error
+
+from cam_infer import Explainer
+from cam_infer.postprocess import normalise
+from cam_infer.synthetic import write_scenes
+
+pytest.importorskip("starlette", reason="the serve extra is not installed (pip install 'cam-infer[serve]')")
+http = pytest.importorskip("tritonclient.http", reason="tritonclient[http] is not installed")
+
+SHAPES = ROOT / "cam_infer" / "data" / "shapes"
+ENV = dict(os.environ, PYTHONPATH=str(ROOT))
+
+
+class Server:
+    """`python -m cam_infer serve ... --port 0` in a subprocess; its URL from the line it prints."""
+
+    def __init__(self, *args):
+        self.process = subprocess.Popen([sys.executable, "-m", "cam_infer", "serve", *map(str, args), "--port", "0"],
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=ROOT)
+        line = self.process.stdout.readline()                  # blocks until it listens, or until it exits
+        found = re.search(r"http://127\.0\.0\.1:(\d+)", line)
+        if not found:
+            self.process.kill()
+            raise AssertionError(f"the server did not start: {line}{self.process.stderr.read()}")
+        self.port = int(found.group(1))
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def client(self, **kwargs):
+        return http.InferenceServerClient(f"127.0.0.1:{self.port}", **kwargs)
+
+    def request(self, path: str, data: bytes | None = None, headers: dict | None = None, method: str | None = None):
+        """(status, headers, body) of a plain HTTP request."""
+        req = urllib.request.Request(self.url + path, data=data, headers=headers or {}, method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=60) as response:
+                return response.status, dict(response.headers), response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, dict(exc.headers), exc.read()
+
+    def send_large(self, path: str, total: int, chunked: bool):
+        """(status, headers, body) of a POST of `total` zero bytes, sent 1 MB at a time (with a
+        Content-Length, or chunked); the server may answer before it has all of them."""
+        import http.client
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        conn.putrequest("POST", path)
+        conn.putheader(*(("Transfer-Encoding", "chunked") if chunked else ("Content-Length", str(total))))
+        conn.endheaders()
+        sent = 0
+        try:
+            while sent < total:
+                chunk = b"\0" * min(2**20, total - sent)
+                conn.send(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+                sent += len(chunk)
+            if chunked:
+                conn.send(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass                                                   # refused early: the answer is waiting
+        response = conn.getresponse()
+        return response.status, dict(response.headers), response.read()
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("scenes")
+    write_scenes(folder, "cluttered", 6)
+    return sorted(folder.glob("*.png"))
+
+
+@pytest.fixture(scope="module")
+def explainer():
+    return Explainer(SHAPES)
+
+
+@pytest.fixture(scope="module")
+def batch(scenes, explainer):
+    return np.stack([explainer.bundle.preprocessing(p) for p in scenes]).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def server():
+    s = Server(SHAPES, "--method", "recipro")
+    yield s
+    s.stop()
+
+
+def triton_infer(client, x: np.ndarray, parameters=None, binary: bool = True, model: str = "shapes"):
+    tensor = http.InferInput("input", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x, binary_data=binary)
+    outputs = [http.InferRequestedOutput(n, binary_data=binary) for n in ("scores", "saliency", "saliency_class")]
+    result = client.infer(model, [tensor], outputs=outputs, parameters=parameters)
+    return {n: result.as_numpy(n) for n in ("scores", "saliency", "saliency_class")}
+
+
+def expected(explainer, x, method: str, **kwargs) -> dict:
+    e = explainer.explain(x, method, **kwargs)
+    maps = normalise(e.maps.reshape(-1, *e.maps.shape[-2:]))[0].reshape(e.maps.shape)
+    return {"scores": e.outputs, "saliency": maps, "saliency_class": e.targets}
+
+
+def assert_same(got: dict, want: dict) -> None:
+    np.testing.assert_allclose(got["scores"], want["scores"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got["saliency"], want["saliency"], atol=1e-5)
+    np.testing.assert_array_equal(got["saliency_class"], want["saliency_class"])
+
+
+# --- the protocol, with a real client -------------------------------------------------------------------
+
+def test_tritonclient_gets_the_explainers_answers(server, explainer, batch):
+    client = server.client()
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("shapes")
+    meta = client.get_model_metadata("shapes")
+    assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 3, 128, 128]}]
+    assert [o["name"] for o in meta["outputs"]] == ["scores", "saliency", "saliency_class"]
+    assert_same(triton_infer(client, batch), expected(explainer, batch, "recipro"))
+    assert_same(triton_infer(client, batch[:2], {"method": "eigen"}), expected(explainer, batch[:2], "eigen"))
+    assert_same(triton_infer(client, batch[:3], {"class": 1}), expected(explainer, batch[:3], "recipro", target=1))
+    two = triton_infer(client, batch[:2], {"top_k": 2, "method": "ablation"})
+    assert two["saliency"].shape == (2, 2, 16, 16) and two["saliency_class"].shape == (2, 2)
+    assert_same(two, expected(explainer, batch[:2], "ablation", top_classes=2))
+    assert_same(triton_infer(client, batch[:2], binary=False), expected(explainer, batch[:2], "recipro"))
+
+
+def test_plain_json_requests_and_responses(server, explainer, batch):
+    x = batch[:2]
+    body = {"id": "r1", "inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
+                                    "data": x.ravel().tolist()}], "parameters": {"method": "eigen"}}
+    status, headers, raw = server.request("/v2/models/shapes/versions/1/infer", json.dumps(body).encode(),
+                                          {"Content-Type": "application/json"})
+    assert status == 200 and headers["content-type"] == "application/json"
+    answer = json.loads(raw)
+    assert answer["id"] == "r1" and answer["model_name"] == "shapes"
+    got = {o["name"]: np.array(o["data"]).reshape(o["shape"]) for o in answer["outputs"]}
+    assert_same(got, expected(explainer, x, "eigen"))
+    assert [o["datatype"] for o in answer["outputs"]] == ["FP32", "FP32", "INT64"]
+
+
+def test_explain_takes_an_image_file_raw_or_as_a_form(server, explainer, scenes):
+    e = explainer.explain([scenes[0]], "recipro")
+    status, _, raw = server.request("/explain", scenes[0].read_bytes())
+    assert status == 200
+    answer = json.loads(raw)
+    assert answer["class_id"] == int(e.targets[0]) and answer["label"] == explainer.bundle.labels[answer["class_id"]]
+    assert abs(answer["score"] - float(e.scores[0])) < 1e-5
+    np.testing.assert_allclose(np.array(answer["map"]["data"]), normalise(e.maps)[0][0], atol=6e-5)
+    boundary = "----cam-infer-test"
+    form = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n"
+            "Content-Type: image/png\r\n\r\n").encode() + scenes[1].read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+    status, _, raw = server.request("/explain?method=eigen&overlay=png", form,
+                                    {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert status == 200
+    answer = json.loads(raw)
+    assert answer["method"] == "eigen"
+    picture = cv2.imdecode(np.frombuffer(base64.b64decode(answer["overlay_png"]), np.uint8), cv2.IMREAD_COLOR)
+    original = cv2.imread(str(scenes[1]))
+    assert picture.shape[0] > original.shape[0] and picture.shape[1] > original.shape[1]   # caption and bar added
+
+
+# --- bad requests -------------------------------------------------------------------------------------
+
+def binary_request(x: np.ndarray, datatype: str = "FP32", name: str = "input", parameters=None) -> tuple[bytes, dict]:
+    header = json.dumps({"inputs": [{"name": name, "shape": list(x.shape), "datatype": datatype,
+                                     "parameters": {"binary_data_size": x.nbytes}}],
+                         **({"parameters": parameters} if parameters else {})}).encode()
+    return header + x.tobytes(), {"Inference-Header-Content-Length": str(len(header)),
+                                  "Content-Type": "application/octet-stream"}
+
+
+def assert_error(result, status: int, fragment: str) -> None:
+    code, headers, raw = result
+    assert code == status, (code, raw[:300])
+    message = json.loads(raw)["error"]
+    assert fragment in message and "\n" not in message, message
+
+
+def test_bad_requests_get_one_line_4xx_and_the_server_goes_on(server, batch):
+    infer = "/v2/models/shapes/infer"
+    x = batch[:1]
+    cases = [
+        (binary_request(np.zeros((1, 3, 64, 64), np.float32)), 400, "must have shape [-1, 3, 128, 128]"),
+        (binary_request(x.astype(np.float64), "FP64"), 400, "must be FP32"),
+        (binary_request(x, name="image"), 400, "this model takes one input, 'input'"),
+        (binary_request(x, parameters={"top_k": 0}), 400, "'top_k' must be a positive integer"),
+        (binary_request(x, parameters={"class": 99}), 400, "class 99 is not a class of this model"),
+        (binary_request(x, parameters={"method": "gradcam"}), 400, "is not served"),
+        ((b'{"inputs": [', {"Content-Type": "application/json"}), 400, "not valid JSON"),
+        ((b'{"inputs": []}', {}), 400, "non-empty 'inputs' list"),
+        ((json.dumps({"inputs": [{"name": "input", "shape": [1, 3, 128, 128], "datatype": "FP32",
+                                  "data": [1.0, 2.0]}]}).encode(), {}), 400, "2 values for shape"),
+        ((x.tobytes(), {"Inference-Header-Content-Length": "999999999"}), 400, "Inference-Header-Content-Length"),
+    ]
+    for (body, headers), status, fragment in cases:
+        assert_error(server.request(infer, body, headers), status, fragment)
+    assert_error(server.request("/v2/models/other/infer", *binary_request(x)), 404, "unknown model 'other'")
+    assert_error(server.request("/v2/models/shapes/versions/7/infer", *binary_request(x)), 404, "version 1 only")
+    assert_error(server.request("/no/such/path"), 404, "no endpoint /no/such/path")
+    assert_error(server.request("/explain", b"this is not a picture"), 400, "not a readable image")
+    assert_error(server.request("/explain", b""), 400, "the body is empty")
+    assert_error(server.send_large("/explain", 50 * 2**20, chunked=False), 413, "at most")     # 50 MB
+    assert_error(server.send_large("/explain", 40 * 2**20, chunked=True), 413, "over this server's limit")
+    status, _, raw = server.request("/v2/health/ready")
+    assert status == 200 and json.loads(raw) == {"ready": True}
+    assert server.request(infer, *binary_request(x))[0] == 200
+
+
+def test_the_token_guards_everything_but_the_health_probes(batch):
+    server = Server(SHAPES, "--token", "s3cret")
+    try:
+        assert_error(server.request("/v2/models/shapes/infer", *binary_request(batch[:1])), 401, "bearer token")
+        body, headers = binary_request(batch[:1])
+        assert_error(server.request("/v2/models/shapes/infer", body, {**headers, "Authorization": "Bearer nope"}),
+                     401, "bearer token")
+        assert_error(server.request("/metrics"), 401, "bearer token")
+        assert server.request("/v2/health/live")[0] == 200
+        client = server.client()
+        with pytest.raises(Exception, match="bearer token"):
+            client.get_model_metadata("shapes")
+        tensor = http.InferInput("input", [1, 3, 128, 128], "FP32")
+        tensor.set_data_from_numpy(batch[:1])
+        result = client.infer("shapes", [tensor], headers={"Authorization": "Bearer s3cret"})
+        assert result.as_numpy("saliency").shape == (1, 16, 16)
+    finally:
+        server.stop()
+
+
+# --- load, metrics, shutdown ------------------------------------------------------------------------------
+
+def test_32_concurrent_clients_all_get_their_own_answers_batched(server, explainer, batch):
+    methods = ["recipro", "eigen", "ablation"]
+    want = {(m, i): expected(explainer, batch[i:i + 1], m) for m in methods for i in range(len(batch))}
+    before = prometheus(server)
+    failures, done = [], []
+
+    def client_loop(k: int) -> None:
+        client = server.client()
+        for j in range(3):                                            # bounded: 3 requests per client
+            method, i = methods[(k + j) % 3], (k + j) % len(batch)
+            try:
+                got = triton_infer(client, batch[i:i + 1], {"method": method})
+                assert_same(got, want[(method, i)])
+                done.append(1)
+            except Exception as exc:                                 # collected, asserted below
+                failures.append(f"{method} {i}: {exc}")
+
+    threads = [threading.Thread(target=client_loop, args=(k,)) for k in range(32)]
+    start = time.time()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=max(1.0, 180 - (time.time() - start)))
+    assert not any(t.is_alive() for t in threads), "clients still waiting after 180 s"
+    assert failures == [] and len(done) == 96
+    after = prometheus(server)
+    requests = after["infer_200"] - before["infer_200"]
+    calls = after["batch_count"] - before["batch_count"]
+    assert requests == 96 and calls < 96, (requests, calls)          # concurrent requests shared model calls
+
+
+def prometheus(server) -> dict:
+    status, headers, raw = server.request("/metrics")
+    assert status == 200 and headers["content-type"].startswith("text/plain")
+    text = raw.decode()
+    count = re.search(r'cam_infer_requests_total\{endpoint="infer",status="200"\} (\d+)', text)
+    batches = re.search(r"^cam_infer_batch_size_count (\d+)$", text, re.M)
+    buckets = [int(v) for v in re.findall(r'cam_infer_batch_size_bucket\{le="[^"]+"\} (\d+)', text)]
+    assert buckets == sorted(buckets)                                 # cumulative
+    assert "# TYPE cam_infer_request_seconds histogram" in text
+    return {"infer_200": int(count.group(1)) if count else 0, "batch_count": int(batches.group(1))}
+
+
+def test_sigterm_lets_the_request_in_flight_finish(batch):
+    server = Server(SHAPES)
+    x = np.repeat(batch, 8, axis=0)                                   # 48 images of Score-CAM: a long call
+    result: dict = {}
+
+    def slow() -> None:
+        result["answer"] = triton_infer(server.client(network_timeout=120.0), x, {"method": "score"})
+
+    thread = threading.Thread(target=slow)
+    thread.start()
+    time.sleep(0.5)
+    server.process.send_signal(signal.SIGTERM)
+    thread.join(timeout=120)
+    assert server.process.wait(timeout=60) == 0
+    assert result["answer"]["saliency"].shape == (48, 16, 16)
+
+
+# --- fused models and their repository --------------------------------------------------------------------
+
+def test_a_fused_model_is_served_as_it_computes(tmp_path, batch):
+    fused = tmp_path / "shapes_recipro.onnx"
+    made = subprocess.run([sys.executable, "-m", "cam_infer", "fuse", str(SHAPES), "--method", "recipro", "--out",
+                           str(fused), "--repository", str(tmp_path / "repo")], capture_output=True, text=True,
+                          env=ENV, cwd=ROOT)
+    assert made.returncode == 0, made.stderr
+    server = Server(fused)
+    try:
+        session = ort.InferenceSession(str(fused), providers=["CPUExecutionProvider"])
+        want = dict(zip(["scores", "saliency", "saliency_class"], session.run(None, {"input": batch})))
+        assert_same(triton_infer(server.client(), batch, model="shapes_recipro"), want)
+        assert_error(server.request("/v2/models/shapes_recipro/infer",
+                                    *binary_request(batch[:1], parameters={"method": "eigen"})), 400, "computes recipro")
+        assert_error(server.request("/explain", b"x"), 400, "needs a bundle's preprocessing")
+    finally:
+        server.stop()
+    check_repository(tmp_path / "repo", "shapes_recipro", batch)
+
+
+def check_repository(root: Path, name: str, batch: np.ndarray) -> None:
+    """config.pbtxt read with Triton's own schema (tritonclient's model_config_pb2), against the model."""
+    from google.protobuf import text_format
+    import tritonclient
+    path = Path(tritonclient.__file__).parent / "grpc" / "model_config_pb2.py"
+    spec = importlib.util.spec_from_file_location("triton_model_config", path)
+    schema = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(schema)
+    config = text_format.Parse((root / name / "config.pbtxt").read_text(), schema.ModelConfig())
+    model = onnx.load(root / name / "1" / "model.onnx")
+    assert config.name == name and config.platform == "onnxruntime_onnx" and config.max_batch_size == 16
+    assert [i.name for i in config.input] == [i.name for i in model.graph.input]
+    assert [o.name for o in config.output] == [o.name for o in model.graph.output]
+    assert list(config.input[0].dims) == [3, 128, 128] and list(config.output[1].dims) == [16, 16]
+    assert list(config.output[2].dims) == [1] and list(config.output[2].reshape.shape) == []
+    assert config.dynamic_batching.max_queue_delay_microseconds == 1000
+    listed = json.loads((root / "config.json").read_text())["model_config_list"][0]["config"]
+    assert listed == {"name": name, "base_path": f"/models/{name}"}
+    session = ort.InferenceSession(str(root / name / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert session.run(None, {"input": batch[:3]})[1].shape == (3, 16, 16)
+
+
+def test_serve_refuses_what_it_cannot_serve_in_one_line(tmp_path):
+    from helpers import run_cli
+    (tmp_path / "not.onnx").write_bytes(b"")
+    assert_one_line_error(run_cli("serve", tmp_path / "nothing"), "neither a bundle folder nor a fused .onnx")
+    assert_one_line_error(run_cli("serve", SHAPES, "--method", "gradcam"), "is not served")
+    code = ("import sys; sys.modules['starlette'] = None; from cam_infer.cli import main; "
+            f"sys.exit(main(['serve', {str(SHAPES)!r}]))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=ENV)
+    assert_one_line_error(result, "pip install 'cam-infer[serve]'")
