@@ -332,8 +332,8 @@ def test_a_fused_model_is_served_as_it_computes(tmp_path, batch):
         session = ort.InferenceSession(str(fused), providers=["CPUExecutionProvider"])
         want = dict(zip(["scores", "saliency", "saliency_class"], session.run(None, {"input": batch})))
         assert_same(triton_infer(server.client(), batch, model="shapes_recipro"), want)
-        assert_error(server.request("/v2/models/shapes_recipro/infer",
-                                    *binary_request(batch[:1], parameters={"method": "eigen"})), 400, "computes recipro")
+        wrong = binary_request(batch[:1], parameters={"method": "eigen"})
+        assert_error(server.request("/v2/models/shapes_recipro/infer", *wrong), 400, "computes recipro")
         assert_error(server.request("/explain", b"x"), 400, "needs a bundle's preprocessing")
     finally:
         server.stop()
@@ -342,8 +342,8 @@ def test_a_fused_model_is_served_as_it_computes(tmp_path, batch):
 
 def check_repository(root: Path, name: str, batch: np.ndarray) -> None:
     """config.pbtxt read with Triton's own schema (tritonclient's model_config_pb2), against the model."""
-    from google.protobuf import text_format
     import tritonclient
+    from google.protobuf import text_format
     path = Path(tritonclient.__file__).parent / "grpc" / "model_config_pb2.py"
     spec = importlib.util.spec_from_file_location("triton_model_config", path)
     schema = importlib.util.module_from_spec(spec)

@@ -14,7 +14,8 @@ reproduces the head's scores at every anchor of its level on the clean cut maps 
 ones (`verify_branch`).
 
 The branch is found in the head graph as a tensor computed from the level alone, on the level's grid
-(exactly C channels preferred, then the fewest nodes), whose last C channels, as they are or through a sigmoid, are the output's class scores.
+(exactly C channels preferred, then the fewest nodes), whose last C channels, as they are or through a
+sigmoid, are the output's class scores.
 """
 
 from __future__ import annotations

@@ -112,8 +112,7 @@ class ServedFused:
         self.top_k = top[0]["shape"][1] if top and len(top[0]["shape"]) == 4 else 1
 
     def metadata(self) -> tuple[list, list]:
-        return [i for i in self.inputs if i["name"] != "class_id"] + [i for i in self.inputs if i["name"] == "class_id"], \
-            self.runtime.outputs
+        return self.inputs, self.runtime.outputs
 
     def key(self, parameters: dict, n: int) -> tuple[Key, list | None]:
         method = str(parameters.get("method", self.method))
