@@ -25,9 +25,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..errors import CamInferError
+from .processes import THREAD_VARIABLES
 
 RETRIES = 3
-THREADS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 INSTALL = "pip install 'cam-infer[ray]'"
 
 
@@ -84,7 +84,8 @@ class RayRunner:
             dataset = dataset.map_batches(
                 RayWorker, fn_constructor_kwargs={"work": pickle.dumps(work), "bundle": bundle}, batch_size=1,
                 batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=self.workers), num_cpus=self.threads,
-                max_task_retries=RETRIES, runtime_env={"env_vars": {name: str(self.threads) for name in THREADS}})
+                max_task_retries=RETRIES,
+                runtime_env={"env_vars": {name: str(self.threads) for name in THREAD_VARIABLES}})
         try:
             for row in dataset.iter_rows():
                 yield pickle.loads(row["result"])

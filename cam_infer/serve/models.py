@@ -108,6 +108,8 @@ class ServedFused:
         self.input_name, self.input_shape = image[0]["name"], image[0]["shape"][1:]
         self.takes_class = any(i["name"] == "class_id" for i in self.inputs)
         self.preprocessing = None
+        scores = self.runtime.outputs[0]["shape"]
+        self.num_classes = scores[1] if len(scores) == 2 and scores[1] > 0 else 2**31 - 1
         top = [o for o in self.runtime.outputs if o["name"] == "saliency"]
         self.top_k = top[0]["shape"][1] if top and len(top[0]["shape"]) == 4 else 1
 
@@ -121,7 +123,7 @@ class ServedFused:
         top_k = _positive_int(parameters.get("top_k", self.top_k), "top_k")
         if top_k != self.top_k:
             raise ProtocolError(f"this fused model explains the top {self.top_k} class(es); fuse again for top_k")
-        classes = _classes(parameters.get("class"), n, None, None)
+        classes = _classes(parameters.get("class"), n, self.num_classes, None)
         if classes is not None and not self.takes_class:
             raise ProtocolError("this fused model explains its top class; fuse with --class-input to choose it")
         if classes is None and self.takes_class:
@@ -189,24 +191,20 @@ def _positive_int(value, name: str) -> int:
     return value
 
 
-def _classes(value, n: int, num_classes: int | None, labels) -> list | None:
-    """'class': one class for every image (an index or a label) or a list with one per image."""
+def _classes(value, n: int, num_classes: int, labels) -> list | None:
+    """'class': one class for every image (an index or a label) or a list with one per image, each resolved
+    as everywhere else (`explainer.class_index`: ambiguous and unknown labels are errors)."""
+    from ..explainer import class_index
     if value is None:
         return None
     values = value if isinstance(value, list) else [value] * n
     if len(values) != n:
         raise ProtocolError(f"'class' has {len(values)} entries for {n} images")
-    out = []
-    for v in values:
-        if isinstance(v, str) and labels:
-            if v not in labels:
-                raise ProtocolError(f"unknown class label {v!r}")
-            v = labels.index(v)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0 or (num_classes is not None and v >= num_classes):
-            raise ProtocolError(f"class {json.dumps(v)} is not a class of this model"
-                                + (f" (0..{num_classes - 1})" if num_classes else ""))
-        out.append(v)
-    return out
+    try:
+        return [class_index(v, labels, num_classes) for v in values]
+    except CamInferError as exc:
+        raise ProtocolError(f"class {json.dumps(values[0] if len(set(map(str, values))) == 1 else values)} is not "
+                            f"a class of this model: {exc}") from None
 
 
 def load_served(source, method: str | None, backend: str, device: str, threads: int | None):
