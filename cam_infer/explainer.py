@@ -257,8 +257,8 @@ class Explainer:
             extra = {} if finer is None else {"finer": finer}
             return self._enhanced(x, originals, names, method, target, top_classes, enhance, enhance_options or {},
                                   {**options, **extra}, start)
-        activations = self.backend.features(x)
-        outputs = model_outputs = self.backend.head(activations)
+        activations, outputs = self.backend.observe(x)
+        model_outputs = outputs
         targets = self.targets_for(target, outputs, top_classes)
         k = targets.shape[1] if targets.ndim == 2 else None
         if k is not None:              # one row per (image, class): the feature pass is not repeated

@@ -45,9 +45,31 @@ def test_openvino_runs_many_chunks_on_asynchronous_requests(tiny_bundle):
     np.testing.assert_allclose(backend.features(x), reference, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_a_clean_pass_runs_features_and_head_joined_in_one_call(tiny_bundle, backend):
+    be = load_backend(tiny_bundle, backend)
+    x = _images(5)
+    before = be.runtime_calls
+    a, y = be.observe(x)
+    assert be.joins and be.runtime_calls - before == 1
+    np.testing.assert_array_equal(a, be.features(x))
+    np.testing.assert_allclose(y, be.head(a), rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(be.forward(x), y)
+    # chunked under a small budget (OpenVINO's throughput hint: asynchronous requests), both outputs in order
+    hint = {"hint": "throughput"} if backend == "openvino" else {}
+    chunked = load_backend(tiny_bundle, backend, memory_budget_mb=0.2, **hint)
+    before = chunked.runtime_calls
+    a_chunked, y_chunked = chunked.observe(x)
+    assert chunked.runtime_calls - before == -(-5 // chunked.chunk_size("joined")) > 1
+    np.testing.assert_allclose(a_chunked, a, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(y_chunked, y, rtol=1e-5, atol=1e-6)
+
+
 def test_empty_batch_gives_empty_results(tiny_bundle):
     backend = load_backend(tiny_bundle, "onnxruntime")
     assert backend.features(np.zeros((0, 3, 64, 64), np.float32)).shape == (0, 16, 16, 16)
+    a, y = backend.observe(np.zeros((0, 3, 64, 64), np.float32))
+    assert a.shape == (0, 16, 16, 16) and y.shape == (0, *tiny_bundle.output_shape)
 
 
 def test_wrong_input_shape_is_an_error(tiny_bundle):

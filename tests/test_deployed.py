@@ -69,6 +69,10 @@ def test_deployed_models_are_explained_as_the_original_predicts(tmp_path, name):
     assert "onnxruntime" in runtimes
     for backend in runtimes:
         explainer = Explainer(bundle, backend=backend)
+        a, y = explainer.backend.observe(x)                      # the joined graph: the split's own numbers
+        assert explainer.backend.joins
+        np.testing.assert_array_equal(a, explainer.backend.features(x))
+        np.testing.assert_allclose(y, explainer.backend.head(a), rtol=1e-5, atol=1e-5 * np.abs(y).max())
         for method in ("recipro", "eigen"):
             e = explainer.explain(x, method)
             assert_same_class(e.targets, native, f"{name} {backend} {method}")
@@ -309,6 +313,7 @@ def test_a_tflite_file_becomes_an_ir_bundle_that_runs_end_to_end(tmp_path):
     x = bundle.preprocess(PHOTOS)
     native = native_openvino(tflite, x, "NHWC", np.uint8)
     explainer = Explainer(bundle)                                           # backend auto: OpenVINO
+    assert bundle.joined_graph() is None and not explainer.backend.joins    # two graphs, two calls
     for method in ("recipro", "eigen", "ablation"):
         e = explainer.explain(x, method)
         assert_same_class(e.targets, native, f"tflite {method}")

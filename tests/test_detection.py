@@ -119,6 +119,21 @@ def test_both_cuts_reproduce_the_model_and_measure_the_heads_locality(bundles, e
     assert head.labels[:2] == ["FEMALE_GENITALIA_COVERED", "FACE_FEMALE"]                 # from the metadata
 
 
+def test_the_joined_graph_is_the_model_with_its_cut_maps_as_outputs(bundles, explainers):
+    """One call for the clean pass: no packing in it, and the packed maps the split gives."""
+    bundle = bundles["detect-input"]
+    joined = onnx.load_from_string(bundle.joined_graph())
+    assert [o.name for o in joined.graph.output] == [lv["name"] for lv in bundle.manifest["cut"]] + ["head/output0"]
+    assert not [n for n in joined.graph.node if n.op_type == "Concat" and PACKED in n.output]
+    x = explainers["onnxruntime"]._inputs([PHOTO])[0]
+    for ex in explainers.values():
+        before = ex.backend.runtime_calls
+        packed, output = ex.backend.observe(x)
+        assert ex.backend.joins and ex.backend.runtime_calls - before == 1
+        np.testing.assert_array_equal(packed, ex.backend.features(x))
+        np.testing.assert_allclose(output, ex.backend.head(packed), rtol=1e-5, atol=1e-5)
+
+
 # --- methods against direct computations -------------------------------------------------------------------
 
 def context(ex, image=PHOTO):

@@ -170,8 +170,8 @@ def test_sess_explains_a_batch_image_by_image_and_counts_its_passes(setup):
     assert windows == 1 + 4 + 4
     before = explainer.backend.runtime_calls
     explainer.explain(x[:1], "eigen", enhance="sess", enhance_options={"scales": 3})
-    assert explainer.backend.runtime_calls - before == 4     # the input's forward (features, head), then all
-    # 9 windows in one batch: one features call, one head call (the classes' scores)
+    assert explainer.backend.joins                           # features and head in one call (the joined graph)
+    assert explainer.backend.runtime_calls - before == 2     # the input's pass, then all 9 windows in one batch
 
 
 def test_sess_with_a_seeded_random_method_is_the_same_run_to_run(setup):
@@ -200,5 +200,6 @@ def test_evet_explains_a_batch_image_by_image_with_its_copies_in_one_batch(setup
         np.testing.assert_allclose(together.saliency[i], alone.saliency[0], atol=1e-6)
     before = explainer.backend.runtime_calls
     explainer.explain(x, "eigen", enhance="evet")
-    assert explainer.backend.runtime_calls - before == 4     # the input (features, head), the 4 moved copies of
-    # both images in one batch (features, head)
+    assert explainer.backend.joins                           # features and head in one call (the joined graph)
+    assert explainer.backend.runtime_calls - before == 2     # the input's pass, the 4 moved copies of both
+    # images in one batch

@@ -27,6 +27,7 @@ class Backend(ABC):
         self.memory_budget = int(memory_budget_mb * 2**20)
         self.threads = threads
         self.runtime_calls = 0          # how many chunks went to the runtime (for tests and tuning)
+        self.joins = False              # runs the bundle's joined graph for observe/forward (set by subclasses)
 
     def check_input(self, x: np.ndarray) -> np.ndarray:
         """A preprocessed batch checked against the model's input shape; float32, C-contiguous."""
@@ -35,22 +36,36 @@ class Backend(ABC):
     def features(self, x: np.ndarray) -> np.ndarray:
         """Images (N,3,H,W) float32 → target-layer activations (N,K,h,w) float32."""
         x = self._checked(x, self.bundle.input_shape, "input images")
-        return self._chunked("features", x).reshape(len(x), *self.bundle.activation_shape)
+        return self._chunked("features", x)[0].reshape(len(x), *self.bundle.activation_shape)
 
     def head(self, a: np.ndarray) -> np.ndarray:
         """Activations (N,K,h,w) float32 → class scores (N,C) float32 (logits or probabilities); a detector's
         (N, 4+C, anchors)."""
         a = self._checked(a, self.bundle.activation_shape, "activations")
-        return self._chunked("head", a).reshape(len(a), *self.bundle.output_shape)
+        return self._chunked("head", a)[0].reshape(len(a), *self.bundle.output_shape)
 
     def branch(self, level: int, crops: np.ndarray) -> np.ndarray:
         """A detector's class-score branch of cut level `level` (`detection.branches`): crops (N, C, k, k) →
         class scores (N, classes, k, k)."""
         crops = np.ascontiguousarray(crops, dtype=np.float32)
-        return self._chunked(f"branch_{level}", crops).reshape(len(crops), -1, *crops.shape[2:])
+        return self._chunked(f"branch_{level}", crops)[0].reshape(len(crops), -1, *crops.shape[2:])
+
+    def observe(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A clean pass: (activations, outputs) of images x. One runtime call per chunk where the backend
+        runs the bundle's joined graph (`bundle.joined`); else ``features`` then ``head``."""
+        x = self._checked(x, self.bundle.input_shape, "input images")
+        if not self.joins:
+            a = self.features(x)
+            return a, self.head(a)
+        *parts, outputs = self._chunked("joined", x)
+        a = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)     # a detector's cut maps, packed
+        return (a.reshape(len(x), *self.bundle.activation_shape),
+                outputs.reshape(len(x), *self.bundle.output_shape))
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """The whole model: ``head(features(x))``."""
+        if self.joins:
+            return self.observe(x)[1]
         return self.head(self.features(x))
 
     def chunk_size(self, role: str) -> int:
@@ -65,28 +80,34 @@ class Backend(ABC):
         """How many chunks the runtime works on at once (each needs its own memory)."""
         return 1
 
-    def _chunked(self, role: str, x: np.ndarray) -> np.ndarray:
+    def _chunked(self, role: str, x: np.ndarray) -> list[np.ndarray]:
+        """Every output of graph `role` on x, run chunk by chunk; each (N, -1)."""
         if len(x) == 0:
-            return np.zeros((0,), np.float32)
+            return [np.zeros((0,), np.float32)] * self.output_count(role)
         size = self.chunk_size(role)
         chunks = [x[i:i + size] for i in range(0, len(x), size)]
         counts = [len(c) for c in chunks]
         if not self.bundle.dynamic_batch:            # a fixed batch: pad with zeros, drop their outputs
             chunks = [c if len(c) == size else np.concatenate([c, np.zeros((size - len(c), *c.shape[1:]), c.dtype)])
                       for c in chunks]
-        outputs = self._run_chunks(role, self._count(chunks))
-        return np.concatenate([o.reshape(len(c), -1)[:n] for o, c, n in zip(outputs, chunks, counts)])
+        per_chunk = self._run_chunks(role, self._count(chunks))
+        return [np.concatenate([outputs[k].reshape(len(c), -1)[:n] for outputs, c, n in zip(per_chunk, chunks, counts)])
+                for k in range(len(per_chunk[0]))]
 
-    def _run_chunks(self, role: str, chunks: list[np.ndarray]) -> list[np.ndarray]:
+    def _run_chunks(self, role: str, chunks: list[np.ndarray]) -> list[list[np.ndarray]]:
         return [self._run(role, c) for c in chunks]
+
+    def output_count(self, role: str) -> int:
+        """How many outputs graph `role` has: 1, except the joined graph's cut tensors + output."""
+        return 1 + (len(self.bundle.manifest.get("cut", [None])) if role == "joined" else 0)
 
     def _count(self, chunks: list) -> list:
         self.runtime_calls += len(chunks)
         return chunks
 
     @abstractmethod
-    def _run(self, role: str, x: np.ndarray) -> np.ndarray:
-        """Run graph `role` (``features`` or ``head``) on one chunk; return its first output."""
+    def _run(self, role: str, x: np.ndarray) -> list[np.ndarray]:
+        """Run graph `role` (``features``, ``head``, ``joined``, ``branch_<l>``) on one chunk; its outputs."""
 
     @staticmethod
     def _checked(x: np.ndarray, item_shape: tuple, what: str) -> np.ndarray:

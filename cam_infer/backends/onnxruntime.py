@@ -42,22 +42,25 @@ class OnnxRuntimeBackend(Backend):
         self._options, self._providers = options, providers
         self._sessions: dict = {}
         self._names: dict = {}
-        for role in ("features", "head"):
-            self._session(role)
+        joined = bundle.joined_graph()
+        if joined is not None:
+            self._session("joined", joined)
+            self.joins = True
+        self._session("head")
 
-    def _session(self, role: str):
-        """The session of graph `role`, made once; further graphs (a detector's branches) on first use."""
+    def _session(self, role: str, graph: bytes | None = None):
+        """The session of graph `role`, made once; further graphs (``features`` beside a joined graph, a
+        detector's branches) on first use."""
         if role not in self._sessions:
             import onnxruntime as ort
-            s = ort.InferenceSession(str(self.bundle.graph_path(role)), self._options, providers=self._providers)
+            s = ort.InferenceSession(graph or str(self.bundle.graph_path(role)), self._options,
+                                     providers=self._providers)
             self._sessions[role] = s
-            self._names[role] = (s.get_inputs()[0].name, s.get_outputs()[0].name)
+            self._names[role] = s.get_inputs()[0].name
         return self._sessions[role]
 
-    def _run(self, role: str, x: np.ndarray) -> np.ndarray:
-        self._session(role)
-        input_name, output_name = self._names[role]
-        return self._sessions[role].run([output_name], {input_name: x})[0]
+    def _run(self, role: str, x: np.ndarray) -> list[np.ndarray]:
+        return self._session(role).run(None, {self._names[role]: x})
 
     def describe(self) -> str:
         return f"onnxruntime {self.provider}/{self.device}"

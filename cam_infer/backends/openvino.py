@@ -43,39 +43,44 @@ class OpenVINOBackend(Backend):
         self._config = config
         self._compiled: dict = {}
         self._requests: dict = {}
-        for role in ("features", "head"):
-            self._compile(role)
+        joined = bundle.joined_graph()
+        if joined is not None:
+            self._compile("joined", joined)
+            self.joins = True
+        else:
+            self._compile("features")
+        self._compile("head")
         self._queues: dict = {}
         self.hint = hint
 
-    def _compile(self, role: str):
-        """Graph `role` compiled (once) with its infer request; further graphs (a detector's branches) on
-        first use."""
+    def _compile(self, role: str, graph: bytes | None = None):
+        """Graph `role` compiled (once) with its infer request; further graphs (``features`` beside a joined
+        graph, a detector's branches) on first use."""
         if role not in self._compiled:
             try:
-                self._compiled[role] = self._core.compile_model(self._core.read_model(str(self.bundle.graph_path(role))),
-                                                                self.device, self._config)
+                model = self._core.read_model(graph or str(self.bundle.graph_path(role)))
+                self._compiled[role] = self._core.compile_model(model, self.device, self._config)
             except RuntimeError as exc:
                 raise CamInferError(f"OpenVINO cannot compile this bundle for {self.device}: "
                                     f"{str(exc).strip().splitlines()[0][:300]}") from None
             self._requests[role] = self._compiled[role].create_infer_request()
         return self._compiled[role]
 
-    def compiled_property(self, name: str, role: str = "features"):
+    def compiled_property(self, name: str, role: str = "head"):
         """A property of the compiled `role` graph (e.g. ``INFERENCE_NUM_THREADS``), as OpenVINO reports it."""
         return self._compiled[role].get_property(name)
 
     def parallel_requests(self) -> int:
         try:
-            return int(self._compiled["features"].get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+            return int(self._compiled["head"].get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         except RuntimeError:
             return 1
 
-    def _run(self, role: str, x: np.ndarray) -> np.ndarray:
+    def _run(self, role: str, x: np.ndarray) -> list[np.ndarray]:
         self._compile(role)
         request = self._requests[role]
         request.infer({0: x}, share_inputs=True)       # x is C-contiguous float32 (checked): no copy in
-        return request.get_output_tensor(0).data.copy()
+        return _outputs(request)
 
     def _run_chunks(self, role: str, chunks: list[np.ndarray]) -> list[np.ndarray]:
         if len(chunks) == 1 or self.parallel_requests() == 1:
@@ -83,12 +88,12 @@ class OpenVINOBackend(Backend):
         import openvino as ov
 
         if role not in self._queues:
-            self._queues[role] = ov.AsyncInferQueue(self._compiled[role], self.parallel_requests())
+            self._queues[role] = ov.AsyncInferQueue(self._compile(role), self.parallel_requests())
         queue = self._queues[role]
         results: list = [None] * len(chunks)
 
         def done(request, index):
-            results[index] = request.get_output_tensor(0).data.copy()
+            results[index] = _outputs(request)
 
         queue.set_callback(done)
         for index, chunk in enumerate(chunks):
@@ -98,6 +103,10 @@ class OpenVINOBackend(Backend):
 
     def describe(self) -> str:
         return f"openvino {self.device} ({self.hint})"
+
+
+def _outputs(request) -> list[np.ndarray]:
+    return [request.get_output_tensor(i).data.copy() for i in range(len(request.model_outputs))]
 
 
 def _checked_device(core, device: str) -> str:

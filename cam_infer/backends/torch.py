@@ -40,11 +40,11 @@ class TorchBackend(Backend):
         if threads:
             self.torch.set_num_threads(int(threads))
 
-    def _run(self, role: str, x: np.ndarray) -> np.ndarray:
+    def _run(self, role: str, x: np.ndarray) -> list[np.ndarray]:
         torch = self.torch
         with torch.no_grad():
             if role == "head":
-                return self._head(torch.from_numpy(x)).numpy()
+                return [self._head(torch.from_numpy(x)).numpy()]
             captured = {}
 
             def stop(module, inputs, output):
@@ -58,7 +58,7 @@ class TorchBackend(Backend):
                 pass
             finally:
                 handle.remove()
-            return captured["a"].numpy()
+            return [captured["a"].numpy()]
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         torch = self.torch

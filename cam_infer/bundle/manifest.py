@@ -93,6 +93,12 @@ class Bundle:
     def head_path(self) -> Path:
         return self.graph_path("head")
 
+    def joined_graph(self) -> bytes | None:
+        """Features and head as one serialized ONNX graph, for a clean pass in one call (`joined`); None for
+        IR bundles."""
+        from .joined import joined_graph
+        return joined_graph(self)
+
     def graph_path(self, role: str) -> Path:
         """The file of graph `role`: ``features``, ``head``, or a detector's ``branch_<level>``."""
         if role not in self.manifest["graphs"]:
@@ -167,6 +173,8 @@ class Bundle:
 
     def bytes_per_item(self, role: str) -> int:
         """Rough working memory per image of one graph, for cutting batches into chunks."""
+        if role == "joined":
+            return self.bytes_per_item("features") + self.bytes_per_item("head")
         return int(self.manifest["memory"][f"{role}_bytes_per_item"])
 
 

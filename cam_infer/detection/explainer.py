@@ -204,8 +204,7 @@ class DetectionExplainer:
         start = time.perf_counter()
         chosen = get_detection_method(method)
         x, originals, names = self._inputs(images)
-        packed = self.backend.features(x)
-        outputs = self.backend.head(packed)
+        packed, outputs = self.backend.observe(x)
         thresholds = self._thresholds(conf, iou, max_det)
         prep = self.bundle.preprocessing
         items, found = [], []
