@@ -158,3 +158,56 @@ def masked_inputs(x: np.ndarray, masks: np.ndarray, out: np.ndarray) -> None:
     for r in prange(n):
         for c in range(channels):
             out[r, c] = x[c] * masks[r]
+
+
+@njit(cache=CACHE, nogil=True, fastmath=True)
+def power_component(a: np.ndarray, start: np.ndarray, tolerance: float, steps: int) -> tuple[np.ndarray, int]:
+    """Eigen-CAM's projection L = Aᵀv₁ of A (K, n) float32 (rows: channels) on its first principal
+    component, by power iteration v ← AAᵀv/‖AAᵀv‖ from `start` (`methods.eigen`).
+
+    ρ ≈ λ₂/λ₁ is the ratio of successive moves ‖v' − v‖; stop when the distance left, move·ρ/(1−ρ), is
+    below `tolerance`. Returns (L, steps taken), sign chosen so that Σ_k v₁ₖ ≥ 0; steps 0 when it did not
+    settle (ρ > 0.9 after 5 steps, a zero product, or `steps` used up): L is then meaningless.
+    """
+    k, n = a.shape
+    v = start.copy()
+    u = np.empty(n, np.float32)
+    nxt = np.empty(k, np.float32)
+    previous = 0.0
+    taken = 0
+    for step in range(steps):
+        u[:] = 0.0
+        for c in range(k):
+            for p in range(n):
+                u[p] += a[c, p] * v[c]
+        size = 0.0
+        for c in range(k):
+            s = np.float32(0.0)
+            for p in range(n):
+                s += a[c, p] * u[p]
+            nxt[c] = s
+            size += s * s
+        size = np.sqrt(size)
+        if size <= 1e-30:
+            break
+        moved = 0.0
+        for c in range(k):
+            nxt[c] /= size
+            moved += (nxt[c] - v[c]) ** 2
+            v[c] = nxt[c]
+        moved = np.sqrt(moved)
+        rho = min(moved / previous, 1.0) if previous > 0 else 1.0
+        if moved == 0.0 or (rho < 1.0 and moved * rho / (1.0 - rho) < tolerance):
+            taken = step + 1
+            break
+        if step >= 4 and rho > 0.9:
+            break
+        previous = moved
+    sign = np.float32(-1.0) if v.sum() < 0 else np.float32(1.0)
+    projection = np.zeros(n, np.float32)
+    if taken:
+        for c in range(k):
+            for p in range(n):
+                projection[p] += a[c, p] * v[c]
+        projection *= sign
+    return projection, taken

@@ -100,3 +100,22 @@ def test_masked_inputs_matches_numpy():
     out = np.empty((4, 3, 8, 8), np.float32)
     kernels.masked_inputs(x, masks, out)
     np.testing.assert_allclose(out, x[None] * masks[:, None], rtol=1e-6)
+
+
+@pytest.mark.parametrize("gap", [0.05, 0.5, 0.97])       # λ₂/λ₁: settles at once / slowly / gives up (ρ > 0.9)
+def test_power_component_matches_its_numpy_twin(gap):
+    from cam_infer.methods.eigen import FLOAT32_TOLERANCE, POWER_STEPS, power_projection, start_vector
+    rng = np.random.default_rng(5)
+    u, _ = np.linalg.qr(rng.standard_normal((300, 12)))
+    v, _ = np.linalg.qr(rng.standard_normal((12, 12)))
+    s = np.array([1.0, np.sqrt(gap), *np.linspace(0.3, 0.01, 10)]) * 10
+    o = ((u * s) @ v.T).astype(np.float32)                            # (n=300, K=12)
+    rows = np.ascontiguousarray(o.T)
+    projection, steps = kernels.power_component(rows, start_vector(rows.sum(axis=1)), FLOAT32_TOLERANCE, POWER_STEPS)
+    twin = power_projection(o)
+    assert (steps == 0) == (twin is None) == (gap > 0.9)
+    if twin is not None:
+        twin = twin * np.sign(np.sum(o.T @ twin))                     # the kernel's sign: Σ_k v₁ₖ ≥ 0
+        np.testing.assert_allclose(projection, twin, rtol=1e-4, atol=1e-4 * np.abs(twin).max())
+        exact = s[0] * u[:, 0] * np.sign(np.sum(v[:, 0]))
+        np.testing.assert_allclose(projection, exact, rtol=1e-3, atol=1e-3 * np.abs(exact).max())

@@ -16,45 +16,55 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import kernels
 from ..errors import CamInferError
 from .registry import Context, fused, method
 
 TINY = 1e-30
 EIGEN_SQUARINGS = 10      # fused: 1024 power-iteration steps
 POWER_STEPS = 100
+FLOAT32_TOLERANCE = 1e-6
 GOLDEN = 2.399963229728653                       # the golden angle, radians
 
 
 def first_component(a: np.ndarray, centered: bool) -> np.ndarray:
     """(K,h,w) → (h,w) projection on the first principal component, sign fixed."""
     k, h, w = a.shape
-    o = a.reshape(k, h * w).T                                       # (hw, K)
-    if centered:
-        o = o.astype(np.float64)
-        o = o - o.mean(axis=0, keepdims=True)
-    else:
-        o = o.astype(np.float32, copy=False)
+    if not centered:                                                # float32 power iteration, one Numba call
+        rows = np.ascontiguousarray(a.reshape(k, h * w), np.float32)
+        projection, settled = kernels.power_component(rows, start_vector(rows.sum(axis=1)), FLOAT32_TOLERANCE,
+                                              POWER_STEPS)
+        if settled:
+            return projection.reshape(h, w)
+        o = rows.T.astype(np.float64)
+        projection = gram_projection(o)
+        flip = np.sum(o.T @ projection) < 0                         # Oᵀ L = σ₁² v₁: the sign of Σ_k v₁ₖ
+        return (-projection if flip else projection).reshape(h, w).astype(np.float32)
+    o = a.reshape(k, h * w).T.astype(np.float64)
+    o = o - o.mean(axis=0, keepdims=True)
     projection = power_projection(o)
     if projection is None:
-        projection = gram_projection(o.astype(np.float64))
-    if centered:
-        reference = a.mean(axis=0).ravel()
-        flip = np.dot(projection - projection.mean(), reference - reference.mean()) < 0
-    else:
-        flip = np.sum(o.T @ projection) < 0                         # Oᵀ L = σ₁² v₁: the sign of Σ_k v₁ₖ
+        projection = gram_projection(o)
+    reference = a.mean(axis=0).ravel()
+    flip = np.dot(projection - projection.mean(), reference - reference.mean()) < 0
     return (-projection if flip else projection).reshape(h, w).astype(np.float32)
 
 
+def start_vector(sums: np.ndarray) -> np.ndarray:
+    """The channel sums Oᵀ1, normalised, plus a tenth of a fixed irregular unit vector (never ⟂ v₁ in
+    practice), in the sums' precision."""
+    k = len(sums)
+    v = np.cos(np.arange(1, k + 1) * GOLDEN).astype(sums.dtype)
+    return v / np.linalg.norm(v) * sums.dtype.type(0.1) + sums / max(np.linalg.norm(sums), TINY)
+
+
 def power_projection(o: np.ndarray, steps: int = POWER_STEPS) -> np.ndarray | None:
-    """O v₁ (float64) by power iteration on OᵀO from Oᵀ1 (plus a tenth of a fixed irregular vector), in O's
-    precision, or None when it does not settle quickly. Each step's move shrinks by ρ ≈ λ₂/λ₁, so the
-    distance left is about move·ρ/(1−ρ): stop when that is below 1e-10 (1e-6 in float32); give up when
-    ρ > 0.9."""
-    tolerance = 1e-6 if o.dtype == np.float32 else 1e-10
-    k = o.shape[1]
-    v = np.cos(np.arange(1, k + 1) * GOLDEN).astype(o.dtype)   # a fixed irregular vector: never ⟂ v₁ in practice
-    sums = o.sum(axis=0)
-    v = v / np.linalg.norm(v) * 0.1 + sums / max(np.linalg.norm(sums), TINY)
+    """O v₁ (float64) by power iteration on OᵀO from `start_vector`, in O's precision, or None when it does
+    not settle quickly. Each step's move shrinks by ρ ≈ λ₂/λ₁, so the distance left is about move·ρ/(1−ρ):
+    stop when that is below 1e-10 (1e-6 in float32); give up when ρ > 0.9. (The float32 path runs the
+    same iteration as the Numba kernel `power_component`; this is its NumPy twin.)"""
+    tolerance = FLOAT32_TOLERANCE if o.dtype == np.float32 else 1e-10
+    v = start_vector(o.sum(axis=0))
     previous = None
     for step in range(steps):
         nxt = o.T @ (o @ v)
