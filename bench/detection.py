@@ -39,7 +39,7 @@ def cli(*args) -> None:
 
 def quality(work: Path, n: int, report) -> None:
     from cam_infer.detection import split_detector
-    from cam_infer.detection.fuse import unpacked_model
+    from cam_infer.fuse import plain_model
     from cam_infer.bundle import Bundle
     import onnx
 
@@ -47,7 +47,7 @@ def quality(work: Path, n: int, report) -> None:
     scenes = work / "scenes"
     cli("synthetic", "--split", "detection", "-n", n, "--out", scenes)
     source = work / "shapes_detector.onnx"
-    onnx.save(unpacked_model(Bundle.load(shipped)), source)
+    onnx.save(plain_model(Bundle.load(shipped)), source)
     labels = Bundle.load(shipped).labels
     cuts = {"detect-input": shipped, "backbone": split_detector(source, work / "backbone", cut="backbone",
                                                                 labels=labels, overwrite=True).path}

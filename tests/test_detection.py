@@ -123,7 +123,7 @@ def test_the_joined_graph_is_the_model_with_its_cut_maps_as_outputs(bundles, exp
     """One call for the clean pass: no packing in it, and the packed maps the split gives."""
     bundle = bundles["detect-input"]
     joined = onnx.load_from_string(bundle.joined_graph())
-    assert [o.name for o in joined.graph.output] == [lv["name"] for lv in bundle.manifest["cut"]] + ["head/output0"]
+    assert [o.name for o in joined.graph.output] == [lv["name"] for lv in bundle.manifest["cut"]] + ["output0"]
     assert not [n for n in joined.graph.node if n.op_type == "Concat" and PACKED in n.output]
     x = explainers["onnxruntime"]._inputs([PHOTO])[0]
     for ex in explainers.values():

@@ -91,6 +91,8 @@ class Backend(ABC):
             chunks = [c if len(c) == size else np.concatenate([c, np.zeros((size - len(c), *c.shape[1:]), c.dtype)])
                       for c in chunks]
         per_chunk = self._run_chunks(role, self._count(chunks))
+        if len(chunks) == 1:
+            return [o.reshape(len(chunks[0]), -1)[:counts[0]] for o in per_chunk[0]]
         return [np.concatenate([outputs[k].reshape(len(c), -1)[:n] for outputs, c, n in zip(per_chunk, chunks, counts)])
                 for k in range(len(per_chunk[0]))]
 

@@ -94,10 +94,20 @@ class Bundle:
         return self.graph_path("head")
 
     def joined_graph(self) -> bytes | None:
-        """Features and head as one serialized ONNX graph, for a clean pass in one call (`joined`); None for
-        IR bundles."""
-        from .joined import joined_graph
-        return joined_graph(self)
+        """Features and head as one serialized ONNX model whose outputs are the cut's tensors, then the
+        model's (`joined`): a clean pass in one call. None for IR bundles."""
+        if self.graph_format != "onnx":
+            return None
+        import onnx
+
+        from .joined import joined_model
+        return joined_model(onnx.load(self.features_path), onnx.load(self.head_path),
+                            self.cut_levels).SerializeToString()
+
+    @property
+    def cut_levels(self) -> list[dict] | None:
+        """A detector's cut levels (name, shape, stride, offset in the packed vector); None for a classifier."""
+        return self.manifest["cut"] if self.task == "detection" else None
 
     def graph_path(self, role: str) -> Path:
         """The file of graph `role`: ``features``, ``head``, or a detector's ``branch_<level>``."""

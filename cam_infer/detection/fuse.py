@@ -34,7 +34,7 @@ def fuse_detector(bundle: Bundle, method: str = "eigen", *, check: bool = True, 
         raise CamInferError(f"a detector fuses {', '.join(FUSABLE)} (class-agnostic maps); '{method}' needs a target "
                             "box that NMS gives outside the graph")
     spec = get_method(method)
-    model = unpacked_model(bundle)
+    model = plain_model(bundle)
     b = Builder(_opset(model))
     h, w = bundle.input_shape[1:]
     head = at_min_opset(bundle.head_path)
@@ -71,24 +71,6 @@ def resized(b: Builder, maps: str, size: tuple[int, int]) -> str:
     up = b.op("Resize", b.unsqueeze(maps, [1]), "", "", sizes, mode="linear", coordinate_transformation_mode="half_pixel",
               hint="resized")
     return b.squeeze(up, [1])
-
-
-def unpacked_model(bundle: Bundle) -> onnx.ModelProto:
-    """The bundle's features and head joined, without the packing between them: the detector itself."""
-    from .split import PACKED
-    model = plain_model(bundle)
-    g = model.graph
-    kept = [n for n in g.node if not (n.name == "pack" or n.name.startswith(("pack_", "unpack_")))]
-    del g.node[:]
-    g.node.extend(kept)
-    used = {i for n in kept for i in n.input}
-    initializers = [t for t in g.initializer if t.name in used]
-    del g.initializer[:]
-    g.initializer.extend(initializers)
-    value_info = [v for v in g.value_info if v.name != PACKED]
-    del g.value_info[:]
-    g.value_info.extend(value_info)
-    return model
 
 
 def fused_detector_error(model: onnx.ModelProto, bundle: Bundle, method: str, options: dict) -> float:

@@ -24,6 +24,7 @@ from onnx import TensorProto, helper
 from ..methods.registry import DEFAULT_METHOD
 from ..version import __version__
 from ..bundle import Bundle
+from ..bundle.joined import joined_model
 from ..errors import CamInferError
 from ..explainer import Explainer
 from ..postprocess import EPS
@@ -47,21 +48,12 @@ def _onnx_bundle(bundle) -> Bundle:
 
 
 def plain_model(bundle: "Bundle | str | os.PathLike") -> onnx.ModelProto:
-    """The bundle's features and head joined into one model: the model the bundle was split from,
-    at opset ≥ 13 (older models are converted)."""
+    """The bundle's features and head joined into one model (`bundle.joined`): the model the bundle was
+    split from (a detector without its packing), at opset ≥ 13 (older models are converted)."""
     bundle = _onnx_bundle(bundle)
-    features, head = at_min_opset(bundle.features_path), at_min_opset(bundle.head_path)
-    seen = {t.name for t in features.graph.initializer}
-    graph = helper.make_graph(
-        list(features.graph.node) + list(head.graph.node), "cam_infer_fused",
-        list(features.graph.input), list(head.graph.output),
-        initializer=list(features.graph.initializer) + [t for t in head.graph.initializer if t.name not in seen],
-        value_info=list(features.graph.value_info) + list(head.graph.value_info) + list(features.graph.output))
-    model = helper.make_model(graph, opset_imports=list(features.opset_import),
-                              ir_version=max(features.ir_version, head.ir_version), producer_name="cam-infer",
-                              producer_version=__version__)
-    functions = {(fn.domain, fn.name): fn for fn in list(features.functions) + list(head.functions)}
-    model.functions.extend(functions.values())
+    model = joined_model(at_min_opset(bundle.features_path), at_min_opset(bundle.head_path), bundle.cut_levels,
+                         expose_cut=False, name="cam_infer_fused")
+    model.producer_name, model.producer_version = "cam-infer", __version__
     return model
 
 
