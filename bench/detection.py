@@ -84,31 +84,36 @@ def speed(work: Path, repeats: int, report) -> None:
     report(f"\n**YOLOv8n** (NudeNet 320n) 320×320 on OpenVINO CPU, batch 1, {photo.name} ({count} detections). "
            "The base is what the detections cost: one forward pass (the bundle's joined graph, the model with its "
            "cut maps as outputs, one call) and the NMS, `DetectionExplainer.detect`; beside it the unsplit model "
-           "in one OpenVINO call and the same NMS, what a deployment runs without cam-infer. Every row's calls "
-           f"are timed in turn with both, call by call; medians of {repeats} runs, ratios are medians of the "
-           "per-run ratios\n")
+           "in one OpenVINO call and the same NMS, what a deployment runs without cam-infer. Each ratio comes "
+           "from its own pair timed alternately, call by call (so each call follows the other of its pair); "
+           f"medians of {repeats} runs, ratios are medians of the per-run ratios\n")
     report("| method | one detection: ms | ÷ detections | ÷ unsplit model + NMS | all detections: ms | ÷ detections "
            "| per detection ÷ detections |\n|---|---:|---:|---:|---:|---:|---:|")
     for method, options in SPEED_CASES:
-        base, model, one, every = alternate([detections, model_and_nms,
-                                             lambda: ex.explain(x, method, targets=0, **options),
-                                             lambda: ex.explain(x, method, **options)], repeats)
+        one = lambda: ex.explain(x, method, targets=0, **options)              # noqa: E731
+        every = lambda: ex.explain(x, method, **options)                        # noqa: E731
+        base, one_times = alternate([detections, one], repeats)
+        base_every, every_times = alternate([detections, every], repeats)
+        model, one_again = alternate([model_and_nms, one], repeats)
         label = method + (f" (top_k={options['top_k']})" if options else "")
-        report(f"| {label} | {median(one):.1f} | {ratio(one, base):.2f}× | {ratio(one, model):.2f}× | "
-               f"{median(every):.1f} | {ratio(every, base):.2f}× | {ratio(every, base) / count:.2f}× |")
+        report(f"| {label} | {median(one_times):.1f} | {ratio(one_times, base):.2f}× | "
+               f"{ratio(one_again, model):.2f}× | {median(every_times):.1f} | {ratio(every_times, base_every):.2f}× | "
+               f"{ratio(every_times, base_every) / count:.2f}× |")
     fused = {m: compiled(fused_model(bundle, m, work)) for m in ("activation", "eigen")}
-    base, model, bare, *fused_times = alternate(
-        [detections, model_and_nms, lambda: plain(x), lambda: ex.backend.forward(x),
-         lambda: ex.backend.head(ex.backend.features(x))] + [lambda m=m: detect(fused[m](x)[0][0], *thresholds)
-                                                           for m in fused], repeats)
-    joined, two_calls, *fused_times = fused_times
+    model, base = alternate([model_and_nms, detections], repeats)
+    bare, joined = alternate([lambda: plain(x), lambda: ex.backend.forward(x)], repeats)
+    bare_again, two_calls = alternate([lambda: plain(x), lambda: ex.backend.head(ex.backend.features(x))], repeats)
+    fused_rows = {m: alternate([detections, lambda m=m: detect(fused[m](x)[0][0], *thresholds)], repeats)
+                  + alternate([model_and_nms, lambda m=m: detect(fused[m](x)[0][0], *thresholds)], repeats)
+                  for m in fused}
     report(f"\ndetections (joined forward pass + NMS): {median(base):.1f} ms; the unsplit model + NMS: "
-           f"{median(model):.1f} ms ({ratio(base, model):.2f}× is ours over it). Forward passes alone: the unsplit "
+           f"{median(model):.1f} ms (ours over it: {ratio(base, model):.2f}×). Forward passes alone: the unsplit "
            f"model {median(bare):.1f} ms; the bundle's joined graph {median(joined):.1f} ms "
-           f"({ratio(joined, bare):.2f}× the unsplit model); features then head, two calls, {median(two_calls):.1f} ms "
-           f"({ratio(two_calls, bare):.2f}×). `cam-infer fuse` (detections and the map in one call) + NMS: " + ", ".join(
-               f"{m} {median(t):.1f} ms ({ratio(t, base):.2f}× the detections, {ratio(t, model):.2f}× the unsplit "
-               "model + NMS)" for m, t in zip(fused, fused_times)) + ".")
+           f"({ratio(joined, bare):.2f}× the unsplit model); features then head, two calls, "
+           f"{median(two_calls):.1f} ms ({ratio(two_calls, bare_again):.2f}×). `cam-infer fuse` (detections and the "
+           "map in one call) + NMS: " + ", ".join(
+               f"{m} {median(t):.1f} ms ({ratio(t, b):.2f}× the detections, {ratio(t2, b2):.2f}× the unsplit "
+               "model + NMS)" for m, (b, t, b2, t2) in fused_rows.items()) + ". (Each ratio from its own pair.)")
 
 
 def alternate(calls, repeats: int) -> list[list[float]]:

@@ -211,3 +211,38 @@ def power_component(a: np.ndarray, start: np.ndarray, tolerance: float, steps: i
                 projection[p] += a[c, p] * v[c]
         projection *= sign
     return projection, taken
+
+
+@njit(cache=CACHE, nogil=True)
+def add_normalised(m: np.ndarray, out: np.ndarray, weight: float, eps: float) -> None:
+    """out += weight · R(minmax(ReLU(m))) for a (h,w) map onto out's finer (H,W) grid: R bilinear with
+    half-pixel centres and clamped edges (cv2's INTER_LINEAR), the min–max of `postprocess.normalise`
+    (a map whose range is ≤ eps·max(1, |max|) adds nothing)."""
+    h, w = m.shape
+    height, width = out.shape
+    lo = np.inf
+    hi = -np.inf
+    for y in range(h):
+        for x in range(w):
+            v = max(m[y, x], 0.0)
+            lo = min(lo, v)
+            hi = max(hi, v)
+    span = hi - lo
+    if span <= eps * max(1.0, abs(hi)):
+        return
+    scale = weight / span
+    sy = h / height
+    sx = w / width
+    for y in range(height):
+        fy = max((y + 0.5) * sy - 0.5, 0.0)
+        y0 = min(int(fy), h - 1)
+        y1 = min(y0 + 1, h - 1)
+        ly = fy - y0
+        for x in range(width):
+            fx = max((x + 0.5) * sx - 0.5, 0.0)
+            x0 = min(int(fx), w - 1)
+            x1 = min(x0 + 1, w - 1)
+            lx = fx - x0
+            top = max(m[y0, x0], 0.0) * (1 - lx) + max(m[y0, x1], 0.0) * lx
+            bottom = max(m[y1, x0], 0.0) * (1 - lx) + max(m[y1, x1], 0.0) * lx
+            out[y, x] += (top * (1 - ly) + bottom * ly - lo) * scale

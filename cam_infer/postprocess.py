@@ -15,10 +15,12 @@ COLORMAPS = {"jet": cv2.COLORMAP_JET, "turbo": cv2.COLORMAP_TURBO, "viridis": cv
              "inferno": cv2.COLORMAP_INFERNO, "hot": cv2.COLORMAP_HOT, "magma": cv2.COLORMAP_MAGMA}
 
 
-def normalise(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def normalise(maps: np.ndarray, in_place: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """ReLU then per-map min–max to [0,1]. A map whose range is below EPS·max(1, |max|) is
-    *degenerate* (constant after ReLU): it comes back all zeros with its flag set, never NaN."""
-    maps = np.maximum(np.asarray(maps, np.float32), 0)          # a new array: normalised in place below
+    *degenerate* (constant after ReLU): it comes back all zeros with its flag set, never NaN.
+    ``in_place``: overwrite `maps` (float32) instead of a new array (no fresh pages to fault in)."""
+    maps = np.asarray(maps, np.float32)
+    maps = np.maximum(maps, 0, out=maps if in_place else None)
     lo = maps.min(axis=(1, 2), keepdims=True)
     hi = maps.max(axis=(1, 2), keepdims=True)
     span = hi - lo

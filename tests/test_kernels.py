@@ -119,3 +119,18 @@ def test_power_component_matches_its_numpy_twin(gap):
         np.testing.assert_allclose(projection, twin, rtol=1e-4, atol=1e-4 * np.abs(twin).max())
         exact = s[0] * u[:, 0] * np.sign(np.sum(v[:, 0]))
         np.testing.assert_allclose(projection, exact, rtol=1e-3, atol=1e-3 * np.abs(exact).max())
+
+
+def test_add_normalised_matches_normalise_then_cv2_resize():
+    from cam_infer.postprocess import EPS, normalise
+    levels = [RNG.standard_normal((40, 40)), RNG.standard_normal((20, 20)), RNG.standard_normal((10, 10)),
+              np.full((10, 10), 0.3), -np.abs(RNG.standard_normal((20, 20)))]      # constant; nothing above 0
+    out = np.full((40, 40), 0.25, np.float32)
+    expected = out.copy()
+    for m in levels:
+        m = m.astype(np.float32)
+        kernels.add_normalised(m, out, 0.2, EPS)
+        normalised, degenerate = normalise(m[None])
+        assert not degenerate[0] or not normalised.any()
+        expected += 0.2 * cv2.resize(normalised[0], (40, 40), interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_allclose(out, expected, atol=2e-6)

@@ -218,7 +218,7 @@ class DetectionExplainer:
             image_items, normalised = [], {}
             for t, m in zip(chosen_targets, maps):
                 if id(m) not in normalised:                    # class-agnostic methods share one map
-                    normalised[id(m)] = normalise(np.asarray(m, np.float32)[None])
+                    normalised[id(m)] = normalise(np.asarray(m, np.float32)[None], in_place=True)   # a method's own
                 saliency, degenerate = normalised[id(m)]
                 box_image = prep.box_to_image(t.box, shape) if originals else [float(v) for v in t.box]
                 image_items.append(DetectionMap([float(v) for v in t.box], box_image, t.class_id,

@@ -14,6 +14,8 @@ Class-agnostic.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from .. import kernels
@@ -53,9 +55,16 @@ def first_component(a: np.ndarray, centered: bool) -> np.ndarray:
 def start_vector(sums: np.ndarray) -> np.ndarray:
     """The channel sums Oᵀ1, normalised, plus a tenth of a fixed irregular unit vector (never ⟂ v₁ in
     practice), in the sums' precision."""
-    k = len(sums)
-    v = np.cos(np.arange(1, k + 1) * GOLDEN).astype(sums.dtype)
-    return v / np.linalg.norm(v) * sums.dtype.type(0.1) + sums / max(np.linalg.norm(sums), TINY)
+    return irregular(len(sums), sums.dtype.str) + sums / max(np.linalg.norm(sums), TINY)
+
+
+@lru_cache(maxsize=64)
+def irregular(k: int, dtype: str) -> np.ndarray:
+    """cos(j·golden angle), j = 1…k, scaled to norm 0.1."""
+    v = np.cos(np.arange(1, k + 1) * GOLDEN).astype(dtype)
+    v = v / np.linalg.norm(v) * v.dtype.type(0.1)
+    v.flags.writeable = False                                       # shared between calls
+    return v
 
 
 def power_projection(o: np.ndarray, steps: int = POWER_STEPS) -> np.ndarray | None:

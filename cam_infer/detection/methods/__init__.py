@@ -23,7 +23,8 @@ from typing import Callable
 import numpy as np
 
 from ...errors import CamInferError
-from ...postprocess import normalise
+from ... import kernels
+from ...postprocess import EPS
 
 
 @dataclass(frozen=True)
@@ -61,10 +62,15 @@ def same_unit(maps: dict[int, np.ndarray], size: tuple[int, int]) -> np.ndarray:
 
 
 def unit_free(maps: dict[int, np.ndarray], size: tuple[int, int]) -> np.ndarray:
-    """U(mean_l R(minmax(ReLU(S_l)))): maps in the units of their own level, made comparable first."""
+    """U(mean_l R(minmax(ReLU(S_l)))): maps in the units of their own level, made comparable first (one
+    Numba call per level: `kernels.add_normalised`)."""
     if not maps:
         return np.zeros(size, np.float32)
-    return upsample_raw(on_finest_grid(maps.values(), lambda m: normalise(m[None])[0][0]).mean(axis=0), size)
+    levels = [np.ascontiguousarray(m, np.float32) for m in maps.values()]
+    combined = np.zeros(max((m.shape for m in levels), key=lambda shape: shape[0] * shape[1]), np.float32)
+    for m in levels:
+        kernels.add_normalised(m, combined, 1.0 / len(levels), EPS)
+    return upsample_raw(combined, size)
 
 
 def on_finest_grid(maps, prepare) -> np.ndarray:
