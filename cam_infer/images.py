@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -162,14 +163,34 @@ class Preprocessing:
             pixels = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)[..., None]
         else:
             pixels = rgb[..., ::-1] if self.color == "bgr" else rgb
-        x = pixels.astype(np.float32) * np.float32(self.scale)
-        x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        return np.ascontiguousarray(x.transpose(2, 0, 1))
+        if pixels.dtype == np.uint8:                   # a table of the 256 values: the same float32 results
+            table = _table(self.scale, self.mean, self.std)
+            out = np.empty((pixels.shape[2], *pixels.shape[:2]), np.float32)
+            for c in range(len(out)):
+                np.take(table[c], pixels[..., c], out=out[c])
+            return out
+        return _normalised(pixels, self.scale, self.mean, self.std)
 
     def __call__(self, image: "str | os.PathLike | np.ndarray") -> np.ndarray:
         """One image (path or RGB uint8 array of any size) → (C,H,W) float32."""
         rgb = load_image(image) if isinstance(image, (str, os.PathLike)) else as_rgb_uint8(image)
         return self.normalise(self.geometry(rgb))
+
+
+def _normalised(pixels: np.ndarray, scale: float, mean: tuple, std: tuple) -> np.ndarray:
+    """(H,W,C) → (C,H,W) float32: (pixels·scale − mean) / std."""
+    x = pixels.astype(np.float32) * np.float32(scale)
+    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+@lru_cache(maxsize=32)
+def _table(scale: float, mean: tuple, std: tuple) -> np.ndarray:
+    """(C, 256): every uint8 value normalised per channel, by the very float32 operations of `_normalised`."""
+    values = np.repeat(np.arange(256, dtype=np.uint8)[:, None, None], len(mean), axis=2)     # (256,1,C)
+    table = _normalised(values, scale, mean, std)[:, :, 0]
+    table.flags.writeable = False
+    return table
 
 
 def _resize(rgb: np.ndarray, width: int, height: int) -> np.ndarray:

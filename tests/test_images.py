@@ -67,3 +67,19 @@ def test_unreadable_images_are_errors(tmp_path):
 def test_bad_preprocessing_options_are_errors(fields, message):
     with pytest.raises(CamInferError, match=message):
         Preprocessing(input_size=(32, 32), **fields)
+
+
+@pytest.mark.parametrize("options", [{}, {"color": "bgr"}, {"channels": 1}, {"mean": (0.5,) * 3, "std": (0.5,) * 3}])
+def test_uint8_pixels_are_normalised_through_a_table_to_the_same_floats(options):
+    from cam_infer.images import _normalised
+    prep = Preprocessing((16, 16), **options)
+    rgb = np.random.default_rng(2).integers(0, 256, (16, 16, 3)).astype(np.uint8)
+    rgb[0, :3] = [[0, 0, 0], [255, 255, 255], [1, 128, 254]]
+    pixels = rgb[..., ::-1] if prep.color == "bgr" else rgb
+    if prep.channels == 1:
+        pixels = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)[..., None]
+    got = prep.normalise(rgb)
+    assert got.dtype == np.float32 and got.flags.c_contiguous and got.shape == (prep.channels, 16, 16)
+    np.testing.assert_array_equal(got, _normalised(pixels, prep.scale, prep.mean, prep.std))
+    if prep.channels == 3:                            # (a float image's gray is not rounded to uint8)
+        np.testing.assert_array_equal(prep.normalise(rgb.astype(np.float32)), got)    # the float path

@@ -155,6 +155,24 @@ def test_tritonclient_gets_the_explainers_answers(server, explainer, batch):
     assert_same(triton_infer(client, batch[:2], binary=False), expected(explainer, batch[:2], "recipro"))
 
 
+def test_uint8_pixels_are_normalised_by_the_server_as_the_bundle_says(server, explainer, scenes):
+    prep = explainer.bundle.preprocessing
+    pixels = np.stack([prep.geometry(cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB)) for p in scenes[:3]])
+    client = server.client()
+    meta = client.get_model_metadata("shapes")
+    assert meta["parameters"]["pixel_input"] == {"datatype": "UINT8", "shape": [-1, 128, 128, 3]}
+    tensor = http.InferInput("input", list(pixels.shape), "UINT8")
+    tensor.set_data_from_numpy(pixels)
+    result = client.infer("shapes", [tensor], parameters={"method": "eigen"})
+    got = {n: result.as_numpy(n) for n in ("scores", "saliency", "saliency_class")}
+    x = np.stack([prep.normalise(p) for p in pixels])
+    assert_same(got, expected(explainer, x, "eigen"))
+    wrong = http.InferInput("input", [1, 3, 128, 128], "UINT8")
+    wrong.set_data_from_numpy(pixels[:1].transpose(0, 3, 1, 2).copy())
+    with pytest.raises(Exception, match=r"UINT8 pixels must have shape \[-1, 128, 128, 3\]"):
+        client.infer("shapes", [wrong])
+
+
 def test_plain_json_requests_and_responses(server, explainer, batch):
     x = batch[:2]
     body = {"id": "r1", "inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
@@ -335,9 +353,27 @@ def test_a_fused_model_is_served_as_it_computes(tmp_path, batch):
         wrong = binary_request(batch[:1], parameters={"method": "eigen"})
         assert_error(server.request("/v2/models/shapes_recipro/infer", *wrong), 400, "computes recipro")
         assert_error(server.request("/explain", b"x"), 400, "needs a bundle's preprocessing")
+        pixels = np.clip(np.round(batch[:2].transpose(0, 2, 3, 1) * 255), 0, 255).astype(np.uint8)
+        tensor = http.InferInput("input", list(pixels.shape), "UINT8")
+        tensor.set_data_from_numpy(pixels)
+        result = server.client().infer("shapes_recipro", [tensor])
+        prep = Explainer(SHAPES).bundle.preprocessing
+        x = np.stack([prep.normalise(p) for p in pixels])
+        np.testing.assert_allclose(result.as_numpy("saliency"), session.run(None, {"input": x})[1], atol=1e-5)
     finally:
         server.stop()
     check_repository(tmp_path / "repo", "shapes_recipro", batch)
+    model = onnx.load(fused)                                   # a fused model that does not record it
+    kept = [p for p in model.metadata_props if p.key != "cam_infer.preprocessing"]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    onnx.save(model, tmp_path / "old.onnx")
+    server = Server(tmp_path / "old.onnx")
+    try:
+        assert_error(server.request("/v2/models/old/infer", *binary_request(pixels[:1], "UINT8")), 400,
+                     "does not record its preprocessing")
+    finally:
+        server.stop()
 
 
 def check_repository(root: Path, name: str, batch: np.ndarray) -> None:

@@ -52,7 +52,8 @@ def fuse_detector(bundle: Bundle, method: str = "eigen", *, check: bool = True, 
     model.graph.initializer.extend(b.initializers)
     model.graph.output.append(helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["N", h, w]))
     for key, value in (("cam_infer.version", __version__), ("cam_infer.method", method),
-                       ("cam_infer.options", json.dumps(options, sort_keys=True)), ("cam_infer.target", "detector")):
+                       ("cam_infer.options", json.dumps(options, sort_keys=True)), ("cam_infer.target", "detector"),
+                       ("cam_infer.preprocessing", json.dumps(bundle.preprocessing.to_dict()))):
         model.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(model)
     if check:

@@ -190,7 +190,8 @@ def _describe(model: onnx.ModelProto, bundle: Bundle, method: str, options: dict
     target = "class_id input" if class_input else ("top-1" if top_k == 1 else f"top-{top_k}")
     entries = {"cam_infer.version": __version__, "cam_infer.method": method,
                "cam_infer.options": json.dumps(options, sort_keys=True), "cam_infer.target": target,
-               "cam_infer.layer": bundle.manifest["target_layer"].get("module") or bundle.activation_name}
+               "cam_infer.layer": bundle.manifest["target_layer"].get("module") or bundle.activation_name,
+               "cam_infer.preprocessing": json.dumps(bundle.preprocessing.to_dict())}
     for key, value in entries.items():
         model.metadata_props.add(key=key, value=str(value))
 

@@ -68,9 +68,11 @@ def create_app(served, name: str, *, token: str | None = None, max_body: int = 3
     async def model_metadata(request):
         model_or_404(request)
         inputs, outputs = served.metadata()
+        parameters = {"method": served.method}
+        if served.pixels is not None:                 # the input may also come as UINT8 RGB pixels
+            parameters["pixel_input"] = {"datatype": "UINT8", "shape": [-1, *served.pixels.input_size, 3]}
         return JSONResponse({"name": name, "versions": [VERSION], "platform": f"cam-infer_{served.kind}",
-                             "inputs": inputs, "outputs": outputs,
-                             "parameters": {"method": served.method}})
+                             "inputs": inputs, "outputs": outputs, "parameters": parameters})
 
     async def model_ready(request):
         model_or_404(request)
@@ -84,8 +86,10 @@ def create_app(served, name: str, *, token: str | None = None, max_body: int = 3
         if x is None or len(parsed.inputs) != 1:
             raise ProtocolError(f"this model takes one input, {served.input_name!r} (FP32, [-1, "
                                 f"{', '.join(map(str, served.input_shape))}]); got {', '.join(parsed.inputs)}")
+        if x.dtype == np.uint8:
+            x = normalised_pixels(served, x)
         if x.dtype != np.float32:
-            raise ProtocolError(f"input {served.input_name!r} must be FP32, not {x.dtype}")
+            raise ProtocolError(f"input {served.input_name!r} must be FP32 (or UINT8 pixels), not {x.dtype}")
         if x.ndim != 1 + len(served.input_shape) or any(e not in (-1, d) for e, d in zip(served.input_shape,
                                                                                            x.shape[1:])):
             raise ProtocolError(f"input {served.input_name!r} must have shape [-1, "
@@ -205,6 +209,22 @@ async def _send_error(send, status: int, message: str) -> None:
         headers.append((b"www-authenticate", b"Bearer"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+def normalised_pixels(served, pixels: np.ndarray) -> np.ndarray:
+    """UINT8 RGB pixels (N, H, W, 3), resized and cropped to the model's input, → the FP32 input, normalised
+    as the model's preprocessing says."""
+    prep = served.pixels
+    if prep is None:
+        raise ProtocolError("this fused model does not record its preprocessing (fused before cam-infer did); "
+                            "send FP32 input, or fuse it again for UINT8 pixels")
+    h, w = prep.input_size
+    if pixels.ndim != 4 or tuple(pixels.shape[1:]) != (h, w, 3):
+        raise ProtocolError(f"UINT8 pixels must have shape [-1, {h}, {w}, 3] (RGB, resized and cropped), "
+                            f"not {list(pixels.shape)}")
+    if not len(pixels):
+        raise ProtocolError("the batch is empty")
+    return np.stack([prep.normalise(p) for p in pixels])
 
 
 async def read_body(request, limit: int) -> bytes:

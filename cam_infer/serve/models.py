@@ -2,6 +2,9 @@
 (`cam-infer fuse`: the scores and the map in one graph). Both take batches of preprocessed images and
 return named outputs; per request: the method (bundles), the class explained or the top-k.
 
+The image input is FP32, preprocessed; or UINT8 pixels (N, H, W, 3) RGB after resizing and cropping, which
+the server normalises as the bundle says (``pixels``; a quarter of the bytes on the wire).
+
 Outputs of a bundle, as a fused model has them: ``scores`` (N,C) the model's own outputs, ``saliency``
 (N,h,w) the map at the target layer's resolution, ReLU'd and min–max'd to [0,1] (``(N,k,h,w)`` with
 top_k = k), ``saliency_class`` (N,) or (N,k) int64, the class each map explains.
@@ -16,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CamInferError
+from ..images import Preprocessing
 from .tensors import ProtocolError, datatype
 
 
@@ -44,7 +48,7 @@ class ServedBundle:
         get_method(self.method)
         self.input_name = self.bundle.input_name
         self.input_shape = list(self.bundle.input_shape)
-        self.preprocessing = self.bundle.preprocessing
+        self.preprocessing = self.pixels = self.bundle.preprocessing
 
     def checked_method(self, method: str) -> str:
         from ..methods import METHODS
@@ -107,7 +111,9 @@ class ServedFused:
         image = [i for i in self.inputs if i["name"] != "class_id"]
         self.input_name, self.input_shape = image[0]["name"], image[0]["shape"][1:]
         self.takes_class = any(i["name"] == "class_id" for i in self.inputs)
-        self.preprocessing = None
+        self.preprocessing = None                      # no /explain: its answer needs the bundle's labels
+        recorded = meta.get("cam_infer.preprocessing")   # fused models written since 0.1: UINT8 pixel inputs
+        self.pixels = Preprocessing.from_dict(json.loads(recorded)) if recorded else None
         scores = self.runtime.outputs[0]["shape"]
         self.num_classes = scores[1] if len(scores) == 2 and scores[1] > 0 else 2**31 - 1
         top = [o for o in self.runtime.outputs if o["name"] == "saliency"]
