@@ -109,8 +109,9 @@ def overheads(port: int, model: str, forward, x: np.ndarray, pixels: np.ndarray,
                     start = time.perf_counter()
                     fn()
                     times[key].append(time.perf_counter() - start)
-            found[(client, sent)] = (statistics.median(np.array(times["server"]) / np.array(times["forward"])),
-                                     statistics.median(times["server"]) * 1000, statistics.median(times["forward"]) * 1000)
+            ratios = np.array(times["server"]) / np.array(times["forward"])
+            found[(client, sent)] = (statistics.median(ratios), statistics.median(times["server"]) * 1000,
+                                     statistics.median(times["forward"]) * 1000)
     return found
 
 
@@ -174,6 +175,20 @@ def main() -> None:
     report("\n**MobileNetV2** 224×224, one image per request, ONNX Runtime, 2 cores shared by server and clients "
            f"(tritonclient.http threads, binary tensors); {args.requests} requests per row after a warm-up\n")
     report("| served | clients | requests/s | p50 ms | p99 ms | mean batch |\n|---|---:|---:|---:|---:|---:|")
+    from cam_infer import Explainer
+    explainer = Explainer(bundle, backend="onnxruntime", spinning=False)
+    fused_session = ort.InferenceSession(str(fused), options, providers=["CPUExecutionProvider"])
+    inproc = {}
+    for key, fn in (("bundle", lambda: explainer.explain(x, "recipro")),
+                    ("fused", lambda: fused_session.run(None, {"input": x}))):
+        times = {"server": [], "forward": []}
+        for r in range(args.repeats + 20):
+            for which, call in (("forward", forward), ("server", fn)):
+                start = time.perf_counter()
+                call()
+                if r >= 20:
+                    times[which].append(time.perf_counter() - start)
+        inproc[key] = statistics.median(np.array(times["server"]) / np.array(times["forward"]))
     found = {}
     for label, model, name in (("bundle, recipro", bundle, bundle.name), ("fused recipro model", fused, fused.stem)):
         server = Server(model, "--method", "recipro") if model.is_dir() else Server(model)
@@ -193,6 +208,9 @@ def main() -> None:
            "preprocessed FP32 tensor (602 kB) or the UINT8 pixels the server normalises (151 kB); sent by "
            "tritonclient.http, or by http.client with the body built once (the server and the loopback "
            "alone).\n")
+    report(f"In the same process, without a server (same protocol): `Explainer.explain(x, 'recipro')` on the bundle "
+           f"**{inproc['bundle']:.2f}×**, the fused recipro model's ONNX Runtime call **{inproc['fused']:.2f}×** the "
+           "forward pass: the method's own share of each row below.\n")
     report("| served | client | FP32 tensor | UINT8 pixels |\n|---|---|---:|---:|")
     for label, cells in found.items():
         for client in ("tritonclient", "http.client"):

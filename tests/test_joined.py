@@ -30,7 +30,8 @@ def test_names_both_graphs_use_are_renamed_in_the_head_and_equal_initializers_sh
     features = _model([helper.make_node("Mul", ["x", "c"], ["t"], name="scale"),
                        helper.make_node("Add", ["t", "shared"], ["cut"])],
                       ["x"], ["cut"], {"c": [2.0, 2.0, 2.0], "shared": [1.0, 1.0, 1.0]})
-    head = _model([helper.make_node("Mul", ["cut", "c"], ["t"], name="scale"), helper.make_node("Sub", ["t", "shared"], ["y"])],
+    head = _model([helper.make_node("Mul", ["cut", "c"], ["t"], name="scale"),
+                   helper.make_node("Sub", ["t", "shared"], ["y"])],
                   ["cut"], ["y"], {"c": [3.0, 4.0, 5.0], "shared": [1.0, 1.0, 1.0]})
     x = np.arange(6, dtype=np.float32).reshape(2, 3)
     a = _run(features, x)[0]
