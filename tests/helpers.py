@@ -23,3 +23,24 @@ def assert_one_line_error(result, fragment: str):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("cam-infer: error: ") and fragment in lines[0], lines[0]
+
+
+def two_graph_pass(bundle, x, runtime: str):
+    """(activations, outputs) of x through the bundle's features graph, then its head graph, each run on its
+    own by `runtime` (onnxruntime | openvino): the reference for the joined graph's one call."""
+    import numpy as np
+    if runtime == "onnxruntime":
+        import onnxruntime as ort
+
+        def run(path, data):
+            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            return session.run(None, {session.get_inputs()[0].name: data})[0]
+    else:
+        import openvino as ov
+        core = ov.Core()
+
+        def run(path, data):
+            compiled = core.compile_model(core.read_model(str(path)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+            return compiled({0: data})[0].copy()
+    a = run(bundle.features_path, np.ascontiguousarray(x, np.float32))
+    return a, run(bundle.head_path, a)

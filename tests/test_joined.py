@@ -24,7 +24,7 @@ def _run(model, x):
     return session.run(None, {session.get_inputs()[0].name: x})
 
 
-def test_names_both_graphs_use_are_renamed_in_the_head_and_equal_initializers_shared():
+def _graphs():
     # both compute "t" in a node named "scale", and hold "c" (different values) and "shared" (equal): as a
     # quantized model's head re-quantizes the cut under the features graph's name
     features = _model([helper.make_node("Mul", ["x", "c"], ["t"], name="scale"),
@@ -33,6 +33,11 @@ def test_names_both_graphs_use_are_renamed_in_the_head_and_equal_initializers_sh
     head = _model([helper.make_node("Mul", ["cut", "c"], ["t"], name="scale"),
                    helper.make_node("Sub", ["t", "shared"], ["y"])],
                   ["cut"], ["y"], {"c": [3.0, 4.0, 5.0], "shared": [1.0, 1.0, 1.0]})
+    return features, head
+
+
+def test_names_both_graphs_use_are_renamed_in_the_head_and_equal_initializers_shared():
+    features, head = _graphs()
     x = np.arange(6, dtype=np.float32).reshape(2, 3)
     a = _run(features, x)[0]
     y = _run(head, a)[0]
@@ -43,4 +48,4 @@ def test_names_both_graphs_use_are_renamed_in_the_head_and_equal_initializers_sh
     np.testing.assert_array_equal(got_y, y)
     assert sorted(i.name for i in joined.graph.initializer) == ["c", "head/c", "shared"]
     assert [n.name for n in joined.graph.node] == ["scale", "", "head/scale", ""]
-    assert [o.name for o in joined_model(features, head, expose_cut=False).graph.output] == ["y"]
+    assert [o.name for o in joined_model(*_graphs(), expose_cut=False).graph.output] == ["y"]

@@ -34,7 +34,10 @@ class Backend(ABC):
         return self._checked(x, self.bundle.input_shape, "input images")
 
     def features(self, x: np.ndarray) -> np.ndarray:
-        """Images (N,3,H,W) float32 → target-layer activations (N,K,h,w) float32."""
+        """Images (N,3,H,W) float32 → target-layer activations (N,K,h,w) float32 (through the joined graph
+        where the backend runs one: a second copy of the model's weights costs more than its head)."""
+        if self.joins:
+            return self.observe(x)[0]
         x = self._checked(x, self.bundle.input_shape, "input images")
         return self._chunked("features", x)[0].reshape(len(x), *self.bundle.activation_shape)
 
@@ -52,7 +55,7 @@ class Backend(ABC):
 
     def observe(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """A clean pass: (activations, outputs) of images x. One runtime call per chunk where the backend
-        runs the bundle's joined graph (`bundle.joined`); else ``features`` then ``head``."""
+        runs the bundle's joined graph (`bundle/joined.py`); else ``features`` then ``head``."""
         x = self._checked(x, self.bundle.input_shape, "input images")
         if not self.joins:
             a = self.features(x)

@@ -42,18 +42,17 @@ class OnnxRuntimeBackend(Backend):
         self._options, self._providers = options, providers
         self._sessions: dict = {}
         self._names: dict = {}
-        joined = bundle.joined_graph()
-        if joined is not None:
-            self._session("joined", joined)
-            self.joins = True
+        self.joins = bundle.graph_format == "onnx"
+        if self.joins:
+            with bundle.joined_file() as path:
+                self._session("joined", path)
         self._session("head")
 
-    def _session(self, role: str, graph: bytes | None = None):
-        """The session of graph `role`, made once; further graphs (``features`` beside a joined graph, a
-        detector's branches) on first use."""
+    def _session(self, role: str, path=None):
+        """The session of graph `role`, made once; further graphs (a detector's branches) on first use."""
         if role not in self._sessions:
             import onnxruntime as ort
-            s = ort.InferenceSession(graph or str(self.bundle.graph_path(role)), self._options,
+            s = ort.InferenceSession(str(path or self.bundle.graph_path(role)), self._options,
                                      providers=self._providers)
             self._sessions[role] = s
             self._names[role] = s.get_inputs()[0].name

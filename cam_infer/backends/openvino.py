@@ -45,22 +45,26 @@ class OpenVINOBackend(Backend):
         self._compiled: dict = {}
         self._requests: dict = {}
         self._queues: dict = {}
-        self._joined = bundle.joined_graph()
-        self.joins = self._joined is not None
+        self._joined = None                                             # the joined ov.Model, read once
+        self.joins = bundle.graph_format == "onnx"
         self.hint = hint
-        self._compile(*self._key("joined" if self.joins else "features", SINGLE))   # errors show here, at once
+        self._clean = "joined" if self.joins else "features"           # the graph of the clean pass
+        self._single = bundle.dynamic_batch                             # batch 1 on a static copy, for now
+        self._compile(*self._key(self._clean, SINGLE))                 # compile errors show here, at once
         self._compile("head")
         self._parallel = self._optimal_requests()
 
     def _compile(self, role: str, batch: int | None = None):
         """Graph `role` compiled once for `batch` (None: the graph's own batch) with its infer request. On a
-        bundle with a dynamic batch, a batch of one runs on a copy compiled for that static shape (OpenVINO's
-        CPU plugin is 4–8 % faster on it: YOLOv8n, MobileNetV2), other batches on the dynamic graph."""
+        bundle with a dynamic batch, the clean pass of a process that only ever runs batches of one runs on a
+        copy compiled for that static shape (OpenVINO's CPU plugin is 4–8 % faster on it: YOLOv8n,
+        MobileNetV2); the first larger batch replaces it by the dynamic graph (one copy of the weights)."""
         key = (role, batch)
         if key not in self._compiled:
             try:
-                model = self._core.read_model(self._joined if role == "joined" else str(self.bundle.graph_path(role)))
+                model = self._model(role)
                 if batch is not None:
+                    model = model.clone()                           # shares the weights
                     shape = model.input(0).get_partial_shape()
                     shape[0] = batch
                     model.reshape({model.input(0): shape})
@@ -71,8 +75,23 @@ class OpenVINOBackend(Backend):
             self._requests[key] = self._compiled[key].create_infer_request()
         return self._compiled[key]
 
+    def _model(self, role: str):
+        if role != "joined":
+            return self._core.read_model(str(self.bundle.graph_path(role)))
+        if self._joined is None:
+            with self.bundle.joined_file() as path:
+                self._joined = self._core.read_model(str(path))
+        return self._joined
+
     def _key(self, role: str, batch: int) -> tuple[str, int | None]:
-        return role, (SINGLE if batch == SINGLE and self.bundle.dynamic_batch else None)
+        if role != self._clean or not self._single:
+            return role, None
+        if batch == SINGLE:
+            return role, SINGLE
+        self._single = False                                            # a larger batch: the dynamic graph
+        for table in (self._compiled, self._requests, self._queues):
+            table.pop((role, SINGLE), None)
+        return role, None
 
     def compiled_property(self, name: str, role: str = "head"):
         """A property of the compiled `role` graph (e.g. ``INFERENCE_NUM_THREADS``), as OpenVINO reports it."""
@@ -99,9 +118,10 @@ class OpenVINOBackend(Backend):
             return super()._run_chunks(role, chunks)
         import openvino as ov
 
-        if role not in self._queues:                   # chunks of the same size: a batch above 1
-            self._queues[role] = ov.AsyncInferQueue(self._compile(role), self.parallel_requests())
-        queue = self._queues[role]
+        key = self._key(role, len(chunks[0]))
+        if key not in self._queues:
+            self._queues[key] = ov.AsyncInferQueue(self._compile(*key), self.parallel_requests())
+        queue = self._queues[key]
         results: list = [None] * len(chunks)
 
         def done(request, index):

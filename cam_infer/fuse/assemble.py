@@ -48,7 +48,7 @@ def _onnx_bundle(bundle) -> Bundle:
 
 
 def plain_model(bundle: "Bundle | str | os.PathLike") -> onnx.ModelProto:
-    """The bundle's features and head joined into one model (`bundle.joined`): the model the bundle was
+    """The bundle's features and head joined into one model (`bundle/joined.py`): the model the bundle was
     split from (a detector without its packing), at opset ≥ 13 (older models are converted)."""
     bundle = _onnx_bundle(bundle)
     model = joined_model(at_min_opset(bundle.features_path), at_min_opset(bundle.head_path), bundle.cut_levels,
