@@ -102,16 +102,14 @@ def speed(work: Path, repeats: int, report) -> None:
     fused = {m: compiled(fused_model(bundle, m, work)) for m in ("activation", "eigen")}
     model, base = alternate([model_and_nms, detections], repeats)
     bare, joined = alternate([lambda: plain(x), lambda: ex.backend.forward(x)], repeats)
-    bare_again, two_calls = alternate([lambda: plain(x), lambda: ex.backend.head(ex.backend.features(x))], repeats)
     fused_rows = {m: alternate([detections, lambda m=m: detect(fused[m](x)[0][0], *thresholds)], repeats)
                   + alternate([model_and_nms, lambda m=m: detect(fused[m](x)[0][0], *thresholds)], repeats)
                   for m in fused}
     report(f"\ndetections (joined forward pass + NMS): {median(base):.1f} ms; the unsplit model + NMS: "
            f"{median(model):.1f} ms (ours over it: {ratio(base, model):.2f}×). Forward passes alone: the unsplit "
            f"model {median(bare):.1f} ms; the bundle's joined graph {median(joined):.1f} ms "
-           f"({ratio(joined, bare):.2f}× the unsplit model); features then head, two calls, "
-           f"{median(two_calls):.1f} ms ({ratio(two_calls, bare_again):.2f}×). `cam-infer fuse` (detections and the "
-           "map in one call) + NMS: " + ", ".join(
+           f"({ratio(joined, bare):.2f}× the unsplit model). `cam-infer fuse` (detections and the map in one "
+           "call) + NMS: " + ", ".join(
                f"{m} {median(t):.1f} ms ({ratio(t, b):.2f}× the detections, {ratio(t2, b2):.2f}× the unsplit "
                "model + NMS)" for m, (b, t, b2, t2) in fused_rows.items()) + ". (Each ratio from its own pair.)")
 

@@ -12,6 +12,7 @@ from .base import Backend
 HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT", "cumulative_throughput": "CUMULATIVE_THROUGHPUT"}
 VIRTUAL_DEVICES = ("AUTO", "MULTI", "HETERO", "BATCH")
 SINGLE = 1                                      # the batch that gets its own static-shape compiled copy
+BOTH_COPIES_BYTES = 64 * 2**20                  # graphs up to this size keep that copy beside the dynamic one
 
 
 class OpenVINOBackend(Backend):
@@ -50,15 +51,17 @@ class OpenVINOBackend(Backend):
         self.hint = hint
         self._clean = "joined" if self.joins else "features"           # the graph of the clean pass
         self._single = bundle.dynamic_batch                             # batch 1 on a static copy, for now
+        self._both = sum(p.stat().st_size for p in (bundle.features_path, bundle.head_path)) <= BOTH_COPIES_BYTES
         self._compile(*self._key(self._clean, SINGLE))                 # compile errors show here, at once
         self._compile("head")
         self._parallel = self._optimal_requests()
 
     def _compile(self, role: str, batch: int | None = None):
         """Graph `role` compiled once for `batch` (None: the graph's own batch) with its infer request. On a
-        bundle with a dynamic batch, the clean pass of a process that only ever runs batches of one runs on a
-        copy compiled for that static shape (OpenVINO's CPU plugin is 4–8 % faster on it: YOLOv8n,
-        MobileNetV2); the first larger batch replaces it by the dynamic graph (one copy of the weights)."""
+        bundle with a dynamic batch, the clean pass runs batches of one on a copy compiled for that static
+        shape (OpenVINO's CPU plugin is 4–8 % faster on it: YOLOv8n, MobileNetV2) and other batches on the
+        dynamic graph; for a model over BOTH_COPIES_BYTES the first larger batch replaces the static copy
+        (its compiled weights cost ~60 % of the model's again: ResNet-50)."""
         key = (role, batch)
         if key not in self._compiled:
             try:
@@ -88,9 +91,10 @@ class OpenVINOBackend(Backend):
             return role, None
         if batch == SINGLE:
             return role, SINGLE
-        self._single = False                                            # a larger batch: the dynamic graph
-        for table in (self._compiled, self._requests, self._queues):
-            table.pop((role, SINGLE), None)
+        if not self._both:                                  # a larger batch: the dynamic graph alone from now on
+            self._single = False
+            for table in (self._compiled, self._requests, self._queues):
+                table.pop((role, SINGLE), None)
         return role, None
 
     def compiled_property(self, name: str, role: str = "head"):
