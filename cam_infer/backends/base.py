@@ -104,7 +104,7 @@ class Backend(ABC):
 
     def output_count(self, role: str) -> int:
         """How many outputs graph `role` has: 1, except the joined graph's cut tensors + output."""
-        return 1 + (len(self.bundle.manifest.get("cut", [None])) if role == "joined" else 0)
+        return 1 + (len(self.bundle.cut_levels or [None]) if role == "joined" else 0)
 
     def _count(self, chunks: list) -> list:
         self.runtime_calls += len(chunks)

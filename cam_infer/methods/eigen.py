@@ -32,24 +32,35 @@ GOLDEN = 2.399963229728653                       # the golden angle, radians
 def first_component(a: np.ndarray, centered: bool) -> np.ndarray:
     """(K,h,w) → (h,w) projection on the first principal component, sign fixed."""
     k, h, w = a.shape
-    if not centered:                                                # float32 power iteration, one Numba call
-        rows = np.ascontiguousarray(a.reshape(k, h * w), np.float32)
-        projection, settled = kernels.power_component(rows, start_vector(rows.sum(axis=1)), FLOAT32_TOLERANCE,
-                                              POWER_STEPS)
-        if settled:
-            return projection.reshape(h, w)
-        o = rows.T.astype(np.float64)
-        projection = gram_projection(o)
-        flip = np.sum(o.T @ projection) < 0                         # Oᵀ L = σ₁² v₁: the sign of Σ_k v₁ₖ
-        return (-projection if flip else projection).reshape(h, w).astype(np.float32)
-    o = a.reshape(k, h * w).T.astype(np.float64)
+    projection = _centered_projection(a) if centered else _projection(a.reshape(k, h * w))
+    return projection.reshape(h, w).astype(np.float32, copy=False)
+
+
+def _projection(rows: np.ndarray) -> np.ndarray:
+    """O v₁ of O = rowsᵀ (rows: (K, h·w), not centred), sign so that Σ_k v₁ₖ ≥ 0: power iteration in
+    float32 as one Numba call (`kernels.power_component`); the exact eigenproblem when it does not settle."""
+    rows = np.ascontiguousarray(rows, np.float32)
+    projection, settled = kernels.power_component(rows, start_vector(rows.sum(axis=1)), FLOAT32_TOLERANCE,
+                                                  POWER_STEPS)
+    if settled:
+        return projection
+    o = rows.T.astype(np.float64)
+    projection = gram_projection(o)
+    return -projection if np.sum(o.T @ projection) < 0 else projection     # Oᵀ L = σ₁² v₁: the sign of Σ_k v₁ₖ
+
+
+def _centered_projection(a: np.ndarray) -> np.ndarray:
+    """pytorch-grad-cam's variant: O's column means subtracted first (float64), sign so that L correlates
+    positively with the channel mean."""
+    k = a.shape[0]
+    o = a.reshape(k, -1).T.astype(np.float64)
     o = o - o.mean(axis=0, keepdims=True)
     projection = power_projection(o)
     if projection is None:
         projection = gram_projection(o)
     reference = a.mean(axis=0).ravel()
     flip = np.dot(projection - projection.mean(), reference - reference.mean()) < 0
-    return (-projection if flip else projection).reshape(h, w).astype(np.float32)
+    return -projection if flip else projection
 
 
 def start_vector(sums: np.ndarray) -> np.ndarray:

@@ -22,8 +22,8 @@ from typing import Callable
 
 import numpy as np
 
-from ...errors import CamInferError
 from ... import kernels
+from ...errors import CamInferError
 from ...postprocess import EPS
 
 
