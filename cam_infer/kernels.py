@@ -111,6 +111,15 @@ def ablated_batch(a: np.ndarray, channels: np.ndarray, out: np.ndarray) -> None:
         out[r, channels[r]] = 0
 
 
+@njit(cache=CACHE, nogil=True, inline="always")
+def bilinear_source(i: int, scale: float, size: int) -> tuple[int, int, float]:
+    """Output cell i's two source cells along one axis and the second one's weight: half-pixel centres,
+    edges clamped (cv2's INTER_LINEAR)."""
+    f = max((i + 0.5) * scale - 0.5, 0.0)
+    i0 = min(int(f), size - 1)
+    return i0, min(i0 + 1, size - 1), f - i0
+
+
 @njit(cache=CACHE, parallel=True, nogil=True)
 def bilinear_minmax_masks(a: np.ndarray, channels: np.ndarray, height: int, width: int,
                           out: np.ndarray) -> np.ndarray:
@@ -125,15 +134,9 @@ def bilinear_minmax_masks(a: np.ndarray, channels: np.ndarray, height: int, widt
     for r in prange(n):
         c = channels[r]
         for y in range(height):
-            fy = max((y + 0.5) * sy - 0.5, 0.0)
-            y0 = min(int(fy), h - 1)
-            y1 = min(y0 + 1, h - 1)
-            ly = fy - y0
+            y0, y1, ly = bilinear_source(y, sy, h)
             for x in range(width):
-                fx = max((x + 0.5) * sx - 0.5, 0.0)
-                x0 = min(int(fx), w - 1)
-                x1 = min(x0 + 1, w - 1)
-                lx = fx - x0
+                x0, x1, lx = bilinear_source(x, sx, w)
                 top = a[c, y0, x0] * (1 - lx) + a[c, y0, x1] * lx
                 bottom = a[c, y1, x0] * (1 - lx) + a[c, y1, x1] * lx
                 out[r, y, x] = top * (1 - ly) + bottom * ly
@@ -234,15 +237,9 @@ def add_normalised(m: np.ndarray, out: np.ndarray, weight: float, eps: float) ->
     sy = h / height
     sx = w / width
     for y in range(height):
-        fy = max((y + 0.5) * sy - 0.5, 0.0)
-        y0 = min(int(fy), h - 1)
-        y1 = min(y0 + 1, h - 1)
-        ly = fy - y0
+        y0, y1, ly = bilinear_source(y, sy, h)
         for x in range(width):
-            fx = max((x + 0.5) * sx - 0.5, 0.0)
-            x0 = min(int(fx), w - 1)
-            x1 = min(x0 + 1, w - 1)
-            lx = fx - x0
+            x0, x1, lx = bilinear_source(x, sx, w)
             top = max(m[y0, x0], 0.0) * (1 - lx) + max(m[y0, x1], 0.0) * lx
             bottom = max(m[y1, x0], 0.0) * (1 - lx) + max(m[y1, x1], 0.0) * lx
             out[y, x] += (top * (1 - ly) + bottom * ly - lo) * scale
