@@ -112,7 +112,7 @@ class ServedFused:
         self.input_name, self.input_shape = image[0]["name"], image[0]["shape"][1:]
         self.takes_class = any(i["name"] == "class_id" for i in self.inputs)
         self.preprocessing = None                      # no /explain: its answer needs the bundle's labels
-        recorded = meta.get("cam_infer.preprocessing")   # fused models written since 0.1: UINT8 pixel inputs
+        recorded = meta.get("cam_infer.preprocessing")   # for UINT8 pixel inputs (older fused models lack it)
         self.pixels = Preprocessing.from_dict(json.loads(recorded)) if recorded else None
         scores = self.runtime.outputs[0]["shape"]
         self.num_classes = scores[1] if len(scores) == 2 and scores[1] > 0 else 2**31 - 1
