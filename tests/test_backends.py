@@ -115,3 +115,19 @@ def test_openvino_runs_a_batch_of_one_on_a_static_copy(tiny_bundle, small, monke
     assert (("joined", 1) in be._compiled) == small and ("joined", None) in be._compiled
     np.testing.assert_allclose(batch[:1], one, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(be.forward(x[:1]), one, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_the_joined_graph_is_read_from_memory_where_no_temporary_folder_takes_it(tiny_bundle, backend, monkeypatch):
+    import tempfile
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    x = _images(3)
+    expected = load_backend(tiny_bundle, backend).observe(x)
+    monkeypatch.setattr(tempfile, "mkdtemp", full_disk)
+    with tiny_bundle.joined_file() as source:
+        assert isinstance(source, bytes)
+    be = load_backend(tiny_bundle, backend)
+    for got, want in zip(be.observe(x), expected):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)

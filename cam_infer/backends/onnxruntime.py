@@ -44,15 +44,15 @@ class OnnxRuntimeBackend(Backend):
         self._names: dict = {}
         self.joins = bundle.graph_format == "onnx"
         if self.joins:
-            with bundle.joined_file() as path:
-                self._session("joined", path)
+            with bundle.joined_file() as source:
+                self._session("joined", source)
         self._session("head")
 
-    def _session(self, role: str, path=None):
+    def _session(self, role: str, source: "str | bytes | None" = None):
         """The session of graph `role`, made once; further graphs (a detector's branches) on first use."""
         if role not in self._sessions:
             import onnxruntime as ort
-            s = ort.InferenceSession(str(path or self.bundle.graph_path(role)), self._options,
+            s = ort.InferenceSession(source or str(self.bundle.graph_path(role)), self._options,
                                      providers=self._providers)
             self._sessions[role] = s
             self._names[role] = s.get_inputs()[0].name

@@ -82,8 +82,8 @@ class OpenVINOBackend(Backend):
         if role != "joined":
             return self._core.read_model(str(self.bundle.graph_path(role)))
         if self._joined is None:
-            with self.bundle.joined_file() as path:
-                self._joined = self._core.read_model(str(path))
+            with self.bundle.joined_file() as source:
+                self._joined = self._core.read_model(source)
         return self._joined
 
     def _key(self, role: str, batch: int) -> tuple[str, int | None]:

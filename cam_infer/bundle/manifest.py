@@ -106,19 +106,29 @@ class Bundle:
 
     @contextmanager
     def joined_file(self):
-        """The joined model in a temporary file while the block runs, its weights beside it: both runtimes
-        read that with less memory than the same model as bytes (ONNX Runtime holds a ResNet-50 in ~40 %
-        less, and the weights are written tensor by tensor, never serialized twice)."""
+        """The joined model for a runtime to read while the block runs: the path of a temporary file with its
+        weights beside it, which both runtimes read with less memory than the same model as bytes (ONNX
+        Runtime holds a ResNet-50 in ~40 % less; the weights are written tensor by tensor, never serialized
+        twice); the model's bytes where no temporary folder takes it (a full disk)."""
+        import shutil
         import tempfile
 
         import onnx
-        model = self.joined_model()
-        with tempfile.TemporaryDirectory(prefix="cam-infer-") as folder:
+        folder = None
+        try:
+            folder = tempfile.mkdtemp(prefix="cam-infer-")
             path = Path(folder) / "joined.onnx"
-            onnx.save_model(model, path, save_as_external_data=True, location="joined.weights",
+            onnx.save_model(self.joined_model(), path, save_as_external_data=True, location="joined.weights",
                             size_threshold=1024)
-            del model
-            yield path
+        except OSError:
+            if folder:
+                shutil.rmtree(folder, ignore_errors=True)
+            yield self.joined_model().SerializeToString()
+            return
+        try:
+            yield str(path)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
     @property
     def cut_levels(self) -> list[dict] | None:
