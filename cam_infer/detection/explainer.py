@@ -110,6 +110,30 @@ class Crop:
                    int(self.ctx.grid.col[t.anchor]) - self.x0].astype(np.float64)
 
 
+@dataclass
+class WholeLevel:
+    """Level `level`'s whole maps (C,h,w) with `Crop`'s interface: each perturbed copy goes back into the
+    clean cut maps and through the whole head, scored by `score` (for heads without a verified branch, and
+    for scores other than the anchor's)."""
+
+    ctx: "DetectionContext"
+    level: int
+    target: Target
+    score: str
+    y0: int = 0
+    x0: int = 0
+
+    @property
+    def maps(self) -> np.ndarray:
+        return self.ctx.level_maps()[self.level]
+
+    def scores(self, rows: np.ndarray) -> np.ndarray:
+        """The target's score for each perturbed copy of the level (R, C, h, w) → (R,)."""
+        packed = np.repeat(self.ctx.packed[None], len(rows), axis=0)
+        self.ctx.level_view(packed, self.level)[:] = rows
+        return self.ctx.scores(self.ctx.head(packed), self.target, self.score)
+
+
 class DetectionContext:
     """One image for a method: its input, its cut maps (packed and per level), its clean output."""
 
@@ -145,6 +169,12 @@ class DetectionContext:
         """The cut levels whose change moves the target's anchor (measured at split time)."""
         level = int(self.grid.level[target.anchor])
         return [i for i, lv in enumerate(self.levels) if level in lv.get("moves_levels", [level])]
+
+    def perturbable(self, i: int, target: Target, score: str) -> "Crop | WholeLevel":
+        """What a masking method perturbs of level i for this target: its crop through the level's branch
+        where that gives the same score (`crop`), else the whole level through the whole head."""
+        crop = self.crop(i, target) if score == "anchor" else None
+        return crop or WholeLevel(self, i, target, score)
 
     def crop(self, i: int, target: Target) -> Crop | None:
         """Level i's crop around the target's anchor with its cropped branch, when the bundle has one for

@@ -21,28 +21,17 @@ def ablation(ctx, targets, *, score: str = "anchor", **_):
     for target in targets:
         maps = {}
         for i in ctx.levels_reaching(target):
-            crop = ctx.crop(i, target) if score == "anchor" else None
-            base, ablated = cropped_ablations(crop) if crop else head_ablations(ctx, i, target, score)
+            base, ablated = ablations(ctx.perturbable(i, target, score))
             drops = (base - ablated) / max(abs(base), 1e-12)
             maps[i] = np.tensordot(drops.astype(np.float32), ctx.level_maps()[i], axes=1)
         out.append(unit_free(maps, ctx.size))
     return out
 
 
-def head_ablations(ctx, i: int, target, score: str) -> tuple[float, np.ndarray]:
-    """The target's score s, and s_k with channel k of level i zeroed, one whole-head row each."""
-    c = ctx.levels[i]["shape"][0]
-    rows = np.repeat(ctx.packed[None], c + 1, axis=0)
-    view = ctx.level_view(rows, i)
-    view[np.arange(c), np.arange(c)] = 0                 # the last row stays clean
-    values = ctx.scores(ctx.head(rows), target, score)
-    return float(values[-1]), values[:-1]
-
-
-def cropped_ablations(crop) -> tuple[float, np.ndarray]:
-    """The same from the level's crop around the anchor."""
-    c = len(crop.maps)
-    rows = np.repeat(crop.maps[None], c + 1, axis=0)
-    rows[np.arange(c), np.arange(c)] = 0
-    values = crop.scores(rows)
+def ablations(level) -> tuple[float, np.ndarray]:
+    """The target's score s, and s_k with channel k of the level zeroed (`level`: a `Crop` or a `WholeLevel`)."""
+    c = len(level.maps)
+    rows = np.repeat(level.maps[None], c + 1, axis=0)
+    rows[np.arange(c), np.arange(c)] = 0                 # the last row stays clean
+    values = level.scores(rows)
     return float(values[-1]), values[:-1]

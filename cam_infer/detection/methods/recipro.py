@@ -33,8 +33,7 @@ def recipro_map(ctx, target, score: str, block: int) -> np.ndarray:
         c, h, w = ctx.levels[i]["shape"]
         cells = ctx.window_cells(i, target) if score == "anchor" else None
         blocks = block_cells(h, w, block, cells)
-        crop = ctx.crop(i, target) if score == "anchor" else None
-        values = cropped_values(crop, blocks) if crop else head_values(ctx, i, target, score, blocks)
+        values = kept_values(ctx.perturbable(i, target, score), blocks)
         level_map = np.full((h, w), values[-1], np.float32)
         for (y0, y1, x0, x1), v in zip(blocks, values[:-1]):
             level_map[y0:y1, x0:x1] = v
@@ -42,25 +41,14 @@ def recipro_map(ctx, target, score: str, block: int) -> np.ndarray:
     return same_unit(maps, ctx.size)
 
 
-def head_values(ctx, i: int, target, score: str, blocks) -> np.ndarray:
-    """The target's score with level i kept at each block only, then (last) with level i all zero: one
-    whole-head row each."""
-    rows = np.repeat(ctx.packed[None], len(blocks) + 1, axis=0)
-    view = ctx.level_view(rows, i)
-    kept = view[:-1].copy()
-    view[:] = 0
+def kept_values(level, blocks) -> np.ndarray:
+    """The target's score with the level kept at each block only, then (last) with the level all zero
+    (`level`: a `Crop` or a `WholeLevel`; every block lies in its maps)."""
+    rows = np.zeros((len(blocks) + 1, *level.maps.shape), np.float32)
     for r, (y0, y1, x0, x1) in enumerate(blocks):
-        view[r, :, y0:y1, x0:x1] = kept[r, :, y0:y1, x0:x1]
-    return ctx.scores(ctx.head(rows), target, score)
-
-
-def cropped_values(crop, blocks) -> np.ndarray:
-    """The same values from the level's crop around the anchor (every block lies in it)."""
-    rows = np.zeros((len(blocks) + 1, *crop.maps.shape), np.float32)
-    for r, (y0, y1, x0, x1) in enumerate(blocks):
-        ys, xs = slice(y0 - crop.y0, y1 - crop.y0), slice(x0 - crop.x0, x1 - crop.x0)
-        rows[r, :, ys, xs] = crop.maps[:, ys, xs]
-    return crop.scores(rows)
+        ys, xs = slice(y0 - level.y0, y1 - level.y0), slice(x0 - level.x0, x1 - level.x0)
+        rows[r, :, ys, xs] = level.maps[:, ys, xs]
+    return level.scores(rows)
 
 
 def block_cells(h: int, w: int, block: int, cells=None) -> list[tuple[int, int, int, int]]:
