@@ -278,6 +278,17 @@ def explain_files(explainer, paths, methods: list[str], out, *, target=None, opt
     return results
 
 
+def read_stamped(path, errors: list) -> tuple[np.ndarray, dict] | None:
+    """(RGB image, its stamp), or None with the reason added to `errors` when it cannot be read. The stamp
+    is taken before decoding: a file replaced meanwhile is redone next time."""
+    try:
+        stamp = fingerprint(path)
+        return load_image(path), stamp
+    except (CamInferError, OSError) as exc:
+        errors.append({"image": str(path), "error": str(exc)})
+        return None
+
+
 @dataclass(frozen=True)
 class ExplainWork:
     """One batch of images [(path, overlay name, methods still to do)] → its records, overlay PNGs and
@@ -298,11 +309,9 @@ class ExplainWork:
         out = {"records": [], "pictures": {}, "errors": [], "images": len(batch)}
         decoded = []
         for path, name, needed in batch:
-            try:
-                stamp = fingerprint(path)          # before decoding: a file replaced meanwhile is redone next time
-                decoded.append((path, name, needed, load_image(path), stamp))
-            except (CamInferError, OSError) as exc:
-                out["errors"].append({"image": str(path), "error": str(exc)})
+            read = read_stamped(path, out["errors"])
+            if read:
+                decoded.append((path, name, needed, *read))
         for method in self.methods:
             self._explain(explainer, [d for d in decoded if method in d[2]], method, out)
         return out

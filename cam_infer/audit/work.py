@@ -30,7 +30,7 @@ from ..metrics import (
     pointing_hit,
 )
 from ..outputs import fingerprint
-from ..postprocess import overlay
+from ..postprocess import encode_png, overlay
 
 METRICS = ("adcc", "insertion", "deletion", "pointing", "energy", "box")
 COLUMNS = ("image", "method", "class_id", "label", "probability", "degenerate", "average_drop", "increase",
@@ -258,8 +258,7 @@ def _thumbnail(view: np.ndarray, saliency: np.ndarray) -> bytes:
     scale = THUMBNAIL / max(h, w)
     if scale < 1:
         picture = cv2.resize(picture, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-    ok, png = cv2.imencode(".png", cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
-    return png.tobytes()
+    return encode_png(picture)
 
 
 __all__ = ["AuditOptions", "AuditWork", "COLUMNS", "METRICS", "audit_image"]

@@ -10,11 +10,10 @@ from dataclasses import dataclass
 
 from ..errors import CamInferError
 from ..explanation import _safe
-from ..images import load_image
-from ..outputs import OutputLock, fingerprint, prepare_folder
+from ..outputs import OutputLock, prepare_folder
 from ..postprocess import check_overlay_options, encode_png
 from ..progress import Progress
-from ..runs import Results, collect_images, overlay_names
+from ..runs import Results, collect_images, overlay_names, read_stamped
 from .explainer import DetectionExplainer
 from .methods import get_detection_method
 
@@ -80,12 +79,10 @@ class DetectionWork:
     def __call__(self, item) -> dict:
         path, name, needed = item
         out = {"records": [], "pictures": {}, "errors": []}
-        try:
-            stamp = fingerprint(path)
-            rgb = load_image(path)
-        except (CamInferError, OSError) as exc:
-            out["errors"].append({"image": str(path), "error": str(exc)})
+        read = read_stamped(path, out["errors"])
+        if read is None:
             return out
+        rgb, stamp = read
         explainer = self.spec.open()
         for method in (m for m in self.methods if m in needed):
             e = explainer.explain([rgb], method, targets=self.targets, classes=self.classes, boxes=self.boxes,
