@@ -241,7 +241,7 @@ class Explainer:
 
     def explain(self, images, method: str = DEFAULT_METHOD, target=None, top_classes: int | None = None,
                 enhance: str | None = None, enhance_options: dict | None = None, finer=None,
-                **options) -> Explanation:
+                upsampled: bool = True, **options) -> Explanation:
         """Explain a batch: image paths, RGB arrays, or a preprocessed (N,C,H,W) array.
 
         target: None = each image's top-1, an int or label for every image, one per image, or one list per
@@ -249,7 +249,8 @@ class Explainer:
         image. With several classes the arrays of the `Explanation` are (N,k,...). Given image paths or
         arrays, the Explanation keeps them, so `overlay`/`save`/`plot` show the map on the original image.
         ``finer=γ`` (or a dict of gamma, references, preset): Finer-CAM, the class score minus γ times the
-        scores of the closest classes (`cam_infer.finer`)."""
+        scores of the closest classes (`cam_infer.finer`). ``upsampled=False``: the saliency stays at the
+        target layer's resolution, normalised but not resized (what a server returning small maps sends)."""
         start = time.perf_counter()
         chosen = get_method(method)
         x, originals, names = self._inputs(images)
@@ -274,7 +275,7 @@ class Explainer:
         with BLAS.limit(limits=1):
             maps = chosen(ctx, **options).astype(np.float32)
             normalised, degenerate = normalise(maps)
-            saliency = upsample(normalised, self.bundle.input_shape[1:])
+            saliency = upsample(normalised, self.bundle.input_shape[1:]) if upsampled else normalised
         probabilities = ctx.probabilities(outputs)
         scores = probabilities[np.arange(len(flat)), flat].astype(np.float32)
         if k is not None:

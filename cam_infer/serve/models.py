@@ -82,11 +82,9 @@ class ServedBundle:
         return Key(method, top_k, classes is not None), classes
 
     def run(self, x: np.ndarray, key: Key, classes: list | None) -> dict[str, np.ndarray]:
-        from ..postprocess import normalise
-        e = self.explainer.explain(x, key.method, target=classes, top_classes=key.top_k if key.top_k > 1 else None)
-        maps = e.maps.reshape(-1, *e.maps.shape[-2:])
-        saliency = normalise(maps)[0].reshape(e.maps.shape)
-        return {"scores": e.outputs.astype(np.float32), "saliency": saliency,
+        e = self.explainer.explain(x, key.method, target=classes, top_classes=key.top_k if key.top_k > 1 else None,
+                                   upsampled=False)
+        return {"scores": e.outputs.astype(np.float32), "saliency": e.saliency,
                 "saliency_class": e.targets.astype(np.int64)}
 
 
