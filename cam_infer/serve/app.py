@@ -113,9 +113,7 @@ def create_app(served, name: str, *, token: str | None = None, max_body: int = 3
             rgb = decode_image(image, "the request body")
         except CamInferError as exc:
             raise ProtocolError(str(exc)) from None
-        prep = served.preprocessing
-        view = prep.geometry(rgb)
-        x = prep.normalise(view)[None]
+        x = served.preprocessing(rgb)[None]
         query = request.query_params
         parameters = {k: _query_value(v) for k, v in query.items() if k in ("method", "class")}
         key, classes = served.key(parameters, 1)
