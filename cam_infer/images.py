@@ -19,6 +19,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
+from . import kernels
 from .errors import CamInferError, UnreadableImage
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -157,19 +158,21 @@ class Preprocessing:
         return [min(max((x1 + left) / sx, 0.0), src_w), min(max((y1 + top) / sy, 0.0), src_h),
                 min(max((x2 + left) / sx, 0.0), src_w), min(max((y2 + top) / sy, 0.0), src_h)]
 
-    def normalise(self, rgb: np.ndarray) -> np.ndarray:
-        """(H,W,3) RGB uint8 at input size → (C,H,W) float32 (steps 3–4)."""
+    def normalise(self, rgb: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """(H,W,3) RGB uint8 at input size → (C,H,W) float32 (steps 3–4), into `out` if given."""
         if self.channels == 1:
             pixels = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)[..., None]
         else:
             pixels = rgb[..., ::-1] if self.color == "bgr" else rgb
         if pixels.dtype == np.uint8:                   # a table of the 256 values: the same float32 results
-            table = _table(self.scale, self.mean, self.std)
-            out = np.empty((pixels.shape[2], *pixels.shape[:2]), np.float32)
-            for c in range(len(out)):
-                np.take(table[c], pixels[..., c], out=out[c])
+            out = np.empty((pixels.shape[2], *pixels.shape[:2]), np.float32) if out is None else out
+            kernels.lookup_channels(pixels, _table(self.scale, self.mean, self.std), out)
             return out
-        return _normalised(pixels, self.scale, self.mean, self.std)
+        x = _normalised(pixels, self.scale, self.mean, self.std)
+        if out is None:
+            return x
+        out[...] = x
+        return out
 
     def __call__(self, image: "str | os.PathLike | np.ndarray") -> np.ndarray:
         """One image (path or RGB uint8 array of any size) → (C,H,W) float32."""

@@ -243,3 +243,15 @@ def add_normalised(m: np.ndarray, out: np.ndarray, weight: float, eps: float) ->
             top = max(m[y0, x0], 0.0) * (1 - lx) + max(m[y0, x1], 0.0) * lx
             bottom = max(m[y1, x0], 0.0) * (1 - lx) + max(m[y1, x1], 0.0) * lx
             out[y, x] += (top * (1 - ly) + bottom * ly - lo) * scale
+
+
+@njit(cache=CACHE, nogil=True)
+def lookup_channels(pixels: np.ndarray, table: np.ndarray, out: np.ndarray) -> None:
+    """out[c, i, j] = table[c, pixels[i, j, c]]: (H,W,C) uint8 pixels → (C,H,W) through a per-channel
+    table of the 256 values, in one pass."""
+    h, w, c = pixels.shape
+    for k in range(c):                 # a plane at a time: contiguous writes, one small table in cache
+        values = table[k]
+        for i in range(h):
+            for j in range(w):
+                out[k, i, j] = values[pixels[i, j, k]]

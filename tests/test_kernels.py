@@ -134,3 +134,14 @@ def test_add_normalised_matches_normalise_then_cv2_resize():
         assert not degenerate[0] or not normalised.any()
         expected += 0.2 * cv2.resize(normalised[0], (40, 40), interpolation=cv2.INTER_LINEAR)
     np.testing.assert_allclose(out, expected, atol=2e-6)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_lookup_channels_matches_numpy_take(channels):
+    pixels = RNG.integers(0, 256, (9, 7, channels), dtype=np.uint8)
+    pixels[0, 0], pixels[-1, -1] = 0, 255
+    table = RNG.standard_normal((channels, 256)).astype(np.float32)
+    for view in (pixels, pixels[..., ::-1]):                # contiguous, and the reversed view a BGR model reads
+        out = np.full((channels, 9, 7), np.nan, np.float32)
+        kernels.lookup_channels(view, table, out)
+        np.testing.assert_array_equal(out, np.stack([np.take(table[c], view[..., c]) for c in range(channels)]))

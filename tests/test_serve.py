@@ -6,6 +6,7 @@ model repository `fuse --repository` writes. Every request loop is bounded in co
 from __future__ import annotations
 
 import base64
+import gzip
 import importlib.util
 import json
 import os
@@ -185,6 +186,10 @@ def test_plain_json_requests_and_responses(server, explainer, batch):
     got = {o["name"]: np.array(o["data"]).reshape(o["shape"]) for o in answer["outputs"]}
     assert_same(got, expected(explainer, x, "eigen"))
     assert [o["datatype"] for o in answer["outputs"]] == ["FP32", "FP32", "INT64"]
+    squeezed = gzip.compress(json.dumps(body).encode())                        # Content-Encoding: gzip
+    status, headers, raw = server.request("/v2/models/shapes/infer", squeezed,
+                                          {"Content-Type": "application/json", "Content-Encoding": "gzip"})
+    assert status == 200 and json.loads(raw) == answer
 
 
 def test_explain_takes_an_image_file_raw_or_as_a_form(server, explainer, scenes):
@@ -246,6 +251,14 @@ def test_bad_requests_get_one_line_4xx_and_the_server_goes_on(server, batch):
     assert_error(server.request("/v2/models/other/infer", *binary_request(x)), 404, "unknown model 'other'")
     assert_error(server.request("/v2/models/shapes/versions/7/infer", *binary_request(x)), 404, "version 1 only")
     assert_error(server.request("/no/such/path"), 404, "no endpoint /no/such/path")
+    assert_error(server.request(infer, method="GET"), 405, "infer takes POST")
+    body, headers = binary_request(x)
+    assert_error(server.request(infer, body, {**headers, "Content-Encoding": "gzip"}), 400, "not valid gzip")
+    assert_error(server.request(infer, body, {**headers, "Content-Encoding": "br"}), 415, "not supported")
+    bomb = gzip.compress(b"\0" * (40 * 2**20))                                   # 40 kB that inflate to 40 MB
+    assert_error(server.request(infer, bomb, {**headers, "Content-Encoding": "gzip"}), 413, "inflates to over")
+    assert_error(server.send_large(infer, 50 * 2**20, chunked=False), 413, "at most")
+    assert_error(server.send_large(infer, 40 * 2**20, chunked=True), 413, "over this server's limit")
     assert_error(server.request("/explain", b"this is not a picture"), 400, "not a readable image")
     assert_error(server.request("/explain", b""), 400, "the body is empty")
     assert_error(server.send_large("/explain", 50 * 2**20, chunked=False), 413, "at most")     # 50 MB

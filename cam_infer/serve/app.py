@@ -3,7 +3,7 @@
     GET  /v2/health/live, /v2/health/ready                 probes (never need the token)
     GET  /v2                                               server metadata
     GET  /v2/models/{name}[/versions/1][/ready]            model metadata / readiness
-    POST /v2/models/{name}[/versions/1]/infer              JSON tensors or the binary tensor extension
+    POST /v2/models/{name}[/versions/1]/infer              JSON tensors or the binary tensor extension (`Infer`)
     POST /explain?method=&class=&overlay=png               an image file (raw body or multipart 'file')
     GET  /metrics                                          Prometheus text
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import hmac
 import json
+import re
 import time
 import zlib
 
@@ -38,7 +39,7 @@ def create_app(served, name: str, *, token: str | None = None, max_body: int = 3
     from contextlib import asynccontextmanager
 
     from starlette.applications import Starlette
-    from starlette.responses import JSONResponse, PlainTextResponse, Response
+    from starlette.responses import JSONResponse, PlainTextResponse
     from starlette.routing import Route
 
     metrics = Metrics()
@@ -48,12 +49,7 @@ def create_app(served, name: str, *, token: str | None = None, max_body: int = 3
         return JSONResponse({"error": " ".join(str(message).split())}, status_code=status)
 
     def model_or_404(request):
-        wanted = request.path_params["name"]
-        version = request.path_params.get("version", VERSION)
-        if wanted != name:
-            raise ProtocolError(f"unknown model {wanted!r}; this server serves {name!r}", 404)
-        if version != VERSION:
-            raise ProtocolError(f"model {name!r} has version {VERSION} only, not {version!r}", 404)
+        served_model(name, request.path_params["name"], request.path_params.get("version", VERSION))
 
     async def live(request):
         return JSONResponse({"live": True})
@@ -77,31 +73,6 @@ def create_app(served, name: str, *, token: str | None = None, max_body: int = 3
     async def model_ready(request):
         model_or_404(request)
         return JSONResponse({"name": name, "ready": True})
-
-    async def infer(request):
-        model_or_404(request)
-        body = await read_body(request, max_body)
-        parsed = parse_request(body, request.headers.get(HEADER_LENGTH))
-        x = parsed.inputs.get(served.input_name)
-        if x is None or len(parsed.inputs) != 1:
-            raise ProtocolError(f"this model takes one input, {served.input_name!r} (FP32, [-1, "
-                                f"{', '.join(map(str, served.input_shape))}]); got {', '.join(parsed.inputs)}")
-        if x.dtype == np.uint8:
-            x = normalised_pixels(served, x)
-        if x.dtype != np.float32:
-            raise ProtocolError(f"input {served.input_name!r} must be FP32 (or UINT8 pixels), not {x.dtype}")
-        if x.ndim != 1 + len(served.input_shape) or any(e not in (-1, d) for e, d in zip(served.input_shape,
-                                                                                           x.shape[1:])):
-            raise ProtocolError(f"input {served.input_name!r} must have shape [-1, "
-                                f"{', '.join(map(str, served.input_shape))}], not {list(x.shape)}")
-        if len(x) == 0:
-            raise ProtocolError("the batch is empty")
-        key, classes = served.key(parsed.parameters, len(x))
-        outputs = await batcher.run(np.ascontiguousarray(x), key, classes)
-        names = parsed.wanted(list(outputs))
-        body, headers = encode_response(name, VERSION, parsed.id, {n: outputs[n] for n in names},
-                                        parsed.binary_outputs(names))
-        return Response(body, headers=headers)
 
     async def explain(request):
         if served.preprocessing is None:
@@ -134,8 +105,6 @@ def create_app(served, name: str, *, token: str | None = None, max_body: int = 3
               Route("/v2/models/{name}/versions/{version}", model_metadata),
               Route("/v2/models/{name}/ready", model_ready),
               Route("/v2/models/{name}/versions/{version}/ready", model_ready),
-              Route("/v2/models/{name}/infer", infer, methods=["POST"]),
-              Route("/v2/models/{name}/versions/{version}/infer", infer, methods=["POST"]),
               Route("/explain", explain, methods=["POST"]), Route("/metrics", prometheus)]
 
     async def protocol_error(request, exc):
@@ -154,15 +123,82 @@ def create_app(served, name: str, *, token: str | None = None, max_body: int = 3
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={ProtocolError: protocol_error, HTTPException: http_error,
                                         CamInferError: user_error, Exception: server_error})
-    return Guard(app, token, max_body, metrics)
+    return Guard(app, Infer(served, name, batcher, max_body), token, max_body, metrics)
+
+
+def served_model(name: str, wanted: str, version: str) -> None:
+    """Refuse (404) a model name or version this server does not serve."""
+    if wanted != name:
+        raise ProtocolError(f"unknown model {wanted!r}; this server serves {name!r}", 404)
+    if version != VERSION:
+        raise ProtocolError(f"model {name!r} has version {VERSION} only, not {version!r}", 404)
+
+
+class Infer:
+    """POST /v2/models/{name}[/versions/{version}]/infer as a bare ASGI endpoint: the request every
+    client makes, on the shortest path (no routing table, no request and response objects)."""
+
+    PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
+
+    def __init__(self, served, name: str, batcher: Batcher, max_body: int):
+        self.served, self.name, self.batcher, self.max_body = served, name, batcher, max_body
+
+    def route(self, path: str):
+        """The (model, version) of an infer path, or None."""
+        match = self.PATH.fullmatch(path)
+        return None if match is None else (match.group(1), match.group(2) or VERSION)
+
+    async def __call__(self, scope, receive, send, model: str, version: str) -> None:
+        try:
+            if scope["method"] != "POST":
+                raise ProtocolError(f"{scope['method']} is not allowed here; infer takes POST", 405)
+            served_model(self.name, model, version)
+            headers = dict(scope["headers"])
+            body = await read_body(_chunks(receive), headers.get(b"content-encoding", b"").decode("latin-1"),
+                                   self.max_body)
+            length = headers.get(HEADER_LENGTH.lower().encode())
+            body, response_headers = await self.answer(body, None if length is None else length.decode("latin-1"))
+        except ProtocolError as exc:
+            return await _send_error(send, exc.status, str(exc))
+        except CamInferError as exc:
+            return await _send_error(send, 400, str(exc))
+        except Exception as exc:
+            return await _send_error(send, 500, f"the server failed: {type(exc).__name__}: {exc}")
+        headers = [(k.encode(), v.encode()) for k, v in response_headers.items()]
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def answer(self, body: bytes, header_length: str | None) -> tuple[bytes, dict]:
+        served = self.served
+        parsed = parse_request(body, header_length)
+        x = parsed.inputs.get(served.input_name)
+        if x is None or len(parsed.inputs) != 1:
+            raise ProtocolError(f"this model takes one input, {served.input_name!r} (FP32, [-1, "
+                                f"{', '.join(map(str, served.input_shape))}]); got {', '.join(parsed.inputs)}")
+        if x.dtype == np.uint8:
+            x = normalised_pixels(served, x)
+        if x.dtype != np.float32:
+            raise ProtocolError(f"input {served.input_name!r} must be FP32 (or UINT8 pixels), not {x.dtype}")
+        if x.ndim != 1 + len(served.input_shape) or any(e not in (-1, d) for e, d in zip(served.input_shape,
+                                                                                           x.shape[1:])):
+            raise ProtocolError(f"input {served.input_name!r} must have shape [-1, "
+                                f"{', '.join(map(str, served.input_shape))}], not {list(x.shape)}")
+        if len(x) == 0:
+            raise ProtocolError("the batch is empty")
+        key, classes = served.key(parsed.parameters, len(x))
+        outputs = await self.batcher.run(np.ascontiguousarray(x), key, classes)
+        names = parsed.wanted(list(outputs))
+        return encode_response(self.name, VERSION, parsed.id, {n: outputs[n] for n in names},
+                               parsed.binary_outputs(names))
 
 
 class Guard:
     """ASGI middleware before the routes: the bearer token, the Content-Length limit, and the metrics of
-    every request (its endpoint kind, status and time)."""
+    every request (its endpoint kind, status and time); then the infer endpoint, or Starlette's routes."""
 
-    def __init__(self, app, token: str | None, max_body: int, metrics: Metrics):
-        self.app, self.token, self.max_body, self.metrics = app, token, max_body, metrics
+    def __init__(self, app, infer: Infer, token: str | None, max_body: int, metrics: Metrics):
+        self.app, self.infer, self.token, self.max_body, self.metrics = app, infer, token, max_body, metrics
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -177,8 +213,11 @@ class Guard:
         headers = dict(scope.get("headers") or [])
         refusal = self._refusal(scope["path"], headers)
         try:
+            infer = self.infer.route(scope["path"])
             if refusal:
                 await _send_error(sending, *refusal)
+            elif infer:
+                await self.infer(scope, receive, sending, *infer)
             else:
                 await self.app(scope, receive, sending)
         finally:
@@ -201,7 +240,7 @@ class Guard:
 
 
 async def _send_error(send, status: int, message: str) -> None:
-    body = json.dumps({"error": message}).encode()
+    body = json.dumps({"error": " ".join(str(message).split())}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if status == 401:
         headers.append((b"www-authenticate", b"Bearer"))
@@ -222,19 +261,33 @@ def normalised_pixels(served, pixels: np.ndarray) -> np.ndarray:
                             f"not {list(pixels.shape)}")
     if not len(pixels):
         raise ProtocolError("the batch is empty")
-    return np.stack([prep.normalise(p) for p in pixels])
+    x = np.empty((len(pixels), prep.channels, h, w), np.float32)
+    for image, out in zip(pixels, x):
+        prep.normalise(image, out)
+    return x
 
 
-async def read_body(request, limit: int) -> bytes:
-    """The body, at most `limit` bytes (also after gzip/deflate Content-Encoding)."""
+async def _chunks(receive):
+    """An ASGI request's body, as it arrives."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ProtocolError("the client went away", 499)
+        yield message.get("body", b"")
+        if not message.get("more_body", False):
+            return
+
+
+async def read_body(stream, encoding: str, limit: int) -> bytes:
+    """The body from its chunks, at most `limit` bytes (also after gzip/deflate Content-Encoding)."""
     chunks, size = [], 0
-    async for chunk in request.stream():
+    async for chunk in stream:
         size += len(chunk)
         if size > limit:
             raise ProtocolError(f"the body is over this server's limit of {limit} bytes", 413)
         chunks.append(chunk)
     body = b"".join(chunks)
-    encoding = request.headers.get("content-encoding", "").lower()
+    encoding = encoding.lower()
     if encoding in ("gzip", "deflate"):
         inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
         try:
@@ -259,7 +312,7 @@ async def image_of(request, limit: int) -> bytes:
         if not files:
             raise ProtocolError("the form has no file; send the image as 'file' (curl -F file=@photo.jpg)")
         return await files[0].read()
-    body = await read_body(request, limit)
+    body = await read_body(request.stream(), request.headers.get("content-encoding", ""), limit)
     if not body:
         raise ProtocolError("the body is empty; send an image (curl --data-binary @photo.jpg)")
     return body
