@@ -7,9 +7,10 @@
   the whole burst, p50 and p99 latency, and the mean batch the server formed (its /metrics). Clients and
   server share the machine's 2 cores.
 - Overhead at concurrency 1: a request to the server alternated call by call with a bare in-process
-  forward pass of the unsplit model on ONNX Runtime (same image, idle threads not spinning, as the
-  server's), the median of the per-pair ratios; the request carries the FP32 tensor or UINT8 pixels, and
-  is sent by tritonclient or by http.client with a prebuilt body (the server's and the loopback's cost).
+  forward pass of the unsplit model on ONNX Runtime (same image, threads spinning only while a run
+  lasts, as the server's), the median of the per-pair ratios; the request carries the FP32 tensor or
+  UINT8 pixels, and is sent by tritonclient or by http.client with a prebuilt body (the server's and the
+  loopback's cost).
 
     python bench/serve.py --work /tmp/cam-serve --out bench/serve.md
 """
@@ -147,7 +148,9 @@ def main() -> None:
     from seed_methods import bundle_for
 
     from cam_infer import Preprocessing
+    from cam_infer.backends.onnxruntime import set_spinning
     from cam_infer.fuse.assemble import plain_model
+    from cam_infer.serve.models import SPINNING
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default="/tmp/cam-serve")
@@ -168,7 +171,7 @@ def main() -> None:
     from cam_infer.images import load_image
     pixels = prep.geometry(load_image(photo))[None]
     options = ort.SessionOptions()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")      # as the server's sessions
+    set_spinning(options, SPINNING)                                # as the server's sessions
     plain = ort.InferenceSession(plain_model(bundle).SerializeToString(), options, providers=["CPUExecutionProvider"])
     forward = lambda: plain.run(None, {plain.get_inputs()[0].name: x})      # noqa: E731
 
@@ -176,7 +179,7 @@ def main() -> None:
            f"(tritonclient.http threads, binary tensors); {args.requests} requests per row after a warm-up\n")
     report("| served | clients | requests/s | p50 ms | p99 ms | mean batch |\n|---|---:|---:|---:|---:|---:|")
     from cam_infer import Explainer
-    explainer = Explainer(bundle, backend="onnxruntime", spinning=False)
+    explainer = Explainer(bundle, backend="onnxruntime", spinning=SPINNING)
     fused_session = ort.InferenceSession(str(fused), options, providers=["CPUExecutionProvider"])
     inproc = {}
     for key, fn in (("bundle", lambda: explainer.explain(x, "recipro")),
@@ -203,11 +206,11 @@ def main() -> None:
         finally:
             server.stop()
     report(f"\nOverhead at concurrency 1: one request alternated call by call with a bare in-process forward pass "
-           f"of the unsplit model (ONNX Runtime, threads not spinning, as the server's), {args.repeats} pairs per "
-           "cell; the median of the per-pair ratios (server ms / forward ms, medians). The request carries the "
-           "preprocessed FP32 tensor (602 kB) or the UINT8 pixels the server normalises (151 kB); sent by "
-           "tritonclient.http, or by http.client with the body built once (the server and the loopback "
-           "alone).\n")
+           "of the unsplit model (ONNX Runtime, threads spinning only while a run lasts, as the server's), "
+           f"{args.repeats} pairs per cell; the median of the per-pair ratios (server ms / forward ms, medians). "
+           "The request carries the preprocessed FP32 tensor (602 kB) or the UINT8 pixels the server "
+           "normalises (151 kB); sent by tritonclient.http, or by http.client with the body built once (the "
+           "server and the loopback alone).\n")
     report(f"In the same process, without a server (same protocol): `Explainer.explain(x, 'recipro')` on the bundle "
            f"**{inproc['bundle']:.2f}×**, the fused recipro model's ONNX Runtime call **{inproc['fused']:.2f}×** the "
            "forward pass: the method's own share of each row below.\n")

@@ -80,9 +80,26 @@ def test_wrong_input_shape_is_an_error(tiny_bundle):
         load_backend(tiny_bundle, "onnxruntime").features(np.zeros((1, 3, 32, 32), np.float32))
 
 
+def config_entry(options, key: str) -> str | None:
+    try:
+        return options.get_session_config_entry(key)
+    except RuntimeError:                                     # not set
+        return None
+
+
 def test_backend_options_are_applied(tiny_bundle, tmp_path):
     ort = load_backend(tiny_bundle, "ort", threads=1, spinning=False)
     assert isinstance(ort, OnnxRuntimeBackend)
+    x = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    for spinning, entries in (({True: ("1", None), "during-run": ("1", "1"), False: ("0", None)}).items()):
+        b = load_backend(tiny_bundle, "ort", spinning=spinning)
+        config = b._sessions["joined"].get_session_options()
+        found = tuple(config_entry(config, k) for k in ("session.intra_op.allow_spinning",
+                                                         "session.force_spinning_stop"))
+        assert found == entries, (spinning, found)
+        np.testing.assert_array_equal(b.forward(x), ort.forward(x))
+    with pytest.raises(CamInferError, match="spinning must be True, False or 'during-run', not 'sometimes'"):
+        load_backend(tiny_bundle, "ort", spinning="sometimes")
     ov = load_backend(str(tiny_bundle.path), "ov", threads=1, cache_dir=str(tmp_path / "cache"), hint="throughput")
     assert isinstance(ov, OpenVINOBackend) and ov.device == "CPU"
     assert ov.compiled_property("INFERENCE_NUM_THREADS") == 1

@@ -9,17 +9,30 @@ from ..errors import CamInferError
 from .base import Backend
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "openvino": "OpenVINOExecutionProvider"}
+SPINNING = {True: {"session.intra_op.allow_spinning": "1"},
+            "during-run": {"session.intra_op.allow_spinning": "1", "session.force_spinning_stop": "1"},
+            False: {"session.intra_op.allow_spinning": "0"}}
+
+
+def set_spinning(options, spinning: "bool | str") -> None:
+    """How idle intra-op threads wait for work: busy-waiting between runs too (True, ONNX Runtime's default:
+    the fastest back-to-back runs, the cores kept busy), busy-waiting only while a run lasts ("during-run":
+    no futex wake-up per operator, the cores free once the run returns), or sleeping (False)."""
+    if not isinstance(spinning, (bool, str)) or spinning not in SPINNING:
+        raise CamInferError(f"spinning must be True, False or 'during-run', not {spinning!r}")
+    for key, value in SPINNING[spinning].items():
+        options.add_session_config_entry(key, value)
 
 
 class OnnxRuntimeBackend(Backend):
     """Options: ``provider`` (``cpu`` | ``openvino``), ``device`` (CPU; with the OpenVINO
-    provider also GPU/NPU), ``threads``, ``memory_budget_mb``, ``spinning`` (let idle worker
-    threads busy-wait; off gives the cores back to other work sooner)."""
+    provider also GPU/NPU), ``threads``, ``memory_budget_mb``, ``spinning`` (True, False or
+    "during-run": how idle worker threads wait, `set_spinning`)."""
 
     name = "onnxruntime"
 
     def __init__(self, bundle: Bundle, *, provider: str = "cpu", device: str = "CPU", threads: int | None = None,
-                 memory_budget_mb: float = 256, spinning: bool = True):
+                 memory_budget_mb: float = 256, spinning: "bool | str" = True):
         super().__init__(bundle, memory_budget_mb=memory_budget_mb, threads=threads)
         import onnxruntime as ort
 
@@ -37,7 +50,7 @@ class OnnxRuntimeBackend(Backend):
         options.log_severity_level = 3
         options.intra_op_num_threads = threads or 0
         options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        set_spinning(options, spinning)
         self.provider, self.device = provider, device.upper()
         self._options, self._providers = options, providers
         self._sessions: dict = {}

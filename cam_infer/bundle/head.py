@@ -57,9 +57,12 @@ class LinearHead:
 
 
 def gemm_session(weight: np.ndarray, bias: np.ndarray):
-    """An ONNX Runtime session computing pooled·Wᵀ + b, float32, on every core, threads not spinning."""
+    """An ONNX Runtime session computing pooled·Wᵀ + b, float32, on every core, its threads spinning only
+    while a run lasts."""
     import onnxruntime as ort
     from onnx import TensorProto, helper
+
+    from ..backends.onnxruntime import set_spinning
 
     c, k = weight.shape
     graph = helper.make_graph(
@@ -70,7 +73,7 @@ def gemm_session(weight: np.ndarray, bias: np.ndarray):
          numpy_helper.from_array(np.asarray(bias, np.float32).reshape(c), "bias")])
     options = ort.SessionOptions()
     options.intra_op_num_threads = os.cpu_count() or 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    set_spinning(options, "during-run")
     options.enable_cpu_mem_arena = False
     options.log_severity_level = 3
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])

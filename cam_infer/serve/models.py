@@ -22,6 +22,8 @@ from ..errors import CamInferError
 from ..images import Preprocessing
 from .tensors import ProtocolError, datatype
 
+SPINNING = "during-run"      # ONNX Runtime's threads: no futex wake-up per operator, idle between requests
+
 
 @dataclass(frozen=True)
 class Key:
@@ -41,7 +43,7 @@ class ServedBundle:
         from ..methods import get_method
         options = {"threads": threads} if threads else {}
         if backend == "onnxruntime" or (backend == "auto" and Bundle.load(path).graph_format == "onnx"):
-            options["spinning"] = False            # idle runtime threads must not spin while HTTP is handled
+            options["spinning"] = SPINNING          # no spinning threads while the next request is read
         self.explainer = Explainer(path, backend=backend, device=device, **options)
         self.bundle = self.explainer.bundle
         self.method = self.checked_method(method)
@@ -148,10 +150,12 @@ class FusedRuntime:
         self.backend = "onnxruntime" if backend == "auto" else backend
         if self.backend == "onnxruntime":
             import onnxruntime as ort
+
+            from ..backends.onnxruntime import set_spinning
             options = ort.SessionOptions()
             options.intra_op_num_threads = threads or 0
             options.log_severity_level = 3
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            set_spinning(options, SPINNING)
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
             self.inputs = [{"name": i.name, "datatype": _onnx_type(i.type), "shape": _dims(i.shape)}
                            for i in self.session.get_inputs()]
