@@ -40,9 +40,9 @@ CONCURRENCY = (1, 8, 32)
 
 
 class Server:
-    def __init__(self, model: Path, *args):
-        self.process = subprocess.Popen([sys.executable, "-m", "cam_infer", "serve", str(model), "--port", "0", *args],
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    def __init__(self, model: Path, *args, command: list | None = None):
+        command = command or [sys.executable, "-m", "cam_infer", "serve", str(model), "--port", "0", *args]
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
         line = self.process.stdout.readline()
         self.port = int(re.search(r"127\.0\.0\.1:(\d+)", line).group(1))
 
@@ -91,6 +91,7 @@ def plain_request_fn(port: int, model: str, x: np.ndarray):
         data = response.read()
         if response.status != 200:
             raise RuntimeError(data[:300])
+        call.last_headers = {k.lower(): v for k, v in response.getheaders()}
         return data
     return call
 
@@ -114,6 +115,45 @@ def overheads(port: int, model: str, forward, x: np.ndarray, pixels: np.ndarray,
             found[(client, sent)] = (statistics.median(ratios), statistics.median(times["server"]) * 1000,
                                      statistics.median(times["forward"]) * 1000)
     return found
+
+
+def floor_server(response: Path) -> None:
+    """The floor under any Python server here: a bare ASGI app under uvicorn (as `cam-infer serve` runs it)
+    that reads the whole request and answers with the bytes of a real response, without a model."""
+    import pickle
+
+    import uvicorn
+    body, headers = pickle.loads(response.read_bytes())
+    headers = [(k.encode(), v.encode()) for k, v in headers.items()] + [(b"content-length", str(len(body)).encode())]
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        more = True
+        while more:
+            message = await receive()
+            more = message.get("more_body", False)
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
+    startup = server.startup
+
+    async def started(sockets=None):
+        await startup(sockets=sockets)
+        print(f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}", flush=True)
+    server.startup = started
+    server.run()
+
+
+def real_response(port: int, model: str, x: np.ndarray, path: Path) -> None:
+    """One response of the served model (body and headers), for `floor_server` to answer with."""
+    import pickle
+    call = plain_request_fn(port, model, x)
+    body = call()
+    header_length = call.last_headers["inference-header-content-length"]
+    path.write_bytes(pickle.dumps((body, {"content-type": "application/octet-stream",
+                                          "inference-header-content-length": header_length})))
 
 
 def burst(port: int, model: str, x: np.ndarray, concurrency: int, per_client: int):
@@ -157,7 +197,10 @@ def main() -> None:
     parser.add_argument("--out")
     parser.add_argument("--requests", type=int, default=480, help="requests per concurrency level")
     parser.add_argument("--repeats", type=int, default=200, help="alternating calls for the overhead")
+    parser.add_argument("--floor", type=Path, help=argparse.SUPPRESS)      # run `floor_server` on this response
     args = parser.parse_args()
+    if args.floor:
+        return floor_server(args.floor)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     report = Report()
@@ -172,7 +215,8 @@ def main() -> None:
     pixels = prep.geometry(load_image(photo))[None]
     options = ort.SessionOptions()
     set_spinning(options, SPINNING)                                # as the server's sessions
-    plain = ort.InferenceSession(plain_model(bundle).SerializeToString(), options, providers=["CPUExecutionProvider"])
+    (work / "plain.onnx").write_bytes(plain_model(bundle).SerializeToString())
+    plain = ort.InferenceSession(str(work / "plain.onnx"), options, providers=["CPUExecutionProvider"])
     forward = lambda: plain.run(None, {plain.get_inputs()[0].name: x})      # noqa: E731
 
     report("\n**MobileNetV2** 224×224, one image per request, ONNX Runtime, 2 cores shared by server and clients "
@@ -181,22 +225,33 @@ def main() -> None:
     from cam_infer import Explainer
     explainer = Explainer(bundle, backend="onnxruntime", spinning=SPINNING)
     fused_session = ort.InferenceSession(str(fused), options, providers=["CPUExecutionProvider"])
+    import openvino as ov
+    core = ov.Core()                                   # compiled as the fused model's OpenVINO server compiles it
+    requests = [core.compile_model(str(path), "CPU", {"PERFORMANCE_HINT": "LATENCY"}).create_infer_request()
+                for path in (work / "plain.onnx", fused)]
+    forward_ov = lambda: requests[0].infer({0: x})                  # noqa: E731
     inproc = {}
-    for key, fn in (("bundle", lambda: explainer.explain(x, "recipro")),
-                    ("fused", lambda: fused_session.run(None, {"input": x}))):
+    for key, base, fn in (("bundle", forward, lambda: explainer.explain(x, "recipro")),
+                          ("fused", forward, lambda: fused_session.run(None, {"input": x})),
+                          ("fused, OpenVINO", forward_ov, lambda: requests[1].infer({0: x}))):
         times = {"server": [], "forward": []}
         for r in range(args.repeats + 20):
-            for which, call in (("forward", forward), ("server", fn)):
+            for which, call in (("forward", base), ("server", fn)):
                 start = time.perf_counter()
                 call()
                 if r >= 20:
                     times[which].append(time.perf_counter() - start)
         inproc[key] = statistics.median(np.array(times["server"]) / np.array(times["forward"]))
     found = {}
-    for label, model, name in (("bundle, recipro", bundle, bundle.name), ("fused recipro model", fused, fused.stem)):
-        server = Server(model, "--method", "recipro") if model.is_dir() else Server(model)
+    for label, model, name, runtime in (("bundle, recipro", bundle, bundle.name, "onnxruntime"),
+                                        ("fused recipro model", fused, fused.stem, "onnxruntime"),
+                                        ("fused recipro model, OpenVINO", fused, fused.stem, "openvino")):
+        server = Server(model, "--method", "recipro") if model.is_dir() else Server(model, "--backend", runtime)
         try:
-            found[label] = overheads(server.port, name, forward, x, pixels, args.repeats)
+            found[label] = overheads(server.port, name, forward if runtime == "onnxruntime" else forward_ov, x,
+                                     pixels, args.repeats)
+            if runtime == "onnxruntime" and not model.is_dir():
+                real_response(server.port, name, pixels, work / "response.pickle")
             for c in CONCURRENCY:
                 before = server.batches()
                 rate, p50, p99 = burst(server.port, name, x, c, max(1, args.requests // c))
@@ -205,15 +260,26 @@ def main() -> None:
                 report(f"| {label} | {c} | {rate:.0f} | {p50:.1f} | {p99:.1f} | {mean_batch:.1f} |")
         finally:
             server.stop()
+    floor = Server(None, command=[sys.executable, __file__, "--floor", str(work / "response.pickle")])
+    try:
+        found["bare ASGI app under uvicorn, no model: the floor"] = overheads(floor.port, fused.stem, forward, x,
+                                                                            pixels, args.repeats)
+    finally:
+        floor.stop()
     report(f"\nOverhead at concurrency 1: one request alternated call by call with a bare in-process forward pass "
            "of the unsplit model (ONNX Runtime, threads spinning only while a run lasts, as the server's), "
            f"{args.repeats} pairs per cell; the median of the per-pair ratios (server ms / forward ms, medians). "
            "The request carries the preprocessed FP32 tensor (602 kB) or the UINT8 pixels the server "
            "normalises (151 kB); sent by tritonclient.http, or by http.client with the body built once (the "
-           "server and the loopback alone).\n")
+           "server and the loopback alone). The floor: the same requests to a bare ASGI app under uvicorn that "
+           "reads the request and answers with the bytes of a real response, without a model, parsing or "
+           "batching (what any Python server on this stack costs here). The OpenVINO row: the fused model "
+           "served with `--backend openvino`, against a bare OpenVINO forward pass compiled as its server "
+           "compiles it (LATENCY hint, dynamic batch).\n")
     report(f"In the same process, without a server (same protocol): `Explainer.explain(x, 'recipro')` on the bundle "
            f"**{inproc['bundle']:.2f}×**, the fused recipro model's ONNX Runtime call **{inproc['fused']:.2f}×** the "
-           "forward pass: the method's own share of each row below.\n")
+           f"forward pass, on OpenVINO **{inproc['fused, OpenVINO']:.2f}×** OpenVINO's: the method's own share of each "
+           "row below.\n")
     report("| served | client | FP32 tensor | UINT8 pixels |\n|---|---|---:|---:|")
     for label, cells in found.items():
         for client in ("tritonclient", "http.client"):
