@@ -387,6 +387,17 @@ def test_a_fused_model_is_served_as_it_computes(tmp_path, batch):
                      "does not record its preprocessing")
     finally:
         server.stop()
+    for d in model.graph.input[0].type.tensor_type.shape.dim[2:]:          # a size the graph cannot run
+        d.dim_param = "side"
+    onnx.save(model, tmp_path / "any.onnx")
+    server = Server(tmp_path / "any.onnx")
+    try:
+        small = np.zeros((1, 3, 8, 8), np.float32)                           # the runtime itself fails
+        assert_error(server.request("/v2/models/any/infer", *binary_request(small)), 500, "the server failed")
+        assert server.request("/v2/models/any/infer", *binary_request(batch[:1]))[0] == 200    # and goes on
+    finally:
+        server.stop()
+    assert "Traceback" in server.process.stderr.read()                       # logged for the operator
 
 
 def check_repository(root: Path, name: str, batch: np.ndarray) -> None:

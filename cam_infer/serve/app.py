@@ -107,23 +107,27 @@ def create_app(served, name: str, *, token: str | None = None, max_body: int = 3
               Route("/v2/models/{name}/versions/{version}/ready", model_ready),
               Route("/explain", explain, methods=["POST"]), Route("/metrics", prometheus)]
 
-    async def protocol_error(request, exc):
-        return error(str(exc), exc.status)
+    async def failed(request, exc):
+        status, message = status_of(exc)
+        return error(message, status)
 
     async def http_error(request, exc):
         return error(exc.detail if exc.status_code != 404 else f"no endpoint {request.url.path}", exc.status_code)
 
-    async def server_error(request, exc):
-        return error(f"the server failed: {type(exc).__name__}: {exc}", 500)
-
-    async def user_error(request, exc):
-        return error(str(exc), 400)
-
     from starlette.exceptions import HTTPException
     app = Starlette(routes=routes, lifespan=lifespan,
-                    exception_handlers={ProtocolError: protocol_error, HTTPException: http_error,
-                                        CamInferError: user_error, Exception: server_error})
+                    exception_handlers={ProtocolError: failed, HTTPException: http_error, CamInferError: failed,
+                                        Exception: failed})
     return Guard(app, Infer(served, name, batcher, max_body), token, max_body, metrics)
+
+
+def status_of(exc: Exception) -> tuple[int, str]:
+    """The HTTP status and the message a request's failure is answered with."""
+    if isinstance(exc, ProtocolError):
+        return exc.status, str(exc)
+    if isinstance(exc, CamInferError):
+        return 400, str(exc)
+    return 500, f"the server failed: {type(exc).__name__}: {exc}"
 
 
 def served_model(name: str, wanted: str, version: str) -> None:
@@ -158,12 +162,11 @@ class Infer:
                                    self.max_body)
             length = headers.get(HEADER_LENGTH.lower().encode())
             body, response_headers = await self.answer(body, None if length is None else length.decode("latin-1"))
-        except ProtocolError as exc:
-            return await _send_error(send, exc.status, str(exc))
-        except CamInferError as exc:
-            return await _send_error(send, 400, str(exc))
         except Exception as exc:
-            return await _send_error(send, 500, f"the server failed: {type(exc).__name__}: {exc}")
+            await _send_error(send, *status_of(exc))
+            if not isinstance(exc, (ProtocolError, CamInferError)):
+                raise                                  # the server's own failure: uvicorn logs its traceback
+            return
         headers = [(k.encode(), v.encode()) for k, v in response_headers.items()]
         await send({"type": "http.response.start", "status": 200,
                     "headers": [*headers, (b"content-length", str(len(body)).encode())]})
