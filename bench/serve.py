@@ -117,6 +117,26 @@ def overheads(port: int, model: str, forward, x: np.ndarray, pixels: np.ndarray,
     return found
 
 
+def paired_ratio(base, fn, repeats: int) -> float:
+    """fn's time over base's, alternated call by call: the median of the per-pair ratios."""
+    times = {"fn": [], "base": []}
+    for r in range(repeats + 20):
+        for which, call in (("base", base), ("fn", fn)):
+            start = time.perf_counter()
+            call()
+            if r >= 20:
+                times[which].append(time.perf_counter() - start)
+    return statistics.median(np.array(times["fn"]) / np.array(times["base"]))
+
+
+def summary(rounds: list[tuple[float, float, float]]) -> str:
+    """The median round's ratio in bold, the range over rounds, and that round's times."""
+    ordered = sorted(rounds)
+    ratio, server, forward = ordered[len(ordered) // 2]
+    return (f"**{ratio:.2f}×** ({ordered[0][0]:.2f}–{ordered[-1][0]:.2f}; "
+            f"{server:.2f} / {forward:.2f} ms)")
+
+
 def floor_server(response: Path) -> None:
     """The floor under any Python server here: a bare ASGI app under uvicorn (as `cam-infer serve` runs it)
     that reads the whole request and answers with the bytes of a real response, without a model."""
@@ -197,6 +217,7 @@ def main() -> None:
     parser.add_argument("--out")
     parser.add_argument("--requests", type=int, default=480, help="requests per concurrency level")
     parser.add_argument("--repeats", type=int, default=200, help="alternating calls for the overhead")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the overhead measurements")
     parser.add_argument("--floor", type=Path, help=argparse.SUPPRESS)      # run `floor_server` on this response
     args = parser.parse_args()
     if args.floor:
@@ -230,45 +251,42 @@ def main() -> None:
     requests = [core.compile_model(str(path), "CPU", {"PERFORMANCE_HINT": "LATENCY"}).create_infer_request()
                 for path in (work / "plain.onnx", fused)]
     forward_ov = lambda: requests[0].infer({0: x})                  # noqa: E731
-    inproc = {}
-    for key, base, fn in (("bundle", forward, lambda: explainer.explain(x, "recipro")),
-                          ("fused", forward, lambda: fused_session.run(None, {"input": x})),
-                          ("fused, OpenVINO", forward_ov, lambda: requests[1].infer({0: x}))):
-        times = {"server": [], "forward": []}
-        for r in range(args.repeats + 20):
-            for which, call in (("forward", base), ("server", fn)):
-                start = time.perf_counter()
-                call()
-                if r >= 20:
-                    times[which].append(time.perf_counter() - start)
-        inproc[key] = statistics.median(np.array(times["server"]) / np.array(times["forward"]))
-    found = {}
-    for label, model, name, runtime in (("bundle, recipro", bundle, bundle.name, "onnxruntime"),
-                                        ("fused recipro model", fused, fused.stem, "onnxruntime"),
-                                        ("fused recipro model, OpenVINO", fused, fused.stem, "openvino")):
-        server = Server(model, "--method", "recipro") if model.is_dir() else Server(model, "--backend", runtime)
-        try:
-            found[label] = overheads(server.port, name, forward if runtime == "onnxruntime" else forward_ov, x,
-                                     pixels, args.repeats)
-            if runtime == "onnxruntime" and not model.is_dir():
-                real_response(server.port, name, pixels, work / "response.pickle")
+    in_process = {"fused, OpenVINO": (forward_ov, lambda: requests[1].infer({0: x})),
+                  "bundle": (forward, lambda: explainer.explain(x, "recipro")),
+                  "fused": (forward, lambda: fused_session.run(None, {"input": x}))}
+    served = {"bundle, recipro": (Server(bundle, "--method", "recipro"), bundle.name, forward),
+              "fused recipro model": (Server(fused, "--backend", "onnxruntime"), fused.stem, forward),
+              "fused recipro model, OpenVINO": (Server(fused, "--backend", "openvino"), fused.stem, forward_ov)}
+    try:
+        real_response(served["fused recipro model"][0].port, fused.stem, pixels, work / "response.pickle")
+        floor = Server(None, command=[sys.executable, __file__, "--floor", str(work / "response.pickle")])
+        served["bare ASGI app under uvicorn, no model: the floor"] = (floor, fused.stem, forward)
+        shares = {key: [] for key in in_process}
+        found = {label: [] for label in served}
+        for _ in range(args.rounds):                   # the rounds interleaved: the machine drifts between them
+            for key, (base, fn) in in_process.items():
+                shares[key].append(paired_ratio(base, fn, args.repeats))
+                time.sleep(1)                          # OpenVINO's idle threads spin a while: let them settle
+            for label, (server, name, base) in served.items():
+                found[label].append(overheads(server.port, name, base, x, pixels, args.repeats))
+                time.sleep(1)
+        for label, (server, name, _) in served.items():      # the bursts after the overheads: they leave
+            if server is floor:                                 # the client process's threads behind
+                continue
             for c in CONCURRENCY:
                 before = server.batches()
                 rate, p50, p99 = burst(server.port, name, x, c, max(1, args.requests // c))
                 after = server.batches()
                 mean_batch = (after[1] - before[1]) / max(1, after[0] - before[0])
                 report(f"| {label} | {c} | {rate:.0f} | {p50:.1f} | {p99:.1f} | {mean_batch:.1f} |")
-        finally:
-            server.stop()
-    floor = Server(None, command=[sys.executable, __file__, "--floor", str(work / "response.pickle")])
-    try:
-        found["bare ASGI app under uvicorn, no model: the floor"] = overheads(floor.port, fused.stem, forward, x,
-                                                                            pixels, args.repeats)
     finally:
-        floor.stop()
+        for server, _, _ in served.values():
+            server.stop()
     report(f"\nOverhead at concurrency 1: one request alternated call by call with a bare in-process forward pass "
            "of the unsplit model (ONNX Runtime, threads spinning only while a run lasts, as the server's), "
-           f"{args.repeats} pairs per cell; the median of the per-pair ratios (server ms / forward ms, medians). "
+           f"{args.repeats} pairs per cell and round; the median of the per-pair ratios (server ms / forward ms), "
+           f"in bold the median of {args.rounds} rounds run one after another across all servers, their range "
+           "after it and the median round's times in brackets. "
            "The request carries the preprocessed FP32 tensor (602 kB) or the UINT8 pixels the server "
            "normalises (151 kB); sent by tritonclient.http, or by http.client with the body built once (the "
            "server and the loopback alone). The floor: the same requests to a bare ASGI app under uvicorn that "
@@ -276,16 +294,15 @@ def main() -> None:
            "batching (what any Python server on this stack costs here). The OpenVINO row: the fused model "
            "served with `--backend openvino`, against a bare OpenVINO forward pass compiled as its server "
            "compiles it (LATENCY hint, dynamic batch).\n")
+    share = {key: f"**{statistics.median(v):.2f}×** ({min(v):.2f}–{max(v):.2f})" for key, v in shares.items()}
     report(f"In the same process, without a server (same protocol): `Explainer.explain(x, 'recipro')` on the bundle "
-           f"**{inproc['bundle']:.2f}×**, the fused recipro model's ONNX Runtime call **{inproc['fused']:.2f}×** the "
-           f"forward pass, on OpenVINO **{inproc['fused, OpenVINO']:.2f}×** OpenVINO's: the method's own share of each "
-           "row below.\n")
+           f"{share['bundle']}, the fused recipro model's ONNX Runtime call {share['fused']} the forward pass, on "
+           f"OpenVINO {share['fused, OpenVINO']} OpenVINO's: the method's own share of each row below.\n")
     report("| served | client | FP32 tensor | UINT8 pixels |\n|---|---|---:|---:|")
-    for label, cells in found.items():
+    for label, rounds in found.items():
         for client in ("tritonclient", "http.client"):
-            row = [cells[(client, sent)] for sent in ("FP32", "UINT8 pixels")]
-            report(f"| {label} | {client} | " + " | ".join(f"**{r:.2f}×** ({s:.2f} / {f:.2f} ms)" for r, s, f in row)
-                   + " |")
+            cells = [summary([r[(client, sent)] for r in rounds]) for sent in ("FP32", "UINT8 pixels")]
+            report(f"| {label} | {client} | " + " | ".join(cells) + " |")
     report.write(args.out)
 
 
