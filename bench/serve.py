@@ -1,16 +1,19 @@
 """The README's serving table: `cam-infer serve` on MobileNetV2 (torchvision weights), 2 cores.
 
 - Served: the bundle with recipro (the Explainer behind the server) and the fused recipro model
-  (`cam-infer fuse`, one ONNX Runtime call), each by `cam-infer serve` on 127.0.0.1 (ONNX Runtime).
+  (`cam-infer fuse`, one runtime call), each by `cam-infer serve` on 127.0.0.1: ONNX Runtime, and the
+  fused model also on OpenVINO (`--backend openvino`).
 - Clients: tritonclient.http in threads of this process, binary tensors, one preprocessed 224² image per
   request, at concurrency 1, 8 and 32, a fixed number of requests each (after a warm-up): requests/s over
   the whole burst, p50 and p99 latency, and the mean batch the server formed (its /metrics). Clients and
   server share the machine's 2 cores.
 - Overhead at concurrency 1: a request to the server alternated call by call with a bare in-process
-  forward pass of the unsplit model on ONNX Runtime (same image, threads spinning only while a run
-  lasts, as the server's), the median of the per-pair ratios; the request carries the FP32 tensor or
-  UINT8 pixels, and is sent by tritonclient or by http.client with a prebuilt body (the server's and the
-  loopback's cost).
+  forward pass of the unsplit model on the same runtime (same image, threads as the server's), the
+  median of the per-pair ratios; the request carries the FP32 tensor or UINT8 pixels, and is sent by
+  tritonclient or by http.client with a prebuilt body (the server's and the loopback's cost). Three
+  rounds across all servers, their median and range. The floor: the same requests to a bare ASGI app
+  under uvicorn answering with a real response's bytes (`floor_server`), what any Python server on this
+  stack costs here.
 
     python bench/serve.py --work /tmp/cam-serve --out bench/serve.md
 """
@@ -240,7 +243,8 @@ def main() -> None:
     plain = ort.InferenceSession(str(work / "plain.onnx"), options, providers=["CPUExecutionProvider"])
     forward = lambda: plain.run(None, {plain.get_inputs()[0].name: x})      # noqa: E731
 
-    report("\n**MobileNetV2** 224×224, one image per request, ONNX Runtime, 2 cores shared by server and clients "
+    report("\n**MobileNetV2** 224×224, one image per request, ONNX Runtime unless named, 2 cores shared by server and "
+           "clients "
            f"(tritonclient.http threads, binary tensors); {args.requests} requests per row after a warm-up\n")
     report("| served | clients | requests/s | p50 ms | p99 ms | mean batch |\n|---|---:|---:|---:|---:|---:|")
     from cam_infer import Explainer
