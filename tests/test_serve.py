@@ -363,6 +363,11 @@ def test_a_fused_model_is_served_as_it_computes(tmp_path, batch):
         session = ort.InferenceSession(str(fused), providers=["CPUExecutionProvider"])
         want = dict(zip(["scores", "saliency", "saliency_class"], session.run(None, {"input": batch})))
         assert_same(triton_infer(server.client(), batch, model="shapes_recipro"), want)
+        meta = server.client().get_model_metadata("shapes_recipro")
+        assert [(t["name"], t["datatype"], t["shape"]) for t in meta["inputs"]] == [("input", "FP32",
+                                                                                   [-1, *batch.shape[1:]])]
+        assert [(t["name"], t["datatype"]) for t in meta["outputs"]] == [
+            (o.name, {"tensor(float)": "FP32", "tensor(int64)": "INT64"}[o.type]) for o in session.get_outputs()]
         wrong = binary_request(batch[:1], parameters={"method": "eigen"})
         assert_error(server.request("/v2/models/shapes_recipro/infer", *wrong), 400, "computes recipro")
         assert_error(server.request("/explain", b"x"), 400, "needs a bundle's preprocessing")

@@ -107,20 +107,22 @@ class ServedFused:
         self.detector = meta.get("cam_infer.target") == "detector"
         self.path = Path(path)
         self.runtime = FusedRuntime(self.path, backend, device, threads)
-        self.inputs = self.runtime.inputs
+        initializers = {i.name for i in model.graph.initializer}
+        self.inputs = [_tensor(v) for v in model.graph.input if v.name not in initializers]
+        self.outputs = [_tensor(v) for v in model.graph.output]
         image = [i for i in self.inputs if i["name"] != "class_id"]
         self.input_name, self.input_shape = image[0]["name"], image[0]["shape"][1:]
         self.takes_class = any(i["name"] == "class_id" for i in self.inputs)
         self.preprocessing = None                      # no /explain: its answer needs the bundle's labels
         recorded = meta.get("cam_infer.preprocessing")   # for UINT8 pixel inputs (older fused models lack it)
         self.pixels = Preprocessing.from_dict(json.loads(recorded)) if recorded else None
-        scores = self.runtime.outputs[0]["shape"]
+        scores = self.outputs[0]["shape"]
         self.num_classes = scores[1] if len(scores) == 2 and scores[1] > 0 else 2**31 - 1
-        top = [o for o in self.runtime.outputs if o["name"] == "saliency"]
+        top = [o for o in self.outputs if o["name"] == "saliency"]
         self.top_k = top[0]["shape"][1] if top and len(top[0]["shape"]) == 4 else 1
 
     def metadata(self) -> tuple[list, list]:
-        return self.inputs, self.runtime.outputs
+        return self.inputs, self.outputs
 
     def key(self, parameters: dict, n: int) -> tuple[Key, list | None]:
         method = str(parameters.get("method", self.method))
@@ -157,40 +159,30 @@ class FusedRuntime:
             options.log_severity_level = 3
             set_spinning(options, SPINNING)
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-            self.inputs = [{"name": i.name, "datatype": _onnx_type(i.type), "shape": _dims(i.shape)}
-                           for i in self.session.get_inputs()]
-            self.outputs = [{"name": o.name, "datatype": _onnx_type(o.type), "shape": _dims(o.shape)}
-                            for o in self.session.get_outputs()]
+            self.names = [o.name for o in self.session.get_outputs()]
         elif self.backend == "openvino":
             import openvino as ov
             core = ov.Core()
             config = {"PERFORMANCE_HINT": "LATENCY", **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
             compiled = core.compile_model(core.read_model(str(path)), device.upper(), config)
             self.request = compiled.create_infer_request()
-            self.inputs = [{"name": p.get_any_name(), "datatype": datatype(p.get_element_type().to_dtype()),
-                            "shape": [d.get_length() if d.is_static else -1 for d in p.get_partial_shape()]}
-                           for p in compiled.inputs]
-            self.outputs = [{"name": p.get_any_name(), "datatype": datatype(p.get_element_type().to_dtype()),
-                             "shape": [d.get_length() if d.is_static else -1 for d in p.get_partial_shape()]}
-                            for p in compiled.outputs]
+            self.names = [p.get_any_name() for p in compiled.outputs]
         else:
             raise CamInferError(f"a fused model runs on onnxruntime or openvino, not {backend!r}")
 
     def run(self, feeds: dict) -> dict[str, np.ndarray]:
         if self.backend == "onnxruntime":
-            values = self.session.run(None, feeds)
-            return {o["name"]: v for o, v in zip(self.outputs, values)}
+            return dict(zip(self.names, self.session.run(None, feeds)))
         self.request.infer(feeds)
-        return {o["name"]: self.request.get_tensor(o["name"]).data.copy() for o in self.outputs}
+        return {name: self.request.get_tensor(name).data.copy() for name in self.names}
 
 
-def _onnx_type(text: str) -> str:
-    return {"tensor(float)": "FP32", "tensor(int64)": "INT64", "tensor(float16)": "FP16", "tensor(int32)": "INT32",
-            "tensor(uint8)": "UINT8", "tensor(double)": "FP64", "tensor(bool)": "BOOL"}.get(text, text)
-
-
-def _dims(shape) -> list[int]:
-    return [d if isinstance(d, int) else -1 for d in shape]
+def _tensor(value) -> dict:
+    """A graph input or output as the protocol's metadata describes it: name, datatype, shape (-1: any)."""
+    from onnx.helper import tensor_dtype_to_np_dtype
+    tensor = value.type.tensor_type
+    return {"name": value.name, "datatype": datatype(tensor_dtype_to_np_dtype(tensor.elem_type)),
+            "shape": [d.dim_value if d.dim_value > 0 else -1 for d in tensor.shape.dim]}
 
 
 def _positive_int(value, name: str) -> int:
