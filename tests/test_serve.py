@@ -380,6 +380,13 @@ def test_a_fused_model_is_served_as_it_computes(tmp_path, batch):
         np.testing.assert_allclose(result.as_numpy("saliency"), session.run(None, {"input": x})[1], atol=1e-5)
     finally:
         server.stop()
+    server = Server(fused, "--backend", "openvino")
+    try:
+        got = triton_infer(server.client(), batch, model="shapes_recipro")
+        np.testing.assert_allclose(got["saliency"], want["saliency"], atol=1e-4)
+        np.testing.assert_array_equal(got["saliency_class"], want["saliency_class"])
+    finally:
+        server.stop()
     check_repository(tmp_path / "repo", "shapes_recipro", batch)
     model = onnx.load(fused)                                   # a fused model that does not record it
     kept = [p for p in model.metadata_props if p.key != "cam_infer.preprocessing"]

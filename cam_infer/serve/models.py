@@ -164,6 +164,8 @@ class FusedRuntime:
             import openvino as ov
             core = ov.Core()
             config = {"PERFORMANCE_HINT": "LATENCY", **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
+            if device.upper().startswith("CPU"):            # float32, as the OpenVINO backend: not bf16 maps
+                config["INFERENCE_PRECISION_HINT"] = "f32"
             compiled = core.compile_model(core.read_model(str(path)), device.upper(), config)
             self.request = compiled.create_infer_request()
             self.names = [p.get_any_name() for p in compiled.outputs]
