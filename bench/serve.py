@@ -252,7 +252,8 @@ def main() -> None:
     fused_session = ort.InferenceSession(str(fused), options, providers=["CPUExecutionProvider"])
     import openvino as ov
     core = ov.Core()                                   # compiled as the fused model's OpenVINO server compiles it
-    requests = [core.compile_model(str(path), "CPU", {"PERFORMANCE_HINT": "LATENCY"}).create_infer_request()
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+    requests = [core.compile_model(str(path), "CPU", config).create_infer_request()
                 for path in (work / "plain.onnx", fused)]
     forward_ov = lambda: requests[0].infer({0: x})                  # noqa: E731
     in_process = {"fused, OpenVINO": (forward_ov, lambda: requests[1].infer({0: x})),
@@ -297,7 +298,7 @@ def main() -> None:
            "reads the request and answers with the bytes of a real response, without a model, parsing or "
            "batching (what any Python server on this stack costs here). The OpenVINO row: the fused model "
            "served with `--backend openvino`, against a bare OpenVINO forward pass compiled as its server "
-           "compiles it (LATENCY hint, dynamic batch).\n")
+           "compiles it (LATENCY hint, float32, dynamic batch).\n")
     share = {key: f"**{statistics.median(v):.2f}×** ({min(v):.2f}–{max(v):.2f})" for key, v in shares.items()}
     report(f"In the same process, without a server (same protocol): `Explainer.explain(x, 'recipro')` on the bundle "
            f"{share['bundle']}, the fused recipro model's ONNX Runtime call {share['fused']} the forward pass, on "
