@@ -45,19 +45,62 @@ def check_overlay_options(colormap: str, alpha: float) -> None:
         raise CamInferError(f"alpha must be in [0, 1], not {alpha}")
 
 
-def overlay(image: np.ndarray, saliency: np.ndarray, colormap: str = "jet", alpha: float = 0.5) -> np.ndarray:
-    """Blend a colour-mapped saliency (H,W in [0,1]) over an RGB image: (1−alpha)·image + alpha·heat.
-    The saliency is resized to the image when sizes differ. Returns RGB uint8."""
+def overlay(image: np.ndarray, saliency: np.ndarray, colormap: str = "jet", alpha: float = 0.5,
+            geometry=None) -> np.ndarray:
+    """Blend a colour-mapped saliency (H,W in [0,1]) over an RGB image: (1−alpha)·image + alpha·heat, RGB uint8
+    (pytorch-grad-cam's ``show_cam_on_image``).
+
+    A map over the model's input (``e.saliency[i]``) over the original photo needs `geometry`: the Explanation,
+    the Bundle or its Preprocessing. The map is then put back where the model saw it (its resize and crop
+    undone) and what the model did not see is greyed, as ``e.overlay(i)`` draws it. Without `geometry` the map
+    must have the image's shape or aspect (a smaller map is upsampled); any other map is refused: stretched
+    over the photo it would show heat where the model never looked."""
     check_overlay_options(colormap, alpha)
     rgb = as_rgb_uint8(image)
     saliency = np.asarray(saliency, np.float32)
     if saliency.ndim != 2:
         raise CamInferError(f"saliency must be one (H,W) map, not shape {saliency.shape}")
+    if geometry is not None:
+        return _placed(rgb, saliency, _preprocessing_of(geometry), colormap, alpha)
+    _check_same_aspect(saliency.shape, rgb.shape[:2])
     if saliency.shape != rgb.shape[:2]:
         saliency = upsample(saliency[None], rgb.shape[:2])[0]
+    return _blend(rgb, saliency, colormap, alpha)
+
+
+def _blend(rgb: np.ndarray, saliency: np.ndarray, colormap: str, alpha: float) -> np.ndarray:
     heat = cv2.applyColorMap(np.uint8(np.round(np.clip(saliency, 0, 1) * 255)), COLORMAPS[colormap])
     heat = cv2.cvtColor(heat, cv2.COLOR_BGR2RGB)
     return cv2.addWeighted(rgb, 1 - alpha, heat, alpha, 0.0)            # rounded to the nearest, saturated
+
+
+def _placed(rgb: np.ndarray, saliency: np.ndarray, preprocessing, colormap: str, alpha: float) -> np.ndarray:
+    """The map over the model's input blended where the model saw the original `rgb`; the rest greyed."""
+    saliency, seen = preprocessing.to_image(saliency, rgb.shape[:2])
+    picture = _blend(rgb, saliency, colormap, alpha)
+    unseen = ~seen
+    if unseen.any():
+        grey = cv2.transform(rgb, np.array([[0.35 / 3, 0.35 / 3, 0.35 / 3, 110.0]]))     # 0.35·mean + 110
+        picture[unseen] = grey[unseen][:, None]
+    return picture
+
+
+def _preprocessing_of(geometry):
+    """The `Preprocessing` an Explanation or a Bundle carries, or `geometry` itself when it is one."""
+    preprocessing = getattr(geometry, "preprocessing", geometry)
+    if not hasattr(preprocessing, "to_image"):
+        raise CamInferError(f"geometry must be an Explanation, a Bundle or a Preprocessing (how the model's input "
+                            f"was cut from the image), not {type(geometry).__name__}")
+    return preprocessing
+
+
+def _check_same_aspect(map_shape: tuple[int, int], image_shape: tuple[int, int]) -> None:
+    """Refuse a map that would be stretched: its aspect is the image's to within one map pixel, or it is wrong."""
+    (h, w), (image_h, image_w) = map_shape, image_shape
+    if abs(h - w * image_h / image_w) >= 1 and abs(w - h * image_w / image_h) >= 1:
+        raise CamInferError(f"a {h}x{w} map does not fit a {image_h}x{image_w} image (another shape and aspect): "
+                            "stretched over it, it would show heat where the model did not look; use e.overlay(i), "
+                            "or overlay(image, e.saliency[i], geometry=e) to place it where the model saw it")
 
 
 def overlay_picture(saliency: np.ndarray, image: np.ndarray, preprocessing=None, text: str | None = None,
@@ -65,16 +108,7 @@ def overlay_picture(saliency: np.ndarray, image: np.ndarray, preprocessing=None,
     """The overlay a person looks at: the map over `image`, a caption strip (what the map explains) and a
     colour bar (what the colours mean). With `preprocessing`, `image` is the original picture and the map
     (over the model's input) is put back where the model's view of it was; the rest is greyed."""
-    rgb = as_rgb_uint8(image)
-    if preprocessing is not None:
-        saliency, seen = preprocessing.to_image(saliency, rgb.shape[:2])
-        picture = overlay(rgb, saliency, colormap=colormap, alpha=alpha)
-        unseen = ~seen
-        if unseen.any():
-            grey = cv2.transform(rgb, np.array([[0.35 / 3, 0.35 / 3, 0.35 / 3, 110.0]]))     # 0.35·mean + 110
-            picture[unseen] = grey[unseen][:, None]
-    else:
-        picture = overlay(rgb, saliency, colormap=colormap, alpha=alpha)
+    picture = overlay(image, saliency, colormap=colormap, alpha=alpha, geometry=preprocessing)
     if bar:
         picture = with_colour_bar(picture, colormap)
     return with_caption(picture, text) if text else picture
