@@ -246,3 +246,32 @@ def test_real_photo_plain_overlay_lands_on_the_dog(tmp_path):
     np.testing.assert_array_equal(placed, e.overlay(0)[-rgb.shape[0]:, :rgb.shape[1]])
     _, seen = e.preprocessing.to_image(e.saliency[0], rgb.shape[:2])
     assert not seen[:, :125].any() and seen[40:535, 135:630].all()            # the crop keeps the middle
+
+
+def _found(picture: np.ndarray, template: np.ndarray) -> tuple[float, tuple[int, int]]:
+    """The smallest squared difference of `template` anywhere in `picture`, and where (x, y)."""
+    diff = cv2.matchTemplate(picture.astype(np.float32), template.astype(np.float32), cv2.TM_SQDIFF)
+    low, _, where, _ = cv2.minMaxLoc(diff)
+    return low, where
+
+
+def test_detection_label_is_drawn_once_and_within_the_image():
+    """A box's label is one render of its text (no second, thicker shadow pass that doubles the glyphs:
+    "0.51" read "0.511"), and stays inside the image."""
+    from cam_infer.demo import embedded_detector_path
+    from cam_infer.detection import DetectionExplainer
+    from cam_infer.detection.overlay import COLOURS
+    from cam_infer.synthetic import detection_scene
+
+    e = DetectionExplainer(embedded_detector_path()).explain([detection_scene(7, 3).image], "eigen")
+    image_w = e.images[0].shape[1]
+    for j, d in enumerate(e.items[0]):
+        picture = e.overlay(0, j).astype(np.float32)
+        text = f"{d.label} {d.score:.2f}"
+        scale = float(np.clip(max(e.images[0].shape[:2]) / 900, 0.35, 0.8))    # the labels' scale for its size
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+        single = np.zeros((th + base + 4, tw + 4, 3), np.uint8)               # the text once, on black
+        cv2.putText(single, text, (2, th + 2), cv2.FONT_HERSHEY_SIMPLEX, scale, COLOURS[0], 1, cv2.LINE_AA)
+        low, (x, _) = _found(picture, single)
+        assert low == 0, f"label {text!r} is not one render of its text"
+        assert x + single.shape[1] <= image_w
