@@ -11,6 +11,9 @@ from .errors import CamInferError
 from .images import as_rgb_uint8
 
 EPS = 1e-7
+FONT = cv2.FONT_HERSHEY_SIMPLEX
+MIN_CAPTION_SCALE = 0.4      # Hershey text 9 px high; smaller is hard to read
+CAPTION_LINES = 2
 COLORMAPS = {"jet": cv2.COLORMAP_JET, "turbo": cv2.COLORMAP_TURBO, "viridis": cv2.COLORMAP_VIRIDIS,
              "inferno": cv2.COLORMAP_INFERNO, "hot": cv2.COLORMAP_HOT, "magma": cv2.COLORMAP_MAGMA}
 
@@ -121,16 +124,62 @@ def caption(method: str, label: str | None, class_id: int, score: float, degener
 
 
 def with_caption(picture: np.ndarray, text: str) -> np.ndarray:
-    """A white strip above the picture with `text`, scaled to the picture's width."""
+    """A white strip above the picture with `text` in black: scaled to the picture's width, never below
+    MIN_CAPTION_SCALE; a text too long is wrapped at words, then shortened in its middle (`caption_lines`)."""
     w = picture.shape[1]
-    scale = float(np.clip(w / 520, 0.35, 1.2))
-    (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-    if tw > w - 8:                                   # long text on a small picture: shrink to fit
-        scale *= 0.97 * (w - 8) / tw
-        (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-    strip = np.full((th + 10, w, 3), 255, np.uint8)
-    cv2.putText(strip, text, (4, th + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    scale, lines = caption_lines(text, w - 8)
+    (_, th), base = cv2.getTextSize("Ag", FONT, scale, 1)
+    step = th + base + 3                                          # from one line's baseline to the next
+    strip = np.full((th + 10 + step * (len(lines) - 1), w, 3), 255, np.uint8)
+    for k, line in enumerate(lines):
+        cv2.putText(strip, line, (4, th + 4 + k * step), FONT, scale, (0, 0, 0), 1, cv2.LINE_AA)
     return np.concatenate([strip, picture], axis=0)
+
+
+def caption_lines(text: str, room: int) -> tuple[float, list[str]]:
+    """The font scale and lines of a caption `room` pixels wide. The scale follows the width (1.2 at 624 px
+    and more) and shrinks to fit one line, but not below MIN_CAPTION_SCALE; there, the words are wrapped
+    into at most CAPTION_LINES lines and, when still too long (an ImageNet synonym list on a small
+    picture), words are left out of the middle for '...', keeping its start and end (method; class id and
+    probability)."""
+    scale = float(np.clip((room + 8) / 520, MIN_CAPTION_SCALE, 1.2))
+    width = _text_width(text, scale)
+    if width > room:
+        scale = max(MIN_CAPTION_SCALE, scale * 0.97 * room / width)
+    words = text.split()
+    head, tail = words[:(len(words) + 1) // 2], words[(len(words) + 1) // 2:]
+    lines = _wrapped(words, scale, room)
+    while len(lines) > CAPTION_LINES and len(head) + len(tail) > 2:
+        if len(head) >= len(tail):
+            head.pop()
+        else:
+            tail.pop(0)
+        lines = _wrapped([*head, "...", *tail], scale, room)
+    return scale, [_cut_to(line, scale, room) for line in lines[:CAPTION_LINES]]
+
+
+def _text_width(text: str, scale: float) -> int:
+    return cv2.getTextSize(text, FONT, scale, 1)[0][0]
+
+
+def _wrapped(words: list[str], scale: float, room: int) -> list[str]:
+    """Words into lines of at most `room` pixels (a word wider than that has a line of its own)."""
+    lines: list[str] = []
+    for word in words:
+        if lines and _text_width(f"{lines[-1]} {word}", scale) <= room:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines or [""]
+
+
+def _cut_to(line: str, scale: float, room: int) -> str:
+    """A line ending in '...' where it is wider than `room` (one very long word)."""
+    if _text_width(line, scale) <= room:
+        return line
+    while len(line) > 1 and _text_width(line + "...", scale) > room:
+        line = line[:-1]
+    return line + "..."
 
 
 def with_colour_bar(picture: np.ndarray, colormap: str = "jet") -> np.ndarray:

@@ -216,6 +216,46 @@ def test_demo_grid_panels_are_labelled(tmp_path):
     grid = cv2.imread(str(tmp_path / "large.png"))
     assert grid.shape[0] > 2 * 128 + 18              # legend strip + panel titles + the scaled scene
     assert "red = most evidence" in "\n".join(lines) and "each titled with the class" in "\n".join(lines)
+    detection = cv2.imread(str(tmp_path / "detection.png"))
+    header = detection[:detection.shape[0] - (18 + 2 * 128)]             # above the panel titles and scenes
+    assert header.shape[0] > 10 and _text_lines(header)
+    assert _dark_columns(header).max() <= detection.shape[1] - 4          # the legend ends inside the grid
+
+
+def _dark_columns(strip: np.ndarray) -> np.ndarray:
+    return np.nonzero((strip < 128).any(axis=2).any(axis=0))[0]
+
+
+def _text_lines(strip: np.ndarray) -> list[int]:
+    """The heights of the bands of rows that hold dark pixels (one per line of text)."""
+    dark = (strip < 128).any(axis=2).any(axis=1)
+    edges = np.diff(np.concatenate([[0], dark.astype(int), [0]]))
+    return list(np.nonzero(edges == -1)[0] - np.nonzero(edges == 1)[0])
+
+
+SYNONYMS = "great white shark, white shark, man-eater, man-eating shark, Carcharodon carcharias"   # ImageNet 2
+
+
+@pytest.mark.parametrize("width", [224, 400])
+def test_long_captions_stay_readable(width):
+    """An ImageNet synonym list on a 224-px overlay, and the demo's legend on a narrow grid: the text keeps
+    a readable size (it shrank to ~4 px before), is wrapped at words within the picture, and what does not
+    fit is left out of the middle for '...', keeping the method, class id and probability."""
+    from cam_infer.demo import LEGEND
+    from cam_infer.postprocess import MIN_CAPTION_SCALE, caption_lines
+    minimum = cv2.getTextSize("A", cv2.FONT_HERSHEY_SIMPLEX, MIN_CAPTION_SCALE, 1)[0][1]      # a capital's height
+    text = caption("recipro", SYNONYMS, 2, 0.873) if width == 224 else LEGEND
+    rgb = np.full((120, width, 3), 90, np.uint8)
+    picture = overlay_picture(np.zeros((120, width), np.float32), rgb, None, text, bar=False)
+    strip = picture[:picture.shape[0] - 120]
+    bands = _text_lines(strip)
+    assert len(bands) == 2 and min(bands) >= minimum, bands
+    assert _dark_columns(strip).max() <= width - 4
+    scale, lines = caption_lines(text, width - 8)
+    assert scale >= MIN_CAPTION_SCALE and len(lines) == 2
+    if width == 224:
+        assert "..." in lines[0] + lines[1]
+        assert lines[0].startswith("recipro: great white shark") and lines[1].endswith("(2) p=0.87")
 
 
 @needs_shared
