@@ -104,10 +104,15 @@ def test_export_errors_print_one_line(tmp_path, args, fragment):
     assert_one_line_error(run_cli(*args, cwd=ROOT), fragment)
 
 
-def test_info_wraps_a_long_runtime_refusal_at_words(tmp_path, tiny_onnx_path):
+@pytest.mark.parametrize("task", ["classifier", "detector"])
+def test_info_wraps_a_long_runtime_refusal_at_words(tmp_path, tiny_onnx_path, task):
     """A runtime's refusal is shown whole, in lines of at most 100 characters broken between words."""
     import json
-    assert run_cli("split", tiny_onnx_path, "--out", tmp_path / "b").returncode == 0
+    if task == "classifier":
+        assert run_cli("split", tiny_onnx_path, "--out", tmp_path / "b").returncode == 0
+    else:
+        from cam_infer.demo import embedded_detector_path
+        shutil.copytree(embedded_detector_path(), tmp_path / "b")
     manifest = tmp_path / "b" / "bundle.json"
     record = json.loads(manifest.read_text())
     why = " ".join(f"reason{i:03d}" for i in range(60)) + " the end"                 # 538 characters

@@ -50,12 +50,17 @@ def describe(bundle) -> str:
         "verified     " + ("yes" if verification.get("passed") else "NO")
         + f": head(features(x)) vs model(x), batches {verification['batch_sizes']}, "
         f"max |diff| {verification['max_abs_diff']:.3g} ({verification['runtime']})",
-        _wrapped("runtimes     " + (", ".join(f"{n}: {'yes' if r['runs'] else 'no (' + r.get('why_not', '') + ')'}"
-                                              for n, r in runtimes.items()) or "not recorded")),
+        runtimes_line(runtimes),
         f"source       {m['provenance'].get('source') or 'in-memory model'}"
         + (f", exported with {m['provenance']['exporter']}" if m["provenance"].get("exporter") else ""),
     ]
     return "\n".join(lines)
+
+
+def runtimes_line(runtimes: dict) -> str:
+    """Which runtimes run the bundle, each refusal whole, wrapped at words."""
+    return _wrapped("runtimes     " + (", ".join(f"{n}: {'yes' if r['runs'] else 'no (' + r.get('why_not', '') + ')'}"
+                                                for n, r in runtimes.items()) or "not recorded"))
 
 
 def _wrapped(line: str) -> str:
@@ -88,6 +93,6 @@ def describe_detector(bundle) -> str:
                             if labels else "none (class indices)"),
         f"verified     yes: head(features(x)) vs model(x), batches {m['verification']['batches']}, "
         f"max |diff| {m['verification']['max_abs_diff']:.3g}",
-        "runtimes     " + ", ".join(f"{n}: {'yes' if r['runs'] else 'no'}" for n, r in m["runtimes"].items()),
+        runtimes_line(m["runtimes"]),
         f"source       {m['provenance'].get('source') or 'in-memory model'}",
     ])
