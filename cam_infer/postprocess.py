@@ -12,7 +12,7 @@ from .images import as_rgb_uint8
 
 EPS = 1e-7
 FONT = cv2.FONT_HERSHEY_SIMPLEX
-MIN_CAPTION_SCALE = 0.4      # Hershey text 9 px high; smaller is hard to read
+MIN_CAPTION_SCALE = 0.4      # capitals 11 px high (cv2.getTextSize); smaller is hard to read
 CAPTION_LINES = 2
 COLORMAPS = {"jet": cv2.COLORMAP_JET, "turbo": cv2.COLORMAP_TURBO, "viridis": cv2.COLORMAP_VIRIDIS,
              "inferno": cv2.COLORMAP_INFERNO, "hot": cv2.COLORMAP_HOT, "magma": cv2.COLORMAP_MAGMA}
@@ -93,12 +93,13 @@ def _preprocessing_of(geometry):
     preprocessing = getattr(geometry, "preprocessing", geometry)
     if not hasattr(preprocessing, "to_image"):
         raise CamInferError(f"geometry must be an Explanation, a Bundle or a Preprocessing (how the model's input "
-                            f"was cut from the image), not {type(geometry).__name__}")
+                            f"was cut from the image), not {type(geometry).__name__}"
+                            + (" without one" if preprocessing is None else ""))
     return preprocessing
 
 
 def _check_same_aspect(map_shape: tuple[int, int], image_shape: tuple[int, int]) -> None:
-    """Refuse a map that would be stretched: its aspect is the image's to within one map pixel, or it is wrong."""
+    """Refuse a map whose aspect is not the image's (to within one map pixel): it would be stretched."""
     (h, w), (image_h, image_w) = map_shape, image_shape
     if abs(h - w * image_h / image_w) >= 1 and abs(w - h * image_w / image_h) >= 1:
         raise CamInferError(f"a {h}x{w} map does not fit a {image_h}x{image_w} image (another shape and aspect): "
