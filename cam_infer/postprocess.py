@@ -131,7 +131,7 @@ def with_caption(picture: np.ndarray, text: str) -> np.ndarray:
     scale, lines = caption_lines(text, w - 8)
     (_, th), base = cv2.getTextSize("Ag", FONT, scale, 1)
     step = th + base + 3                                          # from one line's baseline to the next
-    strip = np.full((th + 10 + step * (len(lines) - 1), w, 3), 255, np.uint8)
+    strip = np.full((th + 4 + base + 3 + step * (len(lines) - 1), w, 3), 255, np.uint8)    # descenders within
     for k, line in enumerate(lines):
         cv2.putText(strip, line, (4, th + 4 + k * step), FONT, scale, (0, 0, 0), 1, cv2.LINE_AA)
     return np.concatenate([strip, picture], axis=0)

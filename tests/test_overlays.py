@@ -315,3 +315,15 @@ def test_detection_label_is_drawn_once_and_within_the_image():
         low, (x, _) = _found(picture, single)
         assert low == 0, f"label {text!r} is not one render of its text"
         assert x + single.shape[1] <= image_w
+
+
+@pytest.mark.parametrize("width", [224, 768, 2201])
+def test_caption_text_is_whole_inside_its_strip(width):
+    """Descenders (g, p, y, parentheses) end above the strip's last row at every scale; they were cut by the
+    picture below at the large scales of wide pictures."""
+    picture = overlay_picture(np.zeros((50, width), np.float32), np.full((50, width, 3), 90, np.uint8), None,
+                              caption("gradcampp", "spotted gypsy (pygmy)", 7, 0.5), bar=False)
+    strip = picture[:picture.shape[0] - 50]
+    dark_rows = np.nonzero((strip < 128).any(axis=2).any(axis=1))[0]
+    assert dark_rows.min() >= 2 and dark_rows.max() <= strip.shape[0] - 2
+    assert _dark_columns(strip).max() <= width - 4
