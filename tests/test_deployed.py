@@ -357,3 +357,22 @@ def test_an_ir_bundle_gives_the_maps_of_the_onnx_bundle_of_the_same_model(tmp_pa
 def split_onnx_or_ir(path, out, **options):
     from cam_infer.bundle import split_model
     return split_model(path, out=out, **options)
+
+
+@needs_shared
+def test_info_shows_openvinos_whole_refusal_wrapped_at_words(tmp_path):
+    """OpenVINO refuses the QOperator int8 model in ~1400 characters; info showed the first 120, cut mid-word."""
+    import openvino as ov
+    bundle = split_onnx(DEPLOYED / "mobilenetv2-12-int8.onnx", out=tmp_path / "b")
+    core = ov.Core()
+    with pytest.raises(Exception) as refused:
+        core.compile_model(core.read_model(onnx.load(bundle.features_path).SerializeToString(), b""), "CPU")
+    whole = " ".join(str(refused.value).split())
+    assert len(whole) > 600 and "Conversion is failed for" in whole
+    info = run_cli("info", bundle.path)
+    assert info.returncode == 0, info.stderr
+    lines = info.stdout.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("runtimes"))
+    block = lines[first:next(i for i in range(first + 1, len(lines)) if not lines[i].startswith(" "))]
+    assert all(len(line) <= 100 for line in block) and len(block) > 1
+    assert f"openvino: no (features: {whole})" in " ".join(line.strip() for line in block)
