@@ -56,8 +56,8 @@ def overlay(image: np.ndarray, saliency: np.ndarray, colormap: str = "jet", alph
     A map over the model's input (``e.saliency[i]``) over the original photo needs `geometry`: the Explanation,
     the Bundle or its Preprocessing. The map is then put back where the model saw it (its resize and crop
     undone) and what the model did not see is greyed, as ``e.overlay(i)`` draws it. Without `geometry` the map
-    must have the image's shape or aspect (a smaller map is upsampled); any other map is refused: stretched
-    over the photo it would show heat where the model never looked."""
+    must have the image's own shape; any other map is refused: stretched over the photo (even one of the same
+    aspect, when the model saw a centre crop of it) it would show heat where the model never looked."""
     check_overlay_options(colormap, alpha)
     rgb = as_rgb_uint8(image)
     saliency = np.asarray(saliency, np.float32)
@@ -65,9 +65,7 @@ def overlay(image: np.ndarray, saliency: np.ndarray, colormap: str = "jet", alph
         raise CamInferError(f"saliency must be one (H,W) map, not shape {saliency.shape}")
     if geometry is not None:
         return _placed(rgb, saliency, _preprocessing_of(geometry), colormap, alpha)
-    _check_same_aspect(saliency.shape, rgb.shape[:2])
-    if saliency.shape != rgb.shape[:2]:
-        saliency = upsample(saliency[None], rgb.shape[:2])[0]
+    _check_same_shape(saliency.shape, rgb.shape[:2])
     return _blend(rgb, saliency, colormap, alpha)
 
 
@@ -98,13 +96,13 @@ def _preprocessing_of(geometry):
     return preprocessing
 
 
-def _check_same_aspect(map_shape: tuple[int, int], image_shape: tuple[int, int]) -> None:
-    """Refuse a map whose aspect is not the image's (to within one map pixel): it would be stretched."""
-    (h, w), (image_h, image_w) = map_shape, image_shape
-    if abs(h - w * image_h / image_w) >= 1 and abs(w - h * image_w / image_h) >= 1:
-        raise CamInferError(f"a {h}x{w} map does not fit a {image_h}x{image_w} image (another shape and aspect): "
-                            "stretched over it, it would show heat where the model did not look; use e.overlay(i), "
-                            "or overlay(image, e.saliency[i], geometry=e) to place it where the model saw it")
+def _check_same_shape(map_shape: tuple[int, int], image_shape: tuple[int, int]) -> None:
+    """Refuse a map of another shape than the image's: drawn over it, it would be stretched."""
+    if tuple(map_shape) != tuple(image_shape):
+        (h, w), (image_h, image_w) = map_shape, image_shape
+        raise CamInferError(f"a {h}x{w} map does not fit a {image_h}x{image_w} image: stretched over it, it would "
+                            "show heat where the model did not look; use e.overlay(i), or overlay(image, "
+                            "e.saliency[i], geometry=e) to place it where the model saw it")
 
 
 def overlay_picture(saliency: np.ndarray, image: np.ndarray, preprocessing=None, text: str | None = None,
