@@ -31,14 +31,14 @@ from .report import (
     MetricsFile,
     summarise,
     write_atomically,
+    skipped_metrics_line,
     write_html,
 )
-from .work import COLUMNS, METRICS, AuditOptions, AuditWork, audit_image, audit_spec
+from .work import COLUMNS, LOCALISATION, METRICS, AuditOptions, AuditWork, audit_image, audit_spec
 
 GRID = 48
 OVERLAYS = "overlays"
 INPUTS_NAME = "inputs.json"
-LOCALISATION = ("pointing", "energy", "box")
 
 
 def run_audit(bundle, images, options: AuditOptions, out, *, boxes=None, restart: bool = False, grid: int = GRID,
@@ -59,9 +59,8 @@ def run_audit(bundle, images, options: AuditOptions, out, *, boxes=None, restart
     truth = _load_boxes(boxes, bundle)
     if options.target == "truth" and not truth:
         raise CamInferError("target 'truth' needs boxes with exactly one label per image (--boxes)")
-    localisation = [m for m in options.metrics if m in LOCALISATION]
-    if localisation and not truth:
-        raise CamInferError(f"metric {', '.join(localisation)} needs ground-truth boxes: give --boxes FILE")
+    skipped_metrics = options.skipped_metrics(bool(truth))
+    options = options.resolved(bool(truth))
     settings = {"bundle": str(bundle.path.resolve()), "options": options.to_dict(),
                 "boxes": str(Path(boxes).resolve()) if boxes else None}
     out = prepare_folder(out)
@@ -93,6 +92,7 @@ def run_audit(bundle, images, options: AuditOptions, out, *, boxes=None, restart
         summary = summarise(metrics, options.methods, protocol, errors)
         summary["skipped"] = [str(f) for f in found.skipped]
         summary["redone"] = changed
+        summary["skipped_metrics"] = list(skipped_metrics)
         write_atomically(out / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
         write_html(out, summary, _grid(out, files[:grid], found.names, options.methods), options.methods)
     return summary
@@ -111,7 +111,7 @@ def _check_options(bundle, options: AuditOptions) -> None:
         get_method(method)
         if enhancer is not None:
             get_enhancer(enhancer)
-    unknown = [m for m in options.metrics if m not in METRICS]
+    unknown = [m for m in options.metrics or () if m not in METRICS]
     if unknown:
         raise CamInferError(f"unknown metric {', '.join(map(repr, unknown))}; metrics: {', '.join(METRICS)}")
     if options.target not in ("predicted", "truth"):
@@ -253,6 +253,8 @@ def summary_lines(summary: dict, out) -> list[str]:
     if summary["redone"]:
         lines.append(f"redid {len(summary['redone'])} image(s) that changed since the last run, e.g. "
                      f"{summary['redone'][0]}")
+    if summary.get("skipped_metrics"):
+        lines.append(skipped_metrics_line(summary["skipped_metrics"]))
     if summary["skipped"]:
         lines.append(f"skipped {len(summary['skipped'])} file(s) that are not images, e.g. {summary['skipped'][0]} "
                      "(all listed in summary.json)")

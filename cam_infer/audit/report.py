@@ -112,6 +112,11 @@ def summarise(metrics: MetricsFile, methods, protocol: dict, errors: list) -> di
                                 "without boxes of the explained class have no localisation metrics)"}}
 
 
+def skipped_metrics_line(metrics) -> str:
+    """The one line saying which default metrics were not measured, and why."""
+    return f"not measured: {', '.join(metrics)} (localisation metrics need ground-truth boxes: give --boxes FILE)"
+
+
 def write_html(out: Path, summary: dict, grid: list[tuple[str, dict]], methods) -> Path:
     """index.html: summary table, one bar chart per metric, thumbnails (images × methods), all inline."""
     per_method = summary["methods"]
@@ -134,6 +139,8 @@ def write_html(out: Path, summary: dict, grid: list[tuple[str, dict]], methods) 
                        for k, v in summary["protocol"].items())
     errors = (f"<p class=err>{len(summary['errors'])} image(s) could not be read and were skipped "
               f"(listed in {ERRORS_NAME}).</p>" if summary["errors"] else "")
+    if summary.get("skipped_metrics"):
+        errors += f"<p>{html.escape(skipped_metrics_line(summary['skipped_metrics']))}.</p>"
     skipped = summary.get("skipped", [])
     if skipped:
         errors += (f"<p>{len(skipped)} file(s) in the folders are not images and were skipped: "
