@@ -56,7 +56,7 @@ def run_audit(bundle, images, options: AuditOptions, out, *, boxes=None, restart
     runner = make_runner(workers, ray, threads)
     found = collect_images(images)
     files = found.files
-    truth = _load_boxes(boxes, bundle)
+    truth = load_boxes(boxes, bundle)
     if options.target == "truth" and not truth:
         raise CamInferError("target 'truth' needs boxes with exactly one label per image (--boxes)")
     skipped_metrics = options.skipped_metrics(bool(truth))
@@ -77,12 +77,12 @@ def run_audit(bundle, images, options: AuditOptions, out, *, boxes=None, restart
         by_name = {str(f): f for f in todo}
         with Progress(len(files), "audit", enabled=progress) as bar:
             bar.advance(len(files) - len(todo))
-            for result in runner.map(work, ((f, _boxes_for(truth, f, images)) for f in todo)):
+            for result in runner.map(work, ((f, boxes_for(truth, f, images)) for f in todo)):
                 image = by_name[result["image"]]
                 if "error" in result:
                     errors.append({"image": result["image"], "error": result["error"]})
                 else:
-                    _write_thumbnails(out, found.names[image], result["thumbnails"])
+                    write_thumbnails(out, found.names[image], result["thumbnails"])
                     metrics.append(result["rows"])
                     inputs.record(image, result["stamp"])
                 bar.advance()
@@ -94,7 +94,7 @@ def run_audit(bundle, images, options: AuditOptions, out, *, boxes=None, restart
         summary["redone"] = changed
         summary["skipped_metrics"] = list(skipped_metrics)
         write_atomically(out / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
-        write_html(out, summary, _grid(out, files[:grid], found.names, options.methods), options.methods)
+        write_html(out, summary, thumbnail_grid(out, files[:grid], found.names, options.methods), options.methods)
     return summary
 
 
@@ -183,7 +183,7 @@ class InputsFile:
         write_atomically(self.path, json.dumps(self.stamps) + "\n")
 
 
-def _load_boxes(path, bundle) -> dict:
+def load_boxes(path, bundle) -> dict:
     """The boxes file, with every label resolved to a class index of the bundle (a label, or an index as
     a number or digit string); an unknown or ambiguous label is an error naming the image."""
     if path is None:
@@ -210,7 +210,8 @@ def _load_boxes(path, bundle) -> dict:
     return data
 
 
-def _boxes_for(truth: dict, image: Path, roots) -> list | None:
+def boxes_for(truth: dict, image: Path, roots) -> list | None:
+    """An image's entry in the boxes file: by its path as given, relative to a given folder, or its name."""
     keys = [str(image), image.as_posix()]
     for root in map(Path, roots):
         if root.is_dir():
@@ -227,12 +228,14 @@ def _thumbnail_name(name: str, method: str) -> str:
     return f"{name.replace('/', '__').lstrip('.')}__{method}.png"
 
 
-def _write_thumbnails(out: Path, name: str, thumbnails: dict) -> None:
+def write_thumbnails(out: Path, name: str, thumbnails: dict) -> None:
+    """An image's thumbnails (method → PNG bytes) into the report's overlays folder."""
     for method, png in thumbnails.items():
         (out / OVERLAYS / _thumbnail_name(name, method)).write_bytes(png)
 
 
-def _grid(out: Path, files, names: dict, methods) -> list[tuple[str, dict]]:
+def thumbnail_grid(out: Path, files, names: dict, methods) -> list[tuple[str, dict]]:
+    """The report's grid: (image name, method → thumbnail PNG) for the images that have thumbnails."""
     grid = []
     for image in files:
         paths = {m: out / OVERLAYS / _thumbnail_name(names[image], m) for m in methods}

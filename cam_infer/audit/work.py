@@ -271,7 +271,11 @@ def _adcc(explainer, options: AuditOptions, x, view, e, variant: str) -> dict:
 
 
 def _thumbnail(view: np.ndarray, saliency: np.ndarray) -> bytes:
-    picture = overlay(view, saliency)
+    return thumbnail_png(overlay(view, saliency))
+
+
+def thumbnail_png(picture: np.ndarray) -> bytes:
+    """A picture shrunk to at most THUMBNAIL pixels a side, as PNG bytes (the report's grid)."""
     h, w = picture.shape[:2]
     scale = THUMBNAIL / max(h, w)
     if scale < 1:
