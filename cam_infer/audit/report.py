@@ -123,7 +123,7 @@ def skipped_metrics_line(metrics) -> str:
 def write_html(out: Path, summary: dict, grid: list[tuple[str, dict]], methods, shown: dict | None = None,
                unit: str = "images") -> Path:
     """index.html: summary table, one bar chart per metric, thumbnails (images × methods), all inline.
-    `shown`: column → (title, higher is better, or None: neither) of the metrics (default: the classifier's);
+    `shown`: column → (title, higher is better; None: a reference, tabled, not charted) (default: the classifier's);
     `unit`: what a method's count in summary["methods"] counts."""
     per_method = summary["methods"]
     shown = {"adcc_of_means": ("ADCC (of means)", True), **SHOWN} if shown is None else shown
@@ -134,7 +134,8 @@ def write_html(out: Path, summary: dict, grid: list[tuple[str, dict]], methods, 
         f"<tr><th>{html.escape(m)}</th><td>{per_method[m][unit]}</td>"
         + "".join(f"<td>{_cell(per_method[m].get(c))}{_count(counts.get(m, {}).get(c), per_method[m][unit])}</td>"
                   for c in columns) + "</tr>" for m in methods)
-    charts = "".join(_bar_chart(shown[c][0], shown[c][1], {m: per_method[m].get(c) for m in methods}) for c in columns)
+    charts = "".join(_bar_chart(shown[c][0], shown[c][1], {m: per_method[m].get(c) for m in methods})
+                     for c in columns if shown[c][1] is not None)
     thumbs_head = "".join(f"<th>{html.escape(m)}</th>" for m in methods)
     thumbs = "".join(
         f"<tr><th class=name>{html.escape(name)}</th>"
@@ -205,6 +206,6 @@ def _bar_chart(title: str, higher_better: bool, values: dict) -> str:
                     f"<rect x=120 y={y + 3} width={length:.1f} height=14 fill='#4a7bd0'></rect>"
                     f"<text x={124 + length:.1f} y={y + 14} font-size=11>{_cell(known.get(m))}</text>")
     height = 30 + row * len(values)
-    label = title if higher_better is None else f"{title} ({'higher' if higher_better else 'lower'} is better)"
+    label = f"{title} ({'higher' if higher_better else 'lower'} is better)"
     return (f"<svg class=chart role=img aria-label='{html.escape(label)}' width={120 + width + 60} height={height}>"
             f"<text x=0 y=14 font-size=13 font-weight=bold>{html.escape(label)}</text>{''.join(bars)}</svg>")
