@@ -182,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--enhance-option", action="append", default=[], metavar="ENHANCER.KEY=VALUE",
                    help="enhancer option, e.g. --enhance-option sess.scales=6 (repeatable)")
     p.add_argument("--metrics", default="all", help="comma-separated: adcc, insertion, deletion, pointing, energy, box; "
-                                                    "or 'all' (localisation metrics need --boxes)")
+                                                    "or 'all' (default: every metric, the localisation ones "
+                                                    "- pointing, energy, box - only with --boxes)")
     p.add_argument("--boxes", help="JSON: image file -> list of [x1,y1,x2,y2] or {\"box\": [...], \"label\": ...}")
     _out(p, "report folder (a rerun resumes it)", "start over in --out instead of resuming")
     _runtime(p)

@@ -205,7 +205,7 @@ def audit_detections(args) -> int:
         options.setdefault(method, {})[name] = value
     summary = run_detection_audit(args.bundle, args.images, methods, args.out, boxes=args.boxes, backend=args.backend,
                                   device=args.device, tolerance=args.tolerance, options=options, restart=args.force,
-                                  **_scale_out(args))
+                                  grid=args.grid, **_scale_out(args))
     for line in summary_lines(summary, args.out):
         print(line)
     if summary["errors"]:
