@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 
 from ..backends import CHOICES as BACKEND_CHOICES
+from ..images import INTERPOLATIONS
 from ..version import __version__
 
-PREPROCESSING = ("resize", "crop", "mean", "std", "scale", "color")
+PREPROCESSING = ("resize", "crop", "interpolation", "mean", "std", "scale", "color")
 
 
 # --- argument groups declared once -----------------------------------------------------------------
@@ -48,6 +49,10 @@ def _preprocessing_args(p, *, input_size_required: bool = False) -> None:
                    help="model input size (default: the model's own static shape)")
     g.add_argument("--resize", type=int, help="resize the shorter side to this before cropping (default: size/0.875)")
     g.add_argument("--crop", choices=["center", "none"], help="center crop, or none: resize straight to the input size")
+    g.add_argument("--interpolation", choices=list(INTERPOLATIONS),
+                   help="the resize's filter, as the deployment's pipeline resizes: "
+                        + "; ".join(f"{k}: {v}" for k, v in INTERPOLATIONS.items())
+                        + " (default: area; bilinear for a detector's letterbox)")
     g.add_argument("--mean", nargs="+", type=float, metavar="M", help="per-channel mean (3 values; 1 for gray)")
     g.add_argument("--std", nargs="+", type=float, metavar="S", help="per-channel std (3 values; 1 for gray)")
     g.add_argument("--scale", type=float, help="pixel multiplier before mean/std (default 1/255)")
