@@ -8,6 +8,7 @@ from ..backends import CHOICES as BACKEND_CHOICES
 from ..images import INTERPOLATIONS
 from ..version import __version__
 
+BUNDLE_HELP = "bundle folder, or a model file (.onnx, .xml, .tflite) split with auto into the user cache once"
 PREPROCESSING = ("resize", "crop", "interpolation", "mean", "std", "scale", "color")
 
 
@@ -39,7 +40,7 @@ def _options(p, metavar: str = "KEY=VALUE", example: str = "--option top_k=64 --
 
 
 def _bundle_and_images(p) -> None:
-    p.add_argument("bundle", help="bundle folder")
+    p.add_argument("bundle", help=BUNDLE_HELP)
     p.add_argument("images", nargs="+", help="image files and folders (searched recursively)")
 
 
@@ -109,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=run.export)
 
     p = sub.add_parser("info", help="describe a bundle")
-    p.add_argument("bundle", help="bundle folder")
+    p.add_argument("bundle", help=BUNDLE_HELP)
     p.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
     p.add_argument("--backend", help=f"also run one image on this runtime ({', '.join(BACKEND_CHOICES)}) and time it")
     p.add_argument("--device", default="CPU", help="device for --backend (CPU, GPU, NPU, AUTO)")
@@ -151,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=run.explain)
 
     p = sub.add_parser("bench", help="time every method against one forward pass; peak memory")
-    p.add_argument("bundle", help="bundle folder")
+    p.add_argument("bundle", help=BUNDLE_HELP)
     p.add_argument("--backend", help="comma-separated backends (default: every runtime that runs the bundle)")
     p.add_argument("--method", default="all", help="comma-separated cases (see below) or 'all'")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per case, after one warm-up (default 5)")
@@ -163,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=run.bench)
 
     p = sub.add_parser("fuse", help="write one ONNX model that returns the scores and the saliency map")
-    p.add_argument("bundle", help="bundle folder")
+    p.add_argument("bundle", help=BUNDLE_HELP)
     p.add_argument("--method", default=DEFAULT_METHOD, help=f"{', '.join(fusable())} (default {DEFAULT_METHOD})")
     _options(p, example="--option score=logit or --option squarings=12")
     classes = p.add_mutually_exclusive_group()
@@ -209,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=run.audit)
 
     p = sub.add_parser("serve", help="serve explanations over the KServe v2 / Triton REST protocol, and /explain")
-    p.add_argument("model", help="a bundle folder, or a fused .onnx model (cam-infer fuse)")
+    p.add_argument("model", help="a bundle folder, a fused .onnx model (cam-infer fuse), or a model file split "
+                                 "with auto into the user cache once")
     p.add_argument("--method", help=f"bundles: the default method, overridable per request (default {DEFAULT_METHOD}); "
                                     "a fused model has its own")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
