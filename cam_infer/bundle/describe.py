@@ -33,8 +33,8 @@ def describe(bundle) -> str:
         + (f"; the model takes {' '.join(f for f in source_form if f)} (converted at the boundary)"
            if any(source_form) else ""),
         f"preprocess   {'GRAY' if prep.channels == 1 else prep.color.upper()}, "
-        + (f"resize shorter side to {prep.resize}, center crop {h}x{w}" if prep.crop == "center"
-           else f"resize to {h}x{w}")
+        + (f"resize shorter side to {prep.resize} ({prep.interpolation}), center crop {h}x{w}"
+           if prep.crop == "center" else f"resize to {h}x{w} ({prep.interpolation})")
         + f", x*{prep.scale:.6g}, mean {list(prep.mean)}, std {list(prep.std)}",
         f"target layer '{target['requested']}' ({how[target['matched_by']]}) -> tensor '{target['tensor']}'"
         + (f", module '{target['module']}'" if target.get("module") and target["matched_by"] != "module" else ""),
@@ -86,7 +86,8 @@ def describe_detector(bundle) -> str:
         f"task         detection ({out['layout']}: boxes {out['box']} + {out['num_classes']} {out['scores']} class "
         f"scores per anchor, strides {out['strides']})",
         f"input        '{bundle.input_name}' float32 (N,{c},{h},{w}) NCHW",
-        f"preprocess   letterbox to {h}x{w} (pad {bundle.preprocessing.pad}), RGB, x/255",
+        f"preprocess   letterbox to {h}x{w} ({bundle.preprocessing.interpolation}, pad {bundle.preprocessing.pad}), "
+        "RGB, x/255",
         f"cut set      '{m['target_layer']['requested']}': {levels}",
         f"NMS          conf {m['nms']['conf']}, IoU {m['nms']['iou']}, at most {m['nms']['max_det']} (class-aware)",
         "labels       " + (f"{len(labels)} ({', '.join(labels[:3])}{', ...' if len(labels) > 3 else ''})"

@@ -94,7 +94,7 @@ def verify(source: onnx.ModelProto, spec: InputSpec, scores: ScoreOutput, featur
         except Exception as exc:
             raise CamInferError(f"ONNX Runtime cannot run this model on a batch of {n} "
                                 f"({runtime_message(exc)})") from None
-        check_classifier_output(raw.shape, scores.source)
+        check_classifier_output(raw.shape, scores.source, prep.input_size)
         expected = scores.model_scores(raw).reshape(n, -1)
         try:
             kept = fixed_batch if batch_mode == "fixed" else None

@@ -22,7 +22,8 @@ def split(args) -> int:
     if _is_detection(args):
         from ..detection.split import split_detector
         print(describe(split_detector(args.model, args.out, cut=args.cut, input_size_hw=size, labels=args.labels,
-                                      overwrite=args.force, conf=args.conf, iou=args.iou)))
+                                      overwrite=args.force, conf=args.conf, iou=args.iou,
+                                      interpolation=args.interpolation)))
         return 0
     print(describe(split_model(args.model, layer=args.layer, out=args.out, input_size=size, labels=args.labels,
                                preprocessing=preprocessing_fields(args), overwrite=args.force, layout=args.layout)))
