@@ -10,7 +10,7 @@ import pytest
 from helpers import assert_one_line_error, run_cli, two_graph_pass
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import SHARED, STABLE_IMAGES, needs_shared
+from conftest import ROOT, SHARED, STABLE_IMAGES, needs_shared
 from cam_infer import Bundle, CamInferError, Explainer, split_onnx
 from cam_infer.postprocess import normalise
 
@@ -357,3 +357,68 @@ def test_an_ir_bundle_gives_the_maps_of_the_onnx_bundle_of_the_same_model(tmp_pa
 def split_onnx_or_ir(path, out, **options):
     from cam_infer.bundle import split_model
     return split_model(path, out=out, **options)
+
+
+# --- shipped layouts we rebuild ourselves (tests/data, made by export/deployed_int8.py) --------------------
+
+REPO_MODELS = ROOT / "tests" / "data"
+# file: (split options, what the file is: input layout, input dtype)
+REBUILT = {
+    "cifar10_mobilenetv2_int8_qop.onnx": (MINUS_ONE_ONE, "NCHW", np.float32),
+}
+
+
+def smooth_photos(n: int, size: int, seed: int = 0) -> np.ndarray:
+    """n RGB uint8 images of smooth colour blobs (what a photo looks like to a small model, no download)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    images = []
+    for _ in range(n):
+        cy, cx, r = rng.uniform(0.2, 0.8, 3)
+        blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (0.05 + 0.1 * r))
+        colour, background = rng.uniform(0, 255, (2, 3))
+        images.append(background + (colour - background) * blob[..., None])
+    return np.clip(np.stack(images), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("name", list(REBUILT))
+def test_rebuilt_deployed_models_split_exactly_and_explain_as_the_original_predicts(tmp_path, name):
+    options, layout, dtype = REBUILT[name]
+    bundle = split_onnx(REPO_MODELS / name, layer="auto", out=tmp_path / "b", **options)
+    assert bundle.manifest["verification"]["batch_sizes"] == [1, 3]
+    x = bundle.preprocess(smooth_photos(6, 48))
+    native = native_scores(REPO_MODELS / name, x, layout, dtype)
+    assert bundle.num_classes == native.shape[1]
+    explainer = Explainer(bundle, backend="onnxruntime")
+    step = bundle.manifest["output"]["model_output_step"]
+    for batch in (1, 3):                                           # the split reproduces the file, batch by batch
+        for i in range(0, len(x), batch):
+            np.testing.assert_allclose(explainer.backend.forward(x[i:i + batch]), native[i:i + batch],
+                                       rtol=1e-5, atol=1.01 * step)
+    for method in ("recipro", "eigen", "ablation"):
+        e = explainer.explain(x, method)
+        assert_same_class(e.targets, native, f"{name} {method}")
+        assert np.isfinite(e.maps).all() and e.saliency.shape == (len(x), *bundle.input_shape[1:])
+
+
+def test_scores_without_a_batch_axis_are_read_per_image(tmp_path):
+    """A batch-1 model returning (C,) (a Reshape to [-1] after the classifier): the split counts C classes,
+    not 1, and its head returns (N, C) at any batch."""
+    from tiny_onnx import tiny_cnn
+    model = tiny_cnn(batch=1, classes=5)
+    g = model.graph
+    g.node[-1].output[0] = "logits_2d"
+    g.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), "to_1d_shape"))
+    g.node.append(helper.make_node("Reshape", ["logits_2d", "to_1d_shape"], ["logits"], name="to_1d"))
+    g.output[0].CopyFrom(helper.make_tensor_value_info("logits", TensorProto.FLOAT, [5]))
+    bundle = split_onnx(model, out=tmp_path / "b")
+    assert bundle.num_classes == 5
+    x = np.random.default_rng(0).uniform(-2, 2, (3, 3, 64, 64)).astype(np.float32)
+    import onnxruntime as ort
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    native = np.stack([session.run(None, {"image": x[i:i + 1]})[0] for i in range(3)])
+    head = onnx.load(bundle.head_path)
+    assert [d.dim_value or d.dim_param for d in head.graph.output[0].type.tensor_type.shape.dim] == ["N", 5]
+    explainer = Explainer(bundle)
+    np.testing.assert_allclose(explainer.backend.forward(x), native, rtol=1e-5, atol=1e-6)
+    assert list(explainer.explain(x, "eigen").targets) == list(native.argmax(axis=1))

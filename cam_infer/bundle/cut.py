@@ -43,6 +43,8 @@ def extract(graph: Graph, target: TargetLayer, batch_mode: str) -> tuple[onnx.Mo
                      [make_tensor_value_info(activation, batch_dim)], [make_tensor_value_info(scores_info, batch_dim)])
     _adapt_activation(graph, features, head, target)
     _adapt_image_input(features, graph.input_spec)
+    if scores_info.rank == 1:
+        _give_scores_a_batch_axis(head, scores_info, batch_dim)
     for part in (features, head):
         if batch_mode == "dynamic" and graph.fixed_batch is not None:
             _release_batch(part, graph.fixed_batch)
@@ -84,6 +86,24 @@ def _adapt_activation(graph: Graph, features: onnx.ModelProto, head: onnx.ModelP
         h.node.insert(i, node)
     _extend_constants(graph, head, constants)
     _retype_output(h.input[0], name, graph.info(tensor), target.layout)
+
+
+def _give_scores_a_batch_axis(head: onnx.ModelProto, info: TensorInfo, batch_dim: str | int) -> None:
+    """Scores without a batch axis ((C,): a Reshape to [-1] in a batch-1 model) are reshaped to (N, C) at the
+    end of the head, N read from its input, so that the head returns one row of scores per image."""
+    g, scores = head.graph, info.name
+    flat = f"{scores}__without_batch_axis"
+    _rename_uses(g, scores, flat, outputs=True)
+    batch, shape = f"{scores}__batch", f"{scores}__shape"
+    g.initializer.extend([numpy_helper.from_array(np.array([0], np.int64), f"{scores}__batch_index"),
+                          numpy_helper.from_array(np.array([-1], np.int64), f"{scores}__per_image")])
+    g.node.extend([
+        helper.make_node("Shape", [g.input[0].name], [f"{scores}__input_shape"], name=f"{scores}__input_shape"),
+        helper.make_node("Gather", [f"{scores}__input_shape", f"{scores}__batch_index"], [batch], name=batch, axis=0),
+        helper.make_node("Concat", [batch, f"{scores}__per_image"], [shape], name=shape, axis=0),
+        helper.make_node("Reshape", [flat, shape], [scores], name=f"{scores}__with_batch_axis"),
+    ])
+    g.output[0].CopyFrom(helper.make_tensor_value_info(scores, info.elem_type, [batch_dim, info.shape[0]]))
 
 
 def _extend_constants(graph: Graph, model: onnx.ModelProto, constants) -> None:

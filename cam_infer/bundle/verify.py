@@ -55,8 +55,10 @@ def runtime_message(exc: BaseException) -> str:
     return " ".join(" ".join(str(exc).split()).split(" ; "))[:600]
 
 
-def _run(sess, x: np.ndarray, fixed: int | None) -> np.ndarray:
-    """Run a session on a batch; a graph with a fixed batch runs it in chunks of that size, zero-padded."""
+def _run(sess, x: np.ndarray, fixed: int | None, *, scores: bool = False) -> np.ndarray:
+    """Run a session on a batch; a graph with a fixed batch runs it in chunks of that size, zero-padded.
+    scores: the output is class scores, and one without a batch axis ((C,) from a batch-1 model: its first
+    axis is the classes, not the images) is read as `fixed` rows."""
     name = sess.get_inputs()[0].name
     output = sess.get_outputs()[0].name
     if not fixed:
@@ -65,7 +67,8 @@ def _run(sess, x: np.ndarray, fixed: int | None) -> np.ndarray:
     for i in range(0, len(x), fixed):
         chunk = x[i:i + fixed]
         padded = np.concatenate([chunk, np.zeros((fixed - len(chunk), *chunk.shape[1:]), chunk.dtype)])
-        outs.append(sess.run([output], {name: padded})[0][:len(chunk)])
+        out = sess.run([output], {name: padded})[0]
+        outs.append((out.reshape(fixed, -1) if scores and out.ndim == 1 else out)[:len(chunk)])
     return np.concatenate(outs)
 
 
@@ -86,7 +89,7 @@ def verify(source: onnx.ModelProto, spec: InputSpec, scores: ScoreOutput, featur
     for n in VERIFY_BATCHES:
         x = random_images(prep, n, seed=n)
         try:
-            raw = _run(full, as_source_input(x, spec), fixed_batch)
+            raw = _run(full, as_source_input(x, spec), fixed_batch, scores=True)
         except Exception as exc:
             raise CamInferError(f"ONNX Runtime cannot run this model on a batch of {n} "
                                 f"({runtime_message(exc)})") from None
@@ -94,7 +97,7 @@ def verify(source: onnx.ModelProto, spec: InputSpec, scores: ScoreOutput, featur
         expected = scores.model_scores(raw).reshape(n, -1)
         try:
             kept = fixed_batch if batch_mode == "fixed" else None
-            got = _run(hd, _run(feat, x, kept), kept)
+            got = _run(hd, _run(feat, x, kept), kept, scores=True)
         except Exception as exc:
             raise Mismatch(f"batch {n} fails to run ({runtime_message(exc)})") from None
         diff = compare(got, expected, bool(scores.trimmed), rtol, step, n)
