@@ -41,7 +41,7 @@ EXPECTED = {"mobilenetv2-12-int8.onnx": [88, 144, 281, 934], "ch_ppocr_mobile_v2
 def native_scores(path, x: np.ndarray, layout: str, dtype) -> np.ndarray:
     """The original file on ONNX Runtime, fed as it is fed in deployment, image by image."""
     import onnxruntime as ort
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(path if isinstance(path, bytes) else str(path), providers=["CPUExecutionProvider"])
     feed = x.transpose(0, 2, 3, 1) if layout == "NHWC" else x
     if dtype == np.uint8:
         feed = np.clip(np.round(feed), 0, 255).astype(np.uint8)
@@ -365,7 +365,19 @@ REPO_MODELS = ROOT / "tests" / "data"
 # file: (split options, what the file is: input layout, input dtype)
 REBUILT = {
     "cifar10_mobilenetv2_int8_qop.onnx": (MINUS_ONE_ONE, "NCHW", np.float32),
+    "tf2onnx_nhwc_mobilenetv2_0.35_96_quant.onnx": ({}, "NHWC", np.uint8),
 }
+
+
+def native_head_output(path, bundle: Bundle, x: np.ndarray, layout: str, dtype) -> np.ndarray:
+    """What the bundle's head returns, from the original file: its output, or where the head stops before a
+    left-out quantized Softmax, the file's own graph up to that tensor (the logits)."""
+    model = onnx.load(path)
+    name = bundle.manifest["output"]["name"]
+    if name != model.graph.output[0].name:
+        del model.graph.output[:]
+        model.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    return native_scores(model.SerializeToString(), x, layout, dtype)
 
 
 def smooth_photos(n: int, size: int, seed: int = 0) -> np.ndarray:
@@ -386,15 +398,16 @@ def test_rebuilt_deployed_models_split_exactly_and_explain_as_the_original_predi
     options, layout, dtype = REBUILT[name]
     bundle = split_onnx(REPO_MODELS / name, layer="auto", out=tmp_path / "b", **options)
     assert bundle.manifest["verification"]["batch_sizes"] == [1, 3]
-    x = bundle.preprocess(smooth_photos(6, 48))
+    x = bundle.preprocess(smooth_photos(6, 96) if layout == "NHWC" else smooth_photos(6, 48))
     native = native_scores(REPO_MODELS / name, x, layout, dtype)
-    assert bundle.num_classes == native.shape[1]
+    reference = native_head_output(REPO_MODELS / name, bundle, x, layout, dtype)
+    assert bundle.num_classes == native.shape[1] == reference.shape[1]
     explainer = Explainer(bundle, backend="onnxruntime")
-    step = bundle.manifest["output"]["model_output_step"]
-    for batch in (1, 3):                                           # the split reproduces the file, batch by batch
+    for batch in (1, 3):                      # the split reproduces the file bit for bit, batch by batch
         for i in range(0, len(x), batch):
-            np.testing.assert_allclose(explainer.backend.forward(x[i:i + batch]), native[i:i + batch],
-                                       rtol=1e-5, atol=1.01 * step)
+            np.testing.assert_array_equal(explainer.backend.forward(x[i:i + batch]), reference[i:i + batch])
+            np.testing.assert_array_equal(two_graph_pass(bundle, x[i:i + batch], "onnxruntime")[1].reshape(
+                -1, bundle.num_classes), reference[i:i + batch])
     for method in ("recipro", "eigen", "ablation"):
         e = explainer.explain(x, method)
         assert_same_class(e.targets, native, f"{name} {method}")
@@ -422,3 +435,26 @@ def test_scores_without_a_batch_axis_are_read_per_image(tmp_path):
     explainer = Explainer(bundle)
     np.testing.assert_allclose(explainer.backend.forward(x), native, rtol=1e-5, atol=1e-6)
     assert list(explainer.explain(x, "eigen").targets) == list(native.argmax(axis=1))
+
+
+def test_verification_compares_the_logits_before_a_left_out_quantized_softmax(tmp_path):
+    """The model's uint8 probabilities saturate (0 or 255/256 on confident images), so a head several logit
+    steps off on an unlikely class moves them by nothing: verification compares the logits themselves."""
+    from cam_infer.bundle.graph import Graph
+    from cam_infer.bundle.verify import Mismatch, verify
+
+    path = REPO_MODELS / "tf2onnx_nhwc_mobilenetv2_0.35_96_quant.onnx"
+    bundle = split_onnx(path, out=tmp_path / "b")
+    graph = Graph.from_model(onnx.load(path))
+    assert graph.scores.trimmed and graph.scores.tensor_step > 0
+    features, head = onnx.load(bundle.features_path), onnx.load(bundle.head_path)
+    verify(graph.model, graph.input_spec, graph.scores, features, head, bundle.preprocessing, "dynamic", None)
+    out = head.graph.output[0].name
+    offset = np.zeros(bundle.num_classes, np.float32)
+    offset[int(np.argmin(Explainer(bundle).backend.forward(bundle.preprocess(smooth_photos(1, 96)))))] = \
+        3 * graph.scores.tensor_step
+    head.graph.initializer.append(numpy_helper.from_array(offset, "offset"))
+    head.graph.node[-1].output[0] = "logits_before_offset"
+    head.graph.node.append(helper.make_node("Add", ["logits_before_offset", "offset"], [out], name="offset"))
+    with pytest.raises(Mismatch, match=r"batch 1: max \|head\(features\(x\)\) - model\(x\)\| = 0.87"):
+        verify(graph.model, graph.input_spec, graph.scores, features, head, bundle.preprocessing, "dynamic", None)
