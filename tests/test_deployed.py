@@ -12,7 +12,7 @@ import pytest
 from helpers import assert_one_line_error, run_cli, two_graph_pass
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import SHARED, STABLE_IMAGES, needs_shared
+from conftest import ROOT, SHARED, STABLE_IMAGES, needs_shared
 from cam_infer import Bundle, CamInferError, Explainer, split_onnx
 from cam_infer.bundle import split_model
 from cam_infer.postprocess import normalise
@@ -44,7 +44,7 @@ EXPECTED = {"mobilenetv2-12-int8.onnx": [88, 144, 281, 934], "ch_ppocr_mobile_v2
 def native_scores(path, x: np.ndarray, layout: str, dtype) -> np.ndarray:
     """The original file on ONNX Runtime, fed as it is fed in deployment, image by image."""
     import onnxruntime as ort
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(path if isinstance(path, bytes) else str(path), providers=["CPUExecutionProvider"])
     feed = x.transpose(0, 2, 3, 1) if layout == "NHWC" else x
     if dtype == np.uint8:
         feed = np.clip(np.round(feed), 0, 255).astype(np.uint8)
@@ -414,3 +414,104 @@ def test_a_token_sequence_output_is_refused_as_one(tmp_path):
     with pytest.raises(CamInferError, match=re.escape(SEQUENCE)):
         split_model(tmp_path / "tokens.xml", out=tmp_path / "e")
     assert not any((tmp_path / name).exists() for name in "bcde")
+
+
+# --- shipped layouts we rebuild ourselves (tests/data, made by export/deployed_int8.py) --------------------
+
+REPO_MODELS = ROOT / "tests" / "data"
+# file: (split options, what the file is: input layout, input dtype)
+REBUILT = {
+    "cifar10_mobilenetv2_int8_qop.onnx": (MINUS_ONE_ONE, "NCHW", np.float32),
+    "tf2onnx_nhwc_mobilenetv2_0.35_96_quant.onnx": ({}, "NHWC", np.uint8),
+}
+
+
+def native_head_output(path, bundle: Bundle, x: np.ndarray, layout: str, dtype) -> np.ndarray:
+    """What the bundle's head returns, from the original file: its output, or where the head stops before a
+    left-out quantized Softmax, the file's own graph up to that tensor (the logits)."""
+    model = onnx.load(path)
+    name = bundle.manifest["output"]["name"]
+    if name != model.graph.output[0].name:
+        del model.graph.output[:]
+        model.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    return native_scores(model.SerializeToString(), x, layout, dtype)
+
+
+def smooth_photos(n: int, size: int, seed: int = 0) -> np.ndarray:
+    """n RGB uint8 images of smooth colour blobs (what a photo looks like to a small model, no download)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    images = []
+    for _ in range(n):
+        cy, cx, r = rng.uniform(0.2, 0.8, 3)
+        blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (0.05 + 0.1 * r))
+        colour, background = rng.uniform(0, 255, (2, 3))
+        images.append(background + (colour - background) * blob[..., None])
+    return np.clip(np.stack(images), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("name", list(REBUILT))
+def test_rebuilt_deployed_models_split_exactly_and_explain_as_the_original_predicts(tmp_path, name):
+    options, layout, dtype = REBUILT[name]
+    bundle = split_onnx(REPO_MODELS / name, layer="auto", out=tmp_path / "b", **options)
+    assert bundle.manifest["verification"]["batch_sizes"] == [1, 3]
+    x = bundle.preprocess(smooth_photos(6, 96) if layout == "NHWC" else smooth_photos(6, 48))
+    native = native_scores(REPO_MODELS / name, x, layout, dtype)
+    reference = native_head_output(REPO_MODELS / name, bundle, x, layout, dtype)
+    assert bundle.num_classes == native.shape[1] == reference.shape[1]
+    explainer = Explainer(bundle, backend="onnxruntime")
+    for batch in (1, 3):                      # the split reproduces the file bit for bit, batch by batch
+        for i in range(0, len(x), batch):
+            np.testing.assert_array_equal(explainer.backend.forward(x[i:i + batch]), reference[i:i + batch])
+            np.testing.assert_array_equal(two_graph_pass(bundle, x[i:i + batch], "onnxruntime")[1].reshape(
+                -1, bundle.num_classes), reference[i:i + batch])
+    for method in ("recipro", "eigen", "ablation"):
+        e = explainer.explain(x, method)
+        assert_same_class(e.targets, native, f"{name} {method}")
+        assert np.isfinite(e.maps).all() and e.saliency.shape == (len(x), *bundle.input_shape[1:])
+
+
+def test_scores_without_a_batch_axis_are_read_per_image(tmp_path):
+    """A batch-1 model returning (C,) (a Reshape to [-1] after the classifier): the split counts C classes,
+    not 1, and its head returns (N, C) at any batch."""
+    from tiny_onnx import tiny_cnn
+    model = tiny_cnn(batch=1, classes=5)
+    g = model.graph
+    g.node[-1].output[0] = "logits_2d"
+    g.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), "to_1d_shape"))
+    g.node.append(helper.make_node("Reshape", ["logits_2d", "to_1d_shape"], ["logits"], name="to_1d"))
+    g.output[0].CopyFrom(helper.make_tensor_value_info("logits", TensorProto.FLOAT, [5]))
+    bundle = split_onnx(model, out=tmp_path / "b")
+    assert bundle.num_classes == 5
+    x = np.random.default_rng(0).uniform(-2, 2, (3, 3, 64, 64)).astype(np.float32)
+    import onnxruntime as ort
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    native = np.stack([session.run(None, {"image": x[i:i + 1]})[0] for i in range(3)])
+    head = onnx.load(bundle.head_path)
+    assert [d.dim_value or d.dim_param for d in head.graph.output[0].type.tensor_type.shape.dim] == ["N", 5]
+    explainer = Explainer(bundle)
+    np.testing.assert_allclose(explainer.backend.forward(x), native, rtol=1e-5, atol=1e-6)
+    assert list(explainer.explain(x, "eigen").targets) == list(native.argmax(axis=1))
+
+
+def test_verification_compares_the_logits_before_a_left_out_quantized_softmax(tmp_path):
+    """The model's uint8 probabilities saturate (0 or 255/256 on confident images), so a head several logit
+    steps off on an unlikely class moves them by nothing: verification compares the logits themselves."""
+    from cam_infer.bundle.graph import Graph
+    from cam_infer.bundle.verify import Mismatch, verify
+
+    path = REPO_MODELS / "tf2onnx_nhwc_mobilenetv2_0.35_96_quant.onnx"
+    bundle = split_onnx(path, out=tmp_path / "b")
+    graph = Graph.from_model(onnx.load(path))
+    assert graph.scores.trimmed and graph.scores.tensor_step > 0
+    features, head = onnx.load(bundle.features_path), onnx.load(bundle.head_path)
+    verify(graph.model, graph.input_spec, graph.scores, features, head, bundle.preprocessing, "dynamic", None)
+    out = head.graph.output[0].name
+    offset = np.zeros(bundle.num_classes, np.float32)
+    offset[int(np.argmin(Explainer(bundle).backend.forward(bundle.preprocess(smooth_photos(1, 96)))))] = \
+        3 * graph.scores.tensor_step
+    head.graph.initializer.append(numpy_helper.from_array(offset, "offset"))
+    head.graph.node[-1].output[0] = "logits_before_offset"
+    head.graph.node.append(helper.make_node("Add", ["logits_before_offset", "offset"], [out], name="offset"))
+    with pytest.raises(Mismatch, match=r"batch 1: max \|head\(features\(x\)\) - model\(x\)\| = 0.87"):
+        verify(graph.model, graph.input_spec, graph.scores, features, head, bundle.preprocessing, "dynamic", None)

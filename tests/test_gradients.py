@@ -86,6 +86,7 @@ OP_CASES = {
     "Softmax (opset 11, flattened from axis 1)": one_op("Softmax", {"axis": 1}, opset=11, x_shape=(2, 3, 2, 1)),
     "Dropout": one_op("Dropout"), "Identity": one_op("Identity"),
     "Transpose": one_op("Transpose", {"perm": [0, 2, 3, 1]}),
+    "Einsum (a layout change at a cut)": one_op("Einsum", {"equation": "nhwc->nchw"}),
     "Gemm transB alpha beta": one_op("Gemm", {"transB": 1, "alpha": 0.5, "beta": 2.0},
                                      [const("w", (3, 6)), const("b", (3,))], ["w", "b"], x_shape=(2, 6)),
     "Gemm transA": one_op("Gemm", {"transA": 1}, [const("w", (2, 3))], ["w"], x_shape=(2, 6)),

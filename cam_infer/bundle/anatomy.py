@@ -73,6 +73,7 @@ class ScoreOutput:
     trimmed: tuple[str, ...]   # ops after `tensor` left out of the head (a quantized Softmax)
     step: float            # quantization step of the model's output (0 for float outputs)
     dequantize: tuple[float, int] | None = None   # (scale, zero point) of an integer model output
+    tensor_step: float = 0.0   # quantization step of `tensor` itself (quantized logits before a left-out Softmax)
 
     def model_scores(self, raw):
         """The model's own output as real values (an integer output dequantized)."""
@@ -233,7 +234,7 @@ def score_output(graph: Graph) -> ScoreOutput:
             quantized = any(op in ("QuantizeLinear", "DequantizeLinear") for op in passed)
             if quantized or graph.info(source).elem_type in INTEGER_TYPES:
                 return ScoreOutput(node.input[0], "logits", source, tuple(reversed(passed + ["Softmax"])), step,
-                                   dequantize)
+                                   dequantize, _dequantized_step(graph, node.input[0]))
             return ScoreOutput(source, "probabilities", source, (), step)
         if node.op_type not in SCORE_PASS or not node.input:
             break
@@ -256,6 +257,17 @@ def _output_dequantization(graph: Graph) -> tuple[float, int] | None:
     zero = int(numpy_helper.to_array(graph.initializers[node.input[2]]).max()) if len(node.input) > 2 and \
         node.input[2] in graph.initializers else 0
     return scale, zero
+
+
+def _dequantized_step(graph: Graph, tensor: str) -> float:
+    """The scale of the DequantizeLinear that makes `tensor` (its largest, per channel), or 0."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    node = graph.nodes[graph.producer[tensor]] if tensor in graph.producer else None
+    if node is None or node.op_type != "DequantizeLinear" or node.input[1] not in graph.initializers:
+        return 0.0
+    return float(np.max(numpy_helper.to_array(graph.initializers[node.input[1]])))
 
 
 def output_step(graph: Graph) -> float:

@@ -43,6 +43,8 @@ def extract(graph: Graph, target: TargetLayer, batch_mode: str) -> tuple[onnx.Mo
                      [make_tensor_value_info(activation, batch_dim)], [make_tensor_value_info(scores_info, batch_dim)])
     _adapt_activation(graph, features, head, target)
     _adapt_image_input(features, graph.input_spec)
+    if scores_info.rank == 1:
+        _give_scores_a_batch_axis(head, scores_info, batch_dim)
     for part in (features, head):
         if batch_mode == "dynamic" and graph.fixed_batch is not None:
             _release_batch(part, graph.fixed_batch)
@@ -67,7 +69,7 @@ def _adapt_activation(graph: Graph, features: onnx.ModelProto, head: onnx.ModelP
                                        name=f"{tensor}__dequantize", **axis))
         last = f"{tensor}__dequantized"
     if target.layout == "NHWC":
-        f.node.append(helper.make_node("Transpose", [last], [name], name=f"{tensor}__to_nchw", perm=[0, 3, 1, 2]))
+        f.node.append(layout_change(features, last, name, f"{tensor}__to_nchw", to="NCHW"))
     _extend_constants(graph, features, constants)
     _retype_output(f.output[0], name, graph.info(tensor), target.layout)
     # head: name → [Transpose back] → [QuantizeLinear] → tensor
@@ -75,7 +77,7 @@ def _adapt_activation(graph: Graph, features: onnx.ModelProto, head: onnx.ModelP
     front = []
     if target.layout == "NHWC":
         back = f"{tensor}__nhwc" if quant is not None else tensor
-        front.append(helper.make_node("Transpose", [first], [back], name=f"{tensor}__to_nhwc", perm=[0, 2, 3, 1]))
+        front.append(layout_change(head, first, back, f"{tensor}__to_nhwc", to="NHWC"))
         first = back
     if quant is not None:
         front.append(helper.make_node("QuantizeLinear", [first, *qparams], [tensor], name=f"{tensor}__quantize",
@@ -84,6 +86,37 @@ def _adapt_activation(graph: Graph, features: onnx.ModelProto, head: onnx.ModelP
         h.node.insert(i, node)
     _extend_constants(graph, head, constants)
     _retype_output(h.input[0], name, graph.info(tensor), target.layout)
+
+
+def _give_scores_a_batch_axis(head: onnx.ModelProto, info: TensorInfo, batch_dim: str | int) -> None:
+    """Scores without a batch axis ((C,): a Reshape to [-1] in a batch-1 model) are reshaped to (N, C) at the
+    end of the head, N read from its input, so that the head returns one row of scores per image."""
+    g, scores = head.graph, info.name
+    flat = f"{scores}__without_batch_axis"
+    _rename_uses(g, scores, flat, outputs=True)
+    batch, shape = f"{scores}__batch", f"{scores}__shape"
+    g.initializer.extend([numpy_helper.from_array(np.array([0], np.int64), f"{scores}__batch_index"),
+                          numpy_helper.from_array(np.array([-1], np.int64), f"{scores}__per_image")])
+    g.node.extend([
+        helper.make_node("Shape", [g.input[0].name], [f"{scores}__input_shape"], name=f"{scores}__input_shape"),
+        helper.make_node("Gather", [f"{scores}__input_shape", f"{scores}__batch_index"], [batch], name=batch, axis=0),
+        helper.make_node("Concat", [batch, f"{scores}__per_image"], [shape], name=shape, axis=0),
+        helper.make_node("Reshape", [flat, shape], [scores], name=f"{scores}__with_batch_axis"),
+    ])
+    g.output[0].CopyFrom(helper.make_tensor_value_info(scores, info.elem_type, [batch_dim, info.shape[0]]))
+
+
+def layout_change(model: onnx.ModelProto, source: str, result: str, name: str, *, to: str) -> onnx.NodeProto:
+    """NCHW ↔ NHWC at a boundary the split adds, as an Einsum (a Transpose where the opset has none, below 12).
+    Not a Transpose: ONNX Runtime's transpose optimizer would cancel it against the model's own Transpose next
+    to it, and then fuse the int8 ops around them differently from the whole model (an integer QLinearConv
+    where the model runs Conv + QuantizeLinear): results one quantization step off, growing layer by layer."""
+    equation = "nchw->nhwc" if to == "NHWC" else "nhwc->nchw"
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < 12:
+        return helper.make_node("Transpose", [source], [result], name=name,
+                                perm=[0, 2, 3, 1] if to == "NHWC" else [0, 3, 1, 2])
+    return helper.make_node("Einsum", [source], [result], name=name, equation=equation)
 
 
 def _extend_constants(graph: Graph, model: onnx.ModelProto, constants) -> None:
@@ -127,7 +160,7 @@ def _adapt_image_input(features: onnx.ModelProto, spec: InputSpec) -> None:
     current = f"{spec.name}__float_nchw"
     nodes = []
     if spec.layout == "NHWC":
-        nodes.append(helper.make_node("Transpose", [spec.name], [current], name="image__to_nhwc", perm=[0, 2, 3, 1]))
+        nodes.append(layout_change(features, spec.name, current, "image__to_nhwc", to="NHWC"))
     else:
         nodes.append(helper.make_node("Identity", [spec.name], [current], name="image__float"))
     if spec.dtype in ("float16", "bfloat16", "float64"):

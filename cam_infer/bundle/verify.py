@@ -59,8 +59,10 @@ def runtime_message(exc: BaseException, limit: int | None = 600) -> str:
     return text[:limit - 3].rsplit(" ", 1)[0] + " ..."
 
 
-def _run(sess, x: np.ndarray, fixed: int | None) -> np.ndarray:
-    """Run a session on a batch; a graph with a fixed batch runs it in chunks of that size, zero-padded."""
+def _run(sess, x: np.ndarray, fixed: int | None, *, scores: bool = False) -> np.ndarray:
+    """Run a session on a batch; a graph with a fixed batch runs it in chunks of that size, zero-padded.
+    scores: the output is class scores, and one without a batch axis ((C,) from a batch-1 model: its first
+    axis is the classes, not the images) is read as `fixed` rows."""
     name = sess.get_inputs()[0].name
     output = sess.get_outputs()[0].name
     if not fixed:
@@ -69,15 +71,20 @@ def _run(sess, x: np.ndarray, fixed: int | None) -> np.ndarray:
     for i in range(0, len(x), fixed):
         chunk = x[i:i + fixed]
         padded = np.concatenate([chunk, np.zeros((fixed - len(chunk), *chunk.shape[1:]), chunk.dtype)])
-        outs.append(sess.run([output], {name: padded})[0][:len(chunk)])
+        out = sess.run([output], {name: padded})[0]
+        outs.append((out.reshape(fixed, -1) if scores and out.ndim == 1 else out)[:len(chunk)])
     return np.concatenate(outs)
 
 
 def verify(source: onnx.ModelProto, spec: InputSpec, scores: ScoreOutput, features: onnx.ModelProto,
            head: onnx.ModelProto, prep: Preprocessing, batch_mode: str, fixed_batch: int | None) -> dict:
     import onnxruntime as ort
+    # A head that leaves out the model's quantized Softmax returns the logits before it: they are compared
+    # with the model's own logits (its graph up to them), within one of their quantization steps; saturated
+    # uint8 probabilities would hide logits many steps off.
     try:
         full = session(source)
+        logits = session(_up_to(source, scores.tensor)) if scores.trimmed else None
     except Exception as exc:
         raise CamInferError(f"ONNX Runtime cannot run this model ({runtime_message(exc)})") from None
     try:
@@ -85,30 +92,42 @@ def verify(source: onnx.ModelProto, spec: InputSpec, scores: ScoreOutput, featur
     except Exception as exc:
         raise Mismatch(f"ONNX Runtime cannot load the split graphs ({runtime_message(exc)})") from None
     rtol = 1e-4 if spec.dtype in ("float32", "uint8", "int8", "float64") else 2e-2
-    step = scores.step
+    step = scores.tensor_step if logits is not None else scores.step
     results, worst, num_classes = {}, 0.0, None
     for n in VERIFY_BATCHES:
         x = random_images(prep, n, seed=n)
         try:
-            raw = _run(full, as_source_input(x, spec), fixed_batch)
+            raw = _run(full, as_source_input(x, spec), fixed_batch, scores=True)
         except Exception as exc:
             raise CamInferError(f"ONNX Runtime cannot run this model on a batch of {n} "
                                 f"({runtime_message(exc)})") from None
         check_classifier_output(raw.shape, scores.source, prep.input_size)
         expected = scores.model_scores(raw).reshape(n, -1)
+        if logits is not None:
+            expected = _run(logits, as_source_input(x, spec), fixed_batch, scores=True).reshape(n, -1)
         try:
             kept = fixed_batch if batch_mode == "fixed" else None
-            got = _run(hd, _run(feat, x, kept), kept)
+            got = _run(hd, _run(feat, x, kept), kept, scores=True)
         except Exception as exc:
             raise Mismatch(f"batch {n} fails to run ({runtime_message(exc)})") from None
-        diff = compare(got, expected, bool(scores.trimmed), rtol, step, n)
+        diff = compare(got, expected, False, rtol, step, n)
         worst = max(worst, diff)
         results[str(n)] = diff
         num_classes = expected.shape[1]
     return {"passed": True, "batch_sizes": list(VERIFY_BATCHES), "max_abs_diff": worst,
             "max_abs_diff_per_batch": results, "relative_tolerance": rtol, "output_step": step,
+            "compared": "the logits before the model's quantized Softmax" if logits is not None else "the output",
             "runtime": f"onnxruntime {ort.__version__}", "inputs": "random uint8 images through the bundle "
             "preprocessing, fed to the model in its own layout and dtype", "num_classes": num_classes}
+
+
+def _up_to(model: onnx.ModelProto, tensor: str) -> onnx.ModelProto:
+    """The model with `tensor` as its only output (the runtime drops what follows it)."""
+    cut = onnx.ModelProto()
+    cut.CopyFrom(model)
+    del cut.graph.output[:]
+    cut.graph.output.append(onnx.helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, None))
+    return cut
 
 
 def compare(got: np.ndarray, expected: np.ndarray, softmax_first: bool, rtol: float, step: float, n: int) -> float:

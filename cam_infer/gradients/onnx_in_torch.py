@@ -273,6 +273,11 @@ def transpose(g, i, a):
     return i[0].permute(*perm)
 
 
+def einsum(g, i, a):
+    equation = a["equation"]
+    return _torch().einsum(equation.decode() if isinstance(equation, bytes) else equation, *i)
+
+
 def _torch_fn(name):
     return lambda g, i, a: getattr(_torch(), name)(i[0])
 
@@ -309,4 +314,5 @@ OPS = {
     "Gather": gather,
     "Shape": shape,
     "Transpose": transpose,
+    "Einsum": einsum,
 }
