@@ -7,10 +7,12 @@
   classifier does: AVERAGE_POOL_2D → RESHAPE → FULLY_CONNECTED → SOFTMAX (OpenVINO keeps the pooled
   (N,1,1,C) map NHWC before the MatMul);
 - ``mnv1_avgpool_conv_uint8.tflite``: Keras MobileNet v1 (alpha 0.25, 128x128) ending as the hosted
-  ``mobilenet_v1_*_quant`` files do: AVERAGE_POOL_2D → CONV_2D 1x1 (the logits) → RESHAPE → SOFTMAX.
+  ``mobilenet_v1_*_quant`` files do: AVERAGE_POOL_2D → CONV_2D 1x1 (the logits) → RESHAPE → SOFTMAX;
+- ``mnv2_avgpool_fc_int8io.tflite``: the first one (10 classes) with int8 input and output, as TF2's
+  converter writes with ``inference_input_type=tf.int8``: its input is the pixel minus 128.
 
 Random weights (seeded), full-integer post-training quantization with a representative set of random
-images, uint8 input and output as the Coral/hosted models have.
+images, uint8 input and output as the Coral/hosted models have (int8 for the third).
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ def _calibrate_batchnorm(tf, model, images: np.ndarray, rng) -> None:
                                a.mean(axes), a.var(axes) + 1e-3])
 
 
-def _uint8_tflite(tf, model, size: int, seed: int) -> bytes:
+def _quantized_tflite(tf, model, size: int, seed: int, io=None) -> bytes:
     rng = np.random.default_rng(seed)
 
     def representative():
@@ -66,8 +68,8 @@ def _uint8_tflite(tf, model, size: int, seed: int) -> bytes:
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = representative
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.uint8
-    converter.inference_output_type = tf.uint8
+    converter.inference_input_type = io or tf.uint8
+    converter.inference_output_type = io or tf.uint8
     return converter.convert()
 
 
@@ -76,11 +78,13 @@ def main(out: str) -> None:
 
     tf.keras.utils.set_random_seed(0)
     Path(out).mkdir(parents=True, exist_ok=True)
-    for name, build, classes in (("mnv2_avgpool_fc_uint8", _mnv2_fc, 50), ("mnv1_avgpool_conv_uint8", _mnv1_conv, 50)):
+    for name, build, classes, io in (("mnv2_avgpool_fc_uint8", _mnv2_fc, 50, None),
+                                     ("mnv1_avgpool_conv_uint8", _mnv1_conv, 50, None),
+                                     ("mnv2_avgpool_fc_int8io", _mnv2_fc, 10, tf.int8)):
         model, size = build(tf, classes)
         rng = np.random.default_rng(0)
         _calibrate_batchnorm(tf, model, rng.uniform(-1, 1, (8, size, size, 3)).astype(np.float32), rng)
-        (Path(out) / f"{name}.tflite").write_bytes(_uint8_tflite(tf, model, size, seed=1))
+        (Path(out) / f"{name}.tflite").write_bytes(_quantized_tflite(tf, model, size, seed=1, io=io))
         print(name, (Path(out) / f"{name}.tflite").stat().st_size, "bytes")
 
 

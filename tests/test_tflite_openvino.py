@@ -81,3 +81,15 @@ def test_the_bundles_load_and_name_their_cut(split):
     _, bundle = split
     again = Bundle.load(bundle.path)
     assert again.graph_format == "openvino" and again.dynamic_batch
+
+
+def test_an_int8_input_gets_pixels_shifted_into_int8_not_clipped_at_127(tmp_path):
+    """TF2's int8-I/O TFLite takes q = round(x/s) + z for its float input x = p/127.5 - 1 (s 0.0078431,
+    z -1, from the file): the pixel minus 128 within a step. Raw pixels would clip every p above 127."""
+    path = DATA / "mnv2_avgpool_fc_int8io.tflite"
+    bundle = split_openvino(path, "auto", tmp_path / "b")
+    pixels = np.arange(256, dtype=np.uint8).reshape(16, 16, 1).repeat(3, axis=2)
+    fed = np.clip(np.round(bundle.preprocessing.normalise(pixels)), -128, 127)   # as the features graph casts
+    expected = np.clip(np.round((pixels.transpose(2, 0, 1) / 127.5 - 1) / 0.00784312654286623) - 1, -128, 127)
+    assert np.abs(fed - expected).max() <= 1
+    assert bundle.manifest["input"]["model_dtype"] == "int8"
