@@ -7,7 +7,8 @@ NHWC input is transposed, rounded, clipped and converted at the boundary); `auto
 feature map before the global pooling that is a cut point; a quantized Softmax at the end (TFLite:
 Softmax → FakeQuantize → Convert u8) is left out of the head, which returns the float logits; the split
 is verified against the whole model on OpenVINO. Quantized activations are float between FakeQuantize
-ops here, so the cut needs no re-quantization.
+ops here; a cut map that a FakeQuantize makes enters the head through a copy of it, so that OpenVINO runs
+the head in int8 as it runs the whole model.
 """
 
 from __future__ import annotations
