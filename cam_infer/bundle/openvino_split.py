@@ -7,7 +7,8 @@ NHWC input is transposed, rounded, clipped and converted at the boundary); `auto
 feature map before the global pooling that is a cut point; a quantized Softmax at the end (TFLite:
 Softmax → FakeQuantize → Convert u8) is left out of the head, which returns the float logits; the split
 is verified against the whole model on OpenVINO. Quantized activations are float between FakeQuantize
-ops here, so the cut needs no re-quantization.
+ops here; a cut map that a FakeQuantize makes enters the head through a copy of it, so that OpenVINO runs
+the head in int8 as it runs the whole model.
 """
 
 from __future__ import annotations
@@ -124,10 +125,13 @@ def _constant(value):
     return node.get_data() if node.get_type_name() == "Constant" else None
 
 
-def _spatial(model_ops: dict, out: _Output) -> int:
+def _spatial(model_ops: dict, out: _Output, layouts: dict) -> int:
+    """H·W of a 4-D op output, read in its layout: TFLite's logits (N,1,1,C) are NHWC, spatially 1×1."""
     shape = model_ops[out.op].get_output_partial_shape(out.index)
     dims = [d.get_length() if d.is_static else 0 for d in shape]
-    return dims[2] * dims[3] if len(dims) == 4 else 0
+    if len(dims) != 4:
+        return 0
+    return dims[1] * dims[2] if layouts.get(out) == "NHWC" else dims[2] * dims[3]
 
 
 def _ancestors(op) -> set[str]:
@@ -150,10 +154,10 @@ def _feature_region(model, ops: dict, layouts: dict) -> set[str] | None:
             continue
         src = op.input_value(0)
         key = _Output(src.get_node().get_friendly_name(), src.get_index())
-        if key not in layouts or _spatial(ops, key) <= 1 or not op.get_output_size():
+        if key not in layouts or _spatial(ops, key, layouts) <= 1 or not op.get_output_size():
             continue
         shape = op.get_output_partial_shape(0)
-        if shape.rank.is_static and (shape.rank.get_length() < 4 or _spatial(ops, _Output(op.get_friendly_name())) == 1):
+        if shape.rank.is_static and (shape.rank.get_length() < 4 or _spatial(ops, _Output(op.get_friendly_name()), layouts) == 1):
             last = op
     return None if last is None else _ancestors(last.input_value(0).get_node())
 
@@ -282,7 +286,7 @@ def _find_layer(model, ops: dict, layouts: dict, spec: InputSpec, layer: str) ->
     region = _feature_region(model, ops, layouts)
     result_op = model.get_results()[0]
     candidates = [out for out, lay in layouts.items()
-                  if out.op != spec.name and _spatial(ops, out) > 1 and (region is None or out.op in region)
+                  if out.op != spec.name and _spatial(ops, out, layouts) > 1 and (region is None or out.op in region)
                   and ops[out.op].get_output_element_type(out.index).get_type_name() in ("f32", "f16")]
     order = {op.get_friendly_name(): i for i, op in enumerate(model.get_ordered_ops())}
     candidates.sort(key=lambda o: order[o.op])
@@ -349,6 +353,7 @@ def _cut(model, spec: InputSpec, target: _Output, logits, prep: Preprocessing, b
         a = ops.transpose(a, ops.constant(np.array([0, 2, 3, 1], np.int64))).output(0)
     if source.get_element_type().get_type_name() != "f32":
         a = ops.convert(a, source.get_element_type()).output(0)
+    a = _requantized(a, source.get_node())
     for target_input in list(source.get_target_inputs()):
         target_input.replace_source_output(a)
     end = h_ops[logits.get_node().get_friendly_name()].output(logits.get_index())
@@ -362,6 +367,21 @@ def _cut(model, spec: InputSpec, target: _Output, logits, prep: Preprocessing, b
         for part in (features, head):
             _release_batch(part)
     return features, head
+
+
+def _requantized(value, producer):
+    """`value` through a copy of the FakeQuantize that produced the cut map, if one did. The head then starts
+    as the whole model does at that point, from a quantized tensor: OpenVINO runs the ops after it in int8
+    in both, and a float start would round some of them one step apart."""
+    import openvino.opset13 as ops
+
+    if producer.get_type_name() != "FakeQuantize":
+        return value
+    limits = [producer.input_value(i) for i in range(1, 5)]
+    if any(_constant(v) is None for v in limits):
+        return value
+    return ops.fake_quantize(value, *[ops.constant(_constant(v)) for v in limits],
+                             producer.get_attributes()["levels"]).output(0)
 
 
 def _release_batch(model) -> None:

@@ -85,9 +85,9 @@ def preprocessing_for(spec: InputSpec, prep, input_size) -> Preprocessing:
     fields = dict(prep or {})
     fields["input_size"] = size
     fields.setdefault("channels", spec.channels)
-    if spec.dtype in INTEGER_TYPES.values():           # a model that takes raw pixels: 0..255, no normalisation
-        fields.setdefault("scale", 1.0)
-        fields.setdefault("mean", (0.0,) * spec.channels)
+    if spec.dtype in INTEGER_TYPES.values():           # a model that takes raw pixels: 0..255 (uint8), or
+        fields.setdefault("scale", 1.0)                # shifted into int8's -128..127 (pixel - 128)
+        fields.setdefault("mean", (128.0 if spec.dtype == "int8" else 0.0,) * spec.channels)
         fields.setdefault("std", (1.0,) * spec.channels)
     return Preprocessing(**fields)
 
