@@ -76,7 +76,8 @@ def create_app(served, name: str, *, token: str | None = None, max_body: int = 3
 
     async def explain(request):
         if served.preprocessing is None:
-            raise ProtocolError("/explain needs a bundle's preprocessing; a fused model is served at "
+            raise ProtocolError("/explain needs a classifier that records its preprocessing and output kind (a "
+                                "bundle, or a classifier fused by this release); this model is served at "
                                 f"/v2/models/{name}/infer only")
         image = await image_of(request, max_body)
         from ..images import decode_image
@@ -191,8 +192,8 @@ class Infer:
             raise ProtocolError("the batch is empty")
         key, classes = served.key(parsed.parameters, len(x))
         outputs = await self.batcher.run(np.ascontiguousarray(x), key, classes)
-        names = parsed.wanted(list(outputs))
-        return encode_response(self.name, VERSION, parsed.id, {n: outputs[n] for n in names},
+        names = parsed.wanted(list(outputs), served.aliases)
+        return encode_response(self.name, VERSION, parsed.id, {n: outputs[served.aliases.get(n, n)] for n in names},
                                parsed.binary_outputs(names))
 
 
@@ -326,19 +327,20 @@ def explanation_json(served, outputs: dict, rgb: np.ndarray, overlay: str | None
     the overlay over the sent image as base64 PNG."""
     from ..numerics import probabilities_of
     from ..postprocess import caption, encode_png, overlay_picture, upsample
-    bundle = served.bundle
-    class_id = int(outputs["saliency_class"][0])
-    probability = float(probabilities_of(outputs["scores"][:1], bundle.output_kind)[0, class_id])
-    saliency = outputs["saliency"][0]
+    scores = outputs["scores"][:1]
+    chosen = outputs.get("saliency_class")          # a fused class-agnostic method has none: the top class
+    class_id = int(np.ravel(chosen[0])[0] if chosen is not None else scores[0].argmax())
+    probability = float(probabilities_of(scores, served.output_kind)[0, class_id])
+    saliency = outputs["saliency"][0].reshape(-1, *outputs["saliency"].shape[-2:])[0]   # top-k fused: the first
     answer = {"method": method, "class_id": class_id,
-              "label": bundle.label(class_id) if bundle.labels else None, "score": round(probability, 6),
+              "label": served.labels[class_id] if served.labels else None, "score": round(probability, 6),
               "map": {"shape": list(saliency.shape), "data": np.round(saliency.astype(np.float64), 4).tolist()}}
     if overlay not in (None, "", "none", "png"):
         raise ProtocolError(f"overlay must be 'png' or 'none', not {overlay!r}")
     if overlay == "png":
-        full = upsample(saliency[None], bundle.input_shape[1:])[0]
+        full = upsample(saliency[None], served.preprocessing.input_size)[0]
         text = caption(method, answer["label"], class_id, probability)
-        picture = overlay_picture(full, rgb, bundle.preprocessing, text)
+        picture = overlay_picture(full, rgb, served.preprocessing, text)
         answer["overlay_png"] = base64.b64encode(encode_png(picture)).decode()
     return answer
 

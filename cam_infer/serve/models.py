@@ -5,9 +5,10 @@ return named outputs; per request: the method (bundles), the class explained or 
 The image input is FP32, preprocessed; or UINT8 pixels (N, H, W, 3) RGB after resizing and cropping, which
 the server normalises as the bundle says (``pixels``; a quarter of the bytes on the wire).
 
-Outputs of a bundle, as a fused model has them: ``scores`` (N,C) the model's own outputs, ``saliency``
-(N,h,w) the map at the target layer's resolution, ReLU'd and min–max'd to [0,1] (``(N,k,h,w)`` with
-top_k = k), ``saliency_class`` (N,) or (N,k) int64, the class each map explains.
+Outputs, the same names for a bundle and a fused classifier: ``scores`` (N,C) the model's own outputs,
+``saliency`` (N,h,w) the map at the target layer's resolution, ReLU'd and min–max'd to [0,1] (``(N,k,h,w)``
+with top_k = k), ``saliency_class`` (N,) or (N,k) int64, the class each map explains. A fused classifier's
+scores may also be asked for under the model's own output name (``aliases``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ..errors import CamInferError
 from ..images import Preprocessing
 from .tensors import ProtocolError, datatype
 
+SCORES = "scores"           # the scores output's name, a bundle's and a fused classifier's
 SPINNING = "during-run"      # ONNX Runtime's threads: no futex wake-up per operator, idle between requests
 
 
@@ -36,6 +38,7 @@ class Key:
 
 class ServedBundle:
     kind = "bundle"
+    aliases: dict[str, str] = {}        # another name a client may ask an output by → the output's name
 
     def __init__(self, path, method: str, backend: str = "auto", device: str = "CPU", threads: int | None = None):
         from ..bundle import Bundle
@@ -51,6 +54,7 @@ class ServedBundle:
         self.input_name = self.bundle.input_name
         self.input_shape = list(self.bundle.input_shape)
         self.preprocessing = self.pixels = self.bundle.preprocessing
+        self.labels, self.output_kind = self.bundle.labels, self.bundle.output_kind
 
     def checked_method(self, method: str) -> str:
         from ..methods import METHODS
@@ -91,8 +95,10 @@ class ServedBundle:
 
 
 class ServedFused:
-    """A fused ONNX model on ONNX Runtime or OpenVINO: its own inputs and outputs; ``class_id`` (int64)
-    filled from the request's class where the model takes one."""
+    """A fused ONNX model on ONNX Runtime or OpenVINO: its own inputs and outputs, a classifier's score output
+    named ``scores`` as a bundle's (its own name kept as an alias); ``class_id`` (int64) filled from the
+    request's class where the model takes one. A classifier that records its preprocessing and output kind
+    (fused by this release) also answers /explain."""
 
     kind = "fused"
 
@@ -110,12 +116,19 @@ class ServedFused:
         initializers = {i.name for i in model.graph.initializer}
         self.inputs = [_tensor(v) for v in model.graph.input if v.name not in initializers]
         self.outputs = [_tensor(v) for v in model.graph.output]
+        own = self.outputs[0]["name"]
+        self.aliases = {} if self.detector or own == SCORES else {own: SCORES}
+        if self.aliases:
+            self.outputs[0] = {**self.outputs[0], "name": SCORES}
         image = [i for i in self.inputs if i["name"] != "class_id"]
         self.input_name, self.input_shape = image[0]["name"], image[0]["shape"][1:]
         self.takes_class = any(i["name"] == "class_id" for i in self.inputs)
-        self.preprocessing = None                      # no /explain: its answer needs the bundle's labels
         recorded = meta.get("cam_infer.preprocessing")   # for UINT8 pixel inputs (older fused models lack it)
         self.pixels = Preprocessing.from_dict(json.loads(recorded)) if recorded else None
+        self.output_kind = meta.get("cam_infer.output_kind")
+        self.labels = json.loads(meta["cam_infer.labels"]) if "cam_infer.labels" in meta else None
+        explains = not self.detector and self.output_kind is not None
+        self.preprocessing = self.pixels if explains else None    # None: no /explain
         scores = self.outputs[0]["shape"]
         self.num_classes = scores[1] if len(scores) == 2 and scores[1] > 0 else 2**31 - 1
         top = [o for o in self.outputs if o["name"] == "saliency"]
@@ -142,7 +155,7 @@ class ServedFused:
         feeds = {self.input_name: x}
         if self.takes_class:
             feeds["class_id"] = np.asarray(classes, np.int64)
-        return self.runtime.run(feeds)
+        return {self.aliases.get(name, name): value for name, value in self.runtime.run(feeds).items()}
 
 
 class FusedRuntime:
