@@ -504,3 +504,16 @@ def test_serve_refuses_what_it_cannot_serve_in_one_line(tmp_path):
             f"sys.exit(main(['serve', {str(SHAPES)!r}]))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=ENV)
     assert_one_line_error(result, "pip install 'cam-infer[serve]'")
+
+
+def test_a_port_in_use_is_one_line_and_exit_1():
+    """Another process listens on the port: one line naming it, exit 1 (not uvicorn's log line and exit 3)."""
+    import socket
+    from helpers import run_cli
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("serve", SHAPES, "--port", port, timeout=120)
+    assert_one_line_error(result, f"port {port} on 127.0.0.1 is in use")
+    assert "--port" in result.stderr and "Errno" not in result.stderr
