@@ -134,6 +134,25 @@ def test_without_ray_the_flag_says_how_to_install_it(scenes, tmp_path):
     assert_one_line_error(result, "pip install 'cam-infer[ray]'")
 
 
+def test_ray_auto_without_a_cluster_is_one_line_in_cam_infers_terms(scenes, tmp_path):
+    """`--ray auto` where no cluster runs: Ray's own search finds none (its process scan and its address file
+    are told to find nothing, so clusters other tests start do not count) and raises its real error; the line
+    says what to give --ray, never Ray's `--address` flag, which cam-infer does not have."""
+    if not HAS_RAY:
+        pytest.skip("Ray is not installed (pip install 'cam-infer[ray]'); .ci/run installs it")
+    code = ("import functools, sys; import ray._private.services as services; "
+            "services.find_gcs_addresses = functools.cache(lambda: []); "
+            "services.find_bootstrap_address = lambda *a, **k: None; from cam_infer.cli import main; "
+            f"sys.exit(main(['explain', {str(SHAPES)!r}, {str(scenes)!r}, '--method', 'eigen', "
+            f"'--out', {str(tmp_path / 'o')!r}, '--ray', 'auto']))")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                            env=dict(env, PYTHONPATH=str(ROOT)), timeout=120)
+    assert_one_line_error(result, "Could not find any running Ray instance; --ray auto joins the one cluster")
+    assert "--ray HOST:PORT" in result.stderr and "--ray local" in result.stderr
+    assert "--address" not in result.stderr and "RAY_ADDRESS" not in result.stderr
+
+
 # --- a real Ray cluster ------------------------------------------------------------------------------------
 
 def can_unshare() -> bool:
