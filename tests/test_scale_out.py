@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -122,6 +123,50 @@ def test_bad_scale_out_settings_are_one_line_errors(scenes, tmp_path):
                             (["--workers", "many"], "workers must be a positive integer or 'auto'"),
                             (["--threads", "0"], "threads must be a positive integer")):
         assert_one_line_error(run_cli("explain", SHAPES, scenes, "--out", tmp_path / "x", *flags), fragment)
+
+
+def readme_scale_out_snippet() -> str:
+    """The README's Python block of "Scale out", as written."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Scale out"):]
+    return re.search(r"```python\n(.*?)\n```", section, re.S).group(1)
+
+
+def run_script(code: str, folder: Path, scenes: Path) -> subprocess.CompletedProcess:
+    """`code` as a script in `folder`, beside bundle/ (the embedded ShapesNet) and photos/ (4 scenes)."""
+    shutil.copytree(SHAPES, folder / "bundle")
+    (folder / "photos").mkdir()
+    for path in sorted(scenes.glob("*.png"))[:4]:
+        shutil.copy(path, folder / "photos")
+    (folder / "script.py").write_text(code)
+    return subprocess.run([sys.executable, "script.py"], capture_output=True, text=True, cwd=folder,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=300)
+
+
+def test_the_readme_scale_out_snippet_runs_as_a_script(scenes, tmp_path):
+    result = run_script(readme_scale_out_snippet(), tmp_path, scenes)
+    assert result.returncode == 0, result.stderr
+    assert len(list((tmp_path / "out").glob("*_recipro.png"))) == 4
+    assert json.loads((tmp_path / "report" / "summary.json").read_text())["errors"] == []
+
+
+def test_a_script_starting_workers_without_the_main_guard_is_one_line(scenes, tmp_path):
+    """The snippet without `if __name__ == "__main__":`: spawned workers would import the script again and
+    die starting workers themselves (before: "a worker process died" and a traceback from each worker). Now
+    the parent refuses before any worker starts: its one CamInferError, nothing from a worker."""
+    guarded = readme_scale_out_snippet()
+    unguarded = re.sub(r"\nif __name__ == .__main__.:[^\n]*\n", "\n", guarded)
+    unguarded = "\n".join(line[4:] if line.startswith("    ") else line for line in unguarded.splitlines())
+    assert unguarded != guarded and "__main__" not in unguarded
+    result = run_script(unguarded, tmp_path, scenes)
+    line = unguarded.splitlines().index(next(t for t in unguarded.splitlines() if "workers=2" in t)) + 1
+    assert result.returncode == 1
+    assert result.stderr.count("Traceback") == 1 and "RuntimeError" not in result.stderr     # the parent's only
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == (f"cam_infer.errors.CamInferError: '{tmp_path / 'script.py'}' starts worker processes at line "
+                    f"{line}, outside `if __name__ == \"__main__\":`; each worker imports the script again and "
+                    "would start workers itself: put the run under that guard")
+    assert not (tmp_path / "out").exists()
 
 
 def test_without_ray_the_flag_says_how_to_install_it(scenes, tmp_path):
