@@ -413,6 +413,17 @@ def test_a_fused_model_is_served_as_it_computes(tmp_path, batch, server, scenes)
     assert "Traceback" in server.process.stderr.read()                       # logged for the operator
 
 
+def run_readme_serve_snippet(port: int, batch: np.ndarray):
+    """The README's tritonclient block, as written but for the port and its two placeholder arrays (a
+    preprocessed batch of 4 and one image's pixels); its result `r`."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Serve explanations"):]
+    code = re.search(r"```python\n(.*?)\n```", section, re.S).group(1).replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+    names = {"batch": batch, "view": np.zeros((1, *batch.shape[2:], 3), np.uint8)}
+    exec(compile(code, "README", "exec"), names)
+    return names["r"]
+
+
 def assert_same_explanations(fused: Server, bundle: Server, image: bytes, query: str = "") -> dict:
     """/explain of a fused model answers as the bundle's server does: class, label, probability, map and
     overlay."""
@@ -448,7 +459,8 @@ def test_a_fused_model_and_its_bundle_answer_under_the_same_names(tmp_path):
     servers = {"bundle": Server(bundle, "--method", "recipro"), "fused": Server(fused)}
     try:
         explainer = Explainer(bundle)
-        x = explainer.bundle.preprocess([SHARED / "images" / "dog_cat.jfif", SHARED / "images" / "parrot.jpg"])
+        photos = [SHARED / "images" / name for name in ("dog_cat.jfif", "parrot.jpg", "coffee.png", "hot_dog.jpg")]
+        x = explainer.bundle.preprocess(photos[:2])
         want = expected(explainer, x, "recipro")
         for kind, server in servers.items():
             client, name = server.client(), ("mobilenet" if kind == "bundle" else "mobilenet_recipro")
@@ -465,6 +477,9 @@ def test_a_fused_model_and_its_bundle_answer_under_the_same_names(tmp_path):
         r = servers["fused"].client().infer("mobilenet_recipro", [tensor], outputs=asked)
         assert [o["name"] for o in r.get_response()["outputs"]] == ["output", "saliency"]
         np.testing.assert_allclose(r.as_numpy("output"), want["scores"], rtol=1e-4, atol=1e-4)
+        readme = run_readme_serve_snippet(servers["bundle"].port, explainer.bundle.preprocess(photos))
+        assert_same({n: readme.as_numpy(n) for n in ("scores", "saliency", "saliency_class")},
+                    expected(explainer, explainer.bundle.preprocess(photos), "ablation", top_classes=2))
         answer = assert_same_explanations(servers["fused"], servers["bundle"],
                                           (SHARED / "images" / "dog_cat.jfif").read_bytes(), "?overlay=png")
         assert answer["label"] == explainer.bundle.labels[int(want["saliency_class"][0])]
