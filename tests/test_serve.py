@@ -413,6 +413,22 @@ def test_a_fused_model_is_served_as_it_computes(tmp_path, batch, server, scenes)
     assert "Traceback" in server.process.stderr.read()                       # logged for the operator
 
 
+def test_explain_on_fused_top_k_and_class_agnostic_models(tmp_path, server, scenes):
+    """/explain on a top-k fused model explains its best class; on a class-agnostic one (no saliency_class
+    output) the map is the model's; both answer as the bundle's server does."""
+    for method, flags in (("cam", ["--top-k", "2"]), ("eigen", [])):
+        fused = tmp_path / f"shapes_{method}.onnx"
+        made = subprocess.run([sys.executable, "-m", "cam_infer", "fuse", str(SHAPES), "--method", method, *flags,
+                               "--out", str(fused)], capture_output=True, text=True, env=ENV, cwd=ROOT)
+        assert made.returncode == 0, made.stderr
+        fused_server = Server(fused)
+        try:
+            for scene in scenes[:2]:
+                assert_same_explanations(fused_server, server, scene.read_bytes(), f"?method={method}")
+        finally:
+            fused_server.stop()
+
+
 def run_readme_serve_snippet(port: int, batch: np.ndarray):
     """The README's tritonclient block, as written but for the port and its two placeholder arrays (a
     preprocessed batch of 4 and one image's pixels); its result `r`."""

@@ -89,7 +89,7 @@ def create_app(served, name: str, *, token: str | None = None, max_body: int = 3
         query = request.query_params
         parameters = {k: _query_value(v) for k, v in query.items() if k in ("method", "class")}
         key, classes = served.key(parameters, 1)
-        outputs = await batcher.run(x, key, classes)
+        outputs = one_map(await batcher.run(x, key, classes))
         return JSONResponse(explanation_json(served, outputs, rgb, query.get("overlay"), key.method))
 
     async def prometheus(request):
@@ -322,25 +322,34 @@ async def image_of(request, limit: int) -> bytes:
     return body
 
 
+def one_map(outputs: dict) -> dict:
+    """Outputs with one map per image and the class it explains, as /explain reads them: a top-k fused
+    model's first map (its best class); a class-agnostic fused model, which has no ``saliency_class``, its
+    top class."""
+    saliency, chosen = outputs["saliency"], outputs.get("saliency_class")
+    classes = outputs["scores"].argmax(axis=1) if chosen is None else chosen.reshape(len(chosen), -1)[:, 0]
+    return {**outputs, "saliency": saliency.reshape(len(saliency), -1, *saliency.shape[-2:])[:, 0],
+            "saliency_class": classes}
+
+
 def explanation_json(served, outputs: dict, rgb: np.ndarray, overlay: str | None, method: str) -> dict:
     """The /explain answer: the class, its label and probability, the low-resolution map, and (overlay=png)
     the overlay over the sent image as base64 PNG."""
     from ..numerics import probabilities_of
     from ..postprocess import caption, encode_png, overlay_picture, upsample
-    scores = outputs["scores"][:1]
-    chosen = outputs.get("saliency_class")          # a fused class-agnostic method has none: the top class
-    class_id = int(np.ravel(chosen[0])[0] if chosen is not None else scores[0].argmax())
-    probability = float(probabilities_of(scores, served.output_kind)[0, class_id])
-    saliency = outputs["saliency"][0].reshape(-1, *outputs["saliency"].shape[-2:])[0]   # top-k fused: the first
+    bundle = served.bundle
+    class_id = int(outputs["saliency_class"][0])
+    probability = float(probabilities_of(outputs["scores"][:1], bundle.output_kind)[0, class_id])
+    saliency = outputs["saliency"][0]
     answer = {"method": method, "class_id": class_id,
-              "label": served.labels[class_id] if served.labels else None, "score": round(probability, 6),
+              "label": bundle.label(class_id) if bundle.labels else None, "score": round(probability, 6),
               "map": {"shape": list(saliency.shape), "data": np.round(saliency.astype(np.float64), 4).tolist()}}
     if overlay not in (None, "", "none", "png"):
         raise ProtocolError(f"overlay must be 'png' or 'none', not {overlay!r}")
     if overlay == "png":
-        full = upsample(saliency[None], served.preprocessing.input_size)[0]
+        full = upsample(saliency[None], bundle.input_shape[1:])[0]
         text = caption(method, answer["label"], class_id, probability)
-        picture = overlay_picture(full, rgb, served.preprocessing, text)
+        picture = overlay_picture(full, rgb, bundle.preprocessing, text)
         answer["overlay_png"] = base64.b64encode(encode_png(picture)).decode()
     return answer
 

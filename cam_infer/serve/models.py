@@ -5,10 +5,9 @@ return named outputs; per request: the method (bundles), the class explained or 
 The image input is FP32, preprocessed; or UINT8 pixels (N, H, W, 3) RGB after resizing and cropping, which
 the server normalises as the bundle says (``pixels``; a quarter of the bytes on the wire).
 
-Outputs, the same names for a bundle and a fused classifier: ``scores`` (N,C) the model's own outputs,
-``saliency`` (N,h,w) the map at the target layer's resolution, ReLU'd and min–max'd to [0,1] (``(N,k,h,w)``
-with top_k = k), ``saliency_class`` (N,) or (N,k) int64, the class each map explains. A fused classifier's
-scores may also be asked for under the model's own output name (``aliases``).
+Outputs of a bundle, as a fused model has them: ``scores`` (N,C) the model's own outputs, ``saliency``
+(N,h,w) the map at the target layer's resolution, ReLU'd and min–max'd to [0,1] (``(N,k,h,w)`` with
+top_k = k), ``saliency_class`` (N,) or (N,k) int64, the class each map explains.
 """
 
 from __future__ import annotations
@@ -23,8 +22,8 @@ from ..errors import CamInferError
 from ..images import Preprocessing
 from .tensors import ProtocolError, datatype
 
-SCORES = "scores"           # the scores output's name, a bundle's and a fused classifier's
 SPINNING = "during-run"      # ONNX Runtime's threads: no futex wake-up per operator, idle between requests
+SCORES = "scores"            # the scores output's name, a bundle's and a fused classifier's
 
 
 @dataclass(frozen=True)
@@ -54,7 +53,6 @@ class ServedBundle:
         self.input_name = self.bundle.input_name
         self.input_shape = list(self.bundle.input_shape)
         self.preprocessing = self.pixels = self.bundle.preprocessing
-        self.labels, self.output_kind = self.bundle.labels, self.bundle.output_kind
 
     def checked_method(self, method: str) -> str:
         from ..methods import METHODS
@@ -94,6 +92,22 @@ class ServedBundle:
                 "saliency_class": e.targets.astype(np.int64)}
 
 
+@dataclass(frozen=True)
+class Recorded:
+    """What a fused classifier records of its bundle (`cam-infer fuse`), read by /explain as a Bundle's."""
+
+    preprocessing: Preprocessing
+    output_kind: str                   # logits | probabilities
+    labels: list[str] | None
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (self.preprocessing.channels, *self.preprocessing.input_size)
+
+    def label(self, class_id: int) -> str:
+        return self.labels[class_id] if self.labels else str(class_id)
+
+
 class ServedFused:
     """A fused ONNX model on ONNX Runtime or OpenVINO: its own inputs and outputs, a classifier's score output
     named ``scores`` as a bundle's (its own name kept as an alias); ``class_id`` (int64) filled from the
@@ -125,9 +139,10 @@ class ServedFused:
         self.takes_class = any(i["name"] == "class_id" for i in self.inputs)
         recorded = meta.get("cam_infer.preprocessing")   # for UINT8 pixel inputs (older fused models lack it)
         self.pixels = Preprocessing.from_dict(json.loads(recorded)) if recorded else None
-        self.output_kind = meta.get("cam_infer.output_kind")
-        self.labels = json.loads(meta["cam_infer.labels"]) if "cam_infer.labels" in meta else None
-        explains = not self.detector and self.output_kind is not None
+        kind = meta.get("cam_infer.output_kind")
+        explains = self.pixels is not None and kind is not None and not self.detector
+        labels = json.loads(meta["cam_infer.labels"]) if "cam_infer.labels" in meta else None
+        self.bundle = Recorded(self.pixels, kind, labels) if explains else None
         self.preprocessing = self.pixels if explains else None    # None: no /explain
         scores = self.outputs[0]["shape"]
         self.num_classes = scores[1] if len(scores) == 2 and scores[1] > 0 else 2**31 - 1
