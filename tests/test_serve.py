@@ -550,3 +550,5 @@ def test_a_port_in_use_is_one_line_and_exit_1():
         result = run_cli("serve", SHAPES, "--port", port, timeout=120)
     assert_one_line_error(result, f"port {port} on 127.0.0.1 is in use")
     assert "--port" in result.stderr and "Errno" not in result.stderr
+    elsewhere = run_cli("serve", SHAPES, "--host", "192.0.2.1", "--port", "0", timeout=120)   # TEST-NET-1: not ours
+    assert_one_line_error(elsewhere, "cannot listen on 192.0.2.1 port 0: Cannot assign requested address")

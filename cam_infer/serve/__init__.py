@@ -56,6 +56,7 @@ def listening_socket(host: str, port: int):
     """The server's socket, bound to (host, port) before the server starts: binding is the only truthful
     check that the port is free, and holding the socket leaves no moment for another process to take it."""
     import errno
+    import os
     import socket
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
@@ -63,7 +64,8 @@ def listening_socket(host: str, port: int):
         raise CamInferError(f"cannot listen on host {host!r}: {exc.strerror}; give --host an address of "
                             "this machine (127.0.0.1 by default)") from None
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)    # as uvicorn: a port in TIME_WAIT is free
+    if os.name != "nt":                    # a port in TIME_WAIT is free (on Windows it would take a used one)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
