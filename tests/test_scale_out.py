@@ -169,6 +169,28 @@ def test_a_script_starting_workers_without_the_main_guard_is_one_line(scenes, tm
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("script,line", [
+    ("from cam_infer.parallel.processes import unguarded_line\n\ndef main():\n    print(unguarded_line())\n\n"
+     "main()\n", 6),
+    ("from cam_infer.parallel.processes import unguarded_line\n\ndef main():\n    print(unguarded_line())\n\n"
+     "if __name__ == '__main__':\n    main()\n", None),
+])
+def test_only_a_script_whose_workers_would_start_workers_is_told_to_guard(tmp_path, script, line):
+    """Workers started through a function the script's top level calls: outside the guard, the line of that
+    call; under the guard, nothing (never refuse a script that works). The README snippet's tests above
+    start them directly, with and without the guard."""
+    (tmp_path / "script.py").write_text(script)
+    result = subprocess.run([sys.executable, "script.py"], capture_output=True, text=True, cwd=tmp_path,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == str(line), result.stderr
+
+
+def test_a_package_main_or_a_command_string_is_not_reimported_by_workers():
+    code = "from cam_infer.parallel.processes import unguarded_line; print(unguarded_line())"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.stdout.strip() == "None", result.stderr
+
+
 def test_without_ray_the_flag_says_how_to_install_it(scenes, tmp_path):
     """Ray absent (an import that fails, as on a box without it): one line with the install command."""
     code = ("import sys; sys.modules['ray'] = None; from cam_infer.cli import main; "

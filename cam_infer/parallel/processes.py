@@ -16,6 +16,7 @@ import sys
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 
 from ..errors import CamInferError
 
@@ -73,7 +74,7 @@ def unguarded_line() -> int | None:
     ``__main__``, ``python -c``, an interactive session), as multiprocessing's spawn decides."""
     main = sys.modules.get("__main__")
     spec, path = getattr(main, "__spec__", None), getattr(main, "__file__", None)
-    if path is None or not path.endswith(".py") or (spec is not None and spec.name.split(".")[-1] == "__main__"):
+    if path is None or (spec is not None and spec.name.split(".")[-1] == "__main__"):
         return None
     frame = sys._getframe(1)
     while frame is not None and not (frame.f_globals is vars(main) and frame.f_code.co_name == "<module>"):
@@ -81,7 +82,7 @@ def unguarded_line() -> int | None:
     if frame is None:                                   # not called while the script's top level runs
         return None
     try:
-        tree = ast.parse(open(path, encoding="utf-8").read())
+        tree = ast.parse(Path(path).read_text(encoding="utf-8"))
     except (OSError, SyntaxError, ValueError):
         return None
     line = frame.f_lineno
