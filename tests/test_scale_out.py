@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -124,6 +125,72 @@ def test_bad_scale_out_settings_are_one_line_errors(scenes, tmp_path):
         assert_one_line_error(run_cli("explain", SHAPES, scenes, "--out", tmp_path / "x", *flags), fragment)
 
 
+def readme_scale_out_snippet() -> str:
+    """The README's Python block of "Scale out", as written."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Scale out"):]
+    return re.search(r"```python\n(.*?)\n```", section, re.S).group(1)
+
+
+def run_script(code: str, folder: Path, scenes: Path) -> subprocess.CompletedProcess:
+    """`code` as a script in `folder`, beside bundle/ (the embedded ShapesNet) and photos/ (4 scenes)."""
+    shutil.copytree(SHAPES, folder / "bundle")
+    (folder / "photos").mkdir()
+    for path in sorted(scenes.glob("*.png"))[:4]:
+        shutil.copy(path, folder / "photos")
+    (folder / "script.py").write_text(code)
+    return subprocess.run([sys.executable, "script.py"], capture_output=True, text=True, cwd=folder,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=300)
+
+
+def test_the_readme_scale_out_snippet_runs_as_a_script(scenes, tmp_path):
+    result = run_script(readme_scale_out_snippet(), tmp_path, scenes)
+    assert result.returncode == 0, result.stderr
+    assert len(list((tmp_path / "out").glob("*_recipro.png"))) == 4
+    assert json.loads((tmp_path / "report" / "summary.json").read_text())["errors"] == []
+
+
+def test_a_script_starting_workers_without_the_main_guard_is_one_line(scenes, tmp_path):
+    """The snippet without `if __name__ == "__main__":`: spawned workers would import the script again and
+    die starting workers themselves (before: "a worker process died" and a traceback from each worker). Now
+    the parent refuses before any worker starts: its one CamInferError, nothing from a worker."""
+    guarded = readme_scale_out_snippet()
+    unguarded = re.sub(r"\nif __name__ == .__main__.:[^\n]*\n", "\n", guarded)
+    unguarded = "\n".join(line[4:] if line.startswith("    ") else line for line in unguarded.splitlines())
+    assert unguarded != guarded and "__main__" not in unguarded
+    result = run_script(unguarded, tmp_path, scenes)
+    line = unguarded.splitlines().index(next(t for t in unguarded.splitlines() if "workers=2" in t)) + 1
+    assert result.returncode == 1
+    assert result.stderr.count("Traceback") == 1 and "RuntimeError" not in result.stderr     # the parent's only
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == (f"cam_infer.errors.CamInferError: '{tmp_path / 'script.py'}' starts worker processes at line "
+                    f"{line}, outside `if __name__ == \"__main__\":`; each worker imports the script again and "
+                    "would start workers itself: put the run under that guard")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("script,line", [
+    ("from cam_infer.parallel.processes import unguarded_line\n\ndef main():\n    print(unguarded_line())\n\n"
+     "main()\n", 6),
+    ("from cam_infer.parallel.processes import unguarded_line\n\ndef main():\n    print(unguarded_line())\n\n"
+     "if __name__ == '__main__':\n    main()\n", None),
+])
+def test_only_a_script_whose_workers_would_start_workers_is_told_to_guard(tmp_path, script, line):
+    """Workers started through a function the script's top level calls: outside the guard, the line of that
+    call; under the guard, nothing (never refuse a script that works). The README snippet's tests above
+    start them directly, with and without the guard."""
+    (tmp_path / "script.py").write_text(script)
+    result = subprocess.run([sys.executable, "script.py"], capture_output=True, text=True, cwd=tmp_path,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == str(line), result.stderr
+
+
+def test_a_package_main_or_a_command_string_is_not_reimported_by_workers():
+    code = "from cam_infer.parallel.processes import unguarded_line; print(unguarded_line())"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.stdout.strip() == "None", result.stderr
+
+
 def test_without_ray_the_flag_says_how_to_install_it(scenes, tmp_path):
     """Ray absent (an import that fails, as on a box without it): one line with the install command."""
     code = ("import sys; sys.modules['ray'] = None; from cam_infer.cli import main; "
@@ -132,6 +199,25 @@ def test_without_ray_the_flag_says_how_to_install_it(scenes, tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                             env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=120)
     assert_one_line_error(result, "pip install 'cam-infer[ray]'")
+
+
+def test_ray_auto_without_a_cluster_is_one_line_in_cam_infers_terms(scenes, tmp_path):
+    """`--ray auto` where no cluster runs: Ray's own search finds none (its process scan and its address file
+    are told to find nothing, so clusters other tests start do not count) and raises its real error; the line
+    says what to give --ray, never Ray's `--address` flag, which cam-infer does not have."""
+    if not HAS_RAY:
+        pytest.skip("Ray is not installed (pip install 'cam-infer[ray]'); .ci/run installs it")
+    code = ("import functools, sys; import ray._private.services as services; "
+            "services.find_gcs_addresses = functools.cache(lambda: []); "
+            "services.find_bootstrap_address = lambda *a, **k: None; from cam_infer.cli import main; "
+            f"sys.exit(main(['explain', {str(SHAPES)!r}, {str(scenes)!r}, '--method', 'eigen', "
+            f"'--out', {str(tmp_path / 'o')!r}, '--ray', 'auto']))")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                            env=dict(env, PYTHONPATH=str(ROOT)), timeout=120)
+    assert_one_line_error(result, "Could not find any running Ray instance; --ray auto joins the one cluster")
+    assert "--ray HOST:PORT" in result.stderr and "--ray local" in result.stderr
+    assert "--address" not in result.stderr and "RAY_ADDRESS" not in result.stderr
 
 
 # --- a real Ray cluster ------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import ROOT
+from conftest import ROOT, SHARED, needs_shared
 from helpers import assert_one_line_error
 
 from cam_infer import Explainer
@@ -353,34 +353,34 @@ def test_sigterm_lets_the_request_in_flight_finish(batch):
 
 # --- fused models and their repository --------------------------------------------------------------------
 
-def test_a_fused_model_is_served_as_it_computes(tmp_path, batch):
+def test_a_fused_model_is_served_as_it_computes(tmp_path, batch, server, scenes):
     fused = tmp_path / "shapes_recipro.onnx"
     made = subprocess.run([sys.executable, "-m", "cam_infer", "fuse", str(SHAPES), "--method", "recipro", "--out",
                            str(fused), "--repository", str(tmp_path / "repo")], capture_output=True, text=True,
                           env=ENV, cwd=ROOT)
     assert made.returncode == 0, made.stderr
-    server = Server(fused)
+    fused_server = Server(fused)
     try:
         session = ort.InferenceSession(str(fused), providers=["CPUExecutionProvider"])
         want = dict(zip(["scores", "saliency", "saliency_class"], session.run(None, {"input": batch})))
-        assert_same(triton_infer(server.client(), batch, model="shapes_recipro"), want)
-        meta = server.client().get_model_metadata("shapes_recipro")
+        assert_same(triton_infer(fused_server.client(), batch, model="shapes_recipro"), want)
+        meta = fused_server.client().get_model_metadata("shapes_recipro")
         assert [(t["name"], t["datatype"], t["shape"]) for t in meta["inputs"]] == [("input", "FP32",
                                                                                    [-1, *batch.shape[1:]])]
         assert [(t["name"], t["datatype"]) for t in meta["outputs"]] == [
             (o.name, {"tensor(float)": "FP32", "tensor(int64)": "INT64"}[o.type]) for o in session.get_outputs()]
         wrong = binary_request(batch[:1], parameters={"method": "eigen"})
-        assert_error(server.request("/v2/models/shapes_recipro/infer", *wrong), 400, "computes recipro")
-        assert_error(server.request("/explain", b"x"), 400, "needs a bundle's preprocessing")
+        assert_error(fused_server.request("/v2/models/shapes_recipro/infer", *wrong), 400, "computes recipro")
+        assert_same_explanations(fused_server, server, scenes[0].read_bytes(), "?overlay=png")
         pixels = np.clip(np.round(batch[:2].transpose(0, 2, 3, 1) * 255), 0, 255).astype(np.uint8)
         tensor = http.InferInput("input", list(pixels.shape), "UINT8")
         tensor.set_data_from_numpy(pixels)
-        result = server.client().infer("shapes_recipro", [tensor])
+        result = fused_server.client().infer("shapes_recipro", [tensor])
         prep = Explainer(SHAPES).bundle.preprocessing
         x = np.stack([prep.normalise(p) for p in pixels])
         np.testing.assert_allclose(result.as_numpy("saliency"), session.run(None, {"input": x})[1], atol=1e-5)
     finally:
-        server.stop()
+        fused_server.stop()
     server = Server(fused, "--backend", "openvino")
     try:
         got = triton_infer(server.client(), batch, model="shapes_recipro")
@@ -398,6 +398,7 @@ def test_a_fused_model_is_served_as_it_computes(tmp_path, batch):
     try:
         assert_error(server.request("/v2/models/old/infer", *binary_request(pixels[:1], "UINT8")), 400,
                      "does not record its preprocessing")
+        assert_error(server.request("/explain", scenes[0].read_bytes()), 400, "needs a classifier that records")
     finally:
         server.stop()
     for d in model.graph.input[0].type.tensor_type.shape.dim[2:]:          # a size the graph cannot run
@@ -411,6 +412,99 @@ def test_a_fused_model_is_served_as_it_computes(tmp_path, batch):
     finally:
         server.stop()
     assert "Traceback" in server.process.stderr.read()                       # logged for the operator
+
+
+def test_explain_on_fused_top_k_and_class_agnostic_models(tmp_path, server, scenes):
+    """/explain on a top-k fused model explains its best class; on a class-agnostic one (no saliency_class
+    output) the map is the model's; both answer as the bundle's server does."""
+    for method, flags in (("cam", ["--top-k", "2"]), ("eigen", [])):
+        fused = tmp_path / f"shapes_{method}.onnx"
+        made = subprocess.run([sys.executable, "-m", "cam_infer", "fuse", str(SHAPES), "--method", method, *flags,
+                               "--out", str(fused)], capture_output=True, text=True, env=ENV, cwd=ROOT)
+        assert made.returncode == 0, made.stderr
+        fused_server = Server(fused)
+        try:
+            for scene in scenes[:2]:
+                assert_same_explanations(fused_server, server, scene.read_bytes(), f"?method={method}")
+        finally:
+            fused_server.stop()
+
+
+def run_readme_serve_snippet(port: int, batch: np.ndarray):
+    """The README's tritonclient block, as written but for the port and its two placeholder arrays (a
+    preprocessed batch of 4 and one image's pixels); its result `r`."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Serve explanations"):]
+    code = re.search(r"```python\n(.*?)\n```", section, re.S).group(1).replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+    names = {"batch": batch, "view": np.zeros((1, *batch.shape[2:], 3), np.uint8)}
+    exec(compile(code, "README", "exec"), names)
+    return names["r"]
+
+
+def assert_same_explanations(fused: Server, bundle: Server, image: bytes, query: str = "") -> dict:
+    """/explain of a fused model answers as the bundle's server does: class, label, probability, map and
+    overlay."""
+    answers = []
+    for server in (fused, bundle):
+        status, _, raw = server.request("/explain" + query, image)
+        assert status == 200, raw[:300]
+        answers.append(json.loads(raw))
+    got, want = answers
+    fields = {k for k in want if k not in ("map", "overlay_png")}           # method, class, label, probability
+    assert fields == {k for k in got if k not in ("map", "overlay_png")}
+    for k in fields:
+        assert got[k] == (pytest.approx(want[k], abs=1e-5) if isinstance(want[k], float) else want[k]), k
+    np.testing.assert_allclose(got["map"]["data"], want["map"]["data"], atol=2e-4)
+    if "overlay_png" in want:
+        pictures = [cv2.imdecode(np.frombuffer(base64.b64decode(a["overlay_png"]), np.uint8), cv2.IMREAD_COLOR)
+                    for a in answers]
+        assert pictures[0].shape == pictures[1].shape
+        assert np.abs(pictures[0].astype(int) - pictures[1]).mean() < 0.5
+    return got
+
+
+@needs_shared
+def test_a_fused_model_and_its_bundle_answer_under_the_same_names(tmp_path):
+    """The real MobileNetV2 names its scores 'output': served fused or as a bundle, the client reads 'scores'
+    (the README's names); the fused model's own name is still answered when asked for; /explain answers."""
+    model = SHARED / "models" / "mobilenetv2-fp32-dequant.onnx"
+    bundle, fused = tmp_path / "mobilenet", tmp_path / "mobilenet_recipro.onnx"
+    for command in (["split", model, "--out", bundle, "--labels", SHARED / "imagenet_classes.txt"],
+                    ["fuse", bundle, "--method", "recipro", "--out", fused]):
+        made = subprocess.run([sys.executable, "-m", "cam_infer", *map(str, command)], capture_output=True,
+                              text=True, env=ENV, cwd=ROOT)
+        assert made.returncode == 0, made.stderr
+    assert onnx.load(fused, load_external_data=False).graph.output[0].name == "output"
+    servers = {"bundle": Server(bundle, "--method", "recipro"), "fused": Server(fused)}
+    try:
+        explainer = Explainer(bundle)
+        photos = [SHARED / "images" / name for name in ("dog_cat.jfif", "parrot.jpg", "coffee.png", "hot_dog.jpg")]
+        x = explainer.bundle.preprocess(photos[:2])
+        want = expected(explainer, x, "recipro")
+        for kind, server in servers.items():
+            client, name = server.client(), ("mobilenet" if kind == "bundle" else "mobilenet_recipro")
+            meta = client.get_model_metadata(name)
+            assert [o["name"] for o in meta["outputs"]] == ["scores", "saliency", "saliency_class"], kind
+            tensor = http.InferInput("input", list(x.shape), "FP32")
+            tensor.set_data_from_numpy(x)
+            r = client.infer(name, [tensor])                                   # as the README's snippet
+            got = {n: r.as_numpy(n) for n in ("scores", "saliency", "saliency_class")}
+            np.testing.assert_allclose(got["scores"], want["scores"], rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(got["saliency"], want["saliency"], atol=1e-4)
+            np.testing.assert_array_equal(got["saliency_class"], want["saliency_class"])
+        asked = [http.InferRequestedOutput("output"), http.InferRequestedOutput("saliency")]
+        r = servers["fused"].client().infer("mobilenet_recipro", [tensor], outputs=asked)
+        assert [o["name"] for o in r.get_response()["outputs"]] == ["output", "saliency"]
+        np.testing.assert_allclose(r.as_numpy("output"), want["scores"], rtol=1e-4, atol=1e-4)
+        readme = run_readme_serve_snippet(servers["bundle"].port, explainer.bundle.preprocess(photos))
+        assert_same({n: readme.as_numpy(n) for n in ("scores", "saliency", "saliency_class")},
+                    expected(explainer, explainer.bundle.preprocess(photos), "ablation", top_classes=2))
+        answer = assert_same_explanations(servers["fused"], servers["bundle"],
+                                          (SHARED / "images" / "dog_cat.jfif").read_bytes(), "?overlay=png")
+        assert answer["label"] == explainer.bundle.labels[int(want["saliency_class"][0])]
+    finally:
+        for server in servers.values():
+            server.stop()
 
 
 def check_repository(root: Path, name: str, batch: np.ndarray) -> None:
@@ -444,3 +538,18 @@ def test_serve_refuses_what_it_cannot_serve_in_one_line(tmp_path):
             f"sys.exit(main(['serve', {str(SHAPES)!r}]))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=ENV)
     assert_one_line_error(result, "pip install 'cam-infer[serve]'")
+
+
+def test_a_port_in_use_is_one_line_and_exit_1():
+    """Another process listens on the port: one line naming it, exit 1 (not uvicorn's log line and exit 3)."""
+    import socket
+    from helpers import run_cli
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("serve", SHAPES, "--port", port, timeout=120)
+    assert_one_line_error(result, f"port {port} on 127.0.0.1 is in use")
+    assert "--port" in result.stderr and "Errno" not in result.stderr
+    elsewhere = run_cli("serve", SHAPES, "--host", "192.0.2.1", "--port", "0", timeout=120)   # TEST-NET-1: not ours
+    assert_one_line_error(elsewhere, "cannot listen on 192.0.2.1 port 0: Cannot assign requested address")

@@ -191,7 +191,10 @@ def _describe(model: onnx.ModelProto, bundle: Bundle, method: str, options: dict
     entries = {"cam_infer.version": __version__, "cam_infer.method": method,
                "cam_infer.options": json.dumps(options, sort_keys=True), "cam_infer.target": target,
                "cam_infer.layer": bundle.manifest["target_layer"].get("module") or bundle.activation_name,
-               "cam_infer.preprocessing": json.dumps(bundle.preprocessing.to_dict())}
+               "cam_infer.preprocessing": json.dumps(bundle.preprocessing.to_dict()),
+               "cam_infer.output_kind": bundle.output_kind}
+    if bundle.labels:
+        entries["cam_infer.labels"] = json.dumps(bundle.labels)
     for key, value in entries.items():
         model.metadata_props.add(key=key, value=str(value))
 

@@ -4,14 +4,19 @@ N spawned processes each open the run's explainer once with `threads` runtime th
 out) and take items as they free up; while one worker decodes, preprocesses or writes PNG bytes, another
 runs its model, so the cores stay busy. At most 2·N items are in flight and results come back in input
 order. Spawned, not forked: a fork of a process whose runtime already started its thread pools can hang.
+A spawned worker imports the main script again, so a script must start workers under
+``if __name__ == "__main__":``; one that does not is refused before any worker starts (`unguarded_line`).
 """
 
 from __future__ import annotations
 
+import ast
 import os
+import sys
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 
 from ..errors import CamInferError
 
@@ -20,6 +25,11 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"
 
 class Processes:
     def __init__(self, workers: int, threads: int):
+        line = unguarded_line()
+        if line is not None:
+            raise CamInferError(f"'{sys.modules['__main__'].__file__}' starts worker processes at line {line}, "
+                                "outside `if __name__ == \"__main__\":`; each worker imports the script again and "
+                                "would start workers itself: put the run under that guard")
         self.workers, self.threads = workers, threads
 
     def map(self, work, items):
@@ -55,6 +65,31 @@ def _result(future):
     except BrokenProcessPool:
         raise CamInferError("a worker process died (killed, or out of memory); what was written is kept: run the "
                             "same command again to resume") from None
+
+
+def unguarded_line() -> int | None:
+    """The line of the main script that is starting workers, if a spawned worker importing that script again
+    (as ``__mp_main__``) would run it too: a line of the script's top-level code outside a block under
+    ``if __name__ ...``. None when the script is guarded, or when workers do not import it (a package's
+    ``__main__``, ``python -c``, an interactive session), as multiprocessing's spawn decides."""
+    main = sys.modules.get("__main__")
+    spec, path = getattr(main, "__spec__", None), getattr(main, "__file__", None)
+    if path is None or (spec is not None and spec.name.split(".")[-1] == "__main__"):
+        return None
+    frame = sys._getframe(1)
+    while frame is not None and not (frame.f_globals is vars(main) and frame.f_code.co_name == "<module>"):
+        frame = frame.f_back
+    if frame is None:                                   # not called while the script's top level runs
+        return None
+    try:
+        tree = ast.parse(Path(path).read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError):
+        return None
+    line = frame.f_lineno
+    guarded = any(isinstance(node, ast.If) and any(isinstance(n, ast.Name) and n.id == "__name__"
+                                                   for n in ast.walk(node.test))
+                  and node.body[0].lineno <= line <= node.end_lineno for node in ast.walk(tree))
+    return None if guarded else line
 
 
 def limit_threads(threads: int) -> None:

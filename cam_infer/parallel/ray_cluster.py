@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import re
 import tempfile
 import warnings
 from dataclasses import replace
@@ -41,6 +42,19 @@ def import_ray():
     return ray
 
 
+def unreachable(address: str, exc: Exception) -> str:
+    """The one line for a cluster `ray.init` could not join, in cam-infer's terms: Ray's reason without its
+    advice about Ray's own command-line flags (``--address``), then what to give ``--ray`` instead."""
+    sentences = re.split(r"(?<=\.)\s+", " ".join(str(exc).split()))
+    reason = " ".join(s for s in sentences if "--address" not in s)[:300].rstrip(". ")
+    if address == "auto":
+        advice = ("--ray auto joins the one cluster that `ray start --head` started on this machine: start one, "
+                  "or give a cluster's address with --ray HOST:PORT, or start one for this run with --ray local")
+    else:
+        advice = "check the address given to --ray (HOST:PORT or ray://HOST:PORT), or use --ray local"
+    return f"cannot reach a Ray cluster at '{address}'" + (f": {reason}" if reason else "") + f"; {advice}"
+
+
 class RayRunner:
     def __init__(self, address: str, workers: int | None = None, threads: int | None = None):
         self.address, self.threads = address, threads or 1
@@ -60,8 +74,7 @@ class RayRunner:
             else:
                 ray.init(address=self.address, **options)
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise CamInferError(f"cannot reach a Ray cluster at '{self.address}': "
-                                f"{' '.join(str(exc).split())[:300]}") from None
+            raise CamInferError(unreachable(self.address, exc)) from None
         self._started = True
         cpus = int(ray.cluster_resources().get("CPU", 1))
         if self.workers is None:

@@ -42,13 +42,39 @@ def serve(source, *, method: str | None = None, host: str = "127.0.0.1", port: i
         name = path.stem if path.is_file() else path.name
     app = create_app(served, name, token=token, max_body=int(max_body_mb * 2**20), max_batch=max_batch,
                      window=window_ms / 1000)
+    listening = listening_socket(host, port)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=30, lifespan="on")
     server = uvicorn.Server(config)
     if ready is not None:
         _announce_when_listening(server, ready)
-    with _clean_exit_on_signals():
-        server.run()
+    with listening, _clean_exit_on_signals():
+        server.run(sockets=[listening])
+
+
+def listening_socket(host: str, port: int):
+    """The server's socket, bound to (host, port) before the server starts: binding is the only truthful
+    check that the port is free, and holding the socket leaves no moment for another process to take it."""
+    import errno
+    import os
+    import socket
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except socket.gaierror as exc:
+        raise CamInferError(f"cannot listen on host {host!r}: {exc.strerror}; give --host an address of "
+                            "this machine (127.0.0.1 by default)") from None
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    if os.name != "nt":                    # a port in TIME_WAIT is free (on Windows it would take a used one)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise CamInferError(f"port {port} on {host} is in use (another server is listening there): stop it, "
+                                "or choose another port with --port") from None
+        raise CamInferError(f"cannot listen on {host} port {port}: {exc.strerror}") from None
+    return sock
 
 
 @contextmanager

@@ -76,7 +76,8 @@ def create_app(served, name: str, *, token: str | None = None, max_body: int = 3
 
     async def explain(request):
         if served.preprocessing is None:
-            raise ProtocolError("/explain needs a bundle's preprocessing; a fused model is served at "
+            raise ProtocolError("/explain needs a classifier that records its preprocessing and output kind (a "
+                                "bundle, or a classifier fused by this release); this model is served at "
                                 f"/v2/models/{name}/infer only")
         image = await image_of(request, max_body)
         from ..images import decode_image
@@ -88,7 +89,7 @@ def create_app(served, name: str, *, token: str | None = None, max_body: int = 3
         query = request.query_params
         parameters = {k: _query_value(v) for k, v in query.items() if k in ("method", "class")}
         key, classes = served.key(parameters, 1)
-        outputs = await batcher.run(x, key, classes)
+        outputs = one_map(await batcher.run(x, key, classes))
         return JSONResponse(explanation_json(served, outputs, rgb, query.get("overlay"), key.method))
 
     async def prometheus(request):
@@ -191,8 +192,8 @@ class Infer:
             raise ProtocolError("the batch is empty")
         key, classes = served.key(parsed.parameters, len(x))
         outputs = await self.batcher.run(np.ascontiguousarray(x), key, classes)
-        names = parsed.wanted(list(outputs))
-        return encode_response(self.name, VERSION, parsed.id, {n: outputs[n] for n in names},
+        names = parsed.wanted(list(outputs), served.aliases)
+        return encode_response(self.name, VERSION, parsed.id, {n: outputs[served.aliases.get(n, n)] for n in names},
                                parsed.binary_outputs(names))
 
 
@@ -319,6 +320,16 @@ async def image_of(request, limit: int) -> bytes:
     if not body:
         raise ProtocolError("the body is empty; send an image (curl --data-binary @photo.jpg)")
     return body
+
+
+def one_map(outputs: dict) -> dict:
+    """Outputs with one map per image and the class it explains, as /explain reads them: a top-k fused
+    model's first map (its best class); a class-agnostic fused model, which has no ``saliency_class``, its
+    top class."""
+    saliency, chosen = outputs["saliency"], outputs.get("saliency_class")
+    classes = outputs["scores"].argmax(axis=1) if chosen is None else chosen.reshape(len(chosen), -1)[:, 0]
+    return {**outputs, "saliency": saliency.reshape(len(saliency), -1, *saliency.shape[-2:])[:, 0],
+            "saliency_class": classes}
 
 
 def explanation_json(served, outputs: dict, rgb: np.ndarray, overlay: str | None, method: str) -> dict:

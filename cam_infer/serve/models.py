@@ -23,6 +23,7 @@ from ..images import Preprocessing
 from .tensors import ProtocolError, datatype
 
 SPINNING = "during-run"      # ONNX Runtime's threads: no futex wake-up per operator, idle between requests
+SCORES = "scores"            # the scores output's name, a bundle's and a fused classifier's
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class Key:
 
 class ServedBundle:
     kind = "bundle"
+    aliases: dict[str, str] = {}        # another name a client may ask an output by → the output's name
 
     def __init__(self, path, method: str, backend: str = "auto", device: str = "CPU", threads: int | None = None):
         from ..bundle import Bundle
@@ -90,9 +92,27 @@ class ServedBundle:
                 "saliency_class": e.targets.astype(np.int64)}
 
 
+@dataclass(frozen=True)
+class Recorded:
+    """What a fused classifier records of its bundle (`cam-infer fuse`), read by /explain as a Bundle's."""
+
+    preprocessing: Preprocessing
+    output_kind: str                   # logits | probabilities
+    labels: list[str] | None
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (self.preprocessing.channels, *self.preprocessing.input_size)
+
+    def label(self, class_id: int) -> str:
+        return self.labels[class_id] if self.labels else str(class_id)
+
+
 class ServedFused:
-    """A fused ONNX model on ONNX Runtime or OpenVINO: its own inputs and outputs; ``class_id`` (int64)
-    filled from the request's class where the model takes one."""
+    """A fused ONNX model on ONNX Runtime or OpenVINO: its own inputs and outputs, a classifier's score output
+    named ``scores`` as a bundle's (its own name kept as an alias); ``class_id`` (int64) filled from the
+    request's class where the model takes one. A classifier that records its preprocessing and output kind
+    (fused by this release) also answers /explain."""
 
     kind = "fused"
 
@@ -110,12 +130,20 @@ class ServedFused:
         initializers = {i.name for i in model.graph.initializer}
         self.inputs = [_tensor(v) for v in model.graph.input if v.name not in initializers]
         self.outputs = [_tensor(v) for v in model.graph.output]
+        own = self.outputs[0]["name"]
+        self.aliases = {} if self.detector or own == SCORES else {own: SCORES}
+        if self.aliases:
+            self.outputs[0] = {**self.outputs[0], "name": SCORES}
         image = [i for i in self.inputs if i["name"] != "class_id"]
         self.input_name, self.input_shape = image[0]["name"], image[0]["shape"][1:]
         self.takes_class = any(i["name"] == "class_id" for i in self.inputs)
-        self.preprocessing = None                      # no /explain: its answer needs the bundle's labels
         recorded = meta.get("cam_infer.preprocessing")   # for UINT8 pixel inputs (older fused models lack it)
         self.pixels = Preprocessing.from_dict(json.loads(recorded)) if recorded else None
+        kind = meta.get("cam_infer.output_kind")
+        explains = self.pixels is not None and kind is not None and not self.detector
+        labels = json.loads(meta["cam_infer.labels"]) if "cam_infer.labels" in meta else None
+        self.bundle = Recorded(self.pixels, kind, labels) if explains else None
+        self.preprocessing = self.pixels if explains else None    # None: no /explain
         scores = self.outputs[0]["shape"]
         self.num_classes = scores[1] if len(scores) == 2 and scores[1] > 0 else 2**31 - 1
         top = [o for o in self.outputs if o["name"] == "saliency"]
@@ -142,7 +170,7 @@ class ServedFused:
         feeds = {self.input_name: x}
         if self.takes_class:
             feeds["class_id"] = np.asarray(classes, np.int64)
-        return self.runtime.run(feeds)
+        return {self.aliases.get(name, name): value for name, value in self.runtime.run(feeds).items()}
 
 
 class FusedRuntime:

@@ -35,11 +35,12 @@ class InferRequest:
     outputs: list[dict] | None                   # the outputs asked for (None: all of them)
     parameters: dict = field(default_factory=dict)
 
-    def wanted(self, available: list[str]) -> list[str]:
+    def wanted(self, available: list[str], aliases: dict[str, str] | None = None) -> list[str]:
+        """The names of the outputs to answer with: those asked for (an alias as asked), else all."""
         if self.outputs is None:
             return available
         names = [o.get("name") for o in self.outputs]
-        unknown = [n for n in names if n not in available]
+        unknown = [n for n in names if n not in available and n not in (aliases or {})]
         if unknown:
             raise ProtocolError(f"unknown output {unknown[0]!r}; outputs: {', '.join(available)}")
         return names
