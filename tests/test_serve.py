@@ -430,17 +430,6 @@ def test_explain_on_fused_top_k_and_class_agnostic_models(tmp_path, server, scen
             fused_server.stop()
 
 
-def run_readme_serve_snippet(port: int, batch: np.ndarray):
-    """The README's tritonclient block, as written but for the port and its two placeholder arrays (a
-    preprocessed batch of 4 and one image's pixels); its result `r`."""
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("## Serve explanations"):]
-    code = re.search(r"```python\n(.*?)\n```", section, re.S).group(1).replace("127.0.0.1:8000", f"127.0.0.1:{port}")
-    names = {"batch": batch, "view": np.zeros((1, *batch.shape[2:], 3), np.uint8)}
-    exec(compile(code, "README", "exec"), names)
-    return names["r"]
-
-
 def assert_same_explanations(fused: Server, bundle: Server, image: bytes, query: str = "") -> dict:
     """/explain of a fused model answers as the bundle's server does: class, label, probability, map and
     overlay."""
@@ -496,7 +485,10 @@ def test_a_fused_model_and_its_bundle_answer_under_the_same_names(tmp_path):
         r = servers["fused"].client().infer("mobilenet_recipro", [tensor], outputs=asked)
         assert [o["name"] for o in r.get_response()["outputs"]] == ["output", "saliency"]
         np.testing.assert_allclose(r.as_numpy("output"), want["scores"], rtol=1e-4, atol=1e-4)
-        readme = run_readme_serve_snippet(servers["bundle"].port, explainer.bundle.preprocess(photos))
+        batch = explainer.bundle.preprocess(photos)                   # the README's call (tests/test_readme.py runs it)
+        tensor = http.InferInput("input", list(batch.shape), "FP32")
+        tensor.set_data_from_numpy(batch)
+        readme = servers["bundle"].client().infer("mobilenet", [tensor], parameters={"method": "ablation", "top_k": 2})
         assert_same({n: readme.as_numpy(n) for n in ("scores", "saliency", "saliency_class")},
                     expected(explainer, explainer.bundle.preprocess(photos), "ablation", top_classes=2))
         answer = assert_same_explanations(servers["fused"], servers["bundle"],
