@@ -224,12 +224,14 @@ def explain_files(explainer, paths, methods: list[str], out, *, target=None, opt
                   batch_size: int = 8, colormap: str = "jet", alpha: float = 0.5, restart: bool = False,
                   progress: bool | None = None, on: str = "original", enhance: str | None = None,
                   enhance_options: dict | None = None, finer: dict | None = None, workers=None,
-                  ray: str | None = None, threads: int | None = None) -> Results:
+                  ray: str | None = None, threads: int | None = None, report=None) -> Results:
     """Explain every image with every method; write overlays and `results.json` in `out`.
     ``on="original"``: overlays over the whole original image (the map put back where the model's view
     of it was; outside that view the image is greyed); ``"model"``: over the model's resized and cropped view.
     `workers` (N or "auto": processes on this machine), `ray` (a Ray address) and `threads` (runtime threads
-    per worker) choose where the batches are explained (`cam_infer.parallel`); the files are the same."""
+    per worker) choose where the batches are explained (`cam_infer.parallel`); the files are the same.
+    `report(line)`, when given, hears what the run will cost before it starts (`cam_infer.cost`)."""
+    from .cost import announce, classifier_plan
     from .parallel import ExplainerSpec, InProcess, make_runner
 
     if batch_size < 1:
@@ -270,6 +272,10 @@ def explain_files(explainer, paths, methods: list[str], out, *, target=None, opt
                            results.settings.get("finer"))
         batches = ([(path, names[path], tuple(m for m in methods if (str(path), m) not in done))
                     for path in todo[start:start + batch_size]] for start in range(0, len(todo), batch_size))
+        if report and todo:
+            variants = [m if enhance is None else f"{m}+{enhance}" for m in methods]
+            report(announce(classifier_plan(explainer.bundle, variants, per_method, explainer.linear_head is not None,
+                                            enhancer and {enhance: enhancer["options"]}), explainer.backend))
         with Progress(len(todo) * len(methods), "explain", enabled=progress) as bar:
             for result in runner.map(work, batches):
                 results.collect(result, out)

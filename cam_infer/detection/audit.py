@@ -38,8 +38,10 @@ MEANS = ("energy", "box_fraction", "pointing", "specificity", "truth_iou", "mark
 def run_detection_audit(bundle, images, methods, out, *, boxes=None, backend: str = "auto", device: str = "CPU",
                         tolerance: float = 0.0, conf: float | None = None, options: dict | None = None,
                         restart: bool = False, progress: bool | None = None, workers=None, ray: str | None = None,
-                        threads: int | None = None) -> dict:
-    """`workers`, `ray` and `threads` choose where the images are worked on (`cam_infer.parallel`)."""
+                        threads: int | None = None, report=None) -> dict:
+    """`workers`, `ray` and `threads` choose where the images are worked on (`cam_infer.parallel`);
+    `report(line)`, when given, hears what the methods will cost before the run starts (`cam_infer.cost`)."""
+    from ..cost import announce, detection_plan
     from ..parallel import ExplainerSpec, InProcess, make_runner
 
     explainer = DetectionExplainer(bundle, backend=backend, device=device)
@@ -61,6 +63,8 @@ def run_detection_audit(bundle, images, methods, out, *, boxes=None, backend: st
         todo = [f for f in found.files if str(f) not in done]
         work = DetectionAuditWork(spec, tuple(methods), tolerance, conf, options or {})
         items = ((image, truth.get(Path(image).name, [])) for image in todo)
+        if report and todo:
+            report(announce(detection_plan(explainer, methods, options), explainer.backend, detector=True))
         with Progress(len(todo), "audit", enabled=progress) as bar, open(out / ROWS, "a") as sink:
             for result in runner.map(work, items):
                 if "error" in result:

@@ -173,17 +173,18 @@ class DetectionContext:
     def perturbable(self, i: int, target: Target, score: str) -> "Crop | WholeLevel":
         """What a masking method perturbs of level i for this target: its crop through the level's branch
         where that gives the same score (`crop`), else the whole level through the whole head."""
-        crop = self.crop(i, target) if score == "anchor" else None
-        return crop or WholeLevel(self, i, target, score)
+        return self.crop(i, target) if self.crops(i, target, score) else WholeLevel(self, i, target, score)
 
-    def crop(self, i: int, target: Target) -> Crop | None:
-        """Level i's crop around the target's anchor with its cropped branch, when the bundle has one for
-        level i and the anchor lies on its grid (the ``anchor`` score of a level-local head); else None."""
-        branch = self.levels[i].get("branch")
-        if branch is None or self.window_cells(i, target) is None:
-            return None
+    def crops(self, i: int, target: Target, score: str) -> bool:
+        """Whether level i is perturbed as a crop around the target's anchor through its cropped branch: the
+        bundle has one for level i and the anchor lies on its grid (the ``anchor`` score of a level-local head)."""
+        return score == "anchor" and self.levels[i].get("branch") is not None and \
+            self.window_cells(i, target) is not None
+
+    def crop(self, i: int, target: Target) -> Crop:
+        """Level i's crop around the target's anchor, with its cropped branch."""
         _, h, w = self.levels[i]["shape"]
-        k = int(branch["window"])
+        k = int(self.levels[i]["branch"]["window"])
         y0, x0 = crop_origin(int(self.grid.row[target.anchor]), int(self.grid.col[target.anchor]), h, w, k)
         return Crop(self, i, self.level_maps()[i][:, y0:y0 + k, x0:x0 + k], y0, x0, target)
 
