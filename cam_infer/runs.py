@@ -333,16 +333,18 @@ class ExplainWork:
         if self.finer:
             extra["finer"] = self.finer
         e = explainer.explain(x, method=method, target=self.target, **extra, **self.per_method[method])
+        uniform = e.uniform
         for i, ((path, name, _, rgb, stamp), view) in enumerate(zip(batch, views)):
             file = f"{name}_{e.method}.png"
             class_id = int(e.targets[i])
             label = explainer.bundle.label(class_id) if explainer.bundle.labels else None
             picture = overlay_picture(e.saliency[i], rgb if self.on == "original" else view,
                                       prep if self.on == "original" else None,
-                                      caption(e.method, label, class_id, float(e.scores[i]), bool(e.degenerate[i])),
+                                      caption(e.method, label, class_id, float(e.scores[i]), bool(e.degenerate[i]),
+                                              bool(uniform[i])),
                                       colormap=self.colormap, alpha=self.alpha)
             out["pictures"][file] = encode_png(picture)
             out["records"].append({
                 "image": str(path), "method": method, "class_id": class_id, "label": label,
                 "score": round(float(e.scores[i]), 6), "milliseconds": round(e.milliseconds / len(batch), 3),
-                "degenerate": bool(e.degenerate[i]), "overlay": file, "input": stamp})
+                "degenerate": bool(e.degenerate[i]), "uniform": bool(uniform[i]), "overlay": file, "input": stamp})

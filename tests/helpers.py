@@ -16,10 +16,12 @@ def run_cli(*args, cwd=None, env=None, timeout=300):
                           cwd=cwd, env=env, timeout=timeout)
 
 
-def assert_one_line_error(result, fragment: str):
-    """A user error: exit 1, nothing on stdout, one line on stderr that contains `fragment`."""
+def assert_one_line_error(result, fragment: str, during_run: bool = False):
+    """A user error: exit 1, nothing on stdout, one line on stderr that contains `fragment`. `during_run`: an
+    error found on the first image, after the run said what it would cost (stdout: that line only)."""
     assert result.returncode == 1, (result.returncode, result.stderr)
-    assert result.stdout == ""
+    assert all(line.startswith("cost per image: ") for line in result.stdout.splitlines()) if during_run \
+        else result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("cam-infer: error: ") and fragment in lines[0], lines[0]

@@ -160,3 +160,63 @@ def test_cli_progress_appears_when_piped(tmp_path, tiny_bundle, monkeypatch, cap
     err = capsys.readouterr().err.splitlines()
     assert 1 <= len(err) <= 3 + 1 and all(line.startswith("explain [") for line in err), err
     assert err[-1].split("] ")[1].startswith("5/5")
+
+
+def dip_map(size: int = 40) -> np.ndarray:
+    """What Recipro-CAM gives at a detector's backbone cut: every cell keeps the score but one small dip."""
+    m = np.full((size, size), 0.9, np.float32)
+    m[2:4, 2:4] = 0.2
+    return m
+
+
+def test_near_uniform_is_the_fraction_above_half_the_range():
+    from cam_infer.postprocess import UNIFORM_FRACTION, near_uniform, normalise
+    blob = np.zeros((40, 40), np.float32)
+    blob[5:30, 5:30] = 1.0                                          # 39 % of the map: a region
+    broad = np.ones((40, 40), np.float32)
+    broad[:, :5] = 0.0                                              # 87.5 % high: still below the bar
+    maps, degenerate = normalise(np.stack([dip_map(), blob, broad, np.full((40, 40), 3.0, np.float32)]))
+    fractions = [(m >= 0.5).sum() / m.size for m in maps]           # counted, not averaged
+    assert [f > UNIFORM_FRACTION for f in fractions] == list(near_uniform(maps)) == [True, False, False, False]
+    assert list(degenerate) == [False, False, False, True]          # a constant map is degenerate, not uniform
+
+
+def test_healthy_maps_are_not_flagged():
+    from cam_infer.demo import DEMO_SEED, SPLITS, embedded_bundle_path, scene
+    explainer = Explainer(embedded_bundle_path())
+    x = explainer.preprocess([scene(split, DEMO_SEED, seed).image for split in SPLITS for seed in range(2)])
+    for method in GRADIENT_FREE:
+        if method != "score":
+            assert not explainer.explain(x, method).uniform.any(), method
+
+
+@needs_shared
+def test_real_photos_broadest_maps_are_not_flagged(tmp_path):
+    from cam_infer.bundle import split_model
+    bundle = split_model(SHARED / "models" / "squeezenet1.1-fp32.onnx", layer="auto", out=tmp_path / "sq")
+    e = Explainer(bundle).explain([SHARED / "deployed" / "basketball1.png", SHARED / "images" / "samoyed_dog.jpg"],
+                                  "recipro")
+    assert ((e.saliency >= 0.5).mean(axis=(1, 2)) > 0.7).all() and not e.uniform.any()  # broad, still a region
+
+
+def test_a_near_uniform_map_is_flagged_in_records_and_captions(tmp_path, tiny_bundle):
+    import cv2
+
+    from cam_infer.methods import METHODS, method
+    from cam_infer.postprocess import caption
+    from cam_infer.runs import explain_files
+
+    @method("dip-test", cost="1 feature pass")
+    def dip(ctx):
+        """a near-uniform map"""
+        _, _, h, w = ctx.activations.shape
+        return np.stack([dip_map(max(h, w))[:h, :w]] * len(ctx.activations))
+    try:
+        cv2.imwrite(str(tmp_path / "p.png"), np.random.default_rng(2).integers(0, 255, (40, 50, 3), np.uint8))
+        results = explain_files(Explainer(tiny_bundle), [tmp_path / "p.png"], ["dip-test", "eigen"], tmp_path / "out")
+    finally:
+        del METHODS["dip-test"]
+    flags = {r["method"]: (r["uniform"], r["degenerate"]) for r in results.records}
+    assert flags == {"dip-test": (True, False), "eigen": (False, False)}
+    assert caption("recipro", "cat", 3, 0.5, uniform=True).endswith("[near-uniform map: no localisation]")
+    assert caption("recipro", "cat", 3, 0.5, degenerate=True, uniform=True).endswith("[constant map]")

@@ -25,7 +25,7 @@ from ..backends import load_backend
 from ..bundle import Bundle
 from ..errors import CamInferError
 from ..explainer import class_index, model_inputs
-from ..postprocess import normalise
+from ..postprocess import near_uniform, normalise
 from .branches import crop_origin
 from .decode import Detections, anchor_levels, detect
 from .methods import get_detection_method
@@ -46,13 +46,14 @@ class DetectionMap:
     index: int | None            # its index among the image's detections (None: a box you gave)
     match_iou: float             # a box you gave: IoU with its anchor's box
     saliency: np.ndarray         # (H,W) in [0,1], at the model's input
-    degenerate: bool
+    degenerate: bool             # constant map
+    uniform: bool = False        # near-uniform map: no localisation (`postprocess.near_uniform`)
 
     def record(self) -> dict:
         return {"box": [round(v, 2) for v in self.box_image], "class_id": self.class_id, "label": self.label,
                 "score": round(self.score, 5), "anchor": self.anchor, "level": self.level, "index": self.index,
                 **({"match_iou": round(self.match_iou, 4)} if self.index is None else {}),
-                "degenerate": self.degenerate}
+                "degenerate": self.degenerate, "uniform": self.uniform}
 
 
 @dataclass
@@ -255,7 +256,7 @@ class DetectionExplainer:
                 image_items.append(DetectionMap([float(v) for v in t.box], box_image, t.class_id,
                                                 self.label(t.class_id), t.score, t.anchor,
                                                 int(self.grid.level[t.anchor]), t.index, t.match_iou, saliency[0],
-                                                bool(degenerate[0])))
+                                                bool(degenerate[0]), bool(near_uniform(saliency[0]))))
             items.append(image_items)
         return DetectionExplanation(method, items, found, (time.perf_counter() - start) * 1000,
                                     {**options, "conf": thresholds[0], "iou": thresholds[1]}, originals, names, prep)
