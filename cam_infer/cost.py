@@ -161,9 +161,14 @@ def announce(plan: list[MethodCost], backend=None, detector: bool = False) -> st
 def cost_line(plan: list[MethodCost], timing: dict[str, float] | None = None) -> str:
     """One line: each method's passes per image (and its rough time), then what one pass took."""
     timing = timing or {}
-    measured = ", ".join(f"a {UNITS[unit]} {seconds * 1000:.0f} ms" for unit, seconds in timing.items())
+    measured = ", ".join(f"a {UNITS[unit]} {_milliseconds(seconds)} ms" for unit, seconds in timing.items())
     return "cost per image: " + "; ".join(m.describe(timing) for m in plan) + (f" — measured {measured}"
                                                                                   if measured else "")
+
+
+def _milliseconds(seconds: float) -> str:
+    ms = seconds * 1000
+    return f"{ms:.1f}" if ms < 10 else f"{ms:.0f}"
 
 
 def worth_measuring(plan: list[MethodCost]) -> bool:
