@@ -9,6 +9,7 @@ import json
 from dataclasses import dataclass
 
 from ..errors import CamInferError
+from ..explainer import class_index
 from ..explanation import _safe
 from ..outputs import OutputLock, prepare_folder
 from ..postprocess import check_overlay_options, encode_png
@@ -33,6 +34,8 @@ def explain_detection_files(explainer: DetectionExplainer, paths, methods: list[
     for m in methods:
         get_detection_method(m)
     explainer._thresholds(conf, iou, None)
+    for c in classes or []:                      # an unknown class is refused before the run, not on its first image
+        class_index(c, explainer.labels, explainer.bundle.num_classes)
     runner = make_runner(workers, ray, threads)
     found = collect_images(paths)
     out = prepare_folder(out)
