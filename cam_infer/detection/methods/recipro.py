@@ -23,12 +23,15 @@ from . import detection_method, same_unit
 
 def target_passes(ctx, target, *, score: str = "anchor", block: int = 1, **_) -> Passes:
     """One row per kept block of each level reaching the target, and one with the level all zero: crops
-    where the level has a cropped branch, head rows otherwise."""
+    where the level has a cropped branch, head rows otherwise (fewer near the border, where the anchor's
+    window is clipped)."""
     total = Passes()
     for i in ctx.levels_reaching(target):
         _, h, w = ctx.levels[i]["shape"]
-        rows = len(block_cells(h, w, int(block), ctx.window_cells(i, target) if score == "anchor" else None)) + 1
-        total += Passes(crops=rows) if ctx.crops(i, target, score) else Passes(head=rows)
+        cells = ctx.window_cells(i, target) if score == "anchor" else None
+        rows = len(block_cells(h, w, int(block), cells)) + 1
+        total += Passes(crops=rows, bound=cells is not None) if ctx.crops(i, target, score) else \
+            Passes(head=rows, bound=cells is not None)
     return total
 
 
