@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CamInferError
-from .postprocess import caption, check_overlay_options, overlay_picture, write_png
+from .postprocess import caption, check_overlay_options, near_uniform, overlay_picture, write_png
 
 
 @dataclass
@@ -38,6 +38,12 @@ class Explanation:
     names: list | None = None                  # their file names (stems), when given as paths
     preprocessing: object = None               # the bundle's `Preprocessing`, to undo its resize and crop
     outputs: np.ndarray | None = None          # (N,C) the model's own outputs (logits or probabilities)
+
+    @property
+    def uniform(self) -> np.ndarray:
+        """(N,) or (N,k) True where the map is near-uniform: it carries no localisation
+        (`postprocess.near_uniform`)."""
+        return near_uniform(self.saliency)
 
     @property
     def multi(self) -> bool:
@@ -72,7 +78,8 @@ class Explanation:
         rgb = as_rgb_uint8(original)
         class_id = int(self._pick(self.targets, i, j))
         text = caption(self.method, self.labels[class_id] if self.labels else None, class_id,
-                       float(self._pick(self.scores, i, j)), bool(self._pick(self.degenerate, i, j)))
+                       float(self._pick(self.scores, i, j)), bool(self._pick(self.degenerate, i, j)),
+                       bool(self._pick(self.uniform, i, j)))
         saliency = self._pick(self.saliency, i, j)
         if on == "model":
             view = self.preprocessing.geometry(rgb) if rgb.shape[:2] != saliency.shape else rgb

@@ -14,6 +14,10 @@ EPS = 1e-7
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 MIN_CAPTION_SCALE = 0.4      # capitals 11 px high (cv2.getTextSize); smaller is hard to read
 CAPTION_LINES = 2
+# A map with more than this fraction of its pixels at or above half its range highlights nearly everything:
+# it carries no localisation. Healthy maps of the demo scenes and the real photos (MobileNetV2, SqueezeNet,
+# every gradient-free method) put at most 79 % there; a detector's backbone-cut Recipro-CAM map, 99.9 %.
+UNIFORM_FRACTION = 0.9
 COLORMAPS = {"jet": cv2.COLORMAP_JET, "turbo": cv2.COLORMAP_TURBO, "viridis": cv2.COLORMAP_VIRIDIS,
              "inferno": cv2.COLORMAP_INFERNO, "hot": cv2.COLORMAP_HOT, "magma": cv2.COLORMAP_MAGMA}
 
@@ -32,6 +36,17 @@ def normalise(maps: np.ndarray, in_place: bool = False) -> tuple[np.ndarray, np.
     maps /= np.where(span > 0, span, 1.0)
     maps[degenerate] = 0.0
     return maps, degenerate
+
+
+def near_uniform(saliency: np.ndarray) -> np.ndarray:
+    """Which normalised maps (..., H, W) in [0,1] carry no localisation: more than `UNIFORM_FRACTION` of
+    their pixels at or above half the range (a constant map, all zeros, is degenerate instead)."""
+    return (np.asarray(saliency) >= 0.5).mean(axis=(-2, -1)) > UNIFORM_FRACTION
+
+
+def flagged(degenerate: bool, uniform: bool = False) -> str:
+    """What a caption appends about a map that shows no region: constant, or near-uniform."""
+    return " [constant map]" if degenerate else " [near-uniform map: no localisation]" if uniform else ""
 
 
 def upsample(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -116,10 +131,12 @@ def overlay_picture(saliency: np.ndarray, image: np.ndarray, preprocessing=None,
     return with_caption(picture, text) if text else picture
 
 
-def caption(method: str, label: str | None, class_id: int, score: float, degenerate: bool = False) -> str:
-    """'recipro: tabby (281) 0.87' — the method, the class the map explains and its probability."""
+def caption(method: str, label: str | None, class_id: int, score: float, degenerate: bool = False,
+            uniform: bool = False) -> str:
+    """'recipro: tabby (281) 0.87' — the method, the class the map explains and its probability, and a flag
+    for a map that shows no region (`flagged`)."""
     name = f"{label} ({class_id})" if label else f"class {class_id}"
-    return f"{method}: {name} p={score:.2f}" + (" [constant map]" if degenerate else "")
+    return f"{method}: {name} p={score:.2f}" + flagged(degenerate, uniform)
 
 
 def with_caption(picture: np.ndarray, text: str) -> np.ndarray:

@@ -224,12 +224,14 @@ def explain_files(explainer, paths, methods: list[str], out, *, target=None, opt
                   batch_size: int = 8, colormap: str = "jet", alpha: float = 0.5, restart: bool = False,
                   progress: bool | None = None, on: str = "original", enhance: str | None = None,
                   enhance_options: dict | None = None, finer: dict | None = None, workers=None,
-                  ray: str | None = None, threads: int | None = None) -> Results:
+                  ray: str | None = None, threads: int | None = None, report=None) -> Results:
     """Explain every image with every method; write overlays and `results.json` in `out`.
     ``on="original"``: overlays over the whole original image (the map put back where the model's view
     of it was; outside that view the image is greyed); ``"model"``: over the model's resized and cropped view.
     `workers` (N or "auto": processes on this machine), `ray` (a Ray address) and `threads` (runtime threads
-    per worker) choose where the batches are explained (`cam_infer.parallel`); the files are the same."""
+    per worker) choose where the batches are explained (`cam_infer.parallel`); the files are the same.
+    `report(line)`, when given, hears what the run will cost before it starts (`cam_infer.cost`)."""
+    from .cost import announce, classifier_plan
     from .parallel import ExplainerSpec, InProcess, make_runner
 
     if batch_size < 1:
@@ -270,6 +272,10 @@ def explain_files(explainer, paths, methods: list[str], out, *, target=None, opt
                            results.settings.get("finer"))
         batches = ([(path, names[path], tuple(m for m in methods if (str(path), m) not in done))
                     for path in todo[start:start + batch_size]] for start in range(0, len(todo), batch_size))
+        if report and todo:
+            variants = [m if enhance is None else f"{m}+{enhance}" for m in methods]
+            report(announce(classifier_plan(explainer.bundle, variants, per_method, explainer.linear_head is not None,
+                                            enhancer and {enhance: enhancer["options"]}), explainer.backend))
         with Progress(len(todo) * len(methods), "explain", enabled=progress) as bar:
             for result in runner.map(work, batches):
                 results.collect(result, out)
@@ -327,16 +333,18 @@ class ExplainWork:
         if self.finer:
             extra["finer"] = self.finer
         e = explainer.explain(x, method=method, target=self.target, **extra, **self.per_method[method])
+        uniform = e.uniform
         for i, ((path, name, _, rgb, stamp), view) in enumerate(zip(batch, views)):
             file = f"{name}_{e.method}.png"
             class_id = int(e.targets[i])
             label = explainer.bundle.label(class_id) if explainer.bundle.labels else None
             picture = overlay_picture(e.saliency[i], rgb if self.on == "original" else view,
                                       prep if self.on == "original" else None,
-                                      caption(e.method, label, class_id, float(e.scores[i]), bool(e.degenerate[i])),
+                                      caption(e.method, label, class_id, float(e.scores[i]), bool(e.degenerate[i]),
+                                              bool(uniform[i])),
                                       colormap=self.colormap, alpha=self.alpha)
             out["pictures"][file] = encode_png(picture)
             out["records"].append({
                 "image": str(path), "method": method, "class_id": class_id, "label": label,
                 "score": round(float(e.scores[i]), 6), "milliseconds": round(e.milliseconds / len(batch), 3),
-                "degenerate": bool(e.degenerate[i]), "overlay": file, "input": stamp})
+                "degenerate": bool(e.degenerate[i]), "uniform": bool(uniform[i]), "overlay": file, "input": stamp})

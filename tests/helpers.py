@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -16,11 +17,18 @@ def run_cli(*args, cwd=None, env=None, timeout=300):
                           cwd=cwd, env=env, timeout=timeout)
 
 
-def assert_one_line_error(result, fragment: str):
-    """A user error: exit 1, nothing on stdout, one line on stderr that contains `fragment`."""
+def without_progress(stderr: str) -> list[str]:
+    """stderr's lines but the progress lines a long piped run writes (`cam_infer.progress`)."""
+    return [line for line in stderr.strip().splitlines() if not re.match(r"(explain|audit) \[[#.]+\] \d+/\d+ ", line)]
+
+
+def assert_one_line_error(result, fragment: str, during_run: bool = False):
+    """A user error: exit 1, nothing on stdout, one line on stderr that contains `fragment`. `during_run`: an
+    error found on the first image, after the run said what it would cost (stdout: that line only)."""
     assert result.returncode == 1, (result.returncode, result.stderr)
-    assert result.stdout == ""
-    lines = result.stderr.strip().splitlines()
+    assert all(line.startswith("cost per image: ") for line in result.stdout.splitlines()) if during_run \
+        else result.stdout == ""
+    lines = without_progress(result.stderr) if during_run else result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("cam-infer: error: ") and fragment in lines[0], lines[0]
 

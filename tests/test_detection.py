@@ -346,7 +346,7 @@ def test_split_and_explain_from_the_command_line(tmp_path):
             x1, y1, x2, y2 = d["box"]
             assert 0 <= x1 < x2 <= 640 and 0 <= y1 < y2 <= 480
     assert_one_line_error(run_cli("explain", tmp_path / "b", PHOTO, "--box", "5000,5000,5100,5100:FACE_FEMALE",
-                                  "--out", tmp_path / "o2"), "lies outside")
+                                  "--out", tmp_path / "o2"), "lies outside", during_run=True)
     assert_one_line_error(run_cli("explain", tmp_path / "b", PHOTO, "--classes", "GIRAFFE", "--out", tmp_path / "o3"),
                           "GIRAFFE")
     assert_one_line_error(run_cli("explain", tmp_path / "b", PHOTO, "--target", "1", "--out", tmp_path / "o4"),

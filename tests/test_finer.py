@@ -110,4 +110,5 @@ def test_explain_cli_takes_finer(tmp_path, tiny_bundle):
     assert data["settings"]["finer"] == {"gamma": 0.6, "preset": "torchcam", "references": 3}
     assert {r["method"] for r in data["results"]} == {"cam", "ablation", "recipro", "score"}
     assert_one_line_error(run_cli("explain", tiny_bundle.path, photo, "--method", "eigen", "--finer", "0.6",
-                                  "--out", tmp_path / "o2"), "does not depend on the class")
+                                  "--out", tmp_path / "o2"), "does not depend on the class",
+                          during_run=True)

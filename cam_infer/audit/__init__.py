@@ -42,11 +42,13 @@ INPUTS_NAME = "inputs.json"
 
 
 def run_audit(bundle, images, options: AuditOptions, out, *, boxes=None, restart: bool = False, grid: int = GRID,
-              progress: bool | None = None, workers=None, ray: str | None = None, threads: int | None = None) -> dict:
+              progress: bool | None = None, workers=None, ray: str | None = None, threads: int | None = None,
+              report=None) -> dict:
     """Audit the images (files and folders); returns the summary. Unreadable images are listed in
     the summary's ``errors`` and skipped. `workers` (N or "auto": processes on this machine), `ray` (a
     Ray address) and `threads` (runtime threads per worker) choose where the images are worked on
-    (`cam_infer.parallel`); the files written are the same."""
+    (`cam_infer.parallel`); the files written are the same. `report(line)`, when given, hears what the
+    methods will cost before the run starts (`cam_infer.cost`)."""
     from ..bundle import Bundle
     from ..parallel import make_runner
     from ..runs import collect_images
@@ -75,6 +77,8 @@ def run_audit(bundle, images, options: AuditOptions, out, *, boxes=None, restart
         todo = [f for f in files if str(f) not in done]
         work = AuditWork(audit_spec(bundle.path.resolve(), options, runner.threads), options)
         by_name = {str(f): f for f in todo}
+        if report and todo:
+            report(_cost(work.spec, options, runner))
         with Progress(len(files), "audit", enabled=progress) as bar:
             bar.advance(len(files) - len(todo))
             for result in runner.map(work, ((f, boxes_for(truth, f, images)) for f in todo)):
@@ -96,6 +100,19 @@ def run_audit(bundle, images, options: AuditOptions, out, *, boxes=None, restart
         write_atomically(out / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
         write_html(out, summary, thumbnail_grid(out, files[:grid], found.names, options.methods), options.methods)
     return summary
+
+
+def _cost(spec, options: AuditOptions, runner) -> str:
+    """The methods' cost line; timed on the explainer the images will use when they are worked on here."""
+    from ..bundle import Bundle
+    from ..cost import announce, classifier_plan, reads_linear_head
+    from ..parallel import InProcess
+
+    explainer = spec.open() if isinstance(runner, InProcess) else None
+    bundle = explainer.bundle if explainer else Bundle.load(spec.bundle)
+    linear = explainer.linear_head is not None if explainer else reads_linear_head(bundle)
+    plan = classifier_plan(bundle, options.methods, options.method_options, linear, options.enhance_options)
+    return announce(plan, explainer and explainer.backend)
 
 
 def _check_options(bundle, options: AuditOptions) -> None:

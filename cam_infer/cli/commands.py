@@ -87,7 +87,7 @@ def explain(args) -> int:
                             enhance=args.enhance, enhance_options=dict(parse_option(o) for o in args.enhance_option),
                             finer=None if args.finer is None else {"gamma": args.finer, "preset": args.finer_preset,
                                                                    "references": args.finer_references},
-                            **_scale_out(args))
+                            report=_say, **_scale_out(args))
     for line in results.summary_lines(len(methods), args.out):
         print(line)
     if results.errors:
@@ -115,7 +115,8 @@ def explain_detections(args) -> int:
     results = explain_detection_files(explainer, args.images, methods, args.out, targets=targets, classes=classes,
                                       boxes=boxes, conf=args.conf, iou=args.iou,
                                       options=dict(parse_option(o) for o in args.option), colormap=args.colormap,
-                                      alpha=args.alpha, restart=args.force, on=args.on, **_scale_out(args))
+                                      alpha=args.alpha, restart=args.force, on=args.on, report=_say,
+                                      **_scale_out(args))
     for line in summary_lines(results, len(methods), args.out):
         print(line)
     if results.errors:
@@ -184,7 +185,7 @@ def audit(args) -> int:
     from ..audit import AuditOptions, run_audit, summary_lines
     options = AuditOptions.from_arguments(args)
     summary = run_audit(args.bundle, args.images, options, args.out, boxes=args.boxes, restart=args.force,
-                        grid=args.grid, **_scale_out(args))
+                        grid=args.grid, report=_say, **_scale_out(args))
     for line in summary_lines(summary, args.out):
         print(line)
     if summary["errors"]:
@@ -206,13 +207,18 @@ def audit_detections(args) -> int:
         options.setdefault(method, {})[name] = value
     summary = run_detection_audit(args.bundle, args.images, methods, args.out, boxes=args.boxes, backend=args.backend,
                                   device=args.device, tolerance=args.tolerance, options=options, restart=args.force,
-                                  grid=args.grid, **_scale_out(args))
+                                  grid=args.grid, report=_say, **_scale_out(args))
     for line in summary_lines(summary, args.out):
         print(line)
     if summary["errors"]:
         raise CamInferError(f"{len(summary['errors'])} image(s) could not be read and were skipped, e.g. "
                             f"{summary['errors'][0]['error']}")
     return 0
+
+
+def _say(line: str) -> None:
+    """A line of a run's report, shown at once (before a long run, not after it)."""
+    print(line, flush=True)
 
 
 def _scale_out(args) -> dict:

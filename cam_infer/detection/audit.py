@@ -53,8 +53,10 @@ GRID = 48
 def run_detection_audit(bundle, images, methods, out, *, boxes=None, backend: str = "auto", device: str = "CPU",
                         tolerance: float = 0.0, conf: float | None = None, options: dict | None = None,
                         restart: bool = False, progress: bool | None = None, workers=None, ray: str | None = None,
-                        threads: int | None = None, grid: int = GRID) -> dict:
-    """`workers`, `ray` and `threads` choose where the images are worked on (`cam_infer.parallel`)."""
+                        threads: int | None = None, grid: int = GRID, report=None) -> dict:
+    """`workers`, `ray` and `threads` choose where the images are worked on (`cam_infer.parallel`);
+    `report(line)`, when given, hears what the methods will cost before the run starts (`cam_infer.cost`)."""
+    from ..cost import announce, detection_plan
     from ..parallel import ExplainerSpec, InProcess, make_runner
 
     explainer = DetectionExplainer(bundle, backend=backend, device=device)
@@ -83,6 +85,8 @@ def run_detection_audit(bundle, images, methods, out, *, boxes=None, backend: st
         by_name = {str(f): f for f in todo}
         work = DetectionAuditWork(spec, tuple(methods), tolerance, conf, options or {})
         items = ((image, boxes_for(truth, image, images) or []) for image in todo)
+        if report and todo:
+            report(announce(detection_plan(explainer, methods, options), explainer.backend, detector=True))
         with Progress(len(todo), "audit", enabled=progress) as bar, open(out / ROWS, "a") as sink:
             for result in runner.map(work, items):
                 if "error" in result:
@@ -193,7 +197,7 @@ def audit_image(explainer: DetectionExplainer, image, methods, truth: list, tole
             box = _pixels(d.box_image, rgb.shape)
             same_class = [_pixels(o.box_image, rgb.shape) for o in items if o.class_id == d.class_id]
             row = {"image": str(image), "method": method, "index": d.index, "class_id": d.class_id,
-                   "label": d.label, "score": round(d.score, 5), "degenerate": d.degenerate,
+                   "label": d.label, "score": round(d.score, 5), "degenerate": d.degenerate, "uniform": d.uniform,
                    "energy": energy_pointing(saliency, [box]),
                    "box_fraction": _area(box) / float(rgb.shape[0] * rgb.shape[1]),
                    "pointing": int(pointing_hit(saliency, [box], tolerance, d.degenerate)),

@@ -25,7 +25,7 @@ from ..backends import load_backend
 from ..bundle import Bundle
 from ..errors import CamInferError
 from ..explainer import class_index, model_inputs
-from ..postprocess import normalise
+from ..postprocess import near_uniform, normalise
 from .branches import crop_origin
 from .decode import Detections, anchor_levels, detect
 from .methods import get_detection_method
@@ -46,13 +46,14 @@ class DetectionMap:
     index: int | None            # its index among the image's detections (None: a box you gave)
     match_iou: float             # a box you gave: IoU with its anchor's box
     saliency: np.ndarray         # (H,W) in [0,1], at the model's input
-    degenerate: bool
+    degenerate: bool             # constant map
+    uniform: bool = False        # near-uniform map: no localisation (`postprocess.near_uniform`)
 
     def record(self) -> dict:
         return {"box": [round(v, 2) for v in self.box_image], "class_id": self.class_id, "label": self.label,
                 "score": round(self.score, 5), "anchor": self.anchor, "level": self.level, "index": self.index,
                 **({"match_iou": round(self.match_iou, 4)} if self.index is None else {}),
-                "degenerate": self.degenerate}
+                "degenerate": self.degenerate, "uniform": self.uniform}
 
 
 @dataclass
@@ -173,17 +174,18 @@ class DetectionContext:
     def perturbable(self, i: int, target: Target, score: str) -> "Crop | WholeLevel":
         """What a masking method perturbs of level i for this target: its crop through the level's branch
         where that gives the same score (`crop`), else the whole level through the whole head."""
-        crop = self.crop(i, target) if score == "anchor" else None
-        return crop or WholeLevel(self, i, target, score)
+        return self.crop(i, target) if self.crops(i, target, score) else WholeLevel(self, i, target, score)
 
-    def crop(self, i: int, target: Target) -> Crop | None:
-        """Level i's crop around the target's anchor with its cropped branch, when the bundle has one for
-        level i and the anchor lies on its grid (the ``anchor`` score of a level-local head); else None."""
-        branch = self.levels[i].get("branch")
-        if branch is None or self.window_cells(i, target) is None:
-            return None
+    def crops(self, i: int, target: Target, score: str) -> bool:
+        """Whether level i is perturbed as a crop around the target's anchor through its cropped branch: the
+        bundle has one for level i and the anchor lies on its grid (the ``anchor`` score of a level-local head)."""
+        return score == "anchor" and self.levels[i].get("branch") is not None and \
+            self.window_cells(i, target) is not None
+
+    def crop(self, i: int, target: Target) -> Crop:
+        """Level i's crop around the target's anchor, with its cropped branch."""
         _, h, w = self.levels[i]["shape"]
-        k = int(branch["window"])
+        k = int(self.levels[i]["branch"]["window"])
         y0, x0 = crop_origin(int(self.grid.row[target.anchor]), int(self.grid.col[target.anchor]), h, w, k)
         return Crop(self, i, self.level_maps()[i][:, y0:y0 + k, x0:x0 + k], y0, x0, target)
 
@@ -254,7 +256,7 @@ class DetectionExplainer:
                 image_items.append(DetectionMap([float(v) for v in t.box], box_image, t.class_id,
                                                 self.label(t.class_id), t.score, t.anchor,
                                                 int(self.grid.level[t.anchor]), t.index, t.match_iou, saliency[0],
-                                                bool(degenerate[0])))
+                                                bool(degenerate[0]), bool(near_uniform(saliency[0]))))
             items.append(image_items)
         return DetectionExplanation(method, items, found, (time.perf_counter() - start) * 1000,
                                     {**options, "conf": thresholds[0], "iou": thresholds[1]}, originals, names, prep)

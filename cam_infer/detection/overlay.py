@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 
 from ..errors import CamInferError
-from ..postprocess import overlay_picture
+from ..postprocess import flagged, overlay_picture
 
 COLOURS = [(255, 255, 255), (255, 64, 160), (64, 255, 64), (255, 200, 0), (0, 200, 255)]
 
@@ -35,7 +35,7 @@ def detection_overlay(e, i: int, j: int | None, on: str, colormap: str, alpha: f
 def _caption(method: str, items) -> str:
     if len(items) == 1:
         d = items[0]
-        return f"{method}: {d.label} ({d.class_id}) p={d.score:.2f}" + (" [constant map]" if d.degenerate else "")
+        return f"{method}: {d.label} ({d.class_id}) p={d.score:.2f}" + flagged(d.degenerate, d.uniform)
     return f"{method}: {len(items)} detections" if items else f"{method}: no detection"
 
 

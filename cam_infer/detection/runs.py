@@ -9,6 +9,7 @@ import json
 from dataclasses import dataclass
 
 from ..errors import CamInferError
+from ..explainer import class_index
 from ..explanation import _safe
 from ..outputs import OutputLock, prepare_folder
 from ..postprocess import check_overlay_options, encode_png
@@ -22,7 +23,9 @@ def explain_detection_files(explainer: DetectionExplainer, paths, methods: list[
                             classes=None, boxes=None, conf=None, iou=None, options: dict | None = None,
                             colormap: str = "jet", alpha: float = 0.5, restart: bool = False,
                             progress: bool | None = None, on: str = "original", workers=None, ray: str | None = None,
-                            threads: int | None = None) -> Results:
+                            threads: int | None = None, report=None) -> Results:
+    """`report(line)`, when given, hears what the run will cost before it starts (`cam_infer.cost`)."""
+    from ..cost import announce, detection_plan
     from ..parallel import ExplainerSpec, InProcess, make_runner
 
     check_overlay_options(colormap, alpha)
@@ -31,6 +34,8 @@ def explain_detection_files(explainer: DetectionExplainer, paths, methods: list[
     for m in methods:
         get_detection_method(m)
     explainer._thresholds(conf, iou, None)
+    for c in classes or []:                      # an unknown class is refused before the run, not on its first image
+        class_index(c, explainer.labels, explainer.bundle.num_classes)
     runner = make_runner(workers, ray, threads)
     found = collect_images(paths)
     out = prepare_folder(out)
@@ -51,6 +56,9 @@ def explain_detection_files(explainer: DetectionExplainer, paths, methods: list[
         work = DetectionWork(spec, tuple(methods), targets, classes, boxes, conf, iou, options or {}, colormap, alpha,
                              on)
         items = ((path, names[path], tuple(m for m in methods if (str(path), m) not in done)) for path in todo)
+        if report and todo:
+            report(announce(detection_plan(explainer, methods, {m: options or {} for m in methods}),
+                            explainer.backend, detector=True))
         with Progress(len(todo) * len(methods), "explain", enabled=progress) as bar:
             for result in runner.map(work, items):
                 results.collect(result, out)

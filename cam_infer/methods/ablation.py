@@ -14,14 +14,20 @@ from typing import Literal
 import numpy as np
 
 from .. import kernels
+from ..cost import Passes
 from ..numerics import softmax
 from .registry import Context, method
 
 EPS = 1e-8
 
 
+def passes(shape, options: dict, linear_head: bool) -> Passes:
+    """K head rows, none for the closed form."""
+    return Passes() if options["closed_form"] and linear_head else Passes(head=shape[0])
+
+
 @method("ablation", needs="head", cost="1 feature pass + K head rows (none: exact closed form on GAP→linear heads)",
-        bench={"ablation": {}, "ablation (head passes)": {"closed_form": False}})
+        bench={"ablation": {}, "ablation (head passes)": {"closed_form": False}}, passes=passes)
 def ablation(ctx: Context, *, score: Literal["logit", "prob"] = "logit", closed_form: bool = True) -> np.ndarray:
     """(y_c − y_c,k)/|y_c| per channel (the |·| guards y_c ≤ 0); closed form on GAP→linear heads"""
     if score == "logit" and ctx.bundle.output_kind == "probabilities":

@@ -16,11 +16,13 @@ from typing import Literal
 
 import numpy as np
 
+from ..cost import Passes
 from ..errors import CamInferError
 from .registry import Context, method
 
 
-@method("integrated-gradcam", needs="gradients", cost="m forwards + m backwards (m = steps, 50), batched")
+@method("integrated-gradcam", needs="gradients", cost="m forwards + m backwards (m = steps, 50), batched",
+        passes=lambda shape, options, linear: Passes(model=options["steps"], backward=options["steps"]))
 def integrated_gradcam(ctx: Context, *, preset: Literal["official", "integral"] = "official",
                        steps: int = 50) -> np.ndarray:
     """Grad-CAM terms summed along the straight path from a black image to the input"""

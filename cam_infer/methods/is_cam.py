@@ -17,7 +17,7 @@ from typing import Literal
 import numpy as np
 
 from ..numerics import softmax
-from .masked_passes import batched_scores, full_passes_of, masks
+from .masked_passes import batched_scores, channel_passes, full_passes_of, masks
 from .registry import Context, method
 from .score import rows_per_call, selected_channels
 
@@ -29,7 +29,8 @@ def coefficients(preset: str, samples: int) -> np.ndarray:
 
 
 @method("is-cam", needs="model", cost="K·N full passes (N = samples, 10)", in_all=False,
-        floor=full_passes_of(lambda o: o.get("samples", 10)), bench={"is-cam top_k=16": {"top_k": 16}})
+        floor=full_passes_of(lambda o: o.get("samples", 10)),
+        passes=channel_passes(lambda o: o["samples"]), bench={"is-cam top_k=16": {"top_k": 16}})
 def is_cam(ctx: Context, *, preset: Literal["torchcam", "linear"] = "torchcam", samples: int = 10,
            top_k: int | None = None) -> np.ndarray:
     """Score-CAM integrated along N input scales: softmax over channels of the mean class logit of c_i·M_k⊙x"""

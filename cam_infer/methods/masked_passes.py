@@ -60,6 +60,22 @@ def batched_scores(ctx, inputs: Iterator[np.ndarray], count: int, i: int, score:
     return out
 
 
+def channel_passes(samples_of: Callable[[dict], int]):
+    """The `passes` of a Score-CAM-family method: one model pass per selected channel and sample, at most
+    (constant channels are skipped)."""
+    from ..cost import Passes
+    from ..errors import CamInferError
+
+    def passes(shape, options: dict, linear_head: bool) -> Passes:
+        top_k, samples = options.get("top_k"), samples_of(options)
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
+            raise CamInferError(f"top_k must be a positive integer, not {top_k!r}")
+        if samples < 1:
+            raise CamInferError(f"samples must be positive, not {samples!r}")
+        return Passes(model=(shape[0] if top_k is None else min(shape[0], top_k)) * samples, bound=True)
+    return passes
+
+
 def full_passes_of(samples_of: Callable[[dict], int]):
     """A cost model for bench (the Score-CAM family): (full passes for one image: the selected channels times
     `samples_of(options)` per channel, images per backend call)."""

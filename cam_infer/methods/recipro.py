@@ -16,6 +16,7 @@ from typing import Literal
 import numpy as np
 
 from .. import kernels
+from ..cost import Passes
 from ..errors import CamInferError
 from ..numerics import softmax
 from .registry import Context, fused, method
@@ -34,8 +35,14 @@ def kernel_mass(kernel: np.ndarray, h: int, w: int) -> np.ndarray:
     return out.reshape(h * w, -1).sum(axis=1).reshape(h, w)
 
 
+def passes(shape, options: dict, linear_head: bool) -> Passes:
+    """h·w head rows, none for the closed form."""
+    _, h, w = shape
+    return Passes() if options["closed_form"] and linear_head else Passes(head=h * w)
+
+
 @method("recipro", needs="head", cost="1 feature pass + h·w head rows (none: exact closed form on GAP→linear heads)",
-        bench={"recipro": {}, "recipro (head passes)": {"closed_form": False}})
+        bench={"recipro": {}, "recipro (head passes)": {"closed_form": False}}, passes=passes)
 def recipro(ctx: Context, *, score: Literal["prob", "logit"] = "prob", kernel: Literal["onehot", "gaussian3"] = "onehot",
             closed_form: bool = True) -> np.ndarray:
     """softmax(head(A ⊙ M_ij))_c over the h·w one-hot masks; exact closed form on GAP→linear heads"""

@@ -108,6 +108,19 @@ class MethodSpec:
     class_specific: bool = True     # the map depends on the class explained
     floor: Callable | None = None   # (explainer, x, options) → (full passes, images per call), for bench
     in_all: bool = True             # part of `--method all` (False: many times Score-CAM's passes)
+    extra_passes: Callable | None = None   # ((K,h,w), options, linear head?) → `cost.Passes` beyond the clean pass
+
+    def passes(self, shape: tuple[int, int, int], options: dict, linear_head: bool):
+        """The runtime passes one image costs beyond its clean pass (`cost.Passes`), with these options:
+        none for methods of the features alone, one backward for the gradient family, else the method's own."""
+        from ..cost import Passes
+        self.check_options(options)
+        if self.extra_passes is not None:
+            return self.extra_passes(shape, {**self.defaults(), **options}, linear_head)
+        return Passes(backward=1) if self.gradient else Passes()
+
+    def defaults(self) -> dict:
+        return {name: option.default for name, option in self.options.items()}
 
     @property
     def gradient(self) -> bool:
@@ -137,9 +150,10 @@ METHODS: dict[str, MethodSpec] = {}
 
 
 def method(name: str, *, needs: str = "features", cost: str, bench: dict | None = None, floor: Callable | None = None,
-           in_all: bool = True):
+           in_all: bool = True, passes: Callable | None = None):
     """Register a method function under `name`; its keyword-only arguments are its options. The first
-    line of the function's docstring is its summary."""
+    line of the function's docstring is its summary; `cost` says its passes in words, `passes` counts them
+    (`MethodSpec.passes`)."""
     if needs not in NEEDS:
         raise ValueError(f"method '{name}': needs must be one of {NEEDS}, not {needs!r}")
 
@@ -149,7 +163,8 @@ def method(name: str, *, needs: str = "features", cost: str, bench: dict | None 
                              f"{fn.__module__})")
         summary = (inspect.getdoc(fn) or "").splitlines()[0] if inspect.getdoc(fn) else name
         METHODS[name] = MethodSpec(name, fn, needs, options_of(fn), cost, summary,
-                                   {name: {}} if bench is None else bench, floor=floor, in_all=in_all)
+                                   {name: {}} if bench is None else bench, floor=floor, in_all=in_all,
+                                   extra_passes=passes)
         return fn
     return register
 

@@ -18,7 +18,7 @@ import numpy as np
 from .. import kernels
 from ..errors import CamInferError
 from ..numerics import softmax
-from .masked_passes import full_passes_of
+from .masked_passes import channel_passes, full_passes_of
 from .registry import Context, method
 
 
@@ -38,6 +38,7 @@ def rows_per_call(bundle, memory_budget: int, channels: int) -> int:
 
 
 @method("score", needs="model", cost="1 full pass per channel (K, or top_k)", floor=full_passes_of(lambda options: 1),
+        passes=channel_passes(lambda options: 1),
         bench={"score top_k=64": {"top_k": 64}, "score": {}})
 def score(ctx: Context, *, weighting: Literal["reference", "channel-softmax"] = "reference",
           top_k: int | None = None) -> np.ndarray:

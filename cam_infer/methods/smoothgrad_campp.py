@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..cost import Passes
 from ..errors import CamInferError
 from .registry import Context, method
 
 EPS = 1e-6
 
 
-@method("smoothgrad-cam++", needs="gradients", cost="n forwards + n backwards (n = samples, 4)")
+@method("smoothgrad-cam++", needs="gradients", cost="n forwards + n backwards (n = samples, 4)",
+        passes=lambda shape, options, linear: Passes(model=options["samples"], backward=options["samples"]))
 def smoothgrad_campp(ctx: Context, *, samples: int = 4, std: float = 0.3, torchcam_compat: bool = False,
                      seed: int = 0) -> np.ndarray:
     """Grad-CAM++ with D1, D1², D1³ averaged over noisy copies of the input (SmoothGrad)"""

@@ -22,13 +22,14 @@ import numpy as np
 
 from ..errors import CamInferError
 from ..numerics import softmax
-from .masked_passes import batched_scores, full_passes_of, masks
+from .masked_passes import batched_scores, channel_passes, full_passes_of, masks
 from .registry import Context, method
 from .score import rows_per_call, selected_channels
 
 
 @method("ss-cam", needs="model", cost="K·N full passes (N = samples, 35)", in_all=False,
-        floor=full_passes_of(lambda o: o.get("samples", 35)), bench={"ss-cam top_k=16": {"top_k": 16}})
+        floor=full_passes_of(lambda o: o.get("samples", 35)),
+        passes=channel_passes(lambda o: o["samples"]), bench={"ss-cam top_k=16": {"top_k": 16}})
 def ss_cam(ctx: Context, *, preset: Literal["torchcam", "paper-mask", "paper-input"] = "torchcam",
            samples: int = 35, std: float = 2.0, sigma_is_variance: bool = True, top_k: int | None = None,
            seed: int = 0) -> np.ndarray:

@@ -34,18 +34,49 @@ class DetectionMethod:
     cost: str
     summary: str
     class_specific: bool
+    target_passes: Callable | None = None     # (DetectionContext, target, **options) → `cost.Passes` for it
+    image_passes: Callable | None = None      # (DetectionContext, **options) → `cost.Passes` shared by the targets
+
+    def passes(self, explainer, options: dict):
+        """(passes per image beyond the clean pass, passes per explained detection): the most any detection
+        takes, measured on a detection at the centre of each output level's grid."""
+        from ...cost import Passes
+        from ..explainer import DetectionContext
+        ctx = DetectionContext(explainer, None, None, None)
+        per_image = self.image_passes(ctx, **options) if self.image_passes else Passes()
+        if self.target_passes is None:
+            return per_image, None
+        per_target = [self.target_passes(ctx, t, **options) for t in central_targets(explainer.grid)]
+        most = max(per_target, key=lambda p: sum(p.counts().values()))
+        bound = len({tuple(p.counts().values()) for p in per_target}) > 1 or most.bound
+        return per_image, Passes(**most.counts(), bound=bound)
 
 
 DETECTION_METHODS: dict[str, DetectionMethod] = {}
 
 
-def detection_method(name: str, cost: str, class_specific: bool = True):
-    """Register a detection method: fn(ctx, targets, **options) → list of (H,W) raw maps, one per target."""
+def detection_method(name: str, cost: str, class_specific: bool = True, target_passes: Callable | None = None,
+                     image_passes: Callable | None = None):
+    """Register a detection method: fn(ctx, targets, **options) → list of (H,W) raw maps, one per target;
+    `cost` says its passes in words, `target_passes` and `image_passes` count them (`DetectionMethod.passes`)."""
     def register(fn):
         summary = (fn.__doc__ or "").strip().splitlines()[0]
-        DETECTION_METHODS[name] = DetectionMethod(name, fn, cost, summary, class_specific)
+        DETECTION_METHODS[name] = DetectionMethod(name, fn, cost, summary, class_specific, target_passes,
+                                                  image_passes)
         return fn
     return register
+
+
+def central_targets(grid) -> list:
+    """A made-up detection at the centre of each output level's grid (class 0): what a cost is counted on."""
+    from ..targets import Target
+    out = []
+    for level in range(len(grid.strides)):
+        anchors = np.flatnonzero(grid.level == level)
+        rows, cols = grid.row[anchors], grid.col[anchors]
+        centre = anchors[np.argmin(np.abs(rows - rows.max() / 2) + np.abs(cols - cols.max() / 2))]
+        out.append(Target(np.zeros(4, np.float32), 0, int(centre), 1.0, None))
+    return out
 
 
 def get_detection_method(name: str) -> DetectionMethod:

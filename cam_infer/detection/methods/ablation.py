@@ -10,11 +10,21 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...cost import Passes
 from . import detection_method, unit_free
 
 
+def target_passes(ctx, target, *, score: str = "anchor", **_) -> Passes:
+    """C_l + 1 rows of each level reaching the target: crops where it has a cropped branch, else head rows."""
+    total = Passes()
+    for i in ctx.levels_reaching(target):
+        rows = ctx.levels[i]["shape"][0] + 1
+        total += Passes(crops=rows) if ctx.crops(i, target, score) else Passes(head=rows)
+    return total
+
+
 @detection_method("ablation", cost="C_l head rows (k×k crops at the Detect inputs) per target, for the levels "
-                                   "reaching its anchor")
+                                   "reaching its anchor", target_passes=target_passes)
 def ablation(ctx, targets, *, score: str = "anchor", **_):
     """mean_l U(minmax(Σ_k (s − s_k)/|s| · A_l^k)): the channels whose removal lowers the detection's score"""
     out = []

@@ -17,11 +17,26 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...cost import Passes
 from . import detection_method, same_unit
 
 
+def target_passes(ctx, target, *, score: str = "anchor", block: int = 1, **_) -> Passes:
+    """One row per kept block of each level reaching the target, and one with the level all zero: crops
+    where the level has a cropped branch, head rows otherwise (fewer near the border, where the anchor's
+    window is clipped)."""
+    total = Passes()
+    for i in ctx.levels_reaching(target):
+        _, h, w = ctx.levels[i]["shape"]
+        cells = ctx.window_cells(i, target) if score == "anchor" else None
+        rows = len(block_cells(h, w, int(block), cells)) + 1
+        total += Passes(crops=rows, bound=cells is not None) if ctx.crops(i, target, score) else \
+            Passes(head=rows, bound=cells is not None)
+    return total
+
+
 @detection_method("recipro", cost="≤ 26 k×k crops per target at the Detect inputs; h·w/block² head rows per level "
-                                  "otherwise")
+                                  "otherwise", target_passes=target_passes)
 def recipro(ctx, targets, *, score: str = "anchor", block: int = 1, **_):
     """Σ_l U(s(head(A with level l kept at one cell))): the cells whose features alone keep the detection"""
     return [recipro_map(ctx, t, score, int(block)) for t in targets]

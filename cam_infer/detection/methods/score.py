@@ -11,12 +11,19 @@ from __future__ import annotations
 import numpy as np
 
 from ...methods.masked_passes import masks
+from ...cost import Passes
 from . import detection_method, unit_free
 
 CHUNK = 32           # masked inputs made at a time (320×320: 40 MB)
 
 
-@detection_method("score", cost="Σ_l C_l full passes per image (or top_k per level), shared by its targets")
+def image_passes(ctx, *, top_k: int | None = None, **_) -> Passes:
+    """One model pass per channel (or top_k) of each level, at most (constant channels are skipped)."""
+    return Passes(model=sum(min(c, top_k or c) for c, _, _ in (level["shape"] for level in ctx.levels)), bound=True)
+
+
+@detection_method("score", cost="Σ_l C_l full passes per image (or top_k per level), shared by its targets",
+                  image_passes=image_passes)
 def score(ctx, targets, *, top_k: int | None = None, score: str = "match", **_):
     """mean_l U(minmax(Σ_k s(x ⊙ M_k) A_l^k)), M_k the min–max'd upsampled channel: what keeps the box found"""
     outputs = {}

@@ -1,0 +1,177 @@
+"""What a run will cost, said before it starts: runtime passes per image for each chosen method, from the
+method registries' ``passes`` (classifiers: `methods.registry`; detectors: `detection.methods`), and a rough
+time from one measured pass of each kind.
+
+    plan = classifier_plan(explainer.bundle, ["recipro", "score"], options, linear_head=True)
+    print(cost_line(plan, measure(explainer.backend)))
+    # cost per image: recipro 1 model pass; score ≤ 1281 model passes (≈ 21 s) — a model pass 16 ms, …
+
+A *model pass* is one image through the whole model (the clean pass every method starts from, Score-CAM's
+masked inputs); a *head row* one activation through the head graph (Recipro-CAM, Ablation-CAM); a *crop* one
+k×k crop through a detector's class branch; a *backward* one gradient pass in PyTorch (not timed).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+UNITS = {"model": "model pass", "head": "head row", "crops": "crop", "backward": "backward"}
+
+
+@dataclass(frozen=True)
+class Passes:
+    """Runtime rows of each kind; ``bound``: the method may run fewer (it skips constant channels, or cells
+    beyond the border)."""
+
+    model: int = 0
+    head: int = 0
+    crops: int = 0
+    backward: int = 0
+    bound: bool = False
+
+    def __add__(self, other: "Passes") -> "Passes":
+        return Passes(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self) if f.name != "bound"),
+                      bound=self.bound or other.bound)
+
+    def __mul__(self, times: int) -> "Passes":
+        return Passes(self.model * times, self.head * times, self.crops * times, self.backward * times, self.bound)
+
+    def counts(self) -> dict[str, int]:
+        return {unit: getattr(self, unit) for unit in UNITS}
+
+    def describe(self) -> str:
+        """'1 model pass + 1600 head rows' (≤ in front when an upper bound)."""
+        parts = [f"{n} {UNITS[unit]}{'es' if unit == 'model' and n != 1 else 's' if n != 1 else ''}"
+                 for unit, n in self.counts().items() if n]
+        return ("≤ " if self.bound else "") + (" + ".join(parts) or "no pass")
+
+    def seconds(self, timing: dict[str, float]) -> float | None:
+        """A rough time from the measured seconds of one row of each kind (None: a kind was not measured)."""
+        total = 0.0
+        for unit, n in self.counts().items():
+            if n and unit not in timing:
+                return None
+            total += n * timing.get(unit, 0.0)
+        return total
+
+
+@dataclass(frozen=True)
+class MethodCost:
+    """One method's passes: per image, and (detectors) per explained detection on top."""
+
+    name: str
+    per_image: Passes
+    per_target: Passes | None = None
+
+    def describe(self, timing: dict[str, float]) -> str:
+        text = f"{self.name} {self.per_image.describe()}" + _time(self.per_image, timing)
+        if self.per_target is not None and self.per_target.counts() != Passes().counts():
+            text += f" + {self.per_target.describe()} per detection" + _time(self.per_target, timing)
+        return text
+
+
+def _time(passes: Passes, timing: dict[str, float]) -> str:
+    seconds = passes.seconds(timing)
+    return "" if seconds is None or seconds < 1 else f" (≈ {seconds:.0f} s)"
+
+
+def clean_pass() -> Passes:
+    """What every explanation starts with: the image through the model once (activations and outputs)."""
+    return Passes(model=1)
+
+
+def classifier_plan(bundle, methods, options: dict | None = None, linear_head: bool = False,
+                    enhancers: dict | None = None) -> list[MethodCost]:
+    """Passes per image of each classifier method (``name`` or ``name+enhancer``) with its options
+    (``options[name]``) and the enhancer's (``enhancers[enhancer]``)."""
+    from .enhancers import get_enhancer, split_variant
+    from .methods import get_method
+
+    plan = []
+    for name in methods:
+        base, enhancer = split_variant(name)
+        spec = get_method(base)
+        chosen = (options or {}).get(name, (options or {}).get(base, {}))
+        passes = clean_pass() + spec.passes(tuple(bundle.activation_shape), chosen, linear_head)
+        if enhancer is not None:
+            passes = passes * get_enhancer(enhancer).passes(*bundle.input_shape[1:],
+                                                            **(enhancers or {}).get(enhancer, {}))
+        plan.append(MethodCost(name, passes))
+    return plan
+
+
+def reads_linear_head(bundle) -> bool:
+    """Whether the head graph reads as global pooling + linear (the closed forms apply; the Explainer also
+    checks it against the runtime), without opening a runtime."""
+    import onnx
+
+    from .bundle.head import read_linear_head
+    return bundle.graph_format == "onnx" and \
+        read_linear_head(onnx.load(bundle.head_path), bundle.activation_shape[0]) is not None
+
+
+def detection_plan(explainer, methods, options: dict | None = None) -> list[MethodCost]:
+    """Passes per image, and per detection, of each detector method: the most any detection can take
+    (a detection at the centre of its level's grid, for every level)."""
+    from .detection.methods import get_detection_method
+
+    plan = []
+    for name in methods:
+        spec = get_detection_method(name)
+        per_image, per_target = spec.passes(explainer, (options or {}).get(name, {}))
+        plan.append(MethodCost(name, clean_pass() + per_image, per_target))
+    return plan
+
+
+def measure(backend, detector: bool = False, rows: int = 4) -> dict[str, float]:
+    """Seconds per row of a model pass and of a head row (and of a crop through a detector's cut-level
+    branches, the slowest), on zeros, in batches of `rows` as the methods batch them, after a warm-up."""
+    bundle = backend.bundle
+    x = np.zeros((rows, *bundle.input_shape), np.float32)
+    (a, _), model = _seconds(lambda: backend.observe(x), backend.observe(x[:1])[0])
+    timing = {"model": model / rows, "head": _seconds(lambda: backend.head(a))[1] / rows}
+    crops = []
+    for i, level in enumerate(bundle.manifest.get("cut", []) if detector else []):
+        if level.get("branch"):
+            k = int(level["branch"]["window"])
+            crops.append(_seconds(lambda: backend.branch(i, np.zeros((rows, level["shape"][0], k, k), np.float32)))[1])
+    if crops:
+        timing["crops"] = max(crops) / rows
+    return timing
+
+
+def _seconds(fn, warmed=None) -> tuple[object, float]:
+    """fn's result and seconds, on its second call (unless `warmed`: the runtime already ran once)."""
+    if warmed is None:
+        fn()
+    start = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - start
+
+
+def announce(plan: list[MethodCost], backend=None, detector: bool = False) -> str:
+    """The cost line of a run, with a measured time where a method makes more than the clean pass and a
+    backend is at hand (None: workers elsewhere will run it)."""
+    return cost_line(plan, measure(backend, detector) if backend is not None and worth_measuring(plan) else None)
+
+
+def cost_line(plan: list[MethodCost], timing: dict[str, float] | None = None) -> str:
+    """One line: each method's passes per image (and its rough time), then what one pass took."""
+    timing = timing or {}
+    measured = ", ".join(f"a {UNITS[unit]} {_milliseconds(seconds)} ms" for unit, seconds in timing.items())
+    return "cost per image: " + "; ".join(m.describe(timing) for m in plan) + (f" — measured {measured}"
+                                                                                  if measured else "")
+
+
+def _milliseconds(seconds: float) -> str:
+    ms = seconds * 1000
+    return f"{ms:.1f}" if ms < 10 else f"{ms:.0f}"
+
+
+def worth_measuring(plan: list[MethodCost]) -> bool:
+    """Measure a pass only when a method makes more than the clean pass (else the line says enough)."""
+    return any(m.per_image.counts() != clean_pass().counts() or m.per_target is not None and
+               any(m.per_target.counts().values()) for m in plan)
