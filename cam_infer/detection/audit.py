@@ -130,7 +130,8 @@ def audit_image(explainer: DetectionExplainer, image, methods, truth: list, tole
             box = _pixels(d.box_image, rgb.shape)
             same_class = [_pixels(o.box_image, rgb.shape) for o in items if o.class_id == d.class_id]
             row = {"image": str(image), "method": method, "index": d.index, "class_id": d.class_id,
-                   "label": d.label, "score": round(d.score, 5), "degenerate": d.degenerate,
+                   "label": d.label, "score": round(d.score, 5), "class_agnostic": e.class_agnostic,
+                   "degenerate": d.degenerate,
                    "energy": energy_pointing(saliency, [box]),
                    "box_fraction": _area(box) / float(rgb.shape[0] * rgb.shape[1]),
                    "pointing": int(pointing_hit(saliency, [box], tolerance, d.degenerate)),

@@ -91,11 +91,15 @@ class DetectionWork:
             out["pictures"][overlay] = encode_png(e.overlay(0, on=self.on, colormap=self.colormap, alpha=self.alpha))
             detections = []
             for j, d in enumerate(e.items[0]):
+                if e.class_agnostic:                   # the image's one map: no picture per detection
+                    detections.append(d.record())
+                    continue
                 file = f"{name}_{method}_{j}_{_safe(d.label)}.png"
                 out["pictures"][file] = encode_png(e.overlay(0, j, on=self.on, colormap=self.colormap,
                                                              alpha=self.alpha))
                 detections.append({**d.record(), "overlay": file})
-            out["records"].append({"image": str(path), "method": method, "detections": detections,
+            out["records"].append({"image": str(path), "method": method,
+                                   **({"class_agnostic": True} if e.class_agnostic else {}), "detections": detections,
                                    "found": len(e.detections[0]), "milliseconds": round(e.milliseconds, 3),
                                    "overlay": overlay, "input": stamp})
         return out

@@ -199,6 +199,18 @@ def get_method(name: str) -> MethodSpec:
     return METHODS[name]
 
 
+def class_agnostic(method: str) -> bool:
+    """True for a method whose map does not depend on the class explained (activation, eigen, entropy), also
+    inside an enhancer ('eigen+sess'): its one map per image must never be shown under a class name."""
+    return not get_method(method.split("+")[0]).class_specific
+
+
+def class_agnostic_note(methods) -> str:
+    """The one line that says a class asked for does not apply to these class-agnostic methods."""
+    return (f"{', '.join(methods)}: class-agnostic, one map per image whatever the class; the class asked for "
+            "applies to the other methods only")
+
+
 def require_linear_head(ctx: Context, name: str) -> LinearHead:
     if ctx.linear_head is None:
         raise MethodNotApplicable(METHODS[name].applies(False))
