@@ -245,9 +245,6 @@ def explain_files(explainer, paths, methods: list[str], out, *, target=None, opt
     per_method = options_per_method(methods, options or {})
     if target is not None:
         explainer.class_id(target, explainer.bundle.num_classes)
-        agnostic = [m for m in methods if class_agnostic(m)]
-        if agnostic:
-            print(f"note: {class_agnostic_note(agnostic)}")
     out = prepare_folder(out)
     graphs = explainer.bundle.manifest["graphs"]
     enhancer = None if enhance is None else {"name": enhance, "options": dict(enhance_options or {})}
@@ -267,6 +264,9 @@ def explain_files(explainer, paths, methods: list[str], out, *, target=None, opt
     with OutputLock(out, "explain"):
         results = Results.open(out, json.loads(json.dumps(settings)), restart)
         results.skipped = [str(f) for f in found.skipped]
+        agnostic = [m for m in methods if class_agnostic(m)] if target is not None else []
+        if agnostic:
+            print(f"note: {class_agnostic_note(agnostic)}")
         done = results.done()
         names = overlay_names(images)
         todo = [i for i in images if any((str(i), m) not in done for m in methods)]

@@ -207,8 +207,8 @@ def class_agnostic(method: str) -> bool:
 
 def class_agnostic_note(methods) -> str:
     """The one line that says a class asked for does not apply to these class-agnostic methods."""
-    return (f"{', '.join(methods)}: class-agnostic, one map per image whatever the class; the class asked for "
-            "applies to the other methods only")
+    return (f"{', '.join(methods)}: class-agnostic (the map does not depend on the class), one map per image; "
+            "the class asked for is not used")
 
 
 def require_linear_head(ctx: Context, name: str) -> LinearHead:
@@ -221,15 +221,16 @@ def methods_table(measured: dict[str, str] | None = None) -> str:
     """The README's table of methods, from the registry; with `measured` (method → ratio, from
     `measured_ratios`), a column of benchmark figures."""
     extra = measured is not None
-    lines = ["| method | needs | cost per image | what it computes | options (default first) |"
+    lines = ["| method | needs | map depends on the class | cost per image | what it computes | options (default first) |"
              + (f" {MEASURED_COLUMN} |" if extra else ""),
-             "|---|---|---|---|---|" + ("---|" if extra else "")]
+             "|---|---|---|---|---|---|" + ("---|" if extra else "")]
     for spec in METHODS.values():
         options = ", ".join(o.describe() for o in spec.options.values()) or "—"
         summary = spec.summary.replace("|", "\\|")
         figure = f" {measured.get(spec.name, '—')} |" if extra else ""
-        lines.append(f"| `{spec.name}` | {spec.needs.replace('_', ' ')} | {spec.cost} | {summary} | {options} |"
-                     + figure)
+        depends = "yes" if spec.class_specific else "no: one class-agnostic map per image"
+        lines.append(f"| `{spec.name}` | {spec.needs.replace('_', ' ')} | {depends} | {spec.cost} | {summary} | "
+                     f"{options} |" + figure)
     return "\n".join(lines)
 
 
