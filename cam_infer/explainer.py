@@ -256,10 +256,11 @@ class Explainer:
         target layer's resolution, normalised but not resized (what a server returning small maps sends)."""
         start = time.perf_counter()
         chosen = get_method(method)
+        x, originals, names = self._inputs(images)
         if not chosen.class_specific and (target is not None or top_classes is not None):
+            self.targets_for(target, np.zeros((len(x), self.bundle.num_classes)), top_classes)   # still checked
             warnings.warn(class_agnostic_note([method]), ClassAgnosticWarning, stacklevel=2)
             target = top_classes = None                 # one map per image: it does not depend on the class
-        x, originals, names = self._inputs(images)
         if enhance is not None:
             extra = {} if finer is None else {"finer": finer}
             return self._enhanced(x, originals, names, method, target, top_classes, enhance, enhance_options or {},

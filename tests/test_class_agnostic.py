@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from helpers import run_cli
 
-from cam_infer import Explainer
+from cam_infer import CamInferError, Explainer
 from cam_infer.demo import embedded_bundle_path, embedded_detector_path
 from cam_infer.errors import ClassAgnosticWarning
 from cam_infer.methods import METHODS
@@ -60,13 +60,16 @@ def test_a_class_agnostic_method_gives_one_map_per_image_captioned_without_a_cla
     expected = overlay_picture(plain.saliency[0], rgb, shapes.bundle.preprocessing, f"{method}: class-agnostic")
     np.testing.assert_array_equal(top.overlay(0), expected)
     assert [p.name for p in top.save(tmp_path)] == [f"large_{method}.png", f"multiple_{method}.png"]
+    assert not shapes.explain(images, "recipro").class_agnostic
+    with pytest.raises(CamInferError, match="unknown class label 'zebra'"):     # a wrong class is still an error
+        shapes.explain(images, method, target="zebra")
 
 
 def test_class_specific_methods_keep_their_classes(shapes, images, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         e = shapes.explain(images, "recipro", top_classes=2)
-    assert not e.class_agnostic and e.saliency.shape == (2, 2, 128, 128)
+    assert e.saliency.shape == (2, 2, 128, 128)
     class_id = int(e.targets[0, 1])
     label = shapes.bundle.labels[class_id]
     rgb = cv2.cvtColor(cv2.imread(str(images[0])), cv2.COLOR_BGR2RGB)

@@ -216,11 +216,11 @@ def test_explain_takes_an_image_file_raw_or_as_a_form(server, explainer, scenes)
 
 def test_a_class_agnostic_method_is_served_as_one_map_under_no_class(server, explainer, batch, scenes):
     client = server.client()
-    want = expected(explainer, batch[:2], "eigen")
-    assert want["saliency"].shape == (2, 16, 16)
+    one = explainer.explain(batch[:2], "eigen", upsampled=False)
     for parameters in ({"method": "eigen", "top_k": 2}, {"method": "eigen", "class": 1}):
         got = triton_infer(client, batch[:2], parameters)
-        assert_same(got, want)
+        assert got["saliency"].shape == (2, 16, 16)
+        np.testing.assert_allclose(got["saliency"], one.saliency, atol=1e-5)
         np.testing.assert_array_equal(got["saliency_class"], [-1, -1])
     status, _, raw = server.request("/explain?method=eigen&class=1&overlay=png", scenes[0].read_bytes())
     assert status == 200
