@@ -141,7 +141,7 @@ def sess(explainer, x: np.ndarray, method: str, target, options: dict, *, scales
     scores = probabilities_of(outputs, explainer.bundle.output_kind)[np.arange(len(x)), targets].astype(np.float32)
     base = Explanation(method, fused, fused, targets, scores, np.zeros(len(x), bool), 0.0,
                        labels=explainer.bundle.labels, preprocessing=explainer.bundle.preprocessing,
-                       class_agnostic=class_agnostic(method))
+                       outputs=outputs, class_agnostic=class_agnostic(method))
     return fused, base
 
 
