@@ -144,6 +144,7 @@ def test_the_detector_cli_writes_one_class_agnostic_picture_per_image(tmp_path):
     cv2.imwrite(str(image), cv2.cvtColor(detection_scene(5, 3).image, cv2.COLOR_RGB2BGR))
     result = run_cli("explain", embedded_detector_path(), image, "--method", "eigen", "--out", tmp_path / "out")
     assert result.returncode == 0, result.stderr
+    assert "0 detection maps and 1 class-agnostic image maps for 1 images" in result.stdout, result.stdout
     record = json.loads((tmp_path / "out" / "results.json").read_text())["results"][0]
     assert record["class_agnostic"] is True and record["detections"]
     assert all("overlay" not in d for d in record["detections"])

@@ -252,11 +252,15 @@ class DetectionExplainer:
             shape = originals[i].shape if originals else self.bundle.input_shape[1:]
             chosen_targets = self._targets(i, detections, outputs[i], targets, classes, boxes, shape)
             ctx = DetectionContext(self, x[i:i + 1], packed[i], outputs[i])
+            image_items, normalised = [], {}
             if chosen.class_specific:
                 maps = chosen.fn(ctx, chosen_targets, **options) if chosen_targets else []
             else:                                              # its one map, with or without detections
-                maps = [chosen.fn(ctx, [None], **options)[0]] * max(len(chosen_targets), 1)
-            image_items, normalised = [], {}
+                raw = chosen.fn(ctx, [None], **options)[0]
+                saliency, degenerate = normalised[id(raw)] = normalise(np.asarray(raw, np.float32)[None],
+                                                                       in_place=True)
+                image_maps.append((saliency[0], bool(degenerate[0])))
+                maps = [raw] * len(chosen_targets)
             for t, m in zip(chosen_targets, maps):
                 if id(m) not in normalised:                    # class-agnostic methods share one map
                     normalised[id(m)] = normalise(np.asarray(m, np.float32)[None], in_place=True)   # a method's own
@@ -266,11 +270,6 @@ class DetectionExplainer:
                                                 self.label(t.class_id), t.score, t.anchor,
                                                 int(self.grid.level[t.anchor]), t.index, t.match_iou, saliency[0],
                                                 bool(degenerate[0])))
-            if not chosen.class_specific:
-                if id(maps[0]) not in normalised:
-                    normalised[id(maps[0])] = normalise(np.asarray(maps[0], np.float32)[None], in_place=True)
-                saliency, degenerate = normalised[id(maps[0])]
-                image_maps.append((saliency[0], bool(degenerate[0])))
             items.append(image_items)
         return DetectionExplanation(method, items, found, (time.perf_counter() - start) * 1000,
                                     {**options, "conf": thresholds[0], "iou": thresholds[1]}, originals, names, prep,

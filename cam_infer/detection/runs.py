@@ -107,10 +107,12 @@ class DetectionWork:
 
 def summary_lines(results: Results, methods: int, out) -> list[str]:
     lines = [line for line in results.summary_lines(methods, out) if not line.endswith(str(results.path))]
-    explained = sum(len(r["detections"]) for r in results.records)
+    explained = sum(len(r["detections"]) for r in results.records if not r.get("class_agnostic"))
+    agnostic = sum(1 for r in results.records if r.get("class_agnostic"))
     empty = sorted({r["image"] for r in results.records if not r["detections"]})
-    lines.append(f"{explained} detection maps for {len({r['image'] for r in results.records})} images x {methods} "
-                 f"methods in {out}; results in {results.path}")
+    lines.append(f"{explained} detection maps" + (f" and {agnostic} class-agnostic image maps" if agnostic else "")
+                 + f" for {len({r['image'] for r in results.records})} images x {methods} methods in {out}; "
+                 f"results in {results.path}")
     if empty:
         lines.append(f"no detection explained in {len(empty)} image(s) (none above the threshold, or none of the "
                      f"chosen classes), e.g. {empty[0]}")
