@@ -97,6 +97,15 @@ def test_the_cli_records_no_class_for_a_class_agnostic_map_and_says_so_once(imag
                                                            for m in ("eigen", "entropy", "recipro"))
 
 
+def test_the_audit_cli_says_once_that_the_class_asked_is_not_used(images, tmp_path):
+    result = run_cli("audit", embedded_bundle_path(), *images, "--methods", "eigen,recipro", "--metrics", "adcc",
+                     "--target", "circle", "--out", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert [line for line in result.stdout.splitlines() if "class-agnostic" in line] == [
+        "note: eigen: class-agnostic (the map does not depend on the class), one map per image; the class asked "
+        "for is not used; their rows score the model's top-1"]
+
+
 def test_the_audit_marks_class_agnostic_rows_and_scores_them_on_the_top_1(images, tmp_path):
     from cam_infer.audit import AuditOptions, run_audit
     options = AuditOptions(methods=("eigen", "recipro"), metrics=("adcc",), target="circle")
