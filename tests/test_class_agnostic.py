@@ -158,3 +158,13 @@ def test_the_detector_cli_writes_one_class_agnostic_picture_per_image(tmp_path):
     assert record["class_agnostic"] is True and record["detections"]
     assert all("overlay" not in d for d in record["detections"])
     assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["scene_eigen.png"]
+
+
+def test_the_detection_audit_marks_the_rows_of_a_class_agnostic_map(tmp_path):
+    from cam_infer.detection.audit import run_detection_audit
+    image = tmp_path / "scene.png"
+    cv2.imwrite(str(image), cv2.cvtColor(detection_scene(5, 3).image, cv2.COLOR_RGB2BGR))
+    run_detection_audit(embedded_detector_path(), [image], ["eigen", "recipro"], tmp_path / "audit", progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "audit" / "rows.jsonl").read_text().splitlines()]
+    assert {r["method"] for r in rows} == {"eigen", "recipro"}
+    assert all(r["class_agnostic"] is (r["method"] == "eigen") for r in rows)
