@@ -69,7 +69,8 @@ def run_demo(out, backend: str = "onnxruntime", scale: int = 2, report=print) ->
         write_png(out / f"{s.split}.png", grid)
     report(_table(rows, scenes, explainer))
     report(f"\ngrids (scene with ground-truth boxes, then one overlay per method, each titled with the class "
-           f"it explains and its probability, or class-agnostic): {', '.join(str(out / f'{s}.png') for s in SPLITS)}\n{LEGEND}")
+           f"it explains and its probability, or class-agnostic): "
+           f"{', '.join(str(out / f'{s}.png') for s in SPLITS)}\n{LEGEND}")
     run_detection_demo(out, backend, scale, report)
     return rows
 

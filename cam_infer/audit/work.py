@@ -37,8 +37,9 @@ from ..postprocess import encode_png, overlay
 METRICS = ("adcc", "insertion", "deletion", "pointing", "energy", "box")
 # class_id, label, probability: the class the metrics score; a class-agnostic map (class_agnostic 1) explains
 # none, and they are then the model's top-1.
-COLUMNS = ("image", "method", "class_agnostic", "class_id", "label", "probability", "degenerate", "average_drop", "increase",
-           "coherency", "complexity", "adcc", "insertion", "deletion", "pointing", "energy", "box_iou", "box_hit")
+COLUMNS = ("image", "method", "class_agnostic", "class_id", "label", "probability", "degenerate", "average_drop",
+           "increase", "coherency", "complexity", "adcc", "insertion", "deletion", "pointing", "energy", "box_iou",
+           "box_hit")
 THUMBNAIL = 128
 
 

@@ -221,8 +221,8 @@ def methods_table(measured: dict[str, str] | None = None) -> str:
     """The README's table of methods, from the registry; with `measured` (method → ratio, from
     `measured_ratios`), a column of benchmark figures."""
     extra = measured is not None
-    lines = ["| method | needs | map depends on the class | cost per image | what it computes | options (default first) |"
-             + (f" {MEASURED_COLUMN} |" if extra else ""),
+    lines = ["| method | needs | map depends on the class | cost per image | what it computes | options (default "
+             "first) |" + (f" {MEASURED_COLUMN} |" if extra else ""),
              "|---|---|---|---|---|---|" + ("---|" if extra else "")]
     for spec in METHODS.values():
         options = ", ".join(o.describe() for o in spec.options.values()) or "—"
