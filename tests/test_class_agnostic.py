@@ -44,6 +44,22 @@ def test_the_registry_knows_which_methods_depend_on_the_class():
     assert {n for n, m in DETECTION_METHODS.items() if not m.class_specific} == {"activation", "eigen"}
 
 
+def test_a_method_without_an_onnx_builder_can_say_it_is_class_agnostic(shapes, images):
+    from cam_infer.methods import method
+
+    @method("channel-max", cost="1 feature pass", class_specific=False)
+    def channel_max(ctx):
+        """max over channels"""
+        return ctx.activations.max(axis=1)
+
+    try:
+        with pytest.warns(ClassAgnosticWarning):
+            e = shapes.explain(images, "channel-max", top_classes=2)
+        assert e.class_agnostic and e.saliency.shape == (2, 128, 128)
+    finally:
+        del METHODS["channel-max"]
+
+
 @pytest.mark.parametrize("method", AGNOSTIC)
 def test_a_class_agnostic_method_gives_one_map_per_image_captioned_without_a_class(shapes, images, method, tmp_path):
     plain = shapes.explain(images, method)

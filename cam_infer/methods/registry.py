@@ -137,9 +137,10 @@ METHODS: dict[str, MethodSpec] = {}
 
 
 def method(name: str, *, needs: str = "features", cost: str, bench: dict | None = None, floor: Callable | None = None,
-           in_all: bool = True):
+           in_all: bool = True, class_specific: bool = True):
     """Register a method function under `name`; its keyword-only arguments are its options. The first
-    line of the function's docstring is its summary."""
+    line of the function's docstring is its summary. ``class_specific=False``: its map does not depend on
+    the class (also said by its ONNX builder, `fused`)."""
     if needs not in NEEDS:
         raise ValueError(f"method '{name}': needs must be one of {NEEDS}, not {needs!r}")
 
@@ -149,7 +150,8 @@ def method(name: str, *, needs: str = "features", cost: str, bench: dict | None 
                              f"{fn.__module__})")
         summary = (inspect.getdoc(fn) or "").splitlines()[0] if inspect.getdoc(fn) else name
         METHODS[name] = MethodSpec(name, fn, needs, options_of(fn), cost, summary,
-                                   {name: {}} if bench is None else bench, floor=floor, in_all=in_all)
+                                   {name: {}} if bench is None else bench, floor=floor, in_all=in_all,
+                                   class_specific=class_specific)
         return fn
     return register
 
@@ -162,6 +164,8 @@ def fused(name: str, *, class_specific: bool):
             raise ValueError(f"@fused('{name}') before @method('{name}')")
         if METHODS[name].fused is not None:
             raise ValueError(f"method '{name}' has two ONNX builders")
+        if not METHODS[name].class_specific and class_specific:
+            raise ValueError(f"method '{name}' is class-agnostic and its ONNX builder says otherwise")
         METHODS[name] = replace(METHODS[name], fused=fn, class_specific=class_specific)
         return fn
     return register
