@@ -2,9 +2,9 @@
 
 Order of operations (torchvision's ImageNet convention by default):
 1. decode to RGB uint8 (alpha dropped over black, grayscale expanded, 16-bit scaled to 8-bit);
-2. ``crop="center"``: resize the shorter side to ``resize`` (area interpolation when shrinking,
-   bilinear when enlarging), then center-crop ``input_size``; ``crop="none"``: resize straight to
-   ``input_size`` (aspect ratio not kept);
+2. ``crop="center"``: resize the shorter side to ``resize``, then center-crop ``input_size``;
+   ``crop="none"``: resize straight to ``input_size`` (aspect ratio not kept); the resize's filter is
+   ``interpolation`` (see `INTERPOLATIONS`);
 3. reorder channels to ``color`` (rgb or bgr), or for a 1-channel model convert to gray (ITU-R BT.601,
    as OpenCV does);
 4. ``x = (pixel * scale - mean) / std`` per channel, in the order of ``color``; NCHW float32.
@@ -25,6 +25,14 @@ from .errors import CamInferError, UnreadableImage
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+INTERPOLATIONS = {
+    "area": "OpenCV's area average when shrinking, bilinear when enlarging (bundles that record none)",
+    "antialias": "PIL's bilinear, antialiased as torchvision's (antialias=True) and PIL's Image.resize",
+    "bicubic": "PIL's bicubic (a=-0.5), antialiased as torchvision's (antialias=True) and PIL's Image.resize",
+    "bilinear": "bilinear without antialiasing (OpenCV's INTER_LINEAR, torch's antialias=False)",
+    "nearest": "nearest pixel, PIL's and torchvision's convention (OpenCV's INTER_NEAREST_EXACT)",
+}
+
 
 def default_resize(input_size: tuple[int, int]) -> int:
     """torchvision's 256-for-224 rule: the shorter side is resized to round(S / 0.875)."""
@@ -43,6 +51,7 @@ class Preprocessing:
     layout: str = field(default="NCHW")
     channels: int = 3                                 # 3 (colour) or 1 (grayscale)
     pad: int = 114                                    # the letterbox's border value (uint8, every channel)
+    interpolation: str | None = None                  # INTERPOLATIONS; None: area (bilinear for a letterbox)
 
     def __post_init__(self):
         object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
@@ -57,6 +66,11 @@ class Preprocessing:
             object.__setattr__(self, "resize", default_resize(self.input_size))
         if self.crop not in ("center", "none", "letterbox"):
             raise CamInferError(f"crop must be 'center', 'none' or 'letterbox', not '{self.crop}'")
+        if self.interpolation is None:
+            object.__setattr__(self, "interpolation", "bilinear" if self.crop == "letterbox" else "area")
+        if self.interpolation not in INTERPOLATIONS:
+            raise CamInferError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, "
+                                f"not '{self.interpolation}'")
         if self.color not in ("rgb", "bgr"):
             raise CamInferError(f"color must be 'rgb' or 'bgr', not '{self.color}'")
         if len(self.mean) != self.channels or len(self.std) != self.channels:
@@ -84,9 +98,8 @@ class Preprocessing:
         h, w = self.input_size
         new_h, new_w, top, left = self._crop_geometry(rgb.shape)
         if self.crop != "letterbox":
-            return _resize(rgb, new_w, new_h)[top:top + h, left:left + w]
-        resized = rgb if (new_h, new_w) == rgb.shape[:2] else \
-            cv2.resize(rgb, (new_w, new_h), interpolation=cv2.INTER_LINEAR)        # as Ultralytics does
+            return resize(rgb, new_w, new_h, self.interpolation)[top:top + h, left:left + w]
+        resized = resize(rgb, new_w, new_h, self.interpolation)       # Ultralytics: bilinear, the default
         out = np.full((h, w, rgb.shape[2]), self.pad, np.uint8)
         out[-top:-top + new_h, -left:-left + new_w] = resized
         return out
@@ -196,11 +209,72 @@ def _table(scale: float, mean: tuple, std: tuple) -> np.ndarray:
     return table
 
 
-def _resize(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
+def resize(rgb: np.ndarray, width: int, height: int, interpolation: str = "area") -> np.ndarray:
+    """(H,W,C) uint8 → (height,width,C) uint8 with one of `INTERPOLATIONS`."""
     if (rgb.shape[1], rgb.shape[0]) == (width, height):
         return rgb
-    shrinking = width < rgb.shape[1] or height < rgb.shape[0]
-    return cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    if interpolation in _PIL_FILTERS:
+        return _pil_resize(rgb, width, height, *_PIL_FILTERS[interpolation])
+    if interpolation == "area" and (width < rgb.shape[1] or height < rgb.shape[0]):
+        return cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)
+    flag = cv2.INTER_NEAREST_EXACT if interpolation == "nearest" else cv2.INTER_LINEAR
+    return cv2.resize(rgb, (width, height), interpolation=flag)
+
+
+def _triangle(x: np.ndarray) -> np.ndarray:
+    x = np.abs(x)
+    return np.where(x < 1, 1 - x, 0.0)
+
+
+def _cubic(x: np.ndarray, a: float = -0.5) -> np.ndarray:
+    x = np.abs(x)
+    return np.where(x < 1, ((a + 2) * x - (a + 3)) * x * x + 1,
+                    np.where(x < 2, (((x - 5) * x + 8) * x - 4) * a, 0.0))
+
+
+_PIL_FILTERS = {"antialias": (_triangle, 1.0), "bicubic": (_cubic, 2.0)}
+
+
+@lru_cache(maxsize=64)
+def _pil_weights(src: int, dst: int, kernel, support: float) -> tuple[np.ndarray, np.ndarray]:
+    """PIL's resampling weights from `src` to `dst` pixels as a banded matrix: output pixel i is
+    Σ_k weights[i, k] · input[first[i] + k]. The kernel is stretched by the scale when shrinking
+    (the antialiasing) and each row normalised to sum 1, as PIL's ``precompute_coeffs`` does."""
+    scale = src / dst
+    stretch = max(scale, 1.0)
+    centre = (np.arange(dst) + 0.5) * scale
+    first = np.maximum(np.trunc(centre - support * stretch + 0.5), 0).astype(np.int64)
+    last = np.minimum(np.trunc(centre + support * stretch + 0.5), src).astype(np.int64)
+    taps = np.arange(int((last - first).max()))
+    pixel = first[:, None] + taps[None, :]
+    weights = np.where(pixel < last[:, None], kernel((pixel - centre[:, None] + 0.5) / stretch), 0.0)
+    weights /= weights.sum(axis=1, keepdims=True)
+    return np.minimum(pixel, src - 1), weights.astype(np.float32)
+
+
+def _pil_pass(image: np.ndarray, dst: int, axis: int, kernel, support: float) -> np.ndarray:
+    """One separable pass along `axis` (0: rows, 1: columns) of (H,W,C) float32: the banded product
+    W·image, W (dst × src) the weights of `_pil_weights`."""
+    pixel, weights = _pil_weights(image.shape[axis], dst, kernel, support)
+    shape = list(image.shape)
+    shape[axis] = dst
+    out = np.zeros(shape, np.float32)
+    for k in range(weights.shape[1]):
+        w = weights[:, k, None, None] if axis == 0 else weights[None, :, k, None]
+        out += np.take(image, pixel[:, k], axis=axis) * w
+    return out
+
+
+def _pil_resize(rgb: np.ndarray, width: int, height: int, kernel, support: float) -> np.ndarray:
+    """PIL's ``Image.resize`` with BILINEAR or BICUBIC as Wy · image · Wxᵀ per channel, clipped to [0, 255]
+    between the passes as PIL's 8-bit passes are, rounded once. PIL also rounds between its passes (in an
+    order it chooses), so its pixels are within 0.5·Σ|w| + 0.5 < 1.5 of the exact ones: 1 apart at most."""
+    image = rgb.astype(np.float32)
+    if width != rgb.shape[1]:
+        image = np.clip(_pil_pass(image, width, 1, kernel, support), 0, 255)
+    if height != rgb.shape[0]:
+        image = _pil_pass(image, height, 0, kernel, support)
+    return np.clip(np.floor(image + 0.5), 0, 255).astype(np.uint8)
 
 
 def load_image(path: str | os.PathLike) -> np.ndarray:

@@ -11,6 +11,9 @@ from .errors import CamInferError
 from .images import as_rgb_uint8
 
 EPS = 1e-7
+FONT = cv2.FONT_HERSHEY_SIMPLEX
+MIN_CAPTION_SCALE = 0.4      # capitals 11 px high (cv2.getTextSize); smaller is hard to read
+CAPTION_LINES = 2
 COLORMAPS = {"jet": cv2.COLORMAP_JET, "turbo": cv2.COLORMAP_TURBO, "viridis": cv2.COLORMAP_VIRIDIS,
              "inferno": cv2.COLORMAP_INFERNO, "hot": cv2.COLORMAP_HOT, "magma": cv2.COLORMAP_MAGMA}
 
@@ -45,19 +48,61 @@ def check_overlay_options(colormap: str, alpha: float) -> None:
         raise CamInferError(f"alpha must be in [0, 1], not {alpha}")
 
 
-def overlay(image: np.ndarray, saliency: np.ndarray, colormap: str = "jet", alpha: float = 0.5) -> np.ndarray:
-    """Blend a colour-mapped saliency (H,W in [0,1]) over an RGB image: (1−alpha)·image + alpha·heat.
-    The saliency is resized to the image when sizes differ. Returns RGB uint8."""
+def overlay(image: np.ndarray, saliency: np.ndarray, colormap: str = "jet", alpha: float = 0.5,
+            geometry=None) -> np.ndarray:
+    """Blend a colour-mapped saliency (H,W in [0,1]) over an RGB image: (1−alpha)·image + alpha·heat, RGB uint8
+    (pytorch-grad-cam's ``show_cam_on_image``).
+
+    A map over the model's input (``e.saliency[i]``) over the original photo needs `geometry`: the Explanation,
+    the Bundle or its Preprocessing. The map is then put back where the model saw it (its resize and crop
+    undone) and what the model did not see is greyed, as ``e.overlay(i)`` draws it. Without `geometry` the map
+    must have the image's own shape; any other map is refused: stretched over the photo (even one of the same
+    aspect, when the model saw a centre crop of it) it would show heat where the model never looked."""
     check_overlay_options(colormap, alpha)
     rgb = as_rgb_uint8(image)
     saliency = np.asarray(saliency, np.float32)
     if saliency.ndim != 2:
         raise CamInferError(f"saliency must be one (H,W) map, not shape {saliency.shape}")
-    if saliency.shape != rgb.shape[:2]:
-        saliency = upsample(saliency[None], rgb.shape[:2])[0]
+    if geometry is not None:
+        return _placed(rgb, saliency, _preprocessing_of(geometry), colormap, alpha)
+    _check_same_shape(saliency.shape, rgb.shape[:2])
+    return _blend(rgb, saliency, colormap, alpha)
+
+
+def _blend(rgb: np.ndarray, saliency: np.ndarray, colormap: str, alpha: float) -> np.ndarray:
     heat = cv2.applyColorMap(np.uint8(np.round(np.clip(saliency, 0, 1) * 255)), COLORMAPS[colormap])
     heat = cv2.cvtColor(heat, cv2.COLOR_BGR2RGB)
     return cv2.addWeighted(rgb, 1 - alpha, heat, alpha, 0.0)            # rounded to the nearest, saturated
+
+
+def _placed(rgb: np.ndarray, saliency: np.ndarray, preprocessing, colormap: str, alpha: float) -> np.ndarray:
+    """The map over the model's input blended where the model saw the original `rgb`; the rest greyed."""
+    saliency, seen = preprocessing.to_image(saliency, rgb.shape[:2])
+    picture = _blend(rgb, saliency, colormap, alpha)
+    unseen = ~seen
+    if unseen.any():
+        grey = cv2.transform(rgb, np.array([[0.35 / 3, 0.35 / 3, 0.35 / 3, 110.0]]))     # 0.35·mean + 110
+        picture[unseen] = grey[unseen][:, None]
+    return picture
+
+
+def _preprocessing_of(geometry):
+    """The `Preprocessing` an Explanation or a Bundle carries, or `geometry` itself when it is one."""
+    preprocessing = getattr(geometry, "preprocessing", geometry)
+    if not hasattr(preprocessing, "to_image"):
+        raise CamInferError(f"geometry must be an Explanation, a Bundle or a Preprocessing (how the model's input "
+                            f"was cut from the image), not {type(geometry).__name__}"
+                            + (" without one" if preprocessing is None else ""))
+    return preprocessing
+
+
+def _check_same_shape(map_shape: tuple[int, int], image_shape: tuple[int, int]) -> None:
+    """Refuse a map of another shape than the image's: drawn over it, it would be stretched."""
+    if tuple(map_shape) != tuple(image_shape):
+        (h, w), (image_h, image_w) = map_shape, image_shape
+        raise CamInferError(f"a {h}x{w} map does not fit a {image_h}x{image_w} image: stretched over it, it would "
+                            "show heat where the model did not look; use e.overlay(i), or overlay(image, "
+                            "e.saliency[i], geometry=e) to place it where the model saw it")
 
 
 def overlay_picture(saliency: np.ndarray, image: np.ndarray, preprocessing=None, text: str | None = None,
@@ -65,16 +110,7 @@ def overlay_picture(saliency: np.ndarray, image: np.ndarray, preprocessing=None,
     """The overlay a person looks at: the map over `image`, a caption strip (what the map explains) and a
     colour bar (what the colours mean). With `preprocessing`, `image` is the original picture and the map
     (over the model's input) is put back where the model's view of it was; the rest is greyed."""
-    rgb = as_rgb_uint8(image)
-    if preprocessing is not None:
-        saliency, seen = preprocessing.to_image(saliency, rgb.shape[:2])
-        picture = overlay(rgb, saliency, colormap=colormap, alpha=alpha)
-        unseen = ~seen
-        if unseen.any():
-            grey = cv2.transform(rgb, np.array([[0.35 / 3, 0.35 / 3, 0.35 / 3, 110.0]]))     # 0.35·mean + 110
-            picture[unseen] = grey[unseen][:, None]
-    else:
-        picture = overlay(rgb, saliency, colormap=colormap, alpha=alpha)
+    picture = overlay(image, saliency, colormap=colormap, alpha=alpha, geometry=preprocessing)
     if bar:
         picture = with_colour_bar(picture, colormap)
     return with_caption(picture, text) if text else picture
@@ -105,16 +141,62 @@ def class_fields(class_id: int, label: str | None, score: float, agnostic: bool)
 
 
 def with_caption(picture: np.ndarray, text: str) -> np.ndarray:
-    """A white strip above the picture with `text`, scaled to the picture's width."""
+    """A white strip above the picture with `text` in black: scaled to the picture's width, never below
+    MIN_CAPTION_SCALE; a text too long is wrapped at words, then shortened in its middle (`caption_lines`)."""
     w = picture.shape[1]
-    scale = float(np.clip(w / 520, 0.35, 1.2))
-    (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-    if tw > w - 8:                                   # long text on a small picture: shrink to fit
-        scale *= 0.97 * (w - 8) / tw
-        (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-    strip = np.full((th + 10, w, 3), 255, np.uint8)
-    cv2.putText(strip, text, (4, th + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    scale, lines = caption_lines(text, w - 8)
+    (_, th), base = cv2.getTextSize("Ag", FONT, scale, 1)
+    step = th + base + 3                                          # from one line's baseline to the next
+    strip = np.full((th + 4 + base + 3 + step * (len(lines) - 1), w, 3), 255, np.uint8)    # descenders within
+    for k, line in enumerate(lines):
+        cv2.putText(strip, line, (4, th + 4 + k * step), FONT, scale, (0, 0, 0), 1, cv2.LINE_AA)
     return np.concatenate([strip, picture], axis=0)
+
+
+def caption_lines(text: str, room: int) -> tuple[float, list[str]]:
+    """The font scale and lines of a caption `room` pixels wide. The scale follows the width (1.2 at 624 px
+    and more) and shrinks to fit one line, but not below MIN_CAPTION_SCALE; there, the words are wrapped
+    into at most CAPTION_LINES lines and, when still too long (an ImageNet synonym list on a small
+    picture), words are left out of the middle for '...', keeping its start and end (method; class id and
+    probability)."""
+    scale = float(np.clip((room + 8) / 520, MIN_CAPTION_SCALE, 1.2))
+    width = _text_width(text, scale)
+    if width > room:
+        scale = max(MIN_CAPTION_SCALE, scale * 0.97 * room / width)
+    words = text.split()
+    head, tail = words[:(len(words) + 1) // 2], words[(len(words) + 1) // 2:]
+    lines = _wrapped(words, scale, room)
+    while len(lines) > CAPTION_LINES and len(head) + len(tail) > 2:
+        if len(head) >= len(tail):
+            head.pop()
+        else:
+            tail.pop(0)
+        lines = _wrapped([*head, "...", *tail], scale, room)
+    return scale, [_cut_to(line, scale, room) for line in lines[:CAPTION_LINES]]
+
+
+def _text_width(text: str, scale: float) -> int:
+    return cv2.getTextSize(text, FONT, scale, 1)[0][0]
+
+
+def _wrapped(words: list[str], scale: float, room: int) -> list[str]:
+    """Words into lines of at most `room` pixels (a word wider than that has a line of its own)."""
+    lines: list[str] = []
+    for word in words:
+        if lines and _text_width(f"{lines[-1]} {word}", scale) <= room:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines or [""]
+
+
+def _cut_to(line: str, scale: float, room: int) -> str:
+    """A line ending in '...' where it is wider than `room` (one very long word)."""
+    if _text_width(line, scale) <= room:
+        return line
+    while len(line) > 1 and _text_width(line + "...", scale) > room:
+        line = line[:-1]
+    return line + "..."
 
 
 def with_colour_bar(picture: np.ndarray, colormap: str = "jet") -> np.ndarray:

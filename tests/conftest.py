@@ -32,20 +32,26 @@ STABLE_IMAGES = {"chelsea.png": 285, "coffee.png": 967, "fruits.jpg": 951, "hot_
 
 def pytest_addoption(parser):
     parser.addoption("--run-slow", action="store_true",
-                     help="also run the tests marked slow (full Score-CAM, every exporter variant, fresh venvs)")
+                     help="also run the tests marked slow (full Score-CAM, every exporter variant, fresh venvs) and "
+                          "integration (a real Ray cluster, real servers)")
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: a long test; runs with --run-slow (as .ci/run does)")
+    config.addinivalue_line("markers", "integration: starts a real Ray cluster or a real server; runs with --run-slow "
+                                       "(as .ci/run does)")
 
 
 def pytest_collection_modifyitems(config, items):
     if config.getoption("--run-slow"):
         return
-    slow = [item for item in items if item.get_closest_marker("slow")]
-    if slow:
-        config.hook.pytest_deselected(items=slow)
-        items[:] = [item for item in items if not item.get_closest_marker("slow")]
+    def later(item) -> bool:
+        return item.get_closest_marker("slow") is not None or item.get_closest_marker("integration") is not None
+
+    deselected = [item for item in items if later(item)]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if not later(item)]
 
 
 @pytest.fixture

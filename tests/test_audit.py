@@ -234,3 +234,47 @@ def test_enhanced_variants_are_audited_next_to_their_base_method(scenes, tmp_pat
                                   "--out", tmp_path / "r2"), "unknown enhancer 'sharpen'")
     assert_one_line_error(run_cli("audit", SHAPES, folder, "--methods", "recipro", "--enhance-option", "sess.scales=2",
                                   "--out", tmp_path / "r3"), "one of the chosen enhancers")
+
+
+def test_python_and_cli_audit_the_same_default_metrics(scenes, tmp_path):
+    """One set of defaults: every metric with boxes; without them the localisation ones are left out, saying so."""
+    folder, _ = scenes
+    two = tmp_path / "two"
+    two.mkdir()
+    for name in sorted(p.name for p in folder.glob("*.png"))[:2]:
+        shutil.copy(folder / name, two / name)
+    (two / "boxes.json").write_text(json.dumps({k: v for k, v in scenes[1].items() if (two / k).exists()}))
+
+    def measured(path):
+        return {c for row in read_csv(path) for c, v in row.items() if v != ""}
+
+    for boxes in (None, two / "boxes.json"):
+        tag = "boxes" if boxes else "none"
+        summary = run_audit(SHAPES, [two], AuditOptions(methods=("activation",)), tmp_path / f"py_{tag}",
+                            boxes=boxes, progress=False)
+        cli = run_cli("audit", SHAPES, two, "--methods", "activation", "--out", tmp_path / f"cli_{tag}",
+                      *(["--boxes", boxes] if boxes else []))
+        assert cli.returncode == 0, cli.stderr
+        assert measured(tmp_path / f"py_{tag}" / "metrics.csv") == measured(tmp_path / f"cli_{tag}" / "metrics.csv")
+        cli_summary = json.loads((tmp_path / f"cli_{tag}" / "summary.json").read_text())
+        assert summary["protocol"]["metrics"] == cli_summary["protocol"]["metrics"]
+        assert summary["skipped_metrics"] == cli_summary["skipped_metrics"]
+        localised = {"pointing", "energy", "box_iou", "box_hit"} & measured(tmp_path / f"py_{tag}" / "metrics.csv")
+        page = (tmp_path / f"py_{tag}" / "index.html").read_text()
+        if boxes:
+            assert summary["protocol"]["metrics"] == ["adcc", "insertion", "deletion", "pointing", "energy", "box"]
+            assert localised and summary["skipped_metrics"] == [] and "not measured" not in cli.stdout
+        else:
+            assert summary["protocol"]["metrics"] == ["adcc", "insertion", "deletion"]
+            assert not localised and summary["skipped_metrics"] == ["pointing", "energy", "box"]
+            assert [line for line in cli.stdout.splitlines() if line.startswith("not measured: pointing, energy, box")]
+            assert "not measured: pointing, energy, box" in page
+
+
+def test_a_localisation_metric_asked_for_without_boxes_is_a_one_line_error(scenes, tmp_path):
+    folder, _ = scenes
+    with pytest.raises(CamInferError, match="metric pointing needs ground-truth boxes"):
+        run_audit(SHAPES, [folder], AuditOptions(methods=("activation",), metrics=("adcc", "pointing")),
+                  tmp_path / "py", progress=False)
+    assert_one_line_error(run_cli("audit", SHAPES, folder, "--methods", "activation", "--metrics", "adcc,pointing",
+                                  "--out", tmp_path / "cli"), "metric pointing needs ground-truth boxes")

@@ -49,3 +49,87 @@ def test_folder_that_is_not_a_bundle_is_an_error(tmp_path, content, message):
 def test_missing_bundle_folder_is_an_error(tmp_path):
     with pytest.raises(CamInferError, match="does not exist"):
         Bundle.load(tmp_path / "nowhere")
+
+
+# --- a model file where a bundle folder is taken ------------------------------------------------------------
+
+@pytest.fixture
+def model_cache(tmp_path, monkeypatch):
+    """An empty bundle cache of its own, and a count of the splits made into it."""
+    from cam_infer.bundle import model_cache
+    monkeypatch.setenv("CAM_INFER_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(model_cache, "_resolved", {})
+    splits = []
+    real_split = model_cache._split
+    monkeypatch.setattr(model_cache, "_split", lambda *a: (splits.append(a[0]), real_split(*a)))
+    return splits
+
+
+def test_a_model_file_explains_as_its_split_bundle(tmp_path, tiny_onnx_path, model_cache):
+    import numpy as np
+
+    from cam_infer import Explainer, split_onnx
+    x = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    from_file = Explainer(tiny_onnx_path).explain(x, "recipro")
+    explicit = Explainer(split_onnx(tiny_onnx_path, out=tmp_path / "explicit")).explain(x, "recipro")
+    np.testing.assert_array_equal(from_file.saliency, explicit.saliency)
+    np.testing.assert_array_equal(from_file.targets, explicit.targets)
+    assert len(model_cache) == 1
+
+
+def test_the_split_is_cached_by_content(tmp_path, tiny_onnx_path, model_cache):
+    import onnx
+    from onnx import numpy_helper
+
+    from cam_infer.bundle import model_cache as cache
+    first = Bundle.load(tiny_onnx_path).path
+    assert first.parent == tmp_path / "cache" / "bundles" and (first / "bundle.json").is_file()
+    cache._resolved.clear()                                        # a new process: hashed again, not split
+    assert Bundle.load(tiny_onnx_path).path == first and len(model_cache) == 1
+    model = onnx.load(tiny_onnx_path)                              # the same file name, other weights
+    weights = model.graph.initializer[0]
+    weights.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weights) * 2, weights.name))
+    onnx.save(model, tiny_onnx_path)
+    changed = Bundle.load(tiny_onnx_path).path
+    assert changed != first and len(model_cache) == 2 and (first / "bundle.json").is_file()
+
+
+def test_a_split_that_lost_the_race_is_dropped(tiny_onnx_path, model_cache):
+    """Two first uses at once: each splits into its own temporary folder; the second rename finds the
+    bundle in place and keeps it, and no temporary folder is left behind."""
+    from cam_infer.bundle import model_cache as cache
+    folder = Bundle.load(tiny_onnx_path).path
+    before = (folder / "bundle.json").stat().st_mtime_ns
+    cache._split_into(tiny_onnx_path, folder, cache._split_options(tiny_onnx_path))
+    assert len(model_cache) == 2 and (folder / "bundle.json").stat().st_mtime_ns == before
+    assert sorted(p.name for p in folder.parent.iterdir()) == [folder.name]
+
+
+def test_the_cli_takes_a_model_file_and_says_so_on_one_line(tmp_path, tiny_onnx_path):
+    import os
+
+    from helpers import assert_one_line_error, run_cli
+    env = dict(os.environ, CAM_INFER_CACHE_DIR=str(tmp_path / "cache"))
+    first = run_cli("info", tiny_onnx_path, env=env)
+    folder = tmp_path / "cache" / "bundles"
+    (name,) = [p.name for p in folder.iterdir()]
+    assert first.returncode == 0 and first.stderr == f"split tiny.onnx at 'features' into {folder / name}\n"
+    assert f"bundle       {folder / name}" in first.stdout
+    again = run_cli("info", tiny_onnx_path, env=env)
+    assert again.stderr == f"split tiny.onnx at 'features' into {folder / name} (cached)\n"
+    (tmp_path / "notes.txt").write_text("not a model")
+    assert_one_line_error(run_cli("info", tmp_path / "notes.txt", env=env), "is a file, neither a bundle folder")
+
+
+def test_serve_takes_a_model_file_and_still_a_fused_one(tmp_path, tiny_onnx_path, model_cache):
+    import onnx
+
+    from cam_infer.fuse import fuse
+    from cam_infer.serve.models import ServedBundle, ServedFused, load_served
+    served = load_served(tiny_onnx_path, None, "auto", "CPU", 1)
+    assert isinstance(served, ServedBundle) and len(model_cache) == 1
+    fused = tmp_path / "fused.onnx"
+    onnx.save(fuse(tiny_onnx_path, "eigen"), fused)
+    assert isinstance(load_served(fused, None, "auto", "CPU", 1), ServedFused) and len(model_cache) == 1
+    with pytest.raises(CamInferError, match="is a fused model"):
+        Bundle.load(fused)

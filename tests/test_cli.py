@@ -102,3 +102,24 @@ def test_export_errors_print_one_line(tmp_path, args, fragment):
     args = [a.format(tmp=tmp_path) for a in args] + ["--layer", "layer4", "--input-size", "64", "64",
                                                      "--out", str(tmp_path / "b")]
     assert_one_line_error(run_cli(*args, cwd=ROOT), fragment)
+
+
+@pytest.mark.parametrize("task", ["classifier", "detector"])
+def test_info_wraps_a_long_runtime_refusal_at_words(tmp_path, tiny_onnx_path, task):
+    """A runtime's refusal is shown whole, in lines of at most 100 characters broken between words."""
+    import json
+    if task == "classifier":
+        assert run_cli("split", tiny_onnx_path, "--out", tmp_path / "b").returncode == 0
+    else:
+        from cam_infer.demo import embedded_detector_path
+        shutil.copytree(embedded_detector_path(), tmp_path / "b")
+    manifest = tmp_path / "b" / "bundle.json"
+    record = json.loads(manifest.read_text())
+    why = " ".join(f"reason{i:03d}" for i in range(60)) + " the end"                 # 538 characters
+    record["runtimes"]["openvino"] = {"runs": False, "why_not": why}
+    manifest.write_text(json.dumps(record))
+    info = run_cli("info", tmp_path / "b")
+    assert info.returncode == 0, info.stderr
+    block = [line for line in info.stdout.splitlines() if line.startswith(("runtimes", "             "))]
+    assert all(len(line) <= 100 for line in block) and len(block) > 5
+    assert f"openvino: no ({why})" in " ".join(line.strip() for line in block)

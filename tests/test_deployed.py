@@ -4,6 +4,8 @@ layout, input dtype and batch); non-classifiers are refused with one line."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import onnx
 import pytest
@@ -12,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from conftest import SHARED, STABLE_IMAGES, needs_shared
 from cam_infer import Bundle, CamInferError, Explainer, split_onnx
+from cam_infer.bundle import split_model
 from cam_infer.postprocess import normalise
 
 DEPLOYED = SHARED / "deployed"
@@ -357,3 +360,57 @@ def test_an_ir_bundle_gives_the_maps_of_the_onnx_bundle_of_the_same_model(tmp_pa
 def split_onnx_or_ir(path, out, **options):
     from cam_infer.bundle import split_model
     return split_model(path, out=out, **options)
+
+
+@needs_shared
+def test_info_shows_openvinos_whole_refusal_wrapped_at_words(tmp_path):
+    """OpenVINO refuses the QOperator int8 model in ~1400 characters; info showed the first 120, cut mid-word."""
+    import openvino as ov
+    bundle = split_onnx(DEPLOYED / "mobilenetv2-12-int8.onnx", out=tmp_path / "b")
+    core = ov.Core()
+    with pytest.raises(Exception) as refused:
+        core.compile_model(core.read_model(onnx.load(bundle.features_path).SerializeToString(), b""), "CPU")
+    whole = " ".join(str(refused.value).split())
+    assert len(whole) > 600 and "Conversion is failed for" in whole
+    info = run_cli("info", bundle.path)
+    assert info.returncode == 0, info.stderr
+    lines = info.stdout.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("runtimes"))
+    block = lines[first:next(i for i in range(first + 1, len(lines)) if not lines[i].startswith(" "))]
+    assert all(len(line) <= 100 for line in block) and len(block) > 1
+    assert f"openvino: no (features: {whole})" in " ".join(line.strip() for line in block)
+
+
+def _token_model() -> onnx.ModelProto:
+    """A patch embedding as a ViT's: 8×8 patches of a 16×32 image → (N, 8 tokens, 1024 features). Its
+    (N, few, many) output is shaped like a detector's (N, 4+C, anchors), but 1024 anchors fit no input."""
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((1024, 3, 8, 8)).astype(np.float32), "w")
+    shape = numpy_helper.from_array(np.array([0, 1024, -1], np.int64), "shape")
+    nodes = [helper.make_node("Conv", ["image", "w"], ["patches"], strides=[8, 8]),
+             helper.make_node("Reshape", ["patches", "shape"], ["flat"]),
+             helper.make_node("Transpose", ["flat"], ["tokens"], perm=[0, 2, 1])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 16, 32])],
+                              [helper.make_tensor_value_info("tokens", TensorProto.FLOAT, ["N", 8, 1024])],
+                              initializer=[w, shape])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+SEQUENCE = "this looks like a sequence/token output (8 tokens of 1024 features"
+
+
+def test_a_token_sequence_output_is_refused_as_one(tmp_path):
+    """Every path that reads a model's outputs: the classifier split (Python and CLI, which first asks
+    whether it is a detector), the detector split, and OpenVINO's split of an IR."""
+    model = _token_model()
+    onnx.save(model, tmp_path / "tokens.onnx")
+    with pytest.raises(CamInferError, match=r"is \(N,8,1024\), not class scores \(N,C\): " + re.escape(SEQUENCE)):
+        split_onnx(model, out=tmp_path / "b")
+    assert_one_line_error(run_cli("split", tmp_path / "tokens.onnx", "--out", tmp_path / "c"),
+                          "is (N,8,1024), not class scores (N,C): " + SEQUENCE)
+    assert_one_line_error(run_cli("split", tmp_path / "tokens.onnx", "--task", "detection", "--out", tmp_path / "d"),
+                          "is (N,8,1024), not a detector's (N, 4+C, anchors): " + SEQUENCE)
+    import openvino as ov
+    ov.save_model(ov.convert_model(str(tmp_path / "tokens.onnx")), str(tmp_path / "tokens.xml"))
+    with pytest.raises(CamInferError, match=re.escape(SEQUENCE)):
+        split_model(tmp_path / "tokens.xml", out=tmp_path / "e")
+    assert not any((tmp_path / name).exists() for name in "bcde")

@@ -413,8 +413,11 @@ def test_the_readme_overlay_snippet_runs(tmp_path):
     code = block.replace('"bundle/"', repr(str(embedded_bundle_path()))).replace('"out/"', repr(str(tmp_path / "o")))
     cwd = os.getcwd()
     os.chdir(tmp_path)
+    names = {}
     try:
-        exec(compile(code, "README", "exec"), {})
+        exec(compile(code, "README", "exec"), names)
     finally:
         os.chdir(cwd)
     assert len(list((tmp_path / "o").glob("*.png"))) >= 2
+    h, w = names["e"].images[0].shape[:2]
+    np.testing.assert_array_equal(names["blend"], names["picture"][-h:, :w])   # the plain blend, placed as e.overlay

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from cam_infer import CamInferError, Preprocessing, load_image
-from cam_infer.images import as_rgb_uint8
+from cam_infer.images import IMAGENET_MEAN, IMAGENET_STD, as_rgb_uint8
+from conftest import SHARED, needs_shared
 
 
 def test_default_is_torchvision_imagenet_convention():
@@ -87,3 +88,104 @@ def test_uint8_pixels_are_normalised_through_a_table_to_the_same_floats(options)
     assert np.shares_memory(prep.normalise(rgb, into[1]), into)                     # into a batch's row
     np.testing.assert_array_equal(into[1], got)
     assert np.isnan(into[0]).all()
+
+
+# --- the resize filter (`interpolation`), against PIL's own Image.resize --------------------------------
+
+PHOTOS = ("samoyed_dog.jpg", "parrot.jpg", "darknet_dog.jpg", "chelsea.png")
+SIZES = ((256, 200), (331, 260), (224, 224), (500, 413))           # (width, height): shrinking and enlarging
+
+
+def _pil_resized(rgb, size, resample):
+    from PIL import Image
+    return np.asarray(Image.fromarray(rgb).resize(size, resample)).astype(int)
+
+
+@needs_shared
+@pytest.mark.parametrize("photo", PHOTOS)
+def test_antialias_and_nearest_are_pils_bilinear_and_nearest(photo):
+    """PIL rounds each of its two passes to uint8, in an order it picks; we round once. A triangle's weights
+    are positive and sum to 1, so its pixels are within 0.5 + 0.5 of ours: one grey level at most."""
+    from PIL import Image
+
+    from cam_infer.images import resize
+    rgb = load_image(SHARED / "images" / photo)
+    for width, height in SIZES:
+        ours = resize(rgb, width, height, "antialias").astype(int)
+        theirs = _pil_resized(rgb, (width, height), Image.BILINEAR)
+        assert np.abs(ours - theirs).max() <= 1 and np.mean(ours != theirs) < 0.2
+        assert np.array_equal(resize(rgb, width, height, "nearest"), _pil_resized(rgb, (width, height), Image.NEAREST))
+    area = resize(rgb, *SIZES[0], "area").astype(int)                  # the old filter is not PIL's
+    assert np.abs(area - _pil_resized(rgb, SIZES[0], Image.BILINEAR)).max() > 1
+
+
+@needs_shared
+@pytest.mark.parametrize("photo", PHOTOS)
+def test_bicubic_is_pils_bicubic(photo):
+    """The cubic's negative lobes overshoot: PIL clips the overshoot after its first pass, which may be the
+    other axis than ours, so a few pixels next to saturated edges differ more than one grey level."""
+    from PIL import Image
+
+    from cam_infer.images import resize
+    rgb = load_image(SHARED / "images" / photo)
+    for width, height in SIZES:
+        difference = np.abs(resize(rgb, width, height, "bicubic").astype(int)
+                            - _pil_resized(rgb, (width, height), Image.BICUBIC))
+        assert np.mean(difference > 1) < 1e-3 and np.mean(difference > 0) < 0.25
+
+
+def test_bilinear_is_opencvs_and_area_keeps_the_old_rule():
+    rgb = np.random.default_rng(1).integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    from cam_infer.images import resize
+    assert np.array_equal(resize(rgb, 50, 40, "bilinear"), cv2.resize(rgb, (50, 40), interpolation=cv2.INTER_LINEAR))
+    assert np.array_equal(resize(rgb, 50, 40, "area"), cv2.resize(rgb, (50, 40), interpolation=cv2.INTER_AREA))
+    assert np.array_equal(resize(rgb, 150, 140, "area"), cv2.resize(rgb, (150, 140), interpolation=cv2.INTER_LINEAR))
+
+
+def test_preprocessing_without_interpolation_reads_as_before():
+    """A manifest written before the field: area for a crop (shrinking), bilinear for a letterbox."""
+    old = Preprocessing((224, 224)).to_dict()
+    del old["interpolation"]
+    assert Preprocessing.from_dict(old).interpolation == "area"
+    assert Preprocessing((64, 64), crop="letterbox").interpolation == "bilinear"
+    recorded = Preprocessing((224, 224), interpolation="antialias").to_dict()
+    assert Preprocessing.from_dict(recorded).interpolation == "antialias"
+    with pytest.raises(CamInferError, match="interpolation must be one of"):
+        Preprocessing((224, 224), interpolation="lanczos")
+
+
+@needs_shared
+def test_antialias_gives_the_torchvision_pipelines_samoyed_probability():
+    """The deployment: PIL resize of the shorter side to 256 (bilinear), centre crop 224, ImageNet
+    normalisation. Area interpolation moved the Samoyed's probability from 0.772 to 0.695."""
+    import onnxruntime as ort
+    from PIL import Image
+    session = ort.InferenceSession(str(SHARED / "models" / "mobilenetv2-fp32-dequant.onnx"),
+                                   providers=["CPUExecutionProvider"])
+
+    def samoyed(x):
+        logits = session.run(None, {session.get_inputs()[0].name: x[None]})[0][0].astype(np.float64)
+        return float(np.exp(logits[258] - logits.max()) / np.exp(logits - logits.max()).sum())
+
+    photo = SHARED / "images" / "samoyed_dog.jpg"
+    image = Image.open(photo).convert("RGB")
+    w, h = image.size
+    image = np.asarray(image.resize((round(256 * w / h), 256) if w > h else (256, round(256 * h / w)),
+                                    Image.BILINEAR))
+    top, left = round((image.shape[0] - 224) / 2), round((image.shape[1] - 224) / 2)
+    crop = image[top:top + 224, left:left + 224].astype(np.float32) / 255
+    torchvision = samoyed(((crop - IMAGENET_MEAN) / IMAGENET_STD).astype(np.float32).transpose(2, 0, 1).copy())
+    antialias = samoyed(Preprocessing((224, 224), interpolation="antialias")(photo))
+    area = samoyed(Preprocessing((224, 224))(photo))
+    assert abs(antialias - torchvision) < 0.005 < 0.05 < abs(area - torchvision), (antialias, torchvision, area)
+
+
+def test_split_records_the_interpolation_and_info_shows_it(tmp_path, tiny_onnx_path):
+    from helpers import run_cli
+
+    from cam_infer import Bundle
+    result = run_cli("split", tiny_onnx_path, "--out", tmp_path / "b", "--interpolation", "antialias")
+    assert result.returncode == 0, result.stderr
+    assert Bundle.load(tmp_path / "b").preprocessing.interpolation == "antialias"
+    info = run_cli("info", tmp_path / "b")
+    assert "(antialias)" in info.stdout, info.stdout

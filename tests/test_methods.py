@@ -246,7 +246,7 @@ def test_cam_needs_a_gap_linear_head(tmp_path, x):
 
 def test_overlay_blends_colormap_over_image():
     image = np.full((10, 20, 3), 100, np.uint8)
-    saliency = np.zeros((5, 10), np.float32)
+    saliency = np.zeros((10, 20), np.float32)
     out = overlay(image, saliency, colormap="jet", alpha=0.5)
     jet_zero = cv2.cvtColor(cv2.applyColorMap(np.zeros((1, 1), np.uint8), cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)[0, 0]
     assert out.shape == (10, 20, 3) and out.dtype == np.uint8

@@ -76,6 +76,71 @@ def test_original_overlay_greys_what_the_model_did_not_see():
     assert not (picture[seen] == picture[~seen][0]).all(axis=-1).any()
 
 
+def _decoded(picture: np.ndarray, colormap=cv2.COLORMAP_JET) -> np.ndarray:
+    """An alpha=1 overlay read back to values in [0,1]: each pixel's nearest colour of the colormap."""
+    lut = cv2.cvtColor(cv2.applyColorMap(np.arange(256, dtype=np.uint8)[:, None], colormap), cv2.COLOR_BGR2RGB)[:, 0]
+    distance = ((picture[..., None, :].astype(np.int32) - lut[None, None].astype(np.int32)) ** 2).sum(-1)
+    return distance.argmin(-1) / 255.0
+
+
+def test_plain_overlay_with_geometry_puts_the_peak_where_the_crop_took_it():
+    """cam_infer.overlay(photo, map, geometry=...) on a 576x768 photo (darknet_dog's size): a peak at input
+    pixel (y, x) lands where torchvision's Resize(256) + CenterCrop(224) took that pixel from."""
+    prep = Preprocessing((224, 224))
+    photo = np.full((576, 768, 3), 128, np.uint8)
+    y, x = 60.0, 170.0
+    rows, cols = np.mgrid[:224, :224]
+    saliency = np.exp(-((rows - y) ** 2 + (cols - x) ** 2) / (2 * 5.0 ** 2)).astype(np.float32)
+    # the crop, independently: the short side 576 → 256, the long side 768·256/576 = 341.3 → 341 pixels,
+    # a centred 224 window from (16, 58); a pixel centre u of the resized image is (u + 0.5)/s − 0.5 in the photo
+    s_y, s_x = 256 / 576, 341 / 768
+    top, left = (256 - 224) // 2, round((341 - 224) / 2)
+    expected = ((y + top + 0.5) / s_y - 0.5, (x + left + 0.5) / s_x - 0.5)
+    for geometry in (prep, _Carrier(prep)):
+        value = _decoded(overlay(photo, saliency, alpha=1.0, geometry=geometry))
+        peak = np.argwhere(value >= value.max() - 0.02).mean(axis=0)
+        assert abs(peak[0] - expected[0]) <= 1.0 and abs(peak[1] - expected[1]) <= 1.0, (peak, expected)
+    stretched = (y + 0.5) * 576 / 224 - 0.5, (x + 0.5) * 768 / 224 - 0.5      # what a stretch would have drawn
+    assert abs(stretched[1] - expected[1]) > 40
+
+
+class _Carrier:
+    """Anything that carries the bundle's preprocessing, as an Explanation or a Bundle does."""
+
+    def __init__(self, preprocessing):
+        self.preprocessing = preprocessing
+
+
+def test_plain_overlay_refuses_a_map_it_would_stretch():
+    photo = np.full((576, 768, 3), 128, np.uint8)
+    with pytest.raises(CamInferError, match=r"224x224 map does not fit a 576x768 image.*e\.overlay\(i\)") as err:
+        overlay(photo, np.ones((224, 224), np.float32))
+    assert "\n" not in str(err.value)
+    with pytest.raises(CamInferError, match="geometry must be an Explanation, a Bundle or a Preprocessing"):
+        overlay(photo, np.ones((224, 224), np.float32), geometry="center")
+    # pytorch-grad-cam's call: a map of the image's own size is blended where it is, as before
+    saliency = np.random.default_rng(0).random((576, 768)).astype(np.float32)
+    heat = cv2.cvtColor(cv2.applyColorMap(np.uint8(np.round(saliency * 255)), cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+    expected = np.round(0.5 * photo + 0.5 * heat.astype(float)).astype(np.uint8)
+    assert np.abs(overlay(photo, saliency).astype(int) - expected).max() <= 1
+    with pytest.raises(CamInferError, match="18x24 map does not fit a 576x768 image"):
+        overlay(photo, np.ones((18, 24), np.float32))     # the same aspect: a centre crop would still be stretched
+
+
+def test_plain_overlay_is_the_explanations_own_placement(shapes_explainer, scene_files):
+    """One placement: the plain blend given the Explanation, the Bundle or the Preprocessing is the body of
+    e.overlay(i) (without its caption and colour bar)."""
+    e = shapes_explainer.explain(scene_files, "recipro")
+    rgb = e.images[0]
+    assert rgb.shape[:2] != e.saliency.shape[1:]
+    h, w = rgb.shape[:2]
+    body = e.overlay(0)[-h:, :w]
+    for geometry in (e, shapes_explainer.bundle, e.preprocessing):
+        np.testing.assert_array_equal(overlay(rgb, e.saliency[0], geometry=geometry), body)
+    with pytest.raises(CamInferError, match="does not fit"):
+        overlay(rgb, e.saliency[0])
+
+
 @pytest.fixture(scope="module")
 def shapes_explainer():
     from cam_infer.demo import embedded_bundle_path
@@ -152,6 +217,46 @@ def test_demo_grid_panels_are_labelled(tmp_path):
     grid = cv2.imread(str(tmp_path / "large.png"))
     assert grid.shape[0] > 2 * 128 + 18              # legend strip + panel titles + the scaled scene
     assert "red = most evidence" in "\n".join(lines) and "each titled with the class" in "\n".join(lines)
+    detection = cv2.imread(str(tmp_path / "detection.png"))
+    header = detection[:detection.shape[0] - (18 + 2 * 128)]             # above the panel titles and scenes
+    assert header.shape[0] > 10 and _text_lines(header)
+    assert _dark_columns(header).max() <= detection.shape[1] - 4          # the legend ends inside the grid
+
+
+def _dark_columns(strip: np.ndarray) -> np.ndarray:
+    return np.nonzero((strip < 128).any(axis=2).any(axis=0))[0]
+
+
+def _text_lines(strip: np.ndarray) -> list[int]:
+    """The heights of the bands of rows that hold dark pixels (one per line of text)."""
+    dark = (strip < 128).any(axis=2).any(axis=1)
+    edges = np.diff(np.concatenate([[0], dark.astype(int), [0]]))
+    return list(np.nonzero(edges == -1)[0] - np.nonzero(edges == 1)[0])
+
+
+SYNONYMS = "great white shark, white shark, man-eater, man-eating shark, Carcharodon carcharias"   # ImageNet 2
+
+
+@pytest.mark.parametrize("width", [224, 400])
+def test_long_captions_stay_readable(width):
+    """An ImageNet synonym list on a 224-px overlay, and the demo's legend on a narrow grid: the text keeps
+    a readable size (it shrank to ~4 px before), is wrapped at words within the picture, and what does not
+    fit is left out of the middle for '...', keeping the method, class id and probability."""
+    from cam_infer.demo import LEGEND
+    from cam_infer.postprocess import MIN_CAPTION_SCALE, caption_lines
+    minimum = cv2.getTextSize("A", cv2.FONT_HERSHEY_SIMPLEX, MIN_CAPTION_SCALE, 1)[0][1]      # a capital's height
+    text = caption("recipro", SYNONYMS, 2, 0.873) if width == 224 else LEGEND
+    rgb = np.full((120, width, 3), 90, np.uint8)
+    picture = overlay_picture(np.zeros((120, width), np.float32), rgb, None, text, bar=False)
+    strip = picture[:picture.shape[0] - 120]
+    bands = _text_lines(strip)
+    assert len(bands) == 2 and min(bands) >= minimum, bands
+    assert _dark_columns(strip).max() <= width - 4
+    scale, lines = caption_lines(text, width - 8)
+    assert scale >= MIN_CAPTION_SCALE and len(lines) == 2
+    if width == 224:
+        assert "..." in lines[0] + lines[1]
+        assert lines[0].startswith("recipro: great white shark") and lines[1].endswith("(2) p=0.87")
 
 
 @needs_shared
@@ -166,3 +271,60 @@ def test_real_photo_overlay_on_the_original(tmp_path):
     written = cv2.imread(str(path))
     assert written.shape[1] > original.shape[1] and written.shape[0] > original.shape[0]
     assert int(e.targets[0]) == 88
+
+
+@needs_shared
+def test_real_photo_plain_overlay_lands_on_the_dog(tmp_path):
+    """darknet_dog.jpg (576x768) through MobileNetV2: the plain blend of e.saliency[0] is refused without the
+    geometry, and with it is e.overlay(0)'s picture, the crop's outside greyed."""
+    from cam_infer import split_onnx
+    bundle = split_onnx(SHARED / "models" / "mobilenetv2-fp32-dequant.onnx", layer="auto", out=tmp_path / "b")
+    e = Explainer(bundle).explain([SHARED / "images" / "darknet_dog.jpg"], "recipro")
+    rgb = e.images[0]
+    with pytest.raises(CamInferError, match="e.overlay"):
+        overlay(rgb, e.saliency[0])
+    placed = overlay(rgb, e.saliency[0], geometry=e)
+    np.testing.assert_array_equal(placed, e.overlay(0)[-rgb.shape[0]:, :rgb.shape[1]])
+    _, seen = e.preprocessing.to_image(e.saliency[0], rgb.shape[:2])
+    assert not seen[:, :125].any() and seen[40:535, 135:630].all()            # the crop keeps the middle
+
+
+def _found(picture: np.ndarray, template: np.ndarray) -> tuple[float, tuple[int, int]]:
+    """The smallest squared difference of `template` anywhere in `picture`, and where (x, y)."""
+    diff = cv2.matchTemplate(picture.astype(np.float32), template.astype(np.float32), cv2.TM_SQDIFF)
+    low, _, where, _ = cv2.minMaxLoc(diff)
+    return low, where
+
+
+def test_detection_label_is_drawn_once_and_within_the_image():
+    """A box's label is one render of its text (no second, thicker shadow pass that doubles the glyphs:
+    "0.51" read "0.511"), and stays inside the image."""
+    from cam_infer.demo import embedded_detector_path
+    from cam_infer.detection import DetectionExplainer
+    from cam_infer.detection.overlay import COLOURS
+    from cam_infer.synthetic import detection_scene
+
+    e = DetectionExplainer(embedded_detector_path()).explain([detection_scene(7, 3).image], "recipro")
+    image_w = e.images[0].shape[1]
+    for j, d in enumerate(e.items[0]):
+        picture = e.overlay(0, j).astype(np.float32)
+        text = f"{d.label} {d.score:.2f}"
+        scale = float(np.clip(max(e.images[0].shape[:2]) / 900, 0.35, 0.8))    # the labels' scale for its size
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+        single = np.zeros((th + base + 4, tw + 4, 3), np.uint8)               # the text once, on black
+        cv2.putText(single, text, (2, th + 2), cv2.FONT_HERSHEY_SIMPLEX, scale, COLOURS[0], 1, cv2.LINE_AA)
+        low, (x, _) = _found(picture, single)
+        assert low == 0, f"label {text!r} is not one render of its text"
+        assert x + single.shape[1] <= image_w
+
+
+@pytest.mark.parametrize("width", [224, 768, 2201])
+def test_caption_text_is_whole_inside_its_strip(width):
+    """Descenders (g, p, y, parentheses) end above the strip's last row at every scale; they were cut by the
+    picture below at the large scales of wide pictures."""
+    picture = overlay_picture(np.zeros((50, width), np.float32), np.full((50, width, 3), 90, np.uint8), None,
+                              caption("gradcampp", "spotted gypsy (pygmy)", 7, 0.5), bar=False)
+    strip = picture[:picture.shape[0] - 50]
+    dark_rows = np.nonzero((strip < 128).any(axis=2).any(axis=1))[0]
+    assert dark_rows.min() >= 2 and dark_rows.max() <= strip.shape[0] - 2
+    assert _dark_columns(strip).max() <= width - 4

@@ -158,6 +158,7 @@ def ray_runs(scenes, tmp_path_factory):
     return out, report
 
 
+@pytest.mark.integration
 def test_a_ray_cluster_writes_the_same_files_as_one_process(ray_runs, local):
     out, report = ray_runs
     assert report["same"]["audit"] == 0 and report["same"]["explain"] == 0, report["same"]["stderr"]
@@ -165,6 +166,7 @@ def test_a_ray_cluster_writes_the_same_files_as_one_process(ray_runs, local):
     assert_same_explain(local / "explain", out / "same_explain")
 
 
+@pytest.mark.integration
 def test_a_killed_ray_worker_is_replaced_and_its_image_retried(ray_runs, local):
     out, report = ray_runs
     assert report["worker"]["killed"], "no Ray worker was running when 4 images were done"
@@ -172,6 +174,7 @@ def test_a_killed_ray_worker_is_replaced_and_its_image_retried(ray_runs, local):
     assert_same_audit(local / "audit", out / "worker")
 
 
+@pytest.mark.integration
 def test_a_killed_ray_driver_resumes_to_the_same_files(ray_runs, local):
     out, report = ray_runs
     assert report["driver"]["killed"] and report["driver"]["first"] == -signal.SIGKILL
@@ -179,6 +182,7 @@ def test_a_killed_ray_driver_resumes_to_the_same_files(ray_runs, local):
     assert_same_audit(local / "audit", out / "driver")
 
 
+@pytest.mark.integration
 def test_an_unreadable_image_on_ray_is_reported_once_and_the_rest_done(ray_runs, local):
     out, report = ray_runs
     run = report["unreadable"]

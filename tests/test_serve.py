@@ -34,6 +34,7 @@ from cam_infer.synthetic import write_scenes
 
 pytest.importorskip("starlette", reason="the serve extra is not installed (pip install 'cam-infer[serve]')")
 http = pytest.importorskip("tritonclient.http", reason="tritonclient[http] is not installed")
+pytestmark = pytest.mark.integration       # real servers: run with --run-slow, as .ci/run does
 
 SHAPES = ROOT / "cam_infer" / "data" / "shapes"
 ENV = dict(os.environ, PYTHONPATH=str(ROOT))

@@ -4,8 +4,14 @@ the per-detection maps find the box and that dot. Ground truth comes from the sc
 
 from __future__ import annotations
 
+import base64
+import csv
 import json
+import re
+import shutil
+import subprocess
 
+import cv2
 import numpy as np
 import pytest
 from helpers import run_cli
@@ -70,3 +76,129 @@ def test_the_demo_explains_a_detection_scene(tmp_path):
     import cv2
     grid = cv2.imread(str(tmp_path / "detection.png"))
     assert grid is not None and grid.shape[1] > 4 * 256
+
+
+# --- audit ---------------------------------------------------------------------------------------------------
+
+AUDIT_METHODS = "recipro,ablation"
+
+
+def detector_scenes(folder, n: int = 3):
+    """n detection scenes under folder/images/a, …/b (the same file names in both), their boxes keyed by
+    the path relative to folder/images."""
+    made = folder / "made"
+    assert run_cli("synthetic", "--out", made, "--split", "detection", "-n", n).returncode == 0
+    truth = json.loads((made / "boxes.json").read_text())
+    names = sorted(truth)
+    images, boxes = folder / "images", {}
+    for sub, chosen in (("a", names[:2]), ("b", names[-2:])):
+        (images / sub).mkdir(parents=True)
+        for k, name in enumerate(chosen):
+            (images / sub / f"scene{k}.png").write_bytes((made / name).read_bytes())
+            boxes[f"{sub}/scene{k}.png"] = truth[name]
+    (folder / "boxes.json").write_text(json.dumps(boxes))
+    return images, folder / "boxes.json"
+
+
+def audit(images, boxes, out, *extra):
+    result = run_cli("audit", embedded_detector_path(), images, "--methods", AUDIT_METHODS, "--boxes", boxes,
+                     "--out", out, *extra)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def jsonl_rows(out):
+    return [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
+
+
+def csv_rows(out):
+    with open(out / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def assert_csv_equals_rows(out):
+    """metrics.csv holds rows.jsonl's explained detections, value for value (empty: not measured)."""
+    rows = [r for r in jsonl_rows(out) if r["method"] is not None]
+    table = csv_rows(out)
+    assert len(table) == len(rows) > 0
+    for row, line in zip(rows, table):
+        for column, text in line.items():
+            value = row.get(column)
+            if value is None:
+                assert text == "", column
+            elif isinstance(value, (bool, int)) and not isinstance(value, float):
+                assert int(text) == int(value), column
+            elif isinstance(value, float):
+                assert float(text) == value, column
+            else:
+                assert text == str(value), column
+
+
+@pytest.fixture(scope="module")
+def audited(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("detector_audit")
+    images, boxes = detector_scenes(folder)
+    return folder / "report", audit(images, boxes, folder / "report")
+
+
+def test_a_detector_audit_writes_the_classifier_audits_files(audited):
+    out, result = audited
+    assert {p.name for p in out.iterdir()} >= {"metrics.csv", "index.html", "summary.json", "rows.jsonl", "overlays"}
+    assert_csv_equals_rows(out)
+    rows = jsonl_rows(out)
+    # boxes keyed by the path under the folder: both a/scene0.png and b/scene0.png matched their own objects
+    for image in ("a/scene0.png", "b/scene0.png"):
+        own = [r for r in rows if r["image"].endswith(image)]
+        assert own and np.mean([r.get("truth_iou", 0) for r in own]) > 0.7, image
+    thumbnails = sorted(p.name for p in (out / "overlays").iterdir())
+    assert thumbnails == sorted(f"{s}__scene{k}.png__{m}.png" for s in "ab" for k in (0, 1)
+                                for m in AUDIT_METHODS.split(","))
+    page = (out / "index.html").read_text()
+    assert page.count("<img") == 8 and "Energy in the box" in page and "detections" in page
+    for png in re.findall(r"src='data:image/png;base64,([^']+)'", page):
+        picture = cv2.imdecode(np.frombuffer(base64.b64decode(png), np.uint8), cv2.IMREAD_COLOR)
+        assert picture is not None and max(picture.shape[:2]) == 128 and picture.std() > 10
+    assert "src='http" not in page and "href=" not in page
+    assert "report:" in result.stdout and "index.html" in result.stdout
+
+
+def test_a_detector_audits_page_loads_in_a_browser(audited, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed (apt install chromium) to check the page")
+    common = [chromium, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}"]
+    page = audited[0] / "index.html"
+    dom = subprocess.run(common + ["--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    assert dom.count("<img") == 8 and "Energy in the box" in dom
+    shot = tmp_path / "page.png"
+    subprocess.run(common + [f"--screenshot={shot}", "--window-size=1200,1400", page.as_uri()],
+                   capture_output=True, timeout=120)
+    picture = cv2.imread(str(shot))
+    assert picture is not None and len(np.unique(picture.reshape(-1, 3), axis=0)) > 500
+
+
+def test_a_detector_audit_resumes_redoing_changed_torn_and_half_written_images(tmp_path):
+    images, boxes = detector_scenes(tmp_path)
+    out = tmp_path / "report"
+    audit(images, boxes, out)
+    changed = images / "b" / "scene1.png"
+    from cam_infer.images import load_image
+    from cam_infer.postprocess import write_png
+    write_png(changed, np.ascontiguousarray(load_image(changed)[:, ::-1]))          # mirrored: other boxes
+    again = audit(images, boxes, out)
+    assert "redid 1 image(s)" in again.stdout
+    assert json.loads((out / "summary.json").read_text())["redone"] == [str(changed)]
+    fresh = tmp_path / "fresh"
+    audit(images, boxes, fresh)
+    assert jsonl_rows(out) == jsonl_rows(fresh)            # the changed image's rows are its new ones
+    assert (out / "metrics.csv").read_text() == (fresh / "metrics.csv").read_text()
+    lines = (out / "rows.jsonl").read_text().splitlines(keepends=True)
+    last = json.loads(lines[-1])["image"]
+    assert sum(json.loads(line)["image"] == last for line in lines) >= 2
+    (out / "rows.jsonl").write_text("".join(lines[:-1]))                    # the last image lacks a row
+    audit(images, boxes, out)
+    assert jsonl_rows(out) == jsonl_rows(fresh)
+    (out / "rows.jsonl").write_text("".join(lines[:-1]) + lines[-1][:25])   # …and its last line torn
+    audit(images, boxes, out)
+    assert jsonl_rows(out) == jsonl_rows(fresh)
+    assert (out / "metrics.csv").read_text() == (fresh / "metrics.csv").read_text()

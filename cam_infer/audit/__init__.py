@@ -31,14 +31,14 @@ from .report import (
     MetricsFile,
     summarise,
     write_atomically,
+    skipped_metrics_line,
     write_html,
 )
-from .work import COLUMNS, METRICS, AuditOptions, AuditWork, audit_image, audit_spec
+from .work import COLUMNS, LOCALISATION, METRICS, AuditOptions, AuditWork, audit_image, audit_spec
 
 GRID = 48
 OVERLAYS = "overlays"
 INPUTS_NAME = "inputs.json"
-LOCALISATION = ("pointing", "energy", "box")
 
 
 def run_audit(bundle, images, options: AuditOptions, out, *, boxes=None, restart: bool = False, grid: int = GRID,
@@ -56,12 +56,11 @@ def run_audit(bundle, images, options: AuditOptions, out, *, boxes=None, restart
     runner = make_runner(workers, ray, threads)
     found = collect_images(images)
     files = found.files
-    truth = _load_boxes(boxes, bundle)
+    truth = load_boxes(boxes, bundle)
     if options.target == "truth" and not truth:
         raise CamInferError("target 'truth' needs boxes with exactly one label per image (--boxes)")
-    localisation = [m for m in options.metrics if m in LOCALISATION]
-    if localisation and not truth:
-        raise CamInferError(f"metric {', '.join(localisation)} needs ground-truth boxes: give --boxes FILE")
+    skipped_metrics = options.skipped_metrics(bool(truth))
+    options = options.resolved(bool(truth))
     settings = {"bundle": str(bundle.path.resolve()), "options": options.to_dict(),
                 "boxes": str(Path(boxes).resolve()) if boxes else None}
     out = prepare_folder(out)
@@ -78,12 +77,12 @@ def run_audit(bundle, images, options: AuditOptions, out, *, boxes=None, restart
         by_name = {str(f): f for f in todo}
         with Progress(len(files), "audit", enabled=progress) as bar:
             bar.advance(len(files) - len(todo))
-            for result in runner.map(work, ((f, _boxes_for(truth, f, images)) for f in todo)):
+            for result in runner.map(work, ((f, boxes_for(truth, f, images)) for f in todo)):
                 image = by_name[result["image"]]
                 if "error" in result:
                     errors.append({"image": result["image"], "error": result["error"]})
                 else:
-                    _write_thumbnails(out, found.names[image], result["thumbnails"])
+                    write_thumbnails(out, found.names[image], result["thumbnails"])
                     metrics.append(result["rows"])
                     inputs.record(image, result["stamp"])
                 bar.advance()
@@ -93,8 +92,9 @@ def run_audit(bundle, images, options: AuditOptions, out, *, boxes=None, restart
         summary = summarise(metrics, options.methods, protocol, errors)
         summary["skipped"] = [str(f) for f in found.skipped]
         summary["redone"] = changed
+        summary["skipped_metrics"] = list(skipped_metrics)
         write_atomically(out / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
-        write_html(out, summary, _grid(out, files[:grid], found.names, options.methods), options.methods)
+        write_html(out, summary, thumbnail_grid(out, files[:grid], found.names, options.methods), options.methods)
     return summary
 
 
@@ -111,7 +111,7 @@ def _check_options(bundle, options: AuditOptions) -> None:
         get_method(method)
         if enhancer is not None:
             get_enhancer(enhancer)
-    unknown = [m for m in options.metrics if m not in METRICS]
+    unknown = [m for m in options.metrics or () if m not in METRICS]
     if unknown:
         raise CamInferError(f"unknown metric {', '.join(map(repr, unknown))}; metrics: {', '.join(METRICS)}")
     if options.target not in ("predicted", "truth"):
@@ -183,7 +183,7 @@ class InputsFile:
         write_atomically(self.path, json.dumps(self.stamps) + "\n")
 
 
-def _load_boxes(path, bundle) -> dict:
+def load_boxes(path, bundle) -> dict:
     """The boxes file, with every label resolved to a class index of the bundle (a label, or an index as
     a number or digit string); an unknown or ambiguous label is an error naming the image."""
     if path is None:
@@ -210,7 +210,8 @@ def _load_boxes(path, bundle) -> dict:
     return data
 
 
-def _boxes_for(truth: dict, image: Path, roots) -> list | None:
+def boxes_for(truth: dict, image: Path, roots) -> list | None:
+    """An image's entry in the boxes file: by its path as given, relative to a given folder, or its name."""
     keys = [str(image), image.as_posix()]
     for root in map(Path, roots):
         if root.is_dir():
@@ -227,12 +228,14 @@ def _thumbnail_name(name: str, method: str) -> str:
     return f"{name.replace('/', '__').lstrip('.')}__{method}.png"
 
 
-def _write_thumbnails(out: Path, name: str, thumbnails: dict) -> None:
+def write_thumbnails(out: Path, name: str, thumbnails: dict) -> None:
+    """An image's thumbnails (method → PNG bytes) into the report's overlays folder."""
     for method, png in thumbnails.items():
         (out / OVERLAYS / _thumbnail_name(name, method)).write_bytes(png)
 
 
-def _grid(out: Path, files, names: dict, methods) -> list[tuple[str, dict]]:
+def thumbnail_grid(out: Path, files, names: dict, methods) -> list[tuple[str, dict]]:
+    """The report's grid: (image name, method → thumbnail PNG) for the images that have thumbnails."""
     grid = []
     for image in files:
         paths = {m: out / OVERLAYS / _thumbnail_name(names[image], m) for m in methods}
@@ -253,6 +256,8 @@ def summary_lines(summary: dict, out) -> list[str]:
     if summary["redone"]:
         lines.append(f"redid {len(summary['redone'])} image(s) that changed since the last run, e.g. "
                      f"{summary['redone'][0]}")
+    if summary.get("skipped_metrics"):
+        lines.append(skipped_metrics_line(summary["skipped_metrics"]))
     if summary["skipped"]:
         lines.append(f"skipped {len(summary['skipped'])} file(s) that are not images, e.g. {summary['skipped'][0]} "
                      "(all listed in summary.json)")

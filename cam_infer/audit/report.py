@@ -36,12 +36,12 @@ class MetricsFile:
     synced, so an interrupted run loses at most the image in progress; `complete_images` drops
     a torn tail and any image with fewer rows than methods before a run resumes."""
 
-    def __init__(self, path: Path, methods: tuple[str, ...]):
-        self.path, self.methods = path, methods
+    def __init__(self, path: Path, methods: tuple[str, ...], columns: tuple[str, ...] = COLUMNS):
+        self.path, self.methods, self.columns = path, methods, columns
 
     def complete_images(self) -> list[str]:
         if not self.path.exists():
-            write_atomically(self.path, ",".join(COLUMNS) + "\n")
+            self.start([])
             return []
         text = self.path.read_text(encoding="utf-8")
         if not text.endswith("\n"):
@@ -52,20 +52,23 @@ class MetricsFile:
             by_image.setdefault(row["image"], set()).add(row["method"])
         complete = [image for image, methods in by_image.items() if methods == set(self.methods)]
         keep = set(complete)
-        write_atomically(self.path, _csv_text([r for r in rows if r["image"] in keep], header=True))
+        self.start([r for r in rows if r["image"] in keep])
         return complete
+
+    def start(self, rows: list[dict]) -> None:
+        """Write the file anew: the header and these rows."""
+        write_atomically(self.path, _csv_text(rows, self.columns, header=True))
 
     def drop(self, images: list[str]) -> None:
         """Remove the rows of these images (their files changed: they are audited again)."""
         if not images:
             return
         gone = set(images)
-        kept = [row for row in self.rows() if row["image"] not in gone]
-        write_atomically(self.path, _csv_text(kept, header=True))
+        self.start([row for row in self.rows() if row["image"] not in gone])
 
     def append(self, rows: list[dict]) -> None:
         with open(self.path, "a", encoding="utf-8", newline="") as f:
-            f.write(_csv_text(rows, header=False))
+            f.write(_csv_text(rows, self.columns, header=False))
             f.flush()
             os.fsync(f.fileno())
 
@@ -74,9 +77,9 @@ class MetricsFile:
             yield from csv.DictReader(f)
 
 
-def _csv_text(rows, header: bool) -> str:
+def _csv_text(rows, columns, header: bool) -> str:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     if header:
         writer.writeheader()
     writer.writerows(rows)
@@ -112,18 +115,27 @@ def summarise(metrics: MetricsFile, methods, protocol: dict, errors: list) -> di
                                 "without boxes of the explained class have no localisation metrics)"}}
 
 
-def write_html(out: Path, summary: dict, grid: list[tuple[str, dict]], methods) -> Path:
-    """index.html: summary table, one bar chart per metric, thumbnails (images × methods), all inline."""
+def skipped_metrics_line(metrics) -> str:
+    """The one line saying which default metrics were not measured, and why."""
+    return f"not measured: {', '.join(metrics)} (localisation metrics need ground-truth boxes: give --boxes FILE)"
+
+
+def write_html(out: Path, summary: dict, grid: list[tuple[str, dict]], methods, shown: dict | None = None,
+               unit: str = "images") -> Path:
+    """index.html: summary table, one bar chart per metric, thumbnails (images × methods), all inline.
+    `shown`: column → (title, higher is better; None: a reference, tabled, not charted) (default: the classifier's);
+    `unit`: what a method's count in summary["methods"] counts."""
     per_method = summary["methods"]
-    columns = [c for c in ["adcc_of_means", *SHOWN] if any(c in per_method[m] for m in methods)]
-    shown = {"adcc_of_means": ("ADCC (of means)", True), **SHOWN}
-    head = "".join(f"<th>{html.escape(shown[c][0])} {'↑' if shown[c][1] else '↓'}</th>" for c in columns)
+    shown = {"adcc_of_means": ("ADCC (of means)", True), **SHOWN} if shown is None else shown
+    columns = [c for c in shown if any(c in per_method[m] for m in methods)]
+    head = "".join(f"<th>{html.escape(shown[c][0])}{_arrow(shown[c][1])}</th>" for c in columns)
     counts = summary.get("counts", {})
     body = "".join(
-        f"<tr><th>{html.escape(m)}</th><td>{per_method[m]['images']}</td>"
-        + "".join(f"<td>{_cell(per_method[m].get(c))}{_count(counts.get(m, {}).get(c), per_method[m]['images'])}</td>"
+        f"<tr><th>{html.escape(m)}</th><td>{per_method[m][unit]}</td>"
+        + "".join(f"<td>{_cell(per_method[m].get(c))}{_count(counts.get(m, {}).get(c), per_method[m][unit])}</td>"
                   for c in columns) + "</tr>" for m in methods)
-    charts = "".join(_bar_chart(shown[c][0], shown[c][1], {m: per_method[m].get(c) for m in methods}) for c in columns)
+    charts = "".join(_bar_chart(shown[c][0], shown[c][1], {m: per_method[m].get(c) for m in methods})
+                     for c in columns if shown[c][1] is not None)
     thumbs_head = "".join(f"<th>{html.escape(m)}</th>" for m in methods)
     thumbs = "".join(
         f"<tr><th class=name>{html.escape(name)}</th>"
@@ -134,6 +146,8 @@ def write_html(out: Path, summary: dict, grid: list[tuple[str, dict]], methods) 
                        for k, v in summary["protocol"].items())
     errors = (f"<p class=err>{len(summary['errors'])} image(s) could not be read and were skipped "
               f"(listed in {ERRORS_NAME}).</p>" if summary["errors"] else "")
+    if summary.get("skipped_metrics"):
+        errors += f"<p>{html.escape(skipped_metrics_line(summary['skipped_metrics']))}.</p>"
     skipped = summary.get("skipped", [])
     if skipped:
         errors += (f"<p>{len(skipped)} file(s) in the folders are not images and were skipped: "
@@ -152,9 +166,9 @@ th {{ background: #f3f3f3; }} th.name {{ text-align: left; font-weight: normal; 
 </style></head><body>
 <h1>cam-infer audit</h1>
 <p>{html.escape(str(summary['protocol'].get('bundle', '')))} · {len(methods)} methods ·
-{max((per_method[m]['images'] for m in methods), default=0)} images</p>{errors}
-<h2>Summary (means over images; n = images a mean is over, when not all)</h2>
-<table><tr><th>method</th><th>images</th>{head}</tr>{body}</table>
+{max((per_method[m][unit] for m in methods), default=0)} {unit}</p>{errors}
+<h2>Summary (means over {unit}; n = {unit} a mean is over, when not all)</h2>
+<table><tr><th>method</th><th>{unit}</th>{head}</tr>{body}</table>
 <h2>Per metric</h2><div class=charts>{charts}</div>
 <h2>Maps ({len(grid)} images)</h2>
 <table class=grid><tr><th>image</th>{thumbs_head}</tr>{thumbs}</table>
@@ -164,6 +178,10 @@ th {{ background: #f3f3f3; }} th.name {{ text-align: left; font-weight: normal; 
     path = out / HTML_NAME
     write_atomically(path, page)
     return path
+
+
+def _arrow(higher_better) -> str:
+    return "" if higher_better is None else " ↑" if higher_better else " ↓"
 
 
 def _cell(value) -> str:

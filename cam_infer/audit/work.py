@@ -8,7 +8,7 @@ cluster; `cam_infer.audit.run_audit` is the local driver.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -35,6 +35,7 @@ from ..outputs import fingerprint
 from ..postprocess import encode_png, overlay
 
 METRICS = ("adcc", "insertion", "deletion", "pointing", "energy", "box")
+LOCALISATION = ("pointing", "energy", "box")    # need ground-truth boxes
 # class_id, label, probability: the class the metrics score; a class-agnostic map (class_agnostic 1) explains
 # none, and they are then the model's top-1.
 COLUMNS = ("image", "method", "class_agnostic", "class_id", "label", "probability", "degenerate", "average_drop",
@@ -48,7 +49,7 @@ class AuditOptions:
     """Every protocol choice (research-notes §10); recorded in summary.json next to the numbers."""
 
     methods: tuple[str, ...]
-    metrics: tuple[str, ...] = METRICS
+    metrics: tuple[str, ...] | None = None  # None: every metric; the localisation ones only when boxes are given
     backend: str = "auto"
     device: str = "CPU"
     target: str = "predicted"            # predicted | truth (the label of the image's boxes) | a class (label or index)
@@ -66,8 +67,24 @@ class AuditOptions:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["methods"], d["metrics"] = list(self.methods), list(self.metrics)
+        d["methods"] = list(self.methods)
+        d["metrics"] = None if self.metrics is None else list(self.metrics)
         return d
+
+    def resolved(self, boxes: bool) -> "AuditOptions":
+        """These options with the metrics to measure spelled out: by default every metric, the localisation
+        ones only when ground-truth boxes are given; a localisation metric asked for without boxes is an error."""
+        if self.metrics is None:
+            return replace(self, metrics=tuple(m for m in METRICS if boxes or m not in LOCALISATION))
+        asked = [m for m in self.metrics if m in LOCALISATION]
+        if asked and not boxes:
+            raise CamInferError(f"metric {', '.join(asked)} needs ground-truth boxes: give --boxes FILE (boxes=...)"
+                                " or leave the metrics at their default")
+        return self
+
+    def skipped_metrics(self, boxes: bool) -> tuple[str, ...]:
+        """The default metrics left out for want of ground-truth boxes."""
+        return LOCALISATION if self.metrics is None and not boxes else ()
 
     @classmethod
     def from_arguments(cls, args) -> "AuditOptions":
@@ -80,9 +97,7 @@ class AuditOptions:
         methods = tuple(GRADIENT_FREE) if args.methods == "all" else tuple(m.strip() for m in args.methods.split(","))
         enhancers = [e.strip() for e in args.enhance.split(",")] if args.enhance else []
         methods = with_enhanced_variants(methods, enhancers)
-        metrics = tuple(METRICS) if args.metrics == "all" else tuple(m.strip() for m in args.metrics.split(","))
-        if args.metrics == "all" and not args.boxes:
-            metrics = ("adcc", "insertion", "deletion")
+        metrics = None if args.metrics == "all" else tuple(m.strip() for m in args.metrics.split(","))
         method_options: dict = {}
         for text in args.option:
             key, value = parse_option(text)
@@ -106,7 +121,8 @@ class AuditOptions:
 
     @classmethod
     def from_dict(cls, d: dict) -> "AuditOptions":
-        return cls(**{**d, "methods": tuple(d["methods"]), "metrics": tuple(d["metrics"])})
+        metrics = None if d.get("metrics") is None else tuple(d["metrics"])
+        return cls(**{**d, "methods": tuple(d["methods"]), "metrics": metrics})
 
 
 def with_enhanced_variants(methods, enhancers) -> tuple[str, ...]:
@@ -171,6 +187,8 @@ def audit_image(bundle, image, options: AuditOptions, boxes=None) -> dict:
     """One image file → {"rows": one dict per method (COLUMNS), "thumbnails": method → PNG bytes}.
     `bundle`: a Bundle, its folder, or an `ExplainerSpec` (the explainer is opened once per process).
     `boxes`: the image's ground truth, [x1,y1,x2,y2] or {"box": [...], "label": ...}, in its own pixels."""
+    if options.metrics is None:
+        options = options.resolved(boxes=True)
     explainer = explainer_for(bundle, options)
     prep = explainer.bundle.preprocessing
     rgb = load_image(image)
@@ -184,8 +202,9 @@ def audit_image(bundle, image, options: AuditOptions, boxes=None) -> dict:
         s = e.saliency[0]
         class_id = int(e.targets[0])
         row = dict.fromkeys(COLUMNS, "")
-        row.update(image=os.fspath(image), method=method, class_agnostic=int(e.class_agnostic), class_id=class_id, label=explainer.bundle.label(class_id),
-                   probability=float(e.scores[0]), degenerate=int(e.degenerate[0]))
+        row.update(image=os.fspath(image), method=method, class_agnostic=int(e.class_agnostic), class_id=class_id,
+                   label=explainer.bundle.label(class_id), probability=float(e.scores[0]),
+                   degenerate=int(e.degenerate[0]))
         if "adcc" in options.metrics:
             row.update(_adcc(explainer, options, x, view, e, method))
         for mode in ("insertion", "deletion"):
@@ -260,7 +279,11 @@ def _adcc(explainer, options: AuditOptions, x, view, e, variant: str) -> dict:
 
 
 def _thumbnail(view: np.ndarray, saliency: np.ndarray) -> bytes:
-    picture = overlay(view, saliency)
+    return thumbnail_png(overlay(view, saliency))
+
+
+def thumbnail_png(picture: np.ndarray) -> bytes:
+    """A picture shrunk to at most THUMBNAIL pixels a side, as PNG bytes (the report's grid)."""
     h, w = picture.shape[:2]
     scale = THUMBNAIL / max(h, w)
     if scale < 1:
@@ -268,4 +291,4 @@ def _thumbnail(view: np.ndarray, saliency: np.ndarray) -> bytes:
     return encode_png(picture)
 
 
-__all__ = ["AuditOptions", "AuditWork", "COLUMNS", "METRICS", "audit_image"]
+__all__ = ["AuditOptions", "AuditWork", "COLUMNS", "LOCALISATION", "METRICS", "audit_image"]

@@ -274,23 +274,46 @@ def output_step(graph: Graph) -> float:
     return 0.0
 
 
-def check_classifier_output(shape: tuple, name: str) -> None:
-    """Class scores are (N,C), or (N,C) with 1×1 spatial axes around it; anything else is another task."""
+def sequence_guess(shape: tuple, input_size: tuple[int, int]) -> str:
+    """What a (N,T,D) output whose D is no detector's anchor count looks like."""
+    return (f"sequence/token output ({shape[1]} tokens of {shape[2]} features, as a transformer's or a sequence "
+            f"model's; {shape[2]} is no count of detector anchors at strides 8, 16, 32 of the "
+            f"{input_size[0]}x{input_size[1]} input)")
+
+
+def declared_image_size(model) -> tuple[int, int] | None:
+    """The (H,W) of an ONNX model's image input when its shape fixes them (NCHW or NHWC), else None."""
+    weights = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in weights]
+    dims = [d.dim_value for d in inputs[0].type.tensor_type.shape.dim] if len(inputs) == 1 else []
+    if len(dims) != 4:
+        return None
+    h, w = (dims[2], dims[3]) if dims[1] in (1, 3) or dims[3] not in (1, 3) else (dims[1], dims[2])
+    return (h, w) if h and w else None
+
+
+def check_classifier_output(shape: tuple, name: str, input_size: tuple[int, int] | None = None) -> None:
+    """Class scores are (N,C), or (N,C) with 1×1 spatial axes around it; anything else is another task
+    (`input_size`, the image's (H,W) when known, tells a detector's anchors from a sequence's features)."""
     dims = [d for d in shape[1:] if d != 1]
     if len(dims) <= 1:
         return
     shown = "(N," + ",".join(str(d) for d in shape[1:]) + ")"     # '?': a size that depends on the input
-    guess = _task_guess(shape)
+    guess = _task_guess(shape, input_size)
     tail = ("; split it with --task detection (YOLO-style layouts)" if guess.startswith("detector")
             else ", and cam-infer explains classifiers and YOLO-style detectors only")
     raise CamInferError(f"the model output '{name}' is {shown}, not class scores (N,C): this looks like a {guess}"
                         + tail)
 
 
-def _task_guess(shape: tuple) -> str:
-    """A guess for the refusal message only: (N,few,many) a detector, (N,many,few) a sequence."""
+def _task_guess(shape: tuple, input_size: tuple[int, int] | None = None) -> str:
+    """A guess for the refusal message only: (N,few,many) a detector when `many` is an anchor count at
+    `input_size` (or that is unknown), else a token sequence; (N,many,few) a sequence."""
+    from ..detection.decode import is_anchor_count
     few, many = (lambda d: isinstance(d, int) and d <= 100), (lambda d: d == "?" or (isinstance(d, int) and d > 100))
     if len(shape) == 3 and few(shape[1]) and many(shape[2]):
+        if input_size and isinstance(shape[2], int) and not is_anchor_count(input_size, shape[2]):
+            return sequence_guess(shape, input_size)
         return "detector (boxes and class scores per anchor)"
     if len(shape) == 3 and many(shape[1]) and few(shape[2]):
         return "sequence model (scores per step)"

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import textwrap
+
+WIDTH = 100          # characters per line; a longer line (a runtime's refusal) is wrapped at words
+INDENT = " " * 13    # under the value, past the field's name
+
 
 def describe(bundle) -> str:
     if bundle.task == "detection":
@@ -28,8 +33,8 @@ def describe(bundle) -> str:
         + (f"; the model takes {' '.join(f for f in source_form if f)} (converted at the boundary)"
            if any(source_form) else ""),
         f"preprocess   {'GRAY' if prep.channels == 1 else prep.color.upper()}, "
-        + (f"resize shorter side to {prep.resize}, center crop {h}x{w}" if prep.crop == "center"
-           else f"resize to {h}x{w}")
+        + (f"resize shorter side to {prep.resize} ({prep.interpolation}), center crop {h}x{w}"
+           if prep.crop == "center" else f"resize to {h}x{w} ({prep.interpolation})")
         + f", x*{prep.scale:.6g}, mean {list(prep.mean)}, std {list(prep.std)}",
         f"target layer '{target['requested']}' ({how[target['matched_by']]}) -> tensor '{target['tensor']}'"
         + (f", module '{target['module']}'" if target.get("module") and target["matched_by"] != "module" else ""),
@@ -45,12 +50,23 @@ def describe(bundle) -> str:
         "verified     " + ("yes" if verification.get("passed") else "NO")
         + f": head(features(x)) vs model(x), batches {verification['batch_sizes']}, "
         f"max |diff| {verification['max_abs_diff']:.3g} ({verification['runtime']})",
-        "runtimes     " + (", ".join(f"{n}: {'yes' if r['runs'] else 'no (' + r.get('why_not', '')[:120] + ')'}"
-                                     for n, r in runtimes.items()) or "not recorded"),
+        runtimes_line(runtimes),
         f"source       {m['provenance'].get('source') or 'in-memory model'}"
         + (f", exported with {m['provenance']['exporter']}" if m["provenance"].get("exporter") else ""),
     ]
     return "\n".join(lines)
+
+
+def runtimes_line(runtimes: dict) -> str:
+    """Which runtimes run the bundle, each refusal whole, wrapped at words."""
+    return _wrapped("runtimes     " + (", ".join(f"{n}: {'yes' if r['runs'] else 'no (' + r.get('why_not', '') + ')'}"
+                                                for n, r in runtimes.items()) or "not recorded"))
+
+
+def _wrapped(line: str) -> str:
+    """A long line broken at spaces into lines of at most WIDTH characters, continued under the value."""
+    return "\n".join(textwrap.wrap(line, WIDTH, subsequent_indent=INDENT, break_long_words=False,
+                                   break_on_hyphens=False))
 
 
 def describe_detector(bundle) -> str:
@@ -70,13 +86,14 @@ def describe_detector(bundle) -> str:
         f"task         detection ({out['layout']}: boxes {out['box']} + {out['num_classes']} {out['scores']} class "
         f"scores per anchor, strides {out['strides']})",
         f"input        '{bundle.input_name}' float32 (N,{c},{h},{w}) NCHW",
-        f"preprocess   letterbox to {h}x{w} (pad {bundle.preprocessing.pad}), RGB, x/255",
+        f"preprocess   letterbox to {h}x{w} ({bundle.preprocessing.interpolation}, pad {bundle.preprocessing.pad}), "
+        "RGB, x/255",
         f"cut set      '{m['target_layer']['requested']}': {levels}",
         f"NMS          conf {m['nms']['conf']}, IoU {m['nms']['iou']}, at most {m['nms']['max_det']} (class-aware)",
         "labels       " + (f"{len(labels)} ({', '.join(labels[:3])}{', ...' if len(labels) > 3 else ''})"
                             if labels else "none (class indices)"),
         f"verified     yes: head(features(x)) vs model(x), batches {m['verification']['batches']}, "
         f"max |diff| {m['verification']['max_abs_diff']:.3g}",
-        "runtimes     " + ", ".join(f"{n}: {'yes' if r['runs'] else 'no'}" for n, r in m["runtimes"].items()),
+        runtimes_line(m["runtimes"]),
         f"source       {m['provenance'].get('source') or 'in-memory model'}",
     ])

@@ -41,6 +41,9 @@ class Bundle:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Bundle":
         path = Path(path)
+        if path.is_file():                               # a model file: its bundle, split once into the cache
+            from .model_cache import bundle_of_file
+            path = bundle_of_file(path)
         manifest_path = path / MANIFEST
         if not path.is_dir():
             raise CamInferError(f"bundle folder '{path}' does not exist")

@@ -20,7 +20,7 @@ import onnx
 
 from ..errors import CamInferError
 from ..images import Preprocessing
-from .anatomy import INTEGER_TYPES, InputSpec, check_classifier_output
+from .anatomy import INTEGER_TYPES, InputSpec, check_classifier_output, declared_image_size
 from .cut import extract
 from .graph import Graph, load_onnx
 from .layers import TargetLayer, find_target_layer
@@ -70,7 +70,8 @@ def _check_declared_output(model: onnx.ModelProto) -> None:
     output = model.graph.output[0]
     dims = output.type.tensor_type.shape.dim
     if dims:
-        check_classifier_output(tuple(d.dim_value if d.HasField("dim_value") else "?" for d in dims), output.name)
+        check_classifier_output(tuple(d.dim_value if d.HasField("dim_value") else "?" for d in dims), output.name,
+                                declared_image_size(model))
 
 
 def preprocessing_for(spec: InputSpec, prep, input_size) -> Preprocessing:

@@ -50,9 +50,13 @@ def session(model: onnx.ModelProto):
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def runtime_message(exc: BaseException) -> str:
-    """The runtime's whole message on one line (its second line often says what was expected)."""
-    return " ".join(" ".join(str(exc).split()).split(" ; "))[:600]
+def runtime_message(exc: BaseException, limit: int | None = 600) -> str:
+    """The runtime's message on one line (its second line often says what was expected), at most `limit`
+    characters, cut at a word and ending in '...' when longer; ``limit=None``: all of it."""
+    text = " ".join(" ".join(str(exc).split()).split(" ; "))
+    if limit is None or len(text) <= limit:
+        return text
+    return text[:limit - 3].rsplit(" ", 1)[0] + " ..."
 
 
 def _run(sess, x: np.ndarray, fixed: int | None) -> np.ndarray:
@@ -90,7 +94,7 @@ def verify(source: onnx.ModelProto, spec: InputSpec, scores: ScoreOutput, featur
         except Exception as exc:
             raise CamInferError(f"ONNX Runtime cannot run this model on a batch of {n} "
                                 f"({runtime_message(exc)})") from None
-        check_classifier_output(raw.shape, scores.source)
+        check_classifier_output(raw.shape, scores.source, prep.input_size)
         expected = scores.model_scores(raw).reshape(n, -1)
         try:
             kept = fixed_batch if batch_mode == "fixed" else None
@@ -135,5 +139,5 @@ def openvino_runs(features: onnx.ModelProto, head: onnx.ModelProto) -> str | Non
         try:
             core.compile_model(core.read_model(model.SerializeToString(), b""), "CPU")
         except Exception as exc:
-            return f"{role}: {runtime_message(exc)[:300]}"
+            return f"{role}: {runtime_message(exc, limit=None)}"
     return None

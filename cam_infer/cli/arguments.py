@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 
 from ..backends import CHOICES as BACKEND_CHOICES
+from ..images import INTERPOLATIONS
 from ..version import __version__
 
-PREPROCESSING = ("resize", "crop", "mean", "std", "scale", "color")
+BUNDLE_HELP = "bundle folder, or a model file (.onnx, .xml, .tflite) split with auto into the user cache once"
+PREPROCESSING = ("resize", "crop", "interpolation", "mean", "std", "scale", "color")
 
 
 # --- argument groups declared once -----------------------------------------------------------------
@@ -38,7 +40,7 @@ def _options(p, metavar: str = "KEY=VALUE", example: str = "--option top_k=64 --
 
 
 def _bundle_and_images(p) -> None:
-    p.add_argument("bundle", help="bundle folder")
+    p.add_argument("bundle", help=BUNDLE_HELP)
     p.add_argument("images", nargs="+", help="image files and folders (searched recursively)")
 
 
@@ -48,6 +50,10 @@ def _preprocessing_args(p, *, input_size_required: bool = False) -> None:
                    help="model input size (default: the model's own static shape)")
     g.add_argument("--resize", type=int, help="resize the shorter side to this before cropping (default: size/0.875)")
     g.add_argument("--crop", choices=["center", "none"], help="center crop, or none: resize straight to the input size")
+    g.add_argument("--interpolation", choices=list(INTERPOLATIONS),
+                   help="the resize's filter, as the deployment's pipeline resizes: "
+                        + "; ".join(f"{k}: {v}" for k, v in INTERPOLATIONS.items())
+                        + " (default: area; bilinear for a detector's letterbox)")
     g.add_argument("--mean", nargs="+", type=float, metavar="M", help="per-channel mean (3 values; 1 for gray)")
     g.add_argument("--std", nargs="+", type=float, metavar="S", help="per-channel std (3 values; 1 for gray)")
     g.add_argument("--scale", type=float, help="pixel multiplier before mean/std (default 1/255)")
@@ -104,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=run.export)
 
     p = sub.add_parser("info", help="describe a bundle")
-    p.add_argument("bundle", help="bundle folder")
+    p.add_argument("bundle", help=BUNDLE_HELP)
     p.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
     p.add_argument("--backend", help=f"also run one image on this runtime ({', '.join(BACKEND_CHOICES)}) and time it")
     p.add_argument("--device", default="CPU", help="device for --backend (CPU, GPU, NPU, AUTO)")
@@ -146,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=run.explain)
 
     p = sub.add_parser("bench", help="time every method against one forward pass; peak memory")
-    p.add_argument("bundle", help="bundle folder")
+    p.add_argument("bundle", help=BUNDLE_HELP)
     p.add_argument("--backend", help="comma-separated backends (default: every runtime that runs the bundle)")
     p.add_argument("--method", default="all", help="comma-separated cases (see below) or 'all'")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per case, after one warm-up (default 5)")
@@ -158,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=run.bench)
 
     p = sub.add_parser("fuse", help="write one ONNX model that returns the scores and the saliency map")
-    p.add_argument("bundle", help="bundle folder")
+    p.add_argument("bundle", help=BUNDLE_HELP)
     p.add_argument("--method", default=DEFAULT_METHOD, help=f"{', '.join(fusable())} (default {DEFAULT_METHOD})")
     _options(p, example="--option score=logit or --option squarings=12")
     classes = p.add_mutually_exclusive_group()
@@ -182,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--enhance-option", action="append", default=[], metavar="ENHANCER.KEY=VALUE",
                    help="enhancer option, e.g. --enhance-option sess.scales=6 (repeatable)")
     p.add_argument("--metrics", default="all", help="comma-separated: adcc, insertion, deletion, pointing, energy, box; "
-                                                    "or 'all' (localisation metrics need --boxes)")
+                                                    "or 'all' (default: every metric, the localisation ones "
+                                                    "- pointing, energy, box - only with --boxes)")
     p.add_argument("--boxes", help="JSON: image file -> list of [x1,y1,x2,y2] or {\"box\": [...], \"label\": ...}")
     _out(p, "report folder (a rerun resumes it)", "start over in --out instead of resuming")
     _runtime(p)
@@ -204,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=run.audit)
 
     p = sub.add_parser("serve", help="serve explanations over the KServe v2 / Triton REST protocol, and /explain")
-    p.add_argument("model", help="a bundle folder, or a fused .onnx model (cam-infer fuse)")
+    p.add_argument("model", help="a bundle folder, a fused .onnx model (cam-infer fuse), or a model file split "
+                                 "with auto into the user cache once")
     p.add_argument("--method", help=f"bundles: the default method, overridable per request (default {DEFAULT_METHOD}); "
                                     "a fused model has its own")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")

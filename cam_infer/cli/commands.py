@@ -22,7 +22,8 @@ def split(args) -> int:
     if _is_detection(args):
         from ..detection.split import split_detector
         print(describe(split_detector(args.model, args.out, cut=args.cut, input_size_hw=size, labels=args.labels,
-                                      overwrite=args.force, conf=args.conf, iou=args.iou)))
+                                      overwrite=args.force, conf=args.conf, iou=args.iou,
+                                      interpolation=args.interpolation)))
         return 0
     print(describe(split_model(args.model, layer=args.layer, out=args.out, input_size=size, labels=args.labels,
                                preprocessing=preprocessing_fields(args), overwrite=args.force, layout=args.layout)))
@@ -183,13 +184,13 @@ def audit(args) -> int:
     from ..audit import AuditOptions, run_audit, summary_lines
     from ..methods.registry import class_agnostic, class_agnostic_note
     options = AuditOptions.from_arguments(args)
-    agnostic = [m for m in options.methods if class_agnostic(m)]
-    if agnostic and options.target != "predicted":
-        print(f"note: {class_agnostic_note(agnostic)}; their rows score the model's top-1")
     summary = run_audit(args.bundle, args.images, options, args.out, boxes=args.boxes, restart=args.force,
                         grid=args.grid, **_scale_out(args))
     for line in summary_lines(summary, args.out):
         print(line)
+    agnostic = [m for m in options.methods if class_agnostic(m)]
+    if agnostic and options.target != "predicted":
+        print(f"note: {class_agnostic_note(agnostic)}; their rows score the model's top-1")
     if summary["errors"]:
         raise CamInferError(f"{len(summary['errors'])} image(s) could not be read and were skipped, e.g. "
                             f"{summary['errors'][0]['error']}")
@@ -209,7 +210,7 @@ def audit_detections(args) -> int:
         options.setdefault(method, {})[name] = value
     summary = run_detection_audit(args.bundle, args.images, methods, args.out, boxes=args.boxes, backend=args.backend,
                                   device=args.device, tolerance=args.tolerance, options=options, restart=args.force,
-                                  **_scale_out(args))
+                                  grid=args.grid, **_scale_out(args))
     for line in summary_lines(summary, args.out):
         print(line)
     if summary["errors"]:

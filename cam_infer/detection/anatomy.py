@@ -16,15 +16,18 @@ import re
 
 import onnx
 
+from ..bundle.anatomy import declared_image_size, sequence_guess
 from ..bundle.graph import Graph
 from ..errors import CamInferError
+from .decode import is_anchor_count
 
 CUTS = ("detect-input", "backbone")
 SCOPE = re.compile(r"^model\.(\d+)$")
 
 
 def is_detector(model: onnx.ModelProto) -> bool:
-    """Ultralytics metadata says task=detect, or the output is (N, 4+C, A) with A well above 4+C."""
+    """Ultralytics metadata says task=detect, or the output is (N, 4+C, A) with A well above 4+C and, where
+    the input size is fixed, a count of anchors at strides 8, 16, 32 … (not the features of a sequence)."""
     if metadata(model).get("task") == "detect":
         return True
     outputs = model.graph.output
@@ -34,6 +37,9 @@ def is_detector(model: onnx.ModelProto) -> bool:
     if len(dims) != 3:
         return False
     few, many = dims[1].dim_value, dims[2].dim_value
+    size = declared_image_size(model)
+    if many and size and not is_anchor_count(size, many):
+        return False
     return 5 <= few <= 300 and (many > 4 * few or (many == 0 and dims[2].dim_param != ""))
 
 
@@ -69,8 +75,9 @@ def input_size(model: onnx.ModelProto, given: tuple[int, int] | None) -> tuple[i
     raise CamInferError("the detector's input has no fixed size and no imgsz metadata; give --input-size H W")
 
 
-def output_layout(graph: Graph) -> tuple[int, int]:
-    """(classes, anchors) of an Ultralytics (N, 4+C, A) output; anything else is refused in one line."""
+def output_layout(graph: Graph, size: tuple[int, int]) -> tuple[int, int]:
+    """(classes, anchors) of an Ultralytics (N, 4+C, A) output at input `size` (H,W); anything else is
+    refused in one line."""
     out = graph.model.graph.output
     if len(out) != 1:
         raise CamInferError(f"the detector has {len(out)} outputs ({', '.join(o.name for o in out)}); cam-infer "
@@ -81,6 +88,10 @@ def output_layout(graph: Graph) -> tuple[int, int]:
         raise CamInferError(f"the detector output '{out[0].name}' is {shown}, not (N, 4+C, anchors): cam-infer reads "
                             "the Ultralytics YOLOv8/YOLO11 layout (end-to-end (N,300,6) and YOLOv5 exports are not "
                             "supported yet)")
+    if not is_anchor_count(size, shape[2]):
+        raise CamInferError(f"the model output '{out[0].name}' is (N,{shape[1]},{shape[2]}), not a detector's "
+                            f"(N, 4+C, anchors): this looks like a {sequence_guess(shape, size)}, and cam-infer "
+                            "explains classifiers and YOLO-style detectors only")
     return shape[1] - 4, shape[2]
 
 

@@ -9,36 +9,51 @@ in the box (±tolerance px); ``specificity`` Σ S in the box / Σ S in every box
 with ground truth, ``truth_iou`` and ``marker_energy`` Σ S in the marker disc (grown by 2 px) / Σ S next to
 ``marker_fraction``. Maps are measured over the original image (the letterbox undone).
 
-Rows go to ``rows.jsonl`` as each image is done; a rerun resumes; ``summary.json`` holds the means per method.
+Rows go to ``rows.jsonl`` as each image is done (a rerun resumes, and redoes the images whose file changed);
+the same rows, one per detection and method, to ``metrics.csv``; ``summary.json`` holds the means per method,
+``index.html`` the report with a thumbnail per image and method (its detections over their maps), as a
+classifier's audit does and with its writers (`cam_infer.audit`).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..audit import OVERLAYS, InputsFile, boxes_for, load_boxes, thumbnail_grid, write_thumbnails
+from ..audit.report import CSV_NAME, HTML_NAME, MetricsFile, write_atomically, write_html
+from ..audit.work import thumbnail_png
 from ..errors import CamInferError, UnreadableImage
 from ..images import load_image
 from ..metrics import energy_pointing, pointing_hit
-from ..audit.report import write_atomically
-from ..outputs import OutputLock, prepare_folder
+from ..outputs import OutputLock, fingerprint, prepare_folder
 from ..progress import Progress
 from ..runs import collect_images
 from .decode import iou
 from .explainer import DetectionExplainer
 from .methods import get_detection_method
 
-ROWS, SUMMARY = "rows.jsonl", "summary.json"
+ROWS, SUMMARY, INPUTS = "rows.jsonl", "summary.json", "inputs.json"
 MEANS = ("energy", "box_fraction", "pointing", "specificity", "truth_iou", "marker_energy", "marker_fraction")
+COLUMNS = ("image", "method", "index", "class_id", "label", "score", "class_agnostic", "degenerate", *MEANS)
+# column → (shown as, higher is better; None: a reference, what a uniform map scores)
+SHOWN = {"energy": ("Energy in the box", True), "box_fraction": ("Box's share of the image (uniform)", None),
+         "pointing": ("Pointing game", True), "specificity": ("Specificity", True),
+         "truth_iou": ("IoU with the true box", True), "marker_energy": ("Energy on the marker", True),
+         "marker_fraction": ("Marker's share (uniform)", None)}
+GRID = 48
 
 
 def run_detection_audit(bundle, images, methods, out, *, boxes=None, backend: str = "auto", device: str = "CPU",
                         tolerance: float = 0.0, conf: float | None = None, options: dict | None = None,
                         restart: bool = False, progress: bool | None = None, workers=None, ray: str | None = None,
-                        threads: int | None = None) -> dict:
+                        threads: int | None = None, grid: int = GRID) -> dict:
     """`workers`, `ray` and `threads` choose where the images are worked on (`cam_infer.parallel`)."""
     from ..parallel import ExplainerSpec, InProcess, make_runner
 
@@ -46,7 +61,7 @@ def run_detection_audit(bundle, images, methods, out, *, boxes=None, backend: st
     for m in methods:
         get_detection_method(m)
     runner = make_runner(workers, ray, threads)
-    truth = json.loads(Path(boxes).read_text()) if boxes else {}
+    truth = load_boxes(boxes, explainer.bundle)
     found = collect_images(images)
     out = prepare_folder(out)
     settings = {"bundle": str(explainer.bundle.path.resolve()), "methods": list(methods), "boxes": boxes and
@@ -56,11 +71,18 @@ def run_detection_audit(bundle, images, methods, out, *, boxes=None, backend: st
         spec.remember(explainer)
     errors: list[dict] = []
     with OutputLock(out, "audit"):
-        rows = _resume(out, settings, restart)
+        stamps = InputsFile(out / INPUTS)
+        changed = stamps.changed(found.files)
+        redo = set(changed)
+        rows = [r for r in _resume(out, settings, restart, tuple(methods)) if r["image"] not in redo]
+        write_atomically(out / ROWS, "".join(json.dumps(r) + "\n" for r in rows))
+        table = MetricsFile(out / CSV_NAME, tuple(methods), COLUMNS)
+        table.start(_csv_rows(rows))
         done = {r["image"] for r in rows}
         todo = [f for f in found.files if str(f) not in done]
+        by_name = {str(f): f for f in todo}
         work = DetectionAuditWork(spec, tuple(methods), tolerance, conf, options or {})
-        items = ((image, truth.get(Path(image).name, [])) for image in todo)
+        items = ((image, boxes_for(truth, image, images) or []) for image in todo)
         with Progress(len(todo), "audit", enabled=progress) as bar, open(out / ROWS, "a") as sink:
             for result in runner.map(work, items):
                 if "error" in result:
@@ -69,32 +91,68 @@ def run_detection_audit(bundle, images, methods, out, *, boxes=None, backend: st
                     new = result["rows"] or [{"image": result["image"], "method": None}]
                     sink.write("".join(json.dumps(r) + "\n" for r in new))
                     sink.flush()
+                    os.fsync(sink.fileno())
+                    table.append(_csv_rows(new))
+                    image = by_name[result["image"]]
+                    write_thumbnails(out, found.names[image], result["thumbnails"])
+                    stamps.record(image, result["stamp"])
                     rows += new
                 bar.advance()
+        stamps.save()
         summary = {"methods": summarise(rows, methods), "images": len(found.files), "settings": settings,
-                   "skipped": [str(f) for f in found.skipped], "errors": errors}
+                   "skipped": [str(f) for f in found.skipped], "errors": errors, "redone": changed}
         write_atomically(out / SUMMARY, json.dumps(summary, indent=2) + "\n")
+        _write_page(out, summary, thumbnail_grid(out, found.files[:grid], found.names, methods), methods)
     return summary
 
 
-def _resume(out: Path, settings: dict, restart: bool) -> list[dict]:
+def _resume(out: Path, settings: dict, restart: bool, methods: tuple) -> list[dict]:
+    """The rows of the images a previous run finished (none with `restart`); a torn tail and any image
+    without rows for every method are dropped, to be redone."""
     settings_path, rows_path = out / "settings.json", out / ROWS
     if restart:
-        rows_path.unlink(missing_ok=True)
-        settings_path.unlink(missing_ok=True)
+        for name in (ROWS, "settings.json", CSV_NAME, SUMMARY, HTML_NAME, INPUTS):
+            (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / OVERLAYS, ignore_errors=True)
     if settings_path.exists() and json.loads(settings_path.read_text()) != settings:
         raise CamInferError(f"'{out}' holds an audit with other settings; choose another --out or pass --force")
     write_atomically(settings_path, json.dumps(settings, indent=2) + "\n")
+    (out / OVERLAYS).mkdir(exist_ok=True)
+    return complete_rows(rows_path.read_text() if rows_path.exists() else "", methods)
+
+
+def complete_rows(text: str, methods: tuple) -> list[dict]:
+    """The rows of rows.jsonl's complete images: every method explains every detection of an image (one
+    without detections has one row, method None), so an image whose methods have unequal row counts lost
+    its tail to an interrupted write (a torn last line included) and is dropped, to be redone."""
     rows = []
-    if rows_path.exists():
-        for line in rows_path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:          # a torn last line: that image is redone
-                break
-        complete = {r["image"] for r in rows}
-        rows_path.write_text("".join(json.dumps(r) + "\n" for r in rows if r["image"] in complete))
-    return rows
+    for line in text.splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:          # the torn tail
+            break
+    seen: dict[str, Counter] = {}
+    for r in rows:
+        seen.setdefault(r["image"], Counter())[r["method"]] += 1
+    complete = {image for image, found in seen.items()
+                if set(found) == {None} or (set(found) == set(methods) and len(set(found.values())) == 1)}
+    return [r for r in rows if r["image"] in complete]
+
+
+def _csv_rows(rows: list[dict]) -> list[dict]:
+    """rows.jsonl's rows as metrics.csv has them: explained detections only, degenerate as 0/1."""
+    return [{**r, "degenerate": int(r["degenerate"])} for r in rows if r["method"] is not None]
+
+
+def _write_page(out: Path, summary: dict, grid, methods) -> None:
+    """index.html, drawn by the classifier audit's writer from the detector's summary."""
+    per_method = {m: {k: v for k, v in means.items() if not k.endswith("_n")} for m, means in
+                  summary["methods"].items()}
+    counts = {m: {k[:-2]: v for k, v in means.items() if k.endswith("_n")} for m, means in
+              summary["methods"].items()}
+    view = {"methods": per_method, "counts": counts, "protocol": summary["settings"], "errors": summary["errors"],
+            "skipped": summary["skipped"]}
+    write_html(out, view, grid, methods, shown=SHOWN, unit="detections")
 
 
 @dataclass(frozen=True)
@@ -110,20 +168,25 @@ class DetectionAuditWork:
     def __call__(self, item) -> dict:
         image, truth = item
         try:
-            rows = audit_image(self.spec.open(), image, self.methods, truth, self.tolerance, self.conf, self.options)
+            stamp = fingerprint(image)
+            rows, thumbnails = audit_image(self.spec.open(), image, self.methods, truth, self.tolerance, self.conf,
+                                           self.options, thumbnails=True)
         except (UnreadableImage, OSError) as exc:
             return {"image": str(image), "error": str(exc)}
-        return {"image": str(image), "rows": rows}
+        return {"image": str(image), "stamp": stamp, "rows": rows, "thumbnails": thumbnails}
 
 
-def audit_image(explainer: DetectionExplainer, image, methods, truth: list, tolerance: float, conf, options) -> list:
+def audit_image(explainer: DetectionExplainer, image, methods, truth: list, tolerance: float, conf, options,
+                thumbnails: bool = False):
+    """One image → its rows (one per method and explained detection); with `thumbnails`, (rows, method →
+    thumbnail PNG of its detections over their maps)."""
     rgb = load_image(image)
-    rows = []
-    from ..explainer import class_index
-    truth_boxes = [(np.array(t["box"], np.float64), class_index(t["label"], explainer.labels, explainer.bundle.num_classes),
-                    t.get("marker")) for t in truth]
+    rows, pictures = [], {}
+    truth_boxes = [_true_box(t, explainer) for t in truth]
     for method in methods:
         e = explainer.explain([rgb], method, conf=conf, **options.get(method, {}))
+        if thumbnails:
+            pictures[method] = thumbnail_png(e.overlay(0))
         items = e.items[0]
         for d in items:
             saliency, _ = e.preprocessing.to_image(d.saliency, rgb.shape[:2])
@@ -138,11 +201,26 @@ def audit_image(explainer: DetectionExplainer, image, methods, truth: list, tole
                    "specificity": energy_pointing(saliency, [box]) / max(energy_pointing(saliency, same_class), 1e-12)}
             row.update(_against_truth(saliency, np.array(d.box_image), d.class_id, truth_boxes, rgb.shape))
             rows.append(row)
-    return rows
+    return (rows, pictures) if thumbnails else rows
+
+
+def _true_box(entry, explainer) -> tuple:
+    """A boxes-file entry → (box, class index or None: any class, marker or None)."""
+    from ..explainer import class_index
+
+    if not isinstance(entry, dict):
+        entry = {"box": entry}
+    if entry.get("box") is None or len(entry["box"]) != 4:
+        raise CamInferError(f"a box must be [x1, y1, x2, y2] or {{\"box\": [...], \"label\": ...}}, not {entry!r}")
+    class_id = entry.get("class_id")
+    if class_id is None and entry.get("label") is not None:
+        class_id = class_index(entry["label"], explainer.labels, explainer.bundle.num_classes)
+    return np.array(entry["box"], np.float64), class_id, entry.get("marker")
 
 
 def _against_truth(saliency, box, class_id, truth_boxes, shape) -> dict:
-    candidates = [(iou(box, t + [0, 0, 1, 1]), t, marker) for t, c, marker in truth_boxes if c == class_id]
+    candidates = [(iou(box, t + [0, 0, 1, 1]), t, marker) for t, c, marker in truth_boxes
+                  if c is None or c == class_id]
     if not candidates:
         return {}
     overlap, t, marker = max(candidates, key=lambda c: c[0])
@@ -195,7 +273,10 @@ def summary_lines(summary: dict, out) -> list[str]:
                                                           else f" (uniform {v['marker_fraction']:.4f}, n={v[column + '_n']})"
                                                           if column == "marker_energy" else ""))
         lines.append(f"{m:<10} " + ", ".join(parts))
-    lines.append(f"rows in {Path(out) / ROWS}, means in {Path(out) / SUMMARY}")
+    if summary.get("redone"):
+        lines.append(f"redid {len(summary['redone'])} image(s) that changed since the last run, e.g. "
+                     f"{summary['redone'][0]}")
+    lines.append(f"report: {Path(out) / HTML_NAME} (metrics.csv, {ROWS}, {SUMMARY})")
     return lines
 
 

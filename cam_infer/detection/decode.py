@@ -27,17 +27,27 @@ class AnchorGrid:
         return self.strides.index(stride) if stride in self.strides else -1
 
 
+def is_anchor_count(size: tuple[int, int], anchors: int) -> bool:
+    """Whether `anchors` is Σ (H/s)·(W/s) over strides 8, 16, 32 … (as many as it takes) at input `size`:
+    the anchors of a YOLO-style output, rather than the features of a token sequence."""
+    total, stride = 0, 8
+    while total < anchors and size[0] // stride and size[1] // stride:
+        total += (size[0] // stride) * (size[1] // stride)
+        stride *= 2
+    return total == anchors
+
+
 def anchor_levels(size: tuple[int, int], anchors: int) -> AnchorGrid:
     """Level, row, column and stride of every anchor of an output with `anchors` anchors at input `size`:
     strides 8, 16, 32 … as many as it takes."""
+    if not is_anchor_count(size, anchors):
+        raise ValueError(f"{anchors} anchors are not a stride 8, 16, 32 … layout at {size}")
     strides: list[int] = []
     total = 0
     while total < anchors:
         s = 8 * 2 ** len(strides)
         strides.append(s)
         total += (size[0] // s) * (size[1] // s)
-    if total != anchors:
-        raise ValueError(f"{anchors} anchors are not a stride 8, 16, 32 … layout at {size}")
     parts = []
     for i, s in enumerate(strides):
         h, w = size[0] // s, size[1] // s

@@ -48,18 +48,37 @@ def _caption(method: str, items) -> str:
 def _draw_boxes(picture: np.ndarray, items, boxes, shape, caption_height: int, labelled: bool = True) -> np.ndarray:
     out = picture.copy()
     thickness = max(1, round(max(shape[:2]) / 320))
+    scale = label_scale(shape)
     for k, (d, box) in enumerate(zip(items, boxes)):
         x1, y1, x2, y2 = (int(round(v)) for v in box)
         y1, y2 = y1 + caption_height, y2 + caption_height
         colour = COLOURS[k % len(COLOURS)]
         cv2.rectangle(out, (x1, y1), (x2, y2), (0, 0, 0), thickness + 2)
         cv2.rectangle(out, (x1, y1), (x2, y2), colour, thickness)
-        if not labelled:
-            continue
-        text = f"{d.label} {d.score:.2f}"
-        scale = float(np.clip(max(shape[:2]) / 900, 0.35, 0.8))
-        cv2.putText(out, text, (x1 + 2, max(y1 - 4, caption_height + 12)), cv2.FONT_HERSHEY_SIMPLEX, scale,
-                    (0, 0, 0), 3, cv2.LINE_AA)
-        cv2.putText(out, text, (x1 + 2, max(y1 - 4, caption_height + 12)), cv2.FONT_HERSHEY_SIMPLEX, scale,
-                    colour, 1, cv2.LINE_AA)
+        if labelled:
+            _draw_label(out, f"{d.label} {d.score:.2f}", x1, y1, colour, scale, caption_height, shape[1])
     return out
+
+
+def label_scale(shape) -> float:
+    """The font scale of box labels on an image of shape (H,W): readable on small images, modest on large."""
+    return float(np.clip(max(shape[:2]) / 900, 0.35, 0.8))
+
+
+def label_chip(text: str, colour, scale: float) -> np.ndarray:
+    """A box label as drawn: the text once, in the box's colour, on a black chip (readable over any heat)."""
+    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    chip = np.zeros((th + base + 4, tw + 4, 3), np.uint8)
+    cv2.putText(chip, text, (2, th + 2), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 1, cv2.LINE_AA)
+    return chip
+
+
+def _draw_label(out: np.ndarray, text: str, x: int, y: int, colour, scale: float, top: int, width: int) -> None:
+    """The label's chip above the box's corner (x, y), or just inside the box when the caption is in the way;
+    moved left to stay within the image's `width`."""
+    chip = label_chip(text, colour, scale)
+    h, w = chip.shape[:2]
+    y = y - h if y - h >= top else max(y, top)
+    x = max(0, min(x, width - w))
+    region = out[y:y + h, x:x + w]
+    region[...] = chip[:region.shape[0], :region.shape[1]]

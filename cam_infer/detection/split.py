@@ -39,23 +39,22 @@ DEFAULTS = {"conf": 0.25, "iou": 0.7, "max_det": 300}
 
 
 def split_detector(model, out, *, cut="detect-input", input_size_hw: tuple[int, int] | None = None,
-                   labels: "list[str] | str | None" = None, overwrite: bool = False, **thresholds) -> Bundle:
-    """Split a YOLO-style ONNX detector (path or ModelProto) at a cut set and write a verified bundle."""
+                   labels: "list[str] | str | None" = None, overwrite: bool = False,
+                   interpolation: str | None = None, **thresholds) -> Bundle:
+    """Split a YOLO-style ONNX detector (path or ModelProto) at a cut set and write a verified bundle;
+    `interpolation` is the letterbox's resize filter (default bilinear, as Ultralytics)."""
     source = Path(model) if isinstance(model, (str, os.PathLike)) else None
     proto = load_onnx(model) if source else model
     size = input_size(proto, input_size_hw)
     proto = with_input_size(proto, size)
     graph = Graph.from_model(proto, size)
-    classes, anchors = output_layout(graph)
+    classes, anchors = output_layout(graph, size)
     tensors = cut_tensors(graph, cut, size[0])
     levels = [level_record(graph, t, size[0]) for t in tensors]
-    try:
-        strides = list(anchor_levels(size, anchors).strides)
-    except ValueError:
-        raise CamInferError(f"the output has {anchors} anchors, which no set of strides 8, 16, 32 … gives at "
-                            f"{size[0]}x{size[1]}: not an Ultralytics anchor-free layout") from None
+    strides = list(anchor_levels(size, anchors).strides)
     features, head = packed_graphs(graph, tensors, levels)
-    prep = Preprocessing(size, crop="letterbox", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    prep = Preprocessing(size, crop="letterbox", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
+                         interpolation=interpolation)
     verification = verify_detector(proto, features, head, prep)
     receptive = measure_locality(features, head, levels, prep)
     branches = cropped_branches(graph, features, head, levels, receptive, classes, anchor_levels(size, anchors), prep)

@@ -217,7 +217,10 @@ def _classes(value, n: int, num_classes: int, labels) -> list | None:
 
 def load_served(source, method: str | None, backend: str, device: str, threads: int | None):
     """A bundle folder or a fused .onnx file → the served model."""
+    from ..bundle.model_cache import cached_bundle, is_model_file
     path = Path(source)
+    if is_model_file(path):                  # a model file (not a fused one): its bundle, split into the cache
+        path = cached_bundle(path)
     if path.is_dir():
         from ..bundle import Bundle
         if Bundle.load(path).task == "detection":
