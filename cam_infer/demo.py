@@ -19,7 +19,7 @@ import numpy as np
 from .explainer import Explainer
 from .methods import GRADIENT_FREE
 from .metrics import pointing_hit
-from .postprocess import overlay, with_caption, with_colour_bar, write_png
+from .postprocess import caption, overlay, with_caption, with_colour_bar, write_png
 from .synthetic import SPLITS, scene
 
 DEMO_SEED = 7
@@ -62,14 +62,15 @@ def run_demo(out, backend: str = "onnxruntime", scale: int = 2, report=print) ->
                      "hits": dict(zip(SPLITS, hits)),
                      "predicted": [explainer.bundle.label(int(t)) for t in e.targets]})
         for i, s in enumerate(scenes):
-            panel = f"{method}: {explainer.bundle.label(int(e.targets[i]))} p={e.scores[i]:.2f}"
+            panel = caption(method, explainer.bundle.label(int(e.targets[i])), e.map_class(i), float(e.scores[i]))
             tiles[i].append(_labelled(overlay(s.image, e.saliency[i]), panel, scale))
     for s, row in zip(scenes, tiles):
         grid = with_caption(with_colour_bar(np.concatenate(row, axis=1)), LEGEND)
         write_png(out / f"{s.split}.png", grid)
     report(_table(rows, scenes, explainer))
     report(f"\ngrids (scene with ground-truth boxes, then one overlay per method, each titled with the class "
-           f"it explains and its probability): {', '.join(str(out / f'{s}.png') for s in SPLITS)}\n{LEGEND}")
+           f"it explains and its probability, or class-agnostic): "
+           f"{', '.join(str(out / f'{s}.png') for s in SPLITS)}\n{LEGEND}")
     run_detection_demo(out, backend, scale, report)
     return rows
 
@@ -85,7 +86,8 @@ def run_detection_demo(out: Path, backend: str, scale: int, report=print) -> Non
     lines = []
     for method in ("eigen", "recipro", "ablation"):
         e = ex.explain([s.image], method)
-        tiles.append(_labelled(_detections_panel(e, s.image), method, scale))
+        title = caption(method, None, None, None) if e.class_agnostic else method
+        tiles.append(_labelled(_detections_panel(e, s.image), title, scale))
         lines.append(f"{method:<12}" + ", ".join(f"{d.label} {d.score:.2f}" for d in e.items[0]))
     write_png(out / "detection.png", with_caption(with_colour_bar(np.concatenate(tiles, axis=1)), LEGEND))
     truth = ", ".join(DETECTION_CLASSES[c] for c in s.labels)
@@ -95,10 +97,11 @@ def run_detection_demo(out: Path, backend: str, scale: int, report=print) -> Non
 
 
 def _detections_panel(e, image: np.ndarray) -> np.ndarray:
-    """Every explained detection's map (their maximum) over the image, each box drawn."""
+    """Every explained detection's map (their maximum; a class-agnostic method's one map) over the image, each
+    box drawn."""
     items = e.items[0]
     saliency = np.max([d.saliency for d in items], axis=0) if items else np.zeros(image.shape[:2], np.float32)
-    panel = overlay(image, saliency)
+    panel = overlay(image, e.image_maps[0][0] if e.class_agnostic else saliency)
     for d in items:
         x1, y1, x2, y2 = (int(round(v)) for v in d.box_image)
         cv2.rectangle(panel, (x1, y1), (x2, y2), (255, 255, 255), 1)

@@ -14,3 +14,7 @@ class UnreadableImage(CamInferError):
 
 class MethodNotApplicable(CamInferError):
     """A method that cannot run on this bundle (``cam`` on a head that is not GAP→linear, ...)."""
+
+
+class ClassAgnosticWarning(UserWarning):
+    """A class was asked of a class-agnostic method: its one map per image ignores it."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +21,10 @@ from threadpoolctl import ThreadpoolController
 from .backends import Backend, load_backend
 from .bundle import Bundle
 from .bundle.head import read_linear_head
-from .errors import CamInferError
+from .errors import CamInferError, ClassAgnosticWarning
 from .explanation import Explanation
 from .methods import Context, get_method
-from .methods.registry import DEFAULT_METHOD
+from .methods.registry import DEFAULT_METHOD, class_agnostic_note
 from .numerics import softmax
 from .postprocess import normalise, upsample
 
@@ -244,6 +245,8 @@ class Explainer:
                 upsampled: bool = True, **options) -> Explanation:
         """Explain a batch: image paths, RGB arrays, or a preprocessed (N,C,H,W) array.
 
+        A class-agnostic method (activation, eigen, entropy) gives one map per image whatever `target` or
+        `top_classes` say (a `ClassAgnosticWarning` says so); its `Explanation.class_agnostic` is True.
         target: None = each image's top-1, an int or label for every image, one per image, or one list per
         image for several classes (``[[243, 281], ...]``); ``top_classes=k``: the k best classes of each
         image. With several classes the arrays of the `Explanation` are (N,k,...). Given image paths or
@@ -254,6 +257,10 @@ class Explainer:
         start = time.perf_counter()
         chosen = get_method(method)
         x, originals, names = self._inputs(images)
+        if not chosen.class_specific and (target is not None or top_classes is not None):
+            self.targets_for(target, np.zeros((len(x), self.bundle.num_classes)), top_classes)   # still checked
+            warnings.warn(class_agnostic_note([method]), ClassAgnosticWarning, stacklevel=2)
+            target = top_classes = None                 # one map per image: it does not depend on the class
         if enhance is not None:
             extra = {} if finer is None else {"finer": finer}
             return self._enhanced(x, originals, names, method, target, top_classes, enhance, enhance_options or {},
@@ -284,4 +291,4 @@ class Explainer:
         return Explanation(method, saliency, maps, targets, scores, degenerate, (time.perf_counter() - start) * 1000,
                            {**options, **({"finer": vars(ctx.finer)} if ctx.finer else {})}, labels=self.bundle.labels,
                            images=originals, names=names, preprocessing=self.bundle.preprocessing,
-                           outputs=model_outputs)
+                           outputs=model_outputs, class_agnostic=not chosen.class_specific)

@@ -28,7 +28,7 @@ class Explanation:
     method: str
     saliency: np.ndarray        # (N,H,W) or (N,k,H,W) float32 in [0,1], at the model's input resolution
     maps: np.ndarray            # (N,h,w) or (N,k,h,w) raw low-resolution maps, before ReLU and normalisation
-    targets: np.ndarray         # (N,) or (N,k) class explained
+    targets: np.ndarray         # (N,) or (N,k) class explained (class_agnostic: the model's top-1, not explained)
     scores: np.ndarray          # (N,) or (N,k) probability of that class (softmax of the logits)
     degenerate: np.ndarray      # (N,) or (N,k) True where the map was constant
     milliseconds: float         # wall time of the whole call
@@ -38,6 +38,12 @@ class Explanation:
     names: list | None = None                  # their file names (stems), when given as paths
     preprocessing: object = None               # the bundle's `Preprocessing`, to undo its resize and crop
     outputs: np.ndarray | None = None          # (N,C) the model's own outputs (logits or probabilities)
+    class_agnostic: bool = False               # the map does not depend on the class: one map per image, shown
+                                               # under no class; `targets`/`scores` are then the model's top-1
+
+    def map_class(self, i: int, j: int | None = None) -> int | None:
+        """The class map (i, j) explains; None for a class-agnostic map, which explains no class."""
+        return None if self.class_agnostic else int(self._pick(self.targets, i, j))
 
     @property
     def uniform(self) -> np.ndarray:
@@ -76,9 +82,9 @@ class Explanation:
             raise CamInferError("no original image: pass explain() image paths or arrays, or give overlay(image=...)")
         from .images import as_rgb_uint8
         rgb = as_rgb_uint8(original)
-        class_id = int(self._pick(self.targets, i, j))
-        text = caption(self.method, self.labels[class_id] if self.labels else None, class_id,
-                       float(self._pick(self.scores, i, j)), bool(self._pick(self.degenerate, i, j)),
+        class_id = self.map_class(i, j)
+        text = caption(self.method, self.labels[class_id] if self.labels and class_id is not None else None,
+                       class_id, float(self._pick(self.scores, i, j)), bool(self._pick(self.degenerate, i, j)),
                        bool(self._pick(self.uniform, i, j)))
         saliency = self._pick(self.saliency, i, j)
         if on == "model":
@@ -88,7 +94,7 @@ class Explanation:
 
     def save(self, folder, on: str = "original", colormap: str = "jet", alpha: float = 0.5) -> list[Path]:
         """Write one overlay per image and class: ``<image>_<method>_<label>.png`` (image i is ``image<i>``
-        when explain() got arrays). Returns the paths."""
+        when explain() got arrays; ``<image>_<method>.png`` for a class-agnostic map). Returns the paths."""
         from .outputs import prepare_folder
 
         folder = prepare_folder(folder, "folder")
@@ -96,8 +102,9 @@ class Explanation:
         for i in range(len(self.targets)):
             stem = self.names[i] if self.names else f"image{i}"
             for j in self._per_class(i):
-                class_id = int(self._pick(self.targets, i, j))
-                path = folder / f"{stem}_{_safe(self.method)}_{_safe(self.label(class_id))}.png"
+                class_id = self.map_class(i, j)
+                shown = "" if class_id is None else f"_{_safe(self.label(class_id))}"
+                path = folder / f"{stem}_{_safe(self.method)}{shown}.png"
                 write_png(path, self.overlay(i, j, on=on, colormap=colormap, alpha=alpha))
                 paths.append(path)
         return paths

@@ -131,12 +131,29 @@ def overlay_picture(saliency: np.ndarray, image: np.ndarray, preprocessing=None,
     return with_caption(picture, text) if text else picture
 
 
-def caption(method: str, label: str | None, class_id: int, score: float, degenerate: bool = False,
-            uniform: bool = False) -> str:
-    """'recipro: tabby (281) 0.87' — the method, the class the map explains and its probability, and a flag
-    for a map that shows no region (`flagged`)."""
-    name = f"{label} ({class_id})" if label else f"class {class_id}"
-    return f"{method}: {name} p={score:.2f}" + flagged(degenerate, uniform)
+CLASS_AGNOSTIC = "class-agnostic"
+
+
+def caption(method: str, label: str | None, class_id: int | None, score: float | None,
+            degenerate: bool = False, uniform: bool = False) -> str:
+    """'recipro: tabby (281) p=0.87' — the method, the class the map explains and its probability, and a flag
+    for a map that shows no region (`flagged`). A class-agnostic map (``class_id=None``) names no class:
+    'eigen: class-agnostic'."""
+    if class_id is None:
+        text = f"{method}: {CLASS_AGNOSTIC}"
+    else:
+        text = f"{method}: {label} ({class_id}) p={score:.2f}" if label else f"{method}: class {class_id} p={score:.2f}"
+    return text + flagged(degenerate, uniform)
+
+
+def class_fields(class_id: int, label: str | None, score: float, agnostic: bool) -> dict:
+    """What a record says of a map's class: the class it explains, its label and probability; a
+    class-agnostic map explains none, so it says ``class_agnostic: true`` and keeps the model's top-1 apart,
+    as ``predicted_*``."""
+    if agnostic:
+        return {"class_agnostic": True, "class_id": None, "label": None, "score": None,
+                "predicted_class_id": class_id, "predicted_label": label, "predicted_score": score}
+    return {"class_id": class_id, "label": label, "score": score}
 
 
 def with_caption(picture: np.ndarray, text: str) -> np.ndarray:

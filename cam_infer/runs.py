@@ -22,8 +22,9 @@ import numpy as np
 from .errors import CamInferError, MethodNotApplicable
 from .images import load_image
 from .methods import GRADIENT_FREE, METHODS, get_method
+from .methods.registry import class_agnostic, class_agnostic_note
 from .outputs import SAVE_EVERY, OutputLock, fingerprint, prepare_folder
-from .postprocess import caption, check_overlay_options, encode_png, overlay_picture, write_file
+from .postprocess import caption, check_overlay_options, class_fields, encode_png, overlay_picture, write_file
 from .progress import Progress
 
 # Every suffix OpenCV's decoder reads (JPEG and its aliases, PNG, BMP, TIFF, WebP, JPEG 2000, the PNM family,
@@ -265,6 +266,9 @@ def explain_files(explainer, paths, methods: list[str], out, *, target=None, opt
     with OutputLock(out, "explain"):
         results = Results.open(out, json.loads(json.dumps(settings)), restart)
         results.skipped = [str(f) for f in found.skipped]
+        agnostic = [m for m in methods if class_agnostic(m)] if target is not None else []
+        if agnostic:
+            print(f"note: {class_agnostic_note(agnostic)}")
         done = results.done()
         names = overlay_names(images)
         todo = [i for i in images if any((str(i), m) not in done for m in methods)]
@@ -332,7 +336,8 @@ class ExplainWork:
                                                   "enhance_options": self.enhancer["options"]}
         if self.finer:
             extra["finer"] = self.finer
-        e = explainer.explain(x, method=method, target=self.target, **extra, **self.per_method[method])
+        target = None if class_agnostic(method) else self.target      # the run said so once, up front
+        e = explainer.explain(x, method=method, target=target, **extra, **self.per_method[method])
         uniform = e.uniform
         for i, ((path, name, _, rgb, stamp), view) in enumerate(zip(batch, views)):
             file = f"{name}_{e.method}.png"
@@ -340,11 +345,12 @@ class ExplainWork:
             label = explainer.bundle.label(class_id) if explainer.bundle.labels else None
             picture = overlay_picture(e.saliency[i], rgb if self.on == "original" else view,
                                       prep if self.on == "original" else None,
-                                      caption(e.method, label, class_id, float(e.scores[i]), bool(e.degenerate[i]),
-                                              bool(uniform[i])),
+                                      caption(e.method, label, e.map_class(i), float(e.scores[i]),
+                                              bool(e.degenerate[i]), bool(uniform[i])),
                                       colormap=self.colormap, alpha=self.alpha)
             out["pictures"][file] = encode_png(picture)
             out["records"].append({
-                "image": str(path), "method": method, "class_id": class_id, "label": label,
-                "score": round(float(e.scores[i]), 6), "milliseconds": round(e.milliseconds / len(batch), 3),
+                "image": str(path), "method": method,
+                **class_fields(class_id, label, round(float(e.scores[i]), 6), e.class_agnostic),
+                "milliseconds": round(e.milliseconds / len(batch), 3),
                 "degenerate": bool(e.degenerate[i]), "uniform": bool(uniform[i]), "overlay": file, "input": stamp})

@@ -340,8 +340,10 @@ def test_split_and_explain_from_the_command_line(tmp_path):
     assert {r["method"] for r in basket} == {"recipro", "eigen"}
     for r in basket:
         assert r["found"] == len(r["detections"]) >= 2
+        assert r.get("class_agnostic", False) == (r["method"] == "eigen")
         for d in r["detections"]:
-            picture = cv2.imread(str(tmp_path / "out" / d["overlay"]))
+            file = r["overlay"] if r.get("class_agnostic") else d["overlay"]    # eigen: one picture per image
+            picture = cv2.imread(str(tmp_path / "out" / file))
             assert picture is not None and picture.shape[1] > 640          # the original image, a colour bar
             x1, y1, x2, y2 = d["box"]
             assert 0 <= x1 < x2 <= 640 and 0 <= y1 < y2 <= 480

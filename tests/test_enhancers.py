@@ -63,7 +63,7 @@ def test_the_fused_map_keeps_the_class_and_is_a_map(setup):
     with pytest.raises(CamInferError, match="unknown EVET transform 'shear'"):
         explainer.explain(x, "eigen", enhance="evet", enhance_options={"transforms": ("shear",)})
     with pytest.raises(CamInferError, match="one class per image"):
-        explainer.explain(x, "eigen", enhance="evet", top_classes=2)
+        explainer.explain(x, "recipro", enhance="evet", top_classes=2)
 
 
 def test_explain_cli_takes_enhance(tmp_path, tiny_bundle):
@@ -189,7 +189,7 @@ def test_sess_refuses_bad_options(setup):
         with pytest.raises(CamInferError, match=message):
             explainer.explain(x, "eigen", enhance="sess", enhance_options=options)
     with pytest.raises(CamInferError, match="one class per image"):
-        explainer.explain(x, "eigen", enhance="sess", top_classes=2)
+        explainer.explain(x, "recipro", enhance="sess", top_classes=2)
 
 
 def test_evet_explains_a_batch_image_by_image_with_its_copies_in_one_batch(setup):

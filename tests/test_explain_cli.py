@@ -50,8 +50,11 @@ def test_folder_run_writes_every_overlay_and_reports_bad_files(tmp_path, photos,
     for record in data["results"]:
         picture = cv2.imread(str(tmp_path / "out" / record["overlay"]))
         assert picture.shape[0] > 90 and picture.shape[1] > 120   # the 90x120 original, a caption and a colour bar
-        assert record["label"] == ["cat", "dog", "fox", "owl"][record["class_id"]]
-        assert 0 < record["score"] <= 1 and record["milliseconds"] > 0 and record["degenerate"] is False
+        agnostic = record.get("class_agnostic", False)
+        assert agnostic == (record["method"] in ("activation", "eigen", "entropy"))
+        shown = "predicted_" if agnostic else ""             # a class-agnostic map explains no class
+        assert record[f"{shown}label"] == ["cat", "dog", "fox", "owl"][record[f"{shown}class_id"]]
+        assert 0 < record[f"{shown}score"] <= 1 and record["milliseconds"] > 0 and record["degenerate"] is False
     names = {r["overlay"] for r in data["results"]}
     assert {f"{stem}_{m}.png" for stem in ("colour", "gray", "alpha", "deep") for m in GRADIENT_FREE} == names
 
@@ -86,10 +89,10 @@ def test_an_interrupted_run_resumes_without_redoing_work(tmp_path, photos, tiny_
 
 def test_other_settings_in_the_same_folder_need_force(tmp_path, photos, tiny_bundle):
     image = photos / "colour.jpg"
-    assert run_cli("explain", tiny_bundle.path, image, "--method", "eigen", "--out", tmp_path).returncode == 0
-    assert_one_line_error(run_cli("explain", tiny_bundle.path, image, "--method", "eigen", "--target", "1",
+    assert run_cli("explain", tiny_bundle.path, image, "--method", "recipro", "--out", tmp_path).returncode == 0
+    assert_one_line_error(run_cli("explain", tiny_bundle.path, image, "--method", "recipro", "--target", "1",
                                   "--out", tmp_path), "holds results of a run with other settings")
-    result = run_cli("explain", tiny_bundle.path, image, "--method", "eigen", "--target", "1", "--out", tmp_path,
+    result = run_cli("explain", tiny_bundle.path, image, "--method", "recipro", "--target", "1", "--out", tmp_path,
                      "--force")
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "results.json").read_text())["results"][0]["class_id"] == 1

@@ -29,7 +29,7 @@ from conftest import ROOT, SHARED, needs_shared
 from helpers import assert_one_line_error
 
 from cam_infer import Explainer
-from cam_infer.postprocess import normalise
+from cam_infer.postprocess import normalise, overlay_picture, upsample
 from cam_infer.synthetic import write_scenes
 
 pytest.importorskip("starlette", reason="the serve extra is not installed (pip install 'cam-infer[serve]')")
@@ -131,7 +131,8 @@ def triton_infer(client, x: np.ndarray, parameters=None, binary: bool = True, mo
 def expected(explainer, x, method: str, **kwargs) -> dict:
     e = explainer.explain(x, method, **kwargs)
     maps = normalise(e.maps.reshape(-1, *e.maps.shape[-2:]))[0].reshape(e.maps.shape)
-    return {"scores": e.outputs, "saliency": maps, "saliency_class": e.targets}
+    return {"scores": e.outputs, "saliency": maps,
+            "saliency_class": np.full_like(e.targets, -1) if e.class_agnostic else e.targets}
 
 
 def assert_same(got: dict, want: dict) -> None:
@@ -212,6 +213,32 @@ def test_explain_takes_an_image_file_raw_or_as_a_form(server, explainer, scenes)
     picture = cv2.imdecode(np.frombuffer(base64.b64decode(answer["overlay_png"]), np.uint8), cv2.IMREAD_COLOR)
     original = cv2.imread(str(scenes[1]))
     assert picture.shape[0] > original.shape[0] and picture.shape[1] > original.shape[1]   # caption and bar added
+
+
+def test_a_class_agnostic_method_is_served_as_one_map_under_no_class(server, explainer, batch, scenes):
+    client = server.client()
+    one = explainer.explain(batch[:2], "eigen", upsampled=False)
+    for parameters in ({"method": "eigen", "top_k": 2}, {"method": "eigen", "class": 1}):
+        got = triton_infer(client, batch[:2], parameters)
+        assert got["saliency"].shape == (2, 16, 16)
+        np.testing.assert_allclose(got["saliency"], one.saliency, atol=1e-5)
+        np.testing.assert_array_equal(got["saliency_class"], [-1, -1])
+    status, _, raw = server.request("/explain?method=eigen&class=1&overlay=png", scenes[0].read_bytes())
+    assert status == 200
+    answer = json.loads(raw)
+    top1 = int(explainer.backend.forward(batch[:1]).argmax())
+    assert answer["class_agnostic"] is True and answer["class_id"] is answer["label"] is answer["score"] is None
+    assert answer["predicted_class_id"] == top1 and answer["predicted_label"] == explainer.bundle.labels[top1]
+    e = explainer.explain([scenes[0]], "eigen", upsampled=False)
+    np.testing.assert_allclose(np.array(answer["map"]["data"]), e.saliency[0], atol=6e-5)
+    picture = cv2.cvtColor(cv2.imdecode(np.frombuffer(base64.b64decode(answer["overlay_png"]), np.uint8),
+                                        cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    full = upsample(e.saliency, explainer.bundle.input_shape[1:])[0]
+    rgb = cv2.cvtColor(cv2.imread(str(scenes[0])), cv2.COLOR_BGR2RGB)
+    prep = explainer.bundle.preprocessing
+    agnostic = overlay_picture(full, rgb, prep, "eigen: class-agnostic")
+    labelled = overlay_picture(full, rgb, prep, f"eigen: {answer['predicted_label']} ({top1}) p=1.00")
+    assert np.abs(picture.astype(int) - agnostic).max() <= 2 < np.abs(picture.astype(int) - labelled).max()
 
 
 # --- bad requests -------------------------------------------------------------------------------------

@@ -29,13 +29,18 @@ from ..metrics import (
     increase_in_confidence,
     pointing_hit,
 )
+from ..methods.registry import class_agnostic
+from ..numerics import probabilities_of
 from ..outputs import fingerprint
 from ..postprocess import encode_png, overlay
 
 METRICS = ("adcc", "insertion", "deletion", "pointing", "energy", "box")
 LOCALISATION = ("pointing", "energy", "box")    # need ground-truth boxes
-COLUMNS = ("image", "method", "class_id", "label", "probability", "degenerate", "average_drop", "increase",
-           "coherency", "complexity", "adcc", "insertion", "deletion", "pointing", "energy", "box_iou", "box_hit")
+# class_id, label, probability: the class the metrics score; a class-agnostic map (class_agnostic 1) explains
+# none, and they are then the model's top-1.
+COLUMNS = ("image", "method", "class_agnostic", "class_id", "label", "probability", "degenerate", "average_drop",
+           "increase", "coherency", "complexity", "adcc", "insertion", "deletion", "pointing", "energy", "box_iou",
+           "box_hit")
 THUMBNAIL = 128
 
 
@@ -132,6 +137,8 @@ def explain_variant(explainer, x, variant: str, target, options: "AuditOptions")
     """explain() of a method or a method+enhancer variant, with their options from the audit's."""
     method, enhancer = split_variant(variant)
     kwargs = options.method_options.get(method, {})
+    if class_agnostic(method):                 # its one map does not depend on the class: scored on the top-1
+        target = None
     if enhancer is None:
         return explainer.explain(x, method, target=target, **kwargs)
     return explainer.explain(x, method, target=target, enhance=enhancer,
@@ -195,8 +202,9 @@ def audit_image(bundle, image, options: AuditOptions, boxes=None) -> dict:
         s = e.saliency[0]
         class_id = int(e.targets[0])
         row = dict.fromkeys(COLUMNS, "")
-        row.update(image=os.fspath(image), method=method, class_id=class_id, label=explainer.bundle.label(class_id),
-                   probability=float(e.scores[0]), degenerate=int(e.degenerate[0]))
+        row.update(image=os.fspath(image), method=method, class_agnostic=int(e.class_agnostic), class_id=class_id,
+                   label=explainer.bundle.label(class_id), probability=float(e.scores[0]),
+                   degenerate=int(e.degenerate[0]))
         if "adcc" in options.metrics:
             row.update(_adcc(explainer, options, x, view, e, method))
         for mode in ("insertion", "deletion"):
@@ -257,7 +265,7 @@ def _adcc(explainer, options: AuditOptions, x, view, e, variant: str) -> dict:
     s = e.saliency
     masked = explanation_inputs(x, s, options.space, [view], explainer.bundle.preprocessing)
     again = explain_variant(explainer, masked, variant, e.targets, options)   # S′, and O: its class probability
-    o = again.scores
+    o = probabilities_of(again.outputs, explainer.bundle.output_kind)[np.arange(len(e.targets)), e.targets]
     drop = float(average_drop(e.scores, o)[0])
     if options.coherency_at == "input":
         coherent = coherency(s[0], again.saliency[0])

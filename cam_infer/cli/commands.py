@@ -183,11 +183,15 @@ def audit(args) -> int:
     if Bundle.load(args.bundle).task == "detection":
         return audit_detections(args)
     from ..audit import AuditOptions, run_audit, summary_lines
+    from ..methods.registry import class_agnostic, class_agnostic_note
     options = AuditOptions.from_arguments(args)
     summary = run_audit(args.bundle, args.images, options, args.out, boxes=args.boxes, restart=args.force,
                         grid=args.grid, report=_say, **_scale_out(args))
     for line in summary_lines(summary, args.out):
         print(line)
+    agnostic = [m for m in options.methods if class_agnostic(m)]
+    if agnostic and options.target != "predicted":
+        print(f"note: {class_agnostic_note(agnostic)}; their rows score the model's top-1")
     if summary["errors"]:
         raise CamInferError(f"{len(summary['errors'])} image(s) could not be read and were skipped, e.g. "
                             f"{summary['errors'][0]['error']}")

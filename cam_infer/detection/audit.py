@@ -41,7 +41,8 @@ from .methods import get_detection_method
 
 ROWS, SUMMARY, INPUTS = "rows.jsonl", "summary.json", "inputs.json"
 MEANS = ("energy", "box_fraction", "pointing", "specificity", "truth_iou", "marker_energy", "marker_fraction")
-COLUMNS = ("image", "method", "index", "class_id", "label", "score", "degenerate", *MEANS)
+COLUMNS = ("image", "method", "index", "class_id", "label", "score", "class_agnostic", "degenerate", "uniform",
+           *MEANS)
 # column → (shown as, higher is better; None: a reference, what a uniform map scores)
 SHOWN = {"energy": ("Energy in the box", True), "box_fraction": ("Box's share of the image (uniform)", None),
          "pointing": ("Pointing game", True), "specificity": ("Specificity", True),
@@ -144,8 +145,9 @@ def complete_rows(text: str, methods: tuple) -> list[dict]:
 
 
 def _csv_rows(rows: list[dict]) -> list[dict]:
-    """rows.jsonl's rows as metrics.csv has them: explained detections only, degenerate as 0/1."""
-    return [{**r, "degenerate": int(r["degenerate"])} for r in rows if r["method"] is not None]
+    """rows.jsonl's rows as metrics.csv has them: explained detections only, the flags as 0/1."""
+    return [{**r, "degenerate": int(r["degenerate"]), "uniform": int(r.get("uniform", False))}
+            for r in rows if r["method"] is not None]
 
 
 def _write_page(out: Path, summary: dict, grid, methods) -> None:
@@ -197,7 +199,8 @@ def audit_image(explainer: DetectionExplainer, image, methods, truth: list, tole
             box = _pixels(d.box_image, rgb.shape)
             same_class = [_pixels(o.box_image, rgb.shape) for o in items if o.class_id == d.class_id]
             row = {"image": str(image), "method": method, "index": d.index, "class_id": d.class_id,
-                   "label": d.label, "score": round(d.score, 5), "degenerate": d.degenerate, "uniform": d.uniform,
+                   "label": d.label, "score": round(d.score, 5), "class_agnostic": e.class_agnostic,
+                   "degenerate": d.degenerate, "uniform": d.uniform,
                    "energy": energy_pointing(saliency, [box]),
                    "box_fraction": _area(box) / float(rgb.shape[0] * rgb.shape[1]),
                    "pointing": int(pointing_hit(saliency, [box], tolerance, d.degenerate)),

@@ -66,16 +66,20 @@ class DetectionExplanation:
     images: list | None = None
     names: list | None = None
     preprocessing: object = None
+    class_agnostic: bool = False             # one map per image, whatever the detection (activation, eigen)
+    image_maps: list | None = None           # class_agnostic: per image, that map (H,W) and whether it is constant
 
     def overlay(self, i: int = 0, j: int | None = None, on: str = "original", colormap: str = "jet",
                 alpha: float = 0.5) -> np.ndarray:
         """Image i with its explained detection j drawn (box, label, score) over its map; j None: every
-        explained detection over their maps' pixel-wise maximum."""
+        explained detection over their maps' pixel-wise maximum. A class-agnostic method's one map is
+        captioned as such, its detections drawn as unlabelled boxes."""
         from .overlay import detection_overlay
         return detection_overlay(self, i, j, on, colormap, alpha)
 
     def save(self, folder, on: str = "original") -> list[Path]:
-        """One picture per explained detection: ``<image>_<method>_<k>_<label>.png``."""
+        """One picture per explained detection: ``<image>_<method>_<k>_<label>.png``; a class-agnostic method:
+        one per image, ``<image>_<method>.png``."""
         from ..explanation import _safe
         from ..postprocess import write_png
         folder = Path(folder)
@@ -83,6 +87,10 @@ class DetectionExplanation:
         paths = []
         for i, items in enumerate(self.items):
             name = self.names[i] if self.names else f"image{i}"
+            if self.class_agnostic:
+                paths.append(folder / f"{name}_{self.method}.png")
+                write_png(paths[-1], self.overlay(i, on=on))
+                continue
             for j, d in enumerate(items):
                 path = folder / f"{name}_{self.method}_{j}_{_safe(d.label)}.png"
                 write_png(path, self.overlay(i, j, on=on))
@@ -239,15 +247,22 @@ class DetectionExplainer:
         packed, outputs = self.backend.observe(x)
         thresholds = self._thresholds(conf, iou, max_det)
         prep = self.bundle.preprocessing
-        items, found = [], []
+        items, found, image_maps = [], [], []
         for i in range(len(x)):
             detections = detect(outputs[i], *thresholds)
             found.append(detections)
             shape = originals[i].shape if originals else self.bundle.input_shape[1:]
             chosen_targets = self._targets(i, detections, outputs[i], targets, classes, boxes, shape)
             ctx = DetectionContext(self, x[i:i + 1], packed[i], outputs[i])
-            maps = chosen.fn(ctx, chosen_targets, **options) if chosen_targets else []
             image_items, normalised = [], {}
+            if chosen.class_specific:
+                maps = chosen.fn(ctx, chosen_targets, **options) if chosen_targets else []
+            else:                                              # its one map, with or without detections
+                raw = chosen.fn(ctx, [None], **options)[0]
+                saliency, degenerate = normalised[id(raw)] = normalise(np.asarray(raw, np.float32)[None],
+                                                                       in_place=True)
+                image_maps.append((saliency[0], bool(degenerate[0])))
+                maps = [raw] * len(chosen_targets)
             for t, m in zip(chosen_targets, maps):
                 if id(m) not in normalised:                    # class-agnostic methods share one map
                     normalised[id(m)] = normalise(np.asarray(m, np.float32)[None], in_place=True)   # a method's own
@@ -259,7 +274,9 @@ class DetectionExplainer:
                                                 bool(degenerate[0]), bool(near_uniform(saliency[0]))))
             items.append(image_items)
         return DetectionExplanation(method, items, found, (time.perf_counter() - start) * 1000,
-                                    {**options, "conf": thresholds[0], "iou": thresholds[1]}, originals, names, prep)
+                                    {**options, "conf": thresholds[0], "iou": thresholds[1]}, originals, names, prep,
+                                    class_agnostic=not chosen.class_specific,
+                                    image_maps=None if chosen.class_specific else image_maps)
 
     def _thresholds(self, conf, iou, max_det) -> tuple[float, float, int]:
         nms = self.bundle.manifest.get("nms", {})

@@ -1,5 +1,6 @@
 """Pictures of explained detections: the map over the original image (letterbox undone), each box drawn
-with its label and score, a caption and a colour bar."""
+with its label and score, a caption and a colour bar. A class-agnostic map names no class: its caption
+says so and its boxes are drawn without labels."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import cv2
 import numpy as np
 
 from ..errors import CamInferError
-from ..postprocess import flagged, overlay_picture
+from ..postprocess import caption, flagged, near_uniform, overlay_picture
 
 COLOURS = [(255, 255, 255), (255, 64, 160), (64, 255, 64), (255, 200, 0), (0, 200, 255)]
 
@@ -19,6 +20,10 @@ def detection_overlay(e, i: int, j: int | None, on: str, colormap: str, alpha: f
     items = e.items[i] if j is None else [e.items[i][j]]
     size = e.preprocessing.input_size
     saliency = np.max([d.saliency for d in items], axis=0) if items else np.zeros(size, np.float32)
+    text = _caption(e.method, items)
+    if e.class_agnostic:                       # one map whatever the detection: no class over it
+        saliency, degenerate = e.image_maps[i]
+        text = caption(e.method, None, None, None, degenerate, bool(near_uniform(saliency)))
     if on not in ("original", "model"):
         raise CamInferError(f"on must be 'original' or 'model', not {on!r}")
     if e.images is None:
@@ -27,9 +32,10 @@ def detection_overlay(e, i: int, j: int | None, on: str, colormap: str, alpha: f
     prep = e.preprocessing
     image = e.images[i] if original else prep.geometry(e.images[i])
     picture = overlay_picture(saliency, image, prep if original else None, bar=True,
-                              colormap=colormap, alpha=alpha, text=_caption(e.method, items))
+                              colormap=colormap, alpha=alpha, text=text)
     boxes = [d.box_image if original else d.box for d in items]
-    return _draw_boxes(picture, items, boxes, image.shape, caption_height=picture.shape[0] - image.shape[0])
+    return _draw_boxes(picture, items, boxes, image.shape, caption_height=picture.shape[0] - image.shape[0],
+                       labelled=not e.class_agnostic)
 
 
 def _caption(method: str, items) -> str:
@@ -39,7 +45,7 @@ def _caption(method: str, items) -> str:
     return f"{method}: {len(items)} detections" if items else f"{method}: no detection"
 
 
-def _draw_boxes(picture: np.ndarray, items, boxes, shape, caption_height: int) -> np.ndarray:
+def _draw_boxes(picture: np.ndarray, items, boxes, shape, caption_height: int, labelled: bool = True) -> np.ndarray:
     out = picture.copy()
     thickness = max(1, round(max(shape[:2]) / 320))
     scale = label_scale(shape)
@@ -49,7 +55,8 @@ def _draw_boxes(picture: np.ndarray, items, boxes, shape, caption_height: int) -
         colour = COLOURS[k % len(COLOURS)]
         cv2.rectangle(out, (x1, y1), (x2, y2), (0, 0, 0), thickness + 2)
         cv2.rectangle(out, (x1, y1), (x2, y2), colour, thickness)
-        _draw_label(out, f"{d.label} {d.score:.2f}", x1, y1, colour, scale, caption_height, shape[1])
+        if labelled:
+            _draw_label(out, f"{d.label} {d.score:.2f}", x1, y1, colour, scale, caption_height, shape[1])
     return out
 
 

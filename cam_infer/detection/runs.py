@@ -99,11 +99,15 @@ class DetectionWork:
             out["pictures"][overlay] = encode_png(e.overlay(0, on=self.on, colormap=self.colormap, alpha=self.alpha))
             detections = []
             for j, d in enumerate(e.items[0]):
+                if e.class_agnostic:                   # the image's one map: no picture per detection
+                    detections.append(d.record())
+                    continue
                 file = f"{name}_{method}_{j}_{_safe(d.label)}.png"
                 out["pictures"][file] = encode_png(e.overlay(0, j, on=self.on, colormap=self.colormap,
                                                              alpha=self.alpha))
                 detections.append({**d.record(), "overlay": file})
-            out["records"].append({"image": str(path), "method": method, "detections": detections,
+            out["records"].append({"image": str(path), "method": method,
+                                   **({"class_agnostic": True} if e.class_agnostic else {}), "detections": detections,
                                    "found": len(e.detections[0]), "milliseconds": round(e.milliseconds, 3),
                                    "overlay": overlay, "input": stamp})
         return out
@@ -111,10 +115,12 @@ class DetectionWork:
 
 def summary_lines(results: Results, methods: int, out) -> list[str]:
     lines = [line for line in results.summary_lines(methods, out) if not line.endswith(str(results.path))]
-    explained = sum(len(r["detections"]) for r in results.records)
+    explained = sum(len(r["detections"]) for r in results.records if not r.get("class_agnostic"))
+    agnostic = sum(1 for r in results.records if r.get("class_agnostic"))
     empty = sorted({r["image"] for r in results.records if not r["detections"]})
-    lines.append(f"{explained} detection maps for {len({r['image'] for r in results.records})} images x {methods} "
-                 f"methods in {out}; results in {results.path}")
+    lines.append(f"{explained} detection maps" + (f" and {agnostic} class-agnostic image maps" if agnostic else "")
+                 + f" for {len({r['image'] for r in results.records})} images x {methods} methods in {out}; "
+                 f"results in {results.path}")
     if empty:
         lines.append(f"no detection explained in {len(empty)} image(s) (none above the threshold, or none of the "
                      f"chosen classes), e.g. {empty[0]}")

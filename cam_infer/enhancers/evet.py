@@ -61,7 +61,8 @@ def evet(explainer, x: np.ndarray, method: str, target, options: dict, *, transf
     h, w = x.shape[2:]
     moved = [j for j, name in enumerate(transforms) if name != "identity"]
     copies = np.concatenate([warp(x, matrices[j]) for j in moved]) if moved else x[:0]
-    others = explainer.explain(copies, method, target=np.tile(base.targets, len(moved)), **options) if moved else None
+    again = None if base.class_agnostic else np.tile(base.targets, len(moved))
+    others = explainer.explain(copies, method, target=again, **options) if moved else None
     total = np.zeros((len(x), h, w), np.float64)
     weight = np.zeros((len(x), h, w), np.float64)
     for j, (name, matrix) in enumerate(zip(transforms, matrices)):

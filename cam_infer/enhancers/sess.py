@@ -28,6 +28,7 @@ import numpy as np
 
 from ..errors import CamInferError
 from ..explanation import Explanation
+from ..methods.registry import class_agnostic
 from ..numerics import probabilities_of
 from ..postprocess import normalise
 
@@ -139,7 +140,8 @@ def sess(explainer, x: np.ndarray, method: str, target, options: dict, *, scales
                               theta, smooth)
     scores = probabilities_of(outputs, explainer.bundle.output_kind)[np.arange(len(x)), targets].astype(np.float32)
     base = Explanation(method, fused, fused, targets, scores, np.zeros(len(x), bool), 0.0,
-                       labels=explainer.bundle.labels, preprocessing=explainer.bundle.preprocessing)
+                       labels=explainer.bundle.labels, preprocessing=explainer.bundle.preprocessing,
+                       outputs=outputs, class_agnostic=class_agnostic(method))
     return fused, base
 
 
@@ -150,8 +152,9 @@ def fuse_image(explainer, image, target: int, method, options, sizes, boxes, pre
         p_max = float(p.max())
         kept = np.sort(np.argsort(p, kind="stable")[int(len(p) * pre_filter):])
         windows, boxes = windows[kept], [boxes[j] for j in kept]
-    e = explainer.explain(windows, method, target=[target] * len(windows), **options)
-    p = e.scores
+    agnostic = class_agnostic(method)                 # its maps ignore the class: the windows' scores do not
+    e = explainer.explain(windows, method, target=None if agnostic else [target] * len(windows), **options)
+    p = probabilities_of(e.outputs, explainer.bundle.output_kind)[:, target]
     if pre_filter == 0:
         p_max = float(p.max())
     maps, _ = normalise(e.saliency)

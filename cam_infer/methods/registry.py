@@ -150,10 +150,11 @@ METHODS: dict[str, MethodSpec] = {}
 
 
 def method(name: str, *, needs: str = "features", cost: str, bench: dict | None = None, floor: Callable | None = None,
-           in_all: bool = True, passes: Callable | None = None):
+           in_all: bool = True, passes: Callable | None = None, class_specific: bool = True):
     """Register a method function under `name`; its keyword-only arguments are its options. The first
     line of the function's docstring is its summary; `cost` says its passes in words, `passes` counts them
-    (`MethodSpec.passes`)."""
+    (`MethodSpec.passes`). ``class_specific=False``: its map does not depend on the class (also said by its
+    ONNX builder, `fused`)."""
     if needs not in NEEDS:
         raise ValueError(f"method '{name}': needs must be one of {NEEDS}, not {needs!r}")
 
@@ -164,7 +165,7 @@ def method(name: str, *, needs: str = "features", cost: str, bench: dict | None 
         summary = (inspect.getdoc(fn) or "").splitlines()[0] if inspect.getdoc(fn) else name
         METHODS[name] = MethodSpec(name, fn, needs, options_of(fn), cost, summary,
                                    {name: {}} if bench is None else bench, floor=floor, in_all=in_all,
-                                   extra_passes=passes)
+                                   extra_passes=passes, class_specific=class_specific)
         return fn
     return register
 
@@ -177,6 +178,8 @@ def fused(name: str, *, class_specific: bool):
             raise ValueError(f"@fused('{name}') before @method('{name}')")
         if METHODS[name].fused is not None:
             raise ValueError(f"method '{name}' has two ONNX builders")
+        if not METHODS[name].class_specific and class_specific:
+            raise ValueError(f"method '{name}' is class-agnostic and its ONNX builder says otherwise")
         METHODS[name] = replace(METHODS[name], fused=fn, class_specific=class_specific)
         return fn
     return register
@@ -214,6 +217,18 @@ def get_method(name: str) -> MethodSpec:
     return METHODS[name]
 
 
+def class_agnostic(method: str) -> bool:
+    """True for a method whose map does not depend on the class explained (activation, eigen, entropy), also
+    inside an enhancer ('eigen+sess'): its one map per image must never be shown under a class name."""
+    return not get_method(method.split("+")[0]).class_specific
+
+
+def class_agnostic_note(methods) -> str:
+    """The one line that says a class asked for does not apply to these class-agnostic methods."""
+    return (f"{', '.join(methods)}: class-agnostic (the map does not depend on the class), one map per image; "
+            "the class asked for is not used")
+
+
 def require_linear_head(ctx: Context, name: str) -> LinearHead:
     if ctx.linear_head is None:
         raise MethodNotApplicable(METHODS[name].applies(False))
@@ -224,15 +239,16 @@ def methods_table(measured: dict[str, str] | None = None) -> str:
     """The README's table of methods, from the registry; with `measured` (method → ratio, from
     `measured_ratios`), a column of benchmark figures."""
     extra = measured is not None
-    lines = ["| method | needs | cost per image | what it computes | options (default first) |"
-             + (f" {MEASURED_COLUMN} |" if extra else ""),
-             "|---|---|---|---|---|" + ("---|" if extra else "")]
+    lines = ["| method | needs | map depends on the class | cost per image | what it computes | options (default "
+             "first) |" + (f" {MEASURED_COLUMN} |" if extra else ""),
+             "|---|---|---|---|---|---|" + ("---|" if extra else "")]
     for spec in METHODS.values():
         options = ", ".join(o.describe() for o in spec.options.values()) or "—"
         summary = spec.summary.replace("|", "\\|")
         figure = f" {measured.get(spec.name, '—')} |" if extra else ""
-        lines.append(f"| `{spec.name}` | {spec.needs.replace('_', ' ')} | {spec.cost} | {summary} | {options} |"
-                     + figure)
+        depends = "yes" if spec.class_specific else "no: one class-agnostic map per image"
+        lines.append(f"| `{spec.name}` | {spec.needs.replace('_', ' ')} | {depends} | {spec.cost} | {summary} | "
+                     f"{options} |" + figure)
     return "\n".join(lines)
 
 

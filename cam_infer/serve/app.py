@@ -333,22 +333,25 @@ def one_map(outputs: dict) -> dict:
 
 
 def explanation_json(served, outputs: dict, rgb: np.ndarray, overlay: str | None, method: str) -> dict:
-    """The /explain answer: the class, its label and probability, the low-resolution map, and (overlay=png)
-    the overlay over the sent image as base64 PNG."""
+    """The /explain answer: the class, its label and probability (a class-agnostic map: none, and the model's
+    top-1 as ``predicted_*``), the low-resolution map, and (overlay=png) the overlay over the sent image as
+    base64 PNG."""
+    from ..methods.registry import class_agnostic
     from ..numerics import probabilities_of
-    from ..postprocess import caption, encode_png, overlay_picture, upsample
+    from ..postprocess import caption, class_fields, encode_png, overlay_picture, upsample
     bundle = served.bundle
-    class_id = int(outputs["saliency_class"][0])
+    agnostic = class_agnostic(method)
+    class_id = int(outputs["scores"][0].argmax()) if agnostic else int(outputs["saliency_class"][0])
     probability = float(probabilities_of(outputs["scores"][:1], bundle.output_kind)[0, class_id])
     saliency = outputs["saliency"][0]
-    answer = {"method": method, "class_id": class_id,
-              "label": bundle.label(class_id) if bundle.labels else None, "score": round(probability, 6),
+    label = bundle.label(class_id) if bundle.labels else None
+    answer = {"method": method, **class_fields(class_id, label, round(probability, 6), agnostic),
               "map": {"shape": list(saliency.shape), "data": np.round(saliency.astype(np.float64), 4).tolist()}}
     if overlay not in (None, "", "none", "png"):
         raise ProtocolError(f"overlay must be 'png' or 'none', not {overlay!r}")
     if overlay == "png":
         full = upsample(saliency[None], bundle.input_shape[1:])[0]
-        text = caption(method, answer["label"], class_id, probability)
+        text = caption(method, label, None if agnostic else class_id, probability)
         picture = overlay_picture(full, rgb, bundle.preprocessing, text)
         answer["overlay_png"] = base64.b64encode(encode_png(picture)).decode()
     return answer

@@ -7,7 +7,8 @@ the server normalises as the bundle says (``pixels``; a quarter of the bytes on 
 
 Outputs of a bundle, as a fused model has them: ``scores`` (N,C) the model's own outputs, ``saliency``
 (N,h,w) the map at the target layer's resolution, ReLU'd and min–max'd to [0,1] (``(N,k,h,w)`` with
-top_k = k), ``saliency_class`` (N,) or (N,k) int64, the class each map explains.
+top_k = k), ``saliency_class`` (N,) or (N,k) int64, the class each map explains. A class-agnostic method
+(activation, eigen, entropy) gives one map per image whatever ``class`` or ``top_k`` ask, and -1 as its class.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CamInferError
+from ..methods.registry import class_agnostic
 from ..images import Preprocessing
 from .tensors import ProtocolError, datatype
 
+NO_CLASS = -1                # the saliency_class of a class-agnostic map (activation, eigen, entropy)
 SPINNING = "during-run"      # ONNX Runtime's threads: no futex wake-up per operator, idle between requests
 SCORES = "scores"            # the scores output's name, a bundle's and a fused classifier's
 
@@ -83,13 +86,16 @@ class ServedBundle:
             raise ProtocolError("give 'class' or 'top_k', not both")
         if top_k > self.bundle.num_classes:
             raise ProtocolError(f"top_k {top_k} is more than the model's {self.bundle.num_classes} classes")
+        if class_agnostic(method):                  # one map per image whatever the class: no class asked
+            return Key(method, 1, False), None
         return Key(method, top_k, classes is not None), classes
 
     def run(self, x: np.ndarray, key: Key, classes: list | None) -> dict[str, np.ndarray]:
         e = self.explainer.explain(x, key.method, target=classes, top_classes=key.top_k if key.top_k > 1 else None,
                                    upsampled=False)
+        explained = np.full(e.targets.shape, NO_CLASS) if e.class_agnostic else e.targets
         return {"scores": e.outputs.astype(np.float32), "saliency": e.saliency,
-                "saliency_class": e.targets.astype(np.int64)}
+                "saliency_class": explained.astype(np.int64)}
 
 
 @dataclass(frozen=True)

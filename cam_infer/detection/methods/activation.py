@@ -1,5 +1,5 @@
 """Activation map for detections: the channel mean of each cut level, combined unit-free; one map per
-image (class- and instance-agnostic), shown for every detection."""
+image (class- and instance-agnostic), shown once per image under no class."""
 
 from __future__ import annotations
 
