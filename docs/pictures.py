@@ -7,11 +7,16 @@
   and a synthetic scene. Gradient methods only where torch is installed.
 - ``img/methods-grid.jpg``: the gradient-free methods side by side.
 - ``img/detection.jpg``: the embedded detector's grid, as ``cam-infer demo`` draws it.
+- ``img/audit-report.jpg``: the top of an audit's ``index.html`` (ShapesNet, 12 synthetic scenes), as headless
+  Chromium shows it; only where Chromium is installed.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
+import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -75,6 +80,31 @@ def grid(pictures: dict[str, np.ndarray], names, columns: int = 4) -> np.ndarray
     return np.concatenate([np.concatenate(tiles[i:i + columns], axis=1) for i in range(0, len(tiles), columns)])
 
 
+def audit_screenshot(work: Path) -> np.ndarray | None:
+    """The top of an audit report's page as a browser shows it, or None without Chromium."""
+    from cam_infer.audit import AuditOptions, run_audit
+    from cam_infer.synthetic import write_scenes
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        return None
+    shutil.copytree(embedded_bundle_path(), work / "shapes")
+    write_scenes(work / "scenes", "cluttered", n=12)
+    (work / "scenes" / "boxes.json").rename(work / "boxes.json")
+    here = Path.cwd()
+    os.chdir(work)                          # the page shows the paths as given: short, relative ones
+    try:
+        run_audit(Path("shapes"), [Path("scenes")], AuditOptions(methods=("recipro", "eigen", "score"), tolerance=15),
+                  Path("report"), boxes=Path("boxes.json"), progress=False)
+    finally:
+        os.chdir(here)
+    shot = work / "report.png"
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={work / 'profile'}",
+                    f"--screenshot={shot}", "--window-size=1400,860", (work / "report" / "index.html").as_uri()],
+                   capture_output=True, timeout=120, check=True)
+    return cv2.cvtColor(cv2.imread(str(shot)), cv2.COLOR_BGR2RGB)
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         bundle, image, what = subject(Path(tmp))
@@ -86,6 +116,9 @@ def main() -> None:
         run_detection_demo(Path(tmp), "onnxruntime", 2, report=lambda *_: None)
         write_jpeg(IMG / "detection.jpg", cv2.cvtColor(cv2.imread(str(Path(tmp) / "detection.png")), cv2.COLOR_BGR2RGB),
                    width=900)
+        report = audit_screenshot(Path(tmp))
+        if report is not None:
+            write_jpeg(IMG / "audit-report.jpg", report, width=800)
 
 
 if __name__ == "__main__":
