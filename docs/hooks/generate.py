@@ -69,17 +69,28 @@ def on_page_markdown(markdown, page, config, files):
 
 def cli_reference() -> str:
     from cam_infer.cli.arguments import build_parser
-    os.environ["COLUMNS"] = "110"                  # argparse wraps help to the terminal; fixed for the page
-    parser = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    helps = {choice.dest: choice.help for choice in sub._choices_actions}
-    lines = ["# Command line", "",
-             "Generated from the argument definitions (`cam_infer/cli/arguments.py`) each time the site is built.", "",
-             "```text", parser.format_help().rstrip(), "```", ""]
-    for name, command in sub.choices.items():
-        lines += [f"## `cam-infer {name}`", "", f"{helps.get(name, '')}.", "",
-                  "```text", command.format_help().rstrip(), "```", ""]
+    columns = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "110"                  # argparse wraps help to the terminal's width: fixed for the page
+    try:
+        parser = build_parser()
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        helps = {choice.dest: choice.help or "" for choice in sub._choices_actions}
+        lines = ["# Command line", "",
+                 "Generated from the argument definitions (`cam_infer/cli/arguments.py`) each time the site is built.",
+                 "", "```text", parser.format_help().rstrip(), "```", ""]
+        for name, command in sub.choices.items():
+            lines += [f"## `cam-infer {name}`", "", sentence(helps.get(name, "")), "",
+                      "```text", command.format_help().rstrip(), "```", ""]
+    finally:
+        if columns is None:
+            os.environ.pop("COLUMNS", None)
+        else:
+            os.environ["COLUMNS"] = columns
     return "\n".join(lines)
+
+
+def sentence(text: str) -> str:
+    return text[:1].upper() + text[1:] + "."
 
 
 # --- the methods ---------------------------------------------------------------------------------------------
