@@ -54,7 +54,8 @@ def needs(code: str) -> list:
     if any(word in code for word in ("gradients=", "from_torch", "import torch")):
         marks.append(pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed"))
     if ".plot(" in code:
-        marks.append(pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="matplotlib is not installed"))
+        marks.append(pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None,
+                                        reason="matplotlib is not installed"))
     if "tritonclient" in code:
         marks += [pytest.mark.integration,
                   pytest.mark.skipif(importlib.util.find_spec("tritonclient") is None, reason="tritonclient is not installed")]
