@@ -61,6 +61,8 @@ def test_the_site_builds_strict_with_a_page_per_method_and_benchmark(site):
     api = (site / "reference" / "api" / "index.html").read_text()
     assert "Explainer" in api and "split_onnx" in api and "doc-heading" in api      # rendered from docstrings
     assert "googleapis" not in (site / "index.html").read_text()                     # no web fonts for readers either
+    contributing = (site / "contributing" / "index.html").read_text()
+    assert "Where things go" in contributing and "<!-- include" not in contributing   # CONTRIBUTING.md, included
 
 
 @needs_mkdocs

@@ -4,7 +4,8 @@
 - ``methods/*.md``: one page per registered method (`cam_infer.methods.METHODS`): its summary, the
   formula and paper of its module docstring, its options, cost and measured speed;
 - ``benchmarks/<table>.md``: each ``bench/*.md`` with how it was measured (its script's docstring);
-- ``<!-- methods-table -->`` in a page: the method table of ``python -m cam_infer.methods``.
+- ``<!-- methods-table -->`` in a page: the method table of ``python -m cam_infer.methods``;
+- ``<!-- include: FILE -->`` in a page: that file of the repository, without its title (CONTRIBUTING.md).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import argparse
 import ast
 import inspect
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -23,6 +25,7 @@ BENCH = ROOT / "bench"
 MEASURED_FROM = ("methods.md", "seed_methods.md", "gradients.md")    # as CONTRIBUTING's table command
 SCRIPT_OF = {"gradients": "methods", "torchcam": "seed_methods"}     # tables written by another script
 TABLE_MARKER = "<!-- methods-table -->"
+INCLUDE = re.compile(r"<!-- include: (\S+) -->")
 
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -62,7 +65,14 @@ def on_files(files, config):
 
 
 def on_page_markdown(markdown, page, config, files):
-    return markdown.replace(TABLE_MARKER, measured_table()) if TABLE_MARKER in markdown else markdown
+    if TABLE_MARKER in markdown:
+        markdown = markdown.replace(TABLE_MARKER, measured_table())
+    return INCLUDE.sub(lambda m: untitled((ROOT / m.group(1)).read_text()), markdown)
+
+
+def untitled(text: str) -> str:
+    """A Markdown file without its first-level title."""
+    return re.sub(r"\A# .*\n+", "", text)
 
 
 # --- the CLI ------------------------------------------------------------------------------------------------
