@@ -1,5 +1,7 @@
-"""Every Python snippet of the README runs as written: each block is saved as a script and run with
-`python` in a folder holding the files it names (a model, a bundle, photos), as a reader would run it.
+"""Every Python snippet of the README and of the documentation pages (docs/**/*.md) runs as written: each
+block is saved as a script and run with `python` in a folder holding the files it names (a model, a bundle,
+photos), as a reader would run it. A docs block that cannot run here is preceded by
+`<!-- not runnable: the reason -->`, and is skipped with that reason.
 
 The files a snippet may name, and what stands in for them here:
 - `model.onnx`: a small ONNX classifier; `bundle/`: its split; `cat.jpg`, `dog.png`, `photos/`: scenes;
@@ -27,12 +29,21 @@ from conftest import HAS_TORCH, ROOT, SHARED, needs_shared
 from tiny_onnx import tiny_cnn
 
 README = ROOT / "README.md"
+PAGES = [README, *sorted((ROOT / "docs").rglob("*.md"))]
+NOT_RUNNABLE = re.compile(r"<!-- not runnable: ([^>]*\S)\s*-->\s*$")
 
 
-def python_blocks() -> list[tuple[int, str]]:
-    """(line, code) of every ```python block of the README."""
-    text = README.read_text()
-    return [(text[:m.start()].count("\n") + 1, m.group(1)) for m in re.finditer(r"```python\n(.*?)\n```", text, re.S)]
+def python_blocks(page: Path = README) -> list[tuple[int, str, str | None]]:
+    """(line, code, why it is not runnable or None) of every ```python block of a page."""
+    text = page.read_text()
+    return [(text[:m.start()].count("\n") + 1, m.group(1), _not_runnable(text[:m.start()]))
+            for m in re.finditer(r"```python\n(.*?)\n```", text, re.S)]
+
+
+def _not_runnable(before: str) -> str | None:
+    """The reason given just before a block for not running it, if any."""
+    mark = NOT_RUNNABLE.search(before)
+    return mark.group(1) if mark else None
 
 
 def needs(code: str) -> list:
@@ -42,6 +53,9 @@ def needs(code: str) -> list:
         marks.append(needs_shared)
     if any(word in code for word in ("gradients=", "from_torch", "import torch")):
         marks.append(pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed"))
+    if ".plot(" in code:
+        marks.append(pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None,
+                                        reason="matplotlib is not installed"))
     if "tritonclient" in code:
         marks += [pytest.mark.integration,
                   pytest.mark.skipif(importlib.util.find_spec("tritonclient") is None, reason="tritonclient is not installed")]
@@ -49,8 +63,10 @@ def needs(code: str) -> list:
 
 
 def cases():
-    for line, code in python_blocks():
-        yield pytest.param(code, id=f"README line {line}", marks=needs(code))
+    for page in PAGES:
+        for line, code, reason in python_blocks(page):
+            marks = [pytest.mark.skip(reason=f"marked not runnable: {reason}")] if reason else needs(code)
+            yield pytest.param(page, code, id=f"{page.relative_to(ROOT)} line {line}", marks=marks)
 
 
 @pytest.fixture(scope="module")
@@ -73,11 +89,11 @@ def folder(tmp_path_factory) -> Path:
     return work
 
 
-def serve_for(code: str, work: Path):
-    """A real `cam-infer serve` of the model the snippet names, or None when it names none."""
+def serve_for(code: str, work: Path, page: Path = README):
+    """A real `cam-infer serve` of the model the snippet's page serves, or None when the snippet calls no server."""
     if "tritonclient" not in code:
         return None
-    served = re.search(r"cam-infer serve (\S+)", README.read_text()).group(1)
+    served = re.search(r"cam-infer serve (\S+)", page.read_text()).group(1)
     process = subprocess.Popen([sys.executable, "-m", "cam_infer", "serve", served, "--port", "0"], cwd=work,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env=dict(os.environ, PYTHONPATH=str(ROOT)))
@@ -89,13 +105,13 @@ def serve_for(code: str, work: Path):
     return process, port.group(1)
 
 
-@pytest.mark.parametrize("code", cases())
-def test_the_readme_python_snippet_runs_as_written(code, folder, tmp_path):
+@pytest.mark.parametrize(("page", "code"), cases())
+def test_the_python_snippet_runs_as_written(page, code, folder, tmp_path):
     work = tmp_path / "work"
     shutil.copytree(folder, work)
     for written in re.findall(r"out=\"([^\"]+)/\"", code):          # a snippet that writes a bundle starts without it
         shutil.rmtree(work / written, ignore_errors=True)
-    server = serve_for(code, work)
+    server = serve_for(code, work, page)
     if server:
         code = code.replace("127.0.0.1:8000", f"127.0.0.1:{server[1]}")
     (work / "snippet.py").write_text(code + "\n")

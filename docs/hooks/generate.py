@@ -1,0 +1,172 @@
+"""MkDocs hook: the pages made from the code at build time, so they cannot drift from it.
+
+- ``reference/cli.md``: every command's ``--help``, from `cam_infer.cli.arguments.build_parser`;
+- ``methods/*.md``: one page per registered method (`cam_infer.methods.METHODS`): its summary, the
+  formula and paper of its module docstring, its options, cost and measured speed;
+- ``benchmarks/<table>.md``: each ``bench/*.md`` with how it was measured (its script's docstring);
+- ``<!-- methods-table -->`` in a page: the method table of ``python -m cam_infer.methods``;
+- ``<!-- include: FILE -->`` in a page: that file of the repository, without its title (CONTRIBUTING.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import inspect
+import os
+import re
+import sys
+from pathlib import Path
+
+from mkdocs.structure.files import File
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "bench"
+MEASURED_FROM = ("methods.md", "seed_methods.md", "gradients.md")    # as CONTRIBUTING's table command
+SCRIPT_OF = {"gradients": "methods", "torchcam": "seed_methods"}     # tables written by another script
+TABLE_MARKER = "<!-- methods-table -->"
+INCLUDE = re.compile(r"<!-- include: (\S+) -->")
+
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def methods():
+    from cam_infer.methods import METHODS
+    return METHODS
+
+
+def method_page(name: str) -> str:
+    return f"methods/{name.replace('+', 'p')}.md"
+
+
+def bench_tables() -> list[Path]:
+    return sorted(BENCH.glob("*.md"))
+
+
+def on_config(config):
+    """Put the generated method and benchmark pages into the navigation, under their sections."""
+    for entry in config["nav"]:
+        if isinstance(entry, dict) and "Methods" in entry:
+            entry["Methods"] = ["methods/index.md"] + [{name: method_page(name)} for name in methods()]
+        if isinstance(entry, dict) and "Benchmarks" in entry:
+            entry["Benchmarks"] = ["benchmarks/index.md"] + [
+                {table.stem.replace("_", " "): f"benchmarks/{table.name}"} for table in bench_tables()]
+    return config
+
+
+def on_files(files, config):
+    pages = {"reference/cli.md": cli_reference(), "methods/index.md": methods_index()}
+    pages.update({method_page(name): method_reference(spec) for name, spec in methods().items()})
+    pages.update({f"benchmarks/{table.name}": benchmark_page(table) for table in bench_tables()})
+    for uri, content in pages.items():
+        files.append(File.generated(config, uri, content=content))
+    return files
+
+
+def on_page_markdown(markdown, page, config, files):
+    if TABLE_MARKER in markdown:
+        markdown = markdown.replace(TABLE_MARKER, measured_table())
+    return INCLUDE.sub(lambda m: untitled((ROOT / m.group(1)).read_text()), markdown)
+
+
+def untitled(text: str) -> str:
+    """A Markdown file without its first-level title."""
+    return re.sub(r"\A# .*\n+", "", text)
+
+
+# --- the CLI ------------------------------------------------------------------------------------------------
+
+def cli_reference() -> str:
+    from cam_infer.cli.arguments import build_parser
+    columns = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "110"                  # argparse wraps help to the terminal's width: fixed for the page
+    try:
+        parser = build_parser()
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        helps = {choice.dest: choice.help or "" for choice in sub._choices_actions}
+        lines = ["# Command line", "",
+                 "Generated from the argument definitions (`cam_infer/cli/arguments.py`) each time the site is built.",
+                 "", "```text", parser.format_help().rstrip(), "```", ""]
+        for name, command in sub.choices.items():
+            lines += [f"## `cam-infer {name}`", "", sentence(helps.get(name, "")), "",
+                      "```text", command.format_help().rstrip(), "```", ""]
+    finally:
+        if columns is None:
+            os.environ.pop("COLUMNS", None)
+        else:
+            os.environ["COLUMNS"] = columns
+    return "\n".join(lines)
+
+
+def sentence(text: str) -> str:
+    return text[:1].upper() + text[1:] + "."
+
+
+# --- the methods ---------------------------------------------------------------------------------------------
+
+def measured() -> dict[str, str]:
+    from cam_infer.methods.registry import measured_ratios
+    return measured_ratios((BENCH / name).read_text() for name in MEASURED_FROM if (BENCH / name).is_file())
+
+
+def measured_table() -> str:
+    from cam_infer.methods.registry import methods_table
+    return methods_table(measured())
+
+
+def methods_index() -> str:
+    links = "\n".join(f"- [`{name}`]({Path(method_page(name)).name}): {spec.summary}"
+                      for name, spec in methods().items())
+    return ("# Methods\n\nOne page per method of the registry (`cam_infer/methods/`): adding a method module adds "
+            "its page. Cheapest first.\n\n" + measured_table() + "\n\n" + links + "\n")
+
+
+def option_row(option) -> str:
+    if option.choices:
+        accepted = ", ".join(f"`{c!r}`" for c in option.choices)
+    else:
+        accepted = " or ".join(k.__name__ for k in option.kind or ()) or "any"
+        accepted += " or None" if option.optional else ""
+    return f"| `{option.name}` | `{option.default!r}` | {accepted} |"
+
+
+def method_reference(spec) -> str:
+    module = inspect.getmodule(spec.fn)
+    figure = measured().get(spec.name, "not measured")
+    picture = ROOT / "docs" / "img" / "methods" / f"{spec.name}.jpg"
+    lines = [f"# `{spec.name}`", "", spec.summary, "",
+             "| | |", "|---|---|",
+             f"| needs | {spec.needs.replace('_', ' ')} |",
+             f"| cost per image | {spec.cost} |",
+             f"| measured: time ÷ forward (ResNet-50, OpenVINO, 2 cores) | {figure} |",
+             f"| in `--method all` | {'yes' if spec.in_all and not spec.gradient else 'no'} |",
+             f"| `cam-infer fuse` | {'yes' if spec.fused else 'no'} |",
+             f"| module | `{module.__name__}` |", ""]
+    if picture.is_file():
+        lines += [f"![{spec.name} overlay](../img/methods/{picture.name})", ""]
+    lines += ["## Formula and paper", "", inspect.cleandoc(module.__doc__ or "(no module docstring)"), "",
+              "## Options", ""]
+    if spec.options:
+        lines += ["| option | default | accepted |", "|---|---|---|"] + [option_row(o) for o in spec.options.values()]
+        example = next(iter(spec.options.values()))
+        flag = f" --option {example.name}={example.default}"
+    else:
+        lines += ["None."]
+        flag = ""
+    lines += ["", "## Use", "", "```bash", f"cam-infer explain bundle/ photos/ --method {spec.name}{flag} --out out/",
+              "```", "", "```text", f'Explainer("bundle/").explain(images, method="{spec.name}"'
+              + "".join(f", {o.name}={o.default!r}" for o in spec.options.values()) + ")", "```", ""]
+    return "\n".join(lines)
+
+
+# --- the benchmarks ------------------------------------------------------------------------------------------
+
+def benchmark_page(table: Path) -> str:
+    script = BENCH / f"{SCRIPT_OF.get(table.stem, table.stem)}.py"
+    how = ast.get_docstring(ast.parse(script.read_text())) if script.is_file() else None
+    how = f"How it was measured (`bench/{script.name}`):\n\n" + "\n".join(
+        "    " + line if line.startswith("python ") else line for line in (how or "").splitlines()) if how else (
+        "Measured by hand; the page says how.")
+    return f"# {table.stem.replace('_', ' ').capitalize()}\n\n{how}\n\n## The table (`bench/{table.name}`)\n\n" \
+        + table.read_text()
