@@ -146,7 +146,7 @@ def complete_rows(text: str, methods: tuple) -> list[dict]:
 
 def _csv_rows(rows: list[dict]) -> list[dict]:
     """rows.jsonl's rows as metrics.csv has them: explained detections only, the flags as 0/1."""
-    return [{**r, "degenerate": int(r["degenerate"]), "uniform": int(r.get("uniform", False))}
+    return [{**r, **{flag: int(bool(r.get(flag))) for flag in ("class_agnostic", "degenerate", "uniform")}}
             for r in rows if r["method"] is not None]
 
 

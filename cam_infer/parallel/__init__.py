@@ -94,7 +94,9 @@ def make_runner(workers=None, ray: str | None = None, threads: int | None = None
         raise CamInferError(f"threads must be a positive integer, not {threads!r}")
     if ray is not None:
         from .ray_cluster import RayRunner
-        return RayRunner(ray, workers=None if workers is None else count, threads=threads)
+        runner = RayRunner(ray, workers=None if workers is None else count, threads=threads)
+        runner.connect()                 # a cluster it cannot join is said before the run announces its cost
+        return runner
     if count == 1:
         return InProcess()
     from .processes import Processes
