@@ -127,10 +127,9 @@ def test_bad_scale_out_settings_are_one_line_errors(scenes, tmp_path):
 
 
 def readme_scale_out_snippet() -> str:
-    """The README's Python block of "Scale out", as written."""
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("## Scale out"):]
-    return re.search(r"```python\n(.*?)\n```", section, re.S).group(1)
+    """The first Python block of the scale-out guide, as written."""
+    text = (ROOT / "docs" / "guides" / "scale-out.md").read_text()
+    return re.search(r"```python\n(.*?)\n```", text, re.S).group(1)
 
 
 def run_script(code: str, folder: Path, scenes: Path) -> subprocess.CompletedProcess:
@@ -178,7 +177,7 @@ def test_a_script_starting_workers_without_the_main_guard_is_one_line(scenes, tm
 ])
 def test_only_a_script_whose_workers_would_start_workers_is_told_to_guard(tmp_path, script, line):
     """Workers started through a function the script's top level calls: outside the guard, the line of that
-    call; under the guard, nothing (never refuse a script that works). The README snippet's tests above
+    call; under the guard, nothing (never refuse a script that works). The guide snippet's tests above
     start them directly, with and without the guard."""
     (tmp_path / "script.py").write_text(script)
     result = subprocess.run([sys.executable, "script.py"], capture_output=True, text=True, cwd=tmp_path,
