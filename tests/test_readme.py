@@ -205,3 +205,21 @@ def test_the_readme_commands_run_as_written(commands, folder, tmp_path):
         if server:
             server[0].send_signal(signal.SIGTERM)
             assert server[0].wait(timeout=60) == 0, server[0].stderr.read()[-3000:]
+
+
+def heading_anchors(page: Path) -> set[str]:
+    """The anchors of a Markdown page's headings, as MkDocs and GitHub make them."""
+    headings = re.findall(r"^#+ (.+)$", re.sub(r"```.*?```", "", page.read_text(), flags=re.S), re.M)
+    return {re.sub(r"[\s]+", "-", re.sub(r"[^\w\s-]", "", h.strip().lower())) for h in headings}
+
+
+def test_every_readme_link_leads_to_a_file_of_the_repository():
+    """The site is not hosted: the README links to the pages in docs/ (and to bench/, CONTRIBUTING.md)."""
+    links = re.findall(r"\]\(([^)\s]+)\)", README.read_text())
+    assert len(links) > 20
+    for link in links:
+        assert not link.startswith(("http:", "https:", "/")), f"{link}: link to the page in the repository"
+        path, _, anchor = link.partition("#")
+        target = (ROOT / path) if path else README
+        assert target.is_file(), f"{link}: no such file"
+        assert not anchor or anchor in heading_anchors(target), f"{link}: no such heading"
