@@ -1,4 +1,4 @@
-"""The README's synthetic benchmark: every gradient-free method on synthetic scenes with the
+"""The synthetic benchmark: every gradient-free method on synthetic scenes with the
 embedded ShapesNet, every metric, by `cam-infer synthetic` + `cam-infer audit`; prints a markdown table.
 
     python bench/audit.py --work /tmp/cam-audit --out bench/audit.md

@@ -1,4 +1,4 @@
-"""The README's deployed-models benchmark: int8 MobileNetV2 against its float original, and what each
+"""The deployed-models benchmark: int8 MobileNetV2 against its float original, and what each
 method costs on the int8 model itself, on OpenVINO CPU (and ONNX Runtime for the QOperator file, which
 OpenVINO cannot read), batch 1.
 

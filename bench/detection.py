@@ -1,4 +1,4 @@
-"""The README's detector tables.
+"""The detector tables.
 
 1. Quality: ShapesDetector (the package's own, `cam_infer/data/shapes_detector`) on 100 synthetic detection
    scenes (seed 1, never trained on), every method at both cut sets, by `cam-infer audit`: energy in the

@@ -1,4 +1,4 @@
-"""The README's fused-model figures.
+"""The fused-model figures.
 
 1. Latency of the fused model over the plain model: ResNet-18 and ResNet-50 at 224×224 (random
    weights, seed 0; the bundles of `bench/methods.py`), batch 1, OpenVINO and ONNX Runtime, timed

@@ -1,4 +1,4 @@
-"""The README's method benchmark: ResNet-18 and ResNet-50 at 224×224 (random weights, seed 0), both
+"""The method benchmark: ResNet-18 and ResNet-50 at 224×224 (random weights, seed 0), both
 backends, every case of `cam_infer.bench.CASES`. Needs the torch extra (to export the two models).
 
     python bench/methods.py --work /tmp/cam-bench --out bench/methods.md

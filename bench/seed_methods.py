@@ -1,4 +1,4 @@
-"""The README's benchmark of the smoothing/integration methods and the enhancers (issue: the seed's methods):
+"""The benchmark of the smoothing/integration methods and the enhancers (issue: the seed's methods):
 ResNet-50 (random weights, seed 0) and MobileNetV2 (the real ImageNet weights of ../shared/data) at 224×224
 on OpenVINO CPU, batch 1.
 

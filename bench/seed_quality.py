@@ -1,4 +1,4 @@
-"""The README's quality table for the smoothing/integration methods and the enhancers, next to their base
+"""The quality table for the smoothing/integration methods and the enhancers, next to their base
 methods: the pointing game (15 px) and energy pointing.
 
 1. Synthetic scenes, all four splits (`cam-infer synthetic`), the embedded ShapesNet, by `cam-infer audit`

@@ -1,4 +1,4 @@
-"""The README's serving table: `cam-infer serve` on MobileNetV2 (torchvision weights), 2 cores.
+"""The serving table: `cam-infer serve` on MobileNetV2 (torchvision weights), 2 cores.
 
 - Served: the bundle with recipro (the Explainer behind the server) and the fused recipro model
   (`cam-infer fuse`, one runtime call), each by `cam-infer serve` on 127.0.0.1: ONNX Runtime, and the

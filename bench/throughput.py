@@ -1,4 +1,4 @@
-"""The README's throughput table (issue: audits that outgrow one machine): images per second of folder runs
+"""The throughput table (issue: audits that outgrow one machine): images per second of folder runs
 on this machine's 2 cores, by where the work runs, next to the model's own throughput forward rate.
 
 - Images: JPEGs cut from the photos of ../shared/data/images (random crops, longer side 500 px, as

@@ -23,7 +23,7 @@ from .postprocess import caption, overlay, with_caption, with_colour_bar, write_
 from .synthetic import SPLITS, scene
 
 DEMO_SEED = 7
-POINTING_TOLERANCE = 15   # pixels, as in the pointing game's paper; why: README, "The project's own model"
+POINTING_TOLERANCE = 15   # pixels, as in the pointing game's paper; why: docs/guides/audits.md, "The project's own model"
 LEGEND = ("colours: red = most evidence for the class, blue = none (bar: 1 to 0). This model's features answer "
           "to object edges, so a red ring around a shape is a hit")
 

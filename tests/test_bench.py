@@ -1,4 +1,4 @@
-"""The benchmark machinery (the figures themselves are in the README, not asserted), and the progress bar."""
+"""The benchmark machinery (the figures themselves are in bench/*.md and the docs, not asserted), and the progress bar."""
 
 from __future__ import annotations
 

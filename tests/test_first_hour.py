@@ -403,10 +403,10 @@ def test_info_json_into_a_closed_pipe_exits_quietly(tiny_bundle):
 
 
 def test_the_readme_overlay_snippet_runs(tmp_path):
-    """The README's "Explain from Python" block, run as written with its placeholders filled in."""
+    """The classifiers guide's "Explain from Python" block, run as written with its placeholders filled in."""
     from cam_infer.demo import embedded_bundle_path
-    text = (ROOT / "README.md").read_text()
-    block = re.search(r"### Explain from Python\n\n```python\n(.*?)\n```", text, re.S).group(1)
+    text = (ROOT / "docs" / "guides" / "classifiers.md").read_text()
+    block = re.search(r"## Explain from Python\n\n```python\n(.*?)\n```", text, re.S).group(1)
     from cam_infer.synthetic import scene
     for name, split in (("cat.jpg", "large"), ("dog.png", "small")):
         cv2.imwrite(str(tmp_path / name), cv2.cvtColor(scene(split, 0, 0).image, cv2.COLOR_RGB2BGR))
@@ -415,7 +415,7 @@ def test_the_readme_overlay_snippet_runs(tmp_path):
     os.chdir(tmp_path)
     names = {}
     try:
-        exec(compile(code, "README", "exec"), names)
+        exec(compile(code, "classifiers.md", "exec"), names)
     finally:
         os.chdir(cwd)
     assert len(list((tmp_path / "o").glob("*.png"))) >= 2

@@ -1,5 +1,5 @@
 """The method registry is the one place that knows each method: typed options, applicability, cost,
-benchmark cases, ONNX builders; the CLI, bench, fuse and the README's table read it; adding a method is
+benchmark cases, ONNX builders; the CLI, bench, fuse and the docs' method table and pages read it; adding a method is
 adding one module."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from cam_infer import CamInferError, Explainer
 from cam_infer.errors import MethodNotApplicable
 from cam_infer.methods import GRADIENT, GRADIENT_FREE, METHODS
 from cam_infer.methods.registry import fused, measured_ratios, method, methods_table
+from test_docs import load_hook, needs_mkdocs
 
 
 def test_every_method_declares_what_it_needs_and_costs():
@@ -70,10 +71,18 @@ def test_not_applicable_is_a_typed_error(tmp_path):
 BENCH_TABLES = ["bench/methods.md", "bench/seed_methods.md", "bench/gradients.md"]
 
 
-def test_the_readme_table_is_the_registry_with_the_committed_benchmark_figures():
+def test_every_method_has_a_committed_benchmark_figure():
     measured = measured_ratios((ROOT / f).read_text() for f in BENCH_TABLES)
-    assert set(measured) == set(METHODS)                      # every method has a figure
-    assert methods_table(measured) in (ROOT / "README.md").read_text()
+    assert set(measured) == set(METHODS)
+
+
+@needs_mkdocs
+def test_the_docs_table_is_the_registry_with_the_committed_benchmark_figures():
+    """The method table lives in the classifiers guide, where the docs hook writes it at every build."""
+    hook = load_hook()
+    assert hook.TABLE_MARKER in (ROOT / "docs" / "guides" / "classifiers.md").read_text()
+    measured = measured_ratios((ROOT / f).read_text() for f in BENCH_TABLES)
+    assert hook.measured_table() == methods_table(measured)
 
 
 def test_measured_ratios_reads_benchmark_rows():
@@ -111,7 +120,7 @@ def toy_onnx(f, *, reduce: str = "max") -> str:
 
 def test_adding_a_method_is_adding_one_module(tmp_path):
     """A copy of the package with one new file, methods/toy.py: the CLI lists it, `--method all` runs it,
-    bench has its cases, fuse builds it, the README table has its row, and its option is checked."""
+    bench has its cases, fuse builds it, the method table has its row, and its option is checked."""
     shutil.copytree(ROOT / "cam_infer", tmp_path / "cam_infer", ignore=shutil.ignore_patterns("__pycache__"))
     (tmp_path / "cam_infer" / "methods" / "toy.py").write_text(TOY)
     env = dict(os.environ, PYTHONPATH=str(tmp_path), CAM_INFER_CACHE_DIR=str(tmp_path / "cache"))

@@ -126,11 +126,10 @@ def test_bad_scale_out_settings_are_one_line_errors(scenes, tmp_path):
         assert_one_line_error(run_cli("explain", SHAPES, scenes, "--out", tmp_path / "x", *flags), fragment)
 
 
-def readme_scale_out_snippet() -> str:
-    """The README's Python block of "Scale out", as written."""
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("## Scale out"):]
-    return re.search(r"```python\n(.*?)\n```", section, re.S).group(1)
+def guide_scale_out_snippet() -> str:
+    """The first Python block of the scale-out guide, as written."""
+    text = (ROOT / "docs" / "guides" / "scale-out.md").read_text()
+    return re.search(r"```python\n(.*?)\n```", text, re.S).group(1)
 
 
 def run_script(code: str, folder: Path, scenes: Path) -> subprocess.CompletedProcess:
@@ -144,8 +143,8 @@ def run_script(code: str, folder: Path, scenes: Path) -> subprocess.CompletedPro
                           env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=300)
 
 
-def test_the_readme_scale_out_snippet_runs_as_a_script(scenes, tmp_path):
-    result = run_script(readme_scale_out_snippet(), tmp_path, scenes)
+def test_the_guide_scale_out_snippet_runs_as_a_script(scenes, tmp_path):
+    result = run_script(guide_scale_out_snippet(), tmp_path, scenes)
     assert result.returncode == 0, result.stderr
     assert len(list((tmp_path / "out").glob("*_recipro.png"))) == 4
     assert json.loads((tmp_path / "report" / "summary.json").read_text())["errors"] == []
@@ -155,7 +154,7 @@ def test_a_script_starting_workers_without_the_main_guard_is_one_line(scenes, tm
     """The snippet without `if __name__ == "__main__":`: spawned workers would import the script again and
     die starting workers themselves (before: "a worker process died" and a traceback from each worker). Now
     the parent refuses before any worker starts: its one CamInferError, nothing from a worker."""
-    guarded = readme_scale_out_snippet()
+    guarded = guide_scale_out_snippet()
     unguarded = re.sub(r"\nif __name__ == .__main__.:[^\n]*\n", "\n", guarded)
     unguarded = "\n".join(line[4:] if line.startswith("    ") else line for line in unguarded.splitlines())
     assert unguarded != guarded and "__main__" not in unguarded
@@ -178,7 +177,7 @@ def test_a_script_starting_workers_without_the_main_guard_is_one_line(scenes, tm
 ])
 def test_only_a_script_whose_workers_would_start_workers_is_told_to_guard(tmp_path, script, line):
     """Workers started through a function the script's top level calls: outside the guard, the line of that
-    call; under the guard, nothing (never refuse a script that works). The README snippet's tests above
+    call; under the guard, nothing (never refuse a script that works). The guide snippet's tests above
     start them directly, with and without the guard."""
     (tmp_path / "script.py").write_text(script)
     result = subprocess.run([sys.executable, "script.py"], capture_output=True, text=True, cwd=tmp_path,

@@ -482,7 +482,7 @@ def assert_same_explanations(fused: Server, bundle: Server, image: bytes, query:
 @needs_shared
 def test_a_fused_model_and_its_bundle_answer_under_the_same_names(tmp_path):
     """The real MobileNetV2 names its scores 'output': served fused or as a bundle, the client reads 'scores'
-    (the README's names); the fused model's own name is still answered when asked for; /explain answers."""
+    (the serve guide's names); the fused model's own name is still answered when asked for; /explain answers."""
     model = SHARED / "models" / "mobilenetv2-fp32-dequant.onnx"
     bundle, fused = tmp_path / "mobilenet", tmp_path / "mobilenet_recipro.onnx"
     for command in (["split", model, "--out", bundle, "--labels", SHARED / "imagenet_classes.txt"],
@@ -503,7 +503,7 @@ def test_a_fused_model_and_its_bundle_answer_under_the_same_names(tmp_path):
             assert [o["name"] for o in meta["outputs"]] == ["scores", "saliency", "saliency_class"], kind
             tensor = http.InferInput("input", list(x.shape), "FP32")
             tensor.set_data_from_numpy(x)
-            r = client.infer(name, [tensor])                                   # as the README's snippet
+            r = client.infer(name, [tensor])                                   # as the serve guide's snippet
             got = {n: r.as_numpy(n) for n in ("scores", "saliency", "saliency_class")}
             np.testing.assert_allclose(got["scores"], want["scores"], rtol=1e-4, atol=1e-4)
             np.testing.assert_allclose(got["saliency"], want["saliency"], atol=1e-4)
@@ -512,7 +512,7 @@ def test_a_fused_model_and_its_bundle_answer_under_the_same_names(tmp_path):
         r = servers["fused"].client().infer("mobilenet_recipro", [tensor], outputs=asked)
         assert [o["name"] for o in r.get_response()["outputs"]] == ["output", "saliency"]
         np.testing.assert_allclose(r.as_numpy("output"), want["scores"], rtol=1e-4, atol=1e-4)
-        batch = explainer.bundle.preprocess(photos)                   # the README's call (tests/test_readme.py runs it)
+        batch = explainer.bundle.preprocess(photos)                   # the serve guide's call (tests/test_readme.py runs it)
         tensor = http.InferInput("input", list(batch.shape), "FP32")
         tensor.set_data_from_numpy(batch)
         readme = servers["bundle"].client().infer("mobilenet", [tensor], parameters={"method": "ablation", "top_k": 2})

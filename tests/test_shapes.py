@@ -115,7 +115,7 @@ def localisation(shapes):
 def test_pointing_game_on_200_scenes(shapes, localisation, method, threshold):
     """The pointing game with its paper's 15-pixel tolerance. Inside the box exactly, every method
     scores about 0.56: ShapesNet's features peak on the object's outline, up to one 8-pixel cell
-    outside it (README, "The project's own model")."""
+    outside it (docs/guides/audits.md, "The project's own model")."""
     scenes, x, labels = localisation
     e = shapes.explain(x, method, target=labels)                            # the true class
     boxes = [s.boxes for s in scenes]

@@ -1,4 +1,4 @@
-"""``python -m cam_infer.methods [bench/*.md]``: print the README's method table, made from the registry;
+"""``python -m cam_infer.methods [bench/*.md]``: print the method table of the docs, made from the registry;
 given benchmark tables, with their ResNet-50/OpenVINO ratios."""
 
 import sys

@@ -11,7 +11,7 @@
 
 The keyword-only arguments are the options: their annotations give the types (a ``Literal`` lists the
 choices), their defaults the defaults; every value is checked before the method runs. The CLI's help
-and choices, ``--method all``, the benchmark cases, `fuse` and the README's method table all read this
+and choices, ``--method all``, the benchmark cases, `fuse` and the docs' method table and pages all read this
 registry; a name registered twice is an error.
 """
 
@@ -236,7 +236,7 @@ def require_linear_head(ctx: Context, name: str) -> LinearHead:
 
 
 def methods_table(measured: dict[str, str] | None = None) -> str:
-    """The README's table of methods, from the registry; with `measured` (method → ratio, from
+    """The table of methods (in the docs' classifiers guide), from the registry; with `measured` (method → ratio, from
     `measured_ratios`), a column of benchmark figures."""
     extra = measured is not None
     lines = ["| method | needs | map depends on the class | cost per image | what it computes | options (default "
