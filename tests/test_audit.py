@@ -77,6 +77,7 @@ def test_rows_equal_direct_metric_calls(scenes):
     assert all(png[:8] == b"\x89PNG\r\n\x1a\n" for png in result["thumbnails"].values())
 
 
+@pytest.mark.integration
 def test_audit_writes_csv_summary_and_a_page_that_a_browser_renders(scenes, tmp_path):
     folder, _ = scenes
     out = tmp_path / "report"
@@ -117,6 +118,7 @@ def check_in_browser(page, tmp_path):
     assert colours > 500, "the screenshot is nearly blank"                 # text, bars and heat maps drawn
 
 
+@pytest.mark.slow
 def test_a_killed_audit_resumes_to_the_same_csv(tmp_path):
     folder = tmp_path / "scenes"
     write_scenes(folder, 10, "cluttered")
@@ -173,6 +175,7 @@ def test_an_unreadable_image_is_reported_and_skipped(scenes, tmp_path):
     assert "1 image(s) could not be read" in (tmp_path / "r" / "index.html").read_text()
 
 
+@pytest.mark.slow
 def test_bad_audit_requests_are_one_line_errors(scenes, tmp_path):
     folder, _ = scenes
     base = ["audit", str(SHAPES), str(folder), "--out", str(tmp_path / "r")]

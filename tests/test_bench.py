@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 
+import pytest
+
 from helpers import run_cli
 
 from cam_infer.bench import measure_in_subprocess
@@ -19,6 +21,7 @@ def test_measure_reports_ratios_floor_and_its_own_peak_memory(tiny_bundle):
     assert 50 < row["peak_mb"] < 2000
 
 
+@pytest.mark.slow
 def test_bench_command_prints_a_markdown_table(tiny_bundle):
     result = run_cli("bench", tiny_bundle.path, "--backend", "openvino", "--method", "eigen,recipro (head passes)",
                      "--repeats", "1")
@@ -31,6 +34,7 @@ def test_bench_command_prints_a_markdown_table(tiny_bundle):
     assert bad.returncode == 1 and "unknown enhancer 'sharpen'" in bad.stderr
 
 
+@pytest.mark.slow
 def test_an_enhanced_case_is_timed_against_the_passes_its_enhancer_makes(tiny_bundle):
     from cam_infer.enhancers.sess import passes
     row = measure_in_subprocess(tiny_bundle.path, "onnxruntime", "recipro", {}, repeats=2,

@@ -74,6 +74,7 @@ def test_bundle_and_backend_errors_print_one_line(tmp_path, tiny_bundle, damage,
 
 
 @needs_torch
+@pytest.mark.slow
 def test_export_command_with_factory_and_weights(tmp_path):
     import torch
 

@@ -104,6 +104,7 @@ def test_cost_line_says_bounds_and_times():
 
 
 @needs_shared
+@pytest.mark.slow
 def test_detector_passes_are_the_rows_run(tmp_path):
     from cam_infer.detection.explainer import DetectionContext, DetectionExplainer
     from cam_infer.detection.methods import central_targets, get_detection_method

@@ -303,6 +303,7 @@ def native_openvino(path, x: np.ndarray, layout: str, dtype) -> np.ndarray:
 
 
 @needs_shared
+@pytest.mark.slow
 def test_a_tflite_file_becomes_an_ir_bundle_that_runs_end_to_end(tmp_path):
     tflite = DEPLOYED / "mobilenet_v1_0.5_160_quant.tflite"
     labels = DEPLOYED / "imagenet_labels_1001.txt"

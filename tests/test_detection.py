@@ -153,6 +153,7 @@ def targets_of(ex, image=PHOTO):
     return e.items[0]
 
 
+@pytest.mark.slow
 def test_recipro_at_the_detect_inputs_equals_the_full_sweep_of_every_cell(bundles, explainers):
     """The ≤26-row shortcut (the anchor's measured window, the rest filled with the all-zero level's
     score) against keeping every cell of every level in turn through the head graph on ONNX Runtime."""

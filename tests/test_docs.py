@@ -18,6 +18,8 @@ import pytest
 from conftest import ROOT
 
 HAS_MKDOCS = importlib.util.find_spec("mkdocs") is not None and importlib.util.find_spec("mkdocstrings") is not None
+pytestmark = pytest.mark.slow       # builds the site and draws its pages: --run-slow, as .ci/run does
+
 needs_mkdocs = pytest.mark.skipif(not HAS_MKDOCS, reason="mkdocs is not installed (pip install -e '.[docs]')")
 PICTURES = ROOT / "docs" / "img"
 

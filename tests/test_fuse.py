@@ -137,7 +137,7 @@ def reference_bundles(tmp_path_factory):
     return get
 
 
-LARGE = ("vgg16", "resnet50", "densenet121")       # a minute of the suite: behind --run-slow
+LARGE = ("vgg16", "resnet50", "densenet121", "resnet18", "mobilenet_v2")   # behind --run-slow; squeezenet1_1 stays
 
 
 @needs_torch

@@ -181,7 +181,8 @@ def reference(tmp_path_factory):
 
 
 @pytest.mark.parametrize("exporter", ["legacy", pytest.param("dynamo", marks=pytest.mark.slow)])
-@pytest.mark.parametrize("name", list(ARCHITECTURES))
+@pytest.mark.parametrize("name", [n if n == "resnet18" else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in ARCHITECTURES])          # one architecture by default, all with --run-slow
 def test_onnx_head_in_torch_gives_the_original_models_gradients(reference, name, exporter):
     import models
     from cam_infer.gradients import HeadGradients
@@ -230,6 +231,7 @@ def kink_sides(pre: np.ndarray, kinks, margin: float) -> tuple[np.ndarray, np.nd
 
 @needs_shared
 @pytest.mark.parametrize("model_file", list(REAL_MODELS))
+@pytest.mark.slow
 def test_gradients_of_the_real_onnx_models_equal_their_torch_originals(tmp_path, model_file):
     """The ONNX files of ../shared/data and the torchvision state_dicts made from them: split the ONNX
     at a layer, run its head in torch, and compare with autograd through the torch model.
@@ -452,6 +454,7 @@ def test_a_final_softmax_is_left_out_even_behind_a_reshape():
         TorchGraph(head(("GlobalAveragePool", {}), ("Sigmoid", {}), ("Flatten", {})), drop_softmax=True)
 
 
+@pytest.mark.slow
 def test_bench_measures_named_gradient_cases():
     from cam_infer.bench import run_cases
     from cam_infer.demo import embedded_bundle_path

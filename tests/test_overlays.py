@@ -83,6 +83,7 @@ def _decoded(picture: np.ndarray, colormap=cv2.COLORMAP_JET) -> np.ndarray:
     return distance.argmin(-1) / 255.0
 
 
+@pytest.mark.slow
 def test_plain_overlay_with_geometry_puts_the_peak_where_the_crop_took_it():
     """cam_infer.overlay(photo, map, geometry=...) on a 576x768 photo (darknet_dog's size): a peak at input
     pixel (y, x) lands where torchvision's Resize(256) + CenterCrop(224) took that pixel from."""

@@ -40,6 +40,8 @@ from conftest import HAS_TORCH, ROOT, SHARED, needs_shared
 from tiny_onnx import tiny_cnn
 
 README = ROOT / "README.md"
+pytestmark = pytest.mark.slow       # replays the documentation as scripts: --run-slow, as .ci/run does
+
 PAGES = [README, *sorted((ROOT / "docs").rglob("*.md"))]
 NOT_RUNNABLE = re.compile(r"<!-- not runnable: ([^>]*\S)\s*-->\s*$")
 

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import needs_torch
 
-pytestmark = needs_torch
+pytestmark = [needs_torch, pytest.mark.slow]       # every architecture through torch export: --run-slow
 
 # (builder kwargs, input size): small inputs keep the suite fast; VGG's 7x7 adaptive pool needs a
 # multiple of 7 at its input for the legacy exporter, hence 224 with a narrow classifier.

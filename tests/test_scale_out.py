@@ -68,6 +68,7 @@ def assert_same_explain(a: Path, b: Path) -> None:
 
 # --- worker processes on this machine --------------------------------------------------------------------
 
+@pytest.mark.integration
 def test_worker_processes_write_the_same_files_as_one_process(scenes, local, tmp_path):
     audit = run_cli("audit", SHAPES, scenes, "--boxes", scenes / "boxes.json", *AUDIT, "--out", tmp_path / "audit",
                     "--workers", "2")
@@ -78,6 +79,7 @@ def test_worker_processes_write_the_same_files_as_one_process(scenes, local, tmp
     assert_same_explain(local / "explain", tmp_path / "explain")
 
 
+@pytest.mark.integration
 def test_a_killed_worker_process_stops_the_run_in_one_line_and_the_rerun_completes_it(scenes, local, tmp_path):
     out = tmp_path / "run"
     args = [sys.executable, "-m", "cam_infer", "audit", str(SHAPES), str(scenes), "--boxes", str(scenes / "boxes.json"),
@@ -143,6 +145,7 @@ def run_script(code: str, folder: Path, scenes: Path) -> subprocess.CompletedPro
                           env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=300)
 
 
+@pytest.mark.integration
 def test_the_guide_scale_out_snippet_runs_as_a_script(scenes, tmp_path):
     result = run_script(guide_scale_out_snippet(), tmp_path, scenes)
     assert result.returncode == 0, result.stderr

@@ -162,6 +162,7 @@ def test_a_detector_audit_writes_the_classifier_audits_files(audited):
     assert "report:" in result.stdout and "index.html" in result.stdout
 
 
+@pytest.mark.integration
 def test_a_detector_audits_page_loads_in_a_browser(audited, tmp_path):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
@@ -177,6 +178,7 @@ def test_a_detector_audits_page_loads_in_a_browser(audited, tmp_path):
     assert picture is not None and len(np.unique(picture.reshape(-1, 3), axis=0)) > 500
 
 
+@pytest.mark.slow
 def test_a_detector_audit_resumes_redoing_changed_torn_and_half_written_images(tmp_path):
     images, boxes = detector_scenes(tmp_path)
     out = tmp_path / "report"
