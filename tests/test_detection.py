@@ -328,6 +328,7 @@ def test_bad_targets_are_one_clear_error(explainers):
     assert none.items == [[]] and len(none.detections[0]) == 0
 
 
+@pytest.mark.slow
 def test_split_and_explain_from_the_command_line(tmp_path):
     result = run_cli("split", YOLO, "--out", tmp_path / "b")
     assert result.returncode == 0, result.stderr

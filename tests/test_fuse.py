@@ -266,6 +266,7 @@ def test_bad_fuse_requests_are_refused(call, message):
 
 # --- the command ------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_cli_fuse_writes_a_model_that_runs_on_both_runtimes(tmp_path):
     out = tmp_path / "m" / "shapes_cam.onnx"
     result = run_cli("fuse", str(SHAPES), "--method", "recipro", "--top-k", "2", "--out", str(out))

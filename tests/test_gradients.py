@@ -379,6 +379,7 @@ def test_grad_entropy_does_tell_classes_apart_on_a_vgg_head(reference):
 
 # --- the two routes ------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_from_torch_every_method_matches_the_onnx_backends(reference):
     import torch
 
