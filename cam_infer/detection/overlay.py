@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 
 from ..errors import CamInferError
-from ..postprocess import caption, flagged, near_uniform, overlay_picture
+from ..postprocess import caption, near_uniform, overlay_picture
 
 COLOURS = [(255, 255, 255), (255, 64, 160), (64, 255, 64), (255, 200, 0), (0, 200, 255)]
 
@@ -19,11 +19,12 @@ def detection_overlay(e, i: int, j: int | None, on: str, colormap: str, alpha: f
         raise CamInferError(f"image {i} does not exist: the explanation has {len(e.items)}")
     items = e.items[i] if j is None else [e.items[i][j]]
     size = e.preprocessing.input_size
-    saliency = np.max([d.saliency for d in items], axis=0) if items else np.zeros(size, np.float32)
-    text = _caption(e.method, items)
     if e.class_agnostic:                       # one map whatever the detection: no class over it
         saliency, degenerate = e.image_maps[i]
         text = caption(e.method, None, None, None, degenerate, bool(near_uniform(saliency)))
+    else:
+        saliency = np.max([d.saliency for d in items], axis=0) if items else np.zeros(size, np.float32)
+        text = _caption(e.method, items)
     if on not in ("original", "model"):
         raise CamInferError(f"on must be 'original' or 'model', not {on!r}")
     if e.images is None:
@@ -41,7 +42,7 @@ def detection_overlay(e, i: int, j: int | None, on: str, colormap: str, alpha: f
 def _caption(method: str, items) -> str:
     if len(items) == 1:
         d = items[0]
-        return f"{method}: {d.label} ({d.class_id}) p={d.score:.2f}" + flagged(d.degenerate, d.uniform)
+        return caption(method, d.label, d.class_id, d.score, d.degenerate, d.uniform)
     return f"{method}: {len(items)} detections" if items else f"{method}: no detection"
 
 
