@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ..errors import CamInferError
 from ..outputs import SAVE_EVERY, OutputLock, prepare_folder
+from ..parallel import ExplainerSpec, InProcess
 from ..postprocess import write_file
 from ..progress import Progress
 from .folders import ImageFiles, collect_images, overlay_names
@@ -128,9 +130,6 @@ def _map(runner, job: Job, todo, found: ImageFiles, units: deque):
 
 def spec_for(explainer, runner):
     """The `ExplainerSpec` workers open `explainer` with; the in-process runner uses `explainer` itself."""
-    from ..errors import CamInferError
-    from ..parallel import ExplainerSpec, InProcess
-
     spec = ExplainerSpec.of(explainer, runner.threads)
     if isinstance(runner, InProcess):
         return spec.remember(explainer)
