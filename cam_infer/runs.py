@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import CamInferError, MethodNotApplicable
-from .jobs.explain import RESULTS, Results  # noqa: F401  (compatibility names)
-from .jobs.folders import IMAGE_SUFFIXES, ImageFiles, collect_images, overlay_names, read_stamped  # noqa: F401
+from .jobs.explain import Results
+from .jobs.folders import IMAGE_SUFFIXES, collect_images, overlay_names, read_stamped  # noqa: F401  (compatibility)
 from .methods import GRADIENT_FREE, METHODS, get_method
 from .methods.registry import class_agnostic, class_agnostic_note
 from .postprocess import caption, check_overlay_options, class_fields, encode_png, overlay_picture
