@@ -66,7 +66,7 @@ def info(args) -> int:
 def explain(args) -> int:
     from ..bundle import Bundle
     bundle = Bundle.load(args.bundle)
-    results, lines = (_explain_detections if bundle.task == "detection" else _explain_classes)(bundle, args)
+    results, lines = (explain_detections if bundle.task == "detection" else explain_classes)(bundle, args)
     for line in lines:
         print(line)
     if results.errors:
@@ -75,7 +75,7 @@ def explain(args) -> int:
     return 0
 
 
-def _explain_classes(bundle, args):
+def explain_classes(bundle, args):
     from ..jobs.explainers import open_explainer
     from ..methods import get_method
     from ..runs import choose_methods, explain_files, parse_option
@@ -103,7 +103,7 @@ def _explain_classes(bundle, args):
 DETECTION_ALL = ["activation", "eigen", "recipro", "ablation"]
 
 
-def _explain_detections(bundle, args):
+def explain_detections(bundle, args):
     from ..detection.runs import explain_detection_files, summary_lines
     from ..jobs.explainers import open_explainer
     from ..runs import parse_option
@@ -179,7 +179,7 @@ def bench(args) -> int:
 
 def audit(args) -> int:
     from ..bundle import Bundle
-    summary, lines = (_audit_detections if Bundle.load(args.bundle).task == "detection" else _audit_classes)(args)
+    summary, lines = (audit_detections if Bundle.load(args.bundle).task == "detection" else audit_classes)(args)
     for line in lines:
         print(line)
     if summary["errors"]:
@@ -188,7 +188,7 @@ def audit(args) -> int:
     return 0
 
 
-def _audit_classes(args):
+def audit_classes(args):
     from ..audit import AuditOptions, run_audit, summary_lines
     from ..methods.registry import class_agnostic, class_agnostic_note
     options = AuditOptions.from_arguments(args)
@@ -201,7 +201,7 @@ def _audit_classes(args):
     return summary, lines
 
 
-def _audit_detections(args):
+def audit_detections(args):
     from ..detection.audit import run_detection_audit, summary_lines
     from ..runs import parse_option
     methods = DETECTION_ALL if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
