@@ -13,12 +13,15 @@ from __future__ import annotations
 import os
 import time
 import warnings
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from .backends import Backend, load_backend
+from .backends.sessions import RuntimeOptions, onnxruntime_session
 from .bundle import Bundle
 from .bundle.head import read_linear_head
 from .errors import CamInferError, ClassAgnosticWarning
@@ -153,7 +156,10 @@ class Explainer:
         if self.bundle.output_kind == "probabilities":
             got = softmax(got)
         scale = max(1.0, float(np.abs(expected).max()))
-        return head if np.allclose(got, expected, atol=1e-4 * scale, rtol=1e-4) else None
+        if not np.allclose(got, expected, atol=1e-4 * scale, rtol=1e-4):
+            return None
+        products = RuntimeOptions(threads=self.backend.threads, spinning="during-run")
+        return replace(head, open_session=partial(onnxruntime_session, runtime=products, memory_arena=False))
 
     def _gradients_for(self, method: str, x, activations, targets, objective=None) -> np.ndarray:
         if self.gradients is None:
@@ -171,8 +177,6 @@ class Explainer:
     def _enhanced(self, x, originals, names, method, target, top_classes, enhance, enhance_options, options, start):
         """An enhancer around the method: its fused saliency, the base explanation's classes and scores.
         `maps` then holds the fused map at input resolution (there is no low-resolution map)."""
-        from dataclasses import replace
-
         from .enhancers import get_enhancer
 
         if top_classes is not None:
