@@ -18,7 +18,6 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from threadpoolctl import ThreadpoolController
 
 from .backends import Backend, load_backend
 from .backends.sessions import RuntimeOptions, onnxruntime_session
@@ -30,9 +29,6 @@ from .methods import Context, get_method
 from .methods.registry import DEFAULT_METHOD, class_agnostic_note
 from .numerics import softmax
 from .postprocess import normalise, upsample
-
-
-BLAS = ThreadpoolController()
 
 
 def class_index(value, labels: list[str] | None, classes: int) -> int:
@@ -282,11 +278,9 @@ class Explainer:
         if chosen.needs == "gradients":
             ctx.gradients = self._gradients_for(method, x, activations, flat, objective)
             ctx.gradient_source = lambda xs, a, t: self._gradients_for(method, xs, a, t, objective)
-        # The runtime owns the cores: a BLAS pool that spins after each call would slow its next pass.
-        with BLAS.limit(limits=1):
-            maps = chosen(ctx, **options).astype(np.float32)
-            normalised, degenerate = normalise(maps)
-            saliency = upsample(normalised, self.bundle.input_shape[1:]) if upsampled else normalised
+        maps = chosen(ctx, **options).astype(np.float32)
+        normalised, degenerate = normalise(maps)
+        saliency = upsample(normalised, self.bundle.input_shape[1:]) if upsampled else normalised
         probabilities = ctx.probabilities(outputs)
         scores = probabilities[np.arange(len(flat)), flat].astype(np.float32)
         if k is not None:

@@ -170,7 +170,20 @@ def openvino_device(device: str) -> str:
                         f"{', '.join(available) or 'none'} (or AUTO)")
 
 
-# --- sharing across threads -----------------------------------------------------------------------------
+# --- sharing the cores and the sessions -----------------------------------------------------------------
+
+def leave_the_cores_to_the_runtime() -> None:
+    """Once, in a process whose cores the runtimes own (the CLI, a folder run's worker, the server): NumPy's
+    BLAS runs one thread from then on. The methods' small dense products (Eigen-CAM's Gram matrix, the closed
+    forms) gain nothing from more, and an idle BLAS pool that keeps spinning after a product slowed the
+    runtime's next pass (MobileNetV2, ONNX Runtime, 2 cores: Ablation-CAM 1.5×, Eigen-CAM 1.2× with two BLAS
+    threads). A library never changes this for its caller: an application that wants it calls this itself."""
+    import numpy  # noqa: F401  (threadpoolctl limits the libraries already loaded)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")
+
+
 
 class Lender:
     """Objects made by `make` when first needed, each lent to one borrower at a time: as many are made as were
@@ -192,5 +205,5 @@ class Lender:
             self._idle.put(item)
 
 
-__all__ = ["FLOAT32", "PRECISIONS", "Lender", "RuntimeOptions", "onnxruntime_session", "openvino_compiled",
-           "openvino_config", "openvino_core", "openvino_device", "openvino_model"]
+__all__ = ["FLOAT32", "PRECISIONS", "Lender", "RuntimeOptions", "leave_the_cores_to_the_runtime", "onnxruntime_session",
+           "openvino_compiled", "openvino_config", "openvino_core", "openvino_device", "openvino_model"]
