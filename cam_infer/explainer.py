@@ -91,11 +91,14 @@ def _suggestions(value: str, labels: list[str]) -> str:
 
 
 class Explainer:
-    """A bundle opened on a backend. Backend options (device, threads, hint, ...) pass through.
+    """A bundle opened on a backend. Backend options (device, threads, hint, precision, ...) pass through.
 
     ``gradients="torch"`` enables the gradient methods: activations still come from `backend`, and
     the gradients of the target score with respect to them from the bundle's head graph run in
-    PyTorch (`cam_infer.gradients`)."""
+    PyTorch (`cam_infer.gradients`).
+
+    Threads: one Explainer may be called from several threads at once; each call gives what it gives alone
+    (passes through a PyTorch model of `from_torch` take turns). Explaining changes no process-wide setting."""
 
     def __init__(self, bundle: "Bundle | str | os.PathLike", backend: "str | Backend" = "auto",
                  gradients: str | None = None, **backend_options):

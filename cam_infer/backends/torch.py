@@ -95,7 +95,8 @@ class TorchBackend(Backend):
                     scores = self.model(torch.from_numpy(x))
             finally:
                 handle.remove()
-        return score_gradients(torch, scores, leaf["a"], targets, objective)
+        with torch.enable_grad():
+            return score_gradients(torch, scores, leaf["a"], targets, objective)
 
     def describe(self) -> str:
         return f"torch {self.torch.__version__} ({type(self.model).__name__})"
