@@ -176,7 +176,7 @@ def leave_the_cores_to_the_runtime() -> None:
     """Once, in a process whose cores the runtimes own (the CLI, a folder run's worker, the server): NumPy's
     BLAS runs one thread from then on. The methods' small dense products (Eigen-CAM's Gram matrix, the closed
     forms) gain nothing from more, and an idle BLAS pool that keeps spinning after a product slowed the
-    runtime's next pass (MobileNetV2, ONNX Runtime, 2 cores: Ablation-CAM 1.5×, Eigen-CAM 1.2× with two BLAS
+    runtime's next pass (MobileNetV2, 2 cores: Ablation-CAM's closed form 1.25–1.5× slower with two BLAS
     threads). A library never changes this for its caller: an application that wants it calls this itself."""
     import numpy  # noqa: F401  (threadpoolctl limits the libraries already loaded)
     from threadpoolctl import threadpool_limits
