@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from ..backends.sessions import leave_the_cores_to_the_runtime
 from ..errors import CamInferError
 from .processes import cores
 
@@ -40,10 +41,11 @@ class ExplainerSpec:
     threads: int | None = None
 
     def open(self):
-        """The explainer of this spec, opened once per process; the least recently used beyond
-        OPEN_AT_MOST are let go."""
+        """The explainer of this spec, opened once per process (a worker's: its cores are the runtime's); the
+        least recently used beyond OPEN_AT_MOST are let go."""
         if self not in _OPENED:
             from ..jobs.explainers import open_explainer
+            leave_the_cores_to_the_runtime()
             self.remember(open_explainer(self.bundle, self.backend, self.device, self.threads, self.gradients))
         _OPENED.move_to_end(self)
         return _OPENED[self]
