@@ -178,3 +178,23 @@ def test_runners_are_task_neutral_and_open_what_the_bundle_is():
     parallel._OPENED.clear()
     assert isinstance(ExplainerSpec(str(DETECTOR)).open(), DetectionExplainer)
     assert isinstance(ExplainerSpec(str(SHAPES)).open(), Explainer)
+
+
+class Watches(InProcess):
+    """This process's runner, noting after each result whether `path` is on disk yet."""
+
+    def __init__(self, path: Path):
+        self.path, self.seen = path, []
+
+    def map(self, work, items):
+        for result in super().map(work, items):
+            yield result
+            self.seen.append(self.path.exists())
+
+
+@pytest.mark.parametrize("job, growing", [("explain-classifier", "results.json"), ("audit-detector", "metrics.csv")])
+def test_a_runs_files_show_its_first_result_at_once(job, growing, scenes, tmp_path, monkeypatch):
+    runner = Watches(tmp_path / "out" / growing)
+    monkeypatch.setattr(parallel, "make_runner", lambda *args, **kwargs: runner)
+    RUNS[job](images_for(job, scenes, tmp_path), tmp_path / "out")
+    assert runner.seen[0], f"{growing} was not written after the first result"

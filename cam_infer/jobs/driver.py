@@ -84,7 +84,7 @@ def run_job(job: Job, paths, out, runner, *, restart: bool = False, progress: bo
         units: deque = deque()
         with Progress(sum(len(needed) if job.per_method else 1 for _, needed in todo), job.command,
                       enabled=progress) as bar:
-            saved = time.monotonic()
+            saved = -SAVE_EVERY                       # the first result is written at once, then every SAVE_EVERY s
             try:
                 for result in _map(runner, job, todo, found, units):
                     for name, data in result["files"].items():
