@@ -94,6 +94,96 @@ def ceiling(bundle: Path, work: Path, seconds: float = 10.0) -> float:
     return done / (time.perf_counter() - start)
 
 
+class PipelineCeiling:
+    """Images/s of the reference pipeline on `files`: decode + preprocess (the bundle's own, in a thread per
+    core; OpenCV releases the GIL) feeding the unsplit model's forward pass at float32 with every core, no
+    explanation. ONNX Runtime: one session (all intra-op threads), batches of `batch`; OpenVINO: THROUGHPUT
+    hint, an AsyncInferQueue of its optimal number of batch-1 requests."""
+
+    def __init__(self, bundle: Path, backend: str, work: Path, batch: int = 8):
+        import onnx
+
+        from cam_infer import Bundle
+        from cam_infer.backends.sessions import FLOAT32, onnxruntime_session, openvino_compiled, openvino_model
+        from cam_infer.fuse.assemble import plain_model
+        self.prep, self.backend, self.batch = Bundle.load(bundle).preprocessing, backend, batch
+        path = work / f"{bundle.name}_plain.onnx"
+        onnx.save(plain_model(bundle), path)
+        if backend == "onnxruntime":
+            self.session = onnxruntime_session(path, FLOAT32)
+            self.input = self.session.get_inputs()[0].name
+        else:
+            import openvino as ov
+            model = openvino_model(path)
+            model.reshape([1, 3, *self.prep.input_size])
+            compiled = openvino_compiled(model, FLOAT32.but(hint="throughput"))
+            self.queue = ov.AsyncInferQueue(compiled, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+
+    def _x(self, path) -> "np.ndarray":
+        from cam_infer.images import load_image
+        return self.prep.normalise(self.prep.geometry(load_image(path)))
+
+    def rate(self, files: list[Path]) -> float:
+        import numpy as np
+
+        from cam_infer.parallel import cores, ordered_threads
+        start = time.perf_counter()
+        if self.backend == "onnxruntime":
+            batches = [files[i:i + self.batch] for i in range(0, len(files), self.batch)]
+            decoded = ordered_threads(lambda chunk: np.stack([self._x(f) for f in chunk]), batches, cores() + 1)
+            for x in decoded:
+                self.session.run(None, {self.input: x})
+        else:
+            for x in ordered_threads(self._x, files, cores() + 1):
+                self.queue.start_async({0: x[None]})
+            self.queue.wait_all()
+        return len(files) / (time.perf_counter() - start)
+
+
+def explain_rate(explainer, folder: Path, out: Path, overlays: str) -> float:
+    """Images/s of `explain --method recipro` over `folder` (an explainer opened once, as the command opens it;
+    a fresh output folder; the run's files all written)."""
+    from cam_infer.runs import explain_files
+
+    files = len(list(folder.glob("*.jpg")))
+    start = time.perf_counter()
+    explain_files(explainer, [folder], ["recipro"], out, overlays=overlays, restart=True, progress=False)
+    return files / (time.perf_counter() - start)
+
+
+def pipeline_part(name: str, bundle: Path, folder: Path, work: Path, rounds: int, report) -> None:
+    """Explain's rate over the reference pipeline's ceiling, on each runtime, the two alternated run by run."""
+    import statistics
+
+    from cam_infer.backends.sessions import leave_the_cores_to_the_runtime
+    from cam_infer.jobs.explainers import open_explainer
+    leave_the_cores_to_the_runtime()
+    files = sorted(folder.glob("*.jpg"))
+    report(f"\n**{name}** 224×224, float32 on both sides, {len(files)} JPEGs (500 px), medians of {rounds} alternated "
+           f"rounds; load average {os.getloadavg()[0]:.1f} on 2 cores (shared)\n")
+    report("| runtime | ceiling: decode + preprocess + forward, img/s | explain recipro, maps only (`--overlays none`) "
+           "| ÷ ceiling | explain recipro, JPEG overlays (default) | ÷ ceiling | PNG overlays | ÷ ceiling |\n"
+           "|---|---:|---:|---:|---:|---:|---:|---:|")
+    for backend in ("onnxruntime", "openvino"):
+        ceiling_run = PipelineCeiling(bundle, backend, work)
+        explainer = open_explainer(bundle, backend)
+        ceiling_run.rate(files[:16])                               # warm-up: first runs compile and allocate
+        explain_rate(explainer, folder, work / "pipeline_out", "none")
+        rates: dict[str, list] = {"ceiling": [], "none": [], "jpg": [], "png": []}
+        ratios: dict[str, list] = {"none": [], "jpg": [], "png": []}
+        for _ in range(rounds):
+            for kind in ("none", "jpg", "png"):
+                top = ceiling_run.rate(files)
+                rate = explain_rate(explainer, folder, work / "pipeline_out", kind)
+                rates["ceiling"].append(top)
+                rates[kind].append(rate)
+                ratios[kind].append(rate / top)
+        m = {k: statistics.median(v) for k, v in rates.items()}
+        r = {k: statistics.median(v) for k, v in ratios.items()}
+        report(f"| {backend} | {m['ceiling']:.0f} | {m['none']:.0f} | **{r['none']:.2f}** | {m['jpg']:.0f} | "
+               f"**{r['jpg']:.2f}** | {m['png']:.0f} | {r['png']:.2f} |")
+
+
 def timed_cli(*args) -> tuple[float, subprocess.CompletedProcess]:
     start = time.perf_counter()
     result = subprocess.run([sys.executable, "-m", "cam_infer", *map(str, args)], capture_output=True, text=True,
@@ -254,7 +344,10 @@ def main() -> None:
     parser.add_argument("--audit-n", default="mobilenet_v2=1000,resnet50=200",
                         help="images audited per model (insertion and deletion are 56 passes an image)")
     parser.add_argument("--memory-n", default="1000,10000")
-    parser.add_argument("--parts", default="explain,audit,grad-cam,memory")
+    parser.add_argument("--parts", default="pipeline,explain,audit,grad-cam,memory")
+    parser.add_argument("--pipeline-n", type=int, default=300, help="images of the pipeline part (its ratios are "
+                                                                    "stable from a few hundred)")
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -264,6 +357,14 @@ def main() -> None:
     files = sorted(folder.glob("*.jpg"))
     audit_n = dict((k, int(v)) for k, v in (item.split("=") for item in args.audit_n.split(",")))
     address = f"127.0.0.1:{RAY_PORT}"
+    if "pipeline" in parts:
+        subset = images(work / f"images_{args.pipeline_n}", args.pipeline_n)
+        report("**Explain over the pipeline ceiling** (one process, batches of 8 pipelined in threads)")
+        for name in ("mobilenet_v2", "resnet50"):
+            pipeline_part(name, bundle_for(name, work), subset, work, args.rounds, report)
+        if parts == ["pipeline"]:
+            report.write(args.out)
+            return
     ray_cluster("start")
     try:
         for name in ("mobilenet_v2", "resnet50"):
