@@ -1,5 +1,5 @@
 """What a run will cost, said before it starts: runtime passes per image for each chosen method, from the
-method registries' ``passes`` (classifiers: `methods.registry`; detectors: `detection.methods`), and a rough
+method registry's ``passes`` of each task (`methods.registry`), and a rough
 time from one measured pass of each kind.
 
     plan = classifier_plan(explainer.bundle, ["recipro", "score"], options, linear_head=True)
@@ -116,14 +116,30 @@ def reads_linear_head(bundle) -> bool:
 def detection_plan(explainer, methods, options: dict | None = None) -> list[MethodCost]:
     """Passes per image, and per detection, of each detector method: the most any detection can take
     (a detection at the centre of its level's grid, for every level)."""
-    from .detection.methods import get_detection_method
+    from .detection.explainer import DetectionContext
+    from .detection.targets import central_targets
+    from .methods import get_method
 
+    ctx, targets = DetectionContext(explainer, None, None, None), central_targets(explainer.grid)
     plan = []
     for name in methods:
-        spec = get_detection_method(name)
-        per_image, per_target = spec.passes(explainer, (options or {}).get(name, {}))
+        code = get_method(name, "detection").implementation("detection")
+        per_image, per_target = detection_passes(code, ctx, targets, (options or {}).get(name, {}))
         plan.append(MethodCost(name, clean_pass() + per_image, per_target))
     return plan
+
+
+def detection_passes(code, ctx, targets, options: dict) -> tuple[Passes, Passes | None]:
+    """(passes per image beyond the clean pass, passes per explained detection, the most of `targets`) of a
+    method's detector implementation (`methods.registry.Implementation`) with these options."""
+    code.check_options(options)
+    per_image = code.image_passes(ctx, **options) if code.image_passes else Passes()
+    if code.passes is None:
+        return per_image, None
+    per_target = [code.passes(ctx, t, **options) for t in targets]
+    most = max(per_target, key=lambda p: sum(p.counts().values()))
+    bound = len({tuple(p.counts().values()) for p in per_target}) > 1 or most.bound
+    return per_image, Passes(**most.counts(), bound=bound)
 
 
 def measure(backend, detector: bool = False, rows: int = 4) -> dict[str, float]:

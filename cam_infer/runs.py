@@ -99,13 +99,14 @@ def choose_methods(names: list[str], has_linear_head: bool) -> tuple[list[str], 
     return list(dict.fromkeys(chosen)), skipped
 
 
-def options_per_method(methods: list[str], options: dict) -> dict[str, dict]:
+def options_per_method(methods: list[str], options: dict, task: str = "classification") -> dict[str, dict]:
     """Give each method the options it takes; an option no chosen method takes is an error."""
+    taken = {m: get_method(m, task).implementation(task).options for m in methods}
     for key in options:
-        if not any(key in METHODS[m].options for m in methods):
+        if not any(key in taken[m] for m in methods):
             raise CamInferError(f"no chosen method has an option '{key}' "
-                                f"(options: {', '.join(f'{m}: {list(METHODS[m].options)}' for m in methods)})")
-    return {m: {k: v for k, v in options.items() if k in METHODS[m].options} for m in methods}
+                                f"(options: {', '.join(f'{m}: {list(taken[m])}' for m in methods)})")
+    return {m: {k: v for k, v in options.items() if k in taken[m]} for m in methods}
 
 
 def parse_option(text: str) -> tuple[str, object]:

@@ -16,7 +16,7 @@ from conftest import ROOT
 from cam_infer import CamInferError, Explainer
 from cam_infer.errors import MethodNotApplicable
 from cam_infer.methods import GRADIENT, GRADIENT_FREE, METHODS
-from cam_infer.methods.registry import fused, measured_ratios, method, methods_table
+from cam_infer.methods.registry import fused, method
 from test_docs import load_hook, needs_mkdocs
 
 
@@ -71,8 +71,9 @@ def test_not_applicable_is_a_typed_error(tmp_path):
 BENCH_TABLES = ["bench/methods.md", "bench/seed_methods.md", "bench/gradients.md"]
 
 
+@needs_mkdocs
 def test_every_method_has_a_committed_benchmark_figure():
-    measured = measured_ratios((ROOT / f).read_text() for f in BENCH_TABLES)
+    measured = load_hook().measured_ratios((ROOT / f).read_text() for f in BENCH_TABLES)
     assert set(measured) == set(METHODS)
 
 
@@ -81,10 +82,11 @@ def test_the_docs_table_is_the_registry_with_the_committed_benchmark_figures():
     """The method table lives in the classifiers guide, where the docs hook writes it at every build."""
     hook = load_hook()
     assert hook.TABLE_MARKER in (ROOT / "docs" / "guides" / "classifiers.md").read_text()
-    measured = measured_ratios((ROOT / f).read_text() for f in BENCH_TABLES)
-    assert hook.measured_table() == methods_table(measured)
+    measured = hook.measured_ratios((ROOT / f).read_text() for f in BENCH_TABLES)
+    assert hook.measured_table() == hook.methods_table(measured)
 
 
+@needs_mkdocs
 def test_measured_ratios_reads_benchmark_rows():
     text = ("**resnet18**\n| openvino CPU (latency) | eigen | 9.0 | 8.0 | 1.50× | 300 |\n"
             "**resnet50**\n| onnxruntime cpu/CPU | eigen | 9.0 | 8.0 | 1.30× | 300 |\n"
@@ -92,7 +94,7 @@ def test_measured_ratios_reads_benchmark_rows():
             "| openvino CPU (latency) | recipro (head passes) | 9.0 | 8.0 | 1.40× | 300 |\n"
             "| openvino CPU (latency) | recipro | 9.0 | 8.0 | 1.12× | 300 |\n"
             "| openvino CPU (latency) | score top_k=64 | 1266.9 | 19.7 | 64.21× (1.03× its 1227 ms of passes) | 637 |")
-    assert measured_ratios([text]) == {"eigen": "1.10×", "recipro": "1.12×",
+    assert load_hook().measured_ratios([text]) == {"eigen": "1.10×", "recipro": "1.12×",
                                        "score": "64.21× (1.03× its passes, top_k=64)"}
 
 
