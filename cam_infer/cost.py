@@ -2,7 +2,7 @@
 method registry's ``passes`` of each task (`methods.registry`), and a rough
 time from one measured pass of each kind.
 
-    plan = classifier_plan(explainer.bundle, ["recipro", "score"], options, linear_head=True)
+    plan = classifier_plan(explainer.bundle, variants(["recipro", "score"]), options, linear_head=True)
     print(cost_line(plan, measure(explainer.backend)))
     # cost per image: recipro 1 model pass; score ≤ 1281 model passes (≈ 21 s) — a model pass 16 ms, …
 
@@ -83,22 +83,17 @@ def clean_pass() -> Passes:
     return Passes(model=1)
 
 
-def classifier_plan(bundle, methods, options: dict | None = None, linear_head: bool = False,
+def classifier_plan(bundle, variants: dict, options: dict | None = None, linear_head: bool = False,
                     enhancers: dict | None = None) -> list[MethodCost]:
-    """Passes per image of each classifier method (``name`` or ``name+enhancer``) with its options
-    (``options[name]``) and the enhancer's (``enhancers[enhancer]``)."""
-    from .enhancers import get_enhancer, split_variant
-    from .methods import get_method
-
+    """Passes per image of each classifier method: `variants` maps each name (``name`` or ``name+enhancer``) to its
+    (`MethodSpec`, `Enhancer` or None), as `enhancers.variants` gives them; with its options (``options[name]``) and
+    the enhancer's (``enhancers[enhancer]``)."""
     plan = []
-    for name in methods:
-        base, enhancer = split_variant(name)
-        spec = get_method(base)
-        chosen = (options or {}).get(name, (options or {}).get(base, {}))
+    for name, (spec, enhancer) in variants.items():
+        chosen = (options or {}).get(name, (options or {}).get(spec.name, {}))
         passes = clean_pass() + spec.passes(tuple(bundle.activation_shape), chosen, linear_head)
         if enhancer is not None:
-            passes = passes * get_enhancer(enhancer).passes(*bundle.input_shape[1:],
-                                                            **(enhancers or {}).get(enhancer, {}))
+            passes = passes * enhancer.passes(*bundle.input_shape[1:], **(enhancers or {}).get(enhancer.name, {}))
         plan.append(MethodCost(name, passes))
     return plan
 
@@ -113,20 +108,13 @@ def reads_linear_head(bundle) -> bool:
         read_linear_head(onnx.load(bundle.head_path), bundle.activation_shape[0]) is not None
 
 
-def detection_plan(explainer, methods, options: dict | None = None) -> list[MethodCost]:
-    """Passes per image, and per detection, of each detector method: the most any detection can take
-    (a detection at the centre of its level's grid, for every level)."""
-    from .detection.explainer import DetectionContext
-    from .detection.targets import central_targets
-    from .methods import get_method
-
-    ctx, targets = DetectionContext(explainer, None, None, None), central_targets(explainer.grid)
-    plan = []
-    for name in methods:
-        code = get_method(name, "detection").implementation("detection")
-        per_image, per_target = detection_passes(code, ctx, targets, (options or {}).get(name, {}))
-        plan.append(MethodCost(name, clean_pass() + per_image, per_target))
-    return plan
+def detection_plan(ctx, targets, specs: dict, options: dict | None = None) -> list[MethodCost]:
+    """Passes per image, and per detection, of each detector method (`specs`: name → `MethodSpec`): the most any
+    of `targets` can take, counted on `ctx`, a detection context without an image (`central_targets`: a detection
+    at the centre of each level's grid)."""
+    return [MethodCost(name, clean_pass() + per_image, per_target) for name, spec in specs.items()
+            for per_image, per_target in [detection_passes(spec.implementation("detection"), ctx, targets,
+                                                           (options or {}).get(name, {}))]]
 
 
 def detection_passes(code, ctx, targets, options: dict) -> tuple[Passes, Passes | None]:

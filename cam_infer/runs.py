@@ -234,6 +234,7 @@ def explain_files(explainer, paths, methods: list[str], out, *, target=None, opt
     per worker) choose where the batches are explained (`cam_infer.parallel`); the files are the same.
     `report(line)`, when given, hears what the run will cost before it starts (`cam_infer.cost`)."""
     from .cost import announce, classifier_plan
+    from .enhancers import variants
     from .parallel import ExplainerSpec, InProcess, make_runner
 
     if batch_size < 1:
@@ -278,8 +279,8 @@ def explain_files(explainer, paths, methods: list[str], out, *, target=None, opt
         batches = ([(path, names[path], tuple(m for m in methods if (str(path), m) not in done))
                     for path in todo[start:start + batch_size]] for start in range(0, len(todo), batch_size))
         if report and todo:
-            variants = [m if enhance is None else f"{m}+{enhance}" for m in methods]
-            report(announce(classifier_plan(explainer.bundle, variants, per_method, explainer.linear_head is not None,
+            shown = variants([m if enhance is None else f"{m}+{enhance}" for m in methods])
+            report(announce(classifier_plan(explainer.bundle, shown, per_method, explainer.linear_head is not None,
                                             enhancer and {enhance: enhancer["options"]}), explainer.backend))
         with Progress(len(todo) * len(methods), "explain", enabled=progress) as bar:
             for result in runner.map(work, batches):

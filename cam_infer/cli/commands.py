@@ -200,7 +200,8 @@ def audit_detections(args) -> int:
     from ..detection.audit import run_detection_audit, summary_lines
     from ..methods import in_all
     from ..runs import parse_option
-    methods = in_all("detection") if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
+    names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = in_all("detection") if names == ["all"] else names
     options: dict = {}
     for text in args.option:
         key, value = parse_option(text)

@@ -58,6 +58,9 @@ def run_detection_audit(bundle, images, methods, out, *, boxes=None, backend: st
     """`workers`, `ray` and `threads` choose where the images are worked on (`cam_infer.parallel`);
     `report(line)`, when given, hears what the methods will cost before the run starts (`cam_infer.cost`)."""
     from ..cost import announce, detection_plan
+    from ..methods import get_method
+    from .explainer import DetectionContext
+    from .targets import central_targets
     from ..parallel import ExplainerSpec, InProcess, make_runner
 
     explainer = DetectionExplainer(bundle, backend=backend, device=device)
@@ -87,7 +90,9 @@ def run_detection_audit(bundle, images, methods, out, *, boxes=None, backend: st
         work = DetectionAuditWork(spec, tuple(methods), tolerance, conf, options or {})
         items = ((image, boxes_for(truth, image, images) or []) for image in todo)
         if report and todo:
-            report(announce(detection_plan(explainer, methods, options), explainer.backend, detector=True))
+            counted_on = DetectionContext(explainer, None, None, None), central_targets(explainer.grid)
+            report(announce(detection_plan(*counted_on, {m: get_method(m) for m in methods}, options),
+                            explainer.backend, detector=True))
         with Progress(len(todo), "audit", enabled=progress) as bar, open(out / ROWS, "a") as sink:
             for result in runner.map(work, items):
                 if "error" in result:

@@ -25,6 +25,9 @@ def explain_detection_files(explainer: DetectionExplainer, paths, methods: list[
                             threads: int | None = None, report=None) -> Results:
     """`report(line)`, when given, hears what the run will cost before it starts (`cam_infer.cost`)."""
     from ..cost import announce, detection_plan
+    from ..methods import get_method
+    from .explainer import DetectionContext
+    from .targets import central_targets
     from ..parallel import ExplainerSpec, InProcess, make_runner
 
     check_overlay_options(colormap, alpha)
@@ -54,7 +57,8 @@ def explain_detection_files(explainer: DetectionExplainer, paths, methods: list[
         work = DetectionWork(spec, tuple(methods), targets, classes, boxes, conf, iou, per_method, colormap, alpha, on)
         items = ((path, names[path], tuple(m for m in methods if (str(path), m) not in done)) for path in todo)
         if report and todo:
-            report(announce(detection_plan(explainer, methods, per_method),
+            counted_on = DetectionContext(explainer, None, None, None), central_targets(explainer.grid)
+            report(announce(detection_plan(*counted_on, {m: get_method(m) for m in methods}, per_method),
                             explainer.backend, detector=True))
         with Progress(len(todo) * len(methods), "explain", enabled=progress) as bar:
             for result in runner.map(work, items):

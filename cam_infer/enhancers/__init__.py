@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..errors import CamInferError
-from ..methods.registry import Option, options_of, summary_of
+from ..methods.registry import MethodSpec, Option, get_method, options_of, summary_of
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,15 @@ def split_variant(name: str) -> tuple[str, str | None]:
     return (method, enhancer) if method and enhancer else (name, None)
 
 
+def variants(names) -> dict[str, tuple[MethodSpec, Enhancer | None]]:
+    """Each method name with an optional enhancer suffix → its method and enhancer (`cost.classifier_plan`)."""
+    out = {}
+    for name in names:
+        method, enhancer = split_variant(name)
+        out[name] = (get_method(method), None if enhancer is None else get_enhancer(enhancer))
+    return out
+
+
 def get_enhancer(name: str) -> Enhancer:
     if name not in ENHANCERS:
         raise CamInferError(f"unknown enhancer '{name}'; choose one of: {', '.join(ENHANCERS)}")
@@ -77,4 +86,4 @@ def get_enhancer(name: str) -> Enhancer:
 for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
     importlib.import_module(f"{__name__}.{_module}")
 
-__all__ = ["ENHANCERS", "Enhancer", "enhancer", "get_enhancer", "split_variant"]
+__all__ = ["ENHANCERS", "Enhancer", "enhancer", "get_enhancer", "split_variant", "variants"]

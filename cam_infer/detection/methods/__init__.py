@@ -24,12 +24,6 @@ class DetectionMethod:
     summary: str
     class_specific: bool
 
-    def passes(self, explainer, options: dict):
-        from ...cost import detection_passes
-        from ..explainer import DetectionContext
-        return detection_passes(self.fn, DetectionContext(explainer, None, None, None),
-                                central_targets(explainer.grid), options)
-
 
 def _view(name: str) -> DetectionMethod:
     spec = get_method(name, DETECTION)
