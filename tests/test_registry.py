@@ -25,10 +25,13 @@ def test_every_method_declares_what_it_needs_and_costs():
     for spec in METHODS.values():
         assert spec.cost and spec.summary and spec.bench, spec.name
         assert spec.fn.__module__ == f"cam_infer.methods.{spec.fn.__module__.rsplit('.', 1)[1]}"
-        for option in spec.options.values():
-            assert option.kind or option.choices, f"{spec.name}.{option.name} has no type"
-            if option.choices:
-                assert option.default == option.choices[0], f"{spec.name}.{option.name}: default first"
+        for task in spec.tasks:                                   # every task's code in the method's one module
+            code = spec.implementation(task)
+            assert code.cost and code.fn.__module__ == spec.fn.__module__, (spec.name, task)
+            for option in code.options.values():
+                assert option.kind or option.choices, f"{spec.name}.{option.name} ({task}) has no type"
+                if option.choices:
+                    assert option.default == option.choices[0], f"{spec.name}.{option.name} ({task}): default first"
     by_name_only = {name for name, spec in METHODS.items() if not spec.in_all}
     assert set(GRADIENT_FREE) | set(GRADIENT) | by_name_only == set(METHODS)
     assert not set(GRADIENT_FREE) & set(GRADIENT) and not set(GRADIENT_FREE) & by_name_only

@@ -188,18 +188,23 @@ def method_reference(spec) -> str:
     if picture.is_file():
         lines += [f"![{spec.name} overlay](../img/methods/{picture.name})", ""]
     lines += ["## Formula and paper", "", inspect.cleandoc(module.__doc__ or "(no module docstring)"), "",
-              "## Options", ""]
-    if spec.options:
-        lines += ["| option | default | accepted |", "|---|---|---|"] + [option_row(o) for o in spec.options.values()]
-        example = next(iter(spec.options.values()))
-        flag = f" --option {example.name}={example.default}"
-    else:
-        lines += ["None."]
-        flag = ""
+              "## Options", ""] + options_table(spec.options)
+    example = next(iter(spec.options.values()), None)
+    flag = f" --option {example.name}={example.default}" if example else ""
     lines += ["", "## Use", "", "```bash", f"cam-infer explain bundle/ photos/ --method {spec.name}{flag} --out out/",
               "```", "", "```text", f'Explainer("bundle/").explain(images, method="{spec.name}"'
               + "".join(f", {o.name}={o.default!r}" for o in spec.options.values()) + ")", "```", ""]
+    for task in spec.tasks[1:]:
+        code = spec.implementation(task)
+        lines += [f"## For {task} models", "", f"{code.cost}; in `--method all`: {'yes' if code.in_all else 'no'}. "
+                  f"Code: `{code.fn.__name__}` in the same module. Options:", ""] + options_table(code.options) + [""]
     return "\n".join(lines)
+
+
+def options_table(options: dict) -> list[str]:
+    if not options:
+        return ["None."]
+    return ["| option | default | accepted |", "|---|---|---|"] + [option_row(o) for o in options.values()]
 
 
 # --- the benchmarks ------------------------------------------------------------------------------------------
