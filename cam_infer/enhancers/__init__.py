@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..errors import CamInferError
-from ..methods.registry import MethodSpec, Option, get_method, options_of, summary_of
+from ..methods.registry import MethodSpec, Option, check_options, get_method, options_of, summary_of
 
 
 @dataclass(frozen=True)
@@ -29,12 +29,7 @@ class Enhancer:
     cost: str
 
     def check_options(self, options: dict) -> None:
-        unknown = sorted(set(options) - set(self.options))
-        if unknown:
-            raise CamInferError(f"enhancer '{self.name}' has no option {', '.join(unknown)}; "
-                                f"its options: {', '.join(self.options) or 'none'}")
-        for key, value in options.items():
-            self.options[key].check(self.name, value)
+        check_options(options, self.options, f"enhancer '{self.name}'", self.name)
 
     def passes(self, height: int, width: int, **options) -> int:
         """Inputs the base method explains per image, with these options."""

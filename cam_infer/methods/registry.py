@@ -106,6 +106,18 @@ def explains(task: str) -> str:
     return TASK_NOUNS.get(task, f"{task} models")
 
 
+def check_options(options: dict, accepted: dict[str, Option], owner: str, short: str, where: str = "",
+                  note: str = "") -> None:
+    """Refuse an option `owner` (a method, an enhancer) does not take, naming those it takes (`where`: for which
+    task; `note`: where the option belongs), then check each value."""
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise CamInferError(f"{owner} has no option {', '.join(unknown)}{where}{note}; its options{where}: "
+                            f"{', '.join(accepted) or 'none'}")
+    for key, value in options.items():
+        accepted[key].check(short, value)
+
+
 @dataclass(frozen=True)
 class Implementation:
     """A method's code for one task, its options (from its keyword-only signature) and what it costs.
@@ -124,17 +136,12 @@ class Implementation:
     image_passes: Callable | None = None
 
     def check_options(self, options: dict) -> None:
-        unknown = sorted(set(options) - set(self.options))
-        if unknown:
-            spec = METHODS.get(self.method)
-            elsewhere = [t for t in (spec.tasks if spec else ()) if t != self.task
-                         and set(unknown) <= set(spec.implementation(t).options)]
-            task = f" for {explains(self.task)}" if elsewhere or self.task != CLASSIFICATION else ""
-            raise CamInferError(f"method '{self.method}' has no option {', '.join(unknown)}{task}"
-                                + (f" (an option for {' and '.join(MODELS.get(t, t) for t in elsewhere)})"
-                                   if elsewhere else "") + f"; its options{task}: {', '.join(self.options) or 'none'}")
-        for key, value in options.items():
-            self.options[key].check(self.method, value)
+        unknown, spec = set(options) - set(self.options), METHODS.get(self.method)
+        elsewhere = [t for t in (spec.tasks if spec and unknown else ()) if t != self.task
+                     and unknown <= set(spec.implementation(t).options)]
+        task = f" for {explains(self.task)}" if elsewhere or self.task != CLASSIFICATION else ""
+        check_options(options, self.options, f"method '{self.method}'", self.method, task,
+                      f" (an option for {' and '.join(MODELS.get(t, t) for t in elsewhere)})" if elsewhere else "")
 
     def defaults(self) -> dict:
         return {name: option.default for name, option in self.options.items()}
