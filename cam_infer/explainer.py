@@ -280,7 +280,7 @@ class Explainer:
             ctx.gradient_source = lambda xs, a, t: self._gradients_for(method, xs, a, t, objective)
         # The runtime owns the cores: a BLAS pool that spins after each call would slow its next pass.
         with BLAS.limit(limits=1):
-            maps = chosen(ctx, **options).astype(np.float32)
+            maps = chosen.implementation("classification")(ctx, **options).astype(np.float32)
             normalised, degenerate = normalise(maps)
             saliency = upsample(normalised, self.bundle.input_shape[1:]) if upsampled else normalised
         probabilities = ctx.probabilities(outputs)
