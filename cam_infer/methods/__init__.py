@@ -14,7 +14,8 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from .registry import METHODS, NEEDS, Context, MethodSpec, explaining, get_method, implements, in_all, method  # noqa: F401
+from .registry import (METHODS, NEEDS, Context, MethodSpec, explaining, get_method, implements,  # noqa: F401
+                       in_all, method)
 
 for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
     if _module not in ("registry", "levels"):
