@@ -100,15 +100,13 @@ def explain_classes(bundle, args):
     return results, results.summary_lines(len(methods), args.out)
 
 
-DETECTION_ALL = ["activation", "eigen", "recipro", "ablation"]
-
-
 def explain_detections(bundle, args):
     from ..detection.runs import explain_detection_files, summary_lines
     from ..jobs.explainers import open_explainer
     from ..runs import parse_option
+    from ..methods import in_all
     names = [m.strip() for m in args.method.split(",") if m.strip()]
-    methods = DETECTION_ALL if names == ["all"] else names
+    methods = in_all("detection") if names == ["all"] else names
     for flag in ("target", "finer", "enhance"):
         if getattr(args, flag) is not None:
             raise CamInferError(f"--{flag} is for classifiers; for detections use --detections, --classes or --box")
@@ -203,8 +201,10 @@ def audit_classes(args):
 
 def audit_detections(args):
     from ..detection.audit import run_detection_audit, summary_lines
+    from ..methods import in_all
     from ..runs import parse_option
-    methods = DETECTION_ALL if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
+    names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = in_all("detection") if names == ["all"] else names
     options: dict = {}
     for text in args.option:
         key, value = parse_option(text)

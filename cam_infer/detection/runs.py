@@ -12,9 +12,8 @@ from ..explanation import _safe
 from ..jobs.explain import Results
 from ..jobs.folders import read_stamped
 from ..postprocess import check_overlay_options, encode_png
-from ..runs import bundle_hashes, check_on
+from ..runs import bundle_hashes, check_on, options_per_method
 from .explainer import DetectionExplainer
-from .methods import get_detection_method
 
 
 def explain_detection_files(explainer: DetectionExplainer, paths, methods: list[str], out, *, targets="all",
@@ -26,12 +25,14 @@ def explain_detection_files(explainer: DetectionExplainer, paths, methods: list[
     from ..cost import announce, detection_plan
     from ..jobs.driver import spec_for
     from ..jobs.explain import explain_job
+    from ..methods import get_method
     from ..parallel import make_runner
+    from .explainer import DetectionContext
+    from .targets import central_targets
 
     check_overlay_options(colormap, alpha)
     check_on(on)
-    for m in methods:
-        get_detection_method(m)
+    per_method = options_per_method(methods, options or {}, "detection")
     explainer._thresholds(conf, iou, None)
     for c in classes or []:                      # an unknown class is refused before the run, not on its first image
         class_index(c, explainer.labels, explainer.bundle.num_classes)
@@ -39,11 +40,16 @@ def explain_detection_files(explainer: DetectionExplainer, paths, methods: list[
     settings = {"bundle": bundle_hashes(explainer.bundle), "backend": explainer.backend.describe(), "task": "detection",
                 "targets": targets, "classes": classes, "boxes": boxes, "conf": conf, "iou": iou,
                 "options": options or {}, "colormap": colormap, "alpha": alpha, "on": on}
-    work = DetectionWork(spec_for(explainer, runner), tuple(methods), targets, classes, boxes, conf, iou, options or {},
+    work = DetectionWork(spec_for(explainer, runner), tuple(methods), targets, classes, boxes, conf, iou, per_method,
                          colormap, alpha, on)
+
+    def cost() -> str:
+        counted_on = DetectionContext(explainer, None, None, None), central_targets(explainer.grid)
+        return announce(detection_plan(*counted_on, {m: get_method(m) for m in methods}, per_method), explainer.backend,
+                        detector=True)
+
     return explain_job(paths, out, settings, methods, work, runner, restart=restart, progress=progress, report=report,
-                       cost=lambda: announce(detection_plan(explainer, methods, {m: options or {} for m in methods}),
-                                             explainer.backend, detector=True))
+                       cost=cost)
 
 
 @dataclass(frozen=True)
@@ -58,7 +64,7 @@ class DetectionWork:
     boxes: object
     conf: float | None
     iou: float | None
-    options: dict
+    options: dict                           # method → its options
     colormap: str
     alpha: float
     on: str
@@ -75,7 +81,7 @@ class DetectionWork:
     def _explain(self, explainer, path, name: str, needed, rgb, stamp, out: dict) -> None:
         for method in (m for m in self.methods if m in needed):
             e = explainer.explain([rgb], method, targets=self.targets, classes=self.classes, boxes=self.boxes,
-                                  conf=self.conf, iou=self.iou, **self.options)
+                                  conf=self.conf, iou=self.iou, **self.options[method])
             overlay = f"{name}_{method}.png"
             out["files"][overlay] = encode_png(e.overlay(0, on=self.on, colormap=self.colormap, alpha=self.alpha))
             detections = []
