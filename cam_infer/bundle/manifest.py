@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import CamInferError
 from ..images import Preprocessing
+from ..outputs import write_atomically
 
 MANIFEST = "bundle.json"
 FORMAT = "cam-infer-bundle"
@@ -218,4 +219,4 @@ class Bundle:
 
 
 def write_manifest(folder: Path, manifest: dict) -> None:
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    write_atomically(folder / MANIFEST, json.dumps(manifest, indent=2) + "\n")
