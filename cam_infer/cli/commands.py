@@ -100,15 +100,15 @@ DETECTION_ALL = ["activation", "eigen", "recipro", "ablation"]
 
 
 def explain_detections(args) -> int:
-    from ..detection.explainer import DetectionExplainer
     from ..detection.runs import explain_detection_files, summary_lines
+    from ..explainer import Explainer
     from ..runs import parse_option
     names = [m.strip() for m in args.method.split(",") if m.strip()]
     methods = DETECTION_ALL if names == ["all"] else names
     for flag in ("target", "finer", "enhance"):
         if getattr(args, flag) is not None:
             raise CamInferError(f"--{flag} is for classifiers; for detections use --detections, --classes or --box")
-    explainer = DetectionExplainer(args.bundle, backend=args.backend, device=args.device)
+    explainer = Explainer(args.bundle, backend=args.backend, device=args.device)
     targets = "all" if args.detections == "all" else [_integer(v, "--detections") for v in args.detections.split(",")]
     classes = [_class(c) for c in args.classes.split(",")] if args.classes else None
     boxes = [_box(b) for b in args.box] or None
@@ -152,8 +152,9 @@ def bench(args) -> int:
     from ..bench import ALL_CASES, CASES, FUSED_CASES, FUSED_HEADER, GRADIENT_CASES, HEADER, case_of, check_cases, \
         run_cases, run_fused
     from ..bundle import Bundle
+    from ..tasks import task_of
     bundle = Bundle.load(args.bundle)
-    if bundle.task == "detection":
+    if task_of(bundle).name != "classification":
         raise CamInferError("cam-infer bench times classifiers' methods; for a detector run bench/detection.py "
                             "(it times each method against the forward pass per detection)")
     if args.repeats < 1 or (args.score_repeats is not None and args.score_repeats < 1):
@@ -245,10 +246,11 @@ def fuse(args) -> int:
     from ..bundle import Bundle
     from ..fuse import fuse, save, summary
     from ..runs import parse_option
+    from ..tasks import task_of
     if Path(args.out).exists() and not args.force:
         raise CamInferError(f"'{args.out}' exists; choose another --out or pass --force")
     bundle = Bundle.load(args.bundle)
-    if bundle.task == "detection":
+    if task_of(bundle).name == "detection":
         from ..detection.fuse import fuse_detector
         if args.top_k != 1 or args.class_input or args.raw:
             raise CamInferError("--top-k, --class-input and --raw are for classifiers; a detector's fused map is "

@@ -33,18 +33,14 @@ class ExplainerSpec:
     device: str = "CPU"
     gradients: str | None = None
     threads: int | None = None
-    detector: bool = False
+    detector: bool = False          # former field: an Explainer opens every task; callers still pass it
 
     def open(self):
         """The explainer of this spec, opened once per process."""
         if self not in _OPENED:
             options = {"device": self.device, **({"threads": self.threads} if self.threads else {})}
-            if self.detector:
-                from ..detection.explainer import DetectionExplainer
-                _OPENED[self] = DetectionExplainer(self.bundle, backend=self.backend, **options)
-            else:
-                from ..explainer import Explainer
-                _OPENED[self] = Explainer(self.bundle, backend=self.backend, gradients=self.gradients, **options)
+            from ..explainer import Explainer
+            _OPENED[self] = Explainer(self.bundle, backend=self.backend, gradients=self.gradients, **options)
         return _OPENED[self]
 
     def remember(self, explainer) -> "ExplainerSpec":
@@ -58,7 +54,7 @@ class ExplainerSpec:
         backend = explainer.backend
         return cls(str(explainer.bundle.path.resolve()), backend.name, getattr(backend, "device", "CPU"),
                    "torch" if getattr(explainer, "gradients", None) is not None and backend.name != "torch" else None,
-                   threads, explainer.bundle.task == "detection")
+                   threads)
 
 
 _OPENED: dict = {}

@@ -39,10 +39,6 @@ class ClassificationTask(Task):
         scale = max(1.0, float(np.abs(expected).max()))
         return head if np.allclose(got, expected, atol=1e-4 * scale, rtol=1e-4) else None
 
-    def method(self, name: str):
-        from ..methods import get_method
-        return get_method(name)
-
     def run_method(self, spec, ctx, targets, options: dict) -> np.ndarray:
         return spec(ctx, **options)
 

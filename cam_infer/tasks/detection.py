@@ -26,10 +26,6 @@ class DetectionTask(Task):
     def open(self) -> None:
         self.grid = anchor_levels(self.bundle.input_shape[1:], self.bundle.output_shape[1])
 
-    def method(self, name: str):
-        from ..detection.methods import get_detection_method
-        return get_detection_method(name)
-
     def run_method(self, spec, ctx, targets, options: dict) -> list:
         """One raw map per target; a class-agnostic method: its one map, with or without detections."""
         if not spec.class_specific:
