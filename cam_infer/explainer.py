@@ -33,6 +33,7 @@ from .tasks import class_index, task_of
 
 
 BLAS = ThreadpoolController()
+DEFAULTS = {"upsampled": True}          # the explain() arguments whose default is not None
 
 
 def model_inputs(images, preprocessing, check_input):
@@ -195,10 +196,9 @@ class Explainer:
                 raise CamInferError("give target, not both target and targets")
             target = targets
         request = {"target": target, "top_classes": top_classes, "enhance": enhance,
-                   "enhance_options": enhance_options, "finer": finer, "upsampled": None if upsampled else False,
+                   "enhance_options": enhance_options, "finer": finer, "upsampled": upsampled,
                    "classes": classes, "boxes": boxes, "conf": conf, "iou": iou, "max_det": max_det}
-        self.task.check_request({k: v for k, v in request.items() if k != "target"})
-        request["upsampled"] = upsampled
+        self.task.check_request({k: v for k, v in request.items() if k != "target" and v is not DEFAULTS.get(k)})
         spec = self.task.method(method)
         x, originals, names = self._inputs(images)
         request = self.task.request_for(spec, len(x), request)
