@@ -108,15 +108,6 @@ class Explainer:
         explainer._folder = folder            # the bundle lives as long as the explainer
         return explainer
 
-    def _gradients_for(self, method: str, x, activations, targets, objective=None) -> np.ndarray:
-        if self.gradients is None:
-            from .gradients import require_torch
-            require_torch()
-            raise CamInferError(f"method '{method}' needs gradients: open the Explainer with gradients='torch' "
-                                "(or use Explainer.from_torch with a PyTorch model)")
-        return self.gradients(x, activations, targets, objective) if objective is not None else \
-            self.gradients(x, activations, targets)
-
     def preprocess(self, images) -> np.ndarray:
         """Image paths or RGB arrays → (N,3,H,W) float32 as the model expects."""
         return self.bundle.preprocess(images)

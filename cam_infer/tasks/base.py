@@ -21,17 +21,18 @@ class Task:
       other given to its bundles is a one-line error (``boxes=`` on a classifier).
     - ``open()``, ``linear_head()``: what it reads once per bundle (a detector's anchor grid, a classifier's
       verified linear head).
-    - ``method(name)`` and ``run_method(spec, ctx, targets, options)``: the method implementation for this
-      task and its call → raw maps, one per target.
-    - ``contexts(spec, x, activations, outputs, request, originals)``: the targets from the request and the
-      clean outputs (classes; detections or boxes), with what a method implementation gets to compute them:
-      its context (the input, the cut: activations (N,K,h,w) or a packed cut set, the clean outputs, and
-      how a target's score is read on perturbed outputs). Yields (context, targets) pairs, one method call
-      each: the whole batch for a classifier, one image for a detector.
+    - ``run_method(spec, ctx, targets, options)``: one call of the method's implementation for this task
+      (``method(name)`` looks it up) → raw maps, one per target.
+    - ``contexts(spec, x, activations, outputs, request, originals)``: the clean pass is done (the
+      backend's ``observe``: activations (N,K,h,w), or a detector's packed cut set); from the request and
+      the clean outputs, the targets (classes; detections or boxes) and what a method implementation gets
+      to compute their maps: its context (the input, the cut, the clean outputs, how a target's score is
+      read on perturbed outputs). Returns a list of jobs ``(context, targets, ...)``, one method call
+      each: the whole batch for a classifier, one image for a detector; the rest of a job is the task's.
     - ``request_for(spec, n, request)``: the request as a method takes it (optional).
     - ``explanation(spec, method, jobs, maps, ...)``: the raw maps → normalised saliency and the
-      `Explanation` with one record per explained target (how the levels of a cut set combine is the
-      method's, by the rule its task declares).
+      `Explanation`, one map and one record per explained target (how the levels of a cut set combine is
+      the method's, by the rule of its units, `detection.methods`).
 
     A segmentation model would be a task whose targets are a class over a region and whose score sums
     the region's logits; a token model (a vision transformer) a cut kind (tokens (N,T,D) on a grid) under

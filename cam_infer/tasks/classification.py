@@ -64,9 +64,19 @@ class ClassificationTask(Task):
                       backend=self.explainer.backend, bundle=self.bundle, linear_head=self.explainer.linear_head)
         objective = self._finer(ctx, spec, request["finer"])
         if spec.needs == "gradients":
-            ctx.gradients = self.explainer._gradients_for(spec.name, x, activations, ctx.targets, objective)
-            ctx.gradient_source = lambda xs, a, t: self.explainer._gradients_for(spec.name, xs, a, t, objective)
+            ctx.gradients = self._gradients(spec.name, x, activations, ctx.targets, objective)
+            ctx.gradient_source = lambda xs, a, t: self._gradients(spec.name, xs, a, t, objective)
         return [(ctx, targets)]
+
+    def _gradients(self, method: str, x, activations, targets, objective=None) -> np.ndarray:
+        gradients = self.explainer.gradients
+        if gradients is None:
+            from ..gradients import require_torch
+            require_torch()
+            raise CamInferError(f"method '{method}' needs gradients: open the Explainer with gradients='torch' "
+                                "(or use Explainer.from_torch with a PyTorch model)")
+        return gradients(x, activations, targets, objective) if objective is not None else \
+            gradients(x, activations, targets)
 
     def explanation(self, spec, method, jobs, maps, request, options, originals, names, model_outputs, start):
         (ctx, targets), = jobs
