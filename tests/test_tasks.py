@@ -127,10 +127,11 @@ def test_several_classes_give_one_record_each(classifier, scenes):
     records = e.records()
     assert [[r["class_id"] for r in image] for image in records] == e.targets.tolist()
     assert records[0][0]["score"] == round(SCORES[0], 6)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         agnostic = classifier.explain(scenes[1], "eigen", target=1).records()
     assert agnostic[0][0]["class_agnostic"] and agnostic[0][0]["predicted_class_id"] == 2
+    assert [w.filename for w in caught] == [__file__]              # the warning points at the caller's line
 
 
 @pytest.mark.parametrize("given", [{"boxes": [([1, 1, 9, 9], 0)]}, {"classes": [0]}, {"conf": 0.3}, {"iou": 0.5},
@@ -174,3 +175,14 @@ def test_an_unknown_task_is_refused_in_one_line(tmp_path, scenes):
         Explainer(folder)
     assert set(TASKS) == {"classification", "detection"}
     assert_one_line_error(run_cli("explain", folder, scenes[1][0], "--out", tmp_path / "out"), "'segmentation' model")
+
+
+def test_a_detector_explanation_plots_one_picture_per_explained_detection(detector, scenes):
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+    e = detector.explain(scenes[0], "recipro")
+    fig = e.plot()
+    pictures = [ax for ax in fig.axes if ax.images]
+    assert len(fig.axes) == 3 * 3 and len(pictures) == 2 + 2 + 3
+    np.testing.assert_array_equal(pictures[-1].images[0].get_array(), e.overlay(2, 2))
+    plt.close(fig)

@@ -49,7 +49,7 @@ class ClassificationTask(Task):
             return request
         self.targets_for(request["target"], np.zeros((n, self.bundle.num_classes)), request["top_classes"])
         from ..methods.registry import class_agnostic_note
-        warnings.warn(class_agnostic_note([spec.name]), ClassAgnosticWarning, stacklevel=4)
+        warnings.warn(class_agnostic_note([spec.name]), ClassAgnosticWarning, stacklevel=3)
         return {**request, "target": None, "top_classes": None}
 
     def contexts(self, spec, x, activations, outputs, request: dict, originals):
