@@ -151,40 +151,28 @@ class Explanation:
         explained detection, ``<image>_<method>_<k>_<label>.png``. Returns the paths."""
         from .outputs import prepare_folder
 
-        if self.detector:
-            return self._save_detections(Path(folder), on, colormap, alpha)
         folder = prepare_folder(folder, "folder")
         paths = []
-        for i in range(len(self.targets)):
+        for i in range(self._images):
             stem = self.names[i] if self.names else f"image{i}"
-            for j in self._per_class(i):
-                class_id = self.map_class(i, j)
-                shown = "" if class_id is None else f"_{_safe(self.label(class_id))}"
+            for j, shown in self._pictures(i):
                 path = folder / f"{stem}_{_safe(self.method)}{shown}.png"
                 write_png(path, self.overlay(i, j, on=on, colormap=colormap, alpha=alpha))
                 paths.append(path)
         return paths
 
-    def _save_detections(self, folder: Path, on: str, colormap: str, alpha: float) -> list[Path]:
-        folder.mkdir(parents=True, exist_ok=True)
-        paths = []
-        for i, items in enumerate(self.items):
-            name = self.names[i] if self.names else f"image{i}"
-            if self.class_agnostic:
-                paths.append(folder / f"{name}_{self.method}.png")
-                write_png(paths[-1], self.overlay(i, on=on, colormap=colormap, alpha=alpha))
-                continue
-            for j, d in enumerate(items):
-                path = folder / f"{name}_{self.method}_{j}_{_safe(d.label)}.png"
-                write_png(path, self.overlay(i, j, on=on, colormap=colormap, alpha=alpha))
-                paths.append(path)
-        return paths
+    @property
+    def _images(self) -> int:
+        return len(self.items if self.detector else self.targets)
 
-    def _shown(self, i: int) -> list:
-        """The pictures of image i in a plot: one per class (j), or per explained detection (None: them all)."""
+    def _pictures(self, i: int) -> list[tuple]:
+        """Image i's pictures: (j for `overlay`, what its file name adds after the method): one per class, or
+        per explained detection; one for a class-agnostic map."""
         if self.detector:
-            return [None] if self.class_agnostic or not self.items[i] else list(range(len(self.items[i])))
-        return self._per_class(i)
+            return [(None, "")] if self.class_agnostic else \
+                [(j, f"_{j}_{_safe(d.label)}") for j, d in enumerate(self.items[i])]
+        return [(j, "" if self.map_class(i, j) is None else f"_{_safe(self.label(self.map_class(i, j)))}")
+                for j in self._per_class(i)]
 
     def plot(self, on: str = "original", colormap: str = "jet", alpha: float = 0.5, width: float = 3.2):
         """A matplotlib figure, one row per image and one column per class (needs ``pip install
@@ -194,7 +182,7 @@ class Explanation:
         except ImportError:
             raise CamInferError("plot() needs matplotlib: pip install 'cam-infer[plot]' (or matplotlib); "
                                 "save() writes the same overlays as PNG files without it") from None
-        shown = [self._shown(i) for i in range(len(self.items if self.detector else self.targets))]
+        shown = [[j for j, _ in self._pictures(i)] or [None] for i in range(self._images)]
         rows, cols = len(shown), max(map(len, shown))
         fig, axes = plt.subplots(rows, cols, figsize=(width * cols, width * rows), squeeze=False)
         for i in range(rows):
