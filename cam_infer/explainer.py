@@ -195,7 +195,7 @@ class Explainer:
         request = self.task.request_for(spec, len(x), request)
         if enhance is not None:
             return self.task.enhanced(x, originals, names, method, request, options, start)
-        activations, outputs = self.backend.observe(x)
+        activations, outputs = self.task.observe(x)
         jobs = self.task.contexts(spec, x, activations, outputs, request, originals)
         # The runtime owns the cores: a BLAS pool that spins after each call would slow its next pass.
         with BLAS.limit(limits=1):

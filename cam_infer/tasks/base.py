@@ -23,12 +23,13 @@ class Task:
       verified linear head).
     - ``run_method(spec, ctx, targets, options)``: one call of the method's implementation for this task
       (``method(name)`` looks it up) → raw maps, one per target.
-    - ``contexts(spec, x, activations, outputs, request, originals)``: the clean pass is done (the
-      backend's ``observe``: activations (N,K,h,w), or a detector's packed cut set); from the request and
-      the clean outputs, the targets (classes; detections or boxes) and what a method implementation gets
-      to compute their maps: its context (the input, the cut, the clean outputs, how a target's score is
-      read on perturbed outputs). Returns a list of jobs ``(context, targets, ...)``, one method call
-      each: the whole batch for a classifier, one image for a detector; the rest of a job is the task's.
+    - ``observe(x)``: the clean pass, the cut and the outputs in one call (the backend's: activations
+      (N,K,h,w), or a detector's packed cut set; a token model's tokens would be read here).
+    - ``contexts(spec, x, activations, outputs, request, originals)``: from the request and the clean
+      outputs, the targets (classes; detections or boxes) and what a method implementation gets to compute
+      their maps: its context (the input, the cut, the clean outputs, how a target's score is read on
+      perturbed outputs). Returns a list of jobs ``(context, targets, ...)``, one method call each: the
+      whole batch for a classifier, one image for a detector; the rest of a job is the task's.
     - ``request_for(spec, n, request)``: the request as a method takes it (optional).
     - ``explanation(spec, method, jobs, maps, ...)``: the raw maps → normalised saliency and the
       `Explanation`, one map and one record per explained target (how the levels of a cut set combine is
@@ -56,6 +57,10 @@ class Task:
         """The request as method `spec` takes it for n images (a classifier drops the class of a
         class-agnostic method, with a warning)."""
         return request
+
+    def observe(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the cut, the model's outputs) of a batch, in one pass."""
+        return self.explainer.backend.observe(x)
 
     def method(self, name: str):
         """The implementation of method `name` for this task: the one place the method registries are read."""
