@@ -186,3 +186,10 @@ def test_a_detector_explanation_plots_one_picture_per_explained_detection(detect
     assert len(fig.axes) == 3 * 3 and len(pictures) == 2 + 2 + 3
     np.testing.assert_array_equal(pictures[-1].images[0].get_array(), e.overlay(2, 2))
     plt.close(fig)
+
+
+def test_saving_into_a_file_is_one_line_for_every_task(detector, classifier, scenes, tmp_path):
+    (tmp_path / "taken").write_text("")
+    for explainer, images in ((detector, scenes[0]), (classifier, scenes[1])):
+        with pytest.raises(CamInferError, match="folder '.*taken' is a file, not a folder"):
+            explainer.explain(images[:1], "activation").save(tmp_path / "taken")
