@@ -84,11 +84,13 @@ class Explanation:
         if self.detector:
             return [[d.record() for d in items] for items in self.items]
         uniform = self.uniform
-        return [[{**class_fields(int(self._pick(self.targets, i, j)),
-                                 self.label(int(self._pick(self.targets, i, j))) if self.labels else None,
-                                 round(float(self._pick(self.scores, i, j)), 6), self.class_agnostic),
-                  "degenerate": bool(self._pick(self.degenerate, i, j)), "uniform": bool(self._pick(uniform, i, j))}
-                 for j in self._per_class(i)] for i in range(len(self.targets))]
+        return [[self._class_record(i, j, uniform) for j in self._per_class(i)] for i in range(len(self.targets))]
+
+    def _class_record(self, i: int, j, uniform: np.ndarray) -> dict:
+        class_id = int(self._pick(self.targets, i, j))
+        return {**class_fields(class_id, self.label(class_id) if self.labels else None,
+                               round(float(self._pick(self.scores, i, j)), 6), self.class_agnostic),
+                "degenerate": bool(self._pick(self.degenerate, i, j)), "uniform": bool(self._pick(uniform, i, j))}
 
     def map_class(self, i: int, j: int | None = None) -> int | None:
         """The class map (i, j) explains; None for a class-agnostic map, which explains no class."""
