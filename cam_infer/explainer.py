@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from threadpoolctl import ThreadpoolController
 
 from .backends import Backend, load_backend
 from .bundle import Bundle
@@ -32,7 +31,6 @@ from .methods.registry import DEFAULT_METHOD
 from .tasks import class_index, task_of
 
 
-BLAS = ThreadpoolController()
 DEFAULTS = {"upsampled": True}          # the explain() arguments whose default is not None
 
 
@@ -61,11 +59,14 @@ def model_inputs(images, preprocessing, check_input):
 
 class Explainer:
     """A bundle opened on a backend, for every kind of model: the bundle's task (`cam_infer.tasks`) says
-    what differs. Backend options (device, threads, hint, ...) pass through.
+    what differs. Backend options (device, threads, hint, precision, ...) pass through.
 
     ``gradients="torch"`` enables the gradient methods (classifiers): activations still come from
     `backend`, and the gradients of the target score with respect to them from the bundle's head graph run
-    in PyTorch (`cam_infer.gradients`)."""
+    in PyTorch (`cam_infer.gradients`).
+
+    Threads: one Explainer may be called from several threads at once; each call gives what it gives alone
+    (passes through a PyTorch model of `from_torch` take turns). Explaining changes no process-wide setting."""
 
     def __init__(self, bundle: "Bundle | str | os.PathLike", backend: "str | Backend" = "auto",
                  gradients: str | None = None, **backend_options):
@@ -197,7 +198,5 @@ class Explainer:
             return self.task.enhanced(x, originals, names, method, request, options, start)
         activations, outputs = self.task.observe(x)
         jobs = self.task.contexts(spec, x, activations, outputs, request, originals)
-        # The runtime owns the cores: a BLAS pool that spins after each call would slow its next pass.
-        with BLAS.limit(limits=1):
-            maps = [self.task.run_method(spec, ctx, chosen, options) for ctx, chosen, *_ in jobs]
+        maps = [self.task.run_method(spec, ctx, chosen, options) for ctx, chosen, *_ in jobs]
         return self.task.explanation(spec, method, jobs, maps, request, options, originals, names, outputs, start)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from ..backends.sessions import leave_the_cores_to_the_runtime
 from ..errors import CamInferError
 
 
@@ -36,8 +37,9 @@ class ExplainerSpec:
     detector: bool = False          # former field: an Explainer opens every task; callers still pass it
 
     def open(self):
-        """The explainer of this spec, opened once per process."""
+        """The explainer of this spec, opened once per process (a worker's: its cores are the runtime's)."""
         if self not in _OPENED:
+            leave_the_cores_to_the_runtime()
             options = {"device": self.device, **({"threads": self.threads} if self.threads else {})}
             from ..explainer import Explainer
             _OPENED[self] = Explainer(self.bundle, backend=self.backend, gradients=self.gradients, **options)

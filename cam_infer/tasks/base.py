@@ -63,12 +63,9 @@ class Task:
         return self.explainer.backend.observe(x)
 
     def method(self, name: str):
-        """The implementation of method `name` for this task: the one place the method registries are read."""
-        if self.name == "detection":
-            from ..detection.methods import get_detection_method
-            return get_detection_method(name)
+        """The method `name` (`methods.MethodSpec`), refused unless it explains this task's models."""
         from ..methods import get_method
-        return get_method(name)
+        return get_method(name, self.name)
 
     def run_method(self, spec, ctx, targets, options: dict) -> np.ndarray | list:
         raise NotImplementedError

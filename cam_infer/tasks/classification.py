@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import time
 import warnings
+from dataclasses import replace
+from functools import partial
 
 import numpy as np
 
+from ..backends.sessions import RuntimeOptions, onnxruntime_session
 from ..errors import CamInferError, ClassAgnosticWarning
 from ..explanation import Explanation
 from ..numerics import softmax
@@ -37,10 +40,13 @@ class ClassificationTask(Task):
         if self.bundle.output_kind == "probabilities":
             got = softmax(got)
         scale = max(1.0, float(np.abs(expected).max()))
-        return head if np.allclose(got, expected, atol=1e-4 * scale, rtol=1e-4) else None
+        if not np.allclose(got, expected, atol=1e-4 * scale, rtol=1e-4):
+            return None
+        products = RuntimeOptions(threads=self.explainer.backend.threads, spinning="during-run")
+        return replace(head, open_session=partial(onnxruntime_session, runtime=products, memory_arena=False))
 
     def run_method(self, spec, ctx, targets, options: dict) -> np.ndarray:
-        return spec(ctx, **options)
+        return spec.implementation(self.name)(ctx, **options)
 
     def request_for(self, spec, n: int, request: dict) -> dict:
         """A class-agnostic method gives one map per image: a class asked of it is still checked, then dropped
@@ -97,8 +103,6 @@ class ClassificationTask(Task):
     def enhanced(self, x, originals, names, method, request, options, start):
         """An enhancer around the method: its fused saliency, the base explanation's classes and scores.
         `maps` then holds the fused map at input resolution (there is no low-resolution map)."""
-        from dataclasses import replace
-
         from ..enhancers import get_enhancer
 
         if request["top_classes"] is not None:

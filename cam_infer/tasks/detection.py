@@ -28,9 +28,10 @@ class DetectionTask(Task):
 
     def run_method(self, spec, ctx, targets, options: dict) -> list:
         """One raw map per target; a class-agnostic method: its one map, with or without detections."""
+        code = spec.implementation(self.name)
         if not spec.class_specific:
-            return spec.fn(ctx, [None], **options)[:1]
-        return spec.fn(ctx, targets, **options) if targets else []
+            return code(ctx, [None], **options)[:1]
+        return code(ctx, targets, **options) if targets else []
 
     def detect(self, x: np.ndarray, conf=None, iou=None, max_det=None) -> list[Detections]:
         """Every image's detections (input pixels), by the bundle's NMS thresholds unless given."""
