@@ -68,13 +68,14 @@ def quality(work: Path, n: int, report) -> None:
 
 
 def speed(work: Path, repeats: int, report) -> None:
-    from cam_infer.detection import DetectionExplainer, split_detector
+    from cam_infer import Explainer
+    from cam_infer.detection import split_detector
     from cam_infer.detection.decode import detect
 
     source = SHARED / "deployed" / "nudenet_320n.onnx"
     bundle = split_detector(source, work / "yolov8n", overwrite=True)
     photo = SHARED / "deployed" / "basketball1.png"
-    ex = DetectionExplainer(bundle, backend="openvino")
+    ex = Explainer(bundle, backend="openvino")
     x = ex._inputs([photo])[0]
     count = len(ex.detect(x)[0])
     plain = compiled(source)

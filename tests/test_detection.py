@@ -411,8 +411,8 @@ def test_the_detection_audit_measures_each_map_in_its_box_and_resumes(bundles, t
 
 def test_classifier_tools_refuse_a_detector_bundle_in_one_line(bundles):
     from cam_infer import Explainer
-    with pytest.raises(CamInferError, match="is a detector"):
-        Explainer(bundles["detect-input"])
+    with pytest.raises(CamInferError, match="top_classes= does not apply to this bundle: it is a detection model"):
+        Explainer(bundles["detect-input"]).explain(PHOTO, top_classes=2)
     assert_one_line_error(run_cli("bench", bundles["detect-input"].path), "bench/detection.py")
     info = run_cli("info", bundles["backbone"].path)
     assert info.returncode == 0 and "/model.4/cv2/act/Mul_output_0" in info.stdout

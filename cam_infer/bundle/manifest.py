@@ -137,7 +137,7 @@ class Bundle:
     @property
     def cut_levels(self) -> list[dict] | None:
         """A detector's cut levels (name, shape, stride, offset in the packed vector); None for a classifier."""
-        return self.manifest["cut"] if self.task == "detection" else None
+        return self.manifest.get("cut")
 
     def graph_path(self, role: str) -> Path:
         """The file of graph `role`: ``features``, ``head``, or a detector's ``branch_<level>``."""

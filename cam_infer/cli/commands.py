@@ -149,8 +149,9 @@ def bench(args) -> int:
     from ..bench import ALL_CASES, CASES, FUSED_CASES, FUSED_HEADER, GRADIENT_CASES, HEADER, case_of, check_cases, \
         run_cases, run_fused
     from ..bundle import Bundle
+    from ..tasks import task_of
     bundle = Bundle.load(args.bundle)
-    if bundle.task == "detection":
+    if task_of(bundle).name != "classification":
         raise CamInferError("cam-infer bench times classifiers' methods; for a detector run bench/detection.py "
                             "(it times each method against the forward pass per detection)")
     if args.repeats < 1 or (args.score_repeats is not None and args.score_repeats < 1):
@@ -243,10 +244,11 @@ def fuse(args) -> int:
     from ..bundle import Bundle
     from ..fuse import fuse, save, summary
     from ..runs import parse_option
+    from ..tasks import task_of
     if Path(args.out).exists() and not args.force:
         raise CamInferError(f"'{args.out}' exists; choose another --out or pass --force")
     bundle = Bundle.load(args.bundle)
-    if bundle.task == "detection":
+    if task_of(bundle).name == "detection":
         from ..detection.fuse import fuse_detector
         if args.top_k != 1 or args.class_input or args.raw:
             raise CamInferError("--top-k, --class-input and --raw are for classifiers; a detector's fused map is "

@@ -241,7 +241,8 @@ def load_served(source, method: str | None, backend: str, device: str, threads: 
         path = cached_bundle(path)
     if path.is_dir():
         from ..bundle import Bundle
-        if Bundle.load(path).task == "detection":
+        from ..tasks import task_of
+        if task_of(Bundle.load(path)).name != "classification":
             raise CamInferError("serve explains classifier bundles; for a detector, serve its fused model "
                                 "(cam-infer fuse BUNDLE --method eigen --out model.onnx)")
         from ..methods.registry import DEFAULT_METHOD
