@@ -143,9 +143,6 @@ class Explainer:
         unless given."""
         return self._task_only("detect")(self._inputs(images)[0], conf, iou, max_det)
 
-    def _thresholds(self, conf, iou, max_det) -> tuple[float, float, int]:
-        return self._task_only("thresholds")(conf, iou, max_det)
-
     def _task_only(self, name: str):
         if not hasattr(self.task, name):
             raise CamInferError(f"{name}() does not apply to this bundle: it is a {self.task.name} model")
@@ -162,7 +159,7 @@ class Explainer:
     def explain(self, images, method: str = DEFAULT_METHOD, target=None, top_classes: int | None = None,
                 enhance: str | None = None, enhance_options: dict | None = None, finer=None,
                 upsampled: bool = True, classes=None, boxes=None, conf: float | None = None,
-                iou: float | None = None, max_det: int | None = None, targets=None, **options) -> Explanation:
+                iou: float | None = None, max_det: int | None = None, **options) -> Explanation:
         """Explain a batch: image paths, RGB arrays, or a preprocessed (N,C,H,W) array. Given image paths or
         arrays, the Explanation keeps them, so `overlay`/`save`/`plot` show the map on the original image.
 
@@ -183,10 +180,6 @@ class Explainer:
 
         An argument that does not apply to the bundle's kind of model is an error."""
         start = time.perf_counter()
-        if targets is not None:                    # the detector's former name for target
-            if target is not None:
-                raise CamInferError("give target, not both target and targets")
-            target = targets
         request = {"target": target, "top_classes": top_classes, "enhance": enhance,
                    "enhance_options": enhance_options, "finer": finer, "upsampled": upsampled,
                    "classes": classes, "boxes": boxes, "conf": conf, "iou": iou, "max_det": max_det}

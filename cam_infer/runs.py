@@ -18,7 +18,7 @@ import numpy as np
 
 from .errors import CamInferError, MethodNotApplicable
 from .jobs.explain import Results
-from .jobs.folders import IMAGE_SUFFIXES, collect_images, overlay_names, read_stamped  # noqa: F401  (compatibility)
+from .jobs.folders import collect_images, overlay_names, read_stamped
 from .methods import GRADIENT_FREE, METHODS, get_method
 from .methods.registry import class_agnostic, class_agnostic_note
 from .postprocess import caption, check_overlay_options, class_fields, encode_png, overlay_picture

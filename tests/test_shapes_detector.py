@@ -17,7 +17,7 @@ import pytest
 from helpers import run_cli
 
 from cam_infer.demo import embedded_detector_path
-from cam_infer.detection import DetectionExplainer
+from cam_infer import Explainer
 from cam_infer.detection.decode import iou
 from cam_infer.jobs.journal import JOURNAL
 from cam_infer.metrics import energy_pointing, pointing_hit
@@ -28,7 +28,7 @@ SCENES = [detection_scene(1, i) for i in range(40)]
 
 @pytest.fixture(scope="module")
 def explainer():
-    return DetectionExplainer(embedded_detector_path())
+    return Explainer(embedded_detector_path())
 
 
 def matched(scene, d):

@@ -18,7 +18,7 @@ from cam_infer.synthetic import write_detection_scenes, write_scenes
 from cam_infer.tasks import TASKS, task_of
 from helpers import assert_one_line_error, run_cli
 
-# Recorded from cam_infer.detection.DetectionExplainer before the tasks (scene 2 of write_detection_scenes(seed=1)).
+# Recorded from the detector's former explainer (DetectionExplainer) before the tasks (scene 2 of write_detection_scenes(seed=1)).
 SCENE2 = [{"box": [78.95, 14.03, 101.98, 37.18], "class_id": 1, "label": "square", "score": 0.99956, "anchor": 59,
            "level": 0, "index": 0, "degenerate": False, "uniform": False},
           {"box": [60.9, 36.83, 81.99, 57.96], "class_id": 1, "label": "square", "score": 0.998, "anchor": 88,
@@ -157,10 +157,6 @@ def test_task_only_calls_and_gradients_are_refused_for_the_other_task(classifier
         detector.targets_for(None, np.zeros((1, 4)))
     with pytest.raises(CamInferError, match="^gradients= does not apply to this bundle: it is a detection model"):
         Explainer(embedded_detector_path(), gradients="torch")
-    from cam_infer.detection import DetectionExplainer
-    assert DetectionExplainer(embedded_detector_path()).task.name == "detection"
-    with pytest.raises(CamInferError, match="is a classifier; use Explainer"):
-        DetectionExplainer(embedded_bundle_path())
 
 
 def test_an_unknown_task_is_refused_in_one_line(tmp_path, scenes):

@@ -114,7 +114,7 @@ def _check_options(bundle, options: AuditOptions) -> None:
     if unknown:
         raise CamInferError(f"unknown metric {', '.join(map(repr, unknown))}; metrics: {', '.join(METRICS)}")
     if options.target not in ("predicted", "truth"):
-        from ..explainer import class_index
+        from ..tasks import class_index
         class_index(options.target, bundle.labels, bundle.num_classes)
     for name, value, choices in (("space", options.space, ("normalised", "raw")),
                                  ("coherency_at", options.coherency_at, ("input", "map")),
@@ -142,7 +142,7 @@ def load_boxes(path, bundle) -> dict:
         raise CamInferError(f"boxes file '{path}' is not valid JSON ({exc})") from None
     if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
         raise CamInferError(f"boxes file '{path}' must map image files to lists of boxes")
-    from ..explainer import class_index
+    from ..tasks import class_index
 
     for image, entries in data.items():
         for entry in entries:

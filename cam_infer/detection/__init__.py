@@ -4,7 +4,7 @@
     Explainer("det/").explain(["a.jpg"], "recipro")            # cam_infer.tasks.detection: targets, maps
 
 anatomy.py (what the detector is, cut sets), decode.py (anchors, boxes, NMS), targets.py (what a map
-explains, its score), context.py (what a method gets of one image), methods/ (one module per method),
+explains, its score), context.py (what a method gets of one image),
 overlay.py, runs.py (explain files), audit.py (localisation per detection), fuse.py (a class-agnostic map
 inside the model).
 """
@@ -12,10 +12,4 @@ inside the model).
 from .split import split_detector
 
 
-def __getattr__(name):
-    if name in ("DetectionExplainer", "DetectionExplanation", "DetectionMap"):   # former names, explainer.py
-        from . import explainer
-        return getattr(explainer, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-__all__ = ["DetectionExplainer", "DetectionExplanation", "DetectionMap", "split_detector"]
+__all__ = ["split_detector"]

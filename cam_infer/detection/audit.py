@@ -33,7 +33,7 @@ from ..methods import get_method
 from ..metrics import energy_pointing, pointing_hit
 from ..outputs import write_atomically
 from .decode import iou
-from .explainer import DetectionExplainer
+from ..explainer import Explainer
 
 ROWS, SUMMARY = "rows.jsonl", "summary.json"
 MEANS = ("energy", "box_fraction", "pointing", "specificity", "truth_iou", "marker_energy", "marker_fraction")
@@ -56,10 +56,10 @@ def run_detection_audit(bundle, images, methods, out, *, boxes=None, backend: st
     from ..cost import announce, detection_plan
     from ..jobs.driver import Job, run_job, spec_for
     from ..parallel import make_runner
-    from .explainer import DetectionContext
+    from .context import DetectionContext
     from .targets import central_targets
 
-    explainer = DetectionExplainer(bundle, backend=backend, device=device)
+    explainer = Explainer(bundle, backend=backend, device=device)
     for m in methods:
         get_method(m, "detection")
     runner = make_runner(workers, ray, threads)
@@ -128,7 +128,7 @@ class DetectionAuditWork:
         return {"rows": rows or [{"image": str(image), "method": None}], "thumbnails": thumbnails}
 
 
-def audit_image(explainer: DetectionExplainer, image, methods, truth: list, tolerance: float, conf, options,
+def audit_image(explainer: Explainer, image, methods, truth: list, tolerance: float, conf, options,
                 thumbnails: bool = False):
     """One image → its rows (one per method and explained detection); with `thumbnails`, (rows, method →
     thumbnail PNG of its detections over their maps)."""
@@ -158,7 +158,7 @@ def audit_image(explainer: DetectionExplainer, image, methods, truth: list, tole
 
 def _true_box(entry, explainer) -> tuple:
     """A boxes-file entry → (box, class index or None: any class, marker or None)."""
-    from ..explainer import class_index
+    from ..tasks import class_index
 
     if not isinstance(entry, dict):
         entry = {"box": entry}

@@ -7,16 +7,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..explainer import class_index
+from ..tasks import class_index
 from ..explanation import _safe
 from ..jobs.explain import Results
 from ..jobs.folders import read_stamped
 from ..postprocess import check_overlay_options, encode_png
 from ..runs import bundle_hashes, check_on, options_per_method
-from .explainer import DetectionExplainer
+from ..explainer import Explainer
 
 
-def explain_detection_files(explainer: DetectionExplainer, paths, methods: list[str], out, *, targets="all",
+def explain_detection_files(explainer: Explainer, paths, methods: list[str], out, *, targets="all",
                             classes=None, boxes=None, conf=None, iou=None, options: dict | None = None,
                             colormap: str = "jet", alpha: float = 0.5, restart: bool = False,
                             progress: bool | None = None, on: str = "original", workers=None, ray: str | None = None,
@@ -27,13 +27,13 @@ def explain_detection_files(explainer: DetectionExplainer, paths, methods: list[
     from ..jobs.explain import explain_job
     from ..methods import get_method
     from ..parallel import make_runner
-    from .explainer import DetectionContext
+    from .context import DetectionContext
     from .targets import central_targets
 
     check_overlay_options(colormap, alpha)
     check_on(on)
     per_method = options_per_method(methods, options or {}, "detection")
-    explainer._thresholds(conf, iou, None)
+    explainer.task.thresholds(conf, iou, None)
     for c in classes or []:                      # an unknown class is refused before the run, not on its first image
         class_index(c, explainer.labels, explainer.bundle.num_classes)
     runner = make_runner(workers, ray, threads)
@@ -80,7 +80,7 @@ class DetectionWork:
 
     def _explain(self, explainer, path, name: str, needed, rgb, stamp, out: dict) -> None:
         for method in (m for m in self.methods if m in needed):
-            e = explainer.explain([rgb], method, targets=self.targets, classes=self.classes, boxes=self.boxes,
+            e = explainer.explain([rgb], method, target=self.targets, classes=self.classes, boxes=self.boxes,
                                   conf=self.conf, iou=self.iou, **self.options[method])
             overlay = f"{name}_{method}.png"
             out["files"][overlay] = encode_png(e.overlay(0, on=self.on, colormap=self.colormap, alpha=self.alpha))

@@ -220,7 +220,7 @@ def _positive_int(value, name: str) -> int:
 def _classes(value, n: int, num_classes: int, labels) -> list | None:
     """'class': one class for every image (an index or a label) or a list with one per image, each resolved
     as everywhere else (`explainer.class_index`: ambiguous and unknown labels are errors)."""
-    from ..explainer import class_index
+    from ..tasks import class_index
     if value is None:
         return None
     values = value if isinstance(value, list) else [value] * n

@@ -33,7 +33,7 @@ class Task:
     - ``request_for(spec, n, request)``: the request as a method takes it (optional).
     - ``explanation(spec, method, jobs, maps, ...)``: the raw maps → normalised saliency and the
       `Explanation`, one map and one record per explained target (how the levels of a cut set combine is
-      the method's, by the rule of its units, `detection.methods`).
+      the method's, by the rule of its units, `methods.levels`).
 
     A segmentation model would be a task whose targets are a class over a region and whose score sums
     the region's logits; a token model (a vision transformer) a cut kind (tokens (N,T,D) on a grid) under

@@ -2,7 +2,7 @@
 ``max_det``), or boxes given in the original image's pixels with a class, matched to the anchor that
 predicts them best (`detection.targets.box_target`); a target's score is its class score at its anchor. The
 cut is a set of levels packed in one vector (`detection.context`); a method call explains one image, its
-levels combined by the rule of the method's units (`detection.methods`)."""
+levels combined by the rule of the method's units (`methods.levels`)."""
 
 from __future__ import annotations
 
