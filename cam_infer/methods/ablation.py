@@ -13,7 +13,7 @@ from typing import Literal
 
 import numpy as np
 
-from .. import kernels
+from ..kernels import ablated_batch
 from ..cost import Passes
 from ..numerics import softmax
 from .registry import Context, method
@@ -63,7 +63,7 @@ def _target_scores(ctx: Context, i: int, c: int, score: str, closed_form: bool) 
     ablated = []
     for start in range(0, k, rows):
         channels = np.arange(start, min(k, start + rows))
-        kernels.ablated_batch(a, channels, batch)
+        ablated_batch(a, channels, batch)
         ablated.append(ctx.backend.head(batch[:len(channels)]))
     ablated = np.concatenate(ablated)
     return float(ctx.class_scores(outputs[None], i, score)[0]), ctx.class_scores(ablated, i, score)

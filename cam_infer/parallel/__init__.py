@@ -18,10 +18,10 @@ the driver had written.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from ..errors import CamInferError
+from .processes import cores
 
 
 @dataclass(frozen=True)
@@ -75,14 +75,6 @@ class InProcess:
 
     def describe(self) -> str:
         return "this process"
-
-
-def cores() -> int:
-    """The cores this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:                 # not Linux
-        return os.cpu_count() or 1
 
 
 def make_runner(workers=None, ray: str | None = None, threads: int | None = None):
