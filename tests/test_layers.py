@@ -32,7 +32,7 @@ LAYERS = {
     "explainer": ("explainer", "explanation", "enhancers", "detection", "detection.explainer", "detection.overlay"),
     "jobs": ("runs", "audit", "parallel", "progress", "fuse", "detection.runs", "detection.audit",
              "detection.fuse"),
-    "tools": ("tools", "bench", "demo", "synthetic"),
+    "tools": ("tools", "bench", "demo", "synthetic"),     # the last three: old names of tools.*, until merged
     "cli/serve": ("cli", "serve", "__main__", ""),
 }
 

@@ -87,7 +87,7 @@ def cases():
 def folder(tmp_path_factory) -> Path:
     """A folder with every file the snippets name."""
     from cam_infer import split_onnx
-    from cam_infer.synthetic import scene
+    from cam_infer.tools.synthetic import scene
     work = tmp_path_factory.mktemp("readme")
     onnx.save(tiny_cnn(), work / "model.onnx")
     split_onnx(work / "model.onnx", layer="auto", out=work / "bundle")

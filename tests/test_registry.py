@@ -126,9 +126,9 @@ def test_adding_a_method_is_adding_one_module(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(tmp_path), CAM_INFER_CACHE_DIR=str(tmp_path / "cache"))
     code = """
 import numpy as np
-from cam_infer.bench import CASES, FUSED_CASES
+from cam_infer.tools.bench import CASES, FUSED_CASES
 from cam_infer.cli.arguments import build_parser
-from cam_infer.demo import embedded_bundle_path
+from cam_infer.tools.demo import embedded_bundle_path
 from cam_infer.explainer import Explainer
 from cam_infer.fuse import fuse
 from cam_infer.methods import GRADIENT_FREE

@@ -67,7 +67,7 @@ def preprocessing_fields(args) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..bench import ALL_CASES, CASES, GRADIENT_CASES
+    from ..tools.bench import ALL_CASES, CASES, GRADIENT_CASES
     from ..fuse import fusable
     from ..methods import GRADIENT, GRADIENT_FREE, METHODS
     from ..methods.registry import DEFAULT_METHOD
