@@ -137,12 +137,10 @@ def ratio(times: list[float], base: list[float]) -> float:
 
 def compiled(path: Path):
     """An OpenVINO CPU latency-mode compiled model of an ONNX file, at batch 1: x → its outputs."""
-    import openvino as ov
-    core = ov.Core()
-    model = core.read_model(str(path))
+    from cam_infer.backends.sessions import FLOAT32, openvino_compiled, openvino_model
+    model = openvino_model(path)
     model.reshape({model.inputs[0].get_any_name(): [1, 3, 320, 320]})
-    request = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
-                                 ).create_infer_request()
+    request = openvino_compiled(model, FLOAT32.but(hint="latency")).create_infer_request()
 
     def run(x):
         request.infer({0: x}, share_inputs=True)

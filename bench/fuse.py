@@ -53,9 +53,9 @@ def main() -> None:
 
 def eigen_error(report, work: Path) -> None:
     import numpy as np
-    import onnxruntime as ort
 
     from cam_infer import Bundle, Explainer, split_onnx
+    from cam_infer.backends.sessions import onnxruntime_session
     from cam_infer.tools.demo import embedded_bundle_path
     from cam_infer.fuse import fuse
     from cam_infer.fuse.assemble import RAW_OUTPUT
@@ -83,7 +83,7 @@ def eigen_error(report, work: Path) -> None:
             cells = []
             for centered in (False, True):
                 model = fuse(bundle, "eigen", centered=centered, squarings=squarings, raw=True, check=False)
-                session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+                session = onnxruntime_session(model)
                 raw = np.concatenate([session.run([RAW_OUTPUT], {bundle.input_name: x[i:i + 8]})[0]
                                       for i in range(0, len(x), 8)])
                 ref = exact[centered]

@@ -207,11 +207,10 @@ def burst(port: int, model: str, x: np.ndarray, concurrency: int, per_client: in
 
 
 def main() -> None:
-    import onnxruntime as ort
     from seed_methods import bundle_for
 
     from cam_infer import Preprocessing
-    from cam_infer.backends.onnxruntime import set_spinning
+    from cam_infer.backends.sessions import FLOAT32, onnxruntime_session, openvino_compiled
     from cam_infer.fuse.assemble import plain_model
     from cam_infer.serve.models import SPINNING
 
@@ -237,10 +236,9 @@ def main() -> None:
     x = prep(photo)[None].astype(np.float32)
     from cam_infer.images import load_image
     pixels = prep.geometry(load_image(photo))[None]
-    options = ort.SessionOptions()
-    set_spinning(options, SPINNING)                                # as the server's sessions
+    served_runtime = FLOAT32.but(spinning=SPINNING)                # as the server's sessions
     (work / "plain.onnx").write_bytes(plain_model(bundle).SerializeToString())
-    plain = ort.InferenceSession(str(work / "plain.onnx"), options, providers=["CPUExecutionProvider"])
+    plain = onnxruntime_session(work / "plain.onnx", served_runtime)
     forward = lambda: plain.run(None, {plain.get_inputs()[0].name: x})      # noqa: E731
 
     report("\n**MobileNetV2** 224×224, one image per request, ONNX Runtime unless named, 2 cores shared by server and "
@@ -249,11 +247,9 @@ def main() -> None:
     report("| served | clients | requests/s | p50 ms | p99 ms | mean batch |\n|---|---:|---:|---:|---:|---:|")
     from cam_infer import Explainer
     explainer = Explainer(bundle, backend="onnxruntime", spinning=SPINNING)
-    fused_session = ort.InferenceSession(str(fused), options, providers=["CPUExecutionProvider"])
-    import openvino as ov
-    core = ov.Core()                                   # compiled as the fused model's OpenVINO server compiles it
-    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
-    requests = [core.compile_model(str(path), "CPU", config).create_infer_request()
+    fused_session = onnxruntime_session(fused, served_runtime)
+    # compiled as the fused model's OpenVINO server compiles it
+    requests = [openvino_compiled(path, FLOAT32.but(hint="latency")).create_infer_request()
                 for path in (work / "plain.onnx", fused)]
     forward_ov = lambda: requests[0].infer({0: x})                  # noqa: E731
     in_process = {"fused, OpenVINO": (forward_ov, lambda: requests[1].infer({0: x})),

@@ -73,13 +73,13 @@ def ceiling(bundle: Path, work: Path, seconds: float = 10.0) -> float:
     import onnx
     import openvino as ov
 
+    from cam_infer.backends.sessions import FLOAT32, openvino_compiled, openvino_model
     from cam_infer.fuse.assemble import plain_model
     path = work / f"{bundle.name}_plain.onnx"
     onnx.save(plain_model(bundle), path)
-    core = ov.Core()
-    model = core.read_model(str(path))
+    model = openvino_model(path)
     model.reshape([1, 3, 224, 224])
-    compiled = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_PRECISION_HINT": "f32"})
+    compiled = openvino_compiled(model, FLOAT32.but(hint="throughput"))
     queue = ov.AsyncInferQueue(compiled, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
     x = np.random.default_rng(0).random((1, 3, 224, 224), np.float32)
     for _ in range(20):

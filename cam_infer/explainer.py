@@ -13,12 +13,14 @@ from __future__ import annotations
 import os
 import time
 import warnings
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
-from threadpoolctl import ThreadpoolController
 
 from .backends import Backend, load_backend
+from .backends.sessions import RuntimeOptions, onnxruntime_session
 from .bundle import Bundle
 from .bundle.head import read_linear_head
 from .errors import CamInferError, ClassAgnosticWarning
@@ -27,9 +29,6 @@ from .methods import Context, get_method
 from .methods.registry import DEFAULT_METHOD, class_agnostic_note
 from .numerics import softmax
 from .postprocess import normalise, upsample
-
-
-BLAS = ThreadpoolController()
 
 
 def class_index(value, labels: list[str] | None, classes: int) -> int:
@@ -92,11 +91,14 @@ def _suggestions(value: str, labels: list[str]) -> str:
 
 
 class Explainer:
-    """A bundle opened on a backend. Backend options (device, threads, hint, ...) pass through.
+    """A bundle opened on a backend. Backend options (device, threads, hint, precision, ...) pass through.
 
     ``gradients="torch"`` enables the gradient methods: activations still come from `backend`, and
     the gradients of the target score with respect to them from the bundle's head graph run in
-    PyTorch (`cam_infer.gradients`)."""
+    PyTorch (`cam_infer.gradients`).
+
+    Threads: one Explainer may be called from several threads at once; each call gives what it gives alone
+    (passes through a PyTorch model of `from_torch` take turns). Explaining changes no process-wide setting."""
 
     def __init__(self, bundle: "Bundle | str | os.PathLike", backend: "str | Backend" = "auto",
                  gradients: str | None = None, **backend_options):
@@ -153,7 +155,10 @@ class Explainer:
         if self.bundle.output_kind == "probabilities":
             got = softmax(got)
         scale = max(1.0, float(np.abs(expected).max()))
-        return head if np.allclose(got, expected, atol=1e-4 * scale, rtol=1e-4) else None
+        if not np.allclose(got, expected, atol=1e-4 * scale, rtol=1e-4):
+            return None
+        products = RuntimeOptions(threads=self.backend.threads, spinning="during-run")
+        return replace(head, open_session=partial(onnxruntime_session, runtime=products, memory_arena=False))
 
     def _gradients_for(self, method: str, x, activations, targets, objective=None) -> np.ndarray:
         if self.gradients is None:
@@ -171,8 +176,6 @@ class Explainer:
     def _enhanced(self, x, originals, names, method, target, top_classes, enhance, enhance_options, options, start):
         """An enhancer around the method: its fused saliency, the base explanation's classes and scores.
         `maps` then holds the fused map at input resolution (there is no low-resolution map)."""
-        from dataclasses import replace
-
         from .enhancers import get_enhancer
 
         if top_classes is not None:
@@ -278,11 +281,9 @@ class Explainer:
         if chosen.needs == "gradients":
             ctx.gradients = self._gradients_for(method, x, activations, flat, objective)
             ctx.gradient_source = lambda xs, a, t: self._gradients_for(method, xs, a, t, objective)
-        # The runtime owns the cores: a BLAS pool that spins after each call would slow its next pass.
-        with BLAS.limit(limits=1):
-            maps = chosen(ctx, **options).astype(np.float32)
-            normalised, degenerate = normalise(maps)
-            saliency = upsample(normalised, self.bundle.input_shape[1:]) if upsampled else normalised
+        maps = chosen(ctx, **options).astype(np.float32)
+        normalised, degenerate = normalise(maps)
+        saliency = upsample(normalised, self.bundle.input_shape[1:]) if upsampled else normalised
         probabilities = ctx.probabilities(outputs)
         scores = probabilities[np.arange(len(flat)), flat].astype(np.float32)
         if k is not None:

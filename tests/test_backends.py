@@ -148,3 +148,40 @@ def test_the_joined_graph_is_read_from_memory_where_no_temporary_folder_takes_it
     be = load_backend(tiny_bundle, backend)
     for got, want in zip(be.observe(x), expected):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_precision_is_what_the_runtime_is_told(tiny_bundle):
+    """f32 (the default) pins float32; auto leaves OpenVINO's own choice, as a compile without a hint has it."""
+    import openvino as ov
+
+    own = ov.Core().compile_model(str(tiny_bundle.head_path), "CPU").get_property("INFERENCE_PRECISION_HINT")
+    for precision, expected in (("f32", ov.Type.f32), ("auto", own), (None, own)):
+        be = load_backend(tiny_bundle, "openvino", precision=precision)
+        assert be.compiled_property("INFERENCE_PRECISION_HINT") == expected, precision
+    x = _images(2)
+    np.testing.assert_array_equal(load_backend(tiny_bundle, "ort", precision="auto").forward(x),
+                                  load_backend(tiny_bundle, "ort").forward(x))
+
+
+@pytest.mark.parametrize("backend, options, message", [
+    ("onnxruntime", {"precision": "bf16"}, "ONNX Runtime's CPU provider computes in float32; for precision 'bf16' "
+                                           "use backend='openvino'"),
+    ("openvino", {"precision": "f64"}, "unknown precision 'f64'; choose one of: f32, bf16, f16, auto"),
+])
+def test_a_precision_a_runtime_cannot_run_is_an_error(tiny_bundle, backend, options, message):
+    with pytest.raises(CamInferError, match=message):
+        load_backend(tiny_bundle, backend, **options)
+
+
+def test_every_session_opens_through_the_factory():
+    """ONNX Runtime sessions and OpenVINO compiled models are opened in backends/sessions.py only."""
+    import re
+    from pathlib import Path
+
+    import cam_infer
+    package = Path(cam_infer.__file__).parent
+    opening = re.compile(r"InferenceSession\(|SessionOptions\(|compile_model\(|read_model\(|Core\(\)")
+    found = [f"{path.relative_to(package)}:{number}" for path in sorted(package.rglob("*.py"))
+             if path.name != "sessions.py"
+             for number, line in enumerate(path.read_text().splitlines(), 1) if opening.search(line)]
+    assert not found, f"sessions opened outside backends/sessions.py: {found}"

@@ -24,7 +24,8 @@ PACKAGE = ROOT / "cam_infer"
 
 # Each layer's modules, by name under cam_infer (a name covers its submodules; "" is the package root only).
 LAYERS = {
-    "io": ("version", "errors", "numerics", "kernel_cache", "kernels", "images", "postprocess", "outputs"),
+    "io": ("version", "errors", "numerics", "kernel_cache", "kernels", "images", "postprocess", "outputs",
+           "backends.sessions"),          # the runtime-session factory: a split's checks run graphs too
     "bundle": ("bundle", "detection.anatomy", "detection.decode", "detection.branches", "detection.split"),
     "runtime": ("backends", "gradients"),
     "tasks": ("tasks", "detection.targets"),
@@ -38,7 +39,6 @@ LAYERS = {
 
 # importer → imported: what issue 26 removes, by its numbered item.
 ALLOWED = {
-    ("bundle.head", "backends.onnxruntime"): "item 4: the linear head's session from the runtime-session factory",
     ("cost", "enhancers"): "item 2: enhancers registered with the methods, the cost read from one registry",
     ("methods.registry", "cost"): "item 2: one method spec per method, its cost beside it (cost ↔ registries)",
     ("detection.methods", "cost"): "item 2: one method spec per method, its cost beside it (cost ↔ registries)",

@@ -38,9 +38,11 @@ def test_tiny_head_is_recognised_as_gap_linear_with_the_builders_weights(explain
 
 
 def test_a_large_linear_product_runs_in_the_runtime_and_equals_numpy():
+    from cam_infer.backends.sessions import onnxruntime_session
     from cam_infer.bundle.head import LARGE_PRODUCT, LinearHead
     rng = np.random.default_rng(3)
-    head = LinearHead(rng.standard_normal((300, 512)).astype(np.float32), rng.standard_normal(300).astype(np.float32))
+    head = LinearHead(rng.standard_normal((300, 512)).astype(np.float32), rng.standard_normal(300).astype(np.float32),
+                      open_session=onnxruntime_session)
     pooled = rng.standard_normal((2, LARGE_PRODUCT // (512 * 300) // 2 + 1, 512)).astype(np.float32)
     got = head.logits(pooled)
     assert head._session and got.shape == (*pooled.shape[:2], 300)                  # went to ONNX Runtime
@@ -48,6 +50,15 @@ def test_a_large_linear_product_runs_in_the_runtime_and_equals_numpy():
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
     small = head.logits(pooled[0, :4])
     np.testing.assert_allclose(small, expected[0, :4], rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_the_linear_heads_product_runs_on_the_explainers_threads(tiny_bundle, backend):
+    from cam_infer.bundle.head import LARGE_PRODUCT
+    head = Explainer(tiny_bundle, backend=backend, threads=1).linear_head
+    pooled = np.ones((LARGE_PRODUCT // head.weight.size + 1, head.weight.shape[1]), np.float32)
+    np.testing.assert_allclose(head.logits(pooled), pooled @ head.weight.T + head.bias, rtol=1e-5, atol=1e-5)
+    assert head._session[0].get_session_options().intra_op_num_threads == 1
 
 
 @pytest.mark.parametrize("method", GRADIENT_FREE)

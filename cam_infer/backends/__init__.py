@@ -4,7 +4,8 @@
     a = be.features(x)   # (N,K,h,w) float32
     y = be.head(a)       # (N,C) float32
 
-Every backend takes any batch size and cuts it into chunks under a memory budget.
+Every backend takes any batch size and cuts it into chunks under a memory budget, and may be called from
+several threads at once. Every runtime session of the package opens through `sessions` (`RuntimeOptions`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from ..errors import CamInferError
 from .base import Backend
 from .onnxruntime import OnnxRuntimeBackend
 from .openvino import OpenVINOBackend
+from .sessions import RuntimeOptions
 
 BACKENDS: dict[str, type[Backend]] = {
     "onnxruntime": OnnxRuntimeBackend,
@@ -61,4 +63,5 @@ def check_backend(bundle, backend_name: str, device: str) -> str:
     return f"runs on    {backend.describe()}: {'yes' if ok else 'NO'}, {ms:.1f} ms per image (batch 1)"
 
 
-__all__ = ["BACKENDS", "CHOICES", "Backend", "check_backend", "OnnxRuntimeBackend", "OpenVINOBackend", "load_backend"]
+__all__ = ["BACKENDS", "CHOICES", "Backend", "check_backend", "OnnxRuntimeBackend", "OpenVINOBackend", "RuntimeOptions",
+           "load_backend"]

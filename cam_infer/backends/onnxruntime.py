@@ -2,59 +2,33 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from ..bundle import Bundle
-from ..errors import CamInferError
 from .base import Backend
-
-PROVIDERS = {"cpu": "CPUExecutionProvider", "openvino": "OpenVINOExecutionProvider"}
-SPINNING = {True: {"session.intra_op.allow_spinning": "1"},
-            "during-run": {"session.intra_op.allow_spinning": "1", "session.force_spinning_stop": "1"},
-            False: {"session.intra_op.allow_spinning": "0"}}
-
-
-def set_spinning(options, spinning: "bool | str") -> None:
-    """How idle intra-op threads wait for work: busy-waiting between runs too (True, ONNX Runtime's default:
-    the fastest back-to-back runs, the cores kept busy), busy-waiting only while a run lasts ("during-run":
-    no futex wake-up per operator, the cores free once the run returns), or sleeping (False)."""
-    if not isinstance(spinning, (bool, str)) or spinning not in SPINNING:
-        raise CamInferError(f"spinning must be True, False or 'during-run', not {spinning!r}")
-    for key, value in SPINNING[spinning].items():
-        options.add_session_config_entry(key, value)
+from .sessions import RuntimeOptions, onnxruntime_session
 
 
 class OnnxRuntimeBackend(Backend):
     """Options: ``provider`` (``cpu`` | ``openvino``), ``device`` (CPU; with the OpenVINO
-    provider also GPU/NPU), ``threads``, ``memory_budget_mb``, ``spinning`` (True, False or
-    "during-run": how idle worker threads wait, `set_spinning`)."""
+    provider also GPU/NPU), ``threads``, ``precision`` (``f32``; ``auto``; with the OpenVINO provider also
+    ``f16``), ``memory_budget_mb``, ``spinning`` (True, False or "during-run": how idle worker threads wait,
+    `sessions.RuntimeOptions`). Sessions run from any number of threads at once (ONNX Runtime's ``run`` is
+    thread-safe)."""
 
     name = "onnxruntime"
 
     def __init__(self, bundle: Bundle, *, provider: str = "cpu", device: str = "CPU", threads: int | None = None,
-                 memory_budget_mb: float = 256, spinning: "bool | str" = True):
+                 memory_budget_mb: float = 256, spinning: "bool | str" = True, precision: str = "f32"):
         super().__init__(bundle, memory_budget_mb=memory_budget_mb, threads=threads)
-        import onnxruntime as ort
-
-        if provider not in PROVIDERS:
-            raise CamInferError(f"unknown ONNX Runtime provider '{provider}'; choose one of: {', '.join(PROVIDERS)}")
-        if provider == "cpu" and device.upper() != "CPU":
-            raise CamInferError(f"ONNX Runtime's CPU provider cannot use device '{device}'; use device='CPU', "
-                                "provider='openvino', or backend='openvino'")
-        if PROVIDERS[provider] not in ort.get_available_providers():
-            raise CamInferError(f"the ONNX Runtime provider '{provider}' is not installed here "
-                                "(for OpenVINO: pip install onnxruntime-openvino)")
-        providers = ([(PROVIDERS[provider], {"device_type": device.upper()})] if provider == "openvino" else []) + \
-            ["CPUExecutionProvider"]
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.intra_op_num_threads = threads or 0
-        options.inter_op_num_threads = 1
-        set_spinning(options, spinning)
-        self.provider, self.device = provider, device.upper()
-        self._options, self._providers = options, providers
+        self.runtime = RuntimeOptions(threads=threads, precision=precision, device=device, provider=provider,
+                                      spinning=spinning)
+        self.provider, self.device = provider, self.runtime.device
         self._sessions: dict = {}
         self._names: dict = {}
+        self._opening = threading.Lock()
         self.joins = bundle.graph_format == "onnx"
         if self.joins:
             with bundle.joined_file() as source:
@@ -64,11 +38,11 @@ class OnnxRuntimeBackend(Backend):
     def _session(self, role: str, source: "str | bytes | None" = None):
         """The session of graph `role`, made once; further graphs (a detector's branches) on first use."""
         if role not in self._sessions:
-            import onnxruntime as ort
-            s = ort.InferenceSession(source or str(self.bundle.graph_path(role)), self._options,
-                                     providers=self._providers)
-            self._sessions[role] = s
-            self._names[role] = s.get_inputs()[0].name
+            with self._opening:
+                if role not in self._sessions:
+                    s = onnxruntime_session(source or self.bundle.graph_path(role), self.runtime)
+                    self._names[role] = s.get_inputs()[0].name
+                    self._sessions[role] = s
         return self._sessions[role]
 
     def _run(self, role: str, x: np.ndarray) -> list[np.ndarray]:

@@ -5,9 +5,14 @@ the bundle's head graph in torch (`gradients.onnx_in_torch`), which the bundle v
 model after the layer; gradients(x, a, targets) differentiates the model's own score. The model's
 parameters, ``requires_grad`` flags and train/eval mode are never changed: the hook hands the rest
 of the model a fresh leaf tensor and `torch.autograd.grad` differentiates only with respect to it.
+
+Threads: a hook on the user's module sees every pass through it, whichever thread runs it, so passes
+through the model take turns (a lock); the head graph runs in any number of threads at once.
 """
 
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 
@@ -39,6 +44,7 @@ class TorchBackend(Backend):
         self._head_gradients = HeadGradients(bundle) if bundle.output_kind == "probabilities" else None
         if threads:
             self.torch.set_num_threads(int(threads))
+        self._model_pass = threading.Lock()         # one pass through the hooked model at a time
 
     def _run(self, role: str, x: np.ndarray) -> list[np.ndarray]:
         torch = self.torch
@@ -51,19 +57,20 @@ class TorchBackend(Backend):
                 captured["a"] = output
                 raise _Stop
 
-            handle = self.module.register_forward_hook(stop)
-            try:
-                self.model(torch.from_numpy(x))
-            except _Stop:
-                pass
-            finally:
-                handle.remove()
+            with self._model_pass:
+                handle = self.module.register_forward_hook(stop)
+                try:
+                    self.model(torch.from_numpy(x))
+                except _Stop:
+                    pass
+                finally:
+                    handle.remove()
             return [captured["a"].numpy()]
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         torch = self.torch
         x = self._checked(x, self.bundle.input_shape, "input images")
-        with torch.no_grad():
+        with torch.no_grad(), self._model_pass:
             return self.model(torch.from_numpy(x)).reshape(len(x), -1).numpy()
 
     def gradients(self, x: np.ndarray, activations: np.ndarray, targets: np.ndarray, objective=None) -> np.ndarray:
@@ -80,13 +87,16 @@ class TorchBackend(Backend):
             leaf["a"] = output.detach().requires_grad_(True)
             return leaf["a"]
 
-        handle = self.module.register_forward_hook(swap)
-        try:
-            with torch.enable_grad():
-                scores = self.model(torch.from_numpy(self._checked(x, self.bundle.input_shape, "input images")))
-                return score_gradients(torch, scores, leaf["a"], targets, objective)
-        finally:
-            handle.remove()
+        x = self._checked(x, self.bundle.input_shape, "input images")
+        with self._model_pass:
+            handle = self.module.register_forward_hook(swap)
+            try:
+                with torch.enable_grad():
+                    scores = self.model(torch.from_numpy(x))
+            finally:
+                handle.remove()
+        with torch.enable_grad():
+            return score_gradients(torch, scores, leaf["a"], targets, objective)
 
     def describe(self) -> str:
         return f"torch {self.torch.__version__} ({type(self.model).__name__})"

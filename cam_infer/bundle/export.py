@@ -127,12 +127,12 @@ def _export_legacy(torch, model, x, path: Path, opset: int | None) -> None:
 
 
 def _compare_with_torch(torch, model, onnx_path: Path, prep: Preprocessing) -> float:
-    import onnxruntime as ort
+    from ..backends.sessions import FLOAT32, onnxruntime_session
 
     x = random_images(prep, 2, seed=7)
     with torch.no_grad():
         expected = model(torch.from_numpy(x)).numpy().reshape(2, -1)
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    session = onnxruntime_session(onnx_path, FLOAT32)
     got = session.run(None, {session.get_inputs()[0].name: x})[0].reshape(2, -1)
     diff = float(np.max(np.abs(got - expected)))
     if diff > 1e-3 * max(1.0, float(np.max(np.abs(expected)))):

@@ -47,11 +47,9 @@ def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
 
 
 def _runs_on_onnxruntime(model: onnx.ModelProto) -> bool:
-    import onnxruntime as ort
-    options = ort.SessionOptions()
-    options.log_severity_level = 4
+    from ..backends.sessions import FLOAT32, onnxruntime_session
     try:
-        ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        onnxruntime_session(model, FLOAT32, quiet=True)
         return True
     except Exception:
         return False
@@ -67,17 +65,15 @@ def _shapes_from_a_run(model: onnx.ModelProto, image: onnx.ValueInfoProto, names
     """Shapes and types ONNX's inference cannot give (contrib ops such as com.microsoft.QLinearAdd): run
     the model once on a zero image of the concrete size with those tensors as extra outputs."""
     import numpy as np
-    import onnxruntime as ort
+
+    from ..backends.sessions import FLOAT32, onnxruntime_session
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     known = {o.name for o in probe.graph.output}
     probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in known)
-    options = ort.SessionOptions()
-    options.log_severity_level = 4
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
-        session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        session = onnxruntime_session(probe, FLOAT32, quiet=True, optimize=False)
         tt = image.type.tensor_type
         x = np.zeros([d.dim_value for d in tt.shape.dim], helper.tensor_dtype_to_np_dtype(tt.elem_type))
         values = session.run(names, {image.name: x})

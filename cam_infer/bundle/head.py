@@ -9,7 +9,8 @@ use `LinearHead`; the Explainer checks it against the real head graph before tru
 
 from __future__ import annotations
 
-import os
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,33 +37,35 @@ class LinearSource:
 
 @dataclass(frozen=True)
 class LinearHead:
+    """``open_session``: opens an ONNX Runtime session of a graph, for the large products (the Explainer gives
+    its own, with its threads); None: every product in NumPy."""
+
     weight: np.ndarray     # (C,K)
     bias: np.ndarray       # (C,)
     source: LinearSource = LinearSource()
+    open_session: Callable | None = field(default=None, repr=False, compare=False)
     _session: list = field(default_factory=list, repr=False, compare=False)   # the runtime product, once made
+    _opening: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def logits(self, pooled: np.ndarray) -> np.ndarray:
         """Pre-softmax scores of pooled features (...,K) → (...,C). A large float32 product (Recipro-CAM's
-        closed form over SESS's windows, a batch) runs as one Gemm in ONNX Runtime on every core, with
-        no spinning threads left behind: 3× NumPy's single-threaded product here."""
-        if pooled.dtype != np.float32 or pooled.size * len(self.bias) < LARGE_PRODUCT:
+        closed form over SESS's windows, a batch) runs as one Gemm in ONNX Runtime on the runtime's threads,
+        with no spinning threads left behind: 3× NumPy's single-threaded product here."""
+        if self.open_session is None or pooled.dtype != np.float32 or pooled.size * len(self.bias) < LARGE_PRODUCT:
             return pooled @ self.weight.T + self.bias
         flat = np.ascontiguousarray(pooled.reshape(-1, pooled.shape[-1]))
         return self._runtime_product(flat).reshape(*pooled.shape[:-1], len(self.bias))
 
     def _runtime_product(self, flat: np.ndarray) -> np.ndarray:
-        if not self._session:
-            self._session.append(gemm_session(self.weight, self.bias))
+        with self._opening:
+            if not self._session:
+                self._session.append(self.open_session(gemm_model(self.weight, self.bias)))
         return self._session[0].run(None, {"pooled": flat})[0]
 
 
-def gemm_session(weight: np.ndarray, bias: np.ndarray):
-    """An ONNX Runtime session computing pooled·Wᵀ + b, float32, on every core, its threads spinning only
-    while a run lasts."""
-    import onnxruntime as ort
+def gemm_model(weight: np.ndarray, bias: np.ndarray) -> onnx.ModelProto:
+    """A graph computing pooled·Wᵀ + b in float32: input ``pooled`` (N,K), output ``logits`` (N,C)."""
     from onnx import TensorProto, helper
-
-    from ..backends.onnxruntime import set_spinning
 
     c, k = weight.shape
     graph = helper.make_graph(
@@ -71,13 +74,7 @@ def gemm_session(weight: np.ndarray, bias: np.ndarray):
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, c])],
         [numpy_helper.from_array(np.asarray(weight, np.float32), "weight"),
          numpy_helper.from_array(np.asarray(bias, np.float32).reshape(c), "bias")])
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = os.cpu_count() or 1
-    set_spinning(options, "during-run")
-    options.enable_cpu_mem_arena = False
-    options.log_severity_level = 3
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
 
 
 def _attr(node: onnx.NodeProto, name: str, default):

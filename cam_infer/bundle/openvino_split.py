@@ -50,11 +50,11 @@ def is_openvino_source(path) -> bool:
 
 
 def _read(path: Path):
-    import openvino as ov
+    from ..backends.sessions import openvino_model
     if not path.is_file():
         raise CamInferError(f"model file '{path}' does not exist")
     try:
-        return ov.Core().read_model(str(path))
+        return openvino_model(path)
     except Exception as exc:
         raise CamInferError(f"OpenVINO cannot read '{path}' ({_message(exc)})") from None
 
@@ -406,8 +406,8 @@ def _release_batch(model) -> None:
 
 
 def _compiled(model):
-    import openvino as ov
-    return ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    from ..backends.sessions import FLOAT32, openvino_compiled
+    return openvino_compiled(model, FLOAT32)
 
 
 def _verify(model, spec: InputSpec, features, head, prep: Preprocessing, left_out, dequantize,

@@ -44,11 +44,12 @@ def as_source_input(x: np.ndarray, spec: InputSpec) -> np.ndarray:
 
 
 def session(model: onnx.ModelProto):
+    """A reference session of `model`: ONNX Runtime's CPU provider in float32, whatever explanations run at."""
     import onnxruntime as ort
+
+    from ..backends.sessions import FLOAT32, onnxruntime_session
     ort.set_default_logger_severity(4)  # a failing verification run is reported by us, not logged
-    options = ort.SessionOptions()
-    options.log_severity_level = 4
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return onnxruntime_session(model, FLOAT32, quiet=True)
 
 
 def runtime_message(exc: BaseException, limit: int | None = 600) -> str:
@@ -149,15 +150,15 @@ def compare(got: np.ndarray, expected: np.ndarray, softmax_first: bool, rtol: fl
 
 
 def openvino_runs(features: onnx.ModelProto, head: onnx.ModelProto) -> str | None:
-    """None when OpenVINO compiles both graphs on CPU, else why not (one line)."""
+    """None when OpenVINO compiles both graphs on CPU (in float32), else why not (one line)."""
     try:
-        import openvino as ov
+        import openvino  # noqa: F401
     except ImportError:
         return "openvino is not installed"
-    core = ov.Core()
+    from ..backends.sessions import FLOAT32, openvino_compiled
     for role, model in (("features", features), ("head", head)):
         try:
-            core.compile_model(core.read_model(model.SerializeToString(), b""), "CPU")
+            openvino_compiled(model, FLOAT32)
         except Exception as exc:
             return f"{role}: {runtime_message(exc, limit=None)}"
     return None

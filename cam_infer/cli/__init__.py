@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
+from ..backends.sessions import leave_the_cores_to_the_runtime
 from ..errors import CamInferError
 from . import commands
 from .arguments import build_parser
@@ -18,6 +19,7 @@ from .arguments import build_parser
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    leave_the_cores_to_the_runtime()
     try:
         code = getattr(commands, args.command)(args)
         sys.stdout.flush()          # a closed pipe shows here, inside the handlers below

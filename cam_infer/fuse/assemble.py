@@ -203,8 +203,7 @@ def fused_error(model: onnx.ModelProto, bundle: Bundle, method: str, options: di
                 class_input: bool = False, x: np.ndarray | None = None, explainer=None) -> float:
     """max |fused raw map − Explainer map| / max |Explainer map| on ONNX Runtime, per map, worst of
     all; random images unless `x`."""
-    import onnxruntime as ort
-
+    from ..backends.sessions import FLOAT32, onnxruntime_session
     from ..bundle.split import random_images
     from ..methods import get_method
 
@@ -214,7 +213,7 @@ def fused_error(model: onnx.ModelProto, bundle: Bundle, method: str, options: di
     probe.CopyFrom(model)
     if RAW_OUTPUT not in {o.name for o in probe.graph.output}:
         probe.graph.output.append(helper.make_empty_tensor_value_info(RAW_OUTPUT))
-    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = onnxruntime_session(probe, FLOAT32)
     feeds = {bundle.input_name: x}
     if class_input:
         feeds[CLASS_INPUT] = explainer.backend.forward(x).argsort(axis=1)[:, -2].astype(np.int64)  # not the top-1

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..backends.sessions import leave_the_cores_to_the_runtime
 from ..errors import CamInferError
 from .processes import cores
 
@@ -36,8 +37,9 @@ class ExplainerSpec:
     detector: bool = False
 
     def open(self):
-        """The explainer of this spec, opened once per process."""
+        """The explainer of this spec, opened once per process (a worker's: its cores are the runtime's)."""
         if self not in _OPENED:
+            leave_the_cores_to_the_runtime()
             options = {"device": self.device, **({"threads": self.threads} if self.threads else {})}
             if self.detector:
                 from ..detection.explainer import DetectionExplainer

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
+from ..backends.sessions import leave_the_cores_to_the_runtime
 from ..errors import CamInferError
 
 INSTALL = "pip install 'cam-infer[serve]'"
@@ -36,6 +37,7 @@ def serve(source, *, method: str | None = None, host: str = "127.0.0.1", port: i
 
     if max_batch < 1 or window_ms < 0 or max_body_mb <= 0:
         raise CamInferError("max batch must be ≥ 1, the batch window ≥ 0 ms and the body limit > 0 MB")
+    leave_the_cores_to_the_runtime()
     served = load_served(source, method, backend, device, threads)
     if name is None:
         path = Path(source).resolve()

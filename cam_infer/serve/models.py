@@ -183,25 +183,14 @@ class FusedRuntime:
     """A fused model's session: ONNX Runtime (default) or OpenVINO, all outputs by name."""
 
     def __init__(self, path: Path, backend: str, device: str, threads: int | None):
+        from ..backends.sessions import Lender, RuntimeOptions, onnxruntime_session, openvino_compiled
         self.backend = "onnxruntime" if backend == "auto" else backend
         if self.backend == "onnxruntime":
-            import onnxruntime as ort
-
-            from ..backends.onnxruntime import set_spinning
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = threads or 0
-            options.log_severity_level = 3
-            set_spinning(options, SPINNING)
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self.session = onnxruntime_session(path, RuntimeOptions(threads=threads, spinning=SPINNING))
             self.names = [o.name for o in self.session.get_outputs()]
-        elif self.backend == "openvino":
-            import openvino as ov
-            core = ov.Core()
-            config = {"PERFORMANCE_HINT": "LATENCY", **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
-            if device.upper().startswith("CPU"):            # float32, as the OpenVINO backend: not bf16 maps
-                config["INFERENCE_PRECISION_HINT"] = "f32"
-            compiled = core.compile_model(core.read_model(str(path)), device.upper(), config)
-            self.request = compiled.create_infer_request()
+        elif self.backend == "openvino":                     # float32, as the OpenVINO backend: not bf16 maps
+            compiled = openvino_compiled(path, RuntimeOptions(threads=threads, device=device, hint="latency"))
+            self.requests = Lender(compiled.create_infer_request)
             self.names = [p.get_any_name() for p in compiled.outputs]
         else:
             raise CamInferError(f"a fused model runs on onnxruntime or openvino, not {backend!r}")
@@ -209,8 +198,9 @@ class FusedRuntime:
     def run(self, feeds: dict) -> dict[str, np.ndarray]:
         if self.backend == "onnxruntime":
             return dict(zip(self.names, self.session.run(None, feeds)))
-        self.request.infer(feeds)
-        return {name: self.request.get_tensor(name).data.copy() for name in self.names}
+        with self.requests.borrow() as request:
+            request.infer(feeds)
+            return {name: request.get_tensor(name).data.copy() for name in self.names}
 
 
 def _tensor(value) -> dict:

@@ -175,17 +175,13 @@ FUSED_HEADER = ("| runtime | method | plain ms | fused ms | fused / plain | file
 
 def open_session(path, runtime: str):
     """A callable x → outputs for an ONNX file on ONNX Runtime or OpenVINO (CPU, latency hint, f32)."""
+    from ..backends.sessions import FLOAT32, onnxruntime_session, openvino_compiled
     if runtime == "onnxruntime":
-        import onnxruntime as ort
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        session = onnxruntime_session(path, FLOAT32)
         name = session.get_inputs()[0].name
         return lambda x: session.run(None, {name: x})
     if runtime == "openvino":
-        import openvino as ov
-        core = ov.Core()
-        compiled = core.compile_model(core.read_model(str(path)), "CPU", {
-            "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"})
-        request = compiled.create_infer_request()
+        request = openvino_compiled(path, FLOAT32.but(hint="latency")).create_infer_request()
         return lambda x: request.infer({0: x})
     raise CamInferError(f"unknown runtime '{runtime}'; choose onnxruntime or openvino")
 
