@@ -281,7 +281,7 @@ class Explainer:
         if chosen.needs == "gradients":
             ctx.gradients = self._gradients_for(method, x, activations, flat, objective)
             ctx.gradient_source = lambda xs, a, t: self._gradients_for(method, xs, a, t, objective)
-        maps = chosen(ctx, **options).astype(np.float32)
+        maps = chosen.implementation("classification")(ctx, **options).astype(np.float32)
         normalised, degenerate = normalise(maps)
         saliency = upsample(normalised, self.bundle.input_shape[1:]) if upsampled else normalised
         probabilities = ctx.probabilities(outputs)

@@ -99,13 +99,14 @@ def choose_methods(names: list[str], has_linear_head: bool) -> tuple[list[str], 
     return list(dict.fromkeys(chosen)), skipped
 
 
-def options_per_method(methods: list[str], options: dict) -> dict[str, dict]:
+def options_per_method(methods: list[str], options: dict, task: str = "classification") -> dict[str, dict]:
     """Give each method the options it takes; an option no chosen method takes is an error."""
+    taken = {m: get_method(m, task).implementation(task).options for m in methods}
     for key in options:
-        if not any(key in METHODS[m].options for m in methods):
+        if not any(key in taken[m] for m in methods):
             raise CamInferError(f"no chosen method has an option '{key}' "
-                                f"(options: {', '.join(f'{m}: {list(METHODS[m].options)}' for m in methods)})")
-    return {m: {k: v for k, v in options.items() if k in METHODS[m].options} for m in methods}
+                                f"(options: {', '.join(f'{m}: {list(taken[m])}' for m in methods)})")
+    return {m: {k: v for k, v in options.items() if k in taken[m]} for m in methods}
 
 
 def parse_option(text: str) -> tuple[str, object]:
@@ -233,6 +234,7 @@ def explain_files(explainer, paths, methods: list[str], out, *, target=None, opt
     per worker) choose where the batches are explained (`cam_infer.parallel`); the files are the same.
     `report(line)`, when given, hears what the run will cost before it starts (`cam_infer.cost`)."""
     from .cost import announce, classifier_plan
+    from .enhancers import variants
     from .parallel import ExplainerSpec, InProcess, make_runner
 
     if batch_size < 1:
@@ -277,8 +279,8 @@ def explain_files(explainer, paths, methods: list[str], out, *, target=None, opt
         batches = ([(path, names[path], tuple(m for m in methods if (str(path), m) not in done))
                     for path in todo[start:start + batch_size]] for start in range(0, len(todo), batch_size))
         if report and todo:
-            variants = [m if enhance is None else f"{m}+{enhance}" for m in methods]
-            report(announce(classifier_plan(explainer.bundle, variants, per_method, explainer.linear_head is not None,
+            shown = variants([m if enhance is None else f"{m}+{enhance}" for m in methods])
+            report(announce(classifier_plan(explainer.bundle, shown, per_method, explainer.linear_head is not None,
                                             enhancer and {enhance: enhancer["options"]}), explainer.backend))
         with Progress(len(todo) * len(methods), "explain", enabled=progress) as bar:
             for result in runner.map(work, batches):

@@ -39,9 +39,9 @@ def images(tmp_path_factory):
 
 
 def test_the_registry_knows_which_methods_depend_on_the_class():
-    from cam_infer.detection.methods import DETECTION_METHODS
+    from cam_infer.methods import explaining
     assert {n for n, m in METHODS.items() if not m.class_specific} == set(AGNOSTIC)
-    assert {n for n, m in DETECTION_METHODS.items() if not m.class_specific} == {"activation", "eigen"}
+    assert {n for n in explaining("detection") if not METHODS[n].class_specific} == {"activation", "eigen"}
 
 
 def test_a_method_without_an_onnx_builder_can_say_it_is_class_agnostic(shapes, images):

@@ -161,7 +161,7 @@ def test_recipro_at_the_detect_inputs_equals_the_full_sweep_of_every_cell(bundle
     ctx, found = context(ex)
     from cam_infer.detection.targets import Target
     target = Target(found.boxes[0], int(found.classes[0]), int(found.anchors[0]), float(found.scores[0]), 0)
-    from cam_infer.detection.methods import same_unit
+    from cam_infer.methods.levels import same_unit
     session = head_session(bundles["detect-input"])
     maps = {}
     for li, level in enumerate(ctx.levels):
@@ -178,7 +178,7 @@ def test_recipro_at_the_detect_inputs_equals_the_full_sweep_of_every_cell(bundle
         assert li == own or np.ptp(m) == 0
     expected = same_unit({own: maps[own]}, (320, 320))
     got = ex.explain(PHOTO, "recipro", targets=0)
-    from cam_infer.detection.methods.recipro import recipro_map
+    from cam_infer.methods.recipro import recipro_map
     raw = recipro_map(ctx, target, "anchor", 1)
     np.testing.assert_allclose(raw, expected, atol=1e-4 * np.abs(expected).max())
     assert ctx.head_rows == 0 and 0 < ctx.branch_rows <= 26   # its own level's window + 1, as 5×5 crops
@@ -237,7 +237,7 @@ def test_ablation_equals_zeroing_each_channel_through_the_head_graph(bundles, ex
     ex = explainers["onnxruntime"]
     ctx, found = context(ex)
     d = ex.explain(PHOTO, "ablation", targets=1).items[0][0]
-    from cam_infer.detection.methods import unit_free
+    from cam_infer.methods.levels import unit_free
     from cam_infer.postprocess import normalise
     session = head_session(bundles["detect-input"])
     level = int(ctx.grid.level[d.anchor])
@@ -258,14 +258,14 @@ def test_score_cam_weights_are_the_match_scores_of_the_unsplit_model(explainers)
     ex = explainers["onnxruntime"]
     ctx, found = context(ex)
     d = ex.explain(PHOTO, "score", targets=0, top_k=3).items[0][0]
-    from cam_infer.detection.methods import unit_free
+    from cam_infer.methods.levels import unit_free
     from cam_infer.detection.targets import Target
     from cam_infer.methods.masked_passes import masks
     from cam_infer.postprocess import normalise
     target = Target(np.array(d.box), d.class_id, d.anchor, d.score, 0)
     maps = {}
     for li, a in enumerate(ctx.level_maps()):
-        channels = np.argsort(-a.mean(axis=(1, 2)), kind="stable")[:3]
+        channels = np.argsort(-a.reshape(len(a), -1).std(axis=1), kind="stable")[:3]   # top_k: largest spatial std
         m, valid = masks(a, channels, (320, 320), "upsample-then-normalise")
         outputs = full_model_output((ctx.x * m[:, None]).astype(np.float32))
         w = np.zeros(len(a), np.float32)

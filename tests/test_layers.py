@@ -38,13 +38,7 @@ LAYERS = {
 }
 
 # importer → imported: what issue 26 removes, by its numbered item.
-ALLOWED = {
-    ("cost", "enhancers"): "item 2: enhancers registered with the methods, the cost read from one registry",
-    ("methods.registry", "cost"): "item 2: one method spec per method, its cost beside it (cost ↔ registries)",
-    ("detection.methods", "cost"): "item 2: one method spec per method, its cost beside it (cost ↔ registries)",
-    ("detection.methods", "detection.explainer"): "item 2: detection methods in methods/, on the task's context",
-    ("methods.masked_passes", "methods.score"): "item 2: the masked_passes ↔ score cycle",
-}
+ALLOWED: dict[tuple[str, str], str] = {}
 
 
 def module_name(path: Path) -> str:

@@ -106,12 +106,13 @@ def _cost(spec, options: AuditOptions, runner) -> str:
     """The methods' cost line; timed on the explainer the images will use when they are worked on here."""
     from ..bundle import Bundle
     from ..cost import announce, classifier_plan, reads_linear_head
+    from ..enhancers import variants
     from ..parallel import InProcess
 
     explainer = spec.open() if isinstance(runner, InProcess) else None
     bundle = explainer.bundle if explainer else Bundle.load(spec.bundle)
     linear = explainer.linear_head is not None if explainer else reads_linear_head(bundle)
-    plan = classifier_plan(bundle, options.methods, options.method_options, linear, options.enhance_options)
+    plan = classifier_plan(bundle, variants(options.methods), options.method_options, linear, options.enhance_options)
     return announce(plan, explainer and explainer.backend)
 
 

@@ -69,7 +69,7 @@ def preprocessing_fields(args) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     from ..tools.bench import ALL_CASES, CASES, GRADIENT_CASES
     from ..fuse import fusable
-    from ..methods import GRADIENT, GRADIENT_FREE, METHODS
+    from ..methods import GRADIENT, GRADIENT_FREE, METHODS, explaining, in_all
     from ..methods.registry import DEFAULT_METHOD
 
     parser = argparse.ArgumentParser(prog="cam-infer", description="Class activation maps for deployed models.")
@@ -116,7 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default=DEFAULT_METHOD,
                    help=f"{', '.join(GRADIENT_FREE)}, comma-separated names, or 'all' (these); default {DEFAULT_METHOD}. "
                         f"Also {', '.join(n for n, m in METHODS.items() if not m.in_all and not m.gradient)} "
-                        f"(many passes, by name only); with torch {', '.join(GRADIENT)}")
+                        f"(many passes, by name only); with torch {', '.join(GRADIENT)}. A detector: "
+                        f"{', '.join(in_all('detection'))} ('all'), also "
+                        f"{', '.join(sorted(set(explaining('detection')) - set(in_all('detection'))))} by name")
     _options(p)
     p.add_argument("--target", help="class to explain, by index or label (default: each image's top-1)")
     _out(p, "folder for the overlays and results.json", "start over in --out instead of resuming")

@@ -96,15 +96,13 @@ def explain(args) -> int:
     return 0
 
 
-DETECTION_ALL = ["activation", "eigen", "recipro", "ablation"]
-
-
 def explain_detections(args) -> int:
     from ..detection.explainer import DetectionExplainer
     from ..detection.runs import explain_detection_files, summary_lines
     from ..runs import parse_option
+    from ..methods import in_all
     names = [m.strip() for m in args.method.split(",") if m.strip()]
-    methods = DETECTION_ALL if names == ["all"] else names
+    methods = in_all("detection") if names == ["all"] else names
     for flag in ("target", "finer", "enhance"):
         if getattr(args, flag) is not None:
             raise CamInferError(f"--{flag} is for classifiers; for detections use --detections, --classes or --box")
@@ -200,8 +198,10 @@ def audit(args) -> int:
 
 def audit_detections(args) -> int:
     from ..detection.audit import run_detection_audit, summary_lines
+    from ..methods import in_all
     from ..runs import parse_option
-    methods = DETECTION_ALL if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
+    names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = in_all("detection") if names == ["all"] else names
     options: dict = {}
     for text in args.option:
         key, value = parse_option(text)

@@ -31,13 +31,13 @@ from ..audit.report import CSV_NAME, HTML_NAME, MetricsFile, write_atomically, w
 from ..audit.work import thumbnail_png
 from ..errors import CamInferError, UnreadableImage
 from ..images import load_image
+from ..methods import get_method
 from ..metrics import energy_pointing, pointing_hit
 from ..outputs import OutputLock, fingerprint, prepare_folder
 from ..progress import Progress
 from ..runs import collect_images
 from .decode import iou
 from .explainer import DetectionExplainer
-from .methods import get_detection_method
 
 ROWS, SUMMARY, INPUTS = "rows.jsonl", "summary.json", "inputs.json"
 MEANS = ("energy", "box_fraction", "pointing", "specificity", "truth_iou", "marker_energy", "marker_fraction")
@@ -58,11 +58,13 @@ def run_detection_audit(bundle, images, methods, out, *, boxes=None, backend: st
     """`workers`, `ray` and `threads` choose where the images are worked on (`cam_infer.parallel`);
     `report(line)`, when given, hears what the methods will cost before the run starts (`cam_infer.cost`)."""
     from ..cost import announce, detection_plan
+    from .explainer import DetectionContext
+    from .targets import central_targets
     from ..parallel import ExplainerSpec, InProcess, make_runner
 
     explainer = DetectionExplainer(bundle, backend=backend, device=device)
     for m in methods:
-        get_detection_method(m)
+        get_method(m, "detection")
     runner = make_runner(workers, ray, threads)
     truth = load_boxes(boxes, explainer.bundle)
     found = collect_images(images)
@@ -87,7 +89,9 @@ def run_detection_audit(bundle, images, methods, out, *, boxes=None, backend: st
         work = DetectionAuditWork(spec, tuple(methods), tolerance, conf, options or {})
         items = ((image, boxes_for(truth, image, images) or []) for image in todo)
         if report and todo:
-            report(announce(detection_plan(explainer, methods, options), explainer.backend, detector=True))
+            counted_on = DetectionContext(explainer, None, None, None), central_targets(explainer.grid)
+            report(announce(detection_plan(*counted_on, {m: get_method(m) for m in methods}, options),
+                            explainer.backend, detector=True))
         with Progress(len(todo), "audit", enabled=progress) as bar, open(out / ROWS, "a") as sink:
             for result in runner.map(work, items):
                 if "error" in result:

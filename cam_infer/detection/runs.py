@@ -14,9 +14,8 @@ from ..explanation import _safe
 from ..outputs import OutputLock, prepare_folder
 from ..postprocess import check_overlay_options, encode_png
 from ..progress import Progress
-from ..runs import Results, collect_images, overlay_names, read_stamped
+from ..runs import Results, collect_images, options_per_method, overlay_names, read_stamped
 from .explainer import DetectionExplainer
-from .methods import get_detection_method
 
 
 def explain_detection_files(explainer: DetectionExplainer, paths, methods: list[str], out, *, targets="all",
@@ -26,13 +25,15 @@ def explain_detection_files(explainer: DetectionExplainer, paths, methods: list[
                             threads: int | None = None, report=None) -> Results:
     """`report(line)`, when given, hears what the run will cost before it starts (`cam_infer.cost`)."""
     from ..cost import announce, detection_plan
+    from ..methods import get_method
+    from .explainer import DetectionContext
+    from .targets import central_targets
     from ..parallel import ExplainerSpec, InProcess, make_runner
 
     check_overlay_options(colormap, alpha)
     if on not in ("original", "model"):
         raise CamInferError(f"overlays go on the 'original' image or the 'model' view, not {on!r}")
-    for m in methods:
-        get_detection_method(m)
+    per_method = options_per_method(methods, options or {}, "detection")
     explainer._thresholds(conf, iou, None)
     for c in classes or []:                      # an unknown class is refused before the run, not on its first image
         class_index(c, explainer.labels, explainer.bundle.num_classes)
@@ -53,11 +54,11 @@ def explain_detection_files(explainer: DetectionExplainer, paths, methods: list[
         done = results.done()
         names = overlay_names(found.files)
         todo = [i for i in found.files if any((str(i), m) not in done for m in methods)]
-        work = DetectionWork(spec, tuple(methods), targets, classes, boxes, conf, iou, options or {}, colormap, alpha,
-                             on)
+        work = DetectionWork(spec, tuple(methods), targets, classes, boxes, conf, iou, per_method, colormap, alpha, on)
         items = ((path, names[path], tuple(m for m in methods if (str(path), m) not in done)) for path in todo)
         if report and todo:
-            report(announce(detection_plan(explainer, methods, {m: options or {} for m in methods}),
+            counted_on = DetectionContext(explainer, None, None, None), central_targets(explainer.grid)
+            report(announce(detection_plan(*counted_on, {m: get_method(m) for m in methods}, per_method),
                             explainer.backend, detector=True))
         with Progress(len(todo) * len(methods), "explain", enabled=progress) as bar:
             for result in runner.map(work, items):
@@ -79,7 +80,7 @@ class DetectionWork:
     boxes: object
     conf: float | None
     iou: float | None
-    options: dict
+    options: dict                           # method → its options
     colormap: str
     alpha: float
     on: str
@@ -94,7 +95,7 @@ class DetectionWork:
         explainer = self.spec.open()
         for method in (m for m in self.methods if m in needed):
             e = explainer.explain([rgb], method, targets=self.targets, classes=self.classes, boxes=self.boxes,
-                                  conf=self.conf, iou=self.iou, **self.options)
+                                  conf=self.conf, iou=self.iou, **self.options[method])
             overlay = f"{name}_{method}.png"
             out["pictures"][overlay] = encode_png(e.overlay(0, on=self.on, colormap=self.colormap, alpha=self.alpha))
             detections = []

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from ..explainer import Explainer
-from ..methods import GRADIENT_FREE
+from ..methods import GRADIENT_FREE, in_all
 from ..metrics import pointing_hit
 from ..postprocess import caption, overlay, with_caption, with_colour_bar, write_png
 from .synthetic import SPLITS, scene
@@ -84,7 +84,7 @@ def run_detection_demo(out: Path, backend: str, scale: int, report=print) -> Non
     s = detection_scene(DEMO_SEED, 3)
     tiles = [_with_boxes(s.image, s.boxes, scale)]
     lines = []
-    for method in ("eigen", "recipro", "ablation"):
+    for method in in_all("detection"):
         e = ex.explain([s.image], method)
         title = caption(method, None, None, None) if e.class_agnostic else method
         tiles.append(_labelled(_detections_panel(e, s.image), title, scale))
