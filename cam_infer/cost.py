@@ -1,8 +1,8 @@
 """What a run will cost, said before it starts: runtime passes per image for each chosen method, from the
-method registries' ``passes`` (classifiers: `methods.registry`; detectors: `detection.methods`), and a rough
+method registry's ``passes`` of each task (`methods.registry`), and a rough
 time from one measured pass of each kind.
 
-    plan = classifier_plan(explainer.bundle, ["recipro", "score"], options, linear_head=True)
+    plan = classifier_plan(explainer.bundle, variants(["recipro", "score"]), options, linear_head=True)
     print(cost_line(plan, measure(explainer.backend)))
     # cost per image: recipro 1 model pass; score ≤ 1281 model passes (≈ 21 s) — a model pass 16 ms, …
 
@@ -83,22 +83,17 @@ def clean_pass() -> Passes:
     return Passes(model=1)
 
 
-def classifier_plan(bundle, methods, options: dict | None = None, linear_head: bool = False,
+def classifier_plan(bundle, variants: dict, options: dict | None = None, linear_head: bool = False,
                     enhancers: dict | None = None) -> list[MethodCost]:
-    """Passes per image of each classifier method (``name`` or ``name+enhancer``) with its options
-    (``options[name]``) and the enhancer's (``enhancers[enhancer]``)."""
-    from .enhancers import get_enhancer, split_variant
-    from .methods import get_method
-
+    """Passes per image of each classifier method: `variants` maps each name (``name`` or ``name+enhancer``) to its
+    (`MethodSpec`, `Enhancer` or None), as `enhancers.variants` gives them; with its options (``options[name]``) and
+    the enhancer's (``enhancers[enhancer]``)."""
     plan = []
-    for name in methods:
-        base, enhancer = split_variant(name)
-        spec = get_method(base)
-        chosen = (options or {}).get(name, (options or {}).get(base, {}))
+    for name, (spec, enhancer) in variants.items():
+        chosen = (options or {}).get(name, (options or {}).get(spec.name, {}))
         passes = clean_pass() + spec.passes(tuple(bundle.activation_shape), chosen, linear_head)
         if enhancer is not None:
-            passes = passes * get_enhancer(enhancer).passes(*bundle.input_shape[1:],
-                                                            **(enhancers or {}).get(enhancer, {}))
+            passes = passes * enhancer.passes(*bundle.input_shape[1:], **(enhancers or {}).get(enhancer.name, {}))
         plan.append(MethodCost(name, passes))
     return plan
 
@@ -113,17 +108,26 @@ def reads_linear_head(bundle) -> bool:
         read_linear_head(onnx.load(bundle.head_path), bundle.activation_shape[0]) is not None
 
 
-def detection_plan(explainer, methods, options: dict | None = None) -> list[MethodCost]:
-    """Passes per image, and per detection, of each detector method: the most any detection can take
-    (a detection at the centre of its level's grid, for every level)."""
-    from .detection.methods import get_detection_method
+def detection_plan(ctx, targets, specs: dict, options: dict | None = None) -> list[MethodCost]:
+    """Passes per image, and per detection, of each detector method (`specs`: name → `MethodSpec`): the most any
+    of `targets` can take, counted on `ctx`, a detection context without an image (`central_targets`: a detection
+    at the centre of each level's grid)."""
+    return [MethodCost(name, clean_pass() + per_image, per_target) for name, spec in specs.items()
+            for per_image, per_target in [detection_passes(spec.implementation("detection"), ctx, targets,
+                                                           (options or {}).get(name, {}))]]
 
-    plan = []
-    for name in methods:
-        spec = get_detection_method(name)
-        per_image, per_target = spec.passes(explainer, (options or {}).get(name, {}))
-        plan.append(MethodCost(name, clean_pass() + per_image, per_target))
-    return plan
+
+def detection_passes(code, ctx, targets, options: dict) -> tuple[Passes, Passes | None]:
+    """(passes per image beyond the clean pass, passes per explained detection, the most of `targets`) of a
+    method's detector implementation (`methods.registry.Implementation`) with these options."""
+    code.check_options(options)
+    per_image = code.image_passes(ctx, **options) if code.image_passes else Passes()
+    if code.passes is None:
+        return per_image, None
+    per_target = [code.passes(ctx, t, **options) for t in targets]
+    most = max(per_target, key=lambda p: sum(p.counts().values()))
+    bound = len({tuple(p.counts().values()) for p in per_target}) > 1 or most.bound
+    return per_image, Passes(**most.counts(), bound=bound)
 
 
 def measure(backend, detector: bool = False, rows: int = 4) -> dict[str, float]:

@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import CamInferError, MethodNotApplicable
 from .jobs.explain import Results
-from .jobs.folders import IMAGE_SUFFIXES, collect_images, overlay_names, read_stamped  # noqa: F401  (compatibility)
+from .jobs.folders import collect_images, overlay_names, read_stamped
 from .methods import GRADIENT_FREE, METHODS, get_method
 from .methods.registry import class_agnostic, class_agnostic_note
 from .postprocess import (caption, check_overlay_options, check_overlays, class_fields, encode_map, encode_picture,
@@ -42,13 +42,14 @@ def choose_methods(names: list[str], has_linear_head: bool) -> tuple[list[str], 
     return list(dict.fromkeys(chosen)), skipped
 
 
-def options_per_method(methods: list[str], options: dict) -> dict[str, dict]:
+def options_per_method(methods: list[str], options: dict, task: str = "classification") -> dict[str, dict]:
     """Give each method the options it takes; an option no chosen method takes is an error."""
+    taken = {m: get_method(m, task).implementation(task).options for m in methods}
     for key in options:
-        if not any(key in METHODS[m].options for m in methods):
+        if not any(key in taken[m] for m in methods):
             raise CamInferError(f"no chosen method has an option '{key}' "
-                                f"(options: {', '.join(f'{m}: {list(METHODS[m].options)}' for m in methods)})")
-    return {m: {k: v for k, v in options.items() if k in METHODS[m].options} for m in methods}
+                                f"(options: {', '.join(f'{m}: {list(taken[m])}' for m in methods)})")
+    return {m: {k: v for k, v in options.items() if k in taken[m]} for m in methods}
 
 
 def parse_option(text: str) -> tuple[str, object]:
@@ -75,6 +76,7 @@ def explain_files(explainer, paths, methods: list[str], out, *, target=None, opt
     per worker) choose where the batches are explained (`cam_infer.parallel`); the files are the same.
     `report(line)`, when given, hears what the run will cost before it starts (`cam_infer.cost`)."""
     from .cost import announce, classifier_plan
+    from .enhancers import variants
     from .jobs.driver import spec_for
     from .jobs.explain import explain_job
     from .parallel import make_runner
@@ -103,8 +105,8 @@ def explain_files(explainer, paths, methods: list[str], out, *, target=None, opt
                        json.loads(json.dumps(finer)) if finer else None, overlays)
 
     def cost() -> str:
-        variants = [m if enhance is None else f"{m}+{enhance}" for m in methods]
-        return announce(classifier_plan(explainer.bundle, variants, per_method, explainer.linear_head is not None,
+        shown = variants([m if enhance is None else f"{m}+{enhance}" for m in methods])
+        return announce(classifier_plan(explainer.bundle, shown, per_method, explainer.linear_head is not None,
                                         enhancer and {enhance: enhancer["options"]}), explainer.backend)
 
     return explain_job(paths, out, settings, methods, work, runner, batch_size=batch_size, restart=restart,

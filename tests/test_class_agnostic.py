@@ -14,11 +14,11 @@ import pytest
 from helpers import run_cli
 
 from cam_infer import CamInferError, Explainer
-from cam_infer.demo import embedded_bundle_path, embedded_detector_path
+from cam_infer.tools.demo import embedded_bundle_path, embedded_detector_path
 from cam_infer.errors import ClassAgnosticWarning
 from cam_infer.methods import METHODS
 from cam_infer.postprocess import overlay_picture
-from cam_infer.synthetic import detection_scene, scene
+from cam_infer.tools.synthetic import detection_scene, scene
 
 AGNOSTIC = ("activation", "eigen", "entropy")
 
@@ -39,9 +39,9 @@ def images(tmp_path_factory):
 
 
 def test_the_registry_knows_which_methods_depend_on_the_class():
-    from cam_infer.detection.methods import DETECTION_METHODS
+    from cam_infer.methods import explaining
     assert {n for n, m in METHODS.items() if not m.class_specific} == set(AGNOSTIC)
-    assert {n for n, m in DETECTION_METHODS.items() if not m.class_specific} == {"activation", "eigen"}
+    assert {n for n in explaining("detection") if not METHODS[n].class_specific} == {"activation", "eigen"}
 
 
 def test_a_method_without_an_onnx_builder_can_say_it_is_class_agnostic(shapes, images):
@@ -139,8 +139,8 @@ def test_the_audit_marks_class_agnostic_rows_and_scores_them_on_the_top_1(images
 
 @pytest.fixture(scope="module")
 def detector():
-    from cam_infer.detection import DetectionExplainer
-    return DetectionExplainer(embedded_detector_path(), backend="onnxruntime")
+    from cam_infer import Explainer
+    return Explainer(embedded_detector_path(), backend="onnxruntime")
 
 
 def test_a_detector_gives_one_class_agnostic_map_per_image_not_one_per_detection(detector, tmp_path):

@@ -14,6 +14,7 @@ from helpers import run_cli
 
 from cam_infer import Explainer
 from cam_infer.cost import classifier_plan, cost_line, detection_plan
+from cam_infer.enhancers import variants
 from cam_infer.methods import GRADIENT_FREE
 
 
@@ -41,7 +42,7 @@ def test_announced_passes_are_the_passes_run(tiny_bundle, backend):
     explainer = Explainer(tiny_bundle, backend=backend)
     x = np.random.default_rng(0).random((1, *tiny_bundle.input_shape), np.float32)
     cases = {"recipro": {"closed_form": False}, "ablation": {"closed_form": False}, "score": {}, "eigen": {}}
-    plan = {m.name: m.per_image for m in classifier_plan(tiny_bundle, list(cases), cases,
+    plan = {m.name: m.per_image for m in classifier_plan(tiny_bundle, variants(cases), cases,
                                                          explainer.linear_head is not None)}
     k, h, w = tiny_bundle.activation_shape
     a = explainer.backend.features(x)[0]
@@ -65,7 +66,7 @@ def test_announced_passes_are_the_passes_run(tiny_bundle, backend):
 def test_closed_forms_announce_no_head_rows(tiny_bundle):
     explainer = Explainer(tiny_bundle, backend="onnxruntime")
     assert explainer.linear_head is not None
-    plan = classifier_plan(tiny_bundle, ["recipro", "ablation"], {}, True)
+    plan = classifier_plan(tiny_bundle, variants(["recipro", "ablation"]), {}, True)
     rows = counting(explainer.backend)
     for cost in plan:
         rows.clear()
@@ -75,7 +76,7 @@ def test_closed_forms_announce_no_head_rows(tiny_bundle):
 
 def test_enhancer_multiplies_the_methods_passes(tiny_bundle):
     from cam_infer.enhancers import get_enhancer
-    plain, enhanced = classifier_plan(tiny_bundle, ["score", "score+evet"], {}, True)
+    plain, enhanced = classifier_plan(tiny_bundle, variants(["score", "score+evet"]), {}, True)
     inputs = get_enhancer("evet").passes(*tiny_bundle.input_shape[1:])
     assert inputs > 1 and enhanced.per_image.model == plain.per_image.model * inputs
 
@@ -90,7 +91,7 @@ def test_method_all_says_its_cost_before_the_run(tmp_path, tiny_bundle):
     assert first.startswith("cost per image: ") and "measured a model pass" in first, result.stdout
     explainer = Explainer(tiny_bundle)
     methods = [m for m in GRADIENT_FREE if m != "cam" or explainer.linear_head is not None]
-    for cost in classifier_plan(tiny_bundle, methods, {}, explainer.linear_head is not None):
+    for cost in classifier_plan(tiny_bundle, variants(methods), {}, explainer.linear_head is not None):
         assert f"{cost.name} {cost.per_image.describe()}" in first
     assert re.search(r"score ≤ (\d+) model passes", first).group(1) == str(1 + tiny_bundle.activation_shape[0])
 
@@ -106,28 +107,32 @@ def test_cost_line_says_bounds_and_times():
 @needs_shared
 @pytest.mark.slow
 def test_detector_passes_are_the_rows_run(tmp_path):
-    from cam_infer.detection.explainer import DetectionContext, DetectionExplainer
-    from cam_infer.detection.methods import central_targets, get_detection_method
+    from cam_infer import Explainer
+    from cam_infer.detection.context import DetectionContext
     from cam_infer.detection.split import split_detector
+    from cam_infer.detection.targets import central_targets
+    from cam_infer.methods import get_method
     model = SHARED / "deployed" / "nudenet_320n.onnx"
     for cut, options in (("detect-input", {}), ("backbone", {"block": 8})):
-        explainer = DetectionExplainer(split_detector(model, tmp_path / cut, cut=cut), backend="onnxruntime")
+        explainer = Explainer(split_detector(model, tmp_path / cut, cut=cut), backend="onnxruntime")
         x, _, _ = explainer._inputs([SHARED / "deployed" / "basketball1.png"])
         packed, outputs = explainer.backend.observe(x)
         rows = counting(explainer.backend)
         for name in ("recipro", "ablation"):
-            (cost,) = detection_plan(explainer, [name], {name: options})
+            chosen = options if name == "recipro" else {}                       # block: a Recipro-CAM option
+            counted_on = DetectionContext(explainer, None, None, None), central_targets(explainer.grid)
+            (cost,) = detection_plan(*counted_on, {name: get_method(name)}, {name: chosen})
             per_level = []
             for target in central_targets(explainer.grid):
                 rows.clear()
                 ctx = DetectionContext(explainer, x, packed[0], outputs[0])
-                get_detection_method(name).fn(ctx, [target], **options)
+                get_method(name).implementation("detection")(ctx, [target], **chosen)
                 crops = sum(n for role, n in rows.items() if role.startswith("branch_"))
                 per_level.append((crops, rows["head"]))
             most = max(per_level, key=sum)
             assert (cost.per_target.crops, cost.per_target.head) == most, (cut, name, per_level)
         if cut == "backbone":
-            assert detection_plan(explainer, ["recipro"])[0].per_target.head == 40 * 40 + 1
+            assert detection_plan(*counted_on, {"recipro": get_method("recipro")})[0].per_target.head == 40 * 40 + 1
 
 
 def test_piped_progress_writes_a_bounded_number_of_lines(monkeypatch):
@@ -182,7 +187,7 @@ def test_near_uniform_is_the_fraction_above_half_the_range():
 
 
 def test_healthy_maps_are_not_flagged():
-    from cam_infer.demo import DEMO_SEED, SPLITS, embedded_bundle_path, scene
+    from cam_infer.tools.demo import DEMO_SEED, SPLITS, embedded_bundle_path, scene
     explainer = Explainer(embedded_bundle_path())
     x = explainer.preprocess([scene(split, DEMO_SEED, seed).image for split in SPLITS for seed in range(2)])
     for method in GRADIENT_FREE:

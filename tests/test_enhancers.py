@@ -184,12 +184,22 @@ def test_sess_with_a_seeded_random_method_is_the_same_run_to_run(setup):
 def test_sess_refuses_bad_options(setup):
     explainer, x = setup
     for options, message in [({"scales": 0}, "at least one scale"), ({"scales": [32]}, "at least 64"),
-                             ({"pool": "median"}, "'mean' or 'max'"), ({"pre_filter": 1.0}, r"in \[0, 1\)"),
+                             ({"pool": "median"}, "'mean', 'max'"), ({"pre_filter": 1.0}, r"in \[0, 1\)"),
                              ({"step": 0}, "positive number of pixels")]:
         with pytest.raises(CamInferError, match=message):
             explainer.explain(x, "eigen", enhance="sess", enhance_options=options)
     with pytest.raises(CamInferError, match="one class per image"):
         explainer.explain(x, "recipro", enhance="sess", top_classes=2)
+
+
+@pytest.mark.parametrize("enhance", ["sess", "evet"])
+def test_an_enhancer_option_typo_is_a_one_line_error_naming_its_options(setup, enhance, tmp_path):
+    explainer, x = setup
+    with pytest.raises(CamInferError, match=f"enhancer '{enhance}' has no option scale; its options: "):
+        explainer.explain(x, "eigen", enhance=enhance, enhance_options={"scale": 2})
+    with pytest.raises(CamInferError, match="no option scale"):
+        from cam_infer.enhancers import get_enhancer
+        get_enhancer(enhance).passes(64, 64, scale=2)
 
 
 def test_evet_explains_a_batch_image_by_image_with_its_copies_in_one_batch(setup):

@@ -16,15 +16,14 @@ import pytest
 import cam_infer.parallel as parallel
 from cam_infer import Explainer
 from cam_infer.audit import AuditOptions, run_audit
-from cam_infer.demo import embedded_bundle_path, embedded_detector_path
-from cam_infer.detection import DetectionExplainer
+from cam_infer.tools.demo import embedded_bundle_path, embedded_detector_path
 from cam_infer.detection.audit import run_detection_audit
 from cam_infer.detection.runs import explain_detection_files
 from cam_infer.jobs.journal import JOURNAL
 from cam_infer.outputs import LOCK_NAME, write_atomically
 from cam_infer.parallel import OPEN_AT_MOST, ExplainerSpec, InProcess
 from cam_infer.runs import explain_files
-from cam_infer.synthetic import write_detection_scenes, write_scenes
+from cam_infer.tools.synthetic import write_detection_scenes, write_scenes
 
 SHAPES, DETECTOR = embedded_bundle_path(), embedded_detector_path()
 METHODS = ("recipro", "eigen")
@@ -38,7 +37,7 @@ def summary_of(result) -> dict:
 RUNS = {
     "explain-classifier": lambda images, out: explain_files(Explainer(SHAPES), [images], list(METHODS), out,
                                                             batch_size=2, progress=False),
-    "explain-detector": lambda images, out: explain_detection_files(DetectionExplainer(DETECTOR), [images],
+    "explain-detector": lambda images, out: explain_detection_files(Explainer(DETECTOR), [images],
                                                                     list(METHODS), out, progress=False),
     "audit-classifier": lambda images, out: run_audit(SHAPES, [images], AuditOptions(METHODS, ("adcc", "pointing")),
                                                       out, boxes=images / "boxes.json", progress=False),
@@ -176,8 +175,8 @@ def test_runners_are_task_neutral_and_open_what_the_bundle_is():
             if isinstance(node, ast.ImportFrom):
                 assert "detection" not in (node.module or ""), f"{path.name} imports {node.module}"
     parallel._OPENED.clear()
-    assert isinstance(ExplainerSpec(str(DETECTOR)).open(), DetectionExplainer)
-    assert isinstance(ExplainerSpec(str(SHAPES)).open(), Explainer)
+    assert ExplainerSpec(str(DETECTOR)).open().task.name == "detection"
+    assert ExplainerSpec(str(SHAPES)).open().task.name == "classification"
 
 
 class Watches(InProcess):

@@ -87,12 +87,13 @@ def _cost(spec, options: AuditOptions, runner) -> str:
     """The methods' cost line; timed on the explainer the images will use when they are worked on here."""
     from ..bundle import Bundle
     from ..cost import announce, classifier_plan, reads_linear_head
+    from ..enhancers import variants
     from ..parallel import InProcess
 
     explainer = spec.open() if isinstance(runner, InProcess) else None
     bundle = explainer.bundle if explainer else Bundle.load(spec.bundle)
     linear = explainer.linear_head is not None if explainer else reads_linear_head(bundle)
-    plan = classifier_plan(bundle, options.methods, options.method_options, linear, options.enhance_options)
+    plan = classifier_plan(bundle, variants(options.methods), options.method_options, linear, options.enhance_options)
     return announce(plan, explainer and explainer.backend)
 
 
@@ -113,7 +114,7 @@ def _check_options(bundle, options: AuditOptions) -> None:
     if unknown:
         raise CamInferError(f"unknown metric {', '.join(map(repr, unknown))}; metrics: {', '.join(METRICS)}")
     if options.target not in ("predicted", "truth"):
-        from ..explainer import class_index
+        from ..tasks import class_index
         class_index(options.target, bundle.labels, bundle.num_classes)
     for name, value, choices in (("space", options.space, ("normalised", "raw")),
                                  ("coherency_at", options.coherency_at, ("input", "map")),
@@ -141,7 +142,7 @@ def load_boxes(path, bundle) -> dict:
         raise CamInferError(f"boxes file '{path}' is not valid JSON ({exc})") from None
     if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
         raise CamInferError(f"boxes file '{path}' must map image files to lists of boxes")
-    from ..explainer import class_index
+    from ..tasks import class_index
 
     for image, entries in data.items():
         for entry in entries:

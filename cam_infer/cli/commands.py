@@ -10,7 +10,7 @@ from .arguments import preprocessing_fields
 
 
 def demo(args) -> int:
-    from ..demo import run_demo
+    from ..tools.demo import run_demo
     run_demo(args.out, backend=args.backend)
     return 0
 
@@ -100,15 +100,13 @@ def explain_classes(bundle, args):
     return results, results.summary_lines(len(methods), args.out)
 
 
-DETECTION_ALL = ["activation", "eigen", "recipro", "ablation"]
-
-
 def explain_detections(bundle, args):
     from ..detection.runs import explain_detection_files, summary_lines
     from ..jobs.explainers import open_explainer
     from ..runs import parse_option
+    from ..methods import in_all
     names = [m.strip() for m in args.method.split(",") if m.strip()]
-    methods = DETECTION_ALL if names == ["all"] else names
+    methods = in_all("detection") if names == ["all"] else names
     for flag in ("target", "finer", "enhance"):
         if getattr(args, flag) is not None:
             raise CamInferError(f"--{flag} is for classifiers; for detections use --detections, --classes or --box")
@@ -149,11 +147,12 @@ def _box(text: str):
 
 
 def bench(args) -> int:
-    from ..bench import ALL_CASES, CASES, FUSED_CASES, FUSED_HEADER, GRADIENT_CASES, HEADER, case_of, check_cases, \
+    from ..tools.bench import ALL_CASES, CASES, FUSED_CASES, FUSED_HEADER, GRADIENT_CASES, HEADER, case_of, check_cases, \
         run_cases, run_fused
     from ..bundle import Bundle
+    from ..tasks import task_of
     bundle = Bundle.load(args.bundle)
-    if bundle.task == "detection":
+    if task_of(bundle).name != "classification":
         raise CamInferError("cam-infer bench times classifiers' methods; for a detector run bench/detection.py "
                             "(it times each method against the forward pass per detection)")
     if args.repeats < 1 or (args.score_repeats is not None and args.score_repeats < 1):
@@ -204,8 +203,10 @@ def audit_classes(args):
 
 def audit_detections(args):
     from ..detection.audit import run_detection_audit, summary_lines
+    from ..methods import in_all
     from ..runs import parse_option
-    methods = DETECTION_ALL if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
+    names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = in_all("detection") if names == ["all"] else names
     options: dict = {}
     for text in args.option:
         key, value = parse_option(text)
@@ -230,7 +231,7 @@ def _scale_out(args) -> dict:
 
 
 def synthetic(args) -> int:
-    from ..synthetic import write_detection_scenes, write_scenes
+    from ..tools.synthetic import write_detection_scenes, write_scenes
     if args.split == "detection":
         out = write_detection_scenes(args.out, args.n, seed=1 if args.seed is None else args.seed)
         print(f"{args.n} detection scenes and boxes.json in {out}")
@@ -244,10 +245,11 @@ def fuse(args) -> int:
     from ..bundle import Bundle
     from ..fuse import fuse, save, summary
     from ..runs import parse_option
+    from ..tasks import task_of
     if Path(args.out).exists() and not args.force:
         raise CamInferError(f"'{args.out}' exists; choose another --out or pass --force")
     bundle = Bundle.load(args.bundle)
-    if bundle.task == "detection":
+    if task_of(bundle).name == "detection":
         from ..detection.fuse import fuse_detector
         if args.top_k != 1 or args.class_input or args.raw:
             raise CamInferError("--top-k, --class-input and --raw are for classifiers; a detector's fused map is "

@@ -29,11 +29,11 @@ from ..audit.report import CSV_NAME, HTML_NAME, write_csv, write_html
 from ..audit.work import audit_batch, thumbnail_png
 from ..errors import CamInferError
 from ..images import load_image
+from ..methods import get_method
 from ..metrics import energy_pointing, pointing_hit
 from ..outputs import write_atomically
 from .decode import iou
-from .explainer import DetectionExplainer
-from .methods import get_detection_method
+from ..explainer import Explainer
 
 ROWS, SUMMARY = "rows.jsonl", "summary.json"
 MEANS = ("energy", "box_fraction", "pointing", "specificity", "truth_iou", "marker_energy", "marker_fraction")
@@ -56,10 +56,12 @@ def run_detection_audit(bundle, images, methods, out, *, boxes=None, backend: st
     from ..cost import announce, detection_plan
     from ..jobs.driver import Job, run_job, spec_for
     from ..parallel import make_runner
+    from .context import DetectionContext
+    from .targets import central_targets
 
-    explainer = DetectionExplainer(bundle, backend=backend, device=device)
+    explainer = Explainer(bundle, backend=backend, device=device)
     for m in methods:
-        get_detection_method(m)
+        get_method(m, "detection")
     runner = make_runner(workers, ray, threads)
     truth = load_boxes(boxes, explainer.bundle)
     settings = {"bundle": str(explainer.bundle.path.resolve()), "methods": list(methods), "boxes": boxes and
@@ -76,10 +78,15 @@ def run_detection_audit(bundle, images, methods, out, *, boxes=None, backend: st
             _write_page(run.out, summary, thumbnail_grid(run.out, run.found.files[:grid], run.found.names, methods),
                         methods)
 
+    def cost() -> str:
+        counted_on = DetectionContext(explainer, None, None, None), central_targets(explainer.grid)
+        return announce(detection_plan(*counted_on, {m: get_method(m) for m in methods}, options), explainer.backend,
+                        detector=True)
+
     work = DetectionAuditWork(spec_for(explainer, runner), tuple(methods), tolerance, conf, options or {})
     job = Job("audit", "an audit", settings, tuple(methods), work, write, names=lambda found: found.names,
               extra=lambda image: boxes_for(truth, image, images) or [], folders=(OVERLAYS,), clear=(ROWS, *CLEARED),
-              cost=lambda: announce(detection_plan(explainer, methods, options), explainer.backend, detector=True))
+              cost=cost)
     run_job(job, images, out, runner, restart=restart, progress=progress, report=report)
     return summary
 
@@ -121,7 +128,7 @@ class DetectionAuditWork:
         return {"rows": rows or [{"image": str(image), "method": None}], "thumbnails": thumbnails}
 
 
-def audit_image(explainer: DetectionExplainer, image, methods, truth: list, tolerance: float, conf, options,
+def audit_image(explainer: Explainer, image, methods, truth: list, tolerance: float, conf, options,
                 thumbnails: bool = False):
     """One image → its rows (one per method and explained detection); with `thumbnails`, (rows, method →
     thumbnail PNG of its detections over their maps)."""
@@ -151,7 +158,7 @@ def audit_image(explainer: DetectionExplainer, image, methods, truth: list, tole
 
 def _true_box(entry, explainer) -> tuple:
     """A boxes-file entry → (box, class index or None: any class, marker or None)."""
-    from ..explainer import class_index
+    from ..tasks import class_index
 
     if not isinstance(entry, dict):
         entry = {"box": entry}

@@ -24,15 +24,20 @@ from ..fuse.builder import Builder
 from ..fuse.fusion import Fusion
 from ..version import __version__
 
-FUSABLE = ("activation", "eigen")
 TOLERANCE = 1e-3
+
+
+def fusable() -> list[str]:
+    """The detector methods a graph can compute: class-agnostic ones with an ONNX builder for one level."""
+    from ..methods import METHODS, explaining
+    return [m for m in explaining("detection") if METHODS[m].fused is not None and not METHODS[m].class_specific]
 
 
 def fuse_detector(bundle: Bundle, method: str = "eigen", *, check: bool = True, **options) -> onnx.ModelProto:
     from ..methods import get_method
-    if method not in FUSABLE:
-        raise CamInferError(f"a detector fuses {', '.join(FUSABLE)} (class-agnostic maps); '{method}' needs a target "
-                            "box that NMS gives outside the graph")
+    if method not in fusable():
+        raise CamInferError(f"a detector fuses {', '.join(fusable())} (class-agnostic maps); '{method}' needs a "
+                            "target box that NMS gives outside the graph")
     spec = get_method(method)
     model = plain_model(bundle)
     b = Builder(_opset(model))
@@ -78,10 +83,11 @@ def fused_detector_error(model: onnx.ModelProto, bundle: Bundle, method: str, op
     """The largest difference between the fused map and the explainer's, and between the detections,
     on two random images (ONNX Runtime)."""
     from ..bundle.verify import random_images, session
-    from .explainer import DetectionContext, DetectionExplainer
-    from .methods import get_detection_method
+    from ..explainer import Explainer
+    from .context import DetectionContext
+    from ..methods import get_method
     run = session(model)
-    ex = DetectionExplainer(bundle, backend="onnxruntime")
+    ex = Explainer(bundle, backend="onnxruntime")
     x = random_images(bundle.preprocessing, 2, seed=5)
     output, saliency = run.run(["output0" if "output0" in [o.name for o in model.graph.output] else
                                 model.graph.output[0].name, OUTPUT], {run.get_inputs()[0].name: x})
@@ -89,6 +95,6 @@ def fused_detector_error(model: onnx.ModelProto, bundle: Bundle, method: str, op
     worst = float(np.abs(output - ex.backend.head(packed)).max()) / max(1.0, float(np.abs(output).max()))
     for i in range(len(x)):
         ctx = DetectionContext(ex, x[i:i + 1], packed[i], output[i])
-        expected = get_detection_method(method).fn(ctx, [None], **options)[0]
+        expected = get_method(method).implementation("detection")(ctx, [None], **options)[0]
         worst = max(worst, float(np.abs(saliency[i] - expected).max()))
     return worst

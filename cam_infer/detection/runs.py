@@ -9,17 +9,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..explainer import class_index
+from ..tasks import class_index
 from ..explanation import _safe
 from ..jobs.explain import Results
 from ..jobs.folders import read_stamped
 from ..postprocess import check_overlay_options, check_overlays, encode_map, encode_picture
-from ..runs import bundle_hashes, check_on
-from .explainer import DetectionExplainer
-from .methods import get_detection_method
+from ..runs import bundle_hashes, check_on, options_per_method
+from ..explainer import Explainer
 
 
-def explain_detection_files(explainer: DetectionExplainer, paths, methods: list[str], out, *, targets="all",
+def explain_detection_files(explainer: Explainer, paths, methods: list[str], out, *, targets="all",
                             classes=None, boxes=None, conf=None, iou=None, options: dict | None = None,
                             colormap: str = "jet", alpha: float = 0.5, restart: bool = False,
                             progress: bool | None = None, on: str = "original", workers=None, ray: str | None = None,
@@ -30,14 +29,16 @@ def explain_detection_files(explainer: DetectionExplainer, paths, methods: list[
     from ..cost import announce, detection_plan
     from ..jobs.driver import spec_for
     from ..jobs.explain import explain_job
+    from ..methods import get_method
     from ..parallel import make_runner
+    from .context import DetectionContext
+    from .targets import central_targets
 
     check_overlay_options(colormap, alpha)
     check_overlays(overlays)
     check_on(on)
-    for m in methods:
-        get_detection_method(m)
-    explainer._thresholds(conf, iou, None)
+    per_method = options_per_method(methods, options or {}, "detection")
+    explainer.task.thresholds(conf, iou, None)
     for c in classes or []:                      # an unknown class is refused before the run, not on its first image
         class_index(c, explainer.labels, explainer.bundle.num_classes)
     runner = make_runner(workers, ray, threads)
@@ -45,11 +46,16 @@ def explain_detection_files(explainer: DetectionExplainer, paths, methods: list[
                 "targets": targets, "classes": classes, "boxes": boxes, "conf": conf, "iou": iou,
                 "options": options or {}, "colormap": colormap, "alpha": alpha, "on": on,
                 "overlays": overlays}
-    work = DetectionWork(spec_for(explainer, runner), tuple(methods), targets, classes, boxes, conf, iou, options or {},
+    work = DetectionWork(spec_for(explainer, runner), tuple(methods), targets, classes, boxes, conf, iou, per_method,
                          colormap, alpha, on, overlays)
+
+    def cost() -> str:
+        counted_on = DetectionContext(explainer, None, None, None), central_targets(explainer.grid)
+        return announce(detection_plan(*counted_on, {m: get_method(m) for m in methods}, per_method), explainer.backend,
+                        detector=True)
+
     return explain_job(paths, out, settings, methods, work, runner, restart=restart, progress=progress, report=report,
-                       cost=lambda: announce(detection_plan(explainer, methods, {m: options or {} for m in methods}),
-                                             explainer.backend, detector=True))
+                       cost=cost)
 
 
 @dataclass(frozen=True)
@@ -64,7 +70,7 @@ class DetectionWork:
     boxes: object
     conf: float | None
     iou: float | None
-    options: dict
+    options: dict                           # method → its options
     colormap: str
     alpha: float
     on: str
@@ -81,8 +87,8 @@ class DetectionWork:
 
     def _explain(self, explainer, path, name: str, needed, rgb, stamp, out: dict) -> None:
         for method in (m for m in self.methods if m in needed):
-            e = explainer.explain([rgb], method, targets=self.targets, classes=self.classes, boxes=self.boxes,
-                                  conf=self.conf, iou=self.iou, **self.options)
+            e = explainer.explain([rgb], method, target=self.targets, classes=self.classes, boxes=self.boxes,
+                                  conf=self.conf, iou=self.iou, **self.options[method])
             key = "map" if self.overlays == "none" else "overlay"
             overlay = self._picture(e, None, f"{name}_{method}", out)
             detections = []

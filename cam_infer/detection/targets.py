@@ -59,3 +59,14 @@ def box_target(output: np.ndarray, box, class_id: int, size: tuple[int, int]) ->
     if match[anchor] <= 0:
         raise CamInferError(f"no prediction of class {class_id} overlaps the box {np.round(box, 1).tolist()}")
     return Target(box, class_id, anchor, float(output[4 + class_id, anchor]), None, float(overlap[anchor]))
+
+
+def central_targets(grid) -> list[Target]:
+    """A made-up detection at the centre of each output level's grid (class 0): what a cost is counted on."""
+    out = []
+    for level in range(len(grid.strides)):
+        anchors = np.flatnonzero(grid.level == level)
+        rows, cols = grid.row[anchors], grid.col[anchors]
+        centre = anchors[np.argmin(np.abs(rows - rows.max() / 2) + np.abs(cols - cols.max() / 2))]
+        out.append(Target(np.zeros(4, np.float32), 0, int(centre), 1.0, None))
+    return out

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from ..errors import CamInferError
+from . import enhancer
 
 TRANSFORMS = ("identity", "flip", "shift", "zoom", "rotate")
 
@@ -47,7 +48,14 @@ def warp(images: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     return out.reshape(images.shape).astype(np.float32)
 
 
-def evet(explainer, x: np.ndarray, method: str, target, options: dict, *, transforms=TRANSFORMS):
+def passes(height: int, width: int, *, transforms: tuple | list | str = TRANSFORMS) -> int:
+    """Inputs the base method explains per image: one per transform."""
+    return 1 if isinstance(transforms, str) else len(transforms)
+
+
+@enhancer("evet", passes=passes)
+def evet(explainer, x: np.ndarray, method: str, target, options: dict, *,
+         transforms: tuple | list | str = TRANSFORMS):
     """The fused saliency (N,H,W), with the base explanation of the untransformed input (for its classes).
     The transformed copies of every image go through the base method in one batch."""
     if isinstance(transforms, str):
@@ -78,8 +86,3 @@ def evet(explainer, x: np.ndarray, method: str, target, options: dict, *, transf
         weight += valid
     fused = np.where(weight > 0, total / np.maximum(weight, 1), 0).astype(np.float32)
     return fused, base
-
-
-def passes(height: int, width: int, *, transforms=TRANSFORMS) -> int:
-    """Inputs the base method explains per image: one per transform."""
-    return 1 if isinstance(transforms, str) else len(transforms)

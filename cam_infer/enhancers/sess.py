@@ -23,6 +23,8 @@ Cost: 1 forward + n windows × the base method (+ n forwards with ``pre_filter``
 
 from __future__ import annotations
 
+from typing import Literal
+
 import cv2
 import numpy as np
 
@@ -31,6 +33,7 @@ from ..explanation import Explanation
 from ..methods.registry import class_agnostic
 from ..numerics import probabilities_of
 from ..postprocess import normalise
+from . import enhancer
 
 SCALES = 12
 BLUR = ((11, 11), 5.0)
@@ -120,11 +123,11 @@ def passes(height: int, width: int, *, scales=SCALES, step=None, pre_filter: flo
     return 1 + (n if pre_filter == 0 else n + n - int(n * pre_filter))
 
 
-def sess(explainer, x: np.ndarray, method: str, target, options: dict, *, scales=SCALES, step=None,
-         pre_filter: float = 0.0, pool: str = "mean", theta: float = 0.0, smooth: bool = True):
+@enhancer("sess", passes=passes)
+def sess(explainer, x: np.ndarray, method: str, target, options: dict, *, scales: int | list | tuple = SCALES,
+         step: int | None = None, pre_filter: float = 0.0, pool: Literal["mean", "max"] = "mean", theta: float = 0.0,
+         smooth: bool = True):
     """The fused saliency (N,H,W) and an explanation of the input's classes and their probabilities."""
-    if pool not in ("mean", "max"):
-        raise CamInferError(f"sess pool is 'mean' or 'max', not {pool!r}")
     if not 0.0 <= pre_filter < 1.0:
         raise CamInferError(f"sess pre_filter is the share of windows dropped, in [0, 1), not {pre_filter}")
     h, w = x.shape[2:]

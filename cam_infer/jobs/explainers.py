@@ -1,4 +1,4 @@
-"""The one place a folder run opens an explainer: the task comes from the bundle's manifest."""
+"""The one place a folder run opens an explainer (the Explainer picks the task from the bundle's manifest)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,5 @@ def open_explainer(bundle, backend: str = "auto", device: str = "CPU", threads: 
 
     bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
     options = {"backend": backend, "device": device, **({"threads": threads} if threads else {})}
-    if bundle.task == "detection":
-        from ..detection.explainer import DetectionExplainer
-        return DetectionExplainer(bundle, **options)
     from ..explainer import Explainer
     return Explainer(bundle, gradients=gradients, **options)

@@ -5,6 +5,14 @@ set to 0. Guard: the paper divides by y_c, which flips every weight when the log
 divide by max(|y_c|, 1e-8) instead (a positive per-image constant, so maps keep their meaning).
 ``score="logit"`` (default, the paper's class score) or ``"prob"``. For a GAP→linear head,
 y_c − y_c,k = W_ck·mean(A^k) exactly, so no head pass is needed (``closed_form=False`` forces them).
+
+Detectors (pytorch-grad-cam's Faster R-CNN variant): for each level l that reaches the target's anchor and
+each of its channels k, the head runs with A_l^k set to zero; w_l^k = (s − s_k)/|s| with s the target's
+score; the level's map is Σ_k w_l^k A_l^k, levels combined unit-free (`levels.unit_free`). With the
+``anchor`` score only the anchor's own level reaches it at the Detect inputs (measured at split time), so the
+other levels' channels are not run, and each row is only the level's crop around the anchor through its class
+branch (`detection.branches`). Cost: Σ_l C_l head rows (or crops) per target, in chunks under the backend's
+memory budget as the classifier's.
 """
 
 from __future__ import annotations
@@ -13,10 +21,11 @@ from typing import Literal
 
 import numpy as np
 
-from .. import kernels
+from ..kernels import ablated_batch
 from ..cost import Passes
 from ..numerics import softmax
-from .registry import Context, method
+from .levels import unit_free
+from .registry import Context, implements, method
 
 EPS = 1e-8
 
@@ -57,13 +66,50 @@ def _target_scores(ctx: Context, i: int, c: int, score: str, closed_form: bool) 
             return float(logits[c]), logits[c] - pooled * head.weight[c]
         ablated = logits[None, :] - pooled[:, None] * head.weight.T               # (K,C)
         return float(softmax(logits)[c]), softmax(ablated)[:, c]
-    outputs = ctx.outputs[i]
-    rows = max(1, min(k, ctx.backend.chunk_size("head")))
+    ablated = ablated_scores(a, ctx.backend.head, ctx.backend.chunk_size("head"))
+    return float(ctx.class_scores(ctx.outputs[i][None], i, score)[0]), ctx.class_scores(ablated, i, score)
+
+
+def ablated_scores(a: np.ndarray, scores, rows: int, clean: bool = False) -> np.ndarray:
+    """scores(copies of one (K,h,w) activation, copy k with channel k set to 0), made and scored `rows` copies
+    at a time (the memory budget); with `clean`, one more copy last: the activation as it is."""
+    k = a.shape[0]
+    total = k + clean
+    rows = max(1, min(total, rows))
     batch = np.empty((rows, *a.shape), np.float32)
-    ablated = []
-    for start in range(0, k, rows):
-        channels = np.arange(start, min(k, start + rows))
-        kernels.ablated_batch(a, channels, batch)
-        ablated.append(ctx.backend.head(batch[:len(channels)]))
-    ablated = np.concatenate(ablated)
-    return float(ctx.class_scores(outputs[None], i, score)[0]), ctx.class_scores(ablated, i, score)
+    out = []
+    for start in range(0, total, rows):
+        stop = min(total, start + rows)
+        channels = np.arange(start, min(k, stop))
+        ablated_batch(a, channels, batch)
+        batch[len(channels):stop - start] = a                # the clean copy
+        out.append(scores(batch[:stop - start]))
+    return np.concatenate(out)
+
+
+def target_passes(ctx, target, *, score: str = "anchor") -> Passes:
+    """C_l + 1 rows of each level reaching the target: crops where it has a cropped branch, else head rows."""
+    total = Passes()
+    for i in ctx.levels_reaching(target):
+        rows = ctx.levels[i]["shape"][0] + 1
+        total += Passes(crops=rows) if ctx.crops(i, target, score) else Passes(head=rows)
+    return total
+
+
+@implements("ablation", "detection", passes=target_passes,
+            cost="C_l head rows (k×k crops at the Detect inputs) per target, for the levels reaching its anchor")
+def ablation_detections(ctx, targets, *, score: Literal["anchor", "match"] = "anchor") -> list[np.ndarray]:
+    """mean_l U(minmax(Σ_k (s − s_k)/|s| · A_l^k)): the channels whose removal lowers the detection's score"""
+    out = []
+    for target in targets:
+        maps = {}
+        for i in ctx.levels_reaching(target):
+            level = ctx.perturbable(i, target, score)
+            role = f"branch_{i}" if ctx.crops(i, target, score) else "head"
+            values = ablated_scores(np.ascontiguousarray(level.maps, np.float32), level.scores,
+                                    ctx.explainer.backend.chunk_size(role), clean=True)
+            base, ablated = float(values[-1]), values[:-1]
+            drops = (base - ablated) / max(abs(base), 1e-12)
+            maps[i] = np.tensordot(drops.astype(np.float32), ctx.level_maps()[i], axes=1)
+        out.append(unit_free(maps, ctx.size))
+    return out

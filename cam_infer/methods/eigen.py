@@ -10,6 +10,10 @@ Sign made deterministic: not centred (the paper), flip so that Σ_k v₁ₖ ≥ 
 Frobenius gives v₁ ≥ 0, so L ≥ 0); ``centered=True`` subtracts the column means first, as
 pytorch-grad-cam's EigenCAM does, and flips so that L correlates positively with the channel mean.
 Class-agnostic.
+
+Detectors (pytorch-grad-cam's YOLO tutorial): the first principal component of each cut level, combined
+unit-free (`levels.unit_free`); one map per image. The tutorial uses one level only (the stride-32 map before
+Detect); here every level of the cut counts.
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ from functools import lru_cache
 
 import numpy as np
 
-from .. import kernels
+from ..kernels import power_component
 from ..errors import CamInferError
-from .registry import Context, fused, method
+from .levels import unit_free
+from .registry import Context, fused, implements, method
 
 TINY = 1e-30
 EIGEN_SQUARINGS = 10      # fused: 1024 power-iteration steps
@@ -40,7 +45,7 @@ def _projection(rows: np.ndarray) -> np.ndarray:
     """O v₁ of O = rowsᵀ (rows: (K, h·w), not centred), sign so that Σ_k v₁ₖ ≥ 0: power iteration in
     float32 as one Numba call (`kernels.power_component`); the exact eigenproblem when it does not settle."""
     rows = np.ascontiguousarray(rows, np.float32)
-    projection, settled = kernels.power_component(rows, start_vector(rows.sum(axis=1)), FLOAT32_TOLERANCE,
+    projection, settled = power_component(rows, start_vector(rows.sum(axis=1)), FLOAT32_TOLERANCE,
                                                   POWER_STEPS)
     if settled:
         return projection
@@ -117,6 +122,13 @@ def eigen(ctx: Context, *, centered: bool = False) -> np.ndarray:
     """first principal component of A (h·w×K) via the smaller Gram matrix; sign fixed (Σ v₁ ≥ 0); `centered=True` is pytorch-grad-cam's EigenCAM"""
     return np.stack([first_component(a, centered) for a in ctx.activations])
 
+
+
+@implements("eigen", "detection", cost="no extra pass (an SVD per level)")
+def eigen_detections(ctx, targets, *, centered: bool = False) -> list[np.ndarray]:
+    """mean_l U(minmax(first principal component of A_l)): the dominant pattern of the cut maps"""
+    m = unit_free({i: first_component(a, centered) for i, a in enumerate(ctx.level_maps())}, ctx.size)
+    return [m for _ in targets]
 
 @fused("eigen", class_specific=False)
 def eigen_onnx(f, *, centered: bool = False, squarings: int = EIGEN_SQUARINGS) -> str:

@@ -17,9 +17,8 @@ from typing import Literal
 import numpy as np
 
 from ..numerics import softmax
-from .masked_passes import batched_scores, channel_passes, full_passes_of, masks
+from .masked_passes import batched_scores, channel_passes, full_passes_of, masks, rows_per_call, selected_channels
 from .registry import Context, method
-from .score import rows_per_call, selected_channels
 
 
 def coefficients(preset: str, samples: int) -> np.ndarray:

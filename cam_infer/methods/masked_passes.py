@@ -1,5 +1,5 @@
-"""What the Score-CAM family beyond Score-CAM shares (SS-CAM, IS-CAM): masks made from the activation's
-channels, and many full passes on masked copies of the input, batched under the backend's memory budget.
+"""What the Score-CAM family shares (Score-CAM, SS-CAM, IS-CAM): the channels chosen, masks made from them,
+and many full passes on masked copies of the input, batched under the backend's memory budget.
 
 ``masks(a, channels, size, order)``: ``"normalise-then-upsample"`` is torchcam's U(n(A_k)) (min–max at
 feature resolution, then bilinear); ``"upsample-then-normalise"`` is n(U(A_k)) (pytorch-grad-cam, the
@@ -14,6 +14,23 @@ import cv2
 import numpy as np
 
 EPS = 1e-8
+
+
+def selected_channels(a: np.ndarray, top_k: int | None) -> np.ndarray:
+    """The channels of one (K,h,w) activation that get a masked pass, in order: all of them, or the top_k of
+    largest spatial std (Faster Score-CAM's rule, tabayashi0117/Score-CAM), for classifiers and detectors."""
+    k = a.shape[0]
+    if top_k is None or top_k >= k:
+        return np.arange(k)
+    std = a.reshape(k, -1).std(axis=1)
+    return np.sort(np.argpartition(-std, top_k - 1)[:top_k])
+
+
+def rows_per_call(bundle, memory_budget: int, channels: int) -> int:
+    """Masked images per backend call: a full pass of each, plus its mask and input, within the budget."""
+    _, height, width = bundle.input_shape
+    per_pass = bundle.bytes_per_item("features") + bundle.bytes_per_item("head")
+    return int(max(1, min(channels, memory_budget // (per_pass + 16 * height * width))))
 
 
 def upsample(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -79,8 +96,6 @@ def channel_passes(samples_of: Callable[[dict], int]):
 def full_passes_of(samples_of: Callable[[dict], int]):
     """A cost model for bench (the Score-CAM family): (full passes for one image: the selected channels times
     `samples_of(options)` per channel, images per backend call)."""
-    from .score import rows_per_call, selected_channels
-
     def floor(explainer, x: np.ndarray, options: dict) -> tuple[int, int]:
         channels = len(selected_channels(explainer.backend.features(x[:1])[0], options.get("top_k")))
         passes = channels * samples_of(options)

@@ -1,4 +1,4 @@
-"""The method registry: one `MethodSpec` per method, declared once, in the method's own module.
+"""The method registry: one `MethodSpec` per method, for every task, declared once, in the method's own module.
 
     @method("recipro", needs="head", cost="1 feature pass + h·w head rows (none on GAP→linear heads)",
             bench={"recipro": {}, "recipro (head passes)": {"closed_form": False}})
@@ -9,8 +9,12 @@
     def recipro_onnx(f: Fusion, *, score="prob", closed_form=True) -> str:
         ...
 
+    @implements("recipro", "detection", cost="≤ 26 crops per target", passes=target_passes)
+    def recipro_detections(ctx, targets, *, score: Literal["anchor", "match"] = "anchor", block: int = 1):
+        ...                                          # where a task changes the computation: its own code
+
 The keyword-only arguments are the options: their annotations give the types (a ``Literal`` lists the
-choices), their defaults the defaults; every value is checked before the method runs. The CLI's help
+choices), their defaults the defaults; every value is checked before the method runs, for every task. The CLI's help
 and choices, ``--method all``, the benchmark cases, `fuse` and the docs' method table and pages all read this
 registry; a name registered twice is an error.
 """
@@ -93,34 +97,117 @@ class Option:
         return f"`{self.name}={self.default!r}`".replace("'", '"')
 
 
+CLASSIFICATION = "classification"
+TASK_NOUNS = {"classification": "classifications", "detection": "detections"}   # what a method of the task explains
+MODELS = {"classification": "classifiers", "detection": "detectors"}
+
+
+def explains(task: str) -> str:
+    return TASK_NOUNS.get(task, f"{task} models")
+
+
+def check_options(options: dict, accepted: dict[str, Option], owner: str, short: str, where: str = "",
+                  note: str = "") -> None:
+    """Refuse an option `owner` (a method, an enhancer) does not take, naming those it takes (`where`: for which
+    task; `note`: where the option belongs), then check each value."""
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise CamInferError(f"{owner} has no option {', '.join(unknown)}{where}{note}; its options{where}: "
+                            f"{', '.join(accepted) or 'none'}")
+    for key, value in options.items():
+        accepted[key].check(short, value)
+
+
 @dataclass(frozen=True)
-class MethodSpec:
-    """Everything the package knows about a method."""
+class Implementation:
+    """A method's code for one task, its options (from its keyword-only signature) and what it costs.
 
-    name: str
-    fn: Callable                    # (Context, **options) → (N,h,w) maps before ReLU and normalisation
-    needs: str                      # one of NEEDS
+    ``passes`` counts its runtime passes, in the task's terms: for classifiers ((K,h,w), options, linear head?)
+    → `cost.Passes` beyond the clean pass; for detectors (ctx, target, **options) → the passes of one target,
+    with ``image_passes`` (ctx, **options) → the passes its targets share."""
+
+    method: str
+    task: str
+    fn: Callable
     options: dict[str, Option]
-    cost: str                       # what one image costs, in passes (bench and docs)
-    summary: str                    # one line: what it computes
-    bench: dict[str, dict]          # benchmark cases: shown name → options
-    fused: Callable | None = None   # (Fusion, **options) → map tensor name, for `cam-infer fuse`
-    class_specific: bool = True     # the map depends on the class explained
-    floor: Callable | None = None   # (explainer, x, options) → (full passes, images per call), for bench
-    in_all: bool = True             # part of `--method all` (False: many times Score-CAM's passes)
-    extra_passes: Callable | None = None   # ((K,h,w), options, linear head?) → `cost.Passes` beyond the clean pass
+    cost: str                       # what one image (or target) costs, in words (bench and docs)
+    in_all: bool = True             # part of the task's `--method all`
+    passes: Callable | None = None
+    image_passes: Callable | None = None
 
-    def passes(self, shape: tuple[int, int, int], options: dict, linear_head: bool):
-        """The runtime passes one image costs beyond its clean pass (`cost.Passes`), with these options:
-        none for methods of the features alone, one backward for the gradient family, else the method's own."""
-        from ..cost import Passes
-        self.check_options(options)
-        if self.extra_passes is not None:
-            return self.extra_passes(shape, {**self.defaults(), **options}, linear_head)
-        return Passes(backward=1) if self.gradient else Passes()
+    def check_options(self, options: dict) -> None:
+        unknown, spec = set(options) - set(self.options), METHODS.get(self.method)
+        elsewhere = [t for t in (spec.tasks if spec and unknown else ()) if t != self.task
+                     and unknown <= set(spec.implementation(t).options)]
+        task = f" for {explains(self.task)}" if elsewhere or self.task != CLASSIFICATION else ""
+        check_options(options, self.options, f"method '{self.method}'", self.method, task,
+                      f" (an option for {' and '.join(MODELS.get(t, t) for t in elsewhere)})" if elsewhere else "")
 
     def defaults(self) -> dict:
         return {name: option.default for name, option in self.options.items()}
+
+    def __call__(self, *args, **options):
+        self.check_options(options)
+        return self.fn(*args, **options)
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """Everything the package knows about a method: its code for each task it explains (`implementation`),
+    and what every task shares (its name, needs, summary, whether the map depends on the class)."""
+
+    name: str
+    needs: str                      # one of NEEDS
+    summary: str                    # one line: what it computes
+    bench: dict[str, dict]          # benchmark cases: shown name → options
+    implementations: dict[str, Implementation]    # task → its code
+    fused: Callable | None = None   # (Fusion, **options) → map tensor name, for `cam-infer fuse`
+    class_specific: bool = True     # the map depends on the class explained
+    floor: Callable | None = None   # (explainer, x, options) → (full passes, images per call), for bench
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """The tasks whose models it explains."""
+        return tuple(self.implementations)
+
+    def implementation(self, task: str = CLASSIFICATION) -> Implementation:
+        """Its code for a task: a callable that checks the options, then runs."""
+        if task not in self.implementations:
+            raise CamInferError(f"method '{self.name}' does not explain {explains(task)}; choose one of: "
+                                f"{', '.join(explaining(task))}")
+        return self.implementations[task]
+
+    @property
+    def fn(self) -> Callable:
+        """The classifier's function: (Context, **options) → (N,h,w) maps before ReLU and normalisation."""
+        return self.implementation().fn
+
+    @property
+    def options(self) -> dict[str, Option]:
+        """The classifier's options."""
+        return self.implementation().options
+
+    @property
+    def cost(self) -> str:
+        return self.implementation().cost
+
+    @property
+    def in_all(self) -> bool:
+        """Part of a classifier's `--method all` (False: many times Score-CAM's passes)."""
+        return CLASSIFICATION in self.implementations and self.implementations[CLASSIFICATION].in_all
+
+    def passes(self, shape: tuple[int, int, int], options: dict, linear_head: bool):
+        """The runtime passes one classifier image costs beyond its clean pass (`cost.Passes`), with these
+        options: none for methods of the features alone, one backward for the gradient family, else the method's own."""
+        from ..cost import Passes
+        chosen = self.implementation()
+        chosen.check_options(options)
+        if chosen.passes is not None:
+            return chosen.passes(shape, {**chosen.defaults(), **options}, linear_head)
+        return Passes(backward=1) if self.gradient else Passes()
+
+    def defaults(self, task: str = CLASSIFICATION) -> dict:
+        return self.implementation(task).defaults()
 
     @property
     def gradient(self) -> bool:
@@ -133,28 +220,19 @@ class MethodSpec:
                     "and this bundle's head is not; use recipro, ablation or score")
         return None
 
-    def check_options(self, options: dict) -> None:
-        unknown = sorted(set(options) - set(self.options))
-        if unknown:
-            raise CamInferError(f"method '{self.name}' has no option {', '.join(unknown)}; "
-                                f"its options: {', '.join(self.options) or 'none'}")
-        for key, value in options.items():
-            self.options[key].check(self.name, value)
-
-    def __call__(self, ctx: Context, **options) -> np.ndarray:
-        self.check_options(options)
-        return self.fn(ctx, **options)
-
+    def check_options(self, options: dict, task: str = CLASSIFICATION) -> None:
+        self.implementation(task).check_options(options)
 
 METHODS: dict[str, MethodSpec] = {}
 
 
 def method(name: str, *, needs: str = "features", cost: str, bench: dict | None = None, floor: Callable | None = None,
            in_all: bool = True, passes: Callable | None = None, class_specific: bool = True):
-    """Register a method function under `name`; its keyword-only arguments are its options. The first
-    line of the function's docstring is its summary; `cost` says its passes in words, `passes` counts them
-    (`MethodSpec.passes`). ``class_specific=False``: its map does not depend on the class (also said by its
-    ONNX builder, `fused`)."""
+    """Register a method under `name`, with the decorated function as its classifier implementation; its
+    keyword-only arguments are its options. The first line of the function's docstring is its summary;
+    `cost` says its passes in words, `passes` counts them (`MethodSpec.passes`). ``class_specific=False``:
+    its map does not depend on the class (also said by its ONNX builder, `fused`). Other tasks' code:
+    `implements`."""
     if needs not in NEEDS:
         raise ValueError(f"method '{name}': needs must be one of {NEEDS}, not {needs!r}")
 
@@ -162,10 +240,29 @@ def method(name: str, *, needs: str = "features", cost: str, bench: dict | None 
         if name in METHODS:
             raise ValueError(f"method name '{name}' is registered twice ({METHODS[name].fn.__module__} and "
                              f"{fn.__module__})")
-        summary = (inspect.getdoc(fn) or "").splitlines()[0] if inspect.getdoc(fn) else name
-        METHODS[name] = MethodSpec(name, fn, needs, options_of(fn), cost, summary,
-                                   {name: {}} if bench is None else bench, floor=floor, in_all=in_all,
-                                   extra_passes=passes, class_specific=class_specific)
+        code = Implementation(name, CLASSIFICATION, fn, options_of(fn), cost, in_all, passes)
+        METHODS[name] = MethodSpec(name, needs, summary_of(fn, name), {name: {}} if bench is None else bench,
+                                   {CLASSIFICATION: code}, floor=floor, class_specific=class_specific)
+        return fn
+    return register
+
+
+def implements(name: str, task: str, *, cost: str, passes: Callable | None = None,
+               image_passes: Callable | None = None, in_all: bool = True):
+    """Register a registered method's code for another task, in the method's own module, where that task
+    changes the computation (e.g. a detector's levels and targets):
+
+        @implements("recipro", "detection", cost="≤ 26 crops per target", passes=target_passes)
+        def recipro_detections(ctx, targets, *, score: Literal["anchor", "match"] = "anchor", block: int = 1):
+
+    Its keyword-only arguments are its options for that task, checked as the classifier's are."""
+    def register(fn):
+        if name not in METHODS:
+            raise ValueError(f"@implements('{name}', '{task}') before @method('{name}')")
+        if task in METHODS[name].implementations:
+            raise ValueError(f"method '{name}' has two implementations for {explains(task)}")
+        code = Implementation(name, task, fn, options_of(fn), cost, in_all, passes, image_passes)
+        METHODS[name] = replace(METHODS[name], implementations={**METHODS[name].implementations, task: code})
         return fn
     return register
 
@@ -183,6 +280,23 @@ def fused(name: str, *, class_specific: bool):
         METHODS[name] = replace(METHODS[name], fused=fn, class_specific=class_specific)
         return fn
     return register
+
+
+def summary_of(fn: Callable, default: str) -> str:
+    """The first line of a function's docstring."""
+    doc = inspect.getdoc(fn)
+    return doc.splitlines()[0] if doc else default
+
+
+def explaining(task: str) -> list[str]:
+    """The methods that explain a task's models, in the registry's order."""
+    return [name for name, spec in METHODS.items() if task in spec.implementations]
+
+
+def in_all(task: str) -> list[str]:
+    """What ``--method all`` runs for a task: its gradient-free methods that are not many times Score-CAM's cost."""
+    return [name for name in explaining(task)
+            if not METHODS[name].gradient and METHODS[name].implementations[task].in_all]
 
 
 def options_of(fn: Callable) -> dict[str, Option]:
@@ -208,12 +322,16 @@ def _option(name: str, default, hint) -> Option:
     return Option(name, default, kinds or None, optional=optional)
 
 
-def get_method(name: str) -> MethodSpec:
+def get_method(name: str, task: str | None = None) -> MethodSpec:
+    """The method registered under `name`; with a task, one that explains that task's models."""
+    names = list(METHODS) if task is None else explaining(task)
     if name not in METHODS:
         import difflib
-        close = difflib.get_close_matches(name, list(METHODS), n=2)
+        close = difflib.get_close_matches(name, names, n=2)
         raise CamInferError(f"unknown method '{name}'" + (f" (did you mean {' or '.join(map(repr, close))}?)"
-                                                          if close else "") + f"; choose one of: {', '.join(METHODS)}")
+                                                          if close else "") + f"; choose one of: {', '.join(names)}")
+    if task is not None:
+        METHODS[name].implementation(task)
     return METHODS[name]
 
 
@@ -233,46 +351,3 @@ def require_linear_head(ctx: Context, name: str) -> LinearHead:
     if ctx.linear_head is None:
         raise MethodNotApplicable(METHODS[name].applies(False))
     return ctx.linear_head
-
-
-def methods_table(measured: dict[str, str] | None = None) -> str:
-    """The table of methods (in the docs' classifiers guide), from the registry; with `measured` (method → ratio, from
-    `measured_ratios`), a column of benchmark figures."""
-    extra = measured is not None
-    lines = ["| method | needs | map depends on the class | cost per image | what it computes | options (default "
-             "first) |" + (f" {MEASURED_COLUMN} |" if extra else ""),
-             "|---|---|---|---|---|---|" + ("---|" if extra else "")]
-    for spec in METHODS.values():
-        options = ", ".join(o.describe() for o in spec.options.values()) or "—"
-        summary = spec.summary.replace("|", "\\|")
-        figure = f" {measured.get(spec.name, '—')} |" if extra else ""
-        depends = "yes" if spec.class_specific else "no: one class-agnostic map per image"
-        lines.append(f"| `{spec.name}` | {spec.needs.replace('_', ' ')} | {depends} | {spec.cost} | {summary} | "
-                     f"{options} |" + figure)
-    return "\n".join(lines)
-
-
-MEASURED_COLUMN = "measured: time ÷ forward (ResNet-50, OpenVINO, 2 cores)"
-
-
-def measured_ratios(texts, model: str = "resnet50", backend: str = "openvino") -> dict[str, str]:
-    """method → its ratio to a forward pass, read from benchmark tables (`cam_infer.bench` rows under a
-    ``**<model>**`` heading); for methods of full passes, also the ratio to those passes. The first row of a
-    method's default case wins; cases with other options say which."""
-    out: dict[str, str] = {}
-    for text in texts:
-        current = None
-        for line in text.splitlines():
-            if line.startswith("**"):
-                current = line.split("**")[1]
-            cells = [c.strip() for c in line.strip().strip("|").split("|")]
-            if current != model or len(cells) < 5 or not cells[0].startswith(backend):
-                continue
-            case, ratio = cells[1], cells[4]
-            name, _, variant = case.partition(" ")
-            if name not in METHODS or name in out or variant.startswith("("):
-                continue
-            total, _, rest = ratio.partition(" ")
-            passes = rest.split(" its")[0].strip("(") if "its" in rest else None
-            out[name] = total + (f" ({passes} its passes{', ' + variant if variant else ''})" if passes else "")
-    return out

@@ -7,6 +7,13 @@ up(Σ_k s_k A^k): maps are combined at feature resolution. Constant channels are
 ``weighting="channel-softmax"``: s = softmax over channels of the target's raw model outputs on
 the masked inputs (pytorch-grad-cam's ScoreCAM). ``top_k=N``: only the N channels of largest
 spatial std (Faster Score-CAM). Cost: one full pass per kept channel, in chunks.
+
+Detectors: for each channel k of each cut level, the input is multiplied by M = minmax(U(A_l^k)) and run
+through the whole model; the weight is the target's ``match`` score (T2: the best IoU × class score of its box
+among the new predictions, since the anchor that finds the object can move), and each level's map is
+Σ_k w_k A_l^k, combined unit-free (`levels.unit_free`). The masked passes do not depend on the target: one set
+serves every detection of the image. ``top_k`` keeps the k channels of each level by the same rule as for
+classifiers (largest spatial std). Cost: Σ_l C_l (or top_k per level) full passes per image, batched.
 """
 
 from __future__ import annotations
@@ -15,26 +22,13 @@ from typing import Literal
 
 import numpy as np
 
-from .. import kernels
+from ..kernels import bilinear_minmax_masks, masked_inputs
+from ..cost import Passes
 from ..errors import CamInferError
 from ..numerics import softmax
-from .masked_passes import channel_passes, full_passes_of
-from .registry import Context, method
-
-
-def selected_channels(a: np.ndarray, top_k: int | None) -> np.ndarray:
-    k = a.shape[0]
-    if top_k is None or top_k >= k:
-        return np.arange(k)
-    std = a.reshape(k, -1).std(axis=1)
-    return np.sort(np.argpartition(-std, top_k - 1)[:top_k])
-
-
-def rows_per_call(bundle, memory_budget: int, channels: int) -> int:
-    """Masked images per backend call: a full pass of each, plus its mask and input, within the budget."""
-    _, height, width = bundle.input_shape
-    per_pass = bundle.bytes_per_item("features") + bundle.bytes_per_item("head")
-    return int(max(1, min(channels, memory_budget // (per_pass + 16 * height * width))))
+from .levels import unit_free
+from .masked_passes import channel_passes, full_passes_of, masks, rows_per_call, selected_channels
+from .registry import Context, implements, method
 
 
 @method("score", needs="model", cost="1 full pass per channel (K, or top_k)", floor=full_passes_of(lambda options: 1),
@@ -56,11 +50,11 @@ def score(ctx: Context, *, weighting: Literal["reference", "channel-softmax"] = 
         raw = np.full(len(channels), np.nan, np.float32)
         for start in range(0, len(channels), rows):
             chunk = channels[start:start + rows]
-            valid = kernels.bilinear_minmax_masks(np.ascontiguousarray(a), chunk, height, width, masks)
+            valid = bilinear_minmax_masks(np.ascontiguousarray(a), chunk, height, width, masks)
             kept = np.flatnonzero(valid)
             if kept.size == 0:
                 continue
-            kernels.masked_inputs(ctx.x[i], masks[kept] if kept.size < len(chunk) else masks[:len(chunk)],
+            masked_inputs(ctx.x[i], masks[kept] if kept.size < len(chunk) else masks[:len(chunk)],
                                   masked)
             outputs = ctx.backend.forward(masked[:kept.size])
             values = ctx.class_scores(outputs, i, "prob" if weighting == "reference" else "logit")
@@ -73,3 +67,43 @@ def score(ctx: Context, *, weighting: Literal["reference", "channel-softmax"] = 
             weights[channels[ok]] = softmax(raw[ok].astype(np.float64)).astype(np.float32)
         maps[i] = np.tensordot(weights, a, axes=1)
     return maps
+
+
+CHUNK = 32           # a detector's masked inputs made at a time (320×320: 40 MB)
+
+
+def image_passes(ctx, *, top_k: int | None = None, score: str = "match") -> Passes:
+    """One model pass per channel (or top_k) of each level, at most (constant channels are skipped)."""
+    return Passes(model=sum(min(c, top_k or c) for c, _, _ in (level["shape"] for level in ctx.levels)), bound=True)
+
+
+@implements("score", "detection", image_passes=image_passes, in_all=False,
+            cost="Σ_l C_l full passes per image (or top_k per level), shared by its targets")
+def score_detections(ctx, targets, *, top_k: int | None = None,
+                     score: Literal["match", "anchor"] = "match") -> list[np.ndarray]:
+    """mean_l U(minmax(Σ_k s(x ⊙ M_k) A_l^k)), M_k the min–max'd upsampled channel: what keeps the box found"""
+    if top_k is not None and top_k < 1:
+        raise CamInferError(f"top_k must be a positive integer, not {top_k!r}")
+    outputs = {}
+    for i, a in enumerate(ctx.level_maps()):
+        channels = selected_channels(a, top_k)
+        kept, results = [], []
+        for start in range(0, len(channels), CHUNK):
+            chunk = channels[start:start + CHUNK]
+            m, valid = masks(a, chunk, ctx.size, "upsample-then-normalise")
+            if valid.any():
+                kept.append(chunk[valid])
+                results.append(ctx.forward(ctx.x[0][None] * m[valid][:, None]))
+        if kept:
+            outputs[i] = (np.concatenate(kept), np.concatenate(results))
+    levels = ctx.level_maps()
+    return [unit_free({i: np.tensordot(channel_weights(len(levels[i]), channels, ctx.scores(out, target, score)),
+                                       levels[i], axes=1) for i, (channels, out) in outputs.items()}, ctx.size)
+            for target in targets]
+
+
+def channel_weights(count: int, channels: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Channel weights: the scores of the channels that were run, 0 for the others."""
+    w = np.zeros(count, np.float32)
+    w[channels] = values
+    return w

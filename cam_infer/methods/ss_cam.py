@@ -22,9 +22,8 @@ import numpy as np
 
 from ..errors import CamInferError
 from ..numerics import softmax
-from .masked_passes import batched_scores, channel_passes, full_passes_of, masks
+from .masked_passes import batched_scores, channel_passes, full_passes_of, masks, rows_per_call, selected_channels
 from .registry import Context, method
-from .score import rows_per_call, selected_channels
 
 
 @method("ss-cam", needs="model", cost="K·N full passes (N = samples, 35)", in_all=False,

@@ -4,7 +4,8 @@
 - ``methods/*.md``: one page per registered method (`cam_infer.methods.METHODS`): its summary, the
   formula and paper of its module docstring, its options, cost and measured speed;
 - ``benchmarks/<table>.md``: each ``bench/*.md`` with how it was measured (its script's docstring);
-- ``<!-- methods-table -->`` in a page: the method table of ``python -m cam_infer.methods``;
+- ``<!-- methods-table -->`` in a page: the method table (`methods_table`), with the benchmark figures
+  (`measured_ratios`); ``python docs/hooks/generate.py bench/*.md`` prints it;
 - ``<!-- include: FILE -->`` in a page: that file of the repository, without its title (CONTRIBUTING.md).
 """
 
@@ -106,13 +107,54 @@ def sentence(text: str) -> str:
 # --- the methods ---------------------------------------------------------------------------------------------
 
 def measured() -> dict[str, str]:
-    from cam_infer.methods.registry import measured_ratios
     return measured_ratios((BENCH / name).read_text() for name in MEASURED_FROM if (BENCH / name).is_file())
 
 
 def measured_table() -> str:
-    from cam_infer.methods.registry import methods_table
     return methods_table(measured())
+
+
+def methods_table(measured: dict[str, str] | None = None) -> str:
+    """The table of methods (in the docs' classifiers guide), from the registry; with `measured` (method → ratio, from
+    `measured_ratios`), a column of benchmark figures."""
+    extra = measured is not None
+    lines = ["| method | needs | map depends on the class | cost per image | what it computes | options (default "
+             "first) |" + (f" {MEASURED_COLUMN} |" if extra else ""),
+             "|---|---|---|---|---|---|" + ("---|" if extra else "")]
+    for spec in methods().values():
+        options = ", ".join(o.describe() for o in spec.options.values()) or "—"
+        summary = spec.summary.replace("|", "\\|")
+        figure = f" {measured.get(spec.name, '—')} |" if extra else ""
+        depends = "yes" if spec.class_specific else "no: one class-agnostic map per image"
+        lines.append(f"| `{spec.name}` | {spec.needs.replace('_', ' ')} | {depends} | {spec.cost} | {summary} | "
+                     f"{options} |" + figure)
+    return "\n".join(lines)
+
+
+MEASURED_COLUMN = "measured: time ÷ forward (ResNet-50, OpenVINO, 2 cores)"
+
+
+def measured_ratios(texts, model: str = "resnet50", backend: str = "openvino") -> dict[str, str]:
+    """method → its ratio to a forward pass, read from benchmark tables (`cam_infer.tools.bench` rows under a
+    ``**<model>**`` heading); for methods of full passes, also the ratio to those passes. The first row of a
+    method's default case wins; cases with other options say which."""
+    out: dict[str, str] = {}
+    for text in texts:
+        current = None
+        for line in text.splitlines():
+            if line.startswith("**"):
+                current = line.split("**")[1]
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if current != model or len(cells) < 5 or not cells[0].startswith(backend):
+                continue
+            case, ratio = cells[1], cells[4]
+            name, _, variant = case.partition(" ")
+            if name not in methods() or name in out or variant.startswith("("):
+                continue
+            total, _, rest = ratio.partition(" ")
+            passes = rest.split(" its")[0].strip("(") if "its" in rest else None
+            out[name] = total + (f" ({passes} its passes{', ' + variant if variant else ''})" if passes else "")
+    return out
 
 
 def methods_index() -> str:
@@ -146,18 +188,23 @@ def method_reference(spec) -> str:
     if picture.is_file():
         lines += [f"![{spec.name} overlay](../img/methods/{picture.name})", ""]
     lines += ["## Formula and paper", "", inspect.cleandoc(module.__doc__ or "(no module docstring)"), "",
-              "## Options", ""]
-    if spec.options:
-        lines += ["| option | default | accepted |", "|---|---|---|"] + [option_row(o) for o in spec.options.values()]
-        example = next(iter(spec.options.values()))
-        flag = f" --option {example.name}={example.default}"
-    else:
-        lines += ["None."]
-        flag = ""
+              "## Options", ""] + options_table(spec.options)
+    example = next(iter(spec.options.values()), None)
+    flag = f" --option {example.name}={example.default}" if example else ""
     lines += ["", "## Use", "", "```bash", f"cam-infer explain bundle/ photos/ --method {spec.name}{flag} --out out/",
               "```", "", "```text", f'Explainer("bundle/").explain(images, method="{spec.name}"'
               + "".join(f", {o.name}={o.default!r}" for o in spec.options.values()) + ")", "```", ""]
+    for task in spec.tasks[1:]:
+        code = spec.implementation(task)
+        lines += [f"## For {task} models", "", f"{code.cost}; in `--method all`: {'yes' if code.in_all else 'no'}. "
+                  f"Code: `{code.fn.__name__}` in the same module. Options:", ""] + options_table(code.options) + [""]
     return "\n".join(lines)
+
+
+def options_table(options: dict) -> list[str]:
+    if not options:
+        return ["None."]
+    return ["| option | default | accepted |", "|---|---|---|"] + [option_row(o) for o in options.values()]
 
 
 # --- the benchmarks ------------------------------------------------------------------------------------------
@@ -170,3 +217,7 @@ def benchmark_page(table: Path) -> str:
         "Measured by hand; the page says how.")
     return f"# {table.stem.replace('_', ' ').capitalize()}\n\n{how}\n\n## The table (`bench/{table.name}`)\n\n" \
         + table.read_text()
+
+
+if __name__ == "__main__":
+    print(methods_table(measured_ratios(Path(f).read_text() for f in sys.argv[1:]) if sys.argv[1:] else None))
