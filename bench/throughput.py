@@ -345,8 +345,8 @@ def main() -> None:
                         help="images audited per model (insertion and deletion are 56 passes an image)")
     parser.add_argument("--memory-n", default="1000,10000")
     parser.add_argument("--parts", default="pipeline,explain,audit,grad-cam,memory")
-    parser.add_argument("--pipeline-n", type=int, default=300, help="images of the pipeline part (its ratios are "
-                                                                    "stable from a few hundred)")
+    parser.add_argument("--pipeline-n", default="mobilenet_v2=300,resnet50=100",
+                        help="images of the pipeline part per model (its ratios settle within a few hundred images)")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     work = Path(args.work)
@@ -358,10 +358,9 @@ def main() -> None:
     audit_n = dict((k, int(v)) for k, v in (item.split("=") for item in args.audit_n.split(",")))
     address = f"127.0.0.1:{RAY_PORT}"
     if "pipeline" in parts:
-        subset = images(work / f"images_{args.pipeline_n}", args.pipeline_n)
         report("**Explain over the pipeline ceiling** (one process, batches of 8 pipelined in threads)")
-        for name in ("mobilenet_v2", "resnet50"):
-            pipeline_part(name, bundle_for(name, work), subset, work, args.rounds, report)
+        for name, n in (item.split("=") for item in args.pipeline_n.split(",")):
+            pipeline_part(name, bundle_for(name, work), images(work / f"images_{n}", int(n)), work, args.rounds, report)
         if parts == ["pipeline"]:
             report.write(args.out)
             return

@@ -134,3 +134,21 @@ def test_the_cli_writes_maps_alone_and_refuses_to_resume_with_other_overlays(pho
     assert len(list(tmp_path.glob("*.map.png"))) == 7 and not list(tmp_path.glob("*.jpg"))
     assert_one_line_error(run_cli("explain", tiny_bundle.path, photos, "--method", "recipro", "--out", tmp_path),
                           "holds results of a run with other settings")
+
+
+def test_a_detectors_maps_alone_are_its_detections_saliency_in_8_bits(tmp_path):
+    from cam_infer.tools.demo import embedded_detector_path
+    from cam_infer.tools.synthetic import detection_scene
+
+    image = tmp_path / "scene.png"
+    cv2.imwrite(str(image), cv2.cvtColor(detection_scene(5, 3).image, cv2.COLOR_RGB2BGR))
+    result = run_cli("explain", embedded_detector_path(), image, "--method", "recipro", "--out", tmp_path / "out",
+                     "--overlays", "none")
+    assert result.returncode == 0, result.stderr
+    record = json.loads((tmp_path / "out" / "results.json").read_text())["results"][0]
+    assert "overlay" not in record and record["detections"] and not list((tmp_path / "out").glob("*.jpg"))
+    e = Explainer(embedded_detector_path()).explain([image], "recipro")
+    maps = [read_map(tmp_path / "out" / d["map"]) for d in record["detections"]]
+    for written, d in zip(maps, e.items[0]):                  # half an 8-bit step, as for a classifier's maps
+        np.testing.assert_allclose(written, d.saliency, rtol=0, atol=1 / 510 + 1e-6)
+    np.testing.assert_allclose(read_map(tmp_path / "out" / record["map"]), np.max(maps, axis=0), atol=1 / 510 + 1e-6)
