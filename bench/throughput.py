@@ -5,7 +5,14 @@ on this machine's 2 cores, by where the work runs, next to the model's own throu
   ImageNet's validation images are), 1 000 of them (10 000 for the memory check).
 - Bundles: MobileNetV2 (torchvision weights) and ResNet-50 (seed-0 weights), exported from `models/` as in
   bench/seed_methods.py.
-- Ceiling: the unsplit model on OpenVINO CPU, THROUGHPUT hint, an AsyncInferQueue of its optimal number of
+- Pipeline ceiling (the first tables): what the deployment itself reads through the same files, measured in
+  the same process as explain and alternated with it run by run: decode + the bundle's preprocessing in a
+  thread per core feeding the unsplit model's float32 forward pass with every core (ONNX Runtime: batches
+  of 8 on one session, each decoded and run in a thread of cores + 1, as explain's batches are; OpenVINO: THROUGHPUT hint, an AsyncInferQueue of batch-1 requests), no explanation.
+  Beside it `explain --method recipro` (the explainer opened once, as the command does; the files all
+  written; `--overlays none`, `jpg` and `png`) at float32 too. Fewer images than below (300 MobileNetV2,
+  100 ResNet-50): the ratio is what is read, and it is as stable there as over 1 000.
+- Ceiling (the later tables): the unsplit model on OpenVINO CPU, THROUGHPUT hint, an AsyncInferQueue of its optimal number of
   requests, batch 1, one preprocessed image over and over: images/s of the model alone.
 - `cam-infer explain --method recipro` (overlays written) and `cam-infer audit --methods recipro --metrics
   adcc,insertion,deletion`, each as a whole command (start-up included), in one process (today's latency
@@ -16,7 +23,8 @@ on this machine's 2 cores, by where the work runs, next to the model's own throu
   with pip --target; its module-level `torchvision` imports are met by a stand-in whose functions raise
   (the registry's torchvision does not load beside the CPU torch here; the loop never calls them).
 - Memory: peak resident memory (VmHWM) of the driver and of each worker over explain runs of 1 000 and
-  10 000 images, and /usr/bin/time -v's maximum (the driver or its largest child).
+  10 000 images (one process, pipelined; --workers 2; Ray), and /usr/bin/time -v's maximum (the driver or
+  its largest child).
 
     python bench/throughput.py --work /tmp/cam-throughput --out bench/throughput.md
 """
@@ -128,11 +136,11 @@ class PipelineCeiling:
 
         from cam_infer.parallel import cores, ordered_threads
         start = time.perf_counter()
-        if self.backend == "onnxruntime":
-            batches = [files[i:i + self.batch] for i in range(0, len(files), self.batch)]
-            decoded = ordered_threads(lambda chunk: np.stack([self._x(f) for f in chunk]), batches, cores() + 1)
-            for x in decoded:
-                self.session.run(None, {self.input: x})
+        if self.backend == "onnxruntime":                # pipelined as explain's batches are: one thread per
+            batches = [files[i:i + self.batch] for i in range(0, len(files), self.batch)]     # core, and one more
+            forward = lambda chunk: self.session.run(None, {self.input: np.stack([self._x(f) for f in chunk])})  # noqa: E731
+            for _ in ordered_threads(forward, batches, cores() + 1):
+                pass
         else:
             for x in ordered_threads(self._x, files, cores() + 1):
                 self.queue.start_async({0: x[None]})
@@ -344,6 +352,7 @@ def main() -> None:
     parser.add_argument("--audit-n", default="mobilenet_v2=1000,resnet50=200",
                         help="images audited per model (insertion and deletion are 56 passes an image)")
     parser.add_argument("--memory-n", default="1000,10000")
+    parser.add_argument("--memory-where", default="one,--workers,--ray", help="runs of the memory part")
     parser.add_argument("--parts", default="pipeline,explain,audit,grad-cam,memory")
     parser.add_argument("--pipeline-n", default="mobilenet_v2=300,resnet50=100",
                         help="images of the pipeline part per model (its ratios settle within a few hundred images)")
@@ -361,46 +370,45 @@ def main() -> None:
         report("**Explain over the pipeline ceiling** (one process, batches of 8 pipelined in threads)")
         for name, n in (item.split("=") for item in args.pipeline_n.split(",")):
             pipeline_part(name, bundle_for(name, work), images(work / f"images_{n}", int(n)), work, args.rounds, report)
-        if parts == ["pipeline"]:
-            report.write(args.out)
-            return
-    ray_cluster("start")
+    if ("memory" in parts and "--ray" in args.memory_where) or "explain" in parts or "audit" in parts:
+        ray_cluster("start")
     try:
-        for name in ("mobilenet_v2", "resnet50"):
-            bundle = bundle_for(name, work)
-            top = ceiling(bundle, work)
-            report(f"\n**{name}** 224×224, 2 cores. Ceiling, the unsplit model alone on OpenVINO (THROUGHPUT hint, "
-                   f"async requests, batch 1): **{top:.0f} images/s**\n")
-            report("| run | where | images | images/s | ÷ ceiling |\n|---|---|---:|---:|---:|")
-            if "explain" in parts:
-                for backend in ("onnxruntime", "openvino"):
+        if {"explain", "audit", "grad-cam"} & set(parts):
+            for name in ("mobilenet_v2", "resnet50"):
+                bundle = bundle_for(name, work)
+                top = ceiling(bundle, work)
+                report(f"\n**{name}** 224×224, 2 cores. Ceiling, the unsplit model alone on OpenVINO (THROUGHPUT hint, "
+                       f"async requests, batch 1): **{top:.0f} images/s**\n")
+                report("| run | where | images | images/s | ÷ ceiling |\n|---|---|---:|---:|---:|")
+                if "explain" in parts:
+                    for backend in ("onnxruntime", "openvino"):
+                        for label, flags in (("one process (latency mode, today)", []), ("--workers 2", ["--workers", "2"]),
+                                             ("--ray (2 actors × 1 thread)", ["--ray", address])):
+                            seconds, _ = timed_cli("explain", bundle, folder, "--method", "recipro", "--backend", backend,
+                                                   "--out", work / "explain_out", "--force", *flags)
+                            rate = len(files) / seconds
+                            report(f"| explain --method recipro, {backend} | {label} | {len(files)} | {rate:.1f} | "
+                                   f"{rate / top:.2f} |")
+                if "audit" in parts:
+                    subset = work / f"audit_{name}"
+                    subset.mkdir(exist_ok=True)
+                    for f in files[:audit_n[name]]:
+                        link = subset / f.name
+                        if not link.exists():
+                            link.symlink_to(f)
                     for label, flags in (("one process (latency mode, today)", []), ("--workers 2", ["--workers", "2"]),
                                          ("--ray (2 actors × 1 thread)", ["--ray", address])):
-                        seconds, _ = timed_cli("explain", bundle, folder, "--method", "recipro", "--backend", backend,
-                                               "--out", work / "explain_out", "--force", *flags)
-                        rate = len(files) / seconds
-                        report(f"| explain --method recipro, {backend} | {label} | {len(files)} | {rate:.1f} | "
-                               f"{rate / top:.2f} |")
-            if "audit" in parts:
-                subset = work / f"audit_{name}"
-                subset.mkdir(exist_ok=True)
-                for f in files[:audit_n[name]]:
-                    link = subset / f.name
-                    if not link.exists():
-                        link.symlink_to(f)
-                for label, flags in (("one process (latency mode, today)", []), ("--workers 2", ["--workers", "2"]),
-                                     ("--ray (2 actors × 1 thread)", ["--ray", address])):
-                    seconds, _ = timed_cli("audit", bundle, subset, "--methods", "recipro", "--metrics",
-                                           "adcc,insertion,deletion", "--backend", "openvino", "--out",
-                                           work / "audit_out", "--force", *flags)
-                    rate = audit_n[name] / seconds
-                    report(f"| audit recipro × adcc, insertion, deletion, openvino | {label} | {audit_n[name]} | "
-                           f"{rate:.2f} | {rate / top:.3f} |")
-            if "grad-cam" in parts:
-                for method in ("gradcam", "eigencam"):
-                    rate = grad_cam_rate(name, method, files, work)
-                    report(f"| pytorch-grad-cam {method} loop (torch, 2 threads) | one process | {len(files)} | "
-                           f"{rate:.1f} | {rate / top:.2f} |")
+                        seconds, _ = timed_cli("audit", bundle, subset, "--methods", "recipro", "--metrics",
+                                               "adcc,insertion,deletion", "--backend", "openvino", "--out",
+                                               work / "audit_out", "--force", *flags)
+                        rate = audit_n[name] / seconds
+                        report(f"| audit recipro × adcc, insertion, deletion, openvino | {label} | {audit_n[name]} | "
+                               f"{rate:.2f} | {rate / top:.3f} |")
+                if "grad-cam" in parts:
+                    for method in ("gradcam", "eigencam"):
+                        rate = grad_cam_rate(name, method, files, work)
+                        report(f"| pytorch-grad-cam {method} loop (torch, 2 threads) | one process | {len(files)} | "
+                               f"{rate:.1f} | {rate / top:.2f} |")
         if "memory" in parts:
             bundle = bundle_for("mobilenet_v2", work)
             report("\n**Peak memory**, `explain --method recipro` on mobilenet_v2 (onnxruntime), MiB: the driver's and "
@@ -408,13 +416,16 @@ def main() -> None:
             report("| where | images | seconds | driver | worker | time -v |\n|---|---:|---:|---:|---:|---:|")
             for n in map(int, args.memory_n.split(",")):
                 many = images(work / f"images_{n}", n)
-                for label, flags in (("--workers 2", ["--workers", "2"]), ("--ray", ["--ray", address])):
+                for label, flags in (("one process (pipelined)", []), ("--workers 2", ["--workers", "2"]),
+                                     ("--ray", ["--ray", address])):
+                    if label.split()[0] not in args.memory_where.split(","):
+                        continue
                     seconds, driver, worker, maximum = memory_run(
                         ["explain", bundle, many, "--method", "recipro", "--out", work / "memory_out", "--force",
                          *flags])
                     report(f"| {label} | {n} | {seconds:.0f} | {driver:.0f} | {worker:.0f} | {maximum:.0f} |")
     finally:
-        ray_cluster("stop")
+        ray_cluster("stop")             # a no-op when none was started
     report.write(args.out)
 
 
