@@ -256,7 +256,7 @@ def explain_files(explainer, paths, methods: list[str], out, *, target=None, opt
         from .enhancers import get_enhancer
         get_enhancer(enhance)
     settings = {"bundle": {role: graphs[role]["sha256"] for role in ("features", "head")},
-                "backend": explainer.backend.describe(), "target": target, "options": per_method, "colormap": colormap,
+                "backend": explainer.backend.describe(), "precision": explainer.backend.precision, "target": target, "options": per_method, "colormap": colormap,
                 "alpha": alpha, "on": on, **({"enhance": enhancer} if enhancer else {}),
                 **({"finer": finer} if finer else {})}
     spec = ExplainerSpec.of(explainer, runner.threads)

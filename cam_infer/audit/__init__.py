@@ -34,7 +34,7 @@ from .report import (
     skipped_metrics_line,
     write_html,
 )
-from .work import COLUMNS, LOCALISATION, METRICS, AuditOptions, AuditWork, audit_image, audit_spec
+from .work import COLUMNS, LOCALISATION, METRICS, AuditOptions, AuditWork, audit_image, audit_precision, audit_spec
 
 GRID = 48
 OVERLAYS = "overlays"
@@ -64,6 +64,7 @@ def run_audit(bundle, images, options: AuditOptions, out, *, boxes=None, restart
     skipped_metrics = options.skipped_metrics(bool(truth))
     options = options.resolved(bool(truth))
     settings = {"bundle": str(bundle.path.resolve()), "options": options.to_dict(),
+                "runs_at": audit_precision(bundle, options),
                 "boxes": str(Path(boxes).resolve()) if boxes else None}
     out = prepare_folder(out)
     with OutputLock(out, "audit"):
@@ -92,7 +93,8 @@ def run_audit(bundle, images, options: AuditOptions, out, *, boxes=None, restart
                 bar.advance()
         inputs.save()
         write_atomically(out / ERRORS_NAME, json.dumps(errors, indent=1) + "\n")
-        protocol = {"bundle": settings["bundle"], "boxes": settings["boxes"], **options.to_dict()}
+        protocol = {"bundle": settings["bundle"], "boxes": settings["boxes"], **options.to_dict(),
+                    "runs_at": settings["runs_at"]}
         summary = summarise(metrics, options.methods, protocol, errors)
         summary["skipped"] = [str(f) for f in found.skipped]
         summary["redone"] = changed

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..backends import CHOICES as BACKEND_CHOICES
+from ..backends.sessions import PRECISIONS
 from ..images import INTERPOLATIONS
 from ..version import __version__
 
@@ -17,6 +18,14 @@ PREPROCESSING = ("resize", "crop", "interpolation", "mean", "std", "scale", "col
 def _runtime(p, backend_help="auto (default): ONNX Runtime for ONNX bundles, OpenVINO for IR bundles") -> None:
     p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES, help=backend_help)
     p.add_argument("--device", default="CPU", help="device (CPU, GPU, NPU, AUTO)")
+    _precision(p)
+
+
+def _precision(p) -> None:
+    p.add_argument("--precision", default="f32", choices=PRECISIONS,
+                   help="what the runtime computes in: f32 (default: the same maps and scores on every machine), "
+                        "auto (the runtime's own default on the device, as the deployment runs: bf16 on OpenVINO "
+                        "CPUs with AVX-512 BF16 or AMX, f16 on GPU/NPU, f32 on ONNX Runtime's CPU provider), bf16, f16")
 
 
 def _scale_out(p) -> None:
@@ -114,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
     p.add_argument("--backend", help=f"also run one image on this runtime ({', '.join(BACKEND_CHOICES)}) and time it")
     p.add_argument("--device", default="CPU", help="device for --backend (CPU, GPU, NPU, AUTO)")
+    _precision(p)
     p.set_defaults(run=run.info)
 
     p = sub.add_parser("explain", help="explain image files; write overlays and results.json")
@@ -159,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="all", help="comma-separated cases (see below) or 'all'")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per case, after one warm-up (default 5)")
     p.add_argument("--score-repeats", type=int, default=None, help="timed runs of full Score-CAM (default --repeats)")
+    _precision(p)
     p.add_argument("--fused", action="store_true",
                    help="instead: latency of each fused model (cam-infer fuse) over the plain model, and file growth")
     p.epilog = (f"cases: {', '.join(map(repr, CASES))} ('all': {', '.join(map(repr, ALL_CASES))}); with torch also "

@@ -11,7 +11,7 @@ from .arguments import preprocessing_fields
 
 def demo(args) -> int:
     from ..demo import run_demo
-    run_demo(args.out, backend=args.backend)
+    run_demo(args.out, backend=args.backend, precision=args.precision)
     return 0
 
 
@@ -59,7 +59,7 @@ def info(args) -> int:
     bundle = Bundle.load(args.bundle)
     print(json.dumps(bundle.manifest, indent=2) if args.json else describe(bundle))
     if args.backend:
-        print(check_backend(bundle, args.backend, args.device))
+        print(check_backend(bundle, args.backend, args.device, args.precision))
     return 0
 
 
@@ -72,7 +72,8 @@ def explain(args) -> int:
     from ..runs import choose_methods, explain_files, parse_option
     names = [m.strip() for m in args.method.split(",") if m.strip()]
     gradients = "torch" if any(n != "all" and get_method(n).gradient for n in names) else None
-    explainer = Explainer(args.bundle, backend=args.backend, device=args.device, gradients=gradients)
+    explainer = Explainer(args.bundle, backend=args.backend, device=args.device, precision=args.precision,
+                          gradients=gradients)
     methods, skipped = choose_methods(names, explainer.linear_head is not None)
     if skipped:
         print(f"skipped {', '.join(skipped)}: this bundle's head is not global pooling + linear")
@@ -106,7 +107,7 @@ def explain_detections(args) -> int:
     for flag in ("target", "finer", "enhance"):
         if getattr(args, flag) is not None:
             raise CamInferError(f"--{flag} is for classifiers; for detections use --detections, --classes or --box")
-    explainer = DetectionExplainer(args.bundle, backend=args.backend, device=args.device)
+    explainer = DetectionExplainer(args.bundle, backend=args.backend, device=args.device, precision=args.precision)
     targets = "all" if args.detections == "all" else [_integer(v, "--detections") for v in args.detections.split(",")]
     classes = [_class(c) for c in args.classes.split(",")] if args.classes else None
     boxes = [_box(b) for b in args.box] or None
@@ -284,6 +285,6 @@ def serve(args) -> int:
               + ("; bearer token required" if token else ""), flush=True)
 
     run_server(args.model, method=args.method, host=args.host, port=args.port, backend=args.backend,
-               device=args.device, threads=args.threads, token=token, name=args.name, max_batch=args.max_batch,
+               device=args.device, precision=args.precision, threads=args.threads, token=token, name=args.name, max_batch=args.max_batch,
                window_ms=args.batch_window_ms, max_body_mb=args.max_body_mb, ready=ready)
     return 0

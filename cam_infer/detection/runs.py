@@ -42,7 +42,7 @@ def explain_detection_files(explainer: DetectionExplainer, paths, methods: list[
     out = prepare_folder(out)
     graphs = explainer.bundle.manifest["graphs"]
     settings = {"bundle": {role: graphs[role]["sha256"] for role in ("features", "head")},
-                "backend": explainer.backend.describe(), "task": "detection", "targets": targets, "classes": classes,
+                "backend": explainer.backend.describe(), "precision": explainer.backend.precision, "task": "detection", "targets": targets, "classes": classes,
                 "boxes": boxes, "conf": conf, "iou": iou, "options": options or {}, "colormap": colormap,
                 "alpha": alpha, "on": on}
     spec = ExplainerSpec.of(explainer, runner.threads)

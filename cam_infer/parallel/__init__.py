@@ -35,12 +35,14 @@ class ExplainerSpec:
     gradients: str | None = None
     threads: int | None = None
     detector: bool = False
+    precision: str = "f32"
 
     def open(self):
         """The explainer of this spec, opened once per process (a worker's: its cores are the runtime's)."""
         if self not in _OPENED:
             leave_the_cores_to_the_runtime()
-            options = {"device": self.device, **({"threads": self.threads} if self.threads else {})}
+            options = {"device": self.device, **({"threads": self.threads} if self.threads else {}),
+                       **({"precision": self.precision} if self.backend != "torch" else {})}
             if self.detector:
                 from ..detection.explainer import DetectionExplainer
                 _OPENED[self] = DetectionExplainer(self.bundle, backend=self.backend, **options)
@@ -60,7 +62,13 @@ class ExplainerSpec:
         backend = explainer.backend
         return cls(str(explainer.bundle.path.resolve()), backend.name, getattr(backend, "device", "CPU"),
                    "torch" if getattr(explainer, "gradients", None) is not None and backend.name != "torch" else None,
-                   threads, explainer.bundle.task == "detection")
+                   threads, explainer.bundle.task == "detection", asked_precision(backend))
+
+
+def asked_precision(backend) -> str:
+    """The precision `backend` was opened with (``auto`` stays ``auto``: each worker resolves it on its device)."""
+    runtime = getattr(backend, "runtime", None)
+    return runtime.precision if runtime is not None else "f32"
 
 
 _OPENED: dict = {}
