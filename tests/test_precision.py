@@ -82,3 +82,97 @@ def test_closed_forms_at_bf16_agree_with_float32_within_the_format(bf16, tiny_bu
     logit_bound = np.einsum("ck,nkhw->nhwc", np.abs(f32.linear_head.weight), bound).max(axis=-1) / (h * w)
     rec16, rec32 = (e.explain(x, method="recipro", target=targets).maps for e in (bf16, f32))
     assert np.all(np.abs(rec16 - rec32) <= 2 * logit_bound)
+
+
+# --- the precision used, in every output ----------------------------------------------------------------------
+
+def _device_default() -> str:
+    from cam_infer.backends.sessions import openvino_core
+    return openvino_core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()
+
+
+def test_each_backend_reports_the_precision_it_runs_at(tiny_bundle):
+    assert load_backend(tiny_bundle, "openvino").precision == "f32"                   # the default: reproducible
+    assert load_backend(tiny_bundle, "openvino", precision="auto").precision == _device_default()
+    assert load_backend(tiny_bundle, "onnxruntime", precision="auto").precision == "f32"
+    assert "(latency, f32)" in load_backend(tiny_bundle, "openvino").describe()
+
+
+def test_info_reports_the_precision_a_bundle_runs_at(tiny_bundle):
+    from helpers import run_cli
+
+    result = run_cli("info", tiny_bundle.path, "--backend", "openvino", "--precision", "auto")
+    assert result.returncode == 0, result.stderr
+    assert f"runs on    openvino CPU (latency, {_device_default()}): yes" in result.stdout
+
+
+def test_workers_open_the_explainer_at_the_runs_precision(bf16, tiny_bundle):
+    from cam_infer.parallel import ExplainerSpec, _OPENED
+
+    spec = ExplainerSpec.of(bf16)
+    assert spec.precision == "bf16"
+    try:
+        assert spec.open().backend.precision == "bf16"                  # as a worker process opens it
+    finally:
+        _OPENED.pop(spec, None)
+
+
+def test_a_folder_run_records_its_precision_and_refuses_to_resume_at_another(bf16, tiny_bundle, tmp_path):
+    import json
+
+    import cv2
+    from helpers import run_cli
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(images / f"{i}.png"), np.random.default_rng(i).integers(0, 255, (64, 64, 3), np.uint8))
+    out = tmp_path / "out"
+    first = run_cli("explain", tiny_bundle.path, images, "--method", "cam", "--backend", "openvino",
+                    "--precision", "bf16", "--out", out)
+    assert first.returncode == 0, first.stderr
+    settings = json.loads((out / "results.json").read_text())["settings"]
+    assert settings["precision"] == "bf16" and "bf16" in settings["backend"]
+    again = run_cli("explain", tiny_bundle.path, images, "--method", "cam", "--backend", "openvino",
+                    "--precision", "f32", "--out", out)
+    assert again.returncode != 0
+    assert "holds results of a run with other settings" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+
+
+def test_an_audit_records_the_precision_it_ran_at(tiny_bundle, tmp_path):
+    import json
+
+    from cam_infer.audit import AuditOptions, run_audit
+    from cam_infer.synthetic import write_scenes
+
+    scenes = write_scenes(tmp_path / "scenes", "large", 2)
+    options = AuditOptions(methods=("activation",), metrics=("adcc",), backend="openvino", precision="auto", steps=4)
+    summary = run_audit(tiny_bundle.path, [scenes], options, tmp_path / "audit", progress=False)
+    assert summary["protocol"]["runs_at"] == _device_default() and summary["protocol"]["precision"] == "auto"
+    assert json.loads((tmp_path / "audit" / "summary.json").read_text())["protocol"]["runs_at"] == _device_default()
+    with pytest.raises(Exception, match="other settings"):
+        run_audit(tiny_bundle.path, [scenes], AuditOptions(methods=("activation",), metrics=("adcc",),
+                                                          backend="openvino", precision="f32", steps=4),
+                  tmp_path / "audit", progress=False)
+
+
+def test_a_fused_model_records_its_precision_and_its_maps_there(tiny_bundle):
+    import json
+
+    from cam_infer.bundle.split import random_images
+    from cam_infer.fuse import fuse
+
+    meta = {p.key: p.value for p in fuse(tiny_bundle, "cam", precision="bf16").metadata_props}
+    assert meta["cam_infer.precision"] == "bf16"
+    check = json.loads(meta["cam_infer.check"])
+    assert check["relative_difference"] < 1e-5                          # float32 on ONNX Runtime: exact
+    # at bf16, per map: max |Δ| / max |map| ≤ max Σ_k |W_ck| ΔA_k / max |map|, ΔA bounded as at the top of this file
+    x = random_images(tiny_bundle.preprocessing, 2)                       # the images the check ran on
+    f32 = Explainer(tiny_bundle, backend="onnxruntime")
+    maps = f32.explain(x, method="cam").maps
+    magnitude, layers = _magnitudes(tiny_bundle, x)
+    weight = np.abs(f32.linear_head.weight[f32.backend.forward(x).argmax(axis=1)])
+    bound = np.einsum("nk,nkhw->nhw", weight, MARGIN * 3 * layers * BF16_UNIT_ROUNDOFF * magnitude)
+    relative = (bound.max(axis=(1, 2)) / np.abs(maps).max(axis=(1, 2))).max()
+    assert 0 < check["bf16"] <= relative
+    assert {p.key: p.value for p in fuse(tiny_bundle, "cam").metadata_props}["cam_infer.precision"] == "f32"

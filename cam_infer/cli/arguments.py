@@ -185,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     classes.add_argument("--class-input", action="store_true",
                          help="explain the class given in an int64 input 'class_id' (N,) instead of the top-1")
     p.add_argument("--raw", action="store_true", help="also output saliency_raw, the maps before ReLU and min-max")
+    _precision(p)
     _out(p, "the .onnx file to write", "replace --out if it exists")
     p.add_argument("--repository", metavar="DIR", help="also write a model repository for Triton and OpenVINO Model "
                                                        "Server: DIR/NAME/config.pbtxt, DIR/NAME/1/model.onnx, "

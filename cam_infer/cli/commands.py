@@ -168,12 +168,13 @@ def bench(args) -> int:
     if args.fused:
         print(f"{bundle.path}: fused / plain model, batch 1; median of {args.repeats} runs each, alternating\n"
               + FUSED_HEADER)
-        run_fused(bundle, runtimes, cases, args.repeats, report=lambda line: print(line, flush=True))
+        run_fused(bundle, runtimes, cases, args.repeats, report=lambda line: print(line, flush=True),
+                  precision=args.precision)
         return 0
     k, h, w = bundle.activation_shape
     print(f"{bundle.path}: input {bundle.input_shape}, activation {k}x{h}x{w}; batch 1; median of {args.repeats} runs"
           f"\n{HEADER}")
-    run_cases(bundle.path, runtimes, cases, args.repeats, score_repeats=args.score_repeats)
+    run_cases(bundle.path, runtimes, cases, args.repeats, score_repeats=args.score_repeats, precision=args.precision)
     return 0
 
 
@@ -251,16 +252,16 @@ def fuse(args) -> int:
     bundle = Bundle.load(args.bundle)
     if bundle.task == "detection":
         from ..detection.fuse import fuse_detector
-        if args.top_k != 1 or args.class_input or args.raw:
-            raise CamInferError("--top-k, --class-input and --raw are for classifiers; a detector's fused map is "
-                                "class-agnostic")
+        if args.top_k != 1 or args.class_input or args.raw or args.precision != "f32":
+            raise CamInferError("--top-k, --class-input, --raw and --precision are for classifiers; a detector's "
+                                "fused map is class-agnostic")
         model = fuse_detector(bundle, args.method, **dict(parse_option(o) for o in args.option))
         path = save(model, args.out, overwrite=True)
         print(f"wrote {path}: the detector's output0 and saliency (N,{bundle.input_shape[1]},{bundle.input_shape[2]}), "
               f"{args.method} over its {len(bundle.manifest['cut'])} cut levels")
     else:
         model = fuse(bundle, args.method, top_k=args.top_k, class_input=args.class_input, raw=args.raw,
-                     **dict(parse_option(o) for o in args.option))
+                     precision=args.precision, **dict(parse_option(o) for o in args.option))
         path = save(model, args.out, overwrite=True)
         print(summary(model, path, bundle))
     if args.repository:
