@@ -68,29 +68,30 @@ def quality(work: Path, n: int, report) -> None:
 
 
 def speed(work: Path, repeats: int, report) -> None:
-    from cam_infer.detection import DetectionExplainer, split_detector
+    from cam_infer import Explainer
+    from cam_infer.detection import split_detector
     from cam_infer.detection.decode import detect
 
     source = SHARED / "deployed" / "nudenet_320n.onnx"
     bundle = split_detector(source, work / "yolov8n", overwrite=True)
     photo = SHARED / "deployed" / "basketball1.png"
-    ex = DetectionExplainer(bundle, backend="openvino")
+    ex = Explainer(bundle, backend="openvino")
     x = ex._inputs([photo])[0]
     count = len(ex.detect(x)[0])
     plain = compiled(source)
-    thresholds = ex._thresholds(None, None, None)
+    thresholds = ex.task.thresholds(None, None, None)
     detections = lambda: ex.detect(x)                                            # noqa: E731
     model_and_nms = lambda: detect(plain(x)[0][0], *thresholds)                  # noqa: E731
     report(f"\n**YOLOv8n** (NudeNet 320n) 320×320 on OpenVINO CPU, batch 1, {photo.name} ({count} detections). "
            "The base is what the detections cost: one forward pass (the bundle's joined graph, the model with its "
-           "cut maps as outputs, one call) and the NMS, `DetectionExplainer.detect`; beside it the unsplit model "
+           "cut maps as outputs, one call) and the NMS, `Explainer.detect`; beside it the unsplit model "
            "in one OpenVINO call and the same NMS, what a deployment runs without cam-infer. Each ratio comes "
            "from its own pair timed alternately, call by call (so each call follows the other of its pair); "
            f"medians of {repeats} runs, ratios are medians of the per-run ratios\n")
     report("| method | one detection: ms | ÷ detections | ÷ unsplit model + NMS | all detections: ms | ÷ detections "
            "| per detection ÷ detections |\n|---|---:|---:|---:|---:|---:|---:|")
     for method, options in SPEED_CASES:
-        one = lambda: ex.explain(x, method, targets=0, **options)              # noqa: E731
+        one = lambda: ex.explain(x, method, target=0, **options)              # noqa: E731
         every = lambda: ex.explain(x, method, **options)                        # noqa: E731
         base, one_times = alternate([detections, one], repeats)
         base_every, every_times = alternate([detections, every], repeats)

@@ -77,10 +77,9 @@ def run_demo(out, backend: str = "onnxruntime", scale: int = 2, report=print, pr
 
 def run_detection_demo(out: Path, backend: str, scale: int, report=print, precision: str = "f32") -> None:
     """The embedded detector on one synthetic scene: every detection explained by each method, one grid."""
-    from .detection import DetectionExplainer
     from .synthetic import DETECTION_CLASSES, detection_scene
 
-    ex = DetectionExplainer(embedded_detector_path(), backend=backend, precision=precision)
+    ex = Explainer(embedded_detector_path(), backend=backend, precision=precision)
     s = detection_scene(DEMO_SEED, 3)
     tiles = [_with_boxes(s.image, s.boxes, scale)]
     lines = []

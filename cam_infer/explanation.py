@@ -1,10 +1,12 @@
-"""What `Explainer.explain` returns, and how a person looks at it: overlays on the original images,
-saved by image, method and class, or plotted with matplotlib (the ``plot`` extra).
+"""What `Explainer.explain` returns for every kind of model, and how a person looks at it: overlays on the
+original images, saved by image, method and target, or plotted with matplotlib (the ``plot`` extra).
 
     e = ex.explain(["cat.jpg", "dog.png"], method="recipro", top_classes=2)
-    e.saliency.shape          # (2, 2, H, W): per image, per class
+    e.saliency.shape          # a classifier: (2, 2, H, W), per image, per class
+    e.items[0][1].box_image   # a detector: per image, one `DetectionMap` per explained detection
+    e.records()               # either: per image, one record (a dict) per explained target
     e.save("out/")            # out/cat_recipro_tabby.png, out/cat_recipro_tiger_cat.png, ...
-    e.plot()                  # a matplotlib figure: images × classes
+    e.plot()                  # a matplotlib figure: images × targets
     picture = e.overlay(0)    # RGB uint8: the map over the original cat.jpg, captioned, with a colour bar
 """
 
@@ -17,20 +19,48 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CamInferError
-from .postprocess import caption, check_overlay_options, near_uniform, overlay_picture, write_png
+from .postprocess import caption, check_overlay_options, class_fields, near_uniform, overlay_picture, write_png
+
+
+@dataclass
+class DetectionMap:
+    """One explained detection."""
+
+    box: list[float]             # x1, y1, x2, y2 in the model's input pixels
+    box_image: list[float]       # the same in the original image's pixels (= box when given a batch)
+    class_id: int
+    label: str
+    score: float                 # the class score of its anchor in the clean output
+    anchor: int
+    level: int                   # the output level of its anchor (0: stride 8)
+    index: int | None            # its index among the image's detections (None: a box you gave)
+    match_iou: float             # a box you gave: IoU with its anchor's box
+    saliency: np.ndarray         # (H,W) in [0,1], at the model's input
+    degenerate: bool             # constant map
+    uniform: bool = False        # near-uniform map: no localisation (`postprocess.near_uniform`)
+
+    def record(self) -> dict:
+        return {"box": [round(v, 2) for v in self.box_image], "class_id": self.class_id, "label": self.label,
+                "score": round(self.score, 5), "anchor": self.anchor, "level": self.level, "index": self.index,
+                **({"match_iou": round(self.match_iou, 4)} if self.index is None else {}),
+                "degenerate": self.degenerate, "uniform": self.uniform}
 
 
 @dataclass
 class Explanation:
-    """Maps of one method for a batch. One class per image: arrays are (N,...). Several classes per image
-    (``top_classes=k`` or ``target=[[...], ...]``): (N,k,...), `multi` is True."""
+    """Maps of one method for a batch, per image and explained target.
+
+    A classifier's targets are classes and its maps arrays: one class per image, (N,...); several classes
+    per image (``top_classes=k`` or ``target=[[...], ...]``), (N,k,...), `multi` is True. A detector's
+    targets are detections: `items` holds, per image, one `DetectionMap` per explained detection, and
+    `detections` every detection of the NMS; its arrays are None."""
 
     method: str
-    saliency: np.ndarray        # (N,H,W) or (N,k,H,W) float32 in [0,1], at the model's input resolution
-    maps: np.ndarray            # (N,h,w) or (N,k,h,w) raw low-resolution maps, before ReLU and normalisation
-    targets: np.ndarray         # (N,) or (N,k) class explained (class_agnostic: the model's top-1, not explained)
-    scores: np.ndarray          # (N,) or (N,k) probability of that class (softmax of the logits)
-    degenerate: np.ndarray      # (N,) or (N,k) True where the map was constant
+    saliency: np.ndarray | None  # (N,H,W) or (N,k,H,W) float32 in [0,1], at the model's input resolution
+    maps: np.ndarray | None      # (N,h,w) or (N,k,h,w) raw low-resolution maps, before ReLU and normalisation
+    targets: np.ndarray | None   # (N,) or (N,k) class explained (class_agnostic: the model's top-1, not explained)
+    scores: np.ndarray | None    # (N,) or (N,k) probability of that class (softmax of the logits)
+    degenerate: np.ndarray | None  # (N,) or (N,k) True where the map was constant
     milliseconds: float         # wall time of the whole call
     options: dict = field(default_factory=dict)
     labels: list | None = None                 # the bundle's class names
@@ -40,6 +70,27 @@ class Explanation:
     outputs: np.ndarray | None = None          # (N,C) the model's own outputs (logits or probabilities)
     class_agnostic: bool = False               # the map does not depend on the class: one map per image, shown
                                                # under no class; `targets`/`scores` are then the model's top-1
+    items: list | None = None                  # a detector: per image, per explained detection, a `DetectionMap`
+    detections: list | None = None             # a detector: per image, every detection of the NMS (`Detections`)
+    image_maps: list | None = None             # a detector, class_agnostic: per image, (its map (H,W), constant?)
+
+    @property
+    def detector(self) -> bool:
+        return self.items is not None
+
+    def records(self) -> list[list[dict]]:
+        """Per image, one record per explained target: its class (a detector's: and box, anchor, level),
+        score, and whether its map is constant or near-uniform."""
+        if self.detector:
+            return [[d.record() for d in items] for items in self.items]
+        uniform = self.uniform
+        return [[self._class_record(i, j, uniform) for j in self._per_class(i)] for i in range(len(self.targets))]
+
+    def _class_record(self, i: int, j, uniform: np.ndarray) -> dict:
+        class_id = int(self._pick(self.targets, i, j))
+        return {**class_fields(class_id, self.label(class_id) if self.labels else None,
+                               round(float(self._pick(self.scores, i, j)), 6), self.class_agnostic),
+                "degenerate": bool(self._pick(self.degenerate, i, j)), "uniform": bool(self._pick(uniform, i, j))}
 
     def map_class(self, i: int, j: int | None = None) -> int | None:
         """The class map (i, j) explains; None for a class-agnostic map, which explains no class."""
@@ -69,8 +120,12 @@ class Explanation:
         """Image i's map (class j of several) as an RGB uint8 picture, captioned with the method, class and
         probability, with a colour bar. ``on="original"`` puts the map back on the original image (given to
         explain() or here as `image`), undoing the bundle's resize and crop; ``on="model"`` shows the
-        model's view."""
+        model's view. A detector's image i with its explained detection j drawn (box, label, score) over its
+        map; j None: every explained detection over their maps' pixel-wise maximum."""
         check_overlay_options(colormap, alpha)
+        if self.detector:
+            from .detection.overlay import detection_overlay
+            return detection_overlay(self, i, j, on, colormap, alpha)
         if on not in ("original", "model"):
             raise CamInferError(f"on must be 'original' or 'model', not {on!r}")
         if self.multi and j is None:
@@ -94,20 +149,32 @@ class Explanation:
 
     def save(self, folder, on: str = "original", colormap: str = "jet", alpha: float = 0.5) -> list[Path]:
         """Write one overlay per image and class: ``<image>_<method>_<label>.png`` (image i is ``image<i>``
-        when explain() got arrays; ``<image>_<method>.png`` for a class-agnostic map). Returns the paths."""
+        when explain() got arrays; ``<image>_<method>.png`` for a class-agnostic map). A detector: one per
+        explained detection, ``<image>_<method>_<k>_<label>.png``. Returns the paths."""
         from .outputs import prepare_folder
 
         folder = prepare_folder(folder, "folder")
         paths = []
-        for i in range(len(self.targets)):
+        for i in range(self._images):
             stem = self.names[i] if self.names else f"image{i}"
-            for j in self._per_class(i):
-                class_id = self.map_class(i, j)
-                shown = "" if class_id is None else f"_{_safe(self.label(class_id))}"
+            for j, shown in self._pictures(i):
                 path = folder / f"{stem}_{_safe(self.method)}{shown}.png"
                 write_png(path, self.overlay(i, j, on=on, colormap=colormap, alpha=alpha))
                 paths.append(path)
         return paths
+
+    @property
+    def _images(self) -> int:
+        return len(self.items if self.detector else self.targets)
+
+    def _pictures(self, i: int) -> list[tuple]:
+        """Image i's pictures: (j for `overlay`, what its file name adds after the method): one per class, or
+        per explained detection; one for a class-agnostic map."""
+        if self.detector:
+            return [(None, "")] if self.class_agnostic else \
+                [(j, f"_{j}_{_safe(d.label)}") for j, d in enumerate(self.items[i])]
+        return [(j, "" if self.map_class(i, j) is None else f"_{_safe(self.label(self.map_class(i, j)))}")
+                for j in self._per_class(i)]
 
     def plot(self, on: str = "original", colormap: str = "jet", alpha: float = 0.5, width: float = 3.2):
         """A matplotlib figure, one row per image and one column per class (needs ``pip install
@@ -117,11 +184,13 @@ class Explanation:
         except ImportError:
             raise CamInferError("plot() needs matplotlib: pip install 'cam-infer[plot]' (or matplotlib); "
                                 "save() writes the same overlays as PNG files without it") from None
-        rows = len(self.targets)
-        cols = self.targets.shape[1] if self.multi else 1
+        shown = [[j for j, _ in self._pictures(i)] or [None] for i in range(self._images)]
+        rows, cols = len(shown), max(map(len, shown))
         fig, axes = plt.subplots(rows, cols, figsize=(width * cols, width * rows), squeeze=False)
         for i in range(rows):
-            for c, j in enumerate(self._per_class(i)):
+            for ax in axes[i][len(shown[i]):]:
+                ax.set_axis_off()
+            for c, j in enumerate(shown[i]):
                 ax = axes[i][c]
                 ax.imshow(self.overlay(i, j, on=on, colormap=colormap, alpha=alpha))
                 ax.set_axis_off()

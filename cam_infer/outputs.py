@@ -3,6 +3,7 @@
     with OutputLock(out, "explain"):          # a second run on `out` refuses, naming this one
         ...
     fingerprint(path)                          # {"size": ..., "mtime_ns": ...}: redo when it changes
+    write_atomically(path, text_or_bytes)      # readers see the old file or the new one, never half of one
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from .errors import CamInferError
 
 LOCK_NAME = ".cam-infer.lock"
-SAVE_EVERY = 2.0         # seconds between rewrites of a run's growing JSON files (results.json, inputs.json)
+SAVE_EVERY = 2.0         # seconds between rewrites of a run's growing files (results.json, metrics.csv)
 
 
 def prepare_folder(out, what: str = "--out") -> Path:
@@ -117,3 +118,15 @@ def fingerprint(path) -> dict:
     time (ns). Replacing a file (copy, save, download) changes them; a rerun redoes that image."""
     st = os.stat(path)
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def write_atomically(path, data: str | bytes) -> None:
+    """Write a file whole or not at all: into a temporary file beside it, then renamed over it (an atomic
+    replace on every OS), so a kill or a reader at any moment sees either the old file or the new one."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    if isinstance(data, str):
+        tmp.write_text(data, encoding="utf-8")
+    else:
+        tmp.write_bytes(data)
+    os.replace(tmp, path)

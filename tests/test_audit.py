@@ -22,6 +22,7 @@ from helpers import assert_one_line_error, run_cli
 from cam_infer import CamInferError, Explainer
 from cam_infer.audit import AuditOptions, audit_image, run_audit
 from cam_infer.demo import embedded_bundle_path
+from cam_infer.jobs.journal import JOURNAL
 from cam_infer.metrics import adcc, box_localisation, energy_pointing, pointing_hit
 from cam_infer.synthetic import generate
 
@@ -153,8 +154,9 @@ def test_a_torn_last_line_and_a_half_written_image_are_redone(scenes, tmp_path):
     options = AuditOptions(methods=("activation", "eigen"), metrics=("adcc",))
     run_audit(SHAPES, [folder], options, tmp_path / "a", progress=False)
     full = (tmp_path / "a" / "metrics.csv").read_text()
-    lines = full.splitlines(keepends=True)
-    (tmp_path / "a" / "metrics.csv").write_text("".join(lines[:6]) + lines[6][:20])   # image 3 half, torn
+    journal = tmp_path / "a" / JOURNAL
+    lines = journal.read_text().splitlines(keepends=True)               # the settings, then one line an image
+    journal.write_text("".join(lines[:3]) + lines[3][:20])              # image 3 torn, 4 to 6 not written
     run_audit(SHAPES, [folder], options, tmp_path / "a", progress=False)
     assert (tmp_path / "a" / "metrics.csv").read_text() == full
 

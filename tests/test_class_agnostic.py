@@ -139,8 +139,8 @@ def test_the_audit_marks_class_agnostic_rows_and_scores_them_on_the_top_1(images
 
 @pytest.fixture(scope="module")
 def detector():
-    from cam_infer.detection import DetectionExplainer
-    return DetectionExplainer(embedded_detector_path(), backend="onnxruntime")
+    from cam_infer import Explainer
+    return Explainer(embedded_detector_path(), backend="onnxruntime")
 
 
 def test_a_detector_gives_one_class_agnostic_map_per_image_not_one_per_detection(detector, tmp_path):

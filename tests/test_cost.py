@@ -107,13 +107,14 @@ def test_cost_line_says_bounds_and_times():
 @needs_shared
 @pytest.mark.slow
 def test_detector_passes_are_the_rows_run(tmp_path):
-    from cam_infer.detection.explainer import DetectionContext, DetectionExplainer
+    from cam_infer import Explainer
+    from cam_infer.detection.context import DetectionContext
     from cam_infer.detection.split import split_detector
     from cam_infer.detection.targets import central_targets
     from cam_infer.methods import get_method
     model = SHARED / "deployed" / "nudenet_320n.onnx"
     for cut, options in (("detect-input", {}), ("backbone", {"block": 8})):
-        explainer = DetectionExplainer(split_detector(model, tmp_path / cut, cut=cut), backend="onnxruntime")
+        explainer = Explainer(split_detector(model, tmp_path / cut, cut=cut), backend="onnxruntime")
         x, _, _ = explainer._inputs([SHARED / "deployed" / "basketball1.png"])
         packed, outputs = explainer.backend.observe(x)
         rows = counting(explainer.backend)

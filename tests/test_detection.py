@@ -18,7 +18,8 @@ from cam_infer import CamInferError
 from cam_infer.bundle.graph import Graph
 from cam_infer.detection.anatomy import is_cut, is_detector
 from cam_infer.detection.decode import anchor_levels, boxes_xyxy, detect, iou
-from cam_infer.detection.explainer import DetectionContext, DetectionExplainer
+from cam_infer import Explainer
+from cam_infer.detection.context import DetectionContext
 from cam_infer.detection.split import PACKED, split_detector, with_input_size
 from cam_infer.detection.targets import target_scores
 from cam_infer.images import Preprocessing
@@ -37,7 +38,7 @@ def bundles(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def explainers(bundles):
-    return {backend: DetectionExplainer(bundles["detect-input"], backend=backend)
+    return {backend: Explainer(bundles["detect-input"], backend=backend)
             for backend in ("onnxruntime", "openvino")}
 
 
@@ -114,7 +115,7 @@ def test_both_cuts_reproduce_the_model_and_measure_the_heads_locality(bundles, e
     expected = full_model_output(x)
     for name, bundle in bundles.items():
         for backend in ("onnxruntime", "openvino"):
-            got = DetectionExplainer(bundle, backend=backend).backend.forward(x)
+            got = Explainer(bundle, backend=backend).backend.forward(x)
             np.testing.assert_allclose(got, expected, atol=2e-3 * np.abs(expected).max())
     assert head.labels[:2] == ["FEMALE_GENITALIA_COVERED", "FACE_FEMALE"]                 # from the metadata
 
@@ -177,7 +178,7 @@ def test_recipro_at_the_detect_inputs_equals_the_full_sweep_of_every_cell(bundle
     for li, m in maps.items():                        # the other levels cannot move the anchor: constant maps
         assert li == own or np.ptp(m) == 0
     expected = same_unit({own: maps[own]}, (320, 320))
-    got = ex.explain(PHOTO, "recipro", targets=0)
+    got = ex.explain(PHOTO, "recipro", target=0)
     from cam_infer.methods.recipro import recipro_map
     raw = recipro_map(ctx, target, "anchor", 1)
     np.testing.assert_allclose(raw, expected, atol=1e-4 * np.abs(expected).max())
@@ -225,7 +226,7 @@ def test_a_bundle_without_branches_gives_the_same_maps_through_the_whole_head(bu
         (plain / manifest["graphs"].pop(role)["file"]).unlink()
     (plain / "bundle.json").write_text(json.dumps(manifest))
     for backend in ("onnxruntime", "openvino"):
-        cropped, whole = DetectionExplainer(bundles["detect-input"], backend), DetectionExplainer(plain, backend)
+        cropped, whole = Explainer(bundles["detect-input"], backend), Explainer(plain, backend)
         for method in ("recipro", "ablation"):
             a, b = cropped.explain(PHOTO, method), whole.explain(PHOTO, method)
             assert len(a.items[0]) == len(b.items[0]) >= 2
@@ -236,7 +237,7 @@ def test_a_bundle_without_branches_gives_the_same_maps_through_the_whole_head(bu
 def test_ablation_equals_zeroing_each_channel_through_the_head_graph(bundles, explainers):
     ex = explainers["onnxruntime"]
     ctx, found = context(ex)
-    d = ex.explain(PHOTO, "ablation", targets=1).items[0][0]
+    d = ex.explain(PHOTO, "ablation", target=1).items[0][0]
     from cam_infer.methods.levels import unit_free
     from cam_infer.postprocess import normalise
     session = head_session(bundles["detect-input"])
@@ -257,7 +258,7 @@ def test_ablation_equals_zeroing_each_channel_through_the_head_graph(bundles, ex
 def test_score_cam_weights_are_the_match_scores_of_the_unsplit_model(explainers):
     ex = explainers["onnxruntime"]
     ctx, found = context(ex)
-    d = ex.explain(PHOTO, "score", targets=0, top_k=3).items[0][0]
+    d = ex.explain(PHOTO, "score", target=0, top_k=3).items[0][0]
     from cam_infer.methods.levels import unit_free
     from cam_infer.detection.targets import Target
     from cam_infer.methods.masked_passes import masks
@@ -293,8 +294,8 @@ def test_both_backends_give_the_same_maps_and_they_fall_in_their_boxes(explainer
 def test_the_backbone_cut_gives_maps_with_context(bundles):
     """At the backbone the neck mixes every level: ablation there runs all 64 channels and its map
     spreads beyond the 5×5-cell window that the Detect inputs allow."""
-    ex = DetectionExplainer(bundles["backbone"], backend="openvino")
-    d = ex.explain(PHOTO, "ablation", targets=0).items[0][0]
+    ex = Explainer(bundles["backbone"], backend="openvino")
+    d = ex.explain(PHOTO, "ablation", target=0).items[0][0]
     x1, y1, x2, y2 = d.box
     grown = np.zeros_like(d.saliency, bool)
     grown[max(int(y1) - 40, 0):int(y2) + 40, max(int(x1) - 40, 0):int(x2) + 40] = True
@@ -321,7 +322,7 @@ def test_bad_targets_are_one_clear_error(explainers):
     with pytest.raises(CamInferError, match="unknown class|not a class|no class"):
         ex.explain(PHOTO, "recipro", classes=["GIRAFFE"])
     with pytest.raises(CamInferError, match="detection 9 does not exist"):
-        ex.explain(PHOTO, "recipro", targets=9)
+        ex.explain(PHOTO, "recipro", target=9)
     with pytest.raises(CamInferError, match="does not explain detections"):
         ex.explain(PHOTO, "gradcam")
     none = ex.explain(PHOTO, "recipro", conf=0.99)
@@ -394,7 +395,7 @@ def test_the_detection_audit_measures_each_map_in_its_box_and_resumes(bundles, t
     detected = [r for r in rows if r["method"] == "recipro"]
     assert len(detected) >= 2 and all(0 <= r["energy"] <= 1 and 0 < r["box_fraction"] < 1 for r in detected)
     assert np.mean([r["energy"] for r in detected]) > 5 * np.mean([r["box_fraction"] for r in detected])
-    ex = DetectionExplainer(bundles["detect-input"])
+    ex = Explainer(bundles["detect-input"])
     e = ex.explain([images / "basketball1.png"], "recipro")
     saliency, _ = e.preprocessing.to_image(e.items[0][0].saliency, e.images[0].shape[:2])
     from cam_infer.detection.audit import _pixels
@@ -411,8 +412,8 @@ def test_the_detection_audit_measures_each_map_in_its_box_and_resumes(bundles, t
 
 def test_classifier_tools_refuse_a_detector_bundle_in_one_line(bundles):
     from cam_infer import Explainer
-    with pytest.raises(CamInferError, match="is a detector"):
-        Explainer(bundles["detect-input"])
+    with pytest.raises(CamInferError, match="top_classes= does not apply to this bundle: it is a detection model"):
+        Explainer(bundles["detect-input"]).explain(PHOTO, top_classes=2)
     assert_one_line_error(run_cli("bench", bundles["detect-input"].path), "bench/detection.py")
     info = run_cli("info", bundles["backbone"].path)
     assert info.returncode == 0 and "/model.4/cv2/act/Mul_output_0" in info.stdout

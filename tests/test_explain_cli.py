@@ -11,7 +11,8 @@ from helpers import assert_one_line_error, run_cli, without_progress
 
 from cam_infer import Explainer, split_onnx
 from cam_infer.methods import GRADIENT_FREE
-from cam_infer.runs import explain_files, overlay_names
+from cam_infer.jobs.folders import overlay_names
+from cam_infer.runs import explain_files
 from tiny_onnx import tiny_cnn
 
 

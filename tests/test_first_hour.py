@@ -21,8 +21,9 @@ from helpers import assert_one_line_error, run_cli
 
 from conftest import ROOT
 from cam_infer import CamInferError, Explainer
-from cam_infer.explainer import class_index
-from cam_infer.runs import IMAGE_SUFFIXES, collect_images, explain_files
+from cam_infer.tasks import class_index
+from cam_infer.jobs.folders import IMAGE_SUFFIXES, collect_images
+from cam_infer.runs import explain_files
 
 # --- installing ------------------------------------------------------------------------------------------
 

@@ -301,11 +301,11 @@ def test_detection_label_is_drawn_once_and_within_the_image():
     """A box's label is one render of its text (no second, thicker shadow pass that doubles the glyphs:
     "0.51" read "0.511"), and stays inside the image."""
     from cam_infer.demo import embedded_detector_path
-    from cam_infer.detection import DetectionExplainer
+    from cam_infer import Explainer
     from cam_infer.detection.overlay import COLOURS
     from cam_infer.synthetic import detection_scene
 
-    e = DetectionExplainer(embedded_detector_path()).explain([detection_scene(7, 3).image], "recipro")
+    e = Explainer(embedded_detector_path()).explain([detection_scene(7, 3).image], "recipro")
     image_w = e.images[0].shape[1]
     for j, d in enumerate(e.items[0]):
         picture = e.overlay(0, j).astype(np.float32)

@@ -175,7 +175,7 @@ else:
 import contextlib, io, json, cv2
 from cam_infer.cli import main
 from cam_infer.demo import embedded_detector_path
-from cam_infer.detection import DetectionExplainer
+from cam_infer import Explainer
 from cam_infer.detection.fuse import fusable, fuse_detector
 from cam_infer.methods import in_all
 from cam_infer.postprocess import normalise
@@ -187,7 +187,7 @@ assert main(["explain", detector, "scene.png", "--method", "all", "--out", "out"
 records = json.loads(open("out/results.json").read())["results"]
 toy_records = [r for r in records if r["method"] == "toy"]
 assert len(toy_records) == 1 and toy_records[0]["class_agnostic"], records
-dx = DetectionExplainer(detector)
+dx = Explainer(detector)
 x = dx._inputs([rgb])[0]
 packed = dx.backend.features(x)[0]
 levels = []
@@ -236,10 +236,10 @@ def test_a_method_without_code_for_a_task_says_which_methods_have():
     ({"score": "prob"}, "recipro: score must be one of 'anchor', 'match', not 'prob'"),
 ])
 def test_a_detectors_options_are_checked_as_a_classifiers(detector_scene, options, message):
-    from cam_infer.detection import DetectionExplainer
+    from cam_infer import Explainer
     bundle, image = detector_scene
     with pytest.raises(CamInferError, match="^" + re.escape(message) + "$"):
-        DetectionExplainer(bundle).explain([image], "recipro", **options)
+        Explainer(bundle).explain([image], "recipro", **options)
 
 
 def test_a_detector_option_typo_on_the_command_line_is_one_line(detector_scene, tmp_path):
@@ -254,10 +254,10 @@ def test_a_detector_option_typo_on_the_command_line_is_one_line(detector_scene, 
 
 
 def test_detector_ablation_runs_in_chunks_of_the_memory_budget_with_the_same_maps(detector_scene):
-    from cam_infer.detection import DetectionExplainer
+    from cam_infer import Explainer
     bundle, image = detector_scene
-    large = DetectionExplainer(bundle).explain([image], "ablation", targets=0)
-    small = DetectionExplainer(bundle, memory_budget_mb=0.05)
+    large = Explainer(bundle).explain([image], "ablation", target=0)
+    small = Explainer(bundle, memory_budget_mb=0.05)
     rows = {}
     for role in ("head", "branch"):
         run = getattr(small.backend, role)
@@ -266,7 +266,7 @@ def test_detector_ablation_runs_in_chunks_of_the_memory_budget_with_the_same_map
             rows.setdefault(role, []).append(len(args[-1]))
             return run(*args)
         setattr(small.backend, role, counted)
-    chunked = small.explain([image], "ablation", targets=0)
+    chunked = small.explain([image], "ablation", target=0)
     channels = max(level["shape"][0] for level in small.bundle.manifest["cut"])
     calls = [n for counts in rows.values() for n in counts]
     assert max(calls) < channels + 1 and len(calls) > 2, rows            # never the (C+1) copies at once

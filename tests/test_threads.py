@@ -13,7 +13,7 @@ import pytest
 import cam_infer
 from cam_infer import Explainer
 from cam_infer.bundle.verify import random_images
-from cam_infer.detection import DetectionExplainer
+from cam_infer import Explainer
 from cam_infer.synthetic import detection_scene
 
 DATA = Path(cam_infer.__file__).parent / "data"
@@ -61,7 +61,7 @@ def test_one_classifier_explainer_from_four_threads_gives_the_serial_maps(backen
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
 @pytest.mark.parametrize("method", ["recipro", "ablation", "score"])
 def test_one_detector_explainer_from_four_threads_gives_the_serial_maps(backend, method):
-    explainer = DetectionExplainer(DATA / "shapes_detector", backend=backend)
+    explainer = Explainer(DATA / "shapes_detector", backend=backend)
     inputs = [[detection_scene(1, i).image] for i in range(THREADS)]
     options = {"top_k": 8} if method == "score" else {}
     assert_same_when_concurrent(lambda images: explainer.explain(images, method, **options), inputs,

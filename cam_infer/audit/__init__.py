@@ -3,9 +3,9 @@
     run_audit("bundle/", ["images/"], AuditOptions(methods=("recipro", "eigen")), out="report/",
               boxes="boxes.json")
 
-`work.audit_image` does one image; this driver streams the folder through it, appends each
-image's rows to metrics.csv as soon as they exist (a rerun resumes after the last complete image),
-writes thumbnails, and at the end summary.json and index.html.
+`work.audit_image` does one image; the folder-run driver (`cam_infer.jobs`) streams the folder through
+it and resumes a rerun; this module writes the rows to metrics.csv as they come, the thumbnails, and at the
+end summary.json and index.html.
 
 Boxes file (JSON): ``{"photo.jpg": [[x1, y1, x2, y2], ...], "sub/b.png": [{"box": [...], "label": "cat"}]}``,
 keyed by the path as given on the command line, by the path relative to a given folder, or by file
@@ -16,29 +16,25 @@ that class; an unlabelled one for any class.
 from __future__ import annotations
 
 import json
-import shutil
-import time
 from pathlib import Path
 
 from ..errors import CamInferError
-from ..outputs import SAVE_EVERY, OutputLock, fingerprint, prepare_folder
-from ..progress import Progress
+from ..outputs import write_atomically
 from .report import (
     CSV_NAME,
     ERRORS_NAME,
-    SETTINGS_NAME,
+    HTML_NAME,
     SUMMARY_NAME,
-    MetricsFile,
-    summarise,
-    write_atomically,
+    csv_rows,
     skipped_metrics_line,
+    summarise,
+    write_csv,
     write_html,
 )
-from .work import COLUMNS, LOCALISATION, METRICS, AuditOptions, AuditWork, audit_image, audit_precision, audit_spec
+from .work import COLUMNS, LOCALISATION, METRICS, OVERLAYS, AuditOptions, AuditWork, audit_image, audit_precision, \
+    audit_spec, thumbnail_name
 
 GRID = 48
-OVERLAYS = "overlays"
-INPUTS_NAME = "inputs.json"
 
 
 def run_audit(bundle, images, options: AuditOptions, out, *, boxes=None, restart: bool = False, grid: int = GRID,
@@ -50,14 +46,12 @@ def run_audit(bundle, images, options: AuditOptions, out, *, boxes=None, restart
     (`cam_infer.parallel`); the files written are the same. `report(line)`, when given, hears what the
     methods will cost before the run starts (`cam_infer.cost`)."""
     from ..bundle import Bundle
+    from ..jobs.driver import Job, run_job
     from ..parallel import make_runner
-    from ..runs import collect_images
 
     bundle = Bundle.load(bundle)
     _check_options(bundle, options)
     runner = make_runner(workers, ray, threads)
-    found = collect_images(images)
-    files = found.files
     truth = load_boxes(boxes, bundle)
     if options.target == "truth" and not truth:
         raise CamInferError("target 'truth' needs boxes with exactly one label per image (--boxes)")
@@ -66,42 +60,29 @@ def run_audit(bundle, images, options: AuditOptions, out, *, boxes=None, restart
     settings = {"bundle": str(bundle.path.resolve()), "options": options.to_dict(),
                 "runs_at": audit_precision(bundle, options),
                 "boxes": str(Path(boxes).resolve()) if boxes else None}
-    out = prepare_folder(out)
-    with OutputLock(out, "audit"):
-        _prepare(out, settings, restart)
-        metrics = MetricsFile(out / CSV_NAME, options.methods)
-        inputs = InputsFile(out / INPUTS_NAME)
-        changed = inputs.changed(files)
-        done = set(metrics.complete_images()) - set(changed)
-        metrics.drop(changed)
-        errors: list[dict] = []
-        todo = [f for f in files if str(f) not in done]
-        work = AuditWork(audit_spec(bundle.path.resolve(), options, runner.threads), options)
-        by_name = {str(f): f for f in todo}
-        if report and todo:
-            report(_cost(work.spec, options, runner))
-        with Progress(len(files), "audit", enabled=progress) as bar:
-            bar.advance(len(files) - len(todo))
-            for result in runner.map(work, ((f, boxes_for(truth, f, images)) for f in todo)):
-                image = by_name[result["image"]]
-                if "error" in result:
-                    errors.append({"image": result["image"], "error": result["error"]})
-                else:
-                    write_thumbnails(out, found.names[image], result["thumbnails"])
-                    metrics.append(result["rows"])
-                    inputs.record(image, result["stamp"])
-                bar.advance()
-        inputs.save()
-        write_atomically(out / ERRORS_NAME, json.dumps(errors, indent=1) + "\n")
-        protocol = {"bundle": settings["bundle"], "boxes": settings["boxes"], **options.to_dict(),
-                    "runs_at": settings["runs_at"]}
-        summary = summarise(metrics, options.methods, protocol, errors)
-        summary["skipped"] = [str(f) for f in found.skipped]
-        summary["redone"] = changed
-        summary["skipped_metrics"] = list(skipped_metrics)
-        write_atomically(out / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
-        write_html(out, summary, thumbnail_grid(out, files[:grid], found.names, options.methods), options.methods)
+    protocol = {"bundle": settings["bundle"], "boxes": settings["boxes"], **options.to_dict(),
+                "runs_at": settings["runs_at"]}
+    summary: dict = {}
+
+    def write(run, final: bool) -> None:
+        write_csv(run.out / CSV_NAME, run.rows)
+        if final:
+            write_atomically(run.out / ERRORS_NAME, json.dumps(run.errors, indent=1) + "\n")
+            summary.update(summarise(csv_rows(run.out / CSV_NAME), options.methods, protocol, run.errors),
+                           skipped=run.skipped, redone=run.redone, skipped_metrics=list(skipped_metrics))
+            write_atomically(run.out / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
+            write_html(run.out, summary, thumbnail_grid(run.out, run.found.files[:grid], run.found.names,
+                                                        options.methods), options.methods)
+
+    work = AuditWork(audit_spec(bundle.path.resolve(), options, runner.threads), options)
+    job = Job("audit", "an audit", settings, options.methods, work, write, names=lambda found: found.names,
+              extra=lambda image: boxes_for(truth, image, images), folders=(OVERLAYS,), clear=CLEARED,
+              cost=lambda: _cost(work.spec, options, runner))
+    run_job(job, images, out, runner, restart=restart, progress=progress, report=report)
     return summary
+
+
+CLEARED = (CSV_NAME, SUMMARY_NAME, ERRORS_NAME, HTML_NAME, OVERLAYS)     # what --force removes
 
 
 def _cost(spec, options: AuditOptions, runner) -> str:
@@ -135,7 +116,7 @@ def _check_options(bundle, options: AuditOptions) -> None:
     if unknown:
         raise CamInferError(f"unknown metric {', '.join(map(repr, unknown))}; metrics: {', '.join(METRICS)}")
     if options.target not in ("predicted", "truth"):
-        from ..explainer import class_index
+        from ..tasks import class_index
         class_index(options.target, bundle.labels, bundle.num_classes)
     for name, value, choices in (("space", options.space, ("normalised", "raw")),
                                  ("coherency_at", options.coherency_at, ("input", "map")),
@@ -148,59 +129,6 @@ def _check_options(bundle, options: AuditOptions) -> None:
         raise CamInferError(f"steps must be a positive integer, not {options.steps!r}")
     if not 0 < options.box_threshold <= 1 or not 0 < options.iou_threshold <= 1:
         raise CamInferError("box and IoU thresholds must be in (0, 1]")
-
-
-def _prepare(out: Path, settings: dict, restart: bool) -> None:
-    path = out / SETTINGS_NAME
-    if restart and out.exists():
-        for name in (CSV_NAME, SUMMARY_NAME, ERRORS_NAME, "index.html", SETTINGS_NAME, INPUTS_NAME):
-            (out / name).unlink(missing_ok=True)
-        shutil.rmtree(out / OVERLAYS, ignore_errors=True)
-    if path.exists():
-        try:
-            previous = json.loads(path.read_text())
-        except ValueError:
-            previous = None
-        if previous != settings:
-            raise CamInferError(f"'{out}' holds an audit with other settings; choose another --out or pass --force "
-                                "to start over")
-    (out / OVERLAYS).mkdir(exist_ok=True)
-    write_atomically(path, json.dumps(settings, indent=2) + "\n")
-
-
-class InputsFile:
-    """inputs.json: image → the size and mtime it had when audited, so a resume redoes changed files."""
-
-    def __init__(self, path: Path):
-        self.path, self.saved_at = path, 0.0
-        try:
-            self.stamps = json.loads(path.read_text()) if path.exists() else {}
-        except ValueError:
-            self.stamps = {}
-
-    def changed(self, files) -> list[str]:
-        """Images audited before whose file is no longer the one that was audited."""
-        out = []
-        for f in files:
-            old = self.stamps.get(str(f))
-            try:
-                now = fingerprint(f)
-            except OSError:
-                continue
-            if old is not None and old != now:
-                out.append(str(f))
-        return out
-
-    def record(self, image, stamp: dict) -> None:
-        """Note an audited image's stamp; written every SAVE_EVERY seconds and at the end (`save`). A stamp
-        lost to a kill only means that file's later changes are not noticed; its rows are in metrics.csv."""
-        self.stamps[str(image)] = stamp
-        if time.monotonic() - self.saved_at >= SAVE_EVERY:
-            self.save()
-
-    def save(self) -> None:
-        self.saved_at = time.monotonic()
-        write_atomically(self.path, json.dumps(self.stamps) + "\n")
 
 
 def load_boxes(path, bundle) -> dict:
@@ -216,7 +144,7 @@ def load_boxes(path, bundle) -> dict:
         raise CamInferError(f"boxes file '{path}' is not valid JSON ({exc})") from None
     if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
         raise CamInferError(f"boxes file '{path}' must map image files to lists of boxes")
-    from ..explainer import class_index
+    from ..tasks import class_index
 
     for image, entries in data.items():
         for entry in entries:
@@ -243,22 +171,11 @@ def boxes_for(truth: dict, image: Path, roots) -> list | None:
     return next((truth[k] for k in keys if k in truth), None)
 
 
-def _thumbnail_name(name: str, method: str) -> str:
-    """`name` is the image's path relative to the folder it was found in: sub/cat.png → sub__cat.png__recipro.png."""
-    return f"{name.replace('/', '__').lstrip('.')}__{method}.png"
-
-
-def write_thumbnails(out: Path, name: str, thumbnails: dict) -> None:
-    """An image's thumbnails (method → PNG bytes) into the report's overlays folder."""
-    for method, png in thumbnails.items():
-        (out / OVERLAYS / _thumbnail_name(name, method)).write_bytes(png)
-
-
 def thumbnail_grid(out: Path, files, names: dict, methods) -> list[tuple[str, dict]]:
     """The report's grid: (image name, method → thumbnail PNG) for the images that have thumbnails."""
     grid = []
     for image in files:
-        paths = {m: out / OVERLAYS / _thumbnail_name(names[image], m) for m in methods}
+        paths = {m: out / thumbnail_name(names[image], m) for m in methods}
         pngs = {m: path.read_bytes() for m, path in paths.items() if path.exists()}
         if pngs:
             grid.append((names[image], pngs))

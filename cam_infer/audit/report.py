@@ -1,5 +1,5 @@
-"""What an audit leaves in its folder: metrics.csv (appended image by image, resumable),
-summary.json (per-method means and the protocol) and index.html (one self-contained page)."""
+"""What an audit leaves in its folder: metrics.csv (rewritten as images are done), summary.json
+(per-method means and the protocol) and index.html (one self-contained page)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,13 @@ import html
 import io
 import json
 import math
-import os
 from pathlib import Path
 
 from ..metrics import adcc
+from ..outputs import write_atomically
 from .work import COLUMNS
 
-CSV_NAME, SUMMARY_NAME, HTML_NAME, SETTINGS_NAME, ERRORS_NAME = (
-    "metrics.csv", "summary.json", "index.html", "audit.json", "errors.json")
+CSV_NAME, SUMMARY_NAME, HTML_NAME, ERRORS_NAME = "metrics.csv", "summary.json", "index.html", "errors.json"
 # column → (shown as, higher is better)
 SHOWN = {"adcc": ("ADCC (mean per image)", True), "average_drop": ("Average Drop", False),
          "increase": ("Increase in Confidence", True), "coherency": ("Coherency", True),
@@ -25,73 +24,27 @@ SHOWN = {"adcc": ("ADCC (mean per image)", True), "average_drop": ("Average Drop
          "box_hit": ("Box accuracy (IoU ≥ threshold)", True), "box_iou": ("Box IoU (mean)", True)}
 
 
-def write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-class MetricsFile:
-    """metrics.csv, one row per (image, method). Rows of one image are appended in one write and
-    synced, so an interrupted run loses at most the image in progress; `complete_images` drops
-    a torn tail and any image with fewer rows than methods before a run resumes."""
-
-    def __init__(self, path: Path, methods: tuple[str, ...], columns: tuple[str, ...] = COLUMNS):
-        self.path, self.methods, self.columns = path, methods, columns
-
-    def complete_images(self) -> list[str]:
-        if not self.path.exists():
-            self.start([])
-            return []
-        text = self.path.read_text(encoding="utf-8")
-        if not text.endswith("\n"):
-            text = text[:text.rfind("\n") + 1]
-        rows = list(csv.DictReader(io.StringIO(text)))
-        by_image: dict[str, set] = {}
-        for row in rows:
-            by_image.setdefault(row["image"], set()).add(row["method"])
-        complete = [image for image, methods in by_image.items() if methods == set(self.methods)]
-        keep = set(complete)
-        self.start([r for r in rows if r["image"] in keep])
-        return complete
-
-    def start(self, rows: list[dict]) -> None:
-        """Write the file anew: the header and these rows."""
-        write_atomically(self.path, _csv_text(rows, self.columns, header=True))
-
-    def drop(self, images: list[str]) -> None:
-        """Remove the rows of these images (their files changed: they are audited again)."""
-        if not images:
-            return
-        gone = set(images)
-        self.start([row for row in self.rows() if row["image"] not in gone])
-
-    def append(self, rows: list[dict]) -> None:
-        with open(self.path, "a", encoding="utf-8", newline="") as f:
-            f.write(_csv_text(rows, self.columns, header=False))
-            f.flush()
-            os.fsync(f.fileno())
-
-    def rows(self):
-        with open(self.path, encoding="utf-8", newline="") as f:
-            yield from csv.DictReader(f)
-
-
-def _csv_text(rows, columns, header: bool) -> str:
+def write_csv(path: Path, rows, columns: tuple[str, ...] = COLUMNS) -> None:
+    """metrics.csv: the header and one line per row (the columns a row lacks are empty)."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    if header:
-        writer.writeheader()
+    writer.writeheader()
     writer.writerows(rows)
-    return buffer.getvalue()
+    write_atomically(path, buffer.getvalue())
 
 
-def summarise(metrics: MetricsFile, methods, protocol: dict, errors: list) -> dict:
-    """Per-method means over the rows that have each column (streamed), and ADCC of the means."""
+def csv_rows(path: Path):
+    """metrics.csv's rows, as strings."""
+    with open(path, encoding="utf-8", newline="") as f:
+        yield from csv.DictReader(f)
+
+
+def summarise(rows, methods, protocol: dict, errors: list) -> dict:
+    """Per-method means over the rows (metrics.csv's) that have each column, and ADCC of the means."""
     sums = {m: {} for m in methods}
     counts = {m: {} for m in methods}
     images = {m: 0 for m in methods}
-    for row in metrics.rows():
+    for row in rows:
         method = row["method"]
         if method not in sums:
             continue

@@ -42,6 +42,7 @@ COLUMNS = ("image", "method", "class_agnostic", "class_id", "label", "probabilit
            "increase", "coherency", "complexity", "adcc", "insertion", "deletion", "pointing", "energy", "box_iou",
            "box_hit")
 THUMBNAIL = 128
+OVERLAYS = "overlays"                 # the report's thumbnails
 
 
 @dataclass(frozen=True)
@@ -182,20 +183,37 @@ def audit_precision(bundle, options: AuditOptions) -> str:
 
 @dataclass(frozen=True)
 class AuditWork:
-    """One image (path, its boxes) → its rows, thumbnails and file stamp, or the reason it could not be
-    read: what every runner (`cam_infer.parallel`) maps over the images of an audit."""
+    """A batch of images [(path, name, _, its boxes)] → their rows and thumbnails (`audit_batch`): what every
+    runner (`cam_infer.parallel`) maps over the images of an audit."""
 
     spec: object                          # ExplainerSpec
     options: AuditOptions
 
-    def __call__(self, item) -> dict:
-        image, boxes = item
+    def __call__(self, batch) -> dict:
+        return audit_batch(batch, lambda image, boxes: audit_image(self.spec, image, self.options, boxes))
+
+
+def audit_batch(batch, audit) -> dict:
+    """The driver's result (`cam_infer.jobs.driver.Job`) for a batch of images [(path, name, _, boxes)], each
+    audited by `audit(path, boxes)` → {"rows", "thumbnails": method → PNG}; an unreadable image is an error."""
+    out = {"inputs": {}, "rows": [], "files": {}, "errors": []}
+    for image, name, _, boxes in batch:
         try:
             stamp = fingerprint(image)
-            result = audit_image(self.spec, image, self.options, boxes)
+            result = audit(image, boxes)
         except (UnreadableImage, OSError) as exc:
-            return {"image": str(image), "error": str(exc)}
-        return {"image": str(image), "stamp": stamp, **result}
+            out["errors"].append({"image": str(image), "error": str(exc)})
+            continue
+        out["inputs"][str(image)] = stamp
+        out["rows"] += result["rows"]
+        out["files"].update({thumbnail_name(name, m): png for m, png in result["thumbnails"].items()})
+    return out
+
+
+def thumbnail_name(name: str, method: str) -> str:
+    """An image's thumbnail in the report's overlays folder; `name` is the image's path relative to the folder
+    it was found in: sub/cat.png → overlays/sub__cat.png__recipro.png."""
+    return f"{OVERLAYS}/{name.replace('/', '__').lstrip('.')}__{method}.png"
 
 
 def audit_image(bundle, image, options: AuditOptions, boxes=None) -> dict:

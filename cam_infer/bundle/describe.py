@@ -9,7 +9,7 @@ INDENT = " " * 13    # under the value, past the field's name
 
 
 def describe(bundle) -> str:
-    if bundle.task == "detection":
+    if bundle.cut_levels is not None:
         return describe_detector(bundle)
     m = bundle.manifest
     prep = bundle.preprocessing

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import CamInferError
 from ..images import Preprocessing
+from ..outputs import write_atomically
 
 MANIFEST = "bundle.json"
 FORMAT = "cam-infer-bundle"
@@ -136,7 +137,7 @@ class Bundle:
     @property
     def cut_levels(self) -> list[dict] | None:
         """A detector's cut levels (name, shape, stride, offset in the packed vector); None for a classifier."""
-        return self.manifest["cut"] if self.task == "detection" else None
+        return self.manifest.get("cut")
 
     def graph_path(self, role: str) -> Path:
         """The file of graph `role`: ``features``, ``head``, or a detector's ``branch_<level>``."""
@@ -218,4 +219,4 @@ class Bundle:
 
 
 def write_manifest(folder: Path, manifest: dict) -> None:
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    write_atomically(folder / MANIFEST, json.dumps(manifest, indent=2) + "\n")

@@ -7,6 +7,7 @@ import argparse
 from ..backends import CHOICES as BACKEND_CHOICES
 from ..backends.sessions import PRECISIONS
 from ..images import INTERPOLATIONS
+from ..tasks import TASKS
 from ..version import __version__
 
 BUNDLE_HELP = "bundle folder, or a model file (.onnx, .xml, .tflite) split with auto into the user cache once"
@@ -97,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="classifier file: .onnx (ONNX bundle), .xml or .tflite (OpenVINO IR bundle); or a "
                                  "detector .onnx (Ultralytics YOLOv8/YOLO11 export)")
     p.add_argument("--layer", default="auto", help="auto, ONNX tensor or node name, or torch module path")
-    p.add_argument("--task", default="auto", choices=["auto", "classification", "detection"],
+    p.add_argument("--task", default="auto", choices=["auto", *TASKS],
                    help="auto (default): a detector is recognised by its metadata or its (N, 4+C, anchors) output")
     p.add_argument("--cut", default="detect-input",
                    help="detectors: detect-input (default: the maps the detection head reads, strides 8/16/32), "

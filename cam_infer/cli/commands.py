@@ -65,15 +65,23 @@ def info(args) -> int:
 
 def explain(args) -> int:
     from ..bundle import Bundle
-    if Bundle.load(args.bundle).task == "detection":
-        return explain_detections(args)
-    from ..explainer import Explainer
+    bundle = Bundle.load(args.bundle)
+    results, lines = (explain_detections if bundle.task == "detection" else explain_classes)(bundle, args)
+    for line in lines:
+        print(line)
+    if results.errors:
+        raise CamInferError(f"{len(results.errors)} image(s) could not be read, e.g. {results.errors[0]['error']}; "
+                            f"the others are done (see {results.path})")
+    return 0
+
+
+def explain_classes(bundle, args):
+    from ..jobs.explainers import open_explainer
     from ..methods import get_method
     from ..runs import choose_methods, explain_files, parse_option
     names = [m.strip() for m in args.method.split(",") if m.strip()]
     gradients = "torch" if any(n != "all" and get_method(n).gradient for n in names) else None
-    explainer = Explainer(args.bundle, backend=args.backend, device=args.device, precision=args.precision,
-                          gradients=gradients)
+    explainer = open_explainer(bundle, args.backend, args.device, gradients=gradients, precision=args.precision)
     methods, skipped = choose_methods(names, explainer.linear_head is not None)
     if skipped:
         print(f"skipped {', '.join(skipped)}: this bundle's head is not global pooling + linear")
@@ -89,17 +97,12 @@ def explain(args) -> int:
                             finer=None if args.finer is None else {"gamma": args.finer, "preset": args.finer_preset,
                                                                    "references": args.finer_references},
                             report=_say, **_scale_out(args))
-    for line in results.summary_lines(len(methods), args.out):
-        print(line)
-    if results.errors:
-        raise CamInferError(f"{len(results.errors)} image(s) could not be read, e.g. {results.errors[0]['error']}; "
-                            f"the others are done (see {results.path})")
-    return 0
+    return results, results.summary_lines(len(methods), args.out)
 
 
-def explain_detections(args) -> int:
-    from ..detection.explainer import DetectionExplainer
+def explain_detections(bundle, args):
     from ..detection.runs import explain_detection_files, summary_lines
+    from ..jobs.explainers import open_explainer
     from ..runs import parse_option
     from ..methods import in_all
     names = [m.strip() for m in args.method.split(",") if m.strip()]
@@ -107,7 +110,7 @@ def explain_detections(args) -> int:
     for flag in ("target", "finer", "enhance"):
         if getattr(args, flag) is not None:
             raise CamInferError(f"--{flag} is for classifiers; for detections use --detections, --classes or --box")
-    explainer = DetectionExplainer(args.bundle, backend=args.backend, device=args.device, precision=args.precision)
+    explainer = open_explainer(bundle, args.backend, args.device, precision=args.precision)
     targets = "all" if args.detections == "all" else [_integer(v, "--detections") for v in args.detections.split(",")]
     classes = [_class(c) for c in args.classes.split(",")] if args.classes else None
     boxes = [_box(b) for b in args.box] or None
@@ -116,12 +119,7 @@ def explain_detections(args) -> int:
                                       options=dict(parse_option(o) for o in args.option), colormap=args.colormap,
                                       alpha=args.alpha, restart=args.force, on=args.on, report=_say,
                                       **_scale_out(args))
-    for line in summary_lines(results, len(methods), args.out):
-        print(line)
-    if results.errors:
-        raise CamInferError(f"{len(results.errors)} image(s) could not be read, e.g. {results.errors[0]['error']}; "
-                            f"the others are done (see {results.path})")
-    return 0
+    return results, summary_lines(results, len(methods), args.out)
 
 
 def _integer(text: str, flag: str) -> int:
@@ -151,8 +149,9 @@ def bench(args) -> int:
     from ..bench import ALL_CASES, CASES, FUSED_CASES, FUSED_HEADER, GRADIENT_CASES, HEADER, case_of, check_cases, \
         run_cases, run_fused
     from ..bundle import Bundle
+    from ..tasks import task_of
     bundle = Bundle.load(args.bundle)
-    if bundle.task == "detection":
+    if task_of(bundle).name != "classification":
         raise CamInferError("cam-infer bench times classifiers' methods; for a detector run bench/detection.py "
                             "(it times each method against the forward pass per detection)")
     if args.repeats < 1 or (args.score_repeats is not None and args.score_repeats < 1):
@@ -180,25 +179,29 @@ def bench(args) -> int:
 
 def audit(args) -> int:
     from ..bundle import Bundle
-    if Bundle.load(args.bundle).task == "detection":
-        return audit_detections(args)
-    from ..audit import AuditOptions, run_audit, summary_lines
-    from ..methods.registry import class_agnostic, class_agnostic_note
-    options = AuditOptions.from_arguments(args)
-    summary = run_audit(args.bundle, args.images, options, args.out, boxes=args.boxes, restart=args.force,
-                        grid=args.grid, report=_say, **_scale_out(args))
-    for line in summary_lines(summary, args.out):
+    summary, lines = (audit_detections if Bundle.load(args.bundle).task == "detection" else audit_classes)(args)
+    for line in lines:
         print(line)
-    agnostic = [m for m in options.methods if class_agnostic(m)]
-    if agnostic and options.target != "predicted":
-        print(f"note: {class_agnostic_note(agnostic)}; their rows score the model's top-1")
     if summary["errors"]:
         raise CamInferError(f"{len(summary['errors'])} image(s) could not be read and were skipped, e.g. "
                             f"{summary['errors'][0]['error']}")
     return 0
 
 
-def audit_detections(args) -> int:
+def audit_classes(args):
+    from ..audit import AuditOptions, run_audit, summary_lines
+    from ..methods.registry import class_agnostic, class_agnostic_note
+    options = AuditOptions.from_arguments(args)
+    summary = run_audit(args.bundle, args.images, options, args.out, boxes=args.boxes, restart=args.force,
+                        grid=args.grid, report=_say, **_scale_out(args))
+    lines = summary_lines(summary, args.out)
+    agnostic = [m for m in options.methods if class_agnostic(m)]
+    if agnostic and options.target != "predicted":
+        lines.append(f"note: {class_agnostic_note(agnostic)}; their rows score the model's top-1")
+    return summary, lines
+
+
+def audit_detections(args):
     from ..detection.audit import run_detection_audit, summary_lines
     from ..methods import in_all
     from ..runs import parse_option
@@ -213,13 +216,8 @@ def audit_detections(args) -> int:
         options.setdefault(method, {})[name] = value
     summary = run_detection_audit(args.bundle, args.images, methods, args.out, boxes=args.boxes, backend=args.backend,
                                   device=args.device, tolerance=args.tolerance, options=options, restart=args.force,
-                                  grid=args.grid, report=_say, **_scale_out(args))
-    for line in summary_lines(summary, args.out):
-        print(line)
-    if summary["errors"]:
-        raise CamInferError(f"{len(summary['errors'])} image(s) could not be read and were skipped, e.g. "
-                            f"{summary['errors'][0]['error']}")
-    return 0
+                                  grid=args.grid, report=_say, precision=args.precision, **_scale_out(args))
+    return summary, summary_lines(summary, args.out)
 
 
 def _say(line: str) -> None:
@@ -247,10 +245,11 @@ def fuse(args) -> int:
     from ..bundle import Bundle
     from ..fuse import fuse, save, summary
     from ..runs import parse_option
+    from ..tasks import task_of
     if Path(args.out).exists() and not args.force:
         raise CamInferError(f"'{args.out}' exists; choose another --out or pass --force")
     bundle = Bundle.load(args.bundle)
-    if bundle.task == "detection":
+    if task_of(bundle).name == "detection":
         from ..detection.fuse import fuse_detector
         if args.top_k != 1 or args.class_input or args.raw or args.precision != "f32":
             raise CamInferError("--top-k, --class-input, --raw and --precision are for classifiers; a detector's "

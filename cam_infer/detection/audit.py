@@ -9,37 +9,33 @@ in the box (±tolerance px); ``specificity`` Σ S in the box / Σ S in every box
 with ground truth, ``truth_iou`` and ``marker_energy`` Σ S in the marker disc (grown by 2 px) / Σ S next to
 ``marker_fraction``. Maps are measured over the original image (the letterbox undone).
 
-Rows go to ``rows.jsonl`` as each image is done (a rerun resumes, and redoes the images whose file changed);
-the same rows, one per detection and method, to ``metrics.csv``; ``summary.json`` holds the means per method,
+Rows go to ``rows.jsonl`` (an image without detections has one row, method None) and, one per detection and
+method, to ``metrics.csv``, rewritten as images are done; ``summary.json`` holds the means per method,
 ``index.html`` the report with a thumbnail per image and method (its detections over their maps), as a
-classifier's audit does and with its writers (`cam_infer.audit`).
+classifier's audit does and with its writers (`cam_infer.audit`). The folder run (lock, resume, runners) is
+the one driver's (`cam_infer.jobs`).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..audit import OVERLAYS, InputsFile, boxes_for, load_boxes, thumbnail_grid, write_thumbnails
-from ..audit.report import CSV_NAME, HTML_NAME, MetricsFile, write_atomically, write_html
-from ..audit.work import thumbnail_png
-from ..errors import CamInferError, UnreadableImage
+from ..audit import CLEARED, OVERLAYS, boxes_for, load_boxes, thumbnail_grid
+from ..audit.report import CSV_NAME, HTML_NAME, write_csv, write_html
+from ..audit.work import audit_batch, thumbnail_png
+from ..errors import CamInferError
 from ..images import load_image
 from ..methods import get_method
 from ..metrics import energy_pointing, pointing_hit
-from ..outputs import OutputLock, fingerprint, prepare_folder
-from ..progress import Progress
-from ..runs import collect_images
+from ..outputs import write_atomically
 from .decode import iou
-from .explainer import DetectionExplainer
+from ..explainer import Explainer
 
-ROWS, SUMMARY, INPUTS = "rows.jsonl", "summary.json", "inputs.json"
+ROWS, SUMMARY = "rows.jsonl", "summary.json"
 MEANS = ("energy", "box_fraction", "pointing", "specificity", "truth_iou", "marker_energy", "marker_fraction")
 COLUMNS = ("image", "method", "index", "class_id", "label", "score", "class_agnostic", "degenerate", "uniform",
            *MEANS)
@@ -54,98 +50,46 @@ GRID = 48
 def run_detection_audit(bundle, images, methods, out, *, boxes=None, backend: str = "auto", device: str = "CPU",
                         tolerance: float = 0.0, conf: float | None = None, options: dict | None = None,
                         restart: bool = False, progress: bool | None = None, workers=None, ray: str | None = None,
-                        threads: int | None = None, grid: int = GRID, report=None) -> dict:
-    """`workers`, `ray` and `threads` choose where the images are worked on (`cam_infer.parallel`);
+                        threads: int | None = None, grid: int = GRID, report=None, precision: str = "f32") -> dict:
+    """`precision`: what the runtime computes in (recorded in summary.json's settings, resolved). `workers`, `ray` and `threads` choose where the images are worked on (`cam_infer.parallel`);
     `report(line)`, when given, hears what the methods will cost before the run starts (`cam_infer.cost`)."""
     from ..cost import announce, detection_plan
-    from .explainer import DetectionContext
+    from ..jobs.driver import Job, run_job, spec_for
+    from ..parallel import make_runner
+    from .context import DetectionContext
     from .targets import central_targets
-    from ..parallel import ExplainerSpec, InProcess, make_runner
 
-    explainer = DetectionExplainer(bundle, backend=backend, device=device)
+    explainer = Explainer(bundle, backend=backend, device=device, precision=precision)
     for m in methods:
         get_method(m, "detection")
     runner = make_runner(workers, ray, threads)
     truth = load_boxes(boxes, explainer.bundle)
-    found = collect_images(images)
-    out = prepare_folder(out)
     settings = {"bundle": str(explainer.bundle.path.resolve()), "methods": list(methods), "boxes": boxes and
-                str(Path(boxes).resolve()), "tolerance": tolerance, "conf": conf, "options": options or {}}
-    spec = ExplainerSpec(str(explainer.bundle.path.resolve()), backend, device, None, runner.threads, detector=True)
-    if isinstance(runner, InProcess):
-        spec.remember(explainer)
-    errors: list[dict] = []
-    with OutputLock(out, "audit"):
-        stamps = InputsFile(out / INPUTS)
-        changed = stamps.changed(found.files)
-        redo = set(changed)
-        rows = [r for r in _resume(out, settings, restart, tuple(methods)) if r["image"] not in redo]
-        write_atomically(out / ROWS, "".join(json.dumps(r) + "\n" for r in rows))
-        table = MetricsFile(out / CSV_NAME, tuple(methods), COLUMNS)
-        table.start(_csv_rows(rows))
-        done = {r["image"] for r in rows}
-        todo = [f for f in found.files if str(f) not in done]
-        by_name = {str(f): f for f in todo}
-        work = DetectionAuditWork(spec, tuple(methods), tolerance, conf, options or {})
-        items = ((image, boxes_for(truth, image, images) or []) for image in todo)
-        if report and todo:
-            counted_on = DetectionContext(explainer, None, None, None), central_targets(explainer.grid)
-            report(announce(detection_plan(*counted_on, {m: get_method(m) for m in methods}, options),
-                            explainer.backend, detector=True))
-        with Progress(len(todo), "audit", enabled=progress) as bar, open(out / ROWS, "a") as sink:
-            for result in runner.map(work, items):
-                if "error" in result:
-                    errors.append({"image": result["image"], "error": result["error"]})
-                else:
-                    new = result["rows"] or [{"image": result["image"], "method": None}]
-                    sink.write("".join(json.dumps(r) + "\n" for r in new))
-                    sink.flush()
-                    os.fsync(sink.fileno())
-                    table.append(_csv_rows(new))
-                    image = by_name[result["image"]]
-                    write_thumbnails(out, found.names[image], result["thumbnails"])
-                    stamps.record(image, result["stamp"])
-                    rows += new
-                bar.advance()
-        stamps.save()
-        summary = {"methods": summarise(rows, methods), "images": len(found.files), "settings": settings,
-                   "skipped": [str(f) for f in found.skipped], "errors": errors, "redone": changed}
-        write_atomically(out / SUMMARY, json.dumps(summary, indent=2) + "\n")
-        _write_page(out, summary, thumbnail_grid(out, found.files[:grid], found.names, methods), methods)
+                str(Path(boxes).resolve()), "tolerance": tolerance, "conf": conf, "options": options or {},
+                "precision": explainer.backend.precision}
+    summary: dict = {}
+
+    def write(run, final: bool) -> None:
+        write_atomically(run.out / ROWS, "".join(json.dumps(r) + "\n" for r in run.rows))
+        write_csv(run.out / CSV_NAME, _csv_rows(run.rows), COLUMNS)
+        if final:
+            summary.update(methods=summarise(run.rows, methods), images=len(run.found.files), settings=settings,
+                           skipped=run.skipped, errors=run.errors, redone=run.redone)
+            write_atomically(run.out / SUMMARY, json.dumps(summary, indent=2) + "\n")
+            _write_page(run.out, summary, thumbnail_grid(run.out, run.found.files[:grid], run.found.names, methods),
+                        methods)
+
+    def cost() -> str:
+        counted_on = DetectionContext(explainer, None, None, None), central_targets(explainer.grid)
+        return announce(detection_plan(*counted_on, {m: get_method(m) for m in methods}, options), explainer.backend,
+                        detector=True)
+
+    work = DetectionAuditWork(spec_for(explainer, runner), tuple(methods), tolerance, conf, options or {})
+    job = Job("audit", "an audit", settings, tuple(methods), work, write, names=lambda found: found.names,
+              extra=lambda image: boxes_for(truth, image, images) or [], folders=(OVERLAYS,), clear=(ROWS, *CLEARED),
+              cost=cost)
+    run_job(job, images, out, runner, restart=restart, progress=progress, report=report)
     return summary
-
-
-def _resume(out: Path, settings: dict, restart: bool, methods: tuple) -> list[dict]:
-    """The rows of the images a previous run finished (none with `restart`); a torn tail and any image
-    without rows for every method are dropped, to be redone."""
-    settings_path, rows_path = out / "settings.json", out / ROWS
-    if restart:
-        for name in (ROWS, "settings.json", CSV_NAME, SUMMARY, HTML_NAME, INPUTS):
-            (out / name).unlink(missing_ok=True)
-        shutil.rmtree(out / OVERLAYS, ignore_errors=True)
-    if settings_path.exists() and json.loads(settings_path.read_text()) != settings:
-        raise CamInferError(f"'{out}' holds an audit with other settings; choose another --out or pass --force")
-    write_atomically(settings_path, json.dumps(settings, indent=2) + "\n")
-    (out / OVERLAYS).mkdir(exist_ok=True)
-    return complete_rows(rows_path.read_text() if rows_path.exists() else "", methods)
-
-
-def complete_rows(text: str, methods: tuple) -> list[dict]:
-    """The rows of rows.jsonl's complete images: every method explains every detection of an image (one
-    without detections has one row, method None), so an image whose methods have unequal row counts lost
-    its tail to an interrupted write (a torn last line included) and is dropped, to be redone."""
-    rows = []
-    for line in text.splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:          # the torn tail
-            break
-    seen: dict[str, Counter] = {}
-    for r in rows:
-        seen.setdefault(r["image"], Counter())[r["method"]] += 1
-    complete = {image for image, found in seen.items()
-                if set(found) == {None} or (set(found) == set(methods) and len(set(found.values())) == 1)}
-    return [r for r in rows if r["image"] in complete]
 
 
 def _csv_rows(rows: list[dict]) -> list[dict]:
@@ -167,7 +111,8 @@ def _write_page(out: Path, summary: dict, grid, methods) -> None:
 
 @dataclass(frozen=True)
 class DetectionAuditWork:
-    """One image (path, its true boxes) → its rows, or why it could not be read, for any runner."""
+    """A batch of images [(path, name, _, its true boxes)] → their rows and thumbnails (`audit_batch`), for any
+    runner."""
 
     spec: object                            # ExplainerSpec
     methods: tuple
@@ -175,18 +120,16 @@ class DetectionAuditWork:
     conf: float | None
     options: dict
 
-    def __call__(self, item) -> dict:
-        image, truth = item
-        try:
-            stamp = fingerprint(image)
-            rows, thumbnails = audit_image(self.spec.open(), image, self.methods, truth, self.tolerance, self.conf,
-                                           self.options, thumbnails=True)
-        except (UnreadableImage, OSError) as exc:
-            return {"image": str(image), "error": str(exc)}
-        return {"image": str(image), "stamp": stamp, "rows": rows, "thumbnails": thumbnails}
+    def __call__(self, batch) -> dict:
+        return audit_batch(batch, self._audit)
+
+    def _audit(self, image, truth) -> dict:
+        rows, thumbnails = audit_image(self.spec.open(), image, self.methods, truth, self.tolerance, self.conf,
+                                       self.options, thumbnails=True)
+        return {"rows": rows or [{"image": str(image), "method": None}], "thumbnails": thumbnails}
 
 
-def audit_image(explainer: DetectionExplainer, image, methods, truth: list, tolerance: float, conf, options,
+def audit_image(explainer: Explainer, image, methods, truth: list, tolerance: float, conf, options,
                 thumbnails: bool = False):
     """One image → its rows (one per method and explained detection); with `thumbnails`, (rows, method →
     thumbnail PNG of its detections over their maps)."""
@@ -216,7 +159,7 @@ def audit_image(explainer: DetectionExplainer, image, methods, truth: list, tole
 
 def _true_box(entry, explainer) -> tuple:
     """A boxes-file entry → (box, class index or None: any class, marker or None)."""
-    from ..explainer import class_index
+    from ..tasks import class_index
 
     if not isinstance(entry, dict):
         entry = {"box": entry}

@@ -83,10 +83,11 @@ def fused_detector_error(model: onnx.ModelProto, bundle: Bundle, method: str, op
     """The largest difference between the fused map and the explainer's, and between the detections,
     on two random images (ONNX Runtime)."""
     from ..bundle.verify import random_images, session
-    from .explainer import DetectionContext, DetectionExplainer
+    from ..explainer import Explainer
+    from .context import DetectionContext
     from ..methods import get_method
     run = session(model)
-    ex = DetectionExplainer(bundle, backend="onnxruntime")
+    ex = Explainer(bundle, backend="onnxruntime")
     x = random_images(bundle.preprocessing, 2, seed=5)
     output, saliency = run.run(["output0" if "output0" in [o.name for o in model.graph.output] else
                                 model.graph.output[0].name, OUTPUT], {run.get_inputs()[0].name: x})

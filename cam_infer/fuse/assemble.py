@@ -27,6 +27,7 @@ from ..bundle import Bundle
 from ..bundle.joined import joined_model
 from ..errors import CamInferError
 from ..explainer import Explainer
+from ..outputs import write_atomically
 from ..postprocess import EPS
 from .builder import Builder
 from .fusion import Fusion
@@ -257,9 +258,7 @@ def save(model: onnx.ModelProto, path: "str | os.PathLike", overwrite: bool = Fa
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     onnx.save(model, buffer)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(buffer.getvalue())
-    os.replace(tmp, path)
+    write_atomically(path, buffer.getvalue())
     return path
 
 

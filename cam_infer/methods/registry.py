@@ -223,10 +223,6 @@ class MethodSpec:
     def check_options(self, options: dict, task: str = CLASSIFICATION) -> None:
         self.implementation(task).check_options(options)
 
-    def __call__(self, ctx: Context, **options) -> np.ndarray:
-        return self.implementation()(ctx, **options)
-
-
 METHODS: dict[str, MethodSpec] = {}
 
 

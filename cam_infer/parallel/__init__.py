@@ -18,42 +18,46 @@ the driver had written.
 
 from __future__ import annotations
 
-import os
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from ..backends.sessions import leave_the_cores_to_the_runtime
 from ..errors import CamInferError
+from .processes import cores
+
+
+OPEN_AT_MOST = 2          # explainers a process keeps open: a worker serves one run's spec, a driver one at a time
 
 
 @dataclass(frozen=True)
 class ExplainerSpec:
-    """How a worker opens the run's explainer: a bundle folder and its runtime settings (picklable)."""
+    """How a worker opens the run's explainer: a bundle folder and its runtime settings (picklable). The
+    explainer is whatever the bundle's task calls for (`cam_infer.jobs.explainers.open_explainer`)."""
 
     bundle: str
     backend: str = "auto"
     device: str = "CPU"
     gradients: str | None = None
     threads: int | None = None
-    detector: bool = False
     precision: str = "f32"
 
     def open(self):
-        """The explainer of this spec, opened once per process (a worker's: its cores are the runtime's)."""
+        """The explainer of this spec, opened once per process (a worker's: its cores are the runtime's); the
+        least recently used beyond OPEN_AT_MOST are let go."""
         if self not in _OPENED:
+            from ..jobs.explainers import open_explainer
             leave_the_cores_to_the_runtime()
-            options = {"device": self.device, **({"threads": self.threads} if self.threads else {}),
-                       **({"precision": self.precision} if self.backend != "torch" else {})}
-            if self.detector:
-                from ..detection.explainer import DetectionExplainer
-                _OPENED[self] = DetectionExplainer(self.bundle, backend=self.backend, **options)
-            else:
-                from ..explainer import Explainer
-                _OPENED[self] = Explainer(self.bundle, backend=self.backend, gradients=self.gradients, **options)
+            self.remember(open_explainer(self.bundle, self.backend, self.device, self.threads, self.gradients,
+                                         self.precision))
+        _OPENED.move_to_end(self)
         return _OPENED[self]
 
     def remember(self, explainer) -> "ExplainerSpec":
         """Use an explainer already open in this process for this spec (the in-process runner)."""
         _OPENED[self] = explainer
+        _OPENED.move_to_end(self)
+        while len(_OPENED) > OPEN_AT_MOST:
+            _OPENED.popitem(last=False)
         return self
 
     @classmethod
@@ -62,7 +66,7 @@ class ExplainerSpec:
         backend = explainer.backend
         return cls(str(explainer.bundle.path.resolve()), backend.name, getattr(backend, "device", "CPU"),
                    "torch" if getattr(explainer, "gradients", None) is not None and backend.name != "torch" else None,
-                   threads, explainer.bundle.task == "detection", asked_precision(backend))
+                   threads, asked_precision(backend))
 
 
 def asked_precision(backend) -> str:
@@ -71,7 +75,7 @@ def asked_precision(backend) -> str:
     return runtime.precision if runtime is not None else "f32"
 
 
-_OPENED: dict = {}
+_OPENED: OrderedDict = OrderedDict()
 
 
 class InProcess:
@@ -85,14 +89,6 @@ class InProcess:
 
     def describe(self) -> str:
         return "this process"
-
-
-def cores() -> int:
-    """The cores this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:                 # not Linux
-        return os.cpu_count() or 1
 
 
 def make_runner(workers=None, ray: str | None = None, threads: int | None = None):

@@ -59,6 +59,14 @@ class Processes:
         return f"{self.workers} worker processes x {self.threads} threads"
 
 
+def cores() -> int:
+    """The cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:                 # not Linux
+        return os.cpu_count() or 1
+
+
 def _result(future):
     try:
         return future.result()

@@ -26,7 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..errors import CamInferError
-from .processes import THREAD_VARIABLES
+from .processes import THREAD_VARIABLES, cores
 
 RETRIES = 3
 INSTALL = "pip install 'cam-infer[ray]'"
@@ -69,7 +69,6 @@ class RayRunner:
         options = {"include_dashboard": False, "logging_level": "ERROR", "log_to_driver": False}
         try:
             if self.address == "local":
-                from . import cores
                 ray.init(num_cpus=cores(), **options)
             else:
                 ray.init(address=self.address, **options)

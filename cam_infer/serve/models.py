@@ -229,7 +229,7 @@ def _positive_int(value, name: str) -> int:
 def _classes(value, n: int, num_classes: int, labels) -> list | None:
     """'class': one class for every image (an index or a label) or a list with one per image, each resolved
     as everywhere else (`explainer.class_index`: ambiguous and unknown labels are errors)."""
-    from ..explainer import class_index
+    from ..tasks import class_index
     if value is None:
         return None
     values = value if isinstance(value, list) else [value] * n
@@ -250,7 +250,8 @@ def load_served(source, method: str | None, backend: str, device: str, threads: 
         path = cached_bundle(path)
     if path.is_dir():
         from ..bundle import Bundle
-        if Bundle.load(path).task == "detection":
+        from ..tasks import task_of
+        if task_of(Bundle.load(path)).name != "classification":
             raise CamInferError("serve explains classifier bundles; for a detector, serve its fused model "
                                 "(cam-infer fuse BUNDLE --method eigen --out model.onnx)")
         from ..methods.registry import DEFAULT_METHOD

@@ -1,0 +1,148 @@
+"""The one folder-run driver of `cam-infer explain` and `cam-infer audit`, for every task:
+
+    collect (images) → lock (the output folder) → resume (the journal) → runner (the work) → write (the files)
+
+What the job and the task change is a `Job`: its settings, the picklable `work` a runner maps over batches of
+images, and `write`, which turns the run's rows into its files (results.json; metrics.csv, summary.json,
+index.html). The driver does the rest the same way for all of them: one lock, one settings check, one resume
+format (`journal`), changed images redone, pictures written before their journal line, the growing files
+rewritten atomically every `SAVE_EVERY` seconds and at the end.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..errors import CamInferError
+from ..outputs import SAVE_EVERY, OutputLock, prepare_folder
+from ..parallel import ExplainerSpec, InProcess
+from ..postprocess import write_file
+from ..progress import Progress
+from .folders import ImageFiles, collect_images, overlay_names
+from .journal import JOURNAL, Journal
+
+
+@dataclass
+class Job:
+    """A folder run, as the driver needs it. `work(batch) → result`, where batch is a list of
+    (image path, its output name, methods still to do, `extra(path)`) and result is
+    ``{"inputs": {image: stamp}, "rows": [...], "files": {relative path: bytes}, "errors": [{"image", "error"}]}``
+    (each row has its "image"; rows with a "method" tell a per-method resume which methods are done)."""
+
+    command: str                          # "explain" | "audit": the lock's and the progress report's name
+    what: str                             # what the folder holds, for the settings error ("an audit")
+    settings: dict                        # JSON-able; a rerun resumes only with equal settings
+    methods: tuple
+    work: Callable                        # picklable, with a `spec` (`cam_infer.parallel.ExplainerSpec`)
+    write: Callable                       # (Run, final: bool) → None: the run's files from its rows
+    batch_size: int = 1
+    names: Callable[[ImageFiles], dict] = lambda found: overlay_names(found.files)
+    extra: Callable = lambda path: None   # what else the work needs of an image (its true boxes)
+    per_method: bool = False              # resume per (image, method) (explain) or per image (audit)
+    keep: Callable = lambda out, row: True   # a row of an earlier run still stands (its overlay is there)
+    folders: tuple = ()                   # the output's subfolders the files go in
+    clear: tuple = ()                     # files and folders a restart removes
+    cost: Callable | None = None          # () → the line saying what the run will cost
+
+
+@dataclass
+class Run:
+    """What a run has: its rows in order (earlier runs' first), unreadable images, skipped files, redone images."""
+
+    out: Path
+    found: ImageFiles
+    rows: list = field(default_factory=list)
+    errors: list = field(default_factory=list)
+    redone: list = field(default_factory=list)
+
+    @property
+    def skipped(self) -> list[str]:
+        return [str(f) for f in self.found.skipped]
+
+
+def run_job(job: Job, paths, out, runner, *, restart: bool = False, progress: bool | None = None,
+            report=None) -> Run:
+    """Run `job` over the images of `paths` into `out` with `runner` (`cam_infer.parallel`)."""
+    found = collect_images(paths)
+    out = prepare_folder(out)
+    with OutputLock(out, job.command):
+        if restart:
+            _clear(out, (JOURNAL, *job.clear))
+        for folder in job.folders:
+            (out / folder).mkdir(exist_ok=True)
+        journal = Journal(out)
+        kept, redone = journal.resume(job.command, job.settings, job.what, lambda row: job.keep(out, row))
+        run = Run(out, found, [row for entry in kept for row in entry["rows"]], [], redone)
+        todo = _todo(job, found.files, kept)
+        if report and todo:
+            report(job.cost())
+        units: deque = deque()
+        with Progress(sum(len(needed) if job.per_method else 1 for _, needed in todo), job.command,
+                      enabled=progress) as bar:
+            saved = -SAVE_EVERY                       # the first result is written at once, then every SAVE_EVERY s
+            try:
+                for result in _map(runner, job, todo, found, units):
+                    for name, data in result["files"].items():
+                        write_file(out / name, data)
+                    journal.append({"inputs": result["inputs"], "rows": result["rows"]})
+                    run.rows += result["rows"]
+                    run.errors += result["errors"]
+                    bar.advance(units.popleft())
+                    if time.monotonic() - saved >= SAVE_EVERY:
+                        job.write(run, False)
+                        saved = time.monotonic()
+            finally:
+                journal.close()
+        job.write(run, True)
+    return run
+
+
+def _todo(job: Job, files, kept: list[dict]) -> list[tuple[Path, tuple]]:
+    """(image, methods still to do) for every image not done."""
+    done: dict[str, set] = {}
+    for entry in kept:
+        for image in entry["inputs"]:
+            done.setdefault(image, set() if job.per_method else set(job.methods))
+        for row in entry["rows"] if job.per_method else ():
+            done[row["image"]].add(row["method"])
+    todo = [(f, tuple(m for m in job.methods if m not in done.get(str(f), ()))) for f in files]
+    return [(f, needed) for f, needed in todo if needed]
+
+
+def _map(runner, job: Job, todo, found: ImageFiles, units: deque):
+    """The runner's results for the batches of `todo`; `units` hears each batch's progress units as it is sent
+    (runners give results in input order)."""
+    names = job.names(found)
+
+    def batches():
+        for start in range(0, len(todo), job.batch_size):
+            batch = todo[start:start + job.batch_size]
+            units.append(sum(len(needed) if job.per_method else 1 for _, needed in batch))
+            yield [(path, names[path], needed, job.extra(path)) for path, needed in batch]
+
+    return runner.map(job.work, batches())
+
+
+def spec_for(explainer, runner):
+    """The `ExplainerSpec` workers open `explainer` with; the in-process runner uses `explainer` itself."""
+    spec = ExplainerSpec.of(explainer, runner.threads)
+    if isinstance(runner, InProcess):
+        return spec.remember(explainer)
+    if explainer.backend.name == "torch":
+        raise CamInferError("workers open the bundle themselves; a PyTorch model in memory cannot be sent to them: "
+                            "export it to a bundle (cam-infer export) and explain that")
+    return spec
+
+
+def _clear(out: Path, names) -> None:
+    for name in names:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)

@@ -1,0 +1,59 @@
+"""`cam-infer explain` over folders, for every task: overlays and `results.json`, written by the driver
+(`driver.run_job`) from the rows the task's work returns (one record per image and method)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..outputs import write_atomically
+from .driver import Job, Run, run_job
+
+RESULTS = "results.json"
+
+
+@dataclass
+class Results:
+    """`results.json`: the run's settings, one record per (image, method), and unreadable images."""
+
+    path: Path
+    settings: dict
+    records: list
+    errors: list
+    skipped: list = field(default_factory=list)
+    redone: list = field(default_factory=list)     # images explained before whose file has changed since
+
+    @classmethod
+    def of(cls, run: Run, settings: dict) -> "Results":
+        return cls(run.out / RESULTS, settings, run.rows, run.errors, run.skipped, run.redone)
+
+    def summary_lines(self, methods: int, out) -> list[str]:
+        """What `cam-infer explain` prints after a run."""
+        lines = []
+        if self.redone:
+            lines.append(f"redid {len(self.redone)} image(s) that changed since the last run, e.g. {self.redone[0]}")
+        if self.skipped:
+            lines.append(f"skipped {len(self.skipped)} file(s) that are not images: " + ", ".join(self.skipped[:5])
+                         + (", ..." if len(self.skipped) > 5 else "") + f" (all listed in {self.path})")
+        images = len({r["image"] for r in self.records})
+        lines.append(f"{len(self.records)} overlays ({images} images x {methods} methods) in {out}; "
+                     f"results in {self.path}")
+        return lines
+
+    def save(self) -> None:
+        write_atomically(self.path, json.dumps({"settings": self.settings, "results": self.records,
+                                                "errors": self.errors, "skipped": self.skipped}, indent=1))
+
+
+def explain_job(paths, out, settings: dict, methods, work, runner, *, batch_size: int = 1, restart: bool = False,
+                progress: bool | None = None, report=None, cost=None) -> Results:
+    """Explain the images of `paths` with `work` (a task's: a batch → its records and overlay PNGs); every
+    record names its "overlay", and a record whose overlay is gone is redone. `report(cost())` before a run
+    with work to do."""
+    settings = json.loads(json.dumps(settings))
+    job = Job("explain", "results of a run", settings, tuple(methods), work,
+              write=lambda run, final: Results.of(run, settings).save(), batch_size=batch_size, per_method=True,
+              keep=lambda out, row: (out / row["overlay"]).is_file(), cost=cost)
+    run = run_job(job, paths, out, runner, restart=restart, progress=progress, report=report)
+    return Results.of(run, settings)

@@ -1,0 +1,94 @@
+"""The images of a folder run: files and folders → image files in order, the names their outputs take, and
+each image read with the stamp a resume compares (`cam_infer.outputs.fingerprint`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CamInferError
+from ..images import load_image
+from ..outputs import fingerprint
+
+# Every suffix OpenCV's decoder reads (JPEG and its aliases, PNG, BMP, TIFF, WebP, JPEG 2000, the PNM family,
+# Sun raster, OpenEXR, Radiance HDR).
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".dib", ".tif", ".tiff", ".webp", ".jp2",
+                  ".ppm", ".pgm", ".pbm", ".pnm", ".pxm", ".pfm", ".sr", ".ras", ".exr", ".hdr", ".pic"}
+
+
+@dataclass
+class ImageFiles:
+    """The images of a run, in order, and the files of the given folders that are not images (skipped)."""
+
+    files: list[Path]
+    skipped: list[Path]
+    names: dict[Path, str]            # image → its path relative to the folder it was found in (or its name)
+
+
+def collect_images(paths) -> ImageFiles:
+    """Files as given (any suffix: a non-image is reported later), folders searched recursively for
+    image suffixes, in sorted order; every other file in those folders is listed as skipped."""
+    found: list[Path] = []
+    skipped: list[Path] = []
+    names: dict[Path, str] = {}
+    for p in map(Path, paths):
+        if p.is_dir():
+            for f in sorted(f for f in p.rglob("*") if f.is_file()):
+                if f.suffix.lower() in IMAGE_SUFFIXES:
+                    found.append(f)
+                    names.setdefault(f, f.relative_to(p).as_posix())
+                else:
+                    skipped.append(f)
+        elif p.is_file():
+            found.append(p)
+            names.setdefault(p, p.name)
+        else:
+            raise CamInferError(f"'{p}' does not exist")
+    if not found:
+        raise CamInferError("no images found in " + ", ".join(map(str, paths))
+                            + (f" ({len(skipped)} other files skipped, e.g. '{skipped[0]}')" if skipped else ""))
+    files = list(dict.fromkeys(found))
+    return ImageFiles(files, list(dict.fromkeys(skipped)), unique_names(files, names))
+
+
+def unique_names(files: list[Path], names: dict[Path, str]) -> dict[Path, str]:
+    """The relative names, made unique where two inputs share one (a counter is appended)."""
+    out: dict[Path, str] = {}
+    taken: set[str] = set()
+    for f in files:
+        name, i = names[f], 2
+        while name in taken:
+            stem, dot, suffix = names[f].rpartition(".")
+            name, i = (f"{stem}-{i}.{suffix}" if dot else f"{names[f]}-{i}"), i + 1
+        taken.add(name)
+        out[f] = name
+    return out
+
+
+def overlay_names(images: list[Path]) -> dict[Path, str]:
+    """Unique file stems for the overlays: the image stem, then parent_stem, then a counter."""
+    names: dict[Path, str] = {}
+    taken: set[str] = set()
+    for image in images:
+        name = image.stem
+        if name in taken:
+            name = f"{image.parent.name}_{image.stem}"
+        base, i = name, 2
+        while name in taken:
+            name, i = f"{base}-{i}", i + 1
+        taken.add(name)
+        names[image] = name
+    return names
+
+
+def read_stamped(path, errors: list) -> tuple[np.ndarray, dict] | None:
+    """(RGB image, its stamp), or None with the reason added to `errors` when it cannot be read. The stamp
+    is taken before decoding: a file replaced meanwhile is redone next time."""
+    try:
+        stamp = fingerprint(path)
+        return load_image(path), stamp
+    except (CamInferError, OSError) as exc:
+        errors.append({"image": str(path), "error": str(exc)})
+        return None

@@ -1,0 +1,28 @@
+"""Tasks: what differs between kinds of model (`base.Task`); everything else is shared by the `Explainer`.
+
+    task_of(bundle)        # the Task class for the bundle's manifest ("task": classification | detection)
+
+classification.py (classes from the outputs, one batch per method call), detection.py (detections or
+boxes, one image per method call, the cut set's levels).
+"""
+
+from __future__ import annotations
+
+from ..errors import CamInferError
+from .base import Task, class_index
+from .classification import ClassificationTask
+from .detection import DetectionTask
+
+TASKS: dict[str, type[Task]] = {task.name: task for task in (ClassificationTask, DetectionTask)}
+
+
+def task_of(bundle) -> type[Task]:
+    """The Task class of the bundle's kind of model."""
+    task = TASKS.get(bundle.task)
+    if task is None:
+        raise CamInferError(f"bundle '{bundle.path}' is a {bundle.task!r} model; this version of cam-infer explains "
+                            f"{' and '.join(sorted(TASKS))} models (upgrade cam-infer, or re-split the model)")
+    return task
+
+
+__all__ = ["TASKS", "Task", "class_index", "task_of"]

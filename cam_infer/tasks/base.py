@@ -1,0 +1,120 @@
+"""The `Task` interface: what differs between kinds of model, and nothing else.
+
+The `Explainer` does what every model kind shares: open the bundle on a runtime, read the images, run the
+clean pass, call the method, time it. Its task does the rest, through the hooks below.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import CamInferError
+
+
+class Task:
+    """A kind of model (classification, detection, ...): one instance per opened `Explainer`.
+
+    A new task is one module in `cam_infer.tasks` with a subclass registered in `TASKS` under the name its
+    bundles carry in ``bundle.json`` (``"task"``). It implements:
+
+    - ``requests``: the `Explainer.explain` arguments it takes beyond images, method and ``target``; any
+      other given to its bundles is a one-line error (``boxes=`` on a classifier).
+    - ``open()``, ``linear_head()``: what it reads once per bundle (a detector's anchor grid, a classifier's
+      verified linear head).
+    - ``run_method(spec, ctx, targets, options)``: one call of the method's implementation for this task
+      (``method(name)`` looks it up) → raw maps, one per target.
+    - ``observe(x)``: the clean pass, the cut and the outputs in one call (the backend's: activations
+      (N,K,h,w), or a detector's packed cut set; a token model's tokens would be read here).
+    - ``contexts(spec, x, activations, outputs, request, originals)``: from the request and the clean
+      outputs, the targets (classes; detections or boxes) and what a method implementation gets to compute
+      their maps: its context (the input, the cut, the clean outputs, how a target's score is read on
+      perturbed outputs). Returns a list of jobs ``(context, targets, ...)``, one method call each: the
+      whole batch for a classifier, one image for a detector; the rest of a job is the task's.
+    - ``request_for(spec, n, request)``: the request as a method takes it (optional).
+    - ``explanation(spec, method, jobs, maps, ...)``: the raw maps → normalised saliency and the
+      `Explanation`, one map and one record per explained target (how the levels of a cut set combine is
+      the method's, by the rule of its units, `methods.levels`).
+
+    A segmentation model would be a task whose targets are a class over a region and whose score sums
+    the region's logits; a token model (a vision transformer) a cut kind (tokens (N,T,D) on a grid) under
+    the classification or detection task."""
+
+    name: str = ""
+    requests: frozenset = frozenset()
+
+    def __init__(self, explainer):
+        self.explainer = explainer
+        self.bundle = explainer.bundle
+
+    def open(self) -> None:
+        """Read what the task needs of its bundle, once, after the runtime is open."""
+
+    def linear_head(self):
+        """A head whose closed forms the methods may use instead of head passes (`bundle.head`), or None."""
+        return None
+
+    def request_for(self, spec, n: int, request: dict) -> dict:
+        """The request as method `spec` takes it for n images (a classifier drops the class of a
+        class-agnostic method, with a warning)."""
+        return request
+
+    def observe(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the cut, the model's outputs) of a batch, in one pass."""
+        return self.explainer.backend.observe(x)
+
+    def method(self, name: str):
+        """The method `name` (`methods.MethodSpec`), refused unless it explains this task's models."""
+        from ..methods import get_method
+        return get_method(name, self.name)
+
+    def run_method(self, spec, ctx, targets, options: dict) -> np.ndarray | list:
+        raise NotImplementedError
+
+    def contexts(self, spec, x, activations, outputs, request: dict, originals):
+        raise NotImplementedError
+
+    def explanation(self, spec, method, jobs, maps, request, options, originals, names, model_outputs, start):
+        raise NotImplementedError
+
+    def check_request(self, request: dict) -> None:
+        """A request argument this task does not take → a one-line error naming the task that does."""
+        for name, value in request.items():
+            if value is not None and name not in self.requests:
+                raise CamInferError(f"{name}= does not apply to this bundle: it is a {self.name} model "
+                                    f"(arguments for it: target{''.join(', ' + r for r in sorted(self.requests))})")
+
+
+def class_index(value, labels: list[str] | None, classes: int) -> int:
+    """A class given by label or index (int or digit string) → its index, checked.
+
+    A label that several classes share (ImageNet's 'crane': 134 the bird, 517 the machine) is an error
+    that lists them; an unknown label suggests the closest labels."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer, str)):
+        raise CamInferError(f"a class is an integer index or a label string, not {value!r} "
+                            f"({type(value).__name__})")
+    if isinstance(value, str) and not value.strip().lstrip("-").isdigit():
+        labels = labels or []
+        matches = [i for i, label in enumerate(labels) if label == value]
+        if len(matches) > 1:
+            raise CamInferError(f"class label '{value}' is ambiguous: classes {', '.join(map(str, matches))} are all "
+                                f"called '{value}'; give the index instead")
+        if not matches:
+            raise CamInferError(f"unknown class label '{value}'" + (_suggestions(value, labels) if labels
+                                                                    else "; this bundle has no labels"))
+        return matches[0]
+    index = int(value)
+    if not 0 <= index < classes:
+        raise CamInferError(f"class {index} is out of range: this model has classes 0..{classes - 1}")
+    return index
+
+
+def _suggestions(value: str, labels: list[str]) -> str:
+    import difflib
+
+    lower = {label.lower(): label for label in labels}
+    words = [w for w in value.lower().replace("_", " ").split() if len(w) > 2]
+    close = difflib.get_close_matches(value.lower(), list(lower), n=5, cutoff=0.6)
+    close += [key for key in lower if any(w in key.split() for w in words) and key not in close][:5 - len(close)]
+    if not close:
+        return "; no label is close to it (cam-infer info BUNDLE --json lists them)"
+    return "; did you mean " + ", ".join(f"'{lower[c]}' ({labels.index(lower[c])})" for c in close) + "?"

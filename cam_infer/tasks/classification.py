@@ -1,0 +1,169 @@
+"""Classification: the targets are classes, chosen from the clean outputs (top-1, top-k) or named; a target's
+score is its class probability; a method call explains the whole batch, one row per (image, class)."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import replace
+from functools import partial
+
+import numpy as np
+
+from ..backends.sessions import FLOAT32, RuntimeOptions, onnxruntime_session
+from ..errors import CamInferError, ClassAgnosticWarning
+from ..explanation import Explanation
+from ..numerics import softmax
+from ..postprocess import normalise, upsample
+from .base import Task, class_index
+
+
+class ClassificationTask(Task):
+    name = "classification"
+    requests = frozenset({"top_classes", "enhance", "enhance_options", "finer", "upsampled", "gradients"})
+
+    def linear_head(self):
+        """The head as global pooling + linear, verified against a float32 run of the head graph on random
+        activations (the closed forms of CAM, Recipro-CAM and Ablation-CAM); None when it is not one. Exact
+        whatever precision the explanations run at: against a bf16 head the closed form differs by bf16's
+        rounding (~2^-8) and a true GAP→linear head would be refused."""
+        import onnx
+
+        from ..bundle.head import read_linear_head
+
+        if self.bundle.graph_format != "onnx":        # an IR bundle: methods run the head graph instead
+            return None
+        head = read_linear_head(onnx.load(self.bundle.head_path), self.bundle.activation_shape[0])
+        if head is None:
+            return None
+        a = np.abs(np.random.default_rng(0).standard_normal((2, *self.bundle.activation_shape))).astype(np.float32)
+        reference = onnxruntime_session(self.bundle.head_path, FLOAT32, quiet=True, memory_arena=False)
+        expected = reference.run(None, {reference.get_inputs()[0].name: a})[0].reshape(len(a), -1)
+        got = head.logits(a.mean(axis=(2, 3)))
+        if self.bundle.output_kind == "probabilities":
+            got = softmax(got)
+        scale = max(1.0, float(np.abs(expected).max()))
+        if not np.allclose(got, expected, atol=1e-4 * scale, rtol=1e-4):
+            return None
+        products = RuntimeOptions(threads=self.explainer.backend.threads, spinning="during-run")
+        return replace(head, open_session=partial(onnxruntime_session, runtime=products, memory_arena=False))
+
+    def run_method(self, spec, ctx, targets, options: dict) -> np.ndarray:
+        return spec.implementation(self.name)(ctx, **options)
+
+    def request_for(self, spec, n: int, request: dict) -> dict:
+        """A class-agnostic method gives one map per image: a class asked of it is still checked, then dropped
+        with a `ClassAgnosticWarning`."""
+        if spec.class_specific or (request["target"] is None and request["top_classes"] is None):
+            return request
+        self.targets_for(request["target"], np.zeros((n, self.bundle.num_classes)), request["top_classes"])
+        from ..methods.registry import class_agnostic_note
+        warnings.warn(class_agnostic_note([spec.name]), ClassAgnosticWarning, stacklevel=3)
+        return {**request, "target": None, "top_classes": None}
+
+    def contexts(self, spec, x, activations, outputs, request: dict, originals):
+        """One context for the batch, one row per (image, class): the feature pass is not repeated."""
+        from ..methods import Context
+
+        targets = self.targets_for(request["target"], outputs, request["top_classes"])
+        k = targets.shape[1] if targets.ndim == 2 else None
+        if k is not None:
+            x, activations, outputs = (np.repeat(v, k, axis=0) for v in (x, activations, outputs))
+        ctx = Context(x=x, activations=activations, targets=targets.reshape(-1), outputs=outputs,
+                      backend=self.explainer.backend, bundle=self.bundle, linear_head=self.explainer.linear_head)
+        objective = self._finer(ctx, spec, request["finer"])
+        if spec.needs == "gradients":
+            ctx.gradients = self._gradients(spec.name, x, activations, ctx.targets, objective)
+            ctx.gradient_source = lambda xs, a, t: self._gradients(spec.name, xs, a, t, objective)
+        return [(ctx, targets)]
+
+    def _gradients(self, method: str, x, activations, targets, objective=None) -> np.ndarray:
+        gradients = self.explainer.gradients
+        if gradients is None:
+            from ..gradients import require_torch
+            require_torch()
+            raise CamInferError(f"method '{method}' needs gradients: open the Explainer with gradients='torch' "
+                                "(or use Explainer.from_torch with a PyTorch model)")
+        return gradients(x, activations, targets, objective) if objective is not None else \
+            gradients(x, activations, targets)
+
+    def explanation(self, spec, method, jobs, maps, request, options, originals, names, model_outputs, start):
+        (ctx, targets), = jobs
+        flat = ctx.targets
+        maps = maps[0].astype(np.float32)
+        normalised, degenerate = normalise(maps)
+        saliency = upsample(normalised, self.bundle.input_shape[1:]) if request["upsampled"] else normalised
+        probabilities = ctx.probabilities(ctx.outputs)
+        scores = probabilities[np.arange(len(flat)), flat].astype(np.float32)
+        if targets.ndim == 2:
+            maps, saliency, scores, degenerate = (v.reshape(*targets.shape, *v.shape[1:])
+                                                  for v in (maps, saliency, scores, degenerate))
+        return Explanation(method, saliency, maps, targets, scores, degenerate, (time.perf_counter() - start) * 1000,
+                           {**options, **({"finer": vars(ctx.finer)} if ctx.finer else {})}, labels=self.bundle.labels,
+                           images=originals, names=names, preprocessing=self.bundle.preprocessing,
+                           outputs=model_outputs, class_agnostic=not spec.class_specific)
+
+    def enhanced(self, x, originals, names, method, request, options, start):
+        """An enhancer around the method: its fused saliency, the base explanation's classes and scores.
+        `maps` then holds the fused map at input resolution (there is no low-resolution map)."""
+        from ..enhancers import get_enhancer
+
+        if request["top_classes"] is not None:
+            raise CamInferError("enhancers explain one class per image; give target, not top_classes")
+        enhance, enhance_options = request["enhance"], request["enhance_options"] or {}
+        options = {**options, **({} if request["finer"] is None else {"finer": request["finer"]})}
+        fused, base = get_enhancer(enhance)(self.explainer, x, method, request["target"], options, **enhance_options)
+        span = fused.max(axis=(1, 2)) - fused.min(axis=(1, 2))
+        degenerate = span <= 1e-7                   # the fused maps are means of [0,1] maps: not re-normalised
+        return replace(base, method=f"{method}+{enhance}", saliency=fused, maps=fused, degenerate=degenerate,
+                       milliseconds=(time.perf_counter() - start) * 1000,
+                       options={**options, "enhance": enhance, **enhance_options},
+                       images=originals, names=names)
+
+    def _finer(self, ctx, chosen, finer):
+        """Set up Finer-CAM on the context (its reference classes, from the clean logits); returns the torch
+        objective for the gradient methods, or None."""
+        from ..errors import MethodNotApplicable
+        from ..finer import Finer
+
+        finer = Finer.of(finer)
+        if finer is None:
+            return None
+        if not chosen.class_specific:
+            raise MethodNotApplicable(f"method '{chosen.name}' does not depend on the class: finer does not apply")
+        if self.bundle.output_kind != "logits":
+            raise CamInferError("finer scores logits, and this model ends in a softmax (its head returns "
+                                "probabilities)")
+        ctx.finer = finer
+        ctx.finer_refs = np.stack([finer.references_for(row, int(c)) for row, c in zip(ctx.outputs, ctx.targets)])
+        targets, refs = ctx.targets, ctx.finer_refs
+        return lambda torch, scores: finer.torch_objective(torch, scores, targets, refs)
+
+    def targets_for(self, target, outputs: np.ndarray, top_classes: int | None = None) -> np.ndarray:
+        """The classes to explain: (N,) for one class per image, (N,k) for several (``top_classes``, or one
+        list per image, ``[[243, 281], ...]``, all of the same length)."""
+        n, classes = outputs.shape
+        if top_classes is not None:
+            if target is not None:
+                raise CamInferError("give either target or top_classes, not both")
+            if isinstance(top_classes, bool) or not isinstance(top_classes, (int, np.integer)) \
+                    or not 1 <= top_classes <= classes:
+                raise CamInferError(f"top_classes must be an integer from 1 to {classes}, not {top_classes!r}")
+            return np.argsort(-outputs, axis=1, kind="stable")[:, :top_classes].astype(np.int64)
+        if target is None:
+            return outputs.argmax(axis=1)
+        if isinstance(target, (str, bytes)) or not isinstance(target, (list, tuple, np.ndarray)):
+            return np.array([self.class_id(target, classes)] * n, np.int64)
+        values = list(target)
+        if len(values) != n:
+            raise CamInferError(f"{len(values)} targets given for {n} images")
+        if values and all(isinstance(v, (list, tuple, np.ndarray)) for v in values):
+            if len({len(v) for v in values}) != 1 or not len(values[0]):
+                raise CamInferError("several classes per image: give each image a list of the same length, "
+                                    "e.g. target=[[243, 281], [1, 2]]")
+            return np.array([[self.class_id(c, classes) for c in v] for v in values], np.int64)
+        return np.array([self.class_id(v, classes) for v in values], np.int64)
+
+    def class_id(self, value, classes: int) -> int:
+        return class_index(value, self.bundle.labels, classes)
+

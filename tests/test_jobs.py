@@ -1,0 +1,199 @@
+"""The one folder-run driver (`cam_infer.jobs`): explain and audit, classifier and detector, resume from one
+journal the same way (after an interruption, a torn last line, a changed image) to the files of an
+uninterrupted run; one atomic write; runners that open whatever explainer the bundle's task calls for."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import shutil
+from pathlib import Path
+
+import cv2
+import pytest
+
+import cam_infer.parallel as parallel
+from cam_infer import Explainer
+from cam_infer.audit import AuditOptions, run_audit
+from cam_infer.demo import embedded_bundle_path, embedded_detector_path
+from cam_infer.detection.audit import run_detection_audit
+from cam_infer.detection.runs import explain_detection_files
+from cam_infer.jobs.journal import JOURNAL
+from cam_infer.outputs import LOCK_NAME, write_atomically
+from cam_infer.parallel import OPEN_AT_MOST, ExplainerSpec, InProcess
+from cam_infer.runs import explain_files
+from cam_infer.synthetic import write_detection_scenes, write_scenes
+
+SHAPES, DETECTOR = embedded_bundle_path(), embedded_detector_path()
+METHODS = ("recipro", "eigen")
+
+
+def summary_of(result) -> dict:
+    """What a run says it redid: explain returns `Results`, audit its summary."""
+    return {"redone": result.redone if hasattr(result, "redone") else result["redone"]}
+
+
+RUNS = {
+    "explain-classifier": lambda images, out: explain_files(Explainer(SHAPES), [images], list(METHODS), out,
+                                                            batch_size=2, progress=False),
+    "explain-detector": lambda images, out: explain_detection_files(Explainer(DETECTOR), [images],
+                                                                    list(METHODS), out, progress=False),
+    "audit-classifier": lambda images, out: run_audit(SHAPES, [images], AuditOptions(METHODS, ("adcc", "pointing")),
+                                                      out, boxes=images / "boxes.json", progress=False),
+    "audit-detector": lambda images, out: run_detection_audit(DETECTOR, [images], list(METHODS), out,
+                                                              boxes=images / "boxes.json", progress=False),
+}
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("jobs")
+    return {"classifier": write_scenes(root / "shapes", "multiple", 5), "detector": write_detection_scenes(
+        root / "detection", 4)}
+
+
+def images_for(job: str, scenes, tmp_path) -> Path:
+    """A copy of the job's scenes (a test may change one)."""
+    images = tmp_path / "images"
+    shutil.copytree(scenes[job.split("-")[1]], images)
+    return images
+
+
+def outputs(out: Path) -> dict:
+    """Every file a run leaves for its user: bytes, results.json without its timings, summary.json without
+    what it redid."""
+    files = {}
+    for path in sorted(p for p in out.rglob("*") if p.is_file() and p.name not in (JOURNAL, LOCK_NAME)):
+        data = path.read_bytes()
+        if path.name == "results.json":
+            data = json.loads(data)
+            for record in data["results"]:
+                record.pop("milliseconds")
+        elif path.name == "summary.json":
+            data = json.loads(data)
+            data.pop("redone")
+        files[path.relative_to(out).as_posix()] = data
+    return files
+
+
+class Interrupted(Exception):
+    pass
+
+
+class StopsAfter(InProcess):
+    """This process's runner, stopped after `k` results as a killed run is."""
+
+    def __init__(self, k: int):
+        self.k = k
+
+    def map(self, work, items):
+        for i, result in enumerate(super().map(work, items)):
+            if i == self.k:
+                raise Interrupted
+            yield result
+
+
+@pytest.mark.parametrize("job", RUNS)
+def test_an_interrupted_run_with_a_torn_journal_resumes_to_the_files_of_an_uninterrupted_one(job, scenes, tmp_path,
+                                                                                           monkeypatch):
+    images, run = images_for(job, scenes, tmp_path), RUNS[job]
+    run(images, tmp_path / "whole")
+    with monkeypatch.context() as patched:
+        patched.setattr(parallel, "make_runner", lambda *args, **kwargs: StopsAfter(2))
+        with pytest.raises(Interrupted):
+            run(images, tmp_path / "cut")
+    journal = tmp_path / "cut" / JOURNAL
+    lines = journal.read_text().splitlines(keepends=True)
+    assert len(lines) == 1 + 2                                            # the settings, then 2 finished items
+    journal.write_text("".join(lines[:-1]) + lines[-1][:40])             # killed while writing the second
+    run(images, tmp_path / "cut")
+    assert outputs(tmp_path / "cut") == outputs(tmp_path / "whole")
+    kept = journal.read_text()
+    assert all(json.loads(line) for line in kept.splitlines())           # the torn line is gone, not appended to
+    again = run(images, tmp_path / "cut")                                # nothing left to do
+    assert journal.read_text() == kept and summary_of(again) == {"redone": []}
+    assert outputs(tmp_path / "cut") == outputs(tmp_path / "whole")
+
+
+@pytest.mark.parametrize("job", RUNS)
+def test_every_job_redoes_an_image_whose_file_changed(job, scenes, tmp_path):
+    images, run = images_for(job, scenes, tmp_path), RUNS[job]
+    run(images, tmp_path / "out")
+    changed = sorted(p for p in images.iterdir() if p.suffix == ".png")[-1]    # the last: its rows stay last
+    picture = cv2.imread(str(changed))
+    cv2.imwrite(str(changed), picture[:, ::-1])
+    os.utime(changed, ns=(changed.stat().st_atime_ns, changed.stat().st_mtime_ns + 10**9))
+    assert summary_of(run(images, tmp_path / "out")) == {"redone": [str(changed)]}
+    run(images, tmp_path / "fresh")
+    assert outputs(tmp_path / "out") == outputs(tmp_path / "fresh")
+
+
+def test_a_journal_of_other_settings_is_refused_in_one_line_and_force_starts_over(scenes, tmp_path):
+    from cam_infer import CamInferError
+    images = images_for("audit-detector", scenes, tmp_path)
+    run_detection_audit(DETECTOR, [images], ["eigen"], tmp_path / "out", progress=False)
+    with pytest.raises(CamInferError, match="holds an audit with other settings; choose another --out or pass "
+                                            "--force"):
+        run_detection_audit(DETECTOR, [images], ["recipro"], tmp_path / "out", progress=False)
+    summary = run_detection_audit(DETECTOR, [images], ["recipro"], tmp_path / "out", restart=True, progress=False)
+    assert list(summary["methods"]) == ["recipro"]
+    assert {p.name.rsplit("__", 1)[1] for p in (tmp_path / "out" / "overlays").iterdir()} == {"recipro.png"}
+
+
+def test_an_atomic_write_that_fails_leaves_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "summary.json"
+    write_atomically(path, "old")
+    write_atomically(path, b"new")
+    assert path.read_text() == "new"
+
+    def fails(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", fails)
+    with pytest.raises(OSError):
+        write_atomically(path, "half")
+    assert path.read_text() == "new"
+
+
+def test_a_process_keeps_few_explainers_open_the_least_recently_used_let_go():
+    assert OPEN_AT_MOST >= 2
+    parallel._OPENED.clear()
+    specs = [ExplainerSpec(f"/bundles/{i}") for i in range(OPEN_AT_MOST + 1)]
+    explainers = [object() for _ in specs]
+    for spec, explainer in zip(specs[:-1], explainers):
+        spec.remember(explainer)
+    assert specs[0].open() is explainers[0]                 # used again: now the most recent
+    specs[-1].remember(explainers[-1])
+    assert list(parallel._OPENED) == [*specs[2:-1], specs[0], specs[-1]]    # specs[1], the least recent, let go
+
+
+def test_runners_are_task_neutral_and_open_what_the_bundle_is():
+    folder = Path(parallel.__file__).parent
+    for path in folder.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                assert "detection" not in (node.module or ""), f"{path.name} imports {node.module}"
+    parallel._OPENED.clear()
+    assert ExplainerSpec(str(DETECTOR)).open().task.name == "detection"
+    assert ExplainerSpec(str(SHAPES)).open().task.name == "classification"
+
+
+class Watches(InProcess):
+    """This process's runner, noting after each result whether `path` is on disk yet."""
+
+    def __init__(self, path: Path):
+        self.path, self.seen = path, []
+
+    def map(self, work, items):
+        for result in super().map(work, items):
+            yield result
+            self.seen.append(self.path.exists())
+
+
+@pytest.mark.parametrize("job, growing", [("explain-classifier", "results.json"), ("audit-detector", "metrics.csv")])
+def test_a_runs_files_show_its_first_result_at_once(job, growing, scenes, tmp_path, monkeypatch):
+    runner = Watches(tmp_path / "out" / growing)
+    monkeypatch.setattr(parallel, "make_runner", lambda *args, **kwargs: runner)
+    RUNS[job](images_for(job, scenes, tmp_path), tmp_path / "out")
+    assert runner.seen[0], f"{growing} was not written after the first result"
