@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT))
 
-from cam_infer.bench import CASES, HEADER, run_cases  # noqa: E402
+from cam_infer.tools.bench import CASES, HEADER, run_cases  # noqa: E402
 
 STABLE = ["chelsea.png", "coffee.png", "fruits.jpg", "hot_dog.jpg", "kitten_224.png", "parrot.jpg", "pelican.jpeg",
           "samoyed_dog.jpg", "squirrel_cls.jpg"]

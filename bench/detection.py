@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT))
 
-from cam_infer.bench import Report  # noqa: E402
+from cam_infer.tools.bench import Report  # noqa: E402
 
 METHODS = ["activation", "eigen", "recipro", "ablation", "score"]
 SPEED_CASES = [("activation", {}), ("eigen", {}), ("recipro", {}), ("ablation", {}), ("score", {"top_k": 8})]

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from cam_infer.bench import FUSED_CASES, FUSED_HEADER, Report, compare_fused, format_fused_row  # noqa: E402
+from cam_infer.tools.bench import FUSED_CASES, FUSED_HEADER, Report, compare_fused, format_fused_row  # noqa: E402
 from methods import bundle_for  # noqa: E402
 
 
@@ -56,11 +56,11 @@ def eigen_error(report, work: Path) -> None:
 
     from cam_infer import Bundle, Explainer, split_onnx
     from cam_infer.backends.sessions import onnxruntime_session
-    from cam_infer.demo import embedded_bundle_path
+    from cam_infer.tools.demo import embedded_bundle_path
     from cam_infer.fuse import fuse
     from cam_infer.fuse.assemble import RAW_OUTPUT
     from cam_infer.postprocess import normalise
-    from cam_infer.synthetic import generate
+    from cam_infer.tools.synthetic import generate
 
     shared = ROOT.parent / "shared" / "data"
     photos = sorted(p for p in (shared / "images").iterdir() if p.suffix != ".json")

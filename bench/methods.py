@@ -1,5 +1,5 @@
 """The method benchmark: ResNet-18 and ResNet-50 at 224×224 (random weights, seed 0), both
-backends, every case of `cam_infer.bench.CASES`. Needs the torch extra (to export the two models).
+backends, every case of `cam_infer.tools.bench.CASES`. Needs the torch extra (to export the two models).
 
     python bench/methods.py --work /tmp/cam-bench --out bench/methods.md
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cam_infer.bench import CASES, HEADER, Report, run_cases  # noqa: E402
+from cam_infer.tools.bench import CASES, HEADER, Report, run_cases  # noqa: E402
 
 
 def bundle_for(name: str, work: Path) -> Path:

@@ -6,7 +6,7 @@ Python of its own (it pins an older OpenVINO and NumPy): ``--xai-python``.
 
     python bench/precision.py --work /tmp/cam-precision --out bench/precision.md
 
-Method ÷ forward: `cam_infer.bench.run_cases` at each precision (each case in its own process, the forward pass
+Method ÷ forward: `cam_infer.tools.bench.run_cases` at each precision (each case in its own process, the forward pass
 and the method alternated call by call). Against openvino-xai: one driver process per side, kept warm; the parent
 asks each for one call at a time, alternating sides (and their order) call by call, so both see the same load;
 each call is timed inside its process. Ours explains batch 1 like openvino-xai (which cannot batch), and batch 8
@@ -180,7 +180,7 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     import os
 
-    from cam_infer.bench import HEADER, Report, run_cases
+    from cam_infer.tools.bench import HEADER, Report, run_cases
     report = Report()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

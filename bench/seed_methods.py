@@ -2,7 +2,7 @@
 ResNet-50 (random weights, seed 0) and MobileNetV2 (the real ImageNet weights of ../shared/data) at 224×224
 on OpenVINO CPU, batch 1.
 
-Part 1 (`cam_infer.bench`): each case's median time over one forward pass and, for methods of full passes
+Part 1 (`cam_infer.tools.bench`): each case's median time over one forward pass and, for methods of full passes
 and enhanced cases, over the floor: the same number of full passes, batched as the method batches them
 (Score-CAM family: channels × samples; SESS: 1 + its 122 windows; EVET: its 5 transforms).
 
@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT))
 
-from cam_infer.bench import HEADER, Report, run_cases  # noqa: E402
+from cam_infer.tools.bench import HEADER, Report, run_cases  # noqa: E402
 
 CASES = ["score top_k=64", "ss-cam top_k=16", "is-cam top_k=16", "recipro", "recipro+sess", "recipro+evet",
          "eigen+sess", "smoothgrad-cam++", "integrated-gradcam"]

@@ -37,7 +37,7 @@ SHARED = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from cam_infer.bench import Report  # noqa: E402
+from cam_infer.tools.bench import Report  # noqa: E402
 
 CONCURRENCY = (1, 8, 32)
 

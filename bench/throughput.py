@@ -37,7 +37,7 @@ SHARED = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from cam_infer.bench import Report  # noqa: E402
+from cam_infer.tools.bench import Report  # noqa: E402
 
 RAY_PORT = 6392
 GRAD_CAM = ["grad-cam==1.5.7", "ttach==0.0.3", "scipy", "scikit-learn", "tqdm"]

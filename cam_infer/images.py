@@ -19,7 +19,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from . import kernels
+from .kernels import lookup_channels
 from .errors import CamInferError, UnreadableImage
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -179,7 +179,7 @@ class Preprocessing:
             pixels = rgb[..., ::-1] if self.color == "bgr" else rgb
         if pixels.dtype == np.uint8:                   # a table of the 256 values: the same float32 results
             out = np.empty((pixels.shape[2], *pixels.shape[:2]), np.float32) if out is None else out
-            kernels.lookup_channels(pixels, _table(self.scale, self.mean, self.std), out)
+            lookup_channels(pixels, _table(self.scale, self.mean, self.std), out)
             return out
         x = _normalised(pixels, self.scale, self.mean, self.std)
         if out is None:

@@ -28,9 +28,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cam_infer import Explainer, split_onnx  # noqa: E402
-from cam_infer.demo import DEMO_SEED, embedded_bundle_path, run_detection_demo  # noqa: E402
+from cam_infer.tools.demo import DEMO_SEED, embedded_bundle_path, run_detection_demo  # noqa: E402
 from cam_infer.methods import GRADIENT_FREE, METHODS  # noqa: E402
-from cam_infer.synthetic import scene  # noqa: E402
+from cam_infer.tools.synthetic import scene  # noqa: E402
 
 IMG = ROOT / "docs" / "img"
 SHARED = ROOT.parent / "shared" / "data"
@@ -83,7 +83,7 @@ def grid(pictures: dict[str, np.ndarray], names, columns: int = 4) -> np.ndarray
 def audit_screenshot(work: Path) -> np.ndarray | None:
     """The top of an audit report's page as a browser shows it, or None without Chromium."""
     from cam_infer.audit import AuditOptions, run_audit
-    from cam_infer.synthetic import write_scenes
+    from cam_infer.tools.synthetic import write_scenes
 
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:

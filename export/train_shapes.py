@@ -21,7 +21,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cam_infer.synthetic import CLASSES, SPLITS, generate  # noqa: E402
+from cam_infer.tools.synthetic import CLASSES, SPLITS, generate  # noqa: E402
 from export.training import fit  # noqa: E402
 
 PREPROCESSING = {"crop": "none", "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)}

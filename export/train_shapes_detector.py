@@ -24,7 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cam_infer.synthetic import DETECTION_CLASSES, SIZE, detection_scene  # noqa: E402
+from cam_infer.tools.synthetic import DETECTION_CLASSES, SIZE, detection_scene  # noqa: E402
 from export.training import fit  # noqa: E402
 
 TRAIN_SEED, TEST_SEED = 0, 1

@@ -1,4 +1,4 @@
-"""ShapesNet: the project's own small CNN for the synthetic shapes scenes (`cam_infer.synthetic`).
+"""ShapesNet: the project's own small CNN for the synthetic shapes scenes (`cam_infer.tools.synthetic`).
 
 128×128 RGB → six 3×3 conv+BN+ReLU blocks (strides 2, 2, 1, 2, 1, 1; the last three at 16×16,
 receptive field 55 pixels) → global average pooling → linear. No dilation: a dilated last layer

@@ -1,5 +1,5 @@
 """ShapesDetector: the project's own small anchor-free detector for the synthetic detection scenes
-(`cam_infer.synthetic.detection_scene`), laid out as an Ultralytics YOLOv8 export so that everything that
+(`cam_infer.tools.synthetic.detection_scene`), laid out as an Ultralytics YOLOv8 export so that everything that
 reads one reads it: modules ``model.0`` … ``model.7`` with the detection head last, output (N, 4+C, A)
 with boxes (cx, cy, w, h) in input pixels and sigmoid class scores, anchors level-major (stride 8, then 16).
 

@@ -21,10 +21,10 @@ from helpers import assert_one_line_error, run_cli
 
 from cam_infer import CamInferError, Explainer
 from cam_infer.audit import AuditOptions, audit_image, run_audit
-from cam_infer.demo import embedded_bundle_path
+from cam_infer.tools.demo import embedded_bundle_path
 from cam_infer.jobs.journal import JOURNAL
 from cam_infer.metrics import adcc, box_localisation, energy_pointing, pointing_hit
-from cam_infer.synthetic import generate
+from cam_infer.tools.synthetic import generate
 
 SHAPES = embedded_bundle_path()
 

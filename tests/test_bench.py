@@ -8,7 +8,7 @@ import pytest
 
 from helpers import run_cli
 
-from cam_infer.bench import measure_in_subprocess
+from cam_infer.tools.bench import measure_in_subprocess
 from cam_infer.progress import Progress
 
 

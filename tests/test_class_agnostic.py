@@ -14,11 +14,11 @@ import pytest
 from helpers import run_cli
 
 from cam_infer import CamInferError, Explainer
-from cam_infer.demo import embedded_bundle_path, embedded_detector_path
+from cam_infer.tools.demo import embedded_bundle_path, embedded_detector_path
 from cam_infer.errors import ClassAgnosticWarning
 from cam_infer.methods import METHODS
 from cam_infer.postprocess import overlay_picture
-from cam_infer.synthetic import detection_scene, scene
+from cam_infer.tools.synthetic import detection_scene, scene
 
 AGNOSTIC = ("activation", "eigen", "entropy")
 

@@ -112,7 +112,7 @@ def test_info_wraps_a_long_runtime_refusal_at_words(tmp_path, tiny_onnx_path, ta
     if task == "classifier":
         assert run_cli("split", tiny_onnx_path, "--out", tmp_path / "b").returncode == 0
     else:
-        from cam_infer.demo import embedded_detector_path
+        from cam_infer.tools.demo import embedded_detector_path
         shutil.copytree(embedded_detector_path(), tmp_path / "b")
     manifest = tmp_path / "b" / "bundle.json"
     record = json.loads(manifest.read_text())

@@ -187,7 +187,7 @@ def test_near_uniform_is_the_fraction_above_half_the_range():
 
 
 def test_healthy_maps_are_not_flagged():
-    from cam_infer.demo import DEMO_SEED, SPLITS, embedded_bundle_path, scene
+    from cam_infer.tools.demo import DEMO_SEED, SPLITS, embedded_bundle_path, scene
     explainer = Explainer(embedded_bundle_path())
     x = explainer.preprocess([scene(split, DEMO_SEED, seed).image for split in SPLITS for seed in range(2)])
     for method in GRADIENT_FREE:

@@ -498,21 +498,23 @@ def test_scores_without_a_batch_axis_are_read_per_image(tmp_path):
 def test_verification_compares_the_logits_before_a_left_out_quantized_softmax(tmp_path):
     """The model's uint8 probabilities saturate (0 or 255/256 on confident images), so a head several logit
     steps off on an unlikely class moves them by nothing: verification compares the logits themselves."""
+    from cam_infer.bundle.anatomy import score_output
     from cam_infer.bundle.graph import Graph
     from cam_infer.bundle.verify import Mismatch, verify
 
     path = REPO_MODELS / "tf2onnx_nhwc_mobilenetv2_0.35_96_quant.onnx"
     bundle = split_onnx(path, out=tmp_path / "b")
     graph = Graph.from_model(onnx.load(path))
-    assert graph.scores.trimmed and graph.scores.tensor_step > 0
+    scores = score_output(graph)
+    assert scores.trimmed and scores.tensor_step > 0
     features, head = onnx.load(bundle.features_path), onnx.load(bundle.head_path)
-    verify(graph.model, graph.input_spec, graph.scores, features, head, bundle.preprocessing, "dynamic", None)
+    verify(graph.model, graph.input_spec, scores, features, head, bundle.preprocessing, "dynamic", None)
     out = head.graph.output[0].name
     offset = np.zeros(bundle.num_classes, np.float32)
     offset[int(np.argmin(Explainer(bundle).backend.forward(bundle.preprocess(smooth_photos(1, 96)))))] = \
-        3 * graph.scores.tensor_step
+        3 * scores.tensor_step
     head.graph.initializer.append(numpy_helper.from_array(offset, "offset"))
     head.graph.node[-1].output[0] = "logits_before_offset"
     head.graph.node.append(helper.make_node("Add", ["logits_before_offset", "offset"], [out], name="offset"))
     with pytest.raises(Mismatch, match=r"batch 1: max \|head\(features\(x\)\) - model\(x\)\| = 0.87"):
-        verify(graph.model, graph.input_spec, graph.scores, features, head, bundle.preprocessing, "dynamic", None)
+        verify(graph.model, graph.input_spec, scores, features, head, bundle.preprocessing, "dynamic", None)

@@ -155,7 +155,7 @@ def test_the_readme_commands_in_order_in_a_fresh_venv(tmp_path):
     version = run(bin_dir / "cam-infer", "--version", cwd=elsewhere)
     assert version.stdout.strip() == "cam-infer 0.1.0"
     run(bin_dir / "cam-infer", "synthetic", "--out", "scenes", "-n", "2", cwd=elsewhere)
-    bundle = run(python, "-c", "from cam_infer.demo import embedded_bundle_path as p; print(p())", cwd=elsewhere)
+    bundle = run(python, "-c", "from cam_infer.tools.demo import embedded_bundle_path as p; print(p())", cwd=elsewhere)
     assert Path(bundle.stdout.strip()).is_relative_to(checkout)          # the editable install is the one used
     run(bin_dir / "cam-infer", "explain", bundle.stdout.strip(), "scenes", "--out", "out", cwd=elsewhere)
     assert len(json.loads((elsewhere / "out" / "results.json").read_text())["results"]) == 2
@@ -405,10 +405,10 @@ def test_info_json_into_a_closed_pipe_exits_quietly(tiny_bundle):
 
 def test_the_readme_overlay_snippet_runs(tmp_path):
     """The classifiers guide's "Explain from Python" block, run as written with its placeholders filled in."""
-    from cam_infer.demo import embedded_bundle_path
+    from cam_infer.tools.demo import embedded_bundle_path
     text = (ROOT / "docs" / "guides" / "classifiers.md").read_text()
     block = re.search(r"## Explain from Python\n\n```python\n(.*?)\n```", text, re.S).group(1)
-    from cam_infer.synthetic import scene
+    from cam_infer.tools.synthetic import scene
     for name, split in (("cat.jpg", "large"), ("dog.png", "small")):
         cv2.imwrite(str(tmp_path / name), cv2.cvtColor(scene(split, 0, 0).image, cv2.COLOR_RGB2BGR))
     code = block.replace('"bundle/"', repr(str(embedded_bundle_path()))).replace('"out/"', repr(str(tmp_path / "o")))

@@ -16,7 +16,7 @@ from conftest import REAL_MODELS, SHARED, STABLE_IMAGES, needs_shared, needs_tor
 from helpers import assert_one_line_error, run_cli
 
 from cam_infer import Bundle, CamInferError, Explainer, split_onnx
-from cam_infer.demo import embedded_bundle_path
+from cam_infer.tools.demo import embedded_bundle_path
 from cam_infer.bundle.split import random_images
 from cam_infer.fuse import FUSED, fuse, plain_model, save
 from cam_infer.postprocess import normalise
@@ -290,7 +290,7 @@ def test_cli_fuse_writes_a_model_that_runs_on_both_runtimes(tmp_path):
 
 
 def test_compare_fused_reports_its_own_ratio_and_file_growth(tmp_path):
-    from cam_infer.bench import compare_fused
+    from cam_infer.tools.bench import compare_fused
 
     row = compare_fused(SHAPES, "openvino", "eigen", 3, tmp_path)
     assert row["ratio"] == row["fused"] / row["plain"] and row["plain"] > 0

@@ -424,8 +424,8 @@ def test_from_torch_with_frozen_parameters_and_a_training_model(reference):
 
 def test_explain_cli_runs_gradient_methods_on_a_bundle(tmp_path):
     from helpers import run_cli
-    from cam_infer.demo import embedded_bundle_path
-    from cam_infer.synthetic import generate
+    from cam_infer.tools.demo import embedded_bundle_path
+    from cam_infer.tools.synthetic import generate
     import cv2
 
     for i, scene in enumerate(generate("large", 2)):
@@ -457,8 +457,8 @@ def test_a_final_softmax_is_left_out_even_behind_a_reshape():
 
 @pytest.mark.slow
 def test_bench_measures_named_gradient_cases():
-    from cam_infer.bench import run_cases
-    from cam_infer.demo import embedded_bundle_path
+    from cam_infer.tools.bench import run_cases
+    from cam_infer.tools.demo import embedded_bundle_path
 
     rows = run_cases(embedded_bundle_path(), ["onnxruntime"], ["gradcam", "recipro"], 2, report=lambda line: None)
     assert [r["case"] for r in rows] == ["gradcam", "recipro"]

@@ -16,14 +16,14 @@ import pytest
 import cam_infer.parallel as parallel
 from cam_infer import Explainer
 from cam_infer.audit import AuditOptions, run_audit
-from cam_infer.demo import embedded_bundle_path, embedded_detector_path
+from cam_infer.tools.demo import embedded_bundle_path, embedded_detector_path
 from cam_infer.detection.audit import run_detection_audit
 from cam_infer.detection.runs import explain_detection_files
 from cam_infer.jobs.journal import JOURNAL
 from cam_infer.outputs import LOCK_NAME, write_atomically
 from cam_infer.parallel import OPEN_AT_MOST, ExplainerSpec, InProcess
 from cam_infer.runs import explain_files
-from cam_infer.synthetic import write_detection_scenes, write_scenes
+from cam_infer.tools.synthetic import write_detection_scenes, write_scenes
 
 SHAPES, DETECTOR = embedded_bundle_path(), embedded_detector_path()
 METHODS = ("recipro", "eigen")

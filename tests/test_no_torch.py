@@ -52,8 +52,8 @@ def test_gradient_methods_say_how_to_get_torch_when_it_is_missing(tmp_path):
 import numpy as np, cv2
 from cam_infer import Explainer, CamInferError
 from cam_infer.cli import main
-from cam_infer.demo import embedded_bundle_path
-from cam_infer.synthetic import generate
+from cam_infer.tools.demo import embedded_bundle_path
+from cam_infer.tools.synthetic import generate
 ex = Explainer(embedded_bundle_path())
 x = ex.preprocess([s.image for s in generate("large", 2)])
 assert ex.explain(x, "recipro").saliency.shape == (2, 128, 128)

@@ -144,13 +144,13 @@ def test_plain_overlay_is_the_explanations_own_placement(shapes_explainer, scene
 
 @pytest.fixture(scope="module")
 def shapes_explainer():
-    from cam_infer.demo import embedded_bundle_path
+    from cam_infer.tools.demo import embedded_bundle_path
     return Explainer(embedded_bundle_path())
 
 
 @pytest.fixture(scope="module")
 def scene_files(tmp_path_factory):
-    from cam_infer.synthetic import scene
+    from cam_infer.tools.synthetic import scene
     folder = tmp_path_factory.mktemp("scenes")
     paths = []
     for i, split in enumerate(("large", "small")):
@@ -212,7 +212,7 @@ def test_plot_draws_images_by_classes(shapes_explainer, scene_files, tmp_path):
 
 
 def test_demo_grid_panels_are_labelled(tmp_path):
-    from cam_infer.demo import run_demo
+    from cam_infer.tools.demo import run_demo
     lines = []
     run_demo(tmp_path, report=lines.append)
     grid = cv2.imread(str(tmp_path / "large.png"))
@@ -243,7 +243,7 @@ def test_long_captions_stay_readable(width):
     """An ImageNet synonym list on a 224-px overlay, and the demo's legend on a narrow grid: the text keeps
     a readable size (it shrank to ~4 px before), is wrapped at words within the picture, and what does not
     fit is left out of the middle for '...', keeping the method, class id and probability."""
-    from cam_infer.demo import LEGEND
+    from cam_infer.tools.demo import LEGEND
     from cam_infer.postprocess import MIN_CAPTION_SCALE, caption_lines
     minimum = cv2.getTextSize("A", cv2.FONT_HERSHEY_SIMPLEX, MIN_CAPTION_SCALE, 1)[0][1]      # a capital's height
     text = caption("recipro", SYNONYMS, 2, 0.873) if width == 224 else LEGEND
@@ -300,10 +300,10 @@ def _found(picture: np.ndarray, template: np.ndarray) -> tuple[float, tuple[int,
 def test_detection_label_is_drawn_once_and_within_the_image():
     """A box's label is one render of its text (no second, thicker shadow pass that doubles the glyphs:
     "0.51" read "0.511"), and stays inside the image."""
-    from cam_infer.demo import embedded_detector_path
+    from cam_infer.tools.demo import embedded_detector_path
     from cam_infer import Explainer
     from cam_infer.detection.overlay import COLOURS
-    from cam_infer.synthetic import detection_scene
+    from cam_infer.tools.synthetic import detection_scene
 
     e = Explainer(embedded_detector_path()).explain([detection_scene(7, 3).image], "recipro")
     image_w = e.images[0].shape[1]

@@ -143,7 +143,7 @@ def test_an_audit_records_the_precision_it_ran_at(tiny_bundle, tmp_path):
     import json
 
     from cam_infer.audit import AuditOptions, run_audit
-    from cam_infer.synthetic import write_scenes
+    from cam_infer.tools.synthetic import write_scenes
 
     scenes = write_scenes(tmp_path / "scenes", "large", 2)
     options = AuditOptions(methods=("activation",), metrics=("adcc",), backend="openvino", precision="auto", steps=4)

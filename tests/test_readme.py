@@ -3,24 +3,29 @@ block is saved as a script and run with `python` in a folder holding the files i
 photos), as a reader would run it. A docs block that cannot run here is preceded by
 `<!-- not runnable: the reason -->`, and is skipped with that reason.
 
-Every command of the README's ```bash blocks runs too, line by line in that folder: a `cam-infer` line as
-`python -m cam_infer` (a `split` starts without the bundle it writes; a model file given where a bundle is
-taken is split into a cache inside the folder); a `cam-infer serve` line starts the server, which must
-answer /v2/health/ready, the block's `curl` lines are sent to it (with `--fail`), and it must stop cleanly
-on SIGTERM. Install lines (`pip`, `python3 -m venv`) are left to the fresh-venv replay of the README's two
-commands in tests/test_first_hour.py; any other line fails the test, so no command goes unchecked.
+Every command of the ```bash blocks (and every `$ ` line of the ```console blocks) of the README and the docs
+runs too, line by line in that folder: a `cam-infer` line as `python -m cam_infer` (a `split` starts without the
+bundle it writes; a model file given where a bundle is taken is split into a cache inside the folder; a console
+block's command must print the fields the page shows); a `cam-infer serve` line starts the server, which must
+answer /v2/health/ready, the block's `curl` lines are sent to it (with `--fail`, the port it asked for replaced
+by the one it has), and it must stop cleanly on SIGTERM. Install lines (`pip`, `python3 -m venv`) are not run:
+the README's are replayed in a fresh virtual environment by tests/test_first_hour.py, and any other may name
+only extras the package declares. Any other line fails the test, so no command goes unchecked.
 
 The files a snippet may name, and what stands in for them here:
 - `model.onnx`: a small ONNX classifier; `bundle/`: its split; `cat.jpg`, `dog.png`, `photos/`: scenes;
 - `bundles/mobilenet`: the real MobileNetV2 split (../shared/data), `mobilenetv2.onnx` the file it is split
   from, `imagenet_classes.txt` its class names, `samoyed.jpg` a real photo; `yolov8n.onnx`: a real YOLOv8n
-  (../shared/data/deployed/nudenet_320n.onnx) and `street.jpg` a photo it detects in.
+  (../shared/data/deployed/nudenet_320n.onnx) and `street.jpg` a photo it detects in; the deployed files of
+  ../shared/data under the names the guides give them (`DEPLOYED`); `images/` with `boxes.json` (the small
+  classifier's labels) and `truth.json` (the detector's); `cam_infer/data/shapes` as in a checkout.
 A snippet that talks to `cam-infer serve` gets a real server on a free port in place of port 8000.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import shlex
@@ -34,6 +39,7 @@ import urllib.request
 
 import cv2
 import onnx
+import openvino as ov
 import pytest
 
 from conftest import HAS_TORCH, ROOT, SHARED, needs_shared
@@ -63,9 +69,9 @@ def needs(code: str) -> list:
     """The marks a snippet's own needs call for: shared data, torch, a server."""
     marks = []
     if any(name in code for name in ("bundles/mobilenet", "mobilenetv2.onnx", "samoyed.jpg", "yolov8n.onnx",
-                                     "street.jpg")):
+                                     "street.jpg", "truth.json", *DEPLOYED)):
         marks.append(needs_shared)
-    if any(word in code for word in ("gradients=", "from_torch", "import torch")):
+    if any(word in code for word in ("gradients=", "from_torch", "import torch", "gradcam", "layercam")):
         marks.append(pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed"))
     if ".plot(" in code:
         marks.append(pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None,
@@ -83,19 +89,37 @@ def cases():
             yield pytest.param(page, code, id=f"{page.relative_to(ROOT)} line {line}", marks=marks)
 
 
+TINY_LABELS = ("tabby cat", "golden retriever", "red fox", "goldfish")
+DEPLOYED = {"squeezenet.onnx": "models/squeezenet1.1-fp32.onnx", "ppocr_cls.onnx": "deployed/ch_ppocr_mobile_v2.0_cls_infer.onnx",
+            **{name: f"deployed/{name}" for name in ("mobilenetv2-12-int8.onnx", "tf2onnx_mobilenet_v1_0.25_128_quant.onnx",
+                                                     "mobilenet_v1_0.5_160_quant.tflite", "imagenet_labels_1001.txt")}}
+
+
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> Path:
     """A folder with every file the snippets name."""
     from cam_infer import split_onnx
-    from cam_infer.synthetic import scene
+    from cam_infer.tools.synthetic import scene
     work = tmp_path_factory.mktemp("readme")
     onnx.save(tiny_cnn(), work / "model.onnx")
-    split_onnx(work / "model.onnx", layer="auto", out=work / "bundle")
+    (work / "labels.txt").write_text("\n".join(TINY_LABELS) + "\n")
+    split_onnx(work / "model.onnx", layer="auto", out=work / "bundle", labels=work / "labels.txt")
+    ov.save_model(ov.convert_model(work / "model.onnx"), work / "model.xml")
     (work / "photos").mkdir()
+    (work / "images").mkdir()
+    boxes = {}
     for index, (name, split) in enumerate((("cat.jpg", "large"), ("dog.png", "small"), ("photos/a.png", "multiple"),
                                            ("photos/b.jpg", "cluttered"))):
-        cv2.imwrite(str(work / name), cv2.cvtColor(scene(split, 0, index).image, cv2.COLOR_RGB2BGR))
+        picture = scene(split, 0, index)
+        cv2.imwrite(str(work / name), cv2.cvtColor(picture.image, cv2.COLOR_RGB2BGR))
+        shutil.copy(work / name, work / "images" / Path(name).name)
+        boxes[Path(name).name] = [{"box": [int(v) for v in box], "label": TINY_LABELS[0]} for box in picture.boxes]
+    (work / "boxes.json").write_text(json.dumps(boxes))
+    shutil.copytree(ROOT / "cam_infer" / "data" / "shapes", work / "cam_infer" / "data" / "shapes")   # as in a checkout
     if SHARED.is_dir():
+        for name, source in DEPLOYED.items():
+            (work / name).symlink_to(SHARED / source)
+        (work / "truth.json").write_text(json.dumps({name: [{"box": [0, 0, 60, 60], "label": 0}] for name in boxes}))
         split_onnx(SHARED / "models" / "mobilenetv2-fp32-dequant.onnx", layer="auto", out=work / "bundles" / "mobilenet",
                    labels=SHARED / "imagenet_classes.txt")
         shutil.copy(SHARED / "models" / "mobilenetv2-fp32-dequant.onnx", work / "mobilenetv2.onnx")
@@ -125,7 +149,7 @@ def serve_for(code: str, work: Path, page: Path = README):
 @pytest.mark.parametrize(("page", "code"), cases())
 def test_the_python_snippet_runs_as_written(page, code, folder, tmp_path):
     work = tmp_path / "work"
-    shutil.copytree(folder, work)
+    shutil.copytree(folder, work, symlinks=True)
     for written in re.findall(r"out=\"([^\"]+)/\"", code):          # a snippet that writes a bundle starts without it
         shutil.rmtree(work / written, ignore_errors=True)
     server = serve_for(code, work, page)
@@ -142,23 +166,50 @@ def test_the_python_snippet_runs_as_written(page, code, folder, tmp_path):
     assert result.returncode == 0, f"{code}\n---\n{result.stderr[-3000:]}"
 
 
-# --- the README's commands ----------------------------------------------------------------------------------
+# --- the commands of the README and of the docs ------------------------------------------------------------
 
 INSTALLS = ("pip ", "python3 -m venv ")
+EXTRAS = set(re.findall(r"^(\w+) = \[", (ROOT / "pyproject.toml").read_text().split("[project.optional-dependencies]")[1]
+                                                  .split("\n[")[0], re.M))
 
 
-def bash_blocks(page: Path = README) -> list[tuple[int, str]]:
-    """(line, code) of every ```bash block of a page."""
+def shell_blocks(page: Path = README) -> list[tuple[int, list[str], str | None]]:
+    """(line, commands, why it is not runnable or None) of every ```bash block of a page (each line a command, a
+    trailing backslash joining the next) and of every ```console block (its `$ ` lines)."""
     text = page.read_text()
-    return [(text[:m.start()].count("\n") + 1, m.group(1)) for m in re.finditer(r"```bash\n(.*?)\n```", text, re.S)]
+    blocks = []
+    for m in re.finditer(r"```(bash|console)\n(.*?)\n```", text, re.S):
+        lines = m.group(2).replace("\\\n", " ").splitlines()
+        if m.group(1) == "console":
+            lines = [line[2:] for line in lines if line.startswith("$ ")]
+        blocks.append((text[:m.start()].count("\n") + 1, [c for c in lines if c.strip()], _not_runnable(text[:m.start()])))
+    return blocks
+
+
+def console_outputs(page: Path) -> dict[str, list[str]]:
+    """A ```console block's command → the first word of each line it shows printed (the fields of `info`)."""
+    outputs = {}
+    for block in re.findall(r"```console\n(.*?)\n```", page.read_text(), re.S):
+        for command, shown in re.findall(r"^\$ (.*)\n((?:(?!\$ ).*\n?)*)", block, re.M):
+            outputs[command] = [line.split()[0] for line in shown.splitlines() if line.strip()]
+    return outputs
+
+
+README_INSTALLS = [c for _, block, _ in shell_blocks(README) for c in block if c.startswith(INSTALLS)]
 
 
 def command_cases():
-    for line, code in bash_blocks():
-        commands = [c for c in code.splitlines() if c.strip() and not c.startswith(INSTALLS)]
-        marks = needs(code) if commands else [pytest.mark.skip(
-            reason="installs: tests/test_first_hour.py replays them in a fresh virtual environment (--run-slow)")]
-        yield pytest.param(commands, id=f"README.md line {line}", marks=marks)
+    for page in PAGES:
+        for line, commands, reason in shell_blocks(page):
+            case = f"{page.relative_to(ROOT)} line {line}"
+            if reason:
+                marks = [pytest.mark.skip(reason=f"marked not runnable: {reason}")]
+            elif all(c in README_INSTALLS for c in commands):
+                marks = [pytest.mark.skip(reason="the README's installs: tests/test_first_hour.py replays them in a "
+                                                 "fresh virtual environment (--run-slow)")]
+            else:
+                marks = needs("\n".join(commands))
+            yield pytest.param(page, commands, id=case, marks=marks)
 
 
 def cli(words: list[str]) -> list[str]:
@@ -167,8 +218,21 @@ def cli(words: list[str]) -> list[str]:
     return [sys.executable, "-m", "cam_infer", *words[1:]]
 
 
+def check_install(command: str) -> None:
+    """An install line is not run here (it would download): one of the README's is replayed in a fresh virtual
+    environment by tests/test_first_hour.py; any other may name only extras the package declares and files
+    the repository has."""
+    if command in README_INSTALLS:
+        return
+    for named in re.findall(r"cam-infer\[([^\]]*)\]|\.\[([^\]]*)\]", command):
+        unknown = {e.strip() for e in ",".join(named).split(",") if e.strip()} - EXTRAS
+        assert not unknown, f"{command}: the package declares no extra {sorted(unknown)}"
+    for file in re.findall(r"-c (\S+)", command):
+        assert (ROOT / file).is_file(), f"{command}: no {file} in the repository"
+
+
 def start_server(words: list[str], work: Path, env: dict) -> tuple[subprocess.Popen, int]:
-    """The README's `cam-infer serve` line on a free port; (process, port) once it answers ready."""
+    """A `cam-infer serve` line on a free port; (process, port) once it answers ready."""
     process = subprocess.Popen([*cli(words), "--port", "0"], cwd=work, env=env, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     line = process.stdout.readline()
@@ -181,32 +245,54 @@ def start_server(words: list[str], work: Path, env: dict) -> tuple[subprocess.Po
     return process, int(port.group(1))
 
 
-@pytest.mark.parametrize("commands", command_cases())
-def test_the_readme_commands_run_as_written(commands, folder, tmp_path):
+def port_asked(words: list[str]) -> str:
+    """The port a `cam-infer serve` line asks for (8000 when it names none)."""
+    return words[words.index("--port") + 1] if "--port" in words else "8000"
+
+
+@pytest.mark.parametrize(("command", "fault"), [("pip install 'cam-infer[serve,nosuch]'", "no extra ['nosuch']"),
+                                               ('pip install -c nosuch.txt -e ".[docs]"', "no nosuch.txt")])
+def test_an_install_line_naming_what_the_package_lacks_fails(command, fault):
+    with pytest.raises(AssertionError, match=re.escape(fault)):
+        check_install(command)
+
+
+@pytest.mark.parametrize(("page", "commands"), command_cases())
+def test_the_commands_run_as_written(page, commands, folder, tmp_path):
+    """Each command of a block in turn, in the folder; a console block's command also prints the fields shown."""
     work = tmp_path / "work"
-    shutil.copytree(folder, work)
-    env = dict(os.environ, PYTHONPATH=str(ROOT), CAM_INFER_CACHE_DIR=str(tmp_path / "cache"))
-    server = None
+    shutil.copytree(folder, work, symlinks=True)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), CAM_INFER_CACHE_DIR=str(tmp_path / "cache"), TOKEN="a-token")
+    shown = console_outputs(page)
+    servers = {}                                   # the port a line asked for → (process, the port it has)
     try:
         for command in commands:
+            if command.startswith(INSTALLS):
+                check_install(command)
+                continue
             words = shlex.split(command, comments=True)
             if words[:2] == ["cam-infer", "serve"]:
-                server = start_server(words, work, env)
+                servers[port_asked(words)] = start_server(words, work, env)
                 continue
             if words[0] == "curl":
-                assert server, f"{command}: no `cam-infer serve` line before it in its block"
-                run = ["curl", "--fail", "--silent", "--show-error",
-                       *(w.replace("127.0.0.1:8000", f"127.0.0.1:{server[1]}") for w in words[1:])]
+                assert servers, f"{command}: no `cam-infer serve` line before it in its block"
+                for asked, (_, port) in servers.items():
+                    words = [w.replace(f"127.0.0.1:{asked}", f"127.0.0.1:{port}") for w in words]
+                run = ["curl", "--fail", "--silent", "--show-error", *words[1:]]
             else:
                 if words[:2] == ["cam-infer", "split"]:       # a reader starts without the bundle it writes
                     shutil.rmtree(work / words[words.index("--out") + 1], ignore_errors=True)
                 run = cli(words)
             result = subprocess.run(run, cwd=work, env=env, capture_output=True, text=True, timeout=300)
             assert result.returncode == 0, f"{command}\n---\n{result.stderr[-3000:]}"
+            if command in shown:
+                printed = [line.split()[0] for line in result.stdout.splitlines() if line.strip()]
+                assert printed == shown[command], f"{command}: prints {printed}, the page shows {shown[command]}"
     finally:
-        if server:
-            server[0].send_signal(signal.SIGTERM)
-            assert server[0].wait(timeout=60) == 0, server[0].stderr.read()[-3000:]
+        for process, _ in servers.values():
+            process.send_signal(signal.SIGTERM)
+        for process, _ in servers.values():
+            assert process.wait(timeout=60) == 0, process.stderr.read()[-3000:]
 
 
 def heading_anchors(page: Path) -> set[str]:

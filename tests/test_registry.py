@@ -142,9 +142,9 @@ def test_adding_a_method_is_adding_one_module(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(tmp_path), CAM_INFER_CACHE_DIR=str(tmp_path / "cache"))
     code = """
 import numpy as np
-from cam_infer.bench import CASES, FUSED_CASES
+from cam_infer.tools.bench import CASES, FUSED_CASES
 from cam_infer.cli.arguments import build_parser
-from cam_infer.demo import embedded_bundle_path
+from cam_infer.tools.demo import embedded_bundle_path
 from cam_infer.explainer import Explainer
 from cam_infer.fuse import fuse
 from cam_infer.methods import GRADIENT_FREE
@@ -174,7 +174,7 @@ else:
 
 import contextlib, io, json, cv2
 from cam_infer.cli import main
-from cam_infer.demo import embedded_detector_path
+from cam_infer.tools.demo import embedded_detector_path
 from cam_infer import Explainer
 from cam_infer.detection.fuse import fusable, fuse_detector
 from cam_infer.methods import in_all
@@ -216,8 +216,8 @@ print("ok")
 
 @pytest.fixture(scope="module")
 def detector_scene():
-    from cam_infer.demo import embedded_detector_path
-    from cam_infer.synthetic import detection_scene
+    from cam_infer.tools.demo import embedded_detector_path
+    from cam_infer.tools.synthetic import detection_scene
     return embedded_detector_path(), detection_scene(3, 3).image
 
 

@@ -22,7 +22,7 @@ import pytest
 from conftest import ROOT
 from helpers import assert_one_line_error, run_cli, without_progress
 
-from cam_infer.synthetic import write_scenes
+from cam_infer.tools.synthetic import write_scenes
 
 SHAPES = ROOT / "cam_infer" / "data" / "shapes"
 AUDIT = ["--methods", "recipro,score", "--option", "score.top_k=16"]

@@ -30,7 +30,7 @@ from helpers import assert_one_line_error
 
 from cam_infer import Explainer
 from cam_infer.postprocess import normalise, overlay_picture, upsample
-from cam_infer.synthetic import write_scenes
+from cam_infer.tools.synthetic import write_scenes
 
 pytest.importorskip("starlette", reason="the serve extra is not installed (pip install 'cam-infer[serve]')")
 http = pytest.importorskip("tritonclient.http", reason="tritonclient[http] is not installed")

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from cam_infer import Bundle, CamInferError, Explainer
-from cam_infer.demo import POINTING_TOLERANCE, embedded_bundle_path, training_record
+from cam_infer.tools.demo import POINTING_TOLERANCE, embedded_bundle_path, training_record
 from cam_infer.metrics import pointing_game, pointing_hit
-from cam_infer.synthetic import CLASSES, RADIUS, SPLITS, generate, scene
+from cam_infer.tools.synthetic import CLASSES, RADIUS, SPLITS, generate, scene
 
 LOCALISATION_SEED = 2024
 PER_SPLIT = 50                       # 4 splits x 50 = 200 images

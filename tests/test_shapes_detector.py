@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 from helpers import run_cli
 
-from cam_infer.demo import embedded_detector_path
+from cam_infer.tools.demo import embedded_detector_path
 from cam_infer import Explainer
 from cam_infer.detection.decode import iou
 from cam_infer.jobs.journal import JOURNAL
 from cam_infer.metrics import energy_pointing, pointing_hit
-from cam_infer.synthetic import DETECTION_CLASSES, detection_scene
+from cam_infer.tools.synthetic import DETECTION_CLASSES, detection_scene
 
 SCENES = [detection_scene(1, i) for i in range(40)]
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from cam_infer import CamInferError, Explainer
-from cam_infer.demo import embedded_bundle_path, embedded_detector_path
-from cam_infer.synthetic import write_detection_scenes, write_scenes
+from cam_infer.tools.demo import embedded_bundle_path, embedded_detector_path
+from cam_infer.tools.synthetic import write_detection_scenes, write_scenes
 from cam_infer.tasks import TASKS, task_of
 from helpers import assert_one_line_error, run_cli
 

@@ -7,8 +7,11 @@ OpenVINO reads natively, ``.xml`` IR or ``.tflite`` (→ an IR bundle, OpenVINO 
 import os
 
 from .manifest import Bundle
+from .model_cache import bundle_of_file
 from .openvino_split import is_openvino_source, split_openvino
 from .split import split_onnx
+
+Bundle.folder_of_model_file = staticmethod(bundle_of_file)     # Bundle.load(a model file): split once, cached
 
 
 def split_model(model, layer: str = "auto", out=None, **options) -> Bundle:

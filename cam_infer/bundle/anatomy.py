@@ -1,4 +1,4 @@
-"""What a deployed model is, read from its graph: input layout, dtype and channels; where its spatial
+"""What a deployed model is, read from its graph (`graph.py` reads the image input): where its spatial
 reduction is; which tensors are NCHW feature maps; how a tensor is quantized; what its output is.
 
 Deployed files are rarely the float NCHW graphs a PyTorch export gives: TensorFlow-born graphs take
@@ -15,10 +15,8 @@ from dataclasses import dataclass
 from onnx import TensorProto
 
 from ..errors import CamInferError
-from .graph import Graph
+from .graph import INTEGER_TYPES, Graph
 
-INTEGER_TYPES = {TensorProto.UINT8: "uint8", TensorProto.INT8: "int8"}
-FLOAT16_TYPES = {TensorProto.FLOAT16: "float16", TensorProto.BFLOAT16: "bfloat16", TensorProto.DOUBLE: "float64"}
 # Ops whose rank-4 output is NCHW by the ONNX definition.
 NCHW_PRODUCERS = {"Conv", "QLinearConv", "ConvInteger", "ConvTranspose", "BatchNormalization", "MaxPool",
                   "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "QLinearAveragePool",
@@ -38,18 +36,6 @@ QOPERATOR_OUTPUT_QPARAMS = {"QLinearConv": (6, 7), "QLinearMatMul": (6, 7), "QLi
                             "QLinearConcat": (0, 1)}
 # Integer ops that pass their input's quantization through unchanged.
 QUANT_KEEPING = {"MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Slice"}
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """The model's image input as the file has it."""
-
-    name: str
-    layout: str            # "NCHW" | "NHWC"
-    dtype: str             # "float32" | "float16" | "bfloat16" | "float64" | "uint8" | "int8"
-    elem_type: int
-    channels: int          # 1 or 3
-    size: tuple[int | None, int | None]
 
 
 @dataclass(frozen=True)
@@ -85,40 +71,9 @@ class ScoreOutput:
         return ((raw.astype(np.float32) - zero) * scale).astype(np.float32)
 
 
-def input_spec(graph: Graph, layout: str | None = None) -> InputSpec:
-    """Layout, dtype and channels of the image input. NCHW when dim 1 holds the channels, NHWC when the
-    last dim does; `layout` forces one. An input that is neither is refused with what it is."""
-    image = graph.image_input
-    tt = image.type.tensor_type
-    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tt.shape.dim]
-    dtype = {TensorProto.FLOAT: "float32", **INTEGER_TYPES, **FLOAT16_TYPES}.get(tt.elem_type)
-    if dtype is None:
-        raise CamInferError(f"the model input '{image.name}' is of type "
-                            f"{TensorProto.DataType.Name(tt.elem_type).lower()}; cam-infer takes float, float16, "
-                            "uint8 or int8 images")
-    if len(dims) != 4:
-        raise CamInferError(f"the model input '{image.name}' has shape {tuple(dims)}; cam-infer needs an image "
-                            "input (N,C,H,W) or (N,H,W,C)")
-    if layout is not None:
-        layout = layout.upper()
-        if layout not in ("NCHW", "NHWC"):
-            raise CamInferError(f"layout must be nchw or nhwc, not {layout.lower()!r}")
-    elif dims[1] in (1, 3) and dims[3] not in (1, 3):
-        layout = "NCHW"
-    elif dims[3] in (1, 3) and dims[1] not in (1, 3):
-        layout = "NHWC"
-    else:
-        raise CamInferError(f"cannot tell the layout of the model input '{image.name}' {tuple(dims)}; "
-                            "give --layout nchw or nhwc")
-    channels, size = (dims[1], (dims[2], dims[3])) if layout == "NCHW" else (dims[3], (dims[1], dims[2]))
-    if channels not in (1, 3):
-        raise CamInferError(f"the model input '{image.name}' {tuple(dims)} ({layout}) has {channels} channels; "
-                            "cam-infer takes 1 (grayscale) or 3 (colour) channels")
-    return InputSpec(image.name, layout, dtype, tt.elem_type, channels, size)
-
-
-def tensor_layouts(graph: Graph, spec: InputSpec) -> dict[str, str]:
+def tensor_layouts(graph: Graph) -> dict[str, str]:
     """Layout ("NCHW" or "NHWC") of every rank-4 activation that can be known from the ops that made it."""
+    spec = graph.input_spec
     layouts = {spec.name: spec.layout}
     for node in graph.nodes:
         if not node.output or not node.output[0]:
@@ -170,6 +125,13 @@ def last_spatial_reduction(graph: Graph, layouts: dict[str, str]) -> int | None:
         if out_info.rank is not None and (out_info.rank < 4 or spatial_size(graph, out, layouts.get(out, layouts[src])) == 1):
             last = idx
     return last
+
+
+def feature_region(graph: Graph, layouts: dict[str, str]) -> set[str] | None:
+    """Tensors that may be feature maps: those computed before the last spatial reduction (None: the graph
+    has no such reduction, every tensor may be)."""
+    idx = last_spatial_reduction(graph, layouts)
+    return None if idx is None else graph.ancestors(graph.nodes[idx].input[0])
 
 
 def quantization_of(graph: Graph, tensor: str) -> Quantization | None:

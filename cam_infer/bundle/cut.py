@@ -11,8 +11,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..version import __version__
-from .anatomy import INTEGER_TYPES, InputSpec
-from .graph import Graph, TensorInfo, make_tensor_value_info
+from .anatomy import score_output
+from .graph import INTEGER_TYPES, Graph, InputSpec, TensorInfo, make_tensor_value_info
 from .layers import TargetLayer
 
 BOUNDARY_FLOATS = (TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE)
@@ -30,7 +30,7 @@ def activation_name(target: TargetLayer) -> str:
 
 def extract(graph: Graph, target: TargetLayer, batch_mode: str) -> tuple[onnx.ModelProto, onnx.ModelProto]:
     batch_dim: str | int = "N" if batch_mode == "dynamic" else graph.fixed_batch
-    scores = graph.scores.tensor
+    scores = score_output(graph).tensor
     tensor = target.tensor
     image = graph.info(graph.image_input.name)
     activation = graph.info(tensor)

@@ -1,4 +1,4 @@
-"""Reading an ONNX classifier as a graph: which tensor feeds which node, shapes, constants.
+"""Reading an ONNX classifier as a graph: which tensor feeds which node, shapes, constants, the image input.
 
 Nothing here writes a model; `layers.py` decides where to cut and `split.py` writes the two graphs.
 """
@@ -16,6 +16,8 @@ from onnx import TensorProto, helper, shape_inference
 from ..errors import CamInferError
 
 NAME_SCOPES_KEY = "pkg.torch.onnx.name_scopes"
+INTEGER_TYPES = {TensorProto.UINT8: "uint8", TensorProto.INT8: "int8"}
+FLOAT16_TYPES = {TensorProto.FLOAT16: "float16", TensorProto.BFLOAT16: "bfloat16", TensorProto.DOUBLE: "float64"}
 
 
 def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
@@ -119,6 +121,50 @@ def _subgraph_inputs(node: onnx.NodeProto) -> set[str]:
     return names
 
 
+@dataclass(frozen=True)
+class InputSpec:
+    """The model's image input as the file has it."""
+
+    name: str
+    layout: str            # "NCHW" | "NHWC"
+    dtype: str             # "float32" | "float16" | "bfloat16" | "float64" | "uint8" | "int8"
+    elem_type: int
+    channels: int          # 1 or 3
+    size: tuple[int | None, int | None]
+
+
+def input_spec(graph: Graph, layout: str | None = None) -> InputSpec:
+    """Layout, dtype and channels of the image input. NCHW when dim 1 holds the channels, NHWC when the
+    last dim does; `layout` forces one. An input that is neither is refused with what it is."""
+    image = graph.image_input
+    tt = image.type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tt.shape.dim]
+    dtype = {TensorProto.FLOAT: "float32", **INTEGER_TYPES, **FLOAT16_TYPES}.get(tt.elem_type)
+    if dtype is None:
+        raise CamInferError(f"the model input '{image.name}' is of type "
+                            f"{TensorProto.DataType.Name(tt.elem_type).lower()}; cam-infer takes float, float16, "
+                            "uint8 or int8 images")
+    if len(dims) != 4:
+        raise CamInferError(f"the model input '{image.name}' has shape {tuple(dims)}; cam-infer needs an image "
+                            "input (N,C,H,W) or (N,H,W,C)")
+    if layout is not None:
+        layout = layout.upper()
+        if layout not in ("NCHW", "NHWC"):
+            raise CamInferError(f"layout must be nchw or nhwc, not {layout.lower()!r}")
+    elif dims[1] in (1, 3) and dims[3] not in (1, 3):
+        layout = "NCHW"
+    elif dims[3] in (1, 3) and dims[1] not in (1, 3):
+        layout = "NHWC"
+    else:
+        raise CamInferError(f"cannot tell the layout of the model input '{image.name}' {tuple(dims)}; "
+                            "give --layout nchw or nhwc")
+    channels, size = (dims[1], (dims[2], dims[3])) if layout == "NCHW" else (dims[3], (dims[1], dims[2]))
+    if channels not in (1, 3):
+        raise CamInferError(f"the model input '{image.name}' {tuple(dims)} ({layout}) has {channels} channels; "
+                            "cam-infer takes 1 (grayscale) or 3 (colour) channels")
+    return InputSpec(image.name, layout, dtype, tt.elem_type, channels, size)
+
+
 @dataclass
 class Graph:
     """An index over one ONNX model: producers, consumers, constants, shapes, module scopes."""
@@ -134,30 +180,9 @@ class Graph:
         graph.shapes = graph._infer_shapes(input_size)
         return graph
 
-    # --- what the model is (anatomy.py) --------------------------------------------------------
-
     @cached_property
-    def input_spec(self):
-        from .anatomy import input_spec
+    def input_spec(self) -> InputSpec:
         return input_spec(self, self.layout)
-
-    @cached_property
-    def layouts(self) -> dict[str, str]:
-        from .anatomy import tensor_layouts
-        return tensor_layouts(self, self.input_spec)
-
-    @cached_property
-    def feature_region(self) -> set[str] | None:
-        """Tensors that may be feature maps: those computed before the last spatial reduction (None: the
-        graph has no such reduction, every tensor may be)."""
-        from .anatomy import last_spatial_reduction
-        idx = last_spatial_reduction(self, self.layouts)
-        return None if idx is None else self.ancestors(self.nodes[idx].input[0])
-
-    @cached_property
-    def scores(self):
-        from .anatomy import score_output
-        return score_output(self)
 
     # --- structure -------------------------------------------------------------------------
 

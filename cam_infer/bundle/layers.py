@@ -12,8 +12,9 @@ import difflib
 from dataclasses import dataclass
 
 from ..errors import CamInferError
-from .anatomy import Quantization, dequantized_source, quantization_of, spatial_size
-from .graph import Graph
+from .anatomy import (Quantization, dequantized_source, feature_region, quantization_of, spatial_size,
+                      tensor_layouts)
+from .graph import INTEGER_TYPES, Graph
 
 
 @dataclass(frozen=True)
@@ -55,11 +56,12 @@ def spatial_candidates(graph: Graph) -> list[str]:
     between TensorFlow's Transposes) with spatial size above 1×1, computed before the last spatial
     reduction (so never logits kept as (N,1,1,C)), and not a model output."""
     outputs = {o.name for o in graph.model.graph.output}
-    region = graph.feature_region
+    layouts = tensor_layouts(graph)
+    region = feature_region(graph, layouts)
     names = []
     for node in graph.nodes:
         for out in node.output:
-            layout = graph.layouts.get(out)
+            layout = layouts.get(out)
             if (out in graph.input_dependent and layout and out not in outputs and spatial_size(graph, out, layout) > 1
                     and (region is None or out in region)):
                 names.append(out)
@@ -78,15 +80,15 @@ def resolve_cut(graph: Graph, tensor: str) -> tuple[str, Quantization | None]:
 
 
 def _usable(graph: Graph, tensor: str) -> bool:
-    from .anatomy import INTEGER_TYPES
     cut, quant = resolve_cut(graph, tensor)
     return (quant is not None or graph.info(cut).elem_type not in INTEGER_TYPES) and is_cut_point(graph, cut)
 
 
 def _target(graph: Graph, tensor: str, requested: str, matched_by: str, module: str | None) -> TargetLayer:
     cut, quant = resolve_cut(graph, tensor)
+    layouts = tensor_layouts(graph)
     return TargetLayer(cut, requested, matched_by, module or module_of(graph, cut),
-                       graph.layouts.get(cut) or graph.layouts.get(tensor) or "NCHW", quant)
+                       layouts.get(cut) or layouts.get(tensor) or "NCHW", quant)
 
 
 def module_of(graph: Graph, tensor: str) -> str | None:
@@ -166,8 +168,6 @@ def _unknown_layer_message(graph: Graph, layer: str) -> str:
 
 
 def _check_activation(graph: Graph, target: TargetLayer) -> None:
-    from .anatomy import INTEGER_TYPES
-
     info = graph.info(target.tensor)
     if target.tensor not in graph.input_dependent:
         raise CamInferError(f"layer '{target.requested}' is a constant, not an activation of the image")
@@ -177,14 +177,15 @@ def _check_activation(graph: Graph, target: TargetLayer) -> None:
         shape = "unknown" if info.shape is None else tuple(info.shape)
         raise CamInferError(f"layer '{target.requested}' gives a tensor of shape {shape}; a CAM needs an "
                             "(N,K,h,w) activation; use --layer auto or a convolutional layer")
-    layout = graph.layouts.get(target.tensor)
+    layouts = tensor_layouts(graph)
+    layout = layouts.get(target.tensor)
     if layout is None:
         raise CamInferError(f"layer '{target.requested}' {tuple(info.shape)}: its layout (NCHW or NHWC) cannot be "
                             "told from the ops that made it; name a convolution's output or use --layer auto")
     if spatial_size(graph, target.tensor, layout) <= 1:
         raise CamInferError(f"layer '{target.requested}' is pooled to 1x1; "
                             "a CAM needs spatial size above 1x1; pick an earlier layer or --layer auto")
-    region = graph.feature_region
+    region = feature_region(graph, layouts)
     if region is not None and target.tensor not in region:
         raise CamInferError(f"layer '{target.requested}' comes after the model's global pooling: it is not a "
                             "feature map; pick an earlier layer or --layer auto")

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Callable, ClassVar
 
 import numpy as np
 
@@ -38,13 +39,15 @@ class Bundle:
 
     path: Path
     manifest: dict
+    # A model file given where a bundle folder is taken → the folder of its bundle, split once into the cache.
+    # Splitting is a step above this module, so the package sets it (`model_cache.bundle_of_file`).
+    folder_of_model_file: ClassVar[Callable[[Path], Path]]
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Bundle":
         path = Path(path)
-        if path.is_file():                               # a model file: its bundle, split once into the cache
-            from .model_cache import bundle_of_file
-            path = bundle_of_file(path)
+        if path.is_file():
+            path = cls.folder_of_model_file(path)
         manifest_path = path / MANIFEST
         if not path.is_dir():
             raise CamInferError(f"bundle folder '{path}' does not exist")

@@ -21,6 +21,8 @@ from ..errors import CamInferError
 from ..kernel_cache import cache_dir
 from ..version import __version__
 from .manifest import FORMAT_VERSION, MANIFEST, sha256_of
+from .openvino_split import is_openvino_source, split_openvino
+from .split import split_onnx
 
 MODEL_SUFFIXES = (".onnx", ".xml", ".tflite")
 _announced: set[Path] = set()
@@ -105,9 +107,10 @@ def _split(model: Path, out: Path, options: dict) -> None:
     if options["task"] == "detection":
         from ..detection.split import split_detector
         split_detector(model, out, cut=options["cut"])
+    elif is_openvino_source(model):
+        split_openvino(model, options["layer"], out)
     else:
-        from . import split_model
-        split_model(model, layer=options["layer"], out=out)
+        split_onnx(model, options["layer"], out)
 
 
 def _announce(model: Path, folder: Path, reused: bool) -> None:

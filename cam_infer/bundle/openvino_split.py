@@ -23,7 +23,8 @@ import numpy as np
 from ..errors import CamInferError
 from ..images import Preprocessing
 from ..version import __version__
-from .anatomy import InputSpec, check_classifier_output
+from .anatomy import check_classifier_output
+from .graph import InputSpec
 from .manifest import FORMAT, FORMAT_VERSION, Bundle, sha256_of
 from .verify import VERIFY_BATCHES, Mismatch, as_source_input, compare, random_images
 

@@ -20,9 +20,9 @@ import onnx
 
 from ..errors import CamInferError
 from ..images import Preprocessing
-from .anatomy import INTEGER_TYPES, InputSpec, check_classifier_output, declared_image_size
+from .anatomy import check_classifier_output, declared_image_size, score_output
 from .cut import extract
-from .graph import Graph, load_onnx
+from .graph import INTEGER_TYPES, Graph, InputSpec, load_onnx
 from .layers import TargetLayer, find_target_layer
 from .manifest import Bundle
 from .verify import Mismatch, random_images, verify
@@ -113,7 +113,7 @@ def _split_verified(graph: Graph, target: TargetLayer, prep: Preprocessing):
     for batch_mode in attempts:
         features, head = extract(graph, target, batch_mode)
         try:
-            verification = verify(graph.model, graph.input_spec, graph.scores, features, head, prep, batch_mode,
+            verification = verify(graph.model, graph.input_spec, score_output(graph), features, head, prep, batch_mode,
                                   graph.fixed_batch)
         except Mismatch as exc:
             failure = exc

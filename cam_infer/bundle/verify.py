@@ -14,7 +14,8 @@ import onnx
 
 from ..errors import CamInferError
 from ..images import Preprocessing
-from .anatomy import InputSpec, ScoreOutput, check_classifier_output
+from .anatomy import ScoreOutput, check_classifier_output
+from .graph import InputSpec
 
 VERIFY_BATCHES = (1, 3)
 

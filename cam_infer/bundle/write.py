@@ -17,9 +17,9 @@ from onnx import numpy_helper
 
 from ..errors import CamInferError
 from ..version import __version__
-from .anatomy import INTEGER_TYPES
+from .anatomy import score_output
 from .cut import activation_name
-from .graph import Graph, checker_note
+from .graph import INTEGER_TYPES, Graph, checker_note
 from .layers import TargetLayer
 from .manifest import FORMAT, FORMAT_VERSION, Bundle, sha256_of, write_manifest
 from .verify import openvino_runs
@@ -55,7 +55,7 @@ def _quantization_record(graph: Graph, target: TargetLayer) -> dict | None:
 def manifest_for(graph, target, prep, features, head, batch_mode, verification, num_classes, labels, source,
               provenance) -> dict:
     spec = graph.input_spec
-    scores = graph.scores
+    scores = score_output(graph)
     feature_tensors = [graph.image_input.name] + [o for n in features.graph.node for o in n.output]
     head_tensors = [target.tensor] + [o for n in head.graph.node for o in n.output]
     note = checker_note(graph.model)

@@ -1,8 +1,9 @@
 """``cam-infer``: demo, split, export, info, explain, bench, fuse, audit, synthetic.
 
 `arguments.py` declares the arguments (method names, options and benchmark cases come from the method
-registry), `commands.py` calls the module that does each job and prints what it returns, and `main`
-turns every error a user can cause into one line (``cam-infer: error: ...``) and exit 1, never a traceback.
+registry), `commands.py` has one function per command, named after it, that calls the module doing the job
+and prints what it returns, and `main` turns every error a user can cause into one line
+(``cam-infer: error: ...``) and exit 1, never a traceback.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 
 from ..backends.sessions import leave_the_cores_to_the_runtime
 from ..errors import CamInferError
+from . import commands
 from .arguments import build_parser
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     leave_the_cores_to_the_runtime()
     try:
-        code = args.run(args)
+        code = getattr(commands, args.command)(args)
         sys.stdout.flush()          # a closed pipe shows here, inside the handlers below
         return code
     except CamInferError as exc:

@@ -77,11 +77,10 @@ def preprocessing_fields(args) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..bench import ALL_CASES, CASES, GRADIENT_CASES
+    from ..tools.bench import ALL_CASES, CASES, GRADIENT_CASES
     from ..fuse import fusable
     from ..methods import GRADIENT, GRADIENT_FREE, METHODS, explaining, in_all
     from ..methods.registry import DEFAULT_METHOD
-    from . import commands as run
 
     parser = argparse.ArgumentParser(prog="cam-infer", description="Class activation maps for deployed models.")
     parser.add_argument("--version", action="version", version=f"cam-infer {__version__}")
@@ -91,7 +90,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="explain synthetic scenes with the embedded model (no downloads)")
     p.add_argument("--out", default="cam-infer-demo", help="folder for the grids (default ./cam-infer-demo)")
     _runtime(p)
-    p.set_defaults(run=run.demo)
 
     p = sub.add_parser("split", help="split a classifier (.onnx, or .xml IR / .tflite for OpenVINO) or a YOLO-style "
                                      "ONNX detector into a bundle")
@@ -108,7 +106,6 @@ def build_parser() -> argparse.ArgumentParser:
     _out(p, "bundle folder to write", "replace an existing bundle in --out")
     p.add_argument("--layout", choices=["nchw", "nhwc"], help="the input's layout, when its shape does not tell")
     _preprocessing_args(p)
-    p.set_defaults(run=run.split)
 
     p = sub.add_parser("export", help="export a PyTorch model to a bundle (needs torch)")
     p.add_argument("factory", help="'package.module:callable' returning the torch.nn.Module")
@@ -117,7 +114,6 @@ def build_parser() -> argparse.ArgumentParser:
     _out(p, "bundle folder to write", "replace an existing bundle in --out")
     p.add_argument("--exporter", default="auto", choices=["auto", "dynamo", "legacy"])
     _preprocessing_args(p, input_size_required=True)
-    p.set_defaults(run=run.export)
 
     p = sub.add_parser("info", help="describe a bundle")
     p.add_argument("bundle", help=BUNDLE_HELP)
@@ -125,7 +121,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", help=f"also run one image on this runtime ({', '.join(BACKEND_CHOICES)}) and time it")
     p.add_argument("--device", default="CPU", help="device for --backend (CPU, GPU, NPU, AUTO)")
     _precision(p)
-    p.set_defaults(run=run.info)
 
     p = sub.add_parser("explain", help="explain image files; write overlays and results.json")
     _bundle_and_images(p)
@@ -162,7 +157,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="explain a box of your own (original image pixels) for a class (repeatable)")
     g.add_argument("--conf", type=float, help="score threshold (default: the bundle's, 0.25)")
     g.add_argument("--iou", type=float, help="NMS IoU threshold (default: the bundle's, 0.7)")
-    p.set_defaults(run=run.explain)
 
     p = sub.add_parser("bench", help="time every method against one forward pass; peak memory")
     p.add_argument("bundle", help=BUNDLE_HELP)
@@ -175,7 +169,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead: latency of each fused model (cam-infer fuse) over the plain model, and file growth")
     p.epilog = (f"cases: {', '.join(map(repr, CASES))} ('all': {', '.join(map(repr, ALL_CASES))}); with torch also "
                 f"{', '.join(map(repr, GRADIENT_CASES))}; each also under an enhancer: 'recipro+sess', 'eigen+evet'")
-    p.set_defaults(run=run.bench)
 
     p = sub.add_parser("fuse", help="write one ONNX model that returns the scores and the saliency map")
     p.add_argument("bundle", help=BUNDLE_HELP)
@@ -192,7 +185,6 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "Server: DIR/NAME/config.pbtxt, DIR/NAME/1/model.onnx, "
                                                        "DIR/config.json (NAME: --out's file name)")
     p.add_argument("--max-batch", type=int, default=16, help="the repository's max_batch_size (default 16)")
-    p.set_defaults(run=run.fuse)
 
     p = sub.add_parser("audit", help="every method x every metric over an image folder; CSV, JSON and an HTML report")
     _bundle_and_images(p)
@@ -223,7 +215,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tolerance", type=float, default=0.0, help="pointing game tolerance in pixels (paper: 15)")
     p.add_argument("--grid", type=int, default=48, help="images shown in the HTML thumbnail grid (default 48)")
     _scale_out(p)
-    p.set_defaults(run=run.audit)
 
     p = sub.add_parser("serve", help="serve explanations over the KServe v2 / Triton REST protocol, and /explain")
     p.add_argument("model", help="a bundle folder, a fused .onnx model (cam-infer fuse), or a model file split "
@@ -242,7 +233,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="wait this long for more requests to batch (default 0: batch what queued during the "
                         "previous call)")
     p.add_argument("--max-body-mb", type=float, default=32.0, help="largest request body (default 32 MB)")
-    p.set_defaults(run=run.serve)
 
     p = sub.add_parser("synthetic", help="write synthetic scenes with ground-truth boxes (for audit)")
     p.add_argument("--out", required=True, help="folder for the PNGs and boxes.json")
@@ -250,5 +240,4 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "(objects of several classes, for the detector)")
     p.add_argument("-n", "--count", dest="n", type=int, default=100, help="number of scenes (default 100)")
     p.add_argument("--seed", type=int, help="default 0; detection: 1 (the detector was trained on seed 0)")
-    p.set_defaults(run=run.synthetic)
     return parser

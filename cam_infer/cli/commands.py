@@ -10,7 +10,7 @@ from .arguments import preprocessing_fields
 
 
 def demo(args) -> int:
-    from ..demo import run_demo
+    from ..tools.demo import run_demo
     run_demo(args.out, backend=args.backend, precision=args.precision)
     return 0
 
@@ -146,7 +146,7 @@ def _box(text: str):
 
 
 def bench(args) -> int:
-    from ..bench import ALL_CASES, CASES, FUSED_CASES, FUSED_HEADER, GRADIENT_CASES, HEADER, case_of, check_cases, \
+    from ..tools.bench import ALL_CASES, CASES, FUSED_CASES, FUSED_HEADER, GRADIENT_CASES, HEADER, case_of, check_cases, \
         run_cases, run_fused
     from ..bundle import Bundle
     from ..tasks import task_of
@@ -231,7 +231,7 @@ def _scale_out(args) -> dict:
 
 
 def synthetic(args) -> int:
-    from ..synthetic import write_detection_scenes, write_scenes
+    from ..tools.synthetic import write_detection_scenes, write_scenes
     if args.split == "detection":
         out = write_detection_scenes(args.out, args.n, seed=1 if args.seed is None else args.seed)
         print(f"{args.n} detection scenes and boxes.json in {out}")

@@ -21,7 +21,7 @@ from typing import Literal
 
 import numpy as np
 
-from .. import kernels
+from ..kernels import ablated_batch
 from ..cost import Passes
 from ..numerics import softmax
 from .levels import unit_free
@@ -81,7 +81,7 @@ def ablated_scores(a: np.ndarray, scores, rows: int, clean: bool = False) -> np.
     for start in range(0, total, rows):
         stop = min(total, start + rows)
         channels = np.arange(start, min(k, stop))
-        kernels.ablated_batch(a, channels, batch)
+        ablated_batch(a, channels, batch)
         batch[len(channels):stop - start] = a                # the clean copy
         out.append(scores(batch[:stop - start]))
     return np.concatenate(out)

@@ -22,7 +22,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .. import kernels
+from ..kernels import power_component
 from ..errors import CamInferError
 from .levels import unit_free
 from .registry import Context, fused, implements, method
@@ -45,7 +45,7 @@ def _projection(rows: np.ndarray) -> np.ndarray:
     """O v₁ of O = rowsᵀ (rows: (K, h·w), not centred), sign so that Σ_k v₁ₖ ≥ 0: power iteration in
     float32 as one Numba call (`kernels.power_component`); the exact eigenproblem when it does not settle."""
     rows = np.ascontiguousarray(rows, np.float32)
-    projection, settled = kernels.power_component(rows, start_vector(rows.sum(axis=1)), FLOAT32_TOLERANCE,
+    projection, settled = power_component(rows, start_vector(rows.sum(axis=1)), FLOAT32_TOLERANCE,
                                                   POWER_STEPS)
     if settled:
         return projection

@@ -16,7 +16,7 @@ from typing import Literal
 
 import numpy as np
 
-from .. import kernels
+from ..kernels import histogram_entropy, spatial_entropy
 from ..errors import CamInferError
 from .registry import Context, fused, method
 
@@ -25,7 +25,7 @@ TINY = 1e-30
 
 def channel_entropy(a: np.ndarray, estimator: str) -> np.ndarray:
     a = np.ascontiguousarray(a, dtype=np.float32)
-    return kernels.spatial_entropy(a) if estimator == "spatial" else kernels.histogram_entropy(a, 256)
+    return spatial_entropy(a) if estimator == "spatial" else histogram_entropy(a, 256)
 
 
 @method("entropy", cost="1 feature pass")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import kernels
+from ..kernels import add_normalised
 from ..postprocess import EPS
 
 
@@ -31,7 +31,7 @@ def unit_free(maps: dict[int, np.ndarray], size: tuple[int, int]) -> np.ndarray:
     levels = [np.ascontiguousarray(m, np.float32) for m in maps.values()]
     combined = np.zeros(max((m.shape for m in levels), key=lambda shape: shape[0] * shape[1]), np.float32)
     for m in levels:
-        kernels.add_normalised(m, combined, 1.0 / len(levels), EPS)
+        add_normalised(m, combined, 1.0 / len(levels), EPS)
     return upsample_raw(combined, size)
 
 

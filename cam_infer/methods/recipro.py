@@ -26,7 +26,7 @@ from typing import Literal
 
 import numpy as np
 
-from .. import kernels
+from ..kernels import recipro_masked_batch
 from ..cost import Passes
 from ..errors import CamInferError
 from ..numerics import softmax
@@ -43,7 +43,7 @@ def kernel_mass(kernel: np.ndarray, h: int, w: int) -> np.ndarray:
     """g_ij: the sum of kernel weights that land inside the map when centred at (i, j)."""
     ones = np.ones((1, h, w), np.float32)
     out = np.empty((h * w, 1, h, w), np.float32)
-    kernels.recipro_masked_batch(ones, kernel, out)
+    recipro_masked_batch(ones, kernel, out)
     return out.reshape(h * w, -1).sum(axis=1).reshape(h, w)
 
 
@@ -66,7 +66,7 @@ def recipro(ctx: Context, *, score: Literal["prob", "logit"] = "prob", kernel: L
     masked = np.empty((h * w, k, h, w), np.float32)
     maps = np.empty((n, h, w), np.float32)
     for i, a in enumerate(ctx.activations):
-        kernels.recipro_masked_batch(a, KERNELS[kernel], masked)
+        recipro_masked_batch(a, KERNELS[kernel], masked)
         maps[i] = ctx.class_scores(ctx.backend.head(masked), i, score).reshape(h, w)
     return maps
 

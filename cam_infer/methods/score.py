@@ -22,7 +22,7 @@ from typing import Literal
 
 import numpy as np
 
-from .. import kernels
+from ..kernels import bilinear_minmax_masks, masked_inputs
 from ..cost import Passes
 from ..errors import CamInferError
 from ..numerics import softmax
@@ -50,11 +50,11 @@ def score(ctx: Context, *, weighting: Literal["reference", "channel-softmax"] = 
         raw = np.full(len(channels), np.nan, np.float32)
         for start in range(0, len(channels), rows):
             chunk = channels[start:start + rows]
-            valid = kernels.bilinear_minmax_masks(np.ascontiguousarray(a), chunk, height, width, masks)
+            valid = bilinear_minmax_masks(np.ascontiguousarray(a), chunk, height, width, masks)
             kept = np.flatnonzero(valid)
             if kept.size == 0:
                 continue
-            kernels.masked_inputs(ctx.x[i], masks[kept] if kept.size < len(chunk) else masks[:len(chunk)],
+            masked_inputs(ctx.x[i], masks[kept] if kept.size < len(chunk) else masks[:len(chunk)],
                                   masked)
             outputs = ctx.backend.forward(masked[:kept.size])
             values = ctx.class_scores(outputs, i, "prob" if weighting == "reference" else "logit")

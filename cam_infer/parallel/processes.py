@@ -23,6 +23,14 @@ from ..errors import CamInferError
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 
 
+def cores() -> int:
+    """The cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:                 # not Linux
+        return os.cpu_count() or 1
+
+
 class Processes:
     def __init__(self, workers: int, threads: int):
         line = unguarded_line()

@@ -135,7 +135,7 @@ MEASURED_COLUMN = "measured: time ÷ forward (ResNet-50, OpenVINO, 2 cores)"
 
 
 def measured_ratios(texts, model: str = "resnet50", backend: str = "openvino") -> dict[str, str]:
-    """method → its ratio to a forward pass, read from benchmark tables (`cam_infer.bench` rows under a
+    """method → its ratio to a forward pass, read from benchmark tables (`cam_infer.tools.bench` rows under a
     ``**<model>**`` heading); for methods of full passes, also the ratio to those passes. The first row of a
     method's default case wins; cases with other options say which."""
     out: dict[str, str] = {}

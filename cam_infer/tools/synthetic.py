@@ -28,7 +28,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .errors import CamInferError
+from ..errors import CamInferError
 
 CLASSES = ("circle", "square", "triangle", "cross")
 SPLITS = ("large", "small", "multiple", "cluttered")
@@ -214,7 +214,7 @@ def write_scenes(out, split: str = "cluttered", n: int = 100, seed: int = 0) -> 
     """Write `n` scenes of `split` as PNGs and their labelled boxes as ``boxes.json`` (for `cam-infer audit`)."""
     import json
 
-    from .outputs import prepare_folder
+    from ..outputs import prepare_folder
 
     out = prepare_folder(out)
     boxes = {}

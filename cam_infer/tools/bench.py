@@ -19,8 +19,8 @@ import time
 
 import numpy as np
 
-from .errors import CamInferError, MethodNotApplicable
-from .methods import METHODS
+from ..errors import CamInferError, MethodNotApplicable
+from ..methods import METHODS
 
 
 def _cases(gradient: bool, fused: bool = False) -> dict[str, tuple[str, dict]]:
@@ -41,8 +41,8 @@ def measure(bundle_path: str, backend: str, method: str, options: dict, repeats:
     """In this process: median ms per image of the forward pass and of the method, alternating.
     `enhance`: {"name": enhancer, "options": {...}} to time the method under an enhancer; its floor is the
     full passes it makes (its inputs × the method's own passes), batched."""
-    from .enhancers import get_enhancer
-    from .explainer import Explainer
+    from ..enhancers import get_enhancer
+    from ..explainer import Explainer
     spec = METHODS[method]
     explainer = Explainer(bundle_path, backend=backend, gradients="torch" if spec.gradient else None,
                           precision=precision)
@@ -86,7 +86,7 @@ def measure_in_subprocess(bundle_path: str, backend: str, method: str, options: 
                           batch: int = 1, enhance: dict | None = None, precision: str = "f32") -> dict:
     """`measure` in a fresh process; adds its peak resident memory in MB."""
     spec = json.dumps([str(bundle_path), backend, method, options, repeats, batch, enhance, precision])
-    process = subprocess.Popen([sys.executable, "-m", "cam_infer.bench", spec], stdout=subprocess.PIPE,
+    process = subprocess.Popen([sys.executable, "-m", "cam_infer.tools.bench", spec], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     stdout, stderr = process.communicate()
     if process.returncode != 0:
@@ -100,7 +100,7 @@ def measure_in_subprocess(bundle_path: str, backend: str, method: str, options: 
 
 def case_of(case: str, known: dict) -> tuple[str, dict, dict | None]:
     """A case name → (method, options, enhancer or None); 'recipro+sess' is the case 'recipro' under SESS."""
-    from .enhancers import get_enhancer, split_variant
+    from ..enhancers import get_enhancer, split_variant
 
     if case in known:
         return (*known[case], None)
@@ -178,7 +178,7 @@ FUSED_HEADER = ("| runtime | method | plain ms | fused ms | fused / plain | file
 
 def open_session(path, runtime: str, precision: str = "f32"):
     """A callable x → outputs for an ONNX file on ONNX Runtime or OpenVINO (CPU, latency hint) at `precision`."""
-    from .backends.sessions import FLOAT32, onnxruntime_session, openvino_compiled
+    from ..backends.sessions import FLOAT32, onnxruntime_session, openvino_compiled
     if runtime == "onnxruntime":
         session = onnxruntime_session(path, FLOAT32.but(precision=precision))
         name = session.get_inputs()[0].name
@@ -193,8 +193,8 @@ def compare_fused(bundle_path, runtime: str, case: str, repeats: int, work, prec
     """Median ms of the plain model and of the fused model, batch 1, timed alternately in this process."""
     from pathlib import Path
 
-    from .bundle import Bundle
-    from .fuse import fuse, plain_model, save
+    from ..bundle import Bundle
+    from ..fuse import fuse, plain_model, save
 
     if case not in FUSED_CASES:
         raise CamInferError(f"unknown fused case '{case}'; cases: {', '.join(FUSED_CASES)}")

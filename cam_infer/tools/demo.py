@@ -1,7 +1,7 @@
 """`cam-infer demo`: the embedded ShapesNet bundle explaining one synthetic scene per split.
 
 Nothing is downloaded: the bundle ships inside the package (``cam_infer/data/shapes``), trained by
-``export/train_shapes.py`` on `cam_infer.synthetic` scenes, whose ground truth says where the
+``export/train_shapes.py`` on `cam_infer.tools.synthetic` scenes, whose ground truth says where the
 object is. For each scene the demo writes a grid (the scene with its ground-truth boxes, then
 one overlay per method) and prints, per method, the time per image and whether the map's maximum
 falls within 15 px of a ground-truth box of the explained class (the pointing game).
@@ -16,10 +16,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .explainer import Explainer
-from .methods import GRADIENT_FREE, in_all
-from .metrics import pointing_hit
-from .postprocess import caption, overlay, with_caption, with_colour_bar, write_png
+from ..explainer import Explainer
+from ..methods import GRADIENT_FREE, in_all
+from ..metrics import pointing_hit
+from ..postprocess import caption, overlay, with_caption, with_colour_bar, write_png
 from .synthetic import SPLITS, scene
 
 DEMO_SEED = 7
@@ -44,7 +44,7 @@ def training_record() -> dict:
 
 def run_demo(out, backend: str = "onnxruntime", scale: int = 2, report=print, precision: str = "f32") -> list[dict]:
     """Explain one scene per split with every gradient-free method; write grids into `out`."""
-    from .outputs import prepare_folder
+    from ..outputs import prepare_folder
 
     out = prepare_folder(out)
     explainer = Explainer(embedded_bundle_path(), backend=backend, precision=precision)
