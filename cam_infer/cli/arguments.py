@@ -22,9 +22,9 @@ def _runtime(p, backend_help="auto (default): ONNX Runtime for ONNX bundles, Ope
     _precision(p)
 
 
-def _precision(p) -> None:
+def _precision(p, what: str = "what the runtime computes in") -> None:
     p.add_argument("--precision", default="f32", choices=PRECISIONS,
-                   help="what the runtime computes in: f32 (default: the same maps and scores on every machine), "
+                   help=f"{what}: f32 (default: the same maps and scores on every machine), "
                         "auto (the runtime's own default on the device, as the deployment runs: bf16 on OpenVINO "
                         "CPUs with AVX-512 BF16 or AMX, f16 on GPU/NPU, f32 on ONNX Runtime's CPU provider), bf16, f16")
 
@@ -179,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     classes.add_argument("--class-input", action="store_true",
                          help="explain the class given in an int64 input 'class_id' (N,) instead of the top-1")
     p.add_argument("--raw", action="store_true", help="also output saliency_raw, the maps before ReLU and min-max")
-    _precision(p)
+    _precision(p, "what the model is meant to run at (recorded in its metadata; other than f32, its maps are also "
+                  "checked on OpenVINO there)")
     _out(p, "the .onnx file to write", "replace --out if it exists")
     p.add_argument("--repository", metavar="DIR", help="also write a model repository for Triton and OpenVINO Model "
                                                        "Server: DIR/NAME/config.pbtxt, DIR/NAME/1/model.onnx, "
