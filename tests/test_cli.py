@@ -22,7 +22,7 @@ def test_split_then_info(tmp_path, tiny_onnx_path):
     assert info.returncode == 0, info.stderr
     for fragment in ("target layer 'conv3' (ONNX tensor)", "activation   (N,16,16,16)", "4 classes, logits",
                      "labels       4 (a, b, c, ...)", "BGR", "verified     yes", "dynamic",
-                     "runs on    openvino CPU (latency): yes"):
+                     "runs on    openvino CPU (latency, f32): yes"):
         assert fragment in info.stdout
 
 

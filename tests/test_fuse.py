@@ -303,6 +303,6 @@ def test_bench_fused_times_fused_over_plain_on_both_runtimes():
     assert result.returncode == 0, result.stderr
     rows = [line for line in result.stdout.splitlines() if line.startswith("| onnxruntime") or
             line.startswith("| openvino")]
-    assert [r.split("|")[1:3] for r in rows] == [[" onnxruntime ", " activation "], [" onnxruntime ", " cam "],
-                                                 [" openvino ", " activation "], [" openvino ", " cam "]]
+    assert [r.split("|")[1:3] for r in rows] == [[" onnxruntime (f32) ", " activation "], [" onnxruntime (f32) ", " cam "],
+                                                 [" openvino (f32) ", " activation "], [" openvino (f32) ", " cam "]]
     assert_one_line_error(run_cli("bench", str(SHAPES), "--fused", "--method", "score"), "unknown fused case 'score'")

@@ -572,3 +572,24 @@ def test_a_port_in_use_is_one_line_and_exit_1():
     assert "--port" in result.stderr and "Errno" not in result.stderr
     elsewhere = run_cli("serve", SHAPES, "--host", "192.0.2.1", "--port", "0", timeout=120)   # TEST-NET-1: not ours
     assert_one_line_error(elsewhere, "cannot listen on 192.0.2.1 port 0: Cannot assign requested address")
+
+
+def test_the_precision_served_is_in_the_metadata_and_every_answer(batch, scenes):
+    """`serve --precision`: the model metadata, each /v2 infer response and each /explain answer say what the
+    model ran at (f32 by default; auto: the device's own, bf16 on OpenVINO CPUs that have it)."""
+    from cam_infer.backends.sessions import openvino_core
+
+    own = openvino_core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()
+    for args, precision in (((), "f32"), (("--backend", "openvino", "--precision", "auto"), own)):
+        s = Server(SHAPES, "--method", "cam", *args)
+        try:
+            assert s.client().get_model_metadata("shapes")["parameters"]["precision"] == precision
+            body = {"inputs": [{"name": "input", "shape": [1, *batch.shape[1:]], "datatype": "FP32",
+                                "data": batch[:1].ravel().tolist()}]}
+            status, _, raw = s.request("/v2/models/shapes/infer", json.dumps(body).encode(),
+                                       {"Content-Type": "application/json"})
+            assert status == 200 and json.loads(raw)["parameters"] == {"precision": precision}
+            status, _, raw = s.request("/explain", scenes[0].read_bytes())
+            assert status == 200 and json.loads(raw)["precision"] == precision
+        finally:
+            s.stop()

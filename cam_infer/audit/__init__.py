@@ -31,8 +31,8 @@ from .report import (
     write_csv,
     write_html,
 )
-from .work import COLUMNS, LOCALISATION, METRICS, OVERLAYS, AuditOptions, AuditWork, audit_image, audit_spec, \
-    thumbnail_name
+from .work import COLUMNS, LOCALISATION, METRICS, OVERLAYS, AuditOptions, AuditWork, audit_image, audit_precision, \
+    audit_spec, thumbnail_name
 
 GRID = 48
 
@@ -58,8 +58,10 @@ def run_audit(bundle, images, options: AuditOptions, out, *, boxes=None, restart
     skipped_metrics = options.skipped_metrics(bool(truth))
     options = options.resolved(bool(truth))
     settings = {"bundle": str(bundle.path.resolve()), "options": options.to_dict(),
+                "runs_at": audit_precision(bundle, options),
                 "boxes": str(Path(boxes).resolve()) if boxes else None}
-    protocol = {"bundle": settings["bundle"], "boxes": settings["boxes"], **options.to_dict()}
+    protocol = {"bundle": settings["bundle"], "boxes": settings["boxes"], **options.to_dict(),
+                "runs_at": settings["runs_at"]}
     summary: dict = {}
 
     def write(run, final: bool) -> None:

@@ -53,6 +53,7 @@ class AuditOptions:
     metrics: tuple[str, ...] | None = None  # None: every metric; the localisation ones only when boxes are given
     backend: str = "auto"
     device: str = "CPU"
+    precision: str = "f32"               # f32 | bf16 | f16 | auto (the runtime's default on the device)
     target: str = "predicted"            # predicted | truth (the label of the image's boxes) | a class (label or index)
     space: str = "normalised"            # masking for Average Drop / Coherency: normalised | raw
     coherency_at: str = "input"          # input (Poppi: H×W) | map (Recipro: h×w)
@@ -114,7 +115,8 @@ class AuditOptions:
                 raise CamInferError(f"--enhance-option takes enhancer.key=value for one of the chosen enhancers, "
                                     f"not '{text}'")
             enhance_options.setdefault(enhancer, {})[name] = value
-        return cls(methods=methods, metrics=metrics, backend=args.backend, device=args.device, target=args.target,
+        return cls(methods=methods, metrics=metrics, backend=args.backend, device=args.device,
+                   precision=args.precision, target=args.target,
                    space=args.space, coherency_at=args.coherency_at, steps=args.steps,
                    deletion_substrate=args.deletion_substrate, insertion_substrate=args.insertion_substrate,
                    auc=args.auc, box_threshold=args.box_threshold, tolerance=args.tolerance,
@@ -163,7 +165,20 @@ def audit_spec(bundle, options: AuditOptions, threads: int | None = None):
     from ..parallel import ExplainerSpec
 
     gradients = "torch" if {split_variant(m)[0] for m in options.methods} & set(GRADIENT) else None
-    return ExplainerSpec(os.fspath(bundle), options.backend, options.device, gradients, threads)
+    return ExplainerSpec(os.fspath(bundle), options.backend, options.device, gradients, threads,
+                         precision=options.precision)
+
+
+def audit_precision(bundle, options: AuditOptions) -> str:
+    """The precision the audit's passes run at (``auto`` resolved on its device): recorded in summary.json."""
+    from ..backends.sessions import RuntimeOptions, resolved_precision
+
+    from ..backends import ALIASES
+
+    backend = ALIASES.get(options.backend, options.backend)
+    if backend == "auto":
+        backend = "openvino" if bundle.graph_format == "openvino" else "onnxruntime"
+    return resolved_precision(RuntimeOptions(precision=options.precision, device=options.device), backend)
 
 
 @dataclass(frozen=True)

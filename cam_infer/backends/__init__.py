@@ -45,7 +45,7 @@ def load_backend(bundle: "Bundle | str | os.PathLike", backend: str = "auto", **
     return BACKENDS[name](bundle, **options)
 
 
-def check_backend(bundle, backend_name: str, device: str) -> str:
+def check_backend(bundle, backend_name: str, device: str, precision: str = "f32") -> str:
     """Run one random image through features and head; report the backend and the time."""
     import time
 
@@ -53,7 +53,7 @@ def check_backend(bundle, backend_name: str, device: str) -> str:
 
     from ..bundle.verify import random_images
 
-    backend = load_backend(bundle, backend=backend_name, device=device)
+    backend = load_backend(bundle, backend=backend_name, device=device, precision=precision)
     x = random_images(bundle.preprocessing, 1)
     backend.forward(x)  # warm-up
     start = time.perf_counter()

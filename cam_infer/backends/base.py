@@ -29,6 +29,11 @@ class Backend(ABC):
         self.runtime_calls = 0          # how many chunks went to the runtime (for tests and tuning)
         self.joins = False              # runs the bundle's joined graph for observe/forward (set by subclasses)
 
+    @property
+    def precision(self) -> str:
+        """The precision the runtime computes in (``auto`` resolved where the runtime says): f32, bf16 or f16."""
+        return "f32"
+
     def check_input(self, x: np.ndarray) -> np.ndarray:
         """A preprocessed batch checked against the model's input shape; float32, C-contiguous."""
         return self._checked(x, self.bundle.input_shape, "input images")

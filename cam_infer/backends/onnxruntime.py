@@ -48,5 +48,10 @@ class OnnxRuntimeBackend(Backend):
     def _run(self, role: str, x: np.ndarray) -> list[np.ndarray]:
         return self._session(role).run(None, {self._names[role]: x})
 
+    @property
+    def precision(self) -> str:
+        """f32 on the CPU provider; the OpenVINO provider's precision as asked (``auto``: its own choice)."""
+        return "f32" if self.provider == "cpu" else self.runtime.precision
+
     def describe(self) -> str:
-        return f"onnxruntime {self.provider}/{self.device}"
+        return f"onnxruntime {self.provider}/{self.device} ({self.precision})"

@@ -119,8 +119,17 @@ class OpenVINOBackend(Backend):
             requests.wait_all()
         return results
 
+    @property
+    def precision(self) -> str:
+        """What the compiled clean pass runs at, as OpenVINO reports it (``auto`` on this CPU: bf16 where it has
+        AVX-512 BF16 or AMX)."""
+        try:
+            return self.compiled_property("INFERENCE_PRECISION_HINT").get_type_name()
+        except RuntimeError:                                            # a device that does not report it
+            return self.runtime.precision
+
     def describe(self) -> str:
-        return f"openvino {self.device} ({self.hint})"
+        return f"openvino {self.device} ({self.hint}, {self.precision})"
 
 
 class Compiled:

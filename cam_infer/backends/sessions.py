@@ -170,6 +170,20 @@ def openvino_device(device: str) -> str:
                         f"{', '.join(available) or 'none'} (or AUTO)")
 
 
+def resolved_precision(runtime: RuntimeOptions, backend: str) -> str:
+    """The precision `runtime` computes in on `backend` (openvino | onnxruntime): ``auto`` resolved as the device
+    reports its default (OpenVINO, without compiling anything), or ``auto`` when it does not say."""
+    if runtime.precision != "auto":
+        return runtime.precision
+    if backend == "openvino":
+        try:
+            return openvino_core().get_property(openvino_device(runtime.device),
+                                                "INFERENCE_PRECISION_HINT").get_type_name()
+        except RuntimeError:
+            return "auto"
+    return "f32" if runtime.provider == "cpu" else "auto"
+
+
 # --- sharing the cores and the sessions -----------------------------------------------------------------
 
 def leave_the_cores_to_the_runtime() -> None:
@@ -206,4 +220,4 @@ class Lender:
 
 
 __all__ = ["FLOAT32", "PRECISIONS", "Lender", "RuntimeOptions", "leave_the_cores_to_the_runtime", "onnxruntime_session",
-           "openvino_compiled", "openvino_config", "openvino_core", "openvino_device", "openvino_model"]
+           "openvino_compiled", "openvino_config", "openvino_core", "openvino_device", "openvino_model", "resolved_precision"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..backends import CHOICES as BACKEND_CHOICES
+from ..backends.sessions import PRECISIONS
 from ..images import INTERPOLATIONS
 from ..tasks import TASKS
 from ..version import __version__
@@ -18,6 +19,14 @@ PREPROCESSING = ("resize", "crop", "interpolation", "mean", "std", "scale", "col
 def _runtime(p, backend_help="auto (default): ONNX Runtime for ONNX bundles, OpenVINO for IR bundles") -> None:
     p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES, help=backend_help)
     p.add_argument("--device", default="CPU", help="device (CPU, GPU, NPU, AUTO)")
+    _precision(p)
+
+
+def _precision(p, what: str = "what the runtime computes in") -> None:
+    p.add_argument("--precision", default="f32", choices=PRECISIONS,
+                   help=f"{what}: f32 (default: the same maps and scores on every machine), "
+                        "auto (the runtime's own default on the device, as the deployment runs: bf16 on OpenVINO "
+                        "CPUs with AVX-512 BF16 or AMX, f16 on GPU/NPU, f32 on ONNX Runtime's CPU provider), bf16, f16")
 
 
 def _scale_out(p) -> None:
@@ -111,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
     p.add_argument("--backend", help=f"also run one image on this runtime ({', '.join(BACKEND_CHOICES)}) and time it")
     p.add_argument("--device", default="CPU", help="device for --backend (CPU, GPU, NPU, AUTO)")
+    _precision(p)
 
     p = sub.add_parser("explain", help="explain image files; write overlays and results.json")
     _bundle_and_images(p)
@@ -157,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="all", help="comma-separated cases (see below) or 'all'")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per case, after one warm-up (default 5)")
     p.add_argument("--score-repeats", type=int, default=None, help="timed runs of full Score-CAM (default --repeats)")
+    _precision(p)
     p.add_argument("--fused", action="store_true",
                    help="instead: latency of each fused model (cam-infer fuse) over the plain model, and file growth")
     p.epilog = (f"cases: {', '.join(map(repr, CASES))} ('all': {', '.join(map(repr, ALL_CASES))}); with torch also "
@@ -171,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     classes.add_argument("--class-input", action="store_true",
                          help="explain the class given in an int64 input 'class_id' (N,) instead of the top-1")
     p.add_argument("--raw", action="store_true", help="also output saliency_raw, the maps before ReLU and min-max")
+    _precision(p, "what the model is meant to run at (recorded in its metadata; other than f32, its maps are also "
+                  "checked on OpenVINO there)")
     _out(p, "the .onnx file to write", "replace --out if it exists")
     p.add_argument("--repository", metavar="DIR", help="also write a model repository for Triton and OpenVINO Model "
                                                        "Server: DIR/NAME/config.pbtxt, DIR/NAME/1/model.onnx, "

@@ -11,7 +11,7 @@ from .arguments import preprocessing_fields
 
 def demo(args) -> int:
     from ..tools.demo import run_demo
-    run_demo(args.out, backend=args.backend)
+    run_demo(args.out, backend=args.backend, precision=args.precision)
     return 0
 
 
@@ -59,7 +59,7 @@ def info(args) -> int:
     bundle = Bundle.load(args.bundle)
     print(json.dumps(bundle.manifest, indent=2) if args.json else describe(bundle))
     if args.backend:
-        print(check_backend(bundle, args.backend, args.device))
+        print(check_backend(bundle, args.backend, args.device, args.precision))
     return 0
 
 
@@ -81,7 +81,7 @@ def explain_classes(bundle, args):
     from ..runs import choose_methods, explain_files, parse_option
     names = [m.strip() for m in args.method.split(",") if m.strip()]
     gradients = "torch" if any(n != "all" and get_method(n).gradient for n in names) else None
-    explainer = open_explainer(bundle, args.backend, args.device, gradients=gradients)
+    explainer = open_explainer(bundle, args.backend, args.device, gradients=gradients, precision=args.precision)
     methods, skipped = choose_methods(names, explainer.linear_head is not None)
     if skipped:
         print(f"skipped {', '.join(skipped)}: this bundle's head is not global pooling + linear")
@@ -110,7 +110,7 @@ def explain_detections(bundle, args):
     for flag in ("target", "finer", "enhance"):
         if getattr(args, flag) is not None:
             raise CamInferError(f"--{flag} is for classifiers; for detections use --detections, --classes or --box")
-    explainer = open_explainer(bundle, args.backend, args.device)
+    explainer = open_explainer(bundle, args.backend, args.device, precision=args.precision)
     targets = "all" if args.detections == "all" else [_integer(v, "--detections") for v in args.detections.split(",")]
     classes = [_class(c) for c in args.classes.split(",")] if args.classes else None
     boxes = [_box(b) for b in args.box] or None
@@ -168,12 +168,13 @@ def bench(args) -> int:
     if args.fused:
         print(f"{bundle.path}: fused / plain model, batch 1; median of {args.repeats} runs each, alternating\n"
               + FUSED_HEADER)
-        run_fused(bundle, runtimes, cases, args.repeats, report=lambda line: print(line, flush=True))
+        run_fused(bundle, runtimes, cases, args.repeats, report=lambda line: print(line, flush=True),
+                  precision=args.precision)
         return 0
     k, h, w = bundle.activation_shape
     print(f"{bundle.path}: input {bundle.input_shape}, activation {k}x{h}x{w}; batch 1; median of {args.repeats} runs"
           f"\n{HEADER}")
-    run_cases(bundle.path, runtimes, cases, args.repeats, score_repeats=args.score_repeats)
+    run_cases(bundle.path, runtimes, cases, args.repeats, score_repeats=args.score_repeats, precision=args.precision)
     return 0
 
 
@@ -216,7 +217,7 @@ def audit_detections(args):
         options.setdefault(method, {})[name] = value
     summary = run_detection_audit(args.bundle, args.images, methods, args.out, boxes=args.boxes, backend=args.backend,
                                   device=args.device, tolerance=args.tolerance, options=options, restart=args.force,
-                                  grid=args.grid, report=_say, **_scale_out(args))
+                                  grid=args.grid, report=_say, precision=args.precision, **_scale_out(args))
     return summary, summary_lines(summary, args.out)
 
 
@@ -251,16 +252,16 @@ def fuse(args) -> int:
     bundle = Bundle.load(args.bundle)
     if task_of(bundle).name == "detection":
         from ..detection.fuse import fuse_detector
-        if args.top_k != 1 or args.class_input or args.raw:
-            raise CamInferError("--top-k, --class-input and --raw are for classifiers; a detector's fused map is "
-                                "class-agnostic")
+        if args.top_k != 1 or args.class_input or args.raw or args.precision != "f32":
+            raise CamInferError("--top-k, --class-input, --raw and --precision are for classifiers; a detector's "
+                                "fused map is class-agnostic")
         model = fuse_detector(bundle, args.method, **dict(parse_option(o) for o in args.option))
         path = save(model, args.out, overwrite=True)
         print(f"wrote {path}: the detector's output0 and saliency (N,{bundle.input_shape[1]},{bundle.input_shape[2]}), "
               f"{args.method} over its {len(bundle.manifest['cut'])} cut levels")
     else:
         model = fuse(bundle, args.method, top_k=args.top_k, class_input=args.class_input, raw=args.raw,
-                     **dict(parse_option(o) for o in args.option))
+                     precision=args.precision, **dict(parse_option(o) for o in args.option))
         path = save(model, args.out, overwrite=True)
         print(summary(model, path, bundle))
     if args.repository:
@@ -285,6 +286,6 @@ def serve(args) -> int:
               + ("; bearer token required" if token else ""), flush=True)
 
     run_server(args.model, method=args.method, host=args.host, port=args.port, backend=args.backend,
-               device=args.device, threads=args.threads, token=token, name=args.name, max_batch=args.max_batch,
+               device=args.device, precision=args.precision, threads=args.threads, token=token, name=args.name, max_batch=args.max_batch,
                window_ms=args.batch_window_ms, max_body_mb=args.max_body_mb, ready=ready)
     return 0

@@ -50,8 +50,8 @@ GRID = 48
 def run_detection_audit(bundle, images, methods, out, *, boxes=None, backend: str = "auto", device: str = "CPU",
                         tolerance: float = 0.0, conf: float | None = None, options: dict | None = None,
                         restart: bool = False, progress: bool | None = None, workers=None, ray: str | None = None,
-                        threads: int | None = None, grid: int = GRID, report=None) -> dict:
-    """`workers`, `ray` and `threads` choose where the images are worked on (`cam_infer.parallel`);
+                        threads: int | None = None, grid: int = GRID, report=None, precision: str = "f32") -> dict:
+    """`precision`: what the runtime computes in (recorded in summary.json's settings, resolved). `workers`, `ray` and `threads` choose where the images are worked on (`cam_infer.parallel`);
     `report(line)`, when given, hears what the methods will cost before the run starts (`cam_infer.cost`)."""
     from ..cost import announce, detection_plan
     from ..jobs.driver import Job, run_job, spec_for
@@ -59,13 +59,14 @@ def run_detection_audit(bundle, images, methods, out, *, boxes=None, backend: st
     from .context import DetectionContext
     from .targets import central_targets
 
-    explainer = Explainer(bundle, backend=backend, device=device)
+    explainer = Explainer(bundle, backend=backend, device=device, precision=precision)
     for m in methods:
         get_method(m, "detection")
     runner = make_runner(workers, ray, threads)
     truth = load_boxes(boxes, explainer.bundle)
     settings = {"bundle": str(explainer.bundle.path.resolve()), "methods": list(methods), "boxes": boxes and
-                str(Path(boxes).resolve()), "tolerance": tolerance, "conf": conf, "options": options or {}}
+                str(Path(boxes).resolve()), "tolerance": tolerance, "conf": conf, "options": options or {},
+                "precision": explainer.backend.precision}
     summary: dict = {}
 
     def write(run, final: bool) -> None:

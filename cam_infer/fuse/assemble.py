@@ -75,12 +75,18 @@ def _opset(model: onnx.ModelProto) -> int:
 
 
 def fuse(bundle: "Bundle | str | os.PathLike", method: str = DEFAULT_METHOD, *, top_k: int = 1,
-         class_input: bool = False, raw: bool = False, check: bool = True, **options) -> onnx.ModelProto:
+         class_input: bool = False, raw: bool = False, check: bool = True, precision: str = "f32",
+         **options) -> onnx.ModelProto:
     """The plain model plus outputs ``saliency`` (N,h,w) in [0,1] — (N,k,h,w) with ``top_k=k`` — and,
     for class-specific methods, ``saliency_class`` (N,) or (N,k): the class each map explains. With
     ``class_input=True`` the class comes from an int64 input ``class_id`` (N,) instead; ``raw=True``
     adds ``saliency_raw``, the maps before ReLU and normalisation. ``check`` compares the fused model
-    with the Explainer on ONNX Runtime (two random images) and refuses a model that differs."""
+    with the Explainer on ONNX Runtime (two random images) and refuses a model that differs. ``precision``: what
+    the model is meant to run at (recorded as ``cam_infer.precision``); other than f32, the check also runs it on
+    OpenVINO at that precision and records how far its maps are from the float32 Explainer's (bf16 rounds)."""
+    from ..backends.sessions import RuntimeOptions, resolved_precision
+
+    precision = resolved_precision(RuntimeOptions(precision=precision), "openvino")     # checked; auto resolved
     bundle = _onnx_bundle(bundle)
     chosen = _fused_method(method, options)
     top_k = _checked_top_k(top_k, class_input, chosen, bundle.num_classes)
@@ -105,7 +111,7 @@ def fuse(bundle: "Bundle | str | os.PathLike", method: str = DEFAULT_METHOD, *, 
     if chosen.class_specific and not class_input:
         outputs.append((CLASS_OUTPUT, TensorProto.INT64, per_image))
     model.graph.output.extend(helper.make_tensor_value_info(name, dtype, [batch] + dims) for name, dtype, dims in outputs)
-    _describe(model, bundle, method, options, top_k, class_input)
+    _describe(model, bundle, method, options, top_k, class_input, precision)
     try:
         onnx.checker.check_model(model)
     except Exception as exc:  # a bug of ours, not of the user's input
@@ -116,7 +122,11 @@ def fuse(bundle: "Bundle | str | os.PathLike", method: str = DEFAULT_METHOD, *, 
             hint = " (raise squarings=)" if "squarings" in inspect.signature(chosen.fused).parameters else ""
             raise CamInferError(f"the fused {method} map differs from the Explainer's by {error:.2g} (relative) "
                                 f"on random images{hint}; not writing a model that draws a different picture")
-        model.metadata_props.add(key="cam_infer.check", value=json.dumps({"relative_difference": float(error)}))
+        checked = {"relative_difference": float(error)}
+        if precision != "f32":
+            checked[precision] = fused_error(model, bundle, method, options, top_k, class_input, explainer=explainer,
+                                             precision=precision)
+        model.metadata_props.add(key="cam_infer.check", value=json.dumps(checked))
     return model
 
 
@@ -187,13 +197,13 @@ def _normalised(b: Builder, maps: str, output: str) -> str:
 
 
 def _describe(model: onnx.ModelProto, bundle: Bundle, method: str, options: dict, top_k: int,
-              class_input: bool) -> None:
+              class_input: bool, precision: str = "f32") -> None:
     target = "class_id input" if class_input else ("top-1" if top_k == 1 else f"top-{top_k}")
     entries = {"cam_infer.version": __version__, "cam_infer.method": method,
                "cam_infer.options": json.dumps(options, sort_keys=True), "cam_infer.target": target,
                "cam_infer.layer": bundle.manifest["target_layer"].get("module") or bundle.activation_name,
                "cam_infer.preprocessing": json.dumps(bundle.preprocessing.to_dict()),
-               "cam_infer.output_kind": bundle.output_kind}
+               "cam_infer.output_kind": bundle.output_kind, "cam_infer.precision": precision}
     if bundle.labels:
         entries["cam_infer.labels"] = json.dumps(bundle.labels)
     for key, value in entries.items():
@@ -201,10 +211,12 @@ def _describe(model: onnx.ModelProto, bundle: Bundle, method: str, options: dict
 
 
 def fused_error(model: onnx.ModelProto, bundle: Bundle, method: str, options: dict, top_k: int = 1,
-                class_input: bool = False, x: np.ndarray | None = None, explainer=None) -> float:
-    """max |fused raw map − Explainer map| / max |Explainer map| on ONNX Runtime, per map, worst of
-    all; random images unless `x`."""
-    from ..backends.sessions import FLOAT32, onnxruntime_session
+                class_input: bool = False, x: np.ndarray | None = None, explainer=None,
+                precision: str = "f32") -> float:
+    """max |fused raw map − Explainer map| / max |Explainer map|, per map, worst of all; random images unless `x`.
+    The fused model runs on ONNX Runtime in float32, or at another `precision` on OpenVINO's CPU; the Explainer
+    in float32."""
+    from ..backends.sessions import FLOAT32, onnxruntime_session, openvino_compiled
     from ..bundle.split import random_images
     from ..methods import get_method
 
@@ -214,11 +226,16 @@ def fused_error(model: onnx.ModelProto, bundle: Bundle, method: str, options: di
     probe.CopyFrom(model)
     if RAW_OUTPUT not in {o.name for o in probe.graph.output}:
         probe.graph.output.append(helper.make_empty_tensor_value_info(RAW_OUTPUT))
-    session = onnxruntime_session(probe, FLOAT32)
     feeds = {bundle.input_name: x}
     if class_input:
         feeds[CLASS_INPUT] = explainer.backend.forward(x).argsort(axis=1)[:, -2].astype(np.int64)  # not the top-1
-    outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
+    if precision == "f32":
+        session = onnxruntime_session(probe, FLOAT32)
+        outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
+    else:
+        request = openvino_compiled(probe, FLOAT32.but(precision=precision)).create_infer_request()
+        request.infer(feeds)
+        outputs = {name: request.get_tensor(o).data.copy() for o in request.model_outputs for name in o.get_names()}
     maps = outputs[RAW_OUTPUT].reshape(len(x), -1, *bundle.activation_shape[1:])
     classes = feeds.get(CLASS_INPUT, outputs.get(CLASS_OUTPUT))
     classes = None if classes is None else classes.reshape(len(x), -1)
@@ -256,4 +273,5 @@ def summary(model: onnx.ModelProto, path: Path, bundle: Bundle) -> str:
     return (f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {growth:+.2%} over the plain model)\n"
             f"inputs   {', '.join(f'{i.name} {shape(i)}' for i in model.graph.input)}\n"
             f"outputs  {', '.join(f'{o.name} {shape(o)}' for o in model.graph.output)}\n"
-            f"checked  against the Explainer on ONNX Runtime: max relative difference {error['relative_difference']:.2g}")
+            f"checked  against the Explainer on ONNX Runtime: max relative difference {error['relative_difference']:.2g}"
+            + "".join(f"; at {p} on OpenVINO: {d:.2g}" for p, d in error.items() if p != "relative_difference"))

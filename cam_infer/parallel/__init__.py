@@ -40,6 +40,7 @@ class ExplainerSpec:
     device: str = "CPU"
     gradients: str | None = None
     threads: int | None = None
+    precision: str = "f32"
 
     def open(self):
         """The explainer of this spec, opened once per process (a worker's: its cores are the runtime's); the
@@ -47,7 +48,8 @@ class ExplainerSpec:
         if self not in _OPENED:
             from ..jobs.explainers import open_explainer
             leave_the_cores_to_the_runtime()
-            self.remember(open_explainer(self.bundle, self.backend, self.device, self.threads, self.gradients))
+            self.remember(open_explainer(self.bundle, self.backend, self.device, self.threads, self.gradients,
+                                         self.precision))
         _OPENED.move_to_end(self)
         return _OPENED[self]
 
@@ -65,7 +67,13 @@ class ExplainerSpec:
         backend = explainer.backend
         return cls(str(explainer.bundle.path.resolve()), backend.name, getattr(backend, "device", "CPU"),
                    "torch" if getattr(explainer, "gradients", None) is not None and backend.name != "torch" else None,
-                   threads)
+                   threads, asked_precision(backend))
+
+
+def asked_precision(backend) -> str:
+    """The precision `backend` was opened with (``auto`` stays ``auto``: each worker resolves it on its device)."""
+    runtime = getattr(backend, "runtime", None)
+    return runtime.precision if runtime is not None else "f32"
 
 
 _OPENED: OrderedDict = OrderedDict()

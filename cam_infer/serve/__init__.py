@@ -21,7 +21,7 @@ INSTALL = "pip install 'cam-infer[serve]'"
 
 
 def serve(source, *, method: str | None = None, host: str = "127.0.0.1", port: int = 8000, backend: str = "auto",
-          device: str = "CPU", threads: int | None = None, token: str | None = None, name: str | None = None,
+          device: str = "CPU", precision: str = "f32", threads: int | None = None, token: str | None = None, name: str | None = None,
           max_batch: int = 16, window_ms: float = 0.0, max_body_mb: float = 32.0, ready=None) -> None:
     """Serve a bundle folder or a fused .onnx model until SIGTERM or Ctrl-C (in-flight requests finish).
     `ready(port)` is called once the socket listens."""
@@ -38,7 +38,7 @@ def serve(source, *, method: str | None = None, host: str = "127.0.0.1", port: i
     if max_batch < 1 or window_ms < 0 or max_body_mb <= 0:
         raise CamInferError("max batch must be ≥ 1, the batch window ≥ 0 ms and the body limit > 0 MB")
     leave_the_cores_to_the_runtime()
-    served = load_served(source, method, backend, device, threads)
+    served = load_served(source, method, backend, device, threads, precision)
     if name is None:
         path = Path(source).resolve()
         name = path.stem if path.is_file() else path.name

@@ -64,7 +64,7 @@ def create_app(served, name: str, *, token: str | None = None, max_body: int = 3
     async def model_metadata(request):
         model_or_404(request)
         inputs, outputs = served.metadata()
-        parameters = {"method": served.method}
+        parameters = {"method": served.method, "precision": served.precision}
         if served.pixels is not None:                 # the input may also come as UINT8 RGB pixels
             parameters["pixel_input"] = {"datatype": "UINT8", "shape": [-1, *served.pixels.input_size, 3]}
         return JSONResponse({"name": name, "versions": [VERSION], "platform": f"cam-infer_{served.kind}",
@@ -194,7 +194,7 @@ class Infer:
         outputs = await self.batcher.run(np.ascontiguousarray(x), key, classes)
         names = parsed.wanted(list(outputs), served.aliases)
         return encode_response(self.name, VERSION, parsed.id, {n: outputs[served.aliases.get(n, n)] for n in names},
-                               parsed.binary_outputs(names))
+                               parsed.binary_outputs(names), {"precision": served.precision})
 
 
 class Guard:
@@ -345,7 +345,8 @@ def explanation_json(served, outputs: dict, rgb: np.ndarray, overlay: str | None
     probability = float(probabilities_of(outputs["scores"][:1], bundle.output_kind)[0, class_id])
     saliency = outputs["saliency"][0]
     label = bundle.label(class_id) if bundle.labels else None
-    answer = {"method": method, **class_fields(class_id, label, round(probability, 6), agnostic),
+    answer = {"method": method, "precision": served.precision,
+              **class_fields(class_id, label, round(probability, 6), agnostic),
               "map": {"shape": list(saliency.shape), "data": np.round(saliency.astype(np.float64), 4).tolist()}}
     if overlay not in (None, "", "none", "png"):
         raise ProtocolError(f"overlay must be 'png' or 'none', not {overlay!r}")

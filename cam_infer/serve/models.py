@@ -42,14 +42,16 @@ class ServedBundle:
     kind = "bundle"
     aliases: dict[str, str] = {}        # another name a client may ask an output by → the output's name
 
-    def __init__(self, path, method: str, backend: str = "auto", device: str = "CPU", threads: int | None = None):
+    def __init__(self, path, method: str, backend: str = "auto", device: str = "CPU", threads: int | None = None,
+                 precision: str = "f32"):
         from ..bundle import Bundle
         from ..explainer import Explainer
         from ..methods import get_method
         options = {"threads": threads} if threads else {}
         if backend == "onnxruntime" or (backend == "auto" and Bundle.load(path).graph_format == "onnx"):
             options["spinning"] = SPINNING          # no spinning threads while the next request is read
-        self.explainer = Explainer(path, backend=backend, device=device, **options)
+        self.explainer = Explainer(path, backend=backend, device=device, precision=precision, **options)
+        self.precision = self.explainer.backend.precision
         self.bundle = self.explainer.bundle
         self.method = self.checked_method(method)
         get_method(self.method)
@@ -122,7 +124,8 @@ class ServedFused:
 
     kind = "fused"
 
-    def __init__(self, path, backend: str = "auto", device: str = "CPU", threads: int | None = None):
+    def __init__(self, path, backend: str = "auto", device: str = "CPU", threads: int | None = None,
+                 precision: str = "f32"):
         import onnx
         model = onnx.load(str(path), load_external_data=False)
         meta = {p.key: p.value for p in model.metadata_props}
@@ -132,7 +135,8 @@ class ServedFused:
         self.method = meta["cam_infer.method"]
         self.detector = meta.get("cam_infer.target") == "detector"
         self.path = Path(path)
-        self.runtime = FusedRuntime(self.path, backend, device, threads)
+        self.runtime = FusedRuntime(self.path, backend, device, threads, precision)
+        self.precision = self.runtime.precision
         initializers = {i.name for i in model.graph.initializer}
         self.inputs = [_tensor(v) for v in model.graph.input if v.name not in initializers]
         self.outputs = [_tensor(v) for v in model.graph.output]
@@ -182,16 +186,21 @@ class ServedFused:
 class FusedRuntime:
     """A fused model's session: ONNX Runtime (default) or OpenVINO, all outputs by name."""
 
-    def __init__(self, path: Path, backend: str, device: str, threads: int | None):
+    def __init__(self, path: Path, backend: str, device: str, threads: int | None, precision: str = "f32"):
+        from ..backends import ALIASES
         from ..backends.sessions import Lender, RuntimeOptions, onnxruntime_session, openvino_compiled
-        self.backend = "onnxruntime" if backend == "auto" else backend
+        self.backend = "onnxruntime" if backend == "auto" else ALIASES.get(backend, backend)
         if self.backend == "onnxruntime":
-            self.session = onnxruntime_session(path, RuntimeOptions(threads=threads, spinning=SPINNING))
+            runtime = RuntimeOptions(threads=threads, spinning=SPINNING, precision=precision)
+            self.session = onnxruntime_session(path, runtime)
             self.names = [o.name for o in self.session.get_outputs()]
-        elif self.backend == "openvino":                     # float32, as the OpenVINO backend: not bf16 maps
-            compiled = openvino_compiled(path, RuntimeOptions(threads=threads, device=device, hint="latency"))
+            self.precision = "f32"
+        elif self.backend == "openvino":
+            runtime = RuntimeOptions(threads=threads, device=device, hint="latency", precision=precision)
+            compiled = openvino_compiled(path, runtime)
             self.requests = Lender(compiled.create_infer_request)
             self.names = [p.get_any_name() for p in compiled.outputs]
+            self.precision = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         else:
             raise CamInferError(f"a fused model runs on onnxruntime or openvino, not {backend!r}")
 
@@ -233,7 +242,7 @@ def _classes(value, n: int, num_classes: int, labels) -> list | None:
                             f"a class of this model: {exc}") from None
 
 
-def load_served(source, method: str | None, backend: str, device: str, threads: int | None):
+def load_served(source, method: str | None, backend: str, device: str, threads: int | None, precision: str = "f32"):
     """A bundle folder or a fused .onnx file → the served model."""
     from ..bundle.model_cache import cached_bundle, is_model_file
     path = Path(source)
@@ -247,11 +256,11 @@ def load_served(source, method: str | None, backend: str, device: str, threads: 
                                 "(cam-infer fuse BUNDLE --method eigen --out model.onnx)")
         from ..methods.registry import DEFAULT_METHOD
         try:
-            return ServedBundle(path, method or DEFAULT_METHOD, backend, device, threads)
+            return ServedBundle(path, method or DEFAULT_METHOD, backend, device, threads, precision)
         except ProtocolError as exc:
             raise CamInferError(str(exc)) from None
     if path.is_file() and path.suffix == ".onnx":
-        served = ServedFused(path, backend, device, threads)
+        served = ServedFused(path, backend, device, threads, precision)
         if method is not None and method != served.method:
             raise CamInferError(f"'{path}' was fused for {served.method}, not {method}")
         return served

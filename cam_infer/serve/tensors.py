@@ -117,8 +117,9 @@ def _input_tensor(entry, binary: memoryview, offset: int) -> tuple[np.ndarray, i
 
 
 def encode_response(model: str, version: str, request_id, outputs: dict[str, np.ndarray],
-                    binary: set[str]) -> tuple[bytes, dict]:
-    """The response body and headers: each output as JSON data, or binary after the JSON header."""
+                    binary: set[str], parameters: dict | None = None) -> tuple[bytes, dict]:
+    """The response body and headers: each output as JSON data, or binary after the JSON header; `parameters`
+    (the precision the model ran at) in the response's own parameters."""
     described, blobs = [], []
     for name, array in outputs.items():
         array = np.ascontiguousarray(array)
@@ -131,6 +132,8 @@ def encode_response(model: str, version: str, request_id, outputs: dict[str, np.
             entry["data"] = array.ravel().tolist()
         described.append(entry)
     body = {"model_name": model, "model_version": version, "outputs": described}
+    if parameters:
+        body["parameters"] = parameters
     if request_id is not None:
         body["id"] = request_id
     header = json.dumps(body, separators=(",", ":")).encode()

@@ -37,14 +37,15 @@ NOT_APPLICABLE = 2       # a measuring child's exit code for a method that does 
 
 
 def measure(bundle_path: str, backend: str, method: str, options: dict, repeats: int, batch: int = 1,
-            enhance: dict | None = None) -> dict:
+            enhance: dict | None = None, precision: str = "f32") -> dict:
     """In this process: median ms per image of the forward pass and of the method, alternating.
     `enhance`: {"name": enhancer, "options": {...}} to time the method under an enhancer; its floor is the
     full passes it makes (its inputs × the method's own passes), batched."""
     from ..enhancers import get_enhancer
     from ..explainer import Explainer
     spec = METHODS[method]
-    explainer = Explainer(bundle_path, backend=backend, gradients="torch" if spec.gradient else None)
+    explainer = Explainer(bundle_path, backend=backend, gradients="torch" if spec.gradient else None,
+                          precision=precision)
     x = np.random.default_rng(0).standard_normal((batch, *explainer.bundle.input_shape)).astype(np.float32)
     forward = lambda: explainer.backend.forward(x)                       # noqa: E731
     extra = {} if enhance is None else {"enhance": enhance["name"], "enhance_options": enhance["options"]}
@@ -77,13 +78,14 @@ def measure(bundle_path: str, backend: str, method: str, options: dict, repeats:
         result["ratio_to_floor"] = result["method"] / result["floor"]
         result["floor_passes"] = passes
     result["backend"] = explainer.backend.describe()
+    result["precision"] = explainer.backend.precision
     return result
 
 
 def measure_in_subprocess(bundle_path: str, backend: str, method: str, options: dict, repeats: int,
-                          batch: int = 1, enhance: dict | None = None) -> dict:
+                          batch: int = 1, enhance: dict | None = None, precision: str = "f32") -> dict:
     """`measure` in a fresh process; adds its peak resident memory in MB."""
-    spec = json.dumps([str(bundle_path), backend, method, options, repeats, batch, enhance])
+    spec = json.dumps([str(bundle_path), backend, method, options, repeats, batch, enhance, precision])
     process = subprocess.Popen([sys.executable, "-m", "cam_infer.tools.bench", spec], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     stdout, stderr = process.communicate()
@@ -118,7 +120,7 @@ def check_cases(cases, known: dict, what: str) -> list:
 
 
 def run_cases(bundle_path, backends, cases, repeats: int, *, score_repeats: int | None = None,
-              report=print) -> list[dict]:
+              report=print, precision: str = "f32") -> list[dict]:
     """Measure every case on every backend (cases: names of `CASES`); `cam` is left out on heads
     that are not GAP→linear. Full Score-CAM may take fewer repeats (`score_repeats`): it is K passes."""
     known = {**CASES, **GRADIENT_CASES}
@@ -131,7 +133,8 @@ def run_cases(bundle_path, backends, cases, repeats: int, *, score_repeats: int 
             long = (METHODS[method].floor is not None and not options.get("top_k")) or enhance is not None
             n = score_repeats if (long and score_repeats) else repeats
             try:
-                row = measure_in_subprocess(bundle_path, backend, method, options, n, enhance=enhance)
+                row = measure_in_subprocess(bundle_path, backend, method, options, n, enhance=enhance,
+                                            precision=precision)
             except MethodNotApplicable:
                 continue
             row.update(case=case, repeats=n)
@@ -173,20 +176,20 @@ FUSED_HEADER = ("| runtime | method | plain ms | fused ms | fused / plain | file
                 "|---|---|---:|---:|---:|---:|")
 
 
-def open_session(path, runtime: str):
-    """A callable x → outputs for an ONNX file on ONNX Runtime or OpenVINO (CPU, latency hint, f32)."""
+def open_session(path, runtime: str, precision: str = "f32"):
+    """A callable x → outputs for an ONNX file on ONNX Runtime or OpenVINO (CPU, latency hint) at `precision`."""
     from ..backends.sessions import FLOAT32, onnxruntime_session, openvino_compiled
     if runtime == "onnxruntime":
-        session = onnxruntime_session(path, FLOAT32)
+        session = onnxruntime_session(path, FLOAT32.but(precision=precision))
         name = session.get_inputs()[0].name
         return lambda x: session.run(None, {name: x})
     if runtime == "openvino":
-        request = openvino_compiled(path, FLOAT32.but(hint="latency")).create_infer_request()
+        request = openvino_compiled(path, FLOAT32.but(hint="latency", precision=precision)).create_infer_request()
         return lambda x: request.infer({0: x})
     raise CamInferError(f"unknown runtime '{runtime}'; choose onnxruntime or openvino")
 
 
-def compare_fused(bundle_path, runtime: str, case: str, repeats: int, work) -> dict:
+def compare_fused(bundle_path, runtime: str, case: str, repeats: int, work, precision: str = "f32") -> dict:
     """Median ms of the plain model and of the fused model, batch 1, timed alternately in this process."""
     from pathlib import Path
 
@@ -199,7 +202,7 @@ def compare_fused(bundle_path, runtime: str, case: str, repeats: int, work) -> d
     bundle, work = Bundle.load(bundle_path), Path(work)
     plain = save(plain_model(bundle), work / "plain.onnx", overwrite=True)
     fused = save(fuse(bundle, method, **options), work / "fused.onnx", overwrite=True)
-    runs = {"plain": open_session(plain, runtime), "fused": open_session(fused, runtime)}
+    runs = {"plain": open_session(plain, runtime, precision), "fused": open_session(fused, runtime, precision)}
     x = np.random.default_rng(0).standard_normal((1, *bundle.input_shape)).astype(np.float32)
     timings: dict[str, list[float]] = {"plain": [], "fused": []}
     for r in range(repeats + 2):
@@ -210,11 +213,11 @@ def compare_fused(bundle_path, runtime: str, case: str, repeats: int, work) -> d
                 timings[name].append((time.perf_counter() - start) * 1000)
     result = {name: statistics.median(t) for name, t in timings.items()}
     result.update(ratio=result["fused"] / result["plain"], growth=fused.stat().st_size / plain.stat().st_size - 1,
-                  runtime=runtime, case=case)
+                  runtime=f"{runtime} ({precision})", case=case)
     return result
 
 
-def run_fused(bundle, runtimes, cases, repeats: int, report=print) -> list[dict]:
+def run_fused(bundle, runtimes, cases, repeats: int, report=print, precision: str = "f32") -> list[dict]:
     """Every fused case on every runtime (cases: names of `FUSED_CASES`); a method that does not apply to the
     bundle (cam on a head that is not GAP→linear) is left out."""
     import tempfile
@@ -225,7 +228,7 @@ def run_fused(bundle, runtimes, cases, repeats: int, report=print) -> list[dict]
         for runtime in runtimes:
             for case in cases:
                 try:
-                    row = compare_fused(bundle.path, runtime, case, repeats, work)
+                    row = compare_fused(bundle.path, runtime, case, repeats, work, precision)
                 except MethodNotApplicable:
                     continue
                 rows.append(row)
@@ -249,8 +252,8 @@ def peak_resident_kb() -> int:
 
 
 def _child(spec: str) -> None:
-    bundle_path, backend, method, options, repeats, batch, enhance = json.loads(spec)
-    result = measure(bundle_path, backend, method, options, repeats, batch, enhance)
+    bundle_path, backend, method, options, repeats, batch, enhance, precision = json.loads(spec)
+    result = measure(bundle_path, backend, method, options, repeats, batch, enhance, precision)
     result["maxrss_kb"] = peak_resident_kb()
     print(json.dumps(result))
 

@@ -42,12 +42,12 @@ def training_record() -> dict:
     return json.loads((resources.files("cam_infer") / "data" / "shapes_training.json").read_text())
 
 
-def run_demo(out, backend: str = "onnxruntime", scale: int = 2, report=print) -> list[dict]:
+def run_demo(out, backend: str = "onnxruntime", scale: int = 2, report=print, precision: str = "f32") -> list[dict]:
     """Explain one scene per split with every gradient-free method; write grids into `out`."""
     from ..outputs import prepare_folder
 
     out = prepare_folder(out)
-    explainer = Explainer(embedded_bundle_path(), backend=backend)
+    explainer = Explainer(embedded_bundle_path(), backend=backend, precision=precision)
     scenes = [scene(split, DEMO_SEED, 0) for split in SPLITS]
     x = explainer.preprocess([s.image for s in scenes])
     for method in GRADIENT_FREE:        # warm-up: loading compiled kernels is a first-call cost, not the method's
@@ -71,15 +71,15 @@ def run_demo(out, backend: str = "onnxruntime", scale: int = 2, report=print) ->
     report(f"\ngrids (scene with ground-truth boxes, then one overlay per method, each titled with the class "
            f"it explains and its probability, or class-agnostic): "
            f"{', '.join(str(out / f'{s}.png') for s in SPLITS)}\n{LEGEND}")
-    run_detection_demo(out, backend, scale, report)
+    run_detection_demo(out, backend, scale, report, precision)
     return rows
 
 
-def run_detection_demo(out: Path, backend: str, scale: int, report=print) -> None:
+def run_detection_demo(out: Path, backend: str, scale: int, report=print, precision: str = "f32") -> None:
     """The embedded detector on one synthetic scene: every detection explained by each method, one grid."""
     from .synthetic import DETECTION_CLASSES, detection_scene
 
-    ex = Explainer(embedded_detector_path(), backend=backend)
+    ex = Explainer(embedded_detector_path(), backend=backend, precision=precision)
     s = detection_scene(DEMO_SEED, 3)
     tiles = [_with_boxes(s.image, s.boxes, scale)]
     lines = []

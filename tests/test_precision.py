@@ -1,0 +1,178 @@
+"""Precision as deployed: explanations at the runtime's precision (bf16 on OpenVINO CPUs that have it), checks of a
+split or a closed form exact against float32, and every bf16 result compared with float32 at a tolerance derived
+from the format.
+
+The tolerance. bf16 keeps an 8-bit significand: rounding to it has unit roundoff u = 2^-8. OpenVINO's CPU plugin
+rounds a convolution's input and weights to bf16, accumulates in float32 and stores the output in bf16. For a
+layer y = W x + b with |y| bounded by M = |W||x| + |b| (ReLU does not increase errors), the error of y is at most
+|W| Δx + u|W||x| (input) + u|W||x| (weights) + u|b| + u|y| (stored) ≤ |W| Δx + 3u M; over L such layers, to first
+order, Δ ≤ 3 L u M_L, where M_L is the same network run on |x| with |W|, |b| (the magnitude network). The
+activations A then enter the closed forms in float32, so CAM's Σ_k W_ck A_k differs by at most Σ_k |W_ck| ΔA_k,
+and a softmax score by at most 2 max_j |Δz_j| (its Jacobian p_c(δ_cj − p_j) has row sum ≤ 2 p_c ≤ 2).
+A 10 % margin covers the second-order terms (products of two roundings, u² ≈ 1.5e-5 relative).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from cam_infer import Explainer
+from cam_infer.backends import load_backend
+from cam_infer.backends.sessions import FLOAT32, onnxruntime_session
+
+BF16_UNIT_ROUNDOFF = 2.0 ** -8
+MARGIN = 1.1
+
+
+def _bf16_here(bundle) -> bool:
+    import openvino as ov
+    return load_backend(bundle, "openvino", precision="bf16").compiled_property("INFERENCE_PRECISION_HINT") == ov.Type.bf16
+
+
+def _images(n: int, size: int = 64) -> np.ndarray:
+    return np.random.default_rng(7).standard_normal((n, 3, size, size)).astype(np.float32)
+
+
+def _magnitudes(bundle, x: np.ndarray) -> tuple[np.ndarray, int]:
+    """(M, L): the features graph run on |x| with every initializer made |.|, and its number of layers."""
+    model = onnx.load(bundle.features_path)
+    for init in model.graph.initializer:
+        init.CopyFrom(numpy_helper.from_array(np.abs(numpy_helper.to_array(init)), init.name))
+    layers = sum(node.op_type in ("Conv", "Gemm", "MatMul") for node in model.graph.node)
+    session = onnxruntime_session(model, FLOAT32)
+    return session.run(None, {session.get_inputs()[0].name: np.abs(x)})[0], layers
+
+
+@pytest.fixture
+def bf16(tiny_bundle):
+    if not _bf16_here(tiny_bundle):
+        pytest.skip("this CPU has no bf16 in OpenVINO")
+    return Explainer(tiny_bundle, backend="openvino", precision="bf16")
+
+
+def test_a_gap_linear_head_is_trusted_at_bf16(bf16, tiny_bundle):
+    """The head check compares the closed form with a float32 run of the head graph: at bf16 it still reads the
+    tiny model's GAP→linear head (against the bf16 head outputs it failed, and CAM was refused)."""
+    f32 = Explainer(tiny_bundle, backend="openvino", precision="f32")
+    assert bf16.linear_head is not None
+    np.testing.assert_array_equal(bf16.linear_head.weight, f32.linear_head.weight)
+    assert bf16.explain(_images(2), method="cam").maps.shape == (2, *tiny_bundle.activation_shape[1:])
+
+
+def test_closed_forms_at_bf16_agree_with_float32_within_the_format(bf16, tiny_bundle):
+    f32 = Explainer(tiny_bundle, backend="openvino", precision="f32")
+    x = _images(4)
+    targets = f32.backend.forward(x).argmax(axis=1)
+    a32, _ = f32.backend.observe(x)
+    a16, _ = bf16.backend.observe(x)
+    magnitude, layers = _magnitudes(tiny_bundle, x)
+    bound = MARGIN * 3 * layers * BF16_UNIT_ROUNDOFF * magnitude                  # (N,K,h,w), see the docstring
+    assert np.all(np.abs(a16 - a32) <= bound)
+    assert np.abs(a16 - a32).max() > 0, "bf16 ran as float32: nothing was compared"
+
+    weight = np.abs(f32.linear_head.weight[targets])                              # (N,K)
+    cam_bound = np.einsum("nk,nkhw->nhw", weight, bound)
+    cam16, cam32 = (e.explain(x, method="cam", target=targets).maps for e in (bf16, f32))
+    assert np.all(np.abs(cam16 - cam32) <= cam_bound)
+
+    h, w = a32.shape[2:]
+    logit_bound = np.einsum("ck,nkhw->nhwc", np.abs(f32.linear_head.weight), bound).max(axis=-1) / (h * w)
+    rec16, rec32 = (e.explain(x, method="recipro", target=targets).maps for e in (bf16, f32))
+    assert np.all(np.abs(rec16 - rec32) <= 2 * logit_bound)
+
+
+# --- the precision used, in every output ----------------------------------------------------------------------
+
+def _device_default() -> str:
+    from cam_infer.backends.sessions import openvino_core
+    return openvino_core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()
+
+
+def test_each_backend_reports_the_precision_it_runs_at(tiny_bundle):
+    assert load_backend(tiny_bundle, "openvino").precision == "f32"                   # the default: reproducible
+    assert load_backend(tiny_bundle, "openvino", precision="auto").precision == _device_default()
+    assert load_backend(tiny_bundle, "onnxruntime", precision="auto").precision == "f32"
+    assert "(latency, f32)" in load_backend(tiny_bundle, "openvino").describe()
+
+
+def test_info_reports_the_precision_a_bundle_runs_at(tiny_bundle):
+    from helpers import run_cli
+
+    result = run_cli("info", tiny_bundle.path, "--backend", "openvino", "--precision", "auto")
+    assert result.returncode == 0, result.stderr
+    assert f"runs on    openvino CPU (latency, {_device_default()}): yes" in result.stdout
+
+
+def test_workers_open_the_explainer_at_the_runs_precision(bf16, tiny_bundle):
+    from cam_infer.parallel import ExplainerSpec, _OPENED
+
+    spec = ExplainerSpec.of(bf16)
+    assert spec.precision == "bf16"
+    try:
+        assert spec.open().backend.precision == "bf16"                  # as a worker process opens it
+    finally:
+        _OPENED.pop(spec, None)
+
+
+def test_a_folder_run_records_its_precision_and_refuses_to_resume_at_another(bf16, tiny_bundle, tmp_path):
+    import json
+
+    import cv2
+    from helpers import run_cli
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(images / f"{i}.png"), np.random.default_rng(i).integers(0, 255, (64, 64, 3), np.uint8))
+    out = tmp_path / "out"
+    first = run_cli("explain", tiny_bundle.path, images, "--method", "cam", "--backend", "openvino",
+                    "--precision", "bf16", "--out", out)
+    assert first.returncode == 0, first.stderr
+    settings = json.loads((out / "results.json").read_text())["settings"]
+    assert settings["precision"] == "bf16" and "bf16" in settings["backend"]
+    again = run_cli("explain", tiny_bundle.path, images, "--method", "cam", "--backend", "openvino",
+                    "--precision", "f32", "--out", out)
+    assert again.returncode != 0
+    assert "holds results of a run with other settings" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+
+
+def test_an_audit_records_the_precision_it_ran_at(tiny_bundle, tmp_path):
+    import json
+
+    from cam_infer.audit import AuditOptions, run_audit
+    from cam_infer.tools.synthetic import write_scenes
+
+    scenes = write_scenes(tmp_path / "scenes", "large", 2)
+    options = AuditOptions(methods=("activation",), metrics=("adcc",), backend="openvino", precision="auto", steps=4)
+    summary = run_audit(tiny_bundle.path, [scenes], options, tmp_path / "audit", progress=False)
+    assert summary["protocol"]["runs_at"] == _device_default() and summary["protocol"]["precision"] == "auto"
+    assert json.loads((tmp_path / "audit" / "summary.json").read_text())["protocol"]["runs_at"] == _device_default()
+    with pytest.raises(Exception, match="other settings"):
+        run_audit(tiny_bundle.path, [scenes], AuditOptions(methods=("activation",), metrics=("adcc",),
+                                                          backend="openvino", precision="f32", steps=4),
+                  tmp_path / "audit", progress=False)
+
+
+def test_a_fused_model_records_its_precision_and_its_maps_there(tiny_bundle):
+    import json
+
+    from cam_infer.bundle.split import random_images
+    from cam_infer.fuse import fuse
+
+    meta = {p.key: p.value for p in fuse(tiny_bundle, "cam", precision="bf16").metadata_props}
+    assert meta["cam_infer.precision"] == "bf16"
+    check = json.loads(meta["cam_infer.check"])
+    assert check["relative_difference"] < 1e-5                          # float32 on ONNX Runtime: exact
+    # at bf16, per map: max |Δ| / max |map| ≤ max Σ_k |W_ck| ΔA_k / max |map|, ΔA bounded as at the top of this file
+    x = random_images(tiny_bundle.preprocessing, 2)                       # the images the check ran on
+    f32 = Explainer(tiny_bundle, backend="onnxruntime")
+    maps = f32.explain(x, method="cam").maps
+    magnitude, layers = _magnitudes(tiny_bundle, x)
+    weight = np.abs(f32.linear_head.weight[f32.backend.forward(x).argmax(axis=1)])
+    bound = np.einsum("nk,nkhw->nhw", weight, MARGIN * 3 * layers * BF16_UNIT_ROUNDOFF * magnitude)
+    relative = (bound.max(axis=(1, 2)) / np.abs(maps).max(axis=(1, 2))).max()
+    assert 0 < check["bf16"] <= relative
+    assert {p.key: p.value for p in fuse(tiny_bundle, "cam").metadata_props}["cam_infer.precision"] == "f32"
