@@ -77,7 +77,7 @@ def real_photos(work: Path) -> dict:
         prep = explainer.bundle.preprocessing
         for name, objects in boxes.items():
             rgb = load_image(SHARED / "images" / name)
-            x = prep.normalise(prep.geometry(rgb))[None]
+            x = prep.standardise(prep.geometry(rgb))[None]
             logits = explainer.backend.forward(x)[0]
             for obj in objects:
                 box = prep.box_to_input(obj["box_xyxy"], rgb.shape)

@@ -250,7 +250,7 @@ start = time.perf_counter()
 for f in files:
     rgb = cv2.cvtColor(cv2.imread(f), cv2.COLOR_BGR2RGB)
     view = prep.geometry(rgb)
-    x = torch.from_numpy(prep.normalise(view)[None])
+    x = torch.from_numpy(prep.standardise(view)[None])
     grayscale = cam(input_tensor=x, targets=None)[0]
     picture = show_cam_on_image(view.astype(np.float32) / 255, grayscale, use_rgb=True)
     cv2.imwrite(str(out / (Path(f).stem + ".png")), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))

@@ -53,7 +53,7 @@ def model_inputs(images, preprocessing, check_input):
             names.append(None)
     if not originals:
         raise CamInferError("no images given")
-    x = np.stack([preprocessing.normalise(preprocessing.geometry(rgb)) for rgb in originals])
+    x = np.stack([preprocessing.standardise(preprocessing.geometry(rgb)) for rgb in originals])
     return x, originals, (names if all(names) else None)
 
 

@@ -171,7 +171,7 @@ class Preprocessing:
         return [min(max((x1 + left) / sx, 0.0), src_w), min(max((y1 + top) / sy, 0.0), src_h),
                 min(max((x2 + left) / sx, 0.0), src_w), min(max((y2 + top) / sy, 0.0), src_h)]
 
-    def normalise(self, rgb: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    def standardise(self, rgb: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """(H,W,3) RGB uint8 at input size → (C,H,W) float32 (steps 3–4), into `out` if given."""
         if self.channels == 1:
             pixels = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)[..., None]
@@ -190,7 +190,7 @@ class Preprocessing:
     def __call__(self, image: "str | os.PathLike | np.ndarray") -> np.ndarray:
         """One image (path or RGB uint8 array of any size) → (C,H,W) float32."""
         rgb = load_image(image) if isinstance(image, (str, os.PathLike)) else as_rgb_uint8(image)
-        return self.normalise(self.geometry(rgb))
+        return self.standardise(self.geometry(rgb))
 
 
 def _normalised(pixels: np.ndarray, scale: float, mean: tuple, std: tuple) -> np.ndarray:

@@ -158,7 +158,7 @@ class ExplainWork:
             return
         prep = explainer.bundle.preprocessing
         views = [prep.geometry(rgb) for *_, rgb, _ in batch]
-        x = np.stack([prep.normalise(v) for v in views])
+        x = np.stack([prep.standardise(v) for v in views])
         extra = {} if self.enhancer is None else {"enhance": self.enhancer["name"],
                                                   "enhance_options": self.enhancer["options"]}
         if self.finer:

@@ -80,9 +80,9 @@ def assert_same_maps(fused_raw: np.ndarray, fused: np.ndarray, raw: np.ndarray, 
         f"{message}: normalised maps differ by {np.abs(fused - expected).max():.3g}"
 
 
-def check_against_explainer(bundle, method, options, x, tmp_path, *, top_k=1, class_input=False):
+def check_against_explainer(bundle, method, options, x, tmp_path, *, top_classes=1, class_input=False):
     """Fuse once; on each runtime run it on x and on x[:1] and compare with that runtime's Explainer."""
-    model = fuse(bundle, method, top_k=top_k, class_input=class_input, raw=True, check=False, **options)
+    model = fuse(bundle, method, top_classes=top_classes, class_input=class_input, raw=True, check=False, **options)
     explainer_options = {k: v for k, v in options.items() if k != "squarings"}
     specific = FUSED[method].class_specific
     for runtime in RUNTIMES:
@@ -97,12 +97,12 @@ def check_against_explainer(bundle, method, options, x, tmp_path, *, top_k=1, cl
         np.testing.assert_allclose(out[bundle.manifest["output"]["name"]].reshape(scores.shape), scores,
                                    atol=1e-4 * max(1.0, float(np.abs(scores).max())), rtol=0)
         if specific and not class_input:
-            np.testing.assert_array_equal(out["saliency_class"].reshape(len(x), top_k),
-                                          np.argsort(-scores, axis=1)[:, :top_k])
+            np.testing.assert_array_equal(out["saliency_class"].reshape(len(x), top_classes),
+                                          np.argsort(-scores, axis=1)[:, :top_classes])
         classes = feeds["class_id"] if class_input else out.get("saliency_class")
-        classes = None if classes is None else classes.reshape(len(x), top_k)
-        shape = (-1, top_k, *bundle.activation_shape[1:])
-        for t in range(top_k):
+        classes = None if classes is None else classes.reshape(len(x), top_classes)
+        shape = (-1, top_classes, *bundle.activation_shape[1:])
+        for t in range(top_classes):
             target = classes[:, t] if specific else None
             raw = explainer.explain(x, method, target=target, **explainer_options).maps
             for got, n in ((out, len(x)), (first, 1)):
@@ -225,10 +225,10 @@ def test_too_few_squarings_leave_an_error_that_the_check_refuses():
 # --- choosing the class -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("method,options", [("cam", {}), ("recipro", {}), ("recipro", {"closed_form": False})])
-def test_top_k_and_class_input(tmp_path, method, options):
+def test_top_classes_and_class_input(tmp_path, method, options):
     bundle = Bundle.load(SHAPES)
     x = random_images(bundle.preprocessing, 3, seed=2)
-    model = check_against_explainer(bundle, method, options, x, tmp_path, top_k=3)
+    model = check_against_explainer(bundle, method, options, x, tmp_path, top_classes=3)
     shapes = {o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim] for o in model.graph.output}
     assert shapes["saliency"] == ["N", 3, 16, 16] and shapes["saliency_class"] == ["N", 3]
     model = check_against_explainer(bundle, method, options, x, tmp_path, class_input=True)
@@ -254,9 +254,9 @@ def test_fused_model_keeps_weights_shared_and_describes_itself():
     (lambda b: fuse(b, "eigen", squarings=-1), "squarings must be an integer in 0..30"),
     (lambda b: fuse(b, "entropy", estimator="histogram"), "supports estimator='spatial' only"),
     (lambda b: fuse(b, "entropy", weighting="more"), "weighting must be one of"),
-    (lambda b: fuse(b, "activation", top_k=2), "class-agnostic: top_k and class_input do not apply"),
-    (lambda b: fuse(b, "cam", top_k=5), r"top_k must be an integer in 1\.\.4, not 5"),
-    (lambda b: fuse(b, "cam", top_k=2, class_input=True), "either top_k or class_input"),
+    (lambda b: fuse(b, "activation", top_classes=2), "class-agnostic: top_classes and class_input do not apply"),
+    (lambda b: fuse(b, "cam", top_classes=5), r"top_classes must be an integer in 1\.\.4, not 5"),
+    (lambda b: fuse(b, "cam", top_classes=2, class_input=True), "either top_classes or class_input"),
     (lambda b: fuse(b, "recipro", kernel="box"), "kernel must be one of"),
 ])
 def test_bad_fuse_requests_are_refused(call, message):
@@ -269,7 +269,7 @@ def test_bad_fuse_requests_are_refused(call, message):
 @pytest.mark.slow
 def test_cli_fuse_writes_a_model_that_runs_on_both_runtimes(tmp_path):
     out = tmp_path / "m" / "shapes_cam.onnx"
-    result = run_cli("fuse", str(SHAPES), "--method", "recipro", "--top-k", "2", "--out", str(out))
+    result = run_cli("fuse", str(SHAPES), "--method", "recipro", "--top-classes", "2", "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert "outputs  scores (N,4), saliency (N,2,16,16), saliency_class (N,2)" in result.stdout
     bundle = Bundle.load(SHAPES)

@@ -61,7 +61,7 @@ def test_smoothgrad_campp_equals_the_formula(setup, compat):
 def test_one_official_step_is_gradcam_at_the_baseline(setup):
     explainer, x = setup
     targets = explainer.explain(x, "gradcam").targets
-    black = explainer.bundle.preprocessing.normalise(np.zeros((*x.shape[2:], 3), np.uint8))
+    black = explainer.bundle.preprocessing.standardise(np.zeros((*x.shape[2:], 3), np.uint8))
     baseline = np.repeat(black[None], len(x), axis=0)
     expected = np.maximum(explainer.explain(baseline, "gradcam", target=targets).maps, 0)
     got = explainer.explain(x, "integrated-gradcam", steps=1, target=targets).maps
@@ -72,7 +72,7 @@ def test_one_official_step_is_gradcam_at_the_baseline(setup):
 def test_integrated_gradcam_equals_the_path_sum(setup, preset):
     explainer, x = setup
     targets = explainer.explain(x, "gradcam").targets
-    black = explainer.bundle.preprocessing.normalise(np.zeros((*x.shape[2:], 3), np.uint8))
+    black = explainer.bundle.preprocessing.standardise(np.zeros((*x.shape[2:], 3), np.uint8))
     m = 4
     steps = range(0, m) if preset == "official" else range(1, m + 1)
     expected = 0.0

@@ -79,13 +79,13 @@ def test_uint8_pixels_are_normalised_through_a_table_to_the_same_floats(options)
     pixels = rgb[..., ::-1] if prep.color == "bgr" else rgb
     if prep.channels == 1:
         pixels = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)[..., None]
-    got = prep.normalise(rgb)
+    got = prep.standardise(rgb)
     assert got.dtype == np.float32 and got.flags.c_contiguous and got.shape == (prep.channels, 16, 16)
     np.testing.assert_array_equal(got, _normalised(pixels, prep.scale, prep.mean, prep.std))
     if prep.channels == 3:                            # (a float image's gray is not rounded to uint8)
-        np.testing.assert_array_equal(prep.normalise(rgb.astype(np.float32)), got)    # the float path
+        np.testing.assert_array_equal(prep.standardise(rgb.astype(np.float32)), got)    # the float path
     into = np.full((2, prep.channels, 16, 16), np.nan, np.float32)
-    assert np.shares_memory(prep.normalise(rgb, into[1]), into)                     # into a batch's row
+    assert np.shares_memory(prep.standardise(rgb, into[1]), into)                     # into a batch's row
     np.testing.assert_array_equal(into[1], got)
     assert np.isnan(into[0]).all()
 

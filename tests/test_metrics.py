@@ -122,12 +122,12 @@ def test_explanation_inputs_in_both_spaces():
     view = np.full((4, 4, 3), 200, np.uint8)
     s = np.zeros((1, 4, 4), np.float32)
     s[0, :2] = 1.0
-    x = prep.normalise(view)[None]
+    x = prep.standardise(view)[None]
     normalised = explanation_inputs(x, s)
     raw = explanation_inputs(x, s, "raw", [view], prep)
     np.testing.assert_allclose(normalised[0, :, :2], x[0, :, :2])
     np.testing.assert_allclose(normalised[0, :, 2:], 0)
-    np.testing.assert_allclose(raw[0, :, 2:], prep.normalise(np.zeros((4, 4, 3), np.uint8))[:, 2:], atol=1e-6)
+    np.testing.assert_allclose(raw[0, :, 2:], prep.standardise(np.zeros((4, 4, 3), np.uint8))[:, 2:], atol=1e-6)
     np.testing.assert_allclose(raw[0, :, :2], x[0, :, :2], atol=1e-6)
 
 

@@ -152,7 +152,7 @@ def test_tritonclient_gets_the_explainers_answers(server, explainer, batch):
     assert_same(triton_infer(client, batch), expected(explainer, batch, "recipro"))
     assert_same(triton_infer(client, batch[:2], {"method": "eigen"}), expected(explainer, batch[:2], "eigen"))
     assert_same(triton_infer(client, batch[:3], {"class": 1}), expected(explainer, batch[:3], "recipro", target=1))
-    two = triton_infer(client, batch[:2], {"top_k": 2, "method": "ablation"})
+    two = triton_infer(client, batch[:2], {"top_classes": 2, "method": "ablation"})
     assert two["saliency"].shape == (2, 2, 16, 16) and two["saliency_class"].shape == (2, 2)
     assert_same(two, expected(explainer, batch[:2], "ablation", top_classes=2))
     assert_same(triton_infer(client, batch[:2], binary=False), expected(explainer, batch[:2], "recipro"))
@@ -168,7 +168,7 @@ def test_uint8_pixels_are_normalised_by_the_server_as_the_bundle_says(server, ex
     tensor.set_data_from_numpy(pixels)
     result = client.infer("shapes", [tensor], parameters={"method": "eigen"})
     got = {n: result.as_numpy(n) for n in ("scores", "saliency", "saliency_class")}
-    x = np.stack([prep.normalise(p) for p in pixels])
+    x = np.stack([prep.standardise(p) for p in pixels])
     assert_same(got, expected(explainer, x, "eigen"))
     wrong = http.InferInput("input", [1, 3, 128, 128], "UINT8")
     wrong.set_data_from_numpy(pixels[:1].transpose(0, 3, 1, 2).copy())
@@ -218,7 +218,7 @@ def test_explain_takes_an_image_file_raw_or_as_a_form(server, explainer, scenes)
 def test_a_class_agnostic_method_is_served_as_one_map_under_no_class(server, explainer, batch, scenes):
     client = server.client()
     one = explainer.explain(batch[:2], "eigen", upsampled=False)
-    for parameters in ({"method": "eigen", "top_k": 2}, {"method": "eigen", "class": 1}):
+    for parameters in ({"method": "eigen", "top_classes": 2}, {"method": "eigen", "class": 1}):
         got = triton_infer(client, batch[:2], parameters)
         assert got["saliency"].shape == (2, 16, 16)
         np.testing.assert_allclose(got["saliency"], one.saliency, atol=1e-5)
@@ -265,7 +265,7 @@ def test_bad_requests_get_one_line_4xx_and_the_server_goes_on(server, batch):
         (binary_request(np.zeros((1, 3, 64, 64), np.float32)), 400, "must have shape [-1, 3, 128, 128]"),
         (binary_request(x.astype(np.float64), "FP64"), 400, "must be FP32"),
         (binary_request(x, name="image"), 400, "this model takes one input, 'input'"),
-        (binary_request(x, parameters={"top_k": 0}), 400, "'top_k' must be a positive integer"),
+        (binary_request(x, parameters={"top_classes": 0}), 400, "'top_classes' must be a positive integer"),
         (binary_request(x, parameters={"class": 99}), 400, "class 99 is not a class of this model"),
         (binary_request(x, parameters={"method": "gradcam"}), 400, "is not served"),
         ((b'{"inputs": [', {"Content-Type": "application/json"}), 400, "not valid JSON"),
@@ -404,7 +404,7 @@ def test_a_fused_model_is_served_as_it_computes(tmp_path, batch, server, scenes)
         tensor.set_data_from_numpy(pixels)
         result = fused_server.client().infer("shapes_recipro", [tensor])
         prep = Explainer(SHAPES).bundle.preprocessing
-        x = np.stack([prep.normalise(p) for p in pixels])
+        x = np.stack([prep.standardise(p) for p in pixels])
         np.testing.assert_allclose(result.as_numpy("saliency"), session.run(None, {"input": x})[1], atol=1e-5)
     finally:
         fused_server.stop()
@@ -441,10 +441,10 @@ def test_a_fused_model_is_served_as_it_computes(tmp_path, batch, server, scenes)
     assert "Traceback" in server.process.stderr.read()                       # logged for the operator
 
 
-def test_explain_on_fused_top_k_and_class_agnostic_models(tmp_path, server, scenes):
+def test_explain_on_fused_top_classes_and_class_agnostic_models(tmp_path, server, scenes):
     """/explain on a top-k fused model explains its best class; on a class-agnostic one (no saliency_class
     output) the map is the model's; both answer as the bundle's server does."""
-    for method, flags in (("cam", ["--top-k", "2"]), ("eigen", [])):
+    for method, flags in (("cam", ["--top-classes", "2"]), ("eigen", [])):
         fused = tmp_path / f"shapes_{method}.onnx"
         made = subprocess.run([sys.executable, "-m", "cam_infer", "fuse", str(SHAPES), "--method", method, *flags,
                                "--out", str(fused)], capture_output=True, text=True, env=ENV, cwd=ROOT)
@@ -515,7 +515,7 @@ def test_a_fused_model_and_its_bundle_answer_under_the_same_names(tmp_path):
         batch = explainer.bundle.preprocess(photos)                   # the serve guide's call (tests/test_readme.py runs it)
         tensor = http.InferInput("input", list(batch.shape), "FP32")
         tensor.set_data_from_numpy(batch)
-        readme = servers["bundle"].client().infer("mobilenet", [tensor], parameters={"method": "ablation", "top_k": 2})
+        readme = servers["bundle"].client().infer("mobilenet", [tensor], parameters={"method": "ablation", "top_classes": 2})
         assert_same({n: readme.as_numpy(n) for n in ("scores", "saliency", "saliency_class")},
                     expected(explainer, explainer.bundle.preprocess(photos), "ablation", top_classes=2))
         answer = assert_same_explanations(servers["fused"], servers["bundle"],

@@ -89,7 +89,7 @@ def test_an_int8_input_gets_pixels_shifted_into_int8_not_clipped_at_127(tmp_path
     path = DATA / "mnv2_avgpool_fc_int8io.tflite"
     bundle = split_openvino(path, "auto", tmp_path / "b")
     pixels = np.arange(256, dtype=np.uint8).reshape(16, 16, 1).repeat(3, axis=2)
-    fed = np.clip(np.round(bundle.preprocessing.normalise(pixels)), -128, 127)   # as the features graph casts
+    fed = np.clip(np.round(bundle.preprocessing.standardise(pixels)), -128, 127)   # as the features graph casts
     expected = np.clip(np.round((pixels.transpose(2, 0, 1) / 127.5 - 1) / 0.00784312654286623) - 1, -128, 127)
     assert np.abs(fed - expected).max() <= 1
     assert bundle.manifest["input"]["model_dtype"] == "int8"

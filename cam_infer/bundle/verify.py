@@ -29,7 +29,7 @@ def random_images(prep: Preprocessing, n: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     h, w = prep.input_size
     pixels = rng.integers(0, 256, size=(n, h, w, 3), dtype=np.uint8)
-    return np.stack([prep.normalise(p) for p in pixels])
+    return np.stack([prep.standardise(p) for p in pixels])
 
 
 def as_source_input(x: np.ndarray, spec: InputSpec) -> np.ndarray:

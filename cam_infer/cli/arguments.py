@@ -178,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default=DEFAULT_METHOD, help=f"{', '.join(fusable())} (default {DEFAULT_METHOD})")
     _options(p, example="--option score=logit or --option squarings=12")
     classes = p.add_mutually_exclusive_group()
-    classes.add_argument("--top-k", type=int, default=1, help="explain the k best classes: saliency (N,k,h,w)")
+    classes.add_argument("--top-classes", type=int, default=1, help="explain the k best classes: saliency (N,k,h,w)")
     classes.add_argument("--class-input", action="store_true",
                          help="explain the class given in an int64 input 'class_id' (N,) instead of the top-1")
     p.add_argument("--raw", action="store_true", help="also output saliency_raw, the maps before ReLU and min-max")

@@ -252,15 +252,15 @@ def fuse(args) -> int:
     bundle = Bundle.load(args.bundle)
     if task_of(bundle).name == "detection":
         from ..detection.fuse import fuse_detector
-        if args.top_k != 1 or args.class_input or args.raw or args.precision != "f32":
-            raise CamInferError("--top-k, --class-input, --raw and --precision are for classifiers; a detector's "
+        if args.top_classes != 1 or args.class_input or args.raw or args.precision != "f32":
+            raise CamInferError("--top-classes, --class-input, --raw and --precision are for classifiers; a detector's "
                                 "fused map is class-agnostic")
         model = fuse_detector(bundle, args.method, **dict(parse_option(o) for o in args.option))
         path = save(model, args.out, overwrite=True)
         print(f"wrote {path}: the detector's output0 and saliency (N,{bundle.input_shape[1]},{bundle.input_shape[2]}), "
               f"{args.method} over its {len(bundle.manifest['cut'])} cut levels")
     else:
-        model = fuse(bundle, args.method, top_k=args.top_k, class_input=args.class_input, raw=args.raw,
+        model = fuse(bundle, args.method, top_classes=args.top_classes, class_input=args.class_input, raw=args.raw,
                      precision=args.precision, **dict(parse_option(o) for o in args.option))
         path = save(model, args.out, overwrite=True)
         print(summary(model, path, bundle))

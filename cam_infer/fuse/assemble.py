@@ -74,10 +74,10 @@ def _opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
 
 
-def fuse(bundle: "Bundle | str | os.PathLike", method: str = DEFAULT_METHOD, *, top_k: int = 1,
+def fuse(bundle: "Bundle | str | os.PathLike", method: str = DEFAULT_METHOD, *, top_classes: int = 1,
          class_input: bool = False, raw: bool = False, check: bool = True, precision: str = "f32",
          **options) -> onnx.ModelProto:
-    """The plain model plus outputs ``saliency`` (N,h,w) in [0,1] — (N,k,h,w) with ``top_k=k`` — and,
+    """The plain model plus outputs ``saliency`` (N,h,w) in [0,1] — (N,k,h,w) with ``top_classes=k`` — and,
     for class-specific methods, ``saliency_class`` (N,) or (N,k): the class each map explains. With
     ``class_input=True`` the class comes from an int64 input ``class_id`` (N,) instead; ``raw=True``
     adds ``saliency_raw``, the maps before ReLU and normalisation. ``check`` compares the fused model
@@ -89,42 +89,42 @@ def fuse(bundle: "Bundle | str | os.PathLike", method: str = DEFAULT_METHOD, *, 
     precision = resolved_precision(RuntimeOptions(precision=precision), "openvino")     # checked; auto resolved
     bundle = _onnx_bundle(bundle)
     chosen = _fused_method(method, options)
-    top_k = _checked_top_k(top_k, class_input, chosen, bundle.num_classes)
+    top_classes = _checked_top_classes(top_classes, class_input, chosen, bundle.num_classes)
     model = plain_model(bundle)
     b = Builder(_opset(model))
     scores = model.graph.output[0].name
     batch = _batch_dim(model)
     targets = None
     if chosen.class_specific:
-        targets = _targets(b, model, scores, top_k, class_input, batch)
+        targets = _targets(b, model, scores, top_classes, class_input, batch)
     explainer = Explainer(bundle, backend="onnxruntime")     # its linear head is read and verified, as explain()'s
-    fusion = Fusion(b, bundle.activation_name, bundle.activation_shape, targets, top_k, bundle.num_classes,
+    fusion = Fusion(b, bundle.activation_name, bundle.activation_shape, targets, top_classes, bundle.num_classes,
                     bundle.output_kind, explainer.linear_head, at_min_opset(bundle.head_path))
     b.op("Identity", chosen.fused(fusion, **options), outputs=[RAW_OUTPUT])
     _normalised(b, RAW_OUTPUT, OUTPUT)
     model.graph.node.extend(b.nodes)
     model.graph.initializer.extend(b.initializers)
-    per_image = [top_k] if top_k > 1 else []
+    per_image = [top_classes] if top_classes > 1 else []
     outputs = [(OUTPUT, TensorProto.FLOAT, per_image + list(bundle.activation_shape[1:]))]
     if raw:
         outputs.append((RAW_OUTPUT, TensorProto.FLOAT, outputs[0][2]))
     if chosen.class_specific and not class_input:
         outputs.append((CLASS_OUTPUT, TensorProto.INT64, per_image))
     model.graph.output.extend(helper.make_tensor_value_info(name, dtype, [batch] + dims) for name, dtype, dims in outputs)
-    _describe(model, bundle, method, options, top_k, class_input, precision)
+    _describe(model, bundle, method, options, top_classes, class_input, precision)
     try:
         onnx.checker.check_model(model)
     except Exception as exc:  # a bug of ours, not of the user's input
         raise CamInferError(f"the fused model is not valid ONNX: {str(exc).splitlines()[0][:300]}") from None
     if check:
-        error = fused_error(model, bundle, method, options, top_k, class_input, explainer=explainer)
+        error = fused_error(model, bundle, method, options, top_classes, class_input, explainer=explainer)
         if error > TOLERANCE:
             hint = " (raise squarings=)" if "squarings" in inspect.signature(chosen.fused).parameters else ""
             raise CamInferError(f"the fused {method} map differs from the Explainer's by {error:.2g} (relative) "
                                 f"on random images{hint}; not writing a model that draws a different picture")
         checked = {"relative_difference": float(error)}
         if precision != "f32":
-            checked[precision] = fused_error(model, bundle, method, options, top_k, class_input, explainer=explainer,
+            checked[precision] = fused_error(model, bundle, method, options, top_classes, class_input, explainer=explainer,
                                              precision=precision)
         model.metadata_props.add(key="cam_infer.check", value=json.dumps(checked))
     return model
@@ -154,14 +154,14 @@ def _fused_method(method: str, options: dict):
     return spec
 
 
-def _checked_top_k(top_k, class_input: bool, chosen, classes: int) -> int:
-    if not isinstance(top_k, (int, np.integer)) or isinstance(top_k, bool) or not 1 <= top_k <= classes:
-        raise CamInferError(f"top_k must be an integer in 1..{classes}, not {top_k!r}")
-    if not chosen.class_specific and (top_k > 1 or class_input):
-        raise CamInferError(f"method '{chosen.name}' is class-agnostic: top_k and class_input do not apply")
-    if class_input and top_k > 1:
-        raise CamInferError("choose either top_k or class_input, not both")
-    return int(top_k)
+def _checked_top_classes(top_classes, class_input: bool, chosen, classes: int) -> int:
+    if not isinstance(top_classes, (int, np.integer)) or isinstance(top_classes, bool) or not 1 <= top_classes <= classes:
+        raise CamInferError(f"top_classes must be an integer in 1..{classes}, not {top_classes!r}")
+    if not chosen.class_specific and (top_classes > 1 or class_input):
+        raise CamInferError(f"method '{chosen.name}' is class-agnostic: top_classes and class_input do not apply")
+    if class_input and top_classes > 1:
+        raise CamInferError("choose either top_classes or class_input, not both")
+    return int(top_classes)
 
 
 def _batch_dim(model: onnx.ModelProto):
@@ -169,18 +169,18 @@ def _batch_dim(model: onnx.ModelProto):
     return dim.dim_value if dim.HasField("dim_value") else (dim.dim_param or "N")
 
 
-def _targets(b: Builder, model: onnx.ModelProto, scores: str, top_k: int, class_input: bool, batch) -> str:
+def _targets(b: Builder, model: onnx.ModelProto, scores: str, top_classes: int, class_input: bool, batch) -> str:
     """(N,T) int64 classes to explain."""
     if class_input:
         model.graph.input.append(helper.make_tensor_value_info(CLASS_INPUT, TensorProto.INT64, [batch]))
         return b.unsqueeze(CLASS_INPUT, [1], hint="targets")
     if len(model.graph.output[0].type.tensor_type.shape.dim) != 2:
         scores = b.reshape(scores, (0, -1), hint="scores")      # (N,C,1,1) outputs
-    if top_k == 1:
+    if top_classes == 1:
         targets = b.op("ArgMax", scores, axis=1, keepdims=1, hint="targets")
         b.op("Squeeze", targets, b.ints([1], "axes"), outputs=[CLASS_OUTPUT])
         return targets
-    _, targets = b.op("TopK", scores, b.ints([top_k], "k"), axis=1, outputs=[b.name("top"), CLASS_OUTPUT])
+    _, targets = b.op("TopK", scores, b.ints([top_classes], "k"), axis=1, outputs=[b.name("top"), CLASS_OUTPUT])
     return targets
 
 
@@ -196,9 +196,9 @@ def _normalised(b: Builder, maps: str, output: str) -> str:
     return b.op("Where", flat, b.const(0.0), b.op("Div", b.op("Sub", positive, lo), safe), outputs=[output])
 
 
-def _describe(model: onnx.ModelProto, bundle: Bundle, method: str, options: dict, top_k: int,
+def _describe(model: onnx.ModelProto, bundle: Bundle, method: str, options: dict, top_classes: int,
               class_input: bool, precision: str = "f32") -> None:
-    target = "class_id input" if class_input else ("top-1" if top_k == 1 else f"top-{top_k}")
+    target = "class_id input" if class_input else ("top-1" if top_classes == 1 else f"top-{top_classes}")
     entries = {"cam_infer.version": __version__, "cam_infer.method": method,
                "cam_infer.options": json.dumps(options, sort_keys=True), "cam_infer.target": target,
                "cam_infer.layer": bundle.manifest["target_layer"].get("module") or bundle.activation_name,
@@ -210,7 +210,7 @@ def _describe(model: onnx.ModelProto, bundle: Bundle, method: str, options: dict
         model.metadata_props.add(key=key, value=str(value))
 
 
-def fused_error(model: onnx.ModelProto, bundle: Bundle, method: str, options: dict, top_k: int = 1,
+def fused_error(model: onnx.ModelProto, bundle: Bundle, method: str, options: dict, top_classes: int = 1,
                 class_input: bool = False, x: np.ndarray | None = None, explainer=None,
                 precision: str = "f32") -> float:
     """max |fused raw map − Explainer map| / max |Explainer map|, per map, worst of all; random images unless `x`.

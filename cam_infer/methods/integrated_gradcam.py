@@ -29,7 +29,7 @@ def integrated_gradcam(ctx: Context, *, preset: Literal["official", "integral"] 
     if steps < 1:
         raise CamInferError("integrated-gradcam: steps must be positive")
     prep = ctx.bundle.preprocessing
-    baseline = prep.normalise(np.zeros((*ctx.x.shape[2:], 3), np.uint8))                     # (C,H,W)
+    baseline = prep.standardise(np.zeros((*ctx.x.shape[2:], 3), np.uint8))                     # (C,H,W)
     first = 0 if preset == "official" else 1
     alphas = np.arange(first, first + steps, dtype=np.float32) / steps
     n = len(ctx.x)

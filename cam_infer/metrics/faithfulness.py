@@ -47,7 +47,7 @@ def explanation_inputs(x: np.ndarray, saliency: np.ndarray, space: str = "normal
         return (x * saliency[:, None]).astype(np.float32)
     if views is None or preprocessing is None:
         raise CamInferError("space='raw' needs the images as the model sees them and the preprocessing")
-    return np.stack([preprocessing.normalise(v.astype(np.float32) * s[..., None]) for v, s in zip(views, saliency)])
+    return np.stack([preprocessing.standardise(v.astype(np.float32) * s[..., None]) for v, s in zip(views, saliency)])
 
 
 def average_drop(y: np.ndarray, o: np.ndarray) -> np.ndarray:

@@ -267,7 +267,7 @@ def normalised_pixels(served, pixels: np.ndarray) -> np.ndarray:
         raise ProtocolError("the batch is empty")
     x = np.empty((len(pixels), prep.channels, h, w), np.float32)
     for image, out in zip(pixels, x):
-        prep.normalise(image, out)
+        prep.standardise(image, out)
     return x
 
 

@@ -7,8 +7,8 @@ the server normalises as the bundle says (``pixels``; a quarter of the bytes on 
 
 Outputs of a bundle, as a fused model has them: ``scores`` (N,C) the model's own outputs, ``saliency``
 (N,h,w) the map at the target layer's resolution, ReLU'd and min–max'd to [0,1] (``(N,k,h,w)`` with
-top_k = k), ``saliency_class`` (N,) or (N,k) int64, the class each map explains. A class-agnostic method
-(activation, eigen, entropy) gives one map per image whatever ``class`` or ``top_k`` ask, and -1 as its class.
+top_classes = k), ``saliency_class`` (N,) or (N,k) int64, the class each map explains. A class-agnostic method
+(activation, eigen, entropy) gives one map per image whatever ``class`` or ``top_classes`` ask, and -1 as its class.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class Key:
     """What a batch shares: requests with the same key run as one batch."""
 
     method: str
-    top_k: int
+    top_classes: int
     classes: bool                      # a class given per image (else each image's top-1 / top-k)
 
 
@@ -82,18 +82,18 @@ class ServedBundle:
     def key(self, parameters: dict, n: int) -> tuple[Key, list | None]:
         """The batch key of a request's parameters, and its per-image classes (or None)."""
         method = self.checked_method(str(parameters.get("method", self.method)))
-        top_k = _positive_int(parameters.get("top_k", 1), "top_k")
+        top_classes = _positive_int(parameters.get("top_classes", 1), "top_classes")
         classes = _classes(parameters.get("class"), n, self.bundle.num_classes, self.bundle.labels)
-        if classes is not None and top_k != 1:
-            raise ProtocolError("give 'class' or 'top_k', not both")
-        if top_k > self.bundle.num_classes:
-            raise ProtocolError(f"top_k {top_k} is more than the model's {self.bundle.num_classes} classes")
+        if classes is not None and top_classes != 1:
+            raise ProtocolError("give 'class' or 'top_classes', not both")
+        if top_classes > self.bundle.num_classes:
+            raise ProtocolError(f"top_classes {top_classes} is more than the model's {self.bundle.num_classes} classes")
         if class_agnostic(method):                  # one map per image whatever the class: no class asked
             return Key(method, 1, False), None
-        return Key(method, top_k, classes is not None), classes
+        return Key(method, top_classes, classes is not None), classes
 
     def run(self, x: np.ndarray, key: Key, classes: list | None) -> dict[str, np.ndarray]:
-        e = self.explainer.explain(x, key.method, target=classes, top_classes=key.top_k if key.top_k > 1 else None,
+        e = self.explainer.explain(x, key.method, target=classes, top_classes=key.top_classes if key.top_classes > 1 else None,
                                    upsampled=False)
         explained = np.full(e.targets.shape, NO_CLASS) if e.class_agnostic else e.targets
         return {"scores": e.outputs.astype(np.float32), "saliency": e.saliency,
@@ -157,7 +157,7 @@ class ServedFused:
         scores = self.outputs[0]["shape"]
         self.num_classes = scores[1] if len(scores) == 2 and scores[1] > 0 else 2**31 - 1
         top = [o for o in self.outputs if o["name"] == "saliency"]
-        self.top_k = top[0]["shape"][1] if top and len(top[0]["shape"]) == 4 else 1
+        self.top_classes = top[0]["shape"][1] if top and len(top[0]["shape"]) == 4 else 1
 
     def metadata(self) -> tuple[list, list]:
         return self.inputs, self.outputs
@@ -166,15 +166,15 @@ class ServedFused:
         method = str(parameters.get("method", self.method))
         if method != self.method:
             raise ProtocolError(f"this fused model computes {self.method}; it cannot change method per request")
-        top_k = _positive_int(parameters.get("top_k", self.top_k), "top_k")
-        if top_k != self.top_k:
-            raise ProtocolError(f"this fused model explains the top {self.top_k} class(es); fuse again for top_k")
+        top_classes = _positive_int(parameters.get("top_classes", self.top_classes), "top_classes")
+        if top_classes != self.top_classes:
+            raise ProtocolError(f"this fused model explains the top {self.top_classes} class(es); fuse again for top_classes")
         classes = _classes(parameters.get("class"), n, self.num_classes, None)
         if classes is not None and not self.takes_class:
             raise ProtocolError("this fused model explains its top class; fuse with --class-input to choose it")
         if classes is None and self.takes_class:
             raise ProtocolError("this fused model needs 'class' (it was fused with --class-input)")
-        return Key(method, top_k, classes is not None), classes
+        return Key(method, top_classes, classes is not None), classes
 
     def run(self, x: np.ndarray, key: Key, classes: list | None) -> dict[str, np.ndarray]:
         feeds = {self.input_name: x}
