@@ -129,7 +129,7 @@ class PipelineCeiling:
 
     def _x(self, path) -> "np.ndarray":
         from cam_infer.images import load_image
-        return self.prep.normalise(self.prep.geometry(load_image(path)))
+        return self.prep.standardise(self.prep.geometry(load_image(path)))
 
     def rate(self, files: list[Path]) -> float:
         import numpy as np
