@@ -8,12 +8,13 @@ on this machine's 2 cores, by where the work runs, next to the model's own throu
 - Pipeline ceiling (the first tables): what the deployment itself reads through the same files, measured in
   the same process as explain and alternated with it run by run: decode + the bundle's preprocessing in a
   thread per core feeding the unsplit model's float32 forward pass with every core (ONNX Runtime: batches
-  of 8 on one session, each decoded and run in a thread of cores + 1, as explain's batches are; OpenVINO: THROUGHPUT hint, an AsyncInferQueue of batch-1 requests), no explanation.
-  Beside it `explain --method recipro` (the explainer opened once, as the command does; the files all
-  written; `--overlays none`, `jpg` and `png`) at float32 too. Fewer images than below (300 MobileNetV2,
-  100 ResNet-50): the ratio is what is read, and it is as stable there as over 1 000.
-- Ceiling (the later tables): the unsplit model on OpenVINO CPU, THROUGHPUT hint, an AsyncInferQueue of its optimal number of
-  requests, batch 1, one preprocessed image over and over: images/s of the model alone.
+  of 8 on one session, each decoded and run in a thread of cores + 1, as explain's batches are; OpenVINO:
+  THROUGHPUT hint, an AsyncInferQueue of batch-1 requests), no explanation. Beside it `explain --method
+  recipro` (the explainer opened once, as the command does; the files all written; `--overlays none`,
+  `jpg` and `png`) at float32 too. Fewer images than below (300 MobileNetV2, 100 ResNet-50) to keep the
+  runs short on a shared machine: read the ratios, not the rates.
+- Ceiling (the later tables): the unsplit model on OpenVINO CPU, THROUGHPUT hint, an AsyncInferQueue of its
+  optimal number of requests, batch 1, one preprocessed image over and over: images/s of the model alone.
 - `cam-infer explain --method recipro` (overlays written) and `cam-infer audit --methods recipro --metrics
   adcc,insertion,deletion`, each as a whole command (start-up included), in one process (today's latency
   mode), with --workers 2, and on a Ray cluster started beforehand with `ray start --head --num-cpus 2`
@@ -138,7 +139,9 @@ class PipelineCeiling:
         start = time.perf_counter()
         if self.backend == "onnxruntime":                # pipelined as explain's batches are: one thread per
             batches = [files[i:i + self.batch] for i in range(0, len(files), self.batch)]     # core, and one more
-            forward = lambda chunk: self.session.run(None, {self.input: np.stack([self._x(f) for f in chunk])})  # noqa: E731
+            def forward(chunk):
+                return self.session.run(None, {self.input: np.stack([self._x(f) for f in chunk])})
+
             for _ in ordered_threads(forward, batches, cores() + 1):
                 pass
         else:
@@ -377,15 +380,16 @@ def main() -> None:
             for name in ("mobilenet_v2", "resnet50"):
                 bundle = bundle_for(name, work)
                 top = ceiling(bundle, work)
-                report(f"\n**{name}** 224×224, 2 cores. Ceiling, the unsplit model alone on OpenVINO (THROUGHPUT hint, "
-                       f"async requests, batch 1): **{top:.0f} images/s**\n")
+                report(f"\n**{name}** 224×224, 2 cores. Ceiling, the unsplit model alone on OpenVINO "
+                       f"(THROUGHPUT hint, async requests, batch 1): **{top:.0f} images/s**\n")
                 report("| run | where | images | images/s | ÷ ceiling |\n|---|---|---:|---:|---:|")
                 if "explain" in parts:
                     for backend in ("onnxruntime", "openvino"):
-                        for label, flags in (("one process (latency mode, today)", []), ("--workers 2", ["--workers", "2"]),
+                        for label, flags in (("one process (latency mode, today)", []),
+                                             ("--workers 2", ["--workers", "2"]),
                                              ("--ray (2 actors × 1 thread)", ["--ray", address])):
-                            seconds, _ = timed_cli("explain", bundle, folder, "--method", "recipro", "--backend", backend,
-                                                   "--out", work / "explain_out", "--force", *flags)
+                            seconds, _ = timed_cli("explain", bundle, folder, "--method", "recipro", "--backend",
+                                                   backend, "--out", work / "explain_out", "--force", *flags)
                             rate = len(files) / seconds
                             report(f"| explain --method recipro, {backend} | {label} | {len(files)} | {rate:.1f} | "
                                    f"{rate / top:.2f} |")

@@ -128,7 +128,8 @@ def test_an_unknown_overlay_kind_is_a_one_line_error(photos, tiny_bundle, tmp_pa
 
 
 def test_the_cli_writes_maps_alone_and_refuses_to_resume_with_other_overlays(photos, tiny_bundle, tmp_path):
-    result = run_cli("explain", tiny_bundle.path, photos, "--method", "recipro", "--out", tmp_path, "--overlays", "none")
+    result = run_cli("explain", tiny_bundle.path, photos, "--method", "recipro", "--out", tmp_path,
+                     "--overlays", "none")
     assert result.returncode == 0, result.stderr
     assert "7 maps (7 images x 1 methods)" in result.stdout
     assert len(list(tmp_path.glob("*.map.png"))) == 7 and not list(tmp_path.glob("*.jpg"))

@@ -55,8 +55,8 @@ def picture_of(row: dict) -> str:
 def explain_job(paths, out, settings: dict, methods, work, runner, *, batch_size: int = 1, restart: bool = False,
                 progress: bool | None = None, report=None, cost=None) -> Results:
     """Explain the images of `paths` with `work` (a task's: a batch → its records and pictures); every
-    record names its "overlay" (or its "map"), and a record whose picture is gone is redone. `report(cost())` before a run
-    with work to do."""
+    record names its "overlay" (or its "map"), and a record whose picture is gone is redone. `report(cost())`
+    before a run with work to do."""
     settings = json.loads(json.dumps(settings))
     job = Job("explain", "results of a run", settings, tuple(methods), work,
               write=lambda run, final: Results.of(run, settings).save(), batch_size=batch_size, per_method=True,
