@@ -5,8 +5,16 @@ on this machine's 2 cores, by where the work runs, next to the model's own throu
   ImageNet's validation images are), 1 000 of them (10 000 for the memory check).
 - Bundles: MobileNetV2 (torchvision weights) and ResNet-50 (seed-0 weights), exported from `models/` as in
   bench/seed_methods.py.
-- Ceiling: the unsplit model on OpenVINO CPU, THROUGHPUT hint, an AsyncInferQueue of its optimal number of
-  requests, batch 1, one preprocessed image over and over: images/s of the model alone.
+- Pipeline ceiling (the first tables): what the deployment itself reads through the same files, measured in
+  the same process as explain and alternated with it run by run: decode + the bundle's preprocessing in a
+  thread per core feeding the unsplit model's float32 forward pass with every core (ONNX Runtime: batches
+  of 8 on one session, each decoded and run in a thread of cores + 1, as explain's batches are; OpenVINO:
+  THROUGHPUT hint, an AsyncInferQueue of batch-1 requests), no explanation. Beside it `explain --method
+  recipro` (the explainer opened once, as the command does; the files all written; `--overlays none`,
+  `jpg` and `png`) at float32 too. Fewer images than below (300 MobileNetV2, 100 ResNet-50) to keep the
+  runs short on a shared machine: read the ratios, not the rates.
+- Ceiling (the later tables): the unsplit model on OpenVINO CPU, THROUGHPUT hint, an AsyncInferQueue of its
+  optimal number of requests, batch 1, one preprocessed image over and over: images/s of the model alone.
 - `cam-infer explain --method recipro` (overlays written) and `cam-infer audit --methods recipro --metrics
   adcc,insertion,deletion`, each as a whole command (start-up included), in one process (today's latency
   mode), with --workers 2, and on a Ray cluster started beforehand with `ray start --head --num-cpus 2`
@@ -16,7 +24,8 @@ on this machine's 2 cores, by where the work runs, next to the model's own throu
   with pip --target; its module-level `torchvision` imports are met by a stand-in whose functions raise
   (the registry's torchvision does not load beside the CPU torch here; the loop never calls them).
 - Memory: peak resident memory (VmHWM) of the driver and of each worker over explain runs of 1 000 and
-  10 000 images, and /usr/bin/time -v's maximum (the driver or its largest child).
+  10 000 images (one process, pipelined; --workers 2; Ray), and /usr/bin/time -v's maximum (the driver or
+  its largest child).
 
     python bench/throughput.py --work /tmp/cam-throughput --out bench/throughput.md
 """
@@ -92,6 +101,98 @@ def ceiling(bundle: Path, work: Path, seconds: float = 10.0) -> float:
         queue.wait_all()
         done += 50
     return done / (time.perf_counter() - start)
+
+
+class PipelineCeiling:
+    """Images/s of the reference pipeline on `files`: decode + preprocess (the bundle's own, in a thread per
+    core; OpenCV releases the GIL) feeding the unsplit model's forward pass at float32 with every core, no
+    explanation. ONNX Runtime: one session (all intra-op threads), batches of `batch`; OpenVINO: THROUGHPUT
+    hint, an AsyncInferQueue of its optimal number of batch-1 requests."""
+
+    def __init__(self, bundle: Path, backend: str, work: Path, batch: int = 8):
+        import onnx
+
+        from cam_infer import Bundle
+        from cam_infer.backends.sessions import FLOAT32, onnxruntime_session, openvino_compiled, openvino_model
+        from cam_infer.fuse.assemble import plain_model
+        self.prep, self.backend, self.batch = Bundle.load(bundle).preprocessing, backend, batch
+        path = work / f"{bundle.name}_plain.onnx"
+        onnx.save(plain_model(bundle), path)
+        if backend == "onnxruntime":
+            self.session = onnxruntime_session(path, FLOAT32)
+            self.input = self.session.get_inputs()[0].name
+        else:
+            import openvino as ov
+            model = openvino_model(path)
+            model.reshape([1, 3, *self.prep.input_size])
+            compiled = openvino_compiled(model, FLOAT32.but(hint="throughput"))
+            self.queue = ov.AsyncInferQueue(compiled, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+
+    def _x(self, path) -> "np.ndarray":
+        from cam_infer.images import load_image
+        return self.prep.standardise(self.prep.geometry(load_image(path)))
+
+    def rate(self, files: list[Path]) -> float:
+        import numpy as np
+
+        from cam_infer.parallel import cores, ordered_threads
+        start = time.perf_counter()
+        if self.backend == "onnxruntime":                # pipelined as explain's batches are: one thread per
+            batches = [files[i:i + self.batch] for i in range(0, len(files), self.batch)]     # core, and one more
+            def forward(chunk):
+                return self.session.run(None, {self.input: np.stack([self._x(f) for f in chunk])})
+
+            for _ in ordered_threads(forward, batches, cores() + 1):
+                pass
+        else:
+            for x in ordered_threads(self._x, files, cores() + 1):
+                self.queue.start_async({0: x[None]})
+            self.queue.wait_all()
+        return len(files) / (time.perf_counter() - start)
+
+
+def explain_rate(explainer, folder: Path, out: Path, overlays: str) -> float:
+    """Images/s of `explain --method recipro` over `folder` (an explainer opened once, as the command opens it;
+    a fresh output folder; the run's files all written)."""
+    from cam_infer.runs import explain_files
+
+    files = len(list(folder.glob("*.jpg")))
+    start = time.perf_counter()
+    explain_files(explainer, [folder], ["recipro"], out, overlays=overlays, restart=True, progress=False)
+    return files / (time.perf_counter() - start)
+
+
+def pipeline_part(name: str, bundle: Path, folder: Path, work: Path, rounds: int, report) -> None:
+    """Explain's rate over the reference pipeline's ceiling, on each runtime, the two alternated run by run."""
+    import statistics
+
+    from cam_infer.backends.sessions import leave_the_cores_to_the_runtime
+    from cam_infer.jobs.explainers import open_explainer
+    leave_the_cores_to_the_runtime()
+    files = sorted(folder.glob("*.jpg"))
+    report(f"\n**{name}** 224×224, float32 on both sides, {len(files)} JPEGs (500 px), medians of {rounds} alternated "
+           f"rounds; load average {os.getloadavg()[0]:.1f} on 2 cores (shared)\n")
+    report("| runtime | ceiling: decode + preprocess + forward, img/s | explain recipro, maps only (`--overlays none`) "
+           "| ÷ ceiling | explain recipro, JPEG overlays (default) | ÷ ceiling | PNG overlays | ÷ ceiling |\n"
+           "|---|---:|---:|---:|---:|---:|---:|---:|")
+    for backend in ("onnxruntime", "openvino"):
+        ceiling_run = PipelineCeiling(bundle, backend, work)
+        explainer = open_explainer(bundle, backend)
+        ceiling_run.rate(files[:16])                               # warm-up: first runs compile and allocate
+        explain_rate(explainer, folder, work / "pipeline_out", "none")
+        rates: dict[str, list] = {"ceiling": [], "none": [], "jpg": [], "png": []}
+        ratios: dict[str, list] = {"none": [], "jpg": [], "png": []}
+        for _ in range(rounds):
+            for kind in ("none", "jpg", "png"):
+                top = ceiling_run.rate(files)
+                rate = explain_rate(explainer, folder, work / "pipeline_out", kind)
+                rates["ceiling"].append(top)
+                rates[kind].append(rate)
+                ratios[kind].append(rate / top)
+        m = {k: statistics.median(v) for k, v in rates.items()}
+        r = {k: statistics.median(v) for k, v in ratios.items()}
+        report(f"| {backend} | {m['ceiling']:.0f} | {m['none']:.0f} | **{r['none']:.2f}** | {m['jpg']:.0f} | "
+               f"**{r['jpg']:.2f}** | {m['png']:.0f} | {r['png']:.2f} |")
 
 
 def timed_cli(*args) -> tuple[float, subprocess.CompletedProcess]:
@@ -254,7 +355,11 @@ def main() -> None:
     parser.add_argument("--audit-n", default="mobilenet_v2=1000,resnet50=200",
                         help="images audited per model (insertion and deletion are 56 passes an image)")
     parser.add_argument("--memory-n", default="1000,10000")
-    parser.add_argument("--parts", default="explain,audit,grad-cam,memory")
+    parser.add_argument("--memory-where", default="one,--workers,--ray", help="runs of the memory part")
+    parser.add_argument("--parts", default="pipeline,explain,audit,grad-cam,memory")
+    parser.add_argument("--pipeline-n", default="mobilenet_v2=300,resnet50=100",
+                        help="images of the pipeline part per model (its ratios settle within a few hundred images)")
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -264,43 +369,50 @@ def main() -> None:
     files = sorted(folder.glob("*.jpg"))
     audit_n = dict((k, int(v)) for k, v in (item.split("=") for item in args.audit_n.split(",")))
     address = f"127.0.0.1:{RAY_PORT}"
-    ray_cluster("start")
+    if "pipeline" in parts:
+        report("**Explain over the pipeline ceiling** (one process, batches of 8 pipelined in threads)")
+        for name, n in (item.split("=") for item in args.pipeline_n.split(",")):
+            pipeline_part(name, bundle_for(name, work), images(work / f"images_{n}", int(n)), work, args.rounds, report)
+    if ("memory" in parts and "--ray" in args.memory_where) or "explain" in parts or "audit" in parts:
+        ray_cluster("start")
     try:
-        for name in ("mobilenet_v2", "resnet50"):
-            bundle = bundle_for(name, work)
-            top = ceiling(bundle, work)
-            report(f"\n**{name}** 224×224, 2 cores. Ceiling, the unsplit model alone on OpenVINO (THROUGHPUT hint, "
-                   f"async requests, batch 1): **{top:.0f} images/s**\n")
-            report("| run | where | images | images/s | ÷ ceiling |\n|---|---|---:|---:|---:|")
-            if "explain" in parts:
-                for backend in ("onnxruntime", "openvino"):
+        if {"explain", "audit", "grad-cam"} & set(parts):
+            for name in ("mobilenet_v2", "resnet50"):
+                bundle = bundle_for(name, work)
+                top = ceiling(bundle, work)
+                report(f"\n**{name}** 224×224, 2 cores. Ceiling, the unsplit model alone on OpenVINO "
+                       f"(THROUGHPUT hint, async requests, batch 1): **{top:.0f} images/s**\n")
+                report("| run | where | images | images/s | ÷ ceiling |\n|---|---|---:|---:|---:|")
+                if "explain" in parts:
+                    for backend in ("onnxruntime", "openvino"):
+                        for label, flags in (("one process (latency mode, today)", []),
+                                             ("--workers 2", ["--workers", "2"]),
+                                             ("--ray (2 actors × 1 thread)", ["--ray", address])):
+                            seconds, _ = timed_cli("explain", bundle, folder, "--method", "recipro", "--backend",
+                                                   backend, "--out", work / "explain_out", "--force", *flags)
+                            rate = len(files) / seconds
+                            report(f"| explain --method recipro, {backend} | {label} | {len(files)} | {rate:.1f} | "
+                                   f"{rate / top:.2f} |")
+                if "audit" in parts:
+                    subset = work / f"audit_{name}"
+                    subset.mkdir(exist_ok=True)
+                    for f in files[:audit_n[name]]:
+                        link = subset / f.name
+                        if not link.exists():
+                            link.symlink_to(f)
                     for label, flags in (("one process (latency mode, today)", []), ("--workers 2", ["--workers", "2"]),
                                          ("--ray (2 actors × 1 thread)", ["--ray", address])):
-                        seconds, _ = timed_cli("explain", bundle, folder, "--method", "recipro", "--backend", backend,
-                                               "--out", work / "explain_out", "--force", *flags)
-                        rate = len(files) / seconds
-                        report(f"| explain --method recipro, {backend} | {label} | {len(files)} | {rate:.1f} | "
-                               f"{rate / top:.2f} |")
-            if "audit" in parts:
-                subset = work / f"audit_{name}"
-                subset.mkdir(exist_ok=True)
-                for f in files[:audit_n[name]]:
-                    link = subset / f.name
-                    if not link.exists():
-                        link.symlink_to(f)
-                for label, flags in (("one process (latency mode, today)", []), ("--workers 2", ["--workers", "2"]),
-                                     ("--ray (2 actors × 1 thread)", ["--ray", address])):
-                    seconds, _ = timed_cli("audit", bundle, subset, "--methods", "recipro", "--metrics",
-                                           "adcc,insertion,deletion", "--backend", "openvino", "--out",
-                                           work / "audit_out", "--force", *flags)
-                    rate = audit_n[name] / seconds
-                    report(f"| audit recipro × adcc, insertion, deletion, openvino | {label} | {audit_n[name]} | "
-                           f"{rate:.2f} | {rate / top:.3f} |")
-            if "grad-cam" in parts:
-                for method in ("gradcam", "eigencam"):
-                    rate = grad_cam_rate(name, method, files, work)
-                    report(f"| pytorch-grad-cam {method} loop (torch, 2 threads) | one process | {len(files)} | "
-                           f"{rate:.1f} | {rate / top:.2f} |")
+                        seconds, _ = timed_cli("audit", bundle, subset, "--methods", "recipro", "--metrics",
+                                               "adcc,insertion,deletion", "--backend", "openvino", "--out",
+                                               work / "audit_out", "--force", *flags)
+                        rate = audit_n[name] / seconds
+                        report(f"| audit recipro × adcc, insertion, deletion, openvino | {label} | {audit_n[name]} | "
+                               f"{rate:.2f} | {rate / top:.3f} |")
+                if "grad-cam" in parts:
+                    for method in ("gradcam", "eigencam"):
+                        rate = grad_cam_rate(name, method, files, work)
+                        report(f"| pytorch-grad-cam {method} loop (torch, 2 threads) | one process | {len(files)} | "
+                               f"{rate:.1f} | {rate / top:.2f} |")
         if "memory" in parts:
             bundle = bundle_for("mobilenet_v2", work)
             report("\n**Peak memory**, `explain --method recipro` on mobilenet_v2 (onnxruntime), MiB: the driver's and "
@@ -308,13 +420,16 @@ def main() -> None:
             report("| where | images | seconds | driver | worker | time -v |\n|---|---:|---:|---:|---:|---:|")
             for n in map(int, args.memory_n.split(",")):
                 many = images(work / f"images_{n}", n)
-                for label, flags in (("--workers 2", ["--workers", "2"]), ("--ray", ["--ray", address])):
+                for label, flags in (("one process (pipelined)", []), ("--workers 2", ["--workers", "2"]),
+                                     ("--ray", ["--ray", address])):
+                    if label.split()[0] not in args.memory_where.split(","):
+                        continue
                     seconds, driver, worker, maximum = memory_run(
                         ["explain", bundle, many, "--method", "recipro", "--out", work / "memory_out", "--force",
                          *flags])
                     report(f"| {label} | {n} | {seconds:.0f} | {driver:.0f} | {worker:.0f} | {maximum:.0f} |")
     finally:
-        ray_cluster("stop")
+        ray_cluster("stop")             # a no-op when none was started
     report.write(args.out)
 
 

@@ -2,8 +2,9 @@
 
     explain_files(Explainer("bundle/"), ["photos/"], ["recipro", "eigen"], "out/")
 
-writes ``out/<stem>_<method>.png`` (the saliency over the model's view of the image: resized and
-cropped as the bundle's preprocessing does) and ``out/results.json``. Images are decoded one by one:
+writes ``out/<stem>_<method>.jpg`` (the saliency over the image; ``overlays="png"``: lossless PNGs;
+``overlays="none"``: the map alone, ``<stem>_<method>.map.png``, 8-bit grey at the model's input size) and
+``out/results.json``. Images are decoded one by one:
 an unreadable file is recorded under ``errors`` and the others complete. The folder run itself (lock,
 resume, runners, files) is `cam_infer.jobs`'; this module is what a classifier adds: its methods, options,
 settings and `ExplainWork`.
@@ -21,7 +22,8 @@ from .jobs.explain import Results
 from .jobs.folders import collect_images, overlay_names, read_stamped
 from .methods import GRADIENT_FREE, METHODS, get_method
 from .methods.registry import class_agnostic, class_agnostic_note
-from .postprocess import caption, check_overlay_options, class_fields, encode_png, overlay_picture
+from .postprocess import (caption, check_overlay_options, check_overlays, class_fields, encode_map, encode_picture,
+                          overlay_picture)
 
 
 def choose_methods(names: list[str], has_linear_head: bool) -> tuple[list[str], list[str]]:
@@ -65,10 +67,11 @@ def explain_files(explainer, paths, methods: list[str], out, *, target=None, opt
                   batch_size: int = 8, colormap: str = "jet", alpha: float = 0.5, restart: bool = False,
                   progress: bool | None = None, on: str = "original", enhance: str | None = None,
                   enhance_options: dict | None = None, finer: dict | None = None, workers=None,
-                  ray: str | None = None, threads: int | None = None, report=None) -> Results:
+                  ray: str | None = None, threads: int | None = None, report=None, overlays: str = "jpg") -> Results:
     """Explain every image with every method; write overlays and `results.json` in `out`.
     ``on="original"``: overlays over the whole original image (the map put back where the model's view
     of it was; outside that view the image is greyed); ``"model"``: over the model's resized and cropped view.
+    `overlays`: "jpg" (default), "png", or "none" (each map alone as an 8-bit grey PNG, no overlay drawn).
     `workers` (N or "auto": processes on this machine), `ray` (a Ray address) and `threads` (runtime threads
     per worker) choose where the batches are explained (`cam_infer.parallel`); the files are the same.
     `report(line)`, when given, hears what the run will cost before it starts (`cam_infer.cost`)."""
@@ -82,6 +85,7 @@ def explain_files(explainer, paths, methods: list[str], out, *, target=None, opt
         raise CamInferError("batch size must be at least 1")
     check_on(on)
     check_overlay_options(colormap, alpha)
+    check_overlays(overlays)
     runner = make_runner(workers, ray, threads)
     methods, _ = choose_methods(methods, explainer.linear_head is not None)
     per_method = options_per_method(methods, options or {})
@@ -92,13 +96,14 @@ def explain_files(explainer, paths, methods: list[str], out, *, target=None, opt
         from .enhancers import get_enhancer
         get_enhancer(enhance)
     settings = {"bundle": bundle_hashes(explainer.bundle), "backend": explainer.backend.describe(),
-                "precision": explainer.backend.precision, "target": target, "options": per_method, "colormap": colormap, "alpha": alpha, "on": on,
+                "precision": explainer.backend.precision, "target": target, "options": per_method, "colormap": colormap,
+                "alpha": alpha, "on": on, "overlays": overlays,
                 **({"enhance": enhancer} if enhancer else {}), **({"finer": finer} if finer else {})}
     agnostic = [m for m in methods if class_agnostic(m)] if target is not None else []
     if agnostic:
         print(f"note: {class_agnostic_note(agnostic)}")
     work = ExplainWork(spec_for(explainer, runner), tuple(methods), per_method, target, colormap, alpha, on, enhancer,
-                       json.loads(json.dumps(finer)) if finer else None)
+                       json.loads(json.dumps(finer)) if finer else None, overlays)
 
     def cost() -> str:
         shown = variants([m if enhance is None else f"{m}+{enhance}" for m in methods])
@@ -121,7 +126,7 @@ def bundle_hashes(bundle) -> dict:
 
 @dataclass(frozen=True)
 class ExplainWork:
-    """One batch of images [(path, overlay name, methods still to do, _)] → its records, overlay PNGs and
+    """One batch of images [(path, overlay name, methods still to do, _)] → its records, overlays (or maps) and
     unreadable files (`cam_infer.jobs.driver.Job`): what every runner maps over the batches of a run."""
 
     spec: object                            # ExplainerSpec
@@ -133,6 +138,7 @@ class ExplainWork:
     on: str
     enhancer: dict | None
     finer: dict | None
+    overlays: str = "jpg"
 
     def __call__(self, batch) -> dict:
         explainer = self.spec.open()
@@ -161,17 +167,21 @@ class ExplainWork:
         e = explainer.explain(x, method=method, target=target, **extra, **self.per_method[method])
         uniform = e.uniform
         for i, ((path, name, _, rgb, stamp), view) in enumerate(zip(batch, views)):
-            file = f"{name}_{e.method}.png"
             class_id = int(e.targets[i])
             label = explainer.bundle.label(class_id) if explainer.bundle.labels else None
-            picture = overlay_picture(e.saliency[i], rgb if self.on == "original" else view,
-                                      prep if self.on == "original" else None,
-                                      caption(e.method, label, e.map_class(i), float(e.scores[i]),
-                                              bool(e.degenerate[i]), bool(uniform[i])),
-                                      colormap=self.colormap, alpha=self.alpha)
-            out["files"][file] = encode_png(picture)
+            if self.overlays == "none":
+                key, file = "map", f"{name}_{e.method}.map.png"
+                out["files"][file] = encode_map(e.saliency[i])
+            else:
+                key, file = "overlay", f"{name}_{e.method}.{self.overlays}"
+                picture = overlay_picture(e.saliency[i], rgb if self.on == "original" else view,
+                                          prep if self.on == "original" else None,
+                                          caption(e.method, label, e.map_class(i), float(e.scores[i]),
+                                                  bool(e.degenerate[i]), bool(uniform[i])),
+                                          colormap=self.colormap, alpha=self.alpha)
+                out["files"][file] = encode_picture(picture, self.overlays)
             out["rows"].append({
                 "image": str(path), "method": method,
                 **class_fields(class_id, label, round(float(e.scores[i]), 6), e.class_agnostic),
                 "milliseconds": round(e.milliseconds / len(batch), 3),
-                "degenerate": bool(e.degenerate[i]), "uniform": bool(uniform[i]), "overlay": file, "input": stamp})
+                "degenerate": bool(e.degenerate[i]), "uniform": bool(uniform[i]), key: file, "input": stamp})

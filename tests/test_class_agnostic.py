@@ -109,7 +109,7 @@ def test_the_cli_records_no_class_for_a_class_agnostic_map_and_says_so_once(imag
         else:
             assert r["class_agnostic"] is True and r["class_id"] is r["label"] is r["score"] is None
             assert 0 < r["predicted_score"] <= 1 and r["predicted_label"] in ("circle", "square", "triangle", "cross")
-    assert sorted(r["overlay"] for r in records) == sorted(f"{s}_{m}.png" for s in ("large", "multiple")
+    assert sorted(r["overlay"] for r in records) == sorted(f"{s}_{m}.jpg" for s in ("large", "multiple")
                                                            for m in ("eigen", "entropy", "recipro"))
 
 
@@ -173,7 +173,7 @@ def test_the_detector_cli_writes_one_class_agnostic_picture_per_image(tmp_path):
     record = json.loads((tmp_path / "out" / "results.json").read_text())["results"][0]
     assert record["class_agnostic"] is True and record["detections"]
     assert all("overlay" not in d for d in record["detections"])
-    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["scene_eigen.png"]
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.jpg")) == ["scene_eigen.jpg"]
 
 
 def test_the_detection_audit_marks_the_rows_of_a_class_agnostic_map(tmp_path):

@@ -75,13 +75,13 @@ def test_explain_cli_takes_enhance(tmp_path, tiny_bundle):
     assert result.returncode == 0, result.stderr
     data = json.loads((tmp_path / "out" / "results.json").read_text())
     assert data["settings"]["enhance"] == {"name": "evet", "options": {"transforms": ["identity", "flip"]}}
-    assert data["results"][0]["method"] == "recipro" and data["results"][0]["overlay"] == "a_recipro+evet.png"
+    assert data["results"][0]["method"] == "recipro" and data["results"][0]["overlay"] == "a_recipro+evet.jpg"
     assert_one_line_error(run_cli("explain", tiny_bundle.path, photo, "--enhance", "sharpen", "--out", tmp_path / "o2"),
                           "unknown enhancer 'sharpen'")
     result = run_cli("explain", tiny_bundle.path, photo, "--enhance", "sess", "--enhance-option", "scales=2",
                      "--out", tmp_path / "o3")
     assert result.returncode == 0, result.stderr
-    assert json.loads((tmp_path / "o3" / "results.json").read_text())["results"][0]["overlay"] == "a_recipro+sess.png"
+    assert json.loads((tmp_path / "o3" / "results.json").read_text())["results"][0]["overlay"] == "a_recipro+sess.jpg"
 
 
 # --- SESS -------------------------------------------------------------------------------------------------

@@ -57,13 +57,13 @@ def test_folder_run_writes_every_overlay_and_reports_bad_files(tmp_path, photos,
         assert record[f"{shown}label"] == ["cat", "dog", "fox", "owl"][record[f"{shown}class_id"]]
         assert 0 < record[f"{shown}score"] <= 1 and record["milliseconds"] > 0 and record["degenerate"] is False
     names = {r["overlay"] for r in data["results"]}
-    assert {f"{stem}_{m}.png" for stem in ("colour", "gray", "alpha", "deep") for m in GRADIENT_FREE} == names
+    assert {f"{stem}_{m}.jpg" for stem in ("colour", "gray", "alpha", "deep") for m in GRADIENT_FREE} == names
 
 
 def test_results_match_the_python_api(tmp_path, photos, labelled_bundle):
     ex = Explainer(labelled_bundle)
     explain_files(ex, [photos / "colour.jpg", photos / "gray.png"], ["recipro"], tmp_path, target="fox",
-                  batch_size=2)
+                  batch_size=2, overlays="png")
     records = json.loads((tmp_path / "results.json").read_text())["results"]
     e = ex.explain(ex.preprocess([photos / "colour.jpg", photos / "gray.png"]), "recipro", target=2)
     assert [r["class_id"] for r in records] == [2, 2]
@@ -79,13 +79,13 @@ def test_an_interrupted_run_resumes_without_redoing_work(tmp_path, photos, tiny_
     good = [photos / n for n in ("colour.jpg", "gray.png", "alpha.png", "deep.png")]
     explain_files(ex, good[:2], ["eigen", "activation"], tmp_path)
     first = json.loads((tmp_path / "results.json").read_text())["results"]
-    (tmp_path / "gray_activation.png").unlink()              # lost overlay: redone
+    (tmp_path / "gray_activation.jpg").unlink()              # lost overlay: redone
     explain_files(ex, good, ["eigen", "activation"], tmp_path)
     final = json.loads((tmp_path / "results.json").read_text())["results"]
-    kept = [r for r in first if r["overlay"] != "gray_activation.png"]
+    kept = [r for r in first if r["overlay"] != "gray_activation.jpg"]
     assert final[:len(kept)] == kept                         # earlier records untouched (same milliseconds)
     assert sorted(r["overlay"] for r in final) == sorted(
-        f"{n}_{m}.png" for n in ("colour", "gray", "alpha", "deep") for m in ("eigen", "activation"))
+        f"{n}_{m}.jpg" for n in ("colour", "gray", "alpha", "deep") for m in ("eigen", "activation"))
 
 
 def test_other_settings_in_the_same_folder_need_force(tmp_path, photos, tiny_bundle):

@@ -199,7 +199,7 @@ def test_two_concurrent_explain_runs_never_lose_records(tmp_path, tiny_bundle):
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for method in ("eigen", "recipro")]
     results = [(r.wait(timeout=300), r.stderr.read()) for r in runs]
     records = json.loads((out / "results.json").read_text())["results"]
-    overlays = sorted(p.name for p in out.glob("*.png"))
+    overlays = sorted(p.name for p in out.glob("*.jpg"))
     assert sorted(r["overlay"] for r in records) == overlays              # every overlay has its record
     for code, stderr in results:
         # the second run is refused while the first holds the folder, or, when it starts after the first has

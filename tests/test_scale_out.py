@@ -60,9 +60,9 @@ def assert_same_explain(a: Path, b: Path) -> None:
     untimed = [{k: v for k, v in r.items() if k != "milliseconds"} for r in first["results"]]
     assert untimed == [{k: v for k, v in r.items() if k != "milliseconds"} for r in second["results"]]
     assert first["settings"] == second["settings"] and first["errors"] == second["errors"]
-    pngs = sorted(p.name for p in a.glob("*.png"))
-    assert pngs == sorted(p.name for p in b.glob("*.png")) and len(pngs) == 32
-    for name in pngs:
+    pictures = sorted(p.name for p in a.glob("*.jpg"))
+    assert pictures == sorted(p.name for p in b.glob("*.jpg")) and len(pictures) == 32
+    for name in pictures:
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
 
 
@@ -149,7 +149,7 @@ def run_script(code: str, folder: Path, scenes: Path) -> subprocess.CompletedPro
 def test_the_guide_scale_out_snippet_runs_as_a_script(scenes, tmp_path):
     result = run_script(guide_scale_out_snippet(), tmp_path, scenes)
     assert result.returncode == 0, result.stderr
-    assert len(list((tmp_path / "out").glob("*_recipro.png"))) == 4
+    assert len(list((tmp_path / "out").glob("*_recipro.jpg"))) == 4
     assert json.loads((tmp_path / "report" / "summary.json").read_text())["errors"] == []
 
 

@@ -140,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.5, help="heat-map weight in the overlay (default 0.5)")
     p.add_argument("--on", default="original", choices=["original", "model"],
                    help="overlay on the original image (default) or on the model's resized and cropped view")
+    p.add_argument("--overlays", default="jpg", choices=["jpg", "png", "none"],
+                   help="jpg (default: 5x faster to write than png, a fifth of the bytes), png (lossless), or none: "
+                        "the maps alone, 8-bit grey PNGs at the model's input size (<image>_<method>.map.png)")
     p.add_argument("--finer", type=float, metavar="GAMMA",
                    help="Finer-CAM: explain the class score minus GAMMA times the closest classes' (e.g. 0.6)")
     p.add_argument("--finer-references", type=int, default=3, help="classes compared with (default 3)")

@@ -96,7 +96,7 @@ def explain_classes(bundle, args):
                             enhance=args.enhance, enhance_options=dict(parse_option(o) for o in args.enhance_option),
                             finer=None if args.finer is None else {"gamma": args.finer, "preset": args.finer_preset,
                                                                    "references": args.finer_references},
-                            report=_say, **_scale_out(args))
+                            overlays=args.overlays, report=_say, **_scale_out(args))
     return results, results.summary_lines(len(methods), args.out)
 
 
@@ -117,7 +117,8 @@ def explain_detections(bundle, args):
     results = explain_detection_files(explainer, args.images, methods, args.out, targets=targets, classes=classes,
                                       boxes=boxes, conf=args.conf, iou=args.iou,
                                       options=dict(parse_option(o) for o in args.option), colormap=args.colormap,
-                                      alpha=args.alpha, restart=args.force, on=args.on, report=_say,
+                                      alpha=args.alpha, restart=args.force, on=args.on, overlays=args.overlays,
+                                      report=_say,
                                       **_scale_out(args))
     return results, summary_lines(results, len(methods), args.out)
 

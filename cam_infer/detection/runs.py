@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..tasks import class_index
 from ..explanation import _safe
 from ..jobs.explain import Results
 from ..jobs.folders import read_stamped
-from ..postprocess import check_overlay_options, encode_png
+from ..postprocess import check_overlay_options, check_overlays, encode_map, encode_picture
 from ..runs import bundle_hashes, check_on, options_per_method
 from ..explainer import Explainer
 
@@ -20,8 +22,10 @@ def explain_detection_files(explainer: Explainer, paths, methods: list[str], out
                             classes=None, boxes=None, conf=None, iou=None, options: dict | None = None,
                             colormap: str = "jet", alpha: float = 0.5, restart: bool = False,
                             progress: bool | None = None, on: str = "original", workers=None, ray: str | None = None,
-                            threads: int | None = None, report=None) -> Results:
-    """`report(line)`, when given, hears what the run will cost before it starts (`cam_infer.cost`)."""
+                            threads: int | None = None, report=None, overlays: str = "jpg") -> Results:
+    """`report(line)`, when given, hears what the run will cost before it starts (`cam_infer.cost`). `overlays`:
+    "jpg" (default), "png", or "none": the maps alone, 8-bit grey PNGs at the model's input (`.map.png`; the
+    image's map is the pixel-wise maximum of its detections' maps, as its overlay draws them)."""
     from ..cost import announce, detection_plan
     from ..jobs.driver import spec_for
     from ..jobs.explain import explain_job
@@ -31,6 +35,7 @@ def explain_detection_files(explainer: Explainer, paths, methods: list[str], out
     from .targets import central_targets
 
     check_overlay_options(colormap, alpha)
+    check_overlays(overlays)
     check_on(on)
     per_method = options_per_method(methods, options or {}, "detection")
     explainer.task.thresholds(conf, iou, None)
@@ -40,9 +45,10 @@ def explain_detection_files(explainer: Explainer, paths, methods: list[str], out
     settings = {"bundle": bundle_hashes(explainer.bundle), "backend": explainer.backend.describe(),
                 "precision": explainer.backend.precision, "task": "detection",
                 "targets": targets, "classes": classes, "boxes": boxes, "conf": conf, "iou": iou,
-                "options": options or {}, "colormap": colormap, "alpha": alpha, "on": on}
+                "options": options or {}, "colormap": colormap, "alpha": alpha, "on": on,
+                "overlays": overlays}
     work = DetectionWork(spec_for(explainer, runner), tuple(methods), targets, classes, boxes, conf, iou, per_method,
-                         colormap, alpha, on)
+                         colormap, alpha, on, overlays)
 
     def cost() -> str:
         counted_on = DetectionContext(explainer, None, None, None), central_targets(explainer.grid)
@@ -55,8 +61,8 @@ def explain_detection_files(explainer: Explainer, paths, methods: list[str], out
 
 @dataclass(frozen=True)
 class DetectionWork:
-    """A batch of images [(path, overlay name, methods still to do, _)] → their records, overlay PNGs (one for
-    each image, one per explained detection) or why they could not be read (`cam_infer.jobs.driver.Job`)."""
+    """A batch of images [(path, overlay name, methods still to do, _)] → their records, overlays or maps (one
+    for each image, one per explained detection) or why they could not be read (`cam_infer.jobs.driver.Job`)."""
 
     spec: object                            # ExplainerSpec
     methods: tuple
@@ -69,6 +75,7 @@ class DetectionWork:
     colormap: str
     alpha: float
     on: str
+    overlays: str = "jpg"
 
     def __call__(self, batch) -> dict:
         out = {"inputs": {}, "rows": [], "files": {}, "errors": []}
@@ -83,20 +90,36 @@ class DetectionWork:
         for method in (m for m in self.methods if m in needed):
             e = explainer.explain([rgb], method, target=self.targets, classes=self.classes, boxes=self.boxes,
                                   conf=self.conf, iou=self.iou, **self.options[method])
-            overlay = f"{name}_{method}.png"
-            out["files"][overlay] = encode_png(e.overlay(0, on=self.on, colormap=self.colormap, alpha=self.alpha))
+            key = "map" if self.overlays == "none" else "overlay"
+            overlay = self._picture(e, None, f"{name}_{method}", out)
             detections = []
             for j, d in enumerate(e.items[0]):
                 if e.class_agnostic:                   # the image's one map: no picture per detection
                     detections.append(d.record())
                     continue
-                file = f"{name}_{method}_{j}_{_safe(d.label)}.png"
-                out["files"][file] = encode_png(e.overlay(0, j, on=self.on, colormap=self.colormap, alpha=self.alpha))
-                detections.append({**d.record(), "overlay": file})
+                detections.append({**d.record(), key: self._picture(e, j, f"{name}_{method}_{j}_{_safe(d.label)}",
+                                                                    out)})
             out["rows"].append({"image": str(path), "method": method,
                                 **({"class_agnostic": True} if e.class_agnostic else {}), "detections": detections,
                                 "found": len(e.detections[0]), "milliseconds": round(e.milliseconds, 3),
-                                "overlay": overlay, "input": stamp})
+                                key: overlay, "input": stamp})
+
+    def _picture(self, e, j: int | None, stem: str, out: dict) -> str:
+        """Detection j's picture (None: the image's), as `overlays` asks; its file name."""
+        if self.overlays != "none":
+            file = f"{stem}.{self.overlays}"
+            out["files"][file] = encode_picture(e.overlay(0, j, on=self.on, colormap=self.colormap,
+                                                          alpha=self.alpha), self.overlays)
+            return file
+        if e.class_agnostic:
+            saliency = e.image_maps[0][0]
+        elif j is not None:
+            saliency = e.items[0][j].saliency
+        else:
+            saliency = (np.max([d.saliency for d in e.items[0]], axis=0) if e.items[0]
+                        else np.zeros(e.preprocessing.input_size, np.float32))
+        out["files"][f"{stem}.map.png"] = encode_map(saliency)
+        return f"{stem}.map.png"
 
 
 def summary_lines(results: Results, methods: int, out) -> list[str]:

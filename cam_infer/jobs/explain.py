@@ -37,7 +37,8 @@ class Results:
             lines.append(f"skipped {len(self.skipped)} file(s) that are not images: " + ", ".join(self.skipped[:5])
                          + (", ..." if len(self.skipped) > 5 else "") + f" (all listed in {self.path})")
         images = len({r["image"] for r in self.records})
-        lines.append(f"{len(self.records)} overlays ({images} images x {methods} methods) in {out}; "
+        kind = "maps" if self.settings.get("overlays") == "none" else "overlays"
+        lines.append(f"{len(self.records)} {kind} ({images} images x {methods} methods) in {out}; "
                      f"results in {self.path}")
         return lines
 
@@ -46,14 +47,19 @@ class Results:
                                                 "errors": self.errors, "skipped": self.skipped}, indent=1))
 
 
+def picture_of(row: dict) -> str:
+    """The file a record's picture is in: its overlay, or its map when the run wrote maps alone."""
+    return row["overlay"] if "overlay" in row else row["map"]
+
+
 def explain_job(paths, out, settings: dict, methods, work, runner, *, batch_size: int = 1, restart: bool = False,
                 progress: bool | None = None, report=None, cost=None) -> Results:
-    """Explain the images of `paths` with `work` (a task's: a batch → its records and overlay PNGs); every
-    record names its "overlay", and a record whose overlay is gone is redone. `report(cost())` before a run
-    with work to do."""
+    """Explain the images of `paths` with `work` (a task's: a batch → its records and pictures); every
+    record names its "overlay" (or its "map"), and a record whose picture is gone is redone. `report(cost())`
+    before a run with work to do."""
     settings = json.loads(json.dumps(settings))
     job = Job("explain", "results of a run", settings, tuple(methods), work,
               write=lambda run, final: Results.of(run, settings).save(), batch_size=batch_size, per_method=True,
-              keep=lambda out, row: (out / row["overlay"]).is_file(), cost=cost)
+              keep=lambda out, row: (out / picture_of(row)).is_file(), cost=cost)
     run = run_job(job, paths, out, runner, restart=restart, progress=progress, report=report)
     return Results.of(run, settings)

@@ -18,7 +18,7 @@ the driver had written.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 from ..backends.sessions import leave_the_cores_to_the_runtime
@@ -26,6 +26,7 @@ from ..errors import CamInferError
 from .processes import cores
 
 
+STAGES = 3                # batches an in-process run has in flight: one decoded, one in the runtime, one encoded
 OPEN_AT_MOST = 2          # explainers a process keeps open: a worker serves one run's spec, a driver one at a time
 
 
@@ -79,16 +80,45 @@ _OPENED: OrderedDict = OrderedDict()
 
 
 class InProcess:
-    """Every item in this process, one after the other."""
+    """Every item in this process, `stages` at a time in threads: while one batch runs in the runtime, the next
+    is decoded and preprocessed and the last one's pictures are encoded (OpenCV and the runtimes release the
+    GIL; the explainer is safe from several threads). Results come back in input order, at most `stages`
+    items in flight; ``stages=1`` runs them one after the other."""
 
-    workers, threads = 1, None
+    workers, threads, stages = 1, None, STAGES
+
+    def __init__(self, stages: int = STAGES):
+        self.stages = stages
 
     def map(self, work, items):
-        for item in items:
-            yield work(item)
+        if self.stages <= 1:
+            for item in items:
+                yield work(item)
+            return
+        yield from ordered_threads(work, items, self.stages)
 
     def describe(self) -> str:
-        return "this process"
+        return "this process" + (f", {self.stages} batches in flight" if self.stages > 1 else "")
+
+
+def ordered_threads(work, items, threads: int):
+    """`work` over `items` in `threads` threads, results in input order, at most `threads` items in flight
+    (the iterator is read only as results are taken: memory stays bounded whatever the number of items)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="cam-infer")
+    pending: deque = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(work, item))
+            if len(pending) >= threads:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
+        pool.shutdown(wait=True)
 
 
 def make_runner(workers=None, ray: str | None = None, threads: int | None = None):
