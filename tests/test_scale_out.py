@@ -22,6 +22,7 @@ import pytest
 from conftest import ROOT
 from helpers import assert_one_line_error, run_cli, without_progress
 
+from cam_infer.jobs.journal import JOURNAL
 from cam_infer.tools.synthetic import write_scenes
 
 SHAPES = ROOT / "cam_infer" / "data" / "shapes"
@@ -88,9 +89,9 @@ def test_a_killed_worker_process_stops_the_run_in_one_line_and_the_rerun_complet
                                env=dict(os.environ, PYTHONPATH=str(ROOT)))
     deadline, killed = time.time() + 120, None
     while time.time() < deadline and process.poll() is None and killed is None:
-        csv = out / "metrics.csv"
+        journal = out / JOURNAL                           # the settings, then one line per batch done
         workers = spawned_workers(process.pid)
-        if csv.exists() and csv.read_text().count("\n") >= 1 + 2 * 3 and workers:
+        if journal.exists() and journal.read_text().count("\n") >= 2 and workers:
             killed = workers[0]
             os.kill(killed, signal.SIGKILL)
         time.sleep(0.02)
