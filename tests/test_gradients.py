@@ -433,8 +433,8 @@ def test_explain_cli_runs_gradient_methods_on_a_bundle(tmp_path):
     result = run_cli("explain", str(embedded_bundle_path()), str(tmp_path / "s0.png"), str(tmp_path / "s1.png"),
                      "--method", "gradcam,layercam,recipro", "--backend", "openvino", "--out", str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == sorted(
-        f"s{i}_{m}.png" for i in range(2) for m in ("gradcam", "layercam", "recipro"))
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.jpg")) == sorted(
+        f"s{i}_{m}.jpg" for i in range(2) for m in ("gradcam", "layercam", "recipro"))
 
 
 def test_a_final_softmax_is_left_out_even_behind_a_reshape():
