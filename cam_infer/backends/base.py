@@ -44,12 +44,12 @@ class Backend(ABC):
         if self.joins:
             return self.observe(x)[0]
         x = self._checked(x, self.bundle.input_shape, "input images")
-        return self._chunked("features", x)[0].reshape(len(x), *self.bundle.activation_shape)
+        return self._chunked("features", x)[0].reshape(len(x), *self.bundle.cut_shape)
 
     def head(self, a: np.ndarray) -> np.ndarray:
         """Activations (N,K,h,w) float32 → class scores (N,C) float32 (logits or probabilities); a detector's
         (N, 4+C, anchors)."""
-        a = self._checked(a, self.bundle.activation_shape, "activations")
+        a = self._checked(a, self.bundle.cut_shape, "activations")
         return self._chunked("head", a)[0].reshape(len(a), *self.bundle.output_shape)
 
     def branch(self, level: int, crops: np.ndarray) -> np.ndarray:
@@ -67,7 +67,7 @@ class Backend(ABC):
             return a, self.head(a)
         *parts, outputs = self._chunked("joined", x)
         a = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)     # a detector's cut maps, packed
-        return (a.reshape(len(x), *self.bundle.activation_shape),
+        return (a.reshape(len(x), *self.bundle.cut_shape),
                 outputs.reshape(len(x), *self.bundle.output_shape))
 
     def forward(self, x: np.ndarray) -> np.ndarray:

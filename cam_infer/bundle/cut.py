@@ -56,7 +56,7 @@ def _adapt_activation(graph: Graph, features: onnx.ModelProto, head: onnx.ModelP
     """Give the methods a float NCHW activation: DequantizeLinear (and a Transpose for NHWC maps) at the end
     of `features`; the inverse at the start of `head`, which then reads exactly what the model had."""
     quant, tensor = target.quantization, target.tensor
-    if quant is None and target.layout == "NCHW":
+    if quant is None and target.layout != "NHWC":      # NCHW maps and tokens (seen as a grid by the backends)
         return
     name = activation_name(target)
     constants = [graph.initializers[c] for c in (quant.scale, quant.zero_point) if quant and c in graph.initializers]

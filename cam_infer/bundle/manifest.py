@@ -167,6 +167,21 @@ class Bundle:
         return tuple(self.manifest["activation"]["shape"])
 
     @property
+    def tokens(self):
+        """How a transformer's cut tokens are seen as the grid `activation_shape` (`tokens.TokenLayout`), or None."""
+        record = self.manifest["activation"].get("tokens")
+        if record is None:
+            return None
+        from .tokens import TokenLayout
+        return TokenLayout.from_dict(record)
+
+    @property
+    def cut_shape(self) -> tuple[int, ...]:
+        """The cut tensor for one image as the graphs hold it: tokens (T,D) or (h,w,D), else `activation_shape`."""
+        record = self.manifest["activation"].get("tokens")
+        return tuple(record["shape"]) if record else self.activation_shape
+
+    @property
     def task(self) -> str:
         """``classification`` or ``detection`` (a cut set before a YOLO-style head, `cam_infer.detection`)."""
         return self.manifest.get("task", "classification")

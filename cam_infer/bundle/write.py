@@ -67,8 +67,10 @@ def manifest_for(graph, target, prep, features, head, batch_mode, verification, 
         "preprocessing": prep.to_dict(),
         "target_layer": {"requested": target.requested, "matched_by": target.matched_by, "module": target.module,
                          "tensor": target.tensor, "layout": target.layout},
-        "activation": {"name": activation_name(target), "shape": _nchw_shape(graph, target.tensor, target.layout),
-                       "dtype": "float32", "quantization": _quantization_record(graph, target)},
+        "activation": {"name": activation_name(target), "shape": _nchw_shape(graph, target.tensor, target.layout)
+                       if target.tokens is None else list(target.tokens.grid_shape),
+                       "dtype": "float32", "quantization": _quantization_record(graph, target),
+                       **({"tokens": tokens_record(graph, target)} if target.tokens else {})},
         "output": {"name": scores.tensor, "kind": scores.kind, "num_classes": int(num_classes),
                    "model_output": scores.source, "left_out": list(scores.trimmed), "model_output_step": scores.step},
         "labels": labels,
@@ -81,6 +83,12 @@ def manifest_for(graph, target, prep, features, head, batch_mode, verification, 
         "verification": verification,
         "provenance": provenance_record(source, graph.model, **({"checker": note} if note else {}), **provenance),
     }
+
+
+def tokens_record(graph: Graph, target: TargetLayer) -> dict:
+    """How the cut's tokens are a grid, and the attention probabilities (Softmax outputs) of every block, in order."""
+    from .tokens import token_stream
+    return {**target.tokens.to_dict(), "attention": list(token_stream(graph).attention)}
 
 
 def graphs_record(features: onnx.ModelProto, head: onnx.ModelProto) -> dict:
