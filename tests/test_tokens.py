@@ -75,3 +75,156 @@ def test_the_last_block_output_of_a_class_token_head_is_refused(tiny_vits, tmp_p
 def test_an_earlier_block_input_is_a_valid_cut(tiny_vits, tmp_path):
     bundle = split_onnx(tiny_vits["vit"], "blocks.0", tmp_path / "b")
     assert bundle.manifest["verification"]["passed"] and bundle.tokens.grid == (8, 8)
+
+
+# --- every method on the patch grid ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def vit_explainers(vit_bundles):
+    from cam_infer import Explainer
+    return {(name, rt): Explainer(bundle.path, backend=rt) for name, bundle in vit_bundles.items()
+            for rt in ("onnxruntime", "openvino")}
+
+
+def images_for(bundle, n=2):
+    _, h, w = bundle.input_shape
+    return [(np.random.default_rng(i).random((h, w, 3)) * 255).astype(np.uint8) for i in range(n)]
+
+
+GRADIENT_FREE = ["activation", "eigen", "entropy", "ablation", "recipro", "score", "is-cam", "ss-cam"]
+
+
+@pytest.mark.parametrize("name", ["vit", "deit", "swin"])
+def test_every_gradient_free_method_runs_on_tokens_and_both_runtimes_agree(vit_bundles, vit_explainers, name):
+    images = images_for(vit_bundles[name])
+    for method in GRADIENT_FREE + (["rollout"] if name != "swin" else []):
+        options = {"samples": 2} if method in ("is-cam", "ss-cam") else {}
+        got = [vit_explainers[name, rt].explain(images, method=method, **options).maps for rt in ("onnxruntime",
+                                                                                                  "openvino")]
+        assert got[0].shape == (2, *vit_bundles[name].tokens.grid), method
+        np.testing.assert_allclose(got[0], got[1], rtol=1e-3, atol=1e-4 * np.abs(got[0]).max(), err_msg=method)
+
+
+@pytest.mark.parametrize("name", ["vit", "deit"])
+def test_recipro_and_ablation_put_the_grid_back_into_tokens_with_the_prefix_kept(vit_bundles, vit_explainers, name):
+    """Against the torch model's own last block and head on masked / ablated tokens (prefix tokens as they were)."""
+    from tiny_transformers import build_tiny, tail_logits
+    bundle, ex = vit_bundles[name], vit_explainers[name, "onnxruntime"]
+    images = images_for(bundle, 1)
+    tokens, _ = ex.backend.observe(bundle.preprocess(images))
+    p, (h, w), d = bundle.tokens.prefix, bundle.tokens.grid, bundle.tokens.dim
+    model = build_tiny(name)
+    clean = tail_logits(model, tokens).numpy()[0]
+    c = int(clean.argmax())
+    onehot = np.zeros((h * w, *tokens.shape[1:]), np.float32)
+    for q in range(h * w):
+        onehot[q, :p] = tokens[0, :p]
+        onehot[q, p + q] = tokens[0, p + q]
+    expected = tail_logits(model, onehot).numpy()[:, c].reshape(h, w)
+    got = ex.explain(images, method="recipro", score="logit").maps[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    ablated = np.repeat(tokens, d, axis=0)
+    ablated[np.arange(d), p:, np.arange(d)] = 0.0
+    weights = (clean[c] - tail_logits(model, ablated).numpy()[:, c]) / abs(clean[c])
+    grid = tokens[0, p:].reshape(h, w, d)
+    np.testing.assert_allclose(ex.explain(images, method="ablation").maps[0], grid @ weights, rtol=1e-3, atol=1e-4)
+
+
+def test_cam_is_refused_on_a_transformer_head(vit_explainers, vit_bundles):
+    with pytest.raises(CamInferError, match="a transformer's head"):
+        vit_explainers["vit", "onnxruntime"].explain(images_for(vit_bundles["vit"]), method="cam")
+
+
+# --- attention rollout ----------------------------------------------------------------------------------------
+
+def softmax_outputs_of_the_unsplit_model(path, x):
+    """Every Softmax output of the original model, read by ONNX Runtime: the attention, found independently."""
+    model = onnx.load(path)
+    names = [n.output[0] for n in model.graph.node if n.op_type == "Softmax"]
+    model.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names)
+    session = ort.InferenceSession(model.SerializeToString())
+    return session.run(names, {session.get_inputs()[0].name: x})
+
+
+def rollout_twin(attentions, head_fusion, discard_ratio, renormalise, prefix):
+    """jacobgil/vit-explain's vit_rollout.rollout, image by image, in plain NumPy."""
+    maps = []
+    for i in range(len(attentions[0])):
+        t = attentions[0].shape[-1]
+        result = np.eye(t)
+        for attention in attentions:
+            fused = getattr(attention[i].astype(np.float64), head_fusion)(axis=0)
+            flat = fused.reshape(-1)
+            indices = np.argsort(flat, kind="stable")[:int(flat.size * discard_ratio)]
+            flat[indices[indices != 0]] = 0
+            a = (fused + np.eye(t)) / 2
+            a = a / (a.sum(axis=-1, keepdims=True) if renormalise == "rows" else a.sum(axis=-1))
+            result = a @ result
+        maps.append(result[0, prefix:])
+    return np.array(maps)
+
+
+@pytest.mark.parametrize("name, options", [("vit", {}), ("deit", {"head_fusion": "max", "discard_ratio": 0.5}),
+                                           ("vit", {"head_fusion": "min", "discard_ratio": 0.0,
+                                                    "renormalise": "reference"})])
+def test_rollout_equals_a_numpy_twin_on_the_unsplit_models_attention(tiny_vits, vit_bundles, vit_explainers, name,
+                                                                     options):
+    bundle = vit_bundles[name]
+    images = images_for(bundle, 3)
+    x = bundle.preprocess(images)
+    full = {"head_fusion": "mean", "discard_ratio": 0.9, "renormalise": "rows", **options}
+    expected = rollout_twin(softmax_outputs_of_the_unsplit_model(tiny_vits[name], x), prefix=bundle.tokens.prefix,
+                            **full)
+    for rt in ("onnxruntime", "openvino"):
+        got = vit_explainers[name, rt].explain(images, method="rollout", **options).maps
+        np.testing.assert_allclose(got.reshape(3, -1), expected, rtol=1e-4, atol=1e-7)
+
+
+def test_rollout_is_class_agnostic_and_refused_without_a_class_token(vit_explainers, vit_bundles):
+    from cam_infer.errors import ClassAgnosticWarning
+    with pytest.warns(ClassAgnosticWarning):
+        explanation = vit_explainers["vit", "onnxruntime"].explain(images_for(vit_bundles["vit"]), method="rollout",
+                                                                    target=1)
+    assert explanation.class_agnostic
+    with pytest.raises(CamInferError, match="no class token"):
+        vit_explainers["swin", "onnxruntime"].explain(images_for(vit_bundles["swin"]), method="rollout")
+
+
+def test_rollout_on_a_cnn_is_one_line(tiny_bundle):
+    from cam_infer import Explainer
+    with pytest.raises(CamInferError, match="no attention blocks"):
+        Explainer(tiny_bundle.path).explain([np.zeros((64, 64, 3), np.uint8)], method="rollout")
+
+
+def test_a_token_count_that_is_no_prefix_plus_grid_is_refused(tmp_path):
+    from tiny_transformers import ViT, export
+    export(ViT(prefix=20), str(tmp_path / "registers.onnx"), (64, 64))
+    with pytest.raises(CamInferError, match=r"holds 84 tokens, which is not prefix tokens .* 8x8 patches"):
+        split_onnx(tmp_path / "registers.onnx", "auto", tmp_path / "b")
+
+
+# --- explain and audit on a ViT bundle, as on a CNN -------------------------------------------------------------
+
+def test_explain_and_audit_run_on_a_vit_bundle_from_the_command_line(tiny_vits, tmp_path):
+    import json
+
+    from helpers import run_cli
+
+    from cam_infer.tools.synthetic import CLASSES, write_scenes
+    folder = write_scenes(tmp_path / "scenes", "large", 3, seed=1)
+    bundle = split_onnx(tiny_vits["deit"], "auto", tmp_path / "deit", labels=[*CLASSES, "none"]).path
+    result = run_cli("explain", bundle, folder, "--method", "rollout,recipro", "--out", tmp_path / "maps")
+    assert result.returncode == 0, result.stderr
+    records = json.loads((tmp_path / "maps" / "results.json").read_text())
+    assert "rollout" in json.dumps(records) and "recipro" in json.dumps(records)
+    result = run_cli("audit", bundle, folder, "--boxes", folder / "boxes.json", "--methods", "rollout,eigen",
+                     "--metrics", "pointing", "--out", tmp_path / "audit", "--backend", "openvino")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "audit" / "summary.json").read_text())
+    assert set(summary["methods"]) == {"rollout", "eigen"}
+
+
+def test_a_layer_inside_a_block_is_one_line_on_the_command_line(tiny_vits, tmp_path):
+    from helpers import assert_one_line_error, run_cli
+    assert_one_line_error(run_cli("split", tiny_vits["vit"], "--layer", "blocks.2.mlp", "--out", tmp_path / "b"),
+                          "inside transformer block 2 of 3")

@@ -64,8 +64,19 @@ MODELS = {"vit": (lambda: ViT(), (64, 64)), "deit": (lambda: ViT(size=(48, 80), 
           "swin": (lambda: SwinLike(), (64, 64))}
 
 
-def export_tiny(name: str, path, dynamo: bool = False):
+def build_tiny(name: str) -> nn.Module:
+    """The same weights every time (seeded), in eval mode."""
     torch.manual_seed(0)
-    build, size = MODELS[name]
-    export(build(), str(path), size, dynamo=dynamo)
+    return MODELS[name][0]().eval()
+
+
+def export_tiny(name: str, path, dynamo: bool = False):
+    export(build_tiny(name), str(path), MODELS[name][1], dynamo=dynamo)
     return path
+
+
+def tail_logits(model: ViT, tokens) -> "torch.Tensor":
+    """The model from its last block's input on: tokens (R,T,D) → logits (R,C)."""
+    with torch.no_grad():
+        t = model.norm(model.blocks[-1](torch.as_tensor(tokens)))
+        return model.head(t[:, 0] if model.prefix == 1 else t[:, :2].mean(1))

@@ -69,6 +69,8 @@ class OpenVINOBackend(Backend):
                                 f"{str(exc).strip().splitlines()[0][:300]}") from None
 
     def _model(self, role: str):
+        if role.startswith("attention-"):                  # attention-<head fusion>
+            return openvino_model(self.bundle.attention_model(role.split("-")[1]))
         if role != "joined":
             return openvino_model(self.bundle.graph_path(role))
         if self._joined is None:

@@ -148,7 +148,8 @@ def _check_not_in_block(graph: Graph, stream: TokenStream, target: TargetLayer) 
         nearest = block.input if block.input in stream.valid else stream.last_block_input
         raise CamInferError(f"layer '{target.requested}' is inside transformer block {index} of {len(stream.blocks)} "
                             f"(the residual stream bypasses it, so it is no cut point); nearest valid layer: "
-                            f"'{display_name(graph, nearest)}' (tensor '{nearest}', the block's input), or --layer auto")
+                            f"'{display_name(graph, nearest)}' (tensor '{nearest}', the block's input), "
+                            "or --layer auto")
     if target.tensor == last and last not in stream.valid:
         raise CamInferError(f"layer '{target.requested}' is the last block's output, where the head reads only the "
                             "prefix (class) tokens: the patch tokens are not connected to the scores; use the last "

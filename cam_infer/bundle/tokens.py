@@ -233,6 +233,26 @@ def _slices_prefix(consts) -> bool:
     return list(axes) == [1] and starts[0] == 0 and 0 < ends[0] <= MAX_PREFIX
 
 
+def with_attention(joined, attention: list[str], head_fusion: str = "mean"):
+    """A bundle's joined model (outputs: the cut, then the scores) with the attention probabilities of every block,
+    fused over the heads in the graph (ReduceMean, ReduceMax or ReduceMin: an H-times smaller output to copy), as
+    outputs between them: one pass gives the cut, the attention and the scores."""
+    from onnx import TensorProto, helper
+
+    from ..fuse.builder import Builder
+    opset = next((o.version for o in joined.opset_import if o.domain in ("", "ai.onnx")), 13)
+    b = Builder(opset, scope="attention")
+    reduce = {"mean": "ReduceMean", "max": "ReduceMax", "min": "ReduceMin"}[head_fusion]
+    fused = [b.reduce(reduce, a, [1], keepdims=False, hint="heads") for a in attention]
+    joined.graph.node.extend(b.nodes)
+    joined.graph.initializer.extend(b.initializers)
+    outputs = list(joined.graph.output)
+    del joined.graph.output[:]
+    joined.graph.output.extend([outputs[0], *(helper.make_tensor_value_info(f, TensorProto.FLOAT, None)
+                                              for f in fused), *outputs[1:]])
+    return joined
+
+
 def patch_grid(graph: Graph, first_block_input: str) -> tuple[int, int] | None:
     """(h, w) of the patch embedding: the last rank-4 convolution output the first block is computed from."""
     before = graph.ancestors(first_block_input)

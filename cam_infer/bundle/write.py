@@ -88,7 +88,9 @@ def manifest_for(graph, target, prep, features, head, batch_mode, verification, 
 def tokens_record(graph: Graph, target: TargetLayer) -> dict:
     """How the cut's tokens are a grid, and the attention probabilities (Softmax outputs) of every block, in order."""
     from .tokens import token_stream
-    return {**target.tokens.to_dict(), "attention": list(token_stream(graph).attention)}
+    attention = token_stream(graph).attention
+    return {**target.tokens.to_dict(), "attention": list(attention),
+            "attention_shapes": [list(graph.info(a).shape[1:]) if graph.info(a).shape else None for a in attention]}
 
 
 def graphs_record(features: onnx.ModelProto, head: onnx.ModelProto) -> dict:
