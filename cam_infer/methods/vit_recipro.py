@@ -1,0 +1,157 @@
+"""ViT Recipro-CAM — Byun & Lee, "ViT-ReciproCAM: Gradient and Attention-Free Visual Explanations for Vision
+Transformer", arXiv 2310.02588; as openvino-xai 1.1.0's ``ViTReciproCAM`` computes it (its defaults are ours).
+
+With x (T,D) the residual stream at the input of block L (P prefix tokens, then the h·w patch grid) and n = LN₁(x)
+the output of that block's first LayerNorm, copy k = (i, j) of the mosaic keeps the prefix tokens and, on the grid,
+
+    x̃_k[p] = g(p − k) · x[p],   ñ_k[p] = g(p − k) · n[p],   g = [[1,2,1],[2,4,2],[1,2,1]]/16 on the 3×3
+    neighbourhood of k (``kernel="gaussian3"``, openvino-xai's ``use_gaussian``) or 1 at k (``"onehot"``), 0 elsewhere,
+
+both tensors replaced in the model (x̃ feeds the residual, ñ the attention branch), and S_c(i, j) = logit_c of the
+rest of the model on copy k (``cls_token=False``: the prefix tokens zeroed too).
+
+Exact and cheap (``reduced=True``): the zeroed tokens of a copy are all the same vector, and stay equal to each
+other through every per-token op (norms, MLP, projections) and through attention (their queries are equal, so are
+their rows). So a copy needs only the P prefix tokens, the ≤ 9 kernel tokens and ONE zero token standing for the m
+others, its key logits raised by log m in every attention Softmax (m equal keys weigh m·e^s = e^(s + log m)); a
+class-token head reads only the prefix rows. P + 10 tokens instead of P + h·w per copy; the head graph is opened for
+it by `bundle.reduced_tail`. ``reduced=False`` runs the h·w full copies, as openvino-xai does (the reference).
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Literal
+
+import numpy as np
+
+from ..cost import Passes
+from ..errors import CamInferError
+from .recipro import KERNELS
+from .registry import Context, method
+
+CHUNK_TOKENS = 1 << 16            # tokens per tail run: bounds the memory of full copies
+
+
+def passes(shape, options: dict, linear_head: bool) -> Passes:
+    """h·w copies through the head (each of P + 10 tokens when reduced)."""
+    _, h, w = shape
+    return Passes(head=h * w)
+
+
+@method("vit-recipro", needs="head", cost="1 feature pass + h·w copies of the last block(s) on ≤ P+10 tokens each",
+        bench={"vit-recipro": {}, "vit-recipro (h·w full copies)": {"reduced": False}}, passes=passes, in_all=False)
+def vit_recipro(ctx: Context, *, kernel: Literal["gaussian3", "onehot"] = "gaussian3", cls_token: bool = True,
+                score: Literal["logit", "prob"] = "logit", reduced: bool = True) -> np.ndarray:
+    """logit_c of the model's tail on the h·w mosaic copies of the stream and of the block's first LayerNorm"""
+    tokens = ctx.bundle.tokens
+    if tokens is None:
+        raise CamInferError("method 'vit-recipro' explains vision transformers (split at a block); this bundle is no "
+                            "token model: use recipro")
+    if tokens.layout != "tokens" or tokens.prefix == 0:
+        raise CamInferError("method 'vit-recipro' keeps a ViT's class token in every copy (as openvino-xai does); this "
+                            "model has no prefix tokens (a Swin-style grid): use recipro")
+    if score == "logit" and ctx.bundle.output_kind == "probabilities":
+        raise CamInferError("score='logit' needs a model that outputs logits; this one ends in a softmax")
+    tail = _tail(ctx)
+    d, h, w = ctx.activations.shape[1:]
+    weights = KERNELS[kernel]
+    maps = np.empty((len(ctx.activations), h, w), np.float32)
+    for i, grid in enumerate(ctx.activations):
+        x = tokens.join(grid[None], ctx.prefix[i])[0]                          # (T,D)
+        n = tail.layer_norm(x)
+        keep = 1.0 if cls_token else 0.0
+        copies = reduced_copies if reduced else full_copies
+        rows = [tail.run(*part) for part in _chunks(copies(x, n, tokens.prefix, (h, w), weights, keep))]
+        maps[i] = ctx.class_scores(np.concatenate(rows), i, score).reshape(h, w)
+    return maps
+
+
+def full_copies(x, n, prefix: int, grid: tuple[int, int], kernel: np.ndarray, keep: float):
+    """The h·w mosaic copies (hw,T,D) of x and n, as openvino-xai builds them, and a zero key bias."""
+    h, w = grid
+    mask = kernel_masks(grid, kernel)                                          # (hw, hw): copy k, token p
+    xs = np.concatenate([np.broadcast_to(x[:prefix] * keep, (h * w, prefix, x.shape[1])),
+                         mask[:, :, None] * x[None, prefix:]], axis=1).astype(np.float32)
+    ns = np.concatenate([np.broadcast_to(n[:prefix] * keep, (h * w, prefix, n.shape[1])),
+                         mask[:, :, None] * n[None, prefix:]], axis=1).astype(np.float32)
+    return xs, ns, np.zeros(xs.shape[:2], np.float32)
+
+
+def reduced_copies(x, n, prefix: int, grid: tuple[int, int], kernel: np.ndarray, keep: float):
+    """Each copy as P prefix tokens, one token per kernel cell (weighted; −∞ key bias off the grid) and one zero
+    token with key bias log(number of zeroed tokens)."""
+    h, w = grid
+    r = kernel.shape[0] // 2
+    dy, dx = np.meshgrid(np.arange(-r, r + 1), np.arange(-r, r + 1), indexing="ij")
+    ys = np.arange(h)[:, None, None] + dy.ravel()                              # (h,1,K) → (h,w,K) below
+    xs = np.arange(w)[None, :, None] + dx.ravel()
+    ys, xs = np.broadcast_arrays(ys, xs)
+    inside = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)                       # (h,w,K)
+    index = prefix + np.clip(ys, 0, h - 1) * w + np.clip(xs, 0, w - 1)
+    weight = (kernel.ravel() * inside).reshape(h * w, -1, 1).astype(np.float32)
+    index = index.reshape(h * w, -1)
+    zeroed = h * w - inside.reshape(h * w, -1).sum(axis=1)
+    with np.errstate(divide="ignore"):
+        bias = np.concatenate([np.zeros((h * w, prefix)), np.where(inside.reshape(h * w, -1), 0.0, -np.inf),
+                               np.log(zeroed)[:, None]], axis=1).astype(np.float32)
+
+    def copies(t):
+        head = np.broadcast_to(t[:prefix] * keep, (h * w, prefix, t.shape[1]))
+        return np.concatenate([head, t[index] * weight, np.zeros((h * w, 1, t.shape[1]))], axis=1).astype(np.float32)
+
+    return copies(x), copies(n), bias
+
+
+def kernel_masks(grid: tuple[int, int], kernel: np.ndarray) -> np.ndarray:
+    """(hw, hw): the weight of patch token p in mosaic copy k (the kernel centred at k, cut at the border)."""
+    h, w = grid
+    r = kernel.shape[0] // 2
+    padded = np.zeros((h * w, h + 2 * r, w + 2 * r), np.float32)
+    for k in range(h * w):
+        i, j = divmod(k, w)
+        padded[k, i:i + 2 * r + 1, j:j + 2 * r + 1] = kernel
+    return padded[:, r:r + h, r:r + w].reshape(h * w, h * w)
+
+
+def _chunks(copies):
+    xs, ns, bias = copies
+    step = max(1, CHUNK_TOKENS // xs.shape[1])
+    for s in range(0, len(xs), step):
+        yield xs[s:s + step], ns[s:s + step], bias[s:s + step]
+
+
+class Tail:
+    """The reduced tail graph (`bundle.reduced_tail`) compiled on the backend's runtime, at its precision."""
+
+    def __init__(self, backend, bundle):
+        from ..bundle.graph import load_onnx
+        from ..bundle.reduced_tail import reduced_tail
+        if bundle.graph_format != "onnx":
+            raise CamInferError("method 'vit-recipro' reads the head as ONNX; this bundle holds OpenVINO IR")
+        model, self.layer_norm = reduced_tail(load_onnx(bundle.head_path), bundle.tokens.shape[0])
+        self.backend_name = backend.name
+        if backend.name == "openvino":
+            from ..backends.sessions import openvino_compiled
+            self._compiled = openvino_compiled(model, backend.runtime)
+        else:
+            from ..backends.sessions import onnxruntime_session
+            self._session = onnxruntime_session(model.SerializeToString(), backend.runtime)
+            self._names = [i.name for i in self._session.get_inputs()]
+
+    def run(self, x: np.ndarray, n: np.ndarray, bias: np.ndarray) -> np.ndarray:
+        """Scores (R,C) of the tail on tokens x, norm outputs n (R,T',D) and key bias (R,T')."""
+        x, n, bias = (np.ascontiguousarray(a, np.float32) for a in (x, n, bias))
+        if self.backend_name == "openvino":
+            return np.array(self._compiled({0: x, 1: n, 2: bias})[0], np.float32).reshape(len(x), -1)
+        return self._session.run(None, dict(zip(self._names, (x, n, bias))))[0].reshape(len(x), -1)
+
+
+_TAILS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _tail(ctx: Context) -> Tail:
+    """One reduced tail per backend, built on first use."""
+    if ctx.backend not in _TAILS:
+        _TAILS[ctx.backend] = Tail(ctx.backend, ctx.bundle)
+    return _TAILS[ctx.backend]
