@@ -109,3 +109,16 @@ def test_a_model_without_a_class_token_is_refused_in_one_line(tiny_models, expla
 def test_a_cnn_is_refused_in_one_line(tiny_bundle):
     with pytest.raises(CamInferError, match="no token model"):
         Explainer(tiny_bundle.path).explain([np.zeros((64, 64, 3), np.uint8)], method="vit-recipro")
+
+
+def test_a_cut_before_two_blocks_keeps_every_token_through_the_tail(tiny_models, tmp_path):
+    """Cut at an earlier block, the second block needs every token: the prefix-only tail is refused by its check at
+    the clean tokens, and the reduced copies still equal the full copies (log-multiplicity bias in both blocks)."""
+    from cam_infer.methods.vit_recipro import _TAILS
+    bundle = split_onnx(tiny_models["vit"][0], "blocks.0", tmp_path / "b")           # blocks 1 and 2 after it
+    explainer = Explainer(bundle.path, backend="onnxruntime")
+    x = inputs_for(bundle)
+    reduced = explainer.explain(x, method="vit-recipro", target=2).maps
+    full = explainer.explain(x, method="vit-recipro", target=2, reduced=False).maps
+    np.testing.assert_allclose(reduced, full, rtol=1e-4, atol=2e-6 * np.abs(full).max())
+    assert _TAILS[explainer.backend]["prefix"] is _TAILS[explainer.backend]["whole"]

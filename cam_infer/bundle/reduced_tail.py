@@ -5,7 +5,9 @@ graph with
 - the output of the first block's first LayerNormalization replaced by an input ``mosaic_norm`` (N,T',D): the
   mosaic copies replace that tensor too, not only the stream;
 - an input ``key_bias`` (N,T') added to the logits of every attention Softmax, broadcast over heads and queries;
-- the token count free: Reshape shapes that spell T on the token axis copy it from their input instead (0).
+- the token count free: Reshape shapes that spell T on the token axis copy it from their input instead (0);
+- optionally (``prefix``), only the first tokens kept after the block's attention residual: when the model reads
+  nothing but its prefix (class) tokens after a single block, the other tokens' MLP rows are never needed.
 
 With key_bias = 0 and T' = T it computes exactly the head; with fewer tokens standing for repeated ones, key_bias =
 log(multiplicity) gives each query the attention it had over all the copies.
@@ -39,8 +41,9 @@ class LayerNorm:
         return ((x - mean) / np.sqrt(var + self.epsilon) * self.scale + self.bias).astype(np.float32)
 
 
-def reduced_tail(head: onnx.ModelProto, tokens: int) -> tuple[onnx.ModelProto, LayerNorm]:
-    """The head with inputs (x, mosaic_norm, key_bias) and a free token count, and the LayerNorm it no longer runs."""
+def reduced_tail(head: onnx.ModelProto, tokens: int, prefix: int = 0) -> tuple[onnx.ModelProto, LayerNorm]:
+    """The head with inputs (x, mosaic_norm, key_bias) and a free token count, and the LayerNorm it no longer runs;
+    with `prefix`, only that many tokens continue after the first residual Add."""
     model = onnx.ModelProto()
     model.CopyFrom(head)
     graph = model.graph
@@ -71,6 +74,8 @@ def reduced_tail(head: onnx.ModelProto, tokens: int) -> tuple[onnx.ModelProto, L
         graph.node.insert(position, helper.make_node("Add", [softmax.input[0], "key_bias_4d"], [biased]))
         softmax.input[0] = biased
     _free_token_count(graph, tokens)
+    if prefix:
+        _keep_prefix_after_attention(graph, x, prefix)
     del graph.value_info[:]
     return model, layer_norm
 
@@ -112,6 +117,20 @@ def _check_last_axis(softmax: onnx.NodeProto) -> None:
     if axis not in (-1, 3):
         raise CamInferError(f"vit-recipro needs attention Softmax over the keys (last axis); '{softmax.name}' uses "
                             f"axis {axis}")
+
+
+def _keep_prefix_after_attention(graph: onnx.GraphProto, x: str, prefix: int) -> None:
+    """Slice the first residual sum x + attn(...) to its first `prefix` tokens for everything after it."""
+    add = next((n for n in graph.node if n.op_type == "Add" and x in n.input), None)
+    if add is None:
+        raise CamInferError("vit-recipro found no residual Add of the cut tokens in the head graph")
+    kept = f"{add.output[0]}_prefix"
+    _replace_uses(graph, add.output[0], kept)
+    graph.initializer.extend([numpy_helper.from_array(np.array([v], np.int64), f"prefix_slice_{name}")
+                              for name, v in (("start", 0), ("end", prefix), ("axis", 1))])
+    position = list(graph.node).index(add) + 1
+    graph.node.insert(position, helper.make_node("Slice", [add.output[0], "prefix_slice_start", "prefix_slice_end",
+                                                           "prefix_slice_axis"], [kept]))
 
 
 def _free_token_count(graph: onnx.GraphProto, tokens: int) -> None:

@@ -14,8 +14,9 @@ Exact and cheap (``reduced=True``): the zeroed tokens of a copy are all the same
 other through every per-token op (norms, MLP, projections) and through attention (their queries are equal, so are
 their rows). So a copy needs only the P prefix tokens, the ≤ 9 kernel tokens and ONE zero token standing for the m
 others, its key logits raised by log m in every attention Softmax (m equal keys weigh m·e^s = e^(s + log m)); a
-class-token head reads only the prefix rows. P + 10 tokens instead of P + h·w per copy; the head graph is opened for
-it by `bundle.reduced_tail`. ``reduced=False`` runs the h·w full copies, as openvino-xai does (the reference).
+class-token head reads only the prefix rows, so after a single block's attention residual only the P prefix tokens go
+on (kept when the head's outputs at the clean tokens say so: checked once per backend). P + 10 tokens instead of
+P + h·w per copy through attention, P through the MLP; the head graph is opened for it by `bundle.reduced_tail`. ``reduced=False`` runs the h·w full copies, as openvino-xai does (the reference).
 """
 
 from __future__ import annotations
@@ -53,12 +54,12 @@ def vit_recipro(ctx: Context, *, kernel: Literal["gaussian3", "onehot"] = "gauss
                             "model has no prefix tokens (a Swin-style grid): use recipro")
     if score == "logit" and ctx.bundle.output_kind == "probabilities":
         raise CamInferError("score='logit' needs a model that outputs logits; this one ends in a softmax")
-    tail = _tail(ctx)
     d, h, w = ctx.activations.shape[1:]
     weights = KERNELS[kernel]
     maps = np.empty((len(ctx.activations), h, w), np.float32)
     for i, grid in enumerate(ctx.activations):
         x = tokens.join(grid[None], ctx.prefix[i])[0]                          # (T,D)
+        tail = _tail(ctx, x, reduced)
         n = tail.layer_norm(x)
         keep = 1.0 if cls_token else 0.0
         copies = reduced_copies if reduced else full_copies
@@ -124,12 +125,12 @@ def _chunks(copies):
 class Tail:
     """The reduced tail graph (`bundle.reduced_tail`) compiled on the backend's runtime, at its precision."""
 
-    def __init__(self, backend, bundle):
+    def __init__(self, backend, bundle, prefix: int = 0):
         from ..bundle.graph import load_onnx
         from ..bundle.reduced_tail import reduced_tail
         if bundle.graph_format != "onnx":
             raise CamInferError("method 'vit-recipro' reads the head as ONNX; this bundle holds OpenVINO IR")
-        model, self.layer_norm = reduced_tail(load_onnx(bundle.head_path), bundle.tokens.shape[0])
+        model, self.layer_norm = reduced_tail(load_onnx(bundle.head_path), bundle.tokens.shape[0], prefix)
         self.backend_name = backend.name
         if backend.name == "openvino":
             from ..backends.sessions import openvino_compiled
@@ -146,12 +147,28 @@ class Tail:
             return np.array(self._compiled({0: x, 1: n, 2: bias})[0], np.float32).reshape(len(x), -1)
         return self._session.run(None, dict(zip(self._names, (x, n, bias))))[0].reshape(len(x), -1)
 
+    def is_the_head(self, backend, tokens: np.ndarray) -> bool:
+        """Whether this tail gives the head's scores on clean tokens (T,D) (to rounding: 10⁻³ of the largest score at
+        f32, 3·10⁻² at a lower precision)."""
+        x = tokens[None]
+        try:
+            got = self.run(x, self.layer_norm(x), np.zeros(x.shape[:2], np.float32))
+        except Exception:      # noqa: BLE001  tokens cut short do not fit a later block (each runtime its error)
+            return False
+        expected = backend.head(x)
+        tolerance = (1e-3 if backend.precision == "f32" else 3e-2) * max(1.0, float(np.abs(expected).max()))
+        return bool(np.abs(got - expected).max() <= tolerance)
+
 
 _TAILS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def _tail(ctx: Context) -> Tail:
-    """One reduced tail per backend, built on first use."""
-    if ctx.backend not in _TAILS:
-        _TAILS[ctx.backend] = Tail(ctx.backend, ctx.bundle)
-    return _TAILS[ctx.backend]
+def _tail(ctx: Context, tokens: np.ndarray, reduced: bool) -> Tail:
+    """The tail for this backend, built on first use: the prefix-only one (reduced copies) when its scores at the
+    clean tokens are the head's (a class-token head after the last block), else the whole one."""
+    tails = _TAILS.setdefault(ctx.backend, {})
+    if "whole" not in tails:
+        tails["whole"] = Tail(ctx.backend, ctx.bundle)
+        prefix_only = Tail(ctx.backend, ctx.bundle, ctx.bundle.tokens.prefix)
+        tails["prefix"] = prefix_only if prefix_only.is_the_head(ctx.backend, tokens) else tails["whole"]
+    return tails["prefix" if reduced else "whole"]
