@@ -208,7 +208,8 @@ def main() -> None:
            "xai ÷ ours (rounds) | xai ÷ ours batch 8 |\n|---|---:|---:|---:|---:|---:|---:|---:|")
     for precision in ("bf16", "f32"):
         against_xai(onnx_path, bundle, precision, args.xai_python, args.rounds, args.calls, report)
-    report("\n**Same maps**: raw logit maps of all 10 classes on two random inputs, ours against openvino-xai's (f32)\n")
+    report("\n**Same maps**: raw logit maps of all 10 classes on two random inputs, ours against openvino-xai's "
+           "(f32)\n")
     report("| ours | lowest correlation | largest difference | largest |value| |\n|---|---:|---:|---:|")
     report(same_maps(onnx_path, bundle, args.xai_python, work))
     load = os.getloadavg()

@@ -16,7 +16,8 @@ their rows). So a copy needs only the P prefix tokens, the ≤ 9 kernel tokens a
 others, its key logits raised by log m in every attention Softmax (m equal keys weigh m·e^s = e^(s + log m)); a
 class-token head reads only the prefix rows, so after a single block's attention residual only the P prefix tokens go
 on (kept when the head's outputs at the clean tokens say so: checked once per backend). P + 10 tokens instead of
-P + h·w per copy through attention, P through the MLP; the head graph is opened for it by `bundle.reduced_tail`. ``reduced=False`` runs the h·w full copies, as openvino-xai does (the reference).
+P + h·w per copy through attention, P through the MLP; the head graph is opened for it by `bundle.reduced_tail`.
+``reduced=False`` runs the h·w full copies, as openvino-xai does (the reference).
 """
 
 from __future__ import annotations
