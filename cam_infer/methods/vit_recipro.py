@@ -58,51 +58,44 @@ def vit_recipro(ctx: Context, *, kernel: Literal["gaussian3", "onehot"] = "gauss
     d, h, w = ctx.activations.shape[1:]
     weights = KERNELS[kernel]
     maps = np.empty((len(ctx.activations), h, w), np.float32)
+    plan = mosaic_plan(tokens.prefix, (h, w), weights, 1.0 if cls_token else 0.0, reduced)
     for i, grid in enumerate(ctx.activations):
         x = tokens.join(grid[None], ctx.prefix[i])[0]                          # (T,D)
         tail = _tail(ctx, x, reduced)
-        n = tail.layer_norm(x)
-        keep = 1.0 if cls_token else 0.0
-        copies = reduced_copies if reduced else full_copies
-        rows = [tail.run(*part) for part in _chunks(copies(x, n, tokens.prefix, (h, w), weights, keep))]
+        rows = [tail.run(*part) for part in _chunks(mosaic_copies(x, tail.layer_norm(x), plan))]
         maps[i] = ctx.class_scores(np.concatenate(rows), i, score).reshape(h, w)
     return maps
 
 
-def full_copies(x, n, prefix: int, grid: tuple[int, int], kernel: np.ndarray, keep: float):
-    """The h·w mosaic copies (hw,T,D) of x and n, as openvino-xai builds them, and a zero key bias."""
-    h, w = grid
-    mask = kernel_masks(grid, kernel)                                          # (hw, hw): copy k, token p
-    xs = np.concatenate([np.broadcast_to(x[:prefix] * keep, (h * w, prefix, x.shape[1])),
-                         mask[:, :, None] * x[None, prefix:]], axis=1).astype(np.float32)
-    ns = np.concatenate([np.broadcast_to(n[:prefix] * keep, (h * w, prefix, n.shape[1])),
-                         mask[:, :, None] * n[None, prefix:]], axis=1).astype(np.float32)
-    return xs, ns, np.zeros(xs.shape[:2], np.float32)
+def mosaic_plan(prefix: int, grid: tuple[int, int], kernel: np.ndarray, keep: float, reduced: bool):
+    """Copy k's tokens as a gather of the clean tokens: index (hw,S), weight (hw,S,1) and key bias (hw,S).
 
-
-def reduced_copies(x, n, prefix: int, grid: tuple[int, int], kernel: np.ndarray, keep: float):
-    """Each copy as P prefix tokens, one token per kernel cell (weighted; −∞ key bias off the grid) and one zero
-    token with key bias log(number of zeroed tokens)."""
+    Full copies (S = T): every token, the prefix weighted `keep`, patch p by the kernel centred at k (0 outside it).
+    Reduced (S = P + kernel cells + 1): the prefix, one token per kernel cell (−∞ key bias off the grid) and one
+    zero token with key bias log(number of zeroed tokens)."""
     h, w = grid
+    if not reduced:
+        index = np.broadcast_to(np.arange(prefix + h * w), (h * w, prefix + h * w))
+        weight = np.concatenate([np.full((h * w, prefix), keep, np.float32), kernel_masks(grid, kernel)], axis=1)
+        return index, weight[..., None], np.zeros(index.shape, np.float32)
     r = kernel.shape[0] // 2
     dy, dx = np.meshgrid(np.arange(-r, r + 1), np.arange(-r, r + 1), indexing="ij")
-    ys = np.arange(h)[:, None, None] + dy.ravel()                              # (h,1,K) → (h,w,K) below
-    xs = np.arange(w)[None, :, None] + dx.ravel()
-    ys, xs = np.broadcast_arrays(ys, xs)
-    inside = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)                       # (h,w,K)
-    index = prefix + np.clip(ys, 0, h - 1) * w + np.clip(xs, 0, w - 1)
-    weight = (kernel.ravel() * inside).reshape(h * w, -1, 1).astype(np.float32)
-    index = index.reshape(h * w, -1)
-    zeroed = h * w - inside.reshape(h * w, -1).sum(axis=1)
+    ys, xs = np.broadcast_arrays(np.arange(h)[:, None, None] + dy.ravel(), np.arange(w)[None, :, None] + dx.ravel())
+    inside = ((ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)).reshape(h * w, -1)
+    cells = (prefix + np.clip(ys, 0, h - 1) * w + np.clip(xs, 0, w - 1)).reshape(h * w, -1)
+    rows = h * w
+    index = np.concatenate([np.broadcast_to(np.arange(prefix), (rows, prefix)), cells, np.zeros((rows, 1), int)], 1)
+    weight = np.concatenate([np.full((rows, prefix), keep), kernel.ravel() * inside, np.zeros((rows, 1))], axis=1)
     with np.errstate(divide="ignore"):
-        bias = np.concatenate([np.zeros((h * w, prefix)), np.where(inside.reshape(h * w, -1), 0.0, -np.inf),
-                               np.log(zeroed)[:, None]], axis=1).astype(np.float32)
+        bias = np.concatenate([np.zeros((rows, prefix)), np.where(inside, 0.0, -np.inf),
+                               np.log(rows - inside.sum(axis=1))[:, None]], axis=1)
+    return index.astype(np.int64), weight.astype(np.float32)[..., None], bias.astype(np.float32)
 
-    def copies(t):
-        head = np.broadcast_to(t[:prefix] * keep, (h * w, prefix, t.shape[1]))
-        return np.concatenate([head, t[index] * weight, np.zeros((h * w, 1, t.shape[1]))], axis=1).astype(np.float32)
 
-    return copies(x), copies(n), bias
+def mosaic_copies(x: np.ndarray, n: np.ndarray, plan) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The copies (hw,S,D) of the stream x and of its LayerNorm n (T,D), and their key bias (hw,S)."""
+    index, weight, bias = plan
+    return x[index] * weight, n[index] * weight, bias
 
 
 def kernel_masks(grid: tuple[int, int], kernel: np.ndarray) -> np.ndarray:
