@@ -122,3 +122,23 @@ def test_a_cut_before_two_blocks_keeps_every_token_through_the_tail(tiny_models,
     full = explainer.explain(x, method="vit-recipro", target=2, reduced=False).maps
     np.testing.assert_allclose(reduced, full, rtol=1e-4, atol=2e-6 * np.abs(full).max())
     assert _TAILS[explainer.backend]["prefix"] is _TAILS[explainer.backend]["whole"]
+
+
+@pytest.mark.parametrize("key", ["vit", "vit-dynamo", "deit"])
+def test_the_fused_model_equals_the_method_at_any_batch_on_both_runtimes(tiny_models, explainers, key):
+    """One graph: the copies gathered from the cut tokens, the opened tail, the target's logit (fuse checks it too)."""
+    from cam_infer.backends.sessions import onnxruntime_session, openvino_compiled
+    from cam_infer.fuse import fuse
+    bundle = tiny_models[key][1]
+    for options in ({}, {"kernel": "onehot", "reduced": False}):
+        model = fuse(bundle.path, "vit-recipro", raw=True, **options)
+        x = inputs_for(bundle, 3, seed=7)
+        session = onnxruntime_session(model.SerializeToString())
+        names = [o.name for o in session.get_outputs()]
+        ours = dict(zip(names, session.run(None, {session.get_inputs()[0].name: x})))
+        compiled = openvino_compiled(model)
+        theirs = {name: np.asarray(v) for name, v in zip(names, compiled({0: x}).values())}
+        for outputs in (ours, theirs):
+            expected = explainers[key, "onnxruntime"].explain(x, method="vit-recipro", target=outputs[
+                "saliency_class"].tolist(), **options).maps
+            np.testing.assert_allclose(outputs["saliency_raw"], expected, rtol=1e-4, atol=1e-5)

@@ -26,11 +26,12 @@ import weakref
 from typing import Literal
 
 import numpy as np
+import onnx
 
 from ..cost import Passes
-from ..errors import CamInferError
+from ..errors import CamInferError, MethodNotApplicable
 from .recipro import KERNELS
-from .registry import Context, method
+from .registry import Context, fused, method
 
 CHUNK_TOKENS = 1 << 16            # tokens per tail run: bounds the memory of full copies
 
@@ -166,3 +167,68 @@ def _tail(ctx: Context, tokens: np.ndarray, reduced: bool) -> Tail:
         prefix_only = Tail(ctx.backend, ctx.bundle, ctx.bundle.tokens.prefix)
         tails["prefix"] = prefix_only if prefix_only.is_the_head(ctx.backend, tokens) else tails["whole"]
     return tails["prefix" if reduced else "whole"]
+
+
+@fused("vit-recipro", class_specific=True)
+def vit_recipro_onnx(f, *, kernel: str = "gaussian3", cls_token: bool = True, score: str = "logit",
+                     reduced: bool = True) -> str:
+    """The same gather plan in the graph: the h·w copies of every image (N·hw rows of S tokens) gathered from the
+    cut tokens and their LayerNorm, through a copy of the opened tail, the target's score per copy."""
+    from ..bundle.reduced_tail import reduced_tail
+    if score == "logit" and f.output_kind == "probabilities":
+        raise CamInferError("score='logit' needs a model that outputs logits; this one ends in a softmax")
+    b, (d, h, w) = f.b, f.shape
+    dims = f.head.graph.input[0].type.tensor_type.shape.dim
+    count = dims[1].dim_value if len(dims) == 3 else 0
+    if count <= h * w:
+        raise MethodNotApplicable("method 'vit-recipro' fuses on vision transformers with prefix (class) tokens only")
+    prefix = count - h * w
+    one_block = sum(n.op_type == "Softmax" for n in f.head.graph.node) == 1
+    tail, layer_norm = reduced_tail(f.head, count, prefix if reduced and one_block else 0)
+    index, weight, bias = mosaic_plan(prefix, (h, w), KERNELS[kernel], 1.0 if cls_token else 0.0, reduced)
+    slots = index.shape[1]
+    norm = b.op("LayerNormalization", f.activation, b.const(layer_norm.scale), b.const(layer_norm.bias),
+                axis=-1, epsilon=layer_norm.epsilon, hint="norm1")
+
+    def copies(tokens: str) -> str:                                             # (N,T,D) → (N·hw,S,D)
+        gathered = b.op("Gather", tokens, b.ints(index), axis=1)               # (N,hw,S,D)
+        return b.reshape(b.op("Mul", gathered, b.const(weight)), (-1, slots, d), hint="copies")
+
+    batch = b.op("Slice", b.op("Shape", f.activation), b.ints([0]), b.ints([1]), hint="batch")
+    rows = b.op("Expand", b.const(bias[None]), b.op("Concat", batch, b.ints([h * w, slots]), axis=0))
+    shared = {i.name for i in f.head.graph.initializer}
+    scores = clone_graph(b, tail, [copies(f.activation), copies(norm), b.reshape(rows, (-1, slots), hint="key_bias")],
+                         shared)
+    scores = b.reshape(scores, (-1, h * w, f.num_classes), hint="scores")                # (N,hw,C)
+    if score == "prob" and f.output_kind == "logits":
+        scores = b.op("Softmax", scores, axis=-1)
+    index_t = b.op("Expand", b.unsqueeze(f.targets, [1]), b.ints([1, h * w, 1]), hint="index")   # (N,hw,T)
+    chosen = b.op("GatherElements", scores, index_t, axis=2)
+    return f.per_class(b.op("Transpose", chosen, perm=[0, 2, 1]))
+
+
+def clone_graph(b, model, inputs: list[str], shared: set[str]) -> str:
+    """Append a copy of `model`'s nodes reading `inputs`, its tensors renamed; the initializers named in `shared`
+    (the head's weights, already in the fused model) are read where they are, the others (the tail's own
+    constants) added under new names."""
+    graph = model.graph
+    renamed = {i.name: new for i, new in zip(graph.input, inputs)}
+    used = {name for node in graph.node for name in node.input}
+    for init in graph.initializer:
+        if init.name in shared or init.name not in used:
+            continue
+        copy = onnx.TensorProto()
+        copy.CopyFrom(init)
+        copy.name = renamed[init.name] = b.name("tail_weight")
+        b.initializers.append(copy)
+    for node in graph.node:
+        for name in node.output:
+            renamed[name] = b.name("tail")
+    for node in graph.node:
+        copy = onnx.NodeProto()
+        copy.CopyFrom(node)
+        copy.name = b.name(f"tail_{node.op_type}")
+        copy.input[:] = [renamed.get(i, i) if i else i for i in node.input]
+        copy.output[:] = [renamed[o] for o in node.output]
+        b.nodes.append(copy)
+    return renamed[graph.output[0].name]
