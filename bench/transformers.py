@@ -196,7 +196,7 @@ def main() -> None:
            "(1, 5, 15 min) at the start: absolute times are high, ratios are measured in one run.\n")
     if not args.skip_methods:
         for batch in (1, 8):
-            report(f"\n**Method ÷ forward**, f32, batch {batch}, median of {args.repeats} runs\n")
+            report(f"\n**vit-s** method ÷ forward, f32, batch {batch}, median of {args.repeats} runs\n")
             report(HEADER)
             for backend in ("onnxruntime", "openvino"):
                 for case, options in CASES:
