@@ -228,3 +228,14 @@ def test_a_layer_inside_a_block_is_one_line_on_the_command_line(tiny_vits, tmp_p
     from helpers import assert_one_line_error, run_cli
     assert_one_line_error(run_cli("split", tiny_vits["vit"], "--layer", "blocks.2.mlp", "--out", tmp_path / "b"),
                           "inside transformer block 2 of 3")
+
+
+def test_a_shape_read_from_before_the_cut_is_rebuilt_in_the_head(tmp_path):
+    """The legacy exporter's Swin-style reshape reads Shape(patch embedding) in every block: only a shape, no skip
+    connection; the head computes it from the cut's batch, and the split verifies on batches 1 and 3."""
+    from tiny_transformers import export_tiny
+    bundle = split_onnx(export_tiny("swin", tmp_path / "swin_legacy.onnx"), "auto", tmp_path / "b")
+    assert bundle.manifest["verification"]["passed"] and bundle.tokens.grid == (8, 8)
+    head = onnx.load(bundle.head_path)
+    assert any(n.name.endswith("__rebuilt") for n in head.graph.node)
+    assert all(i.name != "input" for i in head.graph.input)

@@ -237,15 +237,15 @@ def with_attention(joined, attention: list[str], head_fusion: str = "mean"):
     """A bundle's joined model (outputs: the cut, then the scores) with the attention probabilities of every block,
     fused over the heads in the graph (ReduceMean, ReduceMax or ReduceMin: an H-times smaller output to copy), as
     outputs between them: one pass gives the cut, the attention and the scores."""
-    from onnx import TensorProto, helper
-
-    from ..fuse.builder import Builder
+    from onnx import TensorProto, helper, numpy_helper
     opset = next((o.version for o in joined.opset_import if o.domain in ("", "ai.onnx")), 13)
-    b = Builder(opset, scope="attention")
     reduce = {"mean": "ReduceMean", "max": "ReduceMax", "min": "ReduceMin"}[head_fusion]
-    fused = [b.reduce(reduce, a, [1], keepdims=False, hint="heads") for a in attention]
-    joined.graph.node.extend(b.nodes)
-    joined.graph.initializer.extend(b.initializers)
+    fused = [f"{a}__heads_{head_fusion}" for a in attention]
+    axes = {"axes": [1]} if opset < 18 else {}                  # from opset 18 the axes are an input
+    if opset >= 18:
+        joined.graph.initializer.append(numpy_helper.from_array(np.array([1], np.int64), "attention__heads_axis"))
+    joined.graph.node.extend(helper.make_node(reduce, [a] + (["attention__heads_axis"] if opset >= 18 else []), [f],
+                                              name=f, keepdims=0, **axes) for a, f in zip(attention, fused))
     outputs = list(joined.graph.output)
     del joined.graph.output[:]
     joined.graph.output.extend([outputs[0], *(helper.make_tensor_value_info(f, TensorProto.FLOAT, None)
