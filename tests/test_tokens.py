@@ -239,3 +239,49 @@ def test_a_shape_read_from_before_the_cut_is_rebuilt_in_the_head(tmp_path):
     head = onnx.load(bundle.head_path)
     assert any(n.name.endswith("__rebuilt") for n in head.graph.node)
     assert all(i.name != "input" for i in head.graph.input)
+
+
+@pytest.fixture(scope="session")
+def deployed_vits(tiny_vits, tmp_path_factory):
+    """The tiny ViT as deployments ship it: float16 (exported from the half model), int8 QDQ and QOperator
+    (ONNX Runtime's static quantization, 8 calibration images)."""
+    import torch
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from tiny_transformers import build_tiny, export
+    folder = tmp_path_factory.mktemp("deployed-vits")
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            rng = np.random.default_rng(0)
+            self.feeds = iter([{"input": rng.standard_normal((1, 3, 64, 64)).astype(np.float32)} for _ in range(8)])
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    paths = {"fp16": folder / "fp16.onnx"}
+    with torch.no_grad():
+        torch.onnx.export(build_tiny("vit").half(), (torch.zeros(1, 3, 64, 64).half(),), str(paths["fp16"]),
+                          input_names=["input"], output_names=["logits"], dynamic_axes={"input": {0: "N"}},
+                          opset_version=17, dynamo=False)
+    for name, kind in (("qdq", QuantFormat.QDQ), ("qop", QuantFormat.QOperator)):
+        paths[name] = folder / f"{name}.onnx"
+        quantize_static(str(tiny_vits["vit"]), str(paths[name]), Reader(), quant_format=kind,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return {name: split_onnx(path, "auto", folder / f"{name}-bundle") for name, path in paths.items()}
+
+
+@pytest.mark.parametrize("name, runtimes", [("fp16", ("onnxruntime", "openvino")), ("qdq", ("onnxruntime", "openvino")),
+                                            ("qop", ("onnxruntime",))])
+def test_fp16_and_int8_vits_cut_at_the_last_block_and_explain(deployed_vits, vit_bundles, name, runtimes):
+    """The int8 stream is cut at its integer tensor (dequantized for the methods, re-quantized by the head)."""
+    from cam_infer import Explainer
+    bundle = deployed_vits[name]
+    assert bundle.manifest["verification"]["passed"] and bundle.tokens == vit_bundles["vit"].tokens
+    assert (bundle.manifest["activation"]["quantization"] is not None) == (name != "fp16")
+    images = images_for(bundle)
+    reference = Explainer(vit_bundles["vit"].path).explain(images, method="rollout").maps
+    for runtime in runtimes:
+        explainer = Explainer(bundle.path, backend=runtime)
+        rollout = explainer.explain(images, method="rollout").maps
+        assert np.corrcoef(rollout.ravel(), reference.ravel())[0, 1] > (0.99 if name == "fp16" else 0.7)
+        assert explainer.explain(images, method="recipro").maps.shape == (2, 8, 8)
