@@ -285,3 +285,11 @@ def test_fp16_and_int8_vits_cut_at_the_last_block_and_explain(deployed_vits, vit
         rollout = explainer.explain(images, method="rollout").maps
         assert np.corrcoef(rollout.ravel(), reference.ravel())[0, 1] > (0.99 if name == "fp16" else 0.7)
         assert explainer.explain(images, method="recipro").maps.shape == (2, 8, 8)
+
+
+def test_an_openvino_ir_transformer_is_refused_not_cut_at_its_patch_embedding(tiny_vits, tmp_path):
+    import openvino as ov
+    from helpers import assert_one_line_error, run_cli
+    ov.save_model(ov.convert_model(str(tiny_vits["vit"])), str(tmp_path / "vit.xml"))
+    assert_one_line_error(run_cli("split", tmp_path / "vit.xml", "--out", tmp_path / "b"),
+                          "is a vision transformer (3 attention ops over tokens)")
