@@ -293,3 +293,30 @@ def test_an_openvino_ir_transformer_is_refused_not_cut_at_its_patch_embedding(ti
     ov.save_model(ov.convert_model(str(tiny_vits["vit"])), str(tmp_path / "vit.xml"))
     assert_one_line_error(run_cli("split", tmp_path / "vit.xml", "--out", tmp_path / "b"),
                           "is a vision transformer (3 attention ops over tokens)")
+
+
+@pytest.mark.integration
+def test_a_vit_bundle_is_served_as_it_explains(vit_bundles, tmp_path):
+    """The real server (127.0.0.1) on a ViT bundle: recipro and rollout answers equal `Explainer.explain`'s."""
+    import json
+
+    pytest.importorskip("starlette", reason="the serve extra is not installed")
+    from test_serve import Server
+
+    from cam_infer import Explainer
+    bundle = vit_bundles["deit"]
+    image = tmp_path / "scene.png"
+    import cv2
+    cv2.imwrite(str(image), images_for(bundle, 1)[0][:, :, ::-1])
+    explainer = Explainer(bundle.path)
+    server = Server(bundle.path, "--method", "recipro")
+    try:
+        for method in ("recipro", "rollout"):
+            status, _, raw = server.request(f"/explain?method={method}", image.read_bytes())
+            assert status == 200, raw[:300]
+            answer = json.loads(raw)
+            expected = explainer.explain([image], method, upsampled=False).saliency[0]
+            np.testing.assert_allclose(np.array(answer["map"]["data"]), expected, atol=6e-5)
+            assert bool(answer.get("class_agnostic")) is (method == "rollout")
+    finally:
+        server.stop()
