@@ -218,7 +218,7 @@ def test_explain_and_audit_run_on_a_vit_bundle_from_the_command_line(tiny_vits, 
     records = json.loads((tmp_path / "maps" / "results.json").read_text())
     assert "rollout" in json.dumps(records) and "recipro" in json.dumps(records)
     result = run_cli("audit", bundle, folder, "--boxes", folder / "boxes.json", "--methods", "rollout,eigen",
-                     "--metrics", "pointing", "--out", tmp_path / "audit", "--backend", "openvino")
+                     "--metrics", "pointing", "--out", tmp_path / "audit")
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "audit" / "summary.json").read_text())
     assert set(summary["methods"]) == {"rollout", "eigen"}
