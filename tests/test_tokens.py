@@ -320,3 +320,24 @@ def test_a_vit_bundle_is_served_as_it_explains(vit_bundles, tmp_path):
             assert bool(answer.get("class_agnostic")) is (method == "rollout")
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("inputs, found", [("ids", "is of type int64 (a sequence model's tokens, not an image)"),
+                                           ("features", "has shape (None, 12, 32) (a sequence model's tokens, not an")])
+def test_a_sequence_model_is_no_image_model_in_one_line(tmp_path, inputs, found):
+    import torch
+    from helpers import assert_one_line_error, run_cli
+    from tiny_transformers import Block
+
+    class Sequence(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed, self.block, self.head = torch.nn.Embedding(100, 32), Block(32, 2), torch.nn.Linear(32, 5)
+
+        def forward(self, x):
+            return self.head(self.block(self.embed(x) if inputs == "ids" else x)[:, 0])
+
+    x = torch.zeros(1, 12, dtype=torch.long) if inputs == "ids" else torch.zeros(1, 12, 32)
+    torch.onnx.export(Sequence().eval(), (x,), str(tmp_path / "seq.onnx"), input_names=["x"],
+                      dynamic_axes={"x": {0: "N"}}, dynamo=False)
+    assert_one_line_error(run_cli("split", tmp_path / "seq.onnx", "--out", tmp_path / "b"), found)
