@@ -192,7 +192,7 @@ def test_rollout_is_class_agnostic_and_refused_without_a_class_token(vit_explain
 
 def test_rollout_on_a_cnn_is_one_line(tiny_bundle):
     from cam_infer import Explainer
-    with pytest.raises(CamInferError, match="no attention blocks"):
+    with pytest.raises(CamInferError, match="has none \\(a CNN, or a Swin's attention within windows\\)"):
         Explainer(tiny_bundle.path).explain([np.zeros((64, 64, 3), np.uint8)], method="rollout")
 
 
@@ -341,3 +341,17 @@ def test_a_sequence_model_is_no_image_model_in_one_line(tmp_path, inputs, found)
     torch.onnx.export(Sequence().eval(), (x,), str(tmp_path / "seq.onnx"), input_names=["x"],
                       dynamic_axes={"x": {0: "N"}}, dynamo=False)
     assert_one_line_error(run_cli("split", tmp_path / "seq.onnx", "--out", tmp_path / "b"), found)
+
+
+def test_attention_within_windows_is_cut_but_not_read_by_rollout(tmp_path):
+    """A Swin's attention is (N·windows, heads, 16, 16): its blocks are found and cut between, but rollout, which
+    needs each image's attention over all its tokens, is refused in one line."""
+    from tiny_transformers import export_tiny
+
+    from cam_infer import Explainer
+    bundle = split_onnx(export_tiny("swin-windows", tmp_path / "windows.onnx", dynamo=True), "auto", tmp_path / "b")
+    assert bundle.tokens.grid == (8, 8) and bundle.attention == []
+    explainer = Explainer(bundle.path)
+    assert explainer.explain(images_for(bundle), method="recipro").maps.shape == (2, 8, 8)
+    with pytest.raises(CamInferError, match="has none \\(a CNN, or a Swin's attention within windows\\)"):
+        explainer.explain(images_for(bundle), method="rollout")
