@@ -192,7 +192,7 @@ def test_rollout_is_class_agnostic_and_refused_without_a_class_token(vit_explain
 
 def test_rollout_on_a_cnn_is_one_line(tiny_bundle):
     from cam_infer import Explainer
-    with pytest.raises(CamInferError, match="no attention blocks"):
+    with pytest.raises(CamInferError, match="has none \\(a CNN, or a Swin's attention within windows\\)"):
         Explainer(tiny_bundle.path).explain([np.zeros((64, 64, 3), np.uint8)], method="rollout")
 
 
@@ -218,7 +218,7 @@ def test_explain_and_audit_run_on_a_vit_bundle_from_the_command_line(tiny_vits, 
     records = json.loads((tmp_path / "maps" / "results.json").read_text())
     assert "rollout" in json.dumps(records) and "recipro" in json.dumps(records)
     result = run_cli("audit", bundle, folder, "--boxes", folder / "boxes.json", "--methods", "rollout,eigen",
-                     "--metrics", "pointing", "--out", tmp_path / "audit", "--backend", "openvino")
+                     "--metrics", "pointing", "--out", tmp_path / "audit")
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "audit" / "summary.json").read_text())
     assert set(summary["methods"]) == {"rollout", "eigen"}
@@ -228,3 +228,136 @@ def test_a_layer_inside_a_block_is_one_line_on_the_command_line(tiny_vits, tmp_p
     from helpers import assert_one_line_error, run_cli
     assert_one_line_error(run_cli("split", tiny_vits["vit"], "--layer", "blocks.2.mlp", "--out", tmp_path / "b"),
                           "inside transformer block 2 of 3")
+
+
+def test_a_shape_read_from_before_the_cut_is_rebuilt_in_the_head(tmp_path):
+    """The legacy exporter's Swin-style reshape reads Shape(patch embedding) in every block: only a shape, no skip
+    connection; the head computes it from the cut's batch, and the split verifies on batches 1 and 3."""
+    from tiny_transformers import export_tiny
+    bundle = split_onnx(export_tiny("swin", tmp_path / "swin_legacy.onnx"), "auto", tmp_path / "b")
+    assert bundle.manifest["verification"]["passed"] and bundle.tokens.grid == (8, 8)
+    head = onnx.load(bundle.head_path)
+    assert any(n.name.endswith("__rebuilt") for n in head.graph.node)
+    assert all(i.name != "input" for i in head.graph.input)
+
+
+@pytest.fixture(scope="session")
+def deployed_vits(tiny_vits, tmp_path_factory):
+    """The tiny ViT as deployments ship it: float16 (exported from the half model), int8 QDQ and QOperator
+    (ONNX Runtime's static quantization, 8 calibration images)."""
+    import torch
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from tiny_transformers import build_tiny, export
+    folder = tmp_path_factory.mktemp("deployed-vits")
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            rng = np.random.default_rng(0)
+            self.feeds = iter([{"input": rng.standard_normal((1, 3, 64, 64)).astype(np.float32)} for _ in range(8)])
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    paths = {"fp16": folder / "fp16.onnx"}
+    with torch.no_grad():
+        torch.onnx.export(build_tiny("vit").half(), (torch.zeros(1, 3, 64, 64).half(),), str(paths["fp16"]),
+                          input_names=["input"], output_names=["logits"], dynamic_axes={"input": {0: "N"}},
+                          opset_version=17, dynamo=False)
+    for name, kind in (("qdq", QuantFormat.QDQ), ("qop", QuantFormat.QOperator)):
+        paths[name] = folder / f"{name}.onnx"
+        quantize_static(str(tiny_vits["vit"]), str(paths[name]), Reader(), quant_format=kind,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return {name: split_onnx(path, "auto", folder / f"{name}-bundle") for name, path in paths.items()}
+
+
+@pytest.mark.parametrize("name, runtimes", [("fp16", ("onnxruntime", "openvino")), ("qdq", ("onnxruntime", "openvino")),
+                                            ("qop", ("onnxruntime",))])
+def test_fp16_and_int8_vits_cut_at_the_last_block_and_explain(deployed_vits, vit_bundles, name, runtimes):
+    """The int8 stream is cut at its integer tensor (dequantized for the methods, re-quantized by the head)."""
+    from cam_infer import Explainer
+    bundle = deployed_vits[name]
+    assert bundle.manifest["verification"]["passed"] and bundle.tokens == vit_bundles["vit"].tokens
+    assert (bundle.manifest["activation"]["quantization"] is not None) == (name != "fp16")
+    images = images_for(bundle)
+    reference = Explainer(vit_bundles["vit"].path).explain(images, method="rollout").maps
+    for runtime in runtimes:
+        explainer = Explainer(bundle.path, backend=runtime)
+        rollout = explainer.explain(images, method="rollout").maps
+        assert np.corrcoef(rollout.ravel(), reference.ravel())[0, 1] > (0.99 if name == "fp16" else 0.7)
+        assert explainer.explain(images, method="recipro").maps.shape == (2, 8, 8)
+
+
+def test_an_openvino_ir_transformer_is_refused_not_cut_at_its_patch_embedding(tiny_vits, tmp_path):
+    import openvino as ov
+    from helpers import assert_one_line_error, run_cli
+    ov.save_model(ov.convert_model(str(tiny_vits["vit"])), str(tmp_path / "vit.xml"))
+    assert_one_line_error(run_cli("split", tmp_path / "vit.xml", "--out", tmp_path / "b"),
+                          "is a vision transformer (3 attention ops over tokens)")
+
+
+@pytest.mark.integration
+def test_a_vit_bundle_is_served_as_it_explains(vit_bundles, tmp_path):
+    """The real server (127.0.0.1) on a ViT bundle: recipro and rollout answers equal `Explainer.explain`'s."""
+    import json
+
+    pytest.importorskip("starlette", reason="the serve extra is not installed")
+    from test_serve import Server
+
+    from cam_infer import Explainer
+    bundle = vit_bundles["deit"]
+    image = tmp_path / "scene.png"
+    import cv2
+    cv2.imwrite(str(image), images_for(bundle, 1)[0][:, :, ::-1])
+    explainer = Explainer(bundle.path)
+    server = Server(bundle.path, "--method", "recipro")
+    try:
+        for method in ("recipro", "rollout"):
+            status, _, raw = server.request(f"/explain?method={method}", image.read_bytes())
+            assert status == 200, raw[:300]
+            answer = json.loads(raw)
+            expected = explainer.explain([image], method, upsampled=False).saliency[0]
+            np.testing.assert_allclose(np.array(answer["map"]["data"]), expected, atol=6e-5)
+            assert bool(answer.get("class_agnostic")) is (method == "rollout")
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("inputs, found", [("ids", "is of type int64 (a sequence model's tokens, not an image)"),
+                                           ("features", "has shape (None, 12, 32) (a sequence model's tokens, not an")])
+def test_a_sequence_model_is_no_image_model_in_one_line(tmp_path, inputs, found):
+    import torch
+    from helpers import assert_one_line_error, run_cli
+    from tiny_transformers import Block
+
+    class Sequence(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed, self.block, self.head = torch.nn.Embedding(100, 32), Block(32, 2), torch.nn.Linear(32, 5)
+
+        def forward(self, x):
+            return self.head(self.block(self.embed(x) if inputs == "ids" else x)[:, 0])
+
+    x = torch.zeros(1, 12, dtype=torch.long) if inputs == "ids" else torch.zeros(1, 12, 32)
+    torch.onnx.export(Sequence().eval(), (x,), str(tmp_path / "seq.onnx"), input_names=["x"],
+                      dynamic_axes={"x": {0: "N"}}, dynamo=False)
+    assert_one_line_error(run_cli("split", tmp_path / "seq.onnx", "--out", tmp_path / "b"), found)
+
+
+def test_attention_within_windows_is_cut_but_not_read_by_rollout(tmp_path):
+    """A Swin's attention is (N·windows, heads, 16, 16): its blocks are found and cut between, but rollout, which
+    needs each image's attention over all its tokens, is refused in one line."""
+    from tiny_transformers import export_tiny
+
+    from cam_infer import Explainer
+    bundle = split_onnx(export_tiny("swin-windows", tmp_path / "windows.onnx", dynamo=True), "auto", tmp_path / "b")
+    assert bundle.tokens.grid == (8, 8) and bundle.attention == []
+    explainer = Explainer(bundle.path)
+    assert explainer.explain(images_for(bundle), method="recipro").maps.shape == (2, 8, 8)
+    with pytest.raises(CamInferError, match="has none \\(a CNN, or a Swin's attention within windows\\)"):
+        explainer.explain(images_for(bundle), method="rollout")
+
+
+def test_fusing_a_grid_method_into_a_token_model_is_one_line(vit_bundles, tmp_path):
+    from helpers import assert_one_line_error, run_cli
+    assert_one_line_error(run_cli("fuse", vit_bundles["vit"].path, "--method", "eigen", "--out", tmp_path / "f.onnx"),
+                          "this bundle's cut is a transformer's tokens")

@@ -38,12 +38,26 @@ class ViT(nn.Module):
         t = s.norm(s.blocks(t))
         return s.head(t[:, 0] if s.prefix == 1 else t[:, :2].mean(1))
 
+class WindowAttn(nn.Module):
+    """Attention within 4×4 windows of an (h, w) grid of tokens, as Swin's: (N·windows, heads, 16, 16)."""
+    def __init__(s, d, heads, grid):
+        super().__init__(); s.attn, s.grid = Attn(d, heads), grid
+
+    def forward(s, x):
+        (h, w), (n, _, d) = s.grid, x.shape
+        t = x.reshape(n, h // 4, 4, w // 4, 4, d).permute(0, 1, 3, 2, 4, 5).reshape(-1, 16, d)
+        t = s.attn(t).reshape(n, h // 4, w // 4, 4, 4, d).permute(0, 1, 3, 2, 4, 5)
+        return t.reshape(n, h * w, d)
+
+
 class SwinLike(nn.Module):
-    """No class token, (N,h,w,D) stream, mean-pooled head."""
-    def __init__(s, size=(64, 64), patch=8, d=32, depth=2, heads=2, classes=5):
+    """No class token, (N,h,w,D) stream, mean-pooled head; attention within windows with `windowed`."""
+    def __init__(s, size=(64, 64), patch=8, d=32, depth=2, heads=2, classes=5, windowed=False):
         super().__init__()
         s.patch_embed = nn.Conv2d(3, d, patch, patch)
         s.blocks = nn.Sequential(*[Block(d, heads) for _ in range(depth)])
+        for b in s.blocks if windowed else []:
+            b.attn = WindowAttn(d, heads, (size[0] // patch, size[1] // patch))
         s.norm = nn.LayerNorm(d); s.head = nn.Linear(d, classes)
     def forward(s, x):
         t = s.patch_embed(x).permute(0, 2, 3, 1)
@@ -61,7 +75,7 @@ def export(model, path, size, dynamo=False):
                       dynamo=dynamo, opset_version=18 if dynamo else 17)
 
 MODELS = {"vit": (lambda: ViT(), (64, 64)), "deit": (lambda: ViT(size=(48, 80), prefix=2), (48, 80)),
-          "swin": (lambda: SwinLike(), (64, 64))}
+          "swin": (lambda: SwinLike(), (64, 64)), "swin-windows": (lambda: SwinLike(windowed=True), (64, 64))}
 
 
 def build_tiny(name: str) -> nn.Module:

@@ -64,9 +64,10 @@ def tokens_note(tokens: dict | None) -> str:
         return ""
     shape = ",".join(map(str, tokens["shape"]))
     prefix = f"{tokens['prefix_tokens']} prefix token{'s' if tokens['prefix_tokens'] != 1 else ''} set apart + "
+    blocks = len(tokens.get("attention", []))
     return (f"; the patch grid of tokens (N,{shape}) ({tokens['layout']}: "
-            f"{prefix if tokens['prefix_tokens'] else ''}{tokens['grid'][0]}x{tokens['grid'][1]} patches), "
-            f"{len(tokens.get('attention', []))} attention blocks")
+            f"{prefix if tokens['prefix_tokens'] else ''}{tokens['grid'][0]}x{tokens['grid'][1]} patches)"
+            + (f", attention over all tokens in {blocks} blocks" if blocks else ""))
 
 
 def runtimes_line(runtimes: dict) -> str:

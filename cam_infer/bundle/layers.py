@@ -15,6 +15,7 @@ from ..errors import CamInferError
 from .anatomy import (Quantization, dequantized_source, feature_region, quantization_of, spatial_size,
                       tensor_layouts)
 from .graph import INTEGER_TYPES, Graph
+from .shapes_at_cut import rebuildable, shape_only
 from .tokens import TokenLayout, TokenStream, token_layout, token_stream
 
 
@@ -32,6 +33,7 @@ class TargetLayer:
 def crossing_tensors(graph: Graph, tensor: str) -> list[str]:
     """Tensors computed before `tensor` that the head would also read (empty: a cut point)."""
     before = graph.ancestors(tensor)
+    shapes = rebuildable(graph, before, tensor)           # only a shape read from before: rebuilt in the head
     crossing: set[str] = set()
     seen: set[str] = set()
     stack = [graph.scores_output.name]
@@ -41,7 +43,8 @@ def crossing_tensors(graph: Graph, tensor: str) -> list[str]:
             continue
         seen.add(name)
         if name in graph.input_dependent and (name in before or name not in graph.producer):
-            crossing.add(name)
+            if not shape_only(graph, name, shapes):
+                crossing.add(name)
             continue
         idx = graph.producer.get(name)
         if idx is not None:

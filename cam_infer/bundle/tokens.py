@@ -28,6 +28,8 @@ from ..errors import CamInferError
 from .graph import Graph
 
 NORMS = {"LayerNormalization", "SimplifiedLayerNormalization", "RMSNormalization"}
+SOFTMAX = {"Softmax", "QLinearSoftmax"}
+RESIDUAL_ADDS = {"Add": (0, 1), "QLinearAdd": (0, 3)}      # the two summands' positions among the inputs
 MAX_PREFIX = 16          # class + distillation + registers; more is no prefix of an image model
 
 
@@ -130,9 +132,9 @@ def _residual_units(graph: Graph) -> list[tuple[str, str, str, list[str], set[st
     """(x, branch, x + branch, Softmax outputs on the branch, tensors of the branch) for every residual unit."""
     units = []
     for node in graph.nodes:
-        if node.op_type != "Add" or len(node.input) != 2:
+        if node.op_type not in RESIDUAL_ADDS or len(node.input) <= RESIDUAL_ADDS[node.op_type][1]:
             continue
-        a, b = node.input
+        a, b = (node.input[i] for i in RESIDUAL_ADDS[node.op_type])
         if a not in graph.input_dependent or b not in graph.input_dependent or graph.info(a).rank not in (3, 4):
             continue
         for x, branch in ((a, b), (b, a)):
@@ -140,7 +142,7 @@ def _residual_units(graph: Graph) -> list[tuple[str, str, str, list[str], set[st
             if inside is None or not any(_is_norm_of(graph, graph.nodes[graph.producer[t]], x) for t in inside
                                          if t in graph.producer):
                 continue
-            softmaxes = [t for t in inside if graph.nodes[graph.producer[t]].op_type == "Softmax"]
+            softmaxes = [t for t in inside if graph.nodes[graph.producer[t]].op_type in SOFTMAX]
             units.append((x, branch, node.output[0], sorted(softmaxes, key=graph.order.get), inside))
             break
     return units
@@ -178,8 +180,15 @@ def _between(graph: Graph, start: str, end: str) -> set[str] | None:
 
 
 def _is_norm_of(graph: Graph, node, x: str) -> bool:
-    """A normalisation over the channels of x: LayerNormalization(x), or ReduceMean(x) of a decomposed one."""
-    if not node.input or node.input[0] != x:
+    """A normalisation over the channels of x: LayerNormalization(x), or ReduceMean(x) of a decomposed one; of
+    DequantizeLinear(x) when x is quantized (QOperator graphs)."""
+    if not node.input:
+        return False
+    source = node.input[0]
+    if source != x and source in graph.producer:
+        dequantize = graph.nodes[graph.producer[source]]
+        source = dequantize.input[0] if dequantize.op_type == "DequantizeLinear" else source
+    if source != x:
         return False
     return node.op_type in NORMS or node.op_type == "ReduceMean"
 
@@ -188,7 +197,8 @@ def _head_reads_only_prefix(graph: Graph, tensor: str) -> bool:
     """True when, after per-token ops, the head takes only leading tokens of `tensor` (a class-token head):
     a Gather of one index or a Slice of the first few on the token axis."""
     frontier, seen = [tensor], set()
-    per_token = NORMS | {"Identity", "Cast", "Dropout", "Mul", "Add", "Div", "Sub"}
+    per_token = NORMS | {"Identity", "Cast", "Dropout", "Mul", "Add", "Div", "Sub", "DequantizeLinear",
+                         "QuantizeLinear"}
     picked = False
     while frontier:
         name = frontier.pop()
@@ -237,15 +247,24 @@ def with_attention(joined, attention: list[str], head_fusion: str = "mean"):
     """A bundle's joined model (outputs: the cut, then the scores) with the attention probabilities of every block,
     fused over the heads in the graph (ReduceMean, ReduceMax or ReduceMin: an H-times smaller output to copy), as
     outputs between them: one pass gives the cut, the attention and the scores."""
-    from onnx import TensorProto, helper
-
-    from ..fuse.builder import Builder
+    from onnx import TensorProto, helper, numpy_helper
     opset = next((o.version for o in joined.opset_import if o.domain in ("", "ai.onnx")), 13)
-    b = Builder(opset, scope="attention")
     reduce = {"mean": "ReduceMean", "max": "ReduceMax", "min": "ReduceMin"}[head_fusion]
-    fused = [b.reduce(reduce, a, [1], keepdims=False, hint="heads") for a in attention]
-    joined.graph.node.extend(b.nodes)
-    joined.graph.initializer.extend(b.initializers)
+    fused = [f"{a}__heads_{head_fusion}" for a in attention]
+    attention, producers = list(attention), {o: n for n in joined.graph.node for o in n.output}
+    for i, a in enumerate(attention):              # a quantized Softmax (QLinearSoftmax): its probabilities, dequantized
+        node = producers.get(a)
+        if node is not None and node.op_type == "QLinearSoftmax":
+            attention[i] = f"{a}__dequantized"
+            joined.graph.node.append(helper.make_node("DequantizeLinear", [a, node.input[3], node.input[4]],
+                                                      [attention[i]], name=attention[i]))
+    axes = {"axes": [1]} if opset < 18 else {}                  # from opset 18 the axes are an input
+    if opset >= 18:
+        joined.graph.initializer.append(numpy_helper.from_array(np.array([1], np.int64), "attention__heads_axis"))
+    for a, f in zip(attention, fused):                         # float32 whatever the model computes in
+        joined.graph.node.append(helper.make_node(reduce, [a] + (["attention__heads_axis"] if opset >= 18 else []),
+                                                  [f"{f}__native"], name=f, keepdims=0, **axes))
+        joined.graph.node.append(helper.make_node("Cast", [f"{f}__native"], [f], name=f"{f}__float", to=TensorProto.FLOAT))
     outputs = list(joined.graph.output)
     del joined.graph.output[:]
     joined.graph.output.extend([outputs[0], *(helper.make_tensor_value_info(f, TensorProto.FLOAT, None)

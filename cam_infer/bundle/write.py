@@ -86,11 +86,15 @@ def manifest_for(graph, target, prep, features, head, batch_mode, verification, 
 
 
 def tokens_record(graph: Graph, target: TargetLayer) -> dict:
-    """How the cut's tokens are a grid, and the attention probabilities (Softmax outputs) of every block, in order."""
+    """How the cut's tokens are a grid, and the attention probabilities (Softmax outputs) of every block, in order,
+    when each is over all the tokens of an image, (1, H, T, T) at batch 1 (not a Swin's windows)."""
     from .tokens import token_stream
-    attention = token_stream(graph).attention
-    return {**target.tokens.to_dict(), "attention": list(attention),
-            "attention_shapes": [list(graph.info(a).shape[1:]) if graph.info(a).shape else None for a in attention]}
+    count = target.tokens.prefix + target.tokens.grid[0] * target.tokens.grid[1]
+    shapes = {a: graph.info(a).shape for a in token_stream(graph).attention}
+    attention = [a for a, shape in shapes.items() if shape and len(shape) == 4 and shape[0] in (1, None)
+                 and tuple(shape[2:]) == (count, count)]
+    return {**target.tokens.to_dict(), "attention": attention,
+            "attention_shapes": [list(shapes[a][1:]) for a in attention]}
 
 
 def graphs_record(features: onnx.ModelProto, head: onnx.ModelProto) -> dict:

@@ -69,8 +69,8 @@ class Task:
         if spec.needs != "attention":
             return self.observe(x)
         if not self.bundle.attention:
-            raise CamInferError(f"method '{spec.name}' reads a vision transformer's attention, and this bundle's "
-                                "graph has no attention blocks on its cut (split a transformer at a block)")
+            raise CamInferError(f"method '{spec.name}' reads a vision transformer's attention over all its tokens, and "
+                                "this bundle's graph has none (a CNN, or a Swin's attention within windows)")
         if self.bundle.graph_format != "onnx":
             raise CamInferError(f"method '{spec.name}' reads the attention from the ONNX graphs; this bundle holds "
                                 "OpenVINO IR (split the .onnx file)")
