@@ -1,0 +1,74 @@
+"""Ground-truth masks for audits: the two layouts, and one-line refusals."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cam_infer.audit.masks import read_truth, voc_palette, write_label_image
+from cam_infer.errors import CamInferError
+from cam_infer.tools.synthetic import scene, segmentation_labels
+
+CLASSES = ["background", "circle", "square", "triangle", "cross"]
+
+
+def test_a_voc_label_image_round_trips_with_void_left_out(tmp_path):
+    labels = np.zeros((20, 30), np.uint8)
+    labels[2:8, 3:9] = 2
+    labels[10:12] = 255
+    write_label_image(tmp_path / "a.png", labels)
+    with Image.open(tmp_path / "a.png") as image:
+        assert image.mode == "P"
+        assert tuple(image.getpalette()[12 * 3:13 * 3]) == (64, 0, 128)      # VOC's dog colour
+    truth = read_truth(tmp_path, "a.jpg", (20, 30), CLASSES)
+    assert sorted(truth.regions) == [0, 2]
+    np.testing.assert_array_equal(truth.region(2), labels == 2)
+    np.testing.assert_array_equal(truth.valid, labels != 255)
+    assert not truth.region(4).any()
+
+
+def test_one_mask_per_class_in_a_folder_per_class_may_overlap(tmp_path):
+    for name, rows in (("circle", slice(0, 6)), ("cross", slice(4, 10))):
+        (tmp_path / name).mkdir()
+        mask = np.zeros((10, 10), np.uint8)
+        mask[rows] = 255
+        Image.fromarray(mask).save(tmp_path / name / "b.png")
+    truth = read_truth(tmp_path, "b.png", (10, 10), CLASSES)
+    assert sorted(truth.regions) == [1, 4]
+    assert (truth.region(1) & truth.region(4)).sum() == 20
+    assert truth.valid.all()
+
+
+def test_the_synthetic_scenes_label_images_mark_the_instances():
+    s = scene("multiple", 1, 3)
+    labels = segmentation_labels(s)
+    np.testing.assert_array_equal(labels == s.label + 1, s.masks.any(axis=0))
+    assert set(np.unique(labels)) == {0, s.label + 1}
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "no ground-truth mask for c.png: expected"),
+    ("size", "is 8x6 but its image is 10x10"),
+    ("index", "has class index 7 but the model has 5 classes"),
+    ("folder", "has a folder 'dog' that is no class of the model"),
+    ("rgb", "is a RGB image; a mask is an 8-bit index or greyscale PNG"),
+])
+def test_bad_masks_are_refused_in_one_line(tmp_path, case, message):
+    if case == "size":
+        write_label_image(tmp_path / "c.png", np.zeros((6, 8), np.uint8))
+    elif case == "index":
+        write_label_image(tmp_path / "c.png", np.full((10, 10), 7, np.uint8))
+    elif case == "folder":
+        for name in ("circle", "dog"):
+            (tmp_path / name).mkdir()
+        Image.fromarray(np.zeros((10, 10), np.uint8)).save(tmp_path / "circle" / "c.png")
+    elif case == "rgb":
+        Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(tmp_path / "c.png")
+    with pytest.raises(CamInferError, match=message) as error:
+        read_truth(tmp_path, "c.png", (10, 10), CLASSES)
+    assert "\n" not in str(error.value)
+
+
+def test_the_palette_is_voc_s():
+    palette = voc_palette()
+    assert palette[0].tolist() == [0, 0, 0] and palette[1].tolist() == [128, 0, 0]
+    assert palette[15].tolist() == [192, 128, 128]
