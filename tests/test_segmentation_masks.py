@@ -72,3 +72,20 @@ def test_the_palette_is_voc_s():
     palette = voc_palette()
     assert palette[0].tolist() == [0, 0, 0] and palette[1].tolist() == [128, 0, 0]
     assert palette[15].tolist() == [192, 128, 128]
+
+
+@pytest.mark.parametrize("crop", ["center", "letterbox"])
+def test_masks_follow_the_model_s_resize_and_crop_as_boxes_do(tmp_path, crop):
+    from cam_infer.images import Preprocessing
+
+    side = 128 if crop == "center" else 160                    # both at ×0.5: the letterbox pads 16 rows each side
+    prep = Preprocessing(input_size=(side, side), resize=128, crop=crop)
+    labels = np.zeros((256, 320), np.uint8)
+    labels[60:120, 40:100] = 3                                  # box [40, 60, 99, 119], even bounds: exact at ×0.5
+    write_label_image(tmp_path / "d.png", labels)
+    truth = read_truth(tmp_path, "d.jpg", (256, 320), CLASSES).in_input(prep)
+    x1, y1, x2, y2 = prep.box_to_input([40, 60, 99, 119], (256, 320))
+    expected = np.zeros((side, side), bool)
+    expected[y1:y2 + 1, x1:x2 + 1] = True
+    np.testing.assert_array_equal(truth.region(3), expected)
+    assert truth.valid.sum() == (128 * 128 if crop == "center" else 128 * 160)

@@ -8,7 +8,7 @@ Two layouts of a masks folder, for an image ``dog.jpg``:
 - one binary mask per class, a folder per class named as the model's class: ``<class>/dog.png``, nonzero =
   inside. Classes may overlap (models with independent sigmoid channels); there are no void pixels.
 
-The masks are in the image's own pixels; `Truth.resized` brings them to a map's size (nearest neighbour).
+The masks are in the image's own pixels; `Truth.in_input` brings them into the model's input, where maps are.
 """
 
 from __future__ import annotations
@@ -32,16 +32,11 @@ class Truth:
         """The class's region; empty when the class is not in the image."""
         return self.regions.get(index, np.zeros(self.valid.shape, bool))
 
-    def resized(self, height: int, width: int) -> "Truth":
-        if self.valid.shape == (height, width):
-            return self
-        return Truth({c: _nearest(r, height, width) for c, r in self.regions.items()},
-                     _nearest(self.valid, height, width))
-
-
-def _nearest(mask: np.ndarray, height: int, width: int) -> np.ndarray:
-    import cv2
-    return cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST).astype(bool)
+    def in_input(self, preprocessing) -> "Truth":
+        """The masks in the model's input: the image's resize and crop (or letterbox) applied, nearest neighbour
+        (`Preprocessing.mask_geometry`); a letterbox's border is not valid."""
+        return Truth({c: preprocessing.mask_geometry(r) for c, r in self.regions.items()},
+                     preprocessing.mask_geometry(self.valid))
 
 
 def read_truth(folder, image_name: str, shape: tuple[int, int], classes: list[str]) -> Truth:
