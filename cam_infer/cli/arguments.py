@@ -202,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "or 'all' (default: every metric, the localisation ones "
                                                     "- pointing, energy, box - only with --boxes)")
     p.add_argument("--boxes", help="JSON: image file -> list of [x1,y1,x2,y2] or {\"box\": [...], \"label\": ...}")
+    p.add_argument("--masks", help="folder of ground-truth masks: <image name>.png label images (255 = void) or "
+                                   "<class>/<image name>.png binary masks (pointing and energy in their regions)")
     _out(p, "report folder (a rerun resumes it)", "start over in --out instead of resuming")
     _runtime(p)
     _options(p, "METHOD.KEY=VALUE", "score.top_k=64")
