@@ -89,3 +89,17 @@ def test_masks_follow_the_model_s_resize_and_crop_as_boxes_do(tmp_path, crop):
     expected[y1:y2 + 1, x1:x2 + 1] = True
     np.testing.assert_array_equal(truth.region(3), expected)
     assert truth.valid.sum() == (128 * 128 if crop == "center" else 128 * 160)
+
+
+def test_synthetic_segmentation_scenes_are_written_with_their_label_images(tmp_path):
+    from helpers import run_cli
+
+    result = run_cli("synthetic", "--split", "segmentation", "-n", "4", "--out", tmp_path)
+    assert result.returncode == 0, result.stderr
+    for i, split in enumerate(("large", "small", "multiple", "cluttered")):
+        s = scene(split, 1, i)
+        name = f"{split}_{i:05d}.png"
+        image = np.asarray(Image.open(tmp_path / "images" / name).convert("RGB"))
+        np.testing.assert_array_equal(image, s.image)
+        truth = read_truth(tmp_path / "masks", name, (128, 128), CLASSES)
+        np.testing.assert_array_equal(truth.region(s.label + 1), s.masks.any(axis=0))

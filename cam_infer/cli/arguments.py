@@ -243,7 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("synthetic", help="write synthetic scenes with ground-truth boxes (for audit)")
     p.add_argument("--out", required=True, help="folder for the PNGs and boxes.json")
     p.add_argument("--split", default="cluttered", help="large, small, multiple or cluttered (default); or detection "
-                                                        "(objects of several classes, for the detector)")
+                                                        "(objects of several classes, for the detector); or segmentation (the four "
+                                                        "splits in turn in images/, label images in masks/)")
     p.add_argument("-n", "--count", dest="n", type=int, default=100, help="number of scenes (default 100)")
-    p.add_argument("--seed", type=int, help="default 0; detection: 1 (the detector was trained on seed 0)")
+    p.add_argument("--seed", type=int, help="default 0; detection, segmentation: 1 (their models were trained on "
+                                            "seed 0)")
     return parser

@@ -300,15 +300,17 @@ def segmentation_labels(s: Scene) -> np.ndarray:
 
 
 def write_segmentation_scenes(out, n: int = 100, seed: int = 1) -> Path:
-    """Write `n` scenes (the four splits in turn) as PNGs and their label images as ``masks/<name>.png``
-    (PASCAL VOC palette PNGs: `cam_infer.audit.masks`)."""
+    """Write `n` scenes (the four splits in turn) as ``images/<name>.png`` and their label images as
+    ``masks/<name>.png`` (PASCAL VOC palette PNGs: `cam_infer.audit.masks`); two folders, since an audit
+    searches a folder of images recursively."""
     from ..audit.masks import write_label_image
 
     out = Path(out)
-    (out / "masks").mkdir(parents=True, exist_ok=True)
+    for folder in ("images", "masks"):
+        (out / folder).mkdir(parents=True, exist_ok=True)
     for i in range(n):
         s = scene(SPLITS[i % len(SPLITS)], seed, i)
         name = f"{s.split}_{i:05d}.png"
-        cv2.imwrite(str(out / name), cv2.cvtColor(s.image, cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(out / "images" / name), cv2.cvtColor(s.image, cv2.COLOR_RGB2BGR))
         write_label_image(out / "masks" / name, segmentation_labels(s))
     return out
