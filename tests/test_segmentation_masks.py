@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import SHARED
+
 from cam_infer.audit.masks import read_truth, voc_palette, write_label_image
 from cam_infer.errors import CamInferError
 from cam_infer.tools.synthetic import scene, segmentation_labels
@@ -103,3 +105,27 @@ def test_synthetic_segmentation_scenes_are_written_with_their_label_images(tmp_p
         np.testing.assert_array_equal(image, s.image)
         truth = read_truth(tmp_path / "masks", name, (128, 128), CLASSES)
         np.testing.assert_array_equal(truth.region(s.label + 1), s.masks.any(axis=0))
+
+
+@pytest.mark.skipif(not (SHARED / "segmentation").is_dir(), reason="../shared/data is not present")
+def test_the_labelled_dog_as_a_voc_label_image_matches_deeplab_s_own_dog(tmp_path):
+    """The Oxford-IIIT-Pets-style trimap of ../shared/data (0 pet, 1 background, 2 border) written as a VOC
+    label image (dog = 12, border void) agrees with DeepLabV3's own ArgMax: the mask format carries real truth."""
+    import cv2
+    import openvino as ov
+
+    folder = SHARED / "segmentation"
+    trimap = np.asarray(Image.open(folder / "dog_segmentation_mask_256.bmp"))
+    write_label_image(tmp_path / "dog.png", np.choose(trimap, [12, 0, 255]).astype(np.uint8))
+    labels = (folder / "pascal_voc_segmentation_labels.txt").read_text().split()
+    truth = read_truth(tmp_path, "dog.bmp", (256, 256), labels)
+    assert labels[12] == "dog" and sorted(truth.regions) == [0, 12]
+
+    photo = np.asarray(Image.open(folder / "dog_segmentation_256.bmp").convert("RGB"))
+    model = ov.Core().compile_model(str(folder / "deeplabv3_mnv2_dm05_pascal_quant.tflite"), "CPU")
+    x = cv2.resize(photo, (513, 513), interpolation=cv2.INTER_LINEAR)[None]
+    classes = np.asarray(model(x)[0])[0].astype(np.uint8)
+    predicted = cv2.resize(classes, (256, 256), interpolation=cv2.INTER_NEAREST) == 12
+    dog, valid = truth.region(12), truth.valid
+    iou = (predicted & dog & valid).sum() / ((predicted | dog) & valid).sum()
+    assert iou > 0.7, iou
