@@ -104,6 +104,18 @@ class Preprocessing:
         out[-top:-top + new_h, -left:-left + new_w] = resized
         return out
 
+    def mask_geometry(self, mask: np.ndarray) -> np.ndarray:
+        """`geometry` for a (H,W) bool mask: nearest-neighbour resize, the same crop; a letterbox's border is
+        False."""
+        h, w = self.input_size
+        new_h, new_w, top, left = self._crop_geometry(mask.shape)
+        resized = cv2.resize(mask.astype(np.uint8), (new_w, new_h), interpolation=cv2.INTER_NEAREST).astype(bool)
+        if self.crop != "letterbox":
+            return resized[top:top + h, left:left + w]
+        out = np.zeros((h, w), bool)
+        out[-top:-top + new_h, -left:-left + new_w] = resized
+        return out
+
     def _crop_geometry(self, image_shape) -> tuple[int, int, int, int]:
         """(resized height, resized width, top, left) of `geometry` for an image of shape (H,W): the resized
         image's pixel (top, left) is the input's (0, 0); a letterbox's are negative (its border)."""

@@ -13,6 +13,7 @@ Each builder takes ``num_classes`` and returns the model in eval mode with rando
 | squeezenet1_1 | ``features`` (fire9) |
 | shapes_net | ``features`` (the project's own model for the synthetic scenes) |
 | shapes_detector | a detector, not in BUILDERS: a cut set ``model.4``, ``model.6`` (`cam_infer.detection`) |
+| shapes_segmenter | a segmenter, not in BUILDERS: ``decoder`` (before the 1×1 classifier and the bilinear ×4) |
 """
 
 from .densenet import densenet121
@@ -20,6 +21,7 @@ from .mobilenetv2 import mobilenet_v2
 from .resnet import resnet18, resnet50
 from .shapes import shapes_net
 from .shapes_detector import shapes_detector
+from .shapes_segmenter import shapes_segmenter
 from .squeezenet import squeezenet1_1
 from .vgg import vgg16
 
@@ -44,4 +46,5 @@ CAM_LAYERS = {
 }
 
 __all__ = ["BUILDERS", "densenet121", "mobilenet_v2", "resnet18", "resnet50", "shapes_detector", "shapes_net",
+           "shapes_segmenter",
            "squeezenet1_1", "vgg16"]

@@ -21,7 +21,8 @@ SHOWN = {"adcc": ("ADCC (mean per image)", True), "average_drop": ("Average Drop
          "increase": ("Increase in Confidence", True), "coherency": ("Coherency", True),
          "complexity": ("Complexity", False), "insertion": ("Insertion AUC", True), "deletion": ("Deletion AUC", False),
          "pointing": ("Pointing game", True), "energy": ("Energy pointing", True),
-         "box_hit": ("Box accuracy (IoU ≥ threshold)", True), "box_iou": ("Box IoU (mean)", True)}
+         "box_hit": ("Box accuracy (IoU ≥ threshold)", True), "box_iou": ("Box IoU (mean)", True),
+         "energy_baseline": ("Energy of a uniform map (baseline)", False)}
 
 
 def write_csv(path: Path, rows, columns: tuple[str, ...] = COLUMNS) -> None:

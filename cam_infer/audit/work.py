@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -24,10 +25,13 @@ from ..metrics import (
     causal_curve,
     coherency,
     complexity,
+    energy_in_region,
     energy_pointing,
     explanation_inputs,
     increase_in_confidence,
     pointing_hit,
+    pointing_in_region,
+    uniform_baseline,
 )
 from ..methods.registry import class_agnostic
 from ..numerics import probabilities_of
@@ -36,11 +40,12 @@ from ..postprocess import encode_png, overlay
 
 METRICS = ("adcc", "insertion", "deletion", "pointing", "energy", "box")
 LOCALISATION = ("pointing", "energy", "box")    # need ground-truth boxes
+FROM_MASKS = ("pointing", "energy")             # ... or masks (`cam_infer.audit.masks`)
 # class_id, label, probability: the class the metrics score; a class-agnostic map (class_agnostic 1) explains
 # none, and they are then the model's top-1.
 COLUMNS = ("image", "method", "class_agnostic", "class_id", "label", "probability", "degenerate", "average_drop",
            "increase", "coherency", "complexity", "adcc", "insertion", "deletion", "pointing", "energy", "box_iou",
-           "box_hit")
+           "box_hit", "energy_baseline")
 THUMBNAIL = 128
 OVERLAYS = "overlays"                 # the report's thumbnails
 
@@ -66,6 +71,7 @@ class AuditOptions:
     tolerance: float = 0.0               # pointing game, pixels (the paper: 15)
     method_options: dict = field(default_factory=dict)   # method → {option: value}
     enhance_options: dict = field(default_factory=dict)  # enhancer → {option: value}
+    masks: str | None = None             # folder of ground-truth masks: pointing and energy in their regions
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -73,20 +79,26 @@ class AuditOptions:
         d["metrics"] = None if self.metrics is None else list(self.metrics)
         return d
 
+    def localisable(self, boxes: bool) -> tuple[str, ...]:
+        """The localisation metrics the ground truth allows: all with boxes, pointing and energy with masks."""
+        return tuple(m for m in LOCALISATION if boxes or (self.masks and m in FROM_MASKS))
+
     def resolved(self, boxes: bool) -> "AuditOptions":
         """These options with the metrics to measure spelled out: by default every metric, the localisation
-        ones only when ground-truth boxes are given; a localisation metric asked for without boxes is an error."""
+        ones only when ground truth (boxes, masks) allows them; one asked for without it is an error."""
+        allowed = self.localisable(boxes)
         if self.metrics is None:
-            return replace(self, metrics=tuple(m for m in METRICS if boxes or m not in LOCALISATION))
-        asked = [m for m in self.metrics if m in LOCALISATION]
-        if asked and not boxes:
+            return replace(self, metrics=tuple(m for m in METRICS if m in allowed or m not in LOCALISATION))
+        asked = [m for m in self.metrics if m in LOCALISATION and m not in allowed]
+        if asked:
             raise CamInferError(f"metric {', '.join(asked)} needs ground-truth boxes: give --boxes FILE (boxes=...)"
-                                " or leave the metrics at their default")
+                                " (pointing and energy: or --masks DIR) or leave the metrics at their default")
         return self
 
     def skipped_metrics(self, boxes: bool) -> tuple[str, ...]:
-        """The default metrics left out for want of ground-truth boxes."""
-        return LOCALISATION if self.metrics is None and not boxes else ()
+        """The default metrics left out for want of ground truth."""
+        allowed = self.localisable(boxes)
+        return tuple(m for m in LOCALISATION if m not in allowed) if self.metrics is None else ()
 
     @classmethod
     def from_arguments(cls, args) -> "AuditOptions":
@@ -120,7 +132,8 @@ class AuditOptions:
                    space=args.space, coherency_at=args.coherency_at, steps=args.steps,
                    deletion_substrate=args.deletion_substrate, insertion_substrate=args.insertion_substrate,
                    auc=args.auc, box_threshold=args.box_threshold, tolerance=args.tolerance,
-                   method_options=method_options, enhance_options=enhance_options)
+                   method_options=method_options, enhance_options=enhance_options,
+                   masks=str(Path(args.masks).resolve()) if getattr(args, "masks", None) else None)
 
     @classmethod
     def from_dict(cls, d: dict) -> "AuditOptions":
@@ -228,6 +241,7 @@ def audit_image(bundle, image, options: AuditOptions, boxes=None) -> dict:
     view = prep.geometry(rgb)
     x = prep.standardise(view)[None]
     truth = _boxes_in_input(boxes or [], prep, rgb.shape, explainer)
+    regions = _masks_in_input(options.masks, image, rgb.shape[:2], explainer) if options.masks else None
     target = _target(explainer, options, truth)
     rows, thumbnails = [], {}
     for method in options.methods:
@@ -248,6 +262,8 @@ def audit_image(bundle, image, options: AuditOptions, boxes=None) -> dict:
         if truth:
             own = [b for b, box_class in truth if box_class is None or box_class == class_id]
             row.update(_localisation(options, s, own, bool(e.degenerate[0])))
+        if regions is not None:
+            row.update(_region_localisation(options, s, regions, class_id, bool(e.degenerate[0])))
         rows.append(row)
         thumbnails[method] = _thumbnail(view, s)
     return {"rows": rows, "thumbnails": thumbnails}
@@ -263,6 +279,26 @@ def _localisation(options: AuditOptions, s: np.ndarray, own: list, degenerate: b
     if "box" in options.metrics:
         best = box_localisation(s, own, options.box_threshold) if own else 0.0
         out.update(box_iou=best, box_hit=int(best >= options.iou_threshold))
+    return out
+
+
+def _masks_in_input(folder, image, shape: tuple[int, int], explainer):
+    """The image's ground-truth masks (`cam_infer.audit.masks`, found by its file name) in the model's input."""
+    from .masks import read_truth
+
+    labels = [explainer.bundle.label(i) for i in range(explainer.bundle.num_classes)]
+    return read_truth(folder, Path(image).name, shape, labels).in_input(explainer.bundle.preprocessing)
+
+
+def _region_localisation(options: AuditOptions, s: np.ndarray, truth, class_id: int, degenerate: bool) -> dict:
+    """Pointing and energy of one map in its class's ground-truth region (void pixels left out); the energy
+    a uniform map would get (the region's share of the valid pixels)."""
+    region = truth.region(class_id)
+    out = {"energy_baseline": uniform_baseline(region, truth.valid)}
+    if "pointing" in options.metrics:
+        out["pointing"] = int(pointing_in_region(s, region, truth.valid, degenerate))
+    if "energy" in options.metrics:
+        out["energy"] = energy_in_region(s, region, truth.valid)
     return out
 
 

@@ -202,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "or 'all' (default: every metric, the localisation ones "
                                                     "- pointing, energy, box - only with --boxes)")
     p.add_argument("--boxes", help="JSON: image file -> list of [x1,y1,x2,y2] or {\"box\": [...], \"label\": ...}")
+    p.add_argument("--masks", help="folder of ground-truth masks: <image name>.png label images (255 = void) or "
+                                   "<class>/<image name>.png binary masks (pointing and energy in their regions)")
     _out(p, "report folder (a rerun resumes it)", "start over in --out instead of resuming")
     _runtime(p)
     _options(p, "METHOD.KEY=VALUE", "score.top_k=64")
@@ -241,7 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("synthetic", help="write synthetic scenes with ground-truth boxes (for audit)")
     p.add_argument("--out", required=True, help="folder for the PNGs and boxes.json")
     p.add_argument("--split", default="cluttered", help="large, small, multiple or cluttered (default); or detection "
-                                                        "(objects of several classes, for the detector)")
+                                                        "(objects of several classes, for the detector); or segmentation (the four "
+                                                        "splits in turn in images/, label images in masks/)")
     p.add_argument("-n", "--count", dest="n", type=int, default=100, help="number of scenes (default 100)")
-    p.add_argument("--seed", type=int, help="default 0; detection: 1 (the detector was trained on seed 0)")
+    p.add_argument("--seed", type=int, help="default 0; detection, segmentation: 1 (their models were trained on "
+                                            "seed 0)")
     return parser

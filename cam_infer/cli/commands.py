@@ -237,6 +237,11 @@ def synthetic(args) -> int:
         out = write_detection_scenes(args.out, args.n, seed=1 if args.seed is None else args.seed)
         print(f"{args.n} detection scenes and boxes.json in {out}")
         return 0
+    if args.split == "segmentation":
+        from ..tools.synthetic import write_segmentation_scenes
+        out = write_segmentation_scenes(args.out, args.n, seed=1 if args.seed is None else args.seed)
+        print(f"{args.n} scenes (images/) and their label images (masks/) in {out}")
+        return 0
     out = write_scenes(args.out, args.split, args.n, seed=args.seed or 0)
     print(f"{args.n} scenes ({args.split}) and boxes.json in {out}")
     return 0

@@ -289,3 +289,28 @@ def write_detection_scenes(out, n: int = 100, seed: int = 1) -> Path:
                        for b, c, m in zip(s.boxes, s.labels, s.markers)]
     (out / "boxes.json").write_text(json.dumps(truth, indent=1))
     return out
+
+
+def segmentation_labels(s: Scene) -> np.ndarray:
+    """A scene's label image for a segmenter with classes ("background", *CLASSES): 0 everywhere (distractors
+    included) but on its instances, which carry 1 + the class index."""
+    labels = np.zeros(s.image.shape[:2], np.uint8)
+    labels[s.masks.any(axis=0)] = s.label + 1
+    return labels
+
+
+def write_segmentation_scenes(out, n: int = 100, seed: int = 1) -> Path:
+    """Write `n` scenes (the four splits in turn) as ``images/<name>.png`` and their label images as
+    ``masks/<name>.png`` (PASCAL VOC palette PNGs: `cam_infer.audit.masks`); two folders, since an audit
+    searches a folder of images recursively."""
+    from ..audit.masks import write_label_image
+
+    out = Path(out)
+    for folder in ("images", "masks"):
+        (out / folder).mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        s = scene(SPLITS[i % len(SPLITS)], seed, i)
+        name = f"{s.split}_{i:05d}.png"
+        cv2.imwrite(str(out / "images" / name), cv2.cvtColor(s.image, cv2.COLOR_RGB2BGR))
+        write_label_image(out / "masks" / name, segmentation_labels(s))
+    return out
