@@ -189,7 +189,7 @@ class Explainer:
         request = self.task.request_for(spec, len(x), request)
         if enhance is not None:
             return self.task.enhanced(x, originals, names, method, request, options, start)
-        activations, outputs = self.task.observe(x)
+        activations, outputs = self.task.observe_for(spec, x, options)
         jobs = self.task.contexts(spec, x, activations, outputs, request, originals)
         maps = [self.task.run_method(spec, ctx, chosen, options) for ctx, chosen, *_ in jobs]
         return self.task.explanation(spec, method, jobs, maps, request, options, originals, names, outputs, start)

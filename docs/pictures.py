@@ -5,6 +5,8 @@
 - ``img/methods/<method>.jpg``: each registered method's overlay of one photo, as `Explanation.overlay` draws
   it; on MobileNetV2 and a photo of ``../shared/data`` when that is there, else on the embedded ShapesNet
   and a synthetic scene. Gradient methods only where torch is installed.
+  Methods of transformers only (attention rollout) on a ViT trained on the synthetic scenes, given with
+  ``--vit model.onnx``, and a synthetic scene; without it their pictures are left as they are.
 - ``img/methods-grid.jpg``: the gradient-free methods side by side.
 - ``img/detection.jpg``: the embedded detector's grid, as ``cam-infer demo`` draws it.
 - ``img/audit-report.jpg``: the top of an audit's ``index.html`` (ShapesNet, 12 synthetic scenes), as headless
@@ -30,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from cam_infer import Explainer, split_onnx  # noqa: E402
 from cam_infer.tools.demo import DEMO_SEED, embedded_bundle_path, run_detection_demo  # noqa: E402
 from cam_infer.methods import GRADIENT_FREE, METHODS  # noqa: E402
-from cam_infer.tools.synthetic import scene  # noqa: E402
+from cam_infer.tools.synthetic import CLASSES, scene  # noqa: E402
 
 IMG = ROOT / "docs" / "img"
 SHARED = ROOT.parent / "shared" / "data"
@@ -60,12 +62,24 @@ def method_pictures(bundle: Path, image) -> dict[str, np.ndarray]:
     with_gradients = Explainer(bundle, gradients="torch") if has_torch else None
     pictures = {}
     for name, spec in METHODS.items():
-        if spec.gradient and not has_torch:
+        if (spec.gradient and not has_torch) or spec.needs == "attention":
             continue
         ex = with_gradients if spec.gradient else plain
         e = ex.explain([image], name, **CHANNELS.get(name, {}))
         pictures[name] = e.overlay(0)
         print(f"{name}: {e.label(int(e.targets[0]))} p={e.scores[0]:.2f}")
+    return pictures
+
+
+def transformer_pictures(vit: Path, work: Path) -> dict[str, np.ndarray]:
+    """Each method of transformers only, on `vit` (split with auto) and a synthetic scene of its class."""
+    bundle = split_onnx(vit, layer="auto", out=work / "vit", labels=list(CLASSES),
+                        preprocessing={"crop": "none", "mean": (0.5,) * 3, "std": (0.25,) * 3}).path
+    explainer, image = Explainer(bundle), scene("multiple", DEMO_SEED, 0).image
+    pictures = {}
+    for name in (n for n, spec in METHODS.items() if spec.needs == "attention"):
+        pictures[name] = explainer.explain([image], name).overlay(0)
+        print(f"{name}: on {vit.name}")
     return pictures
 
 
@@ -106,7 +120,17 @@ def audit_screenshot(work: Path) -> np.ndarray | None:
 
 
 def main() -> None:
+    import argparse
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--vit", type=Path, help="a ViT classifier of the synthetic scenes (.onnx), for rollout")
+    parser.add_argument("--only-vit", action="store_true", help="only the pictures of methods of transformers")
+    args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
+        if args.vit:
+            for name, picture in transformer_pictures(args.vit, Path(tmp)).items():
+                write_jpeg(IMG / "methods" / f"{name}.jpg", picture)
+        if args.only_vit:
+            return
         bundle, image, what = subject(Path(tmp))
         print(what)
         pictures = method_pictures(bundle, image)

@@ -44,12 +44,12 @@ class Backend(ABC):
         if self.joins:
             return self.observe(x)[0]
         x = self._checked(x, self.bundle.input_shape, "input images")
-        return self._chunked("features", x)[0].reshape(len(x), *self.bundle.activation_shape)
+        return self._chunked("features", x)[0].reshape(len(x), *self.bundle.cut_shape)
 
     def head(self, a: np.ndarray) -> np.ndarray:
         """Activations (N,K,h,w) float32 → class scores (N,C) float32 (logits or probabilities); a detector's
         (N, 4+C, anchors)."""
-        a = self._checked(a, self.bundle.activation_shape, "activations")
+        a = self._checked(a, self.bundle.cut_shape, "activations")
         return self._chunked("head", a)[0].reshape(len(a), *self.bundle.output_shape)
 
     def branch(self, level: int, crops: np.ndarray) -> np.ndarray:
@@ -67,7 +67,16 @@ class Backend(ABC):
             return a, self.head(a)
         *parts, outputs = self._chunked("joined", x)
         a = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)     # a detector's cut maps, packed
-        return (a.reshape(len(x), *self.bundle.activation_shape),
+        return (a.reshape(len(x), *self.bundle.cut_shape),
+                outputs.reshape(len(x), *self.bundle.output_shape))
+
+    def attention(self, x: np.ndarray, head_fusion: str = "mean") -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+        """A token model's clean pass with the attention probabilities of every block fused over its heads (mean,
+        max or min), in one runtime call per chunk: (cut tokens, [(N,T,T) per block], outputs)."""
+        x = self._checked(x, self.bundle.input_shape, "input images")
+        cut, *attention, outputs = self._chunked(f"attention-{head_fusion}", x)
+        return (cut.reshape(len(x), *self.bundle.cut_shape),
+                [a.reshape(len(x), *shape[1:]) for a, (_, shape) in zip(attention, self.bundle.attention)],
                 outputs.reshape(len(x), *self.bundle.output_shape))
 
     def forward(self, x: np.ndarray) -> np.ndarray:
@@ -109,6 +118,8 @@ class Backend(ABC):
 
     def output_count(self, role: str) -> int:
         """How many outputs graph `role` has: 1, except the joined graph's cut tensors + output."""
+        if role.startswith("attention"):
+            return 2 + len(self.bundle.attention)
         return 1 + (len(self.bundle.cut_levels or [None]) if role == "joined" else 0)
 
     def _count(self, chunks: list) -> list:

@@ -40,6 +40,8 @@ class OnnxRuntimeBackend(Backend):
         if role not in self._sessions:
             with self._opening:
                 if role not in self._sessions:
+                    if role.startswith("attention-") and source is None:     # attention-<head fusion>
+                        source = self.bundle.attention_model(role.split("-")[1]).SerializeToString()
                     s = onnxruntime_session(source or self.bundle.graph_path(role), self.runtime)
                     self._names[role] = s.get_inputs()[0].name
                     self._sessions[role] = s

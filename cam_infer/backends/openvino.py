@@ -52,7 +52,13 @@ class OpenVINOBackend(Backend):
         with self._lock:
             key = self._key(role, batch)
             if key not in self._compiled:
-                self._compiled[key] = Compiled(self._compile(*key))
+                try:
+                    self._compiled[key] = Compiled(self._compile(*key))
+                except CamInferError:
+                    if key[1] is None:
+                        raise
+                    self._single = False    # no static copy (OpenVINO's int8 passes fail on a QDQ ViT at batch 1)
+                    return self._graph(role)
             return self._compiled[key]
 
     def _compile(self, role: str, batch: int | None):
@@ -69,6 +75,8 @@ class OpenVINOBackend(Backend):
                                 f"{str(exc).strip().splitlines()[0][:300]}") from None
 
     def _model(self, role: str):
+        if role.startswith("attention-"):                  # attention-<head fusion>
+            return openvino_model(self.bundle.attention_model(role.split("-")[1]))
         if role != "joined":
             return openvino_model(self.bundle.graph_path(role))
         if self._joined is None:

@@ -14,6 +14,7 @@ from ..version import __version__
 from .anatomy import score_output
 from .graph import INTEGER_TYPES, Graph, InputSpec, TensorInfo, make_tensor_value_info
 from .layers import TargetLayer
+from .shapes_at_cut import rebuild, rebuildable
 
 BOUNDARY_FLOATS = (TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE)
 
@@ -39,8 +40,12 @@ def extract(graph: Graph, target: TargetLayer, batch_mode: str) -> tuple[onnx.Mo
         scores_info = TensorInfo(scores, graph.scores_output.type.tensor_type.elem_type, None)
     features = _subgraph(graph, graph.nodes_computing([tensor], stop=set()), "features",
                          [make_tensor_value_info(image, batch_dim)], [make_tensor_value_info(activation, batch_dim)])
-    head = _subgraph(graph, graph.nodes_computing([scores], stop={tensor}), "head",
+    shapes = rebuildable(graph, graph.ancestors(tensor), tensor)
+    head_nodes = graph.nodes_computing([scores], stop={tensor, *shapes})
+    head = _subgraph(graph, head_nodes, "head",
                      [make_tensor_value_info(activation, batch_dim)], [make_tensor_value_info(scores_info, batch_dim)])
+    read = {i for idx in head_nodes for i in graph.node_inputs[idx]}
+    _rebuild_shapes(head, {name: shape for name, shape in shapes.items() if name in read}, tensor)
     _adapt_activation(graph, features, head, target)
     _adapt_image_input(features, graph.input_spec)
     if scores_info.rank == 1:
@@ -52,11 +57,21 @@ def extract(graph: Graph, target: TargetLayer, batch_mode: str) -> tuple[onnx.Mo
     return features, head
 
 
+def _rebuild_shapes(head: onnx.ModelProto, shapes: dict, tensor: str) -> None:
+    """Shapes of tensors before the cut that the head reads, computed from the cut's batch (`shapes_at_cut`)."""
+    if not shapes:
+        return
+    nodes, initializers = rebuild(shapes, tensor)
+    for i, node in enumerate(nodes):
+        head.graph.node.insert(i, node)
+    head.graph.initializer.extend(initializers)
+
+
 def _adapt_activation(graph: Graph, features: onnx.ModelProto, head: onnx.ModelProto, target: TargetLayer) -> None:
     """Give the methods a float NCHW activation: DequantizeLinear (and a Transpose for NHWC maps) at the end
     of `features`; the inverse at the start of `head`, which then reads exactly what the model had."""
     quant, tensor = target.quantization, target.tensor
-    if quant is None and target.layout == "NCHW":
+    if quant is None and target.layout != "NHWC":      # NCHW maps and tokens (seen as a grid by the backends)
         return
     name = activation_name(target)
     constants = [graph.initializers[c] for c in (quant.scale, quant.zero_point) if quant and c in graph.initializers]

@@ -39,7 +39,8 @@ def describe(bundle) -> str:
         f"target layer '{target['requested']}' ({how[target['matched_by']]}) -> tensor '{target['tensor']}'"
         + (f", module '{target['module']}'" if target.get("module") and target["matched_by"] != "module" else ""),
         f"activation   (N,{k},{ah},{aw})" + (f", dequantized from {quant['dtype']} (scale {quant['scale']}, zero point "
-                                            f"{quant['zero_point']}); the head re-quantizes it" if quant else ""),
+                                            f"{quant['zero_point']}); the head re-quantizes it" if quant else "")
+        + tokens_note(m["activation"].get("tokens")),
         "head ops     " + ", ".join(f"{op} x{n}" for op, n in m["graphs"]["head"]["ops"].items()),
         f"output       '{m['output']['name']}': {bundle.num_classes} classes, {bundle.output_kind}"
         + (f" (the model's {' -> '.join(m['output']['left_out'])} after them is left out: probabilities are "
@@ -55,6 +56,18 @@ def describe(bundle) -> str:
         + (f", exported with {m['provenance']['exporter']}" if m["provenance"].get("exporter") else ""),
     ]
     return "\n".join(lines)
+
+
+def tokens_note(tokens: dict | None) -> str:
+    """How a transformer's cut tokens are the activation's grid."""
+    if not tokens:
+        return ""
+    shape = ",".join(map(str, tokens["shape"]))
+    prefix = f"{tokens['prefix_tokens']} prefix token{'s' if tokens['prefix_tokens'] != 1 else ''} set apart + "
+    blocks = len(tokens.get("attention", []))
+    return (f"; the patch grid of tokens (N,{shape}) ({tokens['layout']}: "
+            f"{prefix if tokens['prefix_tokens'] else ''}{tokens['grid'][0]}x{tokens['grid'][1]} patches)"
+            + (f", attention over all tokens in {blocks} blocks" if blocks else ""))
 
 
 def runtimes_line(runtimes: dict) -> str:

@@ -140,13 +140,14 @@ def input_spec(graph: Graph, layout: str | None = None) -> InputSpec:
     tt = image.type.tensor_type
     dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tt.shape.dim]
     dtype = {TensorProto.FLOAT: "float32", **INTEGER_TYPES, **FLOAT16_TYPES}.get(tt.elem_type)
+    sequence = " (a sequence model's tokens, not an image)" if len(dims) in (2, 3) else ""
     if dtype is None:
         raise CamInferError(f"the model input '{image.name}' is of type "
-                            f"{TensorProto.DataType.Name(tt.elem_type).lower()}; cam-infer takes float, float16, "
-                            "uint8 or int8 images")
+                            f"{TensorProto.DataType.Name(tt.elem_type).lower()}{sequence}; cam-infer takes float, "
+                            "float16, uint8 or int8 images")
     if len(dims) != 4:
-        raise CamInferError(f"the model input '{image.name}' has shape {tuple(dims)}; cam-infer needs an image "
-                            "input (N,C,H,W) or (N,H,W,C)")
+        raise CamInferError(f"the model input '{image.name}' has shape {tuple(dims)}{sequence}; cam-infer needs an "
+                            "image input (N,C,H,W) or (N,H,W,C)")
     if layout is not None:
         layout = layout.upper()
         if layout not in ("NCHW", "NHWC"):

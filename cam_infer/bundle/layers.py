@@ -15,6 +15,8 @@ from ..errors import CamInferError
 from .anatomy import (Quantization, dequantized_source, feature_region, quantization_of, spatial_size,
                       tensor_layouts)
 from .graph import INTEGER_TYPES, Graph
+from .shapes_at_cut import rebuildable, shape_only
+from .tokens import TokenLayout, TokenStream, token_layout, token_stream
 
 
 @dataclass(frozen=True)
@@ -25,11 +27,13 @@ class TargetLayer:
     module: str | None        # torch module path whose output this is, when known
     layout: str = "NCHW"      # of `tensor`; an NHWC map is transposed at the cut
     quantization: Quantization | None = None   # how `tensor` maps to real values, when it is integer
+    tokens: TokenLayout | None = None          # a transformer's tokens: how they are seen as a grid
 
 
 def crossing_tensors(graph: Graph, tensor: str) -> list[str]:
     """Tensors computed before `tensor` that the head would also read (empty: a cut point)."""
     before = graph.ancestors(tensor)
+    shapes = rebuildable(graph, before, tensor)           # only a shape read from before: rebuilt in the head
     crossing: set[str] = set()
     seen: set[str] = set()
     stack = [graph.scores_output.name]
@@ -39,7 +43,8 @@ def crossing_tensors(graph: Graph, tensor: str) -> list[str]:
             continue
         seen.add(name)
         if name in graph.input_dependent and (name in before or name not in graph.producer):
-            crossing.add(name)
+            if not shape_only(graph, name, shapes):
+                crossing.add(name)
             continue
         idx = graph.producer.get(name)
         if idx is not None:
@@ -109,12 +114,49 @@ def display_name(graph: Graph, tensor: str) -> str:
 
 
 def find_target_layer(graph: Graph, layer: str) -> TargetLayer:
-    """Resolve `layer` (``auto``, tensor name, node name or torch module path) and check it."""
+    """Resolve `layer` (``auto``, tensor name, node name or torch module path) and check it. On a transformer
+    (`tokens.token_stream`) ``auto`` is the input of the last block, and a layer inside a block is refused."""
+    stream = token_stream(graph)
     if layer == "auto":
+        if stream is not None:
+            return _token_target(graph, stream, stream.last_block_input, "auto", "auto", None)
         return _auto_layer(graph)
     target = _lookup(graph, layer)
+    if stream is not None and target.tensor in stream.valid:
+        return _token_target(graph, stream, target.tensor, target.requested, target.matched_by, target.module)
+    if stream is not None:
+        _check_not_in_block(graph, stream, target)
     _check_activation(graph, target)
     return _target(graph, target.tensor, target.requested, target.matched_by, target.module)
+
+
+def _token_target(graph: Graph, stream: TokenStream, tensor: str, requested: str, matched_by: str,
+                  module: str | None) -> TargetLayer:
+    layout = token_layout(graph, stream, tensor, requested)
+    cut, quant = resolve_cut(graph, tensor)
+    if not is_cut_point(graph, cut):
+        raise CamInferError(f"layer '{requested}' is not a cut point of the residual stream: the head also reads "
+                            f"{', '.join(repr(c) for c in crossing_tensors(graph, cut)[:4])}")
+    return TargetLayer(cut, requested, matched_by, module or module_of(graph, cut), layout.layout, quant, layout)
+
+
+def _check_not_in_block(graph: Graph, stream: TokenStream, target: TargetLayer) -> None:
+    """A layer inside a transformer block (norm, attention, MLP, q/k/v, the sum between attention and MLP) is
+    bypassed by the residual stream: refused, naming the block's input; the last block's output of a class-token
+    head is refused too (only the prefix tokens reach the scores)."""
+    index = stream.block_of(target.tensor)
+    last = stream.blocks[-1].output
+    if index is not None:
+        block = stream.blocks[index]
+        nearest = block.input if block.input in stream.valid else stream.last_block_input
+        raise CamInferError(f"layer '{target.requested}' is inside transformer block {index} of {len(stream.blocks)} "
+                            f"(the residual stream bypasses it, so it is no cut point); nearest valid layer: "
+                            f"'{display_name(graph, nearest)}' (tensor '{nearest}', the block's input), "
+                            "or --layer auto")
+    if target.tensor == last and last not in stream.valid:
+        raise CamInferError(f"layer '{target.requested}' is the last block's output, where the head reads only the "
+                            "prefix (class) tokens: the patch tokens are not connected to the scores; use the last "
+                            f"block's input '{display_name(graph, stream.last_block_input)}' or --layer auto")
 
 
 def _auto_layer(graph: Graph) -> TargetLayer:

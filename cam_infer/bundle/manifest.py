@@ -167,6 +167,36 @@ class Bundle:
         return tuple(self.manifest["activation"]["shape"])
 
     @property
+    def tokens(self):
+        """How a transformer's cut tokens are seen as the grid `activation_shape` (`tokens.TokenLayout`), or None."""
+        record = self.manifest["activation"].get("tokens")
+        if record is None:
+            return None
+        from .tokens import TokenLayout
+        return TokenLayout.from_dict(record)
+
+    @property
+    def cut_shape(self) -> tuple[int, ...]:
+        """The cut tensor for one image as the graphs hold it: tokens (T,D) or (h,w,D), else `activation_shape`."""
+        record = self.manifest["activation"].get("tokens")
+        return tuple(record["shape"]) if record else self.activation_shape
+
+    @property
+    def attention(self) -> list[tuple[str, tuple[int, ...]]]:
+        """A token model's attention probabilities (Softmax outputs) of every block, in order, with their shapes for
+        one image; empty when the graph showed none."""
+        record = self.manifest["activation"].get("tokens") or {}
+        return [(name, tuple(shape or ())) for name, shape in zip(record.get("attention", []),
+                                                                 record.get("attention_shapes", []))]
+
+    def attention_model(self, head_fusion: str = "mean"):
+        """The joined model with the attention probabilities, fused over the heads, as outputs between the cut and
+        the scores (`tokens.with_attention`); None for IR bundles."""
+        from .tokens import with_attention
+        joined = self.joined_model()
+        return None if joined is None else with_attention(joined, [name for name, _ in self.attention], head_fusion)
+
+    @property
     def task(self) -> str:
         """``classification`` or ``detection`` (a cut set before a YOLO-style head, `cam_infer.detection`)."""
         return self.manifest.get("task", "classification")
@@ -218,6 +248,8 @@ class Bundle:
         """Rough working memory per image of one graph, for cutting batches into chunks."""
         if role == "joined":
             return self.bytes_per_item("features") + self.bytes_per_item("head")
+        if role.startswith("attention"):
+            return self.bytes_per_item("joined") + sum(4 * int(np.prod(shape[1:])) for _, shape in self.attention)
         return int(self.manifest["memory"][f"{role}_bytes_per_item"])
 
 

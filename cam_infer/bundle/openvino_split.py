@@ -217,6 +217,7 @@ def split_openvino(path, layer: str = "auto", out=None, *, input_size=None, prep
     if input_size is not None and tuple(input_size) != tuple(spec.size):
         raise CamInferError(f"this model's input size is fixed at {spec.size}; --input-size cannot change it")
     prep = preprocessing_for(spec, preprocessing, None)
+    _refuse_transformer(model, path)
     ops, layouts = _ops(model), _layouts(model, spec)
     target = _find_layer(model, ops, layouts, spec, layer)
     logits, left_out, dequantize = _score_output(model)
@@ -281,6 +282,24 @@ def _bytes(model) -> int:
             if shape.rank.is_static and all(d.is_static for d in list(shape)[1:]) and shape.rank.get_length():
                 sizes.append(int(np.prod([d.get_length() for d in list(shape)[1:]])) * 4)
     return int(max(sizes, default=1 << 18) * 3) or 1 << 20
+
+
+def _refuse_transformer(model, path: Path) -> None:
+    """A vision transformer (Softmax over (tokens × tokens) attention inside the graph) is cut between its blocks,
+    which is read from ONNX graphs only (`tokens`); its feature maps here would be the patch embedding's, before
+    every attention block: a map of the input, not of the model."""
+    def is_attention(op) -> bool:
+        if op.get_type_name() == "ScaledDotProductAttention":
+            return True
+        shape = op.get_output_partial_shape(0)
+        return op.get_type_name() == "Softmax" and shape.rank.is_static and shape.rank.get_length() == 4 \
+            and shape[2] == shape[3]
+
+    attention = [op for op in model.get_ordered_ops() if is_attention(op)]
+    if attention:
+        raise CamInferError(f"'{path.name}' is a vision transformer ({len(attention)} attention ops over tokens); "
+                            "cam-infer cuts transformers between blocks on ONNX graphs only: split the .onnx "
+                            "file it was converted from")
 
 
 def _find_layer(model, ops: dict, layouts: dict, spec: InputSpec, layer: str) -> _Output:

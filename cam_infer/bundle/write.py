@@ -67,8 +67,10 @@ def manifest_for(graph, target, prep, features, head, batch_mode, verification, 
         "preprocessing": prep.to_dict(),
         "target_layer": {"requested": target.requested, "matched_by": target.matched_by, "module": target.module,
                          "tensor": target.tensor, "layout": target.layout},
-        "activation": {"name": activation_name(target), "shape": _nchw_shape(graph, target.tensor, target.layout),
-                       "dtype": "float32", "quantization": _quantization_record(graph, target)},
+        "activation": {"name": activation_name(target), "shape": _nchw_shape(graph, target.tensor, target.layout)
+                       if target.tokens is None else list(target.tokens.grid_shape),
+                       "dtype": "float32", "quantization": _quantization_record(graph, target),
+                       **({"tokens": tokens_record(graph, target)} if target.tokens else {})},
         "output": {"name": scores.tensor, "kind": scores.kind, "num_classes": int(num_classes),
                    "model_output": scores.source, "left_out": list(scores.trimmed), "model_output_step": scores.step},
         "labels": labels,
@@ -81,6 +83,18 @@ def manifest_for(graph, target, prep, features, head, batch_mode, verification, 
         "verification": verification,
         "provenance": provenance_record(source, graph.model, **({"checker": note} if note else {}), **provenance),
     }
+
+
+def tokens_record(graph: Graph, target: TargetLayer) -> dict:
+    """How the cut's tokens are a grid, and the attention probabilities (Softmax outputs) of every block, in order,
+    when each is over all the tokens of an image, (1, H, T, T) at batch 1 (not a Swin's windows)."""
+    from .tokens import token_stream
+    count = target.tokens.prefix + target.tokens.grid[0] * target.tokens.grid[1]
+    shapes = {a: graph.info(a).shape for a in token_stream(graph).attention}
+    attention = [a for a, shape in shapes.items() if shape and len(shape) == 4 and shape[0] in (1, None)
+                 and tuple(shape[2:]) == (count, count)]
+    return {**target.tokens.to_dict(), "attention": attention,
+            "attention_shapes": [list(shapes[a][1:]) for a in attention]}
 
 
 def graphs_record(features: onnx.ModelProto, head: onnx.ModelProto) -> dict:

@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default=DEFAULT_METHOD,
                    help=f"{', '.join(GRADIENT_FREE)}, comma-separated names, or 'all' (these); default {DEFAULT_METHOD}. "
                         f"Also {', '.join(n for n, m in METHODS.items() if not m.in_all and not m.gradient)} "
-                        f"(many passes, by name only); with torch {', '.join(GRADIENT)}. A detector: "
+                        f"(by name only: many passes, or transformers only); with torch {', '.join(GRADIENT)}. A detector: "
                         f"{', '.join(in_all('detection'))} ('all'), also "
                         f"{', '.join(sorted(set(explaining('detection')) - set(in_all('detection'))))} by name")
     _options(p)

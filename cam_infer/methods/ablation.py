@@ -66,7 +66,7 @@ def _target_scores(ctx: Context, i: int, c: int, score: str, closed_form: bool) 
             return float(logits[c]), logits[c] - pooled * head.weight[c]
         ablated = logits[None, :] - pooled[:, None] * head.weight.T               # (K,C)
         return float(softmax(logits)[c]), softmax(ablated)[:, c]
-    ablated = ablated_scores(a, ctx.backend.head, ctx.backend.chunk_size("head"))
+    ablated = ablated_scores(a, lambda rows: ctx.head(i, rows), ctx.backend.chunk_size("head"))
     return float(ctx.class_scores(ctx.outputs[i][None], i, score)[0]), ctx.class_scores(ablated, i, score)
 
 

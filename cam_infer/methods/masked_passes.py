@@ -97,7 +97,8 @@ def full_passes_of(samples_of: Callable[[dict], int]):
     """A cost model for bench (the Score-CAM family): (full passes for one image: the selected channels times
     `samples_of(options)` per channel, images per backend call)."""
     def floor(explainer, x: np.ndarray, options: dict) -> tuple[int, int]:
-        channels = len(selected_channels(explainer.backend.features(x[:1])[0], options.get("top_k")))
+        channels = len(selected_channels(explainer.task.grid_of(explainer.backend.features(x[:1]))[0][0],
+                                          options.get("top_k")))
         passes = channels * samples_of(options)
         return passes, rows_per_call(explainer.bundle, explainer.backend.memory_budget, passes)
     return floor

@@ -67,7 +67,7 @@ def recipro(ctx: Context, *, score: Literal["prob", "logit"] = "prob", kernel: L
     maps = np.empty((n, h, w), np.float32)
     for i, a in enumerate(ctx.activations):
         recipro_masked_batch(a, KERNELS[kernel], masked)
-        maps[i] = ctx.class_scores(ctx.backend.head(masked), i, score).reshape(h, w)
+        maps[i] = ctx.class_scores(ctx.head(i, masked), i, score).reshape(h, w)
     return maps
 
 

@@ -34,7 +34,7 @@ from ..bundle.head import LinearHead
 from ..errors import CamInferError, MethodNotApplicable
 from ..numerics import probabilities_of, softmax  # noqa: F401  (softmax: methods import it from here)
 
-NEEDS = ("features", "linear_head", "head", "model", "gradients")
+NEEDS = ("features", "attention", "linear_head", "head", "model", "gradients")
 DEFAULT_METHOD = "recipro"
 
 
@@ -55,6 +55,14 @@ class Context:
                                                              # that need them at other inputs (noisy, scaled)
     finer: object = field(default=None)            # a `cam_infer.finer.Finer`: explain F(y), not y_c
     finer_refs: np.ndarray | None = field(default=None)    # (N,R) its reference classes per image
+    prefix: np.ndarray | None = field(default=None)        # (N,P,D) a token model's prefix tokens, set apart
+    attention: list | None = field(default=None)           # [(N,H,T,T) per block]: its attention probabilities
+
+    def head(self, i: int, rows: np.ndarray) -> np.ndarray:
+        """The head's outputs on rows (R,K,h,w) made from image i's activations (masked, ablated): on a token
+        model the rows go back into tokens with image i's prefix tokens kept (`bundle.tokens.TokenLayout`)."""
+        tokens = self.bundle.tokens
+        return self.backend.head(rows if tokens is None else tokens.join(rows, self.prefix[i]))
 
     def probabilities(self, outputs: np.ndarray) -> np.ndarray:
         """Class probabilities of head outputs: a softmax unless the model already ends in one."""
@@ -348,6 +356,10 @@ def class_agnostic_note(methods) -> str:
 
 
 def require_linear_head(ctx: Context, name: str) -> LinearHead:
+    if ctx.linear_head is None and ctx.bundle.tokens is not None:
+        raise MethodNotApplicable(f"method '{name}' needs a head that is global average pooling followed by a linear "
+                                  "layer, and a transformer's head (a LayerNorm, then its class token or pooled "
+                                  "tokens, then a linear layer) is not one; use recipro, ablation or score")
     if ctx.linear_head is None:
         raise MethodNotApplicable(METHODS[name].applies(False))
     return ctx.linear_head

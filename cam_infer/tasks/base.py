@@ -62,6 +62,28 @@ class Task:
         """(the cut, the model's outputs) of a batch, in one pass."""
         return self.explainer.backend.observe(x)
 
+    def observe_for(self, spec, x: np.ndarray, options: dict | None = None):
+        """The clean pass method `spec` needs: `observe`, except for a method of a transformer's attention
+        (``needs="attention"``), whose pass also returns the attention probabilities of every block, fused over
+        the heads as its ``head_fusion`` option says: the cut is then (tokens, [(N,T,T) per block])."""
+        if spec.needs != "attention":
+            return self.observe(x)
+        if not self.bundle.attention:
+            raise CamInferError(f"method '{spec.name}' reads a vision transformer's attention over all its tokens, and "
+                                "this bundle's graph has none (a CNN, or a Swin's attention within windows)")
+        if self.bundle.graph_format != "onnx":
+            raise CamInferError(f"method '{spec.name}' reads the attention from the ONNX graphs; this bundle holds "
+                                "OpenVINO IR (split the .onnx file)")
+        head_fusion = (options or {}).get("head_fusion", spec.defaults(self.name).get("head_fusion", "mean"))
+        spec.check_options(options or {}, self.name)
+        tokens, attention, outputs = self.explainer.backend.attention(x, head_fusion)
+        return (tokens, attention), outputs
+
+    def grid_of(self, activations: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The cut as the methods see it, (N,K,h,w), and a token model's prefix tokens (N,P,D) set apart."""
+        tokens = self.bundle.tokens
+        return (activations, None) if tokens is None else tokens.split(activations)
+
     def method(self, name: str):
         """The method `name` (`methods.MethodSpec`), refused unless it explains this task's models."""
         from ..methods import get_method

@@ -31,8 +31,8 @@ class ClassificationTask(Task):
 
         from ..bundle.head import read_linear_head
 
-        if self.bundle.graph_format != "onnx":        # an IR bundle: methods run the head graph instead
-            return None
+        if self.bundle.graph_format != "onnx" or self.bundle.tokens is not None:   # an IR bundle, a token model's
+            return None                                                            # head: methods run the head graph
         head = read_linear_head(onnx.load(self.bundle.head_path), self.bundle.activation_shape[0])
         if head is None:
             return None
@@ -66,11 +66,16 @@ class ClassificationTask(Task):
         from ..methods import Context
 
         targets = self.targets_for(request["target"], outputs, request["top_classes"])
+        activations, attention = activations if isinstance(activations, tuple) else (activations, None)
+        activations, prefix = self.grid_of(activations)
         k = targets.shape[1] if targets.ndim == 2 else None
         if k is not None:
             x, activations, outputs = (np.repeat(v, k, axis=0) for v in (x, activations, outputs))
+            prefix = None if prefix is None else np.repeat(prefix, k, axis=0)
+            attention = None if attention is None else [np.repeat(a, k, axis=0) for a in attention]
         ctx = Context(x=x, activations=activations, targets=targets.reshape(-1), outputs=outputs,
-                      backend=self.explainer.backend, bundle=self.bundle, linear_head=self.explainer.linear_head)
+                      backend=self.explainer.backend, bundle=self.bundle, linear_head=self.explainer.linear_head,
+                      prefix=prefix, attention=attention)
         objective = self._finer(ctx, spec, request["finer"])
         if spec.needs == "gradients":
             ctx.gradients = self._gradients(spec.name, x, activations, ctx.targets, objective)

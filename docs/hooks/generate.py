@@ -23,7 +23,9 @@ from mkdocs.structure.files import File
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "bench"
-MEASURED_FROM = ("methods.md", "seed_methods.md", "gradients.md")    # as CONTRIBUTING's table command
+MEASURED_FROM = ("methods.md", "seed_methods.md", "gradients.md", "rollout.md")    # as CONTRIBUTING's table command
+TOKEN_MODEL = "vit-s"      # the model whose rows give the figures of methods of transformers only (rollout)
+TOKEN_MODEL_SHOWN = "ViT-S"
 SCRIPT_OF = {"gradients": "methods", "torchcam": "seed_methods"}     # tables written by another script
 TABLE_MARKER = "<!-- methods-table -->"
 INCLUDE = re.compile(r"<!-- include: (\S+) -->")
@@ -145,15 +147,19 @@ def measured_ratios(texts, model: str = "resnet50", backend: str = "openvino") -
             if line.startswith("**"):
                 current = line.split("**")[1]
             cells = [c.strip() for c in line.strip().strip("|").split("|")]
-            if current != model or len(cells) < 5 or not cells[0].startswith(backend):
+            if len(cells) < 5 or not cells[0].startswith(backend):
                 continue
             case, ratio = cells[1], cells[4]
             name, _, variant = case.partition(" ")
             if name not in methods() or name in out or variant.startswith("("):
                 continue
+            tokens_only = methods()[name].needs == "attention"
+            if current != (TOKEN_MODEL if tokens_only else model):
+                continue
             total, _, rest = ratio.partition(" ")
             passes = rest.split(" its")[0].strip("(") if "its" in rest else None
-            out[name] = total + (f" ({passes} its passes{', ' + variant if variant else ''})" if passes else "")
+            out[name] = total + (f" ({passes} its passes{', ' + variant if variant else ''})" if passes else
+                                 f" ({TOKEN_MODEL_SHOWN})" if tokens_only else "")
     return out
 
 

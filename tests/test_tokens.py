@@ -1,0 +1,357 @@
+"""Token models: the residual stream recognised from the graph, the cut between blocks, refusals."""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from cam_infer import CamInferError
+from cam_infer.bundle.split import split_onnx
+from conftest import needs_torch
+
+pytestmark = needs_torch
+
+
+@pytest.fixture(scope="session")
+def tiny_vits(tmp_path_factory):
+    from tiny_transformers import export_tiny
+    folder = tmp_path_factory.mktemp("tiny-vits")
+    return {name: export_tiny(name, folder / f"{name}.onnx", dynamo=name == "swin") for name in ("vit", "deit", "swin")}
+
+
+@pytest.fixture(scope="session")
+def vit_bundles(tiny_vits, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("vit-bundles")
+    return {name: split_onnx(path, "auto", folder / name) for name, path in tiny_vits.items()}
+
+
+@pytest.mark.parametrize("name, prefix, grid", [("vit", 1, (8, 8)), ("deit", 2, (6, 10)), ("swin", 0, (8, 8))])
+def test_auto_cuts_at_the_last_block_input(vit_bundles, name, prefix, grid):
+    bundle = vit_bundles[name]
+    tokens = bundle.tokens
+    assert (tokens.prefix, tokens.grid, tokens.dim) == (prefix, grid, 32)
+    assert bundle.activation_shape == (32, *grid)
+    last = "blocks.1" if name != "swin" else None          # the last block's input is the one before's output
+    if last:
+        assert bundle.manifest["target_layer"]["module"] == last
+    assert len(bundle.manifest["activation"]["tokens"]["attention"]) == (3 if name != "swin" else 2)
+
+
+def test_tokens_round_trip_through_the_grid(vit_bundles):
+    tokens = vit_bundles["deit"].tokens
+    t = np.random.default_rng(0).standard_normal((3, *tokens.shape)).astype(np.float32)
+    grid, prefix = tokens.split(t)
+    assert grid.shape == (3, 32, 6, 10) and prefix.shape == (3, 2, 32)
+    assert np.array_equal(grid[1, :, 2, 3], t[1, 2 + 2 * 10 + 3])           # row-major after the prefix
+    assert np.array_equal(tokens.join(grid[1:2], prefix[1]), t[1:2])
+
+
+def test_the_features_graph_ends_at_the_stream(tiny_vits, vit_bundles):
+    """features(x) is the model's own tensor at the last block's input (read from the unsplit model)."""
+    bundle = vit_bundles["vit"]
+    model = onnx.load(tiny_vits["vit"])
+    tensor = bundle.manifest["target_layer"]["tensor"]
+    model.graph.output.append(onnx.helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, None))
+    x = np.random.default_rng(1).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    expected = ort.InferenceSession(model.SerializeToString()).run([tensor], {"input": x})[0]
+    features = ort.InferenceSession(str(bundle.features_path))
+    got = features.run(None, {features.get_inputs()[0].name: x})[0]
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("layer", ["blocks.2.norm1", "blocks.2.attn", "blocks.1.mlp", "/blocks/blocks.2/Add_output_0",
+                                   "/blocks/blocks.2/attn/Softmax_output_0"])
+def test_a_layer_inside_a_block_is_refused_naming_the_nearest(tiny_vits, tmp_path, layer):
+    with pytest.raises(CamInferError, match=r"inside transformer block \d of 3 .*nearest valid layer: '(blocks\.\d|"
+                                            r"/Add_output_0)'"):
+        split_onnx(tiny_vits["vit"], layer, tmp_path / "b")
+
+
+def test_the_last_block_output_of_a_class_token_head_is_refused(tiny_vits, tmp_path):
+    with pytest.raises(CamInferError, match="patch tokens are not connected"):
+        split_onnx(tiny_vits["vit"], "blocks.2", tmp_path / "b")
+
+
+def test_an_earlier_block_input_is_a_valid_cut(tiny_vits, tmp_path):
+    bundle = split_onnx(tiny_vits["vit"], "blocks.0", tmp_path / "b")
+    assert bundle.manifest["verification"]["passed"] and bundle.tokens.grid == (8, 8)
+
+
+# --- every method on the patch grid ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def vit_explainers(vit_bundles):
+    from cam_infer import Explainer
+    return {(name, rt): Explainer(bundle.path, backend=rt) for name, bundle in vit_bundles.items()
+            for rt in ("onnxruntime", "openvino")}
+
+
+def images_for(bundle, n=2):
+    _, h, w = bundle.input_shape
+    return [(np.random.default_rng(i).random((h, w, 3)) * 255).astype(np.uint8) for i in range(n)]
+
+
+GRADIENT_FREE = ["activation", "eigen", "entropy", "ablation", "recipro", "score", "is-cam", "ss-cam"]
+
+
+@pytest.mark.parametrize("name", ["vit", "deit", "swin"])
+def test_every_gradient_free_method_runs_on_tokens_and_both_runtimes_agree(vit_bundles, vit_explainers, name):
+    images = images_for(vit_bundles[name])
+    for method in GRADIENT_FREE + (["rollout"] if name != "swin" else []):
+        options = {"samples": 2} if method in ("is-cam", "ss-cam") else {}
+        got = [vit_explainers[name, rt].explain(images, method=method, **options).maps for rt in ("onnxruntime",
+                                                                                                  "openvino")]
+        assert got[0].shape == (2, *vit_bundles[name].tokens.grid), method
+        np.testing.assert_allclose(got[0], got[1], rtol=1e-3, atol=1e-4 * np.abs(got[0]).max(), err_msg=method)
+
+
+@pytest.mark.parametrize("name", ["vit", "deit"])
+def test_recipro_and_ablation_put_the_grid_back_into_tokens_with_the_prefix_kept(vit_bundles, vit_explainers, name):
+    """Against the torch model's own last block and head on masked / ablated tokens (prefix tokens as they were)."""
+    from tiny_transformers import build_tiny, tail_logits
+    bundle, ex = vit_bundles[name], vit_explainers[name, "onnxruntime"]
+    images = images_for(bundle, 1)
+    tokens, _ = ex.backend.observe(bundle.preprocess(images))
+    p, (h, w), d = bundle.tokens.prefix, bundle.tokens.grid, bundle.tokens.dim
+    model = build_tiny(name)
+    clean = tail_logits(model, tokens).numpy()[0]
+    c = int(clean.argmax())
+    onehot = np.zeros((h * w, *tokens.shape[1:]), np.float32)
+    for q in range(h * w):
+        onehot[q, :p] = tokens[0, :p]
+        onehot[q, p + q] = tokens[0, p + q]
+    expected = tail_logits(model, onehot).numpy()[:, c].reshape(h, w)
+    got = ex.explain(images, method="recipro", score="logit").maps[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    ablated = np.repeat(tokens, d, axis=0)
+    ablated[np.arange(d), p:, np.arange(d)] = 0.0
+    weights = (clean[c] - tail_logits(model, ablated).numpy()[:, c]) / abs(clean[c])
+    grid = tokens[0, p:].reshape(h, w, d)
+    np.testing.assert_allclose(ex.explain(images, method="ablation").maps[0], grid @ weights, rtol=1e-3, atol=1e-4)
+
+
+def test_cam_is_refused_on_a_transformer_head(vit_explainers, vit_bundles):
+    with pytest.raises(CamInferError, match="a transformer's head"):
+        vit_explainers["vit", "onnxruntime"].explain(images_for(vit_bundles["vit"]), method="cam")
+
+
+# --- attention rollout ----------------------------------------------------------------------------------------
+
+def softmax_outputs_of_the_unsplit_model(path, x):
+    """Every Softmax output of the original model, read by ONNX Runtime: the attention, found independently."""
+    model = onnx.load(path)
+    names = [n.output[0] for n in model.graph.node if n.op_type == "Softmax"]
+    model.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names)
+    session = ort.InferenceSession(model.SerializeToString())
+    return session.run(names, {session.get_inputs()[0].name: x})
+
+
+def rollout_twin(attentions, head_fusion, discard_ratio, renormalise, prefix):
+    """jacobgil/vit-explain's vit_rollout.rollout, image by image, in plain NumPy."""
+    maps = []
+    for i in range(len(attentions[0])):
+        t = attentions[0].shape[-1]
+        result = np.eye(t)
+        for attention in attentions:
+            fused = getattr(attention[i].astype(np.float64), head_fusion)(axis=0)
+            flat = fused.reshape(-1)
+            indices = np.argsort(flat, kind="stable")[:int(flat.size * discard_ratio)]
+            flat[indices[indices != 0]] = 0
+            a = (fused + np.eye(t)) / 2
+            a = a / (a.sum(axis=-1, keepdims=True) if renormalise == "rows" else a.sum(axis=-1))
+            result = a @ result
+        maps.append(result[0, prefix:])
+    return np.array(maps)
+
+
+@pytest.mark.parametrize("name, options", [("vit", {}), ("deit", {"head_fusion": "max", "discard_ratio": 0.5}),
+                                           ("vit", {"head_fusion": "min", "discard_ratio": 0.0,
+                                                    "renormalise": "reference"})])
+def test_rollout_equals_a_numpy_twin_on_the_unsplit_models_attention(tiny_vits, vit_bundles, vit_explainers, name,
+                                                                     options):
+    bundle = vit_bundles[name]
+    images = images_for(bundle, 3)
+    x = bundle.preprocess(images)
+    full = {"head_fusion": "mean", "discard_ratio": 0.9, "renormalise": "rows", **options}
+    expected = rollout_twin(softmax_outputs_of_the_unsplit_model(tiny_vits[name], x), prefix=bundle.tokens.prefix,
+                            **full)
+    for rt in ("onnxruntime", "openvino"):
+        got = vit_explainers[name, rt].explain(images, method="rollout", **options).maps
+        np.testing.assert_allclose(got.reshape(3, -1), expected, rtol=1e-4, atol=1e-7)
+
+
+def test_rollout_is_class_agnostic_and_refused_without_a_class_token(vit_explainers, vit_bundles):
+    from cam_infer.errors import ClassAgnosticWarning
+    with pytest.warns(ClassAgnosticWarning):
+        explanation = vit_explainers["vit", "onnxruntime"].explain(images_for(vit_bundles["vit"]), method="rollout",
+                                                                    target=1)
+    assert explanation.class_agnostic
+    with pytest.raises(CamInferError, match="no class token"):
+        vit_explainers["swin", "onnxruntime"].explain(images_for(vit_bundles["swin"]), method="rollout")
+
+
+def test_rollout_on_a_cnn_is_one_line(tiny_bundle):
+    from cam_infer import Explainer
+    with pytest.raises(CamInferError, match="has none \\(a CNN, or a Swin's attention within windows\\)"):
+        Explainer(tiny_bundle.path).explain([np.zeros((64, 64, 3), np.uint8)], method="rollout")
+
+
+def test_a_token_count_that_is_no_prefix_plus_grid_is_refused(tmp_path):
+    from tiny_transformers import ViT, export
+    export(ViT(prefix=20), str(tmp_path / "registers.onnx"), (64, 64))
+    with pytest.raises(CamInferError, match=r"holds 84 tokens, which is not prefix tokens .* 8x8 patches"):
+        split_onnx(tmp_path / "registers.onnx", "auto", tmp_path / "b")
+
+
+# --- explain and audit on a ViT bundle, as on a CNN -------------------------------------------------------------
+
+def test_explain_and_audit_run_on_a_vit_bundle_from_the_command_line(tiny_vits, tmp_path):
+    import json
+
+    from helpers import run_cli
+
+    from cam_infer.tools.synthetic import CLASSES, write_scenes
+    folder = write_scenes(tmp_path / "scenes", "large", 3, seed=1)
+    bundle = split_onnx(tiny_vits["deit"], "auto", tmp_path / "deit", labels=[*CLASSES, "none"]).path
+    result = run_cli("explain", bundle, folder, "--method", "rollout,recipro", "--out", tmp_path / "maps")
+    assert result.returncode == 0, result.stderr
+    records = json.loads((tmp_path / "maps" / "results.json").read_text())
+    assert "rollout" in json.dumps(records) and "recipro" in json.dumps(records)
+    result = run_cli("audit", bundle, folder, "--boxes", folder / "boxes.json", "--methods", "rollout,eigen",
+                     "--metrics", "pointing", "--out", tmp_path / "audit")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "audit" / "summary.json").read_text())
+    assert set(summary["methods"]) == {"rollout", "eigen"}
+
+
+def test_a_layer_inside_a_block_is_one_line_on_the_command_line(tiny_vits, tmp_path):
+    from helpers import assert_one_line_error, run_cli
+    assert_one_line_error(run_cli("split", tiny_vits["vit"], "--layer", "blocks.2.mlp", "--out", tmp_path / "b"),
+                          "inside transformer block 2 of 3")
+
+
+def test_a_shape_read_from_before_the_cut_is_rebuilt_in_the_head(tmp_path):
+    """The legacy exporter's Swin-style reshape reads Shape(patch embedding) in every block: only a shape, no skip
+    connection; the head computes it from the cut's batch, and the split verifies on batches 1 and 3."""
+    from tiny_transformers import export_tiny
+    bundle = split_onnx(export_tiny("swin", tmp_path / "swin_legacy.onnx"), "auto", tmp_path / "b")
+    assert bundle.manifest["verification"]["passed"] and bundle.tokens.grid == (8, 8)
+    head = onnx.load(bundle.head_path)
+    assert any(n.name.endswith("__rebuilt") for n in head.graph.node)
+    assert all(i.name != "input" for i in head.graph.input)
+
+
+@pytest.fixture(scope="session")
+def deployed_vits(tiny_vits, tmp_path_factory):
+    """The tiny ViT as deployments ship it: float16 (exported from the half model), int8 QDQ and QOperator
+    (ONNX Runtime's static quantization, 8 calibration images)."""
+    import torch
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from tiny_transformers import build_tiny, export
+    folder = tmp_path_factory.mktemp("deployed-vits")
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            rng = np.random.default_rng(0)
+            self.feeds = iter([{"input": rng.standard_normal((1, 3, 64, 64)).astype(np.float32)} for _ in range(8)])
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    paths = {"fp16": folder / "fp16.onnx"}
+    with torch.no_grad():
+        torch.onnx.export(build_tiny("vit").half(), (torch.zeros(1, 3, 64, 64).half(),), str(paths["fp16"]),
+                          input_names=["input"], output_names=["logits"], dynamic_axes={"input": {0: "N"}},
+                          opset_version=17, dynamo=False)
+    for name, kind in (("qdq", QuantFormat.QDQ), ("qop", QuantFormat.QOperator)):
+        paths[name] = folder / f"{name}.onnx"
+        quantize_static(str(tiny_vits["vit"]), str(paths[name]), Reader(), quant_format=kind,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return {name: split_onnx(path, "auto", folder / f"{name}-bundle") for name, path in paths.items()}
+
+
+@pytest.mark.parametrize("name, runtimes", [("fp16", ("onnxruntime", "openvino")), ("qdq", ("onnxruntime", "openvino")),
+                                            ("qop", ("onnxruntime",))])
+def test_fp16_and_int8_vits_cut_at_the_last_block_and_explain(deployed_vits, vit_bundles, name, runtimes):
+    """The int8 stream is cut at its integer tensor (dequantized for the methods, re-quantized by the head)."""
+    from cam_infer import Explainer
+    bundle = deployed_vits[name]
+    assert bundle.manifest["verification"]["passed"] and bundle.tokens == vit_bundles["vit"].tokens
+    assert (bundle.manifest["activation"]["quantization"] is not None) == (name != "fp16")
+    images = images_for(bundle)
+    reference = Explainer(vit_bundles["vit"].path).explain(images, method="rollout").maps
+    for runtime in runtimes:
+        explainer = Explainer(bundle.path, backend=runtime)
+        rollout = explainer.explain(images, method="rollout").maps
+        assert np.corrcoef(rollout.ravel(), reference.ravel())[0, 1] > (0.99 if name == "fp16" else 0.7)
+        assert explainer.explain(images, method="recipro").maps.shape == (2, 8, 8)
+
+
+def test_an_openvino_ir_transformer_is_refused_not_cut_at_its_patch_embedding(tiny_vits, tmp_path):
+    import openvino as ov
+    from helpers import assert_one_line_error, run_cli
+    ov.save_model(ov.convert_model(str(tiny_vits["vit"])), str(tmp_path / "vit.xml"))
+    assert_one_line_error(run_cli("split", tmp_path / "vit.xml", "--out", tmp_path / "b"),
+                          "is a vision transformer (3 attention ops over tokens)")
+
+
+@pytest.mark.integration
+def test_a_vit_bundle_is_served_as_it_explains(vit_bundles, tmp_path):
+    """The real server (127.0.0.1) on a ViT bundle: recipro and rollout answers equal `Explainer.explain`'s."""
+    import json
+
+    pytest.importorskip("starlette", reason="the serve extra is not installed")
+    from test_serve import Server
+
+    from cam_infer import Explainer
+    bundle = vit_bundles["deit"]
+    image = tmp_path / "scene.png"
+    import cv2
+    cv2.imwrite(str(image), images_for(bundle, 1)[0][:, :, ::-1])
+    explainer = Explainer(bundle.path)
+    server = Server(bundle.path, "--method", "recipro")
+    try:
+        for method in ("recipro", "rollout"):
+            status, _, raw = server.request(f"/explain?method={method}", image.read_bytes())
+            assert status == 200, raw[:300]
+            answer = json.loads(raw)
+            expected = explainer.explain([image], method, upsampled=False).saliency[0]
+            np.testing.assert_allclose(np.array(answer["map"]["data"]), expected, atol=6e-5)
+            assert bool(answer.get("class_agnostic")) is (method == "rollout")
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("inputs, found", [("ids", "is of type int64 (a sequence model's tokens, not an image)"),
+                                           ("features", "has shape (None, 12, 32) (a sequence model's tokens, not an")])
+def test_a_sequence_model_is_no_image_model_in_one_line(tmp_path, inputs, found):
+    import torch
+    from helpers import assert_one_line_error, run_cli
+    from tiny_transformers import Block
+
+    class Sequence(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed, self.block, self.head = torch.nn.Embedding(100, 32), Block(32, 2), torch.nn.Linear(32, 5)
+
+        def forward(self, x):
+            return self.head(self.block(self.embed(x) if inputs == "ids" else x)[:, 0])
+
+    x = torch.zeros(1, 12, dtype=torch.long) if inputs == "ids" else torch.zeros(1, 12, 32)
+    torch.onnx.export(Sequence().eval(), (x,), str(tmp_path / "seq.onnx"), input_names=["x"],
+                      dynamic_axes={"x": {0: "N"}}, dynamo=False)
+    assert_one_line_error(run_cli("split", tmp_path / "seq.onnx", "--out", tmp_path / "b"), found)
+
+
+def test_attention_within_windows_is_cut_but_not_read_by_rollout(tmp_path):
+    """A Swin's attention is (N·windows, heads, 16, 16): its blocks are found and cut between, but rollout, which
+    needs each image's attention over all its tokens, is refused in one line."""
+    from tiny_transformers import export_tiny
+
+    from cam_infer import Explainer
+    bundle = split_onnx(export_tiny("swin-windows", tmp_path / "windows.onnx", dynamo=True), "auto", tmp_path / "b")
+    assert bundle.tokens.grid == (8, 8) and bundle.attention == []
+    explainer = Explainer(bundle.path)
+    assert explainer.explain(images_for(bundle), method="recipro").maps.shape == (2, 8, 8)
+    with pytest.raises(CamInferError, match="has none \\(a CNN, or a Swin's attention within windows\\)"):
+        explainer.explain(images_for(bundle), method="rollout")
