@@ -5,8 +5,8 @@
 - ``img/methods/<method>.jpg``: each registered method's overlay of one photo, as `Explanation.overlay` draws
   it; on MobileNetV2 and a photo of ``../shared/data`` when that is there, else on the embedded ShapesNet
   and a synthetic scene. Gradient methods only where torch is installed.
-  Methods of transformers only (attention rollout) on a ViT trained on the synthetic scenes, given with
-  ``--vit model.onnx``, and a synthetic scene; without it their pictures are left as they are.
+  Methods of transformers only (attention rollout, ViT Recipro-CAM) on a ViT trained on the synthetic scenes,
+  given with ``--vit model.onnx``, and a synthetic scene; without it their pictures are left as they are.
 - ``img/methods-grid.jpg``: the gradient-free methods side by side.
 - ``img/detection.jpg``: the embedded detector's grid, as ``cam-infer demo`` draws it.
 - ``img/audit-report.jpg``: the top of an audit's ``index.html`` (ShapesNet, 12 synthetic scenes), as headless
@@ -41,6 +41,9 @@ WIDTH = 280                                     # pixels of one overlay on the s
 CHANNELS = {"score": {"top_k": 64}, "ss-cam": {"top_k": 16}, "is-cam": {"top_k": 16}}   # minutes, not hours
 
 
+TRANSFORMERS_ONLY = {"vit-recipro"}                 # besides those that need the attention
+
+
 def subject(work: Path) -> tuple[Path, object, str]:
     """The bundle, the image and what they are."""
     if PHOTO.is_file():
@@ -62,7 +65,7 @@ def method_pictures(bundle: Path, image) -> dict[str, np.ndarray]:
     with_gradients = Explainer(bundle, gradients="torch") if has_torch else None
     pictures = {}
     for name, spec in METHODS.items():
-        if (spec.gradient and not has_torch) or spec.needs == "attention":
+        if (spec.gradient and not has_torch) or transformers_only(spec):
             continue
         ex = with_gradients if spec.gradient else plain
         e = ex.explain([image], name, **CHANNELS.get(name, {}))
@@ -71,13 +74,17 @@ def method_pictures(bundle: Path, image) -> dict[str, np.ndarray]:
     return pictures
 
 
+def transformers_only(spec) -> bool:
+    return spec.needs == "attention" or spec.name in TRANSFORMERS_ONLY
+
+
 def transformer_pictures(vit: Path, work: Path) -> dict[str, np.ndarray]:
     """Each method of transformers only, on `vit` (split with auto) and a synthetic scene of its class."""
     bundle = split_onnx(vit, layer="auto", out=work / "vit", labels=list(CLASSES),
                         preprocessing={"crop": "none", "mean": (0.5,) * 3, "std": (0.25,) * 3}).path
     explainer, image = Explainer(bundle), scene("multiple", DEMO_SEED, 0).image
     pictures = {}
-    for name in (n for n, spec in METHODS.items() if spec.needs == "attention"):
+    for name in (n for n, spec in METHODS.items() if transformers_only(spec)):
         pictures[name] = explainer.explain([image], name).overlay(0)
         print(f"{name}: on {vit.name}")
     return pictures

@@ -72,7 +72,8 @@ def test_not_applicable_is_a_typed_error(tmp_path):
         choose_methods(["cam"], has_linear_head=False)
 
 
-BENCH_TABLES = ["bench/methods.md", "bench/seed_methods.md", "bench/gradients.md", "bench/rollout.md"]
+BENCH_TABLES = ["bench/methods.md", "bench/seed_methods.md", "bench/gradients.md", "bench/rollout.md",
+                "bench/transformers.md"]
 
 
 @needs_mkdocs

@@ -355,3 +355,9 @@ def test_attention_within_windows_is_cut_but_not_read_by_rollout(tmp_path):
     assert explainer.explain(images_for(bundle), method="recipro").maps.shape == (2, 8, 8)
     with pytest.raises(CamInferError, match="has none \\(a CNN, or a Swin's attention within windows\\)"):
         explainer.explain(images_for(bundle), method="rollout")
+
+
+def test_fusing_a_grid_method_into_a_token_model_is_one_line(vit_bundles, tmp_path):
+    from helpers import assert_one_line_error, run_cli
+    assert_one_line_error(run_cli("fuse", vit_bundles["vit"].path, "--method", "eigen", "--out", tmp_path / "f.onnx"),
+                          "this bundle's cut is a transformer's tokens")

@@ -89,6 +89,7 @@ def fuse(bundle: "Bundle | str | os.PathLike", method: str = DEFAULT_METHOD, *, 
     precision = resolved_precision(RuntimeOptions(precision=precision), "openvino")     # checked; auto resolved
     bundle = _onnx_bundle(bundle)
     chosen = _fused_method(method, options)
+    _check_cut_kind(bundle, method)
     top_classes = _checked_top_classes(top_classes, class_input, chosen, bundle.num_classes)
     model = plain_model(bundle)
     b = Builder(_opset(model))
@@ -134,6 +135,15 @@ def fusable() -> dict:
     """The methods that have an ONNX builder, from the registry."""
     from ..methods import METHODS
     return {name: spec for name, spec in METHODS.items() if spec.fused is not None}
+
+
+TOKEN_BUILDERS = {"vit-recipro"}      # ONNX builders that take a transformer's tokens; the others an (N,K,h,w) map
+
+
+def _check_cut_kind(bundle, method: str) -> None:
+    if bundle.tokens is not None and method not in TOKEN_BUILDERS:
+        raise CamInferError(f"fuse builds '{method}' on an (N,K,h,w) feature map, and this bundle's cut is a "
+                            "transformer's tokens; explain it with cam-infer explain (or fuse vit-recipro)")
 
 
 def _fused_method(method: str, options: dict):

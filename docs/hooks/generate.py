@@ -23,9 +23,11 @@ from mkdocs.structure.files import File
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "bench"
-MEASURED_FROM = ("methods.md", "seed_methods.md", "gradients.md", "rollout.md")    # as CONTRIBUTING's table command
+MEASURED_FROM = ("methods.md", "seed_methods.md", "gradients.md", "rollout.md",
+                 "transformers.md")                                # as CONTRIBUTING's table command
 TOKEN_MODEL = "vit-s"      # the model whose rows give the figures of methods of transformers only (rollout)
 TOKEN_MODEL_SHOWN = "ViT-S"
+TOKENS_ONLY = {"vit-recipro"}      # methods of transformers only besides those reading the attention (docs/pictures.py)
 SCRIPT_OF = {"gradients": "methods", "torchcam": "seed_methods"}     # tables written by another script
 TABLE_MARKER = "<!-- methods-table -->"
 INCLUDE = re.compile(r"<!-- include: (\S+) -->")
@@ -153,7 +155,7 @@ def measured_ratios(texts, model: str = "resnet50", backend: str = "openvino") -
             name, _, variant = case.partition(" ")
             if name not in methods() or name in out or variant.startswith("("):
                 continue
-            tokens_only = methods()[name].needs == "attention"
+            tokens_only = methods()[name].needs == "attention" or name in TOKENS_ONLY
             if current != (TOKEN_MODEL if tokens_only else model):
                 continue
             total, _, rest = ratio.partition(" ")
