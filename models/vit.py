@@ -163,7 +163,8 @@ class SwinLike(nn.Module):
 
 
 def vit(classes: int, **options) -> ViT:
-    return ViT(classes, prefix=1, **options)
+    """8×8 patches (a 16×16 grid at 128²): fine enough for the scenes' smallest shapes (12–20 px)."""
+    return ViT(classes, prefix=1, **{"patch": 8, **options})
 
 
 def deit(classes: int, **options) -> ViT:
