@@ -89,7 +89,7 @@ def main(names=("vit", "deit", "swin")) -> None:
                   num_attention_heads=2, intermediate_size=128, hidden_act="gelu", layer_norm_eps=1e-5,
                   hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=4)
     models = {
-        "vit": (ViTForImageClassification(ViTConfig(**common)), lambda m: vit_state(load("vit"), 4, 64, "vit", False)),
+        "vit": (ViTForImageClassification(ViTConfig(**{**common, "patch_size": 8})), lambda m: vit_state(load("vit"), 4, 64, "vit", False)),
         "deit": (DeiTForImageClassificationWithTeacher(DeiTConfig(**common)),
                  lambda m: vit_state(load("deit"), 4, 64, "deit", True)),
         "swin": (SwinForImageClassification(SwinConfig(
