@@ -92,6 +92,24 @@ OP_CASES = {
     "Gemm transA": one_op("Gemm", {"transA": 1}, [const("w", (2, 3))], ["w"], x_shape=(2, 6)),
     "MatMul": one_op("MatMul", inits=[const("w", (5, 3))], extra_inputs=["w"]),
     "Cast": one_op("Cast", {"to": TensorProto.FLOAT}),
+    # the ops of transformer heads
+    "LayerNormalization": one_op("LayerNormalization", {"axis": -1, "epsilon": 1e-6},
+                                 [const("s", (5,)), const("b", (5,))], ["s", "b"], x_shape=(2, 3, 5)),
+    "LayerNormalization without bias, two axes": one_op("LayerNormalization", {"axis": -2}, [const("s", (4, 5))],
+                                                        ["s"], x_shape=(2, 3, 4, 5)),
+    "Erf": one_op("Erf"), "Sqrt": one_op("Sqrt", x_shape=(3,)), "Neg": one_op("Neg"), "Tanh": one_op("Tanh"),
+    "Gelu (opset 20)": one_op("Gelu", opset=20), "Gelu tanh (opset 20)": one_op("Gelu", {"approximate": "tanh"},
+                                                                                opset=20),
+    "Pow": one_op("Pow", inits=[const("e", value=2.0)], extra_inputs=["e"]),
+    "Slice with axes and steps": one_op("Slice", inits=[const("st", value=[1, -4], dtype=np.int64),
+                                                        const("en", value=[9, 5], dtype=np.int64),
+                                                        const("ax", value=[1, 3], dtype=np.int64),
+                                                        const("sp", value=[1, 2], dtype=np.int64)],
+                                        extra_inputs=["st", "en", "ax", "sp"]),
+    "Tile": one_op("Tile", inits=[const("r", value=[2, 1, 1, 3], dtype=np.int64)], extra_inputs=["r"]),
+    "Expand both ways": one_op("Expand", inits=[const("sh", value=[3, 1, 1, 1, 1], dtype=np.int64)],
+                               extra_inputs=["sh"]),
+    "ReduceSum input axes": one_op("ReduceSum", {"keepdims": 0}, [const("ax", value=[1], dtype=np.int64)], ["ax"]),
 }
 
 
@@ -121,11 +139,39 @@ def test_shape_arithmetic_and_constants_match_onnx_runtime():
     np.testing.assert_array_equal(torch_run(model, x), ort_run(model, x))
 
 
+def test_split_and_integer_ops_of_transformer_heads_match_onnx_runtime():
+    """q, k, v = Split(qkv) (input sizes, num_outputs); a mask from ConstantOfShape, Range, Equal
+    and Where, as exporters write attention masks and positions."""
+    nodes = [
+        helper.make_node("Split", ["x"], ["a", "b"], axis=1, num_outputs=2),
+        helper.make_node("Constant", [], ["sizes"], value=numpy_helper.from_array(np.array([1, 3], np.int64))),
+        helper.make_node("Split", ["b", "sizes"], ["b1", "b2"], axis=2),
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("ConstantOfShape", ["s"], ["zeros"], value=numpy_helper.from_array(np.array([0.5], np.float32))),
+        helper.make_node("Constant", [], ["r0"], value=numpy_helper.from_array(np.array(0, np.int64))),
+        helper.make_node("Constant", [], ["r1"], value=numpy_helper.from_array(np.array(4, np.int64))),
+        helper.make_node("Constant", [], ["r2"], value=numpy_helper.from_array(np.array(1, np.int64))),
+        helper.make_node("Range", ["r0", "r1", "r2"], ["positions"]),
+        helper.make_node("Constant", [], ["two"], value=numpy_helper.from_array(np.array(2, np.int64))),
+        helper.make_node("Equal", ["positions", "two"], ["is_two"]),
+        helper.make_node("Where", ["is_two", "zeros", "x"], ["masked"]),
+        helper.make_node("Concat", ["a", "masked"], ["y0"], axis=1),
+        helper.make_node("Mul", ["b2", "b2"], ["y1"]),
+        helper.make_node("ReduceMean", ["y1"], ["y2"], keepdims=0),
+        helper.make_node("Add", ["y0", "y2"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, (2, 4, 4))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+    x = RNG.standard_normal((2, 4, 4)).astype(np.float32)
+    np.testing.assert_allclose(torch_run(model, x), ort_run(model, x), rtol=1e-6, atol=1e-6)
+
+
 def test_an_unsupported_op_is_named():
     from cam_infer.gradients.onnx_in_torch import TorchGraph
-    with pytest.raises(CamInferError, match=r"the head graph uses Erf, LRN, which the torch head interpreter"):
+    with pytest.raises(CamInferError, match=r"the head graph uses LRN, Mod, which the torch head interpreter"):
         TorchGraph(helper.make_model(helper.make_graph(
-            [helper.make_node("LRN", ["x"], ["t"], size=3), helper.make_node("Erf", ["t"], ["y"])], "g",
+            [helper.make_node("LRN", ["x"], ["t"], size=3), helper.make_node("Mod", ["t", "t"], ["y"])], "g",
             [helper.make_tensor_value_info("x", TensorProto.FLOAT, (1, 4, 2, 2))],
             [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])))
 

@@ -282,6 +282,77 @@ def _torch_fn(name):
     return lambda g, i, a: getattr(_torch(), name)(i[0])
 
 
+# --- the ops of transformer heads ---------------------------------------------------------------------
+
+def layer_norm(g, i, a):
+    """LayerNormalization over the axes from `axis` on: (x − mean)/√(var + ε)·scale + bias."""
+    x, scale = i[0], i[1]
+    axis = a.get("axis", -1) % x.dim()
+    bias = i[2] if len(i) > 2 else None
+    return _torch().nn.functional.layer_norm(x, x.shape[axis:], scale, bias, a.get("epsilon", 1e-5))
+
+
+def gelu(g, i, a):
+    approximate = a.get("approximate", b"none")
+    approximate = approximate.decode() if isinstance(approximate, bytes) else approximate
+    return _torch().nn.functional.gelu(i[0], approximate=approximate)
+
+
+def slice_(g, i, a):
+    x = i[0]
+    starts, ends = _ints(i[1]), _ints(i[2])
+    axes = _ints(i[3]) if len(i) > 3 and i[3] is not None else list(range(len(starts)))
+    steps = _ints(i[4]) if len(i) > 4 and i[4] is not None else [1] * len(starts)
+    index = [slice(None)] * x.dim()
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        if step < 0:
+            raise CamInferError("Slice with a negative step is not supported by the torch head interpreter")
+        size = x.shape[axis]
+        start = max(0, min(size, start + size if start < 0 else start))
+        end = max(0, min(size, end + size if end < 0 else end))
+        index[axis % x.dim()] = slice(start, end, step)
+    return x[tuple(index)]
+
+
+def split(g, i, a):
+    x = i[0]
+    axis = a.get("axis", 0) % x.dim()
+    sizes = _ints(i[1]) if len(i) > 1 and i[1] is not None else list(a.get("split", []))
+    if not sizes:
+        parts = a["num_outputs"] if "num_outputs" in a else None
+        if parts is None:
+            raise CamInferError("Split without sizes or num_outputs is not supported by the torch head interpreter")
+        size = -(-x.shape[axis] // parts)
+        sizes = [min(size, x.shape[axis] - k * size) for k in range(parts)]
+    return tuple(x.split(sizes, dim=axis))
+
+
+def expand(g, i, a):
+    """Expand broadcasts both ways: the result has the broadcast of x's shape and the given one."""
+    torch = _torch()
+    return i[0].expand(torch.broadcast_shapes(tuple(i[0].shape), tuple(_ints(i[1]))))
+
+
+def where(g, i, a):
+    return _torch().where(i[0].bool(), i[1], i[2])
+
+
+def reduce_sum(g, i, a):
+    axes = _axes(g, i, a, 13)
+    keep = bool(a.get("keepdims", 1))
+    if axes is None:
+        if a.get("noop_with_empty_axes", 0):
+            return i[0]
+        axes = list(range(i[0].dim()))
+    return i[0].sum(dim=axes, keepdim=keep)
+
+
+def constant_of_shape(g, i, a):
+    torch = _torch()
+    value = torch.from_numpy(numpy_helper.to_array(a["value"]).copy()) if "value" in a else torch.zeros(1)
+    return value.reshape(-1)[0].expand(_ints(i[0])).clone()
+
+
 OPS = {
     "Gemm": gemm,
     "MatMul": lambda g, i, a: _torch().matmul(i[0], i[1]),
@@ -315,4 +386,20 @@ OPS = {
     "Shape": shape,
     "Transpose": transpose,
     "Einsum": einsum,
+    "LayerNormalization": layer_norm,
+    "Erf": _torch_fn("erf"),
+    "Gelu": gelu,
+    "Sqrt": _torch_fn("sqrt"),
+    "Neg": _torch_fn("neg"),
+    "Tanh": _torch_fn("tanh"),
+    "Pow": lambda g, i, a: _torch().pow(i[0], i[1]),
+    "Slice": slice_,
+    "Split": split,
+    "Expand": expand,
+    "Tile": lambda g, i, a: i[0].repeat(*_ints(i[1])),
+    "Where": where,
+    "Equal": lambda g, i, a: i[0] == i[1],
+    "ReduceSum": reduce_sum,
+    "ConstantOfShape": constant_of_shape,
+    "Range": lambda g, i, a: _torch().arange(i[0].item(), i[1].item(), i[2].item(), dtype=i[0].dtype),
 }

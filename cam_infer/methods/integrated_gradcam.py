@@ -36,12 +36,12 @@ def integrated_gradcam(ctx: Context, *, preset: Literal["official", "integral"] 
     maps = np.empty(ctx.activations.shape[:1] + ctx.activations.shape[2:], np.float32)
     for i in range(n):
         path = (baseline[None] + alphas[:, None, None, None] * (ctx.x[i] - baseline)[None]).astype(np.float32)
-        a = ctx.backend.features(path).astype(np.float64)                                      # (m,K,h,w)
+        a = ctx.features(path).astype(np.float64)                                      # (m,K,h,w)
         targets = np.full(steps, ctx.targets[i], np.int64)
         weights = ctx.gradient_source(path, a.astype(np.float32), targets).astype(np.float64).mean(axis=(2, 3))
         if preset == "official":
             maps[i] = np.maximum(np.einsum("mk,mkhw->mhw", weights, a), 0).sum(axis=0)
         else:
-            a_base = ctx.backend.features(baseline[None]).astype(np.float64)[0]
+            a_base = ctx.features(baseline[None]).astype(np.float64)[0]
             maps[i] = np.einsum("mk,mkhw->hw", weights, a - a_base[None])
     return maps

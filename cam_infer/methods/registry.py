@@ -58,6 +58,12 @@ class Context:
     prefix: np.ndarray | None = field(default=None)        # (N,P,D) a token model's prefix tokens, set apart
     attention: list | None = field(default=None)           # [(N,H,T,T) per block]: its attention probabilities
 
+    def features(self, x: np.ndarray) -> np.ndarray:
+        """The cut at other inputs x (noisy, scaled) as the methods see it, (N,K,h,w): a token model's patch grid."""
+        tokens = self.bundle.tokens
+        a = self.backend.features(x)
+        return a if tokens is None else tokens.split(a)[0]
+
     def head(self, i: int, rows: np.ndarray) -> np.ndarray:
         """The head's outputs on rows (R,K,h,w) made from image i's activations (masked, ablated): on a token
         model the rows go back into tokens with image i's prefix tokens kept (`bundle.tokens.TokenLayout`)."""

@@ -33,7 +33,7 @@ def smoothgrad_campp(ctx: Context, *, samples: int = 4, std: float = 0.3, torchc
     d1 = d2 = d3 = 0.0
     for _ in range(samples):
         noisy = (ctx.x + std * rng.standard_normal(ctx.x.shape)).astype(np.float32)
-        a = ctx.backend.features(noisy)
+        a = ctx.features(noisy)
         g = ctx.gradient_source(noisy, a, ctx.targets).astype(np.float64)
         d1, d2, d3 = d1 + g, d2 + g * g, d3 + g * g * g
     d1, d2, d3 = d1 / samples, d2 / samples, d3 / samples

@@ -78,19 +78,28 @@ class ClassificationTask(Task):
                       prefix=prefix, attention=attention)
         objective = self._finer(ctx, spec, request["finer"])
         if spec.needs == "gradients":
-            ctx.gradients = self._gradients(spec.name, x, activations, ctx.targets, objective)
+            ctx.gradients = self._gradients(spec.name, x, activations, ctx.targets, objective, prefix)
             ctx.gradient_source = lambda xs, a, t: self._gradients(spec.name, xs, a, t, objective)
         return [(ctx, targets)]
 
-    def _gradients(self, method: str, x, activations, targets, objective=None) -> np.ndarray:
+    def _gradients(self, method: str, x, activations, targets, objective=None, prefix=None) -> np.ndarray:
+        """∂y/∂A at the cut as the methods see it. On a token model the head is differentiated at its input, the
+        tokens (prefix tokens included: images `x`'s own where `prefix` is not given), and the gradients of the
+        patch tokens are viewed as the grid — what pytorch-grad-cam's reshape transforms do."""
         gradients = self.explainer.gradients
         if gradients is None:
             from ..gradients import require_torch
             require_torch()
             raise CamInferError(f"method '{method}' needs gradients: open the Explainer with gradients='torch' "
                                 "(or use Explainer.from_torch with a PyTorch model)")
-        return gradients(x, activations, targets, objective) if objective is not None else \
+        layout = self.bundle.tokens
+        if layout is not None:
+            if prefix is None:
+                prefix = layout.split(self.explainer.backend.features(x))[1]
+            activations = layout.join(activations, prefix)
+        result = gradients(x, activations, targets, objective) if objective is not None else \
             gradients(x, activations, targets)
+        return result if layout is None else layout.split(result)[0]
 
     def explanation(self, spec, method, jobs, maps, request, options, originals, names, model_outputs, start):
         (ctx, targets), = jobs
