@@ -28,6 +28,15 @@ LAYER = (("attn.proj", "attention.o_proj"), ("norm1", "layernorm_before"), ("nor
          ("mlp.0", "mlp.fc1"), ("mlp.2", "mlp.fc2"))          # ours → transformers 5's names
 
 
+def copy_block(s: dict, ours: dict, o: str, h: str, dim: int) -> None:
+    """One of our blocks (`o`) into the HF block `h`: q/k/v split from our fused projection, the rest by name."""
+    for name, (w, b) in split_qkv(ours, f"{o}.attn", dim).items():
+        s[f"{h}.attention.{name}.weight"], s[f"{h}.attention.{name}.bias"] = w, b
+    for ours_name, hf_name in LAYER:
+        for p in ("weight", "bias"):
+            s[f"{h}.{hf_name}.{p}"] = ours[f"{o}.{ours_name}.{p}"]
+
+
 def vit_state(ours: dict, depth: int, dim: int, root: str, distilled: bool) -> dict:
     """Our ViT/DeiT state dict → HF ViTForImageClassification / DeiTForImageClassificationWithTeacher's."""
     s = {f"{root}.embeddings.cls_token": ours["cls_token"],
@@ -43,12 +52,7 @@ def vit_state(ours: dict, depth: int, dim: int, root: str, distilled: bool) -> d
     else:
         s.update({"classifier.weight": ours["head.weight"], "classifier.bias": ours["head.bias"]})
     for i in range(depth):
-        o, h = f"blocks.{i}", f"{root}.layers.{i}"
-        for name, (w, b) in split_qkv(ours, f"{o}.attn", dim).items():
-            s[f"{h}.attention.{name}.weight"], s[f"{h}.attention.{name}.bias"] = w, b
-        for ours_name, hf_name in LAYER:
-            for p in ("weight", "bias"):
-                s[f"{h}.{hf_name}.{p}"] = ours[f"{o}.{ours_name}.{p}"]
+        copy_block(s, ours, f"blocks.{i}", f"{root}.layers.{i}", dim)
     return s
 
 
@@ -65,12 +69,7 @@ def swin_state(ours: dict, hf_keys, dims=(48, 96)) -> dict:
          "classifier.weight": ours["head.weight"], "classifier.bias": ours["head.bias"]}
     for stage, dim in enumerate(dims):
         for block in range(2):
-            o, h = f"stage{stage + 1}.{block}", f"swin.encoder.layers.{stage}.blocks.{block}"
-            for name, (w, b) in split_qkv(ours, f"{o}.attn", dim).items():
-                s[f"{h}.attention.{name}.weight"], s[f"{h}.attention.{name}.bias"] = w, b
-            for ours_name, hf_name in LAYER:
-                for p in ("weight", "bias"):
-                    s[f"{h}.{hf_name}.{p}"] = ours[f"{o}.{ours_name}.{p}"]
+            copy_block(s, ours, f"stage{stage + 1}.{block}", f"swin.encoder.layers.{stage}.blocks.{block}", dim)
     for key in hf_keys:
         if key.endswith("relative_position_bias_table"):
             s[key] = torch.zeros_like(hf_keys[key])

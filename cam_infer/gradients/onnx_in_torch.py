@@ -151,14 +151,20 @@ def _axes(g, i, a, opset_moved: int):
     return list(a["axes"]) if "axes" in a else None
 
 
-def reduce_mean(g, i, a):
-    axes = _axes(g, i, a, 18)
-    keep = bool(a.get("keepdims", 1))
-    if axes is None:
-        if a.get("noop_with_empty_axes", 0):
-            return i[0]
-        axes = list(range(i[0].dim()))
-    return i[0].mean(dim=axes, keepdim=keep)
+def _reduce(method: str, opset_moved: int):
+    """ReduceMean / ReduceSum: axes from the attribute or (from `opset_moved` on) the second input."""
+    def reduce(g, i, a):
+        axes = _axes(g, i, a, opset_moved)
+        if axes is None:
+            if a.get("noop_with_empty_axes", 0):
+                return i[0]
+            axes = list(range(i[0].dim()))
+        return getattr(i[0], method)(dim=axes, keepdim=bool(a.get("keepdims", 1)))
+    return reduce
+
+
+reduce_mean = _reduce("mean", 18)
+reduce_sum = _reduce("sum", 13)
 
 
 def softmax(g, i, a):
@@ -335,16 +341,6 @@ def expand(g, i, a):
 
 def where(g, i, a):
     return _torch().where(i[0].bool(), i[1], i[2])
-
-
-def reduce_sum(g, i, a):
-    axes = _axes(g, i, a, 13)
-    keep = bool(a.get("keepdims", 1))
-    if axes is None:
-        if a.get("noop_with_empty_axes", 0):
-            return i[0]
-        axes = list(range(i[0].dim()))
-    return i[0].sum(dim=axes, keepdim=keep)
 
 
 def constant_of_shape(g, i, a):
