@@ -46,6 +46,9 @@ def test_reduced_copies_equal_the_full_mosaic_copies(tiny_models, explainers, ke
         reduced = explainers[key, runtime].explain(x, method="vit-recipro", target=1, **options).maps
         full = explainers[key, runtime].explain(x, method="vit-recipro", target=1, reduced=False, **options).maps
         np.testing.assert_allclose(reduced, full, rtol=1e-4, atol=2e-6 * np.abs(full).max(), err_msg=str(options))
+    from cam_infer.methods.vit_recipro import _TAILS
+    tail = _TAILS[explainers[key, runtime].backend]["reduced"]
+    assert tail.prefix == tiny_models[key][1].tokens.prefix                  # the prefix-only tail ran
 
 
 def test_the_opened_tail_with_every_token_and_no_bias_is_the_head(tiny_models, explainers):
@@ -54,9 +57,7 @@ def test_the_opened_tail_with_every_token_and_no_bias_is_the_head(tiny_models, e
         for runtime in RUNTIMES:
             backend, bundle = explainers[key, runtime].backend, tiny_models[key][1]
             tokens = backend.features(inputs_for(bundle, 3))
-            tail = Tail(backend, bundle)
-            got = tail.run(tokens, tail.layer_norm(tokens), np.zeros(tokens.shape[:2], np.float32))
-            np.testing.assert_allclose(got, backend.head(tokens), rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(Tail(backend, bundle).clean(tokens), backend.head(tokens), rtol=1e-5, atol=1e-5)
 
 
 def assert_same_maps(ours: np.ndarray, theirs: np.ndarray) -> None:
@@ -121,7 +122,7 @@ def test_a_cut_before_two_blocks_keeps_every_token_through_the_tail(tiny_models,
     reduced = explainer.explain(x, method="vit-recipro", target=2).maps
     full = explainer.explain(x, method="vit-recipro", target=2, reduced=False).maps
     np.testing.assert_allclose(reduced, full, rtol=1e-4, atol=2e-6 * np.abs(full).max())
-    assert _TAILS[explainer.backend]["prefix"] is _TAILS[explainer.backend]["whole"]
+    assert _TAILS[explainer.backend]["reduced"] is _TAILS[explainer.backend]["whole"]
 
 
 @pytest.mark.parametrize("key", ["vit", "vit-dynamo", "deit"])
@@ -142,3 +143,43 @@ def test_the_fused_model_equals_the_method_at_any_batch_on_both_runtimes(tiny_mo
             expected = explainers[key, "onnxruntime"].explain(x, method="vit-recipro", target=outputs[
                 "saliency_class"].tolist(), **options).maps
             np.testing.assert_allclose(outputs["saliency_raw"], expected, rtol=1e-4, atol=1e-5)
+
+
+def _opened(bundle, prefix=0, between_norm_and_projections=False):
+    import onnx
+    from onnx import helper
+
+    from cam_infer.bundle.reduced_tail import reduced_tail
+    head = onnx.load(str(bundle.head_path))
+    if between_norm_and_projections:                          # the norm's use no longer a projection by a constant
+        norm = next(n for n in head.graph.node if n.op_type == "LayerNormalization")
+        for node in head.graph.node:
+            node.input[:] = ["norm_seen" if name == norm.output[0] else name for name in node.input]
+        head.graph.node.insert(list(head.graph.node).index(norm) + 1,
+                               helper.make_node("Identity", [norm.output[0]], ["norm_seen"]))
+    return reduced_tail(head, bundle.tokens.shape[0], prefix)
+
+
+@pytest.mark.parametrize("key", ["vit", "vit-dynamo", "deit"])
+def test_the_opened_tail_projects_the_clean_tokens_once_and_projects_out_only_the_prefix(tiny_models, explainers,
+                                                                                        key):
+    """q, k, v: MatMuls on the T clean normalised tokens (gathered after); the output projection on the prefix rows;
+    a norm used otherwise is gathered itself — each version equals the head at the clean tokens."""
+    from cam_infer.backends.sessions import onnxruntime_session
+    bundle = tiny_models[key][1]
+    tokens = explainers[key, "onnxruntime"].backend.features(inputs_for(bundle, 2))
+    expected = explainers[key, "onnxruntime"].backend.head(tokens)
+    prefix = bundle.tokens.prefix
+    for model, gathers_the_norm in ((_opened(bundle, prefix), False), (_opened(bundle, 0), False),
+                                    (_opened(bundle, prefix, between_norm_and_projections=True), True)):
+        graph = model.graph
+        norm = next(n for n in graph.node if n.op_type == "LayerNormalization").output[0]
+        users = {n.op_type for n in graph.node if norm in n.input}
+        assert ("Gather" in users) == gathers_the_norm and (users <= {"MatMul", "Shape"}) != gathers_the_norm
+        t = tokens.shape[1]
+        session = onnxruntime_session(model.SerializeToString())
+        got = session.run(None, dict(zip([i.name for i in session.get_inputs()], (
+            tokens, np.arange(t)[None], np.ones((1, t, 1), np.float32), np.zeros((1, t), np.float32)))))[0]
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    sliced = [n for n in _opened(bundle, prefix).graph.node if n.op_type == "Slice" and n.output[0].endswith("_prefix")]
+    assert len(sliced) == 2                         # the output projection's input and the residual's stream

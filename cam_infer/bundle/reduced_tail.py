@@ -1,49 +1,37 @@
 """A transformer's head graph opened up for mosaic copies (ViT Recipro-CAM, `methods.vit_recipro`).
 
-The head graph of a bundle cut at a block's input reads the residual stream x (N,T,D). Its reduced tail is the same
-graph with
-- the output of the first block's first LayerNormalization replaced by an input ``mosaic_norm`` (N,T',D): the
-  mosaic copies replace that tensor too, not only the stream;
-- an input ``key_bias`` (N,T') added to the logits of every attention Softmax, broadcast over heads and queries;
-- the token count free: Reshape shapes that spell T on the token axis copy it from their input instead (0);
+The head graph of a bundle cut at a block's input reads the residual stream x (N,T,D). The opened tail reads the same
+x and three inputs that say which copies of every image to run: ``copy_index`` (R,S), the clean token each of a copy's
+S tokens is; ``copy_weight`` (R,S,1), its weight; ``key_bias`` (R,S), added to that key's logits in every attention
+Softmax (broadcast over heads and queries). Its output has N·R rows, image by image. Inside:
+
+- every use of x but the block's first LayerNorm reads the copies  Gather(x, index)·weight  (N·R,S,D);
+- the LayerNorm runs once on the T clean tokens; a use of it that is a MatMul by a constant W (the q, k, v
+  projections) runs on the clean tokens too and is gathered after, since (g·n)·W = g·(n·W): a copy's projections
+  cost a gather, not a matrix product; any other use reads the norm's copies;
+- the token count is free: Reshape shapes that spell T on the token axis copy it from their input instead (0);
 - optionally (``prefix``), only the first tokens kept after the block's attention residual: when the model reads
   nothing but its prefix (class) tokens after a single block, the other tokens' MLP rows are never needed.
 
-With key_bias = 0 and T' = T it computes exactly the head; with fewer tokens standing for repeated ones, key_bias =
-log(multiplicity) gives each query the attention it had over all the copies.
+With every token once, weight 1 and key bias 0 it computes exactly the head; with fewer tokens standing for repeated
+ones, key_bias = log(multiplicity) gives each query the attention it had over all the copies.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import CamInferError
+from ..fuse.builder import Builder
 
-NORM_INPUT, BIAS_INPUT = "mosaic_norm", "key_bias"
-
-
-@dataclass(frozen=True)
-class LayerNorm:
-    """y = (x − mean) / sqrt(var + eps) · scale + bias over the last axis."""
-
-    scale: np.ndarray
-    bias: np.ndarray
-    epsilon: float
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        x = x.astype(np.float32)
-        mean = x.mean(axis=-1, keepdims=True)
-        var = np.square(x - mean).mean(axis=-1, keepdims=True)
-        return ((x - mean) / np.sqrt(var + self.epsilon) * self.scale + self.bias).astype(np.float32)
+INDEX, WEIGHT, BIAS = "copy_index", "copy_weight", "key_bias"
 
 
-def reduced_tail(head: onnx.ModelProto, tokens: int, prefix: int = 0) -> tuple[onnx.ModelProto, LayerNorm]:
-    """The head with inputs (x, mosaic_norm, key_bias) and a free token count, and the LayerNorm it no longer runs;
-    with `prefix`, only that many tokens continue after the first residual Add."""
+def reduced_tail(head: onnx.ModelProto, tokens: int, prefix: int = 0) -> onnx.ModelProto:
+    """The head with inputs (x, copy_index, copy_weight, key_bias) and a free token count; with `prefix`, only that
+    many tokens continue after the first residual Add."""
     model = onnx.ModelProto()
     model.CopyFrom(head)
     graph = model.graph
@@ -53,42 +41,78 @@ def reduced_tail(head: onnx.ModelProto, tokens: int, prefix: int = 0) -> tuple[o
         found = sorted({n.op_type for n in graph.node if x in n.input})
         raise CamInferError(f"vit-recipro needs the block after the cut to start with a LayerNormalization of the "
                             f"tokens; the head reads them with {', '.join(found)}")
-    layer_norm = _layer_norm(graph, norm)
     softmaxes = [n for n in graph.node if n.op_type == "Softmax"]
     if not softmaxes:
         raise CamInferError("vit-recipro found no attention Softmax in the head graph")
-    _replace_uses(graph, norm.output[0], NORM_INPUT)
-    graph.node.remove(norm)
-    dim = graph.input[0].type.tensor_type.shape.dim
-    for d, name in zip(dim, ("N", "T")):
-        d.Clear()
-        d.dim_param = name
-    graph.input.append(helper.make_tensor_value_info(NORM_INPUT, onnx.TensorProto.FLOAT, ["N", "T", dim[2].dim_value]))
-    graph.input.append(helper.make_tensor_value_info(BIAS_INPUT, onnx.TensorProto.FLOAT, ["N", "T"]))
-    graph.initializer.append(numpy_helper.from_array(np.array([1, 2], np.int64), "key_bias_axes"))
-    graph.node.insert(0, helper.make_node("Unsqueeze", [BIAS_INPUT, "key_bias_axes"], ["key_bias_4d"]))
-    for i, softmax in enumerate(softmaxes):
+    for softmax in softmaxes:
         _check_last_axis(softmax)
-        biased = f"{softmax.input[0]}_key_biased"
-        position = list(graph.node).index(softmax)
-        graph.node.insert(position, helper.make_node("Add", [softmax.input[0], "key_bias_4d"], [biased]))
-        softmax.input[0] = biased
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    b = Builder(opset, scope="mosaic")
+    graph.input.extend([helper.make_tensor_value_info(INDEX, onnx.TensorProto.INT64, ["R", "S"]),
+                        helper.make_tensor_value_info(WEIGHT, onnx.TensorProto.FLOAT, ["R", "S", 1]),
+                        helper.make_tensor_value_info(BIAS, onnx.TensorProto.FLOAT, ["R", "S"])])
+    x_copies = _copies(b, x)
+    _replace_uses(graph, x, x_copies, keep=norm)
+    _prepend(graph, b)
+    _copy_norm_uses(graph, norm.output[0], x_copies, opset)
+    _bias_the_keys(graph, softmaxes, x, opset)
     _free_token_count(graph, tokens)
     if prefix:
-        _keep_prefix_after_attention(graph, x, prefix)
+        _keep_prefix_after_attention(graph, x_copies, prefix)
+    for output in graph.output:
+        output.type.tensor_type.shape.dim[0].dim_param = "rows"            # N·R: every image's copies
     del graph.value_info[:]
-    return model, layer_norm
+    return model
 
 
-def _layer_norm(graph: onnx.GraphProto, node: onnx.NodeProto) -> LayerNorm:
-    axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
-    scale = constant_value(graph, node.input[1])
-    bias = constant_value(graph, node.input[2]) if len(node.input) > 2 and node.input[2] else 0 * scale
-    if axis not in (-1, 2) or scale is None or bias is None:
-        raise CamInferError("vit-recipro needs the block's first LayerNormalization over the channels with constant "
-                            "scale and bias")
-    epsilon = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
-    return LayerNorm(scale.astype(np.float32), bias.astype(np.float32), float(epsilon))
+def _copies(b: Builder, tokens: str) -> str:
+    """Gather(tokens, index)·weight: (N,T,X) → (N·R,S,X)."""
+    gathered = b.op("Mul", b.op("Gather", tokens, INDEX, axis=1), WEIGHT, hint="weighted")       # (N,R,S,X)
+    rows = b.op("Shape", INDEX, hint="rows")
+    width = b.op("Slice", b.op("Shape", tokens), b.ints([2]), b.ints([3]), hint="width")
+    slots = b.op("Slice", rows, b.ints([1]), b.ints([2]), hint="slots")
+    return b.op("Reshape", gathered, b.op("Concat", b.ints([-1]), slots, width, axis=0), hint="copies")
+
+
+def _copy_norm_uses(graph: onnx.GraphProto, norm: str, x_copies: str, opset: int) -> None:
+    """Projections MatMul(norm, W) gathered after the product; Shape(norm) read on the stream's copies (the same
+    shape); any other use of the norm reads its copies."""
+    others = []
+    for node in [n for n in graph.node if norm in n.input]:
+        if node.op_type == "Shape":
+            node.input[0] = x_copies
+        elif node.op_type == "MatMul" and node.input[0] == norm and _is_matrix(graph, node.input[1]):
+            b = Builder(opset, scope=f"mosaic_{node.output[0]}")
+            copies = _copies(b, node.output[0])
+            _replace_uses(graph, node.output[0], copies)
+            _insert_after(graph, node, b)
+        else:
+            others.append(node)
+    if others:
+        b = Builder(opset, scope="mosaic_norm")
+        copies = _copies(b, norm)
+        for node in others:
+            node.input[:] = [copies if name == norm else name for name in node.input]
+        _insert_after(graph, next(n for n in graph.node if norm in n.output), b)
+
+
+def _bias_the_keys(graph: onnx.GraphProto, softmaxes: list, x: str, opset: int) -> None:
+    """Add key_bias, repeated for every image and broadcast over heads and queries, to each Softmax's logits."""
+    b = Builder(opset, scope="key_bias")
+    images = b.op("Slice", b.op("Shape", x), b.ints([0]), b.ints([1]), hint="images")
+    repeated = b.op("Expand", b.unsqueeze(BIAS, [0]), b.op("Concat", images, b.op("Shape", BIAS), axis=0))
+    slots = b.op("Slice", b.op("Shape", BIAS), b.ints([1]), b.ints([2]), hint="slots")
+    bias = b.op("Reshape", repeated, b.op("Concat", b.ints([-1, 1, 1]), slots, axis=0), hint="bias")   # (N·R,1,1,S)
+    for softmax in softmaxes:
+        biased = b.op("Add", softmax.input[0], bias, hint="biased")
+        softmax.input[0] = biased
+        graph.node.insert(list(graph.node).index(softmax), b.nodes.pop())
+    _prepend(graph, b)
+
+
+def _is_matrix(graph: onnx.GraphProto, name: str) -> bool:
+    value = constant_value(graph, name)
+    return value is not None and value.ndim == 2
 
 
 def constant_value(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
@@ -105,11 +129,25 @@ def constant_value(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
     return numpy_helper.to_array(values[name])
 
 
-def _replace_uses(graph: onnx.GraphProto, old: str, new: str) -> None:
+def _replace_uses(graph: onnx.GraphProto, old: str, new: str, keep: onnx.NodeProto | None = None) -> None:
+    """Every node of the graph but `keep` reads `new` instead of `old` (call it before adding `new`'s producers)."""
     for node in graph.node:
-        for i, name in enumerate(node.input):
-            if name == old:
-                node.input[i] = new
+        if node is not keep:
+            node.input[:] = [new if name == old else name for name in node.input]
+
+
+def _prepend(graph: onnx.GraphProto, b: Builder) -> None:
+    for node in reversed(b.nodes):
+        graph.node.insert(0, node)
+    graph.initializer.extend(b.initializers)
+    b.nodes, b.initializers = [], []
+
+
+def _insert_after(graph: onnx.GraphProto, node: onnx.NodeProto, b: Builder) -> None:
+    position = list(graph.node).index(node) + 1
+    for k, new in enumerate(b.nodes):
+        graph.node.insert(position + k, new)
+    graph.initializer.extend(b.initializers)
 
 
 def _check_last_axis(softmax: onnx.NodeProto) -> None:
@@ -120,17 +158,53 @@ def _check_last_axis(softmax: onnx.NodeProto) -> None:
 
 
 def _keep_prefix_after_attention(graph: onnx.GraphProto, x: str, prefix: int) -> None:
-    """Slice the first residual sum x + attn(...) to its first `prefix` tokens for everything after it."""
+    """Only the first `prefix` tokens leave the first residual sum x + attn(...): the attention's output projection
+    and the residual's x are cut to them (the attention itself keeps every token); where the projection cannot be
+    found, the sum itself is cut."""
     add = next((n for n in graph.node if n.op_type == "Add" and x in n.input), None)
     if add is None:
         raise CamInferError("vit-recipro found no residual Add of the cut tokens in the head graph")
-    kept = f"{add.output[0]}_prefix"
-    _replace_uses(graph, add.output[0], kept)
-    graph.initializer.extend([numpy_helper.from_array(np.array([v], np.int64), f"prefix_slice_{name}")
-                              for name, v in (("start", 0), ("end", prefix), ("axis", 1))])
-    position = list(graph.node).index(add) + 1
-    graph.node.insert(position, helper.make_node("Slice", [add.output[0], "prefix_slice_start", "prefix_slice_end",
-                                                           "prefix_slice_axis"], [kept]))
+    projection = _output_projection(graph, next(n for n in graph.node if n.op_type == "Softmax"))
+    if projection is None:
+        kept = f"{add.output[0]}_prefix"
+        _replace_uses(graph, add.output[0], kept)
+        graph.node.insert(list(graph.node).index(add) + 1, _first_tokens(graph, add.output[0], kept, prefix, 1))
+        return
+    heads = f"{projection.input[0]}_prefix"
+    graph.node.insert(list(graph.node).index(projection), _first_tokens(graph, projection.input[0], heads, prefix, 1))
+    projection.input[0] = heads
+    stream = f"{x}_prefix"
+    graph.node.insert(list(graph.node).index(add), _first_tokens(graph, x, stream, prefix, 1))
+    add.input[:] = [stream if name == x else name for name in add.input]
+
+
+def _output_projection(graph: onnx.GraphProto, softmax: onnx.NodeProto) -> onnx.NodeProto | None:
+    """The MatMul by a constant matrix that projects the heads' outputs back to the stream: after the attention's
+    product with the values, through the Transpose and Reshape that merge the heads."""
+    consumers = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    node, seen_values = softmax, False
+    for _ in range(6):
+        following = consumers.get(node.output[0], [])
+        if len(following) != 1:
+            return None
+        node = following[0]
+        if node.op_type == "MatMul" and not seen_values:
+            seen_values = True
+        elif node.op_type == "MatMul":
+            return node if node.input[0] != "" and _is_matrix(graph, node.input[1]) else None
+        elif node.op_type not in ("Transpose", "Reshape"):
+            return None
+    return None
+
+
+def _first_tokens(graph: onnx.GraphProto, tensor: str, output: str, count: int, axis: int) -> onnx.NodeProto:
+    names = [f"{output}_{part}" for part in ("start", "end", "axis")]
+    graph.initializer.extend(numpy_helper.from_array(np.array([v], np.int64), name)
+                             for name, v in zip(names, (0, count, axis)))
+    return helper.make_node("Slice", [tensor, *names], [output])
 
 
 def _free_token_count(graph: onnx.GraphProto, tokens: int) -> None:

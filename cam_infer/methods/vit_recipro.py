@@ -13,11 +13,12 @@ rest of the model on copy k (``cls_token=False``: the prefix tokens zeroed too).
 Exact and cheap (``reduced=True``): the zeroed tokens of a copy are all the same vector, and stay equal to each
 other through every per-token op (norms, MLP, projections) and through attention (their queries are equal, so are
 their rows). So a copy needs only the P prefix tokens, the ≤ 9 kernel tokens and ONE zero token standing for the m
-others, its key logits raised by log m in every attention Softmax (m equal keys weigh m·e^s = e^(s + log m)); a
-class-token head reads only the prefix rows, so after a single block's attention residual only the P prefix tokens go
-on (kept when the head's outputs at the clean tokens say so: checked once per backend). P + 10 tokens instead of
-P + h·w per copy through attention, P through the MLP; the head graph is opened for it by `bundle.reduced_tail`.
-``reduced=False`` runs the h·w full copies, as openvino-xai does (the reference).
+others, its key logits raised by log m in every attention Softmax (m equal keys weigh m·e^s = e^(s + log m)). The
+q, k, v projections are linear, (g·n)·W = g·(n·W): they run once on the T clean tokens and every copy gathers its
+rows. A class-token head reads only the prefix rows, so after a single block's attention only the P prefix tokens go
+through the output projection and the MLP (kept when the head's outputs at the clean tokens say so: checked once per
+backend). The head graph is opened for it by `bundle.reduced_tail`.
+``reduced=False`` runs the h·w full copies of every token, as openvino-xai does (the reference).
 """
 
 from __future__ import annotations
@@ -60,11 +61,11 @@ def vit_recipro(ctx: Context, *, kernel: Literal["gaussian3", "onehot"] = "gauss
     weights = KERNELS[kernel]
     maps = np.empty((len(ctx.activations), h, w), np.float32)
     plan = mosaic_plan(tokens.prefix, (h, w), weights, 1.0 if cls_token else 0.0, reduced)
-    for i, grid in enumerate(ctx.activations):
-        x = tokens.join(grid[None], ctx.prefix[i])[0]                          # (T,D)
-        tail = _tail(ctx, x, reduced)
-        rows = [tail.run(*part) for part in _chunks(mosaic_copies(x, tail.layer_norm(x), plan))]
-        maps[i] = ctx.class_scores(np.concatenate(rows), i, score).reshape(h, w)
+    x = tokens.join(ctx.activations, ctx.prefix)                                 # (N,T,D)
+    tail = _tail(ctx, x[0], reduced)
+    scores = np.concatenate([tail.run(x, *part) for part in _chunks(plan, len(x))], axis=1)    # (N,hw,C)
+    for i in range(len(x)):
+        maps[i] = ctx.class_scores(scores[i], i, score).reshape(h, w)
     return maps
 
 
@@ -93,12 +94,6 @@ def mosaic_plan(prefix: int, grid: tuple[int, int], kernel: np.ndarray, keep: fl
     return index.astype(np.int64), weight.astype(np.float32)[..., None], bias.astype(np.float32)
 
 
-def mosaic_copies(x: np.ndarray, n: np.ndarray, plan) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The copies (hw,S,D) of the stream x and of its LayerNorm n (T,D), and their key bias (hw,S)."""
-    index, weight, bias = plan
-    return x[index] * weight, n[index] * weight, bias
-
-
 def kernel_masks(grid: tuple[int, int], kernel: np.ndarray) -> np.ndarray:
     """(hw, hw): the weight of patch token p in mosaic copy k (the kernel centred at k, cut at the border)."""
     h, w = grid
@@ -110,23 +105,23 @@ def kernel_masks(grid: tuple[int, int], kernel: np.ndarray) -> np.ndarray:
     return padded[:, r:r + h, r:r + w].reshape(h * w, h * w)
 
 
-def _chunks(copies):
-    xs, ns, bias = copies
-    step = max(1, CHUNK_TOKENS // xs.shape[1])
-    for s in range(0, len(xs), step):
-        yield xs[s:s + step], ns[s:s + step], bias[s:s + step]
+def _chunks(plan, images: int):
+    """The plan's copies in parts of at most CHUNK_TOKENS tokens over all the images."""
+    step = max(1, CHUNK_TOKENS // (images * plan[0].shape[1]))
+    for s in range(0, len(plan[0]), step):
+        yield [a[s:s + step] for a in plan]
 
 
 class Tail:
-    """The reduced tail graph (`bundle.reduced_tail`) compiled on the backend's runtime, at its precision."""
+    """The opened tail graph (`bundle.reduced_tail`) compiled on the backend's runtime, at its precision."""
 
     def __init__(self, backend, bundle, prefix: int = 0):
         from ..bundle.graph import load_onnx
         from ..bundle.reduced_tail import reduced_tail
         if bundle.graph_format != "onnx":
             raise CamInferError("method 'vit-recipro' reads the head as ONNX; this bundle holds OpenVINO IR")
-        model, self.layer_norm = reduced_tail(load_onnx(bundle.head_path), bundle.tokens.shape[0], prefix)
-        self.backend_name = backend.name
+        model = reduced_tail(load_onnx(bundle.head_path), bundle.tokens.shape[0], prefix)
+        self.prefix, self.backend_name = prefix, backend.name
         if backend.name == "openvino":
             from ..backends.sessions import openvino_compiled
             self._compiled = openvino_compiled(model, backend.runtime)
@@ -135,22 +130,30 @@ class Tail:
             self._session = onnxruntime_session(model.SerializeToString(), backend.runtime)
             self._names = [i.name for i in self._session.get_inputs()]
 
-    def run(self, x: np.ndarray, n: np.ndarray, bias: np.ndarray) -> np.ndarray:
-        """Scores (R,C) of the tail on tokens x, norm outputs n (R,T',D) and key bias (R,T')."""
-        x, n, bias = (np.ascontiguousarray(a, np.float32) for a in (x, n, bias))
+    def run(self, x: np.ndarray, index: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
+        """Scores (N,R,C) of the tail on the R copies (index (R,S), weight (R,S,1), key bias (R,S)) of each image's
+        tokens x (N,T,D)."""
+        inputs = [np.ascontiguousarray(x, np.float32), np.ascontiguousarray(index, np.int64),
+                  *(np.ascontiguousarray(a, np.float32) for a in (weight, bias))]
         if self.backend_name == "openvino":
-            return np.array(self._compiled({0: x, 1: n, 2: bias})[0], np.float32).reshape(len(x), -1)
-        return self._session.run(None, dict(zip(self._names, (x, n, bias))))[0].reshape(len(x), -1)
+            scores = self._compiled(dict(enumerate(inputs)))[0]
+        else:
+            scores = self._session.run(None, dict(zip(self._names, inputs)))[0]
+        return np.asarray(scores, np.float32).reshape(len(x), len(index), -1)
+
+    def clean(self, tokens: np.ndarray) -> np.ndarray:
+        """Scores (N,C) of the tail on clean tokens (N,T,D): every token once, weight 1, no key bias."""
+        t = tokens.shape[1]
+        return self.run(tokens, np.arange(t)[None], np.ones((1, t, 1), np.float32), np.zeros((1, t), np.float32))[:, 0]
 
     def is_the_head(self, backend, tokens: np.ndarray) -> bool:
         """Whether this tail gives the head's scores on clean tokens (T,D) (to rounding: 10⁻³ of the largest score at
         f32, 3·10⁻² at a lower precision)."""
-        x = tokens[None]
         try:
-            got = self.run(x, self.layer_norm(x), np.zeros(x.shape[:2], np.float32))
+            got = self.clean(tokens[None])
         except Exception:      # noqa: BLE001  tokens cut short do not fit a later block (each runtime its error)
             return False
-        expected = backend.head(x)
+        expected = backend.head(tokens[None])
         tolerance = (1e-3 if backend.precision == "f32" else 3e-2) * max(1.0, float(np.abs(expected).max()))
         return bool(np.abs(got - expected).max() <= tolerance)
 
@@ -159,21 +162,21 @@ _TAILS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def _tail(ctx: Context, tokens: np.ndarray, reduced: bool) -> Tail:
-    """The tail for this backend, built on first use: the prefix-only one (reduced copies) when its scores at the
+    """The tail for this backend, built on first use: reduced copies take the prefix-only one when its scores at the
     clean tokens are the head's (a class-token head after the last block), else the whole one."""
     tails = _TAILS.setdefault(ctx.backend, {})
     if "whole" not in tails:
         tails["whole"] = Tail(ctx.backend, ctx.bundle)
         prefix_only = Tail(ctx.backend, ctx.bundle, ctx.bundle.tokens.prefix)
-        tails["prefix"] = prefix_only if prefix_only.is_the_head(ctx.backend, tokens) else tails["whole"]
-    return tails["prefix" if reduced else "whole"]
+        tails["reduced"] = prefix_only if prefix_only.is_the_head(ctx.backend, tokens) else tails["whole"]
+    return tails["reduced" if reduced else "whole"]
 
 
 @fused("vit-recipro", class_specific=True)
 def vit_recipro_onnx(f, *, kernel: str = "gaussian3", cls_token: bool = True, score: str = "logit",
                      reduced: bool = True) -> str:
-    """The same gather plan in the graph: the h·w copies of every image (N·hw rows of S tokens) gathered from the
-    cut tokens and their LayerNorm, through a copy of the opened tail, the target's score per copy."""
+    """The same plan in the graph: a copy of the opened tail on the cut tokens with the plan as constants (N·hw
+    rows of S tokens), the target's score per copy."""
     from ..bundle.reduced_tail import reduced_tail
     if score == "logit" and f.output_kind == "probabilities":
         raise CamInferError("score='logit' needs a model that outputs logits; this one ends in a softmax")
@@ -184,21 +187,10 @@ def vit_recipro_onnx(f, *, kernel: str = "gaussian3", cls_token: bool = True, sc
         raise MethodNotApplicable("method 'vit-recipro' fuses on vision transformers with prefix (class) tokens only")
     prefix = count - h * w
     one_block = sum(n.op_type == "Softmax" for n in f.head.graph.node) == 1
-    tail, layer_norm = reduced_tail(f.head, count, prefix if reduced and one_block else 0)
+    tail = reduced_tail(f.head, count, prefix if reduced and one_block else 0)
     index, weight, bias = mosaic_plan(prefix, (h, w), KERNELS[kernel], 1.0 if cls_token else 0.0, reduced)
-    slots = index.shape[1]
-    norm = b.op("LayerNormalization", f.activation, b.const(layer_norm.scale), b.const(layer_norm.bias),
-                axis=-1, epsilon=layer_norm.epsilon, hint="norm1")
-
-    def copies(tokens: str) -> str:                                             # (N,T,D) → (N·hw,S,D)
-        gathered = b.op("Gather", tokens, b.ints(index), axis=1)               # (N,hw,S,D)
-        return b.reshape(b.op("Mul", gathered, b.const(weight)), (-1, slots, d), hint="copies")
-
-    batch = b.op("Slice", b.op("Shape", f.activation), b.ints([0]), b.ints([1]), hint="batch")
-    rows = b.op("Expand", b.const(bias[None]), b.op("Concat", batch, b.ints([h * w, slots]), axis=0))
-    shared = {i.name for i in f.head.graph.initializer}
-    scores = clone_graph(b, tail, [copies(f.activation), copies(norm), b.reshape(rows, (-1, slots), hint="key_bias")],
-                         shared)
+    plan = [b.ints(index, "copy_index"), b.const(weight, "copy_weight"), b.const(bias, "key_bias")]
+    scores = clone_graph(b, tail, [f.activation, *plan], {i.name for i in f.head.graph.initializer})
     scores = b.reshape(scores, (-1, h * w, f.num_classes), hint="scores")                # (N,hw,C)
     if score == "prob" and f.output_kind == "logits":
         scores = b.op("Softmax", scores, axis=-1)
