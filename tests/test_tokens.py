@@ -285,6 +285,20 @@ def test_fp16_and_int8_vits_cut_at_the_last_block_and_explain(deployed_vits, vit
         rollout = explainer.explain(images, method="rollout").maps
         assert np.corrcoef(rollout.ravel(), reference.ravel())[0, 1] > (0.99 if name == "fp16" else 0.7)
         assert explainer.explain(images, method="recipro").maps.shape == (2, 8, 8)
+        if name == "fp16":
+            _vit_recipro_as_the_float_model(explainer, vit_bundles["vit"], images)
+
+
+def _vit_recipro_as_the_float_model(explainer, float_bundle, images):
+    """vit-recipro on the half file: its maps are the float model's, the reduced copies the full ones, to float16's
+    rounding (int8: tests/test_transformer_models.py, on a trained model)."""
+    from cam_infer import Explainer
+    reference = Explainer(float_bundle.path).explain(images, method="vit-recipro", target=1).maps
+    ours = explainer.explain(images, method="vit-recipro", target=1).maps
+    full = explainer.explain(images, method="vit-recipro", target=1, reduced=False).maps
+    for a, b in zip(ours, reference):
+        assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99
+    np.testing.assert_allclose(ours, full, rtol=0, atol=4 * 2.0 ** -11 * np.abs(full).max())
 
 
 def test_an_openvino_ir_transformer_is_refused_not_cut_at_its_patch_embedding(tiny_vits, tmp_path):

@@ -36,7 +36,7 @@ def reduced_tail(head: onnx.ModelProto, tokens: int, prefix: int = 0) -> onnx.Mo
     model.CopyFrom(head)
     graph = model.graph
     x = graph.input[0].name
-    norm = next((n for n in graph.node if n.op_type == "LayerNormalization" and n.input[0] == x), None)
+    norm, conversions = _first_norm(graph, x)
     if norm is None:
         found = sorted({n.op_type for n in graph.node if x in n.input})
         raise CamInferError(f"vit-recipro needs the block after the cut to start with a LayerNormalization of the "
@@ -47,12 +47,15 @@ def reduced_tail(head: onnx.ModelProto, tokens: int, prefix: int = 0) -> onnx.Mo
     for softmax in softmaxes:
         _check_last_axis(softmax)
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    if any(n.op_type == "Cast" for n in conversions) and opset < 15:
+        raise CamInferError(f"vit-recipro opens reduced-precision transformers of opset 15 or later; this one has "
+                            f"opset {opset}")
     b = Builder(opset, scope="mosaic")
     graph.input.extend([helper.make_tensor_value_info(INDEX, onnx.TensorProto.INT64, ["R", "S"]),
                         helper.make_tensor_value_info(WEIGHT, onnx.TensorProto.FLOAT, ["R", "S", 1]),
                         helper.make_tensor_value_info(BIAS, onnx.TensorProto.FLOAT, ["R", "S"])])
-    x_copies = _copies(b, x)
-    _replace_uses(graph, x, x_copies, keep=norm)
+    stream, x_copies = _converted_copies(graph, conversions, x, _copies(b, x))
+    _replace_uses(graph, stream, x_copies, keep=norm)
     _prepend(graph, b)
     _copy_norm_uses(graph, norm.output[0], x_copies, opset)
     _bias_the_keys(graph, softmaxes, x, opset)
@@ -65,9 +68,56 @@ def reduced_tail(head: onnx.ModelProto, tokens: int, prefix: int = 0) -> onnx.Mo
     return model
 
 
+CONVERSIONS = ("Cast", "QuantizeLinear", "DequantizeLinear")
+
+
+def quantizes_attention(head: onnx.ModelProto) -> bool:
+    """Whether the head quantizes an attention Softmax's probabilities (then one key standing for m equal keys,
+    probability m·p, is not quantized as m keys of p are: the reduced copies are not exact)."""
+    softmax_outputs = {n.output[0] for n in head.graph.node if n.op_type == "Softmax"}
+    return any(n.op_type == "QLinearSoftmax" or n.op_type == "QuantizeLinear" and n.input[0] in softmax_outputs
+               for n in head.graph.node)
+
+
+def _first_norm(graph: onnx.GraphProto, x: str) -> tuple[onnx.NodeProto | None, list[onnx.NodeProto]]:
+    """The block's first LayerNormalization, reading x directly or through per-element conversions (a Cast to
+    float16, a QuantizeLinear–DequantizeLinear pair) that nothing else reads x through; and those conversions."""
+    conversions, name = [], x
+    for _ in range(4):
+        users = [n for n in graph.node if name in n.input]
+        norm = next((n for n in users if n.op_type == "LayerNormalization" and n.input[0] == name), None)
+        if norm is not None:
+            return norm, conversions
+        if len(users) != 1 or users[0].op_type not in CONVERSIONS or users[0].input[0] != name:
+            return None, conversions
+        conversions.append(users[0])
+        name = users[0].output[0]
+    return None, conversions
+
+
+def _converted_copies(graph: onnx.GraphProto, conversions: list, x: str, x_copies: str) -> tuple[str, str]:
+    """(the tensor the norm reads, the copies converted the same way): the conversions run again on the copies
+    (a copy's stream is quantized or cast as the model would, after the mosaic weights)."""
+    if not conversions:
+        return x, x_copies
+    source = x_copies
+    position = list(graph.node).index(conversions[-1]) + 1
+    for k, node in enumerate(conversions):
+        again = onnx.NodeProto()
+        again.CopyFrom(node)
+        again.name = f"{node.name}_copies"
+        again.input[0] = source
+        again.output[:] = [f"{node.output[0]}_copies"]
+        source = again.output[0]
+        graph.node.insert(position + k, again)
+    return conversions[-1].output[0], source
+
+
 def _copies(b: Builder, tokens: str) -> str:
-    """Gather(tokens, index)·weight: (N,T,X) → (N·R,S,X)."""
-    gathered = b.op("Mul", b.op("Gather", tokens, INDEX, axis=1), WEIGHT, hint="weighted")       # (N,R,S,X)
+    """Gather(tokens, index)·weight: (N,T,X) → (N·R,S,X), the weight cast like the tokens."""
+    gathered = b.op("Gather", tokens, INDEX, axis=1)
+    weight = WEIGHT if b.opset < 15 else b.op("CastLike", WEIGHT, gathered, hint="weight")
+    gathered = b.op("Mul", gathered, weight, hint="weighted")                                  # (N,R,S,X)
     rows = b.op("Shape", INDEX, hint="rows")
     width = b.op("Slice", b.op("Shape", tokens), b.ints([2]), b.ints([3]), hint="width")
     slots = b.op("Slice", rows, b.ints([1]), b.ints([2]), hint="slots")
@@ -104,9 +154,12 @@ def _bias_the_keys(graph: onnx.GraphProto, softmaxes: list, x: str, opset: int) 
     slots = b.op("Slice", b.op("Shape", BIAS), b.ints([1]), b.ints([2]), hint="slots")
     bias = b.op("Reshape", repeated, b.op("Concat", b.ints([-1, 1, 1]), slots, axis=0), hint="bias")   # (N·R,1,1,S)
     for softmax in softmaxes:
-        biased = b.op("Add", softmax.input[0], bias, hint="biased")
+        like = bias if b.opset < 15 else b.op("CastLike", bias, softmax.input[0], hint="like")
+        biased = b.op("Add", softmax.input[0], like, hint="biased")
         softmax.input[0] = biased
-        graph.node.insert(list(graph.node).index(softmax), b.nodes.pop())
+        for node in b.nodes[len(b.nodes) - (1 if b.opset < 15 else 2):]:
+            graph.node.insert(list(graph.node).index(softmax), node)
+        del b.nodes[len(b.nodes) - (1 if b.opset < 15 else 2):]
     _prepend(graph, b)
 
 

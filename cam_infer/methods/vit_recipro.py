@@ -60,9 +60,10 @@ def vit_recipro(ctx: Context, *, kernel: Literal["gaussian3", "onehot"] = "gauss
     d, h, w = ctx.activations.shape[1:]
     weights = KERNELS[kernel]
     maps = np.empty((len(ctx.activations), h, w), np.float32)
-    plan = mosaic_plan(tokens.prefix, (h, w), weights, 1.0 if cls_token else 0.0, reduced)
     x = tokens.join(ctx.activations, ctx.prefix)                                 # (N,T,D)
     tail = _tail(ctx, x[0], reduced)
+    reduced = reduced and tail.reduces_exactly
+    plan = mosaic_plan(tokens.prefix, (h, w), weights, 1.0 if cls_token else 0.0, reduced)
     scores = np.concatenate([tail.run(x, *part) for part in _chunks(plan, len(x))], axis=1)    # (N,hw,C)
     for i in range(len(x)):
         maps[i] = ctx.class_scores(scores[i], i, score).reshape(h, w)
@@ -117,11 +118,13 @@ class Tail:
 
     def __init__(self, backend, bundle, prefix: int = 0):
         from ..bundle.graph import load_onnx
-        from ..bundle.reduced_tail import reduced_tail
+        from ..bundle.reduced_tail import quantizes_attention, reduced_tail
         if bundle.graph_format != "onnx":
             raise CamInferError("method 'vit-recipro' reads the head as ONNX; this bundle holds OpenVINO IR")
-        model = reduced_tail(load_onnx(bundle.head_path), bundle.tokens.shape[0], prefix)
+        head = load_onnx(bundle.head_path)
+        model = reduced_tail(head, bundle.tokens.shape[0], prefix)
         self.prefix, self.backend_name = prefix, backend.name
+        self.reduces_exactly = not quantizes_attention(head)
         if backend.name == "openvino":
             from ..backends.sessions import openvino_compiled
             self._compiled = openvino_compiled(model, backend.runtime)
@@ -163,10 +166,13 @@ _TAILS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 def _tail(ctx: Context, tokens: np.ndarray, reduced: bool) -> Tail:
     """The tail for this backend, built on first use: reduced copies take the prefix-only one when its scores at the
-    clean tokens are the head's (a class-token head after the last block), else the whole one."""
+    clean tokens are the head's (a class-token head after the last block), else the whole one. A head that quantizes
+    its attention probabilities runs full copies: one key standing for m is quantized once, not m times."""
     tails = _TAILS.setdefault(ctx.backend, {})
     if "whole" not in tails:
-        tails["whole"] = Tail(ctx.backend, ctx.bundle)
+        tails["whole"] = tails["reduced"] = Tail(ctx.backend, ctx.bundle)
+        if not tails["whole"].reduces_exactly:
+            return tails["whole"]
         prefix_only = Tail(ctx.backend, ctx.bundle, ctx.bundle.tokens.prefix)
         tails["reduced"] = prefix_only if prefix_only.is_the_head(ctx.backend, tokens) else tails["whole"]
     return tails["reduced" if reduced else "whole"]
@@ -177,7 +183,7 @@ def vit_recipro_onnx(f, *, kernel: str = "gaussian3", cls_token: bool = True, sc
                      reduced: bool = True) -> str:
     """The same plan in the graph: a copy of the opened tail on the cut tokens with the plan as constants (N·hw
     rows of S tokens), the target's score per copy."""
-    from ..bundle.reduced_tail import reduced_tail
+    from ..bundle.reduced_tail import quantizes_attention, reduced_tail
     if score == "logit" and f.output_kind == "probabilities":
         raise CamInferError("score='logit' needs a model that outputs logits; this one ends in a softmax")
     b, (d, h, w) = f.b, f.shape
@@ -187,6 +193,7 @@ def vit_recipro_onnx(f, *, kernel: str = "gaussian3", cls_token: bool = True, sc
         raise MethodNotApplicable("method 'vit-recipro' fuses on vision transformers with prefix (class) tokens only")
     prefix = count - h * w
     one_block = sum(n.op_type == "Softmax" for n in f.head.graph.node) == 1
+    reduced = reduced and not quantizes_attention(f.head)
     tail = reduced_tail(f.head, count, prefix if reduced and one_block else 0)
     index, weight, bias = mosaic_plan(prefix, (h, w), KERNELS[kernel], 1.0 if cls_token else 0.0, reduced)
     plan = [b.ints(index, "copy_index"), b.const(weight, "copy_weight"), b.const(bias, "key_bias")]
