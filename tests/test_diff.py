@@ -91,7 +91,7 @@ def test_every_number_of_a_row_is_what_the_two_models_give_on_their_own(quantize
     import onnxruntime as ort
 
     out, _ = quantized
-    photo = PHOTOS / "chelsea.png"
+    photo = PHOTOS / "fruits.jpg"                                    # A: 951 lemon, B: 950 orange
     a, b = Explainer(FP32), Explainer(INT8)
     x = a.preprocess([photo])
     native = {side: softmax(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -242,3 +242,11 @@ def test_the_cli_writes_a_report_that_a_browser_renders(quantized, tmp_path):
     subprocess.run(common + [f"--screenshot={shot}", "--window-size=1200,1400", page], capture_output=True, timeout=120)
     picture = cv2.imread(str(shot))
     assert picture is not None and len(np.unique(picture.reshape(-1, 3), axis=0)) > 500   # text, charts, maps
+
+
+@pytest.mark.slow
+def test_worker_processes_write_the_files_of_a_run_in_this_process(scenes, tmp_path):
+    for out, workers in (("here", None), ("workers", 2)):
+        run_diff(SHAPES, Side(str(SHAPES), "openvino"), [scenes], tmp_path / out, methods=METHODS, batch_size=2,
+                 workers=workers, progress=False)
+    assert files_of(tmp_path / "workers") == files_of(tmp_path / "here")
