@@ -135,8 +135,9 @@ def main() -> None:
               "| A vs B | " + " | ".join(next(iter(pieces.values()))) + " |", "|---|" + "---:|" * 3]
     lines += [f"| {title} | " + " | ".join(f"{v:.1f}" for v in p.values()) + " |" for title, p in pieces.items()]
     lines.append(f"\nLoad average at the end: {', '.join(f'{v:.2f}' for v in os.getloadavg())}.")
-    lines.append("\nWhy the diff is not slower than the two runs it replaces: it decodes each image once for both models "
-                 "and writes small A/B thumbnails, where the two explain runs decode every image twice and each write "
+    lines.append("\nWhy the diff is not slower than the two runs it replaces: it decodes each image once for both "
+                 "models and writes small A/B thumbnails, where the two explain runs decode every image twice and "
+                 "each write "
                  "a full-size JPEG overlay per method. What it adds is the three similarity measures at 224×224 "
                  "(Spearman's two rankings and the top-20 % masks sort 50 176 pixels each; SSIM sums 7×7 windows).")
     text = "\n".join(lines) + "\n"
