@@ -6,9 +6,12 @@ unsplit models and a NumPy twin; a model against itself (exactly 1); ONNX Runtim
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
+import pickle
 import shutil
 import subprocess
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -250,3 +253,30 @@ def test_worker_processes_write_the_files_of_a_run_in_this_process(scenes, tmp_p
         run_diff(SHAPES, Side(str(SHAPES), "openvino"), [scenes], tmp_path / out, methods=METHODS, batch_size=2,
                  workers=workers, progress=False)
     assert files_of(tmp_path / "workers") == files_of(tmp_path / "here")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed (pip install 'cam-infer[ray]')")
+def test_a_ray_worker_on_another_node_gets_both_models_and_compares_as_here(scenes):
+    """A Ray actor where the bundle folders do not exist is sent both models' files, and does the same work."""
+    from cam_infer.diff.work import DiffWork
+    from cam_infer.parallel import ExplainerSpec
+    from cam_infer.parallel.ray_cluster import RayWorker, bundle_files
+
+    work = DiffWork(ExplainerSpec(str(SHAPES)), ExplainerSpec(str(SHAPES), "openvino"), METHODS, {}, None, True)
+    elsewhere = DiffWork(ExplainerSpec("/nowhere/a"), ExplainerSpec("/nowhere/b", "openvino"), METHODS, {}, None, True)
+    worker = RayWorker(pickle.dumps(elsewhere), {"spec_a": bundle_files(SHAPES), "spec_b": bundle_files(SHAPES)})
+    assert all((Path(spec.bundle) / "bundle.json").is_file() for spec in (worker.work.spec_a, worker.work.spec_b))
+    assert worker.work.spec_b.backend == "openvino"
+    batch = [(path, path.name, METHODS, None) for path in sorted(scenes.glob("*.png"))[:2]]
+    here = work(batch)
+    there = pickle.loads(worker({"item": np.array([pickle.dumps(batch)], dtype=object)})["result"][0])
+    assert there == here and len(here["rows"]) == 2 * len(METHODS)
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed (pip install 'cam-infer[ray]')")
+def test_a_local_ray_cluster_writes_the_files_of_a_run_in_this_process(scenes, tmp_path):
+    for out, ray in (("here", None), ("ray", "local")):
+        run_diff(SHAPES, Side(str(SHAPES), "openvino"), [scenes], tmp_path / out, methods=METHODS, batch_size=2,
+                 ray=ray, workers=2 if ray else None, progress=False)
+    assert files_of(tmp_path / "ray") == files_of(tmp_path / "here")
