@@ -35,6 +35,8 @@ FP32 = SHARED / "models" / "mobilenetv2-fp32-dequant.onnx"
 INT8 = SHARED / "deployed" / "mobilenetv2-12-int8.onnx"
 PHOTOS = SHARED / "images"
 METHODS = ("recipro", "eigen")
+needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
+                               reason="ray is not installed (pip install 'cam-infer[ray]')")
 
 
 def read_csv(path) -> list[dict]:
@@ -255,7 +257,7 @@ def test_worker_processes_write_the_files_of_a_run_in_this_process(scenes, tmp_p
     assert files_of(tmp_path / "workers") == files_of(tmp_path / "here")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed (pip install 'cam-infer[ray]')")
+@needs_ray
 def test_a_ray_worker_on_another_node_gets_both_models_and_compares_as_here(scenes):
     """A Ray actor where the bundle folders do not exist is sent both models' files, and does the same work."""
     from cam_infer.diff.work import DiffWork
@@ -274,7 +276,7 @@ def test_a_ray_worker_on_another_node_gets_both_models_and_compares_as_here(scen
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed (pip install 'cam-infer[ray]')")
+@needs_ray
 def test_a_local_ray_cluster_writes_the_files_of_a_run_in_this_process(scenes, tmp_path):
     for out, ray in (("here", None), ("ray", "local")):
         run_diff(SHAPES, Side(str(SHAPES), "openvino"), [scenes], tmp_path / out, methods=METHODS, batch_size=2,

@@ -68,7 +68,8 @@ def run_diff(a, b, images, out, *, methods=("recipro", "eigen"), options: dict |
     protocol = {"a": describe_side(side_a, explainer_a), "b": describe_side(side_b, explainer_b),
                 "methods": list(methods), "options": options, "target": class_id,
                 "class": "the target on both sides" if class_id is not None else "A's top-1 on both sides",
-                "compared_on": "the models' input" if same else f"the original image at {COMPARED_SIDE} px (long side)"}
+                "compared_on": "the models' input" if same else
+                f"the original image at {COMPARED_SIDE} px (long side)"}
     settings = json.loads(json.dumps(protocol))
     summary: dict = {}
 
@@ -77,8 +78,8 @@ def run_diff(a, b, images, out, *, methods=("recipro", "eigen"), options: dict |
         if final:
             write_atomically(run.out / ERRORS_NAME, json.dumps(run.errors, indent=1) + "\n")
             summary.clear()
-            summary.update(summarise(run.rows, methods, settings, run.errors, max(grid, DRIFTED)), skipped=run.skipped,
-                           redone=run.redone)
+            summary.update(summarise(run.rows, methods, settings, run.errors, max(grid, DRIFTED)),
+                           skipped=run.skipped, redone=run.redone)
             write_atomically(run.out / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
             write_html(run.out, summary, grid, explainer_a.bundle.label)
 

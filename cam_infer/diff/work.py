@@ -77,7 +77,8 @@ class DiffWork:
             files[pair] = pair_png(overlay(views_a[i], e_a.saliency[i]), overlay(views_b[i], e_b.saliency[i]))
             rows.append({
                 "image": str(path), "method": method, "class_agnostic": int(agnostic),
-                "class_id": "" if agnostic else c, "label": "" if agnostic else a.bundle.label(c),
+                "class_id": "" if agnostic else c,
+                "label": a.bundle.label(c) if a.bundle.labels and not agnostic else "",
                 "top1_a": int(top1_a[i]), "top1_b": int(top1_b[i]), "top1_agree": int(top1_a[i] == top1_b[i]),
                 "probability_a": float(p_a[i]), "probability_b": float(p_b[i]),
                 "probability_shift": float(p_b[i]) - float(p_a[i]),
