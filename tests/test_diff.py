@@ -45,9 +45,14 @@ def read_csv(path) -> list[dict]:
 
 
 def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
-    """NumPy twin of Spearman for maps without ties: Pearson of argsort ranks of |a| and |b|."""
-    ra, rb = (np.argsort(np.argsort(np.abs(m).ravel())).astype(float) for m in (a, b))
-    return float(np.corrcoef(ra, rb)[0, 1])
+    """NumPy twin of Spearman: Pearson of the ranks of |a| and |b|, equal values given their ranks' mean."""
+    def ranks(m):
+        values = np.abs(m).ravel()
+        order = np.empty(values.size)
+        order[np.argsort(values)] = np.arange(values.size)
+        _, group = np.unique(values, return_inverse=True)
+        return (np.bincount(group, order) / np.bincount(group))[group]
+    return float(np.corrcoef(ranks(a), ranks(b))[0, 1])
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +134,37 @@ def test_a_target_is_explained_on_both_sides_and_class_agnostic_maps_name_no_cla
     rows = read_csv(tmp_path / "d" / "diff.csv")
     assert {(r["class_id"], r["label"]) for r in rows if r["method"] == "recipro"} == {("3", "cross")}
     assert {(r["class_id"], r["label"], r["class_agnostic"]) for r in rows if r["method"] == "eigen"} == {("", "", "1")}
+
+
+def center_cropping_shapes(folder) -> str:
+    """The embedded ShapesNet, but resizing the shorter side to 128 and cropping the centre (its own: squashing)."""
+    shutil.copytree(SHAPES, folder)
+    manifest = json.loads((folder / "bundle.json").read_text())
+    manifest["preprocessing"].update(crop="center", resize=128)
+    (folder / "bundle.json").write_text(json.dumps(manifest))
+    return str(folder)
+
+
+def test_models_that_see_an_image_differently_are_compared_on_the_original_image(scenes, tmp_path):
+    """A squashes a 128x160 photo to 128x128, B crops its centre: each map is put back where its model saw the photo
+    (A's stretched over it, B's in the middle 128 columns, 0 beside) and the two are compared there."""
+    rgb = np.pad(cv2.cvtColor(cv2.imread(str(sorted(scenes.glob("*.png"))[0])), cv2.COLOR_BGR2RGB),
+                 ((0, 0), (16, 16), (0, 0)), constant_values=128)
+    photo = tmp_path / "wide.png"
+    cv2.imwrite(str(photo), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    cropping = center_cropping_shapes(tmp_path / "cropping")
+    summary = run_diff(SHAPES, cropping, [photo], tmp_path / "d", methods=("recipro",), progress=False)
+    assert summary["protocol"]["compared_on"] == "the original image at 224 px (long side)"
+    a, b = Explainer(SHAPES), Explainer(cropping)
+    s_a = a.explain(a.preprocess([rgb]), "recipro").saliency[0]
+    c = int(a.explain(a.preprocess([rgb]), "recipro").targets[0])
+    s_b = b.explain(b.preprocess([rgb]), "recipro", target=[c]).saliency[0]
+    back_a = cv2.resize(s_a, (160, 128), interpolation=cv2.INTER_LINEAR)
+    back_b = np.zeros((128, 160), np.float32)
+    back_b[:, 16:144] = s_b
+    row = read_csv(tmp_path / "d" / "diff.csv")[0]
+    assert float(row["spearman"]) == pytest.approx(rank_correlation(back_a, back_b), abs=1e-6)
+    assert float(row["spearman"]) < 0.99                        # they did see the photo differently
 
 
 @needs_shared
