@@ -118,10 +118,12 @@ def test_every_number_of_a_row_is_what_the_two_models_give_on_their_own(quantize
         assert float(row["spearman"]) == pytest.approx(rank_correlation(s_a, s_b), abs=1e-6)
 
 
-def test_a_model_against_itself_agrees_everywhere_with_similarity_exactly_one(scenes, tmp_path):
-    summary = run_diff(SHAPES, SHAPES, [scenes], tmp_path / "self", methods=METHODS, batch_size=2, progress=False)
+@pytest.mark.parametrize("model", ["shapes", pytest.param("mobilenetv2", marks=needs_shared)])
+def test_a_model_against_itself_agrees_everywhere_with_similarity_exactly_one(model, scenes, tmp_path):
+    model, images, n = (SHAPES, [scenes], 5) if model == "shapes" else (FP32, [PHOTOS / f for f in STABLE_IMAGES][:3], 3)
+    summary = run_diff(model, model, images, tmp_path / "self", methods=METHODS, batch_size=2, progress=False)
     rows = read_csv(tmp_path / "self" / "diff.csv")
-    assert len(rows) == 5 * len(METHODS)
+    assert summary["images"] == n and len(rows) == n * len(METHODS)
     for row in rows:
         assert (row["spearman"], row["ssim"], row["top_iou"]) == ("1.0", "1.0", "1.0")
         assert row["top1_agree"] == "1" and float(row["probability_shift"]) == 0.0
@@ -266,6 +268,10 @@ def test_a_missing_image_is_refused_and_an_unreadable_one_is_listed_while_the_ot
     files = sorted(scenes.glob("*.png"))[:2] + [broken]
     summary = run_diff(SHAPES, SHAPES, files, tmp_path / "out", methods=METHODS, progress=False)
     assert summary["images"] == 2 and [e["image"] for e in summary["errors"]] == [str(broken)]
+    result = run_cli("diff", SHAPES, SHAPES, broken, "--out", tmp_path / "none")      # nothing left to compare
+    assert result.returncode == 1 and "0 images: top-1 agreement -" in result.stdout
+    assert result.stderr.strip().splitlines() == [f"cam-infer: error: 1 image(s) could not be read and were skipped, "
+                                                  f"e.g. {summary['errors'][0]['error']}"]
 
 
 @pytest.mark.integration

@@ -155,6 +155,8 @@ def describe_side(side: Side, explainer) -> dict:
 def summary_lines(summary: dict, out) -> list[str]:
     """What `cam-infer diff` prints: agreement, the probability shift, and per method its similarities."""
     def shown(interval: dict) -> str:
+        if interval["mean"] is None:
+            return "-"
         return f"{interval['mean']:.3f} [{interval['low']:.3f}, {interval['high']:.3f}]"
 
     lines = [f"{summary['images']} images: top-1 agreement {shown(summary['top1_agreement'])}, probability shift "
