@@ -120,7 +120,8 @@ def test_every_number_of_a_row_is_what_the_two_models_give_on_their_own(quantize
 
 @pytest.mark.parametrize("model", ["shapes", pytest.param("mobilenetv2", marks=needs_shared)])
 def test_a_model_against_itself_agrees_everywhere_with_similarity_exactly_one(model, scenes, tmp_path):
-    model, images, n = (SHAPES, [scenes], 5) if model == "shapes" else (FP32, [PHOTOS / f for f in STABLE_IMAGES][:3], 3)
+    photos = [PHOTOS / name for name in STABLE_IMAGES][:3]
+    model, images, n = (SHAPES, [scenes], 5) if model == "shapes" else (FP32, photos, 3)
     summary = run_diff(model, model, images, tmp_path / "self", methods=METHODS, batch_size=2, progress=False)
     rows = read_csv(tmp_path / "self" / "diff.csv")
     assert summary["images"] == n and len(rows) == n * len(METHODS)
