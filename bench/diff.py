@@ -131,7 +131,8 @@ def main() -> None:
             lines.append(f"| {title} | {images / d:.2f} | {images / e:.2f} | {d / e:.2f}× |")
             print(lines[-1], flush=True)
             pieces[title] = where_the_time_goes(a, b)
-    lines += ["", "Where the diff's time goes (ms per image and method; medians over the batches or pairs of one more run):", "",
+    lines += ["", "Where the diff's time goes (ms per image and method; medians over the batches or pairs of one more "
+              "run):", "",
               "| A vs B | " + " | ".join(next(iter(pieces.values()))) + " |", "|---|" + "---:|" * 3]
     lines += [f"| {title} | " + " | ".join(f"{v:.1f}" for v in p.values()) + " |" for title, p in pieces.items()]
     lines.append(f"\nLoad average at the end: {', '.join(f'{v:.2f}' for v in os.getloadavg())}.")
