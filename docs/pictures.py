@@ -11,6 +11,8 @@
 - ``img/detection.jpg``: the embedded detector's grid, as ``cam-infer demo`` draws it.
 - ``img/audit-report.jpg``: the top of an audit's ``index.html`` (ShapesNet, 12 synthetic scenes), as headless
   Chromium shows it; only where Chromium is installed.
+- ``img/diff-report.jpg``: the top of a diff's ``index.html`` (MobileNetV2 fp32 against int8, the photos of
+  ``../shared/data``), as headless Chromium shows it; only where Chromium and the photos are.
 """
 
 from __future__ import annotations
@@ -126,6 +128,32 @@ def audit_screenshot(work: Path) -> np.ndarray | None:
     return cv2.cvtColor(cv2.imread(str(shot)), cv2.COLOR_BGR2RGB)
 
 
+def diff_screenshot(work: Path) -> np.ndarray | None:
+    """The top of a diff report's page (MobileNetV2 fp32 against the zoo's int8 file on the photos of ../shared/data),
+    as a browser shows it, or None without Chromium or the photos."""
+    from cam_infer.diff import run_diff
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None or not PHOTO.is_file():
+        return None
+    work.mkdir(exist_ok=True)
+    for name, source in (("mobilenetv2.onnx", "models/mobilenetv2-fp32-dequant.onnx"),
+                         ("mobilenetv2-12-int8.onnx", "deployed/mobilenetv2-12-int8.onnx"), ("photos", "images")):
+        (work / name).symlink_to(SHARED / source)
+    here = Path.cwd()
+    os.chdir(work)                          # the page shows the paths as given: short, relative ones
+    try:
+        run_diff(Path("mobilenetv2.onnx"), Path("mobilenetv2-12-int8.onnx"), [Path("photos")], Path("diff"),
+                 progress=False)
+    finally:
+        os.chdir(here)
+    shot = work / "diff.png"
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={work / 'profile'}",
+                    f"--screenshot={shot}", "--window-size=1000,1300", (work / "diff" / "index.html").as_uri()],
+                   capture_output=True, timeout=120, check=True)
+    return cv2.cvtColor(cv2.imread(str(shot)), cv2.COLOR_BGR2RGB)
+
+
 def main() -> None:
     import argparse
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -150,6 +178,9 @@ def main() -> None:
         report = audit_screenshot(Path(tmp))
         if report is not None:
             write_jpeg(IMG / "audit-report.jpg", report, width=800)
+        report = diff_screenshot(Path(tmp) / "diff")
+        if report is not None:
+            write_jpeg(IMG / "diff-report.jpg", report, width=800)
 
 
 if __name__ == "__main__":

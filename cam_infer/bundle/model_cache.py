@@ -129,5 +129,8 @@ def _is_fused(path: Path) -> bool:
     if path.suffix.lower() != ".onnx":
         return False
     import onnx
-    model = onnx.load(str(path), load_external_data=False)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001  (an unreadable file is no fused model; the split says what is wrong with it)
+        return False
     return any(p.key == "cam_infer.method" for p in model.metadata_props)

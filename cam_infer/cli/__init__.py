@@ -1,4 +1,4 @@
-"""``cam-infer``: demo, split, export, info, explain, bench, fuse, audit, synthetic.
+"""``cam-infer``: demo, split, export, info, explain, bench, fuse, audit, diff, synthetic.
 
 `arguments.py` declares the arguments (method names, options and benchmark cases come from the method
 registry), `commands.py` has one function per command, named after it, that calls the module doing the job

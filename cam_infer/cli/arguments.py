@@ -222,6 +222,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", type=int, default=48, help="images shown in the HTML thumbnail grid (default 48)")
     _scale_out(p)
 
+    p = sub.add_parser("diff", help="compare two models' predictions and maps on the same images (fp32 vs int8, "
+                                    "v1 vs v2, two runtimes); CSV, JSON and an HTML report")
+    p.add_argument("a", help="model A (the reference): " + BUNDLE_HELP)
+    p.add_argument("b", help="model B (compared with A), of the same classes")
+    p.add_argument("images", nargs="+", help="image files and folders (searched recursively)")
+    p.add_argument("--methods", default="recipro,eigen", help="comma-separated methods, or 'all' (every gradient-free "
+                                                              "method both models take); default recipro,eigen")
+    _options(p, "METHOD.KEY=VALUE", "recipro.score=logit")
+    p.add_argument("--target", help="class explained on both sides, by index or label (default: A's top-1 per image)")
+    _out(p, "report folder (a rerun resumes it)", "start over in --out instead of resuming")
+    for side in ("a", "b"):
+        p.add_argument(f"--backend-{side}", default="auto", choices=BACKEND_CHOICES,
+                       help=f"runtime of model {side.upper()} (default auto: ONNX Runtime for ONNX, OpenVINO for IR)")
+        p.add_argument(f"--precision-{side}", default="f32", choices=PRECISIONS,
+                       help=f"what model {side.upper()}'s runtime computes in (default f32; see explain --precision)")
+    p.add_argument("--device", default="CPU", help="device of both runtimes (CPU, GPU, NPU, AUTO)")
+    p.add_argument("--batch-size", type=int, default=8, help="images per call (default 8)")
+    p.add_argument("--grid", type=int, default=12, help="most drifted images shown in index.html (default 12)")
+    _scale_out(p)
+
     p = sub.add_parser("serve", help="serve explanations over the KServe v2 / Triton REST protocol, and /explain")
     p.add_argument("model", help="a bundle folder, a fused .onnx model (cam-infer fuse), or a model file split "
                                  "with auto into the user cache once")

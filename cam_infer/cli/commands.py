@@ -221,6 +221,29 @@ def audit_detections(args):
     return summary, summary_lines(summary, args.out)
 
 
+def diff(args) -> int:
+    from ..diff import Side, run_diff, summary_lines
+    from ..runs import parse_option
+    options: dict = {}
+    for text in args.option:
+        key, value = parse_option(text)
+        method, dot, name = key.partition(".")
+        if not dot:
+            raise CamInferError(f"--option takes method.key=value, not '{text}'")
+        options.setdefault(method, {})[name] = value
+    sides = [Side(model, backend, precision, args.device) for model, backend, precision in
+             ((args.a, args.backend_a, args.precision_a), (args.b, args.backend_b, args.precision_b))]
+    summary = run_diff(*sides, args.images, args.out, methods=[m.strip() for m in args.methods.split(",") if m.strip()],
+                       options=options, target=args.target, restart=args.force, grid=args.grid,
+                       batch_size=args.batch_size, **_scale_out(args))
+    for line in summary_lines(summary, args.out):
+        print(line)
+    if summary["errors"]:
+        raise CamInferError(f"{len(summary['errors'])} image(s) could not be read and were skipped, e.g. "
+                            f"{summary['errors'][0]['error']}")
+    return 0
+
+
 def _say(line: str) -> None:
     """A line of a run's report, shown at once (before a long run, not after it)."""
     print(line, flush=True)

@@ -89,7 +89,7 @@ class RayRunner:
         context.execution_options.preserve_order = True
         context.enable_progress_bars = False                    # the run draws its own
         logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
-        bundle = ray.put(bundle_files(work.spec.bundle))
+        bundle = ray.put({name: bundle_files(spec.bundle) for name, spec in specs_of(work).items()})
         dataset = ray.data.from_items([{"item": pickle.dumps(item)} for item in items])
         with warnings.catch_warnings():                         # max_task_retries has no named parameter yet
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -118,15 +118,23 @@ class RayWorker:
     def __init__(self, work: bytes, bundle):
         import ray
         self.work = pickle.loads(work)
-        path = Path(self.work.spec.bundle)
-        if not (path / "bundle.json").is_file():
-            path = materialise(ray.get(bundle) if isinstance(bundle, ray.ObjectRef) else bundle)
-            self.work = replace(self.work, spec=replace(self.work.spec, bundle=str(path)))
+        for name, spec in specs_of(self.work).items():
+            if not (Path(spec.bundle) / "bundle.json").is_file():
+                files = ray.get(bundle) if isinstance(bundle, ray.ObjectRef) else bundle
+                path = materialise(files[name])
+                self.work = replace(self.work, **{name: replace(spec, bundle=str(path))})
 
     def __call__(self, batch):
         import numpy as np
         results = [pickle.dumps(self.work(pickle.loads(item))) for item in batch["item"]]
         return {"result": np.array(results, dtype=object)}
+
+
+def specs_of(work) -> dict:
+    """The explainer specs of a run's work, by field name: audit and explain have one (`spec`), a diff two."""
+    from . import ExplainerSpec
+
+    return {name: value for name, value in vars(work).items() if isinstance(value, ExplainerSpec)}
 
 
 def bundle_files(folder: str) -> dict[str, bytes]:
