@@ -169,6 +169,27 @@ def same_maps(onnx_path: Path, bundle: Path, xai_python: str, work: Path) -> str
     return "\n".join(lines)
 
 
+def small_models(work: Path, repeats: int, report) -> None:
+    """Every method (gradient ones through torch) on the three trained test models, both runtimes, batch 1."""
+    from cam_infer.bundle.split import split_onnx
+    from cam_infer.tools.bench import CASES, GRADIENT_CASES, HEADER, run_cases
+    load = os.getloadavg()
+    report(f"Trained test models (tests/data/transformers, 128×128 scenes, 16-px patches), cut by `auto` at the last "
+           f"block's input; f32, batch 1, median of {repeats} runs alternated with the forward pass. Machine: "
+           f"{os.cpu_count()} cores shared with other work; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
+           "at the start.\n")
+    for name in ("vit", "deit", "swin"):
+        bundle = work / f"small-{name}"
+        if not (bundle / "bundle.json").is_file():
+            split_onnx(ROOT / "tests" / "data" / "transformers" / f"{name}_legacy.onnx", "auto", bundle, overwrite=True)
+        report(f"\n**{name}** method ÷ forward\n")
+        report(HEADER)
+        run_cases(bundle, ("onnxruntime", "openvino"), [*CASES, *GRADIENT_CASES], repeats, score_repeats=3,
+                  report=report)
+    load = os.getloadavg()
+    report(f"\nMachine load at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default="/tmp/cam-transformers", help="where the model and bundle are written")
@@ -179,6 +200,8 @@ def main() -> None:
     parser.add_argument("--xai-python", default=str(ROOT.parent / "venv-xai" / "bin" / "python"),
                         help="a Python with openvino-xai 1.1.0 installed")
     parser.add_argument("--skip-methods", action="store_true", help="only the openvino-xai comparison")
+    parser.add_argument("--small", action="store_true",
+                        help="only every method on the trained test models (tests/data/transformers), batch 1")
     parser.add_argument("--driver", help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args()
     if args.driver:
@@ -189,6 +212,10 @@ def main() -> None:
     from cam_infer.tools.bench import HEADER, Report, format_row, measure_in_subprocess
     report = Report()
     work = Path(args.work)
+    if args.small:
+        small_models(work, args.repeats, report)
+        report.write(args.out)
+        return
     onnx_path, bundle = prepared(work)
     load = os.getloadavg()
     report(f"ViT-S-sized (D 384, 12 blocks, 6 heads, 224×224, 197 tokens), cut at the last block's input. Machine: "
