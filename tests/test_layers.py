@@ -26,13 +26,14 @@ PACKAGE = ROOT / "cam_infer"
 LAYERS = {
     "io": ("version", "errors", "numerics", "kernel_cache", "kernels", "images", "postprocess", "outputs",
            "backends.sessions"),          # the runtime-session factory: a split's checks run graphs too
-    "bundle": ("bundle", "detection.anatomy", "detection.decode", "detection.branches", "detection.split"),
+    "bundle": ("bundle", "detection.anatomy", "detection.decode", "detection.branches", "detection.split",
+               "fuse.builder"),       # ONNX nodes in few words: fusing and the opened transformer tail write them
     "runtime": ("backends", "gradients"),
     "methods": ("methods", "enhancers", "finer", "metrics", "cost", "explanation", "detection.targets",
                 "detection.context", "detection.overlay"),
     "tasks": ("tasks",),                  # a task runs the methods for its kind of model and builds the Explanation
     "explainer": ("explainer", "detection"),
-    "jobs": ("jobs", "runs", "audit", "parallel", "progress", "fuse", "detection.runs", "detection.audit",
+    "jobs": ("jobs", "runs", "audit", "diff", "parallel", "progress", "fuse", "detection.runs", "detection.audit",
              "detection.fuse"),
     "tools": ("tools",),
     "cli/serve": ("cli", "serve", "__main__", ""),

@@ -131,10 +131,10 @@ class RayWorker:
 
 
 def specs_of(work) -> dict:
-    """The explainer specs of a run's work, by field name: audit and explain have one (`spec`), a diff two."""
-    from . import ExplainerSpec
-
-    return {name: value for name, value in vars(work).items() if isinstance(value, ExplainerSpec)}
+    """The explainer specs of a run's work (`parallel.ExplainerSpec`: a bundle it opens), by field name: audit and
+    explain have one (`spec`), a diff two."""
+    return {name: value for name, value in vars(work).items()
+            if isinstance(getattr(value, "bundle", None), str) and callable(getattr(value, "open", None))}
 
 
 def bundle_files(folder: str) -> dict[str, bytes]:
