@@ -22,7 +22,9 @@ SHOWN = {"adcc": ("ADCC (mean per image)", True), "average_drop": ("Average Drop
          "complexity": ("Complexity", False), "insertion": ("Insertion AUC", True), "deletion": ("Deletion AUC", False),
          "pointing": ("Pointing game", True), "energy": ("Energy pointing", True),
          "box_hit": ("Box accuracy (IoU ≥ threshold)", True), "box_iou": ("Box IoU (mean)", True),
-         "energy_baseline": ("Energy of a uniform map (baseline)", False)}
+         "energy_baseline": ("Energy of a uniform map (baseline)", False),
+         "road_morf": ("ROAD MoRF (Δ probability)", False), "road_lerf": ("ROAD LeRF (Δ probability)", True),
+         "road": ("ROAD combined", True), "arcc": ("ARCC", True)}
 
 
 def write_csv(path: Path, rows, columns: tuple[str, ...] = COLUMNS) -> None:

@@ -23,6 +23,7 @@ from ..metrics import (
     average_drop,
     box_localisation,
     causal_curve,
+    class_probabilities,
     coherency,
     complexity,
     energy_in_region,
@@ -33,19 +34,21 @@ from ..metrics import (
     pointing_in_region,
     uniform_baseline,
 )
+from ..metrics.road import ARCC_PERCENTILES, PERCENTILES, arcc, arcc_coherency, road, road_defined
 from ..methods.registry import class_agnostic
 from ..numerics import probabilities_of
 from ..outputs import fingerprint
 from ..postprocess import encode_png, overlay
 
-METRICS = ("adcc", "insertion", "deletion", "pointing", "energy", "box")
+METRICS = ("adcc", "insertion", "deletion", "pointing", "energy", "box", "road", "arcc")
+OPT_IN = ("road", "arcc")                       # measured only when asked for: 18 and 8 imputations per map
 LOCALISATION = ("pointing", "energy", "box")    # need ground-truth boxes
 FROM_MASKS = ("pointing", "energy")             # ... or masks (`cam_infer.audit.masks`)
 # class_id, label, probability: the class the metrics score; a class-agnostic map (class_agnostic 1) explains
 # none, and they are then the model's top-1.
 COLUMNS = ("image", "method", "class_agnostic", "class_id", "label", "probability", "degenerate", "average_drop",
            "increase", "coherency", "complexity", "adcc", "insertion", "deletion", "pointing", "energy", "box_iou",
-           "box_hit", "energy_baseline")
+           "box_hit", "energy_baseline", "road_morf", "road_lerf", "road", "arcc")
 THUMBNAIL = 128
 OVERLAYS = "overlays"                 # the report's thumbnails
 
@@ -88,7 +91,8 @@ class AuditOptions:
         ones only when ground truth (boxes, masks) allows them; one asked for without it is an error."""
         allowed = self.localisable(boxes)
         if self.metrics is None:
-            return replace(self, metrics=tuple(m for m in METRICS if m in allowed or m not in LOCALISATION))
+            return replace(self, metrics=tuple(m for m in METRICS if m not in OPT_IN
+                                               and (m in allowed or m not in LOCALISATION)))
         asked = [m for m in self.metrics if m in LOCALISATION and m not in allowed]
         if asked:
             raise CamInferError(f"metric {', '.join(asked)} needs ground-truth boxes: give --boxes FILE (boxes=...)"
@@ -259,6 +263,8 @@ def audit_image(bundle, image, options: AuditOptions, boxes=None) -> dict:
                 substrate = options.insertion_substrate if mode == "insertion" else options.deletion_substrate
                 curve = causal_curve(explainer, x[0], s, class_id, mode, options.steps, substrate)
                 row[mode] = auc(curve, options.auc)
+        if {"road", "arcc"} & set(options.metrics):
+            row.update(_road(explainer, options, x, e, method))
         if truth:
             own = [b for b, box_class in truth if box_class is None or box_class == class_id]
             row.update(_localisation(options, s, own, bool(e.degenerate[0])))
@@ -345,6 +351,24 @@ def _adcc(explainer, options: AuditOptions, x, view, e, variant: str) -> dict:
         coherent, simple = coherency(low, low_again), complexity(low)
     return {"average_drop": drop, "increase": float(increase_in_confidence(e.scores, o)[0]),
             "coherency": coherent, "complexity": simple, "adcc": float(adcc(coherent, simple, drop))}
+
+
+def _road(explainer, options: AuditOptions, x, e, variant: str) -> dict:
+    """ROAD (MoRF, LeRF, combined) and ARCC of one map (`cam_infer.metrics.road`); empty where undefined: a map
+    so flat that a percentile keeps no pixel leaves nothing to impute from."""
+    s, class_id = e.saliency[0], int(e.targets[0])
+    percentiles = PERCENTILES if "road" in options.metrics else ARCC_PERCENTILES
+    if not road_defined(s, percentiles):
+        return {}
+    scores = road(lambda batch: class_probabilities(explainer, batch, np.array([class_id])), x[0], s,
+                  base=float(e.scores[0]), percentiles=percentiles)
+    out = {}
+    if "road" in options.metrics:
+        out.update(road_morf=scores.morf(), road_lerf=scores.lerf(), road=scores.combined())
+    if "arcc" in options.metrics:
+        again = explain_variant(explainer, (x * s).astype(np.float32), variant, e.targets, options).saliency[0]
+        out["arcc"] = arcc(arcc_coherency(s, again), complexity(s), scores.combined(ARCC_PERCENTILES))
+    return out
 
 
 def _thumbnail(view: np.ndarray, saliency: np.ndarray) -> bytes:

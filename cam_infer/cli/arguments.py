@@ -200,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="enhancer option, e.g. --enhance-option sess.scales=6 (repeatable)")
     p.add_argument("--metrics", default="all", help="comma-separated: adcc, insertion, deletion, pointing, energy, box; "
                                                     "or 'all' (default: every metric, the localisation ones "
-                                                    "- pointing, energy, box - only with --boxes)")
+                                                    "- pointing, energy, box - only with --boxes)"
+                                                    "; road, arcc: only when named (18 and 8 imputed images a map)")
     p.add_argument("--boxes", help="JSON: image file -> list of [x1,y1,x2,y2] or {\"box\": [...], \"label\": ...}")
     p.add_argument("--masks", help="folder of ground-truth masks: <image name>.png label images (255 = void) or "
                                    "<class>/<image name>.png binary masks (pointing and energy in their regions)")

@@ -208,6 +208,7 @@ def audit_detections(args):
     from ..runs import parse_option
     names = [m.strip() for m in args.methods.split(",") if m.strip()]
     methods = in_all("detection") if names == ["all"] else names
+    refuse_road_on_detections(args.metrics)
     options: dict = {}
     for text in args.option:
         key, value = parse_option(text)
@@ -219,6 +220,14 @@ def audit_detections(args):
                                   device=args.device, tolerance=args.tolerance, options=options, restart=args.force,
                                   grid=args.grid, report=_say, precision=args.precision, **_scale_out(args))
     return summary, summary_lines(summary, args.out)
+
+
+def refuse_road_on_detections(metrics: str) -> None:
+    """ROAD and ARCC are defined on a classifier's class probability; a detector's audit does not measure them."""
+    asked = [m for m in ("road", "arcc") if m in [m.strip() for m in metrics.split(",")]]
+    if asked:
+        raise CamInferError(f"{' and '.join(asked)} score a classifier's class probability; a detector's audit "
+                            "does not measure them (its metrics: pointing and energy in the boxes)")
 
 
 def _say(line: str) -> None:
