@@ -124,7 +124,7 @@ def test_the_audit_cli_says_once_that_the_class_asked_is_not_used(images, tmp_pa
 
 def test_the_audit_marks_class_agnostic_rows_and_scores_them_on_the_top_1(images, tmp_path):
     from cam_infer.audit import AuditOptions, run_audit
-    options = AuditOptions(methods=("eigen", "recipro"), metrics=("adcc",), target="circle")
+    options = AuditOptions(methods=("eigen", "recipro"), metrics=("adcc",), target="circle", baselines=())
     run_audit(embedded_bundle_path(), images, options, tmp_path, progress=False)
     with open(tmp_path / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
