@@ -23,7 +23,8 @@ def image_key(row) -> tuple:
 
 
 def scores(rows, name: str, column: str, key=image_key) -> dict:
-    """unit → the row's value of `column` for rows of `name` that have it (finite)."""
+    """unit → the row's value of `column` for rows of `name` that have it (finite), in the units' order (so
+    that the seeded resamples do not depend on the order the rows came in)."""
     out = {}
     for row in rows:
         if row.get("method") != name:
@@ -34,7 +35,11 @@ def scores(rows, name: str, column: str, key=image_key) -> dict:
         value = float(value)
         if math.isfinite(value):
             out[key(row)] = value
-    return out
+    return dict(sorted(out.items(), key=lambda item: _sortable(item[0])))
+
+
+def _sortable(unit: tuple) -> tuple:
+    return tuple((value is None, "" if value is None else value) for value in unit)
 
 
 def _interval(values) -> dict:
