@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))                  # this checkout's cam_infer, as the audits run with cwd=ROOT
 SHARED = ROOT.parent / "shared" / "data"
 METHODS = "recipro,eigen,score"
 OPTIONS = ["--option", "score.top_k=32"]

@@ -138,7 +138,7 @@ class AuditOptions:
                    auc=args.auc, box_threshold=args.box_threshold, tolerance=args.tolerance,
                    method_options=method_options, enhance_options=enhance_options,
                    masks=str(Path(args.masks).resolve()) if getattr(args, "masks", None) else None,
-                   baselines=_baselines_argument(getattr(args, "baselines", "all")))
+                   baselines=parse_baselines(getattr(args, "baselines", "all")))
 
     @classmethod
     def from_dict(cls, d: dict) -> "AuditOptions":
@@ -152,7 +152,7 @@ class AuditOptions:
         return can if self.baselines is None else tuple(b for b in self.baselines if b in can)
 
 
-def _baselines_argument(text: str) -> tuple[str, ...] | None:
+def parse_baselines(text: str) -> tuple[str, ...] | None:
     """--baselines: all (the default), none, or a comma-separated list."""
     if text in ("all", None):
         return None
