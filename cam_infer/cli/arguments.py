@@ -220,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--auc", default="rise", choices=["rise", "recipro"])
     g.add_argument("--box-threshold", type=float, default=0.2, help="fraction of the max kept for the box (0.2)")
     g.add_argument("--tolerance", type=float, default=0.0, help="pointing game tolerance in pixels (paper: 15)")
+    g.add_argument("--baselines", default="all",
+                   help="baseline maps scored beside the methods: all (default: random-map, centre-gaussian, and "
+                        "box-prior / mask-prior with --boxes / --masks), none, or a comma-separated list")
     p.add_argument("--grid", type=int, default=48, help="images shown in the HTML thumbnail grid (default 48)")
     _scale_out(p)
 
