@@ -68,10 +68,11 @@ def test_a_linear_ramp_is_imputed_exactly_and_a_large_hole_to_the_tolerance():
 
 
 def test_morf_removes_the_most_relevant_and_lerf_the_least():
-    s = np.random.default_rng(1).permutation(100).reshape(10, 10).astype(np.float32) / 99
+    s = np.random.default_rng(1).permutation(121).reshape(11, 11).astype(np.float32) / 120
     for p in R.PERCENTILES:
         morf, lerf = R.kept_pixels(s, p, "morf"), R.kept_pixels(s, p, "lerf")
-        assert morf.sum() == lerf.sum() == p             # 100 distinct values: p kept, 100 − p removed
+        # 121 distinct values: t_p is the value of rank 1.2·p exactly, and only those strictly below it are kept
+        assert morf.sum() == lerf.sum() == 120 * p // 100
         assert s[morf].max() < s[~morf].min() and s[lerf].min() > s[~lerf].max()
 
 
