@@ -136,7 +136,7 @@ def table(m: dict, rounds: int, method: str, load: str, reference=None) -> str:
               "dozen forward passes. A solve takes 140–420 conjugate-gradient iterations at 224² (more the more "
               "pixels are removed; counted on a smooth map), each a 3×3 correlation and a few array passes; a "
               "multigrid preconditioner (a handful of iterations) is what would bring ROAD near its 18 model passes. "
-              "The times are under heavy load (the machine's load average was 4–7× its cores); the ratios between "
+              "The times are under heavy load (the machine's load average was 4–8× its cores); the ratios between "
               "rows are what carries over."]
     return "\n".join(lines) + "\n"
 
