@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT))                  # this checkout's cam_infer, as t
 SHARED = ROOT.parent / "shared" / "data"
 METHODS = "recipro,eigen,score"
 OPTIONS = ["--option", "score.top_k=32"]
-SHOWN = [("adcc", "ADCC ↑"), ("average_drop", "Avg Drop ↓"), ("insertion", "Insertion ↑"), ("deletion", "Deletion ↓"),
-         ("pointing", "Pointing (15 px) ↑"), ("energy", "Energy ↑")]
+SHOWN = [("adcc", "ADCC ↑"), ("average_drop", "Avg Drop ↓"), ("insertion", "Insertion ↑"),
+         ("deletion", "Deletion ↓"), ("pointing", "Pointing (15 px) ↑"), ("energy", "Energy ↑")]
 
 
 def audit_boxes(work: Path) -> Path:
