@@ -185,6 +185,8 @@ outputs["lerf"] = road.ROADLeastRelevantFirstAverage()(x, cams, targets, model)
 outputs["combined"] = road.ROADCombined()(x, cams, targets, model)
 outputs["arcc"] = ARCC(base_method)(x, cams, targets, model)
 assert not draws
+draws.append(inputs["single_draw"])                 # one imputation, compared pixel by pixel
+outputs["imputed"] = road.NoisyLinearImputer()(x[0], torch.from_numpy(inputs["kept"].astype(np.float32))).numpy()
 '''
 
 
@@ -247,11 +249,17 @@ def test_road_and_arcc_equal_pytorch_grad_cam(tmp_path):
     every, few = R.PERCENTILES, R.ARCC_PERCENTILES
     draws = their_draws(cams, [("morf", every), ("lerf", every), ("lerf", every), ("morf", every),
                                ("lerf", few), ("morf", few)])
+    kept = R.kept_pixels(cams[0], 50, "morf")
+    single_draw = R.noise_draws((3, int((~kept).sum())), "morf", 50).astype(np.float32)
     theirs = run_pytorch_grad_cam(PYTORCH_GRAD_CAM, {
+        "kept": kept, "single_draw": single_draw,
         "weights": np.array(str(tmp_path / "net.pt")), "x": x, "cams": cams, "targets": e.targets,
         "logits": explainer.backend.forward(x), "again": again, "draws": np.array(len(draws)),
         **{f"draw_{i}": d for i, d in enumerate(draws)}},
         tmp_path / "pytorch-grad-cam")
     for column, name in enumerate(("morf", "lerf", "combined", "arcc")):
-        np.testing.assert_allclose(ours[:, column], theirs[name], atol=1e-3, err_msg=name)
+        # the issue's bar is 1e-3; the two agree to float32 rounding (measured: 6e-8)
+        np.testing.assert_allclose(ours[:, column], theirs[name], atol=1e-5, err_msg=name)
+    # the scores barely feel the 0.01 noise, the imputed pixels do: the same draws at the same pixels
+    np.testing.assert_allclose(R.noisy_linear_imputation(x[0], kept, single_draw), theirs["imputed"], atol=2e-4)
     assert np.abs(ours[:, 0]).max() > 0.05 and ours[:, 3].max() > 0.05    # the scores move: not a vacuous match
