@@ -16,7 +16,6 @@ import numpy as np
 
 from ..enhancers import split_variant
 from ..errors import CamInferError, UnreadableImage
-from .baselines import BASELINES, available, explain_baseline
 from ..images import load_image
 from ..metrics import (
     adcc,
@@ -38,6 +37,7 @@ from ..methods.registry import class_agnostic
 from ..numerics import probabilities_of
 from ..outputs import fingerprint
 from ..postprocess import encode_png, overlay
+from .baselines import BASELINES, available, explain_baseline
 
 METRICS = ("adcc", "insertion", "deletion", "pointing", "energy", "box")
 LOCALISATION = ("pointing", "energy", "box")    # need ground-truth boxes
