@@ -16,7 +16,6 @@ import numpy as np
 
 from ..enhancers import split_variant
 from ..errors import CamInferError, UnreadableImage
-from .baselines import BASELINES, available, explain_baseline
 from ..images import load_image
 from ..metrics import (
     adcc,
@@ -40,6 +39,7 @@ from ..methods.registry import class_agnostic
 from ..numerics import probabilities_of
 from ..outputs import fingerprint
 from ..postprocess import encode_png, overlay
+from .baselines import BASELINES, available, explain_baseline
 
 METRICS = ("adcc", "insertion", "deletion", "pointing", "energy", "box", "road", "arcc")
 OPT_IN = ("road", "arcc")                       # measured only when asked for: 18 and 8 imputations per map
