@@ -45,7 +45,9 @@ def main() -> None:
     text = "\n".join(lines).lstrip() + "\n"
     print(text)
     if args.out:
-        Path(args.out).write_text(text)
+        old = Path(args.out).read_text() if Path(args.out).exists() else ""
+        cost = old[old.find("## Cost of ROAD and ARCC"):] if "## Cost of ROAD and ARCC" in old else ""
+        Path(args.out).write_text(text + ("\n" + cost if cost else ""))     # bench/road_cost.py's section stays
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@
 
 `work.audit_image` does one image; the folder-run driver (`cam_infer.jobs`) streams the folder through
 it and resumes a rerun; this module writes the rows to metrics.csv as they come, the thumbnails, and at the
-end summary.json and index.html.
+end summary.json (with the baselines, intervals and paired differences), summary.csv, paired.csv and
+index.html.
 
 Boxes file (JSON): ``{"photo.jpg": [[x1, y1, x2, y2], ...], "sub/b.png": [{"box": [...], "label": "cat"}]}``,
 keyed by the path as given on the command line, by the path relative to a given folder, or by file
@@ -24,12 +25,15 @@ from .report import (
     CSV_NAME,
     ERRORS_NAME,
     HTML_NAME,
+    PAIRED_CSV,
+    SUMMARY_CSV,
     SUMMARY_NAME,
     csv_rows,
     skipped_metrics_line,
     summarise,
     write_csv,
     write_html,
+    write_uncertainty_csvs,
 )
 from .work import COLUMNS, LOCALISATION, METRICS, OVERLAYS, AuditOptions, AuditWork, audit_image, audit_precision, \
     audit_spec, thumbnail_name
@@ -57,6 +61,7 @@ def run_audit(bundle, images, options: AuditOptions, out, *, boxes=None, restart
         raise CamInferError("target 'truth' needs boxes with exactly one label per image (--boxes)")
     skipped_metrics = options.skipped_metrics(bool(truth))
     options = options.resolved(bool(truth))
+    priors = _priors(bundle, images, truth, options)
     settings = {"bundle": str(bundle.path.resolve()), "options": options.to_dict(),
                 "runs_at": audit_precision(bundle, options),
                 "boxes": str(Path(boxes).resolve()) if boxes else None}
@@ -68,13 +73,15 @@ def run_audit(bundle, images, options: AuditOptions, out, *, boxes=None, restart
         write_csv(run.out / CSV_NAME, run.rows)
         if final:
             write_atomically(run.out / ERRORS_NAME, json.dumps(run.errors, indent=1) + "\n")
-            summary.update(summarise(csv_rows(run.out / CSV_NAME), options.methods, protocol, run.errors),
+            summary.update(summarise(csv_rows(run.out / CSV_NAME), options.methods, protocol, run.errors,
+                                     options.drawn_baselines(priors)),
                            skipped=run.skipped, redone=run.redone, skipped_metrics=list(skipped_metrics))
             write_atomically(run.out / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
+            write_uncertainty_csvs(run.out, summary)
             write_html(run.out, summary, thumbnail_grid(run.out, run.found.files[:grid], run.found.names,
                                                         options.methods), options.methods)
 
-    work = AuditWork(audit_spec(bundle.path.resolve(), options, runner.threads), options)
+    work = AuditWork(audit_spec(bundle.path.resolve(), options, runner.threads), options, priors)
     job = Job("audit", "an audit", settings, options.methods, work, write, names=lambda found: found.names,
               extra=lambda image: boxes_for(truth, image, images), folders=(OVERLAYS,), clear=CLEARED,
               cost=lambda: _cost(work.spec, options, runner))
@@ -82,7 +89,21 @@ def run_audit(bundle, images, options: AuditOptions, out, *, boxes=None, restart
     return summary
 
 
-CLEARED = (CSV_NAME, SUMMARY_NAME, ERRORS_NAME, HTML_NAME, OVERLAYS)     # what --force removes
+CLEARED = (CSV_NAME, SUMMARY_NAME, SUMMARY_CSV, PAIRED_CSV, ERRORS_NAME, HTML_NAME, OVERLAYS)   # what --force removes
+
+
+def _priors(bundle, images, truth: dict, options: AuditOptions) -> dict:
+    """The dataset's box and mask priors in the model's input, when they are baselines to draw."""
+    from ..jobs.folders import collect_images
+    from .baselines import NEEDS, dataset_priors
+
+    wanted = [b for b in NEEDS if options.baselines is None or b in options.baselines]
+    if not wanted or not (truth or options.masks):
+        return {}
+    labels = [bundle.label(i) for i in range(bundle.num_classes)] if options.masks else None
+    priors = dataset_priors(collect_images(images).files, lambda path: boxes_for(truth, path, images),
+                            bundle.preprocessing, options.masks, labels)
+    return {name: prior for name, prior in priors.items() if name in wanted}
 
 
 def _cost(spec, options: AuditOptions, runner) -> str:
@@ -185,11 +206,14 @@ def thumbnail_grid(out: Path, files, names: dict, methods) -> list[tuple[str, di
 def summary_lines(summary: dict, out) -> list[str]:
     """What `cam-infer audit` prints: per method its means (with n where a mean is over fewer images)."""
     lines = []
-    for method, means in summary["methods"].items():
+    baselines = summary.get("baselines", {})
+    for method, means in {**summary["methods"], **baselines}.items():
         counts = summary["counts"].get(method, {})
         shown = ", ".join(f"{k} {v:.3f}" + (f" (n={counts[k]})" if counts.get(k, means["images"]) != means["images"]
                                              else "") for k, v in means.items() if k != "images")
-        lines.append(f"{method:<14} {means['images']} images: {shown}")
+        lines.append(f"{method:<14} {means['images']} images: {shown}" + (" (baseline)" if method in baselines else ""))
+    if summary.get("paired"):
+        lines.append("95 % intervals and paired differences: summary.csv, paired.csv and the report")
     if summary["redone"]:
         lines.append(f"redid {len(summary['redone'])} image(s) that changed since the last run, e.g. "
                      f"{summary['redone'][0]}")

@@ -200,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="enhancer option, e.g. --enhance-option sess.scales=6 (repeatable)")
     p.add_argument("--metrics", default="all", help="comma-separated: adcc, insertion, deletion, pointing, energy, box; "
                                                     "or 'all' (default: every metric, the localisation ones "
-                                                    "- pointing, energy, box - only with --boxes)")
+                                                    "- pointing, energy, box - only with --boxes)"
+                                                    "; road, arcc: only when named (18 and 8 imputed images a map)")
     p.add_argument("--boxes", help="JSON: image file -> list of [x1,y1,x2,y2] or {\"box\": [...], \"label\": ...}")
     p.add_argument("--masks", help="folder of ground-truth masks: <image name>.png label images (255 = void) or "
                                    "<class>/<image name>.png binary masks (pointing and energy in their regions)")
@@ -219,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--auc", default="rise", choices=["rise", "recipro"])
     g.add_argument("--box-threshold", type=float, default=0.2, help="fraction of the max kept for the box (0.2)")
     g.add_argument("--tolerance", type=float, default=0.0, help="pointing game tolerance in pixels (paper: 15)")
+    g.add_argument("--baselines", default="all",
+                   help="baseline maps scored beside the methods: all (default: random-map, centre-gaussian, and "
+                        "box-prior / mask-prior with --boxes / --masks), none, or a comma-separated list")
     p.add_argument("--grid", type=int, default=48, help="images shown in the HTML thumbnail grid (default 48)")
     _scale_out(p)
 

@@ -204,10 +204,12 @@ def audit_classes(args):
 
 def audit_detections(args):
     from ..detection.audit import run_detection_audit, summary_lines
+    from ..audit.work import parse_baselines
     from ..methods import in_all
     from ..runs import parse_option
     names = [m.strip() for m in args.methods.split(",") if m.strip()]
     methods = in_all("detection") if names == ["all"] else names
+    refuse_road_on_detections(args.metrics)
     options: dict = {}
     for text in args.option:
         key, value = parse_option(text)
@@ -217,7 +219,8 @@ def audit_detections(args):
         options.setdefault(method, {})[name] = value
     summary = run_detection_audit(args.bundle, args.images, methods, args.out, boxes=args.boxes, backend=args.backend,
                                   device=args.device, tolerance=args.tolerance, options=options, restart=args.force,
-                                  grid=args.grid, report=_say, precision=args.precision, **_scale_out(args))
+                                  grid=args.grid, report=_say, precision=args.precision,
+                                  baselines=parse_baselines(args.baselines), **_scale_out(args))
     return summary, summary_lines(summary, args.out)
 
 
@@ -242,6 +245,14 @@ def diff(args) -> int:
         raise CamInferError(f"{len(summary['errors'])} image(s) could not be read and were skipped, e.g. "
                             f"{summary['errors'][0]['error']}")
     return 0
+
+
+def refuse_road_on_detections(metrics: str) -> None:
+    """ROAD and ARCC are defined on a classifier's class probability; a detector's audit does not measure them."""
+    asked = [m for m in ("road", "arcc") if m in [m.strip() for m in metrics.split(",")]]
+    if asked:
+        raise CamInferError(f"{' and '.join(asked)} score a classifier's class probability; a detector's audit "
+                            "does not measure them (its metrics: pointing and energy in the boxes)")
 
 
 def _say(line: str) -> None:
