@@ -163,3 +163,17 @@ def block_cells(h: int, w: int, block: int, cells=None) -> list[tuple[int, int, 
     y_end = h if cells is None else cells[0].stop
     x_end = w if cells is None else cells[1].stop
     return [(y, min(y + block, y_end), x, min(x + block, x_end)) for y in ys for x in xs]
+
+
+def segment_passes(shape, options: dict, linear_head: bool) -> Passes:
+    """h·w head rows per target; none on a linear tail (`tail.LinearTail`)."""
+    _, h, w = shape
+    return Passes(head=h * w)
+
+
+@implements("recipro", "segmentation", passes=segment_passes,
+            cost="h·w head rows per target (none on a 1×1-conv + resize tail)")
+def recipro_segments(ctx: Context, *, score: Literal["logit", "prob"] = "logit",
+                     kernel: Literal["onehot", "gaussian3"] = "onehot") -> np.ndarray:
+    """S(i,j) = (1/|R|) Σ_{p∈R} y_c(head(A ⊙ M_ij))(p): the region score with the cut kept at one position"""
+    return recipro(ctx, score=score, kernel=kernel, closed_form=False)

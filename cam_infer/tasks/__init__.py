@@ -12,8 +12,9 @@ from ..errors import CamInferError
 from .base import Task, class_index
 from .classification import ClassificationTask
 from .detection import DetectionTask
+from .segmentation import SegmentationTask
 
-TASKS: dict[str, type[Task]] = {task.name: task for task in (ClassificationTask, DetectionTask)}
+TASKS: dict[str, type[Task]] = {task.name: task for task in (ClassificationTask, DetectionTask, SegmentationTask)}
 
 
 def task_of(bundle) -> type[Task]:
