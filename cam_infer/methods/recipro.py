@@ -173,7 +173,7 @@ def segment_passes(shape, options: dict, linear_head: bool) -> Passes:
 
 @implements("recipro", "segmentation", passes=segment_passes,
             cost="h·w head rows per target (none on a 1×1-conv + resize tail)")
-def recipro_segments(ctx: Context, *, score: Literal["logit", "prob"] = "logit",
+def recipro_segments(ctx: Context, *, score: Literal["prob", "logit"] = "prob",
                      kernel: Literal["onehot", "gaussian3"] = "onehot") -> np.ndarray:
     """S(i,j) = (1/|R|) Σ_{p∈R} y_c(head(A ⊙ M_ij))(p): the region score with the cut kept at one position"""
     return recipro(ctx, score=score, kernel=kernel, closed_form=False)
