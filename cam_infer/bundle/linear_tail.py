@@ -75,8 +75,9 @@ def apply(z: np.ndarray, activation: str) -> np.ndarray:
 
 
 def read_linear_tail(head: onnx.ModelProto, activation_shape: tuple[int, int, int]) -> LinearTail | None:
-    """The head as a `LinearTail`, verified against the graph on random activations; None when it is not one."""
-    nodes = [n for n in head.graph.node if n.op_type != "Identity"]
+    """The head as a `LinearTail`, verified against the graph on random activations (which also checks that its
+    Transposes cancel and that a Softmax is over the classes); None when it is not one."""
+    nodes = [n for n in head.graph.node if n.op_type not in ("Identity", "Transpose")]   # layout: checked below
     constants = {n.output[0]: n for n in nodes if n.op_type == "Constant"}
     nodes = [n for n in nodes if n.op_type != "Constant"]
     if len(nodes) not in (2, 3) or nodes[0].op_type != "Conv" or nodes[1].op_type != "Resize":
@@ -86,17 +87,14 @@ def read_linear_tail(head: onnx.ModelProto, activation_shape: tuple[int, int, in
     weights = {t.name: numpy_helper.to_array(t) for t in head.graph.initializer}
     if len(conv.input) < 2 or conv.input[1] not in weights or attributes.get("group", 1) != 1 or \
             weights[conv.input[1]].shape[2:] != (1, 1) or any(s != 1 for s in attributes.get("strides", [1, 1])) or \
-            any(p != 0 for p in attributes.get("pads", [0, 0, 0, 0])) or resize.input[0] != conv.output[0] or \
+            any(p != 0 for p in attributes.get("pads", [0, 0, 0, 0])) or \
             helper.get_attribute_value(next(a for a in resize.attribute if a.name == "mode")) != b"linear":
         return None
     activation = "none"
     if len(nodes) == 3:
-        last = nodes[2]
-        axis = next((helper.get_attribute_value(a) for a in last.attribute if a.name == "axis"), -1 if
-                    last.op_type == "Softmax" else None)
-        if last.op_type not in ACTIVATIONS or last.input[0] != resize.output[0] or axis not in (None, 1, -3):
+        if nodes[2].op_type not in ACTIVATIONS:
             return None
-        activation = ACTIVATIONS[last.op_type]
+        activation = ACTIVATIONS[nodes[2].op_type]
     weight = weights[conv.input[1]][:, :, 0, 0].astype(np.float32)
     bias = weights[conv.input[2]].astype(np.float32) if len(conv.input) > 2 and conv.input[2] else \
         np.zeros(len(weight), np.float32)

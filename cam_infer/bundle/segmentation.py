@@ -245,8 +245,10 @@ def verify_segmenter(graph: Graph, features, head, prep, batch_mode: str = "dyna
         except Exception as exc:
             raise CamInferError(f"splitting at this layer does not reproduce the model: {exc}") from None
         worst = max(worst, diff)
+    import onnxruntime as ort
     return {"passed": True, "batch_sizes": [1, 3], "max_abs_diff": worst, "output_step": step,
-            "compared": "the class scores", "inputs": "random uint8 images through the bundle preprocessing"}
+            "compared": "the class scores", "runtime": f"onnxruntime {ort.__version__}",
+            "inputs": "random uint8 images through the bundle preprocessing"}
 
 
 def _score_step(graph: Graph) -> float:
