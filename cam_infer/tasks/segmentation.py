@@ -156,6 +156,9 @@ class SegmentationTask(Task):
     def region_mask(self, region, shape, size) -> np.ndarray:
         """A region given in the original image's pixels → (H,W) bool at the scores' size `size`."""
         h0, w0 = shape[:2]
+        if self.bundle.preprocessing.crop != "none":
+            raise CamInferError(f"region= is given in the image's pixels, and this bundle's preprocessing crops "
+                                f"({self.bundle.preprocessing.crop}); re-split it with the default (no crop)")
         if isinstance(region, (str, bytes)) or hasattr(region, "__fspath__"):
             from ..images import load_image
             region = load_image(region).max(axis=2)
