@@ -225,3 +225,50 @@ def test_split_recognises_a_segmenter_and_info_shows_its_class_axis(tmp_path):
     assert result.returncode == 0, result.stderr
     info = run_cli("info", tmp_path / "b")
     assert "class axis 1 of the model's NCHW scores" in info.stdout
+
+
+DEEPLAB = SHARED / "segmentation" / "deeplabv3_mnv2_dm05_pascal_quant.tflite"
+VOC = SHARED / "segmentation" / "pascal_voc_segmentation_labels.txt"
+
+
+@pytest.fixture(scope="session")
+def deeplab(tmp_path_factory):
+    from cam_infer.bundle.openvino_segmentation import split_openvino_segmenter
+    labels = VOC.read_text().split("\n")[:21]
+    bundle = split_openvino_segmenter(DEEPLAB, out=tmp_path_factory.mktemp("seg") / "deeplab", labels=labels)
+    return Explainer(bundle, backend="openvino", precision="f32")
+
+
+@needs_shared
+def test_deeplab_is_cut_before_its_argmax_at_the_projection(deeplab):
+    out = deeplab.bundle.manifest["output"]
+    assert (out["ends_in_argmax"], out["model_class_axis"], out["kind"], out["shape"]) == (True, 3, "logits",
+                                                                                        [21, 513, 513])
+    assert deeplab.bundle.activation_shape == (256, 33, 33) and deeplab.bundle.preprocessing.crop == "none"
+
+
+@needs_shared
+@pytest.mark.parametrize("image, label", [("samoyed_dog.jpg", "dog"), ("chelsea.png", "cat"), ("both.png", "cat"),
+                                          ("both.png", "dog"), ("parrot.jpg", "bird")])
+def test_deeplab_recipro_puts_its_energy_in_the_predicted_region(deeplab, image, label):
+    item = deeplab.explain(str(SHARED / "images" / image), method="recipro", target=label).items[0][0]
+    energy, baseline = energy_in_region(item.saliency, item.region), uniform_baseline(item.region)
+    assert item.label == label and energy >= 0.5 and energy - baseline >= 0.2, (energy, baseline)
+
+
+@needs_shared
+def test_deeplab_shortcut_matches_its_int8_head_within_a_quantization_step(deeplab):
+    """The float tail's region scores against the int8 head run with the cut kept at one position."""
+    assert deeplab.task.tail is not None
+    x = deeplab.preprocess([str(SHARED / "images" / "both.png")])
+    a, scores = deeplab.backend.observe(x)
+    c = deeplab.bundle.labels.index("dog")
+    region = scores[0].argmax(axis=0) == c
+    shortcut = deeplab.task.tail.recipro_scores(a[0], c, region, "none")
+    positions = [(i, j) for i in range(0, 33, 8) for j in range(2, 33, 10)]
+    rows = np.zeros((len(positions), *a.shape[1:]), np.float32)
+    for r, (i, j) in enumerate(positions):
+        rows[r, :, i, j] = a[0, :, i, j]
+    head = deeplab.backend.head(rows)[:, c][:, region].mean(axis=1)
+    step = deeplab.bundle.manifest["output"]["model_output_step"]
+    np.testing.assert_allclose(head, [shortcut[i, j] for i, j in positions], atol=step)
