@@ -272,3 +272,17 @@ def test_deeplab_shortcut_matches_its_int8_head_within_a_quantization_step(deepl
     head = deeplab.backend.head(rows)[:, c][:, region].mean(axis=1)
     step = deeplab.bundle.manifest["output"]["model_output_step"]
     np.testing.assert_allclose(head, [shortcut[i, j] for i, j in positions], atol=step)
+
+
+def test_seg_grad_cam_differentiates_the_region_score(own_bundle):
+    """On a 1×1 conv + bilinear tail ∂S/∂A[k,q] = W[c,k]·(R_yᵀ M R_x)[q]/|R|: Grad-CAM's map in closed form."""
+    pytest.importorskip("torch")
+    explainer = Explainer(own_bundle, backend="onnxruntime", gradients="torch", precision="f32")
+    image, _ = next(own_scenes(1))
+    item = explainer.explain(image, method="gradcam", target="square").items[0][0]
+    tail = explainer.task.tail
+    a = explainer.backend.features(explainer.preprocess([image]))[0]
+    spread = tail.ry.T.astype(np.float64) @ item.region @ tail.rx.astype(np.float64) / item.pixels   # (h,w)
+    alpha = tail.weight[item.class_id].astype(np.float64) * spread.mean()
+    np.testing.assert_allclose(item.raw, np.einsum("k,khw->hw", alpha, a), rtol=1e-4,
+                               atol=1e-6 * np.abs(item.raw).max())
