@@ -275,14 +275,16 @@ def test_deeplab_shortcut_matches_its_int8_head_within_a_quantization_step(deepl
 
 
 def test_seg_grad_cam_differentiates_the_region_score(own_bundle):
-    """On a 1×1 conv + bilinear tail ∂S/∂A[k,q] = W[c,k]·(R_yᵀ M R_x)[q]/|R|: Grad-CAM's map in closed form."""
+    """On a 1×1 conv + bilinear tail ∂S/∂A[k,q] = W[c,k]·(R_yᵀ M R_x)[q]/|R|: HiResCAM's map Σ_k g^k ⊙ A^k and
+    Grad-CAM's (α_k = mean_q g^k = W[c,k]/(h·w), whatever the region) in closed form."""
     pytest.importorskip("torch")
     explainer = Explainer(own_bundle, backend="onnxruntime", gradients="torch", precision="f32")
     image, _ = next(own_scenes(1))
-    item = explainer.explain(image, method="gradcam", target="square").items[0][0]
     tail = explainer.task.tail
     a = explainer.backend.features(explainer.preprocess([image]))[0]
-    spread = tail.ry.T.astype(np.float64) @ item.region @ tail.rx.astype(np.float64) / item.pixels   # (h,w)
-    alpha = tail.weight[item.class_id].astype(np.float64) * spread.mean()
-    np.testing.assert_allclose(item.raw, np.einsum("k,khw->hw", alpha, a), rtol=1e-4,
-                               atol=1e-6 * np.abs(item.raw).max())
+    for method in ("hirescam", "gradcam"):
+        item = explainer.explain(image, method=method, target="square").items[0][0]
+        spread = tail.ry.T.astype(np.float64) @ item.region @ tail.rx.astype(np.float64) / item.pixels   # (h,w)
+        g = tail.weight[item.class_id].astype(np.float64)[:, None, None] * spread[None]
+        expected = (g * a).sum(axis=0) if method == "hirescam" else np.einsum("k,khw->hw", g.mean(axis=(1, 2)), a)
+        np.testing.assert_allclose(item.raw, expected, rtol=1e-4, atol=1e-6 * np.abs(item.raw).max())
