@@ -288,3 +288,20 @@ def test_seg_grad_cam_differentiates_the_region_score(own_bundle):
         g = tail.weight[item.class_id].astype(np.float64)[:, None, None] * spread[None]
         expected = (g * a).sum(axis=0) if method == "hirescam" else np.einsum("k,khw->hw", g.mean(axis=(1, 2)), a)
         np.testing.assert_allclose(item.raw, expected, rtol=1e-4, atol=1e-6 * np.abs(item.raw).max())
+
+
+def test_a_layer_a_skip_connection_bypasses_is_refused_naming_the_nearest_valid_one(tmp_path):
+    with pytest.raises(CamInferError, match=r"layer 'encoder' is not a cut point: .* nearest valid layer: "
+                                            r"'/Concat_output_0'"):
+        split_segmenter(OWN, layer="encoder", out=tmp_path / "b")
+
+
+def test_a_region_mask_png_is_read_at_the_image_size(own, tmp_path):
+    import cv2
+    image, truth = next(own_scenes(1))
+    cv2.imwrite(str(tmp_path / "mask.png"), (truth == 2).astype(np.uint8) * 255)
+    item = own.explain(image, method="recipro", target="square", region=tmp_path / "mask.png").items[0][0]
+    assert (item.region == (truth == 2)).all()
+    cv2.imwrite(str(tmp_path / "small.png"), np.zeros((64, 64), np.uint8))
+    with pytest.raises(CamInferError, match="the region mask is 64x64, the image 128x128"):
+        own.explain(image, method="recipro", region=str(tmp_path / "small.png"))
