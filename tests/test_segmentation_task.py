@@ -305,3 +305,11 @@ def test_a_region_mask_png_is_read_at_the_image_size(own, tmp_path):
     cv2.imwrite(str(tmp_path / "small.png"), np.zeros((64, 64), np.uint8))
     with pytest.raises(CamInferError, match="the region mask is 64x64, the image 128x128"):
         own.explain(image, method="recipro", region=str(tmp_path / "small.png"))
+
+
+@needs_shared
+@pytest.mark.slow
+def test_split_recognises_the_deeplab_tflite_by_its_argmax(tmp_path):
+    result = run_cli("split", DEEPLAB, "--out", tmp_path / "b")
+    assert result.returncode == 0, result.stderr
+    assert "class axis 3 of the model's NHWC scores (its ArgMax after them is left out" in result.stdout
