@@ -159,7 +159,7 @@ class Explainer:
     def explain(self, images, method: str = DEFAULT_METHOD, target=None, top_classes: int | None = None,
                 enhance: str | None = None, enhance_options: dict | None = None, finer=None,
                 upsampled: bool = True, classes=None, boxes=None, conf: float | None = None,
-                iou: float | None = None, max_det: int | None = None, **options) -> Explanation:
+                iou: float | None = None, max_det: int | None = None, region=None, **options) -> Explanation:
         """Explain a batch: image paths, RGB arrays, or a preprocessed (N,C,H,W) array. Given image paths or
         arrays, the Explanation keeps them, so `overlay`/`save`/`plot` show the map on the original image.
 
@@ -178,11 +178,15 @@ class Explainer:
         one image), each explained for the anchor that predicts it best; ``conf``, ``iou``, ``max_det``: the
         NMS thresholds (default: the bundle's). `Explanation.items` then holds one map per detection.
 
+        A segmenter's target: a class over a region of pixels (`cam_infer.tasks.segmentation`): None (the largest
+        predicted class), a class, a list of them or "all" (every class present); ``region``: a mask, box or pixel
+        in the original image's pixels (default: the pixels the model assigns to the class).
+
         An argument that does not apply to the bundle's kind of model is an error."""
         start = time.perf_counter()
         request = {"target": target, "top_classes": top_classes, "enhance": enhance,
                    "enhance_options": enhance_options, "finer": finer, "upsampled": upsampled,
-                   "classes": classes, "boxes": boxes, "conf": conf, "iou": iou, "max_det": max_det}
+                   "classes": classes, "boxes": boxes, "conf": conf, "iou": iou, "max_det": max_det, "region": region}
         self.task.check_request({k: v for k, v in request.items() if k != "target" and v is not DEFAULTS.get(k)})
         spec = self.task.method(method)
         x, originals, names = self._inputs(images)

@@ -1,0 +1,252 @@
+"""A segmenter head that is a convolution then a bilinear resize (DeepLab's and our own segmenter's 1×1, the PAN's
+3×3), read as matrices: y = act(R_y · (W∗A + b) · R_xᵀ) per class, W (C,K,k,k), b (C,), R_y (H,h), R_x (W,w)
+the resize's interpolation weights along each axis (bilinear resizing is separable), act the head's Sigmoid or Softmax over
+the classes, if any.
+
+What it buys (`recipro_scores`): with the cut kept at one position q only (Recipro-CAM's one-hot mask), the
+logits are b everywhere except within the resize's support of q's k×k neighbourhood (1×1: u_p·(W·A[:,q]) added,
+u_p = R_y[p_y,q_y]·R_x[p_x,q_x]). The region score (1/|R|) Σ_{p∈R} y_c(p) is then computed on those few pixels, the
+others giving act(b)_c: exact, and no head pass at the input's resolution per position.
+
+The reading is checked against a float32 run of the head graph on random activations (`read_linear_tail`);
+a head it does not reproduce is not used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+ACTIVATIONS = {"Sigmoid": "sigmoid", "Softmax": "softmax"}
+
+
+@dataclass(frozen=True)
+class LinearTail:
+    kernel: np.ndarray        # (C,K,k,k), k odd, padded to keep the size (k = 1: DeepLab's 1×1 convolution)
+    bias: np.ndarray          # (C,)
+    ry: np.ndarray            # (H,h)
+    rx: np.ndarray            # (W,w)
+    activation: str           # "none" | "sigmoid" | "softmax" (over the classes)
+
+    @property
+    def weight(self) -> np.ndarray:
+        """(C,K): the kernel's centre tap (all of it for a 1×1 convolution)."""
+        r = self.kernel.shape[2] // 2
+        return self.kernel[:, :, r, r]
+
+    def logits(self, a: np.ndarray) -> np.ndarray:
+        """(N,K,h,w) → the logits at the output's size (N,C,H,W), before the activation."""
+        n, _, h, w = a.shape
+        k = self.kernel.shape[2]
+        r = k // 2
+        padded = np.pad(a, ((0, 0), (0, 0), (r, r), (r, r)))
+        z = sum(np.einsum("ck,nkhw->nchw", self.kernel[:, :, y, x], padded[:, :, y:y + h, x:x + w])
+                for y in range(k) for x in range(k)) + self.bias[None, :, None, None]
+        return np.einsum("Hh,nchw,Ww->ncHW", self.ry, z, self.rx, optimize=True)
+
+    def scores(self, a: np.ndarray) -> np.ndarray:
+        """(N,K,h,w) → what the head returns, (N,C,H,W)."""
+        return apply(self.logits(a), self.activation)
+
+    def recipro_scores(self, a: np.ndarray, c: int, region: np.ndarray, activation: str) -> np.ndarray:
+        """S(q) = (1/|R|) Σ_{p∈R} act(b + Σ_n u_p(n)·W_{q−n}·A[:,q])_c for every position q of a (K,h,w) → (h,w),
+        n the cells the kernel carries q to, u_p(n) = R_y[p_y,n_y]·R_x[p_x,n_x]."""
+        _, h, w = a.shape
+        k = self.kernel.shape[2]
+        r = k // 2
+        v = np.einsum("ckyx,khw->yxchw", self.kernel, a).astype(np.float64)      # W_tap·A[:,q] for every tap
+        bias = self.bias.astype(np.float64)
+        base = float(apply(bias[:, None, None], activation)[c, 0, 0])
+        total = int(region.sum())
+        rows = [np.flatnonzero(self.ry[:, i]) for i in range(h)]
+        cols = [np.flatnonzero(self.rx[:, j]) for j in range(w)]
+        out = np.empty((h, w), np.float64)
+        for i in range(h):
+            for j in range(w):
+                cells = [(i - y + r, j - x + r, y, x) for y in range(k) for x in range(k)
+                         if 0 <= i - y + r < h and 0 <= j - x + r < w]
+                ys = np.unique(np.concatenate([rows[ni] for ni, _, _, _ in cells]))
+                xs = np.unique(np.concatenate([cols[nj] for _, nj, _, _ in cells]))
+                inside = region[np.ix_(ys, xs)]
+                if not inside.any():
+                    out[i, j] = base
+                    continue
+                z = np.repeat(bias[:, None], inside.sum(), axis=1)                          # (C,P)
+                for ni, nj, y, x in cells:
+                    u = np.outer(self.ry[ys, ni], self.rx[xs, nj])[inside]
+                    z += v[y, x, :, i, j][:, None] * u[None]
+                y_c = apply(z[:, :, None], activation)[c, :, 0]
+                out[i, j] = (base * (total - len(y_c)) + y_c.sum()) / total
+        return out.astype(np.float32)
+
+
+def apply(z: np.ndarray, activation: str) -> np.ndarray:
+    """The activation over the class axis (0 of (C,...), 1 of (N,C,...): the one of length C)."""
+    axis = 1 if z.ndim == 4 else 0
+    if activation == "sigmoid":
+        return 1.0 / (1.0 + np.exp(-z))
+    if activation == "softmax":
+        e = np.exp(z - z.max(axis=axis, keepdims=True))
+        return e / e.sum(axis=axis, keepdims=True)
+    return z
+
+
+def read_linear_tail(head: onnx.ModelProto, activation_shape: tuple[int, int, int]) -> LinearTail | None:
+    """The head as a `LinearTail`, verified against the graph on random activations (which also checks that its
+    Transposes cancel and that a Softmax is over the classes); None when it is not one."""
+    nodes = [n for n in head.graph.node if n.op_type not in ("Identity", "Transpose")]   # layout: checked below
+    constants = {n.output[0]: n for n in nodes if n.op_type == "Constant"}
+    nodes = [n for n in nodes if n.op_type != "Constant"]
+    if len(nodes) not in (2, 3) or nodes[0].op_type != "Conv" or nodes[1].op_type != "Resize":
+        return None
+    conv, resize = nodes[0], nodes[1]
+    attributes = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
+    weights = {t.name: numpy_helper.to_array(t) for t in head.graph.initializer}
+    size = weights[conv.input[1]].shape[2:] if len(conv.input) > 1 and conv.input[1] in weights else None
+    if size is None or attributes.get("group", 1) != 1 or size[0] != size[1] or size[0] % 2 == 0 or \
+            any(s != 1 for s in attributes.get("strides", [1, 1])) or \
+            any(d != 1 for d in attributes.get("dilations", [1, 1])) or \
+            any(p != size[0] // 2 for p in attributes.get("pads", [0, 0, 0, 0])) or \
+            helper.get_attribute_value(next(a for a in resize.attribute if a.name == "mode")) != b"linear":
+        return None
+    activation = "none"
+    if len(nodes) == 3:
+        if nodes[2].op_type not in ACTIVATIONS:
+            return None
+        activation = ACTIVATIONS[nodes[2].op_type]
+    weight = weights[conv.input[1]].astype(np.float32)
+    bias = weights[conv.input[2]].astype(np.float32) if len(conv.input) > 2 and conv.input[2] else \
+        np.zeros(len(weight), np.float32)
+    k, h, w = activation_shape
+    ry = _axis_weights(head, resize, constants, weights, k, h, w, axis=0)
+    rx = _axis_weights(head, resize, constants, weights, k, h, w, axis=1)
+    if ry is None or rx is None:
+        return None
+    tail = LinearTail(weight, bias, ry, rx, activation)
+    return tail if _reproduces(head, tail, activation_shape) else None
+
+
+def _axis_weights(head, resize, constants, weights, k, h, w, axis: int) -> np.ndarray | None:
+    """R_y (H,h) or R_x (W,w): the head's Resize run on unit impulses along one axis (constant along the other)."""
+    from ..backends.sessions import FLOAT32, onnxruntime_session
+
+    n = h if axis == 0 else w
+    impulses = np.zeros((n, 1, h, w), np.float32)
+    for i in range(n):
+        if axis == 0:
+            impulses[i, 0, i, :] = 1.0
+        else:
+            impulses[i, 0, :, i] = 1.0
+    inputs = ["impulses"] + list(resize.input[1:])
+    initializers = [numpy_helper.from_array(weights[name], name) for name in resize.input[1:] if name in weights]
+    nodes = [constants[name] for name in resize.input[1:] if name in constants]
+    graph = helper.make_graph(nodes + [helper.make_node("Resize", inputs, ["resized"], name="resize",
+                                                        **{a.name: helper.get_attribute_value(a)
+                                                           for a in resize.attribute})],
+                              "resize", [helper.make_tensor_value_info("impulses", onnx.TensorProto.FLOAT,
+                                                                       [n, 1, h, w])],
+                              [helper.make_tensor_value_info("resized", onnx.TensorProto.FLOAT, None)],
+                              initializer=initializers)
+    model = helper.make_model(graph, opset_imports=list(head.opset_import), ir_version=head.ir_version)
+    try:
+        out = onnxruntime_session(model, FLOAT32, quiet=True).run(None, {"impulses": impulses})[0]
+    except Exception:
+        return None
+    return (out[:, 0, :, 0] if axis == 0 else out[:, 0, 0, :]).T.copy()
+
+
+def _reproduces(head: onnx.ModelProto, tail: LinearTail, shape) -> bool:
+    from ..backends.sessions import FLOAT32, onnxruntime_session
+
+    a = np.abs(np.random.default_rng(0).standard_normal((1, *shape))).astype(np.float32)
+    session = onnxruntime_session(head, FLOAT32, quiet=True)
+    expected = session.run(None, {session.get_inputs()[0].name: a})[0]
+    got = tail.scores(a)
+    return got.shape == expected.shape and bool(np.allclose(got, expected, atol=1e-4 * max(1.0, np.abs(expected).max()),
+                                                            rtol=1e-4))
+
+
+# --- the same tail in an OpenVINO IR head (a TFLite DeepLab: int8 between FakeQuantize ops) -----------------
+
+IR_PASS = {"FakeQuantize", "Transpose", "Convert", "Reshape"}
+
+
+def read_openvino_tail(head, features_of, step: float) -> LinearTail | None:
+    """An IR head ``[FakeQuantize] → 1×1 Convolution → Add bias → (FakeQuantize, Transpose, linear Interpolate)*``
+    as a `LinearTail` in float, its weights dequantized. An int8 head rounds every FakeQuantize: the float tail
+    is accepted when it reproduces the head on the cut of a real-range input (`features_of()`) within 2 steps of
+    the output's quantization (`step`), its mean error within half a step; otherwise None."""
+    ops = [op for op in head.get_ordered_ops() if op.get_type_name() not in ("Parameter", "Result", "Constant")]
+    convs = [op for op in ops if op.get_type_name() == "Convolution"]
+    if len(convs) != 1:
+        return None
+    conv = convs[0]
+    weight = _evaluated(conv.input_value(1).get_node())
+    if weight is None or weight.shape[2:] != (1, 1) or any(s != 1 for s in conv.get_attributes()["strides"]):
+        return None
+    after = [op for op in ops[ops.index(conv) + 1:]]
+    if not after or after[0].get_type_name() != "Add":
+        return None
+    bias = _evaluated(after[0].input_value(1).get_node())
+    if bias is None:
+        return None
+    h, w = (conv.get_input_partial_shape(0)[i].get_length() for i in (2, 3))
+    ry, rx = np.eye(h, dtype=np.float64), np.eye(w, dtype=np.float64)
+    for op in after[1:]:
+        kind = op.get_type_name()
+        if kind == "Interpolate":
+            attributes = op.get_attributes()
+            if attributes["mode"] not in ("linear", "linear_onnx", "bilinear_pillow") or attributes.get("antialias"):
+                return None
+            shape_in, shape_out = op.get_input_partial_shape(0), op.get_output_partial_shape(0)
+            axes = [1, 2] if shape_in[3].get_length() == len(bias.ravel()) else [2, 3]
+            ry = linear_weights(shape_in[axes[0]].get_length(), shape_out[axes[0]].get_length(),
+                                attributes["coordinate_transformation_mode"]) @ ry
+            rx = linear_weights(shape_in[axes[1]].get_length(), shape_out[axes[1]].get_length(),
+                                attributes["coordinate_transformation_mode"]) @ rx
+        elif kind not in IR_PASS:
+            return None
+    tail = LinearTail(weight.astype(np.float32), bias.ravel().astype(np.float32),
+                      ry.astype(np.float32), rx.astype(np.float32), "none")
+    a, expected = features_of()
+    error = np.abs(tail.scores(a) - expected)
+    return tail if error.max() <= 2 * step + 1e-4 and error.mean() <= 0.5 * step + 1e-5 else None
+
+
+def linear_weights(n_in: int, n_out: int, mode: str) -> np.ndarray:
+    """(n_out, n_in) weights of 1-D linear interpolation under an ONNX/OpenVINO coordinate transformation."""
+    dst = np.arange(n_out, dtype=np.float64)
+    if mode == "align_corners":
+        src = dst * (n_in - 1) / (n_out - 1) if n_out > 1 else np.zeros(1)
+    elif mode == "asymmetric":
+        src = dst * n_in / n_out
+    elif mode in ("half_pixel", "pytorch_half_pixel"):
+        src = (dst + 0.5) * n_in / n_out - 0.5
+        if mode == "pytorch_half_pixel" and n_out == 1:
+            src = np.zeros(1)
+    else:
+        raise ValueError(mode)
+    src = np.clip(src, 0, n_in - 1)
+    low = np.floor(src).astype(int)
+    high = np.minimum(low + 1, n_in - 1)
+    frac = src - low
+    out = np.zeros((n_out, n_in))
+    np.add.at(out, (np.arange(n_out), low), 1 - frac)
+    np.add.at(out, (np.arange(n_out), high), frac)
+    return out
+
+
+def _evaluated(node) -> np.ndarray | None:
+    """A constant subgraph (Constant, Convert, Subtract, Multiply, Add: a dequantized weight) as an array."""
+    kind = node.get_type_name()
+    if kind == "Constant":
+        return np.asarray(node.get_data(), np.float64)
+    inputs = [_evaluated(node.input_value(i).get_node()) for i in range(node.get_input_size())]
+    if any(v is None for v in inputs):
+        return None
+    if kind == "Convert":
+        return inputs[0]
+    return {"Subtract": np.subtract, "Multiply": np.multiply, "Add": np.add}.get(kind, lambda *_: None)(*inputs)

@@ -1,0 +1,236 @@
+"""Segmentation: the targets are classes over regions of pixels (Seg-Grad-CAM's target: Vinogradova, Dibrov &
+Myers, "Towards Interpretable Semantic Segmentation via Gradient-weighted Class Activation Mapping", AAAI 2020).
+
+A target (class c, region R) scores S = (1/|R|) Σ_{p∈R} y_c(p): the mean of the class's score over the region,
+y the head's output (the scores before any ArgMax: logits, softmax or sigmoid probabilities, as the model has
+them; ``score="prob"`` reads probabilities, a softmax over the classes of logits). The mean rather than the
+sum: a score in the unit of one pixel's score whatever the region's size, so the maps of a small and of a
+large region are on one scale, and a recipro map's values stay comparable to the clean score.
+
+The region is fixed from the clean pass: by default the pixels the model assigns to c (its argmax; for
+sigmoid models the pixels where y_c > 0.5); or ``region=``: a mask (a PNG path or a boolean array at the
+original image's size), a box ``[x1, y1, x2, y2]`` or a pixel ``(x, y)`` in the original image's pixels.
+Perturbed passes score the same pixels. ``target``: None = the largest predicted class that is not the
+background (with a region: the class predicted most inside it), a class by index or label, a list of
+them, or ``"all"`` = every class present, one map each.
+
+What `Explainer.explain` returns for a segmenter: an `Explanation` whose ``items[i]`` lists, for image i,
+one `SegmentMap` per explained target: ``class_id``, ``label``, ``score`` (the clean region score),
+``region`` ((H,W) bool at the model's scores resolution = the input), ``pixels`` (|R|), ``saliency``
+((H,W) in [0,1] at the input), ``degenerate``, ``uniform``; the low-resolution raw map is ``raw``.
+A class-agnostic method's map is the same for every target and carries no class name in its records
+(``class_agnostic``)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import CamInferError
+from ..explanation import Explanation
+from ..methods.registry import Context
+from ..numerics import softmax
+from ..postprocess import near_uniform, normalise, upsample
+from .base import Task, class_index
+
+
+@dataclass
+class SegmentMap:
+    """One explained (class, region) of an image."""
+
+    class_id: int
+    label: str | None
+    score: float                 # the clean region score (mean of the class's score over the region)
+    region: np.ndarray           # (H,W) bool, at the model's input (its scores' resolution)
+    pixels: int
+    saliency: np.ndarray         # (H,W) in [0,1] at the model's input
+    raw: np.ndarray              # (h,w) the method's map at the cut
+    degenerate: bool
+    uniform: bool = False
+    class_agnostic: bool = False
+
+    def record(self) -> dict:
+        named = {} if self.class_agnostic else {"class_id": self.class_id, "label": self.label}
+        return {**named, "score": round(self.score, 5), "region_pixels": self.pixels,
+                "degenerate": self.degenerate, "uniform": self.uniform}
+
+
+@dataclass
+class SegmentationContext(Context):
+    """One image's targets as rows: `x`, `activations` repeated per target, `targets` their classes,
+    `regions` (T,H,W) their pixels; `outputs` (T,C,H,W) the clean scores. A method's class score of
+    head/forward outputs is the region score (`class_scores`)."""
+
+    regions: np.ndarray | None = None
+    kind: str = "logits"
+    tail: object = None           # a `bundle.linear_tail.LinearTail`: the head as 1×1 conv + bilinear resize
+
+    def probabilities(self, outputs: np.ndarray) -> np.ndarray:
+        return softmax(outputs, axis=1) if self.kind == "logits" else outputs
+
+    def class_scores(self, outputs: np.ndarray, i: int, kind: str) -> np.ndarray:
+        """(1/|R_i|) Σ_{p∈R_i} y_c(p) for each row of outputs (R,C,H,W)."""
+        values = self.probabilities(outputs) if kind == "prob" else outputs
+        return region_scores(values[:, int(self.targets[i])], self.regions[i])
+
+
+def region_scores(scores: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """Mean of (R,H,W) scores over the region's pixels → (R,)."""
+    return scores[:, region].mean(axis=1, dtype=np.float64)
+
+
+def predicted(outputs: np.ndarray, kind: str) -> np.ndarray:
+    """(C,H,W) scores → (C,H,W) bool: where the model assigns each class (argmax; sigmoid: above 0.5)."""
+    if kind == "sigmoid":
+        return outputs > 0.5
+    return np.arange(len(outputs))[:, None, None] == outputs.argmax(axis=0)[None]
+
+
+class SegmentationTask(Task):
+    name = "segmentation"
+    requests = frozenset({"region", "gradients"})
+
+    def open(self) -> None:
+        """Read the head as a linear tail (1×1 conv + bilinear resize), verified, when it is one."""
+        self.tail = None
+        if self.bundle.graph_format == "onnx":
+            import onnx
+
+            from ..bundle.linear_tail import read_linear_tail
+            self.tail = read_linear_tail(onnx.load(self.bundle.head_path), self.bundle.activation_shape)
+        elif self.bundle.graph_format == "openvino":
+            from ..backends.sessions import openvino_model
+            from ..bundle.linear_tail import read_openvino_tail
+            self.tail = read_openvino_tail(openvino_model(self.bundle.head_path), self.clean_cut,
+                                           float(self.bundle.manifest["output"].get("model_output_step", 0.0)))
+
+    def clean_cut(self) -> tuple[np.ndarray, np.ndarray]:
+        """The cut of a random image through the bundle's preprocessing, and the head's scores on it."""
+        from ..bundle.verify import random_images
+        a, scores = self.explainer.backend.observe(random_images(self.bundle.preprocessing, 1, seed=5))
+        return a, scores
+
+    def run_method(self, spec, ctx, targets, options: dict) -> np.ndarray:
+        return spec.implementation(self.name)(ctx, **options)
+
+    def contexts(self, spec, x, activations, outputs, request: dict, originals):
+        """One context per image, one row per target (class, region)."""
+        jobs = []
+        for i in range(len(x)):
+            shape = originals[i].shape[:2] if originals else self.bundle.input_shape[1:]
+            classes, regions = self.targets(outputs[i], request["target"], request["region"], shape, spec)
+            k = len(classes)
+            ctx = SegmentationContext(x=np.repeat(x[i:i + 1], k, axis=0),
+                                      activations=np.repeat(activations[i:i + 1], k, axis=0),
+                                      targets=np.array(classes, np.int64), outputs=np.repeat(outputs[i:i + 1], k, 0),
+                                      backend=self.explainer.backend, bundle=self.bundle, regions=regions,
+                                      kind=self.bundle.output_kind, tail=self.tail)
+            if spec.needs == "gradients":
+                ctx.gradients = self.gradients(spec.name, ctx)
+            jobs.append((ctx, classes))
+        return jobs
+
+    def gradients(self, method: str, ctx: SegmentationContext) -> np.ndarray:
+        """∂S/∂A of each row's region score S = (1/|R|) Σ_{p∈R} y_c(p) (Seg-Grad-CAM), through the head in torch."""
+        if self.explainer.gradients is None:
+            from ..gradients import require_torch
+            require_torch()
+            raise CamInferError(f"method '{method}' needs gradients: open the Explainer with gradients='torch'")
+        masks = ctx.regions.astype(np.float32)
+        shape = (len(ctx.targets), self.bundle.num_classes, *masks.shape[1:])
+
+        def region_score(torch, scores):
+            picked = scores.reshape(shape)[torch.arange(shape[0]), torch.from_numpy(ctx.targets)]
+            weights = torch.from_numpy(masks / masks.sum(axis=(1, 2), keepdims=True))
+            return (picked * weights).sum(dim=(1, 2))
+        return self.explainer.gradients(ctx.x, ctx.activations, ctx.targets, region_score)
+
+    def targets(self, output: np.ndarray, target, region, shape, spec) -> tuple[list[int], np.ndarray]:
+        """The classes to explain and their regions (T,H,W) of one image's clean scores (C,H,W)."""
+        present = predicted(output, self.bundle.output_kind)
+        counts = present.reshape(len(present), -1).sum(axis=1)
+        given = None if region is None else self.region_mask(region, shape, output.shape[1:])
+        if isinstance(target, str) and target == "all":
+            classes = [c for c in range(len(counts)) if counts[c] and not self.is_background(c)]
+        elif target is None:
+            within = counts if given is None else present[:, given].sum(axis=1)
+            order = [c for c in np.argsort(-within, kind="stable") if within[c] and not self.is_background(c)]
+            classes = order[:1] or [int(np.argmax(within))]
+        else:
+            values = target if isinstance(target, (list, tuple)) else [target]
+            classes = [class_index(v, self.bundle.labels, self.bundle.num_classes) for v in values]
+        classes = [int(c) for c in classes]
+        if given is not None:
+            return classes, np.repeat(given[None], len(classes), axis=0)
+        absent = [c for c in classes if not counts[c]]
+        if absent:
+            shown = ", ".join(self.name_of(c) for c in range(len(counts)) if counts[c]) or "none"
+            raise CamInferError(f"class {self.name_of(absent[0])} is not in the image (classes present: {shown}); "
+                                "give a region= to explain it over pixels of your choice")
+        if not classes:
+            raise CamInferError("no class but the background is present in the image; give target= and region=")
+        return classes, present[classes]
+
+    def is_background(self, c: int) -> bool:
+        labels = self.bundle.labels
+        return bool(labels) and labels[c].lower() in ("background", "__background__", "bg")
+
+    def name_of(self, c: int) -> str:
+        labels = self.bundle.labels
+        return f"{labels[c]} ({c})" if labels else str(c)
+
+    def region_mask(self, region, shape, size) -> np.ndarray:
+        """A region given in the original image's pixels → (H,W) bool at the scores' size `size`."""
+        h0, w0 = shape[:2]
+        if self.bundle.preprocessing.crop != "none":
+            raise CamInferError(f"region= is given in the image's pixels, and this bundle's preprocessing crops "
+                                f"({self.bundle.preprocessing.crop}); re-split it with the default (no crop)")
+        if isinstance(region, (str, bytes)) or hasattr(region, "__fspath__"):
+            from ..images import load_image
+            region = load_image(region).max(axis=2)
+        array = np.asarray(region)
+        if array.ndim == 2:
+            if array.shape != (h0, w0):
+                raise CamInferError(f"the region mask is {array.shape[1]}x{array.shape[0]}, the image "
+                                    f"{w0}x{h0}: give a mask of the image's size")
+            import cv2
+            mask = cv2.resize((array > 0).astype(np.uint8), (size[1], size[0]), interpolation=cv2.INTER_NEAREST) > 0
+        elif array.shape == (4,):
+            x1, y1, x2, y2 = (float(v) for v in array)
+            if x2 <= x1 or y2 <= y1 or x2 <= 0 or y2 <= 0 or x1 >= w0 or y1 >= h0:
+                raise CamInferError(f"the box {[x1, y1, x2, y2]} lies outside the {w0}x{h0} image or is empty")
+            mask = np.zeros(size, bool)
+            sy, sx = size[0] / h0, size[1] / w0
+            mask[int(max(y1, 0) * sy):max(int(np.ceil(y2 * sy)), int(max(y1, 0) * sy) + 1),
+                 int(max(x1, 0) * sx):max(int(np.ceil(x2 * sx)), int(max(x1, 0) * sx) + 1)] = True
+        elif array.shape == (2,):
+            x, y = (float(v) for v in array)
+            if not (0 <= x < w0 and 0 <= y < h0):
+                raise CamInferError(f"the pixel ({x}, {y}) lies outside the {w0}x{h0} image")
+            mask = np.zeros(size, bool)
+            mask[int(y * size[0] / h0), int(x * size[1] / w0)] = True
+        else:
+            raise CamInferError("region= is a mask (PNG path or array of the image's size), a box [x1, y1, x2, y2] "
+                                f"or a pixel (x, y), not an array of shape {array.shape}")
+        if not mask.any():
+            raise CamInferError("the region mask is empty")
+        return mask
+
+    def explanation(self, spec, method, jobs, maps, request, options, originals, names, model_outputs, start):
+        size = self.bundle.input_shape[1:]
+        items = []
+        for (ctx, classes), raw in zip(jobs, maps):
+            raw = np.asarray(raw, np.float32)
+            normalised, degenerate = normalise(raw.copy())
+            saliency = upsample(normalised, size)
+            scores = [float(ctx.class_scores(ctx.outputs[j:j + 1], j, "logit")[0]) for j in range(len(classes))]
+            items.append([SegmentMap(c, None if not self.bundle.labels else self.bundle.labels[c], scores[j],
+                                     ctx.regions[j], int(ctx.regions[j].sum()), saliency[j], raw[j],
+                                     bool(degenerate[j]), bool(near_uniform(saliency[j])), not spec.class_specific)
+                          for j, c in enumerate(classes)])
+        return Explanation(method, None, None, None, None, None, (time.perf_counter() - start) * 1000, dict(options),
+                           labels=self.bundle.labels, images=originals, names=names,
+                           preprocessing=self.bundle.preprocessing, outputs=model_outputs,
+                           class_agnostic=not spec.class_specific, items=items)
