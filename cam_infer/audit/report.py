@@ -75,10 +75,10 @@ def skipped_metrics_line(metrics) -> str:
 
 
 def write_html(out: Path, summary: dict, grid: list[tuple[str, dict]], methods, shown: dict | None = None,
-               unit: str = "images") -> Path:
+               unit: str = "images", sections: str = "") -> Path:
     """index.html: summary table, one bar chart per metric, thumbnails (images × methods), all inline.
     `shown`: column → (title, higher is better; None: a reference, tabled, not charted) (default: the classifier's);
-    `unit`: what a method's count in summary["methods"] counts."""
+    `unit`: what a method's count in summary["methods"] counts; `sections`: more HTML before the protocol."""
     per_method = summary["methods"]
     shown = {"adcc_of_means": ("ADCC (of means)", True), **SHOWN} if shown is None else shown
     columns = [c for c in shown if any(c in per_method[m] for m in methods)]
@@ -125,7 +125,7 @@ th {{ background: #f3f3f3; }} th.name {{ text-align: left; font-weight: normal; 
 <table><tr><th>method</th><th>{unit}</th>{head}</tr>{body}</table>
 <h2>Per metric</h2><div class=charts>{charts}</div>
 <h2>Maps ({len(grid)} images)</h2>
-<table class=grid><tr><th>image</th>{thumbs_head}</tr>{thumbs}</table>
+<table class=grid><tr><th>image</th>{thumbs_head}</tr>{thumbs}</table>{sections}
 <h2>Protocol</h2><ul>{protocol}</ul>
 </body></html>
 """

@@ -57,7 +57,7 @@ class SanityOptions:
     images of the audit; `seed` for the draws; `threshold` on the final cascading Spearman for the flag."""
 
     steps: int = 8
-    images: int = 4
+    images: int = 8
     seed: int = 0
     threshold: float = 0.5
 
@@ -218,6 +218,13 @@ def write_sanity_csv(path: Path, result: dict) -> None:
     write_atomically(path, buffer.getvalue())
 
 
+def sanity_line(result: dict) -> str:
+    """What `cam-infer audit --sanity` prints: each method's Spearman after every layer is randomised."""
+    final = ", ".join(f"{m} {v:.2f}" + (" FLAGGED" if m in result["flagged"] else "")
+                      for m, v in result["final_spearman"].items())
+    return f"sanity check (Spearman to the original after all {len(result['layers'])} layers random): {final}"
+
+
 COLOURS = ("#4a7bd0", "#d0694a", "#4aa05a", "#9a4ad0", "#c0a020", "#20a0c0", "#a0a0a0", "#d04a9a")
 
 
@@ -275,4 +282,4 @@ def _curve_chart(rows, methods, measure: str, n: int) -> str:
 
 
 __all__ = ["SANITY_CSV", "Layer", "SanityOptions", "depths", "random_weights", "redraw", "run_sanity",
-           "sanity_section", "weight_layers", "write_sanity_csv"]
+           "sanity_line", "sanity_section", "weight_layers", "write_sanity_csv"]
