@@ -21,6 +21,7 @@ from helpers import assert_one_line_error, run_cli
 
 from cam_infer import CamInferError, Explainer
 from cam_infer.audit import AuditOptions, audit_image, run_audit
+from cam_infer.audit.report import SHOWN
 from cam_infer.tools.demo import embedded_bundle_path
 from cam_infer.jobs.journal import JOURNAL
 from cam_infer.metrics import adcc, box_localisation, energy_pointing, pointing_hit
@@ -64,7 +65,9 @@ def test_rows_equal_direct_metric_calls(scenes):
     result = audit_image(SHAPES, image, options, boxes[image.name])
     explainer = Explainer(SHAPES)
     x = explainer.preprocess([image])
-    for row in result["rows"]:
+    assert [r["method"] for r in result["rows"]] == ["recipro", "eigen", "random-map", "centre-gaussian"]
+    assert [r["baseline"] for r in result["rows"]] == [0, 0, 1, 1]
+    for row in result["rows"][:2]:
         e = explainer.explain(x, row["method"])
         assert row["class_id"] == int(e.targets[0]) and row["label"] == explainer.bundle.label(row["class_id"])
         own = [b["box"] for b in boxes[image.name] if b["label"] == row["label"]]
@@ -86,8 +89,19 @@ def test_audit_writes_csv_summary_and_a_page_that_a_browser_renders(scenes, tmp_
                      "recipro,eigen,activation", "--out", str(out), "--tolerance", "15")
     assert result.returncode == 0, result.stderr
     rows = read_csv(out / "metrics.csv")
-    assert len(rows) == 18 and {r["method"] for r in rows} == {"recipro", "eigen", "activation"}
+    baselines = {"random-map", "centre-gaussian", "box-prior"}
+    assert len(rows) == 36 and {r["method"] for r in rows} == {"recipro", "eigen", "activation"} | baselines
+    assert {r["method"] for r in rows if r["baseline"] == "1"} == baselines
     summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["baselines"]) == baselines and set(summary["methods"]) == {"recipro", "eigen", "activation"}
+    per_row = read_csv(out / "summary.csv")
+    for name in [*summary["methods"], *baselines]:             # an interval for every metric of every row
+        assert set(summary["intervals"][name]) == {c for c in SHOWN if rows[0].get(c, "") != ""} - {"energy_baseline"}
+        for column, found in summary["intervals"][name].items():
+            assert found["low"] <= found["mean"] <= found["high"] and found["n"] == 6
+            line = next(r for r in per_row if r["name"] == name and r["metric"] == column)
+            assert float(line["mean"]) == pytest.approx(found["mean"]) and line["baseline"] == str(int(name in baselines))
+    assert len(read_csv(out / "paired.csv")) == sum(map(len, summary["paired"].values())) > 0
     assert summary["protocol"]["tolerance"] == 15.0 and summary["protocol"]["target"] == "predicted"
     assert summary["protocol"]["deletion_substrate"] == "zeros" and summary["protocol"]["steps"] == 28
     for method, means in summary["methods"].items():
@@ -99,6 +113,8 @@ def test_audit_writes_csv_summary_and_a_page_that_a_browser_renders(scenes, tmp_
     assert len(list((out / "overlays").glob("*.png"))) == 18
     page = (out / "index.html").read_text()
     assert page.count("data:image/png;base64,") == 18 and page.count("<svg") >= 11
+    assert page.count("<tr class=baseline>") == 3 and page.count("class=whisker") == 6 * (page.count("<svg") - 1)
+    # every chart has an error bar per row, but ADCC of the means: it is no mean over images
     assert "src='http" not in page and "href=" not in page                         # self-contained
     check_in_browser(out / "index.html", tmp_path)
 
@@ -109,12 +125,13 @@ def check_in_browser(page, tmp_path):
         pytest.skip("chromium is not installed (apt install chromium) to check the page")
     common = [chromium, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}"]
     dom = subprocess.run(common + ["--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
-    assert dom.count("<tr>") >= 4 + 6 and "ADCC (of means)" in dom and dom.count("<img") == 18
+    assert dom.count("<tr") >= 7 + 6 and "ADCC (of means)" in dom and dom.count("<img") == 18
+    assert "Paired differences" in dom and dom.count("(baseline)") >= 3
     shot = tmp_path / "page.png"
-    subprocess.run(common + [f"--screenshot={shot}", "--window-size=1200,1400", page.as_uri()],
+    subprocess.run(common + [f"--screenshot={shot}", "--window-size=1200,3000", page.as_uri()],
                    capture_output=True, timeout=120)
     picture = cv2.imread(str(shot))
-    assert picture is not None and picture.shape[:2] == (1400, 1200)
+    assert picture is not None and picture.shape[:2] == (3000, 1200)
     colours = len(np.unique(picture.reshape(-1, 3), axis=0))
     assert colours > 500, "the screenshot is nearly blank"                 # text, bars and heat maps drawn
 
@@ -166,7 +183,7 @@ def test_an_unreadable_image_is_reported_and_skipped(scenes, tmp_path):
     shutil.copytree(folder, images)
     (images / "broken.png").write_bytes(b"not a png")
     result = run_cli("audit", str(SHAPES), str(images), "--methods", "activation", "--metrics", "adcc",
-                     "--out", str(tmp_path / "r"))
+                     "--baselines", "none", "--out", str(tmp_path / "r"))
     assert result.returncode == 1 and "report:" in result.stdout          # the others are reported
     assert result.stderr.strip().startswith("cam-infer: error: 1 image(s) could not be read and were skipped")
     assert len(result.stderr.strip().splitlines()) == 1
@@ -194,7 +211,10 @@ def test_bad_audit_requests_are_one_line_errors(scenes, tmp_path):
     assert_one_line_error(run_cli(*base, "--methods", "eigen", "--metrics", "adcc"),
                           "holds an audit with other settings; choose another --out or pass --force")
     again = run_cli(*base, "--methods", "eigen", "--metrics", "adcc", "--force")
-    assert again.returncode == 0 and {r["method"] for r in read_csv(tmp_path / "r" / "metrics.csv")} == {"eigen"}
+    assert again.returncode == 0 and {r["method"] for r in read_csv(tmp_path / "r" / "metrics.csv")
+                                      if r["baseline"] == "0"} == {"eigen"}
+    assert_one_line_error(run_cli(*base, "--methods", "eigen", "--baselines", "random-map,sobel"),
+                          "unknown baseline 'sobel'")
 
 
 def test_ground_truth_target_explains_the_labelled_class(scenes, tmp_path):

@@ -55,8 +55,10 @@ def test_cli_audit_with_masks_reports_region_metrics_and_their_baseline(scenes, 
     assert result.returncode == 0, result.stderr
     with open(tmp_path / "audit" / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 2 and all(float(r["energy"]) > float(r["energy_baseline"]) > 0 for r in rows)
+    assert [r["method"] for r in rows] == ["recipro", "random-map", "centre-gaussian", "mask-prior"] * 2
+    assert all(float(r["energy"]) > float(r["energy_baseline"]) > 0 for r in rows[::4])
     summary = json.loads((tmp_path / "audit" / "summary.json").read_text())
+    assert set(summary["baselines"]) == {"random-map", "centre-gaussian", "mask-prior"}
     assert summary["protocol"]["masks"] == str((folder / "masks").resolve())
     assert "energy_baseline" in summary["methods"]["recipro"]
 

@@ -124,7 +124,7 @@ def test_the_audit_cli_says_once_that_the_class_asked_is_not_used(images, tmp_pa
 
 def test_the_audit_marks_class_agnostic_rows_and_scores_them_on_the_top_1(images, tmp_path):
     from cam_infer.audit import AuditOptions, run_audit
-    options = AuditOptions(methods=("eigen", "recipro"), metrics=("adcc",), target="circle")
+    options = AuditOptions(methods=("eigen", "recipro"), metrics=("adcc",), target="circle", baselines=())
     run_audit(embedded_bundle_path(), images, options, tmp_path, progress=False)
     with open(tmp_path / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -180,7 +180,8 @@ def test_the_detection_audit_marks_the_rows_of_a_class_agnostic_map(tmp_path):
     from cam_infer.detection.audit import run_detection_audit
     image = tmp_path / "scene.png"
     cv2.imwrite(str(image), cv2.cvtColor(detection_scene(5, 3).image, cv2.COLOR_RGB2BGR))
-    run_detection_audit(embedded_detector_path(), [image], ["eigen", "recipro"], tmp_path / "audit", progress=False)
+    run_detection_audit(embedded_detector_path(), [image], ["eigen", "recipro"], tmp_path / "audit", progress=False,
+                        baselines=())
     rows = [json.loads(line) for line in (tmp_path / "audit" / "rows.jsonl").read_text().splitlines()]
     assert {r["method"] for r in rows} == {"eigen", "recipro"}
     assert all(r["class_agnostic"] is (r["method"] == "eigen") for r in rows)

@@ -280,4 +280,4 @@ def test_an_unreadable_image_on_ray_is_reported_once_and_the_rest_done(ray_runs,
     errors = json.loads((out / "unreadable" / "errors.json").read_text())
     assert [Path(e["image"]).name for e in errors] == ["broken.png"]
     rows = (out / "unreadable" / "metrics.csv").read_text().splitlines()
-    assert len(rows) == 1 + 2 * 16 and "broken.png" not in "".join(rows)
+    assert len(rows) == 1 + (2 + 3) * 16 and "broken.png" not in "".join(rows)    # 2 methods and 3 baselines

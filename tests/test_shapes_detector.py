@@ -204,3 +204,33 @@ def test_a_detector_audit_resumes_redoing_changed_torn_and_half_written_images(t
     audit(images, boxes, out)
     assert jsonl_rows(out) == jsonl_rows(fresh)
     assert (out / "metrics.csv").read_text() == (fresh / "metrics.csv").read_text()
+
+
+def test_a_detector_audit_scores_the_baselines_on_the_same_detections_with_intervals(audited):
+    from cam_infer.audit.baselines import centre_gaussian
+    from cam_infer.detection.audit import _pixels
+    from cam_infer.images import load_image
+    out, _ = audited
+    rows = [r for r in jsonl_rows(out) if r["method"] is not None]
+    explained = sorted((r["image"], r["index"]) for r in rows if r["method"] == "recipro")
+    for baseline in ("random-map", "centre-gaussian"):
+        own = [r for r in rows if r["method"] == baseline]
+        assert sorted((r["image"], r["index"]) for r in own) == explained and all(r["baseline"] for r in own)
+    first = next(r for r in rows if r["method"] == "centre-gaussian")
+    recipro = next(r for r in rows if r["method"] == "recipro" and (r["image"], r["index"]) == (first["image"],
+                                                                                                  first["index"]))
+    rgb = load_image(first["image"])
+    detection = next(d for d in Explainer(embedded_detector_path()).explain([rgb], "recipro").items[0]
+                     if d.index == first["index"])
+    box = _pixels(detection.box_image, rgb.shape)
+    assert first["box_fraction"] == recipro["box_fraction"]           # the same detection, the same box
+    assert first["energy"] == pytest.approx(energy_pointing(centre_gaussian(rgb.shape[:2]), [box]))
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["baselines"]) == {"random-map", "centre-gaussian"}
+    for name in [*AUDIT_METHODS.split(","), "random-map", "centre-gaussian"]:
+        assert {"energy", "pointing", "specificity", "box_fraction"} <= set(summary["intervals"][name])
+        assert summary["intervals"][name]["energy"]["n"] == len(explained)
+    assert {(p["a"], p["b"]) for p in summary["paired"]["energy"]} >= {("recipro", "ablation")}
+    page = (out / "index.html").read_text()
+    assert page.count("<tr class=baseline>") == 2 and "Paired differences" in page and "class=whisker" in page
+    assert {p.name for p in out.iterdir()} >= {"summary.csv", "paired.csv"}

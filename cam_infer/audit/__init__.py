@@ -24,15 +24,17 @@ from .report import (
     CSV_NAME,
     ERRORS_NAME,
     HTML_NAME,
+    PAIRED_CSV,
+    SUMMARY_CSV,
     SUMMARY_NAME,
     csv_rows,
     skipped_metrics_line,
     summarise,
     write_csv,
     write_html,
+    write_uncertainty_csvs,
 )
-from .sanity import SANITY_CSV, SanityOptions, check_bundle, run_sanity, sanity_line, sanity_section, \
-    write_sanity_csv
+from .sanity import SANITY_CSV, SanityOptions, check_bundle, run_sanity, sanity_line, write_sanity_csv
 from .work import COLUMNS, LOCALISATION, METRICS, OVERLAYS, AuditOptions, AuditWork, audit_image, audit_precision, \
     audit_spec, thumbnail_name
 
@@ -62,6 +64,7 @@ def run_audit(bundle, images, options: AuditOptions, out, *, boxes=None, restart
         raise CamInferError("target 'truth' needs boxes with exactly one label per image (--boxes)")
     skipped_metrics = options.skipped_metrics(bool(truth))
     options = options.resolved(bool(truth))
+    priors = _priors(bundle, images, truth, options)
     settings = {"bundle": str(bundle.path.resolve()), "options": options.to_dict(),
                 "runs_at": audit_precision(bundle, options),
                 "boxes": str(Path(boxes).resolve()) if boxes else None}
@@ -73,14 +76,17 @@ def run_audit(bundle, images, options: AuditOptions, out, *, boxes=None, restart
         write_csv(run.out / CSV_NAME, run.rows)
         if final:
             write_atomically(run.out / ERRORS_NAME, json.dumps(run.errors, indent=1) + "\n")
-            summary.update(summarise(csv_rows(run.out / CSV_NAME), options.methods, protocol, run.errors),
+            summary.update(summarise(csv_rows(run.out / CSV_NAME), options.methods, protocol, run.errors,
+                                     options.drawn_baselines(priors)),
                            skipped=run.skipped, redone=run.redone, skipped_metrics=list(skipped_metrics))
-            section = _sanity(bundle, run, options, sanity, summary) if sanity is not None else ""
+            if sanity is not None:
+                _sanity(bundle, run, options, sanity, summary)
             write_atomically(run.out / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
+            write_uncertainty_csvs(run.out, summary)
             write_html(run.out, summary, thumbnail_grid(run.out, run.found.files[:grid], run.found.names,
-                                                        options.methods), options.methods, sections=section)
+                                                        options.methods), options.methods)
 
-    work = AuditWork(audit_spec(bundle.path.resolve(), options, runner.threads), options)
+    work = AuditWork(audit_spec(bundle.path.resolve(), options, runner.threads), options, priors)
     job = Job("audit", "an audit", settings, options.methods, work, write, names=lambda found: found.names,
               extra=lambda image: boxes_for(truth, image, images), folders=(OVERLAYS,), clear=CLEARED,
               cost=lambda: _cost(work.spec, options, runner))
@@ -88,16 +94,31 @@ def run_audit(bundle, images, options: AuditOptions, out, *, boxes=None, restart
     return summary
 
 
-CLEARED = (CSV_NAME, SUMMARY_NAME, ERRORS_NAME, HTML_NAME, OVERLAYS, SANITY_CSV)     # what --force removes
+CLEARED = (CSV_NAME, SUMMARY_NAME, SUMMARY_CSV, PAIRED_CSV, ERRORS_NAME, HTML_NAME, OVERLAYS,
+           SANITY_CSV)   # what --force removes
 
 
-def _sanity(bundle, run, options: AuditOptions, sanity, summary: dict) -> str:
-    """The sanity check on the run's readable images: sanity.csv, summary["sanity"]; its report section."""
+def _priors(bundle, images, truth: dict, options: AuditOptions) -> dict:
+    """The dataset's box and mask priors in the model's input, when they are baselines to draw."""
+    from ..jobs.folders import collect_images
+    from .baselines import NEEDS, dataset_priors
+
+    wanted = [b for b in NEEDS if options.baselines is None or b in options.baselines]
+    if not wanted or not (truth or options.masks):
+        return {}
+    labels = [bundle.label(i) for i in range(bundle.num_classes)] if options.masks else None
+    priors = dataset_priors(collect_images(images).files, lambda path: boxes_for(truth, path, images),
+                            bundle.preprocessing, options.masks, labels)
+    return {name: prior for name, prior in priors.items() if name in wanted}
+
+
+def _sanity(bundle, run, options: AuditOptions, sanity, summary: dict) -> None:
+    """The sanity check on the run's readable images: sanity.csv and summary["sanity"] (its report section:
+    `sanity.sanity_section`)."""
     unreadable = {e["image"] for e in run.errors}
     result = run_sanity(bundle, [f for f in run.found.files if str(f) not in unreadable], options, sanity)
     write_sanity_csv(run.out / SANITY_CSV, result)
     summary["sanity"] = result
-    return sanity_section(result)
 
 
 def _cost(spec, options: AuditOptions, runner) -> str:

@@ -1,5 +1,9 @@
 """What an audit leaves in its folder: metrics.csv (rewritten as images are done), summary.json
-(per-method means and the protocol) and index.html (one self-contained page)."""
+(per-method and per-baseline means, their bootstrap intervals, paired comparisons, the protocol), summary.csv and
+paired.csv (the same as tables) and index.html (one self-contained page).
+
+Extending it: `add_column` adds a metric column (it then gets its interval, comparisons, chart and table
+cell); `add_section` adds a section to index.html, a function of the `Report`."""
 
 from __future__ import annotations
 
@@ -9,13 +13,17 @@ import html
 import io
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from ..metrics import adcc
 from ..outputs import write_atomically
+from .intervals import uncertainty
 from .work import COLUMNS
 
 CSV_NAME, SUMMARY_NAME, HTML_NAME, ERRORS_NAME = "metrics.csv", "summary.json", "index.html", "errors.json"
+SUMMARY_CSV, PAIRED_CSV = "summary.csv", "paired.csv"      # means with intervals; paired comparisons
 # column → (shown as, higher is better)
 SHOWN = {"adcc": ("ADCC (mean per image)", True), "average_drop": ("Average Drop", False),
          "increase": ("Increase in Confidence", True), "coherency": ("Coherency", True),
@@ -40,11 +48,14 @@ def csv_rows(path: Path):
         yield from csv.DictReader(f)
 
 
-def summarise(rows, methods, protocol: dict, errors: list) -> dict:
-    """Per-method means over the rows (metrics.csv's) that have each column, and ADCC of the means."""
-    sums = {m: {} for m in methods}
-    counts = {m: {} for m in methods}
-    images = {m: 0 for m in methods}
+def summarise(rows, methods, protocol: dict, errors: list, baselines=()) -> dict:
+    """Per-method (and per-baseline) means over the rows (metrics.csv's) that have each column, ADCC of the
+    means, and the bootstrap intervals and paired comparisons of every shown column (`cam_infer.audit.intervals`)."""
+    rows = list(rows)
+    names = [*methods, *baselines]
+    sums = {m: {} for m in names}
+    counts = {m: {} for m in names}
+    images = {m: 0 for m in names}
     for row in rows:
         method = row["method"]
         if method not in sums:
@@ -54,19 +65,49 @@ def summarise(rows, methods, protocol: dict, errors: list) -> dict:
             if row.get(column, "") != "":
                 sums[method][column] = sums[method].get(column, 0.0) + float(row[column])
                 counts[method][column] = counts[method].get(column, 0) + 1
-    per_method = {}
-    for m in methods:
+    per_name = {}
+    for m in names:
         means = {c: sums[m][c] / counts[m][c] for c in sums[m]}
         if {"coherency", "complexity", "average_drop"} <= set(means):
             means["adcc_of_means"] = float(adcc(means["coherency"], means["complexity"], means["average_drop"]))
-        per_method[m] = {"images": images[m], **means}
-    return {"methods": per_method, "counts": counts, "protocol": protocol, "errors": errors,
-            "notes": {"adcc_of_means": "ADCC of the dataset means of coherency, complexity and average drop "
-                                       "(how published tables report it); 'adcc' is the mean of per-image ADCC",
-                      "box_hit": "fraction of images whose thresholded-map box has IoU >= iou_threshold with a "
-                                 "ground-truth box of the explained class",
-                      "counts": "per method and metric, the number of images its mean is taken over (images "
-                                "without boxes of the explained class have no localisation metrics)"}}
+        per_name[m] = {"images": images[m], **means}
+    directions = {c: higher for c, (_, higher) in SHOWN.items()}
+    return {"methods": {m: per_name[m] for m in methods}, "baselines": {b: per_name[b] for b in baselines},
+            "counts": counts, **uncertainty(rows, methods, baselines, directions), "protocol": protocol,
+            "errors": errors, "notes": NOTES}
+
+
+NOTES = {"adcc_of_means": "ADCC of the dataset means of coherency, complexity and average drop "
+                          "(how published tables report it); 'adcc' is the mean of per-image ADCC",
+         "box_hit": "fraction of images whose thresholded-map box has IoU >= iou_threshold with a "
+                    "ground-truth box of the explained class",
+         "counts": "per method and metric, the number of images its mean is taken over (images "
+                   "without boxes of the explained class have no localisation metrics)",
+         "baselines": "maps that know nothing of the model, scored by the same metric code (cam_infer.audit.baselines):"
+                      " a method must beat the best of them",
+         "intervals": "per method or baseline and metric: the mean with its percentile bootstrap 95 % interval",
+         "paired": "per metric: each method against the best baseline, then every pair of methods: the mean of "
+                   "A - B over the images both scored, its 95 % interval; different when it excludes 0"}
+
+
+def write_uncertainty_csvs(out: Path, summary: dict) -> None:
+    """summary.csv: one line per method or baseline and metric (mean, interval); paired.csv: one line per
+    comparison."""
+    baselines = set(summary.get("baselines", {}))
+    lines = [{"name": name, "baseline": int(name in baselines), "metric": column, **found}
+             for name, columns in summary["intervals"].items() for column, found in columns.items()]
+    _write_table(out / SUMMARY_CSV, lines, ("name", "baseline", "metric", "n", "mean", "low", "high"))
+    pairs = [{"metric": column, **pair, "b_baseline": int(pair["b"] in baselines), "different": int(pair["different"])}
+             for column, compared in summary["paired"].items() for pair in compared]
+    _write_table(out / PAIRED_CSV, pairs, ("metric", "a", "b", "b_baseline", "n", "mean", "low", "high", "different"))
+
+
+def _write_table(path: Path, lines, columns) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(lines)
+    write_atomically(path, buffer.getvalue())
 
 
 def skipped_metrics_line(metrics) -> str:
@@ -74,30 +115,80 @@ def skipped_metrics_line(metrics) -> str:
     return f"not measured: {', '.join(metrics)} (localisation metrics need ground-truth boxes: give --boxes FILE)"
 
 
+@dataclass
+class Report:
+    """What a section of index.html is drawn from."""
+
+    out: Path
+    summary: dict
+    grid: list                      # (image name, method → thumbnail PNG)
+    methods: list
+    shown: dict                     # column → (title, higher is better; None: a reference, tabled, not charted)
+    unit: str                       # what a method's count in summary["methods"] counts
+
+    @property
+    def baselines(self) -> list:
+        return list(self.summary.get("baselines", {}))
+
+    @property
+    def rows(self) -> dict:
+        """name → its means, the methods' then the baselines'."""
+        return {**self.summary["methods"], **self.summary.get("baselines", {})}
+
+    @property
+    def columns(self) -> list:
+        """The shown columns some method or baseline has."""
+        return [c for c in self.shown if any(c in means for means in self.rows.values())]
+
+
+Section = Callable[[Report], str]        # the section's HTML ("" to leave it out)
+
+
+def add_column(name: str, title: str, higher_is_better: bool | None) -> None:
+    """A metric column in every classifier audit's table, charts, intervals and comparisons (metrics.csv's
+    column `name`; `higher_is_better` None: a reference, tabled, not charted nor compared)."""
+    SHOWN[name] = (title, higher_is_better)
+
+
+def add_section(name: str, render: Section, before: str = "maps") -> None:
+    """A section of index.html, drawn by `render(report)`, placed before the section `before`."""
+    at = next((i for i, (n, _) in enumerate(SECTIONS) if n == before), len(SECTIONS))
+    SECTIONS.insert(at, (name, render))
+
+
 def write_html(out: Path, summary: dict, grid: list[tuple[str, dict]], methods, shown: dict | None = None,
-               unit: str = "images", sections: str = "") -> Path:
-    """index.html: summary table, one bar chart per metric, thumbnails (images × methods), all inline.
-    `shown`: column → (title, higher is better; None: a reference, tabled, not charted) (default: the classifier's);
-    `unit`: what a method's count in summary["methods"] counts; `sections`: more HTML before the protocol."""
-    per_method = summary["methods"]
+               unit: str = "images") -> Path:
+    """index.html: its sections (`SECTIONS`: summary table, bar charts with error bars, paired differences,
+    thumbnails, protocol), all inline. `shown`: column → (title, higher is better; None: a reference) (default:
+    the classifier's); `unit`: what a method's count in summary["methods"] counts."""
     shown = {"adcc_of_means": ("ADCC (of means)", True), **SHOWN} if shown is None else shown
-    columns = [c for c in shown if any(c in per_method[m] for m in methods)]
-    head = "".join(f"<th>{html.escape(shown[c][0])}{_arrow(shown[c][1])}</th>" for c in columns)
-    counts = summary.get("counts", {})
-    body = "".join(
-        f"<tr><th>{html.escape(m)}</th><td>{per_method[m][unit]}</td>"
-        + "".join(f"<td>{_cell(per_method[m].get(c))}{_count(counts.get(m, {}).get(c), per_method[m][unit])}</td>"
-                  for c in columns) + "</tr>" for m in methods)
-    charts = "".join(_bar_chart(shown[c][0], shown[c][1], {m: per_method[m].get(c) for m in methods})
-                     for c in columns if shown[c][1] is not None)
-    thumbs_head = "".join(f"<th>{html.escape(m)}</th>" for m in methods)
-    thumbs = "".join(
-        f"<tr><th class=name>{html.escape(name)}</th>"
-        + "".join(f"<td><img alt='{html.escape(name)} {html.escape(m)}' src='data:image/png;base64,"
-                  f"{base64.b64encode(pngs[m]).decode()}'></td>" if m in pngs else "<td></td>" for m in methods)
-        + "</tr>" for name, pngs in grid)
-    protocol = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(json.dumps(v))}</li>"
-                       for k, v in summary["protocol"].items())
+    report = Report(out, summary, grid, list(methods), shown, unit)
+    per_method = summary["methods"]
+    page = f"""<!doctype html>
+<html lang=en><head><meta charset=utf-8><title>cam-infer audit</title>
+<style>
+body {{ font: 14px system-ui, sans-serif; margin: 24px; color: #222; }}
+table {{ border-collapse: collapse; margin: 8px 0 24px; }}
+th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; }}
+th {{ background: #f3f3f3; }} th.name {{ text-align: left; font-weight: normal; max-width: 200px;
+  overflow-wrap: anywhere; }}
+tr.baseline th, tr.baseline td {{ color: #555; font-style: italic; background: #fafafa; }}
+small.ci {{ color: #666; white-space: nowrap; }} .paired th.name {{ white-space: nowrap; }} .real {{ font-weight: bold; color: #060; }}
+.charts {{ display: flex; flex-wrap: wrap; gap: 16px; }} .chart {{ border: 1px solid #ddd; padding: 8px; }}
+.grid td {{ padding: 2px; }} .grid img {{ display: block; width: 128px; }} .err {{ color: #a00; }}
+</style></head><body>
+<h1>cam-infer audit</h1>
+<p>{html.escape(str(summary['protocol'].get('bundle', '')))} · {len(methods)} methods ·
+{max((per_method[m][unit] for m in methods), default=0)} {unit}</p>{_notices(summary)}
+{"".join(render(report) for _, render in SECTIONS)}
+</body></html>
+"""
+    path = out / HTML_NAME
+    write_atomically(path, page)
+    return path
+
+
+def _notices(summary: dict) -> str:
     errors = (f"<p class=err>{len(summary['errors'])} image(s) could not be read and were skipped "
               f"(listed in {ERRORS_NAME}).</p>" if summary["errors"] else "")
     if summary.get("skipped_metrics"):
@@ -107,31 +198,92 @@ def write_html(out: Path, summary: dict, grid: list[tuple[str, dict]], methods, 
         errors += (f"<p>{len(skipped)} file(s) in the folders are not images and were skipped: "
                    f"{html.escape(', '.join(skipped[:10]))}{' ...' if len(skipped) > 10 else ''} "
                    f"(all in {SUMMARY_NAME}).</p>")
-    page = f"""<!doctype html>
-<html lang=en><head><meta charset=utf-8><title>cam-infer audit</title>
-<style>
-body {{ font: 14px system-ui, sans-serif; margin: 24px; color: #222; }}
-table {{ border-collapse: collapse; margin: 8px 0 24px; }}
-th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; }}
-th {{ background: #f3f3f3; }} th.name {{ text-align: left; font-weight: normal; max-width: 200px;
-  overflow-wrap: anywhere; }}
-.charts {{ display: flex; flex-wrap: wrap; gap: 16px; }} .chart {{ border: 1px solid #ddd; padding: 8px; }}
-.grid td {{ padding: 2px; }} .grid img {{ display: block; width: 128px; }} .err {{ color: #a00; }}
-</style></head><body>
-<h1>cam-infer audit</h1>
-<p>{html.escape(str(summary['protocol'].get('bundle', '')))} · {len(methods)} methods ·
-{max((per_method[m][unit] for m in methods), default=0)} {unit}</p>{errors}
-<h2>Summary (means over {unit}; n = {unit} a mean is over, when not all)</h2>
-<table><tr><th>method</th><th>{unit}</th>{head}</tr>{body}</table>
-<h2>Per metric</h2><div class=charts>{charts}</div>
-<h2>Maps ({len(grid)} images)</h2>
-<table class=grid><tr><th>image</th>{thumbs_head}</tr>{thumbs}</table>{sections}
-<h2>Protocol</h2><ul>{protocol}</ul>
-</body></html>
-"""
-    path = out / HTML_NAME
-    write_atomically(path, page)
-    return path
+    return errors
+
+
+def summary_section(report: Report) -> str:
+    """The table: a line per method, then per baseline (marked); each mean with its 95 % interval."""
+    columns, unit, counts = report.columns, report.unit, report.summary.get("counts", {})
+    intervals = report.summary.get("intervals", {})
+    head = "".join(f"<th>{html.escape(report.shown[c][0])}{_arrow(report.shown[c][1])}</th>" for c in columns)
+    body = ""
+    for name, means in report.rows.items():
+        baseline = name in report.baselines
+        shown_name = f"{html.escape(name)} <small>(baseline)</small>" if baseline else html.escape(name)
+        body += (f"<tr{' class=baseline' if baseline else ''}><th>{shown_name}</th><td>{means.get(unit, '–')}</td>"
+                 + "".join(f"<td>{_cell(means.get(c))}{_count(counts.get(name, {}).get(c), means.get(unit))}"
+                           f"{_ci(intervals.get(name, {}).get(c))}</td>" for c in columns) + "</tr>")
+    return (f"<h2>Summary (means over {unit} with their 95 % bootstrap intervals; n = {unit} a mean is over, "
+            f"when not all; baselines in italics)</h2>\n<table class=summary><tr><th>method</th><th>{unit}</th>"
+            f"{head}</tr>{body}</table>")
+
+
+def charts_section(report: Report) -> str:
+    """A bar chart per metric with a direction, each bar with its interval's error bar; baselines in grey."""
+    intervals = report.summary.get("intervals", {})
+    charts = "".join(_bar_chart(report.shown[c][0], report.shown[c][1],
+                                {m: means.get(c) for m, means in report.rows.items()},
+                                {m: intervals.get(m, {}).get(c) for m in report.rows}, set(report.baselines))
+                     for c in report.columns if report.shown[c][1] is not None)
+    return f"<h2>Per metric (bars: means; whiskers: 95 % intervals)</h2><div class=charts>{charts}</div>"
+
+
+def paired_section(report: Report) -> str:
+    """A line per comparison (each method against the best baseline, then every pair of methods), a column per
+    metric: the mean of A − B with its interval, bold and marked when the interval excludes 0."""
+    paired = report.summary.get("paired", {})
+    if not paired:
+        return ""
+    baselines = set(report.baselines)
+    lines: dict = {}
+    for column, compared in paired.items():
+        for pair in compared:
+            against = "the best baseline" if pair["b"] in baselines else pair["b"]
+            lines.setdefault((pair["a"], against), {})[column] = pair
+    columns = list(paired)
+    head = "".join(f"<th>{html.escape(report.shown.get(c, (c,))[0])}</th>" for c in columns)
+    body = "".join(f"<tr><th class=name>{html.escape(a)} − {html.escape(b)}</th>"
+                   + "".join(_difference(cells.get(c), baselines) for c in columns) + "</tr>"
+                   for (a, b), cells in lines.items())
+    return (f"<h2>Paired differences (A − B per {report.unit[:-1]}: mean and 95 % interval; "
+            "<b class=real>bold ≠</b>: different, the interval excludes 0)</h2>\n"
+            f"<table class=paired><tr><th>A − B</th>{head}</tr>{body}</table>")
+
+
+def _difference(pair, baselines) -> str:
+    if pair is None:
+        return "<td>–</td>"
+    against = f"<br><small>vs {html.escape(pair['b'])}</small>" if pair["b"] in baselines else ""
+    mark = " class=real" if pair["different"] else ""
+    return (f"<td{mark}>{'≠ ' if pair['different'] else ''}{pair['mean']:+.3f}"
+            f"<br><small class=ci>[{pair['low']:+.3f}, {pair['high']:+.3f}]</small>{against}</td>")
+
+
+def maps_section(report: Report) -> str:
+    methods = report.methods
+    thumbs_head = "".join(f"<th>{html.escape(m)}</th>" for m in methods)
+    thumbs = "".join(
+        f"<tr><th class=name>{html.escape(name)}</th>"
+        + "".join(f"<td><img alt='{html.escape(name)} {html.escape(m)}' src='data:image/png;base64,"
+                  f"{base64.b64encode(pngs[m]).decode()}'></td>" if m in pngs else "<td></td>" for m in methods)
+        + "</tr>" for name, pngs in report.grid)
+    return (f"<h2>Maps ({len(report.grid)} images)</h2>\n"
+            f"<table class=grid><tr><th>image</th>{thumbs_head}</tr>{thumbs}</table>")
+
+
+def protocol_section(report: Report) -> str:
+    protocol = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(json.dumps(v))}</li>"
+                       for k, v in report.summary["protocol"].items())
+    bootstrap = report.summary.get("bootstrap")
+    if bootstrap:
+        protocol += f"<li><b>bootstrap</b>: {html.escape(json.dumps(bootstrap))}</li>"
+    return f"<h2>Protocol</h2><ul>{protocol}</ul>"
+
+
+# index.html's sections in order: (name, render); `add_section` puts another one in
+SECTIONS: list[tuple[str, Section]] = [("summary", summary_section), ("charts", charts_section),
+                                       ("paired", paired_section), ("maps", maps_section),
+                                       ("protocol", protocol_section)]
 
 
 def _arrow(higher_better) -> str:
@@ -142,24 +294,41 @@ def _cell(value) -> str:
     return "–" if value is None else f"{value:.3f}"
 
 
-def _count(n, images: int) -> str:
+def _ci(found) -> str:
+    return "" if not found else f"<br><small class=ci>[{found['low']:.3f}, {found['high']:.3f}]</small>"
+
+
+def _count(n, images) -> str:
     """How many images a mean is over, shown when it is not all of them."""
     return "" if n is None or n == images else f" <small class=n>(n={n})</small>"
 
 
-def _bar_chart(title: str, higher_better: bool, values: dict) -> str:
-    """A horizontal bar per method, scaled to the largest value; inline SVG."""
+def _bar_chart(title: str, higher_better: bool, values: dict, intervals: dict | None = None,
+               baselines=frozenset()) -> str:
+    """A horizontal bar per method (baselines grey), scaled to the largest value or interval bound, with the
+    interval as a whisker; inline SVG."""
+    intervals = intervals or {}
     known = {m: v for m, v in values.items() if v is not None and math.isfinite(v)}
-    top = max([abs(v) for v in known.values()] + [1e-12])
+    bounds = [abs(b) for i in intervals.values() if i for b in (i["low"], i["high"]) if math.isfinite(b)]
+    top = max([abs(v) for v in known.values()] + bounds + [1e-12])
     width, row = 220, 22
     bars = []
     for i, (m, v) in enumerate(values.items()):
         y = 24 + i * row
         length = 0 if m not in known else width * abs(known[m]) / top
+        colour = "#aaa" if m in baselines else "#4a7bd0"
         bars.append(f"<text x=0 y={y + 14} font-size=12>{html.escape(m)}</text>"
-                    f"<rect x=120 y={y + 3} width={length:.1f} height=14 fill='#4a7bd0'></rect>"
-                    f"<text x={124 + length:.1f} y={y + 14} font-size=11>{_cell(known.get(m))}</text>")
+                    f"<rect x=120 y={y + 3} width={length:.1f} height=14 fill='{colour}'></rect>")
+        found = intervals.get(m)
+        end = length
+        if found and math.isfinite(found["low"]) and math.isfinite(found["high"]):
+            low, high = (120 + width * abs(found[k]) / top for k in ("low", "high"))
+            low, high = min(low, high), max(low, high)
+            end = max(end, high - 120)
+            bars.append(f"<path class=whisker d='M{low:.1f} {y + 10}H{high:.1f}M{low:.1f} {y + 5}V{y + 15}"
+                        f"M{high:.1f} {y + 5}V{y + 15}' stroke='#222' fill='none'></path>")
+        bars.append(f"<text x={124 + end:.1f} y={y + 14} font-size=11>{_cell(known.get(m))}</text>")
     height = 30 + row * len(values)
     label = f"{title} ({'higher' if higher_better else 'lower'} is better)"
-    return (f"<svg class=chart role=img aria-label='{html.escape(label)}' width={120 + width + 60} height={height}>"
+    return (f"<svg class=chart role=img aria-label='{html.escape(label)}' width={120 + width + 70} height={height}>"
             f"<text x=0 y=14 font-size=13 font-weight=bold>{html.escape(label)}</text>{''.join(bars)}</svg>")

@@ -44,6 +44,7 @@ from ..errors import CamInferError
 from ..images import load_image
 from ..metrics.similarity import spearman, ssim
 from ..outputs import write_atomically
+from .report import add_section
 
 SANITY_CSV = "sanity.csv"
 WEIGHTED = {"Conv": (1, 2), "Gemm": (1, 2), "MatMul": (1,), "QLinearConv": (3, 8), "QLinearMatMul": (3,),
@@ -279,6 +280,10 @@ def _curve_chart(rows, methods, measure: str, n: int) -> str:
     return (f"<svg class=chart role=img aria-label='{html.escape(title)}' width={left + width + 120} "
             f"height={top + height + 24}><text x=0 y=14 font-size=13 font-weight=bold>{html.escape(title)}</text>"
             f"{axes}{''.join(lines)}</svg>")
+
+
+add_section("sanity", lambda report: sanity_section(report.summary["sanity"]) if report.summary.get("sanity") else "",
+            before="protocol")
 
 
 __all__ = ["SANITY_CSV", "Layer", "SanityOptions", "depths", "random_weights", "redraw", "run_sanity",

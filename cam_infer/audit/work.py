@@ -16,6 +16,7 @@ import numpy as np
 
 from ..enhancers import split_variant
 from ..errors import CamInferError, UnreadableImage
+from .baselines import BASELINES, available, explain_baseline
 from ..images import load_image
 from ..metrics import (
     adcc,
@@ -41,11 +42,12 @@ from ..postprocess import encode_png, overlay
 METRICS = ("adcc", "insertion", "deletion", "pointing", "energy", "box")
 LOCALISATION = ("pointing", "energy", "box")    # need ground-truth boxes
 FROM_MASKS = ("pointing", "energy")             # ... or masks (`cam_infer.audit.masks`)
+# baseline 1: a baseline map's row (`cam_infer.audit.baselines`), not a method's.
 # class_id, label, probability: the class the metrics score; a class-agnostic map (class_agnostic 1) explains
 # none, and they are then the model's top-1.
 COLUMNS = ("image", "method", "class_agnostic", "class_id", "label", "probability", "degenerate", "average_drop",
            "increase", "coherency", "complexity", "adcc", "insertion", "deletion", "pointing", "energy", "box_iou",
-           "box_hit", "energy_baseline")
+           "box_hit", "energy_baseline", "baseline")
 THUMBNAIL = 128
 OVERLAYS = "overlays"                 # the report's thumbnails
 
@@ -72,11 +74,13 @@ class AuditOptions:
     method_options: dict = field(default_factory=dict)   # method → {option: value}
     enhance_options: dict = field(default_factory=dict)  # enhancer → {option: value}
     masks: str | None = None             # folder of ground-truth masks: pointing and energy in their regions
+    baselines: tuple[str, ...] | None = None   # baseline maps scored beside the methods; None: all that can be drawn
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["methods"] = list(self.methods)
         d["metrics"] = None if self.metrics is None else list(self.metrics)
+        d["baselines"] = None if self.baselines is None else list(self.baselines)
         return d
 
     def localisable(self, boxes: bool) -> tuple[str, ...]:
@@ -133,12 +137,32 @@ class AuditOptions:
                    deletion_substrate=args.deletion_substrate, insertion_substrate=args.insertion_substrate,
                    auc=args.auc, box_threshold=args.box_threshold, tolerance=args.tolerance,
                    method_options=method_options, enhance_options=enhance_options,
-                   masks=str(Path(args.masks).resolve()) if getattr(args, "masks", None) else None)
+                   masks=str(Path(args.masks).resolve()) if getattr(args, "masks", None) else None,
+                   baselines=parse_baselines(getattr(args, "baselines", "all")))
 
     @classmethod
     def from_dict(cls, d: dict) -> "AuditOptions":
         metrics = None if d.get("metrics") is None else tuple(d["metrics"])
-        return cls(**{**d, "methods": tuple(d["methods"]), "metrics": metrics})
+        baselines = None if d.get("baselines") is None else tuple(d["baselines"])
+        return cls(**{**d, "methods": tuple(d["methods"]), "metrics": metrics, "baselines": baselines})
+
+    def drawn_baselines(self, priors: dict | None) -> tuple[str, ...]:
+        """The baselines scored: those asked for (all by default) that the ground truth given allows."""
+        can = available(priors)
+        return can if self.baselines is None else tuple(b for b in self.baselines if b in can)
+
+
+def parse_baselines(text: str) -> tuple[str, ...] | None:
+    """--baselines: all (the default), none, or a comma-separated list."""
+    if text in ("all", None):
+        return None
+    if text == "none":
+        return ()
+    chosen = tuple(b.strip() for b in text.split(","))
+    unknown = [b for b in chosen if b not in BASELINES]
+    if unknown:
+        raise CamInferError(f"unknown baseline {unknown[0]!r}; baselines: {', '.join(BASELINES)}, all, none")
+    return chosen
 
 
 def with_enhanced_variants(methods, enhancers) -> tuple[str, ...]:
@@ -149,8 +173,11 @@ def with_enhanced_variants(methods, enhancers) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
-def explain_variant(explainer, x, variant: str, target, options: "AuditOptions"):
-    """explain() of a method or a method+enhancer variant, with their options from the audit's."""
+def explain_variant(explainer, x, variant: str, target, options: "AuditOptions", priors: dict | None = None):
+    """explain() of a method or a method+enhancer variant, with their options from the audit's; a baseline's
+    map (`cam_infer.audit.baselines`) for a baseline's name."""
+    if variant in BASELINES:
+        return explain_baseline(explainer, x, variant, target, priors or {})
     method, enhancer = split_variant(variant)
     kwargs = options.method_options.get(method, {})
     if class_agnostic(method):                 # its one map does not depend on the class: scored on the top-1
@@ -201,9 +228,11 @@ class AuditWork:
 
     spec: object                          # ExplainerSpec
     options: AuditOptions
+    priors: dict | None = None            # the dataset's box and mask priors (`cam_infer.audit.baselines`)
 
     def __call__(self, batch) -> dict:
-        return audit_batch(batch, lambda image, boxes: audit_image(self.spec, image, self.options, boxes))
+        return audit_batch(batch, lambda image, boxes: audit_image(self.spec, image, self.options, boxes,
+                                                                   self.priors))
 
 
 def audit_batch(batch, audit) -> dict:
@@ -229,10 +258,11 @@ def thumbnail_name(name: str, method: str) -> str:
     return f"{OVERLAYS}/{name.replace('/', '__').lstrip('.')}__{method}.png"
 
 
-def audit_image(bundle, image, options: AuditOptions, boxes=None) -> dict:
-    """One image file → {"rows": one dict per method (COLUMNS), "thumbnails": method → PNG bytes}.
-    `bundle`: a Bundle, its folder, or an `ExplainerSpec` (the explainer is opened once per process).
-    `boxes`: the image's ground truth, [x1,y1,x2,y2] or {"box": [...], "label": ...}, in its own pixels."""
+def audit_image(bundle, image, options: AuditOptions, boxes=None, priors: dict | None = None) -> dict:
+    """One image file → {"rows": one dict per method, then per baseline (COLUMNS), "thumbnails": method → PNG
+    bytes}. `bundle`: a Bundle, its folder, or an `ExplainerSpec` (the explainer is opened once per process).
+    `boxes`: the image's ground truth, [x1,y1,x2,y2] or {"box": [...], "label": ...}, in its own pixels.
+    `priors`: baseline name → its map in the model's input (the dataset's box and mask priors)."""
     if options.metrics is None:
         options = options.resolved(boxes=True)
     explainer = explainer_for(bundle, options)
@@ -244,16 +274,17 @@ def audit_image(bundle, image, options: AuditOptions, boxes=None) -> dict:
     regions = _masks_in_input(options.masks, image, rgb.shape[:2], explainer) if options.masks else None
     target = _target(explainer, options, truth)
     rows, thumbnails = [], {}
-    for method in options.methods:
-        e = explain_variant(explainer, x, method, target, options)
+    baselines = options.drawn_baselines(priors)
+    for method in (*options.methods, *baselines):
+        e = explain_variant(explainer, x, method, target, options, priors)
         s = e.saliency[0]
         class_id = int(e.targets[0])
         row = dict.fromkeys(COLUMNS, "")
         row.update(image=os.fspath(image), method=method, class_agnostic=int(e.class_agnostic), class_id=class_id,
                    label=explainer.bundle.label(class_id), probability=float(e.scores[0]),
-                   degenerate=int(e.degenerate[0]))
+                   degenerate=int(e.degenerate[0]), baseline=int(method in baselines))
         if "adcc" in options.metrics:
-            row.update(_adcc(explainer, options, x, view, e, method))
+            row.update(_adcc(explainer, options, x, view, e, method, priors))
         for mode in ("insertion", "deletion"):
             if mode in options.metrics:
                 substrate = options.insertion_substrate if mode == "insertion" else options.deletion_substrate
@@ -265,7 +296,8 @@ def audit_image(bundle, image, options: AuditOptions, boxes=None) -> dict:
         if regions is not None:
             row.update(_region_localisation(options, s, regions, class_id, bool(e.degenerate[0])))
         rows.append(row)
-        thumbnails[method] = _thumbnail(view, s)
+        if method not in baselines:
+            thumbnails[method] = _thumbnail(view, s)
     return {"rows": rows, "thumbnails": thumbnails}
 
 
@@ -330,10 +362,10 @@ def _target(explainer, options: AuditOptions, truth):
     return classes.pop()
 
 
-def _adcc(explainer, options: AuditOptions, x, view, e, variant: str) -> dict:
+def _adcc(explainer, options: AuditOptions, x, view, e, variant: str, priors: dict | None) -> dict:
     s = e.saliency
     masked = explanation_inputs(x, s, options.space, [view], explainer.bundle.preprocessing)
-    again = explain_variant(explainer, masked, variant, e.targets, options)   # S′, and O: its class probability
+    again = explain_variant(explainer, masked, variant, e.targets, options, priors)   # S′, and O: its class probability
     o = probabilities_of(again.outputs, explainer.bundle.output_kind)[np.arange(len(e.targets)), e.targets]
     drop = float(average_drop(e.scores, o)[0])
     if options.coherency_at == "input":

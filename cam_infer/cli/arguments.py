@@ -219,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--auc", default="rise", choices=["rise", "recipro"])
     g.add_argument("--box-threshold", type=float, default=0.2, help="fraction of the max kept for the box (0.2)")
     g.add_argument("--tolerance", type=float, default=0.0, help="pointing game tolerance in pixels (paper: 15)")
+    g.add_argument("--baselines", default="all",
+                   help="baseline maps scored beside the methods: all (default: random-map, centre-gaussian, and "
+                        "box-prior / mask-prior with --boxes / --masks), none, or a comma-separated list")
     p.add_argument("--grid", type=int, default=48, help="images shown in the HTML thumbnail grid (default 48)")
     s = p.add_argument_group("model-randomisation sanity check (sanity.csv and a report section)")
     s.add_argument("--sanity", action="store_true", help="also re-draw the model's weights layer by layer and compare "

@@ -207,6 +207,7 @@ def audit_classes(args):
 
 def audit_detections(args):
     from ..detection.audit import run_detection_audit, summary_lines
+    from ..audit.work import parse_baselines
     from ..methods import in_all
     from ..runs import parse_option
     names = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -220,7 +221,8 @@ def audit_detections(args):
         options.setdefault(method, {})[name] = value
     summary = run_detection_audit(args.bundle, args.images, methods, args.out, boxes=args.boxes, backend=args.backend,
                                   device=args.device, tolerance=args.tolerance, options=options, restart=args.force,
-                                  grid=args.grid, report=_say, precision=args.precision, **_scale_out(args))
+                                  grid=args.grid, report=_say, precision=args.precision,
+                                  baselines=parse_baselines(args.baselines), **_scale_out(args))
     return summary, summary_lines(summary, args.out)
 
 

@@ -25,7 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from ..audit import CLEARED, OVERLAYS, boxes_for, load_boxes, thumbnail_grid
-from ..audit.report import CSV_NAME, HTML_NAME, write_csv, write_html
+from ..audit.baselines import GAUSSIAN, RANDOM, baseline_map
+from ..audit.intervals import uncertainty
+from ..audit.report import CSV_NAME, HTML_NAME, write_csv, write_html, write_uncertainty_csvs
 from ..audit.work import audit_batch, thumbnail_png
 from ..errors import CamInferError
 from ..images import load_image
@@ -38,21 +40,25 @@ from ..explainer import Explainer
 ROWS, SUMMARY = "rows.jsonl", "summary.json"
 MEANS = ("energy", "box_fraction", "pointing", "specificity", "truth_iou", "marker_energy", "marker_fraction")
 COLUMNS = ("image", "method", "index", "class_id", "label", "score", "class_agnostic", "degenerate", "uniform",
-           *MEANS)
+           *MEANS, "baseline")
 # column → (shown as, higher is better; None: a reference, what a uniform map scores)
 SHOWN = {"energy": ("Energy in the box", True), "box_fraction": ("Box's share of the image (uniform)", None),
          "pointing": ("Pointing game", True), "specificity": ("Specificity", True),
          "truth_iou": ("IoU with the true box", True), "marker_energy": ("Energy on the marker", True),
          "marker_fraction": ("Marker's share (uniform)", None)}
 GRID = 48
+DRAWN = (RANDOM, GAUSSIAN)            # the baselines a detector's audit draws (no box prior yet)
 
 
 def run_detection_audit(bundle, images, methods, out, *, boxes=None, backend: str = "auto", device: str = "CPU",
                         tolerance: float = 0.0, conf: float | None = None, options: dict | None = None,
                         restart: bool = False, progress: bool | None = None, workers=None, ray: str | None = None,
-                        threads: int | None = None, grid: int = GRID, report=None, precision: str = "f32") -> dict:
+                        threads: int | None = None, grid: int = GRID, report=None, precision: str = "f32",
+                        baselines=None) -> dict:
     """`precision`: what the runtime computes in (recorded in summary.json's settings, resolved). `workers`, `ray` and `threads` choose where the images are worked on (`cam_infer.parallel`);
-    `report(line)`, when given, hears what the methods will cost before the run starts (`cam_infer.cost`)."""
+    `report(line)`, when given, hears what the methods will cost before the run starts (`cam_infer.cost`).
+    `baselines`: the baseline maps scored beside the methods on the same detections (None: the random map and
+    the centre Gaussian, the ones a detector's audit draws; `cam_infer.audit.baselines`)."""
     from ..cost import announce, detection_plan
     from ..jobs.driver import Job, run_job, spec_for
     from ..parallel import make_runner
@@ -64,18 +70,22 @@ def run_detection_audit(bundle, images, methods, out, *, boxes=None, backend: st
         get_method(m, "detection")
     runner = make_runner(workers, ray, threads)
     truth = load_boxes(boxes, explainer.bundle)
+    baselines = tuple(b for b in (DRAWN if baselines is None else baselines) if b in DRAWN)
     settings = {"bundle": str(explainer.bundle.path.resolve()), "methods": list(methods), "boxes": boxes and
                 str(Path(boxes).resolve()), "tolerance": tolerance, "conf": conf, "options": options or {},
-                "precision": explainer.backend.precision}
+                "precision": explainer.backend.precision, "baselines": list(baselines)}
     summary: dict = {}
 
     def write(run, final: bool) -> None:
         write_atomically(run.out / ROWS, "".join(json.dumps(r) + "\n" for r in run.rows))
         write_csv(run.out / CSV_NAME, _csv_rows(run.rows), COLUMNS)
         if final:
-            summary.update(methods=summarise(run.rows, methods), images=len(run.found.files), settings=settings,
+            summary.update(methods=summarise(run.rows, methods), baselines=summarise(run.rows, baselines),
+                           **uncertainty(run.rows, methods, baselines, {c: shown[1] for c, shown in SHOWN.items()}),
+                           images=len(run.found.files), settings=settings,
                            skipped=run.skipped, errors=run.errors, redone=run.redone)
             write_atomically(run.out / SUMMARY, json.dumps(summary, indent=2) + "\n")
+            write_uncertainty_csvs(run.out, summary)
             _write_page(run.out, summary, thumbnail_grid(run.out, run.found.files[:grid], run.found.names, methods),
                         methods)
 
@@ -84,7 +94,7 @@ def run_detection_audit(bundle, images, methods, out, *, boxes=None, backend: st
         return announce(detection_plan(*counted_on, {m: get_method(m) for m in methods}, options), explainer.backend,
                         detector=True)
 
-    work = DetectionAuditWork(spec_for(explainer, runner), tuple(methods), tolerance, conf, options or {})
+    work = DetectionAuditWork(spec_for(explainer, runner), tuple(methods), tolerance, conf, options or {}, baselines)
     job = Job("audit", "an audit", settings, tuple(methods), work, write, names=lambda found: found.names,
               extra=lambda image: boxes_for(truth, image, images) or [], folders=(OVERLAYS,), clear=(ROWS, *CLEARED),
               cost=cost)
@@ -94,18 +104,20 @@ def run_detection_audit(bundle, images, methods, out, *, boxes=None, backend: st
 
 def _csv_rows(rows: list[dict]) -> list[dict]:
     """rows.jsonl's rows as metrics.csv has them: explained detections only, the flags as 0/1."""
-    return [{**r, **{flag: int(bool(r.get(flag))) for flag in ("class_agnostic", "degenerate", "uniform")}}
+    return [{**r, **{flag: int(bool(r.get(flag))) for flag in ("class_agnostic", "degenerate", "uniform", "baseline")}}
             for r in rows if r["method"] is not None]
 
 
 def _write_page(out: Path, summary: dict, grid, methods) -> None:
     """index.html, drawn by the classifier audit's writer from the detector's summary."""
-    per_method = {m: {k: v for k, v in means.items() if not k.endswith("_n")} for m, means in
-                  summary["methods"].items()}
-    counts = {m: {k[:-2]: v for k, v in means.items() if k.endswith("_n")} for m, means in
-              summary["methods"].items()}
-    view = {"methods": per_method, "counts": counts, "protocol": summary["settings"], "errors": summary["errors"],
-            "skipped": summary["skipped"]}
+    def means(group: dict) -> dict:
+        return {m: {k: v for k, v in found.items() if not k.endswith("_n")} for m, found in group.items()}
+
+    everything = {**summary["methods"], **summary["baselines"]}
+    counts = {m: {k[:-2]: v for k, v in found.items() if k.endswith("_n")} for m, found in everything.items()}
+    view = {"methods": means(summary["methods"]), "baselines": means(summary["baselines"]), "counts": counts,
+            "intervals": summary["intervals"], "paired": summary["paired"], "bootstrap": summary["bootstrap"],
+            "protocol": summary["settings"], "errors": summary["errors"], "skipped": summary["skipped"]}
     write_html(out, view, grid, methods, shown=SHOWN, unit="detections")
 
 
@@ -119,22 +131,23 @@ class DetectionAuditWork:
     tolerance: float
     conf: float | None
     options: dict
+    baselines: tuple = ()
 
     def __call__(self, batch) -> dict:
         return audit_batch(batch, self._audit)
 
     def _audit(self, image, truth) -> dict:
         rows, thumbnails = audit_image(self.spec.open(), image, self.methods, truth, self.tolerance, self.conf,
-                                       self.options, thumbnails=True)
+                                       self.options, thumbnails=True, baselines=self.baselines)
         return {"rows": rows or [{"image": str(image), "method": None}], "thumbnails": thumbnails}
 
 
 def audit_image(explainer: Explainer, image, methods, truth: list, tolerance: float, conf, options,
-                thumbnails: bool = False):
-    """One image → its rows (one per method and explained detection); with `thumbnails`, (rows, method →
-    thumbnail PNG of its detections over their maps)."""
+                thumbnails: bool = False, baselines=()):
+    """One image → its rows (one per method and explained detection, then per baseline and the detections the
+    methods explained); with `thumbnails`, (rows, method → thumbnail PNG of its detections over their maps)."""
     rgb = load_image(image)
-    rows, pictures = [], {}
+    rows, pictures, items = [], {}, []
     truth_boxes = [_true_box(t, explainer) for t in truth]
     for method in methods:
         e = explainer.explain([rgb], method, conf=conf, **options.get(method, {}))
@@ -143,18 +156,31 @@ def audit_image(explainer: Explainer, image, methods, truth: list, tolerance: fl
         items = e.items[0]
         for d in items:
             saliency, _ = e.preprocessing.to_image(d.saliency, rgb.shape[:2])
-            box = _pixels(d.box_image, rgb.shape)
-            same_class = [_pixels(o.box_image, rgb.shape) for o in items if o.class_id == d.class_id]
-            row = {"image": str(image), "method": method, "index": d.index, "class_id": d.class_id,
-                   "label": d.label, "score": round(d.score, 5), "class_agnostic": e.class_agnostic,
-                   "degenerate": d.degenerate, "uniform": d.uniform,
-                   "energy": energy_pointing(saliency, [box]),
-                   "box_fraction": _area(box) / float(rgb.shape[0] * rgb.shape[1]),
-                   "pointing": int(pointing_hit(saliency, [box], tolerance, d.degenerate)),
-                   "specificity": energy_pointing(saliency, [box]) / max(energy_pointing(saliency, same_class), 1e-12)}
-            row.update(_against_truth(saliency, np.array(d.box_image), d.class_id, truth_boxes, rgb.shape))
-            rows.append(row)
+            rows.append(_row(image, method, d, saliency, items, rgb.shape, tolerance, truth_boxes,
+                             class_agnostic=e.class_agnostic))
+    for name in baselines:
+        saliency = baseline_map(name, np.moveaxis(rgb, -1, 0), {})             # over the image, as the methods' maps
+        rows += [_row(image, name, d, saliency, items, rgb.shape, tolerance, truth_boxes, baseline=True)
+                 for d in items]
     return (rows, pictures) if thumbnails else rows
+
+
+def _row(image, method: str, d, saliency, items, shape, tolerance: float, truth_boxes, class_agnostic=False,
+         baseline: bool = False) -> dict:
+    """One detection's row: the map `saliency` (over the original image) measured in its box and the truth's."""
+    box = _pixels(d.box_image, shape)
+    same_class = [_pixels(o.box_image, shape) for o in items if o.class_id == d.class_id]
+    degenerate = d.degenerate if not baseline else bool(np.ptp(saliency) == 0)
+    row = {"image": str(image), "method": method, "index": d.index, "class_id": d.class_id,
+           "label": d.label, "score": round(d.score, 5), "class_agnostic": class_agnostic,
+           "degenerate": degenerate, "uniform": d.uniform and not baseline,
+           "energy": energy_pointing(saliency, [box]),
+           "box_fraction": _area(box) / float(shape[0] * shape[1]),
+           "pointing": int(pointing_hit(saliency, [box], tolerance, degenerate)),
+           "specificity": energy_pointing(saliency, [box]) / max(energy_pointing(saliency, same_class), 1e-12),
+           "baseline": baseline}
+    row.update(_against_truth(saliency, np.array(d.box_image), d.class_id, truth_boxes, shape))
+    return row
 
 
 def _true_box(entry, explainer) -> tuple:
