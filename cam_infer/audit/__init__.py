@@ -34,7 +34,7 @@ from .report import (
     write_html,
     write_uncertainty_csvs,
 )
-from .sanity import SANITY_CSV, SanityOptions, check_bundle, run_sanity, sanity_line, write_sanity_csv
+from .sanity import SANITY_CSV, SanityOptions, check_sanity, run_sanity, sanity_line, write_sanity_csv
 from .work import COLUMNS, LOCALISATION, METRICS, OVERLAYS, AuditOptions, AuditWork, audit_image, audit_precision, \
     audit_spec, thumbnail_name
 
@@ -57,7 +57,7 @@ def run_audit(bundle, images, options: AuditOptions, out, *, boxes=None, restart
     bundle = Bundle.load(bundle)
     _check_options(bundle, options)
     if sanity is not None:
-        check_bundle(bundle)
+        check_sanity(bundle, sanity)
     runner = make_runner(workers, ray, threads)
     truth = load_boxes(boxes, bundle)
     if options.target == "truth" and not truth:

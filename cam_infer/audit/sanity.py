@@ -131,8 +131,13 @@ def depths(n: int, steps: int) -> list[int]:
         list(range(1, n + 1))
 
 
-def check_bundle(bundle) -> None:
-    """The check runs on ONNX classifier bundles; anything else is refused with one line."""
+def check_sanity(bundle, sanity: SanityOptions) -> None:
+    """The check runs on ONNX classifier bundles, with at least one step and one image; anything else is
+    refused with one line."""
+    if not (isinstance(sanity.steps, int) and sanity.steps >= 1 and isinstance(sanity.images, int)
+            and sanity.images >= 1):
+        raise CamInferError(f"the sanity check needs at least one step and one image, not {sanity.steps} and "
+                            f"{sanity.images}")
     if bundle.task != "classification":
         raise CamInferError(f"the sanity check runs on classifiers; this bundle's task is {bundle.task}")
     if bundle.graph_format != "onnx":
@@ -163,9 +168,7 @@ def run_sanity(bundle, images, options, sanity: SanityOptions) -> dict:
     from .work import audit_spec, explain_variant
 
     bundle = Bundle.load(bundle) if not isinstance(bundle, Bundle) else bundle
-    check_bundle(bundle)
-    if sanity.steps < 1 or sanity.images < 1:
-        raise CamInferError("the sanity check needs at least one step and one image")
+    check_sanity(bundle, sanity)
     images = list(images)[:sanity.images]
     graphs = [onnx.load(bundle.features_path), onnx.load(bundle.head_path)]
     layers = weight_layers(graphs)
