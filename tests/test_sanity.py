@@ -25,6 +25,7 @@ from cam_infer.audit.sanity import (
     random_weights,
     randomised_bundle,
     run_sanity,
+    step_layers,
     weight_layers,
     with_weights,
 )
@@ -68,7 +69,8 @@ def test_a_step_redraws_exactly_its_layers_and_the_cut_is_the_models(tiny, tmp_p
     before = initializers(bundle)
     x = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
     for k in range(1, len(layers) + 1):
-        chosen = layers[:k] if mode == "cascading" else [layers[k - 1]]
+        chosen = step_layers(layers, mode, k)
+        assert [layer.depth for layer in chosen] == (list(range(1, k + 1)) if mode == "cascading" else [k])
         weights = random_weights(graphs, chosen, seed=3)
         randomised = randomised_bundle(bundle, graphs, weights, tmp_path / f"{mode}{k}")
         after = initializers(randomised)
@@ -189,3 +191,21 @@ def constant_weights_bundle(tmp_path):
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     return split_onnx(model, out=tmp_path / "constants")
+
+
+def test_detectors_and_openvino_ir_bundles_are_refused_in_one_line(tiny, tmp_path):
+    import openvino as ov
+
+    from cam_infer.bundle import split_model
+    from cam_infer.tools.demo import embedded_detector_path
+
+    model, _ = tiny
+    (tmp_path / "i").mkdir()
+    cv2.imwrite(str(tmp_path / "i" / "a.png"), np.zeros((64, 64, 3), np.uint8))
+    assert_one_line_error(run_cli("audit", embedded_detector_path(), tmp_path / "i", "--sanity", "--out",
+                                  tmp_path / "d"), "--sanity runs on classifiers")
+    onnx.save(model, tmp_path / "tiny.onnx")
+    ov.save_model(ov.convert_model(str(tmp_path / "tiny.onnx")), str(tmp_path / "tiny.xml"))
+    ir = split_model(tmp_path / "tiny.xml", out=tmp_path / "ir")
+    assert_one_line_error(run_cli("audit", ir.path, tmp_path / "i", "--methods", "recipro", "--sanity", "--out",
+                                  tmp_path / "o"), "graphs are OpenVINO IR")

@@ -131,6 +131,11 @@ def depths(n: int, steps: int) -> list[int]:
         list(range(1, n + 1))
 
 
+def step_layers(layers: list[Layer], mode: str, k: int) -> list[Layer]:
+    """The layers step k randomises: the last k (cascading) or only the k-th from the output (independent)."""
+    return layers[:k] if mode == "cascading" else [layers[k - 1]]
+
+
 def check_sanity(bundle, sanity: SanityOptions) -> None:
     """The check runs on ONNX classifier bundles, with at least one step and one image; anything else is
     refused with one line."""
@@ -190,7 +195,7 @@ def run_sanity(bundle, images, options, sanity: SanityOptions) -> dict:
     with tempfile.TemporaryDirectory(prefix="cam-infer-sanity-") as work:
         for mode in ("cascading", "independent"):
             for k in depths(len(layers), sanity.steps):
-                chosen = layers[:k] if mode == "cascading" else [layers[k - 1]]
+                chosen = step_layers(layers, mode, k)
                 folder = Path(work) / f"{mode}-{k}"
                 randomised = randomised_bundle(bundle, graphs, random_weights(graphs, chosen, sanity.seed), folder)
                 explainer = open_explainer(randomised, options.backend, options.device, None, gradients,
@@ -290,4 +295,4 @@ add_section("sanity", lambda report: sanity_section(report.summary["sanity"]) if
 
 
 __all__ = ["SANITY_CSV", "Layer", "SanityOptions", "depths", "random_weights", "redraw", "run_sanity",
-           "sanity_line", "sanity_section", "weight_layers", "write_sanity_csv"]
+           "sanity_line", "sanity_section", "step_layers", "weight_layers", "write_sanity_csv"]
