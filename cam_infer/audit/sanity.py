@@ -169,8 +169,9 @@ def randomised_bundle(bundle, graphs, weights: dict, folder: Path):
 
 
 def run_sanity(bundle, images, options, sanity: SanityOptions) -> dict:
-    """The check on the first `sanity.images` image files, every method of the audit `options`:
-    {"options", "layers", "rows" (COLUMNS), "flagged": methods, "notes"}."""
+    """The check on the first `sanity.images` image files, every method of the audit `options`, for the audit's
+    class (its predicted class when the target is ``truth``; the randomised models explain the same class):
+    {"options", "layers", "images", "rows" (COLUMNS), "final_spearman", "flagged": methods, "notes"}."""
     from ..bundle import Bundle
     from ..jobs.explainers import open_explainer
     from .work import audit_spec, explain_variant
@@ -186,14 +187,12 @@ def run_sanity(bundle, images, options, sanity: SanityOptions) -> dict:
     prep = bundle.preprocessing
     x = np.stack([prep.standardise(prep.geometry(load_image(i))) for i in images])
 
-    def maps(explainer, targets=None) -> dict:
-        out = {}
-        for method in options.methods:
-            e = explain_variant(explainer, x, method, targets, options)
-            out[method] = (e.saliency, e.targets)
-        return out
-
-    original = maps(open_explainer(bundle, options.backend, options.device, None, gradients, options.precision))
+    trained = open_explainer(bundle, options.backend, options.device, None, gradients, options.precision)
+    target = None if options.target in ("predicted", "truth") else trained.class_id(options.target, bundle.num_classes)
+    original = {}
+    for method in options.methods:
+        e = explain_variant(trained, x, method, target, options)
+        original[method] = (e.saliency, e.targets)
     rows = []
     with tempfile.TemporaryDirectory(prefix="cam-infer-sanity-") as work:
         for mode in ("cascading", "independent"):
