@@ -64,12 +64,28 @@ def cost(bundle, rounds: int) -> list[str]:
     steps = len({r["step"] for r in result["rows"]})
     n = len(images)
     t_check, t_plain = statistics.median(check), statistics.median(plain)
+    t_similar = similarity_time(len(result["rows"]) * n, bundle.preprocessing.input_size)
+    explaining = (1 + 2 * steps) * t_plain
     return ["| model | layers | steps (cascading + independent) | methods | images | passes per image and method "
-            "| check, s (median) | per image, s | plain explain per image, s | ratio | explaining share |",
-            "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+            "| check, s (median) | per image, s | plain explain per image, s | ratio | explaining | similarity | "
+            "writing and opening the models |",
+            "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
             f"| MobileNetV2 fp32 | {layers} | {steps} + {steps} | recipro, eigen | {n} | 1 + {2 * steps} | "
             f"{t_check:.1f} | {t_check / n:.2f} | {t_plain / n:.3f} | {t_check / t_plain:.0f}× | "
-            f"{(1 + 2 * steps) * t_plain / t_check:.0%} |"]
+            f"{explaining / t_check:.0%} | {t_similar / t_check:.0%} | {1 - (explaining + t_similar) / t_check:.0%} |"]
+
+
+def similarity_time(pairs: int, size) -> float:
+    """Seconds for Spearman and SSIM of `pairs` maps of the input's size (the check's comparisons)."""
+    import numpy as np
+
+    from cam_infer.metrics.similarity import spearman, ssim
+
+    a, b = np.random.default_rng(0).random((2, *size), np.float32)
+    start = time.perf_counter()
+    for _ in range(pairs):
+        spearman(a, b), ssim(a, b)
+    return time.perf_counter() - start
 
 
 def findings(bundles: dict) -> list[str]:
