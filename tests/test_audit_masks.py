@@ -59,6 +59,12 @@ def test_cli_audit_with_masks_reports_region_metrics_and_their_baseline(scenes, 
     assert all(float(r["energy"]) > float(r["energy_baseline"]) > 0 for r in rows[::4])
     summary = json.loads((tmp_path / "audit" / "summary.json").read_text())
     assert set(summary["baselines"]) == {"random-map", "centre-gaussian", "mask-prior"}
+    objects = [s.masks.any(axis=0) for s in generate("cluttered", 3, seed=4)]
+    prior = (objects[0].astype(float) + objects[2]) / 2          # the two audited scenes' object pixels (128² = input)
+    for row, scene in zip(rows[3::4], (0, 2)):
+        s = generate("cluttered", 3, seed=4)[scene]
+        region = objects[scene] if int(row["class_id"]) == s.label else np.zeros((128, 128), bool)
+        assert float(row["energy"]) == pytest.approx(energy_in_region(prior, region), rel=1e-5)
     assert summary["protocol"]["masks"] == str((folder / "masks").resolve())
     assert "energy_baseline" in summary["methods"]["recipro"]
 

@@ -5,7 +5,8 @@
 
 `work.audit_image` does one image; the folder-run driver (`cam_infer.jobs`) streams the folder through
 it and resumes a rerun; this module writes the rows to metrics.csv as they come, the thumbnails, and at the
-end summary.json and index.html.
+end summary.json (with the baselines, intervals and paired differences), summary.csv, paired.csv and
+index.html.
 
 Boxes file (JSON): ``{"photo.jpg": [[x1, y1, x2, y2], ...], "sub/b.png": [{"box": [...], "label": "cat"}]}``,
 keyed by the path as given on the command line, by the path relative to a given folder, or by file
@@ -221,11 +222,14 @@ def thumbnail_grid(out: Path, files, names: dict, methods) -> list[tuple[str, di
 def summary_lines(summary: dict, out) -> list[str]:
     """What `cam-infer audit` prints: per method its means (with n where a mean is over fewer images)."""
     lines = []
-    for method, means in summary["methods"].items():
+    baselines = summary.get("baselines", {})
+    for method, means in {**summary["methods"], **baselines}.items():
         counts = summary["counts"].get(method, {})
         shown = ", ".join(f"{k} {v:.3f}" + (f" (n={counts[k]})" if counts.get(k, means["images"]) != means["images"]
                                              else "") for k, v in means.items() if k != "images")
-        lines.append(f"{method:<14} {means['images']} images: {shown}")
+        lines.append(f"{method:<14} {means['images']} images: {shown}" + (" (baseline)" if method in baselines else ""))
+    if summary.get("paired"):
+        lines.append("95 % intervals and paired differences: summary.csv, paired.csv and the report")
     if summary["redone"]:
         lines.append(f"redid {len(summary['redone'])} image(s) that changed since the last run, e.g. "
                      f"{summary['redone'][0]}")

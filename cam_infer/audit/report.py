@@ -24,13 +24,13 @@ from .work import COLUMNS
 
 CSV_NAME, SUMMARY_NAME, HTML_NAME, ERRORS_NAME = "metrics.csv", "summary.json", "index.html", "errors.json"
 SUMMARY_CSV, PAIRED_CSV = "summary.csv", "paired.csv"      # means with intervals; paired comparisons
-# column → (shown as, higher is better)
+# column → (shown as, higher is better; None: a reference, tabled, not charted nor compared); `add_column` adds one
 SHOWN = {"adcc": ("ADCC (mean per image)", True), "average_drop": ("Average Drop", False),
          "increase": ("Increase in Confidence", True), "coherency": ("Coherency", True),
          "complexity": ("Complexity", False), "insertion": ("Insertion AUC", True), "deletion": ("Deletion AUC", False),
          "pointing": ("Pointing game", True), "energy": ("Energy pointing", True),
          "box_hit": ("Box accuracy (IoU ≥ threshold)", True), "box_iou": ("Box IoU (mean)", True),
-         "energy_baseline": ("Energy of a uniform map (baseline)", False)}
+         "energy_baseline": ("Energy of a uniform map (baseline)", None)}
 
 
 def write_csv(path: Path, rows, columns: tuple[str, ...] = COLUMNS) -> None:
