@@ -244,7 +244,9 @@ def sanity_section(result: dict) -> str:
     method, and a table of both modes; flagged methods named in red."""
     methods = list(dict.fromkeys(r["method"] for r in result["rows"]))
     n = len(result["layers"])
-    charts = "".join(_curve_chart(result["rows"], methods, measure, n) for measure in ("spearman", "ssim"))
+    threshold = result["options"]["threshold"]
+    charts = "".join(_curve_chart(result["rows"], methods, measure, n, threshold if measure == "spearman" else None)
+                     for measure in ("spearman", "ssim"))
     flagged = result["flagged"]
     flags = (f"<p class=err>Flagged: {html.escape(', '.join(flagged))}: {html.escape(result['notes']['flagged'])}"
              ".</p>" if flagged else f"<p>No method flagged (final cascading Spearman ≤ "
@@ -265,9 +267,9 @@ def sanity_section(result: dict) -> str:
             f"{flags}<div class=charts>{charts}</div><table>{head}{body}</table><p>Details in {SANITY_CSV}.</p>")
 
 
-def _curve_chart(rows, methods, measure: str, n: int) -> str:
+def _curve_chart(rows, methods, measure: str, n: int, threshold: float | None) -> str:
     """An inline SVG: x = layers randomised (cascading, 0 = the original: similarity 1), y = the measure in
-    [-1, 1]."""
+    [-1, 1]; the flag's threshold dashed."""
     width, height, left, top = 320, 180, 40, 24
     def point(k, v):
         return left + width * k / n, top + height * (1 - v) / 2
@@ -286,7 +288,13 @@ def _curve_chart(rows, methods, measure: str, n: int) -> str:
             f"<text x=4 y={top + 10} font-size=10>1</text><text x=4 y={zero + 4:.1f} font-size=10>0</text>"
             f"<text x=4 y={top + height} font-size=10>-1</text>"
             f"<text x={left} y={top + height + 16} font-size=10>0</text>"
-            f"<text x={left + width - 12} y={top + height + 16} font-size=10>{n}</text>")
+            f"<text x={left + width - 12} y={top + height + 16} font-size=10>{n}</text>"
+            f"<text x={left + width / 2 - 70} y={top + height + 16} font-size=10>layers randomised (from the "
+            "output)</text>")
+    if threshold is not None:
+        y = point(0, threshold)[1]
+        axes += (f"<line x1={left} y1={y:.1f} x2={left + width} y2={y:.1f} stroke='#a00' stroke-dasharray='4 3'>"
+                 f"</line><text x={left + 4} y={y - 3:.1f} font-size=10 fill='#a00'>flag above {threshold}</text>")
     return (f"<svg class=chart role=img aria-label='{html.escape(title)}' width={left + width + 120} "
             f"height={top + height + 24}><text x=0 y=14 font-size=13 font-weight=bold>{html.escape(title)}</text>"
             f"{axes}{''.join(lines)}</svg>")
