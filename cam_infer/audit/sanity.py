@@ -158,8 +158,9 @@ def randomised_bundle(bundle, graphs, weights: dict, folder: Path):
     from ..bundle import Bundle
     from ..bundle.manifest import sha256_of, write_manifest
 
-    shutil.copytree(bundle.path, folder)
     manifest = dict(bundle.manifest, graphs={k: dict(v) for k, v in bundle.manifest["graphs"].items()})
+    graph_files = [graph["file"] for graph in manifest["graphs"].values()]
+    shutil.copytree(bundle.path, folder, ignore=shutil.ignore_patterns(*graph_files))     # written below
     for role, model in zip(("features", "head"), graphs):
         path = folder / manifest["graphs"][role]["file"]
         onnx.save(with_weights(model, weights), path)
