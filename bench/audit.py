@@ -45,9 +45,8 @@ def main() -> None:
     text = "\n".join(lines).lstrip() + "\n"
     print(text)
     if args.out:
-        old = Path(args.out).read_text() if Path(args.out).exists() else ""
-        cost = old[old.find("## Cost of ROAD and ARCC"):] if "## Cost of ROAD and ARCC" in old else ""
-        Path(args.out).write_text(text + ("\n" + cost if cost else ""))     # bench/road_cost.py's section stays
+        from cam_infer.tools.bench import write_section
+        write_section(args.out, None, text)              # the sections of road_cost.py and audit_sanity.py stay
 
 
 if __name__ == "__main__":

@@ -155,10 +155,8 @@ def main() -> None:
     text = table(m, args.rounds, args.method, f"{load_before} before, load average{load} after", reference)
     print(text)
     if args.out:
-        path = Path(args.out)
-        old = path.read_text() if path.exists() else ""
-        kept = old.split(HEADING)[0].rstrip("\n")
-        path.write_text((kept + "\n\n" if kept else "") + text)
+        from cam_infer.tools.bench import write_section
+        write_section(args.out, HEADING, text)
 
 
 if __name__ == "__main__":

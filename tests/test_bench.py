@@ -58,3 +58,14 @@ def test_progress_bar_counts_and_estimates():
     with Progress(4, "explain", stream=silent, enabled=False) as bar:
         bar.advance(4)
     assert silent.getvalue() == ""
+
+
+def test_a_shared_bench_page_keeps_the_other_scripts_sections(tmp_path):
+    from cam_infer.tools.bench import write_section
+    page = tmp_path / "audit.md"
+    write_section(page, None, "Table of metrics\n| a |")
+    write_section(page, "## Cost of ROAD", "## Cost of ROAD\n\nslow")
+    write_section(page, "## Sanity", "## Sanity\n\nflags")
+    write_section(page, "## Cost of ROAD", "## Cost of ROAD\n\nfaster")             # replaced where it was
+    write_section(page, None, "New table\n| b |")
+    assert page.read_text() == "New table\n| b |\n\n## Cost of ROAD\n\nfaster\n\n## Sanity\n\nflags\n"

@@ -35,6 +35,7 @@ from .report import (
     write_html,
     write_uncertainty_csvs,
 )
+from .sanity import SANITY_CSV, SanityOptions, check_sanity, run_sanity, sanity_line, write_sanity_csv
 from .work import COLUMNS, LOCALISATION, METRICS, OVERLAYS, AuditOptions, AuditWork, audit_image, audit_precision, \
     audit_spec, thumbnail_name
 
@@ -43,18 +44,21 @@ GRID = 48
 
 def run_audit(bundle, images, options: AuditOptions, out, *, boxes=None, restart: bool = False, grid: int = GRID,
               progress: bool | None = None, workers=None, ray: str | None = None, threads: int | None = None,
-              report=None) -> dict:
+              report=None, sanity=None) -> dict:
     """Audit the images (files and folders); returns the summary. Unreadable images are listed in
     the summary's ``errors`` and skipped. `workers` (N or "auto": processes on this machine), `ray` (a
     Ray address) and `threads` (runtime threads per worker) choose where the images are worked on
     (`cam_infer.parallel`); the files written are the same. `report(line)`, when given, hears what the
-    methods will cost before the run starts (`cam_infer.cost`)."""
+    methods will cost before the run starts (`cam_infer.cost`). `sanity` (a `SanityOptions`): also the
+    model-randomisation sanity check (`cam_infer.audit.sanity`): sanity.csv, summary["sanity"], its section."""
     from ..bundle import Bundle
     from ..jobs.driver import Job, run_job
     from ..parallel import make_runner
 
     bundle = Bundle.load(bundle)
     _check_options(bundle, options)
+    if sanity is not None:
+        check_sanity(bundle, sanity)
     runner = make_runner(workers, ray, threads)
     truth = load_boxes(boxes, bundle)
     if options.target == "truth" and not truth:
@@ -76,6 +80,8 @@ def run_audit(bundle, images, options: AuditOptions, out, *, boxes=None, restart
             summary.update(summarise(csv_rows(run.out / CSV_NAME), options.methods, protocol, run.errors,
                                      options.drawn_baselines(priors)),
                            skipped=run.skipped, redone=run.redone, skipped_metrics=list(skipped_metrics))
+            if sanity is not None:
+                _sanity(bundle, run, options, sanity, summary)
             write_atomically(run.out / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
             write_uncertainty_csvs(run.out, summary)
             write_html(run.out, summary, thumbnail_grid(run.out, run.found.files[:grid], run.found.names,
@@ -89,7 +95,8 @@ def run_audit(bundle, images, options: AuditOptions, out, *, boxes=None, restart
     return summary
 
 
-CLEARED = (CSV_NAME, SUMMARY_NAME, SUMMARY_CSV, PAIRED_CSV, ERRORS_NAME, HTML_NAME, OVERLAYS)   # what --force removes
+CLEARED = (CSV_NAME, SUMMARY_NAME, SUMMARY_CSV, PAIRED_CSV, ERRORS_NAME, HTML_NAME, OVERLAYS,
+           SANITY_CSV)   # what --force removes
 
 
 def _priors(bundle, images, truth: dict, options: AuditOptions) -> dict:
@@ -104,6 +111,15 @@ def _priors(bundle, images, truth: dict, options: AuditOptions) -> dict:
     priors = dataset_priors(collect_images(images).files, lambda path: boxes_for(truth, path, images),
                             bundle.preprocessing, options.masks, labels)
     return {name: prior for name, prior in priors.items() if name in wanted}
+
+
+def _sanity(bundle, run, options: AuditOptions, sanity, summary: dict) -> None:
+    """The sanity check on the run's readable images: sanity.csv and summary["sanity"] (its report section:
+    `sanity.sanity_section`)."""
+    unreadable = {e["image"] for e in run.errors}
+    result = run_sanity(bundle, [f for f in run.found.files if str(f) not in unreadable], options, sanity)
+    write_sanity_csv(run.out / SANITY_CSV, result)
+    summary["sanity"] = result
 
 
 def _cost(spec, options: AuditOptions, runner) -> str:
@@ -222,8 +238,10 @@ def summary_lines(summary: dict, out) -> list[str]:
     if summary["skipped"]:
         lines.append(f"skipped {len(summary['skipped'])} file(s) that are not images, e.g. {summary['skipped'][0]} "
                      "(all listed in summary.json)")
+    if summary.get("sanity"):
+        lines.append(sanity_line(summary["sanity"]))
     lines.append(f"report: {Path(out) / 'index.html'} (metrics.csv, summary.json)")
     return lines
 
 
-__all__ = ["AuditOptions", "COLUMNS", "METRICS", "audit_image", "run_audit", "summary_lines"]
+__all__ = ["AuditOptions", "COLUMNS", "METRICS", "SanityOptions", "audit_image", "run_audit", "summary_lines"]

@@ -224,6 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="baseline maps scored beside the methods: all (default: random-map, centre-gaussian, and "
                         "box-prior / mask-prior with --boxes / --masks), none, or a comma-separated list")
     p.add_argument("--grid", type=int, default=48, help="images shown in the HTML thumbnail grid (default 48)")
+    s = p.add_argument_group("model-randomisation sanity check (sanity.csv and a report section)")
+    s.add_argument("--sanity", action="store_true", help="also re-draw the model's weights layer by layer and compare "
+                                                          "each method's maps with the original's")
+    s.add_argument("--sanity-steps", type=int, default=8, help="depths checked, spread over the layers (default 8)")
+    s.add_argument("--sanity-images", type=int, default=8, help="the first N images of the audit (default 8)")
+    s.add_argument("--sanity-seed", type=int, default=0, help="seed of the random weights (default 0)")
     _scale_out(p)
 
     p = sub.add_parser("diff", help="compare two models' predictions and maps on the same images (fp32 vs int8, "

@@ -205,6 +205,8 @@ def bench(args) -> int:
 
 def audit(args) -> int:
     from ..bundle import Bundle
+    if args.sanity and Bundle.load(args.bundle).task == "detection":
+        raise CamInferError("--sanity runs on classifiers; a detector audit has no sanity check yet")
     summary, lines = (audit_detections if Bundle.load(args.bundle).task == "detection" else audit_classes)(args)
     for line in lines:
         print(line)
@@ -215,11 +217,12 @@ def audit(args) -> int:
 
 
 def audit_classes(args):
-    from ..audit import AuditOptions, run_audit, summary_lines
+    from ..audit import AuditOptions, SanityOptions, run_audit, summary_lines
     from ..methods.registry import class_agnostic, class_agnostic_note
     options = AuditOptions.from_arguments(args)
+    sanity = SanityOptions(args.sanity_steps, args.sanity_images, args.sanity_seed) if args.sanity else None
     summary = run_audit(args.bundle, args.images, options, args.out, boxes=args.boxes, restart=args.force,
-                        grid=args.grid, report=_say, **_scale_out(args))
+                        grid=args.grid, report=_say, sanity=sanity, **_scale_out(args))
     lines = summary_lines(summary, args.out)
     agnostic = [m for m in options.methods if class_agnostic(m)]
     if agnostic and options.target != "predicted":

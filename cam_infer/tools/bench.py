@@ -159,6 +159,24 @@ class Report:
             Path(path).write_text("\n".join(self.lines).lstrip() + "\n")
 
 
+def write_section(path, heading: str | None, text: str) -> None:
+    """Write `text` as one section of a markdown page that several benchmarks share: the section that starts with the
+    line `heading` (up to the next ``## `` line) is replaced, or appended; heading None is the part before the first
+    ``## `` line. `text` starts with its heading line."""
+    from pathlib import Path
+    page = Path(path)
+    old = page.read_text(encoding="utf-8") if page.is_file() else ""
+    sections, current = {None: []}, None
+    for line in old.splitlines():
+        if line.startswith("## "):
+            current = line.strip()
+            sections[current] = []
+        sections[current].append(line)
+    sections[heading.strip() if heading else None] = text.strip("\n").splitlines()
+    parts = ["\n".join(lines).strip("\n") for lines in sections.values()]
+    page.write_text("\n\n".join(p for p in parts if p) + "\n", encoding="utf-8")
+
+
 HEADER = ("| backend | method | median ms/image | forward ms | ratio to forward | peak MB |\n"
           "|---|---|---:|---:|---:|---:|")
 
