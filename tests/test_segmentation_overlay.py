@@ -1,0 +1,109 @@
+"""What users see of a segmenter's explanation: the region's outline per class, the caption, the files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cam_infer import Explainer
+from cam_infer.detection.overlay import COLOURS
+from cam_infer.errors import CamInferError
+from cam_infer.segmentation_overlay import draw_outlines, region_source
+
+ROOT = Path(__file__).resolve().parent.parent
+SEGMENTER = ROOT / "cam_infer" / "data" / "shapes_segmenter" / "shapes_segmenter.onnx"
+LABELS = ["background", "circle", "square", "triangle", "cross"]
+
+
+def boundary(mask: np.ndarray) -> np.ndarray:
+    """The region's pixels with a 4-neighbour outside it (brute force)."""
+    padded = np.pad(mask, 1)
+    inner = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return mask & ~inner
+
+
+def test_outline_is_drawn_on_the_region_boundary_and_nowhere_far_from_it():
+    picture = np.full((100, 120, 3), 90, np.uint8)
+    region = np.zeros((80, 120), bool)                  # the image starts 20 rows down, under a caption
+    region[30:60, 40:90] = True
+    out = draw_outlines(picture, [region], [None], top=20)
+    colour = np.all(out[20:] == COLOURS[0], axis=2)
+    assert colour[boundary(region)].all()
+    near = np.zeros_like(region)
+    ys, xs = np.nonzero(boundary(region))
+    for dy in range(-2, 3):
+        for dx in range(-2, 3):
+            near[np.clip(ys + dy, 0, 79), np.clip(xs + dx, 0, 119)] = True
+    changed = np.any(out[20:] != picture[20:], axis=2)
+    assert not (changed & ~near).any()
+    assert (out[:20] == picture[:20]).all()             # the caption is left alone
+
+
+def test_outlines_of_several_regions_take_their_own_colours_and_labels():
+    picture = np.full((90, 90, 3), 90, np.uint8)
+    a, b = np.zeros((90, 90), bool), np.zeros((90, 90), bool)
+    a[40:60, 10:30], b[40:80, 50:80] = True, True
+    plain = draw_outlines(picture, [a, b], [None, None])
+    labelled = draw_outlines(picture, [a, b], ["cat", "dog"])
+    for k, region in enumerate((a, b)):
+        assert np.all(plain[boundary(region)] == COLOURS[k], axis=1).all()
+    above = np.any(labelled != plain, axis=2)
+    assert above[:40, 10:30].any() and above[:40, 50:80].any()       # a chip above each region's top
+
+
+@pytest.mark.parametrize("region, source", [(None, "predicted"), ("mask.png", "mask"), (np.zeros((4, 4)), "mask"),
+                                            ([1, 2, 3, 4], "box"), ((5, 6), "pixel")])
+def test_region_source_says_where_the_region_came_from(region, source):
+    assert region_source(region) == source
+
+
+@pytest.fixture(scope="module")
+def segmenter_and_scene(tmp_path_factory):
+    from cam_infer.bundle.segmentation import split_segmenter
+    from cam_infer.tools.synthetic import write_segmentation_scenes
+
+    work = tmp_path_factory.mktemp("segmentation-overlay")
+    scenes = write_segmentation_scenes(work / "scenes", 2)
+    bundle = split_segmenter(SEGMENTER, out=work / "bundle", labels=LABELS)
+    return Explainer(bundle, backend="onnxruntime"), sorted((scenes / "images").glob("*.png"))
+
+
+def test_overlay_outlines_each_explained_region_in_the_models_view(segmenter_and_scene):
+    ex, images = segmenter_and_scene
+    e = ex.explain(images[1], "activation", target="all")
+    items = e.items[0]
+    assert len(items) >= 2
+    for j, s in enumerate(items):
+        picture = e.overlay(0, j, on="model")
+        top = picture.shape[0] - s.region.shape[0]
+        white = np.all(picture[top:, :s.region.shape[1]] == COLOURS[0], axis=2)
+        assert white[boundary(s.region)].mean() > 0.9                  # the label chip may hide a few
+    every = e.overlay(0, None, on="model")
+    top = every.shape[0] - items[0].region.shape[0]
+    for k, s in enumerate(items):
+        drawn = np.all(every[top:, :s.region.shape[1]] == COLOURS[k], axis=2)
+        assert drawn[boundary(s.region)].mean() > 0.5
+
+
+def test_overlay_on_the_original_and_saved_files_name_each_class(segmenter_and_scene, tmp_path):
+    ex, images = segmenter_and_scene
+    e = ex.explain(images[1], "recipro", target="all")
+    picture = e.overlay(0, 0)
+    assert picture.shape[1] >= e.images[0].shape[1] and picture.shape[0] > e.images[0].shape[0]
+    paths = e.save(tmp_path)
+    assert [p.name.split("_recipro_")[1] for p in paths] == [f"{j}_{s.label}.png" for j, s in enumerate(e.items[0])]
+    with pytest.raises(CamInferError, match="target 9 does not exist"):
+        e.overlay(0, 9)
+
+
+def test_a_class_agnostic_map_over_a_box_names_no_class_and_says_box(segmenter_and_scene, tmp_path):
+    ex, images = segmenter_and_scene
+    e = ex.explain(images[0], "activation", region=[10, 10, 60, 60])
+    record = e.records()[0][0]
+    assert record["region"] == "box" and "label" not in record and "class_id" not in record
+    from cam_infer.segmentation_overlay import _caption
+    text = _caption(e.method, e.items[0])
+    assert "class-agnostic" in text and "box region" in text
+    assert [p.name for p in e.save(tmp_path)] == [f"{images[0].stem}_activation.png"]
