@@ -275,7 +275,8 @@ def check_classifier_output(shape: tuple, name: str, input_size: tuple[int, int]
     shown = "(N," + ",".join(str(d) for d in shape[1:]) + ")"     # '?': a size that depends on the input
     guess = _task_guess(shape, input_size)
     tail = ("; split it with --task detection (YOLO-style layouts)" if guess.startswith("detector")
-            else ", and cam-infer explains classifiers and YOLO-style detectors only")
+            else "; split it with --task segmentation" if guess.startswith("segmentation")
+            else ", and cam-infer explains classifiers, YOLO-style detectors and segmenters only")
     raise CamInferError(f"the model output '{name}' is {shown}, not class scores (N,C): this looks like a {guess}"
                         + tail)
 

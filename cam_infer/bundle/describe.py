@@ -44,7 +44,8 @@ def describe(bundle) -> str:
         "head ops     " + ", ".join(f"{op} x{n}" for op, n in m["graphs"]["head"]["ops"].items()),
         f"output       '{m['output']['name']}': {bundle.num_classes} classes, {bundle.output_kind}"
         + (f" (the model's {' -> '.join(m['output']['left_out'])} after them is left out: probabilities are "
-           "their softmax)" if m["output"].get("left_out") else ""),
+           "their softmax)" if m["output"].get("left_out") else "")
+        + (segmentation_note(m["output"]) if bundle.task == "segmentation" else ""),
         "labels       " + (f"{len(labels)} ({', '.join(labels[:3])}{', ...' if len(labels) > 3 else ''})"
                             if labels else "none (class indices)"),
         f"batch        {batch}",
@@ -56,6 +57,14 @@ def describe(bundle) -> str:
         + (f", exported with {m['provenance']['exporter']}" if m["provenance"].get("exporter") else ""),
     ]
     return "\n".join(lines)
+
+
+def segmentation_note(output: dict) -> str:
+    """A segmenter's scores: per pixel, their class axis in the model, and an ArgMax left out."""
+    c, h, w = output["shape"]
+    return (f" per pixel, (N,{c},{h},{w}); class axis {output['model_class_axis']} of the model's "
+            f"{output['model_layout']} scores" + (" (its ArgMax after them is left out: maps explain the scores, "
+                                                 "not class ids)" if output.get("ends_in_argmax") else ""))
 
 
 def tokens_note(tokens: dict | None) -> str:

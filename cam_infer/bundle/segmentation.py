@@ -63,6 +63,15 @@ class SegmentationOutput:
                 "ends_in_argmax": self.argmax}
 
 
+def is_segmenter(model: onnx.ModelProto) -> bool:
+    """Whether a model's declared output is per-pixel: (N,C,H,W)/(N,H,W,C) scores, or an ArgMax's class ids."""
+    output = model.graph.output[0]
+    rank = len(output.type.tensor_type.shape.dim)
+    if rank == 4:
+        return True
+    return rank == 3 and any(n.op_type == "ArgMax" and output.name in n.output for n in model.graph.node)
+
+
 def segmentation_output(graph: Graph) -> SegmentationOutput:
     """Read the class scores of a segmenter, or refuse in one line saying what the output is."""
     source = graph.scores_output.name

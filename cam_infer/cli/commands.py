@@ -25,6 +25,12 @@ def split(args) -> int:
                                       overwrite=args.force, conf=args.conf, iou=args.iou,
                                       interpolation=args.interpolation)))
         return 0
+    if _is_segmentation(args):
+        from ..bundle.segmentation import split_segmenter
+        print(describe(split_segmenter(args.model, layer=args.layer, out=args.out, input_size=size, labels=args.labels,
+                                       preprocessing=preprocessing_fields(args), overwrite=args.force,
+                                       layout=args.layout)))
+        return 0
     print(describe(split_model(args.model, layer=args.layer, out=args.out, input_size=size, labels=args.labels,
                                preprocessing=preprocessing_fields(args), overwrite=args.force, layout=args.layout)))
     return 0
@@ -38,6 +44,16 @@ def _is_detection(args) -> bool:
     from ..bundle.graph import load_onnx
     from ..detection.anatomy import is_detector
     return is_detector(load_onnx(args.model))
+
+
+def _is_segmentation(args) -> bool:
+    if args.task != "auto":
+        return args.task == "segmentation"
+    if not str(args.model).lower().endswith(".onnx"):
+        return False
+    from ..bundle.graph import load_onnx
+    from ..bundle.segmentation import is_segmenter
+    return is_segmenter(load_onnx(args.model))
 
 
 def export(args) -> int:

@@ -113,3 +113,9 @@ def ablation_detections(ctx, targets, *, score: Literal["anchor", "match"] = "an
             maps[i] = np.tensordot(drops.astype(np.float32), ctx.level_maps()[i], axes=1)
         out.append(unit_free(maps, ctx.size))
     return out
+
+
+@implements("ablation", "segmentation", cost="K head rows per target")
+def ablation_segments(ctx: Context, *, score: Literal["logit", "prob"] = "logit") -> np.ndarray:
+    """(S − S_k)/|S| per channel, S the region score (`tasks.segmentation`), S_k with channel k zeroed"""
+    return ablation(ctx, score=score, closed_form=False)

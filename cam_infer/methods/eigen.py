@@ -185,3 +185,9 @@ def _centred(b, row: str) -> str:
 def _dot(b, x: str, y: str) -> str:
     """Σ over the last axis of two (N,1,n) rows → (N,1,1)."""
     return b.reduce("ReduceSum", b.op("Mul", x, y), [2])
+
+
+@implements("eigen", "segmentation", cost="no extra pass (an SVD per image)")
+def eigen_segments(ctx: Context, *, centered: bool = False) -> np.ndarray:
+    """first principal component of the cut, one map per image whatever the class and region"""
+    return eigen(ctx, centered=centered)

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..kernels import histogram_entropy, spatial_entropy
 from ..errors import CamInferError
-from .registry import Context, fused, method
+from .registry import Context, fused, implements, method
 
 TINY = 1e-30
 
@@ -59,3 +59,10 @@ def entropy_onnx(f, *, estimator: str = "spatial", weighting: str = "entropy") -
         weights = b.op("Sub", b.const(1.0), weights, hint="negentropy")
     row = b.reshape(weights, (0, 1, k), hint="weights")                                             # (N,1,K)
     return b.reshape(b.op("MatMul", row, f.channels_by_position()), (0, h, w), hint="map")
+
+
+@implements("entropy", "segmentation", cost="no extra pass")
+def entropy_segments(ctx: Context, *, estimator: Literal["spatial", "histogram"] = "spatial",
+                     weighting: Literal["entropy", "negentropy"] = "entropy") -> np.ndarray:
+    """entropy-weighted channel sum of the cut, one map per image whatever the class and region"""
+    return entropy(ctx, estimator=estimator, weighting=weighting)

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..numerics import softmax
 from .masked_passes import batched_scores, channel_passes, full_passes_of, masks, rows_per_call, selected_channels
-from .registry import Context, method
+from .registry import Context, implements, method
 
 
 def coefficients(preset: str, samples: int) -> np.ndarray:
@@ -50,3 +50,10 @@ def is_cam(ctx: Context, *, preset: Literal["torchcam", "linear"] = "torchcam", 
         weights[channels] = softmax(scores.reshape(len(channels), samples).mean(axis=1).astype(np.float64))
         maps[i] = np.tensordot(weights, a, axes=1)
     return maps
+
+
+@implements("is-cam", "segmentation", in_all=False, cost="K·N full passes per target (N = samples, 10)")
+def is_cam_segments(ctx: Context, *, preset: Literal["torchcam", "linear"] = "torchcam", samples: int = 10,
+                    top_k: int | None = None) -> np.ndarray:
+    """IS-CAM on the region score"""
+    return is_cam(ctx, preset=preset, samples=samples, top_k=top_k)

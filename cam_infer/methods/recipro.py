@@ -166,14 +166,23 @@ def block_cells(h: int, w: int, block: int, cells=None) -> list[tuple[int, int, 
 
 
 def segment_passes(shape, options: dict, linear_head: bool) -> Passes:
-    """h·w head rows per target; none on a linear tail (`tail.LinearTail`)."""
+    """h·w head rows per target; none with the linear-tail shortcut."""
     _, h, w = shape
-    return Passes(head=h * w)
+    return Passes() if options.get("shortcut", True) and options.get("kernel", "onehot") == "onehot" else \
+        Passes(head=h * w)
 
 
 @implements("recipro", "segmentation", passes=segment_passes,
-            cost="h·w head rows per target (none on a 1×1-conv + resize tail)")
-def recipro_segments(ctx: Context, *, score: Literal["logit", "prob"] = "logit",
-                     kernel: Literal["onehot", "gaussian3"] = "onehot") -> np.ndarray:
-    """S(i,j) = (1/|R|) Σ_{p∈R} y_c(head(A ⊙ M_ij))(p): the region score with the cut kept at one position"""
+            cost="h·w head rows per target; none on a 1×1-conv + bilinear-resize tail (exact shortcut)")
+def recipro_segments(ctx: Context, *, score: Literal["prob", "logit"] = "prob",
+                     kernel: Literal["onehot", "gaussian3"] = "onehot", shortcut: bool = True) -> np.ndarray:
+    """S(i,j) = (1/|R|) Σ_{p∈R} y_c(head(A ⊙ M_ij))(p): the region score with the cut kept at one position
+
+    With a linear tail (`bundle.linear_tail`: DeepLab's 1×1 conv then bilinear resize) and the one-hot mask,
+    the masked logits differ from the bias only inside the resize's support of (i, j): the region score is
+    computed there, exactly, without head passes (``shortcut=False`` runs the head, for checking)."""
+    if shortcut and kernel == "onehot" and getattr(ctx, "tail", None) is not None:
+        activation = "softmax" if score == "prob" and ctx.kind == "logits" else ctx.tail.activation
+        return np.stack([ctx.tail.recipro_scores(ctx.activations[i], int(ctx.targets[i]), ctx.regions[i], activation)
+                         for i in range(len(ctx.targets))])
     return recipro(ctx, score=score, kernel=kernel, closed_form=False)

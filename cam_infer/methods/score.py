@@ -107,3 +107,10 @@ def channel_weights(count: int, channels: np.ndarray, values: np.ndarray) -> np.
     w = np.zeros(count, np.float32)
     w[channels] = values
     return w
+
+
+@implements("score", "segmentation", in_all=False, cost="1 full pass per channel (K, or top_k) per target")
+def score_segments(ctx: Context, *, weighting: Literal["reference", "channel-softmax"] = "reference",
+                   top_k: int | None = None) -> np.ndarray:
+    """Score-CAM with the region score of the masked inputs as each channel's weight"""
+    return score(ctx, weighting=weighting, top_k=top_k)

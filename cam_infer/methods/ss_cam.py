@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import CamInferError
 from ..numerics import softmax
 from .masked_passes import batched_scores, channel_passes, full_passes_of, masks, rows_per_call, selected_channels
-from .registry import Context, method
+from .registry import Context, implements, method
 
 
 @method("ss-cam", needs="model", cost="K·N full passes (N = samples, 35)", in_all=False,
@@ -77,3 +77,12 @@ def _noisy_inputs(x: np.ndarray, m: np.ndarray, preset: str, samples: int, std: 
                 yield base + sigma * sample
             else:
                 yield (mask + sigma * sample) * x
+
+
+@implements("ss-cam", "segmentation", in_all=False, cost="K·N full passes per target (N = samples, 35)")
+def ss_cam_segments(ctx: Context, *, preset: Literal["torchcam", "paper-mask", "paper-input"] = "torchcam",
+                    samples: int = 35, std: float = 2.0, sigma_is_variance: bool = True, top_k: int | None = None,
+                    seed: int = 0) -> np.ndarray:
+    """SS-CAM on the region score"""
+    return ss_cam(ctx, preset=preset, samples=samples, std=std, sigma_is_variance=sigma_is_variance, top_k=top_k,
+                  seed=seed)

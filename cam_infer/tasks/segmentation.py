@@ -66,6 +66,7 @@ class SegmentationContext(Context):
 
     regions: np.ndarray | None = None
     kind: str = "logits"
+    tail: object = None           # a `bundle.linear_tail.LinearTail`: the head as 1×1 conv + bilinear resize
 
     def probabilities(self, outputs: np.ndarray) -> np.ndarray:
         return softmax(outputs, axis=1) if self.kind == "logits" else outputs
@@ -92,6 +93,15 @@ class SegmentationTask(Task):
     name = "segmentation"
     requests = frozenset({"region"})
 
+    def open(self) -> None:
+        """Read the head as a linear tail (1×1 conv + bilinear resize), verified, when it is one."""
+        self.tail = None
+        if self.bundle.graph_format == "onnx":
+            import onnx
+
+            from ..bundle.linear_tail import read_linear_tail
+            self.tail = read_linear_tail(onnx.load(self.bundle.head_path), self.bundle.activation_shape)
+
     def run_method(self, spec, ctx, targets, options: dict) -> np.ndarray:
         return spec.implementation(self.name)(ctx, **options)
 
@@ -106,7 +116,7 @@ class SegmentationTask(Task):
                                       activations=np.repeat(activations[i:i + 1], k, axis=0),
                                       targets=np.array(classes, np.int64), outputs=np.repeat(outputs[i:i + 1], k, 0),
                                       backend=self.explainer.backend, bundle=self.bundle, regions=regions,
-                                      kind=self.bundle.output_kind)
+                                      kind=self.bundle.output_kind, tail=self.tail)
             jobs.append((ctx, classes))
         return jobs
 

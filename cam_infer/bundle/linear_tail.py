@@ -1,0 +1,149 @@
+"""A segmenter head that is a 1×1 convolution then a bilinear resize (DeepLab's, our own segmenter's), read as
+matrices: y = act(R_y · (W·A + b) · R_xᵀ) per class, W (C,K), b (C,), R_y (H,h), R_x (W,w) the resize's
+interpolation weights along each axis (bilinear resizing is separable), act the head's Sigmoid or Softmax over
+the classes, if any.
+
+What it buys (`recipro_scores`): with the cut kept at one position q only (Recipro-CAM's one-hot mask), the
+logits are b everywhere except within the resize's support of q, where they are b + u_p·(W·A[:,q]), u_p =
+R_y[p_y,q_y]·R_x[p_x,q_x]. The region score (1/|R|) Σ_{p∈R} y_c(p) is then computed on those few pixels, the
+others giving act(b)_c: exact, and no head pass at the input's resolution per position.
+
+The reading is checked against a float32 run of the head graph on random activations (`read_linear_tail`);
+a head it does not reproduce is not used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+ACTIVATIONS = {"Sigmoid": "sigmoid", "Softmax": "softmax"}
+
+
+@dataclass(frozen=True)
+class LinearTail:
+    weight: np.ndarray        # (C,K)
+    bias: np.ndarray          # (C,)
+    ry: np.ndarray            # (H,h)
+    rx: np.ndarray            # (W,w)
+    activation: str           # "none" | "sigmoid" | "softmax" (over the classes)
+
+    def logits(self, a: np.ndarray) -> np.ndarray:
+        """(N,K,h,w) → the logits at the output's size (N,C,H,W), before the activation."""
+        z = np.einsum("ck,nkhw->nchw", self.weight, a) + self.bias[None, :, None, None]
+        return np.einsum("Hh,nchw,Ww->ncHW", self.ry, z, self.rx, optimize=True)
+
+    def scores(self, a: np.ndarray) -> np.ndarray:
+        """(N,K,h,w) → what the head returns, (N,C,H,W)."""
+        return apply(self.logits(a), self.activation)
+
+    def recipro_scores(self, a: np.ndarray, c: int, region: np.ndarray, activation: str) -> np.ndarray:
+        """S(q) = (1/|R|) Σ_{p∈R} act(b + u_p·W·A[:,q])_c for every position q of a (K,h,w) → (h,w)."""
+        _, h, w = a.shape
+        v = np.einsum("ck,khw->chw", self.weight, a).astype(np.float64)
+        base = float(apply(self.bias.astype(np.float64)[:, None, None], activation)[c, 0, 0])
+        total = int(region.sum())
+        rows = [np.flatnonzero(self.ry[:, i]) for i in range(h)]
+        cols = [np.flatnonzero(self.rx[:, j]) for j in range(w)]
+        out = np.empty((h, w), np.float64)
+        for i in range(h):
+            for j in range(w):
+                ys, xs = rows[i], cols[j]
+                inside = region[np.ix_(ys, xs)]
+                if not inside.any():
+                    out[i, j] = base
+                    continue
+                u = np.outer(self.ry[ys, i], self.rx[xs, j])[inside]                       # (P,)
+                z = self.bias[:, None] + v[:, i, j][:, None] * u[None]                        # (C,P)
+                y = apply(z[:, :, None], activation)[c, :, 0]
+                out[i, j] = (base * (total - len(u)) + y.sum()) / total
+        return out.astype(np.float32)
+
+
+def apply(z: np.ndarray, activation: str) -> np.ndarray:
+    """The activation over the class axis (0 of (C,...), 1 of (N,C,...): the one of length C)."""
+    axis = 1 if z.ndim == 4 else 0
+    if activation == "sigmoid":
+        return 1.0 / (1.0 + np.exp(-z))
+    if activation == "softmax":
+        e = np.exp(z - z.max(axis=axis, keepdims=True))
+        return e / e.sum(axis=axis, keepdims=True)
+    return z
+
+
+def read_linear_tail(head: onnx.ModelProto, activation_shape: tuple[int, int, int]) -> LinearTail | None:
+    """The head as a `LinearTail`, verified against the graph on random activations; None when it is not one."""
+    nodes = [n for n in head.graph.node if n.op_type != "Identity"]
+    constants = {n.output[0]: n for n in nodes if n.op_type == "Constant"}
+    nodes = [n for n in nodes if n.op_type != "Constant"]
+    if len(nodes) not in (2, 3) or nodes[0].op_type != "Conv" or nodes[1].op_type != "Resize":
+        return None
+    conv, resize = nodes[0], nodes[1]
+    attributes = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
+    weights = {t.name: numpy_helper.to_array(t) for t in head.graph.initializer}
+    if len(conv.input) < 2 or conv.input[1] not in weights or attributes.get("group", 1) != 1 or \
+            weights[conv.input[1]].shape[2:] != (1, 1) or any(s != 1 for s in attributes.get("strides", [1, 1])) or \
+            any(p != 0 for p in attributes.get("pads", [0, 0, 0, 0])) or resize.input[0] != conv.output[0] or \
+            helper.get_attribute_value(next(a for a in resize.attribute if a.name == "mode")) != b"linear":
+        return None
+    activation = "none"
+    if len(nodes) == 3:
+        last = nodes[2]
+        axis = next((helper.get_attribute_value(a) for a in last.attribute if a.name == "axis"), -1 if
+                    last.op_type == "Softmax" else None)
+        if last.op_type not in ACTIVATIONS or last.input[0] != resize.output[0] or axis not in (None, 1, -3):
+            return None
+        activation = ACTIVATIONS[last.op_type]
+    weight = weights[conv.input[1]][:, :, 0, 0].astype(np.float32)
+    bias = weights[conv.input[2]].astype(np.float32) if len(conv.input) > 2 and conv.input[2] else \
+        np.zeros(len(weight), np.float32)
+    k, h, w = activation_shape
+    ry = _axis_weights(head, resize, constants, weights, k, h, w, axis=0)
+    rx = _axis_weights(head, resize, constants, weights, k, h, w, axis=1)
+    if ry is None or rx is None:
+        return None
+    tail = LinearTail(weight, bias, ry, rx, activation)
+    return tail if _reproduces(head, tail, activation_shape) else None
+
+
+def _axis_weights(head, resize, constants, weights, k, h, w, axis: int) -> np.ndarray | None:
+    """R_y (H,h) or R_x (W,w): the head's Resize run on unit impulses along one axis (constant along the other)."""
+    from ..backends.sessions import FLOAT32, onnxruntime_session
+
+    n = h if axis == 0 else w
+    impulses = np.zeros((n, 1, h, w), np.float32)
+    for i in range(n):
+        if axis == 0:
+            impulses[i, 0, i, :] = 1.0
+        else:
+            impulses[i, 0, :, i] = 1.0
+    inputs = ["impulses"] + list(resize.input[1:])
+    initializers = [numpy_helper.from_array(weights[name], name) for name in resize.input[1:] if name in weights]
+    nodes = [constants[name] for name in resize.input[1:] if name in constants]
+    graph = helper.make_graph(nodes + [helper.make_node("Resize", inputs, ["resized"], name="resize",
+                                                        **{a.name: helper.get_attribute_value(a)
+                                                           for a in resize.attribute})],
+                              "resize", [helper.make_tensor_value_info("impulses", onnx.TensorProto.FLOAT,
+                                                                       [n, 1, h, w])],
+                              [helper.make_tensor_value_info("resized", onnx.TensorProto.FLOAT, None)],
+                              initializer=initializers)
+    model = helper.make_model(graph, opset_imports=list(head.opset_import), ir_version=head.ir_version)
+    try:
+        out = onnxruntime_session(model, FLOAT32, quiet=True).run(None, {"impulses": impulses})[0]
+    except Exception:
+        return None
+    return (out[:, 0, :, 0] if axis == 0 else out[:, 0, 0, :]).T.copy()
+
+
+def _reproduces(head: onnx.ModelProto, tail: LinearTail, shape) -> bool:
+    from ..backends.sessions import FLOAT32, onnxruntime_session
+
+    a = np.abs(np.random.default_rng(0).standard_normal((1, *shape))).astype(np.float32)
+    session = onnxruntime_session(head, FLOAT32, quiet=True)
+    expected = session.run(None, {session.get_inputs()[0].name: a})[0]
+    got = tail.scores(a)
+    return got.shape == expected.shape and bool(np.allclose(got, expected, atol=1e-4 * max(1.0, np.abs(expected).max()),
+                                                            rtol=1e-4))
