@@ -1,0 +1,143 @@
+"""The segmentation table: each method's time over the forward pass, batch 1, both runtimes, float32 on both
+sides (OpenVINO's bf16 default is turned off: `precision="f32"`), on the two shared segmenters:
+
+- DeepLabV3-MobileNetV2 dm 0.5 VOC, 513×513, uint8 (`../shared/data/segmentation`), converted from its TFLite
+  file to QDQ ONNX by `export/deeplab_onnx.py` (tf2onnx; give `--tf-python` a Python that has it, or an
+  already converted file with `--deeplab`), explained on samoyed_dog.jpg (the dog);
+- the PAN-MobileNetV3 skin/clothes/hair segmenter, 512×512, float32, on messi5.jpg (the clothes);
+- our own ShapesSegmenter (`cam_infer/data/shapes_segmenter`), 128×128, float32, on a synthetic scene.
+
+Recipro is timed where the head is read as a linear tail (its shortcut); elsewhere its head pass per position
+at the output's resolution is not run (the table says why).
+
+The base is one forward pass of the unsplit model in the same runtime at the same precision (what a deployment
+runs without cam-infer); the bundle's own forward pass (cut and scores of one call) is shown beside it. Each
+method call and its base are timed alternately, call by call; medians of --repeats runs, ratios are medians of
+the per-run ratios.
+
+    python bench/segmentation.py --work /tmp/cam-segmentation --out bench/segmentation.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared" / "data"
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from cam_infer.tools.bench import Report  # noqa: E402
+from detection import alternate, median, ratio  # noqa: E402
+
+METHODS = ["activation", "eigen", "entropy", "recipro"]
+BACKENDS = ["onnxruntime", "openvino"]
+
+
+def models(work: Path, deeplab: Path | None, tf_python: str) -> list[tuple[str, Path, Path, str]]:
+    """(name, bundle, source model, photo) of the three segmenters, split into `work`."""
+    from cam_infer.bundle.segmentation import split_segmenter
+
+    folder = SHARED / "segmentation"
+    if deeplab is None:
+        deeplab = work / "deeplab.onnx"
+        if not deeplab.is_file():
+            subprocess.run([tf_python, str(ROOT / "export" / "deeplab_onnx.py"),
+                            str(folder / "deeplabv3_mnv2_dm05_pascal_quant.tflite"), str(deeplab)], check=True)
+    labels = (folder / "pascal_voc_segmentation_labels.txt").read_text().splitlines()[:21]
+    no_crop = {"resize": None, "crop": "none"}
+    pan = folder / "pan_mnv3s_skin_clothes_hair.onnx"
+    imagenet = {"crop": "none", "scale": 1 / 255, "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+    return [("DeepLabV3 (513², uint8 QDQ)", split_segmenter(deeplab, out=work / "deeplab", labels=labels,
+                                                         preprocessing=no_crop, overwrite=True).path,
+             deeplab, SHARED / "images" / "samoyed_dog.jpg"),
+            ("PAN (512², float32)", split_segmenter(pan, out=work / "pan", labels=["skin", "clothes", "hair"],
+                                                   preprocessing=imagenet, overwrite=True).path, pan, SHARED / "deployed" / "messi5.jpg"),
+            shapes(work)]
+
+
+def shapes(work: Path) -> tuple[str, Path, Path, Path]:
+    from cam_infer.bundle.segmentation import split_segmenter
+    from cam_infer.tools.demo import SHAPES_PREPROCESSING
+    from cam_infer.tools.synthetic import write_segmentation_scenes
+
+    source = ROOT / "cam_infer" / "data" / "shapes_segmenter" / "shapes_segmenter.onnx"
+    scene = sorted((write_segmentation_scenes(work / "scenes", 4) / "images").glob("multiple_*.png"))[0]
+    bundle = split_segmenter(source, out=work / "shapes", labels=["background", "circle", "square", "triangle",
+                                                                  "cross"], preprocessing=SHAPES_PREPROCESSING,
+                             overwrite=True)
+    return "ShapesSegmenter (128², float32)", bundle.path, source, scene
+
+
+def unsplit(source: Path, backend: str, bundle):
+    """The whole model in `backend`, float32: x (the bundle's input) → its outputs."""
+    from cam_infer.backends.sessions import FLOAT32, onnxruntime_session, openvino_compiled, openvino_model
+
+    spec = bundle.manifest["input"]
+    layout = spec.get("model_layout", "NCHW")
+    dtype = spec.get("model_dtype", "float32")
+
+    def as_model_input(x):
+        x = x.transpose(0, 2, 3, 1) if layout == "NHWC" else x
+        return x.round().clip(0, 255).astype(dtype) if dtype == "uint8" else x.astype(dtype)
+
+    if backend == "onnxruntime":
+        session = onnxruntime_session(str(source), FLOAT32)
+        name = session.get_inputs()[0].name
+        return lambda x: session.run(None, {name: as_model_input(x)})
+    request = openvino_compiled(openvino_model(source), FLOAT32.but(hint="latency")).create_infer_request()
+    return lambda x: request.infer({0: as_model_input(x)})
+
+
+def speed(name: str, bundle_path: Path, source: Path, photo: Path, repeats: int, report) -> None:
+    from cam_infer import Explainer
+
+    for backend in BACKENDS:
+        options = {"precision": "f32"} | ({"hint": "latency"} if backend == "openvino" else {})
+        ex = Explainer(bundle_path, backend=backend, **options)
+        x = ex._inputs([photo])[0]
+        model = unsplit(source, backend, ex.bundle)
+        target = ex.explain(x, "activation").items[0][0]
+        bare, joined = alternate([lambda: model(x), lambda: ex.backend.forward(x)], repeats)
+        report(f"| {name} | {backend} | forward: the unsplit model {median(bare):.1f} ms | | the bundle's "
+               f"{median(joined):.1f} ms | {ratio(joined, bare):.2f}× |")
+        for method in METHODS:
+            if method == "recipro" and ex.task.tail is None:
+                report(f"| {name} | {backend} | recipro | not run | | the head is not read as a 1×1 conv + bilinear "
+                       "resize (no shortcut): one head pass at the output's size per cut position |")
+                continue
+            call = lambda method=method: ex.explain(x, method)                    # noqa: E731
+            base, times = alternate([lambda: model(x), call], repeats)
+            report(f"| {name} | {backend} | {method} ({target.label}, {target.pixels} px) | {median(times):.1f} | "
+                   f"{median(base):.1f} | {ratio(times, base):.2f}× |")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/cam-segmentation"))
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--deeplab", type=Path, help="DeepLab already converted to ONNX (export/deeplab_onnx.py)")
+    parser.add_argument("--tf-python", default=sys.executable, help="a Python with tensorflow and tf2onnx")
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args(argv)
+    args.work.mkdir(parents=True, exist_ok=True)
+    report = Report()
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    report(f"**Segmentation: method ÷ forward**, batch 1, float32 on both runtimes, CPU ({os.cpu_count()} cores, "
+           f"load average {load} at the start: other jobs shared the machine). Targets: single-pass methods "
+           "(activation, eigen, entropy) ≤ 1.10×, recipro ≤ 1.5× (linear-tail shortcut). Each ratio from its own "
+           f"pair timed alternately call by call, medians of {args.repeats} runs.\n")
+    report("| model | runtime | method (target) | ms | forward ms | ÷ forward |\n|---|---|---|---:|---:|---:|")
+    for name, bundle, source, photo in models(args.work, args.deeplab, args.tf_python):
+        speed(name, bundle, source, photo, args.repeats, report)
+    report(f"\nload average at the end: {', '.join(f'{v:.1f}' for v in os.getloadavg())}")
+    report.write(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
