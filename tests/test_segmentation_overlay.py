@@ -107,3 +107,21 @@ def test_a_class_agnostic_map_over_a_box_names_no_class_and_says_box(segmenter_a
     text = _caption(e.method, e.items[0])
     assert "class-agnostic" in text and "box region" in text
     assert [p.name for p in e.save(tmp_path)] == [f"{images[0].stem}_activation.png"]
+
+
+def test_the_demo_explains_a_segmentation_scene_with_its_ground_truth(tmp_path):
+    from cam_infer.metrics.segmentation import uniform_baseline
+    from cam_infer.tools.demo import DEMO_SEED, run_segmentation_demo
+    from cam_infer.tools.synthetic import scene, segmentation_labels
+
+    lines = []
+    rows = run_segmentation_demo(tmp_path, "onnxruntime", 2, report=lines.append)
+    s = scene("multiple", DEMO_SEED, 0)
+    baseline = uniform_baseline(segmentation_labels(s) == s.label + 1)
+    assert {r["label"] for r in rows} == {s.class_name}
+    recipro = next(r for r in rows if r["method"] == "recipro")
+    assert recipro["energy"] >= 0.5 and recipro["energy"] > 4 * baseline
+    assert "embedded segmenter: ShapesSegmenter" in lines[0] and f"{baseline:.3f}" in lines[0]
+    import cv2
+    grid = cv2.imread(str(tmp_path / "segmentation.png"))
+    assert grid is not None and grid.shape[1] > 5 * 256
