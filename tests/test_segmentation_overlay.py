@@ -1,7 +1,9 @@
-"""What users see of a segmenter's explanation: the region's outline per class, the caption, the files."""
+"""What users see of a segmenter's explanation: the region's outline per class, the caption, the files, the
+folder runs and the demo scene."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,9 @@ from cam_infer import Explainer
 from cam_infer.detection.overlay import COLOURS
 from cam_infer.errors import CamInferError
 from cam_infer.segmentation_overlay import draw_outlines, region_source
+from cam_infer.tools.demo import SHAPES_PREPROCESSING
+
+from helpers import assert_one_line_error, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 SEGMENTER = ROOT / "cam_infer" / "data" / "shapes_segmenter" / "shapes_segmenter.onnx"
@@ -66,7 +71,7 @@ def segmenter_and_scene(tmp_path_factory):
 
     work = tmp_path_factory.mktemp("segmentation-overlay")
     scenes = write_segmentation_scenes(work / "scenes", 2)
-    bundle = split_segmenter(SEGMENTER, out=work / "bundle", labels=LABELS)
+    bundle = split_segmenter(SEGMENTER, out=work / "bundle", labels=LABELS, preprocessing=SHAPES_PREPROCESSING)
     return Explainer(bundle, backend="onnxruntime"), sorted((scenes / "images").glob("*.png"))
 
 
@@ -74,7 +79,7 @@ def test_overlay_outlines_each_explained_region_in_the_models_view(segmenter_and
     ex, images = segmenter_and_scene
     e = ex.explain(images[1], "activation", target="all")
     items = e.items[0]
-    assert len(items) >= 2
+    assert items
     for j, s in enumerate(items):
         picture = e.overlay(0, j, on="model")
         top = picture.shape[0] - s.region.shape[0]
@@ -125,3 +130,42 @@ def test_the_demo_explains_a_segmentation_scene_with_its_ground_truth(tmp_path):
     import cv2
     grid = cv2.imread(str(tmp_path / "segmentation.png"))
     assert grid is not None and grid.shape[1] > 5 * 256
+
+
+def test_explain_over_a_folder_records_each_region_with_its_energy_and_resumes(segmenter_and_scene, tmp_path):
+    ex, images = segmenter_and_scene
+    bundle, folder, out = ex.bundle.path, images[0].parent, tmp_path / "run"
+    result = run_cli("explain", bundle, folder, "--method", "recipro,activation", "--target", "all", "--out", out)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads((out / "results.json").read_text())["results"]
+    assert sorted((r["image"], r["method"]) for r in rows) == sorted((str(p), m) for p in images
+                                                                     for m in ("recipro", "activation"))
+    for r in rows:
+        e = ex.explain(r["image"], r["method"], target="all")
+        assert len(r["targets"]) == len(e.items[0]) and (out / r["overlay"]).is_file()
+        for record, s in zip(r["targets"], e.items[0]):
+            inside = (s.saliency * s.region).sum() / s.saliency.sum()          # plain NumPy twin
+            assert record["energy_in_region"] == pytest.approx(inside, abs=1e-4)
+            assert record["uniform_baseline"] == pytest.approx(s.region.mean(), abs=1e-4)
+            assert record["region"] == "predicted" and record["region_pixels"] == s.pixels
+            assert ("label" in record) == (r["method"] == "recipro")
+            assert ("overlay" in record) == (r["method"] == "recipro")
+    recipro = [t for r in rows if r["method"] == "recipro" for t in r["targets"]]
+    assert np.mean([t["energy_in_region"] for t in recipro]) > 4 * np.mean([t["uniform_baseline"] for t in recipro])
+    first = rows[0]["overlay"]
+    (out / first).unlink()
+    again = run_cli("explain", bundle, folder, "--method", "recipro,activation", "--target", "all", "--out", out)
+    assert again.returncode == 0, again.stderr
+    assert (out / first).is_file()
+    redone = {(r["image"], r["method"]): r for r in json.loads((out / "results.json").read_text())["results"]}
+    for r in rows:                                  # the row whose picture was gone is redone, the others kept
+        kept = redone[r["image"], r["method"]]
+        assert kept == r if r["overlay"] != first else {**kept, "milliseconds": 0} == {**r, "milliseconds": 0}
+
+
+def test_explain_of_a_segmenter_refuses_classifier_flags_and_unknown_classes(segmenter_and_scene, tmp_path):
+    ex, images = segmenter_and_scene
+    result = run_cli("explain", ex.bundle.path, images[0], "--method", "recipro", "--target", "dog", "--out", tmp_path)
+    assert_one_line_error(result, "unknown class label 'dog'")
+    result = run_cli("explain", ex.bundle.path, images[0], "--method", "recipro", "--finer", "1", "--out", tmp_path)
+    assert_one_line_error(result, "--finer is for classifiers")

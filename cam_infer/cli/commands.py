@@ -82,7 +82,8 @@ def info(args) -> int:
 def explain(args) -> int:
     from ..bundle import Bundle
     bundle = Bundle.load(args.bundle)
-    results, lines = (explain_detections if bundle.task == "detection" else explain_classes)(bundle, args)
+    run = {"detection": explain_detections, "segmentation": explain_segments}.get(bundle.task, explain_classes)
+    results, lines = run(bundle, args)
     for line in lines:
         print(line)
     if results.errors:
@@ -114,6 +115,25 @@ def explain_classes(bundle, args):
                                                                    "references": args.finer_references},
                             overlays=args.overlays, report=_say, **_scale_out(args))
     return results, results.summary_lines(len(methods), args.out)
+
+
+def explain_segments(bundle, args):
+    from ..jobs.explainers import open_explainer
+    from ..methods import in_all
+    from ..runs import parse_option
+    from ..segmentation_runs import explain_segmentation_files, summary_lines
+    names = [m.strip() for m in args.method.split(",") if m.strip()]
+    methods = in_all("segmentation") if names == ["all"] else names
+    for flag in ("finer", "enhance"):
+        if getattr(args, flag) is not None:
+            raise CamInferError(f"--{flag} is for classifiers; a segmenter takes --target (a class, several, or all)")
+    target = None if args.target is None else "all" if args.target == "all" else args.target.split(",")
+    explainer = open_explainer(bundle, args.backend, args.device, precision=args.precision)
+    results = explain_segmentation_files(explainer, args.images, methods, args.out, target=target,
+                                         options=dict(parse_option(o) for o in args.option), colormap=args.colormap,
+                                         alpha=args.alpha, restart=args.force, on=args.on, overlays=args.overlays,
+                                         report=_say, **_scale_out(args))
+    return results, summary_lines(results, len(methods), args.out)
 
 
 def explain_detections(bundle, args):
