@@ -216,7 +216,9 @@ def bench(args) -> int:
 
 def audit(args) -> int:
     from ..bundle import Bundle
-    summary, lines = (audit_detections if Bundle.load(args.bundle).task == "detection" else audit_classes)(args)
+    run = {"detection": audit_detections, "segmentation": audit_segments}.get(Bundle.load(args.bundle).task,
+                                                                               audit_classes)
+    summary, lines = run(args)
     for line in lines:
         print(line)
     if summary["errors"]:
@@ -236,6 +238,28 @@ def audit_classes(args):
     if agnostic and options.target != "predicted":
         lines.append(f"note: {class_agnostic_note(agnostic)}; their rows score the model's top-1")
     return summary, lines
+
+
+def audit_segments(args):
+    from ..methods import in_all
+    from ..runs import parse_option
+    from ..segmentation_audit import run_segmentation_audit, summary_lines
+    names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = in_all("segmentation") if names == ["all"] else names
+    if args.boxes or args.enhance:
+        raise CamInferError("a segmenter's audit takes --masks DIR (ground-truth label PNGs), not --boxes or --enhance")
+    options: dict = {}
+    for text in args.option:
+        key, value = parse_option(text)
+        method, dot, name = key.partition(".")
+        if not dot or method not in methods:
+            raise CamInferError(f"--option takes method.key=value for one of the chosen methods, not '{text}'")
+        options.setdefault(method, {})[name] = value
+    target = None if args.target == "predicted" else "all" if args.target == "all" else args.target.split(",")
+    summary = run_segmentation_audit(args.bundle, args.images, methods, args.out, masks=args.masks, target=target,
+                                     backend=args.backend, device=args.device, options=options, restart=args.force,
+                                     grid=args.grid, report=_say, precision=args.precision, **_scale_out(args))
+    return summary, summary_lines(summary, args.out)
 
 
 def audit_detections(args):

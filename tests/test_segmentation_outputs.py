@@ -169,3 +169,34 @@ def test_explain_of_a_segmenter_refuses_classifier_flags_and_unknown_classes(seg
     assert_one_line_error(result, "unknown class label 'dog'")
     result = run_cli("explain", ex.bundle.path, images[0], "--method", "recipro", "--finer", "1", "--out", tmp_path)
     assert_one_line_error(result, "--finer is for classifiers")
+
+
+def test_audit_of_a_segmenter_against_its_ground_truth_masks(segmenter_and_scene, tmp_path):
+    from cam_infer.audit.masks import read_truth
+    from cam_infer.tools.synthetic import write_segmentation_scenes
+
+    ex, _ = segmenter_and_scene
+    scenes = write_segmentation_scenes(tmp_path / "scenes", 4)
+    out = tmp_path / "audit"
+    result = run_cli("audit", ex.bundle.path, scenes / "images", "--masks", scenes / "masks", "--methods",
+                     "activation,recipro", "--out", out)
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
+    assert len(rows) == 8 and (out / "index.html").is_file() and (out / "metrics.csv").is_file()
+    for r in rows:
+        e = ex.explain(r["image"], r["method"])
+        s = e.items[0][r["index"]]
+        truth = read_truth(scenes / "masks", Path(r["image"]).name, e.images[0].shape[:2], LABELS)
+        true = ex.bundle.preprocessing.mask_geometry(truth.region(s.class_id))
+        assert r["truth_energy"] == pytest.approx((s.saliency * true).sum() / s.saliency.sum(), abs=1e-4)
+        assert r["truth_fraction"] == pytest.approx(true.mean(), abs=1e-6)
+        assert r["energy"] == pytest.approx((s.saliency * s.region).sum() / s.saliency.sum(), abs=1e-4)
+    summary = json.loads((out / "summary.json").read_text())["methods"]
+    for method in ("activation", "recipro"):
+        own = [r for r in rows if r["method"] == method]
+        assert summary[method]["truth_energy"] == pytest.approx(np.mean([r["truth_energy"] for r in own]))
+    assert summary["recipro"]["truth_energy"] >= 0.5
+    assert summary["recipro"]["truth_energy"] > 4 * summary["recipro"]["truth_fraction"]
+    refused = run_cli("audit", ex.bundle.path, scenes / "images", "--boxes", scenes / "masks" / "x.json", "--out",
+                      tmp_path / "other")
+    assert_one_line_error(refused, "takes --masks DIR")
