@@ -1,5 +1,5 @@
 """What users see of a segmenter's explanation: the region's outline per class, the caption, the files, the
-folder runs and the demo scene."""
+folder runs, the audit and the demo scene."""
 
 from __future__ import annotations
 
