@@ -231,7 +231,7 @@ def test_a_method_without_code_for_a_task_says_which_methods_have():
 
 @pytest.mark.parametrize("options, message", [
     ({"blok": 2}, "method 'recipro' has no option blok for detections; its options for detections: score, block"),
-    ({"kernel": "onehot"}, "method 'recipro' has no option kernel for detections (an option for classifiers); "
+    ({"kernel": "onehot"}, "method 'recipro' has no option kernel for detections (an option for classifiers and segmenters); "
                            "its options for detections: score, block"),
     ({"block": "2"}, "recipro: block must be int, not '2'"),
     ({"score": "prob"}, "recipro: score must be one of 'anchor', 'match', not 'prob'"),

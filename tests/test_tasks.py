@@ -160,17 +160,17 @@ def test_task_only_calls_and_gradients_are_refused_for_the_other_task(classifier
 
 
 def test_an_unknown_task_is_refused_in_one_line(tmp_path, scenes):
-    folder = shutil.copytree(embedded_bundle_path(), tmp_path / "segmenter")
+    folder = shutil.copytree(embedded_bundle_path(), tmp_path / "depth")
     manifest = json.loads((folder / "bundle.json").read_text())
-    (folder / "bundle.json").write_text(json.dumps({**manifest, "task": "segmentation"}))
+    (folder / "bundle.json").write_text(json.dumps({**manifest, "task": "depth"}))
     from cam_infer.bundle import Bundle
-    with pytest.raises(CamInferError, match="is a 'segmentation' model; this version of cam-infer explains "
-                                            "classification and detection models"):
+    with pytest.raises(CamInferError, match="is a 'depth' model; this version of cam-infer explains "
+                                            "classification and detection and segmentation models"):
         task_of(Bundle.load(folder))
-    with pytest.raises(CamInferError, match="'segmentation' model"):
+    with pytest.raises(CamInferError, match="'depth' model"):
         Explainer(folder)
-    assert set(TASKS) == {"classification", "detection"}
-    assert_one_line_error(run_cli("explain", folder, scenes[1][0], "--out", tmp_path / "out"), "'segmentation' model")
+    assert set(TASKS) == {"classification", "detection", "segmentation"}
+    assert_one_line_error(run_cli("explain", folder, scenes[1][0], "--out", tmp_path / "out"), "'depth' model")
 
 
 def test_a_detector_explanation_plots_one_picture_per_explained_detection(detector, scenes):

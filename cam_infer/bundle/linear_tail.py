@@ -75,8 +75,9 @@ def apply(z: np.ndarray, activation: str) -> np.ndarray:
 
 
 def read_linear_tail(head: onnx.ModelProto, activation_shape: tuple[int, int, int]) -> LinearTail | None:
-    """The head as a `LinearTail`, verified against the graph on random activations; None when it is not one."""
-    nodes = [n for n in head.graph.node if n.op_type != "Identity"]
+    """The head as a `LinearTail`, verified against the graph on random activations (which also checks that its
+    Transposes cancel and that a Softmax is over the classes); None when it is not one."""
+    nodes = [n for n in head.graph.node if n.op_type not in ("Identity", "Transpose")]   # layout: checked below
     constants = {n.output[0]: n for n in nodes if n.op_type == "Constant"}
     nodes = [n for n in nodes if n.op_type != "Constant"]
     if len(nodes) not in (2, 3) or nodes[0].op_type != "Conv" or nodes[1].op_type != "Resize":
@@ -86,17 +87,14 @@ def read_linear_tail(head: onnx.ModelProto, activation_shape: tuple[int, int, in
     weights = {t.name: numpy_helper.to_array(t) for t in head.graph.initializer}
     if len(conv.input) < 2 or conv.input[1] not in weights or attributes.get("group", 1) != 1 or \
             weights[conv.input[1]].shape[2:] != (1, 1) or any(s != 1 for s in attributes.get("strides", [1, 1])) or \
-            any(p != 0 for p in attributes.get("pads", [0, 0, 0, 0])) or resize.input[0] != conv.output[0] or \
+            any(p != 0 for p in attributes.get("pads", [0, 0, 0, 0])) or \
             helper.get_attribute_value(next(a for a in resize.attribute if a.name == "mode")) != b"linear":
         return None
     activation = "none"
     if len(nodes) == 3:
-        last = nodes[2]
-        axis = next((helper.get_attribute_value(a) for a in last.attribute if a.name == "axis"), -1 if
-                    last.op_type == "Softmax" else None)
-        if last.op_type not in ACTIVATIONS or last.input[0] != resize.output[0] or axis not in (None, 1, -3):
+        if nodes[2].op_type not in ACTIVATIONS:
             return None
-        activation = ACTIVATIONS[last.op_type]
+        activation = ACTIVATIONS[nodes[2].op_type]
     weight = weights[conv.input[1]][:, :, 0, 0].astype(np.float32)
     bias = weights[conv.input[2]].astype(np.float32) if len(conv.input) > 2 and conv.input[2] else \
         np.zeros(len(weight), np.float32)
@@ -147,3 +145,86 @@ def _reproduces(head: onnx.ModelProto, tail: LinearTail, shape) -> bool:
     got = tail.scores(a)
     return got.shape == expected.shape and bool(np.allclose(got, expected, atol=1e-4 * max(1.0, np.abs(expected).max()),
                                                             rtol=1e-4))
+
+
+# --- the same tail in an OpenVINO IR head (a TFLite DeepLab: int8 between FakeQuantize ops) -----------------
+
+IR_PASS = {"FakeQuantize", "Transpose", "Convert", "Reshape"}
+
+
+def read_openvino_tail(head, features_of, step: float) -> LinearTail | None:
+    """An IR head ``[FakeQuantize] → 1×1 Convolution → Add bias → (FakeQuantize, Transpose, linear Interpolate)*``
+    as a `LinearTail` in float, its weights dequantized. An int8 head rounds every FakeQuantize: the float tail
+    is accepted when it reproduces the head on the cut of a real-range input (`features_of()`) within 2 steps of
+    the output's quantization (`step`), its mean error within half a step; otherwise None."""
+    ops = [op for op in head.get_ordered_ops() if op.get_type_name() not in ("Parameter", "Result", "Constant")]
+    convs = [op for op in ops if op.get_type_name() == "Convolution"]
+    if len(convs) != 1:
+        return None
+    conv = convs[0]
+    weight = _evaluated(conv.input_value(1).get_node())
+    if weight is None or weight.shape[2:] != (1, 1) or any(s != 1 for s in conv.get_attributes()["strides"]):
+        return None
+    after = [op for op in ops[ops.index(conv) + 1:]]
+    if not after or after[0].get_type_name() != "Add":
+        return None
+    bias = _evaluated(after[0].input_value(1).get_node())
+    if bias is None:
+        return None
+    h, w = (conv.get_input_partial_shape(0)[i].get_length() for i in (2, 3))
+    ry, rx = np.eye(h, dtype=np.float64), np.eye(w, dtype=np.float64)
+    for op in after[1:]:
+        kind = op.get_type_name()
+        if kind == "Interpolate":
+            attributes = op.get_attributes()
+            if attributes["mode"] not in ("linear", "linear_onnx", "bilinear_pillow") or attributes.get("antialias"):
+                return None
+            shape_in, shape_out = op.get_input_partial_shape(0), op.get_output_partial_shape(0)
+            axes = [1, 2] if shape_in[3].get_length() == len(bias.ravel()) else [2, 3]
+            ry = linear_weights(shape_in[axes[0]].get_length(), shape_out[axes[0]].get_length(),
+                                attributes["coordinate_transformation_mode"]) @ ry
+            rx = linear_weights(shape_in[axes[1]].get_length(), shape_out[axes[1]].get_length(),
+                                attributes["coordinate_transformation_mode"]) @ rx
+        elif kind not in IR_PASS:
+            return None
+    tail = LinearTail(weight[:, :, 0, 0].astype(np.float32), bias.ravel().astype(np.float32),
+                      ry.astype(np.float32), rx.astype(np.float32), "none")
+    a, expected = features_of()
+    error = np.abs(tail.scores(a) - expected)
+    return tail if error.max() <= 2 * step + 1e-4 and error.mean() <= 0.5 * step + 1e-5 else None
+
+
+def linear_weights(n_in: int, n_out: int, mode: str) -> np.ndarray:
+    """(n_out, n_in) weights of 1-D linear interpolation under an ONNX/OpenVINO coordinate transformation."""
+    dst = np.arange(n_out, dtype=np.float64)
+    if mode == "align_corners":
+        src = dst * (n_in - 1) / (n_out - 1) if n_out > 1 else np.zeros(1)
+    elif mode == "asymmetric":
+        src = dst * n_in / n_out
+    elif mode in ("half_pixel", "pytorch_half_pixel"):
+        src = (dst + 0.5) * n_in / n_out - 0.5
+        if mode == "pytorch_half_pixel" and n_out == 1:
+            src = np.zeros(1)
+    else:
+        raise ValueError(mode)
+    src = np.clip(src, 0, n_in - 1)
+    low = np.floor(src).astype(int)
+    high = np.minimum(low + 1, n_in - 1)
+    frac = src - low
+    out = np.zeros((n_out, n_in))
+    np.add.at(out, (np.arange(n_out), low), 1 - frac)
+    np.add.at(out, (np.arange(n_out), high), frac)
+    return out
+
+
+def _evaluated(node) -> np.ndarray | None:
+    """A constant subgraph (Constant, Convert, Subtract, Multiply, Add: a dequantized weight) as an array."""
+    kind = node.get_type_name()
+    if kind == "Constant":
+        return np.asarray(node.get_data(), np.float64)
+    inputs = [_evaluated(node.input_value(i).get_node()) for i in range(node.get_input_size())]
+    if any(v is None for v in inputs):
+        return None
+    if kind == "Convert":
+        return inputs[0]
+    return {"Subtract": np.subtract, "Multiply": np.multiply, "Add": np.add}.get(kind, lambda *_: None)(*inputs)

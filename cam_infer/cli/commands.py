@@ -25,6 +25,12 @@ def split(args) -> int:
                                       overwrite=args.force, conf=args.conf, iou=args.iou,
                                       interpolation=args.interpolation)))
         return 0
+    if _is_segmentation(args) and not str(args.model).lower().endswith(".onnx"):
+        from ..bundle.openvino_segmentation import split_openvino_segmenter
+        print(describe(split_openvino_segmenter(args.model, layer=args.layer, out=args.out, labels=args.labels,
+                                                preprocessing=preprocessing_fields(args), overwrite=args.force,
+                                                layout=args.layout)))
+        return 0
     if _is_segmentation(args):
         from ..bundle.segmentation import split_segmenter
         print(describe(split_segmenter(args.model, layer=args.layer, out=args.out, input_size=size, labels=args.labels,

@@ -113,7 +113,7 @@ class Option:
 
 CLASSIFICATION = "classification"
 TASK_NOUNS = {"classification": "classifications", "detection": "detections"}   # what a method of the task explains
-MODELS = {"classification": "classifiers", "detection": "detectors"}
+MODELS = {"classification": "classifiers", "detection": "detectors", "segmentation": "segmenters"}
 
 
 def explains(task: str) -> str:

@@ -101,6 +101,17 @@ class SegmentationTask(Task):
 
             from ..bundle.linear_tail import read_linear_tail
             self.tail = read_linear_tail(onnx.load(self.bundle.head_path), self.bundle.activation_shape)
+        elif self.bundle.graph_format == "openvino":
+            from ..backends.sessions import openvino_model
+            from ..bundle.linear_tail import read_openvino_tail
+            self.tail = read_openvino_tail(openvino_model(self.bundle.head_path), self.clean_cut,
+                                           float(self.bundle.manifest["output"].get("model_output_step", 0.0)))
+
+    def clean_cut(self) -> tuple[np.ndarray, np.ndarray]:
+        """The cut of a random image through the bundle's preprocessing, and the head's scores on it."""
+        from ..bundle.verify import random_images
+        a, scores = self.explainer.backend.observe(random_images(self.bundle.preprocessing, 1, seed=5))
+        return a, scores
 
     def run_method(self, spec, ctx, targets, options: dict) -> np.ndarray:
         return spec.implementation(self.name)(ctx, **options)
@@ -157,6 +168,9 @@ class SegmentationTask(Task):
     def region_mask(self, region, shape, size) -> np.ndarray:
         """A region given in the original image's pixels → (H,W) bool at the scores' size `size`."""
         h0, w0 = shape[:2]
+        if self.bundle.preprocessing.crop != "none":
+            raise CamInferError(f"region= is given in the image's pixels, and this bundle's preprocessing crops "
+                                f"({self.bundle.preprocessing.crop}); re-split it with the default (no crop)")
         if isinstance(region, (str, bytes)) or hasattr(region, "__fspath__"):
             from ..images import load_image
             region = load_image(region).max(axis=2)

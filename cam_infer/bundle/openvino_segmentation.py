@@ -1,0 +1,193 @@
+"""Split a segmenter that OpenVINO reads (a ``.tflite`` such as DeepLabV3's, an IR) into an IR bundle of task
+``segmentation``: ``features`` returns the cut (N,K,h,w), ``head`` the class scores (N,C,H,W) float32.
+
+A graph ending in an ArgMax (OpenVINO's TopK with k = 1 over the class axis, then a Squeeze to class ids) is
+cut before it: the head returns the (dequantized) scores the ArgMax reads, transposed to NCHW. ``auto`` cuts
+at the input of the classifier convolution (DeepLab: ``concat_projection/Relu``, (N,256,33,33)); the split is
+verified against the model's own scores on OpenVINO, within one quantization step of them.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CamInferError
+from ..version import __version__
+from .manifest import FORMAT, FORMAT_VERSION, sha256_of
+from .openvino_split import (_BatchFails, _compiled, _constant, _cut, _input_spec, _layouts, _message, _ops,
+                             _Output, _read, _reaches_parameter, _bytes, _ov_version)
+from .verify import as_source_input, compare, random_images
+
+IDS = {"Squeeze", "Convert", "Reshape", "Unsqueeze"}
+TAIL = {"FakeQuantize", "Interpolate", "Transpose", "Convert", "Add", "Multiply", "Subtract", "Reshape", "Sigmoid",
+        "Softmax", "SoftMax"}
+
+
+def scores_of(model):
+    """(the scores' op output, their class axis, kind, ends in an ArgMax) of a segmenter, or a one-line refusal."""
+    value = model.get_results()[0].input_value(0)
+    node = value.get_node()
+    while node.get_type_name() in IDS:
+        value = node.input_value(0)
+        node = value.get_node()
+    argmax = node.get_type_name() in ("TopK", "ArgMax")
+    axis = None
+    if argmax:
+        axis = int(node.get_attributes().get("axis", -1))
+        value = node.input_value(0)
+    shape = value.get_partial_shape()
+    if shape.rank.is_dynamic or shape.rank.get_length() != 4 or not shape.is_static:
+        raise CamInferError(f"the model output is {shape}, not class scores per pixel (N,C,H,W) or (N,H,W,C): "
+                            "cannot read it as a segmenter")
+    dims = [d.get_length() for d in shape]
+    if axis is None:
+        axis = 1 if dims[1] < dims[3] else 3
+    axis %= 4
+    if axis not in (1, 3):
+        raise CamInferError(f"the model's ArgMax is over axis {axis} of {dims}, not over its classes")
+    kind, node = "logits", value.get_node()
+    while node.get_type_name() in TAIL and node.get_input_size():
+        if node.get_type_name() in ("Softmax", "SoftMax", "Sigmoid"):
+            kind = "sigmoid" if node.get_type_name() == "Sigmoid" else "softmax"
+            break
+        node = node.input_value(0).get_node()
+    return value, axis, kind, argmax
+
+
+def auto_cut(model, spec, scores) -> _Output:
+    """The input of the convolution that makes the scores, when every path to them crosses it."""
+    node = scores.get_node()
+    while node.get_type_name() not in ("Convolution", "GroupConvolution"):
+        if node.get_type_name() not in TAIL or not node.get_input_size():
+            raise CamInferError("no convolution makes the class scores of this model; name a layer with --layer")
+        node = node.input_value(0).get_node()
+    source = node.input_value(0)
+    while source.get_node().get_type_name() in ("FakeQuantize", "Convert", "Transpose"):
+        source = source.get_node().input_value(0)
+    name = source.get_node().get_friendly_name()
+    if _reaches_parameter(model.get_results()[0], name, spec.name):
+        raise CamInferError(f"the classifier's input '{name}' is not a cut point; name a layer with --layer")
+    return _Output(name, source.get_index())
+
+
+def split_openvino_segmenter(path, layer: str = "auto", out=None, *, preprocessing=None, labels=None,
+                             overwrite: bool = False, layout: str | None = None):
+    """Split a segmenter OpenVINO reads at `layer` (``auto`` or an op's friendly name) into a verified IR bundle."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    from .segmentation import without_crop
+    from .split import preprocessing_for, read_labels
+    from .write import write_bundle
+
+    if out is None:
+        raise CamInferError("give an output folder for the bundle (--out)")
+    path = Path(path)
+    model = _read(path)
+    spec = _input_spec(model, layout)
+    scores, axis, kind, argmax = scores_of(model)
+    prep = preprocessing_for(spec, without_crop(preprocessing), None)
+    op_map, layouts = _ops(model), _layouts(model, spec)
+    target = auto_cut(model, spec, scores) if layer == "auto" else _Output(layer)
+    if target.op not in op_map:
+        raise CamInferError(f"unknown layer '{layer}': no op of this OpenVINO model has that name; use --layer auto")
+    if _reaches_parameter(model.get_results()[0], target.op, spec.name):
+        raise CamInferError(f"layer '{layer}' is not a cut point: a skip connection goes around it; use --layer auto")
+    reference = ov.Model([ops.result(scores)], model.get_parameters(), "scores")
+    for batch_mode in ("dynamic", "fixed"):
+        features, head = _cut(model, spec, target, scores, prep, -1 if batch_mode == "dynamic" else 1)
+        if axis == 3:
+            end = head.get_results()[0].input_value(0)
+            head = ov.Model([ops.result(ops.transpose(end, ops.constant(np.array([0, 3, 1, 2], np.int64))))],
+                            head.get_parameters(), "head")
+        try:
+            verification = _verify(reference, spec, features, head, prep, batch_mode)
+            break
+        except _BatchFails:
+            continue
+    dims = [d.get_length() for d in scores.get_partial_shape()]
+    classes, size = (dims[1], dims[2:]) if axis == 1 else (dims[3], dims[1:3])
+    names = read_labels(labels, classes)
+    k_h_w = [d.get_length() for d in list(op_map[target.op].get_output_partial_shape(target.index))[1:]]
+    if layouts.get(target) == "NHWC":
+        k_h_w = [k_h_w[2], k_h_w[0], k_h_w[1]]
+    model_layout = "NCHW" if axis == 1 else "NHWC"
+    manifest = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "task": "segmentation",
+        "input": {"name": "image", "shape": [None, spec.channels, *prep.input_size], "layout": "NCHW",
+                  "dtype": "float32", "model_dtype": spec.dtype, "model_layout": spec.layout},
+        "preprocessing": prep.to_dict(),
+        "target_layer": {"requested": layer, "matched_by": "auto" if layer == "auto" else "node", "module": None,
+                         "tensor": target.op, "layout": layouts.get(target, "NCHW")},
+        "activation": {"name": "activation", "shape": k_h_w, "dtype": "float32", "quantization": None},
+        "output": {"name": "scores", "kind": kind, "num_classes": int(classes), "layout": "NCHW",
+                   "model_layout": model_layout, "class_axis": 1, "model_class_axis": axis,
+                   "shape": [int(classes), *map(int, size)], "model_output": model.get_results()[0].get_friendly_name(),
+                   "scores": scores.get_node().get_friendly_name(), "ends_in_argmax": argmax, "left_out": [],
+                   "model_output_step": verification["output_step"]},
+        "labels": names, "batch": batch_mode, **({"fixed_batch": 1} if batch_mode == "fixed" else {}),
+        "graphs": {role: {"file": f"{role}.xml", "weights": f"{role}.bin",
+                          "ops": dict(Counter(op.get_type_name() for op in m.get_ordered_ops()
+                                              if op.get_type_name() not in ("Parameter", "Result", "Constant")))}
+                   for role, m in (("features", features), ("head", head))},
+        "runtimes": {"openvino": {"runs": True},
+                     "onnxruntime": {"runs": False, "why_not": "an OpenVINO IR bundle (made from a "
+                                     f"{path.suffix} file); ONNX Runtime reads ONNX only"}},
+        "memory": {"features_bytes_per_item": _bytes(features), "head_bytes_per_item": _bytes(head)},
+        "verification": verification,
+        "provenance": {"source": path.name, "source_sha256": sha256_of(path), "producer": f"cam-infer {__version__}",
+                       "openvino": _ov_version(),
+                       "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()},
+    }
+    parts = {"features": features, "head": head}
+    return write_bundle(Path(out), manifest, lambda role, file: ov.save_model(parts[role], str(file),
+                                                                             compress_to_fp16=False), overwrite)
+
+
+def _step(scores) -> float:
+    """One quantization step of scores a FakeQuantize makes (0 for float scores)."""
+    node = scores.get_node()
+    if node.get_type_name() != "FakeQuantize":
+        return 0.0
+    low, high = (_constant(node.input_value(i)) for i in (3, 4))
+    if low is None or high is None:
+        return 0.0
+    return float(np.max(high - low)) / (int(node.get_attributes()["levels"]) - 1)
+
+
+def _verify(reference, spec, features, head, prep, batch_mode: str) -> dict:
+    """head(features(x)) against the model's scores (NCHW) on OpenVINO, batch 1 and 3, within one step of them."""
+    try:
+        full = _compiled(reference)
+        feat, hd = _compiled(features), _compiled(head)
+    except Exception as exc:
+        if batch_mode == "dynamic":
+            raise _BatchFails() from None
+        raise CamInferError(f"OpenVINO cannot compile this model or its split ({_message(exc)})") from None
+    scores = reference.get_results()[0].input_value(0)
+    step = _step(scores)
+    nhwc = reference.get_results()[0].get_output_partial_shape(0)[3].get_length() < \
+        reference.get_results()[0].get_output_partial_shape(0)[1].get_length()
+    worst = 0.0
+    for n in (1, 3):
+        x = random_images(prep, n, seed=n)
+        raw = np.concatenate([next(iter(full(as_source_input(x[i:i + 1], spec)).values())) for i in range(n)])
+        expected = (raw.transpose(0, 3, 1, 2) if nhwc else raw).astype(np.float32).reshape(n, -1)
+        chunks = [x] if batch_mode == "dynamic" else [x[i:i + 1] for i in range(n)]
+        try:
+            got = np.concatenate([next(iter(hd(next(iter(feat(c).values()))).values())) for c in chunks])
+        except Exception as exc:
+            if batch_mode == "dynamic":
+                raise _BatchFails() from None
+            raise CamInferError(f"the split graphs do not run on OpenVINO ({_message(exc)})") from None
+        try:
+            worst = max(worst, compare(got, expected, False, 1e-4, step, n))
+        except Exception as exc:
+            raise CamInferError(f"splitting does not reproduce the model: {exc}") from None
+    return {"passed": True, "batch_sizes": [1, 3], "max_abs_diff": worst, "output_step": step,
+            "compared": "the class scores", "runtime": f"openvino {_ov_version()} CPU (f32)",
+            "inputs": "random uint8 images through the bundle preprocessing"}

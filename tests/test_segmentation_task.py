@@ -1,0 +1,274 @@
+"""The segmentation task: reading a segmenter's scores, the cut, targets and regions, the methods on the region
+score against independent computations (the unsplit model, the head graph), and bad input."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from cam_infer import Explainer
+from cam_infer.bundle.segmentation import split_segmenter
+from cam_infer.errors import CamInferError
+from cam_infer.metrics.segmentation import energy_in_region, uniform_baseline
+from cam_infer.tools.synthetic import SPLITS, scene, segmentation_labels
+from conftest import SHARED, needs_shared
+from helpers import assert_one_line_error, run_cli
+
+OWN = Path(str(resources.files("cam_infer") / "data" / "shapes_segmenter" / "shapes_segmenter.onnx"))
+OWN_LABELS = ["background", "circle", "square", "triangle", "cross"]
+PAN = SHARED / "segmentation" / "pan_mnv3s_skin_clothes_hair.onnx"
+PLAIN = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
+
+
+@pytest.fixture(scope="session")
+def own_bundle(tmp_path_factory):
+    return split_segmenter(OWN, out=tmp_path_factory.mktemp("seg") / "own", labels=OWN_LABELS, preprocessing=PLAIN)
+
+
+@pytest.fixture(scope="session")
+def own(own_bundle):
+    return Explainer(own_bundle, backend="onnxruntime", precision="f32")
+
+
+def test_own_segmenter_is_read_and_cut_at_the_decoder(own_bundle):
+    m = own_bundle.manifest
+    assert m["task"] == "segmentation" and m["target_layer"]["module"] == "decoder"
+    assert m["output"]["kind"] == "logits" and m["output"]["class_axis"] == 1 and m["output"]["shape"] == [5, 128, 128]
+    assert not m["output"]["ends_in_argmax"]
+
+
+def nhwc_argmax_model(classes: int = 4) -> tuple[onnx.ModelProto, np.ndarray, np.ndarray]:
+    """A TensorFlow-style segmenter: NHWC float input → Conv (NCHW inside) → 3×3 Conv to class logits → bilinear
+    ×2 → NHWC → ArgMax over the last axis (class ids)."""
+    rng = np.random.default_rng(0)
+    w1 = rng.standard_normal((8, 3, 3, 3)).astype(np.float32)
+    w2 = rng.standard_normal((classes, 8, 1, 1)).astype(np.float32)
+    nodes = [helper.make_node("Transpose", ["image"], ["nchw"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["nchw", "w1"], ["c1"], strides=[2, 2], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["features"]),
+             helper.make_node("Conv", ["features", "w2"], ["logits"]),
+             helper.make_node("Resize", ["logits", "", "scales"], ["up"], mode="linear"),
+             helper.make_node("Transpose", ["up"], ["up_nhwc"], perm=[0, 2, 3, 1]),
+             helper.make_node("ArgMax", ["up_nhwc"], ["ids"], axis=3, keepdims=0)]
+    graph = helper.make_graph(nodes, "seg", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 16, 16, 3])],
+                              [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 16, 16])],
+                              [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2"),
+                               numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), w1, w2
+
+
+def test_an_argmax_ending_nhwc_model_is_explained_on_the_scores_before_the_argmax(tmp_path):
+    import onnxruntime as ort
+
+    model, _, _ = nhwc_argmax_model()
+    bundle = split_segmenter(model, out=tmp_path / "b", preprocessing=PLAIN)
+    out = bundle.manifest["output"]
+    assert (out["ends_in_argmax"], out["model_layout"], out["model_class_axis"], out["shape"]) == \
+        (True, "NHWC", 3, [4, 16, 16])
+    x = np.random.default_rng(1).uniform(0, 1, (1, 3, 16, 16)).astype(np.float32)
+    e = Explainer(bundle, backend="onnxruntime", precision="f32")
+    scores = e.backend.forward(x)
+    cut = onnx.ModelProto()
+    cut.CopyFrom(model)
+    cut.graph.output[0].CopyFrom(helper.make_tensor_value_info("up_nhwc", TensorProto.FLOAT, None))
+    expected = ort.InferenceSession(cut.SerializeToString()).run(None, {"image": x.transpose(0, 2, 3, 1)})[0]
+    np.testing.assert_allclose(scores, expected.transpose(0, 3, 1, 2), atol=1e-5)
+    assert e.task.tail is not None                                  # 1×1 conv then bilinear: a linear tail
+
+
+def test_a_model_whose_output_is_not_class_scores_is_refused(tmp_path, tiny_onnx_path):
+    with pytest.raises(CamInferError, match=r"not class scores per pixel"):
+        split_segmenter(tiny_onnx_path, out=tmp_path / "b")
+    assert_one_line_error(run_cli("split", tiny_onnx_path, "--task", "segmentation", "--out", tmp_path / "c"),
+                          "not class scores per pixel")
+
+
+def own_scenes(count: int):
+    for k in range(count):
+        s = scene(SPLITS[k % len(SPLITS)], 1, k)
+        yield s.image, segmentation_labels(s)
+
+
+def test_recipro_puts_its_energy_in_the_ground_truth_region_of_each_class(own):
+    """Our own segmenter, every non-background class present, maps at the input against its label image."""
+    checked = 0
+    for image, truth in own_scenes(4):
+        for item in own.explain(image, method="recipro", target="all").items[0]:
+            region = truth == item.class_id
+            if region.sum() < 300:                       # a few stray pixels: no region to measure against
+                continue
+            energy = energy_in_region(item.saliency, region)
+            assert energy > 3 * uniform_baseline(region), (item.label, energy)
+            if region.sum() >= 1000:                     # smaller shapes are 7 cells wide at the cut: the
+                assert energy >= 0.5, (item.label, energy)   # upsampled map spills over their outline
+            checked += 1
+    assert checked >= 3
+
+
+def assert_shortcut_exact(explainer, image, target):
+    for score in ("prob", "logit"):
+        fast = explainer.explain(image, method="recipro", target=target, score=score)
+        full = explainer.explain(image, method="recipro", target=target, score=score, shortcut=False)
+        for a, b in zip(fast.items[0], full.items[0]):
+            np.testing.assert_allclose(a.raw, b.raw, atol=1e-6 * max(1.0, np.abs(b.raw).max()))
+
+
+def test_the_linear_tail_shortcut_equals_the_head_passes(tmp_path):
+    bundle = split_segmenter(nhwc_argmax_model()[0], out=tmp_path / "b", preprocessing=PLAIN)
+    explainer = Explainer(bundle, backend="onnxruntime", precision="f32")
+    assert explainer.task.tail is not None
+    image = np.random.default_rng(2).integers(0, 2, (16, 16, 3), dtype=np.uint8)
+    assert_shortcut_exact(explainer, image, "all")
+
+
+@pytest.mark.slow
+def test_the_linear_tail_shortcut_equals_the_head_passes_on_our_segmenter(own):
+    assert_shortcut_exact(own, next(own_scenes(1))[0], "all")
+
+
+def cut_model(path: Path, cut: str) -> onnx.ModelProto:
+    """The unsplit model from `cut` to its output, by ONNX's own extractor (not cam-infer's cut)."""
+    from onnx.utils import Extractor
+    model = onnx.shape_inference.infer_shapes(onnx.load(path))
+    return Extractor(model).extract_model([cut], [model.graph.output[0].name])
+
+
+def brute_force_region_scores(own_bundle, image, class_id, region, rows) -> np.ndarray:
+    """(1/|R|) Σ_{p∈R} logits_c(p) of the original model's tail on each row of the cut."""
+    import onnxruntime as ort
+    cut = own_bundle.manifest["target_layer"]["tensor"]
+    session = ort.InferenceSession(cut_model(OWN, cut).SerializeToString(), providers=["CPUExecutionProvider"])
+    logits = np.concatenate([session.run(None, {cut: rows[i:i + 64]})[0] for i in range(0, len(rows), 64)])
+    return logits[:, class_id][:, region].mean(axis=1)
+
+
+def test_recipro_and_ablation_match_a_brute_force_on_the_unsplit_model(own, own_bundle):
+    """Every perturbation of the cut recomputed through the original model's tail, region score by NumPy."""
+    image, _ = next(own_scenes(1))
+    x = own.preprocess([image])
+    item = own.explain(image, method="recipro", score="logit", target="square").items[0][0]
+    a = own.backend.features(x)[0]
+    k, h, w = a.shape
+    kept = np.zeros((h * w, k, h, w), np.float32)
+    for q in range(h * w):
+        kept[q, :, q // w, q % w] = a[:, q // w, q % w]
+    expected = brute_force_region_scores(own_bundle, image, item.class_id, item.region, kept).reshape(h, w)
+    np.testing.assert_allclose(item.raw, expected, atol=1e-4 * np.abs(expected).max())
+
+    ablation = own.explain(image, method="ablation", target="square").items[0][0]
+    rows = np.repeat(a[None], k + 1, axis=0)
+    for c in range(k):
+        rows[c + 1, c] = 0
+    scores = brute_force_region_scores(own_bundle, image, item.class_id, item.region, rows)
+    weights = (scores[0] - scores[1:]) / abs(scores[0])
+    np.testing.assert_allclose(ablation.raw, np.einsum("k,khw->hw", weights, a), rtol=1e-4,
+                               atol=1e-5 * np.abs(ablation.raw).max())
+
+
+def test_targets_regions_and_their_refusals(own):
+    image, truth = next(own_scenes(1))
+    default = own.explain(image, method="recipro").items[0]
+    present = own.explain(image, method="recipro", target="all").items[0]
+    assert [d.class_id for d in default] == [max(present, key=lambda d: d.pixels).class_id]
+    assert all(d.label != "background" for d in present)
+    box = own.explain(image, method="recipro", target="square", region=[10, 10, 40, 30]).items[0][0]
+    assert box.pixels == 30 * 20 and box.region[10:30, 10:40].all()
+    pixel = own.explain(image, method="recipro", target=2, region=(5, 7)).items[0][0]
+    assert pixel.pixels == 1 and pixel.region[7, 5]
+    mask = truth == 2
+    given = own.explain(image, method="recipro", target=2, region=mask).items[0][0]
+    assert (given.region == mask).all()
+    absent = next(c for c in range(1, 5) if c not in {d.class_id for d in present})
+    with pytest.raises(CamInferError, match=r"is not in the image \(classes present: background \(0\), .*square"):
+        own.explain(image, method="recipro", target=absent)
+    with pytest.raises(CamInferError, match="give a mask of the image's size"):
+        own.explain(image, method="recipro", region=np.ones((64, 64), bool))
+
+
+def test_region_is_refused_on_a_classifier(tiny_bundle):
+    x = np.zeros((1, *tiny_bundle.input_shape), np.float32)
+    with pytest.raises(CamInferError, match="region= does not apply"):
+        Explainer(tiny_bundle, backend="onnxruntime").explain(x, region=[1, 1, 5, 5])
+
+
+def test_class_agnostic_maps_carry_no_class_name(own):
+    image, _ = next(own_scenes(1))
+    for method in ("activation", "eigen", "entropy"):
+        explanation = own.explain(image, method=method, target="all")
+        assert explanation.class_agnostic
+        assert all("label" not in r and "class_id" not in r for r in explanation.records()[0])
+
+
+@needs_shared
+@pytest.mark.slow
+def test_pan_is_explained_per_sigmoid_channel_on_both_runtimes(tmp_path):
+    bundle = split_segmenter(PAN, out=tmp_path / "pan", labels=["skin", "clothes", "hair"])
+    assert (bundle.manifest["output"]["kind"], bundle.num_classes) == ("sigmoid", 3)
+    image = str(SHARED / "deployed" / "messi5.jpg")
+    maps = {}
+    for runtime in ("onnxruntime", "openvino"):
+        e = Explainer(bundle, backend=runtime, precision="f32")
+        assert e.task.tail is None                                   # a 3×3 conv before the resize
+        items = e.explain(image, method="ablation", target="all").items[0]
+        assert {i.label for i in items} == {"skin", "clothes", "hair"}
+        maps[runtime] = np.stack([i.saliency for i in items])
+    assert np.abs(maps["onnxruntime"] - maps["openvino"]).max() < 1e-2
+
+
+def test_split_recognises_a_segmenter_and_info_shows_its_class_axis(tmp_path):
+    result = run_cli("split", OWN, "--out", tmp_path / "b")
+    assert result.returncode == 0, result.stderr
+    info = run_cli("info", tmp_path / "b")
+    assert "class axis 1 of the model's NCHW scores" in info.stdout
+
+
+DEEPLAB = SHARED / "segmentation" / "deeplabv3_mnv2_dm05_pascal_quant.tflite"
+VOC = SHARED / "segmentation" / "pascal_voc_segmentation_labels.txt"
+
+
+@pytest.fixture(scope="session")
+def deeplab(tmp_path_factory):
+    from cam_infer.bundle.openvino_segmentation import split_openvino_segmenter
+    labels = VOC.read_text().split("\n")[:21]
+    bundle = split_openvino_segmenter(DEEPLAB, out=tmp_path_factory.mktemp("seg") / "deeplab", labels=labels)
+    return Explainer(bundle, backend="openvino", precision="f32")
+
+
+@needs_shared
+def test_deeplab_is_cut_before_its_argmax_at_the_projection(deeplab):
+    out = deeplab.bundle.manifest["output"]
+    assert (out["ends_in_argmax"], out["model_class_axis"], out["kind"], out["shape"]) == (True, 3, "logits",
+                                                                                        [21, 513, 513])
+    assert deeplab.bundle.activation_shape == (256, 33, 33) and deeplab.bundle.preprocessing.crop == "none"
+
+
+@needs_shared
+@pytest.mark.parametrize("image, label", [("samoyed_dog.jpg", "dog"), ("chelsea.png", "cat"), ("both.png", "cat"),
+                                          ("both.png", "dog"), ("parrot.jpg", "bird")])
+def test_deeplab_recipro_puts_its_energy_in_the_predicted_region(deeplab, image, label):
+    item = deeplab.explain(str(SHARED / "images" / image), method="recipro", target=label).items[0][0]
+    energy, baseline = energy_in_region(item.saliency, item.region), uniform_baseline(item.region)
+    assert item.label == label and energy >= 0.5 and energy - baseline >= 0.2, (energy, baseline)
+
+
+@needs_shared
+def test_deeplab_shortcut_matches_its_int8_head_within_a_quantization_step(deeplab):
+    """The float tail's region scores against the int8 head run with the cut kept at one position."""
+    assert deeplab.task.tail is not None
+    x = deeplab.preprocess([str(SHARED / "images" / "both.png")])
+    a, scores = deeplab.backend.observe(x)
+    c = deeplab.bundle.labels.index("dog")
+    region = scores[0].argmax(axis=0) == c
+    shortcut = deeplab.task.tail.recipro_scores(a[0], c, region, "none")
+    positions = [(i, j) for i in range(0, 33, 8) for j in range(2, 33, 10)]
+    rows = np.zeros((len(positions), *a.shape[1:]), np.float32)
+    for r, (i, j) in enumerate(positions):
+        rows[r, :, i, j] = a[0, :, i, j]
+    head = deeplab.backend.head(rows)[:, c][:, region].mean(axis=1)
+    step = deeplab.bundle.manifest["output"]["model_output_step"]
+    np.testing.assert_allclose(head, [shortcut[i, j] for i, j in positions], atol=step)
