@@ -1,9 +1,10 @@
 """The segmentation table: each method's time over the forward pass, batch 1, both runtimes, float32 on both
 sides (OpenVINO's bf16 default is turned off: `precision="f32"`), on the two shared segmenters:
 
-- DeepLabV3-MobileNetV2 dm 0.5 VOC, 513×513, uint8 (`../shared/data/segmentation`), converted from its TFLite
-  file to QDQ ONNX by `export/deeplab_onnx.py` (tf2onnx; give `--tf-python` a Python that has it, or an
-  already converted file with `--deeplab`), explained on samoyed_dog.jpg (the dog);
+- DeepLabV3-MobileNetV2 dm 0.5 VOC, 513×513, uint8 (`../shared/data/segmentation`): the TFLite file as OpenVINO
+  reads it (an IR bundle, OpenVINO only), and converted to QDQ ONNX by `export/deeplab_onnx.py` (tf2onnx; give
+  `--tf-python` a Python that has it, or an already converted file with `--deeplab`) for both runtimes;
+  explained on samoyed_dog.jpg (the dog);
 - the PAN-MobileNetV3 skin/clothes/hair segmenter, 512×512, float32, on messi5.jpg (the clothes);
 - our own ShapesSegmenter (`cam_infer/data/shapes_segmenter`), 128×128, float32, on a synthetic scene.
 
@@ -38,8 +39,9 @@ METHODS = ["activation", "eigen", "entropy", "recipro"]
 BACKENDS = ["onnxruntime", "openvino"]
 
 
-def models(work: Path, deeplab: Path | None, tf_python: str) -> list[tuple[str, Path, Path, str]]:
-    """(name, bundle, source model, photo) of the three segmenters, split into `work`."""
+def models(work: Path, deeplab: Path | None, tf_python: str) -> list[tuple]:
+    """(name, bundle, source model, photo, runtimes) of the segmenters, split into `work`."""
+    from cam_infer.bundle.openvino_segmentation import split_openvino_segmenter
     from cam_infer.bundle.segmentation import split_segmenter
 
     folder = SHARED / "segmentation"
@@ -52,11 +54,16 @@ def models(work: Path, deeplab: Path | None, tf_python: str) -> list[tuple[str, 
     no_crop = {"resize": None, "crop": "none"}
     pan = folder / "pan_mnv3s_skin_clothes_hair.onnx"
     imagenet = {"crop": "none", "scale": 1 / 255, "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
-    return [("DeepLabV3 (513², uint8 QDQ)", split_segmenter(deeplab, out=work / "deeplab", labels=labels,
-                                                         preprocessing=no_crop, overwrite=True).path,
-             deeplab, SHARED / "images" / "samoyed_dog.jpg"),
+    tflite = folder / "deeplabv3_mnv2_dm05_pascal_quant.tflite"
+    dog = SHARED / "images" / "samoyed_dog.jpg"
+    return [("DeepLabV3 TFLite (513², uint8)", split_openvino_segmenter(tflite, out=work / "deeplab_ir", labels=labels,
+                                                                    overwrite=True).path, tflite, dog, ["openvino"]),
+            ("DeepLabV3 ONNX (513², uint8 QDQ)", split_segmenter(deeplab, out=work / "deeplab", labels=labels,
+                                                              preprocessing=no_crop, overwrite=True).path,
+             deeplab, dog, BACKENDS),
             ("PAN (512², float32)", split_segmenter(pan, out=work / "pan", labels=["skin", "clothes", "hair"],
-                                                   preprocessing=imagenet, overwrite=True).path, pan, SHARED / "deployed" / "messi5.jpg"),
+                                                   preprocessing=imagenet, overwrite=True).path, pan, SHARED / "deployed" / "messi5.jpg",
+             BACKENDS),
             shapes(work)]
 
 
@@ -70,7 +77,7 @@ def shapes(work: Path) -> tuple[str, Path, Path, Path]:
     bundle = split_segmenter(source, out=work / "shapes", labels=["background", "circle", "square", "triangle",
                                                                   "cross"], preprocessing=SHAPES_PREPROCESSING,
                              overwrite=True)
-    return "ShapesSegmenter (128², float32)", bundle.path, source, scene
+    return "ShapesSegmenter (128², float32)", bundle.path, source, scene, BACKENDS
 
 
 def unsplit(source: Path, backend: str, bundle):
@@ -93,10 +100,10 @@ def unsplit(source: Path, backend: str, bundle):
     return lambda x: request.infer({0: as_model_input(x)})
 
 
-def speed(name: str, bundle_path: Path, source: Path, photo: Path, repeats: int, report) -> None:
+def speed(name: str, bundle_path: Path, source: Path, photo: Path, backends, repeats: int, report) -> None:
     from cam_infer import Explainer
 
-    for backend in BACKENDS:
+    for backend in backends:
         options = {"precision": "f32"} | ({"hint": "latency"} if backend == "openvino" else {})
         ex = Explainer(bundle_path, backend=backend, **options)
         x = ex._inputs([photo])[0]
@@ -132,8 +139,8 @@ def main(argv=None) -> int:
            "(activation, eigen, entropy) ≤ 1.10×, recipro ≤ 1.5× (linear-tail shortcut). Each ratio from its own "
            f"pair timed alternately call by call, medians of {args.repeats} runs.\n")
     report("| model | runtime | method (target) | ms | forward ms | ÷ forward |\n|---|---|---|---:|---:|---:|")
-    for name, bundle, source, photo in models(args.work, args.deeplab, args.tf_python):
-        speed(name, bundle, source, photo, args.repeats, report)
+    for name, bundle, source, photo, backends in models(args.work, args.deeplab, args.tf_python):
+        speed(name, bundle, source, photo, backends, args.repeats, report)
     report(f"\nload average at the end: {', '.join(f'{v:.1f}' for v in os.getloadavg())}")
     report.write(args.out)
     return 0

@@ -200,3 +200,27 @@ def test_audit_of_a_segmenter_against_its_ground_truth_masks(segmenter_and_scene
     refused = run_cli("audit", ex.bundle.path, scenes / "images", "--boxes", scenes / "masks" / "x.json", "--out",
                       tmp_path / "other")
     assert_one_line_error(refused, "takes --masks DIR")
+
+
+@pytest.mark.parametrize("method", ["activation", "eigen"])
+def test_fused_segmenter_returns_its_scores_and_the_explainers_map(segmenter_and_scene, tmp_path, method):
+    import onnxruntime as ort
+
+    ex, images = segmenter_and_scene
+    out = tmp_path / "fused.onnx"
+    result = run_cli("fuse", ex.bundle.path, "--method", method, "--out", out)
+    assert result.returncode == 0, result.stderr
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    e = ex.explain(images[0], method)
+    x = ex._inputs([images[0]])[0]
+    scores, saliency = session.run(None, {session.get_inputs()[0].name: x})
+    assert np.abs(scores - ex.backend.forward(x)).max() < 1e-4
+    assert np.abs(saliency[0] - e.items[0][0].saliency).max() < 1e-3
+
+
+def test_fuse_refuses_a_class_specific_segmentation_method(segmenter_and_scene, tmp_path):
+    ex, _ = segmenter_and_scene
+    result = run_cli("fuse", ex.bundle.path, "--method", "recipro", "--out", tmp_path / "fused.onnx")
+    assert_one_line_error(result, "a segmenter fuses")
+    result = run_cli("serve", ex.bundle.path, "--port", "0")
+    assert_one_line_error(result, "for a detector or a segmenter, serve its fused model")

@@ -344,7 +344,16 @@ def fuse(args) -> int:
     if Path(args.out).exists() and not args.force:
         raise CamInferError(f"'{args.out}' exists; choose another --out or pass --force")
     bundle = Bundle.load(args.bundle)
-    if task_of(bundle).name == "detection":
+    if task_of(bundle).name == "segmentation":
+        from ..segmentation_fuse import fuse_segmenter
+        if args.top_classes != 1 or args.class_input or args.raw or args.precision != "f32":
+            raise CamInferError("--top-classes, --class-input, --raw and --precision are for classifiers; a "
+                                "segmenter's fused map is class-agnostic")
+        path = save(fuse_segmenter(bundle, args.method, **dict(parse_option(o) for o in args.option)), args.out,
+                    overwrite=True)
+        print(f"wrote {path}: the segmenter's class scores and saliency (N,{bundle.input_shape[1]},"
+              f"{bundle.input_shape[2]}), {args.method} at its cut")
+    elif task_of(bundle).name == "detection":
         from ..detection.fuse import fuse_detector
         if args.top_classes != 1 or args.class_input or args.raw or args.precision != "f32":
             raise CamInferError("--top-classes, --class-input, --raw and --precision are for classifiers; a detector's "
