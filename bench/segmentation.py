@@ -112,6 +112,7 @@ def speed(name: str, bundle_path: Path, source: Path, photo: Path, backends, rep
         bare, joined = alternate([lambda: model(x), lambda: ex.backend.forward(x)], repeats)
         report(f"| {name} | {backend} | forward: the unsplit model {median(bare):.1f} ms | | the bundle's "
                f"{median(joined):.1f} ms | {ratio(joined, bare):.2f}× |")
+        breakdown(name, backend, ex, x, target, repeats, report)
         for method in METHODS:
             if method == "recipro" and ex.task.tail is None:
                 report(f"| {name} | {backend} | recipro | not run | | the head is not read as a 1×1 conv + bilinear "
@@ -121,6 +122,24 @@ def speed(name: str, bundle_path: Path, source: Path, photo: Path, backends, rep
             base, times = alternate([lambda: model(x), call], repeats)
             report(f"| {name} | {backend} | {method} ({target.label}, {target.pixels} px) | {median(times):.1f} | "
                    f"{median(base):.1f} | {ratio(times, base):.2f}× |")
+
+
+def breakdown(name: str, backend: str, ex, x, target, repeats: int, report) -> None:
+    """Where a method's time beyond the forward pass goes: the task's work on the clean scores (the argmax that
+    fixes the region, `tasks.segmentation.predicted`) and, with a linear tail, Recipro-CAM's shortcut alone."""
+    from cam_infer.tasks.segmentation import predicted
+
+    cut, scores = ex.task.observe(x)
+    kind = ex.bundle.output_kind
+    (argmax,) = alternate([lambda: predicted(scores[0], kind)], repeats)
+    parts = f"the argmax over the {scores.shape[1]}×{scores.shape[2]}×{scores.shape[3]} scores {median(argmax):.1f} ms"
+    if ex.task.tail is not None:
+        region = predicted(scores[0], kind)[target.class_id]
+        activation = "softmax" if kind == "logits" else ex.task.tail.activation
+        (tail,) = alternate([lambda: ex.task.tail.recipro_scores(cut[0], target.class_id, region, activation)],
+                            repeats)
+        parts += f"; recipro's linear-tail scores of the {cut.shape[2]}×{cut.shape[3]} positions {median(tail):.1f} ms"
+    report(f"| {name} | {backend} | beyond the pass: {parts} | | | |")
 
 
 def main(argv=None) -> int:
