@@ -126,16 +126,18 @@ def run_segmentation_demo(out: Path, backend: str, scale: int, report=print, pre
         for method in SEGMENTATION_METHODS:
             e = ex.explain([s.image], method)
             item = e.items[0][0]
-            rows.append({"method": method, "label": item.label, "energy": energy_in_region(item.saliency, truth),
-                         "milliseconds": e.milliseconds})
+            rows.append({"method": method, "label": item.label, "class_agnostic": e.class_agnostic,
+                         "energy": energy_in_region(item.saliency, truth), "milliseconds": e.milliseconds})
             title = caption(method, None, None, None) if e.class_agnostic else f"{method}: {item.label}"
             tiles.append(_labelled(draw_outlines(overlay(s.image, item.saliency), [item.region], [None]), title,
                                    scale))
         described = ex.backend.describe()
     write_png(out / "segmentation.png", with_caption(with_colour_bar(np.concatenate(tiles, axis=1)), LEGEND))
-    report(f"\nembedded segmenter: ShapesSegmenter on {described}; scene: {len(s.boxes)} {s.class_name}s; energy of "
-           f"each map inside the ground-truth region (a uniform map: {uniform_baseline(truth):.3f})\n"
-           + "\n".join(f"{r['method']:<12}{r['label']:<10}{r['energy']:.3f}  {r['milliseconds']:.0f} ms" for r in rows)
+    report(f"\nembedded segmenter: ShapesSegmenter on {described}; scene: {len(s.boxes)} {s.class_name}s; each map "
+           f"(of the predicted {rows[-1]['label']} region) and its energy inside the ground-truth region (a uniform "
+           f"map: {uniform_baseline(truth):.3f})\n"
+           + "\n".join(f"{r['method']:<12}{'class-agnostic' if r['class_agnostic'] else r['label']:<16}"
+                       f"{r['energy']:.3f}  {r['milliseconds']:.0f} ms" for r in rows)
            + f"\ngrid (ground truth outlined, then each map with the predicted region outlined): "
            f"{out / 'segmentation.png'}")
     return rows
