@@ -62,12 +62,12 @@ def models(work: Path, deeplab: Path | None, tf_python: str) -> list[tuple]:
                                                               preprocessing=no_crop, overwrite=True).path,
              deeplab, dog, BACKENDS),
             ("PAN (512², float32)", split_segmenter(pan, out=work / "pan", labels=["skin", "clothes", "hair"],
-                                                   preprocessing=imagenet, overwrite=True).path, pan, SHARED / "deployed" / "messi5.jpg",
-             BACKENDS),
+                                                   preprocessing=imagenet, overwrite=True).path, pan,
+             SHARED / "deployed" / "messi5.jpg", BACKENDS),
             shapes(work)]
 
 
-def shapes(work: Path) -> tuple[str, Path, Path, Path]:
+def shapes(work: Path) -> tuple:
     from cam_infer.bundle.segmentation import split_segmenter
     from cam_infer.tools.demo import SHAPES_PREPROCESSING
     from cam_infer.tools.synthetic import write_segmentation_scenes
@@ -132,7 +132,8 @@ def breakdown(name: str, backend: str, ex, x, target, repeats: int, report) -> N
     cut, scores = ex.task.observe(x)
     kind = ex.bundle.output_kind
     (argmax,) = alternate([lambda: predicted(scores[0], kind)], repeats)
-    parts = f"the argmax over the {scores.shape[1]}×{scores.shape[2]}×{scores.shape[3]} scores {median(argmax):.1f} ms"
+    size = "×".join(map(str, scores.shape[1:]))
+    parts = f"the argmax over the {size} scores {median(argmax):.1f} ms"
     if ex.task.tail is not None:
         region = predicted(scores[0], kind)[target.class_id]
         activation = "softmax" if kind == "logits" else ex.task.tail.activation

@@ -29,6 +29,7 @@ from .images import load_image
 from .methods import get_method
 from .metrics.segmentation import energy_in_region, pointing_in_region, uniform_baseline
 from .outputs import write_atomically
+from .segmentation_runs import cost_line
 
 ROWS, SUMMARY = "rows.jsonl", "summary.json"
 MEANS = ("energy", "region_fraction", "pointing", "truth_energy", "truth_fraction", "truth_pointing")
@@ -70,13 +71,9 @@ def run_segmentation_audit(bundle, images, methods, out, *, masks=None, target=N
             _write_page(run.out, summary, thumbnail_grid(run.out, run.found.files[:grid], run.found.names, methods),
                         methods)
 
-    def cost() -> str:
-        return "cost per target: " + "; ".join(f"{m} {get_method(m, 'segmentation').implementation('segmentation').cost}"
-                                               for m in methods)
-
     work = SegmentationAuditWork(spec_for(explainer, runner), tuple(methods), target, masks, options or {})
     job = Job("audit", "an audit", settings, tuple(methods), work, write, names=lambda found: found.names,
-              extra=lambda image: [], folders=(OVERLAYS,), clear=(ROWS, *CLEARED), cost=cost)
+              extra=lambda image: [], folders=(OVERLAYS,), clear=(ROWS, *CLEARED), cost=lambda: cost_line(methods))
     run_job(job, images, out, runner, restart=restart, progress=progress, report=report)
     return summary
 

@@ -65,8 +65,8 @@ def _source_of(s) -> str:
 
 
 def draw_outlines(picture: np.ndarray, regions, labels, top: int = 0) -> np.ndarray:
-    """Each (H,W) bool region's outline on `picture` (whose image starts `top` rows down, under its caption):
-    holes included; a black line under one in the region's colour, and its label (None: none) at the top of its outline."""
+    """Each (H,W) bool region's outline on `picture` (whose image starts `top` rows down, under its caption),
+    holes included: a black line under one in the region's colour, and its label (None: none) at its top."""
     out = picture.copy()
     shape = regions[0].shape if regions else out.shape[:2]
     thickness = max(1, round(max(shape) / 320))

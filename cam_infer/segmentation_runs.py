@@ -45,14 +45,15 @@ def explain_segmentation_files(explainer: Explainer, paths, methods: list[str], 
                 "options": options or {}, "colormap": colormap, "alpha": alpha, "on": on, "overlays": overlays}
     work = SegmentationWork(spec_for(explainer, runner), tuple(methods), target, per_method, colormap, alpha, on,
                             overlays)
-
-    def cost() -> str:
-        from .methods import get_method
-        return "cost per target: " + "; ".join(f"{m} {get_method(m, 'segmentation').implementation('segmentation').cost}"
-                                               for m in methods)
-
     return explain_job(paths, out, settings, methods, work, runner, restart=restart, progress=progress, report=report,
-                       cost=cost)
+                       cost=lambda: cost_line(methods))
+
+
+def cost_line(methods) -> str:
+    """What the methods cost per explained target, as their registrations say (`cam_infer.methods`)."""
+    from .methods import get_method
+    return "cost per target: " + "; ".join(f"{m} {get_method(m, 'segmentation').implementation('segmentation').cost}"
+                                           for m in methods)
 
 
 def target_record(s) -> dict:
