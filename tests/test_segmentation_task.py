@@ -272,3 +272,44 @@ def test_deeplab_shortcut_matches_its_int8_head_within_a_quantization_step(deepl
     head = deeplab.backend.head(rows)[:, c][:, region].mean(axis=1)
     step = deeplab.bundle.manifest["output"]["model_output_step"]
     np.testing.assert_allclose(head, [shortcut[i, j] for i, j in positions], atol=step)
+
+
+def test_seg_grad_cam_differentiates_the_region_score(own_bundle):
+    """On a 1×1 conv + bilinear tail ∂S/∂A[k,q] = W[c,k]·(R_yᵀ M R_x)[q]/|R|: HiResCAM's map Σ_k g^k ⊙ A^k and
+    Grad-CAM's (α_k = mean_q g^k = W[c,k]/(h·w), whatever the region) in closed form."""
+    pytest.importorskip("torch")
+    explainer = Explainer(own_bundle, backend="onnxruntime", gradients="torch", precision="f32")
+    image, _ = next(own_scenes(1))
+    tail = explainer.task.tail
+    a = explainer.backend.features(explainer.preprocess([image]))[0]
+    for method in ("hirescam", "gradcam"):
+        item = explainer.explain(image, method=method, target="square").items[0][0]
+        spread = tail.ry.T.astype(np.float64) @ item.region @ tail.rx.astype(np.float64) / item.pixels   # (h,w)
+        g = tail.weight[item.class_id].astype(np.float64)[:, None, None] * spread[None]
+        expected = (g * a).sum(axis=0) if method == "hirescam" else np.einsum("k,khw->hw", g.mean(axis=(1, 2)), a)
+        np.testing.assert_allclose(item.raw, expected, rtol=1e-4, atol=1e-6 * np.abs(item.raw).max())
+
+
+def test_a_layer_a_skip_connection_bypasses_is_refused_naming_the_nearest_valid_one(tmp_path):
+    with pytest.raises(CamInferError, match=r"layer 'encoder' is not a cut point: .* nearest valid layer: "
+                                            r"'/Concat_output_0'"):
+        split_segmenter(OWN, layer="encoder", out=tmp_path / "b")
+
+
+def test_a_region_mask_png_is_read_at_the_image_size(own, tmp_path):
+    import cv2
+    image, truth = next(own_scenes(1))
+    cv2.imwrite(str(tmp_path / "mask.png"), (truth == 2).astype(np.uint8) * 255)
+    item = own.explain(image, method="recipro", target="square", region=tmp_path / "mask.png").items[0][0]
+    assert (item.region == (truth == 2)).all()
+    cv2.imwrite(str(tmp_path / "small.png"), np.zeros((64, 64), np.uint8))
+    with pytest.raises(CamInferError, match="the region mask is 64x64, the image 128x128"):
+        own.explain(image, method="recipro", region=str(tmp_path / "small.png"))
+
+
+@needs_shared
+@pytest.mark.slow
+def test_split_recognises_the_deeplab_tflite_by_its_argmax(tmp_path):
+    result = run_cli("split", DEEPLAB, "--out", tmp_path / "b")
+    assert result.returncode == 0, result.stderr
+    assert "class axis 3 of the model's NHWC scores (its ArgMax after them is left out" in result.stdout

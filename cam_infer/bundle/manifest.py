@@ -198,7 +198,8 @@ class Bundle:
 
     @property
     def task(self) -> str:
-        """``classification`` or ``detection`` (a cut set before a YOLO-style head, `cam_infer.detection`)."""
+        """``classification``, ``detection`` (a cut set before a YOLO-style head, `cam_infer.detection`) or
+        ``segmentation`` (class scores per pixel, `bundle.segmentation`)."""
         return self.manifest.get("task", "classification")
 
     @property

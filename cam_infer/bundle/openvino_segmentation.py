@@ -58,6 +58,15 @@ def scores_of(model):
     return value, axis, kind, argmax
 
 
+def is_openvino_segmenter(path) -> bool:
+    """Whether a model OpenVINO reads ends in per-pixel class ids (an ArgMax) or per-pixel scores."""
+    try:
+        scores_of(_read(Path(path)))
+    except CamInferError:
+        return False
+    return True
+
+
 def auto_cut(model, spec, scores) -> _Output:
     """The input of the convolution that makes the scores, when every path to them crosses it."""
     node = scores.get_node()

@@ -66,10 +66,10 @@ class SegmentationOutput:
 def is_segmenter(model: onnx.ModelProto) -> bool:
     """Whether a model's declared output is per-pixel: (N,C,H,W)/(N,H,W,C) scores, or an ArgMax's class ids."""
     output = model.graph.output[0]
-    rank = len(output.type.tensor_type.shape.dim)
-    if rank == 4:
-        return True
-    return rank == 3 and any(n.op_type == "ArgMax" and output.name in n.output for n in model.graph.node)
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in output.type.tensor_type.shape.dim]
+    if len(dims) == 4:
+        return sum(d not in (1, None) for d in dims[1:]) >= 2          # not a classifier's (N,C,1,1)
+    return len(dims) == 3 and any(n.op_type == "ArgMax" and output.name in n.output for n in model.graph.node)
 
 
 def segmentation_output(graph: Graph) -> SegmentationOutput:

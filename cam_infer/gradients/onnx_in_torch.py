@@ -279,6 +279,28 @@ def transpose(g, i, a):
     return i[0].permute(*perm)
 
 
+def resize(g, i, a):
+    """Resize of the spatial axes (N,C,H,W): bilinear (``linear``) with half_pixel or align_corners coordinates, or
+    nearest; sizes from ``sizes`` or ``scales`` (a segmenter's upsampling)."""
+    torch = _torch()
+    x = i[0]
+    scales = i[2] if len(i) > 2 and i[2] is not None and i[2].numel() else None
+    sizes = i[3] if len(i) > 3 and i[3] is not None and i[3].numel() else None
+    if sizes is not None:
+        size = [int(v) for v in sizes.tolist()[2:]]
+    else:
+        size = [int(round(d * float(f))) for d, f in zip(x.shape[2:], scales.tolist()[2:])]
+    mode = a.get("mode", b"nearest")
+    transform = a.get("coordinate_transformation_mode", b"half_pixel")
+    if mode in (b"linear", "linear") and transform in (b"half_pixel", b"pytorch_half_pixel", b"align_corners"):
+        return torch.nn.functional.interpolate(x, size=size, mode="bilinear",
+                                               align_corners=transform == b"align_corners")
+    if mode in (b"nearest", "nearest") and transform == b"asymmetric":
+        return torch.nn.functional.interpolate(x, size=size, mode="nearest")
+    raise CamInferError(f"Resize mode={mode!r}, coordinate_transformation_mode={transform!r} is not supported by "
+                        "the torch head interpreter")
+
+
 def einsum(g, i, a):
     equation = a["equation"]
     return _torch().einsum(equation.decode() if isinstance(equation, bytes) else equation, *i)
@@ -381,6 +403,7 @@ OPS = {
     "Gather": gather,
     "Shape": shape,
     "Transpose": transpose,
+    "Resize": resize,
     "Einsum": einsum,
     "LayerNormalization": layer_norm,
     "Erf": _torch_fn("erf"),

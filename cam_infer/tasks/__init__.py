@@ -1,9 +1,11 @@
 """Tasks: what differs between kinds of model (`base.Task`); everything else is shared by the `Explainer`.
 
-    task_of(bundle)        # the Task class for the bundle's manifest ("task": classification | detection)
+    task_of(bundle)        # the Task class for the bundle's manifest ("task": classification | detection |
+                           # segmentation)
 
 classification.py (classes from the outputs, one batch per method call), detection.py (detections or
-boxes, one image per method call, the cut set's levels).
+boxes, one image per method call, the cut set's levels), segmentation.py (a class over a region of pixels, one image
+per method call, its targets as rows).
 """
 
 from __future__ import annotations

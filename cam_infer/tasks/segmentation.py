@@ -91,7 +91,7 @@ def predicted(outputs: np.ndarray, kind: str) -> np.ndarray:
 
 class SegmentationTask(Task):
     name = "segmentation"
-    requests = frozenset({"region"})
+    requests = frozenset({"region", "gradients"})
 
     def open(self) -> None:
         """Read the head as a linear tail (1×1 conv + bilinear resize), verified, when it is one."""
@@ -128,8 +128,25 @@ class SegmentationTask(Task):
                                       targets=np.array(classes, np.int64), outputs=np.repeat(outputs[i:i + 1], k, 0),
                                       backend=self.explainer.backend, bundle=self.bundle, regions=regions,
                                       kind=self.bundle.output_kind, tail=self.tail)
+            if spec.needs == "gradients":
+                ctx.gradients = self.gradients(spec.name, ctx)
             jobs.append((ctx, classes))
         return jobs
+
+    def gradients(self, method: str, ctx: SegmentationContext) -> np.ndarray:
+        """∂S/∂A of each row's region score S = (1/|R|) Σ_{p∈R} y_c(p) (Seg-Grad-CAM), through the head in torch."""
+        if self.explainer.gradients is None:
+            from ..gradients import require_torch
+            require_torch()
+            raise CamInferError(f"method '{method}' needs gradients: open the Explainer with gradients='torch'")
+        masks = ctx.regions.astype(np.float32)
+        shape = (len(ctx.targets), self.bundle.num_classes, *masks.shape[1:])
+
+        def region_score(torch, scores):
+            picked = scores.reshape(shape)[torch.arange(shape[0]), torch.from_numpy(ctx.targets)]
+            weights = torch.from_numpy(masks / masks.sum(axis=(1, 2), keepdims=True))
+            return (picked * weights).sum(dim=(1, 2))
+        return self.explainer.gradients(ctx.x, ctx.activations, ctx.targets, region_score)
 
     def targets(self, output: np.ndarray, target, region, shape, spec) -> tuple[list[int], np.ndarray]:
         """The classes to explain and their regions (T,H,W) of one image's clean scores (C,H,W)."""
