@@ -36,6 +36,20 @@ from cam_infer.tools.bench import Report  # noqa: E402
 from detection import alternate, median, ratio  # noqa: E402
 
 METHODS = ["activation", "eigen", "entropy", "recipro"]
+NOTES = """
+**Reading it.** The single-pass methods miss 1.10× on DeepLab (1.2–2.0×) and meet it on the PAN on OpenVINO
+(0.94–1.03×; 1.13–1.31× on ONNX Runtime): the "beyond the pass" rows say where the rest goes. DeepLab's region is
+its argmax over 21×513×513 scores, 47–84 ms in NumPy (a third of a pass); the PAN's sigmoid regions are a
+threshold (under 1 ms). Reading the region off the graph's own ArgMax output (computed in the runtime, on the
+uint8 scores) instead of recomputing it would take that out. Recipro-CAM with the linear-tail shortcut misses
+1.5× (2.4–2.6×): its scores of the 33×33 positions are a Python loop over the positions (297 ms on DeepLab under
+this load, 37–48 ms on our 32×32 segmenter); one vectorised computation over the positions whose resize support
+meets the region would bring it to milliseconds. Where the head is not read as a linear tail (DeepLab's QDQ ONNX
+head, the PAN's decoder), recipro's head pass per position at the output's size is not timed: 1089 passes of
+21×513² scores. The machine was shared (load 10–13 on 2 cores): single rows swing by ±30 % between runs (the ONNX
+Runtime rows of the small segmenter, whose unsplit session's 2 ms against the bundle's 38 ms is thread contention,
+not work), so read the ratios by model and runtime, not to the second digit.
+"""
 BACKENDS = ["onnxruntime", "openvino"]
 
 
@@ -162,6 +176,7 @@ def main(argv=None) -> int:
     for name, bundle, source, photo, backends in models(args.work, args.deeplab, args.tf_python):
         speed(name, bundle, source, photo, backends, args.repeats, report)
     report(f"\nload average at the end: {', '.join(f'{v:.1f}' for v in os.getloadavg())}")
+    report(NOTES)
     report.write(args.out)
     return 0
 
