@@ -213,11 +213,29 @@ def test_pan_is_explained_per_sigmoid_channel_on_both_runtimes(tmp_path):
     maps = {}
     for runtime in ("onnxruntime", "openvino"):
         e = Explainer(bundle, backend=runtime, precision="f32")
-        assert e.task.tail is None                                   # a 3×3 conv before the resize
         items = e.explain(image, method="ablation", target="all").items[0]
         assert {i.label for i in items} == {"skin", "clothes", "hair"}
         maps[runtime] = np.stack([i.saliency for i in items])
     assert np.abs(maps["onnxruntime"] - maps["openvino"]).max() < 1e-2
+    assert_shortcut_matches_head_rows(e, image, "sigmoid")
+
+
+def assert_shortcut_matches_head_rows(explainer, image, activation, tolerance=1e-3):
+    """The shortcut's recipro values (a 3×3 conv then an align_corners resize and a sigmoid: the PAN's tail) against
+    head passes with the cut kept at one position, at a grid of positions, for every class present."""
+    assert explainer.task.tail is not None
+    a, scores = explainer.backend.observe(explainer.preprocess([image]))
+    _, h, w = a.shape[1:]
+    positions = [(i, j) for i in range(3, h, h // 3) for j in range(5, w, w // 3)]
+    rows = np.zeros((len(positions), *a.shape[1:]), np.float32)
+    for r, (i, j) in enumerate(positions):
+        rows[r, :, i, j] = a[0, :, i, j]
+    outputs = np.concatenate([explainer.backend.head(rows[r:r + 1]) for r in range(len(rows))])
+    for c in range(scores.shape[1]):
+        region = scores[0, c] > 0.5
+        shortcut = explainer.task.tail.recipro_scores(a[0], c, region, activation)
+        np.testing.assert_allclose(outputs[:, c][:, region].mean(axis=1), [shortcut[i, j] for i, j in positions],
+                                   atol=tolerance)
 
 
 def test_split_recognises_a_segmenter_and_info_shows_its_class_axis(tmp_path):

@@ -1,11 +1,11 @@
-"""A segmenter head that is a 1×1 convolution then a bilinear resize (DeepLab's, our own segmenter's), read as
-matrices: y = act(R_y · (W·A + b) · R_xᵀ) per class, W (C,K), b (C,), R_y (H,h), R_x (W,w) the resize's
-interpolation weights along each axis (bilinear resizing is separable), act the head's Sigmoid or Softmax over
+"""A segmenter head that is a convolution then a bilinear resize (DeepLab's and our own segmenter's 1×1, the PAN's
+3×3), read as matrices: y = act(R_y · (W∗A + b) · R_xᵀ) per class, W (C,K,k,k), b (C,), R_y (H,h), R_x (W,w)
+the resize's interpolation weights along each axis (bilinear resizing is separable), act the head's Sigmoid or Softmax over
 the classes, if any.
 
 What it buys (`recipro_scores`): with the cut kept at one position q only (Recipro-CAM's one-hot mask), the
-logits are b everywhere except within the resize's support of q, where they are b + u_p·(W·A[:,q]), u_p =
-R_y[p_y,q_y]·R_x[p_x,q_x]. The region score (1/|R|) Σ_{p∈R} y_c(p) is then computed on those few pixels, the
+logits are b everywhere except within the resize's support of q's k×k neighbourhood (1×1: u_p·(W·A[:,q]) added,
+u_p = R_y[p_y,q_y]·R_x[p_x,q_x]). The region score (1/|R|) Σ_{p∈R} y_c(p) is then computed on those few pixels, the
 others giving act(b)_c: exact, and no head pass at the input's resolution per position.
 
 The reading is checked against a float32 run of the head graph on random activations (`read_linear_tail`);
@@ -25,15 +25,26 @@ ACTIVATIONS = {"Sigmoid": "sigmoid", "Softmax": "softmax"}
 
 @dataclass(frozen=True)
 class LinearTail:
-    weight: np.ndarray        # (C,K)
+    kernel: np.ndarray        # (C,K,k,k), k odd, padded to keep the size (k = 1: DeepLab's 1×1 convolution)
     bias: np.ndarray          # (C,)
     ry: np.ndarray            # (H,h)
     rx: np.ndarray            # (W,w)
     activation: str           # "none" | "sigmoid" | "softmax" (over the classes)
 
+    @property
+    def weight(self) -> np.ndarray:
+        """(C,K): the kernel's centre tap (all of it for a 1×1 convolution)."""
+        r = self.kernel.shape[2] // 2
+        return self.kernel[:, :, r, r]
+
     def logits(self, a: np.ndarray) -> np.ndarray:
         """(N,K,h,w) → the logits at the output's size (N,C,H,W), before the activation."""
-        z = np.einsum("ck,nkhw->nchw", self.weight, a) + self.bias[None, :, None, None]
+        n, _, h, w = a.shape
+        k = self.kernel.shape[2]
+        r = k // 2
+        padded = np.pad(a, ((0, 0), (0, 0), (r, r), (r, r)))
+        z = sum(np.einsum("ck,nkhw->nchw", self.kernel[:, :, y, x], padded[:, :, y:y + h, x:x + w])
+                for y in range(k) for x in range(k)) + self.bias[None, :, None, None]
         return np.einsum("Hh,nchw,Ww->ncHW", self.ry, z, self.rx, optimize=True)
 
     def scores(self, a: np.ndarray) -> np.ndarray:
@@ -41,25 +52,34 @@ class LinearTail:
         return apply(self.logits(a), self.activation)
 
     def recipro_scores(self, a: np.ndarray, c: int, region: np.ndarray, activation: str) -> np.ndarray:
-        """S(q) = (1/|R|) Σ_{p∈R} act(b + u_p·W·A[:,q])_c for every position q of a (K,h,w) → (h,w)."""
+        """S(q) = (1/|R|) Σ_{p∈R} act(b + Σ_n u_p(n)·W_{q−n}·A[:,q])_c for every position q of a (K,h,w) → (h,w),
+        n the cells the kernel carries q to, u_p(n) = R_y[p_y,n_y]·R_x[p_x,n_x]."""
         _, h, w = a.shape
-        v = np.einsum("ck,khw->chw", self.weight, a).astype(np.float64)
-        base = float(apply(self.bias.astype(np.float64)[:, None, None], activation)[c, 0, 0])
+        k = self.kernel.shape[2]
+        r = k // 2
+        v = np.einsum("ckyx,khw->yxchw", self.kernel, a).astype(np.float64)      # W_tap·A[:,q] for every tap
+        bias = self.bias.astype(np.float64)
+        base = float(apply(bias[:, None, None], activation)[c, 0, 0])
         total = int(region.sum())
         rows = [np.flatnonzero(self.ry[:, i]) for i in range(h)]
         cols = [np.flatnonzero(self.rx[:, j]) for j in range(w)]
         out = np.empty((h, w), np.float64)
         for i in range(h):
             for j in range(w):
-                ys, xs = rows[i], cols[j]
+                cells = [(i - y + r, j - x + r, y, x) for y in range(k) for x in range(k)
+                         if 0 <= i - y + r < h and 0 <= j - x + r < w]
+                ys = np.unique(np.concatenate([rows[ni] for ni, _, _, _ in cells]))
+                xs = np.unique(np.concatenate([cols[nj] for _, nj, _, _ in cells]))
                 inside = region[np.ix_(ys, xs)]
                 if not inside.any():
                     out[i, j] = base
                     continue
-                u = np.outer(self.ry[ys, i], self.rx[xs, j])[inside]                       # (P,)
-                z = self.bias[:, None] + v[:, i, j][:, None] * u[None]                        # (C,P)
-                y = apply(z[:, :, None], activation)[c, :, 0]
-                out[i, j] = (base * (total - len(u)) + y.sum()) / total
+                z = np.repeat(bias[:, None], inside.sum(), axis=1)                          # (C,P)
+                for ni, nj, y, x in cells:
+                    u = np.outer(self.ry[ys, ni], self.rx[xs, nj])[inside]
+                    z += v[y, x, :, i, j][:, None] * u[None]
+                y_c = apply(z[:, :, None], activation)[c, :, 0]
+                out[i, j] = (base * (total - len(y_c)) + y_c.sum()) / total
         return out.astype(np.float32)
 
 
@@ -85,9 +105,11 @@ def read_linear_tail(head: onnx.ModelProto, activation_shape: tuple[int, int, in
     conv, resize = nodes[0], nodes[1]
     attributes = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
     weights = {t.name: numpy_helper.to_array(t) for t in head.graph.initializer}
-    if len(conv.input) < 2 or conv.input[1] not in weights or attributes.get("group", 1) != 1 or \
-            weights[conv.input[1]].shape[2:] != (1, 1) or any(s != 1 for s in attributes.get("strides", [1, 1])) or \
-            any(p != 0 for p in attributes.get("pads", [0, 0, 0, 0])) or \
+    size = weights[conv.input[1]].shape[2:] if len(conv.input) > 1 and conv.input[1] in weights else None
+    if size is None or attributes.get("group", 1) != 1 or size[0] != size[1] or size[0] % 2 == 0 or \
+            any(s != 1 for s in attributes.get("strides", [1, 1])) or \
+            any(d != 1 for d in attributes.get("dilations", [1, 1])) or \
+            any(p != size[0] // 2 for p in attributes.get("pads", [0, 0, 0, 0])) or \
             helper.get_attribute_value(next(a for a in resize.attribute if a.name == "mode")) != b"linear":
         return None
     activation = "none"
@@ -95,7 +117,7 @@ def read_linear_tail(head: onnx.ModelProto, activation_shape: tuple[int, int, in
         if nodes[2].op_type not in ACTIVATIONS:
             return None
         activation = ACTIVATIONS[nodes[2].op_type]
-    weight = weights[conv.input[1]][:, :, 0, 0].astype(np.float32)
+    weight = weights[conv.input[1]].astype(np.float32)
     bias = weights[conv.input[2]].astype(np.float32) if len(conv.input) > 2 and conv.input[2] else \
         np.zeros(len(weight), np.float32)
     k, h, w = activation_shape
@@ -187,7 +209,7 @@ def read_openvino_tail(head, features_of, step: float) -> LinearTail | None:
                                 attributes["coordinate_transformation_mode"]) @ rx
         elif kind not in IR_PASS:
             return None
-    tail = LinearTail(weight[:, :, 0, 0].astype(np.float32), bias.ravel().astype(np.float32),
+    tail = LinearTail(weight.astype(np.float32), bias.ravel().astype(np.float32),
                       ry.astype(np.float32), rx.astype(np.float32), "none")
     a, expected = features_of()
     error = np.abs(tail.scores(a) - expected)
