@@ -37,18 +37,18 @@ from detection import alternate, median, ratio  # noqa: E402
 
 METHODS = ["activation", "eigen", "entropy", "recipro"]
 NOTES = """
-**Reading it.** The single-pass methods miss 1.10× on DeepLab (1.2–2.0×) and meet it on the PAN on OpenVINO
-(0.94–1.03×; 1.13–1.31× on ONNX Runtime): the "beyond the pass" rows say where the rest goes. DeepLab's region is
-its argmax over 21×513×513 scores, 47–84 ms in NumPy (a third of a pass); the PAN's sigmoid regions are a
-threshold (under 1 ms). Reading the region off the graph's own ArgMax output (computed in the runtime, on the
-uint8 scores) instead of recomputing it would take that out. Recipro-CAM with the linear-tail shortcut misses
-1.5× (2.4–2.6×): its scores of the 33×33 positions are a Python loop over the positions (297 ms on DeepLab under
-this load, 37–48 ms on our 32×32 segmenter); one vectorised computation over the positions whose resize support
-meets the region would bring it to milliseconds. Where the head is not read as a linear tail (DeepLab's QDQ ONNX
-head, the PAN's decoder), recipro's head pass per position at the output's size is not timed: 1089 passes of
-21×513² scores. The machine was shared (load 10–13 on 2 cores): single rows swing by ±30 % between runs (the ONNX
-Runtime rows of the small segmenter, whose unsplit session's 2 ms against the bundle's 38 ms is thread contention,
-not work), so read the ratios by model and runtime, not to the second digit.
+**Reading it.** No target is met. The single-pass methods take 1.2–1.7× the pass on DeepLab and 1.15–1.2× on the
+PAN (target 1.10×); the "beyond the pass" rows itemise part of it: DeepLab's region is its argmax over
+21×513×513 scores, 10–30 ms in NumPy (10–30 % of a pass; reading the graph's own ArgMax output instead would
+remove it), the PAN's sigmoid regions a threshold (under 1 ms); the rest (copies of the full-resolution scores
+per target, the map's upsampling to the input) is not itemised here. Recipro-CAM with the linear-tail shortcut
+takes 2.8× on DeepLab, 18–33× on the PAN and 10–22× on our segmenter (target 1.5×): the shortcut's scores are a
+Python loop over the cut's positions, 110 ms for DeepLab's 33×33, 0.8–1.0 s for the PAN's 128×128, 15 ms for
+our 32×32, against passes of 96, 20–66 and 2 ms; computing all positions at once (their resize supports as one
+array operation) is what would reach the target. DeepLab's QDQ ONNX head is not read as a linear tail, so its
+recipro (1089 head passes of 21×513² scores) is not timed. The machine was shared (load 5–10 on 2 cores during
+this run; an earlier run at load 10–13 measured every pass 2–10× slower): read the ratios by model and runtime,
+not to the second digit.
 """
 BACKENDS = ["onnxruntime", "openvino"]
 
