@@ -78,6 +78,11 @@ class Explanation:
     def detector(self) -> bool:
         return self.items is not None
 
+    @property
+    def segmenter(self) -> bool:
+        """Items are a segmenter's (class, region) targets (`tasks.segmentation.SegmentMap`)."""
+        return self.items is not None and any(hasattr(s, "region") for items in self.items for s in items)
+
     def records(self) -> list[list[dict]]:
         """Per image, one record per explained target: its class (a detector's: and box, anchor, level),
         score, and whether its map is constant or near-uniform."""
@@ -123,6 +128,9 @@ class Explanation:
         model's view. A detector's image i with its explained detection j drawn (box, label, score) over its
         map; j None: every explained detection over their maps' pixel-wise maximum."""
         check_overlay_options(colormap, alpha)
+        if self.segmenter:
+            from .segmentation_overlay import segment_overlay
+            return segment_overlay(self, i, j, on, colormap, alpha)
         if self.detector:
             from .detection.overlay import detection_overlay
             return detection_overlay(self, i, j, on, colormap, alpha)

@@ -146,7 +146,7 @@ def test_the_readme_commands_in_order_in_a_fresh_venv(tmp_path):
     run(*pip, ".", cwd=checkout)                                          # pip install .
     run(bin_dir / "cam-infer", "demo", "--out", "demo/", cwd=checkout)    # cam-infer demo --out demo/
     assert sorted(p.name for p in (checkout / "demo").iterdir()) == ["cluttered.png", "detection.png", "large.png",
-                                                                     "multiple.png", "small.png"]
+                                                                     "multiple.png", "segmentation.png", "small.png"]
     assert not list((site / "cam_infer").rglob("*.nb*")), "the demo wrote kernel caches into site-packages"
     assert list((tmp_path / "user-cache" / "cam-infer" / "numba").rglob("*.nbi"))
     run(*pip, "-e", ".", cwd=checkout)                                    # the test command's install

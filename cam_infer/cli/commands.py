@@ -91,7 +91,8 @@ def info(args) -> int:
 def explain(args) -> int:
     from ..bundle import Bundle
     bundle = Bundle.load(args.bundle)
-    results, lines = (explain_detections if bundle.task == "detection" else explain_classes)(bundle, args)
+    run = {"detection": explain_detections, "segmentation": explain_segments}.get(bundle.task, explain_classes)
+    results, lines = run(bundle, args)
     for line in lines:
         print(line)
     if results.errors:
@@ -123,6 +124,25 @@ def explain_classes(bundle, args):
                                                                    "references": args.finer_references},
                             overlays=args.overlays, report=_say, **_scale_out(args))
     return results, results.summary_lines(len(methods), args.out)
+
+
+def explain_segments(bundle, args):
+    from ..jobs.explainers import open_explainer
+    from ..methods import in_all
+    from ..runs import parse_option
+    from ..segmentation_runs import explain_segmentation_files, summary_lines
+    names = [m.strip() for m in args.method.split(",") if m.strip()]
+    methods = in_all("segmentation") if names == ["all"] else names
+    for flag in ("finer", "enhance"):
+        if getattr(args, flag) is not None:
+            raise CamInferError(f"--{flag} is for classifiers; a segmenter takes --target (a class, several, or all)")
+    target = None if args.target is None else "all" if args.target == "all" else args.target.split(",")
+    explainer = open_explainer(bundle, args.backend, args.device, precision=args.precision)
+    results = explain_segmentation_files(explainer, args.images, methods, args.out, target=target,
+                                         options=dict(parse_option(o) for o in args.option), colormap=args.colormap,
+                                         alpha=args.alpha, restart=args.force, on=args.on, overlays=args.overlays,
+                                         report=_say, **_scale_out(args))
+    return results, summary_lines(results, len(methods), args.out)
 
 
 def explain_detections(bundle, args):
@@ -205,9 +225,11 @@ def bench(args) -> int:
 
 def audit(args) -> int:
     from ..bundle import Bundle
-    if args.sanity and Bundle.load(args.bundle).task == "detection":
-        raise CamInferError("--sanity runs on classifiers; a detector audit has no sanity check yet")
-    summary, lines = (audit_detections if Bundle.load(args.bundle).task == "detection" else audit_classes)(args)
+    task = Bundle.load(args.bundle).task
+    if args.sanity and task != "classification":
+        raise CamInferError(f"--sanity runs on classifiers; a {task} audit has no sanity check yet")
+    run = {"detection": audit_detections, "segmentation": audit_segments}.get(task, audit_classes)
+    summary, lines = run(args)
     for line in lines:
         print(line)
     if summary["errors"]:
@@ -228,6 +250,28 @@ def audit_classes(args):
     if agnostic and options.target != "predicted":
         lines.append(f"note: {class_agnostic_note(agnostic)}; their rows score the model's top-1")
     return summary, lines
+
+
+def audit_segments(args):
+    from ..methods import in_all
+    from ..runs import parse_option
+    from ..segmentation_audit import run_segmentation_audit, summary_lines
+    names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = in_all("segmentation") if names == ["all"] else names
+    if args.boxes or args.enhance:
+        raise CamInferError("a segmenter's audit takes --masks DIR (ground-truth label PNGs), not --boxes or --enhance")
+    options: dict = {}
+    for text in args.option:
+        key, value = parse_option(text)
+        method, dot, name = key.partition(".")
+        if not dot or method not in methods:
+            raise CamInferError(f"--option takes method.key=value for one of the chosen methods, not '{text}'")
+        options.setdefault(method, {})[name] = value
+    target = None if args.target == "predicted" else "all" if args.target == "all" else args.target.split(",")
+    summary = run_segmentation_audit(args.bundle, args.images, methods, args.out, masks=args.masks, target=target,
+                                     backend=args.backend, device=args.device, options=options, restart=args.force,
+                                     grid=args.grid, report=_say, precision=args.precision, **_scale_out(args))
+    return summary, summary_lines(summary, args.out)
 
 
 def audit_detections(args):
@@ -317,7 +361,16 @@ def fuse(args) -> int:
     if Path(args.out).exists() and not args.force:
         raise CamInferError(f"'{args.out}' exists; choose another --out or pass --force")
     bundle = Bundle.load(args.bundle)
-    if task_of(bundle).name == "detection":
+    if task_of(bundle).name == "segmentation":
+        from ..segmentation_fuse import fuse_segmenter
+        if args.top_classes != 1 or args.class_input or args.raw or args.precision != "f32":
+            raise CamInferError("--top-classes, --class-input, --raw and --precision are for classifiers; a "
+                                "segmenter's fused map is class-agnostic")
+        path = save(fuse_segmenter(bundle, args.method, **dict(parse_option(o) for o in args.option)), args.out,
+                    overwrite=True)
+        print(f"wrote {path}: the segmenter's class scores and saliency (N,{bundle.input_shape[1]},"
+              f"{bundle.input_shape[2]}), {args.method} at its cut")
+    elif task_of(bundle).name == "detection":
         from ..detection.fuse import fuse_detector
         if args.top_classes != 1 or args.class_input or args.raw or args.precision != "f32":
             raise CamInferError("--top-classes, --class-input, --raw and --precision are for classifiers; a detector's "

@@ -252,8 +252,8 @@ def load_served(source, method: str | None, backend: str, device: str, threads: 
         from ..bundle import Bundle
         from ..tasks import task_of
         if task_of(Bundle.load(path)).name != "classification":
-            raise CamInferError("serve explains classifier bundles; for a detector, serve its fused model "
-                                "(cam-infer fuse BUNDLE --method eigen --out model.onnx)")
+            raise CamInferError("serve explains classifier bundles; for a detector or a segmenter, serve its fused "
+                                "model (cam-infer fuse BUNDLE --method eigen --out model.onnx)")
         from ..methods.registry import DEFAULT_METHOD
         try:
             return ServedBundle(path, method or DEFAULT_METHOD, backend, device, threads, precision)

@@ -50,10 +50,11 @@ class SegmentMap:
     degenerate: bool
     uniform: bool = False
     class_agnostic: bool = False
+    source: str = "predicted"    # where the region came from: predicted | mask | box | pixel
 
     def record(self) -> dict:
         named = {} if self.class_agnostic else {"class_id": self.class_id, "label": self.label}
-        return {**named, "score": round(self.score, 5), "region_pixels": self.pixels,
+        return {**named, "score": round(self.score, 5), "region": self.source, "region_pixels": self.pixels,
                 "degenerate": self.degenerate, "uniform": self.uniform}
 
 
@@ -219,7 +220,9 @@ class SegmentationTask(Task):
         return mask
 
     def explanation(self, spec, method, jobs, maps, request, options, originals, names, model_outputs, start):
+        from ..segmentation_overlay import region_source
         size = self.bundle.input_shape[1:]
+        source = region_source(request.get("region"))
         items = []
         for (ctx, classes), raw in zip(jobs, maps):
             raw = np.asarray(raw, np.float32)
@@ -228,7 +231,8 @@ class SegmentationTask(Task):
             scores = [float(ctx.class_scores(ctx.outputs[j:j + 1], j, "logit")[0]) for j in range(len(classes))]
             items.append([SegmentMap(c, None if not self.bundle.labels else self.bundle.labels[c], scores[j],
                                      ctx.regions[j], int(ctx.regions[j].sum()), saliency[j], raw[j],
-                                     bool(degenerate[j]), bool(near_uniform(saliency[j])), not spec.class_specific)
+                                     bool(degenerate[j]), bool(near_uniform(saliency[j])), not spec.class_specific,
+                                     source=source)
                           for j, c in enumerate(classes)])
         return Explanation(method, None, None, None, None, None, (time.perf_counter() - start) * 1000, dict(options),
                            labels=self.bundle.labels, images=originals, names=names,

@@ -38,6 +38,16 @@ def embedded_detector_path() -> Path:
     return Path(str(resources.files("cam_infer") / "data" / "shapes_detector"))
 
 
+SEGMENTER_LABELS = ("background", "circle", "square", "triangle", "cross")
+SHAPES_PREPROCESSING = {"crop": "none", "scale": 1 / 255, "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
+SEGMENTATION_METHODS = ("activation", "eigen", "entropy", "recipro")
+
+
+def embedded_segmenter_path() -> Path:
+    """The ONNX file of the segmenter that ships with the package (ShapesSegmenter; split when used)."""
+    return Path(str(resources.files("cam_infer") / "data" / "shapes_segmenter" / "shapes_segmenter.onnx"))
+
+
 def training_record() -> dict:
     return json.loads((resources.files("cam_infer") / "data" / "shapes_training.json").read_text())
 
@@ -72,6 +82,7 @@ def run_demo(out, backend: str = "onnxruntime", scale: int = 2, report=print, pr
            f"it explains and its probability, or class-agnostic): "
            f"{', '.join(str(out / f'{s}.png') for s in SPLITS)}\n{LEGEND}")
     run_detection_demo(out, backend, scale, report, precision)
+    run_segmentation_demo(out, backend, scale, report, precision)
     return rows
 
 
@@ -93,6 +104,43 @@ def run_detection_demo(out: Path, backend: str, scale: int, report=print, precis
     report(f"\nembedded detector: ShapesDetector on {ex.backend.describe()}; scene objects: {truth}\n"
            + "\n".join(lines) + f"\ngrid (ground truth, then every detection's map and box per method): "
            f"{out / 'detection.png'}")
+
+
+def run_segmentation_demo(out: Path, backend: str, scale: int, report=print, precision: str = "f32") -> list[dict]:
+    """The embedded segmenter on one synthetic scene: each method's map of the class it finds, its predicted
+    region outlined, the map's energy inside the ground-truth region next to a uniform map's, one grid."""
+    import tempfile
+
+    from ..bundle.segmentation import split_segmenter
+    from ..metrics.segmentation import energy_in_region, uniform_baseline
+    from ..segmentation_overlay import draw_outlines
+    from .synthetic import segmentation_labels
+
+    s = scene("multiple", DEMO_SEED, 0)
+    truth = segmentation_labels(s) == s.label + 1
+    tiles, rows = [_labelled(draw_outlines(s.image, [truth], [None]), "ground truth", scale)], []
+    with tempfile.TemporaryDirectory() as folder:
+        bundle = split_segmenter(embedded_segmenter_path(), out=Path(folder) / "bundle", labels=SEGMENTER_LABELS,
+                                 preprocessing=SHAPES_PREPROCESSING)
+        ex = Explainer(bundle, backend=backend, precision=precision)
+        for method in SEGMENTATION_METHODS:
+            e = ex.explain([s.image], method)
+            item = e.items[0][0]
+            rows.append({"method": method, "label": item.label, "class_agnostic": e.class_agnostic,
+                         "energy": energy_in_region(item.saliency, truth), "milliseconds": e.milliseconds})
+            title = caption(method, None, None, None) if e.class_agnostic else f"{method}: {item.label}"
+            tiles.append(_labelled(draw_outlines(overlay(s.image, item.saliency), [item.region], [None]), title,
+                                   scale))
+        described = ex.backend.describe()
+    write_png(out / "segmentation.png", with_caption(with_colour_bar(np.concatenate(tiles, axis=1)), LEGEND))
+    report(f"\nembedded segmenter: ShapesSegmenter on {described}; scene: {len(s.boxes)} {s.class_name}s; each map "
+           f"(of the predicted {rows[-1]['label']} region) and its energy inside the ground-truth region (a uniform "
+           f"map: {uniform_baseline(truth):.3f})\n"
+           + "\n".join(f"{r['method']:<12}{'class-agnostic' if r['class_agnostic'] else r['label']:<16}"
+                       f"{r['energy']:.3f}  {r['milliseconds']:.0f} ms" for r in rows)
+           + f"\ngrid (ground truth outlined, then each map with the predicted region outlined): "
+           f"{out / 'segmentation.png'}")
+    return rows
 
 
 def _detections_panel(e, image: np.ndarray) -> np.ndarray:

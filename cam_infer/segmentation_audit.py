@@ -1,0 +1,175 @@
+"""`cam-infer audit` on a segmenter's bundle: every method on every image, one row per explained (class, region),
+localisation measured in the region the map explains and, given ground-truth masks (``--masks DIR``,
+`cam_infer.audit.masks`), in the class's true region.
+
+Columns (`cam_infer.metrics.segmentation`): ``energy`` Σ S·R / Σ S in the target's region R (the pixels the
+model assigns to the class in the clean pass) next to ``region_fraction``, what a uniform map scores (|R| over
+the input); ``pointing`` the map's maximum in R. With masks: ``truth_energy``, ``truth_fraction`` and
+``truth_pointing`` in the class's ground-truth region, void pixels (255) left out. Maps and regions are at the
+model's input; the masks are brought there by the bundle's resize and crop.
+
+The report is the other tasks' (`cam_infer.audit.report`): ``rows.jsonl``, ``metrics.csv``, ``summary.json``
+(means per method), ``index.html`` (table, charts, a thumbnail per image and method with every region
+outlined); the folder run (lock, resume, runners) is the one driver's (`cam_infer.jobs`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .audit import CLEARED, OVERLAYS, thumbnail_grid
+from .audit.report import CSV_NAME, HTML_NAME, write_csv, write_html
+from .audit.work import _masks_in_input, audit_batch, thumbnail_png
+from .explainer import Explainer
+from .images import load_image
+from .methods import get_method
+from .metrics.segmentation import energy_in_region, pointing_in_region, uniform_baseline
+from .outputs import write_atomically
+from .segmentation_runs import cost_line
+
+ROWS, SUMMARY = "rows.jsonl", "summary.json"
+MEANS = ("energy", "region_fraction", "pointing", "truth_energy", "truth_fraction", "truth_pointing")
+COLUMNS = ("image", "method", "index", "class_id", "label", "score", "region", "region_pixels", "class_agnostic",
+           "degenerate", "uniform", *MEANS)
+# column → (shown as, higher is better; None: a reference, what a uniform map scores)
+SHOWN = {"energy": ("Energy in the region", True), "region_fraction": ("Region's share (uniform)", None),
+         "pointing": ("Pointing in the region", True), "truth_energy": ("Energy in the true region", True),
+         "truth_fraction": ("True region's share (uniform)", None),
+         "truth_pointing": ("Pointing in the true region", True)}
+GRID = 48
+
+
+def run_segmentation_audit(bundle, images, methods, out, *, masks=None, target=None, backend: str = "auto",
+                           device: str = "CPU", options: dict | None = None, restart: bool = False,
+                           progress: bool | None = None, workers=None, ray: str | None = None,
+                           threads: int | None = None, grid: int = GRID, report=None, precision: str = "f32") -> dict:
+    """`target`: None (each image's largest class but the background), "all" or a list of classes. `masks`: a
+    folder of ground-truth masks. `workers`, `ray` and `threads` choose where the images are worked on."""
+    from .jobs.driver import Job, run_job, spec_for
+    from .parallel import make_runner
+
+    explainer = Explainer(bundle, backend=backend, device=device, precision=precision)
+    for m in methods:
+        get_method(m, "segmentation")
+    runner = make_runner(workers, ray, threads)
+    settings = {"bundle": str(explainer.bundle.path.resolve()), "methods": list(methods), "target": target,
+                "masks": masks and str(Path(masks).resolve()), "options": options or {},
+                "precision": explainer.backend.precision}
+    summary: dict = {}
+
+    def write(run, final: bool) -> None:
+        write_atomically(run.out / ROWS, "".join(json.dumps(r) + "\n" for r in run.rows))
+        write_csv(run.out / CSV_NAME, _csv_rows(run.rows), COLUMNS)
+        if final:
+            summary.update(methods=summarise(run.rows, methods), images=len(run.found.files), settings=settings,
+                           skipped=run.skipped, errors=run.errors, redone=run.redone)
+            write_atomically(run.out / SUMMARY, json.dumps(summary, indent=2) + "\n")
+            _write_page(run.out, summary, thumbnail_grid(run.out, run.found.files[:grid], run.found.names, methods),
+                        methods)
+
+    work = SegmentationAuditWork(spec_for(explainer, runner), tuple(methods), target, masks, options or {})
+    job = Job("audit", "an audit", settings, tuple(methods), work, write, names=lambda found: found.names,
+              extra=lambda image: [], folders=(OVERLAYS,), clear=(ROWS, *CLEARED), cost=lambda: cost_line(methods))
+    run_job(job, images, out, runner, restart=restart, progress=progress, report=report)
+    return summary
+
+
+def _csv_rows(rows: list[dict]) -> list[dict]:
+    return [{**r, **{flag: int(bool(r.get(flag))) for flag in ("class_agnostic", "degenerate", "uniform")}}
+            for r in rows if r["method"] is not None]
+
+
+def _write_page(out: Path, summary: dict, grid, methods) -> None:
+    """index.html, drawn by the classifier audit's writer from the segmenter's summary."""
+    per_method = {m: {k: v for k, v in means.items() if not k.endswith("_n")} for m, means in
+                  summary["methods"].items()}
+    counts = {m: {k[:-2]: v for k, v in means.items() if k.endswith("_n")} for m, means in
+              summary["methods"].items()}
+    view = {"methods": per_method, "counts": counts, "protocol": summary["settings"], "errors": summary["errors"],
+            "skipped": summary["skipped"]}
+    write_html(out, view, grid, methods, shown=SHOWN, unit="regions")
+
+
+@dataclass(frozen=True)
+class SegmentationAuditWork:
+    """A batch of images [(path, name, _, _)] → their rows and thumbnails (`audit_batch`), for any runner."""
+
+    spec: object                            # ExplainerSpec
+    methods: tuple
+    target: object
+    masks: str | None
+    options: dict
+
+    def __call__(self, batch) -> dict:
+        return audit_batch(batch, self._audit)
+
+    def _audit(self, image, _) -> dict:
+        rows, thumbnails = audit_image(self.spec.open(), image, self.methods, self.target, self.masks, self.options,
+                                       thumbnails=True)
+        return {"rows": rows or [{"image": str(image), "method": None}], "thumbnails": thumbnails}
+
+
+def audit_image(explainer: Explainer, image, methods, target, masks, options, thumbnails: bool = False):
+    """One image → its rows (one per method and explained (class, region)); with `thumbnails`, (rows, method →
+    thumbnail PNG of its maps with every region outlined)."""
+    rgb = load_image(image)
+    truth = _masks_in_input(masks, image, rgb.shape[:2], explainer) if masks else None
+    rows, pictures = [], {}
+    for method in methods:
+        e = explainer.explain([rgb], method, target=target, **options.get(method, {}))
+        if thumbnails:
+            pictures[method] = thumbnail_png(e.overlay(0))
+        for j, s in enumerate(e.items[0]):
+            row = {"image": str(image), "method": method, "index": j, **s.record(),
+                   "class_agnostic": e.class_agnostic, **region_metrics(s.saliency, s.region, None, s.degenerate)}
+            if truth is not None:
+                true = region_metrics(s.saliency, truth.region(s.class_id), truth.valid, s.degenerate)
+                row.update({f"truth_{k.split('_')[0]}" if k != "region_fraction" else "truth_fraction": v
+                            for k, v in true.items()})
+            rows.append(row)
+    return (rows, pictures) if thumbnails else rows
+
+
+def region_metrics(saliency: np.ndarray, region: np.ndarray, valid, degenerate: bool) -> dict:
+    """Energy and pointing of one map in a region, and the energy a uniform map would get there."""
+    return {"energy": energy_in_region(saliency, region, valid), "region_fraction": uniform_baseline(region, valid),
+            "pointing": int(pointing_in_region(saliency, region, valid, degenerate))}
+
+
+def summarise(rows: list[dict], methods) -> dict:
+    """Per method: the number of explained regions and the mean of every column over the rows that have it."""
+    out = {}
+    for m in methods:
+        own = [r for r in rows if r.get("method") == m]
+        means = {"regions": len(own)}
+        for column in MEANS:
+            values = [r[column] for r in own if column in r]
+            if values:
+                means[column] = float(np.mean(values))
+                means[f"{column}_n"] = len(values)
+        out[m] = means
+    return out
+
+
+def summary_lines(summary: dict, out) -> list[str]:
+    lines = []
+    for m, v in summary["methods"].items():
+        parts = [f"{v['regions']} regions"]
+        if "energy" in v:
+            parts.append(f"energy {v['energy']:.3f} (uniform {v['region_fraction']:.3f}), pointing {v['pointing']:.3f}")
+        if "truth_energy" in v:
+            parts.append(f"in the true region: energy {v['truth_energy']:.3f} (uniform {v['truth_fraction']:.3f}), "
+                         f"pointing {v['truth_pointing']:.3f}")
+        lines.append(f"{m:<10} " + ", ".join(parts))
+    if summary.get("redone"):
+        lines.append(f"redid {len(summary['redone'])} image(s) that changed since the last run, e.g. "
+                     f"{summary['redone'][0]}")
+    lines.append(f"report: {Path(out) / HTML_NAME} (metrics.csv, {ROWS}, {SUMMARY})")
+    return lines
+
+
+__all__ = ["audit_image", "run_segmentation_audit", "summary_lines"]

@@ -1,0 +1,73 @@
+"""`cam-infer fuse` for a segmenter: the model itself (its class scores, before any ArgMax) plus an output
+``saliency`` (N,H,W) in [0,1], the class-agnostic map of `activation`, `eigen` or `entropy` at the cut, ReLU'd,
+min–max'd and upsampled bilinearly (half-pixel) to the input, as the explainer draws it. The map is the same
+for every class and region, so one output serves them all.
+
+Class-specific segmentation methods (recipro, ablation, score, ...) need a target region that the clean scores
+give only after an argmax outside the graph, one region per class present: they are not fused.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from .bundle import Bundle
+from .detection.fuse import TOLERANCE, fusable, resized
+from .errors import CamInferError
+from .fuse.assemble import OUTPUT, _normalised, _onnx_bundle, _opset, at_min_opset, plain_model
+from .fuse.builder import Builder
+from .fuse.fusion import Fusion
+from .version import __version__
+
+
+def fuse_segmenter(bundle: "Bundle | str", method: str = "eigen", *, check: bool = True, **options) -> onnx.ModelProto:
+    from .methods import get_method
+    bundle = _onnx_bundle(bundle)
+    if method not in fusable():
+        raise CamInferError(f"a segmenter fuses {', '.join(fusable())} (class-agnostic maps); '{method}' needs a "
+                            "target region that the argmax over the clean scores gives outside the graph")
+    spec = get_method(method, "segmentation")
+    model = plain_model(bundle)
+    b = Builder(_opset(model))
+    h, w = bundle.input_shape[1:]
+    fusion = Fusion(b, bundle.activation_name, bundle.activation_shape, None, 1, bundle.num_classes, "logits", None,
+                    at_min_opset(bundle.head_path))
+    normalised = _normalised(b, spec.fused(fusion, **options), b.name("cut_map"))
+    b.op("Identity", resized(b, normalised, (h, w)), outputs=[OUTPUT])
+    model.graph.node.extend(b.nodes)
+    model.graph.initializer.extend(b.initializers)
+    model.graph.output.append(helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["N", h, w]))
+    for key, value in (("cam_infer.version", __version__), ("cam_infer.method", method),
+                       ("cam_infer.options", json.dumps(options, sort_keys=True)), ("cam_infer.target", "segmenter"),
+                       ("cam_infer.preprocessing", json.dumps(bundle.preprocessing.to_dict()))):
+        model.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(model)
+    if check:
+        error = fused_segmenter_error(model, bundle, method, options)
+        if error > TOLERANCE:
+            raise CamInferError(f"the fused {method} map differs from the explainer's by {error:.2g} on random "
+                                "images; not writing a model that draws a different picture")
+        model.metadata_props.add(key="cam_infer.check", value=json.dumps({"max_difference": float(error)}))
+    return model
+
+
+def fused_segmenter_error(model: onnx.ModelProto, bundle: Bundle, method: str, options: dict) -> float:
+    """The largest difference between the fused model's scores and map and the explainer's, on two random images
+    (ONNX Runtime); the explainer's map of a region covering the image (the map is the same for any region)."""
+    from .bundle.verify import random_images, session
+    from .explainer import Explainer
+
+    run = session(model)
+    ex = Explainer(bundle, backend="onnxruntime")
+    x = random_images(bundle.preprocessing, 2, seed=5)
+    scores, saliency = run.run([model.graph.output[0].name, OUTPUT], {run.get_inputs()[0].name: x})
+    worst = float(np.abs(scores - ex.backend.forward(x)).max()) / max(1.0, float(np.abs(scores).max()))
+    h, w = bundle.input_shape[1:]
+    for i in range(len(x)):
+        e = ex.explain(x[i:i + 1], method, target=0, region=[0, 0, w, h], **options)
+        worst = max(worst, float(np.abs(saliency[i] - e.items[0][0].saliency).max()))
+    return worst

@@ -1,0 +1,93 @@
+"""Pictures of explained segmentation targets: the map over the image (the bundle's resize and crop undone),
+the outline of each target's region in its own colour with its class name, and a caption saying what the
+map explains and where the region came from (``predicted``: the pixels the model assigns to the class in
+the clean pass; ``mask``, ``box`` or ``pixel``: given with ``region=``). A class-agnostic map names no class:
+its caption says so and its outlines carry no label."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from .detection.overlay import COLOURS, label_chip, label_scale
+from .errors import CamInferError
+from .postprocess import caption, flagged, overlay_picture
+
+
+def region_source(region) -> str:
+    """Where a target's region came from, by the ``region=`` request: none → ``predicted``; a mask (a path or
+    a 2-D array), a box ``[x1, y1, x2, y2]`` or a pixel ``(x, y)``."""
+    if region is None:
+        return "predicted"
+    if isinstance(region, (str, bytes)) or hasattr(region, "__fspath__"):
+        return "mask"
+    shape = np.shape(region)
+    return "mask" if len(shape) == 2 else "box" if shape == (4,) else "pixel"
+
+
+def segment_overlay(e, i: int, j: int | None, on: str, colormap: str, alpha: float) -> np.ndarray:
+    """Image i with target j's map and region outline (None: every explained target, their maps' pixel-wise
+    maximum and every outline)."""
+    if not 0 <= i < len(e.items):
+        raise CamInferError(f"image {i} does not exist: the explanation has {len(e.items)}")
+    if j is not None and not 0 <= j < len(e.items[i]):
+        raise CamInferError(f"target {j} does not exist: image {i} has {len(e.items[i])} explained targets")
+    if on not in ("original", "model"):
+        raise CamInferError(f"on must be 'original' or 'model', not {on!r}")
+    if e.images is None:
+        raise CamInferError("give explain() image files or arrays to draw the regions on them")
+    items = e.items[i] if j is None else [e.items[i][j]]
+    saliency = np.max([s.saliency for s in items], axis=0)
+    original = on == "original"
+    prep = e.preprocessing
+    image = e.images[i] if original else prep.geometry(e.images[i])
+    picture = overlay_picture(saliency, image, prep if original else None, _caption(e.method, items), colormap,
+                              alpha)
+    regions = [prep.to_image(s.region.astype(np.float32), image.shape[:2])[0] >= 0.5 if original else s.region
+               for s in items]
+    labels = [None if s.class_agnostic else s.label or f"class {s.class_id}" for s in items]
+    return draw_outlines(picture, regions, labels, top=picture.shape[0] - image.shape[0])
+
+
+def _caption(method: str, items) -> str:
+    if len(items) > 1:
+        return f"{method}: {len(items)} regions"
+    s = items[0]
+    where = f" in {_source_of(s)} region, {s.pixels} px"
+    if s.class_agnostic:
+        return caption(method, None, None, None, s.degenerate, s.uniform) + where
+    name = s.label or f"class {s.class_id}"
+    return f"{method}: {name} ({s.class_id}) s={s.score:.2f}{where}{flagged(s.degenerate, s.uniform)}"
+
+
+def _source_of(s) -> str:
+    return getattr(s, "source", "predicted")
+
+
+def draw_outlines(picture: np.ndarray, regions, labels, top: int = 0) -> np.ndarray:
+    """Each (H,W) bool region's outline on `picture` (whose image starts `top` rows down, under its caption),
+    holes included: a black line under one in the region's colour, and its label (None: none) at its top."""
+    out = picture.copy()
+    shape = regions[0].shape if regions else out.shape[:2]
+    thickness = max(1, round(max(shape) / 320))
+    scale = label_scale(shape)
+    for k, (region, label) in enumerate(zip(regions, labels)):
+        colour = COLOURS[k % len(COLOURS)]
+        contours, _ = cv2.findContours(region.astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE,
+                                       offset=(0, top))
+        cv2.drawContours(out, contours, -1, (0, 0, 0), thickness + 2)
+        cv2.drawContours(out, contours, -1, colour, thickness)
+        if label is not None and contours:
+            _place(out, label_chip(label, colour, scale), region, top)
+    return out
+
+
+def _place(out: np.ndarray, chip: np.ndarray, region: np.ndarray, top: int) -> None:
+    """The chip just above the region's top row, or just below its bottom row when the caption is in the way
+    (else inside it); at its leftmost pixel, within the picture."""
+    h, w = chip.shape[:2]
+    ys, xs = np.nonzero(region)
+    first, last = int(ys.min()) + top, int(ys.max()) + top
+    y = first - h if first - h >= top else last + 3 if last + 3 + h <= out.shape[0] else first
+    x = max(0, min(int(xs.min()), out.shape[1] - w))
+    out[y:y + h, x:x + w] = chip[:out.shape[0] - y, :out.shape[1] - x]

@@ -1,0 +1,234 @@
+"""What users see of a segmenter's explanation: the region's outline per class, the caption, the files, the
+folder runs, the audit and the demo scene."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cam_infer import Explainer
+from cam_infer.detection.overlay import COLOURS
+from cam_infer.errors import CamInferError
+from cam_infer.segmentation_overlay import draw_outlines, region_source
+from cam_infer.tools.demo import SHAPES_PREPROCESSING
+
+from helpers import assert_one_line_error, run_cli
+
+ROOT = Path(__file__).resolve().parent.parent
+SEGMENTER = ROOT / "cam_infer" / "data" / "shapes_segmenter" / "shapes_segmenter.onnx"
+LABELS = ["background", "circle", "square", "triangle", "cross"]
+
+
+def boundary(mask: np.ndarray) -> np.ndarray:
+    """The region's pixels with a 4-neighbour outside it (brute force)."""
+    padded = np.pad(mask, 1)
+    inner = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return mask & ~inner
+
+
+def test_outline_is_drawn_on_the_region_boundary_and_nowhere_far_from_it():
+    picture = np.full((100, 120, 3), 90, np.uint8)
+    region = np.zeros((80, 120), bool)                  # the image starts 20 rows down, under a caption
+    region[30:60, 40:90] = True
+    out = draw_outlines(picture, [region], [None], top=20)
+    colour = np.all(out[20:] == COLOURS[0], axis=2)
+    assert colour[boundary(region)].all()
+    near = np.zeros_like(region)
+    ys, xs = np.nonzero(boundary(region))
+    for dy in range(-2, 3):
+        for dx in range(-2, 3):
+            near[np.clip(ys + dy, 0, 79), np.clip(xs + dx, 0, 119)] = True
+    changed = np.any(out[20:] != picture[20:], axis=2)
+    assert not (changed & ~near).any()
+    assert (out[:20] == picture[:20]).all()             # the caption is left alone
+
+
+def test_outlines_of_several_regions_take_their_own_colours_and_labels():
+    picture = np.full((90, 90, 3), 90, np.uint8)
+    a, b = np.zeros((90, 90), bool), np.zeros((90, 90), bool)
+    a[40:60, 10:30], b[40:80, 50:80] = True, True
+    plain = draw_outlines(picture, [a, b], [None, None])
+    labelled = draw_outlines(picture, [a, b], ["cat", "dog"])
+    for k, region in enumerate((a, b)):
+        assert np.all(plain[boundary(region)] == COLOURS[k], axis=1).all()
+    above = np.any(labelled != plain, axis=2)
+    assert above[:40, 10:30].any() and above[:40, 50:80].any()       # a chip above each region's top
+
+
+@pytest.mark.parametrize("region, source", [(None, "predicted"), ("mask.png", "mask"), (np.zeros((4, 4)), "mask"),
+                                            ([1, 2, 3, 4], "box"), ((5, 6), "pixel")])
+def test_region_source_says_where_the_region_came_from(region, source):
+    assert region_source(region) == source
+
+
+@pytest.fixture(scope="module")
+def segmenter_and_scene(tmp_path_factory):
+    from cam_infer.bundle.segmentation import split_segmenter
+    from cam_infer.tools.synthetic import write_segmentation_scenes
+
+    work = tmp_path_factory.mktemp("segmentation-overlay")
+    scenes = write_segmentation_scenes(work / "scenes", 2)
+    bundle = split_segmenter(SEGMENTER, out=work / "bundle", labels=LABELS, preprocessing=SHAPES_PREPROCESSING)
+    return Explainer(bundle, backend="onnxruntime"), sorted((scenes / "images").glob("*.png"))
+
+
+def test_overlay_outlines_each_explained_region_in_the_models_view(segmenter_and_scene):
+    ex, images = segmenter_and_scene
+    e = ex.explain(images[1], "activation", target="all")
+    items = e.items[0]
+    assert items
+    for j, s in enumerate(items):
+        picture = e.overlay(0, j, on="model")
+        top = picture.shape[0] - s.region.shape[0]
+        white = np.all(picture[top:, :s.region.shape[1]] == COLOURS[0], axis=2)
+        assert white[boundary(s.region)].mean() > 0.9                  # the label chip may hide a few
+    every = e.overlay(0, None, on="model")
+    top = every.shape[0] - items[0].region.shape[0]
+    for k, s in enumerate(items):
+        drawn = np.all(every[top:, :s.region.shape[1]] == COLOURS[k], axis=2)
+        assert drawn[boundary(s.region)].mean() > 0.5
+
+
+def test_overlay_on_the_original_and_saved_files_name_each_class(segmenter_and_scene, tmp_path):
+    ex, images = segmenter_and_scene
+    e = ex.explain(images[1], "recipro", target="all")
+    picture = e.overlay(0, 0)
+    assert picture.shape[1] >= e.images[0].shape[1] and picture.shape[0] > e.images[0].shape[0]
+    paths = e.save(tmp_path)
+    assert [p.name.split("_recipro_")[1] for p in paths] == [f"{j}_{s.label}.png" for j, s in enumerate(e.items[0])]
+    with pytest.raises(CamInferError, match="target 9 does not exist"):
+        e.overlay(0, 9)
+
+
+def test_a_class_agnostic_map_over_a_box_names_no_class_and_says_box(segmenter_and_scene, tmp_path):
+    ex, images = segmenter_and_scene
+    e = ex.explain(images[0], "activation", region=[10, 10, 60, 60])
+    record = e.records()[0][0]
+    assert record["region"] == "box" and "label" not in record and "class_id" not in record
+    from cam_infer.segmentation_overlay import _caption
+    text = _caption(e.method, e.items[0])
+    assert "class-agnostic" in text and "box region" in text
+    assert [p.name for p in e.save(tmp_path)] == [f"{images[0].stem}_activation.png"]
+
+
+def test_the_demo_explains_a_segmentation_scene_with_its_ground_truth(tmp_path):
+    from cam_infer.metrics.segmentation import uniform_baseline
+    from cam_infer.tools.demo import DEMO_SEED, run_segmentation_demo
+    from cam_infer.tools.synthetic import scene, segmentation_labels
+
+    lines = []
+    rows = run_segmentation_demo(tmp_path, "onnxruntime", 2, report=lines.append)
+    s = scene("multiple", DEMO_SEED, 0)
+    baseline = uniform_baseline(segmentation_labels(s) == s.label + 1)
+    assert {r["label"] for r in rows} == {s.class_name}
+    recipro = next(r for r in rows if r["method"] == "recipro")
+    assert recipro["energy"] >= 0.5 and recipro["energy"] > 4 * baseline
+    assert "embedded segmenter: ShapesSegmenter" in lines[0] and f"{baseline:.3f}" in lines[0]
+    methods = {r["method"] for r in rows}
+    shown = {line.split()[0]: line for line in lines[0].splitlines() if line and line.split()[0] in methods}
+    assert s.class_name not in shown["activation"] and "class-agnostic" in shown["eigen"]
+    assert s.class_name in shown["recipro"]
+    import cv2
+    grid = cv2.imread(str(tmp_path / "segmentation.png"))
+    assert grid is not None and grid.shape[1] > 5 * 256
+
+
+def test_explain_over_a_folder_records_each_region_with_its_energy_and_resumes(segmenter_and_scene, tmp_path):
+    ex, images = segmenter_and_scene
+    bundle, folder, out = ex.bundle.path, images[0].parent, tmp_path / "run"
+    result = run_cli("explain", bundle, folder, "--method", "recipro,activation", "--target", "all", "--out", out)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads((out / "results.json").read_text())["results"]
+    assert sorted((r["image"], r["method"]) for r in rows) == sorted((str(p), m) for p in images
+                                                                     for m in ("recipro", "activation"))
+    for r in rows:
+        e = ex.explain(r["image"], r["method"], target="all")
+        assert len(r["targets"]) == len(e.items[0]) and (out / r["overlay"]).is_file()
+        for record, s in zip(r["targets"], e.items[0]):
+            inside = (s.saliency * s.region).sum() / s.saliency.sum()          # plain NumPy twin
+            assert record["energy_in_region"] == pytest.approx(inside, abs=1e-4)
+            assert record["uniform_baseline"] == pytest.approx(s.region.mean(), abs=1e-4)
+            assert record["region"] == "predicted" and record["region_pixels"] == s.pixels
+            assert ("label" in record) == (r["method"] == "recipro")
+            assert ("overlay" in record) == (r["method"] == "recipro")
+    recipro = [t for r in rows if r["method"] == "recipro" for t in r["targets"]]
+    assert np.mean([t["energy_in_region"] for t in recipro]) > 4 * np.mean([t["uniform_baseline"] for t in recipro])
+    first = rows[0]["overlay"]
+    (out / first).unlink()
+    again = run_cli("explain", bundle, folder, "--method", "recipro,activation", "--target", "all", "--out", out)
+    assert again.returncode == 0, again.stderr
+    assert (out / first).is_file()
+    redone = {(r["image"], r["method"]): r for r in json.loads((out / "results.json").read_text())["results"]}
+    for r in rows:                                  # the row whose picture was gone is redone, the others kept
+        kept = redone[r["image"], r["method"]]
+        assert kept == r if r["overlay"] != first else {**kept, "milliseconds": 0} == {**r, "milliseconds": 0}
+
+
+def test_explain_of_a_segmenter_refuses_classifier_flags_and_unknown_classes(segmenter_and_scene, tmp_path):
+    ex, images = segmenter_and_scene
+    result = run_cli("explain", ex.bundle.path, images[0], "--method", "recipro", "--target", "dog", "--out", tmp_path)
+    assert_one_line_error(result, "unknown class label 'dog'")
+    result = run_cli("explain", ex.bundle.path, images[0], "--method", "recipro", "--finer", "1", "--out", tmp_path)
+    assert_one_line_error(result, "--finer is for classifiers")
+
+
+def test_audit_of_a_segmenter_against_its_ground_truth_masks(segmenter_and_scene, tmp_path):
+    from cam_infer.audit.masks import read_truth
+    from cam_infer.tools.synthetic import write_segmentation_scenes
+
+    ex, _ = segmenter_and_scene
+    scenes = write_segmentation_scenes(tmp_path / "scenes", 4)
+    out = tmp_path / "audit"
+    result = run_cli("audit", ex.bundle.path, scenes / "images", "--masks", scenes / "masks", "--methods",
+                     "activation,recipro", "--out", out)
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
+    assert len(rows) == 8 and (out / "index.html").is_file() and (out / "metrics.csv").is_file()
+    for r in rows:
+        e = ex.explain(r["image"], r["method"])
+        s = e.items[0][r["index"]]
+        truth = read_truth(scenes / "masks", Path(r["image"]).name, e.images[0].shape[:2], LABELS)
+        true = ex.bundle.preprocessing.mask_geometry(truth.region(s.class_id))
+        assert r["truth_energy"] == pytest.approx((s.saliency * true).sum() / s.saliency.sum(), abs=1e-4)
+        assert r["truth_fraction"] == pytest.approx(true.mean(), abs=1e-6)
+        assert r["energy"] == pytest.approx((s.saliency * s.region).sum() / s.saliency.sum(), abs=1e-4)
+    summary = json.loads((out / "summary.json").read_text())["methods"]
+    for method in ("activation", "recipro"):
+        own = [r for r in rows if r["method"] == method]
+        assert summary[method]["truth_energy"] == pytest.approx(np.mean([r["truth_energy"] for r in own]))
+    assert summary["recipro"]["truth_energy"] >= 0.5
+    assert summary["recipro"]["truth_energy"] > 4 * summary["recipro"]["truth_fraction"]
+    refused = run_cli("audit", ex.bundle.path, scenes / "images", "--boxes", scenes / "masks" / "x.json", "--out",
+                      tmp_path / "other")
+    assert_one_line_error(refused, "takes --masks DIR")
+
+
+@pytest.mark.parametrize("method", ["activation", "eigen"])
+def test_fused_segmenter_returns_its_scores_and_the_explainers_map(segmenter_and_scene, tmp_path, method):
+    import onnxruntime as ort
+
+    ex, images = segmenter_and_scene
+    out = tmp_path / "fused.onnx"
+    result = run_cli("fuse", ex.bundle.path, "--method", method, "--out", out)
+    assert result.returncode == 0, result.stderr
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    e = ex.explain(images[0], method)
+    x = ex._inputs([images[0]])[0]
+    scores, saliency = session.run(None, {session.get_inputs()[0].name: x})
+    assert np.abs(scores - ex.backend.forward(x)).max() < 1e-4
+    assert np.abs(saliency[0] - e.items[0][0].saliency).max() < 1e-3
+    from cam_infer.serve.models import load_served
+    served = load_served(out, None, "onnxruntime", "CPU", None)          # what `cam-infer serve model.onnx` serves
+    answer = served.run(x, served.key({}, 1)[0], None)
+    assert np.abs(answer["saliency"] - saliency).max() < 1e-6 and answer["scores"].shape == scores.shape
+
+
+def test_fuse_refuses_a_class_specific_segmentation_method(segmenter_and_scene, tmp_path):
+    ex, _ = segmenter_and_scene
+    result = run_cli("fuse", ex.bundle.path, "--method", "recipro", "--out", tmp_path / "fused.onnx")
+    assert_one_line_error(result, "a segmenter fuses")
+    result = run_cli("serve", ex.bundle.path, "--port", "0")
+    assert_one_line_error(result, "for a detector or a segmenter, serve its fused model")
