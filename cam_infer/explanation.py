@@ -129,7 +129,7 @@ class Explanation:
         map; j None: every explained detection over their maps' pixel-wise maximum."""
         check_overlay_options(colormap, alpha)
         if self.segmenter:
-            from .segmentation_overlay import segment_overlay
+            from .segmentation.overlay import segment_overlay
             return segment_overlay(self, i, j, on, colormap, alpha)
         if self.detector:
             from .detection.overlay import detection_overlay

@@ -30,11 +30,11 @@ LAYERS = {
                "fuse.builder"),       # ONNX nodes in few words: fusing and the opened transformer tail write them
     "runtime": ("backends", "gradients"),
     "methods": ("methods", "enhancers", "finer", "metrics", "cost", "explanation", "detection.targets",
-                "detection.context", "detection.overlay"),
+                "detection.context", "detection.overlay", "segmentation.overlay"),
     "tasks": ("tasks",),                  # a task runs the methods for its kind of model and builds the Explanation
     "explainer": ("explainer", "detection"),
     "jobs": ("jobs", "runs", "audit", "diff", "parallel", "progress", "fuse", "detection.runs", "detection.audit",
-             "detection.fuse"),
+             "detection.fuse", "segmentation"),
     "tools": ("tools",),
     "cli/serve": ("cli", "serve", "__main__", ""),
 }

@@ -12,7 +12,7 @@ import pytest
 from cam_infer import Explainer
 from cam_infer.detection.overlay import COLOURS
 from cam_infer.errors import CamInferError
-from cam_infer.segmentation_overlay import draw_outlines, region_source
+from cam_infer.segmentation.overlay import draw_outlines, region_source
 from cam_infer.tools.demo import SHAPES_PREPROCESSING
 
 from helpers import assert_one_line_error, run_cli
@@ -108,7 +108,7 @@ def test_a_class_agnostic_map_over_a_box_names_no_class_and_says_box(segmenter_a
     e = ex.explain(images[0], "activation", region=[10, 10, 60, 60])
     record = e.records()[0][0]
     assert record["region"] == "box" and "label" not in record and "class_id" not in record
-    from cam_infer.segmentation_overlay import _caption
+    from cam_infer.segmentation.overlay import _caption
     text = _caption(e.method, e.items[0])
     assert "class-agnostic" in text and "box region" in text
     assert [p.name for p in e.save(tmp_path)] == [f"{images[0].stem}_activation.png"]

@@ -130,7 +130,7 @@ def explain_segments(bundle, args):
     from ..jobs.explainers import open_explainer
     from ..methods import in_all
     from ..runs import parse_option
-    from ..segmentation_runs import explain_segmentation_files, summary_lines
+    from ..segmentation.runs import explain_segmentation_files, summary_lines
     names = [m.strip() for m in args.method.split(",") if m.strip()]
     methods = in_all("segmentation") if names == ["all"] else names
     for flag in ("finer", "enhance"):
@@ -255,7 +255,7 @@ def audit_classes(args):
 def audit_segments(args):
     from ..methods import in_all
     from ..runs import parse_option
-    from ..segmentation_audit import run_segmentation_audit, summary_lines
+    from ..segmentation.audit import run_segmentation_audit, summary_lines
     names = [m.strip() for m in args.methods.split(",") if m.strip()]
     methods = in_all("segmentation") if names == ["all"] else names
     if args.boxes or args.enhance:
@@ -362,7 +362,7 @@ def fuse(args) -> int:
         raise CamInferError(f"'{args.out}' exists; choose another --out or pass --force")
     bundle = Bundle.load(args.bundle)
     if task_of(bundle).name == "segmentation":
-        from ..segmentation_fuse import fuse_segmenter
+        from ..segmentation.fuse import fuse_segmenter
         if args.top_classes != 1 or args.class_input or args.raw or args.precision != "f32":
             raise CamInferError("--top-classes, --class-input, --raw and --precision are for classifiers; a "
                                 "segmenter's fused map is class-agnostic")

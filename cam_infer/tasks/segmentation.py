@@ -220,7 +220,7 @@ class SegmentationTask(Task):
         return mask
 
     def explanation(self, spec, method, jobs, maps, request, options, originals, names, model_outputs, start):
-        from ..segmentation_overlay import region_source
+        from ..segmentation.overlay import region_source
         size = self.bundle.input_shape[1:]
         source = region_source(request.get("region"))
         items = []

@@ -113,7 +113,7 @@ def run_segmentation_demo(out: Path, backend: str, scale: int, report=print, pre
 
     from ..bundle.segmentation import split_segmenter
     from ..metrics.segmentation import energy_in_region, uniform_baseline
-    from ..segmentation_overlay import draw_outlines
+    from ..segmentation.overlay import draw_outlines
     from .synthetic import segmentation_labels
 
     s = scene("multiple", DEMO_SEED, 0)

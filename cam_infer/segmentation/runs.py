@@ -10,14 +10,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .explainer import Explainer
-from .explanation import _safe
-from .jobs.explain import Results
-from .jobs.folders import read_stamped
-from .metrics.segmentation import energy_in_region, uniform_baseline
-from .postprocess import check_overlay_options, check_overlays, encode_map, encode_picture
-from .runs import bundle_hashes, check_on, options_per_method
-from .tasks import class_index
+from ..explainer import Explainer
+from ..explanation import _safe
+from ..jobs.explain import Results
+from ..jobs.folders import read_stamped
+from ..metrics.segmentation import energy_in_region, uniform_baseline
+from ..postprocess import check_overlay_options, check_overlays, encode_map, encode_picture
+from ..runs import bundle_hashes, check_on, options_per_method
+from ..tasks import class_index
 
 
 def explain_segmentation_files(explainer: Explainer, paths, methods: list[str], out, *, target=None,
@@ -28,9 +28,9 @@ def explain_segmentation_files(explainer: Explainer, paths, methods: list[str], 
     """`target`: None (each image's largest class but the background), "all" (every class present) or a list of
     classes (labels or indices). `overlays`: "jpg" (default), "png", or "none": the maps alone, 8-bit grey PNGs
     at the model's input (`.map.png`)."""
-    from .jobs.driver import spec_for
-    from .jobs.explain import explain_job
-    from .parallel import make_runner
+    from ..jobs.driver import spec_for
+    from ..jobs.explain import explain_job
+    from ..parallel import make_runner
 
     check_overlay_options(colormap, alpha)
     check_overlays(overlays)
@@ -51,7 +51,7 @@ def explain_segmentation_files(explainer: Explainer, paths, methods: list[str], 
 
 def cost_line(methods) -> str:
     """What the methods cost per explained target, as their registrations say (`cam_infer.methods`)."""
-    from .methods import get_method
+    from ..methods import get_method
     return "cost per target: " + "; ".join(f"{m} {get_method(m, 'segmentation').implementation('segmentation').cost}"
                                            for m in methods)
 

@@ -15,17 +15,17 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from .bundle import Bundle
-from .detection.fuse import TOLERANCE, fusable, resized
-from .errors import CamInferError
-from .fuse.assemble import OUTPUT, _normalised, _onnx_bundle, _opset, at_min_opset, plain_model
-from .fuse.builder import Builder
-from .fuse.fusion import Fusion
-from .version import __version__
+from ..bundle import Bundle
+from ..detection.fuse import TOLERANCE, fusable, resized
+from ..errors import CamInferError
+from ..fuse.assemble import OUTPUT, _normalised, _onnx_bundle, _opset, at_min_opset, plain_model
+from ..fuse.builder import Builder
+from ..fuse.fusion import Fusion
+from ..version import __version__
 
 
 def fuse_segmenter(bundle: "Bundle | str", method: str = "eigen", *, check: bool = True, **options) -> onnx.ModelProto:
-    from .methods import get_method
+    from ..methods import get_method
     bundle = _onnx_bundle(bundle)
     if method not in fusable():
         raise CamInferError(f"a segmenter fuses {', '.join(fusable())} (class-agnostic maps); '{method}' needs a "
@@ -58,8 +58,8 @@ def fuse_segmenter(bundle: "Bundle | str", method: str = "eigen", *, check: bool
 def fused_segmenter_error(model: onnx.ModelProto, bundle: Bundle, method: str, options: dict) -> float:
     """The largest difference between the fused model's scores and map and the explainer's, on two random images
     (ONNX Runtime); the explainer's map of a region covering the image (the map is the same for any region)."""
-    from .bundle.verify import random_images, session
-    from .explainer import Explainer
+    from ..bundle.verify import random_images, session
+    from ..explainer import Explainer
 
     run = session(model)
     ex = Explainer(bundle, backend="onnxruntime")

@@ -9,9 +9,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .detection.overlay import COLOURS, label_chip, label_scale
-from .errors import CamInferError
-from .postprocess import caption, flagged, overlay_picture
+from ..detection.overlay import COLOURS, label_chip, label_scale
+from ..errors import CamInferError
+from ..postprocess import caption, flagged, overlay_picture
 
 
 def region_source(region) -> str:

@@ -21,15 +21,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .audit import CLEARED, OVERLAYS, thumbnail_grid
-from .audit.report import CSV_NAME, HTML_NAME, write_csv, write_html
-from .audit.work import _masks_in_input, audit_batch, thumbnail_png
-from .explainer import Explainer
-from .images import load_image
-from .methods import get_method
-from .metrics.segmentation import energy_in_region, pointing_in_region, uniform_baseline
-from .outputs import write_atomically
-from .segmentation_runs import cost_line
+from ..audit import CLEARED, OVERLAYS, thumbnail_grid
+from ..audit.report import CSV_NAME, HTML_NAME, write_csv, write_html
+from ..audit.work import _masks_in_input, audit_batch, thumbnail_png
+from ..explainer import Explainer
+from ..images import load_image
+from ..methods import get_method
+from ..metrics.segmentation import energy_in_region, pointing_in_region, uniform_baseline
+from ..outputs import write_atomically
+from .runs import cost_line
 
 ROWS, SUMMARY = "rows.jsonl", "summary.json"
 MEANS = ("energy", "region_fraction", "pointing", "truth_energy", "truth_fraction", "truth_pointing")
@@ -49,8 +49,8 @@ def run_segmentation_audit(bundle, images, methods, out, *, masks=None, target=N
                            threads: int | None = None, grid: int = GRID, report=None, precision: str = "f32") -> dict:
     """`target`: None (each image's largest class but the background), "all" or a list of classes. `masks`: a
     folder of ground-truth masks. `workers`, `ray` and `threads` choose where the images are worked on."""
-    from .jobs.driver import Job, run_job, spec_for
-    from .parallel import make_runner
+    from ..jobs.driver import Job, run_job, spec_for
+    from ..parallel import make_runner
 
     explainer = Explainer(bundle, backend=backend, device=device, precision=precision)
     for m in methods:
