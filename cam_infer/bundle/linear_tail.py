@@ -53,34 +53,52 @@ class LinearTail:
 
     def recipro_scores(self, a: np.ndarray, c: int, region: np.ndarray, activation: str) -> np.ndarray:
         """S(q) = (1/|R|) Σ_{p∈R} act(b + Σ_n u_p(n)·W_{q−n}·A[:,q])_c for every position q of a (K,h,w) → (h,w),
-        n the cells the kernel carries q to, u_p(n) = R_y[p_y,n_y]·R_x[p_x,n_x]."""
+        n the cells the kernel carries q to, u_p(n) = R_y[p_y,n_y]·R_x[p_x,n_x]. Pixels outside the support of
+        q's cells give act(b)_c; the support of a row of positions is computed at once (a rectangle per position,
+        padded to the widest, the padding masked out)."""
         _, h, w = a.shape
         k = self.kernel.shape[2]
-        r = k // 2
-        v = np.einsum("ckyx,khw->yxchw", self.kernel, a).astype(np.float64)      # W_tap·A[:,q] for every tap
-        bias = self.bias.astype(np.float64)
-        base = float(apply(bias[:, None, None], activation)[c, 0, 0])
+        v = np.einsum("ckyx,khw->hwcyx", self.kernel, a).astype(np.float32)      # W_tap·A[:,q] for every tap
+        bias = self.bias.astype(np.float32)[None, :, None, None]
+        base = float(apply(self.bias.astype(np.float64)[:, None, None], activation)[c, 0, 0])
         total = int(region.sum())
-        rows = [np.flatnonzero(self.ry[:, i]) for i in range(h)]
-        cols = [np.flatnonzero(self.rx[:, j]) for j in range(w)]
-        out = np.empty((h, w), np.float64)
+        ys, ry, y_valid = _supports(self.ry, k)                   # (h,Ly), (h,Ly,k), (h,Ly)
+        xs, rx, x_valid = _supports(self.rx, k)                   # (w,Lx), (w,Lx,k), (w,Lx)
+        ry, rx = ry.astype(np.float32), rx.astype(np.float32)
+        if activation != "softmax":                                # each class on its own: only c is needed
+            v, bias, c = v[:, :, c:c + 1], bias[:, c:c + 1], 0
+        region_x = region[:, xs] & x_valid[None]                  # (H,w,Lx)
+        rx_t = rx.transpose(0, 2, 1)[:, None]                      # (w,1,k,Lx)
+        out = np.full((h, w), base, np.float64)                    # a position whose support misses the region
         for i in range(h):
-            for j in range(w):
-                cells = [(i - y + r, j - x + r, y, x) for y in range(k) for x in range(k)
-                         if 0 <= i - y + r < h and 0 <= j - x + r < w]
-                ys = np.unique(np.concatenate([rows[ni] for ni, _, _, _ in cells]))
-                xs = np.unique(np.concatenate([cols[nj] for _, nj, _, _ in cells]))
-                inside = region[np.ix_(ys, xs)]
-                if not inside.any():
-                    out[i, j] = base
-                    continue
-                z = np.repeat(bias[:, None], inside.sum(), axis=1)                          # (C,P)
-                for ni, nj, y, x in cells:
-                    u = np.outer(self.ry[ys, ni], self.rx[xs, nj])[inside]
-                    z += v[y, x, :, i, j][:, None] * u[None]
-                y_c = apply(z[:, :, None], activation)[c, :, 0]
-                out[i, j] = (base * (total - len(y_c)) + y_c.sum()) / total
+            inside = region_x[ys[i]].transpose(1, 0, 2) & y_valid[i][None, :, None]      # (w,Ly,Lx)
+            hit = inside.any(axis=(1, 2))
+            if not hit.any():
+                continue
+            z = bias + np.matmul(ry[i], np.matmul(v[i][hit], rx_t[hit]))                # (q,C,Ly,Lx) on q's support
+            y_c, inside = apply(z, activation)[:, c], inside[hit]
+            kept = np.where(inside, y_c, 0).sum(axis=(1, 2), dtype=np.float64)
+            out[i, hit] = (base * (total - inside.sum(axis=(1, 2))) + kept) / total
         return out.astype(np.float32)
+
+
+def _supports(r: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each low-resolution index i along one axis (r: (H,n) interpolation weights): the output indices its k
+    cells i−t+k//2 reach (padded to the widest with index 0), their weights (L,k) (0 for a cell off the grid or a
+    padded index) and which indices are real."""
+    size, n = r.shape
+    pad = k // 2
+    cells = np.arange(n)[:, None] - np.arange(k)[None] + pad                              # (n,k)
+    on_grid = (cells >= 0) & (cells < n)
+    reach = [np.flatnonzero(r[:, cells[i][on_grid[i]]].any(axis=1)) for i in range(n)]
+    widest = max(len(idx) for idx in reach)
+    index = np.zeros((n, widest), np.int64)
+    valid = np.zeros((n, widest), bool)
+    weights = np.zeros((n, widest, k), np.float64)
+    for i, idx in enumerate(reach):
+        index[i, :len(idx)], valid[i, :len(idx)] = idx, True
+        weights[i, :len(idx)] = r[idx][:, np.clip(cells[i], 0, n - 1)] * on_grid[i]
+    return index, weights, valid
 
 
 def apply(z: np.ndarray, activation: str) -> np.ndarray:
