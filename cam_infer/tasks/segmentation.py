@@ -82,11 +82,27 @@ def region_scores(scores: np.ndarray, region: np.ndarray) -> np.ndarray:
     return scores[:, region].mean(axis=1, dtype=np.float64)
 
 
-def predicted(outputs: np.ndarray, kind: str) -> np.ndarray:
-    """(C,H,W) scores → (C,H,W) bool: where the model assigns each class (argmax; sigmoid: above 0.5)."""
-    if kind == "sigmoid":
-        return outputs > 0.5
-    return np.arange(len(outputs))[:, None, None] == outputs.argmax(axis=0)[None]
+class Assignment:
+    """Where the model assigns each class of one image's (C,H,W) scores: the argmax over the classes (sigmoid: each
+    class above 0.5), kept as one label map — a class's region is drawn only when it is asked for."""
+
+    def __init__(self, outputs: np.ndarray, kind: str):
+        self.sigmoid, self.classes = kind == "sigmoid", len(outputs)
+        self.values = outputs > 0.5 if self.sigmoid else outputs.argmax(axis=0)
+
+    def counts(self, within: np.ndarray | None = None) -> np.ndarray:
+        """(C,): each class's pixels (within a (H,W) mask)."""
+        if self.sigmoid:
+            values = self.values if within is None else self.values[:, within]
+            return values.reshape(self.classes, -1).sum(axis=1)
+        values = self.values if within is None else self.values[within]
+        return np.bincount(values.ravel(), minlength=self.classes)
+
+    def regions(self, classes: list[int]) -> np.ndarray:
+        """(T,H,W) bool: the pixels assigned to each of `classes`."""
+        if self.sigmoid:
+            return self.values[classes]
+        return self.values[None] == np.asarray(classes)[:, None, None]
 
 
 class SegmentationTask(Task):
@@ -150,13 +166,13 @@ class SegmentationTask(Task):
 
     def targets(self, output: np.ndarray, target, region, shape, spec) -> tuple[list[int], np.ndarray]:
         """The classes to explain and their regions (T,H,W) of one image's clean scores (C,H,W)."""
-        present = predicted(output, self.bundle.output_kind)
-        counts = present.reshape(len(present), -1).sum(axis=1)
+        present = Assignment(output, self.bundle.output_kind)
+        counts = present.counts()
         given = None if region is None else self.region_mask(region, shape, output.shape[1:])
         if isinstance(target, str) and target == "all":
             classes = [c for c in range(len(counts)) if counts[c] and not self.is_background(c)]
         elif target is None:
-            within = counts if given is None else present[:, given].sum(axis=1)
+            within = counts if given is None else present.counts(given)
             order = [c for c in np.argsort(-within, kind="stable") if within[c] and not self.is_background(c)]
             classes = order[:1] or [int(np.argmax(within))]
         else:
@@ -172,7 +188,7 @@ class SegmentationTask(Task):
                                 "give a region= to explain it over pixels of your choice")
         if not classes:
             raise CamInferError("no class but the background is present in the image; give target= and region=")
-        return classes, present[classes]
+        return classes, present.regions(classes)
 
     def is_background(self, c: int) -> bool:
         labels = self.bundle.labels
