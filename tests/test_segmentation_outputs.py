@@ -232,3 +232,35 @@ def test_fuse_refuses_a_class_specific_segmentation_method(segmenter_and_scene, 
     assert_one_line_error(result, "a segmenter fuses")
     result = run_cli("serve", ex.bundle.path, "--port", "0")
     assert_one_line_error(result, "for a detector or a segmenter, serve its fused model")
+
+
+def test_explain_over_a_region_from_the_command_line_box_or_folder_of_masks(segmenter_and_scene, tmp_path, tiny_bundle):
+    """--region X1,Y1,X2,Y2 and --region DIR (a mask per image) give the records the Python region= gives."""
+    import cv2
+    ex, images = segmenter_and_scene
+    h, w = cv2.imread(str(images[0])).shape[:2]
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for k, image in enumerate(images):
+        mask = np.zeros((h, w), np.uint8)
+        mask[k * 5:h // 2 + k * 5, w // 4:w // 2] = 255
+        cv2.imwrite(str(masks / f"{image.stem}.png"), mask)
+    box = [w // 8, h // 8, w // 2, h // 2]
+    for region, given in ((",".join(map(str, box)), lambda image: box),
+                          (str(masks), lambda image: str(masks / f"{image.stem}.png"))):
+        out = tmp_path / f"run-{len(region)}"
+        result = run_cli("explain", ex.bundle.path, images[0].parent, "--method", "recipro", "--target", "1",
+                         "--region", region, "--out", out)
+        assert result.returncode == 0, result.stderr
+        rows = json.loads((out / "results.json").read_text())["results"]
+        assert len(rows) == len(images)
+        for r in rows:
+            e = ex.explain(r["image"], "recipro", target=1, region=given(Path(r["image"])))
+            (record,), s = r["targets"], e.items[0][0]
+            assert record["region"] in ("box", "mask") and record["region_pixels"] == s.pixels
+            assert record["energy_in_region"] == pytest.approx((s.saliency * s.region).sum() / s.saliency.sum(),
+                                                               abs=1e-4)
+    result = run_cli("explain", ex.bundle.path, images[0], "--region", "left", "--out", tmp_path / "bad")
+    assert_one_line_error(result, "--region 'left' is neither")
+    result = run_cli("explain", tiny_bundle.path, images[0], "--region", "1,2", "--out", tmp_path / "cls")
+    assert_one_line_error(result, "--region is for segmenters")

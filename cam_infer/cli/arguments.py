@@ -151,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "windows, fused)")
     p.add_argument("--enhance-option", action="append", default=[], metavar="KEY=VALUE",
                    help='enhancer option, e.g. --enhance-option transforms=["identity","flip"] (repeatable)')
+    p.add_argument("--region", help="segmenters: explain the class over these pixels instead of where the model "
+                   "assigns it: X1,Y1,X2,Y2 (a box), X,Y (a pixel), a mask PNG of the image's size, or a folder of "
+                   "masks named <image name>.png (original image pixels)")
     g = p.add_argument_group("detector bundles (methods: activation, eigen, recipro, ablation, score; "
                              "'all': the first four)")
     g.add_argument("--detections", default="all",

@@ -91,6 +91,8 @@ def info(args) -> int:
 def explain(args) -> int:
     from ..bundle import Bundle
     bundle = Bundle.load(args.bundle)
+    if args.region is not None and bundle.task != "segmentation":
+        raise CamInferError(f"--region is for segmenters; this bundle is a {bundle.task} model")
     run = {"detection": explain_detections, "segmentation": explain_segments}.get(bundle.task, explain_classes)
     results, lines = run(bundle, args)
     for line in lines:
@@ -138,7 +140,7 @@ def explain_segments(bundle, args):
             raise CamInferError(f"--{flag} is for classifiers; a segmenter takes --target (a class, several, or all)")
     target = None if args.target is None else "all" if args.target == "all" else args.target.split(",")
     explainer = open_explainer(bundle, args.backend, args.device, precision=args.precision)
-    results = explain_segmentation_files(explainer, args.images, methods, args.out, target=target,
+    results = explain_segmentation_files(explainer, args.images, methods, args.out, target=target, region=args.region,
                                          options=dict(parse_option(o) for o in args.option), colormap=args.colormap,
                                          alpha=args.alpha, restart=args.force, on=args.on, overlays=args.overlays,
                                          report=_say, **_scale_out(args))

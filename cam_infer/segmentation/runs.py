@@ -7,9 +7,11 @@ module is the segmenter's settings and `SegmentationWork`."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from ..errors import CamInferError
 from ..explainer import Explainer
 from ..explanation import _safe
 from ..jobs.explain import Results
@@ -21,13 +23,14 @@ from ..tasks import class_index
 
 
 def explain_segmentation_files(explainer: Explainer, paths, methods: list[str], out, *, target=None,
-                               options: dict | None = None, colormap: str = "jet", alpha: float = 0.5,
+                               region: str | None = None, options: dict | None = None, colormap: str = "jet", alpha: float = 0.5,
                                restart: bool = False, progress: bool | None = None, on: str = "original",
                                workers=None, ray: str | None = None, threads: int | None = None, report=None,
                                overlays: str = "jpg") -> Results:
     """`target`: None (each image's largest class but the background), "all" (every class present) or a list of
-    classes (labels or indices). `overlays`: "jpg" (default), "png", or "none": the maps alone, 8-bit grey PNGs
-    at the model's input (`.map.png`)."""
+    classes (labels or indices). `region` (`region_of`): the pixels each class is explained over instead of where
+    the model assigns it. `overlays`: "jpg" (default), "png", or "none": the maps alone, 8-bit grey PNGs at the
+    model's input (`.map.png`)."""
     from ..jobs.driver import spec_for
     from ..jobs.explain import explain_job
     from ..parallel import make_runner
@@ -39,14 +42,39 @@ def explain_segmentation_files(explainer: Explainer, paths, methods: list[str], 
     if target not in (None, "all"):
         for c in target:                         # an unknown class is refused before the run, not on its first image
             class_index(c, explainer.labels, explainer.bundle.num_classes)
+    region_of(region, None)                      # a malformed region is refused before the run
     runner = make_runner(workers, ray, threads)
     settings = {"bundle": bundle_hashes(explainer.bundle), "backend": explainer.backend.describe(),
-                "precision": explainer.backend.precision, "task": "segmentation", "target": target,
+                "precision": explainer.backend.precision, "task": "segmentation", "target": target, "region": region,
                 "options": options or {}, "colormap": colormap, "alpha": alpha, "on": on, "overlays": overlays}
     work = SegmentationWork(spec_for(explainer, runner), tuple(methods), target, per_method, colormap, alpha, on,
-                            overlays)
+                            overlays, region)
     return explain_job(paths, out, settings, methods, work, runner, restart=restart, progress=progress, report=report,
                        cost=lambda: cost_line(methods))
+
+
+def region_of(region: str | None, image) -> object:
+    """The region an image's classes are explained over, from `--region`: None; a box "X1,Y1,X2,Y2" or a pixel
+    "X,Y" (numbers); a mask PNG; a folder of masks named after the images (`image`: its path; None only checks)."""
+    if region is None:
+        return None
+    parts = region.split(",")
+    if len(parts) in (2, 4) and not Path(region).exists():
+        try:
+            return [float(v) for v in parts]
+        except ValueError:
+            pass
+    path = Path(region)
+    if path.is_file():
+        return str(path)
+    if not path.is_dir():
+        raise CamInferError(f"--region '{region}' is neither X1,Y1,X2,Y2, X,Y, a mask PNG nor a folder of masks")
+    if image is None:
+        return None
+    mask = path / f"{Path(image).stem}.png"
+    if not mask.is_file():
+        raise CamInferError(f"no region mask for {Path(image).name} in {path} (expected {mask.name})")
+    return str(mask)
 
 
 def cost_line(methods) -> str:
@@ -75,6 +103,7 @@ class SegmentationWork:
     alpha: float
     on: str
     overlays: str = "jpg"
+    region: str | None = None
 
     def __call__(self, batch) -> dict:
         out = {"inputs": {}, "rows": [], "files": {}, "errors": []}
@@ -86,8 +115,13 @@ class SegmentationWork:
         return out
 
     def _explain(self, explainer, path, name: str, needed, rgb, stamp, out: dict) -> None:
+        try:
+            region = region_of(self.region, path)
+        except CamInferError as error:
+            out["errors"].append({"image": str(path), "error": str(error)})
+            return
         for method in (m for m in self.methods if m in needed):
-            e = explainer.explain([rgb], method, target=self.target, **self.options[method])
+            e = explainer.explain([rgb], method, target=self.target, region=region, **self.options[method])
             key = "map" if self.overlays == "none" else "overlay"
             targets = []
             for j, s in enumerate(e.items[0]):
