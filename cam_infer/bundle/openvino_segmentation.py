@@ -58,10 +58,10 @@ def scores_of(model):
     return value, axis, kind, argmax
 
 
-def is_openvino_segmenter(path) -> bool:
-    """Whether a model OpenVINO reads ends in per-pixel class ids (an ArgMax) or per-pixel scores."""
+def is_per_pixel(model) -> bool:
+    """Whether an ov.Model ends in per-pixel class ids (an ArgMax) or per-pixel scores."""
     try:
-        scores_of(_read(Path(path)))
+        scores_of(model)
     except CamInferError:
         return False
     return True
@@ -84,8 +84,9 @@ def auto_cut(model, spec, scores) -> _Output:
 
 
 def split_openvino_segmenter(path, layer: str = "auto", out=None, *, preprocessing=None, labels=None,
-                             overwrite: bool = False, layout: str | None = None):
-    """Split a segmenter OpenVINO reads at `layer` (``auto`` or an op's friendly name) into a verified IR bundle."""
+                             overwrite: bool = False, layout: str | None = None, model=None):
+    """Split a segmenter OpenVINO reads at `layer` (``auto`` or an op's friendly name) into a verified IR bundle
+    (`model`: the file already read)."""
     import openvino as ov
     import openvino.opset13 as ops
 
@@ -96,7 +97,7 @@ def split_openvino_segmenter(path, layer: str = "auto", out=None, *, preprocessi
     if out is None:
         raise CamInferError("give an output folder for the bundle (--out)")
     path = Path(path)
-    model = _read(path)
+    model = _read(path) if model is None else model
     spec = _input_spec(model, layout)
     scores, axis, kind, argmax = scores_of(model)
     prep = preprocessing_for(spec, without_crop(preprocessing), None)

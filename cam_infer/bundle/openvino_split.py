@@ -49,6 +49,11 @@ def is_openvino_source(path) -> bool:
     return Path(path).suffix.lower() in OPENVINO_SUFFIXES
 
 
+def read_openvino_model(path):
+    """The ov.Model of a file OpenVINO reads; a refusal in one line when it cannot."""
+    return _read(Path(path))
+
+
 def _read(path: Path):
     from ..backends.sessions import openvino_model
     if not path.is_file():
@@ -201,15 +206,16 @@ def _score_output(model):
 
 
 def split_openvino(path, layer: str = "auto", out=None, *, input_size=None, preprocessing=None, labels=None,
-                   overwrite: bool = False, layout: str | None = None) -> Bundle:
-    """Split a model OpenVINO reads (``.xml`` IR, ``.tflite``) at `layer` into a verified IR bundle."""
+                   overwrite: bool = False, layout: str | None = None, model=None) -> Bundle:
+    """Split a model OpenVINO reads (``.xml`` IR, ``.tflite``) at `layer` into a verified IR bundle (`model`: the
+    file already read, `read_openvino_model`)."""
     from .split import preprocessing_for, read_labels
     from .write import write_bundle
 
     if out is None:
         raise CamInferError("give an output folder for the bundle (--out)")
     path = Path(path)
-    model = _read(path)
+    model = _read(path) if model is None else model
     spec = _input_spec(model, layout)
     result_shape = model.get_results()[0].get_output_partial_shape(0)
     check_classifier_output(tuple(d.get_length() if d.is_static else "?" for d in result_shape),

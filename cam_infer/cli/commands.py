@@ -55,10 +55,7 @@ def _is_detection(args) -> bool:
 def _is_segmentation(args) -> bool:
     if args.task != "auto":
         return args.task == "segmentation"
-    if str(args.model).lower().endswith((".xml", ".tflite")):
-        from ..bundle.openvino_segmentation import is_openvino_segmenter
-        return is_openvino_segmenter(args.model)
-    if not str(args.model).lower().endswith(".onnx"):
+    if not str(args.model).lower().endswith(".onnx"):      # a file OpenVINO reads: split_model recognises it
         return False
     from ..bundle.graph import load_onnx
     from ..bundle.segmentation import is_segmenter
