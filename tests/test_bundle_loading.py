@@ -133,3 +133,20 @@ def test_serve_takes_a_model_file_and_still_a_fused_one(tmp_path, tiny_onnx_path
     assert isinstance(load_served(fused, None, "auto", "CPU", 1), ServedFused) and len(model_cache) == 1
     with pytest.raises(CamInferError, match="is a fused model"):
         Bundle.load(fused)
+
+
+def test_a_segmenter_file_explains_as_its_split_segmentation_bundle(tmp_path, model_cache):
+    """Our segmenter's ONNX file given where a bundle is taken: split once as a segmenter (not refused as a
+    classifier), the same maps as the bundle split explicitly."""
+    import numpy as np
+
+    from cam_infer import Explainer
+    from cam_infer.bundle.segmentation import split_segmenter
+    from conftest import ROOT
+    model = ROOT / "cam_infer" / "data" / "shapes_segmenter" / "shapes_segmenter.onnx"
+    image = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
+    explainer = Explainer(model)
+    from_file = explainer.explain([image], "activation", target="all")
+    explicit = Explainer(split_segmenter(model, out=tmp_path / "explicit")).explain([image], "activation", target="all")
+    assert explainer.bundle.task == "segmentation" and len(model_cache) == 1
+    np.testing.assert_array_equal(from_file.items[0][0].saliency, explicit.items[0][0].saliency)

@@ -21,7 +21,8 @@ from ..errors import CamInferError
 from ..kernel_cache import cache_dir
 from ..version import __version__
 from .manifest import FORMAT_VERSION, MANIFEST, sha256_of
-from .openvino_split import is_openvino_source, split_openvino
+from .openvino_segmentation import split_openvino_file
+from .openvino_split import is_openvino_source
 from .split import split_onnx
 
 MODEL_SUFFIXES = (".onnx", ".xml", ".tflite")
@@ -68,8 +69,13 @@ def _cached_bundle(model: Path) -> Path:
 def _split_options(model: Path) -> dict:
     from ..detection.anatomy import is_detector
     from .graph import load_onnx
-    detector = model.suffix.lower() == ".onnx" and is_detector(load_onnx(model))
-    return ({"task": "detection", "cut": "detect-input"} if detector else {"task": "classification", "layer": "auto"})
+    from .segmentation import is_segmenter
+    graph = load_onnx(model) if model.suffix.lower() == ".onnx" else None
+    if graph is not None and is_detector(graph):
+        return {"task": "detection", "cut": "detect-input"}
+    if graph is not None and is_segmenter(graph):
+        return {"task": "segmentation", "layer": "auto"}
+    return {"task": "classification", "layer": "auto"}
 
 
 def _key(model: Path, options: dict) -> str:
@@ -108,7 +114,10 @@ def _split(model: Path, out: Path, options: dict) -> None:
         from ..detection.split import split_detector
         split_detector(model, out, cut=options["cut"])
     elif is_openvino_source(model):
-        split_openvino(model, options["layer"], out)
+        split_openvino_file(model, options["layer"], out)
+    elif options["task"] == "segmentation":
+        from .segmentation import split_segmenter
+        split_segmenter(model, layer=options["layer"], out=out)
     else:
         split_onnx(model, options["layer"], out)
 

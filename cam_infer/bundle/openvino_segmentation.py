@@ -18,8 +18,8 @@ import numpy as np
 from ..errors import CamInferError
 from ..version import __version__
 from .manifest import FORMAT, FORMAT_VERSION, sha256_of
-from .openvino_split import (_BatchFails, _compiled, _constant, _cut, _input_spec, _layouts, _message, _ops,
-                             _Output, _read, _reaches_parameter, _bytes, _ov_version)
+from .openvino_split import (_BatchFails, _bytes, _compiled, _constant, _cut, _input_spec, _layouts, _message, _ops,
+                             _ov_version, _Output, _reaches_parameter, _read, split_openvino)
 from .verify import as_source_input, compare, random_images
 
 IDS = {"Squeeze", "Convert", "Reshape", "Unsqueeze"}
@@ -56,6 +56,16 @@ def scores_of(model):
             break
         node = node.input_value(0).get_node()
     return value, axis, kind, argmax
+
+
+def split_openvino_file(path, layer: str = "auto", out=None, **options):
+    """A file OpenVINO reads, split as what it is: a segmenter (per-pixel scores or class ids) or a classifier
+    (`split_openvino`); read once, since OpenVINO names a TFLite file's ops anew at each reading."""
+    model = _read(Path(path))
+    if is_per_pixel(model):
+        options.pop("input_size", None)                # a segmenter OpenVINO reads keeps its own input size
+        return split_openvino_segmenter(path, layer, out, model=model, **options)
+    return split_openvino(path, layer, out, model=model, **options)
 
 
 def is_per_pixel(model) -> bool:
