@@ -37,18 +37,19 @@ from detection import alternate, median, ratio  # noqa: E402
 
 METHODS = ["activation", "eigen", "entropy", "recipro"]
 NOTES = """
-**Reading it.** No target is met. The single-pass methods take 1.2–1.7× the pass on DeepLab and 1.15–1.2× on the
+**Reading it.** No target is met. The single-pass methods take 1.4–1.9× the pass on DeepLab and 1.1–1.4× on the
 PAN (target 1.10×); the "beyond the pass" rows itemise part of it: DeepLab's region is its argmax over
-21×513×513 scores, 10–30 ms in NumPy (10–30 % of a pass; reading the graph's own ArgMax output instead would
-remove it), the PAN's sigmoid regions a threshold (under 1 ms); the rest (copies of the full-resolution scores
-per target, the map's upsampling to the input) is not itemised here. Recipro-CAM with the linear-tail shortcut
-takes 2.8× on DeepLab, 18–33× on the PAN and 10–22× on our segmenter (target 1.5×): the shortcut's scores are a
-Python loop over the cut's positions, 110 ms for DeepLab's 33×33, 0.8–1.0 s for the PAN's 128×128, 15 ms for
-our 32×32, against passes of 96, 20–66 and 2 ms; computing all positions at once (their resize supports as one
-array operation) is what would reach the target. DeepLab's QDQ ONNX head is not read as a linear tail, so its
-recipro (1089 head passes of 21×513² scores) is not timed. The machine was shared (load 5–10 on 2 cores during
-this run; an earlier run at load 10–13 measured every pass 2–10× slower): read the ratios by model and runtime,
-not to the second digit.
+21×513×513 scores, 9 ms in NumPy against a 21–28 ms pass on a quiet machine (reading the graph's own ArgMax output
+instead would remove it), the PAN's sigmoid regions a threshold (under 1 ms); the rest (copies of the
+full-resolution scores per target, the map's upsampling to the input) is not itemised here. Recipro-CAM with the
+linear-tail shortcut takes 3.0× on DeepLab and 2.2–3.6× on the PAN (target 1.5×): the shortcut scores a row of
+positions at once (each position's resize support a rectangle, padded), 33 ms for DeepLab's 33×33 positions (a
+21-class softmax over ~1 000 pixels each) and 38 ms for the PAN's 128×128, against passes of 21–27 and 15–34 ms.
+Before that (a Python loop per position, at a load of 5–10) it was 110 ms and 0.8–1.0 s: 2.8× and 18–33×. What
+would reach 1.5×: the argmax and the per-position softmax in the runtime's graph at its precision (or a compiled
+kernel), not NumPy. DeepLab's QDQ ONNX head is not read as a linear tail, so its recipro (1089 head passes of
+21×513² scores) is not timed. Our segmenter's passes take 2 ms, so its rows are dominated by the per-call Python
+work (1–3 ms) and swing from run to run.
 """
 BACKENDS = ["onnxruntime", "openvino"]
 
@@ -140,16 +141,16 @@ def speed(name: str, bundle_path: Path, source: Path, photo: Path, backends, rep
 
 def breakdown(name: str, backend: str, ex, x, target, repeats: int, report) -> None:
     """Where a method's time beyond the forward pass goes: the task's work on the clean scores (the argmax that
-    fixes the region, `tasks.segmentation.predicted`) and, with a linear tail, Recipro-CAM's shortcut alone."""
-    from cam_infer.tasks.segmentation import predicted
+    fixes the region, `tasks.segmentation.Assignment`) and, with a linear tail, Recipro-CAM's shortcut alone."""
+    from cam_infer.tasks.segmentation import Assignment
 
     cut, scores = ex.task.observe(x)
     kind = ex.bundle.output_kind
-    (argmax,) = alternate([lambda: predicted(scores[0], kind)], repeats)
+    (argmax,) = alternate([lambda: Assignment(scores[0], kind).counts()], repeats)
     size = "×".join(map(str, scores.shape[1:]))
     parts = f"the argmax over the {size} scores {median(argmax):.1f} ms"
     if ex.task.tail is not None:
-        region = predicted(scores[0], kind)[target.class_id]
+        region = Assignment(scores[0], kind).regions([target.class_id])[0]
         activation = "softmax" if kind == "logits" else ex.task.tail.activation
         (tail,) = alternate([lambda: ex.task.tail.recipro_scores(cut[0], target.class_id, region, activation)],
                             repeats)
