@@ -18,6 +18,7 @@ from cam_infer.audit.masks import Truth
 from cam_infer.audit.report import SECTIONS, SHOWN, add_column, add_section, summarise, write_html, \
     write_uncertainty_csvs
 from cam_infer.bundle import Bundle
+from cam_infer.errors import CamInferError
 from cam_infer.metrics import auc, causal_curve, coherency, energy_pointing, pointing_hit
 from cam_infer.metrics.uncertainty import paired_difference
 from cam_infer.tools.demo import embedded_bundle_path
@@ -173,3 +174,11 @@ def test_a_registered_column_and_section_appear_in_the_report(tmp_path, monkeypa
     page = module.write_html(tmp_path, summary, [], ["better", "plain"]).read_text()
     assert "ROAD (combined) ↑" in page and page.index("Paired differences") < page.index("<h2 id=checks>Checks of 2")
     assert page.index("<h2 id=checks>") < page.index("<h2>Maps")
+
+
+def test_a_prior_asked_for_without_its_ground_truth_is_refused_not_dropped():
+    options = AuditOptions(("recipro",), baselines=(RANDOM, BOX_PRIOR))
+    with pytest.raises(CamInferError, match="baseline 'box-prior' is drawn from ground-truth boxes; give --boxes"):
+        options.drawn_baselines({})
+    assert AuditOptions(("recipro",), baselines=(RANDOM,)).drawn_baselines({}) == (RANDOM,)
+    assert BOX_PRIOR not in AuditOptions(("recipro",)).drawn_baselines({})        # the default: what the data allows

@@ -153,7 +153,14 @@ class AuditOptions:
     def drawn_baselines(self, priors: dict | None) -> tuple[str, ...]:
         """The baselines scored: those asked for (all by default) that the ground truth given allows."""
         can = available(priors)
-        return can if self.baselines is None else tuple(b for b in self.baselines if b in can)
+        if self.baselines is None:
+            return can
+        missing = [b for b in self.baselines if b not in can]
+        if missing:
+            from .baselines import NEEDS
+            raise CamInferError(f"baseline {missing[0]!r} is drawn from ground-truth {NEEDS.get(missing[0], 'data')}; "
+                                f"give --{NEEDS.get(missing[0], 'boxes')} or leave it out of --baselines")
+        return self.baselines
 
 
 def parse_baselines(text: str) -> tuple[str, ...] | None:
