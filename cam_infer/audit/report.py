@@ -158,6 +158,13 @@ def add_section(name: str, render: Section, before: str = "maps") -> None:
     SECTIONS.insert(at, (name, render))
 
 
+PAGE_STYLE = """body { font: 14px system-ui, sans-serif; margin: 24px; color: #222; }
+table { border-collapse: collapse; margin: 8px 0 24px; }
+th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; }
+th { background: #f3f3f3; } th.name { text-align: left; font-weight: normal; max-width: 200px;
+  overflow-wrap: anywhere; }"""                 # the tables of every report page (audit, diff)
+
+
 def write_html(out: Path, summary: dict, grid: list[tuple[str, dict]], methods, shown: dict | None = None,
                unit: str = "images") -> Path:
     """index.html: its sections (`SECTIONS`: summary table, bar charts with error bars, paired differences,
@@ -169,11 +176,7 @@ def write_html(out: Path, summary: dict, grid: list[tuple[str, dict]], methods, 
     page = f"""<!doctype html>
 <html lang=en><head><meta charset=utf-8><title>cam-infer audit</title>
 <style>
-body {{ font: 14px system-ui, sans-serif; margin: 24px; color: #222; }}
-table {{ border-collapse: collapse; margin: 8px 0 24px; }}
-th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; }}
-th {{ background: #f3f3f3; }} th.name {{ text-align: left; font-weight: normal; max-width: 200px;
-  overflow-wrap: anywhere; }}
+{PAGE_STYLE}
 tr.baseline th, tr.baseline td {{ color: #555; font-style: italic; background: #fafafa; }}
 small.ci {{ color: #666; white-space: nowrap; }} .paired th.name {{ white-space: nowrap; }} .real {{ font-weight: bold; color: #060; }}
 .charts {{ display: flex; flex-wrap: wrap; gap: 16px; }} .chart {{ border: 1px solid #ddd; padding: 8px; }}

@@ -253,19 +253,12 @@ def audit_classes(args):
 
 def audit_segments(args):
     from ..methods import in_all
-    from ..runs import parse_option
     from ..segmentation.audit import run_segmentation_audit, summary_lines
     names = [m.strip() for m in args.methods.split(",") if m.strip()]
     methods = in_all("segmentation") if names == ["all"] else names
     if args.boxes or args.enhance:
         raise CamInferError("a segmenter's audit takes --masks DIR (ground-truth label PNGs), not --boxes or --enhance")
-    options: dict = {}
-    for text in args.option:
-        key, value = parse_option(text)
-        method, dot, name = key.partition(".")
-        if not dot or method not in methods:
-            raise CamInferError(f"--option takes method.key=value for one of the chosen methods, not '{text}'")
-        options.setdefault(method, {})[name] = value
+    options = _method_options(args.option, methods)
     target = None if args.target == "predicted" else "all" if args.target == "all" else args.target.split(",")
     summary = run_segmentation_audit(args.bundle, args.images, methods, args.out, masks=args.masks, target=target,
                                      backend=args.backend, device=args.device, options=options, restart=args.force,
@@ -277,17 +270,10 @@ def audit_detections(args):
     from ..detection.audit import run_detection_audit, summary_lines
     from ..audit.work import parse_baselines
     from ..methods import in_all
-    from ..runs import parse_option
     names = [m.strip() for m in args.methods.split(",") if m.strip()]
     methods = in_all("detection") if names == ["all"] else names
     refuse_road_on_detections(args.metrics)
-    options: dict = {}
-    for text in args.option:
-        key, value = parse_option(text)
-        method, dot, name = key.partition(".")
-        if not dot or method not in methods:
-            raise CamInferError(f"--option takes method.key=value for one of the chosen methods, not '{text}'")
-        options.setdefault(method, {})[name] = value
+    options = _method_options(args.option, methods)
     summary = run_detection_audit(args.bundle, args.images, methods, args.out, boxes=args.boxes, backend=args.backend,
                                   device=args.device, tolerance=args.tolerance, options=options, restart=args.force,
                                   grid=args.grid, report=_say, precision=args.precision,
@@ -295,16 +281,23 @@ def audit_detections(args):
     return summary, summary_lines(summary, args.out)
 
 
-def diff(args) -> int:
-    from ..diff import Side, run_diff, summary_lines
+def _method_options(texts: list[str], methods=None) -> dict:
+    """--option method.key=value (repeatable) → {method: {key: value}}; `methods`: the only methods allowed."""
     from ..runs import parse_option
     options: dict = {}
-    for text in args.option:
+    for text in texts:
         key, value = parse_option(text)
         method, dot, name = key.partition(".")
-        if not dot:
-            raise CamInferError(f"--option takes method.key=value, not '{text}'")
+        if not dot or (methods is not None and method not in methods):
+            chosen = "" if methods is None else " for one of the chosen methods"
+            raise CamInferError(f"--option takes method.key=value{chosen}, not '{text}'")
         options.setdefault(method, {})[name] = value
+    return options
+
+
+def diff(args) -> int:
+    from ..diff import Side, run_diff, summary_lines
+    options = _method_options(args.option)
     sides = [Side(model, backend, precision, args.device) for model, backend, precision in
              ((args.a, args.backend_a, args.precision_a), (args.b, args.backend_b, args.precision_b))]
     summary = run_diff(*sides, args.images, args.out, methods=[m.strip() for m in args.methods.split(",") if m.strip()],

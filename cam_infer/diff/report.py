@@ -12,7 +12,7 @@ from dataclasses import asdict
 from itertools import combinations
 from pathlib import Path
 
-from ..audit.report import write_csv
+from ..audit.report import PAGE_STYLE, write_csv
 from ..metrics.uncertainty import bootstrap_interval, paired_difference
 from ..outputs import write_atomically
 from .work import COLUMNS, SIMILARITIES
@@ -117,11 +117,7 @@ def write_html(out: Path, summary: dict, grid: int, label=str) -> Path:
     page = f"""<!doctype html>
 <html lang=en><head><meta charset=utf-8><title>cam-infer diff</title>
 <style>
-body {{ font: 14px system-ui, sans-serif; margin: 24px; color: #222; }}
-table {{ border-collapse: collapse; margin: 8px 0 24px; }}
-th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; }}
-th {{ background: #f3f3f3; }} th.name {{ text-align: left; font-weight: normal; max-width: 200px;
-  overflow-wrap: anywhere; }}
+{PAGE_STYLE}
 .charts {{ display: flex; flex-wrap: wrap; gap: 16px; }} .chart {{ border: 1px solid #ddd; padding: 8px; }}
 .pairs td {{ padding: 2px; text-align: center; }} .pairs img {{ display: block; }} .err {{ color: #a00; }}
 small {{ color: #555; }}
