@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from ..metrics import adcc
 from ..outputs import write_atomically
 from .intervals import uncertainty
@@ -48,6 +50,32 @@ def csv_rows(path: Path):
     """metrics.csv's rows, as strings."""
     with open(path, encoding="utf-8", newline="") as f:
         yield from csv.DictReader(f)
+
+
+def means_per_method(rows: list[dict], methods, columns, counted: str) -> dict:
+    """Per method: how many rows it has (under the name `counted`) and the mean of every column over the rows that
+    have it, with that number of rows as `<column>_n` (a detector's or a segmenter's rows.jsonl)."""
+    out = {}
+    for m in methods:
+        own = [r for r in rows if r.get("method") == m]
+        means = {counted: len(own)}
+        for column in columns:
+            values = [r[column] for r in own if column in r]
+            if values:
+                means[column] = float(np.mean(values))
+                means[f"{column}_n"] = len(values)
+        out[m] = means
+    return out
+
+
+def closing_lines(summary: dict, out, files: str) -> list[str]:
+    """An audit's last lines: the images redone because they changed since the last run, and where the report is."""
+    lines = []
+    if summary.get("redone"):
+        lines.append(f"redid {len(summary['redone'])} image(s) that changed since the last run, e.g. "
+                     f"{summary['redone'][0]}")
+    lines.append(f"report: {Path(out) / HTML_NAME} ({files})")
+    return lines
 
 
 def summarise(rows, methods, protocol: dict, errors: list, baselines=()) -> dict:

@@ -27,7 +27,7 @@ import numpy as np
 from ..audit import CLEARED, OVERLAYS, boxes_for, load_boxes, thumbnail_grid
 from ..audit.baselines import GAUSSIAN, RANDOM, baseline_map
 from ..audit.intervals import uncertainty
-from ..audit.report import CSV_NAME, HTML_NAME, write_csv, write_html, write_uncertainty_csvs
+from ..audit.report import CSV_NAME, closing_lines, means_per_method, write_csv, write_html, write_uncertainty_csvs
 from ..audit.work import audit_batch, thumbnail_png
 from ..errors import CamInferError
 from ..images import load_image
@@ -80,7 +80,8 @@ def run_detection_audit(bundle, images, methods, out, *, boxes=None, backend: st
         write_atomically(run.out / ROWS, "".join(json.dumps(r) + "\n" for r in run.rows))
         write_csv(run.out / CSV_NAME, _csv_rows(run.rows), COLUMNS)
         if final:
-            summary.update(methods=summarise(run.rows, methods), baselines=summarise(run.rows, baselines),
+            summary.update(methods=means_per_method(run.rows, methods, MEANS, "detections"),
+                           baselines=means_per_method(run.rows, baselines, MEANS, "detections"),
                            **uncertainty(run.rows, methods, baselines, {c: shown[1] for c, shown in SHOWN.items()}),
                            images=len(run.found.files), settings=settings,
                            skipped=run.skipped, errors=run.errors, redone=run.redone)
@@ -226,21 +227,6 @@ def _area(box) -> float:
     return float((box[2] - box[0] + 1) * (box[3] - box[1] + 1))
 
 
-def summarise(rows: list[dict], methods) -> dict:
-    """Per method: the number of explained detections and the mean of every column over the rows that have it."""
-    out = {}
-    for m in methods:
-        own = [r for r in rows if r.get("method") == m]
-        means = {"detections": len(own)}
-        for column in MEANS:
-            values = [r[column] for r in own if column in r]
-            if values:
-                means[column] = float(np.mean(values))
-                means[f"{column}_n"] = len(values)
-        out[m] = means
-    return out
-
-
 def summary_lines(summary: dict, out) -> list[str]:
     lines = []
     for m, v in summary["methods"].items():
@@ -252,11 +238,7 @@ def summary_lines(summary: dict, out) -> list[str]:
                                                           else f" (uniform {v['marker_fraction']:.4f}, n={v[column + '_n']})"
                                                           if column == "marker_energy" else ""))
         lines.append(f"{m:<10} " + ", ".join(parts))
-    if summary.get("redone"):
-        lines.append(f"redid {len(summary['redone'])} image(s) that changed since the last run, e.g. "
-                     f"{summary['redone'][0]}")
-    lines.append(f"report: {Path(out) / HTML_NAME} (metrics.csv, {ROWS}, {SUMMARY})")
-    return lines
+    return lines + closing_lines(summary, out, f"metrics.csv, {ROWS}, {SUMMARY}")
 
 
 __all__ = ["audit_image", "run_detection_audit", "summary_lines"]

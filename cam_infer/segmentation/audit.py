@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..audit import CLEARED, OVERLAYS, thumbnail_grid
-from ..audit.report import CSV_NAME, HTML_NAME, write_csv, write_html
+from ..audit.report import CSV_NAME, closing_lines, means_per_method, write_csv, write_html
 from ..audit.work import _masks_in_input, audit_batch, thumbnail_png
 from ..explainer import Explainer
 from ..images import load_image
@@ -65,7 +65,7 @@ def run_segmentation_audit(bundle, images, methods, out, *, masks=None, target=N
         write_atomically(run.out / ROWS, "".join(json.dumps(r) + "\n" for r in run.rows))
         write_csv(run.out / CSV_NAME, _csv_rows(run.rows), COLUMNS)
         if final:
-            summary.update(methods=summarise(run.rows, methods), images=len(run.found.files), settings=settings,
+            summary.update(methods=means_per_method(run.rows, methods, MEANS, "regions"), images=len(run.found.files), settings=settings,
                            skipped=run.skipped, errors=run.errors, redone=run.redone)
             write_atomically(run.out / SUMMARY, json.dumps(summary, indent=2) + "\n")
             _write_page(run.out, summary, thumbnail_grid(run.out, run.found.files[:grid], run.found.names, methods),
@@ -140,21 +140,6 @@ def region_metrics(saliency: np.ndarray, region: np.ndarray, valid, degenerate: 
             "pointing": int(pointing_in_region(saliency, region, valid, degenerate))}
 
 
-def summarise(rows: list[dict], methods) -> dict:
-    """Per method: the number of explained regions and the mean of every column over the rows that have it."""
-    out = {}
-    for m in methods:
-        own = [r for r in rows if r.get("method") == m]
-        means = {"regions": len(own)}
-        for column in MEANS:
-            values = [r[column] for r in own if column in r]
-            if values:
-                means[column] = float(np.mean(values))
-                means[f"{column}_n"] = len(values)
-        out[m] = means
-    return out
-
-
 def summary_lines(summary: dict, out) -> list[str]:
     lines = []
     for m, v in summary["methods"].items():
@@ -165,11 +150,7 @@ def summary_lines(summary: dict, out) -> list[str]:
             parts.append(f"in the true region: energy {v['truth_energy']:.3f} (uniform {v['truth_fraction']:.3f}), "
                          f"pointing {v['truth_pointing']:.3f}")
         lines.append(f"{m:<10} " + ", ".join(parts))
-    if summary.get("redone"):
-        lines.append(f"redid {len(summary['redone'])} image(s) that changed since the last run, e.g. "
-                     f"{summary['redone'][0]}")
-    lines.append(f"report: {Path(out) / HTML_NAME} (metrics.csv, {ROWS}, {SUMMARY})")
-    return lines
+    return lines + closing_lines(summary, out, f"metrics.csv, {ROWS}, {SUMMARY}")
 
 
 __all__ = ["audit_image", "run_segmentation_audit", "summary_lines"]
