@@ -37,19 +37,28 @@ from detection import alternate, median, ratio  # noqa: E402
 
 METHODS = ["activation", "eigen", "entropy", "recipro"]
 NOTES = """
-**Reading it.** No target is met. The single-pass methods take 1.4–1.9× the pass on DeepLab and 1.1–1.4× on the
-PAN (target 1.10×); the "beyond the pass" rows itemise part of it: DeepLab's region is its argmax over
-21×513×513 scores, 9 ms in NumPy against a 21–28 ms pass on a quiet machine (reading the graph's own ArgMax output
-instead would remove it), the PAN's sigmoid regions a threshold (under 1 ms); the rest (copies of the
-full-resolution scores per target, the map's upsampling to the input) is not itemised here. Recipro-CAM with the
-linear-tail shortcut takes 3.0× on DeepLab and 2.2–3.6× on the PAN (target 1.5×): the shortcut scores a row of
-positions at once (each position's resize support a rectangle, padded), 33 ms for DeepLab's 33×33 positions (a
-21-class softmax over ~1 000 pixels each) and 38 ms for the PAN's 128×128, against passes of 21–27 and 15–34 ms.
-Before that (a Python loop per position, at a load of 5–10) it was 110 ms and 0.8–1.0 s: 2.8× and 18–33×. What
-would reach 1.5×: the argmax and the per-position softmax in the runtime's graph at its precision (or a compiled
-kernel), not NumPy. DeepLab's QDQ ONNX head is not read as a linear tail, so its recipro (1089 head passes of
-21×513² scores) is not timed. Our segmenter's passes take 2 ms, so its rows are dominated by the per-call Python
-work (1–3 ms) and swing from run to run.
+**Reading it.** This run shared the 2 cores with other jobs (load 6–10: the forward passes took 3–5× their quiet
+times, DeepLab's 100–190 ms against 21–36 ms), so single ratios scatter by ±0.2; re-run it on a quiet machine.
+What the task adds beyond the pass is now small and itemised in the "beyond the pass" rows: the region's argmax is
+a compiled kernel reading each class plane in memory order (`kernels.class_argmax`, 2–10 ms for DeepLab's 21×513×513
+scores under load, against 9 ms of NumPy's strided argmax on a quiet machine; its region is DeepLab's own ArgMax
+output pixel for pixel on the shared photos), the region score under 1 ms, and one target's rows are views of the
+clean pass, not copies. What remains of a single-pass call beyond the model: the copy of the 21×513×513 float32
+scores out of the runtime's request (22 MB, 2–3 ms quiet), the map's upsampling to 513² (under 1 ms) and the
+method. The single-pass methods land at 0.8–1.3× (one 1.5×: eigen on DeepLab's TFLite) here; the earlier quiet run
+gave 1.4–1.9× on DeepLab, 9 ms of it the argmax now gone.
+
+Recipro-CAM with the linear-tail shortcut: 2.2× on DeepLab and on the PAN (target 1.5×, missed; it was 3.0× and
+2.2–3.6×). The PAN's shortcut takes half its former time (only the explained class's 3×3 kernel is applied to the
+cut for sigmoid scores; the resize supports are computed once per tail): 38–41 ms under this load. DeepLab's is a
+21-class softmax over each position's ~31×31 support (33 rows of up to 33 positions: ~22 M exponentials, 67 ms
+under load, 33 ms quiet) — the floor of NumPy's vectorised float32 exp at ~1 ns per value is ~25 ms, so 1.5× of a
+21 ms pass is out of reach in NumPy. Tried and measured slower: a Numba kernel over only the region's pixels (this
+Numba has no SVML, so its exp is scalar: 159 ms against NumPy's 105 ms at load 10) and a NumPy gather of the
+region's (position, pixel) pairs (163 against 75 ms). What would reach it: the softmax in the runtime's graph (a
+small OpenVINO model over the positions' supports, its vectorised exp at f32 or bf16). DeepLab's QDQ ONNX head is
+not read as a linear tail, so its recipro (1089 head passes of 21×513² scores) is not timed. Our segmenter's passes
+take 2 ms, so its rows are dominated by the per-call Python work (1–3 ms) and by the load.
 """
 BACKENDS = ["onnxruntime", "openvino"]
 
@@ -142,15 +151,16 @@ def speed(name: str, bundle_path: Path, source: Path, photo: Path, backends, rep
 def breakdown(name: str, backend: str, ex, x, target, repeats: int, report) -> None:
     """Where a method's time beyond the forward pass goes: the task's work on the clean scores (the argmax that
     fixes the region, `tasks.segmentation.Assignment`) and, with a linear tail, Recipro-CAM's shortcut alone."""
-    from cam_infer.tasks.segmentation import Assignment
+    from cam_infer.tasks.segmentation import Assignment, region_scores
 
     cut, scores = ex.task.observe(x)
     kind = ex.bundle.output_kind
-    (argmax,) = alternate([lambda: Assignment(scores[0], kind).counts()], repeats)
+    region = Assignment(scores[0], kind).regions([target.class_id])[0]
+    argmax, score = alternate([lambda: Assignment(scores[0], kind).counts(),
+                               lambda: region_scores(scores[:, target.class_id], region)], repeats)
     size = "×".join(map(str, scores.shape[1:]))
-    parts = f"the argmax over the {size} scores {median(argmax):.1f} ms"
+    parts = f"the argmax over the {size} scores {median(argmax):.1f} ms; the region score {median(score):.1f} ms"
     if ex.task.tail is not None:
-        region = Assignment(scores[0], kind).regions([target.class_id])[0]
         activation = "softmax" if kind == "logits" else ex.task.tail.activation
         (tail,) = alternate([lambda: ex.task.tail.recipro_scores(cut[0], target.class_id, region, activation)],
                             repeats)

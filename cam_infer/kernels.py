@@ -255,3 +255,21 @@ def lookup_channels(pixels: np.ndarray, table: np.ndarray, out: np.ndarray) -> N
         for i in range(h):
             for j in range(w):
                 out[k, i, j] = values[pixels[i, j, k]]
+
+
+@njit(cache=CACHE, nogil=True)
+def class_argmax(scores: np.ndarray) -> np.ndarray:
+    """(C,H,W) scores → (H,W) int64: the class of the highest score per pixel, the first on ties and the first NaN
+    (NumPy's ``argmax(axis=0)``), one pass over each class plane in memory order instead of a strided one."""
+    c, h, w = scores.shape
+    best = scores[0].copy()
+    out = np.zeros((h, w), np.int64)
+    for k in range(1, c):
+        for i in range(h):
+            for j in range(w):
+                v = scores[k, i, j]
+                b = best[i, j]
+                if v > b or (v != v and b == b):
+                    best[i, j] = v
+                    out[i, j] = k
+    return out

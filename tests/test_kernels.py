@@ -145,3 +145,12 @@ def test_lookup_channels_matches_numpy_take(channels):
         out = np.full((channels, 9, 7), np.nan, np.float32)
         kernels.lookup_channels(view, table, out)
         np.testing.assert_array_equal(out, np.stack([np.take(table[c], view[..., c]) for c in range(channels)]))
+
+
+def test_class_argmax_matches_numpy_argmax_with_ties_and_nans():
+    scores = RNG.integers(0, 4, (21, 37, 29)).astype(np.float32)       # many ties: the first class wins
+    scores[5, 3, 4] = scores[9, 3, 4] = np.nan                           # the first NaN wins
+    scores[:, 7, 7] = np.nan
+    np.testing.assert_array_equal(kernels.class_argmax(scores), scores.argmax(axis=0))
+    logits = RNG.standard_normal((3, 64, 64)).astype(np.float32)
+    np.testing.assert_array_equal(kernels.class_argmax(logits), logits.argmax(axis=0))

@@ -275,6 +275,19 @@ def test_deeplab_recipro_puts_its_energy_in_the_predicted_region(deeplab, image,
 
 
 @needs_shared
+def test_deeplab_regions_are_the_unsplit_model_s_own_argmax_on_real_photos(deeplab):
+    """The region a target is explained over: the pixels DeepLab's own ArgMax (the TFLite graph's last op, on
+    OpenVINO at f32) gives its class, pixel for pixel."""
+    from cam_infer.backends.sessions import FLOAT32, openvino_compiled, openvino_model
+    model = openvino_compiled(openvino_model(DEEPLAB), FLOAT32)
+    for image, label in [("samoyed_dog.jpg", "dog"), ("both.png", "cat"), ("parrot.jpg", "bird")]:
+        x = deeplab.preprocess([str(SHARED / "images" / image)])
+        own = np.asarray(model({0: x.transpose(0, 2, 3, 1).round().clip(0, 255).astype(np.uint8)})[0])[0]
+        item = deeplab.explain(x, method="activation", target=label).items[0][0]
+        np.testing.assert_array_equal(item.region, own == deeplab.bundle.labels.index(label))
+
+
+@needs_shared
 def test_deeplab_shortcut_matches_its_int8_head_within_a_quantization_step(deeplab):
     """The float tail's region scores against the int8 head run with the cut kept at one position."""
     assert deeplab.task.tail is not None

@@ -15,6 +15,7 @@ a head it does not reproduce is not used.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import onnx
@@ -30,6 +31,13 @@ class LinearTail:
     ry: np.ndarray            # (H,h)
     rx: np.ndarray            # (W,w)
     activation: str           # "none" | "sigmoid" | "softmax" (over the classes)
+
+    @cached_property
+    def supports(self) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """`_supports` of R_y and R_x (weights float32), computed once per tail."""
+        k = self.kernel.shape[2]
+        return tuple((index, weights.astype(np.float32), valid)
+                     for index, weights, valid in (_supports(self.ry, k), _supports(self.rx, k)))
 
     @property
     def weight(self) -> np.ndarray:
@@ -58,15 +66,13 @@ class LinearTail:
         padded to the widest, the padding masked out)."""
         _, h, w = a.shape
         k = self.kernel.shape[2]
-        v = np.einsum("ckyx,khw->hwcyx", self.kernel, a).astype(np.float32)      # W_tap·A[:,q] for every tap
-        bias = self.bias.astype(np.float32)[None, :, None, None]
         base = float(apply(self.bias.astype(np.float64)[:, None, None], activation)[c, 0, 0])
-        total = int(region.sum())
-        ys, ry, y_valid = _supports(self.ry, k)                   # (h,Ly), (h,Ly,k), (h,Ly)
-        xs, rx, x_valid = _supports(self.rx, k)                   # (w,Lx), (w,Lx,k), (w,Lx)
-        ry, rx = ry.astype(np.float32), rx.astype(np.float32)
+        kernel, bias = self.kernel, self.bias.astype(np.float32)[None, :, None, None]
         if activation != "softmax":                                # each class on its own: only c is needed
-            v, bias, c = v[:, :, c:c + 1], bias[:, c:c + 1], 0
+            kernel, bias, c = kernel[c:c + 1], bias[:, c:c + 1], 0
+        v = np.einsum("ckyx,khw->hwcyx", kernel, a).astype(np.float32)            # W_tap·A[:,q] for every tap
+        total = int(region.sum())
+        (ys, ry, y_valid), (xs, rx, x_valid) = self.supports   # (h,Ly), (h,Ly,k), (h,Ly); (w,Lx), (w,Lx,k), (w,Lx)
         region_x = region[:, xs] & x_valid[None]                  # (H,w,Lx)
         rx_t = rx.transpose(0, 2, 1)[:, None]                      # (w,1,k,Lx)
         out = np.full((h, w), base, np.float64)                    # a position whose support misses the region
@@ -76,7 +82,7 @@ class LinearTail:
             if not hit.any():
                 continue
             z = bias + np.matmul(ry[i], np.matmul(v[i][hit], rx_t[hit]))                # (q,C,Ly,Lx) on q's support
-            y_c, inside = apply(z, activation)[:, c], inside[hit]
+            y_c, inside = class_score(z, activation, c), inside[hit]
             kept = np.where(inside, y_c, 0).sum(axis=(1, 2), dtype=np.float64)
             out[i, hit] = (base * (total - inside.sum(axis=(1, 2))) + kept) / total
         return out.astype(np.float32)
@@ -99,6 +105,15 @@ def _supports(r: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray
         index[i, :len(idx)], valid[i, :len(idx)] = idx, True
         weights[i, :len(idx)] = r[idx][:, np.clip(cells[i], 0, n - 1)] * on_grid[i]
     return index, weights, valid
+
+
+def class_score(z: np.ndarray, activation: str, c: int) -> np.ndarray:
+    """act(z)[:, c] of (N,C,...) logits without dividing the other classes' exponentials (softmax: e_c / Σ_j e_j,
+    e = exp(z − max_j z_j), the same operations `apply` does for class c)."""
+    if activation != "softmax":
+        return apply(z[:, c:c + 1], activation)[:, 0]
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e[:, c] / e.sum(axis=1)
 
 
 def apply(z: np.ndarray, activation: str) -> np.ndarray:

@@ -77,6 +77,11 @@ class SegmentationContext(Context):
         return region_scores(values[:, int(self.targets[i])], self.regions[i])
 
 
+def rows(values: np.ndarray, i: int, k: int) -> np.ndarray:
+    """Image i of a batch as k rows, one per target: a view when k = 1 (no copy of its full-size scores)."""
+    return values[i:i + 1] if k == 1 else np.repeat(values[i:i + 1], k, axis=0)
+
+
 def region_scores(scores: np.ndarray, region: np.ndarray) -> np.ndarray:
     """Mean of (R,H,W) scores over the region's pixels → (R,)."""
     return scores[:, region].mean(axis=1, dtype=np.float64)
@@ -87,8 +92,9 @@ class Assignment:
     class above 0.5), kept as one label map — a class's region is drawn only when it is asked for."""
 
     def __init__(self, outputs: np.ndarray, kind: str):
+        from ..kernels import class_argmax
         self.sigmoid, self.classes = kind == "sigmoid", len(outputs)
-        self.values = outputs > 0.5 if self.sigmoid else outputs.argmax(axis=0)
+        self.values = outputs > 0.5 if self.sigmoid else class_argmax(np.ascontiguousarray(outputs))
 
     def counts(self, within: np.ndarray | None = None) -> np.ndarray:
         """(C,): each class's pixels (within a (H,W) mask)."""
@@ -139,9 +145,8 @@ class SegmentationTask(Task):
             shape = originals[i].shape[:2] if originals else self.bundle.input_shape[1:]
             classes, regions = self.targets(outputs[i], request["target"], request["region"], shape, spec)
             k = len(classes)
-            ctx = SegmentationContext(x=np.repeat(x[i:i + 1], k, axis=0),
-                                      activations=np.repeat(activations[i:i + 1], k, axis=0),
-                                      targets=np.array(classes, np.int64), outputs=np.repeat(outputs[i:i + 1], k, 0),
+            ctx = SegmentationContext(x=rows(x, i, k), activations=rows(activations, i, k),
+                                      targets=np.array(classes, np.int64), outputs=rows(outputs, i, k),
                                       backend=self.explainer.backend, bundle=self.bundle, regions=regions,
                                       kind=self.bundle.output_kind, tail=self.tail)
             if spec.needs == "gradients":
