@@ -28,6 +28,7 @@ on this machine's 2 cores, by where the work runs, next to the model's own throu
   its largest child).
 
     python bench/throughput.py --work /tmp/cam-throughput --out bench/throughput.md
+    python bench/throughput.py --quick --out bench/throughput.md     # the pipeline table alone, a few minutes
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from cam_infer.tools.bench import Report  # noqa: E402
 
 RAY_PORT = 6392
+RUNTIMES = (("onnxruntime", "f32"), ("openvino", "f32"), ("openvino", "auto"))   # auto: bf16 on this CPU
 GRAD_CAM = ["grad-cam==1.5.7", "ttach==0.0.3", "scipy", "scikit-learn", "tqdm"]
 
 
@@ -107,9 +109,9 @@ class PipelineCeiling:
     """Images/s of the reference pipeline on `files`: decode + preprocess (the bundle's own, in a thread per
     core; OpenCV releases the GIL) feeding the unsplit model's forward pass at float32 with every core, no
     explanation. ONNX Runtime: one session (all intra-op threads), batches of `batch`; OpenVINO: THROUGHPUT
-    hint, an AsyncInferQueue of its optimal number of batch-1 requests."""
+    hint, an AsyncInferQueue of its optimal number of batch-1 requests. `precision`: as explain's run."""
 
-    def __init__(self, bundle: Path, backend: str, work: Path, batch: int = 8):
+    def __init__(self, bundle: Path, backend: str, work: Path, batch: int = 8, precision: str = "f32"):
         import onnx
 
         from cam_infer import Bundle
@@ -119,13 +121,13 @@ class PipelineCeiling:
         path = work / f"{bundle.name}_plain.onnx"
         onnx.save(plain_model(bundle), path)
         if backend == "onnxruntime":
-            self.session = onnxruntime_session(path, FLOAT32)
+            self.session = onnxruntime_session(path, FLOAT32.but(precision=precision))
             self.input = self.session.get_inputs()[0].name
         else:
             import openvino as ov
             model = openvino_model(path)
             model.reshape([1, 3, *self.prep.input_size])
-            compiled = openvino_compiled(model, FLOAT32.but(hint="throughput"))
+            compiled = openvino_compiled(model, FLOAT32.but(hint="throughput", precision=precision))
             self.queue = ov.AsyncInferQueue(compiled, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
 
     def _x(self, path) -> "np.ndarray":
@@ -170,14 +172,14 @@ def pipeline_part(name: str, bundle: Path, folder: Path, work: Path, rounds: int
     from cam_infer.jobs.explainers import open_explainer
     leave_the_cores_to_the_runtime()
     files = sorted(folder.glob("*.jpg"))
-    report(f"\n**{name}** 224×224, float32 on both sides, {len(files)} JPEGs (500 px), medians of {rounds} alternated "
-           f"rounds; load average {os.getloadavg()[0]:.1f} on 2 cores (shared)\n")
-    report("| runtime | ceiling: decode + preprocess + forward, img/s | explain recipro, maps only (`--overlays none`) "
+    report(f"\n**{name}** 224×224, the same precision on both sides, {len(files)} JPEGs (500 px), medians of {rounds} "
+           f"alternated rounds; load average {os.getloadavg()[0]:.1f} at the start, on 2 cores (shared)\n")
+    report("| runtime | precision | ceiling: decode + preprocess + forward, img/s | explain recipro, maps only (`--overlays none`) "
            "| ÷ ceiling | explain recipro, JPEG overlays (default) | ÷ ceiling | PNG overlays | ÷ ceiling |\n"
-           "|---|---:|---:|---:|---:|---:|---:|---:|")
-    for backend in ("onnxruntime", "openvino"):
-        ceiling_run = PipelineCeiling(bundle, backend, work)
-        explainer = open_explainer(bundle, backend)
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for backend, precision in RUNTIMES:
+        ceiling_run = PipelineCeiling(bundle, backend, work, precision=precision)
+        explainer = open_explainer(bundle, backend, precision=precision, hint="throughput")   # as the CLI opens it
         ceiling_run.rate(files[:16])                               # warm-up: first runs compile and allocate
         explain_rate(explainer, folder, work / "pipeline_out", "none")
         rates: dict[str, list] = {"ceiling": [], "none": [], "jpg": [], "png": []}
@@ -191,7 +193,7 @@ def pipeline_part(name: str, bundle: Path, folder: Path, work: Path, rounds: int
                 ratios[kind].append(rate / top)
         m = {k: statistics.median(v) for k, v in rates.items()}
         r = {k: statistics.median(v) for k, v in ratios.items()}
-        report(f"| {backend} | {m['ceiling']:.0f} | {m['none']:.0f} | **{r['none']:.2f}** | {m['jpg']:.0f} | "
+        report(f"| {backend} | {explainer.backend.precision} | {m['ceiling']:.0f} | {m['none']:.0f} | **{r['none']:.2f}** | {m['jpg']:.0f} | "
                f"**{r['jpg']:.2f}** | {m['png']:.0f} | {r['png']:.2f} |")
 
 
@@ -360,7 +362,11 @@ def main() -> None:
     parser.add_argument("--pipeline-n", default="mobilenet_v2=300,resnet50=100",
                         help="images of the pipeline part per model (its ratios settle within a few hundred images)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true",
+                        help="the pipeline table alone, on fewer images (mobilenet_v2=150,resnet50=50), 2 rounds")
     args = parser.parse_args()
+    if args.quick:
+        args.parts, args.pipeline_n, args.rounds = "pipeline", "mobilenet_v2=150,resnet50=50", 2
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     report = Report()

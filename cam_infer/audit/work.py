@@ -211,13 +211,14 @@ def explainer_for(bundle, options: AuditOptions, threads: int | None = None):
 
 
 def audit_spec(bundle, options: AuditOptions, threads: int | None = None):
-    """How a worker opens the audit's Explainer: with torch gradients when a gradient method is audited."""
+    """How a worker opens the audit's Explainer: with torch gradients when a gradient method is audited, on
+    OpenVINO in throughput mode (a batch of perturbed images cut over every stream)."""
     from ..methods import GRADIENT
     from ..parallel import ExplainerSpec
 
     gradients = "torch" if {split_variant(m)[0] for m in options.methods} & set(GRADIENT) else None
     return ExplainerSpec(os.fspath(bundle), options.backend, options.device, gradients, threads,
-                         precision=options.precision)
+                         precision=options.precision, hint="throughput")
 
 
 def audit_precision(bundle, options: AuditOptions) -> str:
