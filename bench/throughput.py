@@ -7,12 +7,13 @@ on this machine's 2 cores, by where the work runs, next to the model's own throu
   bench/seed_methods.py.
 - Pipeline ceiling (the first tables): what the deployment itself reads through the same files, measured in
   the same process as explain and alternated with it run by run: decode + the bundle's preprocessing in a
-  thread per core feeding the unsplit model's float32 forward pass with every core (ONNX Runtime: batches
-  of 8 on one session, each decoded and run in a thread of cores + 1, as explain's batches are; OpenVINO:
+  thread per core feeding the unsplit model's forward pass with every core (ONNX Runtime: batches of 8 on
+  one session, each decoded and run in a thread of cores + 1, as explain's batches are; OpenVINO:
   THROUGHPUT hint, an AsyncInferQueue of batch-1 requests), no explanation. Beside it `explain --method
-  recipro` (the explainer opened once, as the command does; the files all written; `--overlays none`,
-  `jpg` and `png`) at float32 too. Fewer images than below (300 MobileNetV2, 100 ResNet-50) to keep the
-  runs short on a shared machine: read the ratios, not the rates.
+  recipro` (the explainer opened once, as the command opens it: OpenVINO in throughput mode; the files all
+  written; `--overlays none`, `jpg` and `png`) at the same precision: float32 on both runtimes, and
+  OpenVINO's default (auto: bf16 on this CPU). Fewer images than below (300 MobileNetV2, 100 ResNet-50) to
+  keep the runs short on a shared machine: read the ratios, not the rates.
 - Ceiling (the later tables): the unsplit model on OpenVINO CPU, THROUGHPUT hint, an AsyncInferQueue of its
   optimal number of requests, batch 1, one preprocessed image over and over: images/s of the model alone.
 - `cam-infer explain --method recipro` (overlays written) and `cam-infer audit --methods recipro --metrics
@@ -24,8 +25,8 @@ on this machine's 2 cores, by where the work runs, next to the model's own throu
   with pip --target; its module-level `torchvision` imports are met by a stand-in whose functions raise
   (the registry's torchvision does not load beside the CPU torch here; the loop never calls them).
 - Memory: peak resident memory (VmHWM) of the driver and of each worker over explain runs of 1 000 and
-  10 000 images (one process, pipelined; --workers 2; Ray), and /usr/bin/time -v's maximum (the driver or
-  its largest child).
+  10 000 images (one process, pipelined; --workers 2; Ray) on each runtime, and /usr/bin/time -v's maximum
+  (the driver or its largest child).
 
     python bench/throughput.py --work /tmp/cam-throughput --out bench/throughput.md
     python bench/throughput.py --quick --out bench/throughput.md     # the pipeline table alone, a few minutes
@@ -358,6 +359,7 @@ def main() -> None:
                         help="images audited per model (insertion and deletion are 56 passes an image)")
     parser.add_argument("--memory-n", default="1000,10000")
     parser.add_argument("--memory-where", default="one,--workers,--ray", help="runs of the memory part")
+    parser.add_argument("--memory-backends", default="onnxruntime,openvino", help="runtimes of the memory part")
     parser.add_argument("--parts", default="pipeline,explain,audit,grad-cam,memory")
     parser.add_argument("--pipeline-n", default="mobilenet_v2=300,resnet50=100",
                         help="images of the pipeline part per model (its ratios settle within a few hundred images)")
@@ -391,7 +393,7 @@ def main() -> None:
                 report("| run | where | images | images/s | ÷ ceiling |\n|---|---|---:|---:|---:|")
                 if "explain" in parts:
                     for backend in ("onnxruntime", "openvino"):
-                        for label, flags in (("one process (latency mode, today)", []),
+                        for label, flags in (("one process (pipelined)", []),
                                              ("--workers 2", ["--workers", "2"]),
                                              ("--ray (2 actors × 1 thread)", ["--ray", address])):
                             seconds, _ = timed_cli("explain", bundle, folder, "--method", "recipro", "--backend",
@@ -406,7 +408,7 @@ def main() -> None:
                         link = subset / f.name
                         if not link.exists():
                             link.symlink_to(f)
-                    for label, flags in (("one process (latency mode, today)", []), ("--workers 2", ["--workers", "2"]),
+                    for label, flags in (("one process (pipelined)", []), ("--workers 2", ["--workers", "2"]),
                                          ("--ray (2 actors × 1 thread)", ["--ray", address])):
                         seconds, _ = timed_cli("audit", bundle, subset, "--methods", "recipro", "--metrics",
                                                "adcc,insertion,deletion", "--backend", "openvino", "--out",
@@ -421,19 +423,21 @@ def main() -> None:
                                f"{rate:.1f} | {rate / top:.2f} |")
         if "memory" in parts:
             bundle = bundle_for("mobilenet_v2", work)
-            report("\n**Peak memory**, `explain --method recipro` on mobilenet_v2 (onnxruntime), MiB: the driver's and "
+            report("\n**Peak memory**, `explain --method recipro` on mobilenet_v2 (JPEG overlays), MiB: the driver's and "
                    "the largest worker's peak resident set (VmHWM), and /usr/bin/time -v's maximum\n")
-            report("| where | images | seconds | driver | worker | time -v |\n|---|---:|---:|---:|---:|---:|")
-            for n in map(int, args.memory_n.split(",")):
-                many = images(work / f"images_{n}", n)
-                for label, flags in (("one process (pipelined)", []), ("--workers 2", ["--workers", "2"]),
-                                     ("--ray", ["--ray", address])):
-                    if label.split()[0] not in args.memory_where.split(","):
-                        continue
-                    seconds, driver, worker, maximum = memory_run(
-                        ["explain", bundle, many, "--method", "recipro", "--out", work / "memory_out", "--force",
-                         *flags])
-                    report(f"| {label} | {n} | {seconds:.0f} | {driver:.0f} | {worker:.0f} | {maximum:.0f} |")
+            report("| runtime | where | images | seconds | driver | worker | time -v |\n|---|---|---:|---:|---:|---:|---:|")
+            for backend in args.memory_backends.split(","):
+                for n in map(int, args.memory_n.split(",")):
+                    many = images(work / f"images_{n}", n)
+                    for label, flags in (("one process (pipelined)", []), ("--workers 2", ["--workers", "2"]),
+                                         ("--ray", ["--ray", address])):
+                        if label.split()[0] not in args.memory_where.split(","):
+                            continue
+                        seconds, driver, worker, maximum = memory_run(
+                            ["explain", bundle, many, "--method", "recipro", "--out", work / "memory_out", "--force",
+                             "--backend", backend, *flags])
+                        report(f"| {backend} | {label} | {n} | {seconds:.0f} | {driver:.0f} | {worker:.0f} | "
+                               f"{maximum:.0f} |")
     finally:
         ray_cluster("stop")             # a no-op when none was started
     report.write(args.out)
