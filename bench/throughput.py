@@ -14,6 +14,8 @@ on this machine's 2 cores, by where the work runs, next to the model's own throu
   written; `--overlays none`, `jpg` and `png`) at the same precision: float32 on both runtimes, and
   OpenVINO's default (auto: bf16 on this CPU). Fewer images than below (300 MobileNetV2, 100 ResNet-50) to
   keep the runs short on a shared machine: read the ratios, not the rates.
+- Overlay: a JPEG overlay of a map over a 500-px photo drawn and encoded, one thread, as today and as it was
+  drawn before (`drawn_as_before`), alternated round by round.
 - Ceiling (the later tables): the unsplit model on OpenVINO CPU, THROUGHPUT hint, an AsyncInferQueue of its
   optimal number of requests, batch 1, one preprocessed image over and over: images/s of the model alone.
 - `cam-infer explain --method recipro` (overlays written) and `cam-infer audit --methods recipro --metrics
@@ -29,7 +31,7 @@ on this machine's 2 cores, by where the work runs, next to the model's own throu
   (the driver or its largest child).
 
     python bench/throughput.py --work /tmp/cam-throughput --out bench/throughput.md
-    python bench/throughput.py --quick --out bench/throughput.md     # the pipeline table alone, a few minutes
+    python bench/throughput.py --quick --out bench/throughput.md     # the pipeline and overlay tables, minutes
 """
 
 from __future__ import annotations
@@ -198,6 +200,56 @@ def pipeline_part(name: str, bundle: Path, folder: Path, work: Path, rounds: int
                f"**{r['jpg']:.2f}** | {m['png']:.0f} | {r['png']:.2f} |")
 
 
+def drawn_as_before(saliency, rgb, prep, text):
+    """The overlay as folder runs drew it before (what `overlay_picture` now draws for less): the map put back over
+    the whole photo, quantised in NumPy, OpenCV's BGR colormap turned to RGB, blended, the unseen part greyed
+    through its mask, the colour bar and the caption concatenated on."""
+    import cv2
+    import numpy as np
+
+    from cam_infer.postprocess import with_caption, with_colour_bar
+    saliency, seen = prep.to_image(saliency, rgb.shape[:2])
+    heat = cv2.cvtColor(cv2.applyColorMap(np.uint8(np.round(np.clip(saliency, 0, 1) * 255)), cv2.COLORMAP_JET),
+                        cv2.COLOR_BGR2RGB)
+    picture = cv2.addWeighted(rgb, 0.5, heat, 0.5, 0.0)
+    grey = cv2.transform(rgb, np.array([[0.35 / 3, 0.35 / 3, 0.35 / 3, 110.0]]))
+    picture[~seen] = grey[~seen][:, None]
+    return with_caption(with_colour_bar(picture), text)
+
+
+def overlay_part(folder: Path, rounds: int, report) -> None:
+    """Milliseconds per 500-px photo of a JPEG overlay (drawn + encoded, one thread), today's against the
+    drawing before, alternated round by round on the same photos and maps."""
+    import statistics
+
+    import cv2
+    import numpy as np
+
+    from cam_infer import Preprocessing
+    from cam_infer.images import load_image
+    from cam_infer.postprocess import encode_picture, overlay_picture
+    cv2.setNumThreads(1)
+    prep, text = Preprocessing((224, 224)), "recipro: tabby, tabby cat (281) p=0.87"
+    photos = [load_image(f) for f in sorted(folder.glob("*.jpg"))[:100]]
+    rng = np.random.default_rng(0)
+    maps = [cv2.resize(rng.random((7, 7)).astype(np.float32), (224, 224)) for _ in photos]
+    ways = {"today": lambda s, rgb: overlay_picture(s, rgb, prep, text), "before": lambda s, rgb: drawn_as_before(
+        s, rgb, prep, text)}
+    times: dict[str, list] = {k: [] for k in ways}
+    for _ in range(rounds + 1):                                   # the first round warms up
+        for name, draw in ways.items():
+            start = time.perf_counter()
+            for s, rgb in zip(maps, photos):
+                encode_picture(draw(s, rgb), "jpg")
+            times[name].append((time.perf_counter() - start) / len(photos) * 1000)
+    before, today = statistics.median(times["before"][1:]), statistics.median(times["today"][1:])
+    report(f"\n**JPEG overlay on the original photo** (map put back, greyed border, caption, colour bar, encode), "
+           f"ms per 500-px photo, one thread, {len(photos)} photos, median of {rounds} alternated rounds; load "
+           f"average {os.getloadavg()[0]:.1f}\n")
+    report(f"| drawn as before | drawn today | speed-up |\n|---:|---:|---:|\n| {before:.2f} | {today:.2f} | "
+           f"{before / today:.1f}× |")
+
+
 def timed_cli(*args) -> tuple[float, subprocess.CompletedProcess]:
     start = time.perf_counter()
     result = subprocess.run([sys.executable, "-m", "cam_infer", *map(str, args)], capture_output=True, text=True,
@@ -359,16 +411,17 @@ def main() -> None:
                         help="images audited per model (insertion and deletion are 56 passes an image)")
     parser.add_argument("--memory-n", default="1000,10000")
     parser.add_argument("--memory-where", default="one,--workers,--ray", help="runs of the memory part")
+    parser.add_argument("--where", default="one,--workers,--ray", help="runs of the explain and audit parts")
     parser.add_argument("--memory-backends", default="onnxruntime,openvino", help="runtimes of the memory part")
-    parser.add_argument("--parts", default="pipeline,explain,audit,grad-cam,memory")
+    parser.add_argument("--parts", default="pipeline,overlay,explain,audit,grad-cam,memory")
     parser.add_argument("--pipeline-n", default="mobilenet_v2=300,resnet50=100",
                         help="images of the pipeline part per model (its ratios settle within a few hundred images)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true",
-                        help="the pipeline table alone, on fewer images (mobilenet_v2=150,resnet50=50), 2 rounds")
+                        help="the pipeline and overlay tables alone, on fewer images (mobilenet_v2=150,resnet50=50), 2 rounds")
     args = parser.parse_args()
     if args.quick:
-        args.parts, args.pipeline_n, args.rounds = "pipeline", "mobilenet_v2=150,resnet50=50", 2
+        args.parts, args.pipeline_n, args.rounds = "pipeline,overlay", "mobilenet_v2=150,resnet50=50", 2
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     report = Report()
@@ -381,7 +434,13 @@ def main() -> None:
         report("**Explain over the pipeline ceiling** (one process, batches of 8 pipelined in threads)")
         for name, n in (item.split("=") for item in args.pipeline_n.split(",")):
             pipeline_part(name, bundle_for(name, work), images(work / f"images_{n}", int(n)), work, args.rounds, report)
-    if ("memory" in parts and "--ray" in args.memory_where) or "explain" in parts or "audit" in parts:
+    if "overlay" in parts:
+        overlay_part(folder, args.rounds, report)
+    wheres = [(label, flags) for label, flags in (("one process (pipelined)", []), ("--workers 2", ["--workers", "2"]),
+                                                  ("--ray (2 actors × 1 thread)", ["--ray", address]))
+              if label.split()[0] in args.where.split(",")]
+    if ("memory" in parts and "--ray" in args.memory_where) or (
+            {"explain", "audit"} & set(parts) and "--ray" in args.where):
         ray_cluster("start")
     try:
         if {"explain", "audit", "grad-cam"} & set(parts):
@@ -393,9 +452,7 @@ def main() -> None:
                 report("| run | where | images | images/s | ÷ ceiling |\n|---|---|---:|---:|---:|")
                 if "explain" in parts:
                     for backend in ("onnxruntime", "openvino"):
-                        for label, flags in (("one process (pipelined)", []),
-                                             ("--workers 2", ["--workers", "2"]),
-                                             ("--ray (2 actors × 1 thread)", ["--ray", address])):
+                        for label, flags in wheres:
                             seconds, _ = timed_cli("explain", bundle, folder, "--method", "recipro", "--backend",
                                                    backend, "--out", work / "explain_out", "--force", *flags)
                             rate = len(files) / seconds
@@ -408,8 +465,7 @@ def main() -> None:
                         link = subset / f.name
                         if not link.exists():
                             link.symlink_to(f)
-                    for label, flags in (("one process (pipelined)", []), ("--workers 2", ["--workers", "2"]),
-                                         ("--ray (2 actors × 1 thread)", ["--ray", address])):
+                    for label, flags in wheres:
                         seconds, _ = timed_cli("audit", bundle, subset, "--methods", "recipro", "--metrics",
                                                "adcc,insertion,deletion", "--backend", "openvino", "--out",
                                                work / "audit_out", "--force", *flags)
