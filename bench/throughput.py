@@ -459,7 +459,7 @@ def main() -> None:
                             report(f"| explain --method recipro, {backend} | {label} | {len(files)} | {rate:.1f} | "
                                    f"{rate / top:.2f} |")
                 if "audit" in parts:
-                    subset = work / f"audit_{name}"
+                    subset = work / f"audit_{name}_{audit_n[name]}"
                     subset.mkdir(exist_ok=True)
                     for f in files[:audit_n[name]]:
                         link = subset / f.name
