@@ -177,8 +177,9 @@ def pipeline_part(name: str, bundle: Path, folder: Path, work: Path, rounds: int
     files = sorted(folder.glob("*.jpg"))
     report(f"\n**{name}** 224×224, the same precision on both sides, {len(files)} JPEGs (500 px), medians of {rounds} "
            f"alternated rounds; load average {os.getloadavg()[0]:.1f} at the start, on 2 cores (shared)\n")
-    report("| runtime | precision | ceiling: decode + preprocess + forward, img/s | explain recipro, maps only (`--overlays none`) "
-           "| ÷ ceiling | explain recipro, JPEG overlays (default) | ÷ ceiling | PNG overlays | ÷ ceiling |\n"
+    report("| runtime | precision | ceiling: decode + preprocess + forward, img/s "
+           "| explain recipro, maps only (`--overlays none`) | ÷ ceiling | explain recipro, JPEG overlays (default) "
+           "| ÷ ceiling | PNG overlays | ÷ ceiling |\n"
            "|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for backend, precision in RUNTIMES:
         ceiling_run = PipelineCeiling(bundle, backend, work, precision=precision)
@@ -196,8 +197,8 @@ def pipeline_part(name: str, bundle: Path, folder: Path, work: Path, rounds: int
                 ratios[kind].append(rate / top)
         m = {k: statistics.median(v) for k, v in rates.items()}
         r = {k: statistics.median(v) for k, v in ratios.items()}
-        report(f"| {backend} | {explainer.backend.precision} | {m['ceiling']:.0f} | {m['none']:.0f} | **{r['none']:.2f}** | {m['jpg']:.0f} | "
-               f"**{r['jpg']:.2f}** | {m['png']:.0f} | {r['png']:.2f} |")
+        report(f"| {backend} | {explainer.backend.precision} | {m['ceiling']:.0f} | {m['none']:.0f} | "
+               f"**{r['none']:.2f}** | {m['jpg']:.0f} | **{r['jpg']:.2f}** | {m['png']:.0f} | {r['png']:.2f} |")
 
 
 def drawn_as_before(saliency, rgb, prep, text):
@@ -418,7 +419,8 @@ def main() -> None:
                         help="images of the pipeline part per model (its ratios settle within a few hundred images)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true",
-                        help="the pipeline and overlay tables alone, on fewer images (mobilenet_v2=150,resnet50=50), 2 rounds")
+                        help="the pipeline and overlay tables alone, on fewer images (mobilenet_v2=150,resnet50=50), "
+                             "2 rounds")
     args = parser.parse_args()
     if args.quick:
         args.parts, args.pipeline_n, args.rounds = "pipeline,overlay", "mobilenet_v2=150,resnet50=50", 2
@@ -479,9 +481,10 @@ def main() -> None:
                                f"{rate:.1f} | {rate / top:.2f} |")
         if "memory" in parts:
             bundle = bundle_for("mobilenet_v2", work)
-            report("\n**Peak memory**, `explain --method recipro` on mobilenet_v2 (JPEG overlays), MiB: the driver's and "
-                   "the largest worker's peak resident set (VmHWM), and /usr/bin/time -v's maximum\n")
-            report("| runtime | where | images | seconds | driver | worker | time -v |\n|---|---|---:|---:|---:|---:|---:|")
+            report("\n**Peak memory**, `explain --method recipro` on mobilenet_v2 (JPEG overlays), MiB: the driver's "
+                   "and the largest worker's peak resident set (VmHWM), and /usr/bin/time -v's maximum\n")
+            report("| runtime | where | images | seconds | driver | worker | time -v |\n"
+                   "|---|---|---:|---:|---:|---:|---:|")
             for backend in args.memory_backends.split(","):
                 for n in map(int, args.memory_n.split(",")):
                     many = images(work / f"images_{n}", n)

@@ -68,5 +68,5 @@ def check_backend(bundle, backend_name: str, device: str, precision: str = "f32"
     return f"runs on    {backend.describe()}: {'yes' if ok else 'NO'}, {ms:.1f} ms per image (batch 1)"
 
 
-__all__ = ["BACKENDS", "CHOICES", "Backend", "backend_name", "check_backend", "OnnxRuntimeBackend", "OpenVINOBackend", "RuntimeOptions",
-           "load_backend"]
+__all__ = ["BACKENDS", "CHOICES", "Backend", "backend_name", "check_backend", "OnnxRuntimeBackend",
+           "OpenVINOBackend", "RuntimeOptions", "load_backend"]
