@@ -7,12 +7,15 @@ on this machine's 2 cores, by where the work runs, next to the model's own throu
   bench/seed_methods.py.
 - Pipeline ceiling (the first tables): what the deployment itself reads through the same files, measured in
   the same process as explain and alternated with it run by run: decode + the bundle's preprocessing in a
-  thread per core feeding the unsplit model's float32 forward pass with every core (ONNX Runtime: batches
-  of 8 on one session, each decoded and run in a thread of cores + 1, as explain's batches are; OpenVINO:
+  thread per core feeding the unsplit model's forward pass with every core (ONNX Runtime: batches of 8 on
+  one session, each decoded and run in a thread of cores + 1, as explain's batches are; OpenVINO:
   THROUGHPUT hint, an AsyncInferQueue of batch-1 requests), no explanation. Beside it `explain --method
-  recipro` (the explainer opened once, as the command does; the files all written; `--overlays none`,
-  `jpg` and `png`) at float32 too. Fewer images than below (300 MobileNetV2, 100 ResNet-50) to keep the
-  runs short on a shared machine: read the ratios, not the rates.
+  recipro` (the explainer opened once, as the command opens it: OpenVINO in throughput mode; the files all
+  written; `--overlays none`, `jpg` and `png`) at the same precision: float32 on both runtimes, and
+  OpenVINO's default (auto: bf16 on this CPU). Fewer images than below (300 MobileNetV2, 100 ResNet-50) to
+  keep the runs short on a shared machine: read the ratios, not the rates.
+- Overlay: a JPEG overlay of a map over a 500-px photo drawn and encoded, one thread, as today and as it was
+  drawn before (`drawn_as_before`), alternated round by round.
 - Ceiling (the later tables): the unsplit model on OpenVINO CPU, THROUGHPUT hint, an AsyncInferQueue of its
   optimal number of requests, batch 1, one preprocessed image over and over: images/s of the model alone.
 - `cam-infer explain --method recipro` (overlays written) and `cam-infer audit --methods recipro --metrics
@@ -24,10 +27,11 @@ on this machine's 2 cores, by where the work runs, next to the model's own throu
   with pip --target; its module-level `torchvision` imports are met by a stand-in whose functions raise
   (the registry's torchvision does not load beside the CPU torch here; the loop never calls them).
 - Memory: peak resident memory (VmHWM) of the driver and of each worker over explain runs of 1 000 and
-  10 000 images (one process, pipelined; --workers 2; Ray), and /usr/bin/time -v's maximum (the driver or
-  its largest child).
+  10 000 images (one process, pipelined; --workers 2; Ray) on each runtime, and /usr/bin/time -v's maximum
+  (the driver or its largest child).
 
     python bench/throughput.py --work /tmp/cam-throughput --out bench/throughput.md
+    python bench/throughput.py --quick --out bench/throughput.md     # the pipeline and overlay tables, minutes
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from cam_infer.tools.bench import Report  # noqa: E402
 
 RAY_PORT = 6392
+RUNTIMES = (("onnxruntime", "f32"), ("openvino", "f32"), ("openvino", "auto"))   # auto: bf16 on this CPU
 GRAD_CAM = ["grad-cam==1.5.7", "ttach==0.0.3", "scipy", "scikit-learn", "tqdm"]
 
 
@@ -107,9 +112,9 @@ class PipelineCeiling:
     """Images/s of the reference pipeline on `files`: decode + preprocess (the bundle's own, in a thread per
     core; OpenCV releases the GIL) feeding the unsplit model's forward pass at float32 with every core, no
     explanation. ONNX Runtime: one session (all intra-op threads), batches of `batch`; OpenVINO: THROUGHPUT
-    hint, an AsyncInferQueue of its optimal number of batch-1 requests."""
+    hint, an AsyncInferQueue of its optimal number of batch-1 requests. `precision`: as explain's run."""
 
-    def __init__(self, bundle: Path, backend: str, work: Path, batch: int = 8):
+    def __init__(self, bundle: Path, backend: str, work: Path, batch: int = 8, precision: str = "f32"):
         import onnx
 
         from cam_infer import Bundle
@@ -119,13 +124,13 @@ class PipelineCeiling:
         path = work / f"{bundle.name}_plain.onnx"
         onnx.save(plain_model(bundle), path)
         if backend == "onnxruntime":
-            self.session = onnxruntime_session(path, FLOAT32)
+            self.session = onnxruntime_session(path, FLOAT32.but(precision=precision))
             self.input = self.session.get_inputs()[0].name
         else:
             import openvino as ov
             model = openvino_model(path)
             model.reshape([1, 3, *self.prep.input_size])
-            compiled = openvino_compiled(model, FLOAT32.but(hint="throughput"))
+            compiled = openvino_compiled(model, FLOAT32.but(hint="throughput", precision=precision))
             self.queue = ov.AsyncInferQueue(compiled, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
 
     def _x(self, path) -> "np.ndarray":
@@ -170,14 +175,15 @@ def pipeline_part(name: str, bundle: Path, folder: Path, work: Path, rounds: int
     from cam_infer.jobs.explainers import open_explainer
     leave_the_cores_to_the_runtime()
     files = sorted(folder.glob("*.jpg"))
-    report(f"\n**{name}** 224×224, float32 on both sides, {len(files)} JPEGs (500 px), medians of {rounds} alternated "
-           f"rounds; load average {os.getloadavg()[0]:.1f} on 2 cores (shared)\n")
-    report("| runtime | ceiling: decode + preprocess + forward, img/s | explain recipro, maps only (`--overlays none`) "
-           "| ÷ ceiling | explain recipro, JPEG overlays (default) | ÷ ceiling | PNG overlays | ÷ ceiling |\n"
-           "|---|---:|---:|---:|---:|---:|---:|---:|")
-    for backend in ("onnxruntime", "openvino"):
-        ceiling_run = PipelineCeiling(bundle, backend, work)
-        explainer = open_explainer(bundle, backend)
+    report(f"\n**{name}** 224×224, the same precision on both sides, {len(files)} JPEGs (500 px), medians of {rounds} "
+           f"alternated rounds; load average {os.getloadavg()[0]:.1f} at the start, on 2 cores (shared)\n")
+    report("| runtime | precision | ceiling: decode + preprocess + forward, img/s "
+           "| explain recipro, maps only (`--overlays none`) | ÷ ceiling | explain recipro, JPEG overlays (default) "
+           "| ÷ ceiling | PNG overlays | ÷ ceiling |\n"
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for backend, precision in RUNTIMES:
+        ceiling_run = PipelineCeiling(bundle, backend, work, precision=precision)
+        explainer = open_explainer(bundle, backend, precision=precision, hint="throughput")   # as the CLI opens it
         ceiling_run.rate(files[:16])                               # warm-up: first runs compile and allocate
         explain_rate(explainer, folder, work / "pipeline_out", "none")
         rates: dict[str, list] = {"ceiling": [], "none": [], "jpg": [], "png": []}
@@ -191,8 +197,58 @@ def pipeline_part(name: str, bundle: Path, folder: Path, work: Path, rounds: int
                 ratios[kind].append(rate / top)
         m = {k: statistics.median(v) for k, v in rates.items()}
         r = {k: statistics.median(v) for k, v in ratios.items()}
-        report(f"| {backend} | {m['ceiling']:.0f} | {m['none']:.0f} | **{r['none']:.2f}** | {m['jpg']:.0f} | "
-               f"**{r['jpg']:.2f}** | {m['png']:.0f} | {r['png']:.2f} |")
+        report(f"| {backend} | {explainer.backend.precision} | {m['ceiling']:.0f} | {m['none']:.0f} | "
+               f"**{r['none']:.2f}** | {m['jpg']:.0f} | **{r['jpg']:.2f}** | {m['png']:.0f} | {r['png']:.2f} |")
+
+
+def drawn_as_before(saliency, rgb, prep, text):
+    """The overlay as folder runs drew it before (what `overlay_picture` now draws for less): the map put back over
+    the whole photo, quantised in NumPy, OpenCV's BGR colormap turned to RGB, blended, the unseen part greyed
+    through its mask, the colour bar and the caption concatenated on."""
+    import cv2
+    import numpy as np
+
+    from cam_infer.postprocess import with_caption, with_colour_bar
+    saliency, seen = prep.to_image(saliency, rgb.shape[:2])
+    heat = cv2.cvtColor(cv2.applyColorMap(np.uint8(np.round(np.clip(saliency, 0, 1) * 255)), cv2.COLORMAP_JET),
+                        cv2.COLOR_BGR2RGB)
+    picture = cv2.addWeighted(rgb, 0.5, heat, 0.5, 0.0)
+    grey = cv2.transform(rgb, np.array([[0.35 / 3, 0.35 / 3, 0.35 / 3, 110.0]]))
+    picture[~seen] = grey[~seen][:, None]
+    return with_caption(with_colour_bar(picture), text)
+
+
+def overlay_part(folder: Path, rounds: int, report) -> None:
+    """Milliseconds per 500-px photo of a JPEG overlay (drawn + encoded, one thread), today's against the
+    drawing before, alternated round by round on the same photos and maps."""
+    import statistics
+
+    import cv2
+    import numpy as np
+
+    from cam_infer import Preprocessing
+    from cam_infer.images import load_image
+    from cam_infer.postprocess import encode_picture, overlay_picture
+    cv2.setNumThreads(1)
+    prep, text = Preprocessing((224, 224)), "recipro: tabby, tabby cat (281) p=0.87"
+    photos = [load_image(f) for f in sorted(folder.glob("*.jpg"))[:100]]
+    rng = np.random.default_rng(0)
+    maps = [cv2.resize(rng.random((7, 7)).astype(np.float32), (224, 224)) for _ in photos]
+    ways = {"today": lambda s, rgb: overlay_picture(s, rgb, prep, text), "before": lambda s, rgb: drawn_as_before(
+        s, rgb, prep, text)}
+    times: dict[str, list] = {k: [] for k in ways}
+    for _ in range(rounds + 1):                                   # the first round warms up
+        for name, draw in ways.items():
+            start = time.perf_counter()
+            for s, rgb in zip(maps, photos):
+                encode_picture(draw(s, rgb), "jpg")
+            times[name].append((time.perf_counter() - start) / len(photos) * 1000)
+    before, today = statistics.median(times["before"][1:]), statistics.median(times["today"][1:])
+    report(f"\n**JPEG overlay on the original photo** (map put back, greyed border, caption, colour bar, encode), "
+           f"ms per 500-px photo, one thread, {len(photos)} photos, median of {rounds} alternated rounds; load "
+           f"average {os.getloadavg()[0]:.1f}\n")
+    report(f"| drawn as before | drawn today | speed-up |\n|---:|---:|---:|\n| {before:.2f} | {today:.2f} | "
+           f"{before / today:.1f}× |")
 
 
 def timed_cli(*args) -> tuple[float, subprocess.CompletedProcess]:
@@ -356,11 +412,18 @@ def main() -> None:
                         help="images audited per model (insertion and deletion are 56 passes an image)")
     parser.add_argument("--memory-n", default="1000,10000")
     parser.add_argument("--memory-where", default="one,--workers,--ray", help="runs of the memory part")
-    parser.add_argument("--parts", default="pipeline,explain,audit,grad-cam,memory")
+    parser.add_argument("--where", default="one,--workers,--ray", help="runs of the explain and audit parts")
+    parser.add_argument("--memory-backends", default="onnxruntime,openvino", help="runtimes of the memory part")
+    parser.add_argument("--parts", default="pipeline,overlay,explain,audit,grad-cam,memory")
     parser.add_argument("--pipeline-n", default="mobilenet_v2=300,resnet50=100",
                         help="images of the pipeline part per model (its ratios settle within a few hundred images)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true",
+                        help="the pipeline and overlay tables alone, on fewer images (mobilenet_v2=150,resnet50=50), "
+                             "2 rounds")
     args = parser.parse_args()
+    if args.quick:
+        args.parts, args.pipeline_n, args.rounds = "pipeline,overlay", "mobilenet_v2=150,resnet50=50", 2
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     report = Report()
@@ -373,7 +436,13 @@ def main() -> None:
         report("**Explain over the pipeline ceiling** (one process, batches of 8 pipelined in threads)")
         for name, n in (item.split("=") for item in args.pipeline_n.split(",")):
             pipeline_part(name, bundle_for(name, work), images(work / f"images_{n}", int(n)), work, args.rounds, report)
-    if ("memory" in parts and "--ray" in args.memory_where) or "explain" in parts or "audit" in parts:
+    if "overlay" in parts:
+        overlay_part(folder, args.rounds, report)
+    wheres = [(label, flags) for label, flags in (("one process (pipelined)", []), ("--workers 2", ["--workers", "2"]),
+                                                  ("--ray (2 actors × 1 thread)", ["--ray", address]))
+              if label.split()[0] in args.where.split(",")]
+    if ("memory" in parts and "--ray" in args.memory_where) or (
+            {"explain", "audit"} & set(parts) and "--ray" in args.where):
         ray_cluster("start")
     try:
         if {"explain", "audit", "grad-cam"} & set(parts):
@@ -385,23 +454,20 @@ def main() -> None:
                 report("| run | where | images | images/s | ÷ ceiling |\n|---|---|---:|---:|---:|")
                 if "explain" in parts:
                     for backend in ("onnxruntime", "openvino"):
-                        for label, flags in (("one process (latency mode, today)", []),
-                                             ("--workers 2", ["--workers", "2"]),
-                                             ("--ray (2 actors × 1 thread)", ["--ray", address])):
+                        for label, flags in wheres:
                             seconds, _ = timed_cli("explain", bundle, folder, "--method", "recipro", "--backend",
                                                    backend, "--out", work / "explain_out", "--force", *flags)
                             rate = len(files) / seconds
                             report(f"| explain --method recipro, {backend} | {label} | {len(files)} | {rate:.1f} | "
                                    f"{rate / top:.2f} |")
                 if "audit" in parts:
-                    subset = work / f"audit_{name}"
+                    subset = work / f"audit_{name}_{audit_n[name]}"
                     subset.mkdir(exist_ok=True)
                     for f in files[:audit_n[name]]:
                         link = subset / f.name
                         if not link.exists():
                             link.symlink_to(f)
-                    for label, flags in (("one process (latency mode, today)", []), ("--workers 2", ["--workers", "2"]),
-                                         ("--ray (2 actors × 1 thread)", ["--ray", address])):
+                    for label, flags in wheres:
                         seconds, _ = timed_cli("audit", bundle, subset, "--methods", "recipro", "--metrics",
                                                "adcc,insertion,deletion", "--backend", "openvino", "--out",
                                                work / "audit_out", "--force", *flags)
@@ -415,19 +481,22 @@ def main() -> None:
                                f"{rate:.1f} | {rate / top:.2f} |")
         if "memory" in parts:
             bundle = bundle_for("mobilenet_v2", work)
-            report("\n**Peak memory**, `explain --method recipro` on mobilenet_v2 (onnxruntime), MiB: the driver's and "
-                   "the largest worker's peak resident set (VmHWM), and /usr/bin/time -v's maximum\n")
-            report("| where | images | seconds | driver | worker | time -v |\n|---|---:|---:|---:|---:|---:|")
-            for n in map(int, args.memory_n.split(",")):
-                many = images(work / f"images_{n}", n)
-                for label, flags in (("one process (pipelined)", []), ("--workers 2", ["--workers", "2"]),
-                                     ("--ray", ["--ray", address])):
-                    if label.split()[0] not in args.memory_where.split(","):
-                        continue
-                    seconds, driver, worker, maximum = memory_run(
-                        ["explain", bundle, many, "--method", "recipro", "--out", work / "memory_out", "--force",
-                         *flags])
-                    report(f"| {label} | {n} | {seconds:.0f} | {driver:.0f} | {worker:.0f} | {maximum:.0f} |")
+            report("\n**Peak memory**, `explain --method recipro` on mobilenet_v2 (JPEG overlays), MiB: the driver's "
+                   "and the largest worker's peak resident set (VmHWM), and /usr/bin/time -v's maximum\n")
+            report("| runtime | where | images | seconds | driver | worker | time -v |\n"
+                   "|---|---|---:|---:|---:|---:|---:|")
+            for backend in args.memory_backends.split(","):
+                for n in map(int, args.memory_n.split(",")):
+                    many = images(work / f"images_{n}", n)
+                    for label, flags in (("one process (pipelined)", []), ("--workers 2", ["--workers", "2"]),
+                                         ("--ray", ["--ray", address])):
+                        if label.split()[0] not in args.memory_where.split(","):
+                            continue
+                        seconds, driver, worker, maximum = memory_run(
+                            ["explain", bundle, many, "--method", "recipro", "--out", work / "memory_out", "--force",
+                             "--backend", backend, *flags])
+                        report(f"| {backend} | {label} | {n} | {seconds:.0f} | {driver:.0f} | {worker:.0f} | "
+                               f"{maximum:.0f} |")
     finally:
         ray_cluster("stop")             # a no-op when none was started
     report.write(args.out)

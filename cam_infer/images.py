@@ -137,20 +137,48 @@ class Preprocessing:
 
         Original pixel centre u maps to the model's u·s − left + (s − 1)/2 with s = resized/original size
         (the resize's pixel-centre convention); the map is sampled there bilinearly."""
+        saliency = self._checked_map(saliency)
+        src_h, src_w = image_shape[:2]
+        back = cv2.warpAffine(saliency, self.to_model(image_shape), (src_w, src_h),
+                              flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
+        rows, cols = self.seen_window(image_shape)
+        seen = np.zeros((src_h, src_w), bool)
+        seen[rows, cols] = True
+        return np.where(seen, np.clip(back, 0, 1), 0).astype(np.float32), seen
+
+    def _checked_map(self, saliency: np.ndarray) -> np.ndarray:
         h, w = self.input_size
         saliency = np.asarray(saliency, np.float32)
         if saliency.shape != (h, w):
             raise CamInferError(f"a saliency over this model's input is {h}x{w}, not {saliency.shape}")
+        return saliency
+
+    def to_model(self, image_shape: tuple[int, int]) -> np.ndarray:
+        """The affine map (2×3) from an original pixel centre (u, v) to where `geometry` puts it in the model's
+        input: u·s − left + (s − 1)/2, s = resized/original size."""
         src_h, src_w = image_shape[:2]
         new_h, new_w, top, left = self._crop_geometry(image_shape)
         sx, sy = new_w / src_w, new_h / src_h
-        to_model = np.array([[sx, 0, (sx - 1) / 2 - left], [0, sy, (sy - 1) / 2 - top]], np.float64)
-        back = cv2.warpAffine(saliency, to_model, (src_w, src_h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                              borderMode=cv2.BORDER_REPLICATE)
-        cols = np.arange(src_w) * sx + to_model[0, 2]
-        rows = np.arange(src_h) * sy + to_model[1, 2]
-        seen = ((rows >= -0.5) & (rows < h - 0.5))[:, None] & ((cols >= -0.5) & (cols < w - 0.5))[None, :]
-        return np.where(seen, np.clip(back, 0, 1), 0).astype(np.float32), seen
+        return np.array([[sx, 0, (sx - 1) / 2 - left], [0, sy, (sy - 1) / 2 - top]], np.float64)
+
+    def seen_window(self, image_shape: tuple[int, int]) -> tuple[slice, slice]:
+        """(rows, cols) of the original image whose pixel centres land inside the model's input: the part the
+        model saw, a rectangle."""
+        h, w = self.input_size
+        to_model = self.to_model(image_shape)
+        cols = np.arange(image_shape[1]) * to_model[0, 0] + to_model[0, 2]
+        rows = np.arange(image_shape[0]) * to_model[1, 1] + to_model[1, 2]
+        return _inside(rows, h), _inside(cols, w)
+
+    def window_map(self, saliency: np.ndarray, image_shape: tuple[int, int]) -> tuple[np.ndarray, tuple[slice, slice]]:
+        """`to_image` inside the seen window only: the map over those original pixels (unclipped), and the
+        window. What an overlay draws (the rest is greyed, whatever the map is there)."""
+        rows, cols = self.seen_window(image_shape)
+        to_model = self.to_model(image_shape)
+        to_model[:, 2] += to_model[:, :2] @ [cols.start, rows.start]       # the window's (0, 0) is (cols, rows)
+        back = cv2.warpAffine(self._checked_map(saliency), to_model, (cols.stop - cols.start, rows.stop - rows.start),
+                              flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
+        return back, (rows, cols)
 
     def box_to_input(self, box, image_shape: tuple[int, int]) -> list[int] | None:
         """A box [x1,y1,x2,y2] (inclusive pixels) of an image of shape (H,W) → the same box in the model's
@@ -307,6 +335,12 @@ def decode_image(data, what: str = "the data") -> np.ndarray:
     if image.ndim == 3 and image.shape[2] >= 3:
         image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
     return as_rgb_uint8(image)
+
+
+def _inside(centres: np.ndarray, size: int) -> slice:
+    """The run of increasing pixel centres that fall inside [−0.5, size − 0.5)."""
+    start, stop = np.searchsorted(centres, -0.5, "left"), np.searchsorted(centres, size - 0.5, "left")
+    return slice(int(start), int(stop))
 
 
 def as_rgb_uint8(image: np.ndarray) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import cv2
@@ -18,6 +19,7 @@ CAPTION_LINES = 2
 # it carries no localisation. Healthy maps of the demo scenes and the real photos (MobileNetV2, SqueezeNet,
 # every gradient-free method) put at most 79 % there; a detector's backbone-cut Recipro-CAM map, 99.9 %.
 UNIFORM_FRACTION = 0.9
+GREY = np.array([[0.35 / 3, 0.35 / 3, 0.35 / 3, 110.0]])        # what the model did not see: 0.35·mean + 110
 COLORMAPS = {"jet": cv2.COLORMAP_JET, "turbo": cv2.COLORMAP_TURBO, "viridis": cv2.COLORMAP_VIRIDIS,
              "inferno": cv2.COLORMAP_INFERNO, "hot": cv2.COLORMAP_HOT, "magma": cv2.COLORMAP_MAGMA}
 
@@ -74,31 +76,48 @@ def overlay(image: np.ndarray, saliency: np.ndarray, colormap: str = "jet", alph
     must have the image's own shape; any other map is refused: stretched over the photo (even one of the same
     aspect, when the model saw a centre crop of it) it would show heat where the model never looked."""
     check_overlay_options(colormap, alpha)
-    rgb = as_rgb_uint8(image)
+    return _overlay_into(as_rgb_uint8(image), saliency, colormap, alpha, geometry)
+
+
+def _overlay_into(rgb: np.ndarray, saliency: np.ndarray, colormap: str, alpha: float, geometry,
+                  out: np.ndarray | None = None) -> np.ndarray:
     saliency = np.asarray(saliency, np.float32)
     if saliency.ndim != 2:
         raise CamInferError(f"saliency must be one (H,W) map, not shape {saliency.shape}")
     if geometry is not None:
-        return _placed(rgb, saliency, _preprocessing_of(geometry), colormap, alpha)
+        return _placed(rgb, saliency, _preprocessing_of(geometry), colormap, alpha, out)
     _check_same_shape(saliency.shape, rgb.shape[:2])
-    return _blend(rgb, saliency, colormap, alpha)
+    return _blend(rgb, saliency, colormap, alpha, out)
 
 
-def _blend(rgb: np.ndarray, saliency: np.ndarray, colormap: str, alpha: float) -> np.ndarray:
-    heat = cv2.applyColorMap(np.uint8(np.round(np.clip(saliency, 0, 1) * 255)), COLORMAPS[colormap])
-    heat = cv2.cvtColor(heat, cv2.COLOR_BGR2RGB)
-    return cv2.addWeighted(rgb, 1 - alpha, heat, alpha, 0.0)            # rounded to the nearest, saturated
+def _blend(rgb: np.ndarray, saliency: np.ndarray, colormap: str, alpha: float, out: np.ndarray | None = None
+           ) -> np.ndarray:
+    """(1−alpha)·rgb + alpha·heat, rounded to the nearest and saturated; heat = the colormap at round(255·s),
+    s clipped to [0, 1] (in `out` when given)."""
+    level = cv2.convertScaleAbs(np.clip(saliency, 0, 1), alpha=255.0)           # round(255·s), in one pass
+    heat = cv2.applyColorMap(level, rgb_colormap(colormap))
+    return cv2.addWeighted(rgb, 1 - alpha, heat, alpha, 0.0, dst=out)
 
 
-def _placed(rgb: np.ndarray, saliency: np.ndarray, preprocessing, colormap: str, alpha: float) -> np.ndarray:
-    """The map over the model's input blended where the model saw the original `rgb`; the rest greyed."""
-    saliency, seen = preprocessing.to_image(saliency, rgb.shape[:2])
-    picture = _blend(rgb, saliency, colormap, alpha)
-    unseen = ~seen
-    if unseen.any():
-        grey = cv2.transform(rgb, np.array([[0.35 / 3, 0.35 / 3, 0.35 / 3, 110.0]]))     # 0.35·mean + 110
-        picture[unseen] = grey[unseen][:, None]
-    return picture
+@lru_cache(maxsize=None)
+def rgb_colormap(colormap: str) -> np.ndarray:
+    """The colormap as a (256,1,3) RGB lookup table (OpenCV's tables are BGR): colouring a map is one lookup."""
+    table = cv2.applyColorMap(np.arange(256, dtype=np.uint8)[:, None], COLORMAPS[colormap])
+    return np.ascontiguousarray(table[..., ::-1])
+
+
+def _placed(rgb: np.ndarray, saliency: np.ndarray, preprocessing, colormap: str, alpha: float,
+            out: np.ndarray | None = None) -> np.ndarray:
+    """The map over the model's input blended where the model saw the original `rgb`; the rest greyed
+    (0.35·mean + 110). Only the seen window is mapped back and blended (in `out` when given)."""
+    out = np.empty_like(rgb) if out is None else out
+    back, (rows, cols) = preprocessing.window_map(saliency, rgb.shape[:2])
+    _blend(rgb[rows, cols], back, colormap, alpha, out=out[rows, cols])
+    for band in ((slice(0, rows.start), slice(None)), (slice(rows.stop, None), slice(None)),
+                 (rows, slice(0, cols.start)), (rows, slice(cols.stop, None))):
+        if out[band].size:
+            out[band] = cv2.transform(rgb[band], GREY)[..., None]
+    return out
 
 
 def _preprocessing_of(geometry):
@@ -124,11 +143,18 @@ def overlay_picture(saliency: np.ndarray, image: np.ndarray, preprocessing=None,
                     colormap: str = "jet", alpha: float = 0.5, bar: bool = True) -> np.ndarray:
     """The overlay a person looks at: the map over `image`, a caption strip (what the map explains) and a
     colour bar (what the colours mean). With `preprocessing`, `image` is the original picture and the map
-    (over the model's input) is put back where the model's view of it was; the rest is greyed."""
-    picture = overlay(image, saliency, colormap=colormap, alpha=alpha, geometry=preprocessing)
-    if bar:
-        picture = with_colour_bar(picture, colormap)
-    return with_caption(picture, text) if text else picture
+    (over the model's input) is put back where the model's view of it was; the rest is greyed. Drawn in
+    place in one picture (`with_colour_bar` and `with_caption` around `overlay` draw the same pixels)."""
+    check_overlay_options(colormap, alpha)
+    rgb = as_rgb_uint8(image)
+    h, w = rgb.shape[:2]
+    side = colour_bar(h, w, colormap) if bar else np.zeros((h, 0, 3), np.uint8)
+    strip = caption_strip(text, w + side.shape[1]) if text else np.zeros((0, w + side.shape[1], 3), np.uint8)
+    picture = np.empty((len(strip) + h, w + side.shape[1], 3), np.uint8)
+    picture[:len(strip)] = strip
+    picture[len(strip):, w:] = side
+    _overlay_into(rgb, saliency, colormap, alpha, preprocessing, out=picture[len(strip):, :w])
+    return picture
 
 
 CLASS_AGNOSTIC = "class-agnostic"
@@ -157,16 +183,20 @@ def class_fields(class_id: int, label: str | None, score: float, agnostic: bool)
 
 
 def with_caption(picture: np.ndarray, text: str) -> np.ndarray:
-    """A white strip above the picture with `text` in black: scaled to the picture's width, never below
-    MIN_CAPTION_SCALE; a text too long is wrapped at words, then shortened in its middle (`caption_lines`)."""
-    w = picture.shape[1]
+    """A white strip above the picture with `text` in black (`caption_strip`)."""
+    return np.concatenate([caption_strip(text, picture.shape[1]), picture], axis=0)
+
+
+def caption_strip(text: str, w: int) -> np.ndarray:
+    """A white strip `w` pixels wide with `text` in black: scaled to the width, never below MIN_CAPTION_SCALE; a
+    text too long is wrapped at words, then shortened in its middle (`caption_lines`)."""
     scale, lines = caption_lines(text, w - 8)
     (_, th), base = cv2.getTextSize("Ag", FONT, scale, 1)
     step = th + base + 3                                          # from one line's baseline to the next
     strip = np.full((th + 4 + base + 3 + step * (len(lines) - 1), w, 3), 255, np.uint8)    # descenders within
     for k, line in enumerate(lines):
         cv2.putText(strip, line, (4, th + 4 + k * step), FONT, scale, (0, 0, 0), 1, cv2.LINE_AA)
-    return np.concatenate([strip, picture], axis=0)
+    return strip
 
 
 def caption_lines(text: str, room: int) -> tuple[float, list[str]]:
@@ -217,17 +247,25 @@ def _cut_to(line: str, scale: float, room: int) -> str:
 
 def with_colour_bar(picture: np.ndarray, colormap: str = "jet") -> np.ndarray:
     """A vertical colour bar on the right: the colormap from 1 (top, most evidence) to 0 (bottom)."""
-    h = picture.shape[0]
-    width = max(8, picture.shape[1] // 28)
+    return np.concatenate([picture, colour_bar(*picture.shape[:2], colormap)], axis=1)
+
+
+@lru_cache(maxsize=64)
+def colour_bar(h: int, w: int, colormap: str = "jet") -> np.ndarray:
+    """The colour bar `with_colour_bar` puts right of an h×w picture (a gap, the ramp, its 1 and 0), drawn once
+    per size (read-only: a folder of photos of a few sizes reuses it)."""
+    width = max(8, w // 28)
     label_w = max(14, width + 4)
     ramp = np.linspace(255, 0, h).astype(np.uint8)[:, None].repeat(width, axis=1)
-    colours = cv2.cvtColor(cv2.applyColorMap(ramp, COLORMAPS[colormap]), cv2.COLOR_BGR2RGB)
+    colours = cv2.applyColorMap(ramp, rgb_colormap(colormap))
     labels = np.full((h, label_w, 3), 255, np.uint8)
     scale = float(np.clip(h / 400, 0.3, 0.6))
     cv2.putText(labels, "1", (2, int(14 * scale / 0.45)), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.putText(labels, "0", (2, h - 3), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
     gap = np.full((h, 3, 3), 255, np.uint8)
-    return np.concatenate([picture, gap, colours, labels], axis=1)
+    bar = np.concatenate([gap, colours, labels], axis=1)
+    bar.flags.writeable = False
+    return bar
 
 
 # What a folder run writes per image and method: a JPEG overlay (the default: a 500-px photo's PNG overlay costs

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -79,6 +80,35 @@ def test_rows_equal_direct_metric_calls(scenes):
         assert 0 <= row["deletion"] <= row["insertion"] <= 1
     assert set(result["thumbnails"]) == {"recipro", "eigen"}
     assert all(png[:8] == b"\x89PNG\r\n\x1a\n" for png in result["thumbnails"].values())
+
+
+def test_insertion_and_deletion_curves_of_several_images_run_together_with_the_same_values(scenes, monkeypatch):
+    """AuditWork sends the curves of a batch's images to the runtime in one call: each AUC equals that image's
+    own curve run alone (`causal_curve`), on ONNX Runtime and on OpenVINO in its throughput mode."""
+    from cam_infer.audit import work
+    from cam_infer.metrics import auc, causal_curve
+    from cam_infer.parallel import ExplainerSpec
+
+    folder, boxes = scenes
+    images = [folder / f"multiple_{i:05d}.png" for i in range(3)]
+    options = AuditOptions(methods=("recipro",), metrics=("insertion", "deletion"), baselines=())
+    calls = []
+    counted = work.class_probabilities
+    monkeypatch.setattr(work, "class_probabilities", lambda ex, x, t: calls.append(len(x)) or counted(ex, x, t))
+    for backend in ("onnxruntime", "openvino"):
+        calls.clear()
+        spec = work.audit_spec(SHAPES, replace(options, backend=backend))
+        out = work.AuditWork(spec, options)([(image, image.name, None, None) for image in images])
+        assert calls == [3 * 2 * (options.steps + 1)]                    # one call: 3 images x 2 curves
+        explainer = ExplainerSpec.open(spec)
+        for image, row in zip(images, out["rows"]):
+            x = explainer.preprocess([image])
+            e = explainer.explain(x, "recipro")
+            assert row["image"] == str(image) and row["class_id"] == int(e.targets[0])
+            for mode, substrate in (("insertion", "blur"), ("deletion", "zeros")):
+                alone = auc(causal_curve(explainer, x[0], e.saliency[0], row["class_id"], mode, options.steps,
+                                         substrate))
+                assert row[mode] == pytest.approx(alone, abs=1e-6)
 
 
 @pytest.mark.integration

@@ -46,6 +46,34 @@ def test_openvino_runs_many_chunks_on_asynchronous_requests(tiny_bundle):
     np.testing.assert_allclose(backend.features(x), reference, rtol=1e-4, atol=1e-5)
 
 
+def test_openvino_throughput_hint_runs_a_clean_pass_one_image_per_request_on_the_static_copy(tiny_bundle):
+    latency = load_backend(tiny_bundle, "openvino")
+    throughput = load_backend(tiny_bundle, "openvino", hint="throughput")
+    x = _images(7)
+    before = throughput.runtime_calls
+    a, y = throughput.observe(x)
+    assert throughput.runtime_calls - before == 7 and ("joined", 1) in throughput._compiled
+    assert ("joined", None) not in throughput._compiled                   # no dynamic-batch copy was needed
+    a_latency, y_latency = latency.observe(x)
+    np.testing.assert_allclose(a, a_latency, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(y, y_latency, rtol=1e-5, atol=1e-6)
+    # other graphs: a call's rows shared out over the optimal number of requests, in order
+    requests = throughput.parallel_requests()
+    assert throughput.chunk_size("head", 10) == -(-10 // requests) and latency.chunk_size("head", 10) >= 10
+    np.testing.assert_allclose(throughput.head(a), y_latency, rtol=1e-5, atol=1e-6)
+
+
+def test_a_folder_runs_spec_reopens_openvino_in_its_throughput_mode(tiny_bundle):
+    from cam_infer.jobs.explainers import open_explainer
+    from cam_infer.parallel import ExplainerSpec
+
+    explainer = open_explainer(tiny_bundle, "openvino", hint="throughput")
+    spec = ExplainerSpec.of(explainer)
+    assert explainer.backend.hint == "throughput" and spec.hint == "throughput"
+    assert ExplainerSpec(**{**spec.__dict__, "bundle": str(tiny_bundle.path)}).open().backend.hint == "throughput"
+    assert open_explainer(tiny_bundle, "onnxruntime", hint="throughput").backend.name == "onnxruntime"   # no hint
+
+
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
 def test_a_clean_pass_runs_features_and_head_joined_in_one_call(tiny_bundle, backend):
     be = load_backend(tiny_bundle, backend)

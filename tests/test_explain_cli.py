@@ -47,6 +47,7 @@ def test_folder_run_writes_every_overlay_and_reports_bad_files(tmp_path, photos,
     assert "28 overlays (4 images x 7 methods)" in result.stdout
     data = json.loads((tmp_path / "out" / "results.json").read_text())
     assert sorted(e["image"].rsplit("/", 1)[1] for e in data["errors"]) == ["empty.png", "notes.jpg"]
+    assert data["settings"]["backend"].startswith("openvino CPU (throughput")     # a folder run: every stream busy
     assert len(data["results"]) == 4 * len(GRADIENT_FREE)
     for record in data["results"]:
         picture = cv2.imread(str(tmp_path / "out" / record["overlay"]))

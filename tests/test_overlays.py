@@ -329,3 +329,41 @@ def test_caption_text_is_whole_inside_its_strip(width):
     dark_rows = np.nonzero((strip < 128).any(axis=2).any(axis=1))[0]
     assert dark_rows.min() >= 2 and dark_rows.max() <= strip.shape[0] - 2
     assert _dark_columns(strip).max() <= width - 4
+
+
+def drawn_as_before(saliency, rgb, prep, text, colormap="jet", alpha=0.5):
+    """The folder run's overlay as it was drawn before it was made cheaper, step by step: the map put back over
+    the whole original (`to_image`), quantised with NumPy, coloured with OpenCV's BGR table then turned to RGB,
+    blended, the unseen part greyed through its mask, then the colour bar and the caption concatenated on."""
+    from cam_infer.postprocess import COLORMAPS, with_caption
+    if prep is not None:
+        saliency, seen = prep.to_image(saliency, rgb.shape[:2])
+    level = np.uint8(np.round(np.clip(saliency, 0, 1) * 255))
+    heat = cv2.cvtColor(cv2.applyColorMap(level, COLORMAPS[colormap]), cv2.COLOR_BGR2RGB)
+    picture = cv2.addWeighted(rgb, 1 - alpha, heat, alpha, 0.0)
+    if prep is not None:
+        grey = cv2.transform(rgb, np.array([[0.35 / 3, 0.35 / 3, 0.35 / 3, 110.0]]))
+        picture[~seen] = grey[~seen][:, None]
+    return with_caption(with_colour_bar(picture, colormap), text)
+
+
+@pytest.mark.parametrize("crop", ["center", "none", "letterbox"])
+def test_the_cheaper_overlay_draws_what_the_overlay_drew_before(crop):
+    """Only the seen window mapped back and blended, a lookup-table colormap, the colour bar drawn once per size,
+    one picture allocated: the model's view pixel for pixel; on the original at most 1 value in 10⁴ differs, by
+    ≤ 2 levels (the map is warped from the window's corner, and OpenCV's fixed-point bilinear weights can round
+    the other way: less than a JPEG encode changes)."""
+    rng = np.random.default_rng(3)
+    prep = Preprocessing((224, 224), crop=crop)
+    text = "recipro: tabby, tabby cat (281) p=0.87"
+    for shape in ((375, 500), (500, 333), (224, 224), (120, 610)):
+        rgb = rng.integers(0, 256, (*shape, 3), np.uint8)
+        saliency = cv2.resize(rng.random((7, 7)).astype(np.float32), (224, 224)) * 1.4 - 0.2   # beyond [0, 1] too
+        for colormap, alpha in (("jet", 0.5), ("viridis", 0.3)):
+            np.testing.assert_array_equal(overlay_picture(saliency, prep.geometry(rgb), None, text, colormap, alpha),
+                                          drawn_as_before(saliency, prep.geometry(rgb), None, text, colormap, alpha))
+            new = overlay_picture(saliency, rgb, prep, text, colormap, alpha).astype(int)
+            before = drawn_as_before(saliency, rgb, prep, text, colormap, alpha)
+            assert new.shape == before.shape
+            differ = np.abs(new - before)
+            assert differ.max() <= 2 and (differ > 0).mean() <= 1e-4

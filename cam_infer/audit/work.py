@@ -22,7 +22,7 @@ from ..metrics import (
     auc,
     average_drop,
     box_localisation,
-    causal_curve,
+    causal_frames,
     class_probabilities,
     coherency,
     complexity,
@@ -211,13 +211,14 @@ def explainer_for(bundle, options: AuditOptions, threads: int | None = None):
 
 
 def audit_spec(bundle, options: AuditOptions, threads: int | None = None):
-    """How a worker opens the audit's Explainer: with torch gradients when a gradient method is audited."""
+    """How a worker opens the audit's Explainer: with torch gradients when a gradient method is audited, on
+    OpenVINO in throughput mode (a batch of perturbed images cut over every stream)."""
     from ..methods import GRADIENT
     from ..parallel import ExplainerSpec
 
     gradients = "torch" if {split_variant(m)[0] for m in options.methods} & set(GRADIENT) else None
     return ExplainerSpec(os.fspath(bundle), options.backend, options.device, gradients, threads,
-                         precision=options.precision)
+                         precision=options.precision, hint="throughput")
 
 
 def audit_precision(bundle, options: AuditOptions) -> str:
@@ -242,8 +243,40 @@ class AuditWork:
     priors: dict | None = None            # the dataset's box and mask priors (`cam_infer.audit.baselines`)
 
     def __call__(self, batch) -> dict:
-        return audit_batch(batch, lambda image, boxes: audit_image(self.spec, image, self.options, boxes,
-                                                                   self.priors))
+        curves = CausalCurves(explainer_for(self.spec, self.options), self.options.auc)
+        out = audit_batch(batch, lambda image, boxes: audit_image(self.spec, image, self.options, boxes,
+                                                                  self.priors, curves))
+        curves.flush()                                    # the batch's last curves, into their rows
+        return out
+
+
+class CausalCurves:
+    """Insertion and deletion curves of several images and maps with their frames sent to the runtime together:
+    one forward call for every FLUSH_BYTES of frames (a few images' curves), each curve's AUC then written into
+    its row. Frames are kept only until then: memory stays bounded whatever the batch."""
+
+    FLUSH_BYTES = 64 * 2**20                  # ≈ 4 curves of 29 frames at 224×224
+
+    def __init__(self, explainer, normalisation: str):
+        self.explainer, self.normalisation = explainer, normalisation
+        self.pending: list = []               # (row, column, frames, class id)
+
+    def add(self, row: dict, column: str, frames: np.ndarray, class_id: int) -> None:
+        self.pending.append((row, column, frames, class_id))
+        if sum(p[2].nbytes for p in self.pending) >= self.FLUSH_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        frames = np.concatenate([p[2] for p in self.pending])
+        targets = np.concatenate([np.full(len(p[2]), p[3]) for p in self.pending])
+        probabilities = class_probabilities(self.explainer, frames, targets)
+        start = 0
+        for row, column, curve_frames, _ in self.pending:
+            row[column] = auc(probabilities[start:start + len(curve_frames)], self.normalisation)
+            start += len(curve_frames)
+        self.pending = []
 
 
 def audit_batch(batch, audit) -> dict:
@@ -269,14 +302,19 @@ def thumbnail_name(name: str, method: str) -> str:
     return f"{OVERLAYS}/{name.replace('/', '__').lstrip('.')}__{method}.png"
 
 
-def audit_image(bundle, image, options: AuditOptions, boxes=None, priors: dict | None = None) -> dict:
+def audit_image(bundle, image, options: AuditOptions, boxes=None, priors: dict | None = None,
+                curves: "CausalCurves | None" = None) -> dict:
     """One image file → {"rows": one dict per method, then per baseline (COLUMNS), "thumbnails": method → PNG
     bytes}. `bundle`: a Bundle, its folder, or an `ExplainerSpec` (the explainer is opened once per process).
     `boxes`: the image's ground truth, [x1,y1,x2,y2] or {"box": [...], "label": ...}, in its own pixels.
-    `priors`: baseline name → its map in the model's input (the dataset's box and mask priors)."""
+    `priors`: baseline name → its map in the model's input (the dataset's box and mask priors). `curves`: where
+    the insertion and deletion curves go to be run with other images' (their rows are complete once it is
+    flushed); None: this image's, run before returning."""
     if options.metrics is None:
         options = options.resolved(boxes=True)
     explainer = explainer_for(bundle, options)
+    own_curves = curves is None
+    curves = CausalCurves(explainer, options.auc) if own_curves else curves
     prep = explainer.bundle.preprocessing
     rgb = load_image(image)
     view = prep.geometry(rgb)
@@ -299,8 +337,7 @@ def audit_image(bundle, image, options: AuditOptions, boxes=None, priors: dict |
         for mode in ("insertion", "deletion"):
             if mode in options.metrics:
                 substrate = options.insertion_substrate if mode == "insertion" else options.deletion_substrate
-                curve = causal_curve(explainer, x[0], s, class_id, mode, options.steps, substrate)
-                row[mode] = auc(curve, options.auc)
+                curves.add(row, mode, causal_frames(x[0], s, mode, options.steps, substrate), class_id)
         if {"road", "arcc"} & set(options.metrics):
             row.update(_road(explainer, options, x, e, method, priors))
         if truth:
@@ -311,6 +348,8 @@ def audit_image(bundle, image, options: AuditOptions, boxes=None, priors: dict |
         rows.append(row)
         if method not in baselines:
             thumbnails[method] = _thumbnail(view, s)
+    if own_curves:
+        curves.flush()
     return {"rows": rows, "thumbnails": thumbnails}
 
 

@@ -32,9 +32,7 @@ def load_backend(bundle: "Bundle | str | os.PathLike", backend: str = "auto", **
     bundles, OpenVINO for IR bundles); options go to the backend class."""
     if not isinstance(bundle, Bundle):
         bundle = Bundle.load(bundle)
-    if backend == "auto":
-        backend = "openvino" if bundle.graph_format == "openvino" else "onnxruntime"
-    name = ALIASES.get(backend, backend)
+    name = backend_name(bundle, backend)
     if name not in BACKENDS:
         raise CamInferError(f"unknown backend '{backend}'; choose one of: {', '.join(CHOICES)}")
     runs = bundle.manifest.get("runtimes", {}).get(name, {"runs": True})
@@ -43,6 +41,13 @@ def load_backend(bundle: "Bundle | str | os.PathLike", backend: str = "auto", **
         raise CamInferError(f"this bundle does not run on {name} ({runs.get('why_not', 'checked when it was made')})"
                             + (f"; use --backend {others[0]}" if others else ""))
     return BACKENDS[name](bundle, **options)
+
+
+def backend_name(bundle: Bundle, backend: str) -> str:
+    """The runtime `backend` names for `bundle`: ``auto`` is OpenVINO for IR bundles, ONNX Runtime otherwise."""
+    if backend == "auto":
+        return "openvino" if bundle.graph_format == "openvino" else "onnxruntime"
+    return ALIASES.get(backend, backend)
 
 
 def check_backend(bundle, backend_name: str, device: str, precision: str = "f32") -> str:
@@ -63,5 +68,5 @@ def check_backend(bundle, backend_name: str, device: str, precision: str = "f32"
     return f"runs on    {backend.describe()}: {'yes' if ok else 'NO'}, {ms:.1f} ms per image (batch 1)"
 
 
-__all__ = ["BACKENDS", "CHOICES", "Backend", "check_backend", "OnnxRuntimeBackend", "OpenVINOBackend", "RuntimeOptions",
-           "load_backend"]
+__all__ = ["BACKENDS", "CHOICES", "Backend", "backend_name", "check_backend", "OnnxRuntimeBackend",
+           "OpenVINOBackend", "RuntimeOptions", "load_backend"]

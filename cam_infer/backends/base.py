@@ -85,9 +85,9 @@ class Backend(ABC):
             return self.observe(x)[1]
         return self.head(self.features(x))
 
-    def chunk_size(self, role: str) -> int:
-        """Images per runtime call for `role`: the fixed batch of fixed-batch graphs (the last chunk is
-        padded), else what fits the budget."""
+    def chunk_size(self, role: str, items: int | None = None) -> int:
+        """Images per runtime call for `role` (on a call of `items` images): the fixed batch of fixed-batch
+        graphs (the last chunk is padded), else what fits the budget."""
         if not self.bundle.dynamic_batch:
             return self.bundle.fixed_batch
         in_flight = max(1, self.parallel_requests())
@@ -101,7 +101,7 @@ class Backend(ABC):
         """Every output of graph `role` on x, run chunk by chunk; each (N, -1)."""
         if len(x) == 0:
             return [np.zeros((0,), np.float32)] * self.output_count(role)
-        size = self.chunk_size(role)
+        size = self.chunk_size(role, len(x))
         chunks = [x[i:i + size] for i in range(0, len(x), size)]
         counts = [len(c) for c in chunks]
         if not self.bundle.dynamic_batch:            # a fixed batch: pad with zeros, drop their outputs

@@ -106,7 +106,8 @@ def explain_classes(bundle, args):
     from ..runs import choose_methods, explain_files, parse_option
     names = [m.strip() for m in args.method.split(",") if m.strip()]
     gradients = "torch" if any(n != "all" and get_method(n).gradient for n in names) else None
-    explainer = open_explainer(bundle, args.backend, args.device, gradients=gradients, precision=args.precision)
+    explainer = open_explainer(bundle, args.backend, args.device, gradients=gradients, precision=args.precision,
+                               hint="throughput")
     methods, skipped = choose_methods(names, explainer.linear_head is not None)
     if skipped:
         print(f"skipped {', '.join(skipped)}: this bundle's head is not global pooling + linear")

@@ -85,6 +85,13 @@ def substrate_of(x: np.ndarray, kind: str) -> np.ndarray:
 def causal_curve(explainer, x: np.ndarray, saliency: np.ndarray, target: int, mode: str, steps: int = 28,
                  substrate: str | None = None) -> np.ndarray:
     """One image (3,H,W) and its map (H,W) → the class probability after 0..steps steps, (steps+1,)."""
+    return class_probabilities(explainer, causal_frames(x, saliency, mode, steps, substrate), np.array([target]))
+
+
+def causal_frames(x: np.ndarray, saliency: np.ndarray, mode: str, steps: int = 28,
+                  substrate: str | None = None) -> np.ndarray:
+    """The inputs of a deletion or insertion curve: (steps+1, 3, H, W), step i with the i·⌈H·W/steps⌉ most
+    salient pixels replaced by the substrate (deletion) or pasted onto it (insertion)."""
     if mode not in ("deletion", "insertion"):
         raise CamInferError(f"mode must be 'deletion' or 'insertion', not {mode!r}")
     if not isinstance(steps, int) or steps < 1:
@@ -101,7 +108,7 @@ def causal_curve(explainer, x: np.ndarray, saliency: np.ndarray, target: int, mo
         frames[i] = start
         changed = order[:min(i * per_step, h * w)]
         frames[i][:, changed] = finish[:, changed]
-    return class_probabilities(explainer, frames.reshape(steps + 1, 3, h, w), np.array([target]))
+    return frames.reshape(steps + 1, 3, h, w)
 
 
 def auc(curve: np.ndarray, normalisation: str = "rise") -> float:

@@ -41,6 +41,7 @@ class ExplainerSpec:
     gradients: str | None = None
     threads: int | None = None
     precision: str = "f32"
+    hint: str | None = None                     # OpenVINO's performance hint (`open_explainer`)
 
     def open(self):
         """The explainer of this spec, opened once per process (a worker's: its cores are the runtime's); the
@@ -49,7 +50,7 @@ class ExplainerSpec:
             from ..jobs.explainers import open_explainer
             leave_the_cores_to_the_runtime()
             self.remember(open_explainer(self.bundle, self.backend, self.device, self.threads, self.gradients,
-                                         self.precision))
+                                         self.precision, self.hint))
         _OPENED.move_to_end(self)
         return _OPENED[self]
 
@@ -67,7 +68,7 @@ class ExplainerSpec:
         backend = explainer.backend
         return cls(str(explainer.bundle.path.resolve()), backend.name, getattr(backend, "device", "CPU"),
                    "torch" if getattr(explainer, "gradients", None) is not None and backend.name != "torch" else None,
-                   threads, asked_precision(backend))
+                   threads, asked_precision(backend), getattr(backend, "hint", None))
 
 
 def asked_precision(backend) -> str:
