@@ -121,6 +121,9 @@ def test_a_layer_set_that_does_not_separate_input_from_scores_is_refused_naming_
     assert [lv["name"] for lv in chosen.manifest["cut"]] == [lv["name"] for lv in bundle.manifest["cut"]]
     with pytest.raises(CamInferError, match="needs gradients"):
         Explainer(bundle).explain(np.zeros((1, 3, SIZE, SIZE), np.float32), "gradcam")
+    from cam_infer.segmentation.fuse import fuse_segmenter
+    with pytest.raises(CamInferError, match="fuse takes a segmenter split at one layer"):
+        fuse_segmenter(bundle, "eigen")
 
 
 @pytest.mark.slow
@@ -134,7 +137,7 @@ def test_own_segmenter_split_at_its_encoder_explains_through_the_skip_on_both_ru
     image = sorted((tmp_path / "scenes").glob("*.png"))[0]
     maps = {}
     for backend in ("onnxruntime", "openvino"):
-        e = Explainer(bundle, backend=backend, precision="f32").explain([image], "recipro", target="all")
+        e = Explainer(bundle, backend=backend, precision="f32").explain([image], "recipro")
         maps[backend] = [s.raw for s in e.items[0]]
         for s in e.items[0]:
             energy = float((s.saliency * s.region).sum() / s.saliency.sum())

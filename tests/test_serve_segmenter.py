@@ -133,3 +133,18 @@ def test_bad_segmenter_requests_get_one_line_4xx_and_the_server_goes_on(server, 
 def test_a_detector_bundle_is_still_refused_in_one_line():
     assert_one_line_error(run_cli("serve", DETECTOR, "--port", "0", timeout=240),
                           "serve explains classifier and segmenter bundles")
+
+
+def test_a_segmenter_split_at_a_cut_set_is_served_on_its_finest_members_grid(tmp_path, scenes):
+    from cam_infer.bundle.segmentation import split_segmenter
+    bundle = split_segmenter(OWN, "encoder", out=tmp_path / "cut", labels=LABELS)
+    assert len(bundle.manifest["cut"]) == 2
+    s = Server(bundle.path, "--method", "eigen")
+    try:
+        assert s.client().get_model_metadata("cut")["outputs"][1]["shape"] == [-1, 32, 32]
+        answer = explain(s, scenes[0], "?class=all")
+        want = Explainer(bundle).explain([scenes[0]], "eigen", target="all").items[0]
+        assert len(answer["maps"]) == len(want) and answer["class_agnostic"] is True
+        np.testing.assert_allclose(np.array(answer["maps"][0]["map"]["data"]), low_resolution(want[0]), atol=6e-5)
+    finally:
+        s.stop()

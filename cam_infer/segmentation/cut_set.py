@@ -133,6 +133,11 @@ class MemberHead:
         return np.concatenate(outputs)
 
 
+def finest_grid(levels: list[dict]) -> tuple[int, int]:
+    """(h, w) of the finest member: the grid a cut set's maps are combined on."""
+    return tuple(max((lv["shape"][1:] for lv in levels), key=lambda s: s[0] * s[1]))
+
+
 def refuse_gradients(spec) -> None:
     if spec.gradient:
         raise CamInferError(f"method '{spec.name}' needs gradients, which cam-infer does not take through a cut set's "
@@ -151,7 +156,7 @@ def explain_levels(code, spec, ctx, options: dict) -> np.ndarray:
         member.head = MemberHead(ctx.backend, levels, ctx.activations, m)
         member.features = lambda x, m=m: np.ascontiguousarray(level_view(levels, ctx.backend.features(x), m))
         per_member.append(np.asarray(code(member, **options), np.float32))
-    finest = max((lv["shape"][1:] for lv in levels), key=lambda s: s[0] * s[1])
+    finest = finest_grid(levels)
     combine = same_unit if spec.name in SAME_UNIT else unit_free
     return np.stack([combine({m: maps[t] for m, maps in enumerate(per_member)}, tuple(finest))
                      for t in range(len(ctx.targets))])

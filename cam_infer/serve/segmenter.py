@@ -25,6 +25,7 @@ import numpy as np
 
 from ..errors import CamInferError
 from ..postprocess import normalise
+from ..segmentation.cut_set import finest_grid
 from .models import NO_CLASS, ServedBundle, _classes
 from .tensors import ProtocolError
 
@@ -52,7 +53,8 @@ class ServedSegmenter(ServedBundle):
 
     def metadata(self) -> tuple[list, list]:
         classes, size = self.bundle.num_classes, self.bundle.output_shape[1:]
-        h, w = self.bundle.activation_shape[1:]
+        levels = self.bundle.cut_levels
+        h, w = self.bundle.activation_shape[1:] if levels is None else finest_grid(levels)
         inputs = [{"name": self.input_name, "datatype": "FP32", "shape": [-1, *self.input_shape]}]
         outputs = [{"name": "scores", "datatype": "FP32", "shape": [-1, classes, *size]},
                    {"name": "saliency", "datatype": "FP32", "shape": [-1, h, w]},
