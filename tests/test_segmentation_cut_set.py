@@ -121,6 +121,14 @@ def test_a_layer_set_that_does_not_separate_input_from_scores_is_refused_naming_
     assert [lv["name"] for lv in chosen.manifest["cut"]] == [lv["name"] for lv in bundle.manifest["cut"]]
     with pytest.raises(CamInferError, match="needs gradients"):
         Explainer(bundle).explain(np.zeros((1, 3, SIZE, SIZE), np.float32), "gradcam")
+    import openvino as ov
+
+    from cam_infer.bundle.openvino_segmentation import split_openvino_segmenter
+    ir = ov.convert_model(str(path))
+    ir.reshape([1, 3, SIZE, SIZE])
+    ov.save_model(ir, str(tmp_path / "unet.xml"))
+    with pytest.raises(CamInferError, match="a cut set is split from the ONNX model"):
+        split_openvino_segmenter(tmp_path / "unet.xml", "enc1,enc2", out=tmp_path / "ir")
     from cam_infer.segmentation.fuse import fuse_segmenter
     with pytest.raises(CamInferError, match="fuse takes a segmenter split at one layer"):
         fuse_segmenter(bundle, "eigen")
