@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 from conftest import SHARED, needs_shared
-from helpers import run_cli
+from helpers import assert_one_line_error, run_cli
 
 from cam_infer import Bundle, Explainer
 from cam_infer.bundle.segmentation import split_segmenter
@@ -117,6 +117,8 @@ def test_a_layer_set_that_does_not_separate_input_from_scores_is_refused_naming_
     with pytest.raises(CamInferError, match=f"the decoder also reads '{skip}'") as refused:
         split_segmenter(path, "enc2.0,enc2", out=tmp_path / "b")
     assert "\n" not in str(refused.value)
+    assert_one_line_error(run_cli("split", path, "--layer", "enc2.0,enc2", "--out", tmp_path / "d"),
+                          "do not separate the input from the scores")
     chosen = split_segmenter(path, f"{skip},enc2", out=tmp_path / "c")
     assert [lv["name"] for lv in chosen.manifest["cut"]] == [lv["name"] for lv in bundle.manifest["cut"]]
     with pytest.raises(CamInferError, match="needs gradients"):
