@@ -124,12 +124,12 @@ class MemberHead:
 
     def __call__(self, i: int, rows: np.ndarray) -> np.ndarray:
         step = max(1, CHUNK_VALUES // self.packed.shape[1])
+        full = np.repeat(self.packed[i:i + 1], min(step, len(rows)), axis=0)    # the other members stay clean
         outputs = []
         for start in range(0, len(rows), step):
             chunk = rows[start:start + step]
-            full = np.repeat(self.packed[i:i + 1], len(chunk), axis=0)
-            level_view(self.levels, full, self.member)[:] = chunk
-            outputs.append(self.backend.head(full))
+            level_view(self.levels, full, self.member)[:len(chunk)] = chunk
+            outputs.append(self.backend.head(full[:len(chunk)]))
         return np.concatenate(outputs)
 
 
