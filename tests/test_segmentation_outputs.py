@@ -230,8 +230,6 @@ def test_fuse_refuses_a_class_specific_segmentation_method(segmenter_and_scene, 
     ex, _ = segmenter_and_scene
     result = run_cli("fuse", ex.bundle.path, "--method", "recipro", "--out", tmp_path / "fused.onnx")
     assert_one_line_error(result, "a segmenter fuses")
-    result = run_cli("serve", ex.bundle.path, "--port", "0")
-    assert_one_line_error(result, "for a detector or a segmenter, serve its fused model")
 
 
 def test_explain_over_a_region_from_the_command_line_box_or_folder_of_masks(segmenter_and_scene, tmp_path, tiny_bundle):

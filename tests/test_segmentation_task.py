@@ -321,10 +321,12 @@ def test_seg_grad_cam_differentiates_the_region_score(own_bundle):
         np.testing.assert_allclose(item.raw, expected, rtol=1e-4, atol=1e-6 * np.abs(item.raw).max())
 
 
-def test_a_layer_a_skip_connection_bypasses_is_refused_naming_the_nearest_valid_one(tmp_path):
-    with pytest.raises(CamInferError, match=r"layer 'encoder' is not a cut point: .* nearest valid layer: "
-                                            r"'/Concat_output_0'"):
-        split_segmenter(OWN, layer="encoder", out=tmp_path / "b")
+def test_layers_a_skip_connection_bypasses_are_refused_naming_the_nearest_valid_one(tmp_path):
+    """(A layer the skip bypasses alone gets its cut set: `test_segmentation_cut_set`.)"""
+    with pytest.raises(CamInferError, match=r"encoder.1, encoder do not separate the input from the scores: the "
+                                            r"decoder also reads '/skip/skip.1/skip.1.2/Relu_output_0' around them; "
+                                            r"add it to --layer; nearest valid layer: 'skip'"):
+        split_segmenter(OWN, layer="encoder.1,encoder", out=tmp_path / "b")
 
 
 def test_a_region_mask_png_is_read_at_the_image_size(own, tmp_path):

@@ -9,14 +9,14 @@ INDENT = " " * 13    # under the value, past the field's name
 
 
 def describe(bundle) -> str:
-    if bundle.cut_levels is not None:
+    if bundle.cut_levels is not None and bundle.task == "detection":
         return describe_detector(bundle)
     m = bundle.manifest
     prep = bundle.preprocessing
     target = m["target_layer"]
     verification = m["verification"]
     c, h, w = bundle.input_shape
-    k, ah, aw = bundle.activation_shape
+    k, ah, aw = bundle.activation_shape if bundle.cut_levels is None else (None, None, None)
     labels = bundle.labels
     batch = ("dynamic (any batch size)" if bundle.dynamic_batch
              else f"fixed at {bundle.fixed_batch} in the source model: backends run chunks of {bundle.fixed_batch}, "
@@ -26,7 +26,8 @@ def describe(bundle) -> str:
                    model_in.get("model_layout", "NCHW") if model_in.get("model_layout", "NCHW") != "NCHW" else ""]
     quant = m["activation"].get("quantization")
     runtimes = m.get("runtimes", {})
-    how = {"auto": "chosen automatically", "tensor": "ONNX tensor", "node": "ONNX node", "module": "torch module"}
+    how = {"auto": "chosen automatically", "tensor": "ONNX tensor", "node": "ONNX node", "module": "torch module",
+           "cut set": "cut set"}
     lines = [
         f"bundle       {bundle.path}",
         f"input        '{bundle.input_name}' float32 (N,{c},{h},{w}) NCHW"
@@ -38,8 +39,9 @@ def describe(bundle) -> str:
         + f", x*{prep.scale:.6g}, mean {list(prep.mean)}, std {list(prep.std)}",
         f"target layer '{target['requested']}' ({how[target['matched_by']]}) -> tensor '{target['tensor']}'"
         + (f", module '{target['module']}'" if target.get("module") and target["matched_by"] != "module" else ""),
-        f"activation   (N,{k},{ah},{aw})" + (f", dequantized from {quant['dtype']} (scale {quant['scale']}, zero point "
-                                            f"{quant['zero_point']}); the head re-quantizes it" if quant else "")
+        (cut_set_line(m["cut"]) if bundle.cut_levels is not None else f"activation   (N,{k},{ah},{aw})")
+        + (f", dequantized from {quant['dtype']} (scale {quant['scale']}, zero point "
+           f"{quant['zero_point']}); the head re-quantizes it" if quant else "")
         + tokens_note(m["activation"].get("tokens")),
         "head ops     " + ", ".join(f"{op} x{n}" for op, n in m["graphs"]["head"]["ops"].items()),
         f"output       '{m['output']['name']}': {bundle.num_classes} classes, {bundle.output_kind}"
@@ -57,6 +59,12 @@ def describe(bundle) -> str:
         + (f", exported with {m['provenance']['exporter']}" if m["provenance"].get("exporter") else ""),
     ]
     return "\n".join(lines)
+
+
+def cut_set_line(levels: list[dict]) -> str:
+    """A segmenter's cut set: each member's shape and stride, packed in one tensor at the boundary."""
+    return _wrapped("cut set      " + "; ".join(f"'{lv['name']}' ({','.join(map(str, lv['shape']))}) stride "
+                                                f"{lv['stride']}" for lv in levels) + " (packed in one tensor)")
 
 
 def segmentation_note(output: dict) -> str:

@@ -112,11 +112,15 @@ def split_openvino_segmenter(path, layer: str = "auto", out=None, *, preprocessi
     scores, axis, kind, argmax = scores_of(model)
     prep = preprocessing_for(spec, without_crop(preprocessing), None)
     op_map, layouts = _ops(model), _layouts(model, spec)
+    if "," in layer:
+        raise CamInferError(f"--layer {layer}: a cut set is split from the ONNX model; a file OpenVINO reads (TFLite, "
+                            "IR) is split at one layer")
     target = auto_cut(model, spec, scores) if layer == "auto" else _Output(layer)
     if target.op not in op_map:
         raise CamInferError(f"unknown layer '{layer}': no op of this OpenVINO model has that name; use --layer auto")
     if _reaches_parameter(model.get_results()[0], target.op, spec.name):
-        raise CamInferError(f"layer '{layer}' is not a cut point: a skip connection goes around it; use --layer auto")
+        raise CamInferError(f"layer '{layer}' is not a cut point: a skip connection goes around it; use --layer auto "
+                            "(cut sets around skip connections are split from the ONNX model)")
     reference = ov.Model([ops.result(scores)], model.get_parameters(), "scores")
     for batch_mode in ("dynamic", "fixed"):
         features, head = _cut(model, spec, target, scores, prep, -1 if batch_mode == "dynamic" else 1)

@@ -9,7 +9,8 @@ scores before the ArgMax: the bundle's head returns those scores, float32 NCHW, 
 
 ``--layer auto`` cuts at the input of the classifier (the last convolution before the upsampling), or at
 the latest feature map before it that every path to the output crosses; a layer bypassed by a skip
-connection is refused, naming the nearest valid one.
+connection gets the cut set around it (`segmentation.cut_set`): the layer and the encoder levels the decoder
+reads; ``--layer a,b`` names a cut set.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import CamInferError
+from ..segmentation.cut_set import skip_cut_set, split_at_cut_set
 from .anatomy import quantization_of, tensor_layouts
 from .cut import extract
 from .graph import INTEGER_TYPES, Graph, load_onnx
@@ -210,12 +212,20 @@ def split_segmenter(model: "str | os.PathLike | onnx.ModelProto", layer: str = "
     output = segmentation_output(Graph.from_model(proto, input_size, layout))
     graph = Graph.from_model(scores_model(proto, Graph.from_model(proto, input_size, layout), output), input_size,
                              layout)
-    target = auto_cut(graph) if layer == "auto" else find_target_layer(graph, layer)
+    members = None if layer == "auto" else skip_cut_set(graph, layer)
+    target = auto_cut(graph) if layer == "auto" else find_target_layer(graph, layer) if members is None else \
+        _target(graph, members[0], layer, "cut set", None)
     prep = preprocessing_for(graph.input_spec, without_crop(preprocessing), input_size)
-    features, head, batch_mode, verification = _split_verified(graph, target, prep)
+    if members is None:
+        features, head, batch_mode, verification = _split_verified(graph, target, prep)
+    else:
+        features, head, cut_fields = split_at_cut_set(graph, members, layer)
+        batch_mode, verification = _verified_batch(graph, features, head, prep)
     names = read_labels(labels, output.num_classes)
     manifest = manifest_for(graph, target, prep, features, head, batch_mode, verification, output.num_classes, names,
                             source, provenance or {})
+    if members is not None:
+        manifest.update(cut_fields)
     manifest["task"] = "segmentation"
     manifest["output"] = {**manifest["output"], **output.record(), "name": SCORES}
     return write_onnx_bundle(Path(out), features, head, manifest, overwrite)
@@ -228,6 +238,17 @@ def _split_verified(graph: Graph, target: TargetLayer, prep):
         features, head = extract(graph, target, batch_mode)
         try:
             return features, head, batch_mode, verify_segmenter(graph, features, head, prep, batch_mode)
+        except CamInferError as exc:
+            failure = exc
+    raise failure
+
+
+def _verified_batch(graph: Graph, features, head, prep) -> tuple[str, dict]:
+    """A dynamic batch first; the source's fixed batch when that does not reproduce the model."""
+    failure = None
+    for batch_mode in ["dynamic"] if graph.fixed_batch is None else ["dynamic", "fixed"]:
+        try:
+            return batch_mode, verify_segmenter(graph, features, head, prep, batch_mode)
         except CamInferError as exc:
             failure = exc
     raise failure

@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "ONNX detector into a bundle")
     p.add_argument("model", help="classifier file: .onnx (ONNX bundle), .xml or .tflite (OpenVINO IR bundle); or a "
                                  "detector .onnx (Ultralytics YOLOv8/YOLO11 export)")
-    p.add_argument("--layer", default="auto", help="auto, ONNX tensor or node name, or torch module path")
+    p.add_argument("--layer", default="auto", help="auto, ONNX tensor or node name, or torch module path; a "
+                   "segmenter: a layer a skip connection bypasses, or a,b,..., gives a cut set")
     p.add_argument("--task", default="auto", choices=["auto", *TASKS],
                    help="auto (default): a detector is recognised by its metadata or its (N, 4+C, anchors) output")
     p.add_argument("--cut", default="detect-input",

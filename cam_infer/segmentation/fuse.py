@@ -30,6 +30,10 @@ def fuse_segmenter(bundle: "Bundle | str", method: str = "eigen", *, check: bool
     if method not in fusable():
         raise CamInferError(f"a segmenter fuses {', '.join(fusable())} (class-agnostic maps); '{method}' needs a "
                             "target region that the argmax over the clean scores gives outside the graph")
+    if bundle.cut_levels:
+        raise CamInferError(f"fuse takes a segmenter split at one layer; this bundle's cut is a set of "
+                            f"{len(bundle.cut_levels)} levels ({bundle.manifest['target_layer']['tensor']}): split it "
+                            "with --layer auto to fuse it")
     spec = get_method(method, "segmentation")
     model = plain_model(bundle)
     b = Builder(_opset(model))

@@ -5,6 +5,7 @@
     GET  /v2/models/{name}[/versions/1][/ready]            model metadata / readiness
     POST /v2/models/{name}[/versions/1]/infer              JSON tensors or the binary tensor extension (`Infer`)
     POST /explain?method=&class=&overlay=png               an image file (raw body or multipart 'file')
+                                                           (a segmenter: also &region=; `serve.segmenter`)
     GET  /metrics                                          Prometheus text
 
 Every error is ``{"error": "one line"}`` with a 4xx status (5xx only for a failure of the server itself);
@@ -85,8 +86,12 @@ def create_app(served, name: str, *, token: str | None = None, max_body: int = 3
             rgb = decode_image(image, "the request body")
         except CamInferError as exc:
             raise ProtocolError(str(exc)) from None
-        x = served.preprocessing(rgb)[None]
         query = request.query_params
+        if hasattr(served, "explain_image"):          # a segmenter: classes over regions of the sent image
+            parameters = {k: _query_value(v) for k, v in query.items() if k in ("method", "class", "region")}
+            answer = await batcher.call(served.explain_image, rgb, parameters, query.get("overlay"))
+            return JSONResponse(answer)
+        x = served.preprocessing(rgb)[None]
         parameters = {k: _query_value(v) for k, v in query.items() if k in ("method", "class")}
         key, classes = served.key(parameters, 1)
         outputs = one_map(await batcher.run(x, key, classes))

@@ -45,6 +45,10 @@ class Batcher:
         await self.queue.put(Pending(x, key, classes, future))
         return await future
 
+    async def call(self, function, *args):
+        """`function(*args)` on the model's thread, between batches (a request that is not a batch of tensors)."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, function, *args)
+
     async def _serve(self) -> None:
         loop = asyncio.get_running_loop()
         while True:

@@ -251,12 +251,15 @@ def load_served(source, method: str | None, backend: str, device: str, threads: 
     if path.is_dir():
         from ..bundle import Bundle
         from ..tasks import task_of
-        if task_of(Bundle.load(path)).name != "classification":
-            raise CamInferError("serve explains classifier bundles; for a detector or a segmenter, serve its fused "
+        task = task_of(Bundle.load(path)).name
+        if task == "detection":
+            raise CamInferError("serve explains classifier and segmenter bundles; for a detector, serve its fused "
                                 "model (cam-infer fuse BUNDLE --method eigen --out model.onnx)")
         from ..methods.registry import DEFAULT_METHOD
+        from .segmenter import ServedSegmenter
+        served = ServedSegmenter if task == "segmentation" else ServedBundle
         try:
-            return ServedBundle(path, method or DEFAULT_METHOD, backend, device, threads, precision)
+            return served(path, method or DEFAULT_METHOD, backend, device, threads, precision)
         except ProtocolError as exc:
             raise CamInferError(str(exc)) from None
     if path.is_file() and path.suffix == ".onnx":

@@ -118,6 +118,8 @@ class SegmentationTask(Task):
     def open(self) -> None:
         """Read the head as a linear tail (1×1 conv + bilinear resize), verified, when it is one."""
         self.tail = None
+        if self.bundle.cut_levels:                    # a cut set: no single map before a linear tail
+            return
         if self.bundle.graph_format == "onnx":
             import onnx
 
@@ -136,6 +138,9 @@ class SegmentationTask(Task):
         return a, scores
 
     def run_method(self, spec, ctx, targets, options: dict) -> np.ndarray:
+        if self.bundle.cut_levels:
+            from ..segmentation.cut_set import explain_levels
+            return explain_levels(spec.implementation(self.name), spec, ctx, options)
         return spec.implementation(self.name)(ctx, **options)
 
     def contexts(self, spec, x, activations, outputs, request: dict, originals):
@@ -149,6 +154,9 @@ class SegmentationTask(Task):
                                       targets=np.array(classes, np.int64), outputs=rows(outputs, i, k),
                                       backend=self.explainer.backend, bundle=self.bundle, regions=regions,
                                       kind=self.bundle.output_kind, tail=self.tail)
+            if spec.needs == "gradients" and self.bundle.cut_levels:
+                from ..segmentation.cut_set import refuse_gradients
+                refuse_gradients(spec)
             if spec.needs == "gradients":
                 ctx.gradients = self.gradients(spec.name, ctx)
             jobs.append((ctx, classes))

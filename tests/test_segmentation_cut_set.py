@@ -1,0 +1,176 @@
+"""Cut sets of segmenters whose decoder reads several encoder levels: found from the graph (a tiny U-Net built here,
+our own segmenter, the PAN), recorded in the manifest and shown by `cam-infer info`; maps against brute force (the
+region score recomputed by the unsplit model's decoder on the perturbed cut set, in torch); both runtimes; a set
+that does not separate the input from the scores is refused naming what the decoder reads around it."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from conftest import SHARED, needs_shared
+from helpers import assert_one_line_error, run_cli
+
+from cam_infer import Bundle, Explainer
+from cam_infer.bundle.segmentation import split_segmenter
+from cam_infer.errors import CamInferError
+from cam_infer.postprocess import normalise
+
+torch = pytest.importorskip("torch")
+SIZE = 16
+
+
+class TinyUNet(torch.nn.Module):
+    """enc1 (4,16,16) → enc2 (6,8,8); the decoder reads both: conv(cat(enc1, up(enc2))) → 3 classes."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc1 = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU())
+        self.enc2 = torch.nn.Sequential(torch.nn.Conv2d(4, 6, 3, stride=2, padding=1), torch.nn.ReLU())
+        self.dec = torch.nn.Sequential(torch.nn.Conv2d(10, 5, 3, padding=1), torch.nn.ReLU())
+        self.cls = torch.nn.Conv2d(5, 3, 1)
+
+    def forward(self, x):
+        skip = self.enc1(x)
+        return self.decode(skip, self.enc2(skip))
+
+    def decode(self, skip, deep):
+        up = torch.nn.functional.interpolate(deep, scale_factor=2, mode="nearest")
+        return self.cls(self.dec(torch.cat([skip, up], dim=1)))
+
+
+@pytest.fixture(scope="session")
+def unet(tmp_path_factory):
+    torch.manual_seed(0)
+    model = TinyUNet().eval()
+    path = tmp_path_factory.mktemp("unet") / "unet.onnx"
+    torch.onnx.export(model, (torch.zeros(1, 3, SIZE, SIZE),), str(path), input_names=["input"],
+                      output_names=["logits"], dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}}, dynamo=False,
+                      opset_version=17)
+    bundle = split_segmenter(path, "enc2", out=path.parent / "bundle", preprocessing={"mean": (0, 0, 0),
+                                                                                       "std": (1, 1, 1)})
+    return model, path, bundle
+
+
+@pytest.fixture(scope="session")
+def scene():
+    rng = np.random.default_rng(3)
+    return rng.standard_normal((1, 3, SIZE, SIZE)).astype(np.float32)
+
+
+def test_a_layer_bypassed_by_a_skip_gets_the_cut_set_the_decoder_reads(unet, scene):
+    model, path, bundle = unet
+    cut = bundle.manifest["cut"]
+    assert bundle.manifest["target_layer"]["matched_by"] == "cut set"
+    assert [lv["shape"] for lv in cut] == [[4, 16, 16], [6, 8, 8]] and [lv["stride"] for lv in cut] == [1, 2]
+    packed = Explainer(bundle).backend.features(scene)[0]
+    with torch.no_grad():
+        skip = model.enc1(torch.from_numpy(scene))
+        deep = model.enc2(skip)
+    np.testing.assert_allclose(packed[:4 * 256].reshape(4, 16, 16), skip[0].numpy(), atol=1e-5)
+    np.testing.assert_allclose(packed[4 * 256:].reshape(6, 8, 8), deep[0].numpy(), atol=1e-5)
+    info = run_cli("info", bundle.path)
+    assert info.returncode == 0 and "cut set" in info.stdout and cut[0]["name"] in info.stdout, info.stderr
+
+
+def brute_force_recipro(model, scene, target: int, region: np.ndarray) -> np.ndarray:
+    """Σ_l R_l(S_l): S_l(i,j) the region score of softmax(decode(...)) with member l kept at (i,j) only, the other
+    member clean, members resampled to the finest grid (bilinear) and summed."""
+    with torch.no_grad():
+        skip = model.enc1(torch.from_numpy(scene))
+        members = [skip, model.enc2(skip)]
+        maps = []
+        for m, member in enumerate(members):
+            _, _, h, w = member.shape
+            level = np.zeros((h, w))
+            for i in range(h):
+                for j in range(w):
+                    kept = torch.zeros_like(member)
+                    kept[..., i, j] = member[..., i, j]
+                    inputs = [kept if n == m else members[n] for n in range(2)]
+                    probs = torch.softmax(model.decode(*inputs), dim=1)[0, target].numpy()
+                    level[i, j] = probs[region].mean()
+            maps.append(cv2.resize(level.astype(np.float32), (SIZE, SIZE), interpolation=cv2.INTER_LINEAR))
+    return np.sum(maps, axis=0)
+
+
+def test_recipro_and_activation_on_a_cut_set_equal_brute_force(unet, scene, monkeypatch):
+    from cam_infer.segmentation import cut_set
+    model, _, bundle = unet
+    monkeypatch.setattr(cut_set, "CHUNK_VALUES", 5 * 1408)      # 5 packed rows per head call: a last partial chunk
+    e = Explainer(bundle).explain(scene, "recipro")
+    item = e.items[0][0]
+    with torch.no_grad():
+        clean = model(torch.from_numpy(scene))[0].numpy()
+    region = clean.argmax(axis=0) == item.class_id
+    np.testing.assert_array_equal(item.region, region)
+    np.testing.assert_allclose(item.raw, brute_force_recipro(model, scene, item.class_id, region), atol=1e-5)
+    with torch.no_grad():
+        skip = model.enc1(torch.from_numpy(scene))
+        levels = [skip[0].mean(0).numpy(), model.enc2(skip)[0].mean(0).numpy()]
+    unit_free = [cv2.resize(normalise(m[None])[0][0], (SIZE, SIZE), interpolation=cv2.INTER_LINEAR) for m in levels]
+    activation = Explainer(bundle).explain(scene, "activation").items[0][0].raw
+    np.testing.assert_allclose(activation, np.mean(unit_free, axis=0), atol=1e-5)
+
+
+def test_a_layer_set_that_does_not_separate_input_from_scores_is_refused_naming_what_is_missing(unet, tmp_path):
+    _, path, bundle = unet
+    skip = bundle.manifest["cut"][0]["name"]
+    with pytest.raises(CamInferError, match=f"the decoder also reads '{skip}'") as refused:
+        split_segmenter(path, "enc2.0,enc2", out=tmp_path / "b")
+    assert "\n" not in str(refused.value)
+    assert_one_line_error(run_cli("split", path, "--layer", "enc2.0,enc2", "--out", tmp_path / "d"),
+                          "do not separate the input from the scores")
+    chosen = split_segmenter(path, f"{skip},enc2", out=tmp_path / "c")
+    assert [lv["name"] for lv in chosen.manifest["cut"]] == [lv["name"] for lv in bundle.manifest["cut"]]
+    with pytest.raises(CamInferError, match="needs gradients"):
+        Explainer(bundle).explain(np.zeros((1, 3, SIZE, SIZE), np.float32), "gradcam")
+    import openvino as ov
+
+    from cam_infer.bundle.openvino_segmentation import split_openvino_segmenter
+    ir = ov.convert_model(str(path))
+    ir.reshape([1, 3, SIZE, SIZE])
+    ov.save_model(ir, str(tmp_path / "unet.xml"))
+    with pytest.raises(CamInferError, match="a cut set is split from the ONNX model"):
+        split_openvino_segmenter(tmp_path / "unet.xml", "enc1,enc2", out=tmp_path / "ir")
+    from cam_infer.segmentation.fuse import fuse_segmenter
+    with pytest.raises(CamInferError, match="fuse takes a segmenter split at one layer"):
+        fuse_segmenter(bundle, "eigen")
+
+
+@pytest.mark.slow
+def test_own_segmenter_split_at_its_encoder_explains_through_the_skip_on_both_runtimes(tmp_path):
+    from test_segmentation_task import OWN, OWN_LABELS, PLAIN
+    bundle = split_segmenter(OWN, "encoder", out=tmp_path / "own", labels=OWN_LABELS, preprocessing=PLAIN)
+    names = [lv["name"] for lv in bundle.manifest["cut"]]
+    assert len(names) == 2 and any("skip" in n for n in names) and any("encoder" in n for n in names)
+    from cam_infer.tools.synthetic import write_scenes
+    write_scenes(tmp_path / "scenes", "cluttered", 1)
+    image = sorted((tmp_path / "scenes").glob("*.png"))[0]
+    maps = {}
+    for backend in ("onnxruntime", "openvino"):
+        e = Explainer(bundle, backend=backend, precision="f32").explain([image], "recipro")
+        maps[backend] = [s.raw for s in e.items[0]]
+        for s in e.items[0]:
+            energy = float((s.saliency * s.region).sum() / s.saliency.sum())
+            assert energy > s.region.mean(), (s.label, energy, s.region.mean())    # above a uniform map's
+    for a, b in zip(*maps.values()):
+        np.testing.assert_allclose(a, b, atol=2e-3 * np.abs(a).max())
+
+
+@needs_shared
+@pytest.mark.slow
+def test_the_pan_split_at_its_deepest_encoder_stage_gets_its_skip_levels_on_both_runtimes(tmp_path):
+    pan = SHARED / "segmentation" / "pan_mnv3s_skin_clothes_hair.onnx"
+    bundle = split_segmenter(pan, "1062", out=tmp_path / "pan")
+    cut = bundle.manifest["cut"]
+    assert [lv["stride"] for lv in cut] == [4, 8, 16, 16] and cut[-1]["name"] == "1062"
+    assert Bundle.load(tmp_path / "pan").manifest["target_layer"]["tensor"] == ",".join(lv["name"] for lv in cut)
+    image = SHARED / "segmentation" / "dog_segmentation_256.bmp"
+    results = {b: Explainer(bundle, backend=b, precision="f32").explain([image], "eigen", target="all")
+               for b in ("onnxruntime", "openvino")}
+    ort, ov = (r.items[0] for r in results.values())
+    assert [s.class_id for s in ort] == [s.class_id for s in ov] and len(ort) >= 2
+    for a, b in zip(ort, ov):
+        assert a.raw.shape == (128, 128)
+        np.testing.assert_allclose(a.raw, b.raw, atol=1e-2)
