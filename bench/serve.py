@@ -274,8 +274,9 @@ def main() -> None:
     fused_session = onnxruntime_session(fused, served_runtime)
     # compiled as the fused model's OpenVINO server compiles it
     openvino_runtime = FLOAT32.but(hint="latency", precision=args.precision)
-    requests = [openvino_compiled(path, openvino_runtime).create_infer_request() for path in (work / "plain.onnx", fused)]
-    openvino_precision = openvino_compiled(fused, openvino_runtime).get_property("INFERENCE_PRECISION_HINT").get_type_name()
+    compiled = [openvino_compiled(path, openvino_runtime) for path in (work / "plain.onnx", fused)]
+    requests = [c.create_infer_request() for c in compiled]
+    openvino_precision = compiled[1].get_property("INFERENCE_PRECISION_HINT").get_type_name()
     forward_ov = lambda: requests[0].infer({0: x})                  # noqa: E731
     in_process = {"fused, OpenVINO": (forward_ov, lambda: requests[1].infer({0: x})),
                   "bundle": (forward, lambda: explainer.explain(x, "recipro")),
@@ -320,7 +321,8 @@ def main() -> None:
         for server, _, _ in served.values():
             server.stop()
     report(f"\nOverhead at concurrency 1: one request alternated call by call with a bare in-process forward pass "
-           f"of the unsplit model (ONNX Runtime, threads spinning only while a run lasts, as the server's; precision {args.precision}), "
+           f"of the unsplit model (ONNX Runtime, threads spinning only while a run lasts, as the server's; precision "
+           f"{args.precision}), "
            f"{args.repeats} pairs per cell and round; the median of the per-pair ratios (server ms / forward ms), "
            f"in bold the median of {args.rounds} rounds run one after another across all servers, their range "
            "after it and the median round's times in brackets. "
