@@ -4,7 +4,7 @@ file at the same precision. ResNet-50 (random weights, seed 0) and MobileNetV2 (
 ../shared/data), 224×224, OpenVINO CPU. Needs the torch extra (to export the two models) and openvino-xai in a
 Python of its own (it pins an older OpenVINO and NumPy): ``--xai-python``.
 
-    python bench/precision.py --work /tmp/cam-precision --out bench/precision.md
+    python bench/precision.py --work /tmp/cam-precision --out bench/precision.md [--quick]
 
 Method ÷ forward: `cam_infer.tools.bench.run_cases` at each precision (each case in its own process, the forward pass
 and the method alternated call by call). Against openvino-xai: one driver process per side, kept warm; the parent
