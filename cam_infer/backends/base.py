@@ -7,6 +7,7 @@ from abc import ABC, abstractmethod
 import numpy as np
 
 from ..bundle import Bundle
+from ..bundle.positions import PRODUCTS, with_position_products
 from ..errors import CamInferError
 
 DEFAULT_MEMORY_BUDGET_MB = 256
@@ -70,6 +71,21 @@ class Backend(ABC):
         return (a.reshape(len(x), *self.bundle.cut_shape),
                 outputs.reshape(len(x), *self.bundle.output_shape))
 
+    def observe_products(self, x: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A clean pass that also returns Recipro-CAM's closed-form product Aᵀ Wᵀ (N, h·w, C) of a GAP→linear
+        head's weight W, computed in the same runtime call at the runtime's precision (`bundle/positions.py`):
+        (activations, outputs, products). Only where the backend runs the joined graph (`joins`)."""
+        x = self._checked(x, self.bundle.input_shape, "input images")
+        self._add_graph(PRODUCTS, lambda: with_position_products(self.bundle.joined_model(), weight,
+                                                                 self.bundle.cut_shape))
+        a, outputs, products = self._chunked(PRODUCTS, x)
+        return (a.reshape(len(x), *self.bundle.cut_shape), outputs.reshape(len(x), *self.bundle.output_shape),
+                products.reshape(len(x), -1, len(weight)))
+
+    def _add_graph(self, role: str, build) -> None:
+        """Make graph `role` runnable from the ONNX model `build()` returns (built once, on first use)."""
+        raise CamInferError(f"the {self.name} backend runs no graphs but the bundle's own")
+
     def attention(self, x: np.ndarray, head_fusion: str = "mean") -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
         """A token model's clean pass with the attention probabilities of every block fused over its heads (mean,
         max or min), in one runtime call per chunk: (cut tokens, [(N,T,T) per block], outputs)."""
@@ -120,6 +136,8 @@ class Backend(ABC):
         """How many outputs graph `role` has: 1, except the joined graph's cut tensors + output."""
         if role.startswith("attention"):
             return 2 + len(self.bundle.attention)
+        if role == PRODUCTS:
+            return 3
         return 1 + (len(self.bundle.cut_levels or [None]) if role == "joined" else 0)
 
     def _count(self, chunks: list) -> list:
