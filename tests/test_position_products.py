@@ -1,5 +1,5 @@
-"""Recipro-CAM's closed-form product Aᵀ Wᵀ computed inside the clean pass's runtime call (`bundle/positions.py`):
-equal to a NumPy twin at float32 on both runtimes, used by the method, and its maps the head passes' maps."""
+"""Recipro-CAM's closed-form product Aᵀ Wᵀ computed inside OpenVINO's clean pass (`bundle/positions.py`): equal
+to a NumPy twin at float32, used by the method, and its maps the head passes' maps; ONNX Runtime keeps it apart."""
 
 from __future__ import annotations
 
@@ -13,9 +13,8 @@ def _images(n: int, size: int = 64) -> np.ndarray:
     return np.random.default_rng(3).standard_normal((n, 3, size, size)).astype(np.float32)
 
 
-@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
-def test_the_clean_pass_returns_the_products_of_a_numpy_twin(tiny_bundle, backend):
-    explainer = Explainer(tiny_bundle, backend=backend)
+def test_the_clean_pass_returns_the_products_of_a_numpy_twin(tiny_bundle):
+    explainer = Explainer(tiny_bundle, backend="openvino")
     weight = explainer.linear_head.weight
     for n in (1, 3):                                     # OpenVINO: the static batch-1 copy, then the dynamic graph
         x = _images(n)
@@ -38,7 +37,7 @@ def test_recipro_closed_form_from_its_clean_pass_matches_the_head_passes(tiny_bu
         closed = explainer.explain(x, "recipro", kernel=kernel, top_classes=2, upsampled=False).maps
         passes = explainer.explain(x, "recipro", kernel=kernel, top_classes=2, upsampled=False, closed_form=False).maps
         np.testing.assert_allclose(closed, passes, rtol=1e-5, atol=1e-6 * np.abs(passes).max())
-    assert len(calls) == 2                                    # the closed forms only, each in one clean pass
+    assert len(calls) == (2 if backend == "openvino" else 0)  # the closed forms only, each in one clean pass
 
 
 def test_recipro_reads_the_products_its_clean_pass_returns(tiny_bundle, monkeypatch):

@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 import numpy as np
 
 from ..bundle import Bundle
-from ..bundle.positions import PRODUCTS, with_position_products
+from ..bundle.positions import PRODUCTS
 from ..errors import CamInferError
 
 DEFAULT_MEMORY_BUDGET_MB = 256
@@ -29,6 +29,7 @@ class Backend(ABC):
         self.threads = threads
         self.runtime_calls = 0          # how many chunks went to the runtime (for tests and tuning)
         self.joins = False              # runs the bundle's joined graph for observe/forward (set by subclasses)
+        self.products_in_pass = False   # `observe_products` runs (set by subclasses)
 
     @property
     def precision(self) -> str:
@@ -74,17 +75,16 @@ class Backend(ABC):
     def observe_products(self, x: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """A clean pass that also returns Recipro-CAM's closed-form product Aᵀ Wᵀ (N, h·w, C) of a GAP→linear
         head's weight W, computed in the same runtime call at the runtime's precision (`bundle/positions.py`):
-        (activations, outputs, products). Only where the backend runs the joined graph (`joins`)."""
+        (activations, outputs, products). Only where `products_in_pass` (OpenVINO running the joined graph)."""
         x = self._checked(x, self.bundle.input_shape, "input images")
-        self._add_graph(PRODUCTS, lambda: with_position_products(self.bundle.joined_model(), weight,
-                                                                 self.bundle.cut_shape))
+        self._add_products(weight)
         a, outputs, products = self._chunked(PRODUCTS, x)
         return (a.reshape(len(x), *self.bundle.cut_shape), outputs.reshape(len(x), *self.bundle.output_shape),
                 products.reshape(len(x), -1, len(weight)))
 
-    def _add_graph(self, role: str, build) -> None:
-        """Make graph `role` runnable from the ONNX model `build()` returns (built once, on first use)."""
-        raise CamInferError(f"the {self.name} backend runs no graphs but the bundle's own")
+    def _add_products(self, weight: np.ndarray) -> None:
+        """Make graph `PRODUCTS`, the joined graph with the product as one more output, runnable (once)."""
+        raise CamInferError(f"the {self.name} backend computes no closed-form product in its clean pass")
 
     def attention(self, x: np.ndarray, head_fusion: str = "mean") -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
         """A token model's clean pass with the attention probabilities of every block fused over its heads (mean,

@@ -47,10 +47,6 @@ class OnnxRuntimeBackend(Backend):
                     self._sessions[role] = s
         return self._sessions[role]
 
-    def _add_graph(self, role: str, build) -> None:
-        if role not in self._sessions:
-            self._session(role, build().SerializeToString())
-
     def _run(self, role: str, x: np.ndarray) -> list[np.ndarray]:
         return self._session(role).run(None, {self._names[role]: x})
 

@@ -8,7 +8,7 @@ import threading
 import numpy as np
 
 from ..bundle import Bundle
-from ..bundle.positions import PRODUCTS
+from ..bundle.positions import PRODUCTS, openvino_position_products
 from ..errors import CamInferError
 from .base import Backend
 from .sessions import Lender, RuntimeOptions, openvino_compiled, openvino_device, openvino_model
@@ -35,8 +35,9 @@ class OpenVINOBackend(Backend):
         self._compiled: dict = {}                                       # (role, batch) → its `Compiled`
         self._lock = threading.RLock()                                  # guards _compiled and _single
         self._joined = None                                             # the joined ov.Model, read once
-        self._added: dict = {}                                          # role → ov.Model of `_add_graph`
+        self._added: dict = {}                                          # role → ov.Model built here (`PRODUCTS`)
         self.joins = bundle.graph_format == "onnx"
+        self.products_in_pass = self.joins
         self.hint = hint
         self._clean = "joined" if self.joins else "features"           # the graph of the clean pass
         self._single = bundle.dynamic_batch                             # batch 1 on a static copy, for now
@@ -76,10 +77,12 @@ class OpenVINOBackend(Backend):
             raise CamInferError(f"OpenVINO cannot compile this bundle for {self.device}: "
                                 f"{str(exc).strip().splitlines()[0][:300]}") from None
 
-    def _add_graph(self, role: str, build) -> None:
+    def _add_products(self, weight: np.ndarray) -> None:
+        """The joined ov.Model's clone (its weights shared, not read again) with the product appended."""
         with self._lock:
-            if role not in self._added:
-                self._added[role] = openvino_model(build())
+            if PRODUCTS not in self._added:
+                self._added[PRODUCTS] = openvino_position_products(self._model("joined").clone(), weight,
+                                                                   self.bundle.cut_shape)
 
     def _model(self, role: str):
         if role in self._added:

@@ -58,7 +58,7 @@ class ClassificationTask(Task):
 
     def _products_in_pass(self, spec, options: dict) -> bool:
         return (spec.name == "recipro" and options.get("closed_form", True) and self.explainer.linear_head is not None
-                and self.explainer.backend.joins and self.bundle.tokens is None)
+                and self.explainer.backend.products_in_pass and self.bundle.tokens is None)
 
     def run_method(self, spec, ctx, targets, options: dict) -> np.ndarray:
         return spec.implementation(self.name)(ctx, **options)
