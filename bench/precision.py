@@ -4,7 +4,7 @@ file at the same precision. ResNet-50 (random weights, seed 0) and MobileNetV2 (
 ../shared/data), 224×224, OpenVINO CPU. Needs the torch extra (to export the two models) and openvino-xai in a
 Python of its own (it pins an older OpenVINO and NumPy): ``--xai-python``.
 
-    python bench/precision.py --work /tmp/cam-precision --out bench/precision.md
+    python bench/precision.py --work /tmp/cam-precision --out bench/precision.md [--quick]
 
 Method ÷ forward: `cam_infer.tools.bench.run_cases` at each precision (each case in its own process, the forward pass
 and the method alternated call by call). Against openvino-xai: one driver process per side, kept warm; the parent
@@ -12,6 +12,11 @@ asks each for one call at a time, alternating sides (and their order) call by ca
 each call is timed inside its process. Ours explains batch 1 like openvino-xai (which cannot batch), and batch 8
 per image. openvino-xai compiles its model without a precision (bf16 here); for float32 its compile is given
 ``INFERENCE_PRECISION_HINT=f32``.
+
+The closed form's floor (Recipro-CAM, GAP→linear head): the features pass alone, the same pass with the closed
+form's product (h·w positions × K channels × C classes) and softmax appended to the runtime's graph as one more
+output, at the same precision, and the product alone as the package runs it (ONNX Runtime, float32), alternated
+call by call: what the closed form costs over the forward pass wherever it runs.
 """
 
 from __future__ import annotations
@@ -159,6 +164,50 @@ def against_xai(onnx_path: Path, bundle: Path, target: int, precision: str, xai_
            f"{statistics.median(ratio8):.2f}× |")
 
 
+def closed_form_floor(bundle: Path, precision: str, calls: int) -> dict:
+    """Median ms of: the features pass; the same with Recipro-CAM's closed form appended to the runtime's graph
+    (its product and softmax as a second output); the product alone on ONNX Runtime. Batch 1, alternated."""
+    import time
+
+    import numpy as np
+    import onnx
+    import openvino.opset13 as ops
+
+    from cam_infer.backends.sessions import RuntimeOptions, onnxruntime_session, openvino_compiled, openvino_model
+    from cam_infer.bundle.head import gemm_model, read_linear_head
+
+    def features():
+        model = openvino_model(bundle / "features.onnx")
+        model.reshape([1, 3, 224, 224])
+        return model
+
+    plain, appended = features(), features()
+    a = appended.get_results()[0].input_value(0)
+    k, h, w = a.get_partial_shape().to_shape()[1:]
+    head = read_linear_head(onnx.load(bundle / "head.onnx"), k)
+    positions = ops.transpose(ops.reshape(a, ops.constant(np.array([1, k, h * w])), False),
+                              ops.constant(np.array([0, 2, 1])))
+    logits = ops.add(ops.matmul(positions, ops.constant(head.weight / (h * w)), False, True), ops.constant(head.bias))
+    appended.add_outputs([ops.softmax(logits, 2).output(0)])
+    runtime = RuntimeOptions(precision=precision, hint="latency")
+    requests = [openvino_compiled(m, runtime).create_infer_request() for m in (plain, appended)]
+    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    pooled = np.ascontiguousarray(requests[0].infer([x])[0].reshape(k, h * w).T / (h * w))
+    product = onnxruntime_session(gemm_model(head.weight, head.bias), RuntimeOptions(spinning="during-run"))
+    runs = {"features": lambda: requests[0].infer([x]), "appended": lambda: requests[1].infer([x]),
+            "product": lambda: product.run(None, {"pooled": pooled})}
+    times: dict = {key: [] for key in runs}
+    for i in range(calls + 4):
+        for key, fn in (runs.items() if i % 2 else list(runs.items())[::-1]):
+            start = time.perf_counter()
+            fn()
+            if i >= 4:
+                times[key].append((time.perf_counter() - start) * 1000)
+    used = openvino_compiled(plain, runtime).get_property("INFERENCE_PRECISION_HINT").get_type_name()
+    medians = {key: statistics.median(v) for key, v in times.items()}
+    return {"precision": used, "macs": h * w * k * len(head.bias), **medians}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default="/tmp/cam-precision", help="where the models and bundles are written")
@@ -169,6 +218,8 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=15, help="calls per side and round")
     parser.add_argument("--xai-python", default=str(ROOT.parent / "venv-xai" / "bin" / "python"),
                         help="a Python with openvino-xai 1.1.0 installed")
+    parser.add_argument("--floor-calls", type=int, default=60, help="calls per side for the closed form's floor")
+    parser.add_argument("--quick", action="store_true", help="fewer runs and calls (a check, not a table)")
     parser.add_argument("--skip-methods", action="store_true", help="only the openvino-xai comparison")
     parser.add_argument("--driver", help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args()
@@ -177,6 +228,8 @@ def main() -> None:
         (xai_driver if args.driver == "xai" else ours_driver)(path, precision, int(target))
         return
 
+    if args.quick:
+        args.repeats, args.rounds, args.calls, args.floor_calls = 2, 1, 5, 10
     sys.path.insert(0, str(ROOT))
     import os
 
@@ -196,6 +249,16 @@ def main() -> None:
                 report(HEADER)
                 run_cases(bundle, ["openvino"], SINGLE_PASS + OTHER_CASES, args.repeats, report=report,
                           precision=precision)
+    report(f"\n**Recipro-CAM's closed form: its floor** (batch 1, ms, median of {args.floor_calls} calls alternated; "
+           "OpenVINO CPU, LATENCY hint, static shape)\n")
+    report("| model | precision | h·w·K·C multiply-adds | features pass | with the closed form in the graph | "
+           "the product alone (ONNX Runtime, f32) |\n|---|---|---:|---:|---:|---:|")
+    for name, (_, bundle, _) in prepared_models.items():
+        for precision in ("f32", "auto"):
+            f = closed_form_floor(bundle, precision, args.floor_calls)
+            report(f"| {name} | {precision} ({f['precision']}) | {f['macs'] / 1e6:.0f} M | {f['features']:.2f} | "
+                   f"{f['appended']:.2f} ({f['appended'] / f['features']:.2f}×) | "
+                   f"{f['product']:.2f} ({f['product'] / f['features']:.2f}×) |")
     for name, (onnx_path, bundle, target) in prepared_models.items():
         report(f"\n**{name}**: Recipro-CAM against openvino-xai 1.1.0 on the same ONNX file, batch 1, ms per image; "
                f"median of {args.rounds} rounds × {args.calls} calls, alternated call by call\n")

@@ -14,8 +14,12 @@
   rounds across all servers, their median and range. The floor: the same requests to a bare ASGI app
   under uvicorn answering with a real response's bytes (`floor_server`), what any Python server on this
   stack costs here.
+- The serving target, at concurrency 1: a request ÷ (the same model's in-process call + the floor's request),
+  the three alternated call by call, the median of the per-triple ratios (≤ 1.1 wanted).
+- Precision: ``--precision`` (default ``auto``, what each runtime runs by default, as deployed: bf16 on this
+  CPU's OpenVINO, float32 on ONNX Runtime's CPU provider) for the servers and every in-process reference.
 
-    python bench/serve.py --work /tmp/cam-serve --out bench/serve.md
+    python bench/serve.py --work /tmp/cam-serve --out bench/serve.md [--quick]
 """
 
 from __future__ import annotations
@@ -120,6 +124,21 @@ def overheads(port: int, model: str, forward, x: np.ndarray, pixels: np.ndarray,
     return found
 
 
+def against_floor(call, in_process, floor_call, repeats: int) -> tuple[float, float, float, float]:
+    """A request ÷ (the model's in-process call + the floor's request), the three alternated call by call (their
+    order reversed every other time): the median of the per-triple ratios, and the three median times (ms)."""
+    times = {"server": [], "in-process": [], "floor": []}
+    calls = [("server", call), ("in-process", in_process), ("floor", floor_call)]
+    for r in range(repeats + 20):
+        for which, fn in (calls if r % 2 else calls[::-1]):
+            start = time.perf_counter()
+            fn()
+            if r >= 20:
+                times[which].append(time.perf_counter() - start)
+    server, own, floor = (np.array(times[k]) for k in ("server", "in-process", "floor"))
+    return (statistics.median(server / (own + floor)), *(statistics.median(t) * 1000 for t in (server, own, floor)))
+
+
 def paired_ratio(base, fn, repeats: int) -> float:
     """fn's time over base's, alternated call by call: the median of the per-pair ratios."""
     times = {"fn": [], "base": []}
@@ -220,10 +239,15 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=480, help="requests per concurrency level")
     parser.add_argument("--repeats", type=int, default=200, help="alternating calls for the overhead")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the overhead measurements")
+    parser.add_argument("--precision", default="auto", help="the servers' and in-process references' precision "
+                        "(default auto: each runtime's own default, as deployed)")
+    parser.add_argument("--quick", action="store_true", help="fewer requests and calls (a check, not a table)")
     parser.add_argument("--floor", type=Path, help=argparse.SUPPRESS)      # run `floor_server` on this response
     args = parser.parse_args()
     if args.floor:
         return floor_server(args.floor)
+    if args.quick:
+        args.requests, args.repeats, args.rounds = 96, 40, 1
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     report = Report()
@@ -236,7 +260,7 @@ def main() -> None:
     x = prep(photo)[None].astype(np.float32)
     from cam_infer.images import load_image
     pixels = prep.geometry(load_image(photo))[None]
-    served_runtime = FLOAT32.but(spinning=SPINNING)                # as the server's sessions
+    served_runtime = FLOAT32.but(spinning=SPINNING, precision=args.precision)   # as the server's sessions
     (work / "plain.onnx").write_bytes(plain_model(bundle).SerializeToString())
     plain = onnxruntime_session(work / "plain.onnx", served_runtime)
     forward = lambda: plain.run(None, {plain.get_inputs()[0].name: x})      # noqa: E731
@@ -246,30 +270,43 @@ def main() -> None:
            f"(tritonclient.http threads, binary tensors); {args.requests} requests per row after a warm-up\n")
     report("| served | clients | requests/s | p50 ms | p99 ms | mean batch |\n|---|---:|---:|---:|---:|---:|")
     from cam_infer import Explainer
-    explainer = Explainer(bundle, backend="onnxruntime", spinning=SPINNING)
+    explainer = Explainer(bundle, backend="onnxruntime", spinning=SPINNING, precision=args.precision)
     fused_session = onnxruntime_session(fused, served_runtime)
     # compiled as the fused model's OpenVINO server compiles it
-    requests = [openvino_compiled(path, FLOAT32.but(hint="latency")).create_infer_request()
-                for path in (work / "plain.onnx", fused)]
+    openvino_runtime = FLOAT32.but(hint="latency", precision=args.precision)
+    compiled = [openvino_compiled(path, openvino_runtime) for path in (work / "plain.onnx", fused)]
+    requests = [c.create_infer_request() for c in compiled]
+    openvino_precision = compiled[1].get_property("INFERENCE_PRECISION_HINT").get_type_name()
     forward_ov = lambda: requests[0].infer({0: x})                  # noqa: E731
     in_process = {"fused, OpenVINO": (forward_ov, lambda: requests[1].infer({0: x})),
                   "bundle": (forward, lambda: explainer.explain(x, "recipro")),
                   "fused": (forward, lambda: fused_session.run(None, {"input": x}))}
-    served = {"bundle, recipro": (Server(bundle, "--method", "recipro"), bundle.name, forward),
-              "fused recipro model": (Server(fused, "--backend", "onnxruntime"), fused.stem, forward),
-              "fused recipro model, OpenVINO": (Server(fused, "--backend", "openvino"), fused.stem, forward_ov)}
+    precision = ["--precision", args.precision]
+    served = {"bundle, recipro": (Server(bundle, "--method", "recipro", *precision), bundle.name, forward),
+              "fused recipro model": (Server(fused, "--backend", "onnxruntime", *precision), fused.stem, forward),
+              "fused recipro model, OpenVINO": (Server(fused, "--backend", "openvino", *precision), fused.stem,
+                                                forward_ov)}
+    own_call = {"bundle, recipro": in_process["bundle"][1], "fused recipro model": in_process["fused"][1],
+                "fused recipro model, OpenVINO": in_process["fused, OpenVINO"][1]}
     try:
         real_response(served["fused recipro model"][0].port, fused.stem, pixels, work / "response.pickle")
         floor = Server(None, command=[sys.executable, __file__, "--floor", str(work / "response.pickle")])
         served["bare ASGI app under uvicorn, no model: the floor"] = (floor, fused.stem, forward)
         shares = {key: [] for key in in_process}
         found = {label: [] for label in served}
+        target = {label: [] for label in own_call}
         for _ in range(args.rounds):                   # the rounds interleaved: the machine drifts between them
             for key, (base, fn) in in_process.items():
                 shares[key].append(paired_ratio(base, fn, args.repeats))
                 time.sleep(1)                          # OpenVINO's idle threads spin a while: let them settle
             for label, (server, name, base) in served.items():
                 found[label].append(overheads(server.port, name, base, x, pixels, args.repeats))
+                time.sleep(1)
+            for label, own in own_call.items():
+                server, name, _ = served[label]
+                target[label].append({sent: against_floor(plain_request_fn(server.port, name, data), own,
+                                                          plain_request_fn(floor.port, fused.stem, data), args.repeats)
+                                      for sent, data in (("FP32", x), ("UINT8 pixels", pixels))})
                 time.sleep(1)
         for label, (server, name, _) in served.items():      # the bursts after the overheads: they leave
             if server is floor:                                 # the client process's threads behind
@@ -284,7 +321,8 @@ def main() -> None:
         for server, _, _ in served.values():
             server.stop()
     report(f"\nOverhead at concurrency 1: one request alternated call by call with a bare in-process forward pass "
-           "of the unsplit model (ONNX Runtime, threads spinning only while a run lasts, as the server's), "
+           f"of the unsplit model (ONNX Runtime, threads spinning only while a run lasts, as the server's; precision "
+           f"{args.precision}), "
            f"{args.repeats} pairs per cell and round; the median of the per-pair ratios (server ms / forward ms), "
            f"in bold the median of {args.rounds} rounds run one after another across all servers, their range "
            "after it and the median round's times in brackets. "
@@ -294,7 +332,7 @@ def main() -> None:
            "reads the request and answers with the bytes of a real response, without a model, parsing or "
            "batching (what any Python server on this stack costs here). The OpenVINO row: the fused model "
            "served with `--backend openvino`, against a bare OpenVINO forward pass compiled as its server "
-           "compiles it (LATENCY hint, float32, dynamic batch).\n")
+           "compiles it (LATENCY hint, dynamic batch, the same precision).\n")
     share = {key: f"**{statistics.median(v):.2f}×** ({min(v):.2f}–{max(v):.2f})" for key, v in shares.items()}
     report(f"In the same process, without a server (same protocol): `Explainer.explain(x, 'recipro')` on the bundle "
            f"{share['bundle']}, the fused recipro model's ONNX Runtime call {share['fused']} the forward pass, on "
@@ -304,6 +342,22 @@ def main() -> None:
         for client in ("tritonclient", "http.client"):
             cells = [summary([r[(client, sent)] for r in rounds]) for sent in ("FP32", "UINT8 pixels")]
             report(f"| {label} | {client} | " + " | ".join(cells) + " |")
+    report(f"\n**The serving target** (≤ 1.1): one request at one client ÷ (the same model's in-process call + the "
+           "floor's request), the three alternated call by call, sent by http.client; the median of "
+           f"{args.repeats} per-triple ratios in bold (median of {args.rounds} rounds, their range), then the median "
+           "round's times: request / in-process call + floor request. In-process: the bundle's "
+           "`Explainer.explain(x, 'recipro')`, the fused model's ONNX Runtime call, its OpenVINO call "
+           f"(precision {args.precision}: OpenVINO computed in {openvino_precision}, ONNX Runtime's CPU provider in "
+           "float32).\n")
+    report("| served | FP32 tensor | UINT8 pixels |\n|---|---:|---:|")
+    for label, rounds in target.items():
+        cells = []
+        for sent in ("FP32", "UINT8 pixels"):
+            ordered = sorted(r[sent] for r in rounds)
+            ratio, server, own, floor_ms = ordered[len(ordered) // 2]
+            cells.append(f"**{ratio:.2f}×** ({ordered[0][0]:.2f}–{ordered[-1][0]:.2f}; "
+                         f"{server:.2f} / {own:.2f} + {floor_ms:.2f} ms)")
+        report(f"| {label} | " + " | ".join(cells) + " |")
     report.write(args.out)
 
 

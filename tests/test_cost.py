@@ -31,9 +31,10 @@ def counting(backend) -> Counter:
 
 
 def model_and_head_rows(rows: Counter) -> tuple[int, int]:
-    """(whole-model rows, head-only rows): a model pass is a features or joined row; without a joined graph
-    it also runs one head row."""
-    model = rows["features"] + rows["joined"]
+    """(whole-model rows, head-only rows): a model pass is a features or joined row (the joined graph with
+    Recipro-CAM's product too); without a joined graph it also runs one head row."""
+    from cam_infer.bundle.positions import PRODUCTS
+    model = rows["features"] + rows["joined"] + rows[PRODUCTS]
     return model, rows["head"] - rows["features"]
 
 

@@ -9,6 +9,8 @@ layer y = W x + b with |y| bounded by M = |W||x| + |b| (ReLU does not increase e
 order, Δ ≤ 3 L u M_L, where M_L is the same network run on |x| with |W|, |b| (the magnitude network). The
 activations A then enter the closed forms in float32, so CAM's Σ_k W_ck A_k differs by at most Σ_k |W_ck| ΔA_k,
 and a softmax score by at most 2 max_j |Δz_j| (its Jacobian p_c(δ_cj − p_j) has row sum ≤ 2 p_c ≤ 2).
+Recipro-CAM's product Aᵀ Wᵀ runs inside the pass (`bundle/positions.py`): one layer more, L + 1, on
+M_{L+1} = |W| M_L / (h·w).
 A 10 % margin covers the second-order terms (products of two roundings, u² ≈ 1.5e-5 relative).
 """
 
@@ -78,8 +80,9 @@ def test_closed_forms_at_bf16_agree_with_float32_within_the_format(bf16, tiny_bu
     cam16, cam32 = (e.explain(x, method="cam", target=targets).maps for e in (bf16, f32))
     assert np.all(np.abs(cam16 - cam32) <= cam_bound)
 
-    h, w = a32.shape[2:]
-    logit_bound = np.einsum("ck,nkhw->nhwc", np.abs(f32.linear_head.weight), bound).max(axis=-1) / (h * w)
+    h, w = a32.shape[2:]                       # Recipro-CAM's product runs in the pass at bf16: one more layer
+    product = MARGIN * 3 * (layers + 1) * BF16_UNIT_ROUNDOFF * magnitude
+    logit_bound = np.einsum("ck,nkhw->nhwc", np.abs(f32.linear_head.weight), product).max(axis=-1) / (h * w)
     rec16, rec32 = (e.explain(x, method="recipro", target=targets).maps for e in (bf16, f32))
     assert np.all(np.abs(rec16 - rec32) <= 2 * logit_bound)
 

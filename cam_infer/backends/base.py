@@ -7,6 +7,7 @@ from abc import ABC, abstractmethod
 import numpy as np
 
 from ..bundle import Bundle
+from ..bundle.positions import PRODUCTS
 from ..errors import CamInferError
 
 DEFAULT_MEMORY_BUDGET_MB = 256
@@ -28,6 +29,7 @@ class Backend(ABC):
         self.threads = threads
         self.runtime_calls = 0          # how many chunks went to the runtime (for tests and tuning)
         self.joins = False              # runs the bundle's joined graph for observe/forward (set by subclasses)
+        self.products_in_pass = False   # `observe_products` runs (set by subclasses)
 
     @property
     def precision(self) -> str:
@@ -69,6 +71,20 @@ class Backend(ABC):
         a = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)     # a detector's cut maps, packed
         return (a.reshape(len(x), *self.bundle.cut_shape),
                 outputs.reshape(len(x), *self.bundle.output_shape))
+
+    def observe_products(self, x: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A clean pass that also returns Recipro-CAM's closed-form product Aᵀ Wᵀ (N, h·w, C) of a GAP→linear
+        head's weight W, computed in the same runtime call at the runtime's precision (`bundle/positions.py`):
+        (activations, outputs, products). Only where `products_in_pass` (OpenVINO running the joined graph)."""
+        x = self._checked(x, self.bundle.input_shape, "input images")
+        self._add_products(weight)
+        a, outputs, products = self._chunked(PRODUCTS, x)
+        return (a.reshape(len(x), *self.bundle.cut_shape), outputs.reshape(len(x), *self.bundle.output_shape),
+                products.reshape(len(x), -1, len(weight)))
+
+    def _add_products(self, weight: np.ndarray) -> None:
+        """Make graph `PRODUCTS`, the joined graph with the product as one more output, runnable (once)."""
+        raise CamInferError(f"the {self.name} backend computes no closed-form product in its clean pass")
 
     def attention(self, x: np.ndarray, head_fusion: str = "mean") -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
         """A token model's clean pass with the attention probabilities of every block fused over its heads (mean,
@@ -120,6 +136,8 @@ class Backend(ABC):
         """How many outputs graph `role` has: 1, except the joined graph's cut tensors + output."""
         if role.startswith("attention"):
             return 2 + len(self.bundle.attention)
+        if role == PRODUCTS:
+            return 3
         return 1 + (len(self.bundle.cut_levels or [None]) if role == "joined" else 0)
 
     def _count(self, chunks: list) -> list:

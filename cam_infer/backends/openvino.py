@@ -9,6 +9,7 @@ import threading
 import numpy as np
 
 from ..bundle import Bundle
+from ..bundle.positions import PRODUCTS, openvino_position_products
 from ..errors import CamInferError
 from .base import Backend
 from .sessions import Lender, RuntimeOptions, openvino_compiled, openvino_device, openvino_model
@@ -38,7 +39,9 @@ class OpenVINOBackend(Backend):
         self._compiled: dict = {}                                       # (role, batch) → its `Compiled`
         self._lock = threading.RLock()                                  # guards _compiled and _single
         self._joined = None                                             # the joined ov.Model, read once
+        self._added: dict = {}                                          # role → ov.Model built here (`PRODUCTS`)
         self.joins = bundle.graph_format == "onnx"
+        self.products_in_pass = self.joins
         self.hint = hint
         self._clean = "joined" if self.joins else "features"           # the graph of the clean pass
         self._single = bundle.dynamic_batch                             # batch 1 on a static copy, for now
@@ -78,7 +81,16 @@ class OpenVINOBackend(Backend):
             raise CamInferError(f"OpenVINO cannot compile this bundle for {self.device}: "
                                 f"{str(exc).strip().splitlines()[0][:300]}") from None
 
+    def _add_products(self, weight: np.ndarray) -> None:
+        """The joined ov.Model's clone (its weights shared, not read again) with the product appended."""
+        with self._lock:
+            if PRODUCTS not in self._added:
+                self._added[PRODUCTS] = openvino_position_products(self._model("joined").clone(), weight,
+                                                                   self.bundle.cut_shape)
+
     def _model(self, role: str):
+        if role in self._added:
+            return self._added[role]
         if role.startswith("attention-"):                  # attention-<head fusion>
             return openvino_model(self.bundle.attention_model(role.split("-")[1]))
         if role != "joined":
@@ -89,13 +101,14 @@ class OpenVINOBackend(Backend):
         return self._joined
 
     def _key(self, role: str, batch: int | None) -> tuple[str, int | None]:
-        if role != self._clean or not self._single or batch is None:
+        if role not in (self._clean, PRODUCTS) or not self._single or batch is None:
             return role, None
         if batch == SINGLE:
             return role, SINGLE
         if not self._both:                                  # a larger batch: the dynamic graph alone from now on
             self._single = False
-            self._compiled.pop((role, SINGLE), None)
+            for clean in (self._clean, PRODUCTS):
+                self._compiled.pop((clean, SINGLE), None)
         return role, None
 
     def compiled_property(self, name: str, role: str = "head"):

@@ -19,6 +19,7 @@ import numpy as np
 from ..errors import CamInferError
 from ..images import Preprocessing
 from ..outputs import write_atomically
+from .positions import PRODUCTS
 
 MANIFEST = "bundle.json"
 FORMAT = "cam-infer-bundle"
@@ -249,6 +250,9 @@ class Bundle:
         """Rough working memory per image of one graph, for cutting batches into chunks."""
         if role == "joined":
             return self.bytes_per_item("features") + self.bytes_per_item("head")
+        if role == PRODUCTS:                            # the products (h·w, C) and the positions (h·w, K)
+            k, h, w = self.cut_shape
+            return self.bytes_per_item("joined") + 4 * h * w * (self.num_classes + k)
         if role.startswith("attention"):
             return self.bytes_per_item("joined") + sum(4 * int(np.prod(shape[1:])) for _, shape in self.attention)
         return int(self.manifest["memory"][f"{role}_bytes_per_item"])

@@ -6,7 +6,8 @@ S_c(i, j) = softmax(head(A ⊙ M_ij))_c, M_ij keeping only position (i, j) over 
 ``score="logit"`` uses the raw logit instead (what openvino-xai computes).
 Closed form for a GAP→linear head: head(A ⊙ M_ij) = W·A[:, i, j]·g_ij/(h·w) + b, with g_ij the sum
 of the kernel weights inside the map, so no head pass is needed (``closed_form=False`` forces the
-head passes, for checking).
+head passes, for checking). Its product Aᵀ Wᵀ runs in the clean pass's own runtime call, at the runtime's
+precision, where the backend runs the joined graph (`bundle/positions.py`).
 
 Detectors (research notes, detection §3.5): for each level l that reaches the target's anchor, the head runs
 on copies of the cut maps in which level l keeps one cell (``block``×``block`` cells) and is zero elsewhere,
@@ -75,8 +76,11 @@ def _closed_form(ctx: Context, kernel: np.ndarray, score: str) -> np.ndarray:
     head = ctx.linear_head
     n, k, h, w = ctx.activations.shape
     mass = kernel_mass(kernel, h, w).reshape(1, h * w, 1)
-    pooled = ctx.activations.reshape(n, k, h * w).transpose(0, 2, 1) * mass / (h * w)   # (N, hw, K)
-    logits = head.logits(pooled)                                                         # (N, hw, C)
+    if ctx.position_products is not None:                    # Aᵀ Wᵀ from the clean pass (`bundle/positions.py`)
+        logits = ctx.position_products * (mass / (h * w)) + head.bias                   # (N, hw, C)
+    else:
+        pooled = ctx.activations.reshape(n, k, h * w).transpose(0, 2, 1) * mass / (h * w)   # (N, hw, K)
+        logits = head.logits(pooled)                                                         # (N, hw, C)
     if ctx.finer is not None:
         return np.stack([ctx.class_scores(logits[i], i, score) for i in range(n)]).reshape(n, h, w)
     scores = softmax(logits) if score == "prob" else logits

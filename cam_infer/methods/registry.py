@@ -57,6 +57,8 @@ class Context:
     finer_refs: np.ndarray | None = field(default=None)    # (N,R) its reference classes per image
     prefix: np.ndarray | None = field(default=None)        # (N,P,D) a token model's prefix tokens, set apart
     attention: list | None = field(default=None)           # [(N,H,T,T) per block]: its attention probabilities
+    position_products: np.ndarray | None = field(default=None)  # (N,h·w,C) Aᵀ Wᵀ of the linear head, from the
+                                                                 # clean pass (`bundle/positions.py`)
 
     def features(self, x: np.ndarray) -> np.ndarray:
         """The cut at other inputs x (noisy, scaled) as the methods see it, (N,K,h,w): a token model's patch grid."""

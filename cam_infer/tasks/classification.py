@@ -48,6 +48,18 @@ class ClassificationTask(Task):
         products = RuntimeOptions(threads=self.explainer.backend.threads, spinning="during-run")
         return replace(head, open_session=partial(onnxruntime_session, runtime=products, memory_arena=False))
 
+    def observe_for(self, spec, x: np.ndarray, options: dict | None = None):
+        """`Task.observe_for`; for Recipro-CAM's closed form, the clean pass also computes its product in the
+        runtime's call (`Backend.observe_products`), the cut then given as (activations, products)."""
+        if not self._products_in_pass(spec, options or {}):
+            return super().observe_for(spec, x, options)
+        a, outputs, products = self.explainer.backend.observe_products(x, self.explainer.linear_head.weight)
+        return (a, products), outputs
+
+    def _products_in_pass(self, spec, options: dict) -> bool:
+        return (spec.name == "recipro" and options.get("closed_form", True) and self.explainer.linear_head is not None
+                and self.explainer.backend.products_in_pass and self.bundle.tokens is None)
+
     def run_method(self, spec, ctx, targets, options: dict) -> np.ndarray:
         return spec.implementation(self.name)(ctx, **options)
 
@@ -66,16 +78,18 @@ class ClassificationTask(Task):
         from ..methods import Context
 
         targets = self.targets_for(request["target"], outputs, request["top_classes"])
-        activations, attention = activations if isinstance(activations, tuple) else (activations, None)
+        activations, beside = activations if isinstance(activations, tuple) else (activations, None)
+        attention, products = (None, beside) if isinstance(beside, np.ndarray) else (beside, None)
         activations, prefix = self.grid_of(activations)
         k = targets.shape[1] if targets.ndim == 2 else None
         if k is not None:
             x, activations, outputs = (np.repeat(v, k, axis=0) for v in (x, activations, outputs))
             prefix = None if prefix is None else np.repeat(prefix, k, axis=0)
             attention = None if attention is None else [np.repeat(a, k, axis=0) for a in attention]
+            products = None if products is None else np.repeat(products, k, axis=0)
         ctx = Context(x=x, activations=activations, targets=targets.reshape(-1), outputs=outputs,
                       backend=self.explainer.backend, bundle=self.bundle, linear_head=self.explainer.linear_head,
-                      prefix=prefix, attention=attention)
+                      prefix=prefix, attention=attention, position_products=products)
         objective = self._finer(ctx, spec, request["finer"])
         if spec.needs == "gradients":
             ctx.gradients = self._gradients(spec.name, x, activations, ctx.targets, objective, prefix)

@@ -1,0 +1,54 @@
+"""Recipro-CAM's closed-form product Aᵀ Wᵀ computed inside OpenVINO's clean pass (`bundle/positions.py`): equal
+to a NumPy twin at float32, used by the method, and its maps the head passes' maps; ONNX Runtime keeps it apart."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cam_infer import Explainer
+
+
+def _images(n: int, size: int = 64) -> np.ndarray:
+    return np.random.default_rng(3).standard_normal((n, 3, size, size)).astype(np.float32)
+
+
+def test_the_clean_pass_returns_the_products_of_a_numpy_twin(tiny_bundle):
+    explainer = Explainer(tiny_bundle, backend="openvino")
+    weight = explainer.linear_head.weight
+    for n in (1, 3):                                     # OpenVINO: the static batch-1 copy, then the dynamic graph
+        x = _images(n)
+        a, outputs, products = explainer.backend.observe_products(x, weight)
+        plain_a, plain_outputs = explainer.backend.observe(x)
+        np.testing.assert_array_equal(a, plain_a)
+        np.testing.assert_array_equal(outputs, plain_outputs)
+        twin = np.einsum("nkp,ck->npc", a.reshape(n, a.shape[1], -1).astype(np.float64), weight.astype(np.float64))
+        np.testing.assert_allclose(products, twin, rtol=1e-5, atol=1e-5 * np.abs(twin).max())
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_recipro_closed_form_from_its_clean_pass_matches_the_head_passes(tiny_bundle, backend, monkeypatch):
+    explainer = Explainer(tiny_bundle, backend=backend)
+    calls = []
+    observe_products = explainer.backend.observe_products
+    monkeypatch.setattr(explainer.backend, "observe_products", lambda *a: calls.append(1) or observe_products(*a))
+    x = _images(2)
+    for kernel in ("onehot", "gaussian3"):
+        closed = explainer.explain(x, "recipro", kernel=kernel, top_classes=2, upsampled=False).maps
+        passes = explainer.explain(x, "recipro", kernel=kernel, top_classes=2, upsampled=False, closed_form=False).maps
+        np.testing.assert_allclose(closed, passes, rtol=1e-5, atol=1e-6 * np.abs(passes).max())
+    assert len(calls) == (2 if backend == "openvino" else 0)  # the closed forms only, each in one clean pass
+
+
+def test_recipro_reads_the_products_its_clean_pass_returns(tiny_bundle, monkeypatch):
+    """All-zero products leave every position at the bias's logits: a constant map, whatever the activations."""
+    explainer = Explainer(tiny_bundle, backend="openvino")
+    x = _images(2)
+    assert np.ptp(explainer.explain(x, "recipro", upsampled=False).maps, axis=(1, 2)).min() > 0
+    observe_products = explainer.backend.observe_products
+
+    def zero_products(*args):
+        a, outputs, products = observe_products(*args)
+        return a, outputs, np.zeros_like(products)
+    monkeypatch.setattr(explainer.backend, "observe_products", zero_products)
+    np.testing.assert_array_equal(np.ptp(explainer.explain(x, "recipro", upsampled=False).maps, axis=(1, 2)), 0)
