@@ -5,6 +5,12 @@ random weights, seed 0: the time does not depend on them), exported with the leg
 openvino-xai needs) and split with ``auto`` at the last block's input.
 
     python bench/transformers.py --work /tmp/cam-transformers --out bench/transformers.md
+    python bench/transformers.py --small --repeats 3 --out bench/transformers_small.md
+
+``--small``: every method (score, ss-cam, is-cam and the gradient methods through torch included) on the three
+trained test models (tests/data/transformers: ViT, DeiT, Swin-style, 128×128), both runtimes, batch 1. Their
+forward passes are 2–10 ms, so on a shared machine the ratios of the cheap methods are noisy; the many-pass
+methods' ratios to their own passes are the steadier figure.
 
 Method ÷ forward: `cam_infer.tools.bench.measure` in one process per row, the forward pass and the method alternated
 call by call after a warm-up, both runtimes at f32, batch 1 and 8. Against openvino-xai: one driver process per side,

@@ -202,6 +202,15 @@ def test_rollout_is_class_agnostic_and_refused_without_a_class_token(vit_explain
         vit_explainers["swin", "onnxruntime"].explain(images_for(vit_bundles["swin"]), method="rollout")
 
 
+def test_rollout_on_the_trained_windowed_swin_is_refused_in_one_line(tmp_path):
+    from cam_infer import Explainer
+    from conftest import ROOT
+    bundle = split_onnx(ROOT / "tests" / "data" / "transformers" / "swin_legacy.onnx", "auto", tmp_path / "swin")
+    with pytest.raises(CamInferError, match="no class token") as refused:
+        Explainer(bundle.path).explain(np.zeros((1, 3, 128, 128), np.float32), method="rollout")
+    assert "\n" not in str(refused.value)
+
+
 def test_rollout_on_a_cnn_is_one_line(tiny_bundle):
     from cam_infer import Explainer
     with pytest.raises(CamInferError, match="has none \\(a CNN, or a Swin's attention within windows\\)"):
