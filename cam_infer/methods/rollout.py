@@ -22,7 +22,7 @@ from typing import Literal
 
 import numpy as np
 
-from ..errors import CamInferError
+from ..errors import CamInferError, MethodNotApplicable
 from .registry import Context, method
 
 
@@ -35,17 +35,17 @@ def rollout(ctx: Context, *, head_fusion: Literal["mean", "max", "min"] = "mean"
         raise CamInferError(f"rollout: discard_ratio must be in [0, 1), not {discard_ratio!r}")
     tokens = ctx.bundle.tokens
     if tokens is None or ctx.attention is None:
-        raise CamInferError("method 'rollout' explains vision transformers (split at a block); this bundle is no "
-                            "token model")
+        raise MethodNotApplicable("method 'rollout' explains vision transformers (split at a block); this bundle is no "
+                                  "token model")
     if tokens.prefix == 0:
-        raise CamInferError("method 'rollout' reads the class token's row of the attention, and this model has no "
-                            "class token (a Swin-style grid of tokens); use recipro, ablation or score")
+        raise MethodNotApplicable("method 'rollout' reads the class token's row of the attention, and this model has "
+                                  "no class token (a Swin-style grid of tokens); use recipro, ablation or score")
     count = tokens.prefix + tokens.grid[0] * tokens.grid[1]
     shapes = {tuple(a.shape[1:]) for a in ctx.attention}
     if shapes != {(count, count)}:
-        raise CamInferError(f"method 'rollout' needs every block's attention over all {count} tokens, "
-                            f"({count}, {count}) per head; this graph's Softmax outputs give {sorted(shapes)} "
-                            "(windowed attention?)")
+        raise MethodNotApplicable(f"method 'rollout' needs every block's attention over all {count} tokens, "
+                                  f"({count}, {count}) per head; this graph's Softmax outputs give "
+                                  f"{sorted(shapes)} (windowed attention?)")
     row = class_token_row(ctx.attention, discard_ratio, renormalise)
     return row[:, tokens.prefix:].reshape(len(row), *tokens.grid).astype(np.float32)
 
