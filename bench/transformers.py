@@ -5,6 +5,12 @@ random weights, seed 0: the time does not depend on them), exported with the leg
 openvino-xai needs) and split with ``auto`` at the last block's input.
 
     python bench/transformers.py --work /tmp/cam-transformers --out bench/transformers.md
+    python bench/transformers.py --small --repeats 3 --out bench/transformers_small.md
+
+``--small``: every method (score, ss-cam, is-cam and the gradient methods through torch included) on the three
+trained test models (tests/data/transformers: ViT, DeiT, Swin-style, 128×128), both runtimes, batch 1. Their
+forward passes are 2–10 ms, so on a shared machine the ratios of the cheap methods are noisy; the many-pass
+methods' ratios to their own passes are the steadier figure.
 
 Method ÷ forward: `cam_infer.tools.bench.measure` in one process per row, the forward pass and the method alternated
 call by call after a warm-up, both runtimes at f32, batch 1 and 8. Against openvino-xai: one driver process per side,
@@ -169,7 +175,7 @@ def same_maps(onnx_path: Path, bundle: Path, xai_python: str, work: Path) -> str
     return "\n".join(lines)
 
 
-def small_models(work: Path, repeats: int, report) -> None:
+def small_models(work: Path, repeats: int, report, names=("vit", "deit", "swin")) -> None:
     """Every method (gradient ones through torch) on the three trained test models, both runtimes, batch 1."""
     from cam_infer.bundle.split import split_onnx
     from cam_infer.tools.bench import CASES, GRADIENT_CASES, HEADER, run_cases
@@ -178,7 +184,7 @@ def small_models(work: Path, repeats: int, report) -> None:
            f"block's input; f32, batch 1, median of {repeats} runs alternated with the forward pass. Machine: "
            f"{os.cpu_count()} cores shared with other work; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
            "at the start.\n")
-    for name in ("vit", "deit", "swin"):
+    for name in names:
         bundle = work / f"small-{name}"
         if not (bundle / "bundle.json").is_file():
             split_onnx(ROOT / "tests" / "data" / "transformers" / f"{name}_legacy.onnx", "auto", bundle, overwrite=True)
@@ -202,6 +208,7 @@ def main() -> None:
     parser.add_argument("--skip-methods", action="store_true", help="only the openvino-xai comparison")
     parser.add_argument("--small", action="store_true",
                         help="only every method on the trained test models (tests/data/transformers), batch 1")
+    parser.add_argument("--small-models", default="vit,deit,swin", help="which of them, with --small")
     parser.add_argument("--driver", help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args()
     if args.driver:
@@ -213,7 +220,7 @@ def main() -> None:
     report = Report()
     work = Path(args.work)
     if args.small:
-        small_models(work, args.repeats, report)
+        small_models(work, args.repeats, report, args.small_models.split(","))
         report.write(args.out)
         return
     onnx_path, bundle = prepared(work)

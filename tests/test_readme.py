@@ -18,7 +18,8 @@ The files a snippet may name, and what stands in for them here:
   from, `imagenet_classes.txt` its class names, `samoyed.jpg` a real photo; `yolov8n.onnx`: a real YOLOv8n
   (../shared/data/deployed/nudenet_320n.onnx) and `street.jpg` a photo it detects in; the deployed files of
   ../shared/data under the names the guides give them (`DEPLOYED`); `images/` with `boxes.json` (the small
-  classifier's labels) and `truth.json` (the detector's); `cam_infer/data/shapes` as in a checkout.
+  classifier's labels) and `truth.json` (the detector's); `cam_infer/data/shapes` and
+  `tests/data/transformers/vit_legacy.onnx` as in a checkout.
 A snippet that talks to `cam-infer serve` gets a real server on a free port in place of port 8000.
 """
 
@@ -116,6 +117,8 @@ def folder(tmp_path_factory) -> Path:
         boxes[Path(name).name] = [{"box": [int(v) for v in box], "label": TINY_LABELS[0]} for box in picture.boxes]
     (work / "boxes.json").write_text(json.dumps(boxes))
     shutil.copytree(ROOT / "cam_infer" / "data" / "shapes", work / "cam_infer" / "data" / "shapes")   # as in a checkout
+    (work / "tests" / "data" / "transformers").mkdir(parents=True)
+    shutil.copy(ROOT / "tests" / "data" / "transformers" / "vit_legacy.onnx", work / "tests" / "data" / "transformers")
     if SHARED.is_dir():
         for name, source in DEPLOYED.items():
             (work / name).symlink_to(SHARED / source)

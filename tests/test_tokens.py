@@ -180,6 +180,18 @@ def test_rollout_equals_a_numpy_twin_on_the_unsplit_models_attention(tiny_vits, 
         np.testing.assert_allclose(got.reshape(3, -1), expected, rtol=1e-4, atol=1e-7)
 
 
+def test_rollouts_discard_threshold_is_the_exact_kth_smallest_with_ties_and_when_the_sample_misjudges():
+    from cam_infer.methods.rollout import kth_smallest
+    rng = np.random.default_rng(3)
+    peaky = rng.dirichlet(np.full(65, 0.3), size=65).astype(np.float32).ravel()
+    ties = np.round(rng.random(4000) * 5).astype(np.float32)
+    misjudged = rng.random(3000).astype(np.float32)
+    misjudged[::16] = 1.0                                          # the strided sample sees only the largest
+    for values in (peaky, ties, misjudged, np.zeros(500, np.float32)):
+        for k in (0, values.size // 3, int(values.size * 0.9) - 1, values.size - 1):
+            assert kth_smallest(values, k) == np.partition(values, k)[k]
+
+
 def test_rollout_is_class_agnostic_and_refused_without_a_class_token(vit_explainers, vit_bundles):
     from cam_infer.errors import ClassAgnosticWarning
     with pytest.warns(ClassAgnosticWarning):
@@ -188,6 +200,18 @@ def test_rollout_is_class_agnostic_and_refused_without_a_class_token(vit_explain
     assert explanation.class_agnostic
     with pytest.raises(CamInferError, match="no class token"):
         vit_explainers["swin", "onnxruntime"].explain(images_for(vit_bundles["swin"]), method="rollout")
+
+
+def test_rollout_on_the_trained_windowed_swin_is_refused_in_one_line(tmp_path):
+    """Not applicable (a benchmark or an "all" run passes over it), rollout and vit-recipro alike, one line."""
+    from cam_infer import Explainer
+    from cam_infer.errors import MethodNotApplicable
+    from conftest import ROOT
+    bundle = split_onnx(ROOT / "tests" / "data" / "transformers" / "swin_legacy.onnx", "auto", tmp_path / "swin")
+    for method, why in (("rollout", "no class token"), ("vit-recipro", "no prefix tokens")):
+        with pytest.raises(MethodNotApplicable, match=why) as refused:
+            Explainer(bundle.path).explain(np.zeros((1, 3, 128, 128), np.float32), method=method)
+        assert "\n" not in str(refused.value)
 
 
 def test_rollout_on_a_cnn_is_one_line(tiny_bundle):

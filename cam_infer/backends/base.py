@@ -92,7 +92,7 @@ class Backend(ABC):
         x = self._checked(x, self.bundle.input_shape, "input images")
         cut, *attention, outputs = self._chunked(f"attention-{head_fusion}", x)
         return (cut.reshape(len(x), *self.bundle.cut_shape),
-                [a.reshape(len(x), *shape[1:]) for a, (_, shape) in zip(attention, self.bundle.attention)],
+                [_per_image(a, len(x), shape[1:]) for a, (_, shape) in zip(attention, self.bundle.attention)],
                 outputs.reshape(len(x), *self.bundle.output_shape))
 
     def forward(self, x: np.ndarray) -> np.ndarray:
@@ -159,3 +159,11 @@ class Backend(ABC):
 
     def describe(self) -> str:
         return self.name
+
+
+def _per_image(attention: np.ndarray, n: int, shape) -> np.ndarray:
+    """One block's fused attention as (N, T, T); attention within windows, whose leading axis counts the windows of
+    every image, as (N, windows, t, t), so a method reading whole-image attention can see and refuse it."""
+    if attention.size == n * int(np.prod(shape)):
+        return attention.reshape(n, *shape)
+    return attention.reshape(n, -1, *attention.shape[-2:])

@@ -22,7 +22,7 @@ from typing import Literal
 
 import numpy as np
 
-from ..errors import CamInferError
+from ..errors import CamInferError, MethodNotApplicable
 from .registry import Context, method
 
 
@@ -35,17 +35,17 @@ def rollout(ctx: Context, *, head_fusion: Literal["mean", "max", "min"] = "mean"
         raise CamInferError(f"rollout: discard_ratio must be in [0, 1), not {discard_ratio!r}")
     tokens = ctx.bundle.tokens
     if tokens is None or ctx.attention is None:
-        raise CamInferError("method 'rollout' explains vision transformers (split at a block); this bundle is no "
-                            "token model")
+        raise MethodNotApplicable("method 'rollout' explains vision transformers (split at a block); this bundle is no "
+                                  "token model")
     if tokens.prefix == 0:
-        raise CamInferError("method 'rollout' reads the class token's row of the attention, and this model has no "
-                            "class token (a Swin-style grid of tokens); use recipro, ablation or score")
+        raise MethodNotApplicable("method 'rollout' reads the class token's row of the attention, and this model has "
+                                  "no class token (a Swin-style grid of tokens); use recipro, ablation or score")
     count = tokens.prefix + tokens.grid[0] * tokens.grid[1]
     shapes = {tuple(a.shape[1:]) for a in ctx.attention}
     if shapes != {(count, count)}:
-        raise CamInferError(f"method 'rollout' needs every block's attention over all {count} tokens, "
-                            f"({count}, {count}) per head; this graph's Softmax outputs give {sorted(shapes)} "
-                            "(windowed attention?)")
+        raise MethodNotApplicable(f"method 'rollout' needs every block's attention over all {count} tokens, "
+                                  f"({count}, {count}) per head; this graph's Softmax outputs give "
+                                  f"{sorted(shapes)} (windowed attention?)")
     row = class_token_row(ctx.attention, discard_ratio, renormalise)
     return row[:, tokens.prefix:].reshape(len(row), *tokens.grid).astype(np.float32)
 
@@ -57,7 +57,7 @@ def class_token_row(fused: list[np.ndarray], discard_ratio: float = 0.9, renorma
     never forming R: O(L·T²) per image instead of O(L·T³). With F the fused, discarded attention and s its row
     sums plus 1, Â = (F + I)/2 / (s/2) row by row, so v·Â = ((v/s)·F + v/s); the reference's division by s along
     the last axis gives v·Â = (v·F + v)/s. The discarded entries are those at or below the fused matrix's
-    ``discard_ratio`` quantile (the reference's topk of the lowest, up to ties)."""
+    ``discard_ratio`` quantile (the reference's topk of the lowest, up to ties), found by `kth_smallest`."""
     n, t, _ = fused[0].shape
     v = np.zeros((n, 1, t), np.float32)
     v[:, 0, 0] = 1.0
@@ -66,7 +66,7 @@ def class_token_row(fused: list[np.ndarray], discard_ratio: float = 0.9, renorma
         block = np.array(block, np.float32).reshape(n, t * t)
         if drop:
             corner = block[:, 0].copy()                        # the class token's own entry [0, 0] stays
-            threshold = np.partition(block, drop - 1, axis=1)[:, drop - 1:drop]
+            threshold = np.array([[kth_smallest(image, drop - 1)] for image in block], np.float32)
             np.putmask(block, block <= threshold, 0.0)
             block[:, 0] = corner
         block = block.reshape(n, t, t)
@@ -77,3 +77,20 @@ def class_token_row(fused: list[np.ndarray], discard_ratio: float = 0.9, renorma
         else:
             v = (np.matmul(v, block) + v) / sums
     return v[:, 0].astype(np.float64)
+
+
+def kth_smallest(values: np.ndarray, k: int, margin: float = 0.05) -> np.floating:
+    """The k-th smallest of a flat array (0-based), exactly ``np.partition(values, k)[k]``, selecting among the few
+    largest values only: a bound b is read from a strided sample at the quantile k/n − ``margin``; if the c values
+    above b hold rank k (n − c ≤ k), the answer is the (k − (n − c))-th smallest of those c — a partition of a
+    fraction of the array instead of all of it; otherwise (the sample misjudged the bound) the full partition."""
+    n = values.size
+    sample = values[::16]
+    rank = int(len(sample) * (k / n - margin))
+    if rank > 0:
+        bound = np.partition(sample, rank)[rank]
+        above = values[values > bound]
+        below = n - above.size
+        if below <= k:
+            return np.partition(above, k - below)[k - below]
+    return np.partition(values, k)[k]

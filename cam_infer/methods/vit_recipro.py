@@ -50,11 +50,11 @@ def vit_recipro(ctx: Context, *, kernel: Literal["gaussian3", "onehot"] = "gauss
     """logit_c of the model's tail on the h·w mosaic copies of the stream and of the block's first LayerNorm"""
     tokens = ctx.bundle.tokens
     if tokens is None:
-        raise CamInferError("method 'vit-recipro' explains vision transformers (split at a block); this bundle is no "
-                            "token model: use recipro")
+        raise MethodNotApplicable("method 'vit-recipro' explains vision transformers (split at a block); this bundle "
+                                  "is no token model: use recipro")
     if tokens.layout != "tokens" or tokens.prefix == 0:
-        raise CamInferError("method 'vit-recipro' keeps a ViT's class token in every copy (as openvino-xai does); this "
-                            "model has no prefix tokens (a Swin-style grid): use recipro")
+        raise MethodNotApplicable("method 'vit-recipro' keeps a ViT's class token in every copy (as openvino-xai "
+                                  "does); this model has no prefix tokens (a Swin-style grid): use recipro")
     if score == "logit" and ctx.bundle.output_kind == "probabilities":
         raise CamInferError("score='logit' needs a model that outputs logits; this one ends in a softmax")
     d, h, w = ctx.activations.shape[1:]

@@ -28,7 +28,8 @@ MEASURED_FROM = ("methods.md", "seed_methods.md", "gradients.md", "rollout.md",
 TOKEN_MODEL = "vit-s"      # the model whose rows give the figures of methods of transformers only (rollout)
 TOKEN_MODEL_SHOWN = "ViT-S"
 TOKENS_ONLY = {"vit-recipro"}      # methods of transformers only besides those reading the attention (docs/pictures.py)
-SCRIPT_OF = {"gradients": "methods", "torchcam": "seed_methods"}     # tables written by another script
+SCRIPT_OF = {"gradients": "methods", "torchcam": "seed_methods",
+             "transformers_small": "transformers"}     # tables written by another script
 TABLE_MARKER = "<!-- methods-table -->"
 INCLUDE = re.compile(r"<!-- include: (\S+) -->")
 
