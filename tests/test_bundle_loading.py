@@ -125,7 +125,8 @@ def test_serve_takes_a_model_file_and_still_a_fused_one(tmp_path, tiny_onnx_path
     import onnx
 
     from cam_infer.fuse import fuse
-    from cam_infer.serve.models import ServedBundle, ServedFused, load_served
+    from cam_infer.serve.loading import load_served
+    from cam_infer.serve.models import ServedBundle, ServedFused
     served = load_served(tiny_onnx_path, None, "auto", "CPU", 1)
     assert isinstance(served, ServedBundle) and len(model_cache) == 1
     fused = tmp_path / "fused.onnx"

@@ -30,7 +30,7 @@ LAYERS = {
                "fuse.builder"),       # ONNX nodes in few words: fusing and the opened transformer tail write them
     "runtime": ("backends", "gradients"),
     "methods": ("methods", "enhancers", "finer", "metrics", "cost", "explanation", "detection.targets",
-                "detection.context", "detection.overlay", "segmentation.overlay"),
+                "detection.context", "detection.overlay", "segmentation.overlay", "segmentation.cut_set"),
     "tasks": ("tasks",),                  # a task runs the methods for its kind of model and builds the Explanation
     "explainer": ("explainer", "detection"),
     "jobs": ("jobs", "runs", "audit", "diff", "parallel", "progress", "fuse", "detection.runs", "detection.audit",

@@ -220,7 +220,7 @@ def test_fused_segmenter_returns_its_scores_and_the_explainers_map(segmenter_and
     scores, saliency = session.run(None, {session.get_inputs()[0].name: x})
     assert np.abs(scores - ex.backend.forward(x)).max() < 1e-4
     assert np.abs(saliency[0] - e.items[0][0].saliency).max() < 1e-3
-    from cam_infer.serve.models import load_served
+    from cam_infer.serve.loading import load_served
     served = load_served(out, None, "onnxruntime", "CPU", None)          # what `cam-infer serve model.onnx` serves
     answer = served.run(x, served.key({}, 1)[0], None)
     assert np.abs(answer["saliency"] - saliency).max() < 1e-6 and answer["scores"].shape == scores.shape

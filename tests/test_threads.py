@@ -126,7 +126,7 @@ def test_the_cli_the_workers_and_the_server_leave_the_cores_to_the_runtime_once(
                                                                                  monkeypatch):
     import shutil
 
-    import cam_infer.serve.models
+    import cam_infer.serve.loading
     from cam_infer.cli import main
     from cam_infer.parallel import ExplainerSpec
     from cam_infer.serve import serve
@@ -138,7 +138,7 @@ def test_the_cli_the_workers_and_the_server_leave_the_cores_to_the_runtime_once(
         assert main(["info", str(DATA / "shapes")]) == 0
     elif where == "server":
         pytest.importorskip("uvicorn")
-        monkeypatch.setattr(cam_infer.serve.models, "load_served", load_served)
+        monkeypatch.setattr(cam_infer.serve.loading, "load_served", load_served)
         with pytest.raises(Served):
             serve(DATA / "shapes")
     else:

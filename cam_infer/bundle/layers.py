@@ -34,22 +34,28 @@ def crossing_tensors(graph: Graph, tensor: str) -> list[str]:
     """Tensors computed before `tensor` that the head would also read (empty: a cut point)."""
     before = graph.ancestors(tensor)
     shapes = rebuildable(graph, before, tensor)           # only a shape read from before: rebuilt in the head
-    crossing: set[str] = set()
+    return read_around(graph, {tensor}, before, lambda name: not shape_only(graph, name, shapes))
+
+
+def read_around(graph: Graph, members: set[str], before: set[str], counts=lambda name: True) -> list[str]:
+    """The input-dependent tensors the scores are reached from without passing through `members`: computed in
+    `before` (before a member) or the image itself, in graph order; `counts` leaves some of them out."""
+    found: set[str] = set()
     seen: set[str] = set()
     stack = [graph.scores_output.name]
     while stack:
         name = stack.pop()
-        if name in seen or name == tensor:
+        if name in seen or name in members:
             continue
         seen.add(name)
         if name in graph.input_dependent and (name in before or name not in graph.producer):
-            if not shape_only(graph, name, shapes):
-                crossing.add(name)
+            if counts(name):
+                found.add(name)
             continue
         idx = graph.producer.get(name)
         if idx is not None:
             stack.extend(graph.node_inputs[idx])
-    return sorted(crossing, key=lambda n: graph.order.get(n, -1))
+    return sorted(found, key=lambda n: graph.order.get(n, -1))
 
 
 def is_cut_point(graph: Graph, tensor: str) -> bool:

@@ -24,7 +24,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import CamInferError
-from ..segmentation.cut_set import skip_cut_set, split_at_cut_set
+from .skip_cut_set import skip_cut_set, split_at_cut_set
 from .anatomy import quantization_of, tensor_layouts
 from .cut import extract
 from .graph import INTEGER_TYPES, Graph, load_onnx

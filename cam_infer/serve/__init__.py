@@ -33,7 +33,7 @@ def serve(source, *, method: str | None = None, host: str = "127.0.0.1", port: i
     from pathlib import Path
 
     from .app import create_app
-    from .models import load_served
+    from .loading import load_served
 
     if max_batch < 1 or window_ms < 0 or max_body_mb <= 0:
         raise CamInferError("max batch must be ≥ 1, the batch window ≥ 0 ms and the body limit > 0 MB")

@@ -240,31 +240,3 @@ def _classes(value, n: int, num_classes: int, labels) -> list | None:
     except CamInferError as exc:
         raise ProtocolError(f"class {json.dumps(values[0] if len(set(map(str, values))) == 1 else values)} is not "
                             f"a class of this model: {exc}") from None
-
-
-def load_served(source, method: str | None, backend: str, device: str, threads: int | None, precision: str = "f32"):
-    """A bundle folder or a fused .onnx file → the served model."""
-    from ..bundle.model_cache import cached_bundle, is_model_file
-    path = Path(source)
-    if is_model_file(path):                  # a model file (not a fused one): its bundle, split into the cache
-        path = cached_bundle(path)
-    if path.is_dir():
-        from ..bundle import Bundle
-        from ..tasks import task_of
-        task = task_of(Bundle.load(path)).name
-        if task == "detection":
-            raise CamInferError("serve explains classifier and segmenter bundles; for a detector, serve its fused "
-                                "model (cam-infer fuse BUNDLE --method eigen --out model.onnx)")
-        from ..methods.registry import DEFAULT_METHOD
-        from .segmenter import ServedSegmenter
-        served = ServedSegmenter if task == "segmentation" else ServedBundle
-        try:
-            return served(path, method or DEFAULT_METHOD, backend, device, threads, precision)
-        except ProtocolError as exc:
-            raise CamInferError(str(exc)) from None
-    if path.is_file() and path.suffix == ".onnx":
-        served = ServedFused(path, backend, device, threads, precision)
-        if method is not None and method != served.method:
-            raise CamInferError(f"'{path}' was fused for {served.method}, not {method}")
-        return served
-    raise CamInferError(f"'{source}' is neither a bundle folder nor a fused .onnx model")
