@@ -125,17 +125,73 @@ def test_a_layer_set_that_does_not_separate_input_from_scores_is_refused_naming_
     assert [lv["name"] for lv in chosen.manifest["cut"]] == [lv["name"] for lv in bundle.manifest["cut"]]
     with pytest.raises(CamInferError, match="needs gradients"):
         Explainer(bundle).explain(np.zeros((1, 3, SIZE, SIZE), np.float32), "gradcam")
-    import openvino as ov
-
-    from cam_infer.bundle.openvino_segmentation import split_openvino_segmenter
-    ir = ov.convert_model(str(path))
-    ir.reshape([1, 3, SIZE, SIZE])
-    ov.save_model(ir, str(tmp_path / "unet.xml"))
-    with pytest.raises(CamInferError, match="a cut set is split from the ONNX model"):
-        split_openvino_segmenter(tmp_path / "unet.xml", "enc1,enc2", out=tmp_path / "ir")
     from cam_infer.segmentation.fuse import fuse_segmenter
     with pytest.raises(CamInferError, match="fuse takes a segmenter split at one layer"):
         fuse_segmenter(bundle, "eigen")
+
+
+@pytest.fixture(scope="session")
+def unet_ir(unet):
+    """The tiny U-Net as an OpenVINO IR (float32 weights), as a deployment would ship it."""
+    import openvino as ov
+    _, path, _ = unet
+    ir = ov.convert_model(str(path))
+    ir.reshape([1, 3, SIZE, SIZE])
+    xml = path.parent / "unet.xml"
+    ov.save_model(ir, str(xml), compress_to_fp16=False)
+    return xml
+
+
+def test_an_ir_segmenter_bypassed_layer_gets_the_cut_set_and_explains_as_the_onnx_bundle(unet, unet_ir, scene, tmp_path):
+    from cam_infer.bundle.openvino_segmentation import split_openvino_segmenter
+    _, _, onnx_bundle = unet
+    plain = {"mean": (0, 0, 0), "std": (1, 1, 1)}
+    bundle = split_openvino_segmenter(unet_ir, "/enc2/enc2.1/Relu", out=tmp_path / "ir", preprocessing=plain)
+    cut = bundle.manifest["cut"]
+    assert [lv["name"] for lv in cut] == ["/enc1/enc1.1/Relu", "/enc2/enc2.1/Relu"]
+    assert [(lv["shape"], lv["offset"]) for lv in cut] == [(lv["shape"], lv["offset"]) for lv in onnx_bundle.manifest["cut"]]
+    assert bundle.graph_format == "openvino" and bundle.manifest["verification"]["max_abs_diff"] < 1e-5
+    named = split_openvino_segmenter(unet_ir, "/enc2/enc2.1/Relu_output_0,/enc1/enc1.1/Relu", out=tmp_path / "ir2",
+                                     preprocessing=plain)
+    assert [lv["name"] for lv in named.manifest["cut"]] == [lv["name"] for lv in cut]
+    for method in ("activation", "eigen", "entropy", "recipro", "ablation"):
+        ir, ref = (Explainer(b, backend="openvino", precision="f32").explain(scene, method, target="all").items[0]
+                   for b in (bundle, onnx_bundle))
+        assert [s.class_id for s in ir] == [s.class_id for s in ref] and len(ir) >= 2
+        for a, b in zip(ir, ref):
+            np.testing.assert_allclose(a.raw, b.raw, atol=1e-6, err_msg=method)
+    with pytest.raises(CamInferError, match="do not separate the input from the scores: the decoder also reads "
+                                            "'/enc1/enc1.1/Relu'") as refused:
+        split_openvino_segmenter(unet_ir, "/enc2/enc2.0/Conv,/enc2/enc2.1/Relu", out=tmp_path / "ir3")
+    assert "\n" not in str(refused.value)
+    result = run_cli("split", unet_ir, "--layer", "/enc2/enc2.1/Relu", "--out", tmp_path / "cli")
+    assert result.returncode == 0 and Bundle.load(tmp_path / "cli").manifest["cut"] == cut, result.stderr
+
+
+@needs_shared
+@pytest.mark.slow
+def test_deeplab_tflite_split_at_one_aspp_branch_gets_the_encoder_output_beside_it(tmp_path):
+    """The DeepLab TFLite has no skip decoder; its ASPP does read the encoder output around each branch: naming one
+    branch gives the cut set {encoder output, branch} on the int8 file, members NHWC in the file and quantized."""
+    from cam_infer.bundle.openvino_segmentation import split_openvino_segmenter
+    from cam_infer.bundle.openvino_split import read_openvino_model
+    tflite = SHARED / "segmentation" / "deeplabv3_mnv2_dm05_pascal_quant.tflite"
+    model = read_openvino_model(tflite)             # OpenVINO names a TFLite file's ops anew at each reading
+    aspp = next(op for op in model.get_ordered_ops() if op.get_type_name() == "Concat"
+                and [d.get_length() for d in op.get_output_partial_shape(0)] == [1, 512, 33, 33])
+    branch = aspp.input_value(1).get_node().get_friendly_name()
+    bundle = split_openvino_segmenter(tflite, branch, out=tmp_path / "set", model=model)
+    cut = bundle.manifest["cut"]
+    assert [lv["shape"] for lv in cut] == [[160, 33, 33], [256, 33, 33]] and cut[1]["name"] == branch
+    assert bundle.manifest["verification"]["max_abs_diff"] < bundle.manifest["verification"]["output_step"]
+    single = split_openvino_segmenter(tflite, cut[0]["name"], out=tmp_path / "one", model=model)
+    assert "cut" not in single.manifest                                # the encoder output alone is a cut point
+    x = Explainer(single, precision="f32")._inputs([SHARED / "images" / "samoyed_dog.jpg"])[0]
+    packed = Explainer(bundle, precision="f32").backend.features(x)[0]
+    np.testing.assert_allclose(packed[:160 * 33 * 33], Explainer(single, precision="f32").backend.features(x)[0].ravel(),
+                               atol=1e-5)
+    dog = Explainer(bundle, precision="f32").explain(x, "activation", target=12).items[0][0]    # VOC class 12
+    assert dog.pixels > 0.1 * dog.region.size and dog.saliency.shape == (513, 513)
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ import numpy as np
 from ..errors import CamInferError
 from ..version import __version__
 from .manifest import FORMAT, FORMAT_VERSION, sha256_of
+from .openvino_cut_set import PACKED, OpenVinoGraph, level_records, openvino_cut_set, packed_openvino_graphs
 from .openvino_split import (_BatchFails, _bytes, _compiled, _constant, _cut, _input_spec, _layouts, _message, _ops,
                              _ov_version, _Output, _reaches_parameter, _read, split_openvino)
 from .verify import as_source_input, compare, random_images
@@ -112,18 +113,15 @@ def split_openvino_segmenter(path, layer: str = "auto", out=None, *, preprocessi
     scores, axis, kind, argmax = scores_of(model)
     prep = preprocessing_for(spec, without_crop(preprocessing), None)
     op_map, layouts = _ops(model), _layouts(model, spec)
-    if "," in layer:
-        raise CamInferError(f"--layer {layer}: a cut set is split from the ONNX model; a file OpenVINO reads (TFLite, "
-                            "IR) is split at one layer")
-    target = auto_cut(model, spec, scores) if layer == "auto" else _Output(layer)
-    if target.op not in op_map:
-        raise CamInferError(f"unknown layer '{layer}': no op of this OpenVINO model has that name; use --layer auto")
-    if _reaches_parameter(model.get_results()[0], target.op, spec.name):
-        raise CamInferError(f"layer '{layer}' is not a cut point: a skip connection goes around it; use --layer auto "
-                            "(cut sets around skip connections are split from the ONNX model)")
+    graph = OpenVinoGraph(model, spec)
+    members = None if layer == "auto" else openvino_cut_set(graph, layer, scores)
+    target = auto_cut(model, spec, scores) if layer == "auto" else graph.lookup(layer) if members is None else None
+    levels = None if members is None else level_records(graph, members, prep.input_size[0])
     reference = ov.Model([ops.result(scores)], model.get_parameters(), "scores")
     for batch_mode in ("dynamic", "fixed"):
-        features, head = _cut(model, spec, target, scores, prep, -1 if batch_mode == "dynamic" else 1)
+        batch = -1 if batch_mode == "dynamic" else 1
+        features, head = _cut(model, spec, target, scores, prep, batch) if members is None else \
+            packed_openvino_graphs(graph, members, levels, scores, prep, batch)
         if axis == 3:
             end = head.get_results()[0].input_value(0)
             head = ov.Model([ops.result(ops.transpose(end, ops.constant(np.array([0, 3, 1, 2], np.int64))))],
@@ -136,18 +134,26 @@ def split_openvino_segmenter(path, layer: str = "auto", out=None, *, preprocessi
     dims = [d.get_length() for d in scores.get_partial_shape()]
     classes, size = (dims[1], dims[2:]) if axis == 1 else (dims[3], dims[1:3])
     names = read_labels(labels, classes)
-    k_h_w = [d.get_length() for d in list(op_map[target.op].get_output_partial_shape(target.index))[1:]]
-    if layouts.get(target) == "NHWC":
-        k_h_w = [k_h_w[2], k_h_w[0], k_h_w[1]]
+    if members is None:
+        k_h_w = [d.get_length() for d in list(op_map[target.op].get_output_partial_shape(target.index))[1:]]
+        if layouts.get(target) == "NHWC":
+            k_h_w = [k_h_w[2], k_h_w[0], k_h_w[1]]
+        target_layer = {"requested": layer, "matched_by": "auto" if layer == "auto" else "node", "module": None,
+                        "tensor": target.op, "layout": layouts.get(target, "NCHW")}
+        activation = {"name": "activation", "shape": k_h_w, "dtype": "float32", "quantization": None}
+    else:
+        target_layer = {"requested": layer, "matched_by": "cut set", "module": None,
+                        "tensor": ",".join(lv["name"] for lv in levels), "layout": "NCHW"}
+        activation = {"name": PACKED, "shape": [sum(int(np.prod(lv["shape"])) for lv in levels)], "dtype": "float32",
+                      "quantization": None}
     model_layout = "NCHW" if axis == 1 else "NHWC"
     manifest = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "task": "segmentation",
         "input": {"name": "image", "shape": [None, spec.channels, *prep.input_size], "layout": "NCHW",
                   "dtype": "float32", "model_dtype": spec.dtype, "model_layout": spec.layout},
         "preprocessing": prep.to_dict(),
-        "target_layer": {"requested": layer, "matched_by": "auto" if layer == "auto" else "node", "module": None,
-                         "tensor": target.op, "layout": layouts.get(target, "NCHW")},
-        "activation": {"name": "activation", "shape": k_h_w, "dtype": "float32", "quantization": None},
+        "target_layer": target_layer,
+        "activation": activation,
         "output": {"name": "scores", "kind": kind, "num_classes": int(classes), "layout": "NCHW",
                    "model_layout": model_layout, "class_axis": 1, "model_class_axis": axis,
                    "shape": [int(classes), *map(int, size)], "model_output": model.get_results()[0].get_friendly_name(),
@@ -167,6 +173,8 @@ def split_openvino_segmenter(path, layer: str = "auto", out=None, *, preprocessi
                        "openvino": _ov_version(),
                        "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()},
     }
+    if members is not None:
+        manifest["cut"] = levels
     parts = {"features": features, "head": head}
     return write_bundle(Path(out), manifest, lambda role, file: ov.save_model(parts[role], str(file),
                                                                              compress_to_fp16=False), overwrite)

@@ -343,23 +343,10 @@ def _cut(model, spec: InputSpec, target: _Output, logits, prep: Preprocessing, b
     import openvino as ov
     import openvino.opset13 as ops
 
-    h, w = prep.input_size
     # features: a new float32 NCHW Parameter, adapted to what the model takes, then the model up to the target
     f_model = model.clone()
     f_ops = _ops(f_model)
-    image = ops.parameter([batch, spec.channels, h, w], np.float32, name="image")
-    x = image.output(0)
-    if spec.layout == "NHWC":
-        x = ops.transpose(x, ops.constant(np.array([0, 2, 3, 1], np.int64))).output(0)
-    if spec.dtype in ("uint8", "int8"):
-        info = np.iinfo(spec.dtype)
-        x = ops.convert(ops.clamp(ops.round(x, "half_to_even"), float(info.min), float(info.max)),
-                        {"uint8": "u8", "int8": "i8"}[spec.dtype]).output(0)
-    elif spec.dtype == "float16":
-        x = ops.convert(x, "f16").output(0)
-    old = f_ops[spec.name]
-    for target_input in list(old.output(0).get_target_inputs()):
-        target_input.replace_source_output(x)
+    image = _image_input(f_model, f_ops, spec, prep, batch)
     act = f_ops[target.op].output(target.index)
     layouts = _layouts(model, spec)
     if layouts.get(target) == "NHWC":
@@ -393,6 +380,26 @@ def _cut(model, spec: InputSpec, target: _Output, logits, prep: Preprocessing, b
         for part in (features, head):
             _release_batch(part)
     return features, head
+
+
+def _image_input(model, model_ops: dict, spec: InputSpec, prep: Preprocessing, batch: int):
+    """A new float32 NCHW image Parameter in place of `model`'s input, adapted to the layout and dtype it takes."""
+    import openvino.opset13 as ops
+
+    h, w = prep.input_size
+    image = ops.parameter([batch, spec.channels, h, w], np.float32, name="image")
+    x = image.output(0)
+    if spec.layout == "NHWC":
+        x = ops.transpose(x, ops.constant(np.array([0, 2, 3, 1], np.int64))).output(0)
+    if spec.dtype in ("uint8", "int8"):
+        info = np.iinfo(spec.dtype)
+        x = ops.convert(ops.clamp(ops.round(x, "half_to_even"), float(info.min), float(info.max)),
+                        {"uint8": "u8", "int8": "i8"}[spec.dtype]).output(0)
+    elif spec.dtype == "float16":
+        x = ops.convert(x, "f16").output(0)
+    for target_input in list(model_ops[spec.name].output(0).get_target_inputs()):
+        target_input.replace_source_output(x)
+    return image
 
 
 def _requantized(value, producer):
