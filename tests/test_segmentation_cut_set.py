@@ -131,6 +131,50 @@ def test_a_layer_set_that_does_not_separate_input_from_scores_is_refused_naming_
 
 
 @pytest.fixture(scope="session")
+def unet_int8(unet):
+    """The tiny U-Net quantized to int8 QDQ (uint8 activations, int8 weights) by ONNX Runtime's quantizer."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Calibration(CalibrationDataReader):
+        def __init__(self):
+            rng = np.random.default_rng(0)
+            self.batches = iter([{"input": rng.standard_normal((1, 3, SIZE, SIZE)).astype(np.float32)}
+                                 for _ in range(4)])
+
+        def get_next(self):
+            return next(self.batches, None)
+    _, path, _ = unet
+    quantized = path.parent / "unet_int8.onnx"
+    quantize_static(str(path), str(quantized), Calibration(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return quantized
+
+
+def test_a_quantized_segmenter_cut_set_reads_its_members_dequantized_and_reproduces_the_int8_model(unet_int8,
+                                                                                                 tmp_path):
+    import onnx
+    import onnxruntime as ort
+    bundle = split_segmenter(unet_int8, "enc2", out=tmp_path / "int8", preprocessing={"mean": (0, 0, 0),
+                                                                                       "std": (1, 1, 1)})
+    names = [lv["name"] for lv in bundle.manifest["cut"]]
+    assert all(n.endswith("_QuantizeLinear_Output") for n in names) and len(names) == 2    # the uint8 tensors
+    model = onnx.load(unet_int8)
+    consumed = [next(n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == t)
+                for t in names]                                           # what the decoder reads: their real values
+    model.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in consumed)
+    full = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(5).standard_normal((3, 3, SIZE, SIZE)).astype(np.float32)
+    scores, *members = full.run(None, {"input": x})
+    backend = Explainer(bundle, backend="onnxruntime").backend
+    packed, outputs = backend.observe(x)
+    np.testing.assert_array_equal(outputs, scores)                                   # the unsplit int8 model's
+    np.testing.assert_array_equal(backend.head(backend.features(x)), scores)
+    np.testing.assert_array_equal(packed, np.concatenate([m.reshape(3, -1) for m in members], axis=1))
+    e = Explainer(bundle, backend="onnxruntime").explain(x[:1], "recipro", target="all")
+    assert len(e.items[0]) >= 2 and all(not s.degenerate for s in e.items[0])
+
+
+@pytest.fixture(scope="session")
 def unet_ir(unet):
     """The tiny U-Net as an OpenVINO IR (float32 weights), as a deployment would ship it."""
     import openvino as ov

@@ -28,9 +28,10 @@ def joined_model(features: onnx.ModelProto, head: onnx.ModelProto, cut: list[dic
     feature_nodes = [n for n in graph.node if not (packed and _packing(n.name))]
     head_nodes = [n for n in head.graph.node if not (packed and n.name.startswith("unpack_"))]
     head_nodes, head_initializers = _apart(feature_nodes, graph.initializer, head_nodes, head.graph.initializer)
-    if packed:
-        cut_tensors = [helper.make_tensor_value_info(level["name"], TensorProto.FLOAT, ["N", *level["shape"]])
-                       for level in cut]
+    if packed:                        # what each level's packing reads: a quantized member's real values
+        read = {n.name: n.input[0] for n in graph.node if _packing(n.name)}
+        cut_tensors = [helper.make_tensor_value_info(read.get(f"pack_{i}", level["name"]), TensorProto.FLOAT,
+                                                     ["N", *level["shape"]]) for i, level in enumerate(cut)]
     else:
         cut_tensors = list(graph.output)
     outputs = (cut_tensors if expose_cut else []) + list(head.graph.output)

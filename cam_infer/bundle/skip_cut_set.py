@@ -16,8 +16,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import CamInferError
+from .anatomy import Quantization, quantization_of
 from .graph import INTEGER_TYPES, Graph
-from .layers import _lookup, crossing_tensors, display_name, nearest_cut_point, read_around
+from .layers import _lookup, crossing_tensors, display_name, nearest_cut_point, read_around, resolve_cut
 
 
 def requested_layers(layer: str) -> list[str]:
@@ -34,6 +35,7 @@ def skip_cut_set(graph: Graph, layer: str) -> list[str] | None:
         if not read:
             return None
         tensors = tensors + read
+    tensors = [resolve_cut(graph, t)[0] for t in tensors]       # a QDQ map at its integer tensor, as single cuts are
     missing = bypassing(graph, tensors)
     if missing:
         nearest = nearest_cut_point(graph, tensors[0])
@@ -48,8 +50,10 @@ def skip_cut_set(graph: Graph, layer: str) -> list[str] | None:
 
 def bypassing(graph: Graph, tensors: list[str]) -> list[str]:
     """The tensors the head reads around the set: computed before a member, or the image itself, and reached
-    from the scores without passing through a member (empty: the set is a cut)."""
-    return read_around(graph, set(tensors), set().union(*(graph.ancestors(t) for t in tensors)))
+    from the scores without passing through a member or its DequantizeLinear (empty: the set is a cut)."""
+    members = set(tensors) | {graph.nodes[i].output[0] for t in tensors for i in graph.consumers.get(t, [])
+                              if graph.nodes[i].op_type == "DequantizeLinear"}     # a member's real values
+    return read_around(graph, members, set().union(*(graph.ancestors(t) for t in tensors)))
 
 
 def check_member(graph: Graph, tensor: str, layer: str) -> None:
@@ -57,9 +61,9 @@ def check_member(graph: Graph, tensor: str, layer: str) -> None:
     shape = info.shape
     if shape is None or len(shape) != 4 or not all(isinstance(d, int) and d > 0 for d in shape[1:]):
         raise CamInferError(f"the cut set of '{layer}' has '{tensor}' of shape {shape}, not a feature map (N,K,h,w)")
-    if info.elem_type in INTEGER_TYPES:
-        raise CamInferError(f"the cut set of '{layer}' has the integer tensor '{tensor}'; cut sets of quantized "
-                            "segmenters are not supported: use --layer auto")
+    if info.elem_type in INTEGER_TYPES and quantization_of(graph, tensor) is None:
+        raise CamInferError(f"the cut set of '{layer}' has the integer tensor '{tensor}' of unknown scale (no "
+                            "DequantizeLinear reads it, no quantized op says it): cannot read its real values")
 
 
 def level_records(graph: Graph, tensors: list[str]) -> list[dict]:
@@ -77,9 +81,37 @@ def split_at_cut_set(graph: Graph, tensors: list[str], layer: str):
     from ..detection.split import PACKED, packed_graphs
     levels = level_records(graph, tensors)
     features, head = packed_graphs(graph, tensors, levels)
+    for i, tensor in enumerate(tensors):
+        quant = quantization_of(graph, tensor)
+        if quant is not None:
+            dequantized_member(graph, features, head, i, quant)
     total = sum(int(np.prod(level["shape"])) for level in levels)
     fields = {"target_layer": {"requested": layer, "matched_by": "cut set", "module": None,
                                "tensor": ",".join(tensors), "layout": "NCHW"},
               "activation": {"name": PACKED, "shape": [total], "dtype": "float32", "quantization": None},
               "cut": levels}
     return features, head, fields
+
+
+def dequantized_member(graph: Graph, features, head, i: int, quant: Quantization) -> None:
+    """Member i, an integer tensor q of a quantized model, packed as its real values (q − zero_point)·scale: a
+    DequantizeLinear before the packing, and the QuantizeLinear that gives the head back q after the unpacking.
+    Exact both ways for the values the members take (the clean ones, zeros, kept positions): each is on q's grid."""
+    from onnx import helper
+    tensor, real = quant.tensor, f"{quant.tensor}__dequantized"
+    params = [quant.scale] + ([quant.zero_point] if quant.zero_point else [])
+    axis = {} if quant.axis is None else {"axis": quant.axis}
+    nodes = list(features.graph.node)
+    pack = next(k for k, n in enumerate(nodes) if n.name == f"pack_{i}")
+    nodes[pack].input[0] = real
+    features.graph.node.insert(pack, helper.make_node("DequantizeLinear", [tensor, *params], [real],
+                                                      name=f"{tensor}__dequantize", **axis))
+    nodes = list(head.graph.node)
+    unpack = next(k for k, n in enumerate(nodes) if n.name == f"unpack_{i}")
+    nodes[unpack].output[0] = real
+    head.graph.node.insert(unpack + 1, helper.make_node("QuantizeLinear", [real, *params], [tensor],
+                                                        name=f"{tensor}__quantize", **axis))
+    for part in (features, head):
+        present = {t.name for t in part.graph.initializer}
+        part.graph.initializer.extend(graph.initializers[c] for c in params
+                                      if c in graph.initializers and c not in present)
