@@ -113,6 +113,32 @@ def test_recipro_and_activation_on_a_cut_set_equal_brute_force(unet, scene, monk
     np.testing.assert_allclose(activation, np.mean(unit_free, axis=0), atol=1e-5)
 
 
+def test_the_receptive_window_holds_every_pixel_a_cell_moves_on_both_members(unet, scene):
+    """Brute force: each cell of each member of the tiny U-Net set to random values over the zero member, the other
+    member clean: every score pixel that moves lies in the window recipro scores."""
+    from cam_infer.segmentation.cut_set import level_view, receptive_window
+    _, _, bundle = unet
+    backend = Explainer(bundle).backend
+    packed = backend.features(scene)
+    rng = np.random.default_rng(1)
+    for m, level in enumerate(bundle.manifest["cut"]):
+        k, h, w = level["shape"]
+        rows = np.repeat(packed, h * w + 1, axis=0)
+        view = level_view(bundle.manifest["cut"], rows, m)
+        view[...] = 0
+        probe = rows[:3].copy()
+        window = receptive_window(backend, probe, level_view(bundle.manifest["cut"], probe, m), (SIZE, SIZE), 0, "none")
+        ys, xs = np.divmod(np.arange(h * w), w)
+        view[np.arange(1, h * w + 1), :, ys, xs] = rng.standard_normal((h * w, k)).astype(np.float32) * 10
+        outputs = backend.head(rows)
+        moved = np.any(outputs[1:] != outputs[:1], axis=1)                                 # (h·w, H, W)
+        py, px = window.pixels(ys, xs)
+        inside = np.zeros_like(moved)
+        inside[np.arange(h * w)[:, None, None], py[:, :, None], px[:, None, :]] = True
+        assert moved.any(axis=(1, 2)).all() and not (moved & ~inside).any(), m
+        assert window.size[0] < SIZE                                                     # a window, not the scores
+
+
 def test_a_layer_set_that_does_not_separate_input_from_scores_is_refused_naming_what_is_missing(unet, tmp_path):
     _, path, bundle = unet
     skip = bundle.manifest["cut"][0]["name"]
@@ -236,6 +262,22 @@ def test_deeplab_tflite_split_at_one_aspp_branch_gets_the_encoder_output_beside_
                                atol=1e-5)
     dog = Explainer(bundle, precision="f32").explain(x, "activation", target=12).items[0][0]    # VOC class 12
     assert dog.pixels > 0.1 * dog.region.size and dog.saliency.shape == (513, 513)
+
+
+@pytest.mark.slow
+def test_own_segmenter_cut_set_recipro_fast_rows_equal_the_whole_head_rows(tmp_path):
+    """Recipro on a cut set (rows written in place, probabilities on each cell's receptive window) against the
+    generic path (masked copies of the member through the whole head, the softmax over the whole scores)."""
+    from test_segmentation_task import OWN, OWN_LABELS, PLAIN
+    bundle = split_segmenter(OWN, "encoder", out=tmp_path / "own", labels=OWN_LABELS, preprocessing=PLAIN)
+    from cam_infer.tools.synthetic import write_scenes
+    write_scenes(tmp_path / "scenes", "cluttered", 1)
+    image = sorted((tmp_path / "scenes").glob("*.png"))[0]
+    explainer = Explainer(bundle, backend="onnxruntime")
+    fast, whole = (explainer.explain([image], "recipro", target="all", shortcut=s).items[0] for s in (True, False))
+    assert len(fast) == len(whole) >= 1
+    for a, b in zip(fast, whole):
+        np.testing.assert_allclose(a.raw, b.raw, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.slow
