@@ -2,12 +2,15 @@
 unsplit model and against the single cut ``--layer auto``, batch 1, float32 on both runtimes:
 
 - our own ShapesSegmenter (`cam_infer/data/shapes_segmenter`), 128×128, cut set at ``encoder`` (its stride-8
-  output and the stride-4 skip the decoder reads), on a synthetic scene;
+  output and the stride-4 skip the decoder reads), on a synthetic scene; the same model as an OpenVINO IR (converted
+  here, float32 weights), split on OpenVINO's graph, on OpenVINO;
 - the PAN-MobileNetV3 skin/clothes/hair segmenter (`../shared/data/segmentation`), 512×512, cut set at its deepest
   encoder stage ``1062`` (with the three skip levels, strides 4, 8, 16), on the dog photo there.
 
 Each method call and the unsplit forward pass are timed alternately, call by call; medians of --repeats runs,
-ratios the medians of the per-run ratios.
+ratios the medians of the per-run ratios. Recipro-CAM on a cut set is also timed against the bare head passes it
+makes (the same rows through ``backend.head``, chunked as it chunks them) and against its rows through the whole
+head with the softmax over the whole scores (``shortcut=False``: the path before the fast rows).
 
     python bench/segmentation_cut_set.py [--quick]            # rewrites bench/segmentation_cut_set.md
 """
@@ -29,12 +32,17 @@ from cam_infer.tools.bench import Report  # noqa: E402
 from detection import alternate, median, ratio  # noqa: E402
 from segmentation import unsplit  # noqa: E402
 
+import numpy as np  # noqa: E402
+
 OWN = ROOT / "cam_infer" / "data" / "shapes_segmenter" / "shapes_segmenter.onnx"
 PAN = SHARED / "segmentation" / "pan_mnv3s_skin_clothes_hair.onnx"
-# (model, source, cut set layer, photo, methods on the cut set)
-CASES = [("own segmenter 128²", OWN, "encoder", None, ["activation", "eigen", "ablation", "recipro"]),
+OWN_IR = "own segmenter 128² (IR)"
+# (model, source, cut set layer, photo, methods on the cut set, runtimes)
+CASES = [("own segmenter 128²", OWN, "encoder", None, ["activation", "eigen", "ablation", "recipro"],
+          ("onnxruntime", "openvino")),
+         (OWN_IR, None, "/encoder/encoder.2/encoder.2.2/Relu", None, ["activation", "eigen", "recipro"], ("openvino",)),
          ("PAN 512²", PAN, "1062", SHARED / "segmentation" / "dog_segmentation_256.bmp",
-          ["activation", "eigen", "entropy"])]
+          ["activation", "eigen", "entropy"], ("onnxruntime", "openvino"))]
 NOTES = """
 **Reading it.** No target is set for cut sets; the figures say what one costs. The machine was loaded (load 6–9 on
 2 cores): our own segmenter's pass takes 1–2 ms when the machine is quiet, so its single-pass rows (a few ms) swing
@@ -59,27 +67,60 @@ def scene() -> Path:
     return sorted(folder.glob("*.png"))[0]
 
 
-def speed(name, source, layer, photo, methods, work: Path, repeats: int, report) -> None:
-    from cam_infer import Explainer
-    from cam_infer.bundle.segmentation import split_segmenter
+def own_ir(work: Path) -> Path:
+    """Our own segmenter as an OpenVINO IR with float32 weights, as a deployment would ship it."""
+    import openvino as ov
+    model = ov.convert_model(str(OWN))
+    model.reshape([1, 3, 128, 128])
+    xml = work / "shapes_segmenter.xml"
+    ov.save_model(model, str(xml), compress_to_fp16=False)
+    return xml
 
-    bundles = {cut: split_segmenter(source, cut, out=work / f"{source.stem}-{cut}", overwrite=True)
+
+def split(source: Path, layer: str, out: Path):
+    from cam_infer.bundle.openvino_segmentation import split_openvino_segmenter
+    from cam_infer.bundle.segmentation import split_segmenter
+    plain = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
+    if source.suffix == ".xml":
+        return split_openvino_segmenter(source, layer, out=out, overwrite=True, preprocessing=plain)
+    return split_segmenter(source, layer, out=out, overwrite=True)
+
+
+def speed(name, source, layer, photo, methods, backends, work: Path, repeats: int, report, recipro_rows) -> None:
+    from cam_infer import Explainer
+
+    bundles = {cut: split(source, cut, work / f"{source.stem}-{source.suffix[1:]}-{cut.replace('/', '_')}")
                for cut in ("auto", layer)}
     members = len(bundles[layer].manifest["cut"])
-    for backend in ("onnxruntime", "openvino"):
+    for backend in backends:
         options = {"precision": "f32"} | ({"hint": "latency"} if backend == "openvino" else {})
         explainers = {cut: Explainer(b, backend=backend, **options) for cut, b in bundles.items()}
         x = explainers["auto"]._inputs([photo])[0]
         model = unsplit(source, backend, bundles["auto"])
         for method in methods:
             for cut, ex in explainers.items():
-                if method == "recipro" and cut != "auto" and name.startswith("PAN"):
-                    continue
                 call = lambda ex=ex, method=method: ex.explain(x, method)           # noqa: E731
                 base, times = alternate([lambda: model(x), call], repeats)
                 where = "auto (one map)" if cut == "auto" else f"'{layer}' ({members} members)"
                 report(f"| {name} | {backend} | {method} | {where} | {median(times):.1f} | {median(base):.1f} | "
                        f"{ratio(times, base):.2f}× |")
+                if method == "recipro" and cut != "auto":
+                    recipro_rows.append(recipro_against_head_passes(name, backend, ex, x, repeats))
+
+
+def recipro_against_head_passes(name, backend, ex, x, repeats: int) -> str:
+    """Recipro on the cut set ÷ the bare head passes of its rows (h·w per member, plus each member's zero row and
+    the 3 rows of its receptive-window probe), and ÷ its former path (whole-head rows, softmax over the whole scores)."""
+    packed, _ = ex.backend.observe(x)
+    levels = ex.bundle.cut_levels
+    count = sum(lv["shape"][1] * lv["shape"][2] + 4 for lv in levels)
+    rows = np.repeat(packed, count, axis=0)
+    step = ex.backend.chunk_size("head", count)
+    heads = lambda: [ex.backend.head(rows[i:i + step]) for i in range(0, count, step)]      # noqa: E731
+    fast, bare = alternate([lambda: ex.explain(x, "recipro"), heads], repeats)
+    whole, bare2 = alternate([lambda: ex.explain(x, "recipro", shortcut=False), heads], max(1, repeats // 2))
+    return (f"| {name} | {backend} | {count} | {median(bare):.0f} | {median(fast):.0f} | {ratio(fast, bare):.2f}× | "
+            f"{median(whole):.0f} | {ratio(whole, bare2):.2f}× |")
 
 
 def main(argv=None) -> int:
@@ -87,7 +128,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "segmentation_cut_set.md")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "cam-cut-set")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--quick", action="store_true", help="3 runs, our own segmenter only")
+    parser.add_argument("--quick", action="store_true", help="3 runs, our own segmenter only (ONNX and IR)")
     args = parser.parse_args(argv)
     repeats = 3 if args.quick else args.repeats
     args.work.mkdir(parents=True, exist_ok=True)
@@ -97,8 +138,18 @@ def main(argv=None) -> int:
            f"cores, load average {load} at the start: other jobs shared the machine). Each ratio from its own pair "
            f"timed alternately call by call, medians of {repeats} runs.\n")
     report("| model | runtime | method | cut | ms | forward ms | ÷ forward |\n|---|---|---|---|---:|---:|---:|")
-    for name, source, layer, photo, methods in CASES[:1] if args.quick else CASES:
-        speed(name, source, layer, photo or scene(), methods, args.work, repeats, report)
+    recipro_rows: list[str] = []
+    ir_source = own_ir(args.work)
+    for name, source, layer, photo, methods, backends in CASES[:2] if args.quick else CASES:
+        speed(name, source or ir_source, layer, photo or scene(), methods, backends, args.work, repeats, report,
+              recipro_rows)
+    report("\n**Recipro-CAM on a cut set ÷ the head passes it makes** (the same rows through the bare head, timed "
+           "alternately), now and on its former path (rows through the whole head, softmax over the whole scores; "
+           f"medians of {max(1, repeats // 2)} runs).\n")
+    report("| model | runtime | head rows | bare head passes ms | recipro ms | ÷ head passes | former path ms | "
+           "÷ head passes |\n|---|---|---:|---:|---:|---:|---:|---:|")
+    for row in recipro_rows:
+        report(row)
     report(f"\nload average at the end: {', '.join(f'{v:.1f}' for v in os.getloadavg())}")
     report(NOTES)
     report.write(args.out)
