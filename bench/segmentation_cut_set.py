@@ -44,19 +44,27 @@ CASES = [("own segmenter 128²", OWN, "encoder", None, ["activation", "eigen", "
          ("PAN 512²", PAN, "1062", SHARED / "segmentation" / "dog_segmentation_256.bmp",
           ["activation", "eigen", "entropy"], ("onnxruntime", "openvino"))]
 NOTES = """
-**Reading it.** No target is set for cut sets; the figures say what one costs. The machine was loaded (load 6–9 on
-2 cores): our own segmenter's pass takes 1–2 ms when the machine is quiet, so its single-pass rows (a few ms) swing
-from 0.4× to 8× with the load and say little beyond "about a pass". The single-pass methods (activation, eigen,
-entropy) read every member of the one clean pass and combine their maps on the finest grid: on the PAN (members
-16×128², 24×64², 48×32², 576×32²) 1.3–1.6× the pass against 1.1–1.4× at the single cut. Masking methods run the
-whole head once per masked row of each member, the other members clean: Ablation-CAM K rows per member (32 + 64 on
-our own segmenter: 34–250×), Recipro-CAM h·w rows per member and target (32² + 16² = 1 280 rows: 13 s, 1 000–1 800×).
-Profiled (ONNX Runtime, one recipro call, 6.2 s in the member head): the head passes 3.7 s, the softmax over the
-classes of every row's full 5×128×128 scores before the region mean 2.1 s, copying the rows into the packed cut
-1.6 s. What would make it cheaper: the probabilities on the region's pixels only (not the whole image per row), and
-the head cropped to the member's rows' receptive field as the detector branches are. On the PAN, Recipro-CAM at the
-cut set would take 128² + 64² + 2·32² ≈ 22 500 passes of its decoder per target and is not timed; the single cut
-(`--layer auto`, with the linear-tail shortcut) is the fast way to explain it.
+**Reading it.** No target is set for cut sets; the figures say what one costs. The machine was loaded (load 13–18 on
+2 cores at the last run: five other jobs): our own segmenter's pass takes 1–2 ms when the machine is quiet, so its
+single-pass rows swing from 0.1× to 30× with the load and say little beyond "about a pass"; the PAN's (100–300 ms
+passes) are steadier: 1.25–1.4× the pass at the cut set against 1.0–1.2× at the single cut. The cut set on our own
+segmenter's IR (split on OpenVINO's graph) costs what the ONNX file's cut set costs on OpenVINO.
+
+Masking methods run the head once per masked row of each member, the other members clean: Ablation-CAM K rows per
+member (32 + 64), Recipro-CAM h·w rows per member and target (32² + 16² = 1 280 rows). Recipro's rows are now written
+in place into one buffer of packed cuts (a position's K values in, zeros back out) and scored on each cell's
+receptive window only (measured on the head: 35 px for the stride-4 member, 59 px for the stride-8 one, of the 128-px
+scores), the class probability computed on the window's pixels: recipro takes 0.9–1.2× the bare head passes of its
+1 288 rows (its 1 280 and 4 per member for the zero row and the window's probe), against 2.0–2.5× on its former path
+(masked copies of the member, the whole head, the softmax over the whole 5×128×128 scores of every row), measured in
+the same run. What is left is the head passes themselves: each row runs the decoder at the full output size.
+Cropping the head to each row's receptive field, as detector branches are, was not built: a crop must hold the window
+and each of its pixels' own field (about as wide again), ~72 px for the stride-4 member and the whole 128 px for the
+stride-8 one once aligned to the coarsest stride, so it would cut this model's head work about 2× (1 024 rows at
+(72/128)² of the area, 256 at all of it), more on larger inputs; it needs a size-agnostic copy of the head, verified
+per bundle and run by both runtimes. On the PAN, Recipro-CAM at the cut set would take 128² + 64² + 2·32² ≈ 22 500
+passes of its decoder per target and is not timed; the single cut (`--layer auto`, with the linear-tail shortcut) is
+the fast way to explain it.
 """
 
 

@@ -66,7 +66,8 @@ class SegmentationContext(Context):
 
     regions: np.ndarray | None = None
     kind: str = "logits"
-    tail: object = None           # a `bundle.linear_tail.LinearTail`: the head as 1×1 conv + bilinear resize
+    tail: object = None           # `recipro_scores` without whole-head rows: a `bundle.linear_tail.LinearTail`
+    #                               (1×1 conv + bilinear resize), or a cut set member's `segmentation.cut_set.MemberRecipro`
 
     def probabilities(self, outputs: np.ndarray) -> np.ndarray:
         return softmax(outputs, axis=1) if self.kind == "logits" else outputs
