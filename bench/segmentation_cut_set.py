@@ -63,8 +63,10 @@ and each of its pixels' own field (about as wide again), ~72 px for the stride-4
 stride-8 one once aligned to the coarsest stride, so it would cut this model's head work about 2× (1 024 rows at
 (72/128)² of the area, 256 at all of it), more on larger inputs; it needs a size-agnostic copy of the head, verified
 per bundle and run by both runtimes. On the PAN, Recipro-CAM at the cut set would take 128² + 64² + 2·32² ≈ 22 500
-passes of its decoder per target and is not timed; the single cut (`--layer auto`, with the linear-tail shortcut) is
-the fast way to explain it.
+passes of its decoder per target and is not timed; a crop would not help there: the measured windows are 35 px for
+its stride-4 member but the whole 512² scores for the three deeper ones (the decoder pools them globally), so no
+crop of those members is exact. The single cut (`--layer auto`, with the linear-tail shortcut) is the fast way to
+explain it.
 """
 
 
