@@ -59,10 +59,10 @@ scores), the class probability computed on the window's pixels: recipro takes 0.
 (masked copies of the member, the whole head, the softmax over the whole 5×128×128 scores of every row), measured in
 the same run. What is left is the head passes themselves: each row runs the decoder at the full output size.
 Cropping the head to each row's receptive field, as detector branches are, was not built: a crop must hold the window
-and each of its pixels' own field (about as wide again), ~72 px for the stride-4 member and the whole 128 px for the
-stride-8 one once aligned to the coarsest stride, so it would cut this model's head work about 2× (1 024 rows at
-(72/128)² of the area, 256 at all of it), more on larger inputs; it needs a size-agnostic copy of the head, verified
-per bundle and run by both runtimes. On the PAN, Recipro-CAM at the cut set would take 128² + 64² + 2·32² ≈ 22 500
+and, around each of its pixels, what every member feeds it (the clean stride-8 member reaches 59 px), ~96–104 px for
+the stride-4 member's rows and the whole 128 px for the stride-8 member's once aligned to the coarsest stride, so it
+would cut this model's head work by about 1.5× at best (1 024 rows at ~(100/128)² of the area, 256 at all of it); it
+needs a size-agnostic copy of the head, verified per bundle and run by both runtimes. On the PAN, Recipro-CAM at the cut set would take 128² + 64² + 2·32² ≈ 22 500
 passes of its decoder per target and is not timed; a crop would not help there: the measured windows are 35 px for
 its stride-4 member but the whole 512² scores for the three deeper ones (the decoder pools them globally), so no
 crop of those members is exact. The single cut (`--layer auto`, with the linear-tail shortcut) is the fast way to
