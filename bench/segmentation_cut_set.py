@@ -62,8 +62,10 @@ Cropping the head to each row's receptive field, as detector branches are, was n
 and, around each of its pixels, what every member feeds it (the clean stride-8 member reaches 59 px), ~96–104 px for
 the stride-4 member's rows and the whole 128 px for the stride-8 member's once aligned to the coarsest stride, so it
 would cut this model's head work by about 1.5× at best (1 024 rows at ~(100/128)² of the area, 256 at all of it); it
-needs a size-agnostic copy of the head, verified per bundle and run by both runtimes. On the PAN, Recipro-CAM at the cut set would take 128² + 64² + 2·32² ≈ 22 500
-passes of its decoder per target and is not timed; a crop would not help there: the measured windows are 35 px for
+needs a size-agnostic copy of the head, verified per bundle and run by both runtimes.
+
+On the PAN, Recipro-CAM at the cut set would take 128² + 64² + 2·32² ≈ 22 500 passes of its decoder per target and is
+not timed; a crop would not help there: the measured windows are 35 px for
 its stride-4 member but the whole 512² scores for the three deeper ones (the decoder pools them globally), so no
 crop of those members is exact. The single cut (`--layer auto`, with the linear-tail shortcut) is the fast way to
 explain it.
@@ -120,7 +122,7 @@ def speed(name, source, layer, photo, methods, backends, work: Path, repeats: in
 
 def recipro_against_head_passes(name, backend, ex, x, repeats: int) -> str:
     """Recipro on the cut set ÷ the bare head passes of its rows (h·w per member, plus each member's zero row and
-    the 3 rows of its receptive-window probe), and ÷ its former path (whole-head rows, softmax over the whole scores)."""
+    the 3 rows of its receptive-window probe), and ÷ its former path (whole-head rows, softmax over all the scores)."""
     packed, _ = ex.backend.observe(x)
     levels = ex.bundle.cut_levels
     count = sum(lv["shape"][1] * lv["shape"][2] + 4 for lv in levels)

@@ -212,14 +212,16 @@ def unet_ir(unet):
     return xml
 
 
-def test_an_ir_segmenter_bypassed_layer_gets_the_cut_set_and_explains_as_the_onnx_bundle(unet, unet_ir, scene, tmp_path):
+def test_an_ir_segmenter_bypassed_layer_gets_the_cut_set_and_explains_as_the_onnx_bundle(unet, unet_ir, scene,
+                                                                                        tmp_path):
     from cam_infer.bundle.openvino_segmentation import split_openvino_segmenter
     _, _, onnx_bundle = unet
     plain = {"mean": (0, 0, 0), "std": (1, 1, 1)}
     bundle = split_openvino_segmenter(unet_ir, "/enc2/enc2.1/Relu", out=tmp_path / "ir", preprocessing=plain)
     cut = bundle.manifest["cut"]
     assert [lv["name"] for lv in cut] == ["/enc1/enc1.1/Relu", "/enc2/enc2.1/Relu"]
-    assert [(lv["shape"], lv["offset"]) for lv in cut] == [(lv["shape"], lv["offset"]) for lv in onnx_bundle.manifest["cut"]]
+    assert [(lv["shape"], lv["offset"]) for lv in cut] == [(lv["shape"], lv["offset"])
+                                                           for lv in onnx_bundle.manifest["cut"]]
     assert bundle.graph_format == "openvino" and bundle.manifest["verification"]["max_abs_diff"] < 1e-5
     named = split_openvino_segmenter(unet_ir, "/enc2/enc2.1/Relu_output_0,/enc1/enc1.1/Relu", out=tmp_path / "ir2",
                                      preprocessing=plain)
@@ -258,8 +260,8 @@ def test_deeplab_tflite_split_at_one_aspp_branch_gets_the_encoder_output_beside_
     assert "cut" not in single.manifest                                # the encoder output alone is a cut point
     x = Explainer(single, precision="f32")._inputs([SHARED / "images" / "samoyed_dog.jpg"])[0]
     packed = Explainer(bundle, precision="f32").backend.features(x)[0]
-    np.testing.assert_allclose(packed[:160 * 33 * 33], Explainer(single, precision="f32").backend.features(x)[0].ravel(),
-                               atol=1e-5)
+    alone = Explainer(single, precision="f32").backend.features(x)[0]
+    np.testing.assert_allclose(packed[:160 * 33 * 33], alone.ravel(), atol=1e-5)
     dog = Explainer(bundle, precision="f32").explain(x, "activation", target=12).items[0][0]    # VOC class 12
     assert dog.pixels > 0.1 * dog.region.size and dog.saliency.shape == (513, 513)
 

@@ -109,8 +109,8 @@ def openvino_cut_set(graph: OpenVinoGraph, layer: str, scores) -> list[_Output] 
     for m in members:
         if m.op == graph.spec.name or graph.shape(m) is None:
             shape = graph.ops[m.op].get_output_partial_shape(m.index)
-            raise CamInferError(f"the cut set of '{layer}' has '{display(m)}' of shape {shape}, not a float feature map "
-                                "(N,K,h,w) or (N,h,w,K)")
+            raise CamInferError(f"the cut set of '{layer}' has '{display(m)}' of shape {shape}, not a float feature "
+                                "map (N,K,h,w) or (N,h,w,K)")
     return sorted(dict.fromkeys(members), key=lambda o: (graph.order[o.op], o.index))
 
 

@@ -67,7 +67,7 @@ class SegmentationContext(Context):
     regions: np.ndarray | None = None
     kind: str = "logits"
     tail: object = None           # `recipro_scores` without whole-head rows: a `bundle.linear_tail.LinearTail`
-    #                               (1×1 conv + bilinear resize), or a cut set member's `segmentation.cut_set.MemberRecipro`
+    #                               (1×1 conv + bilinear resize), or a cut set member's `cut_set.MemberRecipro`
 
     def probabilities(self, outputs: np.ndarray) -> np.ndarray:
         return softmax(outputs, axis=1) if self.kind == "logits" else outputs
