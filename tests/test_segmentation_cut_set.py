@@ -300,6 +300,18 @@ def test_own_segmenter_split_at_its_encoder_explains_through_the_skip_on_both_ru
             assert energy > s.region.mean(), (s.label, energy, s.region.mean())    # above a uniform map's
     for a, b in zip(*maps.values()):
         np.testing.assert_allclose(a, b, atol=2e-3 * np.abs(a).max())
+    import openvino as ov
+
+    from cam_infer.bundle.openvino_segmentation import split_openvino_segmenter
+    ir = ov.convert_model(str(OWN))
+    ir.reshape([1, 3, 128, 128])
+    ov.save_model(ir, str(tmp_path / "own.xml"), compress_to_fp16=False)
+    ir_bundle = split_openvino_segmenter(tmp_path / "own.xml", "/encoder/encoder.2/encoder.2.2/Relu",
+                                         out=tmp_path / "own-ir", labels=OWN_LABELS, preprocessing=PLAIN)
+    assert [lv["shape"] for lv in ir_bundle.manifest["cut"]] == [lv["shape"] for lv in bundle.manifest["cut"]]
+    from_ir = Explainer(ir_bundle, precision="f32").explain([image], "recipro").items[0]
+    for a, b in zip(from_ir, maps["openvino"]):
+        np.testing.assert_allclose(a.raw, b, atol=1e-5 * np.abs(b).max())            # the IR as its ONNX file
 
 
 @needs_shared
