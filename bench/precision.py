@@ -212,6 +212,35 @@ def closed_form_floor(bundle: Path, precision: str, calls: int) -> dict:
     return {"precision": used, "macs": h * w * k * len(head.bias), **medians}
 
 
+def per_call_cost(bundle: Path, backend: str, precision: str, calls: int) -> dict:
+    """Median ms per call of the explanation around the runtime's pass, per single-pass method: `Explainer.explain`
+    on one image with the clean pass's outputs already there (the backend's pass returns them from memory), so
+    what is timed is the package's own work per call: the method, normalising, the resize to the input, the
+    record. Methods alternated call by call."""
+    import time
+
+    import numpy as np
+
+    from cam_infer import Explainer
+
+    explainer = Explainer(bundle, backend=backend, precision=precision)
+    x = np.random.default_rng(0).standard_normal((1, *explainer.bundle.input_shape)).astype(np.float32)
+    pass_ = explainer.backend
+    clean = pass_.observe(x)
+    pass_.observe = lambda _: clean
+    if pass_.products_in_pass and explainer.linear_head is not None:
+        products = pass_.observe_products(x, explainer.linear_head.weight)
+        pass_.observe_products = lambda *_: products
+    times: dict = {method: [] for method in SINGLE_PASS}
+    for i in range(calls + 5):
+        for method in (SINGLE_PASS if i % 2 else SINGLE_PASS[::-1]):
+            start = time.perf_counter()
+            explainer.explain(x, method)
+            if i >= 5:
+                times[method].append((time.perf_counter() - start) * 1000)
+    return {method: statistics.median(t) for method, t in times.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default="/tmp/cam-precision", help="where the models and bundles are written")
@@ -225,6 +254,7 @@ def main() -> None:
     parser.add_argument("--xai-python", default=str(ROOT.parent / "venv-xai" / "bin" / "python"),
                         help="a Python with openvino-xai 1.1.0 installed")
     parser.add_argument("--floor-calls", type=int, default=60, help="calls per side for the closed form's floor")
+    parser.add_argument("--per-call", type=int, default=400, help="calls per method for the cost around the pass")
     parser.add_argument("--quick", action="store_true", help="fewer runs and calls (a check, not a table)")
     parser.add_argument("--skip-methods", action="store_true", help="only the openvino-xai comparison")
     parser.add_argument("--driver", help=argparse.SUPPRESS)
@@ -235,7 +265,7 @@ def main() -> None:
         return
 
     if args.quick:
-        args.repeats, args.other_repeats, args.rounds, args.calls, args.floor_calls = 5, 2, 1, 5, 10
+        args.repeats, args.other_repeats, args.rounds, args.calls, args.floor_calls, args.per_call = 5, 2, 1, 5, 10, 40
     sys.path.insert(0, str(ROOT))
     import os
 
@@ -257,6 +287,14 @@ def main() -> None:
                 for backend in BACKENDS[precision]:
                     run_cases(bundle, [backend], SINGLE_PASS, args.repeats, report=report, precision=precision)
                     run_cases(bundle, [backend], OTHER_CASES, args.other_repeats, report=report, precision=precision)
+    report(f"\n**The explanation around the pass** (batch 1, ms per call, median of {args.per_call} calls alternated "
+           "between the methods): `explain` with the clean pass's outputs already in memory, so only the package's "
+           "own work per call is timed (the method, normalising, the resize to 224², the record)\n")
+    report("| model | backend (precision) | " + " | ".join(SINGLE_PASS) + " |\n|---|---|" + "---:|" * len(SINGLE_PASS))
+    for name, (_, bundle, _) in prepared_models.items():
+        for backend, precision in (("openvino", "f32"), ("openvino", "auto"), ("onnxruntime", "f32")):
+            cost = per_call_cost(bundle, backend, precision, args.per_call)
+            report(f"| {name} | {backend} ({precision}) | " + " | ".join(f"{cost[m]:.3f}" for m in SINGLE_PASS) + " |")
     report(f"\n**Recipro-CAM's closed form: its floor** (batch 1, ms, median of {args.floor_calls} calls alternated; "
            "OpenVINO CPU, LATENCY hint, static shape)\n")
     report("| model | precision | h·w·K·C multiply-adds | features pass | with the closed form in the graph | "
