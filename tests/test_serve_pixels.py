@@ -54,3 +54,14 @@ def test_grayscale_and_onnx_runtime_keep_the_servers_normalisation(fused_models)
 
     assert not takes_pixels_in_graph(Preprocessing(input_size=(8, 8), channels=1)) and not takes_pixels_in_graph(None)
     assert not ServedFused(fused_models["plain"], backend="onnxruntime").pixels_in_graph
+
+
+def test_a_graph_openvino_cannot_prepend_the_pixels_to_leaves_them_to_the_server(fused_models, monkeypatch):
+    from cam_infer.serve import pixel_graph
+    from cam_infer.serve.models import ServedFused
+
+    def refuse(model, preprocessing):
+        raise RuntimeError("PrePostProcessor: cannot")
+    monkeypatch.setattr(pixel_graph, "openvino_pixel_model", refuse)
+    served = ServedFused(fused_models["plain"], backend="openvino", precision="f32")
+    assert served.pixels is not None and not served.pixels_in_graph

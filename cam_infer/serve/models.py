@@ -209,7 +209,11 @@ class FusedRuntime:
             compiled = openvino_compiled(model, runtime)
             self.requests = Lender(compiled.create_infer_request)
             if takes_pixels_in_graph(pixels):       # UINT8 pixels normalised in the graph: compiled on first use
-                self.pixel_model = openvino_pixel_model(model, pixels)
+                try:
+                    self.pixel_model = openvino_pixel_model(model, pixels)
+                except RuntimeError:                # a graph OpenVINO cannot prepend them to: the server does it
+                    self.pixel_model = None
+            if self.pixel_model is not None:
                 self._pixel_requests = Lender(lambda: self._compiled_pixels(runtime).create_infer_request())
             self.names = [p.get_any_name() for p in compiled.outputs]
             self.precision = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
