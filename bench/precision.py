@@ -7,7 +7,8 @@ Python of its own (it pins an older OpenVINO and NumPy): ``--xai-python``.
     python bench/precision.py --work /tmp/cam-precision --out bench/precision.md [--quick]
 
 Method ÷ forward: `cam_infer.tools.bench.run_cases` at each precision (each case in its own process, the forward pass
-and the method alternated call by call). Against openvino-xai: one driver process per side, kept warm; the parent
+and the method alternated call by call), on OpenVINO at f32 and auto (bf16 here) and on ONNX Runtime at f32 (its CPU
+provider has no bfloat16 on x86: auto is f32 there). Against openvino-xai: one driver process per side, kept warm; the parent
 asks each for one call at a time, alternating sides (and their order) call by call, so both see the same load;
 each call is timed inside its process. Ours explains batch 1 like openvino-xai (which cannot batch), and batch 8
 per image. openvino-xai compiles its model without a precision (bf16 here); for float32 its compile is given
@@ -32,6 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
 SINGLE_PASS = ["activation", "entropy", "eigen", "cam", "ablation", "recipro"]
 OTHER_CASES = ["recipro (head passes)", "ablation (head passes)", "score top_k=64"]
+# ONNX Runtime's CPU provider computes in float32 only (its one bfloat16 option, fast-math GEMMs, is for ARM64):
+# its precision auto is float32, the rows of f32.
+BACKENDS = {"f32": ("openvino", "onnxruntime"), "auto": ("openvino",)}
 MODELS = {"resnet50": None, "mobilenet_v2": SHARED / "models" / "mobilenet_v2-torchvision-bnfolded.pth"}
 
 
@@ -208,17 +212,49 @@ def closed_form_floor(bundle: Path, precision: str, calls: int) -> dict:
     return {"precision": used, "macs": h * w * k * len(head.bias), **medians}
 
 
+def per_call_cost(bundle: Path, backend: str, precision: str, calls: int) -> dict:
+    """Median ms per call of the explanation around the runtime's pass, per single-pass method: `Explainer.explain`
+    on one image with the clean pass's outputs already there (the backend's pass returns them from memory), so
+    what is timed is the package's own work per call: the method, normalising, the resize to the input, the
+    record. Methods alternated call by call."""
+    import time
+
+    import numpy as np
+
+    from cam_infer import Explainer
+
+    explainer = Explainer(bundle, backend=backend, precision=precision)
+    x = np.random.default_rng(0).standard_normal((1, *explainer.bundle.input_shape)).astype(np.float32)
+    pass_ = explainer.backend
+    clean = pass_.observe(x)
+    pass_.observe = lambda _: clean
+    if pass_.products_in_pass and explainer.linear_head is not None:
+        products = pass_.observe_products(x, explainer.linear_head.weight)
+        pass_.observe_products = lambda *_: products
+    times: dict = {method: [] for method in SINGLE_PASS}
+    for i in range(calls + 5):
+        for method in (SINGLE_PASS if i % 2 else SINGLE_PASS[::-1]):
+            start = time.perf_counter()
+            explainer.explain(x, method)
+            if i >= 5:
+                times[method].append((time.perf_counter() - start) * 1000)
+    return {method: statistics.median(t) for method, t in times.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default="/tmp/cam-precision", help="where the models and bundles are written")
     parser.add_argument("--out", help="also write the markdown here")
     parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument("--repeats", type=int, default=5, help="runs per method case (alternated with the forward)")
+    parser.add_argument("--repeats", type=int, default=40,
+                        help="calls per single-pass method case (alternated with the forward pass)")
+    parser.add_argument("--other-repeats", type=int, default=5, help="calls per case of the methods of many passes")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the openvino-xai comparison")
     parser.add_argument("--calls", type=int, default=15, help="calls per side and round")
     parser.add_argument("--xai-python", default=str(ROOT.parent / "venv-xai" / "bin" / "python"),
                         help="a Python with openvino-xai 1.1.0 installed")
     parser.add_argument("--floor-calls", type=int, default=60, help="calls per side for the closed form's floor")
+    parser.add_argument("--per-call", type=int, default=400, help="calls per method for the cost around the pass")
     parser.add_argument("--quick", action="store_true", help="fewer runs and calls (a check, not a table)")
     parser.add_argument("--skip-methods", action="store_true", help="only the openvino-xai comparison")
     parser.add_argument("--driver", help=argparse.SUPPRESS)
@@ -229,7 +265,7 @@ def main() -> None:
         return
 
     if args.quick:
-        args.repeats, args.rounds, args.calls, args.floor_calls = 2, 1, 5, 10
+        args.repeats, args.other_repeats, args.rounds, args.calls, args.floor_calls, args.per_call = 5, 2, 1, 5, 10, 40
     sys.path.insert(0, str(ROOT))
     import os
 
@@ -238,17 +274,27 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     load = os.getloadavg()[0]
-    report(f"OpenVINO CPU, 224×224. Machine: {os.cpu_count()} cores, load average {load:.1f} at the start"
+    report(f"OpenVINO CPU and ONNX Runtime's CPU provider, 224×224. Machine: {os.cpu_count()} cores, load average {load:.1f} at the start"
            + (" (shared with other work: absolute times are high, ratios are measured in one run)" if load > 1.5
               else "") + ".\n")
     prepared_models = {name: prepared(name, work) for name in args.models.split(",")}
     if not args.skip_methods:
         for name, (_, bundle, _) in prepared_models.items():
             for precision in ("f32", "auto"):
-                report(f"\n**{name}**, precision {precision}; batch 1; median of {args.repeats} runs\n")
+                report(f"\n**{name}**, precision {precision}; batch 1; median of {args.repeats} calls of each "
+                       f"single-pass method ({args.other_repeats} of the others), alternated with the forward pass\n")
                 report(HEADER)
-                run_cases(bundle, ["openvino"], SINGLE_PASS + OTHER_CASES, args.repeats, report=report,
-                          precision=precision)
+                for backend in BACKENDS[precision]:
+                    run_cases(bundle, [backend], SINGLE_PASS, args.repeats, report=report, precision=precision)
+                    run_cases(bundle, [backend], OTHER_CASES, args.other_repeats, report=report, precision=precision)
+    report(f"\n**The explanation around the pass** (batch 1, ms per call, median of {args.per_call} calls alternated "
+           "between the methods): `explain` with the clean pass's outputs already in memory, so only the package's "
+           "own work per call is timed (the method, normalising, the resize to 224², the record)\n")
+    report("| model | backend (precision) | " + " | ".join(SINGLE_PASS) + " |\n|---|---|" + "---:|" * len(SINGLE_PASS))
+    for name, (_, bundle, _) in prepared_models.items():
+        for backend, precision in (("openvino", "f32"), ("openvino", "auto"), ("onnxruntime", "f32")):
+            cost = per_call_cost(bundle, backend, precision, args.per_call)
+            report(f"| {name} | {backend} ({precision}) | " + " | ".join(f"{cost[m]:.3f}" for m in SINGLE_PASS) + " |")
     report(f"\n**Recipro-CAM's closed form: its floor** (batch 1, ms, median of {args.floor_calls} calls alternated; "
            "OpenVINO CPU, LATENCY hint, static shape)\n")
     report("| model | precision | h·w·K·C multiply-adds | features pass | with the closed form in the graph | "
@@ -266,6 +312,7 @@ def main() -> None:
                "xai ÷ ours (rounds) | xai ÷ ours batch 8 |\n|---|---:|---:|---:|---:|---:|---:|---:|")
         for precision in ("bf16", "f32"):
             against_xai(onnx_path, bundle, target, precision, args.xai_python, args.rounds, args.calls, report)
+    report(f"\nLoad average {os.getloadavg()[0]:.1f} at the end.")
     report.write(args.out)
 
 

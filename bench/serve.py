@@ -251,6 +251,8 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     report = Report()
+    import os
+    report(f"Load average {os.getloadavg()[0]:.1f} at the start on {os.cpu_count()} cores. Precision {args.precision}.")
     bundle = bundle_for("mobilenet_v2", work)
     fused = work / "mobilenet_v2_recipro.onnx"
     subprocess.run([sys.executable, "-m", "cam_infer", "fuse", str(bundle), "--method", "recipro", "--out", str(fused),
@@ -326,8 +328,8 @@ def main() -> None:
            f"{args.repeats} pairs per cell and round; the median of the per-pair ratios (server ms / forward ms), "
            f"in bold the median of {args.rounds} rounds run one after another across all servers, their range "
            "after it and the median round's times in brackets. "
-           "The request carries the preprocessed FP32 tensor (602 kB) or the UINT8 pixels the server "
-           "normalises (151 kB); sent by tritonclient.http, or by http.client with the body built once (the "
+           "The request carries the preprocessed FP32 tensor (602 kB) or the UINT8 pixels (151 kB), normalised "
+           "by the server, or by the fused model's graph on the OpenVINO server (`serve/pixel_graph.py`); sent by tritonclient.http, or by http.client with the body built once (the "
            "server and the loopback alone). The floor: the same requests to a bare ASGI app under uvicorn that "
            "reads the request and answers with the bytes of a real response, without a model, parsing or "
            "batching (what any Python server on this stack costs here). The OpenVINO row: the fused model "
@@ -358,6 +360,7 @@ def main() -> None:
             cells.append(f"**{ratio:.2f}×** ({ordered[0][0]:.2f}–{ordered[-1][0]:.2f}; "
                          f"{server:.2f} / {own:.2f} + {floor_ms:.2f} ms)")
         report(f"| {label} | " + " | ".join(cells) + " |")
+    report(f"\nLoad average {os.getloadavg()[0]:.1f} at the end.")
     report.write(args.out)
 
 

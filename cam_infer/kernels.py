@@ -14,33 +14,35 @@ from .kernel_cache import use_user_cache
 CACHE = use_user_cache()      # a per-user folder, never the installed package (kernel_cache.py)
 
 
-@njit(cache=CACHE, nogil=True)
+@njit(cache=CACHE, nogil=True, fastmath=True)
 def spatial_entropy(a: np.ndarray) -> np.ndarray:
     """Normalised spatial Shannon entropy per channel of a (K,h,w) map, in [0,1].
 
     p_u = max(a_u, 0) / Σ_v max(a_v, 0);  H = −Σ_u p_u ln p_u / ln(h·w);  H = 0 when Σ = 0.
+    In float32, as the activations are (relative error ~1e-6; the float64 loop took twice as long: MobileNetV2's
+    1280 × 49 values, 0.2 ms against 0.4 ms, most of it the logarithms).
     """
     k, h, w = a.shape
     n = h * w
+    flat = a.reshape(k, n)
     out = np.zeros(k, np.float32)
-    log_n = np.log(n) if n > 1 else 1.0
+    scale = np.float32(-1.0 / np.log(n)) if n > 1 else np.float32(-1.0)
     for c in range(k):
-        total = 0.0
-        for i in range(h):
-            for j in range(w):
-                v = a[c, i, j]
-                if v > 0:
-                    total += v
+        total = np.float32(0.0)
+        for u in range(n):
+            v = flat[c, u]
+            if v > 0:
+                total += v
         if total <= 0:
             continue
-        entropy = 0.0
-        for i in range(h):
-            for j in range(w):
-                v = a[c, i, j]
-                if v > 0:
-                    p = v / total
-                    entropy -= p * np.log(p)
-        out[c] = entropy / log_n
+        inverse = np.float32(1.0) / total
+        entropy = np.float32(0.0)
+        for u in range(n):
+            v = flat[c, u]
+            if v > 0:
+                p = v * inverse
+                entropy += p * np.log(p)
+        out[c] = entropy * scale
     return out
 
 

@@ -54,8 +54,10 @@ def flagged(degenerate: bool, uniform: bool = False) -> str:
 def upsample(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Bilinear (align_corners=False, as torch's and cv2's default) to size (H,W), clipped to [0,1]."""
     h, w = size
-    return np.stack([np.clip(cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR), 0, 1) for m in maps]) \
-        if len(maps) else np.zeros((0, h, w), np.float32)
+    out = np.empty((len(maps), h, w), np.float32)
+    for m, into in zip(np.asarray(maps, np.float32), out):
+        cv2.resize(m, (w, h), dst=into, interpolation=cv2.INTER_LINEAR)     # written in place: no copies
+    return np.clip(out, 0, 1, out=out)
 
 
 def check_overlay_options(colormap: str, alpha: float) -> None:

@@ -413,6 +413,10 @@ def test_a_fused_model_is_served_as_it_computes(tmp_path, batch, server, scenes)
         got = triton_infer(server.client(), batch, model="shapes_recipro")
         np.testing.assert_allclose(got["saliency"], want["saliency"], atol=1e-4)
         np.testing.assert_array_equal(got["saliency_class"], want["saliency_class"])
+        tensor = http.InferInput("input", list(pixels.shape), "UINT8")      # normalised in OpenVINO's graph
+        tensor.set_data_from_numpy(pixels)
+        result = server.client().infer("shapes_recipro", [tensor])
+        np.testing.assert_allclose(result.as_numpy("saliency"), session.run(None, {"input": x})[1], atol=1e-4)
     finally:
         server.stop()
     check_repository(tmp_path / "repo", "shapes_recipro", batch)

@@ -47,7 +47,7 @@ def ablation(ctx: Context, *, score: Literal["logit", "prob"] = "logit", closed_
         c = int(ctx.targets[i])
         full, ablated = _target_scores(ctx, i, c, score, closed_form)
         weights = (full - ablated) / max(abs(full), EPS)
-        maps[i] = np.tensordot(weights.astype(np.float32), a, axes=1)
+        maps[i] = np.einsum("k,khw->hw", weights.astype(np.float32), a)     # no BLAS pool left spinning
     return maps
 
 
@@ -58,12 +58,13 @@ def _target_scores(ctx: Context, i: int, c: int, score: str, closed_form: bool) 
     if closed_form and ctx.linear_head is not None:
         head = ctx.linear_head
         pooled = a.mean(axis=(1, 2))                                              # (K,)
+        if score == "logit" and ctx.finer is None:                                # one class: one row of W
+            full = float(np.dot(head.weight[c], pooled) + head.bias[c])
+            return full, full - pooled * head.weight[c]
         logits = head.logits(pooled[None])[0]                                     # (C,)
         if ctx.finer is not None:
             ablated = logits[None, :] - pooled[:, None] * head.weight.T          # (K,C)
             return float(ctx.class_scores(logits[None], i, score)[0]), ctx.class_scores(ablated, i, score)
-        if score == "logit":
-            return float(logits[c]), logits[c] - pooled * head.weight[c]
         ablated = logits[None, :] - pooled[:, None] * head.weight.T               # (K,C)
         return float(softmax(logits)[c]), softmax(ablated)[:, c]
     ablated = ablated_scores(a, lambda rows: ctx.head(i, rows), ctx.backend.chunk_size("head"))

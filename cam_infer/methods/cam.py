@@ -20,7 +20,7 @@ def cam(ctx: Context) -> np.ndarray:
                             for c, refs in zip(ctx.targets, ctx.finer_refs)])
     else:
         weights = head.weight[ctx.targets]                          # (N,K)
-    return np.einsum("nk,nkhw->nhw", weights, ctx.activations, optimize=True)
+    return np.einsum("nk,nkhw->nhw", weights, ctx.activations)     # NumPy's own loop: no BLAS pool left spinning
 
 
 @fused("cam", class_specific=True)

@@ -30,7 +30,6 @@ import numpy as np
 from ..kernels import recipro_masked_batch
 from ..cost import Passes
 from ..errors import CamInferError
-from ..numerics import softmax
 from .levels import same_unit
 from .registry import Context, fused, implements, method
 
@@ -77,14 +76,19 @@ def _closed_form(ctx: Context, kernel: np.ndarray, score: str) -> np.ndarray:
     n, k, h, w = ctx.activations.shape
     mass = kernel_mass(kernel, h, w).reshape(1, h * w, 1)
     if ctx.position_products is not None:                    # Aᵀ Wᵀ from the clean pass (`bundle/positions.py`)
-        logits = ctx.position_products * (mass / (h * w)) + head.bias                   # (N, hw, C)
+        logits = ctx.position_products * (mass / (h * w)).astype(np.float32)                # (N, hw, C)
+        logits += head.bias
     else:
         pooled = ctx.activations.reshape(n, k, h * w).transpose(0, 2, 1) * mass / (h * w)   # (N, hw, K)
         logits = head.logits(pooled)                                                         # (N, hw, C)
     if ctx.finer is not None:
         return np.stack([ctx.class_scores(logits[i], i, score) for i in range(n)]).reshape(n, h, w)
-    scores = softmax(logits) if score == "prob" else logits
-    return np.take_along_axis(scores, ctx.targets[:, None, None], axis=2)[..., 0].reshape(n, h, w)
+    chosen = np.take_along_axis(logits, ctx.targets[:, None, None], axis=2)[..., 0]          # (N, hw)
+    if score == "prob":                                      # its softmax: the target's column divided, in place
+        top = logits.max(axis=2)
+        logits -= top[..., None]
+        chosen = np.exp(chosen - top) / np.exp(logits, out=logits).sum(axis=2)
+    return chosen.reshape(n, h, w)
 
 
 @fused("recipro", class_specific=True)

@@ -21,6 +21,7 @@ import json
 import re
 import time
 import zlib
+from dataclasses import replace
 
 import numpy as np
 
@@ -185,17 +186,19 @@ class Infer:
         if x is None or len(parsed.inputs) != 1:
             raise ProtocolError(f"this model takes one input, {served.input_name!r} (FP32, [-1, "
                                 f"{', '.join(map(str, served.input_shape))}]); got {', '.join(parsed.inputs)}")
+        pixels = x.dtype == np.uint8 and getattr(served, "pixels_in_graph", False)    # the graph normalises them
         if x.dtype == np.uint8:
-            x = normalised_pixels(served, x)
-        if x.dtype != np.float32:
+            x = checked_pixels(served, x) if pixels else normalised_pixels(served, x)
+        elif x.dtype != np.float32:
             raise ProtocolError(f"input {served.input_name!r} must be FP32 (or UINT8 pixels), not {x.dtype}")
-        if x.ndim != 1 + len(served.input_shape) or any(e not in (-1, d) for e, d in zip(served.input_shape,
-                                                                                           x.shape[1:])):
+        elif x.ndim != 1 + len(served.input_shape) or any(e not in (-1, d) for e, d in zip(served.input_shape,
+                                                                                             x.shape[1:])):
             raise ProtocolError(f"input {served.input_name!r} must have shape [-1, "
                                 f"{', '.join(map(str, served.input_shape))}], not {list(x.shape)}")
         if len(x) == 0:
             raise ProtocolError("the batch is empty")
         key, classes = served.key(parsed.parameters, len(x))
+        key = replace(key, pixels=True) if pixels else key
         outputs = await self.batcher.run(np.ascontiguousarray(x), key, classes)
         names = parsed.wanted(list(outputs), served.aliases)
         return encode_response(self.name, VERSION, parsed.id, {n: outputs[served.aliases.get(n, n)] for n in names},
@@ -261,6 +264,17 @@ def normalised_pixels(served, pixels: np.ndarray) -> np.ndarray:
     """UINT8 RGB pixels (N, H, W, 3), resized and cropped to the model's input, → the FP32 input, normalised
     as the model's preprocessing says."""
     prep = served.pixels
+    pixels = checked_pixels(served, pixels)
+    h, w = prep.input_size
+    x = np.empty((len(pixels), prep.channels, h, w), np.float32)
+    for image, out in zip(pixels, x):
+        prep.standardise(image, out)
+    return x
+
+
+def checked_pixels(served, pixels: np.ndarray) -> np.ndarray:
+    """UINT8 RGB pixels (N, H, W, 3) of the model's input size, or a `ProtocolError`."""
+    prep = served.pixels
     if prep is None:
         raise ProtocolError("this fused model does not record its preprocessing (fused before cam-infer did); "
                             "send FP32 input, or fuse it again for UINT8 pixels")
@@ -270,10 +284,7 @@ def normalised_pixels(served, pixels: np.ndarray) -> np.ndarray:
                             f"not {list(pixels.shape)}")
     if not len(pixels):
         raise ProtocolError("the batch is empty")
-    x = np.empty((len(pixels), prep.channels, h, w), np.float32)
-    for image, out in zip(pixels, x):
-        prep.standardise(image, out)
-    return x
+    return pixels
 
 
 async def _chunks(receive):

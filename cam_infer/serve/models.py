@@ -14,6 +14,7 @@ top_classes = k), ``saliency_class`` (N,) or (N,k) int64, the class each map exp
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,7 @@ class Key:
     method: str
     top_classes: int
     classes: bool                      # a class given per image (else each image's top-1 / top-k)
+    pixels: bool = False               # UINT8 pixels the served graph normalises itself (`pixel_graph`)
 
 
 class ServedBundle:
@@ -135,7 +137,10 @@ class ServedFused:
         self.method = meta["cam_infer.method"]
         self.detector = meta.get("cam_infer.target") == "detector"
         self.path = Path(path)
-        self.runtime = FusedRuntime(self.path, backend, device, threads, precision)
+        recorded = meta.get("cam_infer.preprocessing")   # for UINT8 pixel inputs (older fused models lack it)
+        self.pixels = Preprocessing.from_dict(json.loads(recorded)) if recorded else None
+        self.runtime = FusedRuntime(self.path, backend, device, threads, precision, self.pixels)
+        self.pixels_in_graph = self.runtime.pixel_model is not None
         self.precision = self.runtime.precision
         initializers = {i.name for i in model.graph.initializer}
         self.inputs = [_tensor(v) for v in model.graph.input if v.name not in initializers]
@@ -147,8 +152,6 @@ class ServedFused:
         image = [i for i in self.inputs if i["name"] != "class_id"]
         self.input_name, self.input_shape = image[0]["name"], image[0]["shape"][1:]
         self.takes_class = any(i["name"] == "class_id" for i in self.inputs)
-        recorded = meta.get("cam_infer.preprocessing")   # for UINT8 pixel inputs (older fused models lack it)
-        self.pixels = Preprocessing.from_dict(json.loads(recorded)) if recorded else None
         kind = meta.get("cam_infer.output_kind")
         explains = self.pixels is not None and kind is not None and not self.detector
         labels = json.loads(meta["cam_infer.labels"]) if "cam_infer.labels" in meta else None
@@ -180,16 +183,21 @@ class ServedFused:
         feeds = {self.input_name: x}
         if self.takes_class:
             feeds["class_id"] = np.asarray(classes, np.int64)
-        return {self.aliases.get(name, name): value for name, value in self.runtime.run(feeds).items()}
+        outputs = self.runtime.run(feeds, pixels=key.pixels)
+        return {self.aliases.get(name, name): value for name, value in outputs.items()}
 
 
 class FusedRuntime:
     """A fused model's session: ONNX Runtime (default) or OpenVINO, all outputs by name."""
 
-    def __init__(self, path: Path, backend: str, device: str, threads: int | None, precision: str = "f32"):
+    def __init__(self, path: Path, backend: str, device: str, threads: int | None, precision: str = "f32",
+                 pixels: Preprocessing | None = None):
         from ..backends import ALIASES
-        from ..backends.sessions import Lender, RuntimeOptions, onnxruntime_session, openvino_compiled
+        from ..backends.sessions import Lender, RuntimeOptions, onnxruntime_session, openvino_compiled, openvino_model
+        from .pixel_graph import openvino_pixel_model, takes_pixels_in_graph
         self.backend = "onnxruntime" if backend == "auto" else ALIASES.get(backend, backend)
+        self.pixel_model = None
+        self._pixels_compiled, self._compiling = None, threading.Lock()
         if self.backend == "onnxruntime":
             runtime = RuntimeOptions(threads=threads, spinning=SPINNING, precision=precision)
             self.session = onnxruntime_session(path, runtime)
@@ -197,17 +205,34 @@ class FusedRuntime:
             self.precision = "f32"
         elif self.backend == "openvino":
             runtime = RuntimeOptions(threads=threads, device=device, hint="latency", precision=precision)
-            compiled = openvino_compiled(path, runtime)
+            model = openvino_model(path)
+            compiled = openvino_compiled(model, runtime)
             self.requests = Lender(compiled.create_infer_request)
+            if takes_pixels_in_graph(pixels):       # UINT8 pixels normalised in the graph: compiled on first use
+                try:
+                    self.pixel_model = openvino_pixel_model(model, pixels)
+                except RuntimeError:                # a graph OpenVINO cannot prepend them to: the server does it
+                    self.pixel_model = None
+            if self.pixel_model is not None:
+                self._pixel_requests = Lender(lambda: self._compiled_pixels(runtime).create_infer_request())
             self.names = [p.get_any_name() for p in compiled.outputs]
             self.precision = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         else:
             raise CamInferError(f"a fused model runs on onnxruntime or openvino, not {backend!r}")
 
-    def run(self, feeds: dict) -> dict[str, np.ndarray]:
+    def _compiled_pixels(self, runtime):
+        from ..backends.sessions import openvino_compiled
+        with self._compiling:
+            if self._pixels_compiled is None:
+                self._pixels_compiled = openvino_compiled(self.pixel_model, runtime)
+        return self._pixels_compiled
+
+    def run(self, feeds: dict, pixels: bool = False) -> dict[str, np.ndarray]:
+        """The outputs by name; ``pixels``: the image input is UINT8 pixels, run on the graph that normalises
+        them (`pixel_model`)."""
         if self.backend == "onnxruntime":
             return dict(zip(self.names, self.session.run(None, feeds)))
-        with self.requests.borrow() as request:
+        with (self._pixel_requests if pixels else self.requests).borrow() as request:
             request.infer(feeds)
             return {name: request.get_tensor(name).data.copy() for name in self.names}
 

@@ -1,0 +1,66 @@
+"""The per-call path of the single-pass methods on a real MobileNetV2 (1280 channels, 7×7), at identical inputs:
+every map equals a float64 NumPy twin of its formula, and the saliency the twin's normalised map resized by cv2 in
+float64, on both runtimes at float32. The path was made cheaper (float32 kernels, NumPy's own loops instead of
+BLAS, one row of W for Ablation-CAM's logit, resizing in place); these pin that nothing moved."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import SHARED, needs_shared
+from test_kernels import numpy_spatial_entropy
+
+pytestmark = needs_shared
+
+
+@pytest.fixture(scope="module")
+def mobilenet(tmp_path_factory):
+    from cam_infer import Explainer, split_onnx
+    bundle = split_onnx(SHARED / "models" / "mobilenetv2-fp32-dequant.onnx", out=tmp_path_factory.mktemp("m") / "b")
+    explainers = {name: Explainer(bundle, backend=name, precision="f32") for name in ("onnxruntime", "openvino")}
+    x = explainers["onnxruntime"].preprocess([SHARED / "images" / "samoyed_dog.jpg", SHARED / "images" / "coffee.png"])
+    return explainers, x
+
+
+def twin(method: str, a: np.ndarray, weight: np.ndarray, bias: np.ndarray, c: int) -> np.ndarray:
+    """The map of one image from its activations (K,h,w), in float64."""
+    a = a.astype(np.float64)
+    w, b = weight.astype(np.float64), bias.astype(np.float64)
+    k, h, hw = a.shape[0], a.shape[1], a.shape[1] * a.shape[2]
+    if method == "activation":
+        return a.mean(axis=0)
+    if method == "entropy":
+        return np.tensordot(numpy_spatial_entropy(a), a, axes=1)
+    if method == "cam":
+        return np.tensordot(w[c], a, axes=1)
+    if method == "ablation":                       # (y_c − y_c,k)/|y_c|, y_c,k = y_c − W_ck·mean(A^k)
+        pooled = a.mean(axis=(1, 2))
+        return np.tensordot(pooled * w[c] / abs(w[c] @ pooled + b[c]), a, axes=1)
+    logits = a.reshape(k, hw).T @ w.T / hw + b     # recipro: every position kept alone
+    logits -= logits.max(axis=1, keepdims=True)
+    return (np.exp(logits[:, c]) / np.exp(logits).sum(axis=1)).reshape(h, -1)
+
+
+def twin_saliency(m: np.ndarray, size: int) -> np.ndarray:
+    m = np.maximum(m, 0)
+    m = (m - m.min()) / (m.max() - m.min())
+    return np.clip(cv2.resize(m, (size, size), interpolation=cv2.INTER_LINEAR), 0, 1)
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+@pytest.mark.parametrize("method", ["activation", "entropy", "cam", "ablation", "recipro"])
+def test_single_pass_maps_equal_their_float64_twins_on_mobilenet_v2(mobilenet, backend, method):
+    explainers, x = mobilenet
+    ex = explainers[backend]
+    e = ex.explain(x, method)
+    a = ex.backend.features(x)
+    head = ex.linear_head
+    assert head is not None and a.shape[1:] == (1280, 7, 7)
+    for i in range(len(x)):
+        expected = twin(method, a[i], head.weight, head.bias, int(e.targets[i]))
+        scale = np.abs(expected).max()
+        np.testing.assert_allclose(e.maps[i], expected, rtol=1e-4, atol=1e-5 * scale)
+        np.testing.assert_allclose(e.saliency[i], twin_saliency(expected, 224), atol=2e-4)
+    assert e.maps.dtype == e.saliency.dtype == np.float32 and not e.degenerate.any()
