@@ -59,13 +59,23 @@ class LinearTail:
         """(N,K,h,w) → what the head returns, (N,C,H,W)."""
         return apply(self.logits(a), self.activation)
 
+    @cached_property
+    def groups(self) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+        """`_groups` of the supports along y and x, computed once per tail."""
+        y, x = (_groups(weights) for _, weights, _ in self.supports)
+        if y[1].shape[1] * x[1].shape[1] * 2 > self.supports[0][1].shape[1] * self.supports[1][1].shape[1]:
+            return (None, self.supports[0][1]), (None, self.supports[1][1])     # too few repeats to pay
+        return y, x
+
     def recipro_scores(self, a: np.ndarray, c: int, region: np.ndarray, activation: str) -> np.ndarray:
         """S(q) = (1/|R|) Σ_{p∈R} act(b + Σ_n u_p(n)·W_{q−n}·A[:,q])_c for every position q of a (K,h,w) → (h,w),
         n the cells the kernel carries q to, u_p(n) = R_y[p_y,n_y]·R_x[p_x,n_x]. Pixels outside the support of
         q's cells give act(b)_c; the support of a row of positions is computed at once (a rectangle per position,
-        padded to the widest, the padding masked out)."""
+        padded to the widest, the padding masked out). The logits at p depend on p only through its row's weights
+        R_y[p_y,·] and its column's R_x[p_x,·], which an upsampling repeats (DeepLab's 16×: 16 distinct rows of the
+        31 in a support): each distinct (row, column) pair is scored once, times the region's pixels that have it
+        — the same values, summed in another order (`_groups`)."""
         _, h, w = a.shape
-        k = self.kernel.shape[2]
         base = float(apply(self.bias.astype(np.float64)[:, None, None], activation)[c, 0, 0])
         kernel, bias = self.kernel, self.bias.astype(np.float32)[None, :, None, None]
         if activation != "softmax":                                # each class on its own: only c is needed
@@ -73,19 +83,36 @@ class LinearTail:
         v = np.einsum("ckyx,khw->hwcyx", kernel, a).astype(np.float32)            # W_tap·A[:,q] for every tap
         total = int(region.sum())
         (ys, ry, y_valid), (xs, rx, x_valid) = self.supports   # (h,Ly), (h,Ly,k), (h,Ly); (w,Lx), (w,Lx,k), (w,Lx)
+        (y_group, ry), (x_group, rx) = self.groups             # one-hot (h,Ly,Dy), (h,Dy,k); (w,Lx,Dx), (w,Dx,k)
         region_x = region[:, xs] & x_valid[None]                  # (H,w,Lx)
-        rx_t = rx.transpose(0, 2, 1)[:, None]                      # (w,1,k,Lx)
+        rx_t = rx.transpose(0, 2, 1)[:, None]                      # (w,1,k,Dx)
         out = np.full((h, w), base, np.float64)                    # a position whose support misses the region
         for i in range(h):
             inside = region_x[ys[i]].transpose(1, 0, 2) & y_valid[i][None, :, None]      # (w,Ly,Lx)
             hit = inside.any(axis=(1, 2))
             if not hit.any():
                 continue
-            z = bias + np.matmul(ry[i], np.matmul(v[i][hit], rx_t[hit]))                # (q,C,Ly,Lx) on q's support
-            y_c, inside = class_score(z, activation, c), inside[hit]
-            kept = np.where(inside, y_c, 0).sum(axis=(1, 2), dtype=np.float64)
+            inside = inside[hit]
+            pixels = inside if y_group is None else \
+                np.matmul(y_group[i].T, np.matmul(inside.astype(np.float32), x_group[hit]))   # (q,Dy,Dx)
+            z = bias + np.matmul(ry[i], np.matmul(v[i][hit], rx_t[hit]))                # (q,C,Dy,Dx)
+            kept = np.where(pixels, class_score(z, activation, c), 0).sum(axis=(1, 2), dtype=np.float64) \
+                if y_group is None else (class_score(z, activation, c) * pixels).sum(axis=(1, 2), dtype=np.float64)
             out[i, hit] = (base * (total - inside.sum(axis=(1, 2))) + kept) / total
         return out.astype(np.float32)
+
+
+def _groups(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct weight rows of each support (weights (n,L,k)): which one each of its L indices has, one-hot
+    (n,L,D), and the distinct rows (n,D,k), padded to the most distinct with zero rows that no index has."""
+    found = [np.unique(w, axis=0, return_inverse=True) for w in weights]
+    most = max(len(rows) for rows, _ in found)
+    one_hot = np.zeros((*weights.shape[:2], most), np.float32)
+    distinct = np.zeros((len(weights), most, weights.shape[2]), np.float32)
+    for i, (rows, which) in enumerate(found):
+        one_hot[i, np.arange(weights.shape[1]), which.ravel()] = 1.0
+        distinct[i, :len(rows)] = rows
+    return one_hot, distinct
 
 
 def _supports(r: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
