@@ -273,3 +273,20 @@ def class_argmax(scores: np.ndarray) -> np.ndarray:
                     best[i, j] = v
                     out[i, j] = k
     return out
+
+
+@njit(cache=CACHE, nogil=True)
+def last_axis_argmax(scores: np.ndarray) -> np.ndarray:
+    """(H,W,C) channels-last scores → (H,W) int64: `class_argmax` of the same scores stored with the classes last
+    (each pixel's classes contiguous), the first on ties and the first NaN."""
+    h, w, c = scores.shape
+    out = np.zeros((h, w), np.int64)
+    for i in range(h):
+        for j in range(w):
+            b = scores[i, j, 0]
+            for k in range(1, c):
+                v = scores[i, j, k]
+                if v > b or (v != v and b == b):
+                    b = v
+                    out[i, j] = k
+    return out

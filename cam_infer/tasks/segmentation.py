@@ -87,14 +87,23 @@ def region_scores(scores: np.ndarray, region: np.ndarray) -> np.ndarray:
     return scores[:, region].mean(axis=1, dtype=np.float64)
 
 
+def class_ids(outputs: np.ndarray) -> np.ndarray:
+    """(C,H,W) scores → (H,W) the class of each pixel's highest score, read in the order the scores are stored (a
+    head's channels-last output is an (H,W,C) array viewed as (C,H,W): no copy to planes)."""
+    from ..kernels import class_argmax, last_axis_argmax
+    channels_last = outputs.transpose(1, 2, 0)
+    if channels_last.flags.c_contiguous:
+        return last_axis_argmax(channels_last)
+    return class_argmax(np.ascontiguousarray(outputs))
+
+
 class Assignment:
     """Where the model assigns each class of one image's (C,H,W) scores: the argmax over the classes (sigmoid: each
     class above 0.5), kept as one label map — a class's region is drawn only when it is asked for."""
 
     def __init__(self, outputs: np.ndarray, kind: str):
-        from ..kernels import class_argmax
         self.sigmoid, self.classes = kind == "sigmoid", len(outputs)
-        self.values = outputs > 0.5 if self.sigmoid else class_argmax(np.ascontiguousarray(outputs))
+        self.values = outputs > 0.5 if self.sigmoid else class_ids(outputs)
 
     def counts(self, within: np.ndarray | None = None) -> np.ndarray:
         """(C,): each class's pixels (within a (H,W) mask)."""
