@@ -21,6 +21,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .qdq_tail import dequantized, is_quantized
+
 ACTIVATIONS = {"Sigmoid": "sigmoid", "Softmax": "softmax"}
 
 
@@ -154,15 +156,27 @@ def apply(z: np.ndarray, activation: str) -> np.ndarray:
     return z
 
 
-def read_linear_tail(head: onnx.ModelProto, activation_shape: tuple[int, int, int]) -> LinearTail | None:
-    """The head as a `LinearTail`, verified against the graph on random activations (which also checks that its
-    Transposes cancel and that a Softmax is over the classes); None when it is not one."""
+def read_linear_tail(head: onnx.ModelProto, activation_shape: tuple[int, int, int],
+                     features_of=None) -> LinearTail | None:
+    """The head as a `LinearTail` (a convolution, one or more linear Resizes, an activation), verified against
+    the graph on random activations (which also checks that its Transposes cancel and that a Softmax is over
+    the classes); None when it is not one. A quantized (QDQ) head is read as its float graph (`qdq_tail`) and
+    accepted as `read_openvino_tail` accepts an int8 IR head: within 2 steps of its output's quantization on the
+    cut of a real-range input (`features_of()`), its mean error within half a step."""
+    if is_quantized(head):
+        read = dequantized(head)
+        if read is None or features_of is None:
+            return None
+        tail = read_linear_tail(read[0], activation_shape)
+        return tail if tail is not None and _within_steps(head, tail, features_of, read[1]) else None
     nodes = [n for n in head.graph.node if n.op_type not in ("Identity", "Transpose")]   # layout: checked below
     constants = {n.output[0]: n for n in nodes if n.op_type == "Constant"}
     nodes = [n for n in nodes if n.op_type != "Constant"]
-    if len(nodes) not in (2, 3) or nodes[0].op_type != "Conv" or nodes[1].op_type != "Resize":
+    resizes = [n for n in nodes[1:] if n.op_type == "Resize"]
+    rest = nodes[1 + len(resizes):]
+    if len(nodes) < 2 or nodes[0].op_type != "Conv" or nodes[1:1 + len(resizes)] != resizes or len(rest) > 1:
         return None
-    conv, resize = nodes[0], nodes[1]
+    conv = nodes[0]
     attributes = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
     weights = {t.name: numpy_helper.to_array(t) for t in head.graph.initializer}
     size = weights[conv.input[1]].shape[2:] if len(conv.input) > 1 and conv.input[1] in weights else None
@@ -170,23 +184,38 @@ def read_linear_tail(head: onnx.ModelProto, activation_shape: tuple[int, int, in
             any(s != 1 for s in attributes.get("strides", [1, 1])) or \
             any(d != 1 for d in attributes.get("dilations", [1, 1])) or \
             any(p != size[0] // 2 for p in attributes.get("pads", [0, 0, 0, 0])) or \
-            helper.get_attribute_value(next(a for a in resize.attribute if a.name == "mode")) != b"linear":
+            any(helper.get_attribute_value(next(a for a in r.attribute if a.name == "mode")) != b"linear"
+                for r in resizes):
         return None
     activation = "none"
-    if len(nodes) == 3:
-        if nodes[2].op_type not in ACTIVATIONS:
+    if rest:
+        if rest[0].op_type not in ACTIVATIONS:
             return None
-        activation = ACTIVATIONS[nodes[2].op_type]
+        activation = ACTIVATIONS[rest[0].op_type]
     weight = weights[conv.input[1]].astype(np.float32)
     bias = weights[conv.input[2]].astype(np.float32) if len(conv.input) > 2 and conv.input[2] else \
         np.zeros(len(weight), np.float32)
     k, h, w = activation_shape
-    ry = _axis_weights(head, resize, constants, weights, k, h, w, axis=0)
-    rx = _axis_weights(head, resize, constants, weights, k, h, w, axis=1)
-    if ry is None or rx is None:
-        return None
-    tail = LinearTail(weight, bias, ry, rx, activation)
+    ry, rx = np.eye(h), np.eye(w)
+    for resize in resizes:                               # a chain of resizes: the product of their weights
+        step_y = _axis_weights(head, resize, constants, weights, k, len(ry), len(rx), axis=0)
+        step_x = _axis_weights(head, resize, constants, weights, k, len(ry), len(rx), axis=1)
+        if step_y is None or step_x is None:
+            return None
+        ry, rx = step_y @ ry, step_x @ rx
+    tail = LinearTail(weight, bias, ry.astype(np.float32), rx.astype(np.float32), activation)
     return tail if _reproduces(head, tail, activation_shape) else None
+
+
+def _within_steps(head: onnx.ModelProto, tail: LinearTail, features_of, step: float) -> bool:
+    """The float tail against the quantized head run by ONNX Runtime on the cut of a real-range input."""
+    from ..backends.sessions import FLOAT32, onnxruntime_session
+
+    a, _ = features_of()
+    session = onnxruntime_session(head, FLOAT32, quiet=True)
+    expected = session.run(None, {session.get_inputs()[0].name: a})[0]
+    error = np.abs(tail.scores(a) - expected)
+    return error.max() <= 2 * step + 1e-4 and error.mean() <= 0.5 * step + 1e-5
 
 
 def _axis_weights(head, resize, constants, weights, k, h, w, axis: int) -> np.ndarray | None:

@@ -133,7 +133,8 @@ class SegmentationTask(Task):
             import onnx
 
             from ..bundle.linear_tail import read_linear_tail
-            self.tail = read_linear_tail(onnx.load(self.bundle.head_path), self.bundle.activation_shape)
+            self.tail = read_linear_tail(onnx.load(self.bundle.head_path), self.bundle.activation_shape,
+                                         self.clean_cut)
         elif self.bundle.graph_format == "openvino":
             from ..backends.sessions import openvino_model
             from ..bundle.linear_tail import read_openvino_tail
