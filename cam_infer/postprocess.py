@@ -43,7 +43,9 @@ def normalise(maps: np.ndarray, in_place: bool = False) -> tuple[np.ndarray, np.
 def near_uniform(saliency: np.ndarray) -> np.ndarray:
     """Which normalised maps (..., H, W) in [0,1] carry no localisation: more than `UNIFORM_FRACTION` of
     their pixels at or above half the range (a constant map, all zeros, is degenerate instead)."""
-    return (np.asarray(saliency) >= 0.5).mean(axis=(-2, -1)) > UNIFORM_FRACTION
+    saliency = np.asarray(saliency)
+    above = np.count_nonzero(saliency >= 0.5, axis=(-2, -1))
+    return above / (saliency.shape[-2] * saliency.shape[-1]) > UNIFORM_FRACTION
 
 
 def flagged(degenerate: bool, uniform: bool = False) -> str:
@@ -54,8 +56,10 @@ def flagged(degenerate: bool, uniform: bool = False) -> str:
 def upsample(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Bilinear (align_corners=False, as torch's and cv2's default) to size (H,W), clipped to [0,1]."""
     h, w = size
-    return np.stack([np.clip(cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR), 0, 1) for m in maps]) \
-        if len(maps) else np.zeros((0, h, w), np.float32)
+    out = np.empty((len(maps), h, w), np.float32)
+    for m, into in zip(np.asarray(maps, np.float32), out):
+        cv2.resize(m, (w, h), dst=into, interpolation=cv2.INTER_LINEAR)     # written in place: no copies
+    return np.clip(out, 0, 1, out=out)
 
 
 def check_overlay_options(colormap: str, alpha: float) -> None:

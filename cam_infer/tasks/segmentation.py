@@ -83,8 +83,10 @@ def rows(values: np.ndarray, i: int, k: int) -> np.ndarray:
 
 
 def region_scores(scores: np.ndarray, region: np.ndarray) -> np.ndarray:
-    """Mean of (R,H,W) scores over the region's pixels → (R,)."""
-    return scores[:, region].mean(axis=1, dtype=np.float64)
+    """Mean of (R,H,W) scores over the region's pixels → (R,): the region's pixels gathered by their indices, in
+    row-major order (a boolean mask reads every pixel of the image; a channels-last view is read in place)."""
+    rows, cols = np.nonzero(region)
+    return scores[:, rows, cols].mean(axis=1, dtype=np.float64)
 
 
 def class_ids(outputs: np.ndarray) -> np.ndarray:
@@ -269,7 +271,7 @@ class SegmentationTask(Task):
             saliency = upsample(normalised, size)
             scores = [float(ctx.class_scores(ctx.outputs[j:j + 1], j, "logit")[0]) for j in range(len(classes))]
             items.append([SegmentMap(c, None if not self.bundle.labels else self.bundle.labels[c], scores[j],
-                                     ctx.regions[j], int(ctx.regions[j].sum()), saliency[j], raw[j],
+                                     ctx.regions[j], np.count_nonzero(ctx.regions[j]), saliency[j], raw[j],
                                      bool(degenerate[j]), bool(near_uniform(saliency[j])), not spec.class_specific,
                                      source=source)
                           for j, c in enumerate(classes)])
