@@ -88,19 +88,18 @@ class LinearTail:
         (y_group, ry), (x_group, rx) = self.groups             # one-hot (h,Ly,Dy), (h,Dy,k); (w,Lx,Dx), (w,Dx,k)
         region_x = region[:, xs] & x_valid[None]                  # (H,w,Lx)
         rx_t = rx.transpose(0, 2, 1)[:, None]                      # (w,1,k,Dx)
+        per_row = region_x.sum(axis=2, dtype=np.int32)[ys]        # (h,Ly,w): each support row's region pixels
+        counts = np.einsum("ilj,il->ij", per_row, y_valid.astype(np.int32))     # (h,w): per support
         out = np.full((h, w), base, np.float64)                    # a position whose support misses the region
-        for i in range(h):
-            inside = region_x[ys[i]].transpose(1, 0, 2) & y_valid[i][None, :, None]      # (w,Ly,Lx)
-            hit = inside.any(axis=(1, 2))
-            if not hit.any():
-                continue
-            inside = inside[hit]
+        for i in np.flatnonzero(counts.any(axis=1)):
+            hit = counts[i] > 0
+            inside = region_x[ys[i]].transpose(1, 0, 2)[hit] & y_valid[i][None, :, None]   # (q,Ly,Lx)
             pixels = inside if y_group is None else \
                 np.matmul(y_group[i].T, np.matmul(inside.astype(np.float32), x_group[hit]))   # (q,Dy,Dx)
             z = bias + np.matmul(ry[i], np.matmul(v[i][hit], rx_t[hit]))                # (q,C,Dy,Dx)
             kept = np.where(pixels, class_score(z, activation, c), 0).sum(axis=(1, 2), dtype=np.float64) \
                 if y_group is None else (class_score(z, activation, c) * pixels).sum(axis=(1, 2), dtype=np.float64)
-            out[i, hit] = (base * (total - inside.sum(axis=(1, 2))) + kept) / total
+            out[i, hit] = (base * (total - counts[i, hit]) + kept) / total
         return out.astype(np.float32)
 
 
