@@ -277,16 +277,23 @@ def class_argmax(scores: np.ndarray) -> np.ndarray:
 
 @njit(cache=CACHE, nogil=True)
 def last_axis_argmax(scores: np.ndarray) -> np.ndarray:
-    """(H,W,C) channels-last scores → (H,W) int64: `class_argmax` of the same scores stored with the classes last
-    (each pixel's classes contiguous), the first on ties and the first NaN."""
+    """(H,W,C) channels-last scores → (H,W) int64: `class_argmax` of the same scores stored with the classes last,
+    the first on ties and the first NaN. Each image row's (W,C) block is copied to (C,W) planes first, so that the
+    comparisons run along contiguous pixels (vectorised) rather than along each pixel's C classes."""
     h, w, c = scores.shape
     out = np.zeros((h, w), np.int64)
+    planes = np.empty((c, w), scores.dtype)
+    best = np.empty(w, scores.dtype)
     for i in range(h):
         for j in range(w):
-            b = scores[i, j, 0]
-            for k in range(1, c):
-                v = scores[i, j, k]
+            for k in range(c):
+                planes[k, j] = scores[i, j, k]
+        best[:] = planes[0]
+        for k in range(1, c):
+            for j in range(w):
+                v = planes[k, j]
+                b = best[j]
                 if v > b or (v != v and b == b):
-                    b = v
+                    best[j] = v
                     out[i, j] = k
     return out
