@@ -273,27 +273,3 @@ def class_argmax(scores: np.ndarray) -> np.ndarray:
                     best[i, j] = v
                     out[i, j] = k
     return out
-
-
-@njit(cache=CACHE, nogil=True)
-def last_axis_argmax(scores: np.ndarray) -> np.ndarray:
-    """(H,W,C) channels-last scores → (H,W) int64: `class_argmax` of the same scores stored with the classes last,
-    the first on ties and the first NaN. Each image row's (W,C) block is copied to (C,W) planes first, so that the
-    comparisons run along contiguous pixels (vectorised) rather than along each pixel's C classes."""
-    h, w, c = scores.shape
-    out = np.zeros((h, w), np.int64)
-    planes = np.empty((c, w), scores.dtype)
-    best = np.empty(w, scores.dtype)
-    for i in range(h):
-        for j in range(w):
-            for k in range(c):
-                planes[k, j] = scores[i, j, k]
-        best[:] = planes[0]
-        for k in range(1, c):
-            for j in range(w):
-                v = planes[k, j]
-                b = best[j]
-                if v > b or (v != v and b == b):
-                    best[j] = v
-                    out[i, j] = k
-    return out

@@ -154,12 +154,3 @@ def test_class_argmax_matches_numpy_argmax_with_ties_and_nans():
     np.testing.assert_array_equal(kernels.class_argmax(scores), scores.argmax(axis=0))
     logits = RNG.standard_normal((3, 64, 64)).astype(np.float32)
     np.testing.assert_array_equal(kernels.class_argmax(logits), logits.argmax(axis=0))
-
-
-def test_last_axis_argmax_matches_numpy_argmax_with_ties_and_nans():
-    scores = RNG.integers(0, 4, (37, 29, 21)).astype(np.float32)       # many ties: the first class wins
-    scores[3, 4, 5] = scores[3, 4, 9] = np.nan                           # the first NaN wins
-    scores[7, 7, :] = np.nan
-    np.testing.assert_array_equal(kernels.last_axis_argmax(scores), scores.argmax(axis=2))
-    logits = RNG.standard_normal((64, 64, 3)).astype(np.float32)
-    np.testing.assert_array_equal(kernels.last_axis_argmax(logits), logits.argmax(axis=2))

@@ -288,20 +288,6 @@ def test_deeplab_regions_are_the_unsplit_model_s_own_argmax_on_real_photos(deepl
 
 
 @needs_shared
-def test_deeplab_head_runs_without_its_final_transpose_and_gives_the_head_graph_s_scores(deeplab):
-    """The bundle's head ends in the NHWC→NCHW Transpose of 21×513×513 scores; OpenVINO runs it without that
-    Transpose and the scores come as an (N,C,H,W) view of the channels-last values: the head graph's own values
-    (to float rounding: the runtime fuses the last dequantization differently)."""
-    from cam_infer.backends.sessions import FLOAT32, openvino_compiled
-    x = deeplab.preprocess([str(SHARED / "images" / "samoyed_dog.jpg")])
-    a = deeplab.backend.features(x)
-    scores = deeplab.backend.head(a)
-    assert scores.shape == (1, 21, 513, 513) and scores.transpose(0, 2, 3, 1).flags.c_contiguous
-    whole = openvino_compiled(deeplab.bundle.head_path, FLOAT32)
-    np.testing.assert_allclose(scores, next(iter(whole({0: a}).values())), rtol=1e-6, atol=1e-6)
-
-
-@needs_shared
 def test_deeplab_shortcut_matches_its_int8_head_within_a_quantization_step(deeplab):
     """The float tail's region scores against the int8 head run with the cut kept at one position."""
     assert deeplab.task.tail is not None

@@ -12,7 +12,6 @@ from ..bundle import Bundle
 from ..bundle.positions import PRODUCTS, openvino_position_products
 from ..errors import CamInferError
 from .base import Backend
-from .channels_last import as_nchw, without_final_transpose
 from .sessions import Lender, RuntimeOptions, openvino_compiled, openvino_device, openvino_model
 
 SINGLE = 1                                      # the batch that gets its own static-shape compiled copy
@@ -46,11 +45,6 @@ class OpenVINOBackend(Backend):
         self.hint = hint
         self._clean = "joined" if self.joins else "features"           # the graph of the clean pass
         self._single = bundle.dynamic_batch                             # batch 1 on a static copy, for now
-        self._channels_last = None                                      # the head's (H,W,C) when run without its
-        if not self.joins:                                              # final Transpose (`channels_last.py`)
-            head, self._channels_last = without_final_transpose(self._model("head"))
-            if head is not None:
-                self._added["head"] = head
         self._both = sum(p.stat().st_size for p in (bundle.features_path, bundle.head_path)) <= BOTH_COPIES_BYTES
         self._graph(self._clean, SINGLE)                                # compile errors show here, at once
         self._graph("head")
@@ -86,14 +80,6 @@ class OpenVINOBackend(Backend):
         except RuntimeError as exc:
             raise CamInferError(f"OpenVINO cannot compile this bundle for {self.device}: "
                                 f"{str(exc).strip().splitlines()[0][:300]}") from None
-
-    def head(self, a: np.ndarray) -> np.ndarray:
-        """`Backend.head`; a head run without its final layout Transpose returns an (N,C,H,W) view of its
-        channels-last values."""
-        if self._channels_last is None:
-            return super().head(a)
-        a = self._checked(a, self.bundle.cut_shape, "activations")
-        return as_nchw(self._chunked("head", a)[0], len(a), self._channels_last)
 
     def _add_products(self, weight: np.ndarray) -> None:
         """The joined ov.Model's clone (its weights shared, not read again) with the product appended."""

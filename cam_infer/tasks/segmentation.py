@@ -84,19 +84,9 @@ def rows(values: np.ndarray, i: int, k: int) -> np.ndarray:
 
 def region_scores(scores: np.ndarray, region: np.ndarray) -> np.ndarray:
     """Mean of (R,H,W) scores over the region's pixels → (R,): the region's pixels gathered by their indices, in
-    row-major order (a boolean mask reads every pixel of the image; a channels-last view is read in place)."""
+    row-major order (a boolean mask reads every pixel of the image)."""
     rows, cols = np.nonzero(region)
     return scores[:, rows, cols].mean(axis=1, dtype=np.float64)
-
-
-def class_ids(outputs: np.ndarray) -> np.ndarray:
-    """(C,H,W) scores → (H,W) the class of each pixel's highest score, read in the order the scores are stored (a
-    head's channels-last output is an (H,W,C) array viewed as (C,H,W): no copy to planes)."""
-    from ..kernels import class_argmax, last_axis_argmax
-    channels_last = outputs.transpose(1, 2, 0)
-    if channels_last.flags.c_contiguous:
-        return last_axis_argmax(channels_last)
-    return class_argmax(np.ascontiguousarray(outputs))
 
 
 class Assignment:
@@ -104,8 +94,9 @@ class Assignment:
     class above 0.5), kept as one label map — a class's region is drawn only when it is asked for."""
 
     def __init__(self, outputs: np.ndarray, kind: str):
+        from ..kernels import class_argmax
         self.sigmoid, self.classes = kind == "sigmoid", len(outputs)
-        self.values = outputs > 0.5 if self.sigmoid else class_ids(outputs)
+        self.values = outputs > 0.5 if self.sigmoid else class_argmax(np.ascontiguousarray(outputs))
 
     def counts(self, within: np.ndarray | None = None) -> np.ndarray:
         """(C,): each class's pixels (within a (H,W) mask)."""
