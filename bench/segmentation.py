@@ -67,13 +67,23 @@ quantized head on a real cut), so its recipro is timed on both runtimes.
 - output tensors the runtime writes into directly (no 22 MB copy): no difference measurable on the head (69.8
   against 70.3 ms).
 
+**Against the targets (this run, load 15–16).** Single-pass methods ≤ 1.10×: met on DeepLab's ONNX file on
+OpenVINO (1.01–1.06×) and on ONNX Runtime but for eigen (1.04–1.11×), on the PAN on OpenVINO for activation and
+entropy (1.02×; eigen 1.13×); missed on DeepLab's TFLite (1.16–1.22×) and on the PAN on ONNX Runtime for eigen and
+entropy (1.13–1.22×; activation 0.83×). Recipro ≤ 1.5×: met on DeepLab's ONNX file on OpenVINO (1.44×, timed for
+the first time); missed on DeepLab's TFLite (1.62×, was 2.01× quiet), DeepLab's ONNX file on ONNX Runtime (1.70×)
+and the PAN (1.78–1.80×; was 1.47× and 2.35× quiet).
+
 **Why the misses, measured.** DeepLab's TFLite, single-pass: the bundle's pass is two runtime calls (features,
-head) where the unsplit model is one, and returns 22 MB of float32 scores where the unsplit model returns their
-ArgMax; the argmax, the 22 MB copy and the region score add 3–5 ms quiet over a 20–30 ms pass. What would reach
-1.10×: the head returning only what the task reads (the explained class's plane and the class ids) in an op
-faster than OpenVINO's TopK here. Recipro on DeepLab: the shortcut is about 1.3× the pass under load (17×17×21
-exponentials per position that meets the region); on the PAN on OpenVINO it is 2–3× the pass's 16 ms quiet, the
-per-row NumPy work of 128 rows of positions (a 3×3 kernel and a sigmoid on each position's 17×17 support).
+head) where the unsplit model makes one, and returns 22 MB of float32 scores where the unsplit model returns their
+ArgMax (1.03× here, 1.08× quiet); the argmax (1.5–2 ms quiet, 10 ms here), the 22 MB copy (1.6–3 ms quiet) and the
+region score (1 ms) come on top. What would reach 1.10×: a head that returns only what the task reads (the class
+ids and the explained class's plane) from an argmax faster in the graph than OpenVINO's TopK is here. Recipro: a
+profile of DeepLab's TFLite recipro call at load 12 gives 138 ms of passes, 55–63 ms of shortcut (its softmax 17
+ms, the rest NumPy's small batched matrix products and gathers per row of positions, which slow down most under
+load as BLAS's threads compete with the runtime's), 12 ms of copies and 4 ms of argmax. On the PAN the shortcut is
+128 rows of NumPy work (a 3×3 kernel and a sigmoid on each position's 17×17 support), 35–42 ms here over a pass
+that takes 16 ms quiet on OpenVINO: 1.5× needs it under 8 ms, i.e. the rows batched into a few calls without BLAS.
 """
 BACKENDS = ["onnxruntime", "openvino"]
 
