@@ -84,8 +84,9 @@ class LinearTail:
             kernel, bias, c = kernel[c:c + 1], bias[:, c:c + 1], 0
         v = np.einsum("ckyx,khw->hwcyx", kernel, a).astype(np.float32)            # W_tap·A[:,q] for every tap
         total = int(region.sum())
-        (ys, ry, y_valid), (xs, rx, x_valid) = self.supports   # (h,Ly), (h,Ly,k), (h,Ly); (w,Lx), (w,Lx,k), (w,Lx)
+        (ys, _, y_valid), (xs, _, x_valid) = self.supports     # (h,Ly), (h,Ly); (w,Lx), (w,Lx)
         (y_group, ry), (x_group, rx) = self.groups             # one-hot (h,Ly,Dy), (h,Dy,k); (w,Lx,Dx), (w,Dx,k)
+                                                               # (no repeats: None, and the supports' weights)
         region_x = region[:, xs] & x_valid[None]                  # (H,w,Lx)
         rx_t = rx.transpose(0, 2, 1)[:, None]                      # (w,1,k,Dx)
         per_row = region_x.sum(axis=2, dtype=np.int32)[ys]        # (h,Ly,w): each support row's region pixels
@@ -97,8 +98,8 @@ class LinearTail:
             pixels = inside if y_group is None else \
                 np.matmul(y_group[i].T, np.matmul(inside.astype(np.float32), x_group[hit]))   # (q,Dy,Dx)
             z = bias + np.matmul(ry[i], np.matmul(v[i][hit], rx_t[hit]))                # (q,C,Dy,Dx)
-            kept = np.where(pixels, class_score(z, activation, c), 0).sum(axis=(1, 2), dtype=np.float64) \
-                if y_group is None else (class_score(z, activation, c) * pixels).sum(axis=(1, 2), dtype=np.float64)
+            y_c = class_score(z, activation, c)
+            kept = (np.where(pixels, y_c, 0) if y_group is None else y_c * pixels).sum(axis=(1, 2), dtype=np.float64)
             out[i, hit] = (base * (total - counts[i, hit]) + kept) / total
         return out.astype(np.float32)
 
