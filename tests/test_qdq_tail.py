@@ -45,11 +45,10 @@ def qdq_head(output_scale: float = 0.05, middle_scale: float = 0.05) -> onnx.Mod
              helper.make_node("QuantizeLinear", ["big", "o_scale", "o_zero"], ["big_q"]),
              helper.make_node("DequantizeLinear", ["big_q", "o_scale", "o_zero"], ["big_dq"]),
              helper.make_node("Identity", ["big_dq"], ["class_scores"])]
-    graph = helper.make_graph(nodes, "head", [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", K, SIDE, SIDE])],
-                              [helper.make_tensor_value_info("class_scores", TensorProto.FLOAT, None)], initializer=inits)
-    return helper.make_model(graph, opset_imports=[helper.make_operatordef_id("", 13)
-                                                   if hasattr(helper, "make_operatordef_id") else
-                                                   helper.make_opsetid("", 13)])
+    inputs = [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", K, SIDE, SIDE])]
+    outputs = [helper.make_tensor_value_info("class_scores", TensorProto.FLOAT, None)]
+    graph = helper.make_graph(nodes, "head", inputs, outputs, initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
 
 
 def cut() -> np.ndarray:
@@ -65,7 +64,8 @@ def test_a_qdq_head_is_read_with_its_weights_dequantized_as_the_runtime_does(hea
     a = cut()
     tail = read_linear_tail(head, (K, SIDE, SIDE), lambda: (a, None))
     assert tail is not None and tail.ry.shape == (OUT, SIDE) and tail.activation == "none"
-    np.testing.assert_array_equal(tail.kernel, ((WEIGHTS.astype(np.int64) - 128) * np.float32(0.002)).astype(np.float32))
+    dequantized = ((WEIGHTS.astype(np.int64) - 128) * np.float32(0.002)).astype(np.float32)
+    np.testing.assert_array_equal(tail.kernel, dequantized)
     np.testing.assert_array_equal(tail.bias, (BIASES * np.float32(0.02 * 0.002)).astype(np.float32))
 
 

@@ -344,8 +344,9 @@ def row_by_row_recipro_scores(tail, a, c, region, activation) -> np.ndarray:
 @needs_shared
 def test_deeplab_softmax_shortcut_scores_each_repeated_weight_pair_once_exactly(deeplab):
     """DeepLab's 16× resize repeats the weights of 15 of the 31 rows (and columns) of a support: the shortcut
-    scores 17×17 (row, column) pairs a position (16 and the border's zero row) instead of 31×31 pixels, and equals the pixel-by-pixel
-    computation to float rounding at every position, and the float tail run at full size at a grid of them."""
+    scores 17×17 (row, column) pairs a position (16 and the border's zero row) instead of 31×31 pixels, and equals
+    the pixel-by-pixel computation to float rounding at every position, and the float tail run at full size at a
+    grid of them."""
     (y_group, _), (x_group, _) = deeplab.task.tail.groups
     assert y_group.shape == x_group.shape == (33, 31, 17)          # 16 weight rows, and the padding's zero row
     x = deeplab.preprocess([str(SHARED / "images" / "both.png")])
