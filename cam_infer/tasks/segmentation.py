@@ -262,7 +262,7 @@ class SegmentationTask(Task):
             saliency = upsample(normalised, size)
             scores = [float(ctx.class_scores(ctx.outputs[j:j + 1], j, "logit")[0]) for j in range(len(classes))]
             items.append([SegmentMap(c, None if not self.bundle.labels else self.bundle.labels[c], scores[j],
-                                     ctx.regions[j], np.count_nonzero(ctx.regions[j]), saliency[j], raw[j],
+                                     ctx.regions[j], int(np.count_nonzero(ctx.regions[j])), saliency[j], raw[j],
                                      bool(degenerate[j]), bool(near_uniform(saliency[j])), not spec.class_specific,
                                      source=source)
                           for j, c in enumerate(classes)])
