@@ -37,28 +37,53 @@ from detection import alternate, median, ratio  # noqa: E402
 
 METHODS = ["activation", "eigen", "entropy", "recipro"]
 NOTES = """
-**Reading it.** This run shared the 2 cores with other jobs (load 6–10: the forward passes took 3–5× their quiet
-times, DeepLab's 100–190 ms against 21–36 ms), so single ratios scatter by ±0.2; re-run it on a quiet machine.
-What the task adds beyond the pass is now small and itemised in the "beyond the pass" rows: the region's argmax is
-a compiled kernel reading each class plane in memory order (`kernels.class_argmax`, 2–10 ms for DeepLab's 21×513×513
-scores under load, against 9 ms of NumPy's strided argmax on a quiet machine; its region is DeepLab's own ArgMax
-output pixel for pixel on the shared photos), the region score under 1 ms, and one target's rows are views of the
-clean pass, not copies. What remains of a single-pass call beyond the model: the copy of the 21×513×513 float32
-scores out of the runtime's request (22 MB, 2–3 ms quiet), the map's upsampling to 513² (under 1 ms) and the
-method. The single-pass methods land at 0.8–1.3× (one 1.5×: eigen on DeepLab's TFLite) here; the earlier quiet run
-gave 1.4–1.9× on DeepLab, 9 ms of it the argmax now gone.
+**Reading it.** Every pass here is 4–8× its quiet time when the load is 10–17 (DeepLab's unsplit pass 120–310 ms
+against 20–40 ms quiet), so single ratios move by ±0.2 from run to run: re-run on a quiet machine
+(`python bench/segmentation.py --deeplab deeplab.onnx`). What the task adds beyond the pass is itemised in the
+"beyond the pass" rows: the region's argmax (`kernels.class_argmax`, each class plane read in memory order; pixel
+for pixel DeepLab's own ArgMax on the shared photos) and the region score (the region's pixels gathered by index
+now, no boolean mask over the plane).
 
-Recipro-CAM with the linear-tail shortcut: 2.2× on DeepLab and on the PAN (target 1.5×, missed; it was 3.0× and
-2.2–3.6×). The PAN's shortcut takes half its former time (only the explained class's 3×3 kernel is applied to the
-cut for sigmoid scores; the resize supports are computed once per tail): 38–41 ms under this load. DeepLab's is a
-21-class softmax over each position's ~31×31 support (33 rows of up to 33 positions: ~22 M exponentials, 67 ms
-under load, 33 ms quiet) — the floor of NumPy's vectorised float32 exp at ~1 ns per value is ~25 ms, so 1.5× of a
-21 ms pass is out of reach in NumPy. Tried and measured slower: a Numba kernel over only the region's pixels (this
-Numba has no SVML, so its exp is scalar: 159 ms against NumPy's 105 ms at load 10) and a NumPy gather of the
-region's (position, pixel) pairs (163 against 75 ms). What would reach it: the softmax in the runtime's graph (a
-small OpenVINO model over the positions' supports, its vectorised exp at f32 or bf16). DeepLab's QDQ ONNX head is
-not read as a linear tail, so its recipro (1089 head passes of 21×513² scores) is not timed. Our segmenter's passes
-take 2 ms, so its rows are dominated by the per-call Python work (1–3 ms) and by the load.
+**Recipro with the linear-tail shortcut.** Two changes, each measured alternately against the former code in one
+process, values bit-identical (max difference 0.0 on the real models):
+- the logits at an output pixel depend on it only through its row's and its column's resize weights, and DeepLab's
+  16× resize repeats them: 16 distinct rows among the 31 of a support (17 with the border's zero row). Each distinct
+  (row, column) pair is scored once, times the region's pixels that have it: 17×17 softmaxes of 21 classes per
+  position instead of 31×31, DeepLab's shortcut at 0.41× its former time (31.9 against 78.3 ms at load 8);
+- which positions' supports meet the region is counted once from per-row sums, not by two boolean reductions per
+  row of positions: the PAN's shortcut at 0.61–0.64× (30.2 against 47.2 ms, 37.3 against 61.4 ms at load 8).
+DeepLab's QDQ ONNX head is now read as a linear tail (`bundle/qdq_tail.py`: weights dequantized as the runtime
+computes them, its Q/DQ pairs on computed tensors read as the identity, accepted within 2 output steps of the
+quantized head on a real cut), so its recipro is timed on both runtimes.
+
+**Tried and backed out, measured alternately on the real models:**
+- the support softmax as a small OpenVINO graph (f32, dynamic shapes, positions batched): slower than NumPy
+  (110 against 81 ms at load 8; its broadcast bias add over 4 M logits alone took 14 ms);
+- DeepLab's head run without its final NHWC→NCHW Transpose, the scores read as a channels-last view: the head and
+  the channels-last argmax took 83 ms against 52 ms with the Transpose (that argmax 18 ms against 1.8 ms over class
+  planes);
+- the region from an ArgMax (TopK) inside the head graph: 6 ms more per pass than `class_argmax`'s 1.5–2 ms;
+- the features and head IR graphs joined into one compiled model (one call instead of two): 187 against 175 ms;
+- output tensors the runtime writes into directly (no 22 MB copy): no difference measurable on the head (69.8
+  against 70.3 ms).
+
+**Against the targets (this run, load 15–16).** Single-pass methods ≤ 1.10×: met on DeepLab's ONNX file on
+OpenVINO (1.01–1.06×) and on ONNX Runtime but for eigen (1.04–1.11×), on the PAN on OpenVINO for activation and
+entropy (1.02×; eigen 1.13×); missed on DeepLab's TFLite (1.16–1.22×) and on the PAN on ONNX Runtime for eigen and
+entropy (1.13–1.22×; activation 0.83×). Recipro ≤ 1.5×: met on DeepLab's ONNX file on OpenVINO (1.44×, timed for
+the first time); missed on DeepLab's TFLite (1.62×, was 2.01× quiet), DeepLab's ONNX file on ONNX Runtime (1.70×)
+and the PAN (1.78–1.80×; was 1.47× and 2.35× quiet).
+
+**Why the misses, measured.** DeepLab's TFLite, single-pass: the bundle's pass is two runtime calls (features,
+head) where the unsplit model makes one, and returns 22 MB of float32 scores where the unsplit model returns their
+ArgMax (1.03× here, 1.08× quiet); the argmax (1.5–2 ms quiet, 10 ms here), the 22 MB copy (1.6–3 ms quiet) and the
+region score (1 ms) come on top. What would reach 1.10×: a head that returns only what the task reads (the class
+ids and the explained class's plane) from an argmax faster in the graph than OpenVINO's TopK is here. Recipro: a
+profile of DeepLab's TFLite recipro call at load 12 gives 138 ms of passes, 55–63 ms of shortcut (its softmax 17
+ms, the rest NumPy's small batched matrix products and gathers per row of positions, which slow down most under
+load as BLAS's threads compete with the runtime's), 12 ms of copies and 4 ms of argmax. On the PAN the shortcut is
+128 rows of NumPy work (a 3×3 kernel and a sigmoid on each position's 17×17 support), 35–42 ms here over a pass
+that takes 16 ms quiet on OpenVINO: 1.5× needs it under 8 ms, i.e. the rows batched into a few calls without BLAS.
 """
 BACKENDS = ["onnxruntime", "openvino"]
 

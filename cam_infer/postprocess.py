@@ -43,7 +43,9 @@ def normalise(maps: np.ndarray, in_place: bool = False) -> tuple[np.ndarray, np.
 def near_uniform(saliency: np.ndarray) -> np.ndarray:
     """Which normalised maps (..., H, W) in [0,1] carry no localisation: more than `UNIFORM_FRACTION` of
     their pixels at or above half the range (a constant map, all zeros, is degenerate instead)."""
-    return (np.asarray(saliency) >= 0.5).mean(axis=(-2, -1)) > UNIFORM_FRACTION
+    saliency = np.asarray(saliency)
+    above = np.count_nonzero(saliency >= 0.5, axis=(-2, -1))
+    return above / (saliency.shape[-2] * saliency.shape[-1]) > UNIFORM_FRACTION
 
 
 def flagged(degenerate: bool, uniform: bool = False) -> str:

@@ -305,6 +305,64 @@ def test_deeplab_shortcut_matches_its_int8_head_within_a_quantization_step(deepl
     np.testing.assert_allclose(head, [shortcut[i, j] for i, j in positions], atol=step)
 
 
+def full_size_region_scores(tail, a, c, region, positions, activation) -> np.ndarray:
+    """Brute force: the float tail at the output's full size with the cut kept at each position alone."""
+    from cam_infer.bundle.linear_tail import apply
+    values = []
+    for i, j in positions:
+        kept = np.zeros((1, *a.shape), np.float32)
+        kept[0, :, i, j] = a[:, i, j]
+        values.append(apply(tail.logits(kept), activation)[0, c][region].mean(dtype=np.float64))
+    return np.array(values)
+
+
+def row_by_row_recipro_scores(tail, a, c, region, activation) -> np.ndarray:
+    """The shortcut pixel by pixel, one row of positions at a time, every pixel of each support scored (the
+    formulation before repeated weight rows were scored once)."""
+    from cam_infer.bundle.linear_tail import apply, class_score
+    _, h, w = a.shape
+    base = float(apply(tail.bias.astype(np.float64)[:, None, None], activation)[c, 0, 0])
+    kernel, bias = tail.kernel, tail.bias.astype(np.float32)[None, :, None, None]
+    if activation != "softmax":
+        kernel, bias, c = kernel[c:c + 1], bias[:, c:c + 1], 0
+    v = np.einsum("ckyx,khw->hwcyx", kernel, a).astype(np.float32)
+    total = int(region.sum())
+    (ys, ry, y_valid), (xs, rx, x_valid) = tail.supports
+    region_x = region[:, xs] & x_valid[None]
+    rx_t = rx.transpose(0, 2, 1)[:, None]
+    out = np.full((h, w), base, np.float64)
+    for i in range(h):
+        inside = region_x[ys[i]].transpose(1, 0, 2) & y_valid[i][None, :, None]
+        hit = inside.any(axis=(1, 2))
+        if hit.any():
+            z = bias + np.matmul(ry[i], np.matmul(v[i][hit], rx_t[hit]))
+            kept = np.where(inside[hit], class_score(z, activation, c), 0).sum(axis=(1, 2), dtype=np.float64)
+            out[i, hit] = (base * (total - inside[hit].sum(axis=(1, 2))) + kept) / total
+    return out.astype(np.float32)
+
+
+@needs_shared
+def test_deeplab_softmax_shortcut_scores_each_repeated_weight_pair_once_exactly(deeplab):
+    """DeepLab's 16× resize repeats the weights of 15 of the 31 rows (and columns) of a support: the shortcut
+    scores 17×17 (row, column) pairs a position (16 and the border's zero row) instead of 31×31 pixels, and equals
+    the pixel-by-pixel computation to float rounding at every position, and the float tail run at full size at a
+    grid of them."""
+    (y_group, _), (x_group, _) = deeplab.task.tail.groups
+    assert y_group.shape == x_group.shape == (33, 31, 17)          # 16 weight rows, and the padding's zero row
+    x = deeplab.preprocess([str(SHARED / "images" / "both.png")])
+    a, scores = deeplab.backend.observe(x)
+    for label in ("cat", "dog"):
+        c = deeplab.bundle.labels.index(label)
+        region = scores[0].argmax(axis=0) == c
+        shortcut = deeplab.task.tail.recipro_scores(a[0], c, region, "softmax")
+        np.testing.assert_allclose(shortcut, row_by_row_recipro_scores(deeplab.task.tail, a[0], c, region, "softmax"),
+                                   rtol=1e-6, atol=1e-8)
+        positions = [(i, j) for i in range(1, 33, 10) for j in range(4, 33, 9)]
+        np.testing.assert_allclose([shortcut[i, j] for i, j in positions],
+                                   full_size_region_scores(deeplab.task.tail, a[0], c, region, positions, "softmax"),
+                                   rtol=1e-5, atol=1e-7)
+
+
 def test_seg_grad_cam_differentiates_the_region_score(own_bundle):
     """On a 1×1 conv + bilinear tail ∂S/∂A[k,q] = W[c,k]·(R_yᵀ M R_x)[q]/|R|: HiResCAM's map Σ_k g^k ⊙ A^k and
     Grad-CAM's (α_k = mean_q g^k = W[c,k]/(h·w), whatever the region) in closed form."""

@@ -21,6 +21,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .qdq_tail import dequantized, is_quantized
+
 ACTIVATIONS = {"Sigmoid": "sigmoid", "Softmax": "softmax"}
 
 
@@ -59,33 +61,60 @@ class LinearTail:
         """(N,K,h,w) → what the head returns, (N,C,H,W)."""
         return apply(self.logits(a), self.activation)
 
+    @cached_property
+    def groups(self) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+        """`_groups` of the supports along y and x, computed once per tail."""
+        y, x = (_groups(weights) for _, weights, _ in self.supports)
+        if y[1].shape[1] * x[1].shape[1] * 2 > self.supports[0][1].shape[1] * self.supports[1][1].shape[1]:
+            return (None, self.supports[0][1]), (None, self.supports[1][1])     # too few repeats to pay
+        return y, x
+
     def recipro_scores(self, a: np.ndarray, c: int, region: np.ndarray, activation: str) -> np.ndarray:
         """S(q) = (1/|R|) Σ_{p∈R} act(b + Σ_n u_p(n)·W_{q−n}·A[:,q])_c for every position q of a (K,h,w) → (h,w),
         n the cells the kernel carries q to, u_p(n) = R_y[p_y,n_y]·R_x[p_x,n_x]. Pixels outside the support of
         q's cells give act(b)_c; the support of a row of positions is computed at once (a rectangle per position,
-        padded to the widest, the padding masked out)."""
+        padded to the widest, the padding masked out). The logits at p depend on p only through its row's weights
+        R_y[p_y,·] and its column's R_x[p_x,·], which an upsampling repeats (DeepLab's 16×: 16 distinct rows of the
+        31 in a support): each distinct (row, column) pair is scored once, times the region's pixels that have it
+        — the same values, summed in another order (`_groups`)."""
         _, h, w = a.shape
-        k = self.kernel.shape[2]
         base = float(apply(self.bias.astype(np.float64)[:, None, None], activation)[c, 0, 0])
         kernel, bias = self.kernel, self.bias.astype(np.float32)[None, :, None, None]
         if activation != "softmax":                                # each class on its own: only c is needed
             kernel, bias, c = kernel[c:c + 1], bias[:, c:c + 1], 0
         v = np.einsum("ckyx,khw->hwcyx", kernel, a).astype(np.float32)            # W_tap·A[:,q] for every tap
         total = int(region.sum())
-        (ys, ry, y_valid), (xs, rx, x_valid) = self.supports   # (h,Ly), (h,Ly,k), (h,Ly); (w,Lx), (w,Lx,k), (w,Lx)
+        (ys, _, y_valid), (xs, _, x_valid) = self.supports     # (h,Ly), (h,Ly); (w,Lx), (w,Lx)
+        (y_group, ry), (x_group, rx) = self.groups             # one-hot (h,Ly,Dy), (h,Dy,k); (w,Lx,Dx), (w,Dx,k)
+                                                               # (no repeats: None, and the supports' weights)
         region_x = region[:, xs] & x_valid[None]                  # (H,w,Lx)
-        rx_t = rx.transpose(0, 2, 1)[:, None]                      # (w,1,k,Lx)
+        rx_t = rx.transpose(0, 2, 1)[:, None]                      # (w,1,k,Dx)
+        per_row = region_x.sum(axis=2, dtype=np.int32)[ys]        # (h,Ly,w): each support row's region pixels
+        counts = np.einsum("ilj,il->ij", per_row, y_valid.astype(np.int32))     # (h,w): per support
         out = np.full((h, w), base, np.float64)                    # a position whose support misses the region
-        for i in range(h):
-            inside = region_x[ys[i]].transpose(1, 0, 2) & y_valid[i][None, :, None]      # (w,Ly,Lx)
-            hit = inside.any(axis=(1, 2))
-            if not hit.any():
-                continue
-            z = bias + np.matmul(ry[i], np.matmul(v[i][hit], rx_t[hit]))                # (q,C,Ly,Lx) on q's support
-            y_c, inside = class_score(z, activation, c), inside[hit]
-            kept = np.where(inside, y_c, 0).sum(axis=(1, 2), dtype=np.float64)
-            out[i, hit] = (base * (total - inside.sum(axis=(1, 2))) + kept) / total
+        for i in np.flatnonzero(counts.any(axis=1)):
+            hit = counts[i] > 0
+            inside = region_x[ys[i]].transpose(1, 0, 2)[hit] & y_valid[i][None, :, None]   # (q,Ly,Lx)
+            pixels = inside if y_group is None else \
+                np.matmul(y_group[i].T, np.matmul(inside.astype(np.float32), x_group[hit]))   # (q,Dy,Dx)
+            z = bias + np.matmul(ry[i], np.matmul(v[i][hit], rx_t[hit]))                # (q,C,Dy,Dx)
+            y_c = class_score(z, activation, c)
+            kept = (np.where(pixels, y_c, 0) if y_group is None else y_c * pixels).sum(axis=(1, 2), dtype=np.float64)
+            out[i, hit] = (base * (total - counts[i, hit]) + kept) / total
         return out.astype(np.float32)
+
+
+def _groups(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct weight rows of each support (weights (n,L,k)): which one each of its L indices has, one-hot
+    (n,L,D), and the distinct rows (n,D,k), padded to the most distinct with zero rows that no index has."""
+    found = [np.unique(w, axis=0, return_inverse=True) for w in weights]
+    most = max(len(rows) for rows, _ in found)
+    one_hot = np.zeros((*weights.shape[:2], most), np.float32)
+    distinct = np.zeros((len(weights), most, weights.shape[2]), np.float32)
+    for i, (rows, which) in enumerate(found):
+        one_hot[i, np.arange(weights.shape[1]), which.ravel()] = 1.0
+        distinct[i, :len(rows)] = rows
+    return one_hot, distinct
 
 
 def _supports(r: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -127,15 +156,27 @@ def apply(z: np.ndarray, activation: str) -> np.ndarray:
     return z
 
 
-def read_linear_tail(head: onnx.ModelProto, activation_shape: tuple[int, int, int]) -> LinearTail | None:
-    """The head as a `LinearTail`, verified against the graph on random activations (which also checks that its
-    Transposes cancel and that a Softmax is over the classes); None when it is not one."""
+def read_linear_tail(head: onnx.ModelProto, activation_shape: tuple[int, int, int],
+                     features_of=None) -> LinearTail | None:
+    """The head as a `LinearTail` (a convolution, one or more linear Resizes, an activation), verified against
+    the graph on random activations (which also checks that its Transposes cancel and that a Softmax is over
+    the classes); None when it is not one. A quantized (QDQ) head is read as its float graph (`qdq_tail`) and
+    accepted as `read_openvino_tail` accepts an int8 IR head: within 2 steps of its output's quantization on the
+    cut of a real-range input (`features_of()`), its mean error within half a step."""
+    if is_quantized(head):
+        read = dequantized(head)
+        if read is None or features_of is None:
+            return None
+        tail = read_linear_tail(read[0], activation_shape)
+        return tail if tail is not None and _within_steps(head, tail, features_of, read[1]) else None
     nodes = [n for n in head.graph.node if n.op_type not in ("Identity", "Transpose")]   # layout: checked below
     constants = {n.output[0]: n for n in nodes if n.op_type == "Constant"}
     nodes = [n for n in nodes if n.op_type != "Constant"]
-    if len(nodes) not in (2, 3) or nodes[0].op_type != "Conv" or nodes[1].op_type != "Resize":
+    resizes = [n for n in nodes[1:] if n.op_type == "Resize"]
+    rest = nodes[1 + len(resizes):]
+    if len(nodes) < 2 or nodes[0].op_type != "Conv" or nodes[1:1 + len(resizes)] != resizes or len(rest) > 1:
         return None
-    conv, resize = nodes[0], nodes[1]
+    conv = nodes[0]
     attributes = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
     weights = {t.name: numpy_helper.to_array(t) for t in head.graph.initializer}
     size = weights[conv.input[1]].shape[2:] if len(conv.input) > 1 and conv.input[1] in weights else None
@@ -143,23 +184,38 @@ def read_linear_tail(head: onnx.ModelProto, activation_shape: tuple[int, int, in
             any(s != 1 for s in attributes.get("strides", [1, 1])) or \
             any(d != 1 for d in attributes.get("dilations", [1, 1])) or \
             any(p != size[0] // 2 for p in attributes.get("pads", [0, 0, 0, 0])) or \
-            helper.get_attribute_value(next(a for a in resize.attribute if a.name == "mode")) != b"linear":
+            any(helper.get_attribute_value(next(a for a in r.attribute if a.name == "mode")) != b"linear"
+                for r in resizes):
         return None
     activation = "none"
-    if len(nodes) == 3:
-        if nodes[2].op_type not in ACTIVATIONS:
+    if rest:
+        if rest[0].op_type not in ACTIVATIONS:
             return None
-        activation = ACTIVATIONS[nodes[2].op_type]
+        activation = ACTIVATIONS[rest[0].op_type]
     weight = weights[conv.input[1]].astype(np.float32)
     bias = weights[conv.input[2]].astype(np.float32) if len(conv.input) > 2 and conv.input[2] else \
         np.zeros(len(weight), np.float32)
     k, h, w = activation_shape
-    ry = _axis_weights(head, resize, constants, weights, k, h, w, axis=0)
-    rx = _axis_weights(head, resize, constants, weights, k, h, w, axis=1)
-    if ry is None or rx is None:
-        return None
-    tail = LinearTail(weight, bias, ry, rx, activation)
+    ry, rx = np.eye(h), np.eye(w)
+    for resize in resizes:                               # a chain of resizes: the product of their weights
+        step_y = _axis_weights(head, resize, constants, weights, k, len(ry), len(rx), axis=0)
+        step_x = _axis_weights(head, resize, constants, weights, k, len(ry), len(rx), axis=1)
+        if step_y is None or step_x is None:
+            return None
+        ry, rx = step_y @ ry, step_x @ rx
+    tail = LinearTail(weight, bias, ry.astype(np.float32), rx.astype(np.float32), activation)
     return tail if _reproduces(head, tail, activation_shape) else None
+
+
+def _within_steps(head: onnx.ModelProto, tail: LinearTail, features_of, step: float) -> bool:
+    """The float tail against the quantized head run by ONNX Runtime on the cut of a real-range input."""
+    from ..backends.sessions import FLOAT32, onnxruntime_session
+
+    a, _ = features_of()
+    session = onnxruntime_session(head, FLOAT32, quiet=True)
+    expected = session.run(None, {session.get_inputs()[0].name: a})[0]
+    error = np.abs(tail.scores(a) - expected)
+    return error.max() <= 2 * step + 1e-4 and error.mean() <= 0.5 * step + 1e-5
 
 
 def _axis_weights(head, resize, constants, weights, k, h, w, axis: int) -> np.ndarray | None:

@@ -84,8 +84,10 @@ def rows(values: np.ndarray, i: int, k: int) -> np.ndarray:
 
 
 def region_scores(scores: np.ndarray, region: np.ndarray) -> np.ndarray:
-    """Mean of (R,H,W) scores over the region's pixels → (R,)."""
-    return scores[:, region].mean(axis=1, dtype=np.float64)
+    """Mean of (R,H,W) scores over the region's pixels → (R,): the region's pixels gathered by their indices, in
+    row-major order (a boolean mask reads every pixel of the image)."""
+    rows, cols = np.nonzero(region)
+    return scores[:, rows, cols].mean(axis=1, dtype=np.float64)
 
 
 class Assignment:
@@ -125,7 +127,8 @@ class SegmentationTask(Task):
             import onnx
 
             from ..bundle.linear_tail import read_linear_tail
-            self.tail = read_linear_tail(onnx.load(self.bundle.head_path), self.bundle.activation_shape)
+            self.tail = read_linear_tail(onnx.load(self.bundle.head_path), self.bundle.activation_shape,
+                                         self.clean_cut)
         elif self.bundle.graph_format == "openvino":
             from ..backends.sessions import openvino_model
             from ..bundle.linear_tail import read_openvino_tail
@@ -260,7 +263,7 @@ class SegmentationTask(Task):
             saliency = upsample(normalised, size)
             scores = [float(ctx.class_scores(ctx.outputs[j:j + 1], j, "logit")[0]) for j in range(len(classes))]
             items.append([SegmentMap(c, None if not self.bundle.labels else self.bundle.labels[c], scores[j],
-                                     ctx.regions[j], int(ctx.regions[j].sum()), saliency[j], raw[j],
+                                     ctx.regions[j], int(np.count_nonzero(ctx.regions[j])), saliency[j], raw[j],
                                      bool(degenerate[j]), bool(near_uniform(saliency[j])), not spec.class_specific,
                                      source=source)
                           for j, c in enumerate(classes)])
