@@ -17,10 +17,12 @@ Where the time goes (ViT-Ti, OpenVINO, batch 1, profiled in one process): forwar
 without the discard and on ViT-S at batch 1 on OpenVINO; the discard's selections cost a fixed ~3 ms per image
 whatever the model's width, ~25 % of ViT-Ti's forward pass, ~8 % of ViT-S's.
 
-Since then the threshold is selected among the largest entries only (`methods.rollout.kth_smallest`: a bound from a
-strided sample, then a partition of the ~15 % of entries above it; exact, the full partition as fallback). On the
-ViT-Ti's real attention (OpenVINO f32, 197² entries, load average ~6 on 2 cores): 177 µs per selection against
-1700 µs for ``np.partition`` of the whole matrix, the sample's bound valid in 12 of 12 blocks.
+Since then the threshold is selected among the largest entries only (a bound from a strided sample, then a
+partition of the ~15 % of entries above it; exact, the full partition as fallback), and the discarded entries are
+left out of the row sums and the class row's product (`methods.rollout.kept_entries`: only the kept tenth, as
+positions and values, is summed with ``np.bincount``): ~110 µs per block and image on ViT-Ti's real attention
+against ~160 µs for the selection, the mask over all T² entries and the dense product before. Computing all of it
+inside the graph is slower on both runtimes (their TopK: bench/rollout_in_graph.py).
 """
 
 from __future__ import annotations

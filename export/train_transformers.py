@@ -8,6 +8,7 @@ torch's two exporters; their graphs differ), <name>.pt (the weights, for the tor
 deployed variants:
 
     python export/train_transformers.py --variants vit   # vit_int8_qdq.onnx, vit_fp16.onnx from vit.pt
+    python export/train_transformers.py deit --patch 8 --epochs 5 --per-split 600 --out /tmp/deit8  # a trial
 
 int8: ONNX Runtime's static quantization (QDQ, per-tensor, 64 calibration scenes of seed 2) of the
 legacy export; fp16: the model in half precision through the legacy exporter (float16 inputs and
@@ -46,12 +47,13 @@ def export(model, path: Path, dynamo: bool) -> None:
                           opset_version=17, dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
 
 
-def train(name: str, epochs: int, per_split: int, batch: int, lr: float) -> dict:
+def train(name: str, epochs: int, per_split: int, batch: int, lr: float, patch: int | None = None,
+          out: Path = OUT) -> dict:
     import torch
 
     from models import vit
     torch.manual_seed(TRAIN_SEED)
-    model = getattr(vit, name)(len(CLASSES), size=SIZE)
+    model = getattr(vit, name)(len(CLASSES), size=SIZE, **({"patch": patch} if patch else {}))
 
     def losses(epoch: int):
         x, y = tensors(training_scenes(epoch, per_split))
@@ -65,18 +67,19 @@ def train(name: str, epochs: int, per_split: int, batch: int, lr: float) -> dict
     seconds = fit(model, epochs, len(SPLITS) * per_split // batch, lr, losses, report)
     model.eval()
     result = accuracy(model, 250)
-    OUT.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     for dynamo in (False, True):
-        export(model, OUT / f"{name}_{'dynamo' if dynamo else 'legacy'}.onnx", dynamo)
-    torch.save(model.state_dict(), OUT / f"{name}.pt")
+        export(model, out / f"{name}_{'dynamo' if dynamo else 'legacy'}.onnx", dynamo)
+    torch.save(model.state_dict(), out / f"{name}.pt")
     record = {"script": "export/train_transformers.py", "model": f"models.vit.{name}", "input_size": list(SIZE),
               "seed": TRAIN_SEED, "test_seed": TEST_SEED, "epochs": epochs,
               "train_scenes_per_split_and_epoch": per_split, "batch": batch, "lr": lr,
+              **({"patch": patch} if patch else {}),
               "training_seconds": round(seconds, 1), "torch": torch.__version__,
               "parameters": sum(p.numel() for p in model.parameters()), "test_scenes_per_split": 250,
               "test_accuracy": {k: round(v, 4) for k, v in result.items()},
               "test_accuracy_mean": round(float(np.mean(list(result.values()))), 4)}
-    (OUT / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
+    (out / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(record, indent=2))
     return record
 
@@ -116,13 +119,15 @@ def main() -> None:
     parser.add_argument("--per-split", type=int, default=800, help="training scenes per split and epoch")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--patch", type=int, help="patch size in pixels (default: the model's own, 8 or 16)")
+    parser.add_argument("--out", type=Path, default=OUT, help="where the files are written")
     args = parser.parse_args()
     torch.set_num_threads(2)
     for name in args.models:
         if args.variants:
             variants(name)
         else:
-            train(name, args.epochs, args.per_split, args.batch, args.lr)
+            train(name, args.epochs, args.per_split, args.batch, args.lr, args.patch, args.out)
 
 
 if __name__ == "__main__":

@@ -101,14 +101,15 @@ class OpenVINOBackend(Backend):
         return self._joined
 
     def _key(self, role: str, batch: int | None) -> tuple[str, int | None]:
-        if role not in (self._clean, PRODUCTS) or not self._single or batch is None:
+        clean = role in (self._clean, PRODUCTS) or role.startswith("attention-")    # a clean pass, more outputs
+        if not clean or not self._single or batch is None:
             return role, None
         if batch == SINGLE:
             return role, SINGLE
         if not self._both:                                  # a larger batch: the dynamic graph alone from now on
             self._single = False
-            for clean in (self._clean, PRODUCTS):
-                self._compiled.pop((clean, SINGLE), None)
+            for key in [key for key in self._compiled if key[1] == SINGLE]:
+                self._compiled.pop(key)
         return role, None
 
     def compiled_property(self, name: str, role: str = "head"):

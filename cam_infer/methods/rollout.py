@@ -57,40 +57,49 @@ def class_token_row(fused: list[np.ndarray], discard_ratio: float = 0.9, renorma
     never forming R: O(L·T²) per image instead of O(L·T³). With F the fused, discarded attention and s its row
     sums plus 1, Â = (F + I)/2 / (s/2) row by row, so v·Â = ((v/s)·F + v/s); the reference's division by s along
     the last axis gives v·Â = (v·F + v)/s. The discarded entries are those at or below the fused matrix's
-    ``discard_ratio`` quantile (the reference's topk of the lowest, up to ties), found by `kth_smallest`."""
+    ``discard_ratio`` quantile (the reference's topk of the lowest, up to ties): F keeps only the entries above
+    it (`kept_entries`, a tenth of them by default), so s and v·F are sums over those entries alone."""
     n, t, _ = fused[0].shape
-    v = np.zeros((n, 1, t), np.float32)
-    v[:, 0, 0] = 1.0
+    v = np.zeros((n, t), np.float64)
+    v[:, 0] = 1.0
     drop = int(t * t * discard_ratio)
     for block in reversed(fused):
-        block = np.array(block, np.float32).reshape(n, t * t)
-        if drop:
-            corner = block[:, 0].copy()                        # the class token's own entry [0, 0] stays
-            threshold = np.array([[kth_smallest(image, drop - 1)] for image in block], np.float32)
-            np.putmask(block, block <= threshold, 0.0)
-            block[:, 0] = corner
-        block = block.reshape(n, t, t)
-        sums = block.sum(axis=2)[:, None, :] + 1.0
-        if renormalise == "rows":
-            v = v / sums
-            v = np.matmul(v, block) + v
-        else:
-            v = (np.matmul(v, block) + v) / sums
-    return v[:, 0].astype(np.float64)
+        block = np.asarray(block, np.float32).reshape(n, t * t)
+        for i, image in enumerate(block):
+            where, values = kept_entries(image, drop - 1) if drop else (np.arange(t * t), image)
+            rows, columns = np.divmod(where, t)
+            sums = np.bincount(rows, values, t) + 1.0
+            if renormalise == "rows":
+                scaled = v[i] / sums
+                v[i] = np.bincount(columns, scaled[rows] * values, t) + scaled
+            else:
+                v[i] = (np.bincount(columns, v[i][rows] * values, t) + v[i]) / sums
+    return v
 
 
-def kth_smallest(values: np.ndarray, k: int, margin: float = 0.05) -> np.floating:
-    """The k-th smallest of a flat array (0-based), exactly ``np.partition(values, k)[k]``, selecting among the few
-    largest values only: a bound b is read from a strided sample at the quantile k/n − ``margin``; if the c values
-    above b hold rank k (n − c ≤ k), the answer is the (k − (n − c))-th smallest of those c — a partition of a
-    fraction of the array instead of all of it; otherwise (the sample misjudged the bound) the full partition."""
+def kept_entries(values: np.ndarray, k: int, margin: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    """The positions and values of a flat array's entries above its k-th smallest (0-based; exactly
+    ``np.partition(values, k)[k]``), and its entry 0 (the class token's own attention) whatever its value.
+
+    The k-th smallest is selected among the largest values only: a bound b is read from a strided sample at the
+    quantile k/n − ``margin``; if the c values above b hold rank k (n − c ≤ k), it is the (k − (n − c))-th
+    smallest of those c — a partition of a fraction of the array; otherwise (the sample misjudged the bound)
+    the full partition."""
     n = values.size
     sample = values[::16]
     rank = int(len(sample) * (k / n - margin))
+    where = None
     if rank > 0:
-        bound = np.partition(sample, rank)[rank]
-        above = values[values > bound]
-        below = n - above.size
-        if below <= k:
-            return np.partition(above, k - below)[k - below]
-    return np.partition(values, k)[k]
+        where = np.flatnonzero(values > np.partition(sample, rank)[rank])
+        below = n - where.size
+        if below > k:
+            where = None
+    if where is None:
+        where, below = np.arange(n), 0
+    above = values[where]
+    threshold = np.partition(above, k - below)[k - below]
+    kept = above > threshold
+    where, above = where[kept], above[kept]
+    if values[0] <= threshold:
+        where, above = np.concatenate([[0], where]), np.concatenate([values[:1], above])
+    return where, above
