@@ -116,7 +116,7 @@ def _placed(rgb: np.ndarray, saliency: np.ndarray, preprocessing, colormap: str,
     for band in ((slice(0, rows.start), slice(None)), (slice(rows.stop, None), slice(None)),
                  (rows, slice(0, cols.start)), (rows, slice(cols.stop, None))):
         if out[band].size:
-            out[band] = cv2.transform(rgb[band], GREY)[..., None]
+            out[band] = cv2.cvtColor(cv2.transform(rgb[band], GREY), cv2.COLOR_GRAY2RGB)     # not a broadcast: 2× less
     return out
 
 
