@@ -208,8 +208,9 @@ def pipeline_part(name: str, bundle: Path, folder: Path, work: Path, rounds: int
         m = {k: statistics.median(v) for k, v in rates.items()}
         r = {k: statistics.median(v) for k, v in ratios.items()}
         report(f"| {backend} | {explainer.backend.precision} | {m['ceiling']:.0f} | {m['maps']:.0f} | "
-               f"**{r['maps']:.2f}** | {m['map PNGs']:.0f} | {r['map PNGs']:.2f} | {m['jpg']:.0f} | **{r['jpg']:.2f}** | "
-               f"{m['jpg model']:.0f} | **{r['jpg model']:.2f}** | {m['png']:.0f} | {r['png']:.2f} |")
+               f"**{r['maps']:.2f}** | {m['map PNGs']:.0f} | {r['map PNGs']:.2f} | {m['jpg']:.0f} | "
+               f"**{r['jpg']:.2f}** | {m['jpg model']:.0f} | **{r['jpg model']:.2f}** | {m['png']:.0f} | "
+               f"{r['png']:.2f} |")
 
 
 def drawn_as_before(saliency, rgb, prep, text):
@@ -260,8 +261,9 @@ def overlay_part(folder: Path, rounds: int, report) -> None:
     report(f"\n**JPEG overlay** (map put back, greyed border, caption, colour bar, encode), CPU ms per 500-px photo, "
            f"one thread, {len(photos)} photos, median of {rounds} alternated rounds; load average "
            f"{os.getloadavg()[0]:.1f}\n")
-    report(f"| on the photo, drawn as before | on the photo, today | speed-up | on the model's 224² view (`--on model`) "
-           f"|\n|---:|---:|---:|---:|\n| {before:.2f} | {today:.2f} | {before / today:.1f}× | {model:.2f} |")
+    report(f"| on the photo, drawn as before | on the photo, today | speed-up "
+           f"| on the model's 224² view (`--on model`) |\n|---:|---:|---:|---:|\n"
+           f"| {before:.2f} | {today:.2f} | {before / today:.1f}× | {model:.2f} |")
 
 
 STALLED_AFTER = 600      # seconds a whole command may take before its stacks are dumped and it is stopped
@@ -469,6 +471,7 @@ def main() -> None:
     parser.add_argument("--memory-where", default="one,--workers,--ray", help="runs of the memory part")
     parser.add_argument("--where", default="one,--workers,--ray", help="runs of the explain and audit parts")
     parser.add_argument("--memory-backends", default="onnxruntime,openvino", help="runtimes of the memory part")
+    parser.add_argument("--memory-overlays", default="jpg,none", help="what the memory part's runs write (--overlays)")
     parser.add_argument("--parts", default="pipeline,overlay,explain,audit,grad-cam,memory")
     parser.add_argument("--pipeline-n", default="mobilenet_v2=300,resnet50=100",
                         help="images of the pipeline part per model (its ratios settle within a few hundred images)")
@@ -543,22 +546,22 @@ def main() -> None:
                                f"{rate:.1f} | {rate / top:.2f} |")
         if "memory" in parts:
             bundle = bundle_for("mobilenet_v2", work)
-            report("\n**Peak memory**, `explain --method recipro` on mobilenet_v2 (JPEG overlays), MiB: the driver's "
-                   "and the largest worker's peak resident set (VmHWM), and /usr/bin/time -v's maximum\n")
-            report("| runtime | where | images | seconds | driver | worker | time -v |\n"
-                   "|---|---|---:|---:|---:|---:|---:|")
-            for backend in args.memory_backends.split(","):
-                for n in map(int, args.memory_n.split(",")):
-                    many = images(work / f"images_{n}", n)
-                    for label, flags in (("one process (pipelined)", []), ("--workers 2", ["--workers", "2"]),
-                                         ("--ray", ["--ray", address])):
-                        if label.split()[0] not in args.memory_where.split(","):
-                            continue
-                        seconds, driver, worker, maximum = memory_run(
-                            ["explain", bundle, many, "--method", "recipro", "--out", work / "memory_out", "--force",
-                             "--backend", backend, *flags])
-                        report(f"| {backend} | {label} | {n} | {seconds:.0f} | {driver:.0f} | {worker:.0f} | "
-                               f"{maximum:.0f} |")
+            report("\n**Peak memory**, `explain --method recipro` on mobilenet_v2, MiB: the driver's and the largest "
+                   "worker's peak resident set (VmHWM), and /usr/bin/time -v's maximum; load average "
+                   f"{os.getloadavg()[0]:.1f} at the start\n")
+            report("| runtime | writes (`--overlays`) | where | images | seconds | driver | worker | time -v |\n"
+                   "|---|---|---|---:|---:|---:|---:|---:|")
+            runs = [(b, o, n) for b in args.memory_backends.split(",") for o in args.memory_overlays.split(",")
+                    for n in map(int, args.memory_n.split(","))]
+            chosen = args.memory_where.split(",")
+            wheres = [(label, flags) for label, flags in (("one process (pipelined)", []), ("--workers 2",
+                      ["--workers", "2"]), ("--ray", ["--ray", address])) if label.split()[0] in chosen]
+            for (backend, overlays, n), (label, flags) in ((run, where) for run in runs for where in wheres):
+                seconds, driver, worker, maximum = memory_run(
+                    ["explain", bundle, images(work / f"images_{n}", n), "--method", "recipro", "--out",
+                     work / "memory_out", "--force", "--backend", backend, "--overlays", overlays, *flags])
+                report(f"| {backend} | {overlays} | {label} | {n} | {seconds:.0f} | {driver:.0f} | {worker:.0f} | "
+                       f"{maximum:.0f} |")
     finally:
         ray_cluster("stop")             # a no-op when none was started
     report.write(args.out)

@@ -14,9 +14,10 @@ copies each map into its slot (a shared mapping: in the file as soon as it is co
 process) before the batch's journal line, so a journal line means its maps are in their shard, a killed run loses
 at most the batch in flight, and a resume continues after the last slot its kept records use (a slot a dropped
 record used stays unused; no map is written twice). Like the PNGs, the shards are not synced batch by batch (an
-msync took 12 ms a batch of 8): the page cache survives a killed process; the run syncs them when it ends. Memory stays flat: one
-shard is mapped at a time. Against a PNG per map: no encoder (0.4 ms a 224² map), 12 files instead of 3 000 for
-a thousand photos explained three ways, at 49 KB a 224² map on disk (a PNG of a smooth map is about a third).
+msync took 12 ms a batch of 8): the page cache survives a killed process; the run syncs them when it ends.
+Memory stays flat: one shard is mapped at a time. Against a PNG per map: no encoder (0.4–0.6 ms a 224² map), 12
+files instead of 3 000 for a thousand photos explained three ways, at 49 KB a 224² map on disk (MobileNetV2's
+Recipro-CAM maps as PNGs: 12 KB on average, so the store takes 4× the disk for no encoder in the loop).
 """
 
 from __future__ import annotations
