@@ -476,6 +476,8 @@ def main() -> None:
     parser.add_argument("--pipeline-n", default="mobilenet_v2=300,resnet50=100",
                         help="images of the pipeline part per model (its ratios settle within a few hundred images)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--models", default="mobilenet_v2,resnet50", help="models of the explain, audit and grad-cam "
+                        "parts")
     parser.add_argument("--quick", action="store_true",
                         help="the pipeline and overlay tables alone, on fewer images (mobilenet_v2=150,resnet50=50), "
                              "2 rounds")
@@ -504,7 +506,7 @@ def main() -> None:
         ray_cluster("start")
     try:
         if {"explain", "audit", "grad-cam"} & set(parts):
-            for name in ("mobilenet_v2", "resnet50"):
+            for name in args.models.split(","):
                 bundle = bundle_for(name, work)
                 top = ceiling(bundle, work)
                 report(f"\n**{name}** 224×224, 2 cores. Ceiling, the unsplit model alone on OpenVINO "
