@@ -156,14 +156,23 @@ class PipelineCeiling:
         return len(files) / (time.perf_counter() - start)
 
 
-def explain_rate(explainer, folder: Path, out: Path, overlays: str) -> float:
+KINDS = {   # what explain writes: explain_files' arguments
+    "maps": {"overlays": "none"},                                   # the run's array store (the default)
+    "map PNGs": {"overlays": "none", "maps": "png"},
+    "jpg": {"overlays": "jpg"},                                     # over the original photo (the default)
+    "jpg model": {"overlays": "jpg", "on": "model"},                # over the model's 224² view
+    "png": {"overlays": "png"},
+}
+
+
+def explain_rate(explainer, folder: Path, out: Path, kind: str) -> float:
     """Images/s of `explain --method recipro` over `folder` (an explainer opened once, as the command opens it;
-    a fresh output folder; the run's files all written)."""
+    a fresh output folder; the run's files all written), writing `kind` (KINDS)."""
     from cam_infer.runs import explain_files
 
     files = len(list(folder.glob("*.jpg")))
     start = time.perf_counter()
-    explain_files(explainer, [folder], ["recipro"], out, overlays=overlays, restart=True, progress=False)
+    explain_files(explainer, [folder], ["recipro"], out, restart=True, progress=False, **KINDS[kind])
     return files / (time.perf_counter() - start)
 
 
@@ -178,18 +187,19 @@ def pipeline_part(name: str, bundle: Path, folder: Path, work: Path, rounds: int
     report(f"\n**{name}** 224×224, the same precision on both sides, {len(files)} JPEGs (500 px), medians of {rounds} "
            f"alternated rounds; load average {os.getloadavg()[0]:.1f} at the start, on 2 cores (shared)\n")
     report("| runtime | precision | ceiling: decode + preprocess + forward, img/s "
-           "| explain recipro, maps only (`--overlays none`) | ÷ ceiling | explain recipro, JPEG overlays (default) "
+           "| maps only (`--overlays none`: the array store) | ÷ ceiling | maps as PNGs (`--maps png`) | ÷ ceiling "
+           "| JPEG overlays (default: on the photo) | ÷ ceiling | JPEG overlays on the model's view (`--on model`) "
            "| ÷ ceiling | PNG overlays | ÷ ceiling |\n"
-           "|---|---|---:|---:|---:|---:|---:|---:|---:|")
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for backend, precision in RUNTIMES:
         ceiling_run = PipelineCeiling(bundle, backend, work, precision=precision)
         explainer = open_explainer(bundle, backend, precision=precision, hint="throughput")   # as the CLI opens it
         ceiling_run.rate(files[:16])                               # warm-up: first runs compile and allocate
-        explain_rate(explainer, folder, work / "pipeline_out", "none")
-        rates: dict[str, list] = {"ceiling": [], "none": [], "jpg": [], "png": []}
-        ratios: dict[str, list] = {"none": [], "jpg": [], "png": []}
+        explain_rate(explainer, folder, work / "pipeline_out", "maps")
+        rates: dict[str, list] = {"ceiling": [], **{kind: [] for kind in KINDS}}
+        ratios: dict[str, list] = {kind: [] for kind in KINDS}
         for _ in range(rounds):
-            for kind in ("none", "jpg", "png"):
+            for kind in KINDS:
                 top = ceiling_run.rate(files)
                 rate = explain_rate(explainer, folder, work / "pipeline_out", kind)
                 rates["ceiling"].append(top)
@@ -197,8 +207,10 @@ def pipeline_part(name: str, bundle: Path, folder: Path, work: Path, rounds: int
                 ratios[kind].append(rate / top)
         m = {k: statistics.median(v) for k, v in rates.items()}
         r = {k: statistics.median(v) for k, v in ratios.items()}
-        report(f"| {backend} | {explainer.backend.precision} | {m['ceiling']:.0f} | {m['none']:.0f} | "
-               f"**{r['none']:.2f}** | {m['jpg']:.0f} | **{r['jpg']:.2f}** | {m['png']:.0f} | {r['png']:.2f} |")
+        report(f"| {backend} | {explainer.backend.precision} | {m['ceiling']:.0f} | {m['maps']:.0f} | "
+               f"**{r['maps']:.2f}** | {m['map PNGs']:.0f} | {r['map PNGs']:.2f} | {m['jpg']:.0f} | "
+               f"**{r['jpg']:.2f}** | {m['jpg model']:.0f} | **{r['jpg model']:.2f}** | {m['png']:.0f} | "
+               f"{r['png']:.2f} |")
 
 
 def drawn_as_before(saliency, rgb, prep, text):
@@ -234,30 +246,46 @@ def overlay_part(folder: Path, rounds: int, report) -> None:
     photos = [load_image(f) for f in sorted(folder.glob("*.jpg"))[:100]]
     rng = np.random.default_rng(0)
     maps = [cv2.resize(rng.random((7, 7)).astype(np.float32), (224, 224)) for _ in photos]
-    ways = {"today": lambda s, rgb: overlay_picture(s, rgb, prep, text), "before": lambda s, rgb: drawn_as_before(
-        s, rgb, prep, text)}
+    views = [prep.geometry(rgb) for rgb in photos]
+    ways = {"today": lambda s, rgb, view: overlay_picture(s, rgb, prep, text),
+            "before": lambda s, rgb, view: drawn_as_before(s, rgb, prep, text),
+            "model": lambda s, rgb, view: overlay_picture(s, view, None, text)}
     times: dict[str, list] = {k: [] for k in ways}
     for _ in range(rounds + 1):                                   # the first round warms up
         for name, draw in ways.items():
-            start = time.perf_counter()
-            for s, rgb in zip(maps, photos):
-                encode_picture(draw(s, rgb), "jpg")
-            times[name].append((time.perf_counter() - start) / len(photos) * 1000)
-    before, today = statistics.median(times["before"][1:]), statistics.median(times["today"][1:])
-    report(f"\n**JPEG overlay on the original photo** (map put back, greyed border, caption, colour bar, encode), "
-           f"ms per 500-px photo, one thread, {len(photos)} photos, median of {rounds} alternated rounds; load "
-           f"average {os.getloadavg()[0]:.1f}\n")
-    report(f"| drawn as before | drawn today | speed-up |\n|---:|---:|---:|\n| {before:.2f} | {today:.2f} | "
-           f"{before / today:.1f}× |")
+            start = time.thread_time()                            # this thread's CPU: what the shared cores give
+            for s, rgb, view in zip(maps, photos, views):
+                encode_picture(draw(s, rgb, view), "jpg")
+            times[name].append((time.thread_time() - start) / len(photos) * 1000)
+    before, today, model = (statistics.median(times[k][1:]) for k in ("before", "today", "model"))
+    report(f"\n**JPEG overlay** (map put back, greyed border, caption, colour bar, encode), CPU ms per 500-px photo, "
+           f"one thread, {len(photos)} photos, median of {rounds} alternated rounds; load average "
+           f"{os.getloadavg()[0]:.1f}\n")
+    report(f"| on the photo, drawn as before | on the photo, today | speed-up "
+           f"| on the model's 224² view (`--on model`) |\n|---:|---:|---:|---:|\n"
+           f"| {before:.2f} | {today:.2f} | {before / today:.1f}× | {model:.2f} |")
 
 
-def timed_cli(*args) -> tuple[float, subprocess.CompletedProcess]:
+STALLED_AFTER = 600      # seconds a whole command may take before its stacks are dumped and it is stopped
+BOUNDED = """import faulthandler, sys
+faulthandler.dump_traceback_later({seconds}, exit=True)
+from cam_infer.cli import main
+sys.exit(main(sys.argv[1:]))"""
+
+
+def timed_cli(*args, seconds: float = STALLED_AFTER) -> tuple[float | None, str]:
+    """(seconds, stderr) of a whole `cam-infer` command; (None, where it stood) when it ran past `seconds`: the
+    driver's Python stacks are dumped then (faulthandler) and the command stopped."""
     start = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "cam_infer", *map(str, args)], capture_output=True, text=True,
-                            cwd=ROOT, env=dict(os.environ, RAY_AUTH_MODE="disabled"))
+    result = subprocess.run([sys.executable, "-c", BOUNDED.format(seconds=seconds), *map(str, args)],
+                            capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, RAY_AUTH_MODE="disabled"))
+    if "Timeout (" in result.stderr:
+        frames = re.findall(r'File "([^"]+)", line (\d+) in (\w+)', result.stderr)
+        ours = [f"{Path(f).name}:{line} {name}" for f, line, name in frames if "cam_infer" in f][:3]
+        return None, f"stalled after {seconds} s in " + " < ".join(ours or ["(no cam_infer frame)"])
     if result.returncode:
         raise SystemExit(f"{args}: {result.stderr[-2000:]}")
-    return time.perf_counter() - start, result
+    return time.perf_counter() - start, result.stderr
 
 
 def grad_cam_rate(name: str, method: str, files: list[Path], work: Path) -> float:
@@ -390,15 +418,44 @@ def memory_run(args: list[str]) -> tuple[float, float, float, float]:
     return seconds, driver, worker, maximum
 
 
+RAY_TEMP = "/tmp/cam-throughput-ray"      # the cluster's own folder: its processes name it on their command line
+
+
 def ray_cluster(action: str) -> None:
+    """Start a one-node cluster on 127.0.0.1, or stop the one this script started: its processes alone (`ray stop`
+    would end every Ray cluster of this user on the machine)."""
+    import signal
+
     ray = [sys.executable, "-c", "import sys; from ray.scripts.scripts import main; sys.exit(main())"]
     env = dict(os.environ, RAY_AUTH_MODE="disabled")
     if action == "start":
         subprocess.run(ray + ["start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(RAY_PORT),
-                              "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats"],
-                       check=True, capture_output=True, env=env)
-    else:
-        subprocess.run(ray + ["stop", "--force"], capture_output=True, env=env)
+                              "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats",
+                              "--temp-dir", RAY_TEMP], check=True, capture_output=True, env=env, timeout=300)
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):        # the raylet and the GCS ignore SIGTERM while they serve
+        named = _processes_naming(RAY_TEMP)
+        for pid in named + [pid for pid in _all_pids() if _parent(pid) in named]:      # and its workers (ray::...)
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+        time.sleep(2)
+
+
+def _all_pids() -> list[int]:
+    return [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
+
+
+def _processes_naming(text: str) -> list[int]:
+    found = []
+    for pid in _all_pids():
+        try:
+            if pid != os.getpid() and text.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+        except OSError:
+            pass
+    return found
 
 
 def main() -> None:
@@ -414,10 +471,13 @@ def main() -> None:
     parser.add_argument("--memory-where", default="one,--workers,--ray", help="runs of the memory part")
     parser.add_argument("--where", default="one,--workers,--ray", help="runs of the explain and audit parts")
     parser.add_argument("--memory-backends", default="onnxruntime,openvino", help="runtimes of the memory part")
+    parser.add_argument("--memory-overlays", default="jpg,none", help="what the memory part's runs write (--overlays)")
     parser.add_argument("--parts", default="pipeline,overlay,explain,audit,grad-cam,memory")
     parser.add_argument("--pipeline-n", default="mobilenet_v2=300,resnet50=100",
                         help="images of the pipeline part per model (its ratios settle within a few hundred images)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--models", default="mobilenet_v2,resnet50", help="models of the explain, audit and grad-cam "
+                        "parts")
     parser.add_argument("--quick", action="store_true",
                         help="the pipeline and overlay tables alone, on fewer images (mobilenet_v2=150,resnet50=50), "
                              "2 rounds")
@@ -446,7 +506,7 @@ def main() -> None:
         ray_cluster("start")
     try:
         if {"explain", "audit", "grad-cam"} & set(parts):
-            for name in ("mobilenet_v2", "resnet50"):
+            for name in args.models.split(","):
                 bundle = bundle_for(name, work)
                 top = ceiling(bundle, work)
                 report(f"\n**{name}** 224×224, 2 cores. Ceiling, the unsplit model alone on OpenVINO "
@@ -455,8 +515,11 @@ def main() -> None:
                 if "explain" in parts:
                     for backend in ("onnxruntime", "openvino"):
                         for label, flags in wheres:
-                            seconds, _ = timed_cli("explain", bundle, folder, "--method", "recipro", "--backend",
-                                                   backend, "--out", work / "explain_out", "--force", *flags)
+                            seconds, said = timed_cli("explain", bundle, folder, "--method", "recipro", "--backend",
+                                                      backend, "--out", work / "explain_out", "--force", *flags)
+                            if seconds is None:
+                                report(f"| explain --method recipro, {backend} | {label} | {len(files)} | {said} | |")
+                                continue
                             rate = len(files) / seconds
                             report(f"| explain --method recipro, {backend} | {label} | {len(files)} | {rate:.1f} | "
                                    f"{rate / top:.2f} |")
@@ -468,9 +531,13 @@ def main() -> None:
                         if not link.exists():
                             link.symlink_to(f)
                     for label, flags in wheres:
-                        seconds, _ = timed_cli("audit", bundle, subset, "--methods", "recipro", "--metrics",
-                                               "adcc,insertion,deletion", "--backend", "openvino", "--out",
-                                               work / "audit_out", "--force", *flags)
+                        seconds, said = timed_cli("audit", bundle, subset, "--methods", "recipro", "--metrics",
+                                                  "adcc,insertion,deletion", "--backend", "openvino", "--out",
+                                                  work / "audit_out", "--force", *flags)
+                        if seconds is None:
+                            report(f"| audit recipro × adcc, insertion, deletion, openvino | {label} | "
+                                   f"{audit_n[name]} | {said} | |")
+                            continue
                         rate = audit_n[name] / seconds
                         report(f"| audit recipro × adcc, insertion, deletion, openvino | {label} | {audit_n[name]} | "
                                f"{rate:.2f} | {rate / top:.3f} |")
@@ -481,22 +548,22 @@ def main() -> None:
                                f"{rate:.1f} | {rate / top:.2f} |")
         if "memory" in parts:
             bundle = bundle_for("mobilenet_v2", work)
-            report("\n**Peak memory**, `explain --method recipro` on mobilenet_v2 (JPEG overlays), MiB: the driver's "
-                   "and the largest worker's peak resident set (VmHWM), and /usr/bin/time -v's maximum\n")
-            report("| runtime | where | images | seconds | driver | worker | time -v |\n"
-                   "|---|---|---:|---:|---:|---:|---:|")
-            for backend in args.memory_backends.split(","):
-                for n in map(int, args.memory_n.split(",")):
-                    many = images(work / f"images_{n}", n)
-                    for label, flags in (("one process (pipelined)", []), ("--workers 2", ["--workers", "2"]),
-                                         ("--ray", ["--ray", address])):
-                        if label.split()[0] not in args.memory_where.split(","):
-                            continue
-                        seconds, driver, worker, maximum = memory_run(
-                            ["explain", bundle, many, "--method", "recipro", "--out", work / "memory_out", "--force",
-                             "--backend", backend, *flags])
-                        report(f"| {backend} | {label} | {n} | {seconds:.0f} | {driver:.0f} | {worker:.0f} | "
-                               f"{maximum:.0f} |")
+            report("\n**Peak memory**, `explain --method recipro` on mobilenet_v2, MiB: the driver's and the largest "
+                   "worker's peak resident set (VmHWM), and /usr/bin/time -v's maximum; load average "
+                   f"{os.getloadavg()[0]:.1f} at the start\n")
+            report("| runtime | writes (`--overlays`) | where | images | seconds | driver | worker | time -v |\n"
+                   "|---|---|---|---:|---:|---:|---:|---:|")
+            runs = [(b, o, n) for b in args.memory_backends.split(",") for o in args.memory_overlays.split(",")
+                    for n in map(int, args.memory_n.split(","))]
+            chosen = args.memory_where.split(",")
+            wheres = [(label, flags) for label, flags in (("one process (pipelined)", []), ("--workers 2",
+                      ["--workers", "2"]), ("--ray", ["--ray", address])) if label.split()[0] in chosen]
+            for (backend, overlays, n), (label, flags) in ((run, where) for run in runs for where in wheres):
+                seconds, driver, worker, maximum = memory_run(
+                    ["explain", bundle, images(work / f"images_{n}", n), "--method", "recipro", "--out",
+                     work / "memory_out", "--force", "--backend", backend, "--overlays", overlays, *flags])
+                report(f"| {backend} | {overlays} | {label} | {n} | {seconds:.0f} | {driver:.0f} | {worker:.0f} | "
+                       f"{maximum:.0f} |")
     finally:
         ray_cluster("stop")             # a no-op when none was started
     report.write(args.out)

@@ -12,6 +12,7 @@ from .bundle import Bundle, split_onnx  # noqa: E402
 from .backends import load_backend  # noqa: E402
 from .explainer import Explainer, Explanation  # noqa: E402
 from .postprocess import overlay  # noqa: E402
+from .jobs.map_store import read_maps  # noqa: E402
 
 
 def export_torch(*args, **kwargs):
@@ -21,5 +22,5 @@ def export_torch(*args, **kwargs):
 
 
 __all__ = ["Bundle", "CamInferError", "Explainer", "Explanation", "Preprocessing", "UnreadableImage", "overlay", "export_torch",
-           "load_backend", "load_image", "split_onnx",
+           "load_backend", "load_image", "read_maps", "split_onnx",
            "__version__"]

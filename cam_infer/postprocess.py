@@ -120,7 +120,7 @@ def _placed(rgb: np.ndarray, saliency: np.ndarray, preprocessing, colormap: str,
     for band in ((slice(0, rows.start), slice(None)), (slice(rows.stop, None), slice(None)),
                  (rows, slice(0, cols.start)), (rows, slice(cols.stop, None))):
         if out[band].size:
-            out[band] = cv2.transform(rgb[band], GREY)[..., None]
+            out[band] = cv2.cvtColor(cv2.transform(rgb[band], GREY), cv2.COLOR_GRAY2RGB)     # not a broadcast: 2× less
     return out
 
 
@@ -298,10 +298,15 @@ def encode_picture(picture: np.ndarray, kind: str = "png") -> bytes:
     return data.tobytes()
 
 
+def map_levels(saliency: np.ndarray) -> np.ndarray:
+    """A map in [0, 1] as 8-bit levels round(255·s): what a map PNG holds, and what a run's array store keeps."""
+    return np.uint8(np.round(np.clip(saliency, 0, 1) * 255))
+
+
 def encode_map(saliency: np.ndarray) -> bytes:
     """A saliency map (H,W in [0,1]) as an 8-bit grey PNG: value round(255·s), so reading it back and dividing
     by 255 gives the map within 1/510 (`read_map`)."""
-    ok, data = cv2.imencode(".png", np.uint8(np.round(np.clip(saliency, 0, 1) * 255)))
+    ok, data = cv2.imencode(".png", map_levels(saliency))
     if not ok:
         raise CamInferError("could not encode a map as PNG")
     return data.tobytes()

@@ -3,8 +3,9 @@
     explain_files(Explainer("bundle/"), ["photos/"], ["recipro", "eigen"], "out/")
 
 writes ``out/<stem>_<method>.jpg`` (the saliency over the image; ``overlays="png"``: lossless PNGs;
-``overlays="none"``: the map alone, ``<stem>_<method>.map.png``, 8-bit grey at the model's input size) and
-``out/results.json``. Images are decoded one by one:
+``overlays="none"``: the maps alone, 8-bit at the model's input size, in the run's array store ``out/maps/``
+(`cam_infer.jobs.map_store`, read back with `read_maps`), or with ``maps="png"`` one ``<stem>_<method>.map.png``
+each) and ``out/results.json``. Images are decoded one by one:
 an unreadable file is recorded under ``errors`` and the others complete. The folder run itself (lock,
 resume, runners, files) is `cam_infer.jobs`'; this module is what a classifier adds: its methods, options,
 settings and `ExplainWork`.
@@ -23,7 +24,7 @@ from .jobs.folders import collect_images, overlay_names, read_stamped
 from .methods import GRADIENT_FREE, METHODS, get_method
 from .methods.registry import class_agnostic, class_agnostic_note
 from .postprocess import (caption, check_overlay_options, check_overlays, class_fields, encode_map, encode_picture,
-                          overlay_picture)
+                          map_levels, overlay_picture)
 
 
 def choose_methods(names: list[str], has_linear_head: bool) -> tuple[list[str], list[str]]:
@@ -67,11 +68,13 @@ def explain_files(explainer, paths, methods: list[str], out, *, target=None, opt
                   batch_size: int = 8, colormap: str = "jet", alpha: float = 0.5, restart: bool = False,
                   progress: bool | None = None, on: str = "original", enhance: str | None = None,
                   enhance_options: dict | None = None, finer: dict | None = None, workers=None,
-                  ray: str | None = None, threads: int | None = None, report=None, overlays: str = "jpg") -> Results:
+                  ray: str | None = None, threads: int | None = None, report=None, overlays: str = "jpg",
+                  maps: str = "array") -> Results:
     """Explain every image with every method; write overlays and `results.json` in `out`.
     ``on="original"``: overlays over the whole original image (the map put back where the model's view
     of it was; outside that view the image is greyed); ``"model"``: over the model's resized and cropped view.
-    `overlays`: "jpg" (default), "png", or "none" (each map alone as an 8-bit grey PNG, no overlay drawn).
+    `overlays`: "jpg" (default), "png", or "none" (the maps alone, no overlay drawn), then `maps`: "array" (default:
+    every map in the run's array store, `cam_infer.jobs.map_store.read_maps`) or "png" (an 8-bit grey PNG each).
     `workers` (N or "auto": processes on this machine), `ray` (a Ray address) and `threads` (runtime threads
     per worker) choose where the batches are explained (`cam_infer.parallel`); the files are the same.
     `report(line)`, when given, hears what the run will cost before it starts (`cam_infer.cost`)."""
@@ -86,6 +89,7 @@ def explain_files(explainer, paths, methods: list[str], out, *, target=None, opt
     check_on(on)
     check_overlay_options(colormap, alpha)
     check_overlays(overlays)
+    check_maps(maps)
     runner = make_runner(workers, ray, threads)
     methods, _ = choose_methods(methods, explainer.linear_head is not None)
     per_method = options_per_method(methods, options or {})
@@ -97,13 +101,13 @@ def explain_files(explainer, paths, methods: list[str], out, *, target=None, opt
         get_enhancer(enhance)
     settings = {"bundle": bundle_hashes(explainer.bundle), "backend": explainer.backend.describe(),
                 "precision": explainer.backend.precision, "target": target, "options": per_method, "colormap": colormap,
-                "alpha": alpha, "on": on, "overlays": overlays,
+                "alpha": alpha, "on": on, "overlays": overlays, **({"maps": maps} if overlays == "none" else {}),
                 **({"enhance": enhancer} if enhancer else {}), **({"finer": finer} if finer else {})}
     agnostic = [m for m in methods if class_agnostic(m)] if target is not None else []
     if agnostic:
         print(f"note: {class_agnostic_note(agnostic)}")
     work = ExplainWork(spec_for(explainer, runner), tuple(methods), per_method, target, colormap, alpha, on, enhancer,
-                       json.loads(json.dumps(finer)) if finer else None, overlays)
+                       json.loads(json.dumps(finer)) if finer else None, overlays, maps)
 
     def cost() -> str:
         shown = variants([m if enhance is None else f"{m}+{enhance}" for m in methods])
@@ -112,6 +116,11 @@ def explain_files(explainer, paths, methods: list[str], out, *, target=None, opt
 
     return explain_job(paths, out, settings, methods, work, runner, batch_size=batch_size, restart=restart,
                        progress=progress, report=report, cost=cost)
+
+
+def check_maps(maps: str) -> None:
+    if maps not in ("array", "png"):
+        raise CamInferError(f"--maps takes array or png, not {maps!r}")
 
 
 def check_on(on: str) -> None:
@@ -139,6 +148,7 @@ class ExplainWork:
     enhancer: dict | None
     finer: dict | None
     overlays: str = "jpg"
+    maps: str = "array"
 
     def __call__(self, batch) -> dict:
         explainer = self.spec.open()
@@ -169,7 +179,10 @@ class ExplainWork:
         for i, ((path, name, _, rgb, stamp), view) in enumerate(zip(batch, views)):
             class_id = int(e.targets[i])
             label = explainer.bundle.label(class_id) if explainer.bundle.labels else None
-            if self.overlays == "none":
+            if self.overlays == "none" and self.maps == "array":
+                key, file = "map", None                          # the driver gives it its shard and slot
+                out.setdefault("maps", []).append((len(out["rows"]), map_levels(e.saliency[i])))
+            elif self.overlays == "none":
                 key, file = "map", f"{name}_{e.method}.map.png"
                 out["files"][file] = encode_map(e.saliency[i])
             else:

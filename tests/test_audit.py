@@ -111,6 +111,44 @@ def test_insertion_and_deletion_curves_of_several_images_run_together_with_the_s
                 assert row[mode] == pytest.approx(alone, abs=1e-6)
 
 
+def test_adcc_re_explanations_of_several_images_run_together_with_the_same_values(scenes, monkeypatch):
+    """AuditWork re-explains a batch's explanation images E = x ⊙ S in one call per method (and baseline): each
+    row's ADCC fields equal that image's own re-explanation (Poppi et al.'s formulas on direct explain calls),
+    on ONNX Runtime and on OpenVINO in its throughput mode, at the input's and at the map's resolution."""
+    from cam_infer.audit import work
+    from cam_infer.metrics import average_drop, coherency, complexity
+    from cam_infer.numerics import probabilities_of
+    from cam_infer.parallel import ExplainerSpec
+    from cam_infer.postprocess import normalise
+
+    folder, _ = scenes
+    images = [folder / f"multiple_{i:05d}.png" for i in range(3)]
+    calls = []
+    explained = work.explain_variant
+    monkeypatch.setattr(work, "explain_variant", lambda ex, x, variant, *a: calls.append((variant, len(x)))
+                        or explained(ex, x, variant, *a))
+    for backend, at in (("onnxruntime", "input"), ("openvino", "map")):
+        options = AuditOptions(methods=("recipro",), metrics=("adcc",), baselines=("random-map",), coherency_at=at)
+        calls.clear()
+        spec = work.audit_spec(SHAPES, replace(options, backend=backend))
+        out = work.AuditWork(spec, options)([(image, image.name, None, None) for image in images])
+        assert sorted(c for c in calls if c[1] > 1) == [("random-map", 3), ("recipro", 3)]   # one call a method
+        assert len(calls) == 2 * 3 + 2
+        explainer = ExplainerSpec.open(spec)
+        for row in out["rows"]:
+            x = explainer.preprocess([row["image"]])
+            e = explained(explainer, x, row["method"], None, options, {})
+            again = explained(explainer, (x * e.saliency[:, None]).astype(np.float32), row["method"], e.targets,
+                              options, {})
+            o = probabilities_of(again.outputs, explainer.bundle.output_kind)[0, e.targets[0]]
+            first, second = ((e.saliency[0], again.saliency[0]) if at == "input" else
+                             (normalise(e.maps)[0][0], normalise(again.maps)[0][0]))
+            assert row["average_drop"] == pytest.approx(float(average_drop(e.scores, o)[0]), abs=1e-6)
+            assert row["coherency"] == pytest.approx(coherency(first, second), abs=1e-6)
+            assert row["complexity"] == pytest.approx(complexity(first), abs=1e-6)
+            assert row["adcc"] == pytest.approx(adcc(row["coherency"], row["complexity"], row["average_drop"]))
+
+
 @pytest.mark.integration
 def test_audit_writes_csv_summary_and_a_page_that_a_browser_renders(scenes, tmp_path):
     folder, _ = scenes
@@ -198,12 +236,13 @@ def test_a_killed_audit_resumes_to_the_same_csv(tmp_path):
 def test_a_torn_last_line_and_a_half_written_image_are_redone(scenes, tmp_path):
     folder, _ = scenes
     options = AuditOptions(methods=("activation", "eigen"), metrics=("adcc",))
-    run_audit(SHAPES, [folder], options, tmp_path / "a", progress=False)
+    run_audit(SHAPES, [folder], options, tmp_path / "a", progress=False, batch_size=2)
     full = (tmp_path / "a" / "metrics.csv").read_text()
     journal = tmp_path / "a" / JOURNAL
-    lines = journal.read_text().splitlines(keepends=True)               # the settings, then one line an image
-    journal.write_text("".join(lines[:3]) + lines[3][:20])              # image 3 torn, 4 to 6 not written
-    run_audit(SHAPES, [folder], options, tmp_path / "a", progress=False)
+    lines = journal.read_text().splitlines(keepends=True)               # the settings, then one line a batch
+    assert len(lines) == 4
+    journal.write_text("".join(lines[:2]) + lines[2][:20])              # images 3-4 torn, 5-6 not written
+    run_audit(SHAPES, [folder], options, tmp_path / "a", progress=False, batch_size=2)
     assert (tmp_path / "a" / "metrics.csv").read_text() == full
 
 

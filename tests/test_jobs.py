@@ -40,7 +40,8 @@ RUNS = {
     "explain-detector": lambda images, out: explain_detection_files(Explainer(DETECTOR), [images],
                                                                     list(METHODS), out, progress=False),
     "audit-classifier": lambda images, out: run_audit(SHAPES, [images], AuditOptions(METHODS, ("adcc", "pointing")),
-                                                      out, boxes=images / "boxes.json", progress=False),
+                                                      out, boxes=images / "boxes.json", progress=False,
+                                                      batch_size=2),
     "audit-detector": lambda images, out: run_detection_audit(DETECTOR, [images], list(METHODS), out,
                                                               boxes=images / "boxes.json", progress=False),
 }

@@ -67,7 +67,7 @@ def test_the_pipelined_run_writes_what_one_batch_at_a_time_writes(overlays, phot
     ex = Explainer(tiny_bundle)
     for stages, out in ((1, tmp_path / "serial"), (STAGES, tmp_path / "pipelined")):
         monkeypatch.setattr(parallel, "make_runner", lambda *args, stages=stages, **kwargs: InProcess(stages))
-        explain_files(ex, [photos], ["recipro", "eigen"], out, batch_size=2, overlays=overlays)
+        explain_files(ex, [photos], ["recipro", "eigen"], out, batch_size=2, overlays=overlays, maps="png")
     serial, pipelined = (json.loads((tmp_path / f / "results.json").read_text()) for f in ("serial", "pipelined"))
     untimed = [[{k: v for k, v in r.items() if k != "milliseconds"} for r in run["results"]]
                for run in (serial, pipelined)]
@@ -82,7 +82,7 @@ def test_the_pipelined_run_writes_what_one_batch_at_a_time_writes(overlays, phot
 def test_maps_alone_are_the_saliency_in_8_bits_and_a_lost_map_is_redone(photos, tiny_bundle, tmp_path):
     ex = Explainer(tiny_bundle)
     images = sorted(photos.iterdir())
-    results = explain_files(ex, images, ["recipro", "eigen"], tmp_path, overlays="none", batch_size=3)
+    results = explain_files(ex, images, ["recipro", "eigen"], tmp_path, overlays="none", maps="png", batch_size=3)
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == sorted(
         [f"{f.stem}_{m}.map.png" for f in images for m in ("recipro", "eigen")] + ["results.json"])
     assert all("overlay" not in r for r in results.records)
@@ -94,7 +94,7 @@ def test_maps_alone_are_the_saliency_in_8_bits_and_a_lost_map_is_redone(photos, 
             np.testing.assert_allclose(read_map(tmp_path / record["map"]), e.saliency[i], rtol=0, atol=1 / 510 + 1e-6)
     first = json.loads((tmp_path / "results.json").read_text())["results"]
     (tmp_path / f"{images[2].stem}_eigen.map.png").unlink()
-    explain_files(ex, images, ["recipro", "eigen"], tmp_path, overlays="none", batch_size=3)
+    explain_files(ex, images, ["recipro", "eigen"], tmp_path, overlays="none", maps="png", batch_size=3)
     final = json.loads((tmp_path / "results.json").read_text())["results"]
     kept = [r for r in first if r["map"] != f"{images[2].stem}_eigen.map.png"]
     assert final[:len(kept)] == kept and len(final) == len(first)            # only the lost map redone
@@ -129,7 +129,7 @@ def test_an_unknown_overlay_kind_is_a_one_line_error(photos, tiny_bundle, tmp_pa
 
 def test_the_cli_writes_maps_alone_and_refuses_to_resume_with_other_overlays(photos, tiny_bundle, tmp_path):
     result = run_cli("explain", tiny_bundle.path, photos, "--method", "recipro", "--out", tmp_path,
-                     "--overlays", "none")
+                     "--overlays", "none", "--maps", "png")
     assert result.returncode == 0, result.stderr
     assert "7 maps (7 images x 1 methods)" in result.stdout
     assert len(list(tmp_path.glob("*.map.png"))) == 7 and not list(tmp_path.glob("*.jpg"))

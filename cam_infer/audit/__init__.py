@@ -40,17 +40,20 @@ from .work import COLUMNS, LOCALISATION, METRICS, OVERLAYS, AuditOptions, AuditW
     audit_spec, thumbnail_name
 
 GRID = 48
+BATCH = 8           # images audited together: their curves and ADCC's re-explanations share the runtime's calls
 
 
 def run_audit(bundle, images, options: AuditOptions, out, *, boxes=None, restart: bool = False, grid: int = GRID,
               progress: bool | None = None, workers=None, ray: str | None = None, threads: int | None = None,
-              report=None, sanity=None) -> dict:
+              report=None, sanity=None, batch_size: int = BATCH) -> dict:
     """Audit the images (files and folders); returns the summary. Unreadable images are listed in
     the summary's ``errors`` and skipped. `workers` (N or "auto": processes on this machine), `ray` (a
     Ray address) and `threads` (runtime threads per worker) choose where the images are worked on
     (`cam_infer.parallel`); the files written are the same. `report(line)`, when given, hears what the
     methods will cost before the run starts (`cam_infer.cost`). `sanity` (a `SanityOptions`): also the
-    model-randomisation sanity check (`cam_infer.audit.sanity`): sanity.csv, summary["sanity"], its section."""
+    model-randomisation sanity check (`cam_infer.audit.sanity`): sanity.csv, summary["sanity"], its section.
+    `batch_size`: images audited together (their curves and ADCC's re-explanations share runtime calls; a
+    resume redoes at most the batch in progress)."""
     from ..bundle import Bundle
     from ..jobs.driver import Job, run_job
     from ..parallel import make_runner
@@ -88,7 +91,8 @@ def run_audit(bundle, images, options: AuditOptions, out, *, boxes=None, restart
                                                         options.methods), options.methods)
 
     work = AuditWork(audit_spec(bundle.path.resolve(), options, runner.threads), options, priors)
-    job = Job("audit", "an audit", settings, options.methods, work, write, names=lambda found: found.names,
+    job = Job("audit", "an audit", settings, options.methods, work, write, batch_size=batch_size,
+              names=lambda found: found.names,
               extra=lambda image: boxes_for(truth, image, images), folders=(OVERLAYS,), clear=CLEARED,
               cost=lambda: _cost(work.spec, options, runner))
     run_job(job, images, out, runner, restart=restart, progress=progress, report=report)

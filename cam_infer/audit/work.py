@@ -18,28 +18,24 @@ from ..enhancers import split_variant
 from ..errors import CamInferError, UnreadableImage
 from ..images import load_image
 from ..metrics import (
-    adcc,
     auc,
-    average_drop,
     box_localisation,
     causal_frames,
     class_probabilities,
-    coherency,
     complexity,
     energy_in_region,
     energy_pointing,
     explanation_inputs,
-    increase_in_confidence,
     pointing_hit,
     pointing_in_region,
     uniform_baseline,
 )
 from ..metrics.road import ARCC_PERCENTILES, PERCENTILES, arcc, arcc_coherency, road, road_defined
 from ..methods.registry import class_agnostic
-from ..numerics import probabilities_of
 from ..outputs import fingerprint
 from ..postprocess import encode_png, overlay
 from .baselines import BASELINES, available, explain_baseline
+from .re_explanations import ReExplanations
 
 METRICS = ("adcc", "insertion", "deletion", "pointing", "energy", "box", "road", "arcc")
 OPT_IN = ("road", "arcc")                       # measured only when asked for: 18 and 8 imputations per map
@@ -243,11 +239,20 @@ class AuditWork:
     priors: dict | None = None            # the dataset's box and mask priors (`cam_infer.audit.baselines`)
 
     def __call__(self, batch) -> dict:
-        curves = CausalCurves(explainer_for(self.spec, self.options), self.options.auc)
+        explainer = explainer_for(self.spec, self.options)
+        curves = CausalCurves(explainer, self.options.auc)
+        adccs = re_explanations(explainer, self.options, self.priors)
         out = audit_batch(batch, lambda image, boxes: audit_image(self.spec, image, self.options, boxes,
-                                                                  self.priors, curves))
-        curves.flush()                                    # the batch's last curves, into their rows
+                                                                  self.priors, curves, adccs))
+        adccs.flush()                                     # the batch's last re-explanations and curves, into their rows
+        curves.flush()
         return out
+
+
+def re_explanations(explainer, options: AuditOptions, priors: dict | None) -> ReExplanations:
+    """Where ADCC's re-explanations go to be run with other images' (`ReExplanations`)."""
+    return ReExplanations(lambda x, variant, targets: explain_variant(explainer, x, variant, targets, options, priors),
+                          explainer.bundle.output_kind, options.coherency_at)
 
 
 class CausalCurves:
@@ -303,18 +308,20 @@ def thumbnail_name(name: str, method: str) -> str:
 
 
 def audit_image(bundle, image, options: AuditOptions, boxes=None, priors: dict | None = None,
-                curves: "CausalCurves | None" = None) -> dict:
+                curves: "CausalCurves | None" = None, adccs: ReExplanations | None = None) -> dict:
     """One image file → {"rows": one dict per method, then per baseline (COLUMNS), "thumbnails": method → PNG
     bytes}. `bundle`: a Bundle, its folder, or an `ExplainerSpec` (the explainer is opened once per process).
     `boxes`: the image's ground truth, [x1,y1,x2,y2] or {"box": [...], "label": ...}, in its own pixels.
     `priors`: baseline name → its map in the model's input (the dataset's box and mask priors). `curves`: where
     the insertion and deletion curves go to be run with other images' (their rows are complete once it is
-    flushed); None: this image's, run before returning."""
+    flushed), `adccs` ADCC's re-explanations (`ReExplanations`, the same); None: this image's, run before
+    returning."""
     if options.metrics is None:
         options = options.resolved(boxes=True)
     explainer = explainer_for(bundle, options)
-    own_curves = curves is None
+    own_curves, own_adccs = curves is None, adccs is None
     curves = CausalCurves(explainer, options.auc) if own_curves else curves
+    adccs = re_explanations(explainer, options, priors) if own_adccs else adccs
     prep = explainer.bundle.preprocessing
     rgb = load_image(image)
     view = prep.geometry(rgb)
@@ -333,7 +340,7 @@ def audit_image(bundle, image, options: AuditOptions, boxes=None, priors: dict |
                    label=explainer.bundle.label(class_id), probability=float(e.scores[0]),
                    degenerate=int(e.degenerate[0]), baseline=int(method in baselines))
         if "adcc" in options.metrics:
-            row.update(_adcc(explainer, options, x, view, e, method, priors))
+            adccs.add(row, method, explanation_inputs(x, e.saliency, options.space, [view], prep), e)
         for mode in ("insertion", "deletion"):
             if mode in options.metrics:
                 substrate = options.insertion_substrate if mode == "insertion" else options.deletion_substrate
@@ -348,6 +355,8 @@ def audit_image(bundle, image, options: AuditOptions, boxes=None, priors: dict |
         rows.append(row)
         if method not in baselines:
             thumbnails[method] = _thumbnail(view, s)
+    if own_adccs:
+        adccs.flush()
     if own_curves:
         curves.flush()
     return {"rows": rows, "thumbnails": thumbnails}
@@ -412,23 +421,6 @@ def _target(explainer, options: AuditOptions, truth):
         raise CamInferError("target 'truth' needs boxes with exactly one label per image "
                             f"({'none' if not classes else ', '.join(explainer.bundle.label(c) for c in sorted(classes))} found)")
     return classes.pop()
-
-
-def _adcc(explainer, options: AuditOptions, x, view, e, variant: str, priors: dict | None) -> dict:
-    s = e.saliency
-    masked = explanation_inputs(x, s, options.space, [view], explainer.bundle.preprocessing)
-    again = explain_variant(explainer, masked, variant, e.targets, options, priors)   # S′, and O: its class probability
-    o = probabilities_of(again.outputs, explainer.bundle.output_kind)[np.arange(len(e.targets)), e.targets]
-    drop = float(average_drop(e.scores, o)[0])
-    if options.coherency_at == "input":
-        coherent = coherency(s[0], again.saliency[0])
-        simple = complexity(s[0])
-    else:
-        from ..postprocess import normalise
-        low, low_again = normalise(e.maps)[0][0], normalise(again.maps)[0][0]
-        coherent, simple = coherency(low, low_again), complexity(low)
-    return {"average_drop": drop, "increase": float(increase_in_confidence(e.scores, o)[0]),
-            "coherency": coherent, "complexity": simple, "adcc": float(adcc(coherent, simple, drop))}
 
 
 def _road(explainer, options: AuditOptions, x, e, variant: str, priors: dict | None) -> dict:

@@ -143,7 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="overlay on the original image (default) or on the model's resized and cropped view")
     p.add_argument("--overlays", default="jpg", choices=["jpg", "png", "none"],
                    help="jpg (default: 5x faster to write than png, a fifth of the bytes), png (lossless), or none: "
-                        "the maps alone, 8-bit grey PNGs at the model's input size (<image>_<method>.map.png)")
+                        "the maps alone, 8-bit at the model's input size (see --maps)")
+    p.add_argument("--maps", choices=["array", "png"],
+                   help="with --overlays none: array (a classifier's default: every map in the run's array store, "
+                        "maps/NNNNN.npy shards indexed by results.json) or png (<image>_<method>.map.png each; "
+                        "detectors' and segmenters' maps)")
     p.add_argument("--finer", type=float, metavar="GAMMA",
                    help="Finer-CAM: explain the class score minus GAMMA times the closest classes' (e.g. 0.6)")
     p.add_argument("--finer-references", type=int, default=3, help="classes compared with (default 3)")

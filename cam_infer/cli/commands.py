@@ -122,7 +122,7 @@ def explain_classes(bundle, args):
                             enhance=args.enhance, enhance_options=dict(parse_option(o) for o in args.enhance_option),
                             finer=None if args.finer is None else {"gamma": args.finer, "preset": args.finer_preset,
                                                                    "references": args.finer_references},
-                            overlays=args.overlays, report=_say, **_scale_out(args))
+                            overlays=args.overlays, maps=args.maps or "array", report=_say, **_scale_out(args))
     return results, results.summary_lines(len(methods), args.out)
 
 
@@ -136,6 +136,7 @@ def explain_segments(bundle, args):
     for flag in ("finer", "enhance"):
         if getattr(args, flag) is not None:
             raise CamInferError(f"--{flag} is for classifiers; a segmenter takes --target (a class, several, or all)")
+    _maps_are_pngs(args, "segmenter")
     target = None if args.target is None else "all" if args.target == "all" else args.target.split(",")
     explainer = open_explainer(bundle, args.backend, args.device, precision=args.precision)
     results = explain_segmentation_files(explainer, args.images, methods, args.out, target=target, region=args.region,
@@ -143,6 +144,11 @@ def explain_segments(bundle, args):
                                          alpha=args.alpha, restart=args.force, on=args.on, overlays=args.overlays,
                                          report=_say, **_scale_out(args))
     return results, summary_lines(results, len(methods), args.out)
+
+
+def _maps_are_pngs(args, kind: str) -> None:
+    if args.maps == "array":
+        raise CamInferError(f"--maps array is for classifiers; a {kind}'s maps are PNGs (--maps png, the default)")
 
 
 def explain_detections(bundle, args):
@@ -155,6 +161,7 @@ def explain_detections(bundle, args):
     for flag in ("target", "finer", "enhance"):
         if getattr(args, flag) is not None:
             raise CamInferError(f"--{flag} is for classifiers; for detections use --detections, --classes or --box")
+    _maps_are_pngs(args, "detector")
     explainer = open_explainer(bundle, args.backend, args.device, precision=args.precision)
     targets = "all" if args.detections == "all" else [_integer(v, "--detections") for v in args.detections.split(",")]
     classes = [_class(c) for c in args.classes.split(",")] if args.classes else None

@@ -25,6 +25,7 @@ from ..postprocess import write_file
 from ..progress import Progress
 from .folders import ImageFiles, collect_images, overlay_names
 from .journal import JOURNAL, Journal
+from .map_store import MapStore, put_maps
 
 
 @dataclass
@@ -32,7 +33,8 @@ class Job:
     """A folder run, as the driver needs it. `work(batch) → result`, where batch is a list of
     (image path, its output name, methods still to do, `extra(path)`) and result is
     ``{"inputs": {image: stamp}, "rows": [...], "files": {relative path: bytes}, "errors": [{"image", "error"}]}``
-    (each row has its "image"; rows with a "method" tell a per-method resume which methods are done)."""
+    (each row has its "image"; rows with a "method" tell a per-method resume which methods are done), and
+    optionally ``"maps": [(row position, 8-bit map)]`` for the run's array store (`map_store`)."""
 
     command: str                          # "explain" | "audit": the lock's and the progress report's name
     what: str                             # what the folder holds, for the settings error ("an audit")
@@ -82,6 +84,7 @@ def run_job(job: Job, paths, out, runner, *, restart: bool = False, progress: bo
         if report and todo:
             report(job.cost())
         units: deque = deque()
+        store = MapStore(out, run.rows)
         with Progress(sum(len(needed) if job.per_method else 1 for _, needed in todo), job.command,
                       enabled=progress) as bar:
             saved = -SAVE_EVERY                       # the first result is written at once, then every SAVE_EVERY s
@@ -89,6 +92,7 @@ def run_job(job: Job, paths, out, runner, *, restart: bool = False, progress: bo
                 for result in _map(runner, job, todo, found, units):
                     for name, data in result["files"].items():
                         write_file(out / name, data)
+                    put_maps(store, result)
                     journal.append({"inputs": result["inputs"], "rows": result["rows"]})
                     run.rows += result["rows"]
                     run.errors += result["errors"]
@@ -97,6 +101,7 @@ def run_job(job: Job, paths, out, runner, *, restart: bool = False, progress: bo
                         job.write(run, False)
                         saved = time.monotonic()
             finally:
+                store.close()
                 journal.close()
         job.write(run, True)
     return run

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..outputs import write_atomically
 from .driver import Job, Run, run_job
+from .map_store import FOLDER as MAPS
 
 RESULTS = "results.json"
 
@@ -48,7 +49,8 @@ class Results:
 
 
 def picture_of(row: dict) -> str:
-    """The file a record's picture is in: its overlay, or its map when the run wrote maps alone."""
+    """The file a record's picture is in: its overlay, or its map (a PNG, or the array store's shard) when the run
+    wrote maps alone."""
     return row["overlay"] if "overlay" in row else row["map"]
 
 
@@ -60,6 +62,6 @@ def explain_job(paths, out, settings: dict, methods, work, runner, *, batch_size
     settings = json.loads(json.dumps(settings))
     job = Job("explain", "results of a run", settings, tuple(methods), work,
               write=lambda run, final: Results.of(run, settings).save(), batch_size=batch_size, per_method=True,
-              keep=lambda out, row: (out / picture_of(row)).is_file(), cost=cost)
+              keep=lambda out, row: (out / picture_of(row)).is_file(), clear=(MAPS,), cost=cost)
     run = run_job(job, paths, out, runner, restart=restart, progress=progress, report=report)
     return Results.of(run, settings)
