@@ -325,14 +325,6 @@ def _vit_recipro_as_the_float_model(explainer, float_bundle, images):
     np.testing.assert_allclose(ours, full, rtol=0, atol=4 * 2.0 ** -11 * np.abs(full).max())
 
 
-def test_an_openvino_ir_transformer_is_refused_not_cut_at_its_patch_embedding(tiny_vits, tmp_path):
-    import openvino as ov
-    from helpers import assert_one_line_error, run_cli
-    ov.save_model(ov.convert_model(str(tiny_vits["vit"])), str(tmp_path / "vit.xml"))
-    assert_one_line_error(run_cli("split", tmp_path / "vit.xml", "--out", tmp_path / "b"),
-                          "is a vision transformer (3 attention ops over tokens)")
-
-
 @pytest.mark.integration
 def test_a_vit_bundle_is_served_as_it_explains(vit_bundles, tmp_path):
     """The real server (127.0.0.1) on a ViT bundle: recipro and rollout answers equal `Explainer.explain`'s."""

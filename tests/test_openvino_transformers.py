@@ -1,0 +1,102 @@
+"""Vision transformers given as OpenVINO IR: the residual stream read from OpenVINO's graph, the cut at the same place
+as on the ONNX file the IR was converted from, and the maps equal to the ONNX bundle's."""
+
+import numpy as np
+import pytest
+
+from cam_infer import CamInferError, Explainer
+from cam_infer.bundle.openvino_split import split_openvino
+from conftest import needs_torch
+from test_tokens import images_for, tiny_vits, vit_bundles  # noqa: F401  (session fixtures)
+
+pytestmark = needs_torch
+
+# Both bundles are float32 on both runtimes: three blocks of float32 rounding (ONNX Runtime against OpenVINO, the
+# tolerance the ONNX bundles' own cross-runtime test uses), and exactly the same ops when both run on OpenVINO.
+ACROSS_RUNTIMES, SAME_RUNTIME = 1e-4, 1e-6
+
+
+@pytest.fixture(scope="session")
+def ir_vits(tiny_vits, tmp_path_factory):  # noqa: F811
+    """The tiny ONNX test transformers converted to IR (float32 weights), as a deployment would hold them."""
+    import openvino as ov
+    folder = tmp_path_factory.mktemp("ir-vits")
+    paths = {}
+    for name, path in tiny_vits.items():
+        paths[name] = folder / f"{name}.xml"
+        ov.save_model(ov.convert_model(str(path)), str(paths[name]), compress_to_fp16=False)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def ir_bundles(ir_vits, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ir-vit-bundles")
+    return {name: split_openvino(path, "auto", folder / name) for name, path in ir_vits.items()}
+
+
+@pytest.mark.parametrize("name", ["vit", "deit", "swin"])
+def test_an_ir_transformer_is_cut_where_its_onnx_file_is(ir_bundles, vit_bundles, name):  # noqa: F811
+    """`auto` on the IR: the last block's input, the same tokens as the ONNX bundle's cut (same layout, prefix and
+    grid in the manifest; the features graph's output equal to the ONNX features graph's on ONNX Runtime)."""
+    ir, onnx_bundle = ir_bundles[name], vit_bundles[name]
+    assert ir.tokens == onnx_bundle.tokens
+    assert ir.manifest["activation"]["tokens"]["attention_shapes"] == \
+        onnx_bundle.manifest["activation"]["tokens"]["attention_shapes"]
+    assert ir.manifest["verification"]["passed"] and ir.dynamic_batch
+    x = ir.preprocess(images_for(ir, 3))
+    got = Explainer(ir.path).backend.features(x)
+    expected = Explainer(onnx_bundle.path, backend="onnxruntime").backend.features(x)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=ACROSS_RUNTIMES * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("name", ["vit", "deit", "swin"])
+def test_ir_transformer_maps_equal_the_onnx_bundles(ir_bundles, vit_bundles, name):  # noqa: F811
+    images = images_for(ir_bundles[name])
+    ir = Explainer(ir_bundles[name].path)
+    for method in ("activation", "eigen", "entropy", "score", "ablation"):
+        got = ir.explain(images, method=method).maps
+        for runtime, tolerance in (("onnxruntime", ACROSS_RUNTIMES), ("openvino", SAME_RUNTIME)):
+            expected = Explainer(vit_bundles[name].path, backend=runtime).explain(images, method=method).maps
+            np.testing.assert_allclose(got, expected, rtol=0, atol=tolerance * np.abs(expected).max(),
+                                       err_msg=f"{method} {runtime}")
+
+
+@pytest.mark.parametrize("layer, found", [
+    ("/blocks/blocks.2/attn/qkv/MatMul", r"inside transformer block 2 of 3 .*nearest valid layer: "
+                                         r"'/blocks/blocks.2/Add_1'|nearest valid layer: '/blocks/blocks.1/Add_1'"),
+    ("/blocks/blocks.2/Add", "inside transformer block 2 of 3"),
+    ("/blocks/blocks.2/Add_1", "patch tokens are not connected"),
+    ("/patch_embed/Conv", "not on the residual stream between transformer blocks"),
+    ("no-such-op", "no op of this OpenVINO model has that name; the valid layers"),
+])
+def test_an_ir_layer_off_the_stream_is_refused_naming_a_valid_one(ir_vits, tmp_path, layer, found):
+    with pytest.raises(CamInferError, match=found):
+        split_openvino(ir_vits["vit"], layer, tmp_path / "b")
+
+
+def test_an_earlier_block_input_of_an_ir_transformer_is_a_valid_cut(ir_vits, tmp_path):
+    bundle = split_openvino(ir_vits["vit"], "/blocks/blocks.0/Add_1", tmp_path / "b")
+    assert bundle.manifest["verification"]["passed"] and bundle.tokens.grid == (8, 8)
+
+
+def test_attention_without_a_recognised_stream_is_refused_not_cut_at_its_patch_embedding(tmp_path):
+    """Attention over tokens but no block x + attn(norm(x)) (no normalisation on the branch): refused in one line,
+    where the CNN rule would cut at the patch embedding (a map of the input, not of the model)."""
+    import openvino as ov
+    import torch
+    from helpers import assert_one_line_error, run_cli
+    from tiny_transformers import Attn, export
+
+    class Unnormalised(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed, self.attn, self.head = torch.nn.Conv2d(3, 16, 8, 8), Attn(16, 2), torch.nn.Linear(16, 3)
+
+        def forward(self, x):
+            t = self.embed(x).flatten(2).transpose(1, 2)
+            return self.head((t + self.attn(t)).mean(1))
+
+    export(Unnormalised(), str(tmp_path / "m.onnx"), (32, 32))
+    ov.save_model(ov.convert_model(str(tmp_path / "m.onnx")), str(tmp_path / "m.xml"))
+    assert_one_line_error(run_cli("split", tmp_path / "m.xml", "--out", tmp_path / "b"),
+                          "has 1 attention ops over tokens but no residual stream of transformer blocks")
