@@ -100,3 +100,17 @@ def test_attention_without_a_recognised_stream_is_refused_not_cut_at_its_patch_e
     ov.save_model(ov.convert_model(str(tmp_path / "m.onnx")), str(tmp_path / "m.xml"))
     assert_one_line_error(run_cli("split", tmp_path / "m.xml", "--out", tmp_path / "b"),
                           "has 1 attention ops over tokens but no residual stream of transformer blocks")
+
+
+@pytest.mark.parametrize("name", ["vit", "deit"])
+def test_rollout_on_an_ir_transformer_reads_the_probabilities_inside_its_fused_attention(ir_bundles, vit_bundles,
+                                                                                        name):  # noqa: F811
+    """OpenVINO fuses each block's attention into one op (no Softmax output to read); the attention model computes it
+    in its parts. Rollout equals the ONNX bundle's, whose Softmax outputs are read on ONNX Runtime."""
+    assert all(op.endswith("attn/MatMul_1") for op, _ in ir_bundles[name].attention)          # the fused ops
+    images = images_for(ir_bundles[name])
+    for options in ({}, {"head_fusion": "max", "discard_ratio": 0.5}):
+        got = Explainer(ir_bundles[name].path).explain(images, method="rollout", **options).maps
+        expected = Explainer(vit_bundles[name].path, backend="onnxruntime").explain(images, method="rollout",
+                                                                                   **options).maps
+        np.testing.assert_allclose(got, expected, rtol=0, atol=ACROSS_RUNTIMES * np.abs(expected).max())

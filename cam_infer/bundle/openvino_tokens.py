@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..errors import CamInferError
 from .graph import InputSpec
 from .openvino_graph import OpenVINOGraph
@@ -76,3 +78,54 @@ def probabilities_shape(graph: OpenVINOGraph, name: str) -> tuple[int, ...] | No
         full = graph.info(name).shape
         shape = None if full is None or len(full) != 4 else tuple(full[1:])
     return shape if shape and all(shape) else None
+
+
+def attention_model(features_path, head_path, attention: list[str], head_fusion: str = "mean"):
+    """An IR bundle's two graphs joined back into one ``ov.Model`` whose outputs are the cut tokens, the attention
+    probabilities of every block in `attention` fused over the heads (ReduceMean, ReduceMax or ReduceMin), and the
+    scores: one pass for attention rollout. A fused attention op is computed in its parts so that its
+    probabilities are a tensor (`unfused_probabilities`)."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    from ..backends.sessions import openvino_model
+    features, head = openvino_model(features_path), openvino_model(head_path)
+    cut = features.get_results()[0].input_value(0)
+    for reader in list(head.get_parameters()[0].output(0).get_target_inputs()):
+        reader.replace_source_output(cut)
+    named = {op.get_friendly_name(): op for model in (features, head) for op in model.get_ordered_ops()}
+    reduce = {"mean": ops.reduce_mean, "max": ops.reduce_max, "min": ops.reduce_min}[head_fusion]
+    fused = []
+    for name in attention:
+        op = named[name]
+        probabilities = unfused_probabilities(op) if op.get_type_name() == "ScaledDotProductAttention" else op.output(0)
+        heads = reduce(probabilities, ops.constant(np.array([1], np.int64)), False)
+        fused.append(ops.convert(heads, "f32").output(0))
+    scores = head.get_results()[0].input_value(0)
+    outputs = [ops.result(value) for value in (cut, *fused, scores)]
+    return ov.Model(outputs, features.get_parameters(), f"attention-{head_fusion}")
+
+
+def unfused_probabilities(op):
+    """ScaledDotProductAttention(q, k, v, mask, scale) replaced in its graph by its parts, softmax(q·kᵀ·scale +
+    mask)·v (OpenVINO's definition, scale 1/√d when not given); the probabilities' output."""
+    import openvino.opset13 as ops
+
+    if op.get_attributes().get("causal"):
+        raise CamInferError(f"attention op '{op.get_friendly_name()}' is causal (a sequence model's): no image "
+                            "attention to read")
+    q, k, v, *rest = op.input_values()
+    if rest and rest[0].get_element_type().get_type_name() == "boolean":
+        raise CamInferError(f"attention op '{op.get_friendly_name()}' has a boolean mask: its probabilities are not "
+                            "read by cam-infer")
+    logits = ops.matmul(q, k, False, True)
+    scale = rest[1] if len(rest) > 1 else ops.constant(np.array(1 / np.sqrt(q.get_partial_shape()[-1].get_length()),
+                                                                q.get_element_type().to_dtype()))
+    logits = ops.multiply(logits, scale)
+    if rest:
+        logits = ops.add(logits, rest[0])
+    probabilities = ops.softmax(logits, -1)
+    attended = ops.matmul(probabilities, v, False, False)
+    for reader in list(op.output(0).get_target_inputs()):
+        reader.replace_source_output(attended.output(0))
+    return probabilities.output(0)
