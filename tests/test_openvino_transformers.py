@@ -114,3 +114,27 @@ def test_rollout_on_an_ir_transformer_reads_the_probabilities_inside_its_fused_a
         expected = Explainer(vit_bundles[name].path, backend="onnxruntime").explain(images, method="rollout",
                                                                                    **options).maps
         np.testing.assert_allclose(got, expected, rtol=0, atol=ACROSS_RUNTIMES * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("name", ["vit", "deit"])
+def test_vit_recipro_on_an_ir_transformer_equals_the_onnx_bundles(ir_bundles, vit_bundles, name):  # noqa: F811
+    """The reduced tail opened on OpenVINO's own head graph (its attention fused: the key bias goes into the fused op's
+    mask): equal to the ONNX bundle's vit-recipro on ONNX Runtime, reduced and as full copies, every option."""
+    images = images_for(ir_bundles[name], 3)
+    ir = Explainer(ir_bundles[name].path)
+    for options in ({}, {"kernel": "onehot", "cls_token": False}, {"reduced": False}, {"score": "prob"}):
+        got = ir.explain(images, method="vit-recipro", **options).maps
+        expected = Explainer(vit_bundles[name].path, backend="onnxruntime").explain(images, method="vit-recipro",
+                                                                                   **options).maps
+        np.testing.assert_allclose(got, expected, rtol=0, atol=ACROSS_RUNTIMES * np.abs(expected).max(),
+                                   err_msg=str(options))
+
+
+def test_vit_recipro_on_an_ir_transformer_equals_openvino_xai(ir_bundles):
+    """openvino-xai 1.1.0's committed ViTReciproCAM maps of the same tiny ViT (`test_vit_recipro`), all classes."""
+    from test_vit_recipro import REFERENCE, assert_same_maps
+    reference = np.load(REFERENCE)
+    x, maps = reference["inputs"], reference["maps"]
+    explainer = Explainer(ir_bundles["vit"].path, precision="f32")
+    for c in range(maps.shape[1]):
+        assert_same_maps(explainer.explain(x, method="vit-recipro", target=c).maps, maps[:, c])
