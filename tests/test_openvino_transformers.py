@@ -138,3 +138,44 @@ def test_vit_recipro_on_an_ir_transformer_equals_openvino_xai(ir_bundles):
     explainer = Explainer(ir_bundles["vit"].path, precision="f32")
     for c in range(maps.shape[1]):
         assert_same_maps(explainer.explain(x, method="vit-recipro", target=c).maps, maps[:, c])
+
+
+# --- the command line on an IR transformer, as on its ONNX file ------------------------------------------------
+
+@pytest.fixture(scope="session")
+def ir_deit_with_labels(ir_vits, tmp_path_factory):
+    from cam_infer.tools.synthetic import CLASSES, write_scenes
+    folder = tmp_path_factory.mktemp("ir-deit")
+    bundle = split_openvino(ir_vits["deit"], "auto", folder / "bundle", labels=[*CLASSES, "none"])
+    return bundle.path, write_scenes(folder / "scenes", "large", 3, seed=1)
+
+
+def test_info_on_an_ir_transformer_names_its_tokens(ir_vits):
+    from helpers import run_cli
+    result = run_cli("info", ir_vits["deit"])
+    assert result.returncode == 0, result.stderr
+    assert "tensor '/blocks/blocks.1/Add_1'" in result.stdout
+    assert "(tokens: 2 prefix tokens set apart + 6x10 patches), attention over all tokens in 3 blocks" in result.stdout
+
+
+def test_explain_on_an_ir_transformer_from_the_command_line(ir_deit_with_labels, tmp_path):
+    import json
+
+    from helpers import run_cli
+    bundle, scenes = ir_deit_with_labels
+    result = run_cli("explain", bundle, scenes, "--method", "vit-recipro,rollout,eigen", "--out", tmp_path / "maps")
+    assert result.returncode == 0, result.stderr
+    records = json.dumps(json.loads((tmp_path / "maps" / "results.json").read_text()))
+    assert all(method in records for method in ("vit-recipro", "rollout", "eigen"))
+
+
+def test_audit_on_an_ir_transformer_from_the_command_line(ir_deit_with_labels, tmp_path):
+    import json
+
+    from helpers import run_cli
+    bundle, scenes = ir_deit_with_labels
+    result = run_cli("audit", bundle, scenes, "--boxes", scenes / "boxes.json", "--methods", "vit-recipro,rollout",
+                     "--metrics", "pointing", "--out", tmp_path / "audit")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "audit" / "summary.json").read_text())
+    assert set(summary["methods"]) == {"vit-recipro", "rollout"}
