@@ -179,3 +179,28 @@ def test_audit_on_an_ir_transformer_from_the_command_line(ir_deit_with_labels, t
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "audit" / "summary.json").read_text())
     assert set(summary["methods"]) == {"vit-recipro", "rollout"}
+
+
+TRAINED = "tests/data/transformers"
+
+
+@pytest.mark.parametrize("source", ["tiny-vit", pytest.param("vit_legacy", marks=pytest.mark.slow),
+                                    pytest.param("hf_deit", marks=pytest.mark.slow)])
+def test_an_ir_with_float16_weights_explains_as_its_onnx_file(tiny_vits, tmp_path, source):  # noqa: F811
+    """openvino's default save (weights compressed to float16, decompressed by a Convert before each MatMul): the
+    reduced tail still finds the projections and the output projection; vit-recipro and rollout follow the float
+    ONNX bundle to the weights' float16 rounding (correlation ≥ 0.999)."""
+    import openvino as ov
+
+    from cam_infer.bundle.split import split_onnx
+    from conftest import ROOT
+    path = tiny_vits["vit"] if source == "tiny-vit" else ROOT / TRAINED / f"{source}.onnx"
+    ov.save_model(ov.convert_model(str(path)), str(tmp_path / "m.xml"))
+    ir = split_openvino(tmp_path / "m.xml", "auto", tmp_path / "ir")
+    reference = split_onnx(path, "auto", tmp_path / "onnx")
+    images = images_for(ir)
+    for method in ("vit-recipro", "rollout"):
+        got = Explainer(ir.path).explain(images, method=method).maps
+        expected = Explainer(reference.path, backend="onnxruntime").explain(images, method=method).maps
+        for a, b in zip(got, expected):
+            assert np.corrcoef(a.ravel(), b.ravel())[0, 1] >= 0.999, method

@@ -67,7 +67,14 @@ def _first_norm(x):
 
 
 def _has_constant(op) -> bool:
-    return any(v.get_node().get_type_name() == "Constant" for v in op.input_values())
+    """Whether an input of `op` is a constant (or a constant converted: weights stored in float16)."""
+    for value in op.input_values():
+        node = value.get_node()
+        if node.get_type_name() == "Convert":
+            node = node.input_value(0).get_node()
+        if node.get_type_name() == "Constant":
+            return True
+    return False
 
 
 def _copies(tokens, index, weight):
@@ -168,27 +175,34 @@ def _free_token_count(model, tokens: int) -> None:
 def _keep_prefix_after_attention(attention, x_copies, prefix: int) -> None:
     """Only the first `prefix` tokens leave the first residual sum x + attn(...): the attention's output projection
     (the MatMul by a constant after it, through the Transpose and Reshape that merge the heads) and the residual's x
-    cut to them."""
+    cut to them; where the projection cannot be found, the sum itself is cut."""
     import openvino.opset13 as ops
 
     def first_tokens(value):
         constant = [ops.constant(np.array([v], np.int64)) for v in (0, prefix, 1, 1)]
         return ops.slice(value, *constant).output(0)
 
+    residual = next((i.get_node() for i in x_copies.get_target_inputs() if i.get_node().get_type_name() == "Add"), None)
+    if residual is None:
+        raise CamInferError("vit-recipro found no residual Add of the cut tokens in the head graph")
+    projection = _output_projection(attention)
+    if projection is None:
+        _read_instead(residual.output(0), first_tokens(residual.output(0)))
+        return
+    projection.input(0).replace_source_output(first_tokens(projection.input_value(0)))
+    for i, value in enumerate(residual.input_values()):
+        if value.get_node() == x_copies.get_node() and value.get_index() == x_copies.get_index():
+            residual.input(i).replace_source_output(first_tokens(x_copies))
+
+
+def _output_projection(attention):
+    """The MatMul by a constant after the attention, through the ops that merge the heads; None if not found."""
     node = attention
     for _ in range(6):
         readers = list(node.output(0).get_target_inputs())
         if len(readers) != 1:
-            raise CamInferError("vit-recipro cannot follow the attention to its output projection in the head graph")
+            return None
         reader, node = readers[0], readers[0].get_node()
         if node.get_type_name() == "MatMul" and _has_constant(node) and reader.get_index() == 0:
-            break
-    else:
-        raise CamInferError("vit-recipro found no output projection after the attention in the head graph")
-    node.input(0).replace_source_output(first_tokens(node.input_value(0)))
-    residual = next((i.get_node() for i in x_copies.get_target_inputs() if i.get_node().get_type_name() == "Add"), None)
-    if residual is None:
-        raise CamInferError("vit-recipro found no residual Add of the cut tokens in the head graph")
-    for i, value in enumerate(residual.input_values()):
-        if value.get_node() == x_copies.get_node() and value.get_index() == x_copies.get_index():
-            residual.input(i).replace_source_output(first_tokens(x_copies))
+            return node
+    return None
