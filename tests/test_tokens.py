@@ -12,19 +12,6 @@ from conftest import needs_torch
 pytestmark = needs_torch
 
 
-@pytest.fixture(scope="session")
-def tiny_vits(tmp_path_factory):
-    from tiny_transformers import export_tiny
-    folder = tmp_path_factory.mktemp("tiny-vits")
-    return {name: export_tiny(name, folder / f"{name}.onnx", dynamo=name == "swin") for name in ("vit", "deit", "swin")}
-
-
-@pytest.fixture(scope="session")
-def vit_bundles(tiny_vits, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("vit-bundles")
-    return {name: split_onnx(path, "auto", folder / name) for name, path in tiny_vits.items()}
-
-
 @pytest.mark.parametrize("name, prefix, grid", [("vit", 1, (8, 8)), ("deit", 2, (6, 10)), ("swin", 0, (8, 8))])
 def test_auto_cuts_at_the_last_block_input(vit_bundles, name, prefix, grid):
     bundle = vit_bundles[name]
