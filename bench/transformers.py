@@ -262,8 +262,8 @@ def main() -> None:
            "xai ÷ ours (rounds) | xai ÷ ours batch 8 |\n|---|---:|---:|---:|---:|---:|---:|---:|")
     for precision in ("bf16", "f32"):
         against_xai(onnx_path, bundle, precision, args.xai_python, args.rounds, args.calls, report)
-    report(f"\n**The same on the IR file** (`vit-s.xml`, converted from the ONNX file with float32 weights): openvino-xai "
-           "on the IR, ours on the IR bundle split from it\n")
+    report("\n**The same on the IR file** (`vit-s.xml`, converted from the ONNX file with float32 weights): "
+           "openvino-xai on the IR, ours on the IR bundle split from it\n")
     report("| precision | xai forward | xai ViTReciproCAM | our forward | our vit-recipro | ours, batch 8 | "
            "xai ÷ ours (rounds) | xai ÷ ours batch 8 |\n|---|---:|---:|---:|---:|---:|---:|---:|")
     for precision in ("bf16", "f32"):

@@ -203,3 +203,40 @@ def test_an_ir_with_float16_weights_explains_as_its_onnx_file(tiny_vits, tmp_pat
         expected = Explainer(reference.path, backend="onnxruntime").explain(images, method=method).maps
         for a, b in zip(got, expected):
             assert np.corrcoef(a.ravel(), b.ravel())[0, 1] >= 0.999, method
+
+
+def test_an_ir_transformer_whose_attention_stays_a_softmax_explains_as_its_onnx_file(tmp_path):
+    """A per-head learned temperature on the logits keeps OpenVINO from fusing the attention: the key bias then goes
+    before the Softmax, and rollout reads the Softmax outputs; both equal the ONNX bundle's."""
+    import openvino as ov
+    import torch
+    from tiny_transformers import Attn, ViT, export
+
+    from cam_infer.bundle.split import split_onnx
+
+    class TemperedAttn(Attn):
+        def __init__(self, d, heads):
+            super().__init__(d, heads)
+            self.temperature = torch.nn.Parameter(torch.rand(heads, 1, 1) + 0.1)
+
+        def forward(self, x):
+            n, t, d = x.shape
+            qkv = self.qkv(x).reshape(n, t, 3, self.h, d // self.h).permute(2, 0, 3, 1, 4)
+            a = ((qkv[0] @ qkv[1].transpose(-2, -1)) * self.temperature).softmax(-1)
+            v = qkv[2]
+            return self.proj((a @ v).transpose(1, 2).reshape(n, t, d))
+
+    torch.manual_seed(0)
+    model = ViT(size=(32, 32), depth=2)
+    for block in model.blocks:
+        block.attn = TemperedAttn(32, 2)
+    export(model, str(tmp_path / "m.onnx"), (32, 32))
+    ov.save_model(ov.convert_model(str(tmp_path / "m.onnx")), str(tmp_path / "m.xml"), compress_to_fp16=False)
+    ir = split_openvino(tmp_path / "m.xml", "auto", tmp_path / "ir")
+    assert all(ir.manifest["graphs"][role]["ops"].get("Softmax") == 1 for role in ("features", "head"))
+    reference = split_onnx(tmp_path / "m.onnx", "auto", tmp_path / "onnx")
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    for method in ("vit-recipro", "rollout"):
+        got = Explainer(ir.path).explain(x, method=method).maps
+        expected = Explainer(reference.path, backend="onnxruntime").explain(x, method=method).maps
+        np.testing.assert_allclose(got, expected, rtol=0, atol=ACROSS_RUNTIMES * np.abs(expected).max(), err_msg=method)

@@ -144,7 +144,8 @@ def _bias_the_keys(op, bias) -> None:
         if axis not in (-1, rank - 1):
             raise CamInferError(f"vit-recipro needs attention Softmax over the keys (last axis); "
                                 f"'{op.get_friendly_name()}' uses axis {axis}")
-        op.input(0).replace_source_output(ops.add(op.input_value(0), ops.convert_like(bias, op.input_value(0))).output(0))
+        logits = op.input_value(0)
+        op.input(0).replace_source_output(ops.add(logits, ops.convert_like(bias, logits)).output(0))
         return
     q, k, v, *rest = op.input_values()
     if op.get_attributes().get("causal") or rest and rest[0].get_element_type().get_type_name() == "boolean":
