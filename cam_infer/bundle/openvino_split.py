@@ -232,7 +232,7 @@ def split_openvino(path, layer: str = "auto", out=None, *, input_size=None, prep
     nhwc = cut is None and layouts.get(target) == "NHWC"
     logits, left_out, dequantize = _score_output(model)
     for batch_mode in ("dynamic", "fixed"):
-        features, head = _cut(model, spec, target, nhwc, logits, prep, -1 if batch_mode == "dynamic" else 1)
+        features, head = _cut(model, spec, target, logits, prep, -1 if batch_mode == "dynamic" else 1, nhwc=nhwc)
         try:
             verification = _verify(model, spec, features, head, prep, left_out, dequantize, batch_mode)
             break
@@ -343,9 +343,10 @@ class _BatchFails(Exception):
     """The split graphs do not run on a batch above 1 (a reshape in the model hard-codes batch 1)."""
 
 
-def _cut(model, spec: InputSpec, target: _Output, nhwc: bool, logits, prep: Preprocessing, batch: int):
-    """features: float NCHW image → the target map (NCHW; transposed from NHWC when `nhwc`) or tokens as they are;
-    head: that map → the logits (or the output)."""
+def _cut(model, spec: InputSpec, target: _Output, logits, prep: Preprocessing, batch: int, *, nhwc: bool | None = None):
+    """features: float NCHW image → the target map (NCHW; transposed from NHWC when `nhwc`, by default when its
+    layout is NHWC) or a transformer's tokens as they are (`nhwc` False); head: that map → the logits (or the
+    output)."""
     import openvino as ov
     import openvino.opset13 as ops
 
@@ -367,6 +368,8 @@ def _cut(model, spec: InputSpec, target: _Output, nhwc: bool, logits, prep: Prep
     for target_input in list(old.output(0).get_target_inputs()):
         target_input.replace_source_output(x)
     act = f_ops[target.op].output(target.index)
+    if nhwc is None:
+        nhwc = _layouts(model, spec).get(target) == "NHWC"
     if nhwc:
         act = ops.transpose(act, ops.constant(np.array([0, 3, 1, 2], np.int64))).output(0)
     if act.get_element_type().get_type_name() != "f32":
