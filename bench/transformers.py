@@ -222,6 +222,7 @@ def main() -> None:
     parser.add_argument("--xai-python", default=str(ROOT.parent / "venv-xai" / "bin" / "python"),
                         help="a Python with openvino-xai 1.1.0 installed")
     parser.add_argument("--skip-methods", action="store_true", help="only the openvino-xai comparison")
+    parser.add_argument("--batches", default="1,8", help="the batch sizes of the method ÷ forward tables")
     parser.add_argument("--small", action="store_true",
                         help="only every method on the trained test models (tests/data/transformers), batch 1")
     parser.add_argument("--small-models", default="vit,deit,swin", help="which of them, with --small")
@@ -246,7 +247,7 @@ def main() -> None:
            f"{os.cpu_count()} cores shared with other work; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
            "(1, 5, 15 min) at the start: absolute times are high, ratios are measured in one run.\n")
     if not args.skip_methods:
-        for batch in (1, 8):
+        for batch in map(int, args.batches.split(",")):
             report(f"\n**vit-s** method ÷ forward, f32, batch {batch}, median of {args.repeats} runs\n")
             report(HEADER)
             for backend in ("onnxruntime", "openvino"):
