@@ -404,6 +404,21 @@ def _cut(model, spec: InputSpec, target: _Output, logits, prep: Preprocessing, b
     return features, head
 
 
+def _requantized(value, producer):
+    """`value` through a copy of the FakeQuantize that produced the cut map, if one did. The head then starts
+    as the whole model does at that point, from a quantized tensor: OpenVINO runs the ops after it in int8
+    in both, and a float start would round some of them one step apart."""
+    import openvino.opset13 as ops
+
+    if producer.get_type_name() != "FakeQuantize":
+        return value
+    limits = [producer.input_value(i) for i in range(1, 5)]
+    if any(_constant(v) is None for v in limits):
+        return value
+    return ops.fake_quantize(value, *[ops.constant(_constant(v)) for v in limits],
+                             producer.get_attributes()["levels"]).output(0)
+
+
 def _rebuild_shapes(end, image: str, activation) -> None:
     """A ShapeOf in the head of a tensor from before the cut (a shape the converter shared between blocks, e.g. the
     attention's head size) whose dims are known but the batch: rebuilt as (the cut's batch, those dims)."""
@@ -434,21 +449,6 @@ def _ancestors_ops(op) -> list:
         found.append(node)
         stack.extend(v.get_node() for v in node.input_values())
     return found
-
-
-def _requantized(value, producer):
-    """`value` through a copy of the FakeQuantize that produced the cut map, if one did. The head then starts
-    as the whole model does at that point, from a quantized tensor: OpenVINO runs the ops after it in int8
-    in both, and a float start would round some of them one step apart."""
-    import openvino.opset13 as ops
-
-    if producer.get_type_name() != "FakeQuantize":
-        return value
-    limits = [producer.input_value(i) for i in range(1, 5)]
-    if any(_constant(v) is None for v in limits):
-        return value
-    return ops.fake_quantize(value, *[ops.constant(_constant(v)) for v in limits],
-                             producer.get_attributes()["levels"]).output(0)
 
 
 def _release_batch(model) -> None:
