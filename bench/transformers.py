@@ -5,6 +5,7 @@ random weights, seed 0: the time does not depend on them), exported with the leg
 openvino-xai needs) and split with ``auto`` at the last block's input.
 
     python bench/transformers.py --work /tmp/cam-transformers --out bench/transformers.md
+    python bench/transformers.py --batches 1 --out bench/transformers.md          # batch 1 only (a loaded machine)
     python bench/transformers.py --small --repeats 3 --out bench/transformers_small.md
 
 ``--small``: every method (score, ss-cam, is-cam and the gradient methods through torch included) on the three
@@ -18,6 +19,8 @@ kept warm; the parent asks each for one call at a time, alternating sides (and t
 is timed inside its process; each side at its default precision (bf16 on this CPU's OpenVINO), then both at f32
 (openvino-xai's compile given ``INFERENCE_PRECISION_HINT=f32``). openvino-xai explains batch 1 only; ours also
 batch 8 (per image). The maps of the two sides on the same input are compared (f32, all classes' raw logits).
+The same model converted to OpenVINO IR (float32 weights) adds rows: vit-recipro, rollout and activation on our IR
+bundle, and the comparison with openvino-xai run on that IR file.
 """
 
 from __future__ import annotations
@@ -36,13 +39,14 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 CASES = [("vit-recipro", {}), ("vit-recipro (h·w full copies)", {"reduced": False}), ("rollout", {}),
          ("activation", {}), ("recipro", {}), ("ablation", {})]
+IR_CASES = [("vit-recipro", {}), ("rollout", {}), ("activation", {})]
 SIZE = {"d": 384, "heads": 6, "depth": 12, "patch": 16, "size": (224, 224), "classes": 10}
 
 
 def prepared(work: Path) -> tuple[Path, Path]:
     """(the ViT-S ONNX file, our bundle split from that same file)."""
     onnx_path, bundle = work / "vit-s.onnx", work / "vit-s-bundle"
-    if not (bundle / "bundle.json").is_file():
+    if not (bundle / "bundle.json").is_file() or not onnx_path.is_file():
         import torch
         from tiny_transformers import ViT, export
 
@@ -52,6 +56,18 @@ def prepared(work: Path) -> tuple[Path, Path]:
         export(ViT(**SIZE).eval(), str(onnx_path), (224, 224))
         split_onnx(onnx_path, "auto", bundle, overwrite=True)
     return onnx_path, bundle
+
+
+def prepared_ir(work: Path, onnx_path: Path) -> tuple[Path, Path]:
+    """(the ViT-S as OpenVINO IR, float32 weights, converted from the ONNX file; our IR bundle split from it)."""
+    ir_path, bundle = work / "vit-s.xml", work / "vit-s-ir-bundle"
+    if not (bundle / "bundle.json").is_file() or not ir_path.is_file():
+        import openvino as ov
+
+        from cam_infer.bundle.openvino_split import split_openvino
+        ov.save_model(ov.convert_model(str(onnx_path)), str(ir_path), compress_to_fp16=False)
+        split_openvino(ir_path, "auto", bundle, overwrite=True)
+    return ir_path, bundle
 
 
 # --- the two sides' drivers: each reads one command a line and answers with the call's milliseconds per image ---
@@ -67,9 +83,13 @@ def xai_driver(onnx_path: str, precision: str, target: int) -> None:
         compile_model = ov.Core.compile_model
         ov.Core.compile_model = lambda self, model, device_name="CPU", config=None: compile_model(
             self, model, device_name, {**(config or {}), "INFERENCE_PRECISION_HINT": "f32"})
-    model = ov.Core().read_model(onnx_path)
-    explainer = xai.Explainer(model=model, task=xai.Task.CLASSIFICATION, explain_mode=ExplainMode.WHITEBOX,
-                              explain_method=xai.Method.VITRECIPROCAM)
+    model = ov.Core().read_model(onnx_path)                       # the ONNX file or the IR converted from it
+    try:
+        explainer = xai.Explainer(model=model, task=xai.Task.CLASSIFICATION, explain_mode=ExplainMode.WHITEBOX,
+                                  explain_method=xai.Method.VITRECIPROCAM)
+    except RuntimeError as exc:                                    # it could not insert its method into this graph
+        print(json.dumps({"failed": str(exc).strip().splitlines()[0][:160]}), flush=True)
+        return
     plain = ov.Core().compile_model(model, "CPU")
     used = plain.get_property("INFERENCE_PRECISION_HINT").get_type_name()
     x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
@@ -108,6 +128,10 @@ def _serve(calls: dict, precision: str, per_image: dict | None = None) -> None:
         print(json.dumps((time.perf_counter() - start) * 1000 / (per_image or {}).get(name, 1)), flush=True)
 
 
+class DriverFailed(Exception):
+    """A side could not set its method up on the model (its reason)."""
+
+
 class Side:
     def __init__(self, python: str, role: str, *args):
         self.process = subprocess.Popen([python, __file__, "--driver", role, *map(str, args)], stdin=subprocess.PIPE,
@@ -115,7 +139,11 @@ class Side:
         line = self.process.stdout.readline()
         if not line:
             raise SystemExit(f"the {role} driver did not start")
-        self.precision = json.loads(line)["ready"]
+        answer = json.loads(line)
+        if "failed" in answer:
+            self.process.wait(timeout=120)
+            raise DriverFailed(answer["failed"])
+        self.precision = answer["ready"]
 
     def __call__(self, name: str) -> float:
         self.process.stdin.write(name + "\n")
@@ -131,7 +159,11 @@ class Side:
 def against_xai(onnx_path: Path, bundle: Path, precision: str, xai_python: str, rounds: int, calls: int,
                 report) -> None:
     ours = Side(sys.executable, "ours", bundle, "auto" if precision == "bf16" else "f32", 3)
-    xai = Side(xai_python, "xai", onnx_path, precision, 3)
+    try:
+        xai = Side(xai_python, "xai", onnx_path, precision, 3)
+    except DriverFailed:
+        ours.close()
+        raise
     times: dict = {k: [[] for _ in range(rounds)] for k in ("ours forward", "ours", "ours b8", "xai forward", "xai")}
     try:
         for r in range(rounds):
@@ -153,9 +185,10 @@ def against_xai(onnx_path: Path, bundle: Path, precision: str, xai_python: str, 
            f"{statistics.median(ratio8):.1f}× |")
 
 
-def same_maps(onnx_path: Path, bundle: Path, xai_python: str, work: Path) -> str:
-    """Correlation and largest difference of the raw maps of every class, ours (both runtimes, f32) against
-    openvino-xai's (f32), on two random inputs."""
+def same_maps(onnx_path: Path, bundle: Path, xai_python: str, work: Path, backends=("onnxruntime", "openvino"),
+              label: str = "") -> str:
+    """Correlation and largest difference of the raw maps of every class, ours (`backends`, f32, on `bundle`) against
+    openvino-xai's (f32, on the ONNX file), on two random inputs."""
     import numpy as np
 
     from cam_infer import Explainer
@@ -165,12 +198,12 @@ def same_maps(onnx_path: Path, bundle: Path, xai_python: str, work: Path) -> str
                     str(work / "xai-maps.npz")], check=True)
     theirs = np.load(work / "xai-maps.npz")["maps"]
     lines = []
-    for backend in ("onnxruntime", "openvino"):
+    for backend in backends:
         explainer = Explainer(bundle, backend=backend, precision="f32")
         ours = np.stack([explainer.explain(x, "vit-recipro", target=c).maps for c in range(theirs.shape[1])], axis=1)
         corr = min(np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in zip(ours.reshape(-1, 196),
                                                                             theirs.reshape(-1, 196)))
-        lines.append(f"| {backend} (f32) | {corr:.6f} | {np.abs(ours - theirs).max():.2e} | "
+        lines.append(f"| {backend}{label} (f32) | {corr:.6f} | {np.abs(ours - theirs).max():.2e} | "
                      f"{np.abs(theirs).max():.2f} |")
     return "\n".join(lines)
 
@@ -206,6 +239,7 @@ def main() -> None:
     parser.add_argument("--xai-python", default=str(ROOT.parent / "venv-xai" / "bin" / "python"),
                         help="a Python with openvino-xai 1.1.0 installed")
     parser.add_argument("--skip-methods", action="store_true", help="only the openvino-xai comparison")
+    parser.add_argument("--batches", default="1,8", help="the batch sizes of the method ÷ forward tables")
     parser.add_argument("--small", action="store_true",
                         help="only every method on the trained test models (tests/data/transformers), batch 1")
     parser.add_argument("--small-models", default="vit,deit,swin", help="which of them, with --small")
@@ -224,28 +258,43 @@ def main() -> None:
         report.write(args.out)
         return
     onnx_path, bundle = prepared(work)
+    ir_path, ir_bundle = prepared_ir(work, onnx_path)
     load = os.getloadavg()
     report(f"ViT-S-sized (D 384, 12 blocks, 6 heads, 224×224, 197 tokens), cut at the last block's input. Machine: "
            f"{os.cpu_count()} cores shared with other work; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
            "(1, 5, 15 min) at the start: absolute times are high, ratios are measured in one run.\n")
     if not args.skip_methods:
-        for batch in (1, 8):
+        for batch in map(int, args.batches.split(",")):
             report(f"\n**vit-s** method ÷ forward, f32, batch {batch}, median of {args.repeats} runs\n")
             report(HEADER)
             for backend in ("onnxruntime", "openvino"):
                 for case, options in CASES:
                     row = measure_in_subprocess(bundle, backend, case.split(" ")[0], options, args.repeats, batch)
                     report(format_row({**row, "case": case}))
+            for case, options in IR_CASES:
+                row = measure_in_subprocess(ir_bundle, "openvino", case.split(" ")[0], options, args.repeats, batch)
+                report(format_row({**row, "case": f"{case} (IR bundle)"}))
     report(f"\n**vit-recipro against openvino-xai 1.1.0** on the same ONNX file, ms per image; median of {args.rounds} "
            f"rounds × {args.calls} calls, alternated call by call\n")
     report("| precision | xai forward | xai ViTReciproCAM | our forward | our vit-recipro | ours, batch 8 | "
            "xai ÷ ours (rounds) | xai ÷ ours batch 8 |\n|---|---:|---:|---:|---:|---:|---:|---:|")
     for precision in ("bf16", "f32"):
         against_xai(onnx_path, bundle, precision, args.xai_python, args.rounds, args.calls, report)
+    report("\n**The same on the IR file** (`vit-s.xml`, converted from the ONNX file with float32 weights): "
+           "openvino-xai on the IR, ours on the IR bundle split from it\n")
+    report("| precision | xai forward | xai ViTReciproCAM | our forward | our vit-recipro | ours, batch 8 | "
+           "xai ÷ ours (rounds) | xai ÷ ours batch 8 |\n|---|---:|---:|---:|---:|---:|---:|---:|")
+    for precision in ("bf16", "f32"):
+        try:
+            against_xai(ir_path, ir_bundle, precision, args.xai_python, args.rounds, args.calls, report)
+        except DriverFailed as failed:
+            report(f"| {precision} | openvino-xai 1.1.0 cannot explain this file (white-box ViTReciproCAM: `{failed}`) "
+                   "| | | | | | |")
     report("\n**Same maps**: raw logit maps of all 10 classes on two random inputs, ours against openvino-xai's "
            "(f32)\n")
     report("| ours | lowest correlation | largest difference | largest |value| |\n|---|---:|---:|---:|")
     report(same_maps(onnx_path, bundle, args.xai_python, work))
+    report(same_maps(onnx_path, ir_bundle, args.xai_python, work, ("openvino",), ", the IR bundle"))
     load = os.getloadavg()
     report(f"\nMachine load at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     report.write(args.out)

@@ -67,3 +67,17 @@ def tiny_bundle(tmp_path_factory):
     out = tmp_path_factory.mktemp("bundles") / "tiny"
     return split_onnx(tiny_cnn(), layer="auto", out=out)
 
+
+@pytest.fixture(scope="session")
+def tiny_vits(tmp_path_factory):
+    """The tiny test transformers (`tiny_transformers`) exported to ONNX once per session."""
+    from tiny_transformers import export_tiny
+    folder = tmp_path_factory.mktemp("tiny-vits")
+    return {name: export_tiny(name, folder / f"{name}.onnx", dynamo=name == "swin") for name in ("vit", "deit", "swin")}
+
+
+@pytest.fixture(scope="session")
+def vit_bundles(tiny_vits, tmp_path_factory):
+    from cam_infer.bundle.split import split_onnx
+    folder = tmp_path_factory.mktemp("vit-bundles")
+    return {name: split_onnx(path, "auto", folder / name) for name, path in tiny_vits.items()}

@@ -12,19 +12,6 @@ from conftest import needs_torch
 pytestmark = needs_torch
 
 
-@pytest.fixture(scope="session")
-def tiny_vits(tmp_path_factory):
-    from tiny_transformers import export_tiny
-    folder = tmp_path_factory.mktemp("tiny-vits")
-    return {name: export_tiny(name, folder / f"{name}.onnx", dynamo=name == "swin") for name in ("vit", "deit", "swin")}
-
-
-@pytest.fixture(scope="session")
-def vit_bundles(tiny_vits, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("vit-bundles")
-    return {name: split_onnx(path, "auto", folder / name) for name, path in tiny_vits.items()}
-
-
 @pytest.mark.parametrize("name, prefix, grid", [("vit", 1, (8, 8)), ("deit", 2, (6, 10)), ("swin", 0, (8, 8))])
 def test_auto_cuts_at_the_last_block_input(vit_bundles, name, prefix, grid):
     bundle = vit_bundles[name]
@@ -339,14 +326,6 @@ def _vit_recipro_as_the_float_model(explainer, float_bundle, images):
     for a, b in zip(ours, reference):
         assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99
     np.testing.assert_allclose(ours, full, rtol=0, atol=4 * 2.0 ** -11 * np.abs(full).max())
-
-
-def test_an_openvino_ir_transformer_is_refused_not_cut_at_its_patch_embedding(tiny_vits, tmp_path):
-    import openvino as ov
-    from helpers import assert_one_line_error, run_cli
-    ov.save_model(ov.convert_model(str(tiny_vits["vit"])), str(tmp_path / "vit.xml"))
-    assert_one_line_error(run_cli("split", tmp_path / "vit.xml", "--out", tmp_path / "b"),
-                          "is a vision transformer (3 attention ops over tokens)")
 
 
 @pytest.mark.integration

@@ -105,7 +105,7 @@ def _target(graph: Graph, tensor: str, requested: str, matched_by: str, module: 
 def module_of(graph: Graph, tensor: str) -> str | None:
     """The outermost torch module whose output `tensor` is (``layer4`` rather than ``layer4.1.relu``)."""
     idx = graph.producer.get(tensor)
-    if idx is None:
+    if idx is None or not graph.node_modules[idx]:
         return None
     readers = graph.consumers.get(tensor, [])
     is_output = tensor in {o.name for o in graph.model.graph.output}

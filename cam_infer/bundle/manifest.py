@@ -192,8 +192,12 @@ class Bundle:
 
     def attention_model(self, head_fusion: str = "mean"):
         """The joined model with the attention probabilities, fused over the heads, as outputs between the cut and
-        the scores (`tokens.with_attention`); None for IR bundles."""
+        the scores (`tokens.with_attention`); of an IR bundle, an ``ov.Model`` (`openvino_tokens.attention_model`)."""
         from .tokens import with_attention
+        if self.graph_format == "openvino":
+            from .openvino_tokens import attention_model
+            return attention_model(self.features_path, self.head_path, [name for name, _ in self.attention],
+                                   head_fusion)
         joined = self.joined_model()
         return None if joined is None else with_attention(joined, [name for name, _ in self.attention], head_fusion)
 

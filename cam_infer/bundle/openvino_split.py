@@ -26,6 +26,7 @@ from ..version import __version__
 from .anatomy import check_classifier_output
 from .graph import InputSpec
 from .manifest import FORMAT, FORMAT_VERSION, Bundle, sha256_of
+from .openvino_tokens import token_cut
 from .verify import VERIFY_BATCHES, Mismatch, as_source_input, compare, random_images
 
 OPENVINO_SUFFIXES = (".xml", ".tflite")
@@ -223,12 +224,15 @@ def split_openvino(path, layer: str = "auto", out=None, *, input_size=None, prep
     if input_size is not None and tuple(input_size) != tuple(spec.size):
         raise CamInferError(f"this model's input size is fixed at {spec.size}; --input-size cannot change it")
     prep = preprocessing_for(spec, preprocessing, None)
-    _refuse_transformer(model, path)
     ops, layouts = _ops(model), _layouts(model, spec)
-    target = _find_layer(model, ops, layouts, spec, layer)
+    cut = token_cut(model, spec, layer)
+    if cut is None:
+        _refuse_transformer(model, path)
+    target = _Output(cut.op, cut.index) if cut else _find_layer(model, ops, layouts, spec, layer)
+    nhwc = cut is None and layouts.get(target) == "NHWC"
     logits, left_out, dequantize = _score_output(model)
     for batch_mode in ("dynamic", "fixed"):
-        features, head = _cut(model, spec, target, logits, prep, -1 if batch_mode == "dynamic" else 1)
+        features, head = _cut(model, spec, target, logits, prep, -1 if batch_mode == "dynamic" else 1, nhwc=nhwc)
         try:
             verification = _verify(model, spec, features, head, prep, left_out, dequantize, batch_mode)
             break
@@ -237,7 +241,7 @@ def split_openvino(path, layer: str = "auto", out=None, *, input_size=None, prep
     num_classes = verification.pop("num_classes")
     labels = read_labels(labels, num_classes)
     k_h_w = [d.get_length() for d in list(ops[target.op].get_output_partial_shape(target.index))[1:]]
-    if layouts.get(target) == "NHWC":
+    if nhwc:
         k_h_w = [k_h_w[2], k_h_w[0], k_h_w[1]]
     created = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
     step = verification.get("output_step", 0.0)
@@ -247,8 +251,9 @@ def split_openvino(path, layer: str = "auto", out=None, *, input_size=None, prep
                   "dtype": "float32", "model_dtype": spec.dtype, "model_layout": spec.layout},
         "preprocessing": prep.to_dict(),
         "target_layer": {"requested": layer, "matched_by": "auto" if layer == "auto" else "node", "module": None,
-                         "tensor": target.op, "layout": layouts.get(target, "NCHW")},
-        "activation": {"name": "activation", "shape": k_h_w, "dtype": "float32", "quantization": None},
+                         "tensor": target.op, "layout": cut.tokens.layout if cut else layouts.get(target, "NCHW")},
+        "activation": {"name": "activation", "shape": list(cut.tokens.grid_shape) if cut else k_h_w,
+                       "dtype": "float32", "quantization": None, **({"tokens": cut.record()} if cut else {})},
         "output": {"name": "scores", "kind": "logits" if left_out or _ends_in_logits(logits) else "probabilities",
                    "num_classes": int(num_classes), "model_output": model.get_results()[0].get_friendly_name(),
                    "left_out": list(left_out), "model_output_step": step},
@@ -291,9 +296,9 @@ def _bytes(model) -> int:
 
 
 def _refuse_transformer(model, path: Path) -> None:
-    """A vision transformer (Softmax over (tokens × tokens) attention inside the graph) is cut between its blocks,
-    which is read from ONNX graphs only (`tokens`); its feature maps here would be the patch embedding's, before
-    every attention block: a map of the input, not of the model."""
+    """Attention over tokens (Softmax over (tokens × tokens), or a fused attention op) where no residual stream of
+    blocks was found (`openvino_tokens`): its feature maps here would be the patch embedding's, before every
+    attention block: a map of the input, not of the model."""
     def is_attention(op) -> bool:
         if op.get_type_name() == "ScaledDotProductAttention":
             return True
@@ -303,9 +308,9 @@ def _refuse_transformer(model, path: Path) -> None:
 
     attention = [op for op in model.get_ordered_ops() if is_attention(op)]
     if attention:
-        raise CamInferError(f"'{path.name}' is a vision transformer ({len(attention)} attention ops over tokens); "
-                            "cam-infer cuts transformers between blocks on ONNX graphs only: split the .onnx "
-                            "file it was converted from")
+        raise CamInferError(f"'{path.name}' has {len(attention)} attention ops over tokens but no residual stream of "
+                            "transformer blocks cam-infer recognises (an attention unit x + attn(norm(x))); "
+                            "it is not cut at its patch embedding")
 
 
 def _find_layer(model, ops: dict, layouts: dict, spec: InputSpec, layer: str) -> _Output:
@@ -338,8 +343,10 @@ class _BatchFails(Exception):
     """The split graphs do not run on a batch above 1 (a reshape in the model hard-codes batch 1)."""
 
 
-def _cut(model, spec: InputSpec, target: _Output, logits, prep: Preprocessing, batch: int):
-    """features: float NCHW image → the target map (NCHW); head: that map → the logits (or the output)."""
+def _cut(model, spec: InputSpec, target: _Output, logits, prep: Preprocessing, batch: int, *, nhwc: bool | None = None):
+    """features: float NCHW image → the target map (NCHW; transposed from NHWC when `nhwc`, by default when its
+    layout is NHWC) or a transformer's tokens as they are (`nhwc` False); head: that map → the logits (or the
+    output)."""
     import openvino as ov
     import openvino.opset13 as ops
 
@@ -348,8 +355,9 @@ def _cut(model, spec: InputSpec, target: _Output, logits, prep: Preprocessing, b
     f_ops = _ops(f_model)
     image = _image_input(f_model, f_ops, spec, prep, batch)
     act = f_ops[target.op].output(target.index)
-    layouts = _layouts(model, spec)
-    if layouts.get(target) == "NHWC":
+    if nhwc is None:
+        nhwc = _layouts(model, spec).get(target) == "NHWC"
+    if nhwc:
         act = ops.transpose(act, ops.constant(np.array([0, 3, 1, 2], np.int64))).output(0)
     if act.get_element_type().get_type_name() != "f32":
         act = ops.convert(act, "f32").output(0)
@@ -359,10 +367,10 @@ def _cut(model, spec: InputSpec, target: _Output, logits, prep: Preprocessing, b
     h_ops = _ops(h_model)
     source = h_ops[target.op].output(target.index)
     shape = [batch, *[d.get_length() for d in list(source.get_partial_shape())[1:]]]
-    activation = ops.parameter([shape[0], *(shape[1:] if layouts.get(target) != "NHWC" else
-                                            [shape[3], shape[1], shape[2]])], np.float32, name="activation")
+    activation = ops.parameter([shape[0], *(shape[1:] if not nhwc else [shape[3], shape[1], shape[2]])],
+                               np.float32, name="activation")
     a = activation.output(0)
-    if layouts.get(target) == "NHWC":
+    if nhwc:
         a = ops.transpose(a, ops.constant(np.array([0, 2, 3, 1], np.int64))).output(0)
     if source.get_element_type().get_type_name() != "f32":
         a = ops.convert(a, source.get_element_type()).output(0)
@@ -372,6 +380,7 @@ def _cut(model, spec: InputSpec, target: _Output, logits, prep: Preprocessing, b
     end = h_ops[logits.get_node().get_friendly_name()].output(logits.get_index())
     if end.get_element_type().get_type_name() != "f32":
         end = ops.convert(end, "f32").output(0)
+    _rebuild_shapes(end.get_node(), spec.name, activation)
     try:
         head = ov.Model([ops.result(end)], [activation], "head")
     except Exception as exc:
@@ -415,6 +424,38 @@ def _requantized(value, producer):
         return value
     return ops.fake_quantize(value, *[ops.constant(_constant(v)) for v in limits],
                              producer.get_attributes()["levels"]).output(0)
+
+
+def _rebuild_shapes(end, image: str, activation) -> None:
+    """A ShapeOf in the head of a tensor from before the cut (a shape the converter shared between blocks, e.g. the
+    attention's head size) whose dims are known but the batch: rebuilt as (the cut's batch, those dims)."""
+    import openvino.opset13 as ops
+
+    for op in _ancestors_ops(end):
+        if op.get_type_name() != "ShapeOf" or not _reaches_parameter(op, activation.get_friendly_name(), image):
+            continue
+        dims = list(op.input_value(0).get_partial_shape())
+        if not dims or any(not d.is_static for d in dims[1:]):
+            continue
+        kind = op.get_output_element_type(0)
+        batch = ops.gather(ops.shape_of(activation, kind), ops.constant(np.array([0], np.int64)),
+                           ops.constant(np.array(0, np.int64)))
+        rest = ops.constant(np.array([d.get_length() for d in dims[1:]], kind.to_dtype()))
+        rebuilt = ops.concat([batch, rest], 0) if len(dims) > 1 else batch
+        for target_input in list(op.output(0).get_target_inputs()):
+            target_input.replace_source_output(rebuilt.output(0))
+
+
+def _ancestors_ops(op) -> list:
+    seen, found, stack = set(), [], [op]
+    while stack:
+        node = stack.pop()
+        if node.get_friendly_name() in seen:
+            continue
+        seen.add(node.get_friendly_name())
+        found.append(node)
+        stack.extend(v.get_node() for v in node.input_values())
+    return found
 
 
 def _release_batch(model) -> None:

@@ -27,8 +27,8 @@ import numpy as np
 from ..errors import CamInferError
 from .graph import Graph
 
-NORMS = {"LayerNormalization", "SimplifiedLayerNormalization", "RMSNormalization"}
-SOFTMAX = {"Softmax", "QLinearSoftmax"}
+NORMS = {"LayerNormalization", "SimplifiedLayerNormalization", "RMSNormalization", "MeanVarianceNormalization"}
+SOFTMAX = {"Softmax", "QLinearSoftmax", "Attention"}       # Attention: the whole of it in one op (OpenVINO's SDPA)
 RESIDUAL_ADDS = {"Add": (0, 1), "QLinearAdd": (0, 3)}      # the two summands' positions among the inputs
 MAX_PREFIX = 16          # class + distillation + registers; more is no prefix of an image model
 
@@ -226,6 +226,8 @@ def _head_reads_only_prefix(graph: Graph, tensor: str) -> bool:
 
 def _constant(graph: Graph, name: str) -> np.ndarray | None:
     from onnx import numpy_helper
+    if hasattr(graph, "constant"):                          # an OpenVINO model (`openvino_graph`)
+        return graph.constant(name)
     if name in graph.initializers:
         return numpy_helper.to_array(graph.initializers[name])
     node = graph.nodes[graph.producer[name]] if name in graph.producer else None

@@ -119,12 +119,14 @@ class Tail:
     def __init__(self, backend, bundle, prefix: int = 0):
         from ..bundle.graph import load_onnx
         from ..bundle.reduced_tail import quantizes_attention, reduced_tail
-        if bundle.graph_format != "onnx":
-            raise CamInferError("method 'vit-recipro' reads the head as ONNX; this bundle holds OpenVINO IR")
-        head = load_onnx(bundle.head_path)
-        model = reduced_tail(head, bundle.tokens.shape[0], prefix)
         self.prefix, self.backend_name = prefix, backend.name
-        self.reduces_exactly = not quantizes_attention(head)
+        if bundle.graph_format == "openvino":                         # an IR bundle: OpenVINO's own graph opened
+            from ..bundle.openvino_reduced_tail import reduced_tail_ir
+            model, self.reduces_exactly = reduced_tail_ir(bundle.head_path, bundle.tokens.shape[0], prefix), True
+        else:
+            head = load_onnx(bundle.head_path)
+            model = reduced_tail(head, bundle.tokens.shape[0], prefix)
+            self.reduces_exactly = not quantizes_attention(head)
         if backend.name == "openvino":
             from ..backends.sessions import openvino_compiled
             self._compiled = openvino_compiled(model, backend.runtime)

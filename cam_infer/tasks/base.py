@@ -71,9 +71,6 @@ class Task:
         if not self.bundle.attention:
             raise CamInferError(f"method '{spec.name}' reads a vision transformer's attention over all its tokens, and "
                                 "this bundle's graph has none (a CNN, or a Swin's attention within windows)")
-        if self.bundle.graph_format != "onnx":
-            raise CamInferError(f"method '{spec.name}' reads the attention from the ONNX graphs; this bundle holds "
-                                "OpenVINO IR (split the .onnx file)")
         head_fusion = (options or {}).get("head_fusion", spec.defaults(self.name).get("head_fusion", "mean"))
         spec.check_options(options or {}, self.name)
         tokens, attention, outputs = self.explainer.backend.attention(x, head_fusion)
