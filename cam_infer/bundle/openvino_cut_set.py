@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import CamInferError
-from .openvino_split import _image_input, _layouts, _Output, _release_batch, _requantized
+from .openvino_split import _image_input, _layouts, _Output, _release_batch, enter_head_at, float_output
 
 PACKED = "cut_packed"
 
@@ -156,16 +156,8 @@ def packed_openvino_graphs(graph: OpenVinoGraph, members: list[_Output], levels:
                       ops.constant(np.array([level["offset"] + size], np.int64)), ops.constant(np.array([1], np.int64)),
                       ops.constant(np.array([1], np.int64))).output(0)
         a = ops.reshape(a, ops.constant(np.array([0, *level["shape"]], np.int64)), special_zero=True).output(0)
-        if graph.layouts.get(m) == "NHWC":
-            a = ops.transpose(a, ops.constant(np.array([0, 2, 3, 1], np.int64))).output(0)
-        if source.get_element_type().get_type_name() != "f32":
-            a = ops.convert(a, source.get_element_type()).output(0)
-        a = _requantized(a, source.get_node())
-        for target_input in list(source.get_target_inputs()):
-            target_input.replace_source_output(a)
-    end = h_ops[scores.get_node().get_friendly_name()].output(scores.get_index())
-    if end.get_element_type().get_type_name() != "f32":
-        end = ops.convert(end, "f32").output(0)
+        enter_head_at(source, a, graph.layouts.get(m) == "NHWC")
+    end = float_output(h_ops, scores)
     head = ov.Model([ops.result(end)], [packed], "head")
     if batch == -1:
         for part in (features, head):

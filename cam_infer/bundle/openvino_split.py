@@ -369,17 +369,8 @@ def _cut(model, spec: InputSpec, target: _Output, logits, prep: Preprocessing, b
     shape = [batch, *[d.get_length() for d in list(source.get_partial_shape())[1:]]]
     activation = ops.parameter([shape[0], *(shape[1:] if not nhwc else [shape[3], shape[1], shape[2]])],
                                np.float32, name="activation")
-    a = activation.output(0)
-    if nhwc:
-        a = ops.transpose(a, ops.constant(np.array([0, 2, 3, 1], np.int64))).output(0)
-    if source.get_element_type().get_type_name() != "f32":
-        a = ops.convert(a, source.get_element_type()).output(0)
-    a = _requantized(a, source.get_node())
-    for target_input in list(source.get_target_inputs()):
-        target_input.replace_source_output(a)
-    end = h_ops[logits.get_node().get_friendly_name()].output(logits.get_index())
-    if end.get_element_type().get_type_name() != "f32":
-        end = ops.convert(end, "f32").output(0)
+    enter_head_at(source, activation.output(0), nhwc)
+    end = float_output(h_ops, logits)
     _rebuild_shapes(end.get_node(), spec.name, activation)
     try:
         head = ov.Model([ops.result(end)], [activation], "head")
@@ -389,6 +380,30 @@ def _cut(model, spec: InputSpec, target: _Output, logits, prep: Preprocessing, b
         for part in (features, head):
             _release_batch(part)
     return features, head
+
+
+def enter_head_at(source, value, nhwc: bool) -> None:
+    """Feed the float32 NCHW `value` to every consumer of the cut tensor `source`, in the layout, element type and
+    quantization the model had there."""
+    import openvino.opset13 as ops
+
+    if nhwc:
+        value = ops.transpose(value, ops.constant(np.array([0, 2, 3, 1], np.int64))).output(0)
+    if source.get_element_type().get_type_name() != "f32":
+        value = ops.convert(value, source.get_element_type()).output(0)
+    value = _requantized(value, source.get_node())
+    for target_input in list(source.get_target_inputs()):
+        target_input.replace_source_output(value)
+
+
+def float_output(model_ops: dict, out):
+    """The clone's `out` (found by name in `model_ops`) as float32."""
+    import openvino.opset13 as ops
+
+    end = model_ops[out.get_node().get_friendly_name()].output(out.get_index())
+    if end.get_element_type().get_type_name() != "f32":
+        end = ops.convert(end, "f32").output(0)
+    return end
 
 
 def _image_input(model, model_ops: dict, spec: InputSpec, prep: Preprocessing, batch: int):
