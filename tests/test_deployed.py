@@ -72,8 +72,8 @@ def test_deployed_models_are_explained_as_the_original_predicts(tmp_path, name):
     assert "onnxruntime" in runtimes
     for backend in runtimes:
         explainer = Explainer(bundle, backend=backend)
-        a, y = explainer.backend.observe(x)                      # the joined graph: the split's own numbers
-        assert explainer.backend.joins
+        a, y = explainer.backend.observe(x)      # the joined graph (ONNX Runtime: a quantized head apart)
+        assert explainer.backend.joins == (backend == "openvino" or not bundle.quantized_head)
         a_split, y_split = two_graph_pass(bundle, x, backend)
         np.testing.assert_allclose(a, a_split.reshape(a.shape), rtol=1e-5, atol=1e-5 * np.abs(a).max())
         np.testing.assert_allclose(y, y_split.reshape(y.shape), rtol=1e-5, atol=1e-5 * np.abs(y).max())

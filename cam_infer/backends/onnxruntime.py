@@ -29,7 +29,11 @@ class OnnxRuntimeBackend(Backend):
         self._sessions: dict = {}
         self._names: dict = {}
         self._opening = threading.Lock()
-        self.joins = bundle.graph_format == "onnx"
+        # A quantized head runs on its own: in one graph with the cut exposed, ONNX Runtime leaves its Gemm in
+        # float instead of fusing it into QGemm, whose u8s8 products saturate on CPUs without VNNI, so the
+        # joined graph's scores would differ from the file's there (by up to 7 output steps on a tf2onnx int8
+        # MobileNetV2 on an AVX2 CPU), while the head graph alone computes what the file computes.
+        self.joins = bundle.graph_format == "onnx" and not bundle.quantized_head
         if self.joins:
             with bundle.joined_file() as source:
                 self._session("joined", source)

@@ -102,6 +102,16 @@ class Bundle:
     def head_path(self) -> Path:
         return self.graph_path("head")
 
+    @cached_property
+    def quantized_head(self) -> bool:
+        """Whether the head graph (ONNX) holds QuantizeLinear/DequantizeLinear nodes."""
+        if self.graph_format != "onnx":
+            return False
+        import onnx
+
+        from .qdq_tail import is_quantized
+        return is_quantized(onnx.load(self.head_path, load_external_data=False))
+
     def joined_model(self):
         """Features and head as one ONNX model whose outputs are the cut's tensors, then the model's
         (`joined`): a clean pass in one call. None for IR bundles."""
