@@ -18,3 +18,8 @@ class MethodNotApplicable(CamInferError):
 
 class ClassAgnosticWarning(UserWarning):
     """A class was asked of a class-agnostic method: its one map per image ignores it."""
+
+
+class PrecisionWarning(UserWarning):
+    """The precision asked for is not the one the device runs (OpenVINO on a CPU without bf16 runs f32); the
+    maps and the records are at the precision that ran, and say so."""

@@ -179,3 +179,30 @@ def test_a_fused_model_records_its_precision_and_its_maps_there(tiny_bundle):
     relative = (bound.max(axis=(1, 2)) / np.abs(maps).max(axis=(1, 2))).max()
     assert 0 < check["bf16"] <= relative
     assert {p.key: p.value for p in fuse(tiny_bundle, "cam").metadata_props}["cam_infer.precision"] == "f32"
+
+
+
+def test_a_precision_the_device_does_not_run_is_said_and_recorded_as_what_ran(tiny_bundle, tmp_path):
+    """Asked for bf16, OpenVINO runs it where the CPU has it (no note) and f32 elsewhere: then a PrecisionWarning
+    (one note line from the CLI) says so, and the run records f32, never the precision asked for."""
+    import json
+    import warnings
+
+    import openvino as ov
+    from cam_infer.errors import PrecisionWarning
+    from cam_infer.tools.synthetic import write_scenes
+    from helpers import run_cli
+
+    ran = "bf16" if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES") else "f32"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        explainer = Explainer(tiny_bundle, backend="openvino", precision="bf16")
+    assert explainer.backend.precision == ran
+    assert sum(issubclass(w.category, PrecisionWarning) for w in caught) == (ran != "bf16")
+    write_scenes(tmp_path / "s", "cluttered", 1)
+    result = run_cli("explain", str(tiny_bundle.path), str(tmp_path / "s"), "--method", "activation", "--backend",
+                     "openvino", "--precision", "bf16", "--out", str(tmp_path / "o"))
+    assert result.returncode == 0, result.stderr
+    notes = [line for line in result.stderr.splitlines() if line.startswith("cam-infer: note: OpenVINO on CPU runs")]
+    assert len(notes) == (ran != "bf16")
+    assert json.loads((tmp_path / "o" / "results.json").read_text())["settings"]["precision"] == ran

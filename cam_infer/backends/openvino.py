@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import math
 import threading
+import warnings
 
 import numpy as np
 
 from ..bundle import Bundle
 from ..bundle.positions import PRODUCTS, openvino_position_products
-from ..errors import CamInferError
+from ..errors import CamInferError, PrecisionWarning
 from .base import Backend
 from .sessions import Lender, RuntimeOptions, openvino_compiled, openvino_device, openvino_model
 
@@ -49,6 +50,10 @@ class OpenVINOBackend(Backend):
         self._graph(self._clean, SINGLE)                                # compile errors show here, at once
         self._graph("head")
         self._parallel = self._optimal_requests()
+        if self.runtime.precision != "auto" and self.precision != self.runtime.precision:
+            warnings.warn(f"OpenVINO on {self.device} runs {self.precision}, not {self.runtime.precision} (the device "
+                          f"does not support it): the maps and records are at {self.precision}", PrecisionWarning,
+                          stacklevel=2)
 
     def _graph(self, role: str, batch: int | None = None) -> "Compiled":
         """Graph `role` compiled once for the key `_key` gives `batch` (None: the graph's own batch). On a

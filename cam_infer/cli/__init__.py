@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 from ..backends.sessions import leave_the_cores_to_the_runtime
-from ..errors import CamInferError
+from ..errors import CamInferError, PrecisionWarning
 from . import commands
 from .arguments import build_parser
 
@@ -20,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     leave_the_cores_to_the_runtime()
+    warnings.showwarning = _note_precision(warnings.showwarning)
     try:
         code = getattr(commands, args.command)(args)
         sys.stdout.flush()          # a closed pipe shows here, inside the handlers below
@@ -44,6 +46,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cam-infer: internal error: {type(exc).__name__}: {first} (rerun with --debug for details)",
               file=sys.stderr)
         return 3
+
+
+def _note_precision(show):
+    """`warnings.showwarning` that prints a `PrecisionWarning` as one line (``cam-infer: note: ...``)."""
+    def shown(message, category, *rest, **options):
+        if issubclass(category, PrecisionWarning):
+            print(f"cam-infer: note: {message}", file=sys.stderr)
+        else:
+            show(message, category, *rest, **options)
+    return shown
 
 
 __all__ = ["build_parser", "main"]
