@@ -330,3 +330,46 @@ def test_the_pan_split_at_its_deepest_encoder_stage_gets_its_skip_levels_on_both
     for a, b in zip(ort, ov):
         assert a.raw.shape == (128, 128)
         np.testing.assert_allclose(a.raw, b.raw, atol=1e-2)
+
+
+def test_an_integer_member_of_unknown_scale_is_refused_in_one_line(unet, tmp_path):
+    """A member that is an integer tensor no DequantizeLinear reads and no quantized op describes (here a Cast
+    to uint8 and back on the decoder's skip) has no real values to explain: refused, naming it."""
+    import onnx
+    from onnx import TensorProto, helper
+    _, path, bundle = unet
+    model = onnx.load(path)
+    skip = bundle.manifest["cut"][0]["name"]                              # enc1's output, read by both paths
+    for node in model.graph.node:                                         # the decoder's path only
+        if node.op_type == "Concat":
+            node.input[:] = [f"{skip}_real" if i == skip else i for i in node.input]
+    at = next(i for i, n in enumerate(model.graph.node) if skip in n.output) + 1
+    model.graph.node.insert(at, helper.make_node("Cast", [skip], [f"{skip}_uint8"], to=TensorProto.UINT8))
+    model.graph.node.insert(at + 1, helper.make_node("Cast", [f"{skip}_uint8"], [f"{skip}_real"],
+                                                     to=TensorProto.FLOAT))
+    onnx.checker.check_model(model)
+    cast = tmp_path / "cast.onnx"
+    onnx.save(model, cast)
+    deep = bundle.manifest["cut"][1]["name"]
+    with pytest.raises(CamInferError, match=f"integer tensor '{skip}_uint8' of unknown scale") as refused:
+        split_segmenter(cast, f"{skip}_uint8,{deep}", out=tmp_path / "b")
+    assert "\n" not in str(refused.value)
+    assert_one_line_error(run_cli("split", cast, "--layer", f"{skip}_uint8,{deep}", "--out", tmp_path / "c"),
+                          "of unknown scale")
+
+
+def test_the_cost_line_counts_recipro_head_rows_on_a_cut_set_and_none_on_a_linear_tail(unet, tmp_path):
+    """A cut set runs one head row per cell of each member (16·16 + 8·8); a single cut before a linear tail none,
+    unless the shortcut is turned off (one row per cell)."""
+    from cam_infer.segmentation.runs import cost_line
+    from cam_infer.tools.demo import embedded_segmenter_path
+    _, _, bundle = unet
+    cells = sum(lv["shape"][1] * lv["shape"][2] for lv in bundle.manifest["cut"])
+    assert cells == 16 * 16 + 8 * 8
+    assert cost_line(["recipro"], Explainer(bundle)) == f"cost per target: recipro {cells} head rows"
+    own = Explainer(embedded_segmenter_path())
+    assert own.task.tail is not None
+    _, h, w = own.bundle.activation_shape
+    assert cost_line(["recipro"], own) == "cost per target: recipro no head pass (the linear-tail shortcut)"
+    assert cost_line(["recipro"], own, {"recipro": {"shortcut": False}}) == \
+        f"cost per target: recipro {h * w} head rows"

@@ -173,11 +173,12 @@ def block_cells(h: int, w: int, block: int, cells=None) -> list[tuple[int, int, 
     return [(y, min(y + block, y_end), x, min(x + block, x_end)) for y in ys for x in xs]
 
 
-def segment_passes(shape, options: dict, linear_head: bool) -> Passes:
-    """h·w head rows per target; none with the linear-tail shortcut."""
+def segment_passes(shape, options: dict, linear_tail: bool) -> Passes:
+    """h·w head rows per target (a cut set: each member's h·w, `shape` their sum as (1, 1, Σ h·w)); none where
+    the shortcut runs: the one-hot mask on a head read as a linear tail."""
     _, h, w = shape
-    return Passes() if options.get("shortcut", True) and options.get("kernel", "onehot") == "onehot" else \
-        Passes(head=h * w)
+    shortcut = linear_tail and options.get("shortcut", True) and options.get("kernel", "onehot") == "onehot"
+    return Passes() if shortcut else Passes(head=h * w)
 
 
 @implements("recipro", "segmentation", passes=segment_passes,

@@ -73,7 +73,7 @@ def run_segmentation_audit(bundle, images, methods, out, *, masks=None, target=N
 
     work = SegmentationAuditWork(spec_for(explainer, runner), tuple(methods), target, masks, options or {})
     job = Job("audit", "an audit", settings, tuple(methods), work, write, names=lambda found: found.names,
-              extra=lambda image: [], folders=(OVERLAYS,), clear=(ROWS, *CLEARED), cost=lambda: cost_line(methods))
+              extra=lambda image: [], folders=(OVERLAYS,), clear=(ROWS, *CLEARED), cost=lambda: cost_line(methods, explainer, options))
     run_job(job, images, out, runner, restart=restart, progress=progress, report=report)
     return summary
 

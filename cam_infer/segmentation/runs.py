@@ -50,7 +50,7 @@ def explain_segmentation_files(explainer: Explainer, paths, methods: list[str], 
     work = SegmentationWork(spec_for(explainer, runner), tuple(methods), target, per_method, colormap, alpha, on,
                             overlays, region)
     return explain_job(paths, out, settings, methods, work, runner, restart=restart, progress=progress, report=report,
-                       cost=lambda: cost_line(methods))
+                       cost=lambda: cost_line(methods, explainer, per_method))
 
 
 def region_of(region: str | None, image) -> object:
@@ -77,11 +77,22 @@ def region_of(region: str | None, image) -> object:
     return str(mask)
 
 
-def cost_line(methods) -> str:
-    """What the methods cost per explained target, as their registrations say (`cam_infer.methods`)."""
+def cost_line(methods, explainer=None, options: dict | None = None) -> str:
+    """What the methods cost per explained target: counted on `explainer`'s bundle where a method counts its
+    passes (its head rows, none where recipro's linear-tail shortcut runs), else as its registration says."""
     from ..methods import get_method
-    return "cost per target: " + "; ".join(f"{m} {get_method(m, 'segmentation').implementation('segmentation').cost}"
+    return "cost per target: " + "; ".join(f"{m} {_cost(get_method(m, 'segmentation').implementation('segmentation'), explainer, (options or {}).get(m, {}))}"
                                            for m in methods)
+
+
+def _cost(code, explainer, options: dict) -> str:
+    if code.passes is None or explainer is None:
+        return code.cost
+    bundle = explainer.bundle
+    levels = bundle.cut_levels or [{"shape": bundle.activation_shape}]
+    cells = sum(int(lv["shape"][1]) * int(lv["shape"][2]) for lv in levels)
+    passes = code.passes((1, 1, cells), {**code.defaults(), **options}, explainer.task.tail is not None)
+    return passes.describe() if passes.head else "no head pass (the linear-tail shortcut)"
 
 
 def target_record(s) -> dict:
