@@ -240,3 +240,43 @@ def test_an_ir_transformer_whose_attention_stays_a_softmax_explains_as_its_onnx_
         got = Explainer(ir.path).explain(x, method=method).maps
         expected = Explainer(reference.path, backend="onnxruntime").explain(x, method=method).maps
         np.testing.assert_allclose(got, expected, rtol=0, atol=ACROSS_RUNTIMES * np.abs(expected).max(), err_msg=method)
+
+
+def test_a_position_bias_in_the_attention_refuses_vit_recipro_in_one_line_on_onnx_and_ir(tmp_path):
+    """A learned (heads, T, T) bias added to the last block's attention logits (a relative position bias) differs
+    between the zeroed tokens vit-recipro's reduced tail merges: refused in one line on the ONNX file (both
+    runtimes) and its IR, not a runtime's broadcast error; rollout still runs."""
+    import openvino as ov
+    import torch
+    from cam_infer.bundle import split_onnx
+    from helpers import assert_one_line_error, run_cli
+    from tiny_transformers import ViT, export
+
+    class BiasedAttn(torch.nn.Module):
+        def __init__(self, attn, tokens):
+            super().__init__()
+            self.attn, self.bias = attn, torch.nn.Parameter(torch.randn(attn.h, tokens, tokens) * 0.5)
+
+        def forward(self, x):
+            b, t, d = x.shape
+            q, k, v = self.attn.qkv(x).reshape(b, t, 3, self.attn.h, d // self.attn.h).permute(2, 0, 3, 1, 4)
+            logits = (q @ k.transpose(-2, -1)) * (d // self.attn.h) ** -0.5 + self.bias
+            return self.attn.proj((logits.softmax(-1) @ v).transpose(1, 2).reshape(b, t, d))
+
+    torch.manual_seed(0)
+    model = ViT(size=(32, 32))
+    model.blocks[-1].attn = BiasedAttn(model.blocks[-1].attn, 1 + 16)
+    export(model, str(tmp_path / "m.onnx"), (32, 32))
+    ov.save_model(ov.convert_model(str(tmp_path / "m.onnx")), str(tmp_path / "m.xml"), compress_to_fp16=False)
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    onnx_bundle = split_onnx(tmp_path / "m.onnx", layer="auto", out=tmp_path / "b")
+    ir_bundle = split_openvino(tmp_path / "m.xml", "auto", tmp_path / "ir")
+    for bundle, backend in ((onnx_bundle, "onnxruntime"), (onnx_bundle, "openvino"), (ir_bundle, "openvino")):
+        explainer = Explainer(bundle, backend=backend)
+        with pytest.raises(CamInferError, match=r"adds .* of shape \[2, 17, 17\] over the 17 token positions"):
+            explainer.explain(x, "vit-recipro")
+        assert np.isfinite(explainer.explain(x, "rollout").maps).all()
+    import cv2
+    cv2.imwrite(str(tmp_path / "photo.png"), np.full((32, 32, 3), 120, np.uint8))
+    assert_one_line_error(run_cli("explain", tmp_path / "ir", tmp_path / "photo.png", "--method", "vit-recipro",
+                                  "--out", tmp_path / "o"), "a position bias", during_run=True)

@@ -42,6 +42,8 @@ def reduced_tail_ir(head_path, tokens: int, prefix: int = 0):
     _read_instead(x, x_copies, keep=norm)
     _copy_norm_uses(normalised, plan)
     for op in attention:
+        _refuse_position_bias(op, tokens)
+    for op in attention:
         _bias_the_keys(op, _bias_per_copy(x, bias.output(0)))
     _free_token_count(head, tokens)
     if prefix:
@@ -133,6 +135,32 @@ def _bias_per_copy(x, bias):
     repeated = ops.broadcast(ops.unsqueeze(bias, zero), ops.concat([images, ops.shape_of(bias)], 0))
     slots = ops.gather(ops.shape_of(bias), ops.constant(np.array([1], np.int64)), zero)
     return ops.reshape(repeated, ops.concat([ops.constant(np.array([-1, 1, 1], np.int64)), slots], 0), False).output(0)
+
+
+def _refuse_position_bias(op, tokens: int) -> None:
+    """Refuse a constant added to the attention logits over the token positions, (..., T, T) — before a Softmax or
+    as a fused attention op's mask: a relative position bias differs between the zeroed tokens the reduced tail
+    merges into one, so no key bias can stand for them."""
+    if op.get_type_name() == "Softmax":
+        frontier = [op.input_value(0).get_node()]
+    else:
+        frontier = [value.get_node() for value in op.input_values()[3:4]]
+    seen = set()
+    while frontier:
+        node = frontier.pop()
+        kind = node.get_type_name()
+        if node.get_friendly_name() in seen or kind not in ("Add", "Multiply", "Divide", "Convert", "Constant"):
+            continue
+        seen.add(node.get_friendly_name())
+        shape = node.get_output_partial_shape(0)
+        if kind in ("Constant", "Convert") and shape.is_static and len(shape) >= 2 and \
+                [d.get_length() for d in shape][-2:] == [tokens, tokens]:
+            raise CamInferError(f"vit-recipro cannot run on this block: its attention adds "
+                                f"'{node.get_friendly_name()}' of shape {[d.get_length() for d in shape]} over the "
+                                f"{tokens} token positions (a position bias), which differs between the zeroed "
+                                "tokens the method merges; the other methods are not affected")
+        if kind != "Constant":
+            frontier.extend(value.get_node() for value in node.input_values())
 
 
 def _bias_the_keys(op, bias) -> None:

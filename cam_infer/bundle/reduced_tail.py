@@ -46,6 +46,7 @@ def reduced_tail(head: onnx.ModelProto, tokens: int, prefix: int = 0) -> onnx.Mo
         raise CamInferError("vit-recipro found no attention Softmax in the head graph")
     for softmax in softmaxes:
         _check_last_axis(softmax)
+        _refuse_position_bias(graph, softmax, tokens)
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     if any(n.op_type == "Cast" for n in conversions) and opset < 15:
         raise CamInferError(f"vit-recipro opens reduced-precision transformers of opset 15 or later; this one has "
@@ -208,6 +209,28 @@ def _check_last_axis(softmax: onnx.NodeProto) -> None:
     if axis not in (-1, 3):
         raise CamInferError(f"vit-recipro needs attention Softmax over the keys (last axis); '{softmax.name}' uses "
                             f"axis {axis}")
+
+
+def _refuse_position_bias(graph: onnx.GraphProto, softmax: onnx.NodeProto, tokens: int) -> None:
+    """Refuse a constant added to the attention logits over the token positions, (..., T, T): a relative position
+    bias differs between the zeroed tokens the reduced tail merges into one, so no key bias can stand for them."""
+    constants = {i.name: tuple(i.dims) for i in graph.initializer}
+    constants.update({n.output[0]: tuple(a.t.dims) for n in graph.node if n.op_type == "Constant"
+                      for a in n.attribute if a.name == "value"})
+    producer = {o: n for n in graph.node for o in n.output}
+    frontier, seen = [softmax.input[0]], set()
+    while frontier:
+        node = producer.get(frontier.pop())
+        if node is None or node.name in seen or node.op_type not in ("Add", "Mul", "Div", "Cast", "CastLike"):
+            continue
+        seen.add(node.name)
+        for name in node.input:
+            shape = constants.get(name)
+            if node.op_type == "Add" and shape is not None and len(shape) >= 2 and shape[-2:] == (tokens, tokens):
+                raise CamInferError(f"vit-recipro cannot run on this block: its attention adds '{name}' of shape "
+                                    f"{list(shape)} over the {tokens} token positions (a position bias), which differs "
+                                    "between the zeroed tokens the method merges; the other methods are not affected")
+            frontier.append(name)
 
 
 def _keep_prefix_after_attention(graph: onnx.GraphProto, x: str, prefix: int) -> None:
