@@ -280,3 +280,22 @@ def test_a_position_bias_in_the_attention_refuses_vit_recipro_in_one_line_on_onn
     cv2.imwrite(str(tmp_path / "photo.png"), np.full((32, 32, 3), 120, np.uint8))
     assert_one_line_error(run_cli("explain", tmp_path / "ir", tmp_path / "photo.png", "--method", "vit-recipro",
                                   "--out", tmp_path / "o"), "a position bias", during_run=True)
+
+
+def test_an_ir_transformer_is_served_with_the_explainers_answers(ir_bundles):
+    """`cam-infer serve` on an IR ViT bundle: a real tritonclient gets vit-recipro's and rollout's maps and the scores
+    the Explainer gives in process."""
+    from test_serve import Server, assert_same, expected, triton_infer
+
+    bundle = ir_bundles["vit"]
+    x = bundle.preprocess(images_for(bundle, 3))
+    server = Server(bundle.path, "--method", "vit-recipro", "--name", "vit")
+    try:
+        client = server.client()
+        assert client.is_model_ready("vit")
+        explainer = Explainer(bundle, backend="openvino")
+        ask = {"model": "vit", "input_name": bundle.input_name}
+        assert_same(triton_infer(client, x, **ask), expected(explainer, x, "vit-recipro"))
+        assert_same(triton_infer(client, x[:2], {"method": "rollout"}, **ask), expected(explainer, x[:2], "rollout"))
+    finally:
+        server.stop()

@@ -120,8 +120,9 @@ def server():
     s.stop()
 
 
-def triton_infer(client, x: np.ndarray, parameters=None, binary: bool = True, model: str = "shapes"):
-    tensor = http.InferInput("input", list(x.shape), "FP32")
+def triton_infer(client, x: np.ndarray, parameters=None, binary: bool = True, model: str = "shapes",
+                 input_name: str = "input"):
+    tensor = http.InferInput(input_name, list(x.shape), "FP32")
     tensor.set_data_from_numpy(x, binary_data=binary)
     outputs = [http.InferRequestedOutput(n, binary_data=binary) for n in ("scores", "saliency", "saliency_class")]
     result = client.infer(model, [tensor], outputs=outputs, parameters=parameters)
