@@ -12,8 +12,12 @@ builder (`methods.registry.fused`, as `cam-infer fuse` writes it; Ablation-CAM's
 `methods.ablation.ablation_in_graph`), then the map normalised as `postprocess.normalise` does and resized as
 `postprocess.upsample` does (bilinear, half-pixel centres, clipped to [0,1]). It is built and compiled once per
 method, only for the calls it computes exactly as `explain` does otherwise: one image's top-1 class, the method's
-default options, no Finer-CAM, the saliency upsampled, a bundle whose graphs are small enough that a second
-compiled copy costs little (`SMALL_MODEL_BYTES`). Every other call takes the general path."""
+default options, no Finer-CAM, the saliency upsampled, float32 inference, a bundle whose graphs are small
+enough that a second compiled copy costs little (`SMALL_MODEL_BYTES`). Every other call takes the general path.
+
+OpenVINO only: on ONNX Runtime a second session of the model (its own spinning thread pool) beside the joined one
+slowed both, alternated with the forward pass (MobileNetV2: 1.40–1.83× the forward against 1.09–1.13× for the
+general path), and a runtime does not run part of a graph for the outputs asked."""
 
 from __future__ import annotations
 
@@ -50,6 +54,8 @@ class MapsInPass:
     def _bundle_fits(self) -> bool:
         bundle, backend = self.bundle, self.explainer.backend
         if bundle.graph_format != "onnx" or bundle.tokens is not None or not getattr(backend, "maps_in_pass", False):
+            return False
+        if backend.precision != "f32":          # at bf16/f16 the map's own arithmetic would round too: not checked
             return False
         return sum(p.stat().st_size for p in (bundle.features_path, bundle.head_path)) <= SMALL_MODEL_BYTES
 
