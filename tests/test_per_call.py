@@ -99,7 +99,8 @@ def test_maps_computed_in_the_pass_equal_their_float64_twins_and_the_general_pat
 
 
 def test_the_pass_computes_no_map_where_the_call_asks_for_more(mobilenet):
-    """A class asked for, options, several images, Finer-CAM, no upsampling, Eigen-CAM, ONNX Runtime: the general path."""
+    """A class asked for, options, several images, Finer-CAM, no upsampling, Eigen-CAM, ONNX Runtime: the general
+    path."""
     explainers, x = mobilenet
     ex = explainers["openvino"]
     plain = {"target": None, "top_classes": None, "finer": None, "enhance": None, "upsampled": True}

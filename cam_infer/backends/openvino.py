@@ -98,7 +98,10 @@ class OpenVINOBackend(Backend):
         with self._lock:
             if role not in self._added:
                 self._added[role] = openvino_model(graph)
-        return self._chunked(role, self._checked(x, self.bundle.input_shape, "input images"))
+        x = self._checked(x, self.bundle.input_shape, "input images")
+        if len(x) == 1:                                 # one image is one chunk: no chunking to work out
+            return self._run(role, self._count([x])[0])
+        return self._chunked(role, x)
 
     def _model(self, role: str):
         if role in self._added:
@@ -113,7 +116,8 @@ class OpenVINOBackend(Backend):
         return self._joined
 
     def _key(self, role: str, batch: int | None) -> tuple[str, int | None]:
-        clean = role in (self._clean, PRODUCTS) or role.startswith(("attention-", "maps-"))  # a clean pass, more outputs
+        clean = role in (self._clean, PRODUCTS) or role.startswith(("attention-", "maps-"))   # a clean pass, more
+                                                                                            # outputs
         if not clean or not self._single or batch is None:
             return role, None
         if batch == SINGLE:

@@ -71,12 +71,13 @@ class ClassificationTask(Task):
         out = self.in_pass.run(spec.name, x)
         if out is None:
             return None
-        n, bundle = len(x), self.bundle
-        return Explanation(spec.name, out["saliency"].reshape(n, *bundle.input_shape[1:]),
-                           out["map"].reshape(n, *bundle.activation_shape[1:]), out["class"].reshape(n).astype(np.int64),
+        n, shapes = len(x), self.in_pass.shapes
+        return Explanation(spec.name, out["saliency"].reshape(n, *shapes["saliency"]),
+                           out["map"].reshape(n, *shapes["map"]), out["class"].reshape(n).astype(np.int64),
                            out["score"].reshape(n), out["degenerate"].reshape(n), (time.perf_counter() - start) * 1000,
-                           {}, labels=bundle.labels, images=originals, names=names, preprocessing=bundle.preprocessing,
-                           outputs=out["scores"].reshape(n, *bundle.output_shape), class_agnostic=not spec.class_specific)
+                           {}, labels=self.bundle.labels, images=originals, names=names,
+                           preprocessing=self.bundle.preprocessing,
+                           outputs=out["scores"].reshape(n, *shapes["scores"]), class_agnostic=not spec.class_specific)
 
     def run_method(self, spec, ctx, targets, options: dict) -> np.ndarray:
         return spec.implementation(self.name)(ctx, **options)

@@ -50,6 +50,8 @@ class MapsInPass:
         self._graphs: dict = {}
         self._lock = threading.Lock()
         self.possible = self._bundle_fits()
+        self.shapes = {"saliency": tuple(self.bundle.input_shape[1:]), "map": tuple(self.bundle.activation_shape[1:]),
+                       "scores": tuple(self.bundle.output_shape)}      # per image, read once
 
     def _bundle_fits(self) -> bool:
         bundle, backend = self.bundle, self.explainer.backend
