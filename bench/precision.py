@@ -257,6 +257,9 @@ def main() -> None:
     parser.add_argument("--per-call", type=int, default=400, help="calls per method for the cost around the pass")
     parser.add_argument("--quick", action="store_true", help="fewer runs and calls (a check, not a table)")
     parser.add_argument("--skip-methods", action="store_true", help="only the openvino-xai comparison")
+    parser.add_argument("--single-pass-only", action="store_true",
+                        help="only the single-pass methods' table (method ÷ forward), no other case or table")
+    parser.add_argument("--precisions", default="f32,auto", help="the precisions of the method tables")
     parser.add_argument("--driver", help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args()
     if args.driver:
@@ -280,13 +283,19 @@ def main() -> None:
     prepared_models = {name: prepared(name, work) for name in args.models.split(",")}
     if not args.skip_methods:
         for name, (_, bundle, _) in prepared_models.items():
-            for precision in ("f32", "auto"):
+            for precision in args.precisions.split(","):
                 report(f"\n**{name}**, precision {precision}; batch 1; median of {args.repeats} calls of each "
                        f"single-pass method ({args.other_repeats} of the others), alternated with the forward pass\n")
                 report(HEADER)
                 for backend in BACKENDS[precision]:
                     run_cases(bundle, [backend], SINGLE_PASS, args.repeats, report=report, precision=precision)
-                    run_cases(bundle, [backend], OTHER_CASES, args.other_repeats, report=report, precision=precision)
+                    if not args.single_pass_only:
+                        run_cases(bundle, [backend], OTHER_CASES, args.other_repeats, report=report,
+                                  precision=precision)
+    if args.single_pass_only:
+        report(f"\nLoad average {os.getloadavg()[0]:.1f} at the end.")
+        report.write(args.out)
+        return
     report(f"\n**The explanation around the pass** (batch 1, ms per call, median of {args.per_call} calls alternated "
            "between the methods): `explain` with the clean pass's outputs already in memory, so only the package's "
            "own work per call is timed (the method, normalising, the resize to 224², the record)\n")

@@ -193,6 +193,9 @@ class Explainer:
         request = self.task.request_for(spec, len(x), request)
         if enhance is not None:
             return self.task.enhanced(x, originals, names, method, request, options, start)
+        explained = self.task.explained_in_pass(spec, x, request, options, originals, names, start)
+        if explained is not None:
+            return explained
         activations, outputs = self.task.observe_for(spec, x, options)
         jobs = self.task.contexts(spec, x, activations, outputs, request, originals)
         maps = [self.task.run_method(spec, ctx, chosen, options) for ctx, chosen, *_ in jobs]

@@ -64,3 +64,54 @@ def test_single_pass_maps_equal_their_float64_twins_on_mobilenet_v2(mobilenet, b
         np.testing.assert_allclose(e.maps[i], expected, rtol=1e-4, atol=1e-5 * scale)
         np.testing.assert_allclose(e.saliency[i], twin_saliency(expected, 224), atol=2e-4)
     assert e.maps.dtype == e.saliency.dtype == np.float32 and not e.degenerate.any()
+
+
+@pytest.mark.parametrize("method", ["activation", "entropy", "cam", "ablation"])
+def test_maps_computed_in_the_pass_equal_their_float64_twins_and_the_general_path(mobilenet, method):
+    """One image, the top-1 class, default options: OpenVINO computes the map, its saliency, the class and its score
+    inside the clean pass (`tasks.in_pass`); each equals the float64 twin and what the general path gives."""
+    explainers, x = mobilenet
+    ex = explainers["openvino"]
+    in_pass = ex.task.in_pass
+    for i in range(len(x)):
+        image = x[i:i + 1]
+        assert in_pass.applies(method, 1, {"target": None, "top_classes": None, "finer": None, "enhance": None,
+                                           "upsampled": True}, {})
+        e = ex.explain(image, method)
+        assert f"maps-{method}" in in_pass._graphs                  # the in-pass graph ran
+        in_pass.possible = False
+        try:
+            general = ex.explain(image, method)
+        finally:
+            in_pass.possible = True
+        a = ex.backend.features(image)[0]
+        expected = twin(method, a, ex.linear_head.weight, ex.linear_head.bias, int(general.targets[0]))
+        scale = np.abs(expected).max()
+        np.testing.assert_allclose(e.maps[0], expected, rtol=1e-4, atol=1e-5 * scale)
+        np.testing.assert_allclose(e.saliency[0], twin_saliency(expected, 224), atol=2e-4)
+        np.testing.assert_allclose(e.saliency, general.saliency, atol=2e-4)
+        np.testing.assert_array_equal(e.targets, general.targets)
+        np.testing.assert_allclose(e.scores, general.scores, rtol=1e-5)
+        np.testing.assert_array_equal(e.outputs, general.outputs)
+        assert e.maps.dtype == e.saliency.dtype == e.scores.dtype == np.float32 and e.targets.dtype == np.int64
+        assert e.degenerate.dtype == bool and not e.degenerate.any() and e.class_agnostic == general.class_agnostic
+        assert e.maps.shape == general.maps.shape and e.saliency.shape == general.saliency.shape
+
+
+def test_the_pass_computes_no_map_where_the_call_asks_for_more(mobilenet):
+    """A class asked for, options, several images, Finer-CAM, no upsampling, Eigen-CAM, ONNX Runtime: the general
+    path."""
+    explainers, x = mobilenet
+    ex = explainers["openvino"]
+    plain = {"target": None, "top_classes": None, "finer": None, "enhance": None, "upsampled": True}
+    in_pass = ex.task.in_pass
+    assert in_pass.applies("cam", 1, plain, {})
+    assert not in_pass.applies("cam", 2, plain, {})
+    assert not in_pass.applies("cam", 1, {**plain, "target": 3}, {})
+    assert not in_pass.applies("cam", 1, {**plain, "finer": 0.5}, {})
+    assert not in_pass.applies("cam", 1, {**plain, "upsampled": False}, {})
+    assert not in_pass.applies("entropy", 1, plain, {"estimator": "histogram"})
+    assert not in_pass.applies("eigen", 1, plain, {})
+    assert not explainers["onnxruntime"].task.in_pass.possible
+    e = ex.explain(x[:1], "cam", target=3)
+    assert e.targets.tolist() == [3]

@@ -30,6 +30,7 @@ class Backend(ABC):
         self.runtime_calls = 0          # how many chunks went to the runtime (for tests and tuning)
         self.joins = False              # runs the bundle's joined graph for observe/forward (set by subclasses)
         self.products_in_pass = False   # `observe_products` runs (set by subclasses)
+        self.maps_in_pass = False       # `explained_pass` runs (set by subclasses)
 
     @property
     def precision(self) -> str:
@@ -81,6 +82,12 @@ class Backend(ABC):
         a, outputs, products = self._chunked(PRODUCTS, x)
         return (a.reshape(len(x), *self.bundle.cut_shape), outputs.reshape(len(x), *self.bundle.output_shape),
                 products.reshape(len(x), -1, len(weight)))
+
+    def explained_pass(self, role: str, graph, x: np.ndarray) -> list[np.ndarray]:
+        """A clean pass through `graph` (an onnx.ModelProto: the joined model with a method's map among its
+        outputs, `tasks.in_pass`), opened once as graph `role`: its outputs, each (N, -1). Only where
+        `maps_in_pass`."""
+        raise CamInferError(f"the {self.name} backend runs no maps in its clean pass")
 
     def _add_products(self, weight: np.ndarray) -> None:
         """Make graph `PRODUCTS`, the joined graph with the product as one more output, runnable (once)."""
@@ -138,6 +145,8 @@ class Backend(ABC):
             return 2 + len(self.bundle.attention)
         if role == PRODUCTS:
             return 3
+        if role.startswith("maps-"):
+            return 6
         return 1 + (len(self.bundle.cut_levels or [None]) if role == "joined" else 0)
 
     def _count(self, chunks: list) -> list:

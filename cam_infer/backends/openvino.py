@@ -43,6 +43,7 @@ class OpenVINOBackend(Backend):
         self._added: dict = {}                                          # role → ov.Model built here (`PRODUCTS`)
         self.joins = bundle.graph_format == "onnx"
         self.products_in_pass = self.joins
+        self.maps_in_pass = self.joins
         self.hint = hint
         self._clean = "joined" if self.joins else "features"           # the graph of the clean pass
         self._single = bundle.dynamic_batch                             # batch 1 on a static copy, for now
@@ -93,6 +94,15 @@ class OpenVINOBackend(Backend):
                 self._added[PRODUCTS] = openvino_position_products(self._model("joined").clone(), weight,
                                                                    self.bundle.cut_shape)
 
+    def explained_pass(self, role: str, graph, x: np.ndarray) -> list[np.ndarray]:
+        with self._lock:
+            if role not in self._added:
+                self._added[role] = openvino_model(graph)
+        x = self._checked(x, self.bundle.input_shape, "input images")
+        if len(x) == 1:                                 # one image is one chunk: no chunking to work out
+            return self._run(role, self._count([x])[0])
+        return self._chunked(role, x)
+
     def _model(self, role: str):
         if role in self._added:
             return self._added[role]
@@ -106,7 +116,8 @@ class OpenVINOBackend(Backend):
         return self._joined
 
     def _key(self, role: str, batch: int | None) -> tuple[str, int | None]:
-        clean = role in (self._clean, PRODUCTS) or role.startswith("attention-")    # a clean pass, more outputs
+        clean = role in (self._clean, PRODUCTS) or role.startswith(("attention-", "maps-"))   # a clean pass, more
+                                                                                            # outputs
         if not clean or not self._single or batch is None:
             return role, None
         if batch == SINGLE:

@@ -269,6 +269,8 @@ class Bundle:
             return self.bytes_per_item("joined") + 4 * h * w * (self.num_classes + k)
         if role.startswith("attention"):
             return self.bytes_per_item("joined") + sum(4 * int(np.prod(shape[1:])) for _, shape in self.attention)
+        if role.startswith("maps-"):                    # a map and its saliency at the input (`tasks.in_pass`)
+            return self.bytes_per_item("joined") + 4 * int(np.prod(self.input_shape[1:]))
         return int(self.manifest["memory"][f"{role}_bytes_per_item"])
 
 

@@ -120,3 +120,19 @@ def ablation_detections(ctx, targets, *, score: Literal["anchor", "match"] = "an
 def ablation_segments(ctx: Context, *, score: Literal["logit", "prob"] = "logit") -> np.ndarray:
     """(S − S_k)/|S| per channel, S the region score (`tasks.segmentation`), S_k with channel k zeroed"""
     return ablation(ctx, score=score, closed_form=False)
+
+
+def ablation_in_graph(f) -> str:
+    """The closed form as ONNX nodes on a GAP→linear head, for one class per image (`tasks.in_pass`):
+    w_k = W_ck·mean(A^k) / max(|y_c|, ε), y_c = W_c·mean(A) + b_c, L = Σ_k w_k A^k; the head's own tensors."""
+    b = f.b
+    k, h, w = f.shape
+    head = f.require_linear_head("ablation")
+    pooled = b.unsqueeze(b.reduce("ReduceMean", f.activation, [2, 3], keepdims=False, hint="pooled"), [1])  # (N,1,K)
+    drops = b.op("Mul", f.class_rows(head), pooled, hint="drops")                                          # (N,1,K)
+    full = b.reduce("ReduceSum", drops, [2], hint="full")                                                  # (N,1,1)
+    if head.source.bias is not None:
+        bias = b.op("Gather", b.reshape(head.source.bias, (-1,)), f.targets, axis=0, hint="bias")           # (N,1)
+        full = b.op("Add", full, b.unsqueeze(b.scale(bias, head.source.bias_scale), [2]))
+    weights = b.op("Div", drops, b.op("Max", b.op("Abs", full), b.const(EPS)), hint="weights")            # (N,1,K)
+    return b.reshape(b.op("MatMul", weights, f.channels_by_position()), (0, h, w), hint="map")

@@ -340,9 +340,9 @@ def _option(name: str, default, hint) -> Option:
 
 def get_method(name: str, task: str | None = None) -> MethodSpec:
     """The method registered under `name`; with a task, one that explains that task's models."""
-    names = list(METHODS) if task is None else explaining(task)
     if name not in METHODS:
         import difflib
+        names = list(METHODS) if task is None else explaining(task)
         close = difflib.get_close_matches(name, names, n=2)
         raise CamInferError(f"unknown method '{name}'" + (f" (did you mean {' or '.join(map(repr, close))}?)"
                                                           if close else "") + f"; choose one of: {', '.join(names)}")

@@ -86,6 +86,11 @@ class Task:
         from ..methods import get_method
         return get_method(name, self.name)
 
+    def explained_in_pass(self, spec, x, request, options, originals, names, start):
+        """The Explanation computed inside the runtime's clean pass, where the task does so for this call; None:
+        the general path (`observe_for`, `contexts`, `run_method`, `explanation`) runs."""
+        return None
+
     def run_method(self, spec, ctx, targets, options: dict) -> np.ndarray | list:
         raise NotImplementedError
 

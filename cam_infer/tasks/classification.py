@@ -22,6 +22,10 @@ class ClassificationTask(Task):
     name = "classification"
     requests = frozenset({"top_classes", "enhance", "enhance_options", "finer", "upsampled", "gradients"})
 
+    def open(self) -> None:
+        from .in_pass import MapsInPass
+        self.in_pass = MapsInPass(self.explainer)
+
     def linear_head(self):
         """The head as global pooling + linear, verified against a float32 run of the head graph on random
         activations (the closed forms of CAM, Recipro-CAM and Ablation-CAM); None when it is not one. Exact
@@ -59,6 +63,21 @@ class ClassificationTask(Task):
     def _products_in_pass(self, spec, options: dict) -> bool:
         return (spec.name == "recipro" and options.get("closed_form", True) and self.explainer.linear_head is not None
                 and self.explainer.backend.products_in_pass and self.bundle.tokens is None)
+
+    def explained_in_pass(self, spec, x, request, options, originals, names, start) -> Explanation | None:
+        """The Explanation computed inside the clean pass (`tasks.in_pass`) where it applies, else None."""
+        if not self.in_pass.applies(spec.name, len(x), request, options):
+            return None
+        out = self.in_pass.run(spec.name, x)
+        if out is None:
+            return None
+        n, shapes = len(x), self.in_pass.shapes
+        return Explanation(spec.name, out["saliency"].reshape(n, *shapes["saliency"]),
+                           out["map"].reshape(n, *shapes["map"]), out["class"].reshape(n).astype(np.int64),
+                           out["score"].reshape(n), out["degenerate"].reshape(n), (time.perf_counter() - start) * 1000,
+                           {}, labels=self.bundle.labels, images=originals, names=names,
+                           preprocessing=self.bundle.preprocessing,
+                           outputs=out["scores"].reshape(n, *shapes["scores"]), class_agnostic=not spec.class_specific)
 
     def run_method(self, spec, ctx, targets, options: dict) -> np.ndarray:
         return spec.implementation(self.name)(ctx, **options)
