@@ -6,12 +6,36 @@ plain NumPy twin in ``tests/test_kernels.py``.
 
 from __future__ import annotations
 
+import functools
+import threading
+
+import numba
 import numpy as np
 from numba import njit, prange
 
 from .kernel_cache import use_user_cache
 
 CACHE = use_user_cache()      # a per-user folder, never the installed package (kernel_cache.py)
+THREADSAFE_LAYERS = ("tbb", "omp")
+_launch = threading.Lock()
+_layer: list[str] = []        # the threading layer Numba loaded, known after the first parallel launch
+
+
+def launched_safely(kernel):
+    """A ``parallel=True`` kernel that two threads never launch at once unless Numba's threading layer is
+    threadsafe. Where neither OpenMP nor TBB loads, Numba falls back to its workqueue layer, which aborts the whole
+    process when two threads launch parallel kernels at once (the pipelined folder runner and the server call
+    methods from several threads): there, and on the first launch (the layer is chosen then), launches take turns."""
+    @functools.wraps(kernel)
+    def launch(*args):
+        if _layer and _layer[0] in THREADSAFE_LAYERS:
+            return kernel(*args)
+        with _launch:
+            result = kernel(*args)
+            if not _layer:
+                _layer.append(numba.threading_layer())
+            return result
+    return launch
 
 
 @njit(cache=CACHE, nogil=True, fastmath=True)
@@ -122,6 +146,7 @@ def bilinear_source(i: int, scale: float, size: int) -> tuple[int, int, float]:
     return i0, min(i0 + 1, size - 1), f - i0
 
 
+@launched_safely
 @njit(cache=CACHE, parallel=True, nogil=True)
 def bilinear_minmax_masks(a: np.ndarray, channels: np.ndarray, height: int, width: int,
                           out: np.ndarray) -> np.ndarray:
@@ -155,6 +180,7 @@ def bilinear_minmax_masks(a: np.ndarray, channels: np.ndarray, height: int, widt
     return valid
 
 
+@launched_safely
 @njit(cache=CACHE, parallel=True, nogil=True)
 def masked_inputs(x: np.ndarray, masks: np.ndarray, out: np.ndarray) -> None:
     """out[r] = x ⊙ masks[r] for one (3,H,W) input and (n,H,W) masks, into out (n,3,H,W)."""

@@ -102,6 +102,42 @@ def test_masked_inputs_matches_numpy():
     np.testing.assert_allclose(out, x[None] * masks[:, None], rtol=1e-6)
 
 
+CONCURRENT_LAUNCHES = """
+import threading, numpy as np
+from cam_infer import kernels
+rng = np.random.default_rng(1)
+x, masks = rng.standard_normal((3, 64, 64)).astype(np.float32), rng.random((16, 64, 64)).astype(np.float32)
+a, channels = rng.standard_normal((32, 7, 7)).astype(np.float32), np.arange(0, 32, 2)
+failures = []
+def launch():
+    out, up = np.empty((16, 3, 64, 64), np.float32), np.empty((16, 64, 64), np.float32)
+    for _ in range(100):
+        kernels.masked_inputs(x, masks, out)
+        kernels.bilinear_minmax_masks(a, channels, 64, 64, up)
+        if not np.array_equal(out, x[None] * masks[:, None]):
+            failures.append("masked_inputs")
+threads = [threading.Thread(target=launch) for _ in range(4)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+import numba
+print(numba.threading_layer(), len(failures))
+"""
+
+
+def test_parallel_kernels_launched_from_several_threads_on_numba_s_workqueue_layer():
+    """Where neither OpenMP nor TBB loads, Numba's workqueue layer aborts the process when two threads launch
+    parallel kernels at once (the pipelined runner and the server explain from several threads): launches take
+    turns there, and the results stay exact."""
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "NUMBA_THREADING_LAYER": "workqueue"}
+    run = subprocess.run([sys.executable, "-c", CONCURRENT_LAUNCHES], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["workqueue", "0"]
+
+
 @pytest.mark.parametrize("gap", [0.05, 0.5, 0.97])       # λ₂/λ₁: settles at once / slowly / gives up (ρ > 0.9)
 def test_power_component_matches_its_numpy_twin(gap):
     from cam_infer.methods.eigen import FLOAT32_TOLERANCE, POWER_STEPS, power_projection, start_vector
