@@ -129,6 +129,50 @@ def test_vit_recipro_on_an_ir_transformer_equals_the_onnx_bundles(ir_bundles, vi
                                    err_msg=str(options))
 
 
+@pytest.mark.parametrize("name,options", [("vit", {}), ("deit", {}), ("vit", {"reduced": False}),
+                                          ("deit", {"kernel": "onehot", "top_classes": 2})])
+def test_vit_recipro_fused_into_an_ir_transformer_draws_the_explainers_maps(ir_bundles, vit_bundles, tmp_path, name,
+                                                                             options):
+    """`fuse` on the IR: one IR model (its opened tail OpenVINO's own graph) whose maps are the Explainer's on the IR
+    bundle, and the fused ONNX model's on ONNX Runtime; any batch."""
+    import onnxruntime as ort
+    import openvino as ov
+
+    from cam_infer.fuse import fuse, save
+    from test_fuse import assert_same_maps
+    bundle = ir_bundles[name]
+    top = options.get("top_classes", 1)
+    path = save(fuse(bundle, "vit-recipro", raw=True, **options), tmp_path / "fused.xml")
+    core = ov.Core()
+    model = core.compile_model(core.read_model(str(path)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    explainer = Explainer(bundle.path)
+    x = bundle.preprocess(images_for(bundle, 3))
+    method_options = {k: v for k, v in options.items() if k != "top_classes"}
+    for batch in (x, x[:1]):
+        results = model({bundle.input_name: batch})
+        got = {n: results[o] for o in model.outputs for n in o.get_names()}
+        shape = (len(batch), top, *bundle.activation_shape[1:])
+        classes = got["saliency_class"].reshape(len(batch), top)
+        np.testing.assert_array_equal(classes, np.argsort(-explainer.backend.forward(batch), axis=1)[:, :top])
+        for t in range(top):
+            expected = explainer.explain(batch, "vit-recipro", target=classes[:, t], **method_options).maps
+            assert_same_maps(got["saliency_raw"].reshape(shape)[:, t], got["saliency"].reshape(shape)[:, t], expected,
+                             f"{name} {options} batch {len(batch)}")
+    onnx_path = save(fuse(vit_bundles[name], "vit-recipro", **options), tmp_path / "fused.onnx")
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    expected = dict(zip([o.name for o in session.get_outputs()], session.run(None, {vit_bundles[name].input_name: x})))
+    results = model({bundle.input_name: x})
+    got = {n: results[o] for o in model.outputs for n in o.get_names()}
+    np.testing.assert_allclose(got["saliency"], expected["saliency"], atol=1e-3)
+
+
+def test_a_swin_ir_fuses_no_vit_recipro_as_its_onnx_bundle_does_not(ir_bundles):
+    from cam_infer.errors import MethodNotApplicable
+    from cam_infer.fuse import fuse
+    with pytest.raises(MethodNotApplicable, match="prefix \\(class\\) tokens only"):
+        fuse(ir_bundles["swin"], "vit-recipro")
+
+
 def test_vit_recipro_on_an_ir_transformer_equals_openvino_xai(ir_bundles):
     """openvino-xai 1.1.0's committed ViTReciproCAM maps of the same tiny ViT (`test_vit_recipro`), all classes."""
     from test_vit_recipro import REFERENCE, assert_same_maps

@@ -556,7 +556,7 @@ def check_repository(root: Path, name: str, batch: np.ndarray) -> None:
 def test_serve_refuses_what_it_cannot_serve_in_one_line(tmp_path):
     from helpers import run_cli
     (tmp_path / "not.onnx").write_bytes(b"")
-    assert_one_line_error(run_cli("serve", tmp_path / "nothing"), "neither a bundle folder nor a fused .onnx")
+    assert_one_line_error(run_cli("serve", tmp_path / "nothing"), "neither a bundle folder nor a fused model")
     assert_one_line_error(run_cli("serve", SHAPES, "--method", "gradcam"), "is not served")
     code = ("import sys; sys.modules['starlette'] = None; from cam_infer.cli import main; "
             f"sys.exit(main(['serve', {str(SHAPES)!r}]))")

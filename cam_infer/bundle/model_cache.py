@@ -134,7 +134,9 @@ def _announce(model: Path, folder: Path, reused: bool) -> None:
 
 
 def _is_fused(path: Path) -> bool:
-    """An ONNX file with cam-infer fuse's metadata (served and benchmarked as it is)."""
+    """An ONNX file with cam-infer fuse's metadata, or an IR whose rt_info has it (served and benchmarked as it is)."""
+    if path.suffix.lower() == ".xml":
+        return is_fused_ir(path)
     if path.suffix.lower() != ".onnx":
         return False
     import onnx
@@ -143,3 +145,16 @@ def _is_fused(path: Path) -> bool:
     except Exception:  # noqa: BLE001  (an unreadable file is no fused model; the split says what is wrong with it)
         return False
     return any(p.key == "cam_infer.method" for p in model.metadata_props)
+
+
+def is_fused_ir(path: Path) -> bool:
+    """An IR file written by ``cam-infer fuse`` (its rt_info has a ``cam_infer`` section naming the method, `fuse.ir`).
+    Reads the .xml only, never the weights: the rt_info closes the file, so only its last MB is searched."""
+    import os
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 2**20))
+            tail = f.read()
+    except OSError:
+        return False
+    return b"<cam_infer>" in tail and b"<method value=" in tail

@@ -181,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.epilog = (f"cases: {', '.join(map(repr, CASES))} ('all': {', '.join(map(repr, ALL_CASES))}); with torch also "
                 f"{', '.join(map(repr, GRADIENT_CASES))}; each also under an enhancer: 'recipro+sess', 'eigen+evet'")
 
-    p = sub.add_parser("fuse", help="write one ONNX model that returns the scores and the saliency map")
+    p = sub.add_parser("fuse", help="write one model that returns the scores and the saliency map (ONNX; an OpenVINO "
+                                    "IR bundle's: IR)")
     p.add_argument("bundle", help=BUNDLE_HELP)
     p.add_argument("--method", default=DEFAULT_METHOD, help=f"{', '.join(fusable())} (default {DEFAULT_METHOD})")
     _options(p, example="--option score=logit or --option squarings=12")
@@ -192,9 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw", action="store_true", help="also output saliency_raw, the maps before ReLU and min-max")
     _precision(p, "what the model is meant to run at (recorded in its metadata; other than f32, its maps are also "
                   "checked on OpenVINO there)")
-    _out(p, "the .onnx file to write", "replace --out if it exists")
+    _out(p, "the .onnx file to write (an OpenVINO IR bundle: the .xml, its .bin beside it)",
+         "replace --out if it exists")
     p.add_argument("--repository", metavar="DIR", help="also write a model repository for Triton and OpenVINO Model "
-                                                       "Server: DIR/NAME/config.pbtxt, DIR/NAME/1/model.onnx, "
+                                                       "Server: DIR/NAME/config.pbtxt, DIR/NAME/1/model.onnx (a "
+                                                       "fused IR: model.xml), "
                                                        "DIR/config.json (NAME: --out's file name)")
     p.add_argument("--max-batch", type=int, default=16, help="the repository's max_batch_size (default 16)")
 

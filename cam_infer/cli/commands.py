@@ -361,6 +361,10 @@ def fuse(args) -> int:
     if Path(args.out).exists() and not args.force:
         raise CamInferError(f"'{args.out}' exists; choose another --out or pass --force")
     bundle = Bundle.load(args.bundle)
+    wanted = ".xml" if bundle.graph_format == "openvino" and task_of(bundle).name == "classification" else ".onnx"
+    if Path(args.out).suffix != wanted:
+        raise CamInferError(f"'{args.out}' should end in {wanted}: the fused model of this bundle is "
+                            + ("OpenVINO IR (its weights go beside it, .bin)" if wanted == ".xml" else "ONNX"))
     if task_of(bundle).name == "segmentation":
         from ..segmentation.fuse import fuse_segmenter
         if args.top_classes != 1 or args.class_input or args.raw or args.precision != "f32":

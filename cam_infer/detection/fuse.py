@@ -19,7 +19,7 @@ from onnx import TensorProto, helper
 
 from ..bundle import Bundle
 from ..errors import CamInferError
-from ..fuse.assemble import OUTPUT, _normalised, _opset, at_min_opset, plain_model
+from ..fuse.assemble import OUTPUT, _normalised, _onnx_bundle, _opset, at_min_opset, plain_model
 from ..fuse.builder import Builder
 from ..fuse.fusion import Fusion
 from ..version import __version__
@@ -39,7 +39,7 @@ def fuse_detector(bundle: Bundle, method: str = "eigen", *, check: bool = True, 
         raise CamInferError(f"a detector fuses {', '.join(fusable())} (class-agnostic maps); '{method}' needs a "
                             "target box that NMS gives outside the graph")
     spec = get_method(method)
-    model = plain_model(bundle)
+    model = plain_model(_onnx_bundle(bundle))
     b = Builder(_opset(model))
     h, w = bundle.input_shape[1:]
     head = at_min_opset(bundle.head_path)

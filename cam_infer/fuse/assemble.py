@@ -6,7 +6,8 @@
 The features and head graphs are joined back into the plain model; the method's subgraph reads the
 activation, picks the class from the scores (top-1, top-k, or a `class_id` input) and normalises
 each map in the graph as `postprocess.normalise` does: ReLU, min–max to [0,1], constant maps → 0.
-Weights are shared with the head, never copied; masks are computed, never stored.
+Weights are shared with the head, never copied; masks are computed, never stored. An OpenVINO IR bundle
+gives an IR model (an ``ov.Model``) with the same inputs and outputs (`fuse.ir`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from .builder import Builder
 from .fusion import Fusion
 
 MIN_OPSET = 13
+IR_OPSET = 17             # the method's nodes of an IR fuse (read by OpenVINO, never by the model's own runtime)
 OUTPUT = "saliency"
 RAW_OUTPUT = "saliency_raw"
 CLASS_OUTPUT = "saliency_class"
@@ -43,15 +45,19 @@ TOLERANCE = 1e-3          # relative difference of the raw maps, fused vs Explai
 def _onnx_bundle(bundle) -> Bundle:
     bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
     if bundle.graph_format != "onnx":
-        raise CamInferError("fuse writes ONNX models and this is an OpenVINO IR bundle; split the model's .onnx "
-                            "file to fuse it")
+        raise CamInferError("fusing a detector or a segmenter writes ONNX, and this is an OpenVINO IR bundle; split "
+                            "the model's .onnx file to fuse it (an IR classifier fuses into IR)")
     return bundle
 
 
-def plain_model(bundle: "Bundle | str | os.PathLike") -> onnx.ModelProto:
+def plain_model(bundle: "Bundle | str | os.PathLike"):
     """The bundle's features and head joined into one model (`bundle/joined.py`): the model the bundle was
-    split from (a detector without its packing), at opset ≥ 13 (older models are converted)."""
-    bundle = _onnx_bundle(bundle)
+    split from (a detector without its packing), at opset ≥ 13 (older models are converted). Of an OpenVINO IR
+    bundle: the two graphs joined as one ``ov.Model`` (`fuse.ir.plain_ir`)."""
+    bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+    if bundle.graph_format == "openvino":
+        from .ir import plain_ir
+        return plain_ir(bundle)
     model = joined_model(at_min_opset(bundle.features_path), at_min_opset(bundle.head_path), bundle.cut_levels,
                          expose_cut=False, name="cam_infer_fused")
     model.producer_name, model.producer_version = "cam-infer", __version__
@@ -87,36 +93,17 @@ def fuse(bundle: "Bundle | str | os.PathLike", method: str = DEFAULT_METHOD, *, 
     from ..backends.sessions import RuntimeOptions, resolved_precision
 
     precision = resolved_precision(RuntimeOptions(precision=precision), "openvino")     # checked; auto resolved
-    bundle = _onnx_bundle(bundle)
+    bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+    ir = bundle.graph_format == "openvino"
     chosen = _fused_method(method, options)
     _check_cut_kind(bundle, method)
     top_classes = _checked_top_classes(top_classes, class_input, chosen, bundle.num_classes)
-    model = plain_model(bundle)
-    b = Builder(_opset(model))
-    scores = model.graph.output[0].name
-    batch = _batch_dim(model)
-    targets = None
-    if chosen.class_specific:
-        targets = _targets(b, model, scores, top_classes, class_input, batch)
-    explainer = Explainer(bundle, backend="onnxruntime")     # its linear head is read and verified, as explain()'s
-    fusion = Fusion(b, bundle.activation_name, bundle.activation_shape, targets, top_classes, bundle.num_classes,
-                    bundle.output_kind, explainer.linear_head, at_min_opset(bundle.head_path))
-    b.op("Identity", chosen.fused(fusion, **options), outputs=[RAW_OUTPUT])
-    _normalised(b, RAW_OUTPUT, OUTPUT)
-    model.graph.node.extend(b.nodes)
-    model.graph.initializer.extend(b.initializers)
-    per_image = [top_classes] if top_classes > 1 else []
-    outputs = [(OUTPUT, TensorProto.FLOAT, per_image + list(bundle.activation_shape[1:]))]
-    if raw:
-        outputs.append((RAW_OUTPUT, TensorProto.FLOAT, outputs[0][2]))
-    if chosen.class_specific and not class_input:
-        outputs.append((CLASS_OUTPUT, TensorProto.INT64, per_image))
-    model.graph.output.extend(helper.make_tensor_value_info(name, dtype, [batch] + dims) for name, dtype, dims in outputs)
-    _describe(model, bundle, method, options, top_classes, class_input, precision)
-    try:
-        onnx.checker.check_model(model)
-    except Exception as exc:  # a bug of ours, not of the user's input
-        raise CamInferError(f"the fused model is not valid ONNX: {str(exc).splitlines()[0][:300]}") from None
+    explainer = Explainer(bundle, backend="openvino" if ir else "onnxruntime")   # its linear head is read and verified
+    if ir:
+        model = _fused_ir(bundle, chosen, options, top_classes, class_input, explainer)
+    else:
+        model = _fused_onnx(bundle, chosen, options, top_classes, class_input, raw, explainer)
+    entries = _description(bundle, method, options, top_classes, class_input, precision)
     if check:
         error = fused_error(model, bundle, method, options, top_classes, class_input, explainer=explainer)
         if error > TOLERANCE:
@@ -127,8 +114,67 @@ def fuse(bundle: "Bundle | str | os.PathLike", method: str = DEFAULT_METHOD, *, 
         if precision != "f32":
             checked[precision] = fused_error(model, bundle, method, options, top_classes, class_input, explainer=explainer,
                                              precision=precision)
-        model.metadata_props.add(key="cam_infer.check", value=json.dumps(checked))
+        entries["cam_infer.check"] = json.dumps(checked)
+    if ir:
+        from .ir import describe
+        if not raw:
+            model.remove_result(next(r for r in model.get_results() if RAW_OUTPUT in r.output(0).get_names()))
+        describe(model, entries)
+    else:
+        for key, value in entries.items():
+            model.metadata_props.add(key=key, value=str(value))
     return model
+
+
+def method_nodes(b: Builder, bundle: Bundle, chosen, options: dict, top_classes: int, class_input: bool,
+                 cut: str, scores: str, scores_rank: int, inputs: list, batch, explainer, head, ir_head=None) -> Fusion:
+    """The method's nodes on the cut: the classes (top-1, top-k or a ``class_id`` input, added to `inputs`), the raw
+    maps (`RAW_OUTPUT`) and the normalised ones (`OUTPUT`). Returns the `Fusion` they were built on (its calls)."""
+    targets = None
+    if chosen.class_specific:
+        targets = _targets(b, inputs, scores, scores_rank, top_classes, class_input, batch)
+    fusion = Fusion(b, cut, bundle.activation_shape, targets, top_classes, bundle.num_classes, bundle.output_kind,
+                    explainer.linear_head, head, ir_head)
+    b.op("Identity", chosen.fused(fusion, **options), outputs=[RAW_OUTPUT])
+    _normalised(b, RAW_OUTPUT, OUTPUT)
+    return fusion
+
+
+def _fused_onnx(bundle: Bundle, chosen, options: dict, top_classes: int, class_input: bool, raw: bool, explainer):
+    model = plain_model(bundle)
+    b = Builder(_opset(model))
+    scores = model.graph.output[0]
+    batch = _batch_dim(model)
+    method_nodes(b, bundle, chosen, options, top_classes, class_input, bundle.activation_name, scores.name,
+                 len(scores.type.tensor_type.shape.dim), model.graph.input, batch, explainer,
+                 at_min_opset(bundle.head_path))
+    model.graph.node.extend(b.nodes)
+    model.graph.initializer.extend(b.initializers)
+    per_image = [top_classes] if top_classes > 1 else []
+    outputs = [(OUTPUT, TensorProto.FLOAT, per_image + list(bundle.activation_shape[1:]))]
+    if raw:
+        outputs.append((RAW_OUTPUT, TensorProto.FLOAT, outputs[0][2]))
+    if chosen.class_specific and not class_input:
+        outputs.append((CLASS_OUTPUT, TensorProto.INT64, per_image))
+    model.graph.output.extend(helper.make_tensor_value_info(name, dtype, [batch] + dims) for name, dtype, dims in outputs)
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:  # a bug of ours, not of the user's input
+        raise CamInferError(f"the fused model is not valid ONNX: {str(exc).splitlines()[0][:300]}") from None
+    return model
+
+
+def _fused_ir(bundle: Bundle, chosen, options: dict, top_classes: int, class_input: bool, explainer):
+    """The fused IR (`fuse.ir`), with `RAW_OUTPUT` among its outputs (for the check)."""
+    from .ir import CUT, SCORES, cut_input, method_graph, scores_input, stitched
+    b = Builder(IR_OPSET)
+    inputs = [cut_input(bundle, "N"), scores_input(bundle, "N")]
+    fusion = method_nodes(b, bundle, chosen, options, top_classes, class_input, CUT, SCORES,
+                          1 + len(bundle.output_shape), inputs, "N", explainer, None, bundle.head_path)
+    outputs = [(OUTPUT, TensorProto.FLOAT), (RAW_OUTPUT, TensorProto.FLOAT)]
+    if chosen.class_specific and not class_input:
+        outputs.append((CLASS_OUTPUT, TensorProto.INT64))
+    return stitched(bundle, method_graph(b, inputs, outputs, fusion.calls), fusion.calls, [n for n, _ in outputs])
 
 
 def fusable() -> dict:
@@ -179,12 +225,13 @@ def _batch_dim(model: onnx.ModelProto):
     return dim.dim_value if dim.HasField("dim_value") else (dim.dim_param or "N")
 
 
-def _targets(b: Builder, model: onnx.ModelProto, scores: str, top_classes: int, class_input: bool, batch) -> str:
-    """(N,T) int64 classes to explain."""
+def _targets(b: Builder, inputs: list, scores: str, scores_rank: int, top_classes: int, class_input: bool,
+             batch) -> str:
+    """(N,T) int64 classes to explain (a ``class_id`` input added to the graph's `inputs`)."""
     if class_input:
-        model.graph.input.append(helper.make_tensor_value_info(CLASS_INPUT, TensorProto.INT64, [batch]))
+        inputs.append(helper.make_tensor_value_info(CLASS_INPUT, TensorProto.INT64, [batch]))
         return b.unsqueeze(CLASS_INPUT, [1], hint="targets")
-    if len(model.graph.output[0].type.tensor_type.shape.dim) != 2:
+    if scores_rank != 2:
         scores = b.reshape(scores, (0, -1), hint="scores")      # (N,C,1,1) outputs
     if top_classes == 1:
         targets = b.op("ArgMax", scores, axis=1, keepdims=1, hint="targets")
@@ -206,8 +253,9 @@ def _normalised(b: Builder, maps: str, output: str) -> str:
     return b.op("Where", flat, b.const(0.0), b.op("Div", b.op("Sub", positive, lo), safe), outputs=[output])
 
 
-def _describe(model: onnx.ModelProto, bundle: Bundle, method: str, options: dict, top_classes: int,
-              class_input: bool, precision: str = "f32") -> None:
+def _description(bundle: Bundle, method: str, options: dict, top_classes: int, class_input: bool,
+                 precision: str = "f32") -> dict:
+    """What the fused model records of itself (ONNX metadata_props; an IR's rt_info)."""
     target = "class_id input" if class_input else ("top-1" if top_classes == 1 else f"top-{top_classes}")
     entries = {"cam_infer.version": __version__, "cam_infer.method": method,
                "cam_infer.options": json.dumps(options, sort_keys=True), "cam_infer.target": target,
@@ -216,36 +264,29 @@ def _describe(model: onnx.ModelProto, bundle: Bundle, method: str, options: dict
                "cam_infer.output_kind": bundle.output_kind, "cam_infer.precision": precision}
     if bundle.labels:
         entries["cam_infer.labels"] = json.dumps(bundle.labels)
-    for key, value in entries.items():
-        model.metadata_props.add(key=key, value=str(value))
+    return entries
 
 
-def fused_error(model: onnx.ModelProto, bundle: Bundle, method: str, options: dict, top_classes: int = 1,
+def fused_error(model, bundle: Bundle, method: str, options: dict, top_classes: int = 1,
                 class_input: bool = False, x: np.ndarray | None = None, explainer=None,
                 precision: str = "f32") -> float:
     """max |fused raw map − Explainer map| / max |Explainer map|, per map, worst of all; random images unless `x`.
-    The fused model runs on ONNX Runtime in float32, or at another `precision` on OpenVINO's CPU; the Explainer
-    in float32."""
-    from ..backends.sessions import FLOAT32, onnxruntime_session, openvino_compiled
+    The fused model runs on ONNX Runtime in float32, or at another `precision` on OpenVINO's CPU (a fused IR:
+    always on OpenVINO); the Explainer in float32."""
     from ..bundle.split import random_images
     from ..methods import get_method
 
     x = random_images(bundle.preprocessing, 2) if x is None else x
-    explainer = explainer or Explainer(bundle, backend="onnxruntime")
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    if RAW_OUTPUT not in {o.name for o in probe.graph.output}:
-        probe.graph.output.append(helper.make_empty_tensor_value_info(RAW_OUTPUT))
+    ir = not isinstance(model, onnx.ModelProto)
+    explainer = explainer or Explainer(bundle, backend="openvino" if ir else "onnxruntime")
     feeds = {bundle.input_name: x}
     if class_input:
         feeds[CLASS_INPUT] = explainer.backend.forward(x).argsort(axis=1)[:, -2].astype(np.int64)  # not the top-1
-    if precision == "f32":
-        session = onnxruntime_session(probe, FLOAT32)
-        outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
+    if ir:
+        from .ir import run
+        outputs = run(model, feeds, precision)
     else:
-        request = openvino_compiled(probe, FLOAT32.but(precision=precision)).create_infer_request()
-        request.infer(feeds)
-        outputs = {name: request.get_tensor(o).data.copy() for o in request.model_outputs for name in o.get_names()}
+        outputs = _onnx_outputs(model, feeds, precision)
     maps = outputs[RAW_OUTPUT].reshape(len(x), -1, *bundle.activation_shape[1:])
     classes = feeds.get(CLASS_INPUT, outputs.get(CLASS_OUTPUT))
     classes = None if classes is None else classes.reshape(len(x), -1)
@@ -259,7 +300,26 @@ def fused_error(model: onnx.ModelProto, bundle: Bundle, method: str, options: di
     return error
 
 
-def save(model: onnx.ModelProto, path: "str | os.PathLike", overwrite: bool = False) -> Path:
+def _onnx_outputs(model: onnx.ModelProto, feeds: dict, precision: str) -> dict:
+    """The fused model's outputs, `RAW_OUTPUT` among them: on ONNX Runtime in float32, else on OpenVINO's CPU."""
+    from ..backends.sessions import FLOAT32, onnxruntime_session, openvino_compiled
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    if RAW_OUTPUT not in {o.name for o in probe.graph.output}:
+        probe.graph.output.append(helper.make_empty_tensor_value_info(RAW_OUTPUT))
+    if precision == "f32":
+        session = onnxruntime_session(probe, FLOAT32)
+        return dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
+    request = openvino_compiled(probe, FLOAT32.but(precision=precision)).create_infer_request()
+    request.infer(feeds)
+    return {name: request.get_tensor(o).data.copy() for o in request.model_outputs for name in o.get_names()}
+
+
+def save(model, path: "str | os.PathLike", overwrite: bool = False) -> Path:
+    """`model` written to `path`: an ONNX model as .onnx, an IR (``ov.Model``) as .xml with its .bin beside it."""
+    if not isinstance(model, onnx.ModelProto):
+        from .ir import save_ir
+        return save_ir(model, path, overwrite)
     path = Path(path)
     if path.exists() and not overwrite:
         raise CamInferError(f"'{path}' exists; choose another --out or pass --force")
@@ -272,13 +332,16 @@ def save(model: onnx.ModelProto, path: "str | os.PathLike", overwrite: bool = Fa
     return path
 
 
-def summary(model: onnx.ModelProto, path: Path, bundle: Bundle) -> str:
+def summary(model, path: Path, bundle: Bundle) -> str:
     """What `cam-infer fuse` prints: the file, its growth, inputs, outputs and the check."""
+    if not isinstance(model, onnx.ModelProto):
+        from .ir import summary_ir
+        return summary_ir(model, path, bundle)
     def shape(value_info) -> str:
         dims = value_info.type.tensor_type.shape.dim
         return "(" + ",".join(d.dim_param or str(d.dim_value) for d in dims) + ")"
 
-    growth = path.stat().st_size / plain_model(bundle).ByteSize() - 1
+    growth = path.stat().st_size / plain_model(_onnx_bundle(bundle)).ByteSize() - 1
     error = json.loads(next(p.value for p in model.metadata_props if p.key == "cam_infer.check"))
     return (f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {growth:+.2%} over the plain model)\n"
             f"inputs   {', '.join(f'{i.name} {shape(i)}' for i in model.graph.input)}\n"

@@ -4,11 +4,15 @@ pieces several builders share (a class's weight rows, the head on masked copies 
 
 Each builder mirrors its NumPy method (same formula, same options) and returns the map tensor's name:
 (N,h,w) for class-agnostic methods, (N,T,h,w) for class-specific ones, T the classes per image.
+
+On an OpenVINO IR bundle (`fuse.ir`) the head is OpenVINO's graph, not ONNX: a builder that runs it (or a graph
+made from it) leaves a gap in its ONNX nodes instead, a `Call` — the graph's inputs as outputs of the ONNX nodes,
+its result as an input — which the IR model fills with the graph itself.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -33,11 +37,44 @@ class Fusion:
     num_classes: int
     output_kind: str                # logits | probabilities
     linear_head: LinearHead | None
-    head: onnx.ModelProto
+    head: onnx.ModelProto | None    # None on an IR bundle: `ir_head` is its head graph
+    ir_head: object = None          # the head's IR file (IR bundles)
+    calls: list = field(default_factory=list)     # the `Call`s left for the IR model to fill
 
     @property
     def head_ops(self) -> str:
+        if self.head is None:
+            return ", ".join(sorted({op.get_type_name() for op in self.ir_head_model().get_ordered_ops()}
+                                    - {"Parameter", "Result", "Constant"}))
         return ", ".join(sorted({n.op_type for n in self.head.graph.node}))
+
+    def ir_head_model(self):
+        """The IR head as a new ``ov.Model`` (each call of it gets its own nodes)."""
+        from ..backends.sessions import openvino_model
+        return openvino_model(self.ir_head)
+
+    def token_count(self) -> int:
+        """T, the tokens the head reads (N,T,D); 0 for a feature map's head."""
+        if self.head is None:
+            shape = self.ir_head_model().input(0).get_partial_shape()
+            return shape[1].get_length() if shape.rank.get_length() == 3 and shape[1].is_static else 0
+        dims = self.head.graph.input[0].type.tensor_type.shape.dim
+        return dims[1].dim_value if len(dims) == 3 else 0
+
+    def attention_count(self) -> int:
+        """The head's attention ops (Softmax; OpenVINO's fused ScaledDotProductAttention)."""
+        if self.head is None:
+            return sum(op.get_type_name() in ("Softmax", "ScaledDotProductAttention")
+                       for op in self.ir_head_model().get_ordered_ops())
+        return sum(n.op_type == "Softmax" for n in self.head.graph.node)
+
+    def call(self, graph, inputs: list[str], rank: int) -> str:
+        """The output of `graph` (an ``ov.Model``) on `inputs`, left as a gap for the IR model to fill: the inputs
+        become outputs ``<call>/in<i>`` of the ONNX nodes, the result an input ``<call>/out`` of rank `rank`."""
+        name = f"{self.b.scope}/call{len(self.calls)}"
+        given = [self.b.op("Identity", x, outputs=[f"{name}/in{i}"]) for i, x in enumerate(inputs)]
+        self.calls.append(Call(graph, given, f"{name}/out", rank))
+        return f"{name}/out"
 
     def channels_by_position(self) -> str:
         """A as (N,K,h·w)."""
@@ -50,6 +87,10 @@ class Fusion:
         return self.b.reshape(rows, (0, self.count, h, w) if self.count > 1 else (0, h, w), hint="map")
 
     def require_linear_head(self, name: str) -> LinearHead:
+        if self.linear_head is None and self.head is None:
+            raise MethodNotApplicable(f"method '{name}' needs a head read as global average pooling followed by a "
+                                      "linear layer, and an OpenVINO IR bundle's head is not read as one (split the "
+                                      "model's .onnx file for it); fuse recipro instead")
         if self.linear_head is None:
             raise MethodNotApplicable(f"method '{name}' needs a head that is global average pooling followed by a "
                                       f"linear layer; this head has {self.head_ops}; fuse recipro instead")
@@ -93,8 +134,12 @@ class Fusion:
         return self.clone_head(b.reshape(spread, (-1, k, h, w), hint="masked"))
 
     def clone_head(self, new_input: str) -> str:
-        """Append a copy of the head graph reading `new_input`; its weights are shared, not copied."""
+        """Append a copy of the head graph reading `new_input`; its weights are shared, not copied (on an IR
+        bundle: a `call` of the head, which the IR model fills with the head's own graph)."""
         from ..errors import CamInferError
+        if self.head is None:
+            head = self.ir_head_model()
+            return self.call(head, [new_input], head.output(0).get_partial_shape().rank.get_length())
         graph = self.head.graph
         if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
                for n in graph.node for a in n.attribute):
@@ -111,3 +156,13 @@ class Fusion:
             copy.output[:] = [renamed[o] for o in node.output]
             self.b.nodes.append(copy)
         return renamed[graph.output[0].name]
+
+
+@dataclass
+class Call:
+    """A graph that an IR model runs inside a fused method's ONNX nodes (`Fusion.call`)."""
+
+    graph: object                   # ov.Model
+    inputs: list[str]               # the ONNX outputs that feed its parameters, in order
+    output: str                     # the ONNX input its result feeds
+    rank: int

@@ -189,17 +189,21 @@ def vit_recipro_onnx(f, *, kernel: str = "gaussian3", cls_token: bool = True, sc
     if score == "logit" and f.output_kind == "probabilities":
         raise CamInferError("score='logit' needs a model that outputs logits; this one ends in a softmax")
     b, (d, h, w) = f.b, f.shape
-    dims = f.head.graph.input[0].type.tensor_type.shape.dim
-    count = dims[1].dim_value if len(dims) == 3 else 0
+    count = f.token_count()
     if count <= h * w:
         raise MethodNotApplicable("method 'vit-recipro' fuses on vision transformers with prefix (class) tokens only")
     prefix = count - h * w
-    one_block = sum(n.op_type == "Softmax" for n in f.head.graph.node) == 1
-    reduced = reduced and not quantizes_attention(f.head)
-    tail = reduced_tail(f.head, count, prefix if reduced and one_block else 0)
+    one_block = f.attention_count() == 1
+    reduced = reduced and (f.head is None or not quantizes_attention(f.head))     # an IR's tail reduces exactly
     index, weight, bias = mosaic_plan(prefix, (h, w), KERNELS[kernel], 1.0 if cls_token else 0.0, reduced)
     plan = [b.ints(index, "copy_index"), b.const(weight, "copy_weight"), b.const(bias, "key_bias")]
-    scores = clone_graph(b, tail, [f.activation, *plan], {i.name for i in f.head.graph.initializer})
+    if f.head is None:                              # an IR bundle: OpenVINO's head graph opened (explain does so too)
+        from ..bundle.openvino_reduced_tail import reduced_tail_ir
+        tail = reduced_tail_ir(f.ir_head, count, prefix if reduced and one_block else 0)
+        scores = f.call(tail, [f.activation, *plan], 2)
+    else:
+        tail = reduced_tail(f.head, count, prefix if reduced and one_block else 0)
+        scores = clone_graph(b, tail, [f.activation, *plan], {i.name for i in f.head.graph.initializer})
     scores = b.reshape(scores, (-1, h * w, f.num_classes), hint="scores")                # (N,hw,C)
     if score == "prob" and f.output_kind == "logits":
         scores = b.op("Softmax", scores, axis=-1)

@@ -1,5 +1,5 @@
 """What `cam-infer serve` serves: a bundle folder (a classifier's or a segmenter's), a model file split into the
-cache, or a fused .onnx model."""
+cache, or a fused model (.onnx; a fused IR .xml)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from .tensors import ProtocolError
 
 
 def load_served(source, method: str | None, backend: str, device: str, threads: int | None, precision: str = "f32"):
-    """A bundle folder or a fused .onnx file → the served model."""
+    """A bundle folder or a fused model file (.onnx, .xml) → the served model."""
     from ..bundle.model_cache import cached_bundle, is_model_file
     path = Path(source)
     if is_model_file(path):                  # a model file (not a fused one): its bundle, split into the cache
@@ -30,9 +30,9 @@ def load_served(source, method: str | None, backend: str, device: str, threads: 
             return served(path, method or DEFAULT_METHOD, backend, device, threads, precision)
         except ProtocolError as exc:
             raise CamInferError(str(exc)) from None
-    if path.is_file() and path.suffix == ".onnx":
+    if path.is_file() and path.suffix in (".onnx", ".xml"):
         served = ServedFused(path, backend, device, threads, precision)
         if method is not None and method != served.method:
             raise CamInferError(f"'{path}' was fused for {served.method}, not {method}")
         return served
-    raise CamInferError(f"'{source}' is neither a bundle folder nor a fused .onnx model")
+    raise CamInferError(f"'{source}' is neither a bundle folder nor a fused model (.onnx, or .xml for OpenVINO)")

@@ -119,8 +119,8 @@ class Recorded:
 
 
 class ServedFused:
-    """A fused ONNX model on ONNX Runtime or OpenVINO: its own inputs and outputs, a classifier's score output
-    named ``scores`` as a bundle's (its own name kept as an alias); ``class_id`` (int64) filled from the
+    """A fused ONNX model on ONNX Runtime or OpenVINO (a fused IR on OpenVINO): its own inputs and outputs, a
+    classifier's score output named ``scores`` as a bundle's (its own name kept as an alias); ``class_id`` (int64) filled from the
     request's class where the model takes one. A classifier that records its preprocessing and output kind
     (fused by this release) also answers /explain."""
 
@@ -128,9 +128,7 @@ class ServedFused:
 
     def __init__(self, path, backend: str = "auto", device: str = "CPU", threads: int | None = None,
                  precision: str = "f32"):
-        import onnx
-        model = onnx.load(str(path), load_external_data=False)
-        meta = {p.key: p.value for p in model.metadata_props}
+        meta, self.inputs, self.outputs = _fused_record(Path(path))
         if "cam_infer.method" not in meta:
             raise CamInferError(f"'{path}' is not a model written by cam-infer fuse (no cam_infer.method metadata); "
                                 "serve a bundle, or fuse one first")
@@ -142,9 +140,6 @@ class ServedFused:
         self.runtime = FusedRuntime(self.path, backend, device, threads, precision, self.pixels)
         self.pixels_in_graph = self.runtime.pixel_model is not None
         self.precision = self.runtime.precision
-        initializers = {i.name for i in model.graph.initializer}
-        self.inputs = [_tensor(v) for v in model.graph.input if v.name not in initializers]
-        self.outputs = [_tensor(v) for v in model.graph.output]
         own = self.outputs[0]["name"]
         self.aliases = {} if self.detector or own == SCORES else {own: SCORES}
         if self.aliases:
@@ -195,7 +190,10 @@ class FusedRuntime:
         from ..backends import ALIASES
         from ..backends.sessions import Lender, RuntimeOptions, onnxruntime_session, openvino_compiled, openvino_model
         from .pixel_graph import openvino_pixel_model, takes_pixels_in_graph
-        self.backend = "onnxruntime" if backend == "auto" else ALIASES.get(backend, backend)
+        ir = Path(path).suffix.lower() == ".xml"
+        self.backend = ("openvino" if ir else "onnxruntime") if backend == "auto" else ALIASES.get(backend, backend)
+        if ir and self.backend == "onnxruntime":
+            raise CamInferError(f"'{path}' is a fused OpenVINO IR: it runs on openvino, not onnxruntime")
         self.pixel_model = None
         self._pixels_compiled, self._compiling = None, threading.Lock()
         if self.backend == "onnxruntime":
@@ -235,6 +233,28 @@ class FusedRuntime:
         with (self._pixel_requests if pixels else self.requests).borrow() as request:
             request.infer(feeds)
             return {name: request.get_tensor(name).data.copy() for name in self.names}
+
+
+def _fused_record(path: Path) -> tuple[dict, list, list]:
+    """A fused model's cam_infer metadata, inputs and outputs (`_tensor`): an ONNX file's metadata_props, an IR's
+    rt_info."""
+    if path.suffix.lower() == ".xml":
+        from ..backends.sessions import openvino_model
+        from ..fuse.ir import described
+        model = openvino_model(path)
+        return described(model), [_port(p) for p in model.inputs], [_port(p) for p in model.outputs]
+    import onnx
+    model = onnx.load(str(path), load_external_data=False)
+    initializers = {i.name for i in model.graph.initializer}
+    return ({p.key: p.value for p in model.metadata_props},
+            [_tensor(v) for v in model.graph.input if v.name not in initializers],
+            [_tensor(v) for v in model.graph.output])
+
+
+def _port(port) -> dict:
+    """An IR input or output as `_tensor` describes an ONNX one."""
+    return {"name": port.get_any_name(), "datatype": datatype(port.get_element_type().to_dtype()),
+            "shape": [d.get_length() if d.is_static else -1 for d in port.get_partial_shape()]}
 
 
 def _tensor(value) -> dict:

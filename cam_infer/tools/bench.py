@@ -195,7 +195,8 @@ FUSED_HEADER = ("| runtime | method | plain ms | fused ms | fused / plain | file
 
 
 def open_session(path, runtime: str, precision: str = "f32"):
-    """A callable x → outputs for an ONNX file on ONNX Runtime or OpenVINO (CPU, latency hint) at `precision`."""
+    """A callable x → outputs for an ONNX file on ONNX Runtime or OpenVINO (CPU, latency hint) at `precision` (an
+    IR file: OpenVINO)."""
     from ..backends.sessions import FLOAT32, onnxruntime_session, openvino_compiled
     if runtime == "onnxruntime":
         session = onnxruntime_session(path, FLOAT32.but(precision=precision))
@@ -218,8 +219,11 @@ def compare_fused(bundle_path, runtime: str, case: str, repeats: int, work, prec
         raise CamInferError(f"unknown fused case '{case}'; cases: {', '.join(FUSED_CASES)}")
     method, options = FUSED_CASES[case]
     bundle, work = Bundle.load(bundle_path), Path(work)
-    plain = save(plain_model(bundle), work / "plain.onnx", overwrite=True)
-    fused = save(fuse(bundle, method, **options), work / "fused.onnx", overwrite=True)
+    suffix = ".xml" if bundle.graph_format == "openvino" else ".onnx"       # an IR bundle fuses into IR
+    if suffix == ".xml" and runtime != "openvino":
+        raise CamInferError(f"an OpenVINO IR bundle's fused model runs on openvino, not {runtime}")
+    plain = save(plain_model(bundle), work / f"plain{suffix}", overwrite=True)
+    fused = save(fuse(bundle, method, **options), work / f"fused{suffix}", overwrite=True)
     runs = {"plain": open_session(plain, runtime, precision), "fused": open_session(fused, runtime, precision)}
     x = np.random.default_rng(0).standard_normal((1, *bundle.input_shape)).astype(np.float32)
     timings: dict[str, list[float]] = {"plain": [], "fused": []}
@@ -230,9 +234,15 @@ def compare_fused(bundle_path, runtime: str, case: str, repeats: int, work, prec
             if r >= 2:   # two warm-up runs
                 timings[name].append((time.perf_counter() - start) * 1000)
     result = {name: statistics.median(t) for name, t in timings.items()}
-    result.update(ratio=result["fused"] / result["plain"], growth=fused.stat().st_size / plain.stat().st_size - 1,
+    result.update(ratio=result["fused"] / result["plain"], growth=_size(fused) / _size(plain) - 1,
                   runtime=f"{runtime} ({precision})", case=case)
     return result
+
+
+def _size(path) -> int:
+    """A model file's bytes, an IR's weights (.bin) included."""
+    weights = path.with_suffix(".bin")
+    return path.stat().st_size + (weights.stat().st_size if path.suffix == ".xml" and weights.is_file() else 0)
 
 
 def run_fused(bundle, runtimes, cases, repeats: int, report=print, precision: str = "f32") -> list[dict]:

@@ -1,0 +1,180 @@
+"""`fuse` on OpenVINO IR bundles: one IR model whose saliency is the Explainer's on the same bundle, written as
+.xml/.bin, described in its rt_info, benchmarked, served and put in a model repository."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import assert_one_line_error, run_cli
+from test_fuse import SHAPES, assert_same_maps
+
+from cam_infer import Bundle, CamInferError, Explainer
+from cam_infer.bundle.verify import random_images
+from cam_infer.errors import MethodNotApplicable
+from cam_infer.fuse import fuse, plain_model, save
+
+
+@pytest.fixture(scope="module")
+def ir_shapes(tmp_path_factory):
+    """The shapes classifier as a deployment holds it in IR (converted from its ONNX file, float32 weights), split
+    with `auto`."""
+    import openvino as ov
+
+    from cam_infer.bundle import split_openvino
+    folder = tmp_path_factory.mktemp("ir-shapes")
+    source = save(plain_model(Bundle.load(SHAPES)), folder / "shapes.onnx")
+    ov.save_model(ov.convert_model(str(source)), str(folder / "shapes.xml"), compress_to_fp16=False)
+    return split_openvino(folder / "shapes.xml", "auto", folder / "bundle")
+
+
+def compiled(path):
+    import openvino as ov
+    core = ov.Core()
+    return core.compile_model(core.read_model(str(path)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+
+
+def outputs(model, feeds: dict) -> dict:
+    results = model(feeds)
+    return {name: results[o] for o in model.outputs for name in o.get_names()}
+
+
+@pytest.mark.parametrize("method,options", [("activation", {}), ("eigen", {}), ("entropy", {}), ("recipro", {}),
+                                            ("recipro", {"kernel": "gaussian3", "score": "logit"})])
+def test_a_fused_ir_returns_the_scores_and_the_explainers_maps(ir_shapes, tmp_path, method, options):
+    """Saved as IR and run by OpenVINO: scores equal the bundle's forward pass, the class its argmax, the raw and
+    normalised maps the Explainer's on the IR bundle, batch 4 and 1."""
+    assert ir_shapes.graph_format == "openvino"
+    path = save(fuse(ir_shapes, method, raw=True, **options), tmp_path / "fused.xml")
+    assert path.with_suffix(".bin").is_file()
+    model, explainer = compiled(path), Explainer(ir_shapes, backend="openvino")
+    x = random_images(ir_shapes.preprocessing, 4, seed=11)
+    for batch in (x, x[:1]):
+        got = outputs(model, {ir_shapes.input_name: batch})
+        scores = explainer.backend.forward(batch)
+        np.testing.assert_allclose(got["scores"], scores, rtol=0, atol=1e-5 * np.abs(scores).max())
+        e = explainer.explain(batch, method, **options)
+        assert_same_maps(got["saliency_raw"], got["saliency"], e.maps, f"{method} {options}, batch {len(batch)}")
+        if method == "recipro":
+            np.testing.assert_array_equal(got["saliency_class"], scores.argmax(axis=1))
+
+
+def test_a_fused_ir_draws_what_the_fused_onnx_model_draws_on_the_other_runtime(ir_shapes, tmp_path):
+    """The same classifier fused from its ONNX bundle and run on ONNX Runtime: the same maps (an independent
+    reference: other graph, other runtime)."""
+    import onnxruntime as ort
+    x = random_images(ir_shapes.preprocessing, 3, seed=4)
+    onnx_path = save(fuse(Bundle.load(SHAPES), "recipro", closed_form=False), tmp_path / "fused.onnx")
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    expected = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"input": x})))
+    got = outputs(compiled(save(fuse(ir_shapes, "recipro"), tmp_path / "fused.xml")), {ir_shapes.input_name: x})
+    np.testing.assert_allclose(got["saliency"], expected["saliency"], atol=1e-4)
+    np.testing.assert_array_equal(got["saliency_class"], expected["saliency_class"])
+
+
+def test_top_classes_and_class_input_in_a_fused_ir(ir_shapes, tmp_path):
+    x = random_images(ir_shapes.preprocessing, 3, seed=6)
+    explainer = Explainer(ir_shapes, backend="openvino")
+    scores = explainer.backend.forward(x)
+    top = compiled(save(fuse(ir_shapes, "recipro", top_classes=2, raw=True), tmp_path / "top.xml"))
+    got = outputs(top, {ir_shapes.input_name: x})
+    assert got["saliency"].shape == (3, 2, 16, 16)
+    np.testing.assert_array_equal(got["saliency_class"], np.argsort(-scores, axis=1)[:, :2])
+    for t in range(2):
+        expected = explainer.explain(x, "recipro", target=got["saliency_class"][:, t]).maps
+        assert_same_maps(got["saliency_raw"][:, t], got["saliency"][:, t], expected, f"top class {t}")
+    given = compiled(save(fuse(ir_shapes, "recipro", class_input=True, raw=True), tmp_path / "given.xml"))
+    assert [p.get_any_name() for p in given.inputs] == [ir_shapes.input_name, "class_id"]
+    least = scores.argmin(axis=1).astype(np.int64)
+    got = outputs(given, {ir_shapes.input_name: x, "class_id": least})
+    assert "saliency_class" not in got
+    expected = explainer.explain(x, "recipro", target=least).maps
+    assert_same_maps(got["saliency_raw"], got["saliency"], expected, "class_id input")
+
+
+def test_a_fused_ir_describes_itself_and_is_recognised_as_fused(ir_shapes, tmp_path):
+    import openvino as ov
+
+    from cam_infer.bundle.model_cache import is_fused_ir, is_model_file
+    from cam_infer.fuse.ir import described
+    path = save(fuse(ir_shapes, "eigen", precision="f32"), tmp_path / "eigen.xml")
+    record = described(ov.Core().read_model(str(path)))
+    assert record["cam_infer.method"] == "eigen" and record["cam_infer.precision"] == "f32"
+    assert json.loads(record["cam_infer.check"])["relative_difference"] < 1e-4
+    assert json.loads(record["cam_infer.preprocessing"]) == ir_shapes.preprocessing.to_dict()
+    assert is_fused_ir(path) and not is_model_file(path)          # served as it is, never split again
+    source = ir_shapes.path.parent / "shapes.xml"                 # the IR the bundle was split from
+    assert not is_fused_ir(source) and is_model_file(source)
+    assert "saliency_raw" not in {p.get_any_name() for p in ov.Core().read_model(str(path)).outputs}
+
+
+def test_what_an_ir_bundle_cannot_fuse_is_refused_in_one_line(ir_shapes, tmp_path):
+    with pytest.raises(MethodNotApplicable, match="an OpenVINO IR bundle's head is not read as one"):
+        fuse(ir_shapes, "cam")
+    with pytest.raises(CamInferError, match="should end in .xml"):
+        save(fuse(ir_shapes, "activation"), tmp_path / "a.onnx")
+    assert_one_line_error(run_cli("fuse", str(ir_shapes.path), "--out", str(tmp_path / "b.onnx")), "should end in .xml")
+    assert_one_line_error(run_cli("fuse", str(ir_shapes.path), "--method", "cam", "--out", str(tmp_path / "c.xml")),
+                          "an OpenVINO IR bundle's head is not read as one")
+    assert not list(tmp_path.glob("b.*")) and not list(tmp_path.glob("c.*"))
+
+
+def test_cli_fuse_of_an_ir_bundle_writes_ir_a_repository_and_a_bench_row(ir_shapes, tmp_path):
+    import importlib.util
+
+    import tritonclient
+    from google.protobuf import text_format
+    out = tmp_path / "m" / "shapes_recipro.xml"
+    result = run_cli("fuse", str(ir_shapes.path), "--method", "recipro", "--out", str(out),
+                     "--repository", str(tmp_path / "repo"))
+    assert result.returncode == 0, result.stderr
+    assert "outputs  scores [N,4], saliency [N,16,16], saliency_class [N]" in result.stdout
+    assert out.is_file() and out.with_suffix(".bin").is_file()
+    schema_file = Path(tritonclient.__file__).parent / "grpc" / "model_config_pb2.py"
+    spec = importlib.util.spec_from_file_location("triton_model_config", schema_file)
+    schema = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(schema)
+    config = text_format.Parse((tmp_path / "repo" / "shapes_recipro" / "config.pbtxt").read_text(),
+                               schema.ModelConfig())
+    assert config.backend == "openvino" and config.max_batch_size == 16
+    assert [i.name for i in config.input] == [ir_shapes.input_name]
+    assert [o.name for o in config.output] == ["scores", "saliency", "saliency_class"]
+    assert list(config.output[1].dims) == [16, 16] and list(config.output[2].reshape.shape) == []
+    stored = tmp_path / "repo" / "shapes_recipro" / "1" / "model.xml"
+    x = random_images(ir_shapes.preprocessing, 2, seed=1)
+    np.testing.assert_array_equal(outputs(compiled(stored), {ir_shapes.input_name: x})["saliency"],
+                                  outputs(compiled(out), {ir_shapes.input_name: x})["saliency"])
+    bench = run_cli("bench", str(ir_shapes.path), "--fused", "--method", "eigen", "--repeats", "2")
+    assert bench.returncode == 0, bench.stderr
+    assert "| openvino (f32) | eigen |" in bench.stdout
+
+
+def test_a_fused_ir_is_served_as_it_computes(ir_shapes, tmp_path):
+    """`cam-infer serve fused.xml`: a real tritonclient gets the fused IR's own outputs (FP32 and UINT8 pixels, the
+    pixels normalised in OpenVINO's graph); ONNX Runtime is refused in one line."""
+    from test_serve import Server, assert_same, triton_infer
+    from tritonclient import http
+    path = save(fuse(ir_shapes, "recipro"), tmp_path / "shapes_recipro.xml")
+    x = random_images(ir_shapes.preprocessing, 2, seed=8)
+    want = outputs(compiled(path), {ir_shapes.input_name: x})
+    server = Server(path)
+    try:
+        client = server.client()
+        meta = client.get_model_metadata("shapes_recipro")
+        assert meta["parameters"]["method"] == "recipro" and meta["parameters"]["precision"] == "f32"
+        assert [(t["name"], t["datatype"]) for t in meta["outputs"]] == [("scores", "FP32"), ("saliency", "FP32"),
+                                                                       ("saliency_class", "INT64")]
+        assert_same(triton_infer(client, x, model="shapes_recipro", input_name=ir_shapes.input_name), want)
+        pixels = np.clip(np.round(x.transpose(0, 2, 3, 1) * 255), 0, 255).astype(np.uint8)
+        tensor = http.InferInput(ir_shapes.input_name, list(pixels.shape), "UINT8")
+        tensor.set_data_from_numpy(pixels)
+        result = client.infer("shapes_recipro", [tensor])
+        standardised = np.stack([ir_shapes.preprocessing.standardise(p) for p in pixels])
+        np.testing.assert_allclose(result.as_numpy("saliency"),
+                                   outputs(compiled(path), {ir_shapes.input_name: standardised})["saliency"], atol=1e-4)
+    finally:
+        server.stop()
+    assert_one_line_error(run_cli("serve", str(path), "--backend", "onnxruntime", timeout=120),
+                          "is a fused OpenVINO IR: it runs on openvino")
