@@ -5,6 +5,10 @@ ReduceMean over the two spatial axes → Flatten/Reshape/Squeeze/Identity/Dropou
 Gemm, or MatMul [+ Add] → optionally Softmax. Without a linear layer the weights are the identity
 (SqueezeNet cut at conv10: GAP → Softmax). The closed forms of CAM, Recipro-CAM and Ablation-CAM
 use `LinearHead`; the Explainer checks it against the real head graph before trusting it.
+
+A head the package cannot read as ONNX (an OpenVINO IR bundle's) is read by running it (`probed_linear_head`):
+if it is GAP → linear, its bias is its output on zeros and W's column k its output on the map that is 1 on
+channel k, 0 elsewhere, minus the bias; the same check against the head on random activations then decides.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ class LinearSource:
     weight_scale: float = 1.0
     bias: str | None = None
     bias_scale: float = 1.0
+    probed: bool = False        # read by running the head (`probed_linear_head`): no tensor of a graph holds it
 
 
 @dataclass(frozen=True)
@@ -143,6 +148,23 @@ def read_linear_head(model: onnx.ModelProto, channels: int) -> LinearHead | None
         return None
     return LinearHead(np.ascontiguousarray(weight, np.float32), np.ascontiguousarray(bias, np.float32),
                       LinearSource(**source))
+
+
+def probed_linear_head(run: Callable, shape: tuple[int, int, int], chunk: int = 128) -> LinearHead:
+    """(W, b) such that run(A) = W·mean(A) + b if the head `run` ((N,K,h,w) float32 → (N,C)) is GAP → linear:
+    b = run(0), W[:, k] = run(E_k) − b with E_k one on channel k and zero elsewhere (its mean is the unit vector
+    e_k). Says nothing about other heads: the caller checks the result on random activations. ``source`` names no
+    tensor (the weights are not read from a graph, so `fuse` cannot reuse them)."""
+    k, h, w = shape
+    bias = run(np.zeros((1, k, h, w), np.float32)).reshape(-1).astype(np.float64)
+    columns = []
+    for start in range(0, k, chunk):
+        n = min(chunk, k - start)
+        unit = np.zeros((n, k, h, w), np.float32)
+        unit[np.arange(n), start + np.arange(n)] = 1.0
+        columns.append(run(unit).reshape(n, -1) - bias)
+    weight = np.concatenate(columns).T
+    return LinearHead(np.ascontiguousarray(weight, np.float32), bias.astype(np.float32), LinearSource(probed=True))
 
 
 def _as_bias(value: np.ndarray, shape: tuple) -> np.ndarray | None:

@@ -133,8 +133,11 @@ def method_nodes(b: Builder, bundle: Bundle, chosen, options: dict, top_classes:
     targets = None
     if chosen.class_specific:
         targets = _targets(b, inputs, scores, scores_rank, top_classes, class_input, batch)
+    linear_head = explainer.linear_head
+    if linear_head is not None and linear_head.source.probed:      # read by running the head: no tensor to reuse
+        linear_head = None
     fusion = Fusion(b, cut, bundle.activation_shape, targets, top_classes, bundle.num_classes, bundle.output_kind,
-                    explainer.linear_head, head, ir_head)
+                    linear_head, head, ir_head)
     b.op("Identity", chosen.fused(fusion, **options), outputs=[RAW_OUTPUT])
     _normalised(b, RAW_OUTPUT, OUTPUT)
     return fusion

@@ -88,9 +88,10 @@ class Fusion:
 
     def require_linear_head(self, name: str) -> LinearHead:
         if self.linear_head is None and self.head is None:
-            raise MethodNotApplicable(f"method '{name}' needs a head read as global average pooling followed by a "
-                                      "linear layer, and an OpenVINO IR bundle's head is not read as one (split the "
-                                      "model's .onnx file for it); fuse recipro instead")
+            raise MethodNotApplicable(f"method '{name}' needs the weights of a global average pooling → linear head "
+                                      "as tensors of the graph, and an OpenVINO IR bundle's head is read by running "
+                                      "it (explain has its closed forms; fusing needs the model's .onnx file); fuse "
+                                      "recipro instead")
         if self.linear_head is None:
             raise MethodNotApplicable(f"method '{name}' needs a head that is global average pooling followed by a "
                                       f"linear layer; this head has {self.head_ops}; fuse recipro instead")

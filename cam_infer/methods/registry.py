@@ -233,9 +233,7 @@ class MethodSpec:
         """Why this method cannot run on a bundle (None: it can)."""
         if self.needs == "linear_head" and not has_linear_head:
             return (f"method '{self.name}' needs a head that is global average pooling followed by a linear layer, "
-                    "read from an ONNX head graph and checked, and this bundle's head was not read as one (an "
-                    "OpenVINO IR bundle's head never is: split the model's .onnx file for it); use recipro, "
-                    "ablation or score")
+                    "and this bundle's head is not; use recipro, ablation or score")
         return None
 
     def check_options(self, options: dict, task: str = CLASSIFICATION) -> None:

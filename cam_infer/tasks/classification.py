@@ -31,26 +31,46 @@ class ClassificationTask(Task):
         activations (the closed forms of CAM, Recipro-CAM and Ablation-CAM); None when it is not one. Exact
         whatever precision the explanations run at: against a bf16 head the closed form differs by bf16's
         rounding (~2^-8) and a true GAP→linear head would be refused."""
-        import onnx
-
-        from ..bundle.head import read_linear_head
-
-        if self.bundle.graph_format != "onnx" or self.bundle.tokens is not None:   # an IR bundle, a token model's
-            return None                                                            # head: methods run the head graph
-        head = read_linear_head(onnx.load(self.bundle.head_path), self.bundle.activation_shape[0])
+        if self.bundle.tokens is not None:          # a token model's head: methods run the head graph
+            return None
+        head, run = self._head_and_reference()
         if head is None:
             return None
-        a = np.abs(np.random.default_rng(0).standard_normal((2, *self.bundle.activation_shape))).astype(np.float32)
-        reference = onnxruntime_session(self.bundle.head_path, FLOAT32, quiet=True, memory_arena=False)
-        expected = reference.run(None, {reference.get_inputs()[0].name: a})[0].reshape(len(a), -1)
-        got = head.logits(a.mean(axis=(2, 3)))
-        if self.bundle.output_kind == "probabilities":
-            got = softmax(got)
-        scale = max(1.0, float(np.abs(expected).max()))
-        if not np.allclose(got, expected, atol=1e-4 * scale, rtol=1e-4):
-            return None
+        a = np.random.default_rng(0).standard_normal((2, *self.bundle.activation_shape)).astype(np.float32)
+        # a head read by running it is also checked on signed activations (a ReLU after the pooling would pass
+        # on positive ones only)
+        for sample in (np.abs(a), a) if head.source.probed else (np.abs(a),):
+            expected = run(sample).reshape(len(sample), -1)
+            got = head.logits(sample.mean(axis=(2, 3)))
+            if self.bundle.output_kind == "probabilities":
+                got = softmax(got)
+            scale = max(1.0, float(np.abs(expected).max()))
+            if not np.allclose(got, expected, atol=1e-4 * scale, rtol=1e-4):
+                return None
         products = RuntimeOptions(threads=self.explainer.backend.threads, spinning="during-run")
         return replace(head, open_session=partial(onnxruntime_session, runtime=products, memory_arena=False))
+
+    def _head_and_reference(self):
+        """The head read as GAP → linear (None when it is not one) and a float32 run of the head graph to check it
+        against: ONNX Runtime on an ONNX head, read from its graph (`read_linear_head`); OpenVINO on an IR head,
+        read by running it (`probed_linear_head`, logits only: a head ending in a softmax is not probed)."""
+        if self.bundle.graph_format == "onnx":
+            import onnx
+
+            from ..bundle.head import read_linear_head
+            head = read_linear_head(onnx.load(self.bundle.head_path), self.bundle.activation_shape[0])
+            if head is None:
+                return None, None
+            session = onnxruntime_session(self.bundle.head_path, FLOAT32, quiet=True, memory_arena=False)
+            name = session.get_inputs()[0].name
+            return head, lambda a: session.run(None, {name: a})[0]
+        if self.bundle.output_kind != "logits":
+            return None, None
+        from ..backends.sessions import openvino_compiled
+        from ..bundle.head import probed_linear_head
+        compiled = openvino_compiled(self.bundle.head_path, FLOAT32)
+        run = lambda a: compiled(a)[0].reshape(len(a), -1)          # noqa: E731
+        return probed_linear_head(run, self.bundle.activation_shape), run
 
     def observe_for(self, spec, x: np.ndarray, options: dict | None = None):
         """`Task.observe_for`; for Recipro-CAM's closed form, the clean pass also computes its product in the

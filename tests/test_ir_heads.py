@@ -1,0 +1,94 @@
+"""An OpenVINO IR classifier's head read as global average pooling → linear by running it (`bundle.head.
+probed_linear_head`): the same weights its ONNX file's graph holds, CAM and the closed forms of Recipro-CAM and
+Ablation-CAM equal to the ONNX bundle's, and refused exactly where the ONNX graph is not such a head."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+
+from cam_infer import Bundle, Explainer
+from cam_infer.bundle import split_onnx, split_openvino
+from cam_infer.bundle.verify import random_images
+from cam_infer.errors import MethodNotApplicable
+from conftest import tiny_cnn
+from test_fuse import SHAPES
+
+
+def as_ir(model: onnx.ModelProto, folder):
+    """`model` converted to an IR file (float32 weights) and split with `auto`, beside its ONNX bundle."""
+    import openvino as ov
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, folder / "model.onnx")
+    ov.save_model(ov.convert_model(str(folder / "model.onnx")), str(folder / "model.xml"), compress_to_fp16=False)
+    return split_openvino(folder / "model.xml", "auto", folder / "ir"), split_onnx(folder / "model.onnx", "auto",
+                                                                                   folder / "onnx")
+
+
+@pytest.fixture(scope="module")
+def shapes_pair(tmp_path_factory):
+    from cam_infer.fuse import plain_model
+    return as_ir(plain_model(Bundle.load(SHAPES)), tmp_path_factory.mktemp("shapes-ir"))
+
+
+def test_an_ir_head_read_by_running_it_holds_the_onnx_graphs_weights(shapes_pair):
+    ir, onnx_bundle = shapes_pair
+    probed = Explainer(ir, backend="openvino").linear_head
+    read = Explainer(onnx_bundle, backend="onnxruntime").linear_head
+    assert probed is not None and probed.source.probed and not read.source.probed
+    np.testing.assert_allclose(probed.weight, read.weight, rtol=0, atol=1e-6 * np.abs(read.weight).max())
+    np.testing.assert_allclose(probed.bias, read.bias, rtol=0, atol=1e-6 * max(1.0, np.abs(read.bias).max()))
+
+
+@pytest.mark.parametrize("method", ["cam", "recipro", "ablation"])
+def test_closed_forms_on_an_ir_bundle_equal_the_onnx_bundles(shapes_pair, method):
+    ir, onnx_bundle = shapes_pair
+    x = random_images(ir.preprocessing, 3, seed=9)
+    got = Explainer(ir, backend="openvino").explain(x, method)
+    expected = Explainer(onnx_bundle, backend="openvino").explain(x, method)
+    np.testing.assert_array_equal(got.targets, expected.targets)
+    np.testing.assert_allclose(got.maps, expected.maps, rtol=0, atol=1e-5 * np.abs(expected.maps).max())
+    masked = Explainer(ir, backend="openvino").explain(x, method, closed_form=False) if method != "cam" else None
+    if masked is not None:                  # the closed form against the head run on masked copies: same maps
+        np.testing.assert_allclose(got.maps, masked.maps, rtol=0, atol=1e-4 * np.abs(masked.maps).max())
+
+
+def _relu_after_pooling() -> onnx.ModelProto:
+    model = tiny_cnn(classes=5, seed=3)
+    g = model.graph
+    flatten = next(n for n in g.node if n.op_type == "Flatten")
+    flatten.output[0] = "flat_pre"
+    at = list(g.node).index(flatten) + 1
+    g.node.insert(at, helper.make_node("Relu", ["flat_pre"], ["flat"], name="relu_after_pool"))
+    return model
+
+
+def _linear_without_pooling() -> onnx.ModelProto:
+    """Flatten → Gemm on the whole (16,h,w) map: linear, but not in the pooled features."""
+    model = tiny_cnn(classes=5, seed=4)
+    g = model.graph
+    gap = next(n for n in g.node if n.op_type == "GlobalAveragePool")
+    flatten = next(n for n in g.node if n.op_type == "Flatten")
+    g.node.remove(gap)
+    flatten.input[0] = gap.input[0]
+    gemm = next(n for n in g.node if n.op_type == "Gemm")
+    weights = {t.name: t for t in g.initializer}
+    fc = numpy_helper.to_array(weights[gemm.input[1]])
+    spread = np.random.default_rng(1).standard_normal((fc.shape[0], fc.shape[1] * 16 * 16)).astype(np.float32) * 0.05
+    weights[gemm.input[1]].CopyFrom(numpy_helper.from_array(spread, gemm.input[1]))
+    return model
+
+
+@pytest.mark.parametrize("make", [_relu_after_pooling, _linear_without_pooling], ids=["relu", "no-pooling"])
+def test_a_head_that_is_not_pooling_then_linear_is_refused_on_ir_as_on_onnx(tmp_path, make):
+    ir, onnx_bundle = as_ir(make(), tmp_path)
+    assert Explainer(onnx_bundle, backend="onnxruntime").linear_head is None
+    explainer = Explainer(ir, backend="openvino")
+    assert explainer.linear_head is None
+    with pytest.raises(MethodNotApplicable, match="global average pooling followed by a linear layer"):
+        explainer.explain(random_images(ir.preprocessing, 1), "cam")
+    x = random_images(ir.preprocessing, 2, seed=1)
+    np.testing.assert_allclose(explainer.explain(x, "recipro").maps,                # head passes, as on ONNX
+                               Explainer(onnx_bundle, backend="openvino").explain(x, "recipro").maps, atol=1e-5)
