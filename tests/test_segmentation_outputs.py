@@ -226,6 +226,39 @@ def test_fused_segmenter_returns_its_scores_and_the_explainers_map(segmenter_and
     assert np.abs(answer["saliency"] - saliency).max() < 1e-6 and answer["scores"].shape == scores.shape
 
 
+@pytest.mark.parametrize("method", ["activation", "eigen"])
+def test_an_ir_segmenter_fuses_into_ir_with_the_explainers_map(segmenter_and_scene, tmp_path, method):
+    """Our segmenter as an IR file, split with OpenVINO: `fuse` writes IR whose scores and map are the Explainer's
+    on the IR bundle and the fused ONNX model's; served as it is."""
+    import openvino as ov
+
+    from cam_infer.bundle.openvino_segmentation import split_openvino_segmenter
+    from cam_infer.serve.loading import load_served
+    ex, images = segmenter_and_scene
+    ov.save_model(ov.convert_model(str(SEGMENTER)), str(tmp_path / "segmenter.xml"), compress_to_fp16=False)
+    bundle = split_openvino_segmenter(tmp_path / "segmenter.xml", out=tmp_path / "ir", labels=LABELS,
+                                      preprocessing=SHAPES_PREPROCESSING)
+    assert bundle.graph_format == "openvino"
+    out = tmp_path / "fused.xml"
+    result = run_cli("fuse", bundle.path, "--method", method, "--out", out)
+    assert result.returncode == 0, result.stderr
+    ir = Explainer(bundle, backend="openvino")
+    x = ir._inputs([images[0]])[0]
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(str(out)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    results = compiled({bundle.input_name: x})
+    got = {n: results[o] for o in compiled.outputs for n in o.get_names()}
+    assert np.abs(got["scores"] - ir.backend.forward(x)).max() < 1e-4
+    assert np.abs(got["saliency"][0] - ir.explain(images[0], method).items[0][0].saliency).max() < 1e-3
+    onnx_fused = tmp_path / "fused.onnx"
+    assert run_cli("fuse", ex.bundle.path, "--method", method, "--out", onnx_fused).returncode == 0
+    served = load_served(onnx_fused, None, "onnxruntime", "CPU", None)
+    assert np.abs(served.run(x, served.key({}, 1)[0], None)["saliency"] - got["saliency"]).max() < 1e-3
+    served = load_served(out, None, "auto", "CPU", None)                 # `cam-infer serve fused.xml`
+    answer = served.run(x, served.key({}, 1)[0], None)
+    assert np.abs(answer["saliency"] - got["saliency"]).max() < 1e-6 and answer["scores"].shape == got["scores"].shape
+
+
 def test_fuse_refuses_a_class_specific_segmentation_method(segmenter_and_scene, tmp_path):
     ex, _ = segmenter_and_scene
     result = run_cli("fuse", ex.bundle.path, "--method", "recipro", "--out", tmp_path / "fused.onnx")

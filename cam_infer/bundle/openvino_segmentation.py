@@ -41,10 +41,10 @@ def scores_of(model):
         axis = int(node.get_attributes().get("axis", -1))
         value = node.input_value(0)
     shape = value.get_partial_shape()
-    if shape.rank.is_dynamic or shape.rank.get_length() != 4 or not shape.is_static:
-        raise CamInferError(f"the model output is {shape}, not class scores per pixel (N,C,H,W) or (N,H,W,C): "
-                            "cannot read it as a segmenter")
-    dims = [d.get_length() for d in shape]
+    if shape.rank.is_dynamic or shape.rank.get_length() != 4 or not all(shape[i].is_static for i in (1, 2, 3)):
+        raise CamInferError(f"the model output is {shape}, not class scores per pixel (N,C,H,W) or (N,H,W,C) of a "
+                            "fixed size: cannot read it as a segmenter")
+    dims = [d.get_length() if d.is_static else -1 for d in shape]         # the batch may be dynamic
     if axis is None:
         axis = 1 if dims[1] < dims[3] else 3
     axis %= 4
@@ -131,7 +131,7 @@ def split_openvino_segmenter(path, layer: str = "auto", out=None, *, preprocessi
             break
         except _BatchFails:
             continue
-    dims = [d.get_length() for d in scores.get_partial_shape()]
+    dims = [d.get_length() if d.is_static else -1 for d in scores.get_partial_shape()]
     classes, size = (dims[1], dims[2:]) if axis == 1 else (dims[3], dims[1:3])
     names = read_labels(labels, classes)
     if members is None:

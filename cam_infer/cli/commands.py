@@ -361,7 +361,7 @@ def fuse(args) -> int:
     if Path(args.out).exists() and not args.force:
         raise CamInferError(f"'{args.out}' exists; choose another --out or pass --force")
     bundle = Bundle.load(args.bundle)
-    wanted = ".xml" if bundle.graph_format == "openvino" and task_of(bundle).name == "classification" else ".onnx"
+    wanted = ".xml" if bundle.graph_format == "openvino" and task_of(bundle).name != "detection" else ".onnx"
     if Path(args.out).suffix != wanted:
         raise CamInferError(f"'{args.out}' should end in {wanted}: the fused model of this bundle is "
                             + ("OpenVINO IR (its weights go beside it, .bin)" if wanted == ".xml" else "ONNX"))

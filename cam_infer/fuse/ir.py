@@ -79,6 +79,9 @@ def stitched(bundle, method: onnx.ModelProto, calls, outputs: list[str]):
         for parameter, name in zip(call.graph.get_parameters(), call.inputs):
             read_instead(parameter, results[name].input_value(0))
         read_instead(inputs.pop(call.output), call.graph.get_results()[0].input_value(0))
+    scores.output(0).get_tensor().set_names({bundle.manifest["output"]["name"]})      # the bundle's name for it
+    for name in outputs:                    # one name each (OpenVINO merges an Identity's names into its input's)
+        results[name].output(0).get_tensor().set_names({name})
     model = ov.Model([scores, *(results[name] for name in outputs)], [*parameters, *inputs.values()], "cam_infer_fused")
     model.validate_nodes_and_infer_types()
     return model

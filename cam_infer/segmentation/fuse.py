@@ -5,6 +5,8 @@ for every class and region, so one output serves them all.
 
 Class-specific segmentation methods (recipro, ablation, score, ...) need a target region that the clean scores
 give only after an argmax outside the graph, one region per class present: they are not fused.
+
+An OpenVINO IR bundle (a segmenter split from an IR or TFLite file) fuses into an IR model (`fuse.ir`).
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from ..fuse.fusion import Fusion
 from ..version import __version__
 
 
-def fuse_segmenter(bundle: "Bundle | str", method: str = "eigen", *, check: bool = True, **options) -> onnx.ModelProto:
+def fuse_segmenter(bundle: "Bundle | str", method: str = "eigen", *, check: bool = True, **options):
+    """The fused model: an onnx.ModelProto, or an ``ov.Model`` for an IR bundle."""
     from ..methods import get_method
-    bundle = _onnx_bundle(bundle)
+    bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
     if method not in fusable():
         raise CamInferError(f"a segmenter fuses {', '.join(fusable())} (class-agnostic maps); '{method}' needs a "
                             "target region that the argmax over the clean scores gives outside the graph")
@@ -35,6 +38,9 @@ def fuse_segmenter(bundle: "Bundle | str", method: str = "eigen", *, check: bool
                             f"{len(bundle.cut_levels)} levels ({bundle.manifest['target_layer']['tensor']}): split it "
                             "with --layer auto to fuse it")
     spec = get_method(method, "segmentation")
+    if bundle.graph_format == "openvino":
+        return _fused_ir_segmenter(bundle, method, spec, options, check)
+    bundle = _onnx_bundle(bundle)
     model = plain_model(bundle)
     b = Builder(_opset(model))
     h, w = bundle.input_shape[1:]
@@ -45,9 +51,7 @@ def fuse_segmenter(bundle: "Bundle | str", method: str = "eigen", *, check: bool
     model.graph.node.extend(b.nodes)
     model.graph.initializer.extend(b.initializers)
     model.graph.output.append(helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["N", h, w]))
-    for key, value in (("cam_infer.version", __version__), ("cam_infer.method", method),
-                       ("cam_infer.options", json.dumps(options, sort_keys=True)), ("cam_infer.target", "segmenter"),
-                       ("cam_infer.preprocessing", json.dumps(bundle.preprocessing.to_dict()))):
+    for key, value in _record(bundle, method, options).items():
         model.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(model)
     if check:
@@ -59,16 +63,52 @@ def fuse_segmenter(bundle: "Bundle | str", method: str = "eigen", *, check: bool
     return model
 
 
-def fused_segmenter_error(model: onnx.ModelProto, bundle: Bundle, method: str, options: dict) -> float:
+def _record(bundle: Bundle, method: str, options: dict) -> dict:
+    return {"cam_infer.version": __version__, "cam_infer.method": method,
+            "cam_infer.options": json.dumps(options, sort_keys=True), "cam_infer.target": "segmenter",
+            "cam_infer.preprocessing": json.dumps(bundle.preprocessing.to_dict())}
+
+
+def _fused_ir_segmenter(bundle: Bundle, method: str, spec, options: dict, check: bool):
+    """The IR bundle's graphs joined, with the map's nodes (built as ONNX, read by OpenVINO) on the cut."""
+    from ..fuse.assemble import IR_OPSET
+    from ..fuse.ir import CUT, cut_input, describe, method_graph, stitched
+    b = Builder(IR_OPSET)
+    h, w = bundle.input_shape[1:]
+    fusion = Fusion(b, CUT, bundle.activation_shape, None, 1, bundle.num_classes, "logits", None, None,
+                    bundle.head_path)
+    normalised = _normalised(b, spec.fused(fusion, **options), b.name("cut_map"))
+    b.op("Identity", resized(b, normalised, (h, w)), outputs=[OUTPUT])
+    graph = method_graph(b, [cut_input(bundle, "N")], [(OUTPUT, TensorProto.FLOAT)], fusion.calls)
+    model = stitched(bundle, graph, fusion.calls, [OUTPUT])
+    record = _record(bundle, method, options)
+    if check:
+        error = fused_segmenter_error(model, bundle, method, options)
+        if error > TOLERANCE:
+            raise CamInferError(f"the fused {method} map differs from the explainer's by {error:.2g} on random "
+                                "images; not writing a model that draws a different picture")
+        record["cam_infer.check"] = json.dumps({"max_difference": float(error)})
+    describe(model, record)
+    return model
+
+
+def fused_segmenter_error(model, bundle: Bundle, method: str, options: dict) -> float:
     """The largest difference between the fused model's scores and map and the explainer's, on two random images
-    (ONNX Runtime); the explainer's map of a region covering the image (the map is the same for any region)."""
+    (ONNX Runtime; a fused IR on OpenVINO, f32); the explainer's map of a region covering the image (the map is the
+    same for any region)."""
     from ..bundle.verify import random_images, session
     from ..explainer import Explainer
 
-    run = session(model)
-    ex = Explainer(bundle, backend="onnxruntime")
     x = random_images(bundle.preprocessing, 2, seed=5)
-    scores, saliency = run.run([model.graph.output[0].name, OUTPUT], {run.get_inputs()[0].name: x})
+    if isinstance(model, onnx.ModelProto):
+        run = session(model)
+        ex = Explainer(bundle, backend="onnxruntime")
+        scores, saliency = run.run([model.graph.output[0].name, OUTPUT], {run.get_inputs()[0].name: x})
+    else:
+        from ..fuse.ir import run
+        ex = Explainer(bundle, backend="openvino")
+        outputs = run(model, {bundle.input_name: x})
+        scores, saliency = outputs[model.outputs[0].get_any_name()], outputs[OUTPUT]
     worst = float(np.abs(scores - ex.backend.forward(x)).max()) / max(1.0, float(np.abs(scores).max()))
     h, w = bundle.input_shape[1:]
     for i in range(len(x)):

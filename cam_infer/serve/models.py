@@ -213,7 +213,7 @@ class FusedRuntime:
                     self.pixel_model = None
             if self.pixel_model is not None:
                 self._pixel_requests = Lender(lambda: self._compiled_pixels(runtime).create_infer_request())
-            self.names = [p.get_any_name() for p in compiled.outputs]
+            self.names = [p.get_any_name() for p in model.outputs]     # as saved (compiling may merge names)
             self.precision = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         else:
             raise CamInferError(f"a fused model runs on onnxruntime or openvino, not {backend!r}")
@@ -232,7 +232,7 @@ class FusedRuntime:
             return dict(zip(self.names, self.session.run(None, feeds)))
         with (self._pixel_requests if pixels else self.requests).borrow() as request:
             request.infer(feeds)
-            return {name: request.get_tensor(name).data.copy() for name in self.names}
+            return {name: request.get_output_tensor(i).data.copy() for i, name in enumerate(self.names)}
 
 
 def _fused_record(path: Path) -> tuple[dict, list, list]:
