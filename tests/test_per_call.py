@@ -144,9 +144,9 @@ def eigen_in_graph_on(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_eigen_in_the_pass_says_when_its_power_steps_did_not_settle():
-    """Activations with two components of (nearly) equal energy, λ₂/λ₁ = 1 − 1e-6: 1024 power steps leave a mixture
-    of both, the residual check says so (and the call takes the exact path); with λ₂/λ₁ = 0.3 they settle on the
-    first component, equal to the SVD's."""
+    """Activations with two components of (nearly) equal energy, λ₂/λ₁ = 1 − 1e-6: 1024 power steps leave a
+    mixture of both, the residual check says so (and the call takes the exact path); with λ₂/λ₁ = 0.3 they settle
+    on the first component, equal to the SVD's."""
     rng = np.random.default_rng(3)
     k, h, w = 64, 7, 7
     u, _ = np.linalg.qr(rng.standard_normal((h * w, 2)))

@@ -12,9 +12,10 @@ builder (`methods.registry.fused`, as `cam-infer fuse` writes it; Ablation-CAM's
 `methods.ablation.ablation_in_graph`; Eigen-CAM's 1024 power steps with a check that they settled,
 `methods.eigen.eigen_in_graph`, the general path's exact eigenproblem taking over where they did not), then the
 map normalised as `postprocess.normalise` does and resized as `postprocess.upsample` does (bilinear, half-pixel
-centres, clipped to [0,1]). It is built and compiled once per method, only for the calls it computes exactly as `explain` does otherwise: one image's top-1 class, the method's
-default options, no Finer-CAM, the saliency upsampled, float32 inference, a bundle whose graphs are small
-enough that a second compiled copy costs little (`SMALL_MODEL_BYTES`). Every other call takes the general path.
+centres, clipped to [0,1]). It is built and compiled once per method, only for the calls it computes exactly as
+`explain` does otherwise: one image's top-1 class, the method's default options, no Finer-CAM, the saliency
+upsampled, float32 inference, a bundle whose graphs are small enough that a second compiled copy costs little
+(`SMALL_MODEL_BYTES`). Every other call takes the general path.
 
 OpenVINO only: on ONNX Runtime a second session of the model (its own spinning thread pool) beside the joined one
 slowed both, alternated with the forward pass (MobileNetV2: 1.40–1.83× the forward against 1.09–1.13× for the
