@@ -31,9 +31,6 @@ def twin(method: str, a: np.ndarray, weight: np.ndarray, bias: np.ndarray, c: in
     k, h, hw = a.shape[0], a.shape[1], a.shape[1] * a.shape[2]
     if method == "activation":
         return a.mean(axis=0)
-    if method == "eigen":                          # O v₁, v₁ the first right singular vector, Σ_k v₁ₖ ≥ 0
-        v = np.linalg.svd(a.reshape(k, hw).T, full_matrices=False)[2][0]
-        return (a.reshape(k, hw).T @ (v if v.sum() >= 0 else -v)).reshape(h, -1)
     if method == "entropy":
         return np.tensordot(numpy_spatial_entropy(a), a, axes=1)
     if method == "cam":
@@ -69,7 +66,7 @@ def test_single_pass_maps_equal_their_float64_twins_on_mobilenet_v2(mobilenet, b
     assert e.maps.dtype == e.saliency.dtype == np.float32 and not e.degenerate.any()
 
 
-@pytest.mark.parametrize("method", ["activation", "entropy", "eigen", "cam", "ablation"])
+@pytest.mark.parametrize("method", ["activation", "entropy", "cam", "ablation"])
 def test_maps_computed_in_the_pass_equal_their_float64_twins_and_the_general_path(mobilenet, method):
     """One image, the top-1 class, default options: OpenVINO computes the map, its saliency, the class and its score
     inside the clean pass (`tasks.in_pass`); each equals the float64 twin and what the general path gives."""
@@ -102,8 +99,8 @@ def test_maps_computed_in_the_pass_equal_their_float64_twins_and_the_general_pat
 
 
 def test_the_pass_computes_no_map_where_the_call_asks_for_more(mobilenet):
-    """A class asked for, options, several images, Finer-CAM, no upsampling, centred Eigen-CAM, Recipro-CAM, ONNX
-    Runtime: the general path."""
+    """A class asked for, options, several images, Finer-CAM, no upsampling, Eigen-CAM, ONNX Runtime: the general
+    path."""
     explainers, x = mobilenet
     ex = explainers["openvino"]
     plain = {"target": None, "top_classes": None, "finer": None, "enhance": None, "upsampled": True}
@@ -114,48 +111,7 @@ def test_the_pass_computes_no_map_where_the_call_asks_for_more(mobilenet):
     assert not in_pass.applies("cam", 1, {**plain, "finer": 0.5}, {})
     assert not in_pass.applies("cam", 1, {**plain, "upsampled": False}, {})
     assert not in_pass.applies("entropy", 1, plain, {"estimator": "histogram"})
-    assert not in_pass.applies("eigen", 1, plain, {"centered": True})
-    assert not in_pass.applies("recipro", 1, plain, {})
+    assert not in_pass.applies("eigen", 1, plain, {})
     assert not explainers["onnxruntime"].task.in_pass.possible
     e = ex.explain(x[:1], "cam", target=3)
     assert e.targets.tolist() == [3]
-
-
-def eigen_in_graph_on(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """`methods.eigen.eigen_in_graph` alone on activations (N,K,h,w), run by ONNX Runtime: (maps, settled)."""
-    import onnxruntime as ort
-    from onnx import TensorProto, helper
-
-    from cam_infer.fuse.builder import Builder
-    from cam_infer.fuse.fusion import Fusion
-    from cam_infer.methods.eigen import eigen_in_graph
-    b = Builder(17)
-    fusion = Fusion(b, "a", a.shape[1:], None, 1, 1, "logits", None, None)
-    maps, settled = eigen_in_graph(fusion)
-    b.op("Identity", maps, outputs=["maps"])
-    b.op("Identity", settled, outputs=["settled"])
-    graph = helper.make_graph(b.nodes, "eigen",
-                              [helper.make_tensor_value_info("a", TensorProto.FLOAT, [None, *a.shape[1:]])],
-                              [helper.make_tensor_value_info("maps", TensorProto.FLOAT, None),
-                               helper.make_tensor_value_info("settled", TensorProto.BOOL, None)], b.initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return tuple(session.run(None, {"a": a}))
-
-
-def test_eigen_in_the_pass_says_when_its_power_steps_did_not_settle():
-    """Activations with two components of (nearly) equal energy, λ₂/λ₁ = 1 − 1e-6: 1024 power steps leave a
-    mixture of both, the residual check says so (and the call takes the exact path); with λ₂/λ₁ = 0.3 they settle
-    on the first component, equal to the SVD's."""
-    rng = np.random.default_rng(3)
-    k, h, w = 64, 7, 7
-    u, _ = np.linalg.qr(rng.standard_normal((h * w, 2)))
-    v, _ = np.linalg.qr(rng.standard_normal((k, 2)))
-    for ratio, settles in ((0.3, True), (1 - 1e-6, False)):
-        o = u @ np.diag([1.0, np.sqrt(ratio)]) @ v.T + 1e-4 * rng.standard_normal((h * w, k))   # (hw, K)
-        a = o.T.reshape(1, k, h, w).astype(np.float32)
-        maps, settled = eigen_in_graph_on(a)
-        assert bool(settled.all()) == settles, ratio
-        if settles:
-            expected = twin("eigen", a[0], np.zeros((1, k)), np.zeros(1), 0)
-            np.testing.assert_allclose(maps[0], expected, rtol=0, atol=1e-4 * np.abs(expected).max())

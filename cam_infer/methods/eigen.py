@@ -29,7 +29,6 @@ from .registry import Context, fused, implements, method
 
 TINY = 1e-30
 EIGEN_SQUARINGS = 10      # fused: 1024 power-iteration steps
-SETTLED_RESIDUAL = 1e-5   # in the pass: the Rayleigh residual up to which the power steps' L is the component
 POWER_STEPS = 100
 FLOAT32_TOLERANCE = 1e-6
 GOLDEN = 2.399963229728653                       # the golden angle, radians
@@ -166,25 +165,6 @@ def eigen_onnx(f, *, centered: bool = False, squarings: int = EIGEN_SQUARINGS) -
         agreement = _dot(b, projection, b.reduce("ReduceSum", original, [1]))      # Σ_k (Oᵀ L)_k
     sign = b.op("Where", b.op("Less", agreement, b.const(0.0)), b.const(-1.0), b.const(1.0), hint="sign")
     return b.reshape(b.op("Mul", projection, sign), (0, h, w), hint="map")
-
-
-def eigen_in_graph(f) -> tuple[str, str]:
-    """`eigen_onnx`'s map L (1024 power steps) and whether it is the first component to float32's resolution, for
-    the maps computed in the clean pass (`tasks.in_pass`): L is an eigenvector of G = O Oᵀ (L = √λ u, or O v₁:
-    G·O v₁ = λ O v₁), so its Rayleigh residual ‖G L − μ L‖ / ‖G L‖, μ = Lᵀ G L / Lᵀ L, is ~1e-7 once the steps
-    have settled; above SETTLED_RESIDUAL (λ₂/λ₁ within ~1e-4 of 1, where 1024 steps do not separate the two
-    components) the call takes the general path, which solves the eigenproblem exactly."""
-    b = f.b
-    _, h, w = f.shape
-    projection = eigen_onnx(f)
-    column = b.reshape(projection, (0, h * w, 1), hint="l")                                 # (N,hw,1)
-    channels = f.channels_by_position()                                                      # Oᵀ (N,K,hw)
-    gl = b.op("MatMul", b.op("Transpose", channels, perm=[0, 2, 1]), b.op("MatMul", channels, column), hint="gl")
-    mu = b.op("Div", b.reduce("ReduceSum", b.op("Mul", column, gl), [1, 2]),
-              b.op("Add", b.reduce("ReduceSum", b.op("Mul", column, column), [1, 2]), b.const(TINY)), hint="mu")
-    residual = b.op("Div", b.reduce("ReduceL2", b.op("Sub", gl, b.op("Mul", mu, column)), [1, 2]),
-                    b.op("Add", b.reduce("ReduceL2", gl, [1, 2]), b.const(TINY)), hint="residual")     # (N,1,1)
-    return projection, b.op("LessOrEqual", residual, b.const(SETTLED_RESIDUAL), hint="settled")
 
 
 def _start_vector(b, n: int) -> str:

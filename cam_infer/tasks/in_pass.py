@@ -9,13 +9,11 @@ In the graph it runs on the runtime's threads beside the pass.
 
 The graph is the bundle's joined model (features and head, the cut not exposed) plus the method's ONNX
 builder (`methods.registry.fused`, as `cam-infer fuse` writes it; Ablation-CAM's closed form,
-`methods.ablation.ablation_in_graph`; Eigen-CAM's 1024 power steps with a check that they settled,
-`methods.eigen.eigen_in_graph`, the general path's exact eigenproblem taking over where they did not), then the
-map normalised as `postprocess.normalise` does and resized as `postprocess.upsample` does (bilinear, half-pixel
-centres, clipped to [0,1]). It is built and compiled once per method, only for the calls it computes exactly as
-`explain` does otherwise: one image's top-1 class, the method's default options, no Finer-CAM, the saliency
-upsampled, float32 inference, a bundle whose graphs are small enough that a second compiled copy costs little
-(`SMALL_MODEL_BYTES`). Every other call takes the general path.
+`methods.ablation.ablation_in_graph`), then the map normalised as `postprocess.normalise` does and resized as
+`postprocess.upsample` does (bilinear, half-pixel centres, clipped to [0,1]). It is built and compiled once per
+method, only for the calls it computes exactly as `explain` does otherwise: one image's top-1 class, the method's
+default options, no Finer-CAM, the saliency upsampled, float32 inference, a bundle whose graphs are small
+enough that a second compiled copy costs little (`SMALL_MODEL_BYTES`). Every other call takes the general path.
 
 OpenVINO only: on ONNX Runtime a second session of the model (its own spinning thread pool) beside the joined one
 slowed both, alternated with the forward pass (MobileNetV2: 1.40–1.83× the forward against 1.09–1.13× for the
@@ -38,10 +36,9 @@ def in_pass_methods() -> dict:
     """Method name → its graph builder (f: `fuse.fusion.Fusion`) → the map tensor's name (N,h,w)."""
     from ..methods import METHODS
     from ..methods.ablation import ablation_in_graph
-    from ..methods.eigen import eigen_in_graph
 
     builders = {name: METHODS[name].fused for name in ("activation", "cam", "entropy")}
-    return {**builders, "ablation": ablation_in_graph, "eigen": eigen_in_graph}
+    return {**builders, "ablation": ablation_in_graph}
 
 
 class MapsInPass:
@@ -84,12 +81,8 @@ class MapsInPass:
                 self._graphs[role] = in_pass_graph(self.bundle, self.explainer.linear_head, method)
         if self._graphs[role] is None:
             return None
-        graph = self._graphs[role]
-        values = self.explainer.backend.explained_pass(role, graph, x)
-        out = dict(zip([o.name for o in graph.graph.output], values))
-        if "settled" in out and not out.pop("settled").all():      # Eigen-CAM's steps did not settle: exactly
-            return None
-        return {name: out[name if name != "scores" else graph.graph.output[0].name] for name in OUTPUTS}
+        values = self.explainer.backend.explained_pass(role, self._graphs[role], x)
+        return dict(zip(OUTPUTS, values))
 
 
 def in_pass_graph(bundle, linear_head, method: str):
@@ -114,10 +107,7 @@ def in_pass_graph(bundle, linear_head, method: str):
     fusion = Fusion(b, bundle.activation_name, bundle.activation_shape, targets, 1, bundle.num_classes,
                     bundle.output_kind, linear_head, head)
     raw = in_pass_methods()[method](fusion)
-    raw, settled = raw if isinstance(raw, tuple) else (raw, None)       # a check of the map's own (Eigen-CAM)
     b.op("Identity", raw, outputs=["map"])
-    if settled is not None:
-        b.op("Identity", settled, outputs=["settled"])
     b.op("Cast", b.op("Squeeze", targets, b.ints([1], "axes")), to=TensorProto.INT32, outputs=["class"])
     b.op("GatherElements", probabilities, targets, axis=1, outputs=["score"])
     _, h, w = bundle.activation_shape
@@ -133,8 +123,6 @@ def in_pass_graph(bundle, linear_head, method: str):
         helper.make_tensor_value_info("map", TensorProto.FLOAT, ["N", h, w]),
         helper.make_tensor_value_info("saliency", TensorProto.FLOAT, ["N", height, width]),
         helper.make_tensor_value_info("degenerate", TensorProto.BOOL, ["N", 1, 1])])
-    if settled is not None:
-        model.graph.output.append(helper.make_tensor_value_info("settled", TensorProto.BOOL, ["N", 1, 1]))
     return model
 
 
