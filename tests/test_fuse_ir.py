@@ -41,7 +41,8 @@ def outputs(model, feeds: dict) -> dict:
     return {name: results[o] for o in model.outputs for name in o.get_names()}
 
 
-@pytest.mark.parametrize("method,options", [("activation", {}), ("eigen", {}), ("entropy", {}), ("recipro", {}),
+@pytest.mark.parametrize("method,options", [("activation", {}), ("eigen", {}), ("entropy", {}), ("cam", {}),
+                                            ("recipro", {}), ("recipro", {"closed_form": False}),
                                             ("recipro", {"kernel": "gaussian3", "score": "logit"})])
 def test_a_fused_ir_returns_the_scores_and_the_explainers_maps(ir_shapes, tmp_path, method, options):
     """Saved as IR and run by OpenVINO: scores equal the bundle's forward pass, the class its argmax, the raw and
@@ -57,7 +58,7 @@ def test_a_fused_ir_returns_the_scores_and_the_explainers_maps(ir_shapes, tmp_pa
         np.testing.assert_allclose(got["scores"], scores, rtol=0, atol=1e-5 * np.abs(scores).max())
         e = explainer.explain(batch, method, **options)
         assert_same_maps(got["saliency_raw"], got["saliency"], e.maps, f"{method} {options}, batch {len(batch)}")
-        if method == "recipro":
+        if method in ("cam", "recipro"):
             np.testing.assert_array_equal(got["saliency_class"], scores.argmax(axis=1))
 
 
@@ -110,15 +111,49 @@ def test_a_fused_ir_describes_itself_and_is_recognised_as_fused(ir_shapes, tmp_p
     assert "saliency_raw" not in {p.get_any_name() for p in ov.Core().read_model(str(path)).outputs}
 
 
+def test_closed_forms_fused_into_an_ir_read_the_heads_own_weights(ir_shapes, tmp_path):
+    """CAM and Recipro-CAM's closed form read the IR head's own W and b constants (found where the head, read by
+    running it, holds them): the fused IR's weights file is the plain model's, plus a few bytes."""
+    import openvino as ov
+
+    from cam_infer.fuse.ir import HEAD_WEIGHT, head_tensors
+    head = ov.Core().read_model(str(ir_shapes.head_path))
+    found = head_tensors(head, Explainer(ir_shapes, backend="openvino").linear_head)
+    assert found is not None and found[HEAD_WEIGHT].get_node().get_type_name() == "Constant"
+    plain = save(plain_model(ir_shapes), tmp_path / "plain.xml").with_suffix(".bin").stat().st_size
+    for method in ("cam", "recipro"):
+        fused = save(fuse(ir_shapes, method), tmp_path / f"{method}.xml").with_suffix(".bin").stat().st_size
+        assert fused - plain < 4096, f"{method}: {fused - plain} bytes more than the plain model's weights"
+
+
+def _relu_after_pooling_bundle(tmp_path):
+    """A classifier whose head has a ReLU after its pooling (no GAP → linear head), as IR, split with `auto`."""
+    import onnx
+    import openvino as ov
+    from onnx import helper
+
+    from cam_infer.bundle import split_openvino
+    from conftest import tiny_cnn
+    model = tiny_cnn(classes=3, seed=5)
+    flatten = next(n for n in model.graph.node if n.op_type == "Flatten")
+    flatten.output[0] = "flat_pre"
+    model.graph.node.insert(list(model.graph.node).index(flatten) + 1,
+                            helper.make_node("Relu", ["flat_pre"], ["flat"], name="relu_after_pool"))
+    onnx.save(model, tmp_path / "relu.onnx")
+    ov.save_model(ov.convert_model(str(tmp_path / "relu.onnx")), str(tmp_path / "relu.xml"), compress_to_fp16=False)
+    return split_openvino(tmp_path / "relu.xml", "auto", tmp_path / "relu-bundle")
+
+
 def test_what_an_ir_bundle_cannot_fuse_is_refused_in_one_line(ir_shapes, tmp_path):
-    assert Explainer(ir_shapes, backend="openvino").linear_head is not None    # explain has CAM, read by running
-    with pytest.raises(MethodNotApplicable, match="an OpenVINO IR bundle's head is read by running it"):
-        fuse(ir_shapes, "cam")
+    relu = _relu_after_pooling_bundle(tmp_path)
+    with pytest.raises(MethodNotApplicable, match="linear layer whose weights are constants of the IR; this head"):
+        fuse(relu, "cam")
+    fuse(relu, "recipro")                                           # the head on masked copies: fused
     with pytest.raises(CamInferError, match="should end in .xml"):
         save(fuse(ir_shapes, "activation"), tmp_path / "a.onnx")
     assert_one_line_error(run_cli("fuse", str(ir_shapes.path), "--out", str(tmp_path / "b.onnx")), "should end in .xml")
-    assert_one_line_error(run_cli("fuse", str(ir_shapes.path), "--method", "cam", "--out", str(tmp_path / "c.xml")),
-                          "an OpenVINO IR bundle's head is read by running it")
+    assert_one_line_error(run_cli("fuse", str(relu.path), "--method", "cam", "--out", str(tmp_path / "c.xml")),
+                          "whose weights are constants of the IR")
     assert not list(tmp_path.glob("b.*")) and not list(tmp_path.glob("c.*"))
 
 

@@ -127,15 +127,13 @@ def fuse(bundle: "Bundle | str | os.PathLike", method: str = DEFAULT_METHOD, *, 
 
 
 def method_nodes(b: Builder, bundle: Bundle, chosen, options: dict, top_classes: int, class_input: bool,
-                 cut: str, scores: str, scores_rank: int, inputs: list, batch, explainer, head, ir_head=None) -> Fusion:
+                 cut: str, scores: str, scores_rank: int, inputs: list, batch, linear_head, head,
+                 ir_head=None) -> Fusion:
     """The method's nodes on the cut: the classes (top-1, top-k or a ``class_id`` input, added to `inputs`), the raw
     maps (`RAW_OUTPUT`) and the normalised ones (`OUTPUT`). Returns the `Fusion` they were built on (its calls)."""
     targets = None
     if chosen.class_specific:
         targets = _targets(b, inputs, scores, scores_rank, top_classes, class_input, batch)
-    linear_head = explainer.linear_head
-    if linear_head is not None and linear_head.source.probed:      # read by running the head: no tensor to reuse
-        linear_head = None
     fusion = Fusion(b, cut, bundle.activation_shape, targets, top_classes, bundle.num_classes, bundle.output_kind,
                     linear_head, head, ir_head)
     b.op("Identity", chosen.fused(fusion, **options), outputs=[RAW_OUTPUT])
@@ -149,7 +147,7 @@ def _fused_onnx(bundle: Bundle, chosen, options: dict, top_classes: int, class_i
     scores = model.graph.output[0]
     batch = _batch_dim(model)
     method_nodes(b, bundle, chosen, options, top_classes, class_input, bundle.activation_name, scores.name,
-                 len(scores.type.tensor_type.shape.dim), model.graph.input, batch, explainer,
+                 len(scores.type.tensor_type.shape.dim), model.graph.input, batch, explainer.linear_head,
                  at_min_opset(bundle.head_path))
     model.graph.node.extend(b.nodes)
     model.graph.initializer.extend(b.initializers)
@@ -168,16 +166,19 @@ def _fused_onnx(bundle: Bundle, chosen, options: dict, top_classes: int, class_i
 
 
 def _fused_ir(bundle: Bundle, chosen, options: dict, top_classes: int, class_input: bool, explainer):
-    """The fused IR (`fuse.ir`), with `RAW_OUTPUT` among its outputs (for the check)."""
-    from .ir import CUT, SCORES, cut_input, method_graph, scores_input, stitched
+    """The fused IR (`fuse.ir`), with `RAW_OUTPUT` among its outputs (for the check). A head read as GAP → linear
+    (by running it) whose W and b the IR holds as constants gives the closed forms, reading those constants."""
+    from .ir import CUT, SCORES, cut_input, linear_head_inputs, method_graph, scores_input, stitched
     b = Builder(IR_OPSET)
     inputs = [cut_input(bundle, "N"), scores_input(bundle, "N")]
+    linear_head = linear_head_inputs(bundle, explainer.linear_head, inputs)
     fusion = method_nodes(b, bundle, chosen, options, top_classes, class_input, CUT, SCORES,
-                          1 + len(bundle.output_shape), inputs, "N", explainer, None, bundle.head_path)
+                          1 + len(bundle.output_shape), inputs, "N", linear_head, None, bundle.head_path)
     outputs = [(OUTPUT, TensorProto.FLOAT), (RAW_OUTPUT, TensorProto.FLOAT)]
     if chosen.class_specific and not class_input:
         outputs.append((CLASS_OUTPUT, TensorProto.INT64))
-    return stitched(bundle, method_graph(b, inputs, outputs, fusion.calls), fusion.calls, [n for n, _ in outputs])
+    return stitched(bundle, method_graph(b, inputs, outputs, fusion.calls), fusion.calls, [n for n, _ in outputs],
+                    explainer.linear_head)
 
 
 def fusable() -> dict:

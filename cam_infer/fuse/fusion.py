@@ -88,10 +88,9 @@ class Fusion:
 
     def require_linear_head(self, name: str) -> LinearHead:
         if self.linear_head is None and self.head is None:
-            raise MethodNotApplicable(f"method '{name}' needs the weights of a global average pooling → linear head "
-                                      "as tensors of the graph, and an OpenVINO IR bundle's head is read by running "
-                                      "it (explain has its closed forms; fusing needs the model's .onnx file); fuse "
-                                      "recipro instead")
+            raise MethodNotApplicable(f"method '{name}' needs a head that is global average pooling followed by a "
+                                      "linear layer whose weights are constants of the IR; this head (its ops: "
+                                      f"{self.head_ops}) is not; fuse recipro instead")
         if self.linear_head is None:
             raise MethodNotApplicable(f"method '{name}' needs a head that is global average pooling followed by a "
                                       f"linear layer; this head has {self.head_ops}; fuse recipro instead")
