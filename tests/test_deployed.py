@@ -333,7 +333,14 @@ def test_a_tflite_file_becomes_an_ir_bundle_that_runs_end_to_end(tmp_path):
     audit = run_cli("audit", tmp_path / "b", PHOTOS[0], PHOTOS[1], "--methods", "recipro,eigen", "--metrics",
                     "adcc,deletion", "--out", tmp_path / "r")
     assert audit.returncode == 0 and (tmp_path / "r" / "index.html").is_file(), audit.stderr
-    assert_one_line_error(run_cli("fuse", tmp_path / "b", "--out", tmp_path / "m.onnx"), "OpenVINO IR bundle")
+    assert_one_line_error(run_cli("fuse", tmp_path / "b", "--out", tmp_path / "m.onnx"), "should end in .xml")
+    fused = run_cli("fuse", tmp_path / "b", "--method", "recipro", "--out", tmp_path / "m.xml")  # IR in, IR out
+    assert fused.returncode == 0 and "checked  against the Explainer on OpenVINO" in fused.stdout, fused.stderr
+    import openvino as ov
+    compiled = ov.Core().compile_model(str(tmp_path / "m.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    got = {n: v for o, v in compiled(x).items() for n in o.get_names()}
+    assert_same_class(got["saliency_class"], native, "fused tflite recipro")
+    np.testing.assert_allclose(got["saliency"], normalise(explainer.explain(x, "recipro").maps)[0], atol=1e-3)
 
 
 @needs_shared

@@ -264,6 +264,17 @@ def test_deeplab_tflite_split_at_one_aspp_branch_gets_the_encoder_output_beside_
     np.testing.assert_allclose(packed[:160 * 33 * 33], alone.ravel(), atol=1e-5)
     dog = Explainer(bundle, precision="f32").explain(x, "activation", target=12).items[0][0]    # VOC class 12
     assert dog.pixels > 0.1 * dog.region.size and dog.saliency.shape == (513, 513)
+    import openvino as ov                       # the int8 file split at one layer fuses into one IR model
+
+    from cam_infer.fuse import save
+    from cam_infer.segmentation.fuse import fuse_segmenter
+    path = save(fuse_segmenter(single, "eigen"), tmp_path / "deeplab_eigen.xml")
+    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    got = {n: v for o, v in compiled(x).items() for n in o.get_names()}
+    ex = Explainer(single, precision="f32")
+    step = single.manifest["verification"]["output_step"]     # joined again, OpenVINO fuses the int8 ops its own way:
+    np.testing.assert_allclose(got["scores"], ex.backend.forward(x), rtol=0, atol=step * 1.01)   # one step, as the split
+    np.testing.assert_allclose(got["saliency"][0], ex.explain(x, "eigen", target=12).items[0][0].saliency, atol=1e-3)
 
 
 @pytest.mark.slow
