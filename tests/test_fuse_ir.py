@@ -116,7 +116,7 @@ def test_closed_forms_fused_into_an_ir_read_the_heads_own_weights(ir_shapes, tmp
     running it, holds them): the fused IR's weights file is the plain model's, plus a few bytes."""
     import openvino as ov
 
-    from cam_infer.fuse.ir import HEAD_WEIGHT, head_tensors
+    from cam_infer.fuse.ir_graph import HEAD_WEIGHT, head_tensors
     head = ov.Core().read_model(str(ir_shapes.head_path))
     found = head_tensors(head, Explainer(ir_shapes, backend="openvino").linear_head)
     assert found is not None and found[HEAD_WEIGHT].get_node().get_type_name() == "Constant"

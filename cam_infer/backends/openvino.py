@@ -43,7 +43,7 @@ class OpenVINOBackend(Backend):
         self._added: dict = {}                                          # role → ov.Model built here (`PRODUCTS`)
         self.joins = bundle.graph_format == "onnx"
         self.products_in_pass = self.joins
-        self.maps_in_pass = self.joins
+        self.maps_in_pass = True                                        # `tasks.in_pass`: ONNX and IR
         self.hint = hint
         self._clean = "joined" if self.joins else "features"           # the graph of the clean pass
         self._single = bundle.dynamic_batch                             # batch 1 on a static copy, for now

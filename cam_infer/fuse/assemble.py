@@ -34,7 +34,6 @@ from .builder import Builder
 from .fusion import Fusion
 
 MIN_OPSET = 13
-IR_OPSET = 17             # the method's nodes of an IR fuse (read by OpenVINO, never by the model's own runtime)
 OUTPUT = "saliency"
 RAW_OUTPUT = "saliency_raw"
 CLASS_OUTPUT = "saliency_class"
@@ -168,7 +167,8 @@ def _fused_onnx(bundle: Bundle, chosen, options: dict, top_classes: int, class_i
 def _fused_ir(bundle: Bundle, chosen, options: dict, top_classes: int, class_input: bool, explainer):
     """The fused IR (`fuse.ir`), with `RAW_OUTPUT` among its outputs (for the check). A head read as GAP → linear
     (by running it) whose W and b the IR holds as constants gives the closed forms, reading those constants."""
-    from .ir import CUT, SCORES, cut_input, linear_head_inputs, method_graph, scores_input, stitched
+    from .ir_graph import (CUT, IR_OPSET, SCORES, cut_input, linear_head_inputs, method_graph, scores_input,
+                              stitched)
     b = Builder(IR_OPSET)
     inputs = [cut_input(bundle, "N"), scores_input(bundle, "N")]
     linear_head = linear_head_inputs(bundle, explainer.linear_head, inputs)

@@ -71,8 +71,8 @@ def _record(bundle: Bundle, method: str, options: dict) -> dict:
 
 def _fused_ir_segmenter(bundle: Bundle, method: str, spec, options: dict, check: bool):
     """The IR bundle's graphs joined, with the map's nodes (built as ONNX, read by OpenVINO) on the cut."""
-    from ..fuse.assemble import IR_OPSET
-    from ..fuse.ir import CUT, cut_input, describe, method_graph, stitched
+    from ..fuse.ir import describe
+    from ..fuse.ir_graph import CUT, IR_OPSET, cut_input, method_graph, stitched
     b = Builder(IR_OPSET)
     h, w = bundle.input_shape[1:]
     fusion = Fusion(b, CUT, bundle.activation_shape, None, 1, bundle.num_classes, "logits", None, None,

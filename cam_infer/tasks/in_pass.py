@@ -14,6 +14,8 @@ builder (`methods.registry.fused`, as `cam-infer fuse` writes it; Ablation-CAM's
 method, only for the calls it computes exactly as `explain` does otherwise: one image's top-1 class, the method's
 default options, no Finer-CAM, the saliency upsampled, float32 inference, a bundle whose graphs are small
 enough that a second compiled copy costs little (`SMALL_MODEL_BYTES`). Every other call takes the general path.
+On an IR bundle the same nodes are built on its cut and scores and wired onto its two IR graphs joined
+(`fuse.ir_graph`), the head's W and b read where the IR holds them: one call where the general path makes two.
 
 OpenVINO only: on ONNX Runtime a second session of the model (its own spinning thread pool) beside the joined one
 slowed both, alternated with the forward pass (MobileNetV2: 1.40–1.83× the forward against 1.09–1.13× for the
@@ -55,11 +57,14 @@ class MapsInPass:
 
     def _bundle_fits(self) -> bool:
         bundle, backend = self.bundle, self.explainer.backend
-        if bundle.graph_format != "onnx" or bundle.tokens is not None or not getattr(backend, "maps_in_pass", False):
+        if bundle.tokens is not None or not getattr(backend, "maps_in_pass", False):
             return False
         if backend.precision != "f32":          # at bf16/f16 the map's own arithmetic would round too: not checked
             return False
-        return sum(p.stat().st_size for p in (bundle.features_path, bundle.head_path)) <= SMALL_MODEL_BYTES
+        graphs = (bundle.features_path, bundle.head_path)
+        if bundle.graph_format == "openvino":                                  # an IR's weights: its .bin files
+            graphs = (*graphs, *(p.with_suffix(".bin") for p in graphs))
+        return sum(p.stat().st_size for p in graphs) <= SMALL_MODEL_BYTES
 
     def applies(self, method: str, n: int, request: dict, options: dict) -> bool:
         """Whether the in-pass graph computes this call exactly as the general path does."""
@@ -86,14 +91,15 @@ class MapsInPass:
 
 
 def in_pass_graph(bundle, linear_head, method: str):
-    """The joined model with `OUTPUTS` as its outputs (an onnx.ModelProto); None below opset 13."""
+    """The joined model with `OUTPUTS` as its outputs (an onnx.ModelProto; of an IR bundle an ``ov.Model``, the
+    nodes wired onto its IR graphs as `fuse.ir` wires a fused method's); None below opset 13."""
     import onnx
-    from onnx import TensorProto, helper
 
     from ..bundle.joined import joined_model
     from ..fuse.builder import Builder
-    from ..fuse.fusion import Fusion
 
+    if bundle.graph_format == "openvino":
+        return _in_pass_ir(bundle, linear_head, method)
     head = onnx.load(bundle.head_path)
     model = joined_model(onnx.load(bundle.features_path), head, bundle.cut_levels, expose_cut=False, name="in_pass")
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
@@ -101,29 +107,58 @@ def in_pass_graph(bundle, linear_head, method: str):
         return None
     b = Builder(opset)
     scores = model.graph.output[0].name
+    _method_nodes(b, bundle, linear_head, head, None, bundle.activation_name, scores, method)
+    model.graph.node.extend(b.nodes)
+    model.graph.initializer.extend(b.initializers)
+    del model.graph.output[:]
+    model.graph.output.extend(_output_infos(bundle, scores))
+    return model
+
+
+def _in_pass_ir(bundle, linear_head, method: str):
+    """The IR bundle's two graphs joined, the method's nodes built as ONNX on its cut and scores and wired on."""
+    from ..fuse.builder import Builder
+    from ..fuse.ir_graph import (CUT, IR_OPSET, SCORES, cut_input, linear_head_inputs, method_graph, scores_input,
+                              stitched)
+    b = Builder(IR_OPSET)
+    inputs = [cut_input(bundle, "N"), scores_input(bundle, "N")]
+    fusion = _method_nodes(b, bundle, linear_head_inputs(bundle, linear_head, inputs), None, bundle.head_path, CUT,
+                           SCORES, method)
+    outputs = _output_infos(bundle, SCORES)[1:]
+    graph = method_graph(b, inputs, [(o.name, o.type.tensor_type.elem_type) for o in outputs], fusion.calls)
+    return stitched(bundle, graph, fusion.calls, [o.name for o in outputs], linear_head)
+
+
+def _method_nodes(b, bundle, linear_head, head, ir_head, cut: str, scores: str, method: str):
+    """The class (top-1), its probability, the method's map on the cut, normalised and resized: `OUTPUTS` but the
+    scores, named so. Returns the `Fusion` they were built on."""
+    from onnx import TensorProto
+
+    from ..fuse.fusion import Fusion
     flat_scores = b.reshape(scores, (0, -1), hint="scores")
     targets = b.op("ArgMax", flat_scores, axis=1, keepdims=1, hint="targets")                  # (N,1)
     probabilities = flat_scores if bundle.output_kind == "probabilities" else b.op("Softmax", flat_scores, axis=1)
-    fusion = Fusion(b, bundle.activation_name, bundle.activation_shape, targets, 1, bundle.num_classes,
-                    bundle.output_kind, linear_head, head)
+    fusion = Fusion(b, cut, bundle.activation_shape, targets, 1, bundle.num_classes, bundle.output_kind,
+                    linear_head, head, ir_head)
     raw = in_pass_methods()[method](fusion)
     b.op("Identity", raw, outputs=["map"])
     b.op("Cast", b.op("Squeeze", targets, b.ints([1], "axes")), to=TensorProto.INT32, outputs=["class"])
     b.op("GatherElements", probabilities, targets, axis=1, outputs=["score"])
     _, h, w = bundle.activation_shape
     _normalised_and_resized(b, raw, bundle.input_shape[1:], h, w)
-    model.graph.node.extend(b.nodes)
-    model.graph.initializer.extend(b.initializers)
-    del model.graph.output[:]
+    return fusion
+
+
+def _output_infos(bundle, scores: str) -> list:
+    from onnx import TensorProto, helper
+    _, h, w = bundle.activation_shape
     height, width = bundle.input_shape[1:]
-    model.graph.output.extend([
-        helper.make_tensor_value_info(scores, TensorProto.FLOAT, None),
-        helper.make_tensor_value_info("class", TensorProto.INT32, ["N"]),
-        helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N", 1]),
-        helper.make_tensor_value_info("map", TensorProto.FLOAT, ["N", h, w]),
-        helper.make_tensor_value_info("saliency", TensorProto.FLOAT, ["N", height, width]),
-        helper.make_tensor_value_info("degenerate", TensorProto.BOOL, ["N", 1, 1])])
-    return model
+    return [helper.make_tensor_value_info(scores, TensorProto.FLOAT, None),
+            helper.make_tensor_value_info("class", TensorProto.INT32, ["N"]),
+            helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N", 1]),
+            helper.make_tensor_value_info("map", TensorProto.FLOAT, ["N", h, w]),
+            helper.make_tensor_value_info("saliency", TensorProto.FLOAT, ["N", height, width]),
+            helper.make_tensor_value_info("degenerate", TensorProto.BOOL, ["N", 1, 1])]
 
 
 def _normalised_and_resized(b, maps: str, size, h: int, w: int) -> None:

@@ -1,0 +1,143 @@
+"""The graph work of fusing into an OpenVINO IR (`fuse.ir`, and the maps a classifier computes in OpenVINO's clean pass,
+`tasks.in_pass`): an IR bundle's two graphs joined back, a method's ONNX nodes (built on two inputs, the cut and the
+scores) read by OpenVINO and wired onto them, the gaps those nodes leave (`fusion.Call`) filled with OpenVINO's own
+graphs, and a GAP → linear head's W and b read where the IR holds them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+IR_OPSET = 17             # the method's nodes (read by OpenVINO, never by the model's own runtime)
+CUT = "cam_infer/cut"
+SCORES = "cam_infer/scores"
+HEAD_WEIGHT = "cam_infer/head_weight"       # a GAP → linear head's own W and b, read where the IR holds them
+HEAD_BIAS = "cam_infer/head_bias"
+
+
+def joined_ir(features_path, head_path):
+    """An IR bundle's features and head joined back into one graph: (the features' parameters, the cut, the head's
+    result, the head as read). The head's parameter is replaced by the cut it reads (no copy of either graph)."""
+    from ..backends.sessions import openvino_model
+    features, head = openvino_model(features_path), openvino_model(head_path)
+    cut = features.get_results()[0].input_value(0)
+    read_instead(head.get_parameters()[0], cut)
+    return features.get_parameters(), cut, head.get_results()[0], head
+
+
+def head_tensors(head, linear_head) -> dict | None:
+    """Where an IR head (an ``ov.Model``) holds the W and b that `linear_head` was read as by running it
+    (`bundle.head.probed_linear_head`): a MatMul's constant operand (through the Convert of a float16-compressed IR)
+    equal to W (transpose_b) or Wᵀ, and a constant added to its product equal to b. {HEAD_WEIGHT: output,
+    HEAD_BIAS: output or None, "transposed": bool}, or None where no such tensors are found (a fused closed form
+    then has no weights to read)."""
+    weight, bias = linear_head.weight, linear_head.bias
+    for op in head.get_ordered_ops():
+        if op.get_type_name() != "MatMul" or op.get_attributes().get("transpose_a"):
+            continue
+        source, value = _constant_of(op.input_value(1))
+        transposed = not op.get_attributes().get("transpose_b")            # stored (K,C)
+        if value is None or value.shape != (weight.T.shape if transposed else weight.shape) or \
+                not np.allclose(value.T if transposed else value, weight, rtol=0, atol=1e-6 * np.abs(weight).max()):
+            continue
+        added = None
+        for reader in op.output(0).get_target_inputs():
+            node = reader.get_node()
+            if node.get_type_name() == "Add":
+                added = _constant_of(node.input_value(1 - reader.get_index()))
+        if added is not None and added[1] is not None and added[1].size == bias.size and \
+                np.allclose(added[1].reshape(-1), bias, rtol=0, atol=1e-6 * max(1.0, np.abs(bias).max())):
+            return {HEAD_WEIGHT: source, HEAD_BIAS: added[0], "transposed": transposed}
+        if added is None and not bias.any():
+            return {HEAD_WEIGHT: source, HEAD_BIAS: None, "transposed": transposed}
+    return None
+
+
+def _constant_of(value):
+    """(the float output, its value) of a constant operand, a Constant or a Convert of one; (value, None) else."""
+    node = value.get_node()
+    if node.get_type_name() == "Convert" and node.input_value(0).get_node().get_type_name() == "Constant":
+        return value, node.input_value(0).get_node().get_data().astype(np.float32)
+    if node.get_type_name() == "Constant":
+        return value, node.get_data().astype(np.float32)
+    return value, None
+
+
+def read_instead(parameter, source) -> None:
+    """Every reader of `parameter` reads `source` instead."""
+    for reader in list(parameter.output(0).get_target_inputs()):
+        reader.replace_source_output(source)
+
+
+def linear_head_inputs(bundle, linear_head, inputs: list):
+    """`linear_head` as the fused method's nodes see it on an IR bundle: its W and b as inputs of theirs (added to
+    `inputs`) that `stitched` wires to the head's own constants; None where the head is no GAP → linear head or its
+    W and b are no constants of the IR (the closed forms are then not fused)."""
+    from dataclasses import replace
+
+    from ..backends.sessions import openvino_model
+    from ..bundle.head import LinearSource
+    if linear_head is None:
+        return None
+    tensors = head_tensors(openvino_model(bundle.head_path), linear_head)
+    if tensors is None:
+        return None
+    c, k = linear_head.weight.shape
+    inputs.append(helper.make_tensor_value_info(HEAD_WEIGHT, TensorProto.FLOAT, [k, c] if tensors["transposed"]
+                                                else [c, k]))
+    if tensors[HEAD_BIAS] is not None:
+        inputs.append(helper.make_tensor_value_info(HEAD_BIAS, TensorProto.FLOAT, None))
+    return replace(linear_head, source=LinearSource(weight=HEAD_WEIGHT, transposed=tensors["transposed"],
+                                                    bias=HEAD_BIAS if tensors[HEAD_BIAS] is not None else None))
+
+
+def method_graph(b, inputs: list, outputs: list[tuple[str, int]], calls) -> onnx.ModelProto:
+    """The method's ONNX nodes as a model: `inputs` (value infos) and each call's result as inputs; `outputs`
+    (name, element type) and each call's inputs as outputs."""
+    gaps = [helper.make_tensor_value_info(call.output, TensorProto.FLOAT, [None] * call.rank) for call in calls]
+    given = [helper.make_tensor_value_info(name, TensorProto.UNDEFINED, None) for call in calls for name in call.inputs]
+    graph = helper.make_graph(b.nodes, "cam_infer_method", [*inputs, *gaps],
+                              [helper.make_tensor_value_info(name, kind, None) for name, kind in outputs] + given,
+                              b.initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", b.opset)])
+
+
+def stitched(bundle, method: onnx.ModelProto, calls, outputs: list[str], linear_head=None):
+    """The bundle's joined IR with `method`'s outputs added: its cut and scores inputs read the joined graph's, each
+    call's gap the call's graph, the head's weight and bias inputs the head's own tensors (`head_tensors` of
+    `linear_head`). The model's inputs: the image, and any other input of `method` (``class_id``)."""
+    import openvino as ov
+
+    from ..backends.sessions import openvino_model
+    parameters, cut, scores, head = joined_ir(bundle.features_path, bundle.head_path)
+    nodes = openvino_model(method)
+    inputs = {name: p for p in nodes.get_parameters() for name in p.output(0).get_names()}
+    results = {name: r for r in nodes.get_results() for name in r.output(0).get_names()}
+    if HEAD_WEIGHT in inputs:
+        tensors = head_tensors(head, linear_head)
+        for name in (HEAD_WEIGHT, HEAD_BIAS):
+            if name in inputs:
+                read_instead(inputs.pop(name), tensors[name])
+    for name, source in ((CUT, cut), (SCORES, scores.input_value(0))):
+        if name in inputs:                      # not read by every method: OpenVINO drops an unread input
+            read_instead(inputs.pop(name), source)
+    for call in calls:
+        for parameter, name in zip(call.graph.get_parameters(), call.inputs):
+            read_instead(parameter, results[name].input_value(0))
+        read_instead(inputs.pop(call.output), call.graph.get_results()[0].input_value(0))
+    scores.output(0).get_tensor().set_names({bundle.manifest["output"]["name"]})      # the bundle's name for it
+    for name in outputs:                    # one name each (OpenVINO merges an Identity's names into its input's)
+        results[name].output(0).get_tensor().set_names({name})
+    model = ov.Model([scores, *(results[name] for name in outputs)], [*parameters, *inputs.values()], "cam_infer_fused")
+    model.validate_nodes_and_infer_types()
+    return model
+
+
+def cut_input(bundle, batch) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(CUT, TensorProto.FLOAT, [batch, *bundle.cut_shape])
+
+
+def scores_input(bundle, batch) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(SCORES, TensorProto.FLOAT, [batch, *bundle.output_shape])
