@@ -64,6 +64,9 @@ class MapsInPass:
         graphs = (bundle.features_path, bundle.head_path)
         if bundle.graph_format == "openvino":                                  # an IR's weights: its .bin files
             graphs = (*graphs, *(p.with_suffix(".bin") for p in graphs))
+            ops = {op for record in bundle.manifest["graphs"].values() for op in record.get("ops", {})}
+            if "FakeQuantize" in ops:       # int8: joined, OpenVINO fuses its ops otherwise than in the two graphs the
+                return False                # general path runs (scores a quantization step apart): not the same call
         return sum(p.stat().st_size for p in graphs) <= SMALL_MODEL_BYTES
 
     def applies(self, method: str, n: int, request: dict, options: dict) -> bool:
