@@ -319,6 +319,7 @@ def test_a_tflite_file_becomes_an_ir_bundle_that_runs_end_to_end(tmp_path):
     native = native_openvino(tflite, x, "NHWC", np.uint8)
     explainer = Explainer(bundle)                                           # backend auto: OpenVINO
     assert bundle.joined_model() is None and not explainer.backend.joins    # two graphs, two calls
+    assert not explainer.task.in_pass.possible          # int8: no maps in a joined pass (its int8 fusions differ)
     for method in ("recipro", "eigen", "ablation"):
         e = explainer.explain(x, method)
         assert_same_class(e.targets, native, f"tflite {method}")
