@@ -127,3 +127,27 @@ def test_the_pass_computes_no_map_where_the_call_asks_for_more(mobilenet):
     assert not explainers["onnxruntime"].task.in_pass.possible
     e = ex.explain(x[:1], "cam", target=3)
     assert e.targets.tolist() == [3]
+
+
+def test_a_graph_the_runtime_cannot_compile_leaves_the_call_to_the_general_path(mobilenet):
+    """An in-pass graph OpenVINO refuses (here one with an op no runtime knows): the call is computed by the general
+    path, the same map, and the graph is not tried again."""
+    from onnx import helper
+    explainers, x = mobilenet
+    ex = explainers["openvino"]
+    in_pass = ex.task.in_pass
+    expected = ex.explain(x[:1], "cam")
+    broken = helper.make_model(helper.make_graph([helper.make_node("NoSuchOp", ["x"], ["y"])], "broken",
+                                                 [helper.make_tensor_value_info("x", 1, [1])],
+                                                 [helper.make_tensor_value_info("y", 1, [1])]))
+    saved = in_pass._graphs.get("maps-cam")
+    in_pass._graphs["maps-cam"] = broken
+    ex.backend._added.pop("maps-cam", None)
+    try:
+        got = ex.explain(x[:1], "cam")
+        assert in_pass._graphs["maps-cam"] is None
+        np.testing.assert_allclose(got.maps, expected.maps, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(got.targets, expected.targets)
+    finally:
+        in_pass._graphs["maps-cam"] = saved
+        ex.backend._added.pop("maps-cam", None)

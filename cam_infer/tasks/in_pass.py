@@ -28,6 +28,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from ..errors import CamInferError
+
 SMALL_MODEL_BYTES = 64 * 2**20      # the graphs' bytes up to which a method's own compiled copy is kept
 MIN_OPSET = 13
 OUTPUTS = ("scores", "class", "score", "map", "saliency", "degenerate")
@@ -82,15 +84,26 @@ class MapsInPass:
 
     def run(self, method: str, x: np.ndarray) -> dict | None:
         """The outputs of `method`'s in-pass graph on images x, `OUTPUTS` by name; None where the bundle's graphs
-        are of an opset older than the graph's ops need (the general path then runs)."""
+        are of an opset older than the graph's ops need, or the graph cannot be built or compiled for this model
+        (the general path then runs, now and for every later call)."""
         role = f"maps-{method}"
         with self._lock:
             if role not in self._graphs:
-                self._graphs[role] = in_pass_graph(self.bundle, self.explainer.linear_head, method)
+                self._graphs[role] = self._built(method)
         if self._graphs[role] is None:
             return None
-        values = self.explainer.backend.explained_pass(role, self._graphs[role], x)
+        try:
+            values = self.explainer.backend.explained_pass(role, self._graphs[role], x)
+        except (CamInferError, RuntimeError):       # OpenVINO cannot read or compile it: the general path instead
+            self._graphs[role] = None
+            return None
         return dict(zip(OUTPUTS, values))
+
+    def _built(self, method: str):
+        try:
+            return in_pass_graph(self.bundle, self.explainer.linear_head, method)
+        except Exception:  # noqa: BLE001  (a graph this model's ops cannot carry: the general path, which is exact)
+            return None
 
 
 def in_pass_graph(bundle, linear_head, method: str):
