@@ -274,6 +274,10 @@ def test_fixed_batch_of_16_is_padded(tmp_path):
     for backend in ("onnxruntime", "openvino"):
         got = Explainer(bundle, backend=backend).backend.forward(x)
         np.testing.assert_allclose(got, expected[:19], rtol=1e-5, atol=1e-5)
+    explainer = Explainer(bundle, backend="openvino", precision="f32")
+    assert not explainer.task.in_pass.possible             # one image in a pass of 16: not the one-image graph
+    one = explainer.explain(x[:1], "activation")
+    np.testing.assert_allclose(one.maps[0], explainer.backend.features(x[:1])[0].mean(axis=0), rtol=1e-5, atol=1e-6)
 
 
 @needs_shared

@@ -307,3 +307,46 @@ def test_bench_fused_times_fused_over_plain_on_both_runtimes():
     assert [r.split("|")[1:3] for r in rows] == [[" onnxruntime (f32) ", " activation "], [" onnxruntime (f32) ", " cam "],
                                                  [" openvino (f32) ", " activation "], [" openvino (f32) ", " cam "]]
     assert_one_line_error(run_cli("bench", str(SHAPES), "--fused", "--method", "score"), "unknown fused case 'score'")
+
+
+def test_a_head_weight_renamed_in_the_join_is_read_under_its_new_name(tmp_path):
+    """When the features graph holds another tensor under the head weight's name, joining renames the head's
+    (``head/<name>``): fusing and the one-image pass read W from the renamed tensor, not the features graph's."""
+    from tiny_onnx import tiny_cnn
+
+    from cam_infer.bundle.joined import HEAD_PREFIX, head_in_joined, joined_model
+    from cam_infer.bundle.manifest import MANIFEST, sha256_of
+    bundle = split_onnx(tiny_cnn(classes=5, seed=7), out=tmp_path / "b")
+    features = onnx.load(bundle.features_path)
+    for init in features.graph.initializer:             # the features' last conv weight, renamed to the head's name
+        if init.name == "w3":
+            init.name = "fc_w"
+    for node in features.graph.node:
+        node.input[:] = ["fc_w" if name == "w3" else name for name in node.input]
+    onnx.save(features, bundle.features_path)
+    manifest = json.loads((tmp_path / "b" / MANIFEST).read_text())
+    manifest["graphs"]["features"]["sha256"] = sha256_of(bundle.features_path)
+    (tmp_path / "b" / MANIFEST).write_text(json.dumps(manifest))
+    bundle = Bundle.load(tmp_path / "b")
+    explainer = Explainer(bundle, backend="openvino", precision="f32")
+    head = explainer.linear_head
+    assert head.source.weight == "fc_w"
+    joined = joined_model(onnx.load(bundle.features_path), onnx.load(bundle.head_path), expose_cut=False)
+    moved = head_in_joined(head, onnx.load(bundle.head_path), joined)
+    assert moved.source.weight == HEAD_PREFIX + "fc_w" and moved.source.bias == head.source.bias
+    x = random_images(bundle.preprocessing, 1, seed=4)
+    in_pass = explainer.task.in_pass
+    for method in ("cam", "ablation"):
+        got = explainer.explain(x, method)
+        assert in_pass._graphs[f"maps-{method}"] is not None                  # computed in the pass
+        in_pass.possible = False
+        general = explainer.explain(x, method)
+        in_pass.possible = True
+        np.testing.assert_allclose(got.maps, general.maps, rtol=0, atol=1e-5 * np.abs(general.maps).max())
+    import onnxruntime as ort
+    for method in ("cam", "recipro"):
+        expected = explainer.explain(x, method).maps
+        fused = fuse(bundle, method, raw=True)                                 # its own check passes, and its map:
+        session = ort.InferenceSession(fused.SerializeToString(), providers=["CPUExecutionProvider"])
+        raw = session.run(["saliency_raw"], {session.get_inputs()[0].name: x})[0]
+        np.testing.assert_allclose(raw, expected, rtol=0, atol=1e-5 * np.abs(expected).max())

@@ -92,3 +92,42 @@ def test_a_head_that_is_not_pooling_then_linear_is_refused_on_ir_as_on_onnx(tmp_
     x = random_images(ir.preprocessing, 2, seed=1)
     np.testing.assert_allclose(explainer.explain(x, "recipro").maps,                # head passes, as on ONNX
                                Explainer(onnx_bundle, backend="openvino").explain(x, "recipro").maps, atol=1e-5)
+
+
+def _batch_bound() -> onnx.ModelProto:
+    """A batch-1 model whose features mix the batch (2·A − mean over the batch: A itself at batch 1), so its split
+    keeps batch 1 fixed: its IR head runs one row per call."""
+    model = tiny_cnn(batch=1, classes=5, seed=6)
+    g = model.graph
+    for node in g.node:
+        node.input[:] = ["bound" if name == "relu1" else name for name in node.input]
+    at = next(i for i, n in enumerate(g.node) if n.output[0] == "relu1") + 1
+    g.node.insert(at, helper.make_node("ReduceMean", ["relu1"], ["batch_mean"], axes=[0], keepdims=1))
+    g.node.insert(at + 1, helper.make_node("Sub", ["relu1", "batch_mean"], ["centred"]))
+    g.node.insert(at + 2, helper.make_node("Add", ["relu1", "centred"], ["bound"]))
+    return model
+
+
+def test_a_fixed_batch_ir_head_is_read_one_row_per_call_and_the_closed_forms_match_onnx(tmp_path):
+    """A head compiled for batch 1 cannot take the probe's many rows at once: it is probed row by row (before, the
+    Explainer failed with OpenVINO's own error), and the one-image pass computes the map as the general path does."""
+    ir, onnx_bundle = as_ir(_batch_bound(), tmp_path)
+    assert ir.manifest["batch"] == "fixed" and ir.fixed_batch == 1
+    explainer = Explainer(ir, backend="openvino", precision="f32")
+    read = Explainer(onnx_bundle, backend="onnxruntime").linear_head
+    assert explainer.linear_head is not None and explainer.linear_head.source.probed
+    np.testing.assert_allclose(explainer.linear_head.weight, read.weight, rtol=0, atol=1e-6 * np.abs(read.weight).max())
+    x = random_images(ir.preprocessing, 3, seed=2)
+    for method in ("cam", "recipro", "ablation"):
+        got = explainer.explain(x, method)
+        expected = Explainer(onnx_bundle, backend="onnxruntime").explain(x, method)
+        np.testing.assert_array_equal(got.targets, expected.targets)
+        np.testing.assert_allclose(got.maps, expected.maps, rtol=0, atol=1e-5 * np.abs(expected.maps).max())
+    in_pass = explainer.task.in_pass
+    assert in_pass.possible
+    one = explainer.explain(x[:1], "cam")
+    assert in_pass._graphs.get("maps-cam") is not None                     # computed in the pass
+    in_pass.possible = False
+    general = explainer.explain(x[:1], "cam")
+    np.testing.assert_array_equal(one.targets, general.targets)
+    np.testing.assert_allclose(one.maps, general.maps, rtol=0, atol=1e-5 * np.abs(general.maps).max())

@@ -68,8 +68,8 @@ class OpenVINOBackend(Backend):
                 try:
                     self._compiled[key] = Compiled(self._compile(*key))
                 except CamInferError:
-                    if key[1] is None:
-                        raise
+                    if key[1] is None or role.startswith("maps-"):     # an in-pass graph: the general path instead,
+                        raise                                           # the clean pass keeps its static copy
                     self._single = False    # no static copy (OpenVINO's int8 passes fail on a QDQ ViT at batch 1)
                     return self._graph(role)
             return self._compiled[key]

@@ -11,6 +11,7 @@ needs both, then takes one runtime call instead of two, and on OpenVINO as littl
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
@@ -55,6 +56,30 @@ def joined_model(features: onnx.ModelProto, head: onnx.ModelProto, cut: list[dic
     known = {(fn.domain, fn.name) for fn in features.functions}
     features.functions.extend(fn for fn in head.functions if (fn.domain, fn.name) not in known)
     return features
+
+
+def head_in_joined(linear_head, head: onnx.ModelProto, joined: onnx.ModelProto):
+    """`linear_head` with its source tensors named as `joined_model` left the head's weights in `joined`
+    (``head/<name>`` where the name clashed with the features graph's); None when a source tensor is not found
+    there holding the head's value. A head with no source tensors (the identity, or read by running it) as is."""
+    from dataclasses import replace
+
+    from onnx import numpy_helper
+    if linear_head is None:
+        return None
+    ours = {i.name: i for i in head.graph.initializer}
+    theirs = {i.name: i for i in joined.graph.initializer}
+    names = {}
+    for field in ("weight", "bias"):
+        name = getattr(linear_head.source, field)
+        if name is None or name not in ours:            # not a head initializer (e.g. a Constant node's output)
+            continue
+        value = numpy_helper.to_array(ours[name])
+        names[field] = next((n for n in (HEAD_PREFIX + name, name) if n in theirs
+                             and np.array_equal(numpy_helper.to_array(theirs[n]), value)), None)
+        if names[field] is None:
+            return None
+    return replace(linear_head, source=replace(linear_head.source, **names)) if names else linear_head
 
 
 def _apart(feature_nodes, feature_initializers, head_nodes, head_initializers):

@@ -25,7 +25,7 @@ from onnx import TensorProto, helper
 from ..methods.registry import DEFAULT_METHOD
 from ..version import __version__
 from ..bundle import Bundle
-from ..bundle.joined import joined_model
+from ..bundle.joined import HEAD_PREFIX, head_in_joined, joined_model
 from ..errors import CamInferError
 from ..explainer import Explainer
 from ..outputs import write_atomically
@@ -145,9 +145,13 @@ def _fused_onnx(bundle: Bundle, chosen, options: dict, top_classes: int, class_i
     b = Builder(_opset(model))
     scores = model.graph.output[0]
     batch = _batch_dim(model)
+    head = at_min_opset(bundle.head_path)
+    linear_head = head_in_joined(explainer.linear_head, head, model)
+    if linear_head is None and explainer.linear_head is not None:
+        raise CamInferError("the head's weights are not found in the joined model under their names or "
+                            f"'{HEAD_PREFIX}<name>'; cannot fuse a method that reads them")
     method_nodes(b, bundle, chosen, options, top_classes, class_input, bundle.activation_name, scores.name,
-                 len(scores.type.tensor_type.shape.dim), model.graph.input, batch, explainer.linear_head,
-                 at_min_opset(bundle.head_path))
+                 len(scores.type.tensor_type.shape.dim), model.graph.input, batch, linear_head, head)
     model.graph.node.extend(b.nodes)
     model.graph.initializer.extend(b.initializers)
     per_image = [top_classes] if top_classes > 1 else []

@@ -63,6 +63,8 @@ class MapsInPass:
             return False
         if backend.precision != "f32":          # at bf16/f16 the map's own arithmetic would round too: not checked
             return False
+        if not bundle.dynamic_batch and bundle.fixed_batch != 1:     # one image: no padding to a larger batch
+            return False
         graphs = (bundle.features_path, bundle.head_path)
         if bundle.graph_format == "openvino":                                  # an IR's weights: its .bin files
             graphs = (*graphs, *(p.with_suffix(".bin") for p in graphs))
@@ -90,12 +92,14 @@ class MapsInPass:
         with self._lock:
             if role not in self._graphs:
                 self._graphs[role] = self._built(method)
-        if self._graphs[role] is None:
+            graph = self._graphs[role]
+        if graph is None:
             return None
         try:
-            values = self.explainer.backend.explained_pass(role, self._graphs[role], x)
+            values = self.explainer.backend.explained_pass(role, graph, x)
         except (CamInferError, RuntimeError):       # OpenVINO cannot read or compile it: the general path instead
-            self._graphs[role] = None
+            with self._lock:
+                self._graphs[role] = None
             return None
         return dict(zip(OUTPUTS, values))
 
@@ -111,7 +115,7 @@ def in_pass_graph(bundle, linear_head, method: str):
     nodes wired onto its IR graphs as `fuse.ir` wires a fused method's); None below opset 13."""
     import onnx
 
-    from ..bundle.joined import joined_model
+    from ..bundle.joined import head_in_joined, joined_model
     from ..fuse.builder import Builder
 
     if bundle.graph_format == "openvino":
@@ -121,9 +125,12 @@ def in_pass_graph(bundle, linear_head, method: str):
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
     if opset < MIN_OPSET:
         return None
+    renamed = head_in_joined(linear_head, head, model)
+    if renamed is None and linear_head is not None:
+        return None
     b = Builder(opset)
     scores = model.graph.output[0].name
-    _method_nodes(b, bundle, linear_head, head, None, bundle.activation_name, scores, method)
+    _method_nodes(b, bundle, renamed, head, None, bundle.activation_name, scores, method)
     model.graph.node.extend(b.nodes)
     model.graph.initializer.extend(b.initializers)
     del model.graph.output[:]
