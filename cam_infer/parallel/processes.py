@@ -50,7 +50,7 @@ class Processes:
         pending: deque = deque()
         try:
             for item in items:
-                pending.append(pool.submit(work, item))
+                pending.append(_submitted(pool, work, item))
                 if len(pending) >= 2 * self.workers:
                     yield _result(pending.popleft())
             while pending:
@@ -67,20 +67,23 @@ class Processes:
         return f"{self.workers} worker processes x {self.threads} threads"
 
 
-def cores() -> int:
-    """The cores this process may use."""
+def _submitted(pool, work, item):
     try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:                 # not Linux
-        return os.cpu_count() or 1
+        return pool.submit(work, item)
+    except BrokenProcessPool:               # a worker died while the results before it were being written
+        raise _died() from None
 
 
 def _result(future):
     try:
         return future.result()
     except BrokenProcessPool:
-        raise CamInferError("a worker process died (killed, or out of memory); what was written is kept: run the "
-                            "same command again to resume") from None
+        raise _died() from None
+
+
+def _died() -> CamInferError:
+    return CamInferError("a worker process died (killed, or out of memory); what was written is kept: run the same "
+                         "command again to resume")
 
 
 def unguarded_line() -> int | None:
