@@ -5,6 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 
+def zero_padded(x: np.ndarray, rows: int) -> np.ndarray:
+    """x with zero rows appended up to `rows` (a graph of a fixed batch takes no fewer)."""
+    if len(x) == rows:
+        return x
+    return np.concatenate([x, np.zeros((rows - len(x), *x.shape[1:]), x.dtype)])
+
+
 def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
     """exp(z − max z) / Σ exp(z − max z) along `axis` (stable for large logits)."""
     z = z - z.max(axis=axis, keepdims=True)

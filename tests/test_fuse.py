@@ -309,30 +309,64 @@ def test_bench_fused_times_fused_over_plain_on_both_runtimes():
     assert_one_line_error(run_cli("bench", str(SHAPES), "--fused", "--method", "score"), "unknown fused case 'score'")
 
 
-def test_a_head_weight_renamed_in_the_join_is_read_under_its_new_name(tmp_path):
-    """When the features graph holds another tensor under the head weight's name, joining renames the head's
-    (``head/<name>``): fusing and the one-image pass read W from the renamed tensor, not the features graph's."""
+def _weight_name_clash(folder, head_edit=None) -> Bundle:
+    """The tiny CNN's bundle with its features' last conv weight renamed ``fc_w``, the head weight's name (the join
+    then renames the head's ``head/fc_w``); `head_edit` changes the head graph first."""
     from tiny_onnx import tiny_cnn
 
-    from cam_infer.bundle.joined import HEAD_PREFIX, head_in_joined, joined_model
     from cam_infer.bundle.manifest import MANIFEST, sha256_of
-    bundle = split_onnx(tiny_cnn(classes=5, seed=7), out=tmp_path / "b")
+    bundle = split_onnx(tiny_cnn(classes=5, seed=7), out=folder)
+    if head_edit is not None:
+        head = onnx.load(bundle.head_path)
+        head_edit(head.graph)
+        onnx.save(head, bundle.head_path)
     features = onnx.load(bundle.features_path)
-    for init in features.graph.initializer:             # the features' last conv weight, renamed to the head's name
+    for init in features.graph.initializer:
         if init.name == "w3":
             init.name = "fc_w"
     for node in features.graph.node:
         node.input[:] = ["fc_w" if name == "w3" else name for name in node.input]
     onnx.save(features, bundle.features_path)
-    manifest = json.loads((tmp_path / "b" / MANIFEST).read_text())
-    manifest["graphs"]["features"]["sha256"] = sha256_of(bundle.features_path)
-    (tmp_path / "b" / MANIFEST).write_text(json.dumps(manifest))
-    bundle = Bundle.load(tmp_path / "b")
+    manifest = json.loads((folder / MANIFEST).read_text())
+    for role in ("features", "head"):
+        manifest["graphs"][role]["sha256"] = sha256_of(getattr(bundle, f"{role}_path"))
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    return Bundle.load(folder)
+
+
+def _weight_in_a_constant_node(graph) -> None:
+    weight = next(i for i in graph.initializer if i.name == "fc_w")
+    graph.initializer.remove(weight)
+    graph.node.insert(0, onnx.helper.make_node("Constant", [], ["fc_w"], value=weight))
+
+
+def _relu_after_pooling(graph) -> None:
+    gap = next(i for i, n in enumerate(graph.node) if n.op_type == "GlobalAveragePool")
+    pooled = graph.node[gap].output[0]
+    for node in graph.node[gap + 1:]:
+        node.input[:] = ["pooled_relu" if name == pooled else name for name in node.input]
+    graph.node.insert(gap + 1, onnx.helper.make_node("Relu", [pooled], ["pooled_relu"]))
+
+
+def _fused_raw_map(bundle: Bundle, method: str, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+    fused = fuse(bundle, method, raw=True)                                 # its own check passes, and its map:
+    session = ort.InferenceSession(fused.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(["saliency_raw"], {session.get_inputs()[0].name: x})[0]
+
+
+@pytest.mark.parametrize("stored", ["initializer", "constant-node"])
+def test_a_head_weight_renamed_in_the_join_is_read_under_its_new_name(tmp_path, stored):
+    """When the features graph holds another tensor under the head weight's name, joining renames the head's
+    (``head/<name>``), whether W is an initializer or a Constant node's output: fusing and the one-image pass read
+    W from the renamed tensor, not the features graph's."""
+    from cam_infer.bundle.joined import HEAD_PREFIX, head_as_joined, head_renames
+    bundle = _weight_name_clash(tmp_path / "b", _weight_in_a_constant_node if stored == "constant-node" else None)
     explainer = Explainer(bundle, backend="openvino", precision="f32")
     head = explainer.linear_head
     assert head.source.weight == "fc_w"
-    joined = joined_model(onnx.load(bundle.features_path), onnx.load(bundle.head_path), expose_cut=False)
-    moved = head_in_joined(head, onnx.load(bundle.head_path), joined)
+    head_graph = onnx.load(bundle.head_path)
+    moved, _ = head_as_joined(head, head_graph, head_renames(onnx.load(bundle.features_path), head_graph))
     assert moved.source.weight == HEAD_PREFIX + "fc_w" and moved.source.bias == head.source.bias
     x = random_images(bundle.preprocessing, 1, seed=4)
     in_pass = explainer.task.in_pass
@@ -343,10 +377,19 @@ def test_a_head_weight_renamed_in_the_join_is_read_under_its_new_name(tmp_path):
         general = explainer.explain(x, method)
         in_pass.possible = True
         np.testing.assert_allclose(got.maps, general.maps, rtol=0, atol=1e-5 * np.abs(general.maps).max())
-    import onnxruntime as ort
     for method in ("cam", "recipro"):
         expected = explainer.explain(x, method).maps
-        fused = fuse(bundle, method, raw=True)                                 # its own check passes, and its map:
-        session = ort.InferenceSession(fused.SerializeToString(), providers=["CPUExecutionProvider"])
-        raw = session.run(["saliency_raw"], {session.get_inputs()[0].name: x})[0]
-        np.testing.assert_allclose(raw, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+        np.testing.assert_allclose(_fused_raw_map(bundle, method, x), expected, rtol=0,
+                                   atol=1e-5 * np.abs(expected).max())
+
+
+def test_a_copied_head_reads_its_renamed_weights(tmp_path):
+    """Fused Recipro-CAM on a head that is not GAP → linear copies the head graph: the copy reads the weight the
+    join renamed, not the features tensor of its old name (before: ONNX Runtime's own shape error)."""
+    bundle = _weight_name_clash(tmp_path / "b", _relu_after_pooling)
+    explainer = Explainer(bundle, backend="onnxruntime")
+    assert explainer.linear_head is None
+    x = random_images(bundle.preprocessing, 2, seed=5)
+    expected = explainer.explain(x, "recipro").maps
+    np.testing.assert_allclose(_fused_raw_map(bundle, "recipro", x), expected, rtol=0,
+                               atol=1e-5 * np.abs(expected).max())

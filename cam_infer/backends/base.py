@@ -9,6 +9,7 @@ import numpy as np
 from ..bundle import Bundle
 from ..bundle.positions import PRODUCTS
 from ..errors import CamInferError
+from ..numerics import zero_padded
 
 DEFAULT_MEMORY_BUDGET_MB = 256
 
@@ -128,8 +129,7 @@ class Backend(ABC):
         chunks = [x[i:i + size] for i in range(0, len(x), size)]
         counts = [len(c) for c in chunks]
         if not self.bundle.dynamic_batch:            # a fixed batch: pad with zeros, drop their outputs
-            chunks = [c if len(c) == size else np.concatenate([c, np.zeros((size - len(c), *c.shape[1:]), c.dtype)])
-                      for c in chunks]
+            chunks = [zero_padded(c, size) for c in chunks]
         per_chunk = self._run_chunks(role, self._count(chunks))
         if len(chunks) == 1:
             return [o.reshape(len(chunks[0]), -1)[:counts[0]] for o in per_chunk[0]]

@@ -11,7 +11,6 @@ needs both, then takes one runtime call instead of two, and on OpenVINO as littl
 
 from __future__ import annotations
 
-import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
@@ -26,8 +25,7 @@ def joined_model(features: onnx.ModelProto, head: onnx.ModelProto, cut: list[dic
     model's output alone."""
     packed = cut is not None
     graph = features.graph
-    feature_nodes = [n for n in graph.node if not (packed and _packing(n.name))]
-    head_nodes = [n for n in head.graph.node if not (packed and n.name.startswith("unpack_"))]
+    feature_nodes, head_nodes = _members(features, head, packed)
     head_nodes, head_initializers = _apart(feature_nodes, graph.initializer, head_nodes, head.graph.initializer)
     if packed:                        # what each level's packing reads: a quantized member's real values
         read = {n.name: n.input[0] for n in graph.node if _packing(n.name)}
@@ -58,46 +56,53 @@ def joined_model(features: onnx.ModelProto, head: onnx.ModelProto, cut: list[dic
     return features
 
 
-def head_in_joined(linear_head, head: onnx.ModelProto, joined: onnx.ModelProto):
-    """`linear_head` with its source tensors named as `joined_model` left the head's weights in `joined`
-    (``head/<name>`` where the name clashed with the features graph's); None when a source tensor is not found
-    there holding the head's value. A head with no source tensors (the identity, or read by running it) as is."""
-    from dataclasses import replace
+def head_renames(features: onnx.ModelProto, head: onnx.ModelProto, cut: list[dict] | None = None) -> dict:
+    """The head's tensor names that `joined_model` renames (name → ``head/<name>``), read before joining."""
+    feature_nodes, head_nodes = _members(features, head, cut is not None)
+    return _renames(feature_nodes, features.graph.initializer, head_nodes, head.graph.initializer)
 
-    from onnx import numpy_helper
-    if linear_head is None:
-        return None
-    ours = {i.name: i for i in head.graph.initializer}
-    theirs = {i.name: i for i in joined.graph.initializer}
-    names = {}
-    for field in ("weight", "bias"):
-        name = getattr(linear_head.source, field)
-        if name is None or name not in ours:            # not a head initializer (e.g. a Constant node's output)
-            continue
-        value = numpy_helper.to_array(ours[name])
-        names[field] = next((n for n in (HEAD_PREFIX + name, name) if n in theirs
-                             and np.array_equal(numpy_helper.to_array(theirs[n]), value)), None)
-        if names[field] is None:
-            return None
-    return replace(linear_head, source=replace(linear_head.source, **names)) if names else linear_head
+
+def head_as_joined(linear_head, head: onnx.ModelProto, renames: dict):
+    """`linear_head` and a copy of the `head` graph with the names the joined model gives the head's tensors
+    (`head_renames`): graphs added to the joined model read the head's own weights under them."""
+    from dataclasses import replace
+    if not renames:
+        return linear_head, head
+    if linear_head is not None:
+        source = linear_head.source
+        linear_head = replace(linear_head, source=replace(source, weight=renames.get(source.weight, source.weight),
+                                                          bias=renames.get(source.bias, source.bias)))
+    renamed = _copy(head, onnx.ModelProto)
+    for init in renamed.graph.initializer:
+        init.name = renames.get(init.name, init.name)
+    for node in renamed.graph.node:
+        node.input[:] = [renames.get(i, i) for i in node.input]
+        node.output[:] = [renames.get(o, o) for o in node.output]
+    for info in (*renamed.graph.output, *renamed.graph.value_info):
+        info.name = renames.get(info.name, info.name)
+    return linear_head, renamed
+
+
+def _members(features: onnx.ModelProto, head: onnx.ModelProto, packed: bool):
+    """The nodes of each graph that the joined model holds (a detector's packing and unpacking left out)."""
+    return ([n for n in features.graph.node if not (packed and _packing(n.name))],
+            [n for n in head.graph.node if not (packed and n.name.startswith("unpack_"))])
 
 
 def _apart(feature_nodes, feature_initializers, head_nodes, head_initializers):
     """The head's nodes and initializers, with the tensor and node names that would clash with the features
-    graph's renamed (``head/<name>``); an initializer equal to the features graph's of the same name is
-    shared."""
+    graph's renamed (``head/<name>``, `_renames`); an initializer equal to the features graph's of the same name
+    is shared."""
+    renamed = _renames(feature_nodes, feature_initializers, head_nodes, head_initializers)
     ours = {i.name: i for i in feature_initializers}
-    computed = {o for n in feature_nodes for o in n.output}
-    renamed, initializers = {}, []
+    initializers = []
     for init in head_initializers:
-        if init.name in ours and ours[init.name].SerializeToString() == init.SerializeToString():
-            continue
-        if init.name in ours or init.name in computed:
-            renamed[init.name] = HEAD_PREFIX + init.name
+        if init.name in renamed:
             init = _copy(init, onnx.TensorProto)
-            init.name = HEAD_PREFIX + init.name
+            init.name = renamed[init.name]
+        elif init.name in ours:                                   # equal: the features graph's copy serves both
+            continue
         initializers.append(init)
-    renamed.update({o: HEAD_PREFIX + o for n in head_nodes for o in n.output if o in computed or o in ours})
     node_names = {n.name for n in feature_nodes if n.name}
     if not renamed and not any(n.name in node_names for n in head_nodes):
         return head_nodes, initializers
@@ -110,6 +115,18 @@ def _apart(feature_nodes, feature_initializers, head_nodes, head_initializers):
             node.name = HEAD_PREFIX + node.name
         nodes.append(node)
     return nodes, initializers
+
+
+def _renames(feature_nodes, feature_initializers, head_nodes, head_initializers) -> dict:
+    """Head tensor name → ``head/<name>`` for every head initializer or node output whose name the features graph
+    uses otherwise (an initializer of the same name and value is not renamed: it is shared)."""
+    ours = {i.name: i for i in feature_initializers}
+    computed = {o for n in feature_nodes for o in n.output}
+    renamed = {init.name: HEAD_PREFIX + init.name for init in head_initializers
+               if init.name in computed
+               or (init.name in ours and ours[init.name].SerializeToString() != init.SerializeToString())}
+    renamed.update({o: HEAD_PREFIX + o for n in head_nodes for o in n.output if o in computed or o in ours})
+    return renamed
 
 
 def _copy(proto, kind):

@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 
 from ..errors import CamInferError
+from ..numerics import zero_padded
 from ..images import Preprocessing
 from .anatomy import ScoreOutput, check_classifier_output
 from .graph import InputSpec
@@ -72,8 +73,7 @@ def _run(sess, x: np.ndarray, fixed: int | None, *, scores: bool = False) -> np.
     outs = []
     for i in range(0, len(x), fixed):
         chunk = x[i:i + fixed]
-        padded = np.concatenate([chunk, np.zeros((fixed - len(chunk), *chunk.shape[1:]), chunk.dtype)])
-        out = sess.run([output], {name: padded})[0]
+        out = sess.run([output], {name: zero_padded(chunk, fixed)})[0]
         outs.append((out.reshape(fixed, -1) if scores and out.ndim == 1 else out)[:len(chunk)])
     return np.concatenate(outs)
 

@@ -25,7 +25,7 @@ from onnx import TensorProto, helper
 from ..methods.registry import DEFAULT_METHOD
 from ..version import __version__
 from ..bundle import Bundle
-from ..bundle.joined import HEAD_PREFIX, head_in_joined, joined_model
+from ..bundle.joined import head_as_joined, head_renames, joined_model
 from ..errors import CamInferError
 from ..explainer import Explainer
 from ..outputs import write_atomically
@@ -57,8 +57,11 @@ def plain_model(bundle: "Bundle | str | os.PathLike"):
     if bundle.graph_format == "openvino":
         from .ir import plain_ir
         return plain_ir(bundle)
-    model = joined_model(at_min_opset(bundle.features_path), at_min_opset(bundle.head_path), bundle.cut_levels,
-                         expose_cut=False, name="cam_infer_fused")
+    return _joined(bundle, at_min_opset(bundle.features_path), at_min_opset(bundle.head_path))
+
+
+def _joined(bundle: Bundle, features: onnx.ModelProto, head: onnx.ModelProto) -> onnx.ModelProto:
+    model = joined_model(features, head, bundle.cut_levels, expose_cut=False, name="cam_infer_fused")
     model.producer_name, model.producer_version = "cam-infer", __version__
     return model
 
@@ -141,15 +144,13 @@ def method_nodes(b: Builder, bundle: Bundle, chosen, options: dict, top_classes:
 
 
 def _fused_onnx(bundle: Bundle, chosen, options: dict, top_classes: int, class_input: bool, raw: bool, explainer):
-    model = plain_model(bundle)
+    features, head = at_min_opset(bundle.features_path), at_min_opset(bundle.head_path)
+    renames = head_renames(features, head, bundle.cut_levels)
+    model = _joined(bundle, features, head)
+    linear_head, head = head_as_joined(explainer.linear_head, head, renames)
     b = Builder(_opset(model))
     scores = model.graph.output[0]
     batch = _batch_dim(model)
-    head = at_min_opset(bundle.head_path)
-    linear_head = head_in_joined(explainer.linear_head, head, model)
-    if linear_head is None and explainer.linear_head is not None:
-        raise CamInferError("the head's weights are not found in the joined model under their names or "
-                            f"'{HEAD_PREFIX}<name>'; cannot fuse a method that reads them")
     method_nodes(b, bundle, chosen, options, top_classes, class_input, bundle.activation_name, scores.name,
                  len(scores.type.tensor_type.shape.dim), model.graph.input, batch, linear_head, head)
     model.graph.node.extend(b.nodes)

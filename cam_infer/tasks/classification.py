@@ -13,7 +13,7 @@ import numpy as np
 from ..backends.sessions import FLOAT32, RuntimeOptions, onnxruntime_session
 from ..errors import CamInferError, ClassAgnosticWarning
 from ..explanation import Explanation
-from ..numerics import softmax
+from ..numerics import softmax, zero_padded
 from ..postprocess import normalise, upsample
 from .base import Task, class_index
 
@@ -70,12 +70,13 @@ class ClassificationTask(Task):
             return None, None
         from ..backends.sessions import openvino_compiled
         from ..bundle.head import probed_linear_head
+        from ..bundle.verify import runtime_message
         compiled = openvino_compiled(self.bundle.head_path, FLOAT32)
         run = partial(_in_batches, lambda a: compiled(a)[0], batch)
         try:
             return probed_linear_head(run, self.bundle.activation_shape), run
         except RuntimeError as exc:         # OpenVINO cannot run the head on probes: no closed forms, say why
-            warnings.warn(f"the head graph does not run on probe activations ({str(exc).splitlines()[0]}); "
+            warnings.warn(f"the head graph does not run on probe activations ({runtime_message(exc, 300)}); "
                           f"CAM and the closed forms are off", stacklevel=3)
             return None, None
 
@@ -249,6 +250,5 @@ def _in_batches(run, batch: int | None, a: np.ndarray) -> np.ndarray:
     rows = []
     for start in range(0, len(a), batch):
         chunk = a[start:start + batch]
-        padded = np.concatenate([chunk, np.zeros((batch - len(chunk), *a.shape[1:]), a.dtype)])
-        rows.append(run(padded).reshape(batch, -1)[:len(chunk)])
+        rows.append(run(zero_padded(chunk, batch)).reshape(batch, -1)[:len(chunk)])
     return np.concatenate(rows)

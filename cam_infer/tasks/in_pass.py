@@ -115,22 +115,21 @@ def in_pass_graph(bundle, linear_head, method: str):
     nodes wired onto its IR graphs as `fuse.ir` wires a fused method's); None below opset 13."""
     import onnx
 
-    from ..bundle.joined import head_in_joined, joined_model
+    from ..bundle.joined import head_as_joined, head_renames, joined_model
     from ..fuse.builder import Builder
 
     if bundle.graph_format == "openvino":
         return _in_pass_ir(bundle, linear_head, method)
-    head = onnx.load(bundle.head_path)
-    model = joined_model(onnx.load(bundle.features_path), head, bundle.cut_levels, expose_cut=False, name="in_pass")
+    features, head = onnx.load(bundle.features_path), onnx.load(bundle.head_path)
+    renames = head_renames(features, head, bundle.cut_levels)
+    model = joined_model(features, head, bundle.cut_levels, expose_cut=False, name="in_pass")
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
     if opset < MIN_OPSET:
         return None
-    renamed = head_in_joined(linear_head, head, model)
-    if renamed is None and linear_head is not None:
-        return None
+    linear_head, head = head_as_joined(linear_head, head, renames)
     b = Builder(opset)
     scores = model.graph.output[0].name
-    _method_nodes(b, bundle, renamed, head, None, bundle.activation_name, scores, method)
+    _method_nodes(b, bundle, linear_head, head, None, bundle.activation_name, scores, method)
     model.graph.node.extend(b.nodes)
     model.graph.initializer.extend(b.initializers)
     del model.graph.output[:]
