@@ -131,3 +131,24 @@ def test_a_fixed_batch_ir_head_is_read_one_row_per_call_and_the_closed_forms_mat
     general = explainer.explain(x[:1], "cam")
     np.testing.assert_array_equal(one.targets, general.targets)
     np.testing.assert_allclose(one.maps, general.maps, rtol=0, atol=1e-5 * np.abs(general.maps).max())
+
+
+@pytest.mark.parametrize("method", ["cam", "recipro"])
+def test_fusing_a_fixed_batch_bundle_checks_it_in_calls_of_its_batch(tmp_path, method):
+    """`fuse` checks the fused model against the Explainer on two images; a bundle kept at batch 1 takes them one
+    call each (before: ONNX Runtime's or OpenVINO's own error about the batch). The fused model, run at its batch,
+    draws the Explainer's map on ONNX and on IR."""
+    import onnxruntime as ort
+    from cam_infer.fuse import fuse
+    from cam_infer.fuse.ir import run
+    ir, onnx_bundle = as_ir(_batch_bound(), tmp_path)
+    assert ir.fixed_batch == 1 and not onnx_bundle.dynamic_batch and onnx_bundle.fixed_batch == 1
+    x = random_images(ir.preprocessing, 1, seed=7)
+    fused_onnx = fuse(onnx_bundle, method, raw=True)
+    session = ort.InferenceSession(fused_onnx.SerializeToString(), providers=["CPUExecutionProvider"])
+    fused_ir = fuse(ir, method, raw=True)
+    maps = {"onnx": session.run(["saliency_raw"], {onnx_bundle.input_name: x})[0],
+            "ir": run(fused_ir, {ir.input_name: x}, "f32")["saliency_raw"]}
+    expected = Explainer(onnx_bundle, backend="onnxruntime").explain(x, method).maps
+    for got in maps.values():
+        np.testing.assert_allclose(got.reshape(expected.shape), expected, rtol=0, atol=1e-5 * np.abs(expected).max())

@@ -27,6 +27,7 @@ from ..version import __version__
 from ..bundle import Bundle
 from ..bundle.joined import head_as_joined, head_renames, joined_model
 from ..errors import CamInferError
+from ..numerics import zero_padded
 from ..explainer import Explainer
 from ..outputs import write_atomically
 from ..postprocess import EPS
@@ -291,11 +292,7 @@ def fused_error(model, bundle: Bundle, method: str, options: dict, top_classes: 
     feeds = {bundle.input_name: x}
     if class_input:
         feeds[CLASS_INPUT] = explainer.backend.forward(x).argsort(axis=1)[:, -2].astype(np.int64)  # not the top-1
-    if ir:
-        from .ir import run
-        outputs = run(model, feeds, precision)
-    else:
-        outputs = _onnx_outputs(model, feeds, precision)
+    outputs = _fused_outputs(model, feeds, precision, None if bundle.dynamic_batch else bundle.fixed_batch)
     maps = outputs[RAW_OUTPUT].reshape(len(x), -1, *bundle.activation_shape[1:])
     classes = feeds.get(CLASS_INPUT, outputs.get(CLASS_OUTPUT))
     classes = None if classes is None else classes.reshape(len(x), -1)
@@ -307,6 +304,23 @@ def fused_error(model, bundle: Bundle, method: str, options: dict, top_classes: 
         scale = np.maximum(np.abs(expected).max(axis=(1, 2)), 1e-30)
         error = max(error, float((np.abs(maps[:, t] - expected).max(axis=(1, 2)) / scale).max()))
     return error
+
+
+def _fused_outputs(model, feeds: dict, precision: str, batch: int | None) -> dict:
+    """The fused model's outputs for `feeds`; a model of a fixed `batch` runs in zero-padded calls of that batch."""
+    rows = len(next(iter(feeds.values())))
+    if batch is None:
+        return _fused_call(model, feeds, precision)
+    calls = [_fused_call(model, {k: zero_padded(v[start:start + batch], batch) for k, v in feeds.items()}, precision)
+             for start in range(0, rows, batch)]
+    return {name: np.concatenate([c[name] for c in calls])[:rows] for name in calls[0]}
+
+
+def _fused_call(model, feeds: dict, precision: str) -> dict:
+    if isinstance(model, onnx.ModelProto):
+        return _onnx_outputs(model, feeds, precision)
+    from .ir import run
+    return run(model, feeds, precision)
 
 
 def _onnx_outputs(model: onnx.ModelProto, feeds: dict, precision: str) -> dict:
