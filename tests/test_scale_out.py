@@ -118,6 +118,37 @@ def test_a_killed_worker_process_stops_the_run_in_one_line_and_the_rerun_complet
     assert_same_audit(reference, out)
 
 
+def _exit_on_die(item):
+    """A worker's work: the item back, or, for ("die", marker), the marker written and the process gone."""
+    kind, marker = item
+    if kind == "die":
+        Path(marker).write_text("")
+        os._exit(1)
+    return kind
+
+
+def test_a_pool_found_broken_when_the_next_item_is_sent_is_the_one_line(tmp_path):
+    """A worker dies while the driver is still reading items: the next `submit` finds the pool broken and says the
+    one line that a broken result says (before: BrokenProcessPool's traceback)."""
+    from cam_infer.errors import CamInferError
+    from cam_infer.parallel.processes import Processes
+    marker = tmp_path / "died"
+
+    def items():
+        yield ("die", str(marker))
+        deadline = time.monotonic() + 60
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(1.0)                                  # the pool's own thread marks it broken when the worker exits
+        yield ("live", None)
+
+    with pytest.raises(CamInferError, match="a worker process died") as raised:
+        list(Processes(1, 1).map(_exit_on_die, items()))
+    assert marker.exists()
+    frames = [frame.name for frame in raised.traceback]
+    assert "_submitted" in frames and "_result" not in frames, frames           # found at the submit
+
+
 def spawned_workers(parent: int) -> list[int]:
     """The pool's worker processes under `parent` (spawned: their command line runs multiprocessing's spawn)."""
     found = []
