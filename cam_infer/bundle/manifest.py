@@ -208,8 +208,13 @@ class Bundle:
             from .openvino_tokens import attention_model
             return attention_model(self.features_path, self.head_path, [name for name, _ in self.attention],
                                    head_fusion)
-        joined = self.joined_model()
-        return None if joined is None else with_attention(joined, [name for name, _ in self.attention], head_fusion)
+        import onnx
+
+        from .joined import head_renames, joined_model
+        features, head = onnx.load(self.features_path), onnx.load(self.head_path)
+        renames = head_renames(features, head, self.cut_levels)           # a head tensor the join renamed
+        return with_attention(joined_model(features, head, self.cut_levels),
+                              [renames.get(name, name) for name, _ in self.attention], head_fusion)
 
     @property
     def task(self) -> str:
