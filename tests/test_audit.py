@@ -223,12 +223,15 @@ def test_a_killed_audit_resumes_to_the_same_csv(tmp_path):
     out = tmp_path / "killed"
     process = subprocess.Popen(args + ["--out", str(out)], cwd=ROOT, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and process.poll() is None:
+    deadline, killed = time.monotonic() + 300, False
+    while time.monotonic() < deadline and process.poll() is None and not killed:
         if _images_journaled(out / JOURNAL) >= 1:          # a batch's line is written
             process.send_signal(signal.SIGKILL)
-            break
+            killed = True
         time.sleep(0.01)
+    if not killed and process.poll() is None:
+        process.kill()
+        pytest.fail("no batch was journaled within 300 s")
     process.wait()
     assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert not (out / "summary.json").exists()

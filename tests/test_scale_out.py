@@ -127,23 +127,33 @@ def _exit_on_die(item):
     return kind
 
 
-def test_a_pool_found_broken_when_the_next_item_is_sent_is_the_one_line(tmp_path):
+def test_a_pool_found_broken_when_the_next_item_is_sent_is_the_one_line(tmp_path, monkeypatch):
     """A worker dies while the driver is still reading items: the next `submit` finds the pool broken and says the
-    one line that a broken result says (before: BrokenProcessPool's traceback)."""
+    one line that a broken result says (before: BrokenProcessPool's traceback). The items wait until the real pool
+    (recorded as it is made) knows it is broken."""
+    from concurrent.futures import ProcessPoolExecutor
+
     from cam_infer.errors import CamInferError
-    from cam_infer.parallel.processes import Processes
+    from cam_infer.parallel import processes
+    pools = []
+
+    class Recorded(ProcessPoolExecutor):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            pools.append(self)
+
+    monkeypatch.setattr(processes, "ProcessPoolExecutor", Recorded)
     marker = tmp_path / "died"
 
     def items():
         yield ("die", str(marker))
         deadline = time.monotonic() + 60
-        while not marker.exists() and time.monotonic() < deadline:
+        while not (pools and pools[0]._broken) and time.monotonic() < deadline:
             time.sleep(0.01)
-        time.sleep(1.0)                                  # the pool's own thread marks it broken when the worker exits
         yield ("live", None)
 
     with pytest.raises(CamInferError, match="a worker process died") as raised:
-        list(Processes(1, 1).map(_exit_on_die, items()))
+        list(processes.Processes(1, 1).map(_exit_on_die, items()))
     assert marker.exists()
     frames = [frame.name for frame in raised.traceback]
     assert "_submitted" in frames and "_result" not in frames, frames           # found at the submit

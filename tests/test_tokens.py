@@ -394,3 +394,46 @@ def test_fusing_a_grid_method_into_a_token_model_is_one_line(vit_bundles, tmp_pa
     from helpers import assert_one_line_error, run_cli
     assert_one_line_error(run_cli("fuse", vit_bundles["vit"].path, "--method", "eigen", "--out", tmp_path / "f.onnx"),
                           "this bundle's cut is a transformer's tokens")
+
+
+def _renamed(graph, old: str, new: str) -> None:
+    for node in graph.node:
+        node.output[:] = [new if o == old else o for o in node.output]
+        node.input[:] = [new if i == old else i for i in node.input]
+    for info in graph.value_info:
+        if info.name == old:
+            info.name = new
+
+
+@pytest.mark.parametrize("side", ["head-attention-named-like-a-features-tensor",
+                                  "features-attention-named-like-a-head-tensor"])
+def test_attention_names_shared_across_the_cut_read_each_blocks_own_attention(tmp_path, side):
+    """Two graphs of a bundle may use one tensor name (the join then renames the head's, ``head/<name>``). The
+    attention of a block after the cut is read under the name the join gives it, and a block before the cut keeps
+    its own: rollout equals the bundle's without the clash (before: a reshape error in either case)."""
+    import json
+
+    from cam_infer import Bundle, Explainer
+    from cam_infer.bundle.manifest import MANIFEST, sha256_of
+    from cam_infer.bundle.verify import random_images
+    from conftest import ROOT
+    plain = split_onnx(ROOT / "tests" / "data" / "transformers" / "vit_legacy.onnx", "auto", tmp_path / "plain")
+    names = [name for name, _ in plain.attention]
+    head_side = side.startswith("head")
+    clashing = split_onnx(ROOT / "tests" / "data" / "transformers" / "vit_legacy.onnx", "auto", tmp_path / "clash")
+    path = clashing.features_path if head_side else clashing.head_path
+    model = onnx.load(path)
+    other = {o for n in onnx.load(clashing.head_path if head_side else clashing.features_path).graph.node
+             for o in n.output}
+    assert (names[-1] in other) if head_side else (names[0] in other)      # the block on the other side of the cut
+    victim = next(n.output[0] for n in model.graph.node if n.op_type == "Add" and n.output[0] not in names)
+    _renamed(model.graph, victim, names[-1] if head_side else names[0])
+    onnx.save(model, path)
+    manifest = json.loads((tmp_path / "clash" / MANIFEST).read_text())
+    for role in ("features", "head"):
+        manifest["graphs"][role]["sha256"] = sha256_of(getattr(clashing, f"{role}_path"))
+    (tmp_path / "clash" / MANIFEST).write_text(json.dumps(manifest))
+    x = random_images(plain.preprocessing, 2, seed=3)
+    expected = Explainer(plain, backend="onnxruntime").explain(x, "rollout").maps
+    got = Explainer(Bundle.load(tmp_path / "clash"), backend="onnxruntime").explain(x, "rollout").maps
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)

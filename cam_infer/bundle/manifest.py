@@ -211,10 +211,13 @@ class Bundle:
         import onnx
 
         from .joined import head_renames, joined_model
+        from .tokens import SOFTMAX
         features, head = onnx.load(self.features_path), onnx.load(self.head_path)
-        renames = head_renames(features, head, self.cut_levels)           # a head tensor the join renamed
-        return with_attention(joined_model(features, head, self.cut_levels),
-                              [renames.get(name, name) for name, _ in self.attention], head_fusion)
+        # a block after the cut whose attention tensor the join renamed (its name is also a features tensor's)
+        renames = head_renames(features, head, self.cut_levels)
+        ours = {o for n in features.graph.node if n.op_type in SOFTMAX for o in n.output}
+        names = [name if name in ours else renames.get(name, name) for name, _ in self.attention]
+        return with_attention(joined_model(features, head, self.cut_levels), names, head_fusion)
 
     @property
     def task(self) -> str:
