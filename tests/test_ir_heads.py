@@ -94,10 +94,10 @@ def test_a_head_that_is_not_pooling_then_linear_is_refused_on_ir_as_on_onnx(tmp_
                                Explainer(onnx_bundle, backend="openvino").explain(x, "recipro").maps, atol=1e-5)
 
 
-def _batch_bound() -> onnx.ModelProto:
-    """A batch-1 model whose features mix the batch (2·A − mean over the batch: A itself at batch 1), so its split
-    keeps batch 1 fixed: its IR head runs one row per call."""
-    model = tiny_cnn(batch=1, classes=5, seed=6)
+def _batch_bound(batch: int = 1) -> onnx.ModelProto:
+    """A model of a fixed batch whose features mix the batch (2·A − mean over the batch: A itself at batch 1), so
+    its split keeps the batch fixed: its IR head runs one row per call at batch 1."""
+    model = tiny_cnn(batch=batch, classes=5, seed=6)
     g = model.graph
     for node in g.node:
         node.input[:] = ["bound" if name == "relu1" else name for name in node.input]
@@ -152,3 +152,21 @@ def test_fusing_a_fixed_batch_bundle_checks_it_in_calls_of_its_batch(tmp_path, m
     expected = Explainer(onnx_bundle, backend="onnxruntime").explain(x, method).maps
     for got in maps.values():
         np.testing.assert_allclose(got.reshape(expected.shape), expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+
+
+def test_a_fused_model_of_batch_two_is_checked_in_padded_calls_of_two(tmp_path):
+    """Five images through a bundle kept at batch 2: three calls, the last padded with a zero image, the rows past
+    the fifth dropped; with the class as an input (padded too) and two classes per image. The features mix the
+    batch, so the fused maps equal the Explainer's only when both group the images alike, as they do."""
+    from cam_infer.bundle import split_onnx
+    from cam_infer.fuse import fuse
+    from cam_infer.fuse.assemble import fused_error
+    onnx.save(_batch_bound(2), tmp_path / "model.onnx")
+    bundle = split_onnx(tmp_path / "model.onnx", "auto", tmp_path / "b")
+    assert bundle.manifest["batch"] == "fixed" and bundle.fixed_batch == 2
+    x = random_images(bundle.preprocessing, 5, seed=1)
+    for method, options in (("recipro", {"class_input": True}), ("cam", {"top_classes": 2})):
+        model = fuse(bundle, method, raw=True, **options)
+        error = fused_error(model, bundle, method, {}, options.get("top_classes", 1), options.get("class_input", False),
+                            x=x)
+        assert error < 1e-5, (method, error)

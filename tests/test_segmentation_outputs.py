@@ -295,3 +295,43 @@ def test_explain_over_a_region_from_the_command_line_box_or_folder_of_masks(segm
     assert_one_line_error(result, "--region 'left' is neither")
     result = run_cli("explain", tiny_bundle.path, images[0], "--region", "1,2", "--out", tmp_path / "cls")
     assert_one_line_error(result, "--region is for segmenters")
+
+
+def test_a_segmenter_kept_at_batch_one_fuses_from_python_with_the_explainers_map(tmp_path):
+    """`cam_infer.fuse.fuse` on a segmenter's bundle writes the segmenter's fused model (before: a TypeError from
+    the classifier's check), and on a bundle kept at batch 1 its check runs one image per call (before: ONNX
+    Runtime's batch error). The fused map equals the Explainer's; classifier options are refused in one line."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper
+
+    from cam_infer import CamInferError
+    from cam_infer.bundle.segmentation import split_segmenter
+    from cam_infer.bundle.verify import random_images
+    from cam_infer.fuse import fuse
+    model = onnx.load(SEGMENTER)
+    graph = model.graph
+    batch = graph.input[0].type.tensor_type.shape.dim[0]
+    batch.ClearField("dim_param")
+    batch.dim_value = 1
+    relu = next(n for n in graph.node if n.op_type == "Relu")       # its output mixed with the batch's mean
+    for node in graph.node:
+        node.input[:] = ["bound" if name == relu.output[0] else name for name in node.input]
+    at = list(graph.node).index(relu) + 1
+    graph.node.insert(at, helper.make_node("ReduceMean", [relu.output[0]], ["batch_mean"], axes=[0], keepdims=1))
+    graph.node.insert(at + 1, helper.make_node("Sub", [relu.output[0], "batch_mean"], ["centred"]))
+    graph.node.insert(at + 2, helper.make_node("Add", [relu.output[0], "centred"], ["bound"]))
+    del graph.value_info[:]
+    onnx.save(model, tmp_path / "bound.onnx")
+    bundle = split_segmenter(tmp_path / "bound.onnx", out=tmp_path / "b", labels=LABELS,
+                             preprocessing=SHAPES_PREPROCESSING)
+    assert bundle.manifest["batch"] == "fixed" and bundle.fixed_batch == 1
+    fused = fuse(bundle, "activation")
+    session = ort.InferenceSession(fused.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = random_images(bundle.preprocessing, 1, seed=2)
+    _, saliency = session.run(None, {session.get_inputs()[0].name: x})
+    h, w = bundle.input_shape[1:]
+    expected = Explainer(bundle, backend="onnxruntime").explain(x, "activation", target=0, region=[0, 0, w, h])
+    np.testing.assert_allclose(saliency[0], expected.items[0][0].saliency, rtol=0, atol=1e-3)
+    with pytest.raises(CamInferError, match="are for classifiers; a segmentation bundle's fused map is class-agnostic"):
+        fuse(bundle, "activation", top_classes=2)

@@ -82,15 +82,16 @@ def resized(b: Builder, maps: str, size: tuple[int, int]) -> str:
 def fused_detector_error(model: onnx.ModelProto, bundle: Bundle, method: str, options: dict) -> float:
     """The largest difference between the fused map and the explainer's, and between the detections,
     on two random images (ONNX Runtime)."""
-    from ..bundle.verify import random_images, session
+    from ..bundle.verify import random_images
     from ..explainer import Explainer
+    from ..fuse.assemble import fused_outputs
     from .context import DetectionContext
     from ..methods import get_method
-    run = session(model)
     ex = Explainer(bundle, backend="onnxruntime")
     x = random_images(bundle.preprocessing, 2, seed=5)
-    output, saliency = run.run(["output0" if "output0" in [o.name for o in model.graph.output] else
-                                model.graph.output[0].name, OUTPUT], {run.get_inputs()[0].name: x})
+    outputs = fused_outputs(model, {bundle.input_name: x}, batch=None if bundle.dynamic_batch else bundle.fixed_batch)
+    output = outputs["output0" if "output0" in outputs else model.graph.output[0].name]
+    saliency = outputs[OUTPUT]
     packed = ex.backend.features(x)
     worst = float(np.abs(output - ex.backend.head(packed)).max()) / max(1.0, float(np.abs(output).max()))
     for i in range(len(x)):

@@ -92,11 +92,16 @@ def fuse(bundle: "Bundle | str | os.PathLike", method: str = DEFAULT_METHOD, *, 
     adds ``saliency_raw``, the maps before ReLU and normalisation. ``check`` compares the fused model
     with the Explainer on ONNX Runtime (two random images) and refuses a model that differs. ``precision``: what
     the model is meant to run at (recorded as ``cam_infer.precision``); other than f32, the check also runs it on
-    OpenVINO at that precision and records how far its maps are from the float32 Explainer's (bf16 rounds)."""
+    OpenVINO at that precision and records how far its maps are from the float32 Explainer's (bf16 rounds).
+    A segmenter's or a detector's bundle gets its own fused model (`fuse_segmenter`, `fuse_detector`): a
+    class-agnostic map, none of the classifier's options."""
     from ..backends.sessions import RuntimeOptions, resolved_precision
 
-    precision = resolved_precision(RuntimeOptions(precision=precision), "openvino")     # checked; auto resolved
     bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+    if bundle.task != "classification":
+        return _fused_other_task(bundle, method, top_classes != 1 or class_input or raw or precision != "f32",
+                                 check, options)
+    precision = resolved_precision(RuntimeOptions(precision=precision), "openvino")     # checked; auto resolved
     ir = bundle.graph_format == "openvino"
     chosen = _fused_method(method, options)
     _check_cut_kind(bundle, method)
@@ -277,6 +282,18 @@ def _description(bundle: Bundle, method: str, options: dict, top_classes: int, c
     return entries
 
 
+def _fused_other_task(bundle: Bundle, method: str, classifier_options: bool, check: bool, options: dict):
+    """A segmenter's or a detector's fused model (`fuse_segmenter`, `fuse_detector`): its map is class-agnostic."""
+    if classifier_options:
+        raise CamInferError(f"top_classes, class_input, raw and precision are for classifiers; a {bundle.task} "
+                            "bundle's fused map is class-agnostic")
+    if bundle.task == "segmentation":
+        from ..segmentation.fuse import fuse_segmenter
+        return fuse_segmenter(bundle, method, check=check, **options)
+    from ..detection.fuse import fuse_detector
+    return fuse_detector(bundle, method, check=check, **options)
+
+
 def fused_error(model, bundle: Bundle, method: str, options: dict, top_classes: int = 1,
                 class_input: bool = False, x: np.ndarray | None = None, explainer=None,
                 precision: str = "f32") -> float:
@@ -292,7 +309,7 @@ def fused_error(model, bundle: Bundle, method: str, options: dict, top_classes: 
     feeds = {bundle.input_name: x}
     if class_input:
         feeds[CLASS_INPUT] = explainer.backend.forward(x).argsort(axis=1)[:, -2].astype(np.int64)  # not the top-1
-    outputs = _fused_outputs(model, feeds, precision, None if bundle.dynamic_batch else bundle.fixed_batch)
+    outputs = fused_outputs(model, feeds, precision, None if bundle.dynamic_batch else bundle.fixed_batch)
     maps = outputs[RAW_OUTPUT].reshape(len(x), -1, *bundle.activation_shape[1:])
     classes = feeds.get(CLASS_INPUT, outputs.get(CLASS_OUTPUT))
     classes = None if classes is None else classes.reshape(len(x), -1)
@@ -306,36 +323,35 @@ def fused_error(model, bundle: Bundle, method: str, options: dict, top_classes: 
     return error
 
 
-def _fused_outputs(model, feeds: dict, precision: str, batch: int | None) -> dict:
-    """The fused model's outputs for `feeds`; a model of a fixed `batch` runs in zero-padded calls of that batch."""
+def fused_outputs(model, feeds: dict, precision: str = "f32", batch: int | None = None) -> dict:
+    """A fused model's outputs by name, `RAW_OUTPUT` among them: an ONNX model on ONNX Runtime in float32 (at
+    another `precision` on OpenVINO's CPU), an IR on OpenVINO's CPU. A model of a fixed `batch` runs in zero-padded
+    calls of that batch, compiled once."""
+    run = _fused_runner(model, precision)
     rows = len(next(iter(feeds.values())))
     if batch is None:
-        return _fused_call(model, feeds, precision)
-    calls = [_fused_call(model, {k: zero_padded(v[start:start + batch], batch) for k, v in feeds.items()}, precision)
+        return run(feeds)
+    calls = [run({k: zero_padded(v[start:start + batch], batch) for k, v in feeds.items()})
              for start in range(0, rows, batch)]
     return {name: np.concatenate([c[name] for c in calls])[:rows] for name in calls[0]}
 
 
-def _fused_call(model, feeds: dict, precision: str) -> dict:
-    if isinstance(model, onnx.ModelProto):
-        return _onnx_outputs(model, feeds, precision)
-    from .ir import run
-    return run(model, feeds, precision)
-
-
-def _onnx_outputs(model: onnx.ModelProto, feeds: dict, precision: str) -> dict:
-    """The fused model's outputs, `RAW_OUTPUT` among them: on ONNX Runtime in float32, else on OpenVINO's CPU."""
-    from ..backends.sessions import FLOAT32, onnxruntime_session, openvino_compiled
+def _fused_runner(model, precision: str):
+    """feeds → outputs by name, for `fused_outputs`."""
+    from .ir import runner
+    if not isinstance(model, onnx.ModelProto):
+        return runner(model, precision)
+    from ..backends.sessions import FLOAT32, onnxruntime_session
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
-    if RAW_OUTPUT not in {o.name for o in probe.graph.output}:
+    exposed = {o.name for o in probe.graph.output}
+    if RAW_OUTPUT not in exposed and any(RAW_OUTPUT in n.output for n in probe.graph.node):
         probe.graph.output.append(helper.make_empty_tensor_value_info(RAW_OUTPUT))
-    if precision == "f32":
-        session = onnxruntime_session(probe, FLOAT32)
-        return dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
-    request = openvino_compiled(probe, FLOAT32.but(precision=precision)).create_infer_request()
-    request.infer(feeds)
-    return {name: request.get_tensor(o).data.copy() for o in request.model_outputs for name in o.get_names()}
+    if precision != "f32":
+        return runner(probe, precision)
+    session = onnxruntime_session(probe, FLOAT32)
+    names = [o.name for o in session.get_outputs()]
+    return lambda feeds: dict(zip(names, session.run(None, feeds)))
 
 
 def save(model, path: "str | os.PathLike", overwrite: bool = False) -> Path:

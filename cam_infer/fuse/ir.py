@@ -45,10 +45,18 @@ def described(model) -> dict:
 
 def run(model, feeds: dict, precision: str = "f32") -> dict:
     """The fused IR on OpenVINO's CPU at `precision`: its outputs by name."""
+    return runner(model, precision)(feeds)
+
+
+def runner(model, precision: str = "f32"):
+    """`model` (an IR, or an ONNX model) compiled once on OpenVINO's CPU at `precision`: feeds → outputs by name."""
     from ..backends.sessions import FLOAT32, openvino_compiled
     request = openvino_compiled(model, FLOAT32.but(precision=precision)).create_infer_request()
-    request.infer(feeds)
-    return {name: request.get_tensor(o).data.copy() for o in request.model_outputs for name in o.get_names()}
+
+    def outputs(feeds: dict) -> dict:
+        request.infer(feeds)
+        return {name: request.get_tensor(o).data.copy() for o in request.model_outputs for name in o.get_names()}
+    return outputs
 
 
 def save_ir(model, path: "str | os.PathLike", overwrite: bool = False) -> Path:

@@ -96,19 +96,16 @@ def fused_segmenter_error(model, bundle: Bundle, method: str, options: dict) -> 
     """The largest difference between the fused model's scores and map and the explainer's, on two random images
     (ONNX Runtime; a fused IR on OpenVINO, f32); the explainer's map of a region covering the image (the map is the
     same for any region)."""
-    from ..bundle.verify import random_images, session
+    from ..bundle.verify import random_images
     from ..explainer import Explainer
+    from ..fuse.assemble import fused_outputs
 
     x = random_images(bundle.preprocessing, 2, seed=5)
-    if isinstance(model, onnx.ModelProto):
-        run = session(model)
-        ex = Explainer(bundle, backend="onnxruntime")
-        scores, saliency = run.run([model.graph.output[0].name, OUTPUT], {run.get_inputs()[0].name: x})
-    else:
-        from ..fuse.ir import run
-        ex = Explainer(bundle, backend="openvino")
-        outputs = run(model, {bundle.input_name: x})
-        scores, saliency = outputs[model.outputs[0].get_any_name()], outputs[OUTPUT]
+    ir = not isinstance(model, onnx.ModelProto)
+    ex = Explainer(bundle, backend="openvino" if ir else "onnxruntime")
+    outputs = fused_outputs(model, {bundle.input_name: x}, batch=None if bundle.dynamic_batch else bundle.fixed_batch)
+    scores = outputs[model.outputs[0].get_any_name() if ir else model.graph.output[0].name]
+    saliency = outputs[OUTPUT]
     worst = float(np.abs(scores - ex.backend.forward(x)).max()) / max(1.0, float(np.abs(scores).max()))
     h, w = bundle.input_shape[1:]
     for i in range(len(x)):
