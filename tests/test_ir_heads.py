@@ -13,7 +13,7 @@ from cam_infer import Bundle, Explainer
 from cam_infer.bundle import split_onnx, split_openvino
 from cam_infer.bundle.verify import random_images
 from cam_infer.errors import MethodNotApplicable
-from conftest import tiny_cnn
+from conftest import SHARED, SQUEEZENET_PREP, needs_shared, tiny_cnn
 from test_fuse import SHAPES
 
 
@@ -170,3 +170,29 @@ def test_a_fused_model_of_batch_two_is_checked_in_padded_calls_of_two(tmp_path):
         error = fused_error(model, bundle, method, {}, options.get("top_classes", 1), options.get("class_input", False),
                             x=x)
         assert error < 1e-5, (method, error)
+
+
+@needs_shared
+def test_an_ir_ending_in_softmax_then_a_reshape_reads_probabilities_and_fuses_recipro(tmp_path):
+    """SqueezeNet's IR ends in Softmax, then a Reshape to (N, 1000, 1, 1): its scores are probabilities, as its ONNX
+    file's are (before: recorded as logits and given a second softmax, every score near 1/1000 and a constant
+    map), and fused Recipro-CAM reads the scores as (N, 1000) (before: OpenVINO's GatherElements rank error)."""
+    import openvino as ov
+
+    from cam_infer.fuse import fuse
+    from cam_infer.fuse.ir import run
+    source = SHARED / "models" / "squeezenet1.1-fp32.onnx"
+    ov.save_model(ov.convert_model(str(source)), str(tmp_path / "squeezenet.xml"), compress_to_fp16=False)
+    ir = split_openvino(tmp_path / "squeezenet.xml", "auto", tmp_path / "ir", preprocessing=SQUEEZENET_PREP)
+    onnx_bundle = split_onnx(source, "auto", tmp_path / "onnx", preprocessing=SQUEEZENET_PREP)
+    assert ir.output_kind == onnx_bundle.output_kind == "probabilities"
+    explainer = Explainer(ir, backend="openvino", precision="f32")
+    x = explainer._inputs([SHARED / "images" / "chelsea.png"])[0]
+    got = explainer.explain(x, "recipro")
+    expected = Explainer(onnx_bundle, backend="onnxruntime").explain(x, "recipro")
+    assert got.targets[0] == expected.targets[0] == 285
+    np.testing.assert_allclose(got.scores, expected.scores, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got.maps, expected.maps, rtol=0, atol=1e-4 * np.abs(expected.maps).max())
+    fused = run(fuse(ir, "recipro", raw=True), {ir.input_name: x})
+    np.testing.assert_allclose(fused["saliency_raw"].reshape(got.maps.shape), got.maps, rtol=0,
+                               atol=1e-5 * np.abs(got.maps).max())

@@ -277,7 +277,12 @@ def split_openvino(path, layer: str = "auto", out=None, *, input_size=None, prep
 
 
 def _ends_in_logits(value) -> bool:
-    return value.get_node().get_type_name() != "Softmax"
+    """No Softmax at the end of the model, seen through the reshapes after it (SqueezeNet's IR: Softmax, then a
+    Reshape to (N, 1000))."""
+    node = value.get_node()
+    while node.get_type_name() in SCORE_PASS and node.get_input_size():
+        node = node.input_value(0).get_node()
+    return node.get_type_name() != "Softmax"
 
 
 def _ov_version() -> str:

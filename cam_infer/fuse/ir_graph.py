@@ -65,6 +65,15 @@ def _constant_of(value):
     return value, None
 
 
+def _as_rows(value):
+    """The scores as (N, C), as the method's graph reads them: a model whose output keeps trailing axes
+    (SqueezeNet's (N, 1000, 1, 1)) flattened after the batch."""
+    if value.get_partial_shape().rank.get_length() <= 2:
+        return value
+    import openvino.opset13 as ops
+    return ops.reshape(value, ops.constant(np.array([0, -1], np.int64)), special_zero=True).output(0)
+
+
 def read_instead(parameter, source) -> None:
     """Every reader of `parameter` reads `source` instead."""
     for reader in list(parameter.output(0).get_target_inputs()):
@@ -120,7 +129,7 @@ def stitched(bundle, method: onnx.ModelProto, calls, outputs: list[str], linear_
         for name in (HEAD_WEIGHT, HEAD_BIAS):
             if name in inputs:
                 read_instead(inputs.pop(name), tensors[name])
-    for name, source in ((CUT, cut), (SCORES, scores.input_value(0))):
+    for name, source in ((CUT, cut), (SCORES, _as_rows(scores.input_value(0)))):
         if name in inputs:                      # not read by every method: OpenVINO drops an unread input
             read_instead(inputs.pop(name), source)
     for call in calls:
