@@ -356,6 +356,9 @@ def test_split_and_explain_from_the_command_line(tmp_path):
                           "GIRAFFE")
     assert_one_line_error(run_cli("explain", tmp_path / "b", PHOTO, "--target", "1", "--out", tmp_path / "o4"),
                           "--target is for classifiers")
+    assert_one_line_error(run_cli("explain", tmp_path / "b", PHOTO, "--method", "eigen,gradcam", "--out",
+                                  tmp_path / "o6"), "a detector is explained without gradients")
+    assert not (tmp_path / "o6").exists()
     assert_one_line_error(run_cli("split", SHARED / "models" / "squeezenet1.1-fp32.onnx", "--task", "detection",
                                   "--out", tmp_path / "o5"), "not (N, 4+C, anchors)")
 

@@ -404,3 +404,26 @@ def test_split_recognises_the_deeplab_tflite_by_its_argmax(tmp_path):
     result = run_cli("split", DEEPLAB, "--out", tmp_path / "b")
     assert result.returncode == 0, result.stderr
     assert "class axis 3 of the model's NHWC scores (its ArgMax after them is left out" in result.stdout
+
+
+@pytest.mark.parametrize("method", ["gradcam", "hirescam"])
+def test_the_command_line_runs_seg_grad_cam_as_python_does(own_bundle, tmp_path, method):
+    """`cam-infer explain SEGMENTER --method gradcam` opens the torch gradients as it does for classifiers (before:
+    "open the Explainer with gradients='torch'", advice for Python users): the record is the Python Explainer's."""
+    pytest.importorskip("torch")
+    import cv2
+    import json
+
+    from cam_infer.metrics.segmentation import energy_in_region
+    from helpers import run_cli
+    image, _ = next(own_scenes(1))
+    cv2.imwrite(str(tmp_path / "scene.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    result = run_cli("explain", own_bundle.path, tmp_path / "scene.png", "--method", method, "--target", "square",
+                     "--backend", "onnxruntime", "--precision", "f32", "--out", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    record = json.loads((tmp_path / "out" / "results.json").read_text())["results"][0]["targets"][0]
+    item = Explainer(own_bundle, backend="onnxruntime", gradients="torch", precision="f32").explain(
+        image, method=method, target="square").items[0][0]
+    assert record["label"] == "square" and record["region_pixels"] == int(item.region.sum())
+    assert record["score"] == pytest.approx(item.score, rel=1e-5)
+    assert record["energy_in_region"] == pytest.approx(energy_in_region(item.saliency, item.region), abs=1e-4)

@@ -102,12 +102,10 @@ def explain(args) -> int:
 
 def explain_classes(bundle, args):
     from ..jobs.explainers import open_explainer
-    from ..methods import get_method
     from ..runs import choose_methods, explain_files, parse_option
     names = [m.strip() for m in args.method.split(",") if m.strip()]
-    gradients = "torch" if any(n != "all" and get_method(n).gradient for n in names) else None
-    explainer = open_explainer(bundle, args.backend, args.device, gradients=gradients, precision=args.precision,
-                               hint="throughput")
+    explainer = open_explainer(bundle, args.backend, args.device, gradients=_gradients(names),
+                               precision=args.precision, hint="throughput")
     methods, skipped = choose_methods(names, explainer.linear_head is not None)
     if skipped:
         print(f"skipped {', '.join(skipped)}: this bundle's head is not global pooling + linear")
@@ -138,12 +136,19 @@ def explain_segments(bundle, args):
             raise CamInferError(f"--{flag} is for classifiers; a segmenter takes --target (a class, several, or all)")
     _maps_are_pngs(args, "segmenter")
     target = None if args.target is None else "all" if args.target == "all" else args.target.split(",")
-    explainer = open_explainer(bundle, args.backend, args.device, precision=args.precision)
+    explainer = open_explainer(bundle, args.backend, args.device, gradients=_gradients(methods),
+                               precision=args.precision)
     results = explain_segmentation_files(explainer, args.images, methods, args.out, target=target, region=args.region,
                                          options=dict(parse_option(o) for o in args.option), colormap=args.colormap,
                                          alpha=args.alpha, restart=args.force, on=args.on, overlays=args.overlays,
                                          report=_say, **_scale_out(args))
     return results, summary_lines(results, len(methods), args.out)
+
+
+def _gradients(names) -> str | None:
+    """``torch`` when a method asked for needs gradients (the torch backend beside the runtime's), else None."""
+    from ..methods import get_method
+    return "torch" if any(n != "all" and get_method(n).gradient for n in names) else None
 
 
 def _maps_are_pngs(args, kind: str) -> None:
@@ -162,6 +167,9 @@ def explain_detections(bundle, args):
         if getattr(args, flag) is not None:
             raise CamInferError(f"--{flag} is for classifiers; for detections use --detections, --classes or --box")
     _maps_are_pngs(args, "detector")
+    if _gradients(methods):
+        raise CamInferError("gradient methods explain classifiers and segmenters here; a detector is explained "
+                            "without gradients: use e.g. eigen or ablation")
     explainer = open_explainer(bundle, args.backend, args.device, precision=args.precision)
     targets = "all" if args.detections == "all" else [_integer(v, "--detections") for v in args.detections.split(",")]
     classes = [_class(c) for c in args.classes.split(",")] if args.classes else None
