@@ -295,6 +295,11 @@ def test_explain_over_a_region_from_the_command_line_box_or_folder_of_masks(segm
     assert_one_line_error(result, "--region 'left' is neither")
     result = run_cli("explain", tiny_bundle.path, images[0], "--region", "1,2", "--out", tmp_path / "cls")
     assert_one_line_error(result, "--region is for segmenters")
+    result = run_cli("explain", tiny_bundle.path, images[0], "--box", "1,2,30,40:1", "--conf", "0.5", "--out",
+                     tmp_path / "box")          # detector flags on a classifier, then on a segmenter: refused
+    assert_one_line_error(result, "--box and --conf are for detectors; this bundle is a classification model")
+    result = run_cli("explain", ex.bundle.path, images[0], "--classes", "1", "--out", tmp_path / "classes")
+    assert_one_line_error(result, "--classes is for detectors; this bundle is a segmentation model")
 
 
 def test_a_segmenter_kept_at_batch_one_fuses_from_python_with_the_explainers_map(tmp_path):

@@ -90,6 +90,12 @@ def explain(args) -> int:
     bundle = Bundle.load(args.bundle)
     if args.region is not None and bundle.task != "segmentation":
         raise CamInferError(f"--region is for segmenters; this bundle is a {bundle.task} model")
+    detector_flags = [flag for flag, given in (("--detections", args.detections != "all"), ("--classes", args.classes),
+                                               ("--box", args.box), ("--conf", args.conf is not None),
+                                               ("--iou", args.iou is not None)) if given]
+    if detector_flags and bundle.task != "detection":
+        raise CamInferError(f"{' and '.join(detector_flags)} {'is' if len(detector_flags) == 1 else 'are'} for "
+                            f"detectors; this bundle is a {bundle.task} model")
     run = {"detection": explain_detections, "segmentation": explain_segments}.get(bundle.task, explain_classes)
     results, lines = run(bundle, args)
     for line in lines:
