@@ -165,6 +165,14 @@ def real_bundles(tmp_path_factory):
 
 
 @needs_shared
+def test_vit_recipro_on_a_cnn_ending_in_softmax_says_it_needs_a_vision_transformer(real_bundles):
+    """SqueezeNet ends in a softmax and is no token model: the refusal names what is missing first."""
+    from cam_infer.errors import MethodNotApplicable
+    with pytest.raises(MethodNotApplicable, match="fuses on vision transformers with prefix"):
+        fuse(real_bundles["squeezenet1.1-fp32.onnx"], "vit-recipro")
+
+
+@needs_shared
 @pytest.mark.parametrize("model_file", list(REAL_MODELS))
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_fused_maps_equal_the_explainer_on_real_models(real_bundles, tmp_path, model_file, variant):

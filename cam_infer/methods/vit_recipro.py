@@ -186,12 +186,12 @@ def vit_recipro_onnx(f, *, kernel: str = "gaussian3", cls_token: bool = True, sc
     """The same plan in the graph: a copy of the opened tail on the cut tokens with the plan as constants (N·hw
     rows of S tokens), the target's score per copy."""
     from ..bundle.reduced_tail import quantizes_attention, reduced_tail
-    if score == "logit" and f.output_kind == "probabilities":
-        raise CamInferError("score='logit' needs a model that outputs logits; this one ends in a softmax")
     b, (d, h, w) = f.b, f.shape
     count = f.token_count()
     if count <= h * w:
         raise MethodNotApplicable("method 'vit-recipro' fuses on vision transformers with prefix (class) tokens only")
+    if score == "logit" and f.output_kind == "probabilities":
+        raise CamInferError("score='logit' needs a model that outputs logits; this one ends in a softmax")
     prefix = count - h * w
     one_block = f.attention_count() == 1
     reduced = reduced and (f.head is None or not quantizes_attention(f.head))     # an IR's tail reduces exactly
