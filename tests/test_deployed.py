@@ -530,3 +530,21 @@ def test_verification_compares_the_logits_before_a_left_out_quantized_softmax(tm
     head.graph.node.append(helper.make_node("Add", ["logits_before_offset", "offset"], [out], name="offset"))
     with pytest.raises(Mismatch, match=r"batch 1: max \|head\(features\(x\)\) - model\(x\)\| = 0.87"):
         verify(graph.model, graph.input_spec, scores, features, head, bundle.preprocessing, "dynamic", None)
+
+
+@needs_shared
+def test_a_linear_head_behind_a_computed_reshape_is_read(tmp_path):
+    """PP-OCR's head: GlobalAveragePool → Reshape → MatMul → Add → Softmax, the Reshape's shape computed from the
+    pooling's own (Shape → Slice → Concat). Its W and b are read (before: CAM refused, no closed forms); the
+    closed forms equal the general path, which runs the head graph."""
+    split, images, _, _ = MODELS["ch_ppocr_mobile_v2.0_cls_infer.onnx"]
+    bundle = split_onnx(DEPLOYED / "ch_ppocr_mobile_v2.0_cls_infer.onnx", "auto", tmp_path / "b", **split)
+    explainer = Explainer(bundle, backend="onnxruntime", precision="f32")
+    assert explainer.linear_head is not None and explainer.linear_head.weight.shape == (2, bundle.activation_shape[0])
+    x = explainer._inputs(images)[0]
+    cam = explainer.explain(x, "cam")
+    for method in ("recipro", "ablation"):
+        fast = explainer.explain(x, method).maps
+        general = explainer.explain(x, method, closed_form=False).maps
+        np.testing.assert_allclose(fast, general, rtol=0, atol=1e-5 * np.abs(general).max())
+    assert list(cam.targets) == EXPECTED["ch_ppocr_mobile_v2.0_cls_infer.onnx"]

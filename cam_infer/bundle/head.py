@@ -97,12 +97,13 @@ def read_linear_head(model: onnx.ModelProto, channels: int) -> LinearHead | None
         if node.op_type == "Constant" and _attr(node, "value", None) is not None:
             consts[node.output[0]] = numpy_helper.to_array(_attr(node, "value", None))
     nodes = list(g.node)
+    shape_only = _shape_computations(nodes)
     current = g.input[0].name
     weight, bias = np.eye(channels, dtype=np.float32), np.zeros(channels, np.float32)
     source = {}
     stage = "pool"
     for node in nodes:
-        if node.op_type == "Constant":
+        if node.op_type == "Constant" or id(node) in shape_only:
             continue
         if not node.input or node.input[0] != current:
             return None
@@ -165,6 +166,27 @@ def probed_linear_head(run: Callable, shape: tuple[int, int, int], chunk: int = 
         columns.append(run(unit).reshape(n, -1) - bias)
     weight = np.concatenate(columns).T
     return LinearHead(np.ascontiguousarray(weight, np.float32), bias.astype(np.float32), LinearSource(probed=True))
+
+
+SHAPE_OPS = {"Shape", "Gather", "Slice", "Cast", "Concat", "Unsqueeze", "Squeeze", "Constant", "ConstantOfShape",
+             "Identity", "Mul", "Div", "Add", "Sub", "ReduceProd"}
+
+
+def _shape_computations(nodes: list) -> set[int]:
+    """The nodes (by id) that only compute a Reshape's target shape (PP-OCR's Shape → Slice → Concat after the
+    pooling): every output read as a Reshape's shape or by another such node. The head read past them is still
+    checked against the graph's own run."""
+    readers: dict[str, list] = {}
+    for node in nodes:
+        for i, name in enumerate(node.input):
+            readers.setdefault(name, []).append((node, i))
+    found: set[int] = set()
+    for node in reversed(nodes):                    # readers come after their producers
+        uses = [use for name in node.output for use in readers.get(name, [])]
+        if node.op_type in SHAPE_OPS and uses and all((r.op_type == "Reshape" and i == 1) or id(r) in found
+                                                      for r, i in uses):
+            found.add(id(node))
+    return found
 
 
 def _as_bias(value: np.ndarray, shape: tuple) -> np.ndarray | None:

@@ -6,7 +6,8 @@ lives in its own module (`cam_infer.methods`, registered with `@fused`) and work
 """
 
 from ..methods.eigen import EIGEN_SQUARINGS
-from .assemble import fusable, fuse, fused_error, plain_model, save, summary
+from .any_task import fuse
+from .assemble import fusable, fused_error, plain_model, save, summary
 
 FUSED = fusable()
 

@@ -86,22 +86,11 @@ def _opset(model: onnx.ModelProto) -> int:
 def fuse(bundle: "Bundle | str | os.PathLike", method: str = DEFAULT_METHOD, *, top_classes: int = 1,
          class_input: bool = False, raw: bool = False, check: bool = True, precision: str = "f32",
          **options) -> onnx.ModelProto:
-    """The plain model plus outputs ``saliency`` (N,h,w) in [0,1] — (N,k,h,w) with ``top_classes=k`` — and,
-    for class-specific methods, ``saliency_class`` (N,) or (N,k): the class each map explains. With
-    ``class_input=True`` the class comes from an int64 input ``class_id`` (N,) instead; ``raw=True``
-    adds ``saliency_raw``, the maps before ReLU and normalisation. ``check`` compares the fused model
-    with the Explainer on ONNX Runtime (two random images) and refuses a model that differs. ``precision``: what
-    the model is meant to run at (recorded as ``cam_infer.precision``); other than f32, the check also runs it on
-    OpenVINO at that precision and records how far its maps are from the float32 Explainer's (bf16 rounds).
-    A segmenter's or a detector's bundle gets its own fused model (`fuse_segmenter`, `fuse_detector`): a
-    class-agnostic map, none of the classifier's options."""
+    """A classifier's fused model: `cam_infer.fuse.fuse` (`any_task.fuse`) says what it holds and takes."""
     from ..backends.sessions import RuntimeOptions, resolved_precision
 
-    bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
-    if bundle.task != "classification":
-        return _fused_other_task(bundle, method, top_classes != 1 or class_input or raw or precision != "f32",
-                                 check, options)
     precision = resolved_precision(RuntimeOptions(precision=precision), "openvino")     # checked; auto resolved
+    bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
     ir = bundle.graph_format == "openvino"
     chosen = _fused_method(method, options)
     _check_cut_kind(bundle, method)
@@ -280,18 +269,6 @@ def _description(bundle: Bundle, method: str, options: dict, top_classes: int, c
     if bundle.labels:
         entries["cam_infer.labels"] = json.dumps(bundle.labels)
     return entries
-
-
-def _fused_other_task(bundle: Bundle, method: str, classifier_options: bool, check: bool, options: dict):
-    """A segmenter's or a detector's fused model (`fuse_segmenter`, `fuse_detector`): its map is class-agnostic."""
-    if classifier_options:
-        raise CamInferError(f"top_classes, class_input, raw and precision are for classifiers; a {bundle.task} "
-                            "bundle's fused map is class-agnostic")
-    if bundle.task == "segmentation":
-        from ..segmentation.fuse import fuse_segmenter
-        return fuse_segmenter(bundle, method, check=check, **options)
-    from ..detection.fuse import fuse_detector
-    return fuse_detector(bundle, method, check=check, **options)
 
 
 def fused_error(model, bundle: Bundle, method: str, options: dict, top_classes: int = 1,
