@@ -112,8 +112,8 @@ class Backend(ABC):
     def chunk_size(self, role: str, items: int | None = None) -> int:
         """Images per runtime call for `role` (on a call of `items` images): the fixed batch of fixed-batch
         graphs (the last chunk is padded), else what fits the budget."""
-        if not self.bundle.dynamic_batch:
-            return self.bundle.fixed_batch
+        if self.bundle.call_batch:
+            return self.bundle.call_batch
         in_flight = max(1, self.parallel_requests())
         return max(1, self.memory_budget // (self.bundle.bytes_per_item(role) * in_flight))
 

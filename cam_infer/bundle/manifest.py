@@ -252,6 +252,12 @@ class Bundle:
         """The batch size the graphs were kept at when the source's could not be released (1 usually)."""
         return int(self.manifest.get("fixed_batch") or 1)
 
+    @property
+    def call_batch(self) -> int | None:
+        """The batch every runtime call of the graphs must have (`fixed_batch`; shorter calls are zero-padded to
+        it); None when they take any."""
+        return None if self.dynamic_batch else self.fixed_batch
+
     @cached_property
     def preprocessing(self) -> Preprocessing:
         return Preprocessing.from_dict(self.manifest["preprocessing"])

@@ -185,7 +185,9 @@ def _reaches_parameter(op, stop: str, parameter: str) -> bool:
 
 
 def _score_output(model):
-    """(the logits' op output, ops left out, (in_low, in_high, out_low, out_high) of a u8 output or None)."""
+    """(the scores' op output, ops left out, (in_low, in_high, out_low, out_high) of a u8 output or None, and
+    whether the scores are probabilities: a float Softmax ends the model, seen through the reshapes after it
+    (SqueezeNet's IR: Softmax, then a Reshape to (N, 1000, 1, 1)); a quantized one is left out, its logits kept)."""
     result = model.get_results()[0]
     value = result.input_value(0)
     passed, dequantize = [], None
@@ -194,10 +196,10 @@ def _score_output(model):
         kind = node.get_type_name()
         if kind == "Softmax":
             if any(k in ("FakeQuantize", "Convert") for k in passed):
-                return node.input_value(0), tuple(reversed(passed + ["Softmax"])), dequantize
-            return value, (), dequantize
+                return node.input_value(0), tuple(reversed(passed + ["Softmax"])), dequantize, False
+            return value, (), dequantize, True
         if kind not in SCORE_PASS or not node.get_input_size():
-            return value, (), dequantize
+            return value, (), dequantize, False
         if kind == "FakeQuantize" and dequantize is None and value.get_element_type().get_type_name() in ("u8", "i8"):
             limits = [_constant(node.input_value(i)) for i in range(1, 5)]
             if all(v is not None for v in limits):
@@ -230,7 +232,7 @@ def split_openvino(path, layer: str = "auto", out=None, *, input_size=None, prep
         _refuse_transformer(model, path)
     target = _Output(cut.op, cut.index) if cut else _find_layer(model, ops, layouts, spec, layer)
     nhwc = cut is None and layouts.get(target) == "NHWC"
-    logits, left_out, dequantize = _score_output(model)
+    logits, left_out, dequantize, probabilities = _score_output(model)
     for batch_mode in ("dynamic", "fixed"):
         features, head = _cut(model, spec, target, logits, prep, -1 if batch_mode == "dynamic" else 1, nhwc=nhwc)
         try:
@@ -254,7 +256,7 @@ def split_openvino(path, layer: str = "auto", out=None, *, input_size=None, prep
                          "tensor": target.op, "layout": cut.tokens.layout if cut else layouts.get(target, "NCHW")},
         "activation": {"name": "activation", "shape": list(cut.tokens.grid_shape) if cut else k_h_w,
                        "dtype": "float32", "quantization": None, **({"tokens": cut.record()} if cut else {})},
-        "output": {"name": "scores", "kind": "logits" if left_out or _ends_in_logits(logits) else "probabilities",
+        "output": {"name": "scores", "kind": "probabilities" if probabilities else "logits",
                    "num_classes": int(num_classes), "model_output": model.get_results()[0].get_friendly_name(),
                    "left_out": list(left_out), "model_output_step": step},
         "labels": labels, "batch": batch_mode, **({"fixed_batch": 1} if batch_mode == "fixed" else {}),
@@ -274,15 +276,6 @@ def split_openvino(path, layer: str = "auto", out=None, *, input_size=None, prep
     parts = {"features": features, "head": head}
     return write_bundle(Path(out), manifest, lambda role, file: ov.save_model(parts[role], str(file),
                                                                              compress_to_fp16=False), overwrite)
-
-
-def _ends_in_logits(value) -> bool:
-    """No Softmax at the end of the model, seen through the reshapes after it (SqueezeNet's IR: Softmax, then a
-    Reshape to (N, 1000))."""
-    node = value.get_node()
-    while node.get_type_name() in SCORE_PASS and node.get_input_size():
-        node = node.input_value(0).get_node()
-    return node.get_type_name() != "Softmax"
 
 
 def _ov_version() -> str:

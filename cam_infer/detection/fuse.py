@@ -89,7 +89,7 @@ def fused_detector_error(model: onnx.ModelProto, bundle: Bundle, method: str, op
     from ..methods import get_method
     ex = Explainer(bundle, backend="onnxruntime")
     x = random_images(bundle.preprocessing, 2, seed=5)
-    outputs = fused_outputs(model, {bundle.input_name: x}, batch=None if bundle.dynamic_batch else bundle.fixed_batch)
+    outputs = fused_outputs(model, {bundle.input_name: x}, batch=bundle.call_batch)
     output = outputs["output0" if "output0" in outputs else model.graph.output[0].name]
     saliency = outputs[OUTPUT]
     packed = ex.backend.features(x)

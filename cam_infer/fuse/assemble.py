@@ -286,7 +286,7 @@ def fused_error(model, bundle: Bundle, method: str, options: dict, top_classes: 
     feeds = {bundle.input_name: x}
     if class_input:
         feeds[CLASS_INPUT] = explainer.backend.forward(x).argsort(axis=1)[:, -2].astype(np.int64)  # not the top-1
-    outputs = fused_outputs(model, feeds, precision, None if bundle.dynamic_batch else bundle.fixed_batch)
+    outputs = fused_outputs(model, feeds, precision, bundle.call_batch)
     maps = outputs[RAW_OUTPUT].reshape(len(x), -1, *bundle.activation_shape[1:])
     classes = feeds.get(CLASS_INPUT, outputs.get(CLASS_OUTPUT))
     classes = None if classes is None else classes.reshape(len(x), -1)

@@ -103,7 +103,7 @@ def fused_segmenter_error(model, bundle: Bundle, method: str, options: dict) -> 
     x = random_images(bundle.preprocessing, 2, seed=5)
     ir = not isinstance(model, onnx.ModelProto)
     ex = Explainer(bundle, backend="openvino" if ir else "onnxruntime")
-    outputs = fused_outputs(model, {bundle.input_name: x}, batch=None if bundle.dynamic_batch else bundle.fixed_batch)
+    outputs = fused_outputs(model, {bundle.input_name: x}, batch=bundle.call_batch)
     scores = outputs[model.outputs[0].get_any_name() if ir else model.graph.output[0].name]
     saliency = outputs[OUTPUT]
     worst = float(np.abs(scores - ex.backend.forward(x)).max()) / max(1.0, float(np.abs(scores).max()))

@@ -55,7 +55,7 @@ class ClassificationTask(Task):
         against: ONNX Runtime on an ONNX head, read from its graph (`read_linear_head`); OpenVINO on an IR head,
         read by running it (`probed_linear_head`, logits only: a head ending in a softmax is not probed). A head of
         a fixed batch runs in zero-padded calls of that batch."""
-        batch = None if self.bundle.dynamic_batch else self.bundle.fixed_batch
+        batch = self.bundle.call_batch
         if self.bundle.graph_format == "onnx":
             import onnx
 

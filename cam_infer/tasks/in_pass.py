@@ -63,7 +63,7 @@ class MapsInPass:
             return False
         if backend.precision != "f32":          # at bf16/f16 the map's own arithmetic would round too: not checked
             return False
-        if not bundle.dynamic_batch and bundle.fixed_batch != 1:     # one image: no padding to a larger batch
+        if bundle.call_batch not in (None, 1):     # one image: no padding to a larger batch
             return False
         graphs = (bundle.features_path, bundle.head_path)
         if bundle.graph_format == "openvino":                                  # an IR's weights: its .bin files
