@@ -67,23 +67,15 @@ quantized head on a real cut), so its recipro is timed on both runtimes.
 - output tensors the runtime writes into directly (no 22 MB copy): no difference measurable on the head (69.8
   against 70.3 ms).
 
-**Against the targets (this run, load 15–16).** Single-pass methods ≤ 1.10×: met on DeepLab's ONNX file on
-OpenVINO (1.01–1.06×) and on ONNX Runtime but for eigen (1.04–1.11×), on the PAN on OpenVINO for activation and
-entropy (1.02×; eigen 1.13×); missed on DeepLab's TFLite (1.16–1.22×) and on the PAN on ONNX Runtime for eigen and
-entropy (1.13–1.22×; activation 0.83×). Recipro ≤ 1.5×: met on DeepLab's ONNX file on OpenVINO (1.44×, timed for
-the first time); missed on DeepLab's TFLite (1.62×, was 2.01× quiet), DeepLab's ONNX file on ONNX Runtime (1.70×)
-and the PAN (1.78–1.80×; was 1.47× and 2.35× quiet).
-
 **Why the misses, measured.** DeepLab's TFLite, single-pass: the bundle's pass is two runtime calls (features,
 head) where the unsplit model makes one, and returns 22 MB of float32 scores where the unsplit model returns their
 ArgMax (1.03× here, 1.08× quiet); the argmax (1.5–2 ms quiet, 10 ms here), the 22 MB copy (1.6–3 ms quiet) and the
 region score (1 ms) come on top. What would reach 1.10×: a head that returns only what the task reads (the class
-ids and the explained class's plane) from an argmax faster in the graph than OpenVINO's TopK is here. Recipro: a
-profile of DeepLab's TFLite recipro call at load 12 gives 138 ms of passes, 55–63 ms of shortcut (its softmax 17
-ms, the rest NumPy's small batched matrix products and gathers per row of positions, which slow down most under
-load as BLAS's threads compete with the runtime's), 12 ms of copies and 4 ms of argmax. On the PAN the shortcut is
-128 rows of NumPy work (a 3×3 kernel and a sigmoid on each position's 17×17 support), 35–42 ms here over a pass
-that takes 16 ms quiet on OpenVINO: 1.5× needs it under 8 ms, i.e. the rows batched into a few calls without BLAS.
+ids and the explained class's plane) from an argmax faster in the graph than OpenVINO's TopK is here. Recipro: the
+shortcut's region scores (`kernels.support_scores`, one Numba kernel over the positions: no temporaries, no BLAS,
+an exp that vectorises, a support outside the region skipped from a summed-area table) take 3–5 ms on DeepLab and
+5–7 ms on the PAN, where NumPy took 11–13 ms quiet (55–63 ms at load 12); what is left beyond the pass is the
+bundle's second runtime call and the scores' copy (DeepLab's TFLite), the argmax and the map's resize.
 """
 BACKENDS = ["onnxruntime", "openvino"]
 
@@ -202,6 +194,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
+    from cam_infer.backends.sessions import leave_the_cores_to_the_runtime
+    leave_the_cores_to_the_runtime()         # NumPy's BLAS on one thread, as the CLI, the server and the workers run
     report = Report()
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     report(f"**Segmentation: method ÷ forward**, batch 1, float32 on both runtimes, CPU ({os.cpu_count()} cores, "

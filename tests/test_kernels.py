@@ -190,3 +190,76 @@ def test_class_argmax_matches_numpy_argmax_with_ties_and_nans():
     np.testing.assert_array_equal(kernels.class_argmax(scores), scores.argmax(axis=0))
     logits = RNG.standard_normal((3, 64, 64)).astype(np.float32)
     np.testing.assert_array_equal(kernels.class_argmax(logits), logits.argmax(axis=0))
+
+
+def test_exp_rows_matches_numpy_exp_within_two_ulp_and_clamps():
+    x = np.stack([np.linspace(-87, 88, 20_001, dtype=np.float32), RNG.uniform(-3, 3, 20_001).astype(np.float32)])
+    got = x.copy()
+    kernels.exp_rows(got, x.shape[1] - 1)                      # the last column is left as it was
+    reference = np.exp(x[:, :-1].astype(np.float64))
+    assert np.abs(got[:, :-1] / reference - 1).max() < 2.5e-7
+    np.testing.assert_array_equal(got[:, -1], x[:, -1])
+    extreme = np.array([[-1e4, -100.0, 100.0, 1e4]], np.float32)
+    kernels.exp_rows(extreme, 4)
+    assert np.isfinite(extreme).all() and extreme[0, 0] == extreme[0, 1] > 0 and extreme[0, 2] == extreme[0, 3]
+
+
+def test_summed_area_matches_numpy_cumsums():
+    region = RNG.random((37, 23)) < 0.4
+    expected = np.pad(region.astype(np.int32).cumsum(axis=0).cumsum(axis=1), ((1, 0), (1, 0)))
+    np.testing.assert_array_equal(kernels.summed_area(region), expected)
+
+
+def brute_force_region_scores(tail, a, c, region, activation):
+    """The twin of `support_scores` (through `LinearTail.recipro_scores`): the float tail at the output's full
+    size, the cut kept at one position at a time, the target's score averaged over the region."""
+    from cam_infer.bundle.linear_tail import apply
+    _, h, w = a.shape
+    out = np.zeros((h, w))
+    for i in range(h):
+        for j in range(w):
+            kept = np.zeros((1, *a.shape), np.float32)
+            kept[0, :, i, j] = a[:, i, j]
+            out[i, j] = apply(tail.logits(kept).astype(np.float64), activation)[0, c][region].mean()
+    return out
+
+
+@pytest.mark.parametrize("k, factor, mode", [(1, 8, "half_pixel"), (3, 4, "align_corners"), (3, 2, "half_pixel")])
+def test_support_scores_match_the_full_size_tail_position_by_position(k, factor, mode):
+    """Softmax, sigmoid and identity, on supports whose weight rows repeat (8×: scored once per group) and ones
+    that do not; a random region, the whole image, one pixel, all but one pixel and a rectangle; and with the summed-area shortcuts turned off
+    (the spans cleared: every support read pixel by pixel), the same values."""
+    from cam_infer.bundle.linear_tail import LinearTail, linear_weights
+    n_class, n_in, h, w = 4, 6, 5, 6
+    tail = LinearTail(RNG.standard_normal((n_class, n_in, k, k)).astype(np.float32),
+                      RNG.standard_normal(n_class).astype(np.float32),
+                      linear_weights(h, h * factor, mode).astype(np.float32),
+                      linear_weights(w, w * factor, mode).astype(np.float32), "softmax")
+    assert (tail.groups[0][0] is not None) == (factor == 8)
+    a = np.abs(RNG.standard_normal((n_in, h, w))).astype(np.float32)
+    one = np.zeros((h * factor, w * factor), bool)
+    one[7, 3] = True
+    block = np.zeros_like(one)
+    block[5:19, 2:13] = True
+    regions = [RNG.random(one.shape) < 0.3, np.ones_like(one), one, ~one, block]
+    unshortened = LinearTail(tail.kernel, tail.bias, tail.ry, tail.rx, tail.activation)
+    for axis in unshortened.kernel_axes:
+        axis[2][:] = (0, -1)
+    for region in regions:
+        for activation in ("softmax", "sigmoid", "none"):
+            c = 2
+            expected = brute_force_region_scores(tail, a, c, region, activation)
+            got = tail.recipro_scores(a, c, region, activation)
+            np.testing.assert_allclose(got, expected, rtol=2e-6, atol=1e-6 * np.abs(expected).max())
+            np.testing.assert_allclose(unshortened.recipro_scores(a, c, region, activation), got, rtol=1e-6)
+
+
+def test_every_parallel_kernel_takes_turns_where_launches_are_not_threadsafe():
+    """A `parallel=True` kernel not wrapped in `launched_safely` would abort the process on Numba's workqueue
+    layer when the server or the pipelined runner launch it from two threads."""
+    import inspect
+    parallel = [name for name, f in vars(kernels).items()
+                if getattr(getattr(f, "__wrapped__", f), "targetoptions", {}).get("parallel")]
+    assert {"bilinear_minmax_masks", "masked_inputs", "support_rows", "class_argmax"} <= set(parallel)
+    for name in parallel:
+        assert inspect.getsource(getattr(kernels, name)).lstrip().startswith("@launched_safely"), name

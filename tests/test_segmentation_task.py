@@ -319,7 +319,7 @@ def full_size_region_scores(tail, a, c, region, positions, activation) -> np.nda
 def row_by_row_recipro_scores(tail, a, c, region, activation) -> np.ndarray:
     """The shortcut pixel by pixel, one row of positions at a time, every pixel of each support scored (the
     formulation before repeated weight rows were scored once)."""
-    from cam_infer.bundle.linear_tail import apply, class_score
+    from cam_infer.bundle.linear_tail import apply
     _, h, w = a.shape
     base = float(apply(tail.bias.astype(np.float64)[:, None, None], activation)[c, 0, 0])
     kernel, bias = tail.kernel, tail.bias.astype(np.float32)[None, :, None, None]
@@ -336,7 +336,7 @@ def row_by_row_recipro_scores(tail, a, c, region, activation) -> np.ndarray:
         hit = inside.any(axis=(1, 2))
         if hit.any():
             z = bias + np.matmul(ry[i], np.matmul(v[i][hit], rx_t[hit]))
-            kept = np.where(inside[hit], class_score(z, activation, c), 0).sum(axis=(1, 2), dtype=np.float64)
+            kept = np.where(inside[hit], apply(z, activation)[:, c], 0).sum(axis=(1, 2), dtype=np.float64)
             out[i, hit] = (base * (total - inside[hit].sum(axis=(1, 2))) + kept) / total
     return out.astype(np.float32)
 

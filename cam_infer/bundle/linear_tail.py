@@ -69,38 +69,50 @@ class LinearTail:
             return (None, self.supports[0][1]), (None, self.supports[1][1])     # too few repeats to pay
         return y, x
 
+    @cached_property
+    def kernel_axes(self) -> tuple[tuple, tuple]:
+        """Per axis, what `kernels.support_scores` reads: each support's output indices, the group of each
+        (−1 for padding), its span (first, last) when the indices are contiguous (else (0, −1)), the indices per
+        group and the groups' weights."""
+        axes = []
+        for (index, weights, valid), (one_hot, distinct) in zip(self.supports, self.groups):
+            group = np.broadcast_to(np.arange(index.shape[1]), index.shape) if one_hot is None else \
+                one_hot.argmax(axis=2)
+            group = np.where(valid, group, -1).astype(np.int32)
+            span = np.tile(np.array([0, -1], np.int32), (len(index), 1))
+            for i, (row, kept) in enumerate(zip(index, valid)):
+                first, last = row[kept].min(), row[kept].max()
+                if np.array_equal(np.sort(row[kept]), np.arange(first, last + 1)):
+                    span[i] = first, last
+            sizes = np.stack([np.bincount(g[g >= 0], minlength=distinct.shape[1]) for g in group]).astype(np.int32)
+            axes.append((np.ascontiguousarray(index), np.ascontiguousarray(group), span, sizes,
+                         np.ascontiguousarray(distinct.transpose(0, 2, 1), dtype=np.float32)))
+        return tuple(axes)
+
     def recipro_scores(self, a: np.ndarray, c: int, region: np.ndarray, activation: str) -> np.ndarray:
         """S(q) = (1/|R|) Σ_{p∈R} act(b + Σ_n u_p(n)·W_{q−n}·A[:,q])_c for every position q of a (K,h,w) → (h,w),
         n the cells the kernel carries q to, u_p(n) = R_y[p_y,n_y]·R_x[p_x,n_x]. Pixels outside the support of
-        q's cells give act(b)_c; the support of a row of positions is computed at once (a rectangle per position,
-        padded to the widest, the padding masked out). The logits at p depend on p only through its row's weights
-        R_y[p_y,·] and its column's R_x[p_x,·], which an upsampling repeats (DeepLab's 16×: 16 distinct rows of the
-        31 in a support): each distinct (row, column) pair is scored once, times the region's pixels that have it
-        — the same values, summed in another order (`_groups`)."""
+        q's cells give act(b)_c. The logits at p depend on p only through its row's weights R_y[p_y,·] and its
+        column's R_x[p_x,·], which an upsampling repeats (DeepLab's 16×: 16 distinct rows of the 31 in a
+        support): each distinct (row, column) pair is scored once, times the region's pixels that have it
+        (`kernels.support_scores`)."""
+        from .. import kernels
+
         _, h, w = a.shape
         base = float(apply(self.bias.astype(np.float64)[:, None, None], activation)[c, 0, 0])
-        kernel, bias = self.kernel, self.bias.astype(np.float32)[None, :, None, None]
-        if activation != "softmax":                                # each class on its own: only c is needed
-            kernel, bias, c = kernel[c:c + 1], bias[:, c:c + 1], 0
-        v = np.einsum("ckyx,khw->hwcyx", kernel, a).astype(np.float32)            # W_tap·A[:,q] for every tap
-        total = int(region.sum())
-        (ys, _, y_valid), (xs, _, x_valid) = self.supports     # (h,Ly), (h,Ly); (w,Lx), (w,Lx)
-        (y_group, ry), (x_group, rx) = self.groups             # one-hot (h,Ly,Dy), (h,Dy,k); (w,Lx,Dx), (w,Dx,k)
-                                                               # (no repeats: None, and the supports' weights)
-        region_x = region[:, xs] & x_valid[None]                  # (H,w,Lx)
-        rx_t = rx.transpose(0, 2, 1)[:, None]                      # (w,1,k,Dx)
-        per_row = region_x.sum(axis=2, dtype=np.int32)[ys]        # (h,Ly,w): each support row's region pixels
-        counts = np.einsum("ilj,il->ij", per_row, y_valid.astype(np.int32))     # (h,w): per support
-        out = np.full((h, w), base, np.float64)                    # a position whose support misses the region
-        for i in np.flatnonzero(counts.any(axis=1)):
-            hit = counts[i] > 0
-            inside = region_x[ys[i]].transpose(1, 0, 2)[hit] & y_valid[i][None, :, None]   # (q,Ly,Lx)
-            pixels = inside if y_group is None else \
-                np.matmul(y_group[i].T, np.matmul(inside.astype(np.float32), x_group[hit]))   # (q,Dy,Dx)
-            z = bias + np.matmul(ry[i], np.matmul(v[i][hit], rx_t[hit]))                # (q,C,Dy,Dx)
-            y_c = class_score(z, activation, c)
-            kept = (np.where(pixels, y_c, 0) if y_group is None else y_c * pixels).sum(axis=(1, 2), dtype=np.float64)
-            out[i, hit] = (base * (total - counts[i, hit]) + kept) / total
+        kernel, bias = self.kernel.astype(np.float32), self.bias.astype(np.float32)
+        if activation == "softmax":             # y_c = 1 / (1 + Σ_{j≠c} e^{z_j − z_c})
+            others = np.arange(len(bias)) != c
+            kernel, bias = kernel[others] - kernel[c], bias[others] - bias[c]
+        elif activation == "sigmoid":           # y_c = 1 / (1 + e^{−z_c})
+            kernel, bias = -kernel[c:c + 1], -bias[c:c + 1]
+        else:
+            kernel, bias = kernel[c:c + 1], bias[c:c + 1]
+        region = np.ascontiguousarray(region, dtype=bool)
+        out = np.empty((h, w), np.float64)
+        kernels.support_scores(np.ascontiguousarray(a, dtype=np.float32), np.ascontiguousarray(kernel.transpose(1, 2, 3, 0)),
+                               bias, activation != "none", region, kernels.summed_area(region), *self.kernel_axes,
+                               base, out)
         return out.astype(np.float32)
 
 
@@ -134,15 +146,6 @@ def _supports(r: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray
         index[i, :len(idx)], valid[i, :len(idx)] = idx, True
         weights[i, :len(idx)] = r[idx][:, np.clip(cells[i], 0, n - 1)] * on_grid[i]
     return index, weights, valid
-
-
-def class_score(z: np.ndarray, activation: str, c: int) -> np.ndarray:
-    """act(z)[:, c] of (N,C,...) logits without dividing the other classes' exponentials (softmax: e_c / Σ_j e_j,
-    e = exp(z − max_j z_j), the same operations `apply` does for class c)."""
-    if activation != "softmax":
-        return apply(z[:, c:c + 1], activation)[:, 0]
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e[:, c] / e.sum(axis=1)
 
 
 def apply(z: np.ndarray, activation: str) -> np.ndarray:
