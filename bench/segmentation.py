@@ -41,8 +41,8 @@ NOTES = """
 against 20–40 ms quiet), so single ratios move by ±0.2 from run to run: re-run on a quiet machine
 (`python bench/segmentation.py --deeplab deeplab.onnx`). What the task adds beyond the pass is itemised in the
 "beyond the pass" rows: the region's argmax (`kernels.class_argmax`, each class plane read in memory order; pixel
-for pixel DeepLab's own ArgMax on the shared photos) and the region score (the region's pixels gathered by index
-now, no boolean mask over the plane).
+for pixel DeepLab's own ArgMax on the shared photos) and the region score (`kernels.region_means`, one pass over
+the region).
 
 **Recipro with the linear-tail shortcut.** Two changes, each measured alternately against the former code in one
 process, values bit-identical (max difference 0.0 on the real models):

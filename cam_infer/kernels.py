@@ -313,6 +313,33 @@ def class_argmax(scores: np.ndarray) -> np.ndarray:
     return out
 
 
+@njit(cache=CACHE, nogil=True)
+def region_means(scores: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """(R,H,W) scores, (H,W) bool region → (R,) float64: each row's mean over the region's pixels, summed in
+    row-major order. The region is read once; its pixels' offsets are kept for the rows after the first (DeepLab's
+    96 k-pixel dog: 0.17 ms, where NumPy's `nonzero` and gather took 1.3)."""
+    n_rows, h, w = scores.shape
+    pixels = np.empty(h * w, np.int64)
+    n = 0
+    first = 0.0
+    for y in range(h):
+        for x in range(w):
+            if region[y, x]:
+                pixels[n] = y * w + x
+                first += scores[0, y, x]
+                n += 1
+    out = np.full(n_rows, np.nan)
+    if n == 0:                                        # no pixel: NaN, as NumPy's mean of nothing
+        return out
+    out[0] = first / n
+    for r in range(1, n_rows):
+        total = 0.0
+        for u in range(n):
+            total += scores[r, pixels[u] // w, pixels[u] % w]
+        out[r] = total / n
+    return out
+
+
 LOG2E = np.float32(1.4426950408889634)
 LN2_HI, LN2_LO = np.float32(0.693359375), np.float32(-2.12194440e-4)      # ln 2 in two parts (Cody–Waite)
 EXP_POLY = (np.float32(1.9875691500e-4), np.float32(1.3981999507e-3), np.float32(8.3334519073e-3),

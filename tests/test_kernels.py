@@ -263,3 +263,13 @@ def test_every_parallel_kernel_takes_turns_where_launches_are_not_threadsafe():
     assert {"bilinear_minmax_masks", "masked_inputs", "support_rows", "class_argmax"} <= set(parallel)
     for name in parallel:
         assert inspect.getsource(getattr(kernels, name)).lstrip().startswith("@launched_safely"), name
+
+
+def test_region_means_match_numpy_masked_means():
+    scores = RNG.standard_normal((5, 4, 33, 29)).astype(np.float32)[:, 2]          # rows of a class: a strided view
+    region = RNG.random((33, 29)) < 0.3
+    np.testing.assert_allclose(kernels.region_means(scores, region), scores[:, region].mean(axis=1, dtype=np.float64),
+                               rtol=1e-12)
+    np.testing.assert_allclose(kernels.region_means(scores[:1], region), [scores[0][region].mean(dtype=np.float64)],
+                               rtol=1e-12)
+    assert np.isnan(kernels.region_means(scores, np.zeros_like(region))).all()

@@ -84,10 +84,10 @@ def rows(values: np.ndarray, i: int, k: int) -> np.ndarray:
 
 
 def region_scores(scores: np.ndarray, region: np.ndarray) -> np.ndarray:
-    """Mean of (R,H,W) scores over the region's pixels → (R,): the region's pixels gathered by their indices, in
-    row-major order (a boolean mask reads every pixel of the image)."""
-    rows, cols = np.nonzero(region)
-    return scores[:, rows, cols].mean(axis=1, dtype=np.float64)
+    """Mean of (R,H,W) scores over the region's pixels → (R,), float64 (`kernels.region_means`: one pass over the
+    region, no index arrays)."""
+    from ..kernels import region_means
+    return region_means(scores, np.ascontiguousarray(region, dtype=bool))
 
 
 class Assignment:
