@@ -400,7 +400,7 @@ def support_scores(*args) -> None:
 @launched_safely
 @njit(cache=CACHE, parallel=True, nogil=True, fastmath={"nnan", "ninf", "nsz", "arcp", "contract"})
 def support_rows(a: np.ndarray, weights: np.ndarray, bias: np.ndarray, logistic: bool, region: np.ndarray,
-                   table: np.ndarray, rows: tuple, columns: tuple, base: float, out: np.ndarray) -> None:
+                 table: np.ndarray, rows: tuple, columns: tuple, base: float, out: np.ndarray) -> None:
     """Recipro-CAM's region score through a linear tail (`bundle.linear_tail.LinearTail.recipro_scores`), at
     every position q = (i, j) of out (h,w):
 

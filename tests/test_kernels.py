@@ -227,8 +227,8 @@ def brute_force_region_scores(tail, a, c, region, activation):
 @pytest.mark.parametrize("k, factor, mode", [(1, 8, "half_pixel"), (3, 4, "align_corners"), (3, 2, "half_pixel")])
 def test_support_scores_match_the_full_size_tail_position_by_position(k, factor, mode):
     """Softmax, sigmoid and identity, on supports whose weight rows repeat (8×: scored once per group) and ones
-    that do not; a random region, the whole image, one pixel, all but one pixel and a rectangle; and with the summed-area shortcuts turned off
-    (the spans cleared: every support read pixel by pixel), the same values."""
+    that do not; a random region, the whole image, one pixel, all but one pixel and a rectangle; and with the
+    summed-area shortcuts turned off (the spans cleared: every support read pixel by pixel), the same values."""
     from cam_infer.bundle.linear_tail import LinearTail, linear_weights
     n_class, n_in, h, w = 4, 6, 5, 6
     tail = LinearTail(RNG.standard_normal((n_class, n_in, k, k)).astype(np.float32),
@@ -273,3 +273,18 @@ def test_region_means_match_numpy_masked_means():
     np.testing.assert_allclose(kernels.region_means(scores[:1], region), [scores[0][region].mean(dtype=np.float64)],
                                rtol=1e-12)
     assert np.isnan(kernels.region_means(scores, np.zeros_like(region))).all()
+
+
+def test_support_scores_where_a_resize_skips_cells_of_the_cut():
+    """A resize to fewer rows than the cut has (3×: 12 → 4) leaves cells that reach no output pixel: their
+    positions keep the bias's score, as the full-size tail gives."""
+    from cam_infer.bundle.linear_tail import LinearTail, linear_weights
+    tail = LinearTail(RNG.standard_normal((3, 4, 1, 1)).astype(np.float32), RNG.standard_normal(3).astype(np.float32),
+                      linear_weights(12, 4, "asymmetric").astype(np.float32),
+                      linear_weights(9, 18, "half_pixel").astype(np.float32), "softmax")
+    assert not tail.supports[0][2].any(axis=1).all()                   # some cells reach no output row
+    a = np.abs(RNG.standard_normal((4, 12, 9))).astype(np.float32)
+    region = RNG.random((4, 18)) < 0.5
+    for activation in ("softmax", "sigmoid", "none"):
+        np.testing.assert_allclose(tail.recipro_scores(a, 1, region, activation),
+                                   brute_force_region_scores(tail, a, 1, region, activation), rtol=2e-6, atol=1e-7)

@@ -81,9 +81,8 @@ class LinearTail:
             group = np.where(valid, group, -1).astype(np.int32)
             span = np.tile(np.array([0, -1], np.int32), (len(index), 1))
             for i, (row, kept) in enumerate(zip(index, valid)):
-                first, last = row[kept].min(), row[kept].max()
-                if np.array_equal(np.sort(row[kept]), np.arange(first, last + 1)):
-                    span[i] = first, last
+                if kept.any() and np.array_equal(np.sort(row[kept]), np.arange(row[kept].min(), row[kept].max() + 1)):
+                    span[i] = row[kept].min(), row[kept].max()
             sizes = np.stack([np.bincount(g[g >= 0], minlength=distinct.shape[1]) for g in group]).astype(np.int32)
             axes.append((np.ascontiguousarray(index), np.ascontiguousarray(group), span, sizes,
                          np.ascontiguousarray(distinct.transpose(0, 2, 1), dtype=np.float32)))
@@ -110,9 +109,9 @@ class LinearTail:
             kernel, bias = kernel[c:c + 1], bias[c:c + 1]
         region = np.ascontiguousarray(region, dtype=bool)
         out = np.empty((h, w), np.float64)
-        kernels.support_scores(np.ascontiguousarray(a, dtype=np.float32), np.ascontiguousarray(kernel.transpose(1, 2, 3, 0)),
-                               bias, activation != "none", region, kernels.summed_area(region), *self.kernel_axes,
-                               base, out)
+        weights = np.ascontiguousarray(kernel.transpose(1, 2, 3, 0))                   # (K,k,k,J)
+        kernels.support_scores(np.ascontiguousarray(a, dtype=np.float32), weights, bias, activation != "none", region,
+                               kernels.summed_area(region), *self.kernel_axes, base, out)
         return out.astype(np.float32)
 
 
