@@ -548,3 +548,34 @@ def test_a_linear_head_behind_a_computed_reshape_is_read(tmp_path):
         general = explainer.explain(x, method, closed_form=False).maps
         np.testing.assert_allclose(fast, general, rtol=0, atol=1e-5 * np.abs(general).max())
     assert list(cam.targets) == EXPECTED["ch_ppocr_mobile_v2.0_cls_infer.onnx"]
+
+
+@needs_shared
+def test_a_float16_head_is_read_within_its_rounding_and_fuses_on_both_runtimes(tmp_path):
+    """PP-OCR in float16: its head casts the cut to float16, then GAP → Reshape → MatMul → Add → Softmax with W and b
+    float16 constants. Read as GAP → linear (before: CAM refused): CAM's maps equal the float32 model's within
+    float16's rounding, the closed forms equal the general path, and the fused CAM model (W's rows cast to
+    float32 in the graph) runs on ONNX Runtime and OpenVINO alike."""
+    import onnxruntime
+    import openvino
+    from cam_infer.fuse import fuse, save
+    split, images, _, _ = MODELS["derived_ppocr_cls_fp16.onnx"]
+    half = Explainer(split_onnx(DEPLOYED / "derived_ppocr_cls_fp16.onnx", "auto", tmp_path / "h", **split),
+                     backend="onnxruntime", precision="f32")
+    full = Explainer(split_onnx(DEPLOYED / "ch_ppocr_mobile_v2.0_cls_infer.onnx", "auto", tmp_path / "f", **split),
+                     backend="onnxruntime", precision="f32")
+    assert half.linear_head is not None and half.linear_head.float16 and not full.linear_head.float16
+    x = half._inputs(images)[0]
+    cam, reference = half.explain(x, "cam"), full.explain(x, "cam")
+    assert list(cam.targets) == list(reference.targets) == EXPECTED["ch_ppocr_mobile_v2.0_cls_infer.onnx"]
+    np.testing.assert_allclose(cam.maps, reference.maps, rtol=0, atol=1e-2 * np.abs(reference.maps).max())
+    for method in ("recipro", "ablation"):
+        general = half.explain(x, method, closed_form=False).maps
+        np.testing.assert_allclose(half.explain(x, method).maps, general, rtol=0, atol=1e-4 * np.abs(general).max())
+    path = tmp_path / "cam.onnx"
+    save(fuse(half.bundle, "cam"), path)
+    on_ort = onnxruntime.InferenceSession(str(path)).run(None, {"x": x})
+    on_openvino = openvino.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})({0: x})
+    np.testing.assert_array_equal(on_ort[2], cam.targets)
+    np.testing.assert_allclose(on_openvino[1], on_ort[1], atol=5e-3)
+    np.testing.assert_allclose(on_ort[1][:, 0], normalise(cam.maps.copy())[0][:, 0], atol=1e-3)

@@ -48,6 +48,7 @@ class LinearHead:
     weight: np.ndarray     # (C,K)
     bias: np.ndarray       # (C,)
     source: LinearSource = LinearSource()
+    float16: bool = False  # the head graph holds W and b in float16 (and computes in it): checked within its rounding
     open_session: Callable | None = field(default=None, repr=False, compare=False)
     _session: list = field(default_factory=list, repr=False, compare=False)   # the runtime product, once made
     _opening: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
@@ -108,7 +109,9 @@ def read_linear_head(model: onnx.ModelProto, channels: int) -> LinearHead | None
         if not node.input or node.input[0] != current:
             return None
         op = node.op_type
-        if stage == "pool":
+        if stage == "pool" and op in ("Cast", "Identity"):         # a float16 graph's Cast of its input
+            pass
+        elif stage == "pool":
             if op == "GlobalAveragePool" or (op == "ReduceMean" and _spatial_axes(node, consts)):
                 stage = "linear"
             else:
@@ -147,8 +150,9 @@ def read_linear_head(model: onnx.ModelProto, channels: int) -> LinearHead | None
         current = node.output[0]
     if current != g.output[0].name or weight.ndim != 2 or weight.shape[1] != channels:
         return None
+    float16 = any(consts[source[name]].dtype == np.float16 for name in ("weight", "bias") if name in source)
     return LinearHead(np.ascontiguousarray(weight, np.float32), np.ascontiguousarray(bias, np.float32),
-                      LinearSource(**source))
+                      LinearSource(**source), float16)
 
 
 def probed_linear_head(run: Callable, shape: tuple[int, int, int], chunk: int = 128) -> LinearHead:

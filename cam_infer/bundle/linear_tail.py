@@ -95,7 +95,7 @@ class LinearTail:
         column's R_x[p_x,·], which an upsampling repeats (DeepLab's 16×: 16 distinct rows of the 31 in a
         support): each distinct (row, column) pair is scored once, times the region's pixels that have it
         (`kernels.support_scores`)."""
-        from .. import kernels
+        from ..kernels import summed_area, support_scores
 
         _, h, w = a.shape
         base = float(apply(self.bias.astype(np.float64)[:, None, None], activation)[c, 0, 0])
@@ -110,8 +110,8 @@ class LinearTail:
         region = np.ascontiguousarray(region, dtype=bool)
         out = np.empty((h, w), np.float64)
         weights = np.ascontiguousarray(kernel.transpose(1, 2, 3, 0))                   # (K,k,k,J)
-        kernels.support_scores(np.ascontiguousarray(a, dtype=np.float32), weights, bias, activation != "none", region,
-                               kernels.summed_area(region), *self.kernel_axes, base, out)
+        support_scores(np.ascontiguousarray(a, dtype=np.float32), weights, bias, activation != "none", region,
+                       summed_area(region), *self.kernel_axes, base, out)
         return out.astype(np.float32)
 
 

@@ -106,7 +106,7 @@ class Fusion:
             rows = b.op("Transpose", b.op("Gather", src.weight, self.targets, axis=1), perm=[1, 2, 0], hint="rows")
         else:                                                                    # stored (C,K)
             rows = b.op("Gather", src.weight, self.targets, axis=0, hint="rows")
-        return b.scale(rows, src.weight_scale)
+        return b.scale(self.in_float32(head, rows), src.weight_scale)
 
     def linear_scores(self, head: LinearHead, positions: str) -> str:
         """W·p + b for every position vector p, with the head's own tensors: (N·hw, C)."""
@@ -114,9 +114,13 @@ class Fusion:
         flat = b.reshape(positions, (-1, self.shape[0]), hint="pooled")
         if src.weight is None:
             return flat
-        inputs = [flat, src.weight] + ([src.bias] if src.bias else [])
+        inputs = [flat, self.in_float32(head, src.weight)] + ([self.in_float32(head, src.bias)] if src.bias else [])
         return b.op("Gemm", *inputs, transB=int(not src.transposed), alpha=src.weight_scale, beta=src.bias_scale,
                     hint="logits")
+
+    def in_float32(self, head: LinearHead, tensor: str) -> str:
+        """A tensor of the head's W or b as the method's float32: a Cast when the head holds them in float16."""
+        return self.b.op("Cast", tensor, to=TensorProto.FLOAT, hint="float32") if head.float16 else tensor
 
     def head_on_masked_copies(self, positions: str, kernel: np.ndarray) -> str:
         """Row (n, i·w+j) of the batch is A[n,:,i,j] placed by `kernel` around (i,j), zero elsewhere."""

@@ -17,6 +17,9 @@ from ..numerics import softmax, zero_padded
 from ..postprocess import normalise, upsample
 from .base import Task, class_index
 
+FLOAT16_TOLERANCE = 2.0 ** -7   # a float16 head against its float32 reading: float16 rounds to 2^-11, and the
+#                                 pooling's and the product's sums (K ≈ 200–2 000 terms) grow that by ~16×
+
 
 class ClassificationTask(Task):
     name = "classification"
@@ -30,7 +33,9 @@ class ClassificationTask(Task):
         """The head as global pooling + linear, verified against a float32 run of the head graph on random
         activations (the closed forms of CAM, Recipro-CAM and Ablation-CAM); None when it is not one. Exact
         whatever precision the explanations run at: against a bf16 head the closed form differs by bf16's
-        rounding (~2^-8) and a true GAP→linear head would be refused."""
+        rounding (~2^-8) and a true GAP→linear head would be refused. A head whose graph holds W and b in float16
+        (an fp16 model) is checked within `FLOAT16_TOLERANCE`: its maps then differ from the graph's by its own
+        rounding."""
         if self.bundle.tokens is not None:          # a token model's head: methods run the head graph
             return None
         head, run = self._head_and_reference()
@@ -45,7 +50,8 @@ class ClassificationTask(Task):
             if self.bundle.output_kind == "probabilities":
                 got = softmax(got)
             scale = max(1.0, float(np.abs(expected).max()))
-            if not np.allclose(got, expected, atol=1e-4 * scale, rtol=1e-4):
+            tolerance = FLOAT16_TOLERANCE if head.float16 else 1e-4
+            if not np.allclose(got, expected, atol=tolerance * scale, rtol=tolerance):
                 return None
         products = RuntimeOptions(threads=self.explainer.backend.threads, spinning="during-run")
         return replace(head, open_session=partial(onnxruntime_session, runtime=products, memory_arena=False))
