@@ -427,3 +427,16 @@ def test_the_command_line_runs_seg_grad_cam_as_python_does(own_bundle, tmp_path,
     assert record["label"] == "square" and record["region_pixels"] == int(item.region.sum())
     assert record["score"] == pytest.approx(item.score, rel=1e-5)
     assert record["energy_in_region"] == pytest.approx(energy_in_region(item.saliency, item.region), abs=1e-4)
+
+
+def test_float16_scores_are_read_as_float32_by_the_compiled_kernels():
+    """An fp16 model's scores: the argmax that fixes the region and the region score equal those of the same
+    values in float32 (Numba reads no float16: before, an internal error)."""
+    from cam_infer.tasks.segmentation import Assignment, region_scores
+    scores = np.random.default_rng(3).standard_normal((4, 3, 17, 19)).astype(np.float16)
+    wide = scores.astype(np.float32)
+    half, full = Assignment(scores[0], "logits"), Assignment(wide[0], "logits")
+    np.testing.assert_array_equal(half.values, full.values)
+    region = half.regions([2])[0]
+    assert region.any()
+    np.testing.assert_array_equal(region_scores(scores[:, 1], region), region_scores(wide[:, 1], region))

@@ -87,7 +87,13 @@ def region_scores(scores: np.ndarray, region: np.ndarray) -> np.ndarray:
     """Mean of (R,H,W) scores over the region's pixels → (R,), float64 (`kernels.region_means`: one pass over the
     region, no index arrays)."""
     from ..kernels import region_means
-    return region_means(scores, np.ascontiguousarray(region, dtype=bool))
+    return region_means(as_compiled_float(scores), np.ascontiguousarray(region, dtype=bool))
+
+
+def as_compiled_float(values: np.ndarray) -> np.ndarray:
+    """Scores as the compiled kernels read them: float32 or float64 as they are, float16 (an fp16 model's
+    outputs, which Numba cannot read) as float32."""
+    return values if values.dtype in (np.float32, np.float64) else values.astype(np.float32)
 
 
 class Assignment:
@@ -97,7 +103,7 @@ class Assignment:
     def __init__(self, outputs: np.ndarray, kind: str):
         from ..kernels import class_argmax
         self.sigmoid, self.classes = kind == "sigmoid", len(outputs)
-        self.values = outputs > 0.5 if self.sigmoid else class_argmax(np.ascontiguousarray(outputs))
+        self.values = outputs > 0.5 if self.sigmoid else class_argmax(np.ascontiguousarray(as_compiled_float(outputs)))
 
     def counts(self, within: np.ndarray | None = None) -> np.ndarray:
         """(C,): each class's pixels (within a (H,W) mask)."""
