@@ -443,7 +443,7 @@ def support_rows(a: np.ndarray, weights: np.ndarray, bias: np.ndarray, logistic:
                 full = hits == (y1 - y0 + 1) * (x1 - x0 + 1)
             if full:
                 for dy in range(dy_n):
-                    in_row[dy] = y_sizes[i, dy] * x_sizes[j].sum()
+                    in_row[dy] = y_sizes[i, dy] * (x1 - x0 + 1)
                     for dx in range(dx_n):
                         counts[dy, dx] = y_sizes[i, dy] * x_sizes[j, dx]
             else:

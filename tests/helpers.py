@@ -1,4 +1,4 @@
-"""Helpers shared by the tests: run the CLI as a user does, check a one-line error."""
+"""Helpers shared by the tests: run the CLI as a user does, check a one-line error, run a linear tail at full size."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 from conftest import ROOT
 
 
@@ -52,3 +53,14 @@ def two_graph_pass(bundle, x, runtime: str):
             return compiled({0: data})[0].copy()
     a = run(bundle.features_path, np.ascontiguousarray(x, np.float32))
     return a, run(bundle.head_path, a)
+
+
+def full_size_region_scores(tail, a, c, region, positions, activation) -> np.ndarray:
+    """Brute force: the float tail at the output's full size with the cut kept at each position alone."""
+    from cam_infer.bundle.linear_tail import apply
+    values = []
+    for i, j in positions:
+        kept = np.zeros((1, *a.shape), np.float32)
+        kept[0, :, i, j] = a[:, i, j]
+        values.append(apply(tail.logits(kept), activation)[0, c][region].mean(dtype=np.float64))
+    return np.array(values)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from cam_infer import kernels
+from helpers import full_size_region_scores
 
 RNG = np.random.default_rng(0)
 
@@ -213,15 +214,9 @@ def test_summed_area_matches_numpy_cumsums():
 def brute_force_region_scores(tail, a, c, region, activation):
     """The twin of `support_scores` (through `LinearTail.recipro_scores`): the float tail at the output's full
     size, the cut kept at one position at a time, the target's score averaged over the region."""
-    from cam_infer.bundle.linear_tail import apply
     _, h, w = a.shape
-    out = np.zeros((h, w))
-    for i in range(h):
-        for j in range(w):
-            kept = np.zeros((1, *a.shape), np.float32)
-            kept[0, :, i, j] = a[:, i, j]
-            out[i, j] = apply(tail.logits(kept).astype(np.float64), activation)[0, c][region].mean()
-    return out
+    positions = [(i, j) for i in range(h) for j in range(w)]
+    return full_size_region_scores(tail, a, c, region, positions, activation).reshape(h, w)
 
 
 @pytest.mark.parametrize("k, factor, mode", [(1, 8, "half_pixel"), (3, 4, "align_corners"), (3, 2, "half_pixel")])

@@ -17,7 +17,7 @@ from cam_infer.errors import CamInferError
 from cam_infer.metrics.segmentation import energy_in_region, uniform_baseline
 from cam_infer.tools.synthetic import SPLITS, scene, segmentation_labels
 from conftest import SHARED, needs_shared
-from helpers import assert_one_line_error, run_cli
+from helpers import assert_one_line_error, full_size_region_scores, run_cli
 
 OWN = Path(str(resources.files("cam_infer") / "data" / "shapes_segmenter" / "shapes_segmenter.onnx"))
 OWN_LABELS = ["background", "circle", "square", "triangle", "cross"]
@@ -303,17 +303,6 @@ def test_deeplab_shortcut_matches_its_int8_head_within_a_quantization_step(deepl
     head = deeplab.backend.head(rows)[:, c][:, region].mean(axis=1)
     step = deeplab.bundle.manifest["output"]["model_output_step"]
     np.testing.assert_allclose(head, [shortcut[i, j] for i, j in positions], atol=step)
-
-
-def full_size_region_scores(tail, a, c, region, positions, activation) -> np.ndarray:
-    """Brute force: the float tail at the output's full size with the cut kept at each position alone."""
-    from cam_infer.bundle.linear_tail import apply
-    values = []
-    for i, j in positions:
-        kept = np.zeros((1, *a.shape), np.float32)
-        kept[0, :, i, j] = a[:, i, j]
-        values.append(apply(tail.logits(kept), activation)[0, c][region].mean(dtype=np.float64))
-    return np.array(values)
 
 
 def row_by_row_recipro_scores(tail, a, c, region, activation) -> np.ndarray:
