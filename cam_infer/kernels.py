@@ -494,3 +494,47 @@ def support_rows(a: np.ndarray, weights: np.ndarray, bias: np.ndarray, logistic:
                     for dx in range(dx_n):
                         kept += counts[dy, dx] * d[0, dx]
             out[i, j] = (base * (total - hits) + kept) / total
+
+
+@njit(cache=CACHE, nogil=True, fastmath={"nsz", "arcp", "contract", "reassoc"})
+def rollout_step(fused: np.ndarray, thresholds: np.ndarray, reference: bool, v: np.ndarray) -> None:
+    """One block of attention rollout's class-token row (`methods.rollout.class_token_row`), per image i:
+    fused (N,T,T) float32, v (N,T) float64 updated in place,
+
+        v ← (v/s)·F + v/s,   or with ``reference``  v ← (v·F + v)/s   (the reference code's division along the
+                                                                        last axis),
+
+    F the attention with the entries at or below the image's threshold set to 0 except F[0,0], s = F·1 + 1.
+    Dense and branch-free over the entries (the comparison is a select, LLVM vectorises it: 15 µs for a block of
+    197² entries, where gathering the kept tenth with NumPy took ~60); rows where v is 0 are skipped (all but the
+    class token's in the last block). Float64 sums, reassociated."""
+    n, t = v.shape
+    sums = np.empty(t, np.float64)
+    step = np.empty(t, np.float64)
+    for i in range(n):
+        f = fused[i]
+        threshold = thresholds[i]
+        corner = f[0, 0] if f[0, 0] <= threshold else np.float32(0.0)     # F[0,0] kept whatever its value
+        for r in range(t):
+            total = 0.0
+            for c in range(t):
+                x = f[r, c]
+                total += x if x > threshold else np.float32(0.0)
+            sums[r] = total + 1.0
+        sums[0] += corner
+        w = v[i]
+        if not reference:
+            for r in range(t):
+                w[r] /= sums[r]
+        step[:] = w
+        for r in range(t):
+            weight = w[r]
+            if weight != 0.0:
+                for c in range(t):
+                    x = f[r, c]
+                    step[c] += weight * (x if x > threshold else np.float32(0.0))
+        step[0] += w[0] * corner
+        if reference:
+            for c in range(t):
+                step[c] /= sums[c]
+        w[:] = step

@@ -283,3 +283,43 @@ def test_support_scores_where_a_resize_skips_cells_of_the_cut():
     for activation in ("softmax", "sigmoid", "none"):
         np.testing.assert_allclose(tail.recipro_scores(a, 1, region, activation),
                                    brute_force_region_scores(tail, a, 1, region, activation), rtol=2e-6, atol=1e-7)
+
+
+def numpy_class_token_row(fused: list, discard_ratio: float, renormalise: str) -> np.ndarray:
+    """The twin of `kernels.rollout_step`, the blocks in turn: per block and image, the kept entries' positions by
+    a full partition, their row sums and the class row's product by ``np.bincount``."""
+    n, t, _ = fused[0].shape
+    v = np.zeros((n, t), np.float64)
+    v[:, 0] = 1.0
+    drop = int(t * t * discard_ratio)
+    for block in reversed(fused):
+        block = np.asarray(block, np.float32).reshape(n, t * t)
+        for i, image in enumerate(block):
+            where = np.arange(t * t)
+            if drop:
+                where = np.union1d(np.flatnonzero(image > np.partition(image, drop - 1)[drop - 1]), [0])
+            rows, columns = np.divmod(where, t)
+            values = image[where]
+            sums = np.bincount(rows, values, t) + 1.0
+            if renormalise == "rows":
+                scaled = v[i] / sums
+                v[i] = np.bincount(columns, scaled[rows] * values, t) + scaled
+            else:
+                v[i] = (np.bincount(columns, v[i][rows] * values, t) + v[i]) / sums
+    return v
+
+
+@pytest.mark.parametrize("discard_ratio", [0.9, 0.0, 0.5, 0.999])
+@pytest.mark.parametrize("renormalise", ["rows", "reference"])
+def test_rollout_steps_equal_their_numpy_twin(discard_ratio, renormalise):
+    rng = np.random.default_rng(int(discard_ratio * 1000))
+    t = 50                                                          # a class token and a 7×7 grid
+    fused = [rng.dirichlet(np.full(t, 0.3), size=(3, t)).astype(np.float32) for _ in range(5)]
+    fused[2][1] = np.round(fused[2][1] * 8) / 8                     # ties at the threshold in one image
+    got = np.zeros((3, t))
+    got[:, 0] = 1.0
+    drop = int(t * t * discard_ratio)
+    for block in reversed(fused):
+        thresholds = np.sort(block.reshape(3, -1), axis=1)[:, drop - 1] if drop else np.full(3, -np.inf, np.float32)
+        kernels.rollout_step(block, thresholds.astype(np.float32), renormalise == "reference", got)
+    np.testing.assert_allclose(got, numpy_class_token_row(fused, discard_ratio, renormalise), rtol=1e-12, atol=0)

@@ -167,21 +167,6 @@ def test_rollout_equals_a_numpy_twin_on_the_unsplit_models_attention(tiny_vits, 
         np.testing.assert_allclose(got.reshape(3, -1), expected, rtol=1e-4, atol=1e-7)
 
 
-def test_rollouts_kept_entries_are_those_above_the_exact_kth_smallest_with_ties_and_when_the_sample_misjudges():
-    from cam_infer.methods.rollout import kept_entries
-    rng = np.random.default_rng(3)
-    peaky = rng.dirichlet(np.full(65, 0.3), size=65).astype(np.float32).ravel()
-    ties = np.round(rng.random(4000) * 5).astype(np.float32)
-    misjudged = rng.random(3000).astype(np.float32)
-    misjudged[::16] = 1.0                                          # the strided sample sees only the largest
-    for values in (peaky, ties, misjudged, np.zeros(500, np.float32)):
-        for k in (0, values.size // 3, int(values.size * 0.9) - 1, values.size - 1):
-            expected = np.flatnonzero(values > np.partition(values, k)[k])
-            expected = np.union1d(expected, [0])
-            where, kept = kept_entries(values, k)
-            assert np.array_equal(np.sort(where), expected) and np.array_equal(kept, values[where])
-
-
 def test_openvino_reads_one_images_attention_from_its_static_copy(vit_bundles):
     """Like the clean pass, the attention pass of one image runs on a copy compiled for batch 1 (faster on the
     CPU plugin); the maps equal those of the dynamic graph."""

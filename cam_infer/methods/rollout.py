@@ -22,6 +22,7 @@ from typing import Literal
 
 import numpy as np
 
+from .. import kernels
 from ..errors import CamInferError, MethodNotApplicable
 from .registry import Context, method
 
@@ -57,49 +58,17 @@ def class_token_row(fused: list[np.ndarray], discard_ratio: float = 0.9, renorma
     never forming R: O(L·T²) per image instead of O(L·T³). With F the fused, discarded attention and s its row
     sums plus 1, Â = (F + I)/2 / (s/2) row by row, so v·Â = ((v/s)·F + v/s); the reference's division by s along
     the last axis gives v·Â = (v·F + v)/s. The discarded entries are those at or below the fused matrix's
-    ``discard_ratio`` quantile (the reference's topk of the lowest, up to ties): F keeps only the entries above
-    it (`kept_entries`, a tenth of them by default), so s and v·F are sums over those entries alone."""
+    ``discard_ratio`` quantile (the reference's topk of the lowest, up to ties), selected by NumPy's introselect
+    (48 µs on 197² entries, faster than the selections tried in Numba); s and v·F are then one pass over the
+    block (`kernels.rollout_step`)."""
     n, t, _ = fused[0].shape
     v = np.zeros((n, t), np.float64)
     v[:, 0] = 1.0
     drop = int(t * t * discard_ratio)
     for block in reversed(fused):
-        block = np.asarray(block, np.float32).reshape(n, t * t)
-        for i, image in enumerate(block):
-            where, values = kept_entries(image, drop - 1) if drop else (np.arange(t * t), image)
-            rows, columns = np.divmod(where, t)
-            sums = np.bincount(rows, values, t) + 1.0
-            if renormalise == "rows":
-                scaled = v[i] / sums
-                v[i] = np.bincount(columns, scaled[rows] * values, t) + scaled
-            else:
-                v[i] = (np.bincount(columns, v[i][rows] * values, t) + v[i]) / sums
+        block = np.ascontiguousarray(block, np.float32)
+        thresholds = np.full(n, -np.inf, np.float32)
+        if drop:
+            thresholds = np.partition(block.reshape(n, t * t), drop - 1, axis=1)[:, drop - 1]
+        kernels.rollout_step(block, thresholds, renormalise == "reference", v)
     return v
-
-
-def kept_entries(values: np.ndarray, k: int, margin: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
-    """The positions and values of a flat array's entries above its k-th smallest (0-based; exactly
-    ``np.partition(values, k)[k]``), and its entry 0 (the class token's own attention) whatever its value.
-
-    The k-th smallest is selected among the largest values only: a bound b is read from a strided sample at the
-    quantile k/n − ``margin``; if the c values above b hold rank k (n − c ≤ k), it is the (k − (n − c))-th
-    smallest of those c — a partition of a fraction of the array; otherwise (the sample misjudged the bound)
-    the full partition."""
-    n = values.size
-    sample = values[::16]
-    rank = int(len(sample) * (k / n - margin))
-    where = None
-    if rank > 0:
-        where = np.flatnonzero(values > np.partition(sample, rank)[rank])
-        below = n - where.size
-        if below > k:
-            where = None
-    if where is None:
-        where, below = np.arange(n), 0
-    above = values[where]
-    threshold = np.partition(above, k - below)[k - below]
-    kept = above > threshold
-    where, above = where[kept], above[kept]
-    if values[0] <= threshold:
-        where, above = np.concatenate([[0], where]), np.concatenate([values[:1], above])
-    return where, above
