@@ -105,7 +105,8 @@ def reads_linear_head(bundle) -> bool:
 
     from .bundle.head import read_linear_head
     return bundle.graph_format == "onnx" and \
-        read_linear_head(onnx.load(bundle.head_path), bundle.activation_shape[0]) is not None
+        read_linear_head(onnx.load(bundle.head_path), bundle.activation_shape[0],
+                         bundle.activation_shape[1:]) is not None
 
 
 def detection_plan(ctx, targets, specs: dict, options: dict | None = None) -> list[MethodCost]:

@@ -579,3 +579,67 @@ def test_a_float16_head_is_read_within_its_rounding_and_fuses_on_both_runtimes(t
     np.testing.assert_array_equal(on_ort[2], cam.targets)
     np.testing.assert_allclose(on_openvino[1], on_ort[1], atol=5e-3)
     np.testing.assert_allclose(on_ort[1][:, 0], normalise(cam.maps.copy())[0][:, 0], atol=1e-3)
+
+
+def _dequantized_initializer(path, shape: tuple) -> np.ndarray:
+    """The file's integer weight of this shape through the DequantizeLinear that reads it, (q − zero)·scale, in
+    float32 as ONNX defines it (computed here, not by the package)."""
+    model = onnx.load(str(path))
+    values = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    for node in model.graph.node:
+        q = values.get(node.input[0])
+        if node.op_type == "DequantizeLinear" and q is not None and q.shape == shape:
+            zero = values[node.input[2]].astype(np.int64)
+            return ((q.astype(np.int64) - zero).astype(np.float32) * values[node.input[1]]).astype(np.float32)
+    raise AssertionError(f"no dequantized weight of shape {shape} in {path}")
+
+
+@needs_shared
+def test_int8_heads_are_read_as_gap_linear_where_the_float_reading_reproduces_them(tmp_path):
+    """A QDQ head read as the float graph it rounds, trusted within 2 steps of its output's quantization on real
+    cuts. The same TFLite MobileNet through two converters: tflite2onnx (float weights quantized in the graph;
+    AveragePool → 1×1 Conv → Transpose → Reshape) and tf2onnx (uint8 weights; the integers reshaped between
+    QuantizeLinear and DequantizeLinear). Both give the file's uint8 weights dequantized here, bit for bit, and the
+    same CAM maps, Σ_k W_ck A_k; the closed forms follow the head passes up to the head's rounding. PP-OCR's int8
+    head, whose output saturates, is read and refused by the check (before: every int8 head refused)."""
+    tfl, tf2 = (Explainer(split_onnx(DEPLOYED / name, "auto", tmp_path / name, **MINUS_ONE_ONE),
+                          backend="onnxruntime", precision="f32")
+                for name in ("tfl_mobilenet_v1_0.5_160_quant.onnx", "tf2onnx_nchwf_mobilenet_v1_0.5_160_quant.onnx"))
+    weight = _dequantized_initializer(DEPLOYED / "tf2onnx_nchwf_mobilenet_v1_0.5_160_quant.onnx", (1001, 512, 1, 1))
+    for explainer in (tfl, tf2):
+        head = explainer.linear_head
+        assert head is not None and head.source.convolution and head.step == pytest.approx(0.146457, rel=1e-5)
+        np.testing.assert_array_equal(head.weight, weight[:, :, 0, 0])
+    np.testing.assert_array_equal(tfl.linear_head.bias, tf2.linear_head.bias)
+    x = tf2._inputs(PHOTOS)[0]
+    cam = tf2.explain(x, "cam")
+    assert list(cam.targets) == list(tfl.explain(x, "cam").targets) == EXPECTED["tfl_mobilenet_v1_0.5_160_quant.onnx"]
+    a = tf2.backend.features(x)
+    np.testing.assert_allclose(cam.maps, np.einsum("nk,nkhw->nhw", weight[cam.targets, :, 0, 0], a), rtol=1e-4,
+                               atol=1e-5 * np.abs(cam.maps).max())
+    np.testing.assert_allclose(tfl.explain(x, "cam").maps, cam.maps, rtol=1e-5, atol=1e-6)
+    for method in ("recipro", "ablation"):
+        closed, passes = tf2.explain(x, method), tf2.explain(x, method, closed_form=False)
+        assert list(closed.targets) == list(passes.targets)
+        for i in range(len(x)):
+            assert np.corrcoef(closed.maps[i].ravel(), passes.maps[i].ravel())[0, 1] > 0.95, (method, i)
+    import onnxruntime
+    import openvino
+    from cam_infer.fuse import fuse, save
+    on_openvino = Explainer(tf2.bundle, backend="openvino", precision="f32")     # its own int8 kernels round apart
+    for method in ("cam", "recipro"):                    # the fused graph reads W from the 1×1 Conv's (C,K,1,1)
+        path = tmp_path / f"{method}.onnx"
+        save(fuse(tf2.bundle, method), path)
+        session = onnxruntime.InferenceSession(str(path))
+        compiled = openvino.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        for fused, explainer in ((session.run(None, {session.get_inputs()[0].name: x}), tf2),
+                                 (compiled({0: x}), on_openvino)):
+            explained = explainer.explain(x, method)
+            np.testing.assert_array_equal(fused[2], explained.targets)
+            np.testing.assert_allclose(fused[1], normalise(explained.maps.copy())[0], atol=1e-3)
+    ppocr = Explainer(split_onnx(DEPLOYED / "derived_ppocr_cls_int8_qdq13.onnx", "auto", tmp_path / "p", **PPOCR))
+    from cam_infer.bundle.head import read_linear_head
+    assert read_linear_head(onnx.load(ppocr.bundle.head_path), 200, (1, 48)) is not None
+    assert ppocr.linear_head is None
+    with pytest.raises(CamInferError, match="global average pooling followed by a linear layer"):
+        ppocr.explain(TEXT, "cam")

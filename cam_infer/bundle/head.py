@@ -1,8 +1,9 @@
 """Reading a head graph that is global average pooling followed by a linear layer.
 
-Accepted chains (each node reading the previous one's output): GlobalAveragePool or
-ReduceMean over the two spatial axes → Flatten/Reshape/Squeeze/Identity/Dropout … → optionally
-Gemm, or MatMul [+ Add] → optionally Softmax. Without a linear layer the weights are the identity
+Accepted chains (each node reading the previous one's output): GlobalAveragePool, ReduceMean over the two
+spatial axes or an AveragePool over the whole map → Flatten/Reshape/Squeeze/Transpose/Identity/Dropout … →
+optionally Gemm, MatMul [+ Add] or a 1×1 Conv → optionally Softmax; a quantized (QDQ) head as the float graph it
+rounds. Without a linear layer the weights are the identity
 (SqueezeNet cut at conv10: GAP → Softmax). The closed forms of CAM, Recipro-CAM and Ablation-CAM
 use `LinearHead`; the Explainer checks it against the real head graph before trusting it.
 
@@ -23,7 +24,7 @@ from onnx import numpy_helper
 
 LARGE_PRODUCT = 50_000_000      # multiply-adds from which the product runs in ONNX Runtime (a batch-1
 #                                 Recipro-CAM closed form on ResNet-50 is 100 M)
-PASS_THROUGH = {"Flatten", "Reshape", "Squeeze", "Identity", "Dropout", "Cast"}
+PASS_THROUGH = {"Flatten", "Reshape", "Squeeze", "Identity", "Dropout", "Cast", "Transpose"}
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class LinearSource:
 
     weight: str | None = None
     transposed: bool = False
+    convolution: bool = False   # `weight` is a 1×1 Conv's (C,K,1,1)
     weight_scale: float = 1.0
     bias: str | None = None
     bias_scale: float = 1.0
@@ -49,6 +51,7 @@ class LinearHead:
     bias: np.ndarray       # (C,)
     source: LinearSource = LinearSource()
     float16: bool = False  # the head graph holds W and b in float16 (and computes in it): checked within its rounding
+    step: float = 0.0      # > 0: a quantized head read as the float graph it rounds, its output's quantization step
     open_session: Callable | None = field(default=None, repr=False, compare=False)
     _session: list = field(default_factory=list, repr=False, compare=False)   # the runtime product, once made
     _opening: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
@@ -90,8 +93,18 @@ def _attr(node: onnx.NodeProto, name: str, default):
     return default
 
 
-def read_linear_head(model: onnx.ModelProto, channels: int) -> LinearHead | None:
-    """The (W, b) of a GAP→linear head, or None when the head is anything else."""
+def read_linear_head(model: onnx.ModelProto, channels: int, spatial: tuple[int, int] | None = None) -> LinearHead | None:
+    """The (W, b) of a GAP→linear head, or None when the head is anything else. An AveragePool whose window is the
+    whole (h, w) map of the cut (`spatial`) is a GAP; a 1×1 Conv a linear layer. A quantized (QDQ) head is read
+    as the float graph it rounds (`qdq_tail.dequantized`: W and b as the runtime dequantizes them), its output's
+    quantization step kept for the caller's check."""
+    from .qdq_tail import dequantized, is_quantized
+    step = 0.0
+    if is_quantized(model):
+        read = dequantized(model)
+        if read is None:
+            return None
+        model, step = read
     g = model.graph
     consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
     for node in g.node:
@@ -112,7 +125,8 @@ def read_linear_head(model: onnx.ModelProto, channels: int) -> LinearHead | None
         if stage == "pool" and op in ("Cast", "Identity"):         # a float16 graph's Cast of its input
             pass
         elif stage == "pool":
-            if op == "GlobalAveragePool" or (op == "ReduceMean" and _spatial_axes(node, consts)):
+            if op == "GlobalAveragePool" or (op == "ReduceMean" and _spatial_axes(node, consts)) or \
+                    (op == "AveragePool" and _whole_window(node, spatial)):
                 stage = "linear"
             else:
                 return None
@@ -133,6 +147,15 @@ def read_linear_head(model: onnx.ModelProto, channels: int) -> LinearHead | None
                     return None
                 source.update(bias=node.input[2], bias_scale=float(_attr(node, "beta", 1.0)))
             stage = "bias"
+        elif stage == "linear" and op == "Conv" and _pointwise(node, consts):
+            weight = consts[node.input[1]][:, :, 0, 0]
+            source.update(weight=node.input[1], convolution=True)
+            if len(node.input) > 2 and node.input[2]:
+                if node.input[2] not in consts:
+                    return None
+                bias = consts[node.input[2]]
+                source.update(bias=node.input[2])
+            stage = "softmax" if "bias" in source else "bias"
         elif stage == "linear" and op == "MatMul" and node.input[1] in consts:
             weight = consts[node.input[1]].T
             source.update(weight=node.input[1], transposed=True)
@@ -152,7 +175,20 @@ def read_linear_head(model: onnx.ModelProto, channels: int) -> LinearHead | None
         return None
     float16 = any(consts[source[name]].dtype == np.float16 for name in ("weight", "bias") if name in source)
     return LinearHead(np.ascontiguousarray(weight, np.float32), np.ascontiguousarray(bias, np.float32),
-                      LinearSource(**source), float16)
+                      LinearSource(**source), float16, step)
+
+
+def _whole_window(node: onnx.NodeProto, spatial: tuple[int, int] | None) -> bool:
+    """An AveragePool over the whole (h, w) map, unpadded: a global average pooling."""
+    return spatial is not None and tuple(_attr(node, "kernel_shape", ())) == tuple(spatial) and \
+        not any(_attr(node, "pads", ())) and _attr(node, "auto_pad", b"NOTSET") in (b"NOTSET", b"VALID")
+
+
+def _pointwise(node: onnx.NodeProto, consts: dict) -> bool:
+    """A Conv with constant (C,K,1,1) weights, ungrouped and unpadded, on the pooled (N,K,1,1) map: a linear layer."""
+    w = consts.get(node.input[1]) if len(node.input) > 1 else None
+    return w is not None and w.ndim == 4 and w.shape[2:] == (1, 1) and _attr(node, "group", 1) == 1 and \
+        not any(_attr(node, "pads", ()))
 
 
 def probed_linear_head(run: Callable, shape: tuple[int, int, int], chunk: int = 128) -> LinearHead:

@@ -1,13 +1,15 @@
-"""A quantized (QDQ) ONNX head read as the float graph it approximates, so that its tail can be read as a
+"""A quantized (QDQ) ONNX head read as the float graph it approximates, so that a segmenter's tail can be read as a
 `LinearTail` (DeepLab converted from its TFLite: QuantizeLinear/DequantizeLinear around the 1×1 convolution and
-each Resize, uint8 weights and int32 biases behind DequantizeLinear).
+each Resize, uint8 weights and int32 biases behind DequantizeLinear) and a classifier's head as GAP → linear
+(`head.read_linear_head`: int8 MobileNets from tf2onnx and tflite2onnx, PP-OCR quantized by ONNX Runtime).
 
 - A DequantizeLinear of a constant is the constant it stands for, computed as the runtime does:
   (q − zero_point)·scale in float32, per tensor or per channel. These are the weights the runtime multiplies by.
+  A QuantizeLinear of a constant (a weight quantized in the graph) is computed too, rounded as the runtime does.
 - A QuantizeLinear → DequantizeLinear pair on a computed tensor rounds it to its scale's grid and clips it to the
-  integer range. Read as the identity, the float graph differs from the head by these roundings (half a step each).
+  integer range; reshaping ops between the two (tf2onnx) then act on the float tensor. Read as the identity, the float graph differs from the head by these roundings (half a step each).
   So the caller accepts the reading only where it reproduces the quantized head within the output's steps
-  (`linear_tail.read_linear_tail`).
+  (`linear_tail.read_linear_tail`, `tasks.classification.ClassificationTask.linear_head`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 QDQ = {"QuantizeLinear", "DequantizeLinear"}
+RESHAPING = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten"}
 
 
 def is_quantized(head: onnx.ModelProto) -> bool:
@@ -24,31 +27,42 @@ def is_quantized(head: onnx.ModelProto) -> bool:
 
 
 def dequantized(head: onnx.ModelProto) -> tuple[onnx.ModelProto, float] | None:
-    """(the float graph, the output's quantization step) of a QDQ head; None when a QuantizeLinear or
-    DequantizeLinear is neither on a constant nor in a pair on a computed tensor."""
+    """(the float graph, the output's quantization step) of a QDQ head; None when an integer tensor is read by
+    anything but a DequantizeLinear or a reshaping op (Reshape, Transpose, Squeeze, Unsqueeze, Flatten: tf2onnx
+    reshapes the integers between a QuantizeLinear and its DequantizeLinear), or is an output."""
     weights = {t.name: numpy_helper.to_array(t) for t in head.graph.initializer}
-    producer = {out: n for n in head.graph.node for out in n.output}
+    weights.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in head.graph.node
+                    if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"})
     renamed: dict[str, str] = {}
+    integer: set[str] = set()                            # the head's quantized tensors, computed ones only
     folded: dict[str, np.ndarray] = {}
     kept = []
+    quantized_weights: set[str] = set()
     for node in head.graph.node:
-        if node.op_type == "DequantizeLinear" and node.input[0] in weights:
-            folded[node.output[0]] = _dequantize(node, weights)
-        elif node.op_type == "DequantizeLinear":
-            source = producer.get(node.input[0])
-            if source is None or source.op_type != "QuantizeLinear":
-                return None
-            renamed[node.output[0]] = renamed.get(source.input[0], source.input[0])
-        elif node.op_type == "QuantizeLinear":
-            continue                                     # read with the DequantizeLinear that follows it
+        inputs = [renamed.get(i, i) for i in node.input]
+        if node.op_type == "QuantizeLinear" and node.input[0] in weights:
+            weights[node.output[0]] = _quantize(node, weights)           # a weight quantized in the graph
+            quantized_weights.add(node.output[0])
+        elif node.op_type == "DequantizeLinear" and node.input[0] in weights:
+            folded[node.output[0]] = weights[node.output[0]] = _dequantize(node, weights)
+        elif node.op_type == "DequantizeLinear" and node.input[0] not in integer:
+            return None
+        elif node.op_type in QDQ:                        # a pair on a computed tensor: read as the identity
+            if node.op_type == "QuantizeLinear":
+                integer.add(node.output[0])
+            renamed[node.output[0]] = inputs[0]
+        elif node.op_type in RESHAPING and node.input[0] in integer:
+            integer.add(node.output[0])
+            kept.append((node, inputs))
+        elif (integer | quantized_weights).intersection(node.input):
+            return None                                  # an integer tensor read as such: not a float graph
         else:
-            kept.append(node)
-    consumed = {name for n in kept for name in n.input} | {o.name for o in head.graph.output}
-    if any(n.op_type == "QuantizeLinear" and n.output[0] in consumed for n in head.graph.node):
-        return None                                      # an integer tensor read as such: not a float graph
-    nodes = [helper.make_node(n.op_type, [renamed.get(i, i) for i in n.input], list(n.output), name=n.name,
-                              domain=n.domain, **{a.name: helper.get_attribute_value(a) for a in n.attribute})
-             for n in kept]
+            kept.append((node, inputs))
+    if integer.intersection(o.name for o in head.graph.output):
+        return None
+    nodes = [helper.make_node(n.op_type, inputs, list(n.output), name=n.name, domain=n.domain,
+                              **{a.name: helper.get_attribute_value(a) for a in n.attribute})
+             for n, inputs in kept]
     outputs = []
     for out in head.graph.output:
         name = renamed.get(out.name, out.name)
@@ -59,26 +73,45 @@ def dequantized(head: onnx.ModelProto) -> tuple[onnx.ModelProto, float] | None:
     initializers += [numpy_helper.from_array(v, k) for k, v in folded.items()]
     graph = helper.make_graph(nodes, head.graph.name, list(head.graph.input), outputs, initializer=initializers)
     model = helper.make_model(graph, opset_imports=list(head.opset_import), ir_version=head.ir_version)
-    return model, _output_step(head, producer, weights)
+    return model, _output_step(head, weights)
+
+
+def _quantize(node, weights: dict) -> np.ndarray:
+    """QuantizeLinear of a constant as ONNX computes it: round(x / scale) to even, plus the zero point, saturated to
+    the zero point's integer type."""
+    x = weights[node.input[0]].astype(np.float32)
+    scale, zero = _per_axis(node, x, weights)
+    dtype = zero.dtype if len(node.input) > 2 and node.input[2] else np.dtype(np.uint8)
+    info = np.iinfo(dtype)
+    return np.clip(np.rint(x / scale) + zero.astype(np.int64), info.min, info.max).astype(dtype)
 
 
 def _dequantize(node, weights: dict) -> np.ndarray:
     """(q − zero_point)·scale as ONNX's DequantizeLinear computes it (float32; per channel along `axis`)."""
     q = weights[node.input[0]]
-    scale = weights[node.input[1]].astype(np.float32)
-    zero = weights[node.input[2]] if len(node.input) > 2 and node.input[2] else np.zeros((), q.dtype)
-    axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
-    if scale.ndim == 1 and q.ndim > 1:
-        shape = [1] * q.ndim
-        shape[axis] = -1
-        scale, zero = scale.reshape(shape), zero.reshape(shape)
+    scale, zero = _per_axis(node, q, weights)
     return ((q.astype(np.int64) - zero.astype(np.int64)).astype(np.float32) * scale).astype(np.float32)
 
 
-def _output_step(head: onnx.ModelProto, producer: dict, weights: dict) -> float:
-    """The scale of the DequantizeLinear that makes the output (through Identity ops), 0 when there is none."""
+def _per_axis(node, x: np.ndarray, weights: dict) -> tuple[np.ndarray, np.ndarray]:
+    """A Q/DQ node's scale (float32) and zero point, shaped to broadcast along its `axis` (per channel) or scalar."""
+    scale = weights[node.input[1]].astype(np.float32)
+    zero = weights[node.input[2]] if len(node.input) > 2 and node.input[2] else np.zeros((), np.uint8)
+    axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+    if scale.ndim == 1 and x.ndim > 1:
+        shape = [1] * x.ndim
+        shape[axis] = -1
+        scale, zero = scale.reshape(shape), zero.reshape(shape)
+    return scale, zero
+
+
+def _output_step(head: onnx.ModelProto, weights: dict) -> float:
+    """The scale of the DequantizeLinear that makes the output, through ops that pass values on or reshape them
+    and through a final Softmax (which moves a probability by at most half of what moves its logits); 0 when
+    there is none."""
+    producer = {out: n for n in head.graph.node for out in n.output}
     name = head.graph.output[0].name
-    while name in producer and producer[name].op_type == "Identity":
+    while name in producer and producer[name].op_type in RESHAPING | {"Identity", "Softmax"}:
         name = producer[name].input[0]
     node = producer.get(name)
     if node is None or node.op_type != "DequantizeLinear" or node.input[1] not in weights:

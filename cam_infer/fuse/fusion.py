@@ -105,7 +105,7 @@ class Fusion:
         if src.transposed:                                                       # stored (K,C)
             rows = b.op("Transpose", b.op("Gather", src.weight, self.targets, axis=1), perm=[1, 2, 0], hint="rows")
         else:                                                                    # stored (C,K)
-            rows = b.op("Gather", src.weight, self.targets, axis=0, hint="rows")
+            rows = b.op("Gather", self.weight_matrix(src), self.targets, axis=0, hint="rows")
         return b.scale(self.in_float32(head, rows), src.weight_scale)
 
     def linear_scores(self, head: LinearHead, positions: str) -> str:
@@ -114,9 +114,14 @@ class Fusion:
         flat = b.reshape(positions, (-1, self.shape[0]), hint="pooled")
         if src.weight is None:
             return flat
-        inputs = [flat, self.in_float32(head, src.weight)] + ([self.in_float32(head, src.bias)] if src.bias else [])
+        inputs = [flat, self.in_float32(head, self.weight_matrix(src))] + \
+            ([self.in_float32(head, src.bias)] if src.bias else [])
         return b.op("Gemm", *inputs, transB=int(not src.transposed), alpha=src.weight_scale, beta=src.bias_scale,
                     hint="logits")
+
+    def weight_matrix(self, src) -> str:
+        """The head's W as stored, (C,K) or (K,C); a 1×1 Conv's (C,K,1,1) reshaped to (C,K)."""
+        return self.b.reshape(src.weight, (-1, self.shape[0]), hint="weight") if src.convolution else src.weight
 
     def in_float32(self, head: LinearHead, tensor: str) -> str:
         """A tensor of the head's W or b as the method's float32: a Cast when the head holds them in float16."""

@@ -35,12 +35,15 @@ class ClassificationTask(Task):
         whatever precision the explanations run at: against a bf16 head the closed form differs by bf16's
         rounding (~2^-8) and a true GAP→linear head would be refused. A head whose graph holds W and b in float16
         (an fp16 model) is checked within `FLOAT16_TOLERANCE`: its maps then differ from the graph's by its own
-        rounding."""
+        rounding. A quantized (QDQ) head is read as the float graph it rounds and checked within its output's
+        quantization steps (`_within_steps`)."""
         if self.bundle.tokens is not None:          # a token model's head: methods run the head graph
             return None
         head, run = self._head_and_reference()
         if head is None:
             return None
+        if head.step:
+            return self._checked(head) if self._within_steps(head, run) else None
         a = np.random.default_rng(0).standard_normal((2, *self.bundle.activation_shape)).astype(np.float32)
         # a head read by running it is also checked on signed activations (a ReLU after the pooling would pass
         # on positive ones only)
@@ -53,8 +56,26 @@ class ClassificationTask(Task):
             tolerance = FLOAT16_TOLERANCE if head.float16 else 1e-4
             if not np.allclose(got, expected, atol=tolerance * scale, rtol=tolerance):
                 return None
+        return self._checked(head)
+
+    def _checked(self, head):
+        """A verified head, its large products run by ONNX Runtime on the runtime's threads."""
         products = RuntimeOptions(threads=self.explainer.backend.threads, spinning="during-run")
         return replace(head, open_session=partial(onnxruntime_session, runtime=products, memory_arena=False))
+
+    def _within_steps(self, head, run) -> bool:
+        """A quantized head's float reading against the head graph run on the cut of four real-range inputs (random
+        images through the bundle's preprocessing: activations out of the range its quantizers were calibrated for
+        would be clipped): within 2 steps of the output's quantization, the mean error within half a step, as a
+        segmenter's quantized tail is accepted (`bundle.linear_tail.read_linear_tail`)."""
+        from ..bundle.verify import random_images
+        a, _ = self.explainer.backend.observe(random_images(self.bundle.preprocessing, 4, seed=5))
+        expected = run(np.asarray(a, np.float32)).reshape(len(a), -1)
+        got = head.logits(np.asarray(a, np.float32).mean(axis=(2, 3)))
+        if self.bundle.output_kind == "probabilities":
+            got = softmax(got)
+        error = np.abs(got - expected)
+        return bool(error.max() <= 2 * head.step + 1e-4 and error.mean() <= 0.5 * head.step + 1e-5)
 
     def _head_and_reference(self):
         """The head read as GAP → linear (None when it is not one) and a float32 run of the head graph to check it
@@ -66,7 +87,8 @@ class ClassificationTask(Task):
             import onnx
 
             from ..bundle.head import read_linear_head
-            head = read_linear_head(onnx.load(self.bundle.head_path), self.bundle.activation_shape[0])
+            head = read_linear_head(onnx.load(self.bundle.head_path), self.bundle.activation_shape[0],
+                                    self.bundle.activation_shape[1:])
             if head is None:
                 return None, None
             session = onnxruntime_session(self.bundle.head_path, FLOAT32, quiet=True, memory_arena=False)
