@@ -93,7 +93,8 @@ def _attr(node: onnx.NodeProto, name: str, default):
     return default
 
 
-def read_linear_head(model: onnx.ModelProto, channels: int, spatial: tuple[int, int] | None = None) -> LinearHead | None:
+def read_linear_head(model: onnx.ModelProto, channels: int,
+                     spatial: tuple[int, int] | None = None) -> LinearHead | None:
     """The (W, b) of a GAP→linear head, or None when the head is anything else. An AveragePool whose window is the
     whole (h, w) map of the cut (`spatial`) is a GAP; a 1×1 Conv a linear layer. A quantized (QDQ) head is read
     as the float graph it rounds (`qdq_tail.dequantized`: W and b as the runtime dequantizes them), its output's

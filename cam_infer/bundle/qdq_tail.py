@@ -1,13 +1,14 @@
 """A quantized (QDQ) ONNX head read as the float graph it approximates, so that a segmenter's tail can be read as a
 `LinearTail` (DeepLab converted from its TFLite: QuantizeLinear/DequantizeLinear around the 1×1 convolution and
 each Resize, uint8 weights and int32 biases behind DequantizeLinear) and a classifier's head as GAP → linear
-(`head.read_linear_head`: int8 MobileNets from tf2onnx and tflite2onnx, PP-OCR quantized by ONNX Runtime).
+(`head.read_linear_head`: the int8 MobileNets from tf2onnx and tflite2onnx).
 
 - A DequantizeLinear of a constant is the constant it stands for, computed as the runtime does:
   (q − zero_point)·scale in float32, per tensor or per channel. These are the weights the runtime multiplies by.
   A QuantizeLinear of a constant (a weight quantized in the graph) is computed too, rounded as the runtime does.
 - A QuantizeLinear → DequantizeLinear pair on a computed tensor rounds it to its scale's grid and clips it to the
-  integer range; reshaping ops between the two (tf2onnx) then act on the float tensor. Read as the identity, the float graph differs from the head by these roundings (half a step each).
+  integer range; reshaping ops between the two (tf2onnx) then act on the float tensor. Read as the identity,
+  the float graph differs from the head by these roundings (half a step each).
   So the caller accepts the reading only where it reproduces the quantized head within the output's steps
   (`linear_tail.read_linear_tail`, `tasks.classification.ClassificationTask.linear_head`).
 """
