@@ -19,6 +19,14 @@ def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
     return e / e.sum(axis=axis, keepdims=True)
 
 
+def softmax_column(z: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+    """softmax(z)[..., c] for one class per row, given chosen = z[..., c]: exp(z_c − max z) / Σ exp(z − max z),
+    without the other columns' divisions; z (…,C) is overwritten."""
+    top = z.max(axis=-1)
+    z -= top[..., None]
+    return np.exp(chosen - top) / np.exp(z, out=z).sum(axis=-1)
+
+
 def probabilities_of(outputs: np.ndarray, output_kind: str) -> np.ndarray:
     """Class probabilities of head outputs: a softmax unless the model already ends in one
     (`Bundle.output_kind` ``probabilities``)."""

@@ -323,3 +323,14 @@ def test_rollout_steps_equal_their_numpy_twin(discard_ratio, renormalise):
         thresholds = np.sort(block.reshape(3, -1), axis=1)[:, drop - 1] if drop else np.full(3, -np.inf, np.float32)
         kernels.rollout_step(block, thresholds.astype(np.float32), renormalise == "reference", got)
     np.testing.assert_allclose(got, numpy_class_token_row(fused, discard_ratio, renormalise), rtol=1e-12, atol=0)
+
+
+def test_softmax_column_is_the_softmax_of_one_class_per_row_even_where_its_exponentials_overflow():
+    from cam_infer.numerics import softmax, softmax_column
+    rng = np.random.default_rng(0)
+    z = (rng.standard_normal((7, 3, 50)) * 30).astype(np.float32)
+    z[0, 0, 5] = 200.0                                  # e^(200 − z_c) overflows float32: its p_c is 0
+    c = rng.integers(0, 50, (7, 3))
+    chosen = np.take_along_axis(z, c[..., None], axis=2)[..., 0]
+    expected = np.take_along_axis(softmax(z.astype(np.float64)), c[..., None], axis=2)[..., 0]
+    np.testing.assert_allclose(softmax_column(z.copy(), chosen), expected, rtol=1e-5, atol=1e-30)

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..kernels import ablated_batch
 from ..cost import Passes
-from ..numerics import softmax
+from ..numerics import softmax, softmax_column
 from .levels import unit_free
 from .registry import Context, implements, method
 
@@ -66,7 +66,7 @@ def _target_scores(ctx: Context, i: int, c: int, score: str, closed_form: bool) 
             ablated = logits[None, :] - pooled[:, None] * head.weight.T          # (K,C)
             return float(ctx.class_scores(logits[None], i, score)[0]), ctx.class_scores(ablated, i, score)
         ablated = logits[None, :] - pooled[:, None] * head.weight.T               # (K,C)
-        return float(softmax(logits)[c]), softmax(ablated)[:, c]
+        return float(softmax(logits)[c]), softmax_column(ablated, ablated[:, c].copy())
     ablated = ablated_scores(a, lambda rows: ctx.head(i, rows), ctx.backend.chunk_size("head"))
     return float(ctx.class_scores(ctx.outputs[i][None], i, score)[0]), ctx.class_scores(ablated, i, score)
 

@@ -30,6 +30,7 @@ import numpy as np
 from ..kernels import recipro_masked_batch
 from ..cost import Passes
 from ..errors import CamInferError
+from ..numerics import softmax_column
 from .levels import same_unit
 from .registry import Context, fused, implements, method
 
@@ -84,10 +85,8 @@ def _closed_form(ctx: Context, kernel: np.ndarray, score: str) -> np.ndarray:
     if ctx.finer is not None:
         return np.stack([ctx.class_scores(logits[i], i, score) for i in range(n)]).reshape(n, h, w)
     chosen = np.take_along_axis(logits, ctx.targets[:, None, None], axis=2)[..., 0]          # (N, hw)
-    if score == "prob":                                      # its softmax: the target's column divided, in place
-        top = logits.max(axis=2)
-        logits -= top[..., None]
-        chosen = np.exp(chosen - top) / np.exp(logits, out=logits).sum(axis=2)
+    if score == "prob":
+        chosen = softmax_column(logits, chosen)
     return chosen.reshape(n, h, w)
 
 
