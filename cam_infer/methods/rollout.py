@@ -22,7 +22,7 @@ from typing import Literal
 
 import numpy as np
 
-from .. import kernels
+from ..kernels import rollout_step
 from ..errors import CamInferError, MethodNotApplicable
 from .registry import Context, method
 
@@ -70,5 +70,5 @@ def class_token_row(fused: list[np.ndarray], discard_ratio: float = 0.9, renorma
         thresholds = np.full(n, -np.inf, np.float32)
         if drop:
             thresholds = np.partition(block.reshape(n, t * t), drop - 1, axis=1)[:, drop - 1]
-        kernels.rollout_step(block, thresholds, renormalise == "reference", v)
+        rollout_step(block, thresholds, renormalise == "reference", v)
     return v
