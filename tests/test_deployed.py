@@ -643,3 +643,40 @@ def test_int8_heads_are_read_as_gap_linear_where_the_float_reading_reproduces_th
     assert ppocr.linear_head is None
     with pytest.raises(CamInferError, match="global average pooling followed by a linear layer"):
         ppocr.explain(TEXT, "cam")
+
+
+@needs_shared
+def test_a_qoperator_int8_head_is_read_as_the_float_head_it_was_quantized_from(tmp_path):
+    """The zoo's int8 MobileNetV2 (QOperator: QLinearGlobalAveragePool → Reshape → QLinearMatMul → QLinearAdd): its
+    head read as the float graph it rounds gives, bit for bit, the W and b of its float re-derivation
+    (`mobilenetv2-fp32-dequant.onnx`, the same weights dequantized into a float Gemm); CAM is Σ_k W_ck A_k on the
+    int8 cut, and `fuse` adds W and b to the fused graph (no tensor of the int8 graph holds them in float). PP-OCR's
+    QOperator head (QGemm → QLinearSoftmax) is read and refused by the check: its int8 output saturates."""
+    int8 = Explainer(split_onnx(DEPLOYED / "mobilenetv2-12-int8.onnx", out=tmp_path / "i8"))
+    float_model = onnx.load(str(SHARED / "models" / "mobilenetv2-fp32-dequant.onnx"))
+    values = {t.name: onnx.numpy_helper.to_array(t) for t in float_model.graph.initializer}
+    gemm = next(n for n in float_model.graph.node if n.op_type == "Gemm")
+    weight, bias = values[gemm.input[1]], values[gemm.input[2]]                   # (1000, 1280), transB = 1
+    head = int8.linear_head
+    assert head is not None and head.step > 0
+    np.testing.assert_array_equal(head.weight, weight)
+    np.testing.assert_array_equal(head.bias, bias)
+    x = int8.preprocess(PHOTOS)
+    cam = int8.explain(x, "cam")
+    assert list(cam.targets) == EXPECTED["mobilenetv2-12-int8.onnx"]
+    a = int8.backend.features(x)
+    np.testing.assert_allclose(cam.maps, np.einsum("nk,nkhw->nhw", weight[cam.targets], a), rtol=1e-4,
+                               atol=1e-5 * np.abs(cam.maps).max())
+    import onnxruntime
+    from cam_infer.fuse import fuse, save
+    save(fuse(int8.bundle, "cam"), tmp_path / "cam.onnx")
+    session = onnxruntime.InferenceSession(str(tmp_path / "cam.onnx"))
+    fused = session.run(None, {session.get_inputs()[0].name: x})
+    np.testing.assert_array_equal(fused[2], cam.targets)
+    np.testing.assert_allclose(fused[1], normalise(cam.maps.copy())[0], atol=1e-3)
+    from cam_infer.bundle.qdq_tail import dequantized
+    split, images, _, _ = MODELS["derived_ppocr_cls_int8_qop.onnx"]
+    ppocr = Explainer(split_onnx(DEPLOYED / "derived_ppocr_cls_int8_qop.onnx", "auto", tmp_path / "p", **split))
+    assert dequantized(onnx.load(ppocr.bundle.head_path)) is not None and ppocr.linear_head is None
+    with pytest.raises(CamInferError, match="global average pooling followed by a linear layer"):
+        ppocr.explain(images, "cam")

@@ -1,11 +1,13 @@
-"""A quantized (QDQ) ONNX head read as the float graph it approximates, so that a segmenter's tail can be read as a
-`LinearTail` (DeepLab converted from its TFLite: QuantizeLinear/DequantizeLinear around the 1×1 convolution and
+"""A quantized ONNX head (QDQ, or ONNX Runtime's QOperator int8 ops) read as the float graph it approximates, so
+that a segmenter's tail can be read as a `LinearTail` (DeepLab converted from its TFLite: QuantizeLinear/DequantizeLinear around the 1×1 convolution and
 each Resize, uint8 weights and int32 biases behind DequantizeLinear) and a classifier's head as GAP → linear
-(`head.read_linear_head`: the int8 MobileNets from tf2onnx and tflite2onnx).
+(`head.read_linear_head`: the int8 MobileNets from tf2onnx and tflite2onnx, the zoo's QOperator MobileNetV2).
 
 - A DequantizeLinear of a constant is the constant it stands for, computed as the runtime does:
   (q − zero_point)·scale in float32, per tensor or per channel. These are the weights the runtime multiplies by.
   A QuantizeLinear of a constant (a weight quantized in the graph) is computed too, rounded as the runtime does.
+- A QOperator op (QLinearMatMul, QGemm, QLinearGlobalAveragePool, ...) is the float op it rounds, its constant
+  operands dequantized (`_float_operator`).
 - A QuantizeLinear → DequantizeLinear pair on a computed tensor rounds it to its scale's grid and clips it to the
   integer range; reshaping ops between the two (tf2onnx) then act on the float tensor. Read as the identity,
   the float graph differs from the head by these roundings (half a step each).
@@ -21,10 +23,11 @@ from onnx import helper, numpy_helper
 
 QDQ = {"QuantizeLinear", "DequantizeLinear"}
 RESHAPING = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten"}
+QOPERATOR = {"QLinearGlobalAveragePool", "QLinearMatMul", "QLinearAdd", "QGemm", "QLinearConv", "QLinearSoftmax"}
 
 
 def is_quantized(head: onnx.ModelProto) -> bool:
-    return any(n.op_type in QDQ for n in head.graph.node)
+    return any(n.op_type in QDQ or n.op_type in QOPERATOR for n in head.graph.node)
 
 
 def dequantized(head: onnx.ModelProto) -> tuple[onnx.ModelProto, float] | None:
@@ -52,18 +55,22 @@ def dequantized(head: onnx.ModelProto) -> tuple[onnx.ModelProto, float] | None:
             if node.op_type == "QuantizeLinear":
                 integer.add(node.output[0])
             renamed[node.output[0]] = inputs[0]
+        elif node.op_type in QOPERATOR:                  # an int8 op (QOperator format): the float op it rounds
+            made = _float_operator(node, inputs, weights, integer)
+            if made is None:
+                return None
+            kept.append(made)
+            folded.update({name: weights[name] for name in made.input if name.endswith("__float")})
         elif node.op_type in RESHAPING and node.input[0] in integer:
             integer.add(node.output[0])
-            kept.append((node, inputs))
+            kept.append(_copied(node, inputs))
         elif (integer | quantized_weights).intersection(node.input):
             return None                                  # an integer tensor read as such: not a float graph
         else:
-            kept.append((node, inputs))
+            kept.append(_copied(node, inputs))
     if integer.intersection(o.name for o in head.graph.output):
         return None
-    nodes = [helper.make_node(n.op_type, inputs, list(n.output), name=n.name, domain=n.domain,
-                              **{a.name: helper.get_attribute_value(a) for a in n.attribute})
-             for n, inputs in kept]
+    nodes = kept
     outputs = []
     for out in head.graph.output:
         name = renamed.get(out.name, out.name)
@@ -75,6 +82,86 @@ def dequantized(head: onnx.ModelProto) -> tuple[onnx.ModelProto, float] | None:
     graph = helper.make_graph(nodes, head.graph.name, list(head.graph.input), outputs, initializer=initializers)
     model = helper.make_model(graph, opset_imports=list(head.opset_import), ir_version=head.ir_version)
     return model, _output_step(head, weights)
+
+
+def _copied(node, inputs: list) -> onnx.NodeProto:
+    """The node reading `inputs`."""
+    return helper.make_node(node.op_type, inputs, list(node.output), name=node.name, domain=node.domain,
+                            **{a.name: helper.get_attribute_value(a) for a in node.attribute})
+
+
+def _float_operator(node, inputs: list, weights: dict, integer: set) -> onnx.NodeProto | None:
+    """A QOperator node (ONNX Runtime's int8 format: QLinearMatMul, QGemm, ...) as the float node it rounds, its
+    constant operands dequantized into `weights` under ``<name>__float``; None when its
+    operands are not one integer tensor and constants as expected. Its output joins `integer` when it is
+    quantized (read through the DequantizeLinear that follows)."""
+    op = node.op_type
+    attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+    def constant(i: int, axis: int | None, scale_of: int | None = None) -> str | None:
+        """Operand i dequantized by its scale (input i+1, or `scale_of`) and zero point (input i+2)."""
+        name = node.input[i]
+        if name not in weights:
+            return None
+        q = weights[name]
+        scale = weights[node.input[scale_of if scale_of is not None else i + 1]].astype(np.float32)
+        zero = weights[node.input[i + 2]] if scale_of is None and len(node.input) > i + 2 and node.input[i + 2] \
+            else np.zeros((), np.int64)
+        weights[f"{name}__float"] = _scaled(q, scale, zero, axis)
+        return f"{name}__float"
+
+    def operand(i: int) -> str | None:
+        return inputs[i] if node.input[i] in integer else None
+
+    made, quantized_output = None, True
+    if op in ("QLinearGlobalAveragePool", "QLinearSoftmax"):
+        if operand(0) is None or attributes.get("channels_last", 0):
+            return None
+        extra = {"axis": attributes.get("axis", -1)} if op == "QLinearSoftmax" else {}
+        made = helper.make_node(op[len("QLinear"):], [operand(0)], [node.output[0]], **extra)
+    elif op == "QLinearMatMul":
+        weight = constant(3, axis=-1)
+        made = None if operand(0) is None or weight is None else \
+            helper.make_node("MatMul", [operand(0), weight], [node.output[0]])
+    elif op == "QLinearAdd":
+        pairs = [(operand(0), constant(3, axis=None)), (operand(3), constant(0, axis=None))]
+        found = next(((a, b) for a, b in pairs if a is not None and b is not None), None)
+        made = None if found is None else helper.make_node("Add", list(found), [node.output[0]])
+    elif op == "QGemm":
+        weight = constant(3, axis=0 if attributes.get("transB", 0) else 1)
+        operands = [operand(0), weight]
+        if len(node.input) > 6 and node.input[6]:                       # int32 bias in steps of a_scale·b_scale
+            bias_scale = weights[node.input[1]].astype(np.float32) * weights[node.input[4]].astype(np.float32)
+            weights[f"{node.input[6]}__float"] = (weights[node.input[6]].astype(np.float32) * bias_scale)
+            operands.append(f"{node.input[6]}__float")
+        quantized_output = len(node.input) > 7 and bool(node.input[7])
+        made = None if None in operands else helper.make_node(
+            "Gemm", operands, [node.output[0]], alpha=attributes.get("alpha", 1.0),
+            transA=attributes.get("transA", 0), transB=attributes.get("transB", 0))
+    elif op == "QLinearConv":
+        weight = constant(3, axis=0)
+        operands = [operand(0), weight]
+        if len(node.input) > 8 and node.input[8]:
+            bias_scale = weights[node.input[1]].astype(np.float32) * weights[node.input[4]].astype(np.float32)
+            weights[f"{node.input[8]}__float"] = weights[node.input[8]].astype(np.float32) * bias_scale
+            operands.append(f"{node.input[8]}__float")
+        made = None if None in operands else helper.make_node("Conv", operands, [node.output[0]], **attributes)
+    if made is None:
+        return None
+    made.name = f"{node.name or node.output[0]}__float"
+    if quantized_output:
+        integer.add(node.output[0])
+    return made
+
+
+def _scaled(q: np.ndarray, scale: np.ndarray, zero: np.ndarray, axis: int | None) -> np.ndarray:
+    """(q − zero)·scale in float32, scale and zero per tensor or along `axis`."""
+    if axis is not None and scale.ndim == 1 and q.ndim > 1:
+        shape = [1] * q.ndim
+        shape[axis] = -1
+        scale = scale.reshape(shape)
+        zero = zero.reshape(shape) if zero.ndim == 1 else zero
+    return ((q.astype(np.int64) - zero.astype(np.int64)).astype(np.float32) * scale).astype(np.float32)
 
 
 def _quantize(node, weights: dict) -> np.ndarray:

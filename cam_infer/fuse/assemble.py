@@ -138,11 +138,32 @@ def method_nodes(b: Builder, bundle: Bundle, chosen, options: dict, top_classes:
     return fusion
 
 
+def _weights_in_graph(model, linear_head):
+    """A head whose W or b the reading found in no tensor of the model (an int8 QOperator head's weights,
+    dequantized from its QLinearMatMul's operands): W and b added to the model in float32 as read, the head's
+    source pointing at them; any other head as it is."""
+    if linear_head is None or linear_head.source.probed:
+        return linear_head
+    names = {t.name for t in model.graph.initializer} | {o for n in model.graph.node for o in n.output}
+    source = linear_head.source
+    if all(name is None or name in names for name in (source.weight, source.bias)):
+        return linear_head
+    from dataclasses import replace
+
+    from onnx import numpy_helper
+
+    from ..bundle.head import LinearSource
+    model.graph.initializer.extend([numpy_helper.from_array(linear_head.weight, "head_weight_read"),
+                                    numpy_helper.from_array(linear_head.bias, "head_bias_read")])
+    return replace(linear_head, source=LinearSource(weight="head_weight_read", bias="head_bias_read"))
+
+
 def _fused_onnx(bundle: Bundle, chosen, options: dict, top_classes: int, class_input: bool, raw: bool, explainer):
     features, head = at_min_opset(bundle.features_path), at_min_opset(bundle.head_path)
     renames = head_renames(features, head, bundle.cut_levels)
     model = _joined(bundle, features, head)
     linear_head, head = head_as_joined(explainer.linear_head, head, renames)
+    linear_head = _weights_in_graph(model, linear_head)
     b = Builder(_opset(model))
     scores = model.graph.output[0]
     batch = _batch_dim(model)
