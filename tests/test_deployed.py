@@ -680,3 +680,69 @@ def test_a_qoperator_int8_head_is_read_as_the_float_head_it_was_quantized_from(t
     assert dequantized(onnx.load(ppocr.bundle.head_path)) is not None and ppocr.linear_head is None
     with pytest.raises(CamInferError, match="global average pooling followed by a linear layer"):
         ppocr.explain(images, "cam")
+
+
+def _head_graph(nodes, initializers, shape=(1, 4, 2, 2), classes=3):
+    """A hand-built head graph: input `a` of `shape`, output `y` (N, classes)."""
+    graph = helper.make_graph(nodes, "head", [helper.make_tensor_value_info("a", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [shape[0], classes])],
+                              [numpy_helper.from_array(np.asarray(v), k) for k, v in initializers.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_a_head_is_not_read_as_linear_where_its_quantization_grids_or_a_transpose_would_make_the_reading_wrong():
+    """Refused at reading: a QuantizeLinear → DequantizeLinear pair on two different grids (read as the identity it
+    would be off by 2×), a Transpose that moves the channels, a weight quantized to float8. Read: a 1×1 Conv without
+    bias (its bias the zeros of its classes, not of its channels) and a Transpose of size-1 axes."""
+    from cam_infer.bundle.head import read_linear_head
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((3, 4, 1, 1)).astype(np.float32)
+    grids = {"s1": np.float32(0.01), "s2": np.float32(0.02), "z": np.uint8(0), "w": w}
+    pair = _head_graph([helper.make_node("QuantizeLinear", ["a", "s1", "z"], ["q"]),
+                        helper.make_node("DequantizeLinear", ["q", "s2", "z"], ["d"]),
+                        helper.make_node("GlobalAveragePool", ["d"], ["p"]),
+                        helper.make_node("Conv", ["p", "w"], ["c"]),
+                        helper.make_node("Flatten", ["c"], ["y"])], grids)
+    assert read_linear_head(pair, 4, (2, 2)) is None
+    same = _head_graph([helper.make_node("QuantizeLinear", ["a", "s1", "z"], ["q"]),
+                        helper.make_node("DequantizeLinear", ["q", "s1", "z"], ["d"]),
+                        helper.make_node("GlobalAveragePool", ["d"], ["p"]),
+                        helper.make_node("Conv", ["p", "w"], ["c"]),
+                        helper.make_node("Transpose", ["c"], ["t"], perm=[0, 2, 3, 1]),
+                        helper.make_node("Flatten", ["t"], ["y"])], grids)
+    head = read_linear_head(same, 4, (2, 2))
+    assert head is not None and head.step == 0.0 and head.bias.shape == (3,)
+    np.testing.assert_array_equal(head.weight, w[:, :, 0, 0])
+    moved = _head_graph([helper.make_node("GlobalAveragePool", ["a"], ["p"]),
+                         helper.make_node("Reshape", ["p", "shape"], ["r"]),
+                         helper.make_node("Transpose", ["r"], ["t"], perm=[0, 2, 1]),
+                         helper.make_node("Reshape", ["t", "flat"], ["f"]),
+                         helper.make_node("MatMul", ["f", "m"], ["y"])],
+                        {"shape": np.array([-1, 2, 2], np.int64), "flat": np.array([-1, 4], np.int64),
+                         "m": rng.standard_normal((4, 3)).astype(np.float32)})
+    assert read_linear_head(moved, 4, (2, 2)) is None
+    float8 = _head_graph([helper.make_node("QuantizeLinear", ["w", "s1"], ["wq"],
+                                           output_dtype=TensorProto.FLOAT8E4M3FN),
+                          helper.make_node("DequantizeLinear", ["wq", "s1"], ["wd"]),
+                          helper.make_node("GlobalAveragePool", ["a"], ["p"]),
+                          helper.make_node("Conv", ["p", "wd"], ["c"]),
+                          helper.make_node("Flatten", ["c"], ["y"])], grids)
+    assert read_linear_head(float8, 4, (2, 2)) is None
+
+
+@needs_shared
+def test_the_int8_check_refuses_a_wrong_reading_of_a_head_that_ends_in_softmax(tmp_path):
+    """tf2onnx's int8 MobileNet V1 ends in a float Softmax over 1 001 classes: compared as probabilities within 2
+    steps of its logits, a reading of zeros passed. Compared as logits, the true reading passes and a reading with
+    its channels or its classes shuffled, or of zeros, is refused."""
+    from dataclasses import replace
+    explainer = Explainer(split_onnx(DEPLOYED / "tf2onnx_nchwf_mobilenet_v1_0.5_160_quant.onnx", "auto",
+                                     tmp_path / "b", **MINUS_ONE_ONE), backend="onnxruntime", precision="f32")
+    assert explainer.bundle.output_kind == "probabilities"
+    head, run = explainer.task._head_and_reference()
+    assert explainer.task._within_steps(head, run)
+    rng = np.random.default_rng(0)
+    wrong = [replace(head, weight=head.weight[:, rng.permutation(head.weight.shape[1])]),
+             replace(head, weight=head.weight[rng.permutation(len(head.weight))]),
+             replace(head, weight=np.zeros_like(head.weight), bias=np.zeros_like(head.bias))]
+    assert not any(explainer.task._within_steps(h, run) for h in wrong)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import queue
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import cache
@@ -199,19 +200,31 @@ def leave_the_cores_to_the_runtime() -> None:
 
 
 
-_blas: list = []             # the ThreadpoolController, made on first use (it inspects the loaded libraries)
+_blas: dict = {"lock": threading.Lock(), "users": 0, "limit": None, "controller": None}
 
 
+@contextmanager
 def one_blas_thread():
-    """A context in which NumPy's BLAS runs one thread, its former setting restored on exit (11 µs). For the
-    methods' small products right after a runtime call: a second BLAS thread meets the runtime's threads still
-    spinning on the other core (the int8 MobileNet V1's Recipro-CAM closed form on ONNX Runtime took 28 ms with
-    two BLAS threads, 2.8 with one, its forward pass 2.4–5)."""
-    if not _blas:
-        import numpy  # noqa: F401  (threadpoolctl limits the libraries already loaded)
-        from threadpoolctl import ThreadpoolController
-        _blas.append(ThreadpoolController())
-    return _blas[0].limit(limits=1, user_api="blas")
+    """A context in which NumPy's BLAS runs one thread, its former setting restored when the last thread inside
+    leaves (the setting is the process's: concurrent explanations share one limit, counted). For the methods'
+    small products right after a runtime call: a second BLAS thread meets the runtime's threads still spinning on
+    the other core (the int8 MobileNet V1's Recipro-CAM closed form on ONNX Runtime took 28 ms with two BLAS
+    threads, 2.8 with one, its forward pass 2.4–5)."""
+    with _blas["lock"]:
+        if _blas["controller"] is None:
+            import numpy  # noqa: F401  (threadpoolctl limits the libraries already loaded)
+            from threadpoolctl import ThreadpoolController
+            _blas["controller"] = ThreadpoolController()
+        if _blas["users"] == 0:
+            _blas["limit"] = _blas["controller"].limit(limits=1, user_api="blas")
+        _blas["users"] += 1
+    try:
+        yield
+    finally:
+        with _blas["lock"]:
+            _blas["users"] -= 1
+            if _blas["users"] == 0:
+                _blas["limit"].restore_original_limits()
 
 
 class Lender:

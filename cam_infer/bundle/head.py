@@ -1,9 +1,9 @@
 """Reading a head graph that is global average pooling followed by a linear layer.
 
 Accepted chains (each node reading the previous one's output): GlobalAveragePool, ReduceMean over the two
-spatial axes or an AveragePool over the whole map → Flatten/Reshape/Squeeze/Transpose/Identity/Dropout … →
-optionally Gemm, MatMul [+ Add] or a 1×1 Conv → optionally Softmax; a quantized (QDQ) head as the float graph it
-rounds. Without a linear layer the weights are the identity
+spatial axes or an AveragePool over the whole map → Flatten/Reshape/Squeeze/Identity/Dropout, a Transpose of
+size-1 axes … → optionally Gemm, MatMul [+ Add] or a 1×1 Conv → optionally Softmax; a quantized head (QDQ or
+QOperator) as the float graph it rounds. Without a linear layer the weights are the identity
 (SqueezeNet cut at conv10: GAP → Softmax). The closed forms of CAM, Recipro-CAM and Ablation-CAM
 use `LinearHead`; the Explainer checks it against the real head graph before trusting it.
 
@@ -24,7 +24,7 @@ from onnx import numpy_helper
 
 LARGE_PRODUCT = 50_000_000      # multiply-adds from which the product runs in ONNX Runtime (a batch-1
 #                                 Recipro-CAM closed form on ResNet-50 is 100 M)
-PASS_THROUGH = {"Flatten", "Reshape", "Squeeze", "Identity", "Dropout", "Cast", "Transpose"}
+PASS_THROUGH = {"Flatten", "Reshape", "Squeeze", "Identity", "Dropout", "Cast"}
 
 
 @dataclass(frozen=True)
@@ -59,8 +59,8 @@ class LinearHead:
     def logits(self, pooled: np.ndarray) -> np.ndarray:
         """Pre-softmax scores of pooled features (...,K) → (...,C). A large float32 product (Recipro-CAM's
         closed form over SESS's windows, a batch) runs as one Gemm in ONNX Runtime on the runtime's threads,
-        with no spinning threads left behind: 3× NumPy's single-threaded product here; a smaller one in NumPy on
-        one BLAS thread (`one_blas_thread`)."""
+        with no spinning threads left behind: 3× NumPy's single-threaded product here; any other in NumPy on one
+        BLAS thread (`one_blas_thread`)."""
         if self.open_session is None or pooled.dtype != np.float32 or pooled.size * len(self.bias) < LARGE_PRODUCT:
             from ..backends.sessions import one_blas_thread
             with one_blas_thread():
@@ -105,7 +105,7 @@ def read_linear_head(model: onnx.ModelProto, channels: int,
     from .qdq_tail import dequantized, is_quantized
     step = 0.0
     if is_quantized(model):
-        read = dequantized(model)
+        read = dequantized(model, logits=True)
         if read is None:
             return None
         model, step = read
@@ -116,6 +116,7 @@ def read_linear_head(model: onnx.ModelProto, channels: int,
             consts[node.output[0]] = numpy_helper.to_array(_attr(node, "value", None))
     nodes = list(g.node)
     shape_only = _shape_computations(nodes)
+    shapes = _inferred_shapes(model) if any(n.op_type == "Transpose" for n in nodes) else {}
     current = g.input[0].name
     weight, bias = np.eye(channels, dtype=np.float32), np.zeros(channels, np.float32)
     source = {}
@@ -134,7 +135,7 @@ def read_linear_head(model: onnx.ModelProto, channels: int,
                 stage = "linear"
             else:
                 return None
-        elif op in PASS_THROUGH:
+        elif op in PASS_THROUGH or (op == "Transpose" and _moves_only_ones(node, shapes)):
             pass
         elif stage == "linear" and op == "Gemm" and not _attr(node, "transA", 0):
             b = consts.get(node.input[1])
@@ -177,9 +178,31 @@ def read_linear_head(model: onnx.ModelProto, channels: int,
         current = node.output[0]
     if current != g.output[0].name or weight.ndim != 2 or weight.shape[1] != channels:
         return None
+    if "bias" not in source:
+        bias = np.zeros(len(weight), np.float32)
     float16 = any(consts[source[name]].dtype == np.float16 for name in ("weight", "bias") if name in source)
     return LinearHead(np.ascontiguousarray(weight, np.float32), np.ascontiguousarray(bias, np.float32),
                       LinearSource(**source), float16, step)
+
+
+def _inferred_shapes(model: onnx.ModelProto) -> dict[str, list]:
+    """Each tensor's dimensions as ONNX shape inference gives them (None where unknown)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:                           # noqa: BLE001 (a graph it cannot follow: no shapes, no Transpose)
+        return {}
+    return {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+            for v in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output)}
+
+
+def _moves_only_ones(node: onnx.NodeProto, shapes: dict) -> bool:
+    """A Transpose that keeps the batch axis first and moves only axes of size 1 (tflite2onnx's NCHW → NHWC of a
+    pooled (N,C,1,1) map): the values keep their order."""
+    dims, perm = shapes.get(node.input[0]), list(_attr(node, "perm", []))
+    if not dims or len(perm) != len(dims) or perm[0] != 0:
+        return False
+    moved = [d for d in range(1, len(dims)) if dims[d] != 1]
+    return None not in dims[1:] and [p for p in perm if p in moved] == moved
 
 
 def _whole_window(node: onnx.NodeProto, spatial: tuple[int, int] | None) -> bool:

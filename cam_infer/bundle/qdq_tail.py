@@ -1,6 +1,7 @@
 """A quantized ONNX head (QDQ, or ONNX Runtime's QOperator int8 ops) read as the float graph it approximates, so
-that a segmenter's tail can be read as a `LinearTail` (DeepLab converted from its TFLite: QuantizeLinear/DequantizeLinear around the 1×1 convolution and
-each Resize, uint8 weights and int32 biases behind DequantizeLinear) and a classifier's head as GAP → linear
+that a segmenter's tail can be read as a `LinearTail` (DeepLab converted from its TFLite: QuantizeLinear and
+DequantizeLinear around the 1×1 convolution and each Resize, uint8 weights and int32 biases behind
+DequantizeLinear) and a classifier's head as GAP → linear
 (`head.read_linear_head`: the int8 MobileNets from tf2onnx and tflite2onnx, the zoo's QOperator MobileNetV2).
 
 - A DequantizeLinear of a constant is the constant it stands for, computed as the runtime does:
@@ -24,51 +25,59 @@ from onnx import helper, numpy_helper
 QDQ = {"QuantizeLinear", "DequantizeLinear"}
 RESHAPING = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten"}
 QOPERATOR = {"QLinearGlobalAveragePool", "QLinearMatMul", "QLinearAdd", "QGemm", "QLinearConv", "QLinearSoftmax"}
+OUTPUT_GRID = {"QLinearGlobalAveragePool": 3, "QLinearSoftmax": 3, "QLinearMatMul": 6, "QLinearAdd": 6, "QGemm": 7,
+               "QLinearConv": 6}                  # where each op's output scale and zero point are among its inputs
 
 
 def is_quantized(head: onnx.ModelProto) -> bool:
     return any(n.op_type in QDQ or n.op_type in QOPERATOR for n in head.graph.node)
 
 
-def dequantized(head: onnx.ModelProto) -> tuple[onnx.ModelProto, float] | None:
-    """(the float graph, the output's quantization step) of a QDQ head; None when an integer tensor is read by
-    anything but a DequantizeLinear or a reshaping op (Reshape, Transpose, Squeeze, Unsqueeze, Flatten: tf2onnx
-    reshapes the integers between a QuantizeLinear and its DequantizeLinear), or is an output."""
+def dequantized(head: onnx.ModelProto, logits: bool = False) -> tuple[onnx.ModelProto, float] | None:
+    """(the float graph, the output's quantization step) of a quantized head; None when an integer tensor is read
+    by anything but a DequantizeLinear, a QOperator op or a reshaping op (Reshape, Transpose, Squeeze, Unsqueeze,
+    Flatten: tf2onnx reshapes the integers between a QuantizeLinear and its DequantizeLinear), is read on another
+    grid (scale, zero point) than the one it was quantized to, or is an output. With ``logits``, the step is that
+    of the logits behind a float Softmax at the end (`_output_step`)."""
     weights = {t.name: numpy_helper.to_array(t) for t in head.graph.initializer}
     weights.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in head.graph.node
                     if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"})
     renamed: dict[str, str] = {}
-    integer: set[str] = set()                            # the head's quantized tensors, computed ones only
+    grids: dict[str, tuple] = {}                          # the head's computed integer tensors: their (scale, zero)
     folded: dict[str, np.ndarray] = {}
     kept = []
     quantized_weights: set[str] = set()
     for node in head.graph.node:
         inputs = [renamed.get(i, i) for i in node.input]
         if node.op_type == "QuantizeLinear" and node.input[0] in weights:
-            weights[node.output[0]] = _quantize(node, weights)           # a weight quantized in the graph
+            quantized = _quantize(node, weights)                          # a weight quantized in the graph
+            if quantized is None:
+                return None
+            weights[node.output[0]] = quantized
             quantized_weights.add(node.output[0])
         elif node.op_type == "DequantizeLinear" and node.input[0] in weights:
             folded[node.output[0]] = weights[node.output[0]] = _dequantize(node, weights)
-        elif node.op_type == "DequantizeLinear" and node.input[0] not in integer:
-            return None
-        elif node.op_type in QDQ:                        # a pair on a computed tensor: read as the identity
-            if node.op_type == "QuantizeLinear":
-                integer.add(node.output[0])
+        elif node.op_type == "DequantizeLinear":         # the pair's second half: the grid its first half made
+            if grids.get(node.input[0]) != _grid(node, 1, weights):
+                return None
+            renamed[node.output[0]] = inputs[0]
+        elif node.op_type == "QuantizeLinear":           # a pair on a computed tensor: read as the identity
+            grids[node.output[0]] = _grid(node, 1, weights)
             renamed[node.output[0]] = inputs[0]
         elif node.op_type in QOPERATOR:                  # an int8 op (QOperator format): the float op it rounds
-            made = _float_operator(node, inputs, weights, integer)
+            made = _float_operator(node, inputs, weights, grids)
             if made is None:
                 return None
             kept.append(made)
             folded.update({name: weights[name] for name in made.input if name.endswith("__float")})
-        elif node.op_type in RESHAPING and node.input[0] in integer:
-            integer.add(node.output[0])
+        elif node.op_type in RESHAPING and node.input[0] in grids:
+            grids[node.output[0]] = grids[node.input[0]]
             kept.append(_copied(node, inputs))
-        elif (integer | quantized_weights).intersection(node.input):
+        elif (grids.keys() | quantized_weights).intersection(node.input):
             return None                                  # an integer tensor read as such: not a float graph
         else:
             kept.append(_copied(node, inputs))
-    if integer.intersection(o.name for o in head.graph.output):
+    if grids.keys() & {o.name for o in head.graph.output}:
         return None
     nodes = kept
     outputs = []
@@ -81,7 +90,17 @@ def dequantized(head: onnx.ModelProto) -> tuple[onnx.ModelProto, float] | None:
     initializers += [numpy_helper.from_array(v, k) for k, v in folded.items()]
     graph = helper.make_graph(nodes, head.graph.name, list(head.graph.input), outputs, initializer=initializers)
     model = helper.make_model(graph, opset_imports=list(head.opset_import), ir_version=head.ir_version)
-    return model, _output_step(head, weights)
+    return model, _output_step(head, weights, logits)
+
+
+def _grid(node, scale_index: int, weights: dict) -> tuple | None:
+    """(scale, zero point) of a Q/DQ or QOperator node's grid (inputs scale_index, scale_index + 1) as comparable
+    values; None when the scale is not a constant."""
+    if node.input[scale_index] not in weights:
+        return None
+    zero_name = node.input[scale_index + 1] if len(node.input) > scale_index + 1 else ""
+    zero = weights.get(zero_name, np.zeros((), np.uint8)) if zero_name else np.zeros((), np.uint8)
+    return (tuple(np.ravel(weights[node.input[scale_index]]).tolist()), tuple(np.ravel(zero).tolist()))
 
 
 def _copied(node, inputs: list) -> onnx.NodeProto:
@@ -90,11 +109,11 @@ def _copied(node, inputs: list) -> onnx.NodeProto:
                             **{a.name: helper.get_attribute_value(a) for a in node.attribute})
 
 
-def _float_operator(node, inputs: list, weights: dict, integer: set) -> onnx.NodeProto | None:
+def _float_operator(node, inputs: list, weights: dict, grids: dict) -> onnx.NodeProto | None:
     """A QOperator node (ONNX Runtime's int8 format: QLinearMatMul, QGemm, ...) as the float node it rounds, its
     constant operands dequantized into `weights` under ``<name>__float``; None when its
-    operands are not one integer tensor and constants as expected. Its output joins `integer` when it is
-    quantized (read through the DequantizeLinear that follows)."""
+    operands are not one integer tensor (on the grid it was quantized to) and constants as expected. Its output
+    joins `grids` when it is quantized (read through the DequantizeLinear that follows)."""
     op = node.op_type
     attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
@@ -111,7 +130,8 @@ def _float_operator(node, inputs: list, weights: dict, integer: set) -> onnx.Nod
         return f"{name}__float"
 
     def operand(i: int) -> str | None:
-        return inputs[i] if node.input[i] in integer else None
+        found = grids.get(node.input[i])
+        return inputs[i] if found is not None and found == _grid(node, i + 1, weights) else None
 
     made, quantized_output = None, True
     if op in ("QLinearGlobalAveragePool", "QLinearSoftmax"):
@@ -150,7 +170,7 @@ def _float_operator(node, inputs: list, weights: dict, integer: set) -> onnx.Nod
         return None
     made.name = f"{node.name or node.output[0]}__float"
     if quantized_output:
-        integer.add(node.output[0])
+        grids[node.output[0]] = _grid(node, OUTPUT_GRID[op], weights)
     return made
 
 
@@ -164,12 +184,17 @@ def _scaled(q: np.ndarray, scale: np.ndarray, zero: np.ndarray, axis: int | None
     return ((q.astype(np.int64) - zero.astype(np.int64)).astype(np.float32) * scale).astype(np.float32)
 
 
-def _quantize(node, weights: dict) -> np.ndarray:
+def _quantize(node, weights: dict) -> np.ndarray | None:
     """QuantizeLinear of a constant as ONNX computes it: round(x / scale) to even, plus the zero point, saturated to
-    the zero point's integer type."""
+    the zero point's integer type (or `output_dtype`'s, else uint8); None for other than 8- and 16-bit integers."""
     x = weights[node.input[0]].astype(np.float32)
     scale, zero = _per_axis(node, x, weights)
     dtype = zero.dtype if len(node.input) > 2 and node.input[2] else np.dtype(np.uint8)
+    declared = next((a.i for a in node.attribute if a.name == "output_dtype"), 0)
+    if declared:
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(declared))
+    if dtype not in (np.int8, np.uint8, np.int16, np.uint16):
+        return None
     info = np.iinfo(dtype)
     return np.clip(np.rint(x / scale) + zero.astype(np.int64), info.min, info.max).astype(dtype)
 
@@ -193,13 +218,14 @@ def _per_axis(node, x: np.ndarray, weights: dict) -> tuple[np.ndarray, np.ndarra
     return scale, zero
 
 
-def _output_step(head: onnx.ModelProto, weights: dict) -> float:
-    """The scale of the DequantizeLinear that makes the output, through ops that pass values on or reshape them
-    and through a final Softmax (which moves a probability by at most half of what moves its logits); 0 when
-    there is none."""
+def _output_step(head: onnx.ModelProto, weights: dict, logits: bool = False) -> float:
+    """The scale of the DequantizeLinear that makes the output (through Identity ops); with ``logits``, through
+    reshaping ops and a float Softmax too: the step of the logits behind the probabilities (the caller compares
+    logits). 0 when there is none."""
     producer = {out: n for n in head.graph.node for out in n.output}
     name = head.graph.output[0].name
-    while name in producer and producer[name].op_type in RESHAPING | {"Identity", "Softmax"}:
+    passed = RESHAPING | {"Identity", "Softmax"} if logits else {"Identity"}
+    while name in producer and producer[name].op_type in passed:
         name = producer[name].input[0]
     node = producer.get(name)
     if node is None or node.op_type != "DequantizeLinear" or node.input[1] not in weights:

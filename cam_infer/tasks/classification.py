@@ -66,14 +66,20 @@ class ClassificationTask(Task):
     def _within_steps(self, head, run) -> bool:
         """A quantized head's float reading against the head graph run on the cut of four real-range inputs (random
         images through the bundle's preprocessing: activations out of the range its quantizers were calibrated for
-        would be clipped): within 2 steps of the output's quantization, the mean error within half a step, as a
-        segmenter's quantized tail is accepted (`bundle.linear_tail.read_linear_tail`)."""
+        would be clipped): within 2 steps of the logits' quantization, the mean error within half a step, as a
+        segmenter's quantized tail is accepted (`bundle.linear_tail.read_linear_tail`). A head that ends in a float
+        Softmax after its last DequantizeLinear is compared in logits: the log of its probabilities and the
+        reading's logits, each row's mean set apart (softmax drops it); in probabilities, 2 steps of logits would
+        let a head of zeros pass among 1 001 classes."""
         from ..bundle.verify import random_images
         a, _ = self.explainer.backend.observe(random_images(self.bundle.preprocessing, 4, seed=5))
         expected = run(np.asarray(a, np.float32)).reshape(len(a), -1)
         got = head.logits(np.asarray(a, np.float32).mean(axis=(2, 3)))
-        if self.bundle.output_kind == "probabilities":
-            got = softmax(got)
+        if self.bundle.output_kind == "probabilities":    # compared as logits, each row's mean set apart
+            if not (expected > 0).all():
+                return False                              # probabilities rounded to 0: no logits to compare
+            expected, got = np.log(expected), got.astype(np.float64)
+            expected, got = (v - v.mean(axis=1, keepdims=True) for v in (expected, got))
         error = np.abs(got - expected)
         return bool(error.max() <= 2 * head.step + 1e-4 and error.mean() <= 0.5 * head.step + 1e-5)
 
