@@ -66,8 +66,7 @@ class Explainer:
     in PyTorch (`cam_infer.gradients`).
 
     Threads: one Explainer may be called from several threads at once; each call gives what it gives alone
-    (passes through a PyTorch model of `from_torch` take turns). Explaining changes no process-wide setting for
-    good: the linear head's products hold NumPy's BLAS at one thread while they run (`one_blas_thread`)."""
+    (passes through a PyTorch model of `from_torch` take turns). Explaining changes no process-wide setting."""
 
     def __init__(self, bundle: "Bundle | str | os.PathLike", backend: "str | Backend" = "auto",
                  gradients: str | None = None, **backend_options):

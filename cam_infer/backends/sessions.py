@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import queue
-import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import cache
@@ -192,39 +191,13 @@ def leave_the_cores_to_the_runtime() -> None:
     BLAS runs one thread from then on. The methods' small dense products (Eigen-CAM's Gram matrix, the closed
     forms) gain nothing from more, and an idle BLAS pool that keeps spinning after a product slowed the
     runtime's next pass (MobileNetV2, 2 cores: Ablation-CAM's closed form 1.25–1.5× slower with two BLAS
-    threads). A library never changes this for its caller: an application that wants it calls this itself."""
+    threads; the int8 MobileNet V1's Recipro-CAM closed form on ONNX Runtime 28 against 2.8 ms). A library never
+    changes this for its caller, not even for one call: an application that wants it calls this itself."""
     import numpy  # noqa: F401  (threadpoolctl limits the libraries already loaded)
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(limits=1, user_api="blas")
 
-
-
-_blas: dict = {"lock": threading.Lock(), "users": 0, "limit": None, "controller": None}
-
-
-@contextmanager
-def one_blas_thread():
-    """A context in which NumPy's BLAS runs one thread, its former setting restored when the last thread inside
-    leaves (the setting is the process's: concurrent explanations share one limit, counted). For the methods'
-    small products right after a runtime call: a second BLAS thread meets the runtime's threads still spinning on
-    the other core (the int8 MobileNet V1's Recipro-CAM closed form on ONNX Runtime took 28 ms with two BLAS
-    threads, 2.8 with one, its forward pass 2.4–5)."""
-    with _blas["lock"]:
-        if _blas["controller"] is None:
-            import numpy  # noqa: F401  (threadpoolctl limits the libraries already loaded)
-            from threadpoolctl import ThreadpoolController
-            _blas["controller"] = ThreadpoolController()
-        if _blas["users"] == 0:
-            _blas["limit"] = _blas["controller"].limit(limits=1, user_api="blas")
-        _blas["users"] += 1
-    try:
-        yield
-    finally:
-        with _blas["lock"]:
-            _blas["users"] -= 1
-            if _blas["users"] == 0:
-                _blas["limit"].restore_original_limits()
 
 
 class Lender:

@@ -59,12 +59,9 @@ class LinearHead:
     def logits(self, pooled: np.ndarray) -> np.ndarray:
         """Pre-softmax scores of pooled features (...,K) → (...,C). A large float32 product (Recipro-CAM's
         closed form over SESS's windows, a batch) runs as one Gemm in ONNX Runtime on the runtime's threads,
-        with no spinning threads left behind: 3× NumPy's single-threaded product here; any other in NumPy on one
-        BLAS thread (`one_blas_thread`)."""
+        with no spinning threads left behind: 3× NumPy's single-threaded product here."""
         if self.open_session is None or pooled.dtype != np.float32 or pooled.size * len(self.bias) < LARGE_PRODUCT:
-            from ..backends.sessions import one_blas_thread
-            with one_blas_thread():
-                return pooled @ self.weight.T + self.bias
+            return pooled @ self.weight.T + self.bias
         flat = np.ascontiguousarray(pooled.reshape(-1, pooled.shape[-1]))
         return self._runtime_product(flat).reshape(*pooled.shape[:-1], len(self.bias))
 
