@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .qdq_tail import dequantized, is_quantized
+from .qdq_tail import dequantized, is_quantized, within_steps
 
 ACTIVATIONS = {"Sigmoid": "sigmoid", "Softmax": "softmax"}
 
@@ -170,7 +170,7 @@ def read_linear_tail(head: onnx.ModelProto, activation_shape: tuple[int, int, in
         if read is None or features_of is None:
             return None
         tail = read_linear_tail(read[0], activation_shape)
-        return tail if tail is not None and _within_steps(head, tail, features_of, read[1]) else None
+        return tail if tail is not None and _quantized_head_reproduced(head, tail, features_of, read[1]) else None
     nodes = [n for n in head.graph.node if n.op_type not in ("Identity", "Transpose")]   # layout: checked below
     constants = {n.output[0]: n for n in nodes if n.op_type == "Constant"}
     nodes = [n for n in nodes if n.op_type != "Constant"]
@@ -209,15 +209,14 @@ def read_linear_tail(head: onnx.ModelProto, activation_shape: tuple[int, int, in
     return tail if _reproduces(head, tail, activation_shape) else None
 
 
-def _within_steps(head: onnx.ModelProto, tail: LinearTail, features_of, step: float) -> bool:
+def _quantized_head_reproduced(head: onnx.ModelProto, tail: LinearTail, features_of, step: float) -> bool:
     """The float tail against the quantized head run by ONNX Runtime on the cut of a real-range input."""
     from ..backends.sessions import FLOAT32, onnxruntime_session
 
     a, _ = features_of()
     session = onnxruntime_session(head, FLOAT32, quiet=True)
     expected = session.run(None, {session.get_inputs()[0].name: a})[0]
-    error = np.abs(tail.scores(a) - expected)
-    return error.max() <= 2 * step + 1e-4 and error.mean() <= 0.5 * step + 1e-5
+    return within_steps(np.abs(tail.scores(a) - expected), step)
 
 
 def _axis_weights(head, resize, constants, weights, k, h, w, axis: int) -> np.ndarray | None:
@@ -303,8 +302,7 @@ def read_openvino_tail(head, features_of, step: float) -> LinearTail | None:
     tail = LinearTail(weight.astype(np.float32), bias.ravel().astype(np.float32),
                       ry.astype(np.float32), rx.astype(np.float32), "none")
     a, expected = features_of()
-    error = np.abs(tail.scores(a) - expected)
-    return tail if error.max() <= 2 * step + 1e-4 and error.mean() <= 0.5 * step + 1e-5 else None
+    return tail if within_steps(np.abs(tail.scores(a) - expected), step) else None
 
 
 def linear_weights(n_in: int, n_out: int, mode: str) -> np.ndarray:

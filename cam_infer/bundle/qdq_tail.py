@@ -29,6 +29,12 @@ OUTPUT_GRID = {"QLinearGlobalAveragePool": 3, "QLinearSoftmax": 3, "QLinearMatMu
                "QLinearConv": 6}                  # where each op's output scale and zero point are among its inputs
 
 
+def within_steps(error: np.ndarray, step: float) -> bool:
+    """Whether a float reading's |error| against its quantized head is what the head's roundings explain: at most
+    2 steps of the output's quantization, half a step on average."""
+    return bool(error.max() <= 2 * step + 1e-4 and error.mean() <= 0.5 * step + 1e-5)
+
+
 def is_quantized(head: onnx.ModelProto) -> bool:
     return any(n.op_type in QDQ or n.op_type in QOPERATOR for n in head.graph.node)
 
@@ -129,6 +135,12 @@ def _float_operator(node, inputs: list, weights: dict, grids: dict) -> onnx.Node
         weights[f"{name}__float"] = _scaled(q, scale, zero, axis)
         return f"{name}__float"
 
+    def bias(i: int) -> str:
+        """The int32 bias at input i, in steps of the input's scale times the weight's."""
+        scale = weights[node.input[1]].astype(np.float32) * weights[node.input[4]].astype(np.float32)
+        weights[f"{node.input[i]}__float"] = weights[node.input[i]].astype(np.float32) * scale
+        return f"{node.input[i]}__float"
+
     def operand(i: int) -> str | None:
         found = grids.get(node.input[i])
         return inputs[i] if found is not None and found == _grid(node, i + 1, weights) else None
@@ -150,10 +162,8 @@ def _float_operator(node, inputs: list, weights: dict, grids: dict) -> onnx.Node
     elif op == "QGemm":
         weight = constant(3, axis=0 if attributes.get("transB", 0) else 1)
         operands = [operand(0), weight]
-        if len(node.input) > 6 and node.input[6]:                       # int32 bias in steps of a_scale·b_scale
-            bias_scale = weights[node.input[1]].astype(np.float32) * weights[node.input[4]].astype(np.float32)
-            weights[f"{node.input[6]}__float"] = (weights[node.input[6]].astype(np.float32) * bias_scale)
-            operands.append(f"{node.input[6]}__float")
+        if len(node.input) > 6 and node.input[6]:
+            operands.append(bias(6))
         quantized_output = len(node.input) > 7 and bool(node.input[7])
         made = None if None in operands else helper.make_node(
             "Gemm", operands, [node.output[0]], alpha=attributes.get("alpha", 1.0),
@@ -162,9 +172,7 @@ def _float_operator(node, inputs: list, weights: dict, grids: dict) -> onnx.Node
         weight = constant(3, axis=0)
         operands = [operand(0), weight]
         if len(node.input) > 8 and node.input[8]:
-            bias_scale = weights[node.input[1]].astype(np.float32) * weights[node.input[4]].astype(np.float32)
-            weights[f"{node.input[8]}__float"] = weights[node.input[8]].astype(np.float32) * bias_scale
-            operands.append(f"{node.input[8]}__float")
+            operands.append(bias(8))
         made = None if None in operands else helper.make_node("Conv", operands, [node.output[0]], **attributes)
     if made is None:
         return None
@@ -202,8 +210,7 @@ def _quantize(node, weights: dict) -> np.ndarray | None:
 def _dequantize(node, weights: dict) -> np.ndarray:
     """(q − zero_point)·scale as ONNX's DequantizeLinear computes it (float32; per channel along `axis`)."""
     q = weights[node.input[0]]
-    scale, zero = _per_axis(node, q, weights)
-    return ((q.astype(np.int64) - zero.astype(np.int64)).astype(np.float32) * scale).astype(np.float32)
+    return _scaled(q, *_per_axis(node, q, weights), axis=None)
 
 
 def _per_axis(node, x: np.ndarray, weights: dict) -> tuple[np.ndarray, np.ndarray]:

@@ -71,6 +71,7 @@ class ClassificationTask(Task):
         Softmax after its last DequantizeLinear is compared in logits: the log of its probabilities and the
         reading's logits, each row's mean set apart (softmax drops it); in probabilities, 2 steps of logits would
         let a head of zeros pass among 1 001 classes."""
+        from ..bundle.qdq_tail import within_steps
         from ..bundle.verify import random_images
         a, _ = self.explainer.backend.observe(random_images(self.bundle.preprocessing, 4, seed=5))
         expected = run(np.asarray(a, np.float32)).reshape(len(a), -1)
@@ -80,8 +81,7 @@ class ClassificationTask(Task):
                 return False                              # probabilities rounded to 0: no logits to compare
             expected, got = np.log(expected), got.astype(np.float64)
             expected, got = (v - v.mean(axis=1, keepdims=True) for v in (expected, got))
-        error = np.abs(got - expected)
-        return bool(error.max() <= 2 * head.step + 1e-4 and error.mean() <= 0.5 * head.step + 1e-5)
+        return within_steps(np.abs(got - expected), head.step)
 
     def _head_and_reference(self):
         """The head read as GAP → linear (None when it is not one) and a float32 run of the head graph to check it
