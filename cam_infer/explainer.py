@@ -113,10 +113,6 @@ class Explainer:
         """Image paths or RGB arrays → (N,3,H,W) float32 as the model expects."""
         return self.bundle.preprocess(images)
 
-    def preprocess(self, images) -> np.ndarray:
-        """Image paths or RGB arrays → (N,3,H,W) float32 as the model expects."""
-        return self.bundle.preprocess(images)
-
     @property
     def labels(self) -> list[str] | None:
         return self.bundle.labels

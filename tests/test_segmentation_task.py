@@ -204,6 +204,40 @@ def test_class_agnostic_maps_carry_no_class_name(own):
         assert all("label" not in r and "class_id" not in r for r in explanation.records()[0])
 
 
+
+def test_class_agnostic_maps_computed_in_the_pass_equal_the_general_path(own_bundle):
+    """On OpenVINO one image's activation or entropy map is computed inside the clean pass (`tasks.in_pass`): one
+    call returns the scores and the map, the cut stays in the runtime. The same scores bit for bit, so the same
+    targets and regions, whatever target and region are asked; the map equal to the general path's and to a float64
+    twin on the cut; Eigen-CAM, a batch or options take the general path."""
+    from test_kernels import numpy_spatial_entropy
+
+    ex = Explainer(own_bundle, backend="openvino", precision="f32")
+    in_pass = ex.task.in_pass
+    images = [image for image, _ in own_scenes(2)]
+    assert not in_pass.applies("eigen", 1, {}, {}) and not in_pass.applies("activation", 2, {}, {})
+    assert not in_pass.applies("entropy", 1, {}, {"estimator": "histogram"})
+    for image in images:
+        a = ex.backend.features(ex.preprocess([image]))[0].astype(np.float64)
+        for method, twin in (("activation", a.mean(axis=0)), ("entropy", np.tensordot(numpy_spatial_entropy(a), a, 1))):
+            for request in ({"target": "all"}, {"target": None, "region": [20, 20, 100, 100]}):
+                assert in_pass.applies(method, 1, request, {})
+                e = ex.explain(image, method=method, **request)
+                assert in_pass._graphs.get(f"maps-{method}") is not None              # the in-pass graph ran
+                in_pass.possible = False
+                try:
+                    general = ex.explain(image, method=method, **request)
+                finally:
+                    in_pass.possible = True
+                np.testing.assert_array_equal(e.outputs, general.outputs)
+                assert [r for r in e.records()[0]] == [r for r in general.records()[0]]
+                for item, other in zip(e.items[0], general.items[0], strict=True):
+                    np.testing.assert_array_equal(item.region, other.region)
+                    np.testing.assert_allclose(item.raw, twin, rtol=1e-4, atol=1e-5 * np.abs(twin).max())
+                    np.testing.assert_allclose(item.raw, other.raw, rtol=1e-4, atol=1e-5 * np.abs(twin).max())
+                    np.testing.assert_allclose(item.saliency, other.saliency, atol=2e-4)
+                    assert item.saliency.dtype == np.float32 and item.class_agnostic
+
 @needs_shared
 @pytest.mark.slow
 def test_pan_is_explained_per_sigmoid_channel_on_both_runtimes(tmp_path):

@@ -1,19 +1,29 @@
-"""A classifier's single-pass maps computed inside the runtime's clean pass: one graph returns the scores, the
+"""Single-pass maps computed inside the runtime's clean pass: for a classifier one graph returns the scores, the
 class explained, its score, the raw map, the saliency at the input's resolution and the degenerate flag, so
 that only a few small arrays leave the runtime and no NumPy work follows the pass.
 
 Why: on a model whose pass takes a few milliseconds (MobileNetV2, 3–7 ms) the Python work after the pass — the
 method on the (K,h,w) cut, normalising, the resize to the input, the softmax — runs 3–4× slower than the same
 work in a loop (the pass has just evicted it from the caches) and cost 0.45–0.70 ms a call: 7–11 % of the pass.
-In the graph it runs on the runtime's threads beside the pass.
+In the graph it runs on the runtime's threads beside the pass. A segmenter's class-agnostic maps (activation,
+entropy) are computed so too, the graph returning the scores and the map (`AGNOSTIC_OUTPUTS`): the cut, which the
+general path copies out beside the scores, stays in the runtime (the PAN's 2 MB: 1.12× the unsplit model's pass
+on the general path, 0.98× in the pass, alternated on a loaded machine).
 
 The graph is the bundle's joined model (features and head, the cut not exposed) plus the method's ONNX
 builder (`methods.registry.fused`, as `cam-infer fuse` writes it; Ablation-CAM's closed form,
 `methods.ablation.ablation_in_graph`), then the map normalised as `postprocess.normalise` does and resized as
 `postprocess.upsample` does (bilinear, half-pixel centres, clipped to [0,1]). It is built and compiled once per
-method, only for the calls it computes exactly as `explain` does otherwise: one image's top-1 class, the method's
-default options, no Finer-CAM, the saliency upsampled, float32 inference, a bundle whose graphs are small
-enough that a second compiled copy costs little (`SMALL_MODEL_BYTES`). Every other call takes the general path.
+method, only for the calls it computes as `explain` does otherwise: one image's top-1 class, the method's
+default options, no Finer-CAM, the saliency upsampled, a bundle whose graphs are small enough that a second
+compiled copy costs little (`SMALL_MODEL_BYTES`). Every other call takes the general path.
+
+At a reduced precision (bf16, f16) OpenVINO rounds the graph's products and stores to that format, the method's
+nodes too (its per-node ``disable_fp16_compression`` mark does not keep a MatMul in float32 at bf16: measured on
+2026.4), so the map is computed at the model's own precision. Only the methods linear in the cut run so
+(`AT_REDUCED_PRECISION`): their rounding is that of one more layer, 3·u of their magnitude, and the saliency's a
+few u more (u = 2⁻⁸ for bf16; bounded in tests/test_precision.py). Feature Entropy-CAM's
+logarithms and Ablation-CAM's division by the class score have no such bound: they take the general path there.
 On an IR bundle the same nodes are built on its cut and scores and wired onto its two IR graphs joined
 (`fuse.ir_graph`), the head's W and b read where the IR holds them: one call where the general path makes two.
 
@@ -33,35 +43,45 @@ from ..errors import CamInferError
 SMALL_MODEL_BYTES = 64 * 2**20      # the graphs' bytes up to which a method's own compiled copy is kept
 MIN_OPSET = 13
 OUTPUTS = ("scores", "class", "score", "map", "saliency", "degenerate")
+AGNOSTIC_OUTPUTS = ("scores", "map")      # a segmenter's class-agnostic map: normalised and resized after the pass
+AT_REDUCED_PRECISION = ("activation", "cam")    # linear in the cut: in the pass at bf16/f16 too
 
 
-@lru_cache(maxsize=1)
-def in_pass_methods() -> dict:
-    """Method name → its graph builder (f: `fuse.fusion.Fusion`) → the map tensor's name (N,h,w)."""
+@lru_cache(maxsize=2)
+def in_pass_methods(per_class: bool = True) -> dict:
+    """Method name → its graph builder (f: `fuse.fusion.Fusion`) → the map tensor's name (N,h,w); without
+    `per_class` (a segmenter, whose targets are regions found in the scores) the class-agnostic ones only."""
     from ..methods import METHODS
     from ..methods.ablation import ablation_in_graph
 
+    if not per_class:
+        return {name: METHODS[name].fused for name in ("activation", "entropy")}
     builders = {name: METHODS[name].fused for name in ("activation", "cam", "entropy")}
     return {**builders, "ablation": ablation_in_graph}
 
 
 class MapsInPass:
-    """The in-pass graphs of one Explainer (built on first use, one per method) and when they apply."""
+    """The in-pass graphs of one Explainer (built on first use, one per method) and when they apply. `per_class`:
+    a classifier's graphs, which also return the top-1 class, its score and the saliency (`OUTPUTS`); else a
+    segmenter's, its class-agnostic map beside the scores (`AGNOSTIC_OUTPUTS`): the cut stays in the runtime, the
+    targets are found in the scores as always, and the map is resized by cv2 (to 512² two products in the graph
+    cost more: 38.2 against 36.3 ms a call on the PAN)."""
 
-    def __init__(self, explainer):
+    def __init__(self, explainer, per_class: bool = True):
         self.explainer = explainer
         self.bundle = explainer.bundle
+        self.per_class = per_class
+        self.outputs = OUTPUTS if per_class else AGNOSTIC_OUTPUTS
         self._graphs: dict = {}
         self._lock = threading.Lock()
         self.possible = self._bundle_fits()
+        self.reduced = self.possible and explainer.backend.precision != "f32"
         self.shapes = {"saliency": tuple(self.bundle.input_shape[1:]), "map": tuple(self.bundle.activation_shape[1:]),
                        "scores": tuple(self.bundle.output_shape)}      # per image, read once
 
     def _bundle_fits(self) -> bool:
         bundle, backend = self.bundle, self.explainer.backend
-        if bundle.tokens is not None or not getattr(backend, "maps_in_pass", False):
-            return False
-        if backend.precision != "f32":          # at bf16/f16 the map's own arithmetic would round too: not checked
+        if bundle.tokens is not None or bundle.cut_levels is not None or not getattr(backend, "maps_in_pass", False):
             return False
         if bundle.call_batch not in (None, 1):     # one image: no padding to a larger batch
             return False
@@ -74,9 +94,14 @@ class MapsInPass:
         return sum(p.stat().st_size for p in graphs) <= SMALL_MODEL_BYTES
 
     def applies(self, method: str, n: int, request: dict, options: dict) -> bool:
-        """Whether the in-pass graph computes this call exactly as the general path does."""
-        if not self.possible or n != 1 or options or method not in in_pass_methods():
+        """Whether the in-pass graph computes this call as the general path does (at bf16/f16, within the format's
+        rounding of the map's own arithmetic)."""
+        if not self.possible or n != 1 or options or method not in in_pass_methods(self.per_class):
             return False
+        if self.reduced and method not in AT_REDUCED_PRECISION:
+            return False
+        if not self.per_class:                      # a class-agnostic map: any target and region, found after
+            return True
         if request["target"] is not None or request["top_classes"] is not None or request["finer"] is not None \
                 or request["enhance"] is not None or not request["upsampled"]:
             return False
@@ -101,25 +126,27 @@ class MapsInPass:
             with self._lock:
                 self._graphs[role] = None
             return None
-        return dict(zip(OUTPUTS, values))
+        return dict(zip(self.outputs, values))
 
     def _built(self, method: str):
         try:
-            return in_pass_graph(self.bundle, self.explainer.linear_head, method)
+            linear_head = self.explainer.linear_head if self.per_class else None
+            return in_pass_graph(self.bundle, linear_head, method, self.per_class)
         except Exception:  # noqa: BLE001  (a graph this model's ops cannot carry: the general path, which is exact)
             return None
 
 
-def in_pass_graph(bundle, linear_head, method: str):
-    """The joined model with `OUTPUTS` as its outputs (an onnx.ModelProto; of an IR bundle an ``ov.Model``, the
-    nodes wired onto its IR graphs as `fuse.ir` wires a fused method's); None below opset 13."""
+def in_pass_graph(bundle, linear_head, method: str, per_class: bool = True):
+    """The joined model with `OUTPUTS` (`AGNOSTIC_OUTPUTS` without `per_class`) as its outputs (an
+    onnx.ModelProto; of an IR bundle an ``ov.Model``, the nodes wired onto its IR graphs as `fuse.ir` wires a fused
+    method's); None below opset 13."""
     import onnx
 
     from ..bundle.joined import head_as_joined, head_renames, joined_model
     from ..fuse.builder import Builder
 
     if bundle.graph_format == "openvino":
-        return _in_pass_ir(bundle, linear_head, method)
+        return _in_pass_ir(bundle, linear_head, method, per_class)
     features, head = onnx.load(bundle.features_path), onnx.load(bundle.head_path)
     renames = head_renames(features, head, bundle.cut_levels)
     model = joined_model(features, head, bundle.cut_levels, expose_cut=False, name="in_pass")
@@ -129,15 +156,15 @@ def in_pass_graph(bundle, linear_head, method: str):
     linear_head, head = head_as_joined(linear_head, head, renames)
     b = Builder(opset)
     scores = model.graph.output[0].name
-    _method_nodes(b, bundle, linear_head, head, None, bundle.activation_name, scores, method)
+    _method_nodes(b, bundle, linear_head, head, None, bundle.activation_name, scores, method, per_class)
     model.graph.node.extend(b.nodes)
     model.graph.initializer.extend(b.initializers)
     del model.graph.output[:]
-    model.graph.output.extend(_output_infos(bundle, scores))
+    model.graph.output.extend(_output_infos(bundle, scores, per_class))
     return model
 
 
-def _in_pass_ir(bundle, linear_head, method: str):
+def _in_pass_ir(bundle, linear_head, method: str, per_class: bool):
     """The IR bundle's two graphs joined, the method's nodes built as ONNX on its cut and scores and wired on."""
     from ..fuse.builder import Builder
     from ..fuse.ir_graph import (CUT, IR_OPSET, SCORES, cut_input, linear_head_inputs, method_graph, scores_input,
@@ -145,42 +172,46 @@ def _in_pass_ir(bundle, linear_head, method: str):
     b = Builder(IR_OPSET)
     inputs = [cut_input(bundle, "N"), scores_input(bundle, "N")]
     fusion = _method_nodes(b, bundle, linear_head_inputs(bundle, linear_head, inputs), None, bundle.head_path, CUT,
-                           SCORES, method)
-    outputs = _output_infos(bundle, SCORES)[1:]
+                           SCORES, method, per_class)
+    outputs = _output_infos(bundle, SCORES, per_class)[1:]
     graph = method_graph(b, inputs, [(o.name, o.type.tensor_type.elem_type) for o in outputs], fusion.calls)
     return stitched(bundle, graph, fusion.calls, [o.name for o in outputs], linear_head)
 
 
-def _method_nodes(b, bundle, linear_head, head, ir_head, cut: str, scores: str, method: str):
-    """The class (top-1), its probability, the method's map on the cut, normalised and resized: `OUTPUTS` but the
-    scores, named so. Returns the `Fusion` they were built on."""
+def _method_nodes(b, bundle, linear_head, head, ir_head, cut: str, scores: str, method: str, per_class: bool):
+    """The method's map on the cut; where `per_class`, also the class (top-1), its probability and the map
+    normalised and resized: the outputs but the scores, named so. Returns the `Fusion` they were built on."""
     from onnx import TensorProto
 
     from ..fuse.fusion import Fusion
-    flat_scores = b.reshape(scores, (0, -1), hint="scores")
-    targets = b.op("ArgMax", flat_scores, axis=1, keepdims=1, hint="targets")                  # (N,1)
-    probabilities = flat_scores if bundle.output_kind == "probabilities" else b.op("Softmax", flat_scores, axis=1)
+    targets = None
+    if per_class:
+        flat_scores = b.reshape(scores, (0, -1), hint="scores")
+        targets = b.op("ArgMax", flat_scores, axis=1, keepdims=1, hint="targets")                  # (N,1)
+        probabilities = flat_scores if bundle.output_kind == "probabilities" else b.op("Softmax", flat_scores, axis=1)
+        b.op("Cast", b.op("Squeeze", targets, b.ints([1], "axes")), to=TensorProto.INT32, outputs=["class"])
+        b.op("GatherElements", probabilities, targets, axis=1, outputs=["score"])
     fusion = Fusion(b, cut, bundle.activation_shape, targets, 1, bundle.num_classes, bundle.output_kind,
                     linear_head, head, ir_head)
-    raw = in_pass_methods()[method](fusion)
+    raw = in_pass_methods(per_class)[method](fusion)
     b.op("Identity", raw, outputs=["map"])
-    b.op("Cast", b.op("Squeeze", targets, b.ints([1], "axes")), to=TensorProto.INT32, outputs=["class"])
-    b.op("GatherElements", probabilities, targets, axis=1, outputs=["score"])
-    _, h, w = bundle.activation_shape
-    _normalised_and_resized(b, raw, bundle.input_shape[1:], h, w)
+    if per_class:
+        _, h, w = bundle.activation_shape
+        _normalised_and_resized(b, raw, bundle.input_shape[1:], h, w)
     return fusion
 
 
-def _output_infos(bundle, scores: str) -> list:
+def _output_infos(bundle, scores: str, per_class: bool = True) -> list:
     from onnx import TensorProto, helper
     _, h, w = bundle.activation_shape
     height, width = bundle.input_shape[1:]
-    return [helper.make_tensor_value_info(scores, TensorProto.FLOAT, None),
-            helper.make_tensor_value_info("class", TensorProto.INT32, ["N"]),
-            helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N", 1]),
-            helper.make_tensor_value_info("map", TensorProto.FLOAT, ["N", h, w]),
-            helper.make_tensor_value_info("saliency", TensorProto.FLOAT, ["N", height, width]),
-            helper.make_tensor_value_info("degenerate", TensorProto.BOOL, ["N", 1, 1])]
+    infos = {"scores": helper.make_tensor_value_info(scores, TensorProto.FLOAT, None),
+             "class": helper.make_tensor_value_info("class", TensorProto.INT32, ["N"]),
+             "score": helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N", 1]),
+             "map": helper.make_tensor_value_info("map", TensorProto.FLOAT, ["N", h, w]),
+             "saliency": helper.make_tensor_value_info("saliency", TensorProto.FLOAT, ["N", height, width]),
+             "degenerate": helper.make_tensor_value_info("degenerate", TensorProto.BOOL, ["N", 1, 1])}
+    return [infos[name] for name in (OUTPUTS if per_class else AGNOSTIC_OUTPUTS)]
 
 
 def _normalised_and_resized(b, maps: str, size, h: int, w: int) -> None:

@@ -126,6 +126,8 @@ class SegmentationTask(Task):
 
     def open(self) -> None:
         """Read the head as a linear tail (1×1 conv + bilinear resize), verified, when it is one."""
+        from .in_pass import MapsInPass
+        self.in_pass = MapsInPass(self.explainer, per_class=False)
         self.tail = None
         if self.bundle.cut_levels:                    # a cut set: no single map before a linear tail
             return
@@ -153,14 +155,31 @@ class SegmentationTask(Task):
             return explain_levels(spec.implementation(self.name), spec, ctx, options)
         return spec.implementation(self.name)(ctx, **options)
 
+    def explained_in_pass(self, spec, x, request, options, originals, names, start):
+        """A class-agnostic map (activation, entropy) computed inside the clean pass where it applies
+        (`tasks.in_pass`): one runtime call returns the scores and the map, the cut staying in the runtime; the
+        targets and their regions are then found in the scores, and the map normalised, as on the general path."""
+        if not self.in_pass.applies(spec.name, len(x), request, options):
+            return None
+        out = self.in_pass.run(spec.name, x)
+        if out is None:
+            return None
+        shapes = self.in_pass.shapes
+        outputs = out["scores"].reshape(len(x), *shapes["scores"])
+        jobs = self.contexts(spec, x, None, outputs, request, originals)
+        maps = [np.repeat(out["map"].reshape(1, *shapes["map"]), len(classes), axis=0) for _, classes in jobs]
+        return self.explanation(spec, spec.name, jobs, maps, request, options, originals, names, outputs, start)
+
     def contexts(self, spec, x, activations, outputs, request: dict, originals):
-        """One context per image, one row per target (class, region)."""
+        """One context per image, one row per target (class, region); `activations` None where no method
+        runs on them (`explained_in_pass`)."""
         jobs = []
         for i in range(len(x)):
             shape = originals[i].shape[:2] if originals else self.bundle.input_shape[1:]
             classes, regions = self.targets(outputs[i], request["target"], request["region"], shape, spec)
             k = len(classes)
-            ctx = SegmentationContext(x=rows(x, i, k), activations=rows(activations, i, k),
+            cut = None if activations is None else rows(activations, i, k)
+            ctx = SegmentationContext(x=rows(x, i, k), activations=cut,
                                       targets=np.array(classes, np.int64), outputs=rows(outputs, i, k),
                                       backend=self.explainer.backend, bundle=self.bundle, regions=regions,
                                       kind=self.bundle.output_kind, tail=self.tail)
