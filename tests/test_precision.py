@@ -89,35 +89,42 @@ def test_closed_forms_at_bf16_agree_with_float32_within_the_format(bf16, tiny_bu
 
 
 def test_maps_computed_in_the_pass_at_bf16_are_the_general_paths_within_one_layer_of_the_format(bf16, tiny_bundle):
-    """At bf16 one image's top-1 activation and CAM maps are computed inside the clean pass (`tasks.in_pass`), the
-    map's products rounded by OpenVINO as the model's are. Against the general path's bf16 cut A (the same graph up
-    to it) in float64: a map Σ_k v_k A_k (v = 1/K or W_c) within one more layer's rounding, 3u Σ_k |v_k| |A_k|; the
+    """At bf16 one image's top-1 activation, CAM and Ablation-CAM maps are computed inside the clean pass
+    (`tasks.in_pass`), the map's products rounded by OpenVINO as the model's are. Against the general path's bf16
+    cut A (the same graph up to it) in float64: a map Σ_k v_k A_k (v = 1/K, W_c, or ablation's W_ck ā_k / |y_c|
+    with y_c = W_c·ā + b_c) within one more layer's rounding, 3u Σ_k |v_k| |A_k| (ablation: 6u, its pooling and
+    products, plus y_c's own rounding 3u (Σ_k |W_ck| |ā_k| + |b_c|) relative to |y_c|); the
     class within twice the head's own rounding (3u (|W| mean|A| + |b|)) of the general path's top logit, its
     probability within 2 max |Δz|; the saliency within 4δ/span (normalising a map off by δ ≤ that bound plus a
     store's u·max|map|, over its range) plus 8u (the normalising's two stores and the resize's two products, 3u
-    each). Entropy and ablation take the general path at bf16."""
+    each). Entropy takes the general path at bf16."""
     from test_per_call import twin_saliency
 
     from cam_infer.numerics import softmax
 
     in_pass, u = bf16.task.in_pass, BF16_UNIT_ROUNDOFF
     plain = {"target": None, "top_classes": None, "finer": None, "enhance": None, "upsampled": True}
-    assert not in_pass.applies("entropy", 1, plain, {}) and not in_pass.applies("ablation", 1, plain, {})
+    assert not in_pass.applies("entropy", 1, plain, {})
     weight, bias = bf16.linear_head.weight.astype(np.float64), bf16.linear_head.bias.astype(np.float64)
     for image in _images(3):
         image = image[None]
         a, logits = (v[0].astype(np.float64) for v in bf16.backend.observe(image))
         head_bound = MARGIN * 3 * u * (np.abs(weight) @ np.abs(a).mean(axis=(1, 2)) + np.abs(bias)).max()
-        for method in ("activation", "cam"):
+        for method in ("activation", "cam", "ablation"):
             assert in_pass.applies(method, 1, plain, {})
             e = bf16.explain(image, method)
             assert in_pass._graphs.get(f"maps-{method}") is not None                       # the in-pass graph ran
             c = int(e.targets[0])
             assert logits[c] >= logits.max() - 2 * head_bound
             assert abs(e.scores[0] - softmax(logits[None])[0, c]) <= 2 * head_bound
-            v = np.full(len(a), 1 / len(a)) if method == "activation" else weight[c]
+            v, rounding = (np.full(len(a), 1 / len(a)), 3 * u) if method == "activation" else (weight[c], 3 * u)
+            if method == "ablation":
+                pooled = a.mean(axis=(1, 2))
+                logit = weight[c] @ pooled + bias[c]
+                v = weight[c] * pooled / abs(logit)
+                rounding = 6 * u + 3 * u * (np.abs(weight[c]) @ np.abs(pooled) + abs(bias[c])) / abs(logit)
             expected = np.tensordot(v, a, axes=1)
-            bound = MARGIN * 3 * u * np.tensordot(np.abs(v), np.abs(a), axes=1)
+            bound = MARGIN * rounding * np.tensordot(np.abs(v), np.abs(a), axes=1)
             assert np.all(np.abs(e.maps[0] - expected) <= bound)
             positive = np.maximum(expected, 0)
             off = bound.max() + u * np.abs(expected).max()
