@@ -205,14 +205,27 @@ def test_class_agnostic_maps_carry_no_class_name(own):
 
 
 
-def test_class_agnostic_maps_computed_in_the_pass_equal_the_general_path(own_bundle):
+@pytest.fixture(scope="session")
+def own_ir_bundle(tmp_path_factory):
+    """Our segmenter converted to OpenVINO IR, split as an IR bundle (its two graphs joined by the in-pass graph)."""
+    import openvino as ov
+
+    from cam_infer.bundle.openvino_segmentation import split_openvino_file
+    folder = tmp_path_factory.mktemp("seg-ir")
+    ov.save_model(ov.convert_model(str(OWN)), str(folder / "own.xml"), compress_to_fp16=False)
+    return split_openvino_file(folder / "own.xml", out=folder / "bundle", labels=OWN_LABELS, preprocessing=PLAIN)
+
+
+@pytest.mark.parametrize("kind", ["onnx", "ir"])
+def test_class_agnostic_maps_computed_in_the_pass_equal_the_general_path(own_bundle, own_ir_bundle, kind):
     """On OpenVINO one image's activation or entropy map is computed inside the clean pass (`tasks.in_pass`): one
     call returns the scores and the map, the cut stays in the runtime. The same scores bit for bit, so the same
     targets and regions, whatever target and region are asked; the map equal to the general path's and to a float64
-    twin on the cut; Eigen-CAM, a batch or options take the general path."""
+    twin on the cut; Eigen-CAM, a batch or options take the general path. On the ONNX bundle and on the same model's
+    IR bundle."""
     from test_kernels import numpy_spatial_entropy
 
-    ex = Explainer(own_bundle, backend="openvino", precision="f32")
+    ex = Explainer(own_bundle if kind == "onnx" else own_ir_bundle, backend="openvino", precision="f32")
     in_pass = ex.task.in_pass
     images = [image for image, _ in own_scenes(2)]
     assert not in_pass.applies("eigen", 1, {}, {}) and not in_pass.applies("activation", 2, {}, {})

@@ -7,8 +7,8 @@ method on the (K,h,w) cut, normalising, the resize to the input, the softmax —
 work in a loop (the pass has just evicted it from the caches) and cost 0.45–0.70 ms a call: 7–11 % of the pass.
 In the graph it runs on the runtime's threads beside the pass. A segmenter's class-agnostic maps (activation,
 entropy) are computed so too, the graph returning the scores and the map (`AGNOSTIC_OUTPUTS`): the cut, which the
-general path copies out beside the scores, stays in the runtime (the PAN's 2 MB: 1.12× the unsplit model's pass
-on the general path, 0.98× in the pass, alternated on a loaded machine).
+general path copies out beside the scores, stays in the runtime (the PAN's 2 MB: 1.11× the unsplit model's pass
+on the general path, 0.98× in the pass, alternated over 40 rounds).
 
 The graph is the bundle's joined model (features and head, the cut not exposed) plus the method's ONNX
 builder (`methods.registry.fused`, as `cam-infer fuse` writes it; Ablation-CAM's closed form,
@@ -20,11 +20,12 @@ compiled copy costs little (`SMALL_MODEL_BYTES`). Every other call takes the gen
 
 At a reduced precision (bf16, f16) OpenVINO rounds the graph's products and stores to that format, the method's
 nodes too (its per-node ``disable_fp16_compression`` mark does not keep a MatMul in float32 at bf16: measured on
-2026.4), so the map is computed at the model's own precision. Only the methods linear in the cut run so
-(`AT_REDUCED_PRECISION`): their rounding is that of one more layer, 3·u of their magnitude (Ablation-CAM's weights
-divided by the class logit they recompute: that logit's rounding relative to it more), and the saliency's a few u
-more (u = 2⁻⁸ for bf16; bounded in tests/test_precision.py). Feature Entropy-CAM's logarithms have no such bound:
-it takes the general path there.
+2026.4), so the map is computed at the model's own precision. Only the methods that are a weighted sum of the
+cut's channels run so (`AT_REDUCED_PRECISION`): their rounding is that of one more layer, 3·u of their magnitude
+(Ablation-CAM's weights divided by the class logit they recompute: that logit's rounding relative to it more), and
+the saliency's a few u more (u = 2⁻⁸ for bf16; bounded in tests/test_precision.py). Feature Entropy-CAM's
+logarithms have no such bound: it takes the general path there.
+
 On an IR bundle the same nodes are built on its cut and scores and wired onto its two IR graphs joined
 (`fuse.ir_graph`), the head's W and b read where the IR holds them: one call where the general path makes two.
 
@@ -45,7 +46,7 @@ SMALL_MODEL_BYTES = 64 * 2**20      # the graphs' bytes up to which a method's o
 MIN_OPSET = 13
 OUTPUTS = ("scores", "class", "score", "map", "saliency", "degenerate")
 AGNOSTIC_OUTPUTS = ("scores", "map")      # a segmenter's class-agnostic map: normalised and resized after the pass
-AT_REDUCED_PRECISION = ("activation", "cam", "ablation")    # linear in the cut: in the pass at bf16/f16 too
+AT_REDUCED_PRECISION = ("activation", "cam", "ablation")    # weighted channel sums: in the pass at bf16/f16 too
 
 
 @lru_cache(maxsize=2)
