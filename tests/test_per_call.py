@@ -108,6 +108,8 @@ def test_maps_computed_in_the_pass_equal_their_float64_twins_and_the_general_pat
         assert e.maps.dtype == e.saliency.dtype == e.scores.dtype == np.float32 and e.targets.dtype == np.int64
         assert e.degenerate.dtype == bool and not e.degenerate.any() and e.class_agnostic == general.class_agnostic
         assert e.maps.shape == general.maps.shape and e.saliency.shape == general.saliency.shape
+    empty = np.zeros((0, *ex.bundle.input_shape), np.float32)          # no image: the graph's own six outputs
+    assert len(ex.backend.explained_pass(f"maps-{method}", in_pass._graphs[f"maps-{method}"], empty)) == 6
 
 
 def test_the_pass_computes_no_map_where_the_call_asks_for_more(mobilenet):

@@ -250,6 +250,8 @@ def test_class_agnostic_maps_computed_in_the_pass_equal_the_general_path(own_bun
                     np.testing.assert_allclose(item.raw, other.raw, rtol=1e-4, atol=1e-5 * np.abs(twin).max())
                     np.testing.assert_allclose(item.saliency, other.saliency, atol=2e-4)
                     assert item.saliency.dtype == np.float32 and item.class_agnostic
+    empty = np.zeros((0, *ex.bundle.input_shape), np.float32)          # no image: the graph's own two outputs
+    assert len(ex.backend.explained_pass("maps-activation", in_pass._graphs["maps-activation"], empty)) == 2
 
 @needs_shared
 @pytest.mark.slow

@@ -145,8 +145,6 @@ class Backend(ABC):
             return 2 + len(self.bundle.attention)
         if role == PRODUCTS:
             return 3
-        if role.startswith("maps-"):
-            return 6
         return 1 + (len(self.bundle.cut_levels or [None]) if role == "joined" else 0)
 
     def _count(self, chunks: list) -> list:

@@ -52,14 +52,15 @@ AT_REDUCED_PRECISION = ("activation", "cam", "ablation")    # weighted channel s
 @lru_cache(maxsize=2)
 def in_pass_methods(per_class: bool = True) -> dict:
     """Method name → its graph builder (f: `fuse.fusion.Fusion`) → the map tensor's name (N,h,w); without
-    `per_class` (a segmenter, whose targets are regions found in the scores) the class-agnostic ones only."""
+    `per_class` (a segmenter, whose targets are regions found in the scores) the class-agnostic ones among them.
+    Eigen-CAM's fused form is not among them: its power steps are a fixed number, not the Explainer's tolerance."""
     from ..methods import METHODS
     from ..methods.ablation import ablation_in_graph
 
-    if not per_class:
-        return {name: METHODS[name].fused for name in ("activation", "entropy")}
-    builders = {name: METHODS[name].fused for name in ("activation", "cam", "entropy")}
-    return {**builders, "ablation": ablation_in_graph}
+    builders = {**{name: METHODS[name].fused for name in ("activation", "cam", "entropy")}, "ablation": ablation_in_graph}
+    if per_class:
+        return builders
+    return {name: builder for name, builder in builders.items() if not METHODS[name].class_specific}
 
 
 class MapsInPass:
