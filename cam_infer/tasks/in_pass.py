@@ -57,7 +57,8 @@ def in_pass_methods(per_class: bool = True) -> dict:
     from ..methods import METHODS
     from ..methods.ablation import ablation_in_graph
 
-    builders = {**{name: METHODS[name].fused for name in ("activation", "cam", "entropy")}, "ablation": ablation_in_graph}
+    builders = {name: METHODS[name].fused for name in ("activation", "cam", "entropy")}
+    builders["ablation"] = ablation_in_graph
     if per_class:
         return builders
     return {name: builder for name, builder in builders.items() if not METHODS[name].class_specific}
