@@ -334,7 +334,7 @@ def test_a_tflite_file_becomes_an_ir_bundle_that_runs_end_to_end(tmp_path):
     info = run_cli("info", tmp_path / "b", "--backend", "openvino")
     assert info.returncode == 0 and "runs on    openvino CPU" in info.stdout, info.stderr
     out = run_cli("explain", tmp_path / "b", PHOTOS[0], PHOTOS[1], "--method", "all", "--out", tmp_path / "e")
-    assert out.returncode == 0 and "skipped cam" in out.stdout and "12 overlays" in out.stdout, out.stderr
+    assert out.returncode == 0 and "skipped" not in out.stdout and "14 overlays" in out.stdout, out.stderr  # cam too
     audit = run_cli("audit", tmp_path / "b", PHOTOS[0], PHOTOS[1], "--methods", "recipro,eigen", "--metrics",
                     "adcc,deletion", "--out", tmp_path / "r")
     assert audit.returncode == 0 and (tmp_path / "r" / "index.html").is_file(), audit.stderr
@@ -643,6 +643,45 @@ def test_int8_heads_are_read_as_gap_linear_where_the_float_reading_reproduces_th
     assert ppocr.linear_head is None
     with pytest.raises(CamInferError, match="global average pooling followed by a linear layer"):
         ppocr.explain(TEXT, "cam")
+
+
+@needs_shared
+def test_an_int8_ir_head_is_read_through_its_float_graph_as_its_onnx_conversions_are(tmp_path):
+    """The TFLite MobileNet V1 as OpenVINO reads it: FakeQuantize → AvgPool → FakeQuantize → 1×1 Convolution on uint8
+    weights → Add → FakeQuantize. Its head with the FakeQuantize ops passed over is probed (`bundle.openvino_head`)
+    and trusted within 2 steps of its logits' quantization: the file's uint8 weights dequantized as tf2onnx's
+    conversion holds them, its bias and step as that conversion's reading, CAM = Σ_k W_ck A_k on the IR's own cut, the
+    closed forms following the int8 head passes, and `fuse` adding W and b to the fused IR (no float constant of the
+    IR holds them). Before: CAM refused, Recipro-CAM and Ablation-CAM by head passes."""
+    from cam_infer.bundle import split_openvino
+    from cam_infer.fuse import fuse, save
+    bundle = split_openvino(DEPLOYED / "mobilenet_v1_0.5_160_quant.tflite", "auto", tmp_path / "b")
+    explainer = Explainer(bundle, backend="openvino", precision="f32")
+    onnx_head = Explainer(split_onnx(DEPLOYED / "tf2onnx_nchwf_mobilenet_v1_0.5_160_quant.onnx", "auto", tmp_path / "o",
+                                     **MINUS_ONE_ONE), backend="onnxruntime").linear_head
+    weight = _dequantized_initializer(DEPLOYED / "tf2onnx_nchwf_mobilenet_v1_0.5_160_quant.onnx",
+                                      (1001, 512, 1, 1))[:, :, 0, 0]
+    head = explainer.linear_head
+    assert head is not None and head.source.probed and head.step == pytest.approx(onnx_head.step, rel=1e-6)
+    np.testing.assert_allclose(head.weight, weight, rtol=0, atol=1e-6 * np.abs(weight).max())
+    np.testing.assert_allclose(head.bias, onnx_head.bias, rtol=0, atol=1e-6 * np.abs(onnx_head.bias).max())
+    x = bundle.preprocess(PHOTOS)
+    cam = explainer.explain(x, "cam")
+    assert list(cam.targets) == EXPECTED["tfl_mobilenet_v1_0.5_160_quant.onnx"]
+    a = explainer.backend.features(x)
+    np.testing.assert_allclose(cam.maps, np.einsum("nk,nkhw->nhw", weight[cam.targets], a), rtol=1e-4,
+                               atol=1e-5 * np.abs(cam.maps).max())
+    for method in ("recipro", "ablation"):
+        closed, passes = explainer.explain(x, method), explainer.explain(x, method, closed_form=False)
+        assert list(closed.targets) == list(passes.targets) == list(cam.targets)
+        for i in range(len(x)):
+            assert np.corrcoef(closed.maps[i].ravel(), passes.maps[i].ravel())[0, 1] > 0.95, (method, i)
+    import openvino as ov
+    path = save(fuse(bundle, "cam"), tmp_path / "cam.xml")
+    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    got = {n: v for o, v in compiled(x).items() for n in o.get_names()}
+    np.testing.assert_array_equal(got["saliency_class"], cam.targets)
+    np.testing.assert_allclose(got["saliency"], normalise(cam.maps.copy())[0], atol=1e-3)
 
 
 @needs_shared

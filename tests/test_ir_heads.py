@@ -196,3 +196,39 @@ def test_an_ir_ending_in_softmax_then_a_reshape_reads_probabilities_and_fuses_re
     fused = run(fuse(ir, "recipro", raw=True), {ir.input_name: x})
     np.testing.assert_allclose(fused["saliency_raw"].reshape(got.maps.shape), got.maps, rtol=0,
                                atol=1e-5 * np.abs(got.maps).max())
+
+
+def _fake_quantized_head(out_high: float = 6.0):
+    """An IR head Parameter (1,4,2,2) → FakeQuantize [0,6] → [0,out_high] → ReduceMean → MatMul (weight through a
+    FakeQuantize of its own) → Add → FakeQuantize [-8,8] (256 levels) → Result."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    def fq(value, low, high, out_low, out_high_):
+        return ops.fake_quantize(value, *(np.float32(v) for v in (low, high, out_low, out_high_)), 256)
+
+    a = ops.parameter([1, 4, 2, 2], np.float32)
+    pooled = ops.reduce_mean(fq(a, 0, 6, 0, out_high), np.array([2, 3], np.int64), keep_dims=False)
+    weight = fq(ops.constant(np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)), -3, 3, -3, 3)
+    logits = ops.add(ops.matmul(pooled, weight, False, False), ops.constant(np.ones((1, 3), np.float32)))
+    return ov.Model([ops.result(fq(logits, -8, 8, -8, 8))], [a])
+
+
+def test_an_ir_head_is_read_through_its_fake_quantize_ops_only_where_they_only_round():
+    """`bundle.openvino_head`: the FakeQuantize ops on the data path are passed over (one on a weight is kept: it
+    rounds the weight as the runtime does); one that rescales its range leaves the head unread; the logits' step is
+    their FakeQuantize's (16/255); a float head does not round."""
+    import openvino as ov
+
+    from cam_infer.bundle.openvino_head import float_head, logits_step, rounds
+    head = _fake_quantized_head()
+    assert rounds(head) and logits_step(head) == pytest.approx(16 / 255)
+    floated = float_head(head)
+    kinds = [op.get_type_name() for op in floated.get_ordered_ops()]
+    assert kinds.count("FakeQuantize") == 1 and not rounds(floated)        # the weight's, on a constant
+    assert len([op for op in head.get_ordered_ops() if op.get_type_name() == "FakeQuantize"]) == 3   # not changed
+    a = np.random.default_rng(1).uniform(0, 5, (1, 4, 2, 2)).astype(np.float32)
+    compiled = ov.Core().compile_model(floated, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    rounded = np.round((np.random.default_rng(0).standard_normal((4, 3)).clip(-3, 3) + 3) / 6 * 255) / 255 * 6 - 3
+    np.testing.assert_allclose(compiled(a)[0], a.mean(axis=(2, 3)) @ rounded + 1, rtol=1e-5, atol=1e-5)
+    assert float_head(_fake_quantized_head(out_high=3.0)) is None

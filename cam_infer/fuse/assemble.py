@@ -187,12 +187,12 @@ def _fused_onnx(bundle: Bundle, chosen, options: dict, top_classes: int, class_i
 
 def _fused_ir(bundle: Bundle, chosen, options: dict, top_classes: int, class_input: bool, explainer):
     """The fused IR (`fuse.ir`), with `RAW_OUTPUT` among its outputs (for the check). A head read as GAP → linear
-    (by running it) whose W and b the IR holds as constants gives the closed forms, reading those constants."""
+    (by running it) gives the closed forms, reading W and b where the IR holds them as constants."""
     from .ir_graph import (CUT, IR_OPSET, SCORES, cut_input, linear_head_inputs, method_graph, scores_input,
                               stitched)
     b = Builder(IR_OPSET)
     inputs = [cut_input(bundle, "N"), scores_input(bundle, "N")]
-    linear_head = linear_head_inputs(bundle, explainer.linear_head, inputs)
+    linear_head = linear_head_inputs(bundle, explainer.linear_head, inputs, b)
     fusion = method_nodes(b, bundle, chosen, options, top_classes, class_input, CUT, SCORES,
                           1 + len(bundle.output_shape), inputs, "N", linear_head, None, bundle.head_path)
     outputs = [(OUTPUT, TensorProto.FLOAT), (RAW_OUTPUT, TensorProto.FLOAT)]

@@ -89,8 +89,8 @@ class Fusion:
     def require_linear_head(self, name: str) -> LinearHead:
         if self.linear_head is None and self.head is None:
             raise MethodNotApplicable(f"method '{name}' needs a head that is global average pooling followed by a "
-                                      "linear layer whose weights are constants of the IR; this head (its ops: "
-                                      f"{self.head_ops}) is not; fuse recipro instead")
+                                      f"linear layer; this IR head (its ops: {self.head_ops}) is not; fuse recipro "
+                                      "instead")
         if self.linear_head is None:
             raise MethodNotApplicable(f"method '{name}' needs a head that is global average pooling followed by a "
                                       f"linear layer; this head has {self.head_ops}; fuse recipro instead")

@@ -7,7 +7,8 @@ built as a small ONNX graph whose inputs are the cut and the scores. OpenVINO re
 the bundle's features and head joined back into one model: the cut feeds it, the scores too (`ir_graph.stitched`).
 Where a builder runs the head (Recipro-CAM's masked copies) or a graph made from it (ViT Recipro-CAM's opened tail),
 its ONNX nodes leave a gap (`fusion.Call`) filled with OpenVINO's own graph of the head: nothing of the IR is
-re-expressed in ONNX. A GAP → linear head's W and b are read where the IR holds them (`ir_graph.head_tensors`).
+re-expressed in ONNX. A GAP → linear head's W and b are read where the IR holds them (`ir_graph.head_tensors`),
+or added as read where it holds them in no float constant (an int8 head's).
 This module: the plain model, the record in rt_info, running, saving and summarising a fused IR.
 """
 

@@ -80,10 +80,11 @@ def read_instead(parameter, source) -> None:
         reader.replace_source_output(source)
 
 
-def linear_head_inputs(bundle, linear_head, inputs: list):
+def linear_head_inputs(bundle, linear_head, inputs: list, b):
     """`linear_head` as the fused method's nodes see it on an IR bundle: its W and b as inputs of theirs (added to
-    `inputs`) that `stitched` wires to the head's own constants; None where the head is no GAP → linear head or its
-    W and b are no constants of the IR (the closed forms are then not fused)."""
+    `inputs`) that `stitched` wires to the head's own constants; where the IR holds them in no float constant (an
+    int8 head's uint8 weights, read through its float graph: `bundle.openvino_head`), W and b as read, constants of
+    the method's nodes (`b`, their builder). None where the head is no GAP → linear head (no closed forms fused)."""
     from dataclasses import replace
 
     from ..backends.sessions import openvino_model
@@ -92,7 +93,8 @@ def linear_head_inputs(bundle, linear_head, inputs: list):
         return None
     tensors = head_tensors(openvino_model(bundle.head_path), linear_head)
     if tensors is None:
-        return None
+        return replace(linear_head, source=LinearSource(weight=b.const(linear_head.weight, "head_weight_read"),
+                                                        bias=b.const(linear_head.bias, "head_bias_read")))
     c, k = linear_head.weight.shape
     inputs.append(helper.make_tensor_value_info(HEAD_WEIGHT, TensorProto.FLOAT, [k, c] if tensors["transposed"]
                                                 else [c, k]))

@@ -102,13 +102,22 @@ class ClassificationTask(Task):
             return head, partial(_in_batches, lambda a: session.run(None, {name: a})[0], batch)
         if self.bundle.output_kind != "logits":
             return None, None
-        from ..backends.sessions import openvino_compiled
+        from ..backends.sessions import openvino_compiled, openvino_model
         from ..bundle.head import probed_linear_head
+        from ..bundle.openvino_head import float_head, logits_step, rounds
         from ..bundle.verify import runtime_message
-        compiled = openvino_compiled(self.bundle.head_path, FLOAT32)
+        model = openvino_model(self.bundle.head_path)
+        compiled = openvino_compiled(model, FLOAT32)
         run = partial(_in_batches, lambda a: compiled(a)[0], batch)
+        probed, step = run, 0.0
+        if rounds(model):                   # an int8 head: its float graph probed, checked within its steps
+            floated, step = float_head(model), logits_step(model)
+            if floated is None or not step:
+                return None, None
+            float_compiled = openvino_compiled(floated, FLOAT32)
+            probed = partial(_in_batches, lambda a: float_compiled(a)[0], batch)
         try:
-            return probed_linear_head(run, self.bundle.activation_shape), run
+            return replace(probed_linear_head(probed, self.bundle.activation_shape), step=step), run
         except RuntimeError as exc:         # OpenVINO cannot run the head on probes: no closed forms, say why
             warnings.warn(f"the head graph does not run on probe activations ({runtime_message(exc, 300)}); "
                           f"CAM and the closed forms are off", stacklevel=3)

@@ -175,8 +175,8 @@ def _in_pass_ir(bundle, linear_head, method: str, per_class: bool):
                               stitched)
     b = Builder(IR_OPSET)
     inputs = [cut_input(bundle, "N"), scores_input(bundle, "N")]
-    fusion = _method_nodes(b, bundle, linear_head_inputs(bundle, linear_head, inputs), None, bundle.head_path, CUT,
-                           SCORES, method, per_class)
+    fusion = _method_nodes(b, bundle, linear_head_inputs(bundle, linear_head, inputs, b), None, bundle.head_path,
+                           CUT, SCORES, method, per_class)
     outputs = _output_infos(bundle, SCORES, per_class)[1:]
     graph = method_graph(b, inputs, [(o.name, o.type.tensor_type.elem_type) for o in outputs], fusion.calls)
     return stitched(bundle, graph, fusion.calls, [o.name for o in outputs], linear_head)
