@@ -97,20 +97,22 @@ def test_maps_computed_in_the_pass_at_bf16_are_the_general_paths_within_one_laye
     class within twice the head's own rounding (3u (|W| mean|A| + |b|)) of the general path's top logit, its
     probability within 2 max |Δz|; the saliency within 4δ/span (normalising a map off by δ ≤ that bound plus a
     store's u·max|map|, over its range) plus 8u (the normalising's two stores and the resize's two products, 3u
-    each). Entropy takes the general path at bf16."""
+    each). Feature Entropy-CAM, Σ_k Ĥ_k A_k: its weights within 8u Ĥ_k + 3u/ln(h·w) (p's three roundings, the
+    logarithm's store, the product's, the sum's and the scale's), so the map within (8u + 3u/ln(h·w)) Σ_k |A_k|
+    plus the weighted sum's 3u Σ_k Ĥ_k |A_k|."""
+    from test_kernels import numpy_spatial_entropy
     from test_per_call import twin_saliency
 
     from cam_infer.numerics import softmax
 
     in_pass, u = bf16.task.in_pass, BF16_UNIT_ROUNDOFF
     plain = {"target": None, "top_classes": None, "finer": None, "enhance": None, "upsampled": True}
-    assert not in_pass.applies("entropy", 1, plain, {})
     weight, bias = bf16.linear_head.weight.astype(np.float64), bf16.linear_head.bias.astype(np.float64)
     for image in _images(3):
         image = image[None]
         a, logits = (v[0].astype(np.float64) for v in bf16.backend.observe(image))
         head_bound = MARGIN * 3 * u * (np.abs(weight) @ np.abs(a).mean(axis=(1, 2)) + np.abs(bias)).max()
-        for method in ("activation", "cam", "ablation"):
+        for method in ("activation", "cam", "ablation", "entropy"):
             assert in_pass.applies(method, 1, plain, {})
             e = bf16.explain(image, method)
             assert in_pass._graphs.get(f"maps-{method}") is not None                       # the in-pass graph ran
@@ -123,13 +125,17 @@ def test_maps_computed_in_the_pass_at_bf16_are_the_general_paths_within_one_laye
                 logit = weight[c] @ pooled + bias[c]
                 v = weight[c] * pooled / abs(logit)
                 rounding = 6 * u + 3 * u * (np.abs(weight[c]) @ np.abs(pooled) + abs(bias[c])) / abs(logit)
+            if method == "entropy":
+                v = numpy_spatial_entropy(a)
             expected = np.tensordot(v, a, axes=1)
             bound = MARGIN * rounding * np.tensordot(np.abs(v), np.abs(a), axes=1)
+            if method == "entropy":
+                bound += MARGIN * (8 * u + 3 * u / np.log(a.shape[1] * a.shape[2])) * np.abs(a).sum(axis=0)
             assert np.all(np.abs(e.maps[0] - expected) <= bound)
             positive = np.maximum(expected, 0)
             off = bound.max() + u * np.abs(expected).max()
             saliency_bound = MARGIN * (4 * off / (positive.max() - positive.min()) + 8 * u)
-            assert saliency_bound < 0.25                                    # a bound that says something
+            assert saliency_bound < (0.5 if method == "entropy" else 0.25)      # a bound that says something
             assert np.abs(e.saliency[0] - twin_saliency(expected, e.saliency.shape[-1])).max() <= saliency_bound
 
 

@@ -20,11 +20,17 @@ compiled copy costs little (`SMALL_MODEL_BYTES`). Every other call takes the gen
 
 At a reduced precision (bf16, f16) OpenVINO rounds the graph's products and stores to that format, the method's
 nodes too (its per-node ``disable_fp16_compression`` mark does not keep a MatMul in float32 at bf16: measured on
-2026.4), so the map is computed at the model's own precision. Only the methods that are a weighted sum of the
-cut's channels run so (`AT_REDUCED_PRECISION`): their rounding is that of one more layer, 3·u of their magnitude
-(Ablation-CAM's weights divided by the class logit they recompute: that logit's rounding relative to it more), and
-the saliency's a few u more (u = 2⁻⁸ for bf16; bounded in tests/test_precision.py). Feature Entropy-CAM's
-logarithms have no such bound: it takes the general path there.
+2026.4), so the map is computed at the model's own precision. Only the methods whose rounding there is bounded by
+the format run so (`AT_REDUCED_PRECISION`; u = 2⁻⁸ for bf16; each bound tested in tests/test_precision.py):
+- a weighted sum of the cut's channels Σ_k v_k A_k (activation, CAM) is rounded as one more layer,
+  3u Σ_k |v_k||A_k|; Ablation-CAM's weights, divided by the class logit they recompute, add that logit's rounding
+  relative to it;
+- Feature Entropy-CAM's weights Ĥ_k = −Σ_u p_u ln p_u / ln(h·w) take p's three roundings (the sum, its reciprocal,
+  the product), the logarithm's store, the product's and the sum's and the scale's: |ΔĤ_k| ≤ 8u Ĥ_k + 3u/ln(h·w)
+  (the logarithm itself is computed in float32, its input and output stored in bf16), so the map is within
+  (8u + 3u/ln(h·w)) Σ_k |A_k| plus the weighted sum's 3u Σ_k Ĥ_k |A_k|;
+- the saliency is a few u more (normalising's stores, the resize's products).
+Eigen-CAM's power steps are not among the in-pass methods at any precision.
 
 On an IR bundle the same nodes are built on its cut and scores and wired onto its two IR graphs joined
 (`fuse.ir_graph`), the head's W and b read where the IR holds them: one call where the general path makes two.
@@ -46,7 +52,7 @@ SMALL_MODEL_BYTES = 64 * 2**20      # the graphs' bytes up to which a method's o
 MIN_OPSET = 13
 OUTPUTS = ("scores", "class", "score", "map", "saliency", "degenerate")
 AGNOSTIC_OUTPUTS = ("scores", "map")      # a segmenter's class-agnostic map: normalised and resized after the pass
-AT_REDUCED_PRECISION = ("activation", "cam", "ablation")    # weighted channel sums: in the pass at bf16/f16 too
+AT_REDUCED_PRECISION = ("activation", "cam", "ablation", "entropy")    # bounded rounding: in the pass at bf16/f16
 
 
 @lru_cache(maxsize=2)
