@@ -232,3 +232,47 @@ def test_an_ir_head_is_read_through_its_fake_quantize_ops_only_where_they_only_r
     rounded = np.round((np.random.default_rng(0).standard_normal((4, 3)).clip(-3, 3) + 3) / 6 * 255) / 255 * 6 - 3
     np.testing.assert_allclose(compiled(a)[0], a.mean(axis=(2, 3)) @ rounded + 1, rtol=1e-5, atol=1e-5)
     assert float_head(_fake_quantized_head(out_high=3.0)) is None
+
+
+def _convolution_head() -> onnx.ModelProto:
+    """GAP → 1×1 Conv (the classifier as a TFLite float model writes it) → Flatten: no MatMul of the IR holds W."""
+    model = tiny_cnn(classes=5, seed=7)
+    g = model.graph
+    weights = {t.name: t for t in g.initializer}
+    fc = numpy_helper.to_array(weights["fc_w"])
+    g.initializer.append(numpy_helper.from_array(fc.reshape(*fc.shape, 1, 1), "fc_w_conv"))
+    for node in [n for n in g.node if n.op_type in ("Flatten", "Gemm")]:
+        g.node.remove(node)
+    g.node.extend([helper.make_node("Conv", ["pooled", "fc_w_conv", "fc_b"], ["scores4"], name="fc_conv"),
+                   helper.make_node("Flatten", ["scores4"], ["logits"], name="flatten")])
+    return model
+
+
+def test_a_head_whose_ir_holds_w_in_no_matmul_gets_the_closed_forms_in_the_pass_and_fused(tmp_path):
+    """An IR head GAP → 1×1 Convolution: read by running it, and W and b, which no MatMul constant of the IR holds,
+    added as read to the graph of the one-image pass and to the fused IR (before: the pass took the general path for
+    CAM and Ablation-CAM, and fuse refused CAM). The maps equal the general path's and the ONNX bundle's."""
+    import openvino as ov
+
+    from cam_infer.fuse import fuse, save
+    from cam_infer.fuse.ir_graph import head_tensors
+    from cam_infer.postprocess import normalise
+    ir, onnx_bundle = as_ir(_convolution_head(), tmp_path)
+    explainer = Explainer(ir, backend="openvino", precision="f32")
+    assert explainer.linear_head is not None
+    assert head_tensors(ov.Core().read_model(str(ir.head_path)), explainer.linear_head) is None
+    x = random_images(ir.preprocessing, 2, seed=3)
+    in_pass = explainer.task.in_pass
+    for method in ("cam", "ablation"):
+        expected = Explainer(onnx_bundle, backend="onnxruntime").explain(x, method)
+        for i in range(len(x)):
+            e = explainer.explain(x[i:i + 1], method)
+            assert in_pass._graphs.get(f"maps-{method}") is not None            # the in-pass graph was built and ran
+            np.testing.assert_array_equal(e.targets, expected.targets[i:i + 1])
+            np.testing.assert_allclose(e.maps[0], expected.maps[i], rtol=0, atol=1e-5 * np.abs(expected.maps[i]).max())
+    path = save(fuse(ir, "cam"), tmp_path / "cam.xml")
+    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    got = {n: v for o, v in compiled(x).items() for n in o.get_names()}
+    cam = explainer.explain(x, "cam")
+    np.testing.assert_array_equal(got["saliency_class"], cam.targets)
+    np.testing.assert_allclose(got["saliency"], normalise(cam.maps.copy())[0], atol=1e-4)
