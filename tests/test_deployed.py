@@ -334,7 +334,7 @@ def test_a_tflite_file_becomes_an_ir_bundle_that_runs_end_to_end(tmp_path):
     info = run_cli("info", tmp_path / "b", "--backend", "openvino")
     assert info.returncode == 0 and "runs on    openvino CPU" in info.stdout, info.stderr
     out = run_cli("explain", tmp_path / "b", PHOTOS[0], PHOTOS[1], "--method", "all", "--out", tmp_path / "e")
-    assert out.returncode == 0 and "skipped" not in out.stdout and "14 overlays" in out.stdout, out.stderr  # cam too
+    assert out.returncode == 0 and "skipped" not in out.stdout and "14 overlays" in out.stdout, out.stderr  # +cam
     audit = run_cli("audit", tmp_path / "b", PHOTOS[0], PHOTOS[1], "--methods", "recipro,eigen", "--metrics",
                     "adcc,deletion", "--out", tmp_path / "r")
     assert audit.returncode == 0 and (tmp_path / "r" / "index.html").is_file(), audit.stderr
