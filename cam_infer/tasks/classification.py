@@ -35,8 +35,8 @@ class ClassificationTask(Task):
         whatever precision the explanations run at: against a bf16 head the closed form differs by bf16's
         rounding (~2^-8) and a true GAP→linear head would be refused. A head whose graph holds W and b in float16
         (an fp16 model) is checked within `FLOAT16_TOLERANCE`: its maps then differ from the graph's by its own
-        rounding. A quantized (QDQ) head is read as the float graph it rounds and checked within its output's
-        quantization steps (`_within_steps`)."""
+        rounding. A quantized head (QDQ, QOperator, or an IR's FakeQuantize ops) is read as the float graph it rounds
+        and checked within its output's quantization steps (`_within_steps`)."""
         if self.bundle.tokens is not None:          # a token model's head: methods run the head graph
             return None
         head, run = self._head_and_reference()
@@ -86,8 +86,9 @@ class ClassificationTask(Task):
     def _head_and_reference(self):
         """The head read as GAP → linear (None when it is not one) and a float32 run of the head graph to check it
         against: ONNX Runtime on an ONNX head, read from its graph (`read_linear_head`); OpenVINO on an IR head,
-        read by running it (`probed_linear_head`, logits only: a head ending in a softmax is not probed). A head of
-        a fixed batch runs in zero-padded calls of that batch."""
+        read by running it (`probed_linear_head`, logits only: a head ending in a softmax is not probed; an int8 head
+        through its float graph, `bundle.openvino_head`). A head of a fixed batch runs in zero-padded calls of that
+        batch."""
         batch = self.bundle.call_batch
         if self.bundle.graph_format == "onnx":
             import onnx

@@ -33,7 +33,8 @@ the format run so (`AT_REDUCED_PRECISION`; u = 2⁻⁸ for bf16; each bound test
 Eigen-CAM's power steps are not among the in-pass methods at any precision.
 
 On an IR bundle the same nodes are built on its cut and scores and wired onto its two IR graphs joined
-(`fuse.ir_graph`), the head's W and b read where the IR holds them: one call where the general path makes two.
+(`fuse.ir_graph`), the head's W and b read where the IR holds them (else added as read): one call where the general
+path makes two.
 
 OpenVINO only: on ONNX Runtime a second session of the model (its own spinning thread pool) beside the joined one
 slowed both, alternated with the forward pass (MobileNetV2: 1.40–1.83× the forward against 1.09–1.13× for the
