@@ -369,39 +369,24 @@ def synthetic(args) -> int:
 
 def fuse(args) -> int:
     from ..bundle import Bundle
-    from ..fuse import fuse, save, summary
+    from ..fuse import fuse, save
     from ..runs import parse_option
     from ..tasks import task_of
     if Path(args.out).exists() and not args.force:
         raise CamInferError(f"'{args.out}' exists; choose another --out or pass --force")
     bundle = Bundle.load(args.bundle)
-    wanted = ".xml" if bundle.graph_format == "openvino" and task_of(bundle).name != "detection" else ".onnx"
+    task = task_of(bundle).name
+    wanted = ".xml" if bundle.graph_format == "openvino" and task != "detection" else ".onnx"
     if Path(args.out).suffix != wanted:
         raise CamInferError(f"'{args.out}' should end in {wanted}: the fused model of this bundle is "
                             + ("OpenVINO IR (its weights go beside it, .bin)" if wanted == ".xml" else "ONNX"))
-    if task_of(bundle).name == "segmentation":
-        from ..segmentation.fuse import fuse_segmenter
-        if args.top_classes != 1 or args.class_input or args.raw or args.precision != "f32":
-            raise CamInferError("--top-classes, --class-input, --raw and --precision are for classifiers; a "
-                                "segmenter's fused map is class-agnostic")
-        path = save(fuse_segmenter(bundle, args.method, **dict(parse_option(o) for o in args.option)), args.out,
-                    overwrite=True)
-        print(f"wrote {path}: the segmenter's class scores and saliency (N,{bundle.input_shape[1]},"
-              f"{bundle.input_shape[2]}), {args.method} at its cut")
-    elif task_of(bundle).name == "detection":
-        from ..detection.fuse import fuse_detector
-        if args.top_classes != 1 or args.class_input or args.raw or args.precision != "f32":
-            raise CamInferError("--top-classes, --class-input, --raw and --precision are for classifiers; a detector's "
-                                "fused map is class-agnostic")
-        model = fuse_detector(bundle, args.method, **dict(parse_option(o) for o in args.option))
-        path = save(model, args.out, overwrite=True)
-        print(f"wrote {path}: the detector's output0 and saliency (N,{bundle.input_shape[1]},{bundle.input_shape[2]}), "
-              f"{args.method} over its {len(bundle.manifest['cut'])} cut levels")
-    else:
-        model = fuse(bundle, args.method, top_classes=args.top_classes, class_input=args.class_input, raw=args.raw,
-                     precision=args.precision, **dict(parse_option(o) for o in args.option))
-        path = save(model, args.out, overwrite=True)
-        print(summary(model, path, bundle))
+    if task != "classification" and (args.top_classes != 1 or args.class_input or args.raw or args.precision != "f32"):
+        raise CamInferError(f"--top-classes, --class-input, --raw and --precision are for classifiers; a {task} "
+                            "bundle's fused map is class-agnostic")
+    model = fuse(bundle, args.method, top_classes=args.top_classes, class_input=args.class_input, raw=args.raw,
+                 precision=args.precision, **dict(parse_option(o) for o in args.option))
+    path = save(model, args.out, overwrite=True)
+    print(_fused_summary(model, path, bundle, task, args.method))
     if args.repository:
         from ..fuse.repository import write_repository
         if args.max_batch < 1:
@@ -410,6 +395,19 @@ def fuse(args) -> int:
         print(f"model repository: {folder} (Triton: config.pbtxt; OpenVINO Model Server: {folder.parent / 'config.json'},"
               " mounted at /models)")
     return 0
+
+
+def _fused_summary(model, path: Path, bundle, task: str, method: str) -> str:
+    """What `fuse` prints: a classifier's file, growth, inputs, outputs and check (`fuse.summary`); a segmenter's or a
+    detector's outputs."""
+    from ..fuse import summary
+    size = f"(N,{bundle.input_shape[1]},{bundle.input_shape[2]})"
+    if task == "segmentation":
+        return f"wrote {path}: the segmenter's class scores and saliency {size}, {method} at its cut"
+    if task == "detection":
+        levels = len(bundle.manifest["cut"])
+        return f"wrote {path}: the detector's output0 and saliency {size}, {method} over its {levels} cut levels"
+    return summary(model, path, bundle)
 
 
 def serve(args) -> int:
