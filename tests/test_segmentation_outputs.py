@@ -273,6 +273,11 @@ def test_an_ir_segmenter_fuses_into_ir_with_the_explainers_map(segmenter_and_sce
     assert np.abs(answer["saliency"] - got["saliency"]).max() < 1e-6 and answer["scores"].shape == got["scores"].shape
 
 
+def test_cli_bench_points_a_segmenter_to_the_segmentation_benchmark(segmenter_and_scene):
+    ex, _ = segmenter_and_scene                                  # before: it pointed to the detectors' benchmark
+    assert_one_line_error(run_cli("bench", ex.bundle.path), "for a segmentation bundle run bench/segmentation.py")
+
+
 def test_fuse_refuses_a_class_specific_segmentation_method(segmenter_and_scene, tmp_path):
     ex, _ = segmenter_and_scene
     result = run_cli("fuse", ex.bundle.path, "--method", "recipro", "--out", tmp_path / "fused.onnx")

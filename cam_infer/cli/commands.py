@@ -218,9 +218,11 @@ def bench(args) -> int:
     from ..bundle import Bundle
     from ..tasks import task_of
     bundle = Bundle.load(args.bundle)
-    if task_of(bundle).name != "classification":
-        raise CamInferError("cam-infer bench times classifiers' methods; for a detector run bench/detection.py "
-                            "(it times each method against the forward pass per detection)")
+    task = task_of(bundle).name
+    if task != "classification":
+        script, per = ("detection", "per detection") if task == "detection" else ("segmentation", "per target region")
+        raise CamInferError(f"cam-infer bench times classifiers' methods; for a {task} bundle run bench/{script}.py "
+                            f"from the repository (it times each method against the forward pass {per})")
     if args.repeats < 1 or (args.score_repeats is not None and args.score_repeats < 1):
         raise CamInferError("repeats must be at least 1")
     runtimes = [b.strip() for b in args.backend.split(",")] if args.backend else bundle.runtimes
