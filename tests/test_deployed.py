@@ -645,6 +645,16 @@ def test_int8_heads_are_read_as_gap_linear_where_the_float_reading_reproduces_th
         ppocr.explain(TEXT, "cam")
 
 
+def _cam_is_the_weighted_cut(explainer, x: np.ndarray, weight: np.ndarray, classes: list):
+    """CAM on images x: the expected top classes, each map Σ_k W_ck A_k on the bundle's own cut."""
+    cam = explainer.explain(x, "cam")
+    assert list(cam.targets) == classes
+    a = explainer.backend.features(x)
+    np.testing.assert_allclose(cam.maps, np.einsum("nk,nkhw->nhw", weight[cam.targets], a), rtol=1e-4,
+                               atol=1e-5 * np.abs(cam.maps).max())
+    return cam
+
+
 @needs_shared
 def test_an_int8_ir_head_is_read_through_its_float_graph_as_its_onnx_conversions_are(tmp_path):
     """The TFLite MobileNet V1 as OpenVINO reads it: FakeQuantize → AvgPool → FakeQuantize → 1×1 Convolution on uint8
@@ -666,11 +676,7 @@ def test_an_int8_ir_head_is_read_through_its_float_graph_as_its_onnx_conversions
     np.testing.assert_allclose(head.weight, weight, rtol=0, atol=1e-6 * np.abs(weight).max())
     np.testing.assert_allclose(head.bias, onnx_head.bias, rtol=0, atol=1e-6 * np.abs(onnx_head.bias).max())
     x = bundle.preprocess(PHOTOS)
-    cam = explainer.explain(x, "cam")
-    assert list(cam.targets) == EXPECTED["tfl_mobilenet_v1_0.5_160_quant.onnx"]
-    a = explainer.backend.features(x)
-    np.testing.assert_allclose(cam.maps, np.einsum("nk,nkhw->nhw", weight[cam.targets], a), rtol=1e-4,
-                               atol=1e-5 * np.abs(cam.maps).max())
+    cam = _cam_is_the_weighted_cut(explainer, x, weight, EXPECTED["tfl_mobilenet_v1_0.5_160_quant.onnx"])
     for method in ("recipro", "ablation"):
         closed, passes = explainer.explain(x, method), explainer.explain(x, method, closed_form=False)
         assert list(closed.targets) == list(passes.targets) == list(cam.targets)
@@ -701,11 +707,7 @@ def test_a_qoperator_int8_head_is_read_as_the_float_head_it_was_quantized_from(t
     np.testing.assert_array_equal(head.weight, weight)
     np.testing.assert_array_equal(head.bias, bias)
     x = int8.preprocess(PHOTOS)
-    cam = int8.explain(x, "cam")
-    assert list(cam.targets) == EXPECTED["mobilenetv2-12-int8.onnx"]
-    a = int8.backend.features(x)
-    np.testing.assert_allclose(cam.maps, np.einsum("nk,nkhw->nhw", weight[cam.targets], a), rtol=1e-4,
-                               atol=1e-5 * np.abs(cam.maps).max())
+    cam = _cam_is_the_weighted_cut(int8, x, weight, EXPECTED["mobilenetv2-12-int8.onnx"])
     import onnxruntime
     from cam_infer.fuse import fuse, save
     save(fuse(int8.bundle, "cam"), tmp_path / "cam.onnx")

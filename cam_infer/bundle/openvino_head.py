@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .openvino_split import _constant
+
 PASS = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Convert"}
 
 
@@ -42,9 +44,16 @@ def float_head(model):
 def logits_step(model) -> float:
     """One quantization step of the logits: of the FakeQuantize that makes them, seen back from the result through
     reshapes (0 where none does)."""
-    node = model.get_results()[0].input_value(0).get_node()
-    while node.get_type_name() in PASS:
-        node = node.input_value(0).get_node()
+    value = model.get_results()[0].input_value(0)
+    while value.get_node().get_type_name() in PASS:
+        value = value.get_node().input_value(0)
+    return fake_quantize_step(value)
+
+
+def fake_quantize_step(value) -> float:
+    """One quantization step of the values a FakeQuantize makes (0 where `value` is no FakeQuantize's output or its
+    output range is no constant)."""
+    node = value.get_node()
     if node.get_type_name() != "FakeQuantize":
         return 0.0
     low, high = (_constant(node.input_value(i)) for i in (3, 4))
@@ -62,8 +71,3 @@ def _data_ops(model) -> list:
             data.add(op.get_name())
             ops.append(op)
     return ops
-
-
-def _constant(value) -> np.ndarray | None:
-    node = value.get_node()
-    return np.asarray(node.get_data(), np.float64) if node.get_type_name() == "Constant" else None

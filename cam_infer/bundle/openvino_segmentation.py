@@ -19,7 +19,8 @@ from ..errors import CamInferError
 from ..version import __version__
 from .manifest import FORMAT, FORMAT_VERSION, sha256_of
 from .openvino_cut_set import PACKED, OpenVinoGraph, level_records, openvino_cut_set, packed_openvino_graphs
-from .openvino_split import (_BatchFails, _bytes, _compiled, _constant, _cut, _input_spec, _layouts, _message, _ops,
+from .openvino_head import fake_quantize_step
+from .openvino_split import (_BatchFails, _bytes, _compiled, _cut, _input_spec, _layouts, _message, _ops,
                              _ov_version, _Output, _reaches_parameter, _read, split_openvino)
 from .verify import as_source_input, compare, random_images
 
@@ -180,17 +181,6 @@ def split_openvino_segmenter(path, layer: str = "auto", out=None, *, preprocessi
                                                                              compress_to_fp16=False), overwrite)
 
 
-def _step(scores) -> float:
-    """One quantization step of scores a FakeQuantize makes (0 for float scores)."""
-    node = scores.get_node()
-    if node.get_type_name() != "FakeQuantize":
-        return 0.0
-    low, high = (_constant(node.input_value(i)) for i in (3, 4))
-    if low is None or high is None:
-        return 0.0
-    return float(np.max(high - low)) / (int(node.get_attributes()["levels"]) - 1)
-
-
 def _verify(reference, spec, features, head, prep, batch_mode: str) -> dict:
     """head(features(x)) against the model's scores (NCHW) on OpenVINO, batch 1 and 3, within one step of them."""
     try:
@@ -201,7 +191,7 @@ def _verify(reference, spec, features, head, prep, batch_mode: str) -> dict:
             raise _BatchFails() from None
         raise CamInferError(f"OpenVINO cannot compile this model or its split ({_message(exc)})") from None
     scores = reference.get_results()[0].input_value(0)
-    step = _step(scores)
+    step = fake_quantize_step(scores)
     nhwc = reference.get_results()[0].get_output_partial_shape(0)[3].get_length() < \
         reference.get_results()[0].get_output_partial_shape(0)[1].get_length()
     worst = 0.0
