@@ -64,3 +64,17 @@ def full_size_region_scores(tail, a, c, region, positions, activation) -> np.nda
         kept[0, :, i, j] = a[:, i, j]
         values.append(apply(tail.logits(kept), activation)[0, c][region].mean(dtype=np.float64))
     return np.array(values)
+
+
+def triton_config(path):
+    """A config.pbtxt read with Triton's own schema (tritonclient's model_config_pb2)."""
+    import importlib.util
+    from pathlib import Path
+
+    import tritonclient
+    from google.protobuf import text_format
+    schema_file = Path(tritonclient.__file__).parent / "grpc" / "model_config_pb2.py"
+    spec = importlib.util.spec_from_file_location("triton_model_config", schema_file)
+    schema = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(schema)
+    return text_format.Parse(Path(path).read_text(), schema.ModelConfig())

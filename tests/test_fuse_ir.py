@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -158,22 +157,14 @@ def test_what_an_ir_bundle_cannot_fuse_is_refused_in_one_line(ir_shapes, tmp_pat
 
 
 def test_cli_fuse_of_an_ir_bundle_writes_ir_a_repository_and_a_bench_row(ir_shapes, tmp_path):
-    import importlib.util
-
-    import tritonclient
-    from google.protobuf import text_format
+    from helpers import triton_config
     out = tmp_path / "m" / "shapes_recipro.xml"
     result = run_cli("fuse", str(ir_shapes.path), "--method", "recipro", "--out", str(out),
                      "--repository", str(tmp_path / "repo"))
     assert result.returncode == 0, result.stderr
     assert "outputs  scores [N,4], saliency [N,16,16], saliency_class [N]" in result.stdout
     assert out.is_file() and out.with_suffix(".bin").is_file()
-    schema_file = Path(tritonclient.__file__).parent / "grpc" / "model_config_pb2.py"
-    spec = importlib.util.spec_from_file_location("triton_model_config", schema_file)
-    schema = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(schema)
-    config = text_format.Parse((tmp_path / "repo" / "shapes_recipro" / "config.pbtxt").read_text(),
-                               schema.ModelConfig())
+    config = triton_config(tmp_path / "repo" / "shapes_recipro" / "config.pbtxt")
     assert config.backend == "openvino" and config.max_batch_size == 16
     assert [i.name for i in config.input] == [ir_shapes.input_name]
     assert [o.name for o in config.output] == ["scores", "saliency", "saliency_class"]

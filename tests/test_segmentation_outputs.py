@@ -210,19 +210,12 @@ def test_audit_of_a_segmenter_against_its_ground_truth_masks(segmenter_and_scene
 def test_fused_segmenter_returns_its_scores_and_the_explainers_map(segmenter_and_scene, tmp_path, method):
     import onnxruntime as ort
 
-    import importlib.util
-
-    import tritonclient
-    from google.protobuf import text_format
+    from helpers import triton_config
     ex, images = segmenter_and_scene
     out = tmp_path / "fused.onnx"
     result = run_cli("fuse", ex.bundle.path, "--method", method, "--out", out, "--repository", tmp_path / "repo")
     assert result.returncode == 0, result.stderr              # before: an internal error with --repository
-    schema_file = Path(tritonclient.__file__).parent / "grpc" / "model_config_pb2.py"
-    spec = importlib.util.spec_from_file_location("triton_model_config", schema_file)
-    schema = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(schema)
-    config = text_format.Parse((tmp_path / "repo" / "fused" / "config.pbtxt").read_text(), schema.ModelConfig())
+    config = triton_config(tmp_path / "repo" / "fused" / "config.pbtxt")
     assert [o.name for o in config.output] == ["class_scores", "saliency"]
     assert list(config.output[1].dims) == list(ex.bundle.input_shape[1:])
     assert (tmp_path / "repo" / "fused" / "1" / "model.onnx").read_bytes() == out.read_bytes()

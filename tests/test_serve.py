@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import gzip
-import importlib.util
 import json
 import os
 import re
@@ -533,13 +532,8 @@ def test_a_fused_model_and_its_bundle_answer_under_the_same_names(tmp_path):
 
 def check_repository(root: Path, name: str, batch: np.ndarray) -> None:
     """config.pbtxt read with Triton's own schema (tritonclient's model_config_pb2), against the model."""
-    import tritonclient
-    from google.protobuf import text_format
-    path = Path(tritonclient.__file__).parent / "grpc" / "model_config_pb2.py"
-    spec = importlib.util.spec_from_file_location("triton_model_config", path)
-    schema = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(schema)
-    config = text_format.Parse((root / name / "config.pbtxt").read_text(), schema.ModelConfig())
+    from helpers import triton_config
+    config = triton_config(root / name / "config.pbtxt")
     model = onnx.load(root / name / "1" / "model.onnx")
     assert config.name == name and config.platform == "onnxruntime_onnx" and config.max_batch_size == 16
     assert [i.name for i in config.input] == [i.name for i in model.graph.input]
