@@ -83,30 +83,40 @@ def clean_pass() -> Passes:
     return Passes(model=1)
 
 
-def classifier_plan(bundle, variants: dict, options: dict | None = None, linear_head: bool = False,
+def classifier_plan(bundle, variants: dict, options: dict | None = None, linear_head: bool | None = False,
                     enhancers: dict | None = None) -> list[MethodCost]:
     """Passes per image of each classifier method: `variants` maps each name (``name`` or ``name+enhancer``) to its
     (`MethodSpec`, `Enhancer` or None), as `enhancers.variants` gives them; with its options (``options[name]``) and
-    the enhancer's (``enhancers[enhancer]``)."""
+    the enhancer's (``enhancers[enhancer]``). `linear_head` None: not known yet (no runtime opened,
+    `reads_linear_head`): a method whose closed form would save passes is given its passes without it, as a bound."""
     plan = []
     for name, (spec, enhancer) in variants.items():
         chosen = (options or {}).get(name, (options or {}).get(spec.name, {}))
-        passes = clean_pass() + spec.passes(tuple(bundle.activation_shape), chosen, linear_head)
+        passes = clean_pass() + spec.passes(tuple(bundle.activation_shape), chosen, bool(linear_head))
+        if linear_head is None:
+            closed = clean_pass() + spec.passes(tuple(bundle.activation_shape), chosen, True)
+            if closed.counts() != passes.counts():
+                passes = Passes(**passes.counts(), bound=True)
         if enhancer is not None:
             passes = passes * enhancer.passes(*bundle.input_shape[1:], **(enhancers or {}).get(enhancer.name, {}))
         plan.append(MethodCost(name, passes))
     return plan
 
 
-def reads_linear_head(bundle) -> bool:
-    """Whether the head graph reads as global pooling + linear (the closed forms apply; the Explainer also
-    checks it against the runtime), without opening a runtime."""
+def reads_linear_head(bundle) -> bool | None:
+    """Whether the closed forms will apply, as far as the bundle's graphs tell without opening a runtime: True for an
+    ONNX float head that reads as global pooling + linear (the Explainer's float32 check of such a reading does
+    not fail), False for one that does not; None where only a runtime can tell: a quantized ONNX head (its reading
+    is accepted within its output's quantization steps on real cuts) and an IR head (read by running it)."""
+    if bundle.graph_format != "onnx":
+        return None
     import onnx
 
     from .bundle.head import read_linear_head
-    return bundle.graph_format == "onnx" and \
-        read_linear_head(onnx.load(bundle.head_path), bundle.activation_shape[0],
-                         bundle.activation_shape[1:]) is not None
+    from .bundle.qdq_tail import is_quantized
+    model = onnx.load(bundle.head_path)
+    read = read_linear_head(model, bundle.activation_shape[0], bundle.activation_shape[1:]) is not None
+    return None if read and is_quantized(model) else read
 
 
 def detection_plan(ctx, targets, specs: dict, options: dict | None = None) -> list[MethodCost]:

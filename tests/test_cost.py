@@ -32,9 +32,11 @@ def counting(backend) -> Counter:
 
 def model_and_head_rows(rows: Counter) -> tuple[int, int]:
     """(whole-model rows, head-only rows): a model pass is a features or joined row (the joined graph with
-    Recipro-CAM's product too); without a joined graph it also runs one head row."""
+    Recipro-CAM's product too, or a map computed in the pass: ``maps-<method>``); without a joined graph it also
+    runs one head row."""
     from cam_infer.bundle.positions import PRODUCTS
-    model = rows["features"] + rows["joined"] + rows[PRODUCTS]
+    in_pass = sum(n for role, n in rows.items() if role.startswith("maps-"))
+    model = rows["features"] + rows["joined"] + rows[PRODUCTS] + in_pass
     return model, rows["head"] - rows["features"]
 
 

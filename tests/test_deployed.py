@@ -184,6 +184,8 @@ def test_our_own_int8_variants_split_exactly_and_explain(tmp_path, quantized_var
         assert not e.degenerate.any()
     if "qdq" in variant:
         assert m["runtimes"]["openvino"]["runs"], m["runtimes"]                # OpenVINO runs QDQ as int8
+        from cam_infer.cost import reads_linear_head
+        assert reads_linear_head(bundle) is None     # read as GAP → linear, accepted only on real cuts at run time
 
 
 @needs_shared

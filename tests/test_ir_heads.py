@@ -276,3 +276,30 @@ def test_a_head_whose_ir_holds_w_in_no_matmul_gets_the_closed_forms_in_the_pass_
     cam = explainer.explain(x, "cam")
     np.testing.assert_array_equal(got["saliency_class"], cam.targets)
     np.testing.assert_allclose(got["saliency"], normalise(cam.maps.copy())[0], atol=1e-4)
+
+
+def test_the_cost_line_without_a_runtime_bounds_what_an_ir_head_costs(shapes_pair):
+    """An audit whose workers run the images announces its cost without opening a runtime. An IR head is read
+    by running it, so the line cannot know whether the closed forms will apply: it gives the head passes as a
+    bound ("≤"), which the passes run do not exceed. Before, it announced head passes as certain, and the workers
+    ran the closed form."""
+    from test_cost import counting, model_and_head_rows
+
+    from cam_infer.cost import classifier_plan, reads_linear_head
+    from cam_infer.enhancers import variants
+    ir, onnx_bundle = shapes_pair
+    assert reads_linear_head(ir) is None and reads_linear_head(onnx_bundle) is True
+    methods = ["recipro", "ablation", "activation"]
+    bounded = {c.name: c.per_image for c in classifier_plan(ir, variants(methods), {}, None)}
+    known = {c.name: c.per_image for c in classifier_plan(onnx_bundle, variants(methods), {}, True)}
+    assert bounded["recipro"].bound and bounded["recipro"].head > 0 and bounded["recipro"].describe().startswith("≤ ")
+    assert not bounded["activation"].bound and bounded["activation"].counts() == known["activation"].counts()
+    explainer = Explainer(ir, backend="openvino")
+    rows = counting(explainer.backend)
+    x = random_images(ir.preprocessing, 1, seed=3)
+    for method in ("recipro", "ablation"):
+        rows.clear()
+        explainer.explain(x, method)
+        model, head = model_and_head_rows(rows)
+        assert (model, head) == (known[method].model, known[method].head) == (1, 0), (method, rows)
+        assert model <= bounded[method].model and head <= bounded[method].head
