@@ -401,3 +401,60 @@ def test_a_copied_head_reads_its_renamed_weights(tmp_path):
     expected = explainer.explain(x, "recipro").maps
     np.testing.assert_allclose(_fused_raw_map(bundle, "recipro", x), expected, rtol=0,
                                atol=1e-5 * np.abs(expected).max())
+
+
+def _eigen_in_pass_model(k: int, h: int, w: int):
+    """A graph of activations (N,K,h,w) → Eigen-CAM's in-pass map and its certificate (`eigen_in_pass`)."""
+    from onnx import TensorProto, helper
+
+    from cam_infer.fuse.builder import Builder
+    from cam_infer.fuse.fusion import Fusion
+    from cam_infer.methods.eigen import eigen_in_pass
+    b = Builder(18)
+    f = Fusion(b, "a", (k, h, w), None, 1, 1, "logits", None, None)
+    b.op("Identity", eigen_in_pass(f), outputs=["map"])
+    graph = helper.make_graph(b.nodes, "eigen", [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", k, h, w])],
+                              [helper.make_tensor_value_info("map", TensorProto.FLOAT, None),
+                               helper.make_tensor_value_info("settled", TensorProto.BOOL, None)], b.initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def _with_spectrum(rng, k: int, hw: int, values) -> np.ndarray:
+    """Activations O (hw×K) as (K,h·w) whose Gram matrix has the given leading eigenvalues (the rest 1e-3 of the
+    first), from random orthonormal factors; the first right singular vector positive-summed."""
+    n = min(k, hw)
+    spectrum = np.full(n, values[0] * 1e-3)
+    spectrum[:len(values)] = values
+    u = np.linalg.qr(rng.standard_normal((hw, n)))[0]
+    v = np.linalg.qr(rng.standard_normal((k, n)))[0]
+    return ((u * np.sqrt(spectrum)) @ v.T).T
+
+
+@pytest.mark.parametrize("k, h, w", [(40, 4, 4), (8, 5, 6)], ids=["by-position", "by-channel"])
+def test_eigen_in_the_pass_is_settled_only_where_its_vector_is_within_the_tolerance(k, h, w, tmp_path):
+    """The certificate of Eigen-CAM in the pass (`methods.eigen.eigen_in_pass`): on activations of known spectra,
+    from a clear first component to λ₂ = λ₁, every map it settles is the exact first component (float64 SVD)
+    within √2·`IN_PASS_TOLERANCE`·σ₁ plus float32 rounding; an exact tie is never settled, a clear first component
+    always, and ten squarings leave near-ties (λ₂/λ₁ ≥ 0.999) unsettled."""
+    import onnxruntime as ort
+
+    from cam_infer.methods.eigen import IN_PASS_TOLERANCE
+    onnx.save(_eigen_in_pass_model(k, h, w), tmp_path / "e.onnx")
+    session = ort.InferenceSession(str(tmp_path / "e.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    ratios = [0.1, 0.5, 0.9, 0.99, 0.995, 0.999, 0.9999, 1.0]
+    cases = [(ratio, _with_spectrum(rng, k, h * w, [1.0, ratio, 0.3 * ratio])) for ratio in ratios for _ in range(6)]
+    a = np.stack([o for _, o in cases]).reshape(len(cases), k, h, w).astype(np.float32)
+    maps, settled = session.run(None, {"a": a})
+    for (ratio, _), got, ok, cut in zip(cases, maps, settled.ravel(), a.astype(np.float64)):
+        o = cut.reshape(k, -1).T
+        vectors = np.linalg.svd(o, full_matrices=False)
+        exact = vectors[0][:, 0] * vectors[1][0]
+        exact = exact if (o.T @ exact).sum() >= 0 else -exact
+        if ok:
+            error = np.abs(got.ravel() - exact).max()
+            assert error <= (np.sqrt(2) * IN_PASS_TOLERANCE + 1e-5) * vectors[1][0], (ratio, error)
+        if ratio <= 0.5:
+            assert ok, ratio
+        if ratio >= 0.999:
+            assert not ok, ratio

@@ -42,6 +42,10 @@ def twin(method: str, a: np.ndarray, weight: np.ndarray, bias: np.ndarray, c: in
         return np.tensordot(numpy_spatial_entropy(a), a, axes=1)
     if method == "cam":
         return np.tensordot(w[c], a, axes=1)
+    if method == "eigen":                          # O v₁, v₁ OᵀO's first eigenvector, Σ_k v₁ₖ ≥ 0
+        o = a.reshape(k, hw).T
+        v = np.linalg.eigh(o.T @ o)[1][:, -1]
+        return (o @ (v if v.sum() >= 0 else -v)).reshape(h, -1)
     if method == "ablation":                       # (y_c − y_c,k)/|y_c|, y_c,k = y_c − W_ck·mean(A^k)
         pooled = a.mean(axis=(1, 2))
         return np.tensordot(pooled * w[c] / abs(w[c] @ pooled + b[c]), a, axes=1)
@@ -57,7 +61,7 @@ def twin_saliency(m: np.ndarray, size: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
-@pytest.mark.parametrize("method", ["activation", "entropy", "cam", "ablation", "recipro"])
+@pytest.mark.parametrize("method", ["activation", "entropy", "eigen", "cam", "ablation", "recipro"])
 def test_single_pass_maps_equal_their_float64_twins_on_mobilenet_v2(mobilenet, backend, method):
     explainers, x = mobilenet
     ex = explainers[backend]
@@ -74,11 +78,13 @@ def test_single_pass_maps_equal_their_float64_twins_on_mobilenet_v2(mobilenet, b
 
 
 @pytest.mark.parametrize("kind", ["openvino", "ir"])
-@pytest.mark.parametrize("method", ["activation", "entropy", "cam", "ablation"])
+@pytest.mark.parametrize("method", ["activation", "entropy", "eigen", "cam", "ablation"])
 def test_maps_computed_in_the_pass_equal_their_float64_twins_and_the_general_path(mobilenet, method, kind):
     """One image, the top-1 class, default options: OpenVINO computes the map, its saliency, the class and its score
     inside the clean pass (`tasks.in_pass`); each equals the float64 twin and what the general path gives. On the
-    ONNX bundle and on the same model's IR bundle (its head read by running it, its weights read in the IR)."""
+    ONNX bundle and on the same model's IR bundle (its head read by running it, its weights read in the IR).
+    Eigen-CAM's power steps are certified on each photo (``settled``), so its map is the pass's, not a fallback's."""
+    from cam_infer.tasks.in_pass import outputs_of
     explainers, x = mobilenet
     ex = explainers[kind]
     in_pass = ex.task.in_pass
@@ -88,6 +94,7 @@ def test_maps_computed_in_the_pass_equal_their_float64_twins_and_the_general_pat
                                            "upsampled": True}, {})
         e = ex.explain(image, method)
         assert f"maps-{method}" in in_pass._graphs                  # the in-pass graph ran
+        assert in_pass.run(method, image) is not None               # and its map was taken (eigen: settled)
         in_pass.possible = False
         try:
             general = ex.explain(image, method)
@@ -108,13 +115,14 @@ def test_maps_computed_in_the_pass_equal_their_float64_twins_and_the_general_pat
         assert e.maps.dtype == e.saliency.dtype == e.scores.dtype == np.float32 and e.targets.dtype == np.int64
         assert e.degenerate.dtype == bool and not e.degenerate.any() and e.class_agnostic == general.class_agnostic
         assert e.maps.shape == general.maps.shape and e.saliency.shape == general.saliency.shape
-    empty = np.zeros((0, *ex.bundle.input_shape), np.float32)          # no image: the graph's own six outputs
-    assert len(ex.backend.explained_pass(f"maps-{method}", in_pass._graphs[f"maps-{method}"], empty)) == 6
+    empty = np.zeros((0, *ex.bundle.input_shape), np.float32)          # no image: the graph's own outputs
+    graph = in_pass._graphs[f"maps-{method}"]
+    assert len(ex.backend.explained_pass(f"maps-{method}", graph, empty)) == len(outputs_of(method)) == \
+        6 + (method == "eigen")
 
 
 def test_the_pass_computes_no_map_where_the_call_asks_for_more(mobilenet):
-    """A class asked for, options, several images, Finer-CAM, no upsampling, Eigen-CAM, ONNX Runtime: the general
-    path."""
+    """A class asked for, options, several images, Finer-CAM, no upsampling, ONNX Runtime: the general path."""
     explainers, x = mobilenet
     ex = explainers["openvino"]
     plain = {"target": None, "top_classes": None, "finer": None, "enhance": None, "upsampled": True}
@@ -125,7 +133,7 @@ def test_the_pass_computes_no_map_where_the_call_asks_for_more(mobilenet):
     assert not in_pass.applies("cam", 1, {**plain, "finer": 0.5}, {})
     assert not in_pass.applies("cam", 1, {**plain, "upsampled": False}, {})
     assert not in_pass.applies("entropy", 1, plain, {"estimator": "histogram"})
-    assert not in_pass.applies("eigen", 1, plain, {})
+    assert in_pass.applies("eigen", 1, plain, {}) and not in_pass.applies("eigen", 1, plain, {"centered": True})
     assert not explainers["onnxruntime"].task.in_pass.possible
     e = ex.explain(x[:1], "cam", target=3)
     assert e.targets.tolist() == [3]
@@ -176,3 +184,21 @@ def _forget(backend, role: str) -> None:
     backend._added.pop(role, None)
     for key in [key for key in backend._compiled if key[0] == role]:
         backend._compiled.pop(key)
+
+
+def test_an_eigen_map_the_certificate_does_not_settle_is_computed_by_the_general_path(mobilenet, monkeypatch):
+    """Where the in-pass graph's power steps are not certified (here: a tolerance of 0, which no residual meets),
+    the call's map is the general path's, computed anew; the graph ran and stays for the next call."""
+    from cam_infer import Explainer
+    from cam_infer.methods import eigen
+
+    explainers, x = mobilenet
+    monkeypatch.setattr(eigen, "IN_PASS_TOLERANCE", 0.0)
+    ex = Explainer(explainers["openvino"].bundle, backend="openvino", precision="f32")
+    in_pass = ex.task.in_pass
+    e = ex.explain(x[:1], "eigen")
+    assert in_pass._graphs.get("maps-eigen") is not None and in_pass.run("eigen", x[:1]) is None
+    in_pass.possible = False
+    general = ex.explain(x[:1], "eigen")
+    np.testing.assert_array_equal(e.maps, general.maps)
+    np.testing.assert_array_equal(e.saliency, general.saliency)

@@ -218,25 +218,30 @@ def own_ir_bundle(tmp_path_factory):
 
 @pytest.mark.parametrize("kind", ["onnx", "ir"])
 def test_class_agnostic_maps_computed_in_the_pass_equal_the_general_path(own_bundle, own_ir_bundle, kind):
-    """On OpenVINO one image's activation or entropy map is computed inside the clean pass (`tasks.in_pass`): one
-    call returns the scores and the map, the cut stays in the runtime. The same scores bit for bit, so the same
-    targets and regions, whatever target and region are asked; the map equal to the general path's and to a float64
-    twin on the cut; Eigen-CAM, a batch or options take the general path. On the ONNX bundle and on the same model's
-    IR bundle."""
+    """On OpenVINO one image's activation, entropy or Eigen-CAM map is computed inside the clean pass
+    (`tasks.in_pass`): one call returns the scores and the map, the cut stays in the runtime. The same scores bit for
+    bit, so the same targets and regions, whatever target and region are asked; the map equal to the general path's
+    and to a float64 twin on the cut; a batch or options take the general path. On the ONNX bundle and on the same
+    model's IR bundle."""
     from test_kernels import numpy_spatial_entropy
 
     ex = Explainer(own_bundle if kind == "onnx" else own_ir_bundle, backend="openvino", precision="f32")
     in_pass = ex.task.in_pass
     images = [image for image, _ in own_scenes(2)]
-    assert not in_pass.applies("eigen", 1, {}, {}) and not in_pass.applies("activation", 2, {}, {})
+    assert not in_pass.applies("eigen", 1, {}, {"centered": True}) and not in_pass.applies("activation", 2, {}, {})
     assert not in_pass.applies("entropy", 1, {}, {"estimator": "histogram"})
     for image in images:
         a = ex.backend.features(ex.preprocess([image]))[0].astype(np.float64)
-        for method, twin in (("activation", a.mean(axis=0)), ("entropy", np.tensordot(numpy_spatial_entropy(a), a, 1))):
+        o = a.reshape(len(a), -1).T
+        v = np.linalg.eigh(o.T @ o)[1][:, -1]                     # Eigen-CAM: O v₁, Σ_k v₁ₖ ≥ 0
+        first = (o @ (v if v.sum() >= 0 else -v)).reshape(a.shape[1:])
+        for method, twin in (("activation", a.mean(axis=0)), ("entropy", np.tensordot(numpy_spatial_entropy(a), a, 1)),
+                             ("eigen", first)):
             for request in ({"target": "all"}, {"target": None, "region": [20, 20, 100, 100]}):
                 assert in_pass.applies(method, 1, request, {})
                 e = ex.explain(image, method=method, **request)
                 assert in_pass._graphs.get(f"maps-{method}") is not None              # the in-pass graph ran
+                assert in_pass.run(method, ex.preprocess([image])) is not None        # its map taken (settled)
                 in_pass.possible = False
                 try:
                     general = ex.explain(image, method=method, **request)

@@ -31,6 +31,8 @@ TINY = 1e-30
 EIGEN_SQUARINGS = 10      # fused: 1024 power-iteration steps
 POWER_STEPS = 100
 FLOAT32_TOLERANCE = 1e-6
+IN_PASS_TOLERANCE = 1e-4      # sin θ bound up to which the clean pass's map is taken (`eigen_in_pass`)
+IN_PASS_SQUARINGS = 6         # 64 power steps: (λ₂/λ₁)⁶⁴ < 1e-6 up to λ₂/λ₁ = 0.8; beyond, the certificate says
 GOLDEN = 2.399963229728653                       # the golden angle, radians
 
 
@@ -138,12 +140,42 @@ def eigen_onnx(f, *, centered: bool = False, squarings: int = EIGEN_SQUARINGS) -
     Explainer's. The error falls as (λ₂/λ₁)^(2^s)."""
     if not isinstance(squarings, int) or isinstance(squarings, bool) or not 0 <= squarings <= 30:
         raise CamInferError(f"squarings must be an integer in 0..30, not {squarings!r}")
+    return _power_map(f, centered, squarings)[0]
+
+
+def eigen_in_pass(f) -> str:
+    """`eigen_onnx`'s map (default options) with a certificate beside it, the output ``settled`` (N,1) bool: the
+    map is taken from the clean pass only where it is true, else the Explainer computes it.
+
+    With v the unit vector found, λ = vᵀGv and r = ‖Gv − λv‖, every other eigenvalue of G (symmetric, ≥ 0) is at
+    most λ̄₂ = √(‖G‖²_F − λ²) (Σᵢ λᵢ² = ‖G‖²_F), so where λ > λ̄₂ the angle θ between v and the first eigenvector
+    has sin θ ≤ r / (λ − λ̄₂) (Davis & Kahan's sin θ theorem for one vector). Settled: that bound
+    ≤ `IN_PASS_TOLERANCE`, the map then within √2·`IN_PASS_TOLERANCE`·σ₁ of the exact first component (up to
+    float32 rounding: r's own is ~h·w·2⁻²⁴·λ)."""
+    b = f.b
+    projection, gram, vector = _power_map(f, False, IN_PASS_SQUARINGS)
+    n = f.shape[1] * f.shape[2] if f.shape[1] * f.shape[2] <= f.shape[0] else f.shape[0]
+    turned = b.op("MatMul", gram, vector, hint="gv")                                           # (N,n,1)
+    eigenvalue = b.reduce("ReduceSum", b.op("Mul", vector, turned), [1], hint="rayleigh")      # (N,1,1)
+    residual = b.reduce("ReduceL2", b.op("Sub", turned, b.op("Mul", vector, eigenvalue)), [1], hint="residual")
+    energy = b.reduce("ReduceSumSquare", gram, [1, 2], hint="frobenius2")                      # Σ λᵢ²
+    rounding = b.op("Mul", energy, b.const(float(4 * n * 2.0 ** -24)))                         # its float32 rounding
+    rest = b.op("Sqrt", b.op("Add", b.op("Relu", b.op("Sub", energy, b.op("Mul", eigenvalue, eigenvalue))), rounding))
+    gap = b.op("Sub", eigenvalue, rest, hint="gap")
+    settled = b.op("And", b.op("Greater", gap, b.const(0.0)),
+                   b.op("LessOrEqual", residual, b.op("Mul", gap, b.const(IN_PASS_TOLERANCE))))
+    b.op("Reshape", settled, b.ints([0, 1], "shape"), outputs=["settled"])
+    return projection
+
+
+def _power_map(f, centered: bool, squarings: int) -> tuple[str, str, str]:
+    """(the map (N,h,w), the Gram matrix G (N,n,n), the unit vector found (N,n,1)) of `eigen_onnx`."""
     b = f.b
     k, h, w = f.shape
-    columns = f.channels_by_position()                                           # Oᵀ (N,K,hw)
+    rows = f.positions_by_channel()                                              # O (N,hw,K)
     if centered:
-        columns = b.op("Sub", columns, b.reduce("ReduceMean", columns, [2]), hint="centered")
-    rows = b.op("Transpose", columns, perm=[0, 2, 1], hint="o")                  # O (N,hw,K)
+        rows = b.op("Sub", rows, b.reduce("ReduceMean", rows, [1]), hint="centered")
+    columns = b.op("Transpose", rows, perm=[0, 2, 1], hint="o_t")                # Oᵀ (N,K,hw)
     by_position = h * w <= k
     gram = b.op("MatMul", rows, columns) if by_position else b.op("MatMul", columns, rows)
     power = gram
@@ -153,18 +185,19 @@ def eigen_onnx(f, *, centered: bool = False, squarings: int = EIGEN_SQUARINGS) -
     vector = _unit(b, b.op("MatMul", power, _start_vector(b, h * w if by_position else k)))   # G^(2^s)·v₀
     if by_position:
         eigenvalue = b.reduce("ReduceSum", b.op("Mul", vector, b.op("MatMul", gram, vector)), [1])
-        projection = b.op("Mul", vector, b.op("Sqrt", b.op("Relu", eigenvalue)))  # (N,hw,1)
+        projection = b.op("Mul", vector, b.op("Sqrt", b.op("Relu", eigenvalue)), hint="projection")   # (N,hw,1)
     else:
-        projection = b.op("MatMul", rows, vector)
-    projection = b.op("Transpose", projection, perm=[0, 2, 1], hint="projection")  # (N,1,hw)
-    original = f.channels_by_position()
+        projection = b.op("MatMul", rows, vector, hint="projection")                                # (N,hw,1)
+    original = f.positions_by_channel()
     if centered:
-        reference = b.reduce("ReduceMean", original, [1])                           # channel mean (N,1,hw)
+        reference = b.reduce("ReduceMean", original, [2])                           # channel mean (N,hw,1)
         agreement = _dot(b, _centred(b, projection), _centred(b, reference))
-    else:
-        agreement = _dot(b, projection, b.reduce("ReduceSum", original, [1]))      # Σ_k (Oᵀ L)_k
+    elif by_position:
+        agreement = _dot(b, projection, b.reduce("ReduceSum", original, [2]))      # Σ_k (Oᵀ L)_k
+    else:                                   # Σ_k (Oᵀ L)_k = 1ᵀ OᵀO v = Σ_k (G v)_k: from the small Gram matrix
+        agreement = b.reduce("ReduceSum", b.op("MatMul", gram, vector), [1, 2])
     sign = b.op("Where", b.op("Less", agreement, b.const(0.0)), b.const(-1.0), b.const(1.0), hint="sign")
-    return b.reshape(b.op("Mul", projection, sign), (0, h, w), hint="map")
+    return b.reshape(b.op("Mul", projection, sign), (0, h, w), hint="map"), gram, vector
 
 
 def _start_vector(b, n: int) -> str:
@@ -178,13 +211,13 @@ def _unit(b, v: str) -> str:
     return b.op("Div", v, b.op("Add", b.reduce("ReduceL2", v, [1]), b.const(TINY)), hint="unit")
 
 
-def _centred(b, row: str) -> str:
-    return b.op("Sub", row, b.reduce("ReduceMean", row, [2]))
+def _centred(b, column: str) -> str:
+    return b.op("Sub", column, b.reduce("ReduceMean", column, [1]))
 
 
 def _dot(b, x: str, y: str) -> str:
-    """Σ over the last axis of two (N,1,n) rows → (N,1,1)."""
-    return b.reduce("ReduceSum", b.op("Mul", x, y), [2])
+    """Σ over the positions of two (N,n,1) columns → (N,1,1)."""
+    return b.reduce("ReduceSum", b.op("Mul", x, y), [1])
 
 
 @implements("eigen", "segmentation", cost="no extra pass (an SVD per image)")

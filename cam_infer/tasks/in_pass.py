@@ -30,7 +30,9 @@ the format run so (`AT_REDUCED_PRECISION`; u = 2⁻⁸ for bf16; each bound test
   (the logarithm itself is computed in float32, its input and output stored in bf16), so the map is within
   (8u + 3u/ln(h·w)) Σ_k |A_k| plus the weighted sum's 3u Σ_k Ĥ_k |A_k|;
 - the saliency is a few u more (normalising's stores, the resize's products).
-Eigen-CAM's power steps are not among the in-pass methods at any precision.
+Eigen-CAM runs in the pass at float32 only (its eigenvector has no bound in the format's rounding alone: it
+depends on the gap λ₁ − λ₂), its fixed number of power steps certified per image (`methods.eigen.eigen_in_pass`:
+the output ``settled``); an image whose vector the certificate does not settle takes the general path.
 
 On an IR bundle the same nodes are built on its cut and scores and wired onto its two IR graphs joined
 (`fuse.ir_graph`), the head's W and b read where the IR holds them (else added as read): one call where the general
@@ -54,18 +56,22 @@ MIN_OPSET = 13
 OUTPUTS = ("scores", "class", "score", "map", "saliency", "degenerate")
 AGNOSTIC_OUTPUTS = ("scores", "map")      # a segmenter's class-agnostic map: normalised and resized after the pass
 AT_REDUCED_PRECISION = ("activation", "cam", "ablation", "entropy")    # bounded rounding: in the pass at bf16/f16
+CERTIFIED = ("eigen",)     # a method whose graph also returns ``settled`` (N,1): where false, the general path
 
 
 @lru_cache(maxsize=2)
 def in_pass_methods(per_class: bool = True) -> dict:
     """Method name → its graph builder (f: `fuse.fusion.Fusion`) → the map tensor's name (N,h,w); without
     `per_class` (a segmenter, whose targets are regions found in the scores) the class-agnostic ones among them.
-    Eigen-CAM's fused form is not among them: its power steps are a fixed number, not the Explainer's tolerance."""
+    Eigen-CAM's is its fused form with a certificate (`CERTIFIED`): a fixed number of power steps is not the
+    Explainer's tolerance, so each image's vector is checked in the graph."""
     from ..methods import METHODS
     from ..methods.ablation import ablation_in_graph
+    from ..methods.eigen import eigen_in_pass
 
     builders = {name: METHODS[name].fused for name in ("activation", "cam", "entropy")}
     builders["ablation"] = ablation_in_graph
+    builders["eigen"] = eigen_in_pass
     if per_class:
         return builders
     return {name: builder for name, builder in builders.items() if not METHODS[name].class_specific}
@@ -82,7 +88,6 @@ class MapsInPass:
         self.explainer = explainer
         self.bundle = explainer.bundle
         self.per_class = per_class
-        self.outputs = OUTPUTS if per_class else AGNOSTIC_OUTPUTS
         self._graphs: dict = {}
         self._lock = threading.Lock()
         self.possible = self._bundle_fits()
@@ -137,7 +142,10 @@ class MapsInPass:
             with self._lock:
                 self._graphs[role] = None
             return None
-        return dict(zip(self.outputs, values))
+        out = dict(zip(outputs_of(method, self.per_class), values))
+        if "settled" in out and not np.all(out["settled"]):   # not certified: the general path, for this call only
+            return None
+        return out
 
     def _built(self, method: str):
         try:
@@ -171,7 +179,7 @@ def in_pass_graph(bundle, linear_head, method: str, per_class: bool = True):
     model.graph.node.extend(b.nodes)
     model.graph.initializer.extend(b.initializers)
     del model.graph.output[:]
-    model.graph.output.extend(_output_infos(bundle, scores, per_class))
+    model.graph.output.extend(_output_infos(bundle, scores, per_class, method))
     return model
 
 
@@ -184,7 +192,7 @@ def _in_pass_ir(bundle, linear_head, method: str, per_class: bool):
     inputs = [cut_input(bundle, "N"), scores_input(bundle, "N")]
     fusion = _method_nodes(b, bundle, linear_head_inputs(bundle, linear_head, inputs, b), None, bundle.head_path,
                            CUT, SCORES, method, per_class)
-    outputs = _output_infos(bundle, SCORES, per_class)[1:]
+    outputs = _output_infos(bundle, SCORES, per_class, method)[1:]
     graph = method_graph(b, inputs, [(o.name, o.type.tensor_type.elem_type) for o in outputs], fusion.calls)
     return stitched(bundle, graph, fusion.calls, [o.name for o in outputs], linear_head)
 
@@ -212,7 +220,12 @@ def _method_nodes(b, bundle, linear_head, head, ir_head, cut: str, scores: str, 
     return fusion
 
 
-def _output_infos(bundle, scores: str, per_class: bool = True) -> list:
+def outputs_of(method: str, per_class: bool = True) -> tuple[str, ...]:
+    """The in-pass graph's outputs for `method`, in order."""
+    return (OUTPUTS if per_class else AGNOSTIC_OUTPUTS) + (("settled",) if method in CERTIFIED else ())
+
+
+def _output_infos(bundle, scores: str, per_class: bool = True, method: str = "") -> list:
     from onnx import TensorProto, helper
     _, h, w = bundle.activation_shape
     height, width = bundle.input_shape[1:]
@@ -221,8 +234,9 @@ def _output_infos(bundle, scores: str, per_class: bool = True) -> list:
              "score": helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N", 1]),
              "map": helper.make_tensor_value_info("map", TensorProto.FLOAT, ["N", h, w]),
              "saliency": helper.make_tensor_value_info("saliency", TensorProto.FLOAT, ["N", height, width]),
-             "degenerate": helper.make_tensor_value_info("degenerate", TensorProto.BOOL, ["N", 1, 1])}
-    return [infos[name] for name in (OUTPUTS if per_class else AGNOSTIC_OUTPUTS)]
+             "degenerate": helper.make_tensor_value_info("degenerate", TensorProto.BOOL, ["N", 1, 1]),
+             "settled": helper.make_tensor_value_info("settled", TensorProto.BOOL, ["N", 1])}
+    return [infos[name] for name in outputs_of(method, per_class)]
 
 
 def _normalised_and_resized(b, maps: str, size, h: int, w: int) -> None:
