@@ -40,6 +40,7 @@ class Fusion:
     head: onnx.ModelProto | None    # None on an IR bundle: `ir_head` is its head graph
     ir_head: object = None          # the head's IR file (IR bundles)
     calls: list = field(default_factory=list)     # the `Call`s left for the IR model to fill
+    channels_last: bool = False     # the runtime holds the cut as (N,h,w,K) (OpenVINO on CPU): read it so
 
     @property
     def head_ops(self) -> str:
@@ -79,13 +80,26 @@ class Fusion:
     def channels_by_position(self) -> str:
         """A as (N,K,h·w)."""
         k, h, w = self.shape
+        if self.channels_last:
+            return self.b.op("Transpose", self.positions_by_channel(), perm=[0, 2, 1], hint="a_flat")
         return self.b.reshape(self.activation, (0, k, h * w), hint="a_flat")
 
     def positions_by_channel(self) -> str:
-        """A as (N,h·w,K): a runtime that holds the cut channels-last (OpenVINO on CPU) reads it without a reorder,
-        where (N,K,h·w) costs one (0.84 ms on the PAN's 32×128×128 cut)."""
+        """A as (N,h·w,K). Where the runtime holds the cut channels-last (`channels_last`: OpenVINO on CPU) this is
+        a view of it, where (N,K,h·w) costs a reorder of the whole cut (0.84 ms of the PAN's 32×128×128, as long as
+        its Feature Entropy-CAM's logarithm)."""
         k, h, w = self.shape
-        return self.b.reshape(self.b.op("Transpose", self.activation, perm=[0, 2, 3, 1]), (0, h * w, k), hint="o")
+        if self.channels_last:
+            return self.b.reshape(self.b.op("Transpose", self.activation, perm=[0, 2, 3, 1]), (0, h * w, k),
+                                  hint="positions")
+        return self.b.op("Transpose", self.channels_by_position(), perm=[0, 2, 1], hint="positions")
+
+    def weighted_sum(self, weights: str) -> str:
+        """Σ_k weights[n,t,k]·A[n,k] of weights (N,T,K) → (N,T,h·w), the cut read as the runtime holds it."""
+        if self.channels_last:
+            sums = self.b.op("MatMul", self.positions_by_channel(), self.b.op("Transpose", weights, perm=[0, 2, 1]))
+            return self.b.op("Transpose", sums, perm=[0, 2, 1], hint="weighted")
+        return self.b.op("MatMul", weights, self.channels_by_position(), hint="weighted")
 
     def per_class(self, rows: str) -> str:
         """(N,T,h·w) → (N,T,h,w), or (N,h,w) when T = 1."""

@@ -135,4 +135,4 @@ def ablation_in_graph(f) -> str:
         bias = b.op("Gather", b.reshape(head.source.bias, (-1,)), f.targets, axis=0, hint="bias")           # (N,1)
         full = b.op("Add", full, b.unsqueeze(b.scale(bias, head.source.bias_scale), [2]))
     weights = b.op("Div", drops, b.op("Max", b.op("Abs", full), b.const(EPS)), hint="weights")            # (N,1,K)
-    return b.reshape(b.op("MatMul", weights, f.channels_by_position()), (0, h, w), hint="map")
+    return b.reshape(f.weighted_sum(weights), (0, h, w), hint="map")

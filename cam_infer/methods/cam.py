@@ -27,4 +27,4 @@ def cam(ctx: Context) -> np.ndarray:
 def cam_onnx(f) -> str:
     """L^c = Σ_k W_ck A^k with W the head's own weight tensor (no copy): a Gather and a MatMul."""
     weights = f.class_rows(f.require_linear_head("cam"))                      # (N,T,K)
-    return f.per_class(f.b.op("MatMul", weights, f.channels_by_position()))
+    return f.per_class(f.weighted_sum(weights))

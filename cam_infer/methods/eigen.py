@@ -175,7 +175,7 @@ def _power_map(f, centered: bool, squarings: int) -> tuple[str, str, str]:
     rows = f.positions_by_channel()                                              # O (N,hw,K)
     if centered:
         rows = b.op("Sub", rows, b.reduce("ReduceMean", rows, [1]), hint="centered")
-    columns = b.op("Transpose", rows, perm=[0, 2, 1], hint="o_t")                # Oᵀ (N,K,hw)
+    columns = b.op("Transpose", rows, perm=[0, 2, 1], hint="o_t") if centered else f.channels_by_position()
     by_position = h * w <= k
     gram = b.op("MatMul", rows, columns) if by_position else b.op("MatMul", columns, rows)
     power = gram

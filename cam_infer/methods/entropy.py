@@ -56,7 +56,7 @@ def entropy_onnx(f, *, estimator: str = "spatial", weighting: str = "entropy") -
     if weighting == "negentropy":
         weights = b.op("Sub", b.const(1.0), weights, hint="negentropy")
     row = b.reshape(weights, (0, 1, k), hint="weights")                                             # (N,1,K)
-    return b.reshape(b.op("MatMul", row, f.channels_by_position()), (0, h, w), hint="map")
+    return b.reshape(f.weighted_sum(row), (0, h, w), hint="map")
 
 
 @implements("entropy", "segmentation", cost="no extra pass")

@@ -99,7 +99,7 @@ def recipro_onnx(f, *, score: str = "prob", kernel: str = "onehot", closed_form:
         raise CamInferError("score='logit' needs a model that outputs logits; this one ends in a softmax")
     b = f.b
     k, h, w = f.shape
-    positions = b.op("Transpose", f.channels_by_position(), perm=[0, 2, 1], hint="positions")   # (N,hw,K)
+    positions = f.positions_by_channel()                                                       # (N,hw,K)
     if closed_form and f.linear_head is not None:
         mass = kernel_mass(KERNELS[kernel], h, w).reshape(1, h * w, 1) / (h * w)
         scores = f.linear_scores(f.linear_head, b.op("Mul", positions, b.const(mass)))

@@ -211,7 +211,7 @@ def _method_nodes(b, bundle, linear_head, head, ir_head, cut: str, scores: str, 
         b.op("Cast", b.op("Squeeze", targets, b.ints([1], "axes")), to=TensorProto.INT32, outputs=["class"])
         b.op("GatherElements", probabilities, targets, axis=1, outputs=["score"])
     fusion = Fusion(b, cut, bundle.activation_shape, targets, 1, bundle.num_classes, bundle.output_kind,
-                    linear_head, head, ir_head)
+                    linear_head, head, ir_head, channels_last=True)         # OpenVINO holds the cut channels-last
     raw = in_pass_methods(per_class)[method](fusion)
     b.op("Identity", raw, outputs=["map"])
     if per_class:
