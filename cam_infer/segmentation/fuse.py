@@ -76,7 +76,7 @@ def _fused_ir_segmenter(bundle: Bundle, method: str, spec, options: dict, check:
     b = Builder(IR_OPSET)
     h, w = bundle.input_shape[1:]
     fusion = Fusion(b, CUT, bundle.activation_shape, None, 1, bundle.num_classes, "logits", None, None,
-                    bundle.head_path)
+                    bundle.head_path, channels_last=True)                             # OpenVINO's layout
     normalised = _normalised(b, spec.fused(fusion, **options), b.name("cut_map"))
     b.op("Identity", resized(b, normalised, (h, w)), outputs=[OUTPUT])
     graph = method_graph(b, [cut_input(bundle, "N")], [(OUTPUT, TensorProto.FLOAT)], fusion.calls)
