@@ -173,4 +173,4 @@ def _per_image(attention: np.ndarray, n: int, shape) -> np.ndarray:
     every image, as (N, windows, t, t), so a method reading whole-image attention can see and refuse it."""
     if attention.size == n * int(np.prod(shape)):
         return attention.reshape(n, *shape)
-    return attention.reshape(n, -1, *attention.shape[-2:])
+    return attention.reshape(n, -1, *shape[-2:])          # the runtime may merge the windows into other axes
