@@ -46,3 +46,23 @@ def test_class_token_row_equals_the_whole_product_with_ties(discard_ratio, renor
     a = hard_attention(int(discard_ratio * 100))
     got = class_token_row([a[:, b] for b in range(BLOCKS)], discard_ratio, renormalise)
     np.testing.assert_allclose(got, brute_force(a, discard_ratio, renormalise), rtol=1e-12, atol=1e-15)
+
+
+def test_the_bracketed_selection_is_the_sorts_kth_value():
+    """`kth_smallest` (a bracket from a strided sample, then a select inside it) against a full sort: random sizes
+    and skews, many ties, k at both ends, and samples that miss the k-th value on purpose (every 16th value, the
+    ones the sample reads, far above the rest: the bracket misses, the whole partition runs)."""
+    from cam_infer.methods.rollout import SAMPLE_STRIDE, kth_smallest
+    rng = np.random.default_rng(0)
+    cases = []
+    for _ in range(1500):
+        m = int(rng.integers(1, 40_000 if rng.random() < 0.1 else 3_000))
+        values = (rng.random(m) ** rng.uniform(0.2, 5.0)).astype(np.float32)
+        if rng.random() < 0.3:
+            values = np.round(values * 16) / 16                       # ties at every quantile
+        cases.append((values, int(rng.choice([0, m - 1, int(rng.integers(0, m))]))))
+    skewed = rng.random(20_000).astype(np.float32)
+    skewed[::SAMPLE_STRIDE] += 10.0
+    cases += [(skewed, k) for k in (0, 9_000, 18_000, 19_999)]
+    for values, k in cases:
+        assert kth_smallest(values, k) == np.sort(values)[k], (values.size, k)

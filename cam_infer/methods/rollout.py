@@ -58,9 +58,8 @@ def class_token_row(fused: list[np.ndarray], discard_ratio: float = 0.9, renorma
     never forming R: O(L·T²) per image instead of O(L·T³). With F the fused, discarded attention and s its row
     sums plus 1, Â = (F + I)/2 / (s/2) row by row, so v·Â = ((v/s)·F + v/s); the reference's division by s along
     the last axis gives v·Â = (v·F + v)/s. The discarded entries are those at or below the fused matrix's
-    ``discard_ratio`` quantile (the reference's topk of the lowest, up to ties), selected by NumPy's introselect
-    (48 µs on 197² entries, faster than the selections tried in Numba); s and v·F are then one pass over the
-    block (`kernels.rollout_step`)."""
+    ``discard_ratio`` quantile (the reference's topk of the lowest, up to ties), selected exactly (`kth_smallest`);
+    s and v·F are then one pass over the block (`kernels.rollout_step`)."""
     n, t, _ = fused[0].shape
     v = np.zeros((n, t), np.float64)
     v[:, 0] = 1.0
@@ -69,6 +68,30 @@ def class_token_row(fused: list[np.ndarray], discard_ratio: float = 0.9, renorma
         block = np.ascontiguousarray(block, np.float32)
         thresholds = np.full(n, -np.inf, np.float32)
         if drop:
-            thresholds = np.partition(block.reshape(n, t * t), drop - 1, axis=1)[:, drop - 1]
+            thresholds = np.array([kth_smallest(image.ravel(), drop - 1) for image in block], np.float32)
         rollout_step(block, thresholds, renormalise == "reference", v)
     return v
+
+
+SAMPLE_STRIDE = 16
+
+
+def kth_smallest(values: np.ndarray, k: int):
+    """The k-th smallest (0-based) of `values` (m,), exactly ``np.partition(values, k)[k]``, selected inside a
+    bracket: quantiles of a strided sample around k/m, four standard deviations of a binomial count apart, give
+    lo ≤ hi; one pass counts the values below lo and gathers those in [lo, hi] (~5 % of them), and the select runs
+    there. Where the bracket misses the k-th value, the whole partition. Why: NumPy's AVX-512 selection stores
+    through compress instructions, which AMD's Zen 4 microcodes: 0.23 ms for 197² float32 there (48 µs on a Zen 3),
+    the bracket 0.055 ms."""
+    m = values.size
+    sample = values[::SAMPLE_STRIDE]
+    p, s = k / m, sample.size
+    margin = 4.0 * np.sqrt(s * p * (1.0 - p)) + 2.0
+    low, high = max(int(p * s - margin), 0), min(int(p * s + margin), s - 1)
+    picked = np.partition(sample, (low, high))
+    lo, hi = picked[low], picked[high]
+    inside = values[(values >= lo) & (values <= hi)]
+    j = k - np.count_nonzero(values < lo)
+    if 0 <= j < inside.size:
+        return np.partition(inside, j)[j]
+    return np.partition(values, k)[k]
