@@ -6,9 +6,10 @@ Why: on a model whose pass takes a few milliseconds (MobileNetV2, 3–7 ms) the 
 method on the (K,h,w) cut, normalising, the resize to the input, the softmax — runs 3–4× slower than the same
 work in a loop (the pass has just evicted it from the caches) and cost 0.45–0.70 ms a call: 7–11 % of the pass.
 In the graph it runs on the runtime's threads beside the pass. A segmenter's class-agnostic maps (activation,
-entropy, Eigen-CAM) are computed so too, the graph returning the scores and the map (`AGNOSTIC_OUTPUTS`): the cut, which the
-general path copies out beside the scores, stays in the runtime (the PAN's 2 MB: 1.11× the unsplit model's pass
-on the general path, 0.98× in the pass, alternated over 40 rounds).
+entropy, Eigen-CAM) are computed so too, the graph returning the scores and the map (`AGNOSTIC_OUTPUTS`): the cut,
+which the general path copies out beside the scores, stays in the runtime (the PAN's 2 MB: 1.11× the unsplit
+model's pass on the general path, 0.98× in the pass, alternated over 40 rounds). The map's nodes read the cut
+channels-last, as OpenVINO holds it (`fuse.fusion.Fusion.channels_last`).
 
 The graph is the bundle's joined model (features and head, the cut not exposed) plus the method's ONNX
 builder (`methods.registry.fused`, as `cam-infer fuse` writes it; Ablation-CAM's closed form,
