@@ -22,6 +22,14 @@ def numpy_spatial_entropy(a):
     return terms.sum(axis=1) / np.log(h * w)
 
 
+def numpy_first_component(a: np.ndarray) -> np.ndarray:
+    """Eigen-CAM's map of a cut (K,h,w) in float64: O v₁ (O the cut as h·w×K, v₁ OᵀO's first eigenvector, signed so
+    that Σ_k v₁ₖ ≥ 0), (h,w); its norm is σ₁."""
+    o = a.reshape(len(a), -1).T.astype(np.float64)
+    v = np.linalg.eigh(o.T @ o)[1][:, -1]
+    return (o @ (v if v.sum() >= 0 else -v)).reshape(a.shape[1:])
+
+
 def numpy_histogram_entropy(a, bins=256):
     out = []
     for x in a.reshape(a.shape[0], -1):

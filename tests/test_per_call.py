@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import SHARED, needs_shared
-from test_kernels import numpy_spatial_entropy
+from test_kernels import numpy_first_component, numpy_spatial_entropy
 
 pytestmark = needs_shared
 
@@ -42,10 +42,8 @@ def twin(method: str, a: np.ndarray, weight: np.ndarray, bias: np.ndarray, c: in
         return np.tensordot(numpy_spatial_entropy(a), a, axes=1)
     if method == "cam":
         return np.tensordot(w[c], a, axes=1)
-    if method == "eigen":                          # O v₁, v₁ OᵀO's first eigenvector, Σ_k v₁ₖ ≥ 0
-        o = a.reshape(k, hw).T
-        v = np.linalg.eigh(o.T @ o)[1][:, -1]
-        return (o @ (v if v.sum() >= 0 else -v)).reshape(h, -1)
+    if method == "eigen":
+        return numpy_first_component(a)
     if method == "ablation":                       # (y_c − y_c,k)/|y_c|, y_c,k = y_c − W_ck·mean(A^k)
         pooled = a.mean(axis=(1, 2))
         return np.tensordot(pooled * w[c] / abs(w[c] @ pooled + b[c]), a, axes=1)

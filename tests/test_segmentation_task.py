@@ -223,7 +223,7 @@ def test_class_agnostic_maps_computed_in_the_pass_equal_the_general_path(own_bun
     bit, so the same targets and regions, whatever target and region are asked; the map equal to the general path's
     and to a float64 twin on the cut; a batch or options take the general path. On the ONNX bundle and on the same
     model's IR bundle."""
-    from test_kernels import numpy_spatial_entropy
+    from test_kernels import numpy_first_component, numpy_spatial_entropy
 
     ex = Explainer(own_bundle if kind == "onnx" else own_ir_bundle, backend="openvino", precision="f32")
     in_pass = ex.task.in_pass
@@ -232,11 +232,8 @@ def test_class_agnostic_maps_computed_in_the_pass_equal_the_general_path(own_bun
     assert not in_pass.applies("entropy", 1, {}, {"estimator": "histogram"})
     for image in images:
         a = ex.backend.features(ex.preprocess([image]))[0].astype(np.float64)
-        o = a.reshape(len(a), -1).T
-        v = np.linalg.eigh(o.T @ o)[1][:, -1]                     # Eigen-CAM: O v₁, Σ_k v₁ₖ ≥ 0
-        first = (o @ (v if v.sum() >= 0 else -v)).reshape(a.shape[1:])
         for method, twin in (("activation", a.mean(axis=0)), ("entropy", np.tensordot(numpy_spatial_entropy(a), a, 1)),
-                             ("eigen", first)):
+                             ("eigen", numpy_first_component(a))):
             for request in ({"target": "all"}, {"target": None, "region": [20, 20, 100, 100]}):
                 assert in_pass.applies(method, 1, request, {})
                 e = ex.explain(image, method=method, **request)

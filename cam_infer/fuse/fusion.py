@@ -78,10 +78,8 @@ class Fusion:
         return f"{name}/out"
 
     def channels_by_position(self) -> str:
-        """A as (N,K,h·w)."""
+        """A as (N,K,h·w), as a runtime holding the cut planar reads it without a copy."""
         k, h, w = self.shape
-        if self.channels_last:
-            return self.b.op("Transpose", self.positions_by_channel(), perm=[0, 2, 1], hint="a_flat")
         return self.b.reshape(self.activation, (0, k, h * w), hint="a_flat")
 
     def positions_by_channel(self) -> str:

@@ -140,23 +140,58 @@ def eigen_onnx(f, *, centered: bool = False, squarings: int = EIGEN_SQUARINGS) -
     Explainer's. The error falls as (λ₂/λ₁)^(2^s)."""
     if not isinstance(squarings, int) or isinstance(squarings, bool) or not 0 <= squarings <= 30:
         raise CamInferError(f"squarings must be an integer in 0..30, not {squarings!r}")
-    return _power_map(f, centered, squarings)[0]
+    return _power_map(f, centered, squarings)
 
 
 def eigen_in_pass(f) -> str:
-    """`eigen_onnx`'s map (default options) with a certificate beside it, the output ``settled`` (N,1) bool: the
-    map is taken from the clean pass only where it is true, else the Explainer computes it.
+    """`eigen_onnx`'s map (default options, `IN_PASS_SQUARINGS`) with a certificate beside it, the output
+    ``settled`` (N,1) bool: the map is taken from the clean pass only where it is true, else the Explainer computes it
+    (`_settled`)."""
+    return _power_map(f, False, IN_PASS_SQUARINGS, certified=True)
 
-    With v the unit vector found, λ = vᵀGv and r = ‖Gv − λv‖, every other eigenvalue of G (symmetric, ≥ 0) is at
-    most λ̄₂ = √(‖G‖²_F − λ²) (Σᵢ λᵢ² = ‖G‖²_F), so where λ > λ̄₂ the angle θ between v and the first eigenvector
-    has sin θ ≤ r / (λ − λ̄₂) (Davis & Kahan's sin θ theorem for one vector). Settled: that bound
-    ≤ `IN_PASS_TOLERANCE`, the map then within √2·`IN_PASS_TOLERANCE`·σ₁ of the exact first component (up to
-    float32 rounding: r's own is ~h·w·2⁻²⁴·λ)."""
+
+def _power_map(f, centered: bool, squarings: int, certified: bool = False) -> str:
+    """The map (N,h,w) of `eigen_onnx`; with `certified`, also the output ``settled`` (`_settled`)."""
     b = f.b
-    projection, gram, vector = _power_map(f, False, IN_PASS_SQUARINGS)
-    n = f.shape[1] * f.shape[2] if f.shape[1] * f.shape[2] <= f.shape[0] else f.shape[0]
-    turned = b.op("MatMul", gram, vector, hint="gv")                                           # (N,n,1)
-    eigenvalue = b.reduce("ReduceSum", b.op("Mul", vector, turned), [1], hint="rayleigh")      # (N,1,1)
+    k, h, w = f.shape
+    uncentred = f.positions_by_channel()                                         # O (N,hw,K)
+    rows = b.op("Sub", uncentred, b.reduce("ReduceMean", uncentred, [1]), hint="centered") if centered else uncentred
+    columns = b.op("Transpose", rows, perm=[0, 2, 1], hint="o_t")                # Oᵀ (N,K,hw)
+    by_position = h * w <= k
+    gram = b.op("MatMul", rows, columns) if by_position else b.op("MatMul", columns, rows)
+    power = gram
+    for _ in range(squarings):
+        power = b.op("MatMul", power, power)
+        power = b.op("Div", power, b.op("Add", b.reduce("ReduceL2", power, [1, 2]), b.const(TINY)), hint="power")
+    vector = _unit(b, b.op("MatMul", power, _start_vector(b, h * w if by_position else k)))   # G^(2^s)·v₀
+    turned = b.op("MatMul", gram, vector, hint="gv")                                           # G v (N,n,1)
+    eigenvalue = None
+    if by_position or certified:
+        eigenvalue = b.reduce("ReduceSum", b.op("Mul", vector, turned), [1], hint="rayleigh")  # vᵀGv (N,1,1)
+    if by_position:
+        projection = b.op("Mul", vector, b.op("Sqrt", b.op("Relu", eigenvalue)), hint="projection")   # (N,hw,1)
+    else:
+        projection = b.op("MatMul", rows, vector, hint="projection")                                # (N,hw,1)
+    if centered:
+        reference = b.reduce("ReduceMean", uncentred, [2])                          # channel mean (N,hw,1)
+        agreement = _dot(b, _centred(b, projection), _centred(b, reference))
+    elif by_position:
+        agreement = _dot(b, projection, b.reduce("ReduceSum", uncentred, [2]))     # Σ_k (Oᵀ L)_k
+    else:                                   # Σ_k (Oᵀ L)_k = 1ᵀ OᵀO v = Σ_k (G v)_k: from the small Gram matrix
+        agreement = b.reduce("ReduceSum", turned, [1, 2])
+    if certified:
+        _settled(b, gram, vector, turned, eigenvalue, min(k, h * w))
+    sign = b.op("Where", b.op("Less", agreement, b.const(0.0)), b.const(-1.0), b.const(1.0), hint="sign")
+    return b.reshape(b.op("Mul", projection, sign), (0, h, w), hint="map")
+
+
+def _settled(b, gram: str, vector: str, turned: str, eigenvalue: str, n: int) -> None:
+    """The output ``settled`` (N,1): whether the unit vector v found is within `IN_PASS_TOLERANCE` of G's first
+    eigenvector. With λ = vᵀGv and r = ‖Gv − λv‖, every other eigenvalue of G (symmetric, ≥ 0) is at most
+    λ̄₂ = √(‖G‖²_F − λ²) (Σᵢ λᵢ² = ‖G‖²_F), so where λ > λ̄₂ the angle θ between v and the first eigenvector has
+    sin θ ≤ r / (λ − λ̄₂) (Davis & Kahan's sin θ theorem for one vector). Settled: that bound ≤ `IN_PASS_TOLERANCE`,
+    the map then within √2·`IN_PASS_TOLERANCE`·σ₁ of the exact first component (up to float32 rounding: r's own is
+    ~n·2⁻²⁴·λ, n the Gram matrix's side)."""
     residual = b.reduce("ReduceL2", b.op("Sub", turned, b.op("Mul", vector, eigenvalue)), [1], hint="residual")
     energy = b.reduce("ReduceSumSquare", gram, [1, 2], hint="frobenius2")                      # Σ λᵢ²
     rounding = b.op("Mul", energy, b.const(float(4 * n * 2.0 ** -24)))                         # its float32 rounding
@@ -165,39 +200,6 @@ def eigen_in_pass(f) -> str:
     settled = b.op("And", b.op("Greater", gap, b.const(0.0)),
                    b.op("LessOrEqual", residual, b.op("Mul", gap, b.const(IN_PASS_TOLERANCE))))
     b.op("Reshape", settled, b.ints([0, 1], "shape"), outputs=["settled"])
-    return projection
-
-
-def _power_map(f, centered: bool, squarings: int) -> tuple[str, str, str]:
-    """(the map (N,h,w), the Gram matrix G (N,n,n), the unit vector found (N,n,1)) of `eigen_onnx`."""
-    b = f.b
-    k, h, w = f.shape
-    rows = f.positions_by_channel()                                              # O (N,hw,K)
-    if centered:
-        rows = b.op("Sub", rows, b.reduce("ReduceMean", rows, [1]), hint="centered")
-    columns = b.op("Transpose", rows, perm=[0, 2, 1], hint="o_t") if centered else f.channels_by_position()
-    by_position = h * w <= k
-    gram = b.op("MatMul", rows, columns) if by_position else b.op("MatMul", columns, rows)
-    power = gram
-    for _ in range(squarings):
-        power = b.op("MatMul", power, power)
-        power = b.op("Div", power, b.op("Add", b.reduce("ReduceL2", power, [1, 2]), b.const(TINY)), hint="power")
-    vector = _unit(b, b.op("MatMul", power, _start_vector(b, h * w if by_position else k)))   # G^(2^s)·v₀
-    if by_position:
-        eigenvalue = b.reduce("ReduceSum", b.op("Mul", vector, b.op("MatMul", gram, vector)), [1])
-        projection = b.op("Mul", vector, b.op("Sqrt", b.op("Relu", eigenvalue)), hint="projection")   # (N,hw,1)
-    else:
-        projection = b.op("MatMul", rows, vector, hint="projection")                                # (N,hw,1)
-    original = f.positions_by_channel()
-    if centered:
-        reference = b.reduce("ReduceMean", original, [2])                           # channel mean (N,hw,1)
-        agreement = _dot(b, _centred(b, projection), _centred(b, reference))
-    elif by_position:
-        agreement = _dot(b, projection, b.reduce("ReduceSum", original, [2]))      # Σ_k (Oᵀ L)_k
-    else:                                   # Σ_k (Oᵀ L)_k = 1ᵀ OᵀO v = Σ_k (G v)_k: from the small Gram matrix
-        agreement = b.reduce("ReduceSum", b.op("MatMul", gram, vector), [1, 2])
-    sign = b.op("Where", b.op("Less", agreement, b.const(0.0)), b.const(-1.0), b.const(1.0), hint="sign")
-    return b.reshape(b.op("Mul", projection, sign), (0, h, w), hint="map"), gram, vector
 
 
 def _start_vector(b, n: int) -> str:
