@@ -3,6 +3,7 @@ folder runs, the audit and the demo scene."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -108,6 +109,12 @@ def test_a_class_agnostic_map_over_a_box_names_no_class_and_says_box(segmenter_a
     e = ex.explain(images[0], "activation", region=[10, 10, 60, 60])
     record = e.records()[0][0]
     assert record["region"] == "box" and "label" not in record and "class_id" not in record
+    _, scores = ex.backend.observe(ex.bundle.preprocessing(images[0])[None])
+    inside = np.argmax(scores[0], axis=0)[10:60, 10:60]             # the scene is the model's 128² input
+    counts = np.bincount(inside.ravel(), minlength=len(LABELS))
+    counts[LABELS.index("background")] = 0
+    assert record["region_class_id"] == int(np.argmax(counts)) and record["region_label"] == \
+        LABELS[record["region_class_id"]]                           # the class predicted most inside the box
     from cam_infer.segmentation.overlay import _caption
     text = _caption(e.method, e.items[0])
     assert "class-agnostic" in text and "box region" in text
@@ -195,6 +202,14 @@ def test_audit_of_a_segmenter_against_its_ground_truth_masks(segmenter_and_scene
         assert r["truth_energy"] == pytest.approx((s.saliency * true).sum() / s.saliency.sum(), abs=1e-4)
         assert r["truth_fraction"] == pytest.approx(true.mean(), abs=1e-6)
         assert r["energy"] == pytest.approx((s.saliency * s.region).sum() / s.saliency.sum(), abs=1e-4)
+    explained = {(r["image"], r["index"]): r["class_id"] for r in rows if r["method"] == "recipro"}
+    agnostic = [r for r in rows if r["method"] == "activation"]
+    assert all("class_id" not in r or r["class_id"] is None for r in agnostic)
+    assert [r["region_class_id"] for r in agnostic] == [explained[r["image"], r["index"]] for r in agnostic]
+    with open(out / "metrics.csv", newline="") as f:
+        table = [r for r in csv.DictReader(f) if r["method"] == "activation"]
+    assert [int(r["region_class_id"]) for r in table] == [r["region_class_id"] for r in agnostic]
+    assert all(r["class_id"] == "" for r in table)
     summary = json.loads((out / "summary.json").read_text())["methods"]
     for method in ("activation", "recipro"):
         own = [r for r in rows if r["method"] == method]

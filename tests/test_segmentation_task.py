@@ -196,12 +196,24 @@ def test_region_is_refused_on_a_classifier(tiny_bundle):
         Explainer(tiny_bundle, backend="onnxruntime").explain(x, region=[1, 1, 5, 5])
 
 
-def test_class_agnostic_maps_carry_no_class_name(own):
-    image, _ = next(own_scenes(1))
+def test_class_agnostic_maps_carry_no_class_name_but_say_whose_region_they_are_measured_on(own):
+    for image, _ in own_scenes(8):                                  # a scene where the model sees two classes
+        _, scores = own.backend.observe(own.bundle.preprocessing(image)[None])
+        ids = np.argmax(scores[0], axis=0)                           # the model's own classes, in NumPy
+        present = [int(c) for c in np.unique(ids) if own.bundle.labels[c] != "background"]
+        if len(present) >= 2:
+            break
+    assert len(present) >= 2
     for method in ("activation", "eigen", "entropy"):
         explanation = own.explain(image, method=method, target="all")
         assert explanation.class_agnostic
-        assert all("label" not in r and "class_id" not in r for r in explanation.records()[0])
+        records = explanation.records()[0]
+        assert all("label" not in r and "class_id" not in r for r in records)
+        assert [r["region_class_id"] for r in records] == present
+        assert [r["region_label"] for r in records] == [own.bundle.labels[c] for c in present]
+        for r, c in zip(records, present):
+            assert r["region_pixels"] == int(np.count_nonzero(ids == c))
+            assert r["score"] == pytest.approx(float(scores[0, c][ids == c].mean()), abs=1e-4)
 
 
 

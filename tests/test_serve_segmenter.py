@@ -92,6 +92,7 @@ def test_a_box_or_pixel_region_in_the_sent_images_pixels_and_a_class_agnostic_ma
     want = explainer.explain([scenes[1]], "eigen", target=1, region=box).items[0][0]
     assert answer["class_agnostic"] is True and "class_id" not in answer["maps"][0]
     assert "label" not in answer["maps"][0]
+    assert answer["maps"][0]["region_class_id"] == 1 and answer["maps"][0]["region_label"] == "circle"   # class=1
     np.testing.assert_allclose(np.array(answer["maps"][0]["map"]["data"]), low_resolution(want), atol=6e-5)
 
 

@@ -34,7 +34,7 @@ from .runs import cost_line
 ROWS, SUMMARY = "rows.jsonl", "summary.json"
 MEANS = ("energy", "region_fraction", "pointing", "truth_energy", "truth_fraction", "truth_pointing")
 COLUMNS = ("image", "method", "index", "class_id", "label", "score", "region", "region_pixels", "class_agnostic",
-           "degenerate", "uniform", *MEANS)
+           "region_class_id", "region_label", "degenerate", "uniform", *MEANS)
 # column → (shown as, higher is better; None: a reference, what a uniform map scores)
 SHOWN = {"energy": ("Energy in the region", True), "region_fraction": ("Region's share (uniform)", None),
          "pointing": ("Pointing in the region", True), "truth_energy": ("Energy in the true region", True),

@@ -19,7 +19,7 @@ one `SegmentMap` per explained target: ``class_id``, ``label``, ``score`` (the c
 ``region`` ((H,W) bool at the model's scores resolution = the input), ``pixels`` (|R|), ``saliency``
 ((H,W) in [0,1] at the input), ``degenerate``, ``uniform``; the low-resolution raw map is ``raw``.
 A class-agnostic method's map is the same for every target and carries no class name in its records
-(``class_agnostic``)."""
+(``class_agnostic``); each record keeps the class of the region it is measured on as ``region_class_id``."""
 
 from __future__ import annotations
 
@@ -53,7 +53,11 @@ class SegmentMap:
     source: str = "predicted"    # where the region came from: predicted | mask | box | pixel
 
     def record(self) -> dict:
-        named = {} if self.class_agnostic else {"class_id": self.class_id, "label": self.label}
+        """The target's fields. A class-agnostic map explains no class, so its record names none; the class whose
+        region (and region score) it is measured on is kept apart, as ``region_class_id`` and ``region_label``
+        (as a classifier's class-agnostic records keep the top-1 as ``predicted_*``)."""
+        named = {"region_class_id": self.class_id, "region_label": self.label} if self.class_agnostic else \
+            {"class_id": self.class_id, "label": self.label}
         return {**named, "score": round(self.score, 5), "region": self.source, "region_pixels": self.pixels,
                 "degenerate": self.degenerate, "uniform": self.uniform}
 
