@@ -14,6 +14,8 @@ on this machine's 2 cores, by where the work runs, next to the model's own throu
   written; `--overlays none`, `jpg` and `png`) at the same precision: float32 on both runtimes, and
   OpenVINO's default (auto: bf16 on this CPU). Fewer images than below (300 MobileNetV2, 100 ResNet-50) to
   keep the runs short on a shared machine: read the ratios, not the rates.
+- Beside each pipeline table, pytorch-grad-cam's GradCAM loop over the same files (below), float32, its rate over
+  the float32 ceilings and explain's JPEG-overlay rate over it.
 - Overlay: a JPEG overlay of a map over a 500-px photo drawn and encoded, one thread, as today and as it was
   drawn before (`drawn_as_before`), alternated round by round.
 - Ceiling (the later tables): the unsplit model on OpenVINO CPU, THROUGHPUT hint, an AsyncInferQueue of its
@@ -176,8 +178,11 @@ def explain_rate(explainer, folder: Path, out: Path, kind: str) -> float:
     return files / (time.perf_counter() - start)
 
 
-def pipeline_part(name: str, bundle: Path, folder: Path, work: Path, rounds: int, report) -> None:
-    """Explain's rate over the reference pipeline's ceiling, on each runtime, the two alternated run by run."""
+def pipeline_part(name: str, bundle: Path, folder: Path, work: Path, rounds: int, report,
+                  grad_cam: bool = False) -> None:
+    """Explain's rate over the reference pipeline's ceiling, on each runtime, the two alternated run by run; with
+    `grad_cam`, pytorch-grad-cam's GradCAM loop over the same files beside them (`grad_cam_rate`, float32 like
+    the f32 rows), run after them: its rate, over each float32 ceiling, and explain's JPEG-overlay rate over it."""
     import statistics
 
     from cam_infer.backends.sessions import leave_the_cores_to_the_runtime
@@ -191,6 +196,7 @@ def pipeline_part(name: str, bundle: Path, folder: Path, work: Path, rounds: int
            "| JPEG overlays (default: on the photo) | ÷ ceiling | JPEG overlays on the model's view (`--on model`) "
            "| ÷ ceiling | PNG overlays | ÷ ceiling |\n"
            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    measured = {}
     for backend, precision in RUNTIMES:
         ceiling_run = PipelineCeiling(bundle, backend, work, precision=precision)
         explainer = open_explainer(bundle, backend, precision=precision, hint="throughput")   # as the CLI opens it
@@ -211,6 +217,15 @@ def pipeline_part(name: str, bundle: Path, folder: Path, work: Path, rounds: int
                f"**{r['maps']:.2f}** | {m['map PNGs']:.0f} | {r['map PNGs']:.2f} | {m['jpg']:.0f} | "
                f"**{r['jpg']:.2f}** | {m['jpg model']:.0f} | **{r['jpg model']:.2f}** | {m['png']:.0f} | "
                f"{r['png']:.2f} |")
+        measured[backend, explainer.backend.precision] = m
+    if grad_cam:
+        loop = statistics.median(grad_cam_rate(name, "gradcam", files, work) for _ in range(rounds))
+        beside = "; ".join(f"{backend} f32: {loop / m['ceiling']:.2f} of its ceiling, explain with JPEG overlays "
+                           f"{m['jpg'] / loop:.1f}× its rate" for (backend, precision), m in measured.items()
+                           if precision == "f32")
+        report(f"\npytorch-grad-cam 1.5.7's GradCAM loop over the same {len(files)} files (read, preprocess, cam(), "
+               f"show_cam_on_image, a PNG written; torch float32, 2 threads; median of {rounds} runs after the table): "
+               f"**{loop:.1f} img/s**; {beside}.\n")
 
 
 def drawn_as_before(saliency, rgb, prep, text):
@@ -472,18 +487,20 @@ def main() -> None:
     parser.add_argument("--where", default="one,--workers,--ray", help="runs of the explain and audit parts")
     parser.add_argument("--memory-backends", default="onnxruntime,openvino", help="runtimes of the memory part")
     parser.add_argument("--memory-overlays", default="jpg,none", help="what the memory part's runs write (--overlays)")
-    parser.add_argument("--parts", default="pipeline,overlay,explain,audit,grad-cam,memory")
+    parser.add_argument("--parts", default="pipeline,grad-cam-beside,overlay,explain,audit,grad-cam,memory",
+                        help="grad-cam-beside: pytorch-grad-cam's loop under each pipeline table")
     parser.add_argument("--pipeline-n", default="mobilenet_v2=300,resnet50=100",
                         help="images of the pipeline part per model (its ratios settle within a few hundred images)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--models", default="mobilenet_v2,resnet50", help="models of the explain, audit and grad-cam "
                         "parts")
     parser.add_argument("--quick", action="store_true",
-                        help="the pipeline and overlay tables alone, on fewer images (mobilenet_v2=150,resnet50=50), "
-                             "2 rounds")
+                        help="the pipeline (with pytorch-grad-cam beside) and overlay tables alone, on fewer images "
+                             "(mobilenet_v2=150,resnet50=50), 2 rounds")
     args = parser.parse_args()
     if args.quick:
-        args.parts, args.pipeline_n, args.rounds = "pipeline,overlay", "mobilenet_v2=150,resnet50=50", 2
+        args.parts, args.pipeline_n = "pipeline,grad-cam-beside,overlay", "mobilenet_v2=150,resnet50=50"
+        args.rounds = 2
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     report = Report()
@@ -495,7 +512,8 @@ def main() -> None:
     if "pipeline" in parts:
         report("**Explain over the pipeline ceiling** (one process, batches of 8 pipelined in threads)")
         for name, n in (item.split("=") for item in args.pipeline_n.split(",")):
-            pipeline_part(name, bundle_for(name, work), images(work / f"images_{n}", int(n)), work, args.rounds, report)
+            pipeline_part(name, bundle_for(name, work), images(work / f"images_{n}", int(n)), work, args.rounds, report,
+                          grad_cam="grad-cam-beside" in parts)
     if "overlay" in parts:
         overlay_part(folder, args.rounds, report)
     wheres = [(label, flags) for label, flags in (("one process (pipelined)", []), ("--workers 2", ["--workers", "2"]),
