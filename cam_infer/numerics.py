@@ -12,6 +12,12 @@ def zero_padded(x: np.ndarray, rows: int) -> np.ndarray:
     return np.concatenate([x, np.zeros((rows - len(x), *x.shape[1:]), x.dtype)])
 
 
+def nonzero_per_row(values: np.ndarray) -> np.ndarray:
+    """(R,) int64: the non-zero entries of each row of values (R, ...), one `np.count_nonzero` per row (with an
+    axis it counts through a cast and a sum: 10× slower on a segmenter's class planes)."""
+    return np.array([np.count_nonzero(row) for row in values], np.int64)
+
+
 def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
     """exp(z − max z) / Σ exp(z − max z) along `axis` (stable for large logits)."""
     z = z - z.max(axis=axis, keepdims=True)

@@ -10,6 +10,7 @@ import numpy as np
 
 from .errors import CamInferError
 from .images import as_rgb_uint8
+from .numerics import nonzero_per_row
 
 EPS = 1e-7
 FONT = cv2.FONT_HERSHEY_SIMPLEX
@@ -44,9 +45,8 @@ def near_uniform(saliency: np.ndarray) -> np.ndarray:
     """Which normalised maps (..., H, W) in [0,1] carry no localisation: more than `UNIFORM_FRACTION` of
     their pixels at or above half the range (a constant map, all zeros, is degenerate instead)."""
     saliency = np.asarray(saliency)
-    planes = saliency.reshape(-1, *saliency.shape[-2:])
-    above = np.array([np.count_nonzero(m >= 0.5) for m in planes]).reshape(saliency.shape[:-2])   # per plane: 10×
-    return above / (saliency.shape[-2] * saliency.shape[-1]) > UNIFORM_FRACTION       # faster than with an axis
+    above = nonzero_per_row((saliency >= 0.5).reshape(-1, *saliency.shape[-2:])).reshape(saliency.shape[:-2])
+    return above / (saliency.shape[-2] * saliency.shape[-1]) > UNIFORM_FRACTION
 
 
 def flagged(degenerate: bool, uniform: bool = False) -> str:

@@ -31,7 +31,7 @@ import numpy as np
 from ..errors import CamInferError
 from ..explanation import Explanation
 from ..methods.registry import Context
-from ..numerics import softmax
+from ..numerics import nonzero_per_row, softmax
 from ..postprocess import near_uniform, normalise, upsample
 from .base import Task, class_index
 
@@ -113,7 +113,7 @@ class Assignment:
         """(C,): each class's pixels (within a (H,W) mask)."""
         if self.sigmoid:
             values = self.values if within is None else self.values[:, within]
-            return np.array([np.count_nonzero(v) for v in values], np.int64)     # per plane: 10× faster than a sum
+            return nonzero_per_row(values)
         values = self.values if within is None else self.values[within]
         return np.bincount(values.ravel(), minlength=self.classes)
 
