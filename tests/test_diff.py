@@ -318,6 +318,20 @@ def test_a_ray_worker_on_another_node_gets_both_models_and_compares_as_here(scen
     assert there == here and len(here["rows"]) == 2 * len(METHODS)
 
 
+def test_a_node_keeps_one_copy_of_each_bundle_however_many_actors_start(tmp_path, monkeypatch):
+    """Actors (and restarted actors, and later runs) on one node share the bundle's copy named by its content."""
+    import tempfile
+    from cam_infer.parallel.ray_cluster import bundle_files, materialise
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    files = bundle_files(SHAPES)
+    first, again = materialise(files), materialise(dict(reversed(files.items())))
+    assert again == first and bundle_files(first) == files
+    other = materialise({**files, "bundle.json": files["bundle.json"] + b" "})
+    assert other != first and bundle_files(first) == files
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([first.name, other.name])
+
+
 @pytest.mark.integration
 @needs_ray
 def test_a_local_ray_cluster_writes_the_files_of_a_run_in_this_process(scenes, tmp_path):

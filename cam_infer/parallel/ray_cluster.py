@@ -8,7 +8,8 @@ most `RETRIES` times for one item; an unreadable image is a result (an error rec
 so it is never retried. A killed driver ends the job; the same command resumes from what it had written.
 
 Every node must see the images at the paths the driver gives (a shared filesystem); the bundle travels
-through the object store and is written to a node's temporary folder where its path does not exist.
+through the object store and is written to a node's temporary folder where its path does not exist (one folder
+per bundle, named by its content, shared by the node's actors and later runs).
 
 Addresses: ``auto`` (the cluster this machine belongs to, `ray start`), ``local`` (start one in this
 process with this machine's cores), ``HOST:PORT`` or ``ray://HOST:PORT``.
@@ -16,10 +17,12 @@ process with this machine's cores), ``HOST:PORT`` or ``ray://HOST:PORT``.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import pickle
 import re
+import shutil
 import tempfile
 import warnings
 from dataclasses import replace
@@ -142,9 +145,21 @@ def bundle_files(folder: str) -> dict[str, bytes]:
 
 
 def materialise(files: dict[str, bytes]) -> Path:
-    folder = Path(tempfile.mkdtemp(prefix="cam-infer-bundle-"))
+    """The bundle's files in this node's temporary folder, named by their content: every actor and every later run
+    with the same bundle shares one copy, so a node keeps one folder per bundle instead of one per actor start."""
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(name.encode() + b"\0" + hashlib.sha256(files[name]).digest())
+    folder = Path(tempfile.gettempdir()) / f"cam-infer-bundle-{digest.hexdigest()[:20]}"
+    if (folder / "bundle.json").is_file():
+        return folder
+    staging = Path(tempfile.mkdtemp(prefix=f"{folder.name}.", dir=folder.parent))
     for name, data in files.items():
-        (folder / name).write_bytes(data)
+        (staging / name).write_bytes(data)
+    try:
+        staging.rename(folder)                  # atomic: a concurrent actor's copy, if first, is the same files
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
     return folder
 
 
