@@ -54,14 +54,18 @@ class Preprocessing:
     interpolation: str | None = None                  # INTERPOLATIONS; None: area (bilinear for a letterbox)
 
     def __post_init__(self):
-        object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
+        object.__setattr__(self, "input_size", tuple(_number("input size", v, int) for v in _sequence(
+            "input size", self.input_size)))
+        object.__setattr__(self, "scale", _number("scale", self.scale))
+        if self.scale == 0:
+            raise CamInferError("scale must be non-zero: with 0 every image would be the same input")
         if self.channels not in (1, 3):
             raise CamInferError(f"channels must be 1 (grayscale) or 3 (colour), not {self.channels}")
         if self.channels == 1 and (self.mean, self.std) == (IMAGENET_MEAN, IMAGENET_STD):
             object.__setattr__(self, "mean", (0.0,))        # no ImageNet statistics for gray: x·scale
             object.__setattr__(self, "std", (1.0,))
-        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
-        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        object.__setattr__(self, "mean", tuple(_number("mean", v) for v in _sequence("mean", self.mean)))
+        object.__setattr__(self, "std", tuple(_number("std", v) for v in _sequence("std", self.std)))
         if self.resize is None and self.crop == "center":
             object.__setattr__(self, "resize", default_resize(self.input_size))
         if self.crop not in ("center", "none", "letterbox"):
@@ -337,9 +341,30 @@ def decode_image(data, what: str = "the data") -> np.ndarray:
     return as_rgb_uint8(image)
 
 
+def _sequence(name: str, values) -> tuple:
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise CamInferError(f"{name} must be a list of numbers, not {values!r}")
+    return tuple(values)
+
+
+def _number(name: str, value, kind=float):
+    """A preprocessing number as `kind`, finite, or one line saying which setting is not one."""
+    try:
+        number = kind(value) if not isinstance(value, (str, bytes, bool)) else None
+    except (TypeError, ValueError, OverflowError):
+        number = None
+    if number is None or not np.isfinite(number) or (kind is int and number != value):
+        raise CamInferError(f"{name} must be {'an integer' if kind is int else 'a finite number'}, not {value!r}")
+    return number
+
+
 def _inside(centres: np.ndarray, size: int) -> slice:
-    """The run of increasing pixel centres that fall inside [−0.5, size − 0.5)."""
+    """The run of increasing pixel centres that fall inside [−0.5, size − 0.5). Where none does (an image one
+    pixel thin, stretched wider than the input), the one pixel that covers the input's centre: what the model saw."""
     start, stop = np.searchsorted(centres, -0.5, "left"), np.searchsorted(centres, size - 0.5, "left")
+    if start == stop:
+        start = int(np.argmin(np.abs(centres - (size - 1) / 2)))
+        stop = start + 1
     return slice(int(start), int(stop))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from cam_infer import Bundle, CamInferError
@@ -36,6 +37,60 @@ def test_bundle_from_a_newer_format_is_an_error(bundle_copy):
     with pytest.raises(CamInferError, match="format version 99"):
         Bundle.load(bundle_copy)
 
+
+
+def _edited(folder, edit):
+    manifest = json.loads((folder / "bundle.json").read_text())
+    edit(manifest)
+    (folder / "bundle.json").write_text(json.dumps(manifest))
+    return folder
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m.update(labels=m["labels"][:2]), "'labels' has 2 names for the model's 4 classes"),
+    (lambda m: m.update(labels="abcd"), "'labels' must be a list of strings"),
+    (lambda m: m.update(labels=[0, 1, 2, 3]), "'labels' must be a list of strings"),
+    (lambda m: m["output"].update(num_classes=-1), "'output.num_classes' must be a positive integer, not -1"),
+    (lambda m: m["output"].update(kind="weird"), "'output.kind' must be one of"),
+    (lambda m: m["activation"].update(shape=[8, "x", 4]), "'activation.shape' must be a list of positive integers"),
+    (lambda m: m["preprocessing"].update(scale="x"), "'preprocessing': scale must be a finite number, not 'x'"),
+    (lambda m: m["preprocessing"].update(scale=float("nan")), "'preprocessing': scale must be a finite number"),
+    (lambda m: m["preprocessing"].update(scale=0), "'preprocessing': scale must be non-zero"),
+    (lambda m: m["preprocessing"].update(std=[1, "abc", 1]), "'preprocessing': std must be a finite number, not 'abc'"),
+    (lambda m: m["preprocessing"].update(colour="rgb"), "'preprocessing': .*colour"),
+    (lambda m: m.pop("preprocessing"), "'preprocessing' is missing"),
+    (lambda m: m["input"].pop("shape"), "'input.shape' is missing"),
+    (lambda m: m.pop("output"), "'output' is missing"),
+    (lambda m: m.update(batch="sometimes"), "'batch' must be 'dynamic' or 'fixed'"),
+])
+def test_an_edited_manifest_is_one_line_naming_the_field(tmp_path, edit, message):
+    from cam_infer.tools.demo import embedded_bundle_path
+    shapes = shutil.copytree(embedded_bundle_path(), tmp_path / "shapes")
+    assert Bundle.load(shapes).num_classes == 4 and len(Bundle.load(shapes).labels) == 4
+    with pytest.raises(CamInferError, match=f"bundle.json: {message}"):
+        Bundle.load(_edited(shapes, edit))
+
+
+def test_an_activation_shape_the_graph_does_not_give_is_one_line(bundle_copy, tiny_bundle):
+    from cam_infer import Explainer
+    k, h, w = tiny_bundle.activation_shape
+    bundle = _edited(bundle_copy, lambda m: m["activation"].update(shape=[k + 1, h, w]))
+    x = np.zeros((1, *tiny_bundle.input_shape), np.float32)
+    with pytest.raises(CamInferError, match=f"its graph gives {k * h * w} values of 'activation' per image, and "
+                                            rf"bundle.json's activation shape \[{k + 1}, {h}, {w}\]"):
+        Explainer(bundle, backend="onnxruntime").explain(x, "activation")
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_an_input_holding_nan_or_infinity_is_refused_naming_the_images(tiny_bundle, value):
+    """NaN scores would otherwise be drawn as class 0 with p=nan over a map that depends on no class."""
+    from cam_infer import Explainer
+    x = np.zeros((3, *tiny_bundle.input_shape), np.float32)
+    x[1, 0, 2, 3] = value
+    explainer = Explainer(tiny_bundle, backend="onnxruntime")
+    with pytest.raises(CamInferError, match="input images? 1 of the batch holds NaN or infinite values"):
+        explainer.explain(x, "recipro")
+    assert explainer.explain(x[[0, 2]], "recipro").scores.shape == (2,)
 
 @pytest.mark.parametrize("content, message", [(None, "has no bundle.json"), ("{not json", "not valid JSON"),
                                               ('{"a": 1}', "not a cam-infer bundle manifest")])

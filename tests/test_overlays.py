@@ -76,6 +76,28 @@ def test_original_overlay_greys_what_the_model_did_not_see():
     assert not (picture[seen] == picture[~seen][0]).all(axis=-1).any()
 
 
+
+@pytest.mark.parametrize("shape", [(224, 1), (1, 500), (1, 2), (2, 1)])
+def test_a_one_pixel_thin_image_shows_the_pixel_the_model_saw(shape):
+    """Resized so that its short side is 256, a 1-pixel-thin image becomes one stretched pixel: no pixel centre
+    lands inside the crop, and the pixel that covers the input's centre is what the model saw (not an empty
+    window, which OpenCV could not blend)."""
+    prep = Preprocessing((224, 224))
+    rgb = np.full((*shape, 3), 200, np.uint8)
+    picture = overlay_picture(np.ones((224, 224), np.float32), rgb, prep, None, bar=False)
+    rows, cols = prep.seen_window(shape)
+    assert picture.shape == (*shape, 3) and rows.stop - rows.start >= 1 and cols.stop - cols.start >= 1
+    seen = np.zeros(shape, bool)
+    seen[rows, cols] = True
+    centre = [int(np.argmin(np.abs(np.arange(n) * scale + shift - 111.5)))
+              for n, scale, shift in zip(shape, np.diag(prep.to_model(shape))[::-1], prep.to_model(shape)[::-1, 2])]
+    assert seen[tuple(centre)]
+    heat = overlay(rgb[rows, cols], np.ones((rows.stop - rows.start, cols.stop - cols.start), np.float32))
+    np.testing.assert_array_equal(picture[rows, cols], heat)
+    grey = picture[~seen]
+    assert len(grey) == 0 or (grey == grey[0]).all()
+
+
 def _decoded(picture: np.ndarray, colormap=cv2.COLORMAP_JET) -> np.ndarray:
     """An alpha=1 overlay read back to values in [0,1]: each pixel's nearest colour of the colormap."""
     lut = cv2.cvtColor(cv2.applyColorMap(np.arange(256, dtype=np.uint8)[:, None], colormap), cv2.COLOR_BGR2RGB)[:, 0]

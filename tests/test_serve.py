@@ -296,6 +296,20 @@ def test_bad_requests_get_one_line_4xx_and_the_server_goes_on(server, batch):
     assert server.request(infer, *binary_request(x))[0] == 200
 
 
+
+def test_a_parameter_the_model_does_not_read_is_refused_never_ignored(server, batch, scenes):
+    """A misspelt 'class' (or a parameter given twice) would otherwise explain another class without a word."""
+    infer, x, photo = "/v2/models/shapes/infer", batch[:1], scenes[0].read_bytes()
+    assert_error(server.request(infer, *binary_request(x, parameters={"clas": 1})), 400, "unknown parameter 'clas'")
+    assert_error(server.request(infer, *binary_request(x, parameters={"class": 1, "bogus": 1, "region": [1, 2, 3, 4]})),
+                 400, "unknown parameters 'bogus', 'region'; this model takes method, class, top_classes")
+    assert_error(server.request("/explain?clas=1", photo), 400, "unknown query parameter 'clas'")
+    assert_error(server.request("/explain?top_classes=abc", photo), 400, "this model takes method, class, overlay")
+    assert_error(server.request("/explain?class=1&class=2", photo), 400, "'class' given more than once")
+    for path in ("/explain?class=1&overlay=png", "/explain"):
+        assert server.request(path, photo)[0] == 200
+    assert server.request(infer, *binary_request(x, parameters={"class": 1, "binary_data_output": True}))[0] == 200
+
 def test_the_token_guards_everything_but_the_health_probes(batch):
     server = Server(SHAPES, "--token", "s3cret")
     try:

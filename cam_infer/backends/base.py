@@ -39,8 +39,17 @@ class Backend(ABC):
         return "f32"
 
     def check_input(self, x: np.ndarray) -> np.ndarray:
-        """A preprocessed batch checked against the model's input shape; float32, C-contiguous."""
-        return self._checked(x, self.bundle.input_shape, "input images")
+        """A preprocessed batch checked against the model's input shape and for values the model can score (a NaN
+        or an infinity gives NaN scores, then a map captioned with a class it does not explain); float32,
+        C-contiguous."""
+        x = self._checked(x, self.bundle.input_shape, "input images")
+        finite = np.isfinite(x).reshape(len(x), -1).all(axis=1)
+        if not finite.all():
+            bad = np.flatnonzero(~finite)
+            raise CamInferError(f"input image{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad[:5]))}"
+                                f"{' …' if len(bad) > 5 else ''} of the batch hold{'' if len(bad) > 1 else 's'} NaN or "
+                                "infinite values: the model cannot score them")
+        return x
 
     def features(self, x: np.ndarray) -> np.ndarray:
         """Images (N,3,H,W) float32 → target-layer activations (N,K,h,w) float32 (through the joined graph
@@ -48,13 +57,13 @@ class Backend(ABC):
         if self.joins:
             return self.observe(x)[0]
         x = self._checked(x, self.bundle.input_shape, "input images")
-        return self._chunked("features", x)[0].reshape(len(x), *self.bundle.cut_shape)
+        return self._shaped(self._chunked("features", x)[0], len(x), self.bundle.cut_shape, "activation")
 
     def head(self, a: np.ndarray) -> np.ndarray:
         """Activations (N,K,h,w) float32 → class scores (N,C) float32 (logits or probabilities); a detector's
         (N, 4+C, anchors)."""
         a = self._checked(a, self.bundle.cut_shape, "activations")
-        return self._chunked("head", a)[0].reshape(len(a), *self.bundle.output_shape)
+        return self._shaped(self._chunked("head", a)[0], len(a), self.bundle.output_shape, "output")
 
     def branch(self, level: int, crops: np.ndarray) -> np.ndarray:
         """A detector's class-score branch of cut level `level` (`detection.branches`): crops (N, C, k, k) →
@@ -71,8 +80,8 @@ class Backend(ABC):
             return a, self.head(a)
         *parts, outputs = self._chunked("joined", x)
         a = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)     # a detector's cut maps, packed
-        return (a.reshape(len(x), *self.bundle.cut_shape),
-                outputs.reshape(len(x), *self.bundle.output_shape))
+        return (self._shaped(a, len(x), self.bundle.cut_shape, "activation"),
+                self._shaped(outputs, len(x), self.bundle.output_shape, "output"))
 
     def observe_products(self, x: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """A clean pass that also returns Recipro-CAM's closed-form product Aᵀ Wᵀ (N, h·w, C) of a GAP→linear
@@ -154,6 +163,15 @@ class Backend(ABC):
     @abstractmethod
     def _run(self, role: str, x: np.ndarray) -> list[np.ndarray]:
         """Run graph `role` (``features``, ``head``, ``joined``, ``branch_<l>``) on one chunk; its outputs."""
+
+    def _shaped(self, values: np.ndarray, n: int, shape: tuple, field: str) -> np.ndarray:
+        """A graph's output for n images as bundle.json says one image's is, or one line where the graph disagrees
+        (an edited bundle.json)."""
+        if values.size != n * int(np.prod(shape)):
+            raise CamInferError(f"bundle '{self.bundle.path}': its graph gives {values.size // max(n, 1)} values of "
+                                f"'{field}' per image, and bundle.json's {field} shape {list(shape)} says "
+                                f"{int(np.prod(shape))}; re-create the bundle with cam-infer split")
+        return values.reshape(n, *shape)
 
     @staticmethod
     def _checked(x: np.ndarray, item_shape: tuple, what: str) -> np.ndarray:

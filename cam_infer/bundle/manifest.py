@@ -64,6 +64,7 @@ class Bundle:
         if version != FORMAT_VERSION:
             raise CamInferError(f"bundle '{path}' has format version {version}; this cam-infer reads version "
                                 f"{FORMAT_VERSION}; re-create it with cam-infer split")
+        check_manifest(manifest, manifest_path)
         bundle = cls(path, manifest)
         bundle.check_graphs()
         return bundle
@@ -286,6 +287,58 @@ class Bundle:
         if role.startswith("maps-"):                    # a map and its saliency at the input (`tasks.in_pass`)
             return self.bytes_per_item("joined") + 4 * int(np.prod(self.input_shape[1:]))
         return int(self.manifest["memory"][f"{role}_bytes_per_item"])
+
+
+OUTPUT_KINDS = ("logits", "probabilities", "softmax", "sigmoid", "detections")
+
+
+def check_manifest(manifest: dict, path: Path) -> None:
+    """The fields every run reads, present and of their kind: an edited ``bundle.json`` is one line naming the
+    field, never an IndexError in the middle of a run (or labels shifted against the classes)."""
+    def refuse(what: str):
+        raise CamInferError(f"{path}: {what}; re-create the bundle with cam-infer split")
+
+    def section(name: str, *keys: str) -> dict:
+        value = manifest.get(name)
+        if not isinstance(value, dict):
+            refuse(f"'{name}' is missing or not an object")
+        for key in keys:
+            if key not in value:
+                refuse(f"'{name}.{key}' is missing")
+        return value
+
+    def positive_ints(name: str, value, allow_none_first: bool = False):
+        items = value if isinstance(value, list) else None
+        if not items or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 or
+                                (allow_none_first and i == 0 and v is None) for i, v in enumerate(items)):
+            refuse(f"'{name}' must be a list of positive integers, not {value!r}")
+
+    graphs = section("graphs")
+    if not graphs or not all(isinstance(g, dict) and "file" in g and "sha256" in g for g in graphs.values()):
+        refuse("'graphs' must name each graph's file and sha256")
+    try:
+        Preprocessing.from_dict(section("preprocessing"))
+    except (CamInferError, TypeError) as exc:
+        refuse(f"'preprocessing': {exc}")
+    positive_ints("input.shape", section("input", "name", "shape")["shape"], allow_none_first=True)
+    activation = section("activation", "name", "shape")
+    positive_ints("activation.shape", activation["shape"])
+    output = section("output", "kind", "num_classes")
+    classes = output["num_classes"]
+    if not isinstance(classes, int) or isinstance(classes, bool) or classes < 1:
+        refuse(f"'output.num_classes' must be a positive integer, not {classes!r}")
+    if output["kind"] not in OUTPUT_KINDS:
+        refuse(f"'output.kind' must be one of {', '.join(OUTPUT_KINDS)}, not {output['kind']!r}")
+    if "shape" in output:
+        positive_ints("output.shape", output["shape"])
+    labels = manifest.get("labels")
+    if labels is not None:
+        if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+            refuse("'labels' must be a list of strings, one per class")
+        if len(labels) != classes:
+            refuse(f"'labels' has {len(labels)} names for the model's {classes} classes")
+    if manifest.get("batch") not in ("dynamic", "fixed"):
+        refuse(f"'batch' must be 'dynamic' or 'fixed', not {manifest.get('batch')!r}")
 
 
 def write_manifest(folder: Path, manifest: dict) -> None:

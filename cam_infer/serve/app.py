@@ -29,6 +29,7 @@ from ..errors import CamInferError
 from ..version import __version__
 from .batcher import Batcher
 from .metrics import Metrics, endpoint_of
+from .models import known_parameters
 from .tensors import HEADER_LENGTH, ProtocolError, encode_response, parse_request
 
 OPEN_PATHS = ("/v2/health/live", "/v2/health/ready")
@@ -88,6 +89,11 @@ def create_app(served, name: str, *, token: str | None = None, max_body: int = 3
         except CamInferError as exc:
             raise ProtocolError(str(exc)) from None
         query = request.query_params
+        known_parameters(query.keys(), served.explain_parameters, "query parameter")
+        repeated = sorted({k for k in query.keys() if len(query.getlist(k)) > 1})
+        if repeated:
+            raise ProtocolError(f"query parameter{'s' if len(repeated) > 1 else ''} {', '.join(map(repr, repeated))} "
+                                "given more than once")
         if hasattr(served, "explain_image"):          # a segmenter: classes over regions of the sent image
             parameters = {k: _query_value(v) for k, v in query.items() if k in ("method", "class", "region")}
             answer = await batcher.call(served.explain_image, rgb, parameters, query.get("overlay"))

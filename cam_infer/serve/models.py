@@ -43,6 +43,8 @@ class Key:
 class ServedBundle:
     kind = "bundle"
     aliases: dict[str, str] = {}        # another name a client may ask an output by → the output's name
+    parameters = ("method", "class", "top_classes")         # what /infer's parameters may set
+    explain_parameters = ("method", "class", "overlay")     # what /explain's query may set
 
     def __init__(self, path, method: str, backend: str = "auto", device: str = "CPU", threads: int | None = None,
                  precision: str = "f32"):
@@ -83,6 +85,7 @@ class ServedBundle:
 
     def key(self, parameters: dict, n: int) -> tuple[Key, list | None]:
         """The batch key of a request's parameters, and its per-image classes (or None)."""
+        known_parameters(parameters, self.parameters)
         method = self.checked_method(str(parameters.get("method", self.method)))
         top_classes = _positive_int(parameters.get("top_classes", 1), "top_classes")
         classes = _classes(parameters.get("class"), n, self.bundle.num_classes, self.bundle.labels)
@@ -125,6 +128,7 @@ class ServedFused:
     (fused by this release) also answers /explain."""
 
     kind = "fused"
+    explain_parameters = ServedBundle.explain_parameters
 
     def __init__(self, path, backend: str = "auto", device: str = "CPU", threads: int | None = None,
                  precision: str = "f32"):
@@ -161,6 +165,7 @@ class ServedFused:
         return self.inputs, self.outputs
 
     def key(self, parameters: dict, n: int) -> tuple[Key, list | None]:
+        known_parameters(parameters, ServedBundle.parameters)
         method = str(parameters.get("method", self.method))
         if method != self.method:
             raise ProtocolError(f"this fused model computes {self.method}; it cannot change method per request")
@@ -249,6 +254,18 @@ def _fused_record(path: Path) -> tuple[dict, list, list]:
     return ({p.key: p.value for p in model.metadata_props},
             [_tensor(v) for v in model.graph.input if v.name not in initializers],
             [_tensor(v) for v in model.graph.output])
+
+
+PROTOCOL_PARAMETERS = ("binary_data_output",)      # the binary tensor extension's, read by `tensors`
+
+
+def known_parameters(given, allowed, where: str = "parameter") -> None:
+    """Refuse (400) a parameter this model does not read: a misspelt 'class' would otherwise explain another
+    class without a word."""
+    unknown = sorted(set(given) - set(allowed) - set(PROTOCOL_PARAMETERS))
+    if unknown:
+        raise ProtocolError(f"unknown {where}{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+                            f"this model takes {', '.join(allowed)}")
 
 
 def _port(port) -> dict:

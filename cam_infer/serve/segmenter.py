@@ -26,7 +26,7 @@ import numpy as np
 from ..errors import CamInferError
 from ..postprocess import normalise
 from ..segmentation.cut_set import finest_grid
-from .models import NO_CLASS, ServedBundle, _classes
+from .models import NO_CLASS, ServedBundle, _classes, known_parameters
 from .tensors import ProtocolError
 
 
@@ -41,6 +41,8 @@ class RegionKey:
 
 class ServedSegmenter(ServedBundle):
     """A segmentation bundle: `ServedBundle`'s runtime and method checks, the segmentation task's targets."""
+    parameters = ("method", "class", "region")
+    explain_parameters = ("method", "class", "region", "overlay")
 
     def checked_method(self, method: str) -> str:
         from ..methods import get_method
@@ -62,6 +64,7 @@ class ServedSegmenter(ServedBundle):
         return inputs, outputs
 
     def key(self, parameters: dict, n: int) -> tuple[RegionKey, list | None]:
+        known_parameters(parameters, self.parameters)
         method = self.checked_method(str(parameters.get("method", self.method)))
         if parameters.get("class") == "all" or isinstance(parameters.get("class"), list) and n == 1 and \
                 len(parameters["class"]) > 1:
