@@ -43,6 +43,9 @@ def model_inputs(images, preprocessing, check_input):
         return check_input(images), None, None
     if isinstance(images, (str, os.PathLike)) or (isinstance(images, np.ndarray) and images.ndim in (2, 3)):
         images = [images]
+    if not isinstance(images, (list, tuple, np.ndarray)):
+        raise CamInferError("explain() takes image paths, RGB arrays (H,W,3) or a preprocessed (N,C,H,W) float batch, "
+                            f"not {type(images).__name__}")
     originals, names = [], []
     for item in images:
         if isinstance(item, (str, os.PathLike)):
@@ -184,6 +187,8 @@ class Explainer:
                    "enhance_options": enhance_options, "finer": finer, "upsampled": upsampled,
                    "classes": classes, "boxes": boxes, "conf": conf, "iou": iou, "max_det": max_det, "region": region}
         self.task.check_request({k: v for k, v in request.items() if k != "target" and v is not DEFAULTS.get(k)})
+        if not isinstance(method, str):
+            raise CamInferError(f"method must be one method's name (a str), not {type(method).__name__}")
         spec = self.task.method(method)
         x, originals, names = self._inputs(images)
         request = self.task.request_for(spec, len(x), request)

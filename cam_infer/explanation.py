@@ -138,7 +138,11 @@ class Explanation:
             raise CamInferError(f"on must be 'original' or 'model', not {on!r}")
         if self.multi and j is None:
             j = 0
-        if not 0 <= i < len(self.targets) or (self.multi and not 0 <= j < self.targets.shape[1]):
+        if not self.multi:                      # one map per image: j is None, or 0 for the only one
+            if j not in (None, 0):
+                raise CamInferError(f"no map ({i}, {j}): this explanation has one map per image (j is None or 0)")
+            j = None
+        if not isinstance(i, (int, np.integer)) or not 0 <= i < len(self.targets) or (self.multi and not 0 <= j < self.targets.shape[1]):
             raise CamInferError(f"no map ({i}, {j}) in an explanation of shape {self.targets.shape}")
         original = image if image is not None else (self.images[i] if self.images else None)
         if original is None:
@@ -157,14 +161,17 @@ class Explanation:
 
     def save(self, folder, on: str = "original", colormap: str = "jet", alpha: float = 0.5) -> list[Path]:
         """Write one overlay per image and class: ``<image>_<method>_<label>.png`` (image i is ``image<i>``
-        when explain() got arrays; ``<image>_<method>.png`` for a class-agnostic map). A detector: one per
-        explained detection, ``<image>_<method>_<k>_<label>.png``. Returns the paths."""
+        when explain() got arrays, ``<image>_<i>`` when two images of the batch share a name; ``<image>_<method>.png``
+        for a class-agnostic map). A detector: one per explained detection, ``<image>_<method>_<k>_<label>.png``.
+        Returns the paths."""
         from .outputs import prepare_folder
 
         folder = prepare_folder(folder, "folder")
+        names = self.names or [f"image{i}" for i in range(self._images)]
+        shared = {name for name in names if names.count(name) > 1}
         paths = []
         for i in range(self._images):
-            stem = self.names[i] if self.names else f"image{i}"
+            stem = f"{names[i]}_{i}" if names[i] in shared else names[i]
             for j, shown in self._pictures(i):
                 path = folder / f"{stem}_{_safe(self.method)}{shown}.png"
                 write_png(path, self.overlay(i, j, on=on, colormap=colormap, alpha=alpha))

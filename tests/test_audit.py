@@ -374,6 +374,22 @@ def test_python_and_cli_audit_the_same_default_metrics(scenes, tmp_path):
             assert "not measured: pointing, energy, box" in page
 
 
+@pytest.mark.parametrize("content, message", [
+    ({"nothere.png": [[1, 2, 30, 40]]}, r"names none of the 6 images \(its keys: 'nothere.png'\)"),
+    ({"{first}": [[100, 100, 10, 10]]}, r"box \[100, 100, 10, 10\] is inverted"),
+    ({"{first}": [[1, 2]]}, r"a box must be \[x1, y1, x2, y2\] \(numbers\)"),
+    ({"{first}": [{"box": [1, "a", 3, 4], "label": "circle"}]}, "a box must be"),
+])
+def test_a_boxes_file_that_would_measure_nothing_is_one_line(scenes, tmp_path, content, message):
+    """Boxes naming none of the images, or a box no pixel is inside, would leave pointing silently unmeasured."""
+    folder, _ = scenes
+    first = sorted(folder.glob("*.png"))[0].name
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps({k.format(first=first): v for k, v in content.items()}))
+    with pytest.raises(CamInferError, match=message):
+        run_audit(SHAPES, [folder], AuditOptions(methods=("activation",), metrics=("pointing",)), tmp_path / "py",
+                  boxes=boxes, progress=False)
+
 def test_a_localisation_metric_asked_for_without_boxes_is_a_one_line_error(scenes, tmp_path):
     folder, _ = scenes
     with pytest.raises(CamInferError, match="metric pointing needs ground-truth boxes"):

@@ -43,11 +43,19 @@ def _corrupt_files(tmp_path, tiny_onnx_path):
      "is not a cut point: the head also reads 'relu1'"),
     (["split", "{tmp}/mlp.onnx", "--out", "{tmp}/b"], "no feature map"),
     (["split", "{tiny}", "--out", "{tmp}/b", "--labels", "{tmp}/nolabels.txt"], "labels file"),
+    (["split", "{tiny}", "--out", "{tmp}/b", "--labels", "{tmp}/labels.png"], "is not UTF-8 text"),
+    (["split", "{tiny}", "--out", "{tmp}/b", "--scale", "0"], "scale must be non-zero"),
     (["info", "{tmp}/nobundle"], "does not exist"),
+    (["synthetic", "--out", "{tmp}/s", "-n", "-3"], "the number of scenes must be at least 1, not -3"),
+    (["synthetic", "--out", "{tmp}/s", "-n", "2", "--seed", "-1"], "the seed must be 0 or more, not -1"),
+    (["serve", "{tiny}", "--port", "70000"], "port must be an integer from 0 (any free port) to 65535, not 70000"),
+    (["serve", "{tiny}", "--threads", "0"], "threads must be a positive integer, not 0"),
+    (["audit", "{shapes}", "{tmp}", "--out", "{tmp}/a", "--steps", "100000"], "steps must be an integer from 1 to 1024"),
 ])
 def test_user_errors_print_one_line(tmp_path, tiny_onnx_path, args, fragment):
     _corrupt_files(tmp_path, tiny_onnx_path)
-    args = [a.format(tmp=tmp_path, tiny=tiny_onnx_path) for a in args]
+    (tmp_path / "labels.png").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe" * 8)
+    args = [a.format(tmp=tmp_path, tiny=tiny_onnx_path, shapes=ROOT / "cam_infer" / "data" / "shapes") for a in args]
     assert_one_line_error(run_cli(*args), fragment)
 
 

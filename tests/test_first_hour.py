@@ -296,6 +296,30 @@ def test_explain_with_a_float_target_is_the_packages_error(tiny_bundle):
         ex.explain(x, "eigen", target=2.0)
 
 
+
+@pytest.mark.parametrize("call, message", [
+    (lambda b, x: Explainer(None), "a bundle is a folder .* not NoneType"),
+    (lambda b, x: Explainer(123), "a bundle is a folder .* not int"),
+    (lambda b, x: Explainer(b, threads="2"), "threads must be a positive integer, not '2'"),
+    (lambda b, x: Explainer(b, foo=1), "the onnxruntime backend takes no option 'foo'; it takes provider, device"),
+    (lambda b, x: Explainer(b, backend="openvino", hint="latency", bar=2), "the openvino backend takes no option 'bar'"),
+    (lambda b, x: Explainer(b).explain(x, method=None), r"method must be one method's name \(a str\), not NoneType"),
+    (lambda b, x: Explainer(b).explain(x, method=["recipro", "eigen"]), "method must be one method's name"),
+    (lambda b, x: Explainer(b).explain(5), "explain.. takes image paths, RGB arrays .* not int"),
+    (lambda b, x: Explainer(b).explain(None), "explain.. takes image paths, RGB arrays .* not NoneType"),
+    (lambda b, x: Explainer(b).explain(np.full((40, 50, 3), 90, np.uint8), "recipro").overlay(0, 3),
+     r"no map \(0, 3\): this explanation has one map per image"),
+])
+def test_api_misuse_is_the_packages_error_not_a_type_or_index_error(tiny_bundle, call, message):
+    x = np.zeros((1, *tiny_bundle.input_shape), np.float32)
+    with pytest.raises(CamInferError, match=message):
+        call(tiny_bundle, x)
+
+
+def test_overlay_of_a_one_map_explanation_takes_j_0_as_its_map(tiny_bundle):
+    e = Explainer(tiny_bundle).explain(np.full((40, 50, 3), 90, np.uint8), "recipro")
+    np.testing.assert_array_equal(e.overlay(0, 0), e.overlay(0))
+
 @pytest.fixture(scope="module")
 def crane_bundle(tmp_path_factory):
     from tiny_onnx import tiny_cnn

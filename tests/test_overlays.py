@@ -3,6 +3,9 @@ per image, captions and colour bars, the demo's labelled grid."""
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -221,6 +224,20 @@ def test_save_writes_overlays_on_the_original_images_named_by_image_method_and_l
     with pytest.raises(CamInferError, match="no original image"):
         shapes_explainer.explain(shapes_explainer.preprocess(scene_files), "eigen").overlay(0)
 
+
+def test_save_keeps_apart_two_images_of_one_name(shapes_explainer, scene_files, tmp_path):
+    """a/x.png and b/x.png, explained together, are two files (the second no longer overwrites the first)."""
+    twins = []
+    for folder, source in zip("ab", scene_files[:2]):
+        (tmp_path / folder).mkdir()
+        twins.append(Path(shutil.copy(source, tmp_path / folder / "x.png")))
+    for method in ("recipro", "eigen"):
+        e = shapes_explainer.explain(twins, method, target=0 if method == "recipro" else None)
+        paths = e.save(tmp_path / "out")
+        suffix = "_" + shapes_explainer.bundle.labels[0] if method == "recipro" else ""
+        assert [p.name for p in paths] == [f"x_{i}_{method}{suffix}.png" for i in (0, 1)]
+        for i, path in enumerate(paths):
+            np.testing.assert_array_equal(cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB), e.overlay(i))
 
 def test_plot_draws_images_by_classes(shapes_explainer, scene_files, tmp_path):
     pytest.importorskip("matplotlib")

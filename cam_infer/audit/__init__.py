@@ -19,6 +19,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import CamInferError
 from ..outputs import write_atomically
 from .report import (
@@ -41,6 +43,7 @@ from .work import COLUMNS, LOCALISATION, METRICS, OVERLAYS, AuditOptions, AuditW
 
 GRID = 48
 BATCH = 8           # images audited together: their curves and ADCC's re-explanations share the runtime's calls
+MAX_STEPS = 1024    # insertion/deletion steps: one model pass per step and image
 
 
 def run_audit(bundle, images, options: AuditOptions, out, *, boxes=None, restart: bool = False, grid: int = GRID,
@@ -64,6 +67,7 @@ def run_audit(bundle, images, options: AuditOptions, out, *, boxes=None, restart
         check_sanity(bundle, sanity)
     runner = make_runner(workers, ray, threads)
     truth = load_boxes(boxes, bundle)
+    check_boxes_match(truth, images, boxes)
     if options.target == "truth" and not truth:
         raise CamInferError("target 'truth' needs boxes with exactly one label per image (--boxes)")
     skipped_metrics = options.skipped_metrics(bool(truth))
@@ -166,8 +170,9 @@ def _check_options(bundle, options: AuditOptions) -> None:
                                  ("insertion substrate", options.insertion_substrate, ("zeros", "blur", "mean"))):
         if value not in choices:
             raise CamInferError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
-    if not isinstance(options.steps, int) or options.steps < 1:
-        raise CamInferError(f"steps must be a positive integer, not {options.steps!r}")
+    if not isinstance(options.steps, int) or not 1 <= options.steps <= MAX_STEPS:
+        raise CamInferError(f"steps must be an integer from 1 to {MAX_STEPS}, not {options.steps!r} (each step is one "
+                            "model pass per image; RISE uses 224 at 224x224)")
     if not 0 < options.box_threshold <= 1 or not 0 < options.iou_threshold <= 1:
         raise CamInferError("box and IoU thresholds must be in (0, 1]")
 
@@ -189,6 +194,7 @@ def load_boxes(path, bundle) -> dict:
 
     for image, entries in data.items():
         for entry in entries:
+            _check_box(entry.get("box") if isinstance(entry, dict) else entry, path, image)
             if isinstance(entry, dict) and entry.get("label") is not None:
                 label = entry["label"]
                 try:
@@ -197,6 +203,30 @@ def load_boxes(path, bundle) -> dict:
                 except CamInferError as exc:
                     raise CamInferError(f"boxes file '{path}', image '{image}': {exc}") from None
     return data
+
+
+def _check_box(box, path, image: str) -> None:
+    """[x1, y1, x2, y2]: four finite numbers, inclusive pixels, x1 ≤ x2 and y1 ≤ y2; else one line naming the image."""
+    numbers = isinstance(box, (list, tuple)) and len(box) == 4 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in box)
+    if not numbers:
+        raise CamInferError(f"boxes file '{path}', image '{image}': a box must be [x1, y1, x2, y2] (numbers) or "
+                            f"{{\"box\": [...], \"label\": ...}}, not {box!r}")
+    if box[2] < box[0] or box[3] < box[1]:
+        raise CamInferError(f"boxes file '{path}', image '{image}': box {list(box)} is inverted (x2 < x1 or y2 < y1)")
+
+
+def check_boxes_match(truth: dict, images, path) -> None:
+    """Refuse a boxes file that names none of the images: every box metric would be silently empty."""
+    if not truth:
+        return
+    from ..jobs.folders import collect_images
+    files = collect_images(images).files
+    if files and not any(boxes_for(truth, f, images) is not None for f in files):
+        first = ", ".join(repr(k) for k in list(truth)[:3])
+        more = " …" if len(truth) > 3 else ""
+        raise CamInferError(f"boxes file '{path}' names none of the {len(files)} images (its keys: {first}{more}); "
+                            "a key is an image's path, its path inside the folder given, or its file name")
 
 
 def boxes_for(truth: dict, image: Path, roots) -> list | None:

@@ -40,7 +40,21 @@ def load_backend(bundle: "Bundle | str | os.PathLike", backend: str = "auto", **
         others = [n for n, r in bundle.manifest["runtimes"].items() if r.get("runs") and n in BACKENDS]
         raise CamInferError(f"this bundle does not run on {name} ({runs.get('why_not', 'checked when it was made')})"
                             + (f"; use --backend {others[0]}" if others else ""))
+    check_options(BACKENDS[name], name, options)
     return BACKENDS[name](bundle, **options)
+
+
+def check_options(backend_class, name: str, options: dict) -> None:
+    """Options the backend does not take, or threads that are no count, as one line (not a TypeError)."""
+    import inspect
+    taken = [p for p in inspect.signature(backend_class.__init__).parameters if p not in ("self", "bundle")]
+    unknown = sorted(set(options) - set(taken))
+    if unknown:
+        raise CamInferError(f"the {name} backend takes no option {', '.join(map(repr, unknown))}; "
+                            f"it takes {', '.join(taken)}")
+    threads = options.get("threads")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise CamInferError(f"threads must be a positive integer, not {threads!r}")
 
 
 def backend_name(bundle: Bundle, backend: str) -> str:

@@ -46,6 +46,8 @@ class Bundle:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Bundle":
+        if not isinstance(path, (str, os.PathLike)):
+            raise CamInferError(f"a bundle is a folder (or a model file) given by its path, not {type(path).__name__}")
         path = Path(path)
         if path.is_file():
             path = cls.folder_of_model_file(path)

@@ -97,9 +97,13 @@ def read_labels(labels, num_classes: int) -> list[str] | None:
         return None
     if isinstance(labels, (str, os.PathLike)):
         path = Path(labels)
-        if not path.is_file():
+        if not path.exists() or path.is_dir():            # a pipe (<(...)) is no regular file, and is read
             raise CamInferError(f"labels file '{path}' does not exist")
-        labels = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise CamInferError(f"labels file '{path}' is not UTF-8 text (one class name per line)") from None
+        labels = [line.strip() for line in text.splitlines() if line.strip()]
     labels = [str(label) for label in labels]
     if len(labels) != num_classes:
         raise CamInferError(f"{len(labels)} labels given, but the model has {num_classes} classes")

@@ -355,6 +355,10 @@ def _scale_out(args) -> dict:
 
 def synthetic(args) -> int:
     from ..tools.synthetic import write_detection_scenes, write_scenes
+    if args.n < 1:
+        raise CamInferError(f"the number of scenes must be at least 1, not {args.n}")
+    if args.seed is not None and args.seed < 0:
+        raise CamInferError(f"the seed must be 0 or more, not {args.seed}")
     if args.split == "detection":
         out = write_detection_scenes(args.out, args.n, seed=1 if args.seed is None else args.seed)
         print(f"{args.n} detection scenes and boxes.json in {out}")

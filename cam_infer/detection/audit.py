@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..audit import CLEARED, OVERLAYS, boxes_for, load_boxes, thumbnail_grid
+from ..audit import CLEARED, OVERLAYS, boxes_for, check_boxes_match, load_boxes, thumbnail_grid
 from ..audit.baselines import GAUSSIAN, RANDOM, baseline_map
 from ..audit.intervals import uncertainty
 from ..audit.report import CSV_NAME, closing_lines, means_per_method, write_csv, write_html, write_uncertainty_csvs
@@ -70,6 +70,7 @@ def run_detection_audit(bundle, images, methods, out, *, boxes=None, backend: st
         get_method(m, "detection")
     runner = make_runner(workers, ray, threads)
     truth = load_boxes(boxes, explainer.bundle)
+    check_boxes_match(truth, images, boxes)
     baselines = tuple(b for b in (DRAWN if baselines is None else baselines) if b in DRAWN)
     settings = {"bundle": str(explainer.bundle.path.resolve()), "methods": list(methods), "boxes": boxes and
                 str(Path(boxes).resolve()), "tolerance": tolerance, "conf": conf, "options": options or {},
