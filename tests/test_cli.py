@@ -50,6 +50,13 @@ def _corrupt_files(tmp_path, tiny_onnx_path):
     (["synthetic", "--out", "{tmp}/s", "-n", "2", "--seed", "-1"], "the seed must be 0 or more, not -1"),
     (["serve", "{tiny}", "--port", "70000"], "port must be an integer from 0 (any free port) to 65535, not 70000"),
     (["serve", "{tiny}", "--threads", "0"], "threads must be a positive integer, not 0"),
+    (["explain", "{shapes}", "{tmp}", "--method", " , ", "--out", "{tmp}/o"], "--method names no method"),
+    (["explain", "{shapes}", "{tmp}", "--maps", "png", "--out", "{tmp}/o"], "give it with --overlays none"),
+    (["explain", "{shapes}", "{tmp}", "--enhance-option", "transforms=2", "--out", "{tmp}/o"],
+     "give the enhancer with --enhance"),
+    (["fuse", "{shapes}", "--out", "{tmp}/f.onnx", "--repository", "{tmp}/r", "--max-batch", "0"],
+     "--max-batch must be at least 1"),
+    (["fuse", "{shapes}", "--out", "{tmp}/f.onnx", "--repository", "{tmp}/notes.onnx"], "is a file; a model repository"),
     (["audit", "{shapes}", "{tmp}", "--out", "{tmp}/a", "--steps", "100000"], "steps must be an integer from 1 to 1024"),
 ])
 def test_user_errors_print_one_line(tmp_path, tiny_onnx_path, args, fragment):
@@ -57,6 +64,7 @@ def test_user_errors_print_one_line(tmp_path, tiny_onnx_path, args, fragment):
     (tmp_path / "labels.png").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe" * 8)
     args = [a.format(tmp=tmp_path, tiny=tiny_onnx_path, shapes=ROOT / "cam_infer" / "data" / "shapes") for a in args]
     assert_one_line_error(run_cli(*args), fragment)
+    assert not (tmp_path / "f.onnx").exists()                  # a refused fuse writes nothing
 
 
 @pytest.mark.parametrize("damage, fragment", [("missing", "missing its head graph"), ("modified", "was modified"),

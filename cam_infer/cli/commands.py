@@ -96,6 +96,11 @@ def explain(args) -> int:
     if detector_flags and bundle.task != "detection":
         raise CamInferError(f"{' and '.join(detector_flags)} {'is' if len(detector_flags) == 1 else 'are'} for "
                             f"detectors; this bundle is a {bundle.task} model")
+    if args.maps is not None and args.overlays != "none":
+        raise CamInferError(f"--maps says how maps are written without overlays; give it with --overlays none "
+                            f"(with --overlays {args.overlays} the maps are in the overlays)")
+    if args.enhance_option and args.enhance is None:
+        raise CamInferError("--enhance-option sets an enhancer's option; give the enhancer with --enhance")
     run = {"detection": explain_detections, "segmentation": explain_segments}.get(bundle.task, explain_classes)
     results, lines = run(bundle, args)
     for line in lines:
@@ -106,10 +111,18 @@ def explain(args) -> int:
     return 0
 
 
+def method_names(text: str) -> list[str]:
+    """--method's comma-separated names; none at all is an error, not a run that writes nothing."""
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    if not names:
+        raise CamInferError(f"--method names no method ({text!r}); give one or more, comma-separated")
+    return names
+
+
 def explain_classes(bundle, args):
     from ..jobs.explainers import open_explainer
     from ..runs import choose_methods, explain_files, parse_option
-    names = [m.strip() for m in args.method.split(",") if m.strip()]
+    names = method_names(args.method)
     explainer = open_explainer(bundle, args.backend, args.device, gradients=_gradients(names),
                                precision=args.precision, hint="throughput")
     methods, skipped = choose_methods(names, explainer.linear_head is not None)
@@ -135,7 +148,7 @@ def explain_segments(bundle, args):
     from ..methods import in_all
     from ..runs import parse_option
     from ..segmentation.runs import explain_segmentation_files, summary_lines
-    names = [m.strip() for m in args.method.split(",") if m.strip()]
+    names = method_names(args.method)
     methods = in_all("segmentation") if names == ["all"] else names
     for flag in ("finer", "enhance"):
         if getattr(args, flag) is not None:
@@ -167,7 +180,7 @@ def explain_detections(bundle, args):
     from ..jobs.explainers import open_explainer
     from ..runs import parse_option
     from ..methods import in_all
-    names = [m.strip() for m in args.method.split(",") if m.strip()]
+    names = method_names(args.method)
     methods = in_all("detection") if names == ["all"] else names
     for flag in ("target", "finer", "enhance"):
         if getattr(args, flag) is not None:
@@ -380,6 +393,10 @@ def fuse(args) -> int:
     from ..tasks import task_of
     if Path(args.out).exists() and not args.force:
         raise CamInferError(f"'{args.out}' exists; choose another --out or pass --force")
+    if args.repository and args.max_batch < 1:           # checked before anything is written
+        raise CamInferError("--max-batch must be at least 1")
+    if args.repository and Path(args.repository).exists() and not Path(args.repository).is_dir():
+        raise CamInferError(f"--repository '{args.repository}' is a file; a model repository is a folder")
     bundle = Bundle.load(args.bundle)
     task = task_of(bundle).name
     wanted = ".xml" if bundle.graph_format == "openvino" and task != "detection" else ".onnx"
@@ -395,8 +412,6 @@ def fuse(args) -> int:
     print(_fused_summary(model, path, bundle, task, args.method))
     if args.repository:
         from ..fuse.repository import write_repository
-        if args.max_batch < 1:
-            raise CamInferError("--max-batch must be at least 1")
         folder = write_repository(model, args.repository, path.stem, max_batch=args.max_batch)
         print(f"model repository: {folder} (Triton: config.pbtxt; OpenVINO Model Server: {folder.parent / 'config.json'},"
               " mounted at /models)")
