@@ -51,6 +51,7 @@ def _corrupt_files(tmp_path, tiny_onnx_path):
     (["serve", "{tiny}", "--port", "70000"], "port must be an integer from 0 (any free port) to 65535, not 70000"),
     (["serve", "{tiny}", "--threads", "0"], "threads must be a positive integer, not 0"),
     (["explain", "{shapes}", "{tmp}", "--method", " , ", "--out", "{tmp}/o"], "--method names no method"),
+    (["bench", "{shapes}", "--backend", "nope"], "unknown backend 'nope'"),
     (["explain", "{shapes}", "{tmp}", "--maps", "png", "--out", "{tmp}/o"], "give it with --overlays none"),
     (["explain", "{shapes}", "{tmp}", "--enhance-option", "transforms=2", "--out", "{tmp}/o"],
      "give the enhancer with --enhance"),

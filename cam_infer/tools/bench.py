@@ -92,7 +92,8 @@ def measure_in_subprocess(bundle_path: str, backend: str, method: str, options: 
     if process.returncode != 0:
         lines = stderr.strip().splitlines()
         error = MethodNotApplicable if process.returncode == NOT_APPLICABLE else CamInferError
-        raise error(f"benchmark of {method} on {backend} failed: {lines[-1] if lines else 'no output'}")
+        last = lines[-1].removeprefix("cam-infer: error: ") if lines else "no output"
+        raise error(f"benchmark of {method} on {backend} failed: {last}")
     result = json.loads(stdout.strip().splitlines()[-1])
     result["peak_mb"] = result.pop("maxrss_kb") / 1024
     return result
