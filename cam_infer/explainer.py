@@ -39,7 +39,10 @@ def model_inputs(images, preprocessing, check_input):
     None, their names or None). A batch is checked with `check_input`; images are preprocessed."""
     from .images import as_rgb_uint8, load_image
 
-    if isinstance(images, np.ndarray) and images.ndim == 4 and images.dtype.kind == "f":
+    if isinstance(images, np.ndarray) and images.ndim == 4 and images.dtype != np.uint8:   # uint8: (N,H,W,3) photos
+        if images.dtype.kind != "f":
+            raise CamInferError(f"a preprocessed (N,C,H,W) batch must be floating point, not {images.dtype} (photos "
+                                "as arrays are (H,W,3) uint8)")
         return check_input(images), None, None
     if isinstance(images, (str, os.PathLike)) or (isinstance(images, np.ndarray) and images.ndim in (2, 3)):
         images = [images]

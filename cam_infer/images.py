@@ -324,6 +324,9 @@ def _pil_resize(rgb: np.ndarray, width: int, height: int, kernel, support: float
 def load_image(path: str | os.PathLike) -> np.ndarray:
     """Decode an image file to (H,W,3) RGB uint8; every failure is a `CamInferError`."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise UnreadableImage(f"'{path}' is a folder, not an image (the cam-infer commands take folders; in Python, "
+                              "list its images)")
     if not os.path.isfile(path):
         raise UnreadableImage(f"image '{path}' does not exist")
     return decode_image(np.fromfile(path, dtype=np.uint8), f"'{path}'")

@@ -307,6 +307,8 @@ def test_explain_with_a_float_target_is_the_packages_error(tiny_bundle):
     (lambda b, x: Explainer(b).explain(x, method=["recipro", "eigen"]), "method must be one method's name"),
     (lambda b, x: Explainer(b).explain(5), "explain.. takes image paths, RGB arrays .* not int"),
     (lambda b, x: Explainer(b).explain(None), "explain.. takes image paths, RGB arrays .* not NoneType"),
+    (lambda b, x: Explainer(b).explain(x.astype(np.int64)), r"a preprocessed \(N,C,H,W\) batch must be floating point"),
+    (lambda b, x: Explainer(b).explain([ROOT / "cam_infer"]), "is a folder, not an image"),
     (lambda b, x: Explainer(b).explain(np.full((40, 50, 3), 90, np.uint8), "recipro").overlay(0, 3),
      r"no map \(0, 3\): this explanation has one map per image"),
 ])
@@ -319,6 +321,9 @@ def test_api_misuse_is_the_packages_error_not_a_type_or_index_error(tiny_bundle,
 def test_overlay_of_a_one_map_explanation_takes_j_0_as_its_map(tiny_bundle):
     e = Explainer(tiny_bundle).explain(np.full((40, 50, 3), 90, np.uint8), "recipro")
     np.testing.assert_array_equal(e.overlay(0, 0), e.overlay(0))
+    stack = np.stack([np.full((40, 50, 3), v, np.uint8) for v in (90, 200)])      # (N,H,W,3) photos, still taken
+    both = Explainer(tiny_bundle).explain(stack, "recipro")
+    np.testing.assert_array_equal(both.overlay(0), e.overlay(0))
 
 @pytest.fixture(scope="module")
 def crane_bundle(tmp_path_factory):

@@ -280,6 +280,8 @@ class Graph:
         image = next(i for i in model.graph.input if i.name == self.image_input.name)
         dims = image.type.tensor_type.shape.dim
         spec = self.input_spec
+        if input_size is not None and (len(input_size) != 2 or min(input_size) < 1):
+            raise CamInferError(f"input size must be two positive integers (H W), not {' '.join(map(str, input_size))}")
         size = input_size or spec.size
         if not size[0] or not size[1]:
             raise CamInferError(f"the model input '{image.name}' has no fixed spatial size; "
