@@ -268,6 +268,7 @@ def test_bad_requests_get_one_line_4xx_and_the_server_goes_on(server, batch):
         (binary_request(x, parameters={"top_classes": 0}), 400, "'top_classes' must be a positive integer"),
         (binary_request(x, parameters={"class": 99}), 400, "class 99 is not a class of this model"),
         (binary_request(x, parameters={"method": "gradcam"}), 400, "is not served"),
+        (binary_request(np.full_like(x, np.nan)), 400, "holds NaN or infinite values"),
         ((b'{"inputs": [', {"Content-Type": "application/json"}), 400, "not valid JSON"),
         ((b'{"inputs": []}', {}), 400, "non-empty 'inputs' list"),
         ((json.dumps({"inputs": [{"name": "input", "shape": [1, 3, 128, 128], "datatype": "FP32",
@@ -412,6 +413,8 @@ def test_a_fused_model_is_served_as_it_computes(tmp_path, batch, server, scenes)
             (o.name, {"tensor(float)": "FP32", "tensor(int64)": "INT64"}[o.type]) for o in session.get_outputs()]
         wrong = binary_request(batch[:1], parameters={"method": "eigen"})
         assert_error(fused_server.request("/v2/models/shapes_recipro/infer", *wrong), 400, "computes recipro")
+        nan = binary_request(np.full_like(batch[:1], np.nan))
+        assert_error(fused_server.request("/v2/models/shapes_recipro/infer", *nan), 400, "holds NaN or infinite values")
         assert_same_explanations(fused_server, server, scenes[0].read_bytes(), "?overlay=png")
         pixels = np.clip(np.round(batch[:2].transpose(0, 2, 3, 1) * 255), 0, 255).astype(np.uint8)
         tensor = http.InferInput("input", list(pixels.shape), "UINT8")
