@@ -45,6 +45,7 @@ def _corrupt_files(tmp_path, tiny_onnx_path):
     (["split", "{tiny}", "--out", "{tmp}/b", "--labels", "{tmp}/nolabels.txt"], "labels file"),
     (["split", "{tiny}", "--out", "{tmp}/b", "--labels", "{tmp}/labels.png"], "is not UTF-8 text"),
     (["split", "{tiny}", "--out", "{tmp}/b", "--scale", "0"], "scale must be non-zero"),
+    (["split", "{tiny}", "--out", "{tmp}/b", "--conf", "0.5", "--cut", "backbone"], "--cut, --conf are for detectors"),
     (["split", "{tiny}", "--out", "{tmp}/b", "--input-size", "0", "0"], "input size must be two positive integers (H W)"),
     (["info", "{tmp}/nobundle"], "does not exist"),
     (["synthetic", "--out", "{tmp}/s", "-n", "-3"], "the number of scenes must be at least 1, not -3"),

@@ -99,11 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "segmenter: a layer a skip connection bypasses, or a,b,..., gives a cut set")
     p.add_argument("--task", default="auto", choices=["auto", *TASKS],
                    help="auto (default): a detector is recognised by its metadata or its (N, 4+C, anchors) output")
-    p.add_argument("--cut", default="detect-input",
+    p.add_argument("--cut",
                    help="detectors: detect-input (default: the maps the detection head reads, strides 8/16/32), "
                         "backbone (one stride-8 map before the neck: maps with image context), or tensor names")
-    p.add_argument("--conf", type=float, default=0.25, help="detectors: score threshold of the NMS (default 0.25)")
-    p.add_argument("--iou", type=float, default=0.7, help="detectors: IoU threshold of the NMS (default 0.7)")
+    p.add_argument("--conf", type=float, help="detectors: score threshold of the NMS (default 0.25)")
+    p.add_argument("--iou", type=float, help="detectors: IoU threshold of the NMS (default 0.7)")
     _out(p, "bundle folder to write", "replace an existing bundle in --out")
     p.add_argument("--layout", choices=["nchw", "nhwc"], help="the input's layout, when its shape does not tell")
     _preprocessing_args(p)
