@@ -245,7 +245,7 @@ def test_audit_resume_redoes_an_image_whose_file_changed(tmp_path, tiny_bundle):
     assert [r for r in rows if str(a) in r] != [r for r in rows_before if str(a) in r]     # a redone
 
 
-@pytest.mark.parametrize("suffix", [".jfif", ".jpe", ".tif", ".tiff", ".webp", ".bmp", ".pgm", ".ppm"])
+@pytest.mark.parametrize("suffix", [".jfif", ".jpe", ".tif", ".tiff", ".webp", ".bmp", ".pgm", ".ppm", ".gif"])
 def test_every_suffix_opencv_decodes_is_found_in_folders(tmp_path, suffix):
     image = np.random.default_rng(0).integers(0, 256, (20, 30, 3), np.uint8)
     path = tmp_path / f"x{suffix}"

@@ -15,7 +15,7 @@ from ..outputs import fingerprint
 # Every suffix OpenCV's decoder reads (JPEG and its aliases, PNG, BMP, TIFF, WebP, JPEG 2000, the PNM family,
 # Sun raster, OpenEXR, Radiance HDR).
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".dib", ".tif", ".tiff", ".webp", ".jp2",
-                  ".ppm", ".pgm", ".pbm", ".pnm", ".pxm", ".pfm", ".sr", ".ras", ".exr", ".hdr", ".pic"}
+                  ".ppm", ".pgm", ".pbm", ".pnm", ".pxm", ".pfm", ".sr", ".ras", ".exr", ".hdr", ".pic", ".gif"}
 
 
 @dataclass
