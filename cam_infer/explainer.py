@@ -39,16 +39,18 @@ def model_inputs(images, preprocessing, check_input):
     None, their names or None). A batch is checked with `check_input`; images are preprocessed."""
     from .images import as_rgb_uint8, load_image
 
-    if isinstance(images, np.ndarray) and images.ndim == 4 and images.dtype != np.uint8:   # uint8: (N,H,W,3) photos
-        if images.dtype.kind != "f":
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        if images.dtype.kind == "f":
+            return check_input(images), None, None
+        if images.shape[-1] not in (1, 2, 3, 4):       # not a stack of (H,W,C) photos: an integer (N,C,H,W) batch
             raise CamInferError(f"a preprocessed (N,C,H,W) batch must be floating point, not {images.dtype} (photos "
-                                "as arrays are (H,W,3) uint8)")
-        return check_input(images), None, None
+                                "as arrays are (H,W,3), uint8 or uint16)")
     if isinstance(images, (str, os.PathLike)) or (isinstance(images, np.ndarray) and images.ndim in (2, 3)):
         images = [images]
-    if not isinstance(images, (list, tuple, np.ndarray)):
+    if isinstance(images, (bytes, bytearray)) or not hasattr(images, "__iter__"):
         raise CamInferError("explain() takes image paths, RGB arrays (H,W,3) or a preprocessed (N,C,H,W) float batch, "
                             f"not {type(images).__name__}")
+    images = list(images)                     # a generator of paths (Path.glob) is taken
     originals, names = [], []
     for item in images:
         if isinstance(item, (str, os.PathLike)):

@@ -142,7 +142,8 @@ class Explanation:
             if j not in (None, 0):
                 raise CamInferError(f"no map ({i}, {j}): this explanation has one map per image (j is None or 0)")
             j = None
-        if not isinstance(i, (int, np.integer)) or not 0 <= i < len(self.targets) or (self.multi and not 0 <= j < self.targets.shape[1]):
+        if not isinstance(i, (int, np.integer)) or not 0 <= i < len(self.targets) or \
+                (self.multi and not 0 <= j < self.targets.shape[1]):
             raise CamInferError(f"no map ({i}, {j}) in an explanation of shape {self.targets.shape}")
         original = image if image is not None else (self.images[i] if self.images else None)
         if original is None:
@@ -217,4 +218,3 @@ class Explanation:
 
 def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:60] or "class"
-

@@ -129,7 +129,7 @@ class Preprocessing:
             return h, w, 0, 0
         if self.crop == "letterbox":             # Ultralytics' LetterBox(center=True), no upscaling limit
             ratio = min(h / src_h, w / src_w)
-            new_w, new_h = int(round(src_w * ratio)), int(round(src_h * ratio))
+            new_w, new_h = max(1, int(round(src_w * ratio))), max(1, int(round(src_h * ratio)))   # a 1-px-thin photo
             return new_h, new_w, -int(round((h - new_h) / 2 - 0.1)), -int(round((w - new_w) / 2 - 0.1))
         ratio = self.resize / min(src_h, src_w)
         new_w, new_h = max(w, int(round(src_w * ratio))), max(h, int(round(src_h * ratio)))
@@ -354,9 +354,10 @@ def _number(name: str, value, kind=float):
     """A preprocessing number as `kind`, finite, or one line saying which setting is not one."""
     try:
         number = kind(value) if not isinstance(value, (str, bytes, bool)) else None
+        finite = number is not None and bool(np.isfinite(number))
     except (TypeError, ValueError, OverflowError):
-        number = None
-    if number is None or not np.isfinite(number) or (kind is int and number != value):
+        finite = False
+    if not finite or (kind is int and number != value):
         raise CamInferError(f"{name} must be {'an integer' if kind is int else 'a finite number'}, not {value!r}")
     return number
 

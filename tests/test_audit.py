@@ -390,6 +390,7 @@ def test_a_boxes_file_that_would_measure_nothing_is_one_line(scenes, tmp_path, c
         run_audit(SHAPES, [folder], AuditOptions(methods=("activation",), metrics=("pointing",)), tmp_path / "py",
                   boxes=boxes, progress=False)
 
+
 def test_a_localisation_metric_asked_for_without_boxes_is_a_one_line_error(scenes, tmp_path):
     folder, _ = scenes
     with pytest.raises(CamInferError, match="metric pointing needs ground-truth boxes"):

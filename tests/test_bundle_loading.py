@@ -38,7 +38,6 @@ def test_bundle_from_a_newer_format_is_an_error(bundle_copy):
         Bundle.load(bundle_copy)
 
 
-
 def _edited(folder, edit):
     manifest = json.loads((folder / "bundle.json").read_text())
     edit(manifest)
@@ -92,6 +91,7 @@ def test_an_input_holding_nan_or_infinity_is_refused_naming_the_images(tiny_bund
         explainer.explain(x, "recipro")
     assert explainer.explain(x[[0, 2]], "recipro").scores.shape == (2,)
 
+
 @pytest.mark.parametrize("content, message", [(None, "has no bundle.json"), ("{not json", "not valid JSON"),
                                               ('{"a": 1}', "not a cam-infer bundle manifest")])
 def test_folder_that_is_not_a_bundle_is_an_error(tmp_path, content, message):
@@ -107,6 +107,7 @@ def test_missing_bundle_folder_is_an_error(tmp_path):
 
 
 # --- a model file where a bundle folder is taken ------------------------------------------------------------
+
 
 @pytest.fixture
 def model_cache(tmp_path, monkeypatch):

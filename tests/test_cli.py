@@ -46,7 +46,7 @@ def _corrupt_files(tmp_path, tiny_onnx_path):
     (["split", "{tiny}", "--out", "{tmp}/b", "--labels", "{tmp}/labels.png"], "is not UTF-8 text"),
     (["split", "{tiny}", "--out", "{tmp}/b", "--scale", "0"], "scale must be non-zero"),
     (["split", "{tiny}", "--out", "{tmp}/b", "--conf", "0.5", "--cut", "backbone"], "--cut, --conf are for detectors"),
-    (["split", "{tiny}", "--out", "{tmp}/b", "--input-size", "0", "0"], "input size must be two positive integers (H W)"),
+    (["split", "{tiny}", "--out", "{tmp}/b", "--input-size", "0", "0"], "input size must be two positive integers"),
     (["info", "{tmp}/nobundle"], "does not exist"),
     (["synthetic", "--out", "{tmp}/s", "-n", "-3"], "the number of scenes must be at least 1, not -3"),
     (["synthetic", "--out", "{tmp}/s", "-n", "2", "--seed", "-1"], "the seed must be 0 or more, not -1"),
@@ -59,8 +59,10 @@ def _corrupt_files(tmp_path, tiny_onnx_path):
      "give the enhancer with --enhance"),
     (["fuse", "{shapes}", "--out", "{tmp}/f.onnx", "--repository", "{tmp}/r", "--max-batch", "0"],
      "--max-batch must be at least 1"),
-    (["fuse", "{shapes}", "--out", "{tmp}/f.onnx", "--repository", "{tmp}/notes.onnx"], "is a file; a model repository"),
-    (["audit", "{shapes}", "{tmp}", "--out", "{tmp}/a", "--steps", "100000"], "steps must be an integer from 1 to 1024"),
+    (["fuse", "{shapes}", "--out", "{tmp}/f.onnx", "--repository", "{tmp}/notes.onnx"],
+     "is a file; a model repository"),
+    (["audit", "{shapes}", "{tmp}", "--out", "{tmp}/a", "--steps", "100000"],
+     "steps must be an integer from 1 to 1024"),
 ])
 def test_user_errors_print_one_line(tmp_path, tiny_onnx_path, args, fragment):
     _corrupt_files(tmp_path, tiny_onnx_path)

@@ -245,7 +245,11 @@ def test_audit_resume_redoes_an_image_whose_file_changed(tmp_path, tiny_bundle):
     assert [r for r in rows if str(a) in r] != [r for r in rows_before if str(a) in r]     # a redone
 
 
-@pytest.mark.parametrize("suffix", [".jfif", ".jpe", ".tif", ".tiff", ".webp", ".bmp", ".pgm", ".ppm", ".gif"])
+OPENCV_4 = pytest.mark.skipif(int(cv2.__version__.split(".")[0]) < 5, reason="OpenCV 4 reads no GIF by default")
+
+
+@pytest.mark.parametrize("suffix", [".jfif", ".jpe", ".tif", ".tiff", ".webp", ".bmp", ".pgm", ".ppm",
+                                    pytest.param(".gif", marks=OPENCV_4)])
 def test_every_suffix_opencv_decodes_is_found_in_folders(tmp_path, suffix):
     image = np.random.default_rng(0).integers(0, 256, (20, 30, 3), np.uint8)
     path = tmp_path / f"x{suffix}"
@@ -296,13 +300,13 @@ def test_explain_with_a_float_target_is_the_packages_error(tiny_bundle):
         ex.explain(x, "eigen", target=2.0)
 
 
-
 @pytest.mark.parametrize("call, message", [
     (lambda b, x: Explainer(None), "a bundle is a folder .* not NoneType"),
     (lambda b, x: Explainer(123), "a bundle is a folder .* not int"),
     (lambda b, x: Explainer(b, threads="2"), "threads must be a positive integer, not '2'"),
     (lambda b, x: Explainer(b, foo=1), "the onnxruntime backend takes no option 'foo'; it takes provider, device"),
-    (lambda b, x: Explainer(b, backend="openvino", hint="latency", bar=2), "the openvino backend takes no option 'bar'"),
+    (lambda b, x: Explainer(b, backend="openvino", hint="latency", bar=2),
+     "the openvino backend takes no option 'bar'"),
     (lambda b, x: Explainer(b).explain(x, method=None), r"method must be one method's name \(a str\), not NoneType"),
     (lambda b, x: Explainer(b).explain(x, method=["recipro", "eigen"]), "method must be one method's name"),
     (lambda b, x: Explainer(b).explain(5), "explain.. takes image paths, RGB arrays .* not int"),
@@ -324,6 +328,19 @@ def test_overlay_of_a_one_map_explanation_takes_j_0_as_its_map(tiny_bundle):
     stack = np.stack([np.full((40, 50, 3), v, np.uint8) for v in (90, 200)])      # (N,H,W,3) photos, still taken
     both = Explainer(tiny_bundle).explain(stack, "recipro")
     np.testing.assert_array_equal(both.overlay(0), e.overlay(0))
+    wide = Explainer(tiny_bundle).explain(stack.astype(np.uint16) * 257, "recipro")   # 16-bit photos too
+    np.testing.assert_array_equal(wide.maps, both.maps)
+
+
+def test_explain_takes_a_generator_of_paths(tiny_bundle, tmp_path):
+    for i in range(2):
+        cv2.imwrite(str(tmp_path / f"p{i}.png"), np.full((40, 50, 3), 60 + 100 * i, np.uint8))
+    explainer = Explainer(tiny_bundle)
+    from_glob = explainer.explain(sorted(tmp_path.glob("*.png")).__iter__(), "recipro")
+    listed = explainer.explain(sorted(tmp_path.glob("*.png")), "recipro")
+    assert from_glob.names == ["p0", "p1"]
+    np.testing.assert_array_equal(from_glob.maps, listed.maps)
+
 
 @pytest.fixture(scope="module")
 def crane_bundle(tmp_path_factory):

@@ -79,14 +79,15 @@ def test_original_overlay_greys_what_the_model_did_not_see():
     assert not (picture[seen] == picture[~seen][0]).all(axis=-1).any()
 
 
-
+@pytest.mark.parametrize("crop", ["center", "letterbox"])
 @pytest.mark.parametrize("shape", [(224, 1), (1, 500), (1, 2), (2, 1)])
-def test_a_one_pixel_thin_image_shows_the_pixel_the_model_saw(shape):
+def test_a_one_pixel_thin_image_shows_the_pixel_the_model_saw(shape, crop):
     """Resized so that its short side is 256, a 1-pixel-thin image becomes one stretched pixel: no pixel centre
     lands inside the crop, and the pixel that covers the input's centre is what the model saw (not an empty
-    window, which OpenCV could not blend)."""
-    prep = Preprocessing((224, 224))
+    window, which OpenCV could not blend). A letterbox keeps at least one pixel of each side."""
+    prep = Preprocessing((224, 224), crop=crop)
     rgb = np.full((*shape, 3), 200, np.uint8)
+    assert prep.geometry(rgb).shape == (224, 224, 3)            # a letterbox resized it to 0 pixels, once
     picture = overlay_picture(np.ones((224, 224), np.float32), rgb, prep, None, bar=False)
     rows, cols = prep.seen_window(shape)
     assert picture.shape == (*shape, 3) and rows.stop - rows.start >= 1 and cols.stop - cols.start >= 1
@@ -238,6 +239,7 @@ def test_save_keeps_apart_two_images_of_one_name(shapes_explainer, scene_files, 
         assert [p.name for p in paths] == [f"x_{i}_{method}{suffix}.png" for i in (0, 1)]
         for i, path in enumerate(paths):
             np.testing.assert_array_equal(cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB), e.overlay(i))
+
 
 def test_plot_draws_images_by_classes(shapes_explainer, scene_files, tmp_path):
     pytest.importorskip("matplotlib")

@@ -143,6 +143,7 @@ def assert_same(got: dict, want: dict) -> None:
 
 # --- the protocol, with a real client -------------------------------------------------------------------
 
+
 def test_tritonclient_gets_the_explainers_answers(server, explainer, batch):
     client = server.client()
     assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("shapes")
@@ -243,6 +244,7 @@ def test_a_class_agnostic_method_is_served_as_one_map_under_no_class(server, exp
 
 # --- bad requests -------------------------------------------------------------------------------------
 
+
 def binary_request(x: np.ndarray, datatype: str = "FP32", name: str = "input", parameters=None) -> tuple[bytes, dict]:
     header = json.dumps({"inputs": [{"name": name, "shape": list(x.shape), "datatype": datatype,
                                      "parameters": {"binary_data_size": x.nbytes}}],
@@ -297,7 +299,6 @@ def test_bad_requests_get_one_line_4xx_and_the_server_goes_on(server, batch):
     assert server.request(infer, *binary_request(x))[0] == 200
 
 
-
 def test_a_parameter_the_model_does_not_read_is_refused_never_ignored(server, batch, scenes):
     """A misspelt 'class' (or a parameter given twice) would otherwise explain another class without a word."""
     infer, x, photo = "/v2/models/shapes/infer", batch[:1], scenes[0].read_bytes()
@@ -310,6 +311,9 @@ def test_a_parameter_the_model_does_not_read_is_refused_never_ignored(server, ba
     for path in ("/explain?class=1&overlay=png", "/explain"):
         assert server.request(path, photo)[0] == 200
     assert server.request(infer, *binary_request(x, parameters={"class": 1, "binary_data_output": True}))[0] == 200
+    reserved = {"timeout": 1000000, "priority": 1, "sequence_id": 0}        # Triton's, sent by tritonclient
+    assert server.request(infer, *binary_request(x, parameters=reserved))[0] == 200
+
 
 def test_the_token_guards_everything_but_the_health_probes(batch):
     server = Server(SHAPES, "--token", "s3cret")
@@ -332,6 +336,7 @@ def test_the_token_guards_everything_but_the_health_probes(batch):
 
 
 # --- load, metrics, shutdown ------------------------------------------------------------------------------
+
 
 def test_32_concurrent_clients_all_get_their_own_answers_batched(server, explainer, batch):
     methods = ["recipro", "eigen", "ablation"]
@@ -394,6 +399,7 @@ def test_sigterm_lets_the_request_in_flight_finish(batch):
 
 
 # --- fused models and their repository --------------------------------------------------------------------
+
 
 def test_a_fused_model_is_served_as_it_computes(tmp_path, batch, server, scenes):
     fused = tmp_path / "shapes_recipro.onnx"

@@ -172,7 +172,7 @@ def _check_options(bundle, options: AuditOptions) -> None:
             raise CamInferError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
     if not isinstance(options.steps, int) or not 1 <= options.steps <= MAX_STEPS:
         raise CamInferError(f"steps must be an integer from 1 to {MAX_STEPS}, not {options.steps!r} (each step is one "
-                            "model pass per image; RISE uses 224 at 224x224)")
+                            "model pass per image; RISE's 224·8 pixels a step is 28 at 224x224)")
     if not 0 < options.box_threshold <= 1 or not 0 < options.iou_threshold <= 1:
         raise CamInferError("box and IoU thresholds must be in (0, 1]")
 
@@ -206,7 +206,8 @@ def load_boxes(path, bundle) -> dict:
 
 
 def _check_box(box, path, image: str) -> None:
-    """[x1, y1, x2, y2]: four finite numbers, inclusive pixels, x1 ≤ x2 and y1 ≤ y2; else one line naming the image."""
+    """[x1, y1, x2, y2]: four finite numbers, inclusive pixels, x1 ≤ x2 and y1 ≤ y2; else one line naming the
+    image."""
     numbers = isinstance(box, (list, tuple)) and len(box) == 4 and all(
         isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in box)
     if not numbers:

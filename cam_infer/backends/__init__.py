@@ -10,6 +10,8 @@ several threads at once. Every runtime session of the package opens through `ses
 
 from __future__ import annotations
 
+import numbers
+
 import os
 
 from ..bundle import Bundle
@@ -53,7 +55,7 @@ def check_options(backend_class, name: str, options: dict) -> None:
         raise CamInferError(f"the {name} backend takes no option {', '.join(map(repr, unknown))}; "
                             f"it takes {', '.join(taken)}")
     threads = options.get("threads")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1):
         raise CamInferError(f"threads must be a positive integer, not {threads!r}")
 
 

@@ -46,8 +46,9 @@ class Backend(ABC):
         finite = np.isfinite(x).reshape(len(x), -1).all(axis=1)
         if not finite.all():
             bad = np.flatnonzero(~finite)
-            raise CamInferError(f"input image{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad[:5]))}"
-                                f"{' …' if len(bad) > 5 else ''} of the batch hold{'' if len(bad) > 1 else 's'} NaN or "
+            many = len(bad) > 1
+            raise CamInferError(f"input image{'s' if many else ''} {', '.join(map(str, bad[:5]))}"
+                                f"{' …' if len(bad) > 5 else ''} of the batch hold{'' if many else 's'} NaN or "
                                 "infinite values: the model cannot score them")
         return x
 

@@ -318,8 +318,9 @@ def check_manifest(manifest: dict, path: Path) -> None:
     graphs = section("graphs")
     if not graphs or not all(isinstance(g, dict) and "file" in g and "sha256" in g for g in graphs.values()):
         refuse("'graphs' must name each graph's file and sha256")
+    preprocessing = section("preprocessing")
     try:
-        Preprocessing.from_dict(section("preprocessing"))
+        Preprocessing.from_dict(preprocessing)
     except (CamInferError, TypeError) as exc:
         refuse(f"'preprocessing': {exc}")
     positive_ints("input.shape", section("input", "name", "shape")["shape"], allow_none_first=True)

@@ -97,7 +97,9 @@ def read_labels(labels, num_classes: int) -> list[str] | None:
         return None
     if isinstance(labels, (str, os.PathLike)):
         path = Path(labels)
-        if not path.exists() or path.is_dir():            # a pipe (<(...)) is no regular file, and is read
+        if path.is_dir():
+            raise CamInferError(f"labels file '{path}' is a folder; give the text file, one class name per line")
+        if not path.exists():                             # a pipe (<(...)) is no regular file, and is read
             raise CamInferError(f"labels file '{path}' does not exist")
         try:
             text = path.read_text(encoding="utf-8")

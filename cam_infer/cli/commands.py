@@ -21,15 +21,17 @@ def split(args) -> int:
     size = tuple(args.input_size) if args.input_size else None
     if _is_detection(args):
         from ..detection.split import split_detector
+        thresholds = {name: value for name, value in (("conf", args.conf), ("iou", args.iou)) if value is not None}
         print(describe(split_detector(args.model, args.out, cut=args.cut or "detect-input", input_size_hw=size,
-                                      labels=args.labels, overwrite=args.force,
-                                      conf=0.25 if args.conf is None else args.conf,
-                                      iou=0.7 if args.iou is None else args.iou, interpolation=args.interpolation)))
+                                      labels=args.labels, overwrite=args.force, interpolation=args.interpolation,
+                                      **thresholds)))
         return 0
-    given = [flag for flag, value in (("--cut", args.cut), ("--conf", args.conf), ("--iou", args.iou)) if value is not None]
+    given = [flag for flag, value in (("--cut", args.cut), ("--conf", args.conf), ("--iou", args.iou))
+             if value is not None]
     if given:
         raise CamInferError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for detectors, and this model is "
-                            "not one (a classifier or segmenter is cut with --layer)")
+                            "not recognised as one (give --task detection if it is; a classifier or segmenter is cut "
+                            "with --layer)")
     if _is_segmentation(args) and not str(args.model).lower().endswith(".onnx"):
         from ..bundle.openvino_segmentation import split_openvino_segmenter
         print(describe(split_openvino_segmenter(args.model, layer=args.layer, out=args.out, labels=args.labels,

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from ..errors import CamInferError
@@ -13,9 +14,11 @@ from ..images import load_image
 from ..outputs import fingerprint
 
 # Every suffix OpenCV's decoder reads (JPEG and its aliases, PNG, BMP, TIFF, WebP, JPEG 2000, the PNM family,
-# Sun raster, OpenEXR, Radiance HDR).
+# Sun raster, OpenEXR, Radiance HDR; GIF where OpenCV reads it).
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".dib", ".tif", ".tiff", ".webp", ".jp2",
-                  ".ppm", ".pgm", ".pbm", ".pnm", ".pxm", ".pfm", ".sr", ".ras", ".exr", ".hdr", ".pic", ".gif"}
+                  ".ppm", ".pgm", ".pbm", ".pnm", ".pxm", ".pfm", ".sr", ".ras", ".exr", ".hdr", ".pic"}
+if int(cv2.__version__.split(".")[0]) >= 5:      # OpenCV 5 decodes a GIF's first frame (4.x: not by default)
+    IMAGE_SUFFIXES.add(".gif")
 
 
 @dataclass

@@ -151,7 +151,7 @@ def materialise(files: dict[str, bytes]) -> Path:
     for name in sorted(files):
         digest.update(name.encode() + b"\0" + hashlib.sha256(files[name]).digest())
     folder = Path(tempfile.gettempdir()) / f"cam-infer-bundle-{digest.hexdigest()[:20]}"
-    if (folder / "bundle.json").is_file():
+    if _holds(folder, files):
         return folder
     staging = Path(tempfile.mkdtemp(prefix=f"{folder.name}.", dir=folder.parent))
     for name, data in files.items():
@@ -159,8 +159,23 @@ def materialise(files: dict[str, bytes]) -> Path:
     try:
         staging.rename(folder)                  # atomic: a concurrent actor's copy, if first, is the same files
     except OSError:
+        if not _holds(folder, files):           # a copy a temp cleaner cut short: replace it
+            shutil.rmtree(folder, ignore_errors=True)
+            try:
+                staging.rename(folder)
+            except OSError:                     # another actor replaced it first
+                pass
         shutil.rmtree(staging, ignore_errors=True)
     return folder
+
+
+def _holds(folder: Path, files: dict[str, bytes]) -> bool:
+    """Whether `folder` has every file of the bundle, at its size, and the same manifest."""
+    try:
+        return all((folder / name).stat().st_size == len(data) for name, data in files.items()) and \
+            (folder / "bundle.json").read_bytes() == files.get("bundle.json")
+    except OSError:
+        return False
 
 
 def worker_failure(exc: BaseException) -> str:

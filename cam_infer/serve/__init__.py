@@ -12,6 +12,8 @@ the body limit and the error format; `metrics` the Prometheus counters. Needs th
 
 from __future__ import annotations
 
+import numbers
+
 from contextlib import contextmanager
 
 from ..backends.sessions import leave_the_cores_to_the_runtime
@@ -25,9 +27,10 @@ def serve(source, *, method: str | None = None, host: str = "127.0.0.1", port: i
           max_batch: int = 16, window_ms: float = 0.0, max_body_mb: float = 32.0, ready=None) -> None:
     """Serve a bundle folder or a fused .onnx model until SIGTERM or Ctrl-C (in-flight requests finish).
     `ready(port)` is called once the socket listens."""
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+    if isinstance(port, bool) or not isinstance(port, numbers.Integral) or not 0 <= port <= 65535:
         raise CamInferError(f"port must be an integer from 0 (any free port) to 65535, not {port!r}")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+    port = int(port)
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1):
         raise CamInferError(f"threads must be a positive integer, not {threads!r}")
     try:
         import starlette  # noqa: F401

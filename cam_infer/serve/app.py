@@ -204,7 +204,8 @@ class Infer:
         if len(x) == 0:
             raise ProtocolError("the batch is empty")
         if x.dtype == np.float32 and not np.isfinite(x).all():        # NaN scores, then a map under class 0
-            raise ProtocolError(f"input {served.input_name!r} holds NaN or infinite values: the model cannot score them")
+            raise ProtocolError(f"input {served.input_name!r} holds NaN or infinite values: the model cannot "
+                                "score them")
         key, classes = served.key(parsed.parameters, len(x))
         key = replace(key, pixels=True) if pixels else key
         outputs = await self.batcher.run(np.ascontiguousarray(x), key, classes)

@@ -256,7 +256,9 @@ def _fused_record(path: Path) -> tuple[dict, list, list]:
             [_tensor(v) for v in model.graph.output])
 
 
-PROTOCOL_PARAMETERS = ("binary_data_output",)      # the binary tensor extension's, read by `tensors`
+# the binary tensor extension's (read by `tensors`) and Triton's reserved ones, which tritonclient sends when its
+# caller sets them (a single model with no sequences or queue: taken and not acted on, as before)
+PROTOCOL_PARAMETERS = ("binary_data_output", "sequence_id", "sequence_start", "sequence_end", "priority", "timeout")
 
 
 def known_parameters(given, allowed, where: str = "parameter") -> None:
