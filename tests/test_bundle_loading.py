@@ -66,8 +66,10 @@ def test_an_edited_manifest_is_one_line_naming_the_field(tmp_path, edit, message
     from cam_infer.tools.demo import embedded_bundle_path
     shapes = shutil.copytree(embedded_bundle_path(), tmp_path / "shapes")
     assert Bundle.load(shapes).num_classes == 4 and len(Bundle.load(shapes).labels) == 4
-    with pytest.raises(CamInferError, match=f"bundle.json: {message}"):
+    with pytest.raises(CamInferError, match=f"bundle.json: {message}") as refused:
         Bundle.load(_edited(shapes, edit))
+    said = str(refused.value)
+    assert said.count("bundle.json") == 1 and said.endswith("; re-create the bundle with cam-infer split"), said
 
 
 def test_an_activation_shape_the_graph_does_not_give_is_one_line(bundle_copy, tiny_bundle):
