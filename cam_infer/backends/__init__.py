@@ -35,8 +35,6 @@ def load_backend(bundle: "Bundle | str | os.PathLike", backend: str = "auto", **
     if not isinstance(bundle, Bundle):
         bundle = Bundle.load(bundle)
     name = backend_name(bundle, backend)
-    if name not in BACKENDS:
-        raise CamInferError(f"unknown backend '{backend}'; choose one of: {', '.join(CHOICES)}")
     runs = bundle.manifest.get("runtimes", {}).get(name, {"runs": True})
     if not runs.get("runs", True):
         others = [n for n, r in bundle.manifest["runtimes"].items() if r.get("runs") and n in BACKENDS]
@@ -54,16 +52,24 @@ def check_options(backend_class, name: str, options: dict) -> None:
     if unknown:
         raise CamInferError(f"the {name} backend takes no option {', '.join(map(repr, unknown))}; "
                             f"it takes {', '.join(taken)}")
-    threads = options.get("threads")
+    check_threads(options.get("threads"))
+
+
+def check_threads(threads) -> None:
+    """Runtime threads: None (the runtime's choice) or a positive integer."""
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1):
         raise CamInferError(f"threads must be a positive integer, not {threads!r}")
 
 
 def backend_name(bundle: Bundle, backend: str) -> str:
-    """The runtime `backend` names for `bundle`: ``auto`` is OpenVINO for IR bundles, ONNX Runtime otherwise."""
+    """The runtime `backend` names for `bundle`: ``auto`` is OpenVINO for IR bundles, ONNX Runtime otherwise; an
+    unknown name is one line."""
     if backend == "auto":
         return "openvino" if bundle.graph_format == "openvino" else "onnxruntime"
-    return ALIASES.get(backend, backend)
+    name = ALIASES.get(backend, backend)
+    if name not in BACKENDS:
+        raise CamInferError(f"unknown backend '{backend}'; choose one of: {', '.join(CHOICES)}")
+    return name
 
 
 def check_backend(bundle, backend_name: str, device: str, precision: str = "f32") -> str:

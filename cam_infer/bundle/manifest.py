@@ -309,10 +309,12 @@ def check_manifest(manifest: dict, path: Path) -> None:
                 refuse(f"'{name}.{key}' is missing")
         return value
 
+    def count(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
     def positive_ints(name: str, value, allow_none_first: bool = False):
         items = value if isinstance(value, list) else None
-        if not items or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 or
-                                (allow_none_first and i == 0 and v is None) for i, v in enumerate(items)):
+        if not items or not all(count(v) or (allow_none_first and i == 0 and v is None) for i, v in enumerate(items)):
             refuse(f"'{name}' must be a list of positive integers, not {value!r}")
 
     graphs = section("graphs")
@@ -328,7 +330,7 @@ def check_manifest(manifest: dict, path: Path) -> None:
     positive_ints("activation.shape", activation["shape"])
     output = section("output", "kind", "num_classes")
     classes = output["num_classes"]
-    if not isinstance(classes, int) or isinstance(classes, bool) or classes < 1:
+    if not count(classes):
         refuse(f"'output.num_classes' must be a positive integer, not {classes!r}")
     if output["kind"] not in OUTPUT_KINDS:
         refuse(f"'output.kind' must be one of {', '.join(OUTPUT_KINDS)}, not {output['kind']!r}")

@@ -246,10 +246,9 @@ def bench(args) -> int:
     if args.repeats < 1 or (args.score_repeats is not None and args.score_repeats < 1):
         raise CamInferError("repeats must be at least 1")
     runtimes = [b.strip() for b in args.backend.split(",")] if args.backend else bundle.runtimes
-    from ..backends import BACKENDS, CHOICES, backend_name
+    from ..backends import backend_name
     for runtime in runtimes:                 # before the table's header: an unknown one is one line, not a row
-        if backend_name(bundle, runtime) not in BACKENDS:
-            raise CamInferError(f"unknown backend '{runtime}'; choose one of: {', '.join(CHOICES)}")
+        backend_name(bundle, runtime)
     cases = list(FUSED_CASES if args.fused else ALL_CASES) if args.method == "all" else \
         [c.strip() for c in args.method.split(",")]
     if args.fused:

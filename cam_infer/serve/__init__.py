@@ -16,6 +16,7 @@ import numbers
 
 from contextlib import contextmanager
 
+from ..backends import check_threads
 from ..backends.sessions import leave_the_cores_to_the_runtime
 from ..errors import CamInferError
 
@@ -30,8 +31,7 @@ def serve(source, *, method: str | None = None, host: str = "127.0.0.1", port: i
     if isinstance(port, bool) or not isinstance(port, numbers.Integral) or not 0 <= port <= 65535:
         raise CamInferError(f"port must be an integer from 0 (any free port) to 65535, not {port!r}")
     port = int(port)
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1):
-        raise CamInferError(f"threads must be a positive integer, not {threads!r}")
+    check_threads(threads)
     try:
         import starlette  # noqa: F401
         import uvicorn

@@ -203,7 +203,8 @@ class Infer:
                                 f"{', '.join(map(str, served.input_shape))}], not {list(x.shape)}")
         if len(x) == 0:
             raise ProtocolError("the batch is empty")
-        if x.dtype == np.float32 and not np.isfinite(x).all():        # NaN scores, then a map under class 0
+        # NaN in, NaN scores out under class 0; refused here, before the request joins others in a batch
+        if x.dtype == np.float32 and not np.isfinite(x).all():
             raise ProtocolError(f"input {served.input_name!r} holds NaN or infinite values: the model cannot "
                                 "score them")
         key, classes = served.key(parsed.parameters, len(x))
