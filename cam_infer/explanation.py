@@ -168,11 +168,8 @@ class Explanation:
         from .outputs import prepare_folder
 
         folder = prepare_folder(folder, "folder")
-        names = self.names or [f"image{i}" for i in range(self._images)]
-        shared = {name for name in names if names.count(name) > 1}
         paths = []
-        for i in range(self._images):
-            stem = f"{names[i]}_{i}" if names[i] in shared else names[i]
+        for i, stem in enumerate(_distinct(self.names or [f"image{i}" for i in range(self._images)])):
             for j, shown in self._pictures(i):
                 path = folder / f"{stem}_{_safe(self.method)}{shown}.png"
                 write_png(path, self.overlay(i, j, on=on, colormap=colormap, alpha=alpha))
@@ -214,6 +211,21 @@ class Explanation:
                     ax.set_title(self.names[i], fontsize=9)
         fig.tight_layout()
         return fig
+
+
+def _distinct(names: list[str]) -> list[str]:
+    """The names, each one shared by several images suffixed with ``_<i>`` (again while that is another's name)."""
+    taken = {name for name in names if names.count(name) == 1}
+    stems = []
+    for i, name in enumerate(names):
+        stem = name
+        if names.count(name) > 1:
+            stem = f"{name}_{i}"
+            while stem in taken:
+                stem += f"_{i}"
+        taken.add(stem)
+        stems.append(stem)
+    return stems
 
 
 def _safe(text: str) -> str:

@@ -61,6 +61,12 @@ def _edited(folder, edit):
     (lambda m: m["input"].pop("shape"), "'input.shape' is missing"),
     (lambda m: m.pop("output"), "'output' is missing"),
     (lambda m: m.update(batch="sometimes"), "'batch' must be 'dynamic' or 'fixed'"),
+    (lambda m: m["input"].update(shape=[None, 3, 128, 64]),
+     r"'input.shape' \[None, 3, 128, 64\] does not match the preprocessing's 3 channels of 128×128 pixels"),
+    (lambda m: m["preprocessing"].update(channels=1, mean=[0.5], std=[0.25]),
+     "'input.shape' .* preprocessing's 1 channel of 128×128 pixels"),
+    (lambda m: m["activation"].update(tokens={"shape": [0, 64]}),
+     "'activation.tokens.shape' must be a list of positive integers"),
 ])
 def test_an_edited_manifest_is_one_line_naming_the_field(tmp_path, edit, message):
     from cam_infer.tools.demo import embedded_bundle_path
@@ -80,6 +86,21 @@ def test_an_activation_shape_the_graph_does_not_give_is_one_line(bundle_copy, ti
     with pytest.raises(CamInferError, match=f"its graph gives {k * h * w} values of 'activation' per image, and "
                                             rf"bundle.json's activation shape \[{k + 1}, {h}, {w}\]"):
         Explainer(bundle, backend="onnxruntime").explain(x, "activation")
+
+
+def test_a_token_shape_the_graph_does_not_give_names_the_tokens_field(tmp_path):
+    from pathlib import Path
+
+    from cam_infer import Explainer
+    from cam_infer.bundle.split import split_onnx
+    model = Path(__file__).parent / "data" / "transformers" / "vit_legacy.onnx"
+    bundle = split_onnx(model, "auto", tmp_path / "vit")
+    (t, d) = bundle.cut_shape
+    _edited(bundle.path, lambda m: m["activation"]["tokens"].update(shape=[t + 1, d]))
+    x = np.zeros((1, *bundle.input_shape), np.float32)
+    with pytest.raises(CamInferError, match=f"its graph gives {t * d} values of 'activation.tokens' per image, and "
+                                            rf"bundle.json's activation.tokens shape \[{t + 1}, {d}\]"):
+        Explainer(bundle.path, backend="onnxruntime").explain(x, "activation")
 
 
 @pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])

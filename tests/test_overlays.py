@@ -239,6 +239,14 @@ def test_save_keeps_apart_two_images_of_one_name(shapes_explainer, scene_files, 
         assert [p.name for p in paths] == [f"x_{i}_{method}{suffix}.png" for i in (0, 1)]
         for i, path in enumerate(paths):
             np.testing.assert_array_equal(cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB), e.overlay(i))
+    # a third image really named x_1: the second x takes another name rather than overwriting it
+    (tmp_path / "c").mkdir()
+    third = Path(shutil.copy(scene_files[1], tmp_path / "c" / "x_1.png"))
+    e = shapes_explainer.explain([*twins, third], "eigen")
+    paths = e.save(tmp_path / "three")
+    assert [p.name for p in paths] == ["x_0_eigen.png", "x_1_1_eigen.png", "x_1_eigen.png"]
+    for i, path in enumerate(paths):
+        np.testing.assert_array_equal(cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB), e.overlay(i))
 
 
 def test_plot_draws_images_by_classes(shapes_explainer, scene_files, tmp_path):

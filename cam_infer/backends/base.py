@@ -58,7 +58,7 @@ class Backend(ABC):
         if self.joins:
             return self.observe(x)[0]
         x = self._checked(x, self.bundle.input_shape, "input images")
-        return self._shaped(self._chunked("features", x)[0], len(x), self.bundle.cut_shape, "activation")
+        return self._shaped(self._chunked("features", x)[0], len(x), self.bundle.cut_shape, self.bundle.cut_field)
 
     def head(self, a: np.ndarray) -> np.ndarray:
         """Activations (N,K,h,w) float32 → class scores (N,C) float32 (logits or probabilities); a detector's
@@ -81,7 +81,7 @@ class Backend(ABC):
             return a, self.head(a)
         *parts, outputs = self._chunked("joined", x)
         a = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)     # a detector's cut maps, packed
-        return (self._shaped(a, len(x), self.bundle.cut_shape, "activation"),
+        return (self._shaped(a, len(x), self.bundle.cut_shape, self.bundle.cut_field),
                 self._shaped(outputs, len(x), self.bundle.output_shape, "output"))
 
     def observe_products(self, x: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -196,6 +196,11 @@ class Bundle:
         return tuple(record["shape"]) if record else self.activation_shape
 
     @property
+    def cut_field(self) -> str:
+        """Where bundle.json records `cut_shape`."""
+        return "activation.tokens" if self.manifest["activation"].get("tokens") else "activation"
+
+    @property
     def attention(self) -> list[tuple[str, tuple[int, ...]]]:
         """A token model's attention probabilities (Softmax outputs) of every block, in order, with their shapes for
         one image; empty when the graph showed none."""
@@ -322,12 +327,20 @@ def check_manifest(manifest: dict, path: Path) -> None:
         refuse("'graphs' must name each graph's file and sha256")
     preprocessing = section("preprocessing")
     try:
-        Preprocessing.from_dict(preprocessing)
+        prep = Preprocessing.from_dict(preprocessing)
     except (CamInferError, TypeError) as exc:
         refuse(f"'preprocessing': {exc}")
-    positive_ints("input.shape", section("input", "name", "shape")["shape"], allow_none_first=True)
+    shape = section("input", "name", "shape")["shape"]
+    positive_ints("input.shape", shape, allow_none_first=True)
+    expected = [prep.channels, *prep.input_size]
+    if shape[1:] != expected:
+        refuse(f"'input.shape' {shape} does not match the preprocessing's {expected[0]} channel"
+               f"{'s' if expected[0] != 1 else ''} of {expected[1]}×{expected[2]} pixels")
     activation = section("activation", "name", "shape")
     positive_ints("activation.shape", activation["shape"])
+    tokens = activation.get("tokens")
+    if tokens is not None:
+        positive_ints("activation.tokens.shape", tokens.get("shape") if isinstance(tokens, dict) else tokens)
     output = section("output", "kind", "num_classes")
     classes = output["num_classes"]
     if not count(classes):
