@@ -12,6 +12,11 @@ class UnreadableImage(CamInferError):
     """An image file that does not exist or cannot be decoded; bulk runs record it and go on."""
 
 
+class NotInImage(CamInferError):
+    """What was asked of every image of a run is not in this one (a segmenter's class it does not show); bulk runs
+    record it for that image and go on."""
+
+
 class MethodNotApplicable(CamInferError):
     """A method that cannot run on this bundle (``cam`` on a head that is not GAP→linear, ...)."""
 

@@ -264,7 +264,8 @@ def test_an_unreadable_image_is_reported_and_skipped(scenes, tmp_path):
     result = run_cli("audit", str(SHAPES), str(images), "--methods", "activation", "--metrics", "adcc",
                      "--baselines", "none", "--out", str(tmp_path / "r"))
     assert result.returncode == 1 and "report:" in result.stdout          # the others are reported
-    assert result.stderr.strip().startswith("cam-infer: error: 1 image(s) could not be read and were skipped")
+    assert result.stderr.strip().startswith("cam-infer: error: 1 image(s) could not be read or audited and were "
+                                            "skipped")
     assert len(result.stderr.strip().splitlines()) == 1
     assert len(read_csv(tmp_path / "r" / "metrics.csv")) == 6
     errors = json.loads((tmp_path / "r" / "errors.json").read_text())
@@ -398,3 +399,13 @@ def test_a_localisation_metric_asked_for_without_boxes_is_a_one_line_error(scene
                   tmp_path / "py", progress=False)
     assert_one_line_error(run_cli("audit", SHAPES, folder, "--methods", "activation", "--metrics", "adcc,pointing",
                                   "--out", tmp_path / "cli"), "metric pointing needs ground-truth boxes")
+
+
+@pytest.mark.parametrize("tolerance", [-1.0, float("nan"), float("inf")])
+def test_a_pointing_tolerance_that_is_not_a_finite_number_from_0_is_refused(tmp_path, tolerance):
+    """A negative tolerance made every pointing a miss, and NaN went into summary.json (not JSON)."""
+    with pytest.raises(CamInferError, match="tolerance .* must be a finite number from 0"):
+        run_audit(SHAPES, [], AuditOptions(methods=("activation",), tolerance=tolerance), tmp_path / "r")
+    with pytest.raises(CamInferError, match="grid .* must be a whole number from 0, not -1"):
+        run_audit(SHAPES, [], AuditOptions(methods=("activation",)), tmp_path / "r", grid=-1)
+    assert not (tmp_path / "r").exists()

@@ -327,6 +327,20 @@ def test_bad_targets_are_one_clear_error(explainers):
         ex.explain(PHOTO, "gradcam")
     none = ex.explain(PHOTO, "recipro", conf=0.99)
     assert none.items == [[]] and len(none.detections[0]) == 0
+    for box in ([np.nan, 0, 10, 10], [0, 0, np.inf, 10]):
+        with pytest.raises(CamInferError, match="a box's corners must be finite numbers"):
+            ex.explain(PHOTO, "recipro", boxes=[(box, 0)])
+
+
+@pytest.mark.parametrize("thresholds", [{"conf": 1.5}, {"conf": -0.1}, {"conf": float("nan")}, {"iou": 0},
+                                        {"iou": 2}, {"max_det": 0}])
+def test_split_refuses_nms_thresholds_that_explain_would_refuse(tmp_path, thresholds):
+    from cam_infer.detection.split import split_detector
+    with pytest.raises(CamInferError, match=r"conf must be in \[0, 1\), iou in \(0, 1\] and max_det ≥ 1"):
+        split_detector(YOLO, tmp_path / "b", **thresholds)
+    assert not (tmp_path / "b").exists()
+    with pytest.raises(CamInferError, match="unknown NMS setting ious"):
+        split_detector(YOLO, tmp_path / "b", ious=0.5)
 
 
 @pytest.mark.slow

@@ -176,10 +176,22 @@ def test_explain_over_a_folder_records_each_region_with_its_energy_and_resumes(s
 
 def test_explain_of_a_segmenter_refuses_classifier_flags_and_unknown_classes(segmenter_and_scene, tmp_path):
     ex, images = segmenter_and_scene
+    for box in ([np.nan, 0, 10, 10], [0, 0, np.inf, np.inf]):
+        with pytest.raises(CamInferError, match="a box's corners must be finite numbers"):
+            ex.explain(images[0], "activation", region=box)
     result = run_cli("explain", ex.bundle.path, images[0], "--method", "recipro", "--target", "dog", "--out", tmp_path)
     assert_one_line_error(result, "unknown class label 'dog'")
     result = run_cli("explain", ex.bundle.path, images[0], "--method", "recipro", "--finer", "1", "--out", tmp_path)
     assert_one_line_error(result, "--finer is for classifiers")
+
+
+def test_a_class_named_twice_is_explained_once(segmenter_and_scene):
+    ex, images = segmenter_and_scene
+    once = ex.explain(images[0], "recipro")
+    c = once.items[0][0].class_id
+    twice = ex.explain(images[0], "recipro", target=[c, LABELS[c]])
+    assert [s.class_id for s in twice.items[0]] == [c]
+    np.testing.assert_array_equal(twice.items[0][0].saliency, once.items[0][0].saliency)
 
 
 def test_audit_of_a_segmenter_against_its_ground_truth_masks(segmenter_and_scene, tmp_path):
@@ -192,7 +204,8 @@ def test_audit_of_a_segmenter_against_its_ground_truth_masks(segmenter_and_scene
     result = run_cli("audit", ex.bundle.path, scenes / "images", "--masks", scenes / "masks", "--methods",
                      "activation,recipro", "--out", out)
     assert result.returncode == 0, result.stderr
-    rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
+    every = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
+    rows = [r for r in every if not r.get("baseline")]
     assert len(rows) == 8 and (out / "index.html").is_file() and (out / "metrics.csv").is_file()
     for r in rows:
         e = ex.explain(r["image"], r["method"])
@@ -219,6 +232,77 @@ def test_audit_of_a_segmenter_against_its_ground_truth_masks(segmenter_and_scene
     refused = run_cli("audit", ex.bundle.path, scenes / "images", "--boxes", scenes / "masks" / "x.json", "--out",
                       tmp_path / "other")
     assert_one_line_error(refused, "takes --masks DIR")
+    check_baselines(ex, scenes, every, out)
+
+
+def check_baselines(ex, scenes, every, out):
+    """The baselines' rows: each map (the random map, the centre Gaussian, the masks' object pixels averaged over
+    the images) scored on the methods' regions, recomputed here in NumPy; their means, intervals and comparisons."""
+    from cam_infer.audit.baselines import random_map
+    from cam_infer.audit.masks import read_truth
+
+    truths = {}
+    for image in sorted((scenes / "images").glob("*.png")):
+        truth = read_truth(scenes / "masks", image.name, (128, 128), LABELS)
+        truths[str(image)] = truth
+    geometry = ex.bundle.preprocessing.mask_geometry
+    objects = np.mean([geometry(np.any([t.region(c) for c in t.regions if c], axis=0)) & geometry(t.valid)
+                       for t in truths.values()], axis=0)
+    yy, xx = np.mgrid[:128, :128]
+    gaussian = np.exp(-((yy - 63.5) ** 2 + (xx - 63.5) ** 2) / (2 * 32.0 ** 2))
+    baselines = [r for r in every if r.get("baseline")]
+    assert sorted({r["method"] for r in baselines}) == ["centre-gaussian", "mask-prior", "random-map"]
+    assert len(baselines) == 3 * 4
+    for r in baselines:
+        s = ex.explain(r["image"], "recipro").items[0][r["index"]]
+        shown = {"random-map": lambda: random_map(ex.preprocess([r["image"]])[0]), "centre-gaussian": lambda: gaussian,
+                 "mask-prior": lambda: objects}[r["method"]]()
+        assert r["energy"] == pytest.approx((shown * s.region).sum() / shown.sum(), abs=1e-4)
+        assert r["region_class_id"] == s.class_id and "class_id" not in r and r["class_agnostic"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["baselines"]) == {"random-map", "centre-gaussian", "mask-prior"}
+    assert summary["baselines"]["random-map"]["energy"] == pytest.approx(
+        np.mean([r["energy"] for r in baselines if r["method"] == "random-map"]))
+    assert summary["methods"]["recipro"]["energy"] > summary["baselines"]["mask-prior"]["energy"]
+    compared = {(c["a"], c["b"], metric) for metric, found in summary["paired"].items() for c in found}
+    assert {b for a, b, metric in compared if a == "recipro" and metric == "energy"} & set(summary["baselines"])
+    assert (out / "paired.csv").is_file()
+    assert "random-map" in (out / "index.html").read_text()
+
+
+def test_audit_of_a_segmenter_refuses_a_classifier_s_protocol_and_skips_images_without_the_class(
+        segmenter_and_scene, tmp_path):
+    from cam_infer.tools.synthetic import write_segmentation_scenes
+
+    ex, _ = segmenter_and_scene
+    scenes = write_segmentation_scenes(tmp_path / "scenes", 4)
+    for flags, given in ((("--metrics", "insertion"), "--metrics"), (("--steps", "5", "--tolerance", "3"),
+                                                                      "--steps, --tolerance")):
+        refused = run_cli("audit", ex.bundle.path, scenes / "images", *flags, "--out", tmp_path / "x")
+        assert_one_line_error(refused, f"{given} belong to a classifier's audit")
+    assert_one_line_error(run_cli("audit", ex.bundle.path, scenes / "images", "--target", "truth", "--out",
+                                  tmp_path / "x"), "--target truth reads a classifier's boxes")
+    from PIL import Image
+    present = {p.name: {int(c) for c in np.unique(np.asarray(Image.open(p)))}
+               for p in sorted((scenes / "masks").glob("*.png"))}
+    label = next(c for c in range(1, len(LABELS)) if 0 < sum(c in v for v in present.values()) < len(present))
+    without = sorted(name for name, classes in present.items() if label not in classes)
+    for command in ("audit", "explain"):
+        out = tmp_path / command
+        flag = ("--methods", "recipro") if command == "audit" else ("--method", "recipro")
+        result = run_cli(command, ex.bundle.path, scenes / "images", *flag, "--target", LABELS[label], "--out", out)
+        assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert f"{len(without)} image(s) could not be read or" in result.stderr
+        assert f"{without[0]}: class {LABELS[label]} ({label}) is not in the image" in result.stderr
+        if command == "audit":
+            rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
+            errors = json.loads((out / "errors.json").read_text()) if (out / "errors.json").is_file() else \
+                json.loads((out / "summary.json").read_text())["errors"]
+        else:
+            rows = json.loads((out / "results.json").read_text())["results"]
+            errors = json.loads((out / "results.json").read_text())["errors"]
+        assert sorted({Path(r["image"]).name for r in rows}) == sorted(set(present) - set(without))
+        assert sorted(Path(e["image"]).name for e in errors) == without
 
 
 @pytest.mark.parametrize("method", ["activation", "eigen"])

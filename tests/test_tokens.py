@@ -54,6 +54,19 @@ def test_a_layer_inside_a_block_is_refused_naming_the_nearest(tiny_vits, tmp_pat
         split_onnx(tiny_vits["vit"], layer, tmp_path / "b")
 
 
+@pytest.mark.parametrize("model", ["vit", "deit", "swin"])
+def test_a_layer_before_the_first_block_is_refused_naming_block_0_s_input(tiny_vits, tmp_path, model):
+    """The patch embedding: a map of the input, not of the model (before, the refusal spoke of a skip connection
+    and found no valid layer)."""
+    from cam_infer.bundle.graph import Graph
+    from cam_infer.bundle.tokens import token_stream
+    first = token_stream(Graph.from_model(onnx.load(tiny_vits[model]))).blocks[0].input
+    with pytest.raises(CamInferError, match=rf"comes before the first of the \d transformer blocks: .*nearest valid "
+                                            rf"layer: .*tensor '{first}', block 0's input\)"):
+        split_onnx(tiny_vits[model], "patch_embed", tmp_path / "b")
+    assert split_onnx(tiny_vits[model], first, tmp_path / "ok").manifest["activation"]["tokens"]
+
+
 def test_the_last_block_output_of_a_class_token_head_is_refused(tiny_vits, tmp_path):
     with pytest.raises(CamInferError, match="patch tokens are not connected"):
         split_onnx(tiny_vits["vit"], "blocks.2", tmp_path / "b")
@@ -380,8 +393,10 @@ def test_attention_within_windows_is_cut_but_not_read_by_rollout(tmp_path):
 
 def test_fusing_a_grid_method_into_a_token_model_is_one_line(vit_bundles, tmp_path):
     from helpers import assert_one_line_error, run_cli
-    assert_one_line_error(run_cli("fuse", vit_bundles["vit"].path, "--method", "eigen", "--out", tmp_path / "f.onnx"),
-                          "this bundle's cut is a transformer's tokens")
+    for model, hint in (("vit", " (or fuse vit-recipro)"), ("swin", "")):      # vit-recipro needs a class token
+        result = run_cli("fuse", vit_bundles[model].path, "--method", "eigen", "--out", tmp_path / "f.onnx")
+        assert_one_line_error(result, "this bundle's cut is a transformer's tokens")
+        assert result.stderr.strip().endswith("explain it with cam-infer explain" + hint)
 
 
 def _renamed(graph, old: str, new: str) -> None:

@@ -30,6 +30,8 @@ from .report import (
     PAIRED_CSV,
     SUMMARY_CSV,
     SUMMARY_NAME,
+    check_grid,
+    check_tolerance,
     csv_rows,
     skipped_metrics_line,
     summarise,
@@ -63,6 +65,7 @@ def run_audit(bundle, images, options: AuditOptions, out, *, boxes=None, restart
 
     bundle = Bundle.load(bundle)
     _check_options(bundle, options)
+    check_grid(grid)
     if sanity is not None:
         check_sanity(bundle, sanity)
     runner = make_runner(workers, ray, threads)
@@ -175,6 +178,7 @@ def _check_options(bundle, options: AuditOptions) -> None:
                             "model pass per image; RISE's 224·8 pixels a step is 28 at 224x224)")
     if not 0 < options.box_threshold <= 1 or not 0 < options.iou_threshold <= 1:
         raise CamInferError("box and IoU thresholds must be in (0, 1]")
+    check_tolerance(options.tolerance)
 
 
 def load_boxes(path, bundle) -> dict:

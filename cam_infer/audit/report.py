@@ -19,6 +19,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..errors import CamInferError
 from ..metrics import adcc
 from ..outputs import write_atomically
 from .intervals import uncertainty
@@ -50,6 +51,20 @@ def csv_rows(path: Path):
     """metrics.csv's rows, as strings."""
     with open(path, encoding="utf-8", newline="") as f:
         yield from csv.DictReader(f)
+
+
+def check_grid(grid) -> None:
+    """The report's thumbnail count: a whole number from 0."""
+    if isinstance(grid, bool) or not isinstance(grid, (int, np.integer)) or grid < 0:
+        raise CamInferError(f"grid (the images shown in index.html) must be a whole number from 0, not {grid!r}")
+
+
+def check_tolerance(tolerance) -> None:
+    """The pointing game's tolerance: a finite number of pixels from 0."""
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float, np.number)) or \
+            not np.isfinite(tolerance) or tolerance < 0:
+        raise CamInferError(f"tolerance (pixels around the box for the pointing game) must be a finite number from 0, "
+                            f"not {tolerance!r}")
 
 
 def means_per_method(rows: list[dict], methods, columns, counted: str) -> dict:

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from ..enhancers import split_variant
-from ..errors import CamInferError, UnreadableImage
+from ..errors import CamInferError, NotInImage, UnreadableImage
 from ..images import load_image
 from ..metrics import (
     auc,
@@ -294,6 +294,9 @@ def audit_batch(batch, audit) -> dict:
             result = audit(image, boxes)
         except (UnreadableImage, OSError) as exc:
             out["errors"].append({"image": str(image), "error": str(exc)})
+            continue
+        except NotInImage as exc:
+            out["errors"].append({"image": str(image), "error": f"{Path(image).name}: {exc}"})
             continue
         out["inputs"][str(image)] = stamp
         out["rows"] += result["rows"]

@@ -148,10 +148,17 @@ def _token_target(graph: Graph, stream: TokenStream, tensor: str, requested: str
 
 def _check_not_in_block(graph: Graph, stream: TokenStream, target: TargetLayer) -> None:
     """A layer inside a transformer block (norm, attention, MLP, q/k/v, the sum between attention and MLP) is
-    bypassed by the residual stream: refused, naming the block's input; the last block's output of a class-token
-    head is refused too (only the prefix tokens reach the scores)."""
+    bypassed by the residual stream: refused, naming the block's input; a layer before the first block (the
+    patch embedding) too, naming the first block's input; and the last block's output of a class-token head
+    (only the prefix tokens reach the scores)."""
     index = stream.block_of(target.tensor)
     last = stream.blocks[-1].output
+    first = stream.blocks[0].input
+    if index is None and graph.order[target.tensor] < graph.order[first]:
+        raise CamInferError(f"layer '{target.requested}' comes before the first of the {len(stream.blocks)} "
+                            "transformer blocks: a map there shows the input (the patch embedding), not what the "
+                            f"blocks make of it; nearest valid layer: '{display_name(graph, first)}' (tensor "
+                            f"'{first}', block 0's input), or --layer auto")
     if index is not None:
         block = stream.blocks[index]
         nearest = block.input if block.input in stream.valid else stream.last_block_input

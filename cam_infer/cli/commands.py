@@ -113,8 +113,8 @@ def explain(args) -> int:
     for line in lines:
         print(line)
     if results.errors:
-        raise CamInferError(f"{len(results.errors)} image(s) could not be read, e.g. {results.errors[0]['error']}; "
-                            f"the others are done (see {results.path})")
+        raise CamInferError(f"{len(results.errors)} image(s) could not be read or explained, e.g. "
+                            f"{results.errors[0]['error']}; the others are done (see {results.path})")
     return 0
 
 
@@ -279,7 +279,7 @@ def audit(args) -> int:
     for line in lines:
         print(line)
     if summary["errors"]:
-        raise CamInferError(f"{len(summary['errors'])} image(s) could not be read and were skipped, e.g. "
+        raise CamInferError(f"{len(summary['errors'])} image(s) could not be read or audited and were skipped, e.g. "
                             f"{summary['errors'][0]['error']}")
     return 0
 
@@ -298,18 +298,36 @@ def audit_classes(args):
     return summary, lines
 
 
+# a classifier audit's protocol options and their defaults: a segmenter's audit measures energy and pointing in
+# regions, and refuses these when they are given rather than leave them unread
+CLASSIFIER_PROTOCOL = {"--metrics": ("metrics", "all"), "--steps": ("steps", 28), "--tolerance": ("tolerance", 0.0),
+                       "--space": ("space", "normalised"), "--coherency-at": ("coherency_at", "input"),
+                       "--deletion-substrate": ("deletion_substrate", "zeros"),
+                       "--insertion-substrate": ("insertion_substrate", "blur"), "--auc": ("auc", "rise"),
+                       "--box-threshold": ("box_threshold", 0.2)}
+
+
 def audit_segments(args):
+    from ..audit.work import parse_baselines
     from ..methods import in_all
     from ..segmentation.audit import run_segmentation_audit, summary_lines
     names = [m.strip() for m in args.methods.split(",") if m.strip()]
     methods = in_all("segmentation") if names == ["all"] else names
     if args.boxes or args.enhance:
         raise CamInferError("a segmenter's audit takes --masks DIR (ground-truth label PNGs), not --boxes or --enhance")
+    given = [flag for flag, (name, default) in CLASSIFIER_PROTOCOL.items() if getattr(args, name) != default]
+    if given:
+        raise CamInferError(f"a segmenter's audit measures energy and pointing in each explained region; "
+                            f"{', '.join(given)} belong to a classifier's audit")
+    if args.target == "truth":
+        raise CamInferError("--target truth reads a classifier's boxes; a segmenter's audit explains the predicted "
+                            "regions (the default), 'all' or named classes, and --masks measures them in the truth")
     options = _method_options(args.option, methods)
     target = None if args.target == "predicted" else "all" if args.target == "all" else args.target.split(",")
     summary = run_segmentation_audit(args.bundle, args.images, methods, args.out, masks=args.masks, target=target,
                                      backend=args.backend, device=args.device, options=options, restart=args.force,
-                                     grid=args.grid, report=_say, precision=args.precision, **_scale_out(args))
+                                     grid=args.grid, report=_say, precision=args.precision,
+                                     baselines=parse_baselines(args.baselines), **_scale_out(args))
     return summary, summary_lines(summary, args.out)
 
 

@@ -27,7 +27,8 @@ import numpy as np
 from ..audit import CLEARED, OVERLAYS, boxes_for, check_boxes_match, load_boxes, thumbnail_grid
 from ..audit.baselines import GAUSSIAN, RANDOM, baseline_map
 from ..audit.intervals import uncertainty
-from ..audit.report import CSV_NAME, closing_lines, means_per_method, write_csv, write_html, write_uncertainty_csvs
+from ..audit.report import (CSV_NAME, check_grid, check_tolerance, closing_lines, means_per_method, write_csv,
+                            write_html, write_uncertainty_csvs)
 from ..audit.work import audit_batch, thumbnail_png
 from ..errors import CamInferError
 from ..images import load_image
@@ -65,6 +66,8 @@ def run_detection_audit(bundle, images, methods, out, *, boxes=None, backend: st
     from .context import DetectionContext
     from .targets import central_targets
 
+    check_tolerance(tolerance)
+    check_grid(grid)
     explainer = Explainer(bundle, backend=backend, device=device, precision=precision)
     for m in methods:
         get_method(m, "detection")

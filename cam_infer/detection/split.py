@@ -38,11 +38,21 @@ PACKED = "cut_packed"
 DEFAULTS = {"conf": 0.25, "iou": 0.7, "max_det": 300}
 
 
+def check_thresholds(conf, iou, max_det) -> None:
+    """NMS's thresholds as Ultralytics takes them: conf in [0, 1), IoU in (0, 1], max_det ≥ 1."""
+    if not 0 <= conf < 1 or not 0 < iou <= 1 or max_det < 1:
+        raise CamInferError(f"conf must be in [0, 1), iou in (0, 1] and max_det ≥ 1, not {conf}, {iou}, {max_det}")
+
+
 def split_detector(model, out, *, cut="detect-input", input_size_hw: tuple[int, int] | None = None,
                    labels: "list[str] | str | None" = None, overwrite: bool = False,
                    interpolation: str | None = None, **thresholds) -> Bundle:
     """Split a YOLO-style ONNX detector (path or ModelProto) at a cut set and write a verified bundle;
     `interpolation` is the letterbox's resize filter (default bilinear, as Ultralytics)."""
+    unknown = set(thresholds) - set(DEFAULTS)
+    if unknown:
+        raise CamInferError(f"unknown NMS setting {', '.join(sorted(unknown))}; settings: {', '.join(DEFAULTS)}")
+    check_thresholds(**{**DEFAULTS, **thresholds})
     source = Path(model) if isinstance(model, (str, os.PathLike)) else None
     proto = load_onnx(model) if source else model
     size = input_size(proto, input_size_hw)

@@ -18,6 +18,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..audit.report import check_grid
 from ..errors import CamInferError
 from ..outputs import write_atomically
 from .report import CSV_NAME, DRIFTED, ERRORS_NAME, HTML_NAME, SUMMARY_NAME, summarise, write_html, write_rows
@@ -59,6 +60,7 @@ def run_diff(a, b, images, out, *, methods=("recipro", "eigen"), options: dict |
     class_id = None if target is None else explainer_a.class_id(target, explainer_a.bundle.num_classes)
     if batch_size < 1:
         raise CamInferError("batch size must be at least 1")
+    check_grid(grid)
     specs = [ExplainerSpec(str(e.bundle.path.resolve()), side.backend, side.device, gradients, runner.threads,
                            precision=side.precision) for side, e in ((side_a, explainer_a), (side_b, explainer_b))]
     if isinstance(runner, InProcess):

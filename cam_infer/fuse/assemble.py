@@ -213,8 +213,9 @@ TOKEN_BUILDERS = {"vit-recipro"}      # ONNX builders that take a transformer's 
 
 def _check_cut_kind(bundle, method: str) -> None:
     if bundle.tokens is not None and method not in TOKEN_BUILDERS:
+        instead = " (or fuse vit-recipro)" if bundle.tokens.prefix else ""        # vit-recipro needs a class token
         raise CamInferError(f"fuse builds '{method}' on an (N,K,h,w) feature map, and this bundle's cut is a "
-                            "transformer's tokens; explain it with cam-infer explain (or fuse vit-recipro)")
+                            f"transformer's tokens; explain it with cam-infer explain{instead}")
 
 
 def _fused_method(method: str, options: dict):

@@ -8,6 +8,10 @@ the input); ``pointing`` the map's maximum in R. With masks: ``truth_energy``, `
 ``truth_pointing`` in the class's ground-truth region, void pixels (255) left out. Maps and regions are at the
 model's input; the masks are brought there by the bundle's resize and crop.
 
+Beside the methods, the baseline maps of `cam_infer.audit.baselines` (the random map, the centre Gaussian and,
+with masks, the mask prior) are scored on the same (class, region) targets, rows marked ``baseline``, each
+mean with its bootstrap interval and each method compared with each baseline (`cam_infer.audit.intervals`).
+
 The report is the other tasks' (`cam_infer.audit.report`): ``rows.jsonl``, ``metrics.csv``, ``summary.json``
 (means per method), ``index.html`` (table, charts, a thumbnail per image and method with every region
 outlined); the folder run (lock, resume, runners) is the one driver's (`cam_infer.jobs`).
@@ -16,13 +20,16 @@ outlined); the folder run (lock, resume, runners) is the one driver's (`cam_infe
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from ..audit import CLEARED, OVERLAYS, thumbnail_grid
-from ..audit.report import CSV_NAME, closing_lines, means_per_method, write_csv, write_html
+from ..audit.baselines import GAUSSIAN, MASK_PRIOR, RANDOM, baseline_map, dataset_priors
+from ..audit.intervals import uncertainty
+from ..audit.report import (CSV_NAME, check_grid, closing_lines, means_per_method, write_csv, write_html,
+                            write_uncertainty_csvs)
 from ..audit.work import _masks_in_input, audit_batch, thumbnail_png
 from ..explainer import Explainer
 from ..images import load_image
@@ -34,44 +41,62 @@ from .runs import cost_line
 ROWS, SUMMARY = "rows.jsonl", "summary.json"
 MEANS = ("energy", "region_fraction", "pointing", "truth_energy", "truth_fraction", "truth_pointing")
 COLUMNS = ("image", "method", "index", "class_id", "label", "score", "region", "region_pixels", "class_agnostic",
-           "region_class_id", "region_label", "degenerate", "uniform", *MEANS)
+           "region_class_id", "region_label", "degenerate", "uniform", *MEANS, "baseline")
 # column → (shown as, higher is better; None: a reference, what a uniform map scores)
 SHOWN = {"energy": ("Energy in the region", True), "region_fraction": ("Region's share (uniform)", None),
          "pointing": ("Pointing in the region", True), "truth_energy": ("Energy in the true region", True),
          "truth_fraction": ("True region's share (uniform)", None),
          "truth_pointing": ("Pointing in the true region", True)}
 GRID = 48
+DRAWN = (RANDOM, GAUSSIAN, MASK_PRIOR)      # the baselines a segmenter's audit draws (the mask prior with masks)
 
 
 def run_segmentation_audit(bundle, images, methods, out, *, masks=None, target=None, backend: str = "auto",
                            device: str = "CPU", options: dict | None = None, restart: bool = False,
                            progress: bool | None = None, workers=None, ray: str | None = None,
-                           threads: int | None = None, grid: int = GRID, report=None, precision: str = "f32") -> dict:
+                           threads: int | None = None, grid: int = GRID, report=None, precision: str = "f32",
+                           baselines=None) -> dict:
     """`target`: None (each image's largest class but the background), "all" or a list of classes. `masks`: a
-    folder of ground-truth masks. `workers`, `ray` and `threads` choose where the images are worked on."""
+    folder of ground-truth masks. `workers`, `ray` and `threads` choose where the images are worked on.
+    `baselines`: the baseline maps scored beside the methods (None: every one `DRAWN`, the mask prior only with
+    masks)."""
     from ..jobs.driver import Job, run_job, spec_for
+    from ..jobs.folders import collect_images
     from ..parallel import make_runner
 
+    check_grid(grid)
     explainer = Explainer(bundle, backend=backend, device=device, precision=precision)
     for m in methods:
         get_method(m, "segmentation")
     runner = make_runner(workers, ray, threads)
+    baselines = tuple(b for b in (DRAWN if baselines is None else baselines) if b in DRAWN and
+                      (b != MASK_PRIOR or masks))
+    priors = {}
+    if MASK_PRIOR in baselines:
+        labels = [explainer.bundle.label(i) for i in range(explainer.bundle.num_classes)]
+        priors = dataset_priors(collect_images(images).files, lambda path: None, explainer.bundle.preprocessing,
+                                masks, labels)
     settings = {"bundle": str(explainer.bundle.path.resolve()), "methods": list(methods), "target": target,
                 "masks": masks and str(Path(masks).resolve()), "options": options or {},
-                "precision": explainer.backend.precision}
+                "precision": explainer.backend.precision, "baselines": list(baselines)}
     summary: dict = {}
 
     def write(run, final: bool) -> None:
         write_atomically(run.out / ROWS, "".join(json.dumps(r) + "\n" for r in run.rows))
         write_csv(run.out / CSV_NAME, _csv_rows(run.rows), COLUMNS)
         if final:
-            summary.update(methods=means_per_method(run.rows, methods, MEANS, "regions"), images=len(run.found.files), settings=settings,
+            summary.update(methods=means_per_method(run.rows, methods, MEANS, "regions"),
+                           baselines=means_per_method(run.rows, baselines, MEANS, "regions"),
+                           **uncertainty(run.rows, methods, baselines, {c: shown[1] for c, shown in SHOWN.items()}),
+                           images=len(run.found.files), settings=settings,
                            skipped=run.skipped, errors=run.errors, redone=run.redone)
             write_atomically(run.out / SUMMARY, json.dumps(summary, indent=2) + "\n")
+            write_uncertainty_csvs(run.out, summary)
             _write_page(run.out, summary, thumbnail_grid(run.out, run.found.files[:grid], run.found.names, methods),
                         methods)
 
-    work = SegmentationAuditWork(spec_for(explainer, runner), tuple(methods), target, masks, options or {})
+    work = SegmentationAuditWork(spec_for(explainer, runner), tuple(methods), target, masks, options or {},
+                                 baselines, priors)
     job = Job("audit", "an audit", settings, tuple(methods), work, write, names=lambda found: found.names,
               extra=lambda image: [], folders=(OVERLAYS,), clear=(ROWS, *CLEARED), cost=lambda: cost_line(methods, explainer, options))
     run_job(job, images, out, runner, restart=restart, progress=progress, report=report)
@@ -79,18 +104,20 @@ def run_segmentation_audit(bundle, images, methods, out, *, masks=None, target=N
 
 
 def _csv_rows(rows: list[dict]) -> list[dict]:
-    return [{**r, **{flag: int(bool(r.get(flag))) for flag in ("class_agnostic", "degenerate", "uniform")}}
+    return [{**r, **{flag: int(bool(r.get(flag))) for flag in ("class_agnostic", "degenerate", "uniform", "baseline")}}
             for r in rows if r["method"] is not None]
 
 
 def _write_page(out: Path, summary: dict, grid, methods) -> None:
     """index.html, drawn by the classifier audit's writer from the segmenter's summary."""
-    per_method = {m: {k: v for k, v in means.items() if not k.endswith("_n")} for m, means in
-                  summary["methods"].items()}
-    counts = {m: {k[:-2]: v for k, v in means.items() if k.endswith("_n")} for m, means in
-              summary["methods"].items()}
-    view = {"methods": per_method, "counts": counts, "protocol": summary["settings"], "errors": summary["errors"],
-            "skipped": summary["skipped"]}
+    def means(group: dict) -> dict:
+        return {m: {k: v for k, v in found.items() if not k.endswith("_n")} for m, found in group.items()}
+
+    everything = {**summary["methods"], **summary["baselines"]}
+    counts = {m: {k[:-2]: v for k, v in found.items() if k.endswith("_n")} for m, found in everything.items()}
+    view = {"methods": means(summary["methods"]), "baselines": means(summary["baselines"]), "counts": counts,
+            "intervals": summary["intervals"], "paired": summary["paired"], "bootstrap": summary["bootstrap"],
+            "protocol": summary["settings"], "errors": summary["errors"], "skipped": summary["skipped"]}
     write_html(out, view, grid, methods, shown=SHOWN, unit="regions")
 
 
@@ -103,35 +130,53 @@ class SegmentationAuditWork:
     target: object
     masks: str | None
     options: dict
+    baselines: tuple = ()
+    priors: dict | None = None              # baseline → its dataset prior in the model's input (the mask prior)
 
     def __call__(self, batch) -> dict:
         return audit_batch(batch, self._audit)
 
     def _audit(self, image, _) -> dict:
         rows, thumbnails = audit_image(self.spec.open(), image, self.methods, self.target, self.masks, self.options,
-                                       thumbnails=True)
+                                       thumbnails=True, baselines=self.baselines, priors=self.priors)
         return {"rows": rows or [{"image": str(image), "method": None}], "thumbnails": thumbnails}
 
 
-def audit_image(explainer: Explainer, image, methods, target, masks, options, thumbnails: bool = False):
-    """One image → its rows (one per method and explained (class, region)); with `thumbnails`, (rows, method →
-    thumbnail PNG of its maps with every region outlined)."""
+def audit_image(explainer: Explainer, image, methods, target, masks, options, thumbnails: bool = False,
+                baselines=(), priors: dict | None = None):
+    """One image → its rows (one per method and explained (class, region), then per baseline and the (class,
+    region) targets the methods explained); with `thumbnails`, (rows, method → thumbnail PNG of its maps with
+    every region outlined)."""
     rgb = load_image(image)
     truth = _masks_in_input(masks, image, rgb.shape[:2], explainer) if masks else None
-    rows, pictures = [], {}
+    rows, pictures, items = [], {}, []
     for method in methods:
         e = explainer.explain([rgb], method, target=target, **options.get(method, {}))
         if thumbnails:
             pictures[method] = thumbnail_png(e.overlay(0))
-        for j, s in enumerate(e.items[0]):
-            row = {"image": str(image), "method": method, "index": j, **s.record(),
-                   "class_agnostic": e.class_agnostic, **region_metrics(s.saliency, s.region, None, s.degenerate)}
-            if truth is not None:
-                true = region_metrics(s.saliency, truth.region(s.class_id), truth.valid, s.degenerate)
-                row.update({f"truth_{k.split('_')[0]}" if k != "region_fraction" else "truth_fraction": v
-                            for k, v in true.items()})
-            rows.append(row)
+        items = e.items[0]
+        rows += [{"image": str(image), "method": method, "index": j, **s.record(), "class_agnostic": e.class_agnostic,
+                  **_metrics(s.saliency, s, truth, s.degenerate)} for j, s in enumerate(items)]
+    if baselines:
+        x = explainer.preprocess([rgb])[0]
+        for name in baselines:
+            saliency = baseline_map(name, x, priors or {})                  # at the model's input, as the methods'
+            degenerate = bool(np.ptp(saliency) == 0)
+            rows += [{"image": str(image), "method": name, "index": j, "class_agnostic": True, "baseline": True,
+                      **replace(s, class_agnostic=True, degenerate=degenerate, uniform=False).record(),
+                      **_metrics(saliency, s, truth, degenerate)} for j, s in enumerate(items)]
     return (rows, pictures) if thumbnails else rows
+
+
+def _metrics(saliency: np.ndarray, s, truth, degenerate: bool) -> dict:
+    """A map's metrics for one explained (class, region) `s`: in its region, and with masks in its class's
+    true region."""
+    found = region_metrics(saliency, s.region, None, degenerate)
+    if truth is not None:
+        true = region_metrics(saliency, truth.region(s.class_id), truth.valid, degenerate)
+        found.update({f"truth_{k.split('_')[0]}" if k != "region_fraction" else "truth_fraction": v
+                      for k, v in true.items()})
+    return found
 
 
 def region_metrics(saliency: np.ndarray, region: np.ndarray, valid, degenerate: bool) -> dict:
@@ -142,7 +187,7 @@ def region_metrics(saliency: np.ndarray, region: np.ndarray, valid, degenerate: 
 
 def summary_lines(summary: dict, out) -> list[str]:
     lines = []
-    for m, v in summary["methods"].items():
+    for m, v in {**summary["methods"], **summary.get("baselines", {})}.items():
         parts = [f"{v['regions']} regions"]
         if "energy" in v:
             parts.append(f"energy {v['energy']:.3f} (uniform {v['region_fraction']:.3f}), pointing {v['pointing']:.3f}")

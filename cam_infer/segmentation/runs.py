@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import CamInferError
+from ..errors import CamInferError, NotInImage
 from ..explainer import Explainer
 from ..explanation import _safe
 from ..jobs.explain import Results
@@ -132,7 +132,11 @@ class SegmentationWork:
             out["errors"].append({"image": str(path), "error": str(error)})
             return
         for method in (m for m in self.methods if m in needed):
-            e = explainer.explain([rgb], method, target=self.target, region=region, **self.options[method])
+            try:
+                e = explainer.explain([rgb], method, target=self.target, region=region, **self.options[method])
+            except NotInImage as error:
+                out["errors"].append({"image": str(path), "error": f"{Path(path).name}: {error}"})
+                return
             key = "map" if self.overlays == "none" else "overlay"
             targets = []
             for j, s in enumerate(e.items[0]):

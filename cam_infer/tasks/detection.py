@@ -12,6 +12,7 @@ import numpy as np
 
 from ..detection.context import DetectionContext
 from ..detection.decode import Detections, anchor_levels, detect
+from ..detection.split import check_thresholds
 from ..detection.targets import Target, box_target
 from ..errors import CamInferError
 from ..explanation import DetectionMap, Explanation
@@ -81,8 +82,7 @@ class DetectionTask(Task):
         conf = nms.get("conf", 0.25) if conf is None else conf
         iou = nms.get("iou", 0.7) if iou is None else iou
         max_det = int(nms.get("max_det", 300) if max_det is None else max_det)
-        if not 0 <= conf < 1 or not 0 < iou <= 1 or max_det < 1:
-            raise CamInferError(f"conf must be in [0, 1), iou in (0, 1] and max_det ≥ 1, not {conf}, {iou}, {max_det}")
+        check_thresholds(conf, iou, max_det)
         return float(conf), float(iou), max_det
 
     def targets(self, i, detections: Detections, output, request: dict, shape) -> list[Target]:
@@ -115,6 +115,8 @@ class DetectionTask(Task):
         if len(box) != 4:
             raise CamInferError(f"a box is [x1, y1, x2, y2], not {box!r}")
         x1, y1, x2, y2 = (float(v) for v in box)
+        if not np.isfinite([x1, y1, x2, y2]).all():
+            raise CamInferError(f"a box's corners must be finite numbers, not {[x1, y1, x2, y2]}")
         h0, w0 = shape[:2]
         if x2 <= 0 or y2 <= 0 or x1 >= w0 or y1 >= h0 or x2 <= x1 or y2 <= y1:
             raise CamInferError(f"the box {[x1, y1, x2, y2]} lies outside the {w0}x{h0} image or is empty")

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import CamInferError
+from ..errors import CamInferError, NotInImage
 from ..explanation import Explanation
 from ..methods.registry import Context
 from ..numerics import nonzero_per_row, softmax
@@ -224,16 +224,16 @@ class SegmentationTask(Task):
         else:
             values = target if isinstance(target, (list, tuple)) else [target]
             classes = [class_index(v, self.bundle.labels, self.bundle.num_classes) for v in values]
-        classes = [int(c) for c in classes]
+        classes = list(dict.fromkeys(int(c) for c in classes))          # a class named twice is explained once
         if given is not None:
             return classes, np.repeat(given[None], len(classes), axis=0)
         absent = [c for c in classes if not counts[c]]
         if absent:
             shown = ", ".join(self.name_of(c) for c in range(len(counts)) if counts[c]) or "none"
-            raise CamInferError(f"class {self.name_of(absent[0])} is not in the image (classes present: {shown}); "
+            raise NotInImage(f"class {self.name_of(absent[0])} is not in the image (classes present: {shown}); "
                                 "give a region= to explain it over pixels of your choice")
         if not classes:
-            raise CamInferError("no class but the background is present in the image; give target= and region=")
+            raise NotInImage("no class but the background is present in the image; give target= and region=")
         return classes, present.regions(classes)
 
     def is_background(self, c: int) -> bool:
@@ -262,6 +262,8 @@ class SegmentationTask(Task):
             mask = cv2.resize((array > 0).astype(np.uint8), (size[1], size[0]), interpolation=cv2.INTER_NEAREST) > 0
         elif array.shape == (4,):
             x1, y1, x2, y2 = (float(v) for v in array)
+            if not np.isfinite([x1, y1, x2, y2]).all():
+                raise CamInferError(f"a box's corners must be finite numbers, not {[x1, y1, x2, y2]}")
             if x2 <= x1 or y2 <= y1 or x2 <= 0 or y2 <= 0 or x1 >= w0 or y1 >= h0:
                 raise CamInferError(f"the box {[x1, y1, x2, y2]} lies outside the {w0}x{h0} image or is empty")
             mask = np.zeros(size, bool)
