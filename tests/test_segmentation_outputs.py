@@ -185,6 +185,16 @@ def test_explain_of_a_segmenter_refuses_classifier_flags_and_unknown_classes(seg
     assert_one_line_error(result, "--finer is for classifiers")
 
 
+def test_a_class_absent_from_one_image_of_a_batch_names_that_image(segmenter_and_scene, tmp_path):
+    from cam_infer.tools.synthetic import write_segmentation_scenes
+    ex, _ = segmenter_and_scene
+    images = sorted((write_segmentation_scenes(tmp_path / "scenes", 4) / "images").glob("*.png"))
+    shown = [{s.class_id for s in ex.explain(p, "recipro", target="all").items[0]} for p in images]
+    c, a, b = next((c, a, b) for a in range(4) for b in range(4) for c in shown[a] if c not in shown[b])
+    with pytest.raises(CamInferError, match=rf"image 1 of the batch: class {LABELS[c]} \({c}\) is not in the image"):
+        ex.explain([images[a], images[b]], "recipro", target=c)
+
+
 def test_a_class_named_twice_is_explained_once(segmenter_and_scene):
     ex, images = segmenter_and_scene
     once = ex.explain(images[0], "recipro")

@@ -180,7 +180,12 @@ class SegmentationTask(Task):
         jobs = []
         for i in range(len(x)):
             shape = originals[i].shape[:2] if originals else self.bundle.input_shape[1:]
-            classes, regions = self.targets(outputs[i], request["target"], request["region"], shape, spec)
+            try:
+                classes, regions = self.targets(outputs[i], request["target"], request["region"], shape, spec)
+            except NotInImage as error:
+                if len(x) == 1:
+                    raise
+                raise NotInImage(f"image {i} of the batch: {error}") from None
             k = len(classes)
             cut = None if activations is None else rows(activations, i, k)
             ctx = SegmentationContext(x=rows(x, i, k), activations=cut,
