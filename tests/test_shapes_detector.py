@@ -213,7 +213,7 @@ def test_a_detector_audit_scores_the_baselines_on_the_same_detections_with_inter
     out, _ = audited
     rows = [r for r in jsonl_rows(out) if r["method"] is not None]
     explained = sorted((r["image"], r["index"]) for r in rows if r["method"] == "recipro")
-    for baseline in ("random-map", "centre-gaussian"):
+    for baseline in ("random-map", "centre-gaussian", "box-prior"):
         own = [r for r in rows if r["method"] == baseline]
         assert sorted((r["image"], r["index"]) for r in own) == explained and all(r["baseline"] for r in own)
     first = next(r for r in rows if r["method"] == "centre-gaussian")
@@ -225,12 +225,41 @@ def test_a_detector_audit_scores_the_baselines_on_the_same_detections_with_inter
     box = _pixels(detection.box_image, rgb.shape)
     assert first["box_fraction"] == recipro["box_fraction"]           # the same detection, the same box
     assert first["energy"] == pytest.approx(energy_pointing(centre_gaussian(rgb.shape[:2]), [box]))
+    check_box_prior(out, rows)
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["baselines"]) == {"random-map", "centre-gaussian"}
-    for name in [*AUDIT_METHODS.split(","), "random-map", "centre-gaussian"]:
+    assert set(summary["baselines"]) == {"random-map", "centre-gaussian", "box-prior"}
+    for name in [*AUDIT_METHODS.split(","), "random-map", "centre-gaussian", "box-prior"]:
         assert {"energy", "pointing", "specificity", "box_fraction"} <= set(summary["intervals"][name])
         assert summary["intervals"][name]["energy"]["n"] == len(explained)
     assert {(p["a"], p["b"]) for p in summary["paired"]["energy"]} >= {("recipro", "ablation")}
     page = (out / "index.html").read_text()
-    assert page.count("<tr class=baseline>") == 2 and "Paired differences" in page and "class=whisker" in page
+    assert page.count("<tr class=baseline>") == 3 and "Paired differences" in page and "class=whisker" in page
     assert {p.name for p in out.iterdir()} >= {"summary.csv", "paired.csv"}
+
+
+def check_box_prior(out, rows):
+    """The box prior's rows: the fraction of the images whose true boxes cover each pixel of the model's
+    letterboxed input, recomputed here with the same rounding of each box to whole input pixels, put back on each
+    image and measured in each detection's box."""
+    from cam_infer.detection.audit import _pixels
+    from cam_infer.images import load_image
+    bundle = Explainer(embedded_detector_path()).bundle
+    prep, truth = bundle.preprocessing, json.loads((out.parent / "boxes.json").read_text())
+    covered = []
+    for name, entries in truth.items():
+        shape = load_image(out.parent / "images" / name).shape[:2]
+        inside = np.zeros(prep.input_size, bool)
+        for entry in entries:
+            x1, y1, x2, y2 = prep.box_from_image([*entry["box"][:2], entry["box"][2] + 1, entry["box"][3] + 1], shape)
+            inside[max(int(np.floor(y1)), 0):int(np.ceil(y2)), max(int(np.floor(x1)), 0):int(np.ceil(x2))] = True
+        covered.append(inside)
+    prior = np.mean(covered, axis=0).astype(np.float32)
+    own = [r for r in rows if r["method"] == "box-prior"]
+    assert own
+    for r in own:
+        rgb = load_image(r["image"])
+        on_image, _ = prep.to_image(prior, rgb.shape[:2])
+        detection = next(d for d in Explainer(embedded_detector_path()).explain([rgb], "recipro").items[0]
+                         if d.index == r["index"])
+        assert r["energy"] == pytest.approx(energy_pointing(on_image, [_pixels(detection.box_image, rgb.shape)]),
+                                            abs=1e-6)

@@ -25,11 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from ..audit import CLEARED, OVERLAYS, boxes_for, check_boxes_match, load_boxes, thumbnail_grid
-from ..audit.baselines import GAUSSIAN, RANDOM, baseline_map
+from ..audit.baselines import BOX_PRIOR, GAUSSIAN, RANDOM, baseline_map, dataset_priors
 from ..audit.intervals import uncertainty
 from ..audit.report import (CSV_NAME, check_grid, check_tolerance, closing_lines, means_per_method, write_csv,
                             write_html, write_uncertainty_csvs)
 from ..audit.work import audit_batch, thumbnail_png
+from ..jobs.folders import collect_images
 from ..errors import CamInferError
 from ..images import load_image
 from ..methods import get_method
@@ -48,7 +49,7 @@ SHOWN = {"energy": ("Energy in the box", True), "box_fraction": ("Box's share of
          "truth_iou": ("IoU with the true box", True), "marker_energy": ("Energy on the marker", True),
          "marker_fraction": ("Marker's share (uniform)", None)}
 GRID = 48
-DRAWN = (RANDOM, GAUSSIAN)            # the baselines a detector's audit draws (no box prior yet)
+DRAWN = (RANDOM, GAUSSIAN, BOX_PRIOR)  # the baselines a detector's audit draws (the box prior with true boxes)
 
 
 def run_detection_audit(bundle, images, methods, out, *, boxes=None, backend: str = "auto", device: str = "CPU",
@@ -58,8 +59,8 @@ def run_detection_audit(bundle, images, methods, out, *, boxes=None, backend: st
                         baselines=None) -> dict:
     """`precision`: what the runtime computes in (recorded in summary.json's settings, resolved). `workers`, `ray` and `threads` choose where the images are worked on (`cam_infer.parallel`);
     `report(line)`, when given, hears what the methods will cost before the run starts (`cam_infer.cost`).
-    `baselines`: the baseline maps scored beside the methods on the same detections (None: the random map and
-    the centre Gaussian, the ones a detector's audit draws; `cam_infer.audit.baselines`)."""
+    `baselines`: the baseline maps scored beside the methods on the same detections (None: every one `DRAWN`,
+    the box prior only with `boxes`; `cam_infer.audit.baselines`)."""
     from ..cost import announce, detection_plan
     from ..jobs.driver import Job, run_job, spec_for
     from ..parallel import make_runner
@@ -74,7 +75,12 @@ def run_detection_audit(bundle, images, methods, out, *, boxes=None, backend: st
     runner = make_runner(workers, ray, threads)
     truth = load_boxes(boxes, explainer.bundle)
     check_boxes_match(truth, images, boxes)
-    baselines = tuple(b for b in (DRAWN if baselines is None else baselines) if b in DRAWN)
+    baselines = tuple(b for b in (DRAWN if baselines is None else baselines) if b in DRAWN and
+                      (b != BOX_PRIOR or truth))
+    priors = {}
+    if BOX_PRIOR in baselines:
+        priors = dataset_priors(collect_images(images).files, lambda path: boxes_for(truth, path, images),
+                                explainer.bundle.preprocessing)
     settings = {"bundle": str(explainer.bundle.path.resolve()), "methods": list(methods), "boxes": boxes and
                 str(Path(boxes).resolve()), "tolerance": tolerance, "conf": conf, "options": options or {},
                 "precision": explainer.backend.precision, "baselines": list(baselines)}
@@ -99,7 +105,8 @@ def run_detection_audit(bundle, images, methods, out, *, boxes=None, backend: st
         return announce(detection_plan(*counted_on, {m: get_method(m) for m in methods}, options), explainer.backend,
                         detector=True)
 
-    work = DetectionAuditWork(spec_for(explainer, runner), tuple(methods), tolerance, conf, options or {}, baselines)
+    work = DetectionAuditWork(spec_for(explainer, runner), tuple(methods), tolerance, conf, options or {}, baselines,
+                              priors)
     job = Job("audit", "an audit", settings, tuple(methods), work, write, names=lambda found: found.names,
               extra=lambda image: boxes_for(truth, image, images) or [], folders=(OVERLAYS,), clear=(ROWS, *CLEARED),
               cost=cost)
@@ -137,18 +144,19 @@ class DetectionAuditWork:
     conf: float | None
     options: dict
     baselines: tuple = ()
+    priors: dict | None = None              # baseline → its dataset prior in the model's input (the box prior)
 
     def __call__(self, batch) -> dict:
         return audit_batch(batch, self._audit)
 
     def _audit(self, image, truth) -> dict:
         rows, thumbnails = audit_image(self.spec.open(), image, self.methods, truth, self.tolerance, self.conf,
-                                       self.options, thumbnails=True, baselines=self.baselines)
+                                       self.options, thumbnails=True, baselines=self.baselines, priors=self.priors)
         return {"rows": rows or [{"image": str(image), "method": None}], "thumbnails": thumbnails}
 
 
 def audit_image(explainer: Explainer, image, methods, truth: list, tolerance: float, conf, options,
-                thumbnails: bool = False, baselines=()):
+                thumbnails: bool = False, baselines=(), priors: dict | None = None):
     """One image → its rows (one per method and explained detection, then per baseline and the detections the
     methods explained); with `thumbnails`, (rows, method → thumbnail PNG of its detections over their maps)."""
     rgb = load_image(image)
@@ -164,7 +172,10 @@ def audit_image(explainer: Explainer, image, methods, truth: list, tolerance: fl
             rows.append(_row(image, method, d, saliency, items, rgb.shape, tolerance, truth_boxes,
                              class_agnostic=e.class_agnostic))
     for name in baselines:
-        saliency = baseline_map(name, np.moveaxis(rgb, -1, 0), {})             # over the image, as the methods' maps
+        if name == BOX_PRIOR:                   # the dataset's prior is in the model's input: put back on the image
+            saliency, _ = explainer.bundle.preprocessing.to_image(priors[name], rgb.shape[:2])
+        else:
+            saliency = baseline_map(name, np.moveaxis(rgb, -1, 0), {})         # over the image, as the methods' maps
         rows += [_row(image, name, d, saliency, items, rgb.shape, tolerance, truth_boxes, baseline=True)
                  for d in items]
     return (rows, pictures) if thumbnails else rows

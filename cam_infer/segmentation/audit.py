@@ -31,6 +31,7 @@ from ..audit.intervals import uncertainty
 from ..audit.report import (CSV_NAME, check_grid, closing_lines, means_per_method, write_csv, write_html,
                             write_uncertainty_csvs)
 from ..audit.work import _masks_in_input, audit_batch, thumbnail_png
+from ..jobs.folders import collect_images
 from ..explainer import Explainer
 from ..images import load_image
 from ..methods import get_method
@@ -61,7 +62,6 @@ def run_segmentation_audit(bundle, images, methods, out, *, masks=None, target=N
     `baselines`: the baseline maps scored beside the methods (None: every one `DRAWN`, the mask prior only with
     masks)."""
     from ..jobs.driver import Job, run_job, spec_for
-    from ..jobs.folders import collect_images
     from ..parallel import make_runner
 
     check_grid(grid)
