@@ -98,18 +98,35 @@ class Explanation:
                 "degenerate": bool(self._pick(self.degenerate, i, j)), "uniform": bool(self._pick(uniform, i, j))}
 
     def map_class(self, i: int, j: int | None = None) -> int | None:
-        """The class map (i, j) explains; None for a class-agnostic map, which explains no class."""
+        """The class map (i, j) explains; None for a class-agnostic map, which explains no class. A detector's or
+        a segmenter's: the class of its explained target j."""
+        if self.detector:
+            i, j = self._item(i, j if j is not None else 0)
+            return None if self.class_agnostic else int(self.items[i][j].class_id)
         return None if self.class_agnostic else int(self._pick(self.targets, i, j))
 
     @property
     def uniform(self) -> np.ndarray:
         """(N,) or (N,k) True where the map is near-uniform: it carries no localisation
         (`postprocess.near_uniform`)."""
+        if self.detector:
+            raise CamInferError("a detector's or segmenter's maps are per explained target: read items[i][j].uniform")
         return near_uniform(self.saliency)
 
     @property
     def multi(self) -> bool:
-        return self.targets.ndim == 2
+        """Several classes per image ((N,k) arrays); a detector's or segmenter's targets are in `items`."""
+        return self.targets is not None and self.targets.ndim == 2
+
+    def _item(self, i, j) -> tuple[int, int | None]:
+        """(i, j) checked against `items`: image i, its explained target j (or None)."""
+        def index(k) -> bool:
+            return isinstance(k, (int, np.integer)) and not isinstance(k, bool)
+        if not index(i) or not 0 <= i < len(self.items):
+            raise CamInferError(f"image {i!r} does not exist: the explanation has {len(self.items)}")
+        if j is not None and (not index(j) or not 0 <= j < len(self.items[i])):
+            raise CamInferError(f"target {j!r} does not exist: image {i} has {len(self.items[i])} explained targets")
+        return int(i), None if j is None else int(j)
 
     def _per_class(self, i: int) -> list[int]:
         return list(range(self.targets.shape[1])) if self.multi else [None]
@@ -128,14 +145,10 @@ class Explanation:
         model's view. A detector's image i with its explained detection j drawn (box, label, score) over its
         map; j None: every explained detection over their maps' pixel-wise maximum."""
         check_overlay_options(colormap, alpha)
-        if self.segmenter:
-            from .segmentation.overlay import segment_overlay
-            return segment_overlay(self, i, j, on, colormap, alpha)
-        if self.detector:
-            from .detection.overlay import detection_overlay
-            return detection_overlay(self, i, j, on, colormap, alpha)
         if on not in ("original", "model"):
             raise CamInferError(f"on must be 'original' or 'model', not {on!r}")
+        if self.detector:
+            return self._targets_overlay(i, j, image, on, colormap, alpha)
         if self.multi and j is None:
             j = 0
         if not self.multi:                      # one map per image: j is None, or 0 for the only one
@@ -176,6 +189,24 @@ class Explanation:
                 paths.append(path)
         return paths
 
+    def _targets_overlay(self, i, j, image, on: str, colormap: str, alpha: float) -> np.ndarray:
+        """A detector's or a segmenter's picture: image i with its explained target j (None: all of them)."""
+        from .images import as_rgb_uint8
+        i, j = self._item(i, j)
+        original = image if image is not None else (self.images[i] if self.images else None)
+        rgb = None if original is None else as_rgb_uint8(original)
+        seen = self.images[i].shape[:2] if self.images else tuple(self.preprocessing.input_size)
+        if rgb is not None and rgb.shape[:2] != seen:           # the boxes and regions are in that image's pixels
+            raise CamInferError(f"the image given is {rgb.shape[1]}x{rgb.shape[0]}; the targets were found on a "
+                                f"{seen[1]}x{seen[0]} image: draw them on that one")
+        if not self.images:                 # a preprocessed batch: the image given is the model's view
+            on = "model"
+        if self.segmenter:
+            from .segmentation.overlay import segment_overlay
+            return segment_overlay(self, i, j, rgb, on, colormap, alpha)
+        from .detection.overlay import detection_overlay
+        return detection_overlay(self, i, j, rgb, on, colormap, alpha)
+
     @property
     def _images(self) -> int:
         return len(self.items if self.detector else self.targets)
@@ -185,7 +216,7 @@ class Explanation:
         per explained detection; one for a class-agnostic map."""
         if self.detector:
             return [(None, "")] if self.class_agnostic else \
-                [(j, f"_{j}_{_safe(d.label)}") for j, d in enumerate(self.items[i])]
+                [(j, f"_{j}_{_safe(d.label or f'class {d.class_id}')}") for j, d in enumerate(self.items[i])]
         return [(j, "" if self.map_class(i, j) is None else f"_{_safe(self.label(self.map_class(i, j)))}")
                 for j in self._per_class(i)]
 

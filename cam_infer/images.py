@@ -323,25 +323,51 @@ def _pil_resize(rgb: np.ndarray, width: int, height: int, kernel, support: float
 
 def load_image(path: str | os.PathLike) -> np.ndarray:
     """Decode an image file to (H,W,3) RGB uint8; every failure is a `CamInferError`."""
+    return as_rgb_uint8(_decoded(path))
+
+
+def load_mask(path: str | os.PathLike) -> np.ndarray:
+    """A mask image file → (H,W) bool: nonzero in any colour channel at the file's own bit depth (a 16-bit
+    PNG's label 1 is inside, where 8 bits would round it to 0); an alpha channel is not read."""
+    image = _decoded(path)
+    if image.ndim == 3:
+        image = image[..., :3] if image.shape[2] >= 3 else image[..., :1]
+        return (image != 0).any(axis=2)
+    return image != 0
+
+
+def _decoded(path: str | os.PathLike) -> np.ndarray:
+    """An image file's pixels as decoded, (H,W) or (H,W,C) RGB(A) at its own depth; `UnreadableImage` else."""
     path = os.fspath(path)
     if os.path.isdir(path):
         raise UnreadableImage(f"'{path}' is a folder, not an image (the cam-infer commands take folders; in Python, "
                               "list its images)")
     if not os.path.isfile(path):
         raise UnreadableImage(f"image '{path}' does not exist")
-    return decode_image(np.fromfile(path, dtype=np.uint8), f"'{path}'")
+    return _decode(np.fromfile(path, dtype=np.uint8), f"'{path}'")
 
 
 def decode_image(data, what: str = "the data") -> np.ndarray:
     """An encoded image (bytes or a uint8 array: PNG, JPEG, ...) → (H,W,3) RGB uint8; `UnreadableImage` if
     it is none."""
+    return as_rgb_uint8(_decode(data, what))
+
+
+def _decode(data, what: str) -> np.ndarray:
+    """Encoded bytes → the pixels as decoded, (H,W) or (H,W,C) RGB(A) at their own depth."""
     data = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    except cv2.error as exc:           # OpenCV refuses, e.g. a header declaring more than 2^30 pixels
+        too_large = "CV_IO_MAX_IMAGE_PIXELS" in str(exc)
+        reason = "its header declares more pixels than OpenCV decodes (2^30)" if too_large else "OpenCV cannot " \
+            "decode it"
+        raise UnreadableImage(f"{what} is not a readable image: {reason}") from None
     if image is None:
         raise UnreadableImage(f"{what} is not a readable image (PNG, JPEG, BMP, TIFF, WebP, ...)")
     if image.ndim == 3 and image.shape[2] >= 3:
         image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
-    return as_rgb_uint8(image)
+    return image
 
 
 def _sequence(name: str, values) -> tuple:
@@ -382,7 +408,11 @@ def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
     if image.dtype == np.uint16:
         image = (image.astype(np.float32) / 257.0).round().astype(np.uint8)
     elif image.dtype.kind == "f":
-        image = (np.clip(image, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+        low, high = (float(image.min()), float(image.max())) if np.isfinite(image).all() else (np.nan, np.nan)
+        if not 0.0 <= low <= high <= 1.0:       # clipping 0–255 data to [0,1] would give a white image
+            raise CamInferError(f"a float image must hold values in [0, 1], not {low:g} … {high:g}; give 0–255 "
+                                "pixels as uint8")
+        image = (image * 255.0).round().astype(np.uint8)
     elif image.dtype != np.uint8:
         raise CamInferError(f"unsupported image dtype {image.dtype}; use uint8, uint16 or float in [0,1]")
     channels = image.shape[2]

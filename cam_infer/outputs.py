@@ -125,8 +125,12 @@ def write_atomically(path, data: str | bytes) -> None:
     replace on every OS), so a kill or a reader at any moment sees either the old file or the new one."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    if isinstance(data, str):
-        tmp.write_text(data, encoding="utf-8")
-    else:
-        tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        if isinstance(data, str):
+            tmp.write_text(data, encoding="utf-8")
+        else:
+            tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)          # no half-written copy left beside the file
+        raise

@@ -63,6 +63,45 @@ def test_unreadable_images_are_errors(tmp_path):
         load_image(tmp_path / "missing.png")
 
 
+def test_a_png_declaring_more_pixels_than_opencv_decodes_is_an_unreadable_image(tmp_path):
+    """A 100-byte PNG whose header says 60000x60000: OpenCV raises rather than return None."""
+    import struct
+    import zlib
+
+    from cam_infer.errors import UnreadableImage
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0)
+    (tmp_path / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                                        + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b""))
+    with pytest.raises(UnreadableImage, match="declares more pixels than OpenCV decodes"):
+        load_image(tmp_path / "bomb.png")
+
+
+@pytest.mark.parametrize("values", [[0.0, 255.0], [-0.5, 0.5], [0.0, np.nan], [0.0, np.inf]])
+def test_a_float_image_outside_0_1_is_refused_not_clipped_to_white(values):
+    image = np.full((4, 4, 3), values[0], np.float32)
+    image[0, 0] = values[1]
+    with pytest.raises(CamInferError, match=r"a float image must hold values in \[0, 1\]"):
+        as_rgb_uint8(image)
+    assert as_rgb_uint8(np.full((4, 4, 3), 0.5, np.float32))[0, 0, 0] == 128
+
+
+def test_a_16_bit_mask_keeps_its_low_labels(tmp_path):
+    """Read as an image, a 16-bit label 1 became 0 (÷257); a mask keeps every nonzero pixel."""
+    from cam_infer.images import load_mask
+    labels = np.zeros((20, 30), np.uint16)
+    labels[2:6, 3:9], labels[10:12, 10:20] = 1, 300
+    cv2.imwrite(str(tmp_path / "m.png"), labels)
+    np.testing.assert_array_equal(load_mask(tmp_path / "m.png"), labels > 0)
+    rgba = np.zeros((20, 30, 4), np.uint8)
+    rgba[..., 3] = 255                                  # opaque everywhere: the alpha is not the mask
+    rgba[5, 7, 1] = 1
+    cv2.imwrite(str(tmp_path / "c.png"), rgba)
+    assert np.flatnonzero(load_mask(tmp_path / "c.png")).tolist() == [5 * 30 + 7]
+
+
 @pytest.mark.parametrize("fields, message", [({"crop": "left"}, "crop must be"), ({"color": "hsv"}, "color must be"),
                                              ({"std": (1, 0, 1)}, "non-zero"), ({"resize": 10}, "crop would not fit")])
 def test_bad_preprocessing_options_are_errors(fields, message):

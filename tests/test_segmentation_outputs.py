@@ -195,6 +195,49 @@ def test_a_class_absent_from_one_image_of_a_batch_names_that_image(segmenter_and
         ex.explain([images[a], images[b]], "recipro", target=c)
 
 
+def test_a_segmenter_without_labels_saves_and_draws_its_classes_by_number(tmp_path):
+    from cam_infer.bundle.segmentation import split_segmenter
+    from cam_infer.tools.synthetic import write_segmentation_scenes
+    bundle = split_segmenter(SEGMENTER, out=tmp_path / "bundle", preprocessing=SHAPES_PREPROCESSING)
+    image = sorted((write_segmentation_scenes(tmp_path / "scenes", 1) / "images").glob("*.png"))[0]
+    e = Explainer(bundle, backend="onnxruntime").explain([image], "recipro")
+    c = e.items[0][0].class_id
+    assert [p.name for p in e.save(tmp_path / "out")] == [f"{image.stem}_recipro_0_class_{c}.png"]
+
+
+def test_a_16_bit_mask_file_as_region_keeps_every_labelled_pixel(segmenter_and_scene, tmp_path):
+    import cv2
+    ex, images = segmenter_and_scene
+    mask = np.zeros((128, 128), np.uint16)
+    mask[10:50, 10:50], mask[60:70, 60:70] = 1, 300            # label 1 was 0 once divided by 257
+    cv2.imwrite(str(tmp_path / "m.png"), mask)
+    from_file = ex.explain(images[0], "activation", region=tmp_path / "m.png").items[0][0]
+    from_array = ex.explain(images[0], "activation", region=mask > 0).items[0][0]
+    assert from_file.pixels == from_array.pixels == 1700
+    np.testing.assert_array_equal(from_file.region, from_array.region)
+
+
+def test_targets_are_drawn_on_an_image_given_to_overlay_and_bad_indices_are_one_line(segmenter_and_scene):
+    from cam_infer.images import load_image
+    ex, images = segmenter_and_scene
+    rgb = load_image(images[0])
+    from_files = ex.explain([rgb], "recipro")
+    preprocessed = ex.explain(ex.preprocess([rgb]), "recipro")
+    np.testing.assert_array_equal(preprocessed.overlay(0, 0, image=rgb), from_files.overlay(0, 0, on="model"))
+    with pytest.raises(CamInferError, match="or overlay\\(image=...\\)"):
+        preprocessed.overlay(0, 0)
+    with pytest.raises(CamInferError, match="the image given is 10x10; the targets were found on a 128x128 image"):
+        from_files.overlay(0, 0, image=np.zeros((10, 10, 3), np.uint8))
+    for i, j, message in ((0, 5, "target 5 does not exist"), (0, -1, "target -1 does not exist"),
+                          (0.0, None, "image 0.0 does not exist"), (True, None, "image True does not exist"),
+                          (3, None, "image 3 does not exist")):
+        with pytest.raises(CamInferError, match=message):
+            from_files.overlay(i, j)
+    assert from_files.map_class(0, 0) == from_files.items[0][0].class_id and not from_files.multi
+    with pytest.raises(CamInferError, match="per explained target: read items"):
+        from_files.uniform
+
+
 def test_a_class_named_twice_is_explained_once(segmenter_and_scene):
     ex, images = segmenter_and_scene
     once = ex.explain(images[0], "recipro")
@@ -384,6 +427,27 @@ def test_fuse_refuses_a_class_specific_segmentation_method(segmenter_and_scene, 
     ex, _ = segmenter_and_scene
     result = run_cli("fuse", ex.bundle.path, "--method", "recipro", "--out", tmp_path / "fused.onnx")
     assert_one_line_error(result, "a segmenter fuses")
+
+
+def test_fuse_and_info_of_a_segmenter_check_what_they_are_given(segmenter_and_scene, tmp_path):
+    """An unknown option is one line (was a TypeError); --out onto the bundle's own graph is refused (--force
+    overwrote it, and the bundle failed its hash check after); --out a folder leaves no temporary file."""
+    import shutil
+    ex, _ = segmenter_and_scene
+    bundle = shutil.copytree(ex.bundle.path, tmp_path / "bundle")
+    assert_one_line_error(run_cli("fuse", bundle, "--method", "eigen", "--option", "foo=bar", "--out",
+                                  tmp_path / "f.onnx"), "fused method 'eigen' has no option foo")
+    before = (bundle / "features.onnx").read_bytes()
+    assert_one_line_error(run_cli("fuse", bundle, "--method", "eigen", "--out", bundle / "features.onnx", "--force"),
+                          "is a file of the bundle being fused")
+    assert (bundle / "features.onnx").read_bytes() == before
+    (tmp_path / "d.onnx").mkdir()
+    assert_one_line_error(run_cli("fuse", bundle, "--method", "eigen", "--out", tmp_path / "d.onnx", "--force"),
+                          "is a folder; --out is the fused model's file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "d.onnx"]
+    for backend in ("onnxruntime", "openvino"):          # a segmenter's (1,C,H,W) scores are what it gives
+        info = run_cli("info", bundle, "--backend", backend)
+        assert info.returncode == 0 and f"runs on    {backend}" in info.stdout and ": yes," in info.stdout, info.stdout
 
 
 def test_explain_over_a_region_from_the_command_line_box_or_folder_of_masks(segmenter_and_scene, tmp_path, tiny_bundle):

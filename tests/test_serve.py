@@ -575,6 +575,8 @@ def test_serve_refuses_what_it_cannot_serve_in_one_line(tmp_path):
     (tmp_path / "not.onnx").write_bytes(b"")
     assert_one_line_error(run_cli("serve", tmp_path / "nothing"), "neither a bundle folder nor a fused model")
     assert_one_line_error(run_cli("serve", SHAPES, "--method", "gradcam"), "is not served")
+    for name in ("a/b", "", ".."):                   # the model would answer 404 on every URL
+        assert_one_line_error(run_cli("serve", SHAPES, "--name", name), "the model's name is one segment of its URLs")
     code = ("import sys; sys.modules['starlette'] = None; from cam_infer.cli import main; "
             f"sys.exit(main(['serve', {str(SHAPES)!r}]))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=ENV)

@@ -263,3 +263,27 @@ def check_box_prior(out, rows):
                          if d.index == r["index"])
         assert r["energy"] == pytest.approx(energy_pointing(on_image, [_pixels(detection.box_image, rgb.shape)]),
                                             abs=1e-6)
+
+
+def test_the_api_s_bad_calls_on_a_detector_are_one_line_and_an_image_given_to_overlay_is_drawn(explainer):
+    from cam_infer import CamInferError
+    scene = SCENES[0]
+    e = explainer.explain([scene.image], "recipro")
+    n = len(e.items[0])
+    assert n >= 1
+    for i, j, message in ((0, n, f"target {n} does not exist"), (0, -1, "target -1 does not exist"),
+                          (0.0, None, "image 0.0 does not exist"), (1, 0, "image 1 does not exist")):
+        with pytest.raises(CamInferError, match=message):
+            e.overlay(i, j)
+    with pytest.raises(CamInferError, match=r"boxes= takes \(box \[x1, y1, x2, y2\], class\) pairs"):
+        explainer.explain([scene.image], "recipro", boxes=[[10, 10, 50, 50]])
+    with pytest.raises(CamInferError, match="the batch is empty"):
+        explainer.explain(np.zeros((0, *explainer.bundle.input_shape), np.float32), "recipro")
+    with pytest.raises(CamInferError, match="per explained target"):
+        e.uniform
+    assert e.map_class(0, 0) == e.items[0][0].class_id and not e.multi
+    preprocessed = explainer.explain(explainer.preprocess([scene.image]), "recipro")
+    view = explainer.bundle.preprocessing.geometry(scene.image)
+    np.testing.assert_array_equal(preprocessed.overlay(0, 0, image=view), e.overlay(0, 0, on="model"))
+    with pytest.raises(CamInferError, match="the targets were found on a"):
+        e.overlay(0, 0, image=np.zeros((7, 9, 3), np.uint8))

@@ -399,6 +399,15 @@ def test_fusing_a_grid_method_into_a_token_model_is_one_line(vit_bundles, tmp_pa
         assert result.stderr.strip().endswith("explain it with cam-infer explain" + hint)
 
 
+def test_bench_fused_on_a_token_model_times_the_methods_it_fuses_and_takes_the_backend_aliases(vit_bundles):
+    """The default cases include grid methods, which a token cut does not fuse: left out, not an error."""
+    from helpers import run_cli
+    result = run_cli("bench", vit_bundles["vit"].path, "--fused", "--repeats", "1", "--backend", "ort")
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| onnxruntime")]
+    assert [row.split("|")[2].strip() for row in rows] == ["vit-recipro"]
+
+
 def _renamed(graph, old: str, new: str) -> None:
     for node in graph.node:
         node.output[:] = [new if o == old else o for o in node.output]

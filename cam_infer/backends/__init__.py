@@ -86,7 +86,7 @@ def check_backend(bundle, backend_name: str, device: str, precision: str = "f32"
     start = time.perf_counter()
     scores = backend.forward(x)
     ms = (time.perf_counter() - start) * 1000
-    ok = scores.shape == (1, bundle.num_classes) and bool(np.isfinite(scores).all())
+    ok = scores.shape == (1, *bundle.output_shape) and bool(np.isfinite(scores).all())
     return f"runs on    {backend.describe()}: {'yes' if ok else 'NO'}, {ms:.1f} ms per image (batch 1)"
 
 

@@ -43,6 +43,8 @@ class Backend(ABC):
         or an infinity gives NaN scores, then a map captioned with a class it does not explain); float32,
         C-contiguous."""
         x = self._checked(x, self.bundle.input_shape, "input images")
+        if not len(x):
+            raise CamInferError("the batch is empty: give at least one image")
         finite = np.isfinite(x).reshape(len(x), -1).all(axis=1)
         if not finite.all():
             bad = np.flatnonzero(~finite)

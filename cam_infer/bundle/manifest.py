@@ -162,6 +162,12 @@ class Bundle:
             raise CamInferError(f"bundle '{self.path}' has no {role} graph")
         return self.path / self.manifest["graphs"][role]["file"]
 
+    def files(self) -> set[Path]:
+        """Every file of the bundle, resolved: bundle.json and its graphs (an IR graph's .bin too)."""
+        graphs = [self.path / g["file"] for g in self.manifest["graphs"].values()]
+        weights = [g.with_suffix(".bin") for g in graphs if g.suffix == ".xml"]
+        return {f.resolve() for f in [self.path / MANIFEST, *graphs, *weights]}
+
     @property
     def input_name(self) -> str:
         return self.manifest["input"]["name"]

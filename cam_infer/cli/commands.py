@@ -247,8 +247,7 @@ def bench(args) -> int:
         raise CamInferError("repeats must be at least 1")
     runtimes = [b.strip() for b in args.backend.split(",")] if args.backend else bundle.runtimes
     from ..backends import backend_name
-    for runtime in runtimes:                 # before the table's header: an unknown one is one line, not a row
-        backend_name(bundle, runtime)
+    runtimes = [backend_name(bundle, r) for r in runtimes]    # before the table's header: an unknown one is one line
     cases = list(FUSED_CASES if args.fused else ALL_CASES) if args.method == "all" else \
         [c.strip() for c in args.method.split(",")]
     if args.fused:
@@ -426,6 +425,8 @@ def fuse(args) -> int:
     if args.repository and Path(args.repository).exists() and not Path(args.repository).is_dir():
         raise CamInferError(f"--repository '{args.repository}' is a file; a model repository is a folder")
     bundle = Bundle.load(args.bundle)
+    if Path(args.out).resolve() in bundle.files():
+        raise CamInferError(f"'{args.out}' is a file of the bundle being fused; choose another --out")
     task = task_of(bundle).name
     wanted = ".xml" if bundle.graph_format == "openvino" and task != "detection" else ".onnx"
     if Path(args.out).suffix != wanted:

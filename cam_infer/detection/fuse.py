@@ -19,7 +19,7 @@ from onnx import TensorProto, helper
 
 from ..bundle import Bundle
 from ..errors import CamInferError
-from ..fuse.assemble import OUTPUT, _normalised, _onnx_bundle, _opset, at_min_opset, plain_model
+from ..fuse.assemble import OUTPUT, _normalised, _onnx_bundle, _opset, at_min_opset, fused_method, plain_model
 from ..fuse.builder import Builder
 from ..fuse.fusion import Fusion
 from ..version import __version__
@@ -38,6 +38,7 @@ def fuse_detector(bundle: Bundle, method: str = "eigen", *, check: bool = True, 
     if method not in fusable():
         raise CamInferError(f"a detector fuses {', '.join(fusable())} (class-agnostic maps); '{method}' needs a "
                             "target box that NMS gives outside the graph")
+    fused_method(method, options)               # its options checked as the Explainer checks them
     spec = get_method(method)
     model = plain_model(_onnx_bundle(bundle))
     b = Builder(_opset(model))

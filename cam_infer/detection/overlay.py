@@ -13,10 +13,9 @@ from ..postprocess import caption, near_uniform, overlay_picture
 COLOURS = [(255, 255, 255), (255, 64, 160), (64, 255, 64), (255, 200, 0), (0, 200, 255)]
 
 
-def detection_overlay(e, i: int, j: int | None, on: str, colormap: str, alpha: float) -> np.ndarray:
-    """Image i with detection j (None: every explained detection, their maps' pixel-wise maximum)."""
-    if not 0 <= i < len(e.items):
-        raise CamInferError(f"image {i} does not exist: the explanation has {len(e.items)}")
+def detection_overlay(e, i: int, j: int | None, rgb, on: str, colormap: str, alpha: float) -> np.ndarray:
+    """Image i (its original RGB `rgb`) with detection j (None: every explained detection, their maps' pixel-wise
+    maximum); i and j checked by the caller."""
     items = e.items[i] if j is None else [e.items[i][j]]
     size = e.preprocessing.input_size
     if e.class_agnostic:                       # one map whatever the detection: no class over it
@@ -25,13 +24,11 @@ def detection_overlay(e, i: int, j: int | None, on: str, colormap: str, alpha: f
     else:
         saliency = np.max([d.saliency for d in items], axis=0) if items else np.zeros(size, np.float32)
         text = _caption(e.method, items)
-    if on not in ("original", "model"):
-        raise CamInferError(f"on must be 'original' or 'model', not {on!r}")
-    if e.images is None:
-        raise CamInferError("give explain() image files or arrays to draw detections on them")
+    if rgb is None:
+        raise CamInferError("give explain() image files or arrays, or overlay(image=...), to draw detections on them")
     original = on == "original"
     prep = e.preprocessing
-    image = e.images[i] if original else prep.geometry(e.images[i])
+    image = rgb if original or rgb.shape[:2] == tuple(prep.input_size) else prep.geometry(rgb)
     picture = overlay_picture(saliency, image, prep if original else None, bar=True,
                               colormap=colormap, alpha=alpha, text=text)
     boxes = [d.box_image if original else d.box for d in items]

@@ -26,7 +26,7 @@ from ..methods.registry import DEFAULT_METHOD
 from ..version import __version__
 from ..bundle import Bundle
 from ..bundle.joined import head_as_joined, head_renames, joined_model
-from ..errors import CamInferError
+from ..errors import CamInferError, MethodNotApplicable
 from ..numerics import zero_padded
 from ..explainer import Explainer
 from ..outputs import write_atomically
@@ -92,7 +92,7 @@ def fuse(bundle: "Bundle | str | os.PathLike", method: str = DEFAULT_METHOD, *, 
     precision = resolved_precision(RuntimeOptions(precision=precision), "openvino")     # checked; auto resolved
     bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
     ir = bundle.graph_format == "openvino"
-    chosen = _fused_method(method, options)
+    chosen = fused_method(method, options)
     _check_cut_kind(bundle, method)
     top_classes = _checked_top_classes(top_classes, class_input, chosen, bundle.num_classes)
     explainer = Explainer(bundle, backend="openvino" if ir else "onnxruntime")   # its linear head is read and verified
@@ -214,11 +214,11 @@ TOKEN_BUILDERS = {"vit-recipro"}      # ONNX builders that take a transformer's 
 def _check_cut_kind(bundle, method: str) -> None:
     if bundle.tokens is not None and method not in TOKEN_BUILDERS:
         instead = " (or fuse vit-recipro)" if bundle.tokens.prefix else ""        # vit-recipro needs a class token
-        raise CamInferError(f"fuse builds '{method}' on an (N,K,h,w) feature map, and this bundle's cut is a "
+        raise MethodNotApplicable(f"fuse builds '{method}' on an (N,K,h,w) feature map, and this bundle's cut is a "
                             f"transformer's tokens; explain it with cam-infer explain{instead}")
 
 
-def _fused_method(method: str, options: dict):
+def fused_method(method: str, options: dict):
     """The method's spec; its options checked as the Explainer checks them, plus the builder's own."""
     from ..methods import get_method
 
@@ -359,6 +359,8 @@ def save(model, path: "str | os.PathLike", overwrite: bool = False) -> Path:
         from .ir import save_ir
         return save_ir(model, path, overwrite)
     path = Path(path)
+    if path.is_dir():
+        raise CamInferError(f"'{path}' is a folder; --out is the fused model's file")
     if path.exists() and not overwrite:
         raise CamInferError(f"'{path}' exists; choose another --out or pass --force")
     if path.suffix != ".onnx":

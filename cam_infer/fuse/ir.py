@@ -66,6 +66,8 @@ def save_ir(model, path: "str | os.PathLike", overwrite: bool = False) -> Path:
 
     import openvino as ov
     path = Path(path)
+    if path.is_dir():
+        raise CamInferError(f"'{path}' is a folder; --out is the fused model's file")
     if path.exists() and not overwrite:
         raise CamInferError(f"'{path}' exists; choose another --out or pass --force")
     if path.suffix != ".xml":

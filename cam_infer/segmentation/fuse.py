@@ -20,7 +20,7 @@ from onnx import TensorProto, helper
 from ..bundle import Bundle
 from ..detection.fuse import TOLERANCE, fusable, resized
 from ..errors import CamInferError
-from ..fuse.assemble import OUTPUT, _normalised, _onnx_bundle, _opset, at_min_opset, plain_model
+from ..fuse.assemble import OUTPUT, _normalised, _onnx_bundle, _opset, at_min_opset, fused_method, plain_model
 from ..fuse.builder import Builder
 from ..fuse.fusion import Fusion
 from ..version import __version__
@@ -37,6 +37,7 @@ def fuse_segmenter(bundle: "Bundle | str", method: str = "eigen", *, check: bool
         raise CamInferError(f"fuse takes a segmenter split at one layer; this bundle's cut is a set of "
                             f"{len(bundle.cut_levels)} levels ({bundle.manifest['target_layer']['tensor']}): split it "
                             "with --layer auto to fuse it")
+    fused_method(method, options)               # its options checked as the Explainer checks them
     spec = get_method(method, "segmentation")
     if bundle.graph_format == "openvino":
         return _fused_ir_segmenter(bundle, method, spec, options, check)

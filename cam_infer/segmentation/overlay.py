@@ -25,22 +25,16 @@ def region_source(region) -> str:
     return "mask" if len(shape) == 2 else "box" if shape == (4,) else "pixel"
 
 
-def segment_overlay(e, i: int, j: int | None, on: str, colormap: str, alpha: float) -> np.ndarray:
-    """Image i with target j's map and region outline (None: every explained target, their maps' pixel-wise
-    maximum and every outline)."""
-    if not 0 <= i < len(e.items):
-        raise CamInferError(f"image {i} does not exist: the explanation has {len(e.items)}")
-    if j is not None and not 0 <= j < len(e.items[i]):
-        raise CamInferError(f"target {j} does not exist: image {i} has {len(e.items[i])} explained targets")
-    if on not in ("original", "model"):
-        raise CamInferError(f"on must be 'original' or 'model', not {on!r}")
-    if e.images is None:
-        raise CamInferError("give explain() image files or arrays to draw the regions on them")
+def segment_overlay(e, i: int, j: int | None, rgb, on: str, colormap: str, alpha: float) -> np.ndarray:
+    """Image i (its original RGB `rgb`) with target j's map and region outline (None: every explained target,
+    their maps' pixel-wise maximum and every outline); i and j checked by the caller."""
+    if rgb is None:
+        raise CamInferError("give explain() image files or arrays, or overlay(image=...), to draw the regions on them")
     items = e.items[i] if j is None else [e.items[i][j]]
     saliency = np.max([s.saliency for s in items], axis=0)
     original = on == "original"
     prep = e.preprocessing
-    image = e.images[i] if original else prep.geometry(e.images[i])
+    image = rgb if original or rgb.shape[:2] == tuple(prep.input_size) else prep.geometry(rgb)
     picture = overlay_picture(saliency, image, prep if original else None, _caption(e.method, items), colormap,
                               alpha)
     regions = [prep.to_image(s.region.astype(np.float32), image.shape[:2])[0] >= 0.5 if original else s.region

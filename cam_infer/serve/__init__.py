@@ -32,6 +32,9 @@ def serve(source, *, method: str | None = None, host: str = "127.0.0.1", port: i
         raise CamInferError(f"port must be an integer from 0 (any free port) to 65535, not {port!r}")
     port = int(port)
     check_threads(threads)
+    if name is not None and (not isinstance(name, str) or not name or "/" in name or name in (".", "..")):
+        raise CamInferError(f"the model's name is one segment of its URLs (/v2/models/NAME), so neither empty, "
+                            f"'.', '..' nor holding '/': not {name!r}")
     try:
         import starlette  # noqa: F401
         import uvicorn

@@ -256,8 +256,8 @@ class SegmentationTask(Task):
             raise CamInferError(f"region= is given in the image's pixels, and this bundle's preprocessing crops "
                                 f"({self.bundle.preprocessing.crop}); re-split it with the default (no crop)")
         if isinstance(region, (str, bytes)) or hasattr(region, "__fspath__"):
-            from ..images import load_image
-            region = load_image(region).max(axis=2)
+            from ..images import load_mask
+            region = load_mask(region)
         array = np.asarray(region)
         if array.ndim == 2:
             if array.shape != (h0, w0):
