@@ -120,11 +120,9 @@ class Explanation:
 
     def _item(self, i, j) -> tuple[int, int | None]:
         """(i, j) checked against `items`: image i, its explained target j (or None)."""
-        def index(k) -> bool:
-            return isinstance(k, (int, np.integer)) and not isinstance(k, bool)
-        if not index(i) or not 0 <= i < len(self.items):
+        if not _index(i) or not 0 <= i < len(self.items):
             raise CamInferError(f"image {i!r} does not exist: the explanation has {len(self.items)}")
-        if j is not None and (not index(j) or not 0 <= j < len(self.items[i])):
+        if j is not None and (not _index(j) or not 0 <= j < len(self.items[i])):
             raise CamInferError(f"target {j!r} does not exist: image {i} has {len(self.items[i])} explained targets")
         return int(i), None if j is None else int(j)
 
@@ -155,8 +153,9 @@ class Explanation:
             if j not in (None, 0):
                 raise CamInferError(f"no map ({i}, {j}): this explanation has one map per image (j is None or 0)")
             j = None
-        if not isinstance(i, (int, np.integer)) or not 0 <= i < len(self.targets) or \
-                (self.multi and not 0 <= j < self.targets.shape[1]):
+        in_range = _index(i) and 0 <= i < len(self.targets) and \
+            (not self.multi or (_index(j) and 0 <= j < self.targets.shape[1]))
+        if not in_range:
             raise CamInferError(f"no map ({i}, {j}) in an explanation of shape {self.targets.shape}")
         original = image if image is not None else (self.images[i] if self.images else None)
         if original is None:
@@ -242,6 +241,11 @@ class Explanation:
                     ax.set_title(self.names[i], fontsize=9)
         fig.tight_layout()
         return fig
+
+
+def _index(k) -> bool:
+    """An integer index (a bool is not one, though Python counts it as an int)."""
+    return isinstance(k, (int, np.integer)) and not isinstance(k, bool)
 
 
 def _distinct(names: list[str]) -> list[str]:

@@ -226,6 +226,18 @@ def test_save_writes_overlays_on_the_original_images_named_by_image_method_and_l
         shapes_explainer.explain(shapes_explainer.preprocess(scene_files), "eigen").overlay(0)
 
 
+def test_an_overlay_index_that_names_no_map_is_one_line(shapes_explainer, scene_files):
+    """overlay(True) once drew with a NumPy mask of the arrays (a bool is an int to Python)."""
+    several = shapes_explainer.explain(scene_files, "recipro", top_classes=2)
+    one = shapes_explainer.explain(scene_files, "recipro")
+    for e, i, j, message in ((several, True, None, "no map"), (several, 0, True, "no map"), (several, 2, 0, "no map"),
+                             (several, 0, 2, "no map"), (several, 0.0, 0, "no map"), (one, 0, 1, "one map per image"),
+                             (one, -1, None, "no map")):
+        with pytest.raises(CamInferError, match=message):
+            e.overlay(i, j)
+    np.testing.assert_array_equal(several.overlay(1), several.overlay(1, 0))
+
+
 def test_save_keeps_apart_two_images_of_one_name(shapes_explainer, scene_files, tmp_path):
     """a/x.png and b/x.png, explained together, are two files (the second no longer overwrites the first)."""
     twins = []

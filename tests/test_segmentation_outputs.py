@@ -215,6 +215,8 @@ def test_a_16_bit_mask_file_as_region_keeps_every_labelled_pixel(segmenter_and_s
     from_array = ex.explain(images[0], "activation", region=mask > 0).items[0][0]
     assert from_file.pixels == from_array.pixels == 1700
     np.testing.assert_array_equal(from_file.region, from_array.region)
+    negative = ex.explain(images[0], "activation", region=np.where(mask > 0, -1, 0).astype(np.int8)).items[0][0]
+    np.testing.assert_array_equal(negative.region, from_array.region)          # nonzero is inside, -1 too
 
 
 def test_targets_are_drawn_on_an_image_given_to_overlay_and_bad_indices_are_one_line(segmenter_and_scene):

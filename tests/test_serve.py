@@ -276,6 +276,8 @@ def test_bad_requests_get_one_line_4xx_and_the_server_goes_on(server, batch):
         ((json.dumps({"inputs": [{"name": "input", "shape": [1, 3, 128, 128], "datatype": "FP32",
                                   "data": [1.0, 2.0]}]}).encode(), {}), 400, "2 values for shape"),
         ((x.tobytes(), {"Inference-Header-Content-Length": "999999999"}), 400, "Inference-Header-Content-Length"),
+        ((json.dumps({"inputs": [{"name": "input", "shape": [1, 3, 128, 128], "datatype": "FP32",
+                                  "data": x.ravel().tolist()}] * 2}).encode(), {}), 400, "'input' is given twice"),
     ]
     for (body, headers), status, fragment in cases:
         assert_error(server.request(infer, body, headers), status, fragment)
@@ -291,12 +293,24 @@ def test_bad_requests_get_one_line_4xx_and_the_server_goes_on(server, batch):
     assert_error(server.send_large(infer, 50 * 2**20, chunked=False), 413, "at most")
     assert_error(server.send_large(infer, 40 * 2**20, chunked=True), 413, "over this server's limit")
     assert_error(server.request("/explain", b"this is not a picture"), 400, "not a readable image")
+    assert_error(server.request("/explain", png_declaring(60000, 60000)), 400, "more pixels than OpenCV decodes")
     assert_error(server.request("/explain", b""), 400, "the body is empty")
     assert_error(server.send_large("/explain", 50 * 2**20, chunked=False), 413, "at most")     # 50 MB
     assert_error(server.send_large("/explain", 40 * 2**20, chunked=True), 413, "over this server's limit")
     status, _, raw = server.request("/v2/health/ready")
     assert status == 200 and json.loads(raw) == {"ready": True}
     assert server.request(infer, *binary_request(x))[0] == 200
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A ~100-byte PNG whose header declares width x height pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b""))
 
 
 def test_a_parameter_the_model_does_not_read_is_refused_never_ignored(server, batch, scenes):
@@ -468,7 +482,7 @@ def test_a_fused_model_is_served_as_it_computes(tmp_path, batch, server, scenes)
     assert "Traceback" in server.process.stderr.read()                       # logged for the operator
 
 
-def test_explain_on_fused_top_classes_and_class_agnostic_models(tmp_path, server, scenes):
+def test_explain_on_fused_top_classes_and_class_agnostic_models(tmp_path, server, scenes, batch):
     """/explain on a top-k fused model explains its best class; on a class-agnostic one (no saliency_class
     output) the map is the model's; both answer as the bundle's server does."""
     for method, flags in (("cam", ["--top-classes", "2"]), ("eigen", [])):
@@ -480,6 +494,9 @@ def test_explain_on_fused_top_classes_and_class_agnostic_models(tmp_path, server
         try:
             for scene in scenes[:2]:
                 assert_same_explanations(fused_server, server, scene.read_bytes(), f"?method={method}")
+            why = "explains its top class; fuse with --class-input" if method == "cam" else "class-agnostic"
+            assert_error(fused_server.request(f"/v2/models/shapes_{method}/infer",
+                                              *binary_request(batch[:1], parameters={"class": 1})), 400, why)
         finally:
             fused_server.stop()
 

@@ -420,7 +420,7 @@ def fuse(args) -> int:
     from ..tasks import task_of
     if Path(args.out).exists() and not args.force:
         raise CamInferError(f"'{args.out}' exists; choose another --out or pass --force")
-    if args.repository and args.max_batch < 1:           # checked before anything is written
+    if args.max_batch < 1:                               # checked before anything is written
         raise CamInferError("--max-batch must be at least 1")
     if args.repository and Path(args.repository).exists() and not Path(args.repository).is_dir():
         raise CamInferError(f"--repository '{args.repository}' is a file; a model repository is a folder")

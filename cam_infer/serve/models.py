@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CamInferError
-from ..methods.registry import class_agnostic
+from ..methods.registry import METHODS, class_agnostic, explaining
 from ..images import Preprocessing
 from .tensors import ProtocolError, datatype
 
@@ -64,11 +64,12 @@ class ServedBundle:
         self.preprocessing = self.pixels = self.bundle.preprocessing
 
     def checked_method(self, method: str) -> str:
-        from ..methods import METHODS
+        task = self.explainer.task.name
+        served = [n for n in explaining(task) if not METHODS[n].gradient]
         chosen = METHODS.get(method)
-        if chosen is None or chosen.gradient:
-            raise ProtocolError(f"method {method!r} is not served; gradient-free methods: "
-                                f"{', '.join(n for n, m in METHODS.items() if not m.gradient)}")
+        if chosen is None or chosen.gradient or method not in served:
+            raise ProtocolError(f"method {method!r} is not served for this {task} model; its gradient-free methods: "
+                                f"{', '.join(served)}")
         why_not = chosen.applies(self.explainer.linear_head is not None)
         if why_not:
             raise ProtocolError(why_not)
@@ -138,6 +139,8 @@ class ServedFused:
                                 "serve a bundle, or fuse one first")
         self.method = meta["cam_infer.method"]
         self.detector = meta.get("cam_infer.target") == "detector"
+        self.class_specific = METHODS[self.method].class_specific and meta.get("cam_infer.target") not in (
+            "detector", "segmenter")
         self.path = Path(path)
         recorded = meta.get("cam_infer.preprocessing")   # for UINT8 pixel inputs (older fused models lack it)
         self.pixels = Preprocessing.from_dict(json.loads(recorded)) if recorded else None
@@ -174,7 +177,8 @@ class ServedFused:
             raise ProtocolError(f"this fused model explains the top {self.top_classes} class(es); fuse again for top_classes")
         classes = _classes(parameters.get("class"), n, self.num_classes, None)
         if classes is not None and not self.takes_class:
-            raise ProtocolError("this fused model explains its top class; fuse with --class-input to choose it")
+            raise ProtocolError("this fused model explains its top class; fuse with --class-input to choose it"
+                                if self.class_specific else "this fused model's map is class-agnostic: it takes no class")
         if classes is None and self.takes_class:
             raise ProtocolError("this fused model needs 'class' (it was fused with --class-input)")
         return Key(method, top_classes, classes is not None), classes

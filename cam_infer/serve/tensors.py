@@ -74,6 +74,8 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
     for entry in request["inputs"]:
         array, used = _input_tensor(entry, binary, offset)
         offset += used
+        if entry["name"] in inputs:
+            raise ProtocolError(f"input {entry['name']!r} is given twice")
         inputs[entry["name"]] = array
     if offset != len(binary):
         raise ProtocolError(f"the binary data has {len(binary)} bytes; the inputs use {offset}")

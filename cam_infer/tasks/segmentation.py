@@ -264,7 +264,7 @@ class SegmentationTask(Task):
                 raise CamInferError(f"the region mask is {array.shape[1]}x{array.shape[0]}, the image "
                                     f"{w0}x{h0}: give a mask of the image's size")
             import cv2
-            mask = cv2.resize((array > 0).astype(np.uint8), (size[1], size[0]), interpolation=cv2.INTER_NEAREST) > 0
+            mask = cv2.resize((array != 0).astype(np.uint8), (size[1], size[0]), interpolation=cv2.INTER_NEAREST) > 0
         elif array.shape == (4,):
             x1, y1, x2, y2 = (float(v) for v in array)
             if not np.isfinite([x1, y1, x2, y2]).all():
