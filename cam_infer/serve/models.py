@@ -178,7 +178,8 @@ class ServedFused:
         classes = _classes(parameters.get("class"), n, self.num_classes, None)
         if classes is not None and not self.takes_class:
             raise ProtocolError("this fused model explains its top class; fuse with --class-input to choose it"
-                                if self.class_specific else "this fused model's map is class-agnostic: it takes no class")
+                                if self.class_specific else
+                                "this fused model's map is class-agnostic: it takes no class")
         if classes is None and self.takes_class:
             raise ProtocolError("this fused model needs 'class' (it was fused with --class-input)")
         return Key(method, top_classes, classes is not None), classes
