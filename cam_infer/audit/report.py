@@ -53,6 +53,27 @@ def csv_rows(path: Path):
         yield from csv.DictReader(f)
 
 
+def per_target_csv_rows(rows: list[dict]) -> list[dict]:
+    """A detector's or segmenter's rows.jsonl rows as metrics.csv has them: explained targets only (an image
+    without any has one row of method None), the flags as 0/1."""
+    flags = ("class_agnostic", "degenerate", "uniform", "baseline")
+    return [{**r, **{flag: int(bool(r.get(flag))) for flag in flags}} for r in rows if r["method"] is not None]
+
+
+def write_per_target_page(out: Path, summary: dict, grid, methods, shown: dict, unit: str) -> None:
+    """index.html of a detector's or segmenter's audit, drawn by the classifier audit's writer from its summary
+    (means per method and baseline with their counts as ``<column>_n``, intervals, paired comparisons)."""
+    def means(group: dict) -> dict:
+        return {m: {k: v for k, v in found.items() if not k.endswith("_n")} for m, found in group.items()}
+
+    everything = {**summary["methods"], **summary["baselines"]}
+    counts = {m: {k[:-2]: v for k, v in found.items() if k.endswith("_n")} for m, found in everything.items()}
+    view = {"methods": means(summary["methods"]), "baselines": means(summary["baselines"]), "counts": counts,
+            "intervals": summary["intervals"], "paired": summary["paired"], "bootstrap": summary["bootstrap"],
+            "protocol": summary["settings"], "errors": summary["errors"], "skipped": summary["skipped"]}
+    write_html(out, view, grid, methods, shown=shown, unit=unit)
+
+
 def check_grid(grid) -> None:
     """The report's thumbnail count: a whole number from 0."""
     if isinstance(grid, bool) or not isinstance(grid, (int, np.integer)) or grid < 0:

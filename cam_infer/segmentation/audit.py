@@ -28,8 +28,8 @@ import numpy as np
 from ..audit import CLEARED, OVERLAYS, thumbnail_grid
 from ..audit.baselines import GAUSSIAN, MASK_PRIOR, RANDOM, baseline_map, dataset_priors
 from ..audit.intervals import uncertainty
-from ..audit.report import (CSV_NAME, check_grid, closing_lines, means_per_method, write_csv, write_html,
-                            write_uncertainty_csvs)
+from ..audit.report import (CSV_NAME, check_grid, closing_lines, means_per_method, per_target_csv_rows,
+                            write_csv, write_per_target_page, write_uncertainty_csvs)
 from ..audit.work import _masks_in_input, audit_batch, thumbnail_png
 from ..jobs.folders import collect_images
 from ..explainer import Explainer
@@ -83,7 +83,7 @@ def run_segmentation_audit(bundle, images, methods, out, *, masks=None, target=N
 
     def write(run, final: bool) -> None:
         write_atomically(run.out / ROWS, "".join(json.dumps(r) + "\n" for r in run.rows))
-        write_csv(run.out / CSV_NAME, _csv_rows(run.rows), COLUMNS)
+        write_csv(run.out / CSV_NAME, per_target_csv_rows(run.rows), COLUMNS)
         if final:
             summary.update(methods=means_per_method(run.rows, methods, MEANS, "regions"),
                            baselines=means_per_method(run.rows, baselines, MEANS, "regions"),
@@ -92,8 +92,8 @@ def run_segmentation_audit(bundle, images, methods, out, *, masks=None, target=N
                            skipped=run.skipped, errors=run.errors, redone=run.redone)
             write_atomically(run.out / SUMMARY, json.dumps(summary, indent=2) + "\n")
             write_uncertainty_csvs(run.out, summary)
-            _write_page(run.out, summary, thumbnail_grid(run.out, run.found.files[:grid], run.found.names, methods),
-                        methods)
+            write_per_target_page(run.out, summary, thumbnail_grid(run.out, run.found.files[:grid], run.found.names,
+                                                                   methods), methods, SHOWN, "regions")
 
     work = SegmentationAuditWork(spec_for(explainer, runner), tuple(methods), target, masks, options or {},
                                  baselines, priors)
@@ -101,24 +101,6 @@ def run_segmentation_audit(bundle, images, methods, out, *, masks=None, target=N
               extra=lambda image: [], folders=(OVERLAYS,), clear=(ROWS, *CLEARED), cost=lambda: cost_line(methods, explainer, options))
     run_job(job, images, out, runner, restart=restart, progress=progress, report=report)
     return summary
-
-
-def _csv_rows(rows: list[dict]) -> list[dict]:
-    return [{**r, **{flag: int(bool(r.get(flag))) for flag in ("class_agnostic", "degenerate", "uniform", "baseline")}}
-            for r in rows if r["method"] is not None]
-
-
-def _write_page(out: Path, summary: dict, grid, methods) -> None:
-    """index.html, drawn by the classifier audit's writer from the segmenter's summary."""
-    def means(group: dict) -> dict:
-        return {m: {k: v for k, v in found.items() if not k.endswith("_n")} for m, found in group.items()}
-
-    everything = {**summary["methods"], **summary["baselines"]}
-    counts = {m: {k[:-2]: v for k, v in found.items() if k.endswith("_n")} for m, found in everything.items()}
-    view = {"methods": means(summary["methods"]), "baselines": means(summary["baselines"]), "counts": counts,
-            "intervals": summary["intervals"], "paired": summary["paired"], "bootstrap": summary["bootstrap"],
-            "protocol": summary["settings"], "errors": summary["errors"], "skipped": summary["skipped"]}
-    write_html(out, view, grid, methods, shown=SHOWN, unit="regions")
 
 
 @dataclass(frozen=True)
