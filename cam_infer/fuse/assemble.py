@@ -214,8 +214,8 @@ TOKEN_BUILDERS = {"vit-recipro"}      # ONNX builders that take a transformer's 
 def _check_cut_kind(bundle, method: str) -> None:
     if bundle.tokens is not None and method not in TOKEN_BUILDERS:
         instead = " (or fuse vit-recipro)" if bundle.tokens.prefix else ""        # vit-recipro needs a class token
-        raise MethodNotApplicable(f"fuse builds '{method}' on an (N,K,h,w) feature map, and this bundle's cut is a "
-                            f"transformer's tokens; explain it with cam-infer explain{instead}")
+        raise MethodNotApplicable(f"fuse builds '{method}' on an (N,K,h,w) feature map, and this bundle's cut is "
+                                  f"a transformer's tokens; explain it with cam-infer explain{instead}")
 
 
 def fused_method(method: str, options: dict):
