@@ -146,3 +146,40 @@ def test_overlay_names_stay_unique(tmp_path):
              tmp_path / "c" / "b_cat.jpg"]
     names = overlay_names(paths)
     assert list(names.values()) == ["cat", "b_cat", "b_cat-2", "c_b_cat"]
+
+
+def test_an_output_folder_inside_the_image_folder_is_no_input(tmp_path, labelled_bundle):
+    """The run's own overlays were explained again on every resume (chelsea_recipro_recipro.jpg), and its journal,
+    lock and results.json were listed as skipped files."""
+    images = tmp_path / "images"
+    images.mkdir()
+    cv2.imwrite(str(images / "a.png"), np.random.default_rng(0).integers(0, 256, (40, 50, 3), np.uint8))
+    for extra in ((), (), ("--force",)):
+        result = run_cli("explain", labelled_bundle.path, images, "--method", "eigen", "--out", images / "out", *extra)
+        assert result.returncode == 0, result.stderr
+        records = json.loads((images / "out" / "results.json").read_text())
+        assert [r["image"] for r in records["results"]] == [str(images / "a.png")] and records["skipped"] == []
+    assert sorted(p.name for p in (images / "out").glob("*.jpg")) == ["a_eigen.jpg"]
+
+
+@pytest.mark.parametrize("command, theirs", [("explain", "maps"), ("explain", "results.json"), ("audit", "overlays"),
+                                             ("audit", "summary.json")])
+def test_a_folder_holding_someone_else_s_files_is_refused_with_or_without_force(tmp_path, labelled_bundle, command,
+                                                                              theirs):
+    """--force deleted a user's own maps/ or overlays/ folder; without it, their results.json was overwritten."""
+    images = tmp_path / "images"
+    images.mkdir()
+    cv2.imwrite(str(images / "a.png"), np.random.default_rng(0).integers(0, 256, (40, 50, 3), np.uint8))
+    out = tmp_path / "project"
+    out.mkdir()
+    if "." in theirs:
+        (out / theirs).write_text('{"my": "experiment"}')
+    else:
+        (out / theirs).mkdir()
+        (out / theirs / "slide1.txt").write_text("precious")
+    methods = ("--method" if command == "explain" else "--methods", "eigen")
+    for extra in ((), ("--force",)):
+        result = run_cli(command, labelled_bundle.path, images, *methods, "--out", out, *extra)
+        assert_one_line_error(result, f"'{out}' holds {theirs} but no earlier run of cam-infer")
+    assert (out / theirs / "slide1.txt").read_text() == "precious" if "." not in theirs else \
+        (out / theirs).read_text() == '{"my": "experiment"}'

@@ -272,3 +272,16 @@ def test_detector_ablation_runs_in_chunks_of_the_memory_budget_with_the_same_map
     calls = [n for counts in rows.values() for n in counts]
     assert max(calls) < channels + 1 and len(calls) > 2, rows            # never the (C+1) copies at once
     np.testing.assert_allclose(chunked.items[0][0].saliency, large.items[0][0].saliency, atol=1e-6)
+
+
+def test_every_method_s_class_dependence_is_read_whatever_pluses_its_name_holds():
+    """'smoothgrad-cam++' was cut at its first '+' into 'smoothgrad-cam', no method: its run stopped after the
+    cost line."""
+    from cam_infer.enhancers import ENHANCERS
+    from cam_infer.methods import METHODS
+    from cam_infer.methods.registry import class_agnostic
+    for name, spec in METHODS.items():
+        assert class_agnostic(name) == (not spec.class_specific), name
+        for enhancer in ENHANCERS:
+            assert class_agnostic(f"{name}+{enhancer}") == (not spec.class_specific), (name, enhancer)
+    assert "smoothgrad-cam++" in METHODS and not class_agnostic("smoothgrad-cam++")

@@ -174,3 +174,20 @@ def test_split_leaves_the_users_model_unchanged(tiny_onnx_path, tmp_path):
     before = model.SerializeToString()
     split_onnx(model, out=tmp_path / "b")
     assert model.SerializeToString() == before
+
+
+def test_preprocessing_that_squeezes_the_pixels_for_an_integer_model_is_refused():
+    """TensorFlow's float preprocessing ([-1, 1]) given to a uint8 model: rounded at its input, every image was
+    0 or 1, and every photo the same class."""
+    from cam_infer.bundle.split import _integer_range_checked
+    from cam_infer.images import Preprocessing
+    tf_float = Preprocessing((160, 160), mean=(127.5,) * 3, std=(127.5,) * 3, scale=1.0)
+    with pytest.raises(CamInferError, match=r"maps pixels 0…255 to -1…1, and the model takes uint8 \(0…255\)"):
+        _integer_range_checked(tf_float, "uint8")
+    assert _integer_range_checked(tf_float, "float32") is tf_float
+    raw = Preprocessing((160, 160), mean=(0.0,) * 3, std=(1.0,) * 3, scale=1.0)
+    shifted = Preprocessing((160, 160), mean=(128.0,) * 3, std=(1.0,) * 3, scale=1.0)
+    assert _integer_range_checked(raw, "uint8") is raw and _integer_range_checked(shifted, "int8") is shifted
+    one_channel_squeezed = Preprocessing((160, 160), mean=(0.0,) * 3, std=(1.0, 1.0, 20.0), scale=1.0)
+    with pytest.raises(CamInferError, match="every image would be nearly the same input"):
+        _integer_range_checked(one_channel_squeezed, "uint8")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from ..errors import CamInferError
@@ -81,7 +82,7 @@ def preprocessing_for(spec: InputSpec, prep, input_size) -> Preprocessing:
             raise CamInferError(f"preprocessing input size {prep.input_size} differs from the model's {size}")
         if prep.channels != spec.channels:
             raise CamInferError(f"preprocessing gives {prep.channels} channels, the model takes {spec.channels}")
-        return prep
+        return _integer_range_checked(prep, spec.dtype)
     fields = dict(prep or {})
     fields["input_size"] = size
     fields.setdefault("channels", spec.channels)
@@ -89,7 +90,25 @@ def preprocessing_for(spec: InputSpec, prep, input_size) -> Preprocessing:
         fields.setdefault("scale", 1.0)                # shifted into int8's -128..127 (pixel - 128)
         fields.setdefault("mean", (128.0 if spec.dtype == "int8" else 0.0,) * spec.channels)
         fields.setdefault("std", (1.0,) * spec.channels)
-    return Preprocessing(**fields)
+    return _integer_range_checked(Preprocessing(**fields), spec.dtype)
+
+
+def _integer_range_checked(prep: Preprocessing, dtype: str) -> Preprocessing:
+    """`prep`, or a refusal where the model takes integers and `prep` maps the pixels 0…255 into less than a tenth
+    of the type's range: rounded and clipped to it at the model's input, every image would be nearly one input
+    (TensorFlow's float preprocessing, [-1, 1], given to a uint8 model)."""
+    if dtype not in INTEGER_TYPES.values():
+        return prep
+    info = np.iinfo(dtype)
+    ends = np.array([[(pixel * prep.scale - m) / s for pixel in (0.0, 255.0)] for m, s in zip(prep.mean, prep.std)])
+    kept = np.clip(ends, info.min, info.max)
+    if (np.abs(kept[:, 1] - kept[:, 0]) < 0.1 * (info.max - info.min)).any():
+        shift = 128 if dtype == "int8" else 0
+        raise CamInferError(f"the preprocessing maps pixels 0…255 to {ends.min():g}…{ends.max():g}, and the model "
+                            f"takes {dtype} ({info.min}…{info.max}): rounded to it, every image would be nearly the "
+                            f"same input; a {dtype} model takes the pixels as they are (the default: mean {shift}, "
+                            "std 1, scale 1)")
+    return prep
 
 
 def read_labels(labels, num_classes: int) -> list[str] | None:

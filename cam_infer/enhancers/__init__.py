@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..errors import CamInferError
-from ..methods.registry import MethodSpec, Option, check_options, get_method, options_of, summary_of
+from ..methods.registry import MethodSpec, Option, check_options, get_method, options_of, split_variant, summary_of
 
 
 @dataclass(frozen=True)
@@ -54,13 +54,6 @@ def enhancer(name: str, *, passes: Callable):
                                    cost.group(1) if cost else "")
         return fn
     return register
-
-
-def split_variant(name: str) -> tuple[str, str | None]:
-    """A method name with an optional enhancer suffix: 'recipro+sess' → ('recipro', 'sess'),
-    'gradcam++' → ('gradcam++', None)."""
-    method, plus, enhancer = name.rpartition("+")
-    return (method, enhancer) if method and enhancer else (name, None)
 
 
 def variants(names) -> dict[str, tuple[MethodSpec, Enhancer | None]]:

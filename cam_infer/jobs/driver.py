@@ -70,9 +70,10 @@ class Run:
 def run_job(job: Job, paths, out, runner, *, restart: bool = False, progress: bool | None = None,
             report=None) -> Run:
     """Run `job` over the images of `paths` into `out` with `runner` (`cam_infer.parallel`)."""
-    found = collect_images(paths)
+    found = collect_images(paths, leave_out=out)
     out = prepare_folder(out)
     with OutputLock(out, job.command):
+        _refuse_files_of_another(out, job)
         if restart:
             _clear(out, (JOURNAL, *job.clear))
         for folder in job.folders:
@@ -142,6 +143,17 @@ def spec_for(explainer, runner):
         raise CamInferError("workers open the bundle themselves; a PyTorch model in memory cannot be sent to them: "
                             "export it to a bundle (cam-infer export) and explain that")
     return spec
+
+
+def _refuse_files_of_another(out: Path, job: Job) -> None:
+    """A folder without a run's journal that holds what a run writes (results.json, maps/, overlays/, …) holds
+    someone else's files: a run would overwrite them, and --force delete them."""
+    if (out / JOURNAL).exists():
+        return
+    theirs = [name for name in job.clear if (out / name).exists()]
+    if theirs:
+        raise CamInferError(f"'{out}' holds {', '.join(theirs)} but no earlier run of cam-infer (no {JOURNAL}): "
+                            "choose a new or empty --out, which nothing of yours is overwritten in")
 
 
 def _clear(out: Path, names) -> None:

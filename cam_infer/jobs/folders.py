@@ -30,15 +30,17 @@ class ImageFiles:
     names: dict[Path, str]            # image → its path relative to the folder it was found in (or its name)
 
 
-def collect_images(paths) -> ImageFiles:
+def collect_images(paths, leave_out=None) -> ImageFiles:
     """Files as given (any suffix: a non-image is reported later), folders searched recursively for
-    image suffixes, in sorted order; every other file in those folders is listed as skipped."""
+    image suffixes, in sorted order; every other file in those folders is listed as skipped. A folder's files
+    inside `leave_out` (a run's output folder, which may lie in an image folder) are no input."""
     found: list[Path] = []
     skipped: list[Path] = []
     names: dict[Path, str] = {}
+    output = None if leave_out is None else Path(leave_out).resolve()
     for p in map(Path, paths):
         if p.is_dir():
-            for f in sorted(f for f in p.rglob("*") if f.is_file()):
+            for f in sorted(f for f in p.rglob("*") if f.is_file() and not _inside(f, output)):
                 if f.suffix.lower() in IMAGE_SUFFIXES:
                     found.append(f)
                     names.setdefault(f, f.relative_to(p).as_posix())
@@ -54,6 +56,10 @@ def collect_images(paths) -> ImageFiles:
                             + (f" ({len(skipped)} other files skipped, e.g. '{skipped[0]}')" if skipped else ""))
     files = list(dict.fromkeys(found))
     return ImageFiles(files, list(dict.fromkeys(skipped)), unique_names(files, names))
+
+
+def _inside(path: Path, folder: Path | None) -> bool:
+    return folder is not None and path.resolve().is_relative_to(folder)
 
 
 def unique_names(files: list[Path], names: dict[Path, str]) -> dict[Path, str]:

@@ -351,10 +351,17 @@ def get_method(name: str, task: str | None = None) -> MethodSpec:
     return METHODS[name]
 
 
+def split_variant(name: str) -> tuple[str, str | None]:
+    """A method name with an optional enhancer suffix: 'recipro+sess' → ('recipro', 'sess'),
+    'gradcam++' → ('gradcam++', None)."""
+    method, plus, enhancer = name.rpartition("+")
+    return (method, enhancer) if method and enhancer else (name, None)
+
+
 def class_agnostic(method: str) -> bool:
     """True for a method whose map does not depend on the class explained (activation, eigen, entropy), also
     inside an enhancer ('eigen+sess'): its one map per image must never be shown under a class name."""
-    return not get_method(method.split("+")[0]).class_specific
+    return not get_method(split_variant(method)[0]).class_specific
 
 
 def class_agnostic_note(methods) -> str:

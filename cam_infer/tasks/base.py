@@ -109,7 +109,8 @@ class Task:
 
 
 def class_index(value, labels: list[str] | None, classes: int) -> int:
-    """A class given by label or index (int or digit string) → its index, checked.
+    """A class given by label or index (int or digit string) → its index, checked. A digit string that is a
+    label is that label's class (PP-OCR's '0' and '180'), refused where it is also another class's index.
 
     A label that several classes share (ImageNet's 'crane': 134 the bird, 517 the machine) is an error
     that lists them; an unknown label suggests the closest labels."""
@@ -127,6 +128,12 @@ def class_index(value, labels: list[str] | None, classes: int) -> int:
                                                                     else "; this bundle has no labels"))
         return matches[0]
     index = int(value)
+    named = [i for i, label in enumerate(labels or []) if isinstance(value, str) and label == value.strip()]
+    if named and (not 0 <= index < classes or named == [index]):
+        return named[0]                          # a label that is a number ('0', '180'): the class it names
+    if named:
+        raise CamInferError(f"'{value}' is ambiguous: the label of class {named[0]} and the index of class {index} "
+                            "(give the index as a Python int, or labels that are not other classes' numbers)")
     if not 0 <= index < classes:
         raise CamInferError(f"class {index} is out of range: this model has classes 0..{classes - 1}")
     return index
