@@ -13,6 +13,7 @@ original images, saved by image, method and target, or plotted with matplotlib (
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -250,11 +251,12 @@ def _index(k) -> bool:
 
 def _distinct(names: list[str]) -> list[str]:
     """The names, each one shared by several images suffixed with ``_<i>`` (again while that is another's name)."""
-    taken = {name for name in names if names.count(name) == 1}
+    counts = Counter(names)
+    taken = {name for name in names if counts[name] == 1}
     stems = []
     for i, name in enumerate(names):
         stem = name
-        if names.count(name) > 1:
+        if counts[name] > 1:
             stem = f"{name}_{i}"
             while stem in taken:
                 stem += f"_{i}"

@@ -328,12 +328,14 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
 
 def load_mask(path: str | os.PathLike) -> np.ndarray:
     """A mask image file → (H,W) bool: nonzero in any colour channel at the file's own bit depth (a 16-bit
-    PNG's label 1 is inside, where 8 bits would round it to 0); an alpha channel is not read."""
+    PNG's label 1 is inside, where 8 bits would round it to 0), and not transparent where it has an alpha
+    channel (white on transparent is the white shape, as composited over black)."""
     image = _decoded(path)
-    if image.ndim == 3:
-        image = image[..., :3] if image.shape[2] >= 3 else image[..., :1]
-        return (image != 0).any(axis=2)
-    return image != 0
+    if image.ndim == 2:
+        return image != 0
+    colour = image[..., :-1] if image.shape[2] in (2, 4) else image
+    inside = (colour != 0).any(axis=2)
+    return inside & (image[..., -1] != 0) if image.shape[2] in (2, 4) else inside
 
 
 def _decoded(path: str | os.PathLike) -> np.ndarray:
@@ -398,6 +400,9 @@ def _inside(centres: np.ndarray, size: int) -> slice:
     return slice(int(start), int(stop))
 
 
+FLOAT_SLACK = 1e-3      # a float image's overshoot past [0, 1] taken as resampling's rounding, and clipped
+
+
 def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
     """Grayscale, RGBA (composited over black), 16-bit or float [0,1] arrays → (H,W,3) uint8 RGB."""
     image = np.asarray(image)
@@ -409,10 +414,10 @@ def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
         image = (image.astype(np.float32) / 257.0).round().astype(np.uint8)
     elif image.dtype.kind == "f":
         low, high = (float(image.min()), float(image.max())) if np.isfinite(image).all() else (np.nan, np.nan)
-        if not 0.0 <= low <= high <= 1.0:       # clipping 0–255 data to [0,1] would give a white image
-            raise CamInferError(f"a float image must hold values in [0, 1], not {low:g} … {high:g}; give 0–255 "
+        if not -FLOAT_SLACK <= low <= high <= 1.0 + FLOAT_SLACK:     # 0–255 data clipped to [0,1]: a white image
+            raise CamInferError(f"a float image must hold values in [0, 1], not {low:.6g} … {high:.6g}; give 0–255 "
                                 "pixels as uint8")
-        image = (image * 255.0).round().astype(np.uint8)
+        image = (np.clip(image, 0.0, 1.0) * 255.0).round().astype(np.uint8)
     elif image.dtype != np.uint8:
         raise CamInferError(f"unsupported image dtype {image.dtype}; use uint8, uint16 or float in [0,1]")
     channels = image.shape[2]

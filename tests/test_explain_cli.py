@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import cv2
 import numpy as np
@@ -160,6 +161,16 @@ def test_an_output_folder_inside_the_image_folder_is_no_input(tmp_path, labelled
         records = json.loads((images / "out" / "results.json").read_text())
         assert [r["image"] for r in records["results"]] == [str(images / "a.png")] and records["skipped"] == []
     assert sorted(p.name for p in (images / "out").glob("*.jpg")) == ["a_eigen.jpg"]
+    # --out the image folder itself is refused; a folder above it (the images in a subfolder) works
+    assert_one_line_error(run_cli("explain", labelled_bundle.path, images, "--method", "eigen", "--out", images),
+                          f"--out '{images}' is the image folder")
+    project = tmp_path / "project"
+    (project / "images").mkdir(parents=True)
+    shutil.copy(images / "a.png", project / "images" / "a.png")
+    above = run_cli("explain", labelled_bundle.path, project / "images", "--method", "eigen", "--out", project)
+    assert above.returncode == 0, above.stderr
+    records = json.loads((project / "results.json").read_text())["results"]
+    assert [r["image"] for r in records] == [str(project / "images" / "a.png")]
 
 
 @pytest.mark.parametrize("command, theirs", [("explain", "maps"), ("explain", "results.json"), ("audit", "overlays"),

@@ -96,10 +96,15 @@ def test_a_16_bit_mask_keeps_its_low_labels(tmp_path):
     cv2.imwrite(str(tmp_path / "m.png"), labels)
     np.testing.assert_array_equal(load_mask(tmp_path / "m.png"), labels > 0)
     rgba = np.zeros((20, 30, 4), np.uint8)
-    rgba[..., 3] = 255                                  # opaque everywhere: the alpha is not the mask
+    rgba[..., 3] = 255                                  # opaque everywhere: the colour is the mask
     rgba[5, 7, 1] = 1
     cv2.imwrite(str(tmp_path / "c.png"), rgba)
     assert np.flatnonzero(load_mask(tmp_path / "c.png")).tolist() == [5 * 30 + 7]
+    white = np.full((20, 30, 4), 255, np.uint8)
+    white[..., 3] = 0
+    white[2:4, 3:6, 3] = 255                            # white on transparent: the opaque shape
+    cv2.imwrite(str(tmp_path / "w.png"), white)
+    np.testing.assert_array_equal(load_mask(tmp_path / "w.png"), white[..., 3] > 0)
 
 
 @pytest.mark.parametrize("fields, message", [({"crop": "left"}, "crop must be"), ({"color": "hsv"}, "color must be"),

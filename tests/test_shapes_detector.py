@@ -287,3 +287,14 @@ def test_the_api_s_bad_calls_on_a_detector_are_one_line_and_an_image_given_to_ov
     np.testing.assert_array_equal(preprocessed.overlay(0, 0, image=view), e.overlay(0, 0, on="model"))
     with pytest.raises(CamInferError, match="the targets were found on a"):
         e.overlay(0, 0, image=np.zeros((7, 9, 3), np.uint8))
+
+
+def test_a_boxes_file_whose_images_hold_no_box_draws_no_box_prior(tmp_path):
+    """Negative images only: the prior has nothing to average, and the audit runs without it (was a KeyError)."""
+    images, _ = detector_scenes(tmp_path, 2)
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({f"{s}/scene{k}.png": [] for s in "ab" for k in (0, 1)}))
+    audit(images, empty, tmp_path / "report")
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert set(summary["baselines"]) == {"random-map", "centre-gaussian"}
+    assert summary["settings"]["baselines"] == ["random-map", "centre-gaussian"]

@@ -197,13 +197,14 @@ def test_saving_into_a_file_is_one_line_for_every_task(detector, classifier, sce
             explainer.explain(images[:1], "activation").save(tmp_path / "taken")
 
 
-def test_a_label_that_is_a_number_names_its_class_unless_it_is_another_class_s_index():
-    """PP-OCR's labels are '0' and '180': --target 180 was 'out of range'."""
+def test_a_number_is_an_index_first_and_a_label_where_no_class_has_that_index():
+    """PP-OCR's labels are '0' and '180': --target 180 was 'out of range'. Labels '1'…'10' keep --target 3 as
+    class 3, as before."""
     from cam_infer import CamInferError
     from cam_infer.tasks import class_index
     assert class_index("180", ["0", "180"], 2) == 1 and class_index("0", ["0", "180"], 2) == 0
-    assert class_index("3", [str(i) for i in range(10)], 10) == 3          # MNIST: label and index agree
-    assert class_index(1, ["1", "0"], 2) == 1                               # a Python int is an index
-    assert class_index("1", ["cat", "dog"], 2) == 1
-    with pytest.raises(CamInferError, match="'1' is ambiguous: the label of class 0 and the index of class 1"):
-        class_index("1", ["1", "0"], 2)
+    offset = [str(i) for i in range(1, 11)]
+    assert class_index("3", offset, 10) == 3 and class_index("10", offset, 10) == 9
+    assert class_index("1", ["1", "0"], 2) == 1 == class_index(1, ["1", "0"], 2)
+    with pytest.raises(CamInferError, match="class 7 is out of range"):
+        class_index("7", ["0", "180"], 2)

@@ -70,12 +70,12 @@ def run_audit(bundle, images, options: AuditOptions, out, *, boxes=None, restart
         check_sanity(bundle, sanity)
     runner = make_runner(workers, ray, threads)
     truth = load_boxes(boxes, bundle)
-    check_boxes_match(truth, images, boxes)
+    check_boxes_match(truth, images, boxes, out)
     if options.target == "truth" and not truth:
         raise CamInferError("target 'truth' needs boxes with exactly one label per image (--boxes)")
     skipped_metrics = options.skipped_metrics(bool(truth))
     options = options.resolved(bool(truth))
-    priors = _priors(bundle, images, truth, options)
+    priors = _priors(bundle, images, truth, options, out)
     settings = {"bundle": str(bundle.path.resolve()), "options": options.to_dict(),
                 "runs_at": audit_precision(bundle, options),
                 "boxes": str(Path(boxes).resolve()) if boxes else None}
@@ -110,7 +110,7 @@ CLEARED = (CSV_NAME, SUMMARY_NAME, SUMMARY_CSV, PAIRED_CSV, ERRORS_NAME, HTML_NA
            SANITY_CSV)   # what --force removes
 
 
-def _priors(bundle, images, truth: dict, options: AuditOptions) -> dict:
+def _priors(bundle, images, truth: dict, options: AuditOptions, out) -> dict:
     """The dataset's box and mask priors in the model's input, when they are baselines to draw."""
     from ..jobs.folders import collect_images
     from .baselines import NEEDS, dataset_priors
@@ -119,7 +119,7 @@ def _priors(bundle, images, truth: dict, options: AuditOptions) -> dict:
     if not wanted or not (truth or options.masks):
         return {}
     labels = [bundle.label(i) for i in range(bundle.num_classes)] if options.masks else None
-    priors = dataset_priors(collect_images(images).files, lambda path: boxes_for(truth, path, images),
+    priors = dataset_priors(collect_images(images, out).files, lambda path: boxes_for(truth, path, images),
                             bundle.preprocessing, options.masks, labels)
     return {name: prior for name, prior in priors.items() if name in wanted}
 
@@ -221,12 +221,13 @@ def _check_box(box, path, image: str) -> None:
         raise CamInferError(f"boxes file '{path}', image '{image}': box {list(box)} is inverted (x2 < x1 or y2 < y1)")
 
 
-def check_boxes_match(truth: dict, images, path) -> None:
-    """Refuse a boxes file that names none of the images: every box metric would be silently empty."""
+def check_boxes_match(truth: dict, images, path, out) -> None:
+    """Refuse a boxes file that names none of the images (those of `out` left out): every box metric would be
+    silently empty."""
     if not truth:
         return
     from ..jobs.folders import collect_images
-    files = collect_images(images).files
+    files = collect_images(images, out).files
     if files and not any(boxes_for(truth, f, images) is not None for f in files):
         first = ", ".join(repr(k) for k in list(truth)[:3])
         more = " …" if len(truth) > 3 else ""

@@ -16,6 +16,11 @@ PREPROCESSING = ("resize", "crop", "interpolation", "mean", "std", "scale", "col
 
 # --- argument groups declared once -----------------------------------------------------------------
 
+# a classifier audit's protocol flags (argparse dest → default); a segmenter's audit refuses them when given
+PROTOCOL = {"metrics": "all", "steps": 28, "tolerance": 0.0, "space": "normalised", "coherency_at": "input",
+            "deletion_substrate": "zeros", "insertion_substrate": "blur", "auc": "rise", "box_threshold": 0.2}
+
+
 def _runtime(p, backend_help="auto (default): ONNX Runtime for ONNX bundles, OpenVINO for IR bundles") -> None:
     p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES, help=backend_help)
     p.add_argument("--device", default="CPU", help="device (CPU, GPU, NPU, AUTO)")
@@ -209,10 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      "next to the base method")
     p.add_argument("--enhance-option", action="append", default=[], metavar="ENHANCER.KEY=VALUE",
                    help="enhancer option, e.g. --enhance-option sess.scales=6 (repeatable)")
-    p.add_argument("--metrics", default="all", help="comma-separated: adcc, insertion, deletion, pointing, energy, box; "
-                                                    "or 'all' (default: every metric, the localisation ones "
-                                                    "- pointing, energy, box - only with --boxes)"
-                                                    "; road, arcc: only when named (18 and 8 imputed images a map)")
+    p.add_argument("--metrics", default=PROTOCOL["metrics"],
+                   help="comma-separated: adcc, insertion, deletion, pointing, energy, box; "
+                        "or 'all' (default: every metric, the localisation ones - pointing, energy, box - only with "
+                        "--boxes); road, arcc: only when named (18 and 8 imputed images a map)")
     p.add_argument("--boxes", help="JSON: image file -> list of [x1,y1,x2,y2] or {\"box\": [...], \"label\": ...}")
     p.add_argument("--masks", help="folder of ground-truth masks: <image name>.png label images (255 = void) or "
                                    "<class>/<image name>.png binary masks (pointing and energy in their regions)")
@@ -222,15 +227,18 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("protocol (recorded in summary.json)")
     g.add_argument("--target", default="predicted", help="class explained: 'predicted' (default), 'truth' (the "
                                                           "label of the image's boxes), or one class, by label or index")
-    g.add_argument("--space", default="normalised", choices=["normalised", "raw"],
+    g.add_argument("--space", default=PROTOCOL["space"], choices=["normalised", "raw"],
                    help="explanation map x*S in the normalised input, or raw pixels (black)")
-    g.add_argument("--coherency-at", default="input", choices=["input", "map"])
-    g.add_argument("--steps", type=int, default=28, help="insertion/deletion steps (default 28, RISE's at 224)")
-    g.add_argument("--deletion-substrate", default="zeros", choices=["zeros", "blur", "mean"])
-    g.add_argument("--insertion-substrate", default="blur", choices=["zeros", "blur", "mean"])
-    g.add_argument("--auc", default="rise", choices=["rise", "recipro"])
-    g.add_argument("--box-threshold", type=float, default=0.2, help="fraction of the max kept for the box (0.2)")
-    g.add_argument("--tolerance", type=float, default=0.0, help="pointing game tolerance in pixels (paper: 15)")
+    g.add_argument("--coherency-at", default=PROTOCOL["coherency_at"], choices=["input", "map"])
+    g.add_argument("--steps", type=int, default=PROTOCOL["steps"],
+                   help="insertion/deletion steps (default 28, RISE's at 224)")
+    g.add_argument("--deletion-substrate", default=PROTOCOL["deletion_substrate"], choices=["zeros", "blur", "mean"])
+    g.add_argument("--insertion-substrate", default=PROTOCOL["insertion_substrate"], choices=["zeros", "blur", "mean"])
+    g.add_argument("--auc", default=PROTOCOL["auc"], choices=["rise", "recipro"])
+    g.add_argument("--box-threshold", type=float, default=PROTOCOL["box_threshold"],
+                   help="fraction of the max kept for the box (0.2)")
+    g.add_argument("--tolerance", type=float, default=PROTOCOL["tolerance"],
+                   help="pointing game tolerance in pixels (paper: 15)")
     g.add_argument("--baselines", default="all",
                    help="baseline maps scored beside the methods: all (default: random-map, centre-gaussian, and "
                         "box-prior / mask-prior with --boxes / --masks), none, or a comma-separated list")

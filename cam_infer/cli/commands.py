@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from ..errors import CamInferError
-from .arguments import preprocessing_fields
+from .arguments import PROTOCOL, preprocessing_fields
 
 
 def demo(args) -> int:
@@ -297,15 +297,6 @@ def audit_classes(args):
     return summary, lines
 
 
-# a classifier audit's protocol options and their defaults: a segmenter's audit measures energy and pointing in
-# regions, and refuses these when they are given rather than leave them unread
-CLASSIFIER_PROTOCOL = {"--metrics": ("metrics", "all"), "--steps": ("steps", 28), "--tolerance": ("tolerance", 0.0),
-                       "--space": ("space", "normalised"), "--coherency-at": ("coherency_at", "input"),
-                       "--deletion-substrate": ("deletion_substrate", "zeros"),
-                       "--insertion-substrate": ("insertion_substrate", "blur"), "--auc": ("auc", "rise"),
-                       "--box-threshold": ("box_threshold", 0.2)}
-
-
 def audit_segments(args):
     from ..audit.work import parse_baselines
     from ..methods import in_all
@@ -314,7 +305,7 @@ def audit_segments(args):
     methods = in_all("segmentation") if names == ["all"] else names
     if args.boxes or args.enhance:
         raise CamInferError("a segmenter's audit takes --masks DIR (ground-truth label PNGs), not --boxes or --enhance")
-    given = [flag for flag, (name, default) in CLASSIFIER_PROTOCOL.items() if getattr(args, name) != default]
+    given = ["--" + name.replace("_", "-") for name, default in PROTOCOL.items() if getattr(args, name) != default]
     if given:
         raise CamInferError(f"a segmenter's audit measures energy and pointing in each explained region; "
                             f"{', '.join(given)} belong to a classifier's audit")

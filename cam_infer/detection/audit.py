@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..audit import CLEARED, OVERLAYS, boxes_for, check_boxes_match, load_boxes, thumbnail_grid
-from ..audit.baselines import BOX_PRIOR, GAUSSIAN, RANDOM, baseline_map, dataset_priors
+from ..audit.baselines import BOX_PRIOR, GAUSSIAN, RANDOM, available, baseline_map, dataset_priors
 from ..audit.intervals import uncertainty
 from ..audit.report import (CSV_NAME, check_grid, check_tolerance, closing_lines, means_per_method,
                             per_target_csv_rows, write_csv, write_per_target_page, write_uncertainty_csvs)
@@ -74,13 +74,14 @@ def run_detection_audit(bundle, images, methods, out, *, boxes=None, backend: st
         get_method(m, "detection")
     runner = make_runner(workers, ray, threads)
     truth = load_boxes(boxes, explainer.bundle)
-    check_boxes_match(truth, images, boxes)
+    check_boxes_match(truth, images, boxes, out)
     baselines = tuple(b for b in (DRAWN if baselines is None else baselines) if b in DRAWN and
                       (b != BOX_PRIOR or truth))
     priors = {}
     if BOX_PRIOR in baselines:
-        priors = dataset_priors(collect_images(images).files, lambda path: boxes_for(truth, path, images),
+        priors = dataset_priors(collect_images(images, out).files, lambda path: boxes_for(truth, path, images),
                                 explainer.bundle.preprocessing)
+    baselines = tuple(b for b in baselines if b in available(priors))     # no prior where no image has a box
     settings = {"bundle": str(explainer.bundle.path.resolve()), "methods": list(methods), "boxes": boxes and
                 str(Path(boxes).resolve()), "tolerance": tolerance, "conf": conf, "options": options or {},
                 "precision": explainer.backend.precision, "baselines": list(baselines)}

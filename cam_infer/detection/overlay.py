@@ -28,7 +28,7 @@ def detection_overlay(e, i: int, j: int | None, rgb, on: str, colormap: str, alp
         raise CamInferError("give explain() image files or arrays, or overlay(image=...), to draw detections on them")
     original = on == "original"
     prep = e.preprocessing
-    image = rgb if original or rgb.shape[:2] == tuple(prep.input_size) else prep.geometry(rgb)
+    image = rgb if original or e.images is None else prep.geometry(rgb)      # no originals: rgb is the view
     picture = overlay_picture(saliency, image, prep if original else None, bar=True,
                               colormap=colormap, alpha=alpha, text=text)
     boxes = [d.box_image if original else d.box for d in items]

@@ -153,7 +153,7 @@ def _refuse_files_of_another(out: Path, job: Job) -> None:
     theirs = [name for name in job.clear if (out / name).exists()]
     if theirs:
         raise CamInferError(f"'{out}' holds {', '.join(theirs)} but no earlier run of cam-infer (no {JOURNAL}): "
-                            "choose a new or empty --out, which nothing of yours is overwritten in")
+                            "choose a new or empty --out")
 
 
 def _clear(out: Path, names) -> None:

@@ -32,15 +32,19 @@ class ImageFiles:
 
 def collect_images(paths, leave_out=None) -> ImageFiles:
     """Files as given (any suffix: a non-image is reported later), folders searched recursively for
-    image suffixes, in sorted order; every other file in those folders is listed as skipped. A folder's files
-    inside `leave_out` (a run's output folder, which may lie in an image folder) are no input."""
+    image suffixes, in sorted order; every other file in those folders is listed as skipped. The files of
+    `leave_out` (a run's output folder) are no input where it lies inside an image folder, and it may not be one."""
     found: list[Path] = []
     skipped: list[Path] = []
     names: dict[Path, str] = {}
     output = None if leave_out is None else Path(leave_out).resolve()
     for p in map(Path, paths):
+        if p.is_dir() and output is not None and p.resolve() == output:
+            raise CamInferError(f"--out '{leave_out}' is the image folder: the run's pictures would be read as images "
+                                "on the next run; choose another --out (a folder inside it works)")
         if p.is_dir():
-            for f in sorted(f for f in p.rglob("*") if f.is_file() and not _inside(f, output)):
+            below = output if output is not None and output.is_relative_to(p.resolve()) else None
+            for f in sorted(f for f in p.rglob("*") if f.is_file() and not _inside(f, below)):
                 if f.suffix.lower() in IMAGE_SUFFIXES:
                     found.append(f)
                     names.setdefault(f, f.relative_to(p).as_posix())
@@ -59,6 +63,7 @@ def collect_images(paths, leave_out=None) -> ImageFiles:
 
 
 def _inside(path: Path, folder: Path | None) -> bool:
+    """`path` lies in `folder` (None: no folder)."""
     return folder is not None and path.resolve().is_relative_to(folder)
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..audit import CLEARED, OVERLAYS, thumbnail_grid
-from ..audit.baselines import GAUSSIAN, MASK_PRIOR, RANDOM, baseline_map, dataset_priors
+from ..audit.baselines import GAUSSIAN, MASK_PRIOR, RANDOM, available, baseline_map, dataset_priors
 from ..audit.intervals import uncertainty
 from ..audit.report import (CSV_NAME, check_grid, closing_lines, means_per_method, per_target_csv_rows,
                             write_csv, write_per_target_page, write_uncertainty_csvs)
@@ -74,8 +74,9 @@ def run_segmentation_audit(bundle, images, methods, out, *, masks=None, target=N
     priors = {}
     if MASK_PRIOR in baselines:
         labels = [explainer.bundle.label(i) for i in range(explainer.bundle.num_classes)]
-        priors = dataset_priors(collect_images(images).files, lambda path: None, explainer.bundle.preprocessing,
+        priors = dataset_priors(collect_images(images, out).files, lambda path: None, explainer.bundle.preprocessing,
                                 masks, labels)
+    baselines = tuple(b for b in baselines if b in available(priors))     # no prior where no mask could be read
     settings = {"bundle": str(explainer.bundle.path.resolve()), "methods": list(methods), "target": target,
                 "masks": masks and str(Path(masks).resolve()), "options": options or {},
                 "precision": explainer.backend.precision, "baselines": list(baselines)}

@@ -34,7 +34,7 @@ def segment_overlay(e, i: int, j: int | None, rgb, on: str, colormap: str, alpha
     saliency = np.max([s.saliency for s in items], axis=0)
     original = on == "original"
     prep = e.preprocessing
-    image = rgb if original or rgb.shape[:2] == tuple(prep.input_size) else prep.geometry(rgb)
+    image = rgb if original or e.images is None else prep.geometry(rgb)      # no originals: rgb is the view
     picture = overlay_picture(saliency, image, prep if original else None, _caption(e.method, items), colormap,
                               alpha)
     regions = [prep.to_image(s.region.astype(np.float32), image.shape[:2])[0] >= 0.5 if original else s.region

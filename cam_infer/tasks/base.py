@@ -109,8 +109,8 @@ class Task:
 
 
 def class_index(value, labels: list[str] | None, classes: int) -> int:
-    """A class given by label or index (int or digit string) → its index, checked. A digit string that is a
-    label is that label's class (PP-OCR's '0' and '180'), refused where it is also another class's index.
+    """A class given by label or index (int or digit string) → its index, checked. A digit string is an index
+    first, and a label where no class has that index (PP-OCR's labels '0' and '180': '180' is class 1).
 
     A label that several classes share (ImageNet's 'crane': 134 the bird, 517 the machine) is an error
     that lists them; an unknown label suggests the closest labels."""
@@ -129,11 +129,8 @@ def class_index(value, labels: list[str] | None, classes: int) -> int:
         return matches[0]
     index = int(value)
     named = [i for i, label in enumerate(labels or []) if isinstance(value, str) and label == value.strip()]
-    if named and (not 0 <= index < classes or named == [index]):
-        return named[0]                          # a label that is a number ('0', '180'): the class it names
-    if named:
-        raise CamInferError(f"'{value}' is ambiguous: the label of class {named[0]} and the index of class {index} "
-                            "(give the index as a Python int, or labels that are not other classes' numbers)")
+    if named and not 0 <= index < classes:
+        return named[0]                          # a label that is a number ('180'): the class it names
     if not 0 <= index < classes:
         raise CamInferError(f"class {index} is out of range: this model has classes 0..{classes - 1}")
     return index

@@ -95,7 +95,8 @@ class DetectionTask(Task):
             per_image = boxes[i] if boxes and isinstance(boxes[0], list) and boxes[0] and \
                 isinstance(boxes[0][0], (list, tuple)) else boxes
             for entry in per_image:
-                if not isinstance(entry, (list, tuple)) or len(entry) != 2 or not isinstance(entry[0], (list, tuple)):
+                if not isinstance(entry, (list, tuple)) or len(entry) != 2 or \
+                        not isinstance(entry[0], (list, tuple, np.ndarray)):
                     raise CamInferError(f"boxes= takes (box [x1, y1, x2, y2], class) pairs, not {entry!r}")
             return [box_target(output, self._box_in_input(box, shape), class_index(cls, self.bundle.labels, num),
                                self.bundle.input_shape[1:]) for box, cls in per_image]
