@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CamInferError
+from .images import as_rgb_uint8
+from .numerics import is_whole_number
 from .postprocess import caption, check_overlay_options, class_fields, near_uniform, overlay_picture, write_png
 
 
@@ -121,9 +123,9 @@ class Explanation:
 
     def _item(self, i, j) -> tuple[int, int | None]:
         """(i, j) checked against `items`: image i, its explained target j (or None)."""
-        if not _index(i) or not 0 <= i < len(self.items):
+        if not is_whole_number(i) or not 0 <= i < len(self.items):
             raise CamInferError(f"image {i!r} does not exist: the explanation has {len(self.items)}")
-        if j is not None and (not _index(j) or not 0 <= j < len(self.items[i])):
+        if j is not None and (not is_whole_number(j) or not 0 <= j < len(self.items[i])):
             raise CamInferError(f"target {j!r} does not exist: image {i} has {len(self.items[i])} explained targets")
         return int(i), None if j is None else int(j)
 
@@ -154,14 +156,13 @@ class Explanation:
             if j not in (None, 0):
                 raise CamInferError(f"no map ({i}, {j}): this explanation has one map per image (j is None or 0)")
             j = None
-        in_range = _index(i) and 0 <= i < len(self.targets) and \
-            (not self.multi or (_index(j) and 0 <= j < self.targets.shape[1]))
+        in_range = is_whole_number(i) and 0 <= i < len(self.targets) and \
+            (not self.multi or (is_whole_number(j) and 0 <= j < self.targets.shape[1]))
         if not in_range:
             raise CamInferError(f"no map ({i}, {j}) in an explanation of shape {self.targets.shape}")
         original = image if image is not None else (self.images[i] if self.images else None)
         if original is None:
             raise CamInferError("no original image: pass explain() image paths or arrays, or give overlay(image=...)")
-        from .images import as_rgb_uint8
         rgb = as_rgb_uint8(original)
         class_id = self.map_class(i, j)
         text = caption(self.method, self.labels[class_id] if self.labels and class_id is not None else None,
@@ -191,7 +192,6 @@ class Explanation:
 
     def _targets_overlay(self, i, j, image, on: str, colormap: str, alpha: float) -> np.ndarray:
         """A detector's or a segmenter's picture: image i with its explained target j (None: all of them)."""
-        from .images import as_rgb_uint8
         i, j = self._item(i, j)
         original = image if image is not None else (self.images[i] if self.images else None)
         rgb = None if original is None else as_rgb_uint8(original)
@@ -242,11 +242,6 @@ class Explanation:
                     ax.set_title(self.names[i], fontsize=9)
         fig.tight_layout()
         return fig
-
-
-def _index(k) -> bool:
-    """An integer index (a bool is not one, though Python counts it as an int)."""
-    return isinstance(k, (int, np.integer)) and not isinstance(k, bool)
 
 
 def _distinct(names: list[str]) -> list[str]:

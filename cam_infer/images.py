@@ -413,7 +413,7 @@ def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
     if image.dtype == np.uint16:
         image = (image.astype(np.float32) / 257.0).round().astype(np.uint8)
     elif image.dtype.kind == "f":
-        low, high = (float(image.min()), float(image.max())) if np.isfinite(image).all() else (np.nan, np.nan)
+        low, high = float(image.min()), float(image.max())            # a NaN anywhere makes both NaN
         if not -FLOAT_SLACK <= low <= high <= 1.0 + FLOAT_SLACK:     # 0–255 data clipped to [0,1]: a white image
             raise CamInferError(f"a float image must hold values in [0, 1], not {low:.6g} … {high:.6g}; give 0–255 "
                                 "pixels as uint8")

@@ -5,6 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 
+def is_whole_number(value) -> bool:
+    """A Python or NumPy integer; a bool is not one, though Python counts it as an int."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
 def zero_padded(x: np.ndarray, rows: int) -> np.ndarray:
     """x with zero rows appended up to `rows` (a graph of a fixed batch takes no fewer)."""
     if len(x) == rows:

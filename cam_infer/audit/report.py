@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import CamInferError
 from ..metrics import adcc
+from ..numerics import is_whole_number
 from ..outputs import write_atomically
 from .intervals import uncertainty
 from .work import COLUMNS
@@ -76,7 +77,7 @@ def write_per_target_page(out: Path, summary: dict, grid, methods, shown: dict, 
 
 def check_grid(grid) -> None:
     """The report's thumbnail count: a whole number from 0."""
-    if isinstance(grid, bool) or not isinstance(grid, (int, np.integer)) or grid < 0:
+    if not is_whole_number(grid) or grid < 0:
         raise CamInferError(f"grid (the images shown in index.html) must be a whole number from 0, not {grid!r}")
 
 

@@ -108,6 +108,14 @@ class Task:
                                     f"(arguments for it: target{''.join(', ' + r for r in sorted(self.requests))})")
 
 
+def box_corners(box) -> list[float]:
+    """A box [x1, y1, x2, y2] as four finite floats, or one line (a NaN corner is no box)."""
+    corners = [float(v) for v in box]
+    if not np.isfinite(corners).all():
+        raise CamInferError(f"a box's corners must be finite numbers, not {corners}")
+    return corners
+
+
 def class_index(value, labels: list[str] | None, classes: int) -> int:
     """A class given by label or index (int or digit string) → its index, checked. A digit string is an index
     first, and a label where no class has that index (PP-OCR's labels '0' and '180': '180' is class 1).

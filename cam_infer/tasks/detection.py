@@ -16,8 +16,9 @@ from ..detection.split import check_thresholds
 from ..detection.targets import Target, box_target
 from ..errors import CamInferError
 from ..explanation import DetectionMap, Explanation
+from ..numerics import is_whole_number
 from ..postprocess import near_uniform, normalise
-from .base import Task, class_index
+from .base import Task, box_corners, class_index
 
 
 class DetectionTask(Task):
@@ -110,7 +111,7 @@ class DetectionTask(Task):
             return all_targets
         indices = [target] if isinstance(target, (int, np.integer)) else list(target)
         for k in indices:
-            if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < len(all_targets):
+            if not is_whole_number(k) or not 0 <= k < len(all_targets):
                 raise CamInferError(f"detection {k!r} does not exist: the image has {len(all_targets)} detections "
                                     "above the threshold")
         return [all_targets[k] for k in indices]
@@ -118,9 +119,7 @@ class DetectionTask(Task):
     def _box_in_input(self, box, shape) -> list[float]:
         if len(box) != 4:
             raise CamInferError(f"a box is [x1, y1, x2, y2], not {box!r}")
-        x1, y1, x2, y2 = (float(v) for v in box)
-        if not np.isfinite([x1, y1, x2, y2]).all():
-            raise CamInferError(f"a box's corners must be finite numbers, not {[x1, y1, x2, y2]}")
+        x1, y1, x2, y2 = box_corners(box)
         h0, w0 = shape[:2]
         if x2 <= 0 or y2 <= 0 or x1 >= w0 or y1 >= h0 or x2 <= x1 or y2 <= y1:
             raise CamInferError(f"the box {[x1, y1, x2, y2]} lies outside the {w0}x{h0} image or is empty")

@@ -33,7 +33,7 @@ from ..explanation import Explanation
 from ..methods.registry import Context
 from ..numerics import nonzero_per_row, softmax
 from ..postprocess import near_uniform, normalise, upsample
-from .base import Task, class_index
+from .base import Task, box_corners, class_index
 
 
 @dataclass
@@ -266,9 +266,7 @@ class SegmentationTask(Task):
             import cv2
             mask = cv2.resize((array != 0).astype(np.uint8), (size[1], size[0]), interpolation=cv2.INTER_NEAREST) > 0
         elif array.shape == (4,):
-            x1, y1, x2, y2 = (float(v) for v in array)
-            if not np.isfinite([x1, y1, x2, y2]).all():
-                raise CamInferError(f"a box's corners must be finite numbers, not {[x1, y1, x2, y2]}")
+            x1, y1, x2, y2 = box_corners(array)
             if x2 <= x1 or y2 <= y1 or x2 <= 0 or y2 <= 0 or x1 >= w0 or y1 >= h0:
                 raise CamInferError(f"the box {[x1, y1, x2, y2]} lies outside the {w0}x{h0} image or is empty")
             mask = np.zeros(size, bool)
