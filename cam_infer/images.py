@@ -2,7 +2,8 @@
 
 Order of operations (torchvision's ImageNet convention by default):
 1. decode to RGB uint8 (alpha dropped over black, grayscale expanded, 16-bit scaled to 8-bit);
-2. ``crop="center"``: resize the shorter side to ``resize``, then center-crop ``input_size``;
+2. ``crop="center"``: resize the shorter side to ``resize`` (further where a non-square ``input_size`` needs it,
+   so that the crop fits with the aspect ratio kept), then center-crop ``input_size``;
    ``crop="none"``: resize straight to ``input_size`` (aspect ratio not kept); the resize's filter is
    ``interpolation`` (see `INTERPOLATIONS`);
 3. reorder channels to ``color`` (rgb or bgr), or for a 1-channel model convert to gray (ITU-R BT.601,
@@ -131,7 +132,7 @@ class Preprocessing:
             ratio = min(h / src_h, w / src_w)
             new_w, new_h = max(1, int(round(src_w * ratio))), max(1, int(round(src_h * ratio)))   # a 1-px-thin photo
             return new_h, new_w, -int(round((h - new_h) / 2 - 0.1)), -int(round((w - new_w) / 2 - 0.1))
-        ratio = self.resize / min(src_h, src_w)
+        ratio = max(self.resize / min(src_h, src_w), h / src_h, w / src_w)   # a non-square crop fits, unstretched
         new_w, new_h = max(w, int(round(src_w * ratio))), max(h, int(round(src_h * ratio)))
         return new_h, new_w, int(round((new_h - h) / 2.0)), int(round((new_w - w) / 2.0))
 

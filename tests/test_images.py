@@ -32,6 +32,23 @@ def test_center_crop_keeps_the_middle_of_a_wide_image():
     assert out.shape == (50, 50, 3) and out.min() == 255
 
 
+def test_a_non_square_center_crop_keeps_the_aspect_ratio():
+    """A 48×192 input (PP-OCR's) from a square photo: the image is enlarged until the crop fits, not stretched
+    along one axis, so a 20-px square stays square (19.2 px both ways) and the mapping back agrees."""
+    rgb = np.zeros((200, 200, 3), np.uint8)
+    rgb[90:110, 90:110] = 255
+    prep = Preprocessing(input_size=(48, 192), crop="center")
+    out = prep.geometry(rgb)[..., 0] > 127
+    rows, cols = np.nonzero(out)
+    assert out.shape == (48, 192)
+    assert abs((rows.max() - rows.min()) - (cols.max() - cols.min())) <= 1 and 18 <= cols.max() - cols.min() <= 20
+    saliency = np.zeros((48, 192), np.float32)
+    saliency[out] = 1.0
+    back, seen = prep.to_image(saliency, rgb.shape[:2])
+    assert not seen[0].any() and seen[100].all() and 49 <= seen[:, 100].sum() <= 51     # the middle 50 rows, all wide
+    assert back[100, 100] > 0.9 and back[100, 60] < 0.1
+
+
 @pytest.mark.parametrize("make, name", [
     (lambda rgb: cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), "gray.png"),
     (lambda rgb: np.dstack([rgb[..., ::-1], np.full(rgb.shape[:2], 255, np.uint8)]), "alpha.png"),
