@@ -35,13 +35,14 @@ from .report import (
     csv_rows,
     skipped_metrics_line,
     summarise,
+    thumbnail_grid,
     write_csv,
     write_html,
     write_uncertainty_csvs,
 )
 from .sanity import SANITY_CSV, SanityOptions, check_sanity, run_sanity, sanity_line, write_sanity_csv
 from .work import COLUMNS, LOCALISATION, METRICS, OVERLAYS, AuditOptions, AuditWork, audit_image, audit_precision, \
-    audit_spec, thumbnail_name
+    audit_spec
 
 GRID = 48
 BATCH = 8           # images audited together: their curves and ADCC's re-explanations share the runtime's calls
@@ -246,17 +247,6 @@ def boxes_for(truth: dict, image: Path, roots) -> list | None:
                 pass
     keys.append(image.name)
     return next((truth[k] for k in keys if k in truth), None)
-
-
-def thumbnail_grid(out: Path, files, names: dict, methods) -> list[tuple[str, dict]]:
-    """The report's grid: (image name, method → thumbnail PNG) for the images that have thumbnails."""
-    grid = []
-    for image in files:
-        paths = {m: out / thumbnail_name(names[image], m) for m in methods}
-        pngs = {m: path.read_bytes() for m, path in paths.items() if path.exists()}
-        if pngs:
-            grid.append((names[image], pngs))
-    return grid
 
 
 def summary_lines(summary: dict, out) -> list[str]:

@@ -24,10 +24,11 @@ from ..metrics import adcc
 from ..numerics import is_whole_number
 from ..outputs import write_atomically
 from .intervals import uncertainty
-from .work import COLUMNS
+from .work import COLUMNS, thumbnail_name
 
 CSV_NAME, SUMMARY_NAME, HTML_NAME, ERRORS_NAME = "metrics.csv", "summary.json", "index.html", "errors.json"
 SUMMARY_CSV, PAIRED_CSV = "summary.csv", "paired.csv"      # means with intervals; paired comparisons
+ROWS_NAME = "rows.jsonl"                                    # a detector's or segmenter's rows, one JSON per line
 # column → (shown as, higher is better; None: a reference, tabled, not charted nor compared); `add_column` adds one
 SHOWN = {"adcc": ("ADCC (mean per image)", True), "average_drop": ("Average Drop", False),
          "increase": ("Increase in Confidence", True), "coherency": ("Coherency", True),
@@ -59,6 +60,39 @@ def per_target_csv_rows(rows: list[dict]) -> list[dict]:
     without any has one row of method None), the flags as 0/1."""
     flags = ("class_agnostic", "degenerate", "uniform", "baseline")
     return [{**r, **{flag: int(bool(r.get(flag))) for flag in flags}} for r in rows if r["method"] is not None]
+
+
+def thumbnail_grid(out: Path, files, names: dict, methods) -> list[tuple[str, dict]]:
+    """The report's grid: (image name, method → thumbnail PNG) for the images that have thumbnails."""
+    grid = []
+    for image in files:
+        paths = {m: out / thumbnail_name(names[image], m) for m in methods}
+        pngs = {m: path.read_bytes() for m, path in paths.items() if path.exists()}
+        if pngs:
+            grid.append((names[image], pngs))
+    return grid
+
+
+def per_target_writer(summary: dict, settings: dict, methods, baselines, columns, means, shown: dict, unit: str,
+                      grid: int) -> Callable:
+    """A detector's or segmenter's `Job.write`: rows.jsonl and metrics.csv after every batch; at the end
+    `summary` filled (means per method and baseline with intervals, over `unit`), summary.json, the intervals'
+    CSVs and index.html with the first `grid` images' thumbnails. `columns`: metrics.csv's."""
+    def write(run, final: bool) -> None:
+        write_atomically(run.out / ROWS_NAME, "".join(json.dumps(r) + "\n" for r in run.rows))
+        write_csv(run.out / CSV_NAME, per_target_csv_rows(run.rows), columns)
+        if not final:
+            return
+        summary.update(methods=means_per_method(run.rows, methods, means, unit),
+                       baselines=means_per_method(run.rows, baselines, means, unit),
+                       **uncertainty(run.rows, methods, baselines, {c: chart[1] for c, chart in shown.items()}),
+                       images=len(run.found.files), settings=settings,
+                       skipped=run.skipped, errors=run.errors, redone=run.redone)
+        write_atomically(run.out / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
+        write_uncertainty_csvs(run.out, summary)
+        write_per_target_page(run.out, summary, thumbnail_grid(run.out, run.found.files[:grid], run.found.names,
+                                                               methods), methods, shown, unit)
+    return write
 
 
 def write_per_target_page(out: Path, summary: dict, grid, methods, shown: dict, unit: str) -> None:

@@ -18,28 +18,23 @@ the one driver's (`cam_infer.jobs`).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..audit import CLEARED, OVERLAYS, boxes_for, check_boxes_match, load_boxes, thumbnail_grid
+from ..audit import CLEARED, OVERLAYS, boxes_for, check_boxes_match, load_boxes
 from ..audit.baselines import BOX_PRIOR, GAUSSIAN, RANDOM, available, baseline_map, dataset_priors
-from ..audit.intervals import uncertainty
-from ..audit.report import (CSV_NAME, check_grid, check_tolerance, closing_lines, means_per_method,
-                            per_target_csv_rows, write_csv, write_per_target_page, write_uncertainty_csvs)
+from ..audit.report import ROWS_NAME, SUMMARY_NAME, check_grid, check_tolerance, closing_lines, per_target_writer
 from ..audit.work import audit_batch, thumbnail_png
 from ..jobs.folders import collect_images
 from ..errors import CamInferError
 from ..images import load_image
 from ..methods import get_method
 from ..metrics import energy_pointing, pointing_hit
-from ..outputs import write_atomically
 from .decode import iou
 from ..explainer import Explainer
 
-ROWS, SUMMARY = "rows.jsonl", "summary.json"
 MEANS = ("energy", "box_fraction", "pointing", "specificity", "truth_iou", "marker_energy", "marker_fraction")
 COLUMNS = ("image", "method", "index", "class_id", "label", "score", "class_agnostic", "degenerate", "uniform",
            *MEANS, "baseline")
@@ -86,20 +81,7 @@ def run_detection_audit(bundle, images, methods, out, *, boxes=None, backend: st
                 str(Path(boxes).resolve()), "tolerance": tolerance, "conf": conf, "options": options or {},
                 "precision": explainer.backend.precision, "baselines": list(baselines)}
     summary: dict = {}
-
-    def write(run, final: bool) -> None:
-        write_atomically(run.out / ROWS, "".join(json.dumps(r) + "\n" for r in run.rows))
-        write_csv(run.out / CSV_NAME, per_target_csv_rows(run.rows), COLUMNS)
-        if final:
-            summary.update(methods=means_per_method(run.rows, methods, MEANS, "detections"),
-                           baselines=means_per_method(run.rows, baselines, MEANS, "detections"),
-                           **uncertainty(run.rows, methods, baselines, {c: shown[1] for c, shown in SHOWN.items()}),
-                           images=len(run.found.files), settings=settings,
-                           skipped=run.skipped, errors=run.errors, redone=run.redone)
-            write_atomically(run.out / SUMMARY, json.dumps(summary, indent=2) + "\n")
-            write_uncertainty_csvs(run.out, summary)
-            write_per_target_page(run.out, summary, thumbnail_grid(run.out, run.found.files[:grid], run.found.names,
-                                                                   methods), methods, SHOWN, "detections")
+    write = per_target_writer(summary, settings, methods, baselines, COLUMNS, MEANS, SHOWN, "detections", grid)
 
     def cost() -> str:
         counted_on = DetectionContext(explainer, None, None, None), central_targets(explainer.grid)
@@ -109,8 +91,8 @@ def run_detection_audit(bundle, images, methods, out, *, boxes=None, backend: st
     work = DetectionAuditWork(spec_for(explainer, runner), tuple(methods), tolerance, conf, options or {}, baselines,
                               priors)
     job = Job("audit", "an audit", settings, tuple(methods), work, write, names=lambda found: found.names,
-              extra=lambda image: boxes_for(truth, image, images) or [], folders=(OVERLAYS,), clear=(ROWS, *CLEARED),
-              cost=cost)
+              extra=lambda image: boxes_for(truth, image, images) or [], folders=(OVERLAYS,),
+              clear=(ROWS_NAME, *CLEARED), cost=cost)
     run_job(job, images, out, runner, restart=restart, progress=progress, report=report)
     return summary
 
@@ -235,7 +217,7 @@ def summary_lines(summary: dict, out) -> list[str]:
                                                           else f" (uniform {v['marker_fraction']:.4f}, n={v[column + '_n']})"
                                                           if column == "marker_energy" else ""))
         lines.append(f"{m:<10} " + ", ".join(parts))
-    return lines + closing_lines(summary, out, f"metrics.csv, {ROWS}, {SUMMARY}")
+    return lines + closing_lines(summary, out, f"metrics.csv, {ROWS_NAME}, {SUMMARY_NAME}")
 
 
 __all__ = ["audit_image", "run_detection_audit", "summary_lines"]

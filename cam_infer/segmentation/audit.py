@@ -19,27 +19,22 @@ outlined); the folder run (lock, resume, runners) is the one driver's (`cam_infe
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from ..audit import CLEARED, OVERLAYS, thumbnail_grid
+from ..audit import CLEARED, OVERLAYS
 from ..audit.baselines import GAUSSIAN, MASK_PRIOR, RANDOM, available, baseline_map, dataset_priors
-from ..audit.intervals import uncertainty
-from ..audit.report import (CSV_NAME, check_grid, closing_lines, means_per_method, per_target_csv_rows,
-                            write_csv, write_per_target_page, write_uncertainty_csvs)
+from ..audit.report import ROWS_NAME, SUMMARY_NAME, check_grid, closing_lines, per_target_writer
 from ..audit.work import _masks_in_input, audit_batch, thumbnail_png
 from ..jobs.folders import collect_images
 from ..explainer import Explainer
 from ..images import load_image
 from ..methods import get_method
 from ..metrics.segmentation import energy_in_region, pointing_in_region, uniform_baseline
-from ..outputs import write_atomically
 from .runs import cost_line
 
-ROWS, SUMMARY = "rows.jsonl", "summary.json"
 MEANS = ("energy", "region_fraction", "pointing", "truth_energy", "truth_fraction", "truth_pointing")
 COLUMNS = ("image", "method", "index", "class_id", "label", "score", "region", "region_pixels", "class_agnostic",
            "region_class_id", "region_label", "degenerate", "uniform", *MEANS, "baseline")
@@ -81,25 +76,13 @@ def run_segmentation_audit(bundle, images, methods, out, *, masks=None, target=N
                 "masks": masks and str(Path(masks).resolve()), "options": options or {},
                 "precision": explainer.backend.precision, "baselines": list(baselines)}
     summary: dict = {}
-
-    def write(run, final: bool) -> None:
-        write_atomically(run.out / ROWS, "".join(json.dumps(r) + "\n" for r in run.rows))
-        write_csv(run.out / CSV_NAME, per_target_csv_rows(run.rows), COLUMNS)
-        if final:
-            summary.update(methods=means_per_method(run.rows, methods, MEANS, "regions"),
-                           baselines=means_per_method(run.rows, baselines, MEANS, "regions"),
-                           **uncertainty(run.rows, methods, baselines, {c: shown[1] for c, shown in SHOWN.items()}),
-                           images=len(run.found.files), settings=settings,
-                           skipped=run.skipped, errors=run.errors, redone=run.redone)
-            write_atomically(run.out / SUMMARY, json.dumps(summary, indent=2) + "\n")
-            write_uncertainty_csvs(run.out, summary)
-            write_per_target_page(run.out, summary, thumbnail_grid(run.out, run.found.files[:grid], run.found.names,
-                                                                   methods), methods, SHOWN, "regions")
+    write = per_target_writer(summary, settings, methods, baselines, COLUMNS, MEANS, SHOWN, "regions", grid)
 
     work = SegmentationAuditWork(spec_for(explainer, runner), tuple(methods), target, masks, options or {},
                                  baselines, priors)
     job = Job("audit", "an audit", settings, tuple(methods), work, write, names=lambda found: found.names,
-              extra=lambda image: [], folders=(OVERLAYS,), clear=(ROWS, *CLEARED), cost=lambda: cost_line(methods, explainer, options))
+              extra=lambda image: [], folders=(OVERLAYS,), clear=(ROWS_NAME, *CLEARED),
+              cost=lambda: cost_line(methods, explainer, options))
     run_job(job, images, out, runner, restart=restart, progress=progress, report=report)
     return summary
 
@@ -178,7 +161,7 @@ def summary_lines(summary: dict, out) -> list[str]:
             parts.append(f"in the true region: energy {v['truth_energy']:.3f} (uniform {v['truth_fraction']:.3f}), "
                          f"pointing {v['truth_pointing']:.3f}")
         lines.append(f"{m:<10} " + ", ".join(parts))
-    return lines + closing_lines(summary, out, f"metrics.csv, {ROWS}, {SUMMARY}")
+    return lines + closing_lines(summary, out, f"metrics.csv, {ROWS_NAME}, {SUMMARY_NAME}")
 
 
 __all__ = ["audit_image", "run_segmentation_audit", "summary_lines"]
