@@ -7,6 +7,7 @@ import argparse
 from ..backends import CHOICES as BACKEND_CHOICES
 from ..backends.sessions import PRECISIONS
 from ..images import INTERPOLATIONS
+from ..postprocess import COLORMAPS
 from ..tasks import TASKS
 from ..version import __version__
 
@@ -142,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     _runtime(p)
     p.add_argument("--batch-size", type=int, default=8, help="images per call (default 8)")
     _scale_out(p)
-    p.add_argument("--colormap", default="jet")
+    p.add_argument("--colormap", default="jet", choices=list(COLORMAPS), help="the heat map's colours (default jet)")
     p.add_argument("--alpha", type=float, default=0.5, help="heat-map weight in the overlay (default 0.5)")
     p.add_argument("--on", default="original", choices=["original", "model"],
                    help="overlay on the original image (default) or on the model's resized and cropped view")
