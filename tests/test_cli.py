@@ -63,6 +63,8 @@ def _corrupt_files(tmp_path, tiny_onnx_path):
      "is a file; a model repository"),
     (["audit", "{shapes}", "{tmp}", "--out", "{tmp}/a", "--steps", "100000"],
      "steps must be an integer from 1 to 1024"),
+    (["demo", "--out", "{tmp}/d", "--backend", "openvino", "--device", "NOSUCH"],
+     "OpenVINO device 'NOSUCH' is not available here"),
 ])
 def test_user_errors_print_one_line(tmp_path, tiny_onnx_path, args, fragment):
     _corrupt_files(tmp_path, tiny_onnx_path)

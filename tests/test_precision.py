@@ -258,3 +258,54 @@ def test_a_precision_the_device_does_not_run_is_said_and_recorded_as_what_ran(ti
     notes = [line for line in result.stderr.splitlines() if line.startswith("cam-infer: note: OpenVINO on CPU runs")]
     assert len(notes) == (ran != "bf16")
     assert json.loads((tmp_path / "o" / "results.json").read_text())["settings"]["precision"] == ran
+
+
+def _runs_as(precision: str) -> str:
+    """What OpenVINO's CPU plugin compiles a model at when asked for `precision`, read from the compiled model."""
+    import openvino as ov
+    x = ov.opset13.parameter([1], np.float32)
+    compiled = ov.Core().compile_model(ov.Model([ov.opset13.relu(x)], [x]), "CPU", {"INFERENCE_PRECISION_HINT": precision})
+    return compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+
+
+@pytest.mark.parametrize("device", ["CPU", "AUTO", "MULTI:CPU"])
+def test_f16_is_recorded_as_what_the_device_runs_on_every_output(tiny_bundle, tmp_path, device):
+    """Asked for f16, this CPU compiles bf16 (or f32): the backend, an audit's runs_at, a fused model's precision and
+    check, and a served fused model all say what ran, with a note; a virtual device (AUTO, MULTI) that reports no
+    precision itself is read through the device it runs on, not recorded as the value asked for."""
+    import json
+    import warnings
+
+    from cam_infer.audit import AuditOptions, run_audit
+    from cam_infer.errors import PrecisionWarning
+    from cam_infer.fuse import fuse, save
+    from cam_infer.serve.models import FusedRuntime
+    from cam_infer.tools.synthetic import write_scenes
+
+    ran = _runs_as("f16")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        explainer = Explainer(tiny_bundle, backend="openvino", device=device, precision="f16")
+        fused = fuse(tiny_bundle, "cam", precision="f16")
+        path = save(fused, tmp_path / "fused.onnx")
+        served = FusedRuntime(path, "openvino", device, None, precision="f16")
+    assert explainer.backend.precision == ran and served.precision == ran
+    assert sum(issubclass(w.category, PrecisionWarning) for w in caught) == 3 * (ran != "f16")
+    meta = {p.key: p.value for p in fused.metadata_props}
+    assert meta["cam_infer.precision"] == ran and ran in json.loads(meta["cam_infer.check"])
+    assert Explainer(tiny_bundle, backend="openvino", device=device, precision="auto").backend.precision == \
+        _device_default()
+    scenes = write_scenes(tmp_path / "scenes", "large", 1)
+    options = AuditOptions(methods=("activation",), metrics=("adcc",), backend="openvino", device=device,
+                           precision="f16", steps=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PrecisionWarning)
+        assert run_audit(tiny_bundle.path, [scenes], options, tmp_path / "audit", progress=False)["protocol"][
+            "runs_at"] == ran
+
+
+def test_an_empty_precision_is_refused_on_both_runtimes(tiny_bundle):
+    from cam_infer.errors import CamInferError
+    for backend in ("openvino", "onnxruntime"):
+        with pytest.raises(CamInferError, match="unknown precision ''"):
+            Explainer(tiny_bundle, backend=backend, precision="")

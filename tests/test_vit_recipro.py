@@ -183,3 +183,18 @@ def test_the_opened_tail_projects_the_clean_tokens_once_and_projects_out_only_th
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
     sliced = [n for n in _opened(bundle, prefix).graph.node if n.op_type == "Slice" and n.output[0].endswith("_prefix")]
     assert len(sliced) == 2                         # the output projection's input and the residual's stream
+
+
+def test_threads_sharing_one_explainer_get_the_maps_each_would_alone(tiny_models):
+    """The tail graph lends an infer request per call on OpenVINO: four threads explaining at once through one
+    Explainer (a folder run's threads, a server) get the maps of single calls, none "Infer Request is busy"."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    bundle = tiny_models["vit"][1]
+    explainer = Explainer(bundle.path, backend="openvino", precision="f32")
+    images = [inputs_for(bundle, 1, seed) for seed in range(8)]
+    alone = [explainer.explain(x, "vit-recipro").maps for x in images]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda x: explainer.explain(x, "vit-recipro").maps, images * 3))
+    for i, maps in enumerate(together):
+        np.testing.assert_array_equal(maps, alone[i % len(images)])

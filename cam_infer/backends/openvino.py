@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import math
 import threading
-import warnings
 
 import numpy as np
 
 from ..bundle import Bundle
 from ..bundle.positions import PRODUCTS, openvino_position_products
-from ..errors import CamInferError, PrecisionWarning
+from ..errors import CamInferError
 from .base import Backend
-from .sessions import Lender, RuntimeOptions, openvino_compiled, openvino_device, openvino_model
+from .sessions import (Lender, RuntimeOptions, compiled_precision, openvino_compiled, openvino_device, openvino_model,
+                       precision_note)
 
 SINGLE = 1                                      # the batch that gets its own static-shape compiled copy
 THROUGHPUT_HINTS = ("throughput", "cumulative_throughput")
@@ -34,7 +34,8 @@ class OpenVINOBackend(Backend):
     def __init__(self, bundle: Bundle, *, device: str = "CPU", hint: str = "latency", threads: int | None = None,
                  cache_dir: str | None = None, precision: str | None = "f32", memory_budget_mb: float = 256):
         super().__init__(bundle, memory_budget_mb=memory_budget_mb, threads=threads)
-        self.runtime = RuntimeOptions(threads=threads, precision=precision or "auto", device=openvino_device(device),
+        self.runtime = RuntimeOptions(threads=threads, precision="auto" if precision is None else precision,
+                                      device=openvino_device(device),
                                       hint=hint, cache_dir=cache_dir)
         self.device = self.runtime.device
         self._compiled: dict = {}                                       # (role, batch) → its `Compiled`
@@ -51,10 +52,8 @@ class OpenVINOBackend(Backend):
         self._graph(self._clean, SINGLE)                                # compile errors show here, at once
         self._graph("head")
         self._parallel = self._optimal_requests()
-        if self.runtime.precision != "auto" and self.precision != self.runtime.precision:
-            warnings.warn(f"OpenVINO on {self.device} runs {self.precision}, not {self.runtime.precision} (the device "
-                          f"does not support it): the maps and records are at {self.precision}", PrecisionWarning,
-                          stacklevel=2)
+        self._precision = compiled_precision(self._graph("head").model, self.runtime.precision)
+        precision_note(self.runtime.precision, self._precision, self.device)
 
     def _graph(self, role: str, batch: int | None = None) -> "Compiled":
         """Graph `role` compiled once for the key `_key` gives `batch` (None: the graph's own batch). On a
@@ -180,12 +179,9 @@ class OpenVINOBackend(Backend):
 
     @property
     def precision(self) -> str:
-        """What the compiled clean pass runs at, as OpenVINO reports it (``auto`` on this CPU: bf16 where it has
-        AVX-512 BF16 or AMX)."""
-        try:
-            return self.compiled_property("INFERENCE_PRECISION_HINT").get_type_name()
-        except RuntimeError:                                            # a device that does not report it
-            return self.runtime.precision
+        """What the compiled graphs run at, as OpenVINO reports it (``auto`` on this CPU: bf16 where it has AVX-512
+        BF16 or AMX; on a virtual device, AUTO, what the device it runs on reports: `sessions.compiled_precision`)."""
+        return self._precision
 
     def describe(self) -> str:
         return f"openvino {self.device} ({self.hint}, {self.precision})"

@@ -171,17 +171,55 @@ def openvino_device(device: str) -> str:
 
 
 def resolved_precision(runtime: RuntimeOptions, backend: str) -> str:
-    """The precision `runtime` computes in on `backend` (openvino | onnxruntime): ``auto`` resolved as the device
-    reports its default (OpenVINO, without compiling anything), or ``auto`` when it does not say."""
+    """The precision `runtime` computes in on `backend` (openvino | onnxruntime). OpenVINO: what the device compiles
+    at when asked (`device_precision`); ONNX Runtime's CPU provider: f32 (it refuses the others)."""
+    if backend == "openvino":
+        return device_precision(openvino_device(runtime.device), runtime.precision)
     if runtime.precision != "auto":
         return runtime.precision
-    if backend == "openvino":
-        try:
-            return openvino_core().get_property(openvino_device(runtime.device),
-                                                "INFERENCE_PRECISION_HINT").get_type_name()
-        except RuntimeError:
-            return "auto"
     return "f32" if runtime.provider == "cpu" else "auto"
+
+
+@cache
+def device_precision(device: str, precision: str) -> str:
+    """What OpenVINO computes in on `device` asked for `precision` (``auto``: the device's default), read from a
+    one-op model compiled there: a device may run another format than the one asked (this CPU runs f16 as bf16), and
+    a virtual device (AUTO, MULTI) reports none itself, so the device it compiled on is asked."""
+    import numpy as np
+    import openvino as ov
+    from openvino import opset13
+
+    x = opset13.parameter([1], np.float32)
+    config = {} if precision == "auto" else {"INFERENCE_PRECISION_HINT": precision}
+    return compiled_precision(openvino_core().compile_model(ov.Model([opset13.relu(x)], [x]), device, config),
+                              precision)
+
+
+def compiled_precision(compiled, precision: str) -> str:
+    """What a compiled OpenVINO model computes in: its ``INFERENCE_PRECISION_HINT``; on a virtual device that does not
+    report one, that of the one device it runs on (`device_precision`); the `precision` asked only where no device
+    says."""
+    try:
+        return compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+    except RuntimeError:
+        pass
+    try:
+        devices = list(compiled.get_property("EXECUTION_DEVICES"))
+    except RuntimeError:
+        devices = []
+    if len(devices) == 1 and devices[0].split(":")[0].split(".")[0] not in VIRTUAL_DEVICES:
+        return device_precision(devices[0], precision)
+    return precision
+
+
+def precision_note(asked: str, ran: str, device: str) -> None:
+    """A `PrecisionWarning` where the device runs another precision than the one asked (not for ``auto``)."""
+    if asked != "auto" and ran != asked:
+        import warnings
+
+        from ..errors import PrecisionWarning
+        warnings.warn(f"OpenVINO on {device} runs {ran}, not {asked} (the device does not support it): the maps and "
+                      f"records are at {ran}", PrecisionWarning, stacklevel=3)
 
 
 # --- sharing the cores and the sessions -----------------------------------------------------------------
@@ -221,4 +259,5 @@ class Lender:
 
 
 __all__ = ["FLOAT32", "PRECISIONS", "Lender", "RuntimeOptions", "leave_the_cores_to_the_runtime", "onnxruntime_session",
-           "openvino_compiled", "openvino_config", "openvino_core", "openvino_device", "openvino_model", "resolved_precision"]
+           "openvino_compiled", "openvino_config", "openvino_core", "openvino_device", "openvino_model", "resolved_precision",
+           "device_precision", "compiled_precision", "precision_note"]

@@ -11,7 +11,7 @@ from .arguments import PROTOCOL, preprocessing_fields
 
 def demo(args) -> int:
     from ..tools.demo import run_demo
-    run_demo(args.out, backend=args.backend, precision=args.precision)
+    run_demo(args.out, backend=args.backend, precision=args.precision, device=args.device)
     return 0
 
 

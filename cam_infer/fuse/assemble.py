@@ -87,9 +87,10 @@ def fuse(bundle: "Bundle | str | os.PathLike", method: str = DEFAULT_METHOD, *, 
          class_input: bool = False, raw: bool = False, check: bool = True, precision: str = "f32",
          **options) -> onnx.ModelProto:
     """A classifier's fused model: `cam_infer.fuse.fuse` (`any_task.fuse`) says what it holds and takes."""
-    from ..backends.sessions import RuntimeOptions, resolved_precision
+    from ..backends.sessions import RuntimeOptions, precision_note, resolved_precision
 
-    precision = resolved_precision(RuntimeOptions(precision=precision), "openvino")     # checked; auto resolved
+    asked, precision = precision, resolved_precision(RuntimeOptions(precision=precision), "openvino")   # as it runs
+    precision_note(asked, precision, "CPU")
     bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
     ir = bundle.graph_format == "openvino"
     chosen = fused_method(method, options)

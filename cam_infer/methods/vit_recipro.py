@@ -127,9 +127,10 @@ class Tail:
             head = load_onnx(bundle.head_path)
             model = reduced_tail(head, bundle.tokens.shape[0], prefix)
             self.reduces_exactly = not quantizes_attention(head)
-        if backend.name == "openvino":
+        if backend.name == "openvino":                 # a request lent per call: threads may run it at once
+            from ..backends.openvino import Compiled
             from ..backends.sessions import openvino_compiled
-            self._compiled = openvino_compiled(model, backend.runtime)
+            self._compiled = Compiled(openvino_compiled(model, backend.runtime))
         else:
             from ..backends.sessions import onnxruntime_session
             self._session = onnxruntime_session(model.SerializeToString(), backend.runtime)
@@ -141,7 +142,9 @@ class Tail:
         inputs = [np.ascontiguousarray(x, np.float32), np.ascontiguousarray(index, np.int64),
                   *(np.ascontiguousarray(a, np.float32) for a in (weight, bias))]
         if self.backend_name == "openvino":
-            scores = self._compiled(dict(enumerate(inputs)))[0]
+            with self._compiled.request() as request:
+                request.infer(dict(enumerate(inputs)))
+                scores = request.get_output_tensor(0).data.copy()
         else:
             scores = self._session.run(None, dict(zip(self._names, inputs)))[0]
         return np.asarray(scores, np.float32).reshape(len(x), len(index), -1)

@@ -198,7 +198,8 @@ class FusedRuntime:
     def __init__(self, path: Path, backend: str, device: str, threads: int | None, precision: str = "f32",
                  pixels: Preprocessing | None = None):
         from ..backends import ALIASES
-        from ..backends.sessions import Lender, RuntimeOptions, onnxruntime_session, openvino_compiled, openvino_model
+        from ..backends.sessions import (Lender, RuntimeOptions, compiled_precision, onnxruntime_session,
+                                         openvino_compiled, openvino_model, precision_note)
         from .pixel_graph import openvino_pixel_model, takes_pixels_in_graph
         ir = Path(path).suffix.lower() == ".xml"
         self.backend = ("openvino" if ir else "onnxruntime") if backend == "auto" else ALIASES.get(backend, backend)
@@ -224,7 +225,8 @@ class FusedRuntime:
             if self.pixel_model is not None:
                 self._pixel_requests = Lender(lambda: self._compiled_pixels(runtime).create_infer_request())
             self.names = [p.get_any_name() for p in model.outputs]     # as saved (compiling may merge names)
-            self.precision = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+            self.precision = compiled_precision(compiled, runtime.precision)
+            precision_note(runtime.precision, self.precision, device)
         else:
             raise CamInferError(f"a fused model runs on onnxruntime or openvino, not {backend!r}")
 

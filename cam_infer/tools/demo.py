@@ -52,12 +52,13 @@ def training_record() -> dict:
     return json.loads((resources.files("cam_infer") / "data" / "shapes_training.json").read_text())
 
 
-def run_demo(out, backend: str = "onnxruntime", scale: int = 2, report=print, precision: str = "f32") -> list[dict]:
-    """Explain one scene per split with every gradient-free method; write grids into `out`."""
+def run_demo(out, backend: str = "onnxruntime", scale: int = 2, report=print, precision: str = "f32",
+             device: str = "CPU") -> list[dict]:
+    """Explain one scene per split with every gradient-free method on `backend` and `device`; write grids into `out`."""
     from ..outputs import prepare_folder
 
     out = prepare_folder(out)
-    explainer = Explainer(embedded_bundle_path(), backend=backend, precision=precision)
+    explainer = Explainer(embedded_bundle_path(), backend=backend, precision=precision, device=device)
     scenes = [scene(split, DEMO_SEED, 0) for split in SPLITS]
     x = explainer.preprocess([s.image for s in scenes])
     for method in GRADIENT_FREE:        # warm-up: loading compiled kernels is a first-call cost, not the method's
@@ -81,16 +82,17 @@ def run_demo(out, backend: str = "onnxruntime", scale: int = 2, report=print, pr
     report(f"\ngrids (scene with ground-truth boxes, then one overlay per method, each titled with the class "
            f"it explains and its probability, or class-agnostic): "
            f"{', '.join(str(out / f'{s}.png') for s in SPLITS)}\n{LEGEND}")
-    run_detection_demo(out, backend, scale, report, precision)
-    run_segmentation_demo(out, backend, scale, report, precision)
+    run_detection_demo(out, backend, scale, report, precision, device)
+    run_segmentation_demo(out, backend, scale, report, precision, device)
     return rows
 
 
-def run_detection_demo(out: Path, backend: str, scale: int, report=print, precision: str = "f32") -> None:
+def run_detection_demo(out: Path, backend: str, scale: int, report=print, precision: str = "f32",
+                       device: str = "CPU") -> None:
     """The embedded detector on one synthetic scene: every detection explained by each method, one grid."""
     from .synthetic import DETECTION_CLASSES, detection_scene
 
-    ex = Explainer(embedded_detector_path(), backend=backend, precision=precision)
+    ex = Explainer(embedded_detector_path(), backend=backend, precision=precision, device=device)
     s = detection_scene(DEMO_SEED, 3)
     tiles = [_with_boxes(s.image, s.boxes, scale)]
     lines = []
@@ -106,7 +108,8 @@ def run_detection_demo(out: Path, backend: str, scale: int, report=print, precis
            f"{out / 'detection.png'}")
 
 
-def run_segmentation_demo(out: Path, backend: str, scale: int, report=print, precision: str = "f32") -> list[dict]:
+def run_segmentation_demo(out: Path, backend: str, scale: int, report=print, precision: str = "f32",
+                          device: str = "CPU") -> list[dict]:
     """The embedded segmenter on one synthetic scene: each method's map of the class it finds, its predicted
     region outlined, the map's energy inside the ground-truth region next to a uniform map's, one grid."""
     import tempfile
@@ -122,7 +125,7 @@ def run_segmentation_demo(out: Path, backend: str, scale: int, report=print, pre
     with tempfile.TemporaryDirectory() as folder:
         bundle = split_segmenter(embedded_segmenter_path(), out=Path(folder) / "bundle", labels=SEGMENTER_LABELS,
                                  preprocessing=SHAPES_PREPROCESSING)
-        ex = Explainer(bundle, backend=backend, precision=precision)
+        ex = Explainer(bundle, backend=backend, precision=precision, device=device)
         for method in SEGMENTATION_METHODS:
             e = ex.explain([s.image], method)
             item = e.items[0][0]
