@@ -23,6 +23,24 @@ def nonzero_per_row(values: np.ndarray) -> np.ndarray:
     return np.array([np.count_nonzero(row) for row in values], np.int64)
 
 
+UNIT_ROUNDOFF = {"bf16": 2.0 ** -8, "f16": 2.0 ** -11}     # of the reduced formats a runtime computes in
+
+
+def within_rounding(values: np.ndarray, outputs: np.ndarray, precision: str, probability_of_logits: bool) -> bool:
+    """Whether a map of class scores `values` read from model outputs (…,C) computed at `precision` spans no more than
+    the format's rounding of one output: δ = u·max|z| (u the unit roundoff, z the outputs), times the softmax's
+    sensitivity 2·max p(1−p) where the map holds probabilities of the logits z. Such a map is the format's noise,
+    not the model's (a confident ViT at bf16: a map spanning 2·10⁻⁵ of probability, uncorrelated with float32's and
+    changing with the batch). Never at f32."""
+    u = UNIT_ROUNDOFF.get(precision)
+    if u is None:
+        return False
+    noise = u * float(np.abs(outputs).max())
+    if probability_of_logits:
+        noise *= 2 * float((values * (1 - values)).max())
+    return float(np.ptp(values)) <= noise
+
+
 def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
     """exp(z − max z) / Σ exp(z − max z) along `axis` (stable for large logits)."""
     z = z - z.max(axis=axis, keepdims=True)

@@ -309,3 +309,47 @@ def test_an_empty_precision_is_refused_on_both_runtimes(tiny_bundle):
     for backend in ("openvino", "onnxruntime"):
         with pytest.raises(CamInferError, match="unknown precision ''"):
             Explainer(tiny_bundle, backend=backend, precision="")
+
+
+def test_a_map_within_the_formats_rounding_is_flagged_only_at_a_reduced_precision():
+    """δ = u·max|z| for a logit map; a probability map of logits takes the softmax's sensitivity 2·max p(1−p)."""
+    from cam_infer.numerics import within_rounding
+
+    z = np.array([[10.0, 0.0], [10.0, 0.0]])
+    logits = np.array([10.0, 10.0 + 0.9 * 10 * BF16_UNIT_ROUNDOFF])           # spans 0.9 of one rounding of 10
+    assert within_rounding(logits, z, "bf16", False) and not within_rounding(logits, z, "f32", False)
+    assert not within_rounding(np.array([10.0, 10.0 + 1.1 * 10 * BF16_UNIT_ROUNDOFF]), z, "bf16", False)
+    assert not within_rounding(logits, z, "f16", False)                       # f16's u is 2⁻¹¹: resolved there
+    p = np.array([0.5, 0.5 + 0.9 * 2 * 0.25 * 10 * BF16_UNIT_ROUNDOFF])      # 0.9 of the probability's rounding
+    assert within_rounding(p, z, "bf16", True)
+    p = np.array([0.5, 0.5 + 1.1 * 2 * 0.25 * 10 * BF16_UNIT_ROUNDOFF])      # 1.1 of it, half a logit's rounding
+    assert not within_rounding(p, z, "bf16", True) and within_rounding(p, z, "bf16", False)
+
+
+def test_a_confident_vits_maps_at_bf16_are_the_float32_maps_or_flagged(tmp_path):
+    """A trained ViT at bf16 on cluttered scenes (some predicted with p > 0.998): Recipro-CAM's and ViT Recipro-CAM's
+    maps there span less than bf16's rounding of the logits and were noise (correlation with float32's down to
+    −0.5, changing with the batch). Such maps are now degenerate (no picture); every other map is float32's to the
+    format (correlation ≥ 0.9), and float32 flags none."""
+    from cam_infer.bundle.split import split_onnx
+    from cam_infer.tools.synthetic import write_scenes
+    from conftest import ROOT
+
+    bundle = split_onnx(ROOT / "tests" / "data" / "transformers" / "vit_legacy.onnx", "auto", tmp_path / "b",
+                        preprocessing={"crop": "none", "mean": (0.5,) * 3, "std": (0.25,) * 3})
+    if not _bf16_here(bundle):
+        pytest.skip("this CPU has no bf16 in OpenVINO")
+    images = sorted(write_scenes(tmp_path / "s", "cluttered", 8).glob("*.png"))
+    f32 = Explainer(bundle, backend="openvino", precision="f32")
+    bf16 = Explainer(bundle, backend="openvino", precision="bf16")
+    flagged = 0
+    for method, options in (("recipro", {"score": "logit"}), ("vit-recipro", {})):
+        exact, rounded = f32.explain(images, method, **options), bf16.explain(images, method, **options)
+        assert not exact.degenerate.any()
+        for i in range(len(images)):
+            if rounded.degenerate[i]:
+                flagged += 1
+                assert not rounded.saliency[i].any()
+            else:
+                assert np.corrcoef(exact.saliency[i].ravel(), rounded.saliency[i].ravel())[0, 1] >= 0.9
+    assert flagged >= 2

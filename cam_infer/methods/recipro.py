@@ -32,7 +32,7 @@ from ..cost import Passes
 from ..errors import CamInferError
 from ..numerics import softmax_column
 from .levels import same_unit
-from .registry import Context, fused, implements, method
+from .registry import Context, flat_within_rounding, fused, implements, method
 
 KERNELS = {
     "onehot": np.ones((1, 1), np.float32),
@@ -68,7 +68,8 @@ def recipro(ctx: Context, *, score: Literal["prob", "logit"] = "prob", kernel: L
     maps = np.empty((n, h, w), np.float32)
     for i, a in enumerate(ctx.activations):
         recipro_masked_batch(a, KERNELS[kernel], masked)
-        maps[i] = ctx.class_scores(ctx.head(i, masked), i, score).reshape(h, w)
+        outputs = ctx.head(i, masked)
+        maps[i] = flat_within_rounding(ctx, ctx.class_scores(outputs, i, score), outputs, score).reshape(h, w)
     return maps
 
 

@@ -32,7 +32,7 @@ from ..backends.base import Backend
 from ..bundle import Bundle
 from ..bundle.head import LinearHead
 from ..errors import CamInferError, MethodNotApplicable
-from ..numerics import probabilities_of, softmax  # noqa: F401  (softmax: methods import it from here)
+from ..numerics import probabilities_of, softmax, within_rounding  # noqa: F401  (softmax: methods import it here)
 
 NEEDS = ("features", "attention", "linear_head", "head", "model", "gradients")
 DEFAULT_METHOD = "recipro"
@@ -83,6 +83,16 @@ class Context:
         if self.finer is not None:
             return self.finer.objective(outputs, c, self.finer_refs[i])
         return (self.probabilities(outputs) if kind == "prob" else outputs)[:, c]
+
+
+def flat_within_rounding(ctx: Context, values: np.ndarray, outputs: np.ndarray, score: str) -> np.ndarray:
+    """A map's class scores `values`, read from head `outputs` computed at the backend's precision, made constant
+    (their mean: the map is then reported degenerate) where they span no more than the format's rounding of one
+    output (`numerics.within_rounding`): at bf16 such a map is rounding noise, and drawn it would point anywhere."""
+    probability = score == "prob" and ctx.finer is None and ctx.bundle.output_kind == "logits"
+    if within_rounding(values, outputs, ctx.backend.precision, probability):
+        return np.full_like(values, values.mean())
+    return values
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ import onnx
 from ..cost import Passes
 from ..errors import CamInferError, MethodNotApplicable
 from .recipro import KERNELS
-from .registry import Context, fused, method
+from .registry import Context, flat_within_rounding, fused, method
 
 CHUNK_TOKENS = 1 << 16            # tokens per tail run: bounds the memory of full copies
 
@@ -66,7 +66,7 @@ def vit_recipro(ctx: Context, *, kernel: Literal["gaussian3", "onehot"] = "gauss
     plan = mosaic_plan(tokens.prefix, (h, w), weights, 1.0 if cls_token else 0.0, reduced)
     scores = np.concatenate([tail.run(x, *part) for part in _chunks(plan, len(x))], axis=1)    # (N,hw,C)
     for i in range(len(x)):
-        maps[i] = ctx.class_scores(scores[i], i, score).reshape(h, w)
+        maps[i] = flat_within_rounding(ctx, ctx.class_scores(scores[i], i, score), scores[i], score).reshape(h, w)
     return maps
 
 
