@@ -147,3 +147,19 @@ def test_info_wraps_a_long_runtime_refusal_at_words(tmp_path, tiny_onnx_path, ta
     block = [line for line in info.stdout.splitlines() if line.startswith(("runtimes", "             "))]
     assert all(len(line) <= 100 for line in block) and len(block) > 5
     assert f"openvino: no ({why})" in " ".join(line.strip() for line in block)
+
+
+def test_an_option_given_twice_is_refused_not_replaced(tmp_path):
+    """`--method recipro --method cam` ran cam alone; now every plain option given twice is an error naming it,
+    while the repeatable ones (--option) still add up."""
+    shapes = ROOT / "cam_infer" / "data" / "shapes"
+    result = run_cli("explain", shapes, tmp_path, "--method", "recipro", "--method", "cam", "--out", tmp_path / "o")
+    assert result.returncode == 2 and "--method is given twice" in result.stderr.splitlines()[-1]
+    assert not (tmp_path / "o").exists()
+    result = run_cli("audit", shapes, tmp_path, "--out", tmp_path / "a", "--steps", "4", "--steps", "8")
+    assert result.returncode == 2 and "--steps is given twice" in result.stderr
+    from cam_infer.tools.synthetic import write_scenes
+    scenes = write_scenes(tmp_path / "s", "large", 1)
+    result = run_cli("explain", shapes, scenes, "--method", "score", "--option", "top_k=4", "--option",
+                     "weighting=channel-softmax", "--out", tmp_path / "o")
+    assert result.returncode == 0, result.stderr

@@ -15,6 +15,27 @@ BUNDLE_HELP = "bundle folder, or a model file (.onnx, .xml, .tflite) split with 
 PREPROCESSING = ("resize", "crop", "interpolation", "mean", "std", "scale", "color")
 
 
+class _StoreOnce(argparse._StoreAction):
+    """argparse's store, refusing an option given twice: the second value would silently replace the first
+    (``--method recipro --method cam`` ran cam alone)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        given = namespace.__dict__.setdefault("_given", set())
+        if self.dest in given:
+            parser.error(f"{option_string} is given twice; give it once (a list: comma-separated)")
+        given.add(self.dest)
+        super().__call__(parser, namespace, values, option_string)
+
+
+class _Parser(argparse.ArgumentParser):
+    """The CLI's parser, and its subcommands': a plain option (argparse's ``store``) may be given once."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.register("action", None, _StoreOnce)
+        self.register("action", "store", _StoreOnce)
+
+
 # --- argument groups declared once -----------------------------------------------------------------
 
 # a classifier audit's protocol flags (argparse dest → default); a segmenter's audit refuses them when given
@@ -88,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ..methods import GRADIENT, GRADIENT_FREE, METHODS, explaining, in_all
     from ..methods.registry import DEFAULT_METHOD
 
-    parser = argparse.ArgumentParser(prog="cam-infer", description="Class activation maps for deployed models.")
+    parser = _Parser(prog="cam-infer", description="Class activation maps for deployed models.")
     parser.add_argument("--version", action="version", version=f"cam-infer {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
     sub = parser.add_subparsers(dest="command", required=True)
