@@ -161,9 +161,10 @@ class ExplainWork:
                 out["inputs"][str(path)] = read[1]
         for method in self.methods:
             self._explain(explainer, [d for d in decoded if method in d[2]], method, out)
-        return out
+        return image_major(out, [str(d[0]) for d in decoded], self.methods)
 
     def _explain(self, explainer, batch, method: str, out: dict) -> None:
+        """One method on the batch's images (one call), their rows appended."""
         if not batch:
             return
         prep = explainer.bundle.preprocessing
@@ -198,3 +199,16 @@ class ExplainWork:
                 **class_fields(class_id, label, round(float(e.scores[i]), 6), e.class_agnostic),
                 "milliseconds": round(e.milliseconds / len(batch), 3),
                 "degenerate": bool(e.degenerate[i]), "uniform": bool(uniform[i]), key: file, "input": stamp})
+
+
+def image_major(out: dict, images: list[str], methods) -> dict:
+    """A batch's rows image by image, each image's in the run's method order (they are explained method by method,
+    one call each), so that results.json reads the same whatever the batch size; the array store's row positions
+    follow."""
+    rows, methods = out["rows"], list(methods)
+    order = sorted(range(len(rows)), key=lambda r: (images.index(rows[r]["image"]), methods.index(rows[r]["method"])))
+    moved = {old: new for new, old in enumerate(order)}
+    out["rows"] = [rows[r] for r in order]
+    if "maps" in out:
+        out["maps"] = [(moved[position], levels) for position, levels in out["maps"]]
+    return out

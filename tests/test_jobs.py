@@ -198,3 +198,24 @@ def test_a_runs_files_show_its_first_result_at_once(job, growing, scenes, tmp_pa
     monkeypatch.setattr(parallel, "make_runner", lambda *args, **kwargs: runner)
     RUNS[job](images_for(job, scenes, tmp_path), tmp_path / "out")
     assert runner.seen[0], f"{growing} was not written after the first result"
+
+
+@pytest.mark.parametrize("overlays", ["jpg", "none"])
+def test_results_read_image_by_image_whatever_the_batch_size(scenes, tmp_path, overlays):
+    """Rows were method by method within a batch, so a run resumed at another --batch-size wrote another order;
+    now each image's rows come together in the run's method order, and the array store's maps follow their rows."""
+    from cam_infer.jobs.map_store import read_maps
+
+    explainer = Explainer(embedded_bundle_path(), backend="onnxruntime")
+    records = {}
+    for batch in (1, 3):
+        out = tmp_path / f"b{batch}"
+        explain_files(explainer, [scenes["classifier"]], ["activation", "cam"], out, batch_size=batch,
+                      progress=False, overlays=overlays)
+        rows = json.loads((out / "results.json").read_text())["results"]
+        records[batch] = [(r["image"], r["method"], r["class_id"]) for r in rows]
+        if overlays == "none":
+            maps = read_maps(out)
+            single = explainer.explain([rows[3]["image"]], rows[3]["method"]).saliency[0]
+            assert abs(maps[(rows[3]["image"], rows[3]["method"])] - single).max() <= 1 / 255 + 1e-6
+    assert records[1] == records[3] and [m for _, m, _ in records[3][:4]] == ["activation", "cam"] * 2

@@ -35,6 +35,10 @@ class _Parser(argparse.ArgumentParser):
         self.register("action", None, _StoreOnce)
         self.register("action", "store", _StoreOnce)
 
+    def error(self, message):
+        """One line, as every user error of the CLI (argparse would print the usage before it)."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
 
 # --- argument groups declared once -----------------------------------------------------------------
 
@@ -164,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     _runtime(p)
     p.add_argument("--batch-size", type=int, default=8, help="images per call (default 8)")
     _scale_out(p)
-    p.add_argument("--colormap", default="jet", choices=list(COLORMAPS), help="the heat map's colours (default jet)")
+    p.add_argument("--colormap", default="jet", help=f"the heat map's colours: {', '.join(COLORMAPS)} (default jet)")
     p.add_argument("--alpha", type=float, default=0.5, help="heat-map weight in the overlay (default 0.5)")
     p.add_argument("--on", default="original", choices=["original", "model"],
                    help="overlay on the original image (default) or on the model's resized and cropped view")
