@@ -409,3 +409,12 @@ def test_a_pointing_tolerance_that_is_not_a_finite_number_from_0_is_refused(tmp_
     with pytest.raises(CamInferError, match="grid .* must be a whole number from 0, not -1"):
         run_audit(SHAPES, [], AuditOptions(methods=("activation",)), tmp_path / "r", grid=-1)
     assert not (tmp_path / "r").exists()
+
+
+def test_thumbnail_names_never_collide():
+    """sub/cat.png and a file named sub__cat.png, .p.jpg and p.jpg had one thumbnail each pair, and the report
+    showed one image's map for the other."""
+    from cam_infer.audit.work import thumbnail_name
+    names = ["a/b.png", "a__b.png", ".p.jpg", "p.jpg", "%2Fx.png", "/x.png".lstrip("/"), "a%2Fb.png", "%2E.png"]
+    assert len({thumbnail_name(n, "recipro") for n in names}) == len(set(names))
+    assert thumbnail_name("cat.png", "recipro") == "overlays/cat.png__recipro.png"

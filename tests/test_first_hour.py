@@ -402,7 +402,7 @@ def test_audit_overlay_names_are_relative_to_the_input_folder(tmp_path, tiny_bun
     _picture(photos / "sub" / "both.png", 0)
     result = run_cli("audit", tiny_bundle.path, photos, "--methods", "eigen", "--metrics", "adcc", "--out", tmp_path / "r")
     assert result.returncode == 0, result.stderr
-    assert [p.name for p in (tmp_path / "r" / "overlays").iterdir()] == ["sub__both.png__eigen.png"]
+    assert [p.name for p in (tmp_path / "r" / "overlays").iterdir()] == ["sub%2Fboth.png__eigen.png"]
 
 
 # --- internal errors that are user errors ----------------------------------------------------------------

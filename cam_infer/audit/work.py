@@ -306,8 +306,10 @@ def audit_batch(batch, audit) -> dict:
 
 def thumbnail_name(name: str, method: str) -> str:
     """An image's thumbnail in the report's overlays folder; `name` is the image's path relative to the folder
-    it was found in: sub/cat.png → overlays/sub__cat.png__recipro.png."""
-    return f"{OVERLAYS}/{name.replace('/', '__').lstrip('.')}__{method}.png"
+    it was found in, its '%', '/' and a leading '.' percent-encoded so that two images never share a thumbnail
+    (sub/cat.png and sub__cat.png, .p.jpg and p.jpg did): sub/cat.png → overlays/sub%2Fcat.png__recipro.png."""
+    flat = name.replace("%", "%25").replace("/", "%2F")
+    return f"{OVERLAYS}/{'%2E' + flat[1:] if flat.startswith('.') else flat}__{method}.png"
 
 
 def audit_image(bundle, image, options: AuditOptions, boxes=None, priors: dict | None = None,
