@@ -118,6 +118,51 @@ def test_a_killed_worker_process_stops_the_run_in_one_line_and_the_rerun_complet
     assert_same_audit(reference, out)
 
 
+@pytest.mark.integration
+@pytest.mark.parametrize("sent", [signal.SIGKILL, signal.SIGTERM])
+def test_workers_end_with_a_killed_or_terminated_driver_and_the_rerun_completes_it(many_scenes, tmp_path, sent):
+    """A driver killed (SIGKILL: no chance to stop its pool) or terminated (SIGTERM: systemd, docker stop, timeout)
+    left its workers running, orphaned with their models loaded, holding its stdout open. Now the workers end with
+    it (the parent-death signal), a SIGTERM ends the run as Ctrl-C does (exit 143, the journal kept), and the rerun
+    completes the files."""
+    scenes, reference = many_scenes
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "cam_infer", "audit", str(SHAPES), str(scenes), "--boxes", str(scenes / "boxes.json"),
+            *AUDIT, "--out", str(out), "--workers", "2"]
+    process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    deadline, workers = time.time() + 120, []
+    while time.time() < deadline and process.poll() is None:
+        workers = spawned_workers(process.pid)
+        if (out / JOURNAL).exists() and (out / JOURNAL).read_text().count("\n") >= 2 and len(workers) == 2:
+            os.kill(process.pid, sent)
+            break
+        time.sleep(0.02)
+    assert len(workers) == 2, "the run ended before its driver could be stopped"
+    _, stderr = process.communicate(timeout=120)
+    if sent == signal.SIGTERM:
+        assert process.returncode == 128 + signal.SIGTERM and stderr.strip().endswith("cam-infer: terminated"), stderr
+    deadline = time.time() + 30
+    while time.time() < deadline and any(map(_running, workers)):
+        time.sleep(0.1)
+    alive = [pid for pid in workers if _running(pid)]
+    for pid in alive:
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, f"workers {alive} outlived their driver"
+    again = run_cli("audit", SHAPES, scenes, "--boxes", scenes / "boxes.json", *AUDIT, "--out", out, "--workers", "2")
+    assert again.returncode == 0, again.stderr
+    assert_same_audit(reference, out)
+
+
+def _running(pid: int) -> bool:
+    """Whether process `pid` exists and has not exited (a zombie waits for its new parent to reap it)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return next(line.split()[1] for line in status.splitlines() if line.startswith("State:")) != "Z"
+
+
 def _exit_on_die(item):
     """A worker's work: the item back, or, for ("die", marker), the marker written and the process gone."""
     kind, marker = item

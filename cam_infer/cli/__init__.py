@@ -9,6 +9,7 @@ and prints what it returns, and `main` turns every error a user can cause into o
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import warnings
 
@@ -22,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     leave_the_cores_to_the_runtime()
     warnings.showwarning = _note_precision(warnings.showwarning)
+    if args.command in FOLDER_RUNS:
+        signal.signal(signal.SIGTERM, _interrupted)
     try:
         code = getattr(commands, args.command)(args)
         sys.stdout.flush()          # a closed pipe shows here, inside the handlers below
@@ -39,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cam-infer: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("cam-infer: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except Exception as exc:  # an internal error: still one line unless --debug
         if args.debug:
             raise
@@ -46,6 +52,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cam-infer: internal error: {type(exc).__name__}: {first} (rerun with --debug for details)",
               file=sys.stderr)
         return 3
+
+
+FOLDER_RUNS = ("explain", "audit", "diff")      # a SIGTERM (systemd, docker stop, timeout) ends them as Ctrl-C does
+
+
+class Terminated(BaseException):
+    """A SIGTERM, raised where the run is, so that its workers are stopped and its journal kept, as on Ctrl-C."""
+
+
+def _interrupted(signum, frame):
+    raise Terminated
 
 
 def _note_precision(show):

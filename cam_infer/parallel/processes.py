@@ -46,7 +46,7 @@ class Processes:
         saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
         os.environ.update({name: str(self.threads) for name in THREAD_VARIABLES})   # read as workers start
         pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=limit_threads, initargs=(self.threads,))
+                                   initializer=start_worker, initargs=(self.threads, os.getpid()))
         pending: deque = deque()
         try:
             for item in items:
@@ -109,6 +109,25 @@ def unguarded_line() -> int | None:
                                                    for n in ast.walk(node.test))
                   and node.body[0].lineno <= line <= node.end_lineno for node in ast.walk(tree))
     return None if guarded else line
+
+
+def start_worker(threads: int, parent: int) -> None:
+    """A new worker: it ends with its parent, even one killed (SIGKILL) with no chance to stop it, rather than live
+    on orphaned with its model loaded (Linux: the parent-death signal), and it takes its share of the threads."""
+    end_with_parent(parent)
+    limit_threads(threads)
+
+
+def end_with_parent(parent: int) -> None:
+    """SIGTERM this process when its parent dies (Linux's PR_SET_PDEATHSIG); at once if it already has."""
+    import ctypes
+    import signal
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)          # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):     # not Linux: the pool's own shutdown is all there is
+        return
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def limit_threads(threads: int) -> None:
