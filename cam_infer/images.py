@@ -1,7 +1,8 @@
 """Image files → model inputs, exactly as the bundle's preprocessing says.
 
 Order of operations (torchvision's ImageNet convention by default):
-1. decode to RGB uint8 (alpha dropped over black, grayscale expanded, 16-bit scaled to 8-bit);
+1. decode to RGB uint8 (alpha dropped over black, grayscale expanded, 16-bit scaled to 8-bit), a JPEG turned
+   upright as its EXIF orientation says (as OpenCV's ``imread`` and photo viewers show it);
 2. ``crop="center"``: resize the shorter side to ``resize`` (further where a non-square ``input_size`` needs it,
    so that the crop fits with the aspect ratio kept), then center-crop ``input_size``;
    ``crop="none"``: resize straight to ``input_size`` (aspect ratio not kept); the resize's filter is
@@ -370,7 +371,43 @@ def _decode(data, what: str) -> np.ndarray:
         raise UnreadableImage(f"{what} is not a readable image (PNG, JPEG, BMP, TIFF, WebP, ...)")
     if image.ndim == 3 and image.shape[2] >= 3:
         image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
-    return image
+    return upright(image, exif_orientation(data))
+
+
+ORIENTED = {2: lambda i: cv2.flip(i, 1), 3: lambda i: cv2.rotate(i, cv2.ROTATE_180), 4: lambda i: cv2.flip(i, 0),
+            5: cv2.transpose, 6: lambda i: cv2.rotate(i, cv2.ROTATE_90_CLOCKWISE),
+            7: lambda i: cv2.rotate(cv2.transpose(i), cv2.ROTATE_180),
+            8: lambda i: cv2.rotate(i, cv2.ROTATE_90_COUNTERCLOCKWISE)}      # EXIF orientation → the upright picture
+
+
+def upright(image: np.ndarray, orientation: int) -> np.ndarray:
+    """The image as its EXIF orientation says it is seen (as OpenCV's `imread` shows it; decoding with
+    IMREAD_UNCHANGED, which keeps alpha and 16 bits, leaves a phone photo on its side)."""
+    return ORIENTED[orientation](image) if orientation in ORIENTED else image
+
+
+def exif_orientation(data: np.ndarray) -> int:
+    """A JPEG's EXIF orientation tag (0x0112 of IFD0 in its APP1 ``Exif`` segment), 1..8; 1 where it has none."""
+    data = bytes(data[:65536 * 2]) if len(data) > 3 and data[0] == 0xFF and data[1] == 0xD8 else b""
+    at = 2
+    while at + 4 <= len(data) and data[at] == 0xFF and data[at + 1] not in (0xD9, 0xDA):     # up to the scan
+        length = int.from_bytes(data[at + 2:at + 4], "big")
+        if data[at + 1] == 0xE1 and data[at + 4:at + 10] == b"Exif\0\0":
+            return _tiff_orientation(data[at + 10:at + 2 + length])
+        at += 2 + length
+    return 1
+
+
+def _tiff_orientation(tiff: bytes) -> int:
+    order = {b"II": "little", b"MM": "big"}.get(tiff[:2])
+    if order is None or len(tiff) < 8:
+        return 1
+    ifd = int.from_bytes(tiff[4:8], order)
+    count = int.from_bytes(tiff[ifd:ifd + 2], order) if ifd + 2 <= len(tiff) else 0
+    for entry in range(ifd + 2, min(ifd + 2 + 12 * count, len(tiff) - 11), 12):
+        if int.from_bytes(tiff[entry:entry + 2], order) == 0x0112:
+            return int.from_bytes(tiff[entry + 8:entry + 10], order)
+    return 1
 
 
 def _sequence(name: str, values) -> tuple:

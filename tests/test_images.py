@@ -250,3 +250,30 @@ def test_split_records_the_interpolation_and_info_shows_it(tmp_path, tiny_onnx_p
     assert Bundle.load(tmp_path / "b").preprocessing.interpolation == "antialias"
     info = run_cli("info", tmp_path / "b")
     assert "(antialias)" in info.stdout, info.stdout
+
+
+def _with_orientation(jpeg: bytes, orientation: int, order: str = "big") -> bytes:
+    """`jpeg` with an APP1 Exif segment whose IFD0 holds only the orientation tag (0x0112, SHORT)."""
+    mark = b"MM" if order == "big" else b"II"
+    value = orientation.to_bytes(2, order) + b"\0\0"
+    tiff = mark + (42).to_bytes(2, order) + (8).to_bytes(4, order) + (1).to_bytes(2, order) + \
+        (0x0112).to_bytes(2, order) + (3).to_bytes(2, order) + (1).to_bytes(4, order) + value + (0).to_bytes(4, order)
+    body = b"Exif\0\0" + tiff
+    return jpeg[:2] + b"\xff\xe1" + (len(body) + 2).to_bytes(2, "big") + body + jpeg[2:]
+
+
+@pytest.mark.parametrize("order", ["big", "little"])
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_a_jpeg_is_turned_upright_as_its_exif_orientation_says(tmp_path, orientation, order):
+    """A phone photo (EXIF orientation 6: taken with the phone upright) was explained on its side: decoding keeps
+    alpha and 16 bits (IMREAD_UNCHANGED), which skips the orientation. Now every orientation, in both byte orders,
+    gives what OpenCV's own imread (which applies it) gives."""
+    rgb = np.zeros((40, 64, 3), np.uint8)
+    rgb[:10, :20] = (255, 0, 0)                         # a red corner, so that every turn and flip shows
+    ok, encoded = cv2.imencode(".jpg", rgb[..., ::-1])
+    path = tmp_path / "phone.jpg"
+    path.write_bytes(_with_orientation(encoded.tobytes(), orientation, order))
+    expected = cv2.imread(str(path))[..., ::-1]
+    got = load_image(path)
+    assert got.shape == expected.shape and np.array_equal(got, expected)
+    assert got.shape[:2] == ((64, 40) if orientation >= 5 else (40, 64))
