@@ -219,3 +219,38 @@ def test_results_read_image_by_image_whatever_the_batch_size(scenes, tmp_path, o
             single = explainer.explain([rows[3]["image"]], rows[3]["method"]).saliency[0]
             assert abs(maps[(rows[3]["image"], rows[3]["method"])] - single).max() <= 1 / 255 + 1e-6
     assert records[1] == records[3] and [m for _, m, _ in records[3][:4]] == ["activation", "cam"] * 2
+
+
+def test_a_resume_never_gives_a_new_image_the_files_of_one_done_before(tmp_path):
+    """b/x.png explained, then a_later/x.png added: the new image was named first (sorted) and took x_…, the
+    overlay of b/x.png was overwritten and two records named one file. A name, once given, stays the image's."""
+    from cam_infer.tools.synthetic import scene
+
+    folder = tmp_path / "photos"
+    for sub, index in (("b", 0), ("a_later", 1)):
+        (folder / sub).mkdir(parents=True)
+        cv2.imwrite(str(folder / sub / "x.png"), scene("multiple", 0, index).image[..., ::-1])
+    moved = tmp_path / "a_later"
+    shutil.move(folder / "a_later", moved)
+    explainer = Explainer(embedded_bundle_path(), backend="onnxruntime")
+    out = tmp_path / "out"
+    explain_files(explainer, [folder], ["activation"], out, progress=False)
+    first = {p.name: p.read_bytes() for p in out.glob("*.jpg")}
+    shutil.move(moved, folder / "a_later")
+    explain_files(explainer, [folder], ["activation"], out, progress=False)
+    rows = json.loads((out / "results.json").read_text())["results"]
+    files = [r["overlay"] for r in rows]
+    assert len(rows) == 2 and len(set(files)) == 2 and all((out / f).is_file() for f in files)
+    assert {p.name: p.read_bytes() for p in out.glob("*.jpg") if p.name in first} == first   # b/x.png's kept
+
+
+def test_one_folder_given_two_ways_is_one_folder(scenes, tmp_path, monkeypatch):
+    """Given relative, then absolute, the same images were explained again and results.json held each twice."""
+    explainer = Explainer(embedded_bundle_path(), backend="onnxruntime")
+    monkeypatch.chdir(scenes["classifier"].parent)
+    relative = Path(scenes["classifier"].name)
+    explain_files(explainer, [relative], ["activation"], tmp_path / "o", progress=False)
+    before = (tmp_path / "o" / "results.json").read_text()
+    explain_files(explainer, [scenes["classifier"].resolve()], ["activation"], tmp_path / "o", progress=False)
+    rows = json.loads((tmp_path / "o" / "results.json").read_text())["results"]
+    assert len(rows) == 5 and json.loads(before)["results"] == rows

@@ -11,6 +11,7 @@ rewritten atomically every `SAVE_EVERY` seconds and at the end.
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections import deque
@@ -82,6 +83,7 @@ def run_job(job: Job, paths, out, runner, *, restart: bool = False, progress: bo
         kept, redone = journal.resume(job.command, job.settings, job.what, lambda row: job.keep(out, row))
         run = Run(out, found, [row for entry in kept for row in entry["rows"]], [], redone)
         todo = _todo(job, found.files, kept)
+        names = stable_names(job.names(found), kept)
         if report and todo:
             report(job.cost())
         units: deque = deque()
@@ -90,11 +92,12 @@ def run_job(job: Job, paths, out, runner, *, restart: bool = False, progress: bo
                       enabled=progress) as bar:
             saved = -SAVE_EVERY                       # the first result is written at once, then every SAVE_EVERY s
             try:
-                for result in _map(runner, job, todo, found, units):
+                for result in _map(runner, job, todo, names, units):
                     for name, data in result["files"].items():
                         write_file(out / name, data)
                     put_maps(store, result)
-                    journal.append({"inputs": result["inputs"], "rows": result["rows"]})
+                    journal.append({"inputs": result["inputs"], "rows": result["rows"],
+                                    "names": {image: names[Path(image)] for image in result["inputs"]}})
                     run.rows += result["rows"]
                     run.errors += result["errors"]
                     bar.advance(units.popleft())
@@ -110,20 +113,37 @@ def run_job(job: Job, paths, out, runner, *, restart: bool = False, progress: bo
 
 def _todo(job: Job, files, kept: list[dict]) -> list[tuple[Path, tuple]]:
     """(image, methods still to do) for every image not done."""
-    done: dict[str, set] = {}
+    done: dict[str, set] = {}                  # by the file's real path: one folder given two ways is one
     for entry in kept:
         for image in entry["inputs"]:
-            done.setdefault(image, set() if job.per_method else set(job.methods))
+            done.setdefault(os.path.realpath(image), set() if job.per_method else set(job.methods))
         for row in entry["rows"] if job.per_method else ():
-            done[row["image"]].add(row["method"])
-    todo = [(f, tuple(m for m in job.methods if m not in done.get(str(f), ()))) for f in files]
+            done[os.path.realpath(row["image"])].add(row["method"])
+    todo = [(f, tuple(m for m in job.methods if m not in done.get(os.path.realpath(f), ()))) for f in files]
     return [(f, needed) for f, needed in todo if needed]
 
 
-def _map(runner, job: Job, todo, found: ImageFiles, units: deque):
+def stable_names(names: dict, kept: list[dict]) -> dict:
+    """Each image's name (the stem of its files): the one it had in the runs the journal keeps, else the job's,
+    made unique against those. An image added to the folder (or a second folder into the same --out) must not take
+    the name, and so overwrite the files, of an image done before."""
+    earlier = {os.path.realpath(image): name for entry in kept for image, name in entry["names"].items()}
+    chosen = {f: earlier[os.path.realpath(f)] for f in names if os.path.realpath(f) in earlier}
+    taken = set(earlier.values())
+    for f, name in names.items():
+        if f in chosen:
+            continue
+        base, i = name, 2
+        while name in taken:
+            name, i = f"{base}-{i}", i + 1
+        taken.add(name)
+        chosen[f] = name
+    return chosen
+
+
+def _map(runner, job: Job, todo, names: dict, units: deque):
     """The runner's results for the batches of `todo`; `units` hears each batch's progress units as it is sent
     (runners give results in input order)."""
-    names = job.names(found)
 
     def batches():
         for start in range(0, len(todo), job.batch_size):

@@ -86,5 +86,6 @@ def _unchanged(entries: list[dict], keep) -> tuple[list[dict], list[str]]:
             elif current[image] is not None and image not in redone:
                 redone.append(image)
         if inputs:
-            kept.append({"inputs": inputs, "rows": [r for r in entry["rows"] if r["image"] in inputs and keep(r)]})
+            kept.append({"inputs": inputs, "rows": [r for r in entry["rows"] if r["image"] in inputs and keep(r)],
+                         "names": {i: n for i, n in entry.get("names", {}).items() if i in inputs}})
     return kept, redone
