@@ -307,8 +307,8 @@ def test_compare_fused_reports_its_own_ratio_and_file_growth(tmp_path):
     assert row["growth"] == growth and 0 < growth < 0.05 and row["runtime"] == "openvino (f32)"
     from cam_infer.backends.sessions import openvino_core
     default = openvino_core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()
-    assert compare_fused(SHAPES, "openvino", "eigen", 1, tmp_path, precision="auto")["runtime"] == f"openvino ({default})"
-    assert compare_fused(SHAPES, "onnxruntime", "eigen", 1, tmp_path, precision="auto")["runtime"] == "onnxruntime (f32)"
+    for runtime, ran in (("openvino", default), ("onnxruntime", "f32")):
+        assert compare_fused(SHAPES, runtime, "eigen", 1, tmp_path, precision="auto")["runtime"] == f"{runtime} ({ran})"
 
 
 def test_bench_fused_times_fused_over_plain_on_both_runtimes():

@@ -264,7 +264,8 @@ def _runs_as(precision: str) -> str:
     """What OpenVINO's CPU plugin compiles a model at when asked for `precision`, read from the compiled model."""
     import openvino as ov
     x = ov.opset13.parameter([1], np.float32)
-    compiled = ov.Core().compile_model(ov.Model([ov.opset13.relu(x)], [x]), "CPU", {"INFERENCE_PRECISION_HINT": precision})
+    compiled = ov.Core().compile_model(ov.Model([ov.opset13.relu(x)], [x]), "CPU",
+                                       {"INFERENCE_PRECISION_HINT": precision})
     return compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
 
 

@@ -259,5 +259,5 @@ class Lender:
 
 
 __all__ = ["FLOAT32", "PRECISIONS", "Lender", "RuntimeOptions", "leave_the_cores_to_the_runtime", "onnxruntime_session",
-           "openvino_compiled", "openvino_config", "openvino_core", "openvino_device", "openvino_model", "resolved_precision",
-           "device_precision", "compiled_precision", "precision_note"]
+           "openvino_compiled", "openvino_config", "openvino_core", "openvino_device", "openvino_model",
+           "resolved_precision", "device_precision", "compiled_precision", "precision_note"]
