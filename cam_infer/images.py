@@ -87,7 +87,7 @@ class Preprocessing:
             raise CamInferError(f"input size must be two positive integers (H W), not {self.input_size}")
         if self.resize is not None and self.crop == "center" and self.resize < min(self.input_size):
             raise CamInferError(f"resize {self.resize} is smaller than the input size {self.input_size}; "
-                                "the crop would not fit")
+                                "the shorter side is resized to at least the input's")
 
     def to_dict(self) -> dict:
         d = asdict(self)

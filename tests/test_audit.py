@@ -415,6 +415,6 @@ def test_thumbnail_names_never_collide():
     """sub/cat.png and a file named sub__cat.png, .p.jpg and p.jpg had one thumbnail each pair, and the report
     showed one image's map for the other."""
     from cam_infer.audit.work import thumbnail_name
-    names = ["a/b.png", "a__b.png", ".p.jpg", "p.jpg", "%2Fx.png", "/x.png".lstrip("/"), "a%2Fb.png", "%2E.png"]
+    names = ["a/b.png", "a__b.png", ".p.jpg", "p.jpg", "%2Fx.png", "x.png", "a%2Fb.png", "%2E.png", "sub/.p.jpg"]
     assert len({thumbnail_name(n, "recipro") for n in names}) == len(set(names))
     assert thumbnail_name("cat.png", "recipro") == "overlays/cat.png__recipro.png"

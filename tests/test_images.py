@@ -125,7 +125,7 @@ def test_a_16_bit_mask_keeps_its_low_labels(tmp_path):
 
 
 @pytest.mark.parametrize("fields, message", [({"crop": "left"}, "crop must be"), ({"color": "hsv"}, "color must be"),
-                                             ({"std": (1, 0, 1)}, "non-zero"), ({"resize": 10}, "crop would not fit")])
+                                             ({"std": (1, 0, 1)}, "non-zero"), ({"resize": 10}, "smaller than the input size")])
 def test_bad_preprocessing_options_are_errors(fields, message):
     with pytest.raises(CamInferError, match=message):
         Preprocessing(input_size=(32, 32), **fields)

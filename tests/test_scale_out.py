@@ -119,6 +119,7 @@ def test_a_killed_worker_process_stops_the_run_in_one_line_and_the_rerun_complet
 
 
 @pytest.mark.integration
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal and /proc are Linux's")
 @pytest.mark.parametrize("sent", [signal.SIGKILL, signal.SIGTERM])
 def test_workers_end_with_a_killed_or_terminated_driver_and_the_rerun_completes_it(many_scenes, tmp_path, sent):
     """A driver killed (SIGKILL: no chance to stop its pool) or terminated (SIGTERM: systemd, docker stop, timeout)

@@ -95,7 +95,7 @@ def run_audit(bundle, images, options: AuditOptions, out, *, boxes=None, restart
                 _sanity(bundle, run, options, sanity, summary)
             write_atomically(run.out / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
             write_uncertainty_csvs(run.out, summary)
-            write_html(run.out, summary, thumbnail_grid(run.out, run.found.files[:grid], run.found.names,
+            write_html(run.out, summary, thumbnail_grid(run.out, run.found.files[:grid], run.names,
                                                         options.methods), options.methods)
 
     work = AuditWork(audit_spec(bundle.path.resolve(), options, runner.threads), options, priors)

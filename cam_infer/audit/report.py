@@ -90,7 +90,7 @@ def per_target_writer(summary: dict, settings: dict, methods, baselines, columns
                        skipped=run.skipped, errors=run.errors, redone=run.redone)
         write_atomically(run.out / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
         write_uncertainty_csvs(run.out, summary)
-        write_per_target_page(run.out, summary, thumbnail_grid(run.out, run.found.files[:grid], run.found.names,
+        write_per_target_page(run.out, summary, thumbnail_grid(run.out, run.found.files[:grid], run.names,
                                                                methods), methods, shown, unit)
     return write
 

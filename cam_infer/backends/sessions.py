@@ -191,8 +191,12 @@ def device_precision(device: str, precision: str) -> str:
 
     x = opset13.parameter([1], np.float32)
     config = {} if precision == "auto" else {"INFERENCE_PRECISION_HINT": precision}
-    return compiled_precision(openvino_core().compile_model(ov.Model([opset13.relu(x)], [x]), device, config),
-                              precision)
+    try:
+        compiled = openvino_core().compile_model(ov.Model([opset13.relu(x)], [x]), device, config)
+    except RuntimeError as exc:
+        raise CamInferError(f"OpenVINO cannot compile for {device} at {precision}: "
+                            f"{' '.join(str(exc).split())[:300]}") from None
+    return compiled_precision(compiled, precision)
 
 
 def compiled_precision(compiled, precision: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 import warnings
 
 from ..backends.sessions import leave_the_cores_to_the_runtime
@@ -23,7 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     leave_the_cores_to_the_runtime()
     warnings.showwarning = _note_precision(warnings.showwarning)
-    if args.command in FOLDER_RUNS:
+    terminate = signal.getsignal(signal.SIGTERM)
+    if args.command in FOLDER_RUNS and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupted)
     try:
         code = getattr(commands, args.command)(args)
@@ -52,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cam-infer: internal error: {type(exc).__name__}: {first} (rerun with --debug for details)",
               file=sys.stderr)
         return 3
+    finally:
+        if signal.getsignal(signal.SIGTERM) is _interrupted:
+            signal.signal(signal.SIGTERM, terminate)
 
 
 FOLDER_RUNS = ("explain", "audit", "diff")      # a SIGTERM (systemd, docker stop, timeout) ends them as Ctrl-C does

@@ -55,13 +55,15 @@ class Job:
 
 @dataclass
 class Run:
-    """What a run has: its rows in order (earlier runs' first), unreadable images, skipped files, redone images."""
+    """What a run has: its rows in order (earlier runs' first), unreadable images, skipped files, redone images,
+    and each image's name (`stable_names`: the stem of its files)."""
 
     out: Path
     found: ImageFiles
     rows: list = field(default_factory=list)
     errors: list = field(default_factory=list)
     redone: list = field(default_factory=list)
+    names: dict = field(default_factory=dict)
 
     @property
     def skipped(self) -> list[str]:
@@ -83,7 +85,7 @@ def run_job(job: Job, paths, out, runner, *, restart: bool = False, progress: bo
         kept, redone = journal.resume(job.command, job.settings, job.what, lambda row: job.keep(out, row))
         run = Run(out, found, [row for entry in kept for row in entry["rows"]], [], redone)
         todo = _todo(job, found.files, kept)
-        names = stable_names(job.names(found), kept)
+        names = run.names = stable_names(job.names(found), kept)
         if report and todo:
             report(job.cost())
         units: deque = deque()
@@ -113,13 +115,13 @@ def run_job(job: Job, paths, out, runner, *, restart: bool = False, progress: bo
 
 def _todo(job: Job, files, kept: list[dict]) -> list[tuple[Path, tuple]]:
     """(image, methods still to do) for every image not done."""
-    done: dict[str, set] = {}                  # by the file's real path: one folder given two ways is one
+    done: dict[str, set] = {}                  # by absolute path: one folder given two ways is one
     for entry in kept:
         for image in entry["inputs"]:
-            done.setdefault(os.path.realpath(image), set() if job.per_method else set(job.methods))
+            done.setdefault(os.path.abspath(image), set() if job.per_method else set(job.methods))
         for row in entry["rows"] if job.per_method else ():
-            done[os.path.realpath(row["image"])].add(row["method"])
-    todo = [(f, tuple(m for m in job.methods if m not in done.get(os.path.realpath(f), ()))) for f in files]
+            done[os.path.abspath(row["image"])].add(row["method"])
+    todo = [(f, tuple(m for m in job.methods if m not in done.get(os.path.abspath(f), ()))) for f in files]
     return [(f, needed) for f, needed in todo if needed]
 
 
@@ -127,8 +129,8 @@ def stable_names(names: dict, kept: list[dict]) -> dict:
     """Each image's name (the stem of its files): the one it had in the runs the journal keeps, else the job's,
     made unique against those. An image added to the folder (or a second folder into the same --out) must not take
     the name, and so overwrite the files, of an image done before."""
-    earlier = {os.path.realpath(image): name for entry in kept for image, name in entry["names"].items()}
-    chosen = {f: earlier[os.path.realpath(f)] for f in names if os.path.realpath(f) in earlier}
+    earlier = {os.path.abspath(image): name for entry in kept for image, name in entry["names"].items()}
+    chosen = {f: earlier[os.path.abspath(f)] for f in names if os.path.abspath(f) in earlier}
     taken = set(earlier.values())
     for f, name in names.items():
         if f in chosen:

@@ -119,14 +119,18 @@ def start_worker(threads: int, parent: int) -> None:
 
 
 def end_with_parent(parent: int) -> None:
-    """SIGTERM this process when its parent dies (Linux's PR_SET_PDEATHSIG); at once if it already has."""
+    """SIGTERM this process when its parent dies (Linux's PR_SET_PDEATHSIG: strictly, when the parent's thread that
+    started it ends; the pool starts its workers from the run's own thread); at once if the parent already has.
+    Elsewhere the pool's own shutdown is all there is."""
+    if not sys.platform.startswith("linux"):
+        return
     import ctypes
     import signal
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)          # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):     # not Linux: the pool's own shutdown is all there is
+        set_parent_death_signal = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
         return
-    if os.getppid() != parent:
+    if set_parent_death_signal(1, signal.SIGTERM) == 0 and os.getppid() != parent:     # 1 = PR_SET_PDEATHSIG
         os.kill(os.getpid(), signal.SIGTERM)
 
 
