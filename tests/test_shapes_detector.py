@@ -152,7 +152,7 @@ def test_a_detector_audit_writes_the_classifier_audits_files(audited):
         own = [r for r in rows if r["image"].endswith(image)]
         assert own and np.mean([r.get("truth_iou", 0) for r in own]) > 0.7, image
     thumbnails = sorted(p.name for p in (out / "overlays").iterdir())
-    assert thumbnails == sorted(f"{s}__scene{k}.png__{m}.png" for s in "ab" for k in (0, 1)
+    assert thumbnails == sorted(f"{s}%2Fscene{k}.png__{m}.png" for s in "ab" for k in (0, 1)
                                 for m in AUDIT_METHODS.split(","))
     page = (out / "index.html").read_text()
     assert page.count("<img") == 8 and "Energy in the box" in page and "detections" in page
