@@ -235,7 +235,9 @@ def check_install(command: str) -> None:
 
 
 def start_server(words: list[str], work: Path, env: dict) -> tuple[subprocess.Popen, int]:
-    """A `cam-infer serve` line on a free port; (process, port) once it answers ready."""
+    """A `cam-infer serve` line on a free port (the port it names replaced by 0); (process, port) once it answers
+    ready."""
+    words = [*words[:words.index("--port")], *words[words.index("--port") + 2:]] if "--port" in words else words
     process = subprocess.Popen([*cli(words), "--port", "0"], cwd=work, env=env, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     line = process.stdout.readline()
