@@ -35,7 +35,7 @@ def within_rounding(values: np.ndarray, outputs: np.ndarray, precision: str, pro
     u = UNIT_ROUNDOFF.get(precision)
     if u is None:
         return False
-    noise = u * float(np.abs(outputs).max())
+    noise = u * max(float(outputs.max()), -float(outputs.min()))          # max|z| without a copy of the outputs
     if probability_of_logits:
         noise *= 2 * float((values * (1 - values)).max())
     return float(np.ptp(values)) <= noise

@@ -205,8 +205,9 @@ def image_major(out: dict, images: list[str], methods) -> dict:
     """A batch's rows image by image, each image's in the run's method order (they are explained method by method,
     one call each), so that results.json reads the same whatever the batch size; the array store's row positions
     follow."""
-    rows, methods = out["rows"], list(methods)
-    order = sorted(range(len(rows)), key=lambda r: (images.index(rows[r]["image"]), methods.index(rows[r]["method"])))
+    rows = out["rows"]
+    image_at, method_at = {image: i for i, image in enumerate(images)}, {m: i for i, m in enumerate(methods)}
+    order = sorted(range(len(rows)), key=lambda r: (image_at[rows[r]["image"]], method_at[rows[r]["method"]]))
     moved = {old: new for new, old in enumerate(order)}
     out["rows"] = [rows[r] for r in order]
     if "maps" in out:

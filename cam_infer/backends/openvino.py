@@ -158,9 +158,7 @@ class OpenVINOBackend(Backend):
             return 1
 
     def _run(self, role: str, x: np.ndarray) -> list[np.ndarray]:
-        with self._graph(role, len(x)).request() as request:
-            request.infer({0: x}, share_inputs=True)       # x is C-contiguous float32 (checked): no copy in
-            return _outputs(request)
+        return self._graph(role, len(x)).run({0: x}, share_inputs=True)    # x C-contiguous float32: no copy in
 
     def _run_chunks(self, role: str, chunks: list[np.ndarray]) -> list[np.ndarray]:
         if len(chunks) == 1 or self.parallel_requests() == 1:
@@ -198,6 +196,12 @@ class Compiled:
 
     def request(self):
         return self._requests.borrow()
+
+    def run(self, feeds: dict, share_inputs: bool = False) -> list[np.ndarray]:
+        """The graph's outputs (copies) on `feeds`, on a lent request."""
+        with self.request() as request:
+            request.infer(feeds, share_inputs=share_inputs)
+            return _outputs(request)
 
     def request_queue(self, jobs: int):
         """An ``AsyncInferQueue`` of `jobs` requests, borrowed as `request` is."""

@@ -24,7 +24,7 @@ from ..outputs import SAVE_EVERY, OutputLock, prepare_folder
 from ..parallel import ExplainerSpec, InProcess
 from ..postprocess import write_file
 from ..progress import Progress
-from .folders import ImageFiles, collect_images, overlay_names
+from .folders import ImageFiles, collect_images, free_name, overlay_names
 from .journal import JOURNAL, Journal
 from .map_store import MapStore, put_maps
 
@@ -133,13 +133,8 @@ def stable_names(names: dict, kept: list[dict]) -> dict:
     chosen = {f: earlier[os.path.abspath(f)] for f in names if os.path.abspath(f) in earlier}
     taken = set(earlier.values())
     for f, name in names.items():
-        if f in chosen:
-            continue
-        base, i = name, 2
-        while name in taken:
-            name, i = f"{base}-{i}", i + 1
-        taken.add(name)
-        chosen[f] = name
+        if f not in chosen:
+            chosen[f] = free_name(name, taken)
     return chosen
 
 

@@ -89,12 +89,17 @@ def overlay_names(images: list[Path]) -> dict[Path, str]:
         name = image.stem
         if name in taken:
             name = f"{image.parent.name}_{image.stem}"
-        base, i = name, 2
-        while name in taken:
-            name, i = f"{base}-{i}", i + 1
-        taken.add(name)
-        names[image] = name
+        names[image] = free_name(name, taken)
     return names
+
+
+def free_name(name: str, taken: set[str]) -> str:
+    """`name`, or the first of name-2, name-3, … not in `taken`; added to `taken`."""
+    base, i = name, 2
+    while name in taken:
+        name, i = f"{base}-{i}", i + 1
+    taken.add(name)
+    return name
 
 
 def read_stamped(path, errors: list) -> tuple[np.ndarray, dict] | None:

@@ -142,9 +142,7 @@ class Tail:
         inputs = [np.ascontiguousarray(x, np.float32), np.ascontiguousarray(index, np.int64),
                   *(np.ascontiguousarray(a, np.float32) for a in (weight, bias))]
         if self.backend_name == "openvino":
-            with self._compiled.request() as request:
-                request.infer(dict(enumerate(inputs)))
-                scores = request.get_output_tensor(0).data.copy()
+            scores = self._compiled.run(dict(enumerate(inputs)))[0]
         else:
             scores = self._session.run(None, dict(zip(self._names, inputs)))[0]
         return np.asarray(scores, np.float32).reshape(len(x), len(index), -1)
