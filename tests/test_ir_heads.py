@@ -167,8 +167,7 @@ def test_a_fused_model_of_batch_two_is_checked_in_padded_calls_of_two(tmp_path):
     x = random_images(bundle.preprocessing, 5, seed=1)
     for method, options in (("recipro", {"class_input": True}), ("cam", {"top_classes": 2})):
         model = fuse(bundle, method, raw=True, **options)
-        error = fused_error(model, bundle, method, {}, options.get("top_classes", 1), options.get("class_input", False),
-                            x=x)
+        error = fused_error(model, bundle, method, {}, options.get("class_input", False), x=x)
         assert error < 1e-5, (method, error)
 
 

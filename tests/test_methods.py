@@ -9,7 +9,7 @@ from tiny_onnx import tiny_cnn
 
 from cam_infer import CamInferError, Explainer, overlay, split_onnx
 from cam_infer.methods import GRADIENT_FREE
-from cam_infer.methods.registry import softmax
+from cam_infer.numerics import softmax
 from cam_infer.postprocess import normalise
 
 
@@ -283,7 +283,8 @@ def test_eigen_through_either_gram_matrix_is_the_svd_component(shape, centered):
 
 @pytest.mark.parametrize("gap", [0.2, 0.97])          # λ₂/λ₁: power iteration settles / hands over to eigh
 def test_eigen_power_iteration_and_its_fallback_both_give_the_svd_component(gap):
-    from cam_infer.methods.eigen import first_component, power_projection
+    from cam_infer.kernels import power_component
+    from cam_infer.methods.eigen import FLOAT32_TOLERANCE, POWER_STEPS, first_component, power_projection, start_vector
     rng = np.random.default_rng(4)
     u, _ = np.linalg.qr(rng.standard_normal((60, 8)))
     v, _ = np.linalg.qr(rng.standard_normal((8, 8)))
@@ -291,6 +292,9 @@ def test_eigen_power_iteration_and_its_fallback_both_give_the_svd_component(gap)
     o = (u * s) @ v.T                                                  # (hw=60, K=8), σ₂²/σ₁² = gap
     a = np.ascontiguousarray(o.T.reshape(8, 6, 10)).astype(np.float32)
     assert (power_projection(o.astype(np.float32)) is None) == (gap > 0.9)
+    rows = np.ascontiguousarray(o.T, np.float32)                       # the kernel the method runs gives up too
+    steps = power_component(rows, start_vector(rows.sum(axis=1)), FLOAT32_TOLERANCE, POWER_STEPS)[1]
+    assert (steps == 0) == (gap > 0.9)
     got = first_component(a, centered=False).ravel()
     expected = s[0] * u[:, 0] * np.sign(np.sum(v[:, 0]))
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)

@@ -368,6 +368,7 @@ def test_detection_label_is_drawn_once_and_within_the_image():
 
     e = Explainer(embedded_detector_path()).explain([detection_scene(7, 3).image], "recipro")
     image_w = e.images[0].shape[1]
+    assert e.items[0], "the scene's shapes are detected"
     for j, d in enumerate(e.items[0]):
         picture = e.overlay(0, j).astype(np.float32)
         text = f"{d.label} {d.score:.2f}"

@@ -4,7 +4,6 @@ noise draws), and the audit's columns."""
 
 from __future__ import annotations
 
-import csv
 
 import numpy as np
 import pytest

@@ -129,5 +129,5 @@ def test_they_run_by_name_only_and_check_their_options(setup):
     assert "ss-cam" not in GRADIENT_FREE and "is-cam" not in GRADIENT_FREE     # K·N passes: not in "all"
     with pytest.raises(CamInferError, match="ss-cam: preset must be one of 'torchcam', 'paper-mask', 'paper-input'"):
         explainer.explain(x, "ss-cam", preset="paper")
-    with pytest.raises(CamInferError, match="is-cam: samples and top_k must be positive"):
+    with pytest.raises(CamInferError, match="samples must be positive, not 0"):
         explainer.explain(x, "is-cam", samples=0)

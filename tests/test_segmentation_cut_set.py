@@ -127,7 +127,7 @@ def test_the_receptive_window_holds_every_pixel_a_cell_moves_on_both_members(une
         view = level_view(bundle.manifest["cut"], rows, m)
         view[...] = 0
         probe = rows[:3].copy()
-        window = receptive_window(backend, probe, level_view(bundle.manifest["cut"], probe, m), (SIZE, SIZE), 0, "none")
+        window = receptive_window(backend, probe, level_view(bundle.manifest["cut"], probe, m), (SIZE, SIZE))
         ys, xs = np.divmod(np.arange(h * w), w)
         view[np.arange(1, h * w + 1), :, ys, xs] = rng.standard_normal((h * w, k)).astype(np.float32) * 10
         outputs = backend.head(rows)

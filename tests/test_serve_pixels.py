@@ -29,7 +29,7 @@ def fused_models(tmp_path_factory):
 @pytest.mark.parametrize("kind", ["plain", "class input"])
 def test_uint8_pixels_in_the_openvino_graph_equal_the_servers_normalisation(fused_models, monkeypatch, kind, color):
     from cam_infer.serve import models
-    from cam_infer.serve.models import Key, ServedFused
+    from cam_infer.serve.models import ServedFused
 
     original = models.Preprocessing.from_dict
     monkeypatch.setattr(models.Preprocessing, "from_dict",               # the model's recorded preprocessing, in BGR

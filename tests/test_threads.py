@@ -13,7 +13,6 @@ import pytest
 import cam_infer
 from cam_infer import Explainer
 from cam_infer.bundle.verify import random_images
-from cam_infer import Explainer
 from cam_infer.tools.synthetic import detection_scene
 
 DATA = Path(cam_infer.__file__).parent / "data"

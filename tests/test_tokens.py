@@ -275,7 +275,7 @@ def deployed_vits(tiny_vits, tmp_path_factory):
     (ONNX Runtime's static quantization, 8 calibration images)."""
     import torch
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from tiny_transformers import build_tiny, export
+    from tiny_transformers import build_tiny
     folder = tmp_path_factory.mktemp("deployed-vits")
 
     class Reader(CalibrationDataReader):

@@ -2,8 +2,6 @@
 1.1.0's own ViTReciproCAM on the same ONNX files, and the refusals."""
 
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest

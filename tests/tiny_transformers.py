@@ -1,6 +1,6 @@
 """Tiny untrained transformers for the tests (built and exported per session, never stored): a ViT (class token),
 a DeiT-style model (class + distillation tokens, a non-square input) and a Swin-style one (no prefix, mean-pooled)."""
-import torch, torch.nn as nn, torch.nn.functional as F
+import torch, torch.nn as nn
 
 class Block(nn.Module):
     def __init__(s, d, heads):

@@ -189,7 +189,7 @@ def run_sanity(bundle, images, options, sanity: SanityOptions) -> dict:
     x = np.stack([prep.standardise(prep.geometry(load_image(i))) for i in images])
 
     trained = open_explainer(bundle, options.backend, options.device, None, gradients, options.precision)
-    target = None if options.target in ("predicted", "truth") else trained.class_id(options.target, bundle.num_classes)
+    target = None if options.target in ("predicted", "truth") else trained.class_id(options.target)
     original = {}
     for method in options.methods:
         e = explain_variant(trained, x, method, target, options)

@@ -86,7 +86,7 @@ def _adapt_activation(graph: Graph, features: onnx.ModelProto, head: onnx.ModelP
     if target.layout == "NHWC":
         f.node.append(layout_change(features, last, name, f"{tensor}__to_nchw", to="NCHW"))
     _extend_constants(graph, features, constants)
-    _retype_output(f.output[0], name, graph.info(tensor), target.layout)
+    _retype_output(f.output[0], name, target.layout)
     # head: name → [Transpose back] → [QuantizeLinear] → tensor
     h, first = head.graph, name
     front = []
@@ -100,7 +100,7 @@ def _adapt_activation(graph: Graph, features: onnx.ModelProto, head: onnx.ModelP
     for i, node in enumerate(front):
         h.node.insert(i, node)
     _extend_constants(graph, head, constants)
-    _retype_output(h.input[0], name, graph.info(tensor), target.layout)
+    _retype_output(h.input[0], name, target.layout)
 
 
 def _give_scores_a_batch_axis(head: onnx.ModelProto, info: TensorInfo, batch_dim: str | int) -> None:
@@ -146,7 +146,7 @@ def _extend_constants(graph: Graph, model: onnx.ModelProto, constants) -> None:
             model.graph.node.insert(0, graph.nodes[idx])
 
 
-def _retype_output(value_info: onnx.ValueInfoProto, name: str, info: TensorInfo, layout: str) -> None:
+def _retype_output(value_info: onnx.ValueInfoProto, name: str, layout: str) -> None:
     """The boundary tensor as the methods see it: float32, NCHW."""
     value_info.name = name
     value_info.type.tensor_type.elem_type = TensorProto.FLOAT

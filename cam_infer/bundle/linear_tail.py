@@ -200,8 +200,8 @@ def read_linear_tail(head: onnx.ModelProto, activation_shape: tuple[int, int, in
     k, h, w = activation_shape
     ry, rx = np.eye(h), np.eye(w)
     for resize in resizes:                               # a chain of resizes: the product of their weights
-        step_y = _axis_weights(head, resize, constants, weights, k, len(ry), len(rx), axis=0)
-        step_x = _axis_weights(head, resize, constants, weights, k, len(ry), len(rx), axis=1)
+        step_y = _axis_weights(head, resize, constants, weights, len(ry), len(rx), axis=0)
+        step_x = _axis_weights(head, resize, constants, weights, len(ry), len(rx), axis=1)
         if step_y is None or step_x is None:
             return None
         ry, rx = step_y @ ry, step_x @ rx
@@ -219,7 +219,7 @@ def _quantized_head_reproduced(head: onnx.ModelProto, tail: LinearTail, features
     return within_steps(np.abs(tail.scores(a) - expected), step)
 
 
-def _axis_weights(head, resize, constants, weights, k, h, w, axis: int) -> np.ndarray | None:
+def _axis_weights(head, resize, constants, weights, h, w, axis: int) -> np.ndarray | None:
     """R_y (H,h) or R_x (W,w): the head's Resize run on unit impulses along one axis (constant along the other)."""
     from ..backends.sessions import FLOAT32, onnxruntime_session
 

@@ -133,7 +133,7 @@ def packed_openvino_graphs(graph: OpenVinoGraph, members: list[_Output], levels:
     model, spec = graph.model, graph.spec
     f_model = model.clone()
     f_ops = {op.get_friendly_name(): op for op in f_model.get_ordered_ops()}
-    image = _image_input(f_model, f_ops, spec, prep, batch)
+    image = _image_input(f_ops, spec, prep, batch)
     flat = []
     for m in members:
         act = f_ops[m.op].output(m.index)

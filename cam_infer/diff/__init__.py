@@ -57,7 +57,7 @@ def run_diff(a, b, images, out, *, methods=("recipro", "eigen"), options: dict |
     check_comparable(explainer_a.bundle, explainer_b.bundle)
     methods = chosen_methods(list(methods), explainer_a, explainer_b)
     options = per_method_options(methods, options or {})
-    class_id = None if target is None else explainer_a.class_id(target, explainer_a.bundle.num_classes)
+    class_id = None if target is None else explainer_a.class_id(target)
     if batch_size < 1:
         raise CamInferError("batch size must be at least 1")
     check_grid(grid)

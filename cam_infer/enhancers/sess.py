@@ -83,7 +83,7 @@ def resize_planes(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.stack([cv2.resize(p, (width, height), interpolation=cv2.INTER_LINEAR) for p in image])
 
 
-def crops(image: np.ndarray, sizes: list[int], boxes) -> np.ndarray:
+def crops(image: np.ndarray, boxes) -> np.ndarray:
     """The windows of one preprocessed image (C,H,W) → (n,C,H,W)."""
     h, w = image.shape[1:]
     scaled = {}
@@ -149,7 +149,7 @@ def sess(explainer, x: np.ndarray, method: str, target, options: dict, *, scales
 
 
 def fuse_image(explainer, image, target: int, method, options, sizes, boxes, pre_filter, pool, theta, smooth):
-    windows = crops(image, sizes, boxes)
+    windows = crops(image, boxes)
     if pre_filter > 0:
         p = probabilities_of(explainer.backend.forward(windows), explainer.bundle.output_kind)[:, target]
         p_max = float(p.max())

@@ -103,14 +103,14 @@ def fuse(bundle: "Bundle | str | os.PathLike", method: str = DEFAULT_METHOD, *, 
         model = _fused_onnx(bundle, chosen, options, top_classes, class_input, raw, explainer)
     entries = _description(bundle, method, options, top_classes, class_input, precision)
     if check:
-        error = fused_error(model, bundle, method, options, top_classes, class_input, explainer=explainer)
+        error = fused_error(model, bundle, method, options, class_input, explainer=explainer)
         if error > TOLERANCE:
             hint = " (raise squarings=)" if "squarings" in inspect.signature(chosen.fused).parameters else ""
             raise CamInferError(f"the fused {method} map differs from the Explainer's by {error:.2g} (relative) "
                                 f"on random images{hint}; not writing a model that draws a different picture")
         checked = {"relative_difference": float(error)}
         if precision != "f32":
-            checked[precision] = fused_error(model, bundle, method, options, top_classes, class_input, explainer=explainer,
+            checked[precision] = fused_error(model, bundle, method, options, class_input, explainer=explainer,
                                              precision=precision)
         entries["cam_infer.check"] = json.dumps(checked)
     if ir:
@@ -294,9 +294,8 @@ def _description(bundle: Bundle, method: str, options: dict, top_classes: int, c
     return entries
 
 
-def fused_error(model, bundle: Bundle, method: str, options: dict, top_classes: int = 1,
-                class_input: bool = False, x: np.ndarray | None = None, explainer=None,
-                precision: str = "f32") -> float:
+def fused_error(model, bundle: Bundle, method: str, options: dict, class_input: bool = False,
+                x: np.ndarray | None = None, explainer=None, precision: str = "f32") -> float:
     """max |fused raw map − Explainer map| / max |Explainer map|, per map, worst of all; random images unless `x`.
     The fused model runs on ONNX Runtime in float32, or at another `precision` on OpenVINO's CPU (a fused IR:
     always on OpenVINO); the Explainer in float32."""

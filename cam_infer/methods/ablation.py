@@ -54,7 +54,6 @@ def ablation(ctx: Context, *, score: Literal["logit", "prob"] = "logit", closed_
 def _target_scores(ctx: Context, i: int, c: int, score: str, closed_form: bool) -> tuple[float, np.ndarray]:
     """Score of class c on image i: unablated, and with each channel ablated in turn (K,)."""
     a = ctx.activations[i]
-    k = a.shape[0]
     if closed_form and ctx.linear_head is not None:
         head = ctx.linear_head
         pooled = a.mean(axis=(1, 2))                                              # (K,)
@@ -62,10 +61,9 @@ def _target_scores(ctx: Context, i: int, c: int, score: str, closed_form: bool) 
             full = float(np.dot(head.weight[c], pooled) + head.bias[c])
             return full, full - pooled * head.weight[c]
         logits = head.logits(pooled[None])[0]                                     # (C,)
-        if ctx.finer is not None:
-            ablated = logits[None, :] - pooled[:, None] * head.weight.T          # (K,C)
-            return float(ctx.class_scores(logits[None], i, score)[0]), ctx.class_scores(ablated, i, score)
         ablated = logits[None, :] - pooled[:, None] * head.weight.T               # (K,C)
+        if ctx.finer is not None:
+            return float(ctx.class_scores(logits[None], i, score)[0]), ctx.class_scores(ablated, i, score)
         return float(softmax(logits)[c]), softmax_column(ablated, ablated[:, c].copy())
     ablated = ablated_scores(a, lambda rows: ctx.head(i, rows), ctx.backend.chunk_size("head"))
     return float(ctx.class_scores(ctx.outputs[i][None], i, score)[0]), ctx.class_scores(ablated, i, score)
@@ -110,7 +108,7 @@ def ablation_detections(ctx, targets, *, score: Literal["anchor", "match"] = "an
             values = ablated_scores(np.ascontiguousarray(level.maps, np.float32), level.scores,
                                     ctx.explainer.backend.chunk_size(role), clean=True)
             base, ablated = float(values[-1]), values[:-1]
-            drops = (base - ablated) / max(abs(base), 1e-12)
+            drops = (base - ablated) / max(abs(base), EPS)
             maps[i] = np.tensordot(drops.astype(np.float32), ctx.level_maps()[i], axes=1)
         out.append(unit_free(maps, ctx.size))
     return out

@@ -47,9 +47,9 @@ def _projection(rows: np.ndarray) -> np.ndarray:
     """O v₁ of O = rowsᵀ (rows: (K, h·w), not centred), sign so that Σ_k v₁ₖ ≥ 0: power iteration in
     float32 as one Numba call (`kernels.power_component`); the exact eigenproblem when it does not settle."""
     rows = np.ascontiguousarray(rows, np.float32)
-    projection, settled = power_component(rows, start_vector(rows.sum(axis=1)), FLOAT32_TOLERANCE,
-                                                  POWER_STEPS)
-    if settled:
+    projection, steps = power_component(rows, start_vector(rows.sum(axis=1)), FLOAT32_TOLERANCE,
+                                        POWER_STEPS)
+    if steps:
         return projection
     o = rows.T.astype(np.float64)
     projection = gram_projection(o)
@@ -119,14 +119,15 @@ def gram_projection(o: np.ndarray) -> np.ndarray:
     return o @ np.linalg.eigh(o.T @ o)[1][:, -1]
 
 
-@method("eigen", cost="1 feature pass + an h·w×h·w (or K×K) eigenproblem")
+@method("eigen", cost="1 feature pass + a power iteration on the smaller Gram matrix (its eigenproblem where it "
+                       "does not settle)")
 def eigen(ctx: Context, *, centered: bool = False) -> np.ndarray:
-    """first principal component of A (h·w×K) via the smaller Gram matrix; sign fixed (Σ v₁ ≥ 0); `centered=True` is pytorch-grad-cam's EigenCAM"""
+    """first principal component of A (h·w×K): power iteration on the smaller Gram matrix; sign fixed (Σ v₁ ≥ 0); `centered=True` is pytorch-grad-cam's EigenCAM"""
     return np.stack([first_component(a, centered) for a in ctx.activations])
 
 
 
-@implements("eigen", "detection", cost="no extra pass (an SVD per level)")
+@implements("eigen", "detection", cost="no extra pass (a power iteration per level)")
 def eigen_detections(ctx, targets, *, centered: bool = False) -> list[np.ndarray]:
     """mean_l U(minmax(first principal component of A_l)): the dominant pattern of the cut maps"""
     m = unit_free({i: first_component(a, centered) for i, a in enumerate(ctx.level_maps())}, ctx.size)
@@ -222,7 +223,7 @@ def _dot(b, x: str, y: str) -> str:
     return b.reduce("ReduceSum", b.op("Mul", x, y), [1])
 
 
-@implements("eigen", "segmentation", cost="no extra pass (an SVD per image)")
+@implements("eigen", "segmentation", cost="no extra pass (a power iteration per image)")
 def eigen_segments(ctx: Context, *, centered: bool = False) -> np.ndarray:
     """first principal component of the cut, one map per image whatever the class and region"""
     return eigen(ctx, centered=centered)

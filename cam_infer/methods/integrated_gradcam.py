@@ -34,6 +34,7 @@ def integrated_gradcam(ctx: Context, *, preset: Literal["official", "integral"] 
     alphas = np.arange(first, first + steps, dtype=np.float32) / steps
     n = len(ctx.x)
     maps = np.empty(ctx.activations.shape[:1] + ctx.activations.shape[2:], np.float32)
+    a_base = None if preset == "official" else ctx.features(baseline[None]).astype(np.float64)[0]
     for i in range(n):
         path = (baseline[None] + alphas[:, None, None, None] * (ctx.x[i] - baseline)[None]).astype(np.float32)
         a = ctx.features(path).astype(np.float64)                                      # (m,K,h,w)
@@ -42,6 +43,5 @@ def integrated_gradcam(ctx: Context, *, preset: Literal["official", "integral"] 
         if preset == "official":
             maps[i] = np.maximum(np.einsum("mk,mkhw->mhw", weights, a), 0).sum(axis=0)
         else:
-            a_base = ctx.features(baseline[None]).astype(np.float64)[0]
             maps[i] = np.einsum("mk,mkhw->hw", weights, a - a_base[None])
     return maps

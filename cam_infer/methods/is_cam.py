@@ -17,7 +17,8 @@ from typing import Literal
 import numpy as np
 
 from ..numerics import softmax
-from .masked_passes import batched_scores, channel_passes, full_passes_of, masks, rows_per_call, selected_channels
+from .masked_passes import (batched_scores, channel_passes, check_counts, full_passes_of, masks, rows_per_call,
+                            selected_channels)
 from .registry import Context, implements, method
 
 
@@ -33,9 +34,7 @@ def coefficients(preset: str, samples: int) -> np.ndarray:
 def is_cam(ctx: Context, *, preset: Literal["torchcam", "linear"] = "torchcam", samples: int = 10,
            top_k: int | None = None) -> np.ndarray:
     """Score-CAM integrated along N input scales: softmax over channels of the mean class logit of c_i·M_k⊙x"""
-    from ..errors import CamInferError
-    if samples < 1 or (top_k is not None and top_k < 1):
-        raise CamInferError("is-cam: samples and top_k must be positive")
+    check_counts(top_k, samples)
     n, k, h, w = ctx.activations.shape
     size = ctx.x.shape[2:]
     scales = coefficients(preset, samples)

@@ -20,7 +20,7 @@ from ..postprocess import EPS
 def same_unit(maps: dict[int, np.ndarray], size: tuple[int, int]) -> np.ndarray:
     """U(Σ_l R(S_l)): the levels' maps of one score, brought to the finest level's grid (R), summed, then
     upsampled to `size` (U)."""
-    return upsample_raw(on_finest_grid(maps.values(), lambda m: m).sum(axis=0), size)
+    return upsample_raw(on_finest_grid(maps.values()).sum(axis=0), size)
 
 
 def unit_free(maps: dict[int, np.ndarray], size: tuple[int, int]) -> np.ndarray:
@@ -35,9 +35,9 @@ def unit_free(maps: dict[int, np.ndarray], size: tuple[int, int]) -> np.ndarray:
     return upsample_raw(combined, size)
 
 
-def on_finest_grid(maps, prepare) -> np.ndarray:
-    """(L, h0, w0): each level's `prepare`d map, resampled bilinearly to the largest of their grids."""
-    maps = [prepare(np.asarray(m, np.float32)) for m in maps]
+def on_finest_grid(maps) -> np.ndarray:
+    """(L, h0, w0): each level's map, resampled bilinearly to the largest of their grids."""
+    maps = [np.asarray(m, np.float32) for m in maps]
     finest = max((m.shape for m in maps), key=lambda shape: shape[0] * shape[1])
     return np.stack([m if m.shape == finest else upsample_raw(m, finest) for m in maps])
 

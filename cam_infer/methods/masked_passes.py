@@ -77,18 +77,27 @@ def batched_scores(ctx, inputs: Iterator[np.ndarray], count: int, i: int, score:
     return out
 
 
+def check_counts(top_k=None, samples: int = 1, std: float = 0.0) -> None:
+    """The Score-CAM family's counts: ``top_k`` channels (None: all) and ``samples`` passes positive, ``std`` not
+    negative; one line otherwise."""
+    from ..errors import CamInferError
+
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
+        raise CamInferError(f"top_k must be a positive integer, not {top_k!r}")
+    if samples < 1:
+        raise CamInferError(f"samples must be positive, not {samples!r}")
+    if std < 0:
+        raise CamInferError(f"std must not be negative, not {std!r}")
+
+
 def channel_passes(samples_of: Callable[[dict], int]):
     """The `passes` of a Score-CAM-family method: one model pass per selected channel and sample, at most
     (constant channels are skipped)."""
     from ..cost import Passes
-    from ..errors import CamInferError
 
     def passes(shape, options: dict, linear_head: bool) -> Passes:
         top_k, samples = options.get("top_k"), samples_of(options)
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
-            raise CamInferError(f"top_k must be a positive integer, not {top_k!r}")
-        if samples < 1:
-            raise CamInferError(f"samples must be positive, not {samples!r}")
+        check_counts(top_k, samples)
         return Passes(model=(shape[0] if top_k is None else min(shape[0], top_k)) * samples, bound=True)
     return passes
 

@@ -32,7 +32,7 @@ from ..cost import Passes
 from ..errors import CamInferError
 from ..numerics import softmax_column
 from .levels import same_unit
-from .registry import Context, flat_within_rounding, fused, implements, method
+from .registry import Context, flat_within_rounding, fused, implements, method, require_logits
 
 KERNELS = {
     "onehot": np.ones((1, 1), np.float32),
@@ -59,8 +59,7 @@ def passes(shape, options: dict, linear_head: bool) -> Passes:
 def recipro(ctx: Context, *, score: Literal["prob", "logit"] = "prob", kernel: Literal["onehot", "gaussian3"] = "onehot",
             closed_form: bool = True) -> np.ndarray:
     """softmax(head(A ⊙ M_ij))_c over the h·w one-hot masks; exact closed form on GAP→linear heads"""
-    if score == "logit" and ctx.bundle.output_kind == "probabilities":
-        raise CamInferError("score='logit' needs a model that outputs logits; this one ends in a softmax")
+    require_logits(score, ctx.bundle.output_kind)
     n, k, h, w = ctx.activations.shape
     if closed_form and ctx.linear_head is not None:
         return _closed_form(ctx, KERNELS[kernel], score)
@@ -96,8 +95,7 @@ def recipro_onnx(f, *, score: str = "prob", kernel: str = "onehot", closed_form:
     """S_c(i,j) = softmax(head(A ⊙ M_ij))_c. GAP→linear heads: one MatMul of the head's weights with
     the position vectors A[:,i,j]·g_ij/(h·w). Other heads: the head applied to the h·w masked copies,
     stacked in the batch dimension, masks made in the graph (no h·w×h·w constant)."""
-    if score == "logit" and f.output_kind == "probabilities":
-        raise CamInferError("score='logit' needs a model that outputs logits; this one ends in a softmax")
+    require_logits(score, f.output_kind)
     b = f.b
     k, h, w = f.shape
     positions = f.positions_by_channel()                                                       # (N,hw,K)

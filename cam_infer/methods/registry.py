@@ -32,10 +32,16 @@ from ..backends.base import Backend
 from ..bundle import Bundle
 from ..bundle.head import LinearHead
 from ..errors import CamInferError, MethodNotApplicable
-from ..numerics import probabilities_of, softmax, within_rounding  # noqa: F401  (softmax: methods import it here)
+from ..numerics import probabilities_of, within_rounding
 
 NEEDS = ("features", "attention", "linear_head", "head", "model", "gradients")
 DEFAULT_METHOD = "recipro"
+
+
+def require_logits(score: str, output_kind: str) -> None:
+    """``score="logit"`` reads logits: refused on a model that ends in a softmax."""
+    if score == "logit" and output_kind == "probabilities":
+        raise CamInferError("score='logit' needs a model that outputs logits; this one ends in a softmax")
 
 
 @dataclass
@@ -56,7 +62,8 @@ class Context:
     finer: object = field(default=None)            # a `cam_infer.finer.Finer`: explain F(y), not y_c
     finer_refs: np.ndarray | None = field(default=None)    # (N,R) its reference classes per image
     prefix: np.ndarray | None = field(default=None)        # (N,P,D) a token model's prefix tokens, set apart
-    attention: list | None = field(default=None)           # [(N,H,T,T) per block]: its attention probabilities
+    attention: list | None = field(default=None)           # [(N,T,T) per block]: attention probabilities, fused
+                                                           # over the heads by the method's head_fusion
     position_products: np.ndarray | None = field(default=None)  # (N,h·w,C) Aᵀ Wᵀ of the linear head, from the
                                                                  # clean pass (`bundle/positions.py`)
 

@@ -31,7 +31,8 @@ from .registry import Context, method
         class_specific=False, in_all=False)
 def rollout(ctx: Context, *, head_fusion: Literal["mean", "max", "min"] = "mean", discard_ratio: float = 0.9,
             renormalise: Literal["rows", "reference"] = "rows") -> np.ndarray:
-    """The class token's row of the product of the blocks' head-fused attention, identity added (Abnar & Zuidema)"""
+    """The class token's row of the product of the blocks' head-fused attention, identity added (Abnar & Zuidema).
+    ``head_fusion`` is applied in the clean pass (`Task.observe_for`): the attention arrives fused."""
     if not 0.0 <= discard_ratio < 1.0:
         raise CamInferError(f"rollout: discard_ratio must be in [0, 1), not {discard_ratio!r}")
     tokens = ctx.bundle.tokens

@@ -24,10 +24,9 @@ import numpy as np
 
 from ..kernels import bilinear_minmax_masks, masked_inputs
 from ..cost import Passes
-from ..errors import CamInferError
 from ..numerics import softmax
 from .levels import unit_free
-from .masked_passes import channel_passes, full_passes_of, masks, rows_per_call, selected_channels
+from .masked_passes import channel_passes, check_counts, full_passes_of, masks, rows_per_call, selected_channels
 from .registry import Context, implements, method
 
 
@@ -37,12 +36,11 @@ from .registry import Context, implements, method
 def score(ctx: Context, *, weighting: Literal["reference", "channel-softmax"] = "reference",
           top_k: int | None = None) -> np.ndarray:
     """one full pass per channel on x ⊙ minmax(bilinear(A^k)); weight = softmax probability of the class (official code)"""
-    if top_k is not None and (not isinstance(top_k, (int, np.integer)) or top_k < 1):
-        raise CamInferError(f"top_k must be a positive integer, not {top_k!r}")
+    check_counts(top_k)
     n, k, h, w = ctx.activations.shape
     _, height, width = ctx.bundle.input_shape
     rows = rows_per_call(ctx.bundle, ctx.backend.memory_budget, k)
-    masks = np.empty((rows, height, width), np.float32)
+    mask_rows = np.empty((rows, height, width), np.float32)
     masked = np.empty((rows, ctx.x.shape[1], height, width), np.float32)
     maps = np.empty((n, h, w), np.float32)
     for i, a in enumerate(ctx.activations):
@@ -50,11 +48,11 @@ def score(ctx: Context, *, weighting: Literal["reference", "channel-softmax"] = 
         raw = np.full(len(channels), np.nan, np.float32)
         for start in range(0, len(channels), rows):
             chunk = channels[start:start + rows]
-            valid = bilinear_minmax_masks(np.ascontiguousarray(a), chunk, height, width, masks)
+            valid = bilinear_minmax_masks(np.ascontiguousarray(a), chunk, height, width, mask_rows)
             kept = np.flatnonzero(valid)
             if kept.size == 0:
                 continue
-            masked_inputs(ctx.x[i], masks[kept] if kept.size < len(chunk) else masks[:len(chunk)],
+            masked_inputs(ctx.x[i], mask_rows[kept] if kept.size < len(chunk) else mask_rows[:len(chunk)],
                                   masked)
             outputs = ctx.backend.forward(masked[:kept.size])
             values = ctx.class_scores(outputs, i, "prob" if weighting == "reference" else "logit")
@@ -82,8 +80,7 @@ def image_passes(ctx, *, top_k: int | None = None, score: str = "match") -> Pass
 def score_detections(ctx, targets, *, top_k: int | None = None,
                      score: Literal["match", "anchor"] = "match") -> list[np.ndarray]:
     """mean_l U(minmax(Σ_k s(x ⊙ M_k) A_l^k)), M_k the min–max'd upsampled channel: what keeps the box found"""
-    if top_k is not None and top_k < 1:
-        raise CamInferError(f"top_k must be a positive integer, not {top_k!r}")
+    check_counts(top_k)
     outputs = {}
     for i, a in enumerate(ctx.level_maps()):
         channels = selected_channels(a, top_k)

@@ -20,9 +20,9 @@ from typing import Literal
 
 import numpy as np
 
-from ..errors import CamInferError
 from ..numerics import softmax
-from .masked_passes import batched_scores, channel_passes, full_passes_of, masks, rows_per_call, selected_channels
+from .masked_passes import (batched_scores, channel_passes, check_counts, full_passes_of, masks, rows_per_call,
+                            selected_channels)
 from .registry import Context, implements, method
 
 
@@ -33,8 +33,7 @@ def ss_cam(ctx: Context, *, preset: Literal["torchcam", "paper-mask", "paper-inp
            samples: int = 35, std: float = 2.0, sigma_is_variance: bool = True, top_k: int | None = None,
            seed: int = 0) -> np.ndarray:
     """Score-CAM with channel scores averaged over N noisy copies of the masks or masked inputs"""
-    if samples < 1 or std < 0 or (top_k is not None and top_k < 1):
-        raise CamInferError("ss-cam: samples and top_k must be positive, std not negative")
+    check_counts(top_k, samples, std)
     n, k, h, w = ctx.activations.shape
     size = ctx.x.shape[2:]
     maps = np.empty((n, h, w), np.float32)

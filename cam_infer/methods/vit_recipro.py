@@ -8,7 +8,8 @@ the output of that block's first LayerNorm, copy k = (i, j) of the mosaic keeps 
     neighbourhood of k (``kernel="gaussian3"``, openvino-xai's ``use_gaussian``) or 1 at k (``"onehot"``), 0 elsewhere,
 
 both tensors replaced in the model (x̃ feeds the residual, ñ the attention branch), and S_c(i, j) = logit_c of the
-rest of the model on copy k (``cls_token=False``: the prefix tokens zeroed too).
+rest of the model on copy k (``cls_token=False``: the prefix tokens zeroed too; ``score="prob"``: the class's
+probability, the softmax of the copy's logits, instead).
 
 Exact and cheap (``reduced=True``): the zeroed tokens of a copy are all the same vector, and stay equal to each
 other through every per-token op (norms, MLP, projections) and through attention (their queries are equal, so are
@@ -30,9 +31,9 @@ import numpy as np
 import onnx
 
 from ..cost import Passes
-from ..errors import CamInferError, MethodNotApplicable
+from ..errors import MethodNotApplicable
 from .recipro import KERNELS
-from .registry import Context, flat_within_rounding, fused, method
+from .registry import Context, flat_within_rounding, fused, method, require_logits
 
 CHUNK_TOKENS = 1 << 16            # tokens per tail run: bounds the memory of full copies
 
@@ -55,8 +56,7 @@ def vit_recipro(ctx: Context, *, kernel: Literal["gaussian3", "onehot"] = "gauss
     if tokens.layout != "tokens" or tokens.prefix == 0:
         raise MethodNotApplicable("method 'vit-recipro' keeps a ViT's class token in every copy (as openvino-xai "
                                   "does); this model has no prefix tokens (a Swin-style grid): use recipro")
-    if score == "logit" and ctx.bundle.output_kind == "probabilities":
-        raise CamInferError("score='logit' needs a model that outputs logits; this one ends in a softmax")
+    require_logits(score, ctx.bundle.output_kind)
     d, h, w = ctx.activations.shape[1:]
     weights = KERNELS[kernel]
     maps = np.empty((len(ctx.activations), h, w), np.float32)
@@ -187,12 +187,11 @@ def vit_recipro_onnx(f, *, kernel: str = "gaussian3", cls_token: bool = True, sc
     """The same plan in the graph: a copy of the opened tail on the cut tokens with the plan as constants (N·hw
     rows of S tokens), the target's score per copy."""
     from ..bundle.reduced_tail import quantizes_attention, reduced_tail
-    b, (d, h, w) = f.b, f.shape
+    b, (_, h, w) = f.b, f.shape
     count = f.token_count()
     if count <= h * w:
         raise MethodNotApplicable("method 'vit-recipro' fuses on vision transformers with prefix (class) tokens only")
-    if score == "logit" and f.output_kind == "probabilities":
-        raise CamInferError("score='logit' needs a model that outputs logits; this one ends in a softmax")
+    require_logits(score, f.output_kind)
     prefix = count - h * w
     one_block = f.attention_count() == 1
     reduced = reduced and (f.head is None or not quantizes_attention(f.head))     # an IR's tail reduces exactly

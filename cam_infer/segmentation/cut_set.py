@@ -67,7 +67,7 @@ class MemberRecipro:
         view = level_view(self.levels, rows, self.member)
         view[...] = 0
         base = pixel_scores(self.backend.head(rows[:1]), c, activation)[0]             # (H, W): y⁰_c
-        window = receptive_window(self.backend, rows, view, base.shape, c, activation)
+        window = receptive_window(self.backend, rows, view, base.shape)
         total, size = float(base[region].sum(dtype=np.float64)), int(region.sum())
         ys, xs = np.divmod(np.arange(h * w), w)
         scores = np.empty(h * w, np.float64)
@@ -101,7 +101,7 @@ class Window:
         return tuple(out)
 
 
-def receptive_window(backend, rows: np.ndarray, view: np.ndarray, shape, c: int, activation: str) -> Window:
+def receptive_window(backend, rows: np.ndarray, view: np.ndarray, shape) -> Window:
     """Where the head's scores move when the member's centre cell changes (random values, twice, over a zero
     member): the changed pixels' extent around the cell, one cell's stride wider each side; the whole scores
     when the head mixes everything (a global pooling)."""

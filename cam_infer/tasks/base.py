@@ -24,7 +24,8 @@ class Task:
     - ``run_method(spec, ctx, targets, options)``: one call of the method's implementation for this task
       (``method(name)`` looks it up) → raw maps, one per target.
     - ``observe(x)``: the clean pass, the cut and the outputs in one call (the backend's: activations
-      (N,K,h,w), or a detector's packed cut set; a token model's tokens would be read here).
+      (N,K,h,w), a detector's packed cut set, a token model's patch tokens on their grid (`bundle.tokens`),
+      with the attention where the method reads it).
     - ``contexts(spec, x, activations, outputs, request, originals)``: from the request and the clean
       outputs, the targets (classes; detections or boxes) and what a method implementation gets to compute
       their maps: its context (the input, the cut, the clean outputs, how a target's score is read on
@@ -35,9 +36,9 @@ class Task:
       `Explanation`, one map and one record per explained target (how the levels of a cut set combine is
       the method's, by the rule of its units, `methods.levels`).
 
-    A segmentation model would be a task whose targets are a class over a region and whose score sums
-    the region's logits; a token model (a vision transformer) a cut kind (tokens (N,T,D) on a grid) under
-    the classification or detection task."""
+    The tasks: `tasks.classification`, `tasks.detection`, `tasks.segmentation` (a class over a region). A
+    token model (a vision transformer) is a cut kind, not a task: its tokens (N,T,D) are read on their grid
+    (`bundle.tokens`) under the classification task."""
 
     name: str = ""
     requests: frozenset = frozenset()

@@ -181,7 +181,7 @@ class SegmentationTask(Task):
         for i in range(len(x)):
             shape = originals[i].shape[:2] if originals else self.bundle.input_shape[1:]
             try:
-                classes, regions = self.targets(outputs[i], request["target"], request["region"], shape, spec)
+                classes, regions = self.targets(outputs[i], request["target"], request["region"], shape)
             except NotInImage as error:
                 if len(x) == 1:
                     raise
@@ -215,7 +215,7 @@ class SegmentationTask(Task):
             return (picked * weights).sum(dim=(1, 2))
         return self.explainer.gradients(ctx.x, ctx.activations, ctx.targets, region_score)
 
-    def targets(self, output: np.ndarray, target, region, shape, spec) -> tuple[list[int], np.ndarray]:
+    def targets(self, output: np.ndarray, target, region, shape) -> tuple[list[int], np.ndarray]:
         """The classes to explain and their regions (T,H,W) of one image's clean scores (C,H,W)."""
         present = Assignment(output, self.bundle.output_kind)
         counts = present.counts()
