@@ -391,8 +391,8 @@ def test_a_fused_detector_returns_its_detections_and_the_explainers_map(bundles,
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     output, saliency = session.run(["output0", "saliency"], {"images": x})
     np.testing.assert_allclose(output, expected_output, atol=1e-4)
-    from cam_infer.postprocess import normalise
-    np.testing.assert_allclose(normalise(saliency)[0][0], e.items[0][0].saliency, atol=1e-4)
+    np.testing.assert_allclose(saliency[0], e.items[0][0].saliency, atol=1e-4)     # the picture explain draws,
+    assert saliency.min() == 0.0 and saliency.max() == 1.0                            # min–max'd in the graph
     import openvino as ov
     compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     np.testing.assert_allclose(compiled({0: x})[compiled.output("saliency")], saliency, atol=2e-3)

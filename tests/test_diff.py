@@ -130,6 +130,9 @@ def test_a_model_against_itself_agrees_everywhere_with_similarity_exactly_one(mo
         assert row["top1_agree"] == "1" and float(row["probability_shift"]) == 0.0
     assert summary["top1_agreement"] == {"mean": 1.0, "low": 1.0, "high": 1.0}
     assert all(summary["methods"][m]["spearman"]["mean"] == 1.0 for m in METHODS)
+    assert summary["drifted"] == []                                   # nothing drifted, and the report says so
+    page = (tmp_path / "self" / "index.html").read_text()
+    assert "none: every image's maps and top-1 are the same on A and B" in page
 
 
 def test_a_target_is_explained_on_both_sides_and_class_agnostic_maps_name_no_class(scenes, tmp_path):

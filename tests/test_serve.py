@@ -202,6 +202,7 @@ def test_explain_takes_an_image_file_raw_or_as_a_form(server, explainer, scenes)
     answer = json.loads(raw)
     assert answer["class_id"] == int(e.targets[0]) and answer["label"] == explainer.bundle.labels[answer["class_id"]]
     assert abs(answer["score"] - float(e.scores[0])) < 1e-5
+    assert answer["degenerate"] is bool(e.degenerate[0]) is False
     np.testing.assert_allclose(np.array(answer["map"]["data"]), normalise(e.maps)[0][0], atol=6e-5)
     boundary = "----cam-infer-test"
     form = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n"

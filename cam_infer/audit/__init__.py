@@ -41,7 +41,7 @@ from .report import (
     write_uncertainty_csvs,
 )
 from .sanity import SANITY_CSV, SanityOptions, check_sanity, run_sanity, sanity_line, write_sanity_csv
-from .work import COLUMNS, LOCALISATION, METRICS, OVERLAYS, AuditOptions, AuditWork, audit_image, audit_precision, \
+from .work import COLUMNS, METRICS, OVERLAYS, AuditOptions, AuditWork, audit_image, audit_runtime, \
     audit_spec
 
 GRID = 48
@@ -77,11 +77,11 @@ def run_audit(bundle, images, options: AuditOptions, out, *, boxes=None, restart
     skipped_metrics = options.skipped_metrics(bool(truth))
     options = options.resolved(bool(truth))
     priors = _priors(bundle, images, truth, options, out)
-    settings = {"bundle": str(bundle.path.resolve()), "options": options.to_dict(),
-                "runs_at": audit_precision(bundle, options),
+    runs_on, runs_at = audit_runtime(bundle, options)
+    settings = {"bundle": str(bundle.path.resolve()), "options": options.to_dict(), "runs_at": runs_at,
                 "boxes": str(Path(boxes).resolve()) if boxes else None}
-    protocol = {"bundle": settings["bundle"], "boxes": settings["boxes"], **options.to_dict(),
-                "runs_at": settings["runs_at"]}
+    protocol = {"bundle": settings["bundle"], "boxes": settings["boxes"], **options.to_dict(), "runs_on": runs_on,
+                "runs_at": runs_at, "layer": bundle.manifest.get("target_layer", {}).get("tensor")}
     summary: dict = {}
 
     def write(run, final: bool) -> None:

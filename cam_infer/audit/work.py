@@ -217,16 +217,16 @@ def audit_spec(bundle, options: AuditOptions, threads: int | None = None):
                          precision=options.precision, hint="throughput")
 
 
-def audit_precision(bundle, options: AuditOptions) -> str:
-    """The precision the audit's passes run at (``auto`` resolved on its device): recorded in summary.json."""
-    from ..backends.sessions import RuntimeOptions, resolved_precision
-
+def audit_runtime(bundle, options: AuditOptions) -> tuple[str, str]:
+    """The runtime and the precision the audit's passes run at (``auto`` resolved, the precision on its device):
+    recorded in summary.json."""
     from ..backends import ALIASES
+    from ..backends.sessions import RuntimeOptions, resolved_precision
 
     backend = ALIASES.get(options.backend, options.backend)
     if backend == "auto":
         backend = "openvino" if bundle.graph_format == "openvino" else "onnxruntime"
-    return resolved_precision(RuntimeOptions(precision=options.precision, device=options.device), backend)
+    return backend, resolved_precision(RuntimeOptions(precision=options.precision, device=options.device), backend)
 
 
 @dataclass(frozen=True)
@@ -409,7 +409,7 @@ def _boxes_in_input(boxes, prep, shape, explainer) -> list[tuple[list[int], int 
             raise CamInferError(f"a box must be [x1, y1, x2, y2] or {{\"box\": [...], \"label\": ...}}, not {entry!r}")
         class_id = None
         if label is not None:
-            class_id = entry["class_id"] if "class_id" in entry else explainer.class_id(label, explainer.bundle.num_classes)
+            class_id = entry["class_id"] if "class_id" in entry else explainer.class_id(label)
         mapped = prep.box_to_input(box, shape)
         if mapped is not None:
             out.append((mapped, class_id))
@@ -420,7 +420,7 @@ def _target(explainer, options: AuditOptions, truth):
     if options.target == "predicted":
         return None
     if options.target != "truth":
-        return explainer.class_id(options.target, explainer.bundle.num_classes)
+        return explainer.class_id(options.target)
     classes = {class_id for _, class_id in truth if class_id is not None}
     if len(classes) != 1:
         raise CamInferError("target 'truth' needs boxes with exactly one label per image "

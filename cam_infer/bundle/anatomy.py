@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from onnx import TensorProto
-
 from ..errors import CamInferError
 from .graph import INTEGER_TYPES, Graph
 
@@ -29,6 +27,15 @@ LAYOUT_KEEPING = {"Relu", "Clip", "LeakyRelu", "PRelu", "Sigmoid", "HardSigmoid"
 # Ops a trailing score chain may pass through between the Softmax and the output.
 SCORE_PASS = {"QuantizeLinear", "DequantizeLinear", "Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze",
               "Cast", "Dropout"}
+# Ops after the class scores that pick, sort or regroup the classes: what comes out is not one score per class.
+SELECTING = {"TopK", "ArgMax", "ArgMin", "Gather", "GatherElements", "GatherND", "Slice", "Split", "NonZero",
+             "Compress", "ReduceMax", "ReduceMin", "Concat"}
+# Ops that end a multi-label model: independent per-class probabilities, not one softmax over the classes.
+INDEPENDENT = {"Sigmoid", "HardSigmoid", "QLinearSigmoid"}
+# Ops that change values: after a Softmax, the output is no longer its probabilities (a Log is: log-probabilities
+# are logits).
+VALUE_CHANGING = {"Mul", "Div", "Add", "Sub", "Pow", "Clip", "Round", "Floor", "Ceil", "Neg", "Abs", "Sqrt", "Exp",
+                  "Max", "Min", "QLinearMul", "QLinearAdd"}
 # Where the scale and zero point of a QOperator op's output are among its inputs.
 QOPERATOR_OUTPUT_QPARAMS = {"QLinearConv": (6, 7), "QLinearMatMul": (6, 7), "QLinearAdd": (6, 7), "QLinearMul": (6, 7),
                             "QuantizeLinear": (1, 2), "QLinearGlobalAveragePool": (3, 4),
@@ -206,6 +213,99 @@ def score_output(graph: Graph) -> ScoreOutput:
         raise CamInferError(f"the model output '{source}' is {INTEGER_TYPES[graph.info(source).elem_type]} "
                             "and no float scores were found before it")
     return ScoreOutput(source, "logits", source, (), step)
+
+
+def check_class_scores(graph: Graph) -> None:
+    """Refuse a classifier whose output is not one score per class: a Softmax over another axis, an op after the
+    scores that selects or sorts classes, a multi-label Sigmoid, probabilities scaled after their Softmax."""
+    source = graph.scores_output.name
+    name = source
+    while name in graph.producer:
+        node = graph.nodes[graph.producer[name]]
+        if node.op_type == "Softmax":
+            check_class_softmax(softmax_axis(graph, node), graph.info(node.input[0]).shape, source)
+            return
+        if node.op_type not in SCORE_PASS or not node.input:
+            moves_batch = node.op_type == "Transpose" and _perm(node)[:1] not in ([], [0])
+            check_score_op(node.op_type, source, softmax_behind(graph, node), moves_batch)
+            return
+        name = node.input[0]
+
+
+def check_scores_size(size, input_size, output: str) -> None:
+    """Refuse per-pixel scores at another size than the input's: a segmenter's regions and maps are read on its
+    input's pixels (a lower resolution is expected upsampled in the graph)."""
+    if tuple(size) != tuple(input_size):
+        raise CamInferError(f"the model output '{output}' holds scores on a {size[0]}x{size[1]} grid, and its input is "
+                            f"{input_size[0]}x{input_size[1]}: cam-infer reads a segmenter's scores at its input's "
+                            "size (upsampled in the graph)")
+
+
+def check_one_output(names: list[str]) -> None:
+    """Refuse a model with several outputs: which one holds the scores cannot be read from the graph."""
+    if len(names) > 1:
+        shown = ", ".join(f"'{n}'" for n in names)
+        raise CamInferError(f"the model has {len(names)} outputs ({shown}): cam-infer explains a model whose one "
+                            "output is its scores; export it with that output alone")
+
+
+def check_score_op(op: str, output: str, after_softmax: bool = False, moves_batch: bool = False) -> None:
+    """Refuse an op between the class scores and the model's output that makes the output something other than
+    one score per class (ONNX op names; `openvino_split` maps its own)."""
+    if op in SELECTING:
+        raise CamInferError(f"the model output '{output}' comes out of a {op}, which selects, sorts or regroups the "
+                            "classes: cam-infer explains one score per class; export the model without it")
+    if op in INDEPENDENT:
+        raise CamInferError(f"the model output '{output}' ends in a {op}: independent per-class probabilities (a "
+                            "multi-label model), which cam-infer's classifier methods do not read; export the "
+                            "logits before it")
+    if moves_batch:
+        raise CamInferError(f"the model output '{output}' comes out of a Transpose that moves the batch axis: "
+                            "cam-infer reads class scores as (N,C)")
+    if after_softmax and op != "Log":
+        raise CamInferError(f"the model output '{output}' is its Softmax's probabilities changed by a {op}: "
+                            "cam-infer reads probabilities or logits; export the model without it")
+
+
+def softmax_axis(graph: Graph, node) -> int | None:
+    """The axis a Softmax normalises over, made non-negative (before opset 13: the first of the axes it flattens
+    into one); None where its input's rank is unknown."""
+    rank = graph.info(node.input[0]).rank
+    opset = next((o.version for o in graph.model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    axis = next((a.i for a in node.attribute if a.name == "axis"), -1 if opset >= 13 else 1)
+    return None if rank is None else axis % rank
+
+
+def check_class_softmax(axis: int | None, shape, output: str, class_axis: int | None = None) -> None:
+    """Refuse a Softmax that is not over the classes. `shape`: its input's; `class_axis`: where the classes are
+    (None: the one axis after the batch longer than 1). Unknown ranks and sizes are let through."""
+    if axis is None or shape is None:
+        return
+    if class_axis is None:
+        long = [i for i, d in enumerate(shape) if i > 0 and d != 1]
+        if len(long) != 1:
+            return
+        class_axis = long[0]
+    if axis != class_axis:
+        raise CamInferError(f"the model output '{output}' comes out of a Softmax over axis {axis}, not over its "
+                            f"classes (axis {class_axis}): not class probabilities")
+
+
+def _perm(node) -> list[int]:
+    return next((list(a.ints) for a in node.attribute if a.name == "perm"), [])
+
+
+def softmax_behind(graph: Graph, node) -> bool:
+    """Whether a Softmax makes `node`'s input through ops that only change values (a percentage's Mul)."""
+    while True:
+        if node.op_type == "Softmax":
+            return True
+        if node.op_type not in VALUE_CHANGING | SCORE_PASS | {"Log"}:
+            return False
+        inputs = [i for i in node.input if i in graph.input_dependent]
+        if len(inputs) != 1 or inputs[0] not in graph.producer:
+            return False
+        node = graph.nodes[graph.producer[inputs[0]]]
 
 
 def _output_dequantization(graph: Graph) -> tuple[float, int] | None:

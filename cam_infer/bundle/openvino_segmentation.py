@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import CamInferError
 from ..version import __version__
+from .anatomy import check_class_softmax, check_one_output, check_scores_size
 from .manifest import FORMAT, FORMAT_VERSION, sha256_of
 from .openvino_cut_set import PACKED, OpenVinoGraph, level_records, openvino_cut_set, packed_openvino_graphs
 from .openvino_head import fake_quantize_step
@@ -51,13 +52,42 @@ def scores_of(model):
     axis %= 4
     if axis not in (1, 3):
         raise CamInferError(f"the model's ArgMax is over axis {axis} of {dims}, not over its classes")
-    kind, node = "logits", value.get_node()
+    return value, axis, _kind(value, axis), argmax
+
+
+def _kind(value, class_axis: int | None) -> str:
+    """softmax, sigmoid or logits: the activation the scores pass through after the classifier, if any. A Softmax
+    over another axis than the classes' (followed back through Transposes), or one whose probabilities are
+    scaled or shifted after it, is refused."""
+    node, changed = value.get_node(), []
     while node.get_type_name() in TAIL and node.get_input_size():
-        if node.get_type_name() in ("Softmax", "SoftMax", "Sigmoid"):
-            kind = "sigmoid" if node.get_type_name() == "Sigmoid" else "softmax"
-            break
+        kind = node.get_type_name()
+        if kind in ("Softmax", "SoftMax", "Sigmoid"):
+            if changed:
+                raise CamInferError(f"the model's class scores are its {kind}'s output changed by a {changed[0]}: "
+                                    "not probabilities or logits")
+            if kind != "Sigmoid":
+                shape = node.get_input_partial_shape(0)
+                dims = None if shape.rank.is_dynamic else [d.get_length() if d.is_static else None for d in shape]
+                axis = node.get_attributes().get("axis", 1)
+                check_class_softmax(None if dims is None else axis % len(dims), dims, "the class scores", class_axis)
+            return "sigmoid" if kind == "Sigmoid" else "softmax"
+        if kind in ("Add", "Multiply", "Subtract") and not _dequantizes(node):
+            changed.append(kind)
+        if kind == "Transpose" and class_axis is not None:
+            perm = node.input_value(1).get_node()
+            order = [int(v) for v in np.ravel(perm.get_data())] if perm.get_type_name() == "Constant" else []
+            class_axis = order[class_axis] if class_axis < len(order) else None
         node = node.input_value(0).get_node()
-    return value, axis, kind, argmax
+    return "logits"
+
+
+def _dequantizes(node) -> bool:
+    """Whether an Add/Multiply/Subtract is part of a dequantization: its data input comes from a Convert of an
+    integer tensor (through the other steps of the same dequantization)."""
+    while node.get_type_name() in ("Multiply", "Subtract", "Add"):
+        node = node.input_value(0).get_node()
+    return node.get_type_name() == "Convert" and node.input_value(0).get_element_type().is_integral()
 
 
 def split_openvino_file(path, layer: str = "auto", out=None, **options):
@@ -110,8 +140,11 @@ def split_openvino_segmenter(path, layer: str = "auto", out=None, *, preprocessi
         raise CamInferError("give an output folder for the bundle (--out)")
     path = Path(path)
     model = _read(path) if model is None else model
+    check_one_output([r.get_friendly_name() for r in model.get_results()])
     spec = _input_spec(model, layout)
     scores, axis, kind, argmax = scores_of(model)
+    dims = [d.get_length() if d.is_static else -1 for d in scores.get_partial_shape()]
+    check_scores_size(dims[2:] if axis == 1 else dims[1:3], spec.size, model.get_results()[0].get_friendly_name())
     prep = preprocessing_for(spec, without_crop(preprocessing), None)
     op_map, layouts = _ops(model), _layouts(model, spec)
     graph = OpenVinoGraph(model, spec)

@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import CamInferError
 from ..images import Preprocessing
 from ..version import __version__
-from .anatomy import check_classifier_output
+from .anatomy import VALUE_CHANGING, check_class_softmax, check_classifier_output, check_one_output, check_score_op
 from .graph import InputSpec
 from .manifest import FORMAT, FORMAT_VERSION, Bundle, sha256_of
 from .openvino_tokens import token_cut
@@ -36,6 +36,10 @@ LAYOUT_KEEPING = {"Convert", "FakeQuantize", "Add", "Multiply", "Subtract", "Div
                   "Sigmoid", "HSigmoid", "HSwish", "Swish", "Tanh", "Elu", "Gelu", "Mish", "Maximum", "Minimum",
                   "Power", "SoftPlus", "Pad", "Interpolate"}
 SCORE_PASS = {"Convert", "FakeQuantize", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Result"}
+# OpenVINO's names of the ONNX ops `anatomy.check_score_op` knows.
+ONNX_NAMES = {"Multiply": "Mul", "Divide": "Div", "Subtract": "Sub", "Power": "Pow", "Clamp": "Clip",
+              "Negative": "Neg", "Maximum": "Max", "Minimum": "Min", "StridedSlice": "Slice", "VariadicSplit": "Split",
+              "HSigmoid": "HardSigmoid"}
 
 
 @dataclass(frozen=True)
@@ -142,15 +146,7 @@ def _spatial(model_ops: dict, out: _Output, layouts: dict) -> int:
 
 
 def _ancestors(op) -> set[str]:
-    seen, stack = set(), [op]
-    while stack:
-        node = stack.pop()
-        name = node.get_friendly_name()
-        if name in seen:
-            continue
-        seen.add(name)
-        stack.extend(v.get_node() for v in node.input_values())
-    return seen
+    return {node.get_friendly_name() for node in _ancestors_ops(op)}
 
 
 def _feature_region(model, ops: dict, layouts: dict) -> set[str] | None:
@@ -195,10 +191,18 @@ def _score_output(model):
     while True:
         kind = node.get_type_name()
         if kind == "Softmax":
+            shape = node.get_input_partial_shape(0)
+            dims = None if shape.rank.is_dynamic else [d.get_length() if d.is_static else None for d in shape]
+            axis = node.get_attributes().get("axis", 1)
+            check_class_softmax(None if dims is None else axis % len(dims), dims, result.get_friendly_name())
             if any(k in ("FakeQuantize", "Convert") for k in passed):
                 return node.input_value(0), tuple(reversed(passed + ["Softmax"])), dequantize, False
             return value, (), dequantize, True
+        if kind == "Transpose" and _constant(node.input_value(1)) is not None and \
+                int(np.ravel(_constant(node.input_value(1)))[0]) != 0:
+            check_score_op(kind, result.get_friendly_name(), moves_batch=True)
         if kind not in SCORE_PASS or not node.get_input_size():
+            check_score_op(ONNX_NAMES.get(kind, kind), result.get_friendly_name(), _softmax_behind(node))
             return value, (), dequantize, False
         if kind == "FakeQuantize" and dequantize is None and value.get_element_type().get_type_name() in ("u8", "i8"):
             limits = [_constant(node.input_value(i)) for i in range(1, 5)]
@@ -206,6 +210,28 @@ def _score_output(model):
                 dequantize = tuple(float(np.max(v)) for v in limits)
         passed.append(kind)
         node = node.input_value(0).get_node()
+
+
+def _softmax_behind(node) -> bool:
+    """Whether a Softmax makes `node`'s input through ops that only change values (OpenVINO's ops)."""
+    while True:
+        kind = node.get_type_name()
+        if kind == "Softmax":
+            return True
+        if ONNX_NAMES.get(kind, kind) not in VALUE_CHANGING | {"Log"} and kind not in SCORE_PASS:
+            return False
+        inputs = [node.input_value(i) for i in range(node.get_input_size()) if not _is_constant(node.input_value(i))]
+        if len(inputs) != 1:
+            return False
+        node = inputs[0].get_node()
+
+
+def _is_constant(value) -> bool:
+    """A Constant, or one converted (a compressed model's f16 weights)."""
+    node = value.get_node()
+    while node.get_type_name() == "Convert":
+        node = node.input_value(0).get_node()
+    return node.get_type_name() == "Constant"
 
 
 def split_openvino(path, layer: str = "auto", out=None, *, input_size=None, preprocessing=None, labels=None,
@@ -219,6 +245,7 @@ def split_openvino(path, layer: str = "auto", out=None, *, input_size=None, prep
         raise CamInferError("give an output folder for the bundle (--out)")
     path = Path(path)
     model = _read(path) if model is None else model
+    check_one_output([r.get_friendly_name() for r in model.get_results()])
     spec = _input_spec(model, layout)
     result_shape = model.get_results()[0].get_output_partial_shape(0)
     check_classifier_output(tuple(d.get_length() if d.is_static else "?" for d in result_shape),
@@ -351,7 +378,7 @@ def _cut(model, spec: InputSpec, target: _Output, logits, prep: Preprocessing, b
     # features: a new float32 NCHW Parameter, adapted to what the model takes, then the model up to the target
     f_model = model.clone()
     f_ops = _ops(f_model)
-    image = _image_input(f_model, f_ops, spec, prep, batch)
+    image = _image_input(f_ops, spec, prep, batch)
     act = f_ops[target.op].output(target.index)
     if nhwc is None:
         nhwc = _layouts(model, spec).get(target) == "NHWC"
@@ -404,7 +431,7 @@ def float_output(model_ops: dict, out):
     return end
 
 
-def _image_input(model, model_ops: dict, spec: InputSpec, prep: Preprocessing, batch: int):
+def _image_input(model_ops: dict, spec: InputSpec, prep: Preprocessing, batch: int):
     """A new float32 NCHW image Parameter in place of `model`'s input, adapted to the layout and dtype it takes."""
     import openvino.opset13 as ops
 

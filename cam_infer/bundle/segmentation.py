@@ -25,7 +25,8 @@ from onnx import helper, numpy_helper
 
 from ..errors import CamInferError
 from .skip_cut_set import skip_cut_set, split_at_cut_set
-from .anatomy import quantization_of, tensor_layouts
+from .anatomy import check_class_softmax, check_one_output, check_scores_size, quantization_of, softmax_axis, \
+    softmax_behind, tensor_layouts
 from .cut import extract
 from .graph import INTEGER_TYPES, Graph, load_onnx
 from .layers import TargetLayer, find_target_layer, is_cut_point, resolve_cut, _target
@@ -71,7 +72,11 @@ def is_segmenter(model: onnx.ModelProto) -> bool:
     dims = [d.dim_value if d.HasField("dim_value") else None for d in output.type.tensor_type.shape.dim]
     if len(dims) == 4:
         return sum(d not in (1, None) for d in dims[1:]) >= 2          # not a classifier's (N,C,1,1)
-    return len(dims) == 3 and any(n.op_type == "ArgMax" and output.name in n.output for n in model.graph.node)
+    producer = {out: n for n in model.graph.node for out in n.output}
+    name = output.name
+    while name in producer and producer[name].op_type in PASS_THROUGH and producer[name].input:
+        name = producer[name].input[0]                                 # an ArgMax's ids cast to float
+    return len(dims) == 3 and name in producer and producer[name].op_type == "ArgMax"
 
 
 def segmentation_output(graph: Graph) -> SegmentationOutput:
@@ -95,9 +100,11 @@ def segmentation_output(graph: Graph) -> SegmentationOutput:
     layout = _layout(graph, name, shape, axis)
     classes = shape[1] if layout == "NCHW" else shape[3]
     size = (shape[2], shape[3]) if layout == "NCHW" else (shape[1], shape[2])
-    if classes < 2 and _kind(graph, name) != "sigmoid":
+    check_scores_size(size, graph.input_spec.size, source)
+    kind = _kind(graph, name, 1 if layout == "NCHW" else 3, source)
+    if classes < 2 and kind != "sigmoid":
         raise CamInferError(f"the model output '{source}' has {classes} class channel: cannot read it as class scores")
-    return SegmentationOutput(name, source, _kind(graph, name), layout, int(classes), size, argmax)
+    return SegmentationOutput(name, source, kind, layout, int(classes), size, argmax)
 
 
 def _layout(graph: Graph, tensor: str, shape: tuple, argmax_axis: int | None) -> str:
@@ -121,16 +128,24 @@ def _layout(graph: Graph, tensor: str, shape: tuple, argmax_axis: int | None) ->
     return fits[0]
 
 
-def _kind(graph: Graph, tensor: str) -> str:
-    """softmax, sigmoid or logits: the activation the scores pass through after the classifier, if any."""
+def _kind(graph: Graph, tensor: str, class_axis: int | None, source: str) -> str:
+    """softmax, sigmoid or logits: the activation the scores pass through after the classifier, if any; a Softmax
+    over another axis than the classes' (`class_axis` of `tensor`, followed back through Transposes) is refused."""
     name = tensor
     while name in graph.producer:
         node = graph.nodes[graph.producer[name]]
         if node.op_type == "Softmax":
+            check_class_softmax(softmax_axis(graph, node), graph.info(node.input[0]).shape, source, class_axis)
             return "softmax"
+        if node.op_type == "Transpose" and class_axis is not None:
+            perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), [])
+            class_axis = perm[class_axis] if class_axis < len(perm) else None
         if node.op_type in ("Sigmoid", "QLinearSigmoid"):
             return "sigmoid"
         if node.op_type not in TAIL or not node.input:
+            if node.op_type != "Log" and softmax_behind(graph, node):
+                raise CamInferError(f"the model output '{source}' is its Softmax's probabilities changed by a "
+                                    f"{node.op_type}: not probabilities or logits per pixel")
             return "logits"
         name = node.input[0]
     return "logits"
@@ -209,6 +224,7 @@ def split_segmenter(model: "str | os.PathLike | onnx.ModelProto", layer: str = "
         raise CamInferError("give an output folder for the bundle (--out)")
     source = Path(model) if isinstance(model, (str, os.PathLike)) else None
     proto = load_onnx(source) if source else model
+    check_one_output([o.name for o in proto.graph.output])
     output = segmentation_output(Graph.from_model(proto, input_size, layout))
     graph = Graph.from_model(scores_model(proto, Graph.from_model(proto, input_size, layout), output), input_size,
                              layout)

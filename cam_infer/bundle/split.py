@@ -21,7 +21,7 @@ import onnx
 
 from ..errors import CamInferError
 from ..images import Preprocessing
-from .anatomy import check_classifier_output, declared_image_size, score_output
+from .anatomy import check_class_scores, check_classifier_output, check_one_output, declared_image_size, score_output
 from .cut import extract
 from .graph import INTEGER_TYPES, Graph, InputSpec, load_onnx
 from .layers import TargetLayer, find_target_layer
@@ -53,6 +53,7 @@ def split_onnx(model: "str | os.PathLike | onnx.ModelProto", layer: str = "auto"
         model = load_onnx(source)
     _check_declared_output(model)
     graph = Graph.from_model(model, input_size, layout)
+    check_class_scores(graph)
     spec = graph.input_spec
     target = find_target_layer(graph, layer)
     prep = preprocessing_for(spec, preprocessing, input_size)
@@ -68,6 +69,7 @@ def split_onnx(model: "str | os.PathLike | onnx.ModelProto", layer: str = "auto"
 
 def _check_declared_output(model: onnx.ModelProto) -> None:
     """Refuse a model whose declared output is not (N,C) before anything else (a detector's (N,22,2100))."""
+    check_one_output([o.name for o in model.graph.output])
     output = model.graph.output[0]
     dims = output.type.tensor_type.shape.dim
     if dims:

@@ -1,7 +1,7 @@
 """`cam-infer fuse` for a detector: the model itself plus an output ``saliency`` (N,H,W) in [0,1], the
 class-agnostic map of `activation` or `eigen` over every cut level, combined as the explainer combines
 them (each level's map ReLU'd and min–max'd, resampled bilinearly (half-pixel) to the finest level's grid,
-averaged, upsampled to the input).
+averaged, upsampled to the input, and min–max'd again: the map explain draws).
 The detections come out of ``output0`` as before; the map is the same for each of them. The per-level
 maps come from the classifiers' ONNX builders (`cam_infer.methods`), one level at a time.
 
@@ -53,7 +53,7 @@ def fuse_detector(bundle: Bundle, method: str = "eigen", *, check: bool = True, 
         levels.append(normalised if tuple(level["shape"][1:]) == finest else resized(b, normalised, finest))
     total = levels[0] if len(levels) == 1 else b.op("Sum", *levels, hint="levels")
     mean = b.op("Mul", total, b.const(1.0 / len(levels)), hint="mean")
-    b.op("Identity", resized(b, mean, (h, w)), outputs=[OUTPUT])
+    _normalised(b, resized(b, mean, (h, w)), OUTPUT)              # as the explainer normalises the combined map
     model.graph.node.extend(b.nodes)
     model.graph.initializer.extend(b.initializers)
     model.graph.output.append(helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["N", h, w]))
@@ -88,6 +88,7 @@ def fused_detector_error(model: onnx.ModelProto, bundle: Bundle, method: str, op
     from ..fuse.assemble import fused_outputs
     from .context import DetectionContext
     from ..methods import get_method
+    from ..postprocess import normalise
     ex = Explainer(bundle, backend="onnxruntime")
     x = random_images(bundle.preprocessing, 2, seed=5)
     outputs = fused_outputs(model, {bundle.input_name: x}, batch=bundle.call_batch)
@@ -97,6 +98,7 @@ def fused_detector_error(model: onnx.ModelProto, bundle: Bundle, method: str, op
     worst = float(np.abs(output - ex.backend.head(packed)).max()) / max(1.0, float(np.abs(output).max()))
     for i in range(len(x)):
         ctx = DetectionContext(ex, x[i:i + 1], packed[i], output[i])
-        expected = get_method(method).implementation("detection")(ctx, [None], **options)[0]
+        raw = get_method(method).implementation("detection")(ctx, [None], **options)[0]
+        expected = normalise(np.asarray(raw, np.float32)[None])[0][0]             # the map explain draws
         worst = max(worst, float(np.abs(saliency[i] - expected).max()))
     return worst

@@ -38,7 +38,7 @@ def explain_detection_files(explainer: Explainer, paths, methods: list[str], out
     check_overlays(overlays)
     check_on(on)
     per_method = options_per_method(methods, options or {}, "detection")
-    explainer.task.thresholds(conf, iou, None)
+    conf, iou, _ = explainer.task.thresholds(conf, iou, None)      # recorded as they run: the bundle's by default
     for c in classes or []:                      # an unknown class is refused before the run, not on its first image
         class_index(c, explainer.labels, explainer.bundle.num_classes)
     runner = make_runner(workers, ray, threads)

@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ..bundle.anatomy import check_one_output
 from ..bundle.cut import _subgraph
 from ..bundle.graph import Graph, load_onnx, make_tensor_value_info
 from ..bundle.manifest import FORMAT, FORMAT_VERSION, Bundle
@@ -55,10 +56,12 @@ def split_detector(model, out, *, cut="detect-input", input_size_hw: tuple[int, 
     check_thresholds(**{**DEFAULTS, **thresholds})
     source = Path(model) if isinstance(model, (str, os.PathLike)) else None
     proto = load_onnx(model) if source else model
+    check_one_output([o.name for o in proto.graph.output])
     size = input_size(proto, input_size_hw)
     proto = with_input_size(proto, size)
     graph = Graph.from_model(proto, size)
     classes, anchors = output_layout(graph, size)
+    check_dynamic_batch(proto)
     tensors = cut_tensors(graph, cut, size[0])
     levels = [level_record(graph, t, size[0]) for t in tensors]
     strides = list(anchor_levels(size, anchors).strides)
@@ -73,6 +76,25 @@ def split_detector(model, out, *, cut="detect-input", input_size_hw: tuple[int, 
                                   cut, receptive, verification, source, {**DEFAULTS, **thresholds}, branches)
     return write_onnx_bundle(Path(out), features, head, manifest, overwrite,
                              {f"branch_{i}": model for i, (model, _) in branches.items()})
+
+
+def check_class_rows(scores: np.ndarray) -> None:
+    """Refuse class rows that are not probabilities (an export without the Sigmoid on its class scores): NMS
+    thresholds and the records read them as confidences in [0, 1]."""
+    low, high = float(scores.min()), float(scores.max())
+    if low < 0.0 or high > 1.0:
+        raise CamInferError(f"the detector's class rows hold values from {low:.3g} to {high:.3g}, not probabilities in "
+                            "[0, 1]: cam-infer reads Ultralytics' (N, 4+C, anchors) output, whose class scores "
+                            "pass through a Sigmoid")
+
+
+def check_dynamic_batch(model: onnx.ModelProto) -> None:
+    """Refuse a detector exported with a fixed batch: its graph reshapes to that batch (an Ultralytics static
+    export's Reshape to (1, 4+C, n)), so it cannot run the batches the package sends."""
+    dim = model.graph.input[0].type.tensor_type.shape.dim
+    if dim and dim[0].HasField("dim_value") and dim[0].dim_value > 0:
+        raise CamInferError(f"the detector's input has a fixed batch of {dim[0].dim_value}: cam-infer runs detectors "
+                            "at any batch; export it with a dynamic batch (Ultralytics: dynamic=True)")
 
 
 def with_input_size(model: onnx.ModelProto, size: tuple[int, int]) -> onnx.ModelProto:
@@ -139,6 +161,7 @@ def verify_detector(source: onnx.ModelProto, features: onnx.ModelProto, head: on
     for n in (1, 3):
         x = random_images(prep, n, seed=n)
         expected = full.run(None, {full.get_inputs()[0].name: x})[0]
+        check_class_rows(expected[:, 4:])
         got = hd.run(None, {PACKED: feat.run(None, {feat.get_inputs()[0].name: x})[0]})[0]
         diff = float(np.abs(got - expected).max())
         if diff > 1e-3 * max(1.0, float(np.abs(expected).max())):

@@ -68,7 +68,8 @@ def _per_image(rows) -> dict:
 
 
 def _drifted(rows, per_image: dict) -> list[dict]:
-    """Images by the mean Spearman of their methods' maps, lowest (most drifted) first."""
+    """Images by the mean Spearman of their methods' maps, lowest (most drifted) first; an image whose maps are
+    the same on A and B (Spearman 1 for every method) and whose top-1 is too has not drifted, and is left out."""
     values: dict = {}
     for row in rows:
         values.setdefault(row["image"], {})[row["method"]] = {**{k: row[k] for k in SIMILARITIES}, "pair": row["pair"]}
@@ -76,7 +77,8 @@ def _drifted(rows, per_image: dict) -> list[dict]:
             for image, by_method in values.items()}
     return [{"image": image, "spearman": mean[image], "top1_a": per_image[image]["top1_a"],
              "top1_b": per_image[image]["top1_b"], "methods": values[image]}
-            for image in sorted(values, key=lambda image: (mean[image], image))]
+            for image in sorted(values, key=lambda image: (mean[image], image))
+            if mean[image] < 1.0 or per_image[image]["top1_a"] != per_image[image]["top1_b"]]
 
 
 def _mean(values) -> dict:
@@ -106,7 +108,8 @@ def write_html(out: Path, summary: dict, grid: int, label=str) -> Path:
                      f"</td></tr>" for pair, d in summary["paired_spearman"].items())
     paired = (f"<h2>Paired comparisons of Spearman (method 1 − method 2, per image)</h2><table><tr><th>pair</th>"
               f"<th>mean [95 % interval]</th><th>real difference</th></tr>{paired}</table>" if paired else "")
-    drifted = "".join(_drifted_row(out, d, methods, label) for d in summary["drifted"][:grid])
+    drifted = "".join(_drifted_row(out, d, methods, label) for d in summary["drifted"][:grid]) or \
+        f"<tr><td colspan={len(methods) + 2}>none: every image's maps and top-1 are the same on A and B</td></tr>"
     errors = (f"<p class=err>{len(summary['errors'])} image(s) could not be read and were skipped "
               f"(listed in {ERRORS_NAME}).</p>" if summary["errors"] else "")
     sides = "".join(f"<li><b>{side.upper()}</b>: {html.escape(protocol[side]['model'])} · "

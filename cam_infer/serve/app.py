@@ -360,7 +360,7 @@ def one_map(outputs: dict) -> dict:
 
 def explanation_json(served, outputs: dict, rgb: np.ndarray, overlay: str | None, method: str) -> dict:
     """The /explain answer: the class, its label and probability (a class-agnostic map: none, and the model's
-    top-1 as ``predicted_*``), the low-resolution map, and (overlay=png) the overlay over the sent image as
+    top-1 as ``predicted_*``), whether the map is degenerate (flat: all zeros), the low-resolution map, and (overlay=png) the overlay over the sent image as
     base64 PNG."""
     from ..methods.registry import class_agnostic
     from ..numerics import probabilities_of
@@ -373,6 +373,7 @@ def explanation_json(served, outputs: dict, rgb: np.ndarray, overlay: str | None
     label = bundle.label(class_id) if bundle.labels else None
     answer = {"method": method, "precision": served.precision,
               **class_fields(class_id, label, round(probability, 6), agnostic),
+              "degenerate": bool(saliency.max() <= 0.0),          # the graph's normalisation zeroes a flat map
               "map": {"shape": list(saliency.shape), "data": np.round(saliency.astype(np.float64), 4).tolist()}}
     if overlay not in (None, "", "none", "png"):
         raise ProtocolError(f"overlay must be 'png' or 'none', not {overlay!r}")
