@@ -50,8 +50,9 @@ def classifier(path, tail, tail_inits=(), outputs=("scores",)):
                  [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs])
 
 
-def segmenter(path, tail, tail_inits=(), up=2.0):
-    """conv → relu → strided conv 'feat' → 1×1 conv to 4 classes → Resize ×`up` → 'up', then `tail` → 'scores'."""
+def segmenter(path, tail, tail_inits=(), up=2.0, classes=4, size=32):
+    """conv → relu → strided conv 'feat' → 1×1 conv to `classes` → Resize ×`up` → 'up', then `tail` → 'scores';
+    a `size`² input."""
     nodes = [helper.make_node("Conv", ["image", "w1", "b1"], ["c1"], pads=[1] * 4),
              helper.make_node("Relu", ["c1"], ["r1"]),
              helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1] * 4, strides=[2, 2]),
@@ -59,10 +60,11 @@ def segmenter(path, tail, tail_inits=(), up=2.0):
              helper.make_node("Conv", ["feat", "wc", "bc"], ["cls"]),
              helper.make_node("Resize", ["cls", "roi", "sc"], ["up"], mode="linear"), *tail]
     inits = [_weight("w1", 8, 3, 3, 3), _weight("b1", 8, scale=0.1), _weight("w2", 16, 8, 3, 3),
-             _weight("b2", 16, scale=0.1), _weight("wc", 4, 16, 1, 1, scale=1.0), _weight("bc", 4, scale=0.1),
+             _weight("b2", 16, scale=0.1), _weight("wc", classes, 16, 1, 1, scale=1.0),
+             _weight("bc", classes, scale=0.1),
              _const("sc", np.array([1, 1, up, up], np.float32)), _const("roi", np.zeros(0, np.float32)),
              *tail_inits]
-    return _save(path, nodes, inits, [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 32, 32])],
+    return _save(path, nodes, inits, [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, size, size])],
                  [helper.make_tensor_value_info("scores", TensorProto.FLOAT, None)])
 
 
@@ -157,9 +159,10 @@ def test_a_segmenter_ending_in_class_ids_cast_to_float_is_recognised(tmp_path):
     assert is_segmenter(onnx.load(path))
 
 
-def detector(path, batch, sigmoid=True):
-    """Three strided convolutions, a 1×1 head per level to 4 + 3 rows, concatenated to (N, 7, 84) for a 64×64 input
-    (8² + 4² + 2² anchors): boxes squashed to pixels, class rows through a Sigmoid or not."""
+def detector(path, batch, sigmoid=True, rows=7, anchors_first=False):
+    """Three strided convolutions, a 1×1 head per level to 4 + C `rows`, concatenated to (N, rows, 84) for a 64×64
+    input (8² + 4² + 2² anchors): boxes squashed to pixels, class rows through a Sigmoid or not; `anchors_first`:
+    transposed to (N, 84, rows), YOLOv5's layout."""
     nodes, inits, x, cin = [], [], "images", 3
     for i, cout in enumerate([8, 16, 16, 32, 32]):
         inits += [_weight(f"w{i}", cout, cin, 3, 3), _weight(f"b{i}", cout, scale=0.1)]
@@ -167,19 +170,22 @@ def detector(path, batch, sigmoid=True):
                   helper.make_node("Relu", [f"c{i}"], [f"r{i}"])]
         x, cin = f"r{i}", cout
     for level, (source, channels, n) in enumerate([("r2", 16, 64), ("r3", 32, 16), ("r4", 32, 4)]):
-        inits += [_weight(f"hw{level}", 7, channels, 1, 1), _weight(f"hb{level}", 7, scale=0.1),
-                  _const(f"hs{level}", np.array([0 if batch is None else batch, 7, n]))]
+        inits += [_weight(f"hw{level}", rows, channels, 1, 1), _weight(f"hb{level}", rows, scale=0.1),
+                  _const(f"hs{level}", np.array([0 if batch is None else batch, rows, n]))]
         nodes += [helper.make_node("Conv", [source, f"hw{level}", f"hb{level}"], [f"h{level}"]),
                   helper.make_node("Reshape", [f"h{level}", f"hs{level}"], [f"p{level}"])]
-    inits += [_const("split", np.array([4, 3])), _const("size", np.float32(32.0))]
+    inits += [_const("split", np.array([4, rows - 4])), _const("size", np.float32(32.0))]
     nodes += [helper.make_node("Concat", ["p0", "p1", "p2"], ["raw"], axis=2),
               helper.make_node("Split", ["raw", "split"], ["box", "cls"], axis=1),
               helper.make_node("Sigmoid", ["box"], ["unit"]), helper.make_node("Mul", ["unit", "size"], ["pixels"]),
               helper.make_node("Sigmoid" if sigmoid else "Identity", ["cls"], ["classes"]),
-              helper.make_node("Concat", ["pixels", "classes"], ["output0"], axis=1)]
+              helper.make_node("Concat", ["pixels", "classes"], ["rows" if anchors_first else "output0"], axis=1)]
+    if anchors_first:
+        nodes.append(helper.make_node("Transpose", ["rows"], ["output0"], perm=[0, 2, 1]))
     dim = "N" if batch is None else batch
+    shape = [dim, 84, rows] if anchors_first else [dim, rows, 84]
     return _save(path, nodes, inits, [helper.make_tensor_value_info("images", TensorProto.FLOAT, [dim, 3, 64, 64])],
-                 [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [dim, 7, 84])])
+                 [helper.make_tensor_value_info("output0", TensorProto.FLOAT, shape)])
 
 
 @pytest.mark.parametrize("batch, sigmoid, message", [
@@ -193,3 +199,31 @@ def test_a_detector_exported_with_a_fixed_batch_or_raw_class_logits_is_refused(b
     with pytest.raises(CamInferError, match=re.escape(message)):
         split_detector(path, tmp_path / "b", cut="r2,r3,r4")
     split_detector(detector(tmp_path / "ok.onnx", None), tmp_path / "ok", cut="r2,r3,r4")   # the same, as exported
+
+
+def test_a_yolov5_layout_whose_sizes_happen_to_read_as_ultralytics_is_refused_by_its_strides(tmp_path):
+    """(N, 84 anchors, 85 = 4 + 1 + 80): read as (N, 4+C, anchors), 85 anchors would need a stride-64 level that
+    no cut map has."""
+    from cam_infer.detection.split import split_detector
+
+    path = detector(tmp_path / "v5.onnx", None, rows=85, anchors_first=True)
+    with pytest.raises(CamInferError, match="no map at stride 64"):
+        split_detector(path, tmp_path / "b", cut="r2,r3,r4")
+
+
+@pytest.mark.parametrize("nhwc", [False, True])
+def test_an_ir_segmenter_whose_classes_equal_its_height_and_width_is_read_in_the_layout_its_ops_give(tmp_path, nhwc):
+    """16 classes on a 16×16 input: both readings of (1,16,16,16) fit; the ops say which, on IR as on ONNX, and the
+    split reproduces the model."""
+    import openvino as ov
+    from cam_infer.bundle.openvino_segmentation import split_openvino_segmenter
+    from cam_infer.bundle.segmentation import split_segmenter
+
+    tail = [helper.make_node("Transpose", ["up"], ["scores"], perm=[0, 2, 3, 1])] if nhwc else \
+        [helper.make_node("Identity", ["up"], ["scores"])]
+    path = segmenter(tmp_path / "s.onnx", tail, classes=16, size=16)
+    ov.save_model(ov.convert_model(str(path)), str(tmp_path / "s.xml"))
+    for bundle in (split_segmenter(path, out=tmp_path / "onnx", preprocessing={"crop": "none"}),
+                   split_openvino_segmenter(tmp_path / "s.xml", out=tmp_path / "ir", preprocessing={"crop": "none"})):
+        assert bundle.manifest["output"]["model_layout"] == ("NHWC" if nhwc else "NCHW")
+        assert bundle.manifest["output"]["num_classes"] == 16

@@ -449,3 +449,72 @@ def test_attention_names_shared_across_the_cut_read_each_blocks_own_attention(tm
     expected = Explainer(plain, backend="onnxruntime").explain(x, "rollout").maps
     got = Explainer(Bundle.load(tmp_path / "clash"), backend="onnxruntime").explain(x, "rollout").maps
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_a_class_token_put_after_the_patches_is_refused_not_read_as_the_first_token(tmp_path, dynamo):
+    """The head reads token −1: taking token 0 as the class token would shift every map by one patch."""
+    from tiny_transformers import export_tiny
+    path = export_tiny("vit-class-last", tmp_path / "last.onnx", dynamo=dynamo)
+    with pytest.raises(CamInferError, match="the head reads token\\(s\\) 64 of 65"):
+        split_onnx(path, "auto", tmp_path / "b")
+
+
+def test_registers_before_a_pooled_head_are_no_class_token_for_rollout_and_vit_recipro(tmp_path):
+    """Four register tokens and a head that averages the patch tokens: split records no class token; the methods
+    that read one refuse, the others explain (recipro against the brute force: each patch alone kept)."""
+    import torch
+    from cam_infer import Explainer
+    from tiny_transformers import build_tiny, export_tiny
+    bundle = split_onnx(export_tiny("vit-registers-pooled", tmp_path / "reg.onnx"), "auto", tmp_path / "b")
+    assert bundle.tokens.prefix == 4 and not bundle.tokens.class_token
+    assert bundle.manifest["activation"]["tokens"]["class_token"] is False
+    explainer = Explainer(bundle, backend="onnxruntime")
+    x = explainer.preprocess(images_for(bundle))
+    for method in ("rollout", "vit-recipro"):
+        with pytest.raises(CamInferError, match="head pools its patch tokens"):
+            explainer.explain(x, method)
+    e = explainer.explain(x[:1], "recipro")
+    model, c = build_tiny("vit-registers-pooled"), int(e.targets[0])
+    with torch.no_grad():
+        t = model.patch_embed(torch.as_tensor(x[:1])).flatten(2).transpose(1, 2)
+        t = torch.cat([model.cls_token, t], 1) + model.pos
+        stream = torch.nn.Sequential(*model.blocks[:-1])(t)             # the last block's input: the cut
+        expected = np.empty(64, np.float32)
+        for k in range(64):
+            kept = stream.clone()
+            kept[:, 4:] = 0
+            kept[:, 4 + k] = stream[:, 4 + k]
+            u = model.norm(model.blocks[-1](kept))
+            expected[k] = torch.softmax(model.head(u[:, 4:].mean(1)), -1)[0, c]
+    np.testing.assert_allclose(e.maps[0].ravel(), expected, atol=2e-5)
+
+
+@pytest.mark.parametrize("bias, refused", [(0.0, False), ("random", True)])
+def test_a_constant_added_to_the_attention_logits_is_merged_only_where_it_is_one_value(tmp_path, bias, refused):
+    """A dynamo export of a Hugging Face ViT adds its folded all-zero attention mask, (1,1,T,T), to the logits: one
+    value everywhere, so vit-recipro's merged tokens stand for the zeroed ones as without it. A bias that differs
+    over the positions (a relative position bias) is refused."""
+    from onnx import numpy_helper
+    from cam_infer import Explainer
+    from tiny_transformers import export_tiny
+    model = onnx.load(export_tiny("vit", tmp_path / "vit.onnx"))
+    values = np.full((1, 1, 65, 65), bias, np.float32) if bias == 0.0 else \
+        np.random.default_rng(0).standard_normal((1, 1, 65, 65)).astype(np.float32)
+    model.graph.initializer.append(numpy_helper.from_array(values, "mask"))
+    for node in [n for n in model.graph.node if n.op_type == "Softmax"]:
+        masked = node.input[0] + "__masked"
+        model.graph.node.insert(list(model.graph.node).index(node),
+                                onnx.helper.make_node("Add", [node.input[0], "mask"], [masked]))
+        node.input[0] = masked
+    onnx.save(model, tmp_path / "masked.onnx")
+    explainer = Explainer(split_onnx(tmp_path / "masked.onnx", "auto", tmp_path / "b"), backend="onnxruntime")
+    x = explainer.preprocess(images_for(explainer.bundle))
+    if refused:
+        with pytest.raises(CamInferError, match="a position bias"):
+            explainer.explain(x, "vit-recipro")
+        return
+    plain = Explainer(split_onnx(tmp_path / "vit.onnx", "auto", tmp_path / "p"), backend="onnxruntime")
+    reduced = explainer.explain(x, "vit-recipro").maps
+    np.testing.assert_allclose(reduced, explainer.explain(x, "vit-recipro", reduced=False).maps, atol=1e-5)
+    np.testing.assert_allclose(reduced, plain.explain(x, "vit-recipro").maps, atol=1e-5)

@@ -1,5 +1,6 @@
 """Tiny untrained transformers for the tests (built and exported per session, never stored): a ViT (class token),
-a DeiT-style model (class + distillation tokens, a non-square input) and a Swin-style one (no prefix, mean-pooled)."""
+a DeiT-style model (class + distillation tokens, a non-square input) and a Swin-style one (no prefix, mean-pooled);
+and two that are not read as a class-token ViT: the class token put last, registers with a pooled head."""
 import torch, torch.nn as nn
 
 class Block(nn.Module):
@@ -23,8 +24,12 @@ class Attn(nn.Module):
         return s.proj((a @ v).transpose(1, 2).reshape(B, T, D))
 
 class ViT(nn.Module):
-    def __init__(s, size=(64, 64), patch=8, d=32, depth=3, heads=2, classes=5, prefix=1):
+    """`readout`: "front" (the class token first, the head reads it; two prefix tokens: their mean), "last" (the
+    class token appended after the patches, the head reads token −1), "patches" (the prefix tokens are registers,
+    the head averages the patch tokens)."""
+    def __init__(s, size=(64, 64), patch=8, d=32, depth=3, heads=2, classes=5, prefix=1, readout="front"):
         super().__init__()
+        s.readout = readout
         s.patch_embed = nn.Conv2d(3, d, patch, patch)
         n = (size[0] // patch) * (size[1] // patch)
         s.prefix = prefix
@@ -34,8 +39,11 @@ class ViT(nn.Module):
         s.norm = nn.LayerNorm(d); s.head = nn.Linear(d, classes)
     def forward(s, x):
         t = s.patch_embed(x).flatten(2).transpose(1, 2)
-        t = torch.cat([s.cls_token.expand(x.shape[0], -1, -1), t], 1) + s.pos
+        prefix = s.cls_token.expand(x.shape[0], -1, -1)
+        t = (torch.cat([t, prefix], 1) if s.readout == "last" else torch.cat([prefix, t], 1)) + s.pos
         t = s.norm(s.blocks(t))
+        if s.readout != "front":
+            return s.head(t[:, -1] if s.readout == "last" else t[:, s.prefix:].mean(1))
         return s.head(t[:, 0] if s.prefix == 1 else t[:, :2].mean(1))
 
 class WindowAttn(nn.Module):
@@ -75,7 +83,9 @@ def export(model, path, size, dynamo=False):
                       dynamo=dynamo, opset_version=18 if dynamo else 17)
 
 MODELS = {"vit": (lambda: ViT(), (64, 64)), "deit": (lambda: ViT(size=(48, 80), prefix=2), (48, 80)),
-          "swin": (lambda: SwinLike(), (64, 64)), "swin-windows": (lambda: SwinLike(windowed=True), (64, 64))}
+          "swin": (lambda: SwinLike(), (64, 64)), "swin-windows": (lambda: SwinLike(windowed=True), (64, 64)),
+          "vit-class-last": (lambda: ViT(readout="last"), (64, 64)),
+          "vit-registers-pooled": (lambda: ViT(prefix=4, readout="patches"), (64, 64))}
 
 
 def build_tiny(name: str) -> nn.Module:

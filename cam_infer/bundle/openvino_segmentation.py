@@ -30,8 +30,10 @@ TAIL = {"FakeQuantize", "Interpolate", "Transpose", "Convert", "Add", "Multiply"
         "Softmax", "SoftMax"}
 
 
-def scores_of(model):
-    """(the scores' op output, their class axis, kind, ends in an ArgMax) of a segmenter, or a one-line refusal."""
+def scores_of(model, spec=None):
+    """(the scores' op output, their class axis, kind, ends in an ArgMax) of a segmenter, or a one-line refusal.
+    The class axis: the ArgMax's, else the layout the ops give (`spec`: the image input, to follow it), else the
+    one reading whose grid is the input's."""
     value = model.get_results()[0].input_value(0)
     node = value.get_node()
     while node.get_type_name() in IDS:
@@ -47,12 +49,27 @@ def scores_of(model):
         raise CamInferError(f"the model output is {shape}, not class scores per pixel (N,C,H,W) or (N,H,W,C) of a "
                             "fixed size: cannot read it as a segmenter")
     dims = [d.get_length() if d.is_static else -1 for d in shape]         # the batch may be dynamic
+    if axis is None and spec is not None:
+        axis = _class_axis(model, spec, value, dims)
     if axis is None:
         axis = 1 if dims[1] < dims[3] else 3
     axis %= 4
     if axis not in (1, 3):
         raise CamInferError(f"the model's ArgMax is over axis {axis} of {dims}, not over its classes")
     return value, axis, _kind(value, axis), argmax
+
+
+def _class_axis(model, spec, value, dims) -> int:
+    """1 or 3: from the layout the graph's ops give the scores, else from the one reading whose grid is the
+    input's; refused where both fit."""
+    known = _layouts(model, spec).get(_Output(value.get_node().get_friendly_name(), value.get_index()))
+    if known:
+        return 1 if known == "NCHW" else 3
+    fits = [axis for axis, grid in ((1, dims[2:]), (3, dims[1:3])) if tuple(grid) == tuple(spec.size)]
+    if len(fits) != 1:
+        raise CamInferError(f"cannot tell the class axis of the model output {dims} (input {spec.size[0]}x"
+                            f"{spec.size[1]}): its ops do not say, and both NCHW and NHWC readings fit")
+    return fits[0]
 
 
 def _kind(value, class_axis: int | None) -> str:
@@ -142,7 +159,7 @@ def split_openvino_segmenter(path, layer: str = "auto", out=None, *, preprocessi
     model = _read(path) if model is None else model
     check_one_output([r.get_friendly_name() for r in model.get_results()])
     spec = _input_spec(model, layout)
-    scores, axis, kind, argmax = scores_of(model)
+    scores, axis, kind, argmax = scores_of(model, spec)
     dims = [d.get_length() if d.is_static else -1 for d in scores.get_partial_shape()]
     check_scores_size(dims[2:] if axis == 1 else dims[1:3], spec.size, model.get_results()[0].get_friendly_name())
     prep = preprocessing_for(spec, without_crop(preprocessing), None)
@@ -161,7 +178,7 @@ def split_openvino_segmenter(path, layer: str = "auto", out=None, *, preprocessi
             head = ov.Model([ops.result(ops.transpose(end, ops.constant(np.array([0, 3, 1, 2], np.int64))))],
                             head.get_parameters(), "head")
         try:
-            verification = _verify(reference, spec, features, head, prep, batch_mode)
+            verification = _verify(reference, spec, features, head, prep, batch_mode, nhwc=axis == 3)
             break
         except _BatchFails:
             continue
@@ -214,8 +231,9 @@ def split_openvino_segmenter(path, layer: str = "auto", out=None, *, preprocessi
                                                                              compress_to_fp16=False), overwrite)
 
 
-def _verify(reference, spec, features, head, prep, batch_mode: str) -> dict:
-    """head(features(x)) against the model's scores (NCHW) on OpenVINO, batch 1 and 3, within one step of them."""
+def _verify(reference, spec, features, head, prep, batch_mode: str, nhwc: bool) -> dict:
+    """head(features(x)) against the model's scores (`nhwc`: made NCHW) on OpenVINO, batch 1 and 3, within one
+    step of them."""
     try:
         full = _compiled(reference)
         feat, hd = _compiled(features), _compiled(head)
@@ -225,8 +243,6 @@ def _verify(reference, spec, features, head, prep, batch_mode: str) -> dict:
         raise CamInferError(f"OpenVINO cannot compile this model or its split ({_message(exc)})") from None
     scores = reference.get_results()[0].input_value(0)
     step = fake_quantize_step(scores)
-    nhwc = reference.get_results()[0].get_output_partial_shape(0)[3].get_length() < \
-        reference.get_results()[0].get_output_partial_shape(0)[1].get_length()
     worst = 0.0
     for n in (1, 3):
         x = random_images(prep, n, seed=n)

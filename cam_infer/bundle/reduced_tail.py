@@ -46,7 +46,7 @@ def reduced_tail(head: onnx.ModelProto, tokens: int, prefix: int = 0) -> onnx.Mo
         raise CamInferError("vit-recipro found no attention Softmax in the head graph")
     for softmax in softmaxes:
         _check_last_axis(softmax)
-        _refuse_position_bias(graph, softmax, tokens)
+        _check_position_bias(graph, softmax, tokens)
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     if any(n.op_type == "Cast" for n in conversions) and opset < 15:
         raise CamInferError(f"vit-recipro opens reduced-precision transformers of opset 15 or later; this one has "
@@ -211,11 +211,13 @@ def _check_last_axis(softmax: onnx.NodeProto) -> None:
                             f"axis {axis}")
 
 
-def _refuse_position_bias(graph: onnx.GraphProto, softmax: onnx.NodeProto, tokens: int) -> None:
+def _check_position_bias(graph: onnx.GraphProto, softmax: onnx.NodeProto, tokens: int) -> None:
     """Refuse a constant added to the attention logits over the token positions, (..., T, T): a relative position
-    bias differs between the zeroed tokens the reduced tail merges into one, so no key bias can stand for them."""
-    constants = {i.name: tuple(i.dims) for i in graph.initializer}
-    constants.update({n.output[0]: tuple(a.t.dims) for n in graph.node if n.op_type == "Constant"
+    bias differs between the zeroed tokens the reduced tail merges into one, so no key bias can stand for them.
+    One with a single value everywhere (the all-zero mask a dynamo export folds in) is the same for every pair of
+    tokens: it is added as that scalar, which the reduced tail's S tokens broadcast."""
+    constants = {i.name: i for i in graph.initializer}
+    constants.update({n.output[0]: a.t for n in graph.node if n.op_type == "Constant"
                       for a in n.attribute if a.name == "value"})
     producer = {o: n for n in graph.node for o in n.output}
     frontier, seen = [softmax.input[0]], set()
@@ -224,9 +226,15 @@ def _refuse_position_bias(graph: onnx.GraphProto, softmax: onnx.NodeProto, token
         if node is None or node.name in seen or node.op_type not in ("Add", "Mul", "Div", "Cast", "CastLike"):
             continue
         seen.add(node.name)
-        for name in node.input:
-            shape = constants.get(name)
+        for k, name in enumerate(node.input):
+            shape = tuple(constants[name].dims) if name in constants else None
             if node.op_type == "Add" and shape is not None and len(shape) >= 2 and shape[-2:] == (tokens, tokens):
+                values = numpy_helper.to_array(constants[name])
+                if np.ptp(values) == 0:
+                    scalar = f"{name}__one_value"
+                    graph.initializer.append(numpy_helper.from_array(values.reshape(-1)[:1].reshape(()), scalar))
+                    node.input[k] = scalar
+                    continue
                 raise CamInferError(f"vit-recipro cannot run on this block: its attention adds '{name}' of shape "
                                     f"{list(shape)} over the {tokens} token positions (a position bias), which differs "
                                     "between the zeroed tokens the method merges; the other methods are not affected")

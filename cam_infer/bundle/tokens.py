@@ -36,12 +36,14 @@ MAX_PREFIX = 16          # class + distillation + registers; more is no prefix o
 @dataclass(frozen=True)
 class TokenLayout:
     """How a cut tensor of tokens is seen as a grid: `layout` ``tokens`` (N,T,D) or ``tokens-grid`` (N,h,w,D),
-    `prefix` tokens before the patch grid (h, w), `dim` D channels per token."""
+    `prefix` tokens before the patch grid (h, w), `dim` D channels per token; `class_token`: the head reads the
+    prefix tokens only (a class-token head), not the patch tokens (registers and a pooled head)."""
 
     layout: str
     prefix: int
     grid: tuple[int, int]
     dim: int
+    class_token: bool = True
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -73,11 +75,14 @@ class TokenLayout:
 
     def to_dict(self) -> dict:
         return {"layout": self.layout, "prefix_tokens": self.prefix, "grid": list(self.grid), "dim": self.dim,
+                "class_token": self.class_token,
                 "shape": list(self.shape)}
 
     @classmethod
     def from_dict(cls, record: dict) -> "TokenLayout":
-        return cls(record["layout"], int(record["prefix_tokens"]), tuple(record["grid"]), int(record["dim"]))
+        prefix = int(record["prefix_tokens"])
+        return cls(record["layout"], prefix, tuple(record["grid"]), int(record["dim"]),
+                   bool(record.get("class_token", prefix > 0)))
 
 
 @dataclass(frozen=True)
@@ -196,10 +201,19 @@ def _is_norm_of(graph: Graph, node, x: str) -> bool:
 def _head_reads_only_prefix(graph: Graph, tensor: str) -> bool:
     """True when, after per-token ops, the head takes only leading tokens of `tensor` (a class-token head):
     a Gather of one index or a Slice of the first few on the token axis."""
-    frontier, seen = [tensor], set()
+    reads = head_token_reads(graph, tensor)
+    return bool(reads) and max(reads) < MAX_PREFIX
+
+
+def head_token_reads(graph: Graph, tensor: str) -> list[int] | None:
+    """The tokens of `tensor` (N,T,D) the head takes after per-token ops, by a Gather of constant indices or a
+    Slice of a constant range on the token axis (negative indices counted from the end), sorted; None where it
+    reads the tokens another way (a mean over all of them, an attention)."""
+    shape = graph.info(tensor).shape
+    count = int(shape[1]) if shape and len(shape) == 3 and shape[1] else None
+    frontier, seen, reads = [tensor], set(), set()
     per_token = NORMS | {"Identity", "Cast", "Dropout", "Mul", "Add", "Div", "Sub", "DequantizeLinear",
                          "QuantizeLinear"}
-    picked = False
     while frontier:
         name = frontier.pop()
         if name in seen:
@@ -208,20 +222,39 @@ def _head_reads_only_prefix(graph: Graph, tensor: str) -> bool:
         for idx in graph.consumers.get(name, []):
             node = graph.nodes[idx]
             if node.op_type in ("Gather", "Slice"):
-                axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-                consts = [_constant(graph, i) for i in node.input[1:]]
-                if node.op_type == "Gather" and axis == 1 and consts[0] is not None and np.all(consts[0] < MAX_PREFIX):
-                    picked = True
-                    continue
-                if node.op_type == "Slice" and _slices_prefix(consts):
-                    picked = True
-                    continue
-                return False
-            if node.op_type in per_token:
+                picked = _tokens_picked(node, [_constant(graph, i) for i in node.input[1:]], count)
+                if picked is None:
+                    return None
+                reads |= picked
+            elif node.op_type in per_token:
                 frontier.extend(node.output)
             elif node.op_type != "Shape":
-                return False
-    return picked
+                return None
+    return sorted(reads) or None
+
+
+def _tokens_picked(node, consts, count: int | None) -> set[int] | None:
+    """The token indices a Gather or Slice on axis 1 takes (constant ones, made non-negative with the token
+    `count`), or None."""
+    if node.op_type == "Gather":
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        if axis != 1 or consts[0] is None:
+            return None
+        indices = [int(i) for i in np.ravel(consts[0])]
+        if any(i < 0 for i in indices) and count is None:
+            return None
+        return {i % count if count else i for i in indices}
+    if len(consts) < 2 or any(c is None for c in consts[:3]) or (len(consts) > 3 and consts[3] is not None
+                                                                 and np.any(np.ravel(consts[3]) != 1)):
+        return None
+    starts, ends = consts[0].ravel(), consts[1].ravel()
+    axes = consts[2].ravel() if len(consts) > 2 else np.arange(len(starts))
+    if list(axes) != [1]:
+        return None
+    if count is None:
+        return set(range(int(starts[0]), int(ends[0]))) if 0 <= starts[0] < ends[0] <= MAX_PREFIX else None
+    start, end = (int(np.clip(v if v >= 0 else v + count, 0, count)) for v in (starts[0], ends[0]))
+    return set(range(start, end))
 
 
 def _constant(graph: Graph, name: str) -> np.ndarray | None:
@@ -234,15 +267,6 @@ def _constant(graph: Graph, name: str) -> np.ndarray | None:
     if node is not None and node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
         return numpy_helper.to_array(node.attribute[0].t)
     return None
-
-
-def _slices_prefix(consts) -> bool:
-    """Slice(starts, ends, axes) of the first few tokens on axis 1."""
-    if len(consts) < 2 or any(c is None for c in consts[:3]):
-        return False
-    starts, ends = consts[0].ravel(), consts[1].ravel()
-    axes = consts[2].ravel() if len(consts) > 2 else np.arange(len(starts))
-    return list(axes) == [1] and starts[0] == 0 and 0 < ends[0] <= MAX_PREFIX
 
 
 def with_attention(joined, attention: list[str], head_fusion: str = "mean"):
@@ -286,6 +310,23 @@ def patch_grid(graph: Graph, first_block_input: str) -> tuple[int, int] | None:
     return grid
 
 
+def _reads_prefix(graph: Graph, stream: TokenStream, prefix: int, requested: str) -> bool:
+    """Whether the head reads the `prefix` leading tokens only (a class-token head); refused where it reads a
+    token that is neither all the prefix nor the patch tokens' pool (a class token put last: (N,T,D)[:, -1])."""
+    last = stream.blocks[-1].output
+    reads = head_token_reads(graph, last)
+    if reads is None or not prefix:
+        return False
+    if max(reads) < prefix:
+        return True
+    count = graph.info(last).shape[1]
+    if reads == list(range(prefix, count)):
+        return False                                        # the patch tokens, pooled after
+    raise CamInferError(f"layer '{requested}': the head reads token(s) {', '.join(map(str, reads[:4]))} of "
+                        f"{count}, and the {prefix} prefix token(s) (class, distillation, registers) are read at "
+                        "the front of the sequence: a class token put elsewhere is not supported")
+
+
 def token_layout(graph: Graph, stream: TokenStream, tensor: str, requested: str) -> TokenLayout:
     """How `tensor` of `stream` is a grid: (N,h,w,D) as it is; (N,T,D) with T = prefix + h·w, (h, w) the patch
     grid of the embedding (halved per patch merging), else the input size over a common stride."""
@@ -308,7 +349,8 @@ def token_layout(graph: Graph, stream: TokenStream, tensor: str, requested: str)
     grids += [(height // s, width // s) for s in range(1, min(height, width) + 1) if not height % s and not width % s]
     for h, w in grids:
         if 0 <= count - h * w <= MAX_PREFIX:
-            return TokenLayout("tokens", count - h * w, (h, w), dim)
+            return TokenLayout("tokens", count - h * w, (h, w), dim,
+                               _reads_prefix(graph, stream, count - h * w, requested))
     found = f"the patch embedding gives {embedded[0]}x{embedded[1]} patches" if embedded else \
         f"no grid of the {height}x{width} input fits"
     raise CamInferError(f"layer '{requested}' holds {count} tokens, which is not prefix tokens (at most {MAX_PREFIX}) "

@@ -65,6 +65,11 @@ def split_detector(model, out, *, cut="detect-input", input_size_hw: tuple[int, 
     tensors = cut_tensors(graph, cut, size[0])
     levels = [level_record(graph, t, size[0]) for t in tensors]
     strides = list(anchor_levels(size, anchors).strides)
+    missing = sorted(set(strides) - {level["stride"] for level in levels})
+    if missing:
+        raise CamInferError(f"the output's {anchors} anchors are the cells of levels at strides {strides}, and the cut "
+                            f"has no map at stride {', '.join(map(str, missing))}: not an (N, 4+C, anchors) output of "
+                            "these maps (a YOLOv5-style (N, anchors, 5+C) layout?)")
     features, head = packed_graphs(graph, tensors, levels)
     prep = Preprocessing(size, crop="letterbox", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
                          interpolation=interpolation)
