@@ -227,3 +227,27 @@ def test_an_ir_segmenter_whose_classes_equal_its_height_and_width_is_read_in_the
                    split_openvino_segmenter(tmp_path / "s.xml", out=tmp_path / "ir", preprocessing={"crop": "none"})):
         assert bundle.manifest["output"]["model_layout"] == ("NHWC" if nhwc else "NCHW")
         assert bundle.manifest["output"]["num_classes"] == 16
+
+
+@pytest.mark.parametrize("shape, found", [((1, 300, 6), "ends in its own NMS"), ((1, 84, 85), "YOLOv5-style")])
+def test_detector_layouts_not_read_yet_are_named_as_such(shape, found):
+    from cam_infer.bundle.anatomy import check_classifier_output
+
+    with pytest.raises(CamInferError, match=found):
+        check_classifier_output(shape, "output0", (64, 64))
+
+
+def test_an_ir_classifier_of_dynamic_image_size_asks_for_input_size_and_splits_with_it(tmp_path):
+    import openvino as ov
+    from cam_infer.bundle.openvino_split import split_openvino
+
+    path = classifier(tmp_path / "m.onnx", [helper.make_node("Identity", ["logits"], ["scores"])])
+    model = onnx.load(path)
+    for dim, name in zip(model.graph.input[0].type.tensor_type.shape.dim[2:], ("H", "W")):
+        dim.dim_param = name
+    onnx.save(model, path)
+    ov.save_model(ov.convert_model(str(path)), str(tmp_path / "m.xml"))
+    with pytest.raises(CamInferError, match="has no fixed spatial size; give one with --input-size H W"):
+        split_openvino(tmp_path / "m.xml", "auto", tmp_path / "none")
+    bundle = split_openvino(tmp_path / "m.xml", "auto", tmp_path / "b", input_size=(40, 24))
+    assert tuple(bundle.input_shape[1:]) == (40, 24) and bundle.manifest["verification"]["max_abs_diff"] < 1e-4

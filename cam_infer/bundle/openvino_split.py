@@ -95,9 +95,31 @@ def _input_spec(model, layout: str | None) -> InputSpec:
             raise CamInferError(f"cannot tell the layout of the model input {tuple(dims)}; give --layout nchw or nhwc")
     layout = layout.upper()
     channels, size = (dims[1], (dims[2], dims[3])) if layout == "NCHW" else (dims[3], (dims[1], dims[2]))
-    if channels not in (1, 3) or not all(size):
-        raise CamInferError(f"the model input {tuple(dims)} ({layout}) is not a 1- or 3-channel image of fixed size")
+    if channels in (1, 3) and not all(size):
+        raise CamInferError(f"the model input {tuple(dims)} ({layout}) has no fixed spatial size; give one with "
+                            "--input-size H W")
+    if channels not in (1, 3):
+        raise CamInferError(f"the model input {tuple(dims)} ({layout}) is not a 1- or 3-channel image")
     return InputSpec(param.get_friendly_name(), layout, dtype, 0, channels, size)
+
+
+def with_input_size(model, input_size, layout: str | None):
+    """`model` with its image input's dynamic H and W fixed at `input_size` (the batch as it was); as it was where
+    they are fixed or no size is given."""
+    import openvino as ov
+
+    shape = model.get_parameters()[0].get_partial_shape()
+    if input_size is None or shape.rank.is_dynamic or shape.rank.get_length() != 4:
+        return model
+    dims = list(shape)
+    first = (layout or "").upper() == "NCHW" or not layout and dims[1].is_static and dims[1].get_length() in (1, 3)
+    spatial = (2, 3) if first else (1, 2)
+    if all(dims[i].is_static for i in spatial):
+        return model
+    for i, value in zip(spatial, input_size):
+        dims[i] = ov.Dimension(int(value))
+    model.reshape({model.get_parameters()[0].output(0): ov.PartialShape(dims)})
+    return model
 
 
 def _layouts(model, spec: InputSpec) -> dict[_Output, str]:
@@ -244,7 +266,7 @@ def split_openvino(path, layer: str = "auto", out=None, *, input_size=None, prep
     if out is None:
         raise CamInferError("give an output folder for the bundle (--out)")
     path = Path(path)
-    model = _read(path) if model is None else model
+    model = with_input_size(_read(path) if model is None else model, input_size, layout)
     check_one_output([r.get_friendly_name() for r in model.get_results()])
     spec = _input_spec(model, layout)
     result_shape = model.get_results()[0].get_output_partial_shape(0)
