@@ -56,11 +56,19 @@ def flagged(degenerate: bool, uniform: bool = False) -> str:
 
 def upsample(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Bilinear (align_corners=False, as torch's and cv2's default) to size (H,W), clipped to [0,1]."""
-    h, w = size
-    out = np.empty((len(maps), h, w), np.float32)
-    for m, into in zip(np.asarray(maps, np.float32), out):
-        cv2.resize(m, (w, h), dst=into, interpolation=cv2.INTER_LINEAR)     # written in place: no copies
+    out = resize_planes(np.asarray(maps, np.float32), size)
     return np.clip(out, 0, 1, out=out)
+
+
+def resize_planes(planes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(n,h,w) → (n,H,W), each plane resized bilinearly with half-pixel centres (cv2's INTER_LINEAR, torch's
+    align_corners=False), values as they are; float32 or float64 as given."""
+    h, w = size
+    planes = np.asarray(planes)
+    out = np.empty((len(planes), h, w), planes.dtype if planes.dtype == np.float64 else np.float32)
+    for m, into in zip(planes.astype(out.dtype, copy=False), out):
+        cv2.resize(m, (w, h), dst=into, interpolation=cv2.INTER_LINEAR)     # written in place: no copies
+    return out
 
 
 def check_overlay_options(colormap: str, alpha: float) -> None:

@@ -227,7 +227,7 @@ def test_too_few_squarings_leave_an_error_that_the_check_refuses():
     errors = {s: fused_error(fuse(bundle, "eigen", squarings=s, check=False), bundle, "eigen", {}, x=x)
               for s in (0, 10)}
     assert errors[0] > 0.05 and errors[10] < 1e-5, errors
-    with pytest.raises(CamInferError, match=r"differs from the Explainer's by .* \(raise squarings=\)"):
+    with pytest.raises(CamInferError, match=r"differs from the explainer's by .* \(raise squarings=\)"):
         fuse(bundle, "eigen", squarings=0)
 
 

@@ -19,7 +19,8 @@ from onnx import TensorProto, helper
 
 from ..bundle import Bundle
 from ..errors import CamInferError
-from ..fuse.assemble import OUTPUT, _normalised, _onnx_bundle, _opset, at_min_opset, fused_method, plain_model
+from ..fuse.assemble import (OUTPUT, _normalised, _onnx_bundle, _opset, at_min_opset, fused_method, plain_model,
+                             refuse_a_different_picture)
 from ..fuse.builder import Builder
 from ..fuse.fusion import Fusion
 from ..version import __version__
@@ -64,9 +65,7 @@ def fuse_detector(bundle: Bundle, method: str = "eigen", *, check: bool = True, 
     onnx.checker.check_model(model)
     if check:
         error = fused_detector_error(model, bundle, method, options)
-        if error > TOLERANCE:
-            raise CamInferError(f"the fused {method} map differs from the explainer's by {error:.2g} on random "
-                                "images; not writing a model that draws a different picture")
+        refuse_a_different_picture(method, error, TOLERANCE)
         model.metadata_props.add(key="cam_infer.check", value=json.dumps({"max_difference": float(error)}))
     return model
 

@@ -32,7 +32,7 @@ from ..errors import CamInferError
 from ..explanation import Explanation
 from ..methods.registry import class_agnostic
 from ..numerics import probabilities_of
-from ..postprocess import normalise
+from ..postprocess import normalise, resize_planes
 from . import enhancer
 
 SCALES = 12
@@ -78,11 +78,6 @@ def window_boxes(height: int, width: int, sizes: list[int], step) -> list[tuple[
     return boxes
 
 
-def resize_planes(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """(C,h,w) → (C,height,width), bilinear with half-pixel centres (torch's align_corners=False)."""
-    return np.stack([cv2.resize(p, (width, height), interpolation=cv2.INTER_LINEAR) for p in image])
-
-
 def crops(image: np.ndarray, boxes) -> np.ndarray:
     """The windows of one preprocessed image (C,H,W) → (n,C,H,W)."""
     h, w = image.shape[1:]
@@ -90,7 +85,7 @@ def crops(image: np.ndarray, boxes) -> np.ndarray:
     out = np.empty((len(boxes), *image.shape), np.float32)
     for j, (index, hs, ws, y, x) in enumerate(boxes):
         if index not in scaled:
-            scaled[index] = image if (hs, ws) == (h, w) else resize_planes(image, hs, ws)
+            scaled[index] = image if (hs, ws) == (h, w) else resize_planes(image, (hs, ws))
         out[j] = scaled[index][:, y:y + h, x:x + w]
     return out
 

@@ -104,10 +104,8 @@ def fuse(bundle: "Bundle | str | os.PathLike", method: str = DEFAULT_METHOD, *, 
     entries = _description(bundle, method, options, top_classes, class_input, precision)
     if check:
         error = fused_error(model, bundle, method, options, class_input, explainer=explainer)
-        if error > TOLERANCE:
-            hint = " (raise squarings=)" if "squarings" in inspect.signature(chosen.fused).parameters else ""
-            raise CamInferError(f"the fused {method} map differs from the Explainer's by {error:.2g} (relative) "
-                                f"on random images{hint}; not writing a model that draws a different picture")
+        hint = " (raise squarings=)" if "squarings" in inspect.signature(chosen.fused).parameters else ""
+        refuse_a_different_picture(method, error, TOLERANCE, " (relative)", hint)
         checked = {"relative_difference": float(error)}
         if precision != "f32":
             checked[precision] = fused_error(model, bundle, method, options, class_input, explainer=explainer,
@@ -292,6 +290,13 @@ def _description(bundle: Bundle, method: str, options: dict, top_classes: int, c
     if bundle.labels:
         entries["cam_infer.labels"] = json.dumps(bundle.labels)
     return entries
+
+
+def refuse_a_different_picture(method: str, error: float, tolerance: float, kind: str = "", hint: str = "") -> None:
+    """The fused model's check: a map further than `tolerance` from the explainer's is not written."""
+    if error > tolerance:
+        raise CamInferError(f"the fused {method} map differs from the explainer's by {error:.2g}{kind} on random "
+                            f"images{hint}; not writing a model that draws a different picture")
 
 
 def fused_error(model, bundle: Bundle, method: str, options: dict, class_input: bool = False,

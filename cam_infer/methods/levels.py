@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..kernels import add_normalised
-from ..postprocess import EPS
+from ..postprocess import EPS, resize_planes
 
 
 def same_unit(maps: dict[int, np.ndarray], size: tuple[int, int]) -> np.ndarray:
@@ -43,6 +43,5 @@ def on_finest_grid(maps) -> np.ndarray:
 
 
 def upsample_raw(m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear (align_corners=False), values kept as they are (no clipping)."""
-    import cv2
-    return cv2.resize(np.asarray(m, np.float32), (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+    """One map, bilinear (align_corners=False), values kept as they are (no clipping)."""
+    return resize_planes(np.asarray(m, np.float32)[None], size)[0]

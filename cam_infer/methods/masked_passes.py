@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Callable, Iterator
 
-import cv2
 import numpy as np
+
+from ..postprocess import resize_planes
 
 EPS = 1e-8
 
@@ -33,13 +34,6 @@ def rows_per_call(bundle, memory_budget: int, channels: int) -> int:
     return int(max(1, min(channels, memory_budget // (per_pass + 16 * height * width))))
 
 
-def upsample(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(n,h,w) → (n,H,W), bilinear with align_corners=False (cv2's and torch's default)."""
-    height, width = size
-    return np.stack([cv2.resize(m, (width, height), interpolation=cv2.INTER_LINEAR) for m in maps]) \
-        if len(maps) else np.zeros((0, height, width), np.float32)
-
-
 def minmax(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-map min–max to [0,1] (eps 1e-8 on the range) and whether each map was not constant."""
     lo = maps.min(axis=(1, 2), keepdims=True)
@@ -53,8 +47,8 @@ def masks(a: np.ndarray, channels: np.ndarray, size: tuple[int, int], order: str
     chosen = np.ascontiguousarray(a[channels], np.float32)
     if order == "normalise-then-upsample":
         normalised, valid = minmax(chosen)
-        return upsample(normalised, size), valid
-    raw = upsample(chosen, size)
+        return resize_planes(normalised, size), valid
+    raw = resize_planes(chosen, size)
     if order == "upsample":
         return raw, minmax(raw)[1]
     return minmax(raw)

@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 
 from ..errors import CamInferError
+from ..postprocess import resize_planes
 
 PERCENTILES = (10, 20, 30, 40, 50, 60, 70, 80, 90)
 ARCC_PERCENTILES = (20, 40, 60, 80)
@@ -108,7 +109,7 @@ def _coarse_start(x: np.ndarray, kept: np.ndarray) -> np.ndarray:
     coarse[:, coarse_kept] = sums[:, coarse_kept] / counts[coarse_kept]
     solved = coarse if coarse_kept.all() else _conjugate_gradients(coarse, coarse_kept,
                                                                    _coarse_start(coarse, coarse_kept), 1e-3)
-    return np.stack([cv2.resize(channel, (w, h), interpolation=cv2.INTER_LINEAR) for channel in solved])
+    return resize_planes(solved, (h, w))
 
 
 def _conjugate_gradients(x: np.ndarray, kept: np.ndarray, start: np.ndarray, tolerance: float,
