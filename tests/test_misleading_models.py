@@ -229,12 +229,14 @@ def test_an_ir_segmenter_whose_classes_equal_its_height_and_width_is_read_in_the
         assert bundle.manifest["output"]["num_classes"] == 16
 
 
-@pytest.mark.parametrize("shape, found", [((1, 300, 6), "ends in its own NMS"), ((1, 84, 85), "YOLOv5-style")])
+@pytest.mark.parametrize("shape, found", [((1, 300, 6), "ends in its own NMS"),
+                                          ((1, 336, 85), "YOLOv5-style"),                 # 16² + 8² + 4² anchors
+                                          ((1, 8, 1024), "sequence/token output")])
 def test_detector_layouts_not_read_yet_are_named_as_such(shape, found):
     from cam_infer.bundle.anatomy import check_classifier_output
 
     with pytest.raises(CamInferError, match=found):
-        check_classifier_output(shape, "output0", (64, 64))
+        check_classifier_output(shape, "output0", (128, 128))
 
 
 def test_an_ir_classifier_of_dynamic_image_size_asks_for_input_size_and_splits_with_it(tmp_path):

@@ -390,7 +390,7 @@ def _task_guess(shape: tuple, input_size: tuple[int, int] | None = None) -> str:
         return ("YOLO detector that ends in its own NMS (N, boxes, 6: box, score, class), a layout cam-infer does "
                 "not read yet")
     if len(shape) == 3 and input_size and isinstance(shape[1], int) and is_anchor_count(input_size, shape[1]) \
-            and isinstance(shape[2], int) and shape[2] >= 6:
+            and isinstance(shape[2], int) and 6 <= shape[2] < shape[1]:
         return "YOLOv5-style detector (N, anchors, 5+C), a layout cam-infer does not read yet"
     if len(shape) == 3 and few(shape[1]) and many(shape[2]):
         if input_size and isinstance(shape[2], int) and not is_anchor_count(input_size, shape[2]):
