@@ -253,3 +253,16 @@ def test_an_ir_classifier_of_dynamic_image_size_asks_for_input_size_and_splits_w
         split_openvino(tmp_path / "m.xml", "auto", tmp_path / "none")
     bundle = split_openvino(tmp_path / "m.xml", "auto", tmp_path / "b", input_size=(40, 24))
     assert tuple(bundle.input_shape[1:]) == (40, 24) and bundle.manifest["verification"]["max_abs_diff"] < 1e-4
+
+
+def test_a_detector_whose_names_count_another_number_of_classes_than_its_rows_is_refused(tmp_path):
+    """(N, 4+1+3, anchors) with Ultralytics' names metadata for 3 classes: the extra row (an objectness) would be
+    read as a fourth class."""
+    from cam_infer.detection.split import split_detector
+
+    path = detector(tmp_path / "d.onnx", None, rows=8)
+    model = onnx.load(path)
+    model.metadata_props.add(key="names", value="{0: 'a', 1: 'b', 2: 'c'}")
+    onnx.save(model, path)
+    with pytest.raises(CamInferError, match="names metadata lists 3 classes, and its output has 4 class rows"):
+        split_detector(path, tmp_path / "b", cut="r2,r3,r4")

@@ -48,7 +48,8 @@ def metadata(model: onnx.ModelProto) -> dict:
 
 
 def class_names(model: onnx.ModelProto, classes: int) -> list[str] | None:
-    """The Ultralytics ``names`` metadata ({0: 'person', ...}) as a list, when it covers every class."""
+    """The Ultralytics ``names`` metadata ({0: 'person', ...}) as a list, when it covers every class; refused when
+    it names another count of classes than the output's rows give (an objectness row read as a class?)."""
     text = metadata(model).get("names")
     if not text:
         return None
@@ -58,6 +59,10 @@ def class_names(model: onnx.ModelProto, classes: int) -> list[str] | None:
         return None
     if isinstance(names, dict) and sorted(names) == list(range(classes)):
         return [str(names[i]) for i in range(classes)]
+    if isinstance(names, dict) and sorted(names) == list(range(len(names))):
+        raise CamInferError(f"the model's names metadata lists {len(names)} classes, and its output has {classes} "
+                            f"class rows after the 4 box rows: not the (N, 4+C, anchors) layout of those classes "
+                            "(an objectness row?)")
     return None
 
 
