@@ -27,9 +27,9 @@ def _const(name, value):
     return numpy_helper.from_array(np.asarray(value), name)
 
 
-def _save(path, nodes, inits, inputs, outputs):
+def _save(path, nodes, inits, inputs, outputs, opset=17):
     model = helper.make_model(helper.make_graph(nodes, path.stem, inputs, outputs, inits),
-                              opset_imports=[helper.make_opsetid("", 17)])
+                              opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
     model = onnx.shape_inference.infer_shapes(model)
     onnx.checker.check_model(model)
@@ -37,7 +37,7 @@ def _save(path, nodes, inits, inputs, outputs):
     return path
 
 
-def classifier(path, tail, tail_inits=(), outputs=("scores",)):
+def classifier(path, tail, tail_inits=(), outputs=("scores",), opset=17):
     """conv → relu → GAP → flatten → Gemm → 'logits' (N,10), then `tail` (nodes making `outputs` from 'logits')."""
     nodes = [helper.make_node("Conv", ["image", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["c1"], ["feat"]),
@@ -47,10 +47,10 @@ def classifier(path, tail, tail_inits=(), outputs=("scores",)):
     inits = [_weight("w1", 8, 3, 3, 3), _weight("b1", 8, scale=0.1), _weight("wf", 10, 8), _weight("bf", 10),
              *tail_inits]
     return _save(path, nodes, inits, [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 32, 32])],
-                 [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs])
+                 [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs], opset)
 
 
-def segmenter(path, tail, tail_inits=(), up=2.0, classes=4, size=32):
+def segmenter(path, tail, tail_inits=(), up=2.0, classes=4, size=32, opset=17):
     """conv → relu → strided conv 'feat' → 1×1 conv to `classes` → Resize ×`up` → 'up', then `tail` → 'scores';
     a `size`² input."""
     nodes = [helper.make_node("Conv", ["image", "w1", "b1"], ["c1"], pads=[1] * 4),
@@ -65,7 +65,7 @@ def segmenter(path, tail, tail_inits=(), up=2.0, classes=4, size=32):
              _const("sc", np.array([1, 1, up, up], np.float32)), _const("roi", np.zeros(0, np.float32)),
              *tail_inits]
     return _save(path, nodes, inits, [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, size, size])],
-                 [helper.make_tensor_value_info("scores", TensorProto.FLOAT, None)])
+                 [helper.make_tensor_value_info("scores", TensorProto.FLOAT, None)], opset)
 
 
 SOFTMAX = helper.make_node("Softmax", ["logits"], ["p"], axis=1)
@@ -82,6 +82,8 @@ REFUSED_CLASSIFIERS = {
                                "Softmax over axis 0, not over its classes (axis 1)"),
     "transposed": ([helper.make_node("Transpose", ["logits"], ["scores"], perm=[1, 0])], (),
                    "Transpose that moves the batch axis"),
+    "transposed without a perm": ([helper.make_node("Transpose", ["logits"], ["scores"])], (),
+                                  "Transpose that moves the batch axis"),
 }
 
 
@@ -199,15 +201,16 @@ def test_a_detector_exported_with_a_fixed_batch_or_raw_class_logits_is_refused(b
     with pytest.raises(CamInferError, match=re.escape(message)):
         split_detector(path, tmp_path / "b", cut="r2,r3,r4")
     split_detector(detector(tmp_path / "ok.onnx", None), tmp_path / "ok", cut="r2,r3,r4")   # the same, as exported
+    split_detector(tmp_path / "ok.onnx", tmp_path / "one", cut="r2")                       # a cut of one level too
 
 
 def test_a_yolov5_layout_whose_sizes_happen_to_read_as_ultralytics_is_refused_by_its_strides(tmp_path):
     """(N, 84 anchors, 85 = 4 + 1 + 80): read as (N, 4+C, anchors), 85 anchors would need a stride-64 level that
-    no cut map has."""
+    no feature map of the model has."""
     from cam_infer.detection.split import split_detector
 
     path = detector(tmp_path / "v5.onnx", None, rows=85, anchors_first=True)
-    with pytest.raises(CamInferError, match="no map at stride 64"):
+    with pytest.raises(CamInferError, match="no feature map of the model is at stride 64"):
         split_detector(path, tmp_path / "b", cut="r2,r3,r4")
 
 
@@ -266,3 +269,17 @@ def test_a_detector_whose_names_count_another_number_of_classes_than_its_rows_is
     onnx.save(model, path)
     with pytest.raises(CamInferError, match="names metadata lists 3 classes, and its output has 4 class rows"):
         split_detector(path, tmp_path / "b", cut="r2,r3,r4")
+
+
+def test_before_opset_13_a_softmax_is_over_every_axis_from_its_own(tmp_path):
+    """Softmax-11 flattens the axes from `axis` on: over (N,1,1,C) from axis 1 it is over the classes (accepted);
+    over a segmenter's (N,C,H,W) from axis 1 it is over C·H·W, not per pixel (refused)."""
+    from cam_infer.bundle.segmentation import split_segmenter
+
+    tail = [helper.make_node("Reshape", ["logits", "shape"], ["z"]),
+            helper.make_node("Softmax", ["z"], ["scores"], axis=1)]
+    path = classifier(tmp_path / "c.onnx", tail, [_const("shape", np.array([-1, 1, 1, 10]))], opset=11)
+    assert split_onnx(path, "auto", tmp_path / "c").output_kind == "probabilities"
+    path = segmenter(tmp_path / "s.onnx", [helper.make_node("Softmax", ["up"], ["scores"], axis=1)], opset=11)
+    with pytest.raises(CamInferError, match=re.escape("Softmax over axes 1, 2, 3 (flattened: opset < 13)")):
+        split_segmenter(path, out=tmp_path / "s", preprocessing={"crop": "none"})

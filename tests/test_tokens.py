@@ -518,3 +518,27 @@ def test_a_constant_added_to_the_attention_logits_is_merged_only_where_it_is_one
     reduced = explainer.explain(x, "vit-recipro").maps
     np.testing.assert_allclose(reduced, explainer.explain(x, "vit-recipro", reduced=False).maps, atol=1e-5)
     np.testing.assert_allclose(reduced, plain.explain(x, "vit-recipro").maps, atol=1e-5)
+
+
+def test_a_vit_exported_with_its_layernorm_decomposed_still_has_its_class_token_read(tmp_path):
+    """At opset 14 LayerNorm is ReduceMean, Sub, Pow, Sqrt, Div...: the head's read of token 0 is followed through
+    them, so the class token is recorded and rollout reads its row (vit-recipro, which rebuilds the block from its
+    LayerNormalization, says it needs one)."""
+    import torch
+    from cam_infer import Explainer
+    from tiny_transformers import build_tiny
+    torch.onnx.export(build_tiny("vit"), (torch.randn(1, 3, 64, 64),), str(tmp_path / "v14.onnx"), opset_version=14,
+                      input_names=["input"], output_names=["logits"], dynamic_axes={"input": {0: "N"}}, dynamo=False)
+    model = onnx.load(tmp_path / "v14.onnx")
+    assert "LayerNormalization" not in {n.op_type for n in model.graph.node}
+    bundle = split_onnx(tmp_path / "v14.onnx", "auto", tmp_path / "b")
+    assert bundle.tokens.prefix == 1 and bundle.tokens.class_token
+    explainer = Explainer(bundle, backend="onnxruntime")
+    x = explainer.preprocess(images_for(bundle))
+    assert explainer.explain(x, "rollout").maps.shape == (2, 8, 8)
+    with pytest.raises(CamInferError, match="needs the block after the cut to start with a LayerNormalization"):
+        explainer.explain(x, "vit-recipro")
+
+
+def test_a_grid_of_tokens_without_prefix_records_no_class_token(vit_bundles):
+    assert vit_bundles["swin"].tokens.prefix == 0 and not vit_bundles["swin"].tokens.class_token

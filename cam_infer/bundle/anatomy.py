@@ -223,10 +223,10 @@ def check_class_scores(graph: Graph) -> None:
     while name in graph.producer:
         node = graph.nodes[graph.producer[name]]
         if node.op_type == "Softmax":
-            check_class_softmax(softmax_axis(graph, node), graph.info(node.input[0]).shape, source)
+            check_class_softmax(softmax_axes(graph, node), graph.info(node.input[0]).shape, source)
             return
         if node.op_type not in SCORE_PASS or not node.input:
-            moves_batch = node.op_type == "Transpose" and _perm(node)[:1] not in ([], [0])
+            moves_batch = node.op_type == "Transpose" and (transpose_perm(graph, node) or [0])[0] != 0
             check_score_op(node.op_type, source, softmax_behind(graph, node), moves_batch)
             return
         name = node.input[0]
@@ -263,36 +263,49 @@ def check_score_op(op: str, output: str, after_softmax: bool = False, moves_batc
         raise CamInferError(f"the model output '{output}' comes out of a Transpose that moves the batch axis: "
                             "cam-infer reads class scores as (N,C)")
     if after_softmax and op != "Log":
-        raise CamInferError(f"the model output '{output}' is its Softmax's probabilities changed by a {op}: "
-                            "cam-infer reads probabilities or logits; export the model without it")
+        refuse_changed_probabilities(output, "Softmax", op)
 
 
-def softmax_axis(graph: Graph, node) -> int | None:
-    """The axis a Softmax normalises over, made non-negative (before opset 13: the first of the axes it flattens
-    into one); None where its input's rank is unknown."""
+def refuse_changed_probabilities(output: str, activation: str, op: str) -> None:
+    """Probabilities changed after their Softmax or Sigmoid (a percentage's Mul): neither probabilities nor
+    logits."""
+    raise CamInferError(f"the model output '{output}' is its {activation}'s probabilities changed by a {op}: "
+                        "cam-infer reads probabilities or logits; export the model without it")
+
+
+def softmax_axes(graph: Graph, node) -> list[int] | None:
+    """The axes an ONNX Softmax normalises over, made non-negative: its axis; before opset 13, every axis from it
+    on (flattened into one). None where its input's rank is unknown."""
     rank = graph.info(node.input[0]).rank
     opset = next((o.version for o in graph.model.opset_import if o.domain in ("", "ai.onnx")), 13)
     axis = next((a.i for a in node.attribute if a.name == "axis"), -1 if opset >= 13 else 1)
-    return None if rank is None else axis % rank
+    if rank is None:
+        return None
+    return [axis % rank] if opset >= 13 else list(range(axis % rank, rank))
 
 
-def check_class_softmax(axis: int | None, shape, output: str, class_axis: int | None = None) -> None:
-    """Refuse a Softmax that is not over the classes. `shape`: its input's; `class_axis`: where the classes are
-    (None: the one axis after the batch longer than 1). Unknown ranks and sizes are let through."""
-    if axis is None or shape is None:
+def check_class_softmax(axes: list[int] | None, shape, output: str, class_axis: int | None = None) -> None:
+    """Refuse a Softmax that is not over the classes alone: of the `axes` it normalises over, the classes' must be
+    the one longer than 1. `shape`: its input's; `class_axis`: where the classes are (None: the one axis after
+    the batch longer than 1). Unknown ranks are let through."""
+    if axes is None or shape is None:
         return
     if class_axis is None:
         long = [i for i, d in enumerate(shape) if i > 0 and d != 1]
         if len(long) != 1:
             return
         class_axis = long[0]
-    if axis != class_axis:
-        raise CamInferError(f"the model output '{output}' comes out of a Softmax over axis {axis}, not over its "
-                            f"classes (axis {class_axis}): not class probabilities")
+    if [a for a in axes if a == class_axis or shape[a] != 1] != [class_axis]:
+        over = f"axis {axes[0]}" if len(axes) == 1 else f"axes {', '.join(map(str, axes))} (flattened: opset < 13)"
+        raise CamInferError(f"the model output '{output}' comes out of a Softmax over {over}, not over its classes "
+                            f"(axis {class_axis}) alone: not class probabilities")
 
 
-def _perm(node) -> list[int]:
-    return next((list(a.ints) for a in node.attribute if a.name == "perm"), [])
+def transpose_perm(graph: Graph, node) -> list[int] | None:
+    """A Transpose's perm (without one: the axes reversed); None where that needs a rank that is unknown."""
+    perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+    rank = graph.info(node.input[0]).rank
+    return perm if perm is not None else None if rank is None else list(reversed(range(rank)))
 
 
 def softmax_behind(graph: Graph, node) -> bool:
@@ -386,7 +399,7 @@ def _task_guess(shape: tuple, input_size: tuple[int, int] | None = None) -> str:
     `input_size` (or that is unknown), else a token sequence; (N,many,few) a sequence."""
     from ..detection.decode import is_anchor_count
     few, many = (lambda d: isinstance(d, int) and d <= 100), (lambda d: d == "?" or (isinstance(d, int) and d > 100))
-    if len(shape) == 3 and shape[2] in (6, 7) and isinstance(shape[1], int) and 6 < shape[1] <= 1000:
+    if len(shape) == 3 and shape[2] in (6, 7) and shape[1] in (100, 300, 1000):            # max_det boxes
         return ("YOLO detector that ends in its own NMS (N, boxes, 6: box, score, class), a layout cam-infer does "
                 "not read yet")
     if len(shape) == 3 and input_size and isinstance(shape[1], int) and is_anchor_count(input_size, shape[1]) \

@@ -17,12 +17,12 @@ import numpy as np
 
 from ..errors import CamInferError
 from ..version import __version__
-from .anatomy import check_class_softmax, check_one_output, check_scores_size
+from .anatomy import check_class_softmax, check_one_output, check_scores_size, refuse_changed_probabilities
 from .manifest import FORMAT, FORMAT_VERSION, sha256_of
 from .openvino_cut_set import PACKED, OpenVinoGraph, level_records, openvino_cut_set, packed_openvino_graphs
 from .openvino_head import fake_quantize_step
 from .openvino_split import (_BatchFails, _bytes, _compiled, _cut, _input_spec, _layouts, _message, _ops,
-                             _ov_version, _Output, _reaches_parameter, _read, split_openvino)
+                             _ov_version, _Output, _reaches_parameter, _read, softmax_of, split_openvino)
 from .verify import as_source_input, compare, random_images
 
 IDS = {"Squeeze", "Convert", "Reshape", "Unsqueeze"}
@@ -81,13 +81,9 @@ def _kind(value, class_axis: int | None) -> str:
         kind = node.get_type_name()
         if kind in ("Softmax", "SoftMax", "Sigmoid"):
             if changed:
-                raise CamInferError(f"the model's class scores are its {kind}'s output changed by a {changed[0]}: "
-                                    "not probabilities or logits")
+                refuse_changed_probabilities(value.get_node().get_friendly_name(), kind, changed[0])
             if kind != "Sigmoid":
-                shape = node.get_input_partial_shape(0)
-                dims = None if shape.rank.is_dynamic else [d.get_length() if d.is_static else None for d in shape]
-                axis = node.get_attributes().get("axis", 1)
-                check_class_softmax(None if dims is None else axis % len(dims), dims, "the class scores", class_axis)
+                check_class_softmax(*softmax_of(node), "the class scores", class_axis)
             return "sigmoid" if kind == "Sigmoid" else "softmax"
         if kind in ("Add", "Multiply", "Subtract") and not _dequantizes(node):
             changed.append(kind)

@@ -213,10 +213,7 @@ def _score_output(model):
     while True:
         kind = node.get_type_name()
         if kind == "Softmax":
-            shape = node.get_input_partial_shape(0)
-            dims = None if shape.rank.is_dynamic else [d.get_length() if d.is_static else None for d in shape]
-            axis = node.get_attributes().get("axis", 1)
-            check_class_softmax(None if dims is None else axis % len(dims), dims, result.get_friendly_name())
+            check_class_softmax(*softmax_of(node), result.get_friendly_name())
             if any(k in ("FakeQuantize", "Convert") for k in passed):
                 return node.input_value(0), tuple(reversed(passed + ["Softmax"])), dequantize, False
             return value, (), dequantize, True
@@ -232,6 +229,15 @@ def _score_output(model):
                 dequantize = tuple(float(np.max(v)) for v in limits)
         passed.append(kind)
         node = node.input_value(0).get_node()
+
+
+def softmax_of(node) -> tuple[list[int] | None, list | None]:
+    """An OpenVINO Softmax's axis (as a list, made non-negative) and its input's dims (None: unknown)."""
+    shape = node.get_input_partial_shape(0)
+    if shape.rank.is_dynamic:
+        return None, None
+    dims = [d.get_length() if d.is_static else None for d in shape]
+    return [node.get_attributes().get("axis", 1) % len(dims)], dims
 
 
 def _softmax_behind(node) -> bool:

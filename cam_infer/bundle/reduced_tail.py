@@ -232,7 +232,8 @@ def _check_position_bias(graph: onnx.GraphProto, softmax: onnx.NodeProto, tokens
                 values = numpy_helper.to_array(constants[name])
                 if np.ptp(values) == 0:
                     scalar = f"{name}__one_value"
-                    graph.initializer.append(numpy_helper.from_array(values.reshape(-1)[:1].reshape(()), scalar))
+                    if not any(i.name == scalar for i in graph.initializer):            # several blocks share it
+                        graph.initializer.append(numpy_helper.from_array(values.reshape(-1)[:1].reshape(()), scalar))
                     node.input[k] = scalar
                     continue
                 raise CamInferError(f"vit-recipro cannot run on this block: its attention adds '{name}' of shape "

@@ -25,8 +25,8 @@ from onnx import helper, numpy_helper
 
 from ..errors import CamInferError
 from .skip_cut_set import skip_cut_set, split_at_cut_set
-from .anatomy import check_class_softmax, check_one_output, check_scores_size, quantization_of, softmax_axis, \
-    softmax_behind, tensor_layouts
+from .anatomy import (check_class_softmax, check_one_output, check_scores_size, quantization_of,
+                      refuse_changed_probabilities, softmax_axes, softmax_behind, tensor_layouts, transpose_perm)
 from .cut import extract
 from .graph import INTEGER_TYPES, Graph, load_onnx
 from .layers import TargetLayer, find_target_layer, is_cut_point, resolve_cut, _target
@@ -135,17 +135,16 @@ def _kind(graph: Graph, tensor: str, class_axis: int | None, source: str) -> str
     while name in graph.producer:
         node = graph.nodes[graph.producer[name]]
         if node.op_type == "Softmax":
-            check_class_softmax(softmax_axis(graph, node), graph.info(node.input[0]).shape, source, class_axis)
+            check_class_softmax(softmax_axes(graph, node), graph.info(node.input[0]).shape, source, class_axis)
             return "softmax"
         if node.op_type == "Transpose" and class_axis is not None:
-            perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), [])
+            perm = transpose_perm(graph, node) or []
             class_axis = perm[class_axis] if class_axis < len(perm) else None
         if node.op_type in ("Sigmoid", "QLinearSigmoid"):
             return "sigmoid"
         if node.op_type not in TAIL or not node.input:
             if node.op_type != "Log" and softmax_behind(graph, node):
-                raise CamInferError(f"the model output '{source}' is its Softmax's probabilities changed by a "
-                                    f"{node.op_type}: not probabilities or logits per pixel")
+                refuse_changed_probabilities(source, "Softmax", node.op_type)
             return "logits"
         name = node.input[0]
     return "logits"

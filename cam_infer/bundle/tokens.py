@@ -212,8 +212,8 @@ def head_token_reads(graph: Graph, tensor: str) -> list[int] | None:
     shape = graph.info(tensor).shape
     count = int(shape[1]) if shape and len(shape) == 3 and shape[1] else None
     frontier, seen, reads = [tensor], set(), set()
-    per_token = NORMS | {"Identity", "Cast", "Dropout", "Mul", "Add", "Div", "Sub", "DequantizeLinear",
-                         "QuantizeLinear"}
+    per_token = NORMS | {"Identity", "Cast", "Dropout", "Mul", "Add", "Div", "Sub", "Pow", "Sqrt", "Reciprocal",
+                         "DequantizeLinear", "QuantizeLinear"}          # and a decomposed norm's ReduceMean
     while frontier:
         name = frontier.pop()
         if name in seen:
@@ -226,11 +226,22 @@ def head_token_reads(graph: Graph, tensor: str) -> list[int] | None:
                 if picked is None:
                     return None
                 reads |= picked
-            elif node.op_type in per_token:
+            elif node.op_type in per_token or _reduces_channels(graph, node):
                 frontier.extend(node.output)
             elif node.op_type != "Shape":
                 return None
     return sorted(reads) or None
+
+
+def _reduces_channels(graph: Graph, node) -> bool:
+    """A ReduceMean over the last axis of (N,T,D) tokens: a decomposed LayerNorm's, per token."""
+    if node.op_type != "ReduceMean":
+        return False
+    axes = next((list(a.ints) for a in node.attribute if a.name == "axes"), None)
+    if axes is None and len(node.input) > 1:
+        constant = _constant(graph, node.input[1])
+        axes = None if constant is None else [int(a) for a in np.ravel(constant)]
+    return axes is not None and [a % 3 for a in axes] == [2]
 
 
 def _tokens_picked(node, consts, count: int | None) -> set[int] | None:
@@ -238,7 +249,7 @@ def _tokens_picked(node, consts, count: int | None) -> set[int] | None:
     `count`), or None."""
     if node.op_type == "Gather":
         axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-        if axis != 1 or consts[0] is None:
+        if axis % 3 != 1 or consts[0] is None:
             return None
         indices = [int(i) for i in np.ravel(consts[0])]
         if any(i < 0 for i in indices) and count is None:
@@ -249,7 +260,7 @@ def _tokens_picked(node, consts, count: int | None) -> set[int] | None:
         return None
     starts, ends = consts[0].ravel(), consts[1].ravel()
     axes = consts[2].ravel() if len(consts) > 2 else np.arange(len(starts))
-    if list(axes) != [1]:
+    if [int(a) % 3 for a in axes] != [1]:
         return None
     if count is None:
         return set(range(int(starts[0]), int(ends[0]))) if 0 <= starts[0] < ends[0] <= MAX_PREFIX else None
@@ -311,13 +322,14 @@ def patch_grid(graph: Graph, first_block_input: str) -> tuple[int, int] | None:
 
 
 def _reads_prefix(graph: Graph, stream: TokenStream, prefix: int, requested: str) -> bool:
-    """Whether the head reads the `prefix` leading tokens only (a class-token head); refused where it reads a
-    token that is neither all the prefix nor the patch tokens' pool (a class token put last: (N,T,D)[:, -1])."""
+    """Whether the head reads the `prefix` leading tokens only (a class-token head), or not (it pools the patch
+    tokens: the prefix are registers); where its reads cannot be followed, the prefix is taken for a class token.
+    Refused where it reads a token that is neither (a class token put last: (N,T,D)[:, -1])."""
     last = stream.blocks[-1].output
     reads = head_token_reads(graph, last)
-    if reads is None or not prefix:
+    if not prefix:
         return False
-    if max(reads) < prefix:
+    if reads is None or max(reads) < prefix:            # unread: the prefix taken for a class token, as before
         return True
     count = graph.info(last).shape[1]
     if reads == list(range(prefix, count)):
@@ -334,7 +346,7 @@ def token_layout(graph: Graph, stream: TokenStream, tensor: str, requested: str)
     if shape is None or any(not d for d in shape[1:]):
         raise CamInferError(f"layer '{requested}': the shape of its tokens is unknown; give --input-size")
     if len(shape) == 4:
-        return TokenLayout("tokens-grid", 0, (int(shape[1]), int(shape[2])), int(shape[3]))
+        return TokenLayout("tokens-grid", 0, (int(shape[1]), int(shape[2])), int(shape[3]), class_token=False)
     count, dim = int(shape[1]), int(shape[2])
     grids = []
     embedded = patch_grid(graph, stream.blocks[0].input)

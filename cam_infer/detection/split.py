@@ -65,11 +65,7 @@ def split_detector(model, out, *, cut="detect-input", input_size_hw: tuple[int, 
     tensors = cut_tensors(graph, cut, size[0])
     levels = [level_record(graph, t, size[0]) for t in tensors]
     strides = list(anchor_levels(size, anchors).strides)
-    missing = sorted(set(strides) - {level["stride"] for level in levels})
-    if missing:
-        raise CamInferError(f"the output's {anchors} anchors are the cells of levels at strides {strides}, and the cut "
-                            f"has no map at stride {', '.join(map(str, missing))}: not an (N, 4+C, anchors) output of "
-                            "these maps (a YOLOv5-style (N, anchors, 5+C) layout?)")
+    check_anchor_maps(graph, strides, anchors, size)
     features, head = packed_graphs(graph, tensors, levels)
     prep = Preprocessing(size, crop="letterbox", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
                          interpolation=interpolation)
@@ -81,6 +77,18 @@ def split_detector(model, out, *, cut="detect-input", input_size_hw: tuple[int, 
                                   cut, receptive, verification, source, {**DEFAULTS, **thresholds}, branches)
     return write_onnx_bundle(Path(out), features, head, manifest, overwrite,
                              {f"branch_{i}": model for i, (model, _) in branches.items()})
+
+
+def check_anchor_maps(graph: Graph, strides: list[int], anchors: int, size: tuple[int, int]) -> None:
+    """Refuse an output whose anchor count needs a level at a stride no feature map of the graph has (a YOLOv5
+    (N, anchors, 5+C) output whose sizes happen to read as (N, 4+C, anchors))."""
+    grids = {tuple(info.shape[2:]) for name, info in graph.shapes.items()
+             if name in graph.input_dependent and info.shape and len(info.shape) == 4}
+    missing = [s for s in strides if (size[0] // s, size[1] // s) not in grids]
+    if missing:
+        raise CamInferError(f"the output's {anchors} anchors are the cells of levels at strides {strides}, and no "
+                            f"feature map of the model is at stride {', '.join(map(str, missing))}: not an (N, 4+C, "
+                            "anchors) output (a YOLOv5-style (N, anchors, 5+C) layout?)")
 
 
 def check_class_rows(scores: np.ndarray) -> None:

@@ -69,7 +69,8 @@ def _per_image(rows) -> dict:
 
 def _drifted(rows, per_image: dict) -> list[dict]:
     """Images by the mean Spearman of their methods' maps, lowest (most drifted) first; an image whose maps are
-    the same on A and B (Spearman 1 for every method) and whose top-1 is too has not drifted, and is left out."""
+    the same on A and B (every similarity 1 for every method) and whose top-1 is too has not drifted, and is left
+    out."""
     values: dict = {}
     for row in rows:
         values.setdefault(row["image"], {})[row["method"]] = {**{k: row[k] for k in SIMILARITIES}, "pair": row["pair"]}
@@ -78,7 +79,12 @@ def _drifted(rows, per_image: dict) -> list[dict]:
     return [{"image": image, "spearman": mean[image], "top1_a": per_image[image]["top1_a"],
              "top1_b": per_image[image]["top1_b"], "methods": values[image]}
             for image in sorted(values, key=lambda image: (mean[image], image))
-            if mean[image] < 1.0 or per_image[image]["top1_a"] != per_image[image]["top1_b"]]
+            if not _unchanged(values[image]) or per_image[image]["top1_a"] != per_image[image]["top1_b"]]
+
+
+def _unchanged(by_method: dict) -> bool:
+    """Every similarity of every method's pair of maps is 1: the same maps (Spearman alone: the same ranking)."""
+    return all(v[k] == 1.0 for v in by_method.values() for k in SIMILARITIES)
 
 
 def _mean(values) -> dict:

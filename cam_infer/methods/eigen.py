@@ -122,7 +122,8 @@ def gram_projection(o: np.ndarray) -> np.ndarray:
 @method("eigen", cost="1 feature pass + a power iteration on the smaller Gram matrix (its eigenproblem where it "
                        "does not settle)")
 def eigen(ctx: Context, *, centered: bool = False) -> np.ndarray:
-    """first principal component of A (h·w×K): power iteration on the smaller Gram matrix; sign fixed (Σ v₁ ≥ 0); `centered=True` is pytorch-grad-cam's EigenCAM"""
+    """first principal component of A (h·w×K), by power iteration on the smaller Gram matrix; sign fixed (Σ v₁ ≥ 0)
+    `centered=True` is pytorch-grad-cam's EigenCAM"""
     return np.stack([first_component(a, centered) for a in ctx.activations])
 
 

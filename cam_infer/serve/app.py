@@ -360,8 +360,8 @@ def one_map(outputs: dict) -> dict:
 
 def explanation_json(served, outputs: dict, rgb: np.ndarray, overlay: str | None, method: str) -> dict:
     """The /explain answer: the class, its label and probability (a class-agnostic map: none, and the model's
-    top-1 as ``predicted_*``), whether the map is degenerate (flat: all zeros), the low-resolution map, and (overlay=png) the overlay over the sent image as
-    base64 PNG."""
+    top-1 as ``predicted_*``), whether the map is degenerate (flat: all zeros), the low-resolution map, and
+    (overlay=png) the overlay over the sent image as base64 PNG."""
     from ..methods.registry import class_agnostic
     from ..numerics import probabilities_of
     from ..postprocess import caption, class_fields, encode_png, overlay_picture, upsample
