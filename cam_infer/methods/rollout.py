@@ -44,8 +44,8 @@ def rollout(ctx: Context, *, head_fusion: Literal["mean", "max", "min"] = "mean"
                                   "no class token (a Swin-style grid of tokens); use recipro, ablation or score")
     if not tokens.class_token:
         raise MethodNotApplicable("method 'rollout' reads the class token's row of the attention, and this model's "
-                                  "head pools its patch tokens (its prefix tokens are registers, no class token); "
-                                  "use recipro, ablation or score")
+                                  "head pools its patch tokens, not a class token (its prefix tokens are registers "
+                                  "or unread); use recipro, ablation or score")
     count = tokens.prefix + tokens.grid[0] * tokens.grid[1]
     shapes = {tuple(a.shape[1:]) for a in ctx.attention}
     if shapes != {(count, count)}:

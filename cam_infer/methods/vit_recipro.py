@@ -58,7 +58,7 @@ def vit_recipro(ctx: Context, *, kernel: Literal["gaussian3", "onehot"] = "gauss
                                   "does); this model has no prefix tokens (a Swin-style grid): use recipro")
     if not tokens.class_token:
         raise MethodNotApplicable("method 'vit-recipro' explains a class-token head; this model's head pools its "
-                                  "patch tokens (its prefix tokens are registers): use recipro")
+                                  "patch tokens, not a class token: use recipro")
     require_logits(score, ctx.bundle.output_kind)
     d, h, w = ctx.activations.shape[1:]
     weights = KERNELS[kernel]
