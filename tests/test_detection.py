@@ -157,7 +157,9 @@ def targets_of(ex, image=PHOTO):
 @pytest.mark.slow
 def test_recipro_at_the_detect_inputs_equals_the_full_sweep_of_every_cell(bundles, explainers):
     """The ≤26-row shortcut (the anchor's measured window, the rest filled with the all-zero level's
-    score) against keeping every cell of every level in turn through the head graph on ONNX Runtime."""
+    score) against keeping every cell of every level in turn through the head graph on ONNX Runtime, each cell's
+    score floored at the all-zero level's (the map's zero level); the same map, zero outside the window, on
+    OpenVINO."""
     ex = explainers["onnxruntime"]
     ctx, found = context(ex)
     from cam_infer.detection.targets import Target
@@ -173,7 +175,10 @@ def test_recipro_at_the_detect_inputs_equals_the_full_sweep_of_every_cell(bundle
         keep[np.arange(h * w), 0, np.arange(h * w) // w, np.arange(h * w) % w] = 1
         view *= keep
         out = np.concatenate([session.run(None, {PACKED: rows[i:i + 200]})[0] for i in range(0, h * w, 200)])
-        maps[li] = out[:, 4 + target.class_id, target.anchor].reshape(h, w)
+        zero = ctx.packed[None].copy()
+        zero[:, level["offset"]:level["offset"] + c * h * w] = 0
+        floor = session.run(None, {PACKED: zero})[0][0, 4 + target.class_id, target.anchor]
+        maps[li] = np.maximum(out[:, 4 + target.class_id, target.anchor], floor).reshape(h, w)
     own = int(ctx.grid.level[target.anchor])
     for li, m in maps.items():                        # the other levels cannot move the anchor: constant maps
         assert li == own or np.ptp(m) == 0
@@ -184,6 +189,10 @@ def test_recipro_at_the_detect_inputs_equals_the_full_sweep_of_every_cell(bundle
     np.testing.assert_allclose(raw, expected, atol=1e-4 * np.abs(expected).max())
     assert ctx.head_rows == 0 and 0 < ctx.branch_rows <= 26   # its own level's window + 1, as 5×5 crops
     assert not got.items[0][0].degenerate
+    on_openvino = explainers["openvino"].explain(PHOTO, "recipro", target=0).items[0][0].saliency
+    saliency = got.items[0][0].saliency
+    assert np.abs(on_openvino - saliency).max() < 1e-2
+    assert (saliency == 0).mean() > 0.9 and (on_openvino == 0).mean() > 0.9     # nothing lifts the rest off zero
 
 
 def test_split_finds_each_levels_class_branch_and_a_too_small_window_is_refused(bundles):

@@ -298,3 +298,4 @@ def test_a_boxes_file_whose_images_hold_no_box_draws_no_box_prior(tmp_path):
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
     assert set(summary["baselines"]) == {"random-map", "centre-gaussian"}
     assert summary["settings"]["baselines"] == ["random-map", "centre-gaussian"]
+    assert summary["settings"]["backend"] and len(summary["settings"]["layer"]) == 2       # the runtime, the cut set

@@ -25,7 +25,8 @@ import numpy as np
 
 from ..audit import CLEARED, OVERLAYS, boxes_for, check_boxes_match, load_boxes
 from ..audit.baselines import BOX_PRIOR, GAUSSIAN, RANDOM, available, baseline_map, dataset_priors
-from ..audit.report import ROWS_NAME, SUMMARY_NAME, check_grid, check_tolerance, closing_lines, per_target_writer
+from ..audit.report import (ROWS_NAME, SUMMARY_NAME, check_grid, check_tolerance, closing_lines, cut_names,
+                            per_target_writer)
 from ..audit.work import audit_batch, thumbnail_png
 from ..jobs.folders import collect_images
 from ..errors import CamInferError
@@ -79,7 +80,8 @@ def run_detection_audit(bundle, images, methods, out, *, boxes=None, backend: st
     baselines = tuple(b for b in baselines if b in available(priors))     # no prior where no image has a box
     settings = {"bundle": str(explainer.bundle.path.resolve()), "methods": list(methods), "boxes": boxes and
                 str(Path(boxes).resolve()), "tolerance": tolerance, "conf": conf, "options": options or {},
-                "precision": explainer.backend.precision, "baselines": list(baselines)}
+                "precision": explainer.backend.precision, "backend": explainer.backend.describe(),
+                "layer": cut_names(explainer.bundle), "baselines": list(baselines)}
     summary: dict = {}
     write = per_target_writer(summary, settings, methods, baselines, COLUMNS, MEANS, SHOWN, "detections", grid)
 

@@ -131,7 +131,9 @@ def target_passes(ctx, target, *, score: str = "anchor", block: int = 1) -> Pass
 @implements("recipro", "detection", passes=target_passes,
             cost="≤ 26 k×k crops per target at the Detect inputs; h·w/block² head rows per level otherwise")
 def recipro_detections(ctx, targets, *, score: Literal["anchor", "match"] = "anchor", block: int = 1) -> list:
-    """Σ_l U(s(head(A with level l kept at one cell))): the cells whose features alone keep the detection"""
+    """Σ_l U(max(s(head(A with level l kept at one cell)), s⁰_l)): the cells whose features alone keep the detection,
+    s⁰_l the score with level l all zero (the map's zero level: cells outside the head's window score it exactly,
+    and a cell that lowers the score below it adds nothing, as noise of the runtime's rounding might)"""
     return [recipro_map(ctx, t, score, block) for t in targets]
 
 
@@ -144,7 +146,7 @@ def recipro_map(ctx, target, score: str, block: int) -> np.ndarray:
         values = kept_values(ctx.perturbable(i, target, score), blocks)
         level_map = np.full((h, w), values[-1], np.float32)
         for (y0, y1, x0, x1), v in zip(blocks, values[:-1]):
-            level_map[y0:y1, x0:x1] = v
+            level_map[y0:y1, x0:x1] = max(v, values[-1])
         maps[i] = level_map
     return same_unit(maps, ctx.size)
 
