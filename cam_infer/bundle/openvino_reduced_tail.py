@@ -70,13 +70,8 @@ def _first_norm(x):
 
 def _has_constant(op) -> bool:
     """Whether an input of `op` is a constant (or a constant converted: weights stored in float16)."""
-    for value in op.input_values():
-        node = value.get_node()
-        if node.get_type_name() == "Convert":
-            node = node.input_value(0).get_node()
-        if node.get_type_name() == "Constant":
-            return True
-    return False
+    from .openvino_split import is_constant
+    return any(is_constant(value) for value in op.input_values())
 
 
 def _copies(tokens, index, weight):

@@ -21,7 +21,7 @@ from .anatomy import check_class_softmax, check_one_output, check_scores_size, r
 from .manifest import FORMAT, FORMAT_VERSION, sha256_of
 from .openvino_cut_set import PACKED, OpenVinoGraph, level_records, openvino_cut_set, packed_openvino_graphs
 from .openvino_head import fake_quantize_step
-from .openvino_split import (_BatchFails, _bytes, _compiled, _cut, _input_spec, _layouts, _message, _ops,
+from .openvino_split import (_BatchFails, _bytes, _compiled, _constant, _cut, _input_spec, _layouts, _message, _ops,
                              _ov_version, _Output, _reaches_parameter, _read, softmax_of, split_openvino)
 from .verify import as_source_input, compare, random_images
 
@@ -88,8 +88,8 @@ def _kind(value, class_axis: int | None) -> str:
         if kind in ("Add", "Multiply", "Subtract") and not _dequantizes(node):
             changed.append(kind)
         if kind == "Transpose" and class_axis is not None:
-            perm = node.input_value(1).get_node()
-            order = [int(v) for v in np.ravel(perm.get_data())] if perm.get_type_name() == "Constant" else []
+            perm = _constant(node.input_value(1))
+            order = [] if perm is None else [int(v) for v in np.ravel(perm)]
             class_axis = order[class_axis] if class_axis < len(order) else None
         node = node.input_value(0).get_node()
     return "logits"

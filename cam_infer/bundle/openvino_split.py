@@ -217,8 +217,8 @@ def _score_output(model):
             if any(k in ("FakeQuantize", "Convert") for k in passed):
                 return node.input_value(0), tuple(reversed(passed + ["Softmax"])), dequantize, False
             return value, (), dequantize, True
-        if kind == "Transpose" and _constant(node.input_value(1)) is not None and \
-                int(np.ravel(_constant(node.input_value(1)))[0]) != 0:
+        perm = _constant(node.input_value(1)) if kind == "Transpose" else None
+        if perm is not None and int(np.ravel(perm)[0]) != 0:
             check_score_op(kind, result.get_friendly_name(), moves_batch=True)
         if kind not in SCORE_PASS or not node.get_input_size():
             check_score_op(ONNX_NAMES.get(kind, kind), result.get_friendly_name(), _softmax_behind(node))
@@ -248,13 +248,13 @@ def _softmax_behind(node) -> bool:
             return True
         if ONNX_NAMES.get(kind, kind) not in VALUE_CHANGING | {"Log"} and kind not in SCORE_PASS:
             return False
-        inputs = [node.input_value(i) for i in range(node.get_input_size()) if not _is_constant(node.input_value(i))]
+        inputs = [node.input_value(i) for i in range(node.get_input_size()) if not is_constant(node.input_value(i))]
         if len(inputs) != 1:
             return False
         node = inputs[0].get_node()
 
 
-def _is_constant(value) -> bool:
+def is_constant(value) -> bool:
     """A Constant, or one converted (a compressed model's f16 weights)."""
     node = value.get_node()
     while node.get_type_name() == "Convert":
