@@ -21,9 +21,9 @@ from .anatomy import check_class_softmax, check_one_output, check_scores_size, r
 from .manifest import FORMAT, FORMAT_VERSION, sha256_of
 from .openvino_cut_set import PACKED, OpenVinoGraph, level_records, openvino_cut_set, packed_openvino_graphs
 from .openvino_head import fake_quantize_step
-from .openvino_split import (_BatchFails, _bytes, _compiled, _constant, _cut, _input_spec, _layouts, _message, _ops,
+from .openvino_split import (_BatchFails, _bytes, _compiled, _constant, _cut, _input_spec, _layouts, _ops,
                              _ov_version, _Output, _reaches_parameter, _read, softmax_of, split_openvino)
-from .verify import as_source_input, compare, random_images
+from .verify import as_source_input, compare, openvino_message, random_images
 
 IDS = {"Squeeze", "Convert", "Reshape", "Unsqueeze"}
 TAIL = {"FakeQuantize", "Interpolate", "Transpose", "Convert", "Add", "Multiply", "Subtract", "Reshape", "Sigmoid",
@@ -236,7 +236,7 @@ def _verify(reference, spec, features, head, prep, batch_mode: str, nhwc: bool) 
     except Exception as exc:
         if batch_mode == "dynamic":
             raise _BatchFails() from None
-        raise CamInferError(f"OpenVINO cannot compile this model or its split ({_message(exc)})") from None
+        raise CamInferError(f"OpenVINO cannot compile this model or its split ({openvino_message(exc)})") from None
     scores = reference.get_results()[0].input_value(0)
     step = fake_quantize_step(scores)
     worst = 0.0
@@ -250,7 +250,7 @@ def _verify(reference, spec, features, head, prep, batch_mode: str, nhwc: bool) 
         except Exception as exc:
             if batch_mode == "dynamic":
                 raise _BatchFails() from None
-            raise CamInferError(f"the split graphs do not run on OpenVINO ({_message(exc)})") from None
+            raise CamInferError(f"the split graphs do not run on OpenVINO ({openvino_message(exc)})") from None
         try:
             worst = max(worst, compare(got, expected, False, 1e-4, step, n))
         except Exception as exc:

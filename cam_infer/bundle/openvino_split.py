@@ -27,7 +27,7 @@ from .anatomy import VALUE_CHANGING, check_class_softmax, check_classifier_outpu
 from .graph import InputSpec
 from .manifest import FORMAT, FORMAT_VERSION, Bundle, sha256_of
 from .openvino_tokens import token_cut
-from .verify import VERIFY_BATCHES, Mismatch, as_source_input, compare, random_images
+from .verify import VERIFY_BATCHES, Mismatch, as_source_input, compare, openvino_message, random_images
 
 OPENVINO_SUFFIXES = (".xml", ".tflite")
 NCHW_OPS = {"Convolution", "GroupConvolution", "ConvolutionBackpropData", "AvgPool", "MaxPool", "BatchNormInference",
@@ -66,12 +66,7 @@ def _read(path: Path):
     try:
         return openvino_model(path)
     except Exception as exc:
-        raise CamInferError(f"OpenVINO cannot read '{path}' ({_message(exc)})") from None
-
-
-def _message(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip() and not line.startswith("Exception from")]
-    return " ".join(lines)[:400] or type(exc).__name__
+        raise CamInferError(f"OpenVINO cannot read '{path}' ({openvino_message(exc)})") from None
 
 
 def _ops(model) -> dict:
@@ -428,7 +423,7 @@ def _cut(model, spec: InputSpec, target: _Output, logits, prep: Preprocessing, b
     try:
         head = ov.Model([ops.result(end)], [activation], "head")
     except Exception as exc:
-        raise CamInferError(f"layer '{target.op}' is not a cut point ({_message(exc)})") from None
+        raise CamInferError(f"layer '{target.op}' is not a cut point ({openvino_message(exc)})") from None
     if batch == -1:
         for part in (features, head):
             _release_batch(part)
@@ -559,13 +554,13 @@ def _verify(model, spec: InputSpec, features, head, prep: Preprocessing, left_ou
     try:
         full = _compiled(model)
     except Exception as exc:
-        raise CamInferError(f"OpenVINO cannot compile this model ({_message(exc)})") from None
+        raise CamInferError(f"OpenVINO cannot compile this model ({openvino_message(exc)})") from None
     try:
         feat, hd = _compiled(features), _compiled(head)
     except Exception as exc:
         if batch_mode == "dynamic":
             raise _BatchFails() from None
-        raise CamInferError(f"OpenVINO cannot compile this model or its split ({_message(exc)})") from None
+        raise CamInferError(f"OpenVINO cannot compile this model or its split ({openvino_message(exc)})") from None
     step = 0.0
     if dequantize is not None:
         in_low, in_high, out_low, out_high = dequantize
@@ -583,7 +578,7 @@ def _verify(model, spec: InputSpec, features, head, prep: Preprocessing, left_ou
         except Exception as exc:
             if batch_mode == "dynamic":
                 raise _BatchFails() from None
-            raise CamInferError(f"the split graphs do not run on OpenVINO ({_message(exc)})") from None
+            raise CamInferError(f"the split graphs do not run on OpenVINO ({openvino_message(exc)})") from None
         try:
             diff = compare(got, expected, bool(left_out), 1e-4, step, n)
         except Mismatch as exc:

@@ -9,6 +9,8 @@ compared with the model's probabilities.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import onnx
 
@@ -53,13 +55,24 @@ def session(model: onnx.ModelProto):
     return onnxruntime_session(model, FLOAT32, quiet=True)
 
 
-def runtime_message(exc: BaseException, limit: int | None = 600) -> str:
+def runtime_message(exc: BaseException | str, limit: int | None = 600) -> str:
     """The runtime's message on one line (its second line often says what was expected), at most `limit`
     characters, cut at a word and ending in '...' when longer; ``limit=None``: all of it."""
     text = " ".join(" ".join(str(exc).split()).split(" ; "))
     if limit is None or len(text) <= limit:
         return text
     return text[:limit - 3].rsplit(" ", 1)[0] + " ..."
+
+
+def openvino_message(exc: BaseException, limit: int = 400) -> str:
+    """OpenVINO's message on one line without its C++ locations: a model it could not convert is named by the ops
+    it failed on (its report's summary), anything else is its message cut at `limit` characters."""
+    text = str(exc)
+    failed = re.search(r"Conversion is failed for:\s*(.+)", text)
+    if failed:
+        return "OpenVINO cannot convert its ops " + " ".join(failed.group(1).split())
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("Exception from")]
+    return runtime_message(" ".join(lines), limit) if lines else type(exc).__name__
 
 
 def _run(sess, x: np.ndarray, fixed: int | None, *, scores: bool = False) -> np.ndarray:
@@ -160,5 +173,5 @@ def openvino_runs(features: onnx.ModelProto, head: onnx.ModelProto) -> str | Non
         try:
             openvino_compiled(model, FLOAT32)
         except Exception as exc:
-            return f"{role}: {runtime_message(exc, limit=None)}"
+            return f"{role}: {openvino_message(exc)}"
     return None
