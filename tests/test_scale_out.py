@@ -155,6 +155,33 @@ def test_workers_end_with_a_killed_or_terminated_driver_and_the_rerun_completes_
     assert_same_audit(reference, out)
 
 
+@pytest.mark.integration
+def test_a_terminated_run_exits_without_waiting_for_the_batch_in_flight(tmp_path):
+    """A SIGTERM during a long batch (SS-CAM with 2 000 samples: minutes per image) stopped the run at once but the
+    process exited only when the batch in its pool thread ended (Python joins those threads at exit). Now it exits
+    within seconds, 143, saying so, and nothing is recorded as done."""
+    scenes = tmp_path / "scenes"
+    write_scenes(scenes, "large", 2, seed=0)
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "cam_infer", "explain", str(SHAPES), str(scenes / "large_00000.png"),
+            str(scenes / "large_00001.png"), "--method", "ss-cam", "--option", "samples=2000", "--batch-size", "1",
+            "--out", str(out)]
+    process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    deadline = time.time() + 60
+    while time.time() < deadline and process.poll() is None and not (out / JOURNAL).exists():
+        time.sleep(0.05)
+    time.sleep(2)                       # inside the first image's passes
+    assert process.poll() is None, "the run ended before it could be stopped"
+    sent = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    waited = time.monotonic() - sent
+    assert process.returncode == 128 + signal.SIGTERM and stderr.strip().endswith("cam-infer: terminated"), stderr
+    assert waited < 15, f"exited {waited:.0f} s after the SIGTERM: it waited for the batch in flight"
+    assert not (out / "results.json").exists() or "large_00000" not in (out / "results.json").read_text()
+
+
 def _running(pid: int) -> bool:
     """Whether process `pid` exists and has not exited (a zombie waits for its new parent to reap it)."""
     try:

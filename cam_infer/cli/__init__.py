@@ -19,6 +19,22 @@ from ..errors import CamInferError, PrecisionWarning
 from . import commands
 from .arguments import build_parser
 
+def run() -> None:
+    """The console script: `main`, then exit with its code. A run interrupted while a pool thread is still inside
+    a batch (a Score-CAM image can take minutes) exits at once: its journal is closed and its workers stopped by
+    then, and Python would otherwise wait at exit for the batch to end."""
+    code = main()
+    if code in (130, 128 + signal.SIGTERM) and _busy_threads():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
+def _busy_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive() and not t.daemon]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

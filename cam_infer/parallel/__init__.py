@@ -116,10 +116,10 @@ def ordered_threads(work, items, threads: int):
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
-    finally:
-        for future in pending:
-            future.cancel()
-        pool.shutdown(wait=True)
+    except BaseException:           # interrupted or closed: the items not started are dropped, none awaited
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 def make_runner(workers=None, ray: str | None = None, threads: int | None = None):
