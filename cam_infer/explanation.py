@@ -87,8 +87,9 @@ class Explanation:
         return self.items is not None and any(hasattr(s, "region") for items in self.items for s in items)
 
     def records(self) -> list[list[dict]]:
-        """Per image, one record per explained target: its class (a detector's: and box, anchor, level),
-        score, and whether its map is constant or near-uniform."""
+        """Per image, one record per explained target: its class (a detector's: and box, anchor, level; a
+        segmenter's: and region, with the map's energy inside it), score, and whether its map is constant or
+        near-uniform."""
         if self.detector:
             return [[d.record() for d in items] for items in self.items]
         uniform = self.uniform

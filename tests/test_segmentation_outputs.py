@@ -481,6 +481,8 @@ def test_explain_over_a_region_from_the_command_line_box_or_folder_of_masks(segm
             assert record["region"] in ("box", "mask") and record["region_pixels"] == s.pixels
             assert record["energy_in_region"] == pytest.approx((s.saliency * s.region).sum() / s.saliency.sum(),
                                                                abs=1e-4)
+            fields = {k: v for k, v in record.items() if k != "overlay"}      # the CLI's record is the Python one
+            assert fields == pytest.approx(e.records()[0][0], abs=1e-4)
     result = run_cli("explain", ex.bundle.path, images[0], "--region", "left", "--out", tmp_path / "bad")
     assert_one_line_error(result, "--region 'left' is neither")
     result = run_cli("explain", tiny_bundle.path, images[0], "--region", "1,2", "--out", tmp_path / "cls")

@@ -73,6 +73,9 @@ def test_explain_answers_every_class_over_its_region_as_the_explainer(server, ex
         assert got["label"] == want.label and got["region"] == "predicted"
         assert got["region_pixels"] == want.pixels and abs(got["score"] - want.score) < 1e-4
         np.testing.assert_allclose(np.array(got["map"]["data"]), low_resolution(want), atol=6e-5)
+    for got, want in zip(answer["maps"], e.records()[0]):      # the served record is the Python one, energy included
+        assert set(got) - {"map"} == set(want) and "energy_in_region" in want
+        assert {k: v for k, v in got.items() if k != "map"} == pytest.approx(want, abs=1e-4)
     picture = cv2.cvtColor(cv2.imdecode(np.frombuffer(base64.b64decode(answer["overlay_png"]), np.uint8),
                                         cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
     assert np.abs(picture.astype(int) - e.overlay(0)).max() <= 2

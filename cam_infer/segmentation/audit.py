@@ -122,7 +122,8 @@ def audit_image(explainer: Explainer, image, methods, target, masks, options, th
         if thumbnails:
             pictures[method] = thumbnail_png(e.overlay(0))
         items = e.items[0]
-        rows += [{"image": str(image), "method": method, "index": j, **s.record(), "class_agnostic": e.class_agnostic,
+        rows += [{"image": str(image), "method": method, "index": j, **s.record(energy=False),
+                  "class_agnostic": e.class_agnostic,
                   **_metrics(s.saliency, s, truth, s.degenerate)} for j, s in enumerate(items)]
     if baselines:
         x = explainer.preprocess([rgb])[0]
@@ -130,7 +131,7 @@ def audit_image(explainer: Explainer, image, methods, target, masks, options, th
             saliency = baseline_map(name, x, priors or {})                  # at the model's input, as the methods'
             degenerate = bool(np.ptp(saliency) == 0)
             rows += [{"image": str(image), "method": name, "index": j, "class_agnostic": True, "baseline": True,
-                      **replace(s, class_agnostic=True, degenerate=degenerate, uniform=False).record(),
+                      **replace(s, class_agnostic=True, degenerate=degenerate, uniform=False).record(energy=False),
                       **_metrics(saliency, s, truth, degenerate)} for j, s in enumerate(items)]
     return (rows, pictures) if thumbnails else rows
 

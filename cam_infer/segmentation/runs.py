@@ -16,7 +16,6 @@ from ..explainer import Explainer
 from ..explanation import _safe
 from ..jobs.explain import Results
 from ..jobs.folders import read_stamped
-from ..metrics.segmentation import energy_in_region, uniform_baseline
 from ..postprocess import check_overlay_options, check_overlays, encode_map, encode_picture
 from ..runs import bundle_hashes, check_on, options_per_method
 from ..tasks import class_index
@@ -95,12 +94,6 @@ def _cost(code, explainer, options: dict) -> str:
     return passes.describe() if passes.head else "no head pass (the linear-tail shortcut)"
 
 
-def target_record(s) -> dict:
-    """A (class, region) target's record with the map's energy inside its region and a uniform map's."""
-    return {**s.record(), "energy_in_region": round(energy_in_region(s.saliency, s.region), 5),
-            "uniform_baseline": round(uniform_baseline(s.region), 5)}
-
-
 @dataclass(frozen=True)
 class SegmentationWork:
     """A batch of images [(path, overlay name, methods still to do, _)] → their records, overlays or maps (one
@@ -140,7 +133,7 @@ class SegmentationWork:
             key = "map" if self.overlays == "none" else "overlay"
             targets = []
             for j, s in enumerate(e.items[0]):
-                record = target_record(s)
+                record = s.record()
                 if not e.class_agnostic:             # a class-agnostic map is the image's one picture
                     record[key] = self._picture(e, j, f"{name}_{method}_{j}_{_safe(s.label or str(s.class_id))}", out)
                 targets.append(record)

@@ -31,6 +31,7 @@ import numpy as np
 from ..errors import CamInferError, NotInImage
 from ..explanation import Explanation
 from ..methods.registry import Context
+from ..metrics.segmentation import energy_in_region, uniform_baseline
 from ..numerics import nonzero_per_row, softmax
 from ..postprocess import near_uniform, normalise, upsample
 from .base import Task, box_corners, class_index
@@ -52,14 +53,20 @@ class SegmentMap:
     class_agnostic: bool = False
     source: str = "predicted"    # where the region came from: predicted | mask | box | pixel
 
-    def record(self) -> dict:
+    def record(self, energy: bool = True) -> dict:
         """The target's fields. A class-agnostic map explains no class, so its record names none; the class whose
         region (and region score) it is measured on is kept apart, as ``region_class_id`` and ``region_label``
-        (as a classifier's class-agnostic records keep the top-1 as ``predicted_*``)."""
+        (as a classifier's class-agnostic records keep the top-1 as ``predicted_*``). With `energy`: the map's
+        energy inside its region, Σ S·R / Σ S, and a uniform map's, |R| / |image| (an audit measures both
+        against its masks' valid pixels instead)."""
         named = {"region_class_id": self.class_id, "region_label": self.label} if self.class_agnostic else \
             {"class_id": self.class_id, "label": self.label}
-        return {**named, "score": round(self.score, 5), "region": self.source, "region_pixels": self.pixels,
-                "degenerate": self.degenerate, "uniform": self.uniform}
+        record = {**named, "score": round(self.score, 5), "region": self.source, "region_pixels": self.pixels,
+                  "degenerate": self.degenerate, "uniform": self.uniform}
+        if energy:
+            record.update(energy_in_region=round(energy_in_region(self.saliency, self.region), 5),
+                          uniform_baseline=round(uniform_baseline(self.region), 5))
+        return record
 
 
 @dataclass
