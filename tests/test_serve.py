@@ -202,7 +202,7 @@ def test_explain_takes_an_image_file_raw_or_as_a_form(server, explainer, scenes)
     answer = json.loads(raw)
     assert answer["class_id"] == int(e.targets[0]) and answer["label"] == explainer.bundle.labels[answer["class_id"]]
     assert abs(answer["score"] - float(e.scores[0])) < 1e-5
-    assert answer["degenerate"] is bool(e.degenerate[0]) is False
+    assert answer["degenerate"] is bool(e.degenerate[0]) is False and answer["uniform"] is bool(e.uniform[0])
     np.testing.assert_allclose(np.array(answer["map"]["data"]), normalise(e.maps)[0][0], atol=6e-5)
     boundary = "----cam-infer-test"
     form = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n"
@@ -495,11 +495,40 @@ def test_explain_on_fused_top_classes_and_class_agnostic_models(tmp_path, server
         try:
             for scene in scenes[:2]:
                 assert_same_explanations(fused_server, server, scene.read_bytes(), f"?method={method}")
+            if method == "eigen":                                    # no saliency_class output: -1, as a bundle's
+                result = triton_infer(fused_server.client(), batch, model=f"shapes_{method}")
+                np.testing.assert_array_equal(result["saliency_class"], np.full(len(batch), -1))
             why = "explains its top class; fuse with --class-input" if method == "cam" else "class-agnostic"
             assert_error(fused_server.request(f"/v2/models/shapes_{method}/infer",
                                               *binary_request(batch[:1], parameters={"class": 1})), 400, why)
         finally:
             fused_server.stop()
+
+
+def test_a_class_input_fused_model_answers_with_the_class_it_was_fed(tmp_path, server, explainer, scenes, batch):
+    """A --class-input fused model has no saliency_class output: /explain?class=c answered with the map of c under
+    the top class's name and probability. Now it answers as the bundle's server (by index and by label), and
+    /infer gives saliency_class as for a bundle: the fed classes, and -1 from a class-agnostic fused model."""
+    fused = tmp_path / "shapes_recipro_class.onnx"
+    made = subprocess.run([sys.executable, "-m", "cam_infer", "fuse", str(SHAPES), "--method", "recipro",
+                           "--class-input", "--out", str(fused)], capture_output=True, text=True, env=ENV, cwd=ROOT)
+    assert made.returncode == 0, made.stderr
+    fused_server = Server(fused)
+    try:
+        for scene in scenes[:2]:
+            top = json.loads(server.request("/explain", scene.read_bytes())[2])["class_id"]
+            other = (top + 1) % 4                                          # a class that is not the top one
+            got = assert_same_explanations(fused_server, server, scene.read_bytes(), f"?class={other}")
+            assert got["class_id"] == other != top
+            by_label = assert_same_explanations(fused_server, server, scene.read_bytes(),
+                                                f"?class={explainer.bundle.labels[other]}")
+            assert by_label["class_id"] == other
+        classes = [i % 4 for i in range(len(batch))]
+        result = triton_infer(fused_server.client(), batch, model="shapes_recipro_class",
+                              parameters={"class": classes})
+        np.testing.assert_array_equal(result["saliency_class"], classes)
+    finally:
+        fused_server.stop()
 
 
 def assert_same_explanations(fused: Server, bundle: Server, image: bytes, query: str = "") -> dict:

@@ -350,35 +350,35 @@ async def image_of(request, limit: int) -> bytes:
 
 def one_map(outputs: dict) -> dict:
     """Outputs with one map per image and the class it explains, as /explain reads them: a top-k fused
-    model's first map (its best class); a class-agnostic fused model, which has no ``saliency_class``, its
-    top class."""
-    saliency, chosen = outputs["saliency"], outputs.get("saliency_class")
-    classes = outputs["scores"].argmax(axis=1) if chosen is None else chosen.reshape(len(chosen), -1)[:, 0]
+    model's first map (its best class)."""
+    saliency, chosen = outputs["saliency"], outputs["saliency_class"]
     return {**outputs, "saliency": saliency.reshape(len(saliency), -1, *saliency.shape[-2:])[:, 0],
-            "saliency_class": classes}
+            "saliency_class": chosen.reshape(len(chosen), -1)[:, 0]}
 
 
 def explanation_json(served, outputs: dict, rgb: np.ndarray, overlay: str | None, method: str) -> dict:
     """The /explain answer: the class, its label and probability (a class-agnostic map: none, and the model's
-    top-1 as ``predicted_*``), whether the map is degenerate (flat: all zeros), the low-resolution map, and
+    top-1 as ``predicted_*``), whether the map is degenerate (flat: all zeros) or near-uniform (as
+    `Explanation.uniform`), the low-resolution map, and
     (overlay=png) the overlay over the sent image as base64 PNG."""
     from ..methods.registry import class_agnostic
     from ..numerics import probabilities_of
-    from ..postprocess import caption, class_fields, encode_png, overlay_picture, upsample
+    from ..postprocess import caption, class_fields, encode_png, near_uniform, overlay_picture, upsample
     bundle = served.bundle
     agnostic = class_agnostic(method)
     class_id = int(outputs["scores"][0].argmax()) if agnostic else int(outputs["saliency_class"][0])
     probability = float(probabilities_of(outputs["scores"][:1], bundle.output_kind)[0, class_id])
     saliency = outputs["saliency"][0]
     label = bundle.label(class_id) if bundle.labels else None
+    full = upsample(saliency[None], bundle.input_shape[1:])[0]
+    degenerate = bool(saliency.max() <= 0.0)                       # the graph's normalisation zeroes a flat map
     answer = {"method": method, "precision": served.precision,
               **class_fields(class_id, label, round(probability, 6), agnostic),
-              "degenerate": bool(saliency.max() <= 0.0),          # the graph's normalisation zeroes a flat map
+              "degenerate": degenerate, "uniform": not degenerate and bool(near_uniform(full)),
               "map": {"shape": list(saliency.shape), "data": np.round(saliency.astype(np.float64), 4).tolist()}}
     if overlay not in (None, "", "none", "png"):
         raise ProtocolError(f"overlay must be 'png' or 'none', not {overlay!r}")
     if overlay == "png":
-        full = upsample(saliency[None], bundle.input_shape[1:])[0]
         text = caption(method, label, None if agnostic else class_id, probability)
         picture = overlay_picture(full, rgb, bundle.preprocessing, text)
         answer["overlay_png"] = base64.b64encode(encode_png(picture)).decode()

@@ -156,8 +156,12 @@ class ServedFused:
         self.takes_class = any(i["name"] == "class_id" for i in self.inputs)
         kind = meta.get("cam_infer.output_kind")
         explains = self.pixels is not None and kind is not None and not self.detector
-        labels = json.loads(meta["cam_infer.labels"]) if "cam_infer.labels" in meta else None
-        self.bundle = Recorded(self.pixels, kind, labels) if explains else None
+        self.labels = json.loads(meta["cam_infer.labels"]) if "cam_infer.labels" in meta else None
+        self.bundle = Recorded(self.pixels, kind, self.labels) if explains else None
+        self.fills_class = meta.get("cam_infer.target") not in ("detector", "segmenter") and not any(
+            o["name"] == "saliency_class" for o in self.outputs)         # a class-agnostic or --class-input model
+        if self.fills_class:
+            self.outputs.append({"name": "saliency_class", "datatype": "INT64", "shape": [-1]})
         self.preprocessing = self.pixels if explains else None    # None: no /explain
         scores = self.outputs[0]["shape"]
         self.num_classes = scores[1] if len(scores) == 2 and scores[1] > 0 else 2**31 - 1
@@ -175,11 +179,11 @@ class ServedFused:
         top_classes = _positive_int(parameters.get("top_classes", self.top_classes), "top_classes")
         if top_classes != self.top_classes:
             raise ProtocolError(f"this fused model explains the top {self.top_classes} class(es); fuse again for top_classes")
-        classes = _classes(parameters.get("class"), n, self.num_classes, None)
-        if classes is not None and not self.takes_class:
+        if parameters.get("class") is not None and not self.takes_class:
             raise ProtocolError("this fused model explains its top class; fuse with --class-input to choose it"
                                 if self.class_specific else
                                 "this fused model's map is class-agnostic: it takes no class")
+        classes = _classes(parameters.get("class"), n, self.num_classes, self.labels)
         if classes is None and self.takes_class:
             raise ProtocolError("this fused model needs 'class' (it was fused with --class-input)")
         return Key(method, top_classes, classes is not None), classes
@@ -189,7 +193,19 @@ class ServedFused:
         if self.takes_class:
             feeds["class_id"] = np.asarray(classes, np.int64)
         outputs = self.runtime.run(feeds, pixels=key.pixels)
-        return {self.aliases.get(name, name): value for name, value in outputs.items()}
+        outputs = {self.aliases.get(name, name): value for name, value in outputs.items()}
+        if self.fills_class:
+            outputs["saliency_class"] = self._explained_classes(outputs["scores"], classes)
+        return outputs
+
+    def _explained_classes(self, scores: np.ndarray, classes: list | None) -> np.ndarray:
+        """The classes the maps explain, as a bundle's `saliency_class`, for a fused model without that output: the
+        requested ones (--class-input), the top ones (a top-1 model of an earlier release), or none (-1)."""
+        if self.takes_class:
+            return np.asarray(classes, np.int64)
+        if self.class_specific:
+            return scores.reshape(len(scores), -1).argmax(axis=1).astype(np.int64)
+        return np.full(len(scores), NO_CLASS, np.int64)
 
 
 class FusedRuntime:
