@@ -41,10 +41,15 @@ class DetectionMap:
     saliency: np.ndarray         # (H,W) in [0,1], at the model's input
     degenerate: bool             # constant map
     uniform: bool = False        # near-uniform map: no localisation (`postprocess.near_uniform`)
+    class_agnostic: bool = False  # the image's one map, the same for every detection
 
     def record(self) -> dict:
-        return {"box": [round(v, 2) for v in self.box_image], "class_id": self.class_id, "label": self.label,
-                "score": round(self.score, 5), "anchor": self.anchor, "level": self.level, "index": self.index,
+        """The detection's fields. A class-agnostic map explains no class, so its record names none: the
+        detection's class is kept apart as ``detection_class_id`` and ``detection_label`` (as a segmenter's
+        ``region_*``)."""
+        named = {"detection_class_id": self.class_id, "detection_label": self.label} if self.class_agnostic else \
+            {"class_id": self.class_id, "label": self.label}
+        return {"box": [round(v, 2) for v in self.box_image], **named, "score": round(self.score, 5), "anchor": self.anchor, "level": self.level, "index": self.index,
                 **({"match_iou": round(self.match_iou, 4)} if self.index is None else {}),
                 "degenerate": self.degenerate, "uniform": self.uniform}
 

@@ -367,7 +367,10 @@ def test_split_and_explain_from_the_command_line(tmp_path):
     for r in basket:
         assert r["found"] == len(r["detections"]) >= 2
         assert r.get("class_agnostic", False) == (r["method"] == "eigen")
-        for d in r["detections"]:
+        for d in r["detections"]:       # a class-agnostic map names no class: the detection's is kept apart
+            named = ("detection_class_id", "detection_label") if r.get("class_agnostic") else ("class_id", "label")
+            assert set(named) <= set(d) and not {"class_id", "label", "detection_class_id", "detection_label"} \
+                - set(named) & set(d)
             file = r["overlay"] if r.get("class_agnostic") else d["overlay"]    # eigen: one picture per image
             picture = cv2.imread(str(tmp_path / "out" / file))
             assert picture is not None and picture.shape[1] > 640          # the original image, a colour bar

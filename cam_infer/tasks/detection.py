@@ -68,7 +68,8 @@ class DetectionTask(Task):
                 image_items.append(DetectionMap([float(v) for v in t.box], box_image, t.class_id,
                                                 self.bundle.label(t.class_id), t.score, t.anchor,
                                                 int(self.grid.level[t.anchor]), t.index, t.match_iou, saliency[0],
-                                                bool(degenerate[0]), bool(near_uniform(saliency[0]))))
+                                                bool(degenerate[0]), bool(near_uniform(saliency[0])),
+                                                not spec.class_specific))
             items.append(image_items)
         conf, iou, _ = self.thresholds(request["conf"], request["iou"], request["max_det"])
         return Explanation(method, None, None, None, None, None, (time.perf_counter() - start) * 1000,
