@@ -199,11 +199,17 @@ class Explainer:
         x, originals, names = self._inputs(images)
         request = self.task.request_for(spec, len(x), request)
         if enhance is not None:
-            return self.task.enhanced(x, originals, names, method, request, options, start)
+            return self._ran_here(self.task.enhanced(x, originals, names, method, request, options, start))
         explained = self.task.explained_in_pass(spec, x, request, options, originals, names, start)
         if explained is not None:
-            return explained
+            return self._ran_here(explained)
         activations, outputs = self.task.observe_for(spec, x, options)
         jobs = self.task.contexts(spec, x, activations, outputs, request, originals)
         maps = [self.task.run_method(spec, ctx, chosen, options) for ctx, chosen, *_ in jobs]
-        return self.task.explanation(spec, method, jobs, maps, request, options, originals, names, outputs, start)
+        return self._ran_here(self.task.explanation(spec, method, jobs, maps, request, options, originals, names,
+                                                    outputs, start))
+
+    def _ran_here(self, e: Explanation) -> Explanation:
+        """`e` with where it ran, as a folder run's settings record it: the runtime, its precision, the layer."""
+        e.runtime, e.precision, e.layers = self.backend.name, self.backend.precision, self.bundle.layers
+        return e

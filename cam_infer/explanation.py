@@ -81,6 +81,9 @@ class Explanation:
     items: list | None = None                  # a detector: per image, per explained detection, a `DetectionMap`
     detections: list | None = None             # a detector: per image, every detection of the NMS (`Detections`)
     image_maps: list | None = None             # a detector, class_agnostic: per image, (its map (H,W), constant?)
+    runtime: str | None = None                 # where it ran: onnxruntime, openvino or torch
+    precision: str | None = None               # the precision the runtime computed in: f32, bf16 or f16
+    layers: list | None = None                 # the tensor(s) the model was cut at (`Bundle.layers`)
 
     @property
     def detector(self) -> bool:

@@ -99,8 +99,9 @@ def explain_files(explainer, paths, methods: list[str], out, *, target=None, opt
     if enhance is not None:
         from .enhancers import get_enhancer
         get_enhancer(enhance)
-    settings = {"bundle": bundle_hashes(explainer.bundle), "backend": explainer.backend.describe(),
-                "precision": explainer.backend.precision, "target": target, "options": per_method, "colormap": colormap,
+    settings = {"bundle": bundle_hashes(explainer.bundle), "layer": explainer.bundle.layers,
+                "backend": explainer.backend.describe(), "precision": explainer.backend.precision, "target": target,
+                "options": per_method, "colormap": colormap,
                 "alpha": alpha, "on": on, "overlays": overlays, **({"maps": maps} if overlays == "none" else {}),
                 **({"enhance": enhancer} if enhancer else {}), **({"finer": finer} if finer else {})}
     agnostic = [m for m in methods if class_agnostic(m)] if target is not None else []

@@ -14,7 +14,7 @@ import pytest
 from conftest import SHARED, needs_shared
 from helpers import assert_one_line_error, run_cli, two_graph_pass
 
-from cam_infer import CamInferError
+from cam_infer import Bundle, CamInferError
 from cam_infer.bundle.graph import Graph
 from cam_infer.detection.anatomy import is_cut, is_detector
 from cam_infer.detection.decode import anchor_levels, boxes_xyxy, detect, iou
@@ -361,7 +361,9 @@ def test_split_and_explain_from_the_command_line(tmp_path):
                      "--out", tmp_path / "out")
     assert result.returncode == 0, result.stderr
     assert "no detection explained in 1 image" in result.stdout
-    records = json.loads((tmp_path / "out" / "results.json").read_text())["results"]
+    written = json.loads((tmp_path / "out" / "results.json").read_text())
+    records = written["results"]
+    assert written["settings"]["layer"] == Bundle.load(tmp_path / "b").layers and len(written["settings"]["layer"]) > 1
     basket = [r for r in records if r["image"].endswith("basketball1.png")]
     assert {r["method"] for r in basket} == {"recipro", "eigen"}
     for r in basket:

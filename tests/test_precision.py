@@ -296,7 +296,16 @@ def test_f16_is_recorded_as_what_the_device_runs_on_every_output(tiny_bundle, tm
     assert meta["cam_infer.precision"] == ran and ran in json.loads(meta["cam_infer.check"])
     assert Explainer(tiny_bundle, backend="openvino", device=device, precision="auto").backend.precision == \
         _device_default()
+    e = explainer.explain(_images(1), method="activation")
+    assert (e.runtime, e.precision, e.layers) == ("openvino", ran, [tiny_bundle.manifest["target_layer"]["tensor"]])
     scenes = write_scenes(tmp_path / "scenes", "large", 1)
+    if device == "CPU":                         # a folder run records what ran, not what was asked, and the layer
+        from helpers import run_cli
+        result = run_cli("explain", tiny_bundle.path, scenes, "--method", "activation", "--backend", "openvino",
+                         "--precision", "f16", "--out", tmp_path / "run")
+        assert result.returncode == 0, result.stderr
+        settings = json.loads((tmp_path / "run" / "results.json").read_text())["settings"]
+        assert settings["precision"] == ran and settings["layer"] == e.layers
     options = AuditOptions(methods=("activation",), metrics=("adcc",), backend="openvino", device=device,
                            precision="f16", steps=4)
     with warnings.catch_warnings():

@@ -473,8 +473,9 @@ def test_explain_over_a_region_from_the_command_line_box_or_folder_of_masks(segm
         result = run_cli("explain", ex.bundle.path, images[0].parent, "--method", "recipro", "--target", "1",
                          "--region", region, "--out", out)
         assert result.returncode == 0, result.stderr
-        rows = json.loads((out / "results.json").read_text())["results"]
-        assert len(rows) == len(images)
+        written = json.loads((out / "results.json").read_text())
+        rows = written["results"]
+        assert len(rows) == len(images) and written["settings"]["layer"] == ex.bundle.layers
         for r in rows:
             e = ex.explain(r["image"], "recipro", target=1, region=given(Path(r["image"])))
             (record,), s = r["targets"], e.items[0][0]

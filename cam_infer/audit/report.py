@@ -73,14 +73,6 @@ def thumbnail_grid(out: Path, files, names: dict, methods) -> list[tuple[str, di
     return grid
 
 
-def cut_names(bundle) -> list[str]:
-    """Where a bundle is cut, for a report's protocol: its layer's tensor, or each member of its cut set."""
-    cut = bundle.manifest.get("cut")
-    if cut:
-        return [level["name"] for level in cut]
-    return [bundle.manifest.get("target_layer", {}).get("tensor")]
-
-
 def per_target_writer(summary: dict, settings: dict, methods, baselines, columns, means, shown: dict, unit: str,
                       grid: int) -> Callable:
     """A detector's or segmenter's `Job.write`: rows.jsonl and metrics.csv after every batch; at the end

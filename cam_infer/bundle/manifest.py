@@ -156,6 +156,13 @@ class Bundle:
         """A detector's cut levels (name, shape, stride, offset in the packed vector); None for a classifier."""
         return self.manifest.get("cut")
 
+    @property
+    def layers(self) -> list[str]:
+        """Where the model is cut, as runs and reports record it: its layer's tensor, or each member of its cut set."""
+        if self.cut_levels:
+            return [level["name"] for level in self.cut_levels]
+        return [self.manifest.get("target_layer", {}).get("tensor") or self.activation_name]
+
     def graph_path(self, role: str) -> Path:
         """The file of graph `role`: ``features``, ``head``, or a detector's ``branch_<level>``."""
         if role not in self.manifest["graphs"]:

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..audit import CLEARED, OVERLAYS, boxes_for, check_boxes_match, load_boxes
 from ..audit.baselines import BOX_PRIOR, GAUSSIAN, RANDOM, available, baseline_map, dataset_priors
-from ..audit.report import (ROWS_NAME, SUMMARY_NAME, check_grid, check_tolerance, closing_lines, cut_names,
+from ..audit.report import (ROWS_NAME, SUMMARY_NAME, check_grid, check_tolerance, closing_lines,
                             per_target_writer)
 from ..audit.work import audit_batch, thumbnail_png
 from ..jobs.folders import collect_images
@@ -81,7 +81,7 @@ def run_detection_audit(bundle, images, methods, out, *, boxes=None, backend: st
     settings = {"bundle": str(explainer.bundle.path.resolve()), "methods": list(methods), "boxes": boxes and
                 str(Path(boxes).resolve()), "tolerance": tolerance, "conf": conf, "options": options or {},
                 "precision": explainer.backend.precision, "backend": explainer.backend.describe(),
-                "layer": cut_names(explainer.bundle), "baselines": list(baselines)}
+                "layer": explainer.bundle.layers, "baselines": list(baselines)}
     summary: dict = {}
     write = per_target_writer(summary, settings, methods, baselines, COLUMNS, MEANS, SHOWN, "detections", grid)
 

@@ -42,8 +42,8 @@ def explain_detection_files(explainer: Explainer, paths, methods: list[str], out
     for c in classes or []:                      # an unknown class is refused before the run, not on its first image
         class_index(c, explainer.labels, explainer.bundle.num_classes)
     runner = make_runner(workers, ray, threads)
-    settings = {"bundle": bundle_hashes(explainer.bundle), "backend": explainer.backend.describe(),
-                "precision": explainer.backend.precision, "task": "detection",
+    settings = {"bundle": bundle_hashes(explainer.bundle), "layer": explainer.bundle.layers,
+                "backend": explainer.backend.describe(), "precision": explainer.backend.precision, "task": "detection",
                 "targets": targets, "classes": classes, "boxes": boxes, "conf": conf, "iou": iou,
                 "options": options or {}, "colormap": colormap, "alpha": alpha, "on": on,
                 "overlays": overlays}

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..audit import CLEARED, OVERLAYS
 from ..audit.baselines import GAUSSIAN, MASK_PRIOR, RANDOM, available, baseline_map, dataset_priors
-from ..audit.report import ROWS_NAME, SUMMARY_NAME, check_grid, closing_lines, cut_names, per_target_writer
+from ..audit.report import ROWS_NAME, SUMMARY_NAME, check_grid, closing_lines, per_target_writer
 from ..audit.work import _masks_in_input, audit_batch, thumbnail_png
 from ..jobs.folders import collect_images
 from ..explainer import Explainer
@@ -75,7 +75,7 @@ def run_segmentation_audit(bundle, images, methods, out, *, masks=None, target=N
     settings = {"bundle": str(explainer.bundle.path.resolve()), "methods": list(methods), "target": target,
                 "masks": masks and str(Path(masks).resolve()), "options": options or {},
                 "precision": explainer.backend.precision, "backend": explainer.backend.describe(),
-                "layer": cut_names(explainer.bundle), "baselines": list(baselines)}
+                "layer": explainer.bundle.layers, "baselines": list(baselines)}
     summary: dict = {}
     write = per_target_writer(summary, settings, methods, baselines, COLUMNS, MEANS, SHOWN, "regions", grid)
 

@@ -43,8 +43,9 @@ def explain_segmentation_files(explainer: Explainer, paths, methods: list[str], 
             class_index(c, explainer.labels, explainer.bundle.num_classes)
     region_of(region, None)                      # a malformed region is refused before the run
     runner = make_runner(workers, ray, threads)
-    settings = {"bundle": bundle_hashes(explainer.bundle), "backend": explainer.backend.describe(),
-                "precision": explainer.backend.precision, "task": "segmentation", "target": target, "region": region,
+    settings = {"bundle": bundle_hashes(explainer.bundle), "layer": explainer.bundle.layers,
+                "backend": explainer.backend.describe(), "precision": explainer.backend.precision,
+                "task": "segmentation", "target": target, "region": region,
                 "options": options or {}, "colormap": colormap, "alpha": alpha, "on": on, "overlays": overlays}
     work = SegmentationWork(spec_for(explainer, runner), tuple(methods), target, per_method, colormap, alpha, on,
                             overlays, region)
