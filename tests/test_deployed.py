@@ -539,6 +539,10 @@ def test_verification_compares_the_logits_before_a_left_out_quantized_softmax(tm
     head.graph.node.append(helper.make_node("Add", ["logits_before_offset", "offset"], [out], name="offset"))
     with pytest.raises(Mismatch, match=r"batch 1: max \|head\(features\(x\)\) - model\(x\)\| = 0.87"):
         verify(graph.model, graph.input_spec, scores, features, head, bundle.preprocessing, "dynamic", None)
+    lowered = numpy_helper.from_array(-offset, "offset")           # the same logit 3 steps low: refused alike
+    head.graph.initializer[-1].CopyFrom(lowered)
+    with pytest.raises(Mismatch, match=r"batch 1: max \|head\(features\(x\)\) - model\(x\)\| = 0.87"):
+        verify(graph.model, graph.input_spec, scores, features, head, bundle.preprocessing, "dynamic", None)
 
 
 @needs_shared

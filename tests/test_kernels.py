@@ -327,6 +327,8 @@ def test_rollout_steps_equal_their_numpy_twin(discard_ratio, renormalise):
     got = np.zeros((3, t))
     got[:, 0] = 1.0
     drop = int(t * t * discard_ratio)
+    if drop:                                                        # F[0,0] at the threshold itself: kept
+        fused[3][2][0, 0] = np.sort(fused[3][2].ravel())[drop - 1]
     for block in reversed(fused):
         thresholds = np.sort(block.reshape(3, -1), axis=1)[:, drop - 1] if drop else np.full(3, -np.inf, np.float32)
         kernels.rollout_step(block, thresholds.astype(np.float32), renormalise == "reference", got)

@@ -220,6 +220,13 @@ def test_constant_map_is_flagged_degenerate_not_nan():
     assert degenerate.tolist() == [True, True, False]
     assert not np.isnan(out).any() and not out[:2].any()
     assert out[2].min() == 0 and out[2].max() == 1
+    # constant but for one float32 rounding at a large magnitude (one ulp of 1e4, 9.8e-4, within EPS·|max|) is no
+    # map either, while a real span at that magnitude (one part in 10⁴) is kept
+    rounded = np.full((4, 4), 1e4, np.float32)
+    rounded[1, 2] = np.nextafter(np.float32(1e4), np.float32(np.inf))
+    real = np.float32(1e4) + np.arange(16, dtype=np.float32).reshape(4, 4) / 16
+    out, degenerate = normalise(np.stack([rounded, real]))
+    assert np.ptp(rounded) > 0 and degenerate.tolist() == [True, False] and not out[0].any()
 
 
 def test_targets_by_index_label_and_per_image(tmp_path, x):

@@ -101,6 +101,22 @@ def test_deletion_and_insertion_follow_the_closed_form(mean_explainer):
     assert auc(late) > auc(deletion) + 0.2
 
 
+def test_the_curves_last_frame_is_the_substrate_when_the_steps_do_not_divide_the_pixels():
+    """256 pixels in 28 steps: each step deletes 10 (the last step the 6 left), and the last deletion frame is the
+    substrate itself, the last insertion frame the image (a floor of 256/28 = 9 would leave 4 pixels untouched)."""
+    from cam_infer.metrics.faithfulness import causal_frames
+    x = np.random.default_rng(0).uniform(1, 2, (3, 16, 16)).astype(np.float32)     # no pixel equals the zeros
+    saliency = np.random.default_rng(1).random((16, 16)).astype(np.float32)
+    deletion = causal_frames(x, saliency, "deletion", steps=28, substrate="zeros")
+    insertion = causal_frames(x, saliency, "insertion", steps=28, substrate="zeros")
+    assert np.array_equal(deletion[0], x) and not deletion[-1].any()
+    assert not insertion[0].any() and np.array_equal(insertion[-1], x)
+    removed = [int((frame == 0).all(axis=0).sum()) for frame in deletion]
+    assert removed == [min(10 * i, 256) for i in range(29)]
+    first = np.argsort(-saliency.ravel(), kind="stable")[:10]               # the ten most salient go first
+    assert (deletion[1].reshape(3, -1)[:, first] == 0).all()
+
+
 def test_substrates_and_the_rise_kernel():
     k = gaussian_kernel(11, 5)
     assert k.shape == (11, 11) and k.sum() == pytest.approx(1.0) and np.allclose(k, k.T)
