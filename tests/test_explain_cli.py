@@ -173,6 +173,32 @@ def test_an_output_folder_inside_the_image_folder_is_no_input(tmp_path, labelled
     assert [r["image"] for r in records] == [str(project / "images" / "a.png")]
 
 
+def test_earlier_runs_inside_the_image_folder_are_no_input_and_symlinked_folders_are_followed(tmp_path,
+                                                                                             labelled_bundle):
+    """A second run with another --out inside the image folder explained the first run's captioned overlays as
+    photos (and an audit averaged them in); a dataset of symlinked subfolders was explained partly, without a word.
+    Now earlier runs' folders (their journal) are left out and listed, and symlinked folders followed, once each."""
+    images = tmp_path / "images"
+    (images / "batch").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(images / "a.png"), rng.integers(0, 256, (40, 50, 3), np.uint8))
+    cv2.imwrite(str(images / "batch" / "b.png"), rng.integers(0, 256, (40, 50, 3), np.uint8))
+    for run in ("run1", "run2"):
+        result = run_cli("explain", labelled_bundle.path, images, "--method", "eigen", "--out", images / run)
+        assert result.returncode == 0, result.stderr
+        records = json.loads((images / run / "results.json").read_text())
+        assert sorted(r["image"] for r in records["results"]) == [str(images / "a.png"), str(images / "batch/b.png")]
+    assert records["skipped"] == [str(images / "run1")] and "skipped 1 folder(s) of earlier runs" in result.stdout
+    dataset = tmp_path / "dataset"                    # photos laid out as symlinked folders, one a loop
+    dataset.mkdir()
+    (dataset / "linked").symlink_to(images / "batch", target_is_directory=True)
+    (dataset / "loop").symlink_to(dataset, target_is_directory=True)
+    result = run_cli("explain", labelled_bundle.path, dataset, "--method", "eigen", "--out", tmp_path / "o")
+    assert result.returncode == 0, result.stderr
+    records = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert [r["image"] for r in records["results"]] == [str(dataset / "linked" / "b.png")]
+
+
 @pytest.mark.parametrize("command, theirs", [("explain", "maps"), ("explain", "results.json"), ("audit", "overlays"),
                                              ("audit", "summary.json")])
 def test_a_folder_holding_someone_else_s_files_is_refused_with_or_without_force(tmp_path, labelled_bundle, command,

@@ -266,8 +266,8 @@ def summary_lines(summary: dict, out) -> list[str]:
     if summary.get("skipped_metrics"):
         lines.append(skipped_metrics_line(summary["skipped_metrics"]))
     if summary["skipped"]:
-        lines.append(f"skipped {len(summary['skipped'])} file(s) that are not images, e.g. {summary['skipped'][0]} "
-                     "(all listed in summary.json)")
+        from ..jobs.folders import skipped_line
+        lines.append(skipped_line(summary["skipped"], 1, "summary.json"))
     if summary.get("sanity"):
         lines.append(sanity_line(summary["sanity"]))
     lines.append(f"report: {Path(out) / 'index.html'} (metrics.csv, summary.json)")

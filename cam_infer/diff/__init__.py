@@ -170,8 +170,8 @@ def summary_lines(summary: dict, out) -> list[str]:
         lines.append(f"redid {len(summary['redone'])} image(s) that changed since the last run, e.g. "
                      f"{summary['redone'][0]}")
     if summary["skipped"]:
-        lines.append(f"skipped {len(summary['skipped'])} file(s) that are not images, e.g. {summary['skipped'][0]} "
-                     "(all listed in summary.json)")
+        from ..jobs.folders import skipped_line
+        lines.append(skipped_line(summary["skipped"], 1, "summary.json"))
     lines.append(f"report: {Path(out) / HTML_NAME} ({CSV_NAME}, {SUMMARY_NAME})")
     return lines
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..outputs import write_atomically
 from .driver import Job, Run, run_job
+from .folders import skipped_line
 from .map_store import FOLDER as MAPS
 
 RESULTS = "results.json"
@@ -35,8 +36,7 @@ class Results:
         if self.redone:
             lines.append(f"redid {len(self.redone)} image(s) that changed since the last run, e.g. {self.redone[0]}")
         if self.skipped:
-            lines.append(f"skipped {len(self.skipped)} file(s) that are not images: " + ", ".join(self.skipped[:5])
-                         + (", ..." if len(self.skipped) > 5 else "") + f" (all listed in {self.path})")
+            lines.append(skipped_line(self.skipped, 5, str(self.path)))
         images = len({r["image"] for r in self.records})
         kind = "maps" if self.settings.get("overlays") == "none" else "overlays"
         lines.append(f"{len(self.records)} {kind} ({images} images x {methods} methods) in {out}; "

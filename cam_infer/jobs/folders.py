@@ -3,6 +3,7 @@ each image read with the stamp a resume compares (`cam_infer.outputs.fingerprint
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,8 +33,10 @@ class ImageFiles:
 
 def collect_images(paths, leave_out=None) -> ImageFiles:
     """Files as given (any suffix: a non-image is reported later), folders searched recursively for
-    image suffixes, in sorted order; every other file in those folders is listed as skipped. The files of
-    `leave_out` (a run's output folder) are no input where it lies inside an image folder, and it may not be one."""
+    image suffixes (symlinked folders followed), in sorted order; every other file in those folders is listed as
+    skipped, and so is every folder below them that holds an earlier run (its journal): its pictures are no
+    input. The files of `leave_out` (a run's output folder) are no input where it lies inside an image folder,
+    and it may not be one."""
     found: list[Path] = []
     skipped: list[Path] = []
     names: dict[Path, str] = {}
@@ -44,7 +47,9 @@ def collect_images(paths, leave_out=None) -> ImageFiles:
                                 "on the next run; choose another --out (a folder inside it works)")
         if p.is_dir():
             below = output if output is not None and output.is_relative_to(p.resolve()) else None
-            for f in sorted(f for f in p.rglob("*") if f.is_file() and not _inside(f, below)):
+            files, runs = _files_below(p, below)
+            skipped += runs
+            for f in files:
                 if f.suffix.lower() in IMAGE_SUFFIXES:
                     found.append(f)
                     names.setdefault(f, f.relative_to(p).as_posix())
@@ -62,9 +67,34 @@ def collect_images(paths, leave_out=None) -> ImageFiles:
     return ImageFiles(files, list(dict.fromkeys(skipped)), unique_names(files, names))
 
 
-def _inside(path: Path, folder: Path | None) -> bool:
-    """`path` lies in `folder` (None: no folder)."""
-    return folder is not None and path.resolve().is_relative_to(folder)
+def skipped_line(skipped: list[str], shown: int, where: str) -> str:
+    """What a run left out of its folders, on one line: files that are not images, folders of earlier runs,
+    the first `shown` of them and where all are listed."""
+    runs = [p for p in skipped if Path(p).is_dir()]
+    kinds = [f"{len(skipped) - len(runs)} file(s) that are not images"] if len(runs) < len(skipped) else []
+    kinds += [f"{len(runs)} folder(s) of earlier runs"] if runs else []
+    listed = ", ".join(skipped[:shown]) + (", ..." if len(skipped) > shown else "")
+    return f"skipped {' and '.join(kinds)}: {listed} (all listed in {where})"
+
+
+def _files_below(folder: Path, output: Path | None) -> tuple[list[Path], list[Path]]:
+    """The files below `folder`, sorted, symlinked folders followed (each real folder once), and the folders left
+    out: `output` (this run's) and every folder that holds an earlier run's journal (its pictures are no input)."""
+    from .journal import JOURNAL
+
+    files, runs, seen = [], [], set()
+    for root, folders, names in os.walk(folder, followlinks=True):
+        real = Path(root).resolve()
+        if real in seen or (output is not None and real.is_relative_to(output)):
+            folders[:] = []
+            continue
+        seen.add(real)
+        if JOURNAL in names and Path(root) != folder:
+            runs.append(Path(root))
+            folders[:] = []
+            continue
+        files += [Path(root) / name for name in names if (Path(root) / name).is_file()]
+    return sorted(files), sorted(runs)
 
 
 def unique_names(files: list[Path], names: dict[Path, str]) -> dict[Path, str]:
