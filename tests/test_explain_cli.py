@@ -173,6 +173,25 @@ def test_an_output_folder_inside_the_image_folder_is_no_input(tmp_path, labelled
     assert [r["image"] for r in records] == [str(project / "images" / "a.png")]
 
 
+def test_force_removes_the_pictures_of_the_run_it_starts_over(tmp_path, labelled_bundle):
+    """--force removed results.json and the journal but left the earlier run's overlays beside the new ones:
+    the folder held pictures results.json does not list. A file of the user's in the folder stays."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("a", "b"):
+        cv2.imwrite(str(images / f"{name}.png"), np.random.default_rng(0).integers(0, 256, (40, 50, 3), np.uint8))
+    out = tmp_path / "out"
+    assert run_cli("explain", labelled_bundle.path, images, "--method", "recipro,eigen", "--out", out).returncode == 0
+    (out / "notes.txt").write_text("mine\n")
+    assert len(list(out.glob("*.jpg"))) == 4
+    again = run_cli("explain", labelled_bundle.path, images / "a.png", "--method", "activation", "--overlays", "png",
+                    "--out", out, "--force")
+    assert again.returncode == 0, again.stderr
+    listed = {r["overlay"] for r in json.loads((out / "results.json").read_text())["results"]}
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted([*listed, "notes.txt",
+                                                                                          "results.json"])
+
+
 def test_earlier_runs_inside_the_image_folder_are_no_input_and_symlinked_folders_are_followed(tmp_path,
                                                                                              labelled_bundle):
     """A second run with another --out inside the image folder explained the first run's captioned overlays as

@@ -11,6 +11,7 @@ rewritten atomically every `SAVE_EVERY` seconds and at the end.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -50,6 +51,7 @@ class Job:
     keep: Callable = lambda out, row: True   # a row of an earlier run still stands (its overlay is there)
     folders: tuple = ()                   # the output's subfolders the files go in
     clear: tuple = ()                     # files and folders a restart removes
+    files_of: Callable = lambda row: ()   # the files a row's run wrote beside them (a restart removes those too)
     cost: Callable | None = None          # () → the line saying what the run will cost
 
 
@@ -78,7 +80,7 @@ def run_job(job: Job, paths, out, runner, *, restart: bool = False, progress: bo
     with OutputLock(out, job.command):
         _refuse_files_of_another(out, job)
         if restart:
-            _clear(out, (JOURNAL, *job.clear))
+            _clear(out, (*_written(out, job), JOURNAL, *job.clear))
         for folder in job.folders:
             (out / folder).mkdir(exist_ok=True)
         journal = Journal(out)
@@ -171,6 +173,21 @@ def _refuse_files_of_another(out: Path, job: Job) -> None:
     if theirs:
         raise CamInferError(f"'{out}' holds {', '.join(theirs)} but no earlier run of cam-infer (no {JOURNAL}): "
                             "choose a new or empty --out")
+
+
+def _written(out: Path, job: Job) -> list[str]:
+    """The files an earlier run in `out` wrote, as its journal's rows name them (relative paths inside `out`)."""
+    path = out / JOURNAL
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()[1:] if path.exists() else []
+    names = []
+    for line in lines:
+        try:
+            rows = json.loads(line).get("rows", [])
+        except (ValueError, AttributeError):
+            continue                           # the torn tail of a killed run
+        names += [name for row in rows for name in job.files_of(row)]
+    return [name for name in dict.fromkeys(names)
+            if isinstance(name, str) and (out / name).resolve().parent == out.resolve()]
 
 
 def _clear(out: Path, names) -> None:

@@ -54,6 +54,14 @@ def picture_of(row: dict) -> str:
     return row["overlay"] if "overlay" in row else row["map"]
 
 
+def pictures_of(row: dict) -> list[str]:
+    """Every file a record names: its picture and its targets' (a detector's detections, a segmenter's classes)."""
+    found = [row[key] for key in ("overlay", "map") if isinstance(row.get(key), str)]
+    for nested in (*row.get("detections", ()), *row.get("targets", ())):
+        found += pictures_of(nested)
+    return found
+
+
 def explain_job(paths, out, settings: dict, methods, work, runner, *, batch_size: int = 1, restart: bool = False,
                 progress: bool | None = None, report=None, cost=None) -> Results:
     """Explain the images of `paths` with `work` (a task's: a batch → its records and pictures); every
@@ -62,6 +70,6 @@ def explain_job(paths, out, settings: dict, methods, work, runner, *, batch_size
     settings = json.loads(json.dumps(settings))
     job = Job("explain", "results of a run", settings, tuple(methods), work,
               write=lambda run, final: Results.of(run, settings).save(), batch_size=batch_size, per_method=True,
-              keep=lambda out, row: (out / picture_of(row)).is_file(), clear=(RESULTS, MAPS), cost=cost)
+              keep=lambda out, row: (out / picture_of(row)).is_file(), clear=(RESULTS, MAPS), files_of=pictures_of, cost=cost)
     run = run_job(job, paths, out, runner, restart=restart, progress=progress, report=report)
     return Results.of(run, settings)
