@@ -6,9 +6,11 @@ driver's (`cam_infer.jobs`), as for a classifier; this module is the detector's 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from ..errors import NotInImage
 from ..tasks import class_index
 from ..explanation import _safe
 from ..jobs.explain import Results
@@ -88,8 +90,12 @@ class DetectionWork:
 
     def _explain(self, explainer, path, name: str, needed, rgb, stamp, out: dict) -> None:
         for method in (m for m in self.methods if m in needed):
-            e = explainer.explain([rgb], method, target=self.targets, classes=self.classes, boxes=self.boxes,
-                                  conf=self.conf, iou=self.iou, **self.options[method])
+            try:
+                e = explainer.explain([rgb], method, target=self.targets, classes=self.classes, boxes=self.boxes,
+                                      conf=self.conf, iou=self.iou, **self.options[method])
+            except NotInImage as error:          # the detection asked of every image is not in this one
+                out["errors"].append({"image": str(path), "error": f"{Path(path).name}: {error}"})
+                return
             key = "map" if self.overlays == "none" else "overlay"
             overlay = self._picture(e, None, f"{name}_{method}", out)
             detections = []

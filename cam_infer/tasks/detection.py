@@ -14,7 +14,7 @@ from ..detection.context import DetectionContext
 from ..detection.decode import Detections, anchor_levels, detect
 from ..detection.split import check_thresholds
 from ..detection.targets import Target, box_target
-from ..errors import CamInferError
+from ..errors import CamInferError, NotInImage
 from ..explanation import DetectionMap, Explanation
 from ..numerics import is_whole_number
 from ..postprocess import near_uniform, normalise
@@ -47,7 +47,12 @@ class DetectionTask(Task):
         for i in range(len(x)):
             detections = detect(outputs[i], *thresholds)
             shape = originals[i].shape if originals else self.bundle.input_shape[1:]
-            targets = self.targets(i, detections, outputs[i], request, shape)
+            try:
+                targets = self.targets(i, detections, outputs[i], request, shape)
+            except NotInImage as error:
+                if len(x) == 1:
+                    raise
+                raise NotInImage(f"image {i} of the batch: {error}") from None
             jobs.append((DetectionContext(self.explainer, x[i:i + 1], packed[i], outputs[i]), targets, detections,
                          shape))
         return jobs
@@ -112,9 +117,11 @@ class DetectionTask(Task):
             return all_targets
         indices = [target] if isinstance(target, (int, np.integer)) else list(target)
         for k in indices:
-            if not is_whole_number(k) or not 0 <= k < len(all_targets):
-                raise CamInferError(f"detection {k!r} does not exist: the image has {len(all_targets)} detections "
-                                    "above the threshold")
+            if not is_whole_number(k) or k < 0:
+                raise CamInferError(f"a detection is an index 0, 1, ... after NMS, not {k!r}")
+            if k >= len(all_targets):
+                raise NotInImage(f"detection {k!r} does not exist: the image has {len(all_targets)} detections "
+                                 "above the threshold")
         return [all_targets[k] for k in indices]
 
     def _box_in_input(self, box, shape) -> list[float]:
