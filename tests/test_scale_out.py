@@ -142,7 +142,11 @@ def test_workers_end_with_a_killed_or_terminated_driver_and_the_rerun_completes_
     assert len(workers) == 2, "the run ended before its driver could be stopped"
     _, stderr = process.communicate(timeout=120)
     if sent == signal.SIGTERM:
-        assert process.returncode == 128 + signal.SIGTERM and stderr.strip().endswith("cam-infer: terminated"), stderr
+        assert process.returncode == 128 + signal.SIGTERM, stderr
+        assert stderr.strip().endswith("cam-infer: terminated (run the same command again to resume)"), stderr
+        journaled = [json.loads(line) for line in (out / JOURNAL).read_text().splitlines()[1:]]
+        rows = (out / "metrics.csv").read_text().splitlines()[1:]      # what the journal has, not 2 s older
+        assert len(rows) == sum(len(entry["rows"]) for entry in journaled) > 0
     deadline = time.time() + 30
     while time.time() < deadline and any(map(_running, workers)):
         time.sleep(0.1)
@@ -177,7 +181,8 @@ def test_a_terminated_run_exits_without_waiting_for_the_batch_in_flight(tmp_path
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
     waited = time.monotonic() - sent
-    assert process.returncode == 128 + signal.SIGTERM and stderr.strip().endswith("cam-infer: terminated"), stderr
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert stderr.strip().endswith("cam-infer: terminated (run the same command again to resume)"), stderr
     assert waited < 15, f"exited {waited:.0f} s after the SIGTERM: it waited for the batch in flight"
     assert not (out / "results.json").exists() or "large_00000" not in (out / "results.json").read_text()
 

@@ -58,10 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cam-infer: error: cannot use{where}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("cam-infer: interrupted", file=sys.stderr)
+        print("cam-infer: interrupted" + _resumes(args), file=sys.stderr)
         return 130
     except Terminated:
-        print("cam-infer: terminated", file=sys.stderr)
+        print("cam-infer: terminated" + _resumes(args), file=sys.stderr)
         return 128 + signal.SIGTERM
     except Exception as exc:  # an internal error: still one line unless --debug
         if args.debug:
@@ -76,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 FOLDER_RUNS = ("explain", "audit", "diff")      # a SIGTERM (systemd, docker stop, timeout) ends them as Ctrl-C does
+
+
+def _resumes(args) -> str:
+    return " (run the same command again to resume)" if args.command in FOLDER_RUNS else ""
 
 
 class Terminated(BaseException):

@@ -95,6 +95,7 @@ def run_job(job: Job, paths, out, runner, *, restart: bool = False, progress: bo
         with Progress(sum(len(needed) if job.per_method else 1 for _, needed in todo), job.command,
                       enabled=progress) as bar:
             saved = -SAVE_EVERY                       # the first result is written at once, then every SAVE_EVERY s
+            finished = False
             try:
                 for result in _map(runner, job, todo, names, units):
                     for name, data in result["files"].items():
@@ -108,11 +109,23 @@ def run_job(job: Job, paths, out, runner, *, restart: bool = False, progress: bo
                     if time.monotonic() - saved >= SAVE_EVERY:
                         job.write(run, False)
                         saved = time.monotonic()
+                finished = True
             finally:
                 store.close()
                 journal.close()
+                if not finished:                      # stopped: the files say what the journal has, then it ends
+                    _write_what_is_done(job, run)
         job.write(run, True)
     return run
+
+
+def _write_what_is_done(job: Job, run: Run) -> None:
+    """The run's files from the rows done when it stopped (Ctrl-C, SIGTERM, an error), so that they list what the
+    journal keeps; a failure here must not hide why the run stopped."""
+    try:
+        job.write(run, False)
+    except Exception:
+        pass
 
 
 def _todo(job: Job, files, kept: list[dict]) -> list[tuple[Path, tuple]]:
