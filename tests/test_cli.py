@@ -26,6 +26,18 @@ def test_split_then_info(tmp_path, tiny_onnx_path):
         assert fragment in info.stdout
 
 
+def test_an_input_size_beyond_the_model_or_the_memory_is_one_line(tmp_path, tiny_onnx_path):
+    """--input-size on a model fixed at 64x64, and one no machine holds on a model of dynamic size, were a
+    MemoryError's internal error (the fixed model allocated a 28 GiB verification image before any check)."""
+    assert_one_line_error(run_cli("split", tiny_onnx_path, "--input-size", "100000", "100000", "--out", tmp_path / "a"),
+                          "the model input 'image' is fixed at 64x64; --input-size 100000 100000 does not fit it")
+    onnx.save(tiny_cnn(size="S"), tmp_path / "dynamic.onnx")
+    assert_one_line_error(run_cli("split", tmp_path / "dynamic.onnx", "--input-size", "400000", "400000", "--out",
+                                  tmp_path / "b"), "out of memory (Unable to allocate")
+    assert run_cli("split", tmp_path / "dynamic.onnx", "--input-size", "48", "40", "--out", tmp_path / "c"
+                   ).returncode == 0
+
+
 def _corrupt_files(tmp_path, tiny_onnx_path):
     (tmp_path / "notes.onnx").write_text("this is not a model\n" * 20)
     data = tiny_onnx_path.read_bytes()

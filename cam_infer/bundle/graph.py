@@ -282,6 +282,10 @@ class Graph:
         spec = self.input_spec
         if input_size is not None and (len(input_size) != 2 or min(input_size) < 1):
             raise CamInferError(f"input size must be two positive integers (H W), not {' '.join(map(str, input_size))}")
+        fixed = [int(v) for v in spec.size if v]
+        if input_size is not None and len(fixed) == 2 and tuple(map(int, input_size)) != tuple(fixed):
+            raise CamInferError(f"the model input '{image.name}' is fixed at {fixed[0]}x{fixed[1]}; --input-size "
+                                f"{' '.join(map(str, input_size))} does not fit it (it is for inputs of dynamic H, W)")
         size = input_size or spec.size
         if not size[0] or not size[1]:
             raise CamInferError(f"the model input '{image.name}' has no fixed spatial size; "
