@@ -289,7 +289,8 @@ def test_bad_audit_requests_are_one_line_errors(scenes, tmp_path):
     ok = run_cli(*base, "--methods", "activation", "--metrics", "adcc")
     assert ok.returncode == 0, ok.stderr
     assert_one_line_error(run_cli(*base, "--methods", "eigen", "--metrics", "adcc"),
-                          "holds an audit with other settings; choose another --out or pass --force")
+                          'holds an audit with other settings (options.methods: ["activation"] then, ["eigen"] now); '
+                          "choose another --out or pass --force")
     again = run_cli(*base, "--methods", "eigen", "--metrics", "adcc", "--force")
     assert again.returncode == 0 and {r["method"] for r in read_csv(tmp_path / "r" / "metrics.csv")
                                       if r["baseline"] == "0"} == {"eigen"}

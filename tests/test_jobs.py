@@ -134,8 +134,8 @@ def test_a_journal_of_other_settings_is_refused_in_one_line_and_force_starts_ove
     from cam_infer import CamInferError
     images = images_for("audit-detector", scenes, tmp_path)
     run_detection_audit(DETECTOR, [images], ["eigen"], tmp_path / "out", progress=False)
-    with pytest.raises(CamInferError, match="holds an audit with other settings; choose another --out or pass "
-                                            "--force"):
+    with pytest.raises(CamInferError, match=r'holds an audit with other settings \(methods: \["eigen"\] then, '
+                                            r'\["recipro"\] now\); choose another --out or pass --force'):
         run_detection_audit(DETECTOR, [images], ["recipro"], tmp_path / "out", progress=False)
     summary = run_detection_audit(DETECTOR, [images], ["recipro"], tmp_path / "out", restart=True, progress=False)
     assert list(summary["methods"]) == ["recipro"]

@@ -35,9 +35,10 @@ class Journal:
         changed; a journal of other settings is an error (what the folder holds: `what`)."""
         header = {"job": job, "settings": settings}
         lines = self.path.read_text(encoding="utf-8").splitlines() if self.path.exists() else []
-        if lines and _parse(lines[0]) != header:
-            raise CamInferError(f"'{self.path.parent}' holds {what} with other settings; choose another --out or "
-                                "pass --force to start over there")
+        earlier = _parse(lines[0]) if lines else header
+        if earlier != header:
+            raise CamInferError(f"'{self.path.parent}' holds {what} with other settings ({_difference(earlier, header)});"
+                                " choose another --out or pass --force to start over there")
         entries = []
         for line in lines[1:]:
             entry = _parse(line)
@@ -59,6 +60,19 @@ class Journal:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def _difference(earlier, now, where: str = "") -> str:
+    """The first setting that differs between two runs' headers, as ``key: earlier → now``."""
+    if isinstance(earlier, dict) and isinstance(now, dict):
+        for key in [*earlier, *(k for k in now if k not in earlier)]:
+            if earlier.get(key, _ABSENT) != now.get(key, _ABSENT):
+                return _difference(earlier.get(key, _ABSENT), now.get(key, _ABSENT), f"{where}.{key}".lstrip("."))
+    shown = [("(none)" if v is _ABSENT else json.dumps(v))[:60] for v in (earlier, now)]
+    return f"{where.removeprefix('settings.') or 'the run'}: {shown[0]} then, {shown[1]} now"
+
+
+_ABSENT = object()
 
 
 def _parse(line: str):
