@@ -40,8 +40,12 @@ class Finer:
             finer = cls(**value)
         else:
             raise CamInferError(f"finer must be a γ (number) or a dict of gamma, references, preset, not {value!r}")
-        if finer.preset not in ("torchcam", "official") or finer.references < 1 or finer.gamma < 0:
-            raise CamInferError("finer: preset must be 'torchcam' or 'official', references ≥ 1, gamma ≥ 0")
+        if finer.preset not in ("torchcam", "official"):
+            raise CamInferError(f"finer's preset must be 'torchcam' or 'official', not {finer.preset!r}")
+        if finer.references < 1:
+            raise CamInferError(f"finer's references must be at least 1, not {finer.references}")
+        if not finer.gamma >= 0:
+            raise CamInferError(f"finer's gamma must be 0 or more, not {finer.gamma}")
         return finer
 
     def references_for(self, logits: np.ndarray, target: int) -> np.ndarray:

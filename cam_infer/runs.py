@@ -99,6 +99,9 @@ def explain_files(explainer, paths, methods: list[str], out, *, target=None, opt
     if enhance is not None:
         from .enhancers import get_enhancer
         get_enhancer(enhance)
+    if finer is not None:                       # a bad γ is refused before the run, not on its first image
+        from .finer import Finer
+        Finer.of(finer)
     settings = {"bundle": bundle_hashes(explainer.bundle), "layer": explainer.bundle.layers,
                 "backend": explainer.backend.describe(), "precision": explainer.backend.precision, "target": target,
                 "options": per_method, "colormap": colormap,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import onnx
@@ -38,6 +39,20 @@ def test_an_input_size_beyond_the_model_or_the_memory_is_one_line(tmp_path, tiny
                    ).returncode == 0
 
 
+def test_synthetic_scenes_never_replace_other_scenes_ground_truth(tmp_path):
+    """Scenes of another split written into a folder of scenes replaced its boxes.json: the first scenes lost
+    their ground truth. The same command again is fine (the same scenes)."""
+    assert run_cli("synthetic", "--out", tmp_path / "s", "-n", "3").returncode == 0
+    assert run_cli("synthetic", "--out", tmp_path / "s", "-n", "3").returncode == 0
+    for split in ("large", "detection"):
+        assert_one_line_error(run_cli("synthetic", "--out", tmp_path / "s", "-n", "2", "--split", split),
+                              f"'{tmp_path / 's'}' holds boxes.json of other scenes (3, e.g. cluttered_00000.png)")
+    assert len(json.loads((tmp_path / "s" / "boxes.json").read_text())) == 3
+    assert_one_line_error(run_cli("synthetic", "--out", tmp_path / "t", "--split", "nosuch"),
+                          "unknown split 'nosuch'; splits: large, small, multiple, cluttered, detection, segmentation")
+    assert not (tmp_path / "t").exists()
+
+
 def _corrupt_files(tmp_path, tiny_onnx_path):
     (tmp_path / "notes.onnx").write_text("this is not a model\n" * 20)
     data = tiny_onnx_path.read_bytes()
@@ -69,6 +84,10 @@ def _corrupt_files(tmp_path, tiny_onnx_path):
     (["explain", "{shapes}", "{tmp}", "--maps", "png", "--out", "{tmp}/o"], "give it with --overlays none"),
     (["explain", "{shapes}", "{tmp}", "--enhance-option", "transforms=2", "--out", "{tmp}/o"],
      "give the enhancer with --enhance"),
+    (["explain", "{shapes}", "{tmp}", "--method", "cam", "--finer", "-1", "--out", "{tmp}/o"],
+     "finer's gamma must be 0 or more, not -1.0"),
+    (["explain", "{shapes}", "{tmp}", "--finer-references", "0", "--out", "{tmp}/o"],
+     "--finer-references set Finer-CAM's comparison; give it with --finer GAMMA"),
     (["fuse", "{shapes}", "--out", "{tmp}/f.onnx", "--repository", "{tmp}/r", "--max-batch", "0"],
      "--max-batch must be at least 1"),
     (["fuse", "{shapes}", "--out", "{tmp}/f.onnx", "--repository", "{tmp}/notes.onnx"],
@@ -84,6 +103,7 @@ def test_user_errors_print_one_line(tmp_path, tiny_onnx_path, args, fragment):
     args = [a.format(tmp=tmp_path, tiny=tiny_onnx_path, shapes=ROOT / "cam_infer" / "data" / "shapes") for a in args]
     assert_one_line_error(run_cli(*args), fragment)
     assert not (tmp_path / "f.onnx").exists()                  # a refused fuse writes nothing
+    assert not (tmp_path / "o").exists()                       # a refused explain leaves no --out behind
 
 
 @pytest.mark.parametrize("damage, fragment", [("missing", "missing its head graph"), ("modified", "was modified"),

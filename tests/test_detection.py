@@ -345,7 +345,9 @@ def test_bad_targets_are_one_clear_error(explainers):
                                         {"iou": 2}, {"max_det": 0}])
 def test_split_refuses_nms_thresholds_that_explain_would_refuse(tmp_path, thresholds):
     from cam_infer.detection.split import split_detector
-    with pytest.raises(CamInferError, match=r"conf must be in \[0, 1\), iou in \(0, 1\] and max_det ≥ 1"):
+    (name, value), = thresholds.items()                  # the one bad value, named, with what it may be
+    allowed = {"conf": r"in \[0, 1\)", "iou": r"in \(0, 1\]", "max_det": "at least 1"}[name]
+    with pytest.raises(CamInferError, match=rf"^{name} must be {allowed}, not {value}$"):
         split_detector(YOLO, tmp_path / "b", **thresholds)
     assert not (tmp_path / "b").exists()
     with pytest.raises(CamInferError, match="unknown NMS setting ious"):

@@ -92,6 +92,11 @@ def test_finer_is_refused_where_it_has_no_meaning(setup, tmp_path):
         explainer.explain(x, "cam", finer="strong")
     with pytest.raises(CamInferError, match="official preset needs one reference"):
         explainer.explain(x, "cam", finer={"preset": "official", "references": 3})
+    for finer, message in ((-1, "finer's gamma must be 0 or more, not -1.0"), (float("nan"), "gamma must be 0 or more"),
+                           ({"references": 0}, "finer's references must be at least 1, not 0"),
+                           ({"preset": "paper"}, "finer's preset must be 'torchcam' or 'official', not 'paper'")):
+        with pytest.raises(CamInferError, match=message):           # the bad value named, not every rule
+            explainer.explain(x, "cam", finer=finer)
     probabilities = Explainer(split_onnx(tiny_cnn(softmax=True), out=tmp_path / "p"))
     with pytest.raises(CamInferError, match="finer scores logits"):
         probabilities.explain(random_images(probabilities.bundle.preprocessing, 1), "recipro", finer=0.6)

@@ -181,8 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "detectors' and segmenters' maps)")
     p.add_argument("--finer", type=float, metavar="GAMMA",
                    help="Finer-CAM: explain the class score minus GAMMA times the closest classes' (e.g. 0.6)")
-    p.add_argument("--finer-references", type=int, default=3, help="classes compared with (default 3)")
-    p.add_argument("--finer-preset", default="torchcam", choices=["torchcam", "official"])
+    p.add_argument("--finer-references", type=int, help="classes compared with (default 3)")
+    p.add_argument("--finer-preset", choices=["torchcam", "official"], help="torchcam (default) or official")
     p.add_argument("--enhance", help="wrap every method in an enhancer: evet (transformed copies, fused) or sess (scales and sliding "
                    "windows, fused)")
     p.add_argument("--enhance-option", action="append", default=[], metavar="KEY=VALUE",

@@ -108,6 +108,10 @@ def explain(args) -> int:
                             f"(with --overlays {args.overlays} the maps are in the overlays)")
     if args.enhance_option and args.enhance is None:
         raise CamInferError("--enhance-option sets an enhancer's option; give the enhancer with --enhance")
+    finer_flags = [flag for flag, value in (("--finer-references", args.finer_references),
+                                            ("--finer-preset", args.finer_preset)) if value is not None]
+    if finer_flags and args.finer is None:
+        raise CamInferError(f"{' and '.join(finer_flags)} set Finer-CAM's comparison; give it with --finer GAMMA")
     run = {"detection": explain_detections, "segmentation": explain_segments}.get(bundle.task, explain_classes)
     results, lines = run(bundle, args)
     for line in lines:
@@ -144,8 +148,9 @@ def explain_classes(bundle, args):
                             options=dict(parse_option(o) for o in args.option), batch_size=args.batch_size,
                             colormap=args.colormap, alpha=args.alpha, restart=args.force, on=args.on,
                             enhance=args.enhance, enhance_options=dict(parse_option(o) for o in args.enhance_option),
-                            finer=None if args.finer is None else {"gamma": args.finer, "preset": args.finer_preset,
-                                                                   "references": args.finer_references},
+                            finer=None if args.finer is None else {
+                                "gamma": args.finer, "preset": args.finer_preset or "torchcam",
+                                "references": 3 if args.finer_references is None else args.finer_references},
                             overlays=args.overlays, maps=args.maps or "array", report=_say, **_scale_out(args))
     return results, results.summary_lines(len(methods), args.out)
 

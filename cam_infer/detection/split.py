@@ -41,8 +41,11 @@ DEFAULTS = {"conf": 0.25, "iou": 0.7, "max_det": 300}
 
 def check_thresholds(conf, iou, max_det) -> None:
     """NMS's thresholds as Ultralytics takes them: conf in [0, 1), IoU in (0, 1], max_det ≥ 1."""
-    if not 0 <= conf < 1 or not 0 < iou <= 1 or max_det < 1:
-        raise CamInferError(f"conf must be in [0, 1), iou in (0, 1] and max_det ≥ 1, not {conf}, {iou}, {max_det}")
+    for name, value, fits, allowed in (("conf", conf, lambda v: 0 <= v < 1, "in [0, 1)"),
+                                       ("iou", iou, lambda v: 0 < v <= 1, "in (0, 1]"),
+                                       ("max_det", max_det, lambda v: v >= 1, "at least 1")):
+        if not fits(value):
+            raise CamInferError(f"{name} must be {allowed}, not {value}")
 
 
 def split_detector(model, out, *, cut="detect-input", input_size_hw: tuple[int, int] | None = None,

@@ -54,7 +54,7 @@ class Scene:
 def generate(split: str, n: int, seed: int = 0, start: int = 0, size: int = SIZE) -> list[Scene]:
     """Images start .. start+n-1 of `split` for `seed`."""
     if split not in SPLITS:
-        raise CamInferError(f"unknown split '{split}'; splits: {', '.join(SPLITS)}")
+        raise CamInferError(f"unknown split '{split}'; splits: {', '.join(SPLITS)}, detection, segmentation")
     return [scene(split, seed, i, size) for i in range(start, start + n)]
 
 
@@ -210,12 +210,32 @@ def _draw_distractor(rng, image: np.ndarray, placed, size: int):
     return [max(0, cx - 16), max(0, cy - 16), min(size - 1, cx + 16), min(size - 1, cy + 16)]
 
 
+def refuse_other_truth(out, names: list[str]) -> None:
+    """A folder whose ``boxes.json`` lists scenes these `names` would not (another split's, more of them): writing
+    ours would drop their ground truth."""
+    import json
+
+    path = Path(out) / "boxes.json"
+    if not path.is_file():
+        return
+    try:
+        listed = json.loads(path.read_text())
+    except ValueError:
+        listed = {"(unreadable)": None}
+    others = sorted(set(listed) - set(names)) if isinstance(listed, dict) else ["(not a mapping)"]
+    if others:
+        raise CamInferError(f"'{out}' holds boxes.json of other scenes ({len(others)}, e.g. {others[0]}) that "
+                            "these would replace; choose an empty --out")
+
+
 def write_scenes(out, split: str = "cluttered", n: int = 100, seed: int = 0) -> Path:
     """Write `n` scenes of `split` as PNGs and their labelled boxes as ``boxes.json`` (for `cam-infer audit`)."""
     import json
 
     from ..outputs import prepare_folder
 
+    generate(split, 0)                          # an unknown split is refused before the folder is made
+    refuse_other_truth(out, [f"{split}_{i:05d}.png" for i in range(n)])
     out = prepare_folder(out)
     boxes = {}
     for i, scene_ in enumerate(generate(split, n, seed=seed)):
@@ -278,6 +298,7 @@ def detection_scene(seed: int, index: int, size: int = SIZE) -> DetectionScene:
 def write_detection_scenes(out, n: int = 100, seed: int = 1) -> Path:
     """Write `n` detection scenes as PNGs and ``boxes.json`` (image → [{"box", "label", "marker"}])."""
     import json
+    refuse_other_truth(out, [f"detection_{i:05d}.png" for i in range(n)])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     truth = {}
