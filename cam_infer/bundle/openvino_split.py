@@ -272,7 +272,7 @@ def split_openvino(path, layer: str = "auto", out=None, *, input_size=None, prep
     spec = _input_spec(model, layout)
     result_shape = model.get_results()[0].get_output_partial_shape(0)
     check_classifier_output(tuple(d.get_length() if d.is_static else "?" for d in result_shape),
-                            model.get_results()[0].get_friendly_name(), tuple(spec.size))
+                            model.get_results()[0].get_friendly_name(), tuple(spec.size), onnx_file=False)
     if input_size is not None and tuple(input_size) != tuple(spec.size):
         raise CamInferError(f"this model's input size is fixed at {spec.size}; --input-size cannot change it")
     prep = preprocessing_for(spec, preprocessing, None)

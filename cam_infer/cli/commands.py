@@ -20,7 +20,11 @@ def split(args) -> int:
     from ..bundle.describe import describe
     size = tuple(args.input_size) if args.input_size else None
     if _is_detection(args):
+        from ..bundle import is_openvino_source
         from ..detection.split import split_detector
+        if is_openvino_source(args.model):
+            raise CamInferError(f"'{args.model}' is a file OpenVINO reads (IR, TFLite); a detector is split from its "
+                                "ONNX export: export it to ONNX and split that")
         thresholds = {name: value for name, value in (("conf", args.conf), ("iou", args.iou)) if value is not None}
         print(describe(split_detector(args.model, args.out, cut=args.cut or "detect-input", input_size_hw=size,
                                       labels=args.labels, overwrite=args.force, interpolation=args.interpolation,
