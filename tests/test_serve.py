@@ -25,7 +25,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from conftest import ROOT, SHARED, needs_shared
-from helpers import assert_one_line_error
+from helpers import assert_one_line_error, run_cli
 
 from cam_infer import Explainer
 from cam_infer.postprocess import normalise, overlay_picture, upsample
@@ -531,6 +531,25 @@ def test_a_class_input_fused_model_answers_with_the_class_it_was_fed(tmp_path, s
         fused_server.stop()
 
 
+def test_method_options_are_set_for_every_request_with_option(tmp_path, explainer, scenes, batch):
+    """serve had no way to set a method's options: Score-CAM over HTTP always ran every channel. --option sets them
+    for every request (each method gets those it takes), says so in the metadata, and answers as the explainer."""
+    server = Server(SHAPES, "--option", "top_k=4", "--option", "score=logit")
+    try:
+        meta = server.client().get_model_metadata("shapes")
+        options = meta["parameters"]["options"]
+        assert options["score"] == {"top_k": 4} and options["recipro"] == options["ablation"] == {"score": "logit"}
+        assert "activation" not in options and "eigen" not in options      # they take neither
+        for method, options in (("score", {"top_k": 4}), ("recipro", {"score": "logit"})):
+            result = triton_infer(server.client(), batch, parameters={"method": method})
+            want = expected(explainer, batch, method, **options)
+            np.testing.assert_allclose(result["saliency"], want["saliency"], atol=1e-5)
+            assert not np.allclose(want["saliency"], expected(explainer, batch, method)["saliency"], atol=1e-3)
+    finally:
+        server.stop()
+    assert_one_line_error(run_cli("serve", SHAPES, "--option", "nosuch=1"), "no chosen method has an option 'nosuch'")
+
+
 def assert_same_explanations(fused: Server, bundle: Server, image: bytes, query: str = "") -> dict:
     """/explain of a fused model answers as the bundle's server does: class, label, probability, map and
     overlay."""
@@ -618,7 +637,6 @@ def check_repository(root: Path, name: str, batch: np.ndarray) -> None:
 
 
 def test_serve_refuses_what_it_cannot_serve_in_one_line(tmp_path):
-    from helpers import run_cli
     (tmp_path / "not.onnx").write_bytes(b"")
     assert_one_line_error(run_cli("serve", tmp_path / "nothing"), "neither a bundle folder nor a fused model")
     assert_one_line_error(run_cli("serve", SHAPES, "--method", "gradcam"), "is not served")

@@ -298,10 +298,11 @@ def build_parser() -> argparse.ArgumentParser:
     _scale_out(p)
 
     p = sub.add_parser("serve", help="serve explanations over the KServe v2 / Triton REST protocol, and /explain")
-    p.add_argument("model", help="a bundle folder, a fused .onnx model (cam-infer fuse), or a model file split "
-                                 "with auto into the user cache once")
+    p.add_argument("model", help="a bundle folder, a fused model (cam-infer fuse: .onnx, or .xml for OpenVINO), or "
+                                 "a model file split with auto into the user cache once")
     p.add_argument("--method", help=f"bundles: the default method, overridable per request (default {DEFAULT_METHOD}); "
                                     "a fused model has its own")
+    _options(p, example="--option top_k=64 (each method gets the options it takes)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
     _runtime(p)

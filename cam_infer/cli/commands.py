@@ -471,7 +471,9 @@ def serve(args) -> int:
         print(f"serving {args.model} at http://{shown}:{port} (KServe v2: /v2/models/NAME/infer; /explain; /metrics)"
               + ("; bearer token required" if token else ""), flush=True)
 
+    from ..runs import parse_option
     run_server(args.model, method=args.method, host=args.host, port=args.port, backend=args.backend,
-               device=args.device, precision=args.precision, threads=args.threads, token=token, name=args.name, max_batch=args.max_batch,
-               window_ms=args.batch_window_ms, max_body_mb=args.max_body_mb, ready=ready)
+               device=args.device, precision=args.precision, threads=args.threads, token=token, name=args.name,
+               max_batch=args.max_batch, window_ms=args.batch_window_ms, max_body_mb=args.max_body_mb,
+               options=dict(parse_option(o) for o in args.option), ready=ready)
     return 0

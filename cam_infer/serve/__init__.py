@@ -25,8 +25,10 @@ INSTALL = "pip install 'cam-infer[serve]'"
 
 def serve(source, *, method: str | None = None, host: str = "127.0.0.1", port: int = 8000, backend: str = "auto",
           device: str = "CPU", precision: str = "f32", threads: int | None = None, token: str | None = None, name: str | None = None,
-          max_batch: int = 16, window_ms: float = 0.0, max_body_mb: float = 32.0, ready=None) -> None:
+          max_batch: int = 16, window_ms: float = 0.0, max_body_mb: float = 32.0, options: dict | None = None,
+          ready=None) -> None:
     """Serve a bundle folder or a fused .onnx model until SIGTERM or Ctrl-C (in-flight requests finish).
+    `options`: the methods' options for every request (``{"top_k": 64}``: each method gets those it takes).
     `ready(port)` is called once the socket listens."""
     if isinstance(port, bool) or not isinstance(port, numbers.Integral) or not 0 <= port <= 65535:
         raise CamInferError(f"port must be an integer from 0 (any free port) to 65535, not {port!r}")
@@ -48,7 +50,7 @@ def serve(source, *, method: str | None = None, host: str = "127.0.0.1", port: i
     if max_batch < 1 or window_ms < 0 or max_body_mb <= 0:
         raise CamInferError("max batch must be ≥ 1, the batch window ≥ 0 ms and the body limit > 0 MB")
     leave_the_cores_to_the_runtime()
-    served = load_served(source, method, backend, device, threads, precision)
+    served = load_served(source, method, backend, device, threads, precision, options)
     if name is None:
         path = Path(source).resolve()
         name = path.stem if path.is_file() else path.name

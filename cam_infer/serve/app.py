@@ -68,6 +68,9 @@ def create_app(served, name: str, *, token: str | None = None, max_body: int = 3
         model_or_404(request)
         inputs, outputs = served.metadata()
         parameters = {"method": served.method, "precision": served.precision}
+        options = {m: o for m, o in getattr(served, "options", {}).items() if o}
+        if options:                                   # what --option set, per method
+            parameters["options"] = options
         if served.pixels is not None:                 # the input may also come as UINT8 RGB pixels
             parameters["pixel_input"] = {"datatype": "UINT8", "shape": [-1, *served.pixels.input_size, 3]}
         return JSONResponse({"name": name, "versions": [VERSION], "platform": f"cam-infer_{served.kind}",

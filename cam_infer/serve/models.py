@@ -47,14 +47,15 @@ class ServedBundle:
     explain_parameters = ("method", "class", "overlay")     # what /explain's query may set
 
     def __init__(self, path, method: str, backend: str = "auto", device: str = "CPU", threads: int | None = None,
-                 precision: str = "f32"):
+                 precision: str = "f32", options: dict | None = None):
         from ..bundle import Bundle
         from ..explainer import Explainer
         from ..methods import get_method
-        options = {"threads": threads} if threads else {}
+        from ..runs import options_per_method
+        runtime = {"threads": threads} if threads else {}
         if backend == "onnxruntime" or (backend == "auto" and Bundle.load(path).graph_format == "onnx"):
-            options["spinning"] = SPINNING          # no spinning threads while the next request is read
-        self.explainer = Explainer(path, backend=backend, device=device, precision=precision, **options)
+            runtime["spinning"] = SPINNING          # no spinning threads while the next request is read
+        self.explainer = Explainer(path, backend=backend, device=device, precision=precision, **runtime)
         self.precision = self.explainer.backend.precision
         self.bundle = self.explainer.bundle
         self.method = self.checked_method(method)
@@ -62,6 +63,14 @@ class ServedBundle:
         self.input_name = self.bundle.input_name
         self.input_shape = list(self.bundle.input_shape)
         self.preprocessing = self.pixels = self.bundle.preprocessing
+        task = self.explainer.task.name
+        self.options = options_per_method(self.served_methods(), options or {}, task)   # --option, per method
+
+    def served_methods(self) -> list[str]:
+        """The methods a request may ask for: the task's gradient-free ones that apply to this bundle."""
+        linear = self.explainer.linear_head is not None
+        return [n for n in explaining(self.explainer.task.name)
+                if not METHODS[n].gradient and not METHODS[n].applies(linear)]
 
     def checked_method(self, method: str) -> str:
         task = self.explainer.task.name
@@ -100,7 +109,7 @@ class ServedBundle:
 
     def run(self, x: np.ndarray, key: Key, classes: list | None) -> dict[str, np.ndarray]:
         e = self.explainer.explain(x, key.method, target=classes, top_classes=key.top_classes if key.top_classes > 1 else None,
-                                   upsampled=False)
+                                   upsampled=False, **self.options.get(key.method, {}))
         explained = np.full(e.targets.shape, NO_CLASS) if e.class_agnostic else e.targets
         return {"scores": e.outputs.astype(np.float32), "saliency": e.saliency,
                 "saliency_class": explained.astype(np.int64)}

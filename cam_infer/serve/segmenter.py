@@ -78,7 +78,8 @@ class ServedSegmenter(ServedBundle):
         scores, maps, explained = [], [], []
         for i in range(len(x)):
             e = self.explainer.explain(x[i:i + 1], key.method, target=None if classes is None else classes[i],
-                                       region=None if key.region is None else list(key.region))
+                                       region=None if key.region is None else list(key.region),
+                                       **self.options.get(key.method, {}))
             item = e.items[0][0]
             scores.append(e.outputs[0])
             maps.append(normalise(item.raw[None])[0][0])
@@ -91,7 +92,8 @@ class ServedSegmenter(ServedBundle):
         method = self.checked_method(str(parameters.get("method", self.method)))
         target = parameters.get("class")
         region = region_of(parameters.get("region"))
-        e = self.explainer.explain([rgb], method, target=target, region=None if region is None else list(region))
+        e = self.explainer.explain([rgb], method, target=target, region=None if region is None else list(region),
+                                   **self.options.get(method, {}))
         items = e.items[0]
         answer = {"method": method, "precision": self.precision, "class_agnostic": bool(e.class_agnostic),
                   "maps": [{**s.record(), "map": map_json(normalise(s.raw[None])[0][0])} for s in items]}
