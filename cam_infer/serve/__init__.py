@@ -47,8 +47,11 @@ def serve(source, *, method: str | None = None, host: str = "127.0.0.1", port: i
     from .app import create_app
     from .loading import load_served
 
-    if max_batch < 1 or window_ms < 0 or max_body_mb <= 0:
-        raise CamInferError("max batch must be ≥ 1, the batch window ≥ 0 ms and the body limit > 0 MB")
+    for flag, value, fits, allowed in (("--max-batch", max_batch, lambda v: v >= 1, "at least 1"),
+                                       ("--batch-window-ms", window_ms, lambda v: v >= 0, "0 or more"),
+                                       ("--max-body-mb", max_body_mb, lambda v: v > 0, "more than 0")):
+        if not fits(value):
+            raise CamInferError(f"{flag} must be {allowed}, not {value}")
     leave_the_cores_to_the_runtime()
     served = load_served(source, method, backend, device, threads, precision, options)
     if name is None:
