@@ -54,6 +54,13 @@ class DetectionMap:
                 "degenerate": self.degenerate, "uniform": self.uniform}
 
 
+def picture_name(j: int, d: DetectionMap) -> str:
+    """What a detection's picture is named after: its index among the image's detections (as its record says),
+    ``box<j>`` for the j-th box given, and its label."""
+    number = d.index if d.index is not None else f"box{j}"
+    return f"{number}_{_safe(d.label or f'class {d.class_id}')}"
+
+
 @dataclass
 class Explanation:
     """Maps of one method for a batch, per image and explained target.
@@ -186,7 +193,8 @@ class Explanation:
     def save(self, folder, on: str = "original", colormap: str = "jet", alpha: float = 0.5) -> list[Path]:
         """Write one overlay per image and class: ``<image>_<method>_<label>.png`` (image i is ``image<i>``
         when explain() got arrays, ``<image>_<i>`` when two images of the batch share a name; ``<image>_<method>.png``
-        for a class-agnostic map). A detector: one per explained detection, ``<image>_<method>_<k>_<label>.png``.
+        for a class-agnostic map). A detector: one per explained detection, ``<image>_<method>_<k>_<label>.png``, k its
+        index among the image's detections (``box<j>`` for the j-th box given).
         Returns the paths."""
         from .outputs import prepare_folder
 
@@ -225,7 +233,7 @@ class Explanation:
         per explained detection; one for a class-agnostic map."""
         if self.detector:
             return [(None, "")] if self.class_agnostic else \
-                [(j, f"_{j}_{_safe(d.label or f'class {d.class_id}')}") for j, d in enumerate(self.items[i])]
+                [(j, f"_{picture_name(j, d)}") for j, d in enumerate(self.items[i])]
         return [(j, "" if self.map_class(i, j) is None else f"_{_safe(self.label(self.map_class(i, j)))}")
                 for j in self._per_class(i)]
 

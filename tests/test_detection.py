@@ -394,13 +394,14 @@ def test_split_and_explain_from_the_command_line(tmp_path):
             x1, y1, x2, y2 = d["box"]
             assert 0 <= x1 < x2 <= 640 and 0 <= y1 < y2 <= 480
     # a detection asked of every image that one image lacks: that image is recorded as an error, the others done
-    result = run_cli("explain", tmp_path / "b", PHOTO, SHARED / "deployed" / "messi5.jpg", "--method", "eigen",
+    result = run_cli("explain", tmp_path / "b", PHOTO, SHARED / "deployed" / "messi5.jpg", "--method", "recipro",
                      "--detections", "1", "--out", tmp_path / "second")
     assert result.returncode == 1 and len(without_progress(result.stderr)) == 1, result.stderr
     assert "messi5.jpg: detection 1 does not exist: the image has 0 detections" in result.stderr
     written = json.loads((tmp_path / "second" / "results.json").read_text())
     assert [r["image"] for r in written["results"]] == [str(PHOTO)] and written["results"][0]["detections"][0][
         "index"] == 1 and [e["image"] for e in written["errors"]] == [str(SHARED / "deployed" / "messi5.jpg")]
+    assert written["results"][0]["detections"][0]["overlay"].startswith("basketball1_recipro_1_")   # its index
     assert_one_line_error(run_cli("explain", tmp_path / "b", PHOTO, "--box", "5000,5000,5100,5100:FACE_FEMALE",
                                   "--out", tmp_path / "o2"), "lies outside", during_run=True)
     assert_one_line_error(run_cli("explain", tmp_path / "b", PHOTO, "--classes", "GIRAFFE", "--out", tmp_path / "o3"),

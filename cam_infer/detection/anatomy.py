@@ -66,11 +66,17 @@ def class_names(model: onnx.ModelProto, classes: int) -> list[str] | None:
     return None
 
 
+def image_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
+    """The model's image input: its first input that is not a weight (older exports list weights as inputs)."""
+    weights = {t.name for t in model.graph.initializer}
+    return next(i for i in model.graph.input if i.name not in weights)
+
+
 def input_size(model: onnx.ModelProto, given: tuple[int, int] | None) -> tuple[int, int]:
     """The input's (H, W): given, fixed in the graph, or the export's ``imgsz`` metadata."""
     if given:
         return int(given[0]), int(given[1])
-    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims = image_input(model).type.tensor_type.shape.dim
     if len(dims) == 4 and dims[2].dim_value and dims[3].dim_value:
         return dims[2].dim_value, dims[3].dim_value
     text = metadata(model).get("imgsz")

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import NotInImage
 from ..tasks import class_index
-from ..explanation import _safe
+from ..explanation import picture_name
 from ..jobs.explain import Results
 from ..jobs.folders import read_stamped
 from ..postprocess import check_overlay_options, check_overlays, encode_map, encode_picture
@@ -103,7 +103,7 @@ class DetectionWork:
                 if e.class_agnostic:                   # the image's one map: no picture per detection
                     detections.append(d.record())
                     continue
-                detections.append({**d.record(), key: self._picture(e, j, f"{name}_{method}_{j}_{_safe(d.label)}",
+                detections.append({**d.record(), key: self._picture(e, j, f"{name}_{method}_{picture_name(j, d)}",
                                                                     out)})
             out["rows"].append({"image": str(path), "method": method,
                                 **({"class_agnostic": True} if e.class_agnostic else {}), "detections": detections,

@@ -32,7 +32,7 @@ from ..bundle.write import graphs_record, provenance_record, runtimes_record, wr
 from ..errors import CamInferError
 from ..images import Preprocessing
 from .branches import level_branches
-from .anatomy import class_names, cut_tensors, input_size, output_layout, stride_of
+from .anatomy import class_names, cut_tensors, image_input, input_size, output_layout, stride_of
 from .decode import anchor_levels
 
 PACKED = "cut_packed"
@@ -107,7 +107,7 @@ def check_class_rows(scores: np.ndarray) -> None:
 def check_dynamic_batch(model: onnx.ModelProto) -> None:
     """Refuse a detector exported with a fixed batch: its graph reshapes to that batch (an Ultralytics static
     export's Reshape to (1, 4+C, n)), so it cannot run the batches the package sends."""
-    dim = model.graph.input[0].type.tensor_type.shape.dim
+    dim = image_input(model).type.tensor_type.shape.dim
     if dim and dim[0].HasField("dim_value") and dim[0].dim_value > 0:
         raise CamInferError(f"the detector's input has a fixed batch of {dim[0].dim_value}: cam-infer runs detectors "
                             "at any batch; export it with a dynamic batch (Ultralytics: dynamic=True)")
@@ -117,7 +117,7 @@ def with_input_size(model: onnx.ModelProto, size: tuple[int, int]) -> onnx.Model
     """A copy whose image input has spatial size `size` and a dynamic batch."""
     fixed = onnx.ModelProto()
     fixed.CopyFrom(model)
-    dims = fixed.graph.input[0].type.tensor_type.shape.dim
+    dims = image_input(fixed).type.tensor_type.shape.dim
     for dim, value in zip(dims[2:], size):
         dim.Clear()
         dim.dim_value = int(value)
