@@ -54,11 +54,11 @@ class DetectionMap:
                 "degenerate": self.degenerate, "uniform": self.uniform}
 
 
-def picture_name(j: int, d: DetectionMap) -> str:
-    """What a detection's picture is named after: its index among the image's detections (as its record says),
-    ``box<j>`` for the j-th box given, and its label."""
-    number = d.index if d.index is not None else f"box{j}"
-    return f"{number}_{_safe(d.label or f'class {d.class_id}')}"
+def picture_name(j: int, target) -> str:
+    """What target j's picture is named after: a detection's index among the image's detections (as its record
+    says; ``box<j>`` for the j-th box given), a segmenter's j; then its label."""
+    number = j if not isinstance(target, DetectionMap) else target.index if target.index is not None else f"box{j}"
+    return f"{number}_{_safe(target.label or f'class {target.class_id}')}"
 
 
 @dataclass
