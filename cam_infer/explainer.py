@@ -41,7 +41,9 @@ def model_inputs(images, preprocessing, check_input):
 
     if isinstance(images, np.ndarray) and images.ndim == 4:
         if images.dtype.kind == "f":
-            return check_input(images), None, None
+            x = check_input(images)
+            preprocessing.check_range(x)
+            return x, None, None
         if images.shape[-1] not in (1, 2, 3, 4):       # not a stack of (H,W,C) photos: an integer (N,C,H,W) batch
             raise CamInferError(f"a preprocessed (N,C,H,W) batch must be floating point, not {images.dtype} (photos "
                                 "as arrays are (H,W,3), uint8 or uint16)")
@@ -57,6 +59,9 @@ def model_inputs(images, preprocessing, check_input):
             originals.append(load_image(item))
             names.append(Path(item).stem)
         else:
+            if isinstance(item, np.ndarray) and item.dtype == np.uint16 and item.size and item.max() <= 255:
+                raise CamInferError("a uint16 image holds values up to 65535, and this one none above 255: 8-bit "
+                                    "pixels, read as 16-bit a black image? give them as uint8 (image.astype(np.uint8))")
             originals.append(as_rgb_uint8(item))
             names.append(None)
     if not originals:

@@ -233,6 +233,20 @@ class Preprocessing:
         out[...] = x
         return out
 
+    def check_range(self, x: np.ndarray) -> None:
+        """Refuse a preprocessed batch (N,C,H,W) whose values lie two whole ranges beyond what this preprocessing
+        gives any photo: raw 0–255 pixels where normalised ones were expected explain another image, silently.
+        (Values slightly outside, from another resize or an augmentation, are the user's to give.)"""
+        table = _table(self.scale, tuple(self.mean), tuple(self.std))          # (C, 256): every pixel value
+        lo, hi = table.min(axis=1), table.max(axis=1)
+        if x.ndim != 4 or x.shape[1] != len(lo) or not x.size:
+            return
+        low, high = x.min(axis=(0, 2, 3)), x.max(axis=(0, 2, 3))
+        if ((low < lo - 2 * (hi - lo)) | (high > hi + 2 * (hi - lo))).any():
+            raise CamInferError(f"the batch's values span {low.min():.4g} … {high.max():.4g}, far outside what this "
+                                f"model's preprocessing gives a photo ({lo.min():.4g} … {hi.max():.4g}): give photos "
+                                "(paths or RGB arrays), or preprocess them with explainer.preprocess()")
+
     def __call__(self, image: "str | os.PathLike | np.ndarray") -> np.ndarray:
         """One image (path or RGB uint8 array of any size) → (C,H,W) float32."""
         rgb = load_image(image) if isinstance(image, (str, os.PathLike)) else as_rgb_uint8(image)
@@ -443,7 +457,9 @@ FLOAT_SLACK = 1e-3      # a float image's overshoot past [0, 1] taken as resampl
 
 def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
     """Grayscale, RGBA (composited over black), 16-bit or float [0,1] arrays → (H,W,3) uint8 RGB."""
-    image = np.asarray(image)
+    if not isinstance(image, np.ndarray):
+        raise CamInferError(f"an image is a path or an RGB array (H,W,3), not {type(image).__name__}"
+                            + (" (np.asarray(image.convert('RGB')))" if hasattr(image, "convert") else ""))
     if image.ndim == 2:
         image = image[..., None]
     if image.ndim != 3 or image.shape[2] not in (1, 2, 3, 4) or min(image.shape[:2]) < 1:

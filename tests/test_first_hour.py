@@ -313,6 +313,12 @@ def test_explain_with_a_float_target_is_the_packages_error(tiny_bundle):
     (lambda b, x: Explainer(b).explain(None), "explain.. takes image paths, RGB arrays .* not NoneType"),
     (lambda b, x: Explainer(b).explain(x.astype(np.int64)), r"a preprocessed \(N,C,H,W\) batch must be floating point"),
     (lambda b, x: Explainer(b).explain([ROOT / "cam_infer"]), "is a folder, not an image"),
+    (lambda b, x: Explainer(b).explain([None]), r"an image is a path or an RGB array \(H,W,3\), not NoneType"),
+    (lambda b, x: Explainer(b).explain([b"\xff\xd8"]), r"an image is a path or an RGB array \(H,W,3\), not bytes"),
+    (lambda b, x: Explainer(b).explain(np.full((40, 50, 3), 200, np.uint16)),     # 8-bit pixels in a wide type
+     "a uint16 image holds values up to 65535, and this one none above 255"),
+    (lambda b, x: Explainer(b).explain(np.full_like(x, 200.0)),          # raw 0–255 pixels, never normalised
+     r"the batch's values span 200 … 200, far outside what this model's preprocessing gives a photo"),
     (lambda b, x: Explainer(b).explain(np.full((40, 50, 3), 90, np.uint8), "recipro").overlay(0, 3),
      r"no map \(0, 3\): this explanation has one map per image"),
 ])
