@@ -120,6 +120,16 @@ def test_the_curves_last_frame_is_the_substrate_when_the_steps_do_not_divide_the
 def test_substrates_and_the_rise_kernel():
     k = gaussian_kernel(11, 5)
     assert k.shape == (11, 11) and k.sum() == pytest.approx(1.0) and np.allclose(k, k.T)
+    # RISE's gkern is SciPy's gaussian_filter of a Dirac (σ 5, truncated at 4σ = 20 px, the array reflected at its
+    # edges): the same by a plain 2-D correlation of the symmetric-padded Dirac with the 41×41 truncated Gaussian
+    dirac = np.zeros((11, 11))
+    dirac[5, 5] = 1.0
+    padded = np.pad(dirac, 20, mode="symmetric")                    # NumPy's 'symmetric' is SciPy's 'reflect'
+    g = np.exp(-0.5 * (np.arange(-20, 21) / 5.0) ** 2)
+    g2 = np.outer(g, g) / np.outer(g, g).sum()
+    reference = np.array([[(padded[a:a + 41, b:b + 41] * g2).sum() for b in range(11)] for a in range(11)])
+    np.testing.assert_allclose(k, reference / reference.sum(), rtol=1e-5)
+    assert k.min() / k.max() > 0.85          # the reflections fold the tails back: an almost flat 11×11 kernel
     x = np.random.default_rng(0).standard_normal((3, 20, 20)).astype(np.float32)
     assert not substrate_of(x, "zeros").any()
     np.testing.assert_allclose(substrate_of(x, "mean")[:, 5, 5], x.mean(axis=(1, 2)), rtol=1e-5)

@@ -62,10 +62,20 @@ def increase_in_confidence(y: np.ndarray, o: np.ndarray) -> np.ndarray:
 
 
 def gaussian_kernel(klen: int = 11, nsig: float = 5.0) -> np.ndarray:
-    """RISE's gkern: the normal CDF differenced over klen+1 points in [−nsig, nsig], outer product, sum 1."""
-    points = np.linspace(-nsig, nsig, klen + 1)
-    cdf = np.array([0.5 * (1 + math.erf(p / math.sqrt(2))) for p in points])
-    k1 = np.diff(cdf)
+    """RISE's gkern (Petsiuk et al., BMVC 2018, the official evaluation code): a klen×klen Dirac delta smoothed by
+    SciPy's ``gaussian_filter(·, nsig)``, i.e. a Gaussian of σ = nsig truncated at 4σ with the array reflected at
+    its edges (d c b a | a b c d | d c b a). At klen 11, σ 5 the reflections fold the tails back: an almost flat
+    kernel. Separable, so the 1-D result's outer product; it sums to 1."""
+    radius = int(4.0 * nsig + 0.5)
+    offsets = np.arange(-radius, radius + 1)
+    weights = np.exp(-0.5 * (offsets / nsig) ** 2)
+    weights /= weights.sum()
+    centre = klen // 2
+    k1 = np.zeros(klen)
+    for j in range(klen):                       # out[j] = Σ_i w[i]·dirac[reflect(j − i)]
+        where = np.mod(j - offsets, 2 * klen)
+        where = np.where(where >= klen, 2 * klen - 1 - where, where)
+        k1[j] = weights[where == centre].sum()
     k2 = np.outer(k1, k1)
     return (k2 / k2.sum()).astype(np.float32)
 
