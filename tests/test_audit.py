@@ -308,6 +308,16 @@ def test_ground_truth_target_explains_the_labelled_class(scenes, tmp_path):
     run_audit(SHAPES, [folder], AuditOptions(methods=("cam",), metrics=("adcc",), target="square"), tmp_path / "s",
               progress=False)
     assert {r["label"] for r in read_csv(tmp_path / "s" / "metrics.csv")} == {"square"}
+    # a class some images have no box of: those images have no localisation metrics (they scored 0, so a mean of
+    # pointing over every image fell with each image that lacks the class)
+    summary = run_audit(SHAPES, [folder], AuditOptions(methods=("cam",), metrics=("pointing", "energy"),
+                                                       target="square"), tmp_path / "loc",
+                        boxes=folder / "boxes.json", progress=False)
+    with_square = [name for name, entries in boxes.items() if any(b["label"] == "square" for b in entries)]
+    rows = read_csv(tmp_path / "loc" / "metrics.csv")
+    measured = sorted(r["image"].split("/")[-1] for r in rows if r["method"] == "cam" and r["pointing"] != "")
+    assert measured == sorted(with_square) and 0 < len(with_square) < len(boxes)
+    assert summary["counts"]["cam"]["pointing"] == len(with_square)
     with pytest.raises(CamInferError, match="unknown class label 'hexagon'"):
         run_audit(SHAPES, [folder], AuditOptions(methods=("cam",), target="hexagon"), tmp_path / "h")
     assert not (tmp_path / "h").exists()

@@ -352,8 +352,8 @@ def audit_image(bundle, image, options: AuditOptions, boxes=None, priors: dict |
                 curves.add(row, mode, causal_frames(x[0], s, mode, options.steps, substrate), class_id)
         if {"road", "arcc"} & set(options.metrics):
             row.update(_road(explainer, options, x, e, method, priors))
-        if truth:
-            own = [b for b, box_class in truth if box_class is None or box_class == class_id]
+        own = [b for b, box_class in truth or () if box_class is None or box_class == class_id]
+        if own:                 # an image without a box of the explained class has no localisation metrics
             row.update(_localisation(options, s, own, bool(e.degenerate[0])))
         if regions is not None:
             row.update(_region_localisation(options, s, regions, class_id, bool(e.degenerate[0])))
@@ -373,9 +373,9 @@ def _localisation(options: AuditOptions, s: np.ndarray, own: list, degenerate: b
     if "pointing" in options.metrics:
         out["pointing"] = int(pointing_hit(s, own, options.tolerance, degenerate))
     if "energy" in options.metrics:
-        out["energy"] = energy_pointing(s, own) if own else 0.0
+        out["energy"] = energy_pointing(s, own)
     if "box" in options.metrics:
-        best = box_localisation(s, own, options.box_threshold) if own else 0.0
+        best = box_localisation(s, own, options.box_threshold)
         out.update(box_iou=best, box_hit=int(best >= options.iou_threshold))
     return out
 
