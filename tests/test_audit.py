@@ -318,6 +318,18 @@ def test_ground_truth_target_explains_the_labelled_class(scenes, tmp_path):
     measured = sorted(r["image"].split("/")[-1] for r in rows if r["method"] == "cam" and r["pointing"] != "")
     assert measured == sorted(with_square) and 0 < len(with_square) < len(boxes)
     assert summary["counts"]["cam"]["pointing"] == len(with_square)
+    # eigen scores each image's top-1, cam the square: ADCC compares them only where the top-1 is the square
+    summary = run_audit(SHAPES, [folder], AuditOptions(methods=("cam", "eigen"), metrics=("adcc",), target="square",
+                                                       baselines=()), tmp_path / "pair", progress=False)
+    rows = read_csv(tmp_path / "pair" / "metrics.csv")
+    square = Explainer(SHAPES).bundle.labels.index("square")
+    same = [r for r in rows if r["method"] == "eigen" and int(r["class_id"]) == square]
+    (pair,) = summary["paired"]["adcc"]
+    assert (pair["a"], pair["b"], pair["n"]) == ("cam", "eigen", len(same)) and len(same) < len(boxes)
+    protocol = summary["protocol"]                   # what the numbers depend on, recorded
+    assert protocol["class_agnostic"] == ["eigen"] and protocol["baselines"] == []
+    assert protocol["preprocessing"] == Explainer(SHAPES).bundle.preprocessing.to_dict()
+    assert set(protocol["graphs"]) == {"features", "head"} and protocol["cam_infer"]
     with pytest.raises(CamInferError, match="unknown class label 'hexagon'"):
         run_audit(SHAPES, [folder], AuditOptions(methods=("cam",), target="hexagon"), tmp_path / "h")
     assert not (tmp_path / "h").exists()
