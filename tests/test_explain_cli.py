@@ -192,6 +192,26 @@ def test_force_removes_the_pictures_of_the_run_it_starts_over(tmp_path, labelled
                                                                                           "results.json"])
 
 
+def test_a_run_made_before_the_layer_was_recorded_resumes(tmp_path, labelled_bundle):
+    """results.json's settings gained the layer; a folder of an earlier release (its journal without it) resumed
+    only with --force, which starts over. It resumes: the bundle's hashes already pin the cut."""
+    from cam_infer.jobs.journal import JOURNAL
+    images = tmp_path / "images"
+    images.mkdir()
+    cv2.imwrite(str(images / "a.png"), np.random.default_rng(0).integers(0, 256, (40, 50, 3), np.uint8))
+    out = tmp_path / "out"
+    assert run_cli("explain", labelled_bundle.path, images, "--method", "eigen", "--out", out).returncode == 0
+    lines = (out / JOURNAL).read_text().splitlines()
+    header = json.loads(lines[0])
+    del header["settings"]["layer"]
+    (out / JOURNAL).write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")
+    again = run_cli("explain", labelled_bundle.path, images, "--method", "eigen,recipro", "--out", out)
+    assert "other settings (options.recipro" in again.stderr        # still compared: everything but the layer
+    again = run_cli("explain", labelled_bundle.path, images, "--method", "eigen", "--out", out)
+    assert again.returncode == 0, again.stderr
+    assert json.loads((out / "results.json").read_text())["settings"]["layer"] == labelled_bundle.layers
+
+
 def test_earlier_runs_inside_the_image_folder_are_no_input_and_symlinked_folders_are_followed(tmp_path,
                                                                                              labelled_bundle):
     """A second run with another --out inside the image folder explained the first run's captioned overlays as

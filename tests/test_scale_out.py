@@ -160,7 +160,8 @@ def test_workers_end_with_a_killed_or_terminated_driver_and_the_rerun_completes_
 
 
 @pytest.mark.integration
-def test_a_terminated_run_exits_without_waiting_for_the_batch_in_flight(tmp_path):
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]])
+def test_a_terminated_run_exits_without_waiting_for_the_batch_in_flight(tmp_path, workers):
     """A SIGTERM during a long batch (SS-CAM with 2 000 samples: minutes per image) stopped the run at once but the
     process exited only when the batch in its pool thread ended (Python joins those threads at exit). Now it exits
     within seconds, 143, saying so, and nothing is recorded as done."""
@@ -169,14 +170,15 @@ def test_a_terminated_run_exits_without_waiting_for_the_batch_in_flight(tmp_path
     out = tmp_path / "run"
     args = [sys.executable, "-m", "cam_infer", "explain", str(SHAPES), str(scenes / "large_00000.png"),
             str(scenes / "large_00001.png"), "--method", "ss-cam", "--option", "samples=2000", "--batch-size", "1",
-            "--out", str(out)]
+            "--out", str(out), *workers]
     process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                env=dict(os.environ, PYTHONPATH=str(ROOT)))
     deadline = time.time() + 60
     while time.time() < deadline and process.poll() is None and not (out / JOURNAL).exists():
         time.sleep(0.05)
-    time.sleep(2)                       # inside the first image's passes
+    time.sleep(2 if not workers else 6)         # inside the first image's passes (the workers start first)
     assert process.poll() is None, "the run ended before it could be stopped"
+    spawned = spawned_workers(process.pid)
     sent = time.monotonic()
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
@@ -184,6 +186,10 @@ def test_a_terminated_run_exits_without_waiting_for_the_batch_in_flight(tmp_path
     assert process.returncode == 128 + signal.SIGTERM, stderr
     assert stderr.strip().endswith("cam-infer: terminated (run the same command again to resume)"), stderr
     assert waited < 15, f"exited {waited:.0f} s after the SIGTERM: it waited for the batch in flight"
+    deadline = time.time() + 10
+    while time.time() < deadline and any(map(_running, spawned)):
+        time.sleep(0.1)
+    assert len(spawned) == (2 if workers else 0) and not any(map(_running, spawned)), "its workers outlived it"
     assert not (out / "results.json").exists() or "large_00000" not in (out / "results.json").read_text()
 
 

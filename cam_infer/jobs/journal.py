@@ -36,8 +36,9 @@ class Journal:
         header = {"job": job, "settings": settings}
         lines = self.path.read_text(encoding="utf-8").splitlines() if self.path.exists() else []
         earlier = _parse(lines[0]) if lines else header
-        if earlier != header:
-            raise CamInferError(f"'{self.path.parent}' holds {what} with other settings ({_difference(earlier, header)});"
+        if _compared(earlier) != _compared(header):
+            raise CamInferError(f"'{self.path.parent}' holds {what} with other settings "
+                                f"({_difference(_compared(earlier), _compared(header))});"
                                 " choose another --out or pass --force to start over there")
         entries = []
         for line in lines[1:]:
@@ -60,6 +61,16 @@ class Journal:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+RECORDED_ONLY = ("layer",)       # settings a run records but does not compare: the bundle's hashes pin them
+
+
+def _compared(header) -> object:
+    """A journal header without `RECORDED_ONLY` (a run made before they were recorded resumes)."""
+    if not isinstance(header, dict) or not isinstance(header.get("settings"), dict):
+        return header
+    return {**header, "settings": {k: v for k, v in header["settings"].items() if k not in RECORDED_ONLY}}
 
 
 def _difference(earlier, now, where: str = "") -> str:

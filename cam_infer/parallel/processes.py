@@ -55,6 +55,9 @@ class Processes:
                     yield _result(pending.popleft())
             while pending:
                 yield _result(pending.popleft())
+        except BaseException:       # interrupted or failed: the workers are stopped, not awaited
+            _stop(pool)
+            raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
             for name, value in saved.items():
@@ -65,6 +68,14 @@ class Processes:
 
     def describe(self) -> str:
         return f"{self.workers} worker processes x {self.threads} threads"
+
+
+def _stop(pool) -> None:
+    """End a process pool's workers in the middle of their items (a run interrupted during a long batch): the
+    journal keeps what was done, the items in flight are redone on resume."""
+    for process in list(getattr(pool, "_processes", {}).values()):
+        if process.is_alive():
+            process.terminate()
 
 
 def _submitted(pool, work, item):
