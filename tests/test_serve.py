@@ -548,6 +548,7 @@ def test_method_options_are_set_for_every_request_with_option(tmp_path, explaine
     finally:
         server.stop()
     assert_one_line_error(run_cli("serve", SHAPES, "--option", "nosuch=1"), "no chosen method has an option 'nosuch'")
+    assert_one_line_error(run_cli("serve", SHAPES, "--option", "top_k=abc"), "top_k must be int or None, not 'abc'")
 
 
 def assert_same_explanations(fused: Server, bundle: Server, image: bytes, query: str = "") -> dict:

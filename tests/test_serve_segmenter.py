@@ -118,6 +118,20 @@ def test_v2_infer_gives_each_image_its_class_map_as_the_explainer(server, explai
             assert result.as_numpy("saliency_class")[i] == (-1 if item.class_agnostic else item.class_id)
 
 
+def test_serve_option_reaches_a_segmenters_methods(bundle, explainer, scenes):
+    """--option on a segmenter: each method gets the options it takes, as the explainer with them."""
+    with_options = Server(bundle, "--method", "score", "--option", "top_k=3", "--option", "kernel=gaussian3")
+    try:
+        for method, options in (("score", {"top_k": 3}), ("recipro", {"kernel": "gaussian3"})):
+            want = explainer.explain([scenes[0]], method, **options).items[0][0]
+            got = explain(with_options, scenes[0], f"?method={method}")["maps"][0]
+            np.testing.assert_allclose(np.array(got["map"]["data"]), low_resolution(want), atol=6e-5)
+        plain = explainer.explain([scenes[0]], "recipro").items[0][0]            # the option changed the map
+        assert not np.allclose(low_resolution(plain), low_resolution(want), atol=1e-3)
+    finally:
+        with_options.stop()
+
+
 def test_bad_segmenter_requests_get_one_line_4xx_and_the_server_goes_on(server, scenes):
     image = scenes[0].read_bytes()
     assert_error(server.request("/explain?class=triangle&region=[1,2,3]", image), 400, "'region' is a box")

@@ -198,9 +198,16 @@ def _written(out: Path, job: Job) -> list[str]:
             rows = json.loads(line).get("rows", [])
         except (ValueError, AttributeError):
             continue                           # the torn tail of a killed run
-        names += [name for row in rows for name in job.files_of(row)]
-    return [name for name in dict.fromkeys(names)
-            if isinstance(name, str) and (out / name).resolve().parent == out.resolve()]
+        names += [name for row in rows if isinstance(row, dict) for name in job.files_of(row)]
+    return [name for name in dict.fromkeys(names) if _own_file(out, name)]
+
+
+def _own_file(out: Path, name) -> bool:
+    """A file a run writes: a plain file right in `out`, not hidden (the journal, the lock), not a link."""
+    if not isinstance(name, str) or "/" in name or "\\" in name or name.startswith("."):
+        return False
+    path = out / name
+    return path.is_file() and not path.is_symlink()
 
 
 def _clear(out: Path, names) -> None:

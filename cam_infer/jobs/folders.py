@@ -84,6 +84,7 @@ def _files_below(folder: Path, output: Path | None) -> tuple[list[Path], list[Pa
 
     files, runs, seen = [], [], set()
     for root, folders, names in os.walk(folder, followlinks=True):
+        folders.sort(key=lambda name: ((Path(root) / name).is_symlink(), name))   # real folders first, by name
         real = Path(root).resolve()
         if real in seen or (output is not None and real.is_relative_to(output)):
             folders[:] = []

@@ -65,6 +65,8 @@ class ServedBundle:
         self.preprocessing = self.pixels = self.bundle.preprocessing
         task = self.explainer.task.name
         self.options = options_per_method(self.served_methods(), options or {}, task)   # --option, per method
+        for name, chosen in self.options.items():         # a bad value refused at start, not on every request
+            METHODS[name].check_options(chosen, task)
 
     def served_methods(self) -> list[str]:
         """The methods a request may ask for: the task's gradient-free ones that apply to this bundle."""
