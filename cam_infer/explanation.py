@@ -49,7 +49,8 @@ class DetectionMap:
         ``region_*``)."""
         named = {"detection_class_id": self.class_id, "detection_label": self.label} if self.class_agnostic else \
             {"class_id": self.class_id, "label": self.label}
-        return {"box": [round(v, 2) for v in self.box_image], **named, "score": round(self.score, 5), "anchor": self.anchor, "level": self.level, "index": self.index,
+        return {"box": [round(v, 2) for v in self.box_image], **named, "score": round(self.score, 5),
+                "anchor": self.anchor, "level": self.level, "index": self.index,
                 **({"match_iou": round(self.match_iou, 4)} if self.index is None else {}),
                 "degenerate": self.degenerate, "uniform": self.uniform}
 

@@ -59,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except MemoryError as exc:     # a size or batch beyond this machine: say so, not an internal error
         detail = " ".join(str(exc).split())[:200]
-        print(f"cam-infer: error: out of memory{f' ({detail})' if detail else ''}; try a smaller --input-size or "
-              "--batch-size", file=sys.stderr)
+        print(f"cam-infer: error: out of memory{f' ({detail})' if detail else ''}; this machine cannot hold what "
+              "was asked (a smaller input size, batch or method option)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("cam-infer: interrupted" + _resumes(args), file=sys.stderr)

@@ -394,7 +394,9 @@ def _scale_out(args) -> dict:
 
 
 def synthetic(args) -> int:
-    from ..tools.synthetic import write_detection_scenes, write_scenes
+    from ..tools.synthetic import SPLITS, write_detection_scenes, write_scenes
+    if args.split not in (*SPLITS, "detection", "segmentation"):
+        raise CamInferError(f"unknown split '{args.split}'; splits: {', '.join(SPLITS)}, detection, segmentation")
     if args.n < 1:
         raise CamInferError(f"the number of scenes must be at least 1, not {args.n}")
     if args.seed is not None and args.seed < 0:

@@ -70,6 +70,7 @@ def explain_job(paths, out, settings: dict, methods, work, runner, *, batch_size
     settings = json.loads(json.dumps(settings))
     job = Job("explain", "results of a run", settings, tuple(methods), work,
               write=lambda run, final: Results.of(run, settings).save(), batch_size=batch_size, per_method=True,
-              keep=lambda out, row: (out / picture_of(row)).is_file(), clear=(RESULTS, MAPS), files_of=pictures_of, cost=cost)
+              keep=lambda out, row: (out / picture_of(row)).is_file(), clear=(RESULTS, MAPS), files_of=pictures_of,
+              cost=cost)
     run = run_job(job, paths, out, runner, restart=restart, progress=progress, report=report)
     return Results.of(run, settings)

@@ -54,7 +54,7 @@ class Scene:
 def generate(split: str, n: int, seed: int = 0, start: int = 0, size: int = SIZE) -> list[Scene]:
     """Images start .. start+n-1 of `split` for `seed`."""
     if split not in SPLITS:
-        raise CamInferError(f"unknown split '{split}'; splits: {', '.join(SPLITS)}, detection, segmentation")
+        raise CamInferError(f"unknown split '{split}'; splits: {', '.join(SPLITS)}")
     return [scene(split, seed, i, size) for i in range(start, start + n)]
 
 
