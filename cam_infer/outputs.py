@@ -23,6 +23,8 @@ SAVE_EVERY = 2.0         # seconds between rewrites of a run's growing files (re
 
 def prepare_folder(out, what: str = "--out") -> Path:
     """Create the output folder (parents too); a file in its place or an unwritable place is a user error."""
+    if not isinstance(out, (str, os.PathLike)):
+        raise CamInferError(f"{what} is a folder's path, not {type(out).__name__}")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise CamInferError(f"{what} '{out}' is a file, not a folder; choose a folder")

@@ -72,10 +72,10 @@ def resize_planes(planes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def check_overlay_options(colormap: str, alpha: float) -> None:
-    if colormap not in COLORMAPS:
+    if not isinstance(colormap, str) or colormap not in COLORMAPS:
         raise CamInferError(f"unknown colormap '{colormap}'; choose one of: {', '.join(COLORMAPS)}")
-    if not 0.0 <= alpha <= 1.0:
-        raise CamInferError(f"alpha must be in [0, 1], not {alpha}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.integer, np.floating)) or not 0.0 <= alpha <= 1.0:
+        raise CamInferError(f"alpha must be a number in [0, 1], not {alpha!r}")
 
 
 def overlay(image: np.ndarray, saliency: np.ndarray, colormap: str = "jet", alpha: float = 0.5,

@@ -5,6 +5,7 @@ each method against a direct computation with the head graph or the unsplit mode
 from __future__ import annotations
 
 import json
+import re
 
 import cv2
 import numpy as np
@@ -342,12 +343,14 @@ def test_bad_targets_are_one_clear_error(explainers):
 
 
 @pytest.mark.parametrize("thresholds", [{"conf": 1.5}, {"conf": -0.1}, {"conf": float("nan")}, {"iou": 0},
-                                        {"iou": 2}, {"max_det": 0}])
+                                        {"iou": 2}, {"max_det": 0}, {"conf": "0.3"}, {"iou": True},
+                                        {"max_det": 1.5}])
 def test_split_refuses_nms_thresholds_that_explain_would_refuse(tmp_path, thresholds):
     from cam_infer.detection.split import split_detector
     (name, value), = thresholds.items()                  # the one bad value, named, with what it may be
     allowed = {"conf": r"in \[0, 1\)", "iou": r"in \(0, 1\]", "max_det": "at least 1"}[name]
-    with pytest.raises(CamInferError, match=rf"^{name} must be {allowed}, not {value}$"):
+    kind = "a whole number" if name == "max_det" else "a number"
+    with pytest.raises(CamInferError, match=rf"^{name} must be {kind} {allowed}, not {re.escape(repr(value))}$"):
         split_detector(YOLO, tmp_path / "b", **thresholds)
     assert not (tmp_path / "b").exists()
     with pytest.raises(CamInferError, match="unknown NMS setting ious"):

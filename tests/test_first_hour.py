@@ -20,7 +20,7 @@ import pytest
 from helpers import assert_one_line_error, run_cli
 
 from conftest import ROOT
-from cam_infer import CamInferError, Explainer
+from cam_infer import CamInferError, Explainer, read_maps
 from cam_infer.tasks import class_index
 from cam_infer.jobs.folders import IMAGE_SUFFIXES, collect_images
 from cam_infer.runs import explain_files
@@ -317,6 +317,10 @@ def test_explain_with_a_float_target_is_the_packages_error(tiny_bundle):
     (lambda b, x: Explainer(b).explain([b"\xff\xd8"]), r"an image is a path or an RGB array \(H,W,3\), not bytes"),
     (lambda b, x: Explainer(b).explain(np.full((40, 50, 3), 200, np.uint16)),     # 8-bit pixels in a wide type
      "a uint16 image holds values up to 65535, and this one none above 255"),
+    (lambda b, x: Explainer(b).explain(x).overlay(0, alpha="0.5"), "alpha must be a number in"),
+    (lambda b, x: Explainer(b).explain(x).overlay(0, colormap=["jet"]), "unknown colormap"),
+    (lambda b, x: Explainer(b).explain(x).save(None), "folder is a folder's path, not NoneType"),
+    (lambda b, x: read_maps(None), "read_maps takes a run's folder"),
     (lambda b, x: Explainer(b).explain(np.full_like(x, 200.0)),          # raw 0–255 pixels, never normalised
      r"the batch's values span 200 … 200, far outside what this model's preprocessing gives a photo"),
     (lambda b, x: Explainer(b).explain(np.full((40, 50, 3), 90, np.uint8), "recipro").overlay(0, 3),
@@ -326,6 +330,15 @@ def test_api_misuse_is_the_packages_error_not_a_type_or_index_error(tiny_bundle,
     x = np.zeros((1, *tiny_bundle.input_shape), np.float32)
     with pytest.raises(CamInferError, match=message):
         call(tiny_bundle, x)
+
+
+def test_numpy_scalars_are_taken_where_python_ones_are(tiny_bundle):
+    """top_k=np.int64(8) was refused while target and top_classes take NumPy integers; target=np.array(1), what
+    argmax() returns, was a TypeError."""
+    ex = Explainer(tiny_bundle)
+    x = np.random.default_rng(0).standard_normal((2, *tiny_bundle.input_shape)).astype(np.float32)
+    np.testing.assert_array_equal(ex.explain(x, "score", top_k=np.int64(2)).maps, ex.explain(x, "score", top_k=2).maps)
+    np.testing.assert_array_equal(ex.explain(x, "cam", target=np.array(1)).targets, [1, 1])
 
 
 def test_overlay_of_a_one_map_explanation_takes_j_0_as_its_map(tiny_bundle):

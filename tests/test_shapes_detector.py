@@ -299,3 +299,28 @@ def test_a_boxes_file_whose_images_hold_no_box_draws_no_box_prior(tmp_path):
     assert set(summary["baselines"]) == {"random-map", "centre-gaussian"}
     assert summary["settings"]["baselines"] == ["random-map", "centre-gaussian"]
     assert summary["settings"]["backend"] and len(summary["settings"]["layer"]) == 2       # the runtime, the cut set
+
+
+BOX, OTHER = [([10, 20, 60, 80], "square")], [([30, 30, 90, 90], "circle")]
+
+
+@pytest.mark.parametrize("images, request_, message", [
+    (2, {"boxes": [BOX, OTHER, OTHER]}, "3 box lists given for 2 images: one list per image"),
+    (2, {"boxes": [BOX]}, "1 box lists given for 2 images"),
+    (2, {"boxes": BOX}, r"boxes= for 2 images takes one list of \(box, class\) pairs per image"),
+    (1, {"boxes": {"box": [1, 2, 3, 4]}}, r"boxes= takes \[\(box \[x1, y1, x2, y2\], class\), ...\], not dict"),
+    (1, {"boxes": [(["a", "b", "c", "d"], 1)]}, r"a box is four numbers \[x1, y1, x2, y2\], not \['a'"),
+    (1, {"boxes": BOX, "target": 0}, "boxes= explains the boxes given; target= and classes= choose among"),
+    (1, {"target": 1.0}, "target= is a detection index after NMS, a list of them or 'all', not 1.0"),
+    (1, {"target": "circle"}, r"not 'circle' \(a class's detections: classes=\[...\]\)"),
+    (1, {"classes": []}, "classes= is empty: it would explain nothing"),
+])
+def test_a_detectors_request_that_does_not_fit_is_one_line(explainer, images, request_, message):
+    """Extra box lists were dropped silently, too few an IndexError; boxes beside target/classes silently won;
+    a label as target was read letter by letter ('not c'); string corners, a dict of boxes: raw exceptions."""
+    from cam_infer import CamInferError
+    scenes = [detection_scene(1, 3).image, detection_scene(1, 4).image][:images]
+    with pytest.raises(CamInferError, match=message):
+        explainer.explain(scenes, "recipro", **request_)
+    per_image = explainer.explain(scenes[:1] * 2, "recipro", boxes=[BOX, []])       # one list per image, one empty
+    assert [len(items) for items in per_image.items] == [1, 0]

@@ -44,8 +44,10 @@ def check_thresholds(conf, iou, max_det) -> None:
     for name, value, fits, allowed in (("conf", conf, lambda v: 0 <= v < 1, "in [0, 1)"),
                                        ("iou", iou, lambda v: 0 < v <= 1, "in (0, 1]"),
                                        ("max_det", max_det, lambda v: v >= 1, "at least 1")):
-        if not fits(value):
-            raise CamInferError(f"{name} must be {allowed}, not {value}")
+        number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+        if not number or not fits(value) or (name == "max_det" and value != int(value)):
+            raise CamInferError(f"{name} must be {'a whole number ' if name == 'max_det' else 'a number '}{allowed}, "
+                                f"not {value!r}")
 
 
 def split_detector(model, out, *, cut="detect-input", input_size_hw: tuple[int, int] | None = None,

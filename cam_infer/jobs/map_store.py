@@ -22,6 +22,7 @@ Recipro-CAM maps as PNGs: 12 KB on average, so the store takes 4× the disk for 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -107,6 +108,8 @@ def read_maps(out) -> RunMaps:
     results.json names them: ``read_maps("out/")[("photos/cat.jpg", "recipro")]`` → float32 (H, W) in [0, 1]."""
     import json
 
+    if not isinstance(out, (str, os.PathLike)):
+        raise CamInferError(f"read_maps takes a run's folder (its path), not {type(out).__name__}")
     results = Path(out) / "results.json"
     try:
         records = json.loads(results.read_text(encoding="utf-8"))["results"]

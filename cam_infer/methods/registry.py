@@ -120,7 +120,9 @@ class Option:
                 raise CamInferError(f"{method}: {self.name} must be one of {', '.join(map(repr, self.choices))}, "
                                     f"not {value!r}")
             return
-        if self.kind and (not isinstance(value, self.kind) or (isinstance(value, bool) and bool not in self.kind)):
+        numpy_kind = (np.integer,) * (int in (self.kind or ())) + (np.floating,) * (float in (self.kind or ()))
+        if self.kind and (not isinstance(value, (*self.kind, *numpy_kind))
+                          or (isinstance(value, bool) and bool not in self.kind)):
             names = " or ".join(k.__name__ for k in self.kind) + (" or None" if self.optional else "")
             raise CamInferError(f"{method}: {self.name} must be {names}, not {value!r}")
 

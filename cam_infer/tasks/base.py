@@ -111,7 +111,10 @@ class Task:
 
 def box_corners(box) -> list[float]:
     """A box [x1, y1, x2, y2] as four finite floats, or one line (a NaN corner is no box)."""
-    corners = [float(v) for v in box]
+    try:
+        corners = [float(v) for v in box]
+    except (TypeError, ValueError):
+        raise CamInferError(f"a box is four numbers [x1, y1, x2, y2], not {box!r}") from None
     if not np.isfinite(corners).all():
         raise CamInferError(f"a box's corners must be finite numbers, not {corners}")
     return corners

@@ -271,6 +271,8 @@ class ClassificationTask(Task):
             return np.argsort(-outputs, axis=1, kind="stable")[:, :top_classes].astype(np.int64)
         if target is None:
             return outputs.argmax(axis=1)
+        if isinstance(target, np.ndarray) and target.ndim == 0:       # what outputs.argmax() returns: one class
+            target = target.item()
         if isinstance(target, (str, bytes)) or not isinstance(target, (list, tuple, np.ndarray)):
             return np.array([self.class_id(target, classes)] * n, np.int64)
         values = list(target)

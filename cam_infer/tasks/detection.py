@@ -88,9 +88,34 @@ class DetectionTask(Task):
         nms = self.bundle.manifest.get("nms", {})
         conf = nms.get("conf", 0.25) if conf is None else conf
         iou = nms.get("iou", 0.7) if iou is None else iou
-        max_det = int(nms.get("max_det", 300) if max_det is None else max_det)
+        max_det = nms.get("max_det", 300) if max_det is None else max_det
         check_thresholds(conf, iou, max_det)
-        return float(conf), float(iou), max_det
+        return float(conf), float(iou), int(max_det)
+
+    def request_for(self, spec, n: int, request: dict) -> dict:
+        """The request checked for n images: ``boxes`` one list of (box, class) pairs (one image) or one per image,
+        and not with ``target`` or ``classes`` (they choose among the detections, the boxes replace them);
+        ``target`` None, "all", an index or a list of them; ``classes`` not empty."""
+        boxes, target, classes = request["boxes"], request["target"], request["classes"]
+        if boxes is not None:
+            if not isinstance(boxes, (list, tuple)):
+                raise CamInferError(f"boxes= takes [(box [x1, y1, x2, y2], class), ...], not {type(boxes).__name__}")
+            per_image = bool(boxes) and not _is_pair(boxes[0])
+            if per_image and len(boxes) != n:
+                raise CamInferError(f"{len(boxes)} box lists given for {n} images: one list per image")
+            if not per_image and n != 1:
+                raise CamInferError(f"boxes= for {n} images takes one list of (box, class) pairs per image")
+            if target is not None or classes is not None:
+                raise CamInferError("boxes= explains the boxes given; target= and classes= choose among the "
+                                    "detections: give one or the other")
+        if target is not None and not (isinstance(target, str) and target == "all") and not \
+                is_whole_number(target) and not (isinstance(target, (list, tuple, np.ndarray)) and
+                                                 all(is_whole_number(k) for k in np.ravel(target))):
+            raise CamInferError(f"target= is a detection index after NMS, a list of them or 'all', not {target!r}"
+                                + (" (a class's detections: classes=[...])" if isinstance(target, str) else ""))
+        if classes is not None and not isinstance(classes, (str, int, np.integer)) and not len(classes):
+            raise CamInferError("classes= is empty: it would explain nothing; give classes or leave it out")
+        return request
 
     def targets(self, i, detections: Detections, output, request: dict, shape) -> list[Target]:
         """Image i's targets: its boxes (``boxes``: [(box [x1,y1,x2,y2] in the original image's pixels, class),
@@ -99,9 +124,8 @@ class DetectionTask(Task):
         num = self.bundle.num_classes
         boxes, target, classes = request["boxes"], request["target"], request["classes"]
         if boxes is not None:
-            per_image = boxes[i] if boxes and isinstance(boxes[0], list) and boxes[0] and \
-                isinstance(boxes[0][0], (list, tuple)) else boxes
-            for entry in per_image:
+            per_image = boxes if not boxes or _is_pair(boxes[0]) else boxes[i]
+            for entry in per_image if isinstance(per_image, (list, tuple)) else [per_image]:
                 if not isinstance(entry, (list, tuple)) or len(entry) != 2 or \
                         not isinstance(entry[0], (list, tuple, np.ndarray)):
                     raise CamInferError(f"boxes= takes (box [x1, y1, x2, y2], class) pairs, not {entry!r}")
@@ -132,6 +156,12 @@ class DetectionTask(Task):
         if x2 <= 0 or y2 <= 0 or x1 >= w0 or y1 >= h0 or x2 <= x1 or y2 <= y1:
             raise CamInferError(f"the box {[x1, y1, x2, y2]} lies outside the {w0}x{h0} image or is empty")
         return self.bundle.preprocessing.box_from_image([x1, y1, x2, y2], shape)
+
+
+def _is_pair(entry) -> bool:
+    """A (box, class) pair, as opposed to an image's list of them."""
+    return isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[0], (list, tuple, np.ndarray)) \
+        and not (len(entry[0]) == 2 and _is_pair(entry[0]))
 
 
 def _normalised_once(raw: list) -> list:
