@@ -200,6 +200,10 @@ class Explainer:
         self.task.check_request({k: v for k, v in request.items() if k != "target" and v is not DEFAULTS.get(k)})
         if not isinstance(method, str):
             raise CamInferError(f"method must be one method's name (a str), not {type(method).__name__}")
+        if not isinstance(upsampled, (bool, np.bool_)):
+            raise CamInferError(f"upsampled must be True or False, not {upsampled!r}")
+        if enhance_options is not None and enhance is None:
+            raise CamInferError("enhance_options= sets an enhancer's options; give the enhancer with enhance=")
         spec = self.task.method(method)
         x, originals, names = self._inputs(images)
         request = self.task.request_for(spec, len(x), request)

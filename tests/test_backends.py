@@ -140,7 +140,7 @@ def test_backend_options_are_applied(tiny_bundle, tmp_path):
     ("openvino", {"hint": "fast"}, "unknown OpenVINO hint"),
     ("onnxruntime", {"device": "GPU"}, "CPU provider cannot use device 'GPU'"),
     ("onnxruntime", {"provider": "cuda"}, "unknown ONNX Runtime provider"),
-    ("onnxruntime", {"memory_budget_mb": 0}, "memory budget must be positive"),
+    ("onnxruntime", {"memory_budget_mb": 0}, "memory_budget_mb must be a positive number"),
 ])
 def test_unknown_backend_or_device_is_an_error(tiny_bundle, backend, options, message):
     with pytest.raises(CamInferError, match=message):

@@ -20,7 +20,9 @@ import pytest
 from helpers import assert_one_line_error, run_cli
 
 from conftest import ROOT
-from cam_infer import CamInferError, Explainer, read_maps
+from cam_infer import CamInferError, Explainer, read_maps, split_onnx
+from cam_infer.bundle import split_model
+from cam_infer.fuse import fuse
 from cam_infer.tasks import class_index
 from cam_infer.jobs.folders import IMAGE_SUFFIXES, collect_images
 from cam_infer.runs import explain_files
@@ -317,6 +319,19 @@ def test_explain_with_a_float_target_is_the_packages_error(tiny_bundle):
     (lambda b, x: Explainer(b).explain([b"\xff\xd8"]), r"an image is a path or an RGB array \(H,W,3\), not bytes"),
     (lambda b, x: Explainer(b).explain(np.full((40, 50, 3), 200, np.uint16)),     # 8-bit pixels in a wide type
      "a uint16 image holds values up to 65535, and this one none above 255"),
+    (lambda b, x: split_onnx(None, out="unused"), "model is an .onnx path or an onnx.ModelProto, not NoneType"),
+    (lambda b, x: split_onnx(b.features_path, layer=None, out="unused"), "layer is a name .* or 'auto', not None"),
+    (lambda b, x: split_onnx(b.features_path, out=3), "out is a folder's path, not int"),
+    (lambda b, x: split_onnx(b.features_path, out="unused", preprocessing={"meen": [1, 2, 3]}),
+     "preprocessing has no field 'meen'; its fields: input_size"),
+    (lambda b, x: split_onnx(b.features_path, out="unused", labels=5), "labels are a list of class names"),
+    (lambda b, x: split_model(b.features_path, out="unused", bogus=1), "split takes no option 'bogus'"),
+    (lambda b, x: Explainer(b).explain(x, upsampled="no"), "upsampled must be True or False, not 'no'"),
+    (lambda b, x: Explainer(b).explain(x, enhance_options={"a": 1}), "give the enhancer with enhance="),
+    (lambda b, x: fuse(b, None), r"method must be one method's name \(a str\), not NoneType"),
+    (lambda b, x: Explainer(b, backend="openvino", device=0), "device is an OpenVINO device's name"),
+    (lambda b, x: Explainer(b, memory_budget_mb="512"), "memory_budget_mb must be a positive number"),
+    (lambda b, x: Explainer(b, backend=["openvino"]), "backend is a runtime's name"),
     (lambda b, x: Explainer(b).explain(x).overlay(0, alpha="0.5"), "alpha must be a number in"),
     (lambda b, x: Explainer(b).explain(x).overlay(0, colormap=["jet"]), "unknown colormap"),
     (lambda b, x: Explainer(b).explain(x).save(None), "folder is a folder's path, not NoneType"),

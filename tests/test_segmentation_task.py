@@ -188,6 +188,11 @@ def test_targets_regions_and_their_refusals(own):
         own.explain(image, method="recipro", target=absent)
     with pytest.raises(CamInferError, match="give a mask of the image's size"):
         own.explain(image, method="recipro", region=np.ones((64, 64), bool))
+    soft = np.where(mask, 0.95, 0.02).astype(np.float32)           # every pixel non-zero: it was the whole image
+    with pytest.raises(CamInferError, match=r"a soft mask\? threshold it \(mask > 0.5\)"):
+        own.explain(image, method="recipro", target=2, region=soft)
+    as_float = own.explain(image, method="recipro", target=2, region=mask.astype(np.float32)).items[0][0]
+    assert (as_float.region == mask).all()
 
 
 def test_region_is_refused_on_a_classifier(tiny_bundle):

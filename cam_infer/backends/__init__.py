@@ -64,6 +64,8 @@ def check_threads(threads) -> None:
 def backend_name(bundle: Bundle, backend: str) -> str:
     """The runtime `backend` names for `bundle`: ``auto`` is OpenVINO for IR bundles, ONNX Runtime otherwise; an
     unknown name is one line."""
+    if not isinstance(backend, str):
+        raise CamInferError(f"backend is a runtime's name ({', '.join(CHOICES)}), not {backend!r}")
     if backend == "auto":
         return "openvino" if bundle.graph_format == "openvino" else "onnxruntime"
     name = ALIASES.get(backend, backend)

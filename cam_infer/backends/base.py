@@ -21,8 +21,9 @@ class Backend(ABC):
 
     def __init__(self, bundle: Bundle, *, memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
                  threads: int | None = None):
-        if memory_budget_mb <= 0:
-            raise CamInferError("memory budget must be positive (megabytes)")
+        if isinstance(memory_budget_mb, bool) or not isinstance(memory_budget_mb, (int, float)) \
+                or not memory_budget_mb > 0:
+            raise CamInferError(f"memory_budget_mb must be a positive number (megabytes), not {memory_budget_mb!r}")
         if threads is not None and threads < 1:
             raise CamInferError("threads must be at least 1")
         self.bundle = bundle

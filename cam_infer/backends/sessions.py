@@ -160,6 +160,8 @@ def openvino_config(runtime: RuntimeOptions) -> dict:
 
 def openvino_device(device: str) -> str:
     """`device` when OpenVINO has it here (or it is a virtual device such as AUTO), else a `CamInferError`."""
+    if not isinstance(device, str):
+        raise CamInferError(f"device is an OpenVINO device's name (CPU, GPU, NPU, AUTO), not {device!r}")
     device = device.upper()
     if device.split(":")[0] in VIRTUAL_DEVICES:
         return device

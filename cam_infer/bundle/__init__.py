@@ -6,6 +6,7 @@ OpenVINO reads natively, ``.xml`` IR or ``.tflite`` (→ an IR bundle, OpenVINO 
 
 import os
 
+from ..errors import CamInferError
 from .manifest import Bundle
 from .model_cache import bundle_of_file
 from .openvino_segmentation import split_openvino_file
@@ -17,6 +18,11 @@ Bundle.folder_of_model_file = staticmethod(bundle_of_file)     # Bundle.load(a m
 
 def split_model(model, layer: str = "auto", out=None, **options) -> Bundle:
     """Split an ONNX model (path or ModelProto) or an OpenVINO-readable file (.xml, .tflite) into a bundle."""
+    import inspect
+    taken = [p for p in inspect.signature(split_onnx).parameters if p not in ("model", "layer", "out")]
+    unknown = sorted(set(options) - set(taken))
+    if unknown:
+        raise CamInferError(f"split takes no option {', '.join(map(repr, unknown))}; it takes {', '.join(taken)}")
     if isinstance(model, (str, os.PathLike)) and is_openvino_source(model):
         options.pop("provenance", None)
         return split_openvino_file(model, layer, out, **options)

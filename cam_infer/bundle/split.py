@@ -14,6 +14,7 @@ keeps running as int8. A quantized Softmax at the end is left out of the head (`
 from __future__ import annotations
 
 import os
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,7 @@ def split_onnx(model: "str | os.PathLike | onnx.ModelProto", layer: str = "auto"
     """
     if out is None:
         raise CamInferError("give an output folder for the bundle (--out)")
+    check_split_arguments(model, layer, out, preprocessing, labels, provenance)
     source = None
     if isinstance(model, (str, os.PathLike)):
         source = Path(model)
@@ -75,6 +77,28 @@ def _check_declared_output(model: onnx.ModelProto) -> None:
     if dims:
         check_classifier_output(tuple(d.dim_value if d.HasField("dim_value") else "?" for d in dims), output.name,
                                 declared_image_size(model))
+
+
+def check_split_arguments(model, layer, out, preprocessing, labels, provenance) -> None:
+    """The arguments of a split by type, each wrong one as one line (not an AttributeError from inside)."""
+    if not isinstance(model, (str, os.PathLike, onnx.ModelProto)):
+        raise CamInferError(f"model is an .onnx path or an onnx.ModelProto, not {type(model).__name__}")
+    if not isinstance(layer, str) or not layer:
+        raise CamInferError(f"layer is a name (a tensor, a node or a module path) or 'auto', not {layer!r}")
+    if not isinstance(out, (str, os.PathLike)):
+        raise CamInferError(f"out is a folder's path, not {type(out).__name__}")
+    if preprocessing is not None and not isinstance(preprocessing, (Preprocessing, dict)):
+        raise CamInferError("preprocessing is a Preprocessing or a dict of its fields, not "
+                            f"{type(preprocessing).__name__}")
+    if isinstance(preprocessing, dict):
+        unknown = sorted(set(preprocessing) - {f.name for f in fields(Preprocessing)})
+        if unknown:
+            raise CamInferError(f"preprocessing has no field {', '.join(map(repr, unknown))}; its fields: "
+                                f"{', '.join(f.name for f in fields(Preprocessing))}")
+    if labels is not None and not isinstance(labels, (str, os.PathLike, list, tuple)):
+        raise CamInferError(f"labels are a list of class names or a text file's path, not {type(labels).__name__}")
+    if provenance is not None and not isinstance(provenance, dict):
+        raise CamInferError(f"provenance is a dict, not {type(provenance).__name__}")
 
 
 def preprocessing_for(spec: InputSpec, prep, input_size) -> Preprocessing:

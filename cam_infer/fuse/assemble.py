@@ -222,6 +222,8 @@ def fused_method(method: str, options: dict):
     from ..methods import get_method
 
     methods = fusable()
+    if not isinstance(method, str):
+        raise CamInferError(f"method must be one method's name (a str), not {type(method).__name__}")
     if method not in methods:
         get_method(method)
         raise CamInferError(f"method '{method}' cannot be fused into the model; choose one of: {', '.join(methods)}")

@@ -267,6 +267,10 @@ class SegmentationTask(Task):
             region = load_mask(region)
         array = np.asarray(region)
         if array.ndim == 2:
+            if array.dtype.kind == "f" and not np.isin(array, (0.0, 1.0)).all():
+                raise CamInferError("a region mask holds 0 and 1 (or is boolean), and this one other values "
+                                    f"({float(np.nanmin(array)):.3g} … {float(np.nanmax(array)):.3g}): a soft mask? "
+                                    "threshold it (mask > 0.5)")
             if array.shape != (h0, w0):
                 raise CamInferError(f"the region mask is {array.shape[1]}x{array.shape[0]}, the image "
                                     f"{w0}x{h0}: give a mask of the image's size")
