@@ -68,8 +68,10 @@ def export_onnx(model, path: Path) -> None:
     torch.onnx.export(model, torch.zeros(1, 3, SIZE, SIZE), str(path), input_names=["images"], output_names=["logits"],
                       dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17, dynamo=False)
     proto = onnx.load(str(path))
+    from cam_infer.tools.demo import SHAPES_PREPROCESSING
     for key, value in (("task", "segment"), ("names", json.dumps(list(CLASSES))),
-                       ("description", "cam-infer ShapesSegmenter (export/train_shapes_segmenter.py)")):
+                       ("description", "cam-infer ShapesSegmenter (export/train_shapes_segmenter.py)"),
+                       ("cam_infer.preprocessing", json.dumps(SHAPES_PREPROCESSING))):   # read when it is split
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.save(proto, str(path))

@@ -47,7 +47,7 @@ def unet(tmp_path_factory):
     torch.onnx.export(model, (torch.zeros(1, 3, SIZE, SIZE),), str(path), input_names=["input"],
                       output_names=["logits"], dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}}, dynamo=False,
                       opset_version=17)
-    bundle = split_segmenter(path, "enc2", out=path.parent / "bundle", preprocessing={"mean": (0, 0, 0),
+    bundle = split_segmenter(path, "enc2", out=path.parent / "bundle", preprocessing={"mean": (0, 0, 0), "scale": 1.0,
                                                                                        "std": (1, 1, 1)})
     return model, path, bundle
 
@@ -180,7 +180,7 @@ def test_a_quantized_segmenter_cut_set_reads_its_members_dequantized_and_reprodu
                                                                                                  tmp_path):
     import onnx
     import onnxruntime as ort
-    bundle = split_segmenter(unet_int8, "enc2", out=tmp_path / "int8", preprocessing={"mean": (0, 0, 0),
+    bundle = split_segmenter(unet_int8, "enc2", out=tmp_path / "int8", preprocessing={"mean": (0, 0, 0), "scale": 1.0,
                                                                                        "std": (1, 1, 1)})
     names = [lv["name"] for lv in bundle.manifest["cut"]]
     assert all(n.endswith("_QuantizeLinear_Output") for n in names) and len(names) == 2    # the uint8 tensors
@@ -216,7 +216,7 @@ def test_an_ir_segmenter_bypassed_layer_gets_the_cut_set_and_explains_as_the_onn
                                                                                         tmp_path):
     from cam_infer.bundle.openvino_segmentation import split_openvino_segmenter
     _, _, onnx_bundle = unet
-    plain = {"mean": (0, 0, 0), "std": (1, 1, 1)}
+    plain = {"mean": (0, 0, 0), "std": (1, 1, 1), "scale": 1.0}
     bundle = split_openvino_segmenter(unet_ir, "/enc2/enc2.1/Relu", out=tmp_path / "ir", preprocessing=plain)
     cut = bundle.manifest["cut"]
     assert [lv["name"] for lv in cut] == ["/enc1/enc1.1/Relu", "/enc2/enc2.1/Relu"]

@@ -13,6 +13,8 @@ keeps running as int8. A quantized Softmax at the end is left out of the head (`
 
 from __future__ import annotations
 
+import ast
+import json
 import os
 from dataclasses import fields
 from pathlib import Path
@@ -54,6 +56,7 @@ def split_onnx(model: "str | os.PathLike | onnx.ModelProto", layer: str = "auto"
         source = Path(model)
         model = load_onnx(source)
     _check_declared_output(model)
+    preprocessing = recorded_preprocessing(model) if preprocessing is None else preprocessing
     graph = Graph.from_model(model, input_size, layout)
     check_class_scores(graph)
     spec = graph.input_spec
@@ -61,7 +64,7 @@ def split_onnx(model: "str | os.PathLike | onnx.ModelProto", layer: str = "auto"
     prep = preprocessing_for(spec, preprocessing, input_size)
     features, head, batch_mode, verification = _split_verified(graph, target, prep)
     num_classes = verification.pop("num_classes")
-    labels = read_labels(labels, num_classes)
+    labels = read_labels(labels, num_classes) if labels is not None else recorded_labels(model, num_classes)
     manifest = manifest_for(graph, target, prep, features, head, batch_mode, verification, num_classes, labels,
                             source, provenance or {})
     return write_onnx_bundle(Path(out), features, head, manifest, overwrite)
@@ -77,6 +80,38 @@ def _check_declared_output(model: onnx.ModelProto) -> None:
     if dims:
         check_classifier_output(tuple(d.dim_value if d.HasField("dim_value") else "?" for d in dims), output.name,
                                 declared_image_size(model))
+
+
+def recorded_preprocessing(model: onnx.ModelProto) -> dict | None:
+    """The preprocessing a model file records for itself (``cam_infer.preprocessing`` metadata: JSON, the fields of
+    `Preprocessing`), used where none is given: the package's own segmenter, a fused model split again."""
+    text = {p.key: p.value for p in model.metadata_props}.get("cam_infer.preprocessing")
+    if not text:
+        return None
+    try:
+        recorded = json.loads(text)
+    except ValueError:
+        recorded = None
+    if not isinstance(recorded, dict):
+        raise CamInferError("the model's cam_infer.preprocessing metadata is not a JSON object of preprocessing "
+                            "fields; give --mean/--std/--scale (or preprocessing=) instead")
+    recorded.pop("input_size", None)                 # the model's own input says it
+    return recorded
+
+
+def recorded_labels(model: onnx.ModelProto, num_classes: int) -> list[str] | None:
+    """The class names a model file records (``names`` metadata, as Ultralytics and the package's own models write
+    it: a list or {index: name}) when they name every class, else None."""
+    text = {p.key: p.value for p in model.metadata_props}.get("names")
+    try:
+        names = ast.literal_eval(text) if text else None
+    except (ValueError, SyntaxError):
+        return None
+    if isinstance(names, dict) and sorted(names) == list(range(num_classes)):
+        names = [names[i] for i in range(num_classes)]
+    if isinstance(names, (list, tuple)) and len(names) == num_classes:
+        return [str(n) for n in names]
+    return None
 
 
 def check_split_arguments(model, layer, out, preprocessing, labels, provenance) -> None:
