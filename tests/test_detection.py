@@ -396,6 +396,13 @@ def test_split_and_explain_from_the_command_line(tmp_path):
             assert picture is not None and picture.shape[1] > 640          # the original image, a colour bar
             x1, y1, x2, y2 = d["box"]
             assert 0 <= x1 < x2 <= 640 and 0 <= y1 < y2 <= 480
+    # a box given on the command line is explained (the CLI's default --detections all beside it is no choice)
+    first = basket[0]["detections"][0]
+    box = ",".join(str(v) for v in first["box"]) + f":{first.get('label', first.get('detection_label'))}"
+    result = run_cli("explain", tmp_path / "b", PHOTO, "--box", box, "--method", "recipro", "--out", tmp_path / "box")
+    assert result.returncode == 0, result.stderr
+    (given,) = json.loads((tmp_path / "box" / "results.json").read_text())["results"][0]["detections"]
+    assert given["index"] is None and given["match_iou"] > 0.9
     # a detection asked of every image that one image lacks: that image is recorded as an error, the others done
     result = run_cli("explain", tmp_path / "b", PHOTO, SHARED / "deployed" / "messi5.jpg", "--method", "recipro",
                      "--detections", "1", "--out", tmp_path / "second")

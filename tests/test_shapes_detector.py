@@ -324,3 +324,7 @@ def test_a_detectors_request_that_does_not_fit_is_one_line(explainer, images, re
         explainer.explain(scenes, "recipro", **request_)
     per_image = explainer.explain(scenes[:1] * 2, "recipro", boxes=[BOX, []])       # one list per image, one empty
     assert [len(items) for items in per_image.items] == [1, 0]
+    assert [len(i) for i in explainer.explain(scenes[:1] * 2, "recipro", boxes=[]).items] == [0, 0]   # no box
+    bare = explainer.explain(scenes[:1], "recipro", boxes=BOX[0]).items[0]                  # one pair, one image
+    assert len(bare) == 1 and bare[0].box_image == per_image.items[0][0].box_image
+    assert explainer.explain(scenes[:1], "recipro", target=np.array(0)).items[0][0].index == 0   # argmax()'s 0-d

@@ -97,15 +97,19 @@ class DetectionTask(Task):
         and not with ``target`` or ``classes`` (they choose among the detections, the boxes replace them);
         ``target`` None, "all", an index or a list of them; ``classes`` not empty."""
         boxes, target, classes = request["boxes"], request["target"], request["classes"]
+        if isinstance(target, np.ndarray) and target.ndim == 0:
+            target = request["target"] = target.item()
         if boxes is not None:
             if not isinstance(boxes, (list, tuple)):
                 raise CamInferError(f"boxes= takes [(box [x1, y1, x2, y2], class), ...], not {type(boxes).__name__}")
+            if _is_pair(boxes):                          # one (box, class) pair for one image
+                boxes = request["boxes"] = [boxes]
             per_image = bool(boxes) and not _is_pair(boxes[0])
             if per_image and len(boxes) != n:
                 raise CamInferError(f"{len(boxes)} box lists given for {n} images: one list per image")
-            if not per_image and n != 1:
+            if boxes and not per_image and n != 1:
                 raise CamInferError(f"boxes= for {n} images takes one list of (box, class) pairs per image")
-            if target is not None or classes is not None:
+            if (target is not None and not (isinstance(target, str) and target == "all")) or classes is not None:
                 raise CamInferError("boxes= explains the boxes given; target= and classes= choose among the "
                                     "detections: give one or the other")
         if target is not None and not (isinstance(target, str) and target == "all") and not \
@@ -159,9 +163,12 @@ class DetectionTask(Task):
 
 
 def _is_pair(entry) -> bool:
-    """A (box, class) pair, as opposed to an image's list of them."""
-    return isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[0], (list, tuple, np.ndarray)) \
-        and not (len(entry[0]) == 2 and _is_pair(entry[0]))
+    """A (box, class) pair, its box four scalars, as opposed to an image's list of pairs."""
+    return isinstance(entry, (list, tuple)) and len(entry) == 2 and _is_box(entry[0])
+
+
+def _is_box(box) -> bool:
+    return isinstance(box, (list, tuple, np.ndarray)) and len(box) == 4 and all(np.ndim(v) == 0 for v in box)
 
 
 def _normalised_once(raw: list) -> list:
