@@ -111,4 +111,8 @@ def test_the_model_file_records_its_preprocessing_and_classes_so_a_split_of_it_a
                                                             SHAPES_PREPROCESSING["std"], SHAPES_PREPROCESSING["crop"])
     assert bundle.labels == list(SEGMENTER_LABELS)
     given = split_segmenter(FOLDER / "shapes_segmenter.onnx", out=tmp_path / "g", preprocessing={"mean": (0.5,) * 3})
-    assert given.preprocessing.mean == (0.5,) * 3
+    assert given.preprocessing.mean == (0.5,) * 3 and given.preprocessing.scale == SHAPES_PREPROCESSING["scale"]
+    from helpers import run_cli                   # the command line too, which gives the fields it was given
+    assert run_cli("split", FOLDER / "shapes_segmenter.onnx", "--out", tmp_path / "cli").returncode == 0
+    from cam_infer import Bundle
+    assert Bundle.load(tmp_path / "cli").preprocessing == prep

@@ -30,7 +30,7 @@ from .anatomy import (check_class_softmax, check_one_output, check_scores_size, 
 from .cut import extract
 from .graph import INTEGER_TYPES, Graph, load_onnx
 from .layers import TargetLayer, find_target_layer, is_cut_point, resolve_cut, _target
-from .split import preprocessing_for, read_labels, recorded_labels, recorded_preprocessing
+from .split import preprocessing_for, read_labels, recorded_labels, with_recorded
 from .verify import _run, as_source_input, compare, random_images, runtime_message, session
 from .write import manifest_for, write_onnx_bundle
 
@@ -223,7 +223,7 @@ def split_segmenter(model: "str | os.PathLike | onnx.ModelProto", layer: str = "
         raise CamInferError("give an output folder for the bundle (--out)")
     source = Path(model) if isinstance(model, (str, os.PathLike)) else None
     proto = load_onnx(source) if source else model
-    preprocessing = recorded_preprocessing(proto) if preprocessing is None else preprocessing
+    preprocessing = with_recorded(proto, preprocessing)
     check_one_output([o.name for o in proto.graph.output])
     output = segmentation_output(Graph.from_model(proto, input_size, layout))
     graph = Graph.from_model(scores_model(proto, Graph.from_model(proto, input_size, layout), output), input_size,

@@ -56,7 +56,7 @@ def split_onnx(model: "str | os.PathLike | onnx.ModelProto", layer: str = "auto"
         source = Path(model)
         model = load_onnx(source)
     _check_declared_output(model)
-    preprocessing = recorded_preprocessing(model) if preprocessing is None else preprocessing
+    preprocessing = with_recorded(model, preprocessing)
     graph = Graph.from_model(model, input_size, layout)
     check_class_scores(graph)
     spec = graph.input_spec
@@ -92,17 +92,28 @@ def recorded_preprocessing(model: onnx.ModelProto) -> dict | None:
         recorded = json.loads(text)
     except ValueError:
         recorded = None
-    if not isinstance(recorded, dict):
+    known = {f.name for f in fields(Preprocessing)}
+    if not isinstance(recorded, dict) or set(recorded) - known:
         raise CamInferError("the model's cam_infer.preprocessing metadata is not a JSON object of preprocessing "
-                            "fields; give --mean/--std/--scale (or preprocessing=) instead")
+                            f"fields ({', '.join(sorted(known))}); give --mean/--std/--scale (or preprocessing=)")
     recorded.pop("input_size", None)                 # the model's own input says it
     return recorded
 
 
+def with_recorded(model: onnx.ModelProto, preprocessing):
+    """The preprocessing a split uses: the fields given over those the model file records (a `Preprocessing` given
+    whole is used as it is)."""
+    recorded = recorded_preprocessing(model)
+    if recorded is None or isinstance(preprocessing, Preprocessing):
+        return preprocessing
+    return {**recorded, **(preprocessing or {})}
+
+
 def recorded_labels(model: onnx.ModelProto, num_classes: int) -> list[str] | None:
-    """The class names a model file records (``names`` metadata, as Ultralytics and the package's own models write
-    it: a list or {index: name}) when they name every class, else None."""
-    text = {p.key: p.value for p in model.metadata_props}.get("names")
+    """The class names a model file records (``cam_infer.labels``, as a fused model records them, or ``names``, as
+    Ultralytics and the package's own models write it: a list or {index: name}) when they name every class."""
+    metadata = {p.key: p.value for p in model.metadata_props}
+    text = metadata.get("cam_infer.labels") or metadata.get("names")         # a fused model's, or Ultralytics'
     try:
         names = ast.literal_eval(text) if text else None
     except (ValueError, SyntaxError):
