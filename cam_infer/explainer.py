@@ -37,7 +37,7 @@ DEFAULTS = {"upsampled": True}          # the explain() arguments whose default 
 def model_inputs(images, preprocessing, check_input):
     """Image paths, RGB arrays, or a preprocessed (N,C,H,W) float batch → (x, the original RGB images or
     None, their names or None). A batch is checked with `check_input`; images are preprocessed."""
-    from .images import as_rgb_uint8, load_image
+    from .images import as_rgb_uint8, is_pil_image, load_image
 
     if isinstance(images, np.ndarray) and images.ndim == 4:
         if images.dtype.kind == "f":
@@ -47,7 +47,8 @@ def model_inputs(images, preprocessing, check_input):
         if images.shape[-1] not in (1, 2, 3, 4):       # not a stack of (H,W,C) photos: an integer (N,C,H,W) batch
             raise CamInferError(f"a preprocessed (N,C,H,W) batch must be floating point, not {images.dtype} (photos "
                                 "as arrays are (H,W,3), uint8 or uint16)")
-    if isinstance(images, (str, os.PathLike)) or (isinstance(images, np.ndarray) and images.ndim in (2, 3)):
+    if isinstance(images, (str, os.PathLike)) or (isinstance(images, np.ndarray) and images.ndim in (2, 3)) \
+            or is_pil_image(images):
         images = [images]
     if isinstance(images, (bytes, bytearray)) or not hasattr(images, "__iter__"):
         raise CamInferError("explain() takes image paths, RGB arrays (H,W,3) or a preprocessed (N,C,H,W) float batch, "
@@ -61,7 +62,8 @@ def model_inputs(images, preprocessing, check_input):
         else:
             if isinstance(item, np.ndarray) and item.dtype == np.uint16 and item.size and item.max() <= 255:
                 raise CamInferError("a uint16 image holds values up to 65535, and this one none above 255: 8-bit "
-                                    "pixels, read as 16-bit a black image? give them as uint8 (image.astype(np.uint8))")
+                                    "pixels, read as 16-bit a black image? give them as uint8 "
+                                    "(image.astype(np.uint8)); a truly dark 16-bit image: scale it up")
             originals.append(as_rgb_uint8(item))
             names.append(None)
     if not originals:

@@ -243,9 +243,10 @@ class Preprocessing:
             return
         low, high = x.min(axis=(0, 2, 3)), x.max(axis=(0, 2, 3))
         if ((low < lo - 2 * (hi - lo)) | (high > hi + 2 * (hi - lo))).any():
-            raise CamInferError(f"the batch's values span {low.min():.4g} … {high.max():.4g}, far outside what this "
-                                f"model's preprocessing gives a photo ({lo.min():.4g} … {hi.max():.4g}): give photos "
-                                "(paths or RGB arrays), or preprocess them with explainer.preprocess()")
+            raise CamInferError(f"the batch's values span {low.min():.4g} … {high.max():.4g}, far outside what "
+                                f"this bundle's preprocessing gives a photo ({lo.min():.4g} … {hi.max():.4g}): give "
+                                "photos (paths or RGB arrays) or explainer.preprocess()'s batch; if the model does take "
+                                "these values, split it with its preprocessing (--scale, --mean, --std)")
 
     def __call__(self, image: "str | os.PathLike | np.ndarray") -> np.ndarray:
         """One image (path or RGB uint8 array of any size) → (C,H,W) float32."""
@@ -455,11 +456,17 @@ def _inside(centres: np.ndarray, size: int) -> slice:
 FLOAT_SLACK = 1e-3      # a float image's overshoot past [0, 1] taken as resampling's rounding, and clipped
 
 
+def is_pil_image(image) -> bool:
+    """A PIL (Pillow) image, told without importing PIL."""
+    return type(image).__module__.startswith("PIL.") and hasattr(image, "convert") and hasattr(image, "mode")
+
+
 def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
-    """Grayscale, RGBA (composited over black), 16-bit or float [0,1] arrays → (H,W,3) uint8 RGB."""
+    """Grayscale, RGBA (composited over black), 16-bit or float [0,1] arrays, or a PIL image → (H,W,3) uint8 RGB."""
+    if is_pil_image(image):              # its own colours (a palette image's are not its indices)
+        image = np.asarray(image.convert("RGBA" if "A" in image.mode else "RGB"))
     if not isinstance(image, np.ndarray):
-        raise CamInferError(f"an image is a path or an RGB array (H,W,3), not {type(image).__name__}"
-                            + (" (np.asarray(image.convert('RGB')))" if hasattr(image, "convert") else ""))
+        raise CamInferError(f"an image is a path, an RGB array (H,W,3) or a PIL image, not {type(image).__name__}")
     if image.ndim == 2:
         image = image[..., None]
     if image.ndim != 3 or image.shape[2] not in (1, 2, 3, 4) or min(image.shape[:2]) < 1:

@@ -74,7 +74,8 @@ def resize_planes(planes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def check_overlay_options(colormap: str, alpha: float) -> None:
     if not isinstance(colormap, str) or colormap not in COLORMAPS:
         raise CamInferError(f"unknown colormap '{colormap}'; choose one of: {', '.join(COLORMAPS)}")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.integer, np.floating)) or not 0.0 <= alpha <= 1.0:
+    number = isinstance(alpha, (int, float, np.integer, np.floating)) and not isinstance(alpha, bool)
+    if not number or not 0.0 <= alpha <= 1.0:
         raise CamInferError(f"alpha must be a number in [0, 1], not {alpha!r}")
 
 

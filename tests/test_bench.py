@@ -19,6 +19,16 @@ def test_measure_reports_ratios_floor_and_its_own_peak_memory(tiny_bundle):
     assert 50 < row["peak_mb"] < 2000
 
 
+def test_measure_times_a_model_that_takes_pixels_over_255(tmp_path):
+    """bench timed standard-normal batches, which a model preprocessed as x/255 (mean 0, std 1) never gets and the
+    explainer now refuses; it times random pixels through the bundle's own preprocessing."""
+    from cam_infer import split_onnx
+    from tiny_onnx import tiny_cnn
+    bundle = split_onnx(tiny_cnn(), out=tmp_path / "b", preprocessing={"mean": (0, 0, 0), "std": (1, 1, 1)})
+    row = measure_in_subprocess(bundle.path, "onnxruntime", "eigen", {}, repeats=1)
+    assert row["method"] > 0 and row["forward"] > 0
+
+
 @pytest.mark.slow
 def test_bench_command_prints_a_markdown_table(tiny_bundle):
     result = run_cli("bench", tiny_bundle.path, "--backend", "openvino", "--method", "eigen,recipro (head passes)",

@@ -315,8 +315,8 @@ def test_explain_with_a_float_target_is_the_packages_error(tiny_bundle):
     (lambda b, x: Explainer(b).explain(None), "explain.. takes image paths, RGB arrays .* not NoneType"),
     (lambda b, x: Explainer(b).explain(x.astype(np.int64)), r"a preprocessed \(N,C,H,W\) batch must be floating point"),
     (lambda b, x: Explainer(b).explain([ROOT / "cam_infer"]), "is a folder, not an image"),
-    (lambda b, x: Explainer(b).explain([None]), r"an image is a path or an RGB array \(H,W,3\), not NoneType"),
-    (lambda b, x: Explainer(b).explain([b"\xff\xd8"]), r"an image is a path or an RGB array \(H,W,3\), not bytes"),
+    (lambda b, x: Explainer(b).explain([None]), r"an image is a path, an RGB array .* or a PIL image, not NoneType"),
+    (lambda b, x: Explainer(b).explain([b"\xff\xd8"]), r"an image is a path, an RGB array .* not bytes"),
     (lambda b, x: Explainer(b).explain(np.full((40, 50, 3), 200, np.uint16)),     # 8-bit pixels in a wide type
      "a uint16 image holds values up to 65535, and this one none above 255"),
     (lambda b, x: split_onnx(None, out="unused"), "model is an .onnx path or an onnx.ModelProto, not NoneType"),
@@ -337,7 +337,7 @@ def test_explain_with_a_float_target_is_the_packages_error(tiny_bundle):
     (lambda b, x: Explainer(b).explain(x).save(None), "folder is a folder's path, not NoneType"),
     (lambda b, x: read_maps(None), "read_maps takes a run's folder"),
     (lambda b, x: Explainer(b).explain(np.full_like(x, 200.0)),          # raw 0–255 pixels, never normalised
-     r"the batch's values span 200 … 200, far outside what this model's preprocessing gives a photo"),
+     r"the batch's values span 200 … 200, far outside what this bundle's preprocessing gives a photo"),
     (lambda b, x: Explainer(b).explain(np.full((40, 50, 3), 90, np.uint8), "recipro").overlay(0, 3),
      r"no map \(0, 3\): this explanation has one map per image"),
 ])
@@ -345,6 +345,19 @@ def test_api_misuse_is_the_packages_error_not_a_type_or_index_error(tiny_bundle,
     x = np.zeros((1, *tiny_bundle.input_shape), np.float32)
     with pytest.raises(CamInferError, match=message):
         call(tiny_bundle, x)
+
+
+def test_a_pil_image_is_read_by_its_colours_alone_or_in_a_list(tiny_bundle):
+    """A PIL image alone was refused and in a list taken as np.asarray: a palette image then became its indices."""
+    pil = pytest.importorskip("PIL.Image")
+    rgb = np.random.default_rng(0).integers(0, 256, (40, 50, 3), np.uint8)
+    ex = Explainer(tiny_bundle)
+    want = ex.explain(rgb, "recipro").maps
+    np.testing.assert_array_equal(ex.explain(pil.fromarray(rgb), "recipro").maps, want)
+    np.testing.assert_array_equal(ex.explain([pil.fromarray(rgb)], "recipro").maps, want)
+    palette = pil.fromarray(rgb).convert("P")                      # 256 colours: its RGB, not its index map
+    np.testing.assert_array_equal(ex.explain([palette], "recipro").maps,
+                                  ex.explain(np.asarray(palette.convert("RGB")), "recipro").maps)
 
 
 def test_numpy_scalars_are_taken_where_python_ones_are(tiny_bundle):

@@ -272,6 +272,7 @@ def test_bad_requests_get_one_line_4xx_and_the_server_goes_on(server, batch):
         (binary_request(x, parameters={"class": 99}), 400, "class 99 is not a class of this model"),
         (binary_request(x, parameters={"method": "gradcam"}), 400, "is not served"),
         (binary_request(np.full_like(x, np.nan)), 400, "holds NaN or infinite values"),
+        (binary_request(np.full_like(x, 200.0)), 400, "far outside what this bundle's preprocessing gives a photo"),
         ((b'{"inputs": [', {"Content-Type": "application/json"}), 400, "not valid JSON"),
         ((b'{"inputs": []}', {}), 400, "non-empty 'inputs' list"),
         ((json.dumps({"inputs": [{"name": "input", "shape": [1, 3, 128, 128], "datatype": "FP32",

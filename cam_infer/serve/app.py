@@ -210,6 +210,12 @@ class Infer:
         if x.dtype == np.float32 and not np.isfinite(x).all():
             raise ProtocolError(f"input {served.input_name!r} holds NaN or infinite values: the model cannot "
                                 "score them")
+        preprocessing = getattr(served, "preprocessing", None)
+        if x.dtype == np.float32 and not pixels and preprocessing is not None and hasattr(served, "explainer"):
+            try:                   # this request's values, checked before it joins others in a batch
+                preprocessing.check_range(x)
+            except CamInferError as exc:
+                raise ProtocolError(str(exc)) from None
         key, classes = served.key(parsed.parameters, len(x))
         key = replace(key, pixels=True) if pixels else key
         outputs = await self.batcher.run(np.ascontiguousarray(x), key, classes)

@@ -46,7 +46,8 @@ def measure(bundle_path: str, backend: str, method: str, options: dict, repeats:
     spec = METHODS[method]
     explainer = Explainer(bundle_path, backend=backend, gradients="torch" if spec.gradient else None,
                           precision=precision)
-    x = np.random.default_rng(0).standard_normal((batch, *explainer.bundle.input_shape)).astype(np.float32)
+    from ..bundle.verify import random_images
+    x = random_images(explainer.bundle.preprocessing, batch)            # random pixels, in the model's own range
     forward = lambda: explainer.backend.forward(x)                       # noqa: E731
     extra = {} if enhance is None else {"enhance": enhance["name"], "enhance_options": enhance["options"]}
     run = lambda: explainer.explain(x, method, **options, **extra)       # noqa: E731
