@@ -219,13 +219,12 @@ def per_call_cost(bundle: Path, backend: str, precision: str, calls: int) -> dic
     record. Methods alternated call by call."""
     import time
 
-    import numpy as np
-
     from cam_infer import Explainer
+    from cam_infer.bundle.verify import random_images
 
     explainer = Explainer(bundle, backend=backend, precision=precision)
     explainer.task.in_pass.possible = False        # the general path: maps in the pass would time the pass itself
-    x = np.random.default_rng(0).standard_normal((1, *explainer.bundle.input_shape)).astype(np.float32)
+    x = random_images(explainer.bundle.preprocessing, 1)             # random pixels, in the model's range
     pass_ = explainer.backend
     clean = pass_.observe(x)
     pass_.observe = lambda _: clean

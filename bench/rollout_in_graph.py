@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from cam_infer.bundle.verify import random_images
 from cam_infer.tools.bench import Report  # noqa: E402
 
 ROW = "rollout__class_row"
@@ -109,7 +110,7 @@ def measure(bundle_path: Path, backend: str, batch: int, repeats: int) -> dict[s
     from cam_infer import Explainer
     from cam_infer.methods.rollout import class_token_row
     explainer = Explainer(bundle_path, backend=backend, precision="f32")
-    x = np.random.default_rng(0).standard_normal((batch, *explainer.bundle.input_shape)).astype(np.float32)
+    x = random_images(explainer.bundle.preprocessing, batch)             # random pixels, in the model's range
     package = lambda: class_token_row(explainer.backend.attention(x, "mean")[1], 0.9)     # noqa: E731
     graph, graph0 = in_graph(explainer.bundle, backend, 0.9), in_graph(explainer.bundle, backend, 0.0)
     np.testing.assert_allclose(graph(x), package(), rtol=1e-4, atol=1e-7)
