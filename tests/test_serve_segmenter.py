@@ -65,8 +65,8 @@ def low_resolution(item) -> np.ndarray:
 
 
 def test_explain_answers_every_class_over_its_region_as_the_explainer(server, explainer, scenes):
-    e = explainer.explain([scenes[0]], "recipro", target="all")
-    answer = explain(server, scenes[0], "?class=all&overlay=png")
+    e = explainer.explain([scenes[1]], "recipro", target="all")          # a triangle and a cross
+    answer = explain(server, scenes[1], "?class=all&overlay=png")
     assert answer["method"] == "recipro" and answer["precision"] == "f32" and answer["class_agnostic"] is False
     assert [m["class_id"] for m in answer["maps"]] == [s.class_id for s in e.items[0]] and len(e.items[0]) >= 2
     for got, want in zip(answer["maps"], e.items[0]):
@@ -104,7 +104,7 @@ def test_v2_infer_gives_each_image_its_class_map_as_the_explainer(server, explai
     client = server.client()
     meta = client.get_model_metadata("bundle")
     assert meta["outputs"][0]["shape"] == [-1, 5, 128, 128]
-    for parameters, targets in (({}, [None, None]), ({"class": [1, 0]}, [1, 0]),
+    for parameters, targets in (({}, [None, None]), ({"class": [3, 4]}, [3, 4]),        # each image's own
                                 ({"method": "eigen", "region": [0, 0, 64, 64]}, [None, None])):
         tensor = http.InferInput("images", list(x.shape), "FP32")
         tensor.set_data_from_numpy(x)
