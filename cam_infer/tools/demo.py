@@ -126,6 +126,8 @@ def run_segmentation_demo(out: Path, backend: str, scale: int, report=print, pre
         bundle = split_segmenter(embedded_segmenter_path(), out=Path(folder) / "bundle", labels=SEGMENTER_LABELS,
                                  preprocessing=SHAPES_PREPROCESSING)
         ex = Explainer(bundle, backend=backend, precision=precision, device=device)
+        for method in SEGMENTATION_METHODS:     # warm-up: compiled kernels load on a first call, not the method's cost
+            ex.explain([s.image], method)
         for method in SEGMENTATION_METHODS:
             e = ex.explain([s.image], method)
             item = e.items[0][0]
