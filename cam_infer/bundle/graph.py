@@ -133,6 +133,28 @@ class InputSpec:
     size: tuple[int | None, int | None]
 
 
+def image_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
+    """The graph input that is not an initializer (old IR<4 files list weights as inputs too)."""
+    weights = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in weights]
+    if len(inputs) != 1:
+        names = ", ".join(i.name for i in inputs) or "none"
+        raise CamInferError(f"the model must have exactly one image input, it has {len(inputs)} ({names})")
+    return inputs[0]
+
+
+def names_metadata(model: onnx.ModelProto, keys=("names",)):
+    """The class names a model file records under the first of `keys` it has (``names``: Ultralytics' and the
+    package's own models, a list or {index: name}; ``cam_infer.labels``: a fused model's), parsed as a Python
+    literal; None when absent or unreadable."""
+    recorded = {p.key: p.value for p in model.metadata_props}
+    text = next((recorded[k] for k in keys if recorded.get(k)), None)
+    try:
+        return ast.literal_eval(text) if text else None
+    except (ValueError, SyntaxError):
+        return None
+
+
 def input_spec(graph: Graph, layout: str | None = None) -> InputSpec:
     """Layout, dtype and channels of the image input. NCHW when dim 1 holds the channels, NHWC when the
     last dim does; `layout` forces one. An input that is neither is refused with what it is."""
@@ -197,12 +219,7 @@ class Graph:
 
     @cached_property
     def image_input(self) -> onnx.ValueInfoProto:
-        """The graph input that is not an initializer (old IR<4 files list weights as inputs too)."""
-        inputs = [i for i in self.model.graph.input if i.name not in self.initializers]
-        if len(inputs) != 1:
-            names = ", ".join(i.name for i in inputs) or "none"
-            raise CamInferError(f"the model must have exactly one image input, it has {len(inputs)} ({names})")
-        return inputs[0]
+        return image_input(self.model)
 
     @cached_property
     def scores_output(self) -> onnx.ValueInfoProto:

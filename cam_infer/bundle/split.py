@@ -13,7 +13,6 @@ keeps running as int8. A quantized Softmax at the end is left out of the head (`
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 from dataclasses import fields
@@ -26,13 +25,15 @@ from ..errors import CamInferError
 from ..images import Preprocessing
 from .anatomy import check_class_scores, check_classifier_output, check_one_output, declared_image_size, score_output
 from .cut import extract
-from .graph import INTEGER_TYPES, Graph, InputSpec, load_onnx
+from .graph import INTEGER_TYPES, Graph, InputSpec, load_onnx, names_metadata
 from .layers import TargetLayer, find_target_layer
 from .manifest import Bundle
 from .verify import Mismatch, random_images, verify
 from .write import manifest_for, write_bundle, write_onnx_bundle
 
 __all__ = ["random_images", "split_onnx", "write_bundle"]
+
+PREPROCESSING_FIELDS = tuple(f.name for f in fields(Preprocessing))     # what preprocessing= and a model's record set
 
 
 def split_onnx(model: "str | os.PathLike | onnx.ModelProto", layer: str = "auto",
@@ -92,10 +93,10 @@ def recorded_preprocessing(model: onnx.ModelProto) -> dict | None:
         recorded = json.loads(text)
     except ValueError:
         recorded = None
-    known = {f.name for f in fields(Preprocessing)}
-    if not isinstance(recorded, dict) or set(recorded) - known:
+    if not isinstance(recorded, dict) or set(recorded) - set(PREPROCESSING_FIELDS):
         raise CamInferError("the model's cam_infer.preprocessing metadata is not a JSON object of preprocessing "
-                            f"fields ({', '.join(sorted(known))}); give --mean/--std/--scale (or preprocessing=)")
+                            f"fields ({', '.join(sorted(PREPROCESSING_FIELDS))}); give --mean/--std/--scale (or "
+                            "preprocessing=)")
     recorded.pop("input_size", None)                 # the model's own input says it
     return recorded
 
@@ -112,12 +113,7 @@ def with_recorded(model: onnx.ModelProto, preprocessing):
 def recorded_labels(model: onnx.ModelProto, num_classes: int) -> list[str] | None:
     """The class names a model file records (``cam_infer.labels``, as a fused model records them, or ``names``, as
     Ultralytics and the package's own models write it: a list or {index: name}) when they name every class."""
-    metadata = {p.key: p.value for p in model.metadata_props}
-    text = metadata.get("cam_infer.labels") or metadata.get("names")         # a fused model's, or Ultralytics'
-    try:
-        names = ast.literal_eval(text) if text else None
-    except (ValueError, SyntaxError):
-        return None
+    names = names_metadata(model, ("cam_infer.labels", "names"))
     if isinstance(names, dict) and sorted(names) == list(range(num_classes)):
         names = [names[i] for i in range(num_classes)]
     if isinstance(names, (list, tuple)) and len(names) == num_classes:
@@ -137,10 +133,10 @@ def check_split_arguments(model, layer, out, preprocessing, labels, provenance) 
         raise CamInferError("preprocessing is a Preprocessing or a dict of its fields, not "
                             f"{type(preprocessing).__name__}")
     if isinstance(preprocessing, dict):
-        unknown = sorted(set(preprocessing) - {f.name for f in fields(Preprocessing)})
+        unknown = sorted(set(preprocessing) - set(PREPROCESSING_FIELDS))
         if unknown:
             raise CamInferError(f"preprocessing has no field {', '.join(map(repr, unknown))}; its fields: "
-                                f"{', '.join(f.name for f in fields(Preprocessing))}")
+                                f"{', '.join(PREPROCESSING_FIELDS)}")
     if labels is not None and not isinstance(labels, (str, os.PathLike, list, tuple)):
         raise CamInferError(f"labels are a list of class names or a text file's path, not {type(labels).__name__}")
     if provenance is not None and not isinstance(provenance, dict):

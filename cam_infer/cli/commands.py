@@ -136,6 +136,7 @@ def method_names(text: str) -> list[str]:
 
 def explain_classes(bundle, args):
     from ..jobs.explainers import open_explainer
+    from ..finer import Finer
     from ..runs import choose_methods, explain_files, parse_option
     names = method_names(args.method)
     explainer = open_explainer(bundle, args.backend, args.device, gradients=_gradients(names),
@@ -153,8 +154,9 @@ def explain_classes(bundle, args):
                             colormap=args.colormap, alpha=args.alpha, restart=args.force, on=args.on,
                             enhance=args.enhance, enhance_options=dict(parse_option(o) for o in args.enhance_option),
                             finer=None if args.finer is None else {
-                                "gamma": args.finer, "preset": args.finer_preset or "torchcam",
-                                "references": 3 if args.finer_references is None else args.finer_references},
+                                "gamma": args.finer, "preset": args.finer_preset or Finer.preset,
+                                "references": Finer.references if args.finer_references is None else
+                                args.finer_references},
                             overlays=args.overlays, maps=args.maps or "array", report=_say, **_scale_out(args))
     return results, results.summary_lines(len(methods), args.out)
 

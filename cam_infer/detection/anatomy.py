@@ -17,7 +17,7 @@ import re
 import onnx
 
 from ..bundle.anatomy import declared_image_size, sequence_guess
-from ..bundle.graph import Graph
+from ..bundle.graph import Graph, image_input, names_metadata
 from ..errors import CamInferError
 from .decode import is_anchor_count
 
@@ -50,13 +50,7 @@ def metadata(model: onnx.ModelProto) -> dict:
 def class_names(model: onnx.ModelProto, classes: int) -> list[str] | None:
     """The Ultralytics ``names`` metadata ({0: 'person', ...}) as a list, when it covers every class; refused when
     it names another count of classes than the output's rows give (an objectness row read as a class?)."""
-    text = metadata(model).get("names")
-    if not text:
-        return None
-    try:
-        names = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return None
+    names = names_metadata(model)
     if isinstance(names, dict) and sorted(names) == list(range(classes)):
         return [str(names[i]) for i in range(classes)]
     if isinstance(names, dict) and sorted(names) == list(range(len(names))):
@@ -64,12 +58,6 @@ def class_names(model: onnx.ModelProto, classes: int) -> list[str] | None:
                             f"class rows after the 4 box rows: not the (N, 4+C, anchors) layout of those classes "
                             "(an objectness row?)")
     return None
-
-
-def image_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
-    """The model's image input: its first input that is not a weight (older exports list weights as inputs)."""
-    weights = {t.name for t in model.graph.initializer}
-    return next(i for i in model.graph.input if i.name not in weights)
 
 
 def input_size(model: onnx.ModelProto, given: tuple[int, int] | None) -> tuple[int, int]:
