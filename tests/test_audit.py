@@ -330,6 +330,7 @@ def test_ground_truth_target_explains_the_labelled_class(scenes, tmp_path):
     assert protocol["class_agnostic"] == ["eigen"] and protocol["baselines"] == []
     assert protocol["preprocessing"] == Explainer(SHAPES).bundle.preprocessing.to_dict()
     assert set(protocol["graphs"]) == {"features", "head"} and protocol["cam_infer"]
+    assert protocol["layer"] == Explainer(SHAPES).bundle.layers           # a list, as every other output records it
     with pytest.raises(CamInferError, match="unknown class label 'hexagon'"):
         run_audit(SHAPES, [folder], AuditOptions(methods=("cam",), target="hexagon"), tmp_path / "h")
     assert not (tmp_path / "h").exists()

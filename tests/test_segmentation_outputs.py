@@ -268,8 +268,11 @@ def test_audit_of_a_segmenter_against_its_ground_truth_masks(segmenter_and_scene
     every = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
     rows = [r for r in every if not r.get("baseline")]
     assert len(rows) == 8 and (out / "index.html").is_file() and (out / "metrics.csv").is_file()
-    settings = json.loads((out / "summary.json").read_text())["settings"]
-    assert settings["backend"].startswith("onnxruntime") and settings["layer"] == [ex.bundle.activation_name]
+    protocol = json.loads((out / "summary.json").read_text())["protocol"]
+    assert protocol["backend"].startswith("onnxruntime") and protocol["layer"] == [ex.bundle.activation_name]
+    assert protocol["class_agnostic"] == ["activation"] and protocol["cam_infer"]     # as a classifier audit's
+    assert protocol["preprocessing"] == ex.bundle.preprocessing.to_dict() and set(protocol["graphs"]) == {"features",
+                                                                                                          "head"}
     for r in rows:
         e = ex.explain(r["image"], r["method"])
         s = e.items[0][r["index"]]

@@ -297,8 +297,32 @@ def test_a_boxes_file_whose_images_hold_no_box_draws_no_box_prior(tmp_path):
     audit(images, empty, tmp_path / "report")
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
     assert set(summary["baselines"]) == {"random-map", "centre-gaussian"}
-    assert summary["settings"]["baselines"] == ["random-map", "centre-gaussian"]
-    assert summary["settings"]["backend"] and len(summary["settings"]["layer"]) == 2       # the runtime, the cut set
+    assert summary["protocol"]["baselines"] == ["random-map", "centre-gaussian"]
+    assert summary["protocol"]["backend"] and len(summary["protocol"]["layer"]) == 2       # the runtime, the cut set
+
+
+def test_a_class_agnostic_map_in_a_detector_audit_names_no_class(tmp_path):
+    """Its rows keep the detection's class apart (``detection_*``, as explain's records), are paired with the
+    class-specific method's rows of the same detections, and the protocol records what the classifier's does."""
+    images, boxes = detector_scenes(tmp_path, 2)
+    result = run_cli("audit", embedded_detector_path(), images, "--methods", "recipro,activation", "--boxes", boxes,
+                     "--out", tmp_path / "report")
+    assert result.returncode == 0, result.stderr
+    rows = jsonl_rows(tmp_path / "report")
+    explained = {(r["image"], r["index"]): (r["class_id"], r["label"]) for r in rows if r["method"] == "recipro"}
+    unnamed = [r for r in rows if r["method"] != "recipro"]
+    assert explained and {r["method"] for r in unnamed} == {"activation", "random-map", "centre-gaussian", "box-prior"}
+    for r in unnamed:
+        assert "class_id" not in r and "label" not in r and r["class_agnostic"], r
+        assert (r["detection_class_id"], r["detection_label"]) == explained[r["image"], r["index"]]
+    assert all("detection_class_id" not in r and not r["class_agnostic"] for r in rows if r["method"] == "recipro")
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    (pair,) = [p for p in summary["paired"]["energy"] if {p["a"], p["b"]} == {"recipro", "activation"}]
+    assert pair["n"] == len(explained)
+    protocol = summary["protocol"]
+    assert protocol["class_agnostic"] == ["activation"] and protocol["cam_infer"] and "settings" not in summary
+    assert protocol["preprocessing"] == Explainer(embedded_detector_path()).bundle.preprocessing.to_dict()
+    assert set(protocol["graphs"]) == {"features", "head"} and len(protocol["layer"]) == 2
 
 
 BOX, OTHER = [([10, 20, 60, 80], "square")], [([30, 30, 90, 90], "circle")]

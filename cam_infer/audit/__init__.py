@@ -33,6 +33,7 @@ from .report import (
     check_grid,
     check_tolerance,
     csv_rows,
+    recorded_protocol,
     skipped_metrics_line,
     summarise,
     thumbnail_grid,
@@ -80,14 +81,9 @@ def run_audit(bundle, images, options: AuditOptions, out, *, boxes=None, restart
     runs_on, runs_at = audit_runtime(bundle, options)
     settings = {"bundle": str(bundle.path.resolve()), "options": options.to_dict(), "runs_at": runs_at,
                 "boxes": str(Path(boxes).resolve()) if boxes else None}
-    from ..methods.registry import class_agnostic
-    from ..runs import bundle_hashes
-    from ..version import __version__
     protocol = {"bundle": settings["bundle"], "boxes": settings["boxes"], **options.to_dict(),
                 "baselines": list(options.drawn_baselines(priors)), "runs_on": runs_on, "runs_at": runs_at,
-                "layer": bundle.manifest.get("target_layer", {}).get("tensor"), "graphs": bundle_hashes(bundle),
-                "preprocessing": bundle.preprocessing.to_dict(), "cam_infer": __version__,
-                "class_agnostic": [m for m in options.methods if class_agnostic(m)]}
+                **recorded_protocol(bundle, options.methods)}
     summary: dict = {}
 
     def write(run, final: bool) -> None:

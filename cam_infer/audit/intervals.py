@@ -19,9 +19,11 @@ BOOTSTRAP = {"kind": "percentile", "level": LEVEL, "resamples": DEFAULT_RESAMPLE
 
 def image_key(row) -> tuple:
     """What pairs two rows of different methods: the image (for a detector or a segmenter, the target's index) and
-    the class scored. Two methods are compared only where they score the same class: a class-agnostic method scores
-    the top-1 where the others were asked for another class (``--target``), a difference of two classes."""
-    return row["image"], row.get("index"), row.get("class_id", row.get("region_class_id"))
+    the class scored (a class-agnostic map's region or detection class). Two methods are compared only where they
+    score the same class: a class-agnostic method scores the top-1 where the others were asked for another class
+    (``--target``), a difference of two classes."""
+    scored = next((row[k] for k in ("class_id", "region_class_id", "detection_class_id") if k in row), None)
+    return row["image"], row.get("index"), scored
 
 
 def scores(rows, name: str, column: str, key=image_key) -> dict:

@@ -73,11 +73,11 @@ def thumbnail_grid(out: Path, files, names: dict, methods) -> list[tuple[str, di
     return grid
 
 
-def per_target_writer(summary: dict, settings: dict, methods, baselines, columns, means, shown: dict, unit: str,
+def per_target_writer(summary: dict, protocol: dict, methods, baselines, columns, means, shown: dict, unit: str,
                       grid: int) -> Callable:
     """A detector's or segmenter's `Job.write`: rows.jsonl and metrics.csv after every batch; at the end
-    `summary` filled (means per method and baseline with intervals, over `unit`), summary.json, the intervals'
-    CSVs and index.html with the first `grid` images' thumbnails. `columns`: metrics.csv's."""
+    `summary` filled (means per method and baseline with intervals, over `unit`, and the `protocol`), summary.json,
+    the intervals' CSVs and index.html with the first `grid` images' thumbnails. `columns`: metrics.csv's."""
     def write(run, final: bool) -> None:
         write_atomically(run.out / ROWS_NAME, "".join(json.dumps(r) + "\n" for r in run.rows))
         write_csv(run.out / CSV_NAME, per_target_csv_rows(run.rows), columns)
@@ -86,7 +86,7 @@ def per_target_writer(summary: dict, settings: dict, methods, baselines, columns
         summary.update(methods=means_per_method(run.rows, methods, means, unit),
                        baselines=means_per_method(run.rows, baselines, means, unit),
                        **uncertainty(run.rows, methods, baselines, {c: chart[1] for c, chart in shown.items()}),
-                       images=len(run.found.files), settings=settings,
+                       images=len(run.found.files), protocol=protocol,
                        skipped=run.skipped, errors=run.errors, redone=run.redone)
         write_atomically(run.out / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
         write_uncertainty_csvs(run.out, summary)
@@ -105,8 +105,20 @@ def write_per_target_page(out: Path, summary: dict, grid, methods, shown: dict, 
     counts = {m: {k[:-2]: v for k, v in found.items() if k.endswith("_n")} for m, found in everything.items()}
     view = {"methods": means(summary["methods"]), "baselines": means(summary["baselines"]), "counts": counts,
             "intervals": summary["intervals"], "paired": summary["paired"], "bootstrap": summary["bootstrap"],
-            "protocol": summary["settings"], "errors": summary["errors"], "skipped": summary["skipped"]}
+            "protocol": summary["protocol"], "errors": summary["errors"], "skipped": summary["skipped"]}
     write_html(out, view, grid, methods, shown=shown, unit=unit)
+
+
+def recorded_protocol(bundle, methods) -> dict:
+    """What every task's audit records in its protocol beside its settings: where the model is cut, its graphs'
+    hashes, its preprocessing, the package's release, and which methods are class-agnostic (their one map is
+    scored for whatever class the others explain)."""
+    from ..methods.registry import class_agnostic
+    from ..runs import bundle_hashes
+    from ..version import __version__
+
+    return {"layer": bundle.layers, "graphs": bundle_hashes(bundle), "preprocessing": bundle.preprocessing.to_dict(),
+            "cam_infer": __version__, "class_agnostic": [m for m in methods if class_agnostic(m)]}
 
 
 def check_grid(grid) -> None:

@@ -26,7 +26,7 @@ import numpy as np
 from ..audit import CLEARED, OVERLAYS, boxes_for, check_boxes_match, load_boxes
 from ..audit.baselines import BOX_PRIOR, GAUSSIAN, RANDOM, available, baseline_map, dataset_priors
 from ..audit.report import (ROWS_NAME, SUMMARY_NAME, check_grid, check_tolerance, closing_lines,
-                            per_target_writer)
+                            per_target_writer, recorded_protocol)
 from ..audit.work import audit_batch, thumbnail_png
 from ..jobs.folders import collect_images
 from ..errors import CamInferError
@@ -37,8 +37,8 @@ from .decode import iou
 from ..explainer import Explainer
 
 MEANS = ("energy", "box_fraction", "pointing", "specificity", "truth_iou", "marker_energy", "marker_fraction")
-COLUMNS = ("image", "method", "index", "class_id", "label", "score", "class_agnostic", "degenerate", "uniform",
-           *MEANS, "baseline")
+COLUMNS = ("image", "method", "index", "class_id", "label", "detection_class_id", "detection_label", "score",
+           "class_agnostic", "degenerate", "uniform", *MEANS, "baseline")
 # column → (shown as, higher is better; None: a reference, what a uniform map scores)
 SHOWN = {"energy": ("Energy in the box", True), "box_fraction": ("Box's share of the image (uniform)", None),
          "pointing": ("Pointing game", True), "specificity": ("Specificity", True),
@@ -83,7 +83,8 @@ def run_detection_audit(bundle, images, methods, out, *, boxes=None, backend: st
                 "precision": explainer.backend.precision, "backend": explainer.backend.describe(),
                 "layer": explainer.bundle.layers, "baselines": list(baselines)}
     summary: dict = {}
-    write = per_target_writer(summary, settings, methods, baselines, COLUMNS, MEANS, SHOWN, "detections", grid)
+    protocol = {**settings, **recorded_protocol(explainer.bundle, methods)}
+    write = per_target_writer(summary, protocol, methods, baselines, COLUMNS, MEANS, SHOWN, "detections", grid)
 
     def cost() -> str:
         counted_on = DetectionContext(explainer, None, None, None), central_targets(explainer.grid)
@@ -153,8 +154,10 @@ def _row(image, method: str, d, saliency, items, shape, tolerance: float, truth_
     box = _pixels(d.box_image, shape)
     same_class = [_pixels(o.box_image, shape) for o in items if o.class_id == d.class_id]
     degenerate = d.degenerate if not baseline else bool(np.ptp(saliency) == 0)
-    row = {"image": str(image), "method": method, "index": d.index, "class_id": d.class_id,
-           "label": d.label, "score": round(d.score, 5), "class_agnostic": class_agnostic,
+    named = {"detection_class_id": d.class_id, "detection_label": d.label} if class_agnostic or baseline else \
+        {"class_id": d.class_id, "label": d.label}
+    row = {"image": str(image), "method": method, "index": d.index, **named, "score": round(d.score, 5),
+           "class_agnostic": class_agnostic or baseline,
            "degenerate": degenerate, "uniform": d.uniform and not baseline,
            "energy": energy_pointing(saliency, [box]),
            "box_fraction": _area(box) / float(shape[0] * shape[1]),

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..audit import CLEARED, OVERLAYS
 from ..audit.baselines import GAUSSIAN, MASK_PRIOR, RANDOM, available, baseline_map, dataset_priors
-from ..audit.report import ROWS_NAME, SUMMARY_NAME, check_grid, closing_lines, per_target_writer
+from ..audit.report import ROWS_NAME, SUMMARY_NAME, check_grid, closing_lines, per_target_writer, recorded_protocol
 from ..audit.work import _masks_in_input, audit_batch, thumbnail_png
 from ..jobs.folders import collect_images
 from ..explainer import Explainer
@@ -77,7 +77,8 @@ def run_segmentation_audit(bundle, images, methods, out, *, masks=None, target=N
                 "precision": explainer.backend.precision, "backend": explainer.backend.describe(),
                 "layer": explainer.bundle.layers, "baselines": list(baselines)}
     summary: dict = {}
-    write = per_target_writer(summary, settings, methods, baselines, COLUMNS, MEANS, SHOWN, "regions", grid)
+    protocol = {**settings, **recorded_protocol(explainer.bundle, methods)}
+    write = per_target_writer(summary, protocol, methods, baselines, COLUMNS, MEANS, SHOWN, "regions", grid)
 
     work = SegmentationAuditWork(spec_for(explainer, runner), tuple(methods), target, masks, options or {},
                                  baselines, priors)
