@@ -26,16 +26,20 @@ def nonzero_per_row(values: np.ndarray) -> np.ndarray:
 UNIT_ROUNDOFF = {"bf16": 2.0 ** -8, "f16": 2.0 ** -11}     # of the reduced formats a runtime computes in
 
 
-def within_rounding(values: np.ndarray, outputs: np.ndarray, precision: str, probability_of_logits: bool) -> bool:
+def within_rounding(values: np.ndarray, outputs: np.ndarray, precision: str, probability_of_logits: bool,
+                    step: float = 0.0) -> bool:
     """Whether a map of class scores `values` read from model outputs (…,C) computed at `precision` spans no more than
     the format's rounding of one output: δ = u·max|z| (u the unit roundoff, z the outputs), times the softmax's
     sensitivity 2·max p(1−p) where the map holds probabilities of the logits z. Such a map is the format's noise,
     not the model's (a confident ViT at bf16: a map spanning 2·10⁻⁵ of probability, uncorrelated with float32's and
-    changing with the batch). Never at f32."""
+    changing with the batch). Never at f32 — unless the outputs are quantized with `step` (an int8 file's logits):
+    then δ ≥ 1.5·step, since scores that are multiples of the step and span one of them are two levels that rounding
+    drew (an int8 ViT's map one step wide is uncorrelated with the float model's)."""
     u = UNIT_ROUNDOFF.get(precision)
-    if u is None:
+    if u is None and not step:
         return False
-    noise = u * max(float(outputs.max()), -float(outputs.min()))          # max|z| without a copy of the outputs
+    noise = max(u * max(float(outputs.max()), -float(outputs.min())) if u else 0.0,     # max|z| without a copy
+                1.5 * step)
     if probability_of_logits:
         noise *= 2 * float((values * (1 - values)).max())
     return float(np.ptp(values)) <= noise

@@ -338,6 +338,21 @@ def test_a_map_within_the_formats_rounding_is_flagged_only_at_a_reduced_precisio
     assert not within_rounding(p, z, "bf16", True) and within_rounding(p, z, "bf16", False)
 
 
+def test_a_map_one_step_of_quantized_logits_wide_is_flagged_at_any_precision():
+    """Scores that are multiples of the logits' step s: one step apart is rounding's two levels, two steps are not
+    (δ = 1.5·s; times 2·max p(1−p) for probabilities of the logits); the larger of the step and the format's rule."""
+    from cam_infer.numerics import within_rounding
+
+    s, z = 0.0444, np.array([[3.0, 0.0]])
+    assert within_rounding(np.array([3.0, 3.0 + s, 3.0]), z, "f32", False, step=s)
+    assert not within_rounding(np.array([3.0, 3.0 + 2 * s]), z, "f32", False, step=s)
+    assert not within_rounding(np.array([3.0, 3.0 + s]), z, "f32", False)                  # a float file: no step
+    p = np.array([0.5, 0.5 + 1.4 * 2 * 0.25 * s])                                          # 1.4 steps of probability
+    assert within_rounding(p, z, "f32", True, step=s) and not within_rounding(p * 1.1, z, "f32", True, step=s)
+    big = np.array([[1000.0, 0.0]])                                   # bf16's rounding of 1000 (3.9) outweighs the step
+    assert within_rounding(np.array([1000.0, 1003.0]), big, "bf16", False, step=s)
+
+
 def test_a_confident_vits_maps_at_bf16_are_the_float32_maps_or_flagged(tmp_path):
     """A trained ViT at bf16 on cluttered scenes (some predicted with p > 0.998): Recipro-CAM's and ViT Recipro-CAM's
     maps there span less than bf16's rounding of the logits and were noise (correlation with float32's down to

@@ -151,3 +151,38 @@ def test_vit_recipro_on_the_int8_file_runs_the_full_copies(float_and_int8_bundle
     np.testing.assert_array_equal(ours, full)
     varying = [k for k in range(len(ours)) if np.ptp(ours[k]) > 0]
     assert varying and max(np.corrcoef(ours[k].ravel(), reference[k].ravel())[0, 1] for k in varying) > 0.9
+
+
+def test_an_int8_files_map_one_logit_step_wide_is_flat_in_the_explainer_and_the_fused_model(
+        float_and_int8_bundles, scenes, tmp_path):
+    """The int8 file's logits are multiples of its output step; a vit-recipro map whose scores span one step is two
+    levels that rounding drew (uncorrelated with the float model's map), so it is flat and reported degenerate —
+    exactly where the scores read without the rule span ≤ 1.5 steps, and the fused model agrees."""
+    import shutil
+
+    import onnxruntime
+
+    from cam_infer import Explainer
+    from cam_infer.fuse import fuse
+    x, labels = scenes
+    bundle = float_and_int8_bundles[1]
+    step = bundle.logits_step
+    assert step > 0.01
+    unruled = tmp_path / "unruled"                    # the same bundle with its output step not recorded
+    shutil.copytree(bundle.path, unruled)
+    manifest = json.loads((unruled / "bundle.json").read_text())
+    manifest["output"]["model_output_step"] = 0.0
+    (unruled / "bundle.json").write_text(json.dumps(manifest))
+    raw = Explainer(unruled, backend="onnxruntime").explain(x, method="vit-recipro").maps
+    e = Explainer(bundle.path, backend="onnxruntime").explain(x, method="vit-recipro")
+    one_step = np.array([np.ptp(m) <= 1.5 * step for m in raw])
+    assert one_step.any() and (~one_step).any()
+    for k in range(len(x)):
+        if one_step[k]:
+            assert np.ptp(e.maps[k]) == 0 and e.degenerate[k] and e.maps[k].flat[0] == pytest.approx(raw[k].mean())
+        else:
+            np.testing.assert_array_equal(e.maps[k], raw[k])
+    fused = fuse(bundle.path, "vit-recipro")
+    session = onnxruntime.InferenceSession(fused.SerializeToString(), providers=["CPUExecutionProvider"])
+    saliency = session.run(["saliency"], {session.get_inputs()[0].name: x})[0]
+    assert (saliency[one_step] == 0).all() and (saliency[~one_step].max(axis=(1, 2)) == 1).all()

@@ -261,6 +261,14 @@ class Bundle:
         return self.manifest["output"]["kind"]
 
     @property
+    def logits_step(self) -> float:
+        """One quantization step of the head's logits (an int8 file's); 0 where they are float or the head ends in
+        probabilities."""
+        if self.output_kind != "logits":
+            return 0.0
+        return float(self.manifest["output"].get("model_output_step") or 0.0)
+
+    @property
     def labels(self) -> list[str] | None:
         return self.manifest.get("labels")
 

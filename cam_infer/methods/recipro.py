@@ -99,18 +99,21 @@ def recipro_onnx(f, *, score: str = "prob", kernel: str = "onehot", closed_form:
     b = f.b
     k, h, w = f.shape
     positions = f.positions_by_channel()                                                       # (N,hw,K)
-    if closed_form and f.linear_head is not None:
+    in_head = not (closed_form and f.linear_head is not None)             # the head's own (rounded) scores
+    if in_head:
+        scores = f.head_on_masked_copies(positions, KERNELS[kernel])
+        softmax_needed = score == "prob" and f.output_kind == "logits"
+    else:
         mass = kernel_mass(KERNELS[kernel], h, w).reshape(1, h * w, 1) / (h * w)
         scores = f.linear_scores(f.linear_head, b.op("Mul", positions, b.const(mass)))
         softmax_needed = score == "prob"
-    else:
-        scores = f.head_on_masked_copies(positions, KERNELS[kernel])
-        softmax_needed = score == "prob" and f.output_kind == "logits"
     scores = b.reshape(scores, (-1, h * w, f.num_classes), hint="scores")                     # (N,hw,C)
     if softmax_needed:
         scores = b.op("Softmax", scores, axis=-1)
     index = b.op("Expand", b.unsqueeze(f.targets, [1]), b.ints([1, h * w, 1]), hint="index")   # (N,hw,T)
     chosen = b.op("GatherElements", scores, index, axis=2)
+    if in_head:
+        chosen = f.flat_within_step(chosen, softmax_needed)
     return f.per_class(b.op("Transpose", chosen, perm=[0, 2, 1]))
 
 

@@ -208,10 +208,11 @@ def vit_recipro_onnx(f, *, kernel: str = "gaussian3", cls_token: bool = True, sc
         tail = reduced_tail(f.head, count, prefix if reduced and one_block else 0)
         scores = clone_graph(b, tail, [f.activation, *plan], {i.name for i in f.head.graph.initializer})
     scores = b.reshape(scores, (-1, h * w, f.num_classes), hint="scores")                # (N,hw,C)
-    if score == "prob" and f.output_kind == "logits":
+    probability = score == "prob" and f.output_kind == "logits"
+    if probability:
         scores = b.op("Softmax", scores, axis=-1)
     index_t = b.op("Expand", b.unsqueeze(f.targets, [1]), b.ints([1, h * w, 1]), hint="index")   # (N,hw,T)
-    chosen = b.op("GatherElements", scores, index_t, axis=2)
+    chosen = f.flat_within_step(b.op("GatherElements", scores, index_t, axis=2), probability)
     return f.per_class(b.op("Transpose", chosen, perm=[0, 2, 1]))
 
 
