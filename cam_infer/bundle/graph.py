@@ -143,11 +143,35 @@ def image_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
     return inputs[0]
 
 
-def names_metadata(model: onnx.ModelProto, keys=("names",)):
-    """The class names a model file records under the first of `keys` it has (``names``: Ultralytics' and the
-    package's own models, a list or {index: name}; ``cam_infer.labels``: a fused model's), parsed as a Python
-    literal; None when absent or unreadable."""
-    recorded = {p.key: p.value for p in model.metadata_props}
+IR_SECTIONS = (("framework", ""), ("cam_infer", "cam_infer."))   # an IR's rt_info sections read as metadata
+
+
+def recorded_metadata(model) -> dict[str, str]:
+    """What a model file records of itself, key → text: an ONNX model's ``metadata_props``; an OpenVINO model's
+    (``ov.Model``, an IR read) rt_info, where converting an ONNX file (``ovc``, ``openvino.convert_model``, kept by
+    ``openvino.save_model``) puts its ``metadata_props`` (section ``framework``, keys as they were) and where the
+    package writes its own record (section ``cam_infer``, key ``preprocessing`` read as ``cam_infer.preprocessing``;
+    it wins over the converted one)."""
+    if isinstance(model, onnx.ModelProto):
+        return {p.key: p.value for p in model.metadata_props}
+    return {prefix + key: value for name, prefix in IR_SECTIONS for key, value in rt_info_section(model, name).items()}
+
+
+def rt_info_section(model, name: str) -> dict[str, str]:
+    """The text entries of one section of an ``ov.Model``'s rt_info (nested sections left out); {} without it."""
+    if not model.has_rt_info(name):
+        return {}
+    section = model.get_rt_info()[name]
+    if not isinstance(section, dict):
+        return {}
+    return {key: value.astype(str) for key, value in section.items() if not isinstance(value, dict)}
+
+
+def names_metadata(model, keys=("names",)):
+    """The class names a model file (ONNX, or an ``ov.Model``: `recorded_metadata`) records under the first of `keys`
+    it has (``names``: Ultralytics' and the package's own models, a list or {index: name}; ``cam_infer.labels``: a
+    fused model's), parsed as a Python literal; None when absent or unreadable."""
+    recorded = recorded_metadata(model)
     text = next((recorded[k] for k in keys if recorded.get(k)), None)
     try:
         return ast.literal_eval(text) if text else None

@@ -146,13 +146,14 @@ def split_openvino_segmenter(path, layer: str = "auto", out=None, *, preprocessi
     import openvino.opset13 as ops
 
     from .segmentation import without_crop
-    from .split import preprocessing_for, read_labels
+    from .split import preprocessing_for, read_labels, recorded_labels, with_recorded
     from .write import write_bundle
 
     if out is None:
         raise CamInferError("give an output folder for the bundle (--out)")
     path = Path(path)
     model = _read(path) if model is None else model
+    preprocessing = with_recorded(model, preprocessing)           # what the IR records (rt_info), under what is given
     check_one_output([r.get_friendly_name() for r in model.get_results()])
     spec = _input_spec(model, layout)
     scores, axis, kind, argmax = scores_of(model, spec)
@@ -180,7 +181,7 @@ def split_openvino_segmenter(path, layer: str = "auto", out=None, *, preprocessi
             continue
     dims = [d.get_length() if d.is_static else -1 for d in scores.get_partial_shape()]
     classes, size = (dims[1], dims[2:]) if axis == 1 else (dims[3], dims[1:3])
-    names = read_labels(labels, classes)
+    names = read_labels(labels, classes) if labels is not None else recorded_labels(model, classes)
     if members is None:
         k_h_w = [d.get_length() for d in list(op_map[target.op].get_output_partial_shape(target.index))[1:]]
         if layouts.get(target) == "NHWC":

@@ -261,13 +261,14 @@ def split_openvino(path, layer: str = "auto", out=None, *, input_size=None, prep
                    overwrite: bool = False, layout: str | None = None, model=None) -> Bundle:
     """Split a model OpenVINO reads (``.xml`` IR, ``.tflite``) at `layer` into a verified IR bundle (`model`: the
     file already read, `read_openvino_model`)."""
-    from .split import preprocessing_for, read_labels
+    from .split import preprocessing_for, read_labels, recorded_labels, with_recorded
     from .write import write_bundle
 
     if out is None:
         raise CamInferError("give an output folder for the bundle (--out)")
     path = Path(path)
     model = with_input_size(_read(path) if model is None else model, input_size, layout)
+    preprocessing = with_recorded(model, preprocessing)           # what the IR records (rt_info), under what is given
     check_one_output([r.get_friendly_name() for r in model.get_results()])
     spec = _input_spec(model, layout)
     result_shape = model.get_results()[0].get_output_partial_shape(0)
@@ -291,7 +292,7 @@ def split_openvino(path, layer: str = "auto", out=None, *, input_size=None, prep
         except _BatchFails:
             continue
     num_classes = verification.pop("num_classes")
-    labels = read_labels(labels, num_classes)
+    labels = read_labels(labels, num_classes) if labels is not None else recorded_labels(model, num_classes)
     k_h_w = [d.get_length() for d in list(ops[target.op].get_output_partial_shape(target.index))[1:]]
     if nhwc:
         k_h_w = [k_h_w[2], k_h_w[0], k_h_w[1]]

@@ -25,7 +25,7 @@ from ..errors import CamInferError
 from ..images import Preprocessing
 from .anatomy import check_class_scores, check_classifier_output, check_one_output, declared_image_size, score_output
 from .cut import extract
-from .graph import INTEGER_TYPES, Graph, InputSpec, load_onnx, names_metadata
+from .graph import INTEGER_TYPES, Graph, InputSpec, load_onnx, names_metadata, recorded_metadata
 from .layers import TargetLayer, find_target_layer
 from .manifest import Bundle
 from .verify import Mismatch, random_images, verify
@@ -83,10 +83,11 @@ def _check_declared_output(model: onnx.ModelProto) -> None:
                                 declared_image_size(model))
 
 
-def recorded_preprocessing(model: onnx.ModelProto) -> dict | None:
+def recorded_preprocessing(model) -> dict | None:
     """The preprocessing a model file records for itself (``cam_infer.preprocessing`` metadata: JSON, the fields of
-    `Preprocessing`), used where none is given: the package's own segmenter, a fused model split again."""
-    text = {p.key: p.value for p in model.metadata_props}.get("cam_infer.preprocessing")
+    `Preprocessing`), used where none is given: the package's own segmenter, a fused model split again; the same
+    record in an IR's rt_info (`recorded_metadata`: an ONNX file converted to IR, or the package's own section)."""
+    text = recorded_metadata(model).get("cam_infer.preprocessing")
     if not text:
         return None
     try:
@@ -94,14 +95,15 @@ def recorded_preprocessing(model: onnx.ModelProto) -> dict | None:
     except ValueError:
         recorded = None
     if not isinstance(recorded, dict) or set(recorded) - set(PREPROCESSING_FIELDS):
-        raise CamInferError("the model's cam_infer.preprocessing metadata is not a JSON object of preprocessing "
+        where = "metadata" if isinstance(model, onnx.ModelProto) else "record (the IR's rt_info)"
+        raise CamInferError(f"the model's cam_infer.preprocessing {where} is not a JSON object of preprocessing "
                             f"fields ({', '.join(sorted(PREPROCESSING_FIELDS))}); give --mean/--std/--scale (or "
                             "preprocessing=)")
     recorded.pop("input_size", None)                 # the model's own input says it
     return recorded
 
 
-def with_recorded(model: onnx.ModelProto, preprocessing):
+def with_recorded(model, preprocessing):
     """The preprocessing a split uses: the fields given over those the model file records (a `Preprocessing` given
     whole is used as it is)."""
     recorded = recorded_preprocessing(model)
@@ -110,9 +112,10 @@ def with_recorded(model: onnx.ModelProto, preprocessing):
     return {**recorded, **(preprocessing or {})}
 
 
-def recorded_labels(model: onnx.ModelProto, num_classes: int) -> list[str] | None:
-    """The class names a model file records (``cam_infer.labels``, as a fused model records them, or ``names``, as
-    Ultralytics and the package's own models write it: a list or {index: name}) when they name every class."""
+def recorded_labels(model, num_classes: int) -> list[str] | None:
+    """The class names a model file (ONNX, or an ``ov.Model``) records (``cam_infer.labels``, as a fused model records
+    them, or ``names``, as Ultralytics and the package's own models write it: a list or {index: name}) when they name
+    every class."""
     names = names_metadata(model, ("cam_infer.labels", "names"))
     if isinstance(names, dict) and sorted(names) == list(range(num_classes)):
         names = [names[i] for i in range(num_classes)]
@@ -158,7 +161,14 @@ def preprocessing_for(spec: InputSpec, prep, input_size) -> Preprocessing:
         fields.setdefault("scale", 1.0)                # shifted into int8's -128..127 (pixel - 128)
         fields.setdefault("mean", (128.0 if spec.dtype == "int8" else 0.0,) * spec.channels)
         fields.setdefault("std", (1.0,) * spec.channels)
-    return _integer_range_checked(Preprocessing(**fields), spec.dtype)
+    try:
+        prep = Preprocessing(**fields)
+    except (TypeError, ValueError) as exc:          # a field of the wrong kind (a model's record: "resize": "abc")
+        raise CamInferError(f"the preprocessing cannot be read ({exc}); give --mean/--std/--scale (or "
+                            "preprocessing=)") from None
+    if prep.channels != spec.channels:
+        raise CamInferError(f"preprocessing gives {prep.channels} channels, the model takes {spec.channels}")
+    return _integer_range_checked(prep, spec.dtype)
 
 
 def _integer_range_checked(prep: Preprocessing, dtype: str) -> Preprocessing:

@@ -17,7 +17,7 @@ import re
 import onnx
 
 from ..bundle.anatomy import declared_image_size, sequence_guess
-from ..bundle.graph import Graph, image_input, names_metadata
+from ..bundle.graph import Graph, image_input, names_metadata, recorded_metadata
 from ..errors import CamInferError
 from .decode import is_anchor_count
 
@@ -44,7 +44,8 @@ def is_detector(model: onnx.ModelProto) -> bool:
 
 
 def metadata(model: onnx.ModelProto) -> dict:
-    return {p.key: p.value for p in model.metadata_props}
+    """What the detector file records of itself (`bundle.graph.recorded_metadata`: task, imgsz, names)."""
+    return recorded_metadata(model)
 
 
 def class_names(model: onnx.ModelProto, classes: int) -> list[str] | None:

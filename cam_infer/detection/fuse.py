@@ -19,7 +19,7 @@ from onnx import TensorProto, helper
 
 from ..bundle import Bundle
 from ..errors import CamInferError
-from ..fuse.assemble import (OUTPUT, _normalised, _onnx_bundle, _opset, at_min_opset, fused_method, plain_model,
+from ..fuse.assemble import (OUTPUT, _normalised, _onnx_bundle, _opset, at_min_opset, fused_method, plain_model, record,
                              refuse_a_different_picture)
 from ..fuse.builder import Builder
 from ..fuse.fusion import Fusion
@@ -58,15 +58,14 @@ def fuse_detector(bundle: Bundle, method: str = "eigen", *, check: bool = True, 
     model.graph.node.extend(b.nodes)
     model.graph.initializer.extend(b.initializers)
     model.graph.output.append(helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["N", h, w]))
-    for key, value in (("cam_infer.version", __version__), ("cam_infer.method", method),
-                       ("cam_infer.options", json.dumps(options, sort_keys=True)), ("cam_infer.target", "detector"),
-                       ("cam_infer.preprocessing", json.dumps(bundle.preprocessing.to_dict()))):
-        model.metadata_props.add(key=key, value=value)
+    record(model, {"cam_infer.version": __version__, "cam_infer.method": method,
+                   "cam_infer.options": json.dumps(options, sort_keys=True), "cam_infer.target": "detector",
+                   "cam_infer.preprocessing": json.dumps(bundle.preprocessing.to_dict())})
     onnx.checker.check_model(model)
     if check:
         error = fused_detector_error(model, bundle, method, options)
         refuse_a_different_picture(method, error, TOLERANCE)
-        model.metadata_props.add(key="cam_infer.check", value=json.dumps({"max_difference": float(error)}))
+        record(model, {"cam_infer.check": json.dumps({"max_difference": float(error)})})
     return model
 
 

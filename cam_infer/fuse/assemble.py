@@ -57,8 +57,34 @@ def plain_model(bundle: "Bundle | str | os.PathLike"):
     bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
     if bundle.graph_format == "openvino":
         from .ir import plain_ir
-        return plain_ir(bundle)
-    return _joined(bundle, at_min_opset(bundle.features_path), at_min_opset(bundle.head_path))
+        model = plain_ir(bundle)
+    else:
+        model = _joined(bundle, at_min_opset(bundle.features_path), at_min_opset(bundle.head_path))
+    record(model, model_record(bundle))           # split again (as ONNX, or converted to IR), it explains the same
+    return model
+
+
+def model_record(bundle: Bundle) -> dict:
+    """What a model the package writes records of its inputs and outputs, read back where it is split
+    (`bundle.split.with_recorded`, `recorded_labels`): the bundle's preprocessing and class names."""
+    entries = {"cam_infer.preprocessing": json.dumps(bundle.preprocessing.to_dict())}
+    if bundle.labels:
+        entries["cam_infer.labels"] = json.dumps(bundle.labels)
+    return entries
+
+
+def record(model, entries: dict) -> None:
+    """`entries` written into what `model` records of itself, each key once (an entry replaces one of its key): an
+    ONNX model's metadata_props, an IR's rt_info section ``cam_infer`` (`fuse.ir.describe`)."""
+    if not isinstance(model, onnx.ModelProto):
+        from .ir import describe
+        describe(model, entries)
+        return
+    kept = [p for p in model.metadata_props if p.key not in entries]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, value in entries.items():
+        model.metadata_props.add(key=key, value=str(value))
 
 
 def _joined(bundle: Bundle, features: onnx.ModelProto, head: onnx.ModelProto) -> onnx.ModelProto:
@@ -111,14 +137,9 @@ def fuse(bundle: "Bundle | str | os.PathLike", method: str = DEFAULT_METHOD, *, 
             checked[precision] = fused_error(model, bundle, method, options, class_input, explainer=explainer,
                                              precision=precision)
         entries["cam_infer.check"] = json.dumps(checked)
-    if ir:
-        from .ir import describe
-        if not raw:
-            model.remove_result(next(r for r in model.get_results() if RAW_OUTPUT in r.output(0).get_names()))
-        describe(model, entries)
-    else:
-        for key, value in entries.items():
-            model.metadata_props.add(key=key, value=str(value))
+    if ir and not raw:
+        model.remove_result(next(r for r in model.get_results() if RAW_OUTPUT in r.output(0).get_names()))
+    record(model, entries)
     return model
 
 
@@ -288,10 +309,7 @@ def _description(bundle: Bundle, method: str, options: dict, top_classes: int, c
     entries = {"cam_infer.version": __version__, "cam_infer.method": method,
                "cam_infer.options": json.dumps(options, sort_keys=True), "cam_infer.target": target,
                "cam_infer.layer": bundle.manifest["target_layer"].get("module") or bundle.activation_name,
-               "cam_infer.preprocessing": json.dumps(bundle.preprocessing.to_dict()),
-               "cam_infer.output_kind": bundle.output_kind, "cam_infer.precision": precision}
-    if bundle.labels:
-        entries["cam_infer.labels"] = json.dumps(bundle.labels)
+               **model_record(bundle), "cam_infer.output_kind": bundle.output_kind, "cam_infer.precision": precision}
     return entries
 
 

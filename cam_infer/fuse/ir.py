@@ -40,8 +40,8 @@ def describe(model, entries: dict) -> None:
 
 def described(model) -> dict:
     """What `describe` wrote, as ``cam_infer.<key>`` entries."""
-    section = model.get_rt_info()[METADATA] if model.has_rt_info(METADATA) else {}
-    return {f"cam_infer.{key}": value.astype(str) for key, value in section.items()}
+    from ..bundle.graph import rt_info_section
+    return {f"cam_infer.{key}": value for key, value in rt_info_section(model, METADATA).items()}
 
 
 def run(model, feeds: dict, precision: str = "f32") -> dict:

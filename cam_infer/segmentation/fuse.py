@@ -20,8 +20,8 @@ from onnx import TensorProto, helper
 from ..bundle import Bundle
 from ..detection.fuse import TOLERANCE, fusable, resized
 from ..errors import CamInferError
-from ..fuse.assemble import (OUTPUT, _normalised, _onnx_bundle, _opset, at_min_opset, fused_method, plain_model,
-                             refuse_a_different_picture)
+from ..fuse.assemble import (OUTPUT, _normalised, _onnx_bundle, _opset, at_min_opset, fused_method, model_record,
+                             plain_model, record, refuse_a_different_picture)
 from ..fuse.builder import Builder
 from ..fuse.fusion import Fusion
 from ..version import __version__
@@ -53,20 +53,21 @@ def fuse_segmenter(bundle: "Bundle | str", method: str = "eigen", *, check: bool
     model.graph.node.extend(b.nodes)
     model.graph.initializer.extend(b.initializers)
     model.graph.output.append(helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["N", h, w]))
-    for key, value in _record(bundle, method, options).items():
-        model.metadata_props.add(key=key, value=value)
+    record(model, _record(bundle, method, options))
     onnx.checker.check_model(model)
     if check:
         error = fused_segmenter_error(model, bundle, method, options)
         refuse_a_different_picture(method, error, TOLERANCE)
-        model.metadata_props.add(key="cam_infer.check", value=json.dumps({"max_difference": float(error)}))
+        record(model, {"cam_infer.check": json.dumps({"max_difference": float(error)})})
     return model
 
 
 def _record(bundle: Bundle, method: str, options: dict) -> dict:
+    """What a fused segmenter records of itself (ONNX metadata_props; an IR's rt_info): its preprocessing and class
+    names among them, as a fused classifier's (`assemble._description`)."""
     return {"cam_infer.version": __version__, "cam_infer.method": method,
             "cam_infer.options": json.dumps(options, sort_keys=True), "cam_infer.target": "segmenter",
-            "cam_infer.preprocessing": json.dumps(bundle.preprocessing.to_dict())}
+            **model_record(bundle)}
 
 
 def _fused_ir_segmenter(bundle: Bundle, method: str, spec, options: dict, check: bool):
