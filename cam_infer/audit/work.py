@@ -221,12 +221,13 @@ def audit_runtime(bundle, options: AuditOptions) -> tuple[str, str]:
     """The runtime and the precision the audit's passes run at (``auto`` resolved, the precision on its device):
     recorded in summary.json."""
     from ..backends import ALIASES
-    from ..backends.sessions import RuntimeOptions, resolved_precision
+    from ..backends.sessions import RuntimeOptions, computed_precision
 
     backend = ALIASES.get(options.backend, options.backend)
     if backend == "auto":
         backend = "openvino" if bundle.graph_format == "openvino" else "onnxruntime"
-    return backend, resolved_precision(RuntimeOptions(precision=options.precision, device=options.device), backend)
+    return backend, computed_precision(RuntimeOptions(precision=options.precision, device=options.device), backend,
+                                       bundle)
 
 
 @dataclass(frozen=True)

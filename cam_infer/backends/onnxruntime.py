@@ -8,7 +8,7 @@ import numpy as np
 
 from ..bundle import Bundle
 from .base import Backend
-from .sessions import RuntimeOptions, onnxruntime_session
+from .sessions import RuntimeOptions, computed_precision, onnxruntime_session
 
 
 class OnnxRuntimeBackend(Backend):
@@ -56,8 +56,9 @@ class OnnxRuntimeBackend(Backend):
 
     @property
     def precision(self) -> str:
-        """f32 on the CPU provider; the OpenVINO provider's precision as asked (``auto``: its own choice)."""
-        return "f32" if self.provider == "cpu" else self.runtime.precision
+        """f32 on the CPU provider (f16 for a half-precision file, which it computes as it is); the OpenVINO
+        provider's precision as asked (``auto``: its own choice)."""
+        return computed_precision(self.runtime, self.name, self.bundle)
 
     def describe(self) -> str:
         return f"onnxruntime {self.provider}/{self.device} ({self.precision})"

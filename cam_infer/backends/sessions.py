@@ -182,6 +182,15 @@ def resolved_precision(runtime: RuntimeOptions, backend: str) -> str:
     return "f32" if runtime.provider == "cpu" else "auto"
 
 
+def computed_precision(runtime: RuntimeOptions, backend: str, bundle) -> str:
+    """What `bundle` is computed in: `resolved_precision`, but f16 for a half-precision file on ONNX Runtime's CPU
+    provider, which computes its float16 operations as they are (`Bundle.head_in_float16`)."""
+    at = resolved_precision(runtime, backend)
+    if backend == "onnxruntime" and runtime.provider == "cpu" and at == "f32" and bundle.head_in_float16:
+        return "f16"
+    return at
+
+
 @cache
 def device_precision(device: str, precision: str) -> str:
     """What OpenVINO computes in on `device` asked for `precision` (``auto``: the device's default), read from a

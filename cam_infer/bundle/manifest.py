@@ -115,6 +115,19 @@ class Bundle:
         from .qdq_tail import is_quantized
         return is_quantized(onnx.load(self.head_path, load_external_data=False))
 
+    @cached_property
+    def head_in_float16(self) -> bool:
+        """Whether the head graph (ONNX) computes in float16: a float16 weight that an operation other than a Cast
+        reads (a half-precision file, with float16 or float32 inputs). ONNX Runtime's CPU provider computes such a
+        graph in float16; OpenVINO upcasts it to its own precision."""
+        if self.graph_format != "onnx":
+            return False
+        import onnx
+
+        graph = onnx.load(self.head_path, load_external_data=False).graph
+        half = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT16}
+        return any(n.op_type != "Cast" and half.intersection(n.input) for n in graph.node)
+
     def joined_model(self):
         """Features and head as one ONNX model whose outputs are the cut's tensors, then the model's
         (`joined`): a clean pass in one call. None for IR bundles."""
