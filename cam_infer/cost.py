@@ -8,17 +8,20 @@ time from one measured pass of each kind.
 
 A *model pass* is one image through the whole model (the clean pass every method starts from, Score-CAM's
 masked inputs); a *head row* one activation through the head graph (Recipro-CAM, Ablation-CAM); a *crop* one
-k×k crop through a detector's class branch; a *backward* one gradient pass in PyTorch (not timed).
+k×k crop through a detector's class branch; a *reduced head row* one of ViT-ReciproCAM's short copies of a
+transformer's tail (its prefix tokens, ≤ 9 neighbours and one token standing for the rest; not timed); a
+*backward* one gradient pass in PyTorch (not timed).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 
-UNITS = {"model": "model pass", "head": "head row", "crops": "crop", "backward": "backward"}
+UNITS = {"model": "model pass", "head": "head row", "reduced": "reduced head row", "crops": "crop",
+         "backward": "backward"}
 
 
 @dataclass(frozen=True)
@@ -31,13 +34,14 @@ class Passes:
     crops: int = 0
     backward: int = 0
     bound: bool = False
+    reduced: int = 0
 
     def __add__(self, other: "Passes") -> "Passes":
-        return Passes(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self) if f.name != "bound"),
+        return Passes(**{unit: n + getattr(other, unit) for unit, n in self.counts().items()},
                       bound=self.bound or other.bound)
 
     def __mul__(self, times: int) -> "Passes":
-        return Passes(self.model * times, self.head * times, self.crops * times, self.backward * times, self.bound)
+        return Passes(**{unit: n * times for unit, n in self.counts().items()}, bound=self.bound)
 
     def counts(self) -> dict[str, int]:
         return {unit: getattr(self, unit) for unit in UNITS}

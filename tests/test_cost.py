@@ -228,3 +228,17 @@ def test_a_near_uniform_map_is_flagged_in_records_and_captions(tmp_path, tiny_bu
     assert flags == {"dip-test": (True, False), "eigen": (False, False)}
     assert caption("recipro", "cat", 3, 0.5, uniform=True).endswith("[near-uniform map: no localisation]")
     assert caption("recipro", "cat", 3, 0.5, degenerate=True, uniform=True).endswith("[constant map]")
+
+
+def test_vit_recipro_announces_its_reduced_copies_not_full_head_rows(vit_bundles):
+    """Reduced, each of its h·w copies carries the prefix tokens, ≤ 9 neighbours and one token for the rest: not
+    a head row of every token (a 16·16 grid: 11 tokens, not 257); with ``reduced=False``, full head rows."""
+    bundle = vit_bundles["vit"]
+    _, h, w = bundle.activation_shape
+    for options, unit in (({}, "reduced"), ({"reduced": False}, "head")):
+        chosen = {"vit-recipro": {"reduced": True, **options}}
+        (cost,) = classifier_plan(bundle, variants(["vit-recipro"]), chosen, False)
+        assert cost.per_image.counts() == {**dict.fromkeys(cost.per_image.counts(), 0), "model": 1, unit: h * w}
+    assert f"+ {h * w} head rows" in cost_line([cost])
+    (cost,) = classifier_plan(bundle, variants(["vit-recipro"]), {"vit-recipro": {"reduced": True}}, False)
+    assert f"+ {h * w} reduced head rows" in cost_line([cost])

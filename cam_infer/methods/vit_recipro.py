@@ -39,9 +39,9 @@ CHUNK_TOKENS = 1 << 16            # tokens per tail run: bounds the memory of fu
 
 
 def passes(shape, options: dict, linear_head: bool) -> Passes:
-    """h·w copies through the head (each of P + 10 tokens when reduced)."""
+    """h·w copies through the head: of P + 10 tokens each when reduced, else full head rows."""
     _, h, w = shape
-    return Passes(head=h * w)
+    return Passes(reduced=h * w) if options["reduced"] else Passes(head=h * w)
 
 
 @method("vit-recipro", needs="head", cost="1 feature pass + h·w copies of the last block(s) on ≤ P+10 tokens each",
