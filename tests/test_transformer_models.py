@@ -213,3 +213,19 @@ def test_a_half_precision_file_is_recorded_as_computed_in_float16_on_onnx_runtim
     apart = {kind: np.abs(logits["onnxruntime", kind] - logits["openvino", kind]).max() / scale
              for kind in ("half", "full")}
     assert apart["half"] > 50 * apart["full"] and apart["full"] < 1e-5, apart
+
+
+def test_a_swins_window_attention_is_recorded_by_no_export(tmp_path):
+    """The Swin's first stage attends within 4×4 windows: 16 tokens, as many as the 4×4 grid at the cut. Recorded
+    as whole-image attention it came in 3, 2 or 4 blocks depending on the exporter; no export records any now, and
+    the ViT's four blocks stay recorded from every export."""
+    import openvino as ov
+
+    from cam_infer.bundle import split_model
+    for name, blocks in (("swin", 0), ("vit", 4)):
+        paths = [FOLDER / FILES[exporter].format(name) for exporter in FILES]
+        ir = tmp_path / f"{name}.xml"
+        ov.save_model(ov.convert_model(str(paths[0])), str(ir), compress_to_fp16=False)
+        for k, path in enumerate([*paths, ir]):
+            bundle = split_model(path, "auto", tmp_path / f"{name}{k}", preprocessing={"crop": "none"})
+            assert len(bundle.manifest["activation"]["tokens"]["attention"]) == blocks, path.name

@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import CamInferError
 from .graph import InputSpec
 from .openvino_graph import OpenVINOGraph
-from .tokens import TokenLayout, TokenStream, token_layout, token_stream
+from .tokens import TokenLayout, TokenStream, token_layout, token_stream, whole_image_attention
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ def token_cut(model, spec: InputSpec, layer: str) -> TokenCut | None:
     tokens = token_layout(graph, stream, tensor, layer)
     value = graph.output_of(tensor)
     count = tokens.prefix + tokens.grid[0] * tokens.grid[1]
-    attention = [(name, shape) for name in stream.attention
+    attention = [(name, shape) for name in whole_image_attention(stream, tokens)
                  if (shape := probabilities_shape(graph, name)) and shape[1:] == (count, count)]
     return TokenCut(value.get_node().get_friendly_name(), value.get_index(), tokens,
                     tuple(a for a, _ in attention), tuple(s for _, s in attention))

@@ -112,6 +112,14 @@ class TokenStream:
         return next((i for i, b in enumerate(self.blocks) if tensor in b.inside), None)
 
 
+def whole_image_attention(stream: TokenStream, tokens) -> tuple[str, ...]:
+    """The blocks' attention that may be over all the tokens of an image: every block's of a model with prefix
+    tokens (a window never holds the class token), none of a Swin-style grid, whose window attention over t tokens
+    cannot be told from whole-image attention by its shape when t = h·w at the cut (a 4×4 grid: 16 tokens, as a
+    first stage's 4×4 windows) — and no method reads a grid model's attention (rollout needs a class token)."""
+    return stream.attention if tokens.prefix else ()
+
+
 def token_stream(graph: Graph) -> TokenStream | None:
     """The transformer blocks of `graph`, or None when it has no attention unit on a residual stream."""
     units = _residual_units(graph)

@@ -87,10 +87,10 @@ def manifest_for(graph, target, prep, features, head, batch_mode, verification, 
 
 def tokens_record(graph: Graph, target: TargetLayer) -> dict:
     """How the cut's tokens are a grid, and the attention probabilities (Softmax outputs) of every block, in order,
-    when each is over all the tokens of an image, (1, H, T, T) at batch 1 (not a Swin's windows)."""
-    from .tokens import token_stream
+    when each is over all the tokens of an image, (1, H, T, T) at batch 1 (`whole_image_attention`)."""
+    from .tokens import token_stream, whole_image_attention
     count = target.tokens.prefix + target.tokens.grid[0] * target.tokens.grid[1]
-    shapes = {a: graph.info(a).shape for a in token_stream(graph).attention}
+    shapes = {a: graph.info(a).shape for a in whole_image_attention(token_stream(graph), target.tokens)}
     attention = [a for a, shape in shapes.items() if shape and len(shape) == 4 and shape[0] in (1, None)
                  and tuple(shape[2:]) == (count, count)]
     return {**target.tokens.to_dict(), "attention": attention,

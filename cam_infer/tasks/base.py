@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import CamInferError
+from ..errors import CamInferError, MethodNotApplicable
 
 
 class Task:
@@ -70,8 +70,14 @@ class Task:
         if spec.needs != "attention":
             return self.observe(x)
         if not self.bundle.attention:
-            raise CamInferError(f"method '{spec.name}' reads a vision transformer's attention over all its tokens, and "
-                                "this bundle's graph has none (a CNN, or a Swin's attention within windows)")
+            tokens = self.bundle.tokens
+            if tokens is not None and tokens.prefix == 0:
+                raise MethodNotApplicable(f"method '{spec.name}' reads the class token's row of the attention, and this "
+                                          "model has no class token (a Swin-style grid of tokens); use recipro, "
+                                          "ablation or score")
+            raise MethodNotApplicable(f"method '{spec.name}' reads a vision transformer's attention over all its "
+                                      "tokens, and this bundle's graph has none (a CNN, or a Swin's attention within "
+                                      "windows)")
         head_fusion = (options or {}).get("head_fusion", spec.defaults(self.name).get("head_fusion", "mean"))
         spec.check_options(options or {}, self.name)
         tokens, attention, outputs = self.explainer.backend.attention(x, head_fusion)
