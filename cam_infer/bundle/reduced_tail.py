@@ -6,6 +6,9 @@ S tokens is; ``copy_weight`` (R,S,1), its weight; ``key_bias`` (R,S), added to t
 Softmax (broadcast over heads and queries). Its output has N·R rows, image by image. Inside:
 
 - every use of x but the block's first LayerNorm reads the copies  Gather(x, index)·weight  (N·R,S,D);
+- the LayerNorm is one LayerNormalization op or, as exports below opset 17 write it, decomposed: ReduceMean and Sub
+  read x, the paths from x − μ meet again at (x − μ)/σ, then the per-channel Mul by γ and Add of β; its output is
+  found from the ops alone, never from names;
 - the LayerNorm runs once on the T clean tokens; a use of it that is a MatMul by a constant W (the q, k, v
   projections) runs on the clean tokens too and is gathered after, since (g·n)·W = g·(n·W): a copy's projections
   cost a gather, not a matrix product; any other use reads the norm's copies;
@@ -18,6 +21,8 @@ ones, key_bias = log(multiplicity) gives each query the attention it had over al
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -40,7 +45,8 @@ def reduced_tail(head: onnx.ModelProto, tokens: int, prefix: int = 0) -> onnx.Mo
     if norm is None:
         found = sorted({n.op_type for n in graph.node if x in n.input})
         raise CamInferError(f"vit-recipro needs the block after the cut to start with a LayerNormalization of the "
-                            f"tokens; the head reads them with {', '.join(found)}")
+                            f"tokens (one op, or decomposed into ReduceMean, Sub, ..., Div, Mul, Add); the head "
+                            f"reads them with {', '.join(found)}")
     softmaxes = [n for n in graph.node if n.op_type == "Softmax"]
     if not softmaxes:
         raise CamInferError("vit-recipro found no attention Softmax in the head graph")
@@ -56,9 +62,9 @@ def reduced_tail(head: onnx.ModelProto, tokens: int, prefix: int = 0) -> onnx.Mo
                         helper.make_tensor_value_info(WEIGHT, onnx.TensorProto.FLOAT, ["R", "S", 1]),
                         helper.make_tensor_value_info(BIAS, onnx.TensorProto.FLOAT, ["R", "S"])])
     stream, x_copies = _converted_copies(graph, conversions, x, _copies(b, x))
-    _replace_uses(graph, stream, x_copies, keep=norm)
+    _replace_uses(graph, stream, x_copies, keep=norm.readers)
     _prepend(graph, b)
-    _copy_norm_uses(graph, norm.output[0], x_copies, opset)
+    _copy_norm_uses(graph, norm.output, x_copies, opset)
     _bias_the_keys(graph, softmaxes, x, opset)
     _free_token_count(graph, tokens)
     if prefix:
@@ -80,20 +86,148 @@ def quantizes_attention(head: onnx.ModelProto) -> bool:
                for n in head.graph.node)
 
 
-def _first_norm(graph: onnx.GraphProto, x: str) -> tuple[onnx.NodeProto | None, list[onnx.NodeProto]]:
-    """The block's first LayerNormalization, reading x directly or through per-element conversions (a Cast to
-    float16, a QuantizeLinear–DequantizeLinear pair) that nothing else reads x through; and those conversions."""
+@dataclass(frozen=True)
+class Norm:
+    """The block's first LayerNorm: the nodes that read the stream (they keep reading the clean tokens) and the
+    tensor of the normalised tokens (after the scale γ and the shift β)."""
+    readers: tuple
+    output: str
+
+
+def _first_norm(graph: onnx.GraphProto, x: str) -> tuple[Norm | None, list[onnx.NodeProto]]:
+    """The block's first LayerNorm, fused or decomposed, reading x directly or through per-element conversions (a Cast
+    to float16, a QuantizeLinear–DequantizeLinear pair) that nothing else reads x through; and those conversions."""
     conversions, name = [], x
     for _ in range(4):
         users = [n for n in graph.node if name in n.input]
         norm = next((n for n in users if n.op_type == "LayerNormalization" and n.input[0] == name), None)
         if norm is not None:
-            return norm, conversions
+            return Norm((norm,), norm.output[0]), conversions
+        decomposed = _decomposed_norm(graph, name, users)
+        if decomposed is not None:
+            return decomposed, conversions
         if len(users) != 1 or users[0].op_type not in CONVERSIONS or users[0].input[0] != name:
             return None, conversions
         conversions.append(users[0])
         name = users[0].output[0]
     return None, conversions
+
+
+# What a decomposed LayerNorm computes between x − μ and (x − μ)/σ: per-token ops only.
+NORM_STEPS = {"Pow", "Mul", "ReduceMean", "Add", "Sqrt", "Div", "Reciprocal", "Max", "Identity", *CONVERSIONS}
+MAX_NORM_STEPS = 16
+
+
+def _decomposed_norm(graph: onnx.GraphProto, x: str, users: list) -> Norm | None:
+    """A LayerNorm as exports below opset 17 write it: μ = ReduceMean(x) over the channels, read only by
+    Sub(x, μ); the paths from x − μ meet again at (x − μ)/σ after a second ReduceMean over the channels (the
+    variance); then the per-channel scale and shift. None when x is not read that way."""
+    mean = next((n for n in users if n.op_type == "ReduceMean" and n.input[0] == x and _over_channels(graph, n)), None)
+    if mean is None:
+        return None
+    centre = next((n for n in users if n.op_type == "Sub" and list(n.input) == [x, mean.output[0]]), None)
+    if centre is None or _input_uses(graph).get(mean.output[0]) != 1:
+        return None                                                         # μ read by the Sub alone
+    met = _where_paths_meet(graph, centre.output[0])
+    if met is None:
+        return None
+    normalised, steps = met
+    if not any(n.op_type == "ReduceMean" and _over_channels(graph, n) for n in steps):
+        return None                                                         # centred only, no variance
+    return Norm((mean, centre), _through_scale_and_shift(graph, normalised))
+
+
+def _over_channels(graph: onnx.GraphProto, node: onnx.NodeProto) -> bool:
+    """A ReduceMean over the last axis of (N,T,D) tokens, dimensions kept (axes an attribute, or an input from
+    opset 18)."""
+    axes = next((list(a.ints) for a in node.attribute if a.name == "axes"), None)
+    if axes is None and len(node.input) > 1 and node.input[1]:
+        value = constant_value(graph, node.input[1])
+        axes = None if value is None else [int(a) for a in np.ravel(value)]
+    keepdims = next((a.i for a in node.attribute if a.name == "keepdims"), 1)
+    return axes is not None and keepdims == 1 and [a % 3 for a in axes] == [2]
+
+
+def _where_paths_meet(graph: onnx.GraphProto, start: str) -> tuple[str, list] | None:
+    """The first tensor after `start` that every path from it passes through, and the nodes on the way (for
+    x − μ: (x − μ)/σ, reached directly and through the variance). None when a node on the way is no per-token
+    step of a norm, reads another tensor that is not a constant, or the paths do not meet within a few nodes."""
+    uses = _input_uses(graph)
+    outputs = {o.name for o in graph.output}
+    open_uses = {start: uses.get(start, 0)}
+    nodes = list(graph.node)
+    first = next(k for k, n in enumerate(nodes) if start in n.output) + 1
+    steps = []
+    for node in nodes[first:]:
+        if not any(name in open_uses for name in node.input):
+            continue
+        if node.op_type not in NORM_STEPS or len(steps) == MAX_NORM_STEPS:
+            return None
+        for name in node.input:
+            if name in open_uses:
+                open_uses[name] -= 1
+                if open_uses[name] == 0:
+                    del open_uses[name]
+            elif name and not _is_constant(graph, name):
+                return None                                        # another tensor mixed in: no norm of x alone
+        steps.append(node)
+        if any(o in outputs for o in node.output):
+            return None
+        open_uses.update({o: uses[o] for o in node.output if uses.get(o)})
+        if list(open_uses) == [node.output[0]] and len(steps) > 1:
+            return node.output[0], steps
+    return None
+
+
+def _through_scale_and_shift(graph: onnx.GraphProto, normalised: str) -> str:
+    """The normalised tokens after the per-channel Mul by γ and Add of β that follow them (either optional, through
+    per-element conversions): the LayerNorm's output."""
+    uses, output, name = _input_uses(graph), normalised, normalised
+    for _ in range(6):
+        users = [n for n in graph.node if name in n.input]
+        if len(users) != 1 or uses.get(name) != 1:
+            break
+        node, others = users[0], [i for i in users[0].input if i != name]
+        if node.op_type in CONVERSIONS and node.input[0] == name:
+            name = node.output[0]
+        elif node.op_type in ("Mul", "Add") and len(others) == 1 and _per_channel(graph, others[0]):
+            name = output = node.output[0]
+        else:
+            break
+    return output
+
+
+def _input_uses(graph: onnx.GraphProto) -> dict[str, int]:
+    """How many node inputs read each tensor (a node reading one twice counts twice)."""
+    uses: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    return uses
+
+
+def _is_constant(graph: onnx.GraphProto, name: str) -> bool:
+    """A constant, or a constant dequantized or cast (weights stored in int8 or float16)."""
+    return _constant_shape(graph, name) is not None
+
+
+def _per_channel(graph: onnx.GraphProto, name: str) -> bool:
+    """A constant of one value per channel (or one value): shape (D,), (1,1,D), () — the same for every token."""
+    shape = _constant_shape(graph, name)
+    return shape is not None and int(np.prod(shape[:-1], dtype=np.int64)) == 1
+
+
+def _constant_shape(graph: onnx.GraphProto, name: str, depth: int = 3) -> tuple | None:
+    """The shape of a constant tensor, seen through per-element conversions of constants (a weight dequantized, an
+    epsilon quantized and dequantized, a value cast); None when `name` is no constant."""
+    value = constant_value(graph, name)
+    if value is not None:
+        return value.shape
+    producer = next((n for n in graph.node if name in n.output), None)
+    if depth == 0 or producer is None or producer.op_type not in CONVERSIONS:
+        return None
+    shapes = [_constant_shape(graph, i, depth - 1) for i in producer.input if i]
+    return shapes[0] if all(shape is not None for shape in shapes) else None
 
 
 def _converted_copies(graph: onnx.GraphProto, conversions: list, x: str, x_copies: str) -> tuple[str, str]:
@@ -183,10 +317,11 @@ def constant_value(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
     return numpy_helper.to_array(values[name])
 
 
-def _replace_uses(graph: onnx.GraphProto, old: str, new: str, keep: onnx.NodeProto | None = None) -> None:
-    """Every node of the graph but `keep` reads `new` instead of `old` (call it before adding `new`'s producers)."""
+def _replace_uses(graph: onnx.GraphProto, old: str, new: str, keep: tuple = ()) -> None:
+    """Every node of the graph but those in `keep` reads `new` instead of `old` (call it before adding `new`'s
+    producers)."""
     for node in graph.node:
-        if node is not keep:
+        if all(node is not k for k in keep):
             node.input[:] = [new if name == old else name for name in node.input]
 
 
