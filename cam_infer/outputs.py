@@ -122,6 +122,14 @@ def fingerprint(path) -> dict:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
+def file_key(path) -> str:
+    """What a resume knows an input by, however its path was typed and wherever the command runs: its folder
+    resolved (absolute, links followed, `.` and `..` gone) joined with its own name. The name itself is not
+    followed: a link to an image is an image of its own (its own name, its own outputs), as in any one run."""
+    folder, name = os.path.split(os.fspath(path))
+    return os.path.normcase(os.path.join(os.path.realpath(folder or os.curdir), name))
+
+
 def write_atomically(path, data: str | bytes) -> None:
     """Write a file whole or not at all: into a temporary file beside it, then renamed over it (an atomic
     replace on every OS), so a kill or a reader at any moment sees either the old file or the new one."""

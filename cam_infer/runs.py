@@ -53,6 +53,35 @@ def options_per_method(methods: list[str], options: dict, task: str = "classific
     return {m: {k: v for k, v in options.items() if k in taken[m]} for m in methods}
 
 
+def effective_options(options, methods, task: str = "classification"):
+    """Each method's options as it runs them: its defaults, then those given, so that an option given at its default
+    is the same run as one left out. `options` as a run records them, by method (or, in a detector's or segmenter's
+    run of an earlier release, one dict for all of `methods`); a method this release does not know keeps its own."""
+    if not isinstance(options, dict):
+        return options
+    by_method = options if options and all(isinstance(v, dict) for v in options.values()) else None
+    effective = {}
+    for method in (by_method or methods):
+        accepted = method_defaults(method, task)
+        given = by_method[method] if by_method else {k: v for k, v in options.items()
+                                                     if accepted is None or k in accepted}
+        effective[method] = {**(accepted or {}), **given}
+    return json.loads(json.dumps(effective, default=str))
+
+
+def with_effective_options(settings: dict, methods, task: str = "classification") -> dict:
+    """A run's settings with each method's options as it runs them (`effective_options`): what a rerun compares."""
+    return {**settings, "options": effective_options(settings.get("options", {}), methods, task)}
+
+
+def method_defaults(method: str, task: str) -> dict | None:
+    """The options `method` takes for `task`, at their defaults; None for a method this release does not know."""
+    try:
+        return get_method(method, task).implementation(task).defaults()
+    except CamInferError:
+        return None
+
+
 def parse_option(text: str) -> tuple[str, object]:
     """``key=value`` with value read as JSON when it parses (64, 0.5, true, null), else as a string."""
     key, sep, value = text.partition("=")
@@ -119,7 +148,8 @@ def explain_files(explainer, paths, methods: list[str], out, *, target=None, opt
                                         enhancer and {enhance: enhancer["options"]}), explainer.backend)
 
     return explain_job(paths, out, settings, methods, work, runner, batch_size=batch_size, restart=restart,
-                       progress=progress, report=report, cost=cost)
+                       progress=progress, report=report, cost=cost,
+                       effective=lambda recorded: with_effective_options(recorded, methods))
 
 
 def check_maps(maps: str) -> None:

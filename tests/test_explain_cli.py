@@ -101,6 +101,42 @@ def test_other_settings_in_the_same_folder_need_force(tmp_path, photos, tiny_bun
     assert json.loads((tmp_path / "results.json").read_text())["results"][0]["class_id"] == 1
 
 
+def test_an_option_given_at_its_default_resumes_and_another_value_is_refused_naming_it(tmp_path, photos,
+                                                                                      tiny_bundle):
+    """`--option score=prob` is what recipro does without it, yet the rerun that gave it was refused as other
+    settings. The settings are compared as they take effect; a value that changes the maps is still refused."""
+    image, out = photos / "colour.jpg", tmp_path / "out"
+    assert run_cli("explain", tiny_bundle.path, image, "--method", "recipro,eigen", "--out", out).returncode == 0
+    done = (out / "colour_recipro.jpg").stat().st_mtime_ns
+    again = run_cli("explain", tiny_bundle.path, image, "--method", "recipro,eigen", "--option", "score=prob",
+                    "--option", "centered=false", "--out", out)
+    assert again.returncode == 0, again.stderr
+    assert (out / "colour_recipro.jpg").stat().st_mtime_ns == done
+    assert_one_line_error(run_cli("explain", tiny_bundle.path, image, "--method", "recipro,eigen", "--option",
+                                  "score=logit", "--out", out),
+                          'other settings (options.recipro.score: "prob" then, "logit" now)')
+
+
+def test_a_method_added_on_the_command_line_runs_alone_and_one_left_out_is_refused(tmp_path, photos, tiny_bundle):
+    """From another working folder, with the image folder given relative to it: eigen's overlays are kept, only
+    activation runs; a rerun without eigen is told to give it."""
+    out = tmp_path / "out"
+    assert run_cli("explain", tiny_bundle.path, photos / "colour.jpg", "--method", "eigen", "--out", out,
+                   cwd=photos).returncode == 0
+    done = (out / "colour_eigen.jpg").stat().st_mtime_ns
+    added = run_cli("explain", tiny_bundle.path, "colour.jpg", "--method", "eigen,activation", "--out", out,
+                    cwd=photos)
+    assert added.returncode == 0, added.stderr
+    assert (out / "colour_eigen.jpg").stat().st_mtime_ns == done
+    results = json.loads((out / "results.json").read_text())
+    assert [(r["image"], r["method"]) for r in results["results"]] == [(str(photos / "colour.jpg"), "eigen"),
+                                                                       (str(photos / "colour.jpg"), "activation")]
+    assert set(results["settings"]["options"]) == {"eigen", "activation"}
+    assert_one_line_error(run_cli("explain", tiny_bundle.path, photos / "colour.jpg", "--method", "activation",
+                                  "--out", out), "holds results of a run of methods eigen, activation; give --method "
+                                                 "each of them (left out: eigen;")
+
+
 def test_options_reach_only_the_methods_that_take_them(tmp_path, photos, tiny_bundle):
     result = run_cli("explain", tiny_bundle.path, photos / "colour.jpg", "--method", "score,eigen",
                      "--option", "top_k=3", "--option", "centered=true", "--out", tmp_path)
@@ -205,8 +241,9 @@ def test_a_run_made_before_the_layer_was_recorded_resumes(tmp_path, labelled_bun
     header = json.loads(lines[0])
     del header["settings"]["layer"]
     (out / JOURNAL).write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")
-    again = run_cli("explain", labelled_bundle.path, images, "--method", "eigen,recipro", "--out", out)
-    assert "other settings (options.recipro" in again.stderr        # still compared: everything but the layer
+    again = run_cli("explain", labelled_bundle.path, images, "--method", "eigen", "--option", "centered=true",
+                    "--out", out)
+    assert "other settings (options.eigen.centered" in again.stderr    # still compared: everything but the layer
     again = run_cli("explain", labelled_bundle.path, images, "--method", "eigen", "--out", out)
     assert again.returncode == 0, again.stderr
     assert json.loads((out / "results.json").read_text())["settings"]["layer"] == labelled_bundle.layers

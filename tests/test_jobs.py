@@ -254,3 +254,82 @@ def test_one_folder_given_two_ways_is_one_folder(scenes, tmp_path, monkeypatch):
     explain_files(explainer, [scenes["classifier"].resolve()], ["activation"], tmp_path / "o", progress=False)
     rows = json.loads((tmp_path / "o" / "results.json").read_text())["results"]
     assert len(rows) == 5 and json.loads(before)["results"] == rows
+
+
+def pictures(out: Path) -> dict[str, int]:
+    """Every picture a run wrote (overlays, thumbnails), with its modification time: a picture done again is new."""
+    return {p.relative_to(out).as_posix(): p.stat().st_mtime_ns for p in out.rglob("*") if p.suffix in (".jpg", ".png")}
+
+
+@pytest.mark.parametrize("job", RUNS)
+def test_a_run_resumed_from_another_folder_through_a_link_redoes_nothing_and_ends_as_an_uninterrupted_one(
+        job, scenes, tmp_path, monkeypatch):
+    """The journal knew an image by its path as typed: the same command from another working folder (or with the
+    folder given through a link) found none of its images done and did every one again."""
+    images_for(job, scenes, tmp_path)
+    (tmp_path / "link").symlink_to(tmp_path / "images", target_is_directory=True)
+    (tmp_path / "elsewhere").mkdir()
+    run = RUNS[job]
+    monkeypatch.chdir(tmp_path)
+    run(Path("images"), Path("whole"))
+    with monkeypatch.context() as patched:
+        patched.setattr(parallel, "make_runner", lambda *args, **kwargs: StopsAfter(2))
+        with pytest.raises(Interrupted):
+            run(Path("images"), Path("cut"))
+    done = pictures(tmp_path / "cut")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    resumed = run(Path("../link"), Path("../cut"))
+    assert summary_of(resumed) == {"redone": []} and done
+    assert {name: when for name, when in pictures(tmp_path / "cut").items() if name in done} == done
+    assert outputs(tmp_path / "cut") == outputs(tmp_path / "whole")      # the images as the first run wrote them
+    journal = (tmp_path / "cut" / JOURNAL).read_text()
+    run(tmp_path.resolve() / "images", tmp_path / "cut")                  # absolute, from a third folder: nothing
+    assert (tmp_path / "cut" / JOURNAL).read_text() == journal
+
+
+@pytest.mark.parametrize("job", ["explain-classifier", "explain-detector", "audit-classifier"])
+def test_a_journal_written_before_images_were_known_by_their_file_resumes(job, scenes, tmp_path, monkeypatch):
+    """A journal of the previous release (no "keys"; a detector's options one dict for all its methods) resumes
+    from the folder it was written in, doing nothing again, and is rewritten in the new form."""
+    images_for(job, scenes, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    run = RUNS[job]
+    run(Path("images"), Path("out"))
+    journal = tmp_path / "out" / JOURNAL
+    header, *lines = map(json.loads, journal.read_text().splitlines())
+    if job == "explain-detector":
+        header["settings"]["options"] = {}
+    for line in lines:
+        line.pop("keys", None)
+    journal.write_text("".join(json.dumps(line) + "\n" for line in [header, *lines]))
+    done = pictures(tmp_path / "out")
+    assert summary_of(run(Path("images"), Path("out"))) == {"redone": []}
+    assert pictures(tmp_path / "out") == done
+    assert all("keys" in json.loads(line) for line in journal.read_text().splitlines()[1:])
+
+
+def test_a_method_added_to_a_finished_run_runs_alone_over_every_image_and_the_results_hold_both(scenes, tmp_path):
+    """Adding a method was refused as other settings: it runs over every image, the earlier method's pictures and
+    records stay as they were, and the folder ends as one run of both would have left it."""
+    explainer = Explainer(SHAPES, backend="onnxruntime")
+    explain_files(explainer, [scenes["classifier"]], ["eigen"], tmp_path / "out", progress=False)
+    first = json.loads((tmp_path / "out" / "results.json").read_text())["results"]
+    done = pictures(tmp_path / "out")
+    added = explain_files(explainer, [scenes["classifier"]], ["eigen", "activation"], tmp_path / "out", progress=False)
+    assert added.records[:len(first)] == first and len(added.records) == 2 * len(first)
+    assert {name: when for name, when in pictures(tmp_path / "out").items() if name in done} == done
+    explain_files(explainer, [scenes["classifier"]], ["eigen", "activation"], tmp_path / "both", progress=False)
+    whole, grown = outputs(tmp_path / "both"), outputs(tmp_path / "out")
+    key = lambda record: (record["image"], record["method"])                                  # noqa: E731
+    assert sorted(whole.pop("results.json")["results"], key=key) == sorted(grown.pop("results.json")["results"],
+                                                                           key=key)
+    assert grown == whole
+
+
+def test_a_run_that_leaves_out_a_method_the_folder_holds_is_refused_naming_it(scenes, tmp_path):
+    from cam_infer import CamInferError
+    explainer = Explainer(SHAPES, backend="onnxruntime")
+    explain_files(explainer, [scenes["classifier"]], ["eigen", "activation"], tmp_path / "out", progress=False)
+    with pytest.raises(CamInferError, match=r"holds results of a run of methods eigen, activation; give --method "
+                                            r"each of them \(left out: eigen;"):
+        explain_files(explainer, [scenes["classifier"]], ["activation", "recipro"], tmp_path / "out", progress=False)

@@ -16,7 +16,7 @@ from ..explanation import picture_name
 from ..jobs.explain import Results
 from ..jobs.folders import read_stamped
 from ..postprocess import check_overlay_options, check_overlays, encode_map, encode_picture
-from ..runs import bundle_hashes, check_on, options_per_method
+from ..runs import bundle_hashes, check_on, options_per_method, with_effective_options
 from ..explainer import Explainer
 
 
@@ -47,7 +47,7 @@ def explain_detection_files(explainer: Explainer, paths, methods: list[str], out
     settings = {"bundle": bundle_hashes(explainer.bundle), "layer": explainer.bundle.layers,
                 "backend": explainer.backend.describe(), "precision": explainer.backend.precision, "task": "detection",
                 "targets": targets, "classes": classes, "boxes": boxes, "conf": conf, "iou": iou,
-                "options": options or {}, "colormap": colormap, "alpha": alpha, "on": on,
+                "options": per_method, "colormap": colormap, "alpha": alpha, "on": on,
                 "overlays": overlays}
     work = DetectionWork(spec_for(explainer, runner), tuple(methods), targets, classes, boxes, conf, iou, per_method,
                          colormap, alpha, on, overlays)
@@ -58,7 +58,8 @@ def explain_detection_files(explainer: Explainer, paths, methods: list[str], out
                         detector=True)
 
     return explain_job(paths, out, settings, methods, work, runner, restart=restart, progress=progress, report=report,
-                       cost=cost)
+                       cost=cost,
+                       effective=lambda recorded: with_effective_options(recorded, methods, "detection"))
 
 
 @dataclass(frozen=True)

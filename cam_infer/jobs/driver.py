@@ -12,7 +12,6 @@ rewritten atomically every `SAVE_EVERY` seconds and at the end.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from collections import deque
@@ -21,12 +20,12 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import CamInferError
-from ..outputs import SAVE_EVERY, OutputLock, prepare_folder
+from ..outputs import SAVE_EVERY, OutputLock, file_key, prepare_folder
 from ..parallel import ExplainerSpec, InProcess
 from ..postprocess import write_file
 from ..progress import Progress
 from .folders import ImageFiles, collect_images, free_name, overlay_names
-from .journal import JOURNAL, Journal
+from .journal import JOURNAL, Journal, keys_of
 from .map_store import MapStore, put_maps
 
 
@@ -48,6 +47,8 @@ class Job:
     names: Callable[[ImageFiles], dict] = lambda found: overlay_names(found.files)
     extra: Callable = lambda path: None   # what else the work needs of an image (its true boxes)
     per_method: bool = False              # resume per (image, method) (explain) or per image (audit)
+    methods_in: str | None = None         # the setting that is a dict by method, when a rerun may add methods
+    effective: Callable = lambda settings: settings   # settings as they take effect (defaults filled), compared
     keep: Callable = lambda out, row: True   # a row of an earlier run still stands (its overlay is there)
     folders: tuple = ()                   # the output's subfolders the files go in
     clear: tuple = ()                     # files and folders a restart removes
@@ -58,7 +59,7 @@ class Job:
 @dataclass
 class Run:
     """What a run has: its rows in order (earlier runs' first), unreadable images, skipped files, redone images,
-    and each image's name (`stable_names`: the stem of its files)."""
+    each image's name (`stable_names`: the stem of its files) and how its files write each path (`shown_paths`)."""
 
     out: Path
     found: ImageFiles
@@ -66,10 +67,11 @@ class Run:
     errors: list = field(default_factory=list)
     redone: list = field(default_factory=list)
     names: dict = field(default_factory=dict)
+    shown: dict = field(default_factory=dict)
 
     @property
     def skipped(self) -> list[str]:
-        return [str(f) for f in self.found.skipped]
+        return [self.shown.get(f, str(f)) for f in self.found.skipped]
 
 
 def run_job(job: Job, paths, out, runner, *, restart: bool = False, progress: bool | None = None,
@@ -84,10 +86,13 @@ def run_job(job: Job, paths, out, runner, *, restart: bool = False, progress: bo
         for folder in job.folders:
             (out / folder).mkdir(exist_ok=True)
         journal = Journal(out)
-        kept, redone = journal.resume(job.command, job.settings, job.what, lambda row: job.keep(out, row))
+        kept, redone = journal.resume(job.command, job.settings, job.what, lambda row: job.keep(out, row),
+                                      job.methods_in, job.effective)
         run = Run(out, found, [row for entry in kept for row in entry["rows"]], [], redone)
         todo = _todo(job, found.files, kept)
         names = run.names = stable_names(job.names(found), kept)
+        run.shown = shown_paths(found, kept)
+        shown = {str(f): image for f, image in run.shown.items()}
         if report and todo:
             report(job.cost())
         units: deque = deque()
@@ -101,8 +106,10 @@ def run_job(job: Job, paths, out, runner, *, restart: bool = False, progress: bo
                     for name, data in result["files"].items():
                         write_file(out / name, data)
                     put_maps(store, result)
-                    journal.append({"inputs": result["inputs"], "rows": result["rows"],
-                                    "names": {image: names[Path(image)] for image in result["inputs"]}})
+                    opened = list(result["inputs"])
+                    result = restated(result, shown)
+                    journal.append({"inputs": result["inputs"], "keys": {shown[i]: file_key(i) for i in opened},
+                                    "rows": result["rows"], "names": {shown[i]: names[Path(i)] for i in opened}})
                     run.rows += result["rows"]
                     run.errors += result["errors"]
                     bar.advance(units.popleft())
@@ -130,13 +137,14 @@ def _write_what_is_done(job: Job, run: Run) -> None:
 
 def _todo(job: Job, files, kept: list[dict]) -> list[tuple[Path, tuple]]:
     """(image, methods still to do) for every image not done."""
-    done: dict[str, set] = {}                  # by absolute path: one folder given two ways is one
+    done: dict[str, set] = {}                  # by file (`file_key`): one folder given two ways is one
     for entry in kept:
+        keys = keys_of(entry)
         for image in entry["inputs"]:
-            done.setdefault(os.path.abspath(image), set() if job.per_method else set(job.methods))
+            done.setdefault(keys[image], set() if job.per_method else set(job.methods))
         for row in entry["rows"] if job.per_method else ():
-            done[os.path.abspath(row["image"])].add(row["method"])
-    todo = [(f, tuple(m for m in job.methods if m not in done.get(os.path.abspath(f), ()))) for f in files]
+            done[keys[row["image"]]].add(row["method"])
+    todo = [(f, tuple(m for m in job.methods if m not in done.get(file_key(f), ()))) for f in files]
     return [(f, needed) for f, needed in todo if needed]
 
 
@@ -144,13 +152,55 @@ def stable_names(names: dict, kept: list[dict]) -> dict:
     """Each image's name (the stem of its files): the one it had in the runs the journal keeps, else the job's,
     made unique against those. An image added to the folder (or a second folder into the same --out) must not take
     the name, and so overwrite the files, of an image done before."""
-    earlier = {os.path.abspath(image): name for entry in kept for image, name in entry["names"].items()}
-    chosen = {f: earlier[os.path.abspath(f)] for f in names if os.path.abspath(f) in earlier}
+    earlier = {keys_of(entry)[image]: name for entry in kept for image, name in entry["names"].items()}
+    chosen = {f: earlier[file_key(f)] for f in names if file_key(f) in earlier}
     taken = set(earlier.values())
     for f, name in names.items():
         if f not in chosen:
             chosen[f] = free_name(name, taken)
     return chosen
+
+
+def shown_paths(found: ImageFiles, kept: list[dict]) -> dict[Path, str]:
+    """How the run's files write each image (and skipped file): as the journal's lines first wrote it, whatever
+    folder the run is resumed from and however its folders are given now; one new to the run in the form its folder
+    had then (so that a resumed run writes what an uninterrupted one would have), else as given now. A form that
+    already names another file in the journal is not reused: that image is written by its resolved path."""
+    recorded = {key: image for entry in kept for image, key in keys_of(entry).items()}
+    earlier_forms = {}                         # a folder given now → the form it had in the journal
+    for f, folder in found.folders.items():
+        form = _folder_part(recorded[file_key(f)], f.relative_to(folder)) if file_key(f) in recorded else None
+        if form is not None:
+            earlier_forms.setdefault(folder, form)
+    taken = set(recorded.values())
+    shown = {}
+    for f in [*found.files, *found.skipped]:
+        key, folder = file_key(f), found.folders.get(f)
+        if key in recorded:
+            shown[f] = recorded[key]
+            continue
+        form = earlier_forms.get(folder)
+        image = str(form / f.relative_to(folder)) if form is not None else str(f)
+        shown[f] = key if image in taken else image
+    return shown
+
+
+def _folder_part(image: str, relative: Path) -> Path | None:
+    """The folder `image` was written under, given its path `relative` to that folder; None when it does not end
+    so (a line written from another folder's listing)."""
+    parts, tail = Path(image).parts, relative.parts
+    return Path(*parts[:-len(tail)]) if len(parts) >= len(tail) and parts[-len(tail):] == tail else None
+
+
+def restated(result: dict, shown: dict[str, str]) -> dict:
+    """A work's result with its images (inputs, rows, errors) as the run's files write them (`shown_paths`)."""
+    return {**result, "inputs": {shown.get(i, i): stamp for i, stamp in result["inputs"].items()},
+            "rows": [_with_image(row, shown) for row in result["rows"]],
+            "errors": [_with_image(error, shown) for error in result["errors"]]}
+
+
+def _with_image(record: dict, shown: dict[str, str]) -> dict:
+    return {**record, "image": shown.get(record["image"], record["image"])} if "image" in record else record
 
 
 def _map(runner, job: Job, todo, names: dict, units: deque):

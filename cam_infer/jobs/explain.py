@@ -63,13 +63,16 @@ def pictures_of(row: dict) -> list[str]:
 
 
 def explain_job(paths, out, settings: dict, methods, work, runner, *, batch_size: int = 1, restart: bool = False,
-                progress: bool | None = None, report=None, cost=None) -> Results:
+                progress: bool | None = None, report=None, cost=None, effective=lambda settings: settings) -> Results:
     """Explain the images of `paths` with `work` (a task's: a batch → its records and pictures); every
     record names its "overlay" (or its "map"), and a record whose picture is gone is redone. `report(cost())`
-    before a run with work to do."""
+    before a run with work to do. `settings["options"]` holds each method's options: a rerun compares them as they
+    take effect (`effective(settings)`: the methods' defaults filled in), and may add methods (only they run, over
+    every image; the results keep both)."""
     settings = json.loads(json.dumps(settings))
     job = Job("explain", "results of a run", settings, tuple(methods), work,
               write=lambda run, final: Results.of(run, settings).save(), batch_size=batch_size, per_method=True,
+              methods_in="options", effective=effective,
               keep=lambda out, row: (out / picture_of(row)).is_file(), clear=(RESULTS, MAPS), files_of=pictures_of,
               cost=cost)
     run = run_job(job, paths, out, runner, restart=restart, progress=progress, report=report)

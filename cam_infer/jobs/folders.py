@@ -4,7 +4,7 @@ each image read with the stamp a resume compares (`cam_infer.outputs.fingerprint
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import CamInferError
 from ..images import load_image
-from ..outputs import fingerprint
+from ..outputs import file_key, fingerprint
 
 # Every suffix OpenCV's decoder reads (JPEG and its aliases, PNG, BMP, TIFF, WebP, JPEG 2000, the PNM family,
 # Sun raster, OpenEXR, Radiance HDR; GIF where OpenCV reads it).
@@ -29,6 +29,7 @@ class ImageFiles:
     files: list[Path]
     skipped: list[Path]
     names: dict[Path, str]            # image → its path relative to the folder it was found in (or its name)
+    folders: dict[Path, Path] = field(default_factory=dict)   # file (image or skipped) → the folder it was found in
 
 
 def collect_images(paths, leave_out=None) -> ImageFiles:
@@ -36,10 +37,11 @@ def collect_images(paths, leave_out=None) -> ImageFiles:
     image suffixes (symlinked folders followed), in sorted order; every other file in those folders is listed as
     skipped, and so is every folder below them that holds an earlier run (its journal): its pictures are no
     input. The files of `leave_out` (a run's output folder) are no input where it lies inside an image folder,
-    and it may not be one."""
+    and it may not be one. A file reached twice (one folder given two ways) is one image, the first way."""
     found: list[Path] = []
     skipped: list[Path] = []
     names: dict[Path, str] = {}
+    folders: dict[Path, Path] = {}
     output = None if leave_out is None else Path(leave_out).resolve()
     for p in map(Path, paths):
         if p.is_dir() and output is not None and p.resolve() == output:
@@ -49,6 +51,8 @@ def collect_images(paths, leave_out=None) -> ImageFiles:
             below = output if output is not None and output.is_relative_to(p.resolve()) else None
             files, runs = _files_below(p, below)
             skipped += runs
+            for f in [*files, *runs]:
+                folders.setdefault(f, p)
             for f in files:
                 if f.suffix.lower() in IMAGE_SUFFIXES:
                     found.append(f)
@@ -63,8 +67,16 @@ def collect_images(paths, leave_out=None) -> ImageFiles:
     if not found:
         raise CamInferError("no images found in " + ", ".join(map(str, paths))
                             + (f" ({len(skipped)} other files skipped, e.g. '{skipped[0]}')" if skipped else ""))
-    files = list(dict.fromkeys(found))
-    return ImageFiles(files, list(dict.fromkeys(skipped)), unique_names(files, names))
+    files = first_of_each_file(found)
+    return ImageFiles(files, list(dict.fromkeys(skipped)), unique_names(files, names), folders)
+
+
+def first_of_each_file(paths: list[Path]) -> list[Path]:
+    """`paths` in order, each file once (`file_key`): the first path that reaches it."""
+    firsts: dict[str, Path] = {}
+    for path in paths:
+        firsts.setdefault(file_key(path), path)
+    return list(firsts.values())
 
 
 def skipped_line(skipped: list[str], shown: int, where: str) -> str:

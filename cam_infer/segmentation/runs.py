@@ -17,7 +17,7 @@ from ..explanation import _safe
 from ..jobs.explain import Results
 from ..jobs.folders import read_stamped
 from ..postprocess import check_overlay_options, check_overlays, encode_map, encode_picture
-from ..runs import bundle_hashes, check_on, options_per_method
+from ..runs import bundle_hashes, check_on, options_per_method, with_effective_options
 from ..tasks import class_index
 
 
@@ -46,11 +46,12 @@ def explain_segmentation_files(explainer: Explainer, paths, methods: list[str], 
     settings = {"bundle": bundle_hashes(explainer.bundle), "layer": explainer.bundle.layers,
                 "backend": explainer.backend.describe(), "precision": explainer.backend.precision,
                 "task": "segmentation", "target": target, "region": region,
-                "options": options or {}, "colormap": colormap, "alpha": alpha, "on": on, "overlays": overlays}
+                "options": per_method, "colormap": colormap, "alpha": alpha, "on": on, "overlays": overlays}
     work = SegmentationWork(spec_for(explainer, runner), tuple(methods), target, per_method, colormap, alpha, on,
                             overlays, region)
     return explain_job(paths, out, settings, methods, work, runner, restart=restart, progress=progress, report=report,
-                       cost=lambda: cost_line(methods, explainer, per_method))
+                       cost=lambda: cost_line(methods, explainer, per_method),
+                       effective=lambda recorded: with_effective_options(recorded, methods, "segmentation"))
 
 
 def region_of(region: str | None, image) -> object:
