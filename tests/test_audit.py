@@ -442,3 +442,30 @@ def test_thumbnail_names_never_collide():
     names = ["a/b.png", "a__b.png", ".p.jpg", "p.jpg", "%2Fx.png", "x.png", "a%2Fb.png", "%2E.png", "sub/.p.jpg"]
     assert len({thumbnail_name(n, "recipro") for n in names}) == len(set(names))
     assert thumbnail_name("cat.png", "recipro") == "overlays/cat.png__recipro.png"
+
+
+def test_an_audit_rerun_with_an_option_at_its_default_resumes_and_another_value_is_refused(scenes, tmp_path):
+    """`--option recipro.score=prob` is what recipro does without it: the same audit, nothing redone; a value that
+    changes the maps is refused naming it (for a detector's audit too)."""
+    folder, boxes = scenes
+    (tmp_path / "boxes.json").write_text(json.dumps(boxes))
+    out = tmp_path / "report"
+    common = ["audit", SHAPES, folder, "--boxes", tmp_path / "boxes.json", "--methods", "recipro",
+              "--metrics", "pointing,energy", "--out", out]
+    assert run_cli(*common).returncode == 0
+    written = (out / "metrics.csv").read_text()
+    journal = (out / JOURNAL).read_text().splitlines()[1:]
+    again = run_cli(*common, "--option", "recipro.score=prob")
+    assert again.returncode == 0, again.stderr
+    assert (out / "metrics.csv").read_text() == written and (out / JOURNAL).read_text().splitlines()[1:] == journal
+    assert_one_line_error(run_cli(*common, "--option", "recipro.score=logit"),
+                          'options.method_options.recipro.score: "prob" then, "logit" now')
+    from cam_infer.tools.demo import embedded_detector_path
+    from test_shapes_detector import detector_scenes
+    images, truth = detector_scenes(tmp_path / "det", 2)
+    detector = ["audit", embedded_detector_path(), images, "--methods", "recipro", "--boxes", truth, "--out",
+                tmp_path / "det-report"]
+    assert run_cli(*detector).returncode == 0
+    assert run_cli(*detector, "--option", "recipro.score=anchor").returncode == 0
+    assert_one_line_error(run_cli(*detector, "--option", "recipro.score=match"),
+                          "options.recipro.score: \"anchor\" then, \"match\" now")

@@ -102,7 +102,7 @@ def run_audit(bundle, images, options: AuditOptions, out, *, boxes=None, restart
 
     work = AuditWork(audit_spec(bundle.path.resolve(), options, runner.threads), options, priors)
     job = Job("audit", "an audit", settings, options.methods, work, write, batch_size=batch_size,
-              names=lambda found: found.names,
+              names=lambda found: found.names, effective=lambda recorded: _effective(recorded, options.methods),
               extra=lambda image: boxes_for(truth, image, images), folders=(OVERLAYS,), clear=CLEARED,
               cost=lambda: _cost(work.spec, options, runner))
     run_job(job, images, out, runner, restart=restart, progress=progress, report=report)
@@ -148,6 +148,18 @@ def _cost(spec, options: AuditOptions, runner) -> str:
     linear = explainer.linear_head is not None if explainer else reads_linear_head(bundle)
     plan = classifier_plan(bundle, variants(options.methods), options.method_options, linear, options.enhance_options)
     return announce(plan, explainer and explainer.backend)
+
+
+def _effective(settings: dict, methods) -> dict:
+    """An audit's settings with each method's options as it runs them (`runs.effective_options`): a rerun that gives
+    an option at its default is the same audit."""
+    from ..runs import effective_options
+
+    options = settings.get("options")
+    if not isinstance(options, dict) or not isinstance(options.get("method_options"), dict):
+        return settings
+    return {**settings, "options": {**options,
+                                    "method_options": effective_options(options["method_options"], methods)}}
 
 
 def _check_options(bundle, options: AuditOptions) -> None:

@@ -33,6 +33,7 @@ from ..errors import CamInferError
 from ..images import load_image
 from ..methods import get_method
 from ..metrics import energy_pointing, pointing_hit
+from ..runs import with_effective_options
 from .decode import iou
 from ..explainer import Explainer
 
@@ -94,6 +95,7 @@ def run_detection_audit(bundle, images, methods, out, *, boxes=None, backend: st
     work = DetectionAuditWork(spec_for(explainer, runner), tuple(methods), tolerance, conf, options or {}, baselines,
                               priors)
     job = Job("audit", "an audit", settings, tuple(methods), work, write, names=lambda found: found.names,
+              effective=lambda recorded: with_effective_options(recorded, methods, "detection"),
               extra=lambda image: boxes_for(truth, image, images) or [], folders=(OVERLAYS,),
               clear=(ROWS_NAME, *CLEARED), cost=cost)
     run_job(job, images, out, runner, restart=restart, progress=progress, report=report)

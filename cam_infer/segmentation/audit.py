@@ -33,6 +33,7 @@ from ..explainer import Explainer
 from ..images import load_image
 from ..methods import get_method
 from ..metrics.segmentation import energy_in_region, pointing_in_region, uniform_baseline
+from ..runs import with_effective_options
 from .runs import cost_line
 
 MEANS = ("energy", "region_fraction", "pointing", "truth_energy", "truth_fraction", "truth_pointing")
@@ -83,6 +84,7 @@ def run_segmentation_audit(bundle, images, methods, out, *, masks=None, target=N
     work = SegmentationAuditWork(spec_for(explainer, runner), tuple(methods), target, masks, options or {},
                                  baselines, priors)
     job = Job("audit", "an audit", settings, tuple(methods), work, write, names=lambda found: found.names,
+              effective=lambda recorded: with_effective_options(recorded, methods, "segmentation"),
               extra=lambda image: [], folders=(OVERLAYS,), clear=(ROWS_NAME, *CLEARED),
               cost=lambda: cost_line(methods, explainer, options))
     run_job(job, images, out, runner, restart=restart, progress=progress, report=report)
