@@ -126,6 +126,55 @@ def test_quantized_softmax_is_left_out_and_probabilities_stay_probabilities(tmp_
 
 
 @needs_shared
+def test_a_qlinearsoftmax_output_is_read_as_the_probabilities_it_holds(tmp_path):
+    """PP-OCR's QOperator file ends in ONNX Runtime's QLinearSoftmax: its output is probabilities (0.996), and a
+    second softmax over them made every score 0.73 and every map a squashed one."""
+    name = "derived_ppocr_cls_int8_qop.onnx"
+    options, images, layout, dtype = MODELS[name]
+    bundle = split_onnx(DEPLOYED / name, out=tmp_path / "b", **options)
+    assert bundle.output_kind == "probabilities" and bundle.logits_step == 0
+    x = bundle.preprocess(images)
+    native = native_scores(DEPLOYED / name, x, layout, dtype)
+    e = Explainer(bundle).explain(x, "recipro")
+    np.testing.assert_allclose(e.scores, native[np.arange(len(x)), e.targets], atol=1e-6)
+    assert e.scores.min() > 0.99
+
+
+@needs_shared
+def test_the_logits_step_is_that_of_the_logits_before_a_left_out_softmax(tmp_path):
+    """The one-step rule (`numerics.within_rounding`) needs the step of the logits the head returns, not of the
+    left-out Softmax's 1/256 probabilities: the scale of the DequantizeLinear that feeds the Softmax. A Recipro-CAM
+    map of head rows one logit step wide (two levels: MobileNet V1 int8, the mailbox class on the samoyed) is flat."""
+    steps = {}
+    for name in ("tfl_mobilenet_v1_0.5_160_quant.onnx", "derived_ppocr_cls_int8_qdq13.onnx"):
+        graph = onnx.load(str(DEPLOYED / name)).graph
+        producer = {o: n for n in graph.node for o in n.output}
+        values = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+        softmax = next(n for n in graph.node if n.op_type == "Softmax")
+        dequantize = producer[softmax.input[0]]
+        assert dequantize.op_type == "DequantizeLinear"
+        steps[name] = float(np.max(values[dequantize.input[1]]))
+        bundle = split_onnx(DEPLOYED / name, out=tmp_path / name, **MODELS[name][0])
+        assert bundle.logits_step == pytest.approx(steps[name], rel=1e-6) and bundle.logits_step > 10 / 256
+    from cam_infer.bundle import split_openvino
+    ir = split_openvino(DEPLOYED / "mobilenet_v1_0.5_160_quant.tflite", out=tmp_path / "ir")
+    assert ir.logits_step == pytest.approx(steps["tfl_mobilenet_v1_0.5_160_quant.onnx"], rel=1e-6)
+    explainer = Explainer(tmp_path / "tfl_mobilenet_v1_0.5_160_quant.onnx")
+    step = explainer.bundle.logits_step
+    x = explainer.preprocess([SHARED / "images" / "samoyed_dog.jpg"])
+    a = explainer.backend.features(x)[0]
+    k, h, w = a.shape
+    copies = np.zeros((h * w, k, h, w), np.float32)         # one-hot Recipro-CAM: each copy keeps one position
+    for p in range(h * w):
+        copies[p, :, p // w, p % w] = a[:, p // w, p % w]
+    span = np.ptp(explainer.backend.head(copies), axis=0) / step                     # per class, in logit steps
+    one, more = (int(np.flatnonzero((lo < span) & (span < hi))[0]) for lo, hi in ((0.5, 1.5), (2.5, np.inf)))
+    flat, kept = (explainer.explain(x, "recipro", target=c, closed_form=False, score="logit") for c in (one, more))
+    assert flat.degenerate[0] and np.ptp(flat.maps[0]) == 0
+    assert np.ptp(kept.maps[0]) == pytest.approx(span[more] * step, rel=1e-5)          # raw, as the head gave it
+
+
+@needs_shared
 def test_nhwc_uint8_input_is_transposed_rounded_and_clipped_at_the_boundary(tmp_path):
     bundle = split_onnx(DEPLOYED / "tf2onnx_mobilenet_v1_0.25_128_quant.onnx", out=tmp_path / "b")
     m = bundle.manifest

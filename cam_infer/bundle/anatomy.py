@@ -199,6 +199,8 @@ def score_output(graph: Graph) -> ScoreOutput:
     dequantize = _output_dequantization(graph) if graph.info(source).elem_type in INTEGER_TYPES else None
     while name in graph.producer:
         node = graph.nodes[graph.producer[name]]
+        if node.op_type == "QLinearSoftmax":             # ONNX Runtime's int8 Softmax: quantized probabilities
+            return ScoreOutput(source, "probabilities", source, (), step)
         if node.op_type == "Softmax":
             quantized = any(op in ("QuantizeLinear", "DequantizeLinear") for op in passed)
             if quantized or graph.info(source).elem_type in INTEGER_TYPES:
@@ -222,7 +224,7 @@ def check_class_scores(graph: Graph) -> None:
     name = source
     while name in graph.producer:
         node = graph.nodes[graph.producer[name]]
-        if node.op_type == "Softmax":
+        if node.op_type in ("Softmax", "QLinearSoftmax"):
             check_class_softmax(softmax_axes(graph, node), graph.info(node.input[0]).shape, source)
             return
         if node.op_type not in SCORE_PASS or not node.input:
@@ -275,9 +277,11 @@ def refuse_changed_probabilities(output: str, activation: str, op: str) -> None:
 
 def softmax_axes(graph: Graph, node) -> list[int] | None:
     """The axes an ONNX Softmax normalises over, made non-negative: its axis; before opset 13, every axis from it
-    on (flattened into one). None where its input's rank is unknown."""
+    on (flattened into one). A QLinearSoftmax follows the opset its ``opset`` attribute names. None where its
+    input's rank is unknown."""
     rank = graph.info(node.input[0]).rank
     opset = next((o.version for o in graph.model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    opset = next((a.i for a in node.attribute if a.name == "opset"), opset)
     axis = next((a.i for a in node.attribute if a.name == "axis"), -1 if opset >= 13 else 1)
     if rank is None:
         return None

@@ -275,11 +275,15 @@ class Bundle:
 
     @property
     def logits_step(self) -> float:
-        """One quantization step of the head's logits (an int8 file's); 0 where they are float or the head ends in
-        probabilities."""
+        """One quantization step of the head's logits (an int8 file's: before a left-out quantized Softmax, or its
+        output); 0 where they are float or the head ends in probabilities. A bundle written before it was recorded:
+        the output's step where no Softmax was left out (then the output is the logits), else unknown (0)."""
+        output = self.manifest["output"]
         if self.output_kind != "logits":
             return 0.0
-        return float(self.manifest["output"].get("model_output_step") or 0.0)
+        if "logits_step" in output:
+            return float(output["logits_step"] or 0.0)
+        return 0.0 if output.get("left_out") else float(output.get("model_output_step") or 0.0)   # earlier bundles
 
     @property
     def labels(self) -> list[str] | None:

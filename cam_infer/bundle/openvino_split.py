@@ -298,6 +298,7 @@ def split_openvino(path, layer: str = "auto", out=None, *, input_size=None, prep
         k_h_w = [k_h_w[2], k_h_w[0], k_h_w[1]]
     created = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
     step = verification.get("output_step", 0.0)
+    from .openvino_head import logits_step
     manifest = {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "input": {"name": "image", "shape": [None, spec.channels, *prep.input_size], "layout": "NCHW",
@@ -309,7 +310,8 @@ def split_openvino(path, layer: str = "auto", out=None, *, input_size=None, prep
                        "dtype": "float32", "quantization": None, **({"tokens": cut.record()} if cut else {})},
         "output": {"name": "scores", "kind": "probabilities" if probabilities else "logits",
                    "num_classes": int(num_classes), "model_output": model.get_results()[0].get_friendly_name(),
-                   "left_out": list(left_out), "model_output_step": step},
+                   "left_out": list(left_out), "model_output_step": step,
+                   "logits_step": 0.0 if probabilities else logits_step(head)},
         "labels": labels, "batch": batch_mode, **({"fixed_batch": 1} if batch_mode == "fixed" else {}),
         "graphs": {role: {"file": f"{role}.xml", "weights": f"{role}.bin",
                           "ops": dict(Counter(op.get_type_name() for op in m.get_ordered_ops()

@@ -72,7 +72,8 @@ def manifest_for(graph, target, prep, features, head, batch_mode, verification, 
                        "dtype": "float32", "quantization": _quantization_record(graph, target),
                        **({"tokens": tokens_record(graph, target)} if target.tokens else {})},
         "output": {"name": scores.tensor, "kind": scores.kind, "num_classes": int(num_classes),
-                   "model_output": scores.source, "left_out": list(scores.trimmed), "model_output_step": scores.step},
+                   "model_output": scores.source, "left_out": list(scores.trimmed), "model_output_step": scores.step,
+                   "logits_step": logits_step_of(scores)},
         "labels": labels,
         "batch": batch_mode,
         **({"fixed_batch": graph.fixed_batch} if batch_mode == "fixed" else {}),
@@ -83,6 +84,14 @@ def manifest_for(graph, target, prep, features, head, batch_mode, verification, 
         "verification": verification,
         "provenance": provenance_record(source, graph.model, **({"checker": note} if note else {}), **provenance),
     }
+
+
+def logits_step_of(scores) -> float:
+    """One quantization step of the logits the head returns: those before a left-out quantized Softmax, or the
+    output's own where it is logits; 0 for probabilities or float logits."""
+    if scores.trimmed:
+        return scores.tensor_step
+    return scores.step if scores.kind == "logits" else 0.0
 
 
 def tokens_record(graph: Graph, target: TargetLayer) -> dict:
