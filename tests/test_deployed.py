@@ -175,6 +175,33 @@ def test_the_logits_step_is_that_of_the_logits_before_a_left_out_softmax(tmp_pat
 
 
 @needs_shared
+def test_a_half_file_with_its_weights_in_constants_is_recorded_as_computed_in_float16(tmp_path):
+    """PP-OCR's fp16 file holds its float16 weights in Constant nodes, not initializers: ONNX Runtime computes it in
+    float16 (its cut differs from OpenVINO's by far more than the float file's does), so its explanations, its
+    fused model served on ONNX Runtime and the fused benchmark's row all say f16."""
+    from cam_infer.fuse import fuse, save
+    from cam_infer.serve.models import FusedRuntime
+    from cam_infer.tools.bench import compare_fused
+    options, images, _, _ = MODELS["derived_ppocr_cls_fp16.onnx"]
+    half, full = (split_onnx(DEPLOYED / name, out=tmp_path / name, **options)
+                  for name in ("derived_ppocr_cls_fp16.onnx", "ch_ppocr_mobile_v2.0_cls_infer.onnx"))
+    assert half.computes_in_float16 and not full.computes_in_float16
+    apart = {}
+    for bundle in (half, full):
+        x = bundle.preprocess(images)
+        ort, ov = (Explainer(bundle, backend=b) for b in ("onnxruntime", "openvino"))
+        assert (ort.backend.precision, ov.backend.precision) == ("f16" if bundle is half else "f32", "f32")
+        assert ort.explain(x, "recipro").precision == ort.backend.precision
+        a, b = ort.backend.features(x), ov.backend.features(x)
+        apart[bundle is half] = np.abs(a - b).max() / np.ptp(b)
+    assert apart[True] > 30 * apart[False], apart
+    save(fuse(half, "recipro"), tmp_path / "fused.onnx")
+    assert FusedRuntime(tmp_path / "fused.onnx", "onnxruntime", "CPU", 1).precision == "f16"
+    row = compare_fused(half.path, "onnxruntime", "recipro", 1, tmp_path / "bench")
+    assert row["runtime"] == "onnxruntime (f16)"
+
+
+@needs_shared
 def test_nhwc_uint8_input_is_transposed_rounded_and_clipped_at_the_boundary(tmp_path):
     bundle = split_onnx(DEPLOYED / "tf2onnx_mobilenet_v1_0.25_128_quant.onnx", out=tmp_path / "b")
     m = bundle.manifest

@@ -197,7 +197,7 @@ def test_a_half_precision_file_is_recorded_as_computed_in_float16_on_onnx_runtim
     from cam_infer.bundle.split import split_onnx
     x, _ = scenes
     half, full = (split_onnx(FOLDER / f"vit_{kind}.onnx", "auto", tmp_path / kind) for kind in ("fp16", "legacy"))
-    assert half.head_in_float16 and not full.head_in_float16
+    assert half.computes_in_float16 and not full.computes_in_float16
     logits = {}
     for runtime, expected in (("onnxruntime", "f16"), ("openvino", "f32")):
         explainer = Explainer(half.path, backend=runtime)

@@ -105,7 +105,8 @@ def _providers(runtime: RuntimeOptions) -> list:
     if runtime.provider == "cpu":
         if runtime.precision not in ("f32", "auto"):
             raise CamInferError(f"ONNX Runtime's CPU provider computes in float32; for precision "
-                                f"'{runtime.precision}' use backend='openvino'")
+                                f"'{runtime.precision}' use backend='openvino' (a half-precision file it computes "
+                                "in float16 as it is, at --precision f32 or auto, and records so)")
         return ["CPUExecutionProvider"]
     options = {"device_type": runtime.device}
     if runtime.precision != "auto":
@@ -184,9 +185,9 @@ def resolved_precision(runtime: RuntimeOptions, backend: str) -> str:
 
 def computed_precision(runtime: RuntimeOptions, backend: str, bundle) -> str:
     """What `bundle` is computed in: `resolved_precision`, but f16 for a half-precision file on ONNX Runtime's CPU
-    provider, which computes its float16 operations as they are (`Bundle.head_in_float16`)."""
+    provider, which computes its float16 operations as they are (`Bundle.computes_in_float16`)."""
     at = resolved_precision(runtime, backend)
-    if backend == "onnxruntime" and runtime.provider == "cpu" and at == "f32" and bundle.head_in_float16:
+    if backend == "onnxruntime" and runtime.provider == "cpu" and at == "f32" and bundle.computes_in_float16:
         return "f16"
     return at
 

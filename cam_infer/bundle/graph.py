@@ -414,3 +414,12 @@ def make_tensor_value_info(info: TensorInfo, batch_dim: str | int) -> onnx.Value
     if shape:
         shape[0] = batch_dim
     return helper.make_tensor_value_info(info.name, info.elem_type, shape)
+
+
+def reads_float16_weights(graph: onnx.GraphProto) -> bool:
+    """Whether an operation other than a Cast reads a float16 initializer or Constant of `graph`: a half-precision
+    model, which ONNX Runtime's CPU provider computes in float16 as it is."""
+    half = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT16}
+    half |= {n.output[0] for n in graph.node if n.op_type == "Constant" and
+             any(a.t.data_type == onnx.TensorProto.FLOAT16 for a in n.attribute if a.name == "value")}
+    return any(n.op_type not in ("Cast", "Constant") and half.intersection(n.input) for n in graph.node)

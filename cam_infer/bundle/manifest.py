@@ -116,17 +116,18 @@ class Bundle:
         return is_quantized(onnx.load(self.head_path, load_external_data=False))
 
     @cached_property
-    def head_in_float16(self) -> bool:
-        """Whether the head graph (ONNX) computes in float16: a float16 weight that an operation other than a Cast
-        reads (a half-precision file, with float16 or float32 inputs). ONNX Runtime's CPU provider computes such a
-        graph in float16; OpenVINO upcasts it to its own precision."""
+    def computes_in_float16(self) -> bool:
+        """Whether the bundle's graphs (ONNX) compute in float16: a float16 weight (an initializer or a Constant)
+        that an operation other than a Cast reads, in the features or the head (a half-precision file, with float16
+        or float32 inputs). ONNX Runtime's CPU provider computes such a graph in float16; OpenVINO upcasts it to its
+        own precision."""
         if self.graph_format != "onnx":
             return False
         import onnx
 
-        graph = onnx.load(self.head_path, load_external_data=False).graph
-        half = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT16}
-        return any(n.op_type != "Cast" and half.intersection(n.input) for n in graph.node)
+        from .graph import reads_float16_weights
+        return any(reads_float16_weights(onnx.load(self.graph_path(role), load_external_data=False).graph)
+                   for role in ("features", "head"))
 
     def joined_model(self):
         """Features and head as one ONNX model whose outputs are the cut's tensors, then the model's
@@ -399,3 +400,4 @@ def check_manifest(manifest: dict, path: Path) -> None:
 
 def write_manifest(folder: Path, manifest: dict) -> None:
     write_atomically(folder / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+

@@ -238,7 +238,7 @@ class FusedRuntime:
             runtime = RuntimeOptions(threads=threads, spinning=SPINNING, precision=precision)
             self.session = onnxruntime_session(path, runtime)
             self.names = [o.name for o in self.session.get_outputs()]
-            self.precision = "f32"
+            self.precision = "f16" if half_precision(path) else "f32"     # the CPU provider computes it as it is
         elif self.backend == "openvino":
             runtime = RuntimeOptions(threads=threads, device=device, hint="latency", precision=precision)
             model = openvino_model(path)
@@ -338,3 +338,11 @@ def _classes(value, n: int, num_classes: int, labels) -> list | None:
     except CamInferError as exc:
         raise ProtocolError(f"class {json.dumps(values[0] if len(set(map(str, values))) == 1 else values)} is not "
                             f"a class of this model: {exc}") from None
+
+
+def half_precision(path) -> bool:
+    """Whether an ONNX model file computes in float16 (`bundle.graph.reads_float16_weights`)."""
+    import onnx
+
+    from ..bundle.graph import reads_float16_weights
+    return reads_float16_weights(onnx.load(str(path), load_external_data=False).graph)

@@ -214,7 +214,7 @@ def compare_fused(bundle_path, runtime: str, case: str, repeats: int, work, prec
     """Median ms of the plain model and of the fused model, batch 1, timed alternately in this process."""
     from pathlib import Path
 
-    from ..backends.sessions import FLOAT32, resolved_precision
+    from ..backends.sessions import FLOAT32, computed_precision
     from ..bundle import Bundle
     from ..fuse import fuse, plain_model, save
 
@@ -238,7 +238,8 @@ def compare_fused(bundle_path, runtime: str, case: str, repeats: int, work, prec
                 timings[name].append((time.perf_counter() - start) * 1000)
     result = {name: statistics.median(t) for name, t in timings.items()}
     result.update(ratio=result["fused"] / result["plain"], growth=_size(fused) / _size(plain) - 1,
-                  runtime=f"{runtime} ({resolved_precision(FLOAT32.but(precision=precision), runtime)})", case=case)
+                  runtime=f"{runtime} ({computed_precision(FLOAT32.but(precision=precision), runtime, bundle)})",
+                  case=case)
     return result
 
 
