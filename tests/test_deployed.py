@@ -202,6 +202,28 @@ def test_a_half_file_with_its_weights_in_constants_is_recorded_as_computed_in_fl
 
 
 @needs_shared
+def test_ablation_head_passes_on_an_int8_head_weigh_only_drops_beyond_the_logits_rounding(tmp_path):
+    """The int8 MobileNetV2's logits move in steps of 0.16: zeroing one of 1 280 channels mostly moves its class's
+    logit by 0 or one step. Those drops are rounding's; the map is Σ_k w_k A^k over the drops beyond 1.5 steps,
+    recomputed here from head rows with one channel zeroed at a time."""
+    explainer = Explainer(split_onnx(DEPLOYED / "mobilenetv2-12-int8.onnx", out=tmp_path / "b"))
+    step = explainer.bundle.logits_step
+    assert step == pytest.approx(0.16, abs=0.01)
+    x = explainer.preprocess([SHARED / "images" / name for name in ("parrot.jpg", "coffee.png")])
+    e = explainer.explain(x, "ablation", closed_form=False)
+    for i, a in enumerate(explainer.backend.features(x)):
+        c = int(e.targets[i])
+        full = explainer.backend.head(a[None])[0, c]
+        copies = np.repeat(a[None], len(a), axis=0)
+        copies[np.arange(len(a)), np.arange(len(a))] = 0
+        drops = full - explainer.backend.head(copies)[:, c]
+        kept = np.abs(drops) > 1.5 * step
+        assert 0 < kept.sum() < 0.2 * len(a) and (np.abs(drops[~kept]) > 0).any()      # one-step drops left out
+        expected = np.einsum("k,khw->hw", np.where(kept, drops, 0) / abs(full), a)
+        np.testing.assert_allclose(e.maps[i], expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
+
+
+@needs_shared
 def test_nhwc_uint8_input_is_transposed_rounded_and_clipped_at_the_boundary(tmp_path):
     bundle = split_onnx(DEPLOYED / "tf2onnx_mobilenet_v1_0.25_128_quant.onnx", out=tmp_path / "b")
     m = bundle.manifest
