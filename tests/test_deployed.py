@@ -4,6 +4,7 @@ layout, input dtype and batch); non-classifiers are refused with one line."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -132,12 +133,20 @@ def test_a_qlinearsoftmax_output_is_read_as_the_probabilities_it_holds(tmp_path)
     name = "derived_ppocr_cls_int8_qop.onnx"
     options, images, layout, dtype = MODELS[name]
     bundle = split_onnx(DEPLOYED / name, out=tmp_path / "b", **options)
-    assert bundle.output_kind == "probabilities" and bundle.logits_step == 0
+    assert bundle.output_kind == "probabilities"
     x = bundle.preprocess(images)
     native = native_scores(DEPLOYED / name, x, layout, dtype)
     e = Explainer(bundle).explain(x, "recipro")
     np.testing.assert_allclose(e.scores, native[np.arange(len(x)), e.targets], atol=1e-6)
     assert e.scores.min() > 0.99
+    assert bundle.scores_step == pytest.approx(1 / 256)                       # the probabilities' step
+    model = onnx.load(str(DEPLOYED / name))                # its output left integer: refused, as any integer output
+    last = next(n for n in model.graph.node if n.output[0] == model.graph.output[0].name)
+    assert last.op_type == "DequantizeLinear"
+    model.graph.node.remove(last)
+    model.graph.output[0].CopyFrom(helper.make_tensor_value_info(last.input[0], TensorProto.UINT8, [None, 2]))
+    with pytest.raises(CamInferError, match="no float scores were found before it"):
+        split_onnx(model, out=tmp_path / "integer", **options)
 
 
 @needs_shared
@@ -155,12 +164,17 @@ def test_the_logits_step_is_that_of_the_logits_before_a_left_out_softmax(tmp_pat
         assert dequantize.op_type == "DequantizeLinear"
         steps[name] = float(np.max(values[dequantize.input[1]]))
         bundle = split_onnx(DEPLOYED / name, out=tmp_path / name, **MODELS[name][0])
-        assert bundle.logits_step == pytest.approx(steps[name], rel=1e-6) and bundle.logits_step > 10 / 256
+        assert bundle.scores_step == pytest.approx(steps[name], rel=1e-6) and bundle.scores_step > 10 / 256
     from cam_infer.bundle import split_openvino
     ir = split_openvino(DEPLOYED / "mobilenet_v1_0.5_160_quant.tflite", out=tmp_path / "ir")
-    assert ir.logits_step == pytest.approx(steps["tfl_mobilenet_v1_0.5_160_quant.onnx"], rel=1e-6)
+    assert ir.scores_step == pytest.approx(steps["tfl_mobilenet_v1_0.5_160_quant.onnx"], rel=1e-6)
+    for bundle in (ir, Bundle.load(tmp_path / "tfl_mobilenet_v1_0.5_160_quant.onnx")):   # as an earlier release
+        manifest = json.loads((bundle.path / "bundle.json").read_text())          # wrote them: read from the head
+        del manifest["output"]["logits_step"]
+        (bundle.path / "bundle.json").write_text(json.dumps(manifest))
+        assert Bundle.load(bundle.path).scores_step == pytest.approx(bundle.scores_step, rel=1e-6)
     explainer = Explainer(tmp_path / "tfl_mobilenet_v1_0.5_160_quant.onnx")
-    step = explainer.bundle.logits_step
+    step = explainer.bundle.scores_step
     x = explainer.preprocess([SHARED / "images" / "samoyed_dog.jpg"])
     a = explainer.backend.features(x)[0]
     k, h, w = a.shape
@@ -186,6 +200,12 @@ def test_a_half_file_with_its_weights_in_constants_is_recorded_as_computed_in_fl
     half, full = (split_onnx(DEPLOYED / name, out=tmp_path / name, **options)
                   for name in ("derived_ppocr_cls_fp16.onnx", "ch_ppocr_mobile_v2.0_cls_infer.onnx"))
     assert half.computes_in_float16 and not full.computes_in_float16
+    assert half.manifest["graphs"]["features"]["float16_weights"]               # recorded by the split
+    manifest = json.loads((half.path / "bundle.json").read_text())             # a bundle of an earlier release
+    for role in ("features", "head"):
+        del manifest["graphs"][role]["float16_weights"]
+    (half.path / "bundle.json").write_text(json.dumps(manifest))
+    assert Bundle.load(half.path).computes_in_float16
     apart = {}
     for bundle in (half, full):
         x = bundle.preprocess(images)
@@ -207,7 +227,7 @@ def test_ablation_head_passes_on_an_int8_head_weigh_only_drops_beyond_the_logits
     logit by 0 or one step. Those drops are rounding's; the map is Σ_k w_k A^k over the drops beyond 1.5 steps,
     recomputed here from head rows with one channel zeroed at a time."""
     explainer = Explainer(split_onnx(DEPLOYED / "mobilenetv2-12-int8.onnx", out=tmp_path / "b"))
-    step = explainer.bundle.logits_step
+    step = explainer.bundle.scores_step
     assert step == pytest.approx(0.16, abs=0.01)
     x = explainer.preprocess([SHARED / "images" / name for name in ("parrot.jpg", "coffee.png")])
     e = explainer.explain(x, "ablation", closed_form=False)

@@ -345,3 +345,16 @@ def test_a_local_ray_cluster_writes_the_files_of_a_run_in_this_process(scenes, t
         run_diff(SHAPES, Side(str(SHAPES), "openvino"), [scenes], tmp_path / out, methods=METHODS, batch_size=2,
                  ray=ray, workers=2 if ray else None, progress=False)
     assert files_of(tmp_path / "ray") == files_of(tmp_path / "here")
+
+
+def test_a_diff_rerun_with_an_option_at_its_default_resumes_and_another_value_is_refused(scenes, tmp_path):
+    """As explain's and audit's reruns: the options are compared as they take effect."""
+    out = tmp_path / "diff"
+    common = ["diff", SHAPES, SHAPES, scenes, "--methods", "recipro", "--out", out]
+    assert run_cli(*common).returncode == 0
+    rows = (out / "diff.csv").read_text()
+    again = run_cli(*common, "--option", "recipro.score=prob")
+    assert again.returncode == 0, again.stderr
+    assert (out / "diff.csv").read_text() == rows
+    assert_one_line_error(run_cli(*common, "--option", "recipro.score=logit"),
+                          'options.recipro.score: "prob" then, "logit" now')

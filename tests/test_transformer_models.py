@@ -166,7 +166,7 @@ def test_an_int8_files_map_one_logit_step_wide_is_flat_in_the_explainer_and_the_
     from cam_infer.fuse import fuse
     x, labels = scenes
     bundle = float_and_int8_bundles[1]
-    step = bundle.logits_step
+    step = bundle.scores_step
     assert step > 0.01
     unruled = tmp_path / "unruled"                    # the same bundle with its output step not recorded
     shutil.copytree(bundle.path, unruled)

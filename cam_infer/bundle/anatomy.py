@@ -199,8 +199,8 @@ def score_output(graph: Graph) -> ScoreOutput:
     dequantize = _output_dequantization(graph) if graph.info(source).elem_type in INTEGER_TYPES else None
     while name in graph.producer:
         node = graph.nodes[graph.producer[name]]
-        if node.op_type == "QLinearSoftmax":             # ONNX Runtime's int8 Softmax: quantized probabilities
-            return ScoreOutput(source, "probabilities", source, (), step)
+        if node.op_type == "QLinearSoftmax" and graph.info(source).elem_type not in INTEGER_TYPES:
+            return ScoreOutput(source, "probabilities", source, (), step)   # ONNX Runtime's int8 Softmax, dequantized
         if node.op_type == "Softmax":
             quantized = any(op in ("QuantizeLinear", "DequantizeLinear") for op in passed)
             if quantized or graph.info(source).elem_type in INTEGER_TYPES:

@@ -120,9 +120,13 @@ class Bundle:
         """Whether the bundle's graphs (ONNX) compute in float16: a float16 weight (an initializer or a Constant)
         that an operation other than a Cast reads, in the features or the head (a half-precision file, with float16
         or float32 inputs). ONNX Runtime's CPU provider computes such a graph in float16; OpenVINO upcasts it to its
-        own precision."""
+        own precision. Recorded by the split (``graphs.<role>.float16_weights``); read from the graphs of a bundle
+        written before."""
         if self.graph_format != "onnx":
             return False
+        recorded = [self.manifest["graphs"][role].get("float16_weights") for role in ("features", "head")]
+        if None not in recorded:                                  # recorded by the split
+            return any(recorded)
         import onnx
 
         from .graph import reads_float16_weights
@@ -274,17 +278,31 @@ class Bundle:
         """``logits`` or ``probabilities`` (the model ends in a softmax)."""
         return self.manifest["output"]["kind"]
 
-    @property
-    def logits_step(self) -> float:
-        """One quantization step of the head's logits (an int8 file's: before a left-out quantized Softmax, or its
-        output); 0 where they are float or the head ends in probabilities. A bundle written before it was recorded:
-        the output's step where no Softmax was left out (then the output is the logits), else unknown (0)."""
+    @cached_property
+    def scores_step(self) -> float:
+        """One quantization step of the scores the head returns: an int8 file's logits (before a left-out quantized
+        Softmax, or its output), or its quantized probabilities (a QLinearSoftmax's); 0 where they are float. A
+        bundle written before the logits' step was recorded: read from its head graph."""
         output = self.manifest["output"]
-        if self.output_kind != "logits":
-            return 0.0
+        if self.output_kind == "probabilities":
+            return float(output.get("model_output_step") or 0.0)
         if "logits_step" in output:
             return float(output["logits_step"] or 0.0)
-        return 0.0 if output.get("left_out") else float(output.get("model_output_step") or 0.0)   # earlier bundles
+        if not output.get("left_out"):
+            return float(output.get("model_output_step") or 0.0)       # the model's output is the logits
+        return self._head_output_step()
+
+    def _head_output_step(self) -> float:
+        """The quantization step of what the head graph returns (its last Dequantize or FakeQuantize), or 0."""
+        if self.graph_format == "openvino":
+            from ..backends.sessions import openvino_model
+            from .openvino_head import logits_step
+            return logits_step(openvino_model(self.head_path))
+        import onnx
+
+        from .anatomy import output_step
+        from .graph import Graph
+        return output_step(Graph(onnx.load(self.head_path, load_external_data=False)))
 
     @property
     def labels(self) -> list[str] | None:

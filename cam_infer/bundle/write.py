@@ -107,8 +107,11 @@ def tokens_record(graph: Graph, target: TargetLayer) -> dict:
 
 
 def graphs_record(features: onnx.ModelProto, head: onnx.ModelProto) -> dict:
-    """The manifest's `graphs`: each graph's file and its op counts (hashes are added when written)."""
-    return {role: {"file": f"{role}.onnx", "ops": dict(Counter(n.op_type for n in part.graph.node))}
+    """The manifest's `graphs`: each graph's file, its op counts and whether it computes in float16 (hashes are
+    added when written)."""
+    from .graph import reads_float16_weights
+    return {role: {"file": f"{role}.onnx", "ops": dict(Counter(n.op_type for n in part.graph.node)),
+                   "float16_weights": reads_float16_weights(part.graph)}
             for role, part in (("features", features), ("head", head))}
 
 

@@ -85,10 +85,12 @@ def run_diff(a, b, images, out, *, methods=("recipro", "eigen"), options: dict |
             write_atomically(run.out / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
             write_html(run.out, summary, grid, explainer_a.bundle.label)
 
+    from ..runs import with_effective_options
     work = DiffWork(specs[0], specs[1], tuple(methods), options, class_id, same)
     job = Job("diff", "a diff", settings, tuple(methods), work, write, batch_size=batch_size,
               names=lambda found: found.names, folders=(OVERLAYS,), clear=CLEARED,
-              keep=lambda out, row: (out / row["pair"]).is_file())
+              keep=lambda out, row: (out / row["pair"]).is_file(),
+              effective=lambda recorded: with_effective_options(recorded, methods))
     run_job(job, images, out, runner, restart=restart, progress=progress)
     return summary
 

@@ -153,7 +153,7 @@ def method_nodes(b: Builder, bundle: Bundle, chosen, options: dict, top_classes:
         targets = _targets(b, inputs, scores, scores_rank, top_classes, class_input, batch)
     fusion = Fusion(b, cut, bundle.activation_shape, targets, top_classes, bundle.num_classes, bundle.output_kind,
                     linear_head, head, ir_head, channels_last=ir_head is not None,      # an IR: OpenVINO's layout
-                    logits_step=bundle.logits_step)
+                    scores_step=bundle.scores_step)
     b.op("Identity", chosen.fused(fusion, **options), outputs=[RAW_OUTPUT])
     _normalised(b, RAW_OUTPUT, OUTPUT)
     return fusion

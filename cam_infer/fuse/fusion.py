@@ -41,7 +41,7 @@ class Fusion:
     ir_head: object = None          # the head's IR file (IR bundles)
     calls: list = field(default_factory=list)     # the `Call`s left for the IR model to fill
     channels_last: bool = False     # the runtime holds the cut as (N,h,w,K) (OpenVINO on CPU): read it so
-    logits_step: float = 0.0        # one step of a quantized head's logits (`Bundle.logits_step`)
+    scores_step: float = 0.0        # one step of a quantized head's scores (`Bundle.scores_step`)
 
     @property
     def head_ops(self) -> str:
@@ -54,11 +54,11 @@ class Fusion:
         """`numerics.within_rounding`'s rule for a quantized head's scores, in the graph: per image and class, the
         scores (N,hw,T) at every position replaced by their mean where they span no more than 1.5 logit steps
         (times 2·max p(1−p) for probabilities of the logits): two levels that rounding drew."""
-        if not self.logits_step:
+        if not self.scores_step:
             return chosen
         b = self.b
         span = b.op("Sub", b.reduce("ReduceMax", chosen, [1]), b.reduce("ReduceMin", chosen, [1]), hint="span")
-        noise = b.const(1.5 * self.logits_step)
+        noise = b.const(1.5 * self.scores_step)
         if probability:
             sensitivity = b.reduce("ReduceMax", b.op("Mul", chosen, b.op("Sub", b.const(1.0), chosen)), [1])
             noise = b.op("Mul", noise, b.op("Mul", b.const(2.0), sensitivity))

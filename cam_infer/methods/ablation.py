@@ -5,9 +5,10 @@ set to 0. Guard: the paper divides by y_c, which flips every weight when the log
 divide by max(|y_c|, 1e-8) instead (a positive per-image constant, so maps keep their meaning).
 ``score="logit"`` (default, the paper's class score) or ``"prob"``. For a GAP→linear head,
 y_c − y_c,k = W_ck·mean(A^k) exactly, so no head pass is needed (``closed_form=False`` forces them).
-Head passes on an int8 file's head (its logits in steps of s): a drop within the logits' rounding (≤ 1.5·s; for
-probabilities, times 2·max p(1−p), `numerics.within_rounding`) is the rounding's, not the channel's, and weighs 0 —
-else the map is built from one-step drops (MobileNetV2 int8: 1 168 of 1 280 drops 0, 111 exactly one step).
+Head passes on an int8 file's head (its scores in steps of s): a drop within their rounding (≤ 1.5·s; for
+probabilities of its logits, times 2·max p(1−p), `numerics.within_rounding`) is the rounding's, not the channel's,
+and weighs 0 — else the map is built from one-step drops (MobileNetV2 int8: 1 168 of 1 280 drops 0, 111 exactly
+one step).
 
 Detectors (pytorch-grad-cam's Faster R-CNN variant): for each level l that reaches the target's anchor and
 each of its channels k, the head runs with A_l^k set to zero; w_l^k = (s − s_k)/|s| with s the target's
@@ -74,12 +75,12 @@ def _target_scores(ctx: Context, i: int, c: int, score: str, closed_form: bool) 
 
 
 def beyond_rounding(ctx: Context, full: float, ablated: np.ndarray, score: str) -> np.ndarray:
-    """The ablated scores, each within the quantized logits' rounding of the full score set to it (its drop: 0)."""
-    step = ctx.bundle.logits_step if ctx.finer is None else 0.0
+    """The ablated scores, each within the quantized scores' rounding of the full score set to it (its drop: 0)."""
+    step = ctx.bundle.scores_step if ctx.finer is None else 0.0
     if not step:
         return ablated
     noise = 1.5 * step
-    if score == "prob":
+    if score == "prob" and ctx.bundle.output_kind == "logits":          # probabilities of quantized logits
         both = np.append(ablated, full)
         noise *= 2 * float((both * (1 - both)).max())
     return np.where(np.abs(full - ablated) <= noise, full, ablated)

@@ -95,11 +95,11 @@ class Context:
 def flat_within_rounding(ctx: Context, values: np.ndarray, outputs: np.ndarray, score: str) -> np.ndarray:
     """A map's class scores `values`, read from head `outputs` computed at the backend's precision, made constant
     (their mean: the map is then reported degenerate) where they span no more than the format's rounding of one
-    output, or one step of a quantized file's logits (`numerics.within_rounding`): such a map is rounding noise,
+    output, or one step of a quantized file's scores (`numerics.within_rounding`): such a map is rounding noise,
     and drawn it would point anywhere."""
-    logits = ctx.finer is None and ctx.bundle.output_kind == "logits"
-    probability = score == "prob" and logits
-    if within_rounding(values, outputs, ctx.backend.precision, probability, ctx.bundle.logits_step if logits else 0):
+    probability = score == "prob" and ctx.finer is None and ctx.bundle.output_kind == "logits"
+    step = ctx.bundle.scores_step if ctx.finer is None else 0.0
+    if within_rounding(values, outputs, ctx.backend.precision, probability, step):
         return np.full_like(values, values.mean())
     return values
 

@@ -40,8 +40,7 @@ def rollout(ctx: Context, *, head_fusion: Literal["mean", "max", "min"] = "mean"
         raise MethodNotApplicable("method 'rollout' explains vision transformers (split at a block); this bundle is no "
                                   "token model")
     if tokens.prefix == 0:
-        raise MethodNotApplicable("method 'rollout' reads the class token's row of the attention, and this model has "
-                                  "no class token (a Swin-style grid of tokens); use recipro, ablation or score")
+        raise no_class_token("rollout")
     if not tokens.class_token:
         raise MethodNotApplicable("method 'rollout' reads the class token's row of the attention, and this model's "
                                   "head pools its patch tokens, not a class token (its prefix tokens are registers "
@@ -54,6 +53,12 @@ def rollout(ctx: Context, *, head_fusion: Literal["mean", "max", "min"] = "mean"
                                   f"{sorted(shapes)} (windowed attention?)")
     row = class_token_row(ctx.attention, discard_ratio, renormalise)
     return row[:, tokens.prefix:].reshape(len(row), *tokens.grid).astype(np.float32)
+
+
+def no_class_token(method: str) -> MethodNotApplicable:
+    """The refusal of an attention method on a model without a class token."""
+    return MethodNotApplicable(f"method '{method}' reads the class token's row of the attention, and this model has "
+                               "no class token (a Swin-style grid of tokens); use recipro, ablation or score")
 
 
 def class_token_row(fused: list[np.ndarray], discard_ratio: float = 0.9, renormalise: str = "rows") -> np.ndarray:

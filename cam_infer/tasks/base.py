@@ -70,11 +70,9 @@ class Task:
         if spec.needs != "attention":
             return self.observe(x)
         if not self.bundle.attention:
-            tokens = self.bundle.tokens
-            if tokens is not None and tokens.prefix == 0:
-                raise MethodNotApplicable(f"method '{spec.name}' reads the class token's row of the attention, and "
-                                          "this model has no class token (a Swin-style grid of tokens); use "
-                                          "recipro, ablation or score")
+            if self.bundle.tokens is not None and self.bundle.tokens.prefix == 0:
+                from ..methods.rollout import no_class_token
+                raise no_class_token(spec.name)
             raise MethodNotApplicable(f"method '{spec.name}' reads a vision transformer's attention over all its "
                                       "tokens, and this bundle's graph has none (a CNN, or a Swin's attention within "
                                       "windows)")
