@@ -7,6 +7,7 @@ import pytest
 
 from cam_infer import CamInferError
 from cam_infer.bundle.split import split_onnx
+from cam_infer.bundle import split_model
 from conftest import needs_torch
 
 pytestmark = needs_torch
@@ -455,11 +456,30 @@ def test_attention_names_shared_across_the_cut_read_each_blocks_own_attention(tm
 
 @pytest.mark.parametrize("dynamo", [False, True])
 def test_a_class_token_put_after_the_patches_is_refused_not_read_as_the_first_token(tmp_path, dynamo):
-    """The head reads token −1: taking token 0 as the class token would shift every map by one patch."""
-    from tiny_transformers import export_tiny
+    """The head reads token −1: taking token 0 as the class token would shift every map by one patch. So would
+    registers appended after the patches, whatever the head reads: read from the Concat that joins the tokens, in
+    the ONNX file and in its IR."""
+    import openvino as ov
+    import torch
+    from tiny_transformers import ViT, export, export_tiny
+
+    class TailRegisters(ViT):
+        def forward(s, x):
+            t = s.patch_embed(x).flatten(2).transpose(1, 2)
+            registers = s.cls_token[:, :1].expand(x.shape[0], 3, -1)
+            t = torch.cat([s.cls_token.expand(x.shape[0], -1, -1), t, registers], 1) + s.pos[:, :1]
+            return s.head(s.norm(s.blocks(t))[:, 0])
+
     path = export_tiny("vit-class-last", tmp_path / "last.onnx", dynamo=dynamo)
-    with pytest.raises(CamInferError, match="the head reads token\\(s\\) 64 of 65"):
+    with pytest.raises(CamInferError, match="token\\(s\\) after the patch tokens"):
         split_onnx(path, "auto", tmp_path / "b")
+    torch.manual_seed(0)
+    export(TailRegisters(), str(tmp_path / "tail.onnx"), (64, 64), dynamo=dynamo)
+    ov.save_model(ov.convert_model(str(tmp_path / "tail.onnx")), str(tmp_path / "tail.xml"))
+    for source in ("tail.onnx", "tail.xml"):
+        with pytest.raises(CamInferError, match="token\\(s\\) after the patch tokens") as refused:
+            split_model(tmp_path / source, "auto", tmp_path / f"b-{source}")
+        assert "\n" not in str(refused.value)
 
 
 def test_registers_before_a_pooled_head_are_no_class_token_for_rollout_and_vit_recipro(tmp_path):

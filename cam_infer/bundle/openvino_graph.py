@@ -68,6 +68,8 @@ class OpenVINOGraph:
             axis = self.constant(inputs[2])
             node.input = inputs[:2]
             node.attribute = [Attribute("axis", int(axis)) if axis is not None else Attribute("axis", -99)]
+        elif kind == "Concat":
+            node.attribute = [Attribute("axis", int(op.get_attributes()["axis"]))]
         elif kind == "Slice" and len(inputs) == 5:                # OpenVINO: start, stop, step, axes
             node.input = [inputs[0], inputs[1], inputs[2], inputs[4], inputs[3]]
         return node

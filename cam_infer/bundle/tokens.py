@@ -318,15 +318,61 @@ def with_attention(joined, attention: list[str], head_fusion: str = "mean"):
 
 
 def patch_grid(graph: Graph, first_block_input: str) -> tuple[int, int] | None:
-    """(h, w) of the patch embedding: the last rank-4 convolution output the first block is computed from."""
+    """(h, w) of the patch embedding (`patch_embedding`)."""
+    embedding = patch_embedding(graph, first_block_input)
+    if embedding is None:
+        return None
+    shape = graph.info(embedding).shape
+    return int(shape[2]), int(shape[3])
+
+
+def patch_embedding(graph: Graph, first_block_input: str) -> str | None:
+    """The patch embedding: the last rank-4 convolution output (of known h, w) the first block is computed from."""
     before = graph.ancestors(first_block_input)
-    grid = None
+    found = None
     for node in graph.nodes:
         if node.op_type in ("Conv", "QLinearConv", "ConvInteger") and node.output[0] in before:
             shape = graph.info(node.output[0]).shape
             if shape and len(shape) == 4 and shape[2] and shape[3]:
-                grid = (int(shape[2]), int(shape[3]))
-    return grid
+                found = node.output[0]
+    return found
+
+
+def _data_from(graph: Graph, tensor: str, source: str, steps: int = 16) -> bool:
+    """Whether `tensor` is `source` reshaped or moved (followed through each op's first input), not a tensor whose
+    shape only is computed from it (a class token expanded to the batch read from the patches)."""
+    for _ in range(steps):
+        if tensor == source:
+            return True
+        if tensor not in graph.producer or not graph.nodes[graph.producer[tensor]].input:
+            return False
+        tensor = graph.nodes[graph.producer[tensor]].input[0]
+    return False
+
+
+def check_patches_last(graph: Graph, stream: TokenStream, requested: str) -> None:
+    """Refuse tokens joined to the sequence after the patch tokens (registers appended at the end): the prefix
+    tokens are read at its front, so they would be taken for the last patches and every map shifted. Read from
+    the Concat along the tokens that takes the patch embedding's tokens: they must be its last input."""
+    embedding = patch_embedding(graph, stream.blocks[0].input)
+    if embedding is None:
+        return
+    before = graph.ancestors(stream.blocks[0].input)
+    for node in graph.nodes:
+        if node.op_type != "Concat" or node.output[0] not in before or graph.info(node.output[0]).rank != 3:
+            continue
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0) % 3
+        pieces = [i for i, name in enumerate(node.input) if _data_from(graph, name, embedding)]
+        if axis == 1 and pieces and pieces[-1] != len(node.input) - 1:
+            sizes = [(graph.info(name).shape or (None, None))[1] for name in node.input]
+            total = (graph.info(node.output[0]).shape or (None, None))[1]
+            if sizes.count(None) == 1 and total:                    # one piece's count from the others
+                sizes[sizes.index(None)] = total - sum(n for n in sizes if n is not None)
+            after = sizes[pieces[-1] + 1:]
+            counted = str(sum(after)) if None not in after else "some"
+            raise CamInferError(f"layer '{requested}': the model joins {counted} token(s) after the patch "
+                                "tokens (a class token or registers at the end); cam-infer reads prefix tokens "
+                                "(class, distillation, registers) at the front of the sequence only")
 
 
 def _reads_prefix(graph: Graph, stream: TokenStream, prefix: int, requested: str) -> bool:
@@ -350,6 +396,7 @@ def _reads_prefix(graph: Graph, stream: TokenStream, prefix: int, requested: str
 def token_layout(graph: Graph, stream: TokenStream, tensor: str, requested: str) -> TokenLayout:
     """How `tensor` of `stream` is a grid: (N,h,w,D) as it is; (N,T,D) with T = prefix + h·w, (h, w) the patch
     grid of the embedding (halved per patch merging), else the input size over a common stride."""
+    check_patches_last(graph, stream, requested)
     shape = graph.info(tensor).shape
     if shape is None or any(not d for d in shape[1:]):
         raise CamInferError(f"layer '{requested}': the shape of its tokens is unknown; give --input-size")
