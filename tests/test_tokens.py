@@ -563,3 +563,17 @@ def test_a_vit_exported_with_its_layernorm_decomposed_still_has_its_class_token_
 
 def test_a_grid_of_tokens_without_prefix_records_no_class_token(vit_bundles):
     assert vit_bundles["swin"].tokens.prefix == 0 and not vit_bundles["swin"].tokens.class_token
+
+
+def test_hirescam_where_the_head_reads_through_a_layernorm_only_is_flat_not_its_residue(vit_bundles):
+    """A class-token ViT's stream before its last block reaches the head only through LayerNorms, which are
+    scale-invariant: Σ_k g·A cancels to LayerNorm's ε (1e-6 of Σ_k |g·A| at float32). That residue is reported
+    flat and degenerate; Grad-CAM at the same cut, and HiResCAM on the Swin (whose head pools every token through
+    the residual), are maps."""
+    from cam_infer import Explainer
+    for name, cancels in (("vit", True), ("deit", True), ("swin", False)):
+        explainer = Explainer(vit_bundles[name].path, gradients="torch")
+        x = explainer.preprocess(images_for(vit_bundles[name], 3))
+        hires = explainer.explain(x, "hirescam")
+        assert hires.degenerate.all() == cancels and (np.ptp(hires.maps, axis=(1, 2)) == 0).all() == cancels, name
+        assert not explainer.explain(x, "gradcam").degenerate.any(), name
