@@ -229,3 +229,13 @@ def test_a_swins_window_attention_is_recorded_by_no_export(tmp_path):
         for k, path in enumerate([*paths, ir]):
             bundle = split_model(path, "auto", tmp_path / f"{name}{k}", preprocessing={"crop": "none"})
             assert len(bundle.manifest["activation"]["tokens"]["attention"]) == blocks, path.name
+
+
+def test_a_gradient_method_on_an_int8_file_says_it_needs_a_float_model(float_and_int8_bundles):
+    pytest.importorskip("torch")
+    from cam_infer import CamInferError, Explainer
+    with pytest.raises(CamInferError, match=r"gradient methods need a float model, and this head is quantized "
+                                            r"\(DequantizeLinear, QuantizeLinear\); split the float model") as refused:
+        Explainer(float_and_int8_bundles[1].path, gradients="torch").explain(
+            np.zeros((1, 3, 128, 128), np.float32), "gradcam")
+    assert "\n" not in str(refused.value)

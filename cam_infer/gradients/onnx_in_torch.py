@@ -30,6 +30,10 @@ def _ints(t) -> list[int]:
     return [int(v) for v in t.reshape(-1).tolist()]
 
 
+QUANTIZED = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "QLinearAdd", "QGemm",
+             "QLinearGlobalAveragePool", "QLinearSoftmax", "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear"}
+
+
 class TorchGraph:
     """An ONNX graph with one input, callable on a torch tensor. ``drop_softmax`` leaves out a
     final Softmax so that the output is the pre-softmax score."""
@@ -44,6 +48,12 @@ class TorchGraph:
         if drop_softmax:
             self._bypass_final_softmax()
         unknown = sorted({n.op_type for n in self.nodes if n.op_type not in OPS or n.domain not in ("", "ai.onnx")})
+        quantized = sorted(set(unknown) & QUANTIZED)
+        if quantized:
+            raise CamInferError(f"gradient methods need a float model, and this head is quantized "
+                                f"({', '.join(quantized)}); split the float model it was quantized from, or use a "
+                                "gradient-free method "
+                                "(recipro, ablation, score; vit-recipro on a vision transformer)")
         if unknown:
             raise CamInferError(f"the head graph uses {', '.join(unknown)}, which the torch head interpreter does not "
                                 f"support (it runs {', '.join(sorted(OPS))})")
