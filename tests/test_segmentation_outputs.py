@@ -268,6 +268,9 @@ def test_audit_of_a_segmenter_against_its_ground_truth_masks(segmenter_and_scene
     every = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
     rows = [r for r in every if not r.get("baseline")]
     assert len(rows) == 8 and (out / "index.html").is_file() and (out / "metrics.csv").is_file()
+    flat = {m: sum(r["degenerate"] for r in rows if r["method"] == m) for m in ("activation", "recipro")}
+    assert json.loads((out / "summary.json").read_text())["degenerate"] == {
+        m: {"degenerate": n, "of": 4} for m, n in flat.items() if n}                  # a count beside the means
     protocol = json.loads((out / "summary.json").read_text())["protocol"]
     assert protocol["backend"].startswith("onnxruntime") and protocol["layer"] == [ex.bundle.activation_name]
     assert protocol["class_agnostic"] == ["activation"] and protocol["cam_infer"]     # as a classifier audit's

@@ -239,3 +239,26 @@ def test_a_gradient_method_on_an_int8_file_says_it_needs_a_float_model(float_and
         Explainer(float_and_int8_bundles[1].path, gradients="torch").explain(
             np.zeros((1, 3, 128, 128), np.float32), "gradcam")
     assert "\n" not in str(refused.value)
+
+
+def test_an_audit_says_how_many_maps_were_constant_beside_the_means_they_enter(tmp_path):
+    """The int8 ViT's vit-recipro maps are mostly one logit step wide, so flat: the audit scores them as constant
+    maps, and its summary, console and report say how many there were (the degenerate column of metrics.csv)."""
+    import csv
+
+    from cam_infer.audit import AuditOptions, run_audit, summary_lines
+    from cam_infer.bundle.split import split_onnx
+    from cam_infer.tools.synthetic import write_scenes
+    bundle = split_onnx(FOLDER / "vit_int8_qdq.onnx", "auto", tmp_path / "b",
+                        preprocessing={"mean": (0.5,) * 3, "std": (0.25,) * 3, "crop": "none"})
+    scenes = write_scenes(tmp_path / "scenes", "multiple", 6)
+    summary = run_audit(bundle.path, [scenes], AuditOptions(methods=("vit-recipro", "activation"),
+                                                            metrics=("adcc",), baselines=()), tmp_path / "a",
+                        progress=False)
+    with open(tmp_path / "a" / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    flat = sum(r["degenerate"] == "1" for r in rows if r["method"] == "vit-recipro")
+    assert flat > 0 and summary["degenerate"] == {"vit-recipro": {"degenerate": flat, "of": 6}}
+    line = f"constant (degenerate) maps, scored as constant in the means: vit-recipro {flat} of 6"
+    assert any(text.startswith(line) for text in summary_lines(summary, tmp_path / "a"))
+    assert line in (tmp_path / "a" / "index.html").read_text()

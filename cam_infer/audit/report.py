@@ -87,6 +87,7 @@ def per_target_writer(summary: dict, protocol: dict, methods, baselines, columns
                        baselines=means_per_method(run.rows, baselines, means, unit),
                        **uncertainty(run.rows, methods, baselines, {c: chart[1] for c, chart in shown.items()}),
                        images=len(run.found.files), protocol=protocol,
+                       degenerate=degenerate_counts([r for r in run.rows if not r.get("baseline")], methods),
                        skipped=run.skipped, errors=run.errors, redone=run.redone)
         write_atomically(run.out / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
         write_uncertainty_csvs(run.out, summary)
@@ -105,7 +106,8 @@ def write_per_target_page(out: Path, summary: dict, grid, methods, shown: dict, 
     counts = {m: {k[:-2]: v for k, v in found.items() if k.endswith("_n")} for m, found in everything.items()}
     view = {"methods": means(summary["methods"]), "baselines": means(summary["baselines"]), "counts": counts,
             "intervals": summary["intervals"], "paired": summary["paired"], "bootstrap": summary["bootstrap"],
-            "protocol": summary["protocol"], "errors": summary["errors"], "skipped": summary["skipped"]}
+            "protocol": summary["protocol"], "errors": summary["errors"], "skipped": summary["skipped"],
+            "degenerate": summary["degenerate"]}
     write_html(out, view, grid, methods, shown=shown, unit=unit)
 
 
@@ -119,6 +121,27 @@ def recorded_protocol(bundle, methods) -> dict:
 
     return {"layer": bundle.layers, "graphs": bundle_hashes(bundle), "preprocessing": bundle.preprocessing.to_dict(),
             "cam_infer": __version__, "class_agnostic": [m for m in methods if class_agnostic(m)]}
+
+
+def degenerate_counts(rows, methods) -> dict:
+    """Per method with constant (``degenerate``) maps: how many of its rows had one, of how many. They are scored
+    as constant maps (they drop nothing and point nowhere), so a mean over many of them says more of the maps'
+    rounding than of the method."""
+    counts = {m: [0, 0] for m in methods}
+    for row in rows:
+        if row.get("method") in counts:
+            counts[row["method"]][1] += 1
+            counts[row["method"]][0] += str(row.get("degenerate", "")).lower() in ("1", "true")
+    return {m: {"degenerate": n, "of": total} for m, (n, total) in counts.items() if n}
+
+
+def degenerate_line(summary: dict) -> str | None:
+    """The one line that says which methods' means include constant maps, and how many."""
+    counts = summary.get("degenerate") or {}
+    if not counts:
+        return None
+    shown = ", ".join(f"{m} {c['degenerate']} of {c['of']}" for m, c in counts.items())
+    return f"constant (degenerate) maps, scored as constant in the means: {shown} (the degenerate column of {CSV_NAME})"
 
 
 def check_grid(grid) -> None:
@@ -152,8 +175,9 @@ def means_per_method(rows: list[dict], methods, columns, counted: str) -> dict:
 
 
 def closing_lines(summary: dict, out, files: str) -> list[str]:
-    """An audit's last lines: the images redone because they changed since the last run, and where the report is."""
-    lines = []
+    """An audit's last lines: the methods with constant maps, the images redone because they changed since the last
+    run, and where the report is."""
+    lines = [degenerate_line(summary)] if degenerate_line(summary) else []
     if summary.get("redone"):
         lines.append(f"redid {len(summary['redone'])} image(s) that changed since the last run, e.g. "
                      f"{summary['redone'][0]}")
@@ -187,7 +211,7 @@ def summarise(rows, methods, protocol: dict, errors: list, baselines=()) -> dict
     directions = {c: higher for c, (_, higher) in SHOWN.items()}
     return {"methods": {m: per_name[m] for m in methods}, "baselines": {b: per_name[b] for b in baselines},
             "counts": counts, **uncertainty(rows, methods, baselines, directions), "protocol": protocol,
-            "errors": errors, "notes": NOTES}
+            "degenerate": degenerate_counts(rows, methods), "errors": errors, "notes": NOTES}
 
 
 NOTES = {"adcc_of_means": "ADCC of the dataset means of coherency, complexity and average drop "
@@ -307,6 +331,8 @@ small.ci {{ color: #666; white-space: nowrap; }} .paired th.name {{ white-space:
 def _notices(summary: dict) -> str:
     errors = (f"<p class=err>{len(summary['errors'])} image(s) could not be read and were skipped "
               f"(listed in {ERRORS_NAME}).</p>" if summary["errors"] else "")
+    if degenerate_line(summary):
+        errors += f"<p class=err>{html.escape(degenerate_line(summary))}.</p>"
     if summary.get("skipped_metrics"):
         errors += f"<p>{html.escape(skipped_metrics_line(summary['skipped_metrics']))}.</p>"
     skipped = summary.get("skipped", [])
