@@ -331,6 +331,8 @@ def test_deeplab_is_cut_before_its_argmax_at_the_projection(deeplab):
     assert (out["ends_in_argmax"], out["model_class_axis"], out["kind"], out["shape"]) == (True, 3, "logits",
                                                                                         [21, 513, 513])
     assert deeplab.bundle.activation_shape == (256, 33, 33) and deeplab.bundle.preprocessing.crop == "none"
+    # its int8 output has a step, but a region's mean score is finer than one step of a pixel's: no one-step rule
+    assert out["model_output_step"] > 0 and deeplab.bundle.scores_step == 0
 
 
 @needs_shared

@@ -281,9 +281,12 @@ class Bundle:
     @cached_property
     def scores_step(self) -> float:
         """One quantization step of the scores the head returns: an int8 file's logits (before a left-out quantized
-        Softmax, or its output), or its quantized probabilities (a QLinearSoftmax's); 0 where they are float. A
+        Softmax, or its output), or its quantized probabilities (a QLinearSoftmax's); 0 where they are float, and for
+        a segmenter or a detector, whose scores of a region or a detection are finer than one step of a pixel's. A
         bundle written before the logits' step was recorded: read from its head graph."""
         output = self.manifest["output"]
+        if self.task != "classification":
+            return 0.0
         if self.output_kind == "probabilities":
             return float(output.get("model_output_step") or 0.0)
         if "logits_step" in output:
