@@ -219,7 +219,8 @@ def test_an_ir_head_is_read_through_its_fake_quantize_ops_only_where_they_only_r
     their FakeQuantize's (16/255); a float head does not round."""
     import openvino as ov
 
-    from cam_infer.bundle.openvino_head import float_head, logits_step, rounds
+    from cam_infer.bundle.openvino_head import float_head, rounds
+    from cam_infer.bundle.openvino_split import logits_step
     head = _fake_quantized_head()
     assert rounds(head) and logits_step(head) == pytest.approx(16 / 255)
     floated = float_head(head)

@@ -145,7 +145,7 @@ def test_manifest_records_everything_info_needs(tmp_path, tiny_onnx_path):
     assert m["preprocessing"]["mean"] == [0.5, 0.5, 0.5] and m["preprocessing"]["crop"] == "none"
     assert m["activation"] == {"name": "features", "shape": [16, 16, 16], "dtype": "float32", "quantization": None}
     assert m["output"] == {"name": "logits", "kind": "logits", "num_classes": 4, "model_output": "logits",
-                           "left_out": [], "model_output_step": 0.0}
+                           "left_out": [], "model_output_step": 0.0, "logits_step": 0.0}
     assert m["runtimes"] == {"onnxruntime": {"runs": True}, "openvino": {"runs": True}}
     assert bundle.labels == ["cat", "dog", "bird", "fish"]
     assert len(m["graphs"]["features"]["sha256"]) == 64 and m["provenance"]["source"] == "tiny.onnx"

@@ -17,8 +17,6 @@ import numpy as np
 
 from .openvino_split import _constant
 
-PASS = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Convert"}
-
 
 def rounds(model) -> bool:
     """Whether any FakeQuantize of the head (an ``ov.Model``) reads a value computed from its input."""
@@ -39,27 +37,6 @@ def float_head(model):
         op.output(0).replace(op.input_value(0))
     copy.validate_nodes_and_infer_types()
     return copy
-
-
-def logits_step(model) -> float:
-    """One quantization step of the logits: of the FakeQuantize that makes them, seen back from the result through
-    reshapes (0 where none does)."""
-    value = model.get_results()[0].input_value(0)
-    while value.get_node().get_type_name() in PASS:
-        value = value.get_node().input_value(0)
-    return fake_quantize_step(value)
-
-
-def fake_quantize_step(value) -> float:
-    """One quantization step of the values a FakeQuantize makes (0 where `value` is no FakeQuantize's output or its
-    output range is no constant)."""
-    node = value.get_node()
-    if node.get_type_name() != "FakeQuantize":
-        return 0.0
-    low, high = (_constant(node.input_value(i)) for i in (3, 4))
-    if low is None or high is None:
-        return 0.0
-    return float(np.max(high - low)) / (int(node.get_attributes()["levels"]) - 1)
 
 
 def _data_ops(model) -> list:

@@ -20,7 +20,7 @@ from ..version import __version__
 from .anatomy import check_class_softmax, check_one_output, check_scores_size, refuse_changed_probabilities
 from .manifest import FORMAT, FORMAT_VERSION, sha256_of
 from .openvino_cut_set import PACKED, OpenVinoGraph, level_records, openvino_cut_set, packed_openvino_graphs
-from .openvino_head import fake_quantize_step
+from .openvino_split import fake_quantize_step
 from .openvino_split import (_BatchFails, _bytes, _compiled, _constant, _cut, _input_spec, _layouts, _ops,
                              _ov_version, _Output, _reaches_parameter, _read, softmax_of, split_openvino)
 from .verify import as_source_input, compare, openvino_message, random_images

@@ -298,7 +298,6 @@ def split_openvino(path, layer: str = "auto", out=None, *, input_size=None, prep
         k_h_w = [k_h_w[2], k_h_w[0], k_h_w[1]]
     created = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
     step = verification.get("output_step", 0.0)
-    from .openvino_head import logits_step
     manifest = {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "input": {"name": "image", "shape": [None, spec.channels, *prep.input_size], "layout": "NCHW",
@@ -594,6 +593,30 @@ def _verify(model, spec: InputSpec, features, head, prep: Preprocessing, left_ou
             "runtime": f"openvino {_ov_version()} CPU (f32)", "num_classes": classes,
             "inputs": "random uint8 images through the bundle preprocessing, fed to the model in its own layout "
                       "and dtype"}
+
+
+LOGITS_PASS = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Convert"}      # ops that move logits, seen through
+
+
+def logits_step(model) -> float:
+    """One quantization step of the logits: of the FakeQuantize that makes them, seen back from the result through
+    reshapes (0 where none does)."""
+    value = model.get_results()[0].input_value(0)
+    while value.get_node().get_type_name() in LOGITS_PASS:
+        value = value.get_node().input_value(0)
+    return fake_quantize_step(value)
+
+
+def fake_quantize_step(value) -> float:
+    """One quantization step of the values a FakeQuantize makes (0 where `value` is no FakeQuantize's output or its
+    output range is no constant)."""
+    node = value.get_node()
+    if node.get_type_name() != "FakeQuantize":
+        return 0.0
+    low, high = (_constant(node.input_value(i)) for i in (3, 4))
+    if low is None or high is None:
+        return 0.0
+    return float(np.max(high - low)) / (int(node.get_attributes()["levels"]) - 1)
 
 
 __all__ = ["is_openvino_source", "split_openvino"]

@@ -105,7 +105,8 @@ class ClassificationTask(Task):
             return None, None
         from ..backends.sessions import openvino_compiled, openvino_model
         from ..bundle.head import probed_linear_head
-        from ..bundle.openvino_head import float_head, logits_step, rounds
+        from ..bundle.openvino_head import float_head, rounds
+        from ..bundle.openvino_split import logits_step
         from ..bundle.verify import runtime_message
         model = openvino_model(self.bundle.head_path)
         compiled = openvino_compiled(model, FLOAT32)
