@@ -25,6 +25,14 @@ from .numerics import is_whole_number
 from .postprocess import caption, check_overlay_options, class_fields, near_uniform, overlay_picture, write_png
 
 
+def detection_class_fields(class_id: int, label, class_agnostic: bool) -> dict:
+    """A detection's class as a record names it: ``class_id``/``label`` where the map explains it, else kept apart
+    as ``detection_class_id``/``detection_label`` (a class-agnostic map explains no class)."""
+    if class_agnostic:
+        return {"detection_class_id": class_id, "detection_label": label}
+    return {"class_id": class_id, "label": label}
+
+
 @dataclass
 class DetectionMap:
     """One explained detection."""
@@ -47,9 +55,8 @@ class DetectionMap:
         """The detection's fields. A class-agnostic map explains no class, so its record names none: the
         detection's class is kept apart as ``detection_class_id`` and ``detection_label`` (as a segmenter's
         ``region_*``)."""
-        named = {"detection_class_id": self.class_id, "detection_label": self.label} if self.class_agnostic else \
-            {"class_id": self.class_id, "label": self.label}
-        return {"box": [round(v, 2) for v in self.box_image], **named, "score": round(self.score, 5),
+        return {"box": [round(v, 2) for v in self.box_image],
+                **detection_class_fields(self.class_id, self.label, self.class_agnostic), "score": round(self.score, 5),
                 "anchor": self.anchor, "level": self.level, "index": self.index,
                 **({"match_iou": round(self.match_iou, 4)} if self.index is None else {}),
                 "degenerate": self.degenerate, "uniform": self.uniform}

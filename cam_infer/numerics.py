@@ -24,6 +24,7 @@ def nonzero_per_row(values: np.ndarray) -> np.ndarray:
 
 
 UNIT_ROUNDOFF = {"bf16": 2.0 ** -8, "f16": 2.0 ** -11}     # of the reduced formats a runtime computes in
+ROUNDING_STEPS = 1.5      # scores this many quantization steps apart or fewer are rounding's levels, not evidence
 
 
 def within_rounding(values: np.ndarray, outputs: np.ndarray, precision: str, probability_of_logits: bool,
@@ -39,10 +40,15 @@ def within_rounding(values: np.ndarray, outputs: np.ndarray, precision: str, pro
     if u is None and not step:
         return False
     noise = max(u * max(float(outputs.max()), -float(outputs.min())) if u else 0.0,     # max|z| without a copy
-                1.5 * step)
+                ROUNDING_STEPS * step)
     if probability_of_logits:
-        noise *= 2 * float((values * (1 - values)).max())
+        noise *= softmax_sensitivity(values)
     return float(np.ptp(values)) <= noise
+
+
+def softmax_sensitivity(p: np.ndarray) -> float:
+    """2·max p(1−p): how far probabilities p of logits move per unit of their logits (at most)."""
+    return 2 * float((p * (1 - p)).max())
 
 
 def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:

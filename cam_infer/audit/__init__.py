@@ -273,8 +273,8 @@ def summary_lines(summary: dict, out) -> list[str]:
         shown = ", ".join(f"{k} {v:.3f}" + (f" (n={counts[k]})" if counts.get(k, means["images"]) != means["images"]
                                              else "") for k, v in means.items() if k != "images")
         lines.append(f"{method:<14} {means['images']} images: {shown}" + (" (baseline)" if method in baselines else ""))
-    if degenerate_line(summary):
-        lines.append(degenerate_line(summary))
+    if line := degenerate_line(summary):
+        lines.append(line)
     if summary.get("paired"):
         lines.append("95 % intervals and paired differences: summary.csv, paired.csv and the report")
     if summary["redone"]:

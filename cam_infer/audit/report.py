@@ -177,7 +177,7 @@ def means_per_method(rows: list[dict], methods, columns, counted: str) -> dict:
 def closing_lines(summary: dict, out, files: str) -> list[str]:
     """An audit's last lines: the methods with constant maps, the images redone because they changed since the last
     run, and where the report is."""
-    lines = [degenerate_line(summary)] if degenerate_line(summary) else []
+    lines = [line] if (line := degenerate_line(summary)) else []
     if summary.get("redone"):
         lines.append(f"redid {len(summary['redone'])} image(s) that changed since the last run, e.g. "
                      f"{summary['redone'][0]}")
@@ -331,8 +331,8 @@ small.ci {{ color: #666; white-space: nowrap; }} .paired th.name {{ white-space:
 def _notices(summary: dict) -> str:
     errors = (f"<p class=err>{len(summary['errors'])} image(s) could not be read and were skipped "
               f"(listed in {ERRORS_NAME}).</p>" if summary["errors"] else "")
-    if degenerate_line(summary):
-        errors += f"<p class=err>{html.escape(degenerate_line(summary))}.</p>"
+    if line := degenerate_line(summary):
+        errors += f"<p class=err>{html.escape(line)}.</p>"
     if summary.get("skipped_metrics"):
         errors += f"<p>{html.escape(skipped_metrics_line(summary['skipped_metrics']))}.</p>"
     skipped = summary.get("skipped", [])

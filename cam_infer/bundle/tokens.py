@@ -317,18 +317,9 @@ def with_attention(joined, attention: list[str], head_fusion: str = "mean"):
     return joined
 
 
-def patch_grid(graph: Graph, first_block_input: str) -> tuple[int, int] | None:
-    """(h, w) of the patch embedding (`patch_embedding`)."""
-    embedding = patch_embedding(graph, first_block_input)
-    if embedding is None:
-        return None
-    shape = graph.info(embedding).shape
-    return int(shape[2]), int(shape[3])
-
-
-def patch_embedding(graph: Graph, first_block_input: str) -> str | None:
-    """The patch embedding: the last rank-4 convolution output (of known h, w) the first block is computed from."""
-    before = graph.ancestors(first_block_input)
+def patch_embedding(graph: Graph, before: set[str]) -> str | None:
+    """The patch embedding: the last rank-4 convolution output (of known h, w) among `before`, the tensors the first
+    block is computed from."""
     found = None
     for node in graph.nodes:
         if node.op_type in ("Conv", "QLinearConv", "ConvInteger") and node.output[0] in before:
@@ -350,14 +341,11 @@ def _data_from(graph: Graph, tensor: str, source: str, steps: int = 16) -> bool:
     return False
 
 
-def check_patches_last(graph: Graph, stream: TokenStream, requested: str) -> None:
+def check_patches_last(graph: Graph, embedding: str, before: set[str], requested: str) -> None:
     """Refuse tokens joined to the sequence after the patch tokens (registers appended at the end): the prefix
     tokens are read at its front, so they would be taken for the last patches and every map shifted. Read from
-    the Concat along the tokens that takes the patch embedding's tokens: they must be its last input."""
-    embedding = patch_embedding(graph, stream.blocks[0].input)
-    if embedding is None:
-        return
-    before = graph.ancestors(stream.blocks[0].input)
+    the Concat along the tokens (among `before`, what the first block is computed from) that takes the patch
+    `embedding`'s tokens: they must be its last input."""
     for node in graph.nodes:
         if node.op_type != "Concat" or node.output[0] not in before or graph.info(node.output[0]).rank != 3:
             continue
@@ -396,7 +384,10 @@ def _reads_prefix(graph: Graph, stream: TokenStream, prefix: int, requested: str
 def token_layout(graph: Graph, stream: TokenStream, tensor: str, requested: str) -> TokenLayout:
     """How `tensor` of `stream` is a grid: (N,h,w,D) as it is; (N,T,D) with T = prefix + h·w, (h, w) the patch
     grid of the embedding (halved per patch merging), else the input size over a common stride."""
-    check_patches_last(graph, stream, requested)
+    before = graph.ancestors(stream.blocks[0].input)
+    embedding = patch_embedding(graph, before)
+    if embedding is not None:
+        check_patches_last(graph, embedding, before, requested)
     shape = graph.info(tensor).shape
     if shape is None or any(not d for d in shape[1:]):
         raise CamInferError(f"layer '{requested}': the shape of its tokens is unknown; give --input-size")
@@ -404,7 +395,7 @@ def token_layout(graph: Graph, stream: TokenStream, tensor: str, requested: str)
         return TokenLayout("tokens-grid", 0, (int(shape[1]), int(shape[2])), int(shape[3]), class_token=False)
     count, dim = int(shape[1]), int(shape[2])
     grids = []
-    embedded = patch_grid(graph, stream.blocks[0].input)
+    embedded = None if embedding is None else tuple(int(d) for d in graph.info(embedding).shape[2:])
     if embedded:
         h, w = embedded
         while h >= 1 and w >= 1:

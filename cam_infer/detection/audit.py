@@ -36,6 +36,7 @@ from ..metrics import energy_pointing, pointing_hit
 from ..runs import with_effective_options
 from .decode import iou
 from ..explainer import Explainer
+from ..explanation import detection_class_fields
 
 MEANS = ("energy", "box_fraction", "pointing", "specificity", "truth_iou", "marker_energy", "marker_fraction")
 COLUMNS = ("image", "method", "index", "class_id", "label", "detection_class_id", "detection_label", "score",
@@ -156,9 +157,8 @@ def _row(image, method: str, d, saliency, items, shape, tolerance: float, truth_
     box = _pixels(d.box_image, shape)
     same_class = [_pixels(o.box_image, shape) for o in items if o.class_id == d.class_id]
     degenerate = d.degenerate if not baseline else bool(np.ptp(saliency) == 0)
-    named = {"detection_class_id": d.class_id, "detection_label": d.label} if class_agnostic or baseline else \
-        {"class_id": d.class_id, "label": d.label}
-    row = {"image": str(image), "method": method, "index": d.index, **named, "score": round(d.score, 5),
+    row = {"image": str(image), "method": method, "index": d.index,
+           **detection_class_fields(d.class_id, d.label, class_agnostic or baseline), "score": round(d.score, 5),
            "class_agnostic": class_agnostic or baseline,
            "degenerate": degenerate, "uniform": d.uniform and not baseline,
            "energy": energy_pointing(saliency, [box]),

@@ -20,6 +20,7 @@ from onnx import TensorProto
 
 from ..bundle.head import LinearHead
 from ..errors import MethodNotApplicable
+from ..numerics import ROUNDING_STEPS
 from .builder import Builder
 
 TINY = 1e-30
@@ -58,7 +59,7 @@ class Fusion:
             return chosen
         b = self.b
         span = b.op("Sub", b.reduce("ReduceMax", chosen, [1]), b.reduce("ReduceMin", chosen, [1]), hint="span")
-        noise = b.const(1.5 * self.scores_step)
+        noise = b.const(ROUNDING_STEPS * self.scores_step)
         if probability:
             sensitivity = b.reduce("ReduceMax", b.op("Mul", chosen, b.op("Sub", b.const(1.0), chosen)), [1])
             noise = b.op("Mul", noise, b.op("Mul", b.const(2.0), sensitivity))

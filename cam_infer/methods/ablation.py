@@ -27,7 +27,7 @@ import numpy as np
 
 from ..kernels import ablated_batch
 from ..cost import Passes
-from ..numerics import softmax, softmax_column
+from ..numerics import ROUNDING_STEPS, softmax, softmax_column, softmax_sensitivity
 from .levels import unit_free
 from .registry import Context, implements, method
 
@@ -79,10 +79,9 @@ def beyond_rounding(ctx: Context, full: float, ablated: np.ndarray, score: str) 
     step = ctx.bundle.scores_step if ctx.finer is None else 0.0
     if not step:
         return ablated
-    noise = 1.5 * step
+    noise = ROUNDING_STEPS * step
     if score == "prob" and ctx.bundle.output_kind == "logits":          # probabilities of quantized logits
-        both = np.append(ablated, full)
-        noise *= 2 * float((both * (1 - both)).max())
+        noise *= softmax_sensitivity(np.append(ablated, full))
     return np.where(np.abs(full - ablated) <= noise, full, ablated)
 
 
