@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import threading
 import time
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -108,10 +111,11 @@ def run_job(job: Job, paths, out, runner, *, restart: bool = False, progress: bo
                     put_maps(store, result)
                     opened = list(result["inputs"])
                     result = restated(result, shown)
-                    journal.append({"inputs": result["inputs"], "keys": {shown[i]: file_key(i) for i in opened},
-                                    "rows": result["rows"], "names": {shown[i]: names[Path(i)] for i in opened}})
-                    run.rows += result["rows"]
-                    run.errors += result["errors"]
+                    with signals_held():                   # the journal and the run's rows agree when it stops
+                        journal.append({"inputs": result["inputs"], "keys": {shown[i]: file_key(i) for i in opened},
+                                        "rows": result["rows"], "names": {shown[i]: names[Path(i)] for i in opened}})
+                        run.rows += result["rows"]
+                        run.errors += result["errors"]
                     bar.advance(units.popleft())
                     if time.monotonic() - saved >= SAVE_EVERY:
                         job.write(run, False)
@@ -124,6 +128,27 @@ def run_job(job: Job, paths, out, runner, *, restart: bool = False, progress: bo
                     _write_what_is_done(job, run)
         job.write(run, True)
     return run
+
+
+@contextmanager
+def signals_held():
+    """Ctrl-C and SIGTERM held while the block runs and delivered after it, to the handlers they had: a stop between
+    a batch's journal line and its rows in memory left the files written at the stop a batch short of the journal.
+    In the main thread only (where Python runs signal handlers)."""
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    if threading.current_thread() is not threading.main_thread() or None in handlers.values():
+        yield                                   # (None: a handler not set from Python, which cannot be put back)
+        return
+    held: list[int] = []
+    for s in handlers:
+        signal.signal(s, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+        for s in held:
+            signal.raise_signal(s)
 
 
 def _write_what_is_done(job: Job, run: Run) -> None:
