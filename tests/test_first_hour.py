@@ -205,9 +205,9 @@ def test_two_concurrent_explain_runs_never_lose_records(tmp_path, tiny_bundle):
     assert sorted(r["overlay"] for r in records) == overlays              # every overlay has its record
     for code, stderr in results:
         # the second run is refused while the first holds the folder, or, when it starts after the first has
-        # finished, because the folder holds a run with other settings: both lose nothing
+        # finished, because the folder holds the other method's results (it must be given too): both lose nothing
         assert code == 0 or (code == 1 and ("is in use by another run" in stderr
-                                            or "holds results of a run with other settings" in stderr)), stderr
+                                            or "holds results of a run of methods" in stderr)), stderr
     assert any(code == 0 for code, _ in results)
 
 
