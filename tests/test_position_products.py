@@ -26,6 +26,21 @@ def test_the_clean_pass_returns_the_products_of_a_numpy_twin(tiny_bundle):
         np.testing.assert_allclose(products, twin, rtol=1e-5, atol=1e-5 * np.abs(twin).max())
 
 
+def test_a_folder_runs_products_go_one_image_per_request_on_the_static_copy(tiny_bundle):
+    """In throughput mode (a folder run) the pass with the products is a clean pass like the plain one: one image per
+    request on the batch-1 copy, not chunks of several on the dynamic graph (1 core-ms an image more on MobileNetV2)."""
+    from cam_infer.backends.base import PRODUCTS
+    latency = Explainer(tiny_bundle, backend="openvino")
+    throughput = Explainer(tiny_bundle, backend="openvino", hint="throughput")
+    weight, x = latency.linear_head.weight, _images(7)
+    before = throughput.backend.runtime_calls
+    a, outputs, products = throughput.backend.observe_products(x, weight)
+    assert throughput.backend.runtime_calls - before == 7
+    assert (PRODUCTS, 1) in throughput.backend._compiled and (PRODUCTS, None) not in throughput.backend._compiled
+    for got, want in zip((a, outputs, products), latency.backend.observe_products(x, weight)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
 def test_recipro_closed_form_from_its_clean_pass_matches_the_head_passes(tiny_bundle, backend, monkeypatch):
     explainer = Explainer(tiny_bundle, backend=backend)
