@@ -545,3 +545,32 @@ def test_a_segmenter_kept_at_batch_one_fuses_from_python_with_the_explainers_map
     np.testing.assert_allclose(saliency[0], expected.items[0][0].saliency, rtol=0, atol=1e-3)
     with pytest.raises(CamInferError, match="are for classifiers; a segmentation bundle's fused map is class-agnostic"):
         fuse(bundle, "activation", top_classes=2)
+
+
+def test_a_class_the_mask_does_not_hold_has_no_true_region_metrics(segmenter_and_scene, tmp_path):
+    """A region the model finds for a class absent from the ground truth is not scored as a miss in the true region
+    (energy 0 against a baseline of 0, pointing 0): its row has no truth metrics and the means leave it out."""
+    from cam_infer.audit.masks import write_label_image
+    from cam_infer.segmentation.audit import audit_image, run_segmentation_audit
+
+    ex, images = segmenter_and_scene
+    image = images[0]
+    classes = [s.class_id for s in ex.explain(image, "recipro", target="all").items[0]]
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    labels = np.zeros((128, 128), np.uint8)
+    labels[ex.explain(image, "recipro", target=classes[0]).items[0][0].region] = classes[0]
+    write_label_image(masks / image.name, labels)                                # the first class only
+    rows = audit_image(ex, image, ["recipro"], "all", masks, {})
+    assert [r["class_id"] for r in rows] == classes
+    assert rows[0]["truth_energy"] > rows[0]["truth_fraction"] > 0
+    assert all("truth_energy" not in r for r in rows[1:])
+    write_label_image(masks / image.name, np.zeros((128, 128), np.uint8))       # the mask holds no object
+    rows = audit_image(ex, image, ["recipro"], "all", masks, {})
+    assert all("truth_energy" not in r and "truth_pointing" not in r and "truth_fraction" not in r for r in rows)
+    assert all("energy" in r for r in rows)                                      # the predicted region's stay
+    summary = run_segmentation_audit(ex.bundle.path, [image], ["recipro"], tmp_path / "audit", masks=masks,
+                                     target="all", progress=False)
+    assert "truth_energy" not in summary["methods"]["recipro"]
+    assert summary["methods"]["recipro"]["regions"] == len(classes)
+

@@ -5,7 +5,8 @@ localisation measured in the region the map explains and, given ground-truth mas
 Columns (`cam_infer.metrics.segmentation`): ``energy`` Σ S·R / Σ S in the target's region R (the pixels the
 model assigns to the class in the clean pass) next to ``region_fraction``, what a uniform map scores (|R| over
 the input); ``pointing`` the map's maximum in R. With masks: ``truth_energy``, ``truth_fraction`` and
-``truth_pointing`` in the class's ground-truth region, void pixels (255) left out. Maps and regions are at the
+``truth_pointing`` in the class's ground-truth region, void pixels (255) left out (a class the mask does not hold:
+none, and the summary's counts say over how many regions each mean is). Maps and regions are at the
 model's input; the masks are brought there by the bundle's resize and crop.
 
 Beside the methods, the baseline maps of `cam_infer.audit.baselines` (the random map, the centre Gaussian and,
@@ -141,10 +142,13 @@ def audit_image(explainer: Explainer, image, methods, target, masks, options, th
 
 def _metrics(saliency: np.ndarray, s, truth, degenerate: bool) -> dict:
     """A map's metrics for one explained (class, region) `s`: in its region, and with masks in its class's
-    true region."""
+    true region. A class the model finds that the mask does not hold (or holds only on void pixels) has no true
+    region: no truth metrics, as an image without a box of the class has no box metrics (zeros would count its
+    map as a miss and its baseline as 0 in every mean)."""
     found = region_metrics(saliency, s.region, None, degenerate)
-    if truth is not None:
-        true = region_metrics(saliency, truth.region(s.class_id), truth.valid, degenerate)
+    region = None if truth is None else truth.region(s.class_id)
+    if region is not None and (region & truth.valid).any():
+        true = region_metrics(saliency, region, truth.valid, degenerate)
         found.update({f"truth_{k.split('_')[0]}" if k != "region_fraction" else "truth_fraction": v
                       for k, v in true.items()})
     return found
