@@ -574,3 +574,23 @@ def test_a_class_the_mask_does_not_hold_has_no_true_region_metrics(segmenter_and
     assert "truth_energy" not in summary["methods"]["recipro"]
     assert summary["methods"]["recipro"]["regions"] == len(classes)
 
+
+def test_a_pixel_region_of_an_image_smaller_than_the_input_is_outlined_on_it(segmenter_and_scene):
+    """The model's pixel chosen for a pixel of a 50² image (128² input) lies between two original pixel centres'
+    samples: thresholding its bilinear samples at 0.5 outlined nothing; it is drawn where its centre falls."""
+    import cv2
+
+    from cam_infer.images import load_image
+    from cam_infer.segmentation.overlay import region_on_image
+
+    ex, images = segmenter_and_scene
+    small = cv2.resize(load_image(images[0]), (50, 50), interpolation=cv2.INTER_AREA)
+    e = ex.explain([small], "recipro", region=(20, 30))
+    s = e.items[0][0]
+    assert s.pixels == 1 and s.source == "pixel"
+    on_image = region_on_image(ex.bundle.preprocessing, s.region, small.shape[:2])
+    assert np.argwhere(on_image).tolist() == [[30, 20]]
+    picture = e.overlay(0, 0)
+    top = picture.shape[0] - small.shape[0]
+    drawn = np.all(picture[top:, :small.shape[1]] == COLOURS[0], axis=2)
+    assert drawn[28:33, 18:23].any()

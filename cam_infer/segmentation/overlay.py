@@ -37,10 +37,24 @@ def segment_overlay(e, i: int, j: int | None, rgb, on: str, colormap: str, alpha
     image = rgb if original or e.images is None else prep.geometry(rgb)      # no originals: rgb is the view
     picture = overlay_picture(saliency, image, prep if original else None, _caption(e.method, items), colormap,
                               alpha)
-    regions = [prep.to_image(s.region.astype(np.float32), image.shape[:2])[0] >= 0.5 if original else s.region
-               for s in items]
+    regions = [region_on_image(prep, s.region, image.shape[:2]) if original else s.region for s in items]
     labels = [None if s.class_agnostic else s.label or f"class {s.class_id}" for s in items]
     return draw_outlines(picture, regions, labels, top=picture.shape[0] - image.shape[0])
+
+
+def region_on_image(prep, region: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A region at the model's input → the original image's pixels: those whose centre samples it at 0.5 or more;
+    where none does (a pixel or a sliver of a shrunk image, which bilinear sampling of the centres can miss), the
+    original pixels holding its pixels' centres, so that a region given is always outlined."""
+    on_image = prep.to_image(region.astype(np.float32), shape)[0] >= 0.5
+    if on_image.any() or not region.any():
+        return on_image
+    to_model = prep.to_model(shape)
+    ys, xs = np.nonzero(region)
+    rows = np.clip(np.round((ys - to_model[1, 2]) / to_model[1, 1]).astype(int), 0, shape[0] - 1)
+    cols = np.clip(np.round((xs - to_model[0, 2]) / to_model[0, 0]).astype(int), 0, shape[1] - 1)
+    on_image[rows, cols] = True
+    return on_image
 
 
 def _caption(method: str, items) -> str:

@@ -288,8 +288,9 @@ class SegmentationTask(Task):
             x, y = (float(v) for v in array)
             if not (0 <= x < w0 and 0 <= y < h0):
                 raise CamInferError(f"the pixel ({x}, {y}) lies outside the {w0}x{h0} image")
-            mask = np.zeros(size, bool)
-            mask[int(y * size[0] / h0), int(x * size[1] / w0)] = True
+            mask = np.zeros(size, bool)                 # the model's pixel under the pixel's centre
+            row, col = int((y + 0.5) * size[0] / h0), int((x + 0.5) * size[1] / w0)
+            mask[min(row, size[0] - 1), min(col, size[1] - 1)] = True
         else:
             raise CamInferError("region= is a mask (PNG path or array of the image's size), a box [x1, y1, x2, y2] "
                                 f"or a pixel (x, y), not an array of shape {array.shape}")
