@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, needs_shared
 
 HAS_MKDOCS = importlib.util.find_spec("mkdocs") is not None and importlib.util.find_spec("mkdocstrings") is not None
 pytestmark = pytest.mark.slow       # builds the site and draws its pages: --run-slow, as .ci/run does
@@ -111,6 +111,31 @@ def test_every_method_has_its_picture_and_the_pictures_stay_small():
     assert not missing, f"no picture for {missing}: run python docs/pictures.py"
     total = sum(f.stat().st_size for f in PICTURES.rglob("*") if f.is_file())
     assert total < 500_000, f"docs/img holds {total} bytes"
+
+
+@needs_shared
+def test_the_class_agnostic_methods_pictures_are_drawn_as_the_package_draws_them(tmp_path):
+    """docs/img/methods/<method>.jpg of each class-agnostic method is what docs/pictures.py draws today (redrawn
+    here, cheap ones only): pictures drawn before captions said "class-agnostic" named a class over a map that does
+    not depend on it. Compared row by row, so that a caption strip that changed is seen."""
+    import cv2
+    import numpy as np
+    from cam_infer import Explainer
+    from cam_infer.methods import GRADIENT_FREE, METHODS
+    spec = importlib.util.spec_from_file_location("docs_pictures", ROOT / "docs" / "pictures.py")
+    pictures = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pictures)
+    bundle, image, _ = pictures.subject(tmp_path)
+    explainer = Explainer(bundle)
+    agnostic = [name for name in GRADIENT_FREE if not METHODS[name].class_specific]
+    assert agnostic
+    for name in agnostic:
+        pictures.write_jpeg(tmp_path / f"{name}.jpg", explainer.explain([image], name).overlay(0))
+        drawn, committed = (cv2.imread(str(path)).astype(np.float32)
+                            for path in (tmp_path / f"{name}.jpg", PICTURES / "methods" / f"{name}.jpg"))
+        assert drawn.shape == committed.shape, f"{name}.jpg is stale: run python docs/pictures.py"
+        worst_row = np.abs(drawn - committed).mean(axis=(1, 2)).max()
+        assert worst_row < 4, f"{name}.jpg is stale (a row differs by {worst_row:.1f}): run python docs/pictures.py"
 
 
 def test_a_not_runnable_block_must_say_why():
