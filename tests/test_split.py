@@ -157,6 +157,15 @@ def test_label_count_must_match_classes(tmp_path, tiny_onnx_path):
         split_onnx(tiny_onnx_path, out=tmp_path / "b", labels=["a", "b", "c"])
 
 
+def test_a_labels_file_with_notes_after_the_names_says_which_lines_are_beyond_the_classes(tmp_path, tiny_onnx_path):
+    """As the PASCAL VOC labels file shipped beside DeepLab: the names, a blank line, then two lines of prose."""
+    labels = tmp_path / "labels.txt"
+    labels.write_text("cat\ndog\nbird\nfish\n\nand 255 is the ignore label that marks pixels excluded\nfrom it.\n")
+    with pytest.raises(CamInferError, match=r"6 labels in .*, but the model has 4 classes: lines 6–7 beyond them, "
+                                            r"from 'and 255 is the ignore label that marks …'"):
+        split_onnx(tiny_onnx_path, out=tmp_path / "b", labels=labels)
+
+
 def test_existing_bundle_is_not_replaced_without_overwrite(tmp_path, tiny_onnx_path):
     split_onnx(tiny_onnx_path, out=tmp_path / "b")
     with pytest.raises(CamInferError, match="not empty"):

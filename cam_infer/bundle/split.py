@@ -202,11 +202,22 @@ def read_labels(labels, num_classes: int) -> list[str] | None:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError:
             raise CamInferError(f"labels file '{path}' is not UTF-8 text (one class name per line)") from None
-        labels = [line.strip() for line in text.splitlines() if line.strip()]
+        numbered = [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+        if len(numbered) > num_classes:                   # say which lines are beyond the model's classes
+            (first, extra), last = numbered[num_classes], numbered[-1][0]
+            where = f"line {first}" if first == last else f"lines {first}–{last}"
+            raise CamInferError(f"{len(numbered)} labels in '{path}', but the model has {num_classes} classes: "
+                                f"{where} beyond them, from {_shortened(extra)!r} (one class name per line, "
+                                "nothing else)")
+        labels = [line for _, line in numbered]
     labels = [str(label) for label in labels]
     if len(labels) != num_classes:
         raise CamInferError(f"{len(labels)} labels given, but the model has {num_classes} classes")
     return labels
+
+
+def _shortened(text: str, length: int = 40) -> str:
+    return text if len(text) <= length else text[:length - 1] + "…"
 
 
 def _split_verified(graph: Graph, target: TargetLayer, prep: Preprocessing):
