@@ -375,7 +375,7 @@ def test_audit_of_a_segmenter_refuses_a_classifier_s_protocol_and_skips_images_w
         assert sorted(Path(e["image"]).name for e in errors) == without
 
 
-@pytest.mark.parametrize("method", ["activation", "eigen"])
+@pytest.mark.parametrize("method", ["activation", "eigen", "entropy"])     # entropy: refused before, as not fusable
 def test_fused_segmenter_returns_its_scores_and_the_explainers_map(segmenter_and_scene, tmp_path, method):
     import onnxruntime as ort
 
@@ -402,7 +402,7 @@ def test_fused_segmenter_returns_its_scores_and_the_explainers_map(segmenter_and
     assert np.abs(answer["saliency"] - saliency).max() < 1e-6 and answer["scores"].shape == scores.shape
 
 
-@pytest.mark.parametrize("method", ["activation", "eigen"])
+@pytest.mark.parametrize("method", ["activation", "eigen", "entropy"])
 def test_an_ir_segmenter_fuses_into_ir_with_the_explainers_map(segmenter_and_scene, tmp_path, method):
     """Our segmenter as an IR file, split with OpenVINO: `fuse` writes IR whose scores and map are the Explainer's
     on the IR bundle and the fused ONNX model's; served as it is."""

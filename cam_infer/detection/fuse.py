@@ -28,10 +28,11 @@ from ..version import __version__
 TOLERANCE = 1e-3
 
 
-def fusable() -> list[str]:
-    """The detector methods a graph can compute: class-agnostic ones with an ONNX builder for one level."""
+def fusable(task: str = "detection") -> list[str]:
+    """The methods of `task` (a detector's or a segmenter's) a graph can compute: class-agnostic ones with an ONNX
+    builder for one level."""
     from ..methods import METHODS, explaining
-    return [m for m in explaining("detection") if METHODS[m].fused is not None and not METHODS[m].class_specific]
+    return [m for m in explaining(task) if METHODS[m].fused is not None and not METHODS[m].class_specific]
 
 
 def fuse_detector(bundle: Bundle, method: str = "eigen", *, check: bool = True, **options) -> onnx.ModelProto:

@@ -31,9 +31,10 @@ def fuse_segmenter(bundle: "Bundle | str", method: str = "eigen", *, check: bool
     """The fused model: an onnx.ModelProto, or an ``ov.Model`` for an IR bundle."""
     from ..methods import get_method
     bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
-    if method not in fusable():
-        raise CamInferError(f"a segmenter fuses {', '.join(fusable())} (class-agnostic maps); '{method}' needs a "
-                            "target region that the argmax over the clean scores gives outside the graph")
+    if method not in fusable("segmentation"):
+        raise CamInferError(f"a segmenter fuses {', '.join(fusable('segmentation'))} (class-agnostic maps); "
+                            f"'{method}' needs a target region that the argmax over the clean scores gives outside "
+                            "the graph")
     if bundle.cut_levels:
         raise CamInferError(f"fuse takes a segmenter split at one layer; this bundle's cut is a set of "
                             f"{len(bundle.cut_levels)} levels ({bundle.manifest['target_layer']['tensor']}): split it "
