@@ -118,7 +118,7 @@ def audit_screenshot(work: Path) -> np.ndarray | None:
     write_scenes(work / "scenes", "cluttered", n=12)
     (work / "scenes" / "boxes.json").rename(work / "boxes.json")
     here = Path.cwd()
-    os.chdir(work)                          # the page shows the paths as given: short, relative ones
+    os.chdir(work)                          # the run's own files are given relative to it
     try:
         run_audit(Path("shapes"), [Path("scenes")], AuditOptions(methods=("recipro", "eigen", "score"), tolerance=15),
                   Path("report"), boxes=Path("boxes.json"), progress=False)
@@ -144,7 +144,7 @@ def diff_screenshot(work: Path) -> np.ndarray | None:
                          ("mobilenetv2-12-int8.onnx", "deployed/mobilenetv2-12-int8.onnx"), ("photos", "images")):
         (work / name).symlink_to(SHARED / source)
     here = Path.cwd()
-    os.chdir(work)                          # the page shows the paths as given: short, relative ones
+    os.chdir(work)                          # the run's own files are given relative to it
     try:
         run_diff(Path("mobilenetv2.onnx"), Path("mobilenetv2-12-int8.onnx"), [Path("photos")], Path("diff"),
                  progress=False)

@@ -1,6 +1,6 @@
 """The package is layered along the data path, from a file's way in to the user's commands:
 
-    io → bundle → runtime → tasks → methods → explainer → jobs → tools → cli/serve
+    io → bundle → runtime → methods → tasks → explainer → jobs → tools → cli/serve
 
 A module imports only modules of its own layer or of a layer below, and no modules import each other round a
 loop, function-level imports included (they hide a cycle from the interpreter, not from a reader). Nothing
