@@ -78,10 +78,13 @@ class Batcher:
         try:
             outputs = await asyncio.get_running_loop().run_in_executor(self.executor, self.model.run, x,
                                                                        group[0].key, classes)
-        except Exception as exc:                      # the model's own error goes to every request of the batch
-            for p in group:
-                if not p.future.done():
-                    p.future.set_exception(exc)
+        except Exception as exc:
+            if len(group) > 1:                         # one request's error (a segmenter's absent class) is its own:
+                for p in group:                        # each request runs alone and gets its own answer or error
+                    await self._run([p])
+                return
+            if not group[0].future.done():
+                group[0].future.set_exception(exc)
             return
         start = 0
         for p in group:
