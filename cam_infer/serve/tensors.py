@@ -9,6 +9,7 @@ then each binary tensor's raw little-endian bytes in order), as `tritonclient.ht
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -68,6 +69,8 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
         request = json.loads(header)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"the request is not valid JSON: {exc}") from None
+    except RecursionError:                       # arrays nested deeper than the decoder's recursion limit
+        raise ProtocolError("the request's JSON is nested too deeply") from None
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list) or not request["inputs"]:
         raise ProtocolError("an inference request is a JSON object with a non-empty 'inputs' list")
     inputs, offset = {}, 0
@@ -83,6 +86,8 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
     if outputs is not None and (not isinstance(outputs, list) or not all(isinstance(o, dict) and "name" in o
                                                                          for o in outputs)):
         raise ProtocolError("'outputs' must be a list of objects with a 'name'")
+    for o in outputs or []:
+        _parameters_of(o, f"output {o['name']!r}")
     parameters = request.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise ProtocolError("'parameters' must be a JSON object")
@@ -99,14 +104,16 @@ def _input_tensor(entry, binary: memoryview, offset: int) -> tuple[np.ndarray, i
     if datatype not in DATATYPES:
         raise ProtocolError(f"input {name!r}: datatype {datatype!r} is not supported "
                             f"({', '.join(DATATYPES)})")
-    dtype, count = np.dtype(DATATYPES[datatype]), int(np.prod(shape))
-    size = (entry.get("parameters") or {}).get("binary_data_size")
+    dtype, count = np.dtype(DATATYPES[datatype]), math.prod(shape)    # Python's integers: no overflow to a match
+    size = _parameters_of(entry, f"input {name!r}").get("binary_data_size")
     if size is not None:
+        if isinstance(size, bool) or not isinstance(size, int):
+            raise ProtocolError(f"input {name!r}: 'binary_data_size' must be an integer, not {json.dumps(size)}")
         if size != count * dtype.itemsize or offset + size > len(binary):
             raise ProtocolError(f"input {name!r}: {size} binary bytes for shape {shape} of {datatype} "
                                 f"({count * dtype.itemsize} expected, {len(binary) - offset} left)")
         array = np.frombuffer(binary[offset:offset + size], dtype=dtype.newbyteorder("<")).astype(dtype, copy=False)
-        return array.reshape(shape), size
+        return _shaped(array, shape, name), size
     if "data" not in entry:
         raise ProtocolError(f"input {name!r} has neither 'data' nor binary data")
     try:
@@ -115,7 +122,25 @@ def _input_tensor(entry, binary: memoryview, offset: int) -> tuple[np.ndarray, i
         raise ProtocolError(f"input {name!r}: its data are not {datatype} numbers") from None
     if array.size != count:
         raise ProtocolError(f"input {name!r}: {array.size} values for shape {shape} ({count} expected)")
-    return array.reshape(shape), 0
+    return _shaped(array, shape, name), 0
+
+
+def _shaped(array: np.ndarray, shape: list, name: str) -> np.ndarray:
+    """`array` in `shape`; a shape of no values whose dimensions overflow NumPy's sizes is refused (400)."""
+    try:
+        return array.reshape(shape)
+    except ValueError:
+        raise ProtocolError(f"input {name!r}: shape {shape} is too large") from None
+
+
+def _parameters_of(entry: dict, what: str) -> dict:
+    """An input's or output's 'parameters': a JSON object, or absent."""
+    parameters = entry.get("parameters")
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, dict):
+        raise ProtocolError(f"{what}: 'parameters' must be a JSON object, not {json.dumps(parameters)}")
+    return parameters
 
 
 def encode_response(model: str, version: str, request_id, outputs: dict[str, np.ndarray],
