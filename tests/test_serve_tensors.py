@@ -1,5 +1,6 @@
-"""The server's reading of a KServe v2 request (`serve.tensors.parse_request`) on its own: a malformed request is a
-`ProtocolError` (a 400 with one line), never another exception (a 500)."""
+"""The server's reading of a request on its own: a malformed KServe v2 request (`serve.tensors.parse_request`) is a
+`ProtocolError` (a 400 with one line), never another exception (a 500); /explain's query values are read as the
+command line reads them."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import json
 import numpy as np
 import pytest
 
+from cam_infer.serve.app import _query_value
+from cam_infer.serve.models import _classes
 from cam_infer.serve.tensors import ProtocolError, parse_request
 
 
@@ -46,3 +49,14 @@ def test_a_well_formed_request_still_reads_its_tensors():
                                    outputs=[{"name": "scores", "parameters": {"binary_data": True}}]), None)
     np.testing.assert_array_equal(parsed.inputs["input"], x)
     assert parsed.binary_outputs(["scores"]) == {"scores"}
+
+
+def test_explains_class_query_reads_a_number_as_the_command_line_does():
+    labels = ["0", "180"]                                          # PP-OCR's text direction classifier
+    assert _classes(_query_value("180"), 1, 2, labels) == [1]      # cam-infer explain --target 180: class 1
+    assert _classes(_query_value("1"), 1, 2, labels) == [1]
+    assert _classes(_query_value("0"), 1, 2, labels) == [0]
+    with pytest.raises(ProtocolError, match="out of range"):
+        _classes(_query_value("7"), 1, 2, labels)
+    assert _query_value("[40, 30, 200, 180]") == [40, 30, 200, 180] and _query_value("all") == "all"
+    assert _query_value("[1, 180]") == [1, 180] and _query_value("true") is True

@@ -395,7 +395,10 @@ def explanation_json(served, outputs: dict, rgb: np.ndarray, overlay: str | None
 
 
 def _query_value(text: str):
+    """A query parameter's value: JSON (a list, a region), else the text. A whole number stays text, read as a class
+    is everywhere (`tasks.class_index`): an index, or a label that is a number (PP-OCR's '180', class 1)."""
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except ValueError:
         return text
+    return text if isinstance(value, int) and not isinstance(value, bool) else value
