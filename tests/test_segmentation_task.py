@@ -193,6 +193,9 @@ def test_targets_regions_and_their_refusals(own):
         own.explain(image, method="recipro", target=2, region=soft)
     as_float = own.explain(image, method="recipro", target=2, region=mask.astype(np.float32)).items[0][0]
     assert (as_float.region == mask).all()
+    blank = np.broadcast_to(image[:1, :1], image.shape).copy()    # the scene's backdrop alone: say how to go on
+    with pytest.raises(CamInferError, match=r"no pixel of the image is assigned a class .* name a class and a region"):
+        own.explain(blank, method="recipro", target="all")
 
 
 def test_region_is_refused_on_a_classifier(tiny_bundle):

@@ -5,6 +5,7 @@ command line reads them."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -60,3 +61,10 @@ def test_explains_class_query_reads_a_number_as_the_command_line_does():
         _classes(_query_value("7"), 1, 2, labels)
     assert _query_value("[40, 30, 200, 180]") == [40, 30, 200, 180] and _query_value("all") == "all"
     assert _query_value("[1, 180]") == [1, 180] and _query_value("true") is True
+
+
+@pytest.mark.parametrize("given, shown", [("abc", "not abc"), ("[1, 2, 3]", "not [1, 2, 3]"), ([True, 2], "not [true, 2]")])
+def test_a_region_that_is_neither_a_box_nor_a_pixel_is_shown_as_given(given, shown):
+    from cam_infer.serve.segmenter import region_of
+    with pytest.raises(ProtocolError, match=r"'region' is a box \[x1, y1, x2, y2\] or a pixel \[x, y\], " + re.escape(shown)):
+        region_of(given)

@@ -113,6 +113,7 @@ def region_of(value) -> tuple | None:
     """A request's region: a box [x1, y1, x2, y2] or a pixel [x, y] (JSON), checked."""
     if value is None:
         return None
+    given = value
     if isinstance(value, str):
         try:
             value = json.loads(value)
@@ -120,5 +121,6 @@ def region_of(value) -> tuple | None:
             value = None
     if not isinstance(value, list) or len(value) not in (2, 4) or \
             not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-        raise ProtocolError(f"'region' is a box [x1, y1, x2, y2] or a pixel [x, y], not {json.dumps(value)}")
+        shown = given[:60] if isinstance(given, str) and value is None else json.dumps(value)[:60]
+        raise ProtocolError(f"'region' is a box [x1, y1, x2, y2] or a pixel [x, y], not {shown}")
     return tuple(float(v) for v in value)

@@ -245,7 +245,9 @@ class SegmentationTask(Task):
             raise NotInImage(f"class {self.name_of(absent[0])} is not in the image (classes present: {shown}); "
                                 "give a region= to explain it over pixels of your choice")
         if not classes:
-            raise NotInImage("no class but the background is present in the image; give target= and region=")
+            raise NotInImage("no pixel of the image is assigned a class (but the background, where the model has one): "
+                             "name a class and a region to explain it over (target= and region=; --target and "
+                             "--region; a request's class and region)")
         return classes, present.regions(classes)
 
     def is_background(self, c: int) -> bool:
