@@ -41,11 +41,24 @@ def test_rows_equal_the_region_metrics_of_the_explainer_s_own_map(scenes):
     row = result["rows"][0]
     e = Explainer(SHAPES).explain(Explainer(SHAPES).preprocess([folder / "scene_1.png"]), "recipro")
     s = truth[1]
-    region = s.masks.any(axis=0) if int(e.targets[0]) == s.label else np.zeros((128, 128), bool)
+    assert int(e.targets[0]) == s.label
+    region = s.masks.any(axis=0)
     assert row["energy"] == pytest.approx(energy_in_region(e.saliency[0], region))
     assert row["pointing"] == int(pointing_in_region(e.saliency[0], region))
     assert row["energy_baseline"] == pytest.approx(uniform_baseline(region))
     assert row["energy"] > 3 * row["energy_baseline"] > 0      # ShapesNet finds its object
+
+
+def test_a_map_of_a_class_the_masks_do_not_show_has_no_localisation_metrics_as_with_boxes(scenes):
+    """Scored against an empty region it was a miss (energy 0, pointing 0) beside a baseline of 0, in every mean; an
+    image without a box of the explained class has no localisation metrics, and so has one without its pixels."""
+    folder, truth = scenes
+    other = next(name for i, name in enumerate(CLASSES) if i != truth[1].label)
+    options = AuditOptions(methods=("recipro",), metrics=("pointing", "energy"), masks=str(folder / "masks"),
+                           target=other)
+    row = audit_image(SHAPES, folder / "scene_1.png", options)["rows"][0]
+    assert row["label"] == other
+    assert row["pointing"] == row["energy"] == row["energy_baseline"] == ""       # the columns left empty
 
 
 def test_cli_audit_with_masks_reports_region_metrics_and_their_baseline(scenes, tmp_path):
@@ -62,9 +75,8 @@ def test_cli_audit_with_masks_reports_region_metrics_and_their_baseline(scenes, 
     objects = [s.masks.any(axis=0) for s in generate("cluttered", 3, seed=4)]
     prior = (objects[0].astype(float) + objects[2]) / 2          # the two audited scenes' object pixels (128² = input)
     for row, scene in zip(rows[3::4], (0, 2)):
-        s = generate("cluttered", 3, seed=4)[scene]
-        region = objects[scene] if int(row["class_id"]) == s.label else np.zeros((128, 128), bool)
-        assert float(row["energy"]) == pytest.approx(energy_in_region(prior, region), rel=1e-5)
+        assert int(row["class_id"]) == generate("cluttered", 3, seed=4)[scene].label
+        assert float(row["energy"]) == pytest.approx(energy_in_region(prior, objects[scene]), rel=1e-5)
     assert summary["protocol"]["masks"] == str((folder / "masks").resolve())
     assert "energy_baseline" in summary["methods"]["recipro"]
 

@@ -356,8 +356,8 @@ def audit_image(bundle, image, options: AuditOptions, boxes=None, priors: dict |
         own = [b for b, box_class in truth or () if box_class is None or box_class == class_id]
         if own:                 # an image without a box of the explained class has no localisation metrics
             row.update(_localisation(options, s, own, bool(e.degenerate[0])))
-        if regions is not None:
-            row.update(_region_localisation(options, s, regions, class_id, bool(e.degenerate[0])))
+        if regions is not None and (regions.region(class_id) & regions.valid).any():     # as boxes: a mask
+            row.update(_region_localisation(options, s, regions, class_id, bool(e.degenerate[0])))  # of the class
         rows.append(row)
         if method not in baselines:
             thumbnails[method] = _thumbnail(view, s)
@@ -391,7 +391,9 @@ def _masks_in_input(folder, image, shape: tuple[int, int], explainer):
 
 def _region_localisation(options: AuditOptions, s: np.ndarray, truth, class_id: int, degenerate: bool) -> dict:
     """Pointing and energy of one map in its class's ground-truth region (void pixels left out); the energy
-    a uniform map would get (the region's share of the valid pixels)."""
+    a uniform map would get (the region's share of the valid pixels). Only where the masks hold the class: a map
+    of a class the image's masks do not show (a misclassified image) has no localisation metrics, as with boxes
+    (a zero against a zero baseline would count it a miss in every mean)."""
     region = truth.region(class_id)
     out = {"energy_baseline": uniform_baseline(region, truth.valid)}
     if "pointing" in options.metrics:
