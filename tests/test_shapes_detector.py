@@ -325,6 +325,24 @@ def test_a_class_agnostic_map_in_a_detector_audit_names_no_class(tmp_path):
     assert set(protocol["graphs"]) == {"features", "head"} and len(protocol["layer"]) == 2
 
 
+@pytest.mark.parametrize("flags, said", [
+    (["--target", "circle"], "--target is for classifiers and segmenters"),
+    (["--target", "truth"], "--target is for classifiers and segmenters"),
+    (["--masks", "masks"], "not --masks, --enhance or --enhance-option"),
+    (["--enhance", "sess"], "not --masks, --enhance or --enhance-option"),
+    (["--metrics", "pointing,insertion,box"], "--metrics box,insertion belong to a classifier's audit"),
+    (["--space", "raw", "--steps", "10"], "--steps, --space belong to a classifier's audit"),
+])
+def test_a_detector_audit_refuses_what_it_would_leave_unread(tmp_path, flags, said):
+    """Before, each of these ran and wrote the report it writes without them: all detections, no insertion."""
+    from helpers import assert_one_line_error
+    images, boxes = detector_scenes(tmp_path, 1)
+    result = run_cli("audit", embedded_detector_path(), images, "--methods", "activation", "--boxes", boxes,
+                     "--out", tmp_path / "report", *flags)
+    assert_one_line_error(result, said)
+    assert not (tmp_path / "report").exists()
+
+
 BOX, OTHER = [([10, 20, 60, 80], "square")], [([30, 30, 90, 90], "circle")]
 
 

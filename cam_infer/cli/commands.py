@@ -339,6 +339,7 @@ def audit_detections(args):
     names = [m.strip() for m in args.methods.split(",") if m.strip()]
     methods = in_all("detection") if names == ["all"] else names
     refuse_road_on_detections(args.metrics)
+    refuse_classifier_audit_flags_on_detections(args)
     options = _method_options(args.option, methods)
     summary = run_detection_audit(args.bundle, args.images, methods, args.out, boxes=args.boxes, backend=args.backend,
                                   device=args.device, tolerance=args.tolerance, options=options, restart=args.force,
@@ -375,6 +376,24 @@ def diff(args) -> int:
         raise CamInferError(f"{len(summary['errors'])} image(s) could not be read and were skipped, e.g. "
                             f"{summary['errors'][0]['error']}")
     return 0
+
+
+def refuse_classifier_audit_flags_on_detections(args) -> None:
+    """A detector's audit explains the detections the model makes and measures pointing and energy in the boxes
+    (with --tolerance): a flag of a classifier's or segmenter's audit is refused, not left unread."""
+    if args.masks or args.enhance or args.enhance_option:
+        raise CamInferError("a detector's audit takes --boxes (ground-truth boxes), not --masks, --enhance or "
+                            "--enhance-option")
+    if args.target != "predicted":
+        raise CamInferError("a detector's audit explains the detections the model makes; --target is for classifiers "
+                            "and segmenters")
+    asked = {m.strip() for m in args.metrics.split(",") if m.strip()} - {"all", "pointing", "energy"}
+    given = ["--" + name.replace("_", "-") for name, default in PROTOCOL.items()
+             if name not in ("metrics", "tolerance") and getattr(args, name) != default]
+    if asked or given:
+        flags = [f"--metrics {','.join(sorted(asked))}"] if asked else []
+        raise CamInferError(f"a detector's audit measures pointing and energy in the boxes (with --tolerance); "
+                            f"{', '.join(flags + given)} belong to a classifier's audit")
 
 
 def refuse_road_on_detections(metrics: str) -> None:
