@@ -370,6 +370,16 @@ def test_a_detector_read_by_openvino_is_sent_to_its_onnx_export(tmp_path):
                           f"'{ir}' is a file OpenVINO reads (IR, TFLite); a detector is split from its ONNX export")
 
 
+@pytest.mark.parametrize("flags, named", [(["--mean", "0.5", "0.5", "0.5"], "--mean"), (["--color", "bgr"], "--color"),
+                                         (["--crop", "center", "--scale", "1"], "--crop, --scale"),
+                                         (["--layout", "nhwc"], "--layout")])
+def test_a_detector_split_refuses_preprocessing_it_would_not_read(tmp_path, flags, named):
+    """Before, the bundle was written with the Ultralytics preprocessing whatever these said."""
+    assert_one_line_error(run_cli("split", YOLO, "--out", tmp_path / "b", *flags),
+                          f"{named}: a detector is split with the Ultralytics export's preprocessing")
+    assert not (tmp_path / "b").exists()
+
+
 @pytest.mark.slow
 def test_split_and_explain_from_the_command_line(tmp_path):
     result = run_cli("split", YOLO, "--out", tmp_path / "b")

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from ..errors import CamInferError
-from .arguments import PROTOCOL, preprocessing_fields
+from .arguments import PREPROCESSING, PROTOCOL, preprocessing_fields
 
 
 def demo(args) -> int:
@@ -25,6 +25,12 @@ def split(args) -> int:
         if is_openvino_source(args.model):
             raise CamInferError(f"'{args.model}' is a file OpenVINO reads (IR, TFLite); a detector is split from its "
                                 "ONNX export: export it to ONNX and split that")
+        unread = ["--" + name for name in PREPROCESSING if name != "interpolation" and getattr(args, name) is not None]
+        if unread or args.layout:
+            flags = ", ".join(unread + ["--layout"] * bool(args.layout))
+            raise CamInferError(f"{flags}: a detector is split with the Ultralytics export's preprocessing (letterbox, "
+                                "RGB, x/255, NCHW), which these would change; only --input-size and --interpolation "
+                                "are read")
         thresholds = {name: value for name, value in (("conf", args.conf), ("iou", args.iou)) if value is not None}
         print(describe(split_detector(args.model, args.out, cut=args.cut or "detect-input", input_size_hw=size,
                                       labels=args.labels, overwrite=args.force, interpolation=args.interpolation,
