@@ -492,3 +492,4 @@ def test_classifier_tools_refuse_a_detector_bundle_in_one_line(bundles):
     assert_one_line_error(run_cli("bench", bundles["detect-input"].path), "bench/detection.py")
     info = run_cli("info", bundles["backbone"].path)
     assert info.returncode == 0 and "/model.4/cv2/act/Mul_output_0" in info.stdout
+    assert "head sees the whole map" in info.stdout          # its 41x41-cell field was said of a 40x40 grid

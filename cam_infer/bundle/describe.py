@@ -105,7 +105,8 @@ def describe_detector(bundle) -> str:
     labels = bundle.labels
     levels = "; ".join(f"'{lv['name']}' ({lv['shape'][0]},{lv['shape'][1]},{lv['shape'][2]}) stride {lv['stride']}, "
                        + (f"head sees {2 * lv['receptive_radius'] + 1}x{2 * lv['receptive_radius'] + 1} cells"
-                          if lv.get("receptive_radius") is not None else "head sees the whole map")
+                          if lv.get("receptive_radius") is not None
+                          and 2 * lv["receptive_radius"] + 1 < max(lv["shape"][1:]) else "head sees the whole map")
                        + f" of levels {lv['moves_levels']}"
                        + (f", cropped branch {lv['branch']['window']}x{lv['branch']['window']} "
                           f"('{lv['branch']['tensor']}', {lv['branch']['scores']})" if lv.get("branch") else "")
