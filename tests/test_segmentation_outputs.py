@@ -389,7 +389,9 @@ def test_fused_segmenter_returns_its_scores_and_the_explainers_map(segmenter_and
     assert list(config.output[1].dims) == list(ex.bundle.input_shape[1:])
     assert (tmp_path / "repo" / "fused" / "1" / "model.onnx").read_bytes() == out.read_bytes()
     refused = run_cli("fuse", ex.bundle.path, "--method", method, "--top-classes", "2", "--out", tmp_path / "t.onnx")
-    assert_one_line_error(refused, "--top-classes, --class-input, --raw and --precision are for classifiers")
+    assert_one_line_error(refused, "--top-classes is for classifiers; a segmentation bundle's fused map")
+    refused = run_cli("fuse", ex.bundle.path, "--method", method, "--raw", "--precision", "bf16", "--out", tmp_path / "t.onnx")
+    assert_one_line_error(refused, "--raw, --precision are for classifiers")     # the flags given, not all four
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     e = ex.explain(images[0], method)
     x = ex._inputs([images[0]])[0]

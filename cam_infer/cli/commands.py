@@ -461,8 +461,10 @@ def fuse(args) -> int:
     if Path(args.out).suffix != wanted:
         raise CamInferError(f"'{args.out}' should end in {wanted}: the fused model of this bundle is "
                             + ("OpenVINO IR (its weights go beside it, .bin)" if wanted == ".xml" else "ONNX"))
-    if task != "classification" and (args.top_classes != 1 or args.class_input or args.raw or args.precision != "f32"):
-        raise CamInferError(f"--top-classes, --class-input, --raw and --precision are for classifiers; a {task} "
+    given = [flag for flag, value in (("--top-classes", args.top_classes != 1), ("--class-input", args.class_input),
+                                      ("--raw", args.raw), ("--precision", args.precision != "f32")) if value]
+    if task != "classification" and given:
+        raise CamInferError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for classifiers; a {task} "
                             "bundle's fused map is class-agnostic")
     model = fuse(bundle, args.method, top_classes=args.top_classes, class_input=args.class_input, raw=args.raw,
                  precision=args.precision, **dict(parse_option(o) for o in args.option))
