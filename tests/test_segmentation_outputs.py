@@ -390,7 +390,8 @@ def test_fused_segmenter_returns_its_scores_and_the_explainers_map(segmenter_and
     assert (tmp_path / "repo" / "fused" / "1" / "model.onnx").read_bytes() == out.read_bytes()
     refused = run_cli("fuse", ex.bundle.path, "--method", method, "--top-classes", "2", "--out", tmp_path / "t.onnx")
     assert_one_line_error(refused, "--top-classes is for classifiers; a segmentation bundle's fused map")
-    refused = run_cli("fuse", ex.bundle.path, "--method", method, "--raw", "--precision", "bf16", "--out", tmp_path / "t.onnx")
+    refused = run_cli("fuse", ex.bundle.path, "--method", method, "--raw", "--precision", "bf16",
+                      "--out", tmp_path / "t.onnx")
     assert_one_line_error(refused, "--raw, --precision are for classifiers")     # the flags given, not all four
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     e = ex.explain(images[0], method)

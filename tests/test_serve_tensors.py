@@ -19,6 +19,9 @@ def request(entry: dict, **rest) -> bytes:
     return json.dumps({"inputs": [{"name": "input", "datatype": "FP32", **entry}], **rest}).encode()
 
 
+NOT_AN_INTEGER = "'binary_data_size' must be an integer"
+
+
 def binary(entry: dict, data: bytes) -> tuple[bytes, str]:
     header = request(entry)
     return header + data, str(len(header))
@@ -28,8 +31,8 @@ def binary(entry: dict, data: bytes) -> tuple[bytes, str]:
     (request({"shape": [2**62, 4], "data": []}), None, "18446744073709551616 expected"),   # 2**64 values: 0 in int64
     (request({"shape": [2**32, 2**32, 0], "data": []}), None, "too large"),
     (*binary({"shape": [2**62, 4], "parameters": {"binary_data_size": 0}}, b""), "73786976294838206464 expected"),
-    (*binary({"shape": [1], "parameters": {"binary_data_size": 4.0}}, b"\0" * 4), "'binary_data_size' must be an integer"),
-    (*binary({"shape": [1], "parameters": {"binary_data_size": "4"}}, b"\0" * 4), "'binary_data_size' must be an integer"),
+    (*binary({"shape": [1], "parameters": {"binary_data_size": 4.0}}, b"\0" * 4), NOT_AN_INTEGER),
+    (*binary({"shape": [1], "parameters": {"binary_data_size": "4"}}, b"\0" * 4), NOT_AN_INTEGER),
     (request({"shape": [1], "data": [0.0], "parameters": [1]}), None, "'parameters' must be a JSON object"),
     (request({"shape": [1], "data": [0.0]}, outputs=[{"name": "scores", "parameters": [1]}]), None,
      "output 'scores': 'parameters' must be a JSON object"),
@@ -63,8 +66,10 @@ def test_explains_class_query_reads_a_number_as_the_command_line_does():
     assert _query_value("[1, 180]") == [1, 180] and _query_value("true") is True
 
 
-@pytest.mark.parametrize("given, shown", [("abc", "not abc"), ("[1, 2, 3]", "not [1, 2, 3]"), ([True, 2], "not [true, 2]")])
+@pytest.mark.parametrize("given, shown", [("abc", "not abc"), ("[1, 2, 3]", "not [1, 2, 3]"),
+                                          ([True, 2], "not [true, 2]")])
 def test_a_region_that_is_neither_a_box_nor_a_pixel_is_shown_as_given(given, shown):
     from cam_infer.serve.segmenter import region_of
-    with pytest.raises(ProtocolError, match=r"'region' is a box \[x1, y1, x2, y2\] or a pixel \[x, y\], " + re.escape(shown)):
+    with pytest.raises(ProtocolError, match=r"'region' is a box \[x1, y1, x2, y2\] or a pixel \[x, y\], "
+                                            + re.escape(shown)):
         region_of(given)
