@@ -447,6 +447,9 @@ def test_fuse_refuses_a_class_specific_segmentation_method(segmenter_and_scene, 
     ex, _ = segmenter_and_scene
     result = run_cli("fuse", ex.bundle.path, "--method", "recipro", "--out", tmp_path / "fused.onnx")
     assert_one_line_error(result, "a segmenter fuses")
+    plain = run_cli("fuse", ex.bundle.path, "--out", tmp_path / "default.onnx")    # no --method: eigen, not recipro
+    assert plain.returncode == 0, plain.stderr
+    assert "eigen at its cut" in plain.stdout
 
 
 def test_fuse_and_info_of_a_segmenter_check_what_they_are_given(segmenter_and_scene, tmp_path):

@@ -215,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fuse", help="write one model that returns the scores and the saliency map (ONNX; an OpenVINO "
                                     "IR bundle's: IR)")
     p.add_argument("bundle", help=BUNDLE_HELP)
-    p.add_argument("--method", default=DEFAULT_METHOD, help=f"{', '.join(fusable())} (default {DEFAULT_METHOD})")
+    p.add_argument("--method", help=f"{', '.join(fusable())} (default {DEFAULT_METHOD}; a detector's or "
+                                    "segmenter's: eigen, their maps being class-agnostic)")
     _options(p, example="--option score=logit or --option squarings=12")
     classes = p.add_mutually_exclusive_group()
     classes.add_argument("--top-classes", type=int, default=1, help="explain the k best classes: saliency (N,k,h,w)")

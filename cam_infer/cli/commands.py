@@ -466,6 +466,9 @@ def fuse(args) -> int:
     if task != "classification" and given:
         raise CamInferError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for classifiers; a {task} "
                             "bundle's fused map is class-agnostic")
+    if args.method is None:
+        from ..methods.registry import DEFAULT_METHOD
+        args.method = DEFAULT_METHOD if task == "classification" else "eigen"
     model = fuse(bundle, args.method, top_classes=args.top_classes, class_input=args.class_input, raw=args.raw,
                  precision=args.precision, **dict(parse_option(o) for o in args.option))
     path = save(model, args.out, overwrite=True)
