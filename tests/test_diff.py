@@ -160,7 +160,8 @@ def test_models_that_see_an_image_differently_are_compared_on_the_original_image
     cv2.imwrite(str(photo), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     cropping = center_cropping_shapes(tmp_path / "cropping")
     summary = run_diff(SHAPES, cropping, [photo], tmp_path / "d", methods=("recipro",), progress=False)
-    assert summary["protocol"]["compared_on"] == "the original image at 224 px (long side)"
+    assert summary["protocol"]["compared_on"] == \
+        "the part of the original image either model saw, at 224 px (long side)"
     a, b = Explainer(SHAPES), Explainer(cropping)
     s_a = a.explain(a.preprocess([rgb]), "recipro").saliency[0]
     c = int(a.explain(a.preprocess([rgb]), "recipro").targets[0])
@@ -171,6 +172,33 @@ def test_models_that_see_an_image_differently_are_compared_on_the_original_image
     row = read_csv(tmp_path / "d" / "diff.csv")[0]
     assert float(row["spearman"]) == pytest.approx(rank_correlation(back_a, back_b), abs=1e-6)
     assert float(row["spearman"]) < 0.99                        # they did see the photo differently
+
+
+def test_the_pixels_neither_model_saw_do_not_make_unrelated_maps_alike(tmp_path):
+    """Two center-cropping models of different input sizes both leave a wide photo's sides unseen: 0 in both maps
+    put back, those pixels tied at the bottom of both rankings and gave unrelated maps a Spearman of 0.85. They are
+    left out: unrelated maps score near 0, and a map against itself (put back by the other model's geometry) still
+    near 1."""
+    from types import SimpleNamespace
+
+    from cam_infer.bundle import Bundle
+    from cam_infer.diff.work import comparable, sees_alike
+    from cam_infer.metrics.similarity import spearman
+
+    small = center_cropping_shapes(tmp_path / "small")
+    large = tmp_path / "large"
+    shutil.copytree(small, large)
+    manifest = json.loads((large / "bundle.json").read_text())
+    manifest["preprocessing"].update(resize=150)                  # the same 128 px input, a wider view of the centre
+    (large / "bundle.json").write_text(json.dumps(manifest))
+    a, b = (SimpleNamespace(bundle=Bundle.load(p)) for p in (small, large))
+    assert not sees_alike(a.bundle, b.bundle)
+    rng = np.random.default_rng(0)
+    smooth = [cv2.resize(rng.random((4, 4)).astype(np.float32), (128, 128)) for _ in range(40)]
+    unrelated = [spearman(*comparable(smooth[i], smooth[i + 20], a, b, (300, 450, 3), False)) for i in range(20)]
+    assert abs(np.mean(unrelated)) < 0.2, np.mean(unrelated)
+    m_a, m_b = comparable(smooth[0], smooth[0], a, a, (300, 450, 3), False)
+    assert m_a.shape == m_b.shape and max(m_a.shape) == 224 and spearman(m_a, m_b) == 1.0
 
 
 @needs_shared

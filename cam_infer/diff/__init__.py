@@ -71,7 +71,7 @@ def run_diff(a, b, images, out, *, methods=("recipro", "eigen"), options: dict |
                 "methods": list(methods), "options": options, "target": class_id,
                 "class": "the target on both sides" if class_id is not None else "A's top-1 on both sides",
                 "compared_on": "the models' input" if same else
-                f"the original image at {COMPARED_SIDE} px (long side)"}
+                f"the part of the original image either model saw, at {COMPARED_SIDE} px (long side)"}
     settings = json.loads(json.dumps(protocol))
     summary: dict = {}
 
