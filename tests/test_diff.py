@@ -214,6 +214,26 @@ def test_onnxruntime_against_openvino_at_float32_gives_nearly_the_same_maps(tmp_
             assert summary["methods"][method][key]["low"] > 0.99, (method, key, summary["methods"][method][key])
 
 
+def test_a_paired_difference_is_real_only_beyond_rounding_and_over_more_than_one_image():
+    """ONNX Runtime against OpenVINO on one model: per image recipro's Spearman 1 - 3e-10, cam's 1 - 1e-12, and
+    the interval of their difference excluded 0: 'real difference: yes' for rounding. One image: its difference is
+    an interval of width 0, which excluded 0 too."""
+    from cam_infer.diff.report import summarise
+
+    def rows(images, spearman):
+        return [{"image": f"{i}.png", "method": m, "spearman": v(i), "ssim": 1.0, "top_iou": 1.0, "top1_a": 1,
+                 "top1_b": 1, "top1_agree": 1, "probability_shift": 0.0, "degenerate_a": 0, "degenerate_b": 0,
+                 "pair": ""} for i in range(images) for m, v in spearman.items()]
+
+    rounding = {"cam": lambda i: 1 - 1e-12 * (i % 3), "recipro": lambda i: 1 - 3e-10 - 1e-10 * (i % 4)}
+    assert not summarise(rows(12, rounding), ("cam", "recipro"), {}, [])["paired_spearman"]["cam - recipro"]["differs"]
+    one = summarise(rows(1, {"cam": lambda i: 0.86, "recipro": lambda i: 0.80}), ("cam", "recipro"), {}, [])
+    paired = one["paired_spearman"]["cam - recipro"]
+    assert paired["images"] == 1 and not paired["differs"]
+    real = {"cam": lambda i: 0.9 + 0.01 * (i % 3), "recipro": lambda i: 0.8 + 0.01 * (i % 4)}
+    assert summarise(rows(12, real), ("cam", "recipro"), {}, [])["paired_spearman"]["cam - recipro"]["differs"]
+
+
 class Interrupted(Exception):
     pass
 

@@ -20,6 +20,8 @@ from .work import COLUMNS, SIMILARITIES
 CSV_NAME, SUMMARY_NAME, HTML_NAME, ERRORS_NAME = "diff.csv", "summary.json", "index.html", "errors.json"
 SHOWN = {"spearman": "Spearman (ranks)", "ssim": "SSIM", "top_iou": "IoU of the top 20 %"}
 DRIFTED = 20                  # images listed in summary.json, most drifted first
+NEGLIGIBLE = 1e-6             # a paired difference of Spearman within this of 0 is rounding, not a difference: the
+                              # maps of one model on ONNX Runtime and OpenVINO differ by ~1e-10 per image
 
 
 def write_rows(path: Path, rows) -> None:
@@ -39,7 +41,7 @@ def summarise(rows: list[dict], methods, protocol: dict, errors: list, drifted: 
         both = [image for image in spearman_of[m1] if image in spearman_of[m2]]
         difference = paired_difference([spearman_of[m1][i] for i in both], [spearman_of[m2][i] for i in both])
         paired[f"{m1} - {m2}"] = {**_interval(difference), "images": len(both),
-                                  "differs": bool(difference.excludes_zero())}
+                                  "differs": _differs(difference, len(both))}
     return {
         "images": len(per_image),
         "top1_agreement": _mean([r["top1_agree"] for r in per_image.values()]),
@@ -55,8 +57,15 @@ def summarise(rows: list[dict], methods, protocol: dict, errors: list, drifted: 
                                "(1000 resamples, seed 0)",
                   "probability_shift": "B's probability of the explained class minus A's, per image",
                   "paired_spearman": "per image, method 1's Spearman minus method 2's; 'differs' when the interval "
-                                     "excludes 0 (one method's maps moved more than the other's)"},
+                                     f"excludes 0 by more than {NEGLIGIBLE:g} (one method's maps moved more than the "
+                                     "other's), over at least 2 images"},
     }
+
+
+def _differs(interval, images: int) -> bool:
+    """A paired difference is real when its interval excludes 0 by more than rounding, over at least two images:
+    the bootstrap of one image is that image's value, an interval of width 0 that says nothing of other images."""
+    return images >= 2 and (interval.low > NEGLIGIBLE or interval.high < -NEGLIGIBLE)
 
 
 def _per_image(rows) -> dict:
@@ -110,7 +119,8 @@ def write_html(out: Path, summary: dict, grid: int, label=str) -> Path:
                    + "".join(f"<td>{_shown(summary['methods'][m][k])}</td>" for k in SHOWN) + "</tr>" for m in methods)
     charts = "".join(_interval_chart(title, {m: summary["methods"][m][k] for m in methods})
                      for k, title in SHOWN.items())
-    paired = "".join(f"<tr><th>{html.escape(pair)}</th><td>{_shown(d)}</td><td>{'yes' if d['differs'] else 'no'}"
+    paired = "".join(f"<tr><th>{html.escape(pair)}</th><td>{_shown(d)}</td><td>"
+                     f"{'yes' if d['differs'] else 'no' if d['images'] >= 2 else 'cannot say (one image)'}"
                      f"</td></tr>" for pair, d in summary["paired_spearman"].items())
     paired = (f"<h2>Paired comparisons of Spearman (method 1 − method 2, per image)</h2><table><tr><th>pair</th>"
               f"<th>mean [95 % interval]</th><th>real difference</th></tr>{paired}</table>" if paired else "")
