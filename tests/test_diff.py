@@ -406,3 +406,27 @@ def test_a_diff_rerun_with_an_option_at_its_default_resumes_and_another_value_is
     assert (out / "diff.csv").read_text() == rows
     assert_one_line_error(run_cli(*common, "--option", "recipro.score=logit"),
                           'options.recipro.score: "prob" then, "logit" now')
+
+
+def test_a_flat_map_on_one_side_has_no_similarity_and_ranks_first_among_the_drifted():
+    """A constant map has no ranking and no top 20 %: against a map hot at the top it scored IoU 1.0 and SSIM 0.79
+    (its ties taken in row order) and entered the means. Now no similarity, counted apart, and listed first."""
+    from cam_infer.diff.report import summarise
+    from cam_infer.diff.work import similarities
+    hot_top = np.zeros((16, 16), np.float32)
+    hot_top[:3] = 1
+    flat = np.full((16, 16), 0.5, np.float32)
+    assert similarities(hot_top, flat, flat=True) == {"spearman": None, "ssim": None, "top_iou": None}
+    assert similarities(hot_top, hot_top, flat=False)["top_iou"] == 1.0
+
+    def row(image, spearman, degenerate_b=0):
+        values = {"spearman": spearman, "ssim": spearman, "top_iou": spearman}
+        return {"image": image, "method": "recipro", "top1_a": 0, "top1_b": 0, "top1_agree": 1,
+                "probability_shift": 0.0, "degenerate_a": 0, "degenerate_b": degenerate_b, "pair": f"{image}.png", **values}
+    rows = [row("a.png", 0.9), row("b.png", 0.5), row("c.png", None, degenerate_b=1), row("d.png", 1.0)]
+    summary = summarise(rows, ["recipro"], {}, [])
+    method = summary["methods"]["recipro"]
+    assert method["images"] == 4 and method["compared"] == 3 and method["degenerate_b"] == 1
+    assert method["spearman"]["mean"] == pytest.approx((0.9 + 0.5 + 1.0) / 3)
+    assert [d["image"] for d in summary["drifted"]] == ["c.png", "b.png", "a.png"]     # d.png is unchanged
+    assert summary["drifted"][0]["spearman"] is None and summary["drifted"][0]["methods"]["recipro"]["flat"] == "B"

@@ -166,8 +166,10 @@ def summary_lines(summary: dict, out) -> list[str]:
     lines = [f"{summary['images']} images: top-1 agreement {shown(summary['top1_agreement'])}, probability shift "
              f"(B - A) {shown(summary['probability_shift'])}"]
     for method, m in summary["methods"].items():
+        left_out = m["images"] - m.get("compared", m["images"])
         lines.append(f"{method:<14} Spearman {shown(m['spearman'])}, SSIM {shown(m['ssim'])}, "
-                     f"top-20% IoU {shown(m['top_iou'])}")
+                     f"top-20% IoU {shown(m['top_iou'])}"
+                     + (f" ({left_out} image(s) with a flat map left out)" if left_out else ""))
     if summary["redone"]:
         lines.append(f"redid {len(summary['redone'])} image(s) that changed since the last run, e.g. "
                      f"{summary['redone'][0]}")

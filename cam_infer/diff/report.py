@@ -35,7 +35,8 @@ def summarise(rows: list[dict], methods, protocol: dict, errors: list, drifted: 
     (lowest Spearman, averaged over the methods; the first `drifted`)."""
     per_image = _per_image(rows)
     per_method = {m: [r for r in rows if r["method"] == m] for m in methods}
-    spearman_of = {m: {r["image"]: r["spearman"] for r in per_method[m]} for m in methods}
+    spearman_of = {m: {r["image"]: r["spearman"] for r in per_method[m] if r["spearman"] is not None}
+                   for m in methods}
     paired = {}
     for m1, m2 in combinations(methods, 2):
         both = [image for image in spearman_of[m1] if image in spearman_of[m2]]
@@ -47,7 +48,8 @@ def summarise(rows: list[dict], methods, protocol: dict, errors: list, drifted: 
         "top1_agreement": _mean([r["top1_agree"] for r in per_image.values()]),
         "probability_shift": _mean([r["probability_shift"] for r in per_image.values()]),
         "absolute_probability_shift": _mean([abs(r["probability_shift"]) for r in per_image.values()]),
-        "methods": {m: {"images": len(per_method[m]), **{k: _mean([r[k] for r in per_method[m]]) for k in SIMILARITIES},
+        "methods": {m: {"images": len(per_method[m]), "compared": len(spearman_of[m]),
+                        **{k: _mean([r[k] for r in per_method[m] if r[k] is not None]) for k in SIMILARITIES},
                         "degenerate_a": sum(r["degenerate_a"] for r in per_method[m]),
                         "degenerate_b": sum(r["degenerate_b"] for r in per_method[m])} for m in methods},
         "paired_spearman": paired,
@@ -56,6 +58,8 @@ def summarise(rows: list[dict], methods, protocol: dict, errors: list, drifted: 
         "notes": {"intervals": "mean, and the percentile-bootstrap 95 % interval of the mean over images "
                                "(1000 resamples, seed 0)",
                   "probability_shift": "B's probability of the explained class minus A's, per image",
+                  "compared": "images whose two maps are compared: a flat (degenerate) map on either side has no "
+                              "ranking, so no similarity; those images are counted in degenerate_a/_b instead",
                   "paired_spearman": "per image, method 1's Spearman minus method 2's; 'differs' when the interval "
                                      f"excludes 0 by more than {NEGLIGIBLE:g} (one method's maps moved more than the "
                                      "other's), over at least 2 images"},
@@ -77,23 +81,37 @@ def _per_image(rows) -> dict:
 
 
 def _drifted(rows, per_image: dict) -> list[dict]:
-    """Images by the mean Spearman of their methods' maps, lowest (most drifted) first; an image whose maps are
-    the same on A and B (every similarity 1 for every method) and whose top-1 is too has not drifted, and is left
-    out."""
+    """Images by the mean Spearman of their methods' maps, lowest (most drifted) first, after those whose map is flat
+    on one side only; an image whose maps are the same on A and B (every similarity 1, or flat on both sides, for
+    every method) and whose top-1 is too has not drifted, and is left out."""
     values: dict = {}
     for row in rows:
-        values.setdefault(row["image"], {})[row["method"]] = {**{k: row[k] for k in SIMILARITIES}, "pair": row["pair"]}
-    mean = {image: sum(v["spearman"] for v in by_method.values()) / len(by_method)
-            for image, by_method in values.items()}
+        values.setdefault(row["image"], {})[row["method"]] = {**{k: row[k] for k in SIMILARITIES}, "pair": row["pair"],
+                                                              "flat": _flat_side(row)}
+    mean = {image: _compared_spearman(by_method) for image, by_method in values.items()}
+    first = {image: any(v["flat"] in ("A", "B") for v in by_method.values()) for image, by_method in values.items()}
     return [{"image": image, "spearman": mean[image], "top1_a": per_image[image]["top1_a"],
              "top1_b": per_image[image]["top1_b"], "methods": values[image]}
-            for image in sorted(values, key=lambda image: (mean[image], image))
+            for image in sorted(values, key=lambda image: (not first[image], 1.0 if mean[image] is None else
+                                                           mean[image], image))
             if not _unchanged(values[image]) or per_image[image]["top1_a"] != per_image[image]["top1_b"]]
+
+
+def _flat_side(row: dict) -> str:
+    """Which side's map is flat (degenerate): "", "A", "B" or "A and B"."""
+    return " and ".join(side for side in ("A", "B") if row[f"degenerate_{side.lower()}"])
+
+
+def _compared_spearman(by_method: dict) -> float | None:
+    """The mean Spearman of an image's compared maps (None: every method's map flat on a side). The drifted images
+    are those whose map is flat on one side first (it became flat, or stopped being so), then by this, lowest first."""
+    compared = [v["spearman"] for v in by_method.values() if v["spearman"] is not None]
+    return sum(compared) / len(compared) if compared else None
 
 
 def _unchanged(by_method: dict) -> bool:
     """Every similarity of every method's pair of maps is 1: the same maps (Spearman alone: the same ranking)."""
-    return all(v[k] == 1.0 for v in by_method.values() for k in SIMILARITIES)
+    return all(v["flat"] == "A and B" or all(v[k] == 1.0 for k in SIMILARITIES) for v in by_method.values())
 
 
 def _mean(values) -> dict:
@@ -115,7 +133,7 @@ def write_html(out: Path, summary: dict, grid: int, label=str) -> Path:
         ("top1_agreement", "top-1 agreement"), ("probability_shift", "probability shift of the class (B − A)"),
         ("absolute_probability_shift", "|probability shift|")))
     head = "".join(f"<th>{html.escape(title)} ↑</th>" for title in SHOWN.values())
-    body = "".join(f"<tr><th>{html.escape(m)}</th><td>{summary['methods'][m]['images']}</td>"
+    body = "".join(f"<tr><th>{html.escape(m)}</th><td>{_compared(summary['methods'][m])}</td>"
                    + "".join(f"<td>{_shown(summary['methods'][m][k])}</td>" for k in SHOWN) + "</tr>" for m in methods)
     charts = "".join(_interval_chart(title, {m: summary["methods"][m][k] for m in methods})
                      for k, title in SHOWN.items())
@@ -162,6 +180,12 @@ the class explained: {html.escape(protocol['class'])}</p>{errors}
     return path
 
 
+def _compared(method: dict) -> str:
+    """The images a method's similarities are over, and those left out for a flat map."""
+    left_out = method["images"] - method.get("compared", method["images"])
+    return f"{method['images']}" + (f" <small>({left_out} with a flat map left out)</small>" if left_out else "")
+
+
 def _shown(interval: dict) -> str:
     if interval["mean"] is None:
         return "–"
@@ -178,9 +202,10 @@ def _drifted_row(out: Path, drifted: dict, methods, label) -> str:
             cells.append("<td></td>")
             continue
         data = base64.b64encode(picture.read_bytes()).decode()
+        said = (f"flat map on {shown['flat']}" if shown.get("flat") else
+                f"ρ {shown['spearman']:.2f} · SSIM {shown['ssim']:.2f} · IoU {shown['top_iou']:.2f}")
         cells.append(f"<td><img alt='{html.escape(drifted['image'])} {html.escape(m)} A | B' "
-                     f"src='data:image/png;base64,{data}'><small>ρ {shown['spearman']:.2f} · SSIM {shown['ssim']:.2f}"
-                     f" · IoU {shown['top_iou']:.2f}</small></td>")
+                     f"src='data:image/png;base64,{data}'><small>{said}</small></td>")
     a, b = drifted["top1_a"], drifted["top1_b"]
     top1 = html.escape(label(a)) + (" (same)" if a == b else f" → {html.escape(label(b))}")
     name = html.escape(drifted["image"])

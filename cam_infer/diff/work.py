@@ -83,9 +83,16 @@ class DiffWork:
                 "top1_a": int(top1_a[i]), "top1_b": int(top1_b[i]), "top1_agree": int(top1_a[i] == top1_b[i]),
                 "probability_a": float(p_a[i]), "probability_b": float(p_b[i]),
                 "probability_shift": float(p_b[i]) - float(p_a[i]),
-                **{key: measure(s_a, s_b) for key, measure in SIMILARITIES.items()},
+                **similarities(s_a, s_b, bool(e_a.degenerate[i]) or bool(e_b.degenerate[i])),
                 "degenerate_a": int(e_a.degenerate[i]), "degenerate_b": int(e_b.degenerate[i]), "pair": pair})
         return rows
+
+
+def similarities(s_a: np.ndarray, s_b: np.ndarray, flat: bool) -> dict:
+    """Each similarity of the two maps; None for all where either map is flat (degenerate): a constant map has no
+    ranking and no top 20 %, so its Spearman, SSIM and IoU would be whatever its ties give (a constant map against
+    one hot at the top scored IoU 1.0 and SSIM 0.79). Such images are counted apart (`report.summarise`)."""
+    return {key: None if flat else measure(s_a, s_b) for key, measure in SIMILARITIES.items()}
 
 
 def top1(outputs: np.ndarray) -> np.ndarray:
