@@ -233,6 +233,11 @@ class Preprocessing:
         out[...] = x
         return out
 
+    def normalised_range(self) -> tuple[float, float]:
+        """The least and the greatest value this preprocessing gives any pixel of any channel."""
+        table = _table(self.scale, tuple(self.mean), tuple(self.std))
+        return float(table.min()), float(table.max())
+
     def check_range(self, x: np.ndarray) -> None:
         """Refuse a preprocessed batch (N,C,H,W) whose values lie two whole ranges beyond what this preprocessing
         gives any photo: raw 0–255 pixels where normalised ones were expected explain another image, silently.

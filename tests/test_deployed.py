@@ -111,6 +111,28 @@ def test_a_quantoperator_model_is_cut_at_a_uint8_tensor_and_stays_int8(tmp_path)
 
 
 @needs_shared
+def test_the_default_normalisation_is_refused_where_the_models_input_quantizer_says_another(tmp_path):
+    """The TFLite MobileNet quantizes its input to [-1, 0.99]: split with ImageNet's mean and std (the defaults), its
+    pixels beyond were clipped and it scored another image, silently (the diff of two conversions of it agreed on
+    0.75 of the top-1s). The ONNX zoo's int8 MobileNetV2, calibrated on ImageNet-normalised inputs, is split as
+    before; a normalisation given is the user's."""
+    from cam_infer.bundle.split import input_quantized_range
+    path = DEPLOYED / "tfl_mobilenet_v1_0.5_160_quant.onnx"
+    assert input_quantized_range(onnx.load(path)) == pytest.approx((-1.0, 127 / 128))
+    assert_one_line_error(run_cli("split", path, "--out", tmp_path / "a"),
+                          "the model quantizes its input to [-1, 0.992] (its first QuantizeLinear), and the default "
+                          "preprocessing (ImageNet's mean and std) gives [-2.12, 2.64]")
+    assert not (tmp_path / "a").exists()
+    with pytest.raises(CamInferError, match="split it with the model's own normalisation"):
+        split_onnx(path, out=tmp_path / "b", preprocessing={"crop": "none"})
+    assert split_onnx(path, out=tmp_path / "c", **MINUS_ONE_ONE).preprocessing.mean == (0.5,) * 3
+    zoo = DEPLOYED / "mobilenetv2-12-int8.onnx"
+    low, high = input_quantized_range(onnx.load(zoo))
+    assert low < -2.1 and high > 2.6                                    # ImageNet's range: the defaults pass
+    assert split_onnx(zoo, out=tmp_path / "d").preprocessing.mean == pytest.approx((0.485, 0.456, 0.406))
+
+
+@needs_shared
 def test_quantized_softmax_is_left_out_and_probabilities_stay_probabilities(tmp_path):
     bundle = split_onnx(DEPLOYED / "tfl_mobilenet_v1_0.5_160_quant.onnx", out=tmp_path / "b", **MINUS_ONE_ONE)
     m = bundle.manifest

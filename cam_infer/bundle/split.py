@@ -63,6 +63,8 @@ def split_onnx(model: "str | os.PathLike | onnx.ModelProto", layer: str = "auto"
     spec = graph.input_spec
     target = find_target_layer(graph, layer)
     prep = preprocessing_for(spec, preprocessing, input_size)
+    if not isinstance(preprocessing, Preprocessing) and not NORMALISATION & set(preprocessing or {}):
+        check_default_normalisation(model, prep)
     features, head, batch_mode, verification = _split_verified(graph, target, prep)
     num_classes = verification.pop("num_classes")
     labels = read_labels(labels, num_classes) if labels is not None else recorded_labels(model, num_classes)
@@ -169,6 +171,52 @@ def preprocessing_for(spec: InputSpec, prep, input_size) -> Preprocessing:
     if prep.channels != spec.channels:
         raise CamInferError(f"preprocessing gives {prep.channels} channels, the model takes {spec.channels}")
     return _integer_range_checked(prep, spec.dtype)
+
+
+NORMALISATION = {"mean", "std", "scale"}
+
+
+def check_default_normalisation(model: onnx.ModelProto, prep: Preprocessing) -> None:
+    """Refuse the default normalisation (nobody gave or recorded one) where the model says it takes another: a float
+    input quantized at once (an int8 file's first QuantizeLinear) has the range its calibration saw. ImageNet's mean
+    and std give [-2.12, 2.64]; a TFLite MobileNet quantizes its input to [-1, 0.99], so every pixel beyond would be
+    clipped and the model would score another image, silently. A range calibrated on ImageNet-normalised inputs
+    (the ONNX zoo's int8 MobileNetV2: [-2.13, 2.63]) passes."""
+    quantized = input_quantized_range(model)
+    if quantized is None:
+        return
+    low, high = quantized
+    given_low, given_high = prep.normalised_range()
+    span = high - low
+    if given_low < low - span / 2 or given_high > high + span / 2 or given_high - given_low < span / 10:
+        raise CamInferError(f"the model quantizes its input to [{low:.3g}, {high:.3g}] (its first QuantizeLinear), "
+                            f"and the default preprocessing (ImageNet's mean and std) gives [{given_low:.3g}, "
+                            f"{given_high:.3g}]: split it with the model's own normalisation (cam-infer split --mean, --std, "
+                            "--scale; preprocessing=), e.g. --mean 0.5 0.5 0.5 --std 0.5 0.5 0.5 for [-1, 1], and give "
+                            "that bundle")
+
+
+def input_quantized_range(model: onnx.ModelProto) -> tuple[float, float] | None:
+    """[low, high] of the values a float input's QuantizeLinear (its only consumer) can represent, or None."""
+    from onnx import numpy_helper
+    graph = model.graph
+    if not graph.input or graph.input[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+        return None
+    consumers = [n for n in graph.node if graph.input[0].name in n.input]
+    if len(consumers) != 1 or consumers[0].op_type != "QuantizeLinear" or len(consumers[0].input) < 3:
+        return None
+    constants = {i.name: i for i in graph.initializer}
+    constants.update({n.output[0]: a.t for n in graph.node if n.op_type == "Constant" for a in n.attribute
+                      if a.name == "value"})
+    scale, zero = (constants.get(name) for name in consumers[0].input[1:3])
+    if scale is None or zero is None:
+        return None
+    scale, zero = numpy_helper.to_array(scale), numpy_helper.to_array(zero)
+    if scale.size != 1 or zero.size != 1 or zero.dtype not in (np.uint8, np.int8):
+        return None
+    info = np.iinfo(zero.dtype)
+    zero_point, step = float(zero.reshape(())), float(scale.reshape(()))
+    return (info.min - zero_point) * step, (info.max - zero_point) * step
 
 
 def _integer_range_checked(prep: Preprocessing, dtype: str) -> Preprocessing:
