@@ -95,6 +95,9 @@ def info(args) -> int:
     from ..backends import check_backend
     from ..bundle import Bundle
     from ..bundle.describe import describe
+    if args.precision != "f32" and not args.backend:
+        raise CamInferError("--precision is the precision info runs one image at on --backend; give the runtime too "
+                            "(e.g. --backend openvino --precision bf16)")
     bundle = Bundle.load(args.bundle)
     print(json.dumps(bundle.manifest, indent=2) if args.json else describe(bundle))
     if args.backend:
@@ -265,6 +268,14 @@ def bench(args) -> int:
     runtimes = [b.strip() for b in args.backend.split(",")] if args.backend else bundle.runtimes
     from ..backends import backend_name
     runtimes = [backend_name(bundle, r) for r in runtimes]    # before the table's header: an unknown one is one line
+    if args.precision not in ("f32", "auto") and "onnxruntime" in runtimes:   # its CPU provider computes in float32
+        if args.backend:
+            raise CamInferError(f"ONNX Runtime's CPU provider computes in float32; bench --precision {args.precision} "
+                                "with --backend openvino")
+        runtimes = [r for r in runtimes if r != "onnxruntime"]
+        print(f"onnxruntime left out: its CPU provider computes in float32, not {args.precision}")
+        if not runtimes:
+            raise CamInferError(f"no runtime of this bundle computes in {args.precision} here")
     cases = list(FUSED_CASES if args.fused else ALL_CASES) if args.method == "all" else \
         [c.strip() for c in args.method.split(",")]
     if args.fused:
