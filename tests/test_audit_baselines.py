@@ -182,3 +182,13 @@ def test_a_prior_asked_for_without_its_ground_truth_is_refused_not_dropped():
         options.drawn_baselines({})
     assert AuditOptions(("recipro",), baselines=(RANDOM,)).drawn_baselines({}) == (RANDOM,)
     assert BOX_PRIOR not in AuditOptions(("recipro",)).drawn_baselines({})        # the default: what the data allows
+
+
+def test_one_image_shows_no_difference_as_real():
+    """The bootstrap of one image is that image's difference, an interval of width 0 that excluded 0 for any
+    difference: a one-image audit marked nearly every pair 'different' (insertion 2e-7 apart included)."""
+    rows = [r for r in synthetic_rows() if r["image"] == "0.png"]
+    found = uncertainty(rows, ["better", "plain", "same"], ["low", "high"], {"energy": True, "deletion": False})
+    pairs = [p for compared in found["paired"].values() for p in compared]
+    assert pairs and all(p["n"] == 1 for p in pairs) and any(p["mean"] != 0 for p in pairs)
+    assert not any(p["different"] for p in pairs)

@@ -4,7 +4,8 @@ For every row name (method or baseline) and metric column: the mean over the uni
 that have the column, with its percentile bootstrap 95 % interval (`cam_infer.metrics.uncertainty`, B = 1000,
 seeded). For every metric with a direction: each method against the best baseline, then every pair of methods,
 as the mean of the paired difference A − B over the units both scored, with its interval; "different" when the
-interval excludes 0.
+interval excludes 0 over at least two units (the bootstrap of one unit is its own value, an interval of width 0 that
+excludes 0 for any difference and says nothing of other images).
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ def _paired(rows, a: str, b: str, column: str, key) -> dict | None:
         return None
     i = paired_difference([first[k] for k in common], [second[k] for k in common], level=LEVEL)
     return {"a": a, "b": b, "n": len(common), "mean": i.mean, "low": i.low, "high": i.high,
-            "different": i.excludes_zero()}
+            "different": len(common) >= 2 and i.excludes_zero()}
 
 
 def uncertainty(rows, methods, baselines, directions: dict, key=image_key) -> dict:

@@ -224,7 +224,8 @@ NOTES = {"adcc_of_means": "ADCC of the dataset means of coherency, complexity an
                       " a method must beat the best of them",
          "intervals": "per method or baseline and metric: the mean with its percentile bootstrap 95 % interval",
          "paired": "per metric: each method against the best baseline, then every pair of methods: the mean of "
-                   "A - B over the images both scored, its 95 % interval; different when it excludes 0"}
+                   "A - B over the images both scored, its 95 % interval; different when it excludes 0 (over at least "
+                   "2 images)"}
 
 
 def write_uncertainty_csvs(out: Path, summary: dict) -> None:
@@ -388,7 +389,7 @@ def paired_section(report: Report) -> str:
                    + "".join(_difference(cells.get(c), baselines) for c in columns) + "</tr>"
                    for (a, b), cells in lines.items())
     return (f"<h2>Paired differences (A − B per {report.unit[:-1]}: mean and 95 % interval; "
-            "<b class=real>bold ≠</b>: different, the interval excludes 0)</h2>\n"
+            f"<b class=real>bold ≠</b>: different, the interval excludes 0 over at least 2 {report.unit})</h2>\n"
             f"<table class=paired><tr><th>A − B</th>{head}</tr>{body}</table>")
 
 
