@@ -380,6 +380,13 @@ def test_a_detector_split_refuses_preprocessing_it_would_not_read(tmp_path, flag
     assert not (tmp_path / "b").exists()
 
 
+def test_a_detector_split_refuses_a_layer_it_would_not_cut_at(tmp_path):
+    """Before, --layer was left unread: the bundle was cut at the Detect inputs whatever layer it named."""
+    assert_one_line_error(run_cli("split", YOLO, "--out", tmp_path / "b", "--layer", "/model.9/cv2/act/Mul_output_0"),
+                          "--layer /model.9/cv2/act/Mul_output_0: a detector is cut with --cut")
+    assert not (tmp_path / "b").exists()
+
+
 @pytest.mark.slow
 def test_split_and_explain_from_the_command_line(tmp_path):
     result = run_cli("split", YOLO, "--out", tmp_path / "b")

@@ -25,6 +25,9 @@ def split(args) -> int:
         if is_openvino_source(args.model):
             raise CamInferError(f"'{args.model}' is a file OpenVINO reads (IR, TFLite); a detector is split from its "
                                 "ONNX export: export it to ONNX and split that")
+        if args.layer != "auto":
+            raise CamInferError(f"--layer {args.layer}: a detector is cut with --cut (detect-input, the default; "
+                                "backbone; or tensor names), not --layer")
         unread = ["--" + name for name in PREPROCESSING if name != "interpolation" and getattr(args, name) is not None]
         if unread or args.layout:
             flags = ", ".join(unread + ["--layout"] * bool(args.layout))
