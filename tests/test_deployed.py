@@ -132,6 +132,22 @@ def test_the_default_normalisation_is_refused_where_the_models_input_quantizer_s
     assert split_onnx(zoo, out=tmp_path / "d").preprocessing.mean == pytest.approx((0.485, 0.456, 0.406))
 
 
+def test_the_default_normalisation_refusal_of_a_grayscale_model_names_its_own_default():
+    """A one-channel model's default is x/255, not ImageNet's statistics, and its example has one value a flag (a
+    model that takes 0..255, quantized so)."""
+    from cam_infer.bundle.split import check_default_normalisation
+    from cam_infer.images import Preprocessing
+    graph = helper.make_graph(
+        [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"])], "gray",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
+        [helper.make_tensor_value_info("q", TensorProto.UINT8, [1, 1, 8, 8])],
+        [numpy_helper.from_array(np.array(1.0, np.float32), "s"), numpy_helper.from_array(np.array(0, np.uint8), "z")])
+    model = helper.make_model(graph)
+    with pytest.raises(CamInferError, match=r"to \[0, 255\] .* the default preprocessing \(x/255\) gives \[0, 1\]: "
+                                            r".* e\.g\. --mean 0\.5 --std 0\.5 for \[-1, 1\]"):
+        check_default_normalisation(model, Preprocessing(input_size=(8, 8), channels=1))
+
+
 @needs_shared
 def test_quantized_softmax_is_left_out_and_probabilities_stay_probabilities(tmp_path):
     bundle = split_onnx(DEPLOYED / "tfl_mobilenet_v1_0.5_160_quant.onnx", out=tmp_path / "b", **MINUS_ONE_ONE)

@@ -189,11 +189,12 @@ def check_default_normalisation(model: onnx.ModelProto, prep: Preprocessing) -> 
     given_low, given_high = prep.normalised_range()
     span = high - low
     if given_low < low - span / 2 or given_high > high + span / 2 or given_high - given_low < span / 10:
+        default = "ImageNet's mean and std" if prep.channels == 3 else "x/255"
+        half = " ".join(["0.5"] * prep.channels)
         raise CamInferError(f"the model quantizes its input to [{low:.3g}, {high:.3g}] (its first QuantizeLinear), "
-                            f"and the default preprocessing (ImageNet's mean and std) gives [{given_low:.3g}, "
-                            f"{given_high:.3g}]: split it with the model's own normalisation (cam-infer split --mean, --std, "
-                            "--scale; preprocessing=), e.g. --mean 0.5 0.5 0.5 --std 0.5 0.5 0.5 for [-1, 1], and give "
-                            "that bundle")
+                            f"and the default preprocessing ({default}) gives [{given_low:.3g}, {given_high:.3g}]: "
+                            "split it with the model's own normalisation (cam-infer split --mean, --std, --scale; "
+                            f"preprocessing=), e.g. --mean {half} --std {half} for [-1, 1], and give that bundle")
 
 
 def input_quantized_range(model: onnx.ModelProto) -> tuple[float, float] | None:
