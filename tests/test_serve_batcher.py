@@ -55,3 +55,44 @@ def test_requests_batched_together_each_get_their_own_rows():
 def test_a_lone_failing_request_gets_its_error_once():
     answers, calls = asyncio.run(batched_answers([ABSENT]))
     assert calls == [1] and isinstance(answers[0], CamInferError)
+
+
+class FailsAtRuntime(OneMapPerImage):
+    """A model whose runtime fails on any batch (not a refusal of one request): the batch's error, given to each."""
+
+    def run(self, x, key, classes):
+        self.calls.append(len(x))
+        raise RuntimeError("the runtime failed")
+
+
+def test_a_runtime_failure_is_the_batchs_and_is_not_rerun_request_by_request():
+    async def answers():
+        model = FailsAtRuntime()
+        batcher = Batcher(model, max_batch=16, window=0.2)
+        await batcher.start()
+        try:
+            runs = [batcher.run(np.zeros((1, 3, 4, 4), np.float32), "same key", [c]) for c in (1, 2, 3)]
+            return await asyncio.wait_for(asyncio.gather(*runs, return_exceptions=True), 30), model.calls
+        finally:
+            await batcher.stop()
+    got, calls = asyncio.run(answers())
+    assert calls == [3]                                   # one model call, not 3 + 1
+    assert all(isinstance(a, RuntimeError) and "the runtime failed" in str(a) for a in got)
+
+
+def test_a_request_whose_client_left_is_not_rerun():
+    async def answers():
+        model = OneMapPerImage()
+        batcher = Batcher(model, max_batch=16, window=0.2)
+        await batcher.start()
+        try:
+            runs = [asyncio.ensure_future(batcher.run(np.zeros((1, 3, 4, 4), np.float32), "same key", [c]))
+                    for c in (12, ABSENT, 15)]
+            await asyncio.sleep(0.05)
+            runs[0].cancel()                              # the first client leaves while the batch gathers
+            return await asyncio.wait_for(asyncio.gather(*runs, return_exceptions=True), 30), model.calls
+        finally:
+            await batcher.stop()
+    got, calls = asyncio.run(answers())
+    assert isinstance(got[0], asyncio.CancelledError) and int(got[2]["saliency_class"][0]) == 15
+    assert calls == [3, 1, 1]                             # the batch, then the two requests still waited for

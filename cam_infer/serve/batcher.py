@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import CamInferError
+
 
 @dataclass
 class Pending:
@@ -79,12 +81,14 @@ class Batcher:
             outputs = await asyncio.get_running_loop().run_in_executor(self.executor, self.model.run, x,
                                                                        group[0].key, classes)
         except Exception as exc:
-            if len(group) > 1:                         # one request's error (a segmenter's absent class) is its own:
-                for p in group:                        # each request runs alone and gets its own answer or error
-                    await self._run([p])
+            if len(group) > 1 and isinstance(exc, CamInferError):   # a refusal may be one request's own (a
+                for p in group:                                     # segmenter's absent class): each still waited
+                    if not p.future.done():                         # for runs alone, its own answer or error
+                        await self._run([p])
                 return
-            if not group[0].future.done():
-                group[0].future.set_exception(exc)
+            for p in group:                           # the runtime's own failure: the batch's, given to each
+                if not p.future.done():
+                    p.future.set_exception(exc)
             return
         start = 0
         for p in group:
