@@ -32,13 +32,25 @@ def test_a_folder_runs_products_go_one_image_per_request_on_the_static_copy(tiny
     from cam_infer.backends.base import PRODUCTS
     latency = Explainer(tiny_bundle, backend="openvino")
     throughput = Explainer(tiny_bundle, backend="openvino", hint="throughput")
-    weight, x = latency.linear_head.weight, _images(7)
+    weight, x = latency.linear_head.weight, _images(64)       # chunks of several before, whatever the requests
     before = throughput.backend.runtime_calls
     a, outputs, products = throughput.backend.observe_products(x, weight)
-    assert throughput.backend.runtime_calls - before == 7
+    assert throughput.backend.runtime_calls - before == 64
     assert (PRODUCTS, 1) in throughput.backend._compiled and (PRODUCTS, None) not in throughput.backend._compiled
     for got, want in zip((a, outputs, products), latency.backend.observe_products(x, weight)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+def test_a_model_too_large_for_two_copies_keeps_one_compiled_copy_for_the_products(tiny_bundle, monkeypatch):
+    """Over BOTH_COPIES_BYTES (ResNet-50) a second static copy for the products would cost ~60 % of the model's
+    weights again: the products go on the dynamic graph, which then replaces the plain pass's static copy."""
+    import cam_infer.backends.openvino as openvino_backend
+    from cam_infer.backends.base import PRODUCTS
+    monkeypatch.setattr(openvino_backend, "BOTH_COPIES_BYTES", 0)
+    throughput = Explainer(tiny_bundle, backend="openvino", hint="throughput")
+    assert set(throughput.backend._compiled) == {("joined", 1), ("head", None)}
+    throughput.backend.observe_products(_images(64), throughput.linear_head.weight)
+    assert set(throughput.backend._compiled) == {("head", None), (PRODUCTS, None)}
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])

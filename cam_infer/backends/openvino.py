@@ -144,16 +144,16 @@ class OpenVINOBackend(Backend):
         return self._parallel
 
     def chunk_size(self, role: str, items: int | None = None) -> int:
-        """Latency hint: what fits the memory budget. Throughput hints: the clean pass, and the clean pass with
-        more outputs (Recipro-CAM's products, the attention), one image per request (the static copy, as
-        OpenVINO's own throughput runs go: the products on the dynamic graph in chunks of four cost MobileNetV2's
-        folder run 1 core-ms an image more), other graphs `items` shared out over the optimal number of
-        requests."""
+        """Latency hint: what fits the memory budget. Throughput hints: the clean pass, and on a model small enough
+        for two compiled copies the clean pass with more outputs (Recipro-CAM's products, the attention), one image
+        per request (the static copy, as OpenVINO's own throughput runs go: the products on the dynamic graph in
+        chunks of four cost MobileNetV2's folder run 1 core-ms an image more), other graphs `items` shared out over
+        the optimal number of requests."""
         size = super().chunk_size(role, items)
         if self.hint not in THROUGHPUT_HINTS or not self.bundle.dynamic_batch:
             return size
-        if self._is_clean_pass(role) and self._single:
-            return SINGLE
+        if self._single and (role == self._clean or (self._both and self._is_clean_pass(role))):
+            return SINGLE               # a model over BOTH_COPIES_BYTES keeps one static copy: the plain pass's
         return size if not items else min(size, math.ceil(items / self.parallel_requests()))
 
     def _optimal_requests(self) -> int:
