@@ -86,6 +86,9 @@ def test_box_metrics_still_need_boxes_and_a_missing_mask_is_one_line(scenes, tmp
     result = run_cli("audit", SHAPES, folder / "scene_0.png", "--masks", folder / "masks", "--methods", "recipro",
                      "--metrics", "box", "--out", tmp_path / "a")
     assert_one_line_error(result, "metric box needs ground-truth boxes")
+    both = run_cli("audit", SHAPES, folder / "scene_0.png", "--masks", folder / "masks", "--boxes",
+                   tmp_path / "boxes.json", "--methods", "recipro", "--out", tmp_path / "b")
+    assert_one_line_error(both, "give --boxes or --masks, not both")      # one column held either measure
     options = AuditOptions(methods=("recipro",), metrics=("energy",), masks=str(tmp_path))
     with pytest.raises(CamInferError, match="no ground-truth mask for scene_0.png"):
         audit_image(SHAPES, folder / "scene_0.png", options)

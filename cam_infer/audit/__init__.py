@@ -71,6 +71,9 @@ def run_audit(bundle, images, options: AuditOptions, out, *, boxes=None, restart
     check_grid(grid)
     if sanity is not None:
         check_sanity(bundle, sanity)
+    if boxes is not None and options.masks:
+        raise CamInferError("give --boxes or --masks, not both: each gives the pointing and energy columns, and one "
+                            "column would hold two measures")
     runner = make_runner(workers, ray, threads)
     truth = load_boxes(boxes, bundle)
     check_boxes_match(truth, images, boxes, out)

@@ -219,7 +219,8 @@ NOTES = {"adcc_of_means": "ADCC of the dataset means of coherency, complexity an
          "box_hit": "fraction of images whose thresholded-map box has IoU >= iou_threshold with a "
                     "ground-truth box of the explained class",
          "counts": "per method and metric, the number of images its mean is taken over (images "
-                   "without boxes of the explained class have no localisation metrics)",
+                   "without boxes of the explained class, or with masks without a pixel of it, have no "
+                   "localisation metrics)",
          "baselines": "maps that know nothing of the model, scored by the same metric code (cam_infer.audit.baselines):"
                       " a method must beat the best of them",
          "intervals": "per method or baseline and metric: the mean with its percentile bootstrap 95 % interval",

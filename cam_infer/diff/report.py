@@ -138,7 +138,7 @@ def write_html(out: Path, summary: dict, grid: int, label=str) -> Path:
     charts = "".join(_interval_chart(title, {m: summary["methods"][m][k] for m in methods})
                      for k, title in SHOWN.items())
     paired = "".join(f"<tr><th>{html.escape(pair)}</th><td>{_shown(d)}</td><td>"
-                     f"{'yes' if d['differs'] else 'no' if d['images'] >= 2 else 'cannot say (one image)'}"
+                     f"{'yes' if d['differs'] else 'no' if d['images'] >= 2 else _too_few(d['images'])}"
                      f"</td></tr>" for pair, d in summary["paired_spearman"].items())
     paired = (f"<h2>Paired comparisons of Spearman (method 1 − method 2, per image)</h2><table><tr><th>pair</th>"
               f"<th>mean [95 % interval]</th><th>real difference</th></tr>{paired}</table>" if paired else "")
@@ -178,6 +178,10 @@ the class explained: {html.escape(protocol['class'])}</p>{errors}
     path = out / HTML_NAME
     write_atomically(path, page)
     return path
+
+
+def _too_few(images: int) -> str:
+    return "cannot say (one image)" if images == 1 else "no image compared (flat maps)"
 
 
 def _compared(method: dict) -> str:
