@@ -353,6 +353,8 @@ def test_audit_of_a_segmenter_refuses_a_classifier_s_protocol_and_skips_images_w
         assert_one_line_error(refused, f"{given} belong to a classifier's audit")
     assert_one_line_error(run_cli("audit", ex.bundle.path, scenes / "images", "--target", "truth", "--out",
                                   tmp_path / "x"), "--target truth reads a classifier's boxes")
+    assert_one_line_error(run_cli("audit", ex.bundle.path, scenes / "images", "--enhance-option", "sess.scales=2",
+                                  "--out", tmp_path / "x"), "not --boxes, --enhance or --enhance-option")
     from PIL import Image
     present = {p.name: {int(c) for c in np.unique(np.asarray(Image.open(p)))}
                for p in sorted((scenes / "masks").glob("*.png"))}
@@ -450,6 +452,9 @@ def test_fuse_refuses_a_class_specific_segmentation_method(segmenter_and_scene, 
     plain = run_cli("fuse", ex.bundle.path, "--out", tmp_path / "default.onnx")    # no --method: eigen, not recipro
     assert plain.returncode == 0, plain.stderr
     assert "eigen at its cut" in plain.stdout
+    from cam_infer.fuse import fuse
+    fused = fuse(ex.bundle)                                        # the Python API's default too
+    assert {p.key: p.value for p in fused.metadata_props}["cam_infer.method"] == "eigen"
 
 
 def test_fuse_and_info_of_a_segmenter_check_what_they_are_given(segmenter_and_scene, tmp_path):

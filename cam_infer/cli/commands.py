@@ -334,8 +334,9 @@ def audit_segments(args):
     from ..segmentation.audit import run_segmentation_audit, summary_lines
     names = [m.strip() for m in args.methods.split(",") if m.strip()]
     methods = in_all("segmentation") if names == ["all"] else names
-    if args.boxes or args.enhance:
-        raise CamInferError("a segmenter's audit takes --masks DIR (ground-truth label PNGs), not --boxes or --enhance")
+    if args.boxes or args.enhance or args.enhance_option:
+        raise CamInferError("a segmenter's audit takes --masks DIR (ground-truth label PNGs), not --boxes, --enhance "
+                            "or --enhance-option")
     given = ["--" + name.replace("_", "-") for name, default in PROTOCOL.items() if getattr(args, name) != default]
     if given:
         raise CamInferError(f"a segmenter's audit measures energy and pointing in each explained region; "
@@ -459,6 +460,7 @@ def synthetic(args) -> int:
 def fuse(args) -> int:
     from ..bundle import Bundle
     from ..fuse import fuse, save
+    from ..fuse.any_task import default_method
     from ..runs import parse_option
     from ..tasks import task_of
     if Path(args.out).exists() and not args.force:
@@ -480,9 +482,7 @@ def fuse(args) -> int:
     if task != "classification" and given:
         raise CamInferError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for classifiers; a {task} "
                             "bundle's fused map is class-agnostic")
-    if args.method is None:
-        from ..methods.registry import DEFAULT_METHOD
-        args.method = DEFAULT_METHOD if task == "classification" else "eigen"
+    args.method = args.method or default_method(task)
     model = fuse(bundle, args.method, top_classes=args.top_classes, class_input=args.class_input, raw=args.raw,
                  precision=args.precision, **dict(parse_option(o) for o in args.option))
     path = save(model, args.out, overwrite=True)

@@ -13,7 +13,13 @@ from ..methods.registry import DEFAULT_METHOD
 from .assemble import fuse as fuse_classifier
 
 
-def fuse(bundle: "Bundle | str | os.PathLike", method: str = DEFAULT_METHOD, *, top_classes: int = 1,
+def default_method(task: str) -> str:
+    """What `fuse` builds when no method is named: recipro for a classifier; for a segmenter or a detector, whose
+    fused map is class-agnostic, eigen."""
+    return DEFAULT_METHOD if task == "classification" else "eigen"
+
+
+def fuse(bundle: "Bundle | str | os.PathLike", method: str | None = None, *, top_classes: int = 1,
          class_input: bool = False, raw: bool = False, check: bool = True, precision: str = "f32",
          **options) -> onnx.ModelProto:
     """The plain model plus outputs ``saliency`` (N,h,w) in [0,1] — (N,k,h,w) with ``top_classes=k`` — and,
@@ -24,8 +30,10 @@ def fuse(bundle: "Bundle | str | os.PathLike", method: str = DEFAULT_METHOD, *, 
     the model is meant to run at (recorded as ``cam_infer.precision``); other than f32, the check also runs it on
     OpenVINO at that precision and records how far its maps are from the float32 Explainer's (bf16 rounds).
     A segmenter's or a detector's bundle gets its own fused model (`fuse_segmenter`, `fuse_detector`): a
-    class-agnostic map, none of the options above but ``check`` and the method's own."""
+    class-agnostic map, none of the options above but ``check`` and the method's own. ``method``: by default
+    recipro for a classifier, eigen for a segmenter or a detector."""
     bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+    method = method or default_method(bundle.task)
     if bundle.task == "classification":
         return fuse_classifier(bundle, method, top_classes=top_classes, class_input=class_input, raw=raw,
                                check=check, precision=precision, **options)
