@@ -422,7 +422,8 @@ def test_a_flat_map_on_one_side_has_no_similarity_and_ranks_first_among_the_drif
     def row(image, spearman, degenerate_b=0):
         values = {"spearman": spearman, "ssim": spearman, "top_iou": spearman}
         return {"image": image, "method": "recipro", "top1_a": 0, "top1_b": 0, "top1_agree": 1,
-                "probability_shift": 0.0, "degenerate_a": 0, "degenerate_b": degenerate_b, "pair": f"{image}.png", **values}
+                "probability_shift": 0.0, "degenerate_a": 0, "degenerate_b": degenerate_b, "pair": f"{image}.png",
+                **values}
     rows = [row("a.png", 0.9), row("b.png", 0.5), row("c.png", None, degenerate_b=1), row("d.png", 1.0)]
     summary = summarise(rows, ["recipro"], {}, [])
     method = summary["methods"]["recipro"]
