@@ -328,7 +328,7 @@ def test_explain_with_a_float_target_is_the_packages_error(tiny_bundle):
     (lambda b, x: split_model(b.features_path, out="unused", bogus=1), "split takes no option 'bogus'"),
     (lambda b, x: Explainer(b).explain(x, upsampled="no"), "upsampled must be True or False, not 'no'"),
     (lambda b, x: Explainer(b).explain(x, enhance_options={"a": 1}), "give the enhancer with enhance="),
-    (lambda b, x: fuse(b, None), r"method must be one method's name \(a str\), not NoneType"),
+    (lambda b, x: fuse(b, 3), r"method must be one method's name \(a str\), not int"),     # None: the default
     (lambda b, x: Explainer(b, backend="openvino", device=0), "device is an OpenVINO device's name"),
     (lambda b, x: Explainer(b, memory_budget_mb="512"), "memory_budget_mb must be a positive number"),
     (lambda b, x: Explainer(b, backend=["openvino"]), "backend is a runtime's name"),

@@ -482,7 +482,7 @@ def fuse(args) -> int:
     if task != "classification" and given:
         raise CamInferError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for classifiers; a {task} "
                             "bundle's fused map is class-agnostic")
-    args.method = args.method or default_method(task)
+    args.method = default_method(task) if args.method is None else args.method
     model = fuse(bundle, args.method, top_classes=args.top_classes, class_input=args.class_input, raw=args.raw,
                  precision=args.precision, **dict(parse_option(o) for o in args.option))
     path = save(model, args.out, overwrite=True)

@@ -33,7 +33,7 @@ def fuse(bundle: "Bundle | str | os.PathLike", method: str | None = None, *, top
     class-agnostic map, none of the options above but ``check`` and the method's own. ``method``: by default
     recipro for a classifier, eigen for a segmenter or a detector."""
     bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
-    method = method or default_method(bundle.task)
+    method = default_method(bundle.task) if method is None else method
     if bundle.task == "classification":
         return fuse_classifier(bundle, method, top_classes=top_classes, class_input=class_input, raw=raw,
                                check=check, precision=precision, **options)
