@@ -1,21 +1,23 @@
 """Intervals and paired comparisons of an audit's rows, for every audit (classifier, detector, masks).
 
 For every row name (method or baseline) and metric column: the mean over the units (images, or detections)
-that have the column, with its percentile bootstrap 95 % interval (`cam_infer.metrics.uncertainty`, B = 1000,
-seeded). For every metric with a direction: each method against the best baseline, then every pair of methods,
-as the mean of the paired difference A − B over the units both scored, with its interval; "different" when the
-interval excludes 0 over at least two units (the bootstrap of one unit is its own value, an interval of width 0 that
-excludes 0 for any difference and says nothing of other images).
+that have the column, with its expanded percentile bootstrap 95 % interval (`cam_infer.metrics.uncertainty`,
+B = 1000, seeded). For every metric with a direction: each method against the best baseline, then every pair of
+methods, as the mean of the paired difference A − B over the units both scored, with its interval; "different" when
+the interval excludes 0 over at least `VERDICT_MIN_IMAGES` (6) units (`uncertainty.differs`: with fewer, one sign
+over every unit happens by chance often enough that any bootstrap interval would call it a difference).
 """
 
 from __future__ import annotations
 
 import math
 
-from ..metrics.uncertainty import DEFAULT_RESAMPLES, DEFAULT_SEED, bootstrap_interval, paired_difference
+from ..metrics.uncertainty import (DEFAULT_RESAMPLES, DEFAULT_SEED, VERDICT_MIN_IMAGES, bootstrap_interval, differs,
+                                   paired_difference)
 
 LEVEL = 0.95
-BOOTSTRAP = {"kind": "percentile", "level": LEVEL, "resamples": DEFAULT_RESAMPLES, "seed": DEFAULT_SEED}
+BOOTSTRAP = {"kind": "expanded percentile (Hesterberg 2015)", "level": LEVEL, "resamples": DEFAULT_RESAMPLES,
+             "seed": DEFAULT_SEED, "verdict_min_units": VERDICT_MIN_IMAGES}
 
 
 def image_key(row) -> tuple:
@@ -96,7 +98,7 @@ def _paired(rows, a: str, b: str, column: str, key) -> dict | None:
         return None
     i = paired_difference([first[k] for k in common], [second[k] for k in common], level=LEVEL)
     return {"a": a, "b": b, "n": len(common), "mean": i.mean, "low": i.low, "high": i.high,
-            "different": len(common) >= 2 and i.excludes_zero()}
+            "different": differs(i, len(common))}
 
 
 def uncertainty(rows, methods, baselines, directions: dict, key=image_key) -> dict:

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import CamInferError
 from ..metrics import adcc
+from ..metrics.uncertainty import VERDICT_MIN_IMAGES
 from ..numerics import is_whole_number
 from ..outputs import write_atomically
 from .intervals import uncertainty
@@ -223,10 +224,11 @@ NOTES = {"adcc_of_means": "ADCC of the dataset means of coherency, complexity an
                    "localisation metrics)",
          "baselines": "maps that know nothing of the model, scored by the same metric code (cam_infer.audit.baselines):"
                       " a method must beat the best of them",
-         "intervals": "per method or baseline and metric: the mean with its percentile bootstrap 95 % interval",
+         "intervals": "per method or baseline and metric: the mean with its expanded percentile bootstrap 95 % "
+                      "interval (Hesterberg 2015)",
          "paired": "per metric: each method against the best baseline, then every pair of methods: the mean of "
-                   "A - B over the images both scored, its 95 % interval; different when it excludes 0 (over at least "
-                   "2 images)"}
+                   "A - B over the images both scored, its 95 % interval; different when it excludes 0 over at least "
+                   f"{VERDICT_MIN_IMAGES} images"}
 
 
 def write_uncertainty_csvs(out: Path, summary: dict) -> None:
@@ -390,7 +392,8 @@ def paired_section(report: Report) -> str:
                    + "".join(_difference(cells.get(c), baselines) for c in columns) + "</tr>"
                    for (a, b), cells in lines.items())
     return (f"<h2>Paired differences (A − B per {report.unit[:-1]}: mean and 95 % interval; "
-            f"<b class=real>bold ≠</b>: different, the interval excludes 0 over at least 2 {report.unit})</h2>\n"
+            f"<b class=real>bold ≠</b>: different, the interval excludes 0 over at least {VERDICT_MIN_IMAGES} "
+            f"{report.unit})</h2>\n"
             f"<table class=paired><tr><th>A − B</th>{head}</tr>{body}</table>")
 
 

@@ -1,5 +1,5 @@
 """What a diff leaves in its folder: diff.csv (one row per image and method, rewritten as images are done),
-summary.json (means with percentile-bootstrap 95 % intervals, paired method comparisons, the images that drifted
+summary.json (means with expanded percentile bootstrap 95 % intervals, paired method comparisons, the images that drifted
 most) and index.html (one self-contained page: those images side by side, A | B)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from itertools import combinations
 from pathlib import Path
 
 from ..audit.report import PAGE_STYLE, write_csv
-from ..metrics.uncertainty import bootstrap_interval, paired_difference
+from ..metrics.uncertainty import VERDICT_MIN_IMAGES, bootstrap_interval, differs, paired_difference
 from ..outputs import write_atomically
 from .work import COLUMNS, SIMILARITIES
 
@@ -55,21 +55,21 @@ def summarise(rows: list[dict], methods, protocol: dict, errors: list, drifted: 
         "paired_spearman": paired,
         "drifted": _drifted(rows, per_image)[:drifted],
         "protocol": protocol, "errors": errors,
-        "notes": {"intervals": "mean, and the percentile-bootstrap 95 % interval of the mean over images "
-                               "(1000 resamples, seed 0)",
+        "notes": {"intervals": "mean, and the expanded percentile bootstrap 95 % interval of the mean over images "
+                               "(Hesterberg 2015; 1000 resamples, seed 0)",
                   "probability_shift": "B's probability of the explained class minus A's, per image",
                   "compared": "images whose two maps are compared: a flat (degenerate) map on either side has no "
                               "ranking, so no similarity; those images are counted in degenerate_a/_b instead",
                   "paired_spearman": "per image, method 1's Spearman minus method 2's; 'differs' when the interval "
                                      f"excludes 0 by more than {NEGLIGIBLE:g} (one method's maps moved more than the "
-                                     "other's), over at least 2 images"},
+                                     f"other's), over at least {VERDICT_MIN_IMAGES} images"},
     }
 
 
 def _differs(interval, images: int) -> bool:
-    """A paired difference is real when its interval excludes 0 by more than rounding, over at least two images:
-    the bootstrap of one image is that image's value, an interval of width 0 that says nothing of other images."""
-    return images >= 2 and (interval.low > NEGLIGIBLE or interval.high < -NEGLIGIBLE)
+    """A paired difference is real when its interval excludes 0 by more than rounding, over at least
+    `VERDICT_MIN_IMAGES` images (`metrics.uncertainty.differs`)."""
+    return differs(interval, images, NEGLIGIBLE)
 
 
 def _per_image(rows) -> dict:
@@ -138,7 +138,7 @@ def write_html(out: Path, summary: dict, grid: int, label=str) -> Path:
     charts = "".join(_interval_chart(title, {m: summary["methods"][m][k] for m in methods})
                      for k, title in SHOWN.items())
     paired = "".join(f"<tr><th>{html.escape(pair)}</th><td>{_shown(d)}</td><td>"
-                     f"{'yes' if d['differs'] else 'no' if d['images'] >= 2 else _too_few(d['images'])}"
+                     f"{'yes' if d['differs'] else 'no' if d['images'] >= VERDICT_MIN_IMAGES else _too_few(d['images'])}"
                      f"</td></tr>" for pair, d in summary["paired_spearman"].items())
     paired = (f"<h2>Paired comparisons of Spearman (method 1 − method 2, per image)</h2><table><tr><th>pair</th>"
               f"<th>mean [95 % interval]</th><th>real difference</th></tr>{paired}</table>" if paired else "")
@@ -181,7 +181,8 @@ the class explained: {html.escape(protocol['class'])}</p>{errors}
 
 
 def _too_few(images: int) -> str:
-    return "cannot say (one image)" if images == 1 else "no image compared (flat maps)"
+    return f"cannot say ({images} of the {VERDICT_MIN_IMAGES} images a verdict needs)" if images else \
+        "no image compared (flat maps)"
 
 
 def _compared(method: dict) -> str:
