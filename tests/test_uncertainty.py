@@ -35,7 +35,8 @@ def test_student_t_quantiles_equal_the_tables():
 
 def test_the_expanded_interval_excludes_a_true_zero_about_five_percent_of_the_time():
     """The plain percentile interval is too narrow on a few images: on normal scores of mean 0 it excluded 0 in
-    8–15 % of draws for 6 to 20 images (50 % at n = 2). The expanded one (Hesterberg 2015) is as wide as Student's t for normal data."""
+    8–15 % of draws for 6 to 20 images (50 % at n = 2). The expanded one (Hesterberg 2015) is as wide as Student's t
+    for normal data."""
     from cam_infer.metrics.uncertainty import expanded_tail
     rng = np.random.default_rng(11)
     for n in (6, 10, 20):                 # 2 000 draws: 7.8, 5.7 and 5.5 % against 14.8, 10.1 and 7.6 % before

@@ -1,6 +1,6 @@
 """What a diff leaves in its folder: diff.csv (one row per image and method, rewritten as images are done),
-summary.json (means with expanded percentile bootstrap 95 % intervals, paired method comparisons, the images that drifted
-most) and index.html (one self-contained page: those images side by side, A | B)."""
+summary.json (means with expanded percentile bootstrap 95 % intervals, paired method comparisons, the images that
+drifted most) and index.html (one self-contained page: those images side by side, A | B)."""
 
 from __future__ import annotations
 
@@ -138,7 +138,7 @@ def write_html(out: Path, summary: dict, grid: int, label=str) -> Path:
     charts = "".join(_interval_chart(title, {m: summary["methods"][m][k] for m in methods})
                      for k, title in SHOWN.items())
     paired = "".join(f"<tr><th>{html.escape(pair)}</th><td>{_shown(d)}</td><td>"
-                     f"{'yes' if d['differs'] else 'no' if d['images'] >= VERDICT_MIN_IMAGES else _too_few(d['images'])}"
+                     f"{_verdict(d)}"
                      f"</td></tr>" for pair, d in summary["paired_spearman"].items())
     paired = (f"<h2>Paired comparisons of Spearman (method 1 − method 2, per image)</h2><table><tr><th>pair</th>"
               f"<th>mean [95 % interval]</th><th>real difference</th></tr>{paired}</table>" if paired else "")
@@ -178,6 +178,12 @@ the class explained: {html.escape(protocol['class'])}</p>{errors}
     path = out / HTML_NAME
     write_atomically(path, page)
     return path
+
+
+def _verdict(pair: dict) -> str:
+    if pair["differs"]:
+        return "yes"
+    return "no" if pair["images"] >= VERDICT_MIN_IMAGES else _too_few(pair["images"])
 
 
 def _too_few(images: int) -> str:

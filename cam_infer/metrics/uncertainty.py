@@ -3,19 +3,20 @@
 Percentile bootstrap (Efron & Tibshirani, *An Introduction to the Bootstrap*, 1993, ch. 13): draw B resamples of the
 n per-image scores with replacement, take each resample's mean, and report quantiles of those means. Its plain 95 %
 interval (the 2.5 % and 97.5 % quantiles) is too narrow for a dozen images: it leaves out the t distribution's
-heavier tails and the n/(n−1) of the sample's variance, so on n normal scores of mean 0 it excluded 0 in 15, 10, 7.6
-and 6.8 % of draws for n = 6, 10, 20 and 30 (22 % at 4, 50 % at 2), not 5 %. The **expanded** percentile interval (Hesterberg, "What teachers should
-know about the bootstrap", *The American Statistician* 69(4), 2015) takes the quantiles at α′/2 and 1 − α′/2 with
+heavier tails and the n/(n−1) of the sample's variance, so on n normal scores of mean 0 it excluded 0 in 15, 10,
+7.6 and 6.8 % of draws for n = 6, 10, 20 and 30 (22 % at 4, 50 % at 2), not 5 %. The **expanded** percentile
+interval (Hesterberg, "What teachers should know about the bootstrap", *The American Statistician* 69(4), 2015)
+takes the quantiles at α′/2 and 1 − α′/2 with
 
     α′ = 2 Φ(−√(n/(n−1)) · t_{1−α/2, n−1})
 
 so that for normal data it is about as wide as Student's t interval: 7.8, 5.7 and 5.5 % false "different" at n = 6,
 10 and 20 (2 000 draws each; tests/test_uncertainty.py). Skewed scores (an exponential's) stay above 5 % at a few
-images (8–14 % for 6 to 30) with this interval as with t's: a mean of a dozen skewed scores is uncertain. B = 1000 keeps the Monte-Carlo error of a bound near 0.01·s/√n. For two
-methods scored on the same images the paired difference A − B per image is bootstrapped the same way; the two are
-"different" when that interval excludes 0 over at least `VERDICT_MIN_IMAGES` images: with fewer, the resampled
-means never leave the range of the data, and all n differences share one sign with probability 2·2⁻ⁿ by chance
-alone (6 % at n = 5), each such draw a "different".
+images (8–14 % for 6 to 30) with this interval as with t's: a mean of a dozen skewed scores is uncertain. B = 1000
+keeps the Monte-Carlo error of a bound near 0.01·s/√n. For two methods scored on the same images the paired
+difference A − B per image is bootstrapped the same way; the two are "different" when that interval excludes 0 over
+at least `VERDICT_MIN_IMAGES` images: with fewer, the resampled means never leave the range of the data, and all n
+differences share one sign with probability 2·2⁻ⁿ by chance alone (6 % at n = 5), each such draw a "different".
 """
 
 from __future__ import annotations
