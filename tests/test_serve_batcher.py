@@ -26,12 +26,18 @@ class OneMapPerImage:
         return {"saliency_class": np.asarray(classes if classes is not None else [-1] * len(x), np.int64)}
 
 
-async def batched_answers(requests: list) -> list:
-    model = OneMapPerImage()
+async def batched_answers(requests: list, model=None, first_leaves: bool = False) -> list:
+    """Each request's answer (or error) and the model's calls; `first_leaves`: the first client leaves while the batch
+    gathers."""
+    model = model or OneMapPerImage()
     batcher = Batcher(model, max_batch=16, window=0.2)          # the window gathers every request in one batch
     await batcher.start()
     try:
-        runs = [batcher.run(np.zeros((1, 3, 4, 4), np.float32), "same key", [c]) for c in requests]
+        runs = [asyncio.ensure_future(batcher.run(np.zeros((1, 3, 4, 4), np.float32), "same key", [c]))
+                for c in requests]
+        if first_leaves:
+            await asyncio.sleep(0.05)
+            runs[0].cancel()
         answers = await asyncio.wait_for(asyncio.gather(*runs, return_exceptions=True), 30)
     finally:
         await batcher.stop()
@@ -66,33 +72,12 @@ class FailsAtRuntime(OneMapPerImage):
 
 
 def test_a_runtime_failure_is_the_batchs_and_is_not_rerun_request_by_request():
-    async def answers():
-        model = FailsAtRuntime()
-        batcher = Batcher(model, max_batch=16, window=0.2)
-        await batcher.start()
-        try:
-            runs = [batcher.run(np.zeros((1, 3, 4, 4), np.float32), "same key", [c]) for c in (1, 2, 3)]
-            return await asyncio.wait_for(asyncio.gather(*runs, return_exceptions=True), 30), model.calls
-        finally:
-            await batcher.stop()
-    got, calls = asyncio.run(answers())
+    got, calls = asyncio.run(batched_answers([1, 2, 3], FailsAtRuntime()))
     assert calls == [3]                                   # one model call, not 3 + 1
     assert all(isinstance(a, RuntimeError) and "the runtime failed" in str(a) for a in got)
 
 
 def test_a_request_whose_client_left_is_not_rerun():
-    async def answers():
-        model = OneMapPerImage()
-        batcher = Batcher(model, max_batch=16, window=0.2)
-        await batcher.start()
-        try:
-            runs = [asyncio.ensure_future(batcher.run(np.zeros((1, 3, 4, 4), np.float32), "same key", [c]))
-                    for c in (12, ABSENT, 15)]
-            await asyncio.sleep(0.05)
-            runs[0].cancel()                              # the first client leaves while the batch gathers
-            return await asyncio.wait_for(asyncio.gather(*runs, return_exceptions=True), 30), model.calls
-        finally:
-            await batcher.stop()
-    got, calls = asyncio.run(answers())
+    got, calls = asyncio.run(batched_answers([12, ABSENT, 15], first_leaves=True))
     assert isinstance(got[0], asyncio.CancelledError) and int(got[2]["saliency_class"][0]) == 15
     assert calls == [3, 1, 1]                             # the batch, then the two requests still waited for

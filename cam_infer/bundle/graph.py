@@ -10,8 +10,9 @@ import os
 from dataclasses import dataclass, field
 from functools import cached_property
 
+import numpy as np
 import onnx
-from onnx import TensorProto, helper, shape_inference
+from onnx import TensorProto, helper, numpy_helper, shape_inference
 
 from ..errors import CamInferError
 
@@ -64,8 +65,6 @@ def checker_note(model: onnx.ModelProto) -> str | None:
 def _shapes_from_a_run(model: onnx.ModelProto, image: onnx.ValueInfoProto, names: list[str]) -> dict:
     """Shapes and types ONNX's inference cannot give (contrib ops such as com.microsoft.QLinearAdd): run
     the model once on a zero image of the concrete size with those tensors as extra outputs."""
-    import numpy as np
-
     from ..backends.sessions import FLOAT32, onnxruntime_session
 
     probe = onnx.ModelProto()
@@ -423,3 +422,17 @@ def reads_float16_weights(graph: onnx.GraphProto) -> bool:
     half |= {n.output[0] for n in graph.node if n.op_type == "Constant" and
              any(a.t.data_type == onnx.TensorProto.FLOAT16 for a in n.attribute if a.name == "value")}
     return any(n.op_type not in ("Cast", "Constant") and half.intersection(n.input) for n in graph.node)
+
+
+def constant_value(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
+    """The value of tensor `name` when it is an initializer or a Constant, through Identity nodes; else None."""
+    values = {i.name: i for i in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+    while name not in values:
+        node = producers.get(name)
+        if node is None or node.op_type not in ("Identity", "Constant"):
+            return None
+        if node.op_type == "Constant":
+            return numpy_helper.to_array(node.attribute[0].t) if node.attribute[0].name == "value" else None
+        name = node.input[0]
+    return numpy_helper.to_array(values[name])

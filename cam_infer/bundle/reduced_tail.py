@@ -30,6 +30,7 @@ from onnx import helper, numpy_helper
 
 from ..errors import CamInferError
 from ..fuse.builder import Builder
+from .graph import constant_value
 
 INDEX, WEIGHT, BIAS = "copy_index", "copy_weight", "key_bias"
 
@@ -301,20 +302,6 @@ def _bias_the_keys(graph: onnx.GraphProto, softmaxes: list, x: str, opset: int) 
 def _is_matrix(graph: onnx.GraphProto, name: str) -> bool:
     value = constant_value(graph, name)
     return value is not None and value.ndim == 2
-
-
-def constant_value(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
-    """The value of tensor `name` when it is an initializer or a Constant, through Identity nodes; else None."""
-    values = {i.name: i for i in graph.initializer}
-    producers = {o: n for n in graph.node for o in n.output}
-    while name not in values:
-        node = producers.get(name)
-        if node is None or node.op_type not in ("Identity", "Constant"):
-            return None
-        if node.op_type == "Constant":
-            return numpy_helper.to_array(node.attribute[0].t) if node.attribute[0].name == "value" else None
-        name = node.input[0]
-    return numpy_helper.to_array(values[name])
 
 
 def _replace_uses(graph: onnx.GraphProto, old: str, new: str, keep: tuple = ()) -> None:

@@ -25,7 +25,8 @@ from ..errors import CamInferError
 from ..images import Preprocessing
 from .anatomy import check_class_scores, check_classifier_output, check_one_output, declared_image_size, score_output
 from .cut import extract
-from .graph import INTEGER_TYPES, Graph, InputSpec, load_onnx, names_metadata, recorded_metadata
+from .graph import (INTEGER_TYPES, Graph, InputSpec, constant_value, load_onnx, names_metadata,
+                    recorded_metadata)
 from .layers import TargetLayer, find_target_layer
 from .manifest import Bundle
 from .verify import Mismatch, random_images, verify
@@ -199,21 +200,14 @@ def check_default_normalisation(model: onnx.ModelProto, prep: Preprocessing) -> 
 
 def input_quantized_range(model: onnx.ModelProto) -> tuple[float, float] | None:
     """[low, high] of the values a float input's QuantizeLinear (its only consumer) can represent, or None."""
-    from onnx import numpy_helper
     graph = model.graph
     if not graph.input or graph.input[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
         return None
     consumers = [n for n in graph.node if graph.input[0].name in n.input]
     if len(consumers) != 1 or consumers[0].op_type != "QuantizeLinear" or len(consumers[0].input) < 3:
         return None
-    constants = {i.name: i for i in graph.initializer}
-    constants.update({n.output[0]: a.t for n in graph.node if n.op_type == "Constant" for a in n.attribute
-                      if a.name == "value"})
-    scale, zero = (constants.get(name) for name in consumers[0].input[1:3])
-    if scale is None or zero is None:
-        return None
-    scale, zero = numpy_helper.to_array(scale), numpy_helper.to_array(zero)
-    if scale.size != 1 or zero.size != 1 or zero.dtype not in (np.uint8, np.int8):
+    scale, zero = (constant_value(graph, name) for name in consumers[0].input[1:3])
+    if scale is None or zero is None or scale.size != 1 or zero.size != 1 or zero.dtype not in (np.uint8, np.int8):
         return None
     info = np.iinfo(zero.dtype)
     zero_point, step = float(zero.reshape(())), float(scale.reshape(()))

@@ -337,7 +337,7 @@ def audit_segments(args):
     if args.boxes or args.enhance or args.enhance_option:
         raise CamInferError("a segmenter's audit takes --masks DIR (ground-truth label PNGs), not --boxes, --enhance "
                             "or --enhance-option")
-    given = ["--" + name.replace("_", "-") for name, default in PROTOCOL.items() if getattr(args, name) != default]
+    given = _protocol_flags_given(args)
     if given:
         raise CamInferError(f"a segmenter's audit measures energy and pointing in each explained region; "
                             f"{', '.join(given)} belong to a classifier's audit")
@@ -399,6 +399,12 @@ def diff(args) -> int:
     return 0
 
 
+def _protocol_flags_given(args, read: tuple = ()) -> list[str]:
+    """The flags of a classifier's audit protocol given other than their defaults, but those in `read`."""
+    return ["--" + name.replace("_", "-") for name, default in PROTOCOL.items()
+            if name not in read and getattr(args, name) != default]
+
+
 def refuse_classifier_audit_flags_on_detections(args) -> None:
     """A detector's audit explains the detections the model makes and measures pointing and energy in the boxes
     (with --tolerance): a flag of a classifier's or segmenter's audit is refused, not left unread."""
@@ -409,8 +415,7 @@ def refuse_classifier_audit_flags_on_detections(args) -> None:
         raise CamInferError("a detector's audit explains the detections the model makes; --target is for classifiers "
                             "and segmenters")
     asked = {m.strip() for m in args.metrics.split(",") if m.strip()} - {"all", "pointing", "energy"}
-    given = ["--" + name.replace("_", "-") for name, default in PROTOCOL.items()
-             if name not in ("metrics", "tolerance") and getattr(args, name) != default]
+    given = _protocol_flags_given(args, read=("metrics", "tolerance"))
     if asked or given:
         flags = [f"--metrics {','.join(sorted(asked))}"] if asked else []
         raise CamInferError(f"a detector's audit measures pointing and energy in the boxes (with --tolerance); "
