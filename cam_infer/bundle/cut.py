@@ -10,8 +10,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ..errors import CamInferError
 from ..version import __version__
-from .anatomy import score_output
+from .anatomy import dequantized_source, quantization_of, score_output
 from .graph import INTEGER_TYPES, Graph, InputSpec, TensorInfo, make_tensor_value_info
 from .layers import TargetLayer
 from .shapes_at_cut import rebuild, rebuildable
@@ -55,6 +56,68 @@ def extract(graph: Graph, target: TargetLayer, batch_mode: str) -> tuple[onnx.Mo
             _release_batch(part, graph.fixed_batch)
         _float32_boundary(part)
     return features, head
+
+
+def float_view(graph: Graph, model: onnx.ModelProto, tensor: str) -> str:
+    """Append to `model` what turns a cut tensor into float32 for the methods (DequantizeLinear with its own scale
+    for an int8 tensor, a Cast for a float16 one) and return the float tensor's name."""
+    dtype = graph.info(tensor).elem_type
+    if dtype in INTEGER_TYPES:
+        quant = _cut_quantization(graph, tensor)
+        model.graph.node.append(helper.make_node("DequantizeLinear", [tensor, *_qparams(quant)],
+                                                 [f"{tensor}__float"], name=f"{tensor}__dequantize", **_axis(quant)))
+        _extend_constants(graph, model, _qparam_tensors(graph, quant))
+    elif dtype in BOUNDARY_FLOATS:
+        model.graph.node.append(helper.make_node("Cast", [tensor], [f"{tensor}__float"], to=TensorProto.FLOAT,
+                                                 name=f"{tensor}__to_float"))
+    else:
+        return tensor
+    return f"{tensor}__float"
+
+
+def as_the_model_reads(graph: Graph, tensor: str, source: str, result: str, name: str):
+    """Nodes (and the constants they need) that turn `source`, cut tensor `tensor` given in float32, into `result`
+    as the unsplit model had it: re-quantized with the tensor's own scale and zero point (int8), cast (float16),
+    or, for the float output of an int8 QDQ graph's DequantizeLinear, through a QuantizeLinear → DequantizeLinear
+    pair. That pair changes no value (they are dequantized steps already), but the runtime then sees the pattern it
+    fuses into integer kernels, as in the unsplit model: without it the first convolutions after the cut run in
+    float and the output moves by rounding. ([], []) when the float32 tensor is what the model reads."""
+    dtype = graph.info(tensor).elem_type
+    origin = dequantized_source(graph, tensor)
+    if dtype in INTEGER_TYPES:
+        quant = _cut_quantization(graph, tensor)
+        nodes = [helper.make_node("QuantizeLinear", [source, *_qparams(quant)], [result], name=f"{name}_quantize",
+                                  **_axis(quant))]
+    elif dtype in BOUNDARY_FLOATS:
+        return [helper.make_node("Cast", [source], [result], to=dtype, name=f"{name}_cast")], []
+    elif origin is not None and (quant := quantization_of(graph, origin)) is not None:
+        nodes = [helper.make_node("QuantizeLinear", [source, *_qparams(quant)], [f"{result}__requantized"],
+                                  name=f"{name}_quantize", **_axis(quant)),
+                 helper.make_node("DequantizeLinear", [f"{result}__requantized", *_qparams(quant)], [result],
+                                  name=f"{name}_dequantize", **_axis(quant))]
+    else:
+        return [], []
+    return nodes, _qparam_tensors(graph, quant)
+
+
+def _cut_quantization(graph: Graph, tensor: str):
+    quant = quantization_of(graph, tensor)
+    if quant is None:
+        raise CamInferError(f"cut tensor '{tensor}' is an integer tensor whose scale and zero point cannot be read; "
+                            "cut at another tensor")
+    return quant
+
+
+def _qparams(quant) -> list[str]:
+    return [quant.scale] + ([quant.zero_point] if quant.zero_point else [])
+
+
+def _axis(quant) -> dict:
+    return {} if quant.axis is None else {"axis": quant.axis}
+
+
+def _qparam_tensors(graph: Graph, quant) -> list[onnx.TensorProto]:
+    return [graph.initializers[c] for c in _qparams(quant) if c in graph.initializers]
 
 
 def _rebuild_shapes(head: onnx.ModelProto, shapes: dict, tensor: str) -> None:

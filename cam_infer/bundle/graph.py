@@ -35,6 +35,7 @@ def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
                             "is the file complete?") from None
     if len(model.graph.node) == 0 or len(model.graph.output) == 0:
         raise CamInferError(f"'{path}' is not an ONNX model (no graph nodes or outputs found)")
+    in_topological_order(model)
     try:
         onnx.checker.check_model(model)
     except Exception as exc:
@@ -45,6 +46,43 @@ def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
         model.doc_string = (model.doc_string + "\n" if model.doc_string else "") + \
             f"cam-infer: onnx.checker rejects this file ({_first_line(exc)}); ONNX Runtime runs it"
     return model
+
+
+def in_topological_order(model: onnx.ModelProto) -> None:
+    """Put the graph's nodes in an order where each comes after the nodes it reads from, keeping the file's order
+    where it already is one. ONNX asks for that order and ONNX Runtime sorts for itself, so files that break it
+    run (float16 converters append the input's Cast last); everything here walks the nodes in file order."""
+    g = model.graph
+    known = {i.name for i in g.input} | {t.name for t in g.initializer} | {""}
+    reads = [[i for i in [*n.input, *sorted(_subgraph_inputs(n))] if i not in known] for n in g.node]
+    producer = {out: idx for idx, node in enumerate(g.node) for out in node.output if out}
+    if all(producer.get(i, -1) < idx for idx, inputs in enumerate(reads) for i in inputs):
+        return
+    placed, order, done = set(), [], set()
+
+    def place(idx: int) -> None:
+        stack = [(idx, iter(reads[idx]))]
+        while stack:
+            current, pending = stack[-1]
+            name = next((i for i in pending if producer.get(i) is not None and producer[i] not in done), None)
+            if name is None:
+                stack.pop()
+                if current not in done:
+                    done.add(current)
+                    order.append(current)
+            elif producer[name] in placed:
+                raise CamInferError(f"the model's graph has a cycle through '{name}'")
+            else:
+                placed.add(producer[name])
+                stack.append((producer[name], iter(reads[producer[name]])))
+
+    for idx in range(len(g.node)):
+        if idx not in done:
+            placed.add(idx)
+            place(idx)
+    nodes = [g.node[i] for i in order]
+    del g.node[:]
+    g.node.extend(nodes)
 
 
 def _runs_on_onnxruntime(model: onnx.ModelProto) -> bool:
@@ -345,7 +383,8 @@ class Graph:
         for name, tensor in self.initializers.items():
             shapes[name] = TensorInfo(name, tensor.data_type, tuple(tensor.dims))
         missing = [o for n in model.graph.node for o in n.output
-                   if o and (o not in shapes or shapes[o].shape is None or shapes[o].elem_type == TensorProto.UNDEFINED)]
+                   if o and (o not in shapes or shapes[o].shape is None or None in shapes[o].shape
+                             or shapes[o].elem_type == TensorProto.UNDEFINED)]
         if missing:
             shapes.update(_shapes_from_a_run(model, image, missing))
         return shapes

@@ -27,10 +27,9 @@ def joined_model(features: onnx.ModelProto, head: onnx.ModelProto, cut: list[dic
     graph = features.graph
     feature_nodes, head_nodes = _members(features, head, packed)
     head_nodes, head_initializers = _apart(feature_nodes, graph.initializer, head_nodes, head.graph.initializer)
-    if packed:                        # what each level's packing reads: a quantized member's real values
-        read = {n.name: n.input[0] for n in graph.node if _packing(n.name)}
-        cut_tensors = [helper.make_tensor_value_info(read.get(f"pack_{i}", level["name"]), TensorProto.FLOAT,
-                                                     ["N", *level["shape"]]) for i, level in enumerate(cut)]
+    if packed:
+        cut_tensors = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", *level["shape"]])
+                       for name, level in zip(packed_levels(features, cut), cut)]
     else:
         cut_tensors = list(graph.output)
     outputs = (cut_tensors if expose_cut else []) + list(head.graph.output)
@@ -54,6 +53,13 @@ def joined_model(features: onnx.ModelProto, head: onnx.ModelProto, cut: list[dic
     known = {(fn.domain, fn.name) for fn in features.functions}
     features.functions.extend(fn for fn in head.functions if (fn.domain, fn.name) not in known)
     return features
+
+
+def packed_levels(features: onnx.ModelProto, cut: list[dict]) -> list[str]:
+    """The float32 tensor each of a detector's cut levels is packed from: the level itself, or its dequantized
+    (int8) or cast (float16) copy, which the joined model computes too."""
+    read = {n.name: n.input[0] for n in features.graph.node if _packing(n.name)}
+    return [read.get(f"pack_{i}", level["name"]) for i, level in enumerate(cut)]
 
 
 def head_renames(features: onnx.ModelProto, head: onnx.ModelProto, cut: list[dict] | None = None) -> dict:

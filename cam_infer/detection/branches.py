@@ -24,14 +24,15 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..bundle.cut import _subgraph
+from ..bundle.cut import _extend_constants, _subgraph, as_the_model_reads
 from ..bundle.graph import Graph
 from ..bundle.verify import session
 from .decode import AnchorGrid
 
 CANDIDATES = 6                  # branch tensors tried per level, smallest first
-TOLERANCE = 1e-4                # on scores in [0, 1]
+TOLERANCE = 1e-4                # on scores in [0, 1], a float32 cut; an int8 or float16 one must match exactly
 SCORES = "class_scores"
+FLOATS = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16)
 
 
 def crop_origin(row: int, col: int, h: int, w: int, k: int) -> tuple[int, int]:
@@ -53,10 +54,11 @@ def level_branches(graph: Graph, levels: list[dict], receptive: list[dict], clas
         if radius is None or local["levels"] != [own] or 2 * radius + 1 > min(h, w):
             continue
         first = int(np.flatnonzero(grid.level == own)[0])
+        tolerance = 0.0 if as_the_model_reads(graph, level["name"], level["name"], "", "")[0] else TOLERANCE
         for tensor in branch_candidates(graph, level, [lv["name"] for lv in levels], classes):
             for squash in ("sigmoid", "identity"):
                 model = branch_model(graph, level, tensor, classes, squash, None)
-                error = verify_branch(model, level, radius, first, packed, clean, head_run)
+                error = verify_branch(model, level, radius, first, packed, clean, head_run, tolerance)
                 if error is not None:
                     fixed = branch_model(graph, level, tensor, classes, squash, 2 * radius + 1)
                     out[i] = fixed, {"file": f"branch_{i}.onnx", "tensor": tensor, "window": 2 * radius + 1,
@@ -68,15 +70,15 @@ def level_branches(graph: Graph, levels: list[dict], receptive: list[dict], clas
 
 
 def branch_candidates(graph: Graph, level: dict, cut: list[str], classes: int) -> list[str]:
-    """Tensors computed from this level alone, on its grid, with at least `classes` channels: those with
-    exactly `classes` first, then by fewest nodes."""
+    """Float tensors computed from this level alone, on its grid, with at least `classes` channels (an int8
+    graph's integer copies left out): those with exactly `classes` first, then by fewest nodes."""
     name, (_, h, w) = level["name"], level["shape"]
     only = computed_from_alone(graph, name)
     found = []
     for t in only - {name}:
         shape = graph.info(t).shape
-        if shape is not None and len(shape) == 4 and tuple(shape[2:]) == (h, w) and \
-                isinstance(shape[1], int) and shape[1] >= classes:
+        on_grid = shape is not None and len(shape) == 4 and tuple(shape[2:]) == (h, w)
+        if graph.info(t).elem_type in FLOATS and on_grid and isinstance(shape[1], int) and shape[1] >= classes:
             found.append((shape[1] != classes, len(graph.nodes_computing([t], stop=set(cut))), t))
     return [t for *_, t in sorted(found)[:CANDIDATES]]
 
@@ -99,23 +101,44 @@ def branch_model(graph: Graph, level: dict, tensor: str, classes: int, squash: s
     inputs = [helper.make_tensor_value_info(level["name"], TensorProto.FLOAT, ["N", c, *spatial])]
     outputs = [helper.make_tensor_value_info(SCORES, TensorProto.FLOAT, ["N", classes, *spatial])]
     model = _subgraph(graph, graph.nodes_computing([tensor], stop={level["name"]}), "branch", inputs, outputs)
+    read_as_the_model(graph, model, level["name"])
     channels = graph.info(tensor).shape[1]
     consts = {"branch_start": [channels - classes], "branch_end": [channels], "branch_axis": [1]}
     model.graph.initializer.extend(numpy_helper.from_array(np.array(v, np.int64), n) for n, v in consts.items())
-    sliced = SCORES if squash == "identity" else "branch_logits"
+    cast = graph.info(tensor).elem_type != TensorProto.FLOAT             # a float16 model's scores, as float32
+    squashed = "branch_squashed" if cast else SCORES
+    sliced = squashed if squash == "identity" else "branch_logits"
     model.graph.node.append(helper.make_node("Slice", [tensor, "branch_start", "branch_end", "branch_axis"], [sliced],
                                              name="branch_slice"))
     if squash == "sigmoid":
-        model.graph.node.append(helper.make_node("Sigmoid", [sliced], [SCORES], name="branch_sigmoid"))
+        model.graph.node.append(helper.make_node("Sigmoid", [sliced], [squashed], name="branch_sigmoid"))
+    if cast:
+        model.graph.node.append(helper.make_node("Cast", [squashed], [SCORES], to=TensorProto.FLOAT,
+                                                 name="branch_cast"))
     onnx.checker.check_model(model)
     return model
 
 
+def read_as_the_model(graph: Graph, model: onnx.ModelProto, tensor: str) -> None:
+    """The branch's input, the level in float32, turned first into what the model's nodes read (`as_the_model_reads`:
+    int8 or float16 files)."""
+    nodes, constants = as_the_model_reads(graph, tensor, tensor, f"{tensor}__read", "branch_input")
+    if not nodes:
+        return
+    for node in model.graph.node:
+        node.input[:] = [f"{tensor}__read" if name == tensor else name for name in node.input]
+    for i, node in enumerate(nodes):
+        model.graph.node.insert(i, node)
+    _extend_constants(graph, model, constants)
+
+
 def verify_branch(model: onnx.ModelProto, level: dict, radius: int, first: int, packed: np.ndarray,
-                  clean: np.ndarray, head_run) -> float | None:
+                  clean: np.ndarray, head_run, tolerance: float = TOLERANCE) -> float | None:
     """The largest difference between the branch on every anchor's crop and the head's scores at that
     anchor (its anchors start at `first`), on the clean cut maps and with 70 % of the level's cells zeroed;
-    None when it does not match."""
+    None when it is over `tolerance`. An int8 or float16 file's branch must match exactly: the runtime picks
+    other kernels for a crop than for the whole map (ONNX Runtime, an int8 QDQ YOLOv8n: 1e-5 apart), and what a
+    map reads of such a model, its scores' small changes, is of that size."""
     c, h, w = level["shape"]
     k = 2 * radius + 1
     run = session(model)
@@ -128,7 +151,7 @@ def verify_branch(model: onnx.ModelProto, level: dict, radius: int, first: int, 
         level_map = rows[0, start:start + c * h * w].reshape(c, h, w)
         whole = run.run(None, {level["name"]: level_map[None]})[0][0]           # (classes, h, w)
         expected = output[4:, first:first + h * w].reshape(-1, h, w)
-        if whole.shape != expected.shape or np.abs(whole - expected).max() > TOLERANCE:
+        if whole.shape != expected.shape or np.abs(whole - expected).max() > tolerance:
             return None
         crops, where = [], []
         for row in range(h):
@@ -140,7 +163,7 @@ def verify_branch(model: onnx.ModelProto, level: dict, radius: int, first: int, 
         ys, xs = np.array(where).T
         cropped = got[np.arange(len(got)), :, ys, xs].T.reshape(-1, h, w)         # (classes, h, w)
         diff = float(np.abs(cropped - expected).max())
-        if diff > TOLERANCE:
+        if diff > tolerance:
             return None
         worst = max(worst, diff)
     return worst

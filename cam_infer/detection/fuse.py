@@ -18,6 +18,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from ..bundle import Bundle
+from ..bundle.joined import packed_levels
 from ..errors import CamInferError
 from ..fuse.assemble import (OUTPUT, _normalised, _onnx_bundle, _opset, at_min_opset, fused_method, plain_model, record,
                              refuse_a_different_picture)
@@ -49,8 +50,8 @@ def fuse_detector(bundle: Bundle, method: str = "eigen", *, check: bool = True, 
     cuts = bundle.manifest["cut"]
     finest = max((tuple(level["shape"][1:]) for level in cuts), key=lambda hw: hw[0] * hw[1])
     levels = []
-    for level in cuts:
-        fusion = Fusion(b, level["name"], tuple(level["shape"]), None, 1, bundle.num_classes, "logits", None, head)
+    for name, level in zip(packed_levels(onnx.load(bundle.features_path), cuts), cuts):
+        fusion = Fusion(b, name, tuple(level["shape"]), None, 1, bundle.num_classes, "logits", None, head)
         normalised = _normalised(b, spec.fused(fusion, **options), b.name("level_map"))
         levels.append(normalised if tuple(level["shape"][1:]) == finest else resized(b, normalised, finest))
     total = levels[0] if len(levels) == 1 else b.op("Sum", *levels, hint="levels")

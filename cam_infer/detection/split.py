@@ -23,7 +23,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..bundle.anatomy import check_one_output
-from ..bundle.cut import _subgraph
+from ..bundle.cut import _extend_constants, _subgraph, as_the_model_reads, float_view
 from ..bundle.graph import Graph, load_onnx, make_tensor_value_info
 from ..bundle.manifest import FORMAT, FORMAT_VERSION, Bundle
 from ..bundle.split import read_labels
@@ -146,7 +146,8 @@ def packed_graphs(graph: Graph, tensors: list[str], levels: list[dict]) -> tuple
     flat_shape = numpy_helper.from_array(np.array([0, -1], np.int64), "cut_flat_shape")
     features.graph.initializer.append(flat_shape)
     for i, t in enumerate(tensors):
-        features.graph.node.append(helper.make_node("Reshape", [t, "cut_flat_shape"], [f"{t}__flat"], name=f"pack_{i}"))
+        features.graph.node.append(helper.make_node("Reshape", [float_view(graph, features, t), "cut_flat_shape"],
+                                                    [f"{t}__flat"], name=f"pack_{i}"))
     features.graph.node.append(helper.make_node("Concat", [f"{t}__flat" for t in tensors], [PACKED], axis=1,
                                                 name="pack"))
     features.graph.output.append(helper.make_tensor_value_info(PACKED, TensorProto.FLOAT, ["N", total]))
@@ -157,9 +158,12 @@ def packed_graphs(graph: Graph, tensors: list[str], levels: list[dict]) -> tuple
         consts = {f"unpack_{i}_start": [start], f"unpack_{i}_end": [start + size], f"unpack_{i}_axis": [1],
                   f"unpack_{i}_shape": [0, *level["shape"]]}
         head.graph.initializer.extend(numpy_helper.from_array(np.array(v, np.int64), k) for k, v in consts.items())
+        as_read, constants = as_the_model_reads(graph, t, f"{t}__unpacked", t, f"unpack_{i}")
+        _extend_constants(graph, head, constants)
         unpack += [helper.make_node("Slice", [PACKED, f"unpack_{i}_start", f"unpack_{i}_end", f"unpack_{i}_axis"],
                                     [f"{t}__slice"], name=f"unpack_slice_{i}"),
-                   helper.make_node("Reshape", [f"{t}__slice", f"unpack_{i}_shape"], [t], name=f"unpack_{i}")]
+                   helper.make_node("Reshape", [f"{t}__slice", f"unpack_{i}_shape"],
+                                    [f"{t}__unpacked" if as_read else t], name=f"unpack_{i}"), *as_read]
         level["offset"] = start
         start += size
     nodes = unpack + list(head.graph.node)

@@ -1,0 +1,200 @@
+"""Detectors as edge boxes ship them: the real YOLOv8n of ../shared/data/deployed quantized to int8 (QDQ and
+QOperator, ONNX Runtime's static quantization, Detect's decoding left in float as deployments leave it) and
+converted to float16 (ONNX Runtime's converter, float32 input and output kept). Each is split exactly (the
+head reads its cut as the unsplit model does), keeps its cropped class branches, and gives the maps the whole
+head gives."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import cv2
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from conftest import SHARED, needs_shared
+from helpers import assert_one_line_error, run_cli
+
+from cam_infer import Explainer
+from cam_infer.bundle.graph import load_onnx
+from cam_infer.detection.split import split_detector
+from cam_infer.errors import CamInferError
+from cam_infer.images import Preprocessing
+
+YOLO = SHARED / "deployed" / "nudenet_320n.onnx"
+PHOTO = SHARED / "deployed" / "basketball1.png"
+SECOND = SHARED / "deployed" / "messi5.jpg"
+FORMATS = ("int8-qdq", "int8-qoperator", "float16")
+pytestmark = needs_shared
+
+
+def letterboxed(path) -> np.ndarray:
+    prep = Preprocessing((320, 320), crop="letterbox", mean=(0, 0, 0), std=(1, 1, 1))
+    image = prep.geometry(cv2.imread(str(path))[:, :, ::-1]).astype(np.float32) / 255
+    return np.ascontiguousarray(image.transpose(2, 0, 1)[None])
+
+
+def quantized(out, quant_format) -> None:
+    from onnxruntime.quantization import CalibrationDataReader, QuantType, quantize_static
+
+    class Photos(CalibrationDataReader):
+        def __init__(self):
+            self.left = iter([PHOTO, SECOND])
+
+        def get_next(self):
+            path = next(self.left, None)
+            return None if path is None else {"images": letterboxed(path)}
+
+    decoding = [n.name for n in onnx.load(YOLO).graph.node
+                if n.name.startswith("/model.22/") and not n.name.startswith(("/model.22/cv2", "/model.22/cv3"))]
+    quantize_static(str(YOLO), str(out), Photos(), quant_format=quant_format, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=decoding)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    from onnxruntime.quantization import QuantFormat
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+    work = tmp_path_factory.mktemp("formats")
+    quantized(work / "int8-qdq.onnx", QuantFormat.QDQ)
+    quantized(work / "int8-qoperator.onnx", QuantFormat.QOperator)
+    onnx.save(convert_float_to_float16(onnx.load(YOLO), keep_io_types=True), work / "float16.onnx")
+    return {name: work / f"{name}.onnx" for name in FORMATS}
+
+
+@pytest.fixture(scope="module")
+def bundles(models, tmp_path_factory):
+    work = tmp_path_factory.mktemp("format-bundles")
+    return {name: split_detector(path, work / name) for name, path in models.items()}
+
+
+def unsplit(path, x: np.ndarray) -> np.ndarray:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"images": x})[0]
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_the_split_reproduces_the_deployed_file_exactly_and_keeps_exact_branches(models, bundles, name):
+    bundle = bundles[name]
+    assert bundle.manifest["verification"]["max_abs_diff"] == 0.0
+    branches = [c.get("branch") for c in bundle.manifest["cut"]]
+    assert all(b is None or b["max_abs_diff"] == 0.0 for b in branches)                  # exact, or not kept
+    if name.startswith("int8"):                                # float16: ONNX Runtime's crops round otherwise here
+        assert [b["tensor"].split("/")[2] for b in branches] == ["cv3.0", "cv3.1", "cv3.2"]
+    x = np.concatenate([letterboxed(PHOTO), letterboxed(SECOND)])
+    ex = Explainer(bundle, backend="onnxruntime")
+    np.testing.assert_array_equal(ex.backend.forward(x), unsplit(models[name], x))
+    packed = ex.backend.features(x)
+    assert packed.dtype == np.float32 and np.isfinite(packed).all()
+
+
+def test_an_int8_cut_reaches_the_methods_as_its_dequantized_steps(bundles):
+    """The QOperator file's cut levels are uint8: the methods see (q − zero point)·scale, whole steps."""
+    bundle = bundles["int8-qoperator"]
+    graph = onnx.load(bundle.features_path).graph
+    dequantize = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.output[0].endswith("__float")]
+    assert len(dequantize) == 3
+    scales = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+    packed = Explainer(bundle, backend="onnxruntime").backend.features(letterboxed(PHOTO))[0]
+    for node, level in zip(dequantize, bundle.manifest["cut"]):
+        scale = float(scales[node.input[1]])
+        values = packed[level["offset"]:level["offset"] + int(np.prod(level["shape"]))]
+        zero = float(scales[node.input[2]])
+        steps = values / scale + zero
+        np.testing.assert_allclose(steps, np.round(steps), atol=1e-3)
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_maps_through_the_cropped_branches_equal_the_whole_heads(bundles, tmp_path, name):
+    plain = tmp_path / "plain"
+    shutil.copytree(bundles[name].path, plain)
+    manifest = json.loads((plain / "bundle.json").read_text())
+    for cut in manifest["cut"]:
+        cut.pop("branch", None)
+    for role in [r for r in manifest["graphs"] if r.startswith("branch_")]:
+        (plain / manifest["graphs"].pop(role)["file"]).unlink()
+    (plain / "bundle.json").write_text(json.dumps(manifest))
+    cropped, whole = Explainer(bundles[name], "onnxruntime"), Explainer(plain, "onnxruntime")
+    for method in ("recipro", "ablation"):
+        a, b = cropped.explain(PHOTO, method), whole.explain(PHOTO, method)
+        assert len(a.items[0]) == len(b.items[0]) >= 2
+        for da, db in zip(a.items[0], b.items[0]):
+            np.testing.assert_allclose(da.saliency, db.saliency, atol=2e-4)
+
+
+@pytest.mark.parametrize("name, similar", [("int8-qdq", 0.8), ("int8-qoperator", 0.8), ("float16", 0.99)])
+def test_the_deployed_files_maps_are_the_float_models_where_they_detect_the_same(bundles, tmp_path, name, similar):
+    """A property, not an identity: the int8 file is another model, whose maps of the detections both models make
+    should still look like the float model's (measured: 0.87–1.0; float16 1.0)."""
+    reference = Explainer(split_detector(YOLO, tmp_path / "float"), "onnxruntime").explain(PHOTO, "recipro")
+    got = Explainer(bundles[name], "onnxruntime").explain(PHOTO, "recipro")
+    pairs = [(d, r) for d in got.items[0] for r in reference.items[0] if r.class_id == d.class_id]
+    assert len(pairs) >= 2
+    for d, r in pairs:
+        assert np.corrcoef(d.saliency.ravel(), r.saliency.ravel())[0, 1] >= similar
+
+
+@pytest.mark.parametrize("name", ["int8-qdq", "float16"])
+def test_openvino_runs_them_and_scores_as_it_runs_the_deployed_file(models, bundles, name):
+    import openvino as ov
+    x = np.concatenate([letterboxed(PHOTO), letterboxed(SECOND)])
+    ex = Explainer(bundles[name], backend="openvino")
+    compiled = ov.Core().compile_model(str(models[name]), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    expected = compiled(x)[0]
+    got = ex.backend.forward(x)
+    np.testing.assert_allclose(got[:, 4:], expected[:, 4:], atol=1e-5)      # the class scores the methods read
+    if name == "float16":
+        np.testing.assert_allclose(got, expected, atol=1e-3 * np.abs(expected).max())
+    assert len(ex.explain(PHOTO, "recipro").items[0]) >= 2
+
+
+def test_a_qoperator_detector_on_openvino_is_one_line(bundles):
+    with pytest.raises(CamInferError, match="does not run on openvino.*QLinearConv") as caught:
+        Explainer(bundles["int8-qoperator"], backend="openvino")
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_eigen_fuses_into_the_deployed_file(bundles, tmp_path, name):
+    from cam_infer.detection.fuse import fuse_detector
+    model = fuse_detector(bundles[name], "eigen")             # checked against the explainer inside (≤ 1e-3)
+    check = json.loads({p.key: p.value for p in model.metadata_props}["cam_infer.check"])
+    assert check["max_difference"] <= 1e-3
+    path = tmp_path / "fused.onnx"
+    onnx.save(model, path)
+    outputs = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {
+        "images": letterboxed(PHOTO)})
+    assert outputs[1].shape == (1, 320, 320)
+
+
+def test_a_graph_stored_out_of_order_is_read_in_order(models, tmp_path):
+    """ONNX Runtime's float16 converter appends the input's Cast after the nodes that read it; ONNX Runtime sorts
+    for itself, and so does the package when it reads the file (it walks nodes in file order)."""
+    stored = onnx.load(models["float16"])
+    position = {o: i for i, n in enumerate(stored.graph.node) for o in n.output}
+    assert any(position.get(i, -1) > k for k, n in enumerate(stored.graph.node) for i in n.input)
+    model = load_onnx(models["float16"])
+    seen = {i.name for i in model.graph.input} | {t.name for t in model.graph.initializer} | {""}
+    for node in model.graph.node:
+        assert all(i in seen for i in node.input)
+        seen |= set(node.output)
+    assert sorted(n.name for n in model.graph.node) == sorted(n.name for n in stored.graph.node)
+    reversed_model = onnx.load(YOLO)
+    nodes = list(reversed_model.graph.node)[::-1]
+    del reversed_model.graph.node[:]
+    reversed_model.graph.node.extend(nodes)
+    onnx.save(reversed_model, tmp_path / "reversed.onnx")
+    assert split_detector(tmp_path / "reversed.onnx", tmp_path / "b").manifest["verification"]["max_abs_diff"] == 0
+
+
+def test_a_cycle_is_one_line(tmp_path):
+    from onnx import TensorProto, helper
+    graph = helper.make_graph([helper.make_node("Relu", ["b"], ["a"]), helper.make_node("Relu", ["a"], ["b"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("b", TensorProto.FLOAT, [1])])
+    onnx.save(helper.make_model(graph), tmp_path / "cycle.onnx")
+    with pytest.raises(CamInferError, match="cycle") as caught:
+        load_onnx(tmp_path / "cycle.onnx")
+    assert "\n" not in str(caught.value)
+    assert_one_line_error(run_cli("split", tmp_path / "cycle.onnx", "--out", tmp_path / "b"), "cycle")
