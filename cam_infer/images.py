@@ -1,8 +1,8 @@
 """Image files → model inputs, exactly as the bundle's preprocessing says.
 
 Order of operations (torchvision's ImageNet convention by default):
-1. decode to RGB uint8 (alpha dropped over black, grayscale expanded, 16-bit scaled to 8-bit), a JPEG turned
-   upright as its EXIF orientation says (as OpenCV's ``imread`` and photo viewers show it);
+1. decode to RGB uint8 (alpha dropped over black, grayscale expanded, 16-bit scaled to 8-bit), a JPEG, PNG or WebP
+   turned upright as its EXIF orientation says (as OpenCV's ``imread`` and photo viewers show it);
 2. ``crop="center"``: resize the shorter side to ``resize`` (further where a non-square ``input_size`` needs it,
    so that the crop fits with the aspect ratio kept), then center-crop ``input_size``;
    ``crop="none"``: resize straight to ``input_size`` (aspect ratio not kept); the resize's filter is
@@ -407,7 +407,14 @@ def upright(image: np.ndarray, orientation: int) -> np.ndarray:
 
 
 def exif_orientation(data: np.ndarray) -> int:
-    """A JPEG's EXIF orientation tag (0x0112 of IFD0 in its APP1 ``Exif`` segment), 1..8; 1 where it has none."""
+    """An image's EXIF orientation tag (0x0112 of IFD0), 1..8; 1 where it has none. Read from a JPEG's APP1 ``Exif``
+    segment, a PNG's ``eXIf`` chunk and a WebP's ``EXIF`` chunk: the three whose orientation OpenCV's `imread`
+    applies and decoding with IMREAD_UNCHANGED does not (a TIFF's own orientation is applied by its decoder)."""
+    head = bytes(data[:16])
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return _png_orientation(data)
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return _webp_orientation(data)
     data = bytes(data[:65536 * 2]) if len(data) > 3 and data[0] == 0xFF and data[1] == 0xD8 else b""
     at = 2
     while at + 4 <= len(data) and data[at] == 0xFF and data[at + 1] not in (0xD9, 0xDA):     # up to the scan
@@ -415,6 +422,30 @@ def exif_orientation(data: np.ndarray) -> int:
         if data[at + 1] == 0xE1 and data[at + 4:at + 10] == b"Exif\0\0":
             return _tiff_orientation(data[at + 10:at + 2 + length])
         at += 2 + length
+    return 1
+
+
+def _png_orientation(data: np.ndarray) -> int:
+    """A PNG's orientation: its ``eXIf`` chunk (a TIFF header and IFD0), before or after the image data."""
+    at = 8
+    while at + 8 <= len(data):
+        length, kind = int.from_bytes(bytes(data[at:at + 4]), "big"), bytes(data[at + 4:at + 8])
+        if kind == b"eXIf":
+            return _tiff_orientation(bytes(data[at + 8:at + 8 + length]))
+        if kind == b"IEND":
+            break
+        at += 12 + length
+    return 1
+
+
+def _webp_orientation(data: np.ndarray) -> int:
+    """A WebP's orientation: its ``EXIF`` chunk (a TIFF header and IFD0)."""
+    at = 12
+    while at + 8 <= len(data):
+        kind, length = bytes(data[at:at + 4]), int.from_bytes(bytes(data[at + 4:at + 8]), "little")
+        if kind == b"EXIF":
+            return _tiff_orientation(bytes(data[at + 8:at + 8 + length]))
+        at += 8 + length + (length & 1)
     return 1
 
 

@@ -277,3 +277,47 @@ def test_a_jpeg_is_turned_upright_as_its_exif_orientation_says(tmp_path, orienta
     got = load_image(path)
     assert got.shape == expected.shape and np.array_equal(got, expected)
     assert got.shape[:2] == ((64, 40) if orientation >= 5 else (40, 64))
+
+
+def _png_with_orientation(png: bytes, orientation: int, after_data: bool) -> bytes:
+    """`png` with an ``eXIf`` chunk (IFD0 holding only the orientation tag) after IHDR or before IEND."""
+    import zlib
+    tiff = _with_orientation(b"\xff\xd8", orientation)[12:]             # the TIFF block of the JPEG helper
+    chunk = len(tiff).to_bytes(4, "big") + b"eXIf" + tiff + zlib.crc32(b"eXIf" + tiff).to_bytes(4, "big")
+    at = png.rfind(b"IEND") - 4 if after_data else 8 + 25
+    return png[:at] + chunk + png[at:]
+
+
+def _webp_with_orientation(webp: bytes, orientation: int) -> bytes:
+    """A lossy `webp` (one VP8 chunk) as an extended WebP (VP8X with the EXIF flag) with an ``EXIF`` chunk."""
+    tiff = _with_orientation(b"\xff\xd8", orientation)[12:]
+    image = webp[12:]
+    width = int.from_bytes(image[8 + 6:8 + 8], "little") & 0x3FFF     # VP8 key frame: the size after the start code
+    height = int.from_bytes(image[8 + 8:8 + 10], "little") & 0x3FFF
+    vp8x = b"VP8X" + (10).to_bytes(4, "little") + bytes([0x08, 0, 0, 0]) + (width - 1).to_bytes(3, "little") + \
+        (height - 1).to_bytes(3, "little")
+    exif = b"EXIF" + len(tiff).to_bytes(4, "little") + tiff + (b"\0" if len(tiff) % 2 else b"")
+    body = b"WEBP" + vp8x + image + exif
+    return b"RIFF" + len(body).to_bytes(4, "little") + body
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+@pytest.mark.parametrize("kind", ["png", "png after the data", "webp"])
+def test_a_png_or_webp_is_turned_upright_as_its_exif_orientation_says(tmp_path, orientation, kind):
+    """Only a JPEG's orientation was read: a PNG (eXIf chunk) or WebP (EXIF chunk) taken on its side was explained
+    on its side, while OpenCV's imread and viewers show it upright (detector boxes then in the wrong frame). Now
+    both give what imread gives."""
+    rgb = np.zeros((40, 64, 3), np.uint8)
+    rgb[:10, :20] = (255, 0, 0)
+    if kind.startswith("png"):
+        data = _png_with_orientation(cv2.imencode(".png", rgb[..., ::-1])[1].tobytes(), orientation,
+                                     kind.endswith("data"))
+    else:
+        webp = cv2.imencode(".webp", rgb[..., ::-1], [cv2.IMWRITE_WEBP_QUALITY, 100])[1].tobytes()
+        data = _webp_with_orientation(webp, orientation)
+    path = tmp_path / f"phone.{kind[:4].strip()}"
+    path.write_bytes(data)
+    expected = cv2.imread(str(path))[..., ::-1]
+    got = load_image(path)
+    assert got.shape == expected.shape and np.array_equal(got, expected)
+    assert got.shape[:2] == ((64, 40) if orientation >= 5 else (40, 64))
