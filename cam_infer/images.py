@@ -497,10 +497,24 @@ def is_pil_image(image) -> bool:
     return type(image).__module__.startswith("PIL.") and hasattr(image, "convert") and hasattr(image, "mode")
 
 
+def _pil_pixels(image) -> np.ndarray:
+    """A PIL image's pixels for `as_rgb_uint8`: its own colours (a palette image's are not its indices), a 16-bit
+    one's 16 bits (PIL's convert clips them at 255: a white picture)."""
+    if image.mode.startswith("I;16"):                  # a 16-bit PNG or TIFF as Image.open gives it
+        return np.asarray(image).astype(np.uint16)
+    if image.mode == "I":                              # 32-bit integers: 8-bit or 16-bit values, as their range says
+        pixels = np.asarray(image)
+        low, high = (int(pixels.min()), int(pixels.max())) if pixels.size else (0, 0)
+        if low < 0 or high > 65535:
+            raise CamInferError(f"a PIL image of mode 'I' must hold 8- or 16-bit values, not {low} … {high}")
+        return pixels.astype(np.uint8 if high <= 255 else np.uint16)
+    return np.asarray(image.convert("RGBA" if "A" in image.mode else "RGB"))
+
+
 def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
     """Grayscale, RGBA (composited over black), 16-bit or float [0,1] arrays, or a PIL image → (H,W,3) uint8 RGB."""
-    if is_pil_image(image):              # its own colours (a palette image's are not its indices)
-        image = np.asarray(image.convert("RGBA" if "A" in image.mode else "RGB"))
+    if is_pil_image(image):
+        image = _pil_pixels(image)
     if not isinstance(image, np.ndarray):
         raise CamInferError(f"an image is a path, an RGB array (H,W,3) or a PIL image, not {type(image).__name__}")
     if image.ndim == 2:

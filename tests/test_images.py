@@ -63,6 +63,21 @@ def test_grayscale_alpha_and_16_bit_images_are_converted(tmp_path, make, name):
         np.testing.assert_array_equal(image, rgb)
 
 
+@pytest.mark.parametrize("reopened", ["I;16", "I"])
+def test_a_16_bit_pil_image_is_the_16_bit_file_not_a_white_picture(tmp_path, reopened):
+    """PIL opens a 16-bit grayscale PNG as mode I;16 (older Pillows as I), and its convert('RGB') clips every value
+    above 255 to white: given as a PIL image, the photo was explained as a white picture. Now it is the same
+    pixels as the file's path gives."""
+    from PIL import Image
+    gray = np.random.default_rng(0).integers(0, 256, (12, 10), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "deep.png"), gray.astype(np.uint16) * 257)
+    image = Image.open(tmp_path / "deep.png")
+    image = image if reopened == "I;16" else image.convert("I")
+    assert image.mode == reopened
+    np.testing.assert_array_equal(as_rgb_uint8(image), load_image(tmp_path / "deep.png"))
+    np.testing.assert_array_equal(as_rgb_uint8(image)[..., 0], gray)
+
+
 def test_transparent_pixels_become_black():
     rgba = np.full((2, 2, 4), 200, np.uint8)
     rgba[..., 3] = [[0, 255], [255, 255]]
