@@ -78,6 +78,24 @@ def test_a_16_bit_pil_image_is_the_16_bit_file_not_a_white_picture(tmp_path, reo
     np.testing.assert_array_equal(as_rgb_uint8(image)[..., 0], gray)
 
 
+@pytest.mark.parametrize("mode", ["P", "RGB"])
+def test_a_pil_image_with_a_transparent_colour_is_its_files_picture(tmp_path, mode):
+    """A PNG with a transparent colour (tRNS: a palette entry, or one RGB value) is composited over black
+    when its path is given; given as the PIL image Image.open returns, its transparency was dropped (the colour
+    shown instead): the same file, two pictures explained. Now both are the file's."""
+    from PIL import Image
+    rgb = np.full((6, 8, 3), 200, np.uint8)
+    rgb[:3] = 40
+    image = Image.fromarray(rgb).convert(mode)
+    transparent = image.getpixel((0, 0))
+    image.save(tmp_path / "cutout.png", transparency=transparent)
+    opened = Image.open(tmp_path / "cutout.png")
+    assert "transparency" in opened.info
+    expected = load_image(tmp_path / "cutout.png")
+    assert expected[0, 0].tolist() == [0, 0, 0] and expected[5, 7].tolist() != [0, 0, 0]
+    np.testing.assert_array_equal(as_rgb_uint8(opened), expected)
+
+
 def test_transparent_pixels_become_black():
     rgba = np.full((2, 2, 4), 200, np.uint8)
     rgba[..., 3] = [[0, 255], [255, 255]]
