@@ -192,3 +192,28 @@ def test_one_image_shows_no_difference_as_real():
     pairs = [p for compared in found["paired"].values() for p in compared]
     assert pairs and all(p["n"] == 1 for p in pairs) and any(p["mean"] != 0 for p in pairs)
     assert not any(p["different"] for p in pairs)
+
+
+def test_the_priors_read_a_phone_photo_upright_as_the_audit_does(tmp_path):
+    """The priors took an image's size from its header: a photo stored on its side with EXIF orientation 6 was
+    W×H where the audit (and every viewer) reads it H×W, so its box was mapped into the model's input through the
+    wrong shape, and a mask drawn on the upright photo was refused as the wrong size. Now both read it upright."""
+    import cv2
+    from cam_infer.images import Preprocessing
+    from test_images import _with_orientation
+    upright = np.zeros((40, 64, 3), np.uint8)
+    cv2.imwrite(str(tmp_path / "upright.jpg"), upright)
+    stored = cv2.imencode(".jpg", np.ascontiguousarray(np.rot90(upright, -1)))[1].tobytes()   # on its side
+    (tmp_path / "phone.jpg").write_bytes(_with_orientation(stored, 6))
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    label = np.zeros((40, 64), np.uint8)
+    label[10:30, 40:60] = 1
+    for name in ("upright", "phone"):
+        cv2.imwrite(str(masks / f"{name}.png"), label)
+    prep = Preprocessing((16, 16), crop="none")
+    box = {"upright.jpg": [[40, 10, 59, 29]], "phone.jpg": [[40, 10, 59, 29]]}
+    priors = [dataset_priors([tmp_path / name], lambda p: box[p.name], prep, masks, ["background", "thing"])
+              for name in ("upright.jpg", "phone.jpg")]
+    for prior in (BOX_PRIOR, "mask-prior"):
+        np.testing.assert_array_equal(priors[1][prior], priors[0][prior])

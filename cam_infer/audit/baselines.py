@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import CamInferError
+
 RANDOM, GAUSSIAN, BOX_PRIOR, MASK_PRIOR = "random-map", "centre-gaussian", "box-prior", "mask-prior"
 BASELINES = (RANDOM, GAUSSIAN, BOX_PRIOR, MASK_PRIOR)
 NEEDS = {BOX_PRIOR: "boxes", MASK_PRIOR: "masks"}     # the ground truth a prior is drawn from
@@ -146,11 +148,11 @@ def dataset_priors(files, boxes_of, preprocessing, masks=None, classes=None) -> 
 
 
 def _image_shape(path) -> tuple[int, int] | None:
-    """(H, W) of an image file, from its header."""
-    from PIL import Image
+    """(H, W) of an image file as the audit reads it: upright as its EXIF orientation says (a header's size is the
+    stored one, on its side for a phone photo taken upright)."""
+    from ..images import load_image
 
     try:
-        with Image.open(path) as image:
-            return image.size[1], image.size[0]
-    except OSError:
+        return load_image(path).shape[:2]
+    except CamInferError:
         return None
