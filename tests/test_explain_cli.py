@@ -296,3 +296,20 @@ def test_a_folder_holding_someone_else_s_files_is_refused_with_or_without_force(
         assert_one_line_error(result, f"'{out}' holds {theirs} but no earlier run of cam-infer")
     assert (out / theirs / "slide1.txt").read_text() == "precious" if "." not in theirs else \
         (out / theirs).read_text() == '{"my": "experiment"}'
+
+
+@pytest.mark.parametrize("workers", [(), ("--workers", "2")])
+def test_a_broken_link_in_an_image_folder_is_recorded_not_left_out(tmp_path, labelled_bundle, workers):
+    """A link to a photo that was moved or deleted was left out of a folder run without a word: not explained,
+    not an error, not skipped, so the run said it was complete. Now it is an unreadable image, named."""
+    images = tmp_path / "images"
+    images.mkdir()
+    cv2.imwrite(str(images / "a.png"), np.random.default_rng(0).integers(0, 256, (40, 50, 3), np.uint8))
+    (images / "moved.jpg").symlink_to(tmp_path / "gone.jpg")
+    result = run_cli("explain", labelled_bundle.path, images, "--method", "eigen", "--out", tmp_path / "o", *workers)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    records = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert [r["image"] for r in records["results"]] == [str(images / "a.png")]
+    assert records["errors"] == [{"image": str(images / "moved.jpg"),
+                                  "error": f"'{images / 'moved.jpg'}' is a link to '{tmp_path / 'gone.jpg'}', which "
+                                           "does not exist"}]

@@ -106,7 +106,8 @@ def _files_below(folder: Path, output: Path | None) -> tuple[list[Path], list[Pa
             runs.append(Path(root))
             folders[:] = []
             continue
-        files += [Path(root) / name for name in names if (Path(root) / name).is_file()]
+        files += [Path(root) / name for name in names if (Path(root) / name).is_file()     # a broken link too: an
+                  or (Path(root) / name).is_symlink()]                                     # image it cannot read
     return sorted(files), sorted(runs)
 
 
@@ -149,6 +150,8 @@ def read_stamped(path, errors: list) -> tuple[np.ndarray, dict] | None:
     """(RGB image, its stamp), or None with the reason added to `errors` when it cannot be read. The stamp
     is taken before decoding: a file replaced meanwhile is redone next time."""
     try:
+        if os.path.islink(path) and not os.path.exists(path):
+            raise CamInferError(f"'{path}' is a link to '{os.readlink(path)}', which does not exist")
         stamp = fingerprint(path)
         return load_image(path), stamp
     except (CamInferError, OSError) as exc:
