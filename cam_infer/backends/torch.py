@@ -45,6 +45,24 @@ class TorchBackend(Backend):
         if threads:
             self.torch.set_num_threads(int(threads))
         self._model_pass = threading.Lock()         # one pass through the hooked model at a time
+        self._check_cut(layer)
+
+    def _check_cut(self, layer: str) -> None:
+        """The module's output must be the tensor the exported graph is cut at: the head graph then continues the
+        model from it. An exporter that folds a module into another (a BatchNorm into the convolution before it: the
+        graph's node of the convolution then outputs the normalised tensor) leaves the name but not the tensor, and
+        the head run on the module's output would score, and explain, another model."""
+        from ..bundle.verify import random_images
+
+        x = random_images(self.bundle.preprocessing, 2, seed=11)
+        got = self.head(self.features(x)).reshape(len(x), -1)
+        expected = self.forward(x)
+        diff = float(np.max(np.abs(got - expected)))
+        if diff > 1e-3 * max(1.0, float(np.max(np.abs(expected)))):
+            raise CamInferError(f"module '{layer}' does not give the tensor the exported graph is cut at: the head "
+                                f"graph run on its output differs from the model by {diff:.3g} (the exporter "
+                                "folded it into or with another module, as a BatchNorm into the convolution before "
+                                "it); name the module that contains both")
 
     def _run(self, role: str, x: np.ndarray) -> list[np.ndarray]:
         torch = self.torch

@@ -1,0 +1,40 @@
+"""The PyTorch backend of `Explainer.from_torch` on small models: the module given as the layer is the cut the
+exported head graph continues from, and the user's model is explained as it is in eval mode and left as given."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import needs_torch
+
+from cam_infer import CamInferError, Explainer
+from cam_infer.bundle.split import random_images
+
+pytestmark = needs_torch
+
+
+def conv_bn_net():
+    """conv → BatchNorm (running statistics away from 0 and 1) → ReLU → GAP → linear, in eval mode."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(8, 4))
+    with torch.no_grad():
+        model[1].running_mean.uniform_(-1, 1)
+        model[1].running_var.uniform_(0.5, 2)
+        model[1].bias.uniform_(-0.5, 0.5)
+    return model.eval()
+
+
+def test_a_module_the_exporter_folded_is_refused():
+    """The legacy exporter folds the BatchNorm into the convolution: the graph's node named after the convolution
+    outputs the normalised tensor, the module itself does not; its head would score another model."""
+    with pytest.raises(CamInferError, match="module '0' does not give the tensor the exported graph is cut at"):
+        Explainer.from_torch(conv_bn_net(), layer="0", input_size=(16, 16), exporter="legacy")
+    explainer = Explainer.from_torch(conv_bn_net(), layer="2", input_size=(16, 16), exporter="legacy")
+    x = random_images(explainer.bundle.preprocessing, 2, seed=3)
+    e = explainer.explain(x, "recipro")
+    np.testing.assert_array_equal(e.targets, explainer.backend.forward(x).argmax(axis=1))
