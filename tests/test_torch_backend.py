@@ -38,3 +38,33 @@ def test_a_module_the_exporter_folded_is_refused():
     x = random_images(explainer.bundle.preprocessing, 2, seed=3)
     e = explainer.explain(x, "recipro")
     np.testing.assert_array_equal(e.targets, explainer.backend.forward(x).argmax(axis=1))
+
+
+def test_a_module_called_twice_is_differentiated_at_its_first_output():
+    """`features` stops at the module's first output and the head graph continues from it (through the second
+    call): the gradients are those of that tensor, not of the second call's output."""
+    import torch
+    from torch import nn
+
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.shared, self.fc = nn.Conv2d(3, 8, 3, 2, 1), nn.Conv2d(8, 8, 3, 1, 1), nn.Linear(8, 4)
+
+        def forward(self, x):
+            x = torch.relu(self.shared(torch.relu(self.shared(torch.relu(self.stem(x))))))
+            return self.fc(x.mean((2, 3)))
+
+    torch.manual_seed(0)
+    model = Shared().eval()
+    explainer = Explainer.from_torch(model, layer="shared", input_size=(16, 16), exporter="legacy")
+    x = random_images(explainer.bundle.preprocessing, 2, seed=3)
+    targets = np.array([1, 2])
+    stem = torch.relu(model.stem(torch.from_numpy(x)))
+    first = model.shared(stem).detach().requires_grad_(True)
+    scores = model.fc(torch.relu(model.shared(torch.relu(first))).mean((2, 3)))
+    expected, = torch.autograd.grad(scores[torch.arange(2), torch.from_numpy(targets)].sum(), first)
+    a = explainer.backend.features(x)
+    np.testing.assert_allclose(a, first.detach().numpy(), atol=1e-6)
+    np.testing.assert_allclose(explainer.backend.gradients(x, a, targets), expected.numpy(),
+                               atol=1e-6 * float(expected.abs().max()))

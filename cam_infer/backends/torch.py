@@ -102,6 +102,8 @@ class TorchBackend(Backend):
         leaf = {}
 
         def swap(module, inputs, output):
+            if "a" in leaf:         # a module called again: its first output is the cut `features` stops at
+                return None
             leaf["a"] = output.detach().requires_grad_(True)
             return leaf["a"]
 
