@@ -68,3 +68,22 @@ def test_a_module_called_twice_is_differentiated_at_its_first_output():
     np.testing.assert_allclose(a, first.detach().numpy(), atol=1e-6)
     np.testing.assert_allclose(explainer.backend.gradients(x, a, targets), expected.numpy(),
                                atol=1e-6 * float(expected.abs().max()))
+
+
+def test_a_layer_the_model_then_changes_in_place():
+    """A BatchNorm followed by ReLU6(inplace=True), as in MobileNetV2 (the dynamo exporter keeps the BatchNorm):
+    the gradients are the model's, not autograd's refusal to change a leaf in place."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU6(inplace=True),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
+    explainer = Explainer.from_torch(model, layer="1", input_size=(16, 16), exporter="dynamo")
+    x = random_images(explainer.bundle.preprocessing, 2, seed=3)
+    targets = np.array([0, 3])
+    a = torch.from_numpy(explainer.backend.features(x)).requires_grad_(True)
+    scores = model[3:](torch.nn.functional.relu6(a))
+    expected, = torch.autograd.grad(scores[torch.arange(2), torch.from_numpy(targets)].sum(), a)
+    np.testing.assert_allclose(explainer.backend.gradients(x, a.detach().numpy(), targets), expected.numpy(),
+                               atol=1e-6 * float(expected.abs().max()))

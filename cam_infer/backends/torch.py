@@ -105,7 +105,7 @@ class TorchBackend(Backend):
             if "a" in leaf:         # a module called again: its first output is the cut `features` stops at
                 return None
             leaf["a"] = output.detach().requires_grad_(True)
-            return leaf["a"]
+            return leaf["a"].clone()    # the model may change it in place (ReLU(inplace=True)); a leaf may not be
 
         x = self._checked(x, self.bundle.input_shape, "input images")
         with self._model_pass:
