@@ -114,9 +114,12 @@ class Explainer:
         from .backends.torch import TorchBackend
         from .bundle.export import export_torch
 
-        if getattr(model, "training", False):
+        modules = getattr(model, "named_modules", lambda: [])()
+        training = [f"'{name}'" if name else "the model" for name, module in modules if module.training]
+        if training or getattr(model, "training", False):
             raise CamInferError("the model is in training mode; call model.eval() first (dropout and batch "
-                                "statistics would change the explanation from call to call)")
+                                "statistics would change the explanation from call to call; in training mode: "
+                                f"{', '.join(training[:3]) or 'the model'}{' …' if len(training) > 3 else ''})")
         folder = tempfile.TemporaryDirectory(prefix="cam-infer-torch-")
         bundle = export_torch(model, layer=layer, input_size=input_size, out=Path(folder.name) / "bundle",
                               exporter=exporter, preprocessing=preprocess, labels=labels)

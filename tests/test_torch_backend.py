@@ -87,3 +87,20 @@ def test_a_layer_the_model_then_changes_in_place():
     expected, = torch.autograd.grad(scores[torch.arange(2), torch.from_numpy(targets)].sum(), a)
     np.testing.assert_allclose(explainer.backend.gradients(x, a.detach().numpy(), targets), expected.numpy(),
                                atol=1e-6 * float(expected.abs().max()))
+
+
+def test_each_module_keeps_its_own_training_mode(tmp_path):
+    """A model in eval mode with one module in training mode is refused, naming it; export_torch gives every
+    module its own mode back (a training model with frozen BatchNorms keeps them frozen)."""
+    from torch import nn
+
+    from cam_infer import export_torch
+
+    model = conv_bn_net()
+    model[1].train()
+    with pytest.raises(CamInferError, match=r"training mode; call model.eval\(\) first .*in training mode: '1'\)"):
+        Explainer.from_torch(model, layer="2", input_size=(16, 16))
+    model = conv_bn_net().train()
+    model[1].eval()
+    export_torch(model, layer="2", input_size=(16, 16), out=tmp_path / "bundle", exporter="legacy")
+    assert [m.training for m in model.modules()] == [not isinstance(m, nn.BatchNorm2d) for m in model.modules()]

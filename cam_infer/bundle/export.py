@@ -1,7 +1,7 @@
 """PyTorch model → ONNX → bundle. Needs the ``torch`` extra; nothing else in cam_infer imports torch.
 
-The user's model is left as it was: its training mode is restored even when the export fails,
-and its parameters are never touched.
+The user's model is left as it was: the training mode of each of its modules is restored even when the
+export fails, and its parameters are never touched.
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ def export_torch(model, layer: str, input_size: tuple[int, int] = (224, 224),
     h, w = (int(v) for v in input_size)
     prep = preprocessing if isinstance(preprocessing, Preprocessing) else \
         Preprocessing(input_size=(h, w), **dict(preprocessing or {}))
-    was_training = model.training
-    model.eval()
+    modes = [(module, module.training) for module in model.modules()]   # each its own: a frozen BatchNorm in a
+    model.eval()                                                          # training model stays in eval mode
     try:
         with tempfile.TemporaryDirectory(prefix="cam-infer-export-") as tmp:
             onnx_path = Path(tmp) / "model.onnx"
@@ -68,7 +68,8 @@ def export_torch(model, layer: str, input_size: tuple[int, int] = (224, 224),
                                           "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
                                           "torch_vs_onnx_max_abs_diff": agreement})
     finally:
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
 
 
 def _check_module(model, layer: str) -> None:
