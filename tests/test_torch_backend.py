@@ -104,3 +104,20 @@ def test_each_module_keeps_its_own_training_mode(tmp_path):
     model[1].eval()
     export_torch(model, layer="2", input_size=(16, 16), out=tmp_path / "bundle", exporter="legacy")
     assert [m.training for m in model.modules()] == [not isinstance(m, nn.BatchNorm2d) for m in model.modules()]
+
+
+def test_a_model_put_back_in_training_mode_is_refused_and_left_untouched():
+    import torch
+
+    model = conv_bn_net()
+    explainer = Explainer.from_torch(model, layer="2", input_size=(16, 16))
+    x = random_images(explainer.bundle.preprocessing, 2, seed=3)
+    explainer.explain(x, "gradcam")
+    model.train()
+    statistics = model[1].running_mean.clone()
+    for method in ("recipro", "gradcam"):
+        with pytest.raises(CamInferError, match=r"training mode again \(the model, '0', '1' …\); call model.eval"):
+            explainer.explain(x, method)
+    assert torch.equal(model[1].running_mean, statistics)
+    model.eval()
+    explainer.explain(x, "gradcam")

@@ -64,11 +64,21 @@ class TorchBackend(Backend):
                                 "folded it into or with another module, as a BatchNorm into the convolution before "
                                 "it); name the module that contains both")
 
+    def _check_eval(self) -> None:
+        """Every pass explains the model in eval mode: one put back in training mode after the explainer opened
+        would explain dropout's draw and the batch's statistics, and update its BatchNorms' running statistics."""
+        training = [f"'{name}'" if name else "the model" for name, module in self.model.named_modules()
+                    if module.training]
+        if training:
+            raise CamInferError(f"the model is in training mode again ({', '.join(training[:3])}"
+                                f"{' …' if len(training) > 3 else ''}); call model.eval() before explaining")
+
     def _run(self, role: str, x: np.ndarray) -> list[np.ndarray]:
         torch = self.torch
         with torch.no_grad():
             if role == "head":
                 return [self._head(torch.from_numpy(x)).numpy()]
+            self._check_eval()
             captured = {}
 
             def stop(module, inputs, output):
@@ -88,6 +98,7 @@ class TorchBackend(Backend):
     def forward(self, x: np.ndarray) -> np.ndarray:
         torch = self.torch
         x = self._checked(x, self.bundle.input_shape, "input images")
+        self._check_eval()
         with torch.no_grad(), self._model_pass:
             return self.model(torch.from_numpy(x)).reshape(len(x), -1).numpy()
 
@@ -108,6 +119,7 @@ class TorchBackend(Backend):
             return leaf["a"].clone()    # the model may change it in place (ReLU(inplace=True)); a leaf may not be
 
         x = self._checked(x, self.bundle.input_shape, "input images")
+        self._check_eval()
         with self._model_pass:
             handle = self.module.register_forward_hook(swap)
             try:
