@@ -92,7 +92,8 @@ def findings(bundles: dict) -> list[str]:
     from cam_infer.audit import AuditOptions, SanityOptions
     from cam_infer.audit.sanity import run_sanity
 
-    lines = ["| model | method | mode | layers randomised | Spearman | SSIM |", "|---|---|---|---|---:|---:|"]
+    lines = ["| model | method | mode | layers randomised | images compared | Spearman | SSIM |",
+             "|---|---|---|---|---:|---:|---:|"]
     flags = []
     for name, bundle in bundles.items():
         methods = ("recipro", "eigen") + (("gradcam",) if name == "fp32" else ())   # no torch head for QOperator
@@ -100,7 +101,9 @@ def findings(bundles: dict) -> list[str]:
                             SanityOptions(steps=4, images=9))
         for r in result["rows"]:
             shown = f"last {r['step']}" if r["mode"] == "cascading" else f"only #{r['step']}"
-            lines.append(f"| {name} | {r['method']} | {r['mode']} | {shown} | {r['spearman']:.3f} | {r['ssim']:.3f} |")
+            means = " | ".join("-" if r[k] is None else f"{r[k]:.3f}" for k in ("spearman", "ssim"))
+            compared = f"{r['compared']} of {r['images']}"
+            lines.append(f"| {name} | {r['method']} | {r['mode']} | {shown} | {compared} | {means} |")
         flags.append(f"{name}: flagged {', '.join(result['flagged']) or 'none'}")
     return lines + ["", "Flags (final cascading Spearman > 0.5): " + "; ".join(flags) + "."]
 

@@ -21,16 +21,19 @@ from cam_infer import split_onnx
 from cam_infer.audit import AuditOptions, SanityOptions, run_audit
 from cam_infer.audit.sanity import (
     SANITY_CSV,
+    compared_means,
     depths,
     random_weights,
     randomised_bundle,
     run_sanity,
+    sanity_line,
     step_layers,
     weight_layers,
     with_weights,
 )
 from cam_infer.errors import CamInferError
 from cam_infer.methods import METHODS, method
+from cam_infer.metrics.similarity import spearman, ssim
 from tiny_onnx import tiny_cnn
 
 
@@ -148,8 +151,11 @@ def test_the_check_can_fail_recipro_changes_an_edge_map_does_not(tmp_path, sobel
     images = [SHARED / "images" / name for name in STABLE_IMAGES]
     result = run_sanity(bundle, images, AuditOptions(methods=("recipro", sobel)), SanityOptions(steps=1, images=9))
     final = {r["method"]: r for r in result["rows"] if r["mode"] == "cascading" and r["layers"] == 53}
-    assert abs(final["recipro"]["spearman"]) < 0.3
-    assert final[sobel]["spearman"] > 0.99 and final[sobel]["ssim"] > 0.99
+    if "int8" in file:            # every recipro map of the randomised int8 file is constant: no image is compared
+        assert (final["recipro"]["compared"], final["recipro"]["spearman"]) == (0, None)
+    else:
+        assert final["recipro"]["compared"] == 9 and abs(final["recipro"]["spearman"]) < 0.3
+    assert final[sobel]["compared"] == 9 and final[sobel]["spearman"] > 0.99 and final[sobel]["ssim"] > 0.99
     assert result["flagged"] == [sobel]
 
 
@@ -170,6 +176,60 @@ def test_audit_sanity_writes_its_csv_summary_and_report_section(tiny, tmp_path, 
     page = (tmp_path / "out" / "index.html").read_text()
     assert "Sanity check: model randomisation" in page and "Flagged: sobel-edges" in page
     assert page.count("<polyline") == 4           # a curve per method and measure
+
+
+@pytest.fixture
+def flat_methods():
+    """Two methods whose maps are flat: "constant-map" on every model; "flat-when-random" only on a randomised one
+    (a ramp wherever the activations are the first model's, those of the trained model the check explains first)."""
+    trained = []
+
+    def constant_map(ctx):
+        """one constant map"""
+        return np.ones(ctx.activations.shape[:1] + ctx.activations.shape[2:], np.float32)
+
+    def flat_when_random(ctx):
+        """a ramp on the trained model, constant on a randomised one"""
+        if not trained:
+            trained.append(ctx.activations.copy())
+        n, _, h, w = ctx.activations.shape
+        ramp = np.broadcast_to(np.arange(h * w, dtype=np.float32).reshape(h, w), (n, h, w))
+        return ramp if np.array_equal(ctx.activations, trained[0]) else np.ones((n, h, w), np.float32)
+
+    for name, fn in (("constant-map", constant_map), ("flat-when-random", flat_when_random)):
+        method(name, cost="1 feature pass", class_specific=False)(fn)
+    yield "constant-map", "flat-when-random"
+    del METHODS["constant-map"], METHODS["flat-when-random"]
+
+
+def test_images_with_a_flat_map_on_either_side_are_left_out_of_the_similarities(tiny, tmp_path, flat_methods):
+    """A flat map has no ranking: two constant maps had Spearman 1 (flagged as not depending on the model) and a
+    constant map against a hot one SSIM 0.79 (read as alike); as in `cam-infer diff`, such images are not compared,
+    the rows say how many were, and a method with none compared has no mean and no flag."""
+    _, bundle = tiny
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        cv2.imwrite(str(folder / f"{i}.png"), rng.integers(0, 255, (64, 64, 3), np.uint8))
+    summary = run_audit(bundle.path, [folder], AuditOptions(methods=("recipro", *flat_methods), metrics=("adcc",)),
+                        tmp_path / "out", sanity=SanityOptions(steps=2, images=3), progress=False)
+    result = summary["sanity"]
+    for row in result["rows"]:
+        if row["method"] == "recipro":
+            assert row["compared"] == 3 and row["spearman"] is not None and row["ssim"] is not None
+        else:
+            assert (row["compared"], row["spearman"], row["ssim"]) == (0, None, None), row
+    assert result["final_spearman"]["constant-map"] is None and result["flagged"] == []
+    rows = list(csv.DictReader(open(tmp_path / "out" / SANITY_CSV, newline="")))
+    assert {(r["method"], r["images"], r["compared"], r["ssim"]) for r in rows if r["method"] != "recipro"} == {
+        (m, "3", "0", "") for m in flat_methods}
+    assert "Not judged: constant-map, flat-when-random" in (tmp_path / "out" / "index.html").read_text()
+    line = sanity_line(result)
+    assert "constant-map - (0 of 3 images compared: flat maps left out)" in line and "FLAGGED" not in line
+    a, b = rng.random((2, 2, 7, 7))
+    assert compared_means(a, b, np.array([True, False])) == {
+        "compared": 1, "spearman": pytest.approx(spearman(a[1], b[1])), "ssim": pytest.approx(ssim(a[1], b[1]))}
 
 
 def test_sanity_requests_it_cannot_do_are_one_line_errors(tiny, tmp_path):

@@ -21,9 +21,11 @@ graph itself (the bundle's features and head graphs, which together are the mode
 
 Per method and step the maps of the original and the randomised model for the same class (the original
 model's) are compared: Spearman rank correlation of the absolute maps and SSIM of the maps min-max
-normalised to [0, 1] (`cam_infer.metrics.similarity`), averaged over the images. A method whose mean
-Spearman after every layer is randomised stays above `threshold` (0.5 by default: the maps still share more
-than half their ranking with the trained model's) is flagged: its maps do not depend on the model enough.
+normalised to [0, 1] (`cam_infer.metrics.similarity`), averaged over the compared images: an image whose map is
+flat (constant, degenerate) on either side has no ranking and is left out, as in `cam-infer diff`, and each row
+says how many images were compared. A method whose mean Spearman after every layer is randomised stays above
+`threshold` (0.5 by default: the maps still share more than half their ranking with the trained model's) is
+flagged: its maps do not depend on the model enough. With no image compared there is no mean and no flag.
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ from .report import add_section
 SANITY_CSV = "sanity.csv"
 WEIGHTED = {"Conv": (1, 2), "Gemm": (1, 2), "MatMul": (1,), "QLinearConv": (3, 8), "QLinearMatMul": (3,),
             "QGemm": (3, 6), "ConvInteger": (1,), "MatMulInteger": (1,)}     # op → inputs that are its weights
-COLUMNS = ("mode", "step", "layers", "layer", "method", "images", "spearman", "ssim")
+COLUMNS = ("mode", "step", "layers", "layer", "method", "images", "compared", "spearman", "ssim")
+SIMILARITIES = {"spearman": spearman, "ssim": ssim}
 
 
 @dataclass(frozen=True)
@@ -193,7 +196,7 @@ def run_sanity(bundle, images, options, sanity: SanityOptions) -> dict:
     original = {}
     for method in options.methods:
         e = explain_variant(trained, x, method, target, options)
-        original[method] = (e.saliency, e.targets)
+        original[method] = (e.saliency, e.targets, np.asarray(e.degenerate, bool))
     rows = []
     with tempfile.TemporaryDirectory(prefix="cam-infer-sanity-") as work:
         for mode in ("cascading", "independent"):
@@ -204,21 +207,32 @@ def run_sanity(bundle, images, options, sanity: SanityOptions) -> dict:
                 explainer = open_explainer(randomised, options.backend, options.device, None, gradients,
                                            options.precision)
                 for method in options.methods:
-                    before, targets = original[method]
-                    after = explain_variant(explainer, x, method, targets, options).saliency
+                    before, targets, flat = original[method]
+                    after = explain_variant(explainer, x, method, targets, options)
                     rows.append({"mode": mode, "step": k, "layers": len(chosen), "layer": layers[k - 1].node,
                                  "method": method, "images": len(images),
-                                 "spearman": float(np.mean([spearman(a, b) for a, b in zip(before, after)])),
-                                 "ssim": float(np.mean([ssim(a, b) for a, b in zip(before, after)]))})
+                                 **compared_means(before, after.saliency, flat | np.asarray(after.degenerate, bool))})
                 del explainer
                 shutil.rmtree(folder, ignore_errors=True)
     n = len(layers)
     final = {r["method"]: r["spearman"] for r in rows if r["mode"] == "cascading" and r["step"] == n}
     return {"options": sanity.to_dict(), "layers": [asdict(layer) for layer in layers],
             "images": [str(i) for i in images], "rows": rows,
-            "final_spearman": final, "flagged": [m for m, v in final.items() if v > sanity.threshold],
+            "final_spearman": final, "flagged": [m for m, v in final.items() if v is not None and v > sanity.threshold],
             "notes": {"flagged": f"mean Spearman of the maps after every layer is randomised above "
-                                 f"{sanity.threshold}: the maps hardly depend on the model's weights"}}
+                                 f"{sanity.threshold}: the maps hardly depend on the model's weights",
+                      "compared": "images whose two maps are compared: a flat (constant) map on either side has no "
+                                  "ranking, so no similarity; the means are over the compared images (null: none)"}}
+
+
+def compared_means(before: np.ndarray, after: np.ndarray, flat: np.ndarray) -> dict:
+    """{"compared": the images whose maps are flat on neither side, and each similarity's mean over them (None when
+    there are none)}. A flat (degenerate) map has no ranking and no structure: its Spearman and SSIM would be what its
+    ties give (two constant maps scored Spearman 1, a constant map against a hot one SSIM 0.79), as in `cam-infer
+    diff` (`cam_infer.diff.work.similarities`)."""
+    kept = [(a, b) for a, b, f in zip(before, after, flat) if not f]
+    return {"compared": len(kept), **{key: float(np.mean([measure(a, b) for a, b in kept])) if kept else None
+                                      for key, measure in SIMILARITIES.items()}}
 
 
 def write_sanity_csv(path: Path, result: dict) -> None:
@@ -231,10 +245,21 @@ def write_sanity_csv(path: Path, result: dict) -> None:
 
 
 def sanity_line(result: dict) -> str:
-    """What `cam-infer audit --sanity` prints: each method's Spearman after every layer is randomised."""
-    final = ", ".join(f"{m} {v:.2f}" + (" FLAGGED" if m in result["flagged"] else "")
-                      for m, v in result["final_spearman"].items())
-    return f"sanity check (Spearman to the original after all {len(result['layers'])} layers random): {final}"
+    """What `cam-infer audit --sanity` prints: each method's Spearman after every layer is randomised, with the
+    images it is over when a flat map left some out."""
+    n = len(result["layers"])
+    final = {r["method"]: r for r in result["rows"] if r["mode"] == "cascading" and r["step"] == n}
+    shown = ", ".join(f"{m} " + ("-" if r["spearman"] is None else f"{r['spearman']:.2f}") + _left_out(r)
+                      + (" FLAGGED" if m in result["flagged"] else "") for m, r in final.items())
+    return f"sanity check (Spearman to the original after all {n} layers random): {shown}"
+
+
+def _left_out(row: dict) -> str:
+    """How many of a row's images were compared, when a flat map left some out ("" when none was)."""
+    compared = row.get("compared", row["images"])          # a summary.json written before the count was kept
+    if compared == row["images"]:
+        return ""
+    return f" ({compared} of {row['images']} images compared: flat maps left out)"
 
 
 COLOURS = ("#4a7bd0", "#d0694a", "#4aa05a", "#9a4ad0", "#c0a020", "#20a0c0", "#a0a0a0", "#d04a9a")
@@ -249,9 +274,13 @@ def sanity_section(result: dict) -> str:
     charts = "".join(_curve_chart(result["rows"], methods, measure, n, threshold if measure == "spearman" else None)
                      for measure in ("spearman", "ssim"))
     flagged = result["flagged"]
+    unjudged = [m for m, v in result["final_spearman"].items() if v is None]
     flags = (f"<p class=err>Flagged: {html.escape(', '.join(flagged))}: {html.escape(result['notes']['flagged'])}"
              ".</p>" if flagged else f"<p>No method flagged (final cascading Spearman ≤ "
-             f"{result['options']['threshold']} for every method).</p>")
+             f"{result['options']['threshold']} for every method{' compared' if unjudged else ''}).</p>")
+    if unjudged:
+        flags += (f"<p class=err>Not judged: {html.escape(', '.join(unjudged))}: with every layer random, each "
+                  "image's map was flat on one side or both, so no image was compared.</p>")
     head = "<tr><th>mode</th><th>layers randomised</th><th>layer</th>" + "".join(
         f"<th>{html.escape(m)} Spearman</th><th>{html.escape(m)} SSIM</th>" for m in methods) + "</tr>"
     cells = {(r["mode"], r["step"], r["method"]): r for r in result["rows"]}
@@ -260,12 +289,22 @@ def sanity_section(result: dict) -> str:
         any_row = cells[(mode, step, methods[0])]
         shown = f"last {step}" if mode == "cascading" else f"only #{step}"
         body += (f"<tr><th>{mode}</th><td>{shown}</td><td>{html.escape(any_row['layer'])}</td>"
-                 + "".join(f"<td>{cells[(mode, step, m)]['spearman']:.3f}</td><td>{cells[(mode, step, m)]['ssim']:.3f}"
-                           "</td>" for m in methods) + "</tr>")
+                 + "".join(_cells(cells[(mode, step, m)]) for m in methods) + "</tr>")
+    left_out = any(r.get("compared", r["images"]) < r["images"] for r in result["rows"])
+    note = (" <small>k/n</small>: the similarities are over the k of n images whose maps are flat on neither side (a "
+            "constant map has no ranking); –: every image had a flat map." if left_out else "")
     return (f"<h2>Sanity check: model randomisation</h2><p>{n} weight layers, counted from the output; "
             f"{len(result['images'])} images; maps of the original vs the randomised model for the same class "
             f"(Adebayo et al. 2018). Near 0 once many layers are random: the maps depend on the model.</p>"
-            f"{flags}<div class=charts>{charts}</div><table>{head}{body}</table><p>Details in {SANITY_CSV}.</p>")
+            f"{flags}<div class=charts>{charts}</div><table>{head}{body}</table><p>Details in {SANITY_CSV}.{note}</p>")
+
+
+def _cells(row: dict) -> str:
+    """A row's Spearman and SSIM cells; the images compared after the Spearman when a flat map left some out."""
+    compared = row.get("compared", row["images"])
+    count = f" <small>{compared}/{row['images']}</small>" if compared < row["images"] else ""
+    return "".join(f"<td>{'–' if row[k] is None else f'{row[k]:.3f}'}{count if k == 'spearman' else ''}</td>"
+                   for k in SIMILARITIES)
 
 
 def _curve_chart(rows, methods, measure: str, n: int, threshold: float | None) -> str:
@@ -276,7 +315,8 @@ def _curve_chart(rows, methods, measure: str, n: int, threshold: float | None) -
         return left + width * k / n, top + height * (1 - v) / 2
     lines = []
     for i, m in enumerate(methods):
-        steps = [(0, 1.0)] + [(r["step"], r[measure]) for r in rows if r["mode"] == "cascading" and r["method"] == m]
+        steps = [(0, 1.0)] + [(r["step"], r[measure]) for r in rows if r["mode"] == "cascading" and r["method"] == m
+                              and r[measure] is not None]                 # no point where no image was compared
         path = " ".join(f"{x:.1f},{y:.1f}" for x, y in (point(k, v) for k, v in steps))
         colour = COLOURS[i % len(COLOURS)]
         lines.append(f"<polyline fill=none stroke='{colour}' stroke-width=2 points='{path}'></polyline>"
