@@ -200,3 +200,61 @@ def test_preprocessing_that_squeezes_the_pixels_for_an_integer_model_is_refused(
     one_channel_squeezed = Preprocessing((160, 160), mean=(0.0,) * 3, std=(1.0, 1.0, 20.0), scale=1.0)
     with pytest.raises(CamInferError, match="every image would be nearly the same input"):
         _integer_range_checked(one_channel_squeezed, "uint8")
+
+
+def uint8_input(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` taking uint8 pixels (cast to float at once), as a TensorFlow-born model takes them."""
+    name = model.graph.input[0].name
+    for node in model.graph.node:
+        node.input[:] = [f"{name}_float" if i == name else i for i in node.input]
+    model.graph.node.insert(0, onnx.helper.make_node("Cast", [name], [f"{name}_float"], to=onnx.TensorProto.FLOAT))
+    model.graph.input[0].type.tensor_type.elem_type = onnx.TensorProto.UINT8
+    return model
+
+
+def test_the_manifest_and_info_say_whether_the_normalisation_was_given_read_or_guessed(tmp_path, tiny_onnx_path):
+    """ImageNet's mean and std guessed for a float model were recorded and shown as a normalisation given with
+    --mean/--std is; now each of mean, std and scale is "given", "model" (the file's record, or an integer input) or
+    "default", and a bundle written before says it was not recorded."""
+    import json
+
+    import openvino as ov
+    from helpers import run_cli
+
+    from cam_infer.audit.report import recorded_protocol
+    from cam_infer.bundle import split_model
+    from cam_infer.bundle.describe import describe
+    from cam_infer.images import Preprocessing
+
+    guessed = split_onnx(tiny_onnx_path, out=tmp_path / "guessed")
+    assert guessed.manifest["normalisation"] == {"mean": "default", "std": "default", "scale": "default"}
+    assert "normalised   the default for a float input, guessed (x/255, then ImageNet's mean and std)" in describe(
+        guessed)
+    given = run_cli("split", tiny_onnx_path, "--out", tmp_path / "given", "--mean", "0.5", "0.5", "0.5", "--std",
+                    "0.5", "0.5", "0.5", "--scale", "0.00392156862745098")
+    assert given.returncode == 0, given.stderr
+    assert "\nnormalised   given\n" in given.stdout
+    assert Bundle.load(tmp_path / "given").normalisation == dict.fromkeys(("mean", "std", "scale"), "given")
+    assert split_onnx(tiny_onnx_path, out=tmp_path / "whole", preprocessing=Preprocessing(
+        (64, 64))).normalisation == dict.fromkeys(("mean", "std", "scale"), "given")
+    part = split_onnx(tiny_onnx_path, out=tmp_path / "part", preprocessing={"scale": 1 / 127.5})
+    assert "normalised   mean and std the default, guessed; scale given" in describe(part)
+    pixels = split_onnx(uint8_input(tiny_cnn()), out=tmp_path / "uint8")
+    assert pixels.normalisation == dict.fromkeys(("mean", "std", "scale"), "model")
+    assert "normalised   read from the model" in describe(pixels)
+    recorded = tiny_cnn()
+    onnx.helper.set_model_props(recorded, {"cam_infer.preprocessing": json.dumps({"mean": [0.5] * 3,
+                                                                                   "std": [0.5] * 3})})
+    assert split_onnx(recorded, out=tmp_path / "recorded", preprocessing={"color": "bgr"}).normalisation == {
+        "mean": "model", "std": "model", "scale": "default"}
+    ov.save_model(ov.convert_model(str(tiny_onnx_path)), str(tmp_path / "tiny.xml"))
+    assert split_model(tmp_path / "tiny.xml", out=tmp_path / "ir").normalisation == dict.fromkeys(
+        ("mean", "std", "scale"), "default")
+    assert recorded_protocol(guessed, ())["normalisation"] == guessed.normalisation
+    manifest = json.loads((tmp_path / "given" / "bundle.json").read_text())          # a bundle written before
+    del manifest["normalisation"]
+    (tmp_path / "given" / "bundle.json").write_text(json.dumps(manifest))
+    old = Bundle.load(tmp_path / "given")
+    assert old.normalisation is None and recorded_protocol(old, ())["normalisation"] == "not recorded"
+    shown = run_cli("info", tmp_path / "given")
+    assert shown.returncode == 0 and "\nnormalised   not recorded" in shown.stdout, shown.stderr

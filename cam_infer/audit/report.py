@@ -114,13 +114,15 @@ def write_per_target_page(out: Path, summary: dict, grid, methods, shown: dict, 
 
 def recorded_protocol(bundle, methods) -> dict:
     """What every task's audit records in its protocol beside its settings: where the model is cut, its graphs'
-    hashes, its preprocessing, the package's release, and which methods are class-agnostic (their one map is
-    scored for whatever class the others explain)."""
+    hashes, its preprocessing (and where its mean, std and scale come from, `Bundle.normalisation`; a detector's are
+    fixed), the package's release, and which methods are class-agnostic (their one map is scored for whatever class
+    the others explain)."""
     from ..methods.registry import class_agnostic
     from ..runs import bundle_hashes
     from ..version import __version__
 
     return {"layer": bundle.layers, "graphs": bundle_hashes(bundle), "preprocessing": bundle.preprocessing.to_dict(),
+            **({"normalisation": bundle.normalisation or "not recorded"} if bundle.task != "detection" else {}),
             "cam_infer": __version__, "class_agnostic": [m for m in methods if class_agnostic(m)]}
 
 

@@ -37,6 +37,7 @@ def describe(bundle) -> str:
         + (f"resize shorter side to {prep.resize} ({prep.interpolation}), center crop {h}x{w}"
            if prep.crop == "center" else f"resize to {h}x{w} ({prep.interpolation})")
         + f", x*{prep.scale:.6g}, mean {list(prep.mean)}, std {list(prep.std)}",
+        normalisation_line(bundle.normalisation, prep.channels),
         f"target layer '{target['requested']}' ({how[target['matched_by']]}) -> tensor '{target['tensor']}'"
         + (f", module '{target['module']}'" if target.get("module") and target["matched_by"] != "module" else ""),
         (cut_set_line(m["cut"]) if bundle.cut_levels is not None else f"activation   (N,{k},{ah},{aw})")
@@ -61,7 +62,26 @@ def describe(bundle) -> str:
     return "\n".join(lines)
 
 
-def cut_set_line(levels: list[dict]) -> str:
+SOURCES = {"given": "given", "model": "read from the model", "default": "the default, guessed"}
+GUESSED = ("the default for a float input, guessed ({}): the model records none; if it was trained otherwise, "
+           "split it again with --mean/--std/--scale")
+
+
+def normalisation_line(record: dict | None, channels: int = 3) -> str:
+    """Where the mean, std and scale come from: given, read from the model (its record, or its integer input), or
+    the default guessed for a float input; in parts when they differ."""
+    if not record:
+        return "normalised   not recorded (a bundle written before cam-infer recorded it)"
+    sources = {}
+    for key in ("mean", "std", "scale"):
+        sources.setdefault(record.get(key, "not recorded"), []).append(key)
+    if len(sources) == 1:
+        only = next(iter(sources))
+        default = GUESSED.format("x/255, then ImageNet's mean and std" if channels == 3 else "x/255")
+        return _wrapped("normalised   " + (default if only == "default" else SOURCES.get(only, "not recorded")))
+    return _wrapped("normalised   " + "; ".join(f"{' and '.join(keys)} {SOURCES.get(source, source)}"
+                                                for source, keys in sources.items()))
+
     """A segmenter's cut set: each member's shape and stride, packed in one tensor at the boundary."""
     return _wrapped("cut set      " + "; ".join(f"'{lv['name']}' ({','.join(map(str, lv['shape']))}) stride "
                                                 f"{lv['stride']}" for lv in levels) + " (packed in one tensor)")

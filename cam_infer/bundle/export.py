@@ -62,8 +62,9 @@ def export_torch(model, layer: str, input_size: tuple[int, int] = (224, 224),
             onnx_path = Path(tmp) / "model.onnx"
             used = _export(torch, model, (h, w), onnx_path, exporter, opset)
             agreement = _compare_with_torch(torch, model, onnx_path, prep)
-            return split_onnx(onnx_path, layer=layer, out=out, preprocessing=prep, labels=labels,
-                              overwrite=overwrite,
+            return split_onnx(onnx_path, layer=layer, out=out, preprocessing=preprocessing if isinstance(
+                                  preprocessing, Preprocessing) else dict(preprocessing or {}), input_size=(h, w),
+                              labels=labels, overwrite=overwrite,
                               provenance={"exporter": f"torch {torch.__version__} ({used})",
                                           "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
                                           "torch_vs_onnx_max_abs_diff": agreement})

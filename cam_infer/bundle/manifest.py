@@ -328,6 +328,13 @@ class Bundle:
     def preprocessing(self) -> Preprocessing:
         return Preprocessing.from_dict(self.manifest["preprocessing"])
 
+    @property
+    def normalisation(self) -> dict | None:
+        """Where the preprocessing's mean, std and scale come from: each "given", "model" (the model file's record or
+        its integer input) or "default" (guessed for a float input); None for a bundle written before it was
+        recorded (`bundle.split.normalisation_record`)."""
+        return self.manifest.get("normalisation")
+
     def preprocess(self, images) -> np.ndarray:
         """Image paths or RGB uint8 arrays → (N,3,H,W) float32 model input."""
         if isinstance(images, (str, os.PathLike, np.ndarray)) and not (

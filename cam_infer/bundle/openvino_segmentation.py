@@ -146,13 +146,14 @@ def split_openvino_segmenter(path, layer: str = "auto", out=None, *, preprocessi
     import openvino.opset13 as ops
 
     from .segmentation import without_crop
-    from .split import preprocessing_for, read_labels, recorded_labels, with_recorded
+    from .split import normalisation_record, preprocessing_for, read_labels, recorded_labels, with_recorded
     from .write import write_bundle
 
     if out is None:
         raise CamInferError("give an output folder for the bundle (--out)")
     path = Path(path)
     model = _read(path) if model is None else model
+    given = preprocessing
     preprocessing = with_recorded(model, preprocessing)           # what the IR records (rt_info), under what is given
     check_one_output([r.get_friendly_name() for r in model.get_results()])
     spec = _input_spec(model, layout)
@@ -200,6 +201,7 @@ def split_openvino_segmenter(path, layer: str = "auto", out=None, *, preprocessi
         "input": {"name": "image", "shape": [None, spec.channels, *prep.input_size], "layout": "NCHW",
                   "dtype": "float32", "model_dtype": spec.dtype, "model_layout": spec.layout},
         "preprocessing": prep.to_dict(),
+        "normalisation": normalisation_record(model, given, spec.dtype),
         "target_layer": target_layer,
         "activation": activation,
         "output": {"name": "scores", "kind": kind, "num_classes": int(classes), "layout": "NCHW",

@@ -261,13 +261,14 @@ def split_openvino(path, layer: str = "auto", out=None, *, input_size=None, prep
                    overwrite: bool = False, layout: str | None = None, model=None) -> Bundle:
     """Split a model OpenVINO reads (``.xml`` IR, ``.tflite``) at `layer` into a verified IR bundle (`model`: the
     file already read, `read_openvino_model`)."""
-    from .split import preprocessing_for, read_labels, recorded_labels, with_recorded
+    from .split import normalisation_record, preprocessing_for, read_labels, recorded_labels, with_recorded
     from .write import write_bundle
 
     if out is None:
         raise CamInferError("give an output folder for the bundle (--out)")
     path = Path(path)
     model = with_input_size(_read(path) if model is None else model, input_size, layout)
+    given = preprocessing
     preprocessing = with_recorded(model, preprocessing)           # what the IR records (rt_info), under what is given
     check_one_output([r.get_friendly_name() for r in model.get_results()])
     spec = _input_spec(model, layout)
@@ -303,6 +304,7 @@ def split_openvino(path, layer: str = "auto", out=None, *, input_size=None, prep
         "input": {"name": "image", "shape": [None, spec.channels, *prep.input_size], "layout": "NCHW",
                   "dtype": "float32", "model_dtype": spec.dtype, "model_layout": spec.layout},
         "preprocessing": prep.to_dict(),
+        "normalisation": normalisation_record(model, given, spec.dtype),
         "target_layer": {"requested": layer, "matched_by": "auto" if layer == "auto" else "node", "module": None,
                          "tensor": target.op, "layout": cut.tokens.layout if cut else layouts.get(target, "NCHW")},
         "activation": {"name": "activation", "shape": list(cut.tokens.grid_shape) if cut else k_h_w,

@@ -30,7 +30,7 @@ from .anatomy import (check_class_softmax, check_one_output, check_scores_size, 
 from .cut import extract
 from .graph import INTEGER_TYPES, Graph, load_onnx
 from .layers import TargetLayer, find_target_layer, is_cut_point, resolve_cut, _target
-from .split import preprocessing_for, read_labels, recorded_labels, with_recorded
+from .split import normalisation_record, preprocessing_for, read_labels, recorded_labels, with_recorded
 from .verify import _run, as_source_input, compare, random_images, runtime_message, session
 from .write import manifest_for, write_onnx_bundle
 
@@ -223,6 +223,7 @@ def split_segmenter(model: "str | os.PathLike | onnx.ModelProto", layer: str = "
         raise CamInferError("give an output folder for the bundle (--out)")
     source = Path(model) if isinstance(model, (str, os.PathLike)) else None
     proto = load_onnx(source) if source else model
+    given = preprocessing
     preprocessing = with_recorded(proto, preprocessing)
     check_one_output([o.name for o in proto.graph.output])
     output = segmentation_output(Graph.from_model(proto, input_size, layout))
@@ -240,7 +241,7 @@ def split_segmenter(model: "str | os.PathLike | onnx.ModelProto", layer: str = "
     names = read_labels(labels, output.num_classes) if labels is not None else \
         recorded_labels(proto, output.num_classes)
     manifest = manifest_for(graph, target, prep, features, head, batch_mode, verification, output.num_classes, names,
-                            source, provenance or {})
+                            source, provenance or {}, normalisation_record(proto, given, graph.input_spec.dtype))
     if members is not None:
         manifest.update(cut_fields)
     manifest["task"] = "segmentation"

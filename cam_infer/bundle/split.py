@@ -58,19 +58,21 @@ def split_onnx(model: "str | os.PathLike | onnx.ModelProto", layer: str = "auto"
         source = Path(model)
         model = load_onnx(source)
     _check_declared_output(model)
+    given = preprocessing
     preprocessing = with_recorded(model, preprocessing)
     graph = Graph.from_model(model, input_size, layout)
     check_class_scores(graph)
     spec = graph.input_spec
+    normalisation = normalisation_record(model, given, spec.dtype)
     target = find_target_layer(graph, layer)
     prep = preprocessing_for(spec, preprocessing, input_size)
-    if not isinstance(preprocessing, Preprocessing) and not NORMALISATION & set(preprocessing or {}):
+    if guessed(normalisation):
         check_default_normalisation(model, prep)
     features, head, batch_mode, verification = _split_verified(graph, target, prep)
     num_classes = verification.pop("num_classes")
     labels = read_labels(labels, num_classes) if labels is not None else recorded_labels(model, num_classes)
     manifest = manifest_for(graph, target, prep, features, head, batch_mode, verification, num_classes, labels,
-                            source, provenance or {})
+                            source, provenance or {}, normalisation)
     return write_onnx_bundle(Path(out), features, head, manifest, overwrite)
 
 
@@ -174,7 +176,24 @@ def preprocessing_for(spec: InputSpec, prep, input_size) -> Preprocessing:
     return _integer_range_checked(prep, spec.dtype)
 
 
-NORMALISATION = {"mean", "std", "scale"}
+NORMALISATION = ("mean", "std", "scale")
+
+
+def normalisation_record(model, given, dtype: str) -> dict:
+    """Where each of the bundle's mean, std and scale comes from (the manifest's `normalisation`, which `info` shows):
+    "given" (preprocessing=; --mean, --std, --scale), "model" (what the model file records, `recorded_preprocessing`;
+    or its integer input, which takes the pixels as they are) or "default" (guessed for a float input: ImageNet's mean
+    and std and x/255, x/255 alone for gray; nothing says the model was trained so)."""
+    if isinstance(given, Preprocessing):
+        return dict.fromkeys(NORMALISATION, "given")
+    recorded = recorded_preprocessing(model) or {}
+    return {key: "given" if key in (given or {}) else
+            "model" if key in recorded or dtype in INTEGER_TYPES.values() else "default" for key in NORMALISATION}
+
+
+def guessed(normalisation: dict) -> bool:
+    """Nobody gave or recorded any of the normalisation: it is the default for a float input."""
+    return set(normalisation.values()) == {"default"}
 
 
 def check_default_normalisation(model: onnx.ModelProto, prep: Preprocessing) -> None:

@@ -53,7 +53,8 @@ def _quantization_record(graph: Graph, target: TargetLayer) -> dict | None:
 
 
 def manifest_for(graph, target, prep, features, head, batch_mode, verification, num_classes, labels, source,
-              provenance) -> dict:
+              provenance, normalisation: dict) -> dict:
+    """`normalisation`: where the preprocessing's mean, std and scale come from (`split.normalisation_record`)."""
     spec = graph.input_spec
     scores = score_output(graph)
     feature_tensors = [graph.image_input.name] + [o for n in features.graph.node for o in n.output]
@@ -65,6 +66,7 @@ def manifest_for(graph, target, prep, features, head, batch_mode, verification, 
         "input": {"name": features.graph.input[0].name, "shape": [None, spec.channels, *prep.input_size],
                   "layout": "NCHW", "dtype": "float32", "model_dtype": spec.dtype, "model_layout": spec.layout},
         "preprocessing": prep.to_dict(),
+        "normalisation": normalisation,
         "target_layer": {"requested": target.requested, "matched_by": target.matched_by, "module": target.module,
                          "tensor": target.tensor, "layout": target.layout},
         "activation": {"name": activation_name(target), "shape": _nchw_shape(graph, target.tensor, target.layout)
