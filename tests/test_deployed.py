@@ -132,6 +132,54 @@ def test_the_default_normalisation_is_refused_where_the_models_input_quantizer_s
     assert split_onnx(zoo, out=tmp_path / "d").preprocessing.mean == pytest.approx((0.485, 0.456, 0.406))
 
 
+@needs_shared
+def test_the_default_normalisation_is_refused_where_an_ir_models_input_fake_quantize_says_another(tmp_path):
+    """The float-input MobileNet converted to IR (its QuantizeLinear → DequantizeLinear now a FakeQuantize of [-1,
+    0.99] right after the input, as in an NNCF-quantized IR or a float-input TFLite file) was split with ImageNet's
+    mean and std, unchecked: its clipped pixels scored another image. It is refused as the ONNX file is."""
+    import openvino as ov
+
+    from cam_infer.bundle.openvino_split import input_fake_quantize_range
+    ov.save_model(ov.convert_model(str(DEPLOYED / "tf2onnx_nchwf_mobilenet_v1_0.5_160_quant.onnx")),
+                  str(tmp_path / "nchwf.xml"))
+    assert input_fake_quantize_range(ov.Core().read_model(tmp_path / "nchwf.xml")) == pytest.approx((-1.0, 127 / 128))
+    assert_one_line_error(run_cli("split", tmp_path / "nchwf.xml", "--out", tmp_path / "a"),
+                          "the model quantizes its input to [-1, 0.992] (its first FakeQuantize), and the default "
+                          "preprocessing (ImageNet's mean and std) gives [-2.12, 2.64]")
+    assert not (tmp_path / "a").exists()
+    assert split_model(tmp_path / "nchwf.xml", out=tmp_path / "b", **MINUS_ONE_ONE).preprocessing.mean == (0.5,) * 3
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_an_ir_input_fake_quantize_is_found_through_the_layout_ops_and_read_per_channel(tmp_path, layout):
+    """Parameter → (an NHWC file's Transpose →) FakeQuantize: its input range, the widest of its channels; a float
+    input with another consumer beside it, or none, has no range; the split refuses ImageNet's mean and std."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    shape = [1, 3, 32, 32] if layout == "NCHW" else [1, 32, 32, 3]
+    image = ops.parameter(shape, np.float32, name="image")
+    x = image.output(0) if layout == "NCHW" else ops.transpose(image, ops.constant(np.array([0, 3, 1, 2]))).output(0)
+    low, high = np.array([-1.0, -0.5, -1.0], np.float32).reshape(1, 3, 1, 1), np.float32(127 / 128)
+    x = ops.fake_quantize(x, ops.constant(low), ops.constant(high), ops.constant(low), ops.constant(high), 256)
+    weights = np.random.default_rng(0).standard_normal((8, 3, 3, 3)).astype(np.float32)
+    x = ops.relu(ops.convolution(x, ops.constant(weights), [1, 1], [1, 1], [1, 1], [1, 1]))
+    pooled = ops.reduce_mean(x, ops.constant(np.array([2, 3])), keep_dims=False)
+    logits = ops.matmul(pooled, ops.constant(np.random.default_rng(1).standard_normal((8, 4)).astype(np.float32)),
+                        False, False)
+    model = ov.Model([ops.result(logits)], [image], "fq")
+    from cam_infer.bundle.openvino_split import input_fake_quantize_range
+    assert input_fake_quantize_range(model) == pytest.approx((-1.0, 127 / 128))
+    ov.save_model(model, str(tmp_path / "fq.xml"))
+    with pytest.raises(CamInferError, match=r"quantizes its input to \[-1, 0\.992\] \(its first FakeQuantize\)"):
+        split_model(tmp_path / "fq.xml", out=tmp_path / "a")
+    assert split_model(tmp_path / "fq.xml", out=tmp_path / "b", **MINUS_ONE_ONE).normalisation["mean"] == "given"
+    beside = ov.Model([ops.result(logits), ops.result(ops.relu(image))], [image], "two consumers")
+    assert input_fake_quantize_range(beside) is None
+    plain = ov.Model([ops.result(ops.relu(image))], [image], "no quantizer")
+    assert input_fake_quantize_range(plain) is None
+
+
 def test_the_default_normalisation_refusal_of_a_grayscale_model_names_its_own_default():
     """A one-channel model's default is x/255, not ImageNet's statistics, and its example has one value a flag (a
     model that takes 0..255, quantized so)."""

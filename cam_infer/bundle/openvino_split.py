@@ -257,11 +257,20 @@ def is_constant(value) -> bool:
     return node.get_type_name() == "Constant"
 
 
+def constant_data(value) -> np.ndarray | None:
+    """The value of a Constant, or of one converted (`is_constant`), as float64; None for anything else."""
+    node = value.get_node()
+    while node.get_type_name() == "Convert":
+        node = node.input_value(0).get_node()
+    return np.asarray(node.get_data(), np.float64) if node.get_type_name() == "Constant" else None
+
+
 def split_openvino(path, layer: str = "auto", out=None, *, input_size=None, preprocessing=None, labels=None,
                    overwrite: bool = False, layout: str | None = None, model=None) -> Bundle:
     """Split a model OpenVINO reads (``.xml`` IR, ``.tflite``) at `layer` into a verified IR bundle (`model`: the
     file already read, `read_openvino_model`)."""
-    from .split import normalisation_record, preprocessing_for, read_labels, recorded_labels, with_recorded
+    from .split import (check_input_range, guessed, normalisation_record, preprocessing_for, read_labels,
+                        recorded_labels, with_recorded)
     from .write import write_bundle
 
     if out is None:
@@ -278,6 +287,9 @@ def split_openvino(path, layer: str = "auto", out=None, *, input_size=None, prep
     if input_size is not None and tuple(input_size) != tuple(spec.size):
         raise CamInferError(f"this model's input size is fixed at {spec.size}; --input-size cannot change it")
     prep = preprocessing_for(spec, preprocessing, None)
+    normalisation = normalisation_record(model, given, spec.dtype)
+    if guessed(normalisation):                                     # as `split.check_default_normalisation`
+        check_input_range(input_fake_quantize_range(model), prep, "FakeQuantize")
     ops, layouts = _ops(model), _layouts(model, spec)
     cut = token_cut(model, spec, layer)
     if cut is None:
@@ -304,7 +316,7 @@ def split_openvino(path, layer: str = "auto", out=None, *, input_size=None, prep
         "input": {"name": "image", "shape": [None, spec.channels, *prep.input_size], "layout": "NCHW",
                   "dtype": "float32", "model_dtype": spec.dtype, "model_layout": spec.layout},
         "preprocessing": prep.to_dict(),
-        "normalisation": normalisation_record(model, given, spec.dtype),
+        "normalisation": normalisation,
         "target_layer": {"requested": layer, "matched_by": "auto" if layer == "auto" else "node", "module": None,
                          "tensor": target.op, "layout": cut.tokens.layout if cut else layouts.get(target, "NCHW")},
         "activation": {"name": "activation", "shape": list(cut.tokens.grid_shape) if cut else k_h_w,
@@ -607,6 +619,31 @@ def logits_step(model) -> float:
     while value.get_node().get_type_name() in LOGITS_PASS:
         value = value.get_node().input_value(0)
     return fake_quantize_step(value)
+
+
+INPUT_PASS = {"Transpose", "Reshape", "Convert"}       # ops between a float input and its quantizer, seen through
+
+
+def input_fake_quantize_range(model) -> tuple[float, float] | None:
+    """[low, high] of the values a float input's FakeQuantize (its only consumer, seen through an NHWC file's Transpose)
+    lets through unclipped, its input range; or None. An ONNX QDQ file converted to IR, an NNCF-quantized IR and a
+    float-input TFLite file read by OpenVINO quantize their input so (per channel: the widest)."""
+    parameters = model.get_parameters()
+    if len(parameters) != 1 or parameters[0].get_element_type().get_type_name() != "f32":
+        return None
+    value = parameters[0].output(0)
+    for _ in range(len(INPUT_PASS) + 1):
+        consumers = list(value.get_target_inputs())
+        if len(consumers) != 1 or consumers[0].get_index() != 0:
+            return None
+        node = consumers[0].get_node()
+        if node.get_type_name() == "FakeQuantize":
+            low, high = (constant_data(node.input_value(i)) for i in (1, 2))
+            return None if low is None or high is None else (float(np.min(low)), float(np.max(high)))
+        if node.get_type_name() not in INPUT_PASS:
+            return None
+        value = node.output(0)
+    return None
 
 
 def fake_quantize_step(value) -> float:

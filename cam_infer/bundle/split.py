@@ -201,8 +201,14 @@ def check_default_normalisation(model: onnx.ModelProto, prep: Preprocessing) -> 
     input quantized at once (an int8 file's first QuantizeLinear) has the range its calibration saw. ImageNet's mean
     and std give [-2.12, 2.64]; a TFLite MobileNet quantizes its input to [-1, 0.99], so every pixel beyond would be
     clipped and the model would score another image, silently. A range calibrated on ImageNet-normalised inputs
-    (the ONNX zoo's int8 MobileNetV2: [-2.13, 2.63]) passes."""
-    quantized = input_quantized_range(model)
+    (the ONNX zoo's int8 MobileNetV2: [-2.13, 2.63]) passes. (A model OpenVINO reads: its input's FakeQuantize,
+    `openvino_split.input_fake_quantize_range`.)"""
+    check_input_range(input_quantized_range(model), prep, "QuantizeLinear")
+
+
+def check_input_range(quantized: tuple[float, float] | None, prep: Preprocessing, quantizer: str) -> None:
+    """Refuse the default `prep` where it does not fit the range `quantized` of the model's first `quantizer` (the op
+    that quantizes its float input), as `check_default_normalisation` says."""
     if quantized is None:
         return
     low, high = quantized
@@ -211,7 +217,7 @@ def check_default_normalisation(model: onnx.ModelProto, prep: Preprocessing) -> 
     if given_low < low - span / 2 or given_high > high + span / 2 or given_high - given_low < span / 10:
         default = "ImageNet's mean and std" if prep.channels == 3 else "x/255"
         half = " ".join(["0.5"] * prep.channels)
-        raise CamInferError(f"the model quantizes its input to [{low:.3g}, {high:.3g}] (its first QuantizeLinear), "
+        raise CamInferError(f"the model quantizes its input to [{low:.3g}, {high:.3g}] (its first {quantizer}), "
                             f"and the default preprocessing ({default}) gives [{given_low:.3g}, {given_high:.3g}]: "
                             "split it with the model's own normalisation (cam-infer split --mean, --std, --scale; "
                             f"preprocessing=), e.g. --mean {half} --std {half} for [-1, 1], and give that bundle")
