@@ -201,3 +201,26 @@ def test_an_option_given_twice_is_refused_not_replaced(tmp_path):
     result = run_cli("explain", shapes, scenes, "--method", "score", "--option", "top_k=4", "--option",
                      "weighting=channel-softmax", "--out", tmp_path / "o")
     assert result.returncode == 0, result.stderr
+
+
+def test_values_that_start_with_a_minus_and_a_digit_are_values_not_options(tmp_path):
+    """`--box -50,10,100,100:person` (a box partly left of the image) failed in argparse ("expected one argument":
+    it takes only a plain number such as -5 for a value, and read the list as an option); only `--box=-50,...`
+    worked. Every argument that starts with a minus and a digit is now a value, and options still parse."""
+    import cv2
+    import numpy as np
+
+    from cam_infer.cli.arguments import build_parser
+
+    args = build_parser().parse_args(["explain", "b", "i.png", "--box", "-50,10,100,100:person", "--box",
+                                      "-1,-2,3,4:0", "--region", "-5,0,40,40", "--out", "o", "--method", "recipro"])
+    assert args.box == ["-50,10,100,100:person", "-1,-2,3,4:0"] and args.region == "-5,0,40,40"
+    assert args.method == "recipro" and args.out == "o"
+    assert build_parser().parse_args(["split", "m.onnx", "--mean", "-0.5", "-.5", "-1e-3", "--std", "1", "1", "1",
+                                      "--out", "o"]).mean == [-0.5, -0.5, -0.001]
+    cv2.imwrite(str(tmp_path / "a.png"), np.random.default_rng(0).integers(0, 255, (96, 128, 3), np.uint8))
+    result = run_cli("explain", ROOT / "cam_infer" / "data" / "shapes_detector", tmp_path / "a.png", "--box",
+                     "-20,10,60,60:0", "--method", "recipro", "--out", tmp_path / "o")
+    assert result.returncode == 0, result.stderr
+    (given,) = json.loads((tmp_path / "o" / "results.json").read_text())["results"][0]["detections"]
+    assert given["index"] is None and given["box"] == [0.0, 10.0, 60.0, 60.0]      # clipped to the image

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 from ..backends import CHOICES as BACKEND_CHOICES
 from ..backends.sessions import PRECISIONS
@@ -27,13 +28,20 @@ class _StoreOnce(argparse._StoreAction):
         super().__call__(parser, namespace, values, option_string)
 
 
+VALUE_FIRST = re.compile(r"^-\.?\d")     # an argument that starts with a minus and a digit is a value
+
+
 class _Parser(argparse.ArgumentParser):
-    """The CLI's parser, and its subcommands': a plain option (argparse's ``store``) may be given once."""
+    """The CLI's parser, and its subcommands': a plain option (argparse's ``store``) may be given once; an argument
+    that starts with a minus and a digit is a value, also a list (``--box -50,10,100,100:person``, a box partly left
+    of the image; ``--region -5,0,40,40``), where argparse takes only a plain number (-5, -0.5) for one and read the
+    list as an unknown option. No option of the CLI starts so (argparse would go back to its own rule if one did)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.register("action", None, _StoreOnce)
         self.register("action", "store", _StoreOnce)
+        self._negative_number_matcher = VALUE_FIRST
 
     def error(self, message):
         """One line, as every user error of the CLI (argparse would print the usage before it)."""
