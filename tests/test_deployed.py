@@ -908,6 +908,29 @@ def test_an_int8_ir_head_is_read_through_its_float_graph_as_its_onnx_conversions
 
 
 @needs_shared
+def test_a_gaussian_closed_form_fused_on_an_int8_cut_compiles_on_openvino(tmp_path):
+    """Recipro-CAM's closed form with kernel="gaussian3" scales each position of a quantized cut by its kernel mass:
+    as a scale of the (N,hw,K) positions before their Reshape, OpenVINO's low-precision transformations failed to
+    compile it (the fused IR refused with an internal error, the fused ONNX model written but not compiled by
+    OpenVINO); the scale is now on the map, and both compile and draw the Explainer's maps."""
+    import openvino as ov
+    from cam_infer.bundle import split_openvino
+    from cam_infer.fuse import fuse, save
+    options = {"kernel": "gaussian3", "score": "logit"}
+    onnx_bundle = split_onnx(DEPLOYED / "tfl_mobilenet_v1_0.5_160_quant.onnx", out=tmp_path / "o", **MINUS_ONE_ONE)
+    ir_bundle = split_openvino(DEPLOYED / "mobilenet_v1_0.5_160_quant.tflite", "auto", tmp_path / "ir")
+    for bundle, path in ((onnx_bundle, tmp_path / "g.onnx"), (ir_bundle, tmp_path / "g.xml")):
+        explainer = Explainer(bundle, backend="openvino", precision="f32")
+        x = explainer.preprocess(PHOTOS[:2])
+        save(fuse(bundle, "recipro", **options), path)
+        compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        got = {n: v for o, v in compiled(x).items() for n in o.get_names()}
+        explained = explainer.explain(x, "recipro", **options)
+        np.testing.assert_array_equal(got["saliency_class"], explained.targets)
+        np.testing.assert_allclose(got["saliency"], normalise(explained.maps.copy())[0], atol=1e-3)
+
+
+@needs_shared
 def test_a_qoperator_int8_head_is_read_as_the_float_head_it_was_quantized_from(tmp_path):
     """The zoo's int8 MobileNetV2 (QOperator: QLinearGlobalAveragePool → Reshape → QLinearMatMul → QLinearAdd): its
     head read as the float graph it rounds gives, bit for bit, the W and b of its float re-derivation

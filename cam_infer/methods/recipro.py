@@ -23,6 +23,7 @@ the backbone (``split --cut backbone``) for maps that reach the image context.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Literal
 
 import numpy as np
@@ -98,14 +99,16 @@ def recipro_onnx(f, *, score: str = "prob", kernel: str = "onehot", closed_form:
     require_logits(score, f.output_kind)
     b = f.b
     k, h, w = f.shape
-    positions = f.positions_by_channel()                                                       # (N,hw,K)
     in_head = not (closed_form and f.linear_head is not None)             # the head's own (rounded) scores
     if in_head:
-        scores = f.head_on_masked_copies(positions, KERNELS[kernel])
+        scores = f.head_on_masked_copies(f.positions_by_channel(), KERNELS[kernel])           # (N,hw,K)
         softmax_needed = score == "prob" and f.output_kind == "logits"
     else:
-        mass = kernel_mass(KERNELS[kernel], h, w).reshape(1, h * w, 1) / (h * w)
-        scores = f.linear_scores(f.linear_head, b.op("Mul", positions, b.const(mass)))
+        # g_ij/(h·w) multiplies the map before it is read by position: on a quantized cut OpenVINO's low-precision
+        # transformations fail to move a per-position scale of the (N,hw,K) positions through their Reshape
+        mass = kernel_mass(KERNELS[kernel], h, w).reshape(1, 1, h, w) / (h * w)
+        weighted = replace(f, activation=b.op("Mul", f.activation, b.const(mass), hint="weighted_map"))
+        scores = f.linear_scores(f.linear_head, weighted.positions_by_channel())
         softmax_needed = score == "prob"
     scores = b.reshape(scores, (-1, h * w, f.num_classes), hint="scores")                     # (N,hw,C)
     if softmax_needed:
