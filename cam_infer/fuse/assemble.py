@@ -179,6 +179,15 @@ def _weights_in_graph(model, linear_head):
     return replace(linear_head, source=LinearSource(weight="head_weight_read", bias="head_bias_read"))
 
 
+def _unread_copies_dropped(model: onnx.ModelProto) -> None:
+    """The W and b `_weights_in_graph` added that the method's nodes do not read (a class-agnostic map reads neither,
+    CAM no bias) taken out again: a file of int8 weights would otherwise carry them in float32."""
+    read = {name for node in model.graph.node for name in node.input}
+    copies = ("head_weight_read", "head_bias_read")
+    for tensor in [t for t in model.graph.initializer if t.name in copies and t.name not in read]:
+        model.graph.initializer.remove(tensor)
+
+
 def _fused_onnx(bundle: Bundle, chosen, options: dict, top_classes: int, class_input: bool, raw: bool, explainer):
     features, head = at_min_opset(bundle.features_path), at_min_opset(bundle.head_path)
     renames = head_renames(features, head, bundle.cut_levels)
@@ -192,6 +201,7 @@ def _fused_onnx(bundle: Bundle, chosen, options: dict, top_classes: int, class_i
                  len(scores.type.tensor_type.shape.dim), model.graph.input, batch, linear_head, head)
     model.graph.node.extend(b.nodes)
     model.graph.initializer.extend(b.initializers)
+    _unread_copies_dropped(model)
     per_image = [top_classes] if top_classes > 1 else []
     outputs = [(OUTPUT, TensorProto.FLOAT, per_image + list(bundle.activation_shape[1:]))]
     if raw:
