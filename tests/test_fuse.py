@@ -255,6 +255,8 @@ def test_fused_model_keeps_weights_shared_and_describes_itself():
         meta = {p.key: p.value for p in model.metadata_props}
         assert meta["cam_infer.method"] == method
         assert json.loads(meta["cam_infer.check"])["relative_difference"] < 1e-4
+        # a class-agnostic map names no class it explains (before: "top-1", as a class-specific one)
+        assert meta["cam_infer.target"] == ("top-1" if FUSED[method].class_specific else "class-agnostic"), method
 
 
 @pytest.mark.parametrize("call,message", [

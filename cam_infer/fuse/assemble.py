@@ -316,6 +316,8 @@ def _description(bundle: Bundle, method: str, options: dict, top_classes: int, c
                  precision: str = "f32") -> dict:
     """What the fused model records of itself (ONNX metadata_props; an IR's rt_info)."""
     target = "class_id input" if class_input else ("top-1" if top_classes == 1 else f"top-{top_classes}")
+    if not fusable()[method].class_specific:
+        target = "class-agnostic"                       # the map explains no class, whichever the scores rank first
     entries = {"cam_infer.version": __version__, "cam_infer.method": method,
                "cam_infer.options": json.dumps(options, sort_keys=True), "cam_infer.target": target,
                "cam_infer.layer": bundle.manifest["target_layer"].get("module") or bundle.activation_name,
