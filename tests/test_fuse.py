@@ -259,6 +259,20 @@ def test_fused_model_keeps_weights_shared_and_describes_itself():
         assert meta["cam_infer.target"] == ("top-1" if FUSED[method].class_specific else "class-agnostic"), method
 
 
+def test_squarings_fuse_a_detectors_and_a_segmenters_eigen(tmp_path):
+    """squarings= is the fused Eigen-CAM's own option (the power iteration in the graph): the check that compares a
+    detector's or a segmenter's fused map with the explainer's handed it to the explainer, which refused it."""
+    from importlib import resources
+
+    from cam_infer.bundle.segmentation import split_segmenter
+    from cam_infer.tools.demo import embedded_detector_path
+    folder = resources.files("cam_infer") / "data" / "shapes_segmenter"
+    segmenter = split_segmenter(str(folder / "shapes_segmenter.onnx"), out=tmp_path / "s")
+    for bundle in (Bundle.load(embedded_detector_path()), segmenter):
+        model = fuse(bundle, "eigen", squarings=12)
+        assert json.loads({p.key: p.value for p in model.metadata_props}["cam_infer.options"]) == {"squarings": 12}
+
+
 @pytest.mark.parametrize("call,message", [
     (lambda b: fuse(b, "score"), "cannot be fused into the model; choose one of: activation"),
     (lambda b: fuse(b, "eigen", steps=3), "has no option steps; its options: centered, squarings"),

@@ -94,11 +94,12 @@ def fused_detector_error(model: onnx.ModelProto, bundle: Bundle, method: str, op
     outputs = fused_outputs(model, {bundle.input_name: x}, batch=bundle.call_batch)
     output = outputs["output0" if "output0" in outputs else model.graph.output[0].name]
     saliency = outputs[OUTPUT]
+    explained = {k: v for k, v in options.items() if k in get_method(method).options}     # not squarings=
     packed = ex.backend.features(x)
     worst = float(np.abs(output - ex.backend.head(packed)).max()) / max(1.0, float(np.abs(output).max()))
     for i in range(len(x)):
         ctx = DetectionContext(ex, x[i:i + 1], packed[i], output[i])
-        raw = get_method(method).implementation("detection")(ctx, [None], **options)[0]
+        raw = get_method(method).implementation("detection")(ctx, [None], **explained)[0]
         expected = normalise(np.asarray(raw, np.float32)[None])[0][0]             # the map explain draws
         worst = max(worst, float(np.abs(saliency[i] - expected).max()))
     return worst

@@ -108,7 +108,9 @@ def fused_segmenter_error(model, bundle: Bundle, method: str, options: dict) -> 
     saliency = outputs[OUTPUT]
     worst = float(np.abs(scores - ex.backend.forward(x)).max()) / max(1.0, float(np.abs(scores).max()))
     h, w = bundle.input_shape[1:]
+    from ..methods import get_method
+    explained = {k: v for k, v in options.items() if k in get_method(method).options}     # not squarings=
     for i in range(len(x)):
-        e = ex.explain(x[i:i + 1], method, target=0, region=[0, 0, w, h], **options)
+        e = ex.explain(x[i:i + 1], method, target=0, region=[0, 0, w, h], **explained)
         worst = max(worst, float(np.abs(saliency[i] - e.items[0][0].saliency).max()))
     return worst
