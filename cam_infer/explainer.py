@@ -171,6 +171,13 @@ class Explainer:
         """explain()'s first argument → (x, original RGB images or None, names or None)."""
         return model_inputs(images, self.bundle.preprocessing, self.check_input)
 
+    def class_agnostic(self, method: str) -> bool:
+        """Whether `method`'s maps on this bundle do not depend on the class explained: activation, eigen, entropy
+        anywhere, Grad Entropy-CAM at a cut a GAP→linear head follows. Its explanations are then shown and recorded
+        under no class."""
+        from .methods.registry import get_method, split_variant
+        return self.task.class_agnostic(get_method(split_variant(method)[0]))
+
     def explain(self, images, method: str = DEFAULT_METHOD, target=None, top_classes: int | None = None,
                 enhance: str | None = None, enhance_options: dict | None = None, finer=None,
                 upsampled: bool = True, classes=None, boxes=None, conf: float | None = None,

@@ -22,7 +22,7 @@ from .errors import CamInferError, MethodNotApplicable
 from .jobs.explain import Results
 from .jobs.folders import read_stamped
 from .methods import GRADIENT_FREE, METHODS, get_method
-from .methods.registry import class_agnostic, class_agnostic_note
+from .methods.registry import class_agnostic_note
 from .postprocess import (caption, check_overlay_options, check_overlays, class_fields, encode_map, encode_picture,
                           map_levels, overlay_picture)
 
@@ -136,7 +136,7 @@ def explain_files(explainer, paths, methods: list[str], out, *, target=None, opt
                 "options": per_method, "colormap": colormap,
                 "alpha": alpha, "on": on, "overlays": overlays, **({"maps": maps} if overlays == "none" else {}),
                 **({"enhance": enhancer} if enhancer else {}), **({"finer": finer} if finer else {})}
-    agnostic = [m for m in methods if class_agnostic(m)] if target is not None else []
+    agnostic = [m for m in methods if explainer.class_agnostic(m)] if target is not None else []
     if agnostic:
         print(f"note: {class_agnostic_note(agnostic)}")
     work = ExplainWork(spec_for(explainer, runner), tuple(methods), per_method, target, colormap, alpha, on, enhancer,
@@ -208,7 +208,7 @@ class ExplainWork:
                                                   "enhance_options": self.enhancer["options"]}
         if self.finer:
             extra["finer"] = self.finer
-        target = None if class_agnostic(method) else self.target      # the run said so once, up front
+        target = None if explainer.class_agnostic(method) else self.target      # the run said so once, up front
         e = explainer.explain(x, method=method, target=target, **extra, **self.per_method[method])
         uniform = e.uniform
         for i, ((path, name, _, rgb, stamp), view) in enumerate(zip(batch, views)):

@@ -4,6 +4,8 @@ the two routes (Explainer.from_torch, Explainer(bundle, gradients="torch"))."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -12,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from conftest import REAL_MODELS, SHARED, STABLE_IMAGES, needs_shared, needs_torch
 
 from cam_infer import CamInferError, Explainer, split_onnx
+from cam_infer.errors import ClassAgnosticWarning
 from cam_infer.bundle.split import random_images
 from cam_infer.methods import GRADIENT, GRADIENT_FREE, Context, get_method
 
@@ -409,17 +412,39 @@ def test_hirescam_is_cam_over_hw_and_grad_entropy_cannot_tell_classes_apart_on_g
         hires = explainer.explain(x, "hirescam", target=target).maps
         cam = explainer.explain(x, "cam", target=target).maps
         np.testing.assert_allclose(hires, cam / (h * w), atol=1e-5 * np.abs(cam).max())
-    entropy = [explainer.explain(x, "grad-entropy", target=t).maps for t in (1, 5)]
+    with pytest.warns(ClassAgnosticWarning, match="grad-entropy: class-agnostic"):
+        explained = explainer.explain(x, "grad-entropy", target=1)          # so shown and recorded under no class
+    assert explained.class_agnostic and explained.map_class(0) is None
+    assert all(r["class_agnostic"] and r["class_id"] is None for image in explained.records() for r in image)
+    entropy = [explained.maps, explainer.explain(x, "grad-entropy").maps]
     np.testing.assert_allclose(entropy[0], entropy[1], rtol=1e-5)
     np.testing.assert_allclose(entropy[0], explainer.backend.features(x).sum(axis=1), rtol=1e-4)  # all weights 1
     assert not np.allclose(*(explainer.explain(x, "gradcam", target=t).maps for t in (1, 5)))
+
+
+def test_a_folder_run_says_once_that_grad_entropy_explains_no_class_behind_a_gap_head(tmp_path):
+    from helpers import run_cli
+
+    from cam_infer.tools.demo import embedded_bundle_path
+    from cam_infer.tools.synthetic import write_scenes
+    scenes = write_scenes(tmp_path / "scenes", "large", 2, seed=1)
+    (scenes / "boxes.json").unlink(missing_ok=True)
+    done = run_cli("explain", embedded_bundle_path(), scenes, "--method", "grad-entropy,gradcam", "--target", "1",
+                   "--out", tmp_path / "maps")
+    assert done.returncode == 0, done.stderr
+    assert "note: grad-entropy: class-agnostic" in done.stdout and "Warning" not in done.stderr
+    results = json.loads((tmp_path / "maps" / "results.json").read_text())["results"]
+    assert {r["method"]: (r.get("class_agnostic", False), r["class_id"]) for r in results} == {
+        "grad-entropy": (True, None), "gradcam": (False, 1)}
 
 
 def test_grad_entropy_does_tell_classes_apart_on_a_vgg_head(reference):
     _, bundle = reference("vgg16")
     explainer = Explainer(bundle, gradients="torch")
     x = random_images(bundle.preprocessing, 2, seed=7)
-    maps = [explainer.explain(x, "grad-entropy", target=t).maps for t in (1, 5)]
+    explained = [explainer.explain(x, "grad-entropy", target=t) for t in (1, 5)]
+    assert not explained[0].class_agnostic and explained[0].map_class(0) == 1
+    maps = [e.maps for e in explained]
     assert np.abs(maps[0] - maps[1]).max() > 1e-3 * np.abs(maps[0]).max()
 
 

@@ -7,7 +7,8 @@ w_k = Ĥ(|g^k|) (spatial Shannon entropy normalised by ln(h·w), or ``estimator=
 
 It cannot tell classes apart where the gradients are constant in space: at a layer followed by
 global average pooling and a linear layer, g^k = W_ck/(h·w) for every position, so every channel
-has the maximal spatial entropy (1) whatever the class, and the map is Σ_k A^k for all classes.
+has the maximal spatial entropy (1) whatever the class, and the map is Σ_k A^k for all classes: there
+its explanations are class-agnostic (`agnostic_on_linear_head`), shown and recorded under no class.
 It carries class information only where gradients vary in space (VGG-style heads, inner layers).
 """
 
@@ -21,7 +22,8 @@ from .entropy import channel_entropy
 from .registry import Context, method
 
 
-@method("grad-entropy", needs="gradients", cost="1 forward + 1 backward through the head (torch)")
+@method("grad-entropy", needs="gradients", cost="1 forward + 1 backward through the head (torch)",
+        agnostic_on_linear_head=True)
 def grad_entropy(ctx: Context, *, estimator: Literal["spatial", "histogram"] = "spatial",
                  weighting: Literal["entropy", "negentropy"] = "entropy") -> np.ndarray:
     """Σ_k Ĥ(|g^k|) A^k; class-agnostic on GAP→linear heads"""

@@ -200,6 +200,7 @@ class MethodSpec:
     implementations: dict[str, Implementation]    # task → its code
     fused: Callable | None = None   # (Fusion, **options) → map tensor name, for `cam-infer fuse`
     class_specific: bool = True     # the map depends on the class explained
+    agnostic_on_linear_head: bool = False   # ... but not at a cut a GAP→linear head follows
     floor: Callable | None = None   # (explainer, x, options) → (full passes, images per call), for bench
 
     @property
@@ -264,11 +265,13 @@ METHODS: dict[str, MethodSpec] = {}
 
 
 def method(name: str, *, needs: str = "features", cost: str, bench: dict | None = None, floor: Callable | None = None,
-           in_all: bool = True, passes: Callable | None = None, class_specific: bool = True):
+           in_all: bool = True, passes: Callable | None = None, class_specific: bool = True,
+           agnostic_on_linear_head: bool = False):
     """Register a method under `name`, with the decorated function as its classifier implementation; its
     keyword-only arguments are its options. The first line of the function's docstring is its summary;
     `cost` says its passes in words, `passes` counts them (`MethodSpec.passes`). ``class_specific=False``:
-    its map does not depend on the class (also said by its ONNX builder, `fused`). Other tasks' code:
+    its map does not depend on the class (also said by its ONNX builder, `fused`); ``agnostic_on_linear_head``:
+    not where the cut is followed by a GAP→linear head (the explainer's `linear_head`). Other tasks' code:
     `implements`."""
     if needs not in NEEDS:
         raise ValueError(f"method '{name}': needs must be one of {NEEDS}, not {needs!r}")
@@ -279,7 +282,8 @@ def method(name: str, *, needs: str = "features", cost: str, bench: dict | None 
                              f"{fn.__module__})")
         code = Implementation(name, CLASSIFICATION, fn, options_of(fn), cost, in_all, passes)
         METHODS[name] = MethodSpec(name, needs, summary_of(fn, name), {name: {}} if bench is None else bench,
-                                   {CLASSIFICATION: code}, floor=floor, class_specific=class_specific)
+                                   {CLASSIFICATION: code}, floor=floor, class_specific=class_specific,
+                                   agnostic_on_linear_head=agnostic_on_linear_head)
         return fn
     return register
 

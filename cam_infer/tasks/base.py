@@ -54,6 +54,10 @@ class Task:
         """A head whose closed forms the methods may use instead of head passes (`bundle.head`), or None."""
         return None
 
+    def class_agnostic(self, spec) -> bool:
+        """Whether method `spec`'s map on this task's bundle does not depend on the class explained."""
+        return not spec.class_specific
+
     def request_for(self, spec, n: int, request: dict) -> dict:
         """The request as method `spec` takes it for n images (a classifier drops the class of a
         class-agnostic method, with a warning)."""

@@ -150,15 +150,20 @@ class ClassificationTask(Task):
                            out["score"].reshape(n), out["degenerate"].reshape(n), (time.perf_counter() - start) * 1000,
                            {}, labels=self.bundle.labels, images=originals, names=names,
                            preprocessing=self.bundle.preprocessing,
-                           outputs=out["scores"].reshape(n, *shapes["scores"]), class_agnostic=not spec.class_specific)
+                           outputs=out["scores"].reshape(n, *shapes["scores"]), class_agnostic=self.class_agnostic(spec))
 
     def run_method(self, spec, ctx, targets, options: dict) -> np.ndarray:
         return spec.implementation(self.name)(ctx, **options)
 
+    def class_agnostic(self, spec) -> bool:
+        """`Task.class_agnostic`: by nature (activation, eigen, entropy), or at this cut (Grad Entropy-CAM behind a
+        GAP→linear head, whose gradients are constant in space)."""
+        return not spec.class_specific or (spec.agnostic_on_linear_head and self.explainer.linear_head is not None)
+
     def request_for(self, spec, n: int, request: dict) -> dict:
         """A class-agnostic method gives one map per image: a class asked of it is still checked, then dropped
         with a `ClassAgnosticWarning`."""
-        if spec.class_specific or (request["target"] is None and request["top_classes"] is None):
+        if not self.class_agnostic(spec) or (request["target"] is None and request["top_classes"] is None):
             return request
         self.targets_for(request["target"], np.zeros((n, self.bundle.num_classes)), request["top_classes"])
         from ..methods.registry import class_agnostic_note
@@ -221,7 +226,7 @@ class ClassificationTask(Task):
         return Explanation(method, saliency, maps, targets, scores, degenerate, (time.perf_counter() - start) * 1000,
                            {**options, **({"finer": vars(ctx.finer)} if ctx.finer else {})}, labels=self.bundle.labels,
                            images=originals, names=names, preprocessing=self.bundle.preprocessing,
-                           outputs=model_outputs, class_agnostic=not spec.class_specific)
+                           outputs=model_outputs, class_agnostic=self.class_agnostic(spec))
 
     def enhanced(self, x, originals, names, method, request, options, start):
         """An enhancer around the method: its fused saliency, the base explanation's classes and scores.
