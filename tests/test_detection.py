@@ -463,6 +463,10 @@ def test_a_fused_detector_returns_its_detections_and_the_explainers_map(bundles,
     np.testing.assert_allclose(compiled({0: x})[compiled.output("saliency")], saliency, atol=2e-3)
     result = run_cli("fuse", bundles["detect-input"].path, "--method", "recipro", "--out", tmp_path / "r.onnx")
     assert_one_line_error(result, "needs a target box")
+    for method, reason in (("recipr", "unknown method 'recipr' (did you mean 'recipro'?)"),
+                           ("gradcam", "method 'gradcam' does not explain detections")):
+        result = run_cli("fuse", bundles["detect-input"].path, "--method", method, "--out", tmp_path / "r.onnx")
+        assert_one_line_error(result, reason)
 
 
 def test_the_detection_audit_measures_each_map_in_its_box_and_resumes(bundles, tmp_path):

@@ -39,6 +39,7 @@ def fusable(task: str = "detection") -> list[str]:
 def fuse_detector(bundle: Bundle, method: str = "eigen", *, check: bool = True, **options) -> onnx.ModelProto:
     from ..methods import get_method
     if method not in fusable():
+        get_method(method, "detection")                 # an unknown method, or one that explains no detector
         raise CamInferError(f"a detector fuses {', '.join(fusable())} (class-agnostic maps); '{method}' needs a "
                             "target box that NMS gives outside the graph")
     fused_method(method, options)               # its options checked as the Explainer checks them
