@@ -8,7 +8,8 @@
    each method's time over what the detections cost (one forward pass and NMS) and over the unsplit model
    with the same NMS, all timed in turn call by call (median of --repeats), for one detection (the best)
    and for every detection of the image; then the forward passes alone and the fused activation/eigen
-   models (`cam-infer fuse`).
+   models (`cam-infer fuse`). `--model FILE`: another Ultralytics export of it (the int8 QDQ and float16 files
+   `tests/test_detection_formats.py` makes), `--part speed` then appends its tables.
 
     python bench/detection.py --work /tmp/cam-detection --out bench/detection.md
 """
@@ -67,13 +68,12 @@ def quality(work: Path, n: int, report) -> None:
                    f"{v['pointing']:.3f} | {v['specificity']:.3f} | {marker} |")
 
 
-def speed(work: Path, repeats: int, report) -> None:
+def speed(work: Path, repeats: int, report, source: Path = SHARED / "deployed" / "nudenet_320n.onnx") -> None:
     from cam_infer import Explainer
     from cam_infer.detection import split_detector
     from cam_infer.detection.decode import detect
 
-    source = SHARED / "deployed" / "nudenet_320n.onnx"
-    bundle = split_detector(source, work / "yolov8n", overwrite=True)
+    bundle = split_detector(source, work / source.stem, overwrite=True)
     photo = SHARED / "deployed" / "basketball1.png"
     ex = Explainer(bundle, backend="openvino")
     x = ex._inputs([photo])[0]
@@ -82,7 +82,9 @@ def speed(work: Path, repeats: int, report) -> None:
     thresholds = ex.task.thresholds(None, None, None)
     detections = lambda: ex.detect(x)                                            # noqa: E731
     model_and_nms = lambda: detect(plain(x)[0][0], *thresholds)                  # noqa: E731
-    report(f"\n**YOLOv8n** (NudeNet 320n) 320×320 on OpenVINO CPU, batch 1, {photo.name} ({count} detections). "
+    branches = sum("branch" in level for level in bundle.manifest["cut"])
+    report(f"\n**YOLOv8n** (NudeNet 320n, `{source.name}`; cropped class branches at {branches} of 3 levels) 320×320 "
+           f"on OpenVINO CPU, batch 1, {photo.name} ({count} detections). "
            "The base is what the detections cost: one forward pass (the bundle's joined graph, the model with its "
            "cut maps as outputs, one call) and the NMS, `Explainer.detect`; beside it the unsplit model "
            "in one OpenVINO call and the same NMS, what a deployment runs without cam-infer. Each ratio comes "
@@ -165,6 +167,8 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--part", choices=["quality", "speed", "both"], default="both")
+    parser.add_argument("--model", type=Path, default=SHARED / "deployed" / "nudenet_320n.onnx",
+                        help="the YOLOv8n file of the speed tables")
     args = parser.parse_args()
     report = Report()
 
@@ -173,7 +177,7 @@ def main() -> None:
     if args.part in ("quality", "both"):
         quality(work, args.n, report)
     if args.part in ("speed", "both"):
-        speed(work, args.repeats, report)
+        speed(work, args.repeats, report, args.model)
     report.write(args.out)
 
 

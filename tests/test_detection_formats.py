@@ -2,7 +2,8 @@
 QOperator, ONNX Runtime's static quantization, Detect's decoding left in float as deployments leave it) and
 converted to float16 (ONNX Runtime's converter, float32 input and output kept). Each is split exactly (the
 head reads its cut as the unsplit model does), keeps its cropped class branches, and gives the maps the whole
-head gives."""
+head gives. The same network as OpenVINO IR (any batch; batch 1 as Ultralytics exports it; int8; float16
+weights) is split as the IR it is and explains as its ONNX file does."""
 
 from __future__ import annotations
 
@@ -198,3 +199,67 @@ def test_a_cycle_is_one_line(tmp_path):
         load_onnx(tmp_path / "cycle.onnx")
     assert "\n" not in str(caught.value)
     assert_one_line_error(run_cli("split", tmp_path / "cycle.onnx", "--out", tmp_path / "b"), "cycle")
+
+
+# --- OpenVINO IR ---------------------------------------------------------------------------------------------
+
+IR_FORMATS = ("ir", "ir-batch1", "ir-int8", "ir-f16-weights")
+
+
+@pytest.fixture(scope="module")
+def ir_models(models, tmp_path_factory):
+    import openvino as ov
+    work, core = tmp_path_factory.mktemp("ir"), ov.Core()
+    fixed = core.read_model(YOLO)
+    fixed.reshape([1, 3, 320, 320])
+    made = {"ir": (core.read_model(YOLO), False), "ir-batch1": (fixed, False),
+            "ir-int8": (core.read_model(models["int8-qdq"]), False), "ir-f16-weights": (core.read_model(YOLO), True)}
+    for name, (model, compress) in made.items():
+        ov.save_model(model, work / f"{name}.xml", compress_to_fp16=compress)
+    return {name: work / f"{name}.xml" for name in made}
+
+
+@pytest.fixture(scope="module")
+def ir_bundles(ir_models, tmp_path_factory):
+    work = tmp_path_factory.mktemp("ir-bundles")
+    return {name: split_detector(path, work / name) for name, path in ir_models.items()}
+
+
+@pytest.mark.parametrize("name", IR_FORMATS)
+def test_an_ir_detector_splits_as_the_ir_it_is(ir_bundles, name):
+    bundle = ir_bundles[name]
+    m = bundle.manifest
+    assert bundle.graph_format == "openvino" and m["task"] == "detection"
+    assert [lv["name"].split("/")[1:3] for lv in m["cut"]] == [["model.15", "cv2"], ["model.18", "cv2"],
+                                                             ["model.21", "cv2"]]
+    assert [lv["receptive_radius"] for lv in m["cut"]] == [2, 2, 2] and m["batch"] == "dynamic"
+    assert m["labels"][:2] == ["FEMALE_GENITALIA_COVERED", "FACE_FEMALE"]           # the ONNX file's metadata, kept
+    verified = m["verification"]                                # int8: OpenVINO compiles each graph its own way
+    assert verified["scores_max_abs_diff"] <= (1e-3 if name == "ir-int8" else 1e-5)
+    assert verified["boxes_max_abs_diff"] <= (3.2 if name == "ir-int8" else 1e-3)
+
+
+@pytest.mark.parametrize("name, onnx_bundle", [("ir", None), ("ir-batch1", None), ("ir-int8", "int8-qdq"),
+                                               ("ir-f16-weights", None)])
+def test_an_ir_detector_explains_as_its_onnx_file_does(ir_bundles, bundles, tmp_path, name, onnx_bundle):
+    reference = bundles[onnx_bundle] if onnx_bundle else split_detector(YOLO, tmp_path / "float")
+    ours, theirs = Explainer(ir_bundles[name], "openvino"), Explainer(reference, "openvino")
+    for method in ("eigen", "recipro", "ablation"):
+        a, b = ours.explain(PHOTO, method), theirs.explain(PHOTO, method)
+        assert [d.class_id for d in a.items[0]] == [d.class_id for d in b.items[0]] and len(a.items[0]) >= 2
+        for da, db in zip(a.items[0], b.items[0]):
+            np.testing.assert_allclose(da.saliency, db.saliency, atol=5e-3)     # a static graph compiles otherwise
+
+
+def test_an_ir_detector_from_the_command_line(ir_models, tmp_path):
+    done = run_cli("split", ir_models["ir-batch1"], "--out", tmp_path / "b")       # recognised as a detector
+    assert done.returncode == 0, done.stderr
+    assert "task         detection" in done.stdout and "class scores 0" in done.stdout
+    backbone = run_cli("split", ir_models["ir"], "--cut", "backbone", "--out", tmp_path / "bb")
+    assert backbone.returncode == 0, backbone.stderr
+    assert "'/model.4/cv2/act/Mul' (64,40,40) stride 8" in backbone.stdout
+    explained = run_cli("explain", tmp_path / "b", PHOTO, "--method", "recipro", "--out", tmp_path / "maps")
+    assert explained.returncode == 0, explained.stderr
+    assert len(list((tmp_path / "maps").glob("basketball1_recipro_*.jpg"))) >= 2
+    assert_one_line_error(run_cli("fuse", tmp_path / "b", "--method", "eigen", "--out", tmp_path / "f.onnx"),
+                          "this is an OpenVINO IR bundle")

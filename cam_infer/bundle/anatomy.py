@@ -383,19 +383,15 @@ def declared_image_size(model) -> tuple[int, int] | None:
     return (h, w) if h and w else None
 
 
-def check_classifier_output(shape: tuple, name: str, input_size: tuple[int, int] | None = None,
-                            onnx_file: bool = True) -> None:
+def check_classifier_output(shape: tuple, name: str, input_size: tuple[int, int] | None = None) -> None:
     """Class scores are (N,C), or (N,C) with 1×1 spatial axes around it; anything else is another task
-    (`input_size`, the image's (H,W) when known, tells a detector's anchors from a sequence's features).
-    `onnx_file`: False for a file OpenVINO reads, whose detector must be split from its ONNX export."""
+    (`input_size`, the image's (H,W) when known, tells a detector's anchors from a sequence's features)."""
     dims = [d for d in shape[1:] if d != 1]
     if len(dims) <= 1:
         return
     shown = "(N," + ",".join(str(d) for d in shape[1:]) + ")"     # '?': a size that depends on the input
     guess = _task_guess(shape, input_size)
-    detector = ("; split it with --task detection (YOLO-style layouts)" if onnx_file else
-                "; a detector is split from its ONNX export: export it to ONNX and split that")
-    tail = (detector if guess.startswith("detector")
+    tail = ("; split it with --task detection (YOLO-style layouts)" if guess.startswith("detector")
             else "; split it with --task segmentation" if guess.startswith("segmentation")
             else ", and cam-infer explains classifiers, YOLO-style detectors and segmenters only")
     raise CamInferError(f"the model output '{name}' is {shown}, not class scores (N,C): this looks like a {guess}"

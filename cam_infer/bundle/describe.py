@@ -144,7 +144,15 @@ def describe_detector(bundle) -> str:
         "labels       " + (f"{len(labels)} ({', '.join(labels[:3])}{', ...' if len(labels) > 3 else ''})"
                             if labels else "none (class indices)"),
         f"verified     yes: head(features(x)) vs model(x), batches {m['verification']['batches']}, "
-        f"max |diff| {m['verification']['max_abs_diff']:.3g}",
+        f"max |diff| {m['verification']['max_abs_diff']:.3g}" + _scores_and_boxes(m["verification"]),
         runtimes_line(m["runtimes"]),
         f"source       {m['provenance'].get('source') or 'in-memory model'}",
     ])
+
+
+def _scores_and_boxes(verification: dict) -> str:
+    """How far a detector's class scores and boxes are from the model's, where the split recorded them apart (an IR)."""
+    if "scores_max_abs_diff" not in verification:
+        return ""
+    return (f" (class scores {verification['scores_max_abs_diff']:.3g}, boxes {verification['boxes_max_abs_diff']:.3g}"
+            " px)")

@@ -283,7 +283,7 @@ def split_openvino(path, layer: str = "auto", out=None, *, input_size=None, prep
     spec = _input_spec(model, layout)
     result_shape = model.get_results()[0].get_output_partial_shape(0)
     check_classifier_output(tuple(d.get_length() if d.is_static else "?" for d in result_shape),
-                            model.get_results()[0].get_friendly_name(), tuple(spec.size), onnx_file=False)
+                            model.get_results()[0].get_friendly_name(), tuple(spec.size))
     if input_size is not None and tuple(input_size) != tuple(spec.size):
         raise CamInferError(f"this model's input size is fixed at {spec.size}; --input-size cannot change it")
     prep = preprocessing_for(spec, preprocessing, None)
@@ -491,18 +491,35 @@ def _image_input(model_ops: dict, spec: InputSpec, prep: Preprocessing, batch: i
 
 
 def _requantized(value, producer):
-    """`value` through a copy of the FakeQuantize that produced the cut map, if one did. The head then starts
-    as the whole model does at that point, from a quantized tensor: OpenVINO runs the ops after it in int8
-    in both, and a float start would round some of them one step apart."""
+    """`value` through a copy of the FakeQuantize that produced the cut map, if one did, or of the quantization and
+    dequantization that did (an int8 QDQ file read by OpenVINO: FakeQuantize → Convert to u8 → Convert → Subtract
+    the zero point → Multiply by the scale). The head then starts as the whole model does at that point, from a
+    quantized tensor: OpenVINO runs the ops after it in int8 in both, and a float start would round some of them one
+    step apart."""
     import openvino.opset13 as ops
 
-    if producer.get_type_name() != "FakeQuantize":
+    chain = [producer]
+    while chain[-1].get_type_name() in ("Multiply", "Subtract", "Convert") and chain[-1].get_input_size():
+        if any(_constant(v) is None for v in chain[-1].input_values()[1:]):
+            return value
+        chain.append(chain[-1].input_value(0).get_node())
+    quantize = chain[-1]
+    if quantize.get_type_name() != "FakeQuantize" or (len(chain) > 1 and not any(
+            op.get_type_name() == "Convert" and op.get_output_element_type(0).is_integral() for op in chain)):
         return value
-    limits = [producer.input_value(i) for i in range(1, 5)]
+    limits = [quantize.input_value(i) for i in range(1, 5)]
     if any(_constant(v) is None for v in limits):
         return value
-    return ops.fake_quantize(value, *[ops.constant(_constant(v)) for v in limits],
-                             producer.get_attributes()["levels"]).output(0)
+    value = ops.fake_quantize(value, *[ops.constant(_constant(v)) for v in limits],
+                              quantize.get_attributes()["levels"]).output(0)
+    for op in reversed(chain[:-1]):                       # the dequantization, as the model has it
+        kind = op.get_type_name()
+        if kind == "Convert":
+            value = ops.convert(value, op.get_output_element_type(0)).output(0)
+        else:
+            other = ops.constant(_constant(op.input_value(1)))
+            value = (ops.multiply if kind == "Multiply" else ops.subtract)(value, other).output(0)
+    return value
 
 
 def _rebuild_shapes(end, image: str, activation) -> None:
@@ -538,11 +555,17 @@ def _ancestors_ops(op) -> list:
 
 
 def _release_batch(model) -> None:
-    """Reshapes whose target hard-codes the batch (1) copy it from their input instead (special_zero)."""
+    """Reshapes of the image's values whose target hard-codes the batch (1) copy it from their input instead
+    (special_zero); a Reshape of constants or of shapes (a detector's anchor grid, made from the input's ShapeOf)
+    keeps its leading 1, which is no batch."""
     import openvino.opset13 as ops
 
+    dependent = {p.get_friendly_name() for p in model.get_parameters()}
     for op in model.get_ordered_ops():
-        if op.get_type_name() != "Reshape":
+        if op.get_type_name() != "ShapeOf" and any(v.get_node().get_friendly_name() in dependent
+                                                   for v in op.input_values()):
+            dependent.add(op.get_friendly_name())
+        if op.get_type_name() != "Reshape" or op.input_value(0).get_node().get_friendly_name() not in dependent:
             continue
         target = _constant(op.input_value(1))
         if target is None or target.ndim != 1 or not target.size or target[0] != 1:

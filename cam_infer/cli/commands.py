@@ -20,11 +20,7 @@ def split(args) -> int:
     from ..bundle.describe import describe
     size = tuple(args.input_size) if args.input_size else None
     if _is_detection(args):
-        from ..bundle import is_openvino_source
         from ..detection.split import split_detector
-        if is_openvino_source(args.model):
-            raise CamInferError(f"'{args.model}' is a file OpenVINO reads (IR, TFLite); a detector is split from its "
-                                "ONNX export: export it to ONNX and split that")
         if args.layer != "auto":
             raise CamInferError(f"--layer {args.layer}: a detector is cut with --cut (detect-input, the default; "
                                 "backbone; or tensor names), not --layer")
@@ -66,7 +62,9 @@ def _is_detection(args) -> bool:
     if args.task != "auto":
         return args.task == "detection"
     if not str(args.model).lower().endswith(".onnx"):
-        return False
+        from ..bundle.openvino_split import is_openvino_source, read_openvino_model
+        from ..detection.openvino_split import is_openvino_detector
+        return is_openvino_source(args.model) and is_openvino_detector(read_openvino_model(args.model))
     from ..bundle.graph import load_onnx
     from ..detection.anatomy import is_detector
     return is_detector(load_onnx(args.model))

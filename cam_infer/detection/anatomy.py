@@ -83,16 +83,22 @@ def output_layout(graph: Graph, size: tuple[int, int]) -> tuple[int, int]:
         raise CamInferError(f"the detector has {len(out)} outputs ({', '.join(o.name for o in out)}); cam-infer "
                             "reads one (N, 4+C, anchors) output (Ultralytics YOLOv8/YOLO11 layout)")
     shape = graph.info(out[0].name).shape
-    if shape is None or len(shape) != 3 or not shape[1] or not shape[2] or shape[1] < 5 or shape[2] <= shape[1]:
-        shown = "?" if shape is None else "(N," + ",".join(str(d) for d in shape[1:]) + ")"
-        raise CamInferError(f"the detector output '{out[0].name}' is {shown}, not (N, 4+C, anchors): cam-infer reads "
+    return check_output_layout(out[0].name, None if shape is None else tuple(shape[1:]), size)
+
+
+def check_output_layout(name: str, dims: tuple | None, size: tuple[int, int]) -> tuple[int, int]:
+    """(classes, anchors) of an output whose dims after the batch are `dims` = (4+C, anchors) at input `size`; a
+    one-line refusal for anything else."""
+    if dims is None or len(dims) != 2 or not dims[0] or not dims[1] or dims[0] < 5 or dims[1] <= dims[0]:
+        shown = "?" if dims is None else "(N," + ",".join(str(d) for d in dims) + ")"
+        raise CamInferError(f"the detector output '{name}' is {shown}, not (N, 4+C, anchors): cam-infer reads "
                             "the Ultralytics YOLOv8/YOLO11 layout (end-to-end (N,300,6) and YOLOv5 exports are not "
                             "supported yet)")
-    if not is_anchor_count(size, shape[2]):
-        raise CamInferError(f"the model output '{out[0].name}' is (N,{shape[1]},{shape[2]}), not a detector's "
-                            f"(N, 4+C, anchors): this looks like a {sequence_guess(shape, size)}, and cam-infer "
-                            "explains classifiers and YOLO-style detectors only")
-    return shape[1] - 4, shape[2]
+    if not is_anchor_count(size, dims[1]):
+        raise CamInferError(f"the model output '{name}' is (N,{dims[0]},{dims[1]}), not a detector's "
+                            f"(N, 4+C, anchors): this looks like a {sequence_guess((None, *dims), size)}, and "
+                            "cam-infer explains classifiers and YOLO-style detectors only")
+    return dims[0] - 4, dims[1]
 
 
 def is_cut(graph: Graph, tensors: list[str]) -> bool:
@@ -165,4 +171,5 @@ def cut_tensors(graph: Graph, cut, height: int) -> list[str]:
     return tensors
 
 
-__all__ = ["CUTS", "class_names", "cut_tensors", "input_size", "is_cut", "is_detector", "output_layout"]
+__all__ = ["CUTS", "check_output_layout", "class_names", "cut_tensors", "input_size", "is_cut", "is_detector",
+           "output_layout"]

@@ -54,7 +54,13 @@ def split_detector(model, out, *, cut="detect-input", input_size_hw: tuple[int, 
                    labels: "list[str] | str | None" = None, overwrite: bool = False,
                    interpolation: str | None = None, **thresholds) -> Bundle:
     """Split a YOLO-style ONNX detector (path or ModelProto) at a cut set and write a verified bundle;
-    `interpolation` is the letterbox's resize filter (default bilinear, as Ultralytics)."""
+    `interpolation` is the letterbox's resize filter (default bilinear, as Ultralytics). A file OpenVINO reads
+    (an IR) is split as it is, into an IR bundle (`openvino_split.split_openvino_detector`)."""
+    from ..bundle.openvino_split import is_openvino_source
+    if isinstance(model, (str, os.PathLike)) and is_openvino_source(model):
+        from .openvino_split import split_openvino_detector
+        return split_openvino_detector(model, out, cut=cut, input_size_hw=input_size_hw, labels=labels,
+                                       overwrite=overwrite, interpolation=interpolation, **thresholds)
     unknown = set(thresholds) - set(DEFAULTS)
     if unknown:
         raise CamInferError(f"unknown NMS setting {', '.join(sorted(unknown))}; settings: {', '.join(DEFAULTS)}")
@@ -75,7 +81,9 @@ def split_detector(model, out, *, cut="detect-input", input_size_hw: tuple[int, 
     prep = Preprocessing(size, crop="letterbox", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
                          interpolation=interpolation)
     verification = verify_detector(proto, features, head, prep)
-    receptive = measure_locality(features, head, levels, prep)
+    feat, hd = session(features), session(head)
+    receptive = measure_locality(lambda x: feat.run(None, {feat.get_inputs()[0].name: x})[0],
+                                 lambda rows: hd.run(None, {PACKED: rows})[0], levels, prep)
     branches = cropped_branches(graph, features, head, levels, receptive, classes, anchor_levels(size, anchors), prep)
     names = read_labels(labels, classes) if labels is not None else class_names(proto, classes)
     manifest = detection_manifest(graph, proto, features, head, prep, levels, strides, classes, anchors, names,
@@ -192,15 +200,13 @@ def verify_detector(source: onnx.ModelProto, features: onnx.ModelProto, head: on
     return {"max_abs_diff": worst, "batches": [1, 3], "images": "random"}
 
 
-def measure_locality(features: onnx.ModelProto, head: onnx.ModelProto, levels: list[dict],
-                     prep: Preprocessing) -> list[dict]:
+def measure_locality(run_features, run_head, levels: list[dict], prep: Preprocessing) -> list[dict]:
     """Per level: the head's receptive radius in cells (changing the centre cell moves the level's anchors
-    up to that many cells away; None: all of them) and the levels whose anchors it moves."""
+    up to that many cells away; None: all of them) and the levels whose anchors it moves. `run_features`: image
+    batch → packed cut maps; `run_head`: packed rows → the model's output."""
     from ..bundle.verify import random_images
-    feat, hd = session(features), session(head)
-    x = random_images(prep, 1, seed=7)
-    packed = feat.run(None, {feat.get_inputs()[0].name: x})[0]
-    clean = hd.run(None, {PACKED: packed})[0][0]
+    packed = run_features(random_images(prep, 1, seed=7))
+    clean = run_head(packed)[0]
     grids = [(lv["shape"][1], lv["shape"][2]) for lv in levels]
     out = []
     for i, level in enumerate(levels):
@@ -208,7 +214,7 @@ def measure_locality(features: onnx.ModelProto, head: onnx.ModelProto, levels: l
         changed = packed.copy()
         view = changed[0, level["offset"]:level["offset"] + c * h * w].reshape(c, h, w)
         view[:, h // 2, w // 2] += 1.0 + np.abs(view[:, h // 2, w // 2])
-        moved = np.abs(hd.run(None, {PACKED: changed})[0][0] - clean).max(axis=0) > 1e-6 * max(1.0, np.abs(clean).max())
+        moved = np.abs(run_head(changed)[0] - clean).max(axis=0) > 1e-6 * max(1.0, np.abs(clean).max())
         out.append(locality_of(moved, grids, i, (h // 2, w // 2), prep.input_size))
     return out
 
@@ -246,28 +252,35 @@ def detection_manifest(graph, proto, features, head, prep, levels, strides, clas
     for i, (model, record) in branches.items():
         graphs[f"branch_{i}"] = {"file": record["file"], "ops": dict(Counter(n.op_type for n in model.graph.node))}
         memory[f"branch_{i}_bytes_per_item"] = 4 * 8 * levels[i]["shape"][0] * record["window"] ** 2
-    cuts = [{**lv, "receptive_radius": r["radius"], "moves_levels": r["levels"],
-             **({"branch": branches[i][1]} if i in branches else {})} for i, (lv, r) in enumerate(zip(levels, receptive))]
+    fields = detection_fields(prep, levels, strides, classes, anchors, names, cut, receptive, nms,
+                              graph.model.graph.output[0].name, features.graph.input[0].name)
+    for i, level in enumerate(fields["cut"]):
+        if i in branches:
+            level["branch"] = branches[i][1]
+    return {**fields, "batch": "dynamic", "graphs": graphs, "runtimes": runtimes_record(features, head),
+            "memory": memory, "verification": verification, "provenance": provenance_record(source, proto)}
+
+
+def detection_fields(prep, levels, strides, classes, anchors, names, cut, receptive, nms, output: str,
+                     image: str = "image") -> dict:
+    """What a detector's manifest says of its task, whatever its graphs' format: input, preprocessing, cut set
+    (each level with its measured locality), output layout, NMS and labels."""
+    total = sum(int(np.prod(level["shape"])) for level in levels)
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "task": "detection",
-        "input": {"name": features.graph.input[0].name, "shape": [None, 3, *prep.input_size], "layout": "NCHW",
+        "input": {"name": image, "shape": [None, 3, *prep.input_size], "layout": "NCHW",
                   "dtype": "float32", "model_dtype": "float32", "model_layout": "NCHW"},
         "preprocessing": prep.to_dict(),
         "target_layer": {"requested": cut if isinstance(cut, str) else ",".join(cut), "matched_by": "cut set",
                          "module": None, "tensor": ",".join(lv["name"] for lv in levels), "layout": "NCHW"},
         "activation": {"name": PACKED, "shape": [total], "dtype": "float32", "quantization": None},
-        "cut": cuts,
-        "output": {"name": graph.model.graph.output[0].name, "kind": "detections", "layout": "ultralytics",
+        "cut": [{**lv, "receptive_radius": r["radius"], "moves_levels": r["levels"]}
+                for lv, r in zip(levels, receptive)],
+        "output": {"name": output, "kind": "detections", "layout": "ultralytics",
                    "num_classes": int(classes), "shape": [4 + int(classes), int(anchors)], "box": "cxcywh",
                    "scores": "sigmoid", "strides": strides},
         "nms": nms,
         "labels": names,
-        "batch": "dynamic",
-        "graphs": graphs,
-        "runtimes": runtimes_record(features, head),
-        "memory": memory,
-        "verification": verification,
-        "provenance": provenance_record(source, proto),
     }

@@ -1,0 +1,245 @@
+"""Splitting a YOLO-style detector that OpenVINO reads (an IR: Ultralytics' ``format=openvino`` export, or any ONNX
+export converted by OpenVINO) into an IR bundle of task ``detection``, as `split.split_detector` splits an ONNX file:
+the same cut sets (the Detect head's inputs, the backbone, or named ops), the same packing (`bundle.openvino_cut_set`),
+letterbox preprocessing, measured locality and manifest; verified against the model on OpenVINO. The file is never
+converted: an int8 IR keeps its FakeQuantize ops, and a cut map a FakeQuantize makes enters the head through a copy
+of it (`bundle.openvino_split.enter_head_at`). Its class branches are not cropped (they are ONNX graphs): every
+perturbed row runs through the whole head, within the measured window.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from ..bundle.manifest import sha256_of
+from ..bundle.openvino_cut_set import OpenVinoGraph, display, level_records, openvino_cut_set, packed_openvino_graphs
+from ..bundle.openvino_split import (_BatchFails, _bytes, _compiled, _input_spec, _ov_version, _Output, _read,
+                                     with_input_size)
+from ..bundle.split import read_labels, recorded_labels
+from ..bundle.verify import openvino_message, random_images
+from ..errors import CamInferError
+from ..images import Preprocessing
+from ..version import __version__
+from .anatomy import check_output_layout, metadata
+from .decode import anchor_levels
+from .split import DEFAULTS, check_class_rows, check_thresholds, detection_fields, measure_locality
+
+SCOPE = re.compile(r"(?:^|/|__module\.)model\.(\d+)(?=[./:]|$)")       # ONNX-born /model.22/…, torch-born __module.
+
+
+def is_openvino_detector(model) -> bool:
+    """Whether an ov.Model ends in one (N, 4+C, anchors) output whose anchor count fits its input at strides 8, 16,
+    32 …, or records Ultralytics' task=detect."""
+    if metadata(model).get("task") == "detect":
+        return True
+    if len(model.get_results()) != 1 or len(model.get_parameters()) != 1:
+        return False
+    out, image = model.get_results()[0].get_output_partial_shape(0), model.get_parameters()[0].get_partial_shape()
+    if out.rank.is_dynamic or out.rank.get_length() != 3 or image.rank.is_dynamic or image.rank.get_length() != 4:
+        return False
+    dims = [d.get_length() if d.is_static else None for d in out]
+    size = [d.get_length() if d.is_static else None for d in image][2:]
+    if None in dims[1:] or None in size:
+        return False
+    try:
+        check_output_layout(model.get_results()[0].get_friendly_name(), tuple(dims[1:]), tuple(size))
+    except CamInferError:
+        return False
+    return True
+
+
+def split_openvino_detector(path, out, *, cut="detect-input", input_size_hw: tuple[int, int] | None = None,
+                            labels=None, overwrite: bool = False, interpolation: str | None = None, model=None,
+                            **thresholds):
+    """Split a YOLO-style detector OpenVINO reads at a cut set and write a verified IR bundle (`model`: the file
+    already read)."""
+    import openvino as ov
+
+    from ..bundle.write import write_bundle
+    unknown = set(thresholds) - set(DEFAULTS)
+    if unknown:
+        raise CamInferError(f"unknown NMS setting {', '.join(sorted(unknown))}; settings: {', '.join(DEFAULTS)}")
+    check_thresholds(**{**DEFAULTS, **thresholds})
+    path = Path(path)
+    model = _read(path) if model is None else model
+    if len(model.get_results()) != 1:
+        raise CamInferError(f"the detector has {len(model.get_results())} outputs; cam-infer reads one (N, 4+C, "
+                            "anchors) output (Ultralytics YOLOv8/YOLO11 layout)")
+    model = with_input_size(model, input_size_hw or _imgsz(model), "NCHW")
+    spec = _input_spec(model, "NCHW")
+    model.reshape({model.get_parameters()[0].output(0): [1, spec.channels, *spec.size]})   # read at batch 1
+    if spec.channels != 3 or spec.dtype not in ("float32", "float16"):
+        raise CamInferError(f"the detector's input is {spec.dtype} with {spec.channels} channels; cam-infer reads "
+                            "an Ultralytics export's float RGB image (N,3,H,W)")
+    size = tuple(int(v) for v in spec.size)
+    scores = model.get_results()[0].input_value(0)
+    classes, anchors = _output_layout(model, size)
+    graph = OpenVinoGraph(model, spec)
+    members = _cut_members(graph, cut, scores, size[0])
+    levels = level_records(graph, members, size[0])
+    strides = list(anchor_levels(size, anchors).strides)
+    _check_anchor_maps(graph, strides, anchors, size)
+    prep = Preprocessing(size, crop="letterbox", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
+                         interpolation=interpolation)
+    reference = ov.Model([model.get_results()[0].output(0).get_node().output(0)], model.get_parameters(), "model")
+    for batch_mode in ("dynamic", "fixed"):
+        batch = -1 if batch_mode == "dynamic" else 1
+        features, head = packed_openvino_graphs(graph, members, levels, scores, prep, batch)
+        try:
+            verification = _verify(reference, features, head, prep, batch_mode)
+            break
+        except _BatchFails:
+            continue
+    feat, hd = _compiled(features), _compiled(head)
+    run_features = lambda x: next(iter(feat(x).values()))                       # noqa: E731
+    run_head = lambda rows: next(iter(hd(rows).values()))                        # noqa: E731
+    receptive = measure_locality(run_features, run_head, levels, prep)
+    names = read_labels(labels, classes) if labels is not None else recorded_labels(model, classes)
+    fields = detection_fields(prep, levels, strides, classes, anchors, names, cut, receptive,
+                              {**DEFAULTS, **thresholds}, model.get_results()[0].get_friendly_name())
+    manifest = {
+        **fields,
+        "input": {**fields["input"], "model_dtype": spec.dtype},
+        "batch": batch_mode, **({"fixed_batch": 1} if batch_mode == "fixed" else {}),
+        "graphs": {role: {"file": f"{role}.xml", "weights": f"{role}.bin",
+                          "ops": dict(Counter(op.get_type_name() for op in m.get_ordered_ops()
+                                              if op.get_type_name() not in ("Parameter", "Result", "Constant")))}
+                   for role, m in (("features", features), ("head", head))},
+        "runtimes": {"openvino": {"runs": True},
+                     "onnxruntime": {"runs": False, "why_not": "an OpenVINO IR bundle (made from a "
+                                     f"{path.suffix} file); ONNX Runtime reads ONNX only"}},
+        "memory": {"features_bytes_per_item": _bytes(features), "head_bytes_per_item": _bytes(head)},
+        "verification": verification,
+        "provenance": {"source": path.name, "source_sha256": sha256_of(path), "producer": f"cam-infer {__version__}",
+                       "openvino": _ov_version(),
+                       "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()},
+    }
+    parts = {"features": features, "head": head}
+    return write_bundle(Path(out), manifest, lambda role, file: ov.save_model(parts[role], str(file),
+                                                                             compress_to_fp16=False), overwrite)
+
+
+def _imgsz(model) -> tuple[int, int] | None:
+    """The export's ``imgsz`` metadata (Ultralytics), for an input of dynamic size."""
+    import ast
+    text = metadata(model).get("imgsz")
+    if not text:
+        return None
+    size = ast.literal_eval(text)
+    return (int(size[0]), int(size[1])) if isinstance(size, (list, tuple)) else (int(size), int(size))
+
+
+def _output_layout(model, size: tuple[int, int]) -> tuple[int, int]:
+    shape = model.get_results()[0].get_output_partial_shape(0)
+    dims = tuple(d.get_length() if d.is_static else None for d in shape) if shape.rank.is_static else None
+    return check_output_layout(model.get_results()[0].get_friendly_name(), None if dims is None else dims[1:], size)
+
+
+def _cut_members(graph: OpenVinoGraph, cut, scores, height: int) -> list[_Output]:
+    """The cut set `cut` names (detect-input | backbone | op names), checked to separate the image from the output."""
+    if cut == "detect-input":
+        names = [display(m) for m in _detect_inputs(graph)]
+    elif cut == "backbone":
+        names = [display(_backbone_cut(graph, scores, height))]
+    else:
+        names = [n.strip() for n in (cut.split(",") if isinstance(cut, str) else cut) if n.strip()]
+    members = openvino_cut_set(graph, ",".join(names), scores)
+    if members is None:                          # one op every path crosses
+        members = [graph.lookup(names[0])]
+        if graph.shape(members[0]) is None:
+            raise CamInferError(f"cut '{names[0]}' is not a float feature map (N,K,h,w) of the input")
+    bad = [m for m in members if (graph.shape(m) or [0, 0])[1] == 0 or height % graph.shape(m)[1]]
+    if bad:
+        raise CamInferError(f"cut '{display(bad[0])}' is not a feature map at a stride of the input")
+    return members
+
+
+def _detect_inputs(graph: OpenVinoGraph) -> list[_Output]:
+    """What the detection head reads: the image-dependent outputs of ops outside the last ``model.N`` scope (and
+    outside what is computed from it) that ops inside it read, finest first."""
+    scopes = {name: [int(n) for n in SCOPE.findall(name)] for name in graph.ops}
+    last = max((n for found in scopes.values() for n in found), default=None)
+    if last is None:
+        raise CamInferError("cannot find the detection head: the graph's op names have no Ultralytics 'model.N' "
+                            "scopes; give the cut ops with --cut NAME,NAME,...")
+    inside = set()                  # the scope's ops, and the unnamed ones the converter made after them
+    for name in sorted(graph.ops, key=graph.order.get):
+        if last in scopes[name] or any(v.get_node().get_friendly_name() in inside
+                                       for v in graph.ops[name].input_values()):
+            inside.add(name)
+    members = []
+    for name in inside:
+        for value in graph.ops[name].input_values():
+            source = value.get_node().get_friendly_name()
+            member = _Output(source, value.get_index())
+            if source not in inside and source in graph.dependent and member not in members:
+                members.append(member)
+    shaped = [m for m in members if graph.shape(m) is not None]
+    return sorted(shaped, key=lambda m: -graph.shape(m)[1] * graph.shape(m)[2])
+
+
+def _backbone_cut(graph: OpenVinoGraph, scores, height: int) -> _Output:
+    """The last op output at stride 8 that every path from the image to the output crosses."""
+    for name in sorted(graph.ops, key=lambda n: -graph.order[n]):
+        member = _Output(name)
+        shape = graph.shape(member) if name in graph.dependent and graph.ops[name].get_output_size() else None
+        if shape is None or height % shape[1] or height // shape[1] != 8:
+            continue
+        if not graph.read_around(scores, {member}, graph.ancestors(member)):
+            return member
+    raise CamInferError("no single stride-8 op output cuts this detector; give the cut ops with --cut NAME,...")
+
+
+def _check_anchor_maps(graph: OpenVinoGraph, strides: list[int], anchors: int, size: tuple[int, int]) -> None:
+    grids = {tuple(s[1:]) for name in graph.dependent if name in graph.ops and graph.ops[name].get_output_size()
+             and (s := graph.shape(_Output(name))) is not None}
+    missing = [s for s in strides if (size[0] // s, size[1] // s) not in grids]
+    if missing:
+        raise CamInferError(f"the output's {anchors} anchors are the cells of levels at strides {strides}, and no "
+                            f"feature map of the model is at stride {', '.join(map(str, missing))}: not an (N, 4+C, "
+                            "anchors) output (a YOLOv5-style (N, anchors, 5+C) layout?)")
+
+
+def _verify(reference, features, head, prep, batch_mode: str) -> dict:
+    """head(features(x)) against the model on OpenVINO (f32), batch 1 and 3 (one image a call for a fixed batch).
+    A float model's output within 1e-3 of its largest value. An int8 file (FakeQuantize ops): its class scores,
+    which the methods explain, within 1e-3 and its boxes within 1 % of the input's size, as OpenVINO compiles the
+    quantized ops of the two graphs its own way (int8 YOLOv8n files: a box edge 0.84 px apart with every score
+    equal; scores 2e-4 apart with every box equal). Both differences are recorded."""
+    try:
+        full, feat, hd = _compiled(reference), _compiled(features), _compiled(head)
+    except Exception as exc:
+        if batch_mode == "dynamic":
+            raise _BatchFails() from None
+        raise CamInferError(f"OpenVINO cannot compile this model or its split ({openvino_message(exc)})") from None
+    quantized = any(op.get_type_name() == "FakeQuantize" for op in reference.get_ordered_ops())
+    worst, worst_box = 0.0, 0.0
+    for n in (1, 3):
+        x = random_images(prep, n, seed=n)
+        expected = np.concatenate([next(iter(full(x[i:i + 1]).values())) for i in range(n)]).astype(np.float32)
+        check_class_rows(expected[:, 4:])
+        chunks = [x] if batch_mode == "dynamic" else [x[i:i + 1] for i in range(n)]
+        try:
+            got = np.concatenate([next(iter(hd(next(iter(feat(c).values()))).values())) for c in chunks])
+        except Exception as exc:
+            if batch_mode == "dynamic":
+                raise _BatchFails() from None
+            raise CamInferError(f"the split graphs do not run on OpenVINO ({openvino_message(exc)})") from None
+        scores, boxes = (float(np.abs(got[:, rows] - expected[:, rows]).max()) for rows in (slice(4, None), slice(0, 4)))
+        box_bound = 0.01 * max(prep.input_size) if quantized else 1e-3 * max(1.0, float(np.abs(expected).max()))
+        if scores > (1e-3 if quantized else box_bound) or boxes > box_bound:
+            if batch_mode == "dynamic":            # an int8 graph compiled for any batch can round otherwise
+                raise _BatchFails()
+            raise CamInferError(f"the split detector differs from the model by {max(scores, boxes):.3g} at batch {n} "
+                                f"(class scores {scores:.3g}, boxes {boxes:.3g} px)")
+        worst, worst_box = max(worst, scores), max(worst_box, boxes)
+    return {"max_abs_diff": max(worst, worst_box), "scores_max_abs_diff": worst, "boxes_max_abs_diff": worst_box,
+            "batches": [1, 3], "images": "random", "runtime": f"openvino {_ov_version()} CPU (f32)"}
+
+
+__all__ = ["is_openvino_detector", "split_openvino_detector"]
