@@ -79,10 +79,10 @@ def unsplit(path, x: np.ndarray) -> np.ndarray:
 def test_the_split_reproduces_the_deployed_file_exactly_and_keeps_exact_branches(models, bundles, name):
     bundle = bundles[name]
     assert bundle.manifest["verification"]["max_abs_diff"] == 0.0
-    branches = [c.get("branch") for c in bundle.manifest["cut"]]
-    assert all(b is None or b["max_abs_diff"] == 0.0 for b in branches)                  # exact, or not kept
-    if name.startswith("int8"):                                # float16: ONNX Runtime's crops round otherwise here
-        assert [b["tensor"].split("/")[2] for b in branches] == ["cv3.0", "cv3.1", "cv3.2"]
+    branches = [c["branch"] for c in bundle.manifest["cut"]]
+    assert [b["tensor"].split("/")[2] for b in branches] == ["cv3.0", "cv3.1", "cv3.2"]
+    bound = 2.0 ** -11 if name == "float16" else 0.0          # int8: exact; float16: a score's own rounding
+    assert all(b["max_abs_diff"] <= bound for b in branches)
     x = np.concatenate([letterboxed(PHOTO), letterboxed(SECOND)])
     ex = Explainer(bundle, backend="onnxruntime")
     np.testing.assert_array_equal(ex.backend.forward(x), unsplit(models[name], x))
@@ -106,22 +106,27 @@ def test_an_int8_cut_reaches_the_methods_as_its_dequantized_steps(bundles):
         np.testing.assert_allclose(steps, np.round(steps), atol=1e-3)
 
 
-@pytest.mark.parametrize("name", FORMATS)
-def test_maps_through_the_cropped_branches_equal_the_whole_heads(bundles, tmp_path, name):
+@pytest.mark.parametrize("name, backend", [(n, b) for n in FORMATS for b in ("onnxruntime", "openvino")
+                                           if (n, b) != ("int8-qoperator", "openvino")])   # OpenVINO cannot read it
+def test_maps_through_the_cropped_branches_equal_the_whole_heads(bundles, tmp_path, name, backend):
+    """int8: exactly. float16 on ONNX Runtime: its crop kernels round a float16 score otherwise than the whole map's
+    (≤ 2⁻¹¹, the format's half unit), which a map's min–max of small score changes enlarges (measured 0.008)."""
     plain = tmp_path / "plain"
     shutil.copytree(bundles[name].path, plain)
     manifest = json.loads((plain / "bundle.json").read_text())
     for cut in manifest["cut"]:
-        cut.pop("branch", None)
+        del cut["branch"]
     for role in [r for r in manifest["graphs"] if r.startswith("branch_")]:
         (plain / manifest["graphs"].pop(role)["file"]).unlink()
     (plain / "bundle.json").write_text(json.dumps(manifest))
-    cropped, whole = Explainer(bundles[name], "onnxruntime"), Explainer(plain, "onnxruntime")
+    cropped, whole = Explainer(bundles[name], backend), Explainer(plain, backend)
+    atol = 2e-2 if name == "float16" and backend == "onnxruntime" else 2e-4
     for method in ("recipro", "ablation"):
         a, b = cropped.explain(PHOTO, method), whole.explain(PHOTO, method)
         assert len(a.items[0]) == len(b.items[0]) >= 2
         for da, db in zip(a.items[0], b.items[0]):
-            np.testing.assert_allclose(da.saliency, db.saliency, atol=2e-4)
+            np.testing.assert_allclose(da.saliency, db.saliency, atol=atol)
+            assert np.corrcoef(da.saliency.ravel(), db.saliency.ravel())[0, 1] > 0.999
 
 
 @pytest.mark.parametrize("name, similar", [("int8-qdq", 0.8), ("int8-qoperator", 0.8), ("float16", 0.99)])

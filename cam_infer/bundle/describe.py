@@ -82,6 +82,8 @@ def normalisation_line(record: dict | None, channels: int = 3) -> str:
     return _wrapped("normalised   " + "; ".join(f"{' and '.join(keys)} {SOURCES.get(source, source)}"
                                                 for source, keys in sources.items()))
 
+
+def cut_set_line(levels: list[dict]) -> str:
     """A segmenter's cut set: each member's shape and stride, packed in one tensor at the boundary."""
     return _wrapped("cut set      " + "; ".join(f"'{lv['name']}' ({','.join(map(str, lv['shape']))}) stride "
                                                 f"{lv['stride']}" for lv in levels) + " (packed in one tensor)")

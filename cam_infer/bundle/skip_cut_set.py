@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import CamInferError
-from .anatomy import Quantization, quantization_of
+from .anatomy import quantization_of
 from .graph import INTEGER_TYPES, Graph
 from .layers import _lookup, crossing_tensors, display_name, nearest_cut_point, read_around, resolve_cut
 
@@ -80,38 +80,10 @@ def split_at_cut_set(graph: Graph, tensors: list[str], layer: str):
     """features and head graphs of the packed cut set, and the manifest's fields that describe it."""
     from ..detection.split import PACKED, packed_graphs
     levels = level_records(graph, tensors)
-    features, head = packed_graphs(graph, tensors, levels)
-    for i, tensor in enumerate(tensors):
-        quant = quantization_of(graph, tensor)
-        if quant is not None:
-            dequantized_member(graph, features, head, i, quant)
+    features, head = packed_graphs(graph, tensors, levels)             # an int8 member packed as its real values
     total = sum(int(np.prod(level["shape"])) for level in levels)
     fields = {"target_layer": {"requested": layer, "matched_by": "cut set", "module": None,
                                "tensor": ",".join(tensors), "layout": "NCHW"},
               "activation": {"name": PACKED, "shape": [total], "dtype": "float32", "quantization": None},
               "cut": levels}
     return features, head, fields
-
-
-def dequantized_member(graph: Graph, features, head, i: int, quant: Quantization) -> None:
-    """Member i, an integer tensor q of a quantized model, packed as its real values (q − zero_point)·scale: a
-    DequantizeLinear before the packing, and the QuantizeLinear that gives the head back q after the unpacking.
-    Exact both ways for the values the members take (the clean ones, zeros, kept positions): each is on q's grid."""
-    from onnx import helper
-    tensor, real = quant.tensor, f"{quant.tensor}__dequantized"
-    params = [quant.scale] + ([quant.zero_point] if quant.zero_point else [])
-    axis = {} if quant.axis is None else {"axis": quant.axis}
-    nodes = list(features.graph.node)
-    pack = next(k for k, n in enumerate(nodes) if n.name == f"pack_{i}")
-    nodes[pack].input[0] = real
-    features.graph.node.insert(pack, helper.make_node("DequantizeLinear", [tensor, *params], [real],
-                                                      name=f"{tensor}__dequantize", **axis))
-    nodes = list(head.graph.node)
-    unpack = next(k for k, n in enumerate(nodes) if n.name == f"unpack_{i}")
-    nodes[unpack].output[0] = real
-    head.graph.node.insert(unpack + 1, helper.make_node("QuantizeLinear", [real, *params], [tensor],
-                                                        name=f"{tensor}__quantize", **axis))
-    for part in (features, head):
-        present = {t.name for t in part.graph.initializer}
-        part.graph.initializer.extend(graph.initializers[c] for c in params
-                                      if c in graph.initializers and c not in present)

@@ -61,10 +61,12 @@ def split(args) -> int:
 def _is_detection(args) -> bool:
     if args.task != "auto":
         return args.task == "detection"
-    if not str(args.model).lower().endswith(".onnx"):
-        from ..bundle.openvino_split import is_openvino_source, read_openvino_model
+    if str(args.model).lower().endswith(".xml"):        # an IR (a TFLite file's op names change at each reading)
+        from ..bundle.openvino_split import read_openvino_model
         from ..detection.openvino_split import is_openvino_detector
-        return is_openvino_source(args.model) and is_openvino_detector(read_openvino_model(args.model))
+        return is_openvino_detector(read_openvino_model(args.model))
+    if not str(args.model).lower().endswith(".onnx"):
+        return False
     from ..bundle.graph import load_onnx
     from ..detection.anatomy import is_detector
     return is_detector(load_onnx(args.model))

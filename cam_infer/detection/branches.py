@@ -30,7 +30,7 @@ from ..bundle.verify import session
 from .decode import AnchorGrid
 
 CANDIDATES = 6                  # branch tensors tried per level, smallest first
-TOLERANCE = 1e-4                # on scores in [0, 1], a float32 cut; an int8 or float16 one must match exactly
+TOLERANCE = 1e-4                # on scores in [0, 1], a float32 cut (`branch_tolerance`)
 SCORES = "class_scores"
 FLOATS = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16)
 
@@ -54,7 +54,7 @@ def level_branches(graph: Graph, levels: list[dict], receptive: list[dict], clas
         if radius is None or local["levels"] != [own] or 2 * radius + 1 > min(h, w):
             continue
         first = int(np.flatnonzero(grid.level == own)[0])
-        tolerance = 0.0 if as_the_model_reads(graph, level["name"], level["name"], "", "")[0] else TOLERANCE
+        tolerance = branch_tolerance(graph, level["name"])
         for tensor in branch_candidates(graph, level, [lv["name"] for lv in levels], classes):
             for squash in ("sigmoid", "identity"):
                 model = branch_model(graph, level, tensor, classes, squash, None)
@@ -67,6 +67,18 @@ def level_branches(graph: Graph, levels: list[dict], receptive: list[dict], clas
             if i in out:
                 break
     return out
+
+
+def branch_tolerance(graph: Graph, tensor: str) -> float:
+    """How far a cropped branch's scores may be from the head's at a cut `tensor`: a float32 model's `TOLERANCE`; a
+    float16 model's half a unit in the last place of a float16 score near 1 (2⁻¹¹: every score the file computes is
+    rounded so); an int8 model's none (its branch and head run the same integer kernels, or the branch is wrong)."""
+    dtype = graph.info(tensor).elem_type
+    if dtype == TensorProto.FLOAT16:
+        return 2.0 ** -11
+    if dtype == TensorProto.BFLOAT16:
+        return 2.0 ** -8
+    return 0.0 if as_the_model_reads(graph, tensor, tensor, "", "")[0] else TOLERANCE
 
 
 def branch_candidates(graph: Graph, level: dict, cut: list[str], classes: int) -> list[str]:
@@ -136,9 +148,7 @@ def verify_branch(model: onnx.ModelProto, level: dict, radius: int, first: int, 
                   clean: np.ndarray, head_run, tolerance: float = TOLERANCE) -> float | None:
     """The largest difference between the branch on every anchor's crop and the head's scores at that
     anchor (its anchors start at `first`), on the clean cut maps and with 70 % of the level's cells zeroed;
-    None when it is over `tolerance`. An int8 or float16 file's branch must match exactly: the runtime picks
-    other kernels for a crop than for the whole map (ONNX Runtime, an int8 QDQ YOLOv8n: 1e-5 apart), and what a
-    map reads of such a model, its scores' small changes, is of that size."""
+    None when it is over `tolerance` (`branch_tolerance`)."""
     c, h, w = level["shape"]
     k = 2 * radius + 1
     run = session(model)

@@ -230,7 +230,8 @@ def _verify(reference, features, head, prep, batch_mode: str) -> dict:
             if batch_mode == "dynamic":
                 raise _BatchFails() from None
             raise CamInferError(f"the split graphs do not run on OpenVINO ({openvino_message(exc)})") from None
-        scores, boxes = (float(np.abs(got[:, rows] - expected[:, rows]).max()) for rows in (slice(4, None), slice(0, 4)))
+        scores, boxes = (float(np.abs(got[:, rows] - expected[:, rows]).max())
+                         for rows in (slice(4, None), slice(0, 4)))
         box_bound = 0.01 * max(prep.input_size) if quantized else 1e-3 * max(1.0, float(np.abs(expected).max()))
         if scores > (1e-3 if quantized else box_bound) or boxes > box_bound:
             if batch_mode == "dynamic":            # an int8 graph compiled for any batch can round otherwise

@@ -149,8 +149,8 @@ class ClassificationTask(Task):
                            out["map"].reshape(n, *shapes["map"]), out["class"].reshape(n).astype(np.int64),
                            out["score"].reshape(n), out["degenerate"].reshape(n), (time.perf_counter() - start) * 1000,
                            {}, labels=self.bundle.labels, images=originals, names=names,
-                           preprocessing=self.bundle.preprocessing,
-                           outputs=out["scores"].reshape(n, *shapes["scores"]), class_agnostic=self.class_agnostic(spec))
+                           preprocessing=self.bundle.preprocessing, outputs=out["scores"].reshape(n, *shapes["scores"]),
+                           class_agnostic=self.class_agnostic(spec))
 
     def run_method(self, spec, ctx, targets, options: dict) -> np.ndarray:
         return spec.implementation(self.name)(ctx, **options)
