@@ -142,6 +142,36 @@ def test_a_journal_of_other_settings_is_refused_in_one_line_and_force_starts_ove
     assert {p.name.rsplit("__", 1)[1] for p in (tmp_path / "out" / "overlays").iterdir()} == {"recipro.png"}
 
 
+AUDITS = {
+    "audit-classifier": lambda bundle, images, out: run_audit(bundle, [images], AuditOptions(("recipro",), ("adcc",)),
+                                                              out, progress=False),
+    "audit-detector": lambda bundle, images, out: run_detection_audit(bundle, [images], ["recipro"], out,
+                                                                      progress=False),
+}
+
+
+@pytest.mark.parametrize("job", AUDITS)
+def test_an_audit_of_a_bundle_whose_graphs_changed_since_is_refused_not_resumed(job, scenes, tmp_path):
+    """An audit's settings named the bundle by its path alone: a bundle made again at that path (another model, another
+    layer) resumed the folder, and metrics.csv held rows of both models under the new one's protocol."""
+    import onnx
+    from cam_infer import CamInferError
+    from cam_infer.bundle.manifest import sha256_of
+
+    images, bundle = images_for(job, scenes, tmp_path), tmp_path / "bundle"
+    shutil.copytree(SHAPES if job == "audit-classifier" else DETECTOR, bundle)
+    AUDITS[job](bundle, images, tmp_path / "out")
+    head = onnx.load(bundle / "head.onnx")                    # the same bundle made again from other weights
+    weights = max(head.graph.initializer, key=lambda w: len(w.raw_data) or len(w.float_data))
+    weights.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(weights) * 0.5, weights.name))
+    onnx.save(head, bundle / "head.onnx")
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    manifest["graphs"]["head"]["sha256"] = sha256_of(bundle / "head.onnx")
+    (bundle / "bundle.json").write_text(json.dumps(manifest))
+    with pytest.raises(CamInferError, match=r"holds an audit with other settings \(graphs\.head: .* then, .* now\)"):
+        AUDITS[job](bundle, images, tmp_path / "out")
+
+
 def test_an_atomic_write_that_fails_leaves_the_old_file(tmp_path, monkeypatch):
     path = tmp_path / "summary.json"
     write_atomically(path, "old")

@@ -65,6 +65,7 @@ def run_audit(bundle, images, options: AuditOptions, out, *, boxes=None, restart
     from ..bundle import Bundle
     from ..jobs.driver import Job, run_job
     from ..parallel import make_runner
+    from ..runs import bundle_hashes
 
     bundle = Bundle.load(bundle)
     _check_options(bundle, options)
@@ -83,8 +84,8 @@ def run_audit(bundle, images, options: AuditOptions, out, *, boxes=None, restart
     options = options.resolved(bool(truth))
     priors = _priors(bundle, images, truth, options, out)
     runs_on, runs_at = audit_runtime(bundle, options)
-    settings = {"bundle": str(bundle.path.resolve()), "options": options.to_dict(), "runs_at": runs_at,
-                "boxes": str(Path(boxes).resolve()) if boxes else None}
+    settings = {"bundle": str(bundle.path.resolve()), "graphs": bundle_hashes(bundle), "options": options.to_dict(),
+                "runs_at": runs_at, "boxes": str(Path(boxes).resolve()) if boxes else None}
     protocol = {"bundle": settings["bundle"], "boxes": settings["boxes"], **options.to_dict(),
                 "baselines": list(options.drawn_baselines(priors)), "runs_on": runs_on, "runs_at": runs_at,
                 **recorded_protocol(bundle, options.methods)}

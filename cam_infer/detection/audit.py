@@ -33,7 +33,7 @@ from ..errors import CamInferError
 from ..images import load_image
 from ..methods import get_method
 from ..metrics import energy_pointing, pointing_hit
-from ..runs import with_effective_options
+from ..runs import bundle_hashes, with_effective_options
 from .decode import iou
 from ..explainer import Explainer
 from ..explanation import detection_class_fields
@@ -83,7 +83,8 @@ def run_detection_audit(bundle, images, methods, out, *, boxes=None, backend: st
     settings = {"bundle": str(explainer.bundle.path.resolve()), "methods": list(methods), "boxes": boxes and
                 str(Path(boxes).resolve()), "tolerance": tolerance, "conf": conf, "options": options or {},
                 "precision": explainer.backend.precision, "backend": explainer.backend.describe(),
-                "layer": explainer.bundle.layers, "baselines": list(baselines)}
+                "layer": explainer.bundle.layers, "baselines": list(baselines),
+                "graphs": bundle_hashes(explainer.bundle)}
     summary: dict = {}
     protocol = {**settings, **recorded_protocol(explainer.bundle, methods)}
     write = per_target_writer(summary, protocol, methods, baselines, COLUMNS, MEANS, SHOWN, "detections", grid)

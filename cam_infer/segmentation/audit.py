@@ -34,7 +34,7 @@ from ..explainer import Explainer
 from ..images import load_image
 from ..methods import get_method
 from ..metrics.segmentation import energy_in_region, pointing_in_region, uniform_baseline
-from ..runs import with_effective_options
+from ..runs import bundle_hashes, with_effective_options
 from .runs import cost_line
 
 MEANS = ("energy", "region_fraction", "pointing", "truth_energy", "truth_fraction", "truth_pointing")
@@ -77,7 +77,8 @@ def run_segmentation_audit(bundle, images, methods, out, *, masks=None, target=N
     settings = {"bundle": str(explainer.bundle.path.resolve()), "methods": list(methods), "target": target,
                 "masks": masks and str(Path(masks).resolve()), "options": options or {},
                 "precision": explainer.backend.precision, "backend": explainer.backend.describe(),
-                "layer": explainer.bundle.layers, "baselines": list(baselines)}
+                "layer": explainer.bundle.layers, "baselines": list(baselines),
+                "graphs": bundle_hashes(explainer.bundle)}
     summary: dict = {}
     protocol = {**settings, **recorded_protocol(explainer.bundle, methods)}
     write = per_target_writer(summary, protocol, methods, baselines, COLUMNS, MEANS, SHOWN, "regions", grid)
