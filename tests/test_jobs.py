@@ -172,6 +172,23 @@ def test_an_audit_of_a_bundle_whose_graphs_changed_since_is_refused_not_resumed(
         AUDITS[job](bundle, images, tmp_path / "out")
 
 
+@pytest.mark.parametrize("job", ["audit-classifier", "audit-detector"])
+def test_an_audit_whose_boxes_file_changed_since_is_refused_not_resumed(job, scenes, tmp_path):
+    """An audit's settings named the boxes file by its path alone: boxes corrected in that file resumed the folder, the
+    images done before kept their pointing and energy against the old boxes and the new ones were measured against
+    the new."""
+    from cam_infer import CamInferError
+
+    images, run = images_for(job, scenes, tmp_path), RUNS[job]
+    run(images, tmp_path / "out")
+    boxes = json.loads((images / "boxes.json").read_text())
+    first = next(iter(boxes))
+    boxes[first] = boxes[first][:1]
+    (images / "boxes.json").write_text(json.dumps(boxes))
+    with pytest.raises(CamInferError, match=r"holds an audit with other settings \(boxes_sha256: .* then, .* now\)"):
+        run(images, tmp_path / "out")
+
+
 def test_an_atomic_write_that_fails_leaves_the_old_file(tmp_path, monkeypatch):
     path = tmp_path / "summary.json"
     write_atomically(path, "old")

@@ -85,7 +85,7 @@ def run_audit(bundle, images, options: AuditOptions, out, *, boxes=None, restart
     priors = _priors(bundle, images, truth, options, out)
     runs_on, runs_at = audit_runtime(bundle, options)
     settings = {"bundle": str(bundle.path.resolve()), "graphs": bundle_hashes(bundle), "options": options.to_dict(),
-                "runs_at": runs_at, "boxes": str(Path(boxes).resolve()) if boxes else None}
+                "runs_at": runs_at, "boxes": str(Path(boxes).resolve()) if boxes else None, **boxes_digest(boxes)}
     protocol = {"bundle": settings["bundle"], "boxes": settings["boxes"], **options.to_dict(),
                 "baselines": list(options.drawn_baselines(priors)), "runs_on": runs_on, "runs_at": runs_at,
                 **recorded_protocol(bundle, options.methods)}
@@ -227,6 +227,14 @@ def load_boxes(path, bundle) -> dict:
                 except CamInferError as exc:
                     raise CamInferError(f"boxes file '{path}', image '{image}': {exc}") from None
     return data
+
+
+def boxes_digest(path) -> dict:
+    """What an audit's settings record of its boxes file beside its path, its sha256: boxes corrected in the same file
+    are another audit."""
+    from ..bundle.manifest import sha256_of
+
+    return {} if path is None else {"boxes_sha256": sha256_of(path)}
 
 
 def _check_box(box, path, image: str) -> None:

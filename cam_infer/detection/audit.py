@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..audit import CLEARED, OVERLAYS, boxes_for, check_boxes_match, load_boxes
+from ..audit import CLEARED, OVERLAYS, boxes_digest, boxes_for, check_boxes_match, load_boxes
 from ..audit.baselines import BOX_PRIOR, GAUSSIAN, RANDOM, available, baseline_map, dataset_priors
 from ..audit.report import (ROWS_NAME, SUMMARY_NAME, check_grid, check_tolerance, closing_lines,
                             per_target_writer, recorded_protocol)
@@ -84,7 +84,7 @@ def run_detection_audit(bundle, images, methods, out, *, boxes=None, backend: st
                 str(Path(boxes).resolve()), "tolerance": tolerance, "conf": conf, "options": options or {},
                 "precision": explainer.backend.precision, "backend": explainer.backend.describe(),
                 "layer": explainer.bundle.layers, "baselines": list(baselines),
-                "graphs": bundle_hashes(explainer.bundle)}
+                "graphs": bundle_hashes(explainer.bundle), **boxes_digest(boxes)}
     summary: dict = {}
     protocol = {**settings, **recorded_protocol(explainer.bundle, methods)}
     write = per_target_writer(summary, protocol, methods, baselines, COLUMNS, MEANS, SHOWN, "detections", grid)
