@@ -189,6 +189,29 @@ def test_an_audit_whose_boxes_file_changed_since_is_refused_not_resumed(job, sce
         run(images, tmp_path / "out")
 
 
+@pytest.mark.parametrize("damage", ["[1, 2]", '{"rows": []}', '{"inputs": {}, "rows": [{"x": 1}]}'])
+def test_a_damaged_journal_line_is_redone_from_and_a_damaged_header_is_refused_in_one_line(damage, scenes, tmp_path):
+    """A journal line that parsed but was no entry (a list, no inputs, a row without its image) stopped the resume with
+    an AttributeError or KeyError, and a first line that was not UTF-8 with a UnicodeDecodeError."""
+    from cam_infer import CamInferError
+
+    images, run = images_for("explain-classifier", scenes, tmp_path), RUNS["explain-classifier"]
+    run(images, tmp_path / "whole")
+    shutil.copytree(tmp_path / "whole", tmp_path / "out")
+    journal = tmp_path / "out" / JOURNAL
+    lines = journal.read_text().splitlines(keepends=True)
+    journal.write_text("".join(lines[:2]) + damage + "\n" + "".join(lines[3:]))
+    run(images, tmp_path / "out")
+    assert outputs(tmp_path / "out") == outputs(tmp_path / "whole")
+    journal.write_bytes(b"\xff\xfe" + journal.read_bytes())
+    with pytest.raises(CamInferError, match=r"holds a damaged journal \(\.cam-infer\.journal: its first line is not a "
+                                            r"run's settings\); choose another --out or pass --force"):
+        run(images, tmp_path / "out")
+    explain_files(Explainer(SHAPES), [images], list(METHODS), tmp_path / "out", batch_size=2, progress=False,
+                  restart=True)
+    assert outputs(tmp_path / "out") == outputs(tmp_path / "whole")
+
+
 def test_an_atomic_write_that_fails_leaves_the_old_file(tmp_path, monkeypatch):
     path = tmp_path / "summary.json"
     write_atomically(path, "old")

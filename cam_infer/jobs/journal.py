@@ -42,13 +42,17 @@ class Journal:
         as they take effect (`effective`: a method's defaults filled in); `methods_in` names the setting that is a
         dict by method, when the run may add methods to the folder's (`check_settings`)."""
         header = {"job": job, "settings": settings}
-        lines = self.path.read_text(encoding="utf-8").splitlines() if self.path.exists() else []
+        text = self.path.read_text(encoding="utf-8", errors="replace") if self.path.exists() else ""
+        lines = text.splitlines()
         earlier = _parse(lines[0]) if lines else header
+        if not (isinstance(earlier, dict) and "settings" in earlier):
+            raise CamInferError(f"'{self.path.parent}' holds a damaged journal ({JOURNAL}: its first line is not a "
+                                "run's settings); choose another --out or pass --force to start over there")
         check_settings(earlier, header, what, self.path.parent, methods_in, effective)
         entries = []
         for line in lines[1:]:
             entry = _parse(line)
-            if entry is None:                   # the torn tail of a killed run
+            if not _whole(entry):               # the torn tail of a killed run (or a damaged line: redone from there)
                 break
             entries.append(entry)
         kept, redone = _unchanged(entries, keep)
@@ -116,6 +120,14 @@ def _difference(earlier, now, where: str = "") -> str:
 
 
 _ABSENT = object()
+
+
+def _whole(entry) -> bool:
+    """Whether a parsed journal line is one a run wrote: its inputs, and its rows each naming an image."""
+    return (isinstance(entry, dict) and isinstance(entry.get("inputs"), dict)
+            and isinstance(entry.get("rows", []), list)
+            and all(isinstance(row, dict) and isinstance(row.get("image"), str) for row in entry.get("rows", []))
+            and all(isinstance(entry.get(key, {}), dict) for key in ("keys", "names")))
 
 
 def _parse(line: str):
