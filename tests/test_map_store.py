@@ -94,3 +94,22 @@ def test_the_cli_writes_maps_into_the_array_store_and_refuses_it_for_a_detector(
     from cam_infer.tools.demo import embedded_detector_path
     assert_one_line_error(run_cli("explain", embedded_detector_path(), photos / "p0.jpg", "--out", tmp_path / "d",
                                   "--overlays", "none", "--maps", "array"), "--maps array is for classifiers")
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fallocate"), reason="no fallocate on this OS")
+def test_a_full_disk_at_a_new_shard_is_one_error_not_a_bus_error(photos, tiny_bundle, tmp_path, monkeypatch):
+    """A shard was a sparse file: on a full disk the first map copied into a page with no block behind it killed the
+    run with SIGBUS (exit 135, no message, no results.json). Its blocks are now reserved when it is made."""
+    from cam_infer import CamInferError
+
+    def full(fd, offset, length):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(CamInferError, match=r"could not write '.*00000\.npy' \(No space left on device\): is the "
+                                            r"folder writable, the disk full\?"):
+        explain_files(Explainer(tiny_bundle), [photos], METHODS, tmp_path / "out", overlays="none", progress=False)
+    assert not (tmp_path / "out" / "maps" / "00000.npy").exists()
+    monkeypatch.undo()
+    explain_files(Explainer(tiny_bundle), [photos], METHODS, tmp_path / "out", overlays="none", progress=False)
+    assert len(read_maps(tmp_path / "out")) == 14

@@ -22,6 +22,7 @@ Recipro-CAM maps as PNGs: 12 KB on average, so the store takes 4× the disk for 
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -69,9 +70,31 @@ class MapStore:
         self.close()
         number = int(Path(self._name).stem) + 1 if self._name else 0
         self._name = f"{FOLDER}/{number:05d}.npy"
-        self.folder.mkdir(exist_ok=True)
-        self._shard = np.lib.format.open_memmap(self.folder.parent / self._name, "w+", np.uint8, (SHARD, *shape))
-        self._next = 0
+        path = self.folder.parent / self._name
+        try:
+            self.folder.mkdir(exist_ok=True)
+            shard = np.lib.format.open_memmap(path, "w+", np.uint8, (SHARD, *shape))
+            reserve(path)
+        except OSError as exc:
+            path.unlink(missing_ok=True)            # not left holding what blocks it had
+            raise CamInferError(f"could not write '{path}' ({exc.strerror or exc}): is the folder writable, the disk "
+                                "full?") from None
+        self._shard, self._next = shard, 0
+
+
+def reserve(path: Path) -> None:
+    """Give a new shard (a sparse file) its blocks on disk now: a full disk is then an error here, where a map copied
+    into a page with no block behind it would kill the process with SIGBUS. Where the file system cannot reserve
+    (no fallocate), the shard stays sparse."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    with open(path, "r+b") as file:
+        try:
+            os.posix_fallocate(file.fileno(), 0, os.fstat(file.fileno()).st_size)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                return
+            raise
 
 
 def put_maps(store: MapStore, result: dict) -> None:
