@@ -263,7 +263,7 @@ def test_an_ir_detector_from_the_command_line(ir_models, tmp_path):
     backbone = run_cli("split", ir_models["ir"], "--cut", "backbone", "--out", tmp_path / "bb")
     assert backbone.returncode == 0, backbone.stderr
     assert "'/model.4/cv2/act/Mul' (64,40,40) stride 8" in backbone.stdout
-    explained = run_cli("explain", tmp_path / "b", PHOTO, "--method", "recipro", "--out", tmp_path / "maps")
+    explained = run_cli("explain", ir_models["ir"], PHOTO, "--method", "recipro", "--out", tmp_path / "maps")
     assert explained.returncode == 0, explained.stderr
     assert len(list((tmp_path / "maps").glob("basketball1_recipro_*.jpg"))) >= 2
     assert_one_line_error(run_cli("fuse", tmp_path / "b", "--method", "eigen", "--out", tmp_path / "f.onnx"),

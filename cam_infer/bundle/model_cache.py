@@ -71,7 +71,7 @@ def _split_options(model: Path) -> dict:
     from .graph import load_onnx
     from .segmentation import is_segmenter
     graph = load_onnx(model) if model.suffix.lower() == ".onnx" else None
-    if graph is not None and is_detector(graph):
+    if graph is not None and is_detector(graph) or model.suffix.lower() == ".xml" and _is_ir_detector(model):
         return {"task": "detection", "cut": "detect-input"}
     if graph is not None and is_segmenter(graph):
         return {"task": "segmentation", "layer": "auto"}
@@ -107,6 +107,12 @@ def _split_into(model: Path, folder: Path, options: dict) -> None:
                 raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _is_ir_detector(model: Path) -> bool:
+    from ..detection.openvino_split import is_openvino_detector
+    from .openvino_split import read_openvino_model
+    return is_openvino_detector(read_openvino_model(model))
 
 
 def _split(model: Path, out: Path, options: dict) -> None:

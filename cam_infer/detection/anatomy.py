@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import re
 
+import numpy as np
 import onnx
 
 from ..bundle.anatomy import declared_image_size, sequence_guess
@@ -171,5 +172,15 @@ def cut_tensors(graph: Graph, cut, height: int) -> list[str]:
     return tensors
 
 
-__all__ = ["CUTS", "check_output_layout", "class_names", "cut_tensors", "input_size", "is_cut", "is_detector",
+def check_class_rows(scores: np.ndarray) -> None:
+    """Refuse class rows that are not probabilities (an export without the Sigmoid on its class scores): NMS
+    thresholds and the records read them as confidences in [0, 1]."""
+    low, high = float(scores.min()), float(scores.max())
+    if low < 0.0 or high > 1.0:
+        raise CamInferError(f"the detector's class rows hold values from {low:.3g} to {high:.3g}, not probabilities in "
+                            "[0, 1]: cam-infer reads Ultralytics' (N, 4+C, anchors) output, whose class scores "
+                            "pass through a Sigmoid")
+
+
+__all__ = ["CUTS", "check_class_rows", "check_output_layout", "class_names", "cut_tensors", "input_size", "is_cut", "is_detector",
            "output_layout"]

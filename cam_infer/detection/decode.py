@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import CamInferError
+
 
 @dataclass(frozen=True)
 class AnchorGrid:
@@ -110,4 +112,18 @@ def detect(output: np.ndarray, conf: float = 0.25, iou_threshold: float = 0.7, m
                       candidates[kept_array])
 
 
-__all__ = ["AnchorGrid", "Detections", "anchor_levels", "boxes_xyxy", "detect", "iou"]
+DEFAULTS = {"conf": 0.25, "iou": 0.7, "max_det": 300}     # NMS as Ultralytics' predict
+
+
+def check_thresholds(conf, iou, max_det) -> None:
+    """NMS's thresholds as Ultralytics takes them: conf in [0, 1), IoU in (0, 1], max_det ≥ 1."""
+    for name, value, fits, allowed in (("conf", conf, lambda v: 0 <= v < 1, "in [0, 1)"),
+                                       ("iou", iou, lambda v: 0 < v <= 1, "in (0, 1]"),
+                                       ("max_det", max_det, lambda v: v >= 1, "at least 1")):
+        number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+        if not number or not fits(value) or (name == "max_det" and value != int(value)):
+            raise CamInferError(f"{name} must be {'a whole number ' if name == 'max_det' else 'a number '}{allowed}, "
+                                f"not {value!r}")
+
+
+__all__ = ["DEFAULTS", "AnchorGrid", "Detections", "anchor_levels", "boxes_xyxy", "check_thresholds", "detect", "iou"]

@@ -25,9 +25,9 @@ from ..bundle.verify import openvino_message, random_images
 from ..errors import CamInferError
 from ..images import Preprocessing
 from ..version import __version__
-from .anatomy import check_output_layout, metadata
-from .decode import anchor_levels
-from .split import DEFAULTS, check_class_rows, check_thresholds, detection_fields, measure_locality
+from .anatomy import check_class_rows, check_output_layout, metadata
+from .decode import DEFAULTS, anchor_levels, check_thresholds
+from .record import detection_fields, measure_locality
 
 SCOPE = re.compile(r"(?:^|/|__module\.)model\.(\d+)(?=[./:]|$)")       # ONNX-born /model.22/…, torch-born __module.
 

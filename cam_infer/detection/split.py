@@ -25,29 +25,17 @@ from onnx import TensorProto, helper, numpy_helper
 from ..bundle.anatomy import check_one_output
 from ..bundle.cut import _extend_constants, _subgraph, as_the_model_reads, float_view
 from ..bundle.graph import Graph, load_onnx, make_tensor_value_info
-from ..bundle.manifest import FORMAT, FORMAT_VERSION, Bundle
+from ..bundle.manifest import Bundle
 from ..bundle.split import read_labels
 from ..bundle.verify import session
 from ..bundle.write import graphs_record, provenance_record, runtimes_record, write_onnx_bundle
 from ..errors import CamInferError
 from ..images import Preprocessing
+from .anatomy import check_class_rows, class_names, cut_tensors, image_input, input_size, output_layout, stride_of
 from .branches import level_branches
-from .anatomy import class_names, cut_tensors, image_input, input_size, output_layout, stride_of
-from .decode import anchor_levels
+from .decode import DEFAULTS, anchor_levels, check_thresholds
+from .record import PACKED, detection_fields, measure_locality
 
-PACKED = "cut_packed"
-DEFAULTS = {"conf": 0.25, "iou": 0.7, "max_det": 300}
-
-
-def check_thresholds(conf, iou, max_det) -> None:
-    """NMS's thresholds as Ultralytics takes them: conf in [0, 1), IoU in (0, 1], max_det ≥ 1."""
-    for name, value, fits, allowed in (("conf", conf, lambda v: 0 <= v < 1, "in [0, 1)"),
-                                       ("iou", iou, lambda v: 0 < v <= 1, "in (0, 1]"),
-                                       ("max_det", max_det, lambda v: v >= 1, "at least 1")):
-        number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-        if not number or not fits(value) or (name == "max_det" and value != int(value)):
-            raise CamInferError(f"{name} must be {'a whole number ' if name == 'max_det' else 'a number '}{allowed}, "
-                                f"not {value!r}")
 
 
 def split_detector(model, out, *, cut="detect-input", input_size_hw: tuple[int, int] | None = None,
@@ -102,16 +90,6 @@ def check_anchor_maps(graph: Graph, strides: list[int], anchors: int, size: tupl
         raise CamInferError(f"the output's {anchors} anchors are the cells of levels at strides {strides}, and no "
                             f"feature map of the model is at stride {', '.join(map(str, missing))}: not an (N, 4+C, "
                             "anchors) output (a YOLOv5-style (N, anchors, 5+C) layout?)")
-
-
-def check_class_rows(scores: np.ndarray) -> None:
-    """Refuse class rows that are not probabilities (an export without the Sigmoid on its class scores): NMS
-    thresholds and the records read them as confidences in [0, 1]."""
-    low, high = float(scores.min()), float(scores.max())
-    if low < 0.0 or high > 1.0:
-        raise CamInferError(f"the detector's class rows hold values from {low:.3g} to {high:.3g}, not probabilities in "
-                            "[0, 1]: cam-infer reads Ultralytics' (N, 4+C, anchors) output, whose class scores "
-                            "pass through a Sigmoid")
 
 
 def check_dynamic_batch(model: onnx.ModelProto) -> None:
@@ -200,25 +178,6 @@ def verify_detector(source: onnx.ModelProto, features: onnx.ModelProto, head: on
     return {"max_abs_diff": worst, "batches": [1, 3], "images": "random"}
 
 
-def measure_locality(run_features, run_head, levels: list[dict], prep: Preprocessing) -> list[dict]:
-    """Per level: the head's receptive radius in cells (changing the centre cell moves the level's anchors
-    up to that many cells away; None: all of them) and the levels whose anchors it moves. `run_features`: image
-    batch → packed cut maps; `run_head`: packed rows → the model's output."""
-    from ..bundle.verify import random_images
-    packed = run_features(random_images(prep, 1, seed=7))
-    clean = run_head(packed)[0]
-    grids = [(lv["shape"][1], lv["shape"][2]) for lv in levels]
-    out = []
-    for i, level in enumerate(levels):
-        c, h, w = level["shape"]
-        changed = packed.copy()
-        view = changed[0, level["offset"]:level["offset"] + c * h * w].reshape(c, h, w)
-        view[:, h // 2, w // 2] += 1.0 + np.abs(view[:, h // 2, w // 2])
-        moved = np.abs(run_head(changed)[0] - clean).max(axis=0) > 1e-6 * max(1.0, np.abs(clean).max())
-        out.append(locality_of(moved, grids, i, (h // 2, w // 2), prep.input_size))
-    return out
-
-
 def cropped_branches(graph, features, head, levels, receptive, classes, grid, prep) -> dict:
     """The levels' class-score branches for cropped head passes (`branches`), checked on a random image."""
     from ..bundle.verify import random_images
@@ -226,21 +185,6 @@ def cropped_branches(graph, features, head, levels, receptive, classes, grid, pr
     packed = feat.run(None, {feat.get_inputs()[0].name: random_images(prep, 1, seed=11)})[0]
     return level_branches(graph, levels, receptive, classes, grid, lambda rows: hd.run(None, {PACKED: rows})[0],
                           packed)
-
-
-def locality_of(moved: np.ndarray, grids, level: int, cell: tuple[int, int], size) -> dict:
-    """From the anchors that moved (A,) when `cell` of `level` changed: radius and levels reached. The
-    output's anchors come level by level at the strides of its own grid (8, 16, 32 ...)."""
-    from .decode import anchor_levels
-    where = anchor_levels(size, len(moved))
-    reached = sorted({int(v) for v in where.level[moved]})
-    own = moved & (where.level == where.level_of_stride(size[0] // grids[level][0]))
-    if not own.any():
-        return {"radius": 0, "levels": reached}
-    rows, cols = where.row[own], where.col[own]
-    radius = int(max(np.abs(rows - cell[0]).max(), np.abs(cols - cell[1]).max()))
-    full = radius >= max(grids[level]) - 1
-    return {"radius": None if full else radius, "levels": reached}
 
 
 def detection_manifest(graph, proto, features, head, prep, levels, strides, classes, anchors, names, cut, receptive,
@@ -259,28 +203,3 @@ def detection_manifest(graph, proto, features, head, prep, levels, strides, clas
             level["branch"] = branches[i][1]
     return {**fields, "batch": "dynamic", "graphs": graphs, "runtimes": runtimes_record(features, head),
             "memory": memory, "verification": verification, "provenance": provenance_record(source, proto)}
-
-
-def detection_fields(prep, levels, strides, classes, anchors, names, cut, receptive, nms, output: str,
-                     image: str = "image") -> dict:
-    """What a detector's manifest says of its task, whatever its graphs' format: input, preprocessing, cut set
-    (each level with its measured locality), output layout, NMS and labels."""
-    total = sum(int(np.prod(level["shape"])) for level in levels)
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "task": "detection",
-        "input": {"name": image, "shape": [None, 3, *prep.input_size], "layout": "NCHW",
-                  "dtype": "float32", "model_dtype": "float32", "model_layout": "NCHW"},
-        "preprocessing": prep.to_dict(),
-        "target_layer": {"requested": cut if isinstance(cut, str) else ",".join(cut), "matched_by": "cut set",
-                         "module": None, "tensor": ",".join(lv["name"] for lv in levels), "layout": "NCHW"},
-        "activation": {"name": PACKED, "shape": [total], "dtype": "float32", "quantization": None},
-        "cut": [{**lv, "receptive_radius": r["radius"], "moves_levels": r["levels"]}
-                for lv, r in zip(levels, receptive)],
-        "output": {"name": output, "kind": "detections", "layout": "ultralytics",
-                   "num_classes": int(classes), "shape": [4 + int(classes), int(anchors)], "box": "cxcywh",
-                   "scores": "sigmoid", "strides": strides},
-        "nms": nms,
-        "labels": names,
-    }
