@@ -121,3 +121,38 @@ def test_a_model_put_back_in_training_mode_is_refused_and_left_untouched():
     assert torch.equal(model[1].running_mean, statistics)
     model.eval()
     explainer.explain(x, "gradcam")
+
+
+def nested_net():
+    """A block whose `conv` holds numbered sequences (MobileNetV2's InvertedResidual): the legacy exporter names
+    their scopes `/1/conv/conv.1/conv.1.0/Conv`, each part from the module's last non-numeric name on."""
+    import torch
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Sequential(nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()),
+                                      nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()))
+
+        def forward(self, x):
+            return self.conv(x)
+
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), Block(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(8, 4)).eval()
+
+
+def test_the_legacy_exporters_scopes_are_read_as_the_models_module_paths(tmp_path):
+    import onnx
+    import torch
+
+    from cam_infer.bundle.graph import Graph
+
+    model = nested_net()
+    path = tmp_path / "model.onnx"
+    torch.onnx.export(model, (torch.randn(1, 3, 16, 16),), str(path), dynamo=False)
+    paths = Graph.from_model(onnx.load(path), None, None).module_paths
+    assert {"1.conv.1", "1.conv.1.0"} <= paths <= {name for name, _ in model.named_modules()}
+    explainer = Explainer.from_torch(model, layer="1.conv.1", input_size=(16, 16), exporter="legacy")
+    assert explainer.bundle.manifest["target_layer"]["module"] == "1.conv.1"

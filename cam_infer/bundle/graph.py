@@ -437,13 +437,27 @@ def _module_paths(node: onnx.NodeProto) -> tuple[str, ...]:
             return tuple(s for s in scopes[:-1] if s)
     if not node.name.startswith("/"):
         return ()
-    parts = node.name.split("/")[1:-1]
     paths: list[str] = []
     current = ""
-    for part in parts:
-        current = part if (not current or part.startswith(current + ".")) else f"{current}.{part}"
+    for part in node.name.split("/")[1:-1]:
+        current = _scope_path(current, part)
         paths.append(current)
     return tuple(paths)
+
+
+def _scope_path(parent: str, part: str) -> str:
+    """A legacy node name's scope `part` under module path `parent`. The exporter names each module by its path
+    from its last non-numeric name on (``relu``, ``layer4.1``, ``conv.1.0``): a part with a dot is the parent's own
+    name (from its last non-numeric name) followed by the module's index, else the module's name in its parent."""
+    atoms = parent.split(".") if parent else []
+    named = [i for i, atom in enumerate(atoms) if not atom.isnumeric()]
+    start = named[-1] if named else 0
+    own = ".".join(atoms[start:])
+    if not parent:
+        return part
+    if part.startswith(own + "."):
+        return ".".join(atoms[:start] + [part])
+    return f"{parent}.{part}"
 
 
 def make_tensor_value_info(info: TensorInfo, batch_dim: str | int) -> onnx.ValueInfoProto:
