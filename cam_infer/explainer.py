@@ -107,12 +107,13 @@ class Explainer:
                    labels=None, exporter: str = "legacy") -> "Explainer":
         """Every method, gradient family included, on a PyTorch classifier in eval mode. The model is
         exported once to a temporary bundle (for its head graph and manifest; a few seconds); its
-        activations, scores and gradients then come from the model itself. ``preprocess``: a
+        activations, scores and gradients then come from the model itself. ``layer``: a module path, or
+        ``"auto"`` (the last module whose output is a feature map the model can be cut at). ``preprocess``: a
         `Preprocessing` or its fields as a dict (default: the torchvision ImageNet convention)."""
         import tempfile
 
         from .backends.torch import TorchBackend
-        from .bundle.export import export_torch
+        from .bundle.export import exported_bundle
 
         modules = getattr(model, "named_modules", lambda: [])()
         training = [f"'{name}'" if name else "the model" for name, module in modules if module.training]
@@ -121,8 +122,13 @@ class Explainer:
                                 "statistics would change the explanation from call to call; in training mode: "
                                 f"{', '.join(training[:3]) or 'the model'}{' …' if len(training) > 3 else ''})")
         folder = tempfile.TemporaryDirectory(prefix="cam-infer-torch-")
-        bundle = export_torch(model, layer=layer, input_size=input_size, out=Path(folder.name) / "bundle",
-                              exporter=exporter, preprocessing=preprocess, labels=labels)
+        bundle = exported_bundle(model, layer, input_size, Path(folder.name) / "bundle", exporter=exporter,
+                                 preprocessing=preprocess, labels=labels, overwrite=False, opset=None, hooked=True)
+        if layer == "auto":
+            layer = bundle.manifest["target_layer"]["module"]
+            if layer is None:
+                raise CamInferError(f"layer='auto' cuts this model at tensor '{bundle.layers[0]}', which no module "
+                                    "outputs (from_torch hooks a module); name a module with layer=")
         explainer = cls(bundle, backend=TorchBackend(bundle, model, layer))
         explainer._folder = folder            # the bundle lives as long as the explainer
         return explainer

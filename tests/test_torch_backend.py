@@ -156,3 +156,19 @@ def test_the_legacy_exporters_scopes_are_read_as_the_models_module_paths(tmp_pat
     assert {"1.conv.1", "1.conv.1.0"} <= paths <= {name for name, _ in model.named_modules()}
     explainer = Explainer.from_torch(model, layer="1.conv.1", input_size=(16, 16), exporter="legacy")
     assert explainer.bundle.manifest["target_layer"]["module"] == "1.conv.1"
+
+
+def test_from_torch_takes_auto_and_its_refusals_name_what_it_takes():
+    """`auto` is the last module output the model can be cut at, as export_torch's; a refusal names modules and
+    `layer='auto'` (from_torch takes no tensor name and no --layer), a module the legacy exporter folded as such."""
+    model = conv_bn_net()
+    explainer = Explainer.from_torch(model, layer="auto", input_size=(16, 16), exporter="legacy")
+    assert explainer.backend.module is model[2]
+    assert explainer.bundle.manifest["target_layer"]["requested"] == "auto"
+    for layer, reason in (("1", r"module '1' has no node of its own in the graph the legacy exporter made: it was "
+                                r"folded into another module .* exporter='dynamo' .*or use layer='auto'$"),
+                          ("5", r"layer '5' is the model's output, not a feature map; use layer='auto'$")):
+        with pytest.raises(CamInferError, match=reason) as refused:
+            Explainer.from_torch(conv_bn_net(), layer=layer, input_size=(16, 16), exporter="legacy")
+        assert "--layer" not in str(refused.value)
+

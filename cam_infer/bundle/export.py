@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import CamInferError
 from ..images import Preprocessing
+from .layers import TorchNames, torch_names
 from .manifest import Bundle
 from .split import random_images, split_onnx
 
@@ -46,6 +47,14 @@ def export_torch(model, layer: str, input_size: tuple[int, int] = (224, 224),
     The ONNX model is also checked against the torch model on random images (recorded in the
     manifest's provenance).
     """
+    return exported_bundle(model, layer, input_size, out, exporter=exporter, preprocessing=preprocessing,
+                           labels=labels, overwrite=overwrite, opset=opset, hooked=False)
+
+
+def exported_bundle(model, layer: str, input_size: tuple[int, int], out, *, exporter: str, preprocessing, labels,
+                    overwrite: bool, opset: int | None, hooked: bool) -> Bundle:
+    """`export_torch`; ``hooked``: for `Explainer.from_torch`, which hooks the layer's module (``auto`` is then
+    the last module output that is a cut point, and refusals speak of ``layer=``)."""
     torch = _torch()
     if exporter not in EXPORTERS:
         raise CamInferError(f"unknown exporter '{exporter}'; choose one of: {', '.join(EXPORTERS)}")
@@ -62,12 +71,13 @@ def export_torch(model, layer: str, input_size: tuple[int, int] = (224, 224),
             onnx_path = Path(tmp) / "model.onnx"
             used = _export(torch, model, (h, w), onnx_path, exporter, opset)
             agreement = _compare_with_torch(torch, model, onnx_path, prep)
-            return split_onnx(onnx_path, layer=layer, out=out, preprocessing=preprocessing if isinstance(
-                                  preprocessing, Preprocessing) else dict(preprocessing or {}), input_size=(h, w),
-                              labels=labels, overwrite=overwrite,
-                              provenance={"exporter": f"torch {torch.__version__} ({used})",
-                                          "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
-                                          "torch_vs_onnx_max_abs_diff": agreement})
+            with torch_names(TorchNames(used, hooked)):
+                return split_onnx(onnx_path, layer=layer, out=out, preprocessing=preprocessing if isinstance(
+                                      preprocessing, Preprocessing) else dict(preprocessing or {}),
+                                  input_size=(h, w), labels=labels, overwrite=overwrite,
+                                  provenance={"exporter": f"torch {torch.__version__} ({used})",
+                                              "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
+                                              "torch_vs_onnx_max_abs_diff": agreement})
     finally:
         for module, training in modes:
             module.training = training

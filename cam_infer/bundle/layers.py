@@ -8,6 +8,8 @@ nothing computed before the cut except T and constants. A skip connection around
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import difflib
 from dataclasses import dataclass
 
@@ -28,6 +30,50 @@ class TargetLayer:
     layout: str = "NCHW"      # of `tensor`; an NHWC map is transposed at the cut
     quantization: Quantization | None = None   # how `tensor` maps to real values, when it is integer
     tokens: TokenLayout | None = None          # a transformer's tokens: how they are seen as a grid
+
+
+@dataclass(frozen=True)
+class TorchNames:
+    """A split of a graph exported from a torch model, where a layer is named by its module path only: the
+    exporter used (a module it folded has no node of its own) and whether the caller hooks the module
+    (`Explainer.from_torch`: its Python argument is ``layer=``, and ``auto`` is the last module output that works)."""
+    exporter: str
+    hooked: bool = False
+
+
+_TORCH_NAMES: contextvars.ContextVar[TorchNames | None] = contextvars.ContextVar("torch_names", default=None)
+
+
+@contextlib.contextmanager
+def torch_names(names: TorchNames):
+    """Within: layers are module paths of a torch model, and the refusals name only those."""
+    token = _TORCH_NAMES.set(names)
+    try:
+        yield
+    finally:
+        _TORCH_NAMES.reset(token)
+
+
+def _auto() -> str:
+    names = _TORCH_NAMES.get()
+    return "layer='auto'" if names is not None and names.hooked else "--layer auto"
+
+
+def _option() -> str:
+    names = _TORCH_NAMES.get()
+    return "layer=" if names is not None and names.hooked else "--layer"
+
+
+def _named(graph: Graph, tensor: str) -> bool:
+    """Whether `tensor` can be named here: any tensor, or only a module's output in a torch model."""
+    return _TORCH_NAMES.get() is None or module_of(graph, tensor) is not None
+
+
+def _block_input(graph: Graph, tensor: str, which: str) -> str:
+    """The block input `tensor` as the nearest valid layer, by a name the caller can give."""
+    if _named(graph, tensor):
+        return f"nearest valid layer: '{display_name(graph, tensor)}' (tensor '{tensor}', {which}), or {_auto()}"
+    return f"{which} is tensor '{tensor}', the output of no module; use {_auto()}"
 
 
 def crossing_tensors(graph: Graph, tensor: str) -> list[str]:
@@ -155,21 +201,22 @@ def _check_not_in_block(graph: Graph, stream: TokenStream, target: TargetLayer) 
     last = stream.blocks[-1].output
     first = stream.blocks[0].input
     if index is None and graph.order[target.tensor] < graph.order[first]:
+        hint = _block_input(graph, first, "block 0's input")
         raise CamInferError(f"layer '{target.requested}' comes before the first of the {len(stream.blocks)} "
                             "transformer blocks: a map there shows the input (the patch embedding), not what the "
-                            f"blocks make of it; nearest valid layer: '{display_name(graph, first)}' (tensor "
-                            f"'{first}', block 0's input), or --layer auto")
+                            f"blocks make of it; {hint}")
     if index is not None:
         block = stream.blocks[index]
         nearest = block.input if block.input in stream.valid else stream.last_block_input
+        hint = _block_input(graph, nearest, "the block's input")
         raise CamInferError(f"layer '{target.requested}' is inside transformer block {index} of {len(stream.blocks)} "
-                            f"(the residual stream bypasses it, so it is no cut point); nearest valid layer: "
-                            f"'{display_name(graph, nearest)}' (tensor '{nearest}', the block's input), "
-                            "or --layer auto")
+                            f"(the residual stream bypasses it, so it is no cut point); {hint}")
     if target.tensor == last and last not in stream.valid:
+        given = stream.last_block_input
+        last_input = f" '{display_name(graph, given)}'" if _named(graph, given) else f" (tensor '{given}')"
         raise CamInferError(f"layer '{target.requested}' is the last block's output, where the head reads only the "
                             "prefix (class) tokens: the patch tokens are not connected to the scores; use the last "
-                            f"block's input '{display_name(graph, stream.last_block_input)}' or --layer auto")
+                            f"block's input{last_input} or {_auto()}")
 
 
 def _auto_layer(graph: Graph) -> TargetLayer:
@@ -177,18 +224,23 @@ def _auto_layer(graph: Graph) -> TargetLayer:
     if not candidates:
         raise CamInferError("the model has no feature map (a 4-D activation with spatial size above 1x1 before "
                             "its global pooling); is it a convolutional image classifier?")
+    hooked = _TORCH_NAMES.get() is not None and _TORCH_NAMES.get().hooked
     for tensor in reversed(candidates):
-        if _usable(graph, tensor):
+        if _usable(graph, tensor) and (not hooked or _named(graph, tensor)):
             return _target(graph, tensor, "auto", "auto", None)
+    if hooked:
+        raise CamInferError("no module of this model outputs a 4-D activation that is a cut point (a module's "
+                            "output is what Explainer.from_torch hooks); export it with export_torch(model, "
+                            "layer='auto') and explain the bundle (forward-pass methods only)")
     raise CamInferError("no 4-D activation of this model is a cut point (every one is bypassed by "
-                        "a skip connection); name a layer with --layer")
+                        f"a skip connection); name a layer with {_option()}")
 
 
 def _lookup(graph: Graph, layer: str) -> TargetLayer:
     if layer == graph.image_input.name:
-        raise CamInferError(f"'{layer}' is the model input; name a layer inside the network or use --layer auto")
+        raise CamInferError(f"'{layer}' is the model input; name a layer inside the network or use {_auto()}")
     if layer in graph.initializers:
-        raise CamInferError(f"'{layer}' is a constant (weights), not an activation; name a layer or use --layer auto")
+        raise CamInferError(f"'{layer}' is a constant (weights), not an activation; name a layer or use {_auto()}")
     if layer in graph.producer:
         return TargetLayer(layer, layer, "tensor", module_of(graph, layer))
     by_node = [n for n in graph.nodes if n.name == layer]
@@ -207,19 +259,31 @@ def _module_output(graph: Graph, module: str) -> str:
         outputs = cuts or outputs
     if len(outputs) != 1:
         listed = ", ".join(f"'{o}'" for o in outputs) or "none"
+        if _TORCH_NAMES.get() is not None:
+            raise CamInferError(f"module '{module}' has {len(outputs)} outputs in the exported graph; name a module "
+                                f"inside it that gives one, or use {_auto()}")
         raise CamInferError(f"module '{module}' has {len(outputs)} outputs in the ONNX graph ({listed}); "
                             "name one of them as --layer")
     return outputs[0]
 
 
 def _unknown_layer_message(graph: Graph, layer: str) -> str:
-    names = sorted(set(graph.module_paths) | set(graph.producer) | {n.name for n in graph.nodes if n.name})
-    close = difflib.get_close_matches(layer, names, n=3, cutoff=0.6)
-    hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
-    valid = [display_name(graph, t) for t in reversed(spatial_candidates(graph)) if _usable(graph, t)][:4]
+    valid = [display_name(graph, t) for t in reversed(spatial_candidates(graph))
+             if _usable(graph, t) and _named(graph, t)][:4]
     usable = f"layers that work here include {', '.join(repr(v) for v in valid)}; " if valid else ""
+    names = _TORCH_NAMES.get()
+    if names is not None:     # a module of the model (export_torch checked) that left no node of its own
+        outer = max((m for m in graph.module_paths if layer.startswith(m + ".")), key=len, default=None)
+        within = f"name the module that contains it ('{outer}'), " if outer else ""
+        other = "export with exporter='dynamo' (which keeps BatchNorms), " if names.exporter == "legacy" else ""
+        return (f"module '{layer}' has no node of its own in the graph the {names.exporter} exporter made: it was "
+                "folded into another module (a BatchNorm into the convolution before it) or computes nothing in "
+                f"eval mode; {within}{other}or use {_auto()}")
+    known = sorted(set(graph.module_paths) | set(graph.producer) | {n.name for n in graph.nodes if n.name})
+    close = difflib.get_close_matches(layer, known, n=3, cutoff=0.6)
+    hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
     return (f"unknown layer '{layer}': it is no tensor, node or torch module of this model; "
-            f"{hint}{usable}or use --layer auto")
+            f"{hint}{usable}or use {_auto()}")
 
 
 def _check_activation(graph: Graph, target: TargetLayer) -> None:
@@ -227,27 +291,27 @@ def _check_activation(graph: Graph, target: TargetLayer) -> None:
     if target.tensor not in graph.input_dependent:
         raise CamInferError(f"layer '{target.requested}' is a constant, not an activation of the image")
     if target.tensor in {o.name for o in graph.model.graph.output}:
-        raise CamInferError(f"layer '{target.requested}' is the model's output, not a feature map; use --layer auto")
+        raise CamInferError(f"layer '{target.requested}' is the model's output, not a feature map; use {_auto()}")
     if info.rank != 4:
         shape = "unknown" if info.shape is None else tuple(info.shape)
         raise CamInferError(f"layer '{target.requested}' gives a tensor of shape {shape}; a CAM needs an "
-                            "(N,K,h,w) activation; use --layer auto or a convolutional layer")
+                            f"(N,K,h,w) activation; use {_auto()} or a convolutional layer")
     layouts = tensor_layouts(graph)
     layout = layouts.get(target.tensor)
     if layout is None:
         raise CamInferError(f"layer '{target.requested}' {tuple(info.shape)}: its layout (NCHW or NHWC) cannot be "
-                            "told from the ops that made it; name a convolution's output or use --layer auto")
+                            f"told from the ops that made it; name a convolution's output or use {_auto()}")
     if spatial_size(graph, target.tensor, layout) <= 1:
         raise CamInferError(f"layer '{target.requested}' is pooled to 1x1; "
-                            "a CAM needs spatial size above 1x1; pick an earlier layer or --layer auto")
+                            f"a CAM needs spatial size above 1x1; pick an earlier layer or {_auto()}")
     region = feature_region(graph, layouts)
     if region is not None and target.tensor not in region:
         raise CamInferError(f"layer '{target.requested}' comes after the model's global pooling: it is not a "
-                            "feature map; pick an earlier layer or --layer auto")
+                            f"feature map; pick an earlier layer or {_auto()}")
     cut, quant = resolve_cut(graph, target.tensor)
     if quant is None and graph.info(cut).elem_type in INTEGER_TYPES:
         raise CamInferError(f"layer '{target.requested}' is an integer tensor whose scale and zero point cannot be "
-                            "found in the graph; name the DequantizeLinear output next to it or use --layer auto")
+                            f"found in the graph; name the DequantizeLinear output next to it or use {_auto()}")
     crossing = crossing_tensors(graph, cut)
     if crossing:
         listed = ", ".join(f"'{c}'" for c in crossing[:4]) + (" ..." if len(crossing) > 4 else "")
@@ -261,4 +325,4 @@ def nearest_cut_point(graph: Graph, tensor: str) -> str | None:
     """The valid layer closest in topological order (later one on a tie: closer to the scores)."""
     here = graph.order[tensor]
     candidates = sorted(spatial_candidates(graph), key=lambda t: (abs(graph.order[t] - here), -graph.order[t]))
-    return next((t for t in candidates if _usable(graph, t)), None)
+    return next((t for t in candidates if _usable(graph, t) and _named(graph, t)), None)
