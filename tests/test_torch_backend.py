@@ -172,3 +172,9 @@ def test_from_torch_takes_auto_and_its_refusals_name_what_it_takes():
             Explainer.from_torch(conv_bn_net(), layer=layer, input_size=(16, 16), exporter="legacy")
         assert "--layer" not in str(refused.value)
 
+
+@pytest.mark.parametrize("precision", ["half", "double"])
+def test_a_float16_or_float64_model_is_refused_in_one_line(precision):
+    dtype = {"half": "float16", "double": "float64"}[precision]
+    with pytest.raises(CamInferError, match=rf"^the model's weights are {dtype}; .*copy.deepcopy\(model\).float\(\)"):
+        Explainer.from_torch(getattr(conv_bn_net(), precision)(), layer="2", input_size=(16, 16))

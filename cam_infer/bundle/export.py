@@ -61,6 +61,7 @@ def exported_bundle(model, layer: str, input_size: tuple[int, int], out, *, expo
     if not isinstance(model, torch.nn.Module):
         raise CamInferError(f"expected a torch.nn.Module, got {type(model).__name__}")
     _check_module(model, layer)
+    _check_float32(torch, model)
     h, w = (int(v) for v in input_size)
     prep = preprocessing if isinstance(preprocessing, Preprocessing) else \
         Preprocessing(input_size=(h, w), **dict(preprocessing or {}))
@@ -91,6 +92,17 @@ def _check_module(model, layer: str) -> None:
         close = difflib.get_close_matches(layer, names, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else "; use 'auto' or a module path"
         raise CamInferError(f"the model has no module '{layer}'{hint}")
+
+
+def _check_float32(torch, model) -> None:
+    """The model is exported and run on float32 images: a float16 or float64 model would fail inside the exporter
+    on the first layer whose weights are not float32."""
+    dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in [*model.parameters(), *model.buffers()]
+                     if t.is_floating_point() and t.dtype != torch.float32})
+    if dtypes:
+        raise CamInferError(f"the model's weights are {' and '.join(dtypes)}; cam-infer exports and explains a "
+                            "float32 model: give a float32 copy, copy.deepcopy(model).float() (a float16 ONNX file "
+                            "exported by other means splits as it is)")
 
 
 def _export(torch, model, size: tuple[int, int], path: Path, exporter: str, opset: int | None) -> str:
