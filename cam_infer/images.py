@@ -388,10 +388,27 @@ def _decode(data, what: str) -> np.ndarray:
             "decode it"
         raise UnreadableImage(f"{what} is not a readable image: {reason}") from None
     if image is None:
-        raise UnreadableImage(f"{what} is not a readable image (PNG, JPEG, BMP, TIFF, WebP, ...)")
+        reason = _truncated(data) or "not a readable image (PNG, JPEG, BMP, TIFF, WebP, ...)"
+        raise UnreadableImage(f"{what} is {reason}")
     if image.ndim == 3 and image.shape[2] >= 3:
         image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
     return upright(image, exif_orientation(data))
+
+
+def _truncated(data: np.ndarray) -> str | None:
+    """Why a JPEG or PNG OpenCV did not decode is unreadable, when its data end before its closing marker (a copy
+    or download cut short). Viewers show such a file, the missing part filled in; the decoder cannot tell whether
+    every pixel arrived (a JPEG that lacks only its marker looks the same to it as one cut mid-picture), so the
+    picture is not explained."""
+    head, tail = data[:8].tobytes(), data[-32:].tobytes().rstrip(b"\0")
+    if head[:3] == b"\xff\xd8\xff" and not tail.endswith(b"\xff\xd9"):
+        kind, marker = "JPEG", "its end-of-image marker"
+    elif head == b"\x89PNG\r\n\x1a\n" and b"IEND" not in tail:
+        kind, marker = "PNG", "its IEND chunk"
+    else:
+        return None
+    return (f"a truncated {kind}: its data end before {marker} (a copy or download cut short); viewers fill in "
+            "what is missing, cam-infer explains only whole pictures: copy the file again")
 
 
 ORIENTED = {2: lambda i: cv2.flip(i, 1), 3: lambda i: cv2.rotate(i, cv2.ROTATE_180), 4: lambda i: cv2.flip(i, 0),

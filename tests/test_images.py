@@ -113,6 +113,24 @@ def test_unreadable_images_are_errors(tmp_path):
         load_image(tmp_path / "missing.png")
 
 
+@pytest.mark.parametrize("kind, missing", [(".jpg", 2), (".jpg", 0.5), (".png", 12), (".png", 0.01)])
+def test_a_truncated_jpeg_or_png_is_refused_as_truncated(tmp_path, kind, missing):
+    """A file cut short (its closing marker alone, or part of its picture): viewers show it, the missing part
+    filled in; OpenCV decodes neither. The error says the file is truncated, not that it is no image."""
+    from cam_infer.errors import UnreadableImage
+
+    rgb = np.random.default_rng(0).integers(0, 256, (40, 30, 3), dtype=np.uint8)
+    data = cv2.imencode(kind, rgb)[1].tobytes()
+    cut = missing if isinstance(missing, int) else int(len(data) * missing)
+    (tmp_path / f"whole{kind}").write_bytes(data)
+    (tmp_path / f"cut{kind}").write_bytes(data[:-cut])
+    assert load_image(tmp_path / f"whole{kind}").shape == (40, 30, 3)
+    name = {".jpg": "JPEG: its data end before its end-of-image marker",
+            ".png": "PNG: its data end before its IEND chunk"}[kind]
+    with pytest.raises(UnreadableImage, match=rf"^'.*cut{kind}' is a truncated {name} \(a copy or download"):
+        load_image(tmp_path / f"cut{kind}")
+
+
 def test_a_png_declaring_more_pixels_than_opencv_decodes_is_an_unreadable_image(tmp_path):
     """A 100-byte PNG whose header says 60000x60000: OpenCV raises rather than return None."""
     import struct
