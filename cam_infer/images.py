@@ -517,7 +517,8 @@ def is_pil_image(image) -> bool:
 def _pil_pixels(image) -> np.ndarray:
     """A PIL image's pixels for `as_rgb_uint8`: its own colours (a palette image's are not its indices, and its
     transparent entries are transparent, as a tRNS chunk makes them in the file), a 16-bit one's 16 bits (PIL's
-    convert clips them at 255: a white picture)."""
+    convert clips them at 255: a white picture), a premultiplied one's (La, RGBa) composited over black as the
+    file's are (PIL converts La to nothing, and RGBa to RGB by undoing the premultiplication: opaque)."""
     if image.mode.startswith("I;16"):                  # a 16-bit PNG or TIFF as Image.open gives it
         return np.asarray(image).astype(np.uint16)
     if image.mode == "I":                              # 32-bit integers: 8-bit or 16-bit values, as their range says
@@ -526,6 +527,8 @@ def _pil_pixels(image) -> np.ndarray:
         if low < 0 or high > 65535:
             raise CamInferError(f"a PIL image of mode 'I' must hold 8- or 16-bit values, not {low} … {high}")
         return pixels.astype(np.uint8 if high <= 255 else np.uint16)
+    if image.mode in ("La", "RGBa"):                   # alpha premultiplied: the colours are already over black
+        return np.asarray(image)[..., :-1]
     alpha = "A" in image.mode or ("transparency" in image.info and image.mode in ("P", "RGB"))  # OpenCV's tRNS
     return np.asarray(image.convert("RGBA" if alpha else "RGB"))
 

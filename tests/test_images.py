@@ -96,6 +96,18 @@ def test_a_pil_image_with_a_transparent_colour_is_its_files_picture(tmp_path, mo
     np.testing.assert_array_equal(as_rgb_uint8(opened), expected)
 
 
+@pytest.mark.parametrize("mode, premultiplied", [("LA", "La"), ("RGBA", "RGBa")])
+def test_a_premultiplied_pil_image_is_its_files_picture(tmp_path, mode, premultiplied):
+    """PIL's premultiplied modes: an La image was refused with PIL's raw 'conversion from La to L not supported',
+    an RGBa one lost its transparency (PIL's convert undoes the premultiplication). Both are now the picture
+    composited over black, as the file's path gives it."""
+    from PIL import Image
+    pixels = np.random.default_rng(0).integers(0, 256, (8, 6, len(mode)), dtype=np.uint8)
+    Image.fromarray(pixels, mode).save(tmp_path / "cutout.png")
+    image = Image.open(tmp_path / "cutout.png").convert(premultiplied)
+    np.testing.assert_array_equal(as_rgb_uint8(image), load_image(tmp_path / "cutout.png"))
+
+
 def test_transparent_pixels_become_black():
     rgba = np.full((2, 2, 4), 200, np.uint8)
     rgba[..., 3] = [[0, 255], [255, 255]]
