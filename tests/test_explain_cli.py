@@ -313,3 +313,18 @@ def test_a_broken_link_in_an_image_folder_is_recorded_not_left_out(tmp_path, lab
     assert records["errors"] == [{"image": str(images / "moved.jpg"),
                                   "error": f"'{images / 'moved.jpg'}' is a link to '{tmp_path / 'gone.jpg'}', which "
                                            "does not exist"}]
+
+
+def test_hidden_files_in_an_image_folder_are_skipped_not_errors(tmp_path, labelled_bundle):
+    """A folder copied from a Mac holds a `._name.jpg` beside each photo (its metadata, no picture): each was an
+    unreadable image, an error line and exit 1. Hidden files are now skipped and listed as such."""
+    images = tmp_path / "images"
+    images.mkdir()
+    cv2.imwrite(str(images / "a.jpg"), np.random.default_rng(0).integers(0, 256, (40, 50, 3), np.uint8))
+    (images / "._a.jpg").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        ")
+    (images / "notes.txt").write_text("not an image\n")
+    result = run_cli("explain", labelled_bundle.path, images, "--method", "eigen", "--out", tmp_path / "o")
+    assert result.returncode == 0 and "skipped 1 file(s) that are not images and 1 hidden file(s)" in result.stdout
+    records = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert [r["image"] for r in records["results"]] == [str(images / "a.jpg")] and records["errors"] == []
+    assert sorted(records["skipped"]) == sorted([str(images / "._a.jpg"), str(images / "notes.txt")])

@@ -35,8 +35,9 @@ class ImageFiles:
 def collect_images(paths, leave_out=None) -> ImageFiles:
     """Files as given (any suffix: a non-image is reported later), folders searched recursively for
     image suffixes (symlinked folders followed), in sorted order; every other file in those folders is listed as
-    skipped, and so is every folder below them that holds an earlier run (its journal): its pictures are no
-    input. The files of `leave_out` (a run's output folder) are no input where it lies inside an image folder,
+    skipped, a hidden one too whatever its suffix (the ``._photo.jpg`` macOS writes beside a photo copied from a
+    Mac holds its metadata, no picture), and so is every folder below them that holds an earlier run (its
+    journal): its pictures are no input. The files of `leave_out` (a run's output folder) are no input where it lies inside an image folder,
     and it may not be one. A file reached twice (one folder given two ways) is one image, the first way."""
     found: list[Path] = []
     skipped: list[Path] = []
@@ -54,7 +55,7 @@ def collect_images(paths, leave_out=None) -> ImageFiles:
             for f in [*files, *runs]:
                 folders.setdefault(f, p)
             for f in files:
-                if f.suffix.lower() in IMAGE_SUFFIXES:
+                if f.suffix.lower() in IMAGE_SUFFIXES and not hidden(f):
                     found.append(f)
                     names.setdefault(f, f.relative_to(p).as_posix())
                 else:
@@ -79,11 +80,19 @@ def first_of_each_file(paths: list[Path]) -> list[Path]:
     return list(firsts.values())
 
 
+def hidden(path: Path) -> bool:
+    """A hidden file (its name starts with a dot): left out of a folder's images, as a file manager leaves it out."""
+    return path.name.startswith(".")
+
+
 def skipped_line(skipped: list[str], shown: int, where: str) -> str:
-    """What a run left out of its folders, on one line: files that are not images, folders of earlier runs,
-    the first `shown` of them and where all are listed."""
+    """What a run left out of its folders, on one line: files that are not images (hidden files among them),
+    folders of earlier runs, the first `shown` of them and where all are listed."""
     runs = [p for p in skipped if Path(p).is_dir()]
-    kinds = [f"{len(skipped) - len(runs)} file(s) that are not images"] if len(runs) < len(skipped) else []
+    dotted = sum(hidden(Path(p)) for p in set(skipped).difference(runs))
+    files = len(skipped) - len(runs) - dotted
+    kinds = [f"{files} file(s) that are not images"] if files else []
+    kinds += [f"{dotted} hidden file(s)"] if dotted else []
     kinds += [f"{len(runs)} folder(s) of earlier runs"] if runs else []
     listed = ", ".join(skipped[:shown]) + (", ..." if len(skipped) > shown else "")
     return f"skipped {' and '.join(kinds)}: {listed} (all listed in {where})"
