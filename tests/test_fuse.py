@@ -273,6 +273,26 @@ def test_squarings_fuse_a_detectors_and_a_segmenters_eigen(tmp_path):
         assert json.loads({p.key: p.value for p in model.metadata_props}["cam_infer.options"]) == {"squarings": 12}
 
 
+def test_the_fused_outputs_carry_their_public_names_on_openvino(tmp_path):
+    """A classifier's `saliency_raw` and a segmenter's `saliency` were written by an Identity, whose output names
+    OpenVINO merges into its input's: the compiled model's outputs were known as 'cam_infer/map_33' and
+    'cam_infer/squeeze_169' (get_any_name), not by the names the guide gives. The last op now makes them."""
+    from importlib import resources
+
+    import openvino as ov
+
+    from cam_infer.bundle.segmentation import split_segmenter
+    folder = resources.files("cam_infer") / "data" / "shapes_segmenter"
+    segmenter = split_segmenter(str(folder / "shapes_segmenter.onnx"), out=tmp_path / "s")
+    core = ov.Core()
+    for name, model, expected in (("classifier", fuse(Bundle.load(SHAPES), "recipro", raw=True),
+                                   ["saliency", "saliency_raw", "saliency_class"]),
+                                  ("segmenter", fuse(segmenter, "eigen"), ["saliency"])):
+        save(model, tmp_path / f"{name}.onnx")
+        compiled = core.compile_model(str(tmp_path / f"{name}.onnx"), "CPU")
+        assert [o.get_any_name() for o in compiled.outputs][1:] == expected, name
+
+
 @pytest.mark.parametrize("call,message", [
     (lambda b: fuse(b, "score"), "cannot be fused into the model; choose one of: activation"),
     (lambda b: fuse(b, "eigen", steps=3), "has no option steps; its options: centered, squarings"),

@@ -154,7 +154,7 @@ def method_nodes(b: Builder, bundle: Bundle, chosen, options: dict, top_classes:
     fusion = Fusion(b, cut, bundle.activation_shape, targets, top_classes, bundle.num_classes, bundle.output_kind,
                     linear_head, head, ir_head, channels_last=ir_head is not None,      # an IR: OpenVINO's layout
                     scores_step=bundle.scores_step)
-    b.op("Identity", chosen.fused(fusion, **options), outputs=[RAW_OUTPUT])
+    b.named(chosen.fused(fusion, **options), RAW_OUTPUT)
     _normalised(b, RAW_OUTPUT, OUTPUT)
     return fusion
 

@@ -45,6 +45,20 @@ class Builder:
         self.nodes.append(helper.make_node(op_type, list(inputs), names, name=self.name(op_type), **attributes))
         return names[0] if len(names) == 1 else tuple(names)
 
+    def named(self, tensor: str, name: str) -> str:
+        """`tensor` under the name `name`: the output of the node that makes it renamed (an Identity would do in ONNX
+        Runtime, but OpenVINO merges an Identity's output names into its input's, and a compiled model's output is
+        then known by an internal name too: `get_any_name()` may give that one); an Identity where no node of this
+        builder makes it."""
+        if not any(tensor in node.output for node in self.nodes):
+            return self.op("Identity", tensor, outputs=[name])
+        for node in self.nodes:
+            for names in (node.input, node.output):
+                for i, value in enumerate(names):
+                    if value == tensor:
+                        names[i] = name
+        return name
+
     # --- ops whose axes moved from attribute to input --------------------------------------
 
     def reduce(self, op_type: str, x: str, axes, keepdims: bool = True, hint: str | None = None) -> str:

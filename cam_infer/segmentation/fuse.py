@@ -50,7 +50,7 @@ def fuse_segmenter(bundle: "Bundle | str", method: str = "eigen", *, check: bool
     fusion = Fusion(b, bundle.activation_name, bundle.activation_shape, None, 1, bundle.num_classes, "logits", None,
                     at_min_opset(bundle.head_path))
     normalised = _normalised(b, spec.fused(fusion, **options), b.name("cut_map"))
-    b.op("Identity", resized(b, normalised, (h, w)), outputs=[OUTPUT])
+    b.named(resized(b, normalised, (h, w)), OUTPUT)
     model.graph.node.extend(b.nodes)
     model.graph.initializer.extend(b.initializers)
     model.graph.output.append(helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["N", h, w]))
@@ -80,7 +80,7 @@ def _fused_ir_segmenter(bundle: Bundle, method: str, spec, options: dict, check:
     fusion = Fusion(b, CUT, bundle.activation_shape, None, 1, bundle.num_classes, "logits", None, None,
                     bundle.head_path, channels_last=True)                             # OpenVINO's layout
     normalised = _normalised(b, spec.fused(fusion, **options), b.name("cut_map"))
-    b.op("Identity", resized(b, normalised, (h, w)), outputs=[OUTPUT])
+    b.named(resized(b, normalised, (h, w)), OUTPUT)
     graph = method_graph(b, [cut_input(bundle, "N")], [(OUTPUT, TensorProto.FLOAT)], fusion.calls)
     model = stitched(bundle, graph, fusion.calls, [OUTPUT])
     record = _record(bundle, method, options)
