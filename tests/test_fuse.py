@@ -293,6 +293,24 @@ def test_the_fused_outputs_carry_their_public_names_on_openvino(tmp_path):
         assert [o.get_any_name() for o in compiled.outputs][1:] == expected, name
 
 
+def test_a_detectors_and_a_segmenters_fused_model_record_where_and_what_they_explain(tmp_path):
+    """A fused detector or segmenter recorded no cam_infer.layer (and a detector no cam_infer.output_kind), which a
+    classifier's records: now the cut (a detector's levels, comma-separated) and the kind of its outputs."""
+    from importlib import resources
+
+    from cam_infer.bundle.segmentation import split_segmenter
+    from cam_infer.tools.demo import embedded_detector_path
+    folder = resources.files("cam_infer") / "data" / "shapes_segmenter"
+    segmenter = split_segmenter(str(folder / "shapes_segmenter.onnx"), out=tmp_path / "s")
+    detector = Bundle.load(embedded_detector_path())
+    for bundle in (detector, segmenter):
+        meta = {p.key: p.value for p in fuse(bundle, "eigen").metadata_props}
+        cut = bundle.manifest["target_layer"]["module"] or ",".join(bundle.layers)     # as a classifier records it
+        assert meta["cam_infer.layer"] == cut, bundle.task
+    assert len(detector.layers) > 1
+    assert {p.key: p.value for p in fuse(detector, "eigen").metadata_props}["cam_infer.output_kind"] == "detections"
+
+
 @pytest.mark.parametrize("call,message", [
     (lambda b: fuse(b, "score"), "cannot be fused into the model; choose one of: activation"),
     (lambda b: fuse(b, "eigen", steps=3), "has no option steps; its options: centered, squarings"),

@@ -548,6 +548,9 @@ def test_a_segmenter_kept_at_batch_one_fuses_from_python_with_the_explainers_map
                              preprocessing=SHAPES_PREPROCESSING)
     assert bundle.manifest["batch"] == "fixed" and bundle.fixed_batch == 1
     fused = fuse(bundle, "activation")
+    declared = [[d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+                for v in (fused.graph.input[0], *fused.graph.output)]
+    assert [shape[0] for shape in declared] == [1, 1, 1]    # saliency's batch is the input's (before: N)
     session = ort.InferenceSession(fused.SerializeToString(), providers=["CPUExecutionProvider"])
     x = random_images(bundle.preprocessing, 1, seed=2)
     _, saliency = session.run(None, {session.get_inputs()[0].name: x})

@@ -20,8 +20,8 @@ from onnx import TensorProto, helper
 from ..bundle import Bundle
 from ..bundle.joined import packed_levels
 from ..errors import CamInferError
-from ..fuse.assemble import (OUTPUT, _normalised, _onnx_bundle, _opset, at_min_opset, fused_method, plain_model, record,
-                             refuse_a_different_picture)
+from ..fuse.assemble import (OUTPUT, _normalised, _onnx_bundle, _opset, at_min_opset, batch_dim, fused_method,
+                             layer_record, plain_model, record, refuse_a_different_picture)
 from ..fuse.builder import Builder
 from ..fuse.fusion import Fusion
 from ..version import __version__
@@ -60,9 +60,10 @@ def fuse_detector(bundle: Bundle, method: str = "eigen", *, check: bool = True, 
     _normalised(b, resized(b, mean, (h, w)), OUTPUT)              # as the explainer normalises the combined map
     model.graph.node.extend(b.nodes)
     model.graph.initializer.extend(b.initializers)
-    model.graph.output.append(helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["N", h, w]))
+    model.graph.output.append(helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, [batch_dim(model), h, w]))
     record(model, {"cam_infer.version": __version__, "cam_infer.method": method,
                    "cam_infer.options": json.dumps(options, sort_keys=True), "cam_infer.target": "detector",
+                   "cam_infer.layer": layer_record(bundle), "cam_infer.output_kind": bundle.output_kind,
                    "cam_infer.preprocessing": json.dumps(bundle.preprocessing.to_dict())})
     onnx.checker.check_model(model)
     if check:

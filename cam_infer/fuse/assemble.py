@@ -196,7 +196,7 @@ def _fused_onnx(bundle: Bundle, chosen, options: dict, top_classes: int, class_i
     linear_head = _weights_in_graph(model, linear_head)
     b = Builder(_opset(model))
     scores = model.graph.output[0]
-    batch = _batch_dim(model)
+    batch = batch_dim(model)
     method_nodes(b, bundle, chosen, options, top_classes, class_input, bundle.activation_name, scores.name,
                  len(scores.type.tensor_type.shape.dim), model.graph.input, batch, linear_head, head)
     model.graph.node.extend(b.nodes)
@@ -279,7 +279,7 @@ def _checked_top_classes(top_classes, class_input: bool, chosen, classes: int) -
     return int(top_classes)
 
 
-def _batch_dim(model: onnx.ModelProto):
+def batch_dim(model: onnx.ModelProto):
     dim = model.graph.input[0].type.tensor_type.shape.dim[0]
     return dim.dim_value if dim.HasField("dim_value") else (dim.dim_param or "N")
 
@@ -320,9 +320,15 @@ def _description(bundle: Bundle, method: str, options: dict, top_classes: int, c
         target = "class-agnostic"                       # the map explains no class, whichever the scores rank first
     entries = {"cam_infer.version": __version__, "cam_infer.method": method,
                "cam_infer.options": json.dumps(options, sort_keys=True), "cam_infer.target": target,
-               "cam_infer.layer": bundle.manifest["target_layer"].get("module") or bundle.activation_name,
+               "cam_infer.layer": layer_record(bundle),
                **model_record(bundle), "cam_infer.output_kind": bundle.output_kind, "cam_infer.precision": precision}
     return entries
+
+
+def layer_record(bundle: Bundle) -> str:
+    """Where the fused map is computed, as a fused model records it (``cam_infer.layer``): the torch module the
+    bundle was cut at, else its tensor, or a cut set's tensors (a detector's levels), comma-separated."""
+    return bundle.manifest["target_layer"].get("module") or ",".join(bundle.layers)
 
 
 def refuse_a_different_picture(method: str, error: float, tolerance: float, kind: str = "", hint: str = "") -> None:

@@ -20,8 +20,8 @@ from onnx import TensorProto, helper
 from ..bundle import Bundle
 from ..detection.fuse import TOLERANCE, fusable, resized
 from ..errors import CamInferError
-from ..fuse.assemble import (OUTPUT, _normalised, _onnx_bundle, _opset, at_min_opset, fused_method, model_record,
-                             plain_model, record, refuse_a_different_picture)
+from ..fuse.assemble import (OUTPUT, _normalised, _onnx_bundle, _opset, at_min_opset, batch_dim, fused_method,
+                             layer_record, model_record, plain_model, record, refuse_a_different_picture)
 from ..fuse.builder import Builder
 from ..fuse.fusion import Fusion
 from ..version import __version__
@@ -53,7 +53,7 @@ def fuse_segmenter(bundle: "Bundle | str", method: str = "eigen", *, check: bool
     b.named(resized(b, normalised, (h, w)), OUTPUT)
     model.graph.node.extend(b.nodes)
     model.graph.initializer.extend(b.initializers)
-    model.graph.output.append(helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["N", h, w]))
+    model.graph.output.append(helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, [batch_dim(model), h, w]))
     record(model, _record(bundle, method, options))
     onnx.checker.check_model(model)
     if check:
@@ -68,6 +68,7 @@ def _record(bundle: Bundle, method: str, options: dict) -> dict:
     names among them, as a fused classifier's (`assemble._description`)."""
     return {"cam_infer.version": __version__, "cam_infer.method": method,
             "cam_infer.options": json.dumps(options, sort_keys=True), "cam_infer.target": "segmenter",
+            "cam_infer.layer": layer_record(bundle),
             **model_record(bundle)}
 
 
