@@ -414,10 +414,10 @@ def test_audit_boxes_take_indices_and_labels_and_refuse_unknown_ones(tmp_path, c
     base = ["audit", crane_bundle.path, photo, "--methods", "eigen", "--metrics", "pointing", "--tolerance", "64"]
     whole = [0, 0, 63, 63]
     boxes = tmp_path / "boxes.json"
-    for label in (predicted, str(predicted)) + ((crane_bundle.labels[predicted],)
-                                                 if crane_bundle.labels[predicted] != "crane" else ()):
+    for i, label in enumerate((predicted, str(predicted)) + ((crane_bundle.labels[predicted],)
+                                                             if crane_bundle.labels[predicted] != "crane" else ())):
         boxes.write_text(json.dumps({"a.png": [{"box": whole, "label": label}]}))
-        result = run_cli(*base, "--boxes", boxes, "--out", tmp_path / f"r{label}")
+        result = run_cli(*base, "--boxes", boxes, "--out", tmp_path / f"r{i}")       # boxes changed: a new audit
         assert result.returncode == 0, result.stderr
         assert "pointing 1.000" in result.stdout, result.stdout          # a box of the class, the whole image
     boxes.write_text(json.dumps({"a.png": [{"box": whole, "label": "zebra"}]}))

@@ -106,8 +106,10 @@ def recipro_onnx(f, *, score: str = "prob", kernel: str = "onehot", closed_form:
     else:
         # g_ij/(h·w) multiplies the map before it is read by position: on a quantized cut OpenVINO's low-precision
         # transformations fail to move a per-position scale of the (N,hw,K) positions through their Reshape
+        # (the map first made (N,k,h,w): an input of another size then fails in the runtime rather than broadcast)
         mass = kernel_mass(KERNELS[kernel], h, w).reshape(1, 1, h, w) / (h * w)
-        weighted = replace(f, activation=b.op("Mul", f.activation, b.const(mass), hint="weighted_map"))
+        at_size = b.reshape(f.activation, (-1, k, h, w), hint="map_at_size")
+        weighted = replace(f, activation=b.op("Mul", at_size, b.const(mass), hint="weighted_map"))
         scores = f.linear_scores(f.linear_head, weighted.positions_by_channel())
         softmax_needed = score == "prob"
     scores = b.reshape(scores, (-1, h * w, f.num_classes), hint="scores")                     # (N,hw,C)
