@@ -121,6 +121,18 @@ def test_both_cuts_reproduce_the_model_and_measure_the_heads_locality(bundles, e
     assert head.labels[:2] == ["FEMALE_GENITALIA_COVERED", "FACE_FEMALE"]                 # from the metadata
 
 
+def test_a_level_only_the_class_branch_reads_is_measured_by_the_scores_it_moves(tmp_path):
+    """A cut set at Detect's first convs: cv3.0.0 feeds the stride-8 class scores and no box. Its change moves a
+    random image's scores by ~5e-5, below a millionth of the boxes' 320 px: the split recorded it as reaching no
+    level, and recipro and ablation never perturbed it (every stride-8 detection's map all zeros, degenerate)."""
+    convs = ["/model.22/cv2.0/cv2.0.0/act/Mul_output_0", "/model.22/cv3.0/cv3.0.0/act/Mul_output_0",
+             "/model.18/cv2/act/Mul_output_0", "/model.21/cv2/act/Mul_output_0"]
+    bundle = split_detector(YOLO, tmp_path / "b", cut=convs)
+    assert [(lv["receptive_radius"], lv["moves_levels"]) for lv in bundle.manifest["cut"][:2]] == [(1, [0]), (1, [0])]
+    explained = Explainer(bundle, backend="onnxruntime").explain(PHOTO, "recipro").items[0]
+    assert len(explained) >= 2 and not any(d.degenerate for d in explained)
+
+
 def test_the_joined_graph_is_the_model_with_its_cut_maps_as_outputs(bundles, explainers):
     """One call for the clean pass: no packing in it, and the packed maps the split gives."""
     bundle = bundles["detect-input"]
