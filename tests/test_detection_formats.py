@@ -268,3 +268,11 @@ def test_an_ir_detector_from_the_command_line(ir_models, tmp_path):
     assert len(list((tmp_path / "maps").glob("basketball1_recipro_*.jpg"))) >= 2
     assert_one_line_error(run_cli("fuse", tmp_path / "b", "--method", "eigen", "--out", tmp_path / "f.onnx"),
                           "this is an OpenVINO IR bundle")
+
+
+def test_an_ir_detector_cut_at_its_input_is_one_line(ir_models, tmp_path):
+    """The image itself passed every check of a single cut (a 4-D float map at stride 1), and OpenVINO then refused
+    the features graph it gave (RuntimeError: 'Model references undeclared parameters')."""
+    with pytest.raises(CamInferError, match="'images' is the detector's input image") as caught:
+        split_detector(ir_models["ir"], tmp_path / "b", cut="images")
+    assert "\n" not in str(caught.value)

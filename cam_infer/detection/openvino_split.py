@@ -151,6 +151,8 @@ def _cut_members(graph: OpenVinoGraph, cut, scores, height: int) -> list[_Output
     members = openvino_cut_set(graph, ",".join(names), scores)
     if members is None:                          # one op every path crosses
         members = [graph.lookup(names[0])]
+        if members[0].op == graph.spec.name:
+            raise CamInferError(f"cut '{names[0]}' is the detector's input image, not a feature map it computes")
         if graph.shape(members[0]) is None:
             raise CamInferError(f"cut '{names[0]}' is not a float feature map (N,K,h,w) of the input")
     bad = [m for m in members if (graph.shape(m) or [0, 0])[1] == 0 or height % graph.shape(m)[1]]
