@@ -276,3 +276,9 @@ def test_an_ir_detector_cut_at_its_input_is_one_line(ir_models, tmp_path):
     with pytest.raises(CamInferError, match="'images' is the detector's input image") as caught:
         split_detector(ir_models["ir"], tmp_path / "b", cut="images")
     assert "\n" not in str(caught.value)
+
+
+def test_an_ir_detector_at_a_size_its_strides_do_not_divide_is_one_line(ir_models, tmp_path):
+    """OpenVINO's reshape to 300×300 fails where an upsampled stride-32 map meets a stride-16 one (RuntimeError)."""
+    assert_one_line_error(run_cli("split", ir_models["ir"], "--input-size", "300", "300", "--out", tmp_path / "b"),
+                          "cannot take a 300x300 input: OpenVINO's shapes do not fit together at '/model.11/Concat'")

@@ -14,6 +14,7 @@ the head in int8 as it runs the whole model.
 from __future__ import annotations
 
 import datetime as _dt
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,7 +114,13 @@ def with_input_size(model, input_size, layout: str | None):
         return model
     for i, value in zip(spatial, input_size):
         dims[i] = ov.Dimension(int(value))
-    model.reshape({model.get_parameters()[0].output(0): ov.PartialShape(dims)})
+    try:
+        model.reshape({model.get_parameters()[0].output(0): ov.PartialShape(dims)})
+    except RuntimeError as exc:               # shapes that do not meet inside (a YOLO's strides: a multiple of 32)
+        node = re.search(r"with friendly_name '([^']+)'", str(exc))
+        raise CamInferError(f"the model cannot take a {input_size[0]}x{input_size[1]} input: OpenVINO's shapes do not "
+                            f"fit together{' at ' + repr(node.group(1)) if node else ''} (a size its strides divide "
+                            "may)") from None
     return model
 
 
