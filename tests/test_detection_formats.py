@@ -282,3 +282,13 @@ def test_an_ir_detector_at_a_size_its_strides_do_not_divide_is_one_line(ir_model
     """OpenVINO's reshape to 300×300 fails where an upsampled stride-32 map meets a stride-16 one (RuntimeError)."""
     assert_one_line_error(run_cli("split", ir_models["ir"], "--input-size", "300", "300", "--out", tmp_path / "b"),
                           "cannot take a 300x300 input: OpenVINO's shapes do not fit together at '/model.11/Concat'")
+
+
+def test_a_fused_qoperator_detector_served_on_openvino_is_one_line(bundles, tmp_path):
+    from cam_infer.detection.fuse import fuse_detector
+    from cam_infer.serve.models import FusedRuntime
+    onnx.save(fuse_detector(bundles["int8-qoperator"], "eigen"), tmp_path / "fused.onnx")
+    with pytest.raises(CamInferError, match="'fused.onnx' does not run on openvino .*QLinearConv.*--backend "
+                                            "onnxruntime") as caught:
+        FusedRuntime(tmp_path / "fused.onnx", "openvino", "CPU", None)
+    assert "\n" not in str(caught.value)

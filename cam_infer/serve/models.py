@@ -241,7 +241,12 @@ class FusedRuntime:
             self.precision = "f16" if half_precision(path) else "f32"     # the CPU provider computes it as it is
         elif self.backend == "openvino":
             runtime = RuntimeOptions(threads=threads, device=device, hint="latency", precision=precision)
-            model = openvino_model(path)
+            try:
+                model = openvino_model(path)
+            except RuntimeError as exc:             # an int8 QOperator file's com.microsoft ops
+                from ..bundle.verify import openvino_message
+                raise CamInferError(f"'{Path(path).name}' does not run on openvino ({openvino_message(exc)}); serve it "
+                                    "with --backend onnxruntime") from None
             compiled = openvino_compiled(model, runtime)
             self.requests = Lender(compiled.create_infer_request)
             if takes_pixels_in_graph(pixels):       # UINT8 pixels normalised in the graph: compiled on first use
