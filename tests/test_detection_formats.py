@@ -292,3 +292,23 @@ def test_a_fused_qoperator_detector_served_on_openvino_is_one_line(bundles, tmp_
                                             "onnxruntime") as caught:
         FusedRuntime(tmp_path / "fused.onnx", "openvino", "CPU", None)
     assert "\n" not in str(caught.value)
+
+
+def test_an_int8_file_whose_scores_round_to_zero_is_refused(tmp_path):
+    """Quantized with Detect's decoding, the output shares one scale with the boxes' 0–320 px (1.25 a step): every
+    class score rounds to 0. It split and verified (max |diff| 0) and every explanation was empty ('none above the
+    threshold'); the file and its IR are now refused in one line."""
+    import openvino as ov
+    from onnxruntime.quantization import QuantFormat
+    from onnxruntime.quantization import quantize_static as original
+
+    def everything(model_input, model_output, reader, **kwargs):
+        original(model_input, model_output, reader, **{**kwargs, "nodes_to_exclude": []})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("onnxruntime.quantization.quantize_static", everything)
+        quantized(tmp_path / "all.onnx", QuantFormat.QDQ)
+    assert unsplit(tmp_path / "all.onnx", letterboxed(PHOTO))[:, 4:].max() == 0
+    ov.save_model(ov.Core().read_model(tmp_path / "all.onnx"), tmp_path / "all.xml")
+    for source in ("all.onnx", "all.xml"):
+        assert_one_line_error(run_cli("split", tmp_path / source, "--out", tmp_path / source.replace(".", "-")),
+                              "class scores are 0 at every anchor and class of random images")

@@ -174,8 +174,14 @@ def cut_tensors(graph: Graph, cut, height: int) -> list[str]:
 
 def check_class_rows(scores: np.ndarray) -> None:
     """Refuse class rows that are not probabilities (an export without the Sigmoid on its class scores): NMS
-    thresholds and the records read them as confidences in [0, 1]."""
+    thresholds and the records read them as confidences in [0, 1]; and rows of one value (an int8 output whose
+    quantization step, set by the boxes' 0–320 px, rounds every score to 0)."""
     low, high = float(scores.min()), float(scores.max())
+    if low == high:
+        raise CamInferError(f"the detector's class scores are {low:g} at every anchor and class of random images: "
+                            "scores that do not move cannot be explained (an int8 file whose output is quantized in "
+                            "steps its boxes' pixel range sets rounds every score to a step: quantize it with "
+                            "Detect's box decoding left in float)")
     if low < 0.0 or high > 1.0:
         raise CamInferError(f"the detector's class rows hold values from {low:.3g} to {high:.3g}, not probabilities in "
                             "[0, 1]: cam-infer reads Ultralytics' (N, 4+C, anchors) output, whose class scores "
