@@ -312,3 +312,18 @@ def test_an_int8_file_whose_scores_round_to_zero_is_refused(tmp_path):
     for source in ("all.onnx", "all.xml"):
         assert_one_line_error(run_cli("split", tmp_path / source, "--out", tmp_path / source.replace(".", "-")),
                               "class scores are 0 at every anchor and class of random images")
+
+
+def test_an_ir_detector_refuses_what_its_onnx_file_refuses(ir_models, tmp_path):
+    """A name that does not cut the head alone, an input size a fixed IR does not have, class names of another count:
+    each one line, as for the ONNX file (the IR had completed the cut, kept its own size, dropped the names)."""
+    import openvino as ov
+    assert_one_line_error(run_cli("split", ir_models["ir"], "--cut", "/model.9/cv2/act/Mul", "--out", tmp_path / "a"),
+                          "do not cut the detector: its head also reads")
+    assert_one_line_error(run_cli("split", ir_models["ir-batch1"], "--input-size", "640", "640", "--out",
+                                  tmp_path / "b"), "the detector's input is fixed at 320x320; --input-size 640 640")
+    model = ov.Core().read_model(ir_models["ir"])
+    model.set_rt_info("{0: 'person', 1: 'car'}", ["framework", "names"])
+    ov.save_model(model, tmp_path / "two.xml", compress_to_fp16=False)
+    assert_one_line_error(run_cli("split", tmp_path / "two.xml", "--out", tmp_path / "c"),
+                          "names metadata lists 2 classes")

@@ -90,9 +90,9 @@ def display(out: _Output) -> str:
     return out.op if out.index == 0 else f"{out.op}:{out.index}"
 
 
-def openvino_cut_set(graph: OpenVinoGraph, layer: str, scores) -> list[_Output] | None:
+def openvino_cut_set(graph: OpenVinoGraph, layer: str, scores, option: str = "--layer") -> list[_Output] | None:
     """The cut set `layer` names: None when it is one layer every path to the scores crosses (an ordinary cut);
-    else the members, checked, in the graph's order."""
+    else the members, checked, in the graph's order. `option`: the command-line option a refusal names."""
     names = [n.strip() for n in layer.split(",") if n.strip()]
     members = [graph.lookup(n) for n in names]
     if len(members) == 1:
@@ -105,7 +105,7 @@ def openvino_cut_set(graph: OpenVinoGraph, layer: str, scores) -> list[_Output] 
     if missing:
         shown = ", ".join(repr(display(m)) for m in missing[:4]) + (" ..." if len(missing) > 4 else "")
         raise CamInferError(f"{', '.join(names)} do not separate the input from the scores: the decoder also reads "
-                            f"{shown} around them; add {'it' if len(missing) == 1 else 'them'} to --layer")
+                            f"{shown} around them; add {'it' if len(missing) == 1 else 'them'} to {option}")
     for m in members:
         if m.op == graph.spec.name or graph.shape(m) is None:
             shape = graph.ops[m.op].get_output_partial_shape(m.index)

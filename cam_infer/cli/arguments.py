@@ -130,10 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="cam-infer-demo", help="folder for the grids (default ./cam-infer-demo)")
     _runtime(p)
 
-    p = sub.add_parser("split", help="split a classifier (.onnx, or .xml IR / .tflite for OpenVINO) or a YOLO-style "
-                                     "ONNX detector into a bundle")
-    p.add_argument("model", help="classifier file: .onnx (ONNX bundle), .xml or .tflite (OpenVINO IR bundle); or a "
-                                 "detector .onnx (Ultralytics YOLOv8/YOLO11 export)")
+    p = sub.add_parser("split", help="split a classifier, a YOLO-style detector or a segmenter (.onnx, or .xml IR / "
+                                     ".tflite for OpenVINO) into a bundle")
+    p.add_argument("model", help="model file: .onnx (ONNX bundle), .xml or .tflite (OpenVINO IR bundle); a detector "
+                                 "as .onnx or .xml (Ultralytics YOLOv8/YOLO11 export)")
     p.add_argument("--layer", default="auto", help="auto, ONNX tensor or node name, or torch module path; a "
                    "segmenter: a layer a skip connection bypasses, or a,b,..., gives a cut set")
     p.add_argument("--task", default="auto", choices=["auto", *TASKS],

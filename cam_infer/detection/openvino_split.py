@@ -20,12 +20,12 @@ from ..bundle.manifest import sha256_of
 from ..bundle.openvino_cut_set import OpenVinoGraph, display, level_records, openvino_cut_set, packed_openvino_graphs
 from ..bundle.openvino_split import (_BatchFails, _bytes, _compiled, _input_spec, _ov_version, _Output, _read,
                                      with_input_size)
-from ..bundle.split import read_labels, recorded_labels
+from ..bundle.split import read_labels
 from ..bundle.verify import openvino_message, random_images
 from ..errors import CamInferError
 from ..images import Preprocessing
 from ..version import __version__
-from .anatomy import check_class_rows, check_output_layout, metadata
+from .anatomy import check_class_rows, check_output_layout, class_names, metadata
 from .decode import DEFAULTS, anchor_levels, check_thresholds
 from .record import detection_fields, measure_locality
 
@@ -72,6 +72,9 @@ def split_openvino_detector(path, out, *, cut="detect-input", input_size_hw: tup
                             "anchors) output (Ultralytics YOLOv8/YOLO11 layout)")
     model = with_input_size(model, input_size_hw or _imgsz(model), "NCHW")
     spec = _input_spec(model, "NCHW")
+    if input_size_hw and tuple(map(int, input_size_hw)) != tuple(spec.size):
+        raise CamInferError(f"the detector's input is fixed at {spec.size[0]}x{spec.size[1]}; --input-size "
+                            f"{input_size_hw[0]} {input_size_hw[1]} does not fit it (it is for inputs of dynamic H, W)")
     model.reshape({model.get_parameters()[0].output(0): [1, spec.channels, *spec.size]})   # read at batch 1
     if spec.channels != 3 or spec.dtype not in ("float32", "float16"):
         raise CamInferError(f"the detector's input is {spec.dtype} with {spec.channels} channels; cam-infer reads "
@@ -99,7 +102,7 @@ def split_openvino_detector(path, out, *, cut="detect-input", input_size_hw: tup
     run_features = lambda x: next(iter(feat(x).values()))                       # noqa: E731
     run_head = lambda rows: next(iter(hd(rows).values()))                        # noqa: E731
     receptive = measure_locality(run_features, run_head, levels, prep)
-    names = read_labels(labels, classes) if labels is not None else recorded_labels(model, classes)
+    names = read_labels(labels, classes) if labels is not None else class_names(model, classes)
     fields = detection_fields(prep, levels, strides, classes, anchors, names, cut, receptive,
                               {**DEFAULTS, **thresholds}, model.get_results()[0].get_friendly_name())
     manifest = {
@@ -148,7 +151,11 @@ def _cut_members(graph: OpenVinoGraph, cut, scores, height: int) -> list[_Output
         names = [display(_backbone_cut(graph, scores, height))]
     else:
         names = [n.strip() for n in (cut.split(",") if isinstance(cut, str) else cut) if n.strip()]
-    members = openvino_cut_set(graph, ",".join(names), scores)
+    members = openvino_cut_set(graph, ",".join(names), scores, option="--cut")
+    if members is not None and len(members) > len(names):      # a segmenter's cut is completed; a detector's is not
+        around = [display(m) for m in members if display(m) not in names]
+        raise CamInferError(f"{', '.join(names)} do not cut the detector: its head also reads "
+                            f"{', '.join(map(repr, around[:4]))} around them; add them to --cut")
     if members is None:                          # one op every path crosses
         members = [graph.lookup(names[0])]
         if members[0].op == graph.spec.name:
