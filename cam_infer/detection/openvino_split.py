@@ -89,12 +89,11 @@ def split_openvino_detector(path, out, *, cut="detect-input", input_size_hw: tup
     _check_anchor_maps(graph, strides, anchors, size)
     prep = Preprocessing(size, crop="letterbox", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
                          interpolation=interpolation)
-    reference = ov.Model([model.get_results()[0].output(0).get_node().output(0)], model.get_parameters(), "model")
     for batch_mode in ("dynamic", "fixed"):
         batch = -1 if batch_mode == "dynamic" else 1
         features, head = packed_openvino_graphs(graph, members, levels, scores, prep, batch)
         try:
-            verification = _verify(reference, features, head, prep, batch_mode)
+            verification = _verify(model, features, head, prep, batch_mode)       # the model, read at batch 1
             break
         except _BatchFails:
             continue
