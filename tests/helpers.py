@@ -34,6 +34,21 @@ def assert_one_line_error(result, fragment: str, during_run: bool = False):
     assert lines[0].startswith("cam-infer: error: ") and fragment in lines[0], lines[0]
 
 
+def without_branches(bundle, folder):
+    """A copy of a detector's bundle in `folder` without its cropped class branches, as a bundle made before them
+    (or whose branch was not found): every perturbed row then runs through the whole head."""
+    import json
+    import shutil
+    shutil.copytree(bundle.path, folder)
+    manifest = json.loads((folder / "bundle.json").read_text())
+    for cut in manifest["cut"]:
+        del cut["branch"]
+    for role in [r for r in manifest["graphs"] if r.startswith("branch_")]:
+        (folder / manifest["graphs"].pop(role)["file"]).unlink()
+    (folder / "bundle.json").write_text(json.dumps(manifest))
+    return folder
+
+
 def two_graph_pass(bundle, x, runtime: str):
     """(activations, outputs) of x through the bundle's features graph, then its head graph, each run on its
     own by `runtime` (onnxruntime | openvino): the reference for the joined graph's one call."""

@@ -13,7 +13,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from conftest import SHARED, needs_shared
-from helpers import assert_one_line_error, run_cli, two_graph_pass, without_progress
+from helpers import assert_one_line_error, run_cli, two_graph_pass, without_branches, without_progress
 
 from cam_infer import Bundle, CamInferError
 from cam_infer.bundle.graph import Graph
@@ -238,15 +238,7 @@ def test_split_finds_each_levels_class_branch_and_a_too_small_window_is_refused(
 def test_a_bundle_without_branches_gives_the_same_maps_through_the_whole_head(bundles, tmp_path):
     """Bundles made before the branches (or heads whose branch was not found) run every row through the
     whole head: the same maps as the cropped branches."""
-    import shutil
-    plain = tmp_path / "plain"
-    shutil.copytree(bundles["detect-input"].path, plain)
-    manifest = json.loads((plain / "bundle.json").read_text())
-    for cut in manifest["cut"]:
-        del cut["branch"]
-    for role in [r for r in manifest["graphs"] if r.startswith("branch_")]:
-        (plain / manifest["graphs"].pop(role)["file"]).unlink()
-    (plain / "bundle.json").write_text(json.dumps(manifest))
+    plain = without_branches(bundles["detect-input"], tmp_path / "plain")
     for backend in ("onnxruntime", "openvino"):
         cropped, whole = Explainer(bundles["detect-input"], backend), Explainer(plain, backend)
         for method in ("recipro", "ablation"):

@@ -8,7 +8,6 @@ weights) is split as the IR it is and explains as its ONNX file does."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import cv2
 import numpy as np
@@ -16,7 +15,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from conftest import SHARED, needs_shared
-from helpers import assert_one_line_error, run_cli
+from helpers import assert_one_line_error, run_cli, without_branches
 
 from cam_infer import Explainer
 from cam_infer.bundle.graph import load_onnx
@@ -111,14 +110,7 @@ def test_an_int8_cut_reaches_the_methods_as_its_dequantized_steps(bundles):
 def test_maps_through_the_cropped_branches_equal_the_whole_heads(bundles, tmp_path, name, backend):
     """int8: exactly. float16 on ONNX Runtime: its crop kernels round a float16 score otherwise than the whole map's
     (≤ 2⁻¹¹, the format's half unit), which a map's min–max of small score changes enlarges (measured 0.008)."""
-    plain = tmp_path / "plain"
-    shutil.copytree(bundles[name].path, plain)
-    manifest = json.loads((plain / "bundle.json").read_text())
-    for cut in manifest["cut"]:
-        del cut["branch"]
-    for role in [r for r in manifest["graphs"] if r.startswith("branch_")]:
-        (plain / manifest["graphs"].pop(role)["file"]).unlink()
-    (plain / "bundle.json").write_text(json.dumps(manifest))
+    plain = without_branches(bundles[name], tmp_path / "plain")
     cropped, whole = Explainer(bundles[name], backend), Explainer(plain, backend)
     atol = 2e-2 if name == "float16" and backend == "onnxruntime" else 2e-4
     for method in ("recipro", "ablation"):

@@ -9,20 +9,18 @@ verified against the model's own scores on OpenVINO, within one quantization ste
 
 from __future__ import annotations
 
-import datetime as _dt
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import CamInferError
-from ..version import __version__
 from .anatomy import check_class_softmax, check_one_output, check_scores_size, refuse_changed_probabilities
-from .manifest import FORMAT, FORMAT_VERSION, sha256_of
+from .manifest import FORMAT, FORMAT_VERSION
 from .openvino_cut_set import PACKED, OpenVinoGraph, level_records, openvino_cut_set, packed_openvino_graphs
 from .openvino_split import fake_quantize_step
-from .openvino_split import (_BatchFails, _bytes, _compiled, _constant, _cut, _input_spec, _layouts, _ops,
-                             _ov_version, _Output, _reaches_parameter, _read, softmax_of, split_openvino)
+from .openvino_split import (_BatchFails, _compiled, _constant, _cut, _input_spec, _layouts, _ops, _ov_version,
+                             _Output, _reaches_parameter, _read, softmax_of, split_openvino, split_outputs,
+                             write_ir_bundle)
 from .verify import as_source_input, compare, openvino_message, random_images
 
 IDS = {"Squeeze", "Convert", "Reshape", "Unsqueeze"}
@@ -147,7 +145,6 @@ def split_openvino_segmenter(path, layer: str = "auto", out=None, *, preprocessi
 
     from .segmentation import without_crop
     from .split import normalisation_record, preprocessing_for, read_labels, recorded_labels, with_recorded
-    from .write import write_bundle
 
     if out is None:
         raise CamInferError("give an output folder for the bundle (--out)")
@@ -210,24 +207,11 @@ def split_openvino_segmenter(path, layer: str = "auto", out=None, *, preprocessi
                    "scores": scores.get_node().get_friendly_name(), "ends_in_argmax": argmax, "left_out": [],
                    "model_output_step": verification["output_step"]},
         "labels": names, "batch": batch_mode, **({"fixed_batch": 1} if batch_mode == "fixed" else {}),
-        "graphs": {role: {"file": f"{role}.xml", "weights": f"{role}.bin",
-                          "ops": dict(Counter(op.get_type_name() for op in m.get_ordered_ops()
-                                              if op.get_type_name() not in ("Parameter", "Result", "Constant")))}
-                   for role, m in (("features", features), ("head", head))},
-        "runtimes": {"openvino": {"runs": True},
-                     "onnxruntime": {"runs": False, "why_not": "an OpenVINO IR bundle (made from a "
-                                     f"{path.suffix} file); ONNX Runtime reads ONNX only"}},
-        "memory": {"features_bytes_per_item": _bytes(features), "head_bytes_per_item": _bytes(head)},
         "verification": verification,
-        "provenance": {"source": path.name, "source_sha256": sha256_of(path), "producer": f"cam-infer {__version__}",
-                       "openvino": _ov_version(),
-                       "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()},
     }
     if members is not None:
         manifest["cut"] = levels
-    parts = {"features": features, "head": head}
-    return write_bundle(Path(out), manifest, lambda role, file: ov.save_model(parts[role], str(file),
-                                                                             compress_to_fp16=False), overwrite)
+    return write_ir_bundle(out, path, manifest, features, head, overwrite)
 
 
 def _verify(reference, spec, features, head, prep, batch_mode: str, nhwc: bool) -> dict:
@@ -247,13 +231,7 @@ def _verify(reference, spec, features, head, prep, batch_mode: str, nhwc: bool) 
         x = random_images(prep, n, seed=n)
         raw = np.concatenate([next(iter(full(as_source_input(x[i:i + 1], spec)).values())) for i in range(n)])
         expected = (raw.transpose(0, 3, 1, 2) if nhwc else raw).astype(np.float32).reshape(n, -1)
-        chunks = [x] if batch_mode == "dynamic" else [x[i:i + 1] for i in range(n)]
-        try:
-            got = np.concatenate([next(iter(hd(next(iter(feat(c).values()))).values())) for c in chunks])
-        except Exception as exc:
-            if batch_mode == "dynamic":
-                raise _BatchFails() from None
-            raise CamInferError(f"the split graphs do not run on OpenVINO ({openvino_message(exc)})") from None
+        got = split_outputs(feat, hd, x, batch_mode)
         try:
             worst = max(worst, compare(got, expected, False, 1e-4, step, n))
         except Exception as exc:

@@ -278,7 +278,6 @@ def split_openvino(path, layer: str = "auto", out=None, *, input_size=None, prep
     file already read, `read_openvino_model`)."""
     from .split import (check_input_range, guessed, normalisation_record, preprocessing_for, read_labels,
                         recorded_labels, with_recorded)
-    from .write import write_bundle
 
     if out is None:
         raise CamInferError("give an output folder for the bundle (--out)")
@@ -316,7 +315,6 @@ def split_openvino(path, layer: str = "auto", out=None, *, input_size=None, prep
     k_h_w = [d.get_length() for d in list(ops[target.op].get_output_partial_shape(target.index))[1:]]
     if nhwc:
         k_h_w = [k_h_w[2], k_h_w[0], k_h_w[1]]
-    created = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
     step = verification.get("output_step", 0.0)
     manifest = {
         "format": FORMAT, "format_version": FORMAT_VERSION,
@@ -333,19 +331,29 @@ def split_openvino(path, layer: str = "auto", out=None, *, input_size=None, prep
                    "left_out": list(left_out), "model_output_step": step,
                    "logits_step": 0.0 if probabilities else logits_step(head)},
         "labels": labels, "batch": batch_mode, **({"fixed_batch": 1} if batch_mode == "fixed" else {}),
-        "graphs": {role: {"file": f"{role}.xml", "weights": f"{role}.bin",
-                          "ops": dict(Counter(op.get_type_name() for op in m.get_ordered_ops()
-                                              if op.get_type_name() not in ("Parameter", "Result", "Constant")))}
-                   for role, m in (("features", features), ("head", head))},
-        "runtimes": {"openvino": {"runs": True},
-                     "onnxruntime": {"runs": False, "why_not": "an OpenVINO IR bundle (made from a "
-                                     f"{path.suffix} file); ONNX Runtime reads ONNX only"}},
-        "memory": {"features_bytes_per_item": _bytes(features), "head_bytes_per_item": _bytes(head)},
         "verification": verification,
-        "provenance": {"source": path.name, "source_sha256": sha256_of(path), "producer": f"cam-infer {__version__}",
-                       "openvino": _ov_version(), "created": created},
     }
+    return write_ir_bundle(out, Path(path), manifest, features, head, overwrite)
+
+
+def write_ir_bundle(out, path: Path, manifest: dict, features, head, overwrite: bool):
+    """Write an IR bundle: `manifest` (its task's fields) completed with what every IR bundle records (its two graphs,
+    that it runs on OpenVINO only, their memory per item, the source file), the graphs saved beside it."""
     import openvino as ov
+
+    from .write import write_bundle
+    manifest = {**manifest,
+                "graphs": {role: {"file": f"{role}.xml", "weights": f"{role}.bin",
+                                  "ops": dict(Counter(op.get_type_name() for op in m.get_ordered_ops()
+                                                      if op.get_type_name() not in ("Parameter", "Result", "Constant")))}
+                           for role, m in (("features", features), ("head", head))},
+                "runtimes": {"openvino": {"runs": True},
+                             "onnxruntime": {"runs": False, "why_not": "an OpenVINO IR bundle (made from a "
+                                             f"{path.suffix} file); ONNX Runtime reads ONNX only"}},
+                "memory": {"features_bytes_per_item": _bytes(features), "head_bytes_per_item": _bytes(head)},
+                "provenance": {"source": path.name, "source_sha256": sha256_of(path),
+                               "producer": f"cam-infer {__version__}", "openvino": _ov_version(),
+                               "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()}}
     parts = {"features": features, "head": head}
     return write_bundle(Path(out), manifest, lambda role, file: ov.save_model(parts[role], str(file),
                                                                              compress_to_fp16=False), overwrite)
@@ -587,6 +595,18 @@ def _release_batch(model) -> None:
         pass                                   # the batch run in verification decides
 
 
+def split_outputs(feat, hd, x: np.ndarray, batch_mode: str) -> np.ndarray:
+    """head(features(x)) on the compiled IR graphs: in one call (a dynamic batch) or one image a call (fixed). A
+    failure in one call is `_BatchFails` (the graphs are tried again at a fixed batch)."""
+    chunks = [x] if batch_mode == "dynamic" else [x[i:i + 1] for i in range(len(x))]
+    try:
+        return np.concatenate([next(iter(hd(next(iter(feat(c).values()))).values())) for c in chunks])
+    except Exception as exc:
+        if batch_mode == "dynamic":
+            raise _BatchFails() from None
+        raise CamInferError(f"the split graphs do not run on OpenVINO ({openvino_message(exc)})") from None
+
+
 def _compiled(model):
     from ..backends.sessions import FLOAT32, openvino_compiled
     return openvino_compiled(model, FLOAT32)
@@ -618,13 +638,7 @@ def _verify(model, spec: InputSpec, features, head, prep: Preprocessing, left_ou
         expected = raw.astype(np.float32).reshape(n, -1)
         if dequantize is not None:
             expected = in_low + (expected - out_low) * (in_high - in_low) / (out_high - out_low)
-        chunks = [x] if batch_mode == "dynamic" else [x[i:i + 1] for i in range(n)]
-        try:
-            got = np.concatenate([next(iter(hd(next(iter(feat(c).values()))).values())) for c in chunks])
-        except Exception as exc:
-            if batch_mode == "dynamic":
-                raise _BatchFails() from None
-            raise CamInferError(f"the split graphs do not run on OpenVINO ({openvino_message(exc)})") from None
+        got = split_outputs(feat, hd, x, batch_mode)
         try:
             diff = compare(got, expected, bool(left_out), 1e-4, step, n)
         except Mismatch as exc:

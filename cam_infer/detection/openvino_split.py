@@ -9,22 +9,18 @@ perturbed row runs through the whole head, within the measured window.
 
 from __future__ import annotations
 
-import datetime as _dt
 import re
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from ..bundle.manifest import sha256_of
 from ..bundle.openvino_cut_set import OpenVinoGraph, display, level_records, openvino_cut_set, packed_openvino_graphs
-from ..bundle.openvino_split import (_BatchFails, _bytes, _compiled, _input_spec, _ov_version, _Output, _read,
-                                     with_input_size)
+from ..bundle.openvino_split import (_BatchFails, _compiled, _input_spec, _ov_version, _Output, _read,
+                                     split_outputs, with_input_size, write_ir_bundle)
 from ..bundle.split import read_labels
 from ..bundle.verify import openvino_message, random_images
 from ..errors import CamInferError
 from ..images import Preprocessing
-from ..version import __version__
 from .anatomy import check_class_rows, check_output_layout, class_names, metadata
 from .decode import DEFAULTS, anchor_levels, check_thresholds
 from .record import detection_fields, measure_locality
@@ -58,9 +54,6 @@ def split_openvino_detector(path, out, *, cut="detect-input", input_size_hw: tup
                             **thresholds):
     """Split a YOLO-style detector OpenVINO reads at a cut set and write a verified IR bundle (`model`: the file
     already read)."""
-    import openvino as ov
-
-    from ..bundle.write import write_bundle
     unknown = set(thresholds) - set(DEFAULTS)
     if unknown:
         raise CamInferError(f"unknown NMS setting {', '.join(sorted(unknown))}; settings: {', '.join(DEFAULTS)}")
@@ -108,22 +101,9 @@ def split_openvino_detector(path, out, *, cut="detect-input", input_size_hw: tup
         **fields,
         "input": {**fields["input"], "model_dtype": spec.dtype},
         "batch": batch_mode, **({"fixed_batch": 1} if batch_mode == "fixed" else {}),
-        "graphs": {role: {"file": f"{role}.xml", "weights": f"{role}.bin",
-                          "ops": dict(Counter(op.get_type_name() for op in m.get_ordered_ops()
-                                              if op.get_type_name() not in ("Parameter", "Result", "Constant")))}
-                   for role, m in (("features", features), ("head", head))},
-        "runtimes": {"openvino": {"runs": True},
-                     "onnxruntime": {"runs": False, "why_not": "an OpenVINO IR bundle (made from a "
-                                     f"{path.suffix} file); ONNX Runtime reads ONNX only"}},
-        "memory": {"features_bytes_per_item": _bytes(features), "head_bytes_per_item": _bytes(head)},
         "verification": verification,
-        "provenance": {"source": path.name, "source_sha256": sha256_of(path), "producer": f"cam-infer {__version__}",
-                       "openvino": _ov_version(),
-                       "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()},
     }
-    parts = {"features": features, "head": head}
-    return write_bundle(Path(out), manifest, lambda role, file: ov.save_model(parts[role], str(file),
-                                                                             compress_to_fp16=False), overwrite)
+    return write_ir_bundle(out, path, manifest, features, head, overwrite)
 
 
 def _imgsz(model) -> tuple[int, int] | None:
@@ -231,13 +211,7 @@ def _verify(reference, features, head, prep, batch_mode: str) -> dict:
         x = random_images(prep, n, seed=n)
         expected = np.concatenate([next(iter(full(x[i:i + 1]).values())) for i in range(n)]).astype(np.float32)
         check_class_rows(expected[:, 4:])
-        chunks = [x] if batch_mode == "dynamic" else [x[i:i + 1] for i in range(n)]
-        try:
-            got = np.concatenate([next(iter(hd(next(iter(feat(c).values()))).values())) for c in chunks])
-        except Exception as exc:
-            if batch_mode == "dynamic":
-                raise _BatchFails() from None
-            raise CamInferError(f"the split graphs do not run on OpenVINO ({openvino_message(exc)})") from None
+        got = split_outputs(feat, hd, x, batch_mode)
         scores, boxes = (float(np.abs(got[:, rows] - expected[:, rows]).max())
                          for rows in (slice(4, None), slice(0, 4)))
         box_bound = 0.01 * max(prep.input_size) if quantized else 1e-3 * max(1.0, float(np.abs(expected).max()))
