@@ -92,3 +92,23 @@ def test_box_metrics_still_need_boxes_and_a_missing_mask_is_one_line(scenes, tmp
     options = AuditOptions(methods=("recipro",), metrics=("energy",), masks=str(tmp_path))
     with pytest.raises(CamInferError, match="no ground-truth mask for scene_0.png"):
         audit_image(SHAPES, folder / "scene_0.png", options)
+
+
+def test_an_audit_whose_masks_changed_since_is_refused_not_resumed(scenes, tmp_path):
+    """An audit's settings named the masks folder by its path alone: masks corrected there resumed the folder, and the
+    images done before kept their pointing and energy against the old masks while the rest met the new ones."""
+    import shutil
+
+    from cam_infer.audit import run_audit
+
+    folder, truth = scenes
+    masks = tmp_path / "masks"
+    shutil.copytree(folder / "masks", masks)
+    options = AuditOptions(methods=("recipro",), metrics=("pointing", "energy"), masks=str(masks))
+    images = [folder / "scene_0.png", folder / "scene_1.png"]
+    run_audit(SHAPES, images, options, tmp_path / "audit", progress=False)
+    run_audit(SHAPES, images, options, tmp_path / "audit", progress=False)          # unchanged: resumed
+    corrected = masks / truth[1].class_name / "scene_1.png"
+    Image.fromarray(np.zeros(truth[1].masks.shape[1:], np.uint8)).save(corrected)
+    with pytest.raises(CamInferError, match=r"holds an audit with other settings \(masks_sha256: .* then, .* now\)"):
+        run_audit(SHAPES, images, options, tmp_path / "audit", progress=False)

@@ -142,6 +142,18 @@ def test_a_journal_of_other_settings_is_refused_in_one_line_and_force_starts_ove
     assert {p.name.rsplit("__", 1)[1] for p in (tmp_path / "out" / "overlays").iterdir()} == {"recipro.png"}
 
 
+def test_an_audit_into_a_folder_of_explanations_says_what_the_folder_holds(scenes, tmp_path):
+    """The folder's journal was compared as if it held an audit: "holds an audit with other settings (job: explain
+    then, audit now)", about a folder that held no audit."""
+    from cam_infer import CamInferError
+
+    images = images_for("explain-classifier", scenes, tmp_path)
+    RUNS["explain-classifier"](images, tmp_path / "out")
+    with pytest.raises(CamInferError, match=r"holds the results of `cam-infer explain`, not an audit; choose another "
+                                            r"--out or pass --force"):
+        RUNS["audit-classifier"](images, tmp_path / "out")
+
+
 AUDITS = {
     "audit-classifier": lambda bundle, images, out: run_audit(bundle, [images], AuditOptions(("recipro",), ("adcc",)),
                                                               out, progress=False),

@@ -608,3 +608,29 @@ def test_a_pixel_region_of_an_image_smaller_than_the_input_is_outlined_on_it(seg
     top = picture.shape[0] - small.shape[0]
     drawn = np.all(picture[top:, :small.shape[1]] == COLOURS[0], axis=2)
     assert drawn[28:33, 18:23].any()
+
+
+def test_a_segmenter_audit_whose_masks_changed_since_is_refused_not_resumed(segmenter_and_scene, tmp_path):
+    """As for boxes: a label image corrected in the masks folder between two runs made the second a resume, scoring
+    the images done before against the old truth and the rest against the new."""
+    import os
+
+    from cam_infer import CamInferError
+    from cam_infer.audit.masks import write_label_image
+    from cam_infer.segmentation.audit import run_segmentation_audit
+
+    ex, images = segmenter_and_scene
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    write_label_image(masks / images[0].name, np.zeros((128, 128), np.uint8))
+    run = lambda: run_segmentation_audit(ex.bundle.path, [images[0]], ["activation"], tmp_path / "audit",
+                                         masks=masks, progress=False)
+    run()
+    run()                                                                       # unchanged: resumed
+    labels = np.zeros((128, 128), np.uint8)
+    labels[:64] = 1
+    write_label_image(masks / images[0].name, labels)
+    stat = (masks / images[0].name).stat()
+    os.utime(masks / images[0].name, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    with pytest.raises(CamInferError, match=r"holds an audit with other settings \(masks_sha256: .* then, .* now\)"):
+        run()

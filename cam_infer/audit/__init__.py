@@ -42,6 +42,7 @@ from .report import (
     write_html,
     write_uncertainty_csvs,
 )
+from .masks import masks_digest
 from .sanity import SANITY_CSV, SanityOptions, check_sanity, run_sanity, sanity_line, write_sanity_csv
 from .work import COLUMNS, METRICS, OVERLAYS, AuditOptions, AuditWork, audit_image, audit_runtime, \
     audit_spec
@@ -85,7 +86,8 @@ def run_audit(bundle, images, options: AuditOptions, out, *, boxes=None, restart
     priors = _priors(bundle, images, truth, options, out)
     runs_on, runs_at = audit_runtime(bundle, options)
     settings = {"bundle": str(bundle.path.resolve()), "graphs": bundle_hashes(bundle), "options": options.to_dict(),
-                "runs_at": runs_at, "boxes": str(Path(boxes).resolve()) if boxes else None, **boxes_digest(boxes)}
+                "runs_at": runs_at, "boxes": str(Path(boxes).resolve()) if boxes else None, **boxes_digest(boxes),
+                **masks_digest(options.masks)}
     protocol = {"bundle": settings["bundle"], "boxes": settings["boxes"], **options.to_dict(),
                 "baselines": list(options.drawn_baselines(priors)), "runs_on": runs_on, "runs_at": runs_at,
                 **recorded_protocol(bundle, options.methods)}

@@ -52,6 +52,22 @@ def read_truth(folder, image_name: str, shape: tuple[int, int], classes: list[st
     raise CamInferError(f"no ground-truth mask for {image_name}: expected {label_image} or {folder}/<class>/{stem}.png")
 
 
+def masks_digest(folder) -> dict:
+    """What an audit's settings record of its masks folder beside its path: a sha256 over the name, size and
+    modification time of every PNG in it and in its class folders (the stamp images are resumed by), so that masks
+    corrected, added or removed since are another audit, not a resume that measures some images against the old
+    masks and some against the new."""
+    if folder is None:
+        return {}
+    import hashlib
+
+    root, digest = Path(folder), hashlib.sha256()
+    for path in sorted([*root.glob("*.png"), *root.glob("*/*.png")]):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(root).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return {"masks_sha256": digest.hexdigest()}
+
+
 def _read_png(path: Path) -> np.ndarray:
     from PIL import Image
     try:

@@ -79,6 +79,9 @@ def check_settings(earlier, header: dict, what: str, out: Path, methods_in: str 
     """Refuse, in one line, to resume a run (`earlier`: its journal's header) with other settings than `header`'s.
     Where `methods_in` names the settings of each method, the run may add methods (they run over every image, the
     earlier results are kept), but every method the folder holds must be given: its results stay whole."""
+    if isinstance(earlier, dict) and earlier.get("job") != header["job"]:
+        raise CamInferError(f"'{out}' holds the results of `cam-infer {earlier.get('job')}`, not {what}; choose "
+                            "another --out or pass --force to start over there")
     then, now = _compared(earlier, effective), _compared(header, effective)
     held, given = _methods(then, methods_in), _methods(now, methods_in)
     if held is not None and given is not None:

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..audit import CLEARED, OVERLAYS
+from ..audit.masks import masks_digest
 from ..audit.baselines import GAUSSIAN, MASK_PRIOR, RANDOM, available, baseline_map, dataset_priors
 from ..audit.report import ROWS_NAME, SUMMARY_NAME, check_grid, closing_lines, per_target_writer, recorded_protocol
 from ..audit.work import _masks_in_input, audit_batch, thumbnail_png
@@ -75,7 +76,7 @@ def run_segmentation_audit(bundle, images, methods, out, *, masks=None, target=N
                                 masks, labels)
     baselines = tuple(b for b in baselines if b in available(priors))     # no prior where no mask could be read
     settings = {"bundle": str(explainer.bundle.path.resolve()), "methods": list(methods), "target": target,
-                "masks": masks and str(Path(masks).resolve()), "options": options or {},
+                "masks": masks and str(Path(masks).resolve()), **masks_digest(masks), "options": options or {},
                 "precision": explainer.backend.precision, "backend": explainer.backend.describe(),
                 "layer": explainer.bundle.layers, "baselines": list(baselines),
                 "graphs": bundle_hashes(explainer.bundle)}
