@@ -154,6 +154,20 @@ def test_an_audit_into_a_folder_of_explanations_says_what_the_folder_holds(scene
         RUNS["audit-classifier"](images, tmp_path / "out")
 
 
+@pytest.mark.parametrize("job", ["explain-classifier", "explain-detector"])
+def test_a_resume_removes_the_pictures_of_images_removed_from_the_folder(job, scenes, tmp_path):
+    """A resume dropped a removed image's records but left its overlays in the folder, as pictures of the run that
+    results.json did not list, and a later --force no longer knew them: the folder ended as a fresh run's would."""
+    images, run = images_for(job, scenes, tmp_path), RUNS[job]
+    run(images, tmp_path / "out")
+    removed = sorted(p for p in images.iterdir() if p.suffix == ".png")[0]
+    removed.unlink()
+    run(images, tmp_path / "out")
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(removed.stem + "__")]
+    run(images, tmp_path / "fresh")
+    assert outputs(tmp_path / "out") == outputs(tmp_path / "fresh")
+
+
 AUDITS = {
     "audit-classifier": lambda bundle, images, out: run_audit(bundle, [images], AuditOptions(("recipro",), ("adcc",)),
                                                               out, progress=False),

@@ -91,6 +91,7 @@ def run_job(job: Job, paths, out, runner, *, restart: bool = False, progress: bo
         journal = Journal(out)
         kept, redone = journal.resume(job.command, job.settings, job.what, lambda row: job.keep(out, row),
                                       job.methods_in, job.effective)
+        _clear(out, _files_of_gone(out, job, journal.gone, kept))
         run = Run(out, found, [row for entry in kept for row in entry["rows"]], [], redone)
         todo = _todo(job, found.files, kept)
         names = run.names = stable_names(job.names(found), kept)
@@ -275,6 +276,13 @@ def _written(out: Path, job: Job) -> list[str]:
             continue                           # the torn tail of a killed run
         names += [name for row in rows if isinstance(row, dict) for name in job.files_of(row)]
     return [name for name in dict.fromkeys(names) if _own_file(out, name)]
+
+
+def _files_of_gone(out: Path, job: Job, gone: list[dict], kept: list[dict]) -> list[str]:
+    """The files written for images removed from the folder since (their rows, `Journal.gone`) that no kept row
+    names: a resume drops those images' rows, and their overlays must not stay behind as pictures of the run."""
+    kept_files = {name for entry in kept for row in entry["rows"] for name in job.files_of(row)}
+    return [name for row in gone for name in job.files_of(row) if name not in kept_files and _own_file(out, name)]
 
 
 def _own_file(out: Path, name) -> bool:

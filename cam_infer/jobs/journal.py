@@ -34,6 +34,7 @@ class Journal:
     def __init__(self, out: Path):
         self.path = Path(out) / JOURNAL
         self._file = None
+        self.gone: list[dict] = []          # after `resume`: the rows of images whose file is gone since
 
     def resume(self, job: str, settings: dict, what: str, keep=lambda row: True, methods_in: str | None = None,
                effective=lambda settings: settings) -> tuple[list[dict], list[str]]:
@@ -55,7 +56,7 @@ class Journal:
             if not _whole(entry):               # the torn tail of a killed run (or a damaged line: redone from there)
                 break
             entries.append(entry)
-        kept, redone = _unchanged(entries, keep)
+        kept, redone, self.gone = _unchanged(entries, keep)
         write_atomically(self.path, "".join(json.dumps(e) + "\n" for e in [header, *kept]))
         return kept, redone
 
@@ -147,11 +148,12 @@ def keys_of(entry: dict) -> dict[str, str]:
     return {image: recorded.get(image) or file_key(image) for image in entry["inputs"]}
 
 
-def _unchanged(entries: list[dict], keep) -> tuple[list[dict], list[str]]:
+def _unchanged(entries: list[dict], keep) -> tuple[list[dict], list[str], list[dict]]:
     """The entries restricted to images whose file is still the one that was worked on, and to rows `keep`
-    accepts; the images that changed (still there, other stamp), in journal order."""
+    accepts; the images that changed (still there, other stamp), in journal order; the rows of images whose file is
+    gone."""
     current: dict[str, dict | None] = {}
-    kept, redone = [], []
+    kept, redone, gone = [], [], []
     for entry in entries:
         keys, inputs = keys_of(entry), {}
         for image, stamp in entry["inputs"].items():
@@ -162,11 +164,13 @@ def _unchanged(entries: list[dict], keep) -> tuple[list[dict], list[str]]:
                 inputs[image] = stamp
             elif current[key] is not None and image not in redone:
                 redone.append(image)
+        gone += [r for r in entry["rows"] if current.get(keys.get(r["image"], "")) is None
+                 and r["image"] not in inputs]
         if inputs:
             kept.append({"inputs": inputs, "keys": {i: keys[i] for i in inputs},
                          "rows": [r for r in entry["rows"] if r["image"] in inputs and keep(r)],
                          "names": {i: n for i, n in entry.get("names", {}).items() if i in inputs}})
-    return kept, redone
+    return kept, redone, gone
 
 
 def _stamp_now(path: str) -> dict | None:
