@@ -405,6 +405,9 @@ def test_fused_segmenter_returns_its_scores_and_the_explainers_map(segmenter_and
     served = load_served(out, None, "onnxruntime", "CPU", None)          # what `cam-infer serve model.onnx` serves
     answer = served.run(x, served.key({}, 1)[0], None)
     assert np.abs(answer["saliency"] - saliency).max() < 1e-6 and answer["scores"].shape == scores.shape
+    import onnx                          # the scores' kind recorded as a fused classifier's is, /explain not offered
+    recorded = {p.key: p.value for p in onnx.load(out).metadata_props}
+    assert recorded["cam_infer.output_kind"] == ex.bundle.output_kind and served.preprocessing is None
 
 
 @pytest.mark.parametrize("method", ["activation", "eigen", "entropy"])

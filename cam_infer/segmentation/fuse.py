@@ -68,7 +68,7 @@ def _record(bundle: Bundle, method: str, options: dict) -> dict:
     names among them, as a fused classifier's (`assemble._description`)."""
     return {"cam_infer.version": __version__, "cam_infer.method": method,
             "cam_infer.options": json.dumps(options, sort_keys=True), "cam_infer.target": "segmenter",
-            "cam_infer.layer": layer_record(bundle),
+            "cam_infer.layer": layer_record(bundle), "cam_infer.output_kind": bundle.output_kind,
             **model_record(bundle)}
 
 

@@ -166,7 +166,8 @@ class ServedFused:
         self.input_name, self.input_shape = image[0]["name"], image[0]["shape"][1:]
         self.takes_class = any(i["name"] == "class_id" for i in self.inputs)
         kind = meta.get("cam_infer.output_kind")
-        explains = self.pixels is not None and kind is not None and not self.detector
+        explains = self.pixels is not None and kind is not None and meta.get("cam_infer.target") not in (
+            "detector", "segmenter")                    # a fused segmenter's map is served as its output only
         self.labels = json.loads(meta["cam_infer.labels"]) if "cam_infer.labels" in meta else None
         self.bundle = Recorded(self.pixels, kind, self.labels) if explains else None
         self.fills_class = meta.get("cam_infer.target") not in ("detector", "segmenter") and not any(
