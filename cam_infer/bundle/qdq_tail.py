@@ -115,6 +115,48 @@ def _copied(node, inputs: list) -> onnx.NodeProto:
                             **{a.name: helper.get_attribute_value(a) for a in node.attribute})
 
 
+BIAS_INPUT = {"QGemm": 6, "QLinearConv": 8}      # an int32 bias, in steps of input 1's scale times input 4's
+
+
+def _operand_axis(node, i: int) -> int | None:
+    """The axis along which a QOperator op's constant operand i is quantized per channel (its scale at input i+1,
+    its zero point at i+2): a QLinearMatMul weight's columns, a QGemm weight's output rows, a QLinearConv's filters;
+    None where it is per tensor (QLinearAdd)."""
+    if node.op_type == "QGemm":
+        return 0 if any(a.name == "transB" and a.i for a in node.attribute) else 1
+    return {"QLinearMatMul": -1, "QLinearConv": 0}.get(node.op_type)
+
+
+def dequantizing_node(model: onnx.ModelProto, name: str) -> tuple[onnx.NodeProto, list] | None:
+    """(a DequantizeLinear node, the initializers it adds) computing, inside `model`, the float operand that the
+    float reading of a QOperator head names ``<integer tensor>__float`` (`_float_operator`) from the integer tensor
+    as the file stores it, by the same (q − zero point)·scale: so that a graph reading the head's float W and b (a
+    fused map) carries the int8 weights rather than a float32 copy of them. None where `name` is no such operand."""
+    base = name.removesuffix("__float")
+    if base == name:
+        return None
+    weights = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type not in QOPERATOR or base not in node.input or base not in weights:
+            continue
+        i = list(node.input).index(base)
+        if i == BIAS_INPUT.get(node.op_type):
+            if not all(node.input[k] in weights for k in (1, 4)):
+                return None
+            scale = (numpy_helper.to_array(weights[node.input[1]]).astype(np.float32)
+                     * numpy_helper.to_array(weights[node.input[4]]).astype(np.float32))
+            scale_name = f"{base}__scale"
+            node_made = helper.make_node("DequantizeLinear", [base, scale_name], [name], name=name, axis=0)
+            return node_made, [numpy_helper.from_array(scale, scale_name)]
+        if i in (0, 3) and len(node.input) > i + 1 and node.input[i + 1] in weights:
+            axis = _operand_axis(node, i)
+            operands = [base, node.input[i + 1]] + ([node.input[i + 2]] if len(node.input) > i + 2 and
+                                                    node.input[i + 2] else [])
+            extra = {} if axis is None else {"axis": axis}
+            return helper.make_node("DequantizeLinear", operands, [name], name=name, **extra), []
+    return None
+
+
 def _float_operator(node, inputs: list, weights: dict, grids: dict) -> onnx.NodeProto | None:
     """A QOperator node (ONNX Runtime's int8 format: QLinearMatMul, QGemm, ...) as the float node it rounds, its
     constant operands dequantized into `weights` under ``<name>__float``; None when its
@@ -152,7 +194,7 @@ def _float_operator(node, inputs: list, weights: dict, grids: dict) -> onnx.Node
         extra = {"axis": attributes.get("axis", -1)} if op == "QLinearSoftmax" else {}
         made = helper.make_node(op[len("QLinear"):], [operand(0)], [node.output[0]], **extra)
     elif op == "QLinearMatMul":
-        weight = constant(3, axis=-1)
+        weight = constant(3, axis=_operand_axis(node, 3))
         made = None if operand(0) is None or weight is None else \
             helper.make_node("MatMul", [operand(0), weight], [node.output[0]])
     elif op == "QLinearAdd":
@@ -160,19 +202,19 @@ def _float_operator(node, inputs: list, weights: dict, grids: dict) -> onnx.Node
         found = next(((a, b) for a, b in pairs if a is not None and b is not None), None)
         made = None if found is None else helper.make_node("Add", list(found), [node.output[0]])
     elif op == "QGemm":
-        weight = constant(3, axis=0 if attributes.get("transB", 0) else 1)
+        weight = constant(3, axis=_operand_axis(node, 3))
         operands = [operand(0), weight]
-        if len(node.input) > 6 and node.input[6]:
-            operands.append(bias(6))
+        if len(node.input) > BIAS_INPUT[op] and node.input[BIAS_INPUT[op]]:
+            operands.append(bias(BIAS_INPUT[op]))
         quantized_output = len(node.input) > 7 and bool(node.input[7])
         made = None if None in operands else helper.make_node(
             "Gemm", operands, [node.output[0]], alpha=attributes.get("alpha", 1.0),
             transA=attributes.get("transA", 0), transB=attributes.get("transB", 0))
     elif op == "QLinearConv":
-        weight = constant(3, axis=0)
+        weight = constant(3, axis=_operand_axis(node, 3))
         operands = [operand(0), weight]
-        if len(node.input) > 8 and node.input[8]:
-            operands.append(bias(8))
+        if len(node.input) > BIAS_INPUT[op] and node.input[BIAS_INPUT[op]]:
+            operands.append(bias(BIAS_INPUT[op]))
         made = None if None in operands else helper.make_node("Conv", operands, [node.output[0]], **attributes)
     if made is None:
         return None

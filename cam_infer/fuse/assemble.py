@@ -161,13 +161,22 @@ def method_nodes(b: Builder, bundle: Bundle, chosen, options: dict, top_classes:
 
 def _weights_in_graph(model, linear_head):
     """A head whose W or b the reading found in no tensor of the model (an int8 QOperator head's weights,
-    dequantized from its QLinearMatMul's operands): W and b added to the model in float32 as read, the head's
-    source pointing at them; any other head as it is."""
+    dequantized from its QLinearMatMul's operands): each computed in the model by a DequantizeLinear of the integer
+    tensor the file stores (`qdq_tail.dequantizing_node`), or else added in float32 as read, the head's source
+    pointing at them; any other head as it is."""
     if linear_head is None or linear_head.source.probed:
         return linear_head
     names = {t.name for t in model.graph.initializer} | {o for n in model.graph.node for o in n.output}
     source = linear_head.source
-    if all(name is None or name in names for name in (source.weight, source.bias)):
+    missing = [name for name in (source.weight, source.bias) if name is not None and name not in names]
+    if not missing:
+        return linear_head
+    from ..bundle.qdq_tail import dequantizing_node
+    made = [dequantizing_node(model, name) for name in missing]
+    if all(made):
+        for node, initializers in made:
+            model.graph.node.append(node)
+            model.graph.initializer.extend(initializers)
         return linear_head
     from dataclasses import replace
 
@@ -183,8 +192,12 @@ def _unread_copies_dropped(model: onnx.ModelProto) -> None:
     """The W and b `_weights_in_graph` added that the method's nodes do not read (a class-agnostic map reads neither,
     CAM no bias) taken out again: a file of int8 weights would otherwise carry them in float32."""
     read = {name for node in model.graph.node for name in node.input}
+    for node in [n for n in model.graph.node if n.name.endswith("__float") and n.output[0] not in read]:
+        model.graph.node.remove(node)
+    read = {name for node in model.graph.node for name in node.input}
     copies = ("head_weight_read", "head_bias_read")
-    for tensor in [t for t in model.graph.initializer if t.name in copies and t.name not in read]:
+    for tensor in [t for t in model.graph.initializer if (t.name in copies or t.name.endswith("__float__scale"))
+                   and t.name not in read]:
         model.graph.initializer.remove(tensor)
 
 
