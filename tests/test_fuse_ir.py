@@ -125,6 +125,31 @@ def test_closed_forms_fused_into_an_ir_read_the_heads_own_weights(ir_shapes, tmp
         assert fused - plain < 4096, f"{method}: {fused - plain} bytes more than the plain model's weights"
 
 
+@pytest.mark.parametrize("method", ["cam", "recipro"])
+def test_closed_forms_fused_on_an_int8_ir_read_its_uint8_weights_through_their_dequantization(tmp_path, method):
+    """A uint8 TFLite MobileNet as an IR bundle: its classifier a 1×1 Convolution whose filters are uint8 constants
+    dequantized by Convert → Subtract → Multiply. CAM and the closed form found no float constant equal to W and
+    carried W and b in float32 (the hosted MobileNet v1 0.5: +150 % on the model's weights); they now read the
+    dequantized filters in the graph, and the maps stay the Explainer's."""
+    import openvino as ov
+
+    from cam_infer.bundle import split_openvino
+    from cam_infer.fuse.ir_graph import head_tensors
+    from conftest import ROOT
+
+    bundle = split_openvino(ROOT / "tests" / "data" / "mnv1_avgpool_conv_uint8.tflite", "auto", tmp_path / "b")
+    explainer = Explainer(bundle, backend="openvino", precision="f32")
+    found = head_tensors(ov.Core().read_model(str(bundle.head_path)), explainer.linear_head)
+    assert found is not None
+    plain = save(plain_model(bundle), tmp_path / "plain.xml").with_suffix(".bin").stat().st_size
+    path = save(fuse(bundle, method, raw=True), tmp_path / f"{method}.xml")
+    assert path.with_suffix(".bin").stat().st_size - plain < 4096
+    x = random_images(bundle.preprocessing, 2, seed=3)
+    raw = outputs(compiled(path), {bundle.input_name: x})["saliency_raw"]
+    expected = explainer.explain(x, method).maps
+    assert np.abs(raw - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
 def _relu_after_pooling_bundle(tmp_path):
     """A classifier whose head has a ReLU after its pooling (no GAP → linear head), as IR, split with `auto`."""
     import onnx

@@ -29,40 +29,79 @@ def joined_ir(features_path, head_path):
 
 def head_tensors(head, linear_head) -> dict | None:
     """Where an IR head (an ``ov.Model``) holds the W and b that `linear_head` was read as by running it
-    (`bundle.head.probed_linear_head`): a MatMul's constant operand (through the Convert of a float16-compressed IR)
-    equal to W (transpose_b) or Wᵀ, and a constant added to its product equal to b. {HEAD_WEIGHT: output,
-    HEAD_BIAS: output or None, "transposed": bool}, or None where no such tensors are found (a fused closed form
-    then has no weights to read)."""
+    (`bundle.head.probed_linear_head`): a MatMul's constant operand equal to W (transpose_b) or Wᵀ, or a 1×1
+    Convolution's (C,K,1,1) filters, read as (C,K); and a constant added to its product equal to b. A constant
+    operand is a Constant or ops on constants only (the Convert of a float16-compressed IR, an int8 IR's
+    Convert → Subtract → Multiply that dequantizes its uint8 weights: `_folded`), so the fused graph reads the weights
+    as the IR stores them. {HEAD_WEIGHT: output, HEAD_BIAS: output or None, "transposed": bool}, or None where no
+    such tensors are found (a fused closed form then carries W and b as read)."""
     weight, bias = linear_head.weight, linear_head.bias
     for op in head.get_ordered_ops():
-        if op.get_type_name() != "MatMul" or op.get_attributes().get("transpose_a"):
+        product = _linear_operand(op, weight)
+        if product is None:
             continue
-        source, value = _constant_of(op.input_value(1))
-        transposed = not op.get_attributes().get("transpose_b")            # stored (K,C)
-        if value is None or value.shape != (weight.T.shape if transposed else weight.shape) or \
-                not np.allclose(value.T if transposed else value, weight, rtol=0, atol=1e-6 * np.abs(weight).max()):
-            continue
+        source, transposed = product
         added = None
         for reader in op.output(0).get_target_inputs():
             node = reader.get_node()
             if node.get_type_name() == "Add":
-                added = _constant_of(node.input_value(1 - reader.get_index()))
+                other = node.input_value(1 - reader.get_index())
+                added = (other, _folded(other.get_node()))
         if added is not None and added[1] is not None and added[1].size == bias.size and \
                 np.allclose(added[1].reshape(-1), bias, rtol=0, atol=1e-6 * max(1.0, np.abs(bias).max())):
-            return {HEAD_WEIGHT: source, HEAD_BIAS: added[0], "transposed": transposed}
+            return {HEAD_WEIGHT: source, HEAD_BIAS: _reshaped(added[0], added[1], (bias.size,)),
+                    "transposed": transposed}
         if added is None and not bias.any():
             return {HEAD_WEIGHT: source, HEAD_BIAS: None, "transposed": transposed}
     return None
 
 
-def _constant_of(value):
-    """(the float output, its value) of a constant operand, a Constant or a Convert of one; (value, None) else."""
-    node = value.get_node()
-    if node.get_type_name() == "Convert" and node.input_value(0).get_node().get_type_name() == "Constant":
-        return value, node.input_value(0).get_node().get_data().astype(np.float32)
-    if node.get_type_name() == "Constant":
-        return value, node.get_data().astype(np.float32)
-    return value, None
+def _linear_operand(op, weight: np.ndarray):
+    """(W's output as (C,K), or (K,C) when transposed; transposed) where `op` multiplies by W = `weight` (C,K): a
+    MatMul by a constant, or a 1×1 Convolution (stride 1, no padding) with constant filters; None else."""
+    kind, attributes = op.get_type_name(), op.get_attributes()
+    if kind == "MatMul" and not attributes.get("transpose_a"):
+        transposed = not attributes.get("transpose_b")                  # stored (K,C)
+        value = _folded(op.input_value(1).get_node())
+        expected = weight.T if transposed else weight
+        if value is not None and value.shape == expected.shape and _equal(value, expected):
+            return _reshaped(op.input_value(1), value, value.shape), transposed
+    if kind == "Convolution" and list(attributes.get("strides", [])) == [1, 1] and \
+            not any(attributes.get("pads_begin", [])) and not any(attributes.get("pads_end", [])) and \
+            list(attributes.get("dilations", [1, 1])) == [1, 1]:
+        value = _folded(op.input_value(1).get_node())
+        if value is not None and value.shape == (*weight.shape, 1, 1) and _equal(value[:, :, 0, 0], weight):
+            return _reshaped(op.input_value(1), value, weight.shape), False
+    return None
+
+
+def _equal(value: np.ndarray, weight: np.ndarray) -> bool:
+    return bool(np.allclose(value, weight, rtol=0, atol=1e-6 * np.abs(weight).max()))
+
+
+def _reshaped(output, value: np.ndarray, shape: tuple):
+    """`output` (holding `value`) as `shape`: itself, or a Reshape of it."""
+    if value.shape == tuple(shape):
+        return output
+    import openvino.opset13 as ops
+    return ops.reshape(output, ops.constant(np.array(shape, np.int64)), special_zero=False).output(0)
+
+
+FOLDABLE = {"Convert": lambda a: a, "Subtract": np.subtract, "Multiply": np.multiply}
+
+
+def _folded(node, depth: int = 0) -> np.ndarray | None:
+    """The float32 value of a node computed from constants alone (a Constant; Convert, Subtract and Multiply of such
+    nodes, as OpenVINO computes them in float32), or None."""
+    kind = node.get_type_name()
+    if kind == "Constant":
+        return node.get_data().astype(np.float32)
+    if kind not in FOLDABLE or depth > 4:
+        return None
+    operands = [_folded(v.get_node(), depth + 1) for v in node.input_values()]
+    if any(v is None for v in operands):
+        return None
+    return np.asarray(FOLDABLE[kind](*operands), np.float32)
 
 
 def _as_rows(value):
