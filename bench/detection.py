@@ -30,8 +30,9 @@ sys.path.insert(0, str(ROOT))
 
 from cam_infer.tools.bench import Report  # noqa: E402
 
-METHODS = ["activation", "eigen", "recipro", "ablation", "score"]
-SPEED_CASES = [("activation", {}), ("eigen", {}), ("recipro", {}), ("ablation", {}), ("score", {"top_k": 8})]
+METHODS = ["activation", "eigen", "entropy", "recipro", "ablation", "score"]
+SPEED_CASES = [("activation", {}), ("eigen", {}), ("entropy", {}), ("recipro", {}), ("ablation", {}),
+               ("score", {"top_k": 8})]
 
 
 def cli(*args) -> None:

@@ -290,7 +290,29 @@ def test_score_cam_weights_are_the_match_scores_of_the_unsplit_model(explainers)
     np.testing.assert_allclose(d.saliency, expected, atol=1e-3)
 
 
-@pytest.mark.parametrize("method", ["activation", "eigen", "recipro", "ablation"])
+def test_entropy_weighs_each_levels_channels_by_their_spatial_entropy(explainers):
+    """Feature Entropy-CAM on a detector, against its formula in plain NumPy (float64): per level, the channels
+    weighted by the spatial Shannon entropy of their positive part, normalised by ln(h·w), then combined
+    unit-free as activation and eigen are."""
+    from cam_infer.methods.levels import unit_free
+    from cam_infer.postprocess import normalise
+    ex = explainers["onnxruntime"]
+    ctx, _ = context(ex)
+    e = ex.explain(PHOTO, "entropy")
+    assert e.class_agnostic and len(e.items[0]) >= 2
+    maps = {}
+    for li, a in enumerate(ctx.level_maps()):
+        positive = np.maximum(a, 0).reshape(len(a), -1).astype(np.float64)
+        total = positive.sum(axis=1, keepdims=True)
+        p = np.divide(positive, total, out=np.zeros_like(positive), where=total > 0)
+        weights = -(p * np.log(np.where(p > 0, p, 1.0))).sum(axis=1) / np.log(p.shape[1])
+        maps[li] = np.tensordot(weights.astype(np.float32), a, axes=1)
+    expected = normalise(unit_free(maps, (320, 320))[None])[0][0]
+    for d in e.items[0]:
+        np.testing.assert_allclose(d.saliency, expected, atol=1e-3)
+
+
+@pytest.mark.parametrize("method", ["activation", "eigen", "entropy", "recipro", "ablation"])
 def test_both_backends_give_the_same_maps_and_they_fall_in_their_boxes(explainers, method):
     a = explainers["onnxruntime"].explain(PHOTO, method)
     b = explainers["openvino"].explain(PHOTO, method)
@@ -447,7 +469,7 @@ def test_split_and_explain_from_the_command_line(tmp_path):
 
 # --- fused, audited -----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("method", ["activation", "eigen"])
+@pytest.mark.parametrize("method", ["activation", "eigen", "entropy"])
 def test_a_fused_detector_returns_its_detections_and_the_explainers_map(bundles, explainers, tmp_path, method):
     from cam_infer.detection.fuse import fuse_detector
     model = fuse_detector(bundles["detect-input"], method)

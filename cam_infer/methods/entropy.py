@@ -8,6 +8,9 @@ or ``estimator="histogram"``: min–max X to [0,1], 256 bins, −Σ q_b log₂ q
 
 Why spatial by default: on 7×7 maps a 256-bin histogram puts nearly every value in its own bin,
 so all weights come out ≈ equal; the spatial distribution is what a CAM is about. Class-agnostic.
+
+Detectors: each cut level's entropy-weighted channel sum, its entropies over the level's own grid, combined
+unit-free (`levels.unit_free`); one map per image.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import numpy as np
 
 from ..kernels import histogram_entropy, spatial_entropy
 from ..errors import CamInferError
+from .levels import unit_free
 from .registry import Context, fused, implements, method
 
 TINY = 1e-30
@@ -57,6 +61,20 @@ def entropy_onnx(f, *, estimator: str = "spatial", weighting: str = "entropy") -
         weights = b.op("Sub", b.const(1.0), weights, hint="negentropy")
     row = b.reshape(weights, (0, 1, k), hint="weights")                                             # (N,1,K)
     return b.reshape(f.weighted_sum(row), (0, h, w), hint="map")
+
+
+def entropy_weighted(a: np.ndarray, estimator: str, weighting: str) -> np.ndarray:
+    """Σ_k w_k A^k of one image's (K,h,w) maps, w_k = Ĥ(A^k) or 1 − Ĥ(A^k)."""
+    w = channel_entropy(a, estimator)
+    return np.einsum("k,khw->hw", 1.0 - w if weighting == "negentropy" else w, np.asarray(a, np.float32))
+
+
+@implements("entropy", "detection", cost="no extra pass")
+def entropy_detections(ctx, targets, *, estimator: Literal["spatial", "histogram"] = "spatial",
+                       weighting: Literal["entropy", "negentropy"] = "entropy") -> list[np.ndarray]:
+    """mean_l U(minmax(Σ_k Ĥ(A_l^k) A_l^k)): the channels whose energy is concentrated, whatever the detection"""
+    m = unit_free({i: entropy_weighted(a, estimator, weighting) for i, a in enumerate(ctx.level_maps())}, ctx.size)
+    return [m for _ in targets]
 
 
 @implements("entropy", "segmentation", cost="no extra pass")
