@@ -213,7 +213,7 @@ def test_split_finds_each_levels_class_branch_and_a_too_small_window_is_refused(
     cell short of the measured one finds no branch that reproduces the head, so none is kept."""
     from cam_infer.bundle.verify import random_images, session
     from cam_infer.detection.anatomy import cut_tensors
-    from cam_infer.detection.branches import crop_origin, level_branches
+    from cam_infer.detection.branches import OnnxBranches, crop_origin, level_branches
     from cam_infer.detection.split import level_record
     bundle = bundles["detect-input"]
     cuts = bundle.manifest["cut"]
@@ -230,8 +230,9 @@ def test_split_finds_each_levels_class_branch_and_a_too_small_window_is_refused(
     packed = feat.run(None, {feat.get_inputs()[0].name: random_images(bundle.preprocessing, 1, seed=2)})[0]
     grid = anchor_levels((320, 320), 2100)
     run = lambda rows: hd.run(None, {PACKED: rows})[0]                            # noqa: E731
-    found = level_branches(graph, levels, [{"radius": 2, "levels": [i]} for i in range(3)], 18, grid, run, packed)
-    short = level_branches(graph, levels, [{"radius": 1, "levels": [i]} for i in range(3)], 18, grid, run, packed)
+    source = OnnxBranches(graph, levels)
+    found = level_branches(source, levels, [{"radius": 2, "levels": [i]} for i in range(3)], 18, grid, run, packed)
+    short = level_branches(source, levels, [{"radius": 1, "levels": [i]} for i in range(3)], 18, grid, run, packed)
     assert sorted(found) == [0, 1, 2] and short == {}
 
 

@@ -19,6 +19,7 @@ from helpers import assert_one_line_error, run_cli, without_branches
 
 from cam_infer import Explainer
 from cam_infer.bundle.graph import load_onnx
+from cam_infer.detection.branches import crop_origin
 from cam_infer.detection.split import split_detector
 from cam_infer.errors import CamInferError
 from cam_infer.images import Preprocessing
@@ -246,6 +247,80 @@ def test_an_ir_detector_explains_as_its_onnx_file_does(ir_bundles, bundles, tmp_
         assert [d.class_id for d in a.items[0]] == [d.class_id for d in b.items[0]] and len(a.items[0]) >= 2
         for da, db in zip(a.items[0], b.items[0]):
             np.testing.assert_allclose(da.saliency, db.saliency, atol=5e-3)     # a static graph compiles otherwise
+
+
+@pytest.mark.parametrize("name", IR_FORMATS)
+def test_an_ir_detector_keeps_each_levels_class_branch_cut_from_the_ir(ir_bundles, name):
+    """cv3.l's class convolution, found in OpenVINO's graph (an int8 IR's after its logits' quantization: the float
+    logits before it are 1.6e-5 off and refused) and written as IR; on the photo's cut maps each anchor's crop through
+    it gives the whole head's class scores at that anchor."""
+    bundle = ir_bundles[name]
+    branches = [lv["branch"] for lv in bundle.manifest["cut"]]
+    assert [b["tensor"].split("/")[2] for b in branches] == ["cv3.0", "cv3.1", "cv3.2"]
+    assert all(b["window"] == 5 and b["scores"] == "sigmoid" and b["max_abs_diff"] == 0.0 for b in branches)
+    assert all(b["tensor"].endswith("_DequantizeLinear") == (name == "ir-int8") for b in branches)
+    assert all((bundle.path / f"branch_{i}.bin").is_file() for i in range(3))
+    backend = Explainer(bundle, "openvino").backend
+    packed = backend.features(letterboxed(PHOTO))
+    output = backend.head(packed)[0]
+    first = 0
+    for i, level in enumerate(bundle.manifest["cut"]):
+        c, h, w = level["shape"]
+        maps = packed[0, level["offset"]:level["offset"] + c * h * w].reshape(c, h, w)
+        cells = [(0, 0), (h // 2, w // 3), (h - 1, w - 2)]
+        crops = np.stack([maps[:, y0:y0 + 5, x0:x0 + 5] for y0, x0 in (crop_origin(r, q, h, w, 5) for r, q in cells)])
+        got = backend.branch(i, crops)
+        for (r, q), scores in zip(cells, got):
+            y0, x0 = crop_origin(r, q, h, w, 5)
+            np.testing.assert_allclose(scores[:, r - y0, q - x0], output[4:, first + r * w + q], atol=1e-6)
+        first += h * w
+
+
+@pytest.mark.parametrize("name", IR_FORMATS)
+def test_an_ir_detectors_maps_through_its_cropped_branches_equal_its_whole_heads(ir_bundles, tmp_path, name):
+    """Measured equal to the last bit on every format; a float IR is held to 1e-5 (another CPU may pick other
+    kernels for a 5×5 crop than for a 40×40 map), an int8 IR's integer kernels to exact equality."""
+    plain = without_branches(ir_bundles[name], tmp_path / "plain")
+    cropped, whole = Explainer(ir_bundles[name], "openvino"), Explainer(plain, "openvino")
+    for method in ("recipro", "ablation"):
+        a, b = cropped.explain(PHOTO, method), whole.explain(PHOTO, method)
+        assert len(a.items[0]) == len(b.items[0]) >= 2
+        for da, db in zip(a.items[0], b.items[0]):
+            np.testing.assert_allclose(da.saliency, db.saliency, atol=0 if name == "ir-int8" else 1e-5, rtol=0)
+
+
+def test_an_ir_branch_that_does_not_reproduce_the_head_is_not_written(ir_models, tmp_path, monkeypatch):
+    """A window one cell short of the measured radius reproduces no anchor's scores: no branch; and a split whose
+    branches all fail their check writes a bundle without them, whose rows run through the whole head."""
+    import openvino as ov
+
+    from cam_infer.bundle.openvino_cut_set import OpenVinoGraph
+    from cam_infer.bundle.openvino_split import _compiled, _input_spec
+    from cam_infer.detection.branches import level_branches
+    from cam_infer.detection.decode import anchor_levels
+    from cam_infer.detection.openvino_branches import IrBranches
+    from cam_infer.detection.openvino_split import _cut_members
+    model = ov.Core().read_model(ir_models["ir-batch1"])
+    graph = OpenVinoGraph(model, _input_spec(model, "NCHW"))
+    members = _cut_members(graph, "detect-input", model.get_results()[0].input_value(0), 320)
+    full = split_detector(ir_models["ir-batch1"], tmp_path / "full")
+    levels = full.manifest["cut"]
+    feat, head = (_compiled(ov.Core().read_model(full.graph_path(role))) for role in ("features", "head"))
+    packed = next(iter(feat(letterboxed(PHOTO)).values()))
+    run = lambda rows: next(iter(head(rows).values()))                             # noqa: E731
+    grid = anchor_levels((320, 320), 2100)
+    short = level_branches(IrBranches(graph, members), levels, [{"radius": 1, "levels": [i]} for i in range(3)], 18,
+                           grid, run, packed)
+    exact = level_branches(IrBranches(graph, members), levels[:1], [{"radius": 2, "levels": [0]}], 18, grid, run,
+                           packed)
+    assert short == {} and list(exact) == [0]
+    monkeypatch.setattr(IrBranches, "tolerance", lambda self, i, level: -1.0)
+    bundle = split_detector(ir_models["ir-batch1"], tmp_path / "none")
+    assert not any("branch" in lv for lv in bundle.manifest["cut"]) and not list(bundle.path.glob("branch_*"))
+    assert not any(role.startswith("branch") for role in bundle.manifest["graphs"])
+    maps = Explainer(bundle, "openvino").explain(PHOTO, "recipro").items[0]
+    for got, expected in zip(maps, Explainer(full, "openvino").explain(PHOTO, "recipro").items[0]):
+        np.testing.assert_allclose(got.saliency, expected.saliency, atol=1e-5, rtol=0)
 
 
 def test_an_ir_detector_from_the_command_line(ir_models, tmp_path):

@@ -336,25 +336,27 @@ def split_openvino(path, layer: str = "auto", out=None, *, input_size=None, prep
     return write_ir_bundle(out, Path(path), manifest, features, head, overwrite)
 
 
-def write_ir_bundle(out, path: Path, manifest: dict, features, head, overwrite: bool):
+def write_ir_bundle(out, path: Path, manifest: dict, features, head, overwrite: bool, extra: dict | None = None):
     """Write an IR bundle: `manifest` (its task's fields) completed with what every IR bundle records (its two graphs,
-    that it runs on OpenVINO only, their memory per item, the source file), the graphs saved beside it."""
+    that it runs on OpenVINO only, their memory per item, the source file), the graphs saved beside it. `extra`:
+    further ov.Models by role (a detector's cropped branches, their memory already in manifest["memory"])."""
     import openvino as ov
 
     from .write import write_bundle
+    parts = {"features": features, "head": head, **(extra or {})}
     manifest = {**manifest,
                 "graphs": {role: {"file": f"{role}.xml", "weights": f"{role}.bin",
                                   "ops": dict(Counter(op.get_type_name() for op in m.get_ordered_ops()
                                                       if op.get_type_name() not in ("Parameter", "Result", "Constant")))}
-                           for role, m in (("features", features), ("head", head))},
+                           for role, m in parts.items()},
                 "runtimes": {"openvino": {"runs": True},
                              "onnxruntime": {"runs": False, "why_not": "an OpenVINO IR bundle (made from a "
                                              f"{path.suffix} file); ONNX Runtime reads ONNX only"}},
-                "memory": {"features_bytes_per_item": _bytes(features), "head_bytes_per_item": _bytes(head)},
+                "memory": {**manifest.get("memory", {}), "features_bytes_per_item": _bytes(features),
+                           "head_bytes_per_item": _bytes(head)},
                 "provenance": {"source": path.name, "source_sha256": sha256_of(path),
                                "producer": f"cam-infer {__version__}", "openvino": _ov_version(),
                                "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()}}
-    parts = {"features": features, "head": head}
     return write_bundle(Path(out), manifest, lambda role, file: ov.save_model(parts[role], str(file),
                                                                              compress_to_fp16=False), overwrite)
 

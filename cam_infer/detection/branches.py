@@ -40,11 +40,36 @@ def crop_origin(row: int, col: int, h: int, w: int, k: int) -> tuple[int, int]:
     return min(max(row - k // 2, 0), h - k), min(max(col - k // 2, 0), w - k)
 
 
-def level_branches(graph: Graph, levels: list[dict], receptive: list[dict], classes: int, grid: AnchorGrid,
-                   head_run, packed: np.ndarray) -> dict[int, tuple[onnx.ModelProto, dict]]:
+class OnnxBranches:
+    """Where an ONNX head's class branches come from (`level_branches`): its tensors, cut out as ONNX graphs and run
+    on ONNX Runtime. `openvino_branches.IrBranches` does the same on an OpenVINO IR's head."""
+
+    suffix = "onnx"
+
+    def __init__(self, graph: Graph, levels: list[dict]):
+        self.graph, self.cut = graph, [lv["name"] for lv in levels]
+
+    def candidates(self, i: int, level: dict, classes: int) -> list[str]:
+        return branch_candidates(self.graph, level, self.cut, classes)
+
+    def model(self, i: int, level: dict, tensor: str, classes: int, squash: str, k: int | None) -> onnx.ModelProto:
+        return branch_model(self.graph, level, tensor, classes, squash, k)
+
+    def runner(self, model: onnx.ModelProto):
+        run = session(model)
+        return lambda crops: run.run(None, {run.get_inputs()[0].name: crops})[0]
+
+    def tolerance(self, i: int, level: dict) -> float:
+        return branch_tolerance(self.graph, level["name"])
+
+
+def level_branches(source, levels: list[dict], receptive: list[dict], classes: int, grid: AnchorGrid,
+                   head_run, packed: np.ndarray) -> dict[int, tuple[object, dict]]:
     """level index → (branch graph on k×k crops, its manifest record), for the levels whose scores are
-    local to their own grid and whose branch reproduces the head. `packed` (1, total) holds the cut maps
-    of one image, `head_run(rows)` runs the whole head."""
+    local to their own grid and whose branch reproduces the head. `source` finds and builds the branches
+    (`OnnxBranches`, `openvino_branches.IrBranches`); `packed` (1, total) holds the cut maps of one image,
+    `head_run(rows)` runs the whole head. Each candidate is checked on the whole level with any spatial size and
+    on every anchor's crop with the k×k graph that is written (`verify_branch`)."""
     out = {}
     clean = head_run(packed)[0]
     for i, (level, local) in enumerate(zip(levels, receptive)):
@@ -54,19 +79,29 @@ def level_branches(graph: Graph, levels: list[dict], receptive: list[dict], clas
         if radius is None or local["levels"] != [own] or 2 * radius + 1 > min(h, w):
             continue
         first = int(np.flatnonzero(grid.level == own)[0])
-        tolerance = branch_tolerance(graph, level["name"])
-        for tensor in branch_candidates(graph, level, [lv["name"] for lv in levels], classes):
+        tolerance = source.tolerance(i, level)
+        for tensor in source.candidates(i, level, classes):
             for squash in ("sigmoid", "identity"):
-                model = branch_model(graph, level, tensor, classes, squash, None)
-                error = verify_branch(model, level, radius, first, packed, clean, head_run, tolerance)
+                whole = source.model(i, level, tensor, classes, squash, None)
+                fixed = source.model(i, level, tensor, classes, squash, 2 * radius + 1)
+                if whole is None or fixed is None:
+                    continue
+                error = verify_branch(source.runner(whole), level, radius, first, packed, clean, head_run, tolerance,
+                                      run_crops=source.runner(fixed))
                 if error is not None:
-                    fixed = branch_model(graph, level, tensor, classes, squash, 2 * radius + 1)
-                    out[i] = fixed, {"file": f"branch_{i}.onnx", "tensor": tensor, "window": 2 * radius + 1,
-                                     "scores": squash, "max_abs_diff": error}
+                    out[i] = fixed, {"file": f"branch_{i}.{source.suffix}", "tensor": display_name(tensor),
+                                     "window": 2 * radius + 1, "scores": squash, "max_abs_diff": error}
                     break
             if i in out:
                 break
     return out
+
+
+def display_name(tensor) -> str:
+    """A branch tensor as the manifest records it: an ONNX tensor's name, an OpenVINO op output's op (``:index``)."""
+    if isinstance(tensor, str):
+        return tensor
+    return tensor.op if tensor.index == 0 else f"{tensor.op}:{tensor.index}"
 
 
 def branch_tolerance(graph: Graph, tensor: str) -> float:
@@ -144,14 +179,15 @@ def read_as_the_model(graph: Graph, model: onnx.ModelProto, tensor: str) -> None
     _extend_constants(graph, model, constants)
 
 
-def verify_branch(model: onnx.ModelProto, level: dict, radius: int, first: int, packed: np.ndarray,
-                  clean: np.ndarray, head_run, tolerance: float = TOLERANCE) -> float | None:
+def verify_branch(run, level: dict, radius: int, first: int, packed: np.ndarray, clean: np.ndarray, head_run,
+                  tolerance: float = TOLERANCE, run_crops=None) -> float | None:
     """The largest difference between the branch on every anchor's crop and the head's scores at that
     anchor (its anchors start at `first`), on the clean cut maps and with 70 % of the level's cells zeroed;
-    None when it is over `tolerance` (`branch_tolerance`)."""
+    None when it is over `tolerance` (`branch_tolerance`). `run`: level maps (N, C, h, w) of any size → class scores
+    (N, classes, h, w); `run_crops`: the k×k graph that is written (default `run`)."""
     c, h, w = level["shape"]
     k = 2 * radius + 1
-    run = session(model)
+    run_crops = run_crops or run
     start = level["offset"]
     masked = packed.copy()
     view = masked[0, start:start + c * h * w].reshape(c, h, w)
@@ -159,7 +195,10 @@ def verify_branch(model: onnx.ModelProto, level: dict, radius: int, first: int, 
     worst = 0.0
     for rows, output in ((packed, clean), (masked, head_run(masked)[0])):
         level_map = rows[0, start:start + c * h * w].reshape(c, h, w)
-        whole = run.run(None, {level["name"]: level_map[None]})[0][0]           # (classes, h, w)
+        try:
+            whole = run(np.ascontiguousarray(level_map[None]))[0]                  # (classes, h, w)
+        except Exception:                                                       # a graph that takes no other size
+            return None
         expected = output[4:, first:first + h * w].reshape(-1, h, w)
         if whole.shape != expected.shape or np.abs(whole - expected).max() > tolerance:
             return None
@@ -169,7 +208,7 @@ def verify_branch(model: onnx.ModelProto, level: dict, radius: int, first: int, 
                 y0, x0 = crop_origin(row, col, h, w, k)
                 crops.append(level_map[:, y0:y0 + k, x0:x0 + k])
                 where.append((row - y0, col - x0))
-        got = run.run(None, {level["name"]: np.ascontiguousarray(np.stack(crops))})[0]
+        got = run_crops(np.ascontiguousarray(np.stack(crops)))
         ys, xs = np.array(where).T
         cropped = got[np.arange(len(got)), :, ys, xs].T.reshape(-1, h, w)         # (classes, h, w)
         diff = float(np.abs(cropped - expected).max())
@@ -179,4 +218,4 @@ def verify_branch(model: onnx.ModelProto, level: dict, radius: int, first: int, 
     return worst
 
 
-__all__ = ["crop_origin", "level_branches"]
+__all__ = ["OnnxBranches", "crop_origin", "level_branches"]

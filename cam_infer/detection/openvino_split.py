@@ -3,8 +3,9 @@ export converted by OpenVINO) into an IR bundle of task ``detection``, as `split
 the same cut sets (the Detect head's inputs, the backbone, or named ops), the same packing (`bundle.openvino_cut_set`),
 letterbox preprocessing, measured locality and manifest; verified against the model on OpenVINO. The file is never
 converted: an int8 IR keeps its FakeQuantize ops, and a cut map a FakeQuantize makes enters the head through a copy
-of it (`bundle.openvino_split.enter_head_at`). Its class branches are not cropped (they are ONNX graphs): every
-perturbed row runs through the whole head, within the measured window.
+of it (`bundle.openvino_split.enter_head_at`). Each level's class branch is cut from the IR's head as an ov.Model
+and kept where it reproduces the head on crops (`openvino_branches`), so a perturbed row is a 5×5 crop through it, as
+on an ONNX bundle; a level without one runs its rows through the whole head, within the measured window.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from ..bundle.verify import openvino_message, random_images
 from ..errors import CamInferError
 from ..images import Preprocessing
 from .anatomy import check_class_rows, check_output_layout, class_names, metadata
+from .branches import level_branches
 from .decode import DEFAULTS, anchor_levels, check_thresholds
+from .openvino_branches import IrBranches
 from .record import detection_fields, measure_locality
 
 SCOPE = re.compile(r"(?:^|/|__module\.)model\.(\d+)(?=[./:]|$)")       # ONNX-born /model.22/…, torch-born __module.
@@ -94,16 +97,23 @@ def split_openvino_detector(path, out, *, cut="detect-input", input_size_hw: tup
     run_features = lambda x: next(iter(feat(x).values()))                       # noqa: E731
     run_head = lambda rows: next(iter(hd(rows).values()))                        # noqa: E731
     receptive = measure_locality(run_features, run_head, levels, prep)
+    branches = level_branches(IrBranches(graph, members), levels, receptive, classes, anchor_levels(size, anchors),
+                              run_head, run_features(random_images(prep, 1, seed=11)))
     names = read_labels(labels, classes) if labels is not None else class_names(model, classes)
     fields = detection_fields(prep, levels, strides, classes, anchors, names, cut, receptive,
                               {**DEFAULTS, **thresholds}, model.get_results()[0].get_friendly_name())
+    for i, (_, record) in branches.items():
+        fields["cut"][i]["branch"] = record
     manifest = {
         **fields,
         "input": {**fields["input"], "model_dtype": spec.dtype},
         "batch": batch_mode, **({"fixed_batch": 1} if batch_mode == "fixed" else {}),
         "verification": verification,
+        "memory": {f"branch_{i}_bytes_per_item": 4 * 8 * levels[i]["shape"][0] * record["window"] ** 2
+                   for i, (_, record) in branches.items()},
     }
-    return write_ir_bundle(out, path, manifest, features, head, overwrite)
+    return write_ir_bundle(out, path, manifest, features, head, overwrite,
+                           {f"branch_{i}": branch for i, (branch, _) in branches.items()})
 
 
 def _imgsz(model) -> tuple[int, int] | None:

@@ -32,7 +32,7 @@ from ..bundle.write import graphs_record, provenance_record, runtimes_record, wr
 from ..errors import CamInferError
 from ..images import Preprocessing
 from .anatomy import check_class_rows, class_names, cut_tensors, image_input, input_size, output_layout, stride_of
-from .branches import level_branches
+from .branches import OnnxBranches, level_branches
 from .decode import DEFAULTS, anchor_levels, check_thresholds
 from .record import PACKED, detection_fields, measure_locality
 
@@ -183,8 +183,8 @@ def cropped_branches(graph, features, head, levels, receptive, classes, grid, pr
     from ..bundle.verify import random_images
     feat, hd = session(features), session(head)
     packed = feat.run(None, {feat.get_inputs()[0].name: random_images(prep, 1, seed=11)})[0]
-    return level_branches(graph, levels, receptive, classes, grid, lambda rows: hd.run(None, {PACKED: rows})[0],
-                          packed)
+    return level_branches(OnnxBranches(graph, levels), levels, receptive, classes, grid,
+                          lambda rows: hd.run(None, {PACKED: rows})[0], packed)
 
 
 def detection_manifest(graph, proto, features, head, prep, levels, strides, classes, anchors, names, cut, receptive,
