@@ -21,6 +21,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ..numerics import FLOAT16_TOLERANCE
+from .graph import reads_float16_weights
 from .qdq_tail import dequantized, is_quantized, within_steps
 
 ACTIVATIONS = {"Sigmoid": "sigmoid", "Softmax": "softmax"}
@@ -171,8 +173,9 @@ def read_linear_tail(head: onnx.ModelProto, activation_shape: tuple[int, int, in
             return None
         tail = read_linear_tail(read[0], activation_shape)
         return tail if tail is not None and _quantized_head_reproduced(head, tail, features_of, read[1]) else None
-    nodes = [n for n in head.graph.node if n.op_type not in ("Identity", "Transpose")]   # layout: checked below
-    constants = {n.output[0]: n for n in nodes if n.op_type == "Constant"}
+    # layout changes and a float16 head's casts (the cut to float16, the scores back): checked below, as the rest
+    nodes = [n for n in head.graph.node if n.op_type not in ("Identity", "Transpose", "Cast")]
+    weights = constant_values(head.graph)
     nodes = [n for n in nodes if n.op_type != "Constant"]
     resizes = [n for n in nodes[1:] if n.op_type == "Resize"]
     rest = nodes[1 + len(resizes):]
@@ -180,7 +183,6 @@ def read_linear_tail(head: onnx.ModelProto, activation_shape: tuple[int, int, in
         return None
     conv = nodes[0]
     attributes = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
-    weights = {t.name: numpy_helper.to_array(t) for t in head.graph.initializer}
     size = weights[conv.input[1]].shape[2:] if len(conv.input) > 1 and conv.input[1] in weights else None
     if size is None or attributes.get("group", 1) != 1 or size[0] != size[1] or size[0] % 2 == 0 or \
             any(s != 1 for s in attributes.get("strides", [1, 1])) or \
@@ -200,8 +202,8 @@ def read_linear_tail(head: onnx.ModelProto, activation_shape: tuple[int, int, in
     k, h, w = activation_shape
     ry, rx = np.eye(h), np.eye(w)
     for resize in resizes:                               # a chain of resizes: the product of their weights
-        step_y = _axis_weights(head, resize, constants, weights, len(ry), len(rx), axis=0)
-        step_x = _axis_weights(head, resize, constants, weights, len(ry), len(rx), axis=1)
+        step_y = _axis_weights(head, resize, weights, len(ry), len(rx), axis=0)
+        step_x = _axis_weights(head, resize, weights, len(ry), len(rx), axis=1)
         if step_y is None or step_x is None:
             return None
         ry, rx = step_y @ ry, step_x @ rx
@@ -219,7 +221,20 @@ def _quantized_head_reproduced(head: onnx.ModelProto, tail: LinearTail, features
     return within_steps(np.abs(tail.scores(a) - expected), step)
 
 
-def _axis_weights(head, resize, constants, weights, h, w, axis: int) -> np.ndarray | None:
+def constant_values(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    """The graph's constants by name: initializers, Constant nodes and Casts of them (a float16 head's Resize reads
+    its scales through a Cast to float32)."""
+    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+        elif node.op_type == "Cast" and node.input[0] in values:
+            to = helper.get_attribute_value(next(a for a in node.attribute if a.name == "to"))
+            values[node.output[0]] = values[node.input[0]].astype(helper.tensor_dtype_to_np_dtype(to))
+    return values
+
+
+def _axis_weights(head, resize, weights, h, w, axis: int) -> np.ndarray | None:
     """R_y (H,h) or R_x (W,w): the head's Resize run on unit impulses along one axis (constant along the other)."""
     from ..backends.sessions import FLOAT32, onnxruntime_session
 
@@ -232,8 +247,7 @@ def _axis_weights(head, resize, constants, weights, h, w, axis: int) -> np.ndarr
             impulses[i, 0, :, i] = 1.0
     inputs = ["impulses"] + list(resize.input[1:])
     initializers = [numpy_helper.from_array(weights[name], name) for name in resize.input[1:] if name in weights]
-    nodes = [constants[name] for name in resize.input[1:] if name in constants]
-    graph = helper.make_graph(nodes + [helper.make_node("Resize", inputs, ["resized"], name="resize",
+    graph = helper.make_graph([helper.make_node("Resize", inputs, ["resized"], name="resize",
                                                         **{a.name: helper.get_attribute_value(a)
                                                            for a in resize.attribute})],
                               "resize", [helper.make_tensor_value_info("impulses", onnx.TensorProto.FLOAT,
@@ -249,14 +263,18 @@ def _axis_weights(head, resize, constants, weights, h, w, axis: int) -> np.ndarr
 
 
 def _reproduces(head: onnx.ModelProto, tail: LinearTail, shape) -> bool:
+    """The tail against the head graph on random activations: within float32 rounding (1e-4), or within
+    `FLOAT16_TOLERANCE` of a head that computes in float16 (its weights float16: the tail reads them in float32,
+    the graph rounds every op's output to float16), relative to max(1, |scores|)."""
     from ..backends.sessions import FLOAT32, onnxruntime_session
 
     a = np.abs(np.random.default_rng(0).standard_normal((1, *shape))).astype(np.float32)
     session = onnxruntime_session(head, FLOAT32, quiet=True)
     expected = session.run(None, {session.get_inputs()[0].name: a})[0]
     got = tail.scores(a)
-    return got.shape == expected.shape and bool(np.allclose(got, expected, atol=1e-4 * max(1.0, np.abs(expected).max()),
-                                                            rtol=1e-4))
+    tolerance = FLOAT16_TOLERANCE if reads_float16_weights(head.graph) else 1e-4
+    return got.shape == expected.shape and bool(np.allclose(got, expected, rtol=tolerance,
+                                                            atol=tolerance * max(1.0, np.abs(expected).max())))
 
 
 # --- the same tail in an OpenVINO IR head (a TFLite DeepLab: int8 between FakeQuantize ops) -----------------

@@ -23,7 +23,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..bundle.anatomy import check_one_output
-from ..bundle.cut import _extend_constants, _subgraph, as_the_model_reads, float_view
+from ..bundle.cut import (_adapt_image_input, _extend_constants, _float32_boundary, _subgraph, as_the_model_reads,
+                          float_view)
 from ..bundle.graph import Graph, load_onnx, make_tensor_value_info
 from ..bundle.manifest import Bundle
 from ..bundle.split import read_labels
@@ -121,7 +122,9 @@ def level_record(graph: Graph, tensor: str, height: int) -> dict:
 
 
 def packed_graphs(graph: Graph, tensors: list[str], levels: list[dict]) -> tuple[onnx.ModelProto, onnx.ModelProto]:
-    """features: image → the cut maps, each flattened, concatenated; head: that vector → the model's output."""
+    """features: image → the cut maps, each flattened, concatenated; head: that vector → the model's output. The
+    features take float32 NCHW images whatever the model takes (a float16 image cast, as `bundle.cut.extract`
+    does)."""
     output = graph.model.graph.output[0].name
     image = graph.info(graph.image_input.name)
     features = _subgraph(graph, graph.nodes_computing(tensors, stop=set()), "features",
@@ -137,6 +140,8 @@ def packed_graphs(graph: Graph, tensors: list[str], levels: list[dict]) -> tuple
     features.graph.node.append(helper.make_node("Concat", [f"{t}__flat" for t in tensors], [PACKED], axis=1,
                                                 name="pack"))
     features.graph.output.append(helper.make_tensor_value_info(PACKED, TensorProto.FLOAT, ["N", total]))
+    _adapt_image_input(features, graph.input_spec)          # float32 NCHW images in, as a single cut's features
+    _float32_boundary(features)
     head.graph.input.append(helper.make_tensor_value_info(PACKED, TensorProto.FLOAT, ["N", total]))
     start, unpack = 0, []
     for i, (t, level) in enumerate(zip(tensors, levels)):

@@ -13,12 +13,9 @@ import numpy as np
 from ..backends.sessions import FLOAT32, RuntimeOptions, onnxruntime_session
 from ..errors import CamInferError, ClassAgnosticWarning
 from ..explanation import Explanation
-from ..numerics import softmax, zero_padded
+from ..numerics import FLOAT16_TOLERANCE, softmax, zero_padded
 from ..postprocess import normalise, upsample
 from .base import Task, class_index
-
-FLOAT16_TOLERANCE = 2.0 ** -7   # a float16 head against its float32 reading: float16 rounds to 2^-11, and the
-#                                 pooling's and the product's sums (K ≈ 200–2 000 terms) grow that by ~16×
 
 
 class ClassificationTask(Task):
