@@ -23,9 +23,9 @@ def nonzero_per_row(values: np.ndarray) -> np.ndarray:
     return np.array([np.count_nonzero(row) for row in values], np.int64)
 
 
-FLOAT16_TOLERANCE = 2.0 ** -7   # a float16 graph against a float32 reading of it (or a split of it): float16 rounds
-#                                 to 2^-11, and the sums of a convolution or a pooling (K ≈ 50–2 000 terms) grow that
-#                                 by ~16×; relative to max(1, |values|)
+# A float16 graph against a float32 reading of it (or a split of it), relative to max(1, |values|): float16 rounds
+# to 2^-11, and the sums of a convolution or a pooling (K ≈ 50–2 000 terms) grow that by ~16×.
+FLOAT16_TOLERANCE = 2.0 ** -7
 UNIT_ROUNDOFF = {"bf16": 2.0 ** -8, "f16": 2.0 ** -11}     # of the reduced formats a runtime computes in
 ROUNDING_STEPS = 1.5      # scores this many quantization steps apart or fewer are rounding's levels, not evidence
 
