@@ -27,7 +27,8 @@ LAYERS = {
     "io": ("version", "errors", "numerics", "kernel_cache", "kernels", "images", "postprocess", "outputs",
            "backends.sessions"),          # the runtime-session factory: a split's checks run graphs too
     "bundle": ("bundle", "detection.anatomy", "detection.decode", "detection.branches", "detection.openvino_branches",
-               "detection.split", "detection.openvino_split", "detection.record", "fuse.builder", "fuse.fusion", "fuse.ir_graph"),   # ONNX nodes in few words (and wired onto an
+               "detection.split", "detection.openvino_split", "detection.record", "detection.end_to_end", "fuse.builder",
+               "fuse.fusion", "fuse.ir_graph"),   # ONNX nodes in few words (and wired onto an
                                                  # IR): fusing, the opened transformer tail and the maps computed in
                                                  # the clean pass write them
     "runtime": ("backends", "gradients"),

@@ -142,14 +142,31 @@ def describe_detector(bundle) -> str:
         f"preprocess   letterbox to {h}x{w} ({bundle.preprocessing.interpolation}, pad {bundle.preprocessing.pad}), "
         "RGB, x/255",
         f"cut set      '{m['target_layer']['requested']}': {levels}",
-        f"NMS          conf {m['nms']['conf']}, IoU {m['nms']['iou']}, at most {m['nms']['max_det']} (class-aware)",
+        _nms_line(m["nms"]),
         "labels       " + (f"{len(labels)} ({', '.join(labels[:3])}{', ...' if len(labels) > 3 else ''})"
                             if labels else "none (class indices)"),
         f"verified     yes: head(features(x)) vs model(x), batches {m['verification']['batches']}, "
-        f"max |diff| {m['verification']['max_abs_diff']:.3g}" + _scores_and_boxes(m["verification"]),
+        f"max |diff| {m['verification']['max_abs_diff']:.3g}" + _scores_and_boxes(m["verification"])
+        + _end_to_end_rows(m["verification"]),
         runtimes_line(m["runtimes"]),
         f"source       {m['provenance'].get('source') or 'in-memory model'}",
     ])
+
+
+def _nms_line(nms: dict) -> str:
+    if nms.get("end_to_end"):
+        return (f"NMS          none (end-to-end export): the top {nms['max_det']} (anchor, class) scores above conf "
+                f"{nms['conf']}, as its TopK picks them")
+    return f"NMS          conf {nms['conf']}, IoU {nms['iou']}, at most {nms['max_det']} (class-aware)"
+
+
+def _end_to_end_rows(verification: dict) -> str:
+    """An end-to-end export's check: its (N,k,6) rows are the top (anchor, class) pairs of the scores before its TopK."""
+    rows = verification.get("end_to_end")
+    if not rows:
+        return ""
+    return (f"; the export's rows are the top pairs of its anchors: {rows['rows_compared']} rows, same scores and "
+            f"classes, boxes within {rows['max_box_diff']:.3g} px")
 
 
 def _scores_and_boxes(verification: dict) -> str:

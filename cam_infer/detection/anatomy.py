@@ -1,9 +1,12 @@
 """What a YOLO-style detector is (read only): its output layout, its input size, class names from the
 Ultralytics metadata, and the cut sets it can be split at (research notes, detection §3.4, §4).
 
-Ultralytics YOLOv8/YOLO11 export: input `images` (N,3,H,W) RGB/255 letterboxed; output (N, 4+C, A) with
-boxes (cx, cy, w, h) in input pixels and sigmoid class scores, A = Σ_l (H/s_l)·(W/s_l) anchors, level-major
-and row-major. DFL decoding, strides and the sigmoid are inside the graph; NMS is not.
+Ultralytics YOLOv8/YOLO11 export, and YOLO26/YOLOv10 exported with their one-to-many head (Ultralytics' default
+export, `nms` unset): input `images` (N,3,H,W) RGB/255 letterboxed; output (N, 4+C, A) with boxes (cx, cy, w, h) in
+input pixels and sigmoid class scores, A = Σ_l (H/s_l)·(W/s_l) anchors, level-major and row-major. DFL decoding
+(none for YOLO26: one bin), strides and the sigmoid are inside the graph; NMS is not. An end-to-end export (the
+one-to-one head's top detections picked by a TopK inside the graph, (N, 300, 6)) is split before its TopK
+(`end_to_end`); as OpenVINO IR it is refused in one line.
 
 A set S of tensors is a **cut** when every path from the image to the output passes through S: propagating
 "depends on the image" forward without entering S reaches no output.
@@ -84,22 +87,35 @@ def output_layout(graph: Graph, size: tuple[int, int]) -> tuple[int, int]:
         raise CamInferError(f"the detector has {len(out)} outputs ({', '.join(o.name for o in out)}); cam-infer "
                             "reads one (N, 4+C, anchors) output (Ultralytics YOLOv8/YOLO11 layout)")
     shape = graph.info(out[0].name).shape
-    return check_output_layout(out[0].name, None if shape is None else tuple(shape[1:]), size)
+    top_k = any(node.op_type == "TopK" for node in graph.nodes)
+    return check_output_layout(out[0].name, None if shape is None else tuple(shape[1:]), size, top_k)
 
 
-def check_output_layout(name: str, dims: tuple | None, size: tuple[int, int]) -> tuple[int, int]:
+def check_output_layout(name: str, dims: tuple | None, size: tuple[int, int], top_k: bool = False) -> tuple[int, int]:
     """(classes, anchors) of an output whose dims after the batch are `dims` = (4+C, anchors) at input `size`; a
-    one-line refusal for anything else."""
+    one-line refusal for anything else. `top_k`: the graph picks its output with a TopK (an end-to-end export)."""
+    if dims is not None and len(dims) == 2 and dims[1] == 6 and top_k:
+        raise CamInferError(end_to_end_refusal(name, dims))
     if dims is None or len(dims) != 2 or not dims[0] or not dims[1] or dims[0] < 5 or dims[1] <= dims[0]:
         shown = "?" if dims is None else "(N," + ",".join(str(d) for d in dims) + ")"
         raise CamInferError(f"the detector output '{name}' is {shown}, not (N, 4+C, anchors): cam-infer reads "
-                            "the Ultralytics YOLOv8/YOLO11 layout (end-to-end (N,300,6) and YOLOv5 exports are not "
+                            "the Ultralytics YOLOv8/YOLO11/YOLO26/YOLOv10 layout (YOLOv5's (N, anchors, 5+C) is not "
                             "supported yet)")
     if not is_anchor_count(size, dims[1]):
         raise CamInferError(f"the model output '{name}' is (N,{dims[0]},{dims[1]}), not a detector's "
                             f"(N, 4+C, anchors): this looks like a {sequence_guess((None, *dims), size)}, and "
                             "cam-infer explains classifiers and YOLO-style detectors only")
     return dims[0] - 4, dims[1]
+
+
+def end_to_end_refusal(name: str, dims: tuple) -> str:
+    """Why an end-to-end export (Ultralytics YOLO26/YOLOv10 with `nms=False`: the one-to-one head's scores, then a
+    TopK over anchors and classes, (N, 300, 6) rows x1, y1, x2, y2, score, class) is refused as OpenVINO IR, and what
+    to give instead (its ONNX file is split before the TopK: `end_to_end`)."""
+    return (f"the detector output '{name}' is (N,{dims[0]},6) picked by a TopK inside the graph: an end-to-end export "
+            "(YOLO26/YOLOv10 one-to-one head, no NMS), which cam-infer traces back to its anchors in the ONNX file "
+            "only; split its ONNX export, or export the (N, 4+C, anchors) output (Ultralytics: nms unset, not "
+            "nms=False)")
 
 
 def is_cut(graph: Graph, tensors: list[str]) -> bool:

@@ -90,8 +90,11 @@ class Detections:
         return len(self.scores)
 
 
-def detect(output: np.ndarray, conf: float = 0.25, iou_threshold: float = 0.7, max_det: int = 300) -> Detections:
-    """One image's output (4+C, A) → its detections after NMS."""
+def detect(output: np.ndarray, conf: float = 0.25, iou_threshold: float = 0.7, max_det: int = 300,
+           end_to_end: bool = False) -> Detections:
+    """One image's output (4+C, A) → its detections after NMS; `end_to_end`: an NMS-free head's (`top_pairs`)."""
+    if end_to_end:
+        return top_pairs(output, conf, max_det)
     scores = output[4:]
     best = scores.max(axis=0)
     candidates = np.flatnonzero(best > conf)
@@ -112,6 +115,21 @@ def detect(output: np.ndarray, conf: float = 0.25, iou_threshold: float = 0.7, m
                       candidates[kept_array])
 
 
+def top_pairs(output: np.ndarray, conf: float, max_det: int) -> Detections:
+    """The detections of an end-to-end head (Ultralytics YOLO26/YOLOv10 `nms=False`, `Detect.postprocess`): the
+    max_det highest (anchor, class) scores, an anchor once per class it scores, no suppression; those above conf.
+    Ultralytics takes the top k = max_det anchors by their best score, then the top k of their k·C pairs: the same
+    pairs, since an anchor with a pair among the k best has its best score above all but k − 1 anchors' (ties
+    aside). By decreasing score, as the export's TopK returns them."""
+    scores = output[4:]
+    order = np.argsort(-scores, axis=None, kind="stable")[:max_det]
+    classes, anchors = np.unravel_index(order, scores.shape)
+    best = scores[classes, anchors]
+    keep = best > conf
+    classes, anchors = classes[keep].astype(np.int64), anchors[keep].astype(np.int64)
+    return Detections(boxes_xyxy(output[:4, anchors]).reshape(-1, 4), best[keep], classes, anchors)
+
+
 DEFAULTS = {"conf": 0.25, "iou": 0.7, "max_det": 300}     # NMS as Ultralytics' predict
 
 
@@ -126,4 +144,5 @@ def check_thresholds(conf, iou, max_det) -> None:
                                 f"not {value!r}")
 
 
-__all__ = ["DEFAULTS", "AnchorGrid", "Detections", "anchor_levels", "boxes_xyxy", "check_thresholds", "detect", "iou"]
+__all__ = ["DEFAULTS", "AnchorGrid", "Detections", "anchor_levels", "boxes_xyxy", "check_thresholds", "detect", "iou",
+           "top_pairs"]

@@ -42,6 +42,10 @@ def fuse_detector(bundle: Bundle, method: str = "eigen", *, check: bool = True, 
         get_method(method, "detection")                 # an unknown method, or one that explains no detector
         raise CamInferError(f"a detector fuses {', '.join(fusable())} (class-agnostic maps); '{method}' needs a "
                             "target box that NMS gives outside the graph")
+    if bundle.manifest.get("nms", {}).get("end_to_end"):
+        raise CamInferError("the bundle explains an end-to-end detector at its scores before the TopK: a fused model "
+                            "would return those (N, 4+C, anchors) scores, not the export's (N,k,6) rows; explain it with "
+                            "explain or audit, or fuse a bundle of its (N, 4+C, anchors) export")
     fused_method(method, options)               # its options checked as the Explainer checks them
     spec = get_method(method)
     model = plain_model(_onnx_bundle(bundle))

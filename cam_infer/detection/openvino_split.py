@@ -129,7 +129,9 @@ def _imgsz(model) -> tuple[int, int] | None:
 def _output_layout(model, size: tuple[int, int]) -> tuple[int, int]:
     shape = model.get_results()[0].get_output_partial_shape(0)
     dims = tuple(d.get_length() if d.is_static else None for d in shape) if shape.rank.is_static else None
-    return check_output_layout(model.get_results()[0].get_friendly_name(), None if dims is None else dims[1:], size)
+    top_k = any(op.get_type_name() == "TopK" for op in model.get_ops())
+    return check_output_layout(model.get_results()[0].get_friendly_name(), None if dims is None else dims[1:], size,
+                               top_k)
 
 
 def _cut_members(graph: OpenVinoGraph, cut, scores, height: int) -> list[_Output]:

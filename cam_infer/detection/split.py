@@ -35,6 +35,7 @@ from ..images import Preprocessing
 from .anatomy import check_class_rows, class_names, cut_tensors, image_input, input_size, output_layout, stride_of
 from .branches import OnnxBranches, level_branches
 from .decode import DEFAULTS, anchor_levels, check_thresholds
+from .end_to_end import anchor_model, is_end_to_end, scores_before_top_k, verify_rows
 from .record import PACKED, detection_fields, measure_locality
 
 
@@ -60,8 +61,12 @@ def split_detector(model, out, *, cut="detect-input", input_size_hw: tuple[int, 
     size = input_size(proto, input_size_hw)
     proto = with_input_size(proto, size)
     graph = Graph.from_model(proto, size)
-    classes, anchors = output_layout(graph, size)
     check_dynamic_batch(proto)
+    deployed = None
+    if is_end_to_end(graph):
+        deployed, proto = proto, anchor_model(proto, graph, scores_before_top_k(graph, size))
+        graph = Graph.from_model(proto, size)
+    classes, anchors = output_layout(graph, size)
     tensors = cut_tensors(graph, cut, size[0])
     levels = [level_record(graph, t, size[0]) for t in tensors]
     strides = list(anchor_levels(size, anchors).strides)
@@ -70,13 +75,17 @@ def split_detector(model, out, *, cut="detect-input", input_size_hw: tuple[int, 
     prep = Preprocessing(size, crop="letterbox", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
                          interpolation=interpolation)
     verification = verify_detector(proto, features, head, prep)
+    nms = {**DEFAULTS, **thresholds}
+    if deployed is not None:
+        verification["end_to_end"] = verify_rows(deployed, proto, prep)
+        nms = {**nms, "max_det": min(nms["max_det"], verification["end_to_end"]["rows_per_image"]), "end_to_end": True}
     feat, hd = session(features), session(head)
     receptive = measure_locality(lambda x: feat.run(None, {feat.get_inputs()[0].name: x})[0],
                                  lambda rows: hd.run(None, {PACKED: rows})[0], levels, prep)
     branches = cropped_branches(graph, features, head, levels, receptive, classes, anchor_levels(size, anchors), prep)
     names = read_labels(labels, classes) if labels is not None else class_names(proto, classes)
     manifest = detection_manifest(graph, proto, features, head, prep, levels, strides, classes, anchors, names,
-                                  cut, receptive, verification, source, {**DEFAULTS, **thresholds}, branches)
+                                  cut, receptive, verification, source, nms, branches)
     return write_onnx_bundle(Path(out), features, head, manifest, overwrite,
                              {f"branch_{i}": model for i, (model, _) in branches.items()})
 

@@ -38,14 +38,14 @@ class DetectionTask(Task):
     def detect(self, x: np.ndarray, conf=None, iou=None, max_det=None) -> list[Detections]:
         """Every image's detections (input pixels), by the bundle's NMS thresholds unless given."""
         outputs = self.explainer.backend.forward(x)
-        return [detect(o, *self.thresholds(conf, iou, max_det)) for o in outputs]
+        return [detect(o, *self.thresholds(conf, iou, max_det), end_to_end=self.end_to_end) for o in outputs]
 
     def contexts(self, spec, x, packed, outputs, request: dict, originals):
         """One context per image, with its explained detections, every detection of its NMS and its shape."""
         thresholds = self.thresholds(request["conf"], request["iou"], request["max_det"])
         jobs = []
         for i in range(len(x)):
-            detections = detect(outputs[i], *thresholds)
+            detections = detect(outputs[i], *thresholds, end_to_end=self.end_to_end)
             shape = originals[i].shape if originals else self.bundle.input_shape[1:]
             try:
                 targets = self.targets(i, detections, outputs[i], request, shape)
@@ -82,6 +82,11 @@ class DetectionTask(Task):
                            names=names, preprocessing=prep, class_agnostic=not spec.class_specific, items=items,
                            detections=[job[2] for job in jobs],
                            image_maps=None if spec.class_specific else image_maps)
+
+    @property
+    def end_to_end(self) -> bool:
+        """The bundle explains an end-to-end export: its detections are the top (anchor, class) scores, no NMS."""
+        return bool(self.bundle.manifest.get("nms", {}).get("end_to_end", False))
 
     def thresholds(self, conf, iou, max_det) -> tuple[float, float, int]:
         """The NMS thresholds: those given, else the manifest's, else YOLO's defaults; checked."""

@@ -1,0 +1,188 @@
+"""Detectors beyond YOLOv8 as Ultralytics exports them (tests/data/detectors, made by export/ultralytics_detectors.py
+from Ultralytics' own yamls at a reduced width and trained on the synthetic detection scenes): YOLO11 (C2PSA
+attention, depthwise convolutions in Detect's class branch), YOLO26 and YOLOv10 exported with their one-to-many
+head (Ultralytics' default export). Each splits into graphs equal to the model on both runtimes, keeps its cropped
+class branches, gives the maps the whole head gives, and points into its detections' boxes. YOLO26's end-to-end
+export (`nms=False`: TopK inside the graph, (N,300,6)) is split before its TopK, and every row it returns is a
+detection of the bundle with its anchor; as IR it is refused in one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from helpers import assert_one_line_error, run_cli, two_graph_pass, without_branches
+
+from cam_infer import Explainer
+from cam_infer.detection.split import split_detector
+from cam_infer.tools.synthetic import write_detection_scenes
+
+DATA = Path(__file__).parent / "data" / "detectors"
+MODELS = ("yolo11", "yolo26", "yolov10")
+END_TO_END = DATA / "yolo26_128_end2end.onnx"
+IR_REFUSAL = ("is (N,300,6) picked by a TopK inside the graph: an end-to-end export (YOLO26/YOLOv10 one-to-one head, "
+              "no NMS), which cam-infer traces back to its anchors in the ONNX file only; split its ONNX export, or "
+              "export the (N, 4+C, anchors) output (Ultralytics: nms unset, not nms=False)")
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory):
+    work = tmp_path_factory.mktemp("ultralytics")
+    return {name: split_detector(DATA / f"{name}_128.onnx", work / name) for name in MODELS}
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    folder = write_detection_scenes(tmp_path_factory.mktemp("scenes"), n=8, seed=1)
+    return sorted(folder.glob("*.png"))
+
+
+def scene_batch(scenes) -> np.ndarray:
+    import cv2
+    images = [cv2.imread(str(p))[:, :, ::-1] for p in scenes[:3]]          # 128×128: the letterbox is the identity
+    return np.ascontiguousarray(np.stack(images).transpose(0, 3, 1, 2), np.float32) / 255
+
+
+def unsplit(path, x: np.ndarray, runtime: str) -> np.ndarray:
+    if runtime == "onnxruntime":
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"images": x})[0]
+    import openvino as ov
+    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    return compiled({0: x})[0].copy()
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_the_split_equals_the_unsplit_export_on_both_runtimes(bundles, scenes, name, runtime):
+    bundle = bundles[name]
+    assert bundle.manifest["verification"]["max_abs_diff"] == 0.0
+    x = scene_batch(scenes)
+    _, got = two_graph_pass(bundle, x, runtime)
+    expected = unsplit(DATA / f"{name}_128.onnx", x, runtime)
+    assert got.shape == expected.shape == (3, 4 + 5, 16 * 16 + 8 * 8 + 4 * 4)
+    assert np.abs(got - expected).max() <= 1e-4 * max(1.0, float(np.abs(expected).max()))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_the_cut_is_the_detect_inputs_and_every_level_wide_enough_keeps_an_exact_class_branch(bundles, name):
+    """Detect reads model.16, .19, .22 (strides 8, 16, 32); its class branch (YOLO11/26: a depthwise 3×3, a 1×1,
+    twice, then the class 1×1) reads a 5×5 window, so the 16×16 and 8×8 levels get a cropped branch and the 4×4 one,
+    smaller than the window, runs through the whole head."""
+    cut = bundles[name].manifest["cut"]
+    assert [(level["stride"], level["name"].split("/")[1]) for level in cut] == \
+        [(8, "model.16"), (16, "model.19"), (32, "model.22")]
+    for level in cut[:2]:
+        assert level["branch"]["window"] == 5 and level["branch"]["max_abs_diff"] <= 1e-4
+        assert level["branch"]["tensor"].startswith("/model.23/") and "cv3" in level["branch"]["tensor"]
+    assert "branch" not in cut[2]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_maps_of_a_detection_are_the_same_with_and_without_the_branches(bundles, scenes, name, tmp_path):
+    plain = without_branches(bundles[name], tmp_path / "plain")
+    for backend in ("onnxruntime", "openvino"):
+        cropped, whole = Explainer(bundles[name], backend), Explainer(plain, backend)
+        compared = 0
+        for scene in scenes[:3]:
+            for method in ("recipro", "ablation"):
+                a, b = cropped.explain(scene, method), whole.explain(scene, method)
+                assert [d.anchor for d in a.items[0]] == [d.anchor for d in b.items[0]]
+                for da, db in zip(a.items[0], b.items[0]):
+                    np.testing.assert_allclose(da.saliency, db.saliency, atol=2e-4)
+                    compared += 1
+        assert compared >= 4
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_a_trained_export_points_into_the_box_of_the_detection_it_explains(bundles, scenes, name):
+    """Recipro-CAM at the Detect inputs: the maximum of each detection's map lies in its own box."""
+    explainer = Explainer(bundles[name], "onnxruntime")
+    inside = []
+    for scene in scenes:
+        for d in explainer.explain(scene, "recipro").items[0]:
+            row, col = np.unravel_index(np.argmax(d.saliency), d.saliency.shape)
+            x1, y1, x2, y2 = d.box
+            inside.append(x1 - 1 <= col <= x2 + 1 and y1 - 1 <= row <= y2 + 1)
+    assert len(inside) >= 8 and np.mean(inside) >= 0.9, inside
+
+
+def ultralytics_top_k(output: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Detect.get_topk_index as Ultralytics writes it: the top k anchors by their best score, then the top k of those
+    anchors' (anchor, class) pairs → (scores, classes, anchors)."""
+    scores = output[4:].T                                                    # (A, C)
+    anchors = np.argsort(-scores.max(axis=1), kind="stable")[:k]
+    pairs = scores[anchors].reshape(-1)
+    top = np.argsort(-pairs, kind="stable")[:k]
+    return pairs[top], top % scores.shape[1], anchors[top // scores.shape[1]]
+
+
+def test_the_top_pairs_are_ultralytics_two_stage_top_k():
+    from cam_infer.detection.decode import top_pairs
+    rng = np.random.default_rng(0)
+    output = np.concatenate([rng.uniform(0, 128, (4, 336)), rng.random((5, 336))]).astype(np.float32)
+    output[4:, 7] = 1.0                                                      # one anchor scoring every class
+    scores, classes, anchors = ultralytics_top_k(output, 300)
+    got = top_pairs(output, -1.0, 300)
+    assert np.array_equal(got.scores, scores) and np.array_equal(got.classes, classes)
+    assert np.array_equal(got.anchors, anchors) and list(got.anchors[:5]) == [7] * 5
+    above = top_pairs(output, 0.9, 300)
+    assert np.array_equal(above.scores, scores[scores > 0.9])
+
+
+@pytest.fixture(scope="module")
+def end_to_end(tmp_path_factory):
+    return split_detector(END_TO_END, tmp_path_factory.mktemp("e2e") / "bundle")
+
+
+def test_an_end_to_end_export_is_split_before_its_top_k_and_checked_row_for_row(end_to_end):
+    record = end_to_end.manifest["verification"]
+    assert record["max_abs_diff"] == 0.0
+    assert record["end_to_end"]["rows_per_image"] == 300 and record["end_to_end"]["rows_compared"] > 1000
+    assert record["end_to_end"]["max_box_diff"] < 1e-3
+    assert end_to_end.manifest["nms"]["end_to_end"] is True
+    assert all("one2one_cv3" in level["branch"]["tensor"] for level in end_to_end.manifest["cut"][:2])
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_every_deployed_row_of_an_end_to_end_export_is_a_detection_with_its_anchor(end_to_end, scenes, backend):
+    """The export's rows above conf 0.25 on the scenes are the bundle's detections, in order: the same class and
+    box; the same score on ONNX Runtime (OpenVINO computes its own, within 1e-5)."""
+    x = scene_batch(scenes)
+    rows = unsplit(END_TO_END, x, "onnxruntime")
+    explainer = Explainer(end_to_end, backend)
+    found = explainer.detect(x)
+    for image, detections in zip(rows, found):
+        image = image[image[:, 4] > 0.25]
+        assert len(image) == len(detections) >= 1
+        assert np.array_equal(image[:, 5].astype(np.int64), detections.classes)
+        assert np.abs(image[:, :4] - detections.boxes).max() < 1e-3
+        if backend == "onnxruntime":
+            assert np.array_equal(image[:, 4], detections.scores)
+        assert np.abs(image[:, 4] - detections.scores).max() < 1e-5
+
+
+def test_maps_of_an_end_to_end_detection_equal_without_branches_and_point_into_its_box(end_to_end, scenes, tmp_path):
+    plain = without_branches(end_to_end, tmp_path / "plain")
+    cropped, whole = Explainer(end_to_end, "onnxruntime"), Explainer(plain, "openvino")
+    inside = []
+    for scene in scenes:
+        a, b = cropped.explain(scene, "recipro"), whole.explain(scene, "recipro")
+        assert [d.anchor for d in a.items[0]] == [d.anchor for d in b.items[0]]
+        for da, db in zip(a.items[0], b.items[0]):
+            np.testing.assert_allclose(da.saliency, db.saliency, atol=2e-4)
+            row, col = np.unravel_index(np.argmax(da.saliency), da.saliency.shape)
+            inside.append(da.box[0] - 1 <= col <= da.box[2] + 1 and da.box[1] - 1 <= row <= da.box[3] + 1)
+    assert len(inside) >= 8 and np.mean(inside) >= 0.8, inside          # 16 of 18 (the one-to-one head, 20 epochs)
+
+
+def test_an_end_to_end_bundle_is_not_fused_in_one_line(end_to_end, tmp_path):
+    assert_one_line_error(run_cli("fuse", end_to_end.path, "--method", "eigen", "--out", tmp_path / "f.onnx"),
+                          "a fused model would return those (N, 4+C, anchors) scores, not the export's (N,k,6) rows")
+
+
+def test_an_end_to_end_ir_is_refused_in_one_line_naming_its_onnx_file(tmp_path):
+    import openvino as ov
+    ov.save_model(ov.Core().read_model(str(END_TO_END)), str(tmp_path / "e2e.xml"))
+    assert_one_line_error(run_cli("split", tmp_path / "e2e.xml", "--out", tmp_path / "bundle"), IR_REFUSAL)
