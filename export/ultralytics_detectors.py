@@ -147,7 +147,7 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=1000, help="training scenes")
     parser.add_argument("--val", type=int, default=200, help="validation scenes")
     parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument("--openvino", action="store_true", help="also export each default file as OpenVINO IR")
+    parser.add_argument("--openvino", action="store_true", help="also export each model as Ultralytics' OpenVINO IR")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     args.out = args.out.resolve()
@@ -170,7 +170,7 @@ def main() -> None:
         if name in ONE2MANY:
             files.append(export(model, args.out, f"{name}_{SIZE}_end2end", nms=False))
         if args.openvino:
-            path = Path(model.export(format="openvino", imgsz=SIZE, dynamic=True))
+            path = Path(model.export(format="openvino", imgsz=SIZE))          # its defaults: batch 1, float32
             shutil.move(str(path), args.out / f"{name}_{SIZE}_openvino_model")
         params = sum(p.numel() for p in model.model.parameters())
         record["models"][name] = {"parameters": int(params), "train_seconds": round(seconds), **metrics,

@@ -186,3 +186,24 @@ def test_an_end_to_end_ir_is_refused_in_one_line_naming_its_onnx_file(tmp_path):
     import openvino as ov
     ov.save_model(ov.Core().read_model(str(END_TO_END)), str(tmp_path / "e2e.xml"))
     assert_one_line_error(run_cli("split", tmp_path / "e2e.xml", "--out", tmp_path / "bundle"), IR_REFUSAL)
+
+
+def test_ultralytics_own_openvino_export_is_cut_at_detects_inputs_and_explains_as_its_onnx_file(bundles, scenes,
+                                                                                                 tmp_path):
+    """Ultralytics' `format=openvino` export (torch → IR, batch 1) names every SiLU of the network after one Conv of
+    Detect ('__module.model.23.cv3.2.1.1.act/aten::silu_/Swish_N'), which made the first convolution's output look
+    like an input of the head (a cut at stride 2); the activations now take the scope of the op they read."""
+    bundle = split_detector(DATA / "yolo26_128_openvino_model" / "best.xml", tmp_path / "ir")
+    cut = bundle.manifest["cut"]
+    assert [(level["shape"], level["stride"], level["receptive_radius"]) for level in cut] == \
+        [([16, 16, 16], 8, 2), ([16, 8, 8], 16, 2), ([16, 4, 4], 32, 2)]
+    assert bundle.manifest["verification"]["scores_max_abs_diff"] <= 1e-5
+    ir, onnx_file = Explainer(bundle, "openvino"), Explainer(bundles["yolo26"], "openvino")
+    compared = 0
+    for scene in scenes[:4]:
+        a, b = ir.explain(scene, "recipro"), onnx_file.explain(scene, "recipro")
+        assert [(d.anchor, d.class_id) for d in a.items[0]] == [(d.anchor, d.class_id) for d in b.items[0]]
+        for da, db in zip(a.items[0], b.items[0]):
+            assert np.abs(da.saliency - db.saliency).max() < 2e-3
+            compared += 1
+    assert compared >= 4

@@ -162,7 +162,7 @@ def _cut_members(graph: OpenVinoGraph, cut, scores, height: int) -> list[_Output
 def _detect_inputs(graph: OpenVinoGraph) -> list[_Output]:
     """What the detection head reads: the image-dependent outputs of ops outside the last ``model.N`` scope (and
     outside what is computed from it) that ops inside it read, finest first."""
-    scopes = {name: [int(n) for n in SCOPE.findall(name)] for name in graph.ops}
+    scopes = op_scopes(graph)
     last = max((n for found in scopes.values() for n in found), default=None)
     if last is None:
         raise CamInferError("cannot find the detection head: the graph's op names have no Ultralytics 'model.N' "
@@ -181,6 +181,24 @@ def _detect_inputs(graph: OpenVinoGraph) -> list[_Output]:
                 members.append(member)
     shaped = [m for m in members if graph.shape(m) is not None]
     return sorted(shaped, key=lambda m: -graph.shape(m)[1] * graph.shape(m)[2])
+
+
+SHARED_ACTIVATION = re.compile(r"\.act/aten::")    # an op of a Conv's `act` module: `__module.model.23….act/aten::silu_/…`
+
+
+def op_scopes(graph: OpenVinoGraph) -> dict[str, list[int]]:
+    """Each op's ``model.N`` scopes, read from its name; an activation op's (`SHARED_ACTIVATION`) from the op it reads.
+    Ultralytics' Conv modules share one SiLU (`Conv.default_act`), and OpenVINO's PyTorch frontend names every call
+    of a shared module after one of its paths: in a `format=openvino` export (Ultralytics 8.4.190, OpenVINO 2026.4)
+    every Swish of the network is named `__module.model.23.cv3.2.1.1.act/aten::silu_/Swish_N`, inside Detect, which
+    put the first convolution's output among the head's inputs."""
+    scopes: dict[str, list[int]] = {}
+    for name in sorted(graph.ops, key=graph.order.get):
+        scopes[name] = [int(n) for n in SCOPE.findall(name)]
+        if SHARED_ACTIVATION.search(name):
+            read = [v.get_node().get_friendly_name() for v in graph.ops[name].input_values()]
+            scopes[name] = next((scopes[r] for r in read if r in graph.dependent and r in scopes), scopes[name])
+    return scopes
 
 
 def _backbone_cut(graph: OpenVinoGraph, scores, height: int) -> _Output:
