@@ -188,17 +188,22 @@ def test_an_end_to_end_ir_is_refused_in_one_line_naming_its_onnx_file(tmp_path):
     assert_one_line_error(run_cli("split", tmp_path / "e2e.xml", "--out", tmp_path / "bundle"), IR_REFUSAL)
 
 
+@pytest.mark.parametrize("name,folder", [("yolo26", "yolo26_128_openvino_model"),
+                                         ("yolo11", "yolo11_128_openvino_model_fp16")])
 def test_ultralytics_own_openvino_export_is_cut_at_detects_inputs_and_explains_as_its_onnx_file(bundles, scenes,
-                                                                                                 tmp_path):
-    """Ultralytics' `format=openvino` export (torch → IR, batch 1) names every SiLU of the network after one Conv of
-    Detect ('__module.model.23.cv3.2.1.1.act/aten::silu_/Swish_N'), which made the first convolution's output look
-    like an input of the head (a cut at stride 2); the activations now take the scope of the op they read."""
-    bundle = split_detector(DATA / "yolo26_128_openvino_model" / "best.xml", tmp_path / "ir")
+                                                                                                 tmp_path, name,
+                                                                                                 folder):
+    """Ultralytics' `format=openvino` export (torch → IR, batch 1; YOLO11's with half=True) names every SiLU of the
+    network after one Conv of Detect ('__module.model.23.cv3.2.1.1.act/aten::silu_/Swish_N'), which made the first
+    convolution's output look like an input of the head (a cut at stride 2); the activations now take the scope of
+    the op they read. YOLO11's Detect also takes its batch from a ShapeOf of C2PSA's input, a shape the head now
+    rebuilds instead of refusing the cut."""
+    bundle = split_detector(DATA / folder / "best.xml", tmp_path / "ir")
     cut = bundle.manifest["cut"]
     assert [(level["shape"], level["stride"], level["receptive_radius"]) for level in cut] == \
         [([16, 16, 16], 8, 2), ([16, 8, 8], 16, 2), ([16, 4, 4], 32, 2)]
     assert bundle.manifest["verification"]["scores_max_abs_diff"] <= 1e-5
-    ir, onnx_file = Explainer(bundle, "openvino"), Explainer(bundles["yolo26"], "openvino")
+    ir, onnx_file = Explainer(bundle, "openvino"), Explainer(bundles[name], "openvino")
     compared = 0
     for scene in scenes[:4]:
         a, b = ir.explain(scene, "recipro"), onnx_file.explain(scene, "recipro")

@@ -17,7 +17,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import CamInferError
-from .openvino_split import _image_input, _layouts, _Output, _release_batch, enter_head_at, float_output
+from .openvino_split import (_image_input, _layouts, _Output, _rebuild_shapes, _release_batch, enter_head_at,
+                             float_output)
 
 PACKED = "cut_packed"
 
@@ -66,11 +67,23 @@ class OpenVinoGraph:
             if key in seen or key in members:
                 continue
             seen.add(key)
+            if self.shape_only(value.get_node()):
+                continue
             if key.op in self.dependent and (key.op in before or key.op == self.spec.name):
                 found.add(key)
                 continue
             stack.extend(value.get_node().input_values())
         return sorted(found, key=lambda o: (self.order[o.op], o.index))
+
+    @staticmethod
+    def shape_only(op) -> bool:
+        """A ShapeOf of a tensor whose dims are known but the batch: the head reads no value of it, only a shape it
+        rebuilds from its own input's batch (`_rebuild_shapes`). OpenVINO shares such shapes across blocks: in
+        Ultralytics' torch → IR export of YOLO11, Detect's DFL reshape takes its batch from a ShapeOf of C2PSA's input."""
+        if op.get_type_name() != "ShapeOf":
+            return False
+        dims = list(op.input_value(0).get_partial_shape())
+        return bool(dims) and all(d.is_static for d in dims[1:])
 
     def shape(self, out: _Output) -> list[int] | None:
         """(K, h, w) of a member in NCHW, or None when it is not a float feature map of static size."""
@@ -158,6 +171,7 @@ def packed_openvino_graphs(graph: OpenVinoGraph, members: list[_Output], levels:
         a = ops.reshape(a, ops.constant(np.array([0, *level["shape"]], np.int64)), special_zero=True).output(0)
         enter_head_at(source, a, graph.layouts.get(m) == "NHWC")
     end = float_output(h_ops, scores)
+    _rebuild_shapes(end.get_node(), spec.name, packed)
     head = ov.Model([ops.result(end)], [packed], "head")
     if batch == -1:
         for part in (features, head):
