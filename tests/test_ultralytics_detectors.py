@@ -203,6 +203,7 @@ def test_ultralytics_own_openvino_export_is_cut_at_detects_inputs_and_explains_a
     assert [(level["shape"], level["stride"], level["receptive_radius"]) for level in cut] == \
         [([16, 16, 16], 8, 2), ([16, 8, 8], 16, 2), ([16, 4, 4], 32, 2)]
     assert bundle.manifest["verification"]["scores_max_abs_diff"] <= 1e-5
+    assert bundle.labels == ["circle", "square", "triangle", "cross", "tagged_square"]     # rt_info model_info/labels
     ir, onnx_file = Explainer(bundle, "openvino"), Explainer(bundles[name], "openvino")
     compared = 0
     for scene in scenes[:4]:

@@ -99,7 +99,8 @@ def split_openvino_detector(path, out, *, cut="detect-input", input_size_hw: tup
     receptive = measure_locality(run_features, run_head, levels, prep)
     branches = level_branches(IrBranches(graph, members), levels, receptive, classes, anchor_levels(size, anchors),
                               run_head, run_features(random_images(prep, 1, seed=11)))
-    names = read_labels(labels, classes) if labels is not None else class_names(model, classes)
+    names = read_labels(labels, classes) if labels is not None else \
+        class_names(model, classes) or model_info_labels(model, classes)
     fields = detection_fields(prep, levels, strides, classes, anchors, names, cut, receptive,
                               {**DEFAULTS, **thresholds}, model.get_results()[0].get_friendly_name())
     for i, (_, record) in branches.items():
@@ -114,6 +115,15 @@ def split_openvino_detector(path, out, *, cut="detect-input", input_size_hw: tup
     }
     return write_ir_bundle(out, path, manifest, features, head, overwrite,
                            {f"branch_{i}": branch for i, (branch, _) in branches.items()})
+
+
+def model_info_labels(model, classes: int) -> list[str] | None:
+    """The class names Ultralytics' `format=openvino` export records in rt_info ``model_info/labels``: one string,
+    the names separated by spaces, each name's own spaces made underscores ('tagged_square'), read as written; None
+    unless it names `classes` classes."""
+    from ..bundle.graph import rt_info_section
+    names = rt_info_section(model, "model_info").get("labels", "").split()
+    return names if len(names) == classes else None
 
 
 def _imgsz(model) -> tuple[int, int] | None:
