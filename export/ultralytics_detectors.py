@@ -18,8 +18,8 @@ flips, mosaic and colour jitter off (a flip would move a tagged square's dot to 
 
 Ultralytics imports torchvision for NMS and image transforms that neither building, training on tensors nor
 exporting ONNX needs; torchvision's wheel does not load on this machine, so the script puts a stub package (NMS in
-plain torch, for validation) on its own path before importing ultralytics. The stub lives in a temporary folder and is never part
-of cam-infer.
+plain torch, for validation) on its own path before importing ultralytics. The stub lives in a temporary folder and
+is never part of cam-infer.
 """
 
 from __future__ import annotations
@@ -106,8 +106,8 @@ def narrow_yaml(name: str, width: float, channels: int, folder: Path) -> Path:
     so that Ultralytics reads scale n from it (<family>n-narrow.yaml)."""
     import ultralytics
     text = (Path(ultralytics.__file__).parent / "cfg" / "models" / MODELS[name]).read_text()
-    text = re.sub(r"(\n\s*n: \[)([\d.]+), ([\d.]+), (\d+)\]", lambda m: f"{m.group(1)}{m.group(2)}, {width}, {channels}]",
-                  text, count=1)
+    text = re.sub(r"(\n\s*n: \[)([\d.]+), ([\d.]+), (\d+)\]",
+                  lambda m: f"{m.group(1)}{m.group(2)}, {width}, {channels}]", text, count=1)
     text = re.sub(r"\nnc: \d+", f"\nnc: {len(DETECTION_CLASSES)}", text)
     (folder / f"{name}n-narrow.yaml").write_text(text)
     return folder / f"{name}n-narrow.yaml"

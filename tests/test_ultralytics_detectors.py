@@ -4,7 +4,7 @@ attention, depthwise convolutions in Detect's class branch), YOLO26 and YOLOv10 
 head (Ultralytics' default export). Each splits into graphs equal to the model on both runtimes, keeps its cropped
 class branches, gives the maps the whole head gives, and points into its detections' boxes. YOLO26's end-to-end
 export (`nms=False`: TopK inside the graph, (N,300,6)) is split before its TopK, and every row it returns is a
-detection of the bundle with its anchor; as IR it is refused in one line."""
+detection of the bundle with its anchor, as ONNX file and as IR (converted, or Ultralytics' own)."""
 
 from __future__ import annotations
 
@@ -22,9 +22,6 @@ from cam_infer.tools.synthetic import write_detection_scenes
 DATA = Path(__file__).parent / "data" / "detectors"
 MODELS = ("yolo11", "yolo26", "yolov10")
 END_TO_END = DATA / "yolo26_128_end2end.onnx"
-IR_REFUSAL = ("is (N,300,6) picked by a TopK inside the graph: an end-to-end export (YOLO26/YOLOv10 one-to-one head, "
-              "no NMS), which cam-infer traces back to its anchors in the ONNX file only; split its ONNX export, or "
-              "export the (N, 4+C, anchors) output (Ultralytics: nms unset, not nms=False)")
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +65,8 @@ def test_the_split_equals_the_unsplit_export_on_both_runtimes(bundles, scenes, n
 @pytest.mark.parametrize("name", MODELS)
 def test_the_cut_is_the_detect_inputs_and_every_level_wide_enough_keeps_an_exact_class_branch(bundles, name):
     """Detect reads model.16, .19, .22 (strides 8, 16, 32); its class branch (YOLO11/26: a depthwise 3×3, a 1×1,
-    twice, then the class 1×1) reads a 5×5 window, so the 16×16 and 8×8 levels get a cropped branch and the 4×4 one,
-    smaller than the window, runs through the whole head."""
+    twice, then the class 1×1) reads a 5×5 window, so the 16×16 and 8×8 levels get a cropped branch and the 4×4
+    one, smaller than the window, runs through the whole head."""
     cut = bundles[name].manifest["cut"]
     assert [(level["stride"], level["name"].split("/")[1]) for level in cut] == \
         [(8, "model.16"), (16, "model.19"), (32, "model.22")]
@@ -182,10 +179,32 @@ def test_an_end_to_end_bundle_is_not_fused_in_one_line(end_to_end, tmp_path):
                           "a fused model would return those (N, 4+C, anchors) scores, not the export's (N,k,6) rows")
 
 
-def test_an_end_to_end_ir_is_refused_in_one_line_naming_its_onnx_file(tmp_path):
+@pytest.mark.parametrize("made", ["converted", "ultralytics"])
+def test_an_end_to_end_ir_is_split_before_its_top_k_and_detects_as_its_onnx_file(end_to_end, scenes, tmp_path, made):
+    """The ONNX export converted by OpenVINO, and Ultralytics' own `format=openvino, nms=False` export (torch → IR,
+    batch 1, no task metadata: recognised by its TopK and (1,300,6) output)."""
     import openvino as ov
-    ov.save_model(ov.Core().read_model(str(END_TO_END)), str(tmp_path / "e2e.xml"))
-    assert_one_line_error(run_cli("split", tmp_path / "e2e.xml", "--out", tmp_path / "bundle"), IR_REFUSAL)
+    path = DATA / "yolo26_128_end2end_openvino_model" / "best.xml"
+    if made == "converted":
+        path = tmp_path / "e2e.xml"
+        ov.save_model(ov.Core().read_model(str(END_TO_END)), str(path))
+    bundle = split_detector(path, tmp_path / "bundle")
+    assert bundle.graph_format == "openvino" and bundle.manifest["nms"]["end_to_end"] is True
+    rows = bundle.manifest["verification"]["end_to_end"]
+    assert rows["rows_per_image"] == 300 and rows["rows_compared"] > 1000 and rows["max_box_diff"] < 1e-3
+    assert [level["shape"] for level in bundle.manifest["cut"]] == [[16, 16, 16], [16, 8, 8], [16, 4, 4]]
+    x = scene_batch(scenes)
+    deployed = unsplit(END_TO_END, x, "onnxruntime")
+    for image, detections in zip(deployed, Explainer(bundle, "openvino").detect(x)):
+        image = image[image[:, 4] > 0.25]
+        assert np.array_equal(image[:, 5].astype(np.int64), detections.classes)
+        assert np.abs(image[:, 4] - detections.scores).max() < 1e-3
+        assert np.abs(image[:, :4] - detections.boxes).max() < 0.05
+    ir, onnx_file = Explainer(bundle, "openvino"), Explainer(end_to_end, "openvino")
+    a, b = ir.explain(scenes[0], "recipro"), onnx_file.explain(scenes[0], "recipro")
+    assert [(d.anchor, d.class_id) for d in a.items[0]] == [(d.anchor, d.class_id) for d in b.items[0]]
+    for da, db in zip(a.items[0], b.items[0]):
+        assert np.abs(da.saliency - db.saliency).max() < 2e-3
 
 
 @pytest.mark.parametrize("name,folder", [("yolo26", "yolo26_128_openvino_model"),

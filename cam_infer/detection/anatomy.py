@@ -6,7 +6,7 @@ export, `nms` unset): input `images` (N,3,H,W) RGB/255 letterboxed; output (N, 4
 input pixels and sigmoid class scores, A = Σ_l (H/s_l)·(W/s_l) anchors, level-major and row-major. DFL decoding
 (none for YOLO26: one bin), strides and the sigmoid are inside the graph; NMS is not. An end-to-end export (the
 one-to-one head's top detections picked by a TopK inside the graph, (N, 300, 6)) is split before its TopK
-(`end_to_end`); as OpenVINO IR it is refused in one line.
+(`end_to_end`), as ONNX file and as OpenVINO IR.
 
 A set S of tensors is a **cut** when every path from the image to the output passes through S: propagating
 "depends on the image" forward without entering S reaches no output.
@@ -110,12 +110,11 @@ def check_output_layout(name: str, dims: tuple | None, size: tuple[int, int], to
 
 def end_to_end_refusal(name: str, dims: tuple) -> str:
     """Why an end-to-end export (Ultralytics YOLO26/YOLOv10 with `nms=False`: the one-to-one head's scores, then a
-    TopK over anchors and classes, (N, 300, 6) rows x1, y1, x2, y2, score, class) is refused as OpenVINO IR, and what
-    to give instead (its ONNX file is split before the TopK: `end_to_end`)."""
+    TopK over anchors and classes, (N, 300, 6) rows x1, y1, x2, y2, score, class) is refused when no tensor before its
+    TopK holds the anchors' boxes and scores (`end_to_end`), and what to export instead."""
     return (f"the detector output '{name}' is (N,{dims[0]},6) picked by a TopK inside the graph: an end-to-end export "
-            "(YOLO26/YOLOv10 one-to-one head, no NMS), which cam-infer traces back to its anchors in the ONNX file "
-            "only; split its ONNX export, or export the (N, 4+C, anchors) output (Ultralytics: nms unset, not "
-            "nms=False)")
+            "(YOLO26/YOLOv10 one-to-one head, no NMS) with no (N, 4+C, anchors) tensor of boxes and class scores "
+            "before its TopK to explain; export the (N, 4+C, anchors) output (Ultralytics: nms unset, not nms=False)")
 
 
 def is_cut(graph: Graph, tensors: list[str]) -> bool:
@@ -204,5 +203,5 @@ def check_class_rows(scores: np.ndarray) -> None:
                             "pass through a Sigmoid")
 
 
-__all__ = ["CUTS", "check_class_rows", "check_output_layout", "class_names", "cut_tensors", "input_size", "is_cut", "is_detector",
-           "output_layout"]
+__all__ = ["CUTS", "check_class_rows", "check_output_layout", "class_names", "cut_tensors", "end_to_end_refusal",
+           "input_size", "is_cut", "is_detector", "output_layout"]

@@ -79,21 +79,25 @@ def anchor_model(model: onnx.ModelProto, graph: Graph, tensor: str) -> onnx.Mode
 
 
 def verify_rows(deployed: onnx.ModelProto, cut: onnx.ModelProto, prep) -> dict:
-    """The export's (N, k, 6) rows against the top (anchor, class) pairs of the cut output on random images, batch
-    1 and 3: the same scores in the same order, the same class and box at every row whose score no other row shares
-    (the order of equal scores is the TopK's own); refused otherwise. `rows_per_image`, the export's k, is the
-    bundle's max_det."""
-    from ..bundle.verify import random_images, session
+    """`compare_rows` of an ONNX export and its cut, on ONNX Runtime, batches of 1 and 3."""
+    from ..bundle.verify import session
     full, part = session(deployed), session(cut)
+    return compare_rows(lambda x: full.run(None, {full.get_inputs()[0].name: x})[0],
+                        lambda x: part.run(None, {part.get_inputs()[0].name: x})[0], prep, (1, 3))
+
+
+def compare_rows(run_deployed, run_cut, prep, batches) -> dict:
+    """The export's (N, k, 6) rows against the top (anchor, class) pairs of the cut output on random images: the same
+    scores in the same order, the same class and box at every row whose score no other row shares (the order of equal
+    scores is the TopK's own); refused otherwise. `rows_per_image`, the export's k, is the bundle's max_det."""
+    from ..bundle.verify import random_images
     compared, worst, k = 0, 0.0, 0
-    for n in (1, 3):
+    for n in batches:
         x = random_images(prep, n, seed=20 + n)
-        rows = full.run(None, {full.get_inputs()[0].name: x})[0]
-        anchors = part.run(None, {part.get_inputs()[0].name: x})[0]
-        for image, ours in zip(rows, anchors):
+        for image, ours in zip(run_deployed(x), run_cut(x)):
             k = len(image)
             pairs = top_pairs(ours, -1.0, k)
-            if len(pairs) != len(image) or not np.array_equal(pairs.scores, image[:, 4]):
+            if len(pairs) != k or not np.array_equal(pairs.scores, image[:, 4]):
                 raise CamInferError("the scores before the end-to-end detector's TopK do not give its rows in its "
                                     "order: cam-infer cannot tell which anchor made each detection; export it with "
                                     "its (N, 4+C, anchors) output (Ultralytics: nms unset, not nms=False)")
@@ -108,7 +112,7 @@ def verify_rows(deployed: onnx.ModelProto, cut: onnx.ModelProto, prep) -> dict:
             compared += int(unique.sum())
             worst = max(worst, boxes)
     return {"rows_per_image": k, "rows_compared": compared, "max_box_diff": worst, "images": "random",
-            "batches": [1, 3]}
+            "batches": list(batches)}
 
 
-__all__ = ["OUTPUT", "anchor_model", "is_end_to_end", "scores_before_top_k", "verify_rows"]
+__all__ = ["OUTPUT", "anchor_model", "compare_rows", "is_end_to_end", "scores_before_top_k", "verify_rows"]

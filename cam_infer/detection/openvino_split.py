@@ -18,13 +18,14 @@ import numpy as np
 from ..bundle.openvino_cut_set import OpenVinoGraph, display, level_records, openvino_cut_set, packed_openvino_graphs
 from ..bundle.openvino_split import (_BatchFails, _compiled, _input_spec, _ov_version, _Output, _read,
                                      split_outputs, with_input_size, write_ir_bundle)
+from ..bundle.graph import rt_info_section
 from ..bundle.split import read_labels
 from ..bundle.verify import openvino_message, random_images
 from ..errors import CamInferError
 from ..images import Preprocessing
-from .anatomy import check_class_rows, check_output_layout, class_names, metadata
+from .anatomy import check_class_rows, check_output_layout, class_names, end_to_end_refusal, metadata
 from .branches import level_branches
-from .decode import DEFAULTS, anchor_levels, check_thresholds
+from .decode import DEFAULTS, anchor_levels, check_thresholds, is_anchor_count
 from .openvino_branches import IrBranches
 from .record import detection_fields, measure_locality
 
@@ -33,11 +34,13 @@ SCOPE = re.compile(r"(?:^|/|__module\.)model\.(\d+)(?=[./:]|$)")       # ONNX-bo
 
 def is_openvino_detector(model) -> bool:
     """Whether an ov.Model ends in one (N, 4+C, anchors) output whose anchor count fits its input at strides 8, 16,
-    32 …, or records Ultralytics' task=detect."""
+    32 …, or in an end-to-end export's (N, k, 6) picked by a TopK, or records Ultralytics' task=detect."""
     if metadata(model).get("task") == "detect":
         return True
     if len(model.get_results()) != 1 or len(model.get_parameters()) != 1:
         return False
+    if _is_end_to_end(model):
+        return True
     out, image = model.get_results()[0].get_output_partial_shape(0), model.get_parameters()[0].get_partial_shape()
     if out.rank.is_dynamic or out.rank.get_length() != 3 or image.rank.is_dynamic or image.rank.get_length() != 4:
         return False
@@ -76,6 +79,9 @@ def split_openvino_detector(path, out, *, cut="detect-input", input_size_hw: tup
         raise CamInferError(f"the detector's input is {spec.dtype} with {spec.channels} channels; cam-infer reads "
                             "an Ultralytics export's float RGB image (N,3,H,W)")
     size = tuple(int(v) for v in spec.size)
+    source = model                                  # its metadata (names), and an end-to-end export's rows
+    if _is_end_to_end(model):
+        model = _anchor_model(model, size)
     scores = model.get_results()[0].input_value(0)
     classes, anchors = _output_layout(model, size)
     graph = OpenVinoGraph(model, spec)
@@ -100,9 +106,13 @@ def split_openvino_detector(path, out, *, cut="detect-input", input_size_hw: tup
     branches = level_branches(IrBranches(graph, members), levels, receptive, classes, anchor_levels(size, anchors),
                               run_head, run_features(random_images(prep, 1, seed=11)))
     names = read_labels(labels, classes) if labels is not None else \
-        class_names(model, classes) or model_info_labels(model, classes)
-    fields = detection_fields(prep, levels, strides, classes, anchors, names, cut, receptive,
-                              {**DEFAULTS, **thresholds}, model.get_results()[0].get_friendly_name())
+        class_names(source, classes) or model_info_labels(source, classes)
+    nms = {**DEFAULTS, **thresholds}
+    if source is not model:
+        verification["end_to_end"] = _compare_rows(source, model, prep)
+        nms = {**nms, "max_det": min(nms["max_det"], verification["end_to_end"]["rows_per_image"]), "end_to_end": True}
+    fields = detection_fields(prep, levels, strides, classes, anchors, names, cut, receptive, nms,
+                              model.get_results()[0].get_friendly_name())
     for i, (_, record) in branches.items():
         fields["cut"][i]["branch"] = record
     manifest = {
@@ -117,11 +127,62 @@ def split_openvino_detector(path, out, *, cut="detect-input", input_size_hw: tup
                            {f"branch_{i}": branch for i, (branch, _) in branches.items()})
 
 
+def _is_end_to_end(model) -> bool:
+    """The output is (N, k, 6) and a TopK computes it (`end_to_end`)."""
+    shape = model.get_results()[0].get_output_partial_shape(0)
+    return (shape.rank.is_static and shape.rank.get_length() == 3 and shape[2].is_static and shape[2].get_length() == 6
+            and any(op.get_type_name() == "TopK" for op in model.get_ordered_ops()))
+
+
+def _anchor_model(model, size: tuple[int, int]):
+    """An end-to-end IR up to its one-to-one head's (1, 4+C, A) corners and scores, the last such op output before
+    its first TopK, the corners made (cx, cy, w, h) (`end_to_end.anchor_model`, the ONNX file's twin)."""
+    import openvino as ov
+    import openvino.opset13 as ops
+    from ..bundle.graph import names_metadata
+    clone = model.clone()
+    ordered = clone.get_ordered_ops()
+    first = next(i for i, op in enumerate(ordered) if op.get_type_name() == "TopK")
+    names = names_metadata(model)
+    labels = rt_info_section(model, "model_info").get("labels", "").split()
+    classes = len(names) if isinstance(names, dict) and names else len(labels) or None
+    found = None
+    for op in ordered[:first]:
+        for out in op.outputs():
+            shape = out.get_partial_shape()
+            if not shape.is_static or shape.rank.get_length() != 3 or out.get_element_type().get_type_name() != "f32":
+                continue
+            rows, anchors = shape[1].get_length(), shape[2].get_length()
+            if rows >= 5 and (classes is None or rows == 4 + classes) and is_anchor_count(size, anchors):
+                found = out
+    if found is None:
+        raise CamInferError(end_to_end_refusal(model.get_results()[0].get_friendly_name(),
+                                               (model.get_results()[0].get_output_partial_shape(0)[1], 6)))
+    rows = found.get_partial_shape()[1].get_length()
+    axis, step = ops.constant(np.array([1], np.int64)), ops.constant(np.array([1], np.int64))
+    part = lambda a, b: ops.slice(found, ops.constant(np.array([a], np.int64)),        # noqa: E731
+                                  ops.constant(np.array([b], np.int64)), step, axis)
+    corner, far, scores = part(0, 2), part(2, 4), part(4, rows)
+    centre = ops.multiply(ops.add(corner, far), ops.constant(np.array(0.5, np.float32)))
+    boxes = ops.concat([centre, ops.subtract(far, corner), scores], 1)
+    result = ops.result(boxes)
+    result.set_friendly_name("anchors_before_top_k")
+    return ov.Model([result], clone.get_parameters(), "end_to_end_scores")
+
+
+def _compare_rows(deployed, cut, prep) -> dict:
+    """`end_to_end.compare_rows` on OpenVINO, image by image (the export read at batch 1)."""
+    from .end_to_end import compare_rows
+    full, part = _compiled(deployed), _compiled(cut)
+    one_by_one = lambda compiled: lambda x: np.concatenate(                     # noqa: E731
+        [next(iter(compiled(x[i:i + 1]).values())) for i in range(len(x))])
+    return compare_rows(one_by_one(full), one_by_one(part), prep, (1, 3))
+
+
 def model_info_labels(model, classes: int) -> list[str] | None:
     """The class names Ultralytics' `format=openvino` export records in rt_info ``model_info/labels``: one string,
     the names separated by spaces, each name's own spaces made underscores ('tagged_square'), read as written; None
     unless it names `classes` classes."""
-    from ..bundle.graph import rt_info_section
     names = rt_info_section(model, "model_info").get("labels", "").split()
     return names if len(names) == classes else None
 
@@ -193,7 +254,7 @@ def _detect_inputs(graph: OpenVinoGraph) -> list[_Output]:
     return sorted(shaped, key=lambda m: -graph.shape(m)[1] * graph.shape(m)[2])
 
 
-SHARED_ACTIVATION = re.compile(r"\.act/aten::")    # an op of a Conv's `act` module: `__module.model.23….act/aten::silu_/…`
+SHARED_ACTIVATION = re.compile(r"\.act/aten::")    # an op of a Conv's `act` module: `__module.model.23….act/aten::…`
 
 
 def op_scopes(graph: OpenVinoGraph) -> dict[str, list[int]]:
