@@ -232,3 +232,16 @@ def test_ultralytics_own_openvino_export_is_cut_at_detects_inputs_and_explains_a
             assert np.abs(da.saliency - db.saliency).max() < 2e-3
             compared += 1
     assert compared >= 4
+
+
+def test_an_end_to_end_export_without_the_anchors_scores_before_its_top_k_is_refused_in_one_line(tmp_path):
+    """Names metadata of 6 classes: no (N, 4+6, anchors) tensor precedes the TopK (the head's is (N, 9, 336))."""
+    import onnx
+    model = onnx.load(END_TO_END)
+    names = next(p for p in model.metadata_props if p.key == "names")
+    names.value = str({i: f"class {i}" for i in range(6)})
+    onnx.save(model, tmp_path / "six.onnx")
+    assert_one_line_error(run_cli("split", tmp_path / "six.onnx", "--out", tmp_path / "bundle"),
+                          "the detector is an end-to-end export (a TopK picks its (N,k,6) rows), and no (N, 4+C, "
+                          "anchors) tensor before its TopK was found to explain; export it with its (N, 4+C, anchors) "
+                          "output (Ultralytics: nms unset, not nms=False)")
