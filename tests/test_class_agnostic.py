@@ -41,7 +41,7 @@ def images(tmp_path_factory):
 def test_the_registry_knows_which_methods_depend_on_the_class():
     from cam_infer.methods import explaining
     assert {n for n, m in METHODS.items() if not m.class_specific} == {*AGNOSTIC, "rollout"}   # rollout: tests/test_tokens
-    assert {n for n in explaining("detection") if not METHODS[n].class_specific} == {"activation", "eigen"}
+    assert {n for n in explaining("detection") if not METHODS[n].class_specific} == {"activation", "eigen", "entropy"}
 
 
 def test_a_method_without_an_onnx_builder_can_say_it_is_class_agnostic(shapes, images):
