@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CamInferError
+from ..numerics import FLOAT16_TOLERANCE
 from .anatomy import check_class_softmax, check_one_output, check_scores_size, refuse_changed_probabilities
 from .manifest import FORMAT, FORMAT_VERSION
 from .openvino_cut_set import PACKED, OpenVinoGraph, level_records, openvino_cut_set, packed_openvino_graphs
@@ -216,7 +217,7 @@ def split_openvino_segmenter(path, layer: str = "auto", out=None, *, preprocessi
 
 def _verify(reference, spec, features, head, prep, batch_mode: str, nhwc: bool) -> dict:
     """head(features(x)) against the model's scores (`nhwc`: made NCHW) on OpenVINO, batch 1 and 3, within one
-    step of them."""
+    step of them (float16's tolerance for an IR that computes in float16: `computes_in_float16`)."""
     try:
         full = _compiled(reference)
         feat, hd = _compiled(features), _compiled(head)
@@ -226,6 +227,7 @@ def _verify(reference, spec, features, head, prep, batch_mode: str, nhwc: bool) 
         raise CamInferError(f"OpenVINO cannot compile this model or its split ({openvino_message(exc)})") from None
     scores = reference.get_results()[0].input_value(0)
     step = fake_quantize_step(scores)
+    rtol = FLOAT16_TOLERANCE if computes_in_float16(reference) else 1e-4
     worst = 0.0
     for n in (1, 3):
         x = random_images(prep, n, seed=n)
@@ -233,9 +235,18 @@ def _verify(reference, spec, features, head, prep, batch_mode: str, nhwc: bool) 
         expected = (raw.transpose(0, 3, 1, 2) if nhwc else raw).astype(np.float32).reshape(n, -1)
         got = split_outputs(feat, hd, x, batch_mode)
         try:
-            worst = max(worst, compare(got, expected, False, 1e-4, step, n))
+            worst = max(worst, compare(got, expected, False, rtol, step, n))
         except Exception as exc:
             raise CamInferError(f"splitting does not reproduce the model: {exc}") from None
-    return {"passed": True, "batch_sizes": [1, 3], "max_abs_diff": worst, "output_step": step,
-            "compared": "the class scores", "runtime": f"openvino {_ov_version()} CPU (f32)",
+    return {"passed": True, "batch_sizes": [1, 3], "max_abs_diff": worst, "relative_tolerance": rtol,
+            "output_step": step, "compared": "the class scores", "runtime": f"openvino {_ov_version()} CPU (f32)",
             "inputs": "random uint8 images through the bundle preprocessing"}
+
+
+def computes_in_float16(model) -> bool:
+    """Whether an IR computes in float16: an op other than a Constant or a Convert with a float16 output (an IR
+    converted from a float16 ONNX file; a float16-compressed IR converts its weights and computes in float32). Its
+    split, as a float16 ONNX segmenter's (`segmentation.split_tolerance`), may keep or lose at the cut a float16
+    rounding that the whole model has: measured 2.1e-3 on our segmenter's scores (up to 4)."""
+    return any(op.get_type_name() not in ("Constant", "Convert") and op.get_output_size() > 0
+               and op.get_output_element_type(0).get_type_name() == "f16" for op in model.get_ordered_ops())
