@@ -249,18 +249,21 @@ def _convolution_head() -> onnx.ModelProto:
 
 
 def test_a_head_whose_ir_holds_w_in_no_matmul_gets_the_closed_forms_in_the_pass_and_fused(tmp_path):
-    """An IR head GAP → 1×1 Convolution: read by running it, and W and b, which no MatMul constant of the IR holds,
-    added as read to the graph of the one-image pass and to the fused IR (before: the pass took the general path for
-    CAM and Ablation-CAM, and fuse refused CAM). The maps equal the general path's and the ONNX bundle's."""
+    """An IR head GAP → 1×1 Convolution: read by running it, and W and b, which no MatMul constant of the IR holds, read
+    from the Convolution's filters (C,K,1,1) and its added bias, as (C,K) and (C,), by the graph of the one-image pass
+    and the fused IR (before: the pass took the general path for CAM and Ablation-CAM, and fuse refused CAM; then
+    W and b were added as read, a float32 copy). The maps equal the general path's and the ONNX bundle's."""
     import openvino as ov
 
     from cam_infer.fuse import fuse, save
-    from cam_infer.fuse.ir_graph import head_tensors
+    from cam_infer.fuse.ir_graph import HEAD_WEIGHT, head_tensors
     from cam_infer.postprocess import normalise
     ir, onnx_bundle = as_ir(_convolution_head(), tmp_path)
     explainer = Explainer(ir, backend="openvino", precision="f32")
     assert explainer.linear_head is not None
-    assert head_tensors(ov.Core().read_model(str(ir.head_path)), explainer.linear_head) is None
+    found = head_tensors(ov.Core().read_model(str(ir.head_path)), explainer.linear_head)
+    assert found is not None and found["transposed"] is False
+    assert found[HEAD_WEIGHT].get_node().get_type_name() == "Reshape"        # the filters as (C, K)
     x = random_images(ir.preprocessing, 2, seed=3)
     in_pass = explainer.task.in_pass
     for method in ("cam", "ablation"):
