@@ -150,6 +150,38 @@ def test_closed_forms_fused_on_an_int8_ir_read_its_uint8_weights_through_their_d
     assert np.abs(raw - expected).max() <= 1e-4 * np.abs(expected).max()
 
 
+@pytest.mark.parametrize("keep_io_types", [True, False])
+def test_an_ir_that_computes_in_float16_splits_and_fuses_its_closed_forms(tmp_path, keep_io_types):
+    """The shapes classifier converted to float16 ONNX (ONNX Runtime's converter), then to IR: its ops compute in f16.
+    With float16 images its split was refused at float32's 1e-4 ('0.000248 > 0.0001' on PP-OCR's float16 file), and
+    CAM fused into it stopped with an internal error: the method read the head's f16 weight constant through a
+    Convert, which OpenVINO's CPU plugin takes for a compressed weight and converts in place, under the model's own f16
+    MatMul too. Now the split is verified within float16's tolerance (recorded), and CAM and Recipro-CAM fuse with
+    the Explainer's maps, the weights read where the IR holds them (no float32 copy)."""
+    import onnx
+    import openvino as ov
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    from cam_infer.bundle import split_openvino
+    from cam_infer.numerics import FLOAT16_TOLERANCE
+    source = save(plain_model(Bundle.load(SHAPES)), tmp_path / "shapes.onnx")
+    onnx.save(convert_float_to_float16(onnx.load(source), keep_io_types=keep_io_types), tmp_path / "half.onnx")
+    ov.save_model(ov.convert_model(str(tmp_path / "half.onnx")), str(tmp_path / "half.xml"), compress_to_fp16=False)
+    bundle = split_openvino(tmp_path / "half.xml", "auto", tmp_path / "bundle")
+    tolerance = bundle.manifest["verification"]["relative_tolerance"]
+    assert tolerance == FLOAT16_TOLERANCE
+    explainer = Explainer(bundle, backend="openvino", precision="f32")
+    assert explainer.linear_head is not None
+    plain = save(plain_model(bundle), tmp_path / "plain.xml").with_suffix(".bin").stat().st_size
+    x = random_images(bundle.preprocessing, 2, seed=4)
+    for method in ("cam", "recipro"):
+        path = save(fuse(bundle, method, raw=True), tmp_path / f"{method}.xml")
+        assert path.with_suffix(".bin").stat().st_size - plain < 4096, method
+        raw = outputs(compiled(path), {bundle.input_name: x})["saliency_raw"]
+        expected = explainer.explain(x, method).maps
+        assert np.abs(raw - expected).max() <= 1e-3 * np.abs(expected).max(), method
+
+
 def _relu_after_pooling_bundle(tmp_path):
     """A classifier whose head has a ReLU after its pooling (no GAP → linear head), as IR, split with `auto`."""
     import onnx

@@ -18,7 +18,7 @@ from ..numerics import FLOAT16_TOLERANCE
 from .anatomy import check_class_softmax, check_one_output, check_scores_size, refuse_changed_probabilities
 from .manifest import FORMAT, FORMAT_VERSION
 from .openvino_cut_set import PACKED, OpenVinoGraph, level_records, openvino_cut_set, packed_openvino_graphs
-from .openvino_split import fake_quantize_step
+from .openvino_split import computes_in_float16, fake_quantize_step
 from .openvino_split import (_BatchFails, _compiled, _constant, _cut, _input_spec, _layouts, _ops, _ov_version,
                              _Output, _reaches_parameter, _read, softmax_of, split_openvino, split_outputs,
                              write_ir_bundle)
@@ -241,12 +241,3 @@ def _verify(reference, spec, features, head, prep, batch_mode: str, nhwc: bool) 
     return {"passed": True, "batch_sizes": [1, 3], "max_abs_diff": worst, "relative_tolerance": rtol,
             "output_step": step, "compared": "the class scores", "runtime": f"openvino {_ov_version()} CPU (f32)",
             "inputs": "random uint8 images through the bundle preprocessing"}
-
-
-def computes_in_float16(model) -> bool:
-    """Whether an IR computes in float16: an op other than a Constant or a Convert with a float16 output (an IR
-    converted from a float16 ONNX file; a float16-compressed IR converts its weights and computes in float32). Its
-    split, as a float16 ONNX segmenter's (`segmentation.split_tolerance`), may keep or lose at the cut a float16
-    rounding that the whole model has: measured 2.1e-3 on our segmenter's scores (up to 4)."""
-    return any(op.get_type_name() not in ("Constant", "Convert") and op.get_output_size() > 0
-               and op.get_output_element_type(0).get_type_name() == "f16" for op in model.get_ordered_ops())

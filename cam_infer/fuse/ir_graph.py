@@ -80,10 +80,15 @@ def _equal(value: np.ndarray, weight: np.ndarray) -> bool:
 
 
 def _reshaped(output, value: np.ndarray, shape: tuple):
-    """`output` (holding `value`) as `shape`: itself, or a Reshape of it."""
+    """`output` (holding `value`) as `shape` in float32, as the method's nodes read it: itself, or a Reshape of it,
+    after a Convert where the IR holds it in another type (an IR converted from a float16 file computes in f16)."""
+    import openvino.opset13 as ops
+    kind = output.get_element_type()
+    if kind.get_type_name() != "f32":
+        one = ops.constant(np.ones((), kind.to_dtype()))
+        output = ops.convert(ops.multiply(output, one), "f32").output(0)
     if value.shape == tuple(shape):
         return output
-    import openvino.opset13 as ops
     return ops.reshape(output, ops.constant(np.array(shape, np.int64)), special_zero=False).output(0)
 
 
