@@ -64,6 +64,9 @@ def anchor_model(model: onnx.ModelProto, graph: Graph, tensor: str) -> onnx.Mode
     consts = {"e2e_0": [0], "e2e_2": [2], "e2e_4": [4], "e2e_end": [rows], "e2e_axis": [1]}
     cut.graph.initializer.extend(numpy_helper.from_array(np.array(v, np.int64), k) for k, v in consts.items())
     cut.graph.initializer.append(numpy_helper.from_array(np.array(0.5, np.float32), "e2e_half"))
+    if graph.info(tensor).elem_type != TensorProto.FLOAT:          # a float16 file's: the detector's float32 output
+        cut.graph.node.append(helper.make_node("Cast", [tensor], ["e2e_float"], to=TensorProto.FLOAT, name="e2e_float"))
+        tensor = "e2e_float"
     cut.graph.node.extend([
         helper.make_node("Slice", [tensor, "e2e_0", "e2e_2", "e2e_axis"], ["e2e_x1y1"], name="e2e_x1y1"),
         helper.make_node("Slice", [tensor, "e2e_2", "e2e_4", "e2e_axis"], ["e2e_x2y2"], name="e2e_x2y2"),
