@@ -248,8 +248,8 @@ def test_an_end_to_end_export_without_the_anchors_scores_before_its_top_k_is_ref
 
 
 def _deployed(source: Path, kind: str, scenes, out: Path) -> Path:
-    """`source` as an edge box ships it: int8 QDQ (ONNX Runtime's static quantization, calibrated on the scenes, Detect's
-    box decoding left in float) or float16 (ONNX Runtime's converter, float32 image and output)."""
+    """`source` as an edge box ships it: int8 QDQ (ONNX Runtime's static quantization, calibrated on the scenes,
+    Detect's box decoding left in float) or float16 (ONNX Runtime's converter, float32 image and output)."""
     import onnx
     if kind == "float16":
         from onnxruntime.transformers.float16 import convert_float_to_float16
