@@ -61,12 +61,12 @@ def split_detector(model, out, *, cut="detect-input", input_size_hw: tuple[int, 
     size = input_size(proto, input_size_hw)
     proto = with_input_size(proto, size)
     graph = Graph.from_model(proto, size)
-    check_dynamic_batch(proto)
     deployed = None
     if is_end_to_end(graph):
         deployed, proto = proto, anchor_model(proto, graph, scores_before_top_k(graph, size))
         graph = Graph.from_model(proto, size)
-    classes, anchors = output_layout(graph, size)
+    classes, anchors = output_layout(graph, size)          # what the model is, before how it is exported
+    check_dynamic_batch(proto if deployed is None else deployed)
     tensors = cut_tensors(graph, cut, size[0])
     levels = [level_record(graph, t, size[0]) for t in tensors]
     strides = list(anchor_levels(size, anchors).strides)
