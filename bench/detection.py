@@ -7,7 +7,7 @@
 2. Speed: the real YOLOv8n (`../shared/data/deployed/nudenet_320n.onnx`, 320×320) on OpenVINO CPU, batch 1:
    each method's time over what the detections cost (one forward pass and NMS) and over the unsplit model
    with the same NMS, all timed in turn call by call (median of --repeats), for one detection (the best)
-   and for every detection of the image; then the forward passes alone and the fused activation/eigen
+   and for every detection of the image; then the forward passes alone and the fused activation/eigen/entropy
    models (`cam-infer fuse`). `--model FILE`: another Ultralytics export of it (the int8 QDQ and float16 files
    `tests/test_detection_formats.py` makes), `--part speed` then appends its tables.
 
@@ -112,7 +112,7 @@ def speed(work: Path, repeats: int, report, source: Path = SHARED / "deployed" /
                f"model {median(bare):.1f} ms; the bundle's two graphs {median(joined):.1f} ms "
                f"({ratio(joined, bare):.2f}× the unsplit model). (Each ratio from its own pair.)")
         return
-    fused = {m: compiled(fused_model(bundle, m, work)) for m in ("activation", "eigen")}
+    fused = {m: compiled(fused_model(bundle, m, work)) for m in ("activation", "eigen", "entropy")}
     fused_rows = {m: alternate([detections, lambda m=m: detect(fused[m](x)[0][0], *thresholds)], repeats)
                   + alternate([model_and_nms, lambda m=m: detect(fused[m](x)[0][0], *thresholds)], repeats)
                   for m in fused}
