@@ -299,3 +299,18 @@ def test_int8_and_float16_exports_split_exactly_and_keep_their_class_branches(sc
             assert np.array_equal(image[:, 4], detections.scores) and len(detections) >= 1
     else:
         assert np.abs(got - expected).max() == 0.0
+
+
+def test_nms_settings_an_end_to_end_export_does_not_have_are_refused_in_one_line(end_to_end, scenes, tmp_path):
+    """An IoU threshold was taken and ignored on an end-to-end bundle (it has no NMS), and a max_det above the
+    export's own k explained detections the deployed model never returns; both are refused, the CLI in one line."""
+    from cam_infer import CamInferError
+    explainer = Explainer(end_to_end, "onnxruntime")
+    x = scene_batch(scenes)[:1]
+    with pytest.raises(CamInferError, match="no NMS, so an IoU threshold does not apply"):
+        explainer.detect(x, iou=0.5)
+    with pytest.raises(CamInferError, match="returns at most 300 detections an image; max_det 500"):
+        explainer.detect(x, max_det=500)
+    assert len(explainer.detect(x, max_det=1)[0]) == 1                 # fewer than its k: its best
+    result = run_cli("explain", end_to_end.path, scenes[0], "--iou", "0.5", "--out", tmp_path / "out")
+    assert_one_line_error(result, "no NMS, so an IoU threshold does not apply")

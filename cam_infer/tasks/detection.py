@@ -89,8 +89,15 @@ class DetectionTask(Task):
         return bool(self.bundle.manifest.get("nms", {}).get("end_to_end", False))
 
     def thresholds(self, conf, iou, max_det) -> tuple[float, float, int]:
-        """The NMS thresholds: those given, else the manifest's, else YOLO's defaults; checked."""
+        """The NMS thresholds: those given, else the manifest's, else YOLO's defaults; checked. An end-to-end export
+        has no NMS to take an IoU threshold, and returns at most its own k rows (the manifest's max_det)."""
         nms = self.bundle.manifest.get("nms", {})
+        if self.end_to_end and iou is not None:
+            raise CamInferError("this detector is an end-to-end export: it has no NMS, so an IoU threshold does not "
+                                "apply (its detections are its top (anchor, class) scores)")
+        if self.end_to_end and max_det is not None and max_det > nms.get("max_det", max_det):
+            raise CamInferError(f"this end-to-end export returns at most {nms['max_det']} detections an image; "
+                                f"max_det {max_det} would explain detections it never returns")
         conf = nms.get("conf", 0.25) if conf is None else conf
         iou = nms.get("iou", 0.7) if iou is None else iou
         max_det = nms.get("max_det", 300) if max_det is None else max_det
