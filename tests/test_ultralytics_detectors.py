@@ -314,3 +314,8 @@ def test_nms_settings_an_end_to_end_export_does_not_have_are_refused_in_one_line
     assert len(explainer.detect(x, max_det=1)[0]) == 1                 # fewer than its k: its best
     result = run_cli("explain", end_to_end.path, scenes[0], "--iou", "0.5", "--out", tmp_path / "out")
     assert_one_line_error(result, "no NMS, so an IoU threshold does not apply")
+    result = run_cli("explain", end_to_end.path, scenes[0], "--method", "recipro", "--out", tmp_path / "ran")
+    assert result.returncode == 0, result.stderr                      # no IoU threshold recorded: there is none
+    import json
+    settings = json.loads((tmp_path / "ran" / "results.json").read_text())["settings"]
+    assert settings["iou"] is None and settings["conf"] == 0.25

@@ -88,9 +88,9 @@ class DetectionTask(Task):
         """The bundle explains an end-to-end export: its detections are the top (anchor, class) scores, no NMS."""
         return bool(self.bundle.manifest.get("nms", {}).get("end_to_end", False))
 
-    def thresholds(self, conf, iou, max_det) -> tuple[float, float, int]:
+    def thresholds(self, conf, iou, max_det) -> tuple[float, float | None, int]:
         """The NMS thresholds: those given, else the manifest's, else YOLO's defaults; checked. An end-to-end export
-        has no NMS to take an IoU threshold, and returns at most its own k rows (the manifest's max_det)."""
+        has no NMS to take an IoU threshold (None), and returns at most its own k rows (the manifest's max_det)."""
         nms = self.bundle.manifest.get("nms", {})
         if self.end_to_end and iou is not None:
             raise CamInferError("this detector is an end-to-end export: it has no NMS, so an IoU threshold does not "
@@ -102,7 +102,7 @@ class DetectionTask(Task):
         iou = nms.get("iou", 0.7) if iou is None else iou
         max_det = nms.get("max_det", 300) if max_det is None else max_det
         check_thresholds(conf, iou, max_det)
-        return float(conf), float(iou), int(max_det)
+        return float(conf), None if self.end_to_end else float(iou), int(max_det)
 
     def request_for(self, spec, n: int, request: dict) -> dict:
         """The request checked for n images: ``boxes`` one list of (box, class) pairs (one image) or one per image,
