@@ -270,6 +270,7 @@ def test_the_commands_run_as_written(page, commands, folder, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT), CAM_INFER_CACHE_DIR=str(tmp_path / "cache"), TOKEN="a-token")
     shown = console_outputs(page)
     servers = {}                                   # the port a line asked for → (process, the port it has)
+    started = []                                   # every server, also one a later line on its port replaced
     try:
         for command in commands:
             if command.startswith(INSTALLS):
@@ -278,6 +279,7 @@ def test_the_commands_run_as_written(page, commands, folder, tmp_path):
             words = shlex.split(command, comments=True)
             if words[:2] == ["cam-infer", "serve"]:
                 servers[port_asked(words)] = start_server(words, work, env)
+                started.append(servers[port_asked(words)][0])
                 continue
             if words[0] == "curl":
                 assert servers, f"{command}: no `cam-infer serve` line before it in its block"
@@ -293,10 +295,10 @@ def test_the_commands_run_as_written(page, commands, folder, tmp_path):
             if command in shown:
                 printed = [line.split()[0] for line in result.stdout.splitlines() if line.strip()]
                 assert printed == shown[command], f"{command}: prints {printed}, the page shows {shown[command]}"
-    finally:
-        for process, _ in servers.values():
+    finally:                                       # two lines on one port (serve.md) left the first running
+        for process in started:
             process.send_signal(signal.SIGTERM)
-        for process, _ in servers.values():
+        for process in started:
             assert process.wait(timeout=60) == 0, process.stderr.read()[-3000:]
 
 
